@@ -13,11 +13,11 @@ import sys
 import warnings
 
 import numpy as np
-import timm
-import torch
-import torch.nn as nn
 from PIL import Image, ImageOps
-from torchvision import transforms
+
+# torch, torchvision and timm are imported inside the functions that use them: predict.py's ONNX path
+# uses only the torch-free part of this file (die, load_image, preprocess) and starts in a fraction of
+# a second instead of the ~4 s that importing torch + timm takes.
 
 # -----------------------------------------------------------------------------
 MODEL_NAME = "efficientnet_b0"  # timm architecture
@@ -64,8 +64,29 @@ def load_image(path, min_side=None):
         return img.convert("RGB")
 
 
+def preprocess(img, cfg):
+    """The evaluation transform in numpy and Pillow alone (for onnxruntime, no torch): resize the
+    shorter side to int(size / crop_pct) with the model's interpolation, centre crop, scale to [0, 1],
+    normalise. Returns a float32 array of shape (3, size, size); matches eval_transform within 1e-5."""
+    size = cfg["input_size"][-1]
+    short = int(size / cfg["crop_pct"])  # as timm: scale_size = floor(img_size / crop_pct)
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = short, int(short * h / w)
+    else:
+        new_w, new_h = int(short * w / h), short
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[cfg["interpolation"]]
+    img = img.resize((new_w, new_h), resample)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    img = img.crop((left, top, left + size, top + size))
+    x = np.asarray(img, dtype=np.float32) / 255.0
+    x = (x - np.array(cfg["mean"], dtype=np.float32)) / np.array(cfg["std"], dtype=np.float32)
+    return x.transpose(2, 0, 1).copy()
+
+
 def pick_device():
     """CUDA, then Apple MPS, then CPU."""
+    import torch
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -77,6 +98,7 @@ def build_model(pretrained=True, weights_file=None, num_classes=len(CLASSES)):
     """timm efficientnet_b0 with a num_classes head. weights_file (a .pth/.safetensors of
     timm/efficientnet_b0.ra_in1k) loads offline; otherwise pretrained=True fetches ImageNet weights
     from the Hugging Face hub and, if that fails, warns once and starts from random weights."""
+    import timm
     if weights_file:
         if not os.path.isfile(weights_file):
             die(f"weights file {weights_file} not found; download it with "
@@ -99,15 +121,18 @@ def build_model(pretrained=True, weights_file=None, num_classes=len(CLASSES)):
 
 
 def make_criterion():
+    import torch.nn as nn
     return nn.CrossEntropyLoss()
 
 
 def make_optimizer(net, lr=LR):
+    import torch
     return torch.optim.Adam(net.parameters(), lr=lr)
 
 
 def data_config(net, image_size):
     """timm's preprocessing for the model (mean, std, interpolation, crop_pct) at image_size."""
+    import timm
     cfg = timm.data.resolve_model_data_config(net)
     return dict(input_size=(3, image_size, image_size), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                 interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"])
@@ -115,6 +140,7 @@ def data_config(net, image_size):
 
 def train_transform(cfg):
     """Augmentation: random resized crop, flips (lesions have no up or left), rotation, colour jitter."""
+    from torchvision import transforms
     size = cfg["input_size"][-1]
     interp = transforms.InterpolationMode(cfg["interpolation"])
     return transforms.Compose([
@@ -130,17 +156,20 @@ def train_transform(cfg):
 
 def eval_transform(cfg):
     """timm's evaluation transform: resize the shorter side to size / crop_pct, centre crop, normalise."""
+    import timm
     return timm.data.create_transform(**cfg, is_training=False)
 
 
 def prepare_for_device(net, device):
     """Move to device in channels_last memory format (measured on CPU: ~3x faster training, ~5x
     faster inference for EfficientNet-B0; also the fast layout for convolutions on GPUs)."""
+    import torch
     return net.to(device, memory_format=torch.channels_last)
 
 
 def malignant_probability(net, x, tta=False):
     """P(malignant) for a batch of normalised images; tta averages over horizontal/vertical flips."""
+    import torch
     x = x.contiguous(memory_format=torch.channels_last)
     views = [x, x.flip(3), x.flip(2), x.flip(2).flip(3)] if tta else [x]
     probs = [torch.softmax(net(v).float(), dim=1)[:, CLASSES.index("malignant")] for v in views]
@@ -169,7 +198,7 @@ def binary_metrics(y_true, p_malignant, threshold=0.5):
 
 
 def library_versions():
-    import PIL
+    import PIL, timm, torch
     return {"torch": torch.__version__, "timm": timm.__version__, "pillow": PIL.__version__,
             "numpy": np.__version__}
 
@@ -194,6 +223,7 @@ def meta_data_config(meta):
 def save_checkpoint(path, state):
     """Atomic save: write a temporary file beside path, then rename over it, so a crash or kill
     never leaves a half-written checkpoint where a good one was."""
+    import torch
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -201,6 +231,7 @@ def save_checkpoint(path, state):
 
 def read_checkpoint(path):
     """The raw checkpoint dict, loaded safely (weights_only=True: a file that would run code is refused)."""
+    import torch
     if not os.path.isfile(path):
         die(f"model file {path} not found; train one with 'python AItraining.py' or pass --model PATH")
     try:
@@ -217,6 +248,7 @@ def read_checkpoint(path):
 
 def load_checkpoint(path, device="cpu"):
     """(model in eval mode on device, meta dict) from a checkpoint written by AItraining.py."""
+    import timm
     ckpt = read_checkpoint(path)
     meta = ckpt["meta"]
     if meta.get("model_name") != MODEL_NAME or list(meta.get("classes", [])) != CLASSES:
