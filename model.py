@@ -37,6 +37,26 @@ def die(message):
     sys.exit(1)
 
 
+def add_constant_flags(parser, constants):
+    """One flag per UPPER_CASE constant of a script (pass its globals()), defaults taken from the constants:
+    EPOCHS -> --epochs, PRETRAINED -> --pretrained/--no-pretrained, a list -> one or more values,
+    None -> a string (the word 'none' also gives None)."""
+    import argparse
+    none_or = lambda kind: lambda text: None if text.lower() == "none" else kind(text)
+    for name, value in constants.items():
+        if not name.isupper() or name.startswith("_") or callable(value) or isinstance(value, type(sys)):
+            continue
+        flag = "--" + name.lower().replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        elif isinstance(value, (list, tuple)):
+            kind = type(value[0]) if value else str
+            parser.add_argument(flag, nargs="+", type=kind, default=value, metavar=name)
+        else:
+            parser.add_argument(flag, type=none_or(str if value is None else type(value)), default=value, metavar=name)
+    return parser
+
+
 def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
@@ -199,8 +219,8 @@ def binary_metrics(y_true, p_malignant, threshold=0.5):
 
 def library_versions():
     import PIL, timm, torch
-    return {"torch": torch.__version__, "timm": timm.__version__, "pillow": PIL.__version__,
-            "numpy": np.__version__}
+    return {"torch": str(torch.__version__), "timm": timm.__version__, "pillow": PIL.__version__,
+            "numpy": str(np.__version__)}
 
 
 def checkpoint_state(net, cfg, threshold=0.5, metrics=None, epoch=None, manifest_sha256=None):
