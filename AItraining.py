@@ -94,7 +94,7 @@ def threshold_for_sensitivity(y_true, p_malignant, target):
     from sklearn.metrics import roc_curve
     if not target or len(np.unique(y_true)) < 2:
         return 0.5
-    fpr, tpr, thresholds = roc_curve(y_true, p_malignant)
+    fpr, tpr, thresholds = roc_curve(y_true, p_malignant, drop_intermediate=False)
     return float(min(1.0, np.max(thresholds[tpr >= target])))
 
 
@@ -227,6 +227,9 @@ def main(argv=None):
         t0 = time.time()
         train_loss, train_acc = train_one_epoch(train_net, train_loader, criterion, optimizer, device, args.amp,
                                                 f"epoch {epoch}/{args.epochs}")
+        if world > 1:  # BatchNorm running statistics are per process: use rank 0's everywhere
+            for buffer in net.buffers():
+                dist.broadcast(buffer.data, 0)
         y, p, val_loss = predict_split(net, val_loader, criterion, device, args.amp, world)
         threshold = threshold_for_sensitivity(y, p, args.target_sensitivity)
         m = model.binary_metrics(y, p, threshold)
