@@ -11,10 +11,17 @@ Writes skin_model.pth (best epoch, with the decision threshold chosen on validat
 TARGET_SENSITIVITY), skin_model_last.pth (latest epoch, for --resume), training_curves.png and
 TensorBoard logs under runs/ (tensorboard --logdir runs).
 """
+import os
+
+# Idle OpenMP threads sleep at once instead of spinning (set before torch loads OpenMP). Measured on 2 CPU
+# cores: with the data-loading workers (or any other program) busy on a core, spinning threads made each
+# training step 3-7x slower; on an idle machine it costs nothing measurable. Override from the shell.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
+import functools
 import hashlib
 import json
-import os
 import sys
 import time
 
@@ -67,7 +74,17 @@ def setup_distributed():
     return dist.get_rank(), world, device
 
 
-def load_split(data_dir, split, transform):
+def read_image(path, min_side=None):
+    """model.load_image, naming the file if it cannot be read (a DataLoader worker passes on only the text)."""
+    try:
+        return model.load_image(path, min_side)
+    except Exception as e:  # truncated, not an image, decompression bomb, ...
+        raise OSError(f"{path} is not a readable image ({type(e).__name__}); delete it or re-run prepare_dataset.py")
+
+
+def load_split(data_dir, split, transform, min_side=None):
+    """ImageFolder of data_dir/split; with min_side, JPEGs are decoded at a reduced scale that keeps the
+    shorter side >= min_side (Pillow's draft mode: ~8x faster on photos not shrunk by prepare_dataset.py)."""
     path = os.path.join(data_dir, split)
     if not os.path.isdir(path):
         model.die(f"{path} not found; run 'python prepare_dataset.py' first (or --demo), "
@@ -76,9 +93,12 @@ def load_split(data_dir, split, transform):
     if missing:
         model.die(f"{path} has no {'/'.join(missing)} folder; it needs one folder per class: {model.CLASSES}")
     try:
-        ds = ImageFolder(path, transform=transform, loader=model.load_image, is_valid_file=model.is_image_file)
+        ds = ImageFolder(path, transform=transform, loader=functools.partial(read_image, min_side=min_side),
+                         is_valid_file=model.is_image_file)
     except FileNotFoundError as e:
         model.die(f"{path}: {e}; re-run prepare_dataset.py")
+    if ds.classes != model.CLASSES:  # another folder would shift the class indices
+        model.die(f"{path} has the folders {ds.classes}; it must hold only {model.CLASSES} (move the others out)")
     stray = sum(1 for root, _, files in os.walk(path) for f in files if not model.is_image_file(f))
     if stray:
         model.warn(f"{path}: {stray} file(s) that are not images skipped")
@@ -96,6 +116,18 @@ def threshold_for_sensitivity(y_true, p_malignant, target):
         return 0.5
     fpr, tpr, thresholds = roc_curve(y_true, p_malignant, drop_intermediate=False)
     return float(min(1.0, np.max(thresholds[tpr >= target])))
+
+
+def one_thread(worker_id):
+    """DataLoader worker_init_fn: one torch thread per worker, so workers and the main process do not
+    fight over the cores (a module-level function: it must pickle where workers are spawned, as on macOS)."""
+    torch.set_num_threads(1)
+
+
+def make_loader(ds, batch_size, sampler, num_workers, device, **kw):
+    """The DataLoader for training and validation: num_workers processes of one thread each."""
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", worker_init_fn=one_thread, **kw)
 
 
 def file_sha256(path):
@@ -173,8 +205,9 @@ def main(argv=None):
 
     net = model.build_model(pretrained=args.pretrained, weights_file=args.weights_file)
     cfg = model.data_config(net, args.image_size)
-    train_ds = load_split(args.data_dir, "train", model.train_transform(cfg))
-    val_ds = load_split(args.data_dir, "val", model.eval_transform(cfg))
+    min_side = int(args.image_size / cfg["crop_pct"])  # what eval_transform resizes to (256 for 224)
+    train_ds = load_split(args.data_dir, "train", model.train_transform(cfg), min_side)
+    val_ds = load_split(args.data_dir, "val", model.eval_transform(cfg), min_side)
     log(f"train: {len(train_ds)} images {dict(zip(model.CLASSES, np.bincount(train_ds.targets).tolist()))}, "
         f"val: {len(val_ds)} images, device: {device}, processes: {world}, image size {args.image_size}")
 
@@ -186,10 +219,13 @@ def main(argv=None):
         if not os.path.isfile(args.resume_file):
             model.die(f"--resume: {args.resume_file} not found; start a new run without --resume")
         state = model.read_checkpoint(args.resume_file)
+        if any(key not in state for key in ("optimizer", "best_auc", "bad_epochs", "history")):
+            model.die(f"--resume: {args.resume_file} has no optimiser state; resume from the {RESUME_FILE} "
+                      f"a run writes (--resume-file), not from {OUTPUT}")
         if state["meta"].get("image_size") != args.image_size:
             model.die(f"--resume: {args.resume_file} was trained at image size {state['meta'].get('image_size')}; "
                       f"pass --image-size {state['meta'].get('image_size')}")
-        net.load_state_dict(state["state_dict"])
+        model.load_weights(net, state, args.resume_file)
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_auc, bad_epochs = state["meta"]["epoch"] + 1, state["best_auc"], state["bad_epochs"]
         history = json.loads(state["history"])
@@ -203,11 +239,9 @@ def main(argv=None):
                      else RandomSampler(train_ds, generator=generator))
     val_sampler = DistributedSampler(val_ds, shuffle=False) if world > 1 else None
     # Workers start afresh each epoch (not persistent) so their augmentation seeds come from the epoch's seed.
-    loader_kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                     worker_init_fn=lambda _: torch.set_num_threads(1))
-    train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=train_sampler,
-                              drop_last=len(train_ds) // world > args.batch_size, generator=generator, **loader_kw)
-    val_loader = DataLoader(val_ds, batch_size=args.batch_size, sampler=val_sampler, **loader_kw)
+    train_loader = make_loader(train_ds, args.batch_size, train_sampler, args.num_workers, device,
+                               drop_last=len(train_ds) // world > args.batch_size, generator=generator)
+    val_loader = make_loader(val_ds, args.batch_size, val_sampler, args.num_workers, device)
     writer = None
     if main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -274,3 +308,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print(f"\ninterrupted; {OUTPUT} holds the best finished epoch, continue with --resume", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # an unreadable image (from a DataLoader worker: the text of the error), a full disk...
+        model.die(str(e).strip().splitlines()[-1].removeprefix("OSError: "))

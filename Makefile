@@ -18,7 +18,9 @@ demo: setup
 	$(PY) prepare_dataset.py --demo
 	$(PY) AItraining.py --epochs 12 --image-size 128
 	$(PY) evaluate.py
-	$(PY) predict.py demo_data/unseen/
+	$(PY) export_onnx.py
+	$(PY) predict.py demo_data/unseen/ --model skin_model.onnx
+	$(PY) predict.py demo_data/unseen/malignant_1.jpg
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 import onnx
@@ -162,4 +163,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing written", file=sys.stderr)
+        sys.exit(130)

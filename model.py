@@ -245,8 +245,12 @@ def save_checkpoint(path, state):
     never leaves a half-written checkpoint where a good one was."""
     import torch
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:  # Ctrl-C or a full disk mid-write: no half-written file left beside path
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def read_checkpoint(path):
@@ -255,29 +259,40 @@ def read_checkpoint(path):
     if not os.path.isfile(path):
         die(f"model file {path} not found; train one with 'python AItraining.py' or pass --model PATH")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle of another protocol warns before it is refused
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         if "weights_only" in str(e) or "Unpickl" in type(e).__name__:
             die(f"refusing to load {path}: it contains Python objects that could run code "
                 "(only plain weights and metadata are accepted)")
         die(f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated, retrain or copy it again")
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "meta" not in ckpt:
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(ckpt.get("meta"), dict):
         die(f"{path} is not a checkpoint written by AItraining.py (no state_dict/meta)")
     return ckpt
+
+
+def load_weights(net, ckpt, path):
+    """Put a checkpoint's weights into net (efficientnet_b0 for CLASSES); die on another architecture,
+    class list or incomplete metadata instead of raising."""
+    meta = ckpt["meta"]
+    if meta.get("model_name") != MODEL_NAME or list(meta.get("classes") or []) != CLASSES:
+        die(f"{path} holds a {meta.get('model_name')} model for classes {meta.get('classes')}; "
+            f"this project needs {MODEL_NAME} for {CLASSES}")
+    missing = [k for k in ("image_size", "mean", "std", "interpolation", "crop_pct", "threshold") if k not in meta]
+    if missing:
+        die(f"{path} has no {', '.join(missing)} in its metadata; retrain with AItraining.py")
+    try:
+        net.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError, AttributeError):
+        die(f"{path}: the weights do not fit {MODEL_NAME} with {len(CLASSES)} classes "
+            "(another architecture or class count); retrain with AItraining.py")
+    return net
 
 
 def load_checkpoint(path, device="cpu"):
     """(model in eval mode on device, meta dict) from a checkpoint written by AItraining.py."""
     import timm
     ckpt = read_checkpoint(path)
-    meta = ckpt["meta"]
-    if meta.get("model_name") != MODEL_NAME or list(meta.get("classes", [])) != CLASSES:
-        die(f"{path} holds a {meta.get('model_name')} model for classes {meta.get('classes')}; "
-            f"this project needs {MODEL_NAME} for {CLASSES}")
-    net = timm.create_model(MODEL_NAME, pretrained=False, num_classes=len(CLASSES))
-    try:
-        net.load_state_dict(ckpt["state_dict"])
-    except RuntimeError:
-        die(f"{path}: the weights do not fit {MODEL_NAME} with {len(CLASSES)} classes "
-            "(another architecture or class count); retrain with AItraining.py")
-    return prepare_for_device(net, device).eval(), meta
+    net = load_weights(timm.create_model(MODEL_NAME, pretrained=False, num_classes=len(CLASSES)), ckpt, path)
+    return prepare_for_device(net, device).eval(), ckpt["meta"]

@@ -79,12 +79,21 @@ def metadata_paths(metadata_csv, images_dir):
 
 
 def read_metadata(paths):
-    """The needed columns of one or more metadata.csv files, concatenated, as stripped strings."""
+    """The needed columns of one or more metadata.csv files, concatenated, as stripped strings. A file that is
+    not UTF-8 is read as Windows-1252 (as Excel saves CSV), with a warning."""
     frames = []
     for path in paths:
+        read = lambda encoding: pd.read_csv(path, usecols=lambda c: c in _COLUMNS, dtype=str, keep_default_na=False,
+                                            encoding=encoding)
         try:
-            frames.append(pd.read_csv(path, usecols=lambda c: c in _COLUMNS, dtype=str, keep_default_na=False,
-                                      encoding="utf-8-sig"))
+            with open(path, "rb") as f:
+                if b"\0" in f.read(1 << 16):  # an image, an archive, UTF-16 text: not a CSV file
+                    model.die(f"{path} holds binary data, not CSV text; it must be an ISIC export's metadata.csv")
+            try:
+                frames.append(read("utf-8-sig"))
+            except UnicodeDecodeError:  # e.g. "Müller" in cp1252
+                frames.append(read("cp1252"))
+                model.warn(f"{path} is not UTF-8; read it as Windows-1252 (cp1252), as Excel saves CSV")
         except (OSError, ValueError) as e:
             model.die(f"cannot read {path} as CSV ({type(e).__name__}); it must be an ISIC export's metadata.csv")
         if "isic_id" not in frames[-1]:
