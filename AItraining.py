@@ -95,17 +95,15 @@ def load_split(data_dir, split, transform, min_side=None):
     try:
         ds = ImageFolder(path, transform=transform, loader=functools.partial(read_image, min_side=min_side),
                          is_valid_file=model.is_image_file)
-    except FileNotFoundError as e:
-        model.die(f"{path}: {e}; re-run prepare_dataset.py")
+    except FileNotFoundError:  # torchvision: a class folder without a single image file
+        empty = [c + "/" for c in model.CLASSES
+                 if not any(model.is_image_file(f) for _, _, files in os.walk(os.path.join(path, c)) for f in files)]
+        model.die(f"{path}: no images in {', '.join(empty)}; re-run prepare_dataset.py")
     if ds.classes != model.CLASSES:  # another folder would shift the class indices
         model.die(f"{path} has the folders {ds.classes}; it must hold only {model.CLASSES} (move the others out)")
     stray = sum(1 for root, _, files in os.walk(path) for f in files if not model.is_image_file(f))
     if stray:
         model.warn(f"{path}: {stray} file(s) that are not images skipped")
-    counts = np.bincount(ds.targets, minlength=len(model.CLASSES))
-    empty = [c for c, n in zip(model.CLASSES, counts) if n == 0]
-    if empty:
-        model.die(f"{path} has no images of class {'/'.join(empty)}; re-run prepare_dataset.py")
     return ds
 
 

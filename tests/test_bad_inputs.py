@@ -276,7 +276,7 @@ def test_onnx_file_whose_input_does_not_match(tmp_path, input_type, shape, expec
 # ---------------------------------------------------------------------------- dataset folders
 @pytest.mark.parametrize("case, expected", [
     ("a class folder missing", "val has no malignant folder"),
-    ("empty split", "Found no valid file for the classes benign, malignant"),
+    ("empty split", "val: no images in benign/, malignant/; re-run prepare_dataset.py"),
     ("a third folder", "has the folders ['.ipynb_checkpoints', 'benign', 'malignant']"),
 ], ids=["a class folder missing", "empty split", "a third folder"])
 def test_training_on_a_wrong_dataset_folder(files, case, expected, tmp_path, monkeypatch, capsys):
