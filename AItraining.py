@@ -14,8 +14,9 @@ TensorBoard logs under runs/ (tensorboard --logdir runs).
 import os
 
 # Idle OpenMP threads sleep at once instead of spinning (set before torch loads OpenMP). Measured on 2 CPU
-# cores: with the data-loading workers (or any other program) busy on a core, spinning threads made each
-# training step 3-7x slower; on an idle machine it costs nothing measurable. Override from the shell.
+# cores (bench.py): when other programs keep a core busy, spinning made training 1.5x (one busy program) to
+# 3-4x (three) slower; on an otherwise idle machine spinning is ~15-25% faster. The robust choice is the
+# default; for a dedicated machine run `OMP_WAIT_POLICY= python AItraining.py` (empty: OpenMP's own default).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse

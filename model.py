@@ -181,8 +181,8 @@ def eval_transform(cfg):
 
 
 def prepare_for_device(net, device):
-    """Move to device in channels_last memory format (measured on CPU: ~3x faster training, ~5x
-    faster inference for EfficientNet-B0; also the fast layout for convolutions on GPUs)."""
+    """Move to device in channels_last memory format (EfficientNet-B0 on 2 CPU cores: training 2.3x faster
+    in bench.py, inference ~5x; also the fast layout for convolutions on GPUs)."""
     import torch
     return net.to(device, memory_format=torch.channels_last)
 
