@@ -1,21 +1,198 @@
+"""What the test files share: running a script, asserting its one error line, fingerprints of folders,
+photo and data-set builders, a random network whose output depends on the photo, and the demo data set
+with a model trained on it (built once per session)."""
+import hashlib
 import os
+import re
+import resource
+import struct
+import subprocess
 import sys
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the hub
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as AItraining.py sets it: idle threads sleep (before torch loads)
+# one OpenMP thread per script run: on a busy 2-core machine two spinning threads make a small forward ~100x slower
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8",
+           MPLBACKEND="Agg")
 
-import subprocess  # noqa: E402
+import model  # noqa: E402
 
-import pytest  # noqa: E402
+
+def run(script, *args, cwd, timeout=600, file_size_limit=None, threads=1):
+    """Run a project script in a fresh process; file_size_limit (bytes) makes any larger write fail with
+    'File too large', as a full disk would."""
+    limit = file_size_limit and (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit,) * 2))
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd,
+                          env=dict(ENV, OMP_NUM_THREADS=str(threads)),
+                          capture_output=True, text=True, encoding="utf-8", timeout=timeout, preexec_fn=limit)
+
+
+def assert_one_error(returncode, stderr, expected):
+    """Exit 1, no traceback, one `error:` line, the last on stderr, that says `expected`."""
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert returncode == 1 and len(errors) == 1 and stderr.strip().splitlines()[-1] == errors[0], stderr
+    assert expected in errors[0], errors[0]
+
+
+def main_fails(main, argv, capsys, expected):
+    """Call a script's main(argv) in this process and assert its one error line; returns its stdout."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    assert_one_error(exit_info.value.code, err, expected)
+    return out
+
+
+def fingerprint(folder):
+    """{relative path: sha256} of every file under folder: equal means byte-identical, file list included."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                out[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def noise_image(path, seed, size=(48, 40), mode="RGB", **save_args):
+    """Random pixels (no two files byte-identical by accident)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    os.makedirs(os.path.dirname(str(path)) or ".", exist_ok=True)
+    Image.fromarray(pixels).convert(mode).save(path, **save_args)
+    return str(path)
+
+
+def lesion_photo(path, size=(90, 70), seed=0, malignant=None):
+    """A skin-coloured photo with noise and a lesion: a small brown dot (benign), a large dark blue-black blot
+    (malignant), or with malignant=None a dark blob of random size and place."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = Image.fromarray((np.array([205, 160, 135]) + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8))
+    r = min(w, h) * (rng.uniform(0.15, 0.3) if malignant is None else 0.35 if malignant else 0.15)
+    cx, cy = w * rng.uniform(0.4, 0.6), h * rng.uniform(0.4, 0.6)
+    colour = (70, 50, 45) if malignant is None else (30, 30, 70) if malignant else (120, 80, 50)
+    ImageDraw.Draw(img).ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    os.makedirs(os.path.dirname(str(path)) or ".", exist_ok=True)
+    img.save(path)
+    return str(path)
+
+
+def png_claiming(path, width, height):
+    """A valid PNG header for a width x height photo, with almost no pixel data: a decompression bomb's shape."""
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                + chunk(b"IEND", b""))
+    return str(path)
+
+
+def make_split_tree(root, n, splits=("train", "val", "test"), size=48):
+    """root/<split>/<class>/ISIC_*.jpg, n photos per class (lesion_photo: learnable), and a manifest.csv."""
+    for s, split in enumerate(splits):
+        for k, c in enumerate(model.CLASSES):
+            for i in range(n):
+                lesion_photo(os.path.join(root, split, c, f"ISIC_{k}{s}{i:05d}.jpg"), (size, size), [k, s, i], bool(k))
+    pd.DataFrame({"isic_id": [], "split": [], "label": []}).to_csv(os.path.join(root, "manifest.csv"), index=False)
+    return str(root)
+
+
+def write_export(folder, rows, encoding="utf-8", ext=".jpg"):
+    """metadata.csv as 'isic image download' writes it (isic_id, attribution first, the rest sorted), plus a
+    noise photo per row whose isic_id is valid; returns the folder."""
+    os.makedirs(folder, exist_ok=True)
+    df = pd.DataFrame(rows)
+    first = [c for c in ["isic_id", "attribution"] if c in df]
+    df[first + sorted(set(df) - set(first))].to_csv(os.path.join(folder, "metadata.csv"), index=False, encoding=encoding)
+    for n, row in enumerate(rows):
+        if re.fullmatch(r"ISIC_\d{7}", str(row.get("isic_id", ""))):
+            noise_image(os.path.join(folder, row["isic_id"] + ext), n)
+    return str(folder)
+
+
+def export_rows(n, attribution="Anonymous"):
+    """n rows alternating Benign/Malignant, without lesion or patient ids."""
+    return [dict(isic_id=f"ISIC_{i:07d}", attribution=attribution, image_type="clinical: overview",
+                 diagnosis_1=["Benign", "Malignant"][i % 2]) for i in range(n)]
+
+
+def make_net(size=64, seed=0):
+    """Random-init EfficientNet-B0 whose P(malignant) depends on the photo. At random init the BatchNorm
+    statistics (mean 0, variance 1) shrink the features and every photo gets 0.5; statistics from one batch
+    and a scaled-up head fix that."""
+    import torch
+    torch.manual_seed(seed)
+    net, _ = model.build_model(pretrained=False)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # running statistics = plain average over the batch
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(8, 3, size, size) * 4 - 2)
+        net.classifier.weight.mul_(0.2)
+    return net.eval()
+
+
+def save_model(path, net=None, size=64, threshold=0.5, **meta):
+    """A checkpoint as AItraining.py writes it (make_net's weights unless net is given)."""
+    net = net if net is not None else make_net(size)
+    model.save_checkpoint(str(path), model.checkpoint_state(net, model.data_config(net, size), threshold, **meta))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread in the test process too (as ENV gives the scripts): in-process forwards of small models
+    stay fast when other work keeps a core busy."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def readonly_folder(tmp_path):
+    """A folder nothing can be written into, also for root: a read-only tmpfs (root) or mode 0555 (others)."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield str(folder)
+        folder.chmod(0o755)
+    elif subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)]).returncode == 0:
+        yield str(folder)
+        subprocess.run(["umount", str(folder)])
+    else:
+        pytest.skip("root without permission to mount a read-only tmpfs")
 
 
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory):
-    """The built-in demo export (small photos, to save time), prepared as `prepare_dataset.py --demo` does."""
+    """The built-in demo export (small photos, to save time), prepared as `make demo` does."""
     root = tmp_path_factory.mktemp("demo")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare_dataset.py"), "--demo", "--demo-photo-size", "512"],
-                       cwd=root, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
+    for script, args in [("make_demo_data.py", ["--photo-size", 512]),
+                         ("prepare_dataset.py", ["--metadata-csv", "demo_data/metadata.csv", "--images-dir", "demo_data"])]:
+        r = run(script, *args, cwd=root)
+        assert r.returncode == 0, r.stdout + r.stderr
     return str(root / "dataset")
+
+
+@pytest.fixture(scope="session")
+def trained_model(demo_dataset, tmp_path_factory):
+    """(checkpoint path, AItraining.py's stdout): the from-scratch recipe on the demo set, 64 px, 8 epochs."""
+    folder = tmp_path_factory.mktemp("trained")
+    r = run("AItraining.py", "--data-dir", demo_dataset, "--no-pretrained", "--image-size", 64, "--batch-size", 16,
+            "--epochs", 8, "--num-workers", 0, cwd=folder, threads=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return str(folder / "skin_model.pth"), r.stdout + r.stderr
