@@ -6,32 +6,23 @@ set, split it by lesion and patient, and shrink the photos.
     isic image download --search 'image_type:"clinical: overview" AND diagnosis_1:Malignant' --limit 300 isic_images/malignant
     python prepare_dataset.py                  # reads isic_images/**/metadata.csv and the images beside them
     python prepare_dataset.py --image-types dermoscopic --n-per-class 500
-    python prepare_dataset.py --demo           # writes a synthetic export to demo_data/ and prepares it
+    python make_demo_data.py && python prepare_dataset.py --metadata-csv demo_data/metadata.csv --images-dir demo_data
 
-Candidates: rows of IMAGE_TYPES (pre-2023 names too), labelled Benign/Malignant (diagnosis_1, or the legacy
-benign_malignant), with a valid, unique isic_id and an image file under IMAGES_DIR. Each class is shuffled by
-SEED and decoded in that order (WORKERS processes) in rounds until it has N_PER_CLASS readable, distinct
-images, so the balance holds among usable images and a huge export costs about 2 x N_PER_CLASS decodes.
-Rows sharing a lesion_id or a patient_id form one group, so no lesion and no patient spans two splits;
-StratifiedGroupKFold splits the groups. The dataset is built in dataset.tmp-<pid> and swapped in at the
-end: a crash or Ctrl-C leaves the previous one intact.
+Rows of IMAGE_TYPES labelled Benign/Malignant (diagnosis_1 or the legacy benign_malignant, any case) with an image
+file are decoded in SEED order, in rounds, until each class has N_PER_CLASS distinct images; rows sharing a lesion
+or a patient stay in one split. A run that would lose a class or keep less than MIN_KEPT of the rows stops with one
+line; a failure, a full disk, a kill or Ctrl-C leave the previous dataset byte-identical (dataset.tmp-<pid>).
 """
-import argparse
 import glob
-import hashlib
 import os
 import re
 import shutil
-import signal
-import sys
 import time
 import warnings
-from contextlib import nullcontext
-from multiprocessing import Pool
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
@@ -40,24 +31,23 @@ import model
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
 IMAGES_DIR = "isic_images"  # folder searched, sub-folders too, for the <isic_id>.<ext> images
-DATASET_DIR = "dataset"  # output folder, replaced as a whole on every run
-IMAGE_TYPES = ["clinical: overview"]  # image_type values to keep, one or more of _ISIC_IMAGE_TYPES
-N_PER_CLASS = 200  # images per class at most (all there are, if fewer)
+DATASET_DIR = "dataset"  # output folder (not holding the export), replaced as a whole on every run
+IMAGE_TYPES = ["clinical: overview"]  # ISIC image_type values to keep, e.g. dermoscopic (a wrong one lists them all)
+N_PER_CLASS = 200  # images per class at most, >= 1 (all there are, if fewer)
 VAL_FRACTION = 0.15  # share of the groups for validation, 0 to 0.9 in steps of 0.05 (0: no val split)
-TEST_FRACTION = 0.15  # share of the groups for test, likewise (0: no test split)
-RESIZE_TO = 256  # shorter side in px, never upscaled; None (--resize-to none): copy the files as they are
-SEED = 42  # sampling, split and demo images
-WORKERS = os.cpu_count()  # processes that decode images (1: no pool)
-DEMO = False  # write a synthetic ISIC export to DEMO_DIR and prepare DATASET_DIR from it
-DEMO_DIR = "demo_data"  # where --demo writes its export, plus unseen/ photos for predict.py
-DEMO_PHOTO_SIZE = 1600  # longer side of the demo photos in px
+TEST_FRACTION = 0.15  # share of the groups for test, likewise, val + test <= 0.9 (0: no test split)
+RESIZE_TO = 256  # shorter side in px, >= 1, never upscaled; None (--resize-to none): copy the files as they are
+MIN_KEPT = 0.5  # 0 to 1: stop when less of the rows survive bad labels, ids and image files; 0 = never
+SEED = 42  # sampling and split, 0 to 2**32 - 1
+WORKERS = os.cpu_count()  # processes that decode images, >= 1 (1: no pool)
 # -----------------------------------------------------------------------------
 _ISIC_IMAGE_TYPES = ["dermoscopic", "clinical: overview", "clinical: close-up", "TBP tile: close-up",
                      "TBP tile: overview", "RCM: macroscopic", "RCM: tile", "RCM: mosaic", "clinical", "overview"]
 _LEGACY_TYPES = {"clinical: overview": "overview", "clinical: close-up": "clinical"}  # names before July 2023
-_COLUMNS = ["isic_id", "diagnosis_1", "benign_malignant", "image_type", "lesion_id", "patient_id"]
-_ISIC_ID = r"ISIC_\d{7}"
-_SPLITS = ["train", "val", "test"]
+_LABELS = ["diagnosis_1", "benign_malignant"]  # current and legacy label column, read in any case
+_UNDECIDED = ["indeterminate", "indeterminate/benign", "indeterminate/malignant", "empty"]  # expected losses
+_COLUMNS = ["isic_id", *_LABELS, "image_type", "lesion_id", "patient_id"]
+_ISIC_ID, _SPLITS = r"ISIC_\d{7}", ["train", "val", "test"]
 
 
 def download_hint(image_types, images_dir):
@@ -65,138 +55,113 @@ def download_hint(image_types, images_dir):
     query = f"({query})" if len(image_types) > 1 else query
     return (f"download an export with: isic image download --search '{query} AND diagnosis_1:Benign' --limit 300 "
             f"{os.path.join(images_dir, 'benign')}, and the same with diagnosis_1:Malignant into "
-            f"{os.path.join(images_dir, 'malignant')} (pip install isic-cli); or try --demo")
+            f"{os.path.join(images_dir, 'malignant')} (pip install isic-cli); or try python make_demo_data.py")
 
 
-def metadata_paths(metadata_csv, images_dir):
-    """[metadata_csv], or if it is absent every metadata.csv under images_dir (one per 'isic image download')."""
-    if os.path.isfile(metadata_csv):
-        return [metadata_csv]
-    paths = sorted(glob.glob(os.path.join(glob.escape(images_dir), "**", "metadata.csv"), recursive=True))
-    if paths:
+def read_metadata(metadata_csv, images_dir, image_types):
+    """The needed columns of metadata_csv, or if it is absent of every metadata.csv under images_dir (one per 'isic
+    image download'), concatenated, as stripped strings."""
+    paths = [metadata_csv] if model.file_kind(metadata_csv) != "missing" else sorted(
+        glob.glob(os.path.join(glob.escape(images_dir), "**", "metadata.csv"), recursive=True))
+    if not paths or not os.path.isdir(images_dir):
+        missing = images_dir if paths else f"{metadata_csv} (nor a metadata.csv under {images_dir})"
+        model.die(f"{missing} not found; " + download_hint(image_types, images_dir))
+    if paths != [metadata_csv]:
         print(f"no {metadata_csv}; reading the {len(paths)} metadata.csv under {images_dir}: {', '.join(paths)}")
-    return paths
-
-
-def read_metadata(paths):
-    """The needed columns of one or more metadata.csv files, concatenated, as stripped strings. A file that is
-    not UTF-8 is read as Windows-1252 (as Excel saves CSV), with a warning."""
-    frames = []
-    for path in paths:
-        read = lambda encoding: pd.read_csv(path, usecols=lambda c: c in _COLUMNS, dtype=str, keep_default_na=False,
-                                            encoding=encoding)
-        try:
-            with open(path, "rb") as f:
-                if b"\0" in f.read(1 << 16):  # an image, an archive, UTF-16 text: not a CSV file
-                    model.die(f"{path} holds binary data, not CSV text; it must be an ISIC export's metadata.csv")
-            try:
-                frames.append(read("utf-8-sig"))
-            except UnicodeDecodeError:  # e.g. "Müller" in cp1252
-                frames.append(read("cp1252"))
-                model.warn(f"{path} is not UTF-8; read it as Windows-1252 (cp1252), as Excel saves CSV")
-        except (OSError, ValueError) as e:
-            model.die(f"cannot read {path} as CSV ({type(e).__name__}); it must be an ISIC export's metadata.csv")
-        if "isic_id" not in frames[-1]:
+    frames = [model.read_table(path, _COLUMNS, "an ISIC export's metadata.csv") for path in paths]
+    for path, df in zip(paths, frames):
+        if "isic_id" not in df:
             model.die(f"{path} has no isic_id column; use the metadata.csv that 'isic image download' writes")
     return pd.concat(frames, ignore_index=True).fillna("").apply(lambda s: s.str.strip())
 
 
 def label_rows(df):
-    """Per row 'benign' or 'malignant', else why not: the value in quotes ('Indeterminate', ...), 'empty', or
-    'conflicting' (diagnosis_1 and benign_malignant disagree). Never guessed."""
-    if "diagnosis_1" not in df and "benign_malignant" not in df:
+    """Per row 'benign' or 'malignant' (any case, spaces around ignored), else why not: the value in quotes
+    ('Indeterminate', ...), 'empty', or 'conflicting' (diagnosis_1 and benign_malignant disagree). Never guessed."""
+    if not set(_LABELS) & set(df):
         model.die("the metadata has neither diagnosis_1 nor benign_malignant, so no labels; download the export "
                   "again with 'isic image download' (its metadata.csv has diagnosis_1)")
-    found = []
-    for col, exact in (("diagnosis_1", ["Benign", "Malignant"]), ("benign_malignant", ["benign", "malignant"])):
-        values = df[col] if col in df else pd.Series("", index=df.index)
-        found.append(values.map(dict(zip(exact, model.CLASSES))).fillna("'" + values + "'").where(values != "", ""))
-    new, old = found
+    new, old = [(v.str.lower().map(dict(zip(model.CLASSES, model.CLASSES))).fillna("'" + v + "'").where(v != "", ""))
+                for v in (df[c].str.strip() if c in df else pd.Series("", index=df.index) for c in _LABELS)]
     label = new.where(new != "", old).replace("", "empty")
     return label.mask((new != "") & (old != "") & (new.str.lower() != old.str.lower()), "conflicting")
 
 
-def describe(values, most=6):
-    counts = pd.Series(values).value_counts()
-    return ", ".join(f"{k or 'empty'} {n}" for k, n in counts[:most].items()) + ", ..." * (len(counts) > most)
-
-
 def filter_rows(df, image_types):
-    """The usable rows, with a label column, and the summary steps [(step, rows left, what was left out)]."""
-    steps = [("rows read", len(df), "")]
+    """(usable rows with a label column, the rows of the wanted image types, summary steps [(step, rows left,
+    what was left out)], rows lost for an unexpected reason [(cause, rows, examples)])."""
+    steps, allowed = [("rows read", len(df), "")], set(image_types) | {_LEGACY_TYPES.get(t, t) for t in image_types}
 
     def keep(df, ok, step, why):
         steps.append((step, int(ok.sum()), "" if ok.all() else why))
         return df[ok]
-    allowed = set(image_types) | {_LEGACY_TYPES[t] for t in image_types if t in _LEGACY_TYPES}
     if "image_type" in df:
         ok = df.image_type.isin(allowed)
-        df = keep(df, ok, "image_type " + " or ".join(sorted(allowed)), "left out: " + describe(df.image_type[~ok]))
+        df = keep(df, ok, "image_type " + " or ".join(sorted(allowed)),
+                  "left out: " + model.describe(df.image_type[~ok]))
     else:
         steps.append(("image_type", len(df), "no image_type column: all rows kept"))
-    df = df.assign(label=label_rows(df))
-    df = keep(df, df.label.isin(model.CLASSES), "with a definite label",
-              "left out: " + describe(df.label[~df.label.isin(model.CLASSES)]))
+    typed = df = df.assign(label=label_rows(df))
+    ok = df.label.isin(model.CLASSES)
+    odd = ~ok & ~df.label.str.strip("'").str.lower().isin(_UNDECIDED)  # not one of ISIC's words for 'not decided'
+    losses = [("label outside ISIC's vocabulary or in conflict", odd.sum(), model.describe(df.label[odd], 3))]
+    df = keep(df, ok, "with a definite label", "left out: " + model.describe(df.label[~ok]))
     ok = df.isic_id.str.fullmatch(_ISIC_ID)
-    df = keep(df, ok, "with a valid isic_id", f"refused {(~ok).sum()}: " + ", ".join(map(repr, df.isic_id[~ok][:3])))
+    losses.append(("invalid isic_id", (~ok).sum(), model.listed(df.isic_id[~ok].map(repr))))
+    df = keep(df, ok, "with a valid isic_id", f"refused {(~ok).sum()}: {losses[-1][2]}")
     ok = ~df.isic_id.duplicated()
-    return keep(df, ok, "unique isic_id", f"{(~ok).sum()} repeated rows kept once"), steps
+    return keep(df, ok, "unique isic_id", f"{(~ok).sum()} repeated rows kept once"), typed, steps, losses
 
 
-def index_images(images_dir, dataset_dir):
-    """{isic_id: path} of the image files under images_dir, in one walk (of several files for one id the
-    first wins), the ids of symlinks pointing outside images_dir (refused), and the number of extra files."""
+def image_files(ids, images_dir, dataset_dir):
+    """({isic_id: path} of the regular image files under images_dir (one walk; the first of an id's files), the ids
+    without one [(cause, rows, examples)], extra files); refused: symlinks out of images_dir, named pipes and such."""
     root, out = os.path.realpath(images_dir), re.escape(os.path.realpath(dataset_dir)) + r"(\.(tmp|old)-\d+)?"
-    found, refused, extra = {}, [], 0
+    found, refused, extra = {}, {}, 0
     for dirpath, dirnames, filenames in os.walk(images_dir):
         dirnames[:] = sorted(d for d in dirnames if not re.fullmatch(out, os.path.realpath(os.path.join(dirpath, d))))
         for name in sorted(filenames):
             stem, path = os.path.splitext(name)[0], os.path.join(dirpath, name)
             if not re.fullmatch(_ISIC_ID, stem) or not model.is_image_file(name):
                 continue
-            if os.path.islink(path) and os.path.commonpath([root, os.path.realpath(path)]) != root:
-                refused.append(stem)
-            elif stem in found:
+            if stem in found:
                 extra += 1
+            elif os.path.islink(path) and os.path.commonpath([root, os.path.realpath(path)]) != root:
+                refused[stem] = (f"symlink out of {images_dir}", stem)
+            elif model.file_kind(path):
+                refused[stem] = ("not a regular file", f"{stem} ({model.file_kind(path)})")
             else:
-                found[stem] = path
-    return found, refused, extra
+                found[stem], _ = path, refused.pop(stem, None)
+    why = [refused.get(i, ("missing", i)) for i in ids if i not in found]
+    return found, [(cause, len(items), model.listed(items)) for cause in dict.fromkeys(c for c, _ in why)
+                   for items in [[i for c, i in why if c == cause]]], extra
 
 
 def process_image(job):
-    """Worker: hash, decode and shrink one image into out_dir. Returns a small record; never raises."""
+    """Worker: hash, decode and shrink one image into out_dir; error: why it is unusable; OSError: out_dir unwritable"""
     isic_id, src, out_dir, resize_to = job
+    if model.file_kind(src):  # turned into a named pipe since the index: opening it would block forever
+        return dict(isic_id=isic_id, error="not a regular file")
     try:
-        with open(src, "rb") as f:
-            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        sha256 = model.file_sha256(src)
         with Image.open(src) as img:
             width, height = img.size
         img = model.load_image(src, min_side=resize_to)  # upright RGB; raises on anything unreadable
-        if resize_to is None:
-            name = isic_id + os.path.splitext(src)[1].lower()
-            shutil.copyfile(src, os.path.join(out_dir, name))
-        else:
-            scale, name = resize_to / min(img.size), isic_id + ".jpg"
-            if scale < 1:
-                size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-                img = img.resize(size, Image.LANCZOS, reducing_gap=3.0)
-            img.save(os.path.join(out_dir, name), quality=95)
-        return dict(isic_id=isic_id, sha256=sha256, width=width, height=height, file=name, error="")
     except Exception as e:  # truncated, empty, not an image, decompression bomb...: counted, never fatal
         return dict(isic_id=isic_id, error=type(e).__name__)
-
-
-def pool_or_none(workers):
-    """A process pool whose workers ignore Ctrl-C (the main process handles it, once), or None for 1 worker.
-    Ctrl-C is held back while the workers are forked: arriving inside a fork hook it would be lost."""
-    if workers == 1:
-        return nullcontext()
-    hold = getattr(signal, "pthread_sigmask", lambda how, signals: None)  # POSIX only; Windows does not fork
-    hold(signal.SIG_BLOCK, {signal.SIGINT})
+    name = isic_id + (".jpg" if resize_to else os.path.splitext(src)[1].lower())
+    scale = resize_to / min(img.size) if resize_to else 1
     try:
-        return Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
-    finally:
-        hold(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if resize_to is None:
+            shutil.copyfile(src, os.path.join(out_dir, name))
+        else:
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS,
+                             reducing_gap=3.0) if scale < 1 else img
+            img.save(os.path.join(out_dir, name), quality=95)
+    except OSError as e:  # a full disk, a quota: the dataset's fault, not the image's
+        raise OSError(f"could not write {model.shown(os.path.join(out_dir, name))} ({e.strerror or e}); free some "
+                      "disk space or pass another --dataset-dir") from None
+    return dict(isic_id=isic_id, sha256=sha256, width=width, height=height, file=name, error="")
 
 
 def decode_balanced(cands, n_per_class, seed, out_dir, resize_to, workers):
@@ -206,7 +171,7 @@ def decode_balanced(cands, n_per_class, seed, out_dir, resize_to, workers):
     queue = {c: list(rng.permutation(cands.index[cands.label == c])) for c in model.CLASSES}
     chosen, seen, unreadable, duplicates = [], set(), [], []
     tried, usable = dict.fromkeys(model.CLASSES, 0), dict.fromkeys(model.CLASSES, 0)
-    with pool_or_none(workers) as pool, tqdm(total=0, desc="decoding", unit="img", disable=cands.empty) as bar:
+    with model.worker_pool(workers) as pool, tqdm(total=0, desc="decoding", unit="img", disable=cands.empty) as bar:
         while True:  # a round: the next candidates of each class, as many as it still lacks
             batch = [i for c in model.CLASSES for i in queue[c][tried[c]:tried[c] + n_per_class - usable[c]]]
             if not batch:
@@ -231,8 +196,7 @@ def decode_balanced(cands, n_per_class, seed, out_dir, resize_to, workers):
 
 
 def group_ids(df):
-    """A group per row: connected components (union-find) of rows sharing a lesion_id or a patient_id, so
-    no lesion and no patient spans two splits; a row with neither is a group of its own."""
+    """A group per row: connected components (union-find) of rows sharing a lesion_id or a patient_id (or none)."""
     parent = {}
 
     def find(x):
@@ -247,8 +211,8 @@ def group_ids(df):
 
 
 def split_groups(labels, groups, val_fraction, test_fraction, seed):
-    """'train', 'val' or 'test' per row: StratifiedGroupKFold cuts the groups into (up to) 20 folds of about
-    the same class balance; the first folds are test, the next val, the rest train."""
+    """'train', 'val' or 'test' per row: StratifiedGroupKFold cuts the groups into (up to) 20 folds of about the
+    same class balance; the first folds are test, the next val, the rest train. Each split needs both classes."""
     n_folds = min(20, len(set(groups)), max(pd.Series(labels).value_counts()))  # as StratifiedGroupKFold needs
     n_test, n_val = (max(1, round(f * n_folds)) if f else 0 for f in (test_fraction, val_fraction))
     if n_test + n_val == 0:
@@ -262,220 +226,118 @@ def split_groups(labels, groups, val_fraction, test_fraction, seed):
         cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         for k, (_, idx) in enumerate(cv.split(labels, labels, groups)):
             fold[idx] = k
-    return np.where(fold < n_test, "test", np.where(fold < n_test + n_val, "val", "train"))
+    split = np.where(fold < n_test, "test", np.where(fold < n_test + n_val, "val", "train"))
+    for s, c in [(s, c) for s in set(split) for c in model.CLASSES if not (labels[split == s] == c).any()]:
+        model.die(f"the {s} split would have no {c} images: the {(labels == c).sum()} {c} images are only "
+                  f"{len(set(groups[labels == c]))} groups; add {c} images, or lower --val-fraction/--test-fraction")
+    return split
 
 
-def build(args, tmp):
-    """Write the dataset into tmp. Returns (manifest, summary steps)."""
-    paths = metadata_paths(args.metadata_csv, args.images_dir)
-    if not paths or not os.path.isdir(args.images_dir):
-        missing = args.images_dir if paths else f"{args.metadata_csv} (nor a metadata.csv under {args.images_dir})"
-        model.die(f"{missing} not found; " + download_hint(args.image_types, args.images_dir))
-    df, steps = filter_rows(read_metadata(paths), args.image_types)
-    for col in ("lesion_id", "patient_id"):
-        if col not in df:
-            print(f"no {col} column: images are grouped without it")
-            df[col] = ""
-    found, refused, extra = index_images(args.images_dir, args.dataset_dir)
-    ok = df.isic_id.isin(found.keys())
-    missing = df.isic_id[~ok & ~df.isic_id.isin(refused)]
-    why = [(len(missing), f"missing {len(missing)}: " + ", ".join(missing[:5]) + ", ..." * (len(missing) > 5)),
-           (len(refused), f"refused {len(refused)} symlinks pointing out of {args.images_dir}"),
-           (extra, f"{extra} more files for an isic_id ignored")]
-    steps.append(("with an image file", int(ok.sum()), "; ".join(text for n, text in why if n)))
-    cands = df[ok].reset_index(drop=True)[["isic_id", "label", "lesion_id", "patient_id"]]
-    cands["path"] = cands.isic_id.map(found)
-    os.makedirs(tmp)
-    chosen, unreadable, dups = decode_balanced(cands, args.n_per_class, args.seed, tmp, args.resize_to, args.workers)
-    steps += [("decoded (sampled in SEED order)", len(chosen) + len(unreadable) + len(dups), ""),
-              ("readable", len(chosen) + len(dups),
-               f"unreadable {len(unreadable)}: " + ", ".join(unreadable[:5]) if unreadable else ""),
-              ("distinct images", len(chosen),
-               f"{len(dups)} duplicate images kept once: " + ", ".join(dups[:5]) if dups else "")]
-    if chosen.empty:
-        print_steps(steps)
-        model.die("no usable image (see above); " + download_hint(args.image_types, args.images_dir))
-    for c in model.CLASSES:
-        if (chosen.label == c).sum() < args.n_per_class:
-            model.warn(f"only {(chosen.label == c).sum()} usable {c} images, fewer than N_PER_CLASS: using them all")
-    chosen["split"] = split_groups(chosen.label.to_numpy(), group_ids(chosen).to_numpy(),
-                                   args.val_fraction, args.test_fraction, args.seed)
-    for split in chosen.split.unique():
-        for c in model.CLASSES:
-            os.makedirs(os.path.join(tmp, split, c))
+def check_usable(args, steps, typed, losses, cands, chosen=None, decoded=0, unreadable=()):
+    """Stop when a class has no usable image, or less than MIN_KEPT of the rows survive the unexpected losses (labels
+    outside ISIC's words, conflicts, bad ids, missing or unreadable images); warn when a class is short."""
+    seen = "; ".join(f"{col} {model.describe(typed[col])}" for col in _LABELS if col in typed) if len(typed) else \
+        f"none, as no row has image type {' or '.join(args.image_types)} (see --image-types)"
+    for c, n in [(c, (cands if chosen is None else chosen).label.eq(c).sum()) for c in model.CLASSES]:
+        if n == 0:
+            print_steps(steps, f"no usable {c} images: {typed.label.eq(c).sum()} {c} rows, {cands.label.eq(c).sum()} "
+                        f"with an image file{', 0 readable' * (chosen is not None)}; labels seen: {seen}")
+        if chosen is not None and n < args.n_per_class:
+            model.warn(f"only {n} usable {c} images, fewer than N_PER_CLASS: using them all")
+    base, kept = len(cands) + sum(n for _, n, _ in losses), len(cands) * (1 - len(unreadable) / max(decoded, 1))
+    losses = losses + [(f"unreadable (of {decoded} decoded)", len(unreadable), model.listed(unreadable))]
+    if base and kept < args.min_kept * base:
+        causes = "; ".join(f"{cause} {n} ({what})" for cause, n, what in losses if n)
+        print_steps(steps, f"only {'about ' * bool(decoded)}{kept:.0f} of the {base} rows that should be usable "
+                    f"survive ({kept / base:.0%} < --min-kept {args.min_kept}): {causes}; fix the export, or pass "
+                    "--min-kept 0 to use what is left (e.g. when the metadata lists more images than were downloaded)")
+
+
+def print_steps(steps, error=None):
+    print("\nsummary\n" + "\n".join(f"  {step:<44}{n:>7}  {why}" for step, n, why in steps))
+    if error:
+        model.die(error)
+
+
+def write_splits(chosen, tmp):
+    """Move the decoded images into tmp/<split>/<class>/ and write tmp/manifest.csv; returns the manifest."""
+    for split, c in {(s, c) for s in chosen.split for c in model.CLASSES}:
+        os.makedirs(os.path.join(tmp, split, c))
     for row in chosen.itertuples():
         os.rename(os.path.join(tmp, row.file), os.path.join(tmp, row.split, row.label, row.file))
-    chosen["file"] = chosen.split + "/" + chosen.label + "/" + chosen.file
-    manifest = chosen.rename(columns={"path": "source_file"}).sort_values(
-        ["split", "label", "isic_id"], key=lambda s: s.map(_SPLITS.index) if s.name == "split" else s)
-    manifest = manifest[["isic_id", "split", "label", "lesion_id", "patient_id", "source_file", "sha256", "width",
-                         "height", "file"]]
-    manifest.to_csv(os.path.join(tmp, "manifest.csv"), index=False)
-    return manifest, steps
-
-
-def clean_leftovers(dataset_dir):
-    """Remove the dataset.tmp-* folders of killed runs; put a dataset.old-* back if a swap was cut short."""
-    for path in sorted(glob.glob(glob.escape(dataset_dir) + ".old-*")):
-        if os.path.exists(dataset_dir):
-            shutil.rmtree(path)
-        else:
-            os.rename(path, dataset_dir)
-            print(f"restored {dataset_dir} from {path}, left by a run killed while swapping")
-    for path in glob.glob(glob.escape(dataset_dir) + ".tmp-*"):
-        shutil.rmtree(path)
-
-
-def swap_in(tmp, dataset_dir):
-    old = f"{dataset_dir}.old-{os.getpid()}"
-    if os.path.exists(dataset_dir):
-        os.rename(dataset_dir, old)
-    os.rename(tmp, dataset_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------- the synthetic demo export
-_SKIN = np.array([[238, 204, 180], [230, 190, 160], [218, 172, 140]])  # light skin tones
-_PALETTE = np.array([[92, 55, 34], [36, 28, 28], [104, 112, 134], [172, 84, 78], [150, 102, 66]])
-_PALETTE_BIAS = np.array([0.2, 0.5, 0.3, 0.0, -0.4])[:, None, None]  # dark brown, black, blue-grey, red, tan
-_SITES = ["anterior torso", "posterior torso", "upper extremity", "lower extremity", "head/neck"]
-
-
-def smooth_noise(rng, shape, cells):
-    """Gaussian noise on a cells x cells grid, smoothly (bicubic) enlarged to shape (h, w)."""
-    small = Image.fromarray(rng.standard_normal((cells, cells)).astype(np.float32))
-    return np.asarray(small.resize(shape[::-1], Image.BICUBIC))
-
-
-def demo_lesion(rng, malignant, px):
-    """RGBA patch (px x px) of one lesion. Benign: round, symmetric, one brown. Malignant: irregular,
-    asymmetric border, patches of dark brown, black, blue-grey and red."""
-    y, x = np.mgrid[-1:1:px * 1j, -1:1:px * 1j]
-    k, angles = np.arange(1, 13)[:, None], np.linspace(-np.pi, np.pi, 721)  # border: a radius per angle
-    amp = rng.uniform(0.04, 0.12, k.shape) / np.sqrt(k) if malignant else np.where(k == 2, rng.uniform(0, .08), 0)
-    border = 0.6 * (1 + (amp * np.cos(k * angles + rng.uniform(0, 2 * np.pi, k.shape))).sum(0))
-    alpha = np.clip((np.interp(np.arctan2(y, x), angles, border) - np.hypot(x, y)) * px / 4, 0, 1)
-    if malignant:
-        colour = _PALETTE[np.argmax([smooth_noise(rng, (px, px), 5) for _ in _PALETTE] + _PALETTE_BIAS, axis=0)]
-    else:
-        brown = np.array([176, 126, 88]) + rng.uniform(0, 1) * np.array([-50, -42, -32])
-        colour = brown * (1 + 0.03 * smooth_noise(rng, (px, px), 4))[..., None]
-    patch = Image.fromarray(np.dstack([colour, alpha * 255]).clip(0, 255).astype(np.uint8), "RGBA")
-    return patch.filter(ImageFilter.GaussianBlur(px / (50 if malignant else 80)))
-
-
-def demo_photo(job):
-    """Worker: a clinical overview photo (4:3, longer side size px) of one lesion in one view (rotation,
-    position, lighting, hairs), drawn at up to 400 x 300 and enlarged. The same seeds give the same bytes."""
-    path, lesion_seed, view_seed, malignant, size = job
-    rng, lesion_rng = np.random.default_rng(view_seed), np.random.default_rng(lesion_seed)
-    w = min(size, 400)
-    h = w * 3 // 4
-    diameter = h * (lesion_rng.uniform(0.5, 0.8) if malignant else lesion_rng.uniform(0.25, 0.5))
-    patch = demo_lesion(lesion_rng, malignant, int(diameter / 0.6 * rng.uniform(0.9, 1.1)))
-    patch = patch.rotate(rng.uniform(0, 360), Image.BILINEAR)
-    skin = _SKIN[lesion_rng.integers(len(_SKIN))] * rng.uniform(0.95, 1.05, 3)
-    canvas = Image.new("RGB", (w, h), tuple(int(v) for v in skin.clip(0, 255)))
-    canvas.paste(patch, tuple((np.array([w, h]) * rng.uniform(0.42, 0.58, 2) - patch.width / 2).astype(int)), patch)
-    y, x = np.mgrid[-0.5:0.5:h * 1j, -0.5:0.5:w * 1j]
-    a = rng.uniform(0, 2 * np.pi)
-    light = 1 + rng.uniform(0.1, 0.3) * (x * np.cos(a) + y * np.sin(a)) + 0.03 * smooth_noise(rng, (h, w), 10)
-    light += 0.02 * rng.standard_normal((h, w))  # lighting gradient, blotches, grain; then a colour cast:
-    pixels = np.asarray(canvas) * light[..., None] * rng.uniform(0.96, 1.04, 3)
-    img = Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).resize((size, size * 3 // 4), Image.BILINEAR)
-    draw = ImageDraw.Draw(img)
-    for _ in range(rng.integers(0, 5)):  # hairs: gently curved dark lines
-        t, (x0, y0), a = np.linspace(0, 1, 8), rng.uniform(0, size, 2), rng.uniform(0, np.pi)
-        along, across = t * size * rng.uniform(0.1, 0.4), rng.uniform(-.02, .02) * size * np.sin(np.pi * t)
-        xs, ys = x0 + along * np.cos(a) - across * np.sin(a), y0 + along * np.sin(a) + across * np.cos(a)
-        draw.line(list(zip(xs, ys)), fill=(45, 35, 30), width=max(1, size // 600), joint="curve")
-    img.save(path, quality=90)
-
-
-def write_demo_export(out_dir, seed=SEED, photo_size=DEMO_PHOTO_SIZE, workers=WORKERS):
-    """A synthetic export as 'isic image download' writes it: out_dir/metadata.csv (current schema) and
-    out_dir/<isic_id>.jpg; 1-3 views per lesion, 1-3 lesions per patient, rows to be left out (Indeterminate,
-    empty diagnosis, dermoscopic, close-up), 2 byte-identical files under other ids; plus 6 photos not in the
-    export, out_dir/unseen/<class>_<n>.jpg. The same seed writes the same bytes."""
-    rng, lesions = np.random.default_rng(seed), []  # (looks malignant, diagnosis_1, image_type, views)
-    for malignant, diagnosis in enumerate(["Benign", "Malignant"]):
-        while sum(v for _, d, _, v in lesions if d == diagnosis) < 216:
-            lesions.append((bool(malignant), diagnosis, "clinical: overview", rng.choice([1, 2, 3], p=[.4, .35, .25])))
-    for diagnosis, image_type, n in [("Benign", "dermoscopic", 12), ("Malignant", "dermoscopic", 12),
-                                     ("Benign", "clinical: close-up", 10), ("Malignant", "clinical: close-up", 10),
-                                     ("Indeterminate", "clinical: overview", 16), ("", "clinical: overview", 12)]:
-        looks = [diagnosis == "Malignant" or diagnosis != "Benign" and rng.random() < 0.5 for _ in range(n)]
-        lesions += [(m, diagnosis, image_type, 1) for m in looks]
-    rows, jobs, patient, left = [], [], -1, 0
-    for lesion, i in enumerate(rng.permutation(len(lesions))):
-        malignant, diagnosis, image_type, views = lesions[i]
-        if left == 0:  # a new patient, with 1 to 3 lesions
-            patient, left = patient + 1, rng.choice([1, 2, 3], p=[.7, .2, .1])
-            person = dict(age_approx=5 * rng.integers(4, 17), sex=rng.choice(["female", "male"]))
-        left -= 1
-        lesion_meta = dict(person, anatom_site_1=rng.choice(_SITES), diagnosis_1=diagnosis, image_type=image_type,
-                           diagnosis_2=diagnosis and f"{diagnosis} melanocytic proliferations",
-                           lesion_id=f"IL_{9000000 + lesion}", patient_id=f"IP_{9000000 + patient}")
-        for _ in range(views):
-            rows.append(lesion_meta)
-            jobs.append(((seed, 1, lesion), (seed, 2, len(jobs)), malignant))
-    copies = [int(i) for i in rng.choice(len(rows), 2, replace=False)]  # the same file again, under another id
-    ids = [f"ISIC_{9000000 + n}" for n in rng.permutation(len(rows) + len(copies))]
-    meta = pd.DataFrame(rows + [rows[i] for i in copies]).assign(
-        isic_id=ids, attribution="SYNTHETIC demo image, not a real patient", copyright_license="CC-0",
-        pixels_x=photo_size, pixels_y=photo_size * 3 // 4)
-    first = ["isic_id", "attribution", "copyright_license"]  # then the other fields, sorted, as in real exports
-    os.makedirs(os.path.join(out_dir, "unseen"), exist_ok=True)
-    meta[first + sorted(set(meta) - set(first))].sort_values("isic_id").to_csv(
-        os.path.join(out_dir, "metadata.csv"), index=False)
-    work = [(os.path.join(out_dir, ids[n] + ".jpg"), *job, photo_size) for n, job in enumerate(jobs)]
-    work += [(os.path.join(out_dir, "unseen", f"{c}_{k + 1}.jpg"), (seed, 3, m, k), (seed, 4, m, k), bool(m),
-              photo_size) for m, c in enumerate(model.CLASSES) for k in range(3)]
-    with pool_or_none(workers) as pool:
-        for _ in tqdm(pool.imap_unordered(demo_photo, work, 4) if pool else map(demo_photo, work),
-                      total=len(work), desc="demo photos"):
-            pass
-    for n, i in enumerate(copies):
-        shutil.copyfile(os.path.join(out_dir, ids[i] + ".jpg"), os.path.join(out_dir, ids[len(jobs) + n] + ".jpg"))
-    print(f"wrote a synthetic ISIC export to {out_dir}/: {len(meta)} rows in metadata.csv, 6 photos in unseen/")
-
-
-def print_steps(steps):
-    print("\nsummary")
-    for step, n, why in steps:
-        print(f"  {step:<44}{n:>7}  {why}")
+    manifest = chosen.assign(file=chosen.split + "/" + chosen.label + "/" + chosen.file).rename(
+        columns={"path": "source_file"}).sort_values(
+        ["split", "label", "isic_id"], key=lambda s: s.map(_SPLITS.index) if s.name == "split" else s)[[
+            "isic_id", "split", "label", "lesion_id", "patient_id", "source_file", "sha256", "width", "height", "file"]]
+    model.atomic_write(os.path.join(tmp, "manifest.csv"), lambda path: manifest.to_csv(path, index=False))
+    return manifest
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    args = model.add_constant_flags(parser, globals()).parse_args(argv)
-    if bad := [t for t in args.image_types if t not in _ISIC_IMAGE_TYPES]:
-        model.die(f"unknown image type {bad[0]!r}; ISIC image types: " + ", ".join(map(repr, _ISIC_IMAGE_TYPES)))
-    if not (args.val_fraction >= 0 and args.test_fraction >= 0 and args.val_fraction + args.test_fraction < 1):
-        model.die("--val-fraction and --test-fraction must be >= 0, with a sum below 1 (e.g. 0.15 and 0.15)")
-    sizes = [args.n_per_class, args.workers] + [args.resize_to] * (args.resize_to is not None)
-    if min(sizes) < 1 or args.demo_photo_size < 64:
-        model.die("--n-per-class, --workers and --resize-to must be >= 1 (--resize-to none: copy the files), "
-                  "--demo-photo-size >= 64")
+    """The flags, each checked before any slow work."""
+    args = model.parse_flags(globals(), argv)
+    bad = [t for t in args.image_types if t not in _ISIC_IMAGE_TYPES] + [""]
+    model.check(not bad[0], "--image-types", repr(bad[0]), "use ISIC's: " + ", ".join(map(repr, _ISIC_IMAGE_TYPES)))
+    val, test, size = args.val_fraction, args.test_fraction, args.resize_to
+    for flag, value, ok, wanted in [
+            ("n-per-class", args.n_per_class, model.in_range(args.n_per_class, 1), "a whole number >= 1"),
+            ("val-fraction", val, model.in_range(val, 0, 0.9), "0 (no val split) to 0.9"),
+            ("test-fraction", test, model.in_range(test, 0, 0.9), "0 (no test split) to 0.9"),
+            ("test-fraction", test, val + test <= 0.9 + 1e-9, f"at most {0.9 - val:.2f} with --val-fraction {val}"),
+            ("resize-to", size, size is None or model.in_range(size, 1), "a size >= 1 px, or none (copy the files)"),
+            ("min-kept", args.min_kept, model.in_range(args.min_kept, 0, 1), "a share from 0 (never stop) to 1"),
+            ("seed", args.seed, model.in_range(args.seed, 0, 2 ** 32 - 1), "a whole number >= 0 (< 2**32)"),
+            ("workers", args.workers, model.in_range(args.workers, 1, 1024), "1 to 1024 processes")]:
+        model.check(ok, "--" + flag, value, "use " + wanted)
+    out, kind = os.path.realpath(args.dataset_dir), model.file_kind(args.dataset_dir)
+    held = [p for p in (args.images_dir, args.metadata_csv) if os.path.commonpath([os.path.realpath(p), out]) == out]
+    model.check(not held, "--dataset-dir", args.dataset_dir, f"use a folder that does not hold {held and held[0]}")
+    model.check(kind in ("missing", "a folder"), "--dataset-dir", args.dataset_dir,
+                f"use a folder, not {kind or 'a file'}")
+    model.check_writable(os.path.dirname(os.path.abspath(args.dataset_dir)), "--dataset-dir", folder=True)
     args.dataset_dir = os.path.normpath(args.dataset_dir)
     return args
 
 
 def main(argv=None):
     args, start = parse_args(argv), time.time()
-    tmp = f"{args.dataset_dir}.tmp-{os.getpid()}"
-    try:
-        clean_leftovers(args.dataset_dir)
-        if args.demo:
-            write_demo_export(args.demo_dir, args.seed, args.demo_photo_size, args.workers)
-            args.metadata_csv, args.images_dir = os.path.join(args.demo_dir, "metadata.csv"), args.demo_dir
-        manifest, steps = build(args, tmp)
-        swap_in(tmp, args.dataset_dir)
-    except KeyboardInterrupt:
-        print("\ninterrupted; the previous dataset is untouched", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    # one run per folder: the dataset is written beside the previous one and swapped in when all went well
+    with model.replaced_folder(args.dataset_dir, "prepare_dataset.py") as tmp:
+
+        # metadata: the usable rows, and why the others were left out
+        metadata = read_metadata(args.metadata_csv, args.images_dir, args.image_types)
+        df, typed, steps, losses = filter_rows(metadata, args.image_types)
+        for col in [col for col in ("lesion_id", "patient_id") if col not in df]:
+            print(f"no {col} column: images are grouped without it")
+            df[col] = ""
+
+        # image files: regular files inside the export only; both classes needed, and most of the rows
+        found, no_file, extra = image_files(df.isic_id, args.images_dir, args.dataset_dir)
+        cands = df[df.isic_id.isin(found.keys())].reset_index(drop=True)[["isic_id", "label", "lesion_id",
+                                                                          "patient_id"]]
+        cands["path"], losses = cands.isic_id.map(found), losses + no_file
+        why = [f"{cause} {n}: {what}" for cause, n, what in no_file] + [f"{extra} more files for an id ignored"][:extra]
+        steps.append(("with an image file", len(cands), "; ".join(why)))
+        check_usable(args, steps, typed, losses, cands)
+
+        # decode, hash and shrink, balanced; check again
+        chosen, unreadable, dups = decode_balanced(cands, args.n_per_class, args.seed, tmp, args.resize_to,
+                                                   args.workers)
+        decoded = len(chosen) + len(unreadable) + len(dups)
+        steps += [("decoded (sampled in SEED order)", decoded, ""),
+                  ("readable", decoded - len(unreadable), bool(unreadable) * f"unreadable {len(unreadable)}: "
+                   + model.listed(unreadable, 5)),
+                  ("distinct images", len(chosen), bool(dups) * f"{len(dups)} duplicate images kept once: "
+                   + model.listed(dups, 5))]
+        check_usable(args, steps, typed, losses, cands, chosen, decoded, unreadable)
+
+        # split by lesion and patient groups, into the class folders
+        chosen["split"] = split_groups(chosen.label.to_numpy(), group_ids(chosen).to_numpy(), args.val_fraction,
+                                       args.test_fraction, args.seed)
+        manifest = write_splits(chosen, tmp)
+
+    # report
     print_steps(steps)
     table = pd.crosstab(manifest.split, manifest.label, margins=True, margins_name="total")
     print(table.reindex([s for s in _SPLITS if s in table.index] + ["total"]).to_string())
@@ -484,4 +346,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    model.run_script(main, "interrupted; the previous dataset is untouched")

@@ -1,11 +1,17 @@
-"""prepare_dataset.py on exports shaped like real ISIC ones (both label schemas), the demo export, and
-the real sample in ../shared when it is there."""
+"""prepare_dataset.py and make_demo_data.py: exports shaped like real ISIC ones (both label schemas, what Excel
+does to a CSV), the demo export, bad rows and bad images (counted), runs that must stop with one `error:` line
+and leave the previous dataset/ byte-identical (bad flags, a lost class, far fewer rows, a full disk, a second
+run in the folder), kills and Ctrl-C, and the real sample in ../shared when it is there.
+
+prepare_dataset.main runs in this process where an exit code is all that is needed; a fresh process only for
+signals, a file-size limit and a hang guard."""
 import glob
 import hashlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -13,87 +19,114 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import make_demo_data
 import prepare_dataset
+from conftest import (ENV, ROOT, assert_one_error, export_rows, fingerprint, main_fails, noise_image, png_claiming,
+                      run, write_export)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "prepare_dataset.py")
-REAL_SAMPLE = os.path.join(ROOT, "..", "shared", "real_isic_sample")
-
-
-def make_image(path, seed, size=(48, 40), **save_args):
-    """Random pixels, so that no two test images are byte-identical by accident."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, **save_args)
+REAL_SAMPLE = next((p for p in ("/work/shared/real_isic_sample", os.path.join(ROOT, "..", "shared", "real_isic_sample"))
+                    if os.path.isdir(p)), None)
 
 
-def write_export(folder, rows, ext=".jpg", images=True):
-    """An export as 'isic image download' writes it: metadata.csv with isic_id, attribution,
-    copyright_license first, then the other fields sorted; an image <isic_id><ext> per row."""
-    os.makedirs(folder, exist_ok=True)
-    df = pd.DataFrame(rows).assign(attribution="Anonymous", copyright_license="CC-BY", pixels_x=48, pixels_y=40)
-    first = ["isic_id", "attribution", "copyright_license"]
-    df[first + sorted(set(df) - set(first))].to_csv(os.path.join(folder, "metadata.csv"), index=False)
-    for row in rows if images else []:
-        make_image(os.path.join(folder, row["isic_id"] + ext), int(row["isic_id"][5:]))
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own folder, where the defaults (metadata.csv, isic_images/, dataset/) point."""
+    monkeypatch.chdir(tmp_path)
 
 
-def lesion_rows(n_lesions, start=0, label_column="diagnosis_1", labels=("Benign", "Malignant")):
+@pytest.fixture
+def no_hang():
+    """Fail, instead of waiting forever, if something opens a named pipe in this process."""
+    def timeout(*_):
+        raise TimeoutError("blocked: a named pipe was opened")
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def lesion_rows(n_lesions, start=0):
     """1-3 views per lesion, two lesions per patient (one of each class)."""
     rows = []
     for lesion in range(n_lesions):
         for view in range(1 + lesion % 3):
-            rows.append({"isic_id": f"ISIC_{start + len(rows):07d}", label_column: labels[lesion % 2],
+            rows.append({"isic_id": f"ISIC_{start + len(rows):07d}", "diagnosis_1": ["Benign", "Malignant"][lesion % 2],
                          "image_type": "clinical: overview", "lesion_id": f"IL_{start + lesion:07d}",
                          "patient_id": f"IP_{start + lesion // 2:07d}"})
     return rows
 
 
-def prepare(tmp_path, *args):
-    """prepare_dataset.main in this process, outputs under tmp_path; returns the manifest."""
-    dataset = str(tmp_path / "dataset")
-    prepare_dataset.main(["--dataset-dir", dataset, "--workers", "1", *args])
-    return pd.read_csv(os.path.join(dataset, "manifest.csv"), dtype=str, keep_default_na=False)
+def previous_dataset():
+    """A dataset/ as an earlier run left it; returns its fingerprint."""
+    noise_image(os.path.join("dataset", "train", "benign", "ISIC_0999999.jpg"), 99)
+    with open(os.path.join("dataset", "manifest.csv"), "w") as f:
+        f.write("isic_id,split,label\nISIC_0999999,train,benign\n")
+    return fingerprint("dataset")
 
 
-def run(tmp_path, *args, timeout=120):
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=timeout)
+def prepare(*args, workers=1):
+    """prepare_dataset.main in this process; returns the manifest."""
+    prepare_dataset.main(["--workers", str(workers), *map(str, args)])
+    return pd.read_csv(os.path.join("dataset", "manifest.csv"), dtype=str, keep_default_na=False)
 
 
-def dataset_files(folder):
+def write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def dataset_files(folder="dataset"):
     return sorted(os.path.relpath(p, folder) for p in glob.glob(os.path.join(folder, "*", "*", "*")))
 
 
-def test_filters_labels_ids_and_duplicate_rows():
+def summary(out):
+    """{step: the rows left and what was left out} from the summary prepare_dataset.py prints."""
+    return dict((line[:46].strip(), line[46:]) for line in out.splitlines() if line.startswith("  "))
+
+
+def fails_keeping_dataset(argv, capsys, expected, before):
+    """main(argv) stops with one error line; dataset/ is byte-identical and no dataset.tmp/old is left."""
+    main_fails(prepare_dataset.main, ["--workers", 1, *argv], capsys, expected)
+    assert fingerprint("dataset") == before
+    assert glob.glob("dataset*") == ["dataset"]
+
+
+# ---------------------------------------------------------------------------- rows and labels
+def test_filters_image_types_labels_ids_and_repeated_rows():
     df = pd.DataFrame({
         "isic_id": ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003", "ISIC_0000004", "ISIC_0000005", "ISIC_0000006",
                     "ISIC_0000007", "ISIC_0000008", "../../x", "/etc/passwd", "ISIC_0000001", "ISIC_123"],
-        "diagnosis_1": ["Benign", "Malignant", "Benign", "Malignant", "Indeterminate", "", "benign", "Malignant",
-                        "Benign", "Benign", "Benign", "Malignant"],
+        "diagnosis_1": ["Benign", "Malignant", "Benign", "Malignant", "Indeterminate", "", " benign ", "Malignant",
+                        "Benign", "Benign", "Benign", "Melanoma"],
         "image_type": ["clinical: overview", "overview", "dermoscopic", "clinical: close-up", "clinical: overview",
                        "clinical: overview", "clinical: overview", "TBP tile: close-up"] + ["clinical: overview"] * 4,
     })
-    kept, steps = prepare_dataset.filter_rows(df, ["clinical: overview"])
-    assert list(kept.isic_id) == ["ISIC_0000001", "ISIC_0000002"]  # 'overview' is the pre-2023 name
-    assert list(kept.label) == ["benign", "malignant"]
-    assert [n for _, n, _ in steps] == [12, 9, 6, 3, 2]
+    kept, typed, steps, losses = prepare_dataset.filter_rows(df, ["clinical: overview"])
+    assert list(kept.isic_id) == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000007"]  # 'overview': the pre-2023 name
+    assert list(kept.label) == ["benign", "malignant", "benign"] and len(typed) == 9
+    assert [n for _, n, _ in steps] == [12, 9, 6, 4, 3]
     why = dict((step, reason) for step, _, reason in steps)
     assert "dermoscopic 1" in why["image_type clinical: overview or overview"]
     assert "'Indeterminate' 1" in why["with a definite label"] and "empty 1" in why["with a definite label"]
-    assert "'benign' 1" in why["with a definite label"]  # wrong case: not guessed
     assert "'../../x'" in why["with a valid isic_id"] and "1 repeated" in why["unique isic_id"]
+    # Indeterminate and empty are ISIC's own words: expected; 'Melanoma' and bad ids are not
+    assert [(cause, n) for cause, n, _ in losses] == [("label outside ISIC's vocabulary or in conflict", 1),
+                                                      ("invalid isic_id", 2)]
+    assert "'Melanoma' 1" in losses[0][2]
 
 
-def test_legacy_and_conflicting_labels():
-    legacy = pd.DataFrame({"isic_id": ["a", "b", "c", "d", "e", "f"],
-                           "benign_malignant": ["benign", "malignant", "indeterminate", "indeterminate/benign",
-                                                "indeterminate/malignant", ""]})
+def test_labels_ignore_case_and_spaces_in_both_columns():
+    legacy = pd.DataFrame({"benign_malignant": ["benign", " MALIGNANT ", "Malignant", "indeterminate",
+                                                "indeterminate/benign", "Indeterminate/Malignant", "", "naevus"]})
     assert list(prepare_dataset.label_rows(legacy)) == [
-        "benign", "malignant", "'indeterminate'", "'indeterminate/benign'", "'indeterminate/malignant'", "empty"]
-    both = pd.DataFrame({"isic_id": list("abcde"),
-                         "diagnosis_1": ["Benign", "Malignant", "", "Benign", "Indeterminate"],
-                         "benign_malignant": ["benign", "benign", "malignant", "", "indeterminate"]})
-    assert list(prepare_dataset.label_rows(both)) == ["benign", "conflicting", "malignant", "benign", "'Indeterminate'"]
+        "benign", "malignant", "malignant", "'indeterminate'", "'indeterminate/benign'", "'Indeterminate/Malignant'",
+        "empty", "'naevus'"]
+    both = pd.DataFrame({"diagnosis_1": ["Benign", "malignant ", "", "Benign", "Indeterminate", "MALIGNANT", "Benign"],
+                         "benign_malignant": ["benign", "Malignant", "malignant", "", "indeterminate", "benign",
+                                              "indeterminate/benign"]})
+    assert list(prepare_dataset.label_rows(both)) == ["benign", "malignant", "malignant", "benign", "'Indeterminate'",
+                                                      "conflicting", "conflicting"]
 
 
 def test_union_find_groups_lesions_and_patients():
@@ -105,150 +138,424 @@ def test_union_find_groups_lesions_and_patients():
     assert len(set(groups)) == 3
 
 
-def test_grouped_balanced_split_from_two_downloads(tmp_path, capsys, monkeypatch):
+# ---------------------------------------------------------------------------- exports that work
+def test_grouped_balanced_split_from_two_downloads(capsys):
     # one 'isic image download' per class into sub-folders, each with its own metadata.csv; no top-level one
     rows = lesion_rows(40)
-    write_export(tmp_path / "isic_images" / "benign", [r for r in rows if r["diagnosis_1"] == "Benign"])
-    write_export(tmp_path / "isic_images" / "malignant", [r for r in rows if r["diagnosis_1"] == "Malignant"])
-    monkeypatch.chdir(tmp_path)
-    m = prepare(tmp_path, "--n-per-class", "25", "--workers", "2")
-    assert "reading the 2 metadata.csv" in capsys.readouterr().out
+    for c in ["Benign", "Malignant"]:
+        write_export(f"isic_images/{c.lower()}", [r for r in rows if r["diagnosis_1"] == c])
+    for r in rows:  # write_export seeds its photos by row number: the two folders would share photos
+        noise_image(f"isic_images/{r['diagnosis_1'].lower()}/{r['isic_id']}.jpg", int(r["isic_id"][5:]))
+    m = prepare("--n-per-class", 25, workers=2)
+    out = capsys.readouterr().out
+    assert "reading the 2 metadata.csv" in out and "train" in out and "total" in out  # summary and crosstab
     assert (m.label.value_counts() == 25).all()
     for col in ["lesion_id", "patient_id"]:
         assert (m.groupby(col).split.nunique() == 1).all(), f"a {col} spans two splits"
-    assert set(m.split) == {"train", "val", "test"}
-    assert dataset_files(tmp_path / "dataset") == sorted(m.file)
-    for split in ["train", "val", "test"]:
-        assert all(os.path.isdir(tmp_path / "dataset" / split / c) for c in ["benign", "malignant"])
+    assert set(m.split) == {"train", "val", "test"} and dataset_files() == sorted(m.file)
     assert m.source_file.map(os.path.isfile).all() and (m.width == "48").all()
-    row = m.iloc[0]
-    with open(row.source_file, "rb") as f:
-        assert hashlib.sha256(f.read()).hexdigest() == row.sha256
-    again = prepare(tmp_path, "--n-per-class", "25")  # the same seed: the same dataset
-    assert again.equals(m)
+    with open(m.source_file[0], "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == m.sha256[0]
+    assert prepare("--n-per-class", 25).equals(m)  # the same seed, 1 worker instead of 2: the same dataset
 
 
-def test_legacy_schema_without_optional_columns_png_fewer_than_asked_and_no_val(tmp_path, capsys):
-    rows = [{"isic_id": f"ISIC_{i:07d}", "benign_malignant": "benign" if i < 12 else "malignant"} for i in range(16)]
-    rows += [{"isic_id": "ISIC_0000099", "benign_malignant": "indeterminate/malignant"}]
-    write_export(tmp_path / "export", rows, ext=".png")
-    m = prepare(tmp_path, "--metadata-csv", str(tmp_path / "export" / "metadata.csv"), "--images-dir",
-                str(tmp_path / "export"), "--n-per-class", "10", "--val-fraction", "0", "--test-fraction", "0.25")
+def test_legacy_schema_any_case_png_fewer_than_asked_and_no_val(capsys):
+    labels = ["benign", " Benign", "BENIGN "] * 4 + ["Malignant", "malignant "] * 2
+    rows = [{"isic_id": f"ISIC_{i:07d}", "benign_malignant": label} for i, label in enumerate(labels)]
+    rows += [{"isic_id": f"ISIC_{99 + i:07d}", "benign_malignant": "indeterminate/malignant"} for i in range(30)]
+    write_export("export", rows, ext=".png")  # 30 indeterminate of 46 rows: an expected loss, no stop
+    m = prepare("--metadata-csv", "export/metadata.csv", "--images-dir", "export", "--n-per-class", 10,
+                "--val-fraction", 0, "--test-fraction", 0.25)
     out, err = capsys.readouterr()
     assert "no image_type column" in out and "no lesion_id column" in out
-    assert "'indeterminate/malignant' 1" in out
+    assert "'indeterminate/malignant' 30" in out
     assert m.label.value_counts().to_dict() == {"benign": 10, "malignant": 4}
     assert "only 4 usable malignant images" in err
-    assert set(m.split) == {"train", "test"} and not os.path.exists(tmp_path / "dataset" / "val")
+    assert set(m.split) == {"train", "test"} and not os.path.exists("dataset/val")
     assert m.source_file.str.endswith(".png").all() and m.file.str.endswith(".jpg").all()
 
 
-def test_missing_unreadable_duplicate_and_symlinked_images(tmp_path, capsys, monkeypatch):
-    rows = lesion_rows(12)
-    write_export(tmp_path / "isic_images", rows)
-    images = tmp_path / "isic_images"
-    os.remove(images / "ISIC_0000000.jpg")  # missing
-    open(images / "ISIC_0000001.jpg", "wb").close()  # zero bytes
-    (images / "ISIC_0000002.jpg").write_bytes((images / "ISIC_0000003.jpg").read_bytes()[:200])  # truncated
-    (images / "ISIC_0000004.jpg").write_text("not an image")
-    (images / "ISIC_0000005.jpg").write_bytes((images / "ISIC_0000006.jpg").read_bytes())  # same bytes
-    make_image(tmp_path / "outside.jpg", 1)
-    os.remove(images / "ISIC_0000007.jpg")
-    os.symlink(tmp_path / "outside.jpg", images / "ISIC_0000007.jpg")  # points out of the export: refused
-    monkeypatch.chdir(tmp_path)
-    m = prepare(tmp_path, "--n-per-class", "100")
-    out = capsys.readouterr().out
-    assert "missing 1: ISIC_0000000" in out and "refused 1 symlinks" in out
-    assert "unreadable 3" in out and "1 duplicate images kept once" in out
-    assert len(m) == len(rows) - 6
-    assert not {"ISIC_0000000", "ISIC_0000001", "ISIC_0000002", "ISIC_0000004", "ISIC_0000007"} & set(m.isic_id)
-    assert len({"ISIC_0000005", "ISIC_0000006"} & set(m.isic_id)) == 1 and m.sha256.is_unique
+@pytest.mark.parametrize("sep, encoding, warning", [
+    (";", "cp1252", "is text with semicolons between fields"),
+    ("\t", "utf-8", "is text with tabs between fields"),
+    ("\t", "utf-16", "is UTF-16 text with tabs between fields"),  # Excel's 'Unicode Text'
+    (";", "utf-8-sig", "is text with semicolons between fields"),
+], ids=["semicolons cp1252", "tabs", "utf-16 unicode text", "semicolons utf-8 bom"])
+def test_what_excel_saves_is_read_with_a_warning(capsys, sep, encoding, warning):
+    rows = export_rows(8, attribution="Dr. Müller; Universitätsklinik")
+    write_export("isic_images", rows)
+    pd.DataFrame(rows).to_csv("isic_images/metadata.csv", sep=sep, encoding=encoding, index=False)
+    m = prepare("--val-fraction", 0, "--test-fraction", 0)
+    err = capsys.readouterr().err
+    assert f"warning: isic_images/metadata.csv {warning} (as Excel saves it); read it so" in err
+    assert ("is not UTF-8; read it as Windows-1252" in err) == (encoding == "cp1252")
+    assert sorted(m.isic_id) == [r["isic_id"] for r in rows]
 
 
-def test_exif_orientation_resize_and_never_upscale(tmp_path, monkeypatch):
-    rows = [{"isic_id": "ISIC_0000001", "diagnosis_1": "Benign"},
-            {"isic_id": "ISIC_0000002", "diagnosis_1": "Malignant"}]
-    write_export(tmp_path / "isic_images", rows)
+def test_exif_orientation_resize_and_never_upscale():
+    write_export("isic_images", [{"isic_id": "ISIC_0000001", "diagnosis_1": "Benign"},
+                                 {"isic_id": "ISIC_0000002", "diagnosis_1": "Malignant"}])
     wide = np.zeros((40, 80, 3), np.uint8)
     wide[:, :40] = (255, 0, 0)  # left half red, right half blue, as stored
     wide[:, 40:] = (0, 0, 255)
     exif = Image.Exif()
     exif[0x0112] = 6  # display rotated 90 degrees clockwise
-    Image.fromarray(wide).save(tmp_path / "isic_images" / "ISIC_0000001.jpg", exif=exif)
-    monkeypatch.chdir(tmp_path)
-    m = prepare(tmp_path, "--resize-to", "20", "--val-fraction", "0", "--test-fraction", "0").set_index("isic_id")
-    with Image.open(tmp_path / "dataset" / m.file["ISIC_0000001"]) as img:
+    Image.fromarray(wide).save("isic_images/ISIC_0000001.jpg", exif=exif)
+    no_split = ["--val-fraction", 0, "--test-fraction", 0]
+    m = prepare("--resize-to", 20, *no_split).set_index("isic_id")
+    with Image.open(os.path.join("dataset", m.file["ISIC_0000001"])) as img:
         assert img.size == (20, 40)  # upright, shorter side 20
         top, bottom = np.asarray(img)[3, 10], np.asarray(img)[-4, 10]
     assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]  # the left edge is now on top
     assert (m.width["ISIC_0000001"], m.height["ISIC_0000001"]) == ("80", "40")  # the original, as stored
-    m = prepare(tmp_path, "--resize-to", "256", "--val-fraction", "0", "--test-fraction", "0").set_index("isic_id")
-    with Image.open(tmp_path / "dataset" / m.file["ISIC_0000002"]) as img:
+    m = prepare("--resize-to", 256, *no_split).set_index("isic_id")
+    with Image.open(os.path.join("dataset", m.file["ISIC_0000002"])) as img:
         assert img.size == (48, 40)  # smaller than RESIZE_TO: kept, never enlarged
-    m = prepare(tmp_path, "--resize-to", "none", "--val-fraction", "0", "--test-fraction", "0").set_index("isic_id")
-    with open(tmp_path / "dataset" / m.file["ISIC_0000002"], "rb") as f:
+    m = prepare("--resize-to", "none", *no_split).set_index("isic_id")
+    with open(os.path.join("dataset", m.file["ISIC_0000002"]), "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == m.sha256["ISIC_0000002"]  # the original bytes
 
 
-def test_rerun_replaces_the_dataset_and_cleans_up(tmp_path):
+def test_rerun_replaces_the_dataset_and_cleans_leftovers(capsys):
     first, second = lesion_rows(12), lesion_rows(12, start=500)
-    write_export(tmp_path / "a", first)
-    write_export(tmp_path / "b", second)
-    os.makedirs(tmp_path / "dataset.tmp-99999" / "train")  # left by a killed run
-    args = ["--n-per-class", "100", "--val-fraction", "0", "--test-fraction", "0"]
+    write_export("a", first)
+    write_export("b", second)
+    os.makedirs("dataset.tmp-99999/train")  # left by a killed run
+    args = ["--n-per-class", 100, "--val-fraction", 0, "--test-fraction", 0]
     for export in ["a", "b"]:
-        m = prepare(tmp_path, "--images-dir", str(tmp_path / export),
-                    "--metadata-csv", str(tmp_path / export / "metadata.csv"), *args)
-    assert dataset_files(tmp_path / "dataset") == sorted(m.file)
-    assert set(m.isic_id) == {r["isic_id"] for r in second}
-    assert sorted(os.listdir(tmp_path)) == ["a", "b", "dataset"]
-    os.rename(tmp_path / "dataset", tmp_path / "dataset.old-4242")  # a kill between the two renames of a swap
-    prepare_dataset.clean_leftovers(str(tmp_path / "dataset"))
-    assert dataset_files(tmp_path / "dataset") == sorted(m.file)
+        m = prepare("--images-dir", export, "--metadata-csv", f"{export}/metadata.csv", *args)
+    assert dataset_files() == sorted(m.file) and set(m.isic_id) == {r["isic_id"] for r in second}
+    assert sorted(os.listdir()) == ["a", "b", "dataset"]
+    before = fingerprint("dataset")
+    os.rename("dataset", "dataset.old-4242")  # a kill between the two renames of a swap
+    main_fails(prepare_dataset.main, ["--images-dir", "nothing"], capsys, "(nor a metadata.csv under nothing)")
+    assert fingerprint("dataset") == before and sorted(os.listdir()) == ["a", "b", "dataset"]
 
 
-def test_ctrl_c_keeps_the_previous_dataset(tmp_path):
-    os.makedirs(tmp_path / "dataset" / "train" / "benign")
-    (tmp_path / "dataset" / "manifest.csv").write_text("previous")
-    p = subprocess.Popen([sys.executable, SCRIPT, "--demo", "--demo-photo-size", "256", "--workers", "2"],
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
-    while not os.path.exists(tmp_path / "demo_data" / "metadata.csv") and time.time() < deadline:
-        time.sleep(0.05)  # interrupt while the photos are being drawn
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "interrupted; the previous dataset is untouched" and "Traceback" not in err
-    assert (tmp_path / "dataset" / "manifest.csv").read_text() == "previous"
-    assert not glob.glob(str(tmp_path / "dataset.*"))
+# ---------------------------------------------------------------------------- bad rows and images: counted
+def test_bad_metadata_rows_are_counted_and_left_out(capsys):
+    """Windows-1252 bytes, labels that disagree, an unknown image_type spelling, a repeated row, and isic_ids
+    that try to leave the folder: read (with a warning), counted, left out; nothing outside is touched."""
+    rows = export_rows(8, attribution="Dr. Müller, Universitätsklinik")
+    for row in rows:
+        row["benign_malignant"] = row["diagnosis_1"].lower()
+    rows += [dict(rows[0], isic_id="ISIC_0000020", benign_malignant="malignant"),  # Benign vs malignant
+             dict(rows[1], isic_id="ISIC_0000021", image_type="Clinical Overview"),
+             dict(rows[2]),  # the same isic_id again
+             dict(rows[3], isic_id="../../x"), dict(rows[3], isic_id="/etc/passwd")]
+    export = write_export("isic_images", rows, encoding="cp1252")  # found under isic_images/
+    noise_image("x.jpg", 7)  # where ../../x would point from a sub-folder
+    outside = {k: v for k, v in fingerprint(".").items() if not k.startswith("isic_images")}
+    m = prepare("--val-fraction", 0, "--test-fraction", 0)
+    out, err = capsys.readouterr()
+    assert "warning: isic_images/metadata.csv is not UTF-8; read it as Windows-1252" in err
+    steps = summary(out)
+    assert steps["rows read"].split() == ["13"]
+    assert "left out: Clinical Overview 1" in steps["image_type clinical: overview or overview"]
+    assert "left out: conflicting 1" in steps["with a definite label"]
+    assert "refused 2: '../../x', '/etc/passwd'" in steps["with a valid isic_id"]
+    assert "1 repeated rows kept once" in steps["unique isic_id"]
+    assert sorted(m.isic_id) == [f"ISIC_{i:07d}" for i in range(8)]
+    assert all(os.path.realpath(f).startswith(os.path.realpath(export) + os.sep) for f in m.source_file)
+    after = {k: v for k, v in fingerprint(".").items() if k.split(os.sep)[0] not in ("isic_images", "dataset")}
+    assert after == outside
 
 
-@pytest.mark.parametrize("rows, args, message", [
-    ([{"isic_id": "ISIC_0000001", "image_type": "clinical: overview"}], [], "neither diagnosis_1 nor benign_malignant"),
-    ([{"id": "ISIC_0000001", "diagnosis_1": "Benign"}], [], "no isic_id column"),
-    ([{"isic_id": "ISIC_0000001", "diagnosis_1": "Indeterminate"}], [], "isic image download --search"),
-    ([{"isic_id": "ISIC_0000001", "diagnosis_1": "Benign"}], ["--image-types", "overveiw"], "'clinical: overview'"),
-    ([{"isic_id": "ISIC_0000001", "diagnosis_1": "Benign"}], ["--resize-to", "0"], "--resize-to must be >= 1"),
-])
-def test_user_mistakes_get_one_clear_line(tmp_path, rows, args, message):
-    pd.DataFrame(rows).to_csv(tmp_path / "metadata.csv", index=False)
-    os.makedirs(tmp_path / "isic_images")
-    r = run(tmp_path, *args)
-    assert r.returncode == 1 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr and not glob.glob(str(tmp_path / "dataset*"))
+def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened(tmp_path, no_hang):
+    rows = export_rows(24)
+    write_export("isic_images", rows)
+    ids = [row["isic_id"] for row in rows]
+    odd = dict(zip(["cmyk", "16-bit", "grey", "rgba", "exif", "huge", "missing", "empty", "truncated", "text", "bomb",
+                    "symlink", "fifo", "copy"], ids[8:]))
+    path = lambda kind, ext=".jpg": os.path.join("isic_images", odd[kind] + ext)
+    for kind in odd:
+        os.remove(path(kind))
+    noise_image(path("cmyk"), 1, mode="CMYK")
+    Image.fromarray(np.full((40, 48), 32896, np.uint16)).save(path("16-bit", ".png"))  # 16-bit grey, ~50%
+    noise_image(path("grey"), 2, mode="L")
+    noise_image(path("rgba", ".png"), 3, mode="RGBA")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees
+    noise_image(path("exif"), 4, size=(80, 40), exif=exif)
+    Image.new("L", (12000, 9000), 77).save(path("huge"), quality=50)  # 108 MP, under MAX_IMAGE_PIXELS
+    open(path("empty"), "wb").close()
+    noise_image(path("truncated"), 5, size=(200, 150))
+    with open(path("truncated"), "r+b") as f:
+        f.truncate(3000)  # cut short mid-scan
+    with open(path("text"), "w") as f:
+        f.write("this is not a JPEG")
+    png_claiming(path("bomb", ".png"), 20000, 20000)  # 400 MP: over the limit
+    os.symlink(noise_image(tmp_path / "outside.jpg", 6), path("symlink"))
+    os.mkfifo(path("fifo"))  # opening it would wait forever
+    with open(os.path.join("isic_images", ids[0] + ".jpg"), "rb") as f, open(path("copy"), "wb") as g:
+        g.write(f.read())  # the same bytes under another id
+
+    r = run("prepare_dataset.py", "--workers", 2, "--val-fraction", 0, "--test-fraction", 0, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    files = summary(r.stdout)["with an image file"]
+    assert f"missing 1: {odd['missing']}" in files and f"symlink out of isic_images 1: {odd['symlink']}" in files
+    assert f"not a regular file 1: {odd['fifo']} (a named pipe)" in files
+    unreadable = summary(r.stdout)["readable"]
+    assert "unreadable 4: " in unreadable and f"{odd['bomb']} (DecompressionBombWarning)" in unreadable
+    assert all(odd[kind] in unreadable for kind in ["empty", "truncated", "text"])
+    assert "1 duplicate images kept once" in summary(r.stdout)["distinct images"]
+    m = pd.read_csv("dataset/manifest.csv", dtype=str).set_index("isic_id")
+    kept = ids[1:8] + ids[22:] + [odd[k] for k in ["cmyk", "16-bit", "grey", "rgba", "exif", "huge"]]
+    assert sorted(set(m.index) - {ids[0], odd["copy"]}) == sorted(kept) and len(m) == len(kept) + 1
+    for kind in ["cmyk", "16-bit", "grey", "rgba", "exif", "huge"]:
+        with Image.open(os.path.join("dataset", m.file[odd[kind]])) as img:
+            assert img.format == "JPEG" and img.mode == "RGB", kind
+            size, pixels = img.size, np.asarray(img)
+        assert size == {"exif": (40, 80), "huge": (341, 256)}.get(kind, (48, 40)), kind
+    assert abs(int(pixels.mean()) - 77) <= 2  # the huge one: the same grey, shrunk
+    with Image.open(os.path.join("dataset", m.file[odd["16-bit"]])) as img:
+        assert abs(np.asarray(img).mean() - 128) < 2  # scaled from 16 to 8 bits, not clipped to 255
+    os.makedirs("scratch")
+    t = time.time()
+    assert not prepare_dataset.process_image((odd["huge"], path("huge"), "scratch", 256))["error"]
+    assert time.time() - t < 2, "the 12000 px JPEG must be decoded at a reduced scale (Pillow draft): ~0.1 s, not ~4 s"
+    assert prepare_dataset.process_image((odd["fifo"], path("fifo"), "scratch", 256))["error"] == "not a regular file"
 
 
-def test_no_export_at_all_says_how_to_download(tmp_path):
-    r = run(tmp_path)
-    assert r.returncode == 1
-    assert "isic image download --search 'image_type:\"clinical: overview\" AND diagnosis_1:Benign'" in r.stderr
-    assert "diagnosis_1:Malignant" in r.stderr and "isic_images/malignant" in r.stderr
+# ---------------------------------------------------------------------------- runs that stop, keeping dataset/
+METADATA_MISTAKES = {  # case: what the error line says
+    "missing": "metadata.csv (nor a metadata.csv under isic_images) not found; download an export with: isic image",
+    "empty": "cannot read metadata.csv as CSV (EmptyDataError)",
+    "binary garbage": "metadata.csv holds binary data, not CSV text",
+    "a JPEG renamed": "metadata.csv holds binary data, not CSV text",
+    "a named pipe": "metadata.csv is a named pipe, not a CSV file",
+    "a named pipe in the export": "isic_images/metadata.csv is a named pipe, not a CSV file",
+    "a folder": "metadata.csv is a folder, not a CSV file",
+    "no isic_id column": "metadata.csv has no isic_id column",
+    "no label column": "neither diagnosis_1 nor benign_malignant",
+}
 
 
-def test_demo_export_is_isic_shaped_grouped_and_deterministic(tmp_path):
-    r = run(tmp_path, "--demo", "--demo-photo-size", "256", "--workers", "2")
-    assert r.returncode == 0, r.stderr
-    meta = pd.read_csv(tmp_path / "demo_data" / "metadata.csv", dtype=str, keep_default_na=False)
+@pytest.mark.parametrize("case", METADATA_MISTAKES)
+def test_metadata_that_cannot_be_used(case, capsys, no_hang):
+    before = previous_dataset()
+    write_export("isic_images", export_rows(4))
+    os.remove("isic_images/metadata.csv")
+    make = {"empty": lambda: write_bytes("metadata.csv", b""),
+            "binary garbage": lambda: write_bytes("metadata.csv", np.random.default_rng(0).bytes(3000)),
+            "a JPEG renamed": lambda: noise_image("metadata.csv", 6, format="JPEG"),
+            "a named pipe": lambda: os.mkfifo("metadata.csv"),
+            "a named pipe in the export": lambda: os.mkfifo("isic_images/metadata.csv"),
+            "a folder": lambda: os.mkdir("metadata.csv"),
+            "no isic_id column": lambda: pd.DataFrame(export_rows(4)).rename(columns={"isic_id": "id"}).to_csv(
+                "metadata.csv", index=False),
+            "no label column": lambda: pd.DataFrame(export_rows(4)).drop(columns="diagnosis_1").to_csv(
+                "metadata.csv", index=False)}
+    make.get(case, lambda: None)()
+    fails_keeping_dataset([], capsys, METADATA_MISTAKES[case], before)
+
+
+FLAG_MISTAKES = {  # arguments: what the error line says; checked before anything is read
+    "--seed -1": "--seed -1: use a whole number >= 0",
+    "--n-per-class 0": "--n-per-class 0: use a whole number >= 1",
+    "--val-fraction 1.5": "--val-fraction 1.5: use 0 (no val split) to 0.9",
+    "--val-fraction nan": "--val-fraction nan: use 0",
+    "--test-fraction -0.1": "--test-fraction -0.1: use 0 (no test split) to 0.9",
+    "--val-fraction 0.5 --test-fraction 0.5": "--test-fraction 0.5: use at most 0.40 with --val-fraction 0.5",
+    "--resize-to 0": "--resize-to 0: use a size >= 1 px, or none",
+    "--workers 0": "--workers 0: use 1 to 1024 processes",
+    "--min-kept 1.5": "--min-kept 1.5: use a share from 0 (never stop) to 1",
+    "--image-types clinical_overview": "--image-types 'clinical_overview': use ISIC's: 'dermoscopic', 'clinical: ",
+    "--dataset-dir isic_images": "--dataset-dir isic_images: use a folder that does not hold isic_images",
+    "--dataset-dir . --images-dir isic_images": "--dataset-dir .: use a folder that does not hold isic_images",
+    "--dataset-dir notes.txt": "--dataset-dir notes.txt: use a folder, not a file",
+}
+
+
+@pytest.mark.parametrize("flags", FLAG_MISTAKES)
+def test_flag_mistakes_stop_before_any_work(flags, capsys):
+    before = previous_dataset()
+    with open("notes.txt", "w") as f:
+        f.write("a file, not a folder")
+    fails_keeping_dataset(flags.split(), capsys, FLAG_MISTAKES[flags], before)  # no export needed: never read
+
+
+def test_no_export_at_all_says_how_to_download(capsys):
+    main_fails(prepare_dataset.main, [], capsys, "isic image download --search 'image_type:\"clinical: overview\" "
+               "AND diagnosis_1:Benign' --limit 300 isic_images/benign, and the same with diagnosis_1:Malignant into "
+               "isic_images/malignant (pip install isic-cli); or try python make_demo_data.py")
+    assert os.listdir() == []
+
+
+def lost_class(case):
+    """An export that lost its malignant class in one of the ways it happens."""
+    rows = export_rows(17) + [dict(isic_id=f"ISIC_{90 + i:07d}", image_type="clinical: overview",
+                                   diagnosis_1="Indeterminate") for i in range(2)]
+    if case == "another image type only":
+        rows = [dict(r, image_type="dermoscopic") for r in rows]
+    if case == "only benign downloaded":
+        rows = [r for r in rows if r["diagnosis_1"] != "Malignant"]
+    if case == "malignant under another name":
+        rows = [dict(r, diagnosis_1="Melanoma") if r["diagnosis_1"] == "Malignant" else r for r in rows]
+    if case == "few malignant lesions":  # 2 of 32 groups: StratifiedGroupKFold cannot put one in every split
+        rows = [dict(r, diagnosis_1="Benign") for r in export_rows(30)] + [dict(r, diagnosis_1="Malignant")
+                                                                           for r in export_rows(32)[30:]]
+    write_export("isic_images", rows)
+    for r in rows:
+        if r.get("diagnosis_1") == "Malignant" and case == "malignant images missing":
+            os.remove(f"isic_images/{r['isic_id']}.jpg")
+        if r.get("diagnosis_1") == "Malignant" and case == "malignant images unreadable":
+            with open(f"isic_images/{r['isic_id']}.jpg", "r+b") as f:
+                f.truncate(100)
+
+
+LOST_CLASS = {  # case: what the error line says
+    "another image type only": "no usable benign images: 0 benign rows, 0 with an image file; labels seen: none, as "
+                               "no row has image type clinical: overview (see --image-types)",
+    "only benign downloaded": "no usable malignant images: 0 malignant rows, 0 with an image file; labels seen: "
+                              "diagnosis_1 Benign 9, Indeterminate 2",
+    "malignant under another name": "no usable malignant images: 0 malignant rows, 0 with an image file; labels seen: "
+                                    "diagnosis_1 Benign 9, Melanoma 8, Indeterminate 2",
+    "malignant images missing": "no usable malignant images: 8 malignant rows, 0 with an image file;",
+    "malignant images unreadable": "no usable malignant images: 8 malignant rows, 8 with an image file, 0 readable;",
+    "few malignant lesions": "split would have no malignant images: the 2 malignant images are only 2 groups; "
+                             "add malignant images, or lower --val-fraction/--test-fraction",
+}
+
+
+@pytest.mark.parametrize("case", LOST_CLASS)
+def test_a_dataset_that_lost_a_class_never_replaces_a_good_one(case, capsys):
+    before = previous_dataset()
+    lost_class(case)
+    fails_keeping_dataset(["--min-kept", 0], capsys, LOST_CLASS[case], before)
+
+
+def far_fewer(case):
+    """20 definite rows (and 40 Indeterminate or empty ones, which are expected), 12 of them lost."""
+    rows = export_rows(20) + [dict(r, isic_id=f"ISIC_{100 + i:07d}", diagnosis_1=["Indeterminate", ""][i % 2])
+                              for i, r in enumerate(export_rows(40))]
+    if case == "labels outside ISIC's vocabulary":
+        rows = [dict(r, diagnosis_1=(["Benign?"] * 5 + ["Naevus"] * 4 + ["Melanoma"] * 3)[i - 8]) if 8 <= i < 20 else r
+                for i, r in enumerate(rows)]
+    write_export("isic_images", rows)
+    for i in range(8, 20):
+        if case == "images missing":
+            os.remove(f"isic_images/ISIC_{i:07d}.jpg")
+        if case == "images unreadable":
+            with open(f"isic_images/ISIC_{i:07d}.jpg", "w") as f:
+                f.write("not a JPEG")
+
+
+FAR_FEWER = {  # case: what the error line says
+    "images missing": "only 8 of the 20 rows that should be usable survive (40% < --min-kept 0.5): missing 12 "
+                      "(ISIC_0000008, ISIC_0000009, ISIC_0000010, ...); fix the export, or pass --min-kept 0",
+    "labels outside ISIC's vocabulary": "only 8 of the 20 rows that should be usable survive (40% < --min-kept 0.5): "
+                                        "label outside ISIC's vocabulary or in conflict 12 ('Benign?' 5, 'Naevus' 4, "
+                                        "'Melanoma' 3)",
+    "images unreadable": "only about 8 of the 20 rows that should be usable survive (40% < --min-kept 0.5): "
+                         "unreadable (of 20 decoded) 12 (ISIC_",
+}
+
+
+@pytest.mark.parametrize("case", FAR_FEWER)
+def test_far_fewer_images_than_the_export_holds_stops(case, capsys):
+    before = previous_dataset()
+    far_fewer(case)
+    fails_keeping_dataset([], capsys, FAR_FEWER[case], before)
+    m = prepare("--min-kept", 0, "--val-fraction", 0, "--test-fraction", 0)  # on purpose: what is left
+    assert len(m) == 8 and not m.isic_id.isin([f"ISIC_{i:07d}" for i in range(8, 20)]).any()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_dataset(tmp_path, workers):
+    before = previous_dataset()
+    write_export("isic_images", export_rows(6))
+    noise_image("isic_images/ISIC_0000003.jpg", 3, size=(700, 500), quality=95)  # ~1 MB: over the limit below
+    r = run("prepare_dataset.py", "--workers", workers, "--resize-to", "none", "--val-fraction", 0,
+            "--test-fraction", 0, cwd=tmp_path, file_size_limit=200_000)
+    assert_one_error(r.returncode, r.stderr, "could not write dataset.tmp-")
+    assert "ISIC_0000003.jpg (File too large); free some disk space or pass another --dataset-dir" in r.stderr
+    assert "unreadable" not in r.stdout + r.stderr
+    assert fingerprint("dataset") == before and glob.glob("dataset*") == ["dataset"]
+
+
+# ---------------------------------------------------------------------------- two runs, kills, Ctrl-C
+@pytest.fixture(scope="module")
+def big_export(tmp_path_factory):
+    """An export that takes a few seconds to prepare: 160 photos of 400 x 300 px."""
+    folder = tmp_path_factory.mktemp("big_export")
+    rows = export_rows(160)
+    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
+    for n, row in enumerate(rows):
+        noise_image(folder / (row["isic_id"] + ".jpg"), n, size=(400, 300), quality=90)
+    return ["--metadata-csv", str(folder / "metadata.csv"), "--images-dir", str(folder)]
+
+
+def start(args):
+    """prepare_dataset.py in a process group of its own (as a terminal starts it), with readers of its output;
+    returns once it has written a photo into its dataset.tmp-<pid>."""
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "prepare_dataset.py"), *map(str, args)], env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                         start_new_session=True)
+    p.out, p.err = [], []
+    p.readers = [threading.Thread(target=lambda s=s, into=into: into.extend(iter(s.readline, "")))
+                 for s, into in ((p.stdout, p.out), (p.stderr, p.err))]
+    for reader in p.readers:
+        reader.start()
+    deadline = time.time() + 120
+    while not any(os.listdir(t) for t in glob.glob("dataset.tmp-*")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, f"finished before it could be interrupted:\n{''.join(p.out)}{''.join(p.err)}"
+    return p
+
+
+def finish(p):
+    p.wait(timeout=120)
+    for reader in p.readers:
+        reader.join()
+    return p.returncode, "".join(p.out), "".join(p.err)
+
+
+def test_a_second_run_in_the_folder_stops_and_leaves_the_first_alone(big_export, capsys):
+    first = start([*big_export, "--workers", 1])
+    live = glob.glob("dataset.tmp-*")
+    main_fails(prepare_dataset.main, big_export, capsys, "another prepare_dataset.py run is writing in "
+               f"{os.getcwd()}; wait for it to finish")
+    assert glob.glob("dataset.tmp-*") == live  # its folder not cleaned away as a leftover
+    code, out, err = finish(first)
+    assert code == 0, err
+    assert len(pd.read_csv("dataset/manifest.csv")) == 160 and sorted(os.listdir()) == ["dataset"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_killed_or_interrupted_keeps_the_previous_dataset(big_export, tmp_path, sig):
+    before = previous_dataset()
+    p = start([*big_export, "--workers", 2])
+    os.killpg(p.pid, sig)  # to the whole group, as Ctrl-C in a terminal
+    code, out, err = finish(p)
+    assert fingerprint("dataset") == before and "Traceback" not in err
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL and glob.glob("dataset.tmp-*")  # what a kill leaves, for the next run
+        r = run("prepare_dataset.py", *big_export, "--n-per-class", 10, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert sorted(os.listdir()) == ["dataset"] and len(pd.read_csv("dataset/manifest.csv")) == 20
+    else:
+        assert code == 130 and err.strip().splitlines()[-1] == "interrupted; the previous dataset is untouched"
+        assert sorted(os.listdir()) == ["dataset"]
+
+
+# ---------------------------------------------------------------------------- make_demo_data.py
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo export (64 px photos, to save time) written twice, on the command line with all cores and in this
+    process with one, then prepared as `make demo` does; returns the folder."""
+    folder = tmp_path_factory.mktemp("demo")
+    prepare = ["--metadata-csv", "demo_data/metadata.csv", "--images-dir", "demo_data"]
+    for script, args in [("make_demo_data.py", ["--photo-size", 64]), ("prepare_dataset.py", prepare)]:
+        r = run(script, *args, cwd=folder)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert r.stdout.strip().splitlines()[-1].startswith("wrote ")
+    make_demo_data.main(["--out-dir", str(folder / "again"), "--photo-size", "64", "--workers", "1"])
+    return folder
+
+
+def test_demo_export_is_isic_shaped_deterministic_and_prepared(demo):
+    meta = pd.read_csv(demo / "demo_data" / "metadata.csv", dtype=str, keep_default_na=False)
     assert list(meta.columns) == ["isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_1",
                                   "diagnosis_1", "diagnosis_2", "image_type", "lesion_id", "patient_id", "pixels_x",
                                   "pixels_y", "sex"]
@@ -256,27 +563,37 @@ def test_demo_export_is_isic_shaped_grouped_and_deterministic(tmp_path):
     assert {"Indeterminate", ""} <= set(meta.diagnosis_1)
     assert {"dermoscopic", "clinical: close-up"} <= set(meta.image_type)
     assert meta.lesion_id.duplicated().any() and (meta.groupby("patient_id").lesion_id.nunique() > 1).any()
-    unseen = sorted(os.listdir(tmp_path / "demo_data" / "unseen"))
+    unseen = sorted(os.listdir(demo / "demo_data" / "unseen"))
     assert unseen == [f"{c}_{k}.jpg" for c in ["benign", "malignant"] for k in (1, 2, 3)]
-    with Image.open(tmp_path / "demo_data" / "unseen" / "benign_1.jpg") as img:
-        assert img.size == (256, 192)
-    digests = [hashlib.sha256((tmp_path / "demo_data" / f"{i}.jpg").read_bytes()).digest() for i in meta.isic_id]
+    with Image.open(demo / "demo_data" / "unseen" / "benign_1.jpg") as img:
+        assert img.size == (64, 48)
+    digests = [hashlib.sha256((demo / "demo_data" / f"{i}.jpg").read_bytes()).digest() for i in meta.isic_id]
     assert len(digests) - len(set(digests)) == 2  # two byte-identical copies under other ids
-    m = pd.read_csv(tmp_path / "dataset" / "manifest.csv", dtype=str, keep_default_na=False)
+    assert fingerprint(demo / "demo_data") == fingerprint(demo / "again")  # the same seed: the same bytes
+    m = pd.read_csv(demo / "dataset" / "manifest.csv", dtype=str, keep_default_na=False)
     assert m.label.value_counts().to_dict() == {"benign": 200, "malignant": 200} and m.sha256.is_unique
     for col in ["lesion_id", "patient_id"]:
         assert (m.groupby(col).split.nunique() == 1).all()
-    prepare_dataset.write_demo_export(str(tmp_path / "again"), 42, 256, 2)
-    for name in ["metadata.csv", *meta.isic_id[:: len(meta) // 5] + ".jpg", "unseen/malignant_3.jpg"]:
-        assert (tmp_path / "demo_data" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
 
 
-@pytest.mark.skipif(not os.path.isdir(REAL_SAMPLE), reason="no ../shared/real_isic_sample (only in the dev setup)")
-def test_real_isic_sample(tmp_path):
-    r = run(tmp_path, "--metadata-csv", os.path.join(REAL_SAMPLE, "metadata.csv"), "--images-dir", REAL_SAMPLE,
-            "--image-types", "dermoscopic", "--n-per-class", "30", "--workers", "2")
-    assert r.returncode == 0, r.stderr
-    m = pd.read_csv(tmp_path / "dataset" / "manifest.csv")
+@pytest.mark.parametrize("flags, expected", [
+    ("--seed -1", "--seed -1: use a whole number >= 0"),
+    ("--photo-size 32", "--photo-size 32: use 64 to 10000"),
+    ("--workers 0", "--workers 0: use 1 to 1024 processes"),
+    ("--out-dir notes.txt", "--out-dir notes.txt is a file; pass a folder"),
+])
+def test_demo_flag_mistakes(flags, expected, capsys):
+    with open("notes.txt", "w") as f:
+        f.write("a file, not a folder")
+    main_fails(make_demo_data.main, flags.split(), capsys, expected)
+    assert os.listdir() == ["notes.txt"]
+
+
+@pytest.mark.skipif(REAL_SAMPLE is None, reason="no /work/shared or ../shared/real_isic_sample (only in the dev setup)")
+def test_real_isic_sample(capsys):
+    m = prepare("--metadata-csv", os.path.join(REAL_SAMPLE, "metadata.csv"), "--images-dir", REAL_SAMPLE,
+                "--image-types", "dermoscopic", "--n-per-class", 30, workers=2)
     assert m.label.value_counts().to_dict() == {"benign": 30, "malignant": 30}
     assert all(0.1 <= (m.split == s).mean() <= 0.2 for s in ["val", "test"])
-    assert dataset_files(tmp_path / "dataset") == sorted(m.file)
+    assert dataset_files() == sorted(m.file)
+    assert summary(capsys.readouterr().out)["rows read"].split() == ["2195"]
