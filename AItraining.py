@@ -2,35 +2,35 @@
 Train the benign/malignant classifier on dataset/train, validate on dataset/val every epoch, and keep the
 best epoch (by validation ROC-AUC) in skin_model.pth.
 
-    python AItraining.py                       # defaults below
-    python AItraining.py --epochs 5 --image-size 128 --no-pretrained
-    python AItraining.py --resume              # continue an interrupted run from skin_model_last.pth
-    torchrun --nproc_per_node=2 AItraining.py  # several processes / GPUs / machines (DDP)
+    python AItraining.py                          # defaults below; the recipe follows the starting point
+    python AItraining.py --no-pretrained --epochs 30 --image-size 128
+    python AItraining.py --resume                 # continue the run in skin_model_last.pth (--epochs N: extend it)
+    torchrun --nproc_per_node=2 AItraining.py     # several processes / GPUs / machines (DDP)
 
-Writes skin_model.pth (best epoch, with the decision threshold chosen on validation for
-TARGET_SENSITIVITY), skin_model_last.pth (latest epoch, for --resume), training_curves.png and
-TensorBoard logs under runs/ (tensorboard --logdir runs).
+Two recipes (model.RECIPES, a table in the README), chosen by the starting point and printed first:
+finetune when ImageNet weights are loaded (Adam, peak lr 1e-4), scratch from random weights (--no-pretrained,
+or the download failed: AdamW lr 3e-3, weight decay 0.05, warm-up then cosine, 100 epochs, no early stop, as
+its validation ROC-AUC sits near chance for tens of epochs before it climbs). Knobs left at None below take
+the recipe's value; a value (or flag) overrides it.
+
+The prepared photos are decoded once into a uint8 cache on the training device (CPU or GPU) when it fits in
+CACHE_GB, else DataLoader workers decode them every epoch; either way each batch is augmented on that device
+(model.augment), and both paths give the same run. Writes skin_model.pth (best epoch, with the threshold chosen
+on validation for TARGET_SENSITIVITY), skin_model_last.pth (for --resume), training_curves.png beside them and
+TensorBoard logs in runs/<run>/. Ends with a warning when the model cannot be told from chance.
 """
 import os
 
-# Idle OpenMP threads sleep at once instead of spinning (set before torch loads OpenMP). Measured on 2 CPU
-# cores (bench.py): when other programs keep a core busy, spinning made training 1.5x (one busy program) to
-# 3-4x (three) slower; on an otherwise idle machine spinning is ~15-25% faster. The robust choice is the
-# default; for a dedicated machine run `OMP_WAIT_POLICY= python AItraining.py` (empty: OpenMP's own default).
+# Idle OpenMP threads sleep at once instead of spinning (set before torch loads OpenMP): on 2 cores with other
+# programs busy, spinning made training 1.5-4x slower. On a dedicated machine: `OMP_WAIT_POLICY= python AItraining.py`.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse
-import functools
 import hashlib
 import json
-import sys
+import math
 import time
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 import model
@@ -38,274 +38,311 @@ import model
 # -----------------------------------------------------------------------------
 DATA_DIR = "dataset"  # prepared by prepare_dataset.py: DATA_DIR/<train|val>/<benign|malignant>/
 OUTPUT = "skin_model.pth"  # best epoch by validation ROC-AUC
-RESUME_FILE = "skin_model_last.pth"  # latest epoch, weights + optimiser, for --resume
-RESUME = False  # True: continue from RESUME_FILE
-EPOCHS = 20  # maximum number of epochs
-PATIENCE = 5  # stop after this many epochs without a better validation ROC-AUC (0 = never stop early)
-BATCH_SIZE = 32  # images per step (per process under torchrun)
-LR = model.LR  # Adam learning rate (1e-4)
-IMAGE_SIZE = 224  # network input in pixels (224 = ImageNet; 128 trains ~3x faster)
+RESUME_FILE = "skin_model_last.pth"  # latest epoch with the optimiser state and the run's settings
+RESUME = False  # continue the run in RESUME_FILE with its settings (a higher --epochs extends it)
+RECIPE = "auto"  # auto (finetune with ImageNet weights, scratch without), finetune or scratch
+EPOCHS = None  # number of epochs; None: the recipe's (finetune 20, scratch 100)
+OPTIMIZER = None  # adam or adamw; None: the recipe's (finetune adam, scratch adamw)
+LR = None  # peak learning rate; None: the recipe's (finetune 1e-4, scratch 3e-3)
+WEIGHT_DECAY = None  # >= 0, not on biases and norms; None: the recipe's (finetune 0, scratch 0.05)
+WARMUP = None  # share of the steps with a linear warm-up, 0 to <1; None: the recipe's (finetune 0, scratch 0.05)
+SCHEDULE = None  # after the warm-up: cosine (to 0) or constant; None: the recipe's (cosine)
+LABEL_SMOOTHING = None  # 0 to <1; None: the recipe's (0.1)
+DROP_PATH = None  # stochastic depth rate, 0 to <1; None: the recipe's (0.2)
+CLASS_WEIGHTS = None  # weight the loss by inverse class frequency; None: the recipe's (yes)
+PATIENCE = None  # early stop after this many epochs without a better ROC-AUC, 0 = never; None: the recipe's (5, 0)
+BATCH_SIZE = 32  # images per step (per process under torchrun), >= 1
+IMAGE_SIZE = 224  # network input in pixels, 32 to 2048 (224 = ImageNet; 128 trains ~3x faster)
 PRETRAINED = True  # start from ImageNet weights (downloaded by timm); False = random init
 WEIGHTS_FILE = None  # local ImageNet weights file (offline), e.g. "efficientnet_b0.safetensors"
-TARGET_SENSITIVITY = 0.90  # threshold chosen on validation to catch this share of malignant lesions; 0 = argmax (0.5)
-NUM_WORKERS = 2  # data-loading processes (0 = load in the main process)
-SEED = 42  # same seed, data and device: same result
+TARGET_SENSITIVITY = 0.90  # threshold chosen on validation to catch this share of malignant lesions; 0 = 0.5
+CACHE_GB = 2.0  # largest in-memory image cache (on the device); larger data sets are streamed from disk
+NUM_WORKERS = 2  # data-loading processes, >= 0 (0 = load in the main process)
+SEED = 42  # >= 0; same seed, data and device: same result
 AMP = False  # bfloat16 autocast (CPU and GPU)
 COMPILE = False  # torch.compile the model
-LOG_DIR = "runs"  # TensorBoard logs
+LOG_DIR = "runs"  # TensorBoard logs, one sub-folder per run
 # -----------------------------------------------------------------------------
+_SETTINGS = ["recipe", "why", *model.RECIPES["scratch"], "batch_size", "image_size", "seed", "target_sensitivity",
+            "amp", "run"]  # what a run keeps in its checkpoints; --resume takes them from RESUME_FILE
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    return model.add_constant_flags(parser, globals()).parse_args(argv)
+    """The flags, checked (ranges, choices, writable outputs) before any slow work."""
+    args = model.parse_flags(globals(), argv, types={k.upper(): type(v) for k, v in model.RECIPES["scratch"].items()})
+    for flag, allowed in [("recipe", ["auto", "finetune", "scratch"]), ("optimizer", ["adam", "adamw"]),
+                          ("schedule", ["cosine", "constant"])]:
+        value = getattr(args, flag)
+        model.check(value is None or value in allowed, "--" + flag, value, "use " + " or ".join(allowed))
+    for flag, low, high, wanted in [("epochs", 1, 1e6, "a whole number >= 1"), ("lr", 1e-12, math.inf, "a number > 0"),
+                                    ("weight_decay", 0, math.inf, "a number >= 0"), ("warmup", 0, 0.99, "from 0 to 0.99"),
+                                    ("label_smoothing", 0, 0.99, "from 0 to 0.99"), ("drop_path", 0, 0.99, "from 0 to 0.99"),
+                                    ("patience", 0, 1e6, "0 (never stop early) or more"), ("batch_size", 1, 1e5, ">= 1"),
+                                    ("image_size", 32, 2048, "from 32 to 2048 px"), ("num_workers", 0, 256, ">= 0"),
+                                    ("target_sensitivity", 0, 1, "from 0 (plain 0.5 threshold) to 1"),
+                                    ("cache_gb", 0, math.inf, ">= 0"), ("seed", 0, 2 ** 32 - 1, "from 0 to 2**32 - 1")]:
+        value = getattr(args, flag)
+        model.check(value is None or model.in_range(value, low, high), "--" + flag.replace("_", "-"), value, f"use {wanted}")
+    for flag in ("output", "resume_file"):
+        model.check_writable(getattr(args, flag), "--" + flag.replace("_", "-"))
+    model.check_writable(args.log_dir, "--log-dir", folder=True)
+    return args
 
 
 def setup_distributed():
     """(rank, world_size, device). Under torchrun: NCCL on GPUs, gloo on CPU."""
+    import torch
+    import torch.distributed as dist
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:
         return 0, 1, model.pick_device()
-    use_cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     return dist.get_rank(), world, device
 
 
-def read_image(path, min_side=None):
-    """model.load_image, naming the file if it cannot be read (a DataLoader worker passes on only the text)."""
-    try:
-        return model.load_image(path, min_side)
-    except Exception as e:  # truncated, not an image, decompression bomb, ...
-        raise OSError(f"{path} is not a readable image ({type(e).__name__}); delete it or re-run prepare_dataset.py")
+def resume_settings(args):
+    """The resume file's state, its settings put into args (a flag that would change the run dies)."""
+    state = model.read_checkpoint(args.resume_file)
+    if "optimizer" not in state or "settings" not in state["meta"]:
+        model.die(f"--resume: {args.resume_file} has no optimiser state; resume from the {RESUME_FILE} a run writes "
+                  f"(--resume-file), not from {OUTPUT}")
+    settings, done = state["meta"]["settings"], state["meta"]["epoch"]
+    for key, value in settings.items():
+        if key in args.given and getattr(args, key) != value and key not in ("epochs", "patience"):
+            model.die(f"--resume: the run in {args.resume_file} has {key} {value}; resume without --{key.replace('_', '-')}"
+                      " or start a new run")
+        setattr(args, key, getattr(args, key) if key in args.given else value)
+    if done >= args.epochs:
+        model.die(f"--resume: the run in {args.resume_file} already finished ({done} of {settings['epochs']} epochs); "
+                  f"to train longer pass a higher --epochs, e.g. --epochs {done + 10}")
+    if state["stopped_early"] and "patience" not in args.given:
+        model.die(f"--resume: the run in {args.resume_file} stopped early at epoch {done} (no better validation ROC-AUC "
+                  f"for {args.patience} epochs); to go on pass --patience 0 (never stop) or a higher --patience")
+    return state
 
 
-def load_split(data_dir, split, transform, min_side=None):
-    """ImageFolder of data_dir/split; with min_side, JPEGs are decoded at a reduced scale that keeps the
-    shorter side >= min_side (Pillow's draft mode: ~8x faster on photos not shrunk by prepare_dataset.py)."""
-    path = os.path.join(data_dir, split)
-    if not os.path.isdir(path):
-        model.die(f"{path} not found; run 'python prepare_dataset.py' first (or --demo), "
-                  f"or point --data-dir at a folder with {split}/benign and {split}/malignant")
-    missing = [c for c in model.CLASSES if not os.path.isdir(os.path.join(path, c))]
-    if missing:
-        model.die(f"{path} has no {'/'.join(missing)} folder; it needs one folder per class: {model.CLASSES}")
-    try:
-        ds = ImageFolder(path, transform=transform, loader=functools.partial(read_image, min_side=min_side),
-                         is_valid_file=model.is_image_file)
-    except FileNotFoundError:  # torchvision: a class folder without a single image file
-        empty = [c + "/" for c in model.CLASSES
-                 if not any(model.is_image_file(f) for _, _, files in os.walk(os.path.join(path, c)) for f in files)]
-        model.die(f"{path}: no images in {', '.join(empty)}; re-run prepare_dataset.py")
-    if ds.classes != model.CLASSES:  # another folder would shift the class indices
-        model.die(f"{path} has the folders {ds.classes}; it must hold only {model.CLASSES} (move the others out)")
-    stray = sum(1 for root, _, files in os.walk(path) for f in files if not model.is_image_file(f))
-    if stray:
-        model.warn(f"{path}: {stray} file(s) that are not images skipped")
-    return ds
+def choose_recipe(args, imagenet):
+    """Fill the knobs left at None from the recipe for the starting point; say which and why."""
+    args.recipe, args.why = (args.recipe, "--recipe " + args.recipe) if args.recipe != "auto" else \
+        ("finetune", "ImageNet weights loaded") if imagenet else \
+        ("scratch", "random weights: " + ("--no-pretrained" if not args.pretrained else "ImageNet weights could not be loaded"))
+    for key, value in model.RECIPES[args.recipe].items():
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
 
 
-def threshold_for_sensitivity(y_true, p_malignant, target):
-    """The highest threshold whose sensitivity on (y_true, p) is at least target (0 = plain 0.5)."""
-    from sklearn.metrics import roc_curve
-    if not target or len(np.unique(y_true)) < 2:
-        return 0.5
-    fpr, tpr, thresholds = roc_curve(y_true, p_malignant, drop_intermediate=False)
-    return float(min(1.0, np.max(thresholds[tpr >= target])))
+def photo_split(data_dir, split):
+    """(paths, labels) of data_dir/split, checked by model.class_folders."""
+    files, others = model.class_folders(os.path.join(data_dir, split), f"{split} folder")
+    if others:
+        model.warn(f"{os.path.join(data_dir, split)}: {len(others)} file(s) that are not images skipped")
+    return [f for c in model.CLASSES for f in files[c]], np.repeat(np.arange(len(model.CLASSES)), [len(files[c]) for c in model.CLASSES])
 
 
-def one_thread(worker_id):
-    """DataLoader worker_init_fn: one torch thread per worker, so workers and the main process do not
-    fight over the cores (a module-level function: it must pickle where workers are spawned, as on macOS)."""
-    torch.set_num_threads(1)
+def warn_small_photos(paths, short):
+    """Photos whose shorter side is under short px get enlarged by the evaluation resize: say so, once."""
+    from PIL import Image
+    small = 0
+    for path in paths:
+        try:
+            with Image.open(path) as img:  # the header only
+                small += min(img.size) < short
+        except Exception:  # unreadable: reported when it is decoded
+            pass
+    if small:
+        model.warn(f"{small} of {len(paths)} training photos are smaller than {short} px (shorter side), what IMAGE_SIZE "
+                   f"needs: they are enlarged. prepare_dataset.py shrinks to --resize-to (256 by default): re-run it "
+                   f"with --resize-to {short} if the originals are larger, or lower --image-size")
 
 
-def make_loader(ds, batch_size, sampler, num_workers, device, **kw):
-    """The DataLoader for training and validation: num_workers processes of one thread each."""
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", worker_init_fn=one_thread, **kw)
-
-
-def file_sha256(path):
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def train_one_epoch(net, loader, criterion, optimizer, device, amp, desc):
+def train_one_epoch(net, batches, criterion, optimizer, scheduler, amp, desc, steps=None):
+    """Train on (x, y) batches already normalised on the device; (mean loss, accuracy). Dies at once when
+    the loss stops being a number: the checkpoints keep the last good epoch."""
+    import torch
     net.train()
     total_loss, correct, seen = 0.0, 0, 0
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    for step, (x, y) in enumerate(tqdm(batches, desc=desc, total=steps, leave=False, disable=None)):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(x)
             loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(y)
+        scheduler.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            model.die(f"training diverged: the loss became {value} in {desc}, step {step + 1}, at learning rate "
+                      f"{optimizer.param_groups[0]['lr']:.3g}; lower --lr. The checkpoints keep the last good epoch")
+        total_loss += value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
     return total_loss / seen, correct / seen
 
 
-@torch.inference_mode()
-def predict_split(net, loader, criterion, device, amp, world):
-    """(labels, P(malignant), mean loss) over the whole split, gathered from every process."""
+def predict_split(net, batches, amp, world):
+    """(labels, P(malignant), mean loss) over (index, x, y) batches of a split, gathered from every process."""
+    import torch
+    import torch.distributed as dist
     net.eval()
     indices, labels, probs, losses = [], [], [], []
-    order = list(iter(loader.sampler)) if world > 1 else list(range(len(loader.dataset)))
-    for x, y in tqdm(loader, desc="validate", leave=False, disable=None):
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(x).float()
-        losses += torch.nn.functional.cross_entropy(logits, y.to(device), reduction="none").tolist()
-        probs += torch.softmax(logits, 1)[:, 1].tolist()
-        labels += y.tolist()
-    indices = order[:len(labels)]
-    if world > 1:  # DistributedSampler pads with repeats: gather everything, keep each image once
+    with torch.inference_mode():
+        for i, x, y in tqdm(batches, desc="validate", leave=False, disable=None):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(x).float()
+            losses += torch.nn.functional.cross_entropy(logits, y, reduction="none").tolist()
+            probs += torch.softmax(logits, 1)[:, 1].tolist()
+            labels, indices = labels + y.tolist(), indices + list(i)
+    if world > 1:  # each process scored its share: gather everything, each image once, in order
         gathered = [None] * world
         dist.all_gather_object(gathered, (indices, labels, probs, losses))
         merged = {i: (l, p, s) for part in gathered for i, l, p, s in zip(*part)}
         labels, probs, losses = zip(*[merged[i] for i in sorted(merged)])
+    if not model.is_probability(probs).all():
+        model.die("training diverged: the model gives non-finite probabilities on the validation split; lower --lr. "
+                  "The checkpoints keep the last good epoch")
     return np.array(labels), np.array(probs), float(np.mean(losses))
 
 
 def save_curves(history, path):
+    """Loss and validation metrics per epoch, the best epoch marked, chance (0.5) dashed for ROC-AUC."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    from matplotlib.ticker import MaxNLocator
+    epochs, best = [h["epoch"] for h in history], max(history, key=lambda h: h["roc_auc"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    ax1.plot(epochs, [h["train_loss"] for h in history], ".-", label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], ".-", label="validation")
     ax1.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
-    ax1.legend()
-    for key in ["accuracy", "sensitivity", "specificity", "f1", "roc_auc"]:
-        ax2.plot(epochs, [h[key] for h in history], "o-", label=key)
-    ax2.set(title="Validation metrics (at the chosen threshold)", xlabel="epoch", ylim=(0, 1.02))
-    ax2.legend(loc="lower right")
+    for key in ["roc_auc", "sensitivity", "specificity", "accuracy"]:
+        ax2.plot(epochs, [h[key] for h in history], ".-", label=key.replace("roc_auc", "ROC-AUC"), lw=2 if key == "roc_auc" else 1)
+    ax2.axhline(0.5, color="grey", ls="--", lw=1, label="chance (ROC-AUC 0.5)")
+    ax2.set(title="Validation (at the chosen threshold)", xlabel="epoch", ylim=(0, 1.02))
+    for ax in (ax1, ax2):
+        ax.axvline(best["epoch"], color="C3", ls=":", lw=1, label=f"best epoch {best['epoch']}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    model.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parse_args(argv)  # --help and flag mistakes answer before torch loads
+    import torch
+    import torch.distributed as dist
     rank, world, device = setup_distributed()
-    main_process = rank == 0
-    log = print if main_process else (lambda *a, **k: None)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    resumed = resume_settings(args) if args.resume else None
+
+    # data folders first (a wrong one is one line, before any download), then model init and recipe
+    (train_paths, train_y), (val_paths, val_y) = photo_split(args.data_dir, "train"), photo_split(args.data_dir, "val")
     torch.manual_seed(args.seed)
-
-    net = model.build_model(pretrained=args.pretrained, weights_file=args.weights_file)
-    cfg = model.data_config(net, args.image_size)
-    min_side = int(args.image_size / cfg["crop_pct"])  # what eval_transform resizes to (256 for 224)
-    train_ds = load_split(args.data_dir, "train", model.train_transform(cfg), min_side)
-    val_ds = load_split(args.data_dir, "val", model.eval_transform(cfg), min_side)
-    log(f"train: {len(train_ds)} images {dict(zip(model.CLASSES, np.bincount(train_ds.targets).tolist()))}, "
-        f"val: {len(val_ds)} images, device: {device}, processes: {world}, image size {args.image_size}")
-
+    if not resumed:
+        weights, imagenet = model.build_model(args.pretrained, args.weights_file)
+        choose_recipe(args, imagenet)
+        args.run = time.strftime("%Y%m%d-%H%M%S")
+    net = model.build_model(pretrained=False, drop_path=args.drop_path)[0]  # the recipe's stochastic depth
+    net.load_state_dict(resumed["state_dict"] if resumed else weights.state_dict())
     net = model.prepare_for_device(net, device)
-    criterion = model.make_criterion()
-    optimizer = model.make_optimizer(net, lr=args.lr)
+    cfg = model.data_config(net, args.image_size)
+    settings = {key: getattr(args, key) for key in _SETTINGS}
+    log(f"recipe: {args.recipe} ({args.why}): " + ", ".join(f"{k} {settings[k]}" for k in model.RECIPES[args.recipe]))
+
+    # data: a uint8 cache on the device, or workers streaming from disk; augmented on the device either way
+    short = int(args.image_size / cfg["crop_pct"])  # what the evaluation resizes the shorter side to (256 for 224)
+    warn_small_photos(train_paths, short)
+    gigabytes = 3 * (len(train_paths) * short ** 2 + len(val_paths) * args.image_size ** 2) / 1e9
+    cached = gigabytes <= args.cache_gb
+    log(f"train: {len(train_paths)} images {dict(zip(model.CLASSES, np.bincount(train_y).tolist()))}, val: "
+        f"{len(val_paths)} images, device: {device}, processes: {world}, image size {args.image_size}, photos "
+        + (f"cached on the device ({gigabytes:.2f} GB)" if cached else f"streamed ({gigabytes:.2f} GB > CACHE_GB)"))
+    train = model.Split(model.Photos(train_paths, short, short, cfg["interpolation"]), train_y, cached, args.num_workers, device, "caching train")
+    val = model.Split(model.Photos(val_paths, args.image_size, short, cfg["interpolation"]), val_y, cached, args.num_workers, device, "caching val")
+    shard = list(range(rank, len(val_paths), world))  # this process's share of the validation photos
+    val_order = [shard[i:i + args.batch_size] for i in range(0, len(shard), args.batch_size)]
+    steps = len(train_paths) // world // args.batch_size or 1
+
+    # optimizer, schedule, loss
+    counts = np.bincount(train_y, minlength=len(model.CLASSES))
+    class_weights = len(train_y) / (len(counts) * counts) if args.class_weights else None
+    criterion = model.make_criterion(args.label_smoothing, class_weights).to(device)
+    optimizer = model.make_optimizer(net, args.optimizer, args.lr, args.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: model.lr_factor(step, args.epochs * steps, args.warmup, args.schedule))
     start_epoch, best_auc, bad_epochs, history = 1, -1.0, 0, []
-    if args.resume:
-        if not os.path.isfile(args.resume_file):
-            model.die(f"--resume: {args.resume_file} not found; start a new run without --resume")
-        state = model.read_checkpoint(args.resume_file)
-        if any(key not in state for key in ("optimizer", "best_auc", "bad_epochs", "history")):
-            model.die(f"--resume: {args.resume_file} has no optimiser state; resume from the {RESUME_FILE} "
-                      f"a run writes (--resume-file), not from {OUTPUT}")
-        if state["meta"].get("image_size") != args.image_size:
-            model.die(f"--resume: {args.resume_file} was trained at image size {state['meta'].get('image_size')}; "
-                      f"pass --image-size {state['meta'].get('image_size')}")
-        model.load_weights(net, state, args.resume_file)
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_auc, bad_epochs = state["meta"]["epoch"] + 1, state["best_auc"], state["bad_epochs"]
-        history = json.loads(state["history"])
-        log(f"resuming from {args.resume_file} after epoch {state['meta']['epoch']} (best ROC-AUC so far {best_auc:.3f})")
+    if resumed:
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["schedule"])
+        start_epoch, best_auc, bad_epochs = resumed["meta"]["epoch"] + 1, resumed["best_auc"], resumed["bad_epochs"]
+        history = json.loads(resumed["history"])
+        log(f"resuming from {args.resume_file} after epoch {start_epoch - 1} of {args.epochs} (best ROC-AUC so far {best_auc:.3f})")
     train_net = torch.compile(net) if args.compile else net
     if world > 1:
         train_net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=[device.index] if device.type == "cuda" else None)
-
-    generator = torch.Generator()
-    train_sampler = (DistributedSampler(train_ds, shuffle=True, seed=args.seed, drop_last=True) if world > 1
-                     else RandomSampler(train_ds, generator=generator))
-    val_sampler = DistributedSampler(val_ds, shuffle=False) if world > 1 else None
-    # Workers start afresh each epoch (not persistent) so their augmentation seeds come from the epoch's seed.
-    train_loader = make_loader(train_ds, args.batch_size, train_sampler, args.num_workers, device,
-                               drop_last=len(train_ds) // world > args.batch_size, generator=generator)
-    val_loader = make_loader(val_ds, args.batch_size, val_sampler, args.num_workers, device)
     writer = None
-    if main_process:
+    if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(os.path.join(args.log_dir, time.strftime("%Y%m%d-%H%M%S")))
-    manifest_sha = file_sha256(os.path.join(args.data_dir, "manifest.csv"))
+        writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=start_epoch)  # one run, one folder
+    manifest = os.path.join(args.data_dir, "manifest.csv")
+    manifest_sha = model.file_sha256(manifest) if os.path.isfile(manifest) else None
 
+    # training loop
+    generator, generator_device = torch.Generator(), torch.Generator(device=device)
     for epoch in range(start_epoch, args.epochs + 1):
-        # Seed each epoch from (SEED, epoch): a resumed run replays exactly what an uninterrupted run does.
-        torch.manual_seed(args.seed + epoch)
-        generator.manual_seed(args.seed + epoch)
-        if world > 1:
-            train_sampler.set_epoch(epoch)
-            if epoch == start_epoch:
-                shard = list(iter(train_sampler))
-                digest = hashlib.sha256(str(sorted(shard)).encode()).hexdigest()[:12]
-                print(f"rank {rank}/{world}: {len(shard)} of {len(train_ds)} training images, shard {digest}", flush=True)
+        for g in (generator, generator_device, torch):  # each epoch from (SEED, epoch): a resumed run replays exactly
+            g.manual_seed(args.seed + epoch)
         t0 = time.time()
-        train_loss, train_acc = train_one_epoch(train_net, train_loader, criterion, optimizer, device, args.amp,
-                                                f"epoch {epoch}/{args.epochs}")
+        batches = model.train_batches(train, args.batch_size, cfg, generator, generator_device, rank, world)
+        train_loss, train_acc = train_one_epoch(train_net, batches, criterion,
+                                                optimizer, schedule, args.amp, f"epoch {epoch}/{args.epochs}", steps)
         if world > 1:  # BatchNorm running statistics are per process: use rank 0's everywhere
             for buffer in net.buffers():
                 dist.broadcast(buffer.data, 0)
-        y, p, val_loss = predict_split(net, val_loader, criterion, device, args.amp, world)
-        threshold = threshold_for_sensitivity(y, p, args.target_sensitivity)
+        y, p, val_loss = predict_split(net, ((b, model.normalise(x, cfg), y) for b, x, y in val.batches(val_order)), args.amp, world)
+        threshold = model.threshold_for_sensitivity(y, p, args.target_sensitivity)
         m = model.binary_metrics(y, p, threshold)
         history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
-                            seconds=time.time() - t0, **m))
+                            lr=optimizer.param_groups[0]["lr"], seconds=time.time() - t0, **m))
         improved = m["roc_auc"] > best_auc
-        if improved:
-            best_auc, bad_epochs = m["roc_auc"], 0
-        else:
-            bad_epochs += 1
+        best_auc, bad_epochs = (m["roc_auc"], 0) if improved else (best_auc, bad_epochs + 1)
+        stopped_early = bool(args.patience) and bad_epochs >= args.patience
         log(f"epoch {epoch:3d} | train loss {train_loss:.4f} acc {train_acc:.3f} | val loss {val_loss:.4f} "
-            f"acc {m['accuracy']:.3f} sens {m['sensitivity']:.3f} spec {m['specificity']:.3f} "
-            f"AUC {m['roc_auc']:.3f} | threshold {threshold:.3f} | {time.time() - t0:.0f}s" + (" *" if improved else ""))
-        if main_process:
-            state = model.checkpoint_state(net, cfg, threshold, m, epoch, manifest_sha)
+            f"acc {m['accuracy']:.3f} sens {m['sensitivity']:.3f} spec {m['specificity']:.3f} AUC {m['roc_auc']:.3f} "
+            f"| threshold {threshold:.3f} | {time.time() - t0:.0f}s" + (" *" if improved else ""))
+        if rank == 0:  # checkpoints (each written atomically), curves, TensorBoard
+            ci = model.bootstrap_ci(y, p, metric_fn=model.roc_auc)["value"]
+            state = model.checkpoint_state(net, cfg, threshold, val_metrics=m, val_auc_ci95=list(ci), epoch=epoch,
+                                           at_chance=model.at_chance(ci), settings=settings, manifest_sha256=manifest_sha)
             if improved:
                 model.save_checkpoint(args.output, state)
-            state.update(optimizer=optimizer.state_dict(), best_auc=best_auc, bad_epochs=bad_epochs,
-                         history=json.dumps(history))
+            state.update(optimizer=optimizer.state_dict(), schedule=schedule.state_dict(), best_auc=best_auc,
+                         bad_epochs=bad_epochs, stopped_early=stopped_early, history=json.dumps(history))
             model.save_checkpoint(args.resume_file, state)
-            for key in ["train_loss", "val_loss", "accuracy", "sensitivity", "specificity", "f1", "roc_auc"]:
+            for key in ["train_loss", "val_loss", "lr", "accuracy", "sensitivity", "specificity", "f1", "roc_auc"]:
                 writer.add_scalar(key, history[-1][key], epoch)
-            save_curves(history, "training_curves.png")
-        if args.patience and bad_epochs >= args.patience:
+            save_curves(history, os.path.join(os.path.dirname(args.output), "training_curves.png"))
+        if stopped_early:
             log(f"early stop: no better validation ROC-AUC for {args.patience} epochs")
             break
 
+    # the end: say how good the best epoch is, and when it is no better than chance
     if world > 1:
         flat = torch.cat([t.detach().float().flatten().cpu() for t in net.state_dict().values()])
         print(f"rank {rank}/{world}: final weights {hashlib.sha256(flat.numpy().tobytes()).hexdigest()[:12]}", flush=True)
         dist.destroy_process_group()
-    if main_process:
+    if rank == 0:
         writer.close()
-        best = max(history, key=lambda h: h["roc_auc"])
-        log(f"best epoch {best['epoch']}: val ROC-AUC {best['roc_auc']:.3f}, sensitivity {best['sensitivity']:.3f}, "
-            f"specificity {best['specificity']:.3f} at threshold {best['threshold']:.3f} -> {args.output}")
+        best = model.read_checkpoint(args.output)["meta"]
+        m, (low, high) = best["val_metrics"], best["val_auc_ci95"]
+        log(f"best epoch {best['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}), sensitivity "
+            f"{m['sensitivity']:.3f}, specificity {m['specificity']:.3f} at threshold {m['threshold']:.3f} -> {args.output}")
+        if best["at_chance"]:
+            model.warn(f"this model cannot be told from chance: the 95% interval of its validation ROC-AUC "
+                       f"({low:.3f}-{high:.3f}) includes 0.5. Do not use its predictions. What helps: ImageNet weights "
+                       "(--weights-file, see README), more photos (prepare_dataset.py --n-per-class), more --epochs")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; {OUTPUT} holds the best finished epoch, continue with --resume", file=sys.stderr)
-        sys.exit(130)
-    except OSError as e:  # an unreadable image (from a DataLoader worker: the text of the error), a full disk...
-        model.die(str(e).strip().splitlines()[-1].removeprefix("OSError: "))
+    model.run_script(main, f"interrupted; {OUTPUT} holds the best finished epoch, continue with --resume")

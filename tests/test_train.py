@@ -1,47 +1,71 @@
-"""AItraining.py: it learns, it resumes exactly, a kill never costs the best model, it runs under torchrun."""
+"""AItraining.py and the training data path: the from-scratch recipe learns, a model at chance is called so,
+the augmentation keeps labels and ranges, the cached and streamed photos give the same run, resume replays
+a run exactly with its own settings, divergence and mistakes stop at once in one line, a kill or Ctrl-C never
+costs the best model, torchrun works."""
+import glob
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+import torch
 
 import AItraining
 import model
+from conftest import ENV, ROOT, assert_one_error, fingerprint, lesion_photo, main_fails, make_split_tree, run, save_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(ROOT, "AItraining.py")
-FAST = ["--no-pretrained", "--image-size", "32", "--batch-size", "8", "--num-workers", "0", "--patience", "0"]
-
-
-def make_tiny_dataset(root, n_train=24, n_val=8, size=48):
-    """Brown dots (benign) and large dark blue-black blots (malignant), per split and class."""
-    rng = np.random.default_rng(0)
-    for split, n in [("train", n_train), ("val", n_val)]:
-        for label in model.CLASSES:
-            os.makedirs(os.path.join(root, split, label), exist_ok=True)
-            for i in range(n):
-                img = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(180, 230, 3)))
-                r = size * (0.15 if label == "benign" else 0.35)
-                c = size / 2 + rng.uniform(-3, 3)
-                colour = (120, 80, 50) if label == "benign" else (30, 30, 70)
-                ImageDraw.Draw(img).ellipse([c - r, c - r, c + r, c + r], fill=colour)
-                img.save(os.path.join(root, split, label, f"ISIC_{i:07d}.jpg"))
-    return root
-
-
-def train(cwd, *args, timeout=600):
-    return subprocess.run([sys.executable, TRAIN, *FAST, *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout)
+FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0]
 
 
 def epoch_lines(stdout):
-    return [line for line in stdout.splitlines() if line.startswith("epoch ")]
+    """The epoch lines without their wall time."""
+    return [re.sub(r"\| \d+s", "", line) for line in stdout.splitlines() if line.startswith("epoch ")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_split_tree(tmp_path_factory.mktemp("tiny") / "data", n=12, splits=("train", "val"), size=40)
+
+
+# ---------------------------------------------------------------------------- it learns, and says when it did not
+def test_the_scratch_recipe_learns_the_demo_set(trained_model, demo_dataset):
+    path, out = trained_model
+    assert "recipe: scratch (random weights: --no-pretrained): optimizer adamw, lr 0.003, weight_decay 0.05" in out
+    assert "photos cached on the device" in out and "cannot be told from chance" not in out
+    net, meta = model.load_checkpoint(path)
+    best = meta["val_metrics"]
+    assert best["roc_auc"] >= 0.9 and best["accuracy"] >= 0.85 and best["sensitivity"] >= 0.9, out
+    assert meta["val_auc_ci95"][0] > 0.5 and meta["at_chance"] is False
+    assert meta["image_size"] == 64 and 0 < meta["threshold"] < 1
+    assert meta["settings"]["recipe"] == "scratch" and meta["settings"]["epochs"] == 8
+    assert meta["manifest_sha256"] == model.file_sha256(os.path.join(demo_dataset, "manifest.csv"))
+    folder = os.path.dirname(path)
+    assert os.path.getsize(os.path.join(folder, "training_curves.png")) > 0  # beside the model
+    assert len(os.listdir(os.path.join(folder, "runs"))) == 1  # one run, one TensorBoard folder
+
+
+def test_a_model_at_chance_is_called_so(tmp_path):
+    """The same photos in both classes: nothing to learn. The run ends with the warning; the checkpoint carries
+    the flag."""
+    data = tmp_path / "data"
+    for split, n in (("train", 16), ("val", 24)):
+        for k, c in enumerate(model.CLASSES):
+            for i in range(n):
+                lesion_photo(data / split / c / f"ISIC_{k}{i:06d}.jpg", (40, 40), [len(split), i])
+    r = run("AItraining.py", *FAST, "--data-dir", data, "--epochs", 2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "warning: this model cannot be told from chance: the 95% interval of its validation ROC-AUC" in r.stderr
+    assert "ImageNet weights" in r.stderr and "--epochs" in r.stderr
+    meta = model.read_checkpoint(str(tmp_path / "skin_model.pth"))["meta"]
+    assert meta["at_chance"] is True and meta["val_auc_ci95"][0] <= 0.5
 
 
 def test_threshold_meets_target_sensitivity_on_the_data_it_was_chosen_on():
@@ -49,90 +73,224 @@ def test_threshold_meets_target_sensitivity_on_the_data_it_was_chosen_on():
     y = rng.integers(0, 2, 200)
     p = np.clip(y * 0.3 + rng.uniform(0, 0.7, 200), 0, 1)
     for target in [0.8, 0.9, 0.95, 1.0]:
-        t = AItraining.threshold_for_sensitivity(y, p, target)
+        t = model.threshold_for_sensitivity(y, p, target)
         assert model.binary_metrics(y, p, t)["sensitivity"] >= target
-        # the highest such threshold: a slightly higher one would miss the target
-        assert model.binary_metrics(y, p, t + 1e-9)["sensitivity"] < target or t >= p.max()
-    assert AItraining.threshold_for_sensitivity(y, p, 0) == 0.5
+        assert model.binary_metrics(y, p, t + 1e-9)["sensitivity"] < target or t >= p.max()  # the highest such
+    assert model.threshold_for_sensitivity(y, p, 0) == 0.5
 
 
-def test_learns_the_demo_set(demo_dataset, tmp_path):
-    r = train(tmp_path, "--data-dir", demo_dataset, "--image-size", "64", "--batch-size", "16",
-              "--epochs", "8", "--num-workers", "2")
-    assert r.returncode == 0, r.stderr
-    net, meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))
-    assert meta["image_size"] == 64
-    best = meta["val_metrics"]
-    assert best["roc_auc"] >= 0.9, r.stdout
-    assert best["accuracy"] >= 0.85, r.stdout
-    assert best["sensitivity"] >= 0.9  # threshold chosen for TARGET_SENSITIVITY on validation
-    assert 0 < meta["threshold"] < 1
-    assert meta["manifest_sha256"] == AItraining.file_sha256(os.path.join(demo_dataset, "manifest.csv"))
-    assert (tmp_path / "training_curves.png").stat().st_size > 0
-    assert os.listdir(tmp_path / "runs")  # TensorBoard events
+# ---------------------------------------------------------------------------- the data path
+def test_augmentation_keeps_labels_and_value_ranges():
+    """Dark photos stay darker than bright ones whatever the crop, rotation, flip and colour change; values stay
+    in [0, 1]; each photo gets its own draw; the same seed gives the same batch."""
+    x = torch.cat([torch.full((8, 3, 64, 64), 40, dtype=torch.uint8), torch.full((8, 3, 64, 64), 215, dtype=torch.uint8)])
+    x[:, :, 20:44, 20:44] = 128  # a grey square: where it lands shows the geometry
+    out = model.augment(x, torch.Generator().manual_seed(0), 48)
+    assert out.shape == (16, 3, 48, 48) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    means = out.mean((1, 2, 3))
+    assert means[:8].max() < means[8:].min()  # the label of each photo still holds
+    assert len({tuple(o[0, ::12, ::12].flatten().tolist()) for o in out}) == 16  # each photo augmented differently
+    assert torch.equal(out, model.augment(x, torch.Generator().manual_seed(0), 48))
+    assert not torch.equal(out, model.augment(x, torch.Generator().manual_seed(1), 48))
 
 
-def test_same_seed_same_metrics_and_resume_replays_the_same_run(tmp_path):
-    data = make_tiny_dataset(str(tmp_path / "data"))
-    for name in ["a", "b", "c"]:
+def test_cached_and_streamed_photos_give_the_same_run(tiny, tmp_path):
+    lines = []
+    for cache_gb in (2, 0):
+        folder = tmp_path / f"cache{cache_gb}"
+        folder.mkdir()
+        r = run("AItraining.py", *FAST, "--data-dir", tiny, "--epochs", 2, "--num-workers", 1, "--cache-gb", cache_gb,
+                cwd=folder)
+        assert r.returncode == 0, r.stderr
+        assert ("cached on the device" if cache_gb else "streamed") in r.stdout
+        lines.append(epoch_lines(r.stdout))
+    assert lines[0] == lines[1] and len(lines[0]) == 2
+
+
+# ---------------------------------------------------------------------------- resume
+def test_same_seed_same_run_and_resume_replays_it_with_its_own_settings(tiny, tmp_path, monkeypatch, capsys):
+    """Two runs with one seed are equal; a run interrupted after epoch 2 of 3 and resumed with --resume alone
+    (its settings come from the resume file) ends exactly as the uninterrupted run."""
+    argv, outs = list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 3])), {}
+    for name in ["a", "b"]:
         (tmp_path / name).mkdir()
-    a = train(tmp_path / "a", "--data-dir", data, "--epochs", "3")
-    b = train(tmp_path / "b", "--data-dir", data, "--epochs", "3")
-    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-    strip = lambda lines: [re.sub(r"\| \d+s", "", line) for line in lines]  # the wall time differs
-    assert strip(epoch_lines(a.stdout)) == strip(epoch_lines(b.stdout))
-    first = train(tmp_path / "c", "--data-dir", data, "--epochs", "2")
-    resumed = train(tmp_path / "c", "--data-dir", data, "--epochs", "3", "--resume")
-    assert first.returncode == 0 and resumed.returncode == 0, resumed.stderr
-    assert "after epoch 2" in resumed.stdout
-    assert strip(epoch_lines(resumed.stdout)) == strip(epoch_lines(a.stdout)[2:])
+        monkeypatch.chdir(tmp_path / name)
+        AItraining.main(argv)
+        outs[name] = capsys.readouterr().out
+    assert epoch_lines(outs["a"]) == epoch_lines(outs["b"]) and len(epoch_lines(outs["a"])) == 3
+    (tmp_path / "c").mkdir()
+    monkeypatch.chdir(tmp_path / "c")
+    real, calls = AItraining.train_one_epoch, []
+
+    def interrupted_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(AItraining, "train_one_epoch", interrupted_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        AItraining.main(argv)
+    monkeypatch.setattr(AItraining, "train_one_epoch", real)
+    capsys.readouterr()
+    AItraining.main(["--data-dir", str(tiny), "--resume", "--num-workers", "0"])  # no other flag
+    out, err = capsys.readouterr()
+    assert "after epoch 2 of 3" in out and "could not fetch ImageNet" not in err
+    assert epoch_lines(out) == epoch_lines(outs["a"])[2:]
+    assert len(os.listdir("runs")) == 1  # one run, one TensorBoard folder
 
 
-def test_sigkill_mid_epoch_keeps_best_model_and_resume_continues(tmp_path):
-    data = make_tiny_dataset(str(tmp_path / "data"), n_train=96)
-    cmd = [sys.executable, TRAIN, *FAST, "--data-dir", data, "--epochs", "30"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    last = tmp_path / "skin_model_last.pth"
-    deadline = time.time() + 300
+def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    AItraining.main(list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1])))
+    capsys.readouterr()
+    main_fails(AItraining.main, ["--data-dir", tiny, "--resume"], capsys,
+               "already finished (1 of 1 epochs); to train longer pass a higher --epochs, e.g. --epochs 11")
+    main_fails(AItraining.main, ["--data-dir", tiny, "--resume", "--image-size", 64], capsys,
+               "the run in skin_model_last.pth has image_size 32; resume without --image-size or start a new run")
+    main_fails(AItraining.main, ["--data-dir", tiny, "--resume", "--resume-file", "skin_model.pth"], capsys,
+               "has no optimiser state; resume from the skin_model_last.pth")
+    AItraining.main(list(map(str, ["--data-dir", tiny, "--resume", "--epochs", 2, "--num-workers", 0])))  # extend
+    out = capsys.readouterr().out
+    assert "after epoch 1 of 2" in out and epoch_lines(out)[0].startswith("epoch   2")
+    assert os.listdir("runs") and len(os.listdir("runs")) == 1
+
+
+def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
+    data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "AItraining.py"), *map(str, FAST), "--data-dir", data,
+                             "--epochs", "30"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    last, deadline = tmp_path / "skin_model_last.pth", time.time() + 300
     while not last.exists() and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # well inside the next epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    net, meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))  # still loadable
+    model.load_checkpoint(str(tmp_path / "skin_model.pth"))  # still loadable
     finished = model.read_checkpoint(str(last))["meta"]["epoch"]
-    assert finished >= 1 and finished < 30
-    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]  # no half-written file left behind
-    r = train(tmp_path, "--data-dir", data, "--epochs", str(finished + 1), "--resume")
+    assert 1 <= finished < 30
+    r = run("AItraining.py", "--data-dir", data, "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert f"after epoch {finished}" in r.stdout
-    assert epoch_lines(r.stdout)[0].startswith(f"epoch {finished + 1:3d}")
+    assert f"after epoch {finished} of 30" in r.stdout and epoch_lines(r.stdout)[0].startswith(f"epoch {finished + 1:3d}")
+    assert not glob.glob(str(tmp_path / "*.tmp*"))  # the killed run's temporary file was cleaned
 
 
-def test_missing_dataset_is_one_line_error(tmp_path):
-    r = train(tmp_path, "--data-dir", str(tmp_path / "nothing"))
-    assert r.returncode == 1
-    assert r.stderr.strip().startswith("error:") and "prepare_dataset.py" in r.stderr
-    assert "Traceback" not in r.stderr
+# ---------------------------------------------------------------------------- failing safe
+def test_training_that_diverges_stops_at_once_and_keeps_the_previous_model(tiny, tmp_path):
+    good = save_model(tmp_path / "skin_model.pth", size=32)
+    before = fingerprint(tmp_path)
+    r = run("AItraining.py", *FAST, "--data-dir", tiny, "--epochs", 5, "--lr", 1e9, cwd=tmp_path)
+    assert_one_error(r.returncode, r.stderr, "training diverged: the loss became nan in epoch 1/5")
+    assert "lower --lr" in r.stderr and "epoch " not in r.stdout
+    assert fingerprint(tmp_path)["skin_model.pth"] == before["skin_model.pth"]
+    model.load_checkpoint(good)
 
 
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--epochs", 0, "--epochs 0: use a whole number >= 1"), ("--batch-size", 0, "--batch-size 0: use >= 1"),
+    ("--image-size", 0, "--image-size 0: use from 32 to 2048 px"), ("--image-size", -5, "--image-size -5"),
+    ("--image-size", 100000, "--image-size 100000"), ("--lr", "nan", "--lr nan: use a number > 0"),
+    ("--num-workers", -1, "--num-workers -1: use >= 0"), ("--seed", -1, "--seed -1"),
+    ("--target-sensitivity", 1.5, "--target-sensitivity 1.5: use from 0"), ("--recipe", "fast", "use auto or finetune or scratch"),
+    ("--warmup", 1, "--warmup 1.0: use from 0 to 0.99"), ("--optimizer", "sgd", "--optimizer sgd: use adam or adamw"),
+])
+def test_flags_are_checked_before_any_work(tmp_path, monkeypatch, capsys, flag, value, expected):
+    monkeypatch.chdir(tmp_path)
+    main_fails(AItraining.main, ["--data-dir", "nowhere", flag, value], capsys, expected)
+    assert os.listdir(tmp_path) == []
+
+
+def test_outputs_that_cannot_be_written_are_found_before_training(tiny, tmp_path, readonly_folder, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main_fails(AItraining.main, ["--data-dir", tiny, "--output", os.path.join(readonly_folder, "m.pth")], capsys,
+               f"--output {readonly_folder}/m.pth: cannot write in {readonly_folder}")
+    (tmp_path / "runs").write_text("a file where the logs go")
+    main_fails(AItraining.main, ["--data-dir", tiny], capsys, "--log-dir runs is a file; pass a folder")
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("a class folder missing", "val has no malignant/; it must hold exactly one folder per class"),
+    ("empty split", "val: no images in malignant/; both classes are needed"),
+    ("a third folder", "train has the extra .ipynb_checkpoints/"),
+    ("no dataset", "train folder nowhere/train not found; make it with 'python prepare_dataset.py'"),
+])
+def test_a_wrong_dataset_folder_is_one_line(tiny, tmp_path, monkeypatch, capsys, case, expected):
+    data = shutil.copytree(tiny, tmp_path / "data")
+    if case == "a class folder missing":
+        shutil.rmtree(data / "val" / "malignant")
+    elif case == "empty split":
+        for path in glob.glob(str(data / "val" / "malignant" / "*")):
+            os.remove(path)
+    elif case == "a third folder":  # Jupyter's hidden folder would shift the class indices
+        shutil.copytree(data / "train" / "benign", data / "train" / ".ipynb_checkpoints")
+    monkeypatch.chdir(tmp_path)
+    main_fails(AItraining.main, [*FAST, "--data-dir", "nowhere" if case == "no dataset" else data], capsys, expected)
+    assert not os.path.exists("skin_model.pth")
+
+
+@pytest.mark.parametrize("cache_gb", [2, 0], ids=["cached", "streamed"])
+def test_an_unreadable_training_photo_is_one_line(tiny, tmp_path, cache_gb):
+    data = shutil.copytree(tiny, tmp_path / "data")
+    broken = sorted((data / "train" / "malignant").iterdir())[3]
+    broken.write_bytes(broken.read_bytes()[:150])  # truncated
+    r = run("AItraining.py", *FAST, "--data-dir", data, "--epochs", 1, "--num-workers", 1, "--cache-gb", cache_gb,
+            cwd=tmp_path)
+    assert_one_error(r.returncode, r.stderr, f"{broken} is not a readable image")
+
+
+def test_stray_files_and_small_photos_are_counted_and_training_runs(tiny, tmp_path, monkeypatch, capsys):
+    data = shutil.copytree(tiny, tmp_path / "data")
+    (data / "train" / "benign" / "notes.txt").write_text("not a photo")
+    (data / "train" / "malignant" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (data / "val" / "benign" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    monkeypatch.chdir(tmp_path)
+    AItraining.main(list(map(str, [*FAST, "--data-dir", data, "--epochs", 1, "--image-size", 64])))
+    out, err = capsys.readouterr()
+    assert f"{data / 'train'}: 2 file(s) that are not images skipped" in err
+    assert f"{data / 'val'}: 1 file(s) that are not images skipped" in err
+    assert "24 of 24 training photos are smaller than 73 px" in err and "--resize-to 73" in err  # 40 px photos
+    assert "train: 24 images" in out and "epoch   1" in out
+    model.load_checkpoint("skin_model.pth")
+
+
+def test_ctrl_c_during_training_keeps_the_previous_model(tmp_path):
+    data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
+    save_model(tmp_path / "skin_model.pth", size=32)
+    before = fingerprint(tmp_path)["skin_model.pth"]
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "AItraining.py"), *map(str, FAST), "--data-dir", data,
+                          "--epochs", "50"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    out = []
+    reader = threading.Thread(target=lambda: out.extend(iter(p.stdout.readline, "")))
+    reader.start()
+    deadline = time.time() + 180
+    while not any("train: 96 images" in line for line in out) and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
+    err = p.stderr.read()
+    p.wait(timeout=120)
+    reader.join()
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "interrupted; skin_model.pth holds the best finished epoch, continue with --resume"
+    assert not glob.glob(str(tmp_path / "*.tmp*"))  # no half-written checkpoint
+    if not any(line.startswith("epoch ") for line in out):  # interrupted in the first epoch: the earlier model untouched
+        assert fingerprint(tmp_path)["skin_model.pth"] == before
+    model.load_checkpoint(str(tmp_path / "skin_model.pth"))
+
+
+# ---------------------------------------------------------------------------- several processes
 def test_torchrun_two_processes_on_cpu(tmp_path):
-    data = make_tiny_dataset(str(tmp_path / "data"), n_train=16, n_val=5)
+    data = make_split_tree(tmp_path / "data", n=8, splits=("train", "val"), size=32)
+    os.remove(sorted(glob.glob(str(tmp_path / "data" / "val" / "benign" / "*")))[0])  # 15 val photos: uneven shards
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                        TRAIN, *FAST, "--data-dir", data, "--epochs", "2"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+                        os.path.join(ROOT, "AItraining.py"), *map(str, FAST), "--data-dir", data, "--epochs", "2"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600, env=ENV)
     assert r.returncode == 0, r.stdout + r.stderr
-    shards = dict(re.findall(r"rank (\d)/2: 16 of 32 training images, shard (\w+)", r.stdout))
-    assert set(shards) == {"0", "1"} and shards["0"] != shards["1"]  # each rank saw its own half
     weights = dict(re.findall(r"rank (\d)/2: final weights (\w+)", r.stdout))
     assert set(weights) == {"0", "1"} and weights["0"] == weights["1"]  # DDP kept the replicas equal
     assert len(epoch_lines(r.stdout)) == 2  # only rank 0 reports
-    net, meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))
-    assert meta["val_metrics"]["tn"] + meta["val_metrics"]["fp"] + meta["val_metrics"]["fn"] + \
-        meta["val_metrics"]["tp"] == 10  # validation gathered from both ranks, each image once
+    m = model.load_checkpoint(str(tmp_path / "skin_model.pth"))[1]["val_metrics"]
+    assert m["tn"] + m["fp"] + m["fn"] + m["tp"] == 15  # validation gathered from both ranks, each photo once
