@@ -1,31 +1,31 @@
 """
-Export the trained model to one self-contained ONNX file for onnxruntime, and check that it gives the
-same probabilities as PyTorch on real photos before writing it.
+Export the trained model to one self-contained ONNX file for onnxruntime (predict.py, the web page in web/),
+and check that it gives the same results as PyTorch on real photos before writing it.
 
     python export_onnx.py                                   # skin_model.pth -> skin_model.onnx
     python export_onnx.py --model best.pth --output best.onnx
     python export_onnx.py --check-images my_photos/         # check on other photos
     python predict.py photo.jpg --model skin_model.onnx     # then predict without torch
 
-The file takes "image": float32 [batch, 3, size, size], any batch size, normalised as model.preprocess
-does, and gives "logits": [batch, 2] for model.CLASSES (softmax gives P(benign), P(malignant)). Its
-metadata_props hold what predict.py needs, each value as JSON: classes, image_size, mean, std,
-interpolation, crop_pct, threshold, and model_name, val_metrics, epoch, source_checkpoint, source_sha256.
+The file takes "image": float32 [batch, 3, size, size], any batch size, prepared as model.preprocess does
+(the README's "Preprocessing" section spells it out for consumers outside Python). It gives "logits":
+[batch, 2] for model.CLASSES (softmax gives P(benign), P(malignant)) and "cam": [batch, size/32, size/32],
+the evidence map: sum over the 1280 channels of the last feature map weighted by (classifier weight for
+malignant - for benign); > 0 where the evidence is for malignant, < 0 for benign (its mean plus the bias
+difference is the malignant log-odds; predict.py --explain and the web page draw it). Its metadata_props
+hold, each as JSON, what a consumer needs: classes, image_size, mean, std, interpolation, crop_pct,
+threshold, at_chance, and model_name, val_metrics, val_auc_ci95, epoch, source_checkpoint, source_sha256.
 Exporter: torch.onnx's default, torch.export-based one (dynamo=True), with the weights inside the file.
-The check: P(malignant) from onnxruntime (photos through model.preprocess, as predict.py does) against
-PyTorch (photos through model.eval_transform), for the whole batch at once and for the first photo alone;
-a difference over TOLERANCE is an error and nothing is written. The photos come from CHECK_IMAGES, or
-dataset/val if it is missing; with no photos at all the check runs on random tensors and says so.
+The check: onnxruntime against PyTorch on the photos (through model.preprocess, as predict.py reads them),
+for the whole batch at once and for the first photo alone; a difference in P(malignant) or in the map over
+TOLERANCE (the map relative to its largest value) is an error and nothing is written. The photos come from
+CHECK_IMAGES, or dataset/val if it is missing; with no photos at all the check runs on random tensors and
+says so. A temporary file left by a killed export is removed by the next one.
 """
-import argparse
-import hashlib
 import json
 import os
-import sys
 
 import numpy as np
-import onnx
-import torch
 
 import model
 
@@ -33,138 +33,119 @@ import model
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
 OUTPUT = "skin_model.onnx"  # the ONNX file to write (replaced atomically, only after the check passes)
 CHECK_IMAGES = "dataset/test"  # folder (or photo) of real photos for the check; dataset/val if missing
-N_CHECK = 16  # how many photos to check on (spread over the sorted list)
-OPSET = 18  # ONNX opset version
-TOLERANCE = 1e-4  # largest allowed difference in P(malignant) between PyTorch and onnxruntime
+N_CHECK = 16  # how many photos to check on (spread over the sorted list), >= 1
+OPSET = 18  # ONNX opset version, 18 to 23
+TOLERANCE = 1e-4  # largest allowed difference in P(malignant) (and in the map, relative) between PyTorch and onnxruntime
 # -----------------------------------------------------------------------------
 
 
-def check_images(path, n):
-    """Up to n photos from path (a photo or a folder, recursively), spread over the sorted list; None if
-    path does not exist, [] if it holds no photo."""
-    if os.path.isfile(path):
-        return [path]
-    if not os.path.isdir(path):
-        return None
-    found = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                   if model.is_image_file(name))
-    return found[::max(1, len(found) // n)][:n]
+def parse_args(argv=None):
+    args = model.parse_flags(globals(), argv)
+    model.check(args.n_check >= 1, "--n-check", args.n_check, "check on at least 1 photo")
+    model.check(18 <= args.opset <= 23, "--opset", args.opset, "use an opset from 18 to 23")
+    model.check(model.in_range(args.tolerance, 1e-9, 0.1), "--tolerance", args.tolerance, "use a number from 1e-9 to 0.1")
+    model.check(os.path.exists(args.check_images) or args.check_images == CHECK_IMAGES, "--check-images",
+                args.check_images, "not found; pass a folder (or a photo) of real photos")
+    model.check_writable(args.output, "--output")
+    return args
 
 
-def check_inputs(paths, cfg, n, source):
-    """(torch batch from eval_transform, numpy batch from model.preprocess, description) for the check."""
-    transform = model.eval_transform(cfg)
-    tensors, arrays, unreadable = [], [], 0
-    for path in paths:
-        try:
-            img = model.load_image(path)
-        except Exception:
-            unreadable += 1
-            continue
-        tensors.append(transform(img))
-        arrays.append(model.preprocess(img, cfg))
-    if unreadable:
-        model.warn(f"{unreadable} of the {len(paths)} check photos could not be read and were left out")
-    if tensors:
-        return torch.stack(tensors), np.stack(arrays), f"{len(tensors)} photos from {source}"
+def check_photos(source, n, cfg):
+    """(a numpy batch of up to n photos from source, spread over the sorted list, through model.preprocess,
+    a description). Falls back to dataset/val, then to random tensors, when the default folder is missing."""
+    if not os.path.exists(source) and source == CHECK_IMAGES:
+        source = "dataset/val"
+    paths = model.find_images([source])[0] if os.path.exists(source) else []
+    paths = paths[::max(1, len(paths) // n)][:n]
+    photos = [img for img, _ in map(model.try_load_image, paths) if img is not None]
+    if len(photos) < len(paths):
+        model.warn(f"{len(paths) - len(photos)} of the {len(paths)} check photos could not be read and were left out")
+    if photos:
+        return np.stack([model.preprocess(img, cfg) for img in photos]), f"{len(photos)} photos from {source}"
     size = cfg["input_size"][-1]
-    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return x, x.numpy().copy(), f"{n} random tensors (no photos found; --check-images FOLDER checks on real ones)"
+    return (np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32),
+            f"{n} random tensors (no photos found; --check-images FOLDER checks on real ones)")
 
 
-def file_sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+def with_evidence_map(net):
+    """net as a module giving (logits, cam): cam = sum_c (W[malignant, c] - W[benign, c]) * features[c]."""
+    import torch
+
+    class LogitsAndCam(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            features = self.net.forward_features(x)
+            w = self.net.get_classifier().weight
+            direction = w[model.CLASSES.index("malignant")] - w[model.CLASSES.index("benign")]
+            return self.net.forward_head(features), torch.einsum("c,bchw->bhw", direction, features)
+    return LogitsAndCam().eval()
 
 
 def onnx_metadata(meta, checkpoint):
-    """What predict.py needs to use the ONNX file alone, each value as a JSON string."""
+    """What a consumer needs to use the ONNX file alone, each value as a JSON string."""
+    import torch
     keys = ("model_name", "classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold",
-            "val_metrics", "epoch")
-    props = {key: meta.get(key) for key in keys}
-    props.update(source_checkpoint=os.path.basename(checkpoint), source_sha256=file_sha256(checkpoint),
-                 output="logits", exporter=f"torch.onnx dynamo, torch {torch.__version__}")
+            "at_chance", "val_metrics", "val_auc_ci95", "epoch")
+    props = dict({key: meta.get(key) for key in keys}, source_checkpoint=os.path.basename(checkpoint),
+                 source_sha256=model.file_sha256(checkpoint), outputs=["logits", "cam"],
+                 exporter=f"torch.onnx dynamo, torch {torch.__version__}")
     return {key: json.dumps(value) for key, value in props.items()}
 
 
-def export(net, size, path, opset, metadata):
-    """Write net to path as one ONNX file with a dynamic batch size and the given metadata_props."""
-    example = torch.randn(2, 3, size, size)
+def export(wrapped, size, path, opset, metadata):
+    """Write wrapped to path as one ONNX file with a dynamic batch size and the given metadata_props."""
+    import torch
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(net, (example,), input_names=["image"], output_names=["logits"],
-                                dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False)
+    program = torch.onnx.export(wrapped, (torch.randn(2, 3, size, size),), input_names=["image"],
+                                output_names=["logits", "cam"], dynamic_shapes=({0: batch},), opset_version=opset,
+                                dynamo=True, verbose=False)
     program.model.metadata_props.update(metadata)
     program.save(path, external_data=False)
 
 
-def softmax_malignant(logits):
-    logits = np.asarray(logits, dtype=np.float64)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    return (p / p.sum(1, keepdims=True))[:, model.CLASSES.index("malignant")]
-
-
-def max_difference(net, path, x_torch, x_numpy):
-    """Largest |P(malignant) PyTorch - onnxruntime| over the batch run at once and the first photo alone
-    (which also checks the dynamic batch size)."""
+def max_difference(wrapped, path, x):
+    """Largest difference PyTorch - onnxruntime, in P(malignant) and in the map (relative to its largest
+    value), over the batch run at once and the first photo alone (which checks the dynamic batch size)."""
     import onnxruntime as ort
+    import torch
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     with torch.inference_mode():
-        p_torch = model.malignant_probability(net, x_torch).double().numpy()
-    p_batch = softmax_malignant(session.run(["logits"], {"image": x_numpy})[0])
-    p_one = softmax_malignant(session.run(["logits"], {"image": x_numpy[:1]})[0])
-    return max(np.abs(p_torch - p_batch).max(), abs(p_torch[0] - p_one[0]))
+        logits, cam = (t.double().numpy() for t in wrapped(torch.from_numpy(x)))
+    diffs = []
+    for part in (x, x[:1]):
+        onnx_logits, onnx_cam = session.run(["logits", "cam"], {"image": part})
+        diffs += [np.abs(model.softmax_malignant(logits[:len(part)]) - model.softmax_malignant(onnx_logits)).max(),
+                  np.abs(cam[:len(part)] - onnx_cam).max() / max(np.abs(cam).max(), 1e-12)]
+    return max(diffs)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=MODEL, help="checkpoint written by AItraining.py")
-    parser.add_argument("--output", default=OUTPUT, help="ONNX file to write")
-    parser.add_argument("--check-images", default=CHECK_IMAGES, help="folder or photo for the check")
-    parser.add_argument("--n-check", type=int, default=N_CHECK, help="how many photos to check on")
-    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest allowed difference")
-    args = parser.parse_args()
-    if args.n_check < 1:
-        model.die(f"--n-check {args.n_check}: check on at least 1 photo")
-    folder = os.path.dirname(args.output) or "."
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        model.die(f"cannot write {args.output}: {folder} is not a writable folder; pass another --output")
+def main(argv=None):
+    args = parse_args(argv)
+    import onnx
+    import torch
+    net, meta = model.load_checkpoint(args.model)  # dies with one line if missing, broken or not a checkpoint
+    wrapped = with_evidence_map(net.float().to(memory_format=torch.contiguous_format).eval())
+    x, described = check_photos(args.check_images, args.n_check, model.meta_data_config(meta))
 
-    net, meta = model.load_checkpoint(args.model)  # dies with one line if missing or not a checkpoint
-    net = net.float().to(memory_format=torch.contiguous_format).eval()
-    cfg = model.meta_data_config(meta)
-    source = args.check_images
-    paths = check_images(source, args.n_check)
-    if paths is None and source == CHECK_IMAGES:
-        source = "dataset/val"
-        paths = check_images(source, args.n_check)
-    elif paths is None:
-        model.die(f"--check-images {source} not found; pass a folder of photos")
-    x_torch, x_numpy, described = check_inputs(paths or [], cfg, args.n_check, source)
-
-    tmp = f"{args.output}.tmp{os.getpid()}"
-    try:
-        export(net, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model))
+    def export_and_check(tmp):  # inside model.atomic_write: a failed check leaves nothing behind
+        export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model))
         onnx.checker.check_model(tmp, full_check=True)
-        diff = max_difference(net, tmp, x_torch, x_numpy)
+        diff = max_difference(wrapped, tmp, x)
         if not diff <= args.tolerance:
-            model.die(f"onnxruntime and PyTorch disagree: max difference in P(malignant) {diff:.2e} > tolerance "
-                      f"{args.tolerance:.0e} on {described}; {args.output} not written")
-        os.replace(tmp, args.output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    print(f"onnxruntime matches PyTorch: max difference in P(malignant) {diff:.2e} (tolerance "
-          f"{args.tolerance:.0e}) on {described}, batch of {len(x_numpy)} and batch of 1")
+            model.die(f"onnxruntime and PyTorch disagree: max difference {diff:.2e} > tolerance {args.tolerance:.0e} "
+                      f"on {described}; {args.output} not written")
+        print(f"onnxruntime matches PyTorch: max difference {diff:.2e} in P(malignant) and the evidence map "
+              f"(tolerance {args.tolerance:.0e}) on {described}, batch of {len(x)} and batch of 1")
+    model.atomic_write(args.output, export_and_check)
     size = meta["image_size"]
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
-          f"input 'image' [batch, 3, {size}, {size}], output 'logits' [batch, {len(model.CLASSES)}])")
+          f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {len(model.CLASSES)}] and 'cam' "
+          f"[batch, {size // 32}, {size // 32}])")
     print(f"use it with: python predict.py photo.jpg --model {args.output}")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("\ninterrupted; nothing written", file=sys.stderr)
-        sys.exit(130)
+    model.run_script(main, "interrupted; nothing written")

@@ -1,9 +1,13 @@
-"""export_onnx.py and predict.py's onnxruntime path on a random-init 64 px EfficientNet-B0: one checked
-file with metadata and a dynamic batch, the same probabilities as PyTorch, no torch import, bad files."""
+"""export_onnx.py and predict.py's onnxruntime path with a random-init 64 px EfficientNet-B0
+(conftest.make_net): one checked file with metadata, a dynamic batch and the evidence map; the same P and
+map as PyTorch; no torch import; bad ONNX files refused; a non-finite probability is an error, never a
+label; the export's own mistakes, temporaries and failed checks. Bad checkpoints: test_predict.py."""
+import csv
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -15,166 +19,290 @@ import torch
 from onnx import TensorProto, helper
 from PIL import Image
 
+import export_onnx
 import model
+import predict
+from conftest import ENV, ROOT, assert_one_error, fingerprint, lesion_photo, main_fails, make_net, run, save_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
+
+
+def refuses(argv, capsys, expected):
+    """predict.main(argv) stops with one error line and prints nothing on stdout."""
+    assert main_fails(predict.main, argv, capsys, expected) == ""
+
+
 SIZE = 64
-
-
-def make_net():
-    """Random-init EfficientNet-B0 whose P(malignant) depends on the photo (at random init the BatchNorm
-    statistics make every photo 0.5, and then any two exporters agree): statistics from one batch and a
-    scaled-up head."""
-    torch.manual_seed(0)
-    net = model.build_model(pretrained=False)
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    net.train()
-    with torch.no_grad():
-        net(torch.rand(8, 3, SIZE, SIZE) * 4 - 2)
-        net.classifier.weight.mul_(0.2)
-    return net.eval()
-
-
-def save_photo(path, size, seed):
-    rng = np.random.default_rng(seed)
-    w, h = size
-    img = np.array([200, 150, 130]) + rng.normal(0, 20, (h, w, 3))
-    yy, xx = np.mgrid[:h, :w]
-    img[(yy - rng.uniform(0.3, 0.7) * h) ** 2 + (xx - rng.uniform(0.3, 0.7) * w) ** 2 < (min(w, h) / 4) ** 2] *= 0.35
-    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path)
-    return str(path)
-
-
-def run(script, args, cwd):
-    # one thread: on a busy 2-core machine two spinning OpenMP threads make a 64 px forward ~100x slower
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True,
-                          text=True, encoding="utf-8", env=env, timeout=300)
+PHOTO_SIZES = [(90, 70), (64, 100), (80, 80), (301, 203), (40, 30)]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A checkpoint, three photos, and the ONNX file export_onnx.py made of them (into a folder of its own)."""
+    """A checkpoint, photos of several sizes, and the ONNX file `python export_onnx.py` made of them into a
+    folder where a killed export (a dead pid) and a running one (this process) left their temporary files."""
     folder = tmp_path_factory.mktemp("onnx")
-    net = make_net()
-    model.save_checkpoint(str(folder / "skin_model.pth"),
-                          model.checkpoint_state(net, model.data_config(net, SIZE), threshold=0.37,
-                                                 metrics={"roc_auc": 0.5}, epoch=3))
-    (folder / "photos").mkdir()
-    sizes = [(90, 70), (64, 100), (80, 80)]
-    photos = [save_photo(folder / "photos" / f"p{i}.jpg", size, i) for i, size in enumerate(sizes)]
-    (folder / "out").mkdir()
-    result = run("export_onnx.py", ["--model", "skin_model.pth", "--output", "out/skin model.onnx",
-                                    "--check-images", "photos"], folder)
-    assert result.returncode == 0, result.stderr
-    return dict(folder=folder, checkpoint=str(folder / "skin_model.pth"), onnx=str(folder / "out" / "skin model.onnx"),
-                photos=photos, stdout=result.stdout)
+    checkpoint = save_model(folder / "skin_model.pth", make_net(SIZE), SIZE, threshold=0.37, at_chance=False,
+                            val_metrics={"roc_auc": 0.71}, val_auc_ci95=[0.55, 0.85], epoch=3)
+    photos = [lesion_photo(folder / "photos" / f"p{i}.jpg", size, seed=i) for i, size in enumerate(PHOTO_SIZES)]
+    out = folder / "out"
+    out.mkdir()
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid is not running any more: what a SIGKILLed export leaves
+    temporaries = {"dead": out / f"skin model.onnx.tmp{finished.pid}", "live": out / f"skin model.onnx.tmp{os.getpid()}"}
+    for kind, path in temporaries.items():
+        path.write_bytes(b"half an ONNX file from a " + kind.encode() + b" export")
+    r = run("export_onnx.py", "--model", "skin_model.pth", "--output", "out/skin model.onnx", "--check-images", "photos",
+            cwd=folder, timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    return dict(folder=folder, checkpoint=checkpoint, onnx=str(out / "skin model.onnx"), photos=photos,
+                stdout=r.stdout, temporaries=temporaries)
 
 
+@pytest.fixture(scope="module")
+def torch_net(exported):
+    return model.load_checkpoint(exported["checkpoint"])
+
+
+# ---------------------------------------------------------------------------- the export
 def test_export_writes_one_checked_file_with_metadata(exported):
-    assert os.listdir(os.path.dirname(exported["onnx"])) == ["skin model.onnx"]  # no .data, no temporary file
-    match = re.search(r"max difference in P\(malignant\) (\S+) \(tolerance 1e-04\) on 3 photos from photos",
-                      exported["stdout"])
+    match = re.search(r"^onnxruntime matches PyTorch: max difference (\S+) in P\(malignant\) and the evidence map "
+                      r"\(tolerance 1e-04\) on 5 photos from photos, batch of 5 and batch of 1$", exported["stdout"], re.M)
     assert match and float(match.group(1)) <= 1e-4, exported["stdout"]
+    assert re.search(r"^wrote out/skin model.onnx \(\d+\.\d MB, onnx.checker passed, opset 18, input 'image' "
+                     r"\[batch, 3, 64, 64\], outputs 'logits' \[batch, 2\] and 'cam' \[batch, 2, 2\]\)$",
+                     exported["stdout"], re.M), exported["stdout"]
     onnx.checker.check_model(exported["onnx"], full_check=True)
-    proto = onnx.load(exported["onnx"])
-    assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logits"]
+    proto = onnx.load(exported["onnx"], load_external_data=False)
+    assert not any(t.HasField("data_location") and t.data_location == TensorProto.EXTERNAL
+                   for t in proto.graph.initializer)  # the weights are inside the file
+
+    def dims(value):
+        assert value.type.tensor_type.elem_type == TensorProto.FLOAT, value.name
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+    (image,), (logits, cam) = proto.graph.input, proto.graph.output
+    assert (image.name, logits.name, cam.name) == ("image", "logits", "cam")
+    batch = dims(image)[0]
+    assert isinstance(batch, str) and batch  # a named, dynamic batch axis
+    assert (dims(image), dims(logits), dims(cam)) == ([batch, 3, SIZE, SIZE], [batch, 2], [batch, SIZE // 32, SIZE // 32])
+
     props = {p.key: json.loads(p.value) for p in proto.metadata_props}
     meta = model.read_checkpoint(exported["checkpoint"])["meta"]
     for key in ("model_name", "classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold",
-                "val_metrics", "epoch"):
+                "at_chance", "val_metrics", "val_auc_ci95", "epoch"):
         assert props[key] == meta[key], key
+    assert (props["threshold"], props["val_auc_ci95"], props["classes"]) == (0.37, [0.55, 0.85], model.CLASSES)
+    assert props["source_checkpoint"] == "skin_model.pth" and props["outputs"] == ["logits", "cam"]
     with open(exported["checkpoint"], "rb") as f:
         assert props["source_sha256"] == hashlib.sha256(f.read()).hexdigest()
 
 
-def test_dynamic_batch_and_parity_with_torch(exported):
-    net, meta = model.load_checkpoint(exported["checkpoint"])
+def test_export_removes_temporaries_of_killed_exports_only(exported):
+    """One file written, no .data beside it; the dead export's temporary removed, the running one's kept."""
+    assert sorted(os.listdir(os.path.dirname(exported["onnx"]))) == \
+        ["skin model.onnx", exported["temporaries"]["live"].name]
+    assert exported["temporaries"]["live"].read_bytes() == b"half an ONNX file from a live export"
+
+
+def test_onnxruntime_matches_torch_batch_and_single(exported, torch_net):
+    net, meta = torch_net
     cfg = model.meta_data_config(meta)
-    images = [model.load_image(p) for p in exported["photos"]]
+    batch = np.stack([model.preprocess(model.load_image(p), cfg) for p in exported["photos"]])
     session = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
-    batch = np.stack([model.preprocess(img, cfg) for img in images])
     logits = session.run(["logits"], {"image": batch})[0]
     singles = np.concatenate([session.run(["logits"], {"image": batch[i:i + 1]})[0] for i in range(len(batch))])
-    assert logits.shape == (3, 2)
+    assert logits.shape == (len(PHOTO_SIZES), 2)
     np.testing.assert_allclose(logits, singles, atol=1e-5)
-    p_onnx = torch.softmax(torch.from_numpy(logits), 1)[:, 1].numpy()
     with torch.no_grad():
-        x = torch.stack([model.eval_transform(cfg)(img) for img in images])
-        p_torch = model.malignant_probability(net, x).numpy()
-    assert np.abs(p_onnx - p_torch).max() <= 1e-4
+        p_torch = model.malignant_probability(net, torch.from_numpy(batch)).numpy()
+        p_alone = [model.malignant_probability(net, torch.from_numpy(batch[i:i + 1])).item() for i in range(len(batch))]
+    assert np.abs(model.softmax_malignant(logits) - p_torch).max() <= 1e-4
+    assert np.abs(model.softmax_malignant(singles) - p_alone).max() <= 1e-4
     assert p_torch.max() - p_torch.min() > 0.01, "all photos get the same probability: the parity check would be empty"
 
 
-@pytest.mark.parametrize("size", [(90, 70), (61, 100), (64, 64), (301, 203), (40, 30)])
-def test_preprocess_matches_eval_transform(tmp_path, exported, size):
-    cfg = model.meta_data_config(model.read_checkpoint(exported["checkpoint"])["meta"])
-    img = model.load_image(save_photo(tmp_path / "p.png", size, 7))
-    expected = model.eval_transform(cfg)(img).numpy()
-    got = model.preprocess(img, cfg)
-    assert got.shape == expected.shape == (3, SIZE, SIZE)
-    assert np.abs(got - expected).max() <= 1e-4
+def test_onnx_cam_is_gradcam_times_the_map_area(exported, torch_net):
+    """EfficientNet's head is global-average-pool + linear, so each channel's mean gradient is its classifier
+    weight difference / (h*w): the file's map is predict.gradcam's signed map times h*w."""
+    net, meta = torch_net
+    cfg = model.meta_data_config(meta)
+    session = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
+    for photo in exported["photos"]:
+        x = model.preprocess(model.load_image(photo), cfg)[None]
+        cam = session.run(["cam"], {"image": x})[0][0]
+        grad_cam = predict.gradcam(net, torch.from_numpy(x))
+        h, w = grad_cam.shape
+        assert cam.shape == (h, w) == (SIZE // 32, SIZE // 32)
+        np.testing.assert_allclose(cam, grad_cam * h * w, atol=1e-4 * np.abs(cam).max())
 
 
-def test_predict_onnx_matches_torch_and_never_imports_torch(exported):
-    folder, photo = exported["folder"], exported["photos"][0]
-    with_torch = run("predict.py", [photo, "--model", exported["checkpoint"], "--csv", "torch.csv"], folder)
-    assert with_torch.returncode == 0, with_torch.stderr
-    wrapper = (f"import sys; sys.path.insert(0, {ROOT!r}); import predict; "
-               f"sys.argv = ['predict.py', {photo!r}, '--model', {exported['onnx']!r}, '--csv', 'onnx.csv']; "
-               "predict.main(); "
-               "assert not {'torch', 'timm', 'torchvision'} & set(sys.modules), 'the ONNX path imported torch'")
-    without = subprocess.run([sys.executable, "-c", wrapper], cwd=folder, capture_output=True, text=True, timeout=120)
-    assert without.returncode == 0, without.stderr
-    assert with_torch.stdout.splitlines()[:2] == without.stdout.splitlines()[:2]
-    assert without.stdout.splitlines()[1].endswith("(threshold 0.370)")  # threshold from the metadata
-    p_torch = float((folder / "torch.csv").read_text().splitlines()[1].split(",")[2])
-    p_onnx = float((folder / "onnx.csv").read_text().splitlines()[1].split(",")[2])
-    assert abs(p_torch - p_onnx) <= 1e-4
+# ---------------------------------------------------------------------------- predict.py with the ONNX file
+def test_predict_with_onnx_matches_torch_and_never_imports_torch(exported, tmp_path, monkeypatch, capsys):
+    """A fresh process runs predict.py's ONNX path (one photo with --explain, then the folder with --tta and a
+    CSV) and checks that torch, timm and torchvision were never imported; here the same runs with the .pth."""
+    photo = str(shutil.copyfile(exported["photos"][0], tmp_path / "a photo.jpg"))
+    folder = os.path.dirname(exported["photos"][0])
+    runs = lambda model_file, csv_file: [[photo, "--model", model_file, "--explain"],
+                                         [folder, "--model", model_file, "--tta", "--csv", csv_file]]
+    code = "\n".join([f"import sys; sys.path.insert(0, {ROOT!r}); import predict"]
+                     + [f"predict.main({argv!r})" for argv in runs(exported["onnx"], "onnx.csv")]
+                     + ["loaded = {'torch', 'timm', 'torchvision'} & set(sys.modules)",
+                        "assert not loaded, f'the ONNX path imported {loaded}'"])
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, encoding="utf-8",
+                       env=ENV, timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    with_onnx = r.stdout.splitlines()
+    assert with_onnx[2].startswith(f"Grad-CAM saved to {tmp_path / 'a photo_gradcam.png'}")
+    with Image.open(tmp_path / "a photo_gradcam.png") as img:
+        assert img.format == "PNG" and img.width > 2.2 * img.height  # three panels
+    os.remove(tmp_path / "a photo_gradcam.png")
+
+    monkeypatch.chdir(tmp_path)
+    for argv in runs(exported["checkpoint"], "torch.csv"):
+        predict.main(argv)
+    with_torch = capsys.readouterr().out.splitlines()
+    assert with_onnx[0] == with_torch[0] and with_onnx[0].startswith("Prediction: ")
+    printed = [re.match(r"P\(malignant\) = (\d\.(\d+)) \(threshold 0\.370", lines[1]) for lines in (with_onnx, with_torch)]
+    assert all(printed), (with_onnx[1], with_torch[1])  # the threshold from the file's metadata
+    assert abs(float(printed[0].group(1)) - float(printed[1].group(1))) <= 1.01 * 10 ** -len(printed[1].group(2))
+    assert with_torch[2].startswith("Grad-CAM saved to ")
+    tables = []
+    for name in ("onnx", "torch"):
+        with open(tmp_path / f"{name}.csv", encoding="utf-8", newline="") as f:
+            tables.append(list(csv.DictReader(f)))
+    assert [row["file"] for row in tables[0]] == [row["file"] for row in tables[1]] == sorted(exported["photos"])
+    for onnx_row, torch_row in zip(*tables):
+        assert onnx_row["prediction"] == torch_row["prediction"]
+        assert abs(float(onnx_row["p_malignant"]) - float(torch_row["p_malignant"])) <= 1e-4
 
 
-def save_onnx(path, input_shape, metadata=None):
-    """A tiny ONNX model (mean over all but the batch axis, twice: [batch, 2]) with the given input shape,
-    built with onnx.helper (exporting a torch model would take seconds and prove nothing more)."""
-    nodes = [helper.make_node("ReduceMean", ["x"], ["y"], axes=list(range(1, len(input_shape))), keepdims=0),
-             helper.make_node("Unsqueeze", ["y", "axes"], ["u"]),
-             helper.make_node("Concat", ["u", "u"], ["logits"], axis=1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
-                              initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+def test_onnx_file_renamed_pth_is_recognised_by_its_content(exported, tmp_path, capsys):
+    renamed = str(shutil.copyfile(exported["onnx"], tmp_path / "skin_model.pth"))
+    photo = exported["photos"][1]
+    predict.main([photo, "--model", exported["onnx"]])
+    as_onnx = capsys.readouterr().out
+    predict.main([photo, "--model", renamed])
+    assert capsys.readouterr().out == as_onnx and as_onnx.startswith("Prediction: ")
+
+
+# ---------------------------------------------------------------------------- bad ONNX files
+def tiny_onnx(path, input_type=TensorProto.FLOAT, shape=("batch", 3, SIZE, SIZE), output="logits", scale=1.0,
+              metadata=True, **raw):
+    """A tiny ONNX model built with onnx.helper (exporting a network would take seconds and prove nothing
+    more): logits = [0, log(mean of the input * scale)], so P(malignant) = m / (1 + m) for an input whose
+    mean m is > 0, and NaN for one whose mean is < 0 (with mean = std = 0.5 in its metadata: a dark photo).
+    Valid metadata, unless metadata=False (none) or raw gives values as the raw strings to store."""
+    nodes = [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["f", "scale"], ["s"]),
+             helper.make_node("ReduceMean", ["s"], ["m"], axes=list(range(1, len(shape))), keepdims=0),
+             helper.make_node("Unsqueeze", ["m", "one"], ["u"]),
+             helper.make_node("Sub", ["u", "u"], ["zero"]),
+             helper.make_node("Log", ["u"], ["log"]),
+             helper.make_node("Concat", ["zero", "log"], [output], axis=1)]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", input_type, list(shape))],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", 2])],
+                              initializer=[helper.make_tensor("scale", TensorProto.FLOAT, [1], [scale]),
+                                           helper.make_tensor("one", TensorProto.INT64, [1], [1])])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     proto.ir_version = 8
-    for key, value in (metadata or {}).items():
+    meta = dict(classes=model.CLASSES, image_size=SIZE, mean=[0.5] * 3, std=[0.5] * 3, interpolation="bilinear",
+                crop_pct=0.875, threshold=0.5) if metadata else {}
+    for key, value in dict({k: json.dumps(v) for k, v in meta.items()}, **raw).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["2D input", "no metadata", "not ONNX", "explain"])
-def test_onnx_mistakes_give_one_line(tmp_path, exported, case):
-    photo = exported["photos"][0]
-    model_file, extra, expected = {
-        "2D input": (save_onnx(tmp_path / "flat.onnx", ["batch", 10]), [], "needs one float32 input of shape"),
-        "no metadata": (save_onnx(tmp_path / "bare.onnx", ["batch", 3, SIZE, SIZE]), [], "no classes, image_size"),
-        "not ONNX": (str(tmp_path / "junk.onnx"), [], "not a readable ONNX model"),
-        "explain": (exported["onnx"], ["--explain"], "--explain needs gradients"),
+BAD_ONNX = {  # case: (tiny_onnx arguments, or None for a text file; extra flags; the error line, {} the path)
+    "uint8 input": (dict(input_type=TensorProto.UINT8), [], "{} takes image ['batch', 3, 64, 64] tensor(uint8); "
+                    "predict.py needs one float32 input of shape [batch, 3, size, size]"),
+    "2D input": (dict(shape=("batch", 10)), [], "{} takes image ['batch', 10] tensor(float); predict.py needs one "
+                 "float32 input"),
+    "another size than its metadata": (dict(shape=("batch", 3, 48, 48)), [], "{} takes ['batch', 3, 48, 48] and gives "
+                                       "{{'logits': ['batch', 2]}}, its metadata says 64 px images"),
+    "no logits output": (dict(output="scores"), [], "{} takes ['batch', 3, 64, 64] and gives {{'scores': ['batch', 2]}}, "
+                         "its metadata says 64 px images and 2 classes in 'logits'"),
+    "threshold NaN": (dict(threshold="NaN"), [], "{} is refused: its threshold nan is not a number from 0 to 1"),
+    "threshold 2": (dict(threshold="2"), [], "{} is refused: its threshold 2 is not a number from 0 to 1"),
+    "metadata not JSON": (dict(classes="[benign, malignant]"), [], "{} is refused: its metadata is not valid JSON"),
+    "no metadata": (dict(metadata=False), [], "{} is refused: no classes, image_size, mean, std, interpolation, "
+                    "crop_pct, threshold in its metadata"),
+    "NaN initializer": (dict(scale=float("nan")), [], "{} is refused: its weight scale holds NaN or infinite values"),
+    "not ONNX": (None, [], "{} is not a readable ONNX model"),
+    "--explain without cam": (dict(), ["--explain"], "--explain needs the 'cam' output, which {} lacks"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ONNX)
+def test_bad_onnx_file_is_refused(tmp_path, capsys, case):
+    build, flags, expected = BAD_ONNX[case]
+    path = str(tmp_path / "model.onnx")
+    if build is None:
+        (tmp_path / "model.onnx").write_text("not a model")
+    else:
+        tiny_onnx(path, **build)
+    photo = lesion_photo(tmp_path / "photo.jpg")
+    before = fingerprint(tmp_path)
+    refuses([photo, "--model", path, *flags], capsys, expected.format(path))
+    assert fingerprint(tmp_path) == before
+
+
+def test_non_finite_probability_is_an_error_never_a_label(tmp_path, capsys):
+    """With the tiny model a dark photo gets P = NaN: skipped with the reason in a folder (the other photo
+    labelled, exit 0), an error with no label when it is the only photo."""
+    model_file = tiny_onnx(tmp_path / "nan for dark photos.onnx")
+    os.makedirs(tmp_path / "photos")
+    Image.new("RGB", (50, 40), (40, 30, 30)).save(tmp_path / "photos" / "dark.jpg")
+    Image.new("RGB", (50, 40), (230, 200, 190)).save(tmp_path / "photos" / "fair.jpg")
+    dark, fair = str(tmp_path / "photos" / "dark.jpg"), str(tmp_path / "photos" / "fair.jpg")
+
+    predict.main([str(tmp_path / "photos"), "--model", model_file, "--csv", str(tmp_path / "out.csv")])  # no exit
+    out, err = capsys.readouterr()
+    assert "dark.jpg" not in out
+    assert out.splitlines()[0].startswith(f"{fair}: Prediction: benign (P(malignant) = 0.3")
+    assert "1 images: 0 malignant, 1 benign (threshold 0.500); 1 skipped (listed on stderr)" in out
+    assert f"warning: skipped {dark}: the model gave no valid probability (P = nan)" in err
+    assert "error:" not in err
+    with open(tmp_path / "out.csv", encoding="utf-8") as f:
+        assert [line.split(",")[:2] for line in f.read().splitlines()[1:]] == [[fair, "benign"]]
+
+    for flags in ([], ["--tta"]):
+        refuses([dark, "--model", model_file, *flags], capsys,
+                f"the model gave no valid probability for {dark} (P = nan); the model file is broken")
+
+
+# ---------------------------------------------------------------------------- the export's own mistakes
+@pytest.mark.parametrize("case", ["read-only folder", "a folder", "n-check 0", "check-images missing"])
+def test_export_mistakes_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, request, case):
+    """--model names no file: had the export started work, the error would be about the model."""
+    monkeypatch.chdir(tmp_path)
+    readonly = request.getfixturevalue("readonly_folder") if case == "read-only folder" else None
+    argv, expected = {
+        "read-only folder": (["--output", f"{readonly}/x.onnx"], f"--output {readonly}/x.onnx: cannot write in {readonly}"),
+        "a folder": (["--output", str(tmp_path)], f"--output {tmp_path} is a folder; pass a file name"),
+        "n-check 0": (["--n-check", "0"], "--n-check 0: check on at least 1 photo"),
+        "check-images missing": (["--check-images", "nope"], "--check-images nope: not found"),
     }[case]
-    (tmp_path / "junk.onnx").write_text("not a model")
-    result = run("predict.py", [photo, "--model", model_file, *extra], tmp_path)
-    assert result.returncode == 1 and result.stdout == ""
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert result.stderr.startswith("error: ") and expected in result.stderr
+    before = fingerprint(tmp_path)
+    main_fails(export_onnx.main, ["--model", "missing.pth", *argv], capsys, expected)
+    assert fingerprint(tmp_path) == before
 
 
-def test_export_refuses_a_mismatch_and_writes_nothing(exported, tmp_path):
-    """No dataset/ here, so the check falls back to random tensors; tolerance 0 cannot be met."""
-    result = run("export_onnx.py", ["--model", exported["checkpoint"], "--output", "x.onnx", "--tolerance", "0",
-                                    "--n-check", "4"], tmp_path)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error) == 1 and "max difference in P(malignant)" in error[0] and "random tensors" in error[0]
-    assert os.listdir(tmp_path) == []
+def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_path, monkeypatch, capsys):
+    """The real check (onnx.checker, onnxruntime against PyTorch) on the exported file, which differs from PyTorch
+    by ~1e-6, against a tolerance of 1e-9. (export is replaced by a copy of that file: the export itself, ~10 s,
+    is what the fixture ran.)"""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(export_onnx, "export", lambda wrapped, size, path, opset, metadata:
+                        shutil.copyfile(exported["onnx"], path))
+    shutil.copyfile(exported["checkpoint"], "skin_model.pth")
+    with open("skin_model.onnx", "wb") as f:
+        f.write(b"the previous ONNX file")
+    before = fingerprint(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        export_onnx.main(["--tolerance", "1e-9", "--n-check", "3"])
+    err = capsys.readouterr().err
+    assert_one_error(exit_info.value.code, err, "; skin_model.onnx not written")
+    match = re.search(r"^error: onnxruntime and PyTorch disagree: max difference (\S+) > tolerance 1e-09 on 3 random "
+                      r"tensors \(no photos found; --check-images FOLDER checks on real ones\);", err, re.M)
+    assert match and float(match.group(1)) > 1e-9, err
+    assert fingerprint(tmp_path) == before  # nothing written, no temporary file left
