@@ -1,10 +1,11 @@
-# make demo: set up .venv and run the whole pipeline on the built-in synthetic demo (~5 min, 2 CPU cores)
-# make test: set up .venv and run the test suite
+# make demo: set up .venv and run the whole pipeline on the built-in synthetic demo (about 6 min on 2 CPU cores)
+# make test: set up .venv and node_modules and run the test suite (the browser test needs Debian's chromium)
+# make web:  serve the in-browser classifier for skin_model.onnx at http://127.0.0.1:8000/ (this computer only)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test web clean
 
 setup: $(VENV)/.installed
 
@@ -14,16 +15,25 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 
+node_modules/.installed: package.json package-lock.json
+	npm ci
+	touch $@
+
 demo: setup
-	$(PY) prepare_dataset.py --demo
+	$(PY) make_demo_data.py
+	$(PY) prepare_dataset.py --metadata-csv demo_data/metadata.csv --images-dir demo_data
 	$(PY) AItraining.py --epochs 12 --image-size 128
 	$(PY) evaluate.py
 	$(PY) export_onnx.py
 	$(PY) predict.py demo_data/unseen/ --model skin_model.onnx
-	$(PY) predict.py demo_data/unseen/malignant_1.jpg
+	$(PY) predict.py demo_data/unseen/malignant_1.jpg --explain
 
-test: setup
+test: setup node_modules/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
+web: setup node_modules/.installed
+	$(PY) serve_web.py
+
 clean:
-	rm -rf dataset demo_data runs skin_model.pth skin_model_last.pth skin_model.onnx *.png evaluation.json
+	rm -rf dataset demo_data runs skin_model.pth skin_model_last.pth skin_model.onnx *.png evaluation.json \
+		web/vendor web/model.onnx web/model.json
