@@ -7,22 +7,18 @@ best epoch (by validation ROC-AUC) in skin_model.pth.
     python AItraining.py --resume                 # continue the run in skin_model_last.pth (--epochs N: extend it)
     torchrun --nproc_per_node=2 AItraining.py     # several processes / GPUs / machines (DDP)
 
-Two recipes (model.RECIPES, a table in the README), chosen by the starting point and printed first:
-finetune when ImageNet weights are loaded (Adam, peak lr 1e-4), scratch from random weights (--no-pretrained,
-or the download failed: AdamW lr 3e-3, weight decay 0.05, warm-up then cosine, 100 epochs, no early stop, as
-its validation ROC-AUC sits near chance for tens of epochs before it climbs). Knobs left at None below take
-the recipe's value; a value (or flag) overrides it.
+Two recipes (model.RECIPES; the README's table), chosen by the starting point and printed first: finetune with
+ImageNet weights (Adam, peak lr 1e-4), scratch from random weights (AdamW 3e-3, warm-up then cosine, 100 epochs,
+no early stop: the validation ROC-AUC plateaus near chance first). Knobs left at None take the recipe's value.
 
-The prepared photos are decoded once into a uint8 cache on the training device (CPU or GPU) when it fits in
-CACHE_GB, else DataLoader workers decode them every epoch; either way each batch is augmented on that device
-(model.augment), and both paths give the same run. Writes skin_model.pth (best epoch, with the threshold chosen
-on validation for TARGET_SENSITIVITY), skin_model_last.pth (for --resume), training_curves.png beside them and
-TensorBoard logs in runs/<run>/. Ends with a warning when the model cannot be told from chance.
+The photos are decoded once into a uint8 cache on the training device when it fits in CACHE_GB (else DataLoader
+workers decode them every epoch) and augmented there per batch (model.augment); both paths give the same run.
+Writes skin_model.pth (best epoch, its threshold chosen on validation for TARGET_SENSITIVITY), skin_model_last.pth
+(for --resume), training_curves.png beside them, runs/<run>/ (TensorBoard). Warns when the model is at chance.
 """
 import os
 
-# Idle OpenMP threads sleep at once instead of spinning (set before torch loads OpenMP): on 2 cores with other
-# programs busy, spinning made training 1.5-4x slower. On a dedicated machine: `OMP_WAIT_POLICY= python AItraining.py`.
+# Idle OpenMP threads sleep instead of spinning (set before torch loads): 1.5-4x faster beside other work (README).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hashlib
@@ -37,7 +33,7 @@ import model
 
 # -----------------------------------------------------------------------------
 DATA_DIR = "dataset"  # prepared by prepare_dataset.py: DATA_DIR/<train|val>/<benign|malignant>/
-OUTPUT = "skin_model.pth"  # best epoch by validation ROC-AUC
+OUTPUT = "skin_model.pth"  # best epoch by validation ROC-AUC (on a tie, the lower validation loss)
 RESUME_FILE = "skin_model_last.pth"  # latest epoch with the optimiser state and the run's settings
 RESUME = False  # continue the run in RESUME_FILE with its settings (a higher --epochs extends it)
 RECIPE = "auto"  # auto (finetune with ImageNet weights, scratch without), finetune or scratch
@@ -126,9 +122,13 @@ def resume_settings(args):
 
 def choose_recipe(args, imagenet):
     """Fill the knobs left at None from the recipe for the starting point; say which and why."""
-    args.recipe, args.why = (args.recipe, "--recipe " + args.recipe) if args.recipe != "auto" else \
-        ("finetune", "ImageNet weights loaded") if imagenet else \
-        ("scratch", "random weights: " + ("--no-pretrained" if not args.pretrained else "ImageNet weights could not be loaded"))
+    if args.recipe != "auto":
+        args.why = "--recipe " + args.recipe
+    elif imagenet:
+        args.recipe, args.why = "finetune", "ImageNet weights loaded"
+    else:
+        args.recipe, args.why = "scratch", "random weights: " + ("ImageNet weights could not be loaded" if args.pretrained
+                                                                 else "--no-pretrained")
     for key, value in model.RECIPES[args.recipe].items():
         setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
 
@@ -138,7 +138,7 @@ def photo_split(data_dir, split):
     files, others = model.class_folders(os.path.join(data_dir, split), f"{split} folder")
     if others:
         model.warn(f"{os.path.join(data_dir, split)}: {len(others)} file(s) that are not images skipped")
-    return [f for c in model.CLASSES for f in files[c]], np.repeat(np.arange(len(model.CLASSES)), [len(files[c]) for c in model.CLASSES])
+    return [f for c in model.CLASSES for f in files[c]], np.array([i for i, c in enumerate(model.CLASSES) for _ in files[c]])
 
 
 def warn_small_photos(paths, short):
@@ -211,7 +211,7 @@ def save_curves(history, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-    epochs, best = [h["epoch"] for h in history], max(history, key=lambda h: h["roc_auc"])
+    epochs, best = [h["epoch"] for h in history], max(history, key=lambda h: (h["roc_auc"], -h["val_loss"]))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     ax1.plot(epochs, [h["train_loss"] for h in history], ".-", label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], ".-", label="validation")
@@ -259,8 +259,10 @@ def main(argv=None):
     log(f"train: {len(train_paths)} images {dict(zip(model.CLASSES, np.bincount(train_y).tolist()))}, val: "
         f"{len(val_paths)} images, device: {device}, processes: {world}, image size {args.image_size}, photos "
         + (f"cached on the device ({gigabytes:.2f} GB)" if cached else f"streamed ({gigabytes:.2f} GB > CACHE_GB)"))
-    train = model.Split(model.Photos(train_paths, short, short, cfg["interpolation"]), train_y, cached, args.num_workers, device, "caching train")
-    val = model.Split(model.Photos(val_paths, args.image_size, short, cfg["interpolation"]), val_y, cached, args.num_workers, device, "caching val")
+    train = model.Split(model.Photos(train_paths, short, short, cfg["interpolation"]), train_y, cached,
+                        args.num_workers, device, "caching train")
+    val = model.Split(model.Photos(val_paths, args.image_size, short, cfg["interpolation"]), val_y, cached,
+                      args.num_workers, device, "caching val")
     shard = list(range(rank, len(val_paths), world))  # this process's share of the validation photos
     val_order = [shard[i:i + args.batch_size] for i in range(0, len(shard), args.batch_size)]
     steps = len(train_paths) // world // args.batch_size or 1
@@ -270,21 +272,20 @@ def main(argv=None):
     class_weights = len(train_y) / (len(counts) * counts) if args.class_weights else None
     criterion = model.make_criterion(args.label_smoothing, class_weights).to(device)
     optimizer = model.make_optimizer(net, args.optimizer, args.lr, args.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: model.lr_factor(step, args.epochs * steps, args.warmup, args.schedule))
-    start_epoch, best_auc, bad_epochs, history = 1, -1.0, 0, []
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: model.lr_factor(step, args.epochs * steps, args.warmup, args.schedule))
+    start_epoch, best, bad_epochs, history = 1, [-1.0, -math.inf], 0, []  # best: (ROC-AUC, -val loss)
     if resumed:
         optimizer.load_state_dict(resumed["optimizer"])
         schedule.load_state_dict(resumed["schedule"])
-        start_epoch, best_auc, bad_epochs = resumed["meta"]["epoch"] + 1, resumed["best_auc"], resumed["bad_epochs"]
+        start_epoch, best, bad_epochs = resumed["meta"]["epoch"] + 1, resumed["best"], resumed["bad_epochs"]
         history = json.loads(resumed["history"])
-        log(f"resuming from {args.resume_file} after epoch {start_epoch - 1} of {args.epochs} (best ROC-AUC so far {best_auc:.3f})")
+        log(f"resuming from {args.resume_file} after epoch {start_epoch - 1} of {args.epochs} (best ROC-AUC so far {best[0]:.3f})")
     train_net = torch.compile(net) if args.compile else net
     if world > 1:
         train_net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=[device.index] if device.type == "cuda" else None)
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=start_epoch)  # one run, one folder
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=start_epoch) if rank == 0 else None  # one run
     manifest = os.path.join(args.data_dir, "manifest.csv")
     manifest_sha = model.file_sha256(manifest) if os.path.isfile(manifest) else None
 
@@ -295,8 +296,8 @@ def main(argv=None):
             g.manual_seed(args.seed + epoch)
         t0 = time.time()
         batches = model.train_batches(train, args.batch_size, cfg, generator, generator_device, rank, world)
-        train_loss, train_acc = train_one_epoch(train_net, batches, criterion,
-                                                optimizer, schedule, args.amp, f"epoch {epoch}/{args.epochs}", steps)
+        train_loss, train_acc = train_one_epoch(train_net, batches, criterion, optimizer, schedule, args.amp,
+                                                f"epoch {epoch}/{args.epochs}", steps)
         if world > 1:  # BatchNorm running statistics are per process: use rank 0's everywhere
             for buffer in net.buffers():
                 dist.broadcast(buffer.data, 0)
@@ -305,8 +306,8 @@ def main(argv=None):
         m = model.binary_metrics(y, p, threshold)
         history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
                             lr=optimizer.param_groups[0]["lr"], seconds=time.time() - t0, **m))
-        improved = m["roc_auc"] > best_auc
-        best_auc, bad_epochs = (m["roc_auc"], 0) if improved else (best_auc, bad_epochs + 1)
+        improved = [m["roc_auc"], -val_loss] > best  # equal ROC-AUC (1.0 on easy data): the lower loss wins
+        best, bad_epochs = ([m["roc_auc"], -val_loss], 0) if improved else (best, bad_epochs + 1)
         stopped_early = bool(args.patience) and bad_epochs >= args.patience
         log(f"epoch {epoch:3d} | train loss {train_loss:.4f} acc {train_acc:.3f} | val loss {val_loss:.4f} "
             f"acc {m['accuracy']:.3f} sens {m['sensitivity']:.3f} spec {m['specificity']:.3f} AUC {m['roc_auc']:.3f} "
@@ -317,7 +318,7 @@ def main(argv=None):
                                            at_chance=model.at_chance(ci), settings=settings, manifest_sha256=manifest_sha)
             if improved:
                 model.save_checkpoint(args.output, state)
-            state.update(optimizer=optimizer.state_dict(), schedule=schedule.state_dict(), best_auc=best_auc,
+            state.update(optimizer=optimizer.state_dict(), schedule=schedule.state_dict(), best=best,
                          bad_epochs=bad_epochs, stopped_early=stopped_early, history=json.dumps(history))
             model.save_checkpoint(args.resume_file, state)
             for key in ["train_loss", "val_loss", "lr", "accuracy", "sensitivity", "specificity", "f1", "roc_auc"]:
@@ -334,11 +335,11 @@ def main(argv=None):
         dist.destroy_process_group()
     if rank == 0:
         writer.close()
-        best = model.read_checkpoint(args.output)["meta"]
-        m, (low, high) = best["val_metrics"], best["val_auc_ci95"]
-        log(f"best epoch {best['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}), sensitivity "
+        final = model.read_checkpoint(args.output)["meta"]
+        m, (low, high) = final["val_metrics"], final["val_auc_ci95"]
+        log(f"best epoch {final['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}), sensitivity "
             f"{m['sensitivity']:.3f}, specificity {m['specificity']:.3f} at threshold {m['threshold']:.3f} -> {args.output}")
-        if best["at_chance"]:
+        if final["at_chance"]:
             model.warn(f"this model cannot be told from chance: the 95% interval of its validation ROC-AUC "
                        f"({low:.3f}-{high:.3f}) includes 0.5. Do not use its predictions. What helps: ImageNet weights "
                        "(--weights-file, see README), more photos (prepare_dataset.py --n-per-class), more --epochs")
