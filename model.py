@@ -716,13 +716,18 @@ def save_checkpoint(path, state):
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def check_model_file(path, how="train one with 'python AItraining.py'"):
+    """die unless the model file is there as a regular file (a named pipe would block the reader)."""
+    kind = file_kind(path)
+    if kind:
+        die(f"model file {path} {'not found' if kind == 'missing' else 'is ' + kind}; {how} or pass --model PATH")
+
+
 def read_checkpoint(path):
     """The raw checkpoint dict, loaded safely (weights_only: a file that would run code is refused) and
     checked: metadata valid, weights finite. Dies with one line naming the file and the fault."""
     import torch
-    if file_kind(path):
-        die(f"model file {path} {'not found' if file_kind(path) == 'missing' else 'is ' + file_kind(path)}; "
-            "train one with 'python AItraining.py' or pass --model PATH")
+    check_model_file(path)
     try:
         with warnings.catch_warnings():  # a plain pickle of another protocol warns before it is refused
             warnings.simplefilter("ignore", UserWarning)
@@ -779,9 +784,7 @@ def load_onnx(path):
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
-    if file_kind(path):
-        die(f"model file {path} {'not found' if file_kind(path) == 'missing' else 'is ' + file_kind(path)}; "
-            "export one with 'python export_onnx.py' or pass --model PATH")
+    check_model_file(path, "export one with 'python export_onnx.py'")
     try:
         proto = onnx.load(path)
         session = ort.InferenceSession(proto.SerializeToString(), providers=[p for p in (

@@ -101,14 +101,14 @@ def save_gradcam(crop, cam, path, title):
     import matplotlib.pyplot as plt
     maps = evidence(cam, crop.size[0])
     top = max(m.max() for m in maps) or 1.0
-    fig, axes = plt.subplots(1, 3, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), layout="constrained")
     axes[0].imshow(crop)
     axes[0].set_title("the model's centre crop")
     blank = []
     for ax, m, name in zip(axes[1:], maps, ["malignant", "benign"]):
         ax.imshow(crop)
         shown = ax.imshow(m / top, cmap="jet", alpha=0.45 if m.max() > 0 else 0, vmin=0, vmax=1)
-        ax.set_title(f"Grad-CAM: evidence for {name}")
+        ax.set_title(f"evidence for {name}")
         if m.max() == 0:
             blank.append(name)
             ax.text(0.5, 0.5, f"no evidence for {name}\nin this photo", transform=ax.transAxes, ha="center",
@@ -116,7 +116,7 @@ def save_gradcam(crop, cam, path, title):
     for ax in axes:
         ax.axis("off")
     fig.colorbar(shown, ax=axes[1:], fraction=0.03, pad=0.02, label="evidence (1 = the strongest in either map)")
-    fig.suptitle(title)
+    fig.suptitle(f"{title}\nGrad-CAM on the final feature map: where the evidence for each class lies")
     model.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png"))
     plt.close(fig)
     return blank
@@ -138,9 +138,7 @@ def decided(p, threshold):
 def main(argv=None):
     args = parse_args(argv)
     onnx = is_onnx(args.model)
-    if model.file_kind(args.model):
-        model.die(f"model file {args.model} {'not found' if model.file_kind(args.model) == 'missing' else 'is ' + model.file_kind(args.model)}; "
-                  "train one with 'python AItraining.py' (or export one with export_onnx.py) or pass --model PATH")
+    model.check_model_file(args.model, "train one with 'python AItraining.py' (or export one with export_onnx.py)")
     images, skipped = model.find_images(args.images)
     if not images:
         model.die(f"no images in {', '.join(args.images)} (looked for {', '.join(model.IMAGE_EXTS)} files"

@@ -227,7 +227,7 @@ def test_gradcam_picture_has_three_panels_and_says_when_a_map_is_empty(tmp_path,
     crop = Image.fromarray(np.full((SIZE, SIZE, 3), 180, np.uint8))
     blank = predict.save_gradcam(crop, np.array([[1, 2], [0, 3]], np.float32), str(tmp_path / "cam.png"), "title")
     assert blank == ["benign"]
-    assert said == ["the model's centre crop", "Grad-CAM: evidence for malignant", "Grad-CAM: evidence for benign",
+    assert said == ["the model's centre crop", "evidence for malignant", "evidence for benign",
                     "no evidence for benign\nin this photo"]
     with Image.open(tmp_path / "cam.png") as img:
         img.verify()
