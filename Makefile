@@ -1,4 +1,4 @@
-# make demo: set up .venv and run the whole pipeline on the built-in synthetic demo (about 6 min on 2 CPU cores)
+# make demo: set up .venv and run the whole pipeline on the built-in synthetic demo (about 2.5 min on 2 CPU cores)
 # make test: set up .venv and node_modules and run the test suite (the browser test needs Debian's chromium)
 # make web:  serve the in-browser classifier for skin_model.onnx at http://127.0.0.1:8000/ (this computer only)
 PYTHON ?= python3

@@ -37,8 +37,8 @@ import model
 IMAGE_SIZE = 224  # network input in px
 BATCH_SIZE = 32  # images per training step (AItraining.py's default)
 WARMUP = 3  # training steps run before timing (on CPU the first steps are up to 2x slower)
-STEPS = 6  # timed training steps per measurement
-ROUNDS = 3  # model alone and the real loop are measured this many times, alternately
+STEPS = 8  # timed training steps per measurement
+ROUNDS = 5  # model alone and the real loop are measured this many times, alternately
 NUM_WORKERS = AItraining.NUM_WORKERS  # data-loading processes of the streaming and naive measurements
 DEMO_PHOTO_SIZE = 2400  # longer side of the synthetic photos in px
 N_PREPARE_IMAGES = 1000  # photos for the prepare_dataset.py benchmark (demo photos repeated)
