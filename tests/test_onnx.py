@@ -19,6 +19,7 @@ import torch
 from onnx import TensorProto, helper
 from PIL import Image
 
+import evaluate
 import export_onnx
 import model
 import predict
@@ -182,6 +183,13 @@ def test_onnx_file_renamed_pth_is_recognised_by_its_content(exported, tmp_path, 
     as_onnx = capsys.readouterr().out
     predict.main([photo, "--model", renamed])
     assert capsys.readouterr().out == as_onnx and as_onnx.startswith("Prediction: ")
+    # the scripts that need a PyTorch checkpoint say what the file is instead of 'could run code'
+    expected = f"{renamed} is an ONNX model (from export_onnx.py), not a PyTorch checkpoint"
+    for c in model.CLASSES:
+        os.makedirs(tmp_path / "data" / c)
+        shutil.copyfile(photo, tmp_path / "data" / c / "photo.jpg")
+    main_fails(evaluate.main, ["--model", renamed, "--data-dir", str(tmp_path / "data")], capsys, expected)
+    main_fails(export_onnx.main, ["--model", renamed, "--output", str(tmp_path / "again.onnx")], capsys, expected)
 
 
 # ---------------------------------------------------------------------------- bad ONNX files
