@@ -46,11 +46,11 @@ def parse_args(argv=None):
 def score(net, paths, meta, args, device):
     """P(malignant) per photo in order (plain, and flip-averaged with --tta), NaN where it could not be read."""
     import torch
-    from torch.utils.data import DataLoader
     cfg = model.meta_data_config(meta)
     photos = model.Photos(paths, cfg["input_size"][-1], int(cfg["input_size"][-1] / cfg["crop_pct"]), cfg["interpolation"])
     plain, flipped = np.full(len(paths), np.nan), np.full(len(paths), np.nan)
-    loader = DataLoader(photos, batch_size=args.batch_size, num_workers=args.num_workers)
+    batches = [list(range(i, min(i + args.batch_size, len(paths)))) for i in range(0, len(paths), args.batch_size)]
+    loader = model.photo_loader(photos, batches, args.num_workers, device)
     with torch.inference_mode():
         for n, (x, whys) in enumerate(tqdm(loader, desc="scoring", unit="batch", disable=None)):
             at = np.arange(n * args.batch_size, n * args.batch_size + len(whys))[[not why for why in whys]]

@@ -343,8 +343,9 @@ def load_image(path, min_side=None):
     """Open an image as upright RGB. With min_side, let Pillow's JPEG draft mode decode at a reduced scale
     that still leaves the shorter side >= min_side (much faster on multi-megapixel photos). Raises OSError
     (unreadable, truncated, not an image, not a regular file) or DecompressionBombError/Warning."""
-    if file_kind(path):
-        raise OSError(f"{file_kind(path)}, not a photo")
+    kind = file_kind(path)
+    if kind:
+        raise OSError(f"{kind}, not a photo")
     with Image.open(path) as img:
         if min_side and img.format == "JPEG":
             w, h = img.size
@@ -360,10 +361,10 @@ def load_image(path, min_side=None):
         return img.convert("RGB")
 
 
-def try_load_image(path, min_side=None):
+def try_load_image(path):
     """(upright RGB image, None), or (None, why it could not be read): each caller keeps its own policy."""
     try:
-        return load_image(path, min_side), None
+        return load_image(path), None
     except Exception as e:  # OSError, DecompressionBombError, ...: not a readable image, whatever the cause
         first = str(e).splitlines()[0] if str(e) else ""
         return None, f"not a readable image ({type(e).__name__}{': ' + first if first else ''})"
@@ -553,6 +554,7 @@ class Split:
             self.order[:] = [list(range(i, min(i + 64, len(photos)))) for i in range(0, len(photos), 64)]
             self.cache = torch.cat([x.to(device) for x in tqdm(readable(zip(self.order, self.loader), self.paths),
                                                                  desc=desc, total=len(self.order), leave=False, disable=None)])
+            self.loader = None  # decoded once: its workers need not wait for the rest of the run
 
     def batches(self, order):
         """(indices, uint8 crops, labels) for each list of indices in order."""
@@ -613,7 +615,7 @@ def lr_factor(step, total, warmup, schedule):
 # ---------------------------------------------------------------------------- metrics
 def binary_metrics(y, p, threshold=0.5):
     """Malignant (1) is positive, predicted when p >= threshold. Works row-wise on the last axis, so one call
-    scores thousands of bootstrap resamples; the same numbers as scikit-learn's (tests/test_evaluate.py)."""
+    scores thousands of bootstrap resamples; the same numbers as scikit-learn's (tests/test_model.py)."""
     y, p = np.asarray(y) == 1, np.asarray(p, dtype=float)
     pred = p >= threshold
     tp, fp = (pred & y).sum(-1), (pred & ~y).sum(-1)
