@@ -20,7 +20,6 @@ in this process with AItraining.py's OpenMP setting (OMP_WAIT_POLICY=PASSIVE). M
 PSS of a process and its children (Linux /proc). Other programs running at the same time slow everything down,
 unevenly: the load average is printed at the start and the end; compare only numbers from one run.
 """
-import AItraining  # first: it sets OMP_WAIT_POLICY before torch loads OpenMP (see AItraining.py)
 
 import os
 import platform
@@ -31,7 +30,9 @@ import sys
 import tempfile
 import time
 
+import AItraining
 import model
+from skinlesion import batches, cli, photos
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px
@@ -69,19 +70,28 @@ def timed(batches, times):
 def train_speed(batches, args, device, compile=False, amp=False, contiguous=False):
     """(images/s over the steps after WARMUP, seconds of the first step) of AItraining.train_one_epoch."""
     import torch
+
     torch.manual_seed(0)
     net = model.build_model(pretrained=False)[0].to(device)
     net = net if contiguous else model.prepare_for_device(net, device)
     recipe = model.RECIPES["scratch"]
     optimizer = model.make_optimizer(net, recipe["optimizer"], recipe["lr"], recipe["weight_decay"])
     times = []
-    AItraining.train_one_epoch(torch.compile(net) if compile else net, timed(batches, times), model.make_criterion(0.1),
-                               optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), amp, "bench")
+    AItraining.train_one_epoch(
+        torch.compile(net) if compile else net,
+        timed(batches, times),
+        model.make_criterion(0.1),
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+        amp,
+        "bench",
+    )
     return (len(times) - 1 - args.warmup) * args.batch_size / (times[-1] - times[args.warmup]), times[1] - times[0]
 
 
 def random_batches(args, device, channels_last=True):
     import torch
+
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     return [(x, torch.randint(0, 2, (args.batch_size,), device=device))] * (args.warmup + args.steps)
@@ -90,39 +100,52 @@ def random_batches(args, device, channels_last=True):
 def loop_batches(split, args, cfg, device):
     """AItraining.py's training batches (model.train_batches) over a Split, as many as the measurement needs."""
     import torch
+
     g, g_device = torch.Generator().manual_seed(0), torch.Generator(device=device).manual_seed(0)
     order = torch.randint(len(split.paths), ((args.warmup + args.steps) * args.batch_size,), generator=g)
-    return model.train_batches(split, args.batch_size, cfg, g, g_device, order=order)
+    return batches.train_batches(split, args.batch_size, cfg, g, g_device, order=order)
 
 
 def naive_batches(args, data_dir):
-    """A first version's data: ImageFolder over the full-size photos, torchvision's loader and transforms, no workers."""
+    """A first version's data: ImageFolder over the full-size photos, torchvision's loader and transforms, no
+    workers."""
     import torch
     from torchvision import datasets, transforms
-    tf = transforms.Compose([transforms.RandomResizedCrop(args.image_size), transforms.ToTensor(),
-                             transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+    tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(args.image_size),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
     ds = datasets.ImageFolder(os.path.join(data_dir, "train"), transform=tf)
-    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=(args.warmup + args.steps) * args.batch_size)
+    sampler = torch.utils.data.RandomSampler(
+        ds, replacement=True, num_samples=(args.warmup + args.steps) * args.batch_size
+    )
     return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=0)
 
 
 def native_bf16(device):
     """(whether the device computes bf16 natively, why not)."""
     import torch
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(), "this GPU has no native bf16"
-    flags = open("/proc/cpuinfo").read() if os.path.isfile("/proc/cpuinfo") else ""
+    flags = ""
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
     return ("avx512_bf16" in flags or "amx_bf16" in flags), "this CPU has no native bf16 (no AVX512_BF16 or AMX)"
 
 
 def bench_training(args, small, full, device):
-    import torch
     net = model.build_model(pretrained=False)[0]
     cfg = model.data_config(net, args.image_size)
     short = int(args.image_size / cfg["crop_pct"])
     paths, labels = AItraining.photo_split(small, "train")
-    photos = model.Photos(paths, short, short, cfg["interpolation"])
-    cached = model.Split(photos, labels, True, args.num_workers, device, "caching")
+    crops = photos.Photos(paths, short, 1.0, cfg["interpolation"])
+    cached = batches.Split(crops, labels, True, args.num_workers, device, "caching")
     alone, loop = [], []
     for r in range(args.rounds):  # alternately, so that a burst of other work hits both alike
         print(f"training, round {r + 1}/{args.rounds}: model alone, AItraining.py loop ...", flush=True)
@@ -131,32 +154,69 @@ def bench_training(args, small, full, device):
     ratios = sorted(b / a for a, b in zip(alone, loop))
     base, target = statistics.median(alone), 0.85 if device.type == "cuda" else 0.95
     print("training: streaming fallback, naive baseline, contiguous memory format ...", flush=True)
-    streamed = model.Split(photos, labels, False, args.num_workers, device, "")
+    streamed = batches.Split(crops, labels, False, args.num_workers, device, "")
     stream = train_speed(loop_batches(streamed, args, cfg, device), args, device)[0]
-    naive = train_speed(((x.to(device), y.to(device)) for x, y in naive_batches(args, full)), args, device, contiguous=True)[0]
+    naive = train_speed(
+        ((x.to(device), y.to(device)) for x, y in naive_batches(args, full)), args, device, contiguous=True
+    )[0]
     plain = train_speed(random_batches(args, device, channels_last=False), args, device, contiguous=True)[0]
-    rows = [(f"train, model alone ({args.image_size} px, batch {args.batch_size}, random tensors on {device.type})",
-             f"{base:.1f} img/s", "1.00", "reference"),
-            (f"train, AItraining.py loop (photos cached on {device.type}, augmented there)", f"{statistics.median(loop):.1f} img/s",
-             f"{statistics.median(ratios):.2f} of model alone (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})",
-             f">= {target}: {ok(statistics.median(ratios) >= target)}"),
-            (f"train, streaming fallback ({args.num_workers} workers decoding 256 px JPEGs)", f"{stream:.1f} img/s",
-             f"{stream / base:.2f} of model alone", ""),
-            (f"train, naive ({args.demo_photo_size} px JPEGs, 0 workers, contiguous)", f"{naive:.1f} img/s",
-             f"AItraining.py {statistics.median(loop) / naive:.1f}x faster", ""),
-            ("train, model alone, contiguous memory format", f"{plain:.1f} img/s", f"{plain / base:.2f} of channels_last", "")]
+    rows = [
+        (
+            f"train, model alone ({args.image_size} px, batch {args.batch_size}, random tensors on {device.type})",
+            f"{base:.1f} img/s",
+            "1.00",
+            "reference",
+        ),
+        (
+            f"train, AItraining.py loop (photos cached on {device.type}, augmented there)",
+            f"{statistics.median(loop):.1f} img/s",
+            f"{statistics.median(ratios):.2f} of model alone (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})",
+            f">= {target}: {ok(statistics.median(ratios) >= target)}",
+        ),
+        (
+            f"train, streaming fallback ({args.num_workers} workers decoding 256 px JPEGs)",
+            f"{stream:.1f} img/s",
+            f"{stream / base:.2f} of model alone",
+            "",
+        ),
+        (
+            f"train, naive ({args.demo_photo_size} px JPEGs, 0 workers, contiguous)",
+            f"{naive:.1f} img/s",
+            f"AItraining.py {statistics.median(loop) / naive:.1f}x faster",
+            "",
+        ),
+        (
+            "train, model alone, contiguous memory format",
+            f"{plain:.1f} img/s",
+            f"{plain / base:.2f} of channels_last",
+            "",
+        ),
+    ]
     native, why = native_bf16(device)
     if args.amp and native:
         print("training: bf16 autocast ...", flush=True)
         bf16 = train_speed(random_batches(args, device), args, device, amp=True)[0]
-        rows.append(("train, model alone, bf16 autocast", f"{bf16:.1f} img/s", f"{bf16 / base:.2f} of plain", "AItraining.py AMP"))
+        rows.append(
+            (
+                "train, model alone, bf16 autocast",
+                f"{bf16:.1f} img/s",
+                f"{bf16 / base:.2f} of plain",
+                "AItraining.py AMP",
+            )
+        )
     elif args.amp:
         rows.append(("train, model alone, bf16 autocast", "not measured", why, "AMP stays off"))
     if args.compile:
         print("training: torch.compile ...", flush=True)
         fast, first = train_speed(random_batches(args, device), args, device, compile=True)
-        rows.append((f"train, model alone, torch.compile (first step, compiling: {first:.0f} s)", f"{fast:.1f} img/s",
-                     f"{fast / base:.2f} of plain", "AItraining.py COMPILE"))
+        rows.append(
+            (
+                f"train, model alone, torch.compile (first step, compiling: {first:.0f} s)",
+                f"{fast:.1f} img/s",
+                f"{fast / base:.2f} of plain",
+                "AItraining.py COMPILE",
+            )
+        )
     return rows
 
 
@@ -188,23 +248,49 @@ def tree_pss(pid):
 def run(cmd, measure_memory=False, **kw):
     """(seconds, peak memory in bytes or None) of a command, which must succeed."""
     start, peak = time.perf_counter(), 0
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, **kw)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        **kw,
+    )
     while measure_memory and proc.poll() is None:
         peak = max(peak, tree_pss(proc.pid))
         time.sleep(0.2)
     out = proc.communicate()[0]
     if proc.returncode:
-        model.die(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
+        cli.die(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
     return time.perf_counter() - start, (peak if measure_memory else None)
 
 
 def bench_memory(args, work, small):
     print("memory: one AItraining.py epoch ...", flush=True)
-    _, peak = run(script("AItraining.py", "--data-dir", small, "--epochs", 1, "--no-pretrained", "--image-size",
-                         args.image_size, "--batch-size", args.batch_size), measure_memory=True, cwd=work)
-    return [(f"peak memory, AItraining.py epoch ({args.image_size} px, batch {args.batch_size}, cache included)",
-             f"{peak / 1e9:.2f} GB", f"{peak / 6e9:.2f} of 6 GB", f"< 6 GB: {ok(peak < 6e9)}")]
+    _, peak = run(
+        script(
+            "AItraining.py",
+            "--data-dir",
+            small,
+            "--epochs",
+            1,
+            "--no-pretrained",
+            "--image-size",
+            args.image_size,
+            "--batch-size",
+            args.batch_size,
+        ),
+        measure_memory=True,
+        cwd=work,
+    )
+    return [
+        (
+            f"peak memory, AItraining.py epoch ({args.image_size} px, batch {args.batch_size}, cache included)",
+            f"{peak / 1e9:.2f} GB",
+            f"{peak / 6e9:.2f} of 6 GB",
+            f"< 6 GB: {ok(peak < 6e9)}",
+        )
+    ]
 
 
 def median_seconds(fn, n):
@@ -218,8 +304,10 @@ def median_seconds(fn, n):
 
 def bench_predict(args, work, photo, data_dir):
     """Cold (fresh predict.py process) and warm (in-process) latency of one photo, PyTorch vs onnxruntime."""
-    import predict
     import torch
+
+    import predict
+
     print("prediction: export, cold and warm ...", flush=True)
     pth, onnx = os.path.join(work, "skin_model.pth"), os.path.join(work, "skin_model.onnx")
     net = model.build_model(pretrained=False)[0]
@@ -229,24 +317,44 @@ def bench_predict(args, work, photo, data_dir):
     for path in [pth, onnx] * (args.cold_runs + 1):  # the first run of each only fills the file cache
         cold.setdefault(path, []).append(run(script("predict.py", photo, "--model", path), cwd=work)[0])
     net, meta = model.load_checkpoint(pth)
-    cfg, img = model.meta_data_config(meta), model.load_image(photo)
-    x, a, session = model.eval_transform(cfg)(img)[None], model.preprocess(img, cfg), model.load_onnx(onnx)[0]
+    cfg, img = model.meta_data_config(meta), photos.load_image(photo)
+    x, a, session = (
+        torch.from_numpy(photos.preprocess(img, cfg))[None],
+        photos.preprocess(img, cfg),
+        model.load_onnx(onnx)[0],
+    )
     with torch.inference_mode():
-        torch_once = lambda: model.malignant_probability(net, x)
+
+        def torch_once():
+            return model.malignant_probability(net, x)
+
         for _ in range(3):  # warm-up
             torch_once(), predict.onnx_scores(session, a)
-        warm_pt, warm_onnx = (median_seconds(fn, args.warm_runs) for fn in (torch_once, lambda: predict.onnx_scores(session, a)))
+        warm_pt, warm_onnx = (
+            median_seconds(fn, args.warm_runs) for fn in (torch_once, lambda: predict.onnx_scores(session, a))
+        )
     cold_pt, cold_onnx = statistics.median(cold[pth][1:]), statistics.median(cold[onnx][1:])
-    return [(f"predict 1 photo, fresh process: PyTorch {cold_pt:.2f} s", f"ONNX {cold_onnx:.2f} s",
-             f"ONNX {cold_pt / cold_onnx:.1f}x faster", ""),
-            (f"predict 1 photo, warm: PyTorch {warm_pt * 1e3:.1f} ms", f"ONNX {warm_onnx * 1e3:.1f} ms",
-             f"ONNX {warm_pt / warm_onnx:.1f}x faster", "")]
+    return [
+        (
+            f"predict 1 photo, fresh process: PyTorch {cold_pt:.2f} s",
+            f"ONNX {cold_onnx:.2f} s",
+            f"ONNX {cold_pt / cold_onnx:.1f}x faster",
+            "",
+        ),
+        (
+            f"predict 1 photo, warm: PyTorch {warm_pt * 1e3:.1f} ms",
+            f"ONNX {warm_onnx * 1e3:.1f} ms",
+            f"ONNX {warm_pt / warm_onnx:.1f}x faster",
+            "",
+        ),
+    ]
 
 
 def many_photos_export(demo_dir, out_dir, n):
     """An export of n distinct large JPEGs: the demo photos copied under new ids, each with a different JPEG
     comment (a COM segment) so its bytes, and so its sha256, differ; decoding is the same work."""
     import pandas as pd
+
     meta = pd.read_csv(os.path.join(demo_dir, "metadata.csv"))
     meta = meta[meta.image_type.eq("clinical: overview") & meta.diagnosis_1.isin(["Benign", "Malignant"])]
     rows = meta.sample(n, replace=True, random_state=0).reset_index(drop=True)
@@ -258,7 +366,8 @@ def many_photos_export(demo_dir, out_dir, n):
         with open(os.path.join(out_dir, f"ISIC_{i:07d}.jpg"), "wb") as f:
             f.write(data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:])
     rows.assign(isic_id=[f"ISIC_{i:07d}" for i in range(n)], lesion_id="", patient_id="").to_csv(
-        os.path.join(out_dir, "metadata.csv"), index=False)
+        os.path.join(out_dir, "metadata.csv"), index=False
+    )
 
 
 def bench_prepare(args, work, demo):
@@ -268,15 +377,38 @@ def bench_prepare(args, work, demo):
         many_photos_export(demo, export, args.n_prepare_images)
     seconds, peak = {}, 0
     for workers in [os.cpu_count(), 1]:
-        seconds[workers], mem = run(script("prepare_dataset.py", "--images-dir", export, "--metadata-csv",
-                                           os.path.join(export, "metadata.csv"), "--dataset-dir",
-                                           os.path.join(work, "prepared"), "--n-per-class", args.n_prepare_images,
-                                           "--workers", workers), measure_memory=True)
+        seconds[workers], mem = run(
+            script(
+                "prepare_dataset.py",
+                "--images-dir",
+                export,
+                "--metadata-csv",
+                os.path.join(export, "metadata.csv"),
+                "--dataset-dir",
+                os.path.join(work, "prepared"),
+                "--n-per-class",
+                args.n_prepare_images,
+                "--workers",
+                workers,
+            ),
+            measure_memory=True,
+        )
         peak = max(peak, mem)
     n, all_cores, one = args.n_prepare_images, seconds[os.cpu_count()], seconds[1]
-    return [(f"prepare_dataset.py, {n} photos: 1 worker {n / one:.1f} img/s", f"{os.cpu_count()} workers "
-             f"{n / all_cores:.1f} img/s", f"{one / all_cores:.2f}x the speed of 1", ""),
-            ("peak memory, prepare_dataset.py", f"{peak / 1e9:.2f} GB", f"{peak / 1e9:.2f} of 1 GB", f"< 1 GB: {ok(peak < 1e9)}")]
+    return [
+        (
+            f"prepare_dataset.py, {n} photos: 1 worker {n / one:.1f} img/s",
+            f"{os.cpu_count()} workers {n / all_cores:.1f} img/s",
+            f"{one / all_cores:.2f}x the speed of 1",
+            "",
+        ),
+        (
+            "peak memory, prepare_dataset.py",
+            f"{peak / 1e9:.2f} GB",
+            f"{peak / 1e9:.2f} of 1 GB",
+            f"< 1 GB: {ok(peak < 1e9)}",
+        ),
+    ]
 
 
 def ok(good):
@@ -285,13 +417,16 @@ def ok(good):
 
 def machine(device):
     import torch
+
     cpu = platform.processor()
     if os.path.isfile("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     gpu = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
-    return (f"{gpu}{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), Python {platform.python_version()}")
+    return (
+        f"{gpu}{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), Python {platform.python_version()}"
+    )
 
 
 def print_tables(rows):
@@ -306,9 +441,12 @@ def print_tables(rows):
 
 
 def main(argv=None):
-    args = model.parse_flags(globals(), argv)
+    args = cli.parse_flags(globals(), argv, types={"WORK_DIR": str})
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as AItraining.py sets it, before torch loads
     for flag in ("image_size", "batch_size", "warmup", "steps", "rounds", "n_prepare_images", "cold_runs", "warm_runs"):
-        model.check(getattr(args, flag) >= 1, "--" + flag.replace("_", "-"), getattr(args, flag), "use a whole number >= 1")
+        cli.check(
+            getattr(args, flag) >= 1, "--" + flag.replace("_", "-"), getattr(args, flag), "use a whole number >= 1"
+        )
     device = model.pick_device()
     work = args.work_dir or tempfile.mkdtemp(prefix="bench-")
     os.makedirs(work, exist_ok=True)
@@ -325,15 +463,19 @@ def main(argv=None):
             run(script("prepare_dataset.py", *prepare, "--dataset-dir", full, "--resize-to", "none"))
         rows += bench_training(args, small, full, device) if args.train else []
         rows += bench_memory(args, work, small) if args.memory else []
-        rows += bench_predict(args, work, os.path.join(demo, "unseen", "malignant_1.jpg"), small) if args.predict else []
+        rows += (
+            bench_predict(args, work, os.path.join(demo, "unseen", "malignant_1.jpg"), small) if args.predict else []
+        )
         rows += bench_prepare(args, work, demo) if args.prepare else []
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\nmachine: {machine(device)}\nload average (1 min): {load:.2f} at the start, {os.getloadavg()[0]:.2f} "
-          f"at the end; bench took {time.time() - started:.0f} s\n")
+    print(
+        f"\nmachine: {machine(device)}\nload average (1 min): {load:.2f} at the start, {os.getloadavg()[0]:.2f} "
+        f"at the end; bench took {time.time() - started:.0f} s\n"
+    )
     print_tables(rows)
 
 
 if __name__ == "__main__":
-    model.run_script(main)
+    cli.run_script(main)

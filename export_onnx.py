@@ -22,12 +22,14 @@ TOLERANCE (the map relative to its largest value) is an error and nothing is wri
 CHECK_IMAGES, or dataset/val if it is missing; with no photos at all the check runs on random tensors and
 says so. A temporary file left by a killed export is removed by the next one.
 """
+
 import json
 import os
 
 import numpy as np
 
 import model
+from skinlesion import cli, files, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -35,18 +37,24 @@ OUTPUT = "skin_model.onnx"  # the ONNX file to write (replaced atomically, only 
 CHECK_IMAGES = "dataset/test"  # folder (or photo) of real photos for the check; dataset/val if missing
 N_CHECK = 16  # how many photos to check on (spread over the sorted list), >= 1
 OPSET = 18  # ONNX opset version, 18 to 23
-TOLERANCE = 1e-4  # largest allowed difference in P(malignant) (and in the map, relative) between PyTorch and onnxruntime
+TOLERANCE = (
+    1e-4  # largest allowed difference in P(malignant) (and in the map, relative) between PyTorch and onnxruntime
+)
 # -----------------------------------------------------------------------------
 
 
 def parse_args(argv=None):
-    args = model.parse_flags(globals(), argv)
-    model.check(args.n_check >= 1, "--n-check", args.n_check, "check on at least 1 photo")
-    model.check(18 <= args.opset <= 23, "--opset", args.opset, "use an opset from 18 to 23")
-    model.check(model.in_range(args.tolerance, 1e-9, 0.1), "--tolerance", args.tolerance, "use a number from 1e-9 to 0.1")
-    model.check(os.path.exists(args.check_images) or args.check_images == CHECK_IMAGES, "--check-images",
-                args.check_images, "not found; pass a folder (or a photo) of real photos")
-    model.check_writable(args.output, "--output")
+    args = cli.parse_flags(globals(), argv)
+    cli.check(args.n_check >= 1, "--n-check", args.n_check, "check on at least 1 photo")
+    cli.check(18 <= args.opset <= 23, "--opset", args.opset, "use an opset from 18 to 23")
+    cli.check(cli.in_range(args.tolerance, 1e-9, 0.1), "--tolerance", args.tolerance, "use a number from 1e-9 to 0.1")
+    cli.check(
+        os.path.exists(args.check_images) or args.check_images == CHECK_IMAGES,
+        "--check-images",
+        args.check_images,
+        "not found; pass a folder (or a photo) of real photos",
+    )
+    cli.check_writable(args.output, "--output")
     return args
 
 
@@ -55,16 +63,18 @@ def check_photos(source, n, cfg):
     a description). Falls back to dataset/val, then to random tensors, when the default folder is missing."""
     if not os.path.exists(source) and source == CHECK_IMAGES:
         source = "dataset/val"
-    paths = model.find_images([source])[0] if os.path.exists(source) else []
-    paths = paths[::max(1, len(paths) // n)][:n]
-    photos = [img for img, _ in map(model.try_load_image, paths) if img is not None]
-    if len(photos) < len(paths):
-        model.warn(f"{len(paths) - len(photos)} of the {len(paths)} check photos could not be read and were left out")
-    if photos:
-        return np.stack([model.preprocess(img, cfg) for img in photos]), f"{len(photos)} photos from {source}"
+    paths = photos.find_images([source])[0] if os.path.exists(source) else []
+    paths = paths[:: max(1, len(paths) // n)][:n]
+    images = [img for img, _ in map(photos.try_load_image, paths) if img is not None]
+    if len(images) < len(paths):
+        cli.warn(f"{len(paths) - len(images)} of the {len(paths)} check photos could not be read and were left out")
+    if images:
+        return np.stack([photos.preprocess(img, cfg) for img in images]), f"{len(images)} photos from {source}"
     size = cfg["input_size"][-1]
-    return (np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32),
-            f"{n} random tensors (no photos found; --check-images FOLDER checks on real ones)")
+    return (
+        np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32),
+        f"{n} random tensors (no photos found; --check-images FOLDER checks on real ones)",
+    )
 
 
 def with_evidence_map(net):
@@ -81,27 +91,53 @@ def with_evidence_map(net):
             w = self.net.get_classifier().weight
             direction = w[model.CLASSES.index("malignant")] - w[model.CLASSES.index("benign")]
             return self.net.forward_head(features), torch.einsum("c,bchw->bhw", direction, features)
+
     return LogitsAndCam().eval()
 
 
 def onnx_metadata(meta, checkpoint):
     """What a consumer needs to use the ONNX file alone, each value as a JSON string."""
     import torch
-    keys = ("model_name", "classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold",
-            "at_chance", "val_metrics", "val_auc_ci95", "epoch")
-    props = dict({key: meta.get(key) for key in keys}, source_checkpoint=os.path.basename(checkpoint),
-                 source_sha256=model.file_sha256(checkpoint), outputs=["logits", "cam"],
-                 exporter=f"torch.onnx dynamo, torch {torch.__version__}")
+
+    keys = (
+        "model_name",
+        "classes",
+        "image_size",
+        "mean",
+        "std",
+        "interpolation",
+        "crop_pct",
+        "threshold",
+        "at_chance",
+        "val_metrics",
+        "val_auc_ci95",
+        "epoch",
+    )
+    props = dict(
+        {key: meta.get(key) for key in keys},
+        source_checkpoint=os.path.basename(checkpoint),
+        source_sha256=files.file_sha256(checkpoint),
+        outputs=["logits", "cam"],
+        exporter=f"torch.onnx dynamo, torch {torch.__version__}",
+    )
     return {key: json.dumps(value) for key, value in props.items()}
 
 
 def export(wrapped, size, path, opset, metadata):
     """Write wrapped to path as one ONNX file with a dynamic batch size and the given metadata_props."""
     import torch
+
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(wrapped, (torch.randn(2, 3, size, size),), input_names=["image"],
-                                output_names=["logits", "cam"], dynamic_shapes=({0: batch},), opset_version=opset,
-                                dynamo=True, verbose=False)
+    program = torch.onnx.export(
+        wrapped,
+        (torch.randn(2, 3, size, size),),
+        input_names=["image"],
+        output_names=["logits", "cam"],
+        dynamic_shapes=({0: batch},),
+        opset_version=opset,
+        dynamo=True,
+        verbose=False,
+    )
     program.model.metadata_props.update(metadata)
     program.save(path, external_data=False)
 
@@ -111,14 +147,17 @@ def max_difference(wrapped, path, x):
     value), over the batch run at once and the first photo alone (which checks the dynamic batch size)."""
     import onnxruntime as ort
     import torch
+
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     with torch.inference_mode():
         logits, cam = (t.double().numpy() for t in wrapped(torch.from_numpy(x)))
     diffs = []
     for part in (x, x[:1]):
         onnx_logits, onnx_cam = session.run(["logits", "cam"], {"image": part})
-        diffs += [np.abs(model.softmax_malignant(logits[:len(part)]) - model.softmax_malignant(onnx_logits)).max(),
-                  np.abs(cam[:len(part)] - onnx_cam).max() / max(np.abs(cam).max(), 1e-12)]
+        diffs += [
+            np.abs(model.softmax_malignant(logits[: len(part)]) - model.softmax_malignant(onnx_logits)).max(),
+            np.abs(cam[: len(part)] - onnx_cam).max() / max(np.abs(cam).max(), 1e-12),
+        ]
     return max(diffs)
 
 
@@ -126,6 +165,7 @@ def main(argv=None):
     args = parse_args(argv)
     import onnx
     import torch
+
     net, meta = model.load_checkpoint(args.model)  # dies with one line if missing, broken or not a checkpoint
     wrapped = with_evidence_map(net.float().to(memory_format=torch.contiguous_format).eval())
     x, described = check_photos(args.check_images, args.n_check, model.meta_data_config(meta))
@@ -135,17 +175,24 @@ def main(argv=None):
         onnx.checker.check_model(tmp, full_check=True)
         diff = max_difference(wrapped, tmp, x)
         if not diff <= args.tolerance:
-            model.die(f"onnxruntime and PyTorch disagree: max difference {diff:.2e} > tolerance {args.tolerance:.0e} "
-                      f"on {described}; {args.output} not written")
-        print(f"onnxruntime matches PyTorch: max difference {diff:.2e} in P(malignant) and the evidence map "
-              f"(tolerance {args.tolerance:.0e}) on {described}, batch of {len(x)} and batch of 1")
-    model.atomic_write(args.output, export_and_check)
+            cli.die(
+                f"onnxruntime and PyTorch disagree: max difference {diff:.2e} > tolerance {args.tolerance:.0e} "
+                f"on {described}; {args.output} not written"
+            )
+        print(
+            f"onnxruntime matches PyTorch: max difference {diff:.2e} in P(malignant) and the evidence map "
+            f"(tolerance {args.tolerance:.0e}) on {described}, batch of {len(x)} and batch of 1"
+        )
+
+    files.atomic_write(args.output, export_and_check)
     size = meta["image_size"]
-    print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
-          f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {len(model.CLASSES)}] and 'cam' "
-          f"[batch, {size // 32}, {size // 32}])")
+    print(
+        f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
+        f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {len(model.CLASSES)}] and 'cam' "
+        f"[batch, {size // 32}, {size // 32}])"
+    )
     print(f"use it with: python predict.py photo.jpg --model {args.output}")
 
 
 if __name__ == "__main__":
-    model.run_script(main, "interrupted; nothing written")
+    cli.run_script(main, "interrupted; nothing written")

@@ -13,6 +13,7 @@ per lesion and 1-3 lesions per patient (lesion_id, patient_id), plus rows prepar
 lesions are small, round and one brown; malignant ones larger, irregular and of several colours. unseen/
 holds 6 more photos (<class>_<n>.jpg) for predict.py. The same SEED and PHOTO_SIZE write the same bytes.
 """
+
 import os
 import shutil
 
@@ -21,7 +22,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-import model
+from skinlesion import cli, dataset, files
 
 # -----------------------------------------------------------------------------
 OUT_DIR = "demo_data"  # folder for the export (metadata.csv, the photos, unseen/); earlier files are overwritten
@@ -44,9 +45,9 @@ def smooth_noise(rng, shape, cells):
 def demo_lesion(rng, malignant, px):
     """RGBA patch (px x px) of one lesion. Benign: round, symmetric, one brown. Malignant: irregular,
     asymmetric border, patches of dark brown, black, blue-grey and red."""
-    y, x = np.mgrid[-1:1:px * 1j, -1:1:px * 1j]
+    y, x = np.mgrid[-1 : 1 : px * 1j, -1 : 1 : px * 1j]
     k, angles = np.arange(1, 13)[:, None], np.linspace(-np.pi, np.pi, 721)  # border: a radius per angle
-    amp = rng.uniform(0.04, 0.12, k.shape) / np.sqrt(k) if malignant else np.where(k == 2, rng.uniform(0, .08), 0)
+    amp = rng.uniform(0.04, 0.12, k.shape) / np.sqrt(k) if malignant else np.where(k == 2, rng.uniform(0, 0.08), 0)
     border = 0.6 * (1 + (amp * np.cos(k * angles + rng.uniform(0, 2 * np.pi, k.shape))).sum(0))
     alpha = np.clip((np.interp(np.arctan2(y, x), angles, border) - np.hypot(x, y)) * px / 4, 0, 1)
     if malignant:
@@ -71,7 +72,7 @@ def demo_photo(job):
     skin = _SKIN[lesion_rng.integers(len(_SKIN))] * rng.uniform(0.95, 1.05, 3)
     canvas = Image.new("RGB", (w, h), tuple(int(v) for v in skin.clip(0, 255)))
     canvas.paste(patch, tuple((np.array([w, h]) * rng.uniform(0.42, 0.58, 2) - patch.width / 2).astype(int)), patch)
-    y, x = np.mgrid[-0.5:0.5:h * 1j, -0.5:0.5:w * 1j]
+    y, x = np.mgrid[-0.5 : 0.5 : h * 1j, -0.5 : 0.5 : w * 1j]
     a = rng.uniform(0, 2 * np.pi)
     light = 1 + rng.uniform(0.1, 0.3) * (x * np.cos(a) + y * np.sin(a)) + 0.03 * smooth_noise(rng, (h, w), 10)
     light += 0.02 * rng.standard_normal((h, w))  # lighting gradient, blotches, grain; then a colour cast:
@@ -80,7 +81,7 @@ def demo_photo(job):
     draw = ImageDraw.Draw(img)
     for _ in range(rng.integers(0, 5)):  # hairs: gently curved dark lines
         t, (x0, y0), a = np.linspace(0, 1, 8), rng.uniform(0, size, 2), rng.uniform(0, np.pi)
-        along, across = t * size * rng.uniform(0.1, 0.4), rng.uniform(-.02, .02) * size * np.sin(np.pi * t)
+        along, across = t * size * rng.uniform(0.1, 0.4), rng.uniform(-0.02, 0.02) * size * np.sin(np.pi * t)
         xs, ys = x0 + along * np.cos(a) - across * np.sin(a), y0 + along * np.sin(a) + across * np.cos(a)
         draw.line(list(zip(xs, ys)), fill=(45, 35, 30), width=max(1, size // 600), joint="curve")
     img.save(path, quality=90)
@@ -92,29 +93,43 @@ def demo_metadata(seed):
     rng, lesions = np.random.default_rng(seed), []  # (looks malignant, diagnosis_1, image_type, views)
     for malignant, diagnosis in enumerate(["Benign", "Malignant"]):
         while sum(v for _, d, _, v in lesions if d == diagnosis) < 216:
-            lesions.append((bool(malignant), diagnosis, "clinical: overview", rng.choice([1, 2, 3], p=[.4, .35, .25])))
-    for diagnosis, image_type, n in [("Benign", "dermoscopic", 12), ("Malignant", "dermoscopic", 12),
-                                     ("Benign", "clinical: close-up", 10), ("Malignant", "clinical: close-up", 10),
-                                     ("Indeterminate", "clinical: overview", 16), ("", "clinical: overview", 12)]:
+            lesions.append(
+                (bool(malignant), diagnosis, "clinical: overview", rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
+            )
+    for diagnosis, image_type, n in [
+        ("Benign", "dermoscopic", 12),
+        ("Malignant", "dermoscopic", 12),
+        ("Benign", "clinical: close-up", 10),
+        ("Malignant", "clinical: close-up", 10),
+        ("Indeterminate", "clinical: overview", 16),
+        ("", "clinical: overview", 12),
+    ]:
         looks = [diagnosis == "Malignant" or diagnosis != "Benign" and rng.random() < 0.5 for _ in range(n)]
         lesions += [(m, diagnosis, image_type, 1) for m in looks]
     rows, jobs, patient, left = [], [], -1, 0
     for lesion, i in enumerate(rng.permutation(len(lesions))):
         malignant, diagnosis, image_type, views = lesions[i]
         if left == 0:  # a new patient, with 1 to 3 lesions
-            patient, left = patient + 1, rng.choice([1, 2, 3], p=[.7, .2, .1])
+            patient, left = patient + 1, rng.choice([1, 2, 3], p=[0.7, 0.2, 0.1])
             person = dict(age_approx=5 * rng.integers(4, 17), sex=rng.choice(["female", "male"]))
         left -= 1
-        lesion_meta = dict(person, anatom_site_1=rng.choice(_SITES), diagnosis_1=diagnosis, image_type=image_type,
-                           diagnosis_2=diagnosis and f"{diagnosis} melanocytic proliferations",
-                           lesion_id=f"IL_{9000000 + lesion}", patient_id=f"IP_{9000000 + patient}")
+        lesion_meta = dict(
+            person,
+            anatom_site_1=rng.choice(_SITES),
+            diagnosis_1=diagnosis,
+            image_type=image_type,
+            diagnosis_2=diagnosis and f"{diagnosis} melanocytic proliferations",
+            lesion_id=f"IL_{9000000 + lesion}",
+            patient_id=f"IP_{9000000 + patient}",
+        )
         for _ in range(views):
             rows.append(lesion_meta)
             jobs.append(((seed, 1, lesion), (seed, 2, len(jobs)), malignant))
     copies = [int(i) for i in rng.choice(len(rows), 2, replace=False)]  # the same file again, under another id
     ids = [f"ISIC_{9000000 + n}" for n in rng.permutation(len(rows) + len(copies))]
     meta = pd.DataFrame(rows + [rows[i] for i in copies]).assign(
-        isic_id=ids, attribution="SYNTHETIC demo image, not a real patient", copyright_license="CC-0")
+        isic_id=ids, attribution="SYNTHETIC demo image, not a real patient", copyright_license="CC-0"
+    )
     return meta, jobs, copies
 
 
@@ -125,38 +140,48 @@ def write_demo_export(out_dir, seed=SEED, photo_size=PHOTO_SIZE, workers=WORKERS
     meta = meta.assign(pixels_x=photo_size, pixels_y=photo_size * 3 // 4)
     ids = list(meta.isic_id)
     work = [(os.path.join(out_dir, ids[n] + ".jpg"), *job, photo_size) for n, job in enumerate(jobs)]
-    work += [(os.path.join(out_dir, "unseen", f"{c}_{k + 1}.jpg"), (seed, 3, m, k), (seed, 4, m, k), bool(m),
-              photo_size) for m, c in enumerate(model.CLASSES) for k in range(3)]
+    work += [
+        (os.path.join(out_dir, "unseen", f"{c}_{k + 1}.jpg"), (seed, 3, m, k), (seed, 4, m, k), bool(m), photo_size)
+        for m, c in enumerate(dataset.SIDES)
+        for k in range(3)
+    ]
     os.makedirs(os.path.join(out_dir, "unseen"), exist_ok=True)
     if os.path.lexists(os.path.join(out_dir, "metadata.csv")):
         os.remove(os.path.join(out_dir, "metadata.csv"))
-    with model.worker_pool(workers) as pool:
-        for _ in tqdm(pool.imap_unordered(demo_photo, work, 4) if pool else map(demo_photo, work),
-                      total=len(work), desc="demo photos"):
+    with cli.worker_pool(workers) as pool:
+        for _ in tqdm(
+            pool.imap_unordered(demo_photo, work, 4) if pool else map(demo_photo, work),
+            total=len(work),
+            desc="demo photos",
+        ):
             pass
     for n, i in enumerate(copies):
         shutil.copyfile(os.path.join(out_dir, ids[i] + ".jpg"), os.path.join(out_dir, ids[len(jobs) + n] + ".jpg"))
     first = ["isic_id", "attribution", "copyright_license"]  # then the other fields, sorted, as in real exports
-    model.atomic_write(os.path.join(out_dir, "metadata.csv"), lambda tmp: meta[first + sorted(set(meta) - set(first))]
-                       .sort_values("isic_id").to_csv(tmp, index=False))
+    files.atomic_write(
+        os.path.join(out_dir, "metadata.csv"),
+        lambda tmp: meta[first + sorted(set(meta) - set(first))].sort_values("isic_id").to_csv(tmp, index=False),
+    )
     return meta
 
 
 def main(argv=None):
     # flags, checked before any drawing
-    args = model.parse_flags(globals(), argv)
-    model.check(model.in_range(args.photo_size, 64, 10000), "--photo-size", args.photo_size, "use 64 to 10000 (px)")
-    model.check(model.in_range(args.seed, 0, 2 ** 32 - 1), "--seed", args.seed, "use a whole number >= 0 (< 2**32)")
-    model.check(model.in_range(args.workers, 1, 1024), "--workers", args.workers, "use 1 to 1024 processes")
-    model.check_writable(args.out_dir, "--out-dir", folder=True)
-    model.check_writable(os.path.join(args.out_dir, "unseen"), "--out-dir", folder=True)
+    args = cli.parse_flags(globals(), argv)
+    cli.check(cli.in_range(args.photo_size, 64, 10000), "--photo-size", args.photo_size, "use 64 to 10000 (px)")
+    cli.check(cli.in_range(args.seed, 0, 2**32 - 1), "--seed", args.seed, "use a whole number >= 0 (< 2**32)")
+    cli.check(cli.in_range(args.workers, 1, 1024), "--workers", args.workers, "use 1 to 1024 processes")
+    cli.check_writable(args.out_dir, "--out-dir", folder=True)
+    cli.check_writable(os.path.join(args.out_dir, "unseen"), "--out-dir", folder=True)
 
     # the export
     meta = write_demo_export(args.out_dir, args.seed, args.photo_size, args.workers)
-    print(f"wrote a synthetic ISIC export to {args.out_dir}/: {len(meta)} rows in metadata.csv, 6 photos in unseen/; "
-          f"next: python prepare_dataset.py --metadata-csv {os.path.join(args.out_dir, 'metadata.csv')} "
-          f"--images-dir {args.out_dir}")
+    print(
+        f"wrote a synthetic ISIC export to {args.out_dir}/: {len(meta)} rows in metadata.csv, 6 photos in unseen/; "
+        f"next: python prepare_dataset.py --metadata-csv {os.path.join(args.out_dir, 'metadata.csv')} "
+        f"--images-dir {args.out_dir}"
+    )
 
 
 if __name__ == "__main__":
-    model.run_script(main, "interrupted; run make_demo_data.py again to finish the demo export")
+    cli.run_script(main, "interrupted; run make_demo_data.py again to finish the demo export")

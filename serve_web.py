@@ -14,6 +14,7 @@ ort-wasm-simd-threaded.mjs and .wasm), the ONNX model (model.onnx, from export_o
 output) and web/model.json, the model's preprocessing, threshold and flags that the page reads. Torch-free:
 the model's metadata is read with onnxruntime. Open the page over http (file:// cannot load the model).
 """
+
 import functools
 import http.server
 import json
@@ -22,6 +23,7 @@ import shutil
 import sys
 
 import model
+from skinlesion import cli, files
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py, with the outputs 'logits' and 'cam'
@@ -31,11 +33,11 @@ PORT = 8000  # port on 127.0.0.1; 0 picks a free one
 SERVE = True  # False (--no-serve): only put the files into WEB_DIR
 # -----------------------------------------------------------------------------
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCE = os.path.join(_HERE, "web")  # the page's own files (index.html, style.css, app.js, preprocess.js)
-_GENERATED = ("vendor", "model.onnx", "model.json")  # what this script writes into WEB_DIR (git ignores them)
-_ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")  # the wasm backend
-_META_KEYS = ("classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(HERE, "web")  # the page's own files (index.html, style.css, app.js, preprocess.js)
+GENERATED = ("vendor", "model.onnx", "model.json")  # what this script writes into WEB_DIR (git ignores them)
+ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")  # the wasm backend
+META_KEYS = ("classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold")
 
 
 def read_model(path):
@@ -43,10 +45,20 @@ def read_model(path):
     metadata, finite weights); die if the page could not use the file."""
     session, meta = model.load_onnx(path)
     if "cam" not in [o.name for o in session.get_outputs()]:
-        model.die(f"{path} has no 'cam' output (the heat map); export it again with this version of export_onnx.py")
+        cli.die(f"{path} has no 'cam' output (the heat map); export it again with this version of export_onnx.py")
     if meta["interpolation"] != "bicubic":
-        model.die(f"{path} resizes with {meta['interpolation']}; the page implements Pillow's bicubic only")
-    keys = ("classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold", "at_chance", "val_auc_ci95")
+        cli.die(f"{path} resizes with {meta['interpolation']}; the page implements Pillow's bicubic only")
+    keys = (
+        "classes",
+        "image_size",
+        "mean",
+        "std",
+        "interpolation",
+        "crop_pct",
+        "threshold",
+        "at_chance",
+        "val_auc_ci95",
+    )
     return dict({key: meta.get(key) for key in keys}, borderline_margin=model.BORDERLINE, model_file="model.onnx")
 
 
@@ -54,8 +66,8 @@ def ort_dist(node_modules):
     """onnxruntime-web's dist folder and version; die with how to install it if it is missing."""
     package = os.path.join(node_modules, "onnxruntime-web")
     dist = os.path.join(package, "dist")
-    if not all(os.path.isfile(os.path.join(dist, name)) for name in _ORT_FILES):
-        model.die(f"{package} not found (or incomplete); run 'npm ci' in {_HERE} to install the pinned onnxruntime-web")
+    if not all(os.path.isfile(os.path.join(dist, name)) for name in ORT_FILES):
+        cli.die(f"{package} not found (or incomplete); run 'npm ci' in {HERE} to install the pinned onnxruntime-web")
     with open(os.path.join(package, "package.json")) as f:
         return dist, json.load(f)["version"]
 
@@ -66,25 +78,35 @@ def build(model_path, web_dir, node_modules):
     dist, version = ort_dist(node_modules)
     try:
         os.makedirs(os.path.join(web_dir, "vendor"), exist_ok=True)
-        if os.path.realpath(web_dir) != os.path.realpath(_SOURCE):
-            for name in os.listdir(_SOURCE):
-                if name not in _GENERATED and os.path.isfile(os.path.join(_SOURCE, name)):
-                    shutil.copyfile(os.path.join(_SOURCE, name), os.path.join(web_dir, name))
-        for name in _ORT_FILES:
+        if os.path.realpath(web_dir) != os.path.realpath(SOURCE):
+            for name in os.listdir(SOURCE):
+                if name not in GENERATED and os.path.isfile(os.path.join(SOURCE, name)):
+                    shutil.copyfile(os.path.join(SOURCE, name), os.path.join(web_dir, name))
+        for name in ORT_FILES:
             shutil.copyfile(os.path.join(dist, name), os.path.join(web_dir, "vendor", name))
         shutil.copyfile(model_path, os.path.join(web_dir, "model.onnx"))
-        model.write_text(os.path.join(web_dir, "model.json"), json.dumps(sidecar, indent=1))
+        files.write_text(os.path.join(web_dir, "model.json"), json.dumps(sidecar, indent=1))
     except OSError as e:
-        model.die(f"cannot write into {web_dir} ({e.strerror}); pass --web-dir with a writable folder")
-    print(f"built {web_dir}: {model_path} ({sidecar['image_size']} px, threshold {sidecar['threshold']:.3f}"
-          + (", at chance on validation" if sidecar["at_chance"] else "") + f"), onnxruntime-web {version} (wasm)", flush=True)
+        cli.die(f"cannot write into {web_dir} ({e.strerror}); pass --web-dir with a writable folder")
+    print(
+        f"built {web_dir}: {model_path} ({sidecar['image_size']} px, threshold {sidecar['threshold']:.3f}"
+        + (", at chance on validation" if sidecar["at_chance"] else "")
+        + f"), onnxruntime-web {version} (wasm)",
+        flush=True,
+    )
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
     """Static files with the types the page needs (ES modules, wasm), not cached, no request log."""
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript",
-                      ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json",
-                      ".onnx": "application/octet-stream"}
+
+    extensions_map = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".js": "text/javascript",
+        ".mjs": "text/javascript",
+        ".wasm": "application/wasm",
+        ".json": "application/json",
+        ".onnx": "application/octet-stream",
+    }
 
     def end_headers(self):
         self.send_header("Cache-Control", "no-cache")  # a rebuilt model is picked up on reload
@@ -100,10 +122,12 @@ def serve(web_dir, port):
     try:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=web_dir))
     except OSError as e:
-        model.die(f"cannot serve on 127.0.0.1:{port} ({e.strerror}); pass --port 0 for a free port")
+        cli.die(f"cannot serve on 127.0.0.1:{port} ({e.strerror}); pass --port 0 for a free port")
     try:
-        print(f"serving the page at http://127.0.0.1:{server.server_address[1]}/ (this computer only; Ctrl-C stops)",
-              flush=True)
+        print(
+            f"serving the page at http://127.0.0.1:{server.server_address[1]}/ (this computer only; Ctrl-C stops)",
+            flush=True,
+        )
         server.serve_forever()
     except KeyboardInterrupt:
         print("\nstopped serving", file=sys.stderr)
@@ -112,14 +136,14 @@ def serve(web_dir, port):
 
 
 def main(argv=None):
-    args = model.parse_flags(globals(), argv)
-    model.check(0 <= args.port <= 65535, "--port", args.port, "use a port from 0 (a free one) to 65535")
-    web_dir = os.path.join(_HERE, args.web_dir)  # an absolute --web-dir stays as it is
-    model.check_writable(web_dir, "--web-dir", folder=True)
-    build(args.model, web_dir, os.path.join(_HERE, args.node_modules))
+    args = cli.parse_flags(globals(), argv)
+    cli.check(0 <= args.port <= 65535, "--port", args.port, "use a port from 0 (a free one) to 65535")
+    web_dir = os.path.join(HERE, args.web_dir)  # an absolute --web-dir stays as it is
+    cli.check_writable(web_dir, "--web-dir", folder=True)
+    build(args.model, web_dir, os.path.join(HERE, args.node_modules))
     if args.serve:
         serve(web_dir, args.port)
 
 
 if __name__ == "__main__":
-    model.run_script(main)
+    cli.run_script(main)

@@ -1,6 +1,7 @@
 """What the test files share: running a script, asserting its one error line, fingerprints of folders,
 photo and data-set builders, a random network whose output depends on the photo, and the demo data set
 with a model trained on it (built once per session)."""
+
 import hashlib
 import os
 import re
@@ -21,8 +22,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the hub
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as AItraining.py sets it: idle threads sleep (before torch loads)
 # one OpenMP thread per script run: on a busy 2-core machine two spinning threads make a small forward ~100x slower
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8",
-           MPLBACKEND="Agg")
+ENV = dict(
+    os.environ,
+    HF_HUB_OFFLINE="1",
+    OMP_NUM_THREADS="1",
+    PYTHONUNBUFFERED="1",
+    PYTHONIOENCODING="utf-8",
+    MPLBACKEND="Agg",
+)
 
 import model  # noqa: E402
 
@@ -31,9 +38,16 @@ def run(script, *args, cwd, timeout=600, file_size_limit=None, threads=1):
     """Run a project script in a fresh process; file_size_limit (bytes) makes any larger write fail with
     'File too large', as a full disk would."""
     limit = file_size_limit and (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit,) * 2))
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd,
-                          env=dict(ENV, OMP_NUM_THREADS=str(threads)),
-                          capture_output=True, text=True, encoding="utf-8", timeout=timeout, preexec_fn=limit)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        cwd=cwd,
+        env=dict(ENV, OMP_NUM_THREADS=str(threads)),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=timeout,
+        preexec_fn=limit,
+    )
 
 
 def assert_one_error(returncode, stderr, expected):
@@ -88,11 +102,18 @@ def lesion_photo(path, size=(90, 70), seed=0, malignant=None):
 
 def png_claiming(path, width, height):
     """A valid PNG header for a width x height photo, with almost no pixel data: a decompression bomb's shape."""
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                + chunk(b"IEND", b""))
+        f.write(
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b"")
+        )
     return str(path)
 
 
@@ -112,7 +133,9 @@ def write_export(folder, rows, encoding="utf-8", ext=".jpg"):
     os.makedirs(folder, exist_ok=True)
     df = pd.DataFrame(rows)
     first = [c for c in ["isic_id", "attribution"] if c in df]
-    df[first + sorted(set(df) - set(first))].to_csv(os.path.join(folder, "metadata.csv"), index=False, encoding=encoding)
+    df[first + sorted(set(df) - set(first))].to_csv(
+        os.path.join(folder, "metadata.csv"), index=False, encoding=encoding
+    )
     for n, row in enumerate(rows):
         if re.fullmatch(r"ISIC_\d{7}", str(row.get("isic_id", ""))):
             noise_image(os.path.join(folder, row["isic_id"] + ext), n)
@@ -121,8 +144,15 @@ def write_export(folder, rows, encoding="utf-8", ext=".jpg"):
 
 def export_rows(n, attribution="Anonymous"):
     """n rows alternating Benign/Malignant, without lesion or patient ids."""
-    return [dict(isic_id=f"ISIC_{i:07d}", attribution=attribution, image_type="clinical: overview",
-                 diagnosis_1=["Benign", "Malignant"][i % 2]) for i in range(n)]
+    return [
+        dict(
+            isic_id=f"ISIC_{i:07d}",
+            attribution=attribution,
+            image_type="clinical: overview",
+            diagnosis_1=["Benign", "Malignant"][i % 2],
+        )
+        for i in range(n)
+    ]
 
 
 def make_net(size=64, seed=0):
@@ -130,6 +160,7 @@ def make_net(size=64, seed=0):
     statistics (mean 0, variance 1) shrink the features and every photo gets 0.5; statistics from one batch
     and a scaled-up head fix that."""
     import torch
+
     torch.manual_seed(seed)
     net, _ = model.build_model(pretrained=False)
     for m in net.modules():
@@ -155,6 +186,7 @@ def one_torch_thread():
     """One torch thread in the test process too (as ENV gives the scripts): in-process forwards of small models
     stay fast when other work keeps a core busy."""
     import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -181,8 +213,10 @@ def readonly_folder(tmp_path):
 def demo_dataset(tmp_path_factory):
     """The built-in demo export (small photos, to save time), prepared as `make demo` does."""
     root = tmp_path_factory.mktemp("demo")
-    for script, args in [("make_demo_data.py", ["--photo-size", 512]),
-                         ("prepare_dataset.py", ["--metadata-csv", "demo_data/metadata.csv", "--images-dir", "demo_data"])]:
+    for script, args in [
+        ("make_demo_data.py", ["--photo-size", 512]),
+        ("prepare_dataset.py", ["--metadata-csv", "demo_data/metadata.csv", "--images-dir", "demo_data"]),
+    ]:
         r = run(script, *args, cwd=root)
         assert r.returncode == 0, r.stdout + r.stderr
     return str(root / "dataset")
@@ -192,7 +226,21 @@ def demo_dataset(tmp_path_factory):
 def trained_model(demo_dataset, tmp_path_factory):
     """(checkpoint path, AItraining.py's stdout): the from-scratch recipe on the demo set, 64 px, 8 epochs."""
     folder = tmp_path_factory.mktemp("trained")
-    r = run("AItraining.py", "--data-dir", demo_dataset, "--no-pretrained", "--image-size", 64, "--batch-size", 16,
-            "--epochs", 8, "--num-workers", 0, cwd=folder, threads=2)
+    r = run(
+        "AItraining.py",
+        "--data-dir",
+        demo_dataset,
+        "--no-pretrained",
+        "--image-size",
+        64,
+        "--batch-size",
+        16,
+        "--epochs",
+        8,
+        "--num-workers",
+        0,
+        cwd=folder,
+        threads=2,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return str(folder / "skin_model.pth"), r.stdout + r.stderr

@@ -1,5 +1,6 @@
 """evaluate.py: every metric with its interval, the pictures, the most confident mistakes, TTA, the at-chance
 verdict, counted skips, and one line (before any scoring) for what cannot work."""
+
 import json
 import os
 
@@ -23,7 +24,11 @@ def test_most_confident_mistakes_most_wrong_first():
     assert sorted(m["path"] for m in mistakes) == ["img2.jpg", "img3.jpg"]
     assert dict(path="img3.jpg", true="malignant", p_malignant=0.3) in mistakes
     y, p = np.array([0, 0, 1, 1, 0]), np.array([0.95, 0.6, 0.02, 0.45, 0.2])  # wrong by 0.95, 0.6, 0.98, 0.55
-    assert [m["path"] for m in evaluate.most_confident_mistakes(paths, y, p, 3, 0.5)] == ["img2.jpg", "img0.jpg", "img1.jpg"]
+    assert [m["path"] for m in evaluate.most_confident_mistakes(paths, y, p, 3, 0.5)] == [
+        "img2.jpg",
+        "img0.jpg",
+        "img1.jpg",
+    ]
     assert evaluate.most_confident_mistakes(paths, y, p, 0, 0.5) == []
 
 
@@ -49,8 +54,18 @@ def setup(tmp_path_factory):
             lesion_photo(tmp / "test" / c / f"{c}_{j}.jpg", (80, 64), [k, j], malignant=bool(k))
     (tmp / "test" / "benign" / "notes.txt").write_text("not an image")
     (tmp / "test" / "malignant" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    result = run("evaluate.py", "--model", tmp / "model.pth", "--data-dir", tmp / "test", "--output-dir", tmp / "out",
-                 "--n-bootstrap", 300, cwd=tmp)
+    result = run(
+        "evaluate.py",
+        "--model",
+        tmp / "model.pth",
+        "--data-dir",
+        tmp / "test",
+        "--output-dir",
+        tmp / "out",
+        "--n-bootstrap",
+        300,
+        cwd=tmp,
+    )
     report = json.loads((tmp / "out" / "evaluation.json").read_text()) if result.returncode == 0 else None
     return tmp, result, report
 
@@ -88,8 +103,21 @@ def test_unreadable_and_stray_files_are_counted(setup):
 
 def test_tta_adds_a_comparison(setup, tmp_path, monkeypatch, capsys):
     tmp, _, _ = setup
-    evaluate.main(["--model", str(tmp / "model.pth"), "--data-dir", str(tmp / "test"), "--output-dir", str(tmp_path),
-                   "--tta", "--n-bootstrap", "100", "--num-workers", "0"])
+    evaluate.main(
+        [
+            "--model",
+            str(tmp / "model.pth"),
+            "--data-dir",
+            str(tmp / "test"),
+            "--output-dir",
+            str(tmp_path),
+            "--tta",
+            "--n-bootstrap",
+            "100",
+            "--num-workers",
+            "0",
+        ]
+    )
     report = json.loads((tmp_path / "evaluation.json").read_text())
     cmp = report["tta_comparison"]
     assert report["tta"] is True and {"plain", "tta", "roc_auc_gain", "verdict"} <= set(cmp)
@@ -103,8 +131,20 @@ def test_a_model_at_chance_is_called_so(setup, tmp_path, capsys):
     for c in model.CLASSES:
         for j in range(8):
             lesion_photo(tmp_path / "twins" / c / f"{j}.jpg", (80, 64), j)
-    evaluate.main(["--model", str(tmp / "model.pth"), "--data-dir", str(tmp_path / "twins"), "--output-dir",
-                   str(tmp_path / "out"), "--n-bootstrap", "300", "--num-workers", "0"])
+    evaluate.main(
+        [
+            "--model",
+            str(tmp / "model.pth"),
+            "--data-dir",
+            str(tmp_path / "twins"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--n-bootstrap",
+            "300",
+            "--num-workers",
+            "0",
+        ]
+    )
     assert "warning: on these photos the model cannot be told from chance" in capsys.readouterr().err
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["at_chance"] is True
 
@@ -114,13 +154,19 @@ def test_what_cannot_work_is_said_before_any_scoring(setup, tmp_path, readonly_f
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a file").write_text("")
     common = ["--model", str(tmp / "model.pth"), "--data-dir", str(tmp / "test")]
-    main_fails(evaluate.main, [*common, "--output-dir", "a file"], capsys, "--output-dir a file is a file; pass a folder")
+    main_fails(
+        evaluate.main, [*common, "--output-dir", "a file"], capsys, "--output-dir a file is a file; pass a folder"
+    )
     main_fails(evaluate.main, [*common, "--output-dir", readonly_folder], capsys, f"cannot write in {readonly_folder}")
     main_fails(evaluate.main, [*common, "--batch-size", 0], capsys, "--batch-size 0: use a whole number >= 1")
     main_fails(evaluate.main, [*common, "--n-bootstrap", -1], capsys, "--n-bootstrap -1")
     os.makedirs(tmp_path / "data" / "benign")
-    main_fails(evaluate.main, ["--model", str(tmp / "model.pth"), "--data-dir", "data"], capsys,
-               "data has no malignant/; it must hold exactly one folder per class")
+    main_fails(
+        evaluate.main,
+        ["--model", str(tmp / "model.pth"), "--data-dir", "data"],
+        capsys,
+        "data has no malignant/; it must hold exactly one folder per class",
+    )
     assert sorted(os.listdir(tmp_path)) == ["a file", "data", "readonly"]  # nothing written
 
 
@@ -131,8 +177,12 @@ def test_an_empty_split_keeps_the_previous_report(setup, tmp_path, monkeypatch, 
     (tmp_path / "evaluation.json").write_text('{"previous": true}')
     before = fingerprint(tmp_path)
     monkeypatch.chdir(tmp_path)
-    main_fails(evaluate.main, ["--model", str(tmp / "model.pth"), "--data-dir", "val"], capsys,
-               "val: no images in benign/ and malignant/")
+    main_fails(
+        evaluate.main,
+        ["--model", str(tmp / "model.pth"), "--data-dir", "val"],
+        capsys,
+        "val: no images in benign/ and malignant/",
+    )
     assert fingerprint(tmp_path) == before
 
 
@@ -140,8 +190,19 @@ def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(setup, tmp_
     tmp, _, _ = setup
     (tmp_path / "confusion_matrix.png").write_bytes(b"previous picture")
     before = fingerprint(tmp_path)
-    r = run("evaluate.py", "--model", tmp / "model.pth", "--data-dir", tmp / "test", "--n-bootstrap", 50,
-            "--num-workers", 0, cwd=tmp_path, file_size_limit=20_000)  # the JSON fits, the pictures do not
+    r = run(
+        "evaluate.py",
+        "--model",
+        tmp / "model.pth",
+        "--data-dir",
+        tmp / "test",
+        "--n-bootstrap",
+        50,
+        "--num-workers",
+        0,
+        cwd=tmp_path,
+        file_size_limit=20_000,
+    )  # the JSON fits, the pictures do not
     assert_one_error(r.returncode, r.stderr, "confusion_matrix.png (File too large)")
     assert fingerprint(tmp_path)["confusion_matrix.png"] == before["confusion_matrix.png"]
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]

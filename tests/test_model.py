@@ -1,5 +1,6 @@
 """model.py: the network and its recipes, flags, what a model file holds and how a broken one is refused (by
 every script), finding and reading photos, the folder layout, atomic writes, preprocessing, metrics."""
+
 import math
 import os
 import shutil
@@ -18,10 +19,19 @@ import evaluate
 import export_onnx
 import model
 import predict
-from conftest import ROOT, assert_one_error, fingerprint, lesion_photo, main_fails, make_split_tree, save_model
+from conftest import ROOT, assert_one_error, fingerprint, lesion_photo, make_split_tree, save_model
+from skinlesion import cli, dataset, files, metrics, photos
 
-SCRIPTS = ["prepare_dataset.py", "make_demo_data.py", "AItraining.py", "evaluate.py", "predict.py", "export_onnx.py",
-           "bench.py", "serve_web.py"]
+SCRIPTS = [
+    "prepare_dataset.py",
+    "make_demo_data.py",
+    "AItraining.py",
+    "evaluate.py",
+    "predict.py",
+    "export_onnx.py",
+    "bench.py",
+    "serve_web.py",
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +69,18 @@ def test_learning_rate_schedule():
 
 
 def test_offline_pretrained_falls_back_with_one_warning():
-    r = subprocess.run([sys.executable, "-c", "import model; net, imagenet = model.build_model(pretrained=True); "
-                        "print(type(net).__name__, imagenet)"], cwd=ROOT, capture_output=True, text=True,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import model; net, imagenet = model.build_model(pretrained=True); print(type(net).__name__, imagenet)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        timeout=300,
+    )
     assert r.returncode == 0 and r.stdout.split() == ["EfficientNet", "False"], r.stderr
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "WEIGHTS_FILE" in warnings[0] and "PRETRAINED = False" in warnings[0]
@@ -71,7 +90,11 @@ def test_local_weights_file_loads_offline_into_a_new_head(tmp_path, capsys):
     imagenet = model.build_model(pretrained=False, num_classes=1000)[0]
     torch.save(imagenet.state_dict(), tmp_path / "efficientnet_b0.pth")
     net, loaded = model.build_model(weights_file=str(tmp_path / "efficientnet_b0.pth"))
-    assert loaded and torch.equal(net.conv_stem.weight, imagenet.conv_stem.weight) and net.get_classifier().out_features == 2
+    assert (
+        loaded
+        and torch.equal(net.conv_stem.weight, imagenet.conv_stem.weight)
+        and net.get_classifier().out_features == 2
+    )
     with pytest.raises(SystemExit):
         model.build_model(weights_file=str(tmp_path / "nope.pth"))
     assert_one_error(1, capsys.readouterr().err, "hf download timm/efficientnet_b0.ra_in1k")
@@ -80,17 +103,30 @@ def test_local_weights_file_loads_offline_into_a_new_head(tmp_path, capsys):
 # ---------------------------------------------------------------------------- flags
 def test_flags_come_from_the_constants_with_their_comments():
     args = AItraining.parse_args(["--epochs", "5", "--no-pretrained", "--weights-file", "none"])
-    assert args.epochs == 5 and args.lr is None and args.pretrained is False and args.weights_file is None and args.image_size == 224
+    assert (
+        args.epochs == 5
+        and args.lr is None
+        and args.pretrained is False
+        and args.weights_file is None
+        and args.image_size == 224
+    )
     assert args.given == {"epochs", "pretrained", "weights_file"}
-    r = subprocess.run([sys.executable, "AItraining.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert "--image-size IMAGE_SIZE" in r.stdout and "128 trains ~3x faster" in r.stdout and "(default: 224)" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "AItraining.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert (
+        "--image-size IMAGE_SIZE" in r.stdout and "128 trains ~3x faster" in r.stdout and "(default: 224)" in r.stdout
+    )
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_answers_before_torch_is_imported(script):
     """Every script takes its flags from its constants, and --help never waits for torch (~4 s)."""
-    code = ("import runpy, sys\nsys.argv = [%r, '--help']\ntry:\n    runpy.run_path(%r, run_name='__main__')\n"
-            "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')") % (script, script)
+    code = (
+        f"import runpy, sys\nsys.argv = [{script!r}, '--help']\n"
+        f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
+        "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.stdout.strip().endswith("NO TORCH") and "(default: " in r.stdout, r.stdout + r.stderr
 
@@ -165,10 +201,12 @@ def test_every_script_refuses_a_broken_model_and_writes_nothing(scripts_setup, t
     shutil.copyfile(good, "skin_model.pth")  # the previous best model
     before = fingerprint(tmp_path)
     photo = os.path.join(data, "test", "benign", os.listdir(os.path.join(data, "test", "benign"))[0])
-    for main, argv in [(predict.main, [photo, "--model", path]),
-                       (evaluate.main, ["--model", path, "--data-dir", os.path.join(data, "test")]),
-                       (export_onnx.main, ["--model", path]),
-                       (AItraining.main, ["--data-dir", data, "--resume", "--resume-file", path])]:
+    for main, argv in [
+        (predict.main, [photo, "--model", path]),
+        (evaluate.main, ["--model", path, "--data-dir", os.path.join(data, "test")]),
+        (export_onnx.main, ["--model", path]),
+        (AItraining.main, ["--data-dir", data, "--resume", "--resume-file", path]),
+    ]:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         out, err = capsys.readouterr()
@@ -181,14 +219,20 @@ def test_checkpoints_that_are_not_ours_are_refused(scripts_setup, tmp_path, caps
     _, _, good = scripts_setup
     with open(good, "rb") as f:
         whole = f.read()
-    (tmp_path / "truncated.pth").write_bytes(whole[:len(whole) // 2])
-    torch.save({"state_dict": {}, "meta": {}, "payload": RunsCode(str(tmp_path / "code ran"))}, tmp_path / "runs code.pth")
+    (tmp_path / "truncated.pth").write_bytes(whole[: len(whole) // 2])
+    torch.save(
+        {"state_dict": {}, "meta": {}, "payload": RunsCode(str(tmp_path / "code ran"))}, tmp_path / "runs code.pth"
+    )
     net3 = model.build_model(pretrained=False, num_classes=3)[0]
     save_model(tmp_path / "3 outputs.pth", net=net3)  # meta says 2 classes, the weights 3
     save_model(tmp_path / "resnet.pth", net=timm.create_model("resnet18", num_classes=2))
-    for name, expected in [("truncated.pth", "not a readable checkpoint"), ("runs code.pth", "refusing to load"),
-                           ("3 outputs.pth", "the weights do not fit efficientnet_b0 with 2 classes"),
-                           ("resnet.pth", "the weights do not fit efficientnet_b0"), ("missing.pth", "not found")]:
+    for name, expected in [
+        ("truncated.pth", "not a readable checkpoint"),
+        ("runs code.pth", "refusing to load"),
+        ("3 outputs.pth", "the weights do not fit efficientnet_b0 with 2 classes"),
+        ("resnet.pth", "the weights do not fit efficientnet_b0"),
+        ("missing.pth", "not found"),
+    ]:
         with pytest.raises(SystemExit):
             model.load_checkpoint(str(tmp_path / name))
         assert_one_error(1, capsys.readouterr().err, expected)
@@ -208,8 +252,12 @@ class RunsCode:
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
     cfg = model.data_config(net, 96)
     path = str(tmp_path / "m.pth")
-    model.save_checkpoint(path, model.checkpoint_state(net, cfg, 0.3, val_metrics={"roc_auc": 0.9}, epoch=4,
-                                                       at_chance=False, manifest_sha256="abc"))
+    model.save_checkpoint(
+        path,
+        model.checkpoint_state(
+            net, cfg, 0.3, val_metrics={"roc_auc": 0.9}, epoch=4, at_chance=False, manifest_sha256="abc"
+        ),
+    )
     assert os.listdir(tmp_path) == ["m.pth"]  # the temporary file was renamed away
     loaded, meta = model.load_checkpoint(path)
     for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
@@ -226,25 +274,33 @@ def test_find_images_reads_only_regular_image_files(tmp_path, capsys):
     lesion_photo(tmp_path / "photos" / "a_gradcam.png")
     (tmp_path / "photos" / "notes.txt").write_text("not a photo")
     os.mkfifo(tmp_path / "photos" / "pipe.jpg")  # opening it would wait forever
-    images, skipped = model.find_images([str(tmp_path / "photos")])
+    images, skipped = photos.find_images([str(tmp_path / "photos")])
     assert [os.path.relpath(p, tmp_path / "photos") for p in images] == ["b.jpg", "sub/a.PNG"]
-    assert dict((os.path.basename(f), why) for f, why in skipped) == {
-        "a_gradcam.png": "a Grad-CAM picture written by predict.py --explain", "pipe.jpg": "a named pipe",
-        "notes.txt": f"not an image file ({', '.join(model.IMAGE_EXTS)})"}
+    assert {os.path.basename(f): why for f, why in skipped} == {
+        "a_gradcam.png": "a Grad-CAM picture written by predict.py --explain",
+        "pipe.jpg": "a named pipe",
+        "notes.txt": f"not an image file ({', '.join(photos.IMAGE_EXTS)})",
+    }
     with pytest.raises(OSError, match="a named pipe"):
-        model.load_image(tmp_path / "photos" / "pipe.jpg")
-    for path, expected in [(tmp_path / "nope", "nope not found"), (tmp_path / "photos" / "pipe.jpg", "is a named pipe")]:
+        photos.load_image(tmp_path / "photos" / "pipe.jpg")
+    for path, expected in [
+        (tmp_path / "nope", "nope not found"),
+        (tmp_path / "photos" / "pipe.jpg", "is a named pipe"),
+    ]:
         with pytest.raises(SystemExit):
-            model.find_images([str(path)])
+            photos.find_images([str(path)])
         assert_one_error(1, capsys.readouterr().err, expected)
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing", "data folder {d} not found; make it with 'python prepare_dataset.py'"),
-    ("no malignant", "{d} has no malignant/; it must hold exactly one folder per class, benign/ and malignant/"),
-    ("extra folder", "{d} has the extra .ipynb_checkpoints/; it must hold exactly one folder per class"),
-    ("empty class", "{d}: no images in malignant/; both classes are needed"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "data folder {d} not found; make it with 'python prepare_dataset.py'"),
+        ("no malignant", "{d} has no malignant/; it must hold exactly one folder per class, benign/ and malignant/"),
+        ("extra folder", "{d} has the extra .ipynb_checkpoints/; it must hold exactly one folder per class"),
+        ("empty class", "{d}: no images in malignant/; both classes are needed"),
+    ],
+)
 def test_one_class_folder_layout_check(tmp_path, capsys, case, expected):
     d = tmp_path / "test"
     if case != "missing":
@@ -257,7 +313,7 @@ def test_one_class_folder_layout_check(tmp_path, capsys, case, expected):
         lesion_photo(d / "malignant" / "b.jpg")
         lesion_photo(d / ".ipynb_checkpoints" / "c.jpg")
     with pytest.raises(SystemExit):
-        model.class_folders(str(d))
+        dataset.class_folders(str(d))
     assert_one_error(1, capsys.readouterr().err, expected.format(d=d))
 
 
@@ -271,28 +327,31 @@ def test_atomic_write_keeps_the_previous_file_and_cleans_only_dead_temporaries(t
         with open(tmp, "w") as f:
             f.write("half")
         raise OSError(28, "No space left on device")
+
     with pytest.raises(SystemExit):
-        model.atomic_write(str(target), fails)
+        files.atomic_write(str(target), fails)
     assert_one_error(1, capsys.readouterr().err, f"could not write {target} (No space left on device)")
     assert target.read_text() == "previous"
     left = sorted(os.listdir(tmp_path))
     assert f"out.csv.tmp{int(dead.stdout)}" not in left and f"out.csv.tmp{os.getpid()}" not in left
     live = tmp_path / f"out.csv.tmp{os.getppid()}"  # our parent is alive
     live.write_text("a live run's")
-    model.write_text(str(target), "new")
+    files.write_text(str(target), "new")
     assert target.read_text() == "new" and live.exists()
 
 
 def test_outputs_are_checked_before_the_work(tmp_path, readonly_folder, capsys):
     (tmp_path / "file").write_text("")
-    for path, folder, expected in [(os.path.join(readonly_folder, "m.pth"), False, "cannot write in"),
-                                   (str(tmp_path), False, "is a folder; pass a file name"),
-                                   (str(tmp_path / "file"), True, "is a file; pass a folder"),
-                                   (os.path.join(readonly_folder, "out"), True, "cannot write in")]:
+    for path, folder, expected in [
+        (os.path.join(readonly_folder, "m.pth"), False, "cannot write in"),
+        (str(tmp_path), False, "is a folder; pass a file name"),
+        (str(tmp_path / "file"), True, "is a file; pass a folder"),
+        (os.path.join(readonly_folder, "out"), True, "cannot write in"),
+    ]:
         with pytest.raises(SystemExit):
-            model.check_writable(path, "--output", folder=folder)
+            cli.check_writable(path, "--output", folder=folder)
         assert_one_error(1, capsys.readouterr().err, expected)
-    model.check_writable(str(tmp_path / "new" / "folder"), "--output-dir", folder=True)  # its parent takes it
+    cli.check_writable(str(tmp_path / "new" / "folder"), "--output-dir", folder=True)  # its parent takes it
     assert sorted(os.listdir(tmp_path)) == ["file", "readonly"]  # a check writes nothing
 
 
@@ -301,15 +360,15 @@ def test_load_image_handles_exif_16bit_rgba_cmyk(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90 degrees
     Image.new("RGB", (40, 20), (200, 10, 10)).save(tmp_path / "rot.jpg", exif=exif)
-    assert model.load_image(tmp_path / "rot.jpg").size == (20, 40)
+    assert photos.load_image(tmp_path / "rot.jpg").size == (20, 40)
     Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")
-    assert model.load_image(tmp_path / "deep.png").getpixel((0, 0)) == (255, 255, 255)
+    assert photos.load_image(tmp_path / "deep.png").getpixel((0, 0)) == (255, 255, 255)
     Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
-    assert model.load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)
+    assert photos.load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)
     Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
-    assert model.load_image(tmp_path / "cmyk.jpg").mode == "RGB"
+    assert photos.load_image(tmp_path / "cmyk.jpg").mode == "RGB"
     (tmp_path / "text.jpg").write_text("not a JPEG")
-    img, why = model.try_load_image(tmp_path / "text.jpg")
+    img, why = photos.try_load_image(tmp_path / "text.jpg")
     assert img is None and why.startswith("not a readable image (UnidentifiedImageError")
 
 
@@ -321,12 +380,11 @@ def test_preprocess_is_timms_evaluation_transform(net):
     rng = np.random.default_rng(0)
     for shape in [(300, 200, 3), (147, 201, 3), (146, 146, 3), (1000, 90, 3)]:
         img = Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8))
-        x = model.preprocess(img, cfg)
+        x = photos.preprocess(img, cfg)
         assert x.shape == (3, 128, 128) and x.dtype == np.float32
         np.testing.assert_allclose(x, timm_transform(img).numpy(), atol=1e-5)
-        assert torch.equal(model.eval_transform(cfg)(img), torch.from_numpy(x))
-        crop = torch.from_numpy(np.asarray(model.eval_crop(img, cfg)).transpose(2, 0, 1).copy())
-        assert torch.equal(model.normalise(crop[None], cfg)[0], torch.from_numpy(x))  # the training loop's way
+        crop = torch.from_numpy(np.asarray(photos.eval_crop(img, cfg)).transpose(2, 0, 1).copy())
+        assert torch.equal(photos.normalise_batch(crop[None], cfg)[0], torch.from_numpy(x))  # the training loop's way
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -334,31 +392,36 @@ def test_metrics_equal_scikit_learn_row_by_row():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, (40, 30))
     p = rng.random((40, 30)).round(1)  # many tied scores
-    rows = model.binary_metrics(y, p, 0.5)
+    rows = metrics.binary_metrics(y, p, 0.5)
     for i in range(len(y)):
         pred = p[i] >= 0.5
-        expected = dict(accuracy=skm.accuracy_score(y[i], pred), balanced_accuracy=skm.balanced_accuracy_score(y[i], pred),
-                        precision=skm.precision_score(y[i], pred, zero_division=0), sensitivity=skm.recall_score(y[i], pred),
-                        specificity=skm.recall_score(1 - y[i], ~pred), f1=skm.f1_score(y[i], pred),
-                        roc_auc=skm.roc_auc_score(y[i], p[i]))
+        expected = dict(
+            accuracy=skm.accuracy_score(y[i], pred),
+            balanced_accuracy=skm.balanced_accuracy_score(y[i], pred),
+            precision=skm.precision_score(y[i], pred, zero_division=0),
+            sensitivity=skm.recall_score(y[i], pred),
+            specificity=skm.recall_score(1 - y[i], ~pred),
+            f1=skm.f1_score(y[i], pred),
+            roc_auc=skm.roc_auc_score(y[i], p[i]),
+        )
         assert {k: rows[k][i] for k in expected} == pytest.approx(expected)
-    m = model.binary_metrics([0, 0, 0, 0, 1, 1, 1, 1], [0.1, 0.2, 0.6, 0.3, 0.8, 0.4, 0.9, 0.7])
+    m = metrics.binary_metrics([0, 0, 0, 0, 1, 1, 1, 1], [0.1, 0.2, 0.6, 0.3, 0.8, 0.4, 0.9, 0.7])
     assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (3, 1, 1, 3) and m["roc_auc"] == pytest.approx(15 / 16)
-    assert math.isnan(model.binary_metrics([1, 1], [0.2, 0.9])["roc_auc"])  # one class: no AUC
+    assert math.isnan(metrics.binary_metrics([1, 1], [0.2, 0.9])["roc_auc"])  # one class: no AUC
 
 
 def test_bootstrap_intervals_contain_the_estimate_narrow_with_data_and_flag_chance():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 30)
     p = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.25, 60), 0, 1)
-    ci = model.bootstrap_ci(y, p, 2000, 0, threshold=0.5)
-    point = model.binary_metrics(y, p, 0.5)
+    ci = metrics.bootstrap_ci(y, p, 2000, 0, threshold=0.5)
+    point = metrics.binary_metrics(y, p, 0.5)
     for key in ["accuracy", "balanced_accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc"]:
         assert ci[key][0] <= point[key] <= ci[key][1], key
-    big = model.bootstrap_ci(np.tile(y, 10), np.tile(p, 10), 2000, 0, metric_fn=model.roc_auc)["value"]
+    big = metrics.bootstrap_ci(np.tile(y, 10), np.tile(p, 10), 2000, 0, metric_fn=metrics.roc_auc)["value"]
     assert big[1] - big[0] < (ci["roc_auc"][1] - ci["roc_auc"][0]) / 2
-    assert model.bootstrap_ci(y, p, 2000, 0, threshold=0.5) == ci  # seeded
-    assert not model.at_chance(ci["roc_auc"])
+    assert metrics.bootstrap_ci(y, p, 2000, 0, threshold=0.5) == ci  # seeded
+    assert not metrics.at_chance(ci["roc_auc"])
     noise = rng.random(60)  # a model that knows nothing
-    assert model.at_chance(model.bootstrap_ci(y, noise, 2000, 0, metric_fn=model.roc_auc)["value"])
-    assert np.isnan(model.bootstrap_ci(np.zeros(10), p[:10], 100, 0)["roc_auc"]).all()  # one class only
+    assert metrics.at_chance(metrics.bootstrap_ci(y, noise, 2000, 0, metric_fn=metrics.roc_auc)["value"])
+    assert np.isnan(metrics.bootstrap_ci(np.zeros(10), p[:10], 100, 0)["roc_auc"]).all()  # one class only

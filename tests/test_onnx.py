@@ -2,6 +2,7 @@
 (conftest.make_net): one checked file with metadata, a dynamic batch and the evidence map; the same P and
 map as PyTorch; no torch import; bad ONNX files refused; a non-finite probability is an error, never a
 label; the export's own mistakes, temporaries and failed checks. Bad checkpoints: test_predict.py."""
+
 import csv
 import hashlib
 import json
@@ -24,6 +25,7 @@ import export_onnx
 import model
 import predict
 from conftest import ENV, ROOT, assert_one_error, fingerprint, lesion_photo, main_fails, make_net, run, save_model
+from skinlesion import photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -42,21 +44,47 @@ def exported(tmp_path_factory):
     """A checkpoint, photos of several sizes, and the ONNX file `python export_onnx.py` made of them into a
     folder where a killed export (a dead pid) and a running one (this process) left their temporary files."""
     folder = tmp_path_factory.mktemp("onnx")
-    checkpoint = save_model(folder / "skin_model.pth", make_net(SIZE), SIZE, threshold=0.37, at_chance=False,
-                            val_metrics={"roc_auc": 0.71}, val_auc_ci95=[0.55, 0.85], epoch=3)
+    checkpoint = save_model(
+        folder / "skin_model.pth",
+        make_net(SIZE),
+        SIZE,
+        threshold=0.37,
+        at_chance=False,
+        val_metrics={"roc_auc": 0.71},
+        val_auc_ci95=[0.55, 0.85],
+        epoch=3,
+    )
     photos = [lesion_photo(folder / "photos" / f"p{i}.jpg", size, seed=i) for i, size in enumerate(PHOTO_SIZES)]
     out = folder / "out"
     out.mkdir()
     finished = subprocess.Popen(["true"])
     finished.wait()  # its pid is not running any more: what a SIGKILLed export leaves
-    temporaries = {"dead": out / f"skin model.onnx.tmp{finished.pid}", "live": out / f"skin model.onnx.tmp{os.getpid()}"}
+    temporaries = {
+        "dead": out / f"skin model.onnx.tmp{finished.pid}",
+        "live": out / f"skin model.onnx.tmp{os.getpid()}",
+    }
     for kind, path in temporaries.items():
         path.write_bytes(b"half an ONNX file from a " + kind.encode() + b" export")
-    r = run("export_onnx.py", "--model", "skin_model.pth", "--output", "out/skin model.onnx", "--check-images", "photos",
-            cwd=folder, timeout=600)
+    r = run(
+        "export_onnx.py",
+        "--model",
+        "skin_model.pth",
+        "--output",
+        "out/skin model.onnx",
+        "--check-images",
+        "photos",
+        cwd=folder,
+        timeout=600,
+    )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
-    return dict(folder=folder, checkpoint=checkpoint, onnx=str(out / "skin model.onnx"), photos=photos,
-                stdout=r.stdout, temporaries=temporaries)
+    return dict(
+        folder=folder,
+        checkpoint=checkpoint,
+        onnx=str(out / "skin model.onnx"),
+        photos=photos,
+        stdout=r.stdout,
+        temporaries=temporaries,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,30 +94,55 @@ def torch_net(exported):
 
 # ---------------------------------------------------------------------------- the export
 def test_export_writes_one_checked_file_with_metadata(exported):
-    match = re.search(r"^onnxruntime matches PyTorch: max difference (\S+) in P\(malignant\) and the evidence map "
-                      r"\(tolerance 1e-04\) on 5 photos from photos, batch of 5 and batch of 1$", exported["stdout"], re.M)
+    match = re.search(
+        r"^onnxruntime matches PyTorch: max difference (\S+) in P\(malignant\) and the evidence map "
+        r"\(tolerance 1e-04\) on 5 photos from photos, batch of 5 and batch of 1$",
+        exported["stdout"],
+        re.M,
+    )
     assert match and float(match.group(1)) <= 1e-4, exported["stdout"]
-    assert re.search(r"^wrote out/skin model.onnx \(\d+\.\d MB, onnx.checker passed, opset 18, input 'image' "
-                     r"\[batch, 3, 64, 64\], outputs 'logits' \[batch, 2\] and 'cam' \[batch, 2, 2\]\)$",
-                     exported["stdout"], re.M), exported["stdout"]
+    assert re.search(
+        r"^wrote out/skin model.onnx \(\d+\.\d MB, onnx.checker passed, opset 18, input 'image' "
+        r"\[batch, 3, 64, 64\], outputs 'logits' \[batch, 2\] and 'cam' \[batch, 2, 2\]\)$",
+        exported["stdout"],
+        re.M,
+    ), exported["stdout"]
     onnx.checker.check_model(exported["onnx"], full_check=True)
     proto = onnx.load(exported["onnx"], load_external_data=False)
-    assert not any(t.HasField("data_location") and t.data_location == TensorProto.EXTERNAL
-                   for t in proto.graph.initializer)  # the weights are inside the file
+    assert not any(
+        t.HasField("data_location") and t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer
+    )  # the weights are inside the file
 
     def dims(value):
         assert value.type.tensor_type.elem_type == TensorProto.FLOAT, value.name
         return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
     (image,), (logits, cam) = proto.graph.input, proto.graph.output
     assert (image.name, logits.name, cam.name) == ("image", "logits", "cam")
     batch = dims(image)[0]
     assert isinstance(batch, str) and batch  # a named, dynamic batch axis
-    assert (dims(image), dims(logits), dims(cam)) == ([batch, 3, SIZE, SIZE], [batch, 2], [batch, SIZE // 32, SIZE // 32])
+    assert (dims(image), dims(logits), dims(cam)) == (
+        [batch, 3, SIZE, SIZE],
+        [batch, 2],
+        [batch, SIZE // 32, SIZE // 32],
+    )
 
     props = {p.key: json.loads(p.value) for p in proto.metadata_props}
     meta = model.read_checkpoint(exported["checkpoint"])["meta"]
-    for key in ("model_name", "classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold",
-                "at_chance", "val_metrics", "val_auc_ci95", "epoch"):
+    for key in (
+        "model_name",
+        "classes",
+        "image_size",
+        "mean",
+        "std",
+        "interpolation",
+        "crop_pct",
+        "threshold",
+        "at_chance",
+        "val_metrics",
+        "val_auc_ci95",
+        "epoch",
+    ):
         assert props[key] == meta[key], key
     assert (props["threshold"], props["val_auc_ci95"], props["classes"]) == (0.37, [0.55, 0.85], model.CLASSES)
     assert props["source_checkpoint"] == "skin_model.pth" and props["outputs"] == ["logits", "cam"]
@@ -99,23 +152,27 @@ def test_export_writes_one_checked_file_with_metadata(exported):
 
 def test_export_removes_temporaries_of_killed_exports_only(exported):
     """One file written, no .data beside it; the dead export's temporary removed, the running one's kept."""
-    assert sorted(os.listdir(os.path.dirname(exported["onnx"]))) == \
-        ["skin model.onnx", exported["temporaries"]["live"].name]
+    assert sorted(os.listdir(os.path.dirname(exported["onnx"]))) == [
+        "skin model.onnx",
+        exported["temporaries"]["live"].name,
+    ]
     assert exported["temporaries"]["live"].read_bytes() == b"half an ONNX file from a live export"
 
 
 def test_onnxruntime_matches_torch_batch_and_single(exported, torch_net):
     net, meta = torch_net
     cfg = model.meta_data_config(meta)
-    batch = np.stack([model.preprocess(model.load_image(p), cfg) for p in exported["photos"]])
+    batch = np.stack([photos.preprocess(photos.load_image(p), cfg) for p in exported["photos"]])
     session = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"image": batch})[0]
-    singles = np.concatenate([session.run(["logits"], {"image": batch[i:i + 1]})[0] for i in range(len(batch))])
+    singles = np.concatenate([session.run(["logits"], {"image": batch[i : i + 1]})[0] for i in range(len(batch))])
     assert logits.shape == (len(PHOTO_SIZES), 2)
     np.testing.assert_allclose(logits, singles, atol=1e-5)
     with torch.no_grad():
         p_torch = model.malignant_probability(net, torch.from_numpy(batch)).numpy()
-        p_alone = [model.malignant_probability(net, torch.from_numpy(batch[i:i + 1])).item() for i in range(len(batch))]
+        p_alone = [
+            model.malignant_probability(net, torch.from_numpy(batch[i : i + 1])).item() for i in range(len(batch))
+        ]
     assert np.abs(model.softmax_malignant(logits) - p_torch).max() <= 1e-4
     assert np.abs(model.softmax_malignant(singles) - p_alone).max() <= 1e-4
     assert p_torch.max() - p_torch.min() > 0.01, "all photos get the same probability: the parity check would be empty"
@@ -128,7 +185,7 @@ def test_onnx_cam_is_gradcam_times_the_map_area(exported, torch_net):
     cfg = model.meta_data_config(meta)
     session = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
     for photo in exported["photos"]:
-        x = model.preprocess(model.load_image(photo), cfg)[None]
+        x = photos.preprocess(photos.load_image(photo), cfg)[None]
         cam = session.run(["cam"], {"image": x})[0][0]
         grad_cam = predict.gradcam(net, torch.from_numpy(x))
         h, w = grad_cam.shape
@@ -142,14 +199,30 @@ def test_predict_with_onnx_matches_torch_and_never_imports_torch(exported, tmp_p
     CSV) and checks that torch, timm and torchvision were never imported; here the same runs with the .pth."""
     photo = str(shutil.copyfile(exported["photos"][0], tmp_path / "a photo.jpg"))
     folder = os.path.dirname(exported["photos"][0])
-    runs = lambda model_file, csv_file: [[photo, "--model", model_file, "--explain"],
-                                         [folder, "--model", model_file, "--tta", "--csv", csv_file]]
-    code = "\n".join([f"import sys; sys.path.insert(0, {ROOT!r}); import predict"]
-                     + [f"predict.main({argv!r})" for argv in runs(exported["onnx"], "onnx.csv")]
-                     + ["loaded = {'torch', 'timm', 'torchvision'} & set(sys.modules)",
-                        "assert not loaded, f'the ONNX path imported {loaded}'"])
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, encoding="utf-8",
-                       env=ENV, timeout=300)
+
+    def runs(model_file, csv_file):
+        return [
+            [photo, "--model", model_file, "--explain"],
+            [folder, "--model", model_file, "--tta", "--csv", csv_file],
+        ]
+
+    code = "\n".join(
+        [f"import sys; sys.path.insert(0, {ROOT!r}); import predict"]
+        + [f"predict.main({argv!r})" for argv in runs(exported["onnx"], "onnx.csv")]
+        + [
+            "loaded = {'torch', 'timm', 'torchvision'} & set(sys.modules)",
+            "assert not loaded, f'the ONNX path imported {loaded}'",
+        ]
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=ENV,
+        timeout=300,
+    )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     with_onnx = r.stdout.splitlines()
     assert with_onnx[2].startswith(f"Grad-CAM saved to {tmp_path / 'a photo_gradcam.png'}")
@@ -162,7 +235,9 @@ def test_predict_with_onnx_matches_torch_and_never_imports_torch(exported, tmp_p
         predict.main(argv)
     with_torch = capsys.readouterr().out.splitlines()
     assert with_onnx[0] == with_torch[0] and with_onnx[0].startswith("Prediction: ")
-    printed = [re.match(r"P\(malignant\) = (\d\.(\d+)) \(threshold 0\.370", lines[1]) for lines in (with_onnx, with_torch)]
+    printed = [
+        re.match(r"P\(malignant\) = (\d\.(\d+)) \(threshold 0\.370", lines[1]) for lines in (with_onnx, with_torch)
+    ]
     assert all(printed), (with_onnx[1], with_torch[1])  # the threshold from the file's metadata
     assert abs(float(printed[0].group(1)) - float(printed[1].group(1))) <= 1.01 * 10 ** -len(printed[1].group(2))
     assert with_torch[2].startswith("Grad-CAM saved to ")
@@ -193,27 +268,47 @@ def test_onnx_file_renamed_pth_is_recognised_by_its_content(exported, tmp_path, 
 
 
 # ---------------------------------------------------------------------------- bad ONNX files
-def tiny_onnx(path, input_type=TensorProto.FLOAT, shape=("batch", 3, SIZE, SIZE), output="logits", scale=1.0,
-              metadata=True, **raw):
+def tiny_onnx(
+    path, input_type=TensorProto.FLOAT, shape=("batch", 3, SIZE, SIZE), output="logits", scale=1.0, metadata=True, **raw
+):
     """A tiny ONNX model built with onnx.helper (exporting a network would take seconds and prove nothing
     more): logits = [0, log(mean of the input * scale)], so P(malignant) = m / (1 + m) for an input whose
     mean m is > 0, and NaN for one whose mean is < 0 (with mean = std = 0.5 in its metadata: a dark photo).
     Valid metadata, unless metadata=False (none) or raw gives values as the raw strings to store."""
-    nodes = [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["f", "scale"], ["s"]),
-             helper.make_node("ReduceMean", ["s"], ["m"], axes=list(range(1, len(shape))), keepdims=0),
-             helper.make_node("Unsqueeze", ["m", "one"], ["u"]),
-             helper.make_node("Sub", ["u", "u"], ["zero"]),
-             helper.make_node("Log", ["u"], ["log"]),
-             helper.make_node("Concat", ["zero", "log"], [output], axis=1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", input_type, list(shape))],
-                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", 2])],
-                              initializer=[helper.make_tensor("scale", TensorProto.FLOAT, [1], [scale]),
-                                           helper.make_tensor("one", TensorProto.INT64, [1], [1])])
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["f", "scale"], ["s"]),
+        helper.make_node("ReduceMean", ["s"], ["m"], axes=list(range(1, len(shape))), keepdims=0),
+        helper.make_node("Unsqueeze", ["m", "one"], ["u"]),
+        helper.make_node("Sub", ["u", "u"], ["zero"]),
+        helper.make_node("Log", ["u"], ["log"]),
+        helper.make_node("Concat", ["zero", "log"], [output], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", input_type, list(shape))],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", 2])],
+        initializer=[
+            helper.make_tensor("scale", TensorProto.FLOAT, [1], [scale]),
+            helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        ],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     proto.ir_version = 8
-    meta = dict(classes=model.CLASSES, image_size=SIZE, mean=[0.5] * 3, std=[0.5] * 3, interpolation="bilinear",
-                crop_pct=0.875, threshold=0.5) if metadata else {}
+    meta = (
+        dict(
+            classes=model.CLASSES,
+            image_size=SIZE,
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+            interpolation="bilinear",
+            crop_pct=0.875,
+            threshold=0.5,
+        )
+        if metadata
+        else {}
+    )
     for key, value in dict({k: json.dumps(v) for k, v in meta.items()}, **raw).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
@@ -221,19 +316,36 @@ def tiny_onnx(path, input_type=TensorProto.FLOAT, shape=("batch", 3, SIZE, SIZE)
 
 
 BAD_ONNX = {  # case: (tiny_onnx arguments, or None for a text file; extra flags; the error line, {} the path)
-    "uint8 input": (dict(input_type=TensorProto.UINT8), [], "{} takes image ['batch', 3, 64, 64] tensor(uint8); "
-                    "predict.py needs one float32 input of shape [batch, 3, size, size]"),
-    "2D input": (dict(shape=("batch", 10)), [], "{} takes image ['batch', 10] tensor(float); predict.py needs one "
-                 "float32 input"),
-    "another size than its metadata": (dict(shape=("batch", 3, 48, 48)), [], "{} takes ['batch', 3, 48, 48] and gives "
-                                       "{{'logits': ['batch', 2]}}, its metadata says 64 px images"),
-    "no logits output": (dict(output="scores"), [], "{} takes ['batch', 3, 64, 64] and gives {{'scores': ['batch', 2]}}, "
-                         "its metadata says 64 px images and 2 classes in 'logits'"),
+    "uint8 input": (
+        dict(input_type=TensorProto.UINT8),
+        [],
+        "{} takes image ['batch', 3, 64, 64] tensor(uint8); "
+        "predict.py needs one float32 input of shape [batch, 3, size, size]",
+    ),
+    "2D input": (
+        dict(shape=("batch", 10)),
+        [],
+        "{} takes image ['batch', 10] tensor(float); predict.py needs one float32 input",
+    ),
+    "another size than its metadata": (
+        dict(shape=("batch", 3, 48, 48)),
+        [],
+        "{} takes ['batch', 3, 48, 48] and gives {{'logits': ['batch', 2]}}, its metadata says 64 px images",
+    ),
+    "no logits output": (
+        dict(output="scores"),
+        [],
+        "{} takes ['batch', 3, 64, 64] and gives {{'scores': ['batch', 2]}}, "
+        "its metadata says 64 px images and 2 classes in 'logits'",
+    ),
     "threshold NaN": (dict(threshold="NaN"), [], "{} is refused: its threshold nan is not a number from 0 to 1"),
     "threshold 2": (dict(threshold="2"), [], "{} is refused: its threshold 2 is not a number from 0 to 1"),
     "metadata not JSON": (dict(classes="[benign, malignant]"), [], "{} is refused: its metadata is not valid JSON"),
-    "no metadata": (dict(metadata=False), [], "{} is refused: no classes, image_size, mean, std, interpolation, "
-                    "crop_pct, threshold in its metadata"),
+    "no metadata": (
+        dict(metadata=False),
+        [],
+        "{} is refused: no classes, image_size, mean, std, interpolation, crop_pct, threshold in its metadata",
+    ),
     "NaN initializer": (dict(scale=float("nan")), [], "{} is refused: its weight scale holds NaN or infinite values"),
     "not ONNX": (None, [], "{} is not a readable ONNX model"),
     "--explain without cam": (dict(), ["--explain"], "--explain needs the 'cam' output, which {} lacks"),
@@ -274,8 +386,11 @@ def test_non_finite_probability_is_an_error_never_a_label(tmp_path, capsys):
         assert [line.split(",")[:2] for line in f.read().splitlines()[1:]] == [[fair, "benign"]]
 
     for flags in ([], ["--tta"]):
-        refuses([dark, "--model", model_file, *flags], capsys,
-                f"the model gave no valid probability for {dark} (P = nan); the model file is broken")
+        refuses(
+            [dark, "--model", model_file, *flags],
+            capsys,
+            f"the model gave no valid probability for {dark} (P = nan); the model file is broken",
+        )
 
 
 # ---------------------------------------------------------------------------- the export's own mistakes
@@ -285,7 +400,10 @@ def test_export_mistakes_are_one_line_before_any_work(tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     readonly = request.getfixturevalue("readonly_folder") if case == "read-only folder" else None
     argv, expected = {
-        "read-only folder": (["--output", f"{readonly}/x.onnx"], f"--output {readonly}/x.onnx: cannot write in {readonly}"),
+        "read-only folder": (
+            ["--output", f"{readonly}/x.onnx"],
+            f"--output {readonly}/x.onnx: cannot write in {readonly}",
+        ),
         "a folder": (["--output", str(tmp_path)], f"--output {tmp_path} is a folder; pass a file name"),
         "n-check 0": (["--n-check", "0"], "--n-check 0: check on at least 1 photo"),
         "check-images missing": (["--check-images", "nope"], "--check-images nope: not found"),
@@ -300,8 +418,9 @@ def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_p
     by ~1e-6, against a tolerance of 1e-9. (export is replaced by a copy of that file: the export itself, ~10 s,
     is what the fixture ran.)"""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(export_onnx, "export", lambda wrapped, size, path, opset, metadata:
-                        shutil.copyfile(exported["onnx"], path))
+    monkeypatch.setattr(
+        export_onnx, "export", lambda wrapped, size, path, opset, metadata: shutil.copyfile(exported["onnx"], path)
+    )
     shutil.copyfile(exported["checkpoint"], "skin_model.pth")
     with open("skin_model.onnx", "wb") as f:
         f.write(b"the previous ONNX file")
@@ -310,7 +429,11 @@ def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_p
         export_onnx.main(["--tolerance", "1e-9", "--n-check", "3"])
     err = capsys.readouterr().err
     assert_one_error(exit_info.value.code, err, "; skin_model.onnx not written")
-    match = re.search(r"^error: onnxruntime and PyTorch disagree: max difference (\S+) > tolerance 1e-09 on 3 random "
-                      r"tensors \(no photos found; --check-images FOLDER checks on real ones\);", err, re.M)
+    match = re.search(
+        r"^error: onnxruntime and PyTorch disagree: max difference (\S+) > tolerance 1e-09 on 3 random "
+        r"tensors \(no photos found; --check-images FOLDER checks on real ones\);",
+        err,
+        re.M,
+    )
     assert match and float(match.group(1)) > 1e-9, err
     assert fingerprint(tmp_path) == before  # nothing written, no temporary file left

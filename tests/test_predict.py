@@ -2,6 +2,7 @@
 output format and digits, the stored and overridden threshold, folders, CSV, TTA, Grad-CAM, the at-chance
 caution, user mistakes, bad checkpoints (also for export_onnx.py), and the previous output never lost (a
 failing write, Ctrl-C, odd file names, named pipes). The ONNX path is in test_onnx.py."""
+
 import csv
 import os
 import re
@@ -19,8 +20,20 @@ from PIL import Image
 import export_onnx
 import model
 import predict
-from conftest import (ENV, ROOT, assert_one_error, fingerprint, lesion_photo, main_fails, make_net, noise_image,
-                      png_claiming, run, save_model)
+from conftest import (
+    ENV,
+    ROOT,
+    assert_one_error,
+    fingerprint,
+    lesion_photo,
+    main_fails,
+    make_net,
+    noise_image,
+    png_claiming,
+    run,
+    save_model,
+)
+from skinlesion import photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -31,8 +44,10 @@ def refuses(argv, capsys, expected):
 
 
 SIZE = 64
-LINE = re.compile(r"P\(malignant\) = (\d\.\d{3,6}) \(threshold (\d\.\d{3,6})(, mean over 4 flips)?\)"
-                  r"(: borderline, within 0\.02 of the threshold)?")
+LINE = re.compile(
+    r"P\(malignant\) = (\d\.\d{3,6}) \(threshold (\d\.\d{3,6})(, mean over 4 flips)?\)"
+    r"(: borderline, within 0\.02 of the threshold)?"
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +66,7 @@ def flip_probabilities(path, checkpoint):
     """P(malignant) of the photo and its horizontal, vertical and double flip, computed here (not with
     model.malignant_probability or model.TTA_FLIPS)."""
     net, meta = model.load_checkpoint(checkpoint)
-    x = model.eval_transform(model.meta_data_config(meta))(model.load_image(path))[None]
+    x = torch.from_numpy(photos.preprocess(photos.load_image(path), model.meta_data_config(meta)))[None]
     with torch.no_grad():
         return [torch.softmax(net(v), 1)[0, 1].item() for v in (x, x.flip(3), x.flip(2), x.flip(2).flip(3))]
 
@@ -67,7 +82,7 @@ def test_one_photo_with_spaces_and_accents(tmp_path, models, capsys):
     assert lines[0] == f"Prediction: {'malignant' if p >= 0.5 else 'benign'}"
     match = LINE.fullmatch(lines[1])
     assert match and not match.group(3), lines[1]
-    p_text, t_text, near = predict.decided(p, 0.5)
+    p_text, t_text, near = predict.decision_texts(p, 0.5)
     assert (len(match.group(1)), match.group(2), bool(match.group(4))) == (len(p_text), t_text, bool(near))
     assert abs(float(match.group(1)) - p) <= 0.5 * 10 ** -len(p_text.split(".")[1]) + 1e-6
     cam_png = tmp_path / "my photos" / "grain de beauté n°1_gradcam.png"
@@ -77,19 +92,22 @@ def test_one_photo_with_spaces_and_accents(tmp_path, models, capsys):
     assert "not a medical device" in err and "caution:" not in err
 
 
-@pytest.mark.parametrize("p, threshold, expected", [
-    (0.73, 0.5, ("0.730", "0.500", "")),
-    (0.5004, 0.5, ("0.5004", "0.5000", "borderline")),
-    (0.49996, 0.5, ("0.49996", "0.50000", "borderline")),
-    (0.5000004, 0.5, ("0.500000", "0.500000", "borderline")),  # 6 digits at most
-    (0.5, 0.5, ("0.500000", "0.500000", "borderline")),
-    (0.519, 0.5, ("0.519", "0.500", "borderline")),
-    (0.521, 0.5, ("0.521", "0.500", "")),
-    (0.0004, 0.0, ("0.0004", "0.0000", "borderline")),
-    (0.9999, 1.0, ("0.9999", "1.0000", "borderline")),
-])
+@pytest.mark.parametrize(
+    "p, threshold, expected",
+    [
+        (0.73, 0.5, ("0.730", "0.500", "")),
+        (0.5004, 0.5, ("0.5004", "0.5000", "borderline")),
+        (0.49996, 0.5, ("0.49996", "0.50000", "borderline")),
+        (0.5000004, 0.5, ("0.500000", "0.500000", "borderline")),  # 6 digits at most
+        (0.5, 0.5, ("0.500000", "0.500000", "borderline")),
+        (0.519, 0.5, ("0.519", "0.500", "borderline")),
+        (0.521, 0.5, ("0.521", "0.500", "")),
+        (0.0004, 0.0, ("0.0004", "0.0000", "borderline")),
+        (0.9999, 1.0, ("0.9999", "1.0000", "borderline")),
+    ],
+)
 def test_digits_show_the_side_of_the_threshold(p, threshold, expected):
-    assert predict.decided(p, threshold) == expected
+    assert predict.decision_texts(p, threshold) == expected
 
 
 def test_printed_p_is_on_the_same_side_as_p():
@@ -97,7 +115,7 @@ def test_printed_p_is_on_the_same_side_as_p():
     for _ in range(3000):
         t = rng.uniform(0, 1)
         p = float(np.clip(t + rng.choice([-1, 1]) * 10 ** rng.uniform(-5.5, -0.3), 0, 1))  # 3e-6 to 0.5 apart
-        p_text, t_text, near = predict.decided(p, t)
+        p_text, t_text, near = predict.decision_texts(p, t)
         assert 3 <= len(p_text.split(".")[1]) == len(t_text.split(".")[1]) <= 6
         assert (float(p_text) < float(t_text)) == (p < t) and p_text != t_text
         assert abs(float(p_text) - p) <= 0.5 * 10 ** -len(p_text.split(".")[1]) + 1e-12
@@ -120,8 +138,10 @@ def test_model_at_chance_prints_one_caution(tmp_path, net, capsys):
     predict.main([lesion_photo(tmp_path / "photo.jpg"), "--model", flagged])
     out, err = capsys.readouterr()
     cautions = [line for line in err.splitlines() if line.startswith("caution:")]
-    assert cautions == ["caution: this model cannot be told from chance (its validation ROC-AUC 95% interval "
-                        "0.450-0.600 includes 0.5); do not rely on its predictions"]
+    assert cautions == [
+        "caution: this model cannot be told from chance (its validation ROC-AUC 95% interval "
+        "0.450-0.600 includes 0.5); do not rely on its predictions"
+    ]
     assert out.startswith("Prediction: ")
 
 
@@ -147,12 +167,16 @@ def test_folder_tta_csv_and_borderline(tmp_path, models, monkeypatch, capsys):
     out, err = capsys.readouterr()
     lines = out.splitlines()
     for line, photo in zip(lines, photos):
-        match = re.fullmatch(re.escape(photo) + r": Prediction: (\w+) \(P\(malignant\) = (\d\.\d+)(, borderline)?\)", line)
+        match = re.fullmatch(
+            re.escape(photo) + r": Prediction: (\w+) \(P\(malignant\) = (\d\.\d+)(, borderline)?\)", line
+        )
         assert match and match.group(1) == label[photo] and bool(match.group(3)) == near[photo], line
         assert abs(float(match.group(2)) - p[photo]) <= 5e-4
     n = sum(lab == "malignant" for lab in label.values())
-    assert lines[3] == (f"3 images: {n} malignant, {3 - n} benign (threshold {threshold:.3f}, mean over 4 flips); "
-                        f"{sum(near.values())} borderline; 2 skipped (listed on stderr)")
+    assert lines[3] == (
+        f"3 images: {n} malignant, {3 - n} benign (threshold {threshold:.3f}, mean over 4 flips); "
+        f"{sum(near.values())} borderline; 2 skipped (listed on stderr)"
+    )
     assert lines[4] == "predictions written to out.csv"
     assert "warning: skipped photos/a_gradcam.png: a Grad-CAM picture written by predict.py --explain" in err
     assert "warning: skipped photos/notes.txt: not an image file" in err
@@ -160,7 +184,7 @@ def test_folder_tta_csv_and_borderline(tmp_path, models, monkeypatch, capsys):
         rows = list(csv.reader(f))
     assert rows[0] == ["file", "prediction", "p_malignant", "threshold", "borderline"]
     assert [r[0] for r in rows[1:]] == photos
-    for (photo, prediction, p_text, t_text, borderline) in rows[1:]:
+    for photo, prediction, p_text, t_text, borderline in rows[1:]:
         assert (prediction, t_text, borderline) == (label[photo], f"{threshold:g}", str(near[photo]).lower())
         assert abs(float(p_text) - p[photo]) <= 2e-6
 
@@ -194,15 +218,15 @@ def test_gradcam_is_the_textbook_recipe(tmp_path, models):
     its SiLU), the gradient of the malignant-minus-benign logit through the whole network, channels weighted
     by their mean gradient, summed, signed (no ReLU), at the feature-map resolution."""
     net, meta = model.load_checkpoint(models[0.5])
-    photo = model.load_image(lesion_photo(tmp_path / "photo.jpg", (200, 160), seed=3))
-    x = model.eval_transform(dict(model.meta_data_config(meta), input_size=(3, 128, 128)))(photo)[None]
+    photo = photos.load_image(lesion_photo(tmp_path / "photo.jpg", (200, 160), seed=3))
+    x = torch.from_numpy(photos.preprocess(photo, dict(model.meta_data_config(meta), input_size=(3, 128, 128))))[None]
     cam = predict.gradcam(net, x)
     grabbed = {}
     hook = net.bn2.register_forward_hook(lambda module, inputs, output: grabbed.update(features=output))
     logits = net(x.contiguous(memory_format=torch.channels_last))
     hook.remove()
     features = grabbed["features"]
-    grads, = torch.autograd.grad(logits[0, 1] - logits[0, 0], features)
+    (grads,) = torch.autograd.grad(logits[0, 1] - logits[0, 0], features)
     ref = (grads.mean((2, 3), keepdim=True) * features).sum(1)[0].detach().numpy()
     assert cam.shape == (4, 4) and cam.dtype == np.float32
     assert ref.min() < 0 < ref.max(), "one-signed map: this photo cannot tell a signed map from a ReLU'd one"
@@ -219,16 +243,26 @@ def test_gradcam_is_the_textbook_recipe(tmp_path, models):
 
 def test_gradcam_picture_has_three_panels_and_says_when_a_map_is_empty(tmp_path, monkeypatch):
     import matplotlib.axes
+
     said = []
     for method in ("set_title", "text"):
         original = getattr(matplotlib.axes.Axes, method)
-        monkeypatch.setattr(matplotlib.axes.Axes, method, lambda self, *a, original=original, **kw:
-                            said.append(a[-1] if isinstance(a[-1], str) else a[0]) or original(self, *a, **kw))
+        monkeypatch.setattr(
+            matplotlib.axes.Axes,
+            method,
+            lambda self, *a, original=original, **kw: (
+                said.append(a[-1] if isinstance(a[-1], str) else a[0]) or original(self, *a, **kw)
+            ),
+        )
     crop = Image.fromarray(np.full((SIZE, SIZE, 3), 180, np.uint8))
     blank = predict.save_gradcam(crop, np.array([[1, 2], [0, 3]], np.float32), str(tmp_path / "cam.png"), "title")
     assert blank == ["benign"]
-    assert said == ["the model's centre crop", "evidence for malignant", "evidence for benign",
-                    "no evidence for benign\nin this photo"]
+    assert said == [
+        "the model's centre crop",
+        "evidence for malignant",
+        "evidence for benign",
+        "no evidence for benign\nin this photo",
+    ]
     with Image.open(tmp_path / "cam.png") as img:
         img.verify()
         assert img.format == "PNG"
@@ -239,8 +273,10 @@ def test_explain_says_when_there_is_no_evidence_for_a_class(tmp_path, models, mo
     monkeypatch.setattr(predict, "gradcam", lambda net, x: -np.ones((2, 2), np.float32))  # all for benign
     photo = lesion_photo(tmp_path / "photo.jpg")
     predict.main([photo, "--model", models[0.5], "--explain"])
-    assert capsys.readouterr().out.splitlines()[2] == \
-        f"Grad-CAM saved to {tmp_path / 'photo_gradcam.png'}; it finds no evidence for malignant in this photo"
+    assert (
+        capsys.readouterr().out.splitlines()[2]
+        == f"Grad-CAM saved to {tmp_path / 'photo_gradcam.png'}; it finds no evidence for malignant in this photo"
+    )
 
 
 class DarkSpotNet(torch.nn.Module):
@@ -264,7 +300,7 @@ def test_gradcam_points_at_the_dark_spot(cy, cx):
     """The evidence for malignant must peak on the spot wherever it is, and there be none for benign: catches a
     wrong sign, channel weighting, transposed or flipped upsampling."""
     yy, xx = np.mgrid[:SIZE, :SIZE]
-    spot = (yy - cy) ** 2 + (xx - cx) ** 2 < 8 ** 2
+    spot = (yy - cy) ** 2 + (xx - cx) ** 2 < 8**2
     x = torch.full((1, 3, SIZE, SIZE), 0.8)
     x[:, :, torch.from_numpy(spot)] = -1.5
     cam = predict.gradcam(DarkSpotNet(), x)
@@ -277,9 +313,20 @@ def test_gradcam_points_at_the_dark_spot(cy, cx):
 
 
 # ---------------------------------------------------------------------------- mistakes
-@pytest.mark.parametrize("case", ["missing model", "missing photo", "text named .jpg", "empty folder",
-                                  "folder of non-images", "nothing readable", "threshold 2", "threshold -0.1",
-                                  "threshold nan"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing model",
+        "missing photo",
+        "text named .jpg",
+        "empty folder",
+        "folder of non-images",
+        "nothing readable",
+        "threshold 2",
+        "threshold -0.1",
+        "threshold nan",
+    ],
+)
 def test_user_mistakes_give_one_line(tmp_path, models, monkeypatch, capsys, case):
     monkeypatch.chdir(tmp_path)
     photo = lesion_photo("photo.jpg")
@@ -324,8 +371,13 @@ def test_named_pipe_passed_directly_is_one_line(tmp_path, models, case):
     os.mkfifo(tmp_path / "pipe")
     photo, checkpoint = ("pipe", models[0.5]) if case == "photo" else (lesion_photo(tmp_path / "photo.jpg"), "pipe")
     r = run("predict.py", photo, "--model", checkpoint, cwd=tmp_path, timeout=60)
-    assert_one_error(r.returncode, r.stderr, "model file pipe is a named pipe" if case == "model" else
-                     "pipe is a named pipe; pass an image file or a folder of images")
+    assert_one_error(
+        r.returncode,
+        r.stderr,
+        "model file pipe is a named pipe"
+        if case == "model"
+        else "pipe is a named pipe; pass an image file or a folder of images",
+    )
     assert r.stdout == ""
 
 
@@ -361,19 +413,31 @@ def bad_checkpoints(net, tmp_path_factory):
     for t in (float("nan"), 1.5, -0.1):
         save(f"threshold {t}", f"{{}} is refused: its threshold {t} is not a number from 0 to 1", threshold=t)
     for size in (0, "224"):
-        save(f"image_size {size!r}", f"{{}} is refused: its image_size {size!r} is not a whole number from 32 to 2048",
-             lambda state, size=size: state["meta"].update(image_size=size))
-    save("3 classes", "{} is refused: it is a model for classes ['benign', 'malignant', 'indeterminate']",
-         lambda state: state["meta"].update(classes=["benign", "malignant", "indeterminate"]))
-    save("3 outputs", "{}: the weights do not fit efficientnet_b0 with 2 classes",  # the meta says 2 classes
-         weights=model.build_model(pretrained=False, num_classes=3)[0])
-    save("missing keys", "{} is refused: no mean, threshold in its metadata",
-         lambda state: [state["meta"].pop(key) for key in ("mean", "threshold")])
+        save(
+            f"image_size {size!r}",
+            f"{{}} is refused: its image_size {size!r} is not a whole number from 32 to 2048",
+            lambda state, size=size: state["meta"].update(image_size=size),
+        )
+    save(
+        "3 classes",
+        "{} is refused: it is a model for classes ['benign', 'malignant', 'indeterminate']",
+        lambda state: state["meta"].update(classes=["benign", "malignant", "indeterminate"]),
+    )
+    save(
+        "3 outputs",
+        "{}: the weights do not fit efficientnet_b0 with 2 classes",  # the meta says 2 classes
+        weights=model.build_model(pretrained=False, num_classes=3)[0],
+    )
+    save(
+        "missing keys",
+        "{} is refused: no mean, threshold in its metadata",
+        lambda state: [state["meta"].pop(key) for key in ("mean", "threshold")],
+    )
     save("truncated", "{} is not a readable checkpoint")
     with open(cases["truncated"][0], "rb") as f:
         whole = f.read()
     with open(cases["truncated"][0], "wb") as f:
-        f.write(whole[:len(whole) // 2])  # a copy cut short
+        f.write(whole[: len(whole) // 2])  # a copy cut short
     marker = str(folder / "code ran")
     cases["runs code"] = (str(folder / "runs code.pth"), "refusing to load {}: it contains Python objects")
     torch.save({"state_dict": {}, "meta": {}, "payload": RunsCode(marker)}, cases["runs code"][0])
@@ -383,8 +447,21 @@ def bad_checkpoints(net, tmp_path_factory):
     return cases, marker
 
 
-BAD = ["nan weight", "threshold nan", "threshold 1.5", "threshold -0.1", "image_size 0", "image_size '224'",
-       "3 classes", "3 outputs", "missing keys", "truncated", "runs code", "no meta", "missing"]
+BAD = [
+    "nan weight",
+    "threshold nan",
+    "threshold 1.5",
+    "threshold -0.1",
+    "image_size 0",
+    "image_size '224'",
+    "3 classes",
+    "3 outputs",
+    "missing keys",
+    "truncated",
+    "runs code",
+    "no meta",
+    "missing",
+]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -406,8 +483,9 @@ def test_failing_csv_write_keeps_the_previous_csv(tmp_path, models):
     photo = lesion_photo(tmp_path / "photo.jpg")
     (tmp_path / "out.csv").write_bytes(b"file,prediction\r\nprevious.jpg,benign\r\n")
     before = fingerprint(tmp_path)
-    r = run("predict.py", photo, "--model", models[0.5], "--csv", "out.csv", cwd=tmp_path, timeout=300,
-            file_size_limit=40)  # the header alone is 50 bytes: the write fails as on a full disk
+    r = run(
+        "predict.py", photo, "--model", models[0.5], "--csv", "out.csv", cwd=tmp_path, timeout=300, file_size_limit=40
+    )  # the header alone is 50 bytes: the write fails as on a full disk
     assert_one_error(r.returncode, r.stderr, "could not write out.csv (File too large)")
     assert r.stdout.startswith("Prediction: ")
     assert fingerprint(tmp_path) == before  # the old CSV byte-identical, no temporary file left
@@ -418,9 +496,24 @@ def test_ctrl_c_while_predicting_a_folder_keeps_the_previous_csv(tmp_path, model
         noise_image(tmp_path / "photos" / f"p{i:03d}.jpg", i, size=(40, 30))
     (tmp_path / "predictions.csv").write_text("previous")
     before = fingerprint(tmp_path)
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "predict.py"), "photos", "--model", models[0.5],
-                          "--csv", "predictions.csv"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, encoding="utf-8", start_new_session=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "predict.py"),
+            "photos",
+            "--model",
+            models[0.5],
+            "--csv",
+            "predictions.csv",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        start_new_session=True,
+    )
     err = []
     reader = threading.Thread(target=lambda: err.extend(p.stderr))
     reader.start()

@@ -5,6 +5,7 @@ run in the folder), kills and Ctrl-C, and the real sample in ../shared when it i
 
 prepare_dataset.main runs in this process where an exit code is all that is needed; a fresh process only for
 signals, a file-size limit and a hang guard."""
+
 import glob
 import hashlib
 import os
@@ -21,11 +22,27 @@ from PIL import Image
 
 import make_demo_data
 import prepare_dataset
-from conftest import (ENV, ROOT, assert_one_error, export_rows, fingerprint, main_fails, noise_image, png_claiming,
-                      run, write_export)
+from conftest import (
+    ENV,
+    ROOT,
+    assert_one_error,
+    export_rows,
+    fingerprint,
+    main_fails,
+    noise_image,
+    png_claiming,
+    run,
+    write_export,
+)
 
-REAL_SAMPLE = next((p for p in ("/work/shared/real_isic_sample", os.path.join(ROOT, "..", "shared", "real_isic_sample"))
-                    if os.path.isdir(p)), None)
+REAL_SAMPLE = next(
+    (
+        p
+        for p in ("/work/shared/real_isic_sample", os.path.join(ROOT, "..", "shared", "real_isic_sample"))
+        if os.path.isdir(p)
+    ),
+    None,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +54,10 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.fixture
 def no_hang():
     """Fail, instead of waiting forever, if something opens a named pipe in this process."""
+
     def timeout(*_):
         raise TimeoutError("blocked: a named pipe was opened")
+
     old = signal.signal(signal.SIGALRM, timeout)
     signal.alarm(60)
     yield
@@ -50,10 +69,16 @@ def lesion_rows(n_lesions, start=0):
     """1-3 views per lesion, two lesions per patient (one of each class)."""
     rows = []
     for lesion in range(n_lesions):
-        for view in range(1 + lesion % 3):
-            rows.append({"isic_id": f"ISIC_{start + len(rows):07d}", "diagnosis_1": ["Benign", "Malignant"][lesion % 2],
-                         "image_type": "clinical: overview", "lesion_id": f"IL_{start + lesion:07d}",
-                         "patient_id": f"IP_{start + lesion // 2:07d}"})
+        for _view in range(1 + lesion % 3):
+            rows.append(
+                {
+                    "isic_id": f"ISIC_{start + len(rows):07d}",
+                    "diagnosis_1": ["Benign", "Malignant"][lesion % 2],
+                    "image_type": "clinical: overview",
+                    "lesion_id": f"IL_{start + lesion:07d}",
+                    "patient_id": f"IP_{start + lesion // 2:07d}",
+                }
+            )
     return rows
 
 
@@ -82,7 +107,7 @@ def dataset_files(folder="dataset"):
 
 def summary(out):
     """{step: the rows left and what was left out} from the summary prepare_dataset.py prints."""
-    return dict((line[:46].strip(), line[46:]) for line in out.splitlines() if line.startswith("  "))
+    return {line[:46].strip(): line[46:] for line in out.splitlines() if line.startswith("  ")}
 
 
 def fails_keeping_dataset(argv, capsys, expected, before):
@@ -94,45 +119,123 @@ def fails_keeping_dataset(argv, capsys, expected, before):
 
 # ---------------------------------------------------------------------------- rows and labels
 def test_filters_image_types_labels_ids_and_repeated_rows():
-    df = pd.DataFrame({
-        "isic_id": ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003", "ISIC_0000004", "ISIC_0000005", "ISIC_0000006",
-                    "ISIC_0000007", "ISIC_0000008", "../../x", "/etc/passwd", "ISIC_0000001", "ISIC_123"],
-        "diagnosis_1": ["Benign", "Malignant", "Benign", "Malignant", "Indeterminate", "", " benign ", "Malignant",
-                        "Benign", "Benign", "Benign", "Melanoma"],
-        "image_type": ["clinical: overview", "overview", "dermoscopic", "clinical: close-up", "clinical: overview",
-                       "clinical: overview", "clinical: overview", "TBP tile: close-up"] + ["clinical: overview"] * 4,
-    })
+    df = pd.DataFrame(
+        {
+            "isic_id": [
+                "ISIC_0000001",
+                "ISIC_0000002",
+                "ISIC_0000003",
+                "ISIC_0000004",
+                "ISIC_0000005",
+                "ISIC_0000006",
+                "ISIC_0000007",
+                "ISIC_0000008",
+                "../../x",
+                "/etc/passwd",
+                "ISIC_0000001",
+                "ISIC_123",
+            ],
+            "diagnosis_1": [
+                "Benign",
+                "Malignant",
+                "Benign",
+                "Malignant",
+                "Indeterminate",
+                "",
+                " benign ",
+                "Malignant",
+                "Benign",
+                "Benign",
+                "Benign",
+                "Melanoma",
+            ],
+            "image_type": [
+                "clinical: overview",
+                "overview",
+                "dermoscopic",
+                "clinical: close-up",
+                "clinical: overview",
+                "clinical: overview",
+                "clinical: overview",
+                "TBP tile: close-up",
+            ]
+            + ["clinical: overview"] * 4,
+        }
+    )
     kept, typed, steps, losses = prepare_dataset.filter_rows(df, ["clinical: overview"])
     assert list(kept.isic_id) == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000007"]  # 'overview': the pre-2023 name
     assert list(kept.label) == ["benign", "malignant", "benign"] and len(typed) == 9
     assert [n for _, n, _ in steps] == [12, 9, 6, 4, 3]
-    why = dict((step, reason) for step, _, reason in steps)
+    why = {step: reason for step, _, reason in steps}
     assert "dermoscopic 1" in why["image_type clinical: overview or overview"]
     assert "'Indeterminate' 1" in why["with a definite label"] and "empty 1" in why["with a definite label"]
     assert "'../../x'" in why["with a valid isic_id"] and "1 repeated" in why["unique isic_id"]
     # Indeterminate and empty are ISIC's own words: expected; 'Melanoma' and bad ids are not
-    assert [(cause, n) for cause, n, _ in losses] == [("label outside ISIC's vocabulary or in conflict", 1),
-                                                      ("invalid isic_id", 2)]
+    assert [(cause, n) for cause, n, _ in losses] == [
+        ("label outside ISIC's vocabulary or in conflict", 1),
+        ("invalid isic_id", 2),
+    ]
     assert "'Melanoma' 1" in losses[0][2]
 
 
 def test_labels_ignore_case_and_spaces_in_both_columns():
-    legacy = pd.DataFrame({"benign_malignant": ["benign", " MALIGNANT ", "Malignant", "indeterminate",
-                                                "indeterminate/benign", "Indeterminate/Malignant", "", "naevus"]})
+    legacy = pd.DataFrame(
+        {
+            "benign_malignant": [
+                "benign",
+                " MALIGNANT ",
+                "Malignant",
+                "indeterminate",
+                "indeterminate/benign",
+                "Indeterminate/Malignant",
+                "",
+                "naevus",
+            ]
+        }
+    )
     assert list(prepare_dataset.label_rows(legacy)) == [
-        "benign", "malignant", "malignant", "'indeterminate'", "'indeterminate/benign'", "'Indeterminate/Malignant'",
-        "empty", "'naevus'"]
-    both = pd.DataFrame({"diagnosis_1": ["Benign", "malignant ", "", "Benign", "Indeterminate", "MALIGNANT", "Benign"],
-                         "benign_malignant": ["benign", "Malignant", "malignant", "", "indeterminate", "benign",
-                                              "indeterminate/benign"]})
-    assert list(prepare_dataset.label_rows(both)) == ["benign", "malignant", "malignant", "benign", "'Indeterminate'",
-                                                      "conflicting", "conflicting"]
+        "benign",
+        "malignant",
+        "malignant",
+        "'indeterminate'",
+        "'indeterminate/benign'",
+        "'Indeterminate/Malignant'",
+        "empty",
+        "'naevus'",
+    ]
+    both = pd.DataFrame(
+        {
+            "diagnosis_1": ["Benign", "malignant ", "", "Benign", "Indeterminate", "MALIGNANT", "Benign"],
+            "benign_malignant": [
+                "benign",
+                "Malignant",
+                "malignant",
+                "",
+                "indeterminate",
+                "benign",
+                "indeterminate/benign",
+            ],
+        }
+    )
+    assert list(prepare_dataset.label_rows(both)) == [
+        "benign",
+        "malignant",
+        "malignant",
+        "benign",
+        "'Indeterminate'",
+        "conflicting",
+        "conflicting",
+    ]
 
 
 def test_union_find_groups_lesions_and_patients():
-    df = pd.DataFrame({"isic_id": ["ISIC_1", "ISIC_2", "ISIC_3", "ISIC_4", "ISIC_5", "ISIC_6"],
-                       "lesion_id": ["IL_1", "IL_1", "IL_2", "", "", "IL_3"],
-                       "patient_id": ["", "IP_1", "IP_1", "IP_1", "", ""]})
+    df = pd.DataFrame(
+        {
+            "isic_id": ["ISIC_1", "ISIC_2", "ISIC_3", "ISIC_4", "ISIC_5", "ISIC_6"],
+            "lesion_id": ["IL_1", "IL_1", "IL_2", "", "", "IL_3"],
+            "patient_id": ["", "IP_1", "IP_1", "IP_1", "", ""],
+        }
+    )
     groups = list(prepare_dataset.group_ids(df))
     assert len(set(groups[:4])) == 1  # linked through IL_1 and IP_1
     assert len(set(groups)) == 3
@@ -164,8 +267,18 @@ def test_legacy_schema_any_case_png_fewer_than_asked_and_no_val(capsys):
     rows = [{"isic_id": f"ISIC_{i:07d}", "benign_malignant": label} for i, label in enumerate(labels)]
     rows += [{"isic_id": f"ISIC_{99 + i:07d}", "benign_malignant": "indeterminate/malignant"} for i in range(30)]
     write_export("export", rows, ext=".png")  # 30 indeterminate of 46 rows: an expected loss, no stop
-    m = prepare("--metadata-csv", "export/metadata.csv", "--images-dir", "export", "--n-per-class", 10,
-                "--val-fraction", 0, "--test-fraction", 0.25)
+    m = prepare(
+        "--metadata-csv",
+        "export/metadata.csv",
+        "--images-dir",
+        "export",
+        "--n-per-class",
+        10,
+        "--val-fraction",
+        0,
+        "--test-fraction",
+        0.25,
+    )
     out, err = capsys.readouterr()
     assert "no image_type column" in out and "no lesion_id column" in out
     assert "'indeterminate/malignant' 30" in out
@@ -175,12 +288,16 @@ def test_legacy_schema_any_case_png_fewer_than_asked_and_no_val(capsys):
     assert m.source_file.str.endswith(".png").all() and m.file.str.endswith(".jpg").all()
 
 
-@pytest.mark.parametrize("sep, encoding, warning", [
-    (";", "cp1252", "is text with semicolons between fields"),
-    ("\t", "utf-8", "is text with tabs between fields"),
-    ("\t", "utf-16", "is UTF-16 text with tabs between fields"),  # Excel's 'Unicode Text'
-    (";", "utf-8-sig", "is text with semicolons between fields"),
-], ids=["semicolons cp1252", "tabs", "utf-16 unicode text", "semicolons utf-8 bom"])
+@pytest.mark.parametrize(
+    "sep, encoding, warning",
+    [
+        (";", "cp1252", "is text with semicolons between fields"),
+        ("\t", "utf-8", "is text with tabs between fields"),
+        ("\t", "utf-16", "is UTF-16 text with tabs between fields"),  # Excel's 'Unicode Text'
+        (";", "utf-8-sig", "is text with semicolons between fields"),
+    ],
+    ids=["semicolons cp1252", "tabs", "utf-16 unicode text", "semicolons utf-8 bom"],
+)
 def test_what_excel_saves_is_read_with_a_warning(capsys, sep, encoding, warning):
     rows = export_rows(8, attribution="Dr. Müller; Universitätsklinik")
     write_export("isic_images", rows)
@@ -193,8 +310,10 @@ def test_what_excel_saves_is_read_with_a_warning(capsys, sep, encoding, warning)
 
 
 def test_exif_orientation_resize_and_never_upscale():
-    write_export("isic_images", [{"isic_id": "ISIC_0000001", "diagnosis_1": "Benign"},
-                                 {"isic_id": "ISIC_0000002", "diagnosis_1": "Malignant"}])
+    write_export(
+        "isic_images",
+        [{"isic_id": "ISIC_0000001", "diagnosis_1": "Benign"}, {"isic_id": "ISIC_0000002", "diagnosis_1": "Malignant"}],
+    )
     wide = np.zeros((40, 80, 3), np.uint8)
     wide[:, :40] = (255, 0, 0)  # left half red, right half blue, as stored
     wide[:, 40:] = (0, 0, 255)
@@ -239,10 +358,13 @@ def test_bad_metadata_rows_are_counted_and_left_out(capsys):
     rows = export_rows(8, attribution="Dr. Müller, Universitätsklinik")
     for row in rows:
         row["benign_malignant"] = row["diagnosis_1"].lower()
-    rows += [dict(rows[0], isic_id="ISIC_0000020", benign_malignant="malignant"),  # Benign vs malignant
-             dict(rows[1], isic_id="ISIC_0000021", image_type="Clinical Overview"),
-             dict(rows[2]),  # the same isic_id again
-             dict(rows[3], isic_id="../../x"), dict(rows[3], isic_id="/etc/passwd")]
+    rows += [
+        dict(rows[0], isic_id="ISIC_0000020", benign_malignant="malignant"),  # Benign vs malignant
+        dict(rows[1], isic_id="ISIC_0000021", image_type="Clinical Overview"),
+        dict(rows[2]),  # the same isic_id again
+        dict(rows[3], isic_id="../../x"),
+        dict(rows[3], isic_id="/etc/passwd"),
+    ]
     export = write_export("isic_images", rows, encoding="cp1252")  # found under isic_images/
     noise_image("x.jpg", 7)  # where ../../x would point from a sub-folder
     outside = {k: v for k, v in fingerprint(".").items() if not k.startswith("isic_images")}
@@ -265,9 +387,31 @@ def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened
     rows = export_rows(24)
     write_export("isic_images", rows)
     ids = [row["isic_id"] for row in rows]
-    odd = dict(zip(["cmyk", "16-bit", "grey", "rgba", "exif", "huge", "missing", "empty", "truncated", "text", "bomb",
-                    "symlink", "fifo", "copy"], ids[8:]))
-    path = lambda kind, ext=".jpg": os.path.join("isic_images", odd[kind] + ext)
+    odd = dict(
+        zip(
+            [
+                "cmyk",
+                "16-bit",
+                "grey",
+                "rgba",
+                "exif",
+                "huge",
+                "missing",
+                "empty",
+                "truncated",
+                "text",
+                "bomb",
+                "symlink",
+                "fifo",
+                "copy",
+            ],
+            ids[8:],
+        )
+    )
+
+    def path(kind, ext=".jpg"):
+        return os.path.join("isic_images", odd[kind] + ext)
+
     for kind in odd:
         os.remove(path(kind))
     noise_image(path("cmyk"), 1, mode="CMYK")
@@ -336,16 +480,20 @@ def test_metadata_that_cannot_be_used(case, capsys, no_hang):
     before = previous_dataset()
     write_export("isic_images", export_rows(4))
     os.remove("isic_images/metadata.csv")
-    make = {"empty": lambda: write_bytes("metadata.csv", b""),
-            "binary garbage": lambda: write_bytes("metadata.csv", np.random.default_rng(0).bytes(3000)),
-            "a JPEG renamed": lambda: noise_image("metadata.csv", 6, format="JPEG"),
-            "a named pipe": lambda: os.mkfifo("metadata.csv"),
-            "a named pipe in the export": lambda: os.mkfifo("isic_images/metadata.csv"),
-            "a folder": lambda: os.mkdir("metadata.csv"),
-            "no isic_id column": lambda: pd.DataFrame(export_rows(4)).rename(columns={"isic_id": "id"}).to_csv(
-                "metadata.csv", index=False),
-            "no label column": lambda: pd.DataFrame(export_rows(4)).drop(columns="diagnosis_1").to_csv(
-                "metadata.csv", index=False)}
+    make = {
+        "empty": lambda: write_bytes("metadata.csv", b""),
+        "binary garbage": lambda: write_bytes("metadata.csv", np.random.default_rng(0).bytes(3000)),
+        "a JPEG renamed": lambda: noise_image("metadata.csv", 6, format="JPEG"),
+        "a named pipe": lambda: os.mkfifo("metadata.csv"),
+        "a named pipe in the export": lambda: os.mkfifo("isic_images/metadata.csv"),
+        "a folder": lambda: os.mkdir("metadata.csv"),
+        "no isic_id column": lambda: (
+            pd.DataFrame(export_rows(4)).rename(columns={"isic_id": "id"}).to_csv("metadata.csv", index=False)
+        ),
+        "no label column": lambda: (
+            pd.DataFrame(export_rows(4)).drop(columns="diagnosis_1").to_csv("metadata.csv", index=False)
+        ),
+    }
     make.get(case, lambda: None)()
     fails_keeping_dataset([], capsys, METADATA_MISTAKES[case], before)
 
@@ -376,16 +524,23 @@ def test_flag_mistakes_stop_before_any_work(flags, capsys):
 
 
 def test_no_export_at_all_says_how_to_download(capsys):
-    main_fails(prepare_dataset.main, [], capsys, "isic image download --search 'image_type:\"clinical: overview\" "
-               "AND diagnosis_1:Benign' --limit 300 isic_images/benign, and the same with diagnosis_1:Malignant into "
-               "isic_images/malignant (pip install isic-cli); or try python make_demo_data.py")
+    main_fails(
+        prepare_dataset.main,
+        [],
+        capsys,
+        'isic image download --search \'image_type:"clinical: overview" '
+        "AND diagnosis_1:Benign' --limit 300 isic_images/benign, and the same with diagnosis_1:Malignant into "
+        "isic_images/malignant (pip install isic-cli); or try python make_demo_data.py",
+    )
     assert os.listdir() == []
 
 
 def lost_class(case):
     """An export that lost its malignant class in one of the ways it happens."""
-    rows = export_rows(17) + [dict(isic_id=f"ISIC_{90 + i:07d}", image_type="clinical: overview",
-                                   diagnosis_1="Indeterminate") for i in range(2)]
+    rows = export_rows(17) + [
+        dict(isic_id=f"ISIC_{90 + i:07d}", image_type="clinical: overview", diagnosis_1="Indeterminate")
+        for i in range(2)
+    ]
     if case == "another image type only":
         rows = [dict(r, image_type="dermoscopic") for r in rows]
     if case == "only benign downloaded":
@@ -393,8 +548,9 @@ def lost_class(case):
     if case == "malignant under another name":
         rows = [dict(r, diagnosis_1="Melanoma") if r["diagnosis_1"] == "Malignant" else r for r in rows]
     if case == "few malignant lesions":  # 2 of 32 groups: StratifiedGroupKFold cannot put one in every split
-        rows = [dict(r, diagnosis_1="Benign") for r in export_rows(30)] + [dict(r, diagnosis_1="Malignant")
-                                                                           for r in export_rows(32)[30:]]
+        rows = [dict(r, diagnosis_1="Benign") for r in export_rows(30)] + [
+            dict(r, diagnosis_1="Malignant") for r in export_rows(32)[30:]
+        ]
     write_export("isic_images", rows)
     for r in rows:
         if r.get("diagnosis_1") == "Malignant" and case == "malignant images missing":
@@ -406,15 +562,15 @@ def lost_class(case):
 
 LOST_CLASS = {  # case: what the error line says
     "another image type only": "no usable benign images: 0 benign rows, 0 with an image file; labels seen: none, as "
-                               "no row has image type clinical: overview (see --image-types)",
+    "no row has image type clinical: overview (see --image-types)",
     "only benign downloaded": "no usable malignant images: 0 malignant rows, 0 with an image file; labels seen: "
-                              "diagnosis_1 Benign 9, Indeterminate 2",
+    "diagnosis_1 Benign 9, Indeterminate 2",
     "malignant under another name": "no usable malignant images: 0 malignant rows, 0 with an image file; labels seen: "
-                                    "diagnosis_1 Benign 9, Melanoma 8, Indeterminate 2",
+    "diagnosis_1 Benign 9, Melanoma 8, Indeterminate 2",
     "malignant images missing": "no usable malignant images: 8 malignant rows, 0 with an image file;",
     "malignant images unreadable": "no usable malignant images: 8 malignant rows, 8 with an image file, 0 readable;",
     "few malignant lesions": "split would have no malignant images: the 2 malignant images are only 2 groups; "
-                             "add malignant images, or lower --val-fraction/--test-fraction",
+    "add malignant images, or lower --val-fraction/--test-fraction",
 }
 
 
@@ -427,11 +583,15 @@ def test_a_dataset_that_lost_a_class_never_replaces_a_good_one(case, capsys):
 
 def far_fewer(case):
     """20 definite rows (and 40 Indeterminate or empty ones, which are expected), 12 of them lost."""
-    rows = export_rows(20) + [dict(r, isic_id=f"ISIC_{100 + i:07d}", diagnosis_1=["Indeterminate", ""][i % 2])
-                              for i, r in enumerate(export_rows(40))]
+    rows = export_rows(20) + [
+        dict(r, isic_id=f"ISIC_{100 + i:07d}", diagnosis_1=["Indeterminate", ""][i % 2])
+        for i, r in enumerate(export_rows(40))
+    ]
     if case == "labels outside ISIC's vocabulary":
-        rows = [dict(r, diagnosis_1=(["Benign?"] * 5 + ["Naevus"] * 4 + ["Melanoma"] * 3)[i - 8]) if 8 <= i < 20 else r
-                for i, r in enumerate(rows)]
+        rows = [
+            dict(r, diagnosis_1=(["Benign?"] * 5 + ["Naevus"] * 4 + ["Melanoma"] * 3)[i - 8]) if 8 <= i < 20 else r
+            for i, r in enumerate(rows)
+        ]
     write_export("isic_images", rows)
     for i in range(8, 20):
         if case == "images missing":
@@ -443,12 +603,12 @@ def far_fewer(case):
 
 FAR_FEWER = {  # case: what the error line says
     "images missing": "only 8 of the 20 rows that should be usable survive (40% < --min-kept 0.5): missing 12 "
-                      "(ISIC_0000008, ISIC_0000009, ISIC_0000010, ...); fix the export, or pass --min-kept 0",
+    "(ISIC_0000008, ISIC_0000009, ISIC_0000010, ...); fix the export, or pass --min-kept 0",
     "labels outside ISIC's vocabulary": "only 8 of the 20 rows that should be usable survive (40% < --min-kept 0.5): "
-                                        "label outside ISIC's vocabulary or in conflict 12 ('Benign?' 5, 'Naevus' 4, "
-                                        "'Melanoma' 3)",
+    "label outside ISIC's vocabulary or in conflict 12 ('Benign?' 5, 'Naevus' 4, "
+    "'Melanoma' 3)",
     "images unreadable": "only about 8 of the 20 rows that should be usable survive (40% < --min-kept 0.5): "
-                         "unreadable (of 20 decoded) 12 (ISIC_",
+    "unreadable (of 20 decoded) 12 (ISIC_",
 }
 
 
@@ -466,8 +626,19 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_dataset(tmp_path,
     before = previous_dataset()
     write_export("isic_images", export_rows(6))
     noise_image("isic_images/ISIC_0000003.jpg", 3, size=(700, 500), quality=95)  # ~1 MB: over the limit below
-    r = run("prepare_dataset.py", "--workers", workers, "--resize-to", "none", "--val-fraction", 0,
-            "--test-fraction", 0, cwd=tmp_path, file_size_limit=200_000)
+    r = run(
+        "prepare_dataset.py",
+        "--workers",
+        workers,
+        "--resize-to",
+        "none",
+        "--val-fraction",
+        0,
+        "--test-fraction",
+        0,
+        cwd=tmp_path,
+        file_size_limit=200_000,
+    )
     assert_one_error(r.returncode, r.stderr, "could not write dataset.tmp-")
     assert "ISIC_0000003.jpg (File too large); free some disk space or pass another --dataset-dir" in r.stderr
     assert "unreadable" not in r.stdout + r.stderr
@@ -489,12 +660,20 @@ def big_export(tmp_path_factory):
 def start(args):
     """prepare_dataset.py in a process group of its own (as a terminal starts it), with readers of its output;
     returns once it has written a photo into its dataset.tmp-<pid>."""
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "prepare_dataset.py"), *map(str, args)], env=ENV,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                         start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "prepare_dataset.py"), *map(str, args)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        start_new_session=True,
+    )
     p.out, p.err = [], []
-    p.readers = [threading.Thread(target=lambda s=s, into=into: into.extend(iter(s.readline, "")))
-                 for s, into in ((p.stdout, p.out), (p.stderr, p.err))]
+    p.readers = [
+        threading.Thread(target=lambda s=s, into=into: into.extend(iter(s.readline, "")))
+        for s, into in ((p.stdout, p.out), (p.stderr, p.err))
+    ]
     for reader in p.readers:
         reader.start()
     deadline = time.time() + 120
@@ -514,8 +693,12 @@ def finish(p):
 def test_a_second_run_in_the_folder_stops_and_leaves_the_first_alone(big_export, capsys):
     first = start([*big_export, "--workers", 1])
     live = glob.glob("dataset.tmp-*")
-    main_fails(prepare_dataset.main, big_export, capsys, "another prepare_dataset.py run is writing in "
-               f"{os.getcwd()}; wait for it to finish")
+    main_fails(
+        prepare_dataset.main,
+        big_export,
+        capsys,
+        f"another prepare_dataset.py run is writing in {os.getcwd()}; wait for it to finish",
+    )
     assert glob.glob("dataset.tmp-*") == live  # its folder not cleaned away as a leftover
     code, out, err = finish(first)
     assert code == 0, err
@@ -556,9 +739,21 @@ def demo(tmp_path_factory):
 
 def test_demo_export_is_isic_shaped_deterministic_and_prepared(demo):
     meta = pd.read_csv(demo / "demo_data" / "metadata.csv", dtype=str, keep_default_na=False)
-    assert list(meta.columns) == ["isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_1",
-                                  "diagnosis_1", "diagnosis_2", "image_type", "lesion_id", "patient_id", "pixels_x",
-                                  "pixels_y", "sex"]
+    assert list(meta.columns) == [
+        "isic_id",
+        "attribution",
+        "copyright_license",
+        "age_approx",
+        "anatom_site_1",
+        "diagnosis_1",
+        "diagnosis_2",
+        "image_type",
+        "lesion_id",
+        "patient_id",
+        "pixels_x",
+        "pixels_y",
+        "sex",
+    ]
     assert meta.attribution.str.startswith("SYNTHETIC").all() and meta.isic_id.str.fullmatch(r"ISIC_9\d{6}").all()
     assert {"Indeterminate", ""} <= set(meta.diagnosis_1)
     assert {"dermoscopic", "clinical: close-up"} <= set(meta.image_type)
@@ -576,12 +771,15 @@ def test_demo_export_is_isic_shaped_deterministic_and_prepared(demo):
         assert (m.groupby(col).split.nunique() == 1).all()
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ("--seed -1", "--seed -1: use a whole number >= 0"),
-    ("--photo-size 32", "--photo-size 32: use 64 to 10000"),
-    ("--workers 0", "--workers 0: use 1 to 1024 processes"),
-    ("--out-dir notes.txt", "--out-dir notes.txt is a file; pass a folder"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("--seed -1", "--seed -1: use a whole number >= 0"),
+        ("--photo-size 32", "--photo-size 32: use 64 to 10000"),
+        ("--workers 0", "--workers 0: use 1 to 1024 processes"),
+        ("--out-dir notes.txt", "--out-dir notes.txt is a file; pass a folder"),
+    ],
+)
 def test_demo_flag_mistakes(flags, expected, capsys):
     with open("notes.txt", "w") as f:
         f.write("a file, not a folder")
@@ -591,8 +789,17 @@ def test_demo_flag_mistakes(flags, expected, capsys):
 
 @pytest.mark.skipif(REAL_SAMPLE is None, reason="no /work/shared or ../shared/real_isic_sample (only in the dev setup)")
 def test_real_isic_sample(capsys):
-    m = prepare("--metadata-csv", os.path.join(REAL_SAMPLE, "metadata.csv"), "--images-dir", REAL_SAMPLE,
-                "--image-types", "dermoscopic", "--n-per-class", 30, workers=2)
+    m = prepare(
+        "--metadata-csv",
+        os.path.join(REAL_SAMPLE, "metadata.csv"),
+        "--images-dir",
+        REAL_SAMPLE,
+        "--image-types",
+        "dermoscopic",
+        "--n-per-class",
+        30,
+        workers=2,
+    )
     assert m.label.value_counts().to_dict() == {"benign": 30, "malignant": 30}
     assert all(0.1 <= (m.split == s).mean() <= 0.2 for s in ["val", "test"])
     assert dataset_files() == sorted(m.file)

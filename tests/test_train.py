@@ -2,8 +2,8 @@
 the augmentation keeps labels and ranges, the cached and streamed photos give the same run, resume replays
 a run exactly with its own settings, divergence and mistakes stop at once in one line, a kill or Ctrl-C never
 costs the best model, torchrun works."""
+
 import glob
-import json
 import os
 import re
 import shutil
@@ -20,7 +20,18 @@ import torch
 
 import AItraining
 import model
-from conftest import ENV, ROOT, assert_one_error, fingerprint, lesion_photo, main_fails, make_split_tree, run, save_model
+from conftest import (
+    ENV,
+    ROOT,
+    assert_one_error,
+    fingerprint,
+    lesion_photo,
+    main_fails,
+    make_split_tree,
+    run,
+    save_model,
+)
+from skinlesion import batches, files, metrics
 
 FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0]
 
@@ -46,7 +57,7 @@ def test_the_scratch_recipe_learns_the_demo_set(trained_model, demo_dataset):
     assert meta["val_auc_ci95"][0] > 0.5 and meta["at_chance"] is False
     assert meta["image_size"] == 64 and 0 < meta["threshold"] < 1
     assert meta["settings"]["recipe"] == "scratch" and meta["settings"]["epochs"] == 8
-    assert meta["manifest_sha256"] == model.file_sha256(os.path.join(demo_dataset, "manifest.csv"))
+    assert meta["manifest_sha256"] == files.file_sha256(os.path.join(demo_dataset, "manifest.csv"))
     folder = os.path.dirname(path)
     assert os.path.getsize(os.path.join(folder, "training_curves.png")) > 0  # beside the model
     assert len(os.listdir(os.path.join(folder, "runs"))) == 1  # one run, one TensorBoard folder
@@ -73,25 +84,27 @@ def test_threshold_meets_target_sensitivity_on_the_data_it_was_chosen_on():
     y = rng.integers(0, 2, 200)
     p = np.clip(y * 0.3 + rng.uniform(0, 0.7, 200), 0, 1)
     for target in [0.8, 0.9, 0.95, 1.0]:
-        t = model.threshold_for_sensitivity(y, p, target)
-        assert model.binary_metrics(y, p, t)["sensitivity"] >= target
-        assert model.binary_metrics(y, p, t + 1e-9)["sensitivity"] < target or t >= p.max()  # the highest such
-    assert model.threshold_for_sensitivity(y, p, 0) == 0.5
+        t = metrics.threshold_for_sensitivity(y, p, target)
+        assert metrics.binary_metrics(y, p, t)["sensitivity"] >= target
+        assert metrics.binary_metrics(y, p, t + 1e-9)["sensitivity"] < target or t >= p.max()  # the highest such
+    assert metrics.threshold_for_sensitivity(y, p, 0) == 0.5
 
 
 # ---------------------------------------------------------------------------- the data path
 def test_augmentation_keeps_labels_and_value_ranges():
     """Dark photos stay darker than bright ones whatever the crop, rotation, flip and colour change; values stay
     in [0, 1]; each photo gets its own draw; the same seed gives the same batch."""
-    x = torch.cat([torch.full((8, 3, 64, 64), 40, dtype=torch.uint8), torch.full((8, 3, 64, 64), 215, dtype=torch.uint8)])
+    x = torch.cat(
+        [torch.full((8, 3, 64, 64), 40, dtype=torch.uint8), torch.full((8, 3, 64, 64), 215, dtype=torch.uint8)]
+    )
     x[:, :, 20:44, 20:44] = 128  # a grey square: where it lands shows the geometry
-    out = model.augment(x, torch.Generator().manual_seed(0), 48)
-    assert out.shape == (16, 3, 48, 48) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    out = batches.augment(x, torch.Generator().manual_seed(0), 48)
+    assert out.shape == (16, 3, 48, 48) and out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 1
     means = out.mean((1, 2, 3))
     assert means[:8].max() < means[8:].min()  # the label of each photo still holds
     assert len({tuple(o[0, ::12, ::12].flatten().tolist()) for o in out}) == 16  # each photo augmented differently
-    assert torch.equal(out, model.augment(x, torch.Generator().manual_seed(0), 48))
-    assert not torch.equal(out, model.augment(x, torch.Generator().manual_seed(1), 48))
+    assert torch.equal(out, batches.augment(x, torch.Generator().manual_seed(0), 48))
+    assert not torch.equal(out, batches.augment(x, torch.Generator().manual_seed(1), 48))
 
 
 def test_cached_and_streamed_photos_give_the_same_run(tiny, tmp_path):
@@ -99,8 +112,19 @@ def test_cached_and_streamed_photos_give_the_same_run(tiny, tmp_path):
     for cache_gb in (2, 0):
         folder = tmp_path / f"cache{cache_gb}"
         folder.mkdir()
-        r = run("AItraining.py", *FAST, "--data-dir", tiny, "--epochs", 2, "--num-workers", 1, "--cache-gb", cache_gb,
-                cwd=folder)
+        r = run(
+            "AItraining.py",
+            *FAST,
+            "--data-dir",
+            tiny,
+            "--epochs",
+            2,
+            "--num-workers",
+            1,
+            "--cache-gb",
+            cache_gb,
+            cwd=folder,
+        )
         assert r.returncode == 0, r.stderr
         assert ("cached on the device" if cache_gb else "streamed") in r.stdout
         lines.append(epoch_lines(r.stdout))
@@ -127,6 +151,7 @@ def test_same_seed_same_run_and_resume_replays_it_with_its_own_settings(tiny, tm
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
+
     monkeypatch.setattr(AItraining, "train_one_epoch", interrupted_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         AItraining.main(argv)
@@ -143,12 +168,24 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     AItraining.main(list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1])))
     capsys.readouterr()
-    main_fails(AItraining.main, ["--data-dir", tiny, "--resume"], capsys,
-               "already finished (1 of 1 epochs); to train longer pass a higher --epochs, e.g. --epochs 11")
-    main_fails(AItraining.main, ["--data-dir", tiny, "--resume", "--image-size", 64], capsys,
-               "the run in skin_model_last.pth has image_size 32; resume without --image-size or start a new run")
-    main_fails(AItraining.main, ["--data-dir", tiny, "--resume", "--resume-file", "skin_model.pth"], capsys,
-               "has no optimiser state; resume from the skin_model_last.pth")
+    main_fails(
+        AItraining.main,
+        ["--data-dir", tiny, "--resume"],
+        capsys,
+        "already finished (1 of 1 epochs); to train longer pass a higher --epochs, e.g. --epochs 11",
+    )
+    main_fails(
+        AItraining.main,
+        ["--data-dir", tiny, "--resume", "--image-size", 64],
+        capsys,
+        "the run in skin_model_last.pth has image_size 32; resume without --image-size or start a new run",
+    )
+    main_fails(
+        AItraining.main,
+        ["--data-dir", tiny, "--resume", "--resume-file", "skin_model.pth"],
+        capsys,
+        "has no optimiser state; resume from the skin_model_last.pth",
+    )
     AItraining.main(list(map(str, ["--data-dir", tiny, "--resume", "--epochs", 2, "--num-workers", 0])))  # extend
     out = capsys.readouterr().out
     assert "after epoch 1 of 2" in out and epoch_lines(out)[0].startswith("epoch   2")
@@ -157,8 +194,13 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
 
 def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "AItraining.py"), *map(str, FAST), "--data-dir", data,
-                             "--epochs", "30"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "AItraining.py"), *map(str, FAST), "--data-dir", data, "--epochs", "30"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
     last, deadline = tmp_path / "skin_model_last.pth", time.time() + 300
     while not last.exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -171,7 +213,9 @@ def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
     assert 1 <= finished < 30
     r = run("AItraining.py", "--data-dir", data, "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert f"after epoch {finished} of 30" in r.stdout and epoch_lines(r.stdout)[0].startswith(f"epoch {finished + 1:3d}")
+    assert f"after epoch {finished} of 30" in r.stdout and epoch_lines(r.stdout)[0].startswith(
+        f"epoch {finished + 1:3d}"
+    )
     assert not glob.glob(str(tmp_path / "*.tmp*"))  # the killed run's temporary file was cleaned
 
 
@@ -186,14 +230,23 @@ def test_training_that_diverges_stops_at_once_and_keeps_the_previous_model(tiny,
     model.load_checkpoint(good)
 
 
-@pytest.mark.parametrize("flag, value, expected", [
-    ("--epochs", 0, "--epochs 0: use a whole number >= 1"), ("--batch-size", 0, "--batch-size 0: use >= 1"),
-    ("--image-size", 0, "--image-size 0: use from 32 to 2048 px"), ("--image-size", -5, "--image-size -5"),
-    ("--image-size", 100000, "--image-size 100000"), ("--lr", "nan", "--lr nan: use a number > 0"),
-    ("--num-workers", -1, "--num-workers -1: use >= 0"), ("--seed", -1, "--seed -1"),
-    ("--target-sensitivity", 1.5, "--target-sensitivity 1.5: use from 0"), ("--recipe", "fast", "use auto or finetune or scratch"),
-    ("--warmup", 1, "--warmup 1.0: use from 0 to 0.99"), ("--optimizer", "sgd", "--optimizer sgd: use adam or adamw"),
-])
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--epochs", 0, "--epochs 0: use a whole number >= 1"),
+        ("--batch-size", 0, "--batch-size 0: use >= 1"),
+        ("--image-size", 0, "--image-size 0: use from 32 to 2048 px"),
+        ("--image-size", -5, "--image-size -5"),
+        ("--image-size", 100000, "--image-size 100000"),
+        ("--lr", "nan", "--lr nan: use a number > 0"),
+        ("--num-workers", -1, "--num-workers -1: use >= 0"),
+        ("--seed", -1, "--seed -1"),
+        ("--target-sensitivity", 1.5, "--target-sensitivity 1.5: use from 0"),
+        ("--recipe", "fast", "use auto or finetune or scratch"),
+        ("--warmup", 1, "--warmup 1.0: use from 0 to 0.99"),
+        ("--optimizer", "sgd", "--optimizer sgd: use adam or adamw"),
+    ],
+)
 def test_flags_are_checked_before_any_work(tmp_path, monkeypatch, capsys, flag, value, expected):
     monkeypatch.chdir(tmp_path)
     main_fails(AItraining.main, ["--data-dir", "nowhere", flag, value], capsys, expected)
@@ -202,18 +255,25 @@ def test_flags_are_checked_before_any_work(tmp_path, monkeypatch, capsys, flag, 
 
 def test_outputs_that_cannot_be_written_are_found_before_training(tiny, tmp_path, readonly_folder, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    main_fails(AItraining.main, ["--data-dir", tiny, "--output", os.path.join(readonly_folder, "m.pth")], capsys,
-               f"--output {readonly_folder}/m.pth: cannot write in {readonly_folder}")
+    main_fails(
+        AItraining.main,
+        ["--data-dir", tiny, "--output", os.path.join(readonly_folder, "m.pth")],
+        capsys,
+        f"--output {readonly_folder}/m.pth: cannot write in {readonly_folder}",
+    )
     (tmp_path / "runs").write_text("a file where the logs go")
     main_fails(AItraining.main, ["--data-dir", tiny], capsys, "--log-dir runs is a file; pass a folder")
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("a class folder missing", "val has no malignant/; it must hold exactly one folder per class"),
-    ("empty split", "val: no images in malignant/; both classes are needed"),
-    ("a third folder", "train has the extra .ipynb_checkpoints/"),
-    ("no dataset", "train folder nowhere/train not found; make it with 'python prepare_dataset.py'"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("a class folder missing", "val has no malignant/; it must hold exactly one folder per class"),
+        ("empty split", "val: no images in malignant/; both classes are needed"),
+        ("a third folder", "train has the extra .ipynb_checkpoints/"),
+        ("no dataset", "train folder nowhere/train not found; make it with 'python prepare_dataset.py'"),
+    ],
+)
 def test_a_wrong_dataset_folder_is_one_line(tiny, tmp_path, monkeypatch, capsys, case, expected):
     data = shutil.copytree(tiny, tmp_path / "data")
     if case == "a class folder missing":
@@ -233,8 +293,19 @@ def test_an_unreadable_training_photo_is_one_line(tiny, tmp_path, cache_gb):
     data = shutil.copytree(tiny, tmp_path / "data")
     broken = sorted((data / "train" / "malignant").iterdir())[3]
     broken.write_bytes(broken.read_bytes()[:150])  # truncated
-    r = run("AItraining.py", *FAST, "--data-dir", data, "--epochs", 1, "--num-workers", 1, "--cache-gb", cache_gb,
-            cwd=tmp_path)
+    r = run(
+        "AItraining.py",
+        *FAST,
+        "--data-dir",
+        data,
+        "--epochs",
+        1,
+        "--num-workers",
+        1,
+        "--cache-gb",
+        cache_gb,
+        cwd=tmp_path,
+    )
     assert_one_error(r.returncode, r.stderr, f"{broken} is not a readable image")
 
 
@@ -257,9 +328,15 @@ def test_ctrl_c_during_training_keeps_the_previous_model(tmp_path):
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
     save_model(tmp_path / "skin_model.pth", size=32)
     before = fingerprint(tmp_path)["skin_model.pth"]
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "AItraining.py"), *map(str, FAST), "--data-dir", data,
-                          "--epochs", "50"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "AItraining.py"), *map(str, FAST), "--data-dir", data, "--epochs", "50"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     out = []
     reader = threading.Thread(target=lambda: out.extend(iter(p.stdout.readline, "")))
     reader.start()
@@ -271,9 +348,14 @@ def test_ctrl_c_during_training_keeps_the_previous_model(tmp_path):
     p.wait(timeout=120)
     reader.join()
     assert p.returncode == 130 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1] == "interrupted; skin_model.pth holds the best finished epoch, continue with --resume"
+    assert (
+        err.strip().splitlines()[-1]
+        == "interrupted; skin_model.pth holds the best finished epoch, continue with --resume"
+    )
     assert not glob.glob(str(tmp_path / "*.tmp*"))  # no half-written checkpoint
-    if not any(line.startswith("epoch ") for line in out):  # interrupted in the first epoch: the earlier model untouched
+    if not any(
+        line.startswith("epoch ") for line in out
+    ):  # interrupted in the first epoch: the earlier model untouched
         assert fingerprint(tmp_path)["skin_model.pth"] == before
     model.load_checkpoint(str(tmp_path / "skin_model.pth"))
 
@@ -285,9 +367,26 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                        os.path.join(ROOT, "AItraining.py"), *map(str, FAST), "--data-dir", data, "--epochs", "2"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=600, env=ENV)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={port}",
+            os.path.join(ROOT, "AItraining.py"),
+            *map(str, FAST),
+            "--data-dir",
+            data,
+            "--epochs",
+            "2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     weights = dict(re.findall(r"rank (\d)/2: final weights (\w+)", r.stdout))
     assert set(weights) == {"0", "1"} and weights["0"] == weights["1"]  # DDP kept the replicas equal

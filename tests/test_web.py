@@ -8,6 +8,7 @@ serve_web.py's own checks run without a browser.
 Needs Chromium (apt-get install -y chromium, or CHROMIUM=/path/to/chrome), node_modules (npm ci) and
 Playwright (pip install playwright). Without them the browser tests skip on a developer machine and fail
 where the CI environment variable is set."""
+
 import json
 import os
 import shutil
@@ -26,20 +27,44 @@ from PIL import Image
 
 import model
 import predict
+from skinlesion import photos
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "serve_web.py")
 SIZE = 64
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # without the network flags Chromium calls Google hosts
-SIDECAR_KEYS = {"classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold", "at_chance",
-                "val_auc_ci95", "borderline_margin", "model_file"}
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]  # without the network flags Chromium calls Google hosts
+SIDECAR_KEYS = {
+    "classes",
+    "image_size",
+    "mean",
+    "std",
+    "interpolation",
+    "crop_pct",
+    "threshold",
+    "at_chance",
+    "val_auc_ci95",
+    "borderline_margin",
+    "model_file",
+}
 TIMINGS = {}  # filled by the tests, printed by test_timings
 
 
 def find_chromium():
-    candidates = [os.environ.get("CHROMIUM"), "/usr/lib/chromium/chromium", "/usr/bin/chromium",
-                  shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")]
+    candidates = [
+        os.environ.get("CHROMIUM"),
+        "/usr/lib/chromium/chromium",
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        shutil.which("google-chrome"),
+    ]
     return next((path for path in candidates if path and os.path.isfile(path) and os.access(path, os.X_OK)), None)
 
 
@@ -61,6 +86,7 @@ def require_browser():
 
 # ----------------------------------------------------------------------------- the model and the photos
 
+
 def set_threshold(path, threshold):
     m = onnx.load(path)
     for prop in m.metadata_props:
@@ -75,7 +101,7 @@ def lesion(w, h, seed, grey=False):
     img = np.array([205, 150, 125]) + rng.normal(0, 18, (h, w, 3))
     yy, xx = np.mgrid[:h, :w]
     cy, cx, r = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w, min(w, h) * rng.uniform(0.12, 0.3)
-    img[(yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2] *= rng.uniform(0.25, 0.6)
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] *= rng.uniform(0.25, 0.6)
     return img.mean(2, keepdims=True).repeat(3, 2) if grey else img
 
 
@@ -109,7 +135,7 @@ def write_photos(folder):
 def reference(path, session, cfg):
     """What predict.py --model skin_model.onnx computes, P(malignant), with the crop's uint8 pixels (H x W x 3)
     and the cam."""
-    x = model.preprocess(model.load_image(path), cfg)
+    x = photos.preprocess(photos.load_image(path), cfg)
     logits, cam = session.run(["logits", "cam"], {"image": x[None]})
     p = float(1 / (1 + np.exp(np.float64(logits[0, 0]) - logits[0, 1])))
     pixels = (x.transpose(1, 2, 0) * np.array(cfg["std"]) + np.array(cfg["mean"])) * 255
@@ -123,14 +149,29 @@ def setup(tmp_path_factory, trained_model, demo_dataset):
     probabilities if none or all reach it), the photos and Python's answers for them."""
     folder = tmp_path_factory.mktemp("web")
     path = str(folder / "skin_model.onnx")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "export_onnx.py"), "--model", trained_model[0], "--output",
-                        path, "--check-images", os.path.join(demo_dataset, "test")],
-                       capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "export_onnx.py"),
+            "--model",
+            trained_model[0],
+            "--output",
+            path,
+            "--check-images",
+            os.path.join(demo_dataset, "test"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     photos = write_photos(str(folder / "photos"))
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     props = session.get_modelmeta().custom_metadata_map
-    meta = {key: json.loads(props[key]) for key in ("image_size", "mean", "std", "interpolation", "crop_pct", "threshold")}
+    meta = {
+        key: json.loads(props[key]) for key in ("image_size", "mean", "std", "interpolation", "crop_pct", "threshold")
+    }
     cfg = model.meta_data_config(meta)
     refs = {name: reference(photo, session, cfg) for name, photo in photos.items()}
     ps = sorted(ref["p"] for ref in refs.values())
@@ -143,8 +184,13 @@ def setup(tmp_path_factory, trained_model, demo_dataset):
 
 
 def run_script(*args, env=None):
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +198,12 @@ def server(setup):
     """serve_web.py building into a folder of its own and serving it on a free port."""
     require_browser()
     web = setup["folder"] / "site"
-    proc = subprocess.Popen([sys.executable, SCRIPT, "--model", setup["model"], "--web-dir", str(web), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, "--model", setup["model"], "--web-dir", str(web), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         built, serving = proc.stdout.readline(), proc.stdout.readline()
         assert "serving the page at http://127.0.0.1:" in serving, built + serving + proc.stderr.read()
@@ -166,6 +216,7 @@ def server(setup):
 @pytest.fixture(scope="module")
 def browser(server):
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
         yield chromium
@@ -187,7 +238,9 @@ def classify(page, path, selector="#file"):
     page.evaluate("document.getElementById('app').dataset.state = 'submitted'")
     start = time.perf_counter()
     page.set_input_files(selector, path)
-    page.wait_for_selector("#app[data-state=done], #app[data-state=error], #app[data-state=model-error]", timeout=60_000)
+    page.wait_for_selector(
+        "#app[data-state=done], #app[data-state=error], #app[data-state=model-error]", timeout=60_000
+    )
     seconds = time.perf_counter() - start
     done = page.get_attribute("#app", "data-state") == "done"
     run = page.evaluate("({...window.__lastRun, crop: Array.from(window.__lastRun.crop)})") if done else None
@@ -210,10 +263,14 @@ def page(browser, server, setup):
 
 # ----------------------------------------------------------------------------- serve_web.py
 
+
 def test_serve_web_builds_the_page_and_serves_it_locally(server, setup):
     web = server["web"]
     assert sorted(os.listdir(os.path.join(web, "vendor"))) == [
-        "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "ort.wasm.min.mjs"]  # no 28 MB full build
+        "ort-wasm-simd-threaded.mjs",
+        "ort-wasm-simd-threaded.wasm",
+        "ort.wasm.min.mjs",
+    ]  # no 28 MB full build
     for name in ("index.html", "style.css", "app.js", "preprocess.js", "model.onnx"):
         assert os.path.isfile(os.path.join(web, name)), name
     with open(os.path.join(web, "model.json")) as f:
@@ -222,8 +279,12 @@ def test_serve_web_builds_the_page_and_serves_it_locally(server, setup):
     assert sidecar["threshold"] == setup["threshold"] and sidecar["at_chance"] is False
     assert sidecar["borderline_margin"] == 0.02 and sidecar["model_file"] == "model.onnx"
     assert server["url"].startswith("http://127.0.0.1:")
-    types = {"vendor/ort.wasm.min.mjs": "text/javascript", "vendor/ort-wasm-simd-threaded.wasm": "application/wasm",
-             "app.js": "text/javascript", "model.json": "application/json"}
+    types = {
+        "vendor/ort.wasm.min.mjs": "text/javascript",
+        "vendor/ort-wasm-simd-threaded.wasm": "application/wasm",
+        "app.js": "text/javascript",
+        "model.json": "application/json",
+    }
     for name, kind in types.items():
         with urllib.request.urlopen(server["url"] + name) as response:
             assert response.headers["Content-Type"] == kind, name
@@ -232,27 +293,50 @@ def test_serve_web_builds_the_page_and_serves_it_locally(server, setup):
 def test_serve_web_build_is_torch_free(setup, tmp_path):
     if not os.path.isdir(os.path.join(ROOT, "node_modules", "onnxruntime-web")):
         require_browser()
-    code = ("import runpy, sys; sys.argv = ['serve_web.py', '--no-serve', '--model', sys.argv[1], '--web-dir', sys.argv[2]]; "
-            f"runpy.run_path({SCRIPT!r}, run_name='__main__'); "
-            "assert not {'torch', 'timm', 'torchvision'} & set(sys.modules), 'serve_web.py imported torch'")
-    result = subprocess.run([sys.executable, "-c", code, setup["model"], str(tmp_path / "site")], capture_output=True,
-                            text=True, timeout=120)
+    code = (
+        "import runpy, sys; "
+        "sys.argv = ['serve_web.py', '--no-serve', '--model', sys.argv[1], '--web-dir', sys.argv[2]]; "
+        f"runpy.run_path({SCRIPT!r}, run_name='__main__'); "
+        "assert not {'torch', 'timm', 'torchvision'} & set(sys.modules), 'serve_web.py imported torch'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, setup["model"], str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
-    assert os.path.isfile(tmp_path / "site" / "model.json") and not os.path.exists(tmp_path / "site" / "vendor" / "ort.min.js")
+    assert os.path.isfile(tmp_path / "site" / "model.json") and not os.path.exists(
+        tmp_path / "site" / "vendor" / "ort.min.js"
+    )
 
 
 def logits_only_model(path):
     """A tiny ONNX file with the right input and metadata but no 'cam' output (an export from before the page)."""
-    graph = helper.make_graph([helper.make_node("ReduceMean", ["image"], ["pooled"], axes=[2, 3], keepdims=0),
-                               helper.make_node("Slice", ["pooled", "start", "end", "axis"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
-                              [helper.make_tensor("start", TensorProto.INT64, [1], [0]),
-                               helper.make_tensor("end", TensorProto.INT64, [1], [2]),
-                               helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image"], ["pooled"], axes=[2, 3], keepdims=0),
+            helper.make_node("Slice", ["pooled", "start", "end", "axis"], ["logits"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [
+            helper.make_tensor("start", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("end", TensorProto.INT64, [1], [2]),
+            helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
+        ],
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    meta = dict(classes=model.CLASSES, image_size=SIZE, mean=[0.5] * 3, std=[0.5] * 3, interpolation="bicubic",
-                crop_pct=0.875, threshold=0.5)
+    meta = dict(
+        classes=model.CLASSES,
+        image_size=SIZE,
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+        interpolation="bicubic",
+        crop_pct=0.875,
+        threshold=0.5,
+    )
     helper.set_model_props(m, {key: json.dumps(value) for key, value in meta.items()})
     onnx.save(m, path)
     return str(path)
@@ -274,8 +358,12 @@ def test_serve_web_says_what_is_wrong_in_one_line(tmp_path, setup):
 
 def test_ctrl_c_stops_serving_in_one_line(setup, tmp_path):
     require_browser()  # needs node_modules to get as far as serving
-    proc = subprocess.Popen([sys.executable, SCRIPT, "--model", setup["model"], "--web-dir", str(tmp_path / "site"),
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, "--model", setup["model"], "--web-dir", str(tmp_path / "site"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     proc.stdout.readline(), proc.stdout.readline()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=10)
@@ -284,8 +372,21 @@ def test_ctrl_c_stops_serving_in_one_line(setup, tmp_path):
 
 # ----------------------------------------------------------------------------- the page
 
-@pytest.mark.parametrize("name", ["lesion_4x3.jpg", "lesion_portrait.png", "lesion_small.jpg", "exif_rotated.jpg",
-                                  "transparent.png", "grey16.png", "grey.jpg", "tall.png", "phone.jpg"])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lesion_4x3.jpg",
+        "lesion_portrait.png",
+        "lesion_small.jpg",
+        "exif_rotated.jpg",
+        "transparent.png",
+        "grey16.png",
+        "grey.jpg",
+        "tall.png",
+        "phone.jpg",
+    ],
+)
 def test_page_classifies_like_python(page, setup, name):
     ref = setup["refs"][name]
     run, seconds = classify(page["page"], setup["photos"][name])
@@ -299,16 +400,20 @@ def test_page_classifies_like_python(page, setup, name):
     label = model.CLASSES[int(ref["p"] >= setup["threshold"])]
     assert run["label"] == label
     text = page["page"].inner_text("#result")
-    p_text, t_text, _ = predict.decided(run["p"], setup["threshold"])  # the digits predict.py prints
+    p_text, t_text, _ = predict.decision_texts(run["p"], setup["threshold"])  # the digits predict.py prints
     assert f"Prediction: {label}" in text and f"P(malignant) = {p_text} (threshold {t_text}" in text
     assert page["page"].is_visible("text=This is not a medical device; see a doctor about any lesion that worries you")
-    if ref["cam"].max() <= 0:  # no evidence for malignant at all (the map is signed):  # no evidence at all: said in words, no blank overlay
+    if (
+        ref["cam"].max() <= 0
+    ):  # no evidence for malignant at all (the map is signed):  # no evidence at all: said in words, no blank overlay
         assert "no evidence for malignant found in this photo" in text and not page["page"].is_visible("#heat")
 
 
 def test_heat_map_over_the_crop_and_its_toggle(page, setup):
     refs = setup["refs"]
-    name = max((n for n in refs if refs[n]["cam"].max() > 0), key=lambda n: refs[n]["p"])  # most malignant, some evidence
+    name = max(
+        (n for n in refs if refs[n]["cam"].max() > 0), key=lambda n: refs[n]["p"]
+    )  # most malignant, some evidence
     assert refs[name]["p"] >= setup["threshold"]
     run, _ = classify(page["page"], setup["photos"][name])
     assert run["label"] == "malignant"
@@ -345,9 +450,13 @@ def test_bad_files_get_a_message_and_the_page_keeps_working(page, setup, tmp_pat
     Image.new("RGB", (8000, 5000), (205, 150, 125)).save(tmp_path / "40mp.jpg", quality=50)
     with open(tmp_path / "huge.jpg", "wb") as f:
         f.truncate(31_000_000)
-    cases = {"notes.txt": "is not an image this browser can read", "renamed.jpg": "is not an image this browser can read",
-             "empty.jpg": "is empty (0 bytes)", "40mp.jpg": "is 8000 × 5000 pixels (40.0 megapixels)",
-             "huge.jpg": "is 31.0 MB; this page takes photos up to 30 MB"}
+    cases = {
+        "notes.txt": "is not an image this browser can read",
+        "renamed.jpg": "is not an image this browser can read",
+        "empty.jpg": "is empty (0 bytes)",
+        "40mp.jpg": "is 8000 × 5000 pixels (40.0 megapixels)",
+        "huge.jpg": "is 31.0 MB; this page takes photos up to 30 MB",
+    }
     for name, expected in cases.items():
         run, seconds = classify(pg, str(tmp_path / name))
         assert run is None and pg.is_visible("#message"), name
@@ -372,7 +481,8 @@ def test_file_picker_works_by_keyboard_with_visible_focus(page, setup):
     assert pg.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
     pg.evaluate("document.getElementById('app').dataset.state = 'submitted'")
     from playwright.sync_api import TimeoutError as NoChooser
-    for attempt in range(3):  # headless Chromium now and then drops the first key press on a freshly focused picker
+
+    for _attempt in range(3):  # headless Chromium now and then drops the first key press on a freshly focused picker
         try:
             with pg.expect_file_chooser(timeout=5000) as chooser:
                 pg.keyboard.press("Space")
@@ -389,9 +499,13 @@ def test_a_dropped_photo_is_checked(page, setup):
     with open(setup["photos"]["lesion_small.jpg"], "rb") as f:
         data = list(f.read())
     pg.evaluate("document.getElementById('app').dataset.state = 'submitted'")
-    pg.evaluate("""(bytes) => { const files = new DataTransfer();
+    pg.evaluate(
+        """(bytes) => { const files = new DataTransfer();
         files.items.add(new File([new Uint8Array(bytes)], 'dropped.jpg', {type: 'image/jpeg'}));
-        document.querySelector('h1').dispatchEvent(new DragEvent('drop', {dataTransfer: files, bubbles: true, cancelable: true})); }""", data)
+        const drop = new DragEvent('drop', {dataTransfer: files, bubbles: true, cancelable: true});
+        document.querySelector('h1').dispatchEvent(drop); }""",
+        data,
+    )
     pg.wait_for_selector("#app[data-state=done]")
     run = pg.evaluate("({name: __lastRun.name, p: __lastRun.p})")
     assert run["name"] == "dropped.jpg" and abs(run["p"] - setup["refs"]["lesion_small.jpg"]["p"]) <= 1e-3
@@ -404,8 +518,17 @@ def test_no_request_after_load_and_none_off_this_computer(page, server, setup):
     assert page["requests"][before:] == []
     loaded = [url.split("/", 3)[3] for url in page["requests"]]
     assert all(url.startswith(server["url"]) for url in page["requests"]), page["requests"]
-    assert set(loaded) == {"", "style.css", "app.js", "preprocess.js", "vendor/ort.wasm.min.mjs", "model.json",
-                           "model.onnx", "vendor/ort-wasm-simd-threaded.mjs", "vendor/ort-wasm-simd-threaded.wasm"}
+    assert set(loaded) == {
+        "",
+        "style.css",
+        "app.js",
+        "preprocess.js",
+        "vendor/ort.wasm.min.mjs",
+        "model.json",
+        "model.onnx",
+        "vendor/ort-wasm-simd-threaded.mjs",
+        "vendor/ort-wasm-simd-threaded.wasm",
+    }
     assert page["errors"] == []
 
 
@@ -428,8 +551,10 @@ def test_model_at_chance_and_borderline_result_are_said(browser, server, setup):
         sidecar = dict(json.load(f), at_chance=True, threshold=round(p + 0.01, 4))  # 0.01 from the threshold
     context = browser.new_context()
     pg = context.new_page()
-    pg.route("**/model.json", lambda route: route.fulfill(status=200, content_type="application/json",
-                                                           body=json.dumps(sidecar)))
+    pg.route(
+        "**/model.json",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(sidecar)),
+    )
     pg.goto(server["url"])
     pg.wait_for_selector("#app[data-state=ready]")
     assert pg.is_visible("#caution") and "could not be told from chance" in pg.inner_text("#caution")
@@ -442,8 +567,15 @@ def test_model_at_chance_and_borderline_result_are_said(browser, server, setup):
 
 def test_phone_layout(browser, server, setup):
     requests = []
-    pg, errors = open_page(browser, server["url"], requests, viewport={"width": 390, "height": 844},
-                           device_scale_factor=1, is_mobile=True, has_touch=True)
+    pg, errors = open_page(
+        browser,
+        server["url"],
+        requests,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=1,
+        is_mobile=True,
+        has_touch=True,
+    )
     run, _ = classify(pg, setup["photos"]["exif_rotated.jpg"], selector="#camera")  # the camera picker
     assert run is not None and pg.is_visible("#camera")
     assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
@@ -469,12 +601,16 @@ def test_timings(page):
     photos = TIMINGS.get("photos", {})
     inference = sorted(t["inference"] for _, t in photos.values())
     total = sorted(t["total"] for _, t in photos.values())
-    print(f"\nweb page: open -> model ready {TIMINGS['model_ready_ms'] / 1000:.2f} s, open -> first result "
-          f"{TIMINGS['first_result_s']:.2f} s; per photo ({len(photos)}): inference median "
-          f"{np.median(inference) if inference else float('nan'):.0f} ms, decode + preprocess + inference median "
-          f"{np.median(total) if total else float('nan'):.0f} ms")
+    print(
+        f"\nweb page: open -> model ready {TIMINGS['model_ready_ms'] / 1000:.2f} s, open -> first result "
+        f"{TIMINGS['first_result_s']:.2f} s; per photo ({len(photos)}): inference median "
+        f"{np.median(inference) if inference else float('nan'):.0f} ms, decode + preprocess + inference median "
+        f"{np.median(total) if total else float('nan'):.0f} ms"
+    )
     for name, (seconds, t) in photos.items():
-        print(f"  {name}: {seconds * 1000:.0f} ms choose -> result (decode {t['decode']:.0f}, preprocess "
-              f"{t['preprocess']:.0f}, inference {t['inference']:.0f} ms)")
+        print(
+            f"  {name}: {seconds * 1000:.0f} ms choose -> result (decode {t['decode']:.0f}, preprocess "
+            f"{t['preprocess']:.0f}, inference {t['inference']:.0f} ms)"
+        )
     print(f"  screenshots in {TIMINGS.get('screenshots')}")
     assert TIMINGS["first_result_s"] < 60

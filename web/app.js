@@ -134,7 +134,7 @@ function fail(text, state = "error") {
 }
 
 // P and the threshold with enough digits (3 to 6) to see which side P lies on, as predict.py prints them.
-function decided(p, threshold) {
+function decisionTexts(p, threshold) {
   for (let digits = 3; digits < 7; digits++) {
     if (p.toFixed(digits) !== threshold.toFixed(digits) || digits === 6) return [p.toFixed(digits), threshold.toFixed(digits)];
   }
@@ -145,7 +145,7 @@ function show(run) {
   $("placeholder").hidden = true;
   $("label").textContent = `Prediction: ${run.label}`;
   $("label").className = `label ${run.label}`;
-  const [pText, tText] = decided(p, threshold);
+  const [pText, tText] = decisionTexts(p, threshold);
   $("probability").textContent = `P(malignant) = ${pText} (threshold ${tText}; malignant from the threshold up)`;
   $("borderline").textContent = `Borderline: P(malignant) is within ${config.borderline_margin} of the threshold, so this `
     + "result could go either way. Do not read it as a confident answer.";

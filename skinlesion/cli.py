@@ -1,0 +1,216 @@
+"""The command line: flags made from a script's constants block, one-line errors and warnings, checks of flag
+values, printable names, and the worker pool every script shares (it must ignore Ctrl-C).
+
+Torch-free, so that `--help` and the ONNX path start in a fraction of a second."""
+
+import argparse
+import math
+import os
+import re
+import sys
+import tempfile
+
+RULER = re.compile(r"^# -{20,}$", re.M)  # the two lines around a script's constants block
+
+
+def die(message):
+    """A user's mistake: one line saying what is wrong and how to fix it, exit 1, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def run_script(main, interrupted="interrupted"):
+    """Run a script's main: Ctrl-C is one line and exit code 130; an OSError that escaped the script's own
+    checks (an unreadable photo reported by a DataLoader worker, a full disk) is one error line."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"\n{interrupted}", file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:
+        last_line = str(e).strip().splitlines()[-1]
+        die(last_line.removeprefix("OSError: "))
+
+
+def printable(path):
+    """A path (or any name) as one printable line: bytes that are not UTF-8 (a file name from another system)
+    as \\xNN, and control characters such as a newline as \\n or \\xNN, so a file name cannot forge a line."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace") if isinstance(path, (str, bytes)) else str(path)
+    escaped = []
+    for char in text:
+        if char == "\n":
+            escaped.append("\\n")
+        elif char == "\r":
+            escaped.append("\\r")
+        elif char == "\t":
+            escaped.append("\\t")
+        elif ord(char) < 32 or ord(char) == 127:
+            escaped.append(f"\\x{ord(char):02x}")
+        else:
+            escaped.append(char)
+    return "".join(escaped)
+
+
+def counts_text(values, most=6):
+    """'a 3, b 1, ...': the most common values with their counts ('' shown as 'empty')."""
+    import pandas as pd
+
+    counts = pd.Series(values).value_counts()
+    parts = [f"{value or 'empty'} {n}" for value, n in counts[:most].items()]
+    if len(counts) > most:
+        parts.append("...")
+    return ", ".join(parts)
+
+
+def first_few(items, most=3):
+    """'a, b, c, ...': the first few items."""
+    items = list(items)
+    parts = [str(item) for item in items[:most]]
+    if len(items) > most:
+        parts.append("...")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------- flags
+def constants_block(script):
+    """[(NAME, comment)] of the `NAME = value  # comment` lines between the first two rulers of a script: its
+    constants block, the only names that become flags."""
+    with open(script, encoding="utf-8") as f:
+        parts = RULER.split(f.read(), maxsplit=2)
+    if len(parts) < 3:
+        return []
+    names = re.findall(r"^([A-Z][A-Z0-9_]*) = ", parts[1], re.M)
+    comments = dict(re.findall(r"^([A-Z][A-Z0-9_]*) = .*?  # (.*)$", parts[1], re.M))
+    return [(name, comments.get(name, "")) for name in names]
+
+
+def flag_name(name):
+    """EPOCHS -> --epochs, IMAGE_SIZE -> --image-size."""
+    return "--" + name.lower().replace("_", "-")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes (an unknown flag, 'abc' for a number) are one `error:` line, as every other."""
+
+    def error(self, message):
+        die(f"{message}; see python {self.prog} --help")
+
+
+def value_converter(name, kind, nullable):
+    """text -> a value of kind; 'none' gives None only where the constant allows it."""
+
+    def convert(text):
+        if text.lower() == "none":
+            if nullable:
+                return None
+            raise argparse.ArgumentTypeError(f"{flag_name(name)} none: this flag needs a value")
+        return kind(text)
+
+    convert.__name__ = kind.__name__  # argparse then says "invalid int value: 'abc'"
+    return convert
+
+
+def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
+    """args for a script: one flag per constant of its constants block (between the two rulers), its default
+    taken from the constant, its help from the comment (EPOCHS -> --epochs, PRETRAINED -> --pretrained/
+    --no-pretrained, a list -> one or more values). A constant that is None takes its type from types and
+    accepts 'none'; so do the names in nullable. positional: a (name, help) argument taking one or more values.
+    args.given holds the flags typed on the command line."""
+    block = constants_block(constants["__file__"])
+    script = os.path.basename(constants["__file__"])
+    parsers = []
+    for with_defaults in (True, False):
+        parser = OneLineParser(
+            prog=script, description=constants["__doc__"], formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        if positional:
+            parser.add_argument(positional[0], nargs="+", help=positional[1])
+        for name, comment in block:
+            value = constants[name]
+            if with_defaults:
+                default = value
+            else:
+                default = argparse.SUPPRESS
+            options = dict(
+                default=default, dest=name.lower(), help=comment.replace("%", "%%") + " (default: %(default)s)"
+            )
+            if isinstance(value, bool):
+                options["action"] = argparse.BooleanOptionalAction
+            else:
+                kind = (types or {}).get(name)
+                if kind is None and isinstance(value, list):
+                    kind = type(value[0]) if value else str
+                if kind is None:
+                    kind = str if value is None else type(value)
+                converter = value_converter(name, kind, value is None or name in nullable)
+                options.update(metavar=name, type=converter)
+                if isinstance(value, list):
+                    options["nargs"] = "+"
+            parser.add_argument(flag_name(name), **options)
+        parsers.append(parser)
+    args = parsers[0].parse_args(argv)
+    typed = vars(parsers[1].parse_known_args(argv)[0])
+    args.given = set(typed) - {positional[0] if positional else None}
+    return args
+
+
+def check(ok, flag, value, wanted):
+    """die unless ok: '--epochs 0: use a whole number >= 1'."""
+    if not ok:
+        die(f"{flag} {value}: {wanted}")
+
+
+def in_range(value, low, high=math.inf):
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
+
+
+def check_writable(path, flag, folder=False):
+    """Before any slow work: die unless a file (or, with folder, files in the folder) can be written at path:
+    tried with a real file in the nearest existing folder (permissions, read-only disks, root alike)."""
+    if os.path.exists(path) and os.path.isdir(path) != folder:
+        if folder:
+            die(f"{flag} {path} is a file; pass a folder")
+        die(f"{flag} {path} is a folder; pass a file name")
+    if folder:
+        target = os.path.abspath(path)
+    else:
+        target = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(target):  # a folder the script will create: its parent must take it
+        target = os.path.dirname(target)
+    if not os.path.isdir(target):
+        die(f"{flag} {path}: {target} is a file, not a folder; pass another path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=target, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        die(f"{flag} {path}: cannot write in {target} ({e.strerror}); pass a path in a writable folder")
+
+
+def worker_pool(workers):
+    """A process pool whose workers ignore Ctrl-C (the main process handles it, once), or a None-yielding
+    context for 1 worker. Ctrl-C is held back while the workers are forked: arriving inside a fork hook it
+    would be lost."""
+    import signal
+    from contextlib import nullcontext
+    from multiprocessing import Pool
+
+    if workers == 1:
+        return nullcontext()
+    hold = getattr(signal, "pthread_sigmask", None)  # POSIX only; Windows does not fork
+    if hold:
+        hold(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
+    finally:
+        if hold:
+            hold(signal.SIG_UNBLOCK, {signal.SIGINT})

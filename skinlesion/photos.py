@@ -1,0 +1,215 @@
+"""Photos: finding them, reading them upright as RGB, and what the model sees of one (the centre crop,
+normalised). The Python twin of web/preprocess.js: functions of the same name (geometry, centre_crop,
+normalise, preprocess, flatten_on_white, image_size, upsample_bilinear; load_image is loadImage there) give
+the same pixels. Plus the DataLoader that AItraining.py, evaluate.py and bench.py read photos with."""
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from skinlesion.cli import die, printable
+from skinlesion.files import file_kind
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")  # what counts as an image
+MAX_IMAGE_PIXELS = 200_000_000  # larger images are refused as possible decompression bombs
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: an error, on purpose
+RESAMPLING = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+def is_image_file(path):
+    return os.path.splitext(str(path))[1].lower() in IMAGE_EXTS
+
+
+def why_skipped(file, named_directly):
+    """Why a file found under a folder (or named directly) is not read as a photo, or None."""
+    kind = file_kind(file)
+    if kind:
+        return kind
+    if named_directly:
+        return None
+    if file.endswith("_gradcam.png"):
+        return "a Grad-CAM picture written by predict.py --explain"
+    if not is_image_file(file):
+        return f"not an image file ({', '.join(IMAGE_EXTS)})"
+    return None
+
+
+def find_images(paths):
+    """(image files, [(file, why skipped)]) under paths (files and folders, searched recursively, sorted);
+    a file named directly is tried whatever its extension. Dies on a path that does not exist."""
+    images, skipped = [], []
+    for path in paths:
+        kind = file_kind(path)
+        if kind == "missing":
+            die(f"{printable(path)} not found; pass an image file or a folder of images")
+        if kind not in (None, "a folder"):
+            die(f"{printable(path)} is {kind}; pass an image file or a folder of images")
+        if kind is None:
+            found = [path]
+        else:
+            found = sorted(os.path.join(root, n) for root, _, names in os.walk(path, followlinks=True) for n in names)
+        for file in found:
+            why = why_skipped(file, named_directly=kind is None)
+            if why:
+                skipped.append((file, why))
+            else:
+                images.append(file)
+    return images, skipped
+
+
+def flatten_on_white(img):
+    """An image with transparency pasted onto a white background, as RGB."""
+    background = Image.new("RGB", img.size, (255, 255, 255))
+    rgba = img.convert("RGBA")
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def load_image(path, min_side=None):
+    """Open an image as upright RGB. With min_side, let Pillow's JPEG draft mode decode at a reduced scale
+    that still leaves the shorter side >= min_side (much faster on multi-megapixel photos). Raises OSError
+    (unreadable, truncated, not an image, not a regular file) or DecompressionBombError/Warning."""
+    kind = file_kind(path)
+    if kind:
+        raise OSError(f"{kind}, not a photo")
+    with Image.open(path) as img:
+        if min_side and img.format == "JPEG":
+            w, h = img.size
+            scale = max(min_side / min(w, h), 1 / 8)
+            img.draft("RGB", (max(1, round(w * scale)), max(1, round(h * scale))))
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey PNG: the high byte, as browsers decode it
+            img = Image.fromarray((np.asarray(img, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8))
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            return flatten_on_white(img)
+        return img.convert("RGB")
+
+
+def try_load_image(path):
+    """(upright RGB image, None), or (None, why it could not be read): each caller keeps its own policy."""
+    try:
+        return load_image(path), None
+    except Exception as e:  # OSError, DecompressionBombError, ...: not a readable image, whatever the cause
+        first = str(e).splitlines()[0] if str(e) else ""
+        detail = f": {first}" if first else ""
+        return None, f"not a readable image ({type(e).__name__}{detail})"
+
+
+def image_size(path):
+    """(width, height) as stored, from the header only."""
+    with Image.open(path) as img:
+        return img.size
+
+
+def geometry(width, height, size, crop_pct):
+    """(resized width, resized height, left, top): the shorter side resized to floor(size / crop_pct), the
+    longer in proportion (rounded down), and the offsets of the centre size x size crop (rounded half to even,
+    as Python's round and torchvision do)."""
+    short = int(size / crop_pct)
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_w, new_h = int(short * width / height), short
+    return new_w, new_h, round((new_w - size) / 2.0), round((new_h - size) / 2.0)
+
+
+def centre_crop(img, size, crop_pct, interpolation):
+    """What the model sees of a photo: resized with Pillow's interpolation as geometry says, then the centre
+    size x size (timm's evaluation transform, in Pillow alone: the recipe a consumer outside Python follows)."""
+    new_w, new_h, left, top = geometry(img.width, img.height, size, crop_pct)
+    img = img.resize((new_w, new_h), RESAMPLING[interpolation])
+    return img.crop((left, top, left + size, top + size))
+
+
+def eval_crop(img, cfg):
+    """centre_crop with a model's data config (cfg: input_size, crop_pct, interpolation)."""
+    return centre_crop(img, cfg["input_size"][-1], cfg["crop_pct"], cfg["interpolation"])
+
+
+def normalise(crop, mean, std):
+    """A uint8 crop (H, W, 3) scaled to [0, 1], less mean, over std: float32 (3, H, W)."""
+    x = np.asarray(crop, dtype=np.float32) / 255.0
+    x = (x - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)
+    return x.transpose(2, 0, 1).copy()
+
+
+def preprocess(img, cfg):
+    """The network's input for one photo: float32 (3, size, size), for onnxruntime and PyTorch alike."""
+    return normalise(eval_crop(img, cfg), cfg["mean"], cfg["std"])
+
+
+def upsample_bilinear(values, size):
+    """An (h, w) map enlarged to size x size, bilinear with half-pixel centres and clamped edges (as
+    torch.nn.functional.interpolate(mode="bilinear", align_corners=False))."""
+    values = np.asarray(values, dtype=np.float64)
+    rows = [sample_positions(values.shape[0], size), sample_positions(values.shape[1], size)]
+    (y0, y1, fy), (x0, x1, fx) = rows
+    top = values[y0][:, x0] * (1 - fx) + values[y0][:, x1] * fx
+    bottom = values[y1][:, x0] * (1 - fx) + values[y1][:, x1] * fx
+    return (top * (1 - fy)[:, None] + bottom * fy[:, None]).astype(np.float32)
+
+
+def sample_positions(n, size):
+    """For each of size output positions: the two input indices and the weight of the second."""
+    s = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+    first = np.floor(s).astype(int)
+    return first, np.minimum(first + 1, n - 1), s - first
+
+
+def normalise_batch(x, cfg):
+    """A uint8 (or [0, 1] float) torch batch to the network's input on its device, as preprocess does,
+    channels_last."""
+    import torch
+
+    if x.dtype == torch.uint8:
+        x = x.float() / 255
+    mean = torch.tensor(cfg["mean"], device=x.device, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(cfg["std"], device=x.device, dtype=torch.float32)[:, None, None]
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+class Photos:
+    """uint8 (3, size, size) centre crops of photos (as centre_crop makes them), each with why it could not be
+    read ('' if it could; the crop is then zeros), for DataLoader workers: what AItraining.py caches or streams,
+    and what evaluate.py scores. Each caller keeps its own policy for unreadable photos."""
+
+    def __init__(self, paths, size, crop_pct, interpolation):
+        self.paths, self.size, self.crop_pct, self.interpolation = paths, size, crop_pct, interpolation
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        img, why = try_load_image(self.paths[i])
+        if img is None:
+            return np.zeros((3, self.size, self.size), np.uint8), why
+        crop = centre_crop(img, self.size, self.crop_pct, self.interpolation)
+        return np.asarray(crop).transpose(2, 0, 1).copy(), ""
+
+
+def one_thread(worker_id):
+    """DataLoader worker_init_fn: one torch thread per worker, so workers and the main process do not fight
+    over the cores (a module-level function: it must pickle where workers are spawned, as on macOS)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def photo_loader(photos, batches, num_workers, device):
+    """A DataLoader of (uint8 crops, whys) batches of Photos; batches: a list of index lists that the caller
+    may refill before each pass (the workers persist), drawn with its own generator (never the global RNG)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        photos,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        worker_init_fn=one_thread,
+        persistent_workers=num_workers > 0,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),
+    )
