@@ -330,6 +330,15 @@ def write_splits(chosen, tmp):
     return manifest
 
 
+def is_earlier_dataset(folder):
+    """A dataset/ written before datasets carried our mark: its manifest.csv starts as ours does."""
+    manifest = os.path.join(folder, "manifest.csv")
+    if files.file_kind(manifest):
+        return False
+    with open(manifest, "rb") as f:
+        return f.readline().startswith(b"isic_id,split,label")
+
+
 def parse_args(argv=None):
     """The flags, each checked before any slow work."""
     args = cli.parse_flags(globals(), argv, nullable={"RESIZE_TO"})
@@ -347,12 +356,8 @@ def parse_args(argv=None):
         ("workers", args.workers, cli.in_range(args.workers, 1, 1024), "1 to 1024 processes"),
     ]:
         cli.check(ok, "--" + flag, value, "use " + wanted)
-    out, kind = os.path.realpath(args.dataset_dir), files.file_kind(args.dataset_dir)
-    held = [p for p in (args.images_dir, args.metadata_csv) if os.path.commonpath([os.path.realpath(p), out]) == out]
-    cli.check(not held, "--dataset-dir", args.dataset_dir, f"use a folder that does not hold {held and held[0]}")
-    cli.check(
-        kind in ("missing", "a folder"), "--dataset-dir", args.dataset_dir, f"use a folder, not {kind or 'a file'}"
-    )
+    files.check_output_folder(args.dataset_dir, "--dataset-dir", [args.images_dir, args.metadata_csv])
+    files.check_replaceable(args.dataset_dir, "--dataset-dir", "prepare_dataset.py", legacy=is_earlier_dataset)
     cli.check_writable(os.path.dirname(os.path.abspath(args.dataset_dir)), "--dataset-dir", folder=True)
     args.dataset_dir = os.path.normpath(args.dataset_dir)
     return args

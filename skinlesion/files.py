@@ -1,14 +1,18 @@
-"""Safe file operations: what kind of file a path is, hashes, atomic writes (a crash, a kill or a full disk never
-leaves a half-written file where a good one was), and a folder replaced as a whole, one run at a time."""
+"""Safe file operations. A script writes only what it made, where it was told: an output is never one of its
+inputs, an existing file it did not write is replaced only with --overwrite, a folder is replaced as a whole
+only if it carries our mark. Writes are atomic (a crash, a kill or a full disk never leaves a half-written
+file where a good one was), and a folder is rebuilt beside the old one and swapped in, one run at a time."""
 
 import contextlib
-import glob
 import os
 import re
 import shutil
 import stat
 
-from skinlesion.cli import die, printable
+from skinlesion.cli import die, first_few, printable
+
+TAG = "written by skin-lesion-classifier"  # inside every file we write (PNG text, JSON key, model metadata)
+MARK = ".skin-lesion-classifier"  # a file inside every folder we make, naming the script that made it
 
 
 def file_kind(path):
@@ -32,6 +36,49 @@ def file_sha256(path):
 
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def same_file(a, b):
+    """Whether two paths name one file (after links), also when one of them does not exist yet."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def is_ours(path, header=None):
+    """Whether a file was written by this project: TAG in its first or last 64 KB (PNG text, JSON, model
+    metadata), or its first line equals header (a CSV of ours)."""
+    if file_kind(path):
+        return False
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+        f.seek(max(0, os.fstat(f.fileno()).st_size - (1 << 16)))
+        tail = f.read()
+    if TAG.encode() in head or TAG.encode() in tail:
+        return True
+    return header is not None and head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace") == header
+
+
+def check_output(path, flag, inputs=(), overwrite=False, header=None):
+    """Before any work, die unless path may be written: it is none of the inputs (the same file after links),
+    and an existing file there was written by us (or overwrite says replace it)."""
+    for given in inputs:
+        if given and os.path.exists(given) and same_file(path, given):
+            die(f"{flag} {printable(path)} is also an input ({printable(given)}); pass another path")
+    if os.path.lexists(path) and not os.path.isdir(path) and not overwrite and not is_ours(path, header):
+        die(
+            f"{flag} {printable(path)} exists and was not written by this project; pass another path, or "
+            "--overwrite to replace it"
+        )
+
+
+def check_output_folder(path, flag, inputs=()):
+    """die when an output folder (replaced as a whole) holds one of the inputs."""
+    out = os.path.realpath(path)
+    for given in inputs:
+        if given and os.path.commonpath([os.path.realpath(given), out]) == out:
+            die(f"{flag} {printable(path)}: use a folder that does not hold {printable(given)}")
 
 
 def pid_alive(pid):
@@ -101,27 +148,65 @@ def lock_folder(folder, script):
     return lock
 
 
+def is_our_folder(path, legacy=None):
+    """Whether a folder carries our mark (MARK inside it), or legacy(path) says an earlier version made it."""
+    return os.path.isfile(os.path.join(path, MARK)) or bool(legacy and legacy(path))
+
+
+def check_replaceable(path, flag, script, legacy=None):
+    """die unless the folder at path may be replaced as a whole: missing, empty, or ours (never a link)."""
+    if os.path.islink(path):
+        die(
+            f"{flag} {printable(path)} is a symbolic link; pass the folder it points to "
+            f"({printable(os.path.realpath(path))}), or a new folder"
+        )
+    if not os.path.lexists(path):
+        return
+    if not os.path.isdir(path):
+        die(f"{flag} {printable(path)}: use a folder, not a file")
+    found = sorted(os.listdir(path))
+    if found and not is_our_folder(path, legacy):
+        die(
+            f"{flag} {printable(path)} holds files that {script} did not make ({first_few(found)}); pass a new "
+            "or empty folder: it is replaced as a whole"
+        )
+
+
+def leftovers(path, suffix):
+    """Folders <path>.<suffix>-<pid> that carry our mark, with their pid: what killed runs left."""
+    folder, name = os.path.split(os.path.abspath(path))
+    found = []
+    for entry in sorted(os.listdir(folder)):
+        match = re.fullmatch(re.escape(name) + r"\." + suffix + r"-(\d+)", entry)
+        full = os.path.join(folder, entry)
+        if match and not os.path.islink(full) and os.path.isdir(full) and is_our_folder(full):
+            found.append((full, int(match.group(1))))
+    return found
+
+
 @contextlib.contextmanager
-def replaced_folder(path, script):
-    """with replaced_folder(path, script) as tmp: the block writes a new folder tmp (path.tmp-<pid>), which
-    replaces path when the block ends without an error; an error, a kill or Ctrl-C leave path as it was. One run
-    per parent folder (an exclusive flock): a second dies with one line. Leftovers of killed runs are removed
-    once the lock is held; a swap cut short between its two renames is put back."""
+def replaced_folder(path, script, legacy=None):
+    """with replaced_folder(path, script) as tmp: the block writes a new folder tmp (path.tmp-<pid>, marked as
+    ours), which replaces path when the block ends without an error; an error, a kill or Ctrl-C leave path as
+    it was. check_replaceable(path) must have passed. One run per parent folder (an exclusive flock): a second
+    dies with one line. Leftovers of killed runs (marked, named with a pid) are removed once the lock is held;
+    a swap cut short between its two renames is put back. Nothing without our mark is ever removed."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp, old = f"{path}.tmp-{os.getpid()}", f"{path}.old-{os.getpid()}"
     lock = lock_folder(folder, script)
     try:
-        for left in sorted(glob.glob(glob.escape(path) + ".old-*")):
+        for left, _ in leftovers(path, "old"):
             if os.path.lexists(path):
                 shutil.rmtree(left)
             else:
                 os.rename(left, path)
-                print(f"restored {path} from {left}, left by a run killed while swapping")
-        for left in glob.glob(glob.escape(path) + ".tmp-*"):
-            pid = left.rsplit("-", 1)[1]
-            if pid.isdigit() and (lock is not None or not pid_alive(int(pid))):
+                print(f"restored {path} from {left}, left by a {script} run killed while swapping")
+        for left, pid in leftovers(path, "tmp"):
+            if lock is not None or not pid_alive(pid):
                 shutil.rmtree(left)
         os.makedirs(tmp)
+        with open(os.path.join(tmp, MARK), "w", encoding="utf-8") as f:
+            f.write(f"made by {script}; replaced as a whole by its next run\n")
         yield tmp
         if os.path.lexists(path):
             os.rename(path, old)

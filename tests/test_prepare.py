@@ -34,6 +34,7 @@ from conftest import (
     run,
     write_export,
 )
+from skinlesion import files
 
 REAL_SAMPLE = next(
     (
@@ -339,16 +340,22 @@ def test_rerun_replaces_the_dataset_and_cleans_leftovers(capsys):
     first, second = lesion_rows(12), lesion_rows(12, start=500)
     write_export("a", first)
     write_export("b", second)
-    os.makedirs("dataset.tmp-99999/train")  # left by a killed run
+    os.makedirs("dataset.tmp-99999/train")  # left by a killed run: it carries our mark
+    with open(os.path.join("dataset.tmp-99999", files.MARK), "w") as f:
+        f.write("made by prepare_dataset.py")
+    for name in ("dataset.old-2024-backup", "dataset.tmp-99998"):  # a user's own folders: never touched
+        noise_image(os.path.join(name, "thesis.jpg"), 5)
+    users = {name: fingerprint(name) for name in ("dataset.old-2024-backup", "dataset.tmp-99998")}
     args = ["--n-per-class", 100, "--val-fraction", 0, "--test-fraction", 0]
     for export in ["a", "b"]:
         m = prepare("--images-dir", export, "--metadata-csv", f"{export}/metadata.csv", *args)
     assert dataset_files() == sorted(m.file) and set(m.isic_id) == {r["isic_id"] for r in second}
-    assert sorted(os.listdir()) == ["a", "b", "dataset"]
+    assert sorted(os.listdir()) == ["a", "b", "dataset", *sorted(users)]
+    assert {name: fingerprint(name) for name in users} == users
     before = fingerprint("dataset")
     os.rename("dataset", "dataset.old-4242")  # a kill between the two renames of a swap
     main_fails(prepare_dataset.main, ["--images-dir", "nothing"], capsys, "(nor a metadata.csv under nothing)")
-    assert fingerprint("dataset") == before and sorted(os.listdir()) == ["a", "b", "dataset"]
+    assert fingerprint("dataset") == before and sorted(os.listdir()) == ["a", "b", "dataset", *sorted(users)]
 
 
 # ---------------------------------------------------------------------------- bad rows and images: counted
