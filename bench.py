@@ -32,7 +32,7 @@ import time
 
 import AItraining
 import model
-from skinlesion import batches, cli, photos
+from skinlesion import batches, cli, devices, photos, training
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px
@@ -77,7 +77,7 @@ def train_speed(batches, args, device, compile=False, amp=False, contiguous=Fals
     recipe = model.RECIPES["scratch"]
     optimizer = model.make_optimizer(net, recipe["optimizer"], recipe["lr"], recipe["weight_decay"])
     times = []
-    AItraining.train_one_epoch(
+    training.train_one_epoch(
         torch.compile(net) if compile else net,
         timed(batches, times),
         model.make_criterion(0.1),
@@ -143,7 +143,7 @@ def bench_training(args, small, full, device):
     net = model.build_model(pretrained=False)[0]
     cfg = model.data_config(net, args.image_size)
     short = int(args.image_size / cfg["crop_pct"])
-    paths, labels = AItraining.photo_split(small, "train")
+    paths, labels = AItraining.photo_split(small, "train", model.CLASSES)
     crops = photos.Photos(paths, short, 1.0, cfg["interpolation"])
     cached = batches.Split(crops, labels, True, args.num_workers, device, "caching")
     alone, loop = [], []
@@ -317,22 +317,14 @@ def bench_predict(args, work, photo, data_dir):
     for path in [pth, onnx] * (args.cold_runs + 1):  # the first run of each only fills the file cache
         cold.setdefault(path, []).append(run(script("predict.py", photo, "--model", path), cwd=work)[0])
     net, meta = model.load_checkpoint(pth)
-    cfg, img = model.meta_data_config(meta), photos.load_image(photo)
-    x, a, session = (
-        torch.from_numpy(photos.preprocess(img, cfg))[None],
-        photos.preprocess(img, cfg),
-        model.load_onnx(onnx)[0],
-    )
+    img = photos.load_image(photo)
+    session, onnx_meta = model.load_onnx(onnx)
+    torch_once = predict.torch_predictor(net, meta, False, False)
+    onnx_once = predict.onnx_predictor(session, onnx_meta, False, False)
     with torch.inference_mode():
-
-        def torch_once():
-            return model.malignant_probability(net, x)
-
         for _ in range(3):  # warm-up
-            torch_once(), predict.onnx_scores(session, a)
-        warm_pt, warm_onnx = (
-            median_seconds(fn, args.warm_runs) for fn in (torch_once, lambda: predict.onnx_scores(session, a))
-        )
+            torch_once(img), onnx_once(img)
+        warm_pt, warm_onnx = (median_seconds(lambda fn=fn: fn(img), args.warm_runs) for fn in (torch_once, onnx_once))
     cold_pt, cold_onnx = statistics.median(cold[pth][1:]), statistics.median(cold[onnx][1:])
     return [
         (
@@ -447,7 +439,7 @@ def main(argv=None):
         cli.check(
             getattr(args, flag) >= 1, "--" + flag.replace("_", "-"), getattr(args, flag), "use a whole number >= 1"
         )
-    device = model.pick_device()
+    device = devices.pick_device()
     work = args.work_dir or tempfile.mkdtemp(prefix="bench-")
     os.makedirs(work, exist_ok=True)
     demo, small, full = (os.path.join(work, d) for d in ("demo", "dataset_256", "dataset_full"))

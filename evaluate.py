@@ -1,7 +1,9 @@
 """
-Score a trained checkpoint on a folder of held-out photos (by default the test split): every metric with a
-95% bootstrap confidence interval, evaluation.json, confusion_matrix.png, roc_curve.png, and the most
-confident mistakes as a list and as mistakes.png.
+Score a trained checkpoint on a folder of held-out photos (by default the test split): every metric with a 95%
+bootstrap confidence interval, the operating point against its target, how well P(malignant) is calibrated
+(before and after the calibration stored in the model), the metrics per subgroup (sex, age band, body site,
+skin type), and for a lesion-type model the types' results. Writes evaluation.json and the pictures, and adds
+the test results to the model card (skin_model.md beside skin_model.pth).
 
     python evaluate.py                                    # skin_model.pth on dataset/test
     python evaluate.py --tta                              # average over flips, and compare with plain
@@ -9,7 +11,9 @@ confident mistakes as a list and as mistakes.png.
 
 The decision threshold is the one stored in the checkpoint, chosen on the validation split by AItraining.py;
 it is never tuned on the photos evaluated here. When the ROC-AUC's interval includes 0.5 the model cannot be
-told from chance on these photos: the report says so (at_chance in evaluation.json).
+told from chance on these photos, and when the target sensitivity lies outside the interval of the test
+sensitivity the operating point did not hold: the report says so. Subgroups come from the dataset's
+manifest.csv (DATA_DIR/../manifest.csv); a subgroup with fewer than 20 photos of either side is not scored.
 """
 
 import json
@@ -19,63 +23,73 @@ import numpy as np
 from tqdm import tqdm
 
 import model
-from skinlesion import cli, dataset, files, metrics, photos
+from skinlesion import calibration, card, cli, dataset, devices, files, isic, metrics, photos, plots
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
-DATA_DIR = "dataset/test"  # any folder with benign/ and malignant/ sub-folders
+DATA_DIR = "dataset/test"  # a split of a prepared dataset, or any folder with one sub-folder per class
 BATCH_SIZE = 32  # photos per forward pass, >= 1
 NUM_WORKERS = 2  # data-loading processes, >= 0 (0 loads in the main process)
 TTA = False  # average P(malignant) over flips and compare with plain
-N_BOOTSTRAP = 2000  # resamples for the 95% confidence intervals, >= 0 (0 = no intervals)
+N_BOOTSTRAP = 2000  # resamples for the 95% confidence intervals, 0 (no intervals) to 100000
 SEED = 0  # seed of the bootstrap resampling, >= 0
 N_MISTAKES = 10  # how many of the most confident mistakes to list and show, >= 0
-OUTPUT_DIR = "."  # folder for evaluation.json, confusion_matrix.png, roc_curve.png and mistakes.png
+OUTPUT_DIR = "."  # folder for evaluation.json and the pictures (confusion_matrix, roc_curve, calibration, ...)
+OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
-METRICS = [
-    ("accuracy", "accuracy"),
-    ("balanced_accuracy", "balanced accuracy"),
-    ("precision", "precision"),
-    ("sensitivity", "sensitivity (recall)"),
-    ("specificity", "specificity"),
-    ("f1", "F1"),
-    ("roc_auc", "ROC-AUC"),
-]
+NAMES = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "precision": "precision",
+    "sensitivity": "sensitivity (recall)",
+    "specificity": "specificity",
+    "f1": "F1",
+    "roc_auc": "ROC-AUC",
+}
+PICTURES = ["confusion_matrix.png", "roc_curve.png", "calibration.png", "mistakes.png", "types_confusion.png"]
 
 
 def parse_args(argv=None):
-    """The flags, checked before any slow work (the output folder must take files)."""
+    """The flags, checked before any slow work (the outputs must be writable, ours, and none of the inputs)."""
     args = cli.parse_flags(globals(), argv)
-    for flag, low in [("batch_size", 1), ("num_workers", 0), ("n_bootstrap", 0), ("seed", 0), ("n_mistakes", 0)]:
+    for flag, low, high in [
+        ("batch_size", 1, 1e5),
+        ("num_workers", 0, 256),
+        ("n_bootstrap", 0, 100_000),
+        ("seed", 0, 2**32 - 1),
+        ("n_mistakes", 0, 1000),
+    ]:
+        value = getattr(args, flag)
         cli.check(
-            getattr(args, flag) >= low,
-            "--" + flag.replace("_", "-"),
-            getattr(args, flag),
-            f"use a whole number >= {low}",
+            cli.in_range(value, low, high), cli.flag_name(flag), value, f"use a whole number from {low} to {high:g}"
         )
     cli.check_writable(args.output_dir, "--output-dir", folder=True)
+    data = os.path.realpath(args.data_dir)
+    inside = os.path.commonpath([data, os.path.realpath(args.output_dir)]) == data
+    cli.check(not inside, "--output-dir", args.output_dir, f"use a folder outside --data-dir {args.data_dir}")
+    for name in ["evaluation.json", *PICTURES]:
+        files.check_output(os.path.join(args.output_dir, name), "--output-dir", [args.model], args.overwrite)
+    args.card = os.path.splitext(args.model)[0] + ".md"
+    files.check_output(args.card, "--model (its card beside it)", [args.model], args.overwrite)
     return args
 
 
 def score(net, paths, meta, args, device):
-    """P(malignant) per photo in order (plain, and flip-averaged with --tta), NaN where it could not be read."""
-    import torch
-
+    """The logits of each view of each photo (one array per view: the photo, and with --tta its flips), NaN rows
+    where a photo could not be read."""
     cfg = model.meta_data_config(meta)
     crops = photos.Photos(paths, cfg["input_size"][-1], cfg["crop_pct"], cfg["interpolation"])
-    plain, flipped = np.full(len(paths), np.nan), np.full(len(paths), np.nan)
-    batches = [list(range(i, min(i + args.batch_size, len(paths)))) for i in range(0, len(paths), args.batch_size)]
-    loader = photos.photo_loader(crops, batches, args.num_workers, device)
-    with torch.inference_mode():
-        for n, (x, whys) in enumerate(tqdm(loader, desc="scoring", unit="batch", disable=None)):
-            at = np.arange(n * args.batch_size, n * args.batch_size + len(whys))[[not why for why in whys]]
-            x = photos.normalise_batch(x[[not why for why in whys]].to(device), cfg)
-            if len(at):
-                plain[at] = model.malignant_probability(net, x).cpu().double().numpy()
-                flipped[at] = (
-                    model.malignant_probability(net, x, tta=True).cpu().double().numpy() if args.tta else np.nan
-                )
-    return plain, flipped
+    views = [np.full((len(paths), len(meta["classes"])), np.nan) for _ in (model.TTA_FLIPS if args.tta else [()])]
+    order = [list(range(i, min(i + args.batch_size, len(paths)))) for i in range(0, len(paths), args.batch_size)]
+    loader = photos.photo_loader(crops, order, args.num_workers, device)
+    for indices, (x, whys) in zip(order, tqdm(loader, desc="scoring", unit="batch", disable=None)):
+        readable = [not why for why in whys]
+        at = np.array(indices)[readable]
+        if len(at):
+            x = photos.normalise_batch(x[readable].to(device), cfg)
+            for view, logits in zip(views, model.view_logits(net, x, args.tta)):
+                view[at] = logits
+    return views
 
 
 def most_confident_mistakes(paths, y, p, k, threshold=0.5):
@@ -83,148 +97,171 @@ def most_confident_mistakes(paths, y, p, k, threshold=0.5):
     malignant ones with the lowest."""
     y, p = np.asarray(y), np.asarray(p, dtype=float)
     wrong = np.flatnonzero((p >= threshold) != (y == 1))
-    return [
-        dict(path=str(paths[i]), true=model.CLASSES[y[i]], p_malignant=float(p[i]))
-        for i in wrong[np.argsort(-np.abs(y[wrong] - p[wrong]), kind="stable")][:k]
-    ]
+    order = wrong[np.argsort(-np.abs(y[wrong] - p[wrong]), kind="stable")][:k]
+    return [dict(path=str(paths[i]), true=model.CLASSES[y[i]], p_malignant=float(p[i])) for i in order]
 
 
-def save_figure(fig, path):
-    import matplotlib.pyplot as plt
+def calibration_report(y, z, fitted, args):
+    """ECE, Brier score and log-loss of P(malignant) before and after the stored calibration, with intervals."""
+    report = {"method": (fitted or {}).get("method", "none")}
+    for when, p in (("before", calibration.calibrated(z, None)), ("after", calibration.calibrated(z, fitted))):
+        for key, measure in (
+            ("ece", calibration.ece),
+            ("brier", calibration.brier),
+            ("log_loss", calibration.log_loss),
+        ):
+            report[f"{key}_{when}"] = float(measure(y, p))
+            if args.n_bootstrap:
+                ci = metrics.bootstrap_ci(y, p, args.n_bootstrap, args.seed, metric_fn=measure)["value"]
+                report[f"{key}_{when}_ci95"] = list(ci)
+        report[f"bins_{when}"] = calibration.reliability(y, p)
+    return report
 
-    files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
-    plt.close(fig)
 
-
-def plot_confusion(metrics, title, path):
-    """Counts and row rates (sensitivity and specificity are the diagonal rates)."""
-    import matplotlib.pyplot as plt
-
-    cm = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
-    rates = cm / cm.sum(1, keepdims=True).clip(min=1)
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(2):
-        for j in range(2):
-            ax.text(
-                j,
-                i,
-                f"{cm[i, j]}\n({rates[i, j]:.0%} of true {model.CLASSES[i]})",
-                ha="center",
-                va="center",
-                color="white" if rates[i, j] > 0.6 else "black",
-            )
-    ax.set(
-        xticks=[0, 1],
-        yticks=[0, 1],
-        xticklabels=model.CLASSES,
-        yticklabels=model.CLASSES,
-        xlabel="predicted",
-        ylabel="true",
-        title=f"{title}\nthreshold {metrics['threshold']:.3f} (chosen on validation)",
+def operating_report(y, p, meta, scores, ci):
+    """The stored operating point against what it reached on these photos; a warning when it did not hold."""
+    op = meta.get("operating_point") or dict(target_sensitivity=0.0)
+    target, low = op["target_sensitivity"], ci["sensitivity"]
+    found = dict(
+        op,
+        test_sensitivity=scores["sensitivity"],
+        test_sensitivity_ci95=list(low),
+        test_specificity=scores["specificity"],
+        test_specificity_ci95=list(ci["specificity"]),
     )
-    save_figure(fig, path)
-
-
-def plot_roc(y, p, metrics, auc_ci, path):
-    """ROC curve, AUC with its 95% CI in the legend, the operating point at the stored threshold."""
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(y, p)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.plot(fpr, tpr, lw=2, label=f"ROC-AUC {metrics['roc_auc']:.3f} (95% CI {auc_ci[0]:.3f}-{auc_ci[1]:.3f})")
-    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="chance")
-    x, s = 1 - metrics["specificity"], metrics["sensitivity"]
-    ax.plot(
-        x,
-        s,
-        "o",
-        color="C3",
-        ms=8,
-        label=f"threshold {metrics['threshold']:.3f}: sensitivity {s:.2f}, specificity {1 - x:.2f}",
-    )
-    ax.set(
-        xlabel="1 - specificity (false positive rate)",
-        ylabel="sensitivity (true positive rate)",
-        xlim=(-0.02, 1.02),
-        ylim=(-0.02, 1.02),
-        title="ROC curve, malignant = positive",
-    )
-    ax.legend(loc="lower right", fontsize=8)
-    save_figure(fig, path)
-
-
-def plot_mistakes(mistakes, cfg, path):
-    """The most confident mistakes as the model saw them (its centre crop), with true label and P(malignant)."""
-    import matplotlib.pyplot as plt
-
-    cols = min(5, len(mistakes))
-    rows = -(-len(mistakes) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, m in zip(axes.flat, mistakes):
-        ax.imshow(photos.eval_crop(photos.load_image(m["path"]), cfg))
-        ax.set_title(
-            f"true {m['true']}\nP(malignant) {m['p_malignant']:.3f}\n{os.path.basename(m['path'])[:24]}", fontsize=8
+    outside = bool(target) and not (low[0] <= target <= low[1])
+    found["target_outside_interval"] = outside
+    if outside:
+        found["warning"] = (
+            f"the target sensitivity {target:.2f} lies outside the test sensitivity's 95% interval "
+            f"({low[0]:.2f}-{low[1]:.2f}): the operating point chosen on validation did not hold here"
         )
-    fig.suptitle("Most confident mistakes (most wrong first)")
-    save_figure(fig, path)
+    test_op = dict(sensitivity=scores["sensitivity"], specificity=scores["specificity"])
+    found["flags"] = metrics.operating_point_warning(test_op)
+    return found
+
+
+def subgroups(y, p, rows, args):
+    """{factor: {value: photos, sides, ROC-AUC with CI or 'too few photos to report'}} for the subgroup factors
+    whose column the manifest has; None where there is no manifest for these photos."""
+    if rows is None:
+        return {}
+    values = isic.factor_values(rows)
+    found = {}
+    for factor in isic.SUBGROUPS:
+        column = isic.FACTORS[factor]
+        if column not in rows and not (factor == "body site" and "anatom_site_general" in rows):
+            continue
+        found[factor] = {}
+        for value in sorted(set(values[factor]), key=lambda v: (v == "", v)):
+            at = (values[factor] == value).to_numpy()
+            group = dict(photos=int(at.sum()), benign=int((y[at] == 0).sum()), malignant=int((y[at] == 1).sum()))
+            if min(group["benign"], group["malignant"]) < card.MIN_PER_CLASS:
+                group["text"] = "too few photos to report"
+            else:
+                group["roc_auc"] = float(metrics.roc_auc(y[at], p[at]))
+                low, high = metrics.bootstrap_ci(
+                    y[at], p[at], args.n_bootstrap or 200, args.seed, metric_fn=metrics.roc_auc
+                )["value"]
+                group.update(roc_auc_ci95=[low, high], text=f"{group['roc_auc']:.3f} ({low:.3f}-{high:.3f})")
+            found[factor][value or "unknown"] = group
+    return found
+
+
+def manifest_rows(data_dir, paths):
+    """The manifest rows of the photos (in order), from the dataset the folder belongs to, or None."""
+    root = os.path.dirname(os.path.abspath(data_dir))
+    manifest = dataset.read_manifest(root)
+    if manifest is None or "file" not in manifest:
+        return None
+    rows = manifest.set_index("file").reindex([os.path.relpath(os.path.abspath(p), root) for p in paths])
+    return None if rows.isic_id.isna().any() else rows.fillna("").reset_index()
+
+
+def types_report(labels, probabilities, classes, path):
+    """The lesion types' balanced accuracy, one-vs-rest ROC-AUC per type, and the confusion picture."""
+    counts = metrics.confusion(labels, probabilities)
+    plots.confusion(counts, classes, "lesion types (most probable type)", path)
+    aucs = metrics.one_vs_rest_auc(labels, probabilities)
+    return dict(
+        classes=classes,
+        balanced_accuracy=metrics.balanced_accuracy(labels, probabilities),
+        chance=1 / len(classes),
+        one_vs_rest_auc=dict(zip(classes, aucs)),
+        confusion=counts.tolist(),
+    )
+
+
+def compare_tta(y, plain, flipped, threshold, n, seed):
+    """Plain vs flip-averaged predictions on the same photos, with a paired bootstrap CI of the AUC gain."""
+    keys = ("roc_auc", "accuracy", "sensitivity", "specificity")
+    result = {
+        name: {k: metrics.binary_metrics(y, p, threshold)[k] for k in keys}
+        for name, p in (("plain", plain), ("tta", flipped))
+    }
+
+    def gain(y, p):
+        return metrics.roc_auc(y, p[..., 1]) - metrics.roc_auc(y, p[..., 0])
+
+    low, high = metrics.bootstrap_ci(y, np.stack([plain, flipped], 1), n, seed, metric_fn=gain)["value"]
+    verdict = "makes no clear difference"
+    if low > 0:
+        verdict = "helps"
+    elif high < 0:
+        verdict = "hurts"
+    result.update(
+        roc_auc_gain=result["tta"]["roc_auc"] - result["plain"]["roc_auc"],
+        roc_auc_gain_ci95=[low, high],
+        verdict=f"TTA {verdict} on this split",
+    )
+    print(f"\nTTA vs plain on the same images (threshold {threshold:.4f})\n{'':<14}{'plain':>8}{'TTA':>8}")
+    for key in keys:
+        print(f"{key.replace('roc_auc', 'ROC-AUC'):<14}{result['plain'][key]:>8.3f}{result['tta'][key]:>8.3f}")
+    print(f"{result['verdict']}: ROC-AUC change {result['roc_auc_gain']:+.3f} (95% CI {low:+.3f} to {high:+.3f})")
+    return result
 
 
 def main(argv=None):
     args = parse_args(argv)
-    class_files, others = dataset.class_folders(args.data_dir)  # one line on a wrong layout, before the model loads
+    device = devices.pick_device()
+    net, meta = model.load_checkpoint(args.model, device)
+    classes = meta["classes"]
+    class_files, others = dataset.class_folders(args.data_dir, classes=classes)  # one line on a wrong layout
     if others:
         cli.warn(
             f"ignored {len(others)} file(s) in {args.data_dir} that are not images: "
             + cli.first_few([cli.printable(f) for f, _ in others], 5)
         )
 
-    # model and scores
-    device = model.pick_device()
-    net, meta = model.load_checkpoint(args.model, device)
-    threshold, cfg = float(meta["threshold"]), model.meta_data_config(meta)
-    paths = np.array([f for c in model.CLASSES for f in class_files[c]])
-    y = np.repeat(np.arange(len(model.CLASSES)), [len(class_files[c]) for c in model.CLASSES])
-    plain, flipped = score(net, paths, meta, args, device)
-    unreadable = [cli.printable(f) for f in paths[np.isnan(plain)]]
+    # scores of every view; the unreadable photos left out, counted
+    paths = np.array([f for c in classes for f in class_files[c]])
+    labels = np.repeat(np.arange(len(classes)), [len(class_files[c]) for c in classes])
+    views = score(net, paths, meta, args, device)
+    keep = ~np.isnan(views[0]).any(1)
+    unreadable = [cli.printable(f) for f in paths[~keep]]
     if unreadable:
         cli.warn(f"skipped {len(unreadable)} unreadable image(s), not in the metrics: " + cli.first_few(unreadable, 5))
-    keep = ~np.isnan(plain)
-    paths, y, plain, flipped = paths[keep], y[keep], plain[keep], flipped[keep]
-    if not (model.is_probability(plain).all() and (not args.tta or model.is_probability(flipped).all())):
-        cli.die(f"{args.model} gives probabilities that are not numbers in [0, 1]; the model is broken, retrain it")
-    p = flipped if args.tta else plain
-    counts = {c: int((y == i).sum()) for i, c in enumerate(model.CLASSES)}
-    if min(counts.values()) == 0:
-        cli.die(f"no readable {min(counts, key=counts.get)} images in {args.data_dir}; both classes are needed")
+    paths, labels, views = paths[keep], labels[keep], [v[keep] for v in views]
+    if not np.isfinite(np.concatenate(views)).all():
+        cli.die(f"{args.model} gives outputs that are not numbers; the model is broken, retrain it")
+    y = model.malignant_mask(meta)[labels].astype(int)
+    z = np.mean([model.malignant_log_odds(v, model.malignant_mask(meta)) for v in views[:1]], axis=0)
+    p, probabilities = model.predictions(views, meta)
+    plain = model.predictions(views[:1], meta)[0]
+    counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
+    if min(int((y == 0).sum()), int((y == 1).sum())) == 0:
+        lacking = "malignant" if (y == 0).all() else "benign"
+        cli.die(f"no readable {lacking} images in {args.data_dir}; both sides are needed")
 
-    # metrics with intervals
+    # metrics with intervals, the operating point, calibration, subgroups, types
+    threshold = float(meta["threshold"])
     scores = metrics.binary_metrics(y, p, threshold)
-    ci = (
-        metrics.bootstrap_ci(y, p, args.n_bootstrap, args.seed, threshold=threshold)
-        if args.n_bootstrap
-        else {key: (float("nan"),) * 2 for key, _ in METRICS}
-    )
+    ci = {key: (float("nan"),) * 2 for key in NAMES}
+    if args.n_bootstrap:
+        ci = metrics.bootstrap_ci(y, p, args.n_bootstrap, args.seed, threshold=threshold)
     at_chance = metrics.at_chance(ci["roc_auc"]) if args.n_bootstrap else None  # no interval: unknown
-    mistakes = most_confident_mistakes(paths, y, p, args.n_mistakes, threshold)
-    print(
-        f"\n{args.model} on {args.data_dir}: {counts['benign']} benign, {counts['malignant']} malignant images"
-        + (", P(malignant) averaged over flips (TTA)" if args.tta else "")
-    )
-    print(f"threshold {threshold:.4f} (stored in the checkpoint, chosen on the validation split; not tuned here)\n")
-    print(f"{'metric':<22}{'value':>7}   95% CI ({args.n_bootstrap} bootstrap resamples)")
-    for key, name in METRICS:
-        print(f"{name:<22}{scores[key]:>7.3f}   [{ci[key][0]:.3f}, {ci[key][1]:.3f}]")
-    print(f"\nconfusion matrix (rows true, columns predicted)\n{'':<12}{'benign':>11}{'malignant':>11}")
-    print(f"{'benign':<12}{scores['tn']:>11}{scores['fp']:>11}\n{'malignant':<12}{scores['fn']:>11}{scores['tp']:>11}")
-    if mistakes:
-        print(f"\n{len(mistakes)} most confident mistakes\n{'P(malignant)':>12}  {'true':<10}file")
-        for m in mistakes:
-            print(f"{m['p_malignant']:>12.3f}  {m['true']:<10}{cli.printable(m['path'])}")
     result = dict(
+        written_by=files.TAG,
         model=args.model,
         data_dir=args.data_dir,
         tta=args.tta,
@@ -240,53 +277,89 @@ def main(argv=None):
         n_bootstrap=args.n_bootstrap,
         seed=args.seed,
         val_metrics=meta.get("val_metrics", {}),
-        mistakes=mistakes,
+        operating_point=operating_report(y, p, meta, scores, ci),
+        calibration=calibration_report(y, z, meta.get("calibration"), args),
+        subgroups=subgroups(y, p, manifest_rows(args.data_dir, paths), args),
+        mistakes=most_confident_mistakes(paths, y, p, args.n_mistakes, threshold),
     )
+    outputs = [os.path.join(args.output_dir, name) for name in ["evaluation.json", *PICTURES]]
+    if len(classes) > 2:
+        result["types"] = types_report(labels, probabilities, classes, outputs[5])
     if args.tta:
-        result["tta_comparison"] = compare_tta(y, plain, flipped, threshold, args.n_bootstrap, args.seed)
+        result["tta_comparison"] = compare_tta(y, plain, p, threshold, args.n_bootstrap, args.seed)
+    show(result, args)
 
-    # outputs
-    outputs = [os.path.join(args.output_dir, f) for f in ("evaluation.json", "confusion_matrix.png", "roc_curve.png")]
+    # outputs: the report, the pictures, the card
     text = json.dumps(json.loads(json.dumps(result), parse_constant=lambda nan: None), indent=2)  # JSON has no NaN
     files.write_text(outputs[0], text)
-    plot_confusion(scores, f"{os.path.basename(args.model)} on {args.data_dir}", outputs[1])
-    plot_roc(y, p, scores, ci["roc_auc"], outputs[2])
-    if mistakes:
-        outputs.append(os.path.join(args.output_dir, "mistakes.png"))
-        plot_mistakes(mistakes, cfg, outputs[-1])
-    print(f"\nwrote {', '.join(outputs)}")
-    if at_chance:
-        cli.warn(
-            f"on these photos the model cannot be told from chance: the 95% interval of its ROC-AUC "
-            f"({ci['roc_auc'][0]:.3f}-{ci['roc_auc'][1]:.3f}) includes 0.5"
-        )
-
-
-def compare_tta(y, plain, flipped, threshold, n, seed):
-    """Plain vs flip-averaged predictions on the same photos, with a paired bootstrap CI of the AUC gain."""
-    result = {
-        name: {
-            k: metrics.binary_metrics(y, p, threshold)[k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity")
-        }
-        for name, p in (("plain", plain), ("tta", flipped))
-    }
-
-    def gain(y, p):
-        return metrics.roc_auc(y, p[..., 1]) - metrics.roc_auc(y, p[..., 0])
-
-    low, high = metrics.bootstrap_ci(y, np.stack([plain, flipped], 1), n, seed, metric_fn=gain)["value"]
-    verdict = "helps" if low > 0 else "hurts" if high < 0 else "makes no clear difference"
-    result = dict(
-        result,
-        roc_auc_gain=result["tta"]["roc_auc"] - result["plain"]["roc_auc"],
-        roc_auc_gain_ci95=[low, high],
-        verdict=f"TTA {verdict} on this split",
+    title = f"{os.path.basename(args.model)} on {args.data_dir}\nthreshold {threshold:.3f} (chosen on validation)"
+    side_counts = [[scores["tn"], scores["fp"]], [scores["fn"], scores["tp"]]]
+    plots.confusion(side_counts, model.CLASSES, title, outputs[1])
+    plots.roc(y, p, scores, ci["roc_auc"], outputs[2])
+    cal = result["calibration"]
+    plots.reliability(
+        {
+            "before calibration": (cal["bins_before"], cal["ece_before"]),
+            "after calibration": (cal["bins_after"], cal["ece_after"]),
+        },
+        outputs[3],
     )
-    print(f"\nTTA vs plain on the same images (threshold {threshold:.4f})\n{'':<14}{'plain':>8}{'TTA':>8}")
-    for key in ("roc_auc", "accuracy", "sensitivity", "specificity"):
-        print(f"{key.replace('roc_auc', 'ROC-AUC'):<14}{result['plain'][key]:>8.3f}{result['tta'][key]:>8.3f}")
-    print(f"{result['verdict']}: ROC-AUC change {result['roc_auc_gain']:+.3f} (95% CI {low:+.3f} to {high:+.3f})")
-    return result
+    written = outputs[:4] + outputs[5:] if "types" in result else outputs[:4]
+    if result["mistakes"]:
+        plots.mistakes(
+            result["mistakes"],
+            lambda path: photos.eval_crop(photos.load_image(path), model.meta_data_config(meta)),
+            outputs[4],
+        )
+        written.append(outputs[4])
+    card.write_card(args.card, meta, os.path.basename(args.model), result)
+    print(f"\nwrote {', '.join(written)}; the test results are in the model card {args.card}")
+    if at_chance:
+        low, high = ci["roc_auc"]
+        cli.warn(
+            "on these photos the model cannot be told from chance: the 95% interval of its ROC-AUC "
+            f"({low:.3f}-{high:.3f}) includes 0.5"
+        )
+    for caution in (result["operating_point"].get("warning"), result["operating_point"]["flags"]):
+        if caution:
+            cli.warn(caution)
+
+
+def show(result, args):
+    """The report on the console."""
+    scores, ci, cal, op = result["metrics"], result["ci95"], result["calibration"], result["operating_point"]
+    counts = ", ".join(f"{n} {c}" for c, n in result["n_images"].items())
+    flips = ", P(malignant) averaged over flips (TTA)" if args.tta else ""
+    print(f"\n{args.model} on {args.data_dir}: {counts} images{flips}")
+    print(f"threshold {result['threshold']:.4f} (stored in the checkpoint, chosen on validation; not tuned here)\n")
+    print(f"{'metric':<22}{'value':>7}   95% CI ({args.n_bootstrap} bootstrap resamples)")
+    for key, name in NAMES.items():
+        print(f"{name:<22}{scores[key]:>7.3f}   [{ci[key][0]:.3f}, {ci[key][1]:.3f}]")
+    print(f"\nconfusion matrix (rows true, columns predicted)\n{'':<12}{'benign':>11}{'malignant':>11}")
+    print(f"{'benign':<12}{scores['tn']:>11}{scores['fp']:>11}\n{'malignant':<12}{scores['fn']:>11}{scores['tp']:>11}")
+    if op.get("target_sensitivity"):
+        print(
+            f"\noperating point: target sensitivity {op['target_sensitivity']:.2f}, reached "
+            f"{metrics.percent_range(scores['sensitivity'], ci['sensitivity'])}; specificity "
+            f"{metrics.percent_range(scores['specificity'], ci['specificity'])}"
+        )
+    print(
+        f"\ncalibration ({cal['method']}): ECE {cal['ece_before']:.3f} before, {cal['ece_after']:.3f} after; "
+        f"Brier {cal['brier_before']:.3f} before, {cal['brier_after']:.3f} after"
+    )
+    if "types" in result:
+        types = result["types"]
+        print(f"\nlesion types: balanced accuracy {types['balanced_accuracy']:.3f} (chance {types['chance']:.3f})")
+        for name, auc in types["one_vs_rest_auc"].items():
+            print(f"  {name:<30} ROC-AUC {auc:.3f} (one vs rest)")
+    for factor, groups in result["subgroups"].items():
+        print(
+            f"\nROC-AUC by {factor}: " + "; ".join(f"{g} ({r['photos']} photos) {r['text']}" for g, r in groups.items())
+        )
+    if result["mistakes"]:
+        print(f"\n{len(result['mistakes'])} most confident mistakes\n{'P(malignant)':>12}  {'true':<10}file")
+        for m in result["mistakes"]:
+            print(f"{m['p_malignant']:>12.3f}  {m['true']:<10}{cli.printable(m['path'])}")
 
 
 if __name__ == "__main__":

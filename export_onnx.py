@@ -7,20 +7,21 @@ and check that it gives the same results as PyTorch on real photos before writin
     python export_onnx.py --check-images my_photos/         # check on other photos
     python predict.py photo.jpg --model skin_model.onnx     # then predict without torch
 
-The file takes "image": float32 [batch, 3, size, size], any batch size, prepared as model.preprocess does
-(the README's "Preprocessing" section spells it out for consumers outside Python). It gives "logits":
-[batch, 2] for model.CLASSES (softmax gives P(benign), P(malignant)) and "cam": [batch, size/32, size/32],
-the evidence map: sum over the 1280 channels of the last feature map weighted by (classifier weight for
-malignant - for benign); > 0 where the evidence is for malignant, < 0 for benign (its mean plus the bias
-difference is the malignant log-odds; predict.py --explain and the web page draw it). Its metadata_props
-hold, each as JSON, what a consumer needs: classes, image_size, mean, std, interpolation, crop_pct,
-threshold, at_chance, and model_name, val_metrics, val_auc_ci95, epoch, source_checkpoint, source_sha256.
+The file takes "image": float32 [batch, 3, size, size], any batch size, prepared as skinlesion/photos.py
+preprocess does (the README's "Preprocessing" section spells it out for consumers outside Python). It gives
+"logits" [batch, classes]; "p_malignant" [batch], the calibrated P(malignant): the summed probability of the
+malignant classes, through the calibration stored in the model; and "cam" [batch, size/32, size/32], the
+evidence map, the Grad-CAM of the malignant log-odds (> 0 where the evidence is for malignant, < 0 for benign;
+predict.py --explain and the web page draw it). Its metadata_props hold, each as JSON, what a consumer needs
+(classes and their sides, the preprocessing, the threshold and operating point, the calibration, the
+validation results, the model card's summary) and where it came from (source_checkpoint, source_sha256).
 Exporter: torch.onnx's default, torch.export-based one (dynamo=True), with the weights inside the file.
-The check: onnxruntime against PyTorch on the photos (through model.preprocess, as predict.py reads them),
-for the whole batch at once and for the first photo alone; a difference in P(malignant) or in the map over
-TOLERANCE (the map relative to its largest value) is an error and nothing is written. The photos come from
-CHECK_IMAGES, or dataset/val if it is missing; with no photos at all the check runs on random tensors and
-says so. A temporary file left by a killed export is removed by the next one.
+
+The check: onnxruntime against PyTorch on real photos (read as predict.py reads them), for the whole batch at
+once and for the first photo alone; a difference in P(malignant) or in the map over TOLERANCE (the map relative
+to its largest value) is an error and nothing is written. The photos come from CHECK_IMAGES (dataset/val when
+the default is missing; random tensors, said so, when there is no dataset at all); a CHECK_IMAGES you name
+that holds no readable photo is an error. A temporary file left by a killed export is removed by the next one.
 """
 
 import json
@@ -29,7 +30,7 @@ import os
 import numpy as np
 
 import model
-from skinlesion import cli, files, photos
+from skinlesion import card, cli, files, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -37,10 +38,10 @@ OUTPUT = "skin_model.onnx"  # the ONNX file to write (replaced atomically, only 
 CHECK_IMAGES = "dataset/test"  # folder (or photo) of real photos for the check; dataset/val if missing
 N_CHECK = 16  # how many photos to check on (spread over the sorted list), >= 1
 OPSET = 18  # ONNX opset version, 18 to 23
-TOLERANCE = (
-    1e-4  # largest allowed difference in P(malignant) (and in the map, relative) between PyTorch and onnxruntime
-)
+TOLERANCE = 1e-4  # largest difference in P(malignant) (and the map, relative) between PyTorch and onnxruntime
+OVERWRITE = False  # replace an OUTPUT that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
+LEFT_OUT = ("settings", "data")  # metadata the model card carries instead of the ONNX file
 
 
 def parse_args(argv=None):
@@ -48,20 +49,19 @@ def parse_args(argv=None):
     cli.check(args.n_check >= 1, "--n-check", args.n_check, "check on at least 1 photo")
     cli.check(18 <= args.opset <= 23, "--opset", args.opset, "use an opset from 18 to 23")
     cli.check(cli.in_range(args.tolerance, 1e-9, 0.1), "--tolerance", args.tolerance, "use a number from 1e-9 to 0.1")
-    cli.check(
-        os.path.exists(args.check_images) or args.check_images == CHECK_IMAGES,
-        "--check-images",
-        args.check_images,
-        "not found; pass a folder (or a photo) of real photos",
-    )
+    named = "check_images" in args.given
+    wanted = "not found; pass a folder (or a photo) of real photos"
+    cli.check(os.path.exists(args.check_images) or not named, "--check-images", args.check_images, wanted)
+    files.check_output(args.output, "--output", [args.model, args.check_images], args.overwrite)
     cli.check_writable(args.output, "--output")
     return args
 
 
-def check_photos(source, n, cfg):
-    """(a numpy batch of up to n photos from source, spread over the sorted list, through model.preprocess,
-    a description). Falls back to dataset/val, then to random tensors, when the default folder is missing."""
-    if not os.path.exists(source) and source == CHECK_IMAGES:
+def check_photos(source, n, cfg, named):
+    """(a numpy batch of up to n photos from source, spread over the sorted list, preprocessed, a description).
+    The default folder falls back to dataset/val, then to random tensors; a folder the user named must hold
+    readable photos."""
+    if not os.path.exists(source) and not named:
         source = "dataset/val"
     paths = photos.find_images([source])[0] if os.path.exists(source) else []
     paths = paths[:: max(1, len(paths) // n)][:n]
@@ -70,55 +70,54 @@ def check_photos(source, n, cfg):
         cli.warn(f"{len(paths) - len(images)} of the {len(paths)} check photos could not be read and were left out")
     if images:
         return np.stack([photos.preprocess(img, cfg) for img in images]), f"{len(images)} photos from {source}"
+    if named:
+        cli.die(f"--check-images {source} holds no readable photo; pass a folder (or a photo) of real photos")
     size = cfg["input_size"][-1]
-    return (
-        np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32),
-        f"{n} random tensors (no photos found; --check-images FOLDER checks on real ones)",
-    )
+    noise = np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
+    return noise, f"{n} random tensors (no photos found; --check-images FOLDER checks on real ones)"
 
 
-def with_evidence_map(net):
-    """net as a module giving (logits, cam): cam = sum_c (W[malignant, c] - W[benign, c]) * features[c]."""
+def exportable(net, meta):
+    """net as a module giving (logits, calibrated P(malignant), cam): the cam weights each channel of the final
+    feature map by the gradient of the malignant log-odds, log sum exp(malignant logits) - log sum exp(benign
+    logits), for EfficientNet's head (global average pool + linear): for two classes, W[malignant] - W[benign]."""
     import torch
 
-    class LogitsAndCam(torch.nn.Module):
+    mask = torch.as_tensor(model.malignant_mask(meta))
+    fitted = meta.get("calibration") or {"a": 1.0, "b": 0.0}
+
+    class Exported(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.net = net
+            self.register_buffer("malignant", torch.nonzero(mask).flatten())
+            self.register_buffer("benign", torch.nonzero(~mask).flatten())
 
         def forward(self, x):
             features = self.net.forward_features(x)
+            logits = self.net.forward_head(features)
+            malignant, benign = logits.index_select(1, self.malignant), logits.index_select(1, self.benign)
+            p = torch.sigmoid(fitted["a"] * (torch.logsumexp(malignant, 1) - torch.logsumexp(benign, 1)) + fitted["b"])
             w = self.net.get_classifier().weight
-            direction = w[model.CLASSES.index("malignant")] - w[model.CLASSES.index("benign")]
-            return self.net.forward_head(features), torch.einsum("c,bchw->bhw", direction, features)
+            direction = torch.softmax(malignant, 1) @ w[self.malignant] - torch.softmax(benign, 1) @ w[self.benign]
+            return logits, p, torch.einsum("bc,bchw->bhw", direction, features)
 
-    return LogitsAndCam().eval()
+    return Exported().eval()
 
 
 def onnx_metadata(meta, checkpoint):
     """What a consumer needs to use the ONNX file alone, each value as a JSON string."""
     import torch
 
-    keys = (
-        "model_name",
-        "classes",
-        "image_size",
-        "mean",
-        "std",
-        "interpolation",
-        "crop_pct",
-        "threshold",
-        "at_chance",
-        "val_metrics",
-        "val_auc_ci95",
-        "epoch",
-    )
-    props = dict(
-        {key: meta.get(key) for key in keys},
+    card_file = os.path.splitext(checkpoint)[0] + ".md"
+    tested = card.test_results(card_file) if files.is_ours(card_file) else None
+    props = {key: value for key, value in meta.items() if key not in LEFT_OUT}
+    props.update(
         source_checkpoint=os.path.basename(checkpoint),
         source_sha256=files.file_sha256(checkpoint),
-        outputs=["logits", "cam"],
+        outputs=["logits", "p_malignant", "cam"],
         exporter=f"torch.onnx dynamo, torch {torch.__version__}",
+        card_summary=card.summary(meta, tested),
     )
     return {key: json.dumps(value) for key, value in props.items()}
 
@@ -132,7 +131,7 @@ def export(wrapped, size, path, opset, metadata):
         wrapped,
         (torch.randn(2, 3, size, size),),
         input_names=["image"],
-        output_names=["logits", "cam"],
+        output_names=["logits", "p_malignant", "cam"],
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         dynamo=True,
@@ -142,22 +141,22 @@ def export(wrapped, size, path, opset, metadata):
     program.save(path, external_data=False)
 
 
-def max_difference(wrapped, path, x):
-    """Largest difference PyTorch - onnxruntime, in P(malignant) and in the map (relative to its largest
-    value), over the batch run at once and the first photo alone (which checks the dynamic batch size)."""
+def max_difference(wrapped, meta, path, x):
+    """Largest difference PyTorch - onnxruntime, in P(malignant) (the model's own prediction path against the
+    file's p_malignant) and in the map (relative to its largest value), over the batch run at once and the
+    first photo alone (which checks the dynamic batch size)."""
     import onnxruntime as ort
     import torch
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     with torch.inference_mode():
-        logits, cam = (t.double().numpy() for t in wrapped(torch.from_numpy(x)))
+        logits, _, cam = (t.double().numpy() for t in wrapped(torch.from_numpy(x)))
+    p = model.predictions([logits], meta)[0]
     diffs = []
     for part in (x, x[:1]):
-        onnx_logits, onnx_cam = session.run(["logits", "cam"], {"image": part})
-        diffs += [
-            np.abs(model.softmax_malignant(logits[: len(part)]) - model.softmax_malignant(onnx_logits)).max(),
-            np.abs(cam[: len(part)] - onnx_cam).max() / max(np.abs(cam).max(), 1e-12),
-        ]
+        _, onnx_p, onnx_cam = session.run(["logits", "p_malignant", "cam"], {"image": part})
+        diffs.append(np.abs(p[: len(part)] - onnx_p).max())
+        diffs.append(np.abs(cam[: len(part)] - onnx_cam).max() / max(np.abs(cam).max(), 1e-12))
     return max(diffs)
 
 
@@ -167,13 +166,15 @@ def main(argv=None):
     import torch
 
     net, meta = model.load_checkpoint(args.model)  # dies with one line if missing, broken or not a checkpoint
-    wrapped = with_evidence_map(net.float().to(memory_format=torch.contiguous_format).eval())
-    x, described = check_photos(args.check_images, args.n_check, model.meta_data_config(meta))
+    wrapped = exportable(net.float().to(memory_format=torch.contiguous_format).eval(), meta)
+    x, described = check_photos(
+        args.check_images, args.n_check, model.meta_data_config(meta), "check_images" in args.given
+    )
 
-    def export_and_check(tmp):  # inside model.atomic_write: a failed check leaves nothing behind
+    def export_and_check(tmp):  # inside files.atomic_write: a failed check leaves nothing behind
         export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model))
         onnx.checker.check_model(tmp, full_check=True)
-        diff = max_difference(wrapped, tmp, x)
+        diff = max_difference(wrapped, meta, tmp, x)
         if not diff <= args.tolerance:
             cli.die(
                 f"onnxruntime and PyTorch disagree: max difference {diff:.2e} > tolerance {args.tolerance:.0e} "
@@ -185,10 +186,10 @@ def main(argv=None):
         )
 
     files.atomic_write(args.output, export_and_check)
-    size = meta["image_size"]
+    size, n = meta["image_size"], len(meta["classes"])
     print(
         f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
-        f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {len(model.CLASSES)}] and 'cam' "
+        f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch] and 'cam' "
         f"[batch, {size // 32}, {size // 32}])"
     )
     print(f"use it with: python predict.py photo.jpg --model {args.output}")

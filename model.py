@@ -1,104 +1,58 @@
-"""
-The model: EfficientNet-B0 from timm with a benign/malignant head, its loss (CrossEntropyLoss), its optimizer
-(Adam, lr 1e-4, for ImageNet weights) and the from-scratch recipe, how it predicts, and the model file: what a
-.pth or .onnx file holds, how it is saved, loaded and checked (a broken one is refused, by every script).
+"""The model: EfficientNet-B0 from timm with a head for the dataset's classes (benign and malignant, or lesion
+types on either side), its loss, its optimizer and recipes, how it predicts P(malignant), and the model file:
+what a .pth or .onnx file holds, how it is saved, loaded and checked (a broken one, or one that is not ours, is
+refused by every script). torch and timm are imported inside the functions that use them, so that `--help` and
+the ONNX path start in a fraction of a second.
 
-    import model
-    net, imagenet = model.build_model(pretrained=True)   # timm efficientnet_b0, 2-class head
+    net, imagenet = model.build_model(pretrained=True)   # timm efficientnet_b0, a neutral 2-class head
     net, meta = model.load_checkpoint("skin_model.pth")  # checked: finite weights, valid metadata
-
-Not a script: the training and prediction scripts import it. torch and timm are imported inside the functions
-that use them, so `--help` and predict.py's ONNX path start in a fraction of a second instead of ~4 s.
 """
 
 import json
-import os
+import re
 import warnings
 
 import numpy as np
+from scipy.special import logsumexp, softmax
 
-from skinlesion.cli import die, in_range, warn
+from skinlesion.calibration import calibrated
+from skinlesion.cli import die, is_list_of, is_number, is_table
 from skinlesion.dataset import SIDES
-from skinlesion.files import atomic_write, file_kind
+from skinlesion.files import TAG, atomic_write, file_kind, is_ours
+from skinlesion.weights import imagenet_model
 
 # -----------------------------------------------------------------------------
 MODEL_NAME = "efficientnet_b0"  # timm architecture
-CLASSES = SIDES  # folder names = class indices: benign, malignant (the positive class)
+CLASSES = SIDES  # the two-class model's classes (folder names = class indices); malignant is the positive class
 BORDERLINE = 0.02  # a photo whose P(malignant) is this close to the threshold is reported as borderline
 RECIPES = {  # how AItraining.py trains, by starting point; each knob is also one of its flags
-    "finetune": dict(
-        optimizer="adam",
-        lr=1e-4,
-        weight_decay=0.0,
-        warmup=0.0,
-        schedule="cosine",
-        epochs=20,
-        label_smoothing=0.1,
-        drop_path=0.2,
-        class_weights=True,
-        patience=5,
-    ),
-    "scratch": dict(
-        optimizer="adamw",
-        lr=3e-3,
-        weight_decay=0.05,
-        warmup=0.05,
-        schedule="cosine",
-        epochs=100,
-        label_smoothing=0.1,
-        drop_path=0.2,
-        class_weights=True,
-        patience=0,
-    ),
-}
+    "finetune": dict(optimizer="adam", lr=1e-4, weight_decay=0.0, warmup=0.0, schedule="cosine", epochs=20,
+                     label_smoothing=0.1, drop_path=0.2, class_weights=True, patience=5),
+    "scratch": dict(optimizer="adamw", lr=3e-3, weight_decay=0.05, warmup=0.05, schedule="cosine", epochs=100,
+                    label_smoothing=0.1, drop_path=0.2, class_weights=True, patience=0),
+}  # fmt: skip
 # -----------------------------------------------------------------------------
 TTA_FLIPS = [(), (-1,), (-2,), (-2, -1)]  # test-time augmentation: the photo and its flips (axes of C, H, W)
+ONNX_CONVS = 81  # Conv nodes in an export of EfficientNet-B0: a graph with another count is not our model
 
 
 # ---------------------------------------------------------------------------- the network
-def pick_device():
-    """CUDA, then Apple MPS, then CPU."""
+def build_model(pretrained=True, weights_file=None, num_classes=2, drop_path=0.0):
+    """(timm efficientnet_b0 with a num_classes head, whether it holds ImageNet weights; skinlesion/weights.py
+    says where they come from). The new head starts neutral, zero: every class equally likely (loss ln N) on
+    any photo; timm's random head gives ImageNet features logits of about +-8, and Adam then spends the run
+    shrinking the head instead of adapting the features."""
+    import timm
     import torch
 
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    def create(pretrained, overlay):
+        options = dict(num_classes=num_classes, drop_path_rate=drop_path, pretrained_cfg_overlay=overlay)
+        net = timm.create_model(MODEL_NAME, pretrained=pretrained, **options)
+        torch.nn.init.zeros_(net.get_classifier().weight)
+        torch.nn.init.zeros_(net.get_classifier().bias)
+        return net
 
-
-def build_model(pretrained=True, weights_file=None, num_classes=2, drop_path=0.0):
-    """(timm efficientnet_b0 with a num_classes head, whether it holds ImageNet weights). weights_file (a
-    .safetensors/.bin of timm/efficientnet_b0.ra_in1k) loads offline; otherwise pretrained=True fetches the
-    weights from the Hugging Face hub and, if that fails, warns once and starts from random weights."""
-    import timm
-
-    options = dict(num_classes=num_classes, drop_path_rate=drop_path)
-    if weights_file:
-        if not os.path.isfile(weights_file):
-            die(
-                f"weights file {weights_file} not found; download it with "
-                "'hf download timm/efficientnet_b0.ra_in1k' or set WEIGHTS_FILE = None"
-            )
-        overlay = dict(file=os.path.abspath(weights_file))
-        try:
-            return timm.create_model(MODEL_NAME, pretrained=True, pretrained_cfg_overlay=overlay, **options), True
-        except Exception as e:
-            die(
-                f"could not load ImageNet weights from {weights_file} ({type(e).__name__}); it must be "
-                "the model.safetensors or pytorch_model.bin of timm/efficientnet_b0.ra_in1k"
-            )
-    if pretrained:
-        try:
-            return timm.create_model(MODEL_NAME, pretrained=True, **options), True
-        except Exception as e:
-            warn(
-                f"could not fetch ImageNet weights for {MODEL_NAME} ({type(e).__name__}), training from "
-                "random weights, which needs far more data. Fix: point WEIGHTS_FILE (--weights-file) at a "
-                "local copy from 'hf download timm/efficientnet_b0.ra_in1k', or set PRETRAINED = False "
-                "(--no-pretrained) to silence this."
-            )
-    return timm.create_model(MODEL_NAME, pretrained=False, **options), False
+    return imagenet_model(create, MODEL_NAME, weights_file, pretrained)
 
 
 def make_criterion(label_smoothing=0.0, class_weights=None):
@@ -115,136 +69,150 @@ def make_optimizer(net, optimizer="adam", lr=RECIPES["finetune"]["lr"], weight_d
     return create_optimizer_v2(net, opt=optimizer, lr=lr, weight_decay=weight_decay)
 
 
-def lr_factor(step, total, warmup, schedule):
-    """Share of the peak learning rate at a step: linear warm-up over warmup * total steps, then cosine to 0
-    or constant."""
-    import math
-
-    warm = round(warmup * total)
-    if step < warm:
-        return (step + 1) / warm
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-    return 1.0
-
-
 def data_config(net, image_size):
     """timm's preprocessing for the model (mean, std, interpolation, crop_pct) at image_size."""
     import timm
 
     cfg = timm.data.resolve_model_data_config(net)
-    return dict(
-        input_size=(3, image_size, image_size),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        interpolation=cfg["interpolation"],
-        crop_pct=cfg["crop_pct"],
-    )
+    return meta_data_config(dict(cfg, image_size=image_size, mean=list(cfg["mean"]), std=list(cfg["std"])))
 
 
 def prepare_for_device(net, device):
-    """Move to device in channels_last memory format (EfficientNet-B0 on 2 CPU cores: training 2.3x faster in
-    bench.py, inference ~5x; also the fast layout for convolutions on GPUs)."""
+    """On device, channels_last (EfficientNet-B0 on 2 CPU cores: training 2.3x faster, inference ~5x)."""
     import torch
 
     return net.to(device, memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------------------- prediction
-def malignant_probability(net, x, tta=False):
-    """P(malignant) for a batch of normalised images; tta averages over TTA_FLIPS."""
+def malignant_mask(meta):
+    """Which of the model's classes are on the malignant side (a two-class model: 'malignant')."""
+    return np.array([c in meta.get("malignant_classes", ["malignant"]) for c in meta["classes"]])
+
+
+def malignant_log_odds(logits, mask):
+    """log(P(malignant) / P(benign)) per row of (n, classes) logits, P(malignant) being the summed probability
+    of the malignant classes: exact and stable in float64 (for two classes, the logit difference)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return logsumexp(logits[:, mask], axis=1) - logsumexp(logits[:, ~mask], axis=1)
+
+
+def class_probabilities(logits):
+    """Softmax per row, float64."""
+    return softmax(np.asarray(logits, dtype=np.float64), axis=1)
+
+
+def predictions(view_logits, meta):
+    """(calibrated P(malignant) (n,), class probabilities (n, classes)) averaged over the views' logits."""
+    mask, calibration = malignant_mask(meta), meta.get("calibration")
+    p = np.mean([calibrated(malignant_log_odds(v, mask), calibration) for v in view_logits], axis=0)
+    return p, np.mean([class_probabilities(v) for v in view_logits], axis=0)
+
+
+def view_logits(net, x, tta=False):
+    """The network's float64 logits for a batch of normalised images, one array per view (TTA_FLIPS with tta)."""
     import torch
 
     x = x.contiguous(memory_format=torch.channels_last)
     flips = TTA_FLIPS if tta else [()]
-    views = [x.flip(dims) if dims else x for dims in flips]
-    malignant = CLASSES.index("malignant")
-    return torch.stack([torch.softmax(net(v).float(), 1)[:, malignant] for v in views]).mean(0)
-
-
-def softmax_malignant(logits):
-    """P(malignant) per row of (n, 2) logits, in float64 numpy."""
-    logits = np.asarray(logits, dtype=np.float64)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    return (p / p.sum(1, keepdims=True))[:, CLASSES.index("malignant")]
-
-
-def is_probability(p):
-    """Elementwise: a finite number in [0, 1]. Anything else from a model is an error, never a label."""
-    p = np.asarray(p, dtype=float)
-    return np.isfinite(p) & (p >= 0) & (p <= 1)
+    with torch.inference_mode():
+        return [net(x.flip(dims) if dims else x).double().cpu().numpy() for dims in flips]
 
 
 # ---------------------------------------------------------------------------- the model file
-def is_number(value, low, high):
-    return not isinstance(value, bool) and in_range(value, low, high)
+def classes_fault(meta):
+    """What is wrong with a model file's classes and their sides, or None."""
+    classes, malignant = meta["classes"], meta.get("malignant_classes")
+    if not is_list_of(classes, lambda c: isinstance(c, str) and c) or len(set(classes)) != len(classes) > 1:
+        return f"its classes {classes!r} are not two or more different names"
+    if malignant is None and classes != SIDES:
+        return f"it is a model for classes {classes} with no malignant_classes; this project needs {SIDES} or both"
+    if malignant is not None and not (
+        is_list_of(malignant, classes.__contains__) and 0 < len(malignant) < len(classes)
+    ):
+        return f"its malignant_classes {malignant!r} are not some, not all, of its classes"
+    return None
 
 
 def meta_fault(meta):
     """What is wrong with a model file's metadata (what predict.py, evaluate.py and the web page need), or None."""
     need = ["classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold"]
     missing = [key for key in need if key not in meta]
+    calibration, ci = meta.get("calibration"), meta.get("val_auc_ci95")
     if missing:
         return f"no {', '.join(missing)} in its metadata"
-    if meta["classes"] != CLASSES:
-        return f"it is a model for classes {meta['classes']}; this project needs {CLASSES}"
+    if meta.get("model_name", MODEL_NAME) != MODEL_NAME:
+        return f"it holds a {meta['model_name']} model, this project needs {MODEL_NAME}"
     if not (isinstance(meta["image_size"], int) and is_number(meta["image_size"], 32, 2048)):
         return f"its image_size {meta['image_size']!r} is not a whole number from 32 to 2048"
-    for key, low, words in (("mean", -10, ""), ("std", 1e-6, " above 0")):
-        value = meta[key]
-        if not (isinstance(value, list) and len(value) == 3 and all(is_number(v, low, 10) for v in value)):
-            return f"its {key} {value!r} is not three numbers{words}"
+    if not is_list_of(meta["mean"], lambda v: is_number(v, -10, 10), 3):
+        return f"its mean {meta['mean']!r} is not three numbers"
+    if not is_list_of(meta["std"], lambda v: is_number(v, 1e-6, 10), 3):
+        return f"its std {meta['std']!r} is not three numbers above 0"
     if meta["interpolation"] not in ("bicubic", "bilinear", "nearest"):
         return f"its interpolation {meta['interpolation']!r} is not bicubic, bilinear or nearest"
     if not is_number(meta["crop_pct"], 0.05, 1):
         return f"its crop_pct {meta['crop_pct']!r} is not a number in (0, 1]"
     if not is_number(meta["threshold"], 0, 1):
         return f"its threshold {meta['threshold']!r} is not a number from 0 to 1"
+    if calibration is not None and not (
+        isinstance(calibration, dict)
+        and is_number(calibration.get("a"), 1e-6, 1e6)
+        and is_number(calibration.get("b"), -1e6, 1e6)
+    ):
+        return f"its calibration {calibration!r} is not a positive scale a and a shift b"
+    if ci is not None and not is_list_of(ci, lambda v: is_number(v, 0, 1), 2):
+        return f"its val_auc_ci95 {ci!r} is not two numbers from 0 to 1"
+    bad = [key for key in ("val_metrics", "operating_point") if meta.get(key) is not None and not is_table(meta[key])]
+    if bad:
+        return f"its {bad[0]} {meta[bad[0]]!r} is not a table of numbers"
     if meta.get("at_chance") not in (None, True, False):  # None: not known (no validation split)
         return f"its at_chance {meta['at_chance']!r} is not true, false or null"
-    return None
+    return classes_fault(meta)
 
 
 def meta_data_config(meta):
-    """The data config stored in a model file's meta, in the shape data_config returns."""
+    """The data config stored in a model file's meta, in the shape timm's data config has."""
     size = meta["image_size"]
-    return dict(
-        input_size=(3, size, size),
-        mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]),
-        interpolation=meta["interpolation"],
-        crop_pct=meta["crop_pct"],
-    )
+    cfg = dict(input_size=(3, size, size), mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    return dict(cfg, interpolation=meta["interpolation"], crop_pct=meta["crop_pct"])
 
 
-def checkpoint_state(net, cfg, threshold=0.5, **meta):
-    """The one checkpoint format: weights plus everything needed to use them (meta_fault's keys, and
-    val_metrics, val_auc_ci95, at_chance, epoch, settings, manifest_sha256 from AItraining.py)."""
+def checkpoint_state(net, cfg, threshold=0.5, classes=CLASSES, **meta):
+    """The one checkpoint format: weights plus what is needed to use them (meta_fault's keys and what AItraining.py
+    adds). TAG comes first, so that files.is_ours knows the file."""
     import PIL
     import timm
     import torch
 
     net = getattr(net, "module", net)  # unwrap DistributedDataParallel
     versions = {"torch": str(torch.__version__), "timm": timm.__version__, "pillow": PIL.__version__}
-    meta = dict(
-        model_name=MODEL_NAME,
-        classes=list(CLASSES),
-        image_size=int(cfg["input_size"][-1]),
-        mean=list(cfg["mean"]),
-        std=list(cfg["std"]),
-        interpolation=cfg["interpolation"],
-        crop_pct=float(cfg["crop_pct"]),
-        threshold=float(threshold),
-        **meta,
-        versions=versions,
-    )
-    return {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "meta": meta}
+    meta = dict(written_by=TAG, model_name=MODEL_NAME, classes=list(classes), threshold=float(threshold), **meta)
+    meta.update(image_size=int(cfg["input_size"][-1]), mean=list(cfg["mean"]), std=list(cfg["std"]))
+    meta.update(interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]), versions=versions)
+    weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    return {"written_by": TAG, "state_dict": weights, "meta": meta}
 
 
 def save_checkpoint(path, state):
     import torch
 
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def written_by_us(path):
+    """Whether a model file is ours: TAG inside, or from an earlier version (a zip whose data.pkl names state_dict,
+    meta and model_name; an ONNX file with source_sha256 metadata): replaced without --overwrite."""
+    import zipfile
+
+    if is_ours(path) or is_ours(path, ours=b"source_sha256"):
+        return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            data = z.read(next(name for name in z.namelist() if name.endswith("/data.pkl")))
+    except Exception:  # not a zip, no data.pkl: not a checkpoint
+        return False
+    return all(key in data for key in (b"state_dict", b"meta", b"model_name"))
 
 
 def check_model_file(path, how="train one with 'python AItraining.py'"):
@@ -256,18 +224,24 @@ def check_model_file(path, how="train one with 'python AItraining.py'"):
         die(f"model file {path} is {kind}; {how} or pass --model PATH")
 
 
+def writer_torch(path):
+    """The torch version a checkpoint says wrote it (from its metadata, read as bytes), or None."""
+    with open(path, "rb") as f:
+        found = re.search(rb"torch.{1,12}?(\d+\.\d+\.\d+[\w.+]*)", f.read(1 << 20), re.S)
+    return found.group(1).decode() if found else None
+
+
 def load_failure(path, error):
     """Why torch.load could not read path, as one error line."""
+    import torch
+
     if is_onnx_file(path):
-        die(
-            f"{path} is an ONNX model (from export_onnx.py), not a PyTorch checkpoint; pass the .pth file "
-            "AItraining.py wrote (predict.py takes either: --model file.onnx)"
-        )
+        die(f"{path} is an ONNX model, not a PyTorch checkpoint; pass the .pth file AItraining.py wrote")
     if "weights_only" in str(error) or "Unpickl" in type(error).__name__:
-        die(
-            f"refusing to load {path}: it contains Python objects that could run code "
-            "(only plain weights and metadata are accepted)"
-        )
+        die(f"refusing to load {path}: it contains Python objects that could run code (only weights are accepted)")
+    wrote = writer_torch(path)
+    if wrote and wrote.split("+")[0] != torch.__version__.split("+")[0]:
+        die(f"{path} was written by torch {wrote}, which this torch {torch.__version__} cannot read; install {wrote}")
     die(f"{path} is not a readable checkpoint ({type(error).__name__}); it may be truncated, retrain or copy it again")
 
 
@@ -285,10 +259,7 @@ def read_checkpoint(path):
         load_failure(path, e)
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("meta"), dict)):
         die(f"{path} is not a checkpoint written by AItraining.py (no state_dict/meta)")
-    meta = ckpt["meta"]
-    fault = meta_fault(meta)
-    if not fault and meta.get("model_name") != MODEL_NAME:
-        fault = f"it holds a {meta.get('model_name')} model, this project needs {MODEL_NAME}"
+    fault = meta_fault(ckpt["meta"])
     if not fault:
         weights = ckpt["state_dict"].items()
         bad = [k for k, v in weights if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
@@ -313,10 +284,8 @@ def load_weights(net, ckpt, path):
     try:
         net.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, TypeError, AttributeError):
-        die(
-            f"{path}: the weights do not fit {MODEL_NAME} with {len(CLASSES)} classes "
-            "(another architecture or class count); retrain with AItraining.py"
-        )
+        classes = len(ckpt["meta"]["classes"])
+        die(f"{path}: the weights do not fit {MODEL_NAME} with {classes} classes (another architecture or count)")
     return net
 
 
@@ -325,23 +294,35 @@ def load_checkpoint(path, device="cpu"):
     import timm
 
     ckpt = read_checkpoint(path)
-    net = load_weights(timm.create_model(MODEL_NAME, pretrained=False, num_classes=len(CLASSES)), ckpt, path)
-    return prepare_for_device(net, device).eval(), ckpt["meta"]
+    net = timm.create_model(MODEL_NAME, pretrained=False, num_classes=len(ckpt["meta"]["classes"]))
+    return prepare_for_device(load_weights(net, ckpt, path), device).eval(), ckpt["meta"]
 
 
-def onnx_weight_fault(proto):
-    """The first weight of an ONNX graph that holds NaN or infinite values, said as a fault, or None."""
+def onnx_fault(proto, session, meta):
+    """What makes an ONNX file not one of our exports (weights, graph, input, outputs), or None."""
     from onnx import numpy_helper
 
+    size, n = meta["image_size"], len(meta["classes"])
     for tensor in proto.graph.initializer:
         if not np.isfinite(numpy_helper.to_array(tensor).astype(float, copy=False)).all():
             return f"its weight {tensor.name} holds NaN or infinite values"
+    shapes = [list(t.dims) for t in proto.graph.initializer]
+    convs = sum(node.op_type == "Conv" for node in proto.graph.node)
+    if convs != ONNX_CONVS or [1280, 320, 1, 1] not in shapes or [n, 1280] not in shapes:
+        return f"its graph is not {MODEL_NAME} with {n} classes ({convs} convolutions; export_onnx.py writes ours)"
+    inputs = [(i.name, i.shape, i.type) for i in session.get_inputs()]
+    if len(inputs) != 1 or inputs[0][1][1:] != [3, size, size] or inputs[0][2] != "tensor(float)":
+        return f"it takes {inputs}, not one float32 image [batch, 3, {size}, {size}]"
+    outputs = {o.name: o.shape[1:] for o in session.get_outputs()}
+    wanted = {"logits": [n], "p_malignant": [], "cam": [size // 32, size // 32]}
+    if outputs != wanted:
+        return f"it gives {outputs}, not {wanted}"
     return None
 
 
 def load_onnx(path):
     """(onnxruntime session, meta) for a file written by export_onnx.py, checked as read_checkpoint checks a
-    .pth (metadata, finite weights) plus its input and outputs; dies with one line on anything else."""
+    .pth (metadata, finite weights, the architecture, its input and outputs); dies with one line otherwise."""
     import onnx
     import onnxruntime as ort
 
@@ -352,24 +333,14 @@ def load_onnx(path):
         session = ort.InferenceSession(proto.SerializeToString(), providers=providers)
     except Exception as e:
         die(f"{path} is not a readable ONNX model ({type(e).__name__}); export one with export_onnx.py")
+    keys = [p.key for p in proto.metadata_props]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
     try:
         meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+        fault = twice and f"its metadata holds {', '.join(twice)} more than once"
     except ValueError as e:
-        die(f"{path} is refused: its metadata is not valid JSON ({e}); export the model again with export_onnx.py")
-    fault = meta_fault(meta) or onnx_weight_fault(proto)
+        fault = f"its metadata is not valid JSON ({e})"
+    fault = fault or meta_fault(meta) or onnx_fault(proto, session, meta)
     if fault:
         die(f"{path} is refused: {fault}; export the model again with export_onnx.py")
-    inputs, outputs = session.get_inputs(), {o.name: o.shape for o in session.get_outputs()}
-    shape, size = (inputs[0].shape if len(inputs) == 1 else []), meta["image_size"]
-    if len(inputs) != 1 or len(shape) != 4 or shape[1] != 3 or inputs[0].type != "tensor(float)":
-        taken = ", ".join(f"{i.name} {i.shape} {i.type}" for i in inputs)
-        die(
-            f"{path} takes {taken}; predict.py needs one float32 input of shape [batch, 3, size, size] "
-            "(export the model with export_onnx.py)"
-        )
-    if shape[2:] != [size, size] or outputs.get("logits", [None])[-1:] != [len(CLASSES)]:
-        die(
-            f"{path} takes {shape} and gives {outputs}, its metadata says {size} px images and {len(CLASSES)} "
-            "classes in 'logits'; export the model again with export_onnx.py"
-        )
     return session, meta

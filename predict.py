@@ -4,22 +4,22 @@ Classify skin-lesion photos as benign or malignant with the model AItraining.py 
     python predict.py photo.jpg                          # first line: "Prediction: benign" or "Prediction: malignant"
     python predict.py photos/ --csv predictions.csv      # every image under a folder, one line each, and a CSV
     python predict.py a.jpg b.png --tta                  # average P(malignant) over 4 flips of each photo
-    python predict.py photo.jpg --explain                # also save photo_gradcam.png: where the evidence lies
+    python predict.py photo.jpg --explain                # also save gradcam/photo_jpg_gradcam.png: the evidence
     python predict.py photo.jpg --model skin_model.onnx  # onnxruntime (export_onnx.py): no torch needed
 
-A photo is called malignant when P(malignant) >= the threshold AItraining.py chose on the validation set
-(stored in the model file; --threshold overrides it). P is printed with enough digits to see which side of
-the threshold it lies on, and a photo within model.BORDERLINE (0.02) of it is called borderline. A model
-file that is broken (non-finite weights, a threshold outside [0, 1], ...) is refused, and a photo for which
-the model gives no valid probability is an error, never a label. Folders are searched recursively for
-files ending in photos.IMAGE_EXTS; other files (and named pipes) and unreadable images are skipped,
-counted and named on stderr.
+P(malignant) is calibrated on the validation split (it reads as a chance where malignant lesions are about as
+common as there), and a photo is called malignant when it reaches the threshold AItraining.py chose on the
+validation split for its target sensitivity (stored in the model file; --threshold overrides it). P is printed
+with enough digits to see which side of the threshold it lies on; within model.BORDERLINE (0.02) it is called
+borderline. A lesion-type model also names the most likely type and the next two. A model file that is broken
+or not ours is refused, and a photo for which the model gives no valid probability is an error, never a label.
+Folders are searched recursively (each real folder once, links included) for files ending in photos.IMAGE_EXTS;
+other files and unreadable images are skipped, counted and named on stderr.
 
-The model sees a centre crop of the photo (the shorter side resized, the rest cut off): keep the lesion in
-the middle. --explain saves <photo>_gradcam.png beside the photo (or in the current folder if that one is
-not writable): the crop, where the evidence for malignant lies and where the evidence for benign lies, on
-one scale. The map is Grad-CAM on EfficientNet-B0's final feature map (1/32 of the input size) for the
-malignant log-odds, split by sign; with the ONNX model it is the same map from the file's 'cam' output.
+The model sees a centre crop of the photo (the shorter side resized, the rest cut off): keep the lesion in the
+middle. --explain saves into EXPLAIN_DIR, under a name of its own per photo: the crop, where the evidence for
+malignant lies and where the evidence for benign lies, on one scale (Grad-CAM of the malignant log-odds on
+EfficientNet-B0's final feature map; with the ONNX model, the same map from the file's 'cam' output).
 
 A research tool, not a medical device: a doctor must examine any lesion that worries you.
 """
@@ -34,168 +34,166 @@ import numpy as np
 from tqdm import tqdm
 
 import model
-from skinlesion import cli, files, photos
+from skinlesion import cli, devices, explain, files, metrics, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint from AItraining.py, or a .onnx file from export_onnx.py (onnxruntime)
 TTA = False  # average P(malignant) over the photo and its horizontal, vertical and double flip
-EXPLAIN = False  # also save <photo>_gradcam.png, the evidence for malignant and for benign over the photo
-CSV = None  # path: also write file, prediction, p_malignant, threshold, borderline per photo; None = no file
+EXPLAIN = False  # also save a Grad-CAM picture per photo into EXPLAIN_DIR: the evidence for malignant and benign
+EXPLAIN_DIR = "gradcam"  # folder for the --explain pictures (made if missing; never one of the photo folders)
+CSV = None  # path: also write file, prediction, p_malignant, threshold, borderline (type, p_type) per photo
 THRESHOLD = None  # None = the threshold stored in the model; a number from 0 to 1 overrides it
+OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
+HEADER = ["file", "prediction", "p_malignant", "threshold", "borderline"]
+FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so: quote it
 
 
 def parse_args(argv=None):
     """The flags, checked before anything slow (the model, the photos)."""
     args = cli.parse_flags(
-        globals(), argv, ("images", "image files and/or folders (searched recursively)"), types={"THRESHOLD": float}
+        globals(),
+        argv,
+        ("images", "image files and/or folders (searched recursively)"),
+        types={"THRESHOLD": float, "CSV": str},
     )
-    cli.check(
-        args.threshold is None or cli.in_range(args.threshold, 0, 1),
-        "--threshold",
-        args.threshold,
-        "use a probability from 0 to 1",
-    )
+    wanted = "use a probability from 0 to 1"
+    cli.check(args.threshold is None or cli.in_range(args.threshold, 0, 1), "--threshold", args.threshold, wanted)
+    inputs = [args.model, *args.images]
     if args.csv:
+        files.check_output(args.csv, "--csv", inputs, args.overwrite, ours=written_csv)
         cli.check_writable(args.csv, "--csv")
+    if args.explain:
+        folders = [path for path in args.images if os.path.isdir(path)]
+        files.check_output_folder(args.explain_dir, "--explain-dir", [args.model, *args.images])
+        explain_dir = os.path.realpath(args.explain_dir)
+        inside = [f for f in folders if os.path.commonpath([os.path.realpath(f), explain_dir]) == os.path.realpath(f)]
+        cli.check(not inside, "--explain-dir", args.explain_dir, f"use a folder outside the photos' {inside[:1]}")
+        cli.check_writable(args.explain_dir, "--explain-dir", folder=True)
     return args
+
+
+def written_csv(path):
+    """Whether path is a predictions CSV we wrote (of a two-class or a lesion-type model)."""
+    return any(files.is_ours(path, header=",".join(header)) for header in (HEADER, HEADER + ["type", "p_type"]))
 
 
 def is_onnx(path):
     """By name or by content (a PyTorch checkpoint is a zip file; an ONNX file renamed .pth is not)."""
-    return path.lower().endswith(".onnx") or (
-        os.path.isfile(path) and not zipfile.is_zipfile(path) and model.is_onnx_file(path)
-    )
+    if path.lower().endswith(".onnx"):
+        return True
+    return os.path.isfile(path) and not zipfile.is_zipfile(path) and model.is_onnx_file(path)
 
 
-def onnx_scores(session, x, tta=False, cam=False):
-    """(P(malignant), signed evidence map or None) for one preprocessed photo x (3, H, W) with onnxruntime;
-    tta averages over model.TTA_FLIPS (one view per run: works whatever batch size the file takes)."""
-    outputs = ["logits", "cam"] if cam else ["logits"]
-    runs = [
-        session.run(
-            outputs, {session.get_inputs()[0].name: np.ascontiguousarray(np.flip(x, dims) if dims else x)[None]}
-        )
-        for dims in (model.TTA_FLIPS if tta else [()])
-    ]
-    return float(model.softmax_malignant(np.concatenate([r[0] for r in runs])).mean()), (runs[0][1][0] if cam else None)
+def onnx_predictor(session, meta, tta, explain_it):
+    """photo -> (calibrated P(malignant), class probabilities, signed evidence map or None) with onnxruntime; tta
+    averages over model.TTA_FLIPS (one view per run: works whatever batch size the file takes)."""
+    name = session.get_inputs()[0].name
+
+    def predict_one(img):
+        x = photos.preprocess(img, model.meta_data_config(meta))
+        runs = []
+        for dims in model.TTA_FLIPS if tta else [()]:
+            view = np.ascontiguousarray(np.flip(x, dims) if dims else x)[None]
+            try:
+                runs.append(session.run(["logits", "p_malignant", "cam"], {name: view}))
+            except Exception as e:  # onnxruntime failing at run time: the file, the machine
+                cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]}); export it again")
+        probabilities = np.mean([model.class_probabilities(r[0]) for r in runs], axis=0)[0]
+        cam = runs[0][2][0] if explain_it else None
+        return float(np.mean([r[1][0] for r in runs])), probabilities, cam
+
+    return predict_one
 
 
-def gradcam(net, x):
-    """Grad-CAM of the malignant log-odds (malignant logit minus benign logit, which alone decides P) on the
-    final feature map of a timm model (EfficientNet-B0: conv_head -> bn2 -> SiLU) for one image x (1, 3, H, W):
-    an (h, w) float32 map, > 0 where the evidence is for malignant, < 0 where it is for benign. Only the
-    classifier head needs a gradient; works in eval mode and under torch.inference_mode."""
+def torch_predictor(net, meta, tta, explain_it):
+    """photo -> (calibrated P(malignant), class probabilities, signed evidence map or None) with PyTorch."""
     import torch
 
-    with torch.inference_mode(False), torch.enable_grad():
-        x = x.clone().contiguous(memory_format=torch.channels_last)  # a normal tensor even from inference mode
-        with torch.no_grad():
-            features = net.forward_features(x).float()  # (1, C, h, w)
-        features = features.detach().requires_grad_()
-        logits = net.forward_head(features)
-        score = logits[0, model.CLASSES.index("malignant")] - logits[0, model.CLASSES.index("benign")]
-        (grads,) = torch.autograd.grad(score, features)
-        cam = (grads.mean(dim=(2, 3), keepdim=True) * features).sum(1)[0]  # channels weighted by their mean gradient
-    return cam.detach().cpu().numpy().astype(np.float32)
+    device = next(net.parameters()).device
 
+    def predict_one(img):
+        x = torch.from_numpy(photos.preprocess(img, model.meta_data_config(meta))).to(device)[None]
+        p, probabilities = model.predictions(model.view_logits(net, x, tta), meta)
+        cam = explain.gradcam(net, x, model.malignant_mask(meta)) if explain_it else None
+        return float(p[0]), probabilities[0], cam
 
-def evidence(cam, size):
-    """The signed map enlarged (bilinear) to the size x size crop: (for malignant, for benign), both >= 0."""
-    from PIL import Image
-
-    big = np.asarray(Image.fromarray(np.asarray(cam, np.float32), "F").resize((size, size), Image.BILINEAR))
-    return np.maximum(big, 0), np.maximum(-big, 0)
-
-
-def save_gradcam(crop, cam, path, title):
-    """The crop, then the evidence for malignant and for benign over it, on one colour scale; a map that is
-    zero everywhere says so. Returns the names of the classes with no evidence."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    maps = evidence(cam, crop.size[0])
-    top = max(m.max() for m in maps) or 1.0
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), layout="constrained")
-    axes[0].imshow(crop)
-    axes[0].set_title("the model's centre crop")
-    blank = []
-    for ax, m, name in zip(axes[1:], maps, ["malignant", "benign"]):
-        ax.imshow(crop)
-        shown = ax.imshow(m / top, cmap="jet", alpha=0.45 if m.max() > 0 else 0, vmin=0, vmax=1)
-        ax.set_title(f"evidence for {name}")
-        if m.max() == 0:
-            blank.append(name)
-            ax.text(
-                0.5,
-                0.5,
-                f"no evidence for {name}\nin this photo",
-                transform=ax.transAxes,
-                ha="center",
-                va="center",
-                fontsize=12,
-                bbox=dict(facecolor="white", alpha=0.85),
-            )
-    for ax in axes:
-        ax.axis("off")
-    fig.colorbar(shown, ax=axes[1:], fraction=0.03, pad=0.02, label="evidence (1 = the strongest in either map)")
-    fig.suptitle(f"{title}\nGrad-CAM on the final feature map: where the evidence for each class lies")
-    files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png"))
-    plt.close(fig)
-    return blank
-
-
-def gradcam_path(image_path):
-    """<photo stem>_gradcam.png next to the photo, or in the current folder if that one is read-only."""
-    folder, name = os.path.split(image_path)
-    stem = os.path.splitext(name)[0] + "_gradcam.png"
-    return os.path.join(folder, stem) if os.access(folder or ".", os.W_OK) else stem
+    return predict_one
 
 
 def decision_texts(p, threshold):
     """P and the threshold with enough digits (3 to 6) to see which side P lies on, and 'borderline' or ''."""
     digits = next((d for d in range(3, 7) if f"{p:.{d}f}" != f"{threshold:.{d}f}"), 6)
-    return f"{p:.{digits}f}", f"{threshold:.{digits}f}", "borderline" if abs(p - threshold) < model.BORDERLINE else ""
+    near = "borderline" if abs(p - threshold) < model.BORDERLINE else ""
+    return f"{p:.{digits}f}", f"{threshold:.{digits}f}", near
+
+
+def likely_types(probabilities, meta):
+    """[(type name, P)] of a lesion-type model, most likely first (the original label values where known)."""
+    names = meta.get("class_names") or meta["classes"]
+    order = np.argsort(-np.asarray(probabilities), kind="stable")
+    return [(names[i], float(probabilities[i])) for i in order]
+
+
+def csv_cell(text):
+    """A CSV value a spreadsheet shows as text: one that starts like a formula gets a leading apostrophe."""
+    return "'" + text if text.startswith(FORMULA) else text
+
+
+def photo_caution(path, img):
+    """A warning for a photo far too small or too elongated to show a lesion, else None."""
+    w, h = img.size
+    if min(w, h) < 16 or max(w, h) > 8 * min(w, h):
+        return (
+            f"{cli.printable(path)} is {w} x {h} px: far too small or too elongated to show a lesion; do not trust it"
+        )
+    return None
+
+
+def load(args):
+    """(photo -> prediction, meta) for the model file, checked when loaded: a broken one is refused here."""
+    if is_onnx(args.model):
+        session, meta = model.load_onnx(args.model)
+        return onnx_predictor(session, meta, args.tta, args.explain), meta
+    net, meta = model.load_checkpoint(args.model, devices.pick_device())
+    return torch_predictor(net, meta, args.tta, args.explain), meta
+
+
+def model_cautions(meta):
+    """What the model file says about itself that a reader must know: at chance, a useless operating point."""
+    cautions = []
+    if meta.get("at_chance"):
+        ci = meta.get("val_auc_ci95")
+        interval = f" (its validation ROC-AUC 95% interval {ci[0]:.3f}-{ci[1]:.3f} includes 0.5)" if ci else ""
+        cautions.append(f"this model cannot be told from chance{interval}; do not rely on its predictions")
+    if meta.get("operating_point") and metrics.operating_point_warning(meta["operating_point"]):
+        cautions.append(metrics.operating_point_warning(meta["operating_point"]) + " on its validation photos")
+    return cautions
 
 
 def main(argv=None):
     args = parse_args(argv)
-    onnx = is_onnx(args.model)
     model.check_model_file(args.model, "train one with 'python AItraining.py' (or export one with export_onnx.py)")
     images, skipped = photos.find_images(args.images)
     if not images:
-        cli.die(
-            f"no images in {', '.join(args.images)} (looked for {', '.join(photos.IMAGE_EXTS)} files"
-            + (f"; skipped {len(skipped)} other files)" if skipped else ")")
-        )
+        others = f"; skipped {len(skipped)} other files" if skipped else ""
+        cli.die(f"no images in {', '.join(args.images)} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
     single = len(args.images) == 1 and len(images) == 1 and not os.path.isdir(args.images[0])
     if single:  # read it before loading the model: a bad file is reported at once
         first, why = photos.try_load_image(images[0])
         if first is None:
             cli.die(f"{cli.printable(images[0])} is {why}; pass a .jpg or .png photo")
+    pictures = explain.gradcam_names(images, args.explain_dir) if args.explain else {}
+    for picture in pictures.values():
+        files.check_output(picture, "--explain-dir", [args.model, *images], args.overwrite)
 
-    # model (checked when loaded: a broken one is refused here)
-    if onnx:
-        session, meta = model.load_onnx(args.model)
-        if args.explain and "cam" not in [o.name for o in session.get_outputs()]:
-            cli.die(f"--explain needs the 'cam' output, which {args.model} lacks; export it again with export_onnx.py")
-    else:
-        import torch
-
-        net, meta = model.load_checkpoint(args.model, model.pick_device())
-        device = next(net.parameters()).device
-    cfg = model.meta_data_config(meta)
+    predict_one, meta = load(args)
+    cfg, types = model.meta_data_config(meta), len(meta["classes"]) > 2
     threshold = float(meta["threshold"]) if args.threshold is None else args.threshold
-    if meta.get("at_chance"):
-        ci = meta.get("val_auc_ci95")
-        print(
-            "caution: this model cannot be told from chance"
-            + (f" (its validation ROC-AUC 95% interval {ci[0]:.3f}-{ci[1]:.3f} includes 0.5)" if ci else "")
-            + "; do not rely on its predictions",
-            file=sys.stderr,
-        )
+    cautions = model_cautions(meta)
+    for caution in cautions:
+        print(f"caution: {caution}", file=sys.stderr)
+    flips = ", mean over 4 flips" if args.tta else ""
 
     # predictions
     rows, borderline = [], 0
@@ -205,14 +203,8 @@ def main(argv=None):
         if img is None:
             skipped.append((path, why))
             continue
-        if onnx:
-            p, cam = onnx_scores(session, photos.preprocess(img, cfg), args.tta, args.explain)
-        else:
-            x = torch.from_numpy(photos.preprocess(img, cfg)).to(device)[None]
-            with torch.inference_mode():
-                p = float(model.malignant_probability(net, x, tta=args.tta)[0])
-            cam = gradcam(net, x) if args.explain else None
-        if not model.is_probability(p):
+        p, probabilities, cam = predict_one(img)
+        if not metrics.is_probability(p):
             if single:
                 cli.die(
                     f"the model gave no valid probability for {cli.printable(path)} (P = {p}); the model file is "
@@ -223,51 +215,52 @@ def main(argv=None):
         label = model.CLASSES[int(p >= threshold)]
         p_text, t_text, near = decision_texts(p, threshold)
         borderline += bool(near)
-        rows.append((cli.printable(path), label, p, threshold, bool(near)))
+        ranked = likely_types(probabilities, meta) if types else []
+        rows.append([cli.printable(path), label, f"{p:.6f}", f"{threshold:g}", str(bool(near)).lower()])
+        if ranked:
+            rows[-1] += [ranked[0][0], f"{ranked[0][1]:.6f}"]
+        caution = photo_caution(path, img)
+        if caution:
+            cli.warn(caution)
         if single:
             print(f"Prediction: {label}")
-            print(
-                f"P(malignant) = {p_text} (threshold {t_text}"
-                + (", mean over 4 flips" if args.tta else "")
-                + ")"
-                + (f": borderline, within {model.BORDERLINE} of the threshold" if near else "")
-            )
+            close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
+            print(f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}")
+            if ranked:
+                then = ", ".join(f"{name} (P = {q:.3f})" for name, q in ranked[1:3])
+                print(f"Type: {ranked[0][0]} (P = {ranked[0][1]:.3f}); next: {then}")
         else:
-            bar.write(
-                f"{cli.printable(path)}: Prediction: {label} (P(malignant) = {p_text}"
-                + (", borderline)" if near else ")")
-            )
+            kind = f"; type {ranked[0][0]} (P = {ranked[0][1]:.3f})" if ranked else ""
+            close = ", borderline" if near else ""
+            bar.write(f"{cli.printable(path)}: Prediction: {label} (P(malignant) = {p_text}{close}){kind}")
         if args.explain:
-            out = gradcam_path(path)
-            blank = save_gradcam(
-                photos.eval_crop(img, cfg),
-                cam,
-                out,
-                f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}",
+            notes = cautions + (
+                [f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else []
             )
-            bar.write(
-                f"Grad-CAM saved to {cli.printable(out)}"
-                + "".join(f"; it finds no evidence for {b} in this photo" for b in blank)
-            )
+            title = f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}"
+            blank = explain.save_gradcam(photos.eval_crop(img, cfg), cam, pictures[path], title, notes)
+            none_for = "".join(f"; it finds no evidence for {b} in this photo" for b in blank)
+            bar.write(f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}")
 
+    # summary, skipped photos, the CSV
     for path, why in skipped:
         cli.warn(f"skipped {cli.printable(path)}: {why}")
     if not rows:
         cli.die(f"none of the {len(skipped)} files could be classified; pass .jpg or .png photos")
     if not single:
-        n = sum(label == "malignant" for _, label, *_ in rows)
+        n = sum(row[1] == "malignant" for row in rows)
+        near_count = f"; {borderline} borderline" if borderline else ""
+        skip_count = f"; {len(skipped)} skipped (listed on stderr)" if skipped else ""
         print(
-            f"{len(rows)} images: {n} malignant, {len(rows) - n} benign (threshold {threshold:.3f}"
-            + (", mean over 4 flips)" if args.tta else ")")
-            + (f"; {borderline} borderline" if borderline else "")
-            + (f"; {len(skipped)} skipped (listed on stderr)" if skipped else "")
+            f"{len(rows)} images: {n} malignant, {len(rows) - n} benign (threshold {threshold:.3f}{flips}){near_count}"
+            f"{skip_count}"
         )
+    if meta.get("operating_point") and args.threshold is None:
+        print(f"Operating point: {metrics.operating_point_text(meta['operating_point'])}.")
     if args.csv:
         text = io.StringIO()
-        csv.writer(text).writerows(
-            [["file", "prediction", "p_malignant", "threshold", "borderline"]]
-            + [[f, label, f"{p:.6f}", f"{t:g}", str(near).lower()] for f, label, p, t, near in rows]
-        )
+        header = HEADER + ["type", "p_type"] if types else HEADER
+        csv.writer(text).writerows([header] + [[csv_cell(cell) for cell in row] for row in rows])
         files.write_text(args.csv, text.getvalue())
         print(f"predictions written to {args.csv}")
     print(

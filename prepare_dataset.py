@@ -1,42 +1,47 @@
 """
-Build dataset/ from an ISIC Archive export: keep one image type and the definite labels, sample a balanced
-set, split it by lesion and patient, and shrink the photos.
+Build dataset/ from an ISIC Archive export: keep one image type and the definite labels, sample a balanced set,
+split it by lesion and patient, and shrink the photos.
 
-    isic image download --search 'image_type:"clinical: overview" AND diagnosis_1:Benign' --limit 300 \
+    isic image download --search 'image_type:"clinical: overview" AND diagnosis_1:Benign' --limit 300 \\
         isic_images/benign
-    isic image download --search 'image_type:"clinical: overview" AND diagnosis_1:Malignant' --limit 300 \
+    isic image download --search 'image_type:"clinical: overview" AND diagnosis_1:Malignant' --limit 300 \\
         isic_images/malignant
     python prepare_dataset.py                  # reads isic_images/**/metadata.csv and the images beside them
     python prepare_dataset.py --image-types dermoscopic --n-per-class 500
+    python prepare_dataset.py --label-column diagnosis_3   # lesion types: a class per value, each on one side
     python make_demo_data.py && python prepare_dataset.py --metadata-csv demo_data/metadata.csv --images-dir demo_data
 
-Rows of IMAGE_TYPES labelled Benign/Malignant (diagnosis_1 or the legacy benign_malignant, any case) with an image
-file are decoded in SEED order, in rounds, until each class has N_PER_CLASS distinct images; rows sharing a lesion
-or a patient stay in one split. A run that would lose a class or keep less than MIN_KEPT of the rows stops with one
-line; a failure, a full disk, a kill or Ctrl-C leave the previous dataset byte-identical (dataset.tmp-<pid>).
+Rows of IMAGE_TYPES with a definite benign/malignant side (diagnosis_1 or the legacy benign_malignant, any case)
+and an image file are decoded in SEED order, in rounds, until each class has N_PER_CLASS distinct images. The
+classes are benign and malignant, or with LABEL_COLUMN another column the values with at least MIN_PER_CLASS
+usable photos, each keeping its side (rarer values are listed, or merged per side with OTHER). Rows sharing a
+lesion or a patient stay in one split. Labels that contradict each other (one isic_id, or one photo under two
+ids, with different labels) are left out and counted. The export's attribution.txt and licenses/ travel into
+dataset/, and the manifest keeps the metadata a model card reports (licence, skin type, sex, age, body site...).
+
+A run that would lose a class or keep less than MIN_KEPT of the rows stops with one line; a failure, a full
+disk, a kill or Ctrl-C leave the previous dataset byte-identical (it is built in dataset.tmp-<pid>). DATASET_DIR
+is replaced as a whole only if prepare_dataset.py made it.
 """
 
-import glob
 import os
 import re
-import shutil
+import shlex
 import time
-import warnings
 
-import numpy as np
 import pandas as pd
-from PIL import Image
-from sklearn.model_selection import StratifiedGroupKFold
-from tqdm import tqdm
 
-from skinlesion import cli, dataset, files, isic, photos
+from skinlesion import cli, dataset, files, isic, photos, sampling, splits
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
 IMAGES_DIR = "isic_images"  # folder searched, sub-folders too, for the <isic_id>.<ext> images
-DATASET_DIR = "dataset"  # output folder (not holding the export), replaced as a whole on every run
+DATASET_DIR = "dataset"  # output folder (not holding the export), replaced as a whole only if we made it
 IMAGE_TYPES = ["clinical: overview"]  # ISIC image_type values to keep, e.g. dermoscopic (a wrong one lists them all)
+LABEL_COLUMN = "diagnosis_1"  # the class: diagnosis_1 (benign/malignant), or a column of types: diagnosis_3, diagnosis
 N_PER_CLASS = 200  # images per class at most, >= 1 (all there are, if fewer)
+MIN_PER_CLASS = 20  # with a type column: values with fewer usable photos are left out and listed, >= 1
+OTHER = False  # with a type column: merge the rarer values of each side into 'other benign' / 'other malignant'
 VAL_FRACTION = 0.15  # share of the groups for validation, 0 to 0.9 in steps of 0.05 (0: no val split)
 TEST_FRACTION = 0.15  # share of the groups for test, likewise, val + test <= 0.9 (0: no test split)
 RESIZE_TO = 256  # shorter side in px, >= 1, never upscaled; None (--resize-to none): copy the files as they are
@@ -44,28 +49,14 @@ MIN_KEPT = 0.5  # 0 to 1: stop when less of the rows survive bad labels, ids and
 SEED = 42  # sampling and split, 0 to 2**32 - 1
 WORKERS = os.cpu_count()  # processes that decode images, >= 1 (1: no pool)
 # -----------------------------------------------------------------------------
-_ISIC_IMAGE_TYPES = [
-    "dermoscopic",
-    "clinical: overview",
-    "clinical: close-up",
-    "TBP tile: close-up",
-    "TBP tile: overview",
-    "RCM: macroscopic",
-    "RCM: tile",
-    "RCM: mosaic",
-    "clinical",
-    "overview",
-]
-_LEGACY_TYPES = {"clinical: overview": "overview", "clinical: close-up": "clinical"}  # names before July 2023
-_LABELS = ["diagnosis_1", "benign_malignant"]  # current and legacy label column, read in any case
-_UNDECIDED = ["indeterminate", "indeterminate/benign", "indeterminate/malignant", "empty"]  # expected losses
-_COLUMNS = ["isic_id", *_LABELS, "image_type", "lesion_id", "patient_id"]
-_ISIC_ID, _SPLITS = r"ISIC_\d{7}", ["train", "val", "test"]
+SPLITS = ["train", "val", "test"]
+KEPT = ["isic_id", "label", "label_value", "side", "label_column", "lesion_id", "patient_id"]  # + CARD_COLUMNS
 
 
 def download_hint(image_types, images_dir):
     query = " OR ".join(f'image_type:"{t}"' for t in image_types)
-    query = f"({query})" if len(image_types) > 1 else query
+    if len(image_types) > 1:
+        query = f"({query})"
     return (
         f"download an export with: isic image download --search '{query} AND diagnosis_1:Benign' --limit 300 "
         f"{os.path.join(images_dir, 'benign')}, and the same with diagnosis_1:Malignant into "
@@ -73,237 +64,165 @@ def download_hint(image_types, images_dir):
     )
 
 
-def read_metadata(metadata_csv, images_dir, image_types):
-    """The needed columns of metadata_csv, or if it is absent of every metadata.csv under images_dir (one per 'isic
-    image download'), concatenated, as stripped strings."""
-    paths = (
-        [metadata_csv]
-        if files.file_kind(metadata_csv) != "missing"
-        else sorted(glob.glob(os.path.join(glob.escape(images_dir), "**", "metadata.csv"), recursive=True))
-    )
-    if not paths or not os.path.isdir(images_dir):
-        missing = images_dir if paths else f"{metadata_csv} (nor a metadata.csv under {images_dir})"
-        cli.die(f"{missing} not found; " + download_hint(image_types, images_dir))
-    if paths != [metadata_csv]:
-        print(f"no {metadata_csv}; reading the {len(paths)} metadata.csv under {images_dir}: {', '.join(paths)}")
-    frames = [isic.read_table(path, _COLUMNS, "an ISIC export's metadata.csv") for path in paths]
-    for path, df in zip(paths, frames):
-        if "isic_id" not in df:
-            cli.die(f"{path} has no isic_id column; use the metadata.csv that 'isic image download' writes")
-    return pd.concat(frames, ignore_index=True).fillna("").apply(lambda s: s.str.strip())
+def folder_name(value, taken):
+    """A safe, distinct folder name for a label value: 'Melanoma Invasive' -> 'melanoma_invasive'."""
+    base = re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_") or "class"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
 
 
-def label_rows(df):
-    """Per row 'benign' or 'malignant' (any case, spaces around ignored), else why not: the value in quotes
-    ('Indeterminate', ...), 'empty', or 'conflicting' (diagnosis_1 and benign_malignant disagree). Never guessed."""
-    if not set(_LABELS) & set(df):
-        cli.die(
-            "the metadata has neither diagnosis_1 nor benign_malignant, so no labels; download the export "
-            "again with 'isic image download' (its metadata.csv has diagnosis_1)"
-        )
-    new, old = [
-        (v.str.lower().map(dict(zip(dataset.SIDES, dataset.SIDES))).fillna("'" + v + "'").where(v != "", ""))
-        for v in (df[c].str.strip() if c in df else pd.Series("", index=df.index) for c in _LABELS)
-    ]
-    label = new.where(new != "", old).replace("", "empty")
-    return label.mask((new != "") & (old != "") & (new.str.lower() != old.str.lower()), "conflicting")
-
-
-def filter_rows(df, image_types):
-    """(usable rows with a label column, the rows of the wanted image types, summary steps [(step, rows left,
+def filter_rows(df, image_types, label_column=LABEL_COLUMN):
+    """(usable rows with side and label_value, the rows of the wanted image types, summary steps [(step, rows left,
     what was left out)], rows lost for an unexpected reason [(cause, rows, examples)])."""
-    steps, allowed = [("rows read", len(df), "")], set(image_types) | {_LEGACY_TYPES.get(t, t) for t in image_types}
+    steps, losses = [("rows read", len(df), "")], []
+    allowed = set(image_types) | {isic.LEGACY_TYPES.get(t, t) for t in image_types}
 
     def keep(df, ok, step, why):
         steps.append((step, int(ok.sum()), "" if ok.all() else why))
         return df[ok]
 
-    if "image_type" in df:
+    if "image_type" not in df:
+        steps.append(("image_type", len(df), "no image_type column: all rows kept"))
+    elif len(df) and not df.image_type.isin(allowed).any():
+        found = df.image_type.replace("", "empty").value_counts()
+        flag = " ".join(shlex.quote(t) for t in found.index[:1])
+        cli.die(
+            f"no row has image type {' or '.join(sorted(allowed))}; the export has {cli.counts_text(df.image_type)}: "
+            f"pass --image-types {flag} (several: --image-types {' '.join(map(shlex.quote, found.index[:2]))})"
+        )
+    else:
         ok = df.image_type.isin(allowed)
         df = keep(
             df, ok, "image_type " + " or ".join(sorted(allowed)), "left out: " + cli.counts_text(df.image_type[~ok])
         )
-    else:
-        steps.append(("image_type", len(df), "no image_type column: all rows kept"))
-    typed = df = df.assign(label=label_rows(df))
-    ok = df.label.isin(dataset.SIDES)
-    odd = ~ok & ~df.label.str.strip("'").str.lower().isin(_UNDECIDED)  # not one of ISIC's words for 'not decided'
-    losses = [("label outside ISIC's vocabulary or in conflict", odd.sum(), cli.counts_text(df.label[odd], 3))]
-    df = keep(df, ok, "with a definite label", "left out: " + cli.counts_text(df.label[~ok]))
-    ok = df.isic_id.str.fullmatch(_ISIC_ID)
+    typed = df = df.assign(side=isic.sides(df))
+    two_class = label_column in isic.SIDE_COLUMNS
+    if not two_class and label_column not in df:
+        cli.die(
+            f"--label-column {label_column}: the metadata has no such column; use one of its diagnosis columns "
+            "(diagnosis_2 to diagnosis_5, or diagnosis in older exports)"
+        )
+    df["label_value"] = df.side if two_class else df[label_column]
+    if not two_class:
+        df = keep(df, df.label_value != "", f"with a {label_column} value", "left out: empty")
+    ok = df.side.isin(dataset.SIDES)
+    odd = ~ok & ~isic.is_undecided(df.side)
+    losses.append(("label outside ISIC's vocabulary or in conflict", odd.sum(), cli.counts_text(df.side[odd], 3)))
+    df = keep(df, ok, "with a definite benign/malignant side", "left out: " + cli.counts_text(df.side[~ok]))
+    ok = df.isic_id.str.fullmatch(isic.ISIC_ID)
     losses.append(("invalid isic_id", (~ok).sum(), cli.first_few(df.isic_id[~ok].map(repr))))
     df = keep(df, ok, "with a valid isic_id", f"refused {(~ok).sum()}: {losses[-1][2]}")
-    ok = ~df.isic_id.duplicated()
-    return keep(df, ok, "unique isic_id", f"{(~ok).sum()} repeated rows kept once"), typed, steps, losses
-
-
-def image_files(ids, images_dir, dataset_dir):
-    """({isic_id: path} of the regular image files under images_dir (one walk; the first of an id's files), the ids
-    without one [(cause, rows, examples)], extra files); refused: symlinks out of images_dir, named pipes and such."""
-    root, out = os.path.realpath(images_dir), re.escape(os.path.realpath(dataset_dir)) + r"(\.(tmp|old)-\d+)?"
-    found, refused, extra = {}, {}, 0
-    for dirpath, dirnames, filenames in os.walk(images_dir):
-        dirnames[:] = sorted(d for d in dirnames if not re.fullmatch(out, os.path.realpath(os.path.join(dirpath, d))))
-        for name in sorted(filenames):
-            stem, path = os.path.splitext(name)[0], os.path.join(dirpath, name)
-            if not re.fullmatch(_ISIC_ID, stem) or not photos.is_image_file(name):
-                continue
-            if stem in found:
-                extra += 1
-            elif os.path.islink(path) and os.path.commonpath([root, os.path.realpath(path)]) != root:
-                refused[stem] = (f"symlink out of {images_dir}", stem)
-            elif files.file_kind(path):
-                refused[stem] = ("not a regular file", f"{stem} ({files.file_kind(path)})")
-            else:
-                found[stem], _ = path, refused.pop(stem, None)
-    why = [refused.get(i, ("missing", i)) for i in ids if i not in found]
-    return (
-        found,
-        [
-            (cause, len(items), cli.first_few(items))
-            for cause in dict.fromkeys(c for c, _ in why)
-            for items in [[i for c, i in why if c == cause]]
-        ],
-        extra,
+    contradicting = df.groupby("isic_id").label_value.transform("nunique") > 1
+    losses.append(
+        ("isic_id listed with different labels", contradicting.sum(), cli.first_few(df.isic_id[contradicting]))
     )
+    df = keep(
+        df, ~contradicting, "no isic_id with different labels", f"left out {contradicting.sum()}: {losses[-1][2]}"
+    )
+    ok = ~df.isic_id.duplicated()
+    df = keep(df, ok, "unique isic_id", f"{(~ok).sum()} repeated rows kept once")
+    if not two_class:
+        df = keep_majority_side(df, steps)
+    return df, typed, steps, losses
 
 
-def process_image(job):
-    """Worker: hash, decode and shrink one image into out_dir; error: why it is unusable; OSError: out_dir unwritable"""
-    isic_id, src, out_dir, resize_to = job
-    if files.file_kind(src):  # turned into a named pipe since the index: opening it would block forever
-        return dict(isic_id=isic_id, error="not a regular file")
-    try:
-        sha256 = files.file_sha256(src)
-        with Image.open(src) as img:
-            width, height = img.size
-        img = photos.load_image(src, min_side=resize_to)  # upright RGB; raises on anything unreadable
-    except Exception as e:  # truncated, empty, not an image, decompression bomb...: counted, never fatal
-        return dict(isic_id=isic_id, error=type(e).__name__)
-    name = isic_id + (".jpg" if resize_to else os.path.splitext(src)[1].lower())
-    scale = resize_to / min(img.size) if resize_to else 1
-    try:
-        if resize_to is None:
-            shutil.copyfile(src, os.path.join(out_dir, name))
-        else:
-            img = (
-                img.resize(
-                    (max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                    Image.LANCZOS,
-                    reducing_gap=3.0,
-                )
-                if scale < 1
-                else img
-            )
-            img.save(os.path.join(out_dir, name), quality=95)
-    except OSError as e:  # a full disk, a quota: the dataset's fault, not the image's
-        raise OSError(
-            f"could not write {cli.printable(os.path.join(out_dir, name))} ({e.strerror or e}); free some "
-            "disk space or pass another --dataset-dir"
-        ) from None
-    return dict(isic_id=isic_id, sha256=sha256, width=width, height=height, file=name, error="")
-
-
-def decode_balanced(cands, n_per_class, seed, out_dir, resize_to, workers):
-    """Decode the candidates in a SEED-shuffled order per class, in rounds, until n_per_class readable and
-    distinct (sha256 of the file) images per class. Returns (chosen rows, unreadable, duplicates)."""
-    rng = np.random.default_rng(seed)
-    queue = {c: list(rng.permutation(cands.index[cands.label == c])) for c in dataset.SIDES}
-    chosen, seen, unreadable, duplicates = [], set(), [], []
-    tried, usable = dict.fromkeys(dataset.SIDES, 0), dict.fromkeys(dataset.SIDES, 0)
-    with cli.worker_pool(workers) as pool, tqdm(total=0, desc="decoding", unit="img", disable=cands.empty) as bar:
-        while True:  # a round: the next candidates of each class, as many as it still lacks
-            batch = [i for c in dataset.SIDES for i in queue[c][tried[c] : tried[c] + n_per_class - usable[c]]]
-            if not batch:
-                break
-            for c in dataset.SIDES:
-                tried[c] += n_per_class - usable[c]
-            bar.total += len(batch)
-            jobs = [(cands.isic_id[i], cands.path[i], out_dir, resize_to) for i in batch]
-            chunk = max(1, min(16, len(jobs) // (4 * workers)))
-            for i, rec in zip(batch, pool.imap(process_image, jobs, chunk) if pool else map(process_image, jobs)):
-                bar.update()
-                if rec["error"]:
-                    unreadable.append(f"{rec['isic_id']} ({rec['error']})")
-                elif rec["sha256"] in seen:
-                    duplicates.append(rec["isic_id"])
-                    os.remove(os.path.join(out_dir, rec["file"]))
-                else:
-                    seen.add(rec["sha256"])
-                    chosen.append(dict(cands.loc[i], **rec))
-                    usable[cands.label[i]] += 1
-    return pd.DataFrame(chosen, columns=[*cands.columns, "sha256", "width", "height", "file"]), unreadable, duplicates
-
-
-def group_ids(df):
-    """A group per row: connected components (union-find) of rows sharing a lesion_id or a patient_id (or none)."""
-    parent = {}
-
-    def find(x):
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]  # path halving
-            x = parent[x]
-        return x
-
-    for isic_id, lesion, patient in zip(df.isic_id, df.lesion_id, df.patient_id):
-        for key in [f"lesion {lesion}"] * bool(lesion) + [f"patient {patient}"] * bool(patient):
-            parent[find(key)] = find(isic_id)
-    return pd.Series([find(i) for i in df.isic_id], index=df.index)
-
-
-def split_groups(labels, groups, val_fraction, test_fraction, seed):
-    """'train', 'val' or 'test' per row: StratifiedGroupKFold cuts the groups into (up to) 20 folds of about the
-    same class balance; the first folds are test, the next val, the rest train. Each split needs both classes."""
-    n_folds = min(20, len(set(groups)), max(pd.Series(labels).value_counts()))  # as StratifiedGroupKFold needs
-    n_test, n_val = (max(1, round(f * n_folds)) if f else 0 for f in (test_fraction, val_fraction))
-    if n_test + n_val == 0:
-        return np.full(len(labels), "train")
-    if n_test + n_val >= n_folds:
-        cli.die(
-            f"only {len(set(groups))} lesion/patient groups, too few for val and test splits; "
-            "add images, or set --val-fraction and --test-fraction to 0"
+def keep_majority_side(df, steps):
+    """A type whose rows disagree on the side keeps its majority side (a tie: the type is left out), reported."""
+    counts = pd.crosstab(df.label_value, df.side)
+    majority = counts.idxmax(axis=1).where(counts.max(axis=1) * 2 > counts.sum(axis=1), "")
+    disagree = [
+        f"{value!r} ({', '.join(f'{s} {n}' for s, n in row.items() if n)})"
+        for value, row in counts.iterrows()
+        if (row > 0).sum() > 1
+    ]
+    if disagree:
+        cli.warn(
+            f"{len(disagree)} type(s) with rows on both sides, kept on their majority side (a tie: left out): "
+            + "; ".join(disagree)
         )
-    fold = np.zeros(len(labels), int)
-    with warnings.catch_warnings():  # "the least populated class has only n members": expected, harmless
-        warnings.simplefilter("ignore", UserWarning)
-        cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        for k, (_, idx) in enumerate(cv.split(labels, labels, groups)):
-            fold[idx] = k
-    split = np.where(fold < n_test, "test", np.where(fold < n_test + n_val, "val", "train"))
-    for s, c in [(s, c) for s in set(split) for c in dataset.SIDES if not (labels[split == s] == c).any()]:
-        cli.die(
-            f"the {s} split would have no {c} images: the {(labels == c).sum()} {c} images are only "
-            f"{len(set(groups[labels == c]))} groups; add {c} images, or lower --val-fraction/--test-fraction"
+    ok = df.side == df.label_value.map(majority)
+    steps.append(("on their type's side", int(ok.sum()), "" if ok.all() else f"left out {(~ok).sum()}: disagreeing"))
+    return df[ok]
+
+
+def choose_classes(cands, args, steps):
+    """cands with its class folder in 'label': benign and malignant, or the type values with at least MIN_PER_CLASS
+    usable photos (the rarer ones listed, or merged per side into 'other benign' / 'other malignant')."""
+    if args.label_column in isic.SIDE_COLUMNS:
+        return cands.assign(label=cands.side)
+    counts = cands.label_value.value_counts()
+    rare = counts[counts < args.min_per_class]
+    if len(rare) and args.other:
+        is_rare = cands.label_value.isin(rare.index)
+        cands.loc[is_rare, "label_value"] = "other " + cands.side[is_rare]
+        counts = cands.label_value.value_counts()
+        rare = counts[counts < args.min_per_class]
+    if len(rare):
+        cli.warn(
+            f"{len(rare)} value(s) of {args.label_column} with fewer than {args.min_per_class} usable photos left "
+            f"out ({rare.sum()} photos): {cli.counts_text(cands.label_value[cands.label_value.isin(rare.index)], 12)}"
+            + ("" if args.other else "; --other merges them per side")
         )
-    return split
+    cands = cands[~cands.label_value.isin(rare.index)]
+    steps.append(
+        (f"of a type with >= {args.min_per_class} photos", len(cands), f"rare {rare.sum()}" if len(rare) else "")
+    )
+    taken = set()
+    names = {v: folder_name(v, taken) for v in sorted(cands.label_value.unique())}
+    return cands.assign(label=cands.label_value.map(names))
+
+
+def contradicting_copies(cands):
+    """The ids of photos that are byte-identical copies under ids with different labels (files of equal size are
+    hashed; the rest cannot be copies; files that are not images are left to the decoding, which counts them)."""
+    sizes = cands.path.map(os.path.getsize)
+    same_size = cands[sizes.duplicated(keep=False)]
+    same_size = same_size[same_size.path.map(is_image)]
+    digests = same_size.path.map(files.file_sha256)
+    labels = same_size.groupby(digests).label_value.transform("nunique")
+    return set(same_size.isic_id[labels > 1])
+
+
+def is_image(path):
+    """Whether the file's header is an image's (a cheap look, nothing decoded)."""
+    try:
+        photos.image_size(path)
+    except Exception:
+        return False
+    return True
 
 
 def check_usable(args, steps, typed, losses, cands, chosen=None, decoded=0, unreadable=()):
-    """Stop when a class has no usable image, or less than MIN_KEPT of the rows survive the unexpected losses (labels
-    outside ISIC's words, conflicts, bad ids, missing or unreadable images); warn when a class is short."""
-    seen = (
-        "; ".join(f"{col} {cli.counts_text(typed[col])}" for col in _LABELS if col in typed)
-        if len(typed)
-        else f"none, as no row has image type {' or '.join(args.image_types)} (see --image-types)"
-    )
-    for c, n in [(c, (cands if chosen is None else chosen).label.eq(c).sum()) for c in dataset.SIDES]:
-        if n == 0:
+    """Stop when a side has no usable image (or fewer than two classes are left), or less than MIN_KEPT of the rows
+    survive the unexpected losses (labels outside ISIC's words, conflicts, bad ids, missing or unreadable images);
+    warn when a class is short."""
+    now = cands if chosen is None else chosen
+    seen = "; ".join(f"{col} {cli.counts_text(typed[col])}" for col in isic.SIDE_COLUMNS if col in typed)
+    for side in dataset.SIDES:
+        if not now.side.eq(side).any():
+            readable = ", 0 readable" if chosen is not None else ""
             print_steps(
                 steps,
-                f"no usable {c} images: {typed.label.eq(c).sum()} {c} rows, {cands.label.eq(c).sum()} "
-                f"with an image file{', 0 readable' * (chosen is not None)}; labels seen: {seen}",
+                f"no usable {side} images: {typed.side.eq(side).sum()} {side} rows, "
+                f"{cands.side.eq(side).sum()} with an image file{readable}; labels seen: {seen or 'none'}",
             )
-        if chosen is not None and n < args.n_per_class:
-            cli.warn(f"only {n} usable {c} images, fewer than N_PER_CLASS: using them all")
+    for label, n in now.label.value_counts().items() if chosen is not None else []:
+        if n < args.n_per_class:
+            cli.warn(f"only {n} usable {label} images, fewer than N_PER_CLASS: using them all")
     base, kept = len(cands) + sum(n for _, n, _ in losses), len(cands) * (1 - len(unreadable) / max(decoded, 1))
     losses = losses + [(f"unreadable (of {decoded} decoded)", len(unreadable), cli.first_few(unreadable))]
     if base and kept < args.min_kept * base:
         causes = "; ".join(f"{cause} {n} ({what})" for cause, n, what in losses if n)
+        about = "about " if decoded else ""
         print_steps(
             steps,
-            f"only {'about ' * bool(decoded)}{kept:.0f} of the {base} rows that should be usable "
-            f"survive ({kept / base:.0%} < --min-kept {args.min_kept}): {causes}; fix the export, or pass "
-            "--min-kept 0 to use what is left (e.g. when the metadata lists more images than were downloaded)",
+            f"only {about}{kept:.0f} of the {base} rows that should be usable survive ({kept / base:.0%} "
+            f"< --min-kept {args.min_kept}): {causes}; fix the export, or pass --min-kept 0 to use what is left "
+            "(e.g. when the metadata lists more images than were downloaded)",
         )
 
 
@@ -315,46 +234,65 @@ def print_steps(steps, error=None):
 
 def write_splits(chosen, tmp):
     """Move the decoded images into tmp/<split>/<class>/ and write tmp/manifest.csv; returns the manifest."""
-    for split, c in {(s, c) for s in chosen.split for c in dataset.SIDES}:
-        os.makedirs(os.path.join(tmp, split, c))
+    for split, label in set(zip(chosen.split, chosen.label)):
+        os.makedirs(os.path.join(tmp, split, label), exist_ok=True)
     for row in chosen.itertuples():
         os.rename(os.path.join(tmp, row.file), os.path.join(tmp, row.split, row.label, row.file))
-    manifest = (
-        chosen.assign(file=chosen.split + "/" + chosen.label + "/" + chosen.file)
-        .rename(columns={"path": "source_file"})
-        .sort_values(["split", "label", "isic_id"], key=lambda s: s.map(_SPLITS.index) if s.name == "split" else s)[
-            ["isic_id", "split", "label", "lesion_id", "patient_id", "source_file", "sha256", "width", "height", "file"]
-        ]
+    manifest = chosen.assign(
+        file=chosen.split + "/" + chosen.label + "/" + chosen.file, split_order=chosen.split.map(SPLITS.index)
     )
-    files.atomic_write(os.path.join(tmp, "manifest.csv"), lambda path: manifest.to_csv(path, index=False))
+    manifest = manifest.rename(columns={"path": "source_file"}).sort_values(["split_order", "label", "isic_id"])
+    columns = [
+        "isic_id",
+        "split",
+        *KEPT[1:],
+        *[c for c in isic.CARD_COLUMNS if c in chosen],
+        "source_file",
+        "sha256",
+        "width",
+        "height",
+        "file",
+    ]
+    manifest = manifest[columns]
+    files.atomic_write(os.path.join(tmp, dataset.MANIFEST), lambda path: manifest.to_csv(path, index=False))
     return manifest
 
 
-def is_earlier_dataset(folder):
-    """A dataset/ written before datasets carried our mark: its manifest.csv starts as ours does."""
-    manifest = os.path.join(folder, "manifest.csv")
-    if files.file_kind(manifest):
-        return False
-    with open(manifest, "rb") as f:
-        return f.readline().startswith(b"isic_id,split,label")
+def report(manifest, steps, args, notes):
+    """The summary: every step with what it left out, photos per split and class, and who and what they show."""
+    print_steps(steps)
+    table = pd.crosstab(manifest.split, manifest.label, margins=True, margins_name="total")
+    print(table.reindex([s for s in SPLITS if s in table.index] + ["total"]).to_string())
+    print("\nwhom and what the photos show (share of each split; unknown: not in the metadata)")
+    for factor, by_split in isic.factor_counts(manifest, "split").items():
+        parts = []
+        for split in [s for s in SPLITS if s in by_split]:
+            total = sum(by_split[split].values())
+            shares = ", ".join(
+                f"{v} {n / total:.0%}" for v, n in sorted(by_split[split].items(), key=lambda x: -x[1])[:6]
+            )
+            parts.append(f"{split}: {shares}")
+        print(f"  {factor:<13}" + " | ".join(parts))
+    for note in notes:
+        print(note)
 
 
 def parse_args(argv=None):
     """The flags, each checked before any slow work."""
     args = cli.parse_flags(globals(), argv, nullable={"RESIZE_TO"})
-    bad = [t for t in args.image_types if t not in _ISIC_IMAGE_TYPES] + [""]
-    cli.check(not bad[0], "--image-types", repr(bad[0]), "use ISIC's: " + ", ".join(map(repr, _ISIC_IMAGE_TYPES)))
+    bad = [t for t in args.image_types if t not in isic.IMAGE_TYPES] + [""]
+    cli.check(not bad[0], "--image-types", repr(bad[0]), "use ISIC's: " + ", ".join(map(repr, isic.IMAGE_TYPES)))
     val, test, size = args.val_fraction, args.test_fraction, args.resize_to
     for flag, value, ok, wanted in [
-        ("n-per-class", args.n_per_class, cli.in_range(args.n_per_class, 1), "a whole number >= 1"),
-        ("val-fraction", val, cli.in_range(val, 0, 0.9), "0 (no val split) to 0.9"),
-        ("test-fraction", test, cli.in_range(test, 0, 0.9), "0 (no test split) to 0.9"),
-        ("test-fraction", test, val + test <= 0.9 + 1e-9, f"at most {0.9 - val:.2f} with --val-fraction {val}"),
-        ("resize-to", size, size is None or cli.in_range(size, 1), "a size >= 1 px, or none (copy the files)"),
-        ("min-kept", args.min_kept, cli.in_range(args.min_kept, 0, 1), "a share from 0 (never stop) to 1"),
-        ("seed", args.seed, cli.in_range(args.seed, 0, 2**32 - 1), "a whole number >= 0 (< 2**32)"),
-        ("workers", args.workers, cli.in_range(args.workers, 1, 1024), "1 to 1024 processes"),
-    ]:
+            ("n-per-class", args.n_per_class, cli.in_range(args.n_per_class, 1), "a whole number >= 1"),
+            ("min-per-class", args.min_per_class, cli.in_range(args.min_per_class, 1), "a whole number >= 1"),
+            ("val-fraction", val, cli.in_range(val, 0, 0.9), "0 (no val split) to 0.9"),
+            ("test-fraction", test, cli.in_range(test, 0, 0.9), "0 (no test split) to 0.9"),
+            ("test-fraction", test, val + test <= 0.9 + 1e-9, f"at most {0.9 - val:.2f} with --val-fraction {val}"),
+            ("resize-to", size, size is None or cli.in_range(size, 1), "a size >= 1 px, or none (copy the files)"),
+            ("min-kept", args.min_kept, cli.in_range(args.min_kept, 0, 1), "a share from 0 (never stop) to 1"),
+            ("seed", args.seed, cli.in_range(args.seed, 0, 2**32 - 1), "a whole number >= 0 (< 2**32)"),
+            ("workers", args.workers, cli.in_range(args.workers, 1, 1024), "1 to 1024 processes")]:  # fmt: skip
         cli.check(ok, "--" + flag, value, "use " + wanted)
     files.check_output_folder(args.dataset_dir, "--dataset-dir", [args.images_dir, args.metadata_csv])
     files.check_replaceable(args.dataset_dir, "--dataset-dir", "prepare_dataset.py", legacy=is_earlier_dataset)
@@ -363,62 +301,89 @@ def parse_args(argv=None):
     return args
 
 
+def is_earlier_dataset(folder):
+    """A dataset/ written before datasets carried our mark: its manifest.csv starts as ours does."""
+    manifest = os.path.join(folder, dataset.MANIFEST)
+    if files.file_kind(manifest):
+        return False
+    with open(manifest, "rb") as f:
+        return f.readline().startswith(b"isic_id,split,label")
+
+
 def main(argv=None):
     args, start = parse_args(argv), time.time()
+    out = re.escape(os.path.realpath(args.dataset_dir)) + r"(\.(tmp|old)-\d+)?"
 
     # one run per folder: the dataset is written beside the previous one and swapped in when all went well
-    with files.replaced_folder(args.dataset_dir, "prepare_dataset.py") as tmp:
+    with files.replaced_folder(args.dataset_dir, "prepare_dataset.py", legacy=is_earlier_dataset) as tmp:
         # metadata: the usable rows, and why the others were left out
-        metadata = read_metadata(args.metadata_csv, args.images_dir, args.image_types)
-        df, typed, steps, losses = filter_rows(metadata, args.image_types)
+        paths = isic.metadata_files(args.metadata_csv, args.images_dir)
+        if not paths or not os.path.isdir(args.images_dir):
+            missing = args.images_dir if paths else f"{args.metadata_csv} (nor a metadata.csv under {args.images_dir})"
+            cli.die(f"{missing} not found; " + download_hint(args.image_types, args.images_dir))
+        if paths != [args.metadata_csv]:
+            listed = ", ".join(paths)
+            print(f"no {args.metadata_csv}; reading the {len(paths)} metadata.csv under {args.images_dir}: {listed}")
+        columns = ["isic_id", *isic.SIDE_COLUMNS, "lesion_id", "patient_id", args.label_column, *isic.CARD_COLUMNS]
+        df, typed, steps, losses = filter_rows(isic.read_metadata(paths, columns), args.image_types, args.label_column)
         for col in [col for col in ("lesion_id", "patient_id") if col not in df]:
             print(f"no {col} column: images are grouped without it")
             df[col] = ""
 
-        # image files: regular files inside the export only; both classes needed, and most of the rows
-        found, no_file, extra = image_files(df.isic_id, args.images_dir, args.dataset_dir)
-        cands = df[df.isic_id.isin(found.keys())].reset_index(drop=True)[
-            ["isic_id", "label", "lesion_id", "patient_id"]
-        ]
-        cands["path"], losses = cands.isic_id.map(found), losses + no_file
-        why = [f"{cause} {n}: {what}" for cause, n, what in no_file] + [f"{extra} more files for an id ignored"][:extra]
+        # image files: regular files inside the export only; photos under two ids with different labels left out
+        found, no_file, extra = isic.image_files(df.isic_id, args.images_dir, lambda path: re.fullmatch(out, path))
+        cands = df[df.isic_id.isin(found.keys())].reset_index(drop=True)
+        cands = cands.assign(path=cands.isic_id.map(found), label_column=args.label_column)
+        losses += no_file
+        why = [f"{cause} {n}: {what}" for cause, n, what in no_file]
+        if extra:
+            why.append(f"{extra} more files for an id ignored")
         steps.append(("with an image file", len(cands), "; ".join(why)))
+        copies = contradicting_copies(cands)
+        losses.append(("the same photo under ids with different labels", len(copies), cli.first_few(sorted(copies))))
+        cands = cands[~cands.isic_id.isin(copies)].reset_index(drop=True)
+        steps.append(("no photo with different labels", len(cands), f"left out {len(copies)}" if copies else ""))
+        cands = choose_classes(cands, args, steps).reset_index(drop=True)
         check_usable(args, steps, typed, losses, cands)
 
         # decode, hash and shrink, balanced; check again
-        chosen, unreadable, dups = decode_balanced(
+        chosen, unreadable, dups = sampling.decode_balanced(
             cands, args.n_per_class, args.seed, tmp, args.resize_to, args.workers
         )
         decoded = len(chosen) + len(unreadable) + len(dups)
-        steps += [
-            ("decoded (sampled in SEED order)", decoded, ""),
+        steps.append(("decoded (sampled in SEED order)", decoded, ""))
+        steps.append(
             (
                 "readable",
                 decoded - len(unreadable),
-                bool(unreadable) * f"unreadable {len(unreadable)}: " + cli.first_few(unreadable, 5),
-            ),
+                f"unreadable {len(unreadable)}: " + cli.first_few(unreadable, 5) if unreadable else "",
+            )
+        )
+        steps.append(
             (
                 "distinct images",
                 len(chosen),
-                bool(dups) * f"{len(dups)} duplicate images kept once: " + cli.first_few(dups, 5),
-            ),
-        ]
+                f"{len(dups)} duplicate images kept once: " + cli.first_few(dups, 5) if dups else "",
+            )
+        )
         check_usable(args, steps, typed, losses, cands, chosen, decoded, unreadable)
 
-        # split by lesion and patient groups, into the class folders
-        chosen["split"] = split_groups(
-            chosen.label.to_numpy(), group_ids(chosen).to_numpy(), args.val_fraction, args.test_fraction, args.seed
-        )
+        # split by lesion and patient groups, into the class folders, with the export's credits
+        labels, groups = chosen.label.to_numpy(), splits.group_ids(chosen).to_numpy()
+        chosen["split"] = splits.split_groups(labels, groups, args.val_fraction, args.test_fraction, args.seed)
         manifest = write_splits(chosen, tmp)
+        notes = [isic.copy_credits(paths, chosen, tmp) + f" into {args.dataset_dir}/"]
 
-    # report
-    print_steps(steps)
-    table = pd.crosstab(manifest.split, manifest.label, margins=True, margins_name="total")
-    print(table.reindex([s for s in _SPLITS if s in table.index] + ["total"]).to_string())
-    print(
-        f"wrote {len(manifest)} images to {args.dataset_dir}/ and {args.dataset_dir}/manifest.csv "
-        f"in {time.time() - start:.0f} s"
-    )
+    unused = cands.label.value_counts() - manifest.label.value_counts()
+    for label, n in unused[unused > 0].items():
+        total = n + (manifest.label == label).sum()
+        notes.append(
+            f"note: {n} usable {label} images left unused ({total} usable, N_PER_CLASS {args.n_per_class}): "
+            f"pass --n-per-class {total} to use them all"
+        )
+    report(manifest, steps, args, notes)
+    seconds = time.time() - start
+    print(f"wrote {len(manifest)} images to {args.dataset_dir}/ and {args.dataset_dir}/manifest.csv in {seconds:.0f} s")
 
 
 if __name__ == "__main__":

@@ -173,6 +173,19 @@ def in_range(value, low, high=math.inf):
     )
 
 
+def is_number(value, low=-math.inf, high=math.inf):
+    return not isinstance(value, bool) and in_range(value, low, high)
+
+
+def is_list_of(value, check, length=None):
+    return isinstance(value, list) and length in (None, len(value)) and all(check(v) for v in value)
+
+
+def is_table(value):
+    """A dict of numbers (or lists, or None): metrics, an operating point, a calibration."""
+    return isinstance(value, dict) and all(v is None or isinstance(v, list) or is_number(v) for v in value.values())
+
+
 def check_writable(path, flag, folder=False):
     """Before any slow work: die unless a file (or, with folder, files in the folder) can be written at path:
     tried with a real file in the nearest existing folder (permissions, read-only disks, root alike)."""

@@ -3,10 +3,34 @@ writes it and AItraining.py and evaluate.py read it."""
 
 import os
 
+from skinlesion import isic
 from skinlesion.cli import die
 from skinlesion.photos import find_images
 
 SIDES = ["benign", "malignant"]  # the two-class labels: folder names = class indices; malignant is positive
+MANIFEST = "manifest.csv"
+
+
+def read_manifest(data_dir):
+    """The manifest of a prepared dataset as strings, or None where there is none (a hand-made folder tree)."""
+    import pandas as pd
+
+    path = os.path.join(data_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def classes_of(manifest):
+    """(classes in index order, the malignant ones, {class: its original label value}) of a prepared dataset:
+    from the manifest's label, side and label_value columns, benign classes first; benign and malignant for a
+    dataset without them (made by hand, or before lesion types)."""
+    if manifest is None or not {"label", "side"} <= set(manifest.columns) or manifest.empty:
+        return list(SIDES), ["malignant"], {c: c for c in SIDES}
+    side = manifest.groupby("label").side.first()
+    classes = sorted(side.index, key=lambda c: (SIDES.index(side[c]), c))
+    values = manifest.groupby("label")["label_value"].first() if "label_value" in manifest else side
+    return classes, [c for c in classes if side[c] == "malignant"], {c: values[c] for c in classes}
 
 
 def class_folders(folder, what="data folder", classes=SIDES):
@@ -37,3 +61,24 @@ def class_folders(folder, what="data folder", classes=SIDES):
         needed = "both classes are needed" if len(classes) == 2 else "every class is needed"
         die(f"{folder}: no images in {' and '.join(empty)}; {needed} (re-run prepare_dataset.py)")
     return files, others
+
+
+def data_summary(manifest, classes, data_dir):
+    """What the card says of the training data, from the dataset's manifest (None: a folder made by hand)."""
+    if manifest is None or manifest.empty:
+        return dict(source=data_dir, counts={}, factors={}, attributions=[], licences={}, grouping="unknown")
+    by_split = manifest.groupby(["split", "label"]).size()
+    counts = {split: {c: int(by_split.get((split, c), 0)) for c in classes} for split in manifest.split.unique()}
+    attributions = manifest.get("attribution", manifest.isic_id.map(lambda _: "")).replace("", "unknown")
+    grouped = [c for c in ("lesion_id", "patient_id") if c in manifest and manifest[c].astype(bool).any()]
+    grouping = " and ".join(grouped) or "nothing (no lesion_id or patient_id): each photo is its own group"
+    return dict(
+        source=data_dir,
+        counts=counts,
+        factors=isic.factor_counts(manifest, "split"),
+        attributions=attributions.value_counts().head(8).to_dict(),
+        grouping=grouping,
+        licences=manifest.get("copyright_license", attributions).replace("", "unknown").value_counts().to_dict(),
+        label_column=manifest["label_column"].iloc[0] if "label_column" in manifest else "diagnosis_1",
+        synthetic=bool(attributions.str.contains("SYNTHETIC").all()),
+    )

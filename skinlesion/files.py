@@ -12,6 +12,7 @@ import stat
 from skinlesion.cli import die, first_few, printable
 
 TAG = "written by skin-lesion-classifier"  # inside every file we write (PNG text, JSON key, model metadata)
+TAG_BYTES = TAG.encode()
 MARK = ".skin-lesion-classifier"  # a file inside every folder we make, naming the script that made it
 
 
@@ -46,27 +47,27 @@ def same_file(a, b):
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def is_ours(path, header=None):
-    """Whether a file was written by this project: TAG in its first or last 64 KB (PNG text, JSON, model
-    metadata), or its first line equals header (a CSV of ours)."""
+def is_ours(path, header=None, ours=TAG_BYTES):
+    """Whether a file was written by this project: TAG (or ours) in its first or last 64 KB (PNG text, JSON,
+    model metadata), or its first line equals header (a CSV of ours)."""
     if file_kind(path):
         return False
     with open(path, "rb") as f:
         head = f.read(1 << 16)
         f.seek(max(0, os.fstat(f.fileno()).st_size - (1 << 16)))
         tail = f.read()
-    if TAG.encode() in head or TAG.encode() in tail:
+    if ours in head or ours in tail:
         return True
     return header is not None and head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace") == header
 
 
-def check_output(path, flag, inputs=(), overwrite=False, header=None):
+def check_output(path, flag, inputs=(), overwrite=False, ours=is_ours):
     """Before any work, die unless path may be written: it is none of the inputs (the same file after links),
-    and an existing file there was written by us (or overwrite says replace it)."""
+    and an existing file there was written by us (ours(path) says so), or overwrite says replace it."""
     for given in inputs:
         if given and os.path.exists(given) and same_file(path, given):
             die(f"{flag} {printable(path)} is also an input ({printable(given)}); pass another path")
-    if os.path.lexists(path) and not os.path.isdir(path) and not overwrite and not is_ours(path, header):
+    if os.path.lexists(path) and not os.path.isdir(path) and not overwrite and not ours(path):
         die(
             f"{flag} {printable(path)} exists and was not written by this project; pass another path, or "
             "--overwrite to replace it"

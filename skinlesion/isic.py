@@ -1,12 +1,33 @@
-"""An ISIC Archive export as 'isic image download' leaves it: reading its metadata.csv, also when Excel has
-re-saved it."""
+"""An ISIC Archive export as 'isic image download' leaves it: metadata.csv (read also when Excel has re-saved
+it), <isic_id>.<ext> photos, attribution.txt and licenses/. Its vocabularies (image types, the benign/malignant
+side of a row from diagnosis_1 or the legacy benign_malignant), and the columns that say whom and what the
+photos show (the factors of a model card: image type, licence, how the diagnosis was confirmed, skin type, sex,
+age band, body site). Every column but isic_id is optional in an export: a missing one reads as unknown."""
+
+import glob
+import os
+import re
+import shutil
 
 import pandas as pd
 
-from skinlesion.cli import die, warn
+from skinlesion.cli import die, first_few, warn
 from skinlesion.files import file_kind
 
 SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs"}
+IMAGE_TYPES = ["dermoscopic", "clinical: overview", "clinical: close-up", "TBP tile: close-up", "TBP tile: overview",
+               "RCM: macroscopic", "RCM: tile", "RCM: mosaic", "clinical", "overview"]  # fmt: skip
+LEGACY_TYPES = {"clinical: overview": "overview", "clinical: close-up": "clinical"}  # names before July 2023
+SIDE_COLUMNS = ["diagnosis_1", "benign_malignant"]  # the current and the legacy benign/malignant label
+UNDECIDED = ["indeterminate", "indeterminate/benign", "indeterminate/malignant", "empty"]  # ISIC's 'not decided'
+CARD_COLUMNS = ["image_type", "attribution", "copyright_license", "diagnosis_confirm_type", "fitzpatrick_skin_type",
+                "sex", "age_approx", "anatom_site_1", "anatom_site_general", "dermoscopic_type"]  # fmt: skip
+FACTORS = {"image type": "image_type", "licence": "copyright_license", "confirmation": "diagnosis_confirm_type",
+           "skin type": "fitzpatrick_skin_type", "sex": "sex", "age band": "age_approx",
+           "body site": "anatom_site_1"}  # fmt: skip
+SUBGROUPS = ["sex", "age band", "body site", "skin type"]  # the factors evaluate.py reports metrics for
+AGE_BANDS = [(0, 30, "0-29"), (30, 50, "30-49"), (50, 70, "50-69"), (70, 200, "70+")]
+ISIC_ID = r"ISIC_\d{7}"
 
 
 def read_table(path, columns, what):
@@ -28,9 +49,8 @@ def read_table(path, columns, what):
         warn(f"{path} is {encoding_word}text with {SEPARATORS[sep]} between fields (as Excel saves it); read it so")
 
     def read(encoding):
-        return pd.read_csv(
-            path, sep=sep, usecols=lambda c: c in columns, dtype=str, keep_default_na=False, encoding=encoding
-        )
+        return pd.read_csv(path, sep=sep, usecols=lambda c: c in columns, dtype=str, keep_default_na=False,
+                           encoding=encoding)  # fmt: skip
 
     try:
         try:
@@ -40,3 +60,134 @@ def read_table(path, columns, what):
             return read("cp1252")
     except (OSError, ValueError) as e:
         die(f"cannot read {path} as CSV ({type(e).__name__}); it must be {what}")
+
+
+def metadata_files(metadata_csv, images_dir):
+    """The metadata.csv files of an export: metadata_csv, or if it is absent every one under images_dir (one per
+    'isic image download')."""
+    if file_kind(metadata_csv) != "missing":
+        return [metadata_csv]
+    return sorted(glob.glob(os.path.join(glob.escape(images_dir), "**", "metadata.csv"), recursive=True))
+
+
+def read_metadata(paths, columns):
+    """The named columns of the metadata files, concatenated, as stripped strings."""
+    frames = [read_table(path, columns, "an ISIC export's metadata.csv") for path in paths]
+    for path, df in zip(paths, frames):
+        if "isic_id" not in df:
+            die(f"{path} has no isic_id column; use the metadata.csv that 'isic image download' writes")
+    return pd.concat(frames, ignore_index=True).fillna("").apply(lambda s: s.str.strip())
+
+
+def side_of(values):
+    """Per value 'benign' or 'malignant' (any case, spaces around ignored), '' where empty, else the value in
+    quotes ('Indeterminate', ...): never guessed."""
+    lower = values.str.strip().str.lower()
+    quoted = "'" + values.str.strip() + "'"
+    return quoted.where(~lower.isin(["benign", "malignant"]), lower).where(lower != "", "")
+
+
+def sides(df):
+    """Per row its side: 'benign' or 'malignant' from diagnosis_1 (else the legacy benign_malignant), else why not:
+    the value in quotes, 'empty', or 'conflicting' (the two columns disagree)."""
+    if not set(SIDE_COLUMNS) & set(df):
+        die("the metadata has neither diagnosis_1 nor benign_malignant, so no labels; download the export "
+            "again with 'isic image download' (its metadata.csv has diagnosis_1)")  # fmt: skip
+    empty = pd.Series("", index=df.index)
+    new, old = (side_of(df[c]) if c in df else empty for c in SIDE_COLUMNS)
+    side = new.where(new != "", old).replace("", "empty")
+    disagree = (new != "") & (old != "") & (new.str.lower() != old.str.lower())
+    return side.mask(disagree, "conflicting")
+
+
+def is_undecided(side):
+    """Per row: a side that is one of ISIC's words for 'not decided' (expected losses, not errors)."""
+    return side.str.strip("'").str.lower().isin(UNDECIDED)
+
+
+def image_files(ids, images_dir, skip):
+    """({isic_id: path} of the regular image files under images_dir (one walk; the first of an id's files), the ids
+    without one [(cause, rows, examples)], extra files). Refused: links out of images_dir, named pipes and such;
+    not entered: the folders for which skip(real path) is true (the dataset being written)."""
+    from skinlesion.photos import is_image_file
+
+    root = os.path.realpath(images_dir)
+    found, refused, extra = {}, {}, 0
+    for dirpath, dirnames, filenames in os.walk(images_dir):
+        dirnames[:] = sorted(d for d in dirnames if not skip(os.path.realpath(os.path.join(dirpath, d))))
+        for name in sorted(filenames):
+            stem, path = os.path.splitext(name)[0], os.path.join(dirpath, name)
+            if not re.fullmatch(ISIC_ID, stem) or not is_image_file(name):
+                continue
+            if stem in found:
+                extra += 1
+            elif os.path.islink(path) and os.path.commonpath([root, os.path.realpath(path)]) != root:
+                refused[stem] = (f"symlink out of {images_dir}", stem)
+            elif file_kind(path):
+                refused[stem] = ("not a regular file", f"{stem} ({file_kind(path)})")
+            else:
+                found[stem] = path
+                refused.pop(stem, None)
+    missing = {}
+    for i in ids:
+        if i not in found:
+            cause, example = refused.get(i, ("missing", i))
+            missing.setdefault(cause, []).append(example)
+    return found, [(cause, len(items), first_few(items)) for cause, items in missing.items()], extra
+
+
+def copy_credits(metadata_paths, rows, out_dir):
+    """Copy the export's attribution.txt (all of them, merged) and licenses/ into out_dir: they travel with the
+    photos. Where the export has no attribution.txt, one is written from the metadata's attribution column.
+    Returns what was done, in words."""
+    folders = sorted({os.path.dirname(os.path.abspath(p)) for p in metadata_paths})
+    texts, licences = [], {}
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "attribution.txt")):
+            with open(os.path.join(folder, "attribution.txt"), encoding="utf-8", errors="replace") as f:
+                texts += [t.strip() for t in f.read().split("\n\n") if t.strip() and t.strip() not in texts]
+        for path in sorted(glob.glob(os.path.join(glob.escape(folder), "licenses", "*.txt"))):
+            licences.setdefault(os.path.basename(path), path)
+    said = f"attribution.txt ({len(texts)} attributions) and licenses/ ({', '.join(licences) or 'none'}) copied"
+    if not texts:
+        counts = rows.get("attribution", pd.Series(dtype=str)).replace("", "unknown").value_counts()
+        texts = list(counts.index)
+        said = f"no attribution.txt in the export: written from its attribution column ({len(texts)} attributions)"
+    with open(os.path.join(out_dir, "attribution.txt"), "w", encoding="utf-8") as f:
+        f.write("\n\n".join(texts) + "\n")
+    os.makedirs(os.path.join(out_dir, "licenses"))
+    for name, path in licences.items():
+        shutil.copyfile(path, os.path.join(out_dir, "licenses", name))
+    return said
+
+
+def age_band(value):
+    """'30-49' for an age_approx of 35; '' where unknown."""
+    try:
+        age = float(value)
+    except (TypeError, ValueError):
+        return ""
+    return next((band for low, high, band in AGE_BANDS if low <= age < high), "")
+
+
+def factor_values(rows):
+    """{factor: its value per row ('' where unknown)} of metadata rows (a DataFrame of strings); the body site
+    from anatom_site_1, or from anatom_site_general in exports before 2026-05."""
+    values = {}
+    for factor, column in FACTORS.items():
+        if column == "anatom_site_1" and not rows.get(column, pd.Series(dtype=str)).astype(bool).any():
+            column = "anatom_site_general"
+        column_values = rows[column] if column in rows else pd.Series("", index=rows.index)
+        if factor == "age band":
+            column_values = column_values.map(age_band)
+        values[factor] = column_values.fillna("").astype(str).str.strip()
+    return values
+
+
+def factor_counts(rows, by):
+    """{factor: {group: {value: photos}}} with 'unknown' for empty values, grouped by the column by (split)."""
+    counts = {}
+    for factor, values in factor_values(rows).items():
+        table = pd.crosstab(values.replace("", "unknown"), rows[by])
+        counts[factor] = {str(g): {str(v): int(n) for v, n in table[g].items() if n} for g in table.columns}
+    return counts

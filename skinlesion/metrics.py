@@ -1,6 +1,7 @@
 """Metrics for malignant (1) against benign (0), vectorised over rows so that one call scores thousands of
-bootstrap resamples, their percentile intervals, the threshold for a target sensitivity, and the verdict on a
-model that cannot be told from chance."""
+bootstrap resamples, their percentile intervals, the operating point (a threshold for a target sensitivity
+that a small validation split supports, with its uncertainty), the verdict on a model that cannot be told
+from chance, and the metrics of a lesion-type model."""
 
 import numpy as np
 
@@ -49,6 +50,61 @@ def threshold_for_sensitivity(y_true, p_malignant, target):
     return float(min(1.0, np.max(thresholds[tpr >= target])))
 
 
+def stable_threshold(y, p, target, n=1000, seed=0):
+    """The threshold for a target sensitivity that a small validation split supports: the median, over n
+    bootstrap resamples of its malignant photos, of the highest threshold that catches target of the resample
+    (the k-th highest P of a malignant photo, k = ceil(target * malignant photos)). 0.5 for target 0."""
+    y, p = np.asarray(y) == 1, np.asarray(p, dtype=float)
+    if not target or y.all() or not y.any():
+        return 0.5
+    positives = p[y]
+    k = int(np.ceil(target * len(positives) - 1e-9))
+    rows = np.random.default_rng(seed).integers(0, len(positives), size=(n, len(positives)))
+    highest_kth = np.sort(positives[rows], axis=1)[:, len(positives) - k]
+    return float(np.median(highest_kth))
+
+
+def operating_point(y, p, target, n=2000, seed=0):
+    """The stable threshold for target sensitivity on (y, p), with the sensitivity and specificity it gives
+    there and their 95% bootstrap intervals."""
+    threshold = stable_threshold(y, p, target, seed=seed)
+    point, ci = binary_metrics(y, p, threshold), bootstrap_ci(y, p, n, seed, threshold=threshold)
+    return dict(
+        target_sensitivity=float(target),
+        threshold=threshold,
+        sensitivity=point["sensitivity"],
+        sensitivity_ci95=list(ci["sensitivity"]),
+        specificity=point["specificity"],
+        specificity_ci95=list(ci["specificity"]),
+        n_malignant=int(np.sum(np.asarray(y) == 1)),
+        n_benign=int(np.sum(np.asarray(y) != 1)),
+    )
+
+
+def percent_range(value, ci):
+    """'90% [81-96%]'."""
+    return f"{value:.0%} [{ci[0]:.0%}-{ci[1]:.0%}]"
+
+
+def operating_point_text(op, photos="validation photos"):
+    """What the operating point means, in plain words."""
+    caught = percent_range(op["sensitivity"], op["sensitivity_ci95"])
+    cleared = percent_range(op["specificity"], op["specificity_ci95"])
+    return (
+        f"at this threshold the model caught {caught} of the malignant {photos} and cleared {cleared} of the "
+        "benign ones"
+    )
+
+
+def operating_point_warning(op):
+    """A caution when the operating point flags almost every photo or almost none, else None."""
+    if op["specificity"] < 0.2:
+        return f"this threshold calls almost every photo malignant (it cleared only {op['specificity']:.0%} of benign)"
+    if op["sensitivity"] < 0.2:
+        return f"this threshold calls almost no photo malignant (it caught only {op['sensitivity']:.0%} of malignant)"
+    return None
+
+
 def bootstrap_ci(y, p, n=2000, seed=0, level=0.95, threshold=0.5, metric_fn=None):
     """Percentile bootstrap over images: {metric: (low, high)} of binary_metrics (or of metric_fn(y, p), one
     number per row) over n resamples drawn with replacement; resamples with one class only are skipped."""
@@ -69,6 +125,31 @@ def bootstrap_ci(y, p, n=2000, seed=0, level=0.95, threshold=0.5, metric_fn=None
     return bounds
 
 
+def is_probability(p):
+    """Elementwise: a finite number in [0, 1]. Anything else from a model is an error, never a label."""
+    p = np.asarray(p, dtype=float)
+    return np.isfinite(p) & (p >= 0) & (p <= 1)
+
+
 def at_chance(auc_ci):
     """A model whose ROC-AUC 95% interval reaches down to 0.5 cannot be told from a coin."""
     return not auc_ci[0] > 0.5
+
+
+# ---------------------------------------------------------------------------- lesion types
+def balanced_accuracy(y, probabilities):
+    """Mean over classes of the share of its photos whose most probable class is right (chance: 1 / classes)."""
+    y, predicted = np.asarray(y), np.asarray(probabilities).argmax(-1)
+    return float(np.mean([(predicted[y == c] == c).mean() for c in np.unique(y)]))
+
+
+def one_vs_rest_auc(y, probabilities):
+    """ROC-AUC of each class against all the others (NaN for a class without photos)."""
+    y, probabilities = np.asarray(y), np.asarray(probabilities)
+    return [float(roc_auc(y == c, probabilities[:, c])) for c in range(probabilities.shape[1])]
+
+
+def confusion(y, probabilities):
+    """Counts [true class, most probable class]."""
+    n = np.asarray(probabilities).shape[1]
+    return np.bincount(np.asarray(y) * n + np.asarray(probabilities).argmax(-1), minlength=n * n).reshape(n, n)

@@ -37,6 +37,30 @@ def why_skipped(file, named_directly):
     return None
 
 
+def walk_once(folder):
+    """The files under folder, sorted, following links but entering each real folder once (a link to '.' or a
+    loop of links neither hangs nor repeats photos) and listing each real file once."""
+    seen_folders, seen_files, found = set(), set(), []
+    for root, dirnames, names in os.walk(folder, followlinks=True):
+        info = os.stat(root)
+        if (info.st_dev, info.st_ino) in seen_folders:
+            dirnames[:] = []
+            continue
+        seen_folders.add((info.st_dev, info.st_ino))
+        dirnames.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            try:
+                info = os.stat(path)
+                key = (info.st_dev, info.st_ino)
+            except OSError:  # a dangling link: reported as missing
+                key = path
+            if key not in seen_files:
+                seen_files.add(key)
+                found.append(path)
+    return sorted(found)
+
+
 def find_images(paths):
     """(image files, [(file, why skipped)]) under paths (files and folders, searched recursively, sorted);
     a file named directly is tried whatever its extension. Dies on a path that does not exist."""
@@ -47,10 +71,7 @@ def find_images(paths):
             die(f"{printable(path)} not found; pass an image file or a folder of images")
         if kind not in (None, "a folder"):
             die(f"{printable(path)} is {kind}; pass an image file or a folder of images")
-        if kind is None:
-            found = [path]
-        else:
-            found = sorted(os.path.join(root, n) for root, _, names in os.walk(path, followlinks=True) for n in names)
+        found = [path] if kind is None else walk_once(path)
         for file in found:
             why = why_skipped(file, named_directly=kind is None)
             if why:

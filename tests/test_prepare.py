@@ -165,7 +165,7 @@ def test_filters_image_types_labels_ids_and_repeated_rows():
     )
     kept, typed, steps, losses = prepare_dataset.filter_rows(df, ["clinical: overview"])
     assert list(kept.isic_id) == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000007"]  # 'overview': the pre-2023 name
-    assert list(kept.label) == ["benign", "malignant", "benign"] and len(typed) == 9
+    assert list(kept.side) == ["benign", "malignant", "benign"] and len(typed) == 9
     assert [n for _, n, _ in steps] == [12, 9, 6, 4, 3]
     why = {step: reason for step, _, reason in steps}
     assert "dermoscopic 1" in why["image_type clinical: overview or overview"]

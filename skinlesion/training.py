@@ -1,0 +1,70 @@
+"""The steps of a training run: one epoch of training, one pass over the validation split (gathered from every
+process under torchrun), and the learning-rate schedule."""
+
+import math
+
+import numpy as np
+from tqdm import tqdm
+
+from skinlesion import devices
+from skinlesion.cli import die
+
+
+def lr_factor(step, total, warmup, schedule):
+    """Share of the peak learning rate at a step: linear warm-up over warmup * total steps, then cosine to 0
+    or constant."""
+    warm = round(warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    return 1.0
+
+
+def train_one_epoch(net, epoch_batches, criterion, optimizer, scheduler, amp, desc, steps=None):
+    """Train on (x, y) batches already normalised on the device; (mean loss, accuracy). Dies at once when
+    the loss stops being a number: the checkpoints keep the last good epoch."""
+    import torch
+
+    net.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for step, (x, y) in enumerate(tqdm(epoch_batches, desc=desc, total=steps, leave=False, disable=None)):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(x)
+            loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            die(
+                f"training diverged: the loss became {value} in {desc}, step {step + 1}, at learning rate "
+                f"{optimizer.param_groups[0]['lr']:.3g}; lower --lr. The checkpoints keep the last good epoch"
+            )
+        total_loss += value * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    return total_loss / seen, correct / seen
+
+
+def predict_split(net, val_batches, amp, world):
+    """(class indices, logits, mean loss) over (index, x, y) batches of a split, gathered from every process."""
+    import torch
+
+    net.eval()
+    indices, labels, logits, losses = [], [], [], []
+    with torch.inference_mode():
+        for i, x, y in tqdm(val_batches, desc="validate", leave=False, disable=None):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                out = net(x).float()
+            losses += torch.nn.functional.cross_entropy(out, y, reduction="none").tolist()
+            logits += out.double().cpu().numpy().tolist()
+            labels, indices = labels + y.tolist(), indices + list(i)
+    labels, logits, losses = devices.gathered(world, indices, labels, logits, losses)
+    if not np.isfinite(logits).all():
+        die(
+            "training diverged: the model gives non-finite outputs on the validation split; lower --lr. "
+            "The checkpoints keep the last good epoch"
+        )
+    return np.array(labels), np.array(logits), float(np.mean(losses))
