@@ -1,6 +1,7 @@
 # make demo: set up .venv and run the whole pipeline on the built-in synthetic demo (about 2.5 min on 2 CPU cores)
 # make test: set up .venv and node_modules and run the test suite (the browser test needs Debian's chromium)
-# make web:  serve the in-browser classifier for skin_model.onnx at http://127.0.0.1:8000/ (this computer only)
+# make web:  build the in-browser classifier for skin_model.onnx into site/ and serve it at http://127.0.0.1:8000/
+#            (this computer only)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -34,6 +35,8 @@ test: setup node_modules/.installed
 web: setup node_modules/.installed
 	$(PY) serve_web.py
 
+# site/ (the page serve_web.py built) only if serve_web.py made it; web/vendor etc. were written by older versions
 clean:
 	rm -rf dataset demo_data runs skin_model.pth skin_model_last.pth skin_model.onnx *.png evaluation.json \
 		web/vendor web/model.onnx web/model.json
+	if [ -f site/.skin-lesion-classifier ] && [ ! -L site ]; then rm -rf site; fi

@@ -1,25 +1,31 @@
 """
 Serve the in-browser classifier: a static page (web/) that classifies a skin photo with onnxruntime-web, in
-the browser; the photo never leaves it. This script puts what the page needs into web/ and serves it on
-127.0.0.1 (this computer only).
+the browser; the photo never leaves it. This script builds the page into a folder of its own (site/) and
+serves it on 127.0.0.1 (this computer only).
 
     npm ci                                   # once: fetches the pinned onnxruntime-web into node_modules/
-    python serve_web.py                      # skin_model.onnx -> http://127.0.0.1:8000/
-    python serve_web.py --model other.onnx --port 0      # a free port
-    python serve_web.py --no-serve --web-dir /tmp/page   # only build: copy the page and its files there
+    python serve_web.py                      # skin_model.onnx -> site/ -> http://127.0.0.1:8000/
+    python serve_web.py --model other.onnx --port 0       # a free port
+    python serve_web.py --no-serve --site-dir /tmp/page   # only build: a static copy to host anywhere
     make web                                 # npm ci, then this
 
-It copies into WEB_DIR: the wasm backend of onnxruntime-web (vendor/: ort.wasm.min.mjs,
-ort-wasm-simd-threaded.mjs and .wasm), the ONNX model (model.onnx, from export_onnx.py: it needs the 'cam'
-output) and web/model.json, the model's preprocessing, threshold and flags that the page reads. Torch-free:
-the model's metadata is read with onnxruntime. Open the page over http (file:// cannot load the model).
+The build (SITE_DIR) holds the page (web/'s .html, .css and .js files), the wasm backend of onnxruntime-web
+(vendor/: ort.wasm.min.mjs, ort-wasm-simd-threaded.mjs and .wasm), the ONNX model (model.onnx, from
+export_onnx.py: it needs the 'cam' output), model.json (the model's preprocessing, threshold and flags that the
+page reads) and the model card (model_card.md) if there is one. The folder is replaced as a whole on each run,
+and only if this script made it: a folder holding anything else, or a link, is refused.
+
+The server answers GET and HEAD for exactly these files, read into memory at start (nothing else on the disk is
+ever opened), only to requests addressed to 127.0.0.1:PORT or localhost:PORT (another Host, as a DNS rebinding
+attack sends, is refused), with the page's Content-Security-Policy and other security headers. A bad or aborted
+request is one line on stderr. Torch-free: the model's metadata is read with onnxruntime.
 """
 
-import functools
+import hashlib
 import http.server
 import json
 import os
-import shutil
+import re
 import sys
 
 import model
@@ -27,17 +33,41 @@ from skinlesion import cli, files
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py, with the outputs 'logits' and 'cam'
-WEB_DIR = "web"  # folder to build and serve (relative: beside this script); another folder gets a copy of the page
+CARD = None  # the model card (markdown) published as model_card.md; None: the .md beside MODEL, if there is one
+SITE_DIR = "site"  # folder the page is built into and served from; replaced as a whole (only if this script made it)
 NODE_MODULES = "node_modules"  # where 'npm ci' put onnxruntime-web (relative: beside this script)
 PORT = 8000  # port on 127.0.0.1; 0 picks a free one
-SERVE = True  # False (--no-serve): only put the files into WEB_DIR
+TIMEOUT = 10.0  # seconds a connection may stay silent (or a download stall) before it is closed; 0.1 to 3600
+SERVE = True  # False (--no-serve): only build SITE_DIR
 # -----------------------------------------------------------------------------
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "web")  # the page's own files (index.html, style.css, app.js, preprocess.js)
-GENERATED = ("vendor", "model.onnx", "model.json")  # what this script writes into WEB_DIR (git ignores them)
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")  # the wasm backend
-META_KEYS = ("classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold")
+PAGE_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8", ".js": "text/javascript"}
+TYPES = {
+    **PAGE_TYPES,
+    ".mjs": "text/javascript",
+    ".wasm": "application/wasm",
+    ".json": "application/json",
+    ".onnx": "application/octet-stream",
+    ".md": "text/markdown; charset=utf-8",
+}
+CARD_NAME = "model_card.md"
+PAGE_CSP = (  # index.html's own policy (its <meta> tag), used if the page has none
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; img-src 'self' blob: data:; connect-src 'self'; "
+    "style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'"
+)
+HEADERS = {  # on every response, besides the Content-Security-Policy
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cache-Control": "no-cache",  # a rebuilt model is picked up on reload (the ETag saves the download)
+}
+MAX_REQUEST = 1 << 16  # bytes of request line and headers; a larger request is refused (431)
+CHUNK = 1 << 18  # bytes per write: the timeout applies to each
 
 
 def read_model(path):
@@ -72,62 +102,215 @@ def ort_dist(node_modules):
         return dist, json.load(f)["version"]
 
 
-def build(model_path, web_dir, node_modules):
-    """Put everything the page needs into web_dir: the page (if web_dir is not web/), vendor/, the model, model.json."""
-    sidecar = read_model(model_path)  # first: a bad model stops before anything is written
+def card_path(card, model_path):
+    """The model card to publish, or None: --card as given (it must be a file), else the .md beside the model."""
+    if card is None:
+        beside = os.path.splitext(model_path)[0] + ".md"
+        return beside if files.file_kind(beside) is None else None
+    kind = files.file_kind(card)
+    if kind == "missing":
+        cli.die(f"--card {cli.printable(card)} not found; pass the model card's path, or leave --card out")
+    if kind:
+        cli.die(f"--card {cli.printable(card)} is {kind}; pass the model card's markdown file")
+    return card
+
+
+def page_files():
+    """{name: bytes} of the page: the .html, .css and .js files in web/ (links there are left out, said so)."""
+    page, links = {}, []
+    for name in sorted(os.listdir(SOURCE)):
+        path = os.path.join(SOURCE, name)
+        if name.startswith(".") or os.path.splitext(name)[1] not in PAGE_TYPES:
+            continue
+        if os.path.islink(path):
+            links.append(name)
+        elif files.file_kind(path) is None:
+            with open(path, "rb") as f:
+                page[name] = f.read()
+    if links:
+        cli.warn(f"left out {len(links)} links in {SOURCE} ({cli.first_few(links)}): the page is built from files")
+    if "index.html" not in page:
+        cli.die(f"{SOURCE}/index.html not found; restore web/ (git checkout web)")
+    return page
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def site_contents(model_path, card, node_modules):
+    """({path in the build: bytes}, the sidecar, onnxruntime-web's version): everything the page needs, read
+    and checked before anything is written."""
+    sidecar = read_model(model_path)
     dist, version = ort_dist(node_modules)
+    contents = page_files()
+    for name in ORT_FILES:
+        contents[f"vendor/{name}"] = read_bytes(os.path.join(dist, name))
+    contents["model.onnx"] = read_bytes(model_path)
+    contents["model.json"] = json.dumps(sidecar, indent=1).encode()
+    if card:
+        contents[CARD_NAME] = read_bytes(card)
+        try:
+            contents[CARD_NAME].decode("utf-8")
+        except UnicodeDecodeError:
+            cli.die(f"model card {cli.printable(card)} is not UTF-8 text; save it as UTF-8")
+    return contents, sidecar, version
+
+
+def build(site_dir, contents):
+    """Write contents into a new folder that then replaces site_dir as a whole (files.replaced_folder): every
+    file is created in a fresh folder, so no link can be followed."""
     try:
-        os.makedirs(os.path.join(web_dir, "vendor"), exist_ok=True)
-        if os.path.realpath(web_dir) != os.path.realpath(SOURCE):
-            for name in os.listdir(SOURCE):
-                if name not in GENERATED and os.path.isfile(os.path.join(SOURCE, name)):
-                    shutil.copyfile(os.path.join(SOURCE, name), os.path.join(web_dir, name))
-        for name in ORT_FILES:
-            shutil.copyfile(os.path.join(dist, name), os.path.join(web_dir, "vendor", name))
-        shutil.copyfile(model_path, os.path.join(web_dir, "model.onnx"))
-        files.write_text(os.path.join(web_dir, "model.json"), json.dumps(sidecar, indent=1))
+        os.makedirs(os.path.dirname(os.path.abspath(site_dir)), exist_ok=True)
+        with files.replaced_folder(site_dir, "serve_web.py") as tmp:
+            for name, data in contents.items():
+                path = os.path.join(tmp, *name.split("/"))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "xb") as f:
+                    f.write(data)
     except OSError as e:
-        cli.die(f"cannot write into {web_dir} ({e.strerror}); pass --web-dir with a writable folder")
-    print(
-        f"built {web_dir}: {model_path} ({sidecar['image_size']} px, threshold {sidecar['threshold']:.3f}"
-        + (", at chance on validation" if sidecar["at_chance"] else "")
-        + f"), onnxruntime-web {version} (wasm)",
-        flush=True,
-    )
+        cli.die(f"cannot build {cli.printable(site_dir)} ({e.strerror or e}); pass --site-dir with a writable folder")
 
 
-class Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files with the types the page needs (ES modules, wasm), not cached, no request log."""
+def page_csp(index_html):
+    """The Content-Security-Policy of index.html's <meta> tag (PAGE_CSP if it has none), plus frame-ancestors
+    'none' (a <meta> policy cannot say it)."""
+    found = re.search(rb'<meta\s+http-equiv="Content-Security-Policy"\s+content="([^"]*)"', index_html, re.I)
+    policy = found.group(1).decode() if found else PAGE_CSP
+    if "frame-ancestors" not in policy:
+        policy += "; frame-ancestors 'none'"
+    return policy
 
-    extensions_map = {
-        **http.server.SimpleHTTPRequestHandler.extensions_map,
-        ".js": "text/javascript",
-        ".mjs": "text/javascript",
-        ".wasm": "application/wasm",
-        ".json": "application/json",
-        ".onnx": "application/octet-stream",
-    }
+
+def url_table(contents):
+    """{url path: (bytes, content type, ETag)}: the allow-list the server answers from ("/" is index.html)."""
+    table = {}
+    for name, data in contents.items():
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        table["/" + name] = (data, TYPES[os.path.splitext(name)[1]], etag)
+    table["/"] = table["/index.html"]
+    return table
+
+
+class BoundedReader:
+    """A request's stream that reads as ended one byte after MAX_REQUEST (a request is its line and headers: the
+    server reads no body): left == 0 means too large. A client cannot make the server hold more."""
+
+    def __init__(self, stream):
+        self.stream, self.left = stream, MAX_REQUEST + 1
+
+    def readline(self, size=-1):
+        if size < 0 or size > self.left:
+            size = self.left
+        line = self.stream.readline(size)
+        self.left -= len(line)
+        return line
+
+    def close(self):
+        self.stream.close()
+
+
+def quiet(client, text):
+    """One log line on stderr (one write: lines of threads never mix), printable whatever the client sent."""
+    sys.stderr.write(f"{client}: {cli.printable(text)}\n")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """GET and HEAD for the files of server.table and nothing else; the Host must be this server."""
+
+    server_version = "serve_web.py"
+
+    def version_string(self):
+        return self.server_version  # no Python version
+
+    def setup(self):
+        self.timeout = self.server.connection_timeout
+        super().setup()
+        self.rfile = BoundedReader(self.rfile)
+
+    def parse_request(self):
+        if not super().parse_request():
+            return False
+        if self.rfile.left == 0:
+            self.send_error(431, f"request larger than {MAX_REQUEST} bytes")
+            return False
+        host = self.headers.get("Host", "")
+        if host.lower() not in self.server.hosts:
+            self.send_error(421, f"Host {host!r} is not this server")
+            return False
+        return True
+
+    def do_GET(self):
+        self.respond(send_body=True)
+
+    def do_HEAD(self):
+        self.respond(send_body=False)
+
+    def respond(self, send_body):
+        entry = self.server.table.get(self.path.split("?", 1)[0])
+        if entry is None:
+            self.send_error(404, "not a file of this page")
+            return
+        data, kind, etag = entry
+        try:
+            if self.headers.get("If-None-Match") == etag:
+                self.send_response(304)
+                self.send_header("ETag", etag)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("ETag", etag)
+            self.end_headers()
+            for start in range(0, len(data) if send_body else 0, CHUNK):
+                self.wfile.write(data[start : start + CHUNK])
+        except (BrokenPipeError, ConnectionResetError, TimeoutError) as e:
+            quiet(self.client_address[0], f"aborted: {self.requestline} ({type(e).__name__})")
+            self.close_connection = True
+
+    def send_error(self, code, message=None, explain=None):
+        quiet(self.client_address[0], f"{int(code)} {message or self.responses[code][0]}: {self.requestline}")
+        super().send_error(code, message, explain)
 
     def end_headers(self):
-        self.send_header("Cache-Control", "no-cache")  # a rebuilt model is picked up on reload
-        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", self.server.csp)
+        for name, value in HEADERS.items():
+            self.send_header(name, value)
         super().end_headers()
 
-    def log_message(self, format, *args):
-        pass
+    def log_request(self, code="-", size="-"):
+        pass  # a good request is not logged; send_error logs a bad one
+
+    def log_error(self, format, *args):
+        """The server's own error lines: send_error's are logged there; a timeout only if a request was coming."""
+        if args and isinstance(args[-1], TimeoutError) and self.rfile.left <= MAX_REQUEST:
+            quiet(self.client_address[0], f"timed out after {self.timeout:g} s in the middle of a request")
 
 
-def serve(web_dir, port):
-    """Serve web_dir on 127.0.0.1 until Ctrl-C (never on other interfaces: the page is for this computer)."""
+class Server(http.server.ThreadingHTTPServer):
+    """One thread per connection; an error a connection raises is one line, never a traceback."""
+
+    block_on_close = False  # Ctrl-C does not wait for open connections
+
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        quiet(client_address[0], f"connection dropped ({type(error).__name__}: {error})")
+
+
+def serve(contents, port, timeout):
+    """Serve contents on 127.0.0.1 until Ctrl-C (never on other interfaces: the page is for this computer)."""
     try:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=web_dir))
+        server = Server(("127.0.0.1", port), Handler)
     except OSError as e:
         cli.die(f"cannot serve on 127.0.0.1:{port} ({e.strerror}); pass --port 0 for a free port")
+    port = server.server_address[1]
+    server.hosts = {f"127.0.0.1:{port}", f"localhost:{port}"} | ({"127.0.0.1", "localhost"} if port == 80 else set())
+    server.table, server.csp = url_table(contents), page_csp(contents["index.html"])
+    server.connection_timeout = timeout
     try:
-        print(
-            f"serving the page at http://127.0.0.1:{server.server_address[1]}/ (this computer only; Ctrl-C stops)",
-            flush=True,
-        )
+        print(f"serving the page at http://127.0.0.1:{port}/ (this computer only; Ctrl-C stops)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("\nstopped serving", file=sys.stderr)
@@ -138,11 +321,25 @@ def serve(web_dir, port):
 def main(argv=None):
     args = cli.parse_flags(globals(), argv)
     cli.check(0 <= args.port <= 65535, "--port", args.port, "use a port from 0 (a free one) to 65535")
-    web_dir = os.path.join(HERE, args.web_dir)  # an absolute --web-dir stays as it is
-    cli.check_writable(web_dir, "--web-dir", folder=True)
-    build(args.model, web_dir, os.path.join(HERE, args.node_modules))
+    cli.check(cli.in_range(args.timeout, 0.1, 3600), "--timeout", args.timeout, "use seconds from 0.1 to 3600")
+    node_modules = os.path.join(HERE, args.node_modules)  # an absolute --node-modules stays as it is
+    card = card_path(args.card, args.model)
+    files.check_replaceable(args.site_dir, "--site-dir", "serve_web.py")
+    files.check_output_folder(args.site_dir, "--site-dir", inputs=[args.model, card, SOURCE, node_modules])
+    cli.check_writable(os.path.dirname(os.path.abspath(args.site_dir)), "--site-dir", folder=True)
+    contents, sidecar, version = site_contents(args.model, card, node_modules)  # a bad model stops before any write
+    build(args.site_dir, contents)
+    facts = [f"{sidecar['image_size']} px", f"threshold {sidecar['threshold']:.3f}"]
+    if sidecar["at_chance"]:
+        facts.append("at chance on validation")
+    card_text = f"model card {card}" if card else "no model card"
+    print(
+        f"built {cli.printable(args.site_dir)}: {args.model} ({', '.join(facts)}), {card_text}, "
+        f"onnxruntime-web {version} (wasm)",
+        flush=True,
+    )
     if args.serve:
-        serve(web_dir, args.port)
+        serve(contents, args.port, args.timeout)
 
 
 if __name__ == "__main__":

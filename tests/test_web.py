@@ -3,7 +3,7 @@
 (EXIF-rotated, transparent, 16-bit, grey, odd sizes), the heat map and its toggle, messages for bad files, no
 network request after load, keyboard use, phone and desktop layouts, screenshots and timings
 (`pytest -s tests/test_web.py` prints them; WEB_SCREENSHOT=DIR also saves the screenshots there).
-serve_web.py's own checks run without a browser.
+serve_web.py's own checks (the build, what it serves, its headers and errors) are in tests/test_serve_web.py.
 
 Needs Chromium (apt-get install -y chromium, or CHROMIUM=/path/to/chrome), node_modules (npm ci) and
 Playwright (pip install playwright). Without them the browser tests skip on a developer machine and fail
@@ -12,17 +12,14 @@ where the CI environment variable is set."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 from PIL import Image
 
 import model
@@ -40,19 +37,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]  # without the network flags Chromium calls Google hosts
-SIDECAR_KEYS = {
-    "classes",
-    "image_size",
-    "mean",
-    "std",
-    "interpolation",
-    "crop_pct",
-    "threshold",
-    "at_chance",
-    "val_auc_ci95",
-    "borderline_margin",
-    "model_file",
-}
 TIMINGS = {}  # filled by the tests, printed by test_timings
 
 
@@ -183,23 +167,13 @@ def setup(tmp_path_factory, trained_model, demo_dataset):
     return dict(folder=folder, model=path, photos=photos, refs=refs, threshold=threshold)
 
 
-def run_script(*args, env=None):
-    return subprocess.run(
-        [sys.executable, SCRIPT, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, **(env or {})),
-    )
-
-
 @pytest.fixture(scope="module")
 def server(setup):
     """serve_web.py building into a folder of its own and serving it on a free port."""
     require_browser()
     web = setup["folder"] / "site"
     proc = subprocess.Popen(
-        [sys.executable, SCRIPT, "--model", setup["model"], "--web-dir", str(web), "--port", "0"],
+        [sys.executable, SCRIPT, "--model", setup["model"], "--site-dir", str(web), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -259,115 +233,6 @@ def page(browser, server, setup):
     assert run is not None, page.inner_text("#message")
     yield dict(page=page, requests=requests, errors=errors)
     page.context.close()
-
-
-# ----------------------------------------------------------------------------- serve_web.py
-
-
-def test_serve_web_builds_the_page_and_serves_it_locally(server, setup):
-    web = server["web"]
-    assert sorted(os.listdir(os.path.join(web, "vendor"))) == [
-        "ort-wasm-simd-threaded.mjs",
-        "ort-wasm-simd-threaded.wasm",
-        "ort.wasm.min.mjs",
-    ]  # no 28 MB full build
-    for name in ("index.html", "style.css", "app.js", "preprocess.js", "model.onnx"):
-        assert os.path.isfile(os.path.join(web, name)), name
-    with open(os.path.join(web, "model.json")) as f:
-        sidecar = json.load(f)
-    assert set(sidecar) == SIDECAR_KEYS
-    assert sidecar["threshold"] == setup["threshold"] and sidecar["at_chance"] is False
-    assert sidecar["borderline_margin"] == 0.02 and sidecar["model_file"] == "model.onnx"
-    assert server["url"].startswith("http://127.0.0.1:")
-    types = {
-        "vendor/ort.wasm.min.mjs": "text/javascript",
-        "vendor/ort-wasm-simd-threaded.wasm": "application/wasm",
-        "app.js": "text/javascript",
-        "model.json": "application/json",
-    }
-    for name, kind in types.items():
-        with urllib.request.urlopen(server["url"] + name) as response:
-            assert response.headers["Content-Type"] == kind, name
-
-
-def test_serve_web_build_is_torch_free(setup, tmp_path):
-    if not os.path.isdir(os.path.join(ROOT, "node_modules", "onnxruntime-web")):
-        require_browser()
-    code = (
-        "import runpy, sys; "
-        "sys.argv = ['serve_web.py', '--no-serve', '--model', sys.argv[1], '--web-dir', sys.argv[2]]; "
-        f"runpy.run_path({SCRIPT!r}, run_name='__main__'); "
-        "assert not {'torch', 'timm', 'torchvision'} & set(sys.modules), 'serve_web.py imported torch'"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, setup["model"], str(tmp_path / "site")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert os.path.isfile(tmp_path / "site" / "model.json") and not os.path.exists(
-        tmp_path / "site" / "vendor" / "ort.min.js"
-    )
-
-
-def logits_only_model(path):
-    """A tiny ONNX file with the right input and metadata but no 'cam' output (an export from before the page)."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["image"], ["pooled"], axes=[2, 3], keepdims=0),
-            helper.make_node("Slice", ["pooled", "start", "end", "axis"], ["logits"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
-        [
-            helper.make_tensor("start", TensorProto.INT64, [1], [0]),
-            helper.make_tensor("end", TensorProto.INT64, [1], [2]),
-            helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
-        ],
-    )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    meta = dict(
-        classes=model.CLASSES,
-        image_size=SIZE,
-        mean=[0.5] * 3,
-        std=[0.5] * 3,
-        interpolation="bicubic",
-        crop_pct=0.875,
-        threshold=0.5,
-    )
-    helper.set_model_props(m, {key: json.dumps(value) for key, value in meta.items()})
-    onnx.save(m, path)
-    return str(path)
-
-
-def test_serve_web_says_what_is_wrong_in_one_line(tmp_path, setup):
-    cases = [
-        (["--model", str(tmp_path / "missing.onnx")], "not found; export one with 'python export_onnx.py'"),
-        (["--model", logits_only_model(tmp_path / "old.onnx")], "has no 'cam' output (the heat map)"),
-        (["--model", setup["model"], "--node-modules", str(tmp_path / "nothing")], "run 'npm ci'"),
-    ]
-    for args, expected in cases:
-        result = run_script(*args, "--no-serve", "--web-dir", str(tmp_path / "site"))
-        assert result.returncode == 1, (args, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (args, result.stderr)
-    assert not os.path.exists(tmp_path / "site" / "model.json")  # nothing half-built
-
-
-def test_ctrl_c_stops_serving_in_one_line(setup, tmp_path):
-    require_browser()  # needs node_modules to get as far as serving
-    proc = subprocess.Popen(
-        [sys.executable, SCRIPT, "--model", setup["model"], "--web-dir", str(tmp_path / "site"), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    proc.stdout.readline(), proc.stdout.readline()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0 and err.strip() == "stopped serving", err
 
 
 # ----------------------------------------------------------------------------- the page

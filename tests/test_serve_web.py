@@ -1,0 +1,582 @@
+"""serve_web.py without a browser: the build folder it owns (never written through a link, never a folder of the
+user's), the allow-list it serves from memory, the Host check, the security headers, timeouts, and one quiet
+log line (never a traceback) for every bad, aborted or too large request. Each case sends the exact request
+over a raw socket to a server on a free port. A tiny ONNX model (with a 'cam' output, valid metadata and 16 MB
+of weights, the size of the real one) keeps it fast. The tests that serve need node_modules (npm ci): they
+skip without it on a developer machine and fail where the CI environment variable is set."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import model
+from conftest import ROOT, assert_one_error, fingerprint
+
+SCRIPT = os.path.join(ROOT, "serve_web.py")
+NODE_MODULES = os.path.join(ROOT, "node_modules")
+SIZE = 64
+PAGE = ("index.html", "style.css", "app.js", "preprocess.js")
+VENDOR = ("ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "ort.wasm.min.mjs")
+SIDECAR_KEYS = {
+    "classes",
+    "image_size",
+    "mean",
+    "std",
+    "interpolation",
+    "crop_pct",
+    "threshold",
+    "at_chance",
+    "val_auc_ci95",
+    "borderline_margin",
+    "model_file",
+}
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+    "cache-control": "no-cache",
+    "server": "serve_web.py",
+}
+CARD_TEXT = "# Model card\n\nA tiny test model; not a medical device. Ünïcödé.\n"
+
+
+def require_node_modules():
+    """Skip (developer machine) or fail (CI) without onnxruntime-web in node_modules."""
+    if not os.path.isdir(os.path.join(NODE_MODULES, "onnxruntime-web", "dist")):
+        reason = "serving the page needs node_modules (run npm ci in the repository root)"
+        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+
+
+def tiny_model(path, cam=True, padding=0):
+    """A valid ONNX model as export_onnx.py writes it, in a few nodes: logits [batch, 2] from the mean colour,
+    cam [batch, 2, 2] from 32 px blocks; padding float32 weights (used, so onnxruntime keeps quiet) give it size."""
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["pooled"], axes=[2, 3], keepdims=0),
+        helper.make_node("Slice", ["pooled", "start", "end", "axis"], ["mean_logits"]),
+        helper.make_node("ReduceSum", ["padding"], ["padding_sum"], keepdims=0),
+        helper.make_node("Mul", ["padding_sum", "zero"], ["nothing"]),
+        helper.make_node("Add", ["mean_logits", "nothing"], ["logits"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])]
+    if cam:
+        nodes += [
+            helper.make_node("AveragePool", ["image"], ["blocks"], kernel_shape=[32, 32], strides=[32, 32]),
+            helper.make_node("ReduceMean", ["blocks"], ["cam"], axes=[1], keepdims=0),
+        ]
+        outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["batch", SIZE // 32, SIZE // 32]))
+    weights = np.random.default_rng(0).random(max(padding // 4, 1), dtype=np.float32)
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
+        outputs,
+        [
+            helper.make_tensor("start", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("end", TensorProto.INT64, [1], [2]),
+            helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("padding", TensorProto.FLOAT, [len(weights)], weights.tobytes(), raw=True),
+        ],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    meta = dict(
+        classes=model.CLASSES,
+        image_size=SIZE,
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+        interpolation="bicubic",
+        crop_pct=0.875,
+        threshold=0.4,
+        at_chance=False,
+        val_auc_ci95=[0.6, 0.9],
+    )
+    helper.set_model_props(m, {key: json.dumps(value) for key, value in meta.items()})
+    onnx.save(m, str(path))
+    return str(path)
+
+
+def read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def run_script(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
+def start(*args, log, cwd=ROOT):
+    """serve_web.py serving on a free port (stderr into the file log): (process, base url, the 'built' line)."""
+    with open(log, "w") as stderr:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, SCRIPT, *map(str, args), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=cwd,
+        )
+    built, serving = proc.stdout.readline(), proc.stdout.readline()
+    if "serving the page at http://127.0.0.1:" not in serving:
+        proc.kill()
+        pytest.fail(built + serving + read(log))
+    return proc, serving.split(" at ")[1].split()[0], built
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A user's folder: the model, its card beside it, and files of the user's own; a victim file elsewhere."""
+    folder = tmp_path_factory.mktemp("project")
+    tiny_model(folder / "skin_model.onnx", padding=16_000_000)
+    (folder / "skin_model.md").write_text(CARD_TEXT, encoding="utf-8")
+    (folder / "notes.txt").write_text("the user's notes\n")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "config").write_text("[core]\n\tsecret = yes\n")
+    victim = tmp_path_factory.mktemp("victim") / "victim.txt"
+    victim.write_text("precious\n")
+    return dict(folder=folder, model=str(folder / "skin_model.onnx"), victim=str(victim))
+
+
+@pytest.fixture(scope="module")
+def server(project):
+    """serve_web.py building project/site and serving it, with 2 s timeouts; log() gives its stderr lines."""
+    require_node_modules()
+    folder = project["folder"]
+    log = folder.parent / "server.log"
+    before = fingerprint(os.path.dirname(project["victim"]))
+    proc, url, built = start("--model", project["model"], "--site-dir", "site", "--timeout", 2, log=log, cwd=folder)
+    try:
+        yield dict(
+            url=url,
+            port=int(url.rsplit(":", 1)[1].strip("/")),
+            site=str(folder / "site"),
+            built=built,
+            log=Log(log),
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    assert fingerprint(os.path.dirname(project["victim"])) == before
+
+
+class Log:
+    """The server's stderr, read from where the last test left off."""
+
+    def __init__(self, path):
+        self.path, self.offset = path, 0
+
+    def new_lines(self, at_least=0, wait=10):
+        """The lines written since the last call, waiting up to wait seconds for at_least of them; asserts that
+        every line is one quiet line about a client (no traceback)."""
+        deadline = time.time() + wait
+        while True:
+            with open(self.path, encoding="utf-8") as f:
+                f.seek(self.offset)
+                text = f.read()
+            lines = text.splitlines()
+            if len(lines) >= at_least or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        self.offset += len(text.encode("utf-8"))
+        assert "Traceback" not in text, text
+        assert all(line.startswith("127.0.0.1: ") for line in lines), text
+        return lines
+
+
+def exchange(port, request, receive_buffer=None):
+    """Send request (bytes) on a fresh connection and read the answer until the server closes it."""
+    s = socket.socket()
+    if receive_buffer:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    chunks = []
+    try:
+        s.sendall(request)
+        while chunk := s.recv(1 << 16):
+            chunks.append(chunk)
+    except ConnectionResetError:  # the server closed with unread request bytes: what it sent is already here
+        pass
+    finally:
+        s.close()
+    return b"".join(chunks)
+
+
+def parse(response):
+    """(status, {lower-case header: value}, body)."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("iso-8859-1").split("\r\n")
+    headers = dict(line.split(":", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.strip().lower(): v.strip() for k, v in headers.items()}, body
+
+
+def request(server, path, method="GET", host=None, headers=""):
+    """(status, headers, body) of one request, Host 127.0.0.1:port unless host says otherwise."""
+    host = f"127.0.0.1:{server['port']}" if host is None else host
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n"
+    return parse(exchange(server["port"], head.encode("latin-1")))
+
+
+def page_meta_csp():
+    with open(os.path.join(ROOT, "web", "index.html"), encoding="utf-8") as f:
+        return re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', f.read()).group(1)
+
+
+def assert_security_headers(headers):
+    for name, value in SECURITY_HEADERS.items():
+        assert headers.get(name) == value, (name, headers)
+    assert headers["content-security-policy"] == page_meta_csp() + "; frame-ancestors 'none'"
+    assert not any("python" in value.lower() for value in headers.values()), headers
+
+
+# ----------------------------------------------------------------------------- the build
+
+
+def test_builds_its_own_folder_and_serves_exactly_the_page(server, project):
+    site = server["site"]
+    assert sorted(os.listdir(site)) == sorted(
+        [".skin-lesion-classifier", *PAGE, "vendor", "model.onnx", "model.json", "model_card.md"]
+    )
+    assert sorted(os.listdir(os.path.join(site, "vendor"))) == sorted(VENDOR)  # no 28 MB full build
+    with open(os.path.join(site, "model.json")) as f:
+        sidecar = json.load(f)
+    assert set(sidecar) == SIDECAR_KEYS and sidecar["threshold"] == 0.4 and sidecar["at_chance"] is False
+    assert sidecar["borderline_margin"] == 0.02 and sidecar["model_file"] == "model.onnx"
+    assert "built site: " in server["built"] and f"model card {project['folder'] / 'skin_model.md'}" in server["built"]
+    sources = {name: os.path.join(ROOT, "web", name) for name in PAGE}
+    sources.update({f"vendor/{name}": os.path.join(NODE_MODULES, "onnxruntime-web", "dist", name) for name in VENDOR})
+    sources.update({"model.onnx": project["model"], "model_card.md": str(project["folder"] / "skin_model.md")})
+    types = {
+        "index.html": "text/html; charset=utf-8",
+        "style.css": "text/css; charset=utf-8",
+        "app.js": "text/javascript",
+        "preprocess.js": "text/javascript",
+        "vendor/ort.wasm.min.mjs": "text/javascript",
+        "vendor/ort-wasm-simd-threaded.mjs": "text/javascript",
+        "vendor/ort-wasm-simd-threaded.wasm": "application/wasm",
+        "model.onnx": "application/octet-stream",
+        "model_card.md": "text/markdown; charset=utf-8",
+    }
+    for name, source in sources.items():
+        with open(source, "rb") as f:
+            expected = f.read()
+        with open(os.path.join(site, *name.split("/")), "rb") as f:
+            assert f.read() == expected, name  # the build holds the same bytes
+        with urllib.request.urlopen(server["url"] + name) as response:  # as a browser asks: Host 127.0.0.1:port
+            assert response.status == 200 and response.read() == expected, name
+            assert response.headers["Content-Type"] == types[name], name
+    status, headers, body = request(server, "/")
+    assert status == 200 and body == read(sources["index.html"], "rb")
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert_security_headers(headers)
+    status, headers, body = request(server, "/model.json?v=2")  # a query string is ignored
+    assert status == 200 and json.loads(body) == sidecar and headers["content-type"] == "application/json"
+    assert server["log"].new_lines() == []  # good requests are not logged
+
+
+def test_head_and_a_matching_etag_send_no_body(server):
+    status, headers, body = request(server, "/model.onnx", method="HEAD")
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 16_000_000
+    status, headers, body = request(server, "/model.onnx", headers=f"If-None-Match: {headers['etag']}\r\n")
+    assert status == 304 and body == b""
+    assert_security_headers(headers)
+    assert server["log"].new_lines() == []
+
+
+def test_only_the_page_is_served_and_nothing_is_read_from_disk(server, project, tmp_path):
+    site = server["site"]
+    os.symlink("/etc/passwd", os.path.join(site, "passwd"))  # planted after the start: the server never looks
+    with open(os.path.join(site, "secret.txt"), "w") as f:
+        f.write("secret\n")
+    with open(os.path.join(site, "style.css"), "a") as f:
+        f.write("/* changed on disk */\n")
+    paths = [
+        "/passwd",
+        "/secret.txt",
+        "/.skin-lesion-classifier",
+        "/vendor/",
+        "/vendor",
+        "/.git/config",
+        "/../.git/config",
+        "/%2e%2e/.git/config",
+        "/notes.txt",
+        "/../notes.txt",
+        "/skin_model.onnx",
+        "/serve_web.py",
+        "/web/app.js",
+        "/app.js/",
+        "/APP.JS",
+        "//etc/passwd",
+        "/index.html/..",
+        "http://127.0.0.1/etc/passwd",
+    ]
+    for path in paths:
+        status, headers, body = request(server, path)
+        assert status == 404, path
+        assert b"root:" not in body and b"secret" not in body and b"Index of" not in body, path
+        assert_security_headers(headers)
+    lines = server["log"].new_lines(at_least=len(paths))
+    assert len(lines) == len(paths) and all(": 404 not a file of this page: GET " in line for line in lines), lines
+    status, _, body = request(server, "/style.css")
+    assert status == 200 and b"changed on disk" not in body  # served from memory
+
+
+def test_a_nul_byte_in_the_path_is_a_404_in_one_line(server):
+    status, headers, _ = request(server, "/app.js%00.png")
+    assert status == 404
+    assert_security_headers(headers)
+    assert server["log"].new_lines(at_least=1) == [
+        "127.0.0.1: 404 not a file of this page: GET /app.js%00.png HTTP/1.1"
+    ]
+    status, _, _ = parse(
+        exchange(server["port"], f"GET /app.js\0.png HTTP/1.1\r\nHost: 127.0.0.1:{server['port']}\r\n\r\n".encode())
+    )
+    assert status == 404
+    assert server["log"].new_lines(at_least=1) == [
+        "127.0.0.1: 404 not a file of this page: GET /app.js\\x00.png HTTP/1.1"
+    ]
+
+
+def test_requests_for_another_host_are_refused(server):
+    port = server["port"]
+    for host in ("evil.example.com", f"evil.example.com:{port}", "127.0.0.1", f"127.0.0.1:{port + 1}", "0.0.0.0"):
+        status, headers, body = request(server, "/", host=host)
+        assert status == 421 and b"Skin lesion" not in body, host
+        assert_security_headers(headers)
+    response = exchange(port, b"GET / HTTP/1.0\r\n\r\n")  # no Host at all
+    assert parse(response)[0] == 421
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
+        assert request(server, "/", host=host)[0] == 200, host
+    lines = server["log"].new_lines(at_least=6)
+    assert len(lines) == 6 and all(
+        " 421 Host " in line and " is not this server: GET / HTTP/1." in line for line in lines
+    )
+    assert "'evil.example.com'" in lines[0]
+
+
+def test_only_get_and_head(server):
+    for method in ("POST", "PUT", "DELETE", "OPTIONS", "TRACE"):
+        status, headers, _ = request(server, "/", method=method)
+        assert status == 501, method
+        assert_security_headers(headers)
+    lines = server["log"].new_lines(at_least=5)
+    assert len(lines) == 5 and all(": 501 Unsupported method" in line for line in lines), lines
+
+
+def test_a_too_large_request_is_refused_in_one_line(server):
+    huge_header = "X-Filler: " + "a" * 40_000 + "\r\n"
+    status, headers, _ = request(server, "/", headers=huge_header * 2)
+    assert status == 431
+    assert_security_headers(headers)
+    long_line = f"GET /{'a' * 70_000} HTTP/1.1\r\nHost: 127.0.0.1:{server['port']}\r\n\r\n"
+    assert parse(exchange(server["port"], long_line.encode()))[0] == 414
+    lines = server["log"].new_lines(at_least=2)
+    assert len(lines) == 2 and ": 431 request larger than 65536 bytes: GET / HTTP/1.1" in lines[0]
+    assert ": 414 " in lines[1] and len(lines[1]) < 200
+
+
+def test_an_aborted_download_is_one_quiet_line(server):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", server["port"]))
+    s.sendall(f"GET /model.onnx HTTP/1.1\r\nHost: 127.0.0.1:{server['port']}\r\n\r\n".encode())
+    assert s.recv(1024).startswith(b"HTTP/1.0 200 ")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset, as a tab does
+    s.close()
+    lines = server["log"].new_lines(at_least=1)
+    assert len(lines) == 1 and re.fullmatch(
+        r"127\.0\.0\.1: aborted: GET /model\.onnx HTTP/1\.1 \((BrokenPipeError|ConnectionResetError)\)", lines[0]
+    ), lines
+    assert request(server, "/")[0] == 200
+
+
+def test_half_open_connections_time_out_and_close_quietly(server):
+    port = server["port"]
+    partial = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()  # the headers never end
+    opened = time.perf_counter()
+    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+    for s in sockets:
+        s.sendall(partial)
+    start = time.perf_counter()
+    assert request(server, "/")[0] == 200 and time.perf_counter() - start < 1.5  # 100 held threads do not hold it up
+    for i, s in enumerate(sockets):
+        if i % 2:  # half are reset, half closed
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    time.sleep(max(0.5, opened + 2.5 - time.perf_counter()))  # past --timeout 2: every line of theirs is written
+    lines = server["log"].new_lines()
+    assert len(lines) <= 100, lines  # at most one line each, none a traceback
+    assert all(re.search(r": (aborted: GET / |connection dropped \(|timed out )", line) for line in lines), lines
+    silent, started = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
+    started.sendall(partial)
+    start = time.perf_counter()
+    silent.settimeout(10), started.settimeout(10)
+    assert silent.recv(1024) == b"" and started.recv(1024) == b""  # the server closed them after --timeout 2
+    assert 1.5 < time.perf_counter() - start < 6
+    silent.close(), started.close()
+    assert server["log"].new_lines(at_least=1) == [
+        "127.0.0.1: timed out after 2 s in the middle of a request"
+    ]  # an idle connection (a browser's preconnect) closes without a word
+
+
+# ----------------------------------------------------------------------------- a folder that is not ours
+
+
+def assert_refused(args, expected, cwd, *folders):
+    before = [fingerprint(folder) for folder in folders]
+    result = run_script(*args, cwd=cwd)
+    assert_one_error(result.returncode, result.stderr, expected)
+    assert [fingerprint(folder) for folder in folders] == before
+
+
+def test_a_folder_of_the_user_is_never_written(project, tmp_path):
+    folder, victim = project["folder"], project["victim"]
+    users = tmp_path / "users_site"
+    users.mkdir()
+    (users / "index.html").write_text("<p>the user's own page</p>\n")
+    (users / "style.css").write_text("body { color: red }\n")
+    model_args = ["--no-serve", "--model", project["model"]]
+    assert_refused(
+        [*model_args, "--site-dir", users],
+        "holds files that serve_web.py did not make (index.html, style.css)",
+        folder,
+        users,
+    )
+    assert_refused([*model_args, "--site-dir", "."], "holds files that serve_web.py did not make", folder, folder)
+    assert_refused(
+        [*model_args, "--site-dir", os.path.join(ROOT, "web")], "did not make", folder, os.path.join(ROOT, "web")
+    )
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    os.symlink(victim, linked / "app.js")  # site/app.js -> the victim
+    assert_refused(
+        [*model_args, "--site-dir", linked],
+        "holds files that serve_web.py did not make (app.js)",
+        folder,
+        os.path.dirname(victim),
+    )
+    os.symlink(os.path.dirname(victim), tmp_path / "link_to_folder")
+    assert_refused(
+        [*model_args, "--site-dir", tmp_path / "link_to_folder"], "is a symbolic link", folder, os.path.dirname(victim)
+    )
+    inside = tmp_path / "model_inside"
+    inside.mkdir()
+    shutil.copy(project["model"], inside / "model.onnx")
+    (inside / ".skin-lesion-classifier").write_text("made by serve_web.py\n")
+    assert_refused(
+        ["--no-serve", "--model", inside / "model.onnx", "--site-dir", inside], "does not hold", folder, inside
+    )
+
+
+def test_a_static_copy_is_built_and_replaced_as_a_whole_never_through_a_link(project, tmp_path):
+    require_node_modules()
+    no_card = tmp_path / "model" / "skin_model.onnx"  # no .md beside it
+    no_card.parent.mkdir()
+    shutil.copy(project["model"], no_card)
+    out = tmp_path / "out" / "page"
+    result = run_script("--no-serve", "--model", no_card, "--site-dir", out)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "no model card" in result.stdout
+    assert sorted(os.listdir(out)) == sorted([".skin-lesion-classifier", *PAGE, "vendor", "model.onnx", "model.json"])
+    victim_folder = os.path.dirname(project["victim"])
+    before = fingerprint(victim_folder)
+    os.remove(out / "app.js")
+    os.symlink(project["victim"], out / "app.js")  # planted in our folder: the next build replaces the folder
+    os.symlink(victim_folder, out / "vendor2")
+    result = run_script("--no-serve", "--model", no_card, "--site-dir", out)
+    assert result.returncode == 0, result.stderr
+    assert fingerprint(victim_folder) == before
+    assert not os.path.islink(out / "app.js") and not os.path.lexists(out / "vendor2")
+    assert read(out / "app.js", "rb") == read(os.path.join(ROOT, "web", "app.js"), "rb")
+    assert os.listdir(tmp_path / "out") == ["page"]  # no temporary folder left
+
+
+def test_the_model_card(project, tmp_path):
+    card = tmp_path / "card.md"
+    card.write_bytes(b"\xff\xfe not utf-8")
+    args = ["--no-serve", "--model", project["model"], "--site-dir", tmp_path / "site"]
+    assert_refused([*args, "--card", tmp_path / "missing.md"], "--card", tmp_path, tmp_path)
+    assert_refused([*args, "--card", tmp_path], "is a folder", tmp_path, tmp_path)
+    if os.path.isdir(os.path.join(NODE_MODULES, "onnxruntime-web")):
+        assert_refused([*args, "--card", card], "is not UTF-8 text", tmp_path, tmp_path)
+
+
+# ----------------------------------------------------------------------------- flags and errors
+
+
+@pytest.mark.parametrize("flag", ["--port", "--model", "--site-dir", "--node-modules", "--timeout"])
+def test_none_for_a_flag_that_needs_a_value_is_one_line(flag, tmp_path):
+    result = run_script(flag, "none", "--no-serve", cwd=tmp_path)
+    assert_one_error(result.returncode, result.stderr, f"{flag} none: this flag needs a value")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--port", "70000"], "--port 70000: use a port from 0 (a free one) to 65535"),
+        (["--timeout", "0"], "--timeout 0.0: use seconds from 0.1 to 3600"),
+        (["--port", "abc"], "invalid int value: 'abc'"),
+    ],
+)
+def test_bad_flag_values_are_one_line(args, expected, tmp_path):
+    result = run_script(*args, "--no-serve", cwd=tmp_path)
+    assert_one_error(result.returncode, result.stderr, expected)
+
+
+def test_says_what_is_wrong_in_one_line(tmp_path, project):
+    cases = [
+        (["--model", tmp_path / "missing.onnx"], "not found; export one with 'python export_onnx.py'"),
+        (["--model", tiny_model(tmp_path / "old.onnx", cam=False)], "has no 'cam' output (the heat map)"),
+        (["--model", project["model"], "--node-modules", tmp_path / "nothing"], "run 'npm ci'"),
+    ]
+    for args, expected in cases:
+        result = run_script(*args, "--no-serve", "--site-dir", tmp_path / "site")
+        assert_one_error(result.returncode, result.stderr, expected)
+    assert not os.path.exists(tmp_path / "site")  # nothing half-built
+
+
+def test_the_build_is_torch_free(project, tmp_path):
+    require_node_modules()
+    code = (
+        "import runpy, sys; "
+        "sys.argv = ['serve_web.py', '--no-serve', '--model', sys.argv[1], '--site-dir', sys.argv[2]]; "
+        f"runpy.run_path({SCRIPT!r}, run_name='__main__'); "
+        "assert not {'torch', 'timm', 'torchvision'} & set(sys.modules), 'serve_web.py imported torch'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, project["model"], str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert os.path.isfile(tmp_path / "site" / "model.json")
+
+
+def test_ctrl_c_stops_serving_in_one_line_with_connections_open(project, tmp_path):
+    require_node_modules()
+    proc, url, _ = start("--model", project["model"], "--site-dir", tmp_path / "site", log=tmp_path / "log")
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    idle = socket.create_connection(("127.0.0.1", port))  # a browser's open connection does not hold it up
+    start_time = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    idle.close()
+    assert proc.returncode == 0 and read(tmp_path / "log").strip() == "stopped serving"
+    assert time.perf_counter() - start_time < 5
