@@ -29,7 +29,7 @@ import re
 import sys
 
 import model
-from skinlesion import cli, files
+from skinlesion import cli, files, metrics
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py, with the outputs 'logits' and 'cam'
@@ -72,14 +72,14 @@ CHUNK = 1 << 18  # bytes per write: the timeout applies to each
 
 def read_model(path):
     """The sidecar for the page from the ONNX file, checked as every script checks a model (model.load_onnx: valid
-    metadata, finite weights); die if the page could not use the file."""
-    session, meta = model.load_onnx(path)
-    if "cam" not in [o.name for o in session.get_outputs()]:
-        cli.die(f"{path} has no 'cam' output (the heat map); export it again with this version of export_onnx.py")
+    metadata, finite weights, our architecture and outputs); die if the page could not use the file."""
+    _, meta = model.load_onnx(path)
     if meta["interpolation"] != "bicubic":
         cli.die(f"{path} resizes with {meta['interpolation']}; the page implements Pillow's bicubic only")
     keys = (
         "classes",
+        "class_names",
+        "malignant_classes",
         "image_size",
         "mean",
         "std",
@@ -88,8 +88,16 @@ def read_model(path):
         "threshold",
         "at_chance",
         "val_auc_ci95",
+        "operating_point",
+        "card_summary",
     )
-    return dict({key: meta.get(key) for key in keys}, borderline_margin=model.BORDERLINE, model_file="model.onnx")
+    sidecar = {key: meta.get(key) for key in keys}
+    op = meta.get("operating_point")
+    sidecar.update(
+        operating_point_text=op and metrics.operating_point_text(op),
+        operating_point_warning=op and metrics.operating_point_warning(op),
+    )
+    return dict(sidecar, borderline_margin=model.BORDERLINE, model_file="model.onnx")
 
 
 def ort_dist(node_modules):

@@ -157,8 +157,8 @@ def export_rows(n, attribution="Anonymous"):
 
 def make_net(size=64, seed=0):
     """Random-init EfficientNet-B0 whose P(malignant) depends on the photo. At random init the BatchNorm
-    statistics (mean 0, variance 1) shrink the features and every photo gets 0.5; statistics from one batch
-    and a scaled-up head fix that."""
+    statistics (mean 0, variance 1) shrink the features and every photo gets 0.5, and the neutral head gives 0.5
+    anyway; statistics from one batch and a random head (timm's init range, scaled) fix that."""
     import torch
 
     torch.manual_seed(seed)
@@ -170,7 +170,7 @@ def make_net(size=64, seed=0):
     net.train()
     with torch.no_grad():
         net(torch.rand(8, 3, size, size) * 4 - 2)
-        net.classifier.weight.mul_(0.2)
+        torch.nn.init.uniform_(net.classifier.weight, -0.7 * 0.2, 0.7 * 0.2)
     return net.eval()
 
 
