@@ -73,17 +73,15 @@ RANGES = [("epochs", 1, 1e6, "a whole number >= 1"), ("lr", 1e-12, math.inf, "a 
           ("image_size", 32, 2048, "from 32 to 2048 px"), ("num_workers", 0, 256, ">= 0"),
           ("target_sensitivity", 0, 1, "from 0 (plain 0.5 threshold) to 1"), ("cache_gb", 0, math.inf, ">= 0"),
           ("seed", 0, 2**32 - 1, "from 0 to 2**32 - 1")]  # fmt: skip
+CHOICES = [("recipe", ["auto", "finetune", "scratch"]), ("optimizer", ["adam", "adamw"]),
+           ("schedule", ["cosine", "constant"])]  # fmt: skip
 RESUME_KEYS = ["optimizer", "schedule", "best", "bad_epochs", "stopped_early", "history"]
 
 
 def parse_args(argv=None):
     """The flags, checked (ranges, choices, outputs that may be written) before any slow work."""
     args = cli.parse_flags(globals(), argv, types={k.upper(): type(v) for k, v in model.RECIPES["scratch"].items()})
-    for flag, allowed in [
-        ("recipe", ["auto", "finetune", "scratch"]),
-        ("optimizer", ["adam", "adamw"]),
-        ("schedule", ["cosine", "constant"]),
-    ]:
+    for flag, allowed in CHOICES:
         value = getattr(args, flag)
         cli.check(value is None or value in allowed, "--" + flag, value, "use " + " or ".join(allowed))
     for flag, low, high, wanted in RANGES:
@@ -94,12 +92,14 @@ def parse_args(argv=None):
     outputs = {
         "--output": args.output,
         "--resume-file": args.resume_file,
-        "--output (its card)": args.card,
-        "--output (training_curves.png beside it)": args.curves,
+        "--output's card": args.card,
+        "--output's training_curves.png": args.curves,
     }
+    seen = {}
     for flag, path in outputs.items():
-        others = [p for p in outputs.values() if p != path] + [args.weights_file]
-        files.check_output(path, flag, others, args.overwrite, ours=model.written_by_us)
+        same = seen.setdefault(os.path.realpath(path), flag)
+        cli.check(same == flag, flag, path, f"is {same} too; pass another path")
+        files.check_output(path, flag, [args.weights_file], args.overwrite, ours=model.written_by_us)
         cli.check_writable(path, flag)
     cli.check_writable(args.log_dir, "--log-dir", folder=True)
     return args

@@ -123,7 +123,8 @@ def view_logits(net, x, tta=False):
 def classes_fault(meta):
     """What is wrong with a model file's classes and their sides, or None."""
     classes, malignant = meta["classes"], meta.get("malignant_classes")
-    if not is_list_of(classes, lambda c: isinstance(c, str) and c) or len(set(classes)) != len(classes) > 1:
+    names = is_list_of(classes, lambda c: isinstance(c, str) and c)
+    if not names or len(classes) < 2 or len(set(classes)) < len(classes):
         return f"its classes {classes!r} are not two or more different names"
     if malignant is None and classes != SIDES:
         return f"it is a model for classes {classes} with no malignant_classes; this project needs {SIDES} or both"
@@ -227,7 +228,7 @@ def check_model_file(path, how="train one with 'python AItraining.py'"):
 def writer_torch(path):
     """The torch version a checkpoint says wrote it (from its metadata, read as bytes), or None."""
     with open(path, "rb") as f:
-        found = re.search(rb"torch.{1,12}?(\d+\.\d+\.\d+[\w.+]*)", f.read(1 << 20), re.S)
+        found = re.search(rb"versions.{0,40}?torch.{1,12}?(\d+\.\d+\.\d+(?:\+\w+)?)", f.read(1 << 20), re.S)
     return found.group(1).decode() if found else None
 
 

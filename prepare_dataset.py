@@ -29,6 +29,7 @@ import re
 import shlex
 import time
 
+import numpy as np
 import pandas as pd
 
 from skinlesion import cli, dataset, files, isic, photos, sampling, splits
@@ -180,8 +181,8 @@ def contradicting_copies(cands):
     """The ids of photos that are byte-identical copies under ids with different labels (files of equal size are
     hashed; the rest cannot be copies; files that are not images are left to the decoding, which counts them)."""
     sizes = cands.path.map(os.path.getsize)
-    same_size = cands[sizes.duplicated(keep=False)]
-    same_size = same_size[same_size.path.map(is_image)]
+    same_size = cands.loc[sizes.duplicated(keep=False).to_numpy()]
+    same_size = same_size.loc[np.array([is_image(path) for path in same_size.path], dtype=bool)]
     digests = same_size.path.map(files.file_sha256)
     labels = same_size.groupby(digests).label_value.transform("nunique")
     return set(same_size.isic_id[labels > 1])

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import AItraining
 import model
@@ -31,7 +32,7 @@ from conftest import (
     run,
     save_model,
 )
-from skinlesion import batches, files, metrics
+from skinlesion import batches, files, metrics, training
 
 FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0]
 
@@ -61,6 +62,82 @@ def test_the_scratch_recipe_learns_the_demo_set(trained_model, demo_dataset):
     folder = os.path.dirname(path)
     assert os.path.getsize(os.path.join(folder, "training_curves.png")) > 0  # beside the model
     assert len(os.listdir(os.path.join(folder, "runs"))) == 1  # one run, one TensorBoard folder
+
+
+def test_each_epoch_says_numbers_that_need_no_threshold_and_the_end_the_operating_point(trained_model):
+    """The epoch lines show losses and ROC-AUC (a threshold re-chosen every epoch jumped: 1.000 then 0.005 on the
+    demo); the end names the calibration and the operating point with its intervals, in words."""
+    path, out = trained_model
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 8 and all("log-loss" in line and "AUC" in line for line in lines)
+    assert not any(word in line for line in lines for word in ("threshold", "sens", "spec"))
+    meta = model.read_checkpoint(path)["meta"]
+    op, fitted = meta["operating_point"], meta["calibration"]
+    assert op["threshold"] == meta["threshold"] and op["target_sensitivity"] == 0.9
+    assert op["sensitivity_ci95"][0] <= op["sensitivity"] <= op["sensitivity_ci95"][1]
+    assert op["specificity_ci95"][0] <= op["specificity"] <= op["specificity_ci95"][1]
+    assert fitted["method"] in ("temperature", "platt") and fitted["a"] > 0
+    assert fitted["val_log_loss_after"] <= fitted["val_log_loss_before"]
+    assert f"operating point: threshold {op['threshold']:.3f}, {metrics.operating_point_text(op)}" in out
+    assert f"calibration: {fitted['method']} scaling (validation log-loss" in out
+
+
+def test_the_model_card_is_written_beside_the_model(trained_model):
+    """skin_model.md: Hugging Face front matter (YAML) and the sections of a model card, from the model file."""
+    path, out = trained_model
+    card_file = os.path.splitext(path)[0] + ".md"
+    assert f"model card: {card_file}" in out or "model card: skin_model.md" in out
+    with open(card_file, encoding="utf-8") as f:
+        text = f.read()
+    header = yaml.safe_load(text.split("---")[1])
+    assert header["library_name"] == "timm" and "base_model" not in header  # random weights: no base model
+    assert header["license"] in ("cc-by-nc-4.0", "cc-by-4.0", "cc0-1.0")
+    meta = model.read_checkpoint(path)["meta"]
+    results = header["model-index"][0]["results"][0]
+    assert results["dataset"]["split"] == "validation"
+    assert {m["type"]: m["value"] for m in results["metrics"]}["roc_auc"] == round(meta["val_metrics"]["roc_auc"], 4)
+    for section in (
+        "## Model details",
+        "## Intended use",
+        "## Training data",
+        "## Evaluation",
+        "## Factors",
+        "## Caveats and recommendations",
+        "Out of scope",
+        "not a medical device",
+    ):
+        assert section.lower() in text.lower(), section
+    assert "SYNTHETIC" in text  # the demo's attribution came through prepare into the card
+
+
+@pytest.mark.parametrize("case", ["output is the resume file", "a file we did not write", "overwrite"])
+def test_outputs_never_replace_an_input_or_a_file_we_did_not_write(tiny, tmp_path, monkeypatch, capsys, case):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.pth").write_text("a user's own notes, named .pth")
+    (tmp_path / "skin_model.md").write_text("# my own notes about my model")
+    before = fingerprint(tmp_path)
+    if case == "output is the resume file":
+        main_fails(
+            AItraining.main,
+            [*FAST, "--data-dir", tiny, "--resume-file", "skin_model.pth"],
+            capsys,
+            "--resume-file skin_model.pth: is --output too; pass another path",
+        )
+    elif case == "a file we did not write":
+        main_fails(
+            AItraining.main,
+            [*FAST, "--data-dir", tiny, "--output", "notes.pth"],
+            capsys,
+            "--output notes.pth exists and was not written by this project; pass another path, or --overwrite",
+        )
+    else:
+        (tmp_path / "skin_model.md").unlink()
+        AItraining.main(
+            list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1, "--output", "notes.pth", "--overwrite"]))
+        )
+        assert model.written_by_us("notes.pth")
+        return
+    assert fingerprint(tmp_path) == before
 
 
 def test_a_model_at_chance_is_called_so(tmp_path):
@@ -144,7 +221,7 @@ def test_same_seed_same_run_and_resume_replays_it_with_its_own_settings(tiny, tm
     assert epoch_lines(outs["a"]) == epoch_lines(outs["b"]) and len(epoch_lines(outs["a"])) == 3
     (tmp_path / "c").mkdir()
     monkeypatch.chdir(tmp_path / "c")
-    real, calls = AItraining.train_one_epoch, []
+    real, calls = training.train_one_epoch, []
 
     def interrupted_in_epoch_3(*args, **kwargs):
         calls.append(1)
@@ -152,10 +229,10 @@ def test_same_seed_same_run_and_resume_replays_it_with_its_own_settings(tiny, tm
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(AItraining, "train_one_epoch", interrupted_in_epoch_3)
+    monkeypatch.setattr(training, "train_one_epoch", interrupted_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         AItraining.main(argv)
-    monkeypatch.setattr(AItraining, "train_one_epoch", real)
+    monkeypatch.setattr(training, "train_one_epoch", real)
     capsys.readouterr()
     AItraining.main(["--data-dir", str(tiny), "--resume", "--num-workers", "0"])  # no other flag
     out, err = capsys.readouterr()

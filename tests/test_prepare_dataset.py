@@ -34,7 +34,7 @@ from conftest import (
     run,
     write_export,
 )
-from skinlesion import files
+from skinlesion import files, sampling
 
 REAL_SAMPLE = next(
     (
@@ -166,15 +166,17 @@ def test_filters_image_types_labels_ids_and_repeated_rows():
     kept, typed, steps, losses = prepare_dataset.filter_rows(df, ["clinical: overview"])
     assert list(kept.isic_id) == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000007"]  # 'overview': the pre-2023 name
     assert list(kept.side) == ["benign", "malignant", "benign"] and len(typed) == 9
-    assert [n for _, n, _ in steps] == [12, 9, 6, 4, 3]
+    assert [n for _, n, _ in steps] == [12, 9, 6, 4, 4, 3]
     why = {step: reason for step, _, reason in steps}
     assert "dermoscopic 1" in why["image_type clinical: overview or overview"]
-    assert "'Indeterminate' 1" in why["with a definite label"] and "empty 1" in why["with a definite label"]
+    definite = why["with a definite benign/malignant side"]
+    assert "'Indeterminate' 1" in definite and "empty 1" in definite
     assert "'../../x'" in why["with a valid isic_id"] and "1 repeated" in why["unique isic_id"]
     # Indeterminate and empty are ISIC's own words: expected; 'Melanoma' and bad ids are not
     assert [(cause, n) for cause, n, _ in losses] == [
         ("label outside ISIC's vocabulary or in conflict", 1),
         ("invalid isic_id", 2),
+        ("isic_id listed with different labels", 0),
     ]
     assert "'Melanoma' 1" in losses[0][2]
 
@@ -381,7 +383,7 @@ def test_bad_metadata_rows_are_counted_and_left_out(capsys):
     steps = summary(out)
     assert steps["rows read"].split() == ["13"]
     assert "left out: Clinical Overview 1" in steps["image_type clinical: overview or overview"]
-    assert "left out: conflicting 1" in steps["with a definite label"]
+    assert "left out: conflicting 1" in steps["with a definite benign/malignant side"]
     assert "refused 2: '../../x', '/etc/passwd'" in steps["with a valid isic_id"]
     assert "1 repeated rows kept once" in steps["unique isic_id"]
     assert sorted(m.isic_id) == [f"ISIC_{i:07d}" for i in range(8)]
@@ -438,8 +440,8 @@ def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened
     png_claiming(path("bomb", ".png"), 20000, 20000)  # 400 MP: over the limit
     os.symlink(noise_image(tmp_path / "outside.jpg", 6), path("symlink"))
     os.mkfifo(path("fifo"))  # opening it would wait forever
-    with open(os.path.join("isic_images", ids[0] + ".jpg"), "rb") as f, open(path("copy"), "wb") as g:
-        g.write(f.read())  # the same bytes under another id
+    with open(os.path.join("isic_images", ids[1] + ".jpg"), "rb") as f, open(path("copy"), "wb") as g:
+        g.write(f.read())  # the same bytes under another id, with the same label
 
     r = run("prepare_dataset.py", "--workers", 2, "--val-fraction", 0, "--test-fraction", 0, cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
@@ -451,8 +453,8 @@ def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened
     assert all(odd[kind] in unreadable for kind in ["empty", "truncated", "text"])
     assert "1 duplicate images kept once" in summary(r.stdout)["distinct images"]
     m = pd.read_csv("dataset/manifest.csv", dtype=str).set_index("isic_id")
-    kept = ids[1:8] + ids[22:] + [odd[k] for k in ["cmyk", "16-bit", "grey", "rgba", "exif", "huge"]]
-    assert sorted(set(m.index) - {ids[0], odd["copy"]}) == sorted(kept) and len(m) == len(kept) + 1
+    kept = [ids[0]] + ids[2:8] + ids[22:] + [odd[k] for k in ["cmyk", "16-bit", "grey", "rgba", "exif", "huge"]]
+    assert sorted(set(m.index) - {ids[1], odd["copy"]}) == sorted(kept) and len(m) == len(kept) + 1
     for kind in ["cmyk", "16-bit", "grey", "rgba", "exif", "huge"]:
         with Image.open(os.path.join("dataset", m.file[odd[kind]])) as img:
             assert img.format == "JPEG" and img.mode == "RGB", kind
@@ -463,9 +465,9 @@ def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened
         assert abs(np.asarray(img).mean() - 128) < 2  # scaled from 16 to 8 bits, not clipped to 255
     os.makedirs("scratch")
     t = time.time()
-    assert not prepare_dataset.process_image((odd["huge"], path("huge"), "scratch", 256))["error"]
+    assert not sampling.process_image((odd["huge"], path("huge"), "scratch", 256))["error"]
     assert time.time() - t < 2, "the 12000 px JPEG must be decoded at a reduced scale (Pillow draft): ~0.1 s, not ~4 s"
-    assert prepare_dataset.process_image((odd["fifo"], path("fifo"), "scratch", 256))["error"] == "not a regular file"
+    assert sampling.process_image((odd["fifo"], path("fifo"), "scratch", 256))["error"] == "not a regular file"
 
 
 # ---------------------------------------------------------------------------- runs that stop, keeping dataset/
@@ -568,8 +570,8 @@ def lost_class(case):
 
 
 LOST_CLASS = {  # case: what the error line says
-    "another image type only": "no usable benign images: 0 benign rows, 0 with an image file; labels seen: none, as "
-    "no row has image type clinical: overview (see --image-types)",
+    "another image type only": "no row has image type clinical: overview or overview; the export has dermoscopic 19: "
+    "pass --image-types dermoscopic",
     "only benign downloaded": "no usable malignant images: 0 malignant rows, 0 with an image file; labels seen: "
     "diagnosis_1 Benign 9, Indeterminate 2",
     "malignant under another name": "no usable malignant images: 0 malignant rows, 0 with an image file; labels seen: "
