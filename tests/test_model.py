@@ -5,8 +5,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 
 import imagenet_standin
@@ -15,7 +13,6 @@ import onnx
 import pytest
 import timm
 import torch
-from PIL import Image
 from sklearn import metrics as skm
 
 import AItraining
@@ -23,19 +20,8 @@ import evaluate
 import export_onnx
 import model
 import predict
-from conftest import ROOT, assert_one_error, fingerprint, lesion_photo, make_split_tree, save_model
-from skinlesion import cli, dataset, files, metrics, photos
-
-SCRIPTS = [
-    "prepare_dataset.py",
-    "make_demo_data.py",
-    "AItraining.py",
-    "evaluate.py",
-    "predict.py",
-    "export_onnx.py",
-    "bench.py",
-    "serve_web.py",
-]
+from conftest import assert_one_error, fingerprint, make_split_tree, save_model
+from skinlesion import metrics
 
 
 @pytest.fixture(scope="module")
@@ -70,69 +56,6 @@ def test_learning_rate_schedule():
     assert factors[5] == pytest.approx(1.0) and factors[-1] < 0.002 and np.all(np.diff(factors[5:]) < 0)
     assert factors[5 + 95 // 2] == pytest.approx(0.5, abs=0.02)  # cosine: half way down at the middle
     assert [model.lr_factor(s, 100, 0, "constant") for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
-
-
-def test_offline_pretrained_falls_back_with_one_warning():
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import model; net, imagenet = model.build_model(pretrained=True); print(type(net).__name__, imagenet)",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        timeout=300,
-    )
-    assert r.returncode == 0 and r.stdout.split() == ["EfficientNet", "False"], r.stderr
-    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "WEIGHTS_FILE" in warnings[0] and "PRETRAINED = False" in warnings[0]
-
-
-def test_local_weights_file_loads_offline_into_a_new_head(tmp_path, capsys):
-    imagenet = model.build_model(pretrained=False, num_classes=1000)[0]
-    torch.save(imagenet.state_dict(), tmp_path / "efficientnet_b0.pth")
-    net, loaded = model.build_model(weights_file=str(tmp_path / "efficientnet_b0.pth"))
-    assert (
-        loaded
-        and torch.equal(net.conv_stem.weight, imagenet.conv_stem.weight)
-        and net.get_classifier().out_features == 2
-    )
-    with pytest.raises(SystemExit):
-        model.build_model(weights_file=str(tmp_path / "nope.pth"))
-    assert_one_error(1, capsys.readouterr().err, "hf download timm/efficientnet_b0.ra_in1k")
-
-
-# ---------------------------------------------------------------------------- flags
-def test_flags_come_from_the_constants_with_their_comments():
-    args = AItraining.parse_args(["--epochs", "5", "--no-pretrained", "--weights-file", "none"])
-    assert (
-        args.epochs == 5
-        and args.lr is None
-        and args.pretrained is False
-        and args.weights_file is None
-        and args.image_size == 224
-    )
-    assert args.given == {"epochs", "pretrained", "weights_file"}
-    r = subprocess.run(
-        [sys.executable, "AItraining.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert (
-        "--image-size IMAGE_SIZE" in r.stdout and "128 trains ~3x faster" in r.stdout and "(default: 224)" in r.stdout
-    )
-
-
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_help_answers_before_torch_is_imported(script):
-    """Every script takes its flags from its constants, and --help never waits for torch (~4 s)."""
-    code = (
-        f"import runpy, sys\nsys.argv = [{script!r}, '--help']\n"
-        f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
-        "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.stdout.strip().endswith("NO TORCH") and "(default: " in r.stdout, r.stdout + r.stderr
 
 
 # ---------------------------------------------------------------------------- model files
@@ -424,126 +347,6 @@ def test_an_onnx_graph_that_is_not_ours_gives_no_label(tmp_path, capsys):
         with pytest.raises(SystemExit):
             model.load_onnx(path)
         assert_one_error(1, capsys.readouterr().err, f"{path} is refused: {expected}")
-
-
-# ---------------------------------------------------------------------------- files, folders, writes
-def test_find_images_reads_only_regular_image_files(tmp_path, capsys):
-    lesion_photo(tmp_path / "photos" / "b.jpg")
-    lesion_photo(tmp_path / "photos" / "sub" / "a.PNG")
-    lesion_photo(tmp_path / "photos" / "a_gradcam.png")
-    (tmp_path / "photos" / "notes.txt").write_text("not a photo")
-    os.mkfifo(tmp_path / "photos" / "pipe.jpg")  # opening it would wait forever
-    images, skipped = photos.find_images([str(tmp_path / "photos")])
-    assert [os.path.relpath(p, tmp_path / "photos") for p in images] == ["b.jpg", "sub/a.PNG"]
-    assert {os.path.basename(f): why for f, why in skipped} == {
-        "a_gradcam.png": "a Grad-CAM picture written by predict.py --explain",
-        "pipe.jpg": "a named pipe",
-        "notes.txt": f"not an image file ({', '.join(photos.IMAGE_EXTS)})",
-    }
-    with pytest.raises(OSError, match="a named pipe"):
-        photos.load_image(tmp_path / "photos" / "pipe.jpg")
-    for path, expected in [
-        (tmp_path / "nope", "nope not found"),
-        (tmp_path / "photos" / "pipe.jpg", "is a named pipe"),
-    ]:
-        with pytest.raises(SystemExit):
-            photos.find_images([str(path)])
-        assert_one_error(1, capsys.readouterr().err, expected)
-
-
-@pytest.mark.parametrize(
-    "case, expected",
-    [
-        ("missing", "data folder {d} not found; make it with 'python prepare_dataset.py'"),
-        ("no malignant", "{d} has no malignant/; it must hold exactly one folder per class, benign/ and malignant/"),
-        ("extra folder", "{d} has the extra .ipynb_checkpoints/; it must hold exactly one folder per class"),
-        ("empty class", "{d}: no images in malignant/; both classes are needed"),
-    ],
-)
-def test_one_class_folder_layout_check(tmp_path, capsys, case, expected):
-    d = tmp_path / "test"
-    if case != "missing":
-        lesion_photo(d / "benign" / "a.jpg")
-        os.makedirs(d / "malignant")
-        (d / "malignant" / "readme.txt").write_text("no photos here")
-    if case == "no malignant":
-        shutil.rmtree(d / "malignant")
-    if case == "extra folder":
-        lesion_photo(d / "malignant" / "b.jpg")
-        lesion_photo(d / ".ipynb_checkpoints" / "c.jpg")
-    with pytest.raises(SystemExit):
-        dataset.class_folders(str(d))
-    assert_one_error(1, capsys.readouterr().err, expected.format(d=d))
-
-
-def test_atomic_write_keeps_the_previous_file_and_cleans_only_dead_temporaries(tmp_path, capsys):
-    target = tmp_path / "out.csv"
-    target.write_text("previous")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / f"out.csv.tmp{int(dead.stdout)}").write_text("left by a killed run")
-
-    def fails(tmp):
-        with open(tmp, "w") as f:
-            f.write("half")
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(SystemExit):
-        files.atomic_write(str(target), fails)
-    assert_one_error(1, capsys.readouterr().err, f"could not write {target} (No space left on device)")
-    assert target.read_text() == "previous"
-    left = sorted(os.listdir(tmp_path))
-    assert f"out.csv.tmp{int(dead.stdout)}" not in left and f"out.csv.tmp{os.getpid()}" not in left
-    live = tmp_path / f"out.csv.tmp{os.getppid()}"  # our parent is alive
-    live.write_text("a live run's")
-    files.write_text(str(target), "new")
-    assert target.read_text() == "new" and live.exists()
-
-
-def test_outputs_are_checked_before_the_work(tmp_path, readonly_folder, capsys):
-    (tmp_path / "file").write_text("")
-    for path, folder, expected in [
-        (os.path.join(readonly_folder, "m.pth"), False, "cannot write in"),
-        (str(tmp_path), False, "is a folder; pass a file name"),
-        (str(tmp_path / "file"), True, "is a file; pass a folder"),
-        (os.path.join(readonly_folder, "out"), True, "cannot write in"),
-    ]:
-        with pytest.raises(SystemExit):
-            cli.check_writable(path, "--output", folder=folder)
-        assert_one_error(1, capsys.readouterr().err, expected)
-    cli.check_writable(str(tmp_path / "new" / "folder"), "--output-dir", folder=True)  # its parent takes it
-    assert sorted(os.listdir(tmp_path)) == ["file", "readonly"]  # a check writes nothing
-
-
-# ---------------------------------------------------------------------------- photos and preprocessing
-def test_load_image_handles_exif_16bit_rgba_cmyk(tmp_path):
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotated 90 degrees
-    Image.new("RGB", (40, 20), (200, 10, 10)).save(tmp_path / "rot.jpg", exif=exif)
-    assert photos.load_image(tmp_path / "rot.jpg").size == (20, 40)
-    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")
-    assert photos.load_image(tmp_path / "deep.png").getpixel((0, 0)) == (255, 255, 255)
-    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
-    assert photos.load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)
-    Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
-    assert photos.load_image(tmp_path / "cmyk.jpg").mode == "RGB"
-    (tmp_path / "text.jpg").write_text("not a JPEG")
-    img, why = photos.try_load_image(tmp_path / "text.jpg")
-    assert img is None and why.startswith("not a readable image (UnidentifiedImageError")
-
-
-def test_preprocess_is_timms_evaluation_transform(net):
-    """One preprocessing for PyTorch and onnxruntime, equal to timm's own transform for the model."""
-    cfg = model.data_config(net, 128)
-    assert cfg["input_size"] == (3, 128, 128) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 0.875
-    timm_transform = timm.data.create_transform(**cfg, is_training=False)
-    rng = np.random.default_rng(0)
-    for shape in [(300, 200, 3), (147, 201, 3), (146, 146, 3), (1000, 90, 3)]:
-        img = Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8))
-        x = photos.preprocess(img, cfg)
-        assert x.shape == (3, 128, 128) and x.dtype == np.float32
-        np.testing.assert_allclose(x, timm_transform(img).numpy(), atol=1e-5)
-        crop = torch.from_numpy(np.asarray(photos.eval_crop(img, cfg)).transpose(2, 0, 1).copy())
-        assert torch.equal(photos.normalise_batch(crop[None], cfg)[0], torch.from_numpy(x))  # the training loop's way
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -181,69 +181,6 @@ def test_filters_image_types_labels_ids_and_repeated_rows():
     assert "'Melanoma' 1" in losses[0][2]
 
 
-def test_labels_ignore_case_and_spaces_in_both_columns():
-    legacy = pd.DataFrame(
-        {
-            "benign_malignant": [
-                "benign",
-                " MALIGNANT ",
-                "Malignant",
-                "indeterminate",
-                "indeterminate/benign",
-                "Indeterminate/Malignant",
-                "",
-                "naevus",
-            ]
-        }
-    )
-    assert list(prepare_dataset.label_rows(legacy)) == [
-        "benign",
-        "malignant",
-        "malignant",
-        "'indeterminate'",
-        "'indeterminate/benign'",
-        "'Indeterminate/Malignant'",
-        "empty",
-        "'naevus'",
-    ]
-    both = pd.DataFrame(
-        {
-            "diagnosis_1": ["Benign", "malignant ", "", "Benign", "Indeterminate", "MALIGNANT", "Benign"],
-            "benign_malignant": [
-                "benign",
-                "Malignant",
-                "malignant",
-                "",
-                "indeterminate",
-                "benign",
-                "indeterminate/benign",
-            ],
-        }
-    )
-    assert list(prepare_dataset.label_rows(both)) == [
-        "benign",
-        "malignant",
-        "malignant",
-        "benign",
-        "'Indeterminate'",
-        "conflicting",
-        "conflicting",
-    ]
-
-
-def test_union_find_groups_lesions_and_patients():
-    df = pd.DataFrame(
-        {
-            "isic_id": ["ISIC_1", "ISIC_2", "ISIC_3", "ISIC_4", "ISIC_5", "ISIC_6"],
-            "lesion_id": ["IL_1", "IL_1", "IL_2", "", "", "IL_3"],
-            "patient_id": ["", "IP_1", "IP_1", "IP_1", "", ""],
-        }
-    )
-    groups = list(prepare_dataset.group_ids(df))
-    assert len(set(groups[:4])) == 1  # linked through IL_1 and IP_1
-    assert len(set(groups)) == 3
-
-
 # ---------------------------------------------------------------------------- exports that work
 def test_grouped_balanced_split_from_two_downloads(capsys):
     # one 'isic image download' per class into sub-folders, each with its own metadata.csv; no top-level one

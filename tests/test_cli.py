@@ -1,0 +1,189 @@
+"""skinlesion/cli.py: flags come only from a script's constants block, every mistake (argparse's too) is one
+`error:` line with exit 1, 'none' only where a constant may be None, names are printed as one safe line,
+outputs are checked before the work, and every script answers --help without importing torch."""
+
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+import AItraining
+from conftest import ROOT, assert_one_error
+from skinlesion import cli
+
+SCRIPTS = [
+    "prepare_dataset.py",
+    "make_demo_data.py",
+    "AItraining.py",
+    "evaluate.py",
+    "predict.py",
+    "export_onnx.py",
+    "bench.py",
+    "serve_web.py",
+]
+RULER = "# " + "-" * 70
+TINY = f'''"""tiny.py: a script with a constants block."""
+
+HIDDEN = 3  # above the block: not a flag
+{RULER}
+EPOCHS = 10  # a whole number >= 1
+DATA_DIR = "dataset"  # a folder
+PORT = 8000  # a port number
+LR = None  # a number, or none for the recipe's
+OUTPUT = "out.csv"  # a file name, or none for no file
+PRETRAINED = True  # start from ImageNet weights
+SIZES = [64, 128]  # one or more sizes
+{RULER}
+THAT_FLAG = 1  # below the block: not a flag either
+'''
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """parse(argv): cli.parse_flags on the globals of a tiny script file with constants inside and outside its
+    block (LR is None and typed float; OUTPUT is named nullable)."""
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY)
+    constants = runpy.run_path(str(path))
+
+    def parse(argv):
+        return cli.parse_flags(constants, argv, types={"LR": float}, nullable=("OUTPUT",))
+
+    return parse
+
+
+def fails_in_one_line(parse, argv, capsys, expected):
+    """parse(argv) exits 1 and stderr is that one `error:` line: no usage block, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert_one_error(exit_info.value.code, err, expected)
+
+
+# ---------------------------------------------------------------------------- flags
+def test_flags_come_from_the_constants_with_their_comments():
+    args = AItraining.parse_args(["--epochs", "5", "--no-pretrained", "--weights-file", "none"])
+    assert (
+        args.epochs == 5
+        and args.lr is None
+        and args.pretrained is False
+        and args.weights_file is None
+        and args.image_size == 224
+    )
+    assert args.given == {"epochs", "pretrained", "weights_file"}
+    r = subprocess.run(
+        [sys.executable, "AItraining.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert (
+        "--image-size IMAGE_SIZE" in r.stdout and "128 trains ~3x faster" in r.stdout and "(default: 224)" in r.stdout
+    )
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_answers_before_torch_is_imported(script):
+    """Every script takes its flags from its constants, and --help never waits for torch (~4 s)."""
+    code = (
+        f"import runpy, sys\nsys.argv = [{script!r}, '--help']\n"
+        f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
+        "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip().endswith("NO TORCH") and "(default: " in r.stdout, r.stdout + r.stderr
+
+
+def test_only_the_constants_between_the_rulers_become_flags(tiny, capsys):
+    args = tiny(["--epochs", "3", "--sizes", "32", "48", "--no-pretrained", "--lr", "0.01"])
+    assert (args.epochs, args.sizes, args.pretrained, args.lr) == (3, [32, 48], False, 0.01)
+    assert (args.data_dir, args.port, args.output) == ("dataset", 8000, "out.csv")  # the defaults
+    assert args.given == {"epochs", "sizes", "pretrained", "lr"}
+    assert not hasattr(args, "hidden") and not hasattr(args, "that_flag")
+    with pytest.raises(SystemExit):
+        tiny(["--help"])
+    help_text = capsys.readouterr().out
+    assert "--epochs EPOCHS" in help_text and "a whole number >= 1 (default: 10)" in help_text
+    assert "--hidden" not in help_text and "--that-flag" not in help_text
+    for flag in ["--that-flag", "--hidden"]:
+        fails_in_one_line(tiny, [flag, "x"], capsys, f"unrecognized arguments: {flag} x; see python tiny.py --help")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+        (["--port", "80.5"], "argument --port: invalid int value: '80.5'"),
+        (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+        (["--sizes"], "argument --sizes: expected at least one argument"),
+        (["--epoch", "3", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_an_argparse_mistake_is_one_error_line(tiny, capsys, argv, expected):
+    fails_in_one_line(tiny, argv, capsys, expected)
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--data-dir", "--port", "--sizes"])
+def test_none_is_refused_where_the_constant_is_not_none(tiny, capsys, flag):
+    fails_in_one_line(tiny, [flag, "none"], capsys, f"argument {flag}: {flag} none: this flag needs a value")
+
+
+def test_none_is_accepted_for_a_none_constant_and_a_nullable_name(tiny):
+    args = tiny(["--lr", "None", "--output", "none"])
+    assert args.lr is None and args.output is None and args.given == {"lr", "output"}
+    assert tiny(["--lr", "3e-4"]).lr == 3e-4
+
+
+def test_an_oserror_that_escaped_is_one_line(capsys):
+    def full_disk():
+        raise OSError("OSError: could not write out.csv (No space left on device)")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_script(full_disk)
+    assert_one_error(exit_info.value.code, capsys.readouterr().err, "error: could not write out.csv (No space left")
+
+
+# ---------------------------------------------------------------------------- printable names and summaries
+def test_printable_escapes_control_characters_and_bytes_that_are_not_utf8():
+    forged = "a.jpg\nPrediction: benign"
+    assert cli.printable(forged) == "a.jpg\\nPrediction: benign"
+    assert "\n" not in cli.printable(forged)
+    assert cli.printable("a\rb\tc\x1b[31md\x7fe\x00") == "a\\rb\\tc\\x1b[31md\\x7fe\\x00"
+    assert cli.printable(b"caf\xe9.jpg") == "caf\\xe9.jpg"
+    assert cli.printable(os.fsdecode(b"\xff\xfe.jpg")) == "\\xff\\xfe.jpg"  # a str name read from the disk
+    assert cli.printable("naïve Ünïcode ✓.jpg") == "naïve Ünïcode ✓.jpg"  # UTF-8 is kept as it is
+    assert cli.printable(3) == "3"
+    for char in map(chr, range(32)):
+        assert cli.printable(char).isprintable(), repr(char)
+
+
+def test_first_few_and_counts_text():
+    assert cli.first_few(["a", "b"]) == "a, b"
+    assert cli.first_few(range(5)) == "0, 1, 2, ..."
+    assert cli.first_few("abcde", most=4) == "a, b, c, d, ..."
+    assert cli.counts_text(["x", "y", "x", ""]) == "x 2, y 1, empty 1"
+    assert cli.counts_text(list("aabbcd"), most=2) == "a 2, b 2, ..."
+
+
+# ---------------------------------------------------------------------------- checks
+def test_outputs_are_checked_before_the_work(tmp_path, readonly_folder, capsys):
+    (tmp_path / "file").write_text("")
+    for path, folder, expected in [
+        (os.path.join(readonly_folder, "m.pth"), False, "cannot write in"),
+        (str(tmp_path), False, "is a folder; pass a file name"),
+        (str(tmp_path / "file"), True, "is a file; pass a folder"),
+        (os.path.join(readonly_folder, "out"), True, "cannot write in"),
+        (str(tmp_path / "file" / "m.pth"), False, "is a file, not a folder"),
+    ]:
+        with pytest.raises(SystemExit):
+            cli.check_writable(path, "--output", folder=folder)
+        assert_one_error(1, capsys.readouterr().err, expected)
+    cli.check_writable(str(tmp_path / "new" / "folder"), "--output-dir", folder=True)  # its parent takes it
+    assert sorted(os.listdir(tmp_path)) == ["file", "readonly"]  # a check writes nothing
+
+
+def test_number_checks():
+    assert cli.in_range(3, 1, 5) and not cli.in_range(0, 1) and not cli.in_range(True, 0, 1)
+    assert not cli.in_range(float("nan"), 0) and not cli.in_range(float("inf"), 0) and not cli.in_range("3", 0)
+    assert cli.is_list_of([1, 2.5], cli.is_number, 2) and not cli.is_list_of([1, 2], cli.is_number, 3)
+    assert cli.is_table({"a": 1, "b": None, "c": [1]}) and not cli.is_table({"a": "x"})

@@ -1,0 +1,104 @@
+"""skinlesion/dataset.py: the prepared dataset's layout (one folder per class, checked with one line) and its
+classes as the manifest names them (benign ones first; benign and malignant for a folder made by hand)."""
+
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import assert_one_error, lesion_photo
+from skinlesion import dataset
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "data folder {d} not found; make it with 'python prepare_dataset.py'"),
+        ("no malignant", "{d} has no malignant/; it must hold exactly one folder per class, benign/ and malignant/"),
+        ("extra folder", "{d} has the extra .ipynb_checkpoints/; it must hold exactly one folder per class"),
+        ("empty class", "{d}: no images in malignant/; both classes are needed"),
+    ],
+)
+def test_one_class_folder_layout_check(tmp_path, capsys, case, expected):
+    d = tmp_path / "test"
+    if case != "missing":
+        lesion_photo(d / "benign" / "a.jpg")
+        os.makedirs(d / "malignant")
+        (d / "malignant" / "readme.txt").write_text("no photos here")
+    if case == "no malignant":
+        shutil.rmtree(d / "malignant")
+    if case == "extra folder":
+        lesion_photo(d / "malignant" / "b.jpg")
+        lesion_photo(d / ".ipynb_checkpoints" / "c.jpg")
+    with pytest.raises(SystemExit):
+        dataset.class_folders(str(d))
+    assert_one_error(1, capsys.readouterr().err, expected.format(d=d))
+
+
+def test_class_folders_of_lesion_types(tmp_path, capsys):
+    classes = ["nevus", "melanoma", "bcc"]
+    for k, c in enumerate(classes):
+        lesion_photo(tmp_path / c / f"ISIC_{k}.jpg", seed=k)
+    (tmp_path / "nevus" / "notes.txt").write_text("a note")
+    found, others = dataset.class_folders(str(tmp_path), "test split", classes)
+    assert {c: [os.path.basename(p) for p in found[c]] for c in found} == {
+        "nevus": ["ISIC_0.jpg"],
+        "melanoma": ["ISIC_1.jpg"],
+        "bcc": ["ISIC_2.jpg"],
+    }
+    assert [os.path.basename(f) for f, _ in others] == ["notes.txt"]
+    with pytest.raises(SystemExit):
+        dataset.class_folders(str(tmp_path), "test split", [*classes, "scc"])
+    assert_one_error(
+        1,
+        capsys.readouterr().err,
+        f"{tmp_path} has no scc/; it must hold exactly one folder per class, nevus/ and melanoma/ and bcc/ and scc/",
+    )
+    os.remove(tmp_path / "bcc" / "ISIC_2.jpg")
+    with pytest.raises(SystemExit):
+        dataset.class_folders(str(tmp_path), "test split", classes)
+    assert_one_error(1, capsys.readouterr().err, f"{tmp_path}: no images in bcc/; every class is needed")
+    with pytest.raises(SystemExit):
+        dataset.class_folders(str(tmp_path / "nope"), "test split", classes)
+    assert_one_error(1, capsys.readouterr().err, f"test split {tmp_path / 'nope'} not found")
+
+
+def test_classes_without_a_side_column_are_benign_and_malignant(tmp_path):
+    two = (["benign", "malignant"], ["malignant"], {"benign": "benign", "malignant": "malignant"})
+    assert dataset.classes_of(None) == two
+    assert dataset.read_manifest(str(tmp_path)) is None  # a folder made by hand
+    pd.DataFrame({"isic_id": ["ISIC_0000001"], "split": ["train"], "label": ["malignant"]}).to_csv(
+        tmp_path / "manifest.csv", index=False
+    )
+    manifest = dataset.read_manifest(str(tmp_path))
+    assert manifest.isic_id.tolist() == ["ISIC_0000001"] and dataset.classes_of(manifest) == two
+    assert dataset.classes_of(pd.DataFrame(columns=["isic_id", "label", "side"])) == two  # empty
+
+
+def test_classes_of_lesion_types_list_benign_ones_first():
+    manifest = pd.DataFrame(
+        {
+            "label": ["melanoma", "nevus", "bcc", "seborrheic_keratosis", "nevus", "melanoma"],
+            "side": ["malignant", "benign", "malignant", "benign", "benign", "malignant"],
+            "label_value": [
+                "Melanoma, NOS",
+                "Nevus",
+                "Basal cell carcinoma",
+                "Seborrheic keratosis",
+                "Nevus",
+                "Melanoma, NOS",
+            ],
+        }
+    )
+    classes, malignant, values = dataset.classes_of(manifest)
+    assert classes == ["nevus", "seborrheic_keratosis", "bcc", "melanoma"]
+    assert malignant == ["bcc", "melanoma"]
+    assert values == {
+        "nevus": "Nevus",
+        "seborrheic_keratosis": "Seborrheic keratosis",
+        "bcc": "Basal cell carcinoma",
+        "melanoma": "Melanoma, NOS",
+    }
+    _, _, values = dataset.classes_of(manifest.drop(columns="label_value"))
+    assert values == {"nevus": "benign", "seborrheic_keratosis": "benign", "bcc": "malignant", "melanoma": "malignant"}
