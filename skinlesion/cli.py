@@ -107,7 +107,7 @@ def value_converter(name, kind, nullable):
         if text.lower() == "none":
             if nullable:
                 return None
-            raise argparse.ArgumentTypeError(f"{flag_name(name)} none: this flag needs a value")
+            raise argparse.ArgumentTypeError("none: this flag needs a value (a file named none: pass ./none)")
         return kind(text)
 
     convert.__name__ = kind.__name__  # argparse then says "invalid int value: 'abc'"
@@ -125,8 +125,11 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
     parsers = []
     for with_defaults in (True, False):
         parser = OneLineParser(
-            prog=script, description=constants["__doc__"], formatter_class=argparse.RawDescriptionHelpFormatter
-        )
+            prog=script,
+            description=constants["__doc__"],
+            allow_abbrev=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # --epoch is not --epochs
         if positional:
             parser.add_argument(positional[0], nargs="+", help=positional[1])
         for name, comment in block:

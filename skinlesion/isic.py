@@ -150,8 +150,8 @@ def copy_credits(metadata_paths, rows, out_dir):
             licences.setdefault(os.path.basename(path), path)
     said = f"attribution.txt ({len(texts)} attributions) and licenses/ ({', '.join(licences) or 'none'}) copied"
     if not texts:
-        counts = rows.get("attribution", pd.Series(dtype=str)).replace("", "unknown").value_counts()
-        texts = list(counts.index)
+        column = rows["attribution"] if "attribution" in rows else pd.Series("", index=rows.index)
+        texts = list(column.replace("", "unknown (no attribution in the export)").value_counts().index)
         said = f"no attribution.txt in the export: written from its attribution column ({len(texts)} attributions)"
     with open(os.path.join(out_dir, "attribution.txt"), "w", encoding="utf-8") as f:
         f.write("\n\n".join(texts) + "\n")

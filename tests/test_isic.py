@@ -171,5 +171,6 @@ def test_copy_credits_writes_an_attribution_from_the_column_when_the_export_has_
     said = isic.copy_credits([metadata], rows, str(tmp_path / "out"))
     assert said == "no attribution.txt in the export: written from its attribution column (3 attributions)"
     text = (tmp_path / "out" / "attribution.txt").read_text()
-    assert text.endswith("\n") and sorted(text.strip().split("\n\n")) == ["Alice Archive", "Bob Hospital", "unknown"]
+    expected = ["Alice Archive", "Bob Hospital", "unknown (no attribution in the export)"]
+    assert text.endswith("\n") and sorted(text.strip().split("\n\n")) == expected
     assert os.listdir(tmp_path / "out" / "licenses") == []

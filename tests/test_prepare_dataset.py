@@ -750,3 +750,205 @@ def test_real_isic_sample(capsys):
     assert all(0.1 <= (m.split == s).mean() <= 0.2 for s in ["val", "test"])
     assert dataset_files() == sorted(m.file)
     assert summary(capsys.readouterr().out)["rows read"].split() == ["2195"]
+
+
+# ---------------------------------------------------------------------------- never touch what isn't ours
+@pytest.mark.parametrize("case", ["a user's folder", "inside the export", "a symlink", "none"])
+def test_a_dataset_dir_that_is_not_ours_is_refused_and_left_byte_identical(case, capsys):
+    write_export("isic_images", export_rows(12))
+    noise_image("isic_images/unseen/photo.jpg", 3)
+    noise_image("thesis/figure.jpg", 4)
+    with open("thesis/thesis.txt", "w") as f:
+        f.write("three years of work")
+    os.makedirs("thesis/sub")
+    with open("thesis/sub/notes.md", "w") as f:
+        f.write("# notes")
+    os.symlink("thesis", "linked")
+    before = fingerprint(".")
+    argv, expected = {
+        "a user's folder": (
+            ["--dataset-dir", "thesis"],
+            "--dataset-dir thesis holds files that prepare_dataset.py "
+            "did not make (figure.jpg, sub, thesis.txt); pass a new or empty folder",
+        ),
+        "inside the export": (["--dataset-dir", "isic_images/unseen"], "--dataset-dir isic_images/unseen holds files"),
+        "a symlink": (
+            ["--dataset-dir", "linked"],
+            "--dataset-dir linked is a symbolic link; pass the folder it points",
+        ),
+        "none": (["--dataset-dir", "none"], "argument --dataset-dir: none: this flag needs a value"),
+    }[case]
+    main_fails(prepare_dataset.main, argv, capsys, expected)
+    assert fingerprint(".") == before and os.path.islink("linked")
+
+
+def test_labels_that_contradict_each_other_are_counted_and_left_out(capsys):
+    """One isic_id listed twice with opposite labels, and one photo (the same bytes) under two ids with opposite
+    labels: no label silently wins; the rows are left out and counted."""
+    rows = export_rows(20)
+    rows.append(dict(rows[4], diagnosis_1="Malignant"))  # ISIC_0000004 is Benign above
+    write_export("isic_images", rows)
+    with open("isic_images/ISIC_0000006.jpg", "rb") as f, open("isic_images/ISIC_0000007.jpg", "wb") as g:
+        g.write(f.read())  # ISIC_0000006 is Benign, ISIC_0000007 Malignant: the same photo
+    m = prepare("--val-fraction", 0, "--test-fraction", 0, "--min-kept", 0)
+    out = capsys.readouterr().out
+    assert not m.isic_id.isin(["ISIC_0000004", "ISIC_0000006", "ISIC_0000007"]).any() and len(m) == 17
+    assert "left out 2: ISIC_0000004" in summary(out)["no isic_id with different labels"]
+    assert "left out 2" in summary(out)["no photo with different labels"]
+
+
+def test_no_row_of_the_wanted_type_names_the_types_there_are_and_the_flag(capsys):
+    write_export(
+        "isic_images",
+        [dict(r, image_type="clinical: close-up") for r in export_rows(10)]
+        + [dict(r, isic_id=f"ISIC_{50 + i:07d}", image_type="dermoscopic") for i, r in enumerate(export_rows(4))],
+    )
+    main_fails(
+        prepare_dataset.main,
+        [],
+        capsys,
+        "no row has image type clinical: overview or overview; the export "
+        "has clinical: close-up 10, dermoscopic 4: pass --image-types 'clinical: close-up'",
+    )
+
+
+def test_photos_left_unused_are_counted_with_the_flag_to_use_them_all(capsys):
+    write_export("isic_images", export_rows(30))
+    prepare("--n-per-class", 10, "--val-fraction", 0, "--test-fraction", 0)
+    out = capsys.readouterr().out
+    for side in ("benign", "malignant"):
+        assert f"note: 5 usable {side} images left unused (15 usable, N_PER_CLASS 10): pass --n-per-class 15" in out
+
+
+# ---------------------------------------------------------------------------- what the model card needs
+def card_export(with_columns=True):
+    """An export with the columns a model card reports (or none of them), attribution.txt and licenses/."""
+    rows = []
+    for i, row in enumerate(export_rows(40)):
+        extra = dict(
+            copyright_license=["CC-BY-NC", "CC-BY", "CC-0"][i % 3],
+            sex=["female", "male", ""][i % 3],
+            age_approx=str(25 + 10 * (i % 6)),
+            anatom_site_general=["head/neck", "anterior torso"][i % 2],
+            fitzpatrick_skin_type=["II", "", "III", ""][i % 4],
+            diagnosis_confirm_type="histopathology",
+            attribution=["Clinic A", "Clinic B"][i % 2],
+        )
+        rows.append(dict(row, **extra) if with_columns else {k: row[k] for k in ("isic_id", "diagnosis_1")})
+    write_export("isic_images", rows)
+    if with_columns:
+        with open("isic_images/attribution.txt", "w") as f:
+            f.write("Clinic A\n\nClinic B")
+        os.makedirs("isic_images/licenses")
+        for name in ("CC-BY-NC", "CC-BY", "CC-0"):
+            with open(f"isic_images/licenses/{name}.txt", "w") as f:
+                f.write(f"the text of {name}")
+
+
+def test_the_metadata_a_card_reports_and_the_credits_travel_into_the_dataset(capsys):
+    card_export()
+    m = prepare("--val-fraction", 0.25, "--test-fraction", 0.25)
+    out = capsys.readouterr().out
+    for column in (
+        "copyright_license",
+        "sex",
+        "age_approx",
+        "anatom_site_general",
+        "fitzpatrick_skin_type",
+        "diagnosis_confirm_type",
+        "attribution",
+    ):
+        assert column in m, column
+    assert set(m.copyright_license) == {"CC-BY-NC", "CC-BY", "CC-0"}
+    with open("dataset/attribution.txt") as f:
+        assert f.read().split() == ["Clinic", "A", "Clinic", "B"]
+    assert sorted(os.listdir("dataset/licenses")) == ["CC-0.txt", "CC-BY-NC.txt", "CC-BY.txt"]
+    assert "attribution.txt (2 attributions) and licenses/ (CC-0.txt, CC-BY-NC.txt, CC-BY.txt) copied" in out
+    factors = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "train:" in line}
+    assert "unknown" in factors["sex"] and "train:" in factors["licence"] and "val:" in factors["licence"]
+    assert "skin" in out and "age band" in out and "body site" in out
+
+
+def test_an_export_without_those_columns_reports_unknown(capsys):
+    card_export(with_columns=False)
+    m = prepare("--val-fraction", 0, "--test-fraction", 0)
+    out = capsys.readouterr().out
+    assert "sex" not in m and "train: unknown 100%" in out
+    with open("dataset/attribution.txt") as f:
+        assert f.read().strip() == "unknown (no attribution in the export)"
+
+
+# ---------------------------------------------------------------------------- lesion types
+def type_rows():
+    """Rows with diagnosis_1 and diagnosis_3: two common types per side, a rare one, Indeterminate rows, a type
+    whose rows disagree on the side."""
+    kinds = [
+        ("Benign", "Nevus", 30),
+        ("Benign", "Seborrheic keratosis", 24),
+        ("Malignant", "Melanoma Invasive", 30),
+        ("Malignant", "Basal cell carcinoma", 22),
+        ("Benign", "Dermatofibroma", 5),
+        ("Indeterminate", "Solar or actinic keratosis", 6),
+        ("", "Nevus", 3),
+        ("Malignant", "Nevus", 2),
+    ]
+    rows = []
+    for side, value, n in kinds:
+        for _ in range(n):
+            rows.append(
+                dict(
+                    isic_id=f"ISIC_{len(rows):07d}",
+                    image_type="clinical: overview",
+                    diagnosis_1=side,
+                    diagnosis_3=value,
+                    lesion_id=f"IL_{len(rows):07d}",
+                )
+            )
+    return rows
+
+
+def test_types_from_a_label_column_keep_their_side_and_the_rare_ones_are_counted(capsys):
+    write_export("isic_images", type_rows())
+    m = prepare("--label-column", "diagnosis_3", "--min-per-class", 10, "--val-fraction", 0.2, "--test-fraction", 0.2)
+    out, err = capsys.readouterr()
+    assert sorted(m.label.unique()) == ["basal_cell_carcinoma", "melanoma_invasive", "nevus", "seborrheic_keratosis"]
+    sides = m.groupby("label").side.first().to_dict()
+    assert sides == {
+        "nevus": "benign",
+        "seborrheic_keratosis": "benign",
+        "melanoma_invasive": "malignant",
+        "basal_cell_carcinoma": "malignant",
+    }
+    assert set(m.label_value) == {"Nevus", "Seborrheic keratosis", "Melanoma Invasive", "Basal cell carcinoma"}
+    assert (m.label_column == "diagnosis_3").all() and os.path.isdir("dataset/train/melanoma_invasive")
+    assert "1 value(s) of diagnosis_3 with fewer than 10 usable photos left out (5 photos): Dermatofibroma 5" in err
+    assert "1 type(s) with rows on both sides" in err and "'Nevus' (benign 30, malignant 2)" in err
+    assert len(m[m.label == "nevus"]) == 30  # the 2 'malignant' nevi left out, and the 3 without a side
+    assert "left out: 'Indeterminate' 6, empty 3" in summary(out)["with a definite benign/malignant side"]
+    for col in ("lesion_id",):
+        assert (m.groupby(col).split.nunique() == 1).all()
+
+
+def test_other_merges_the_rare_types_of_each_side(capsys):
+    write_export("isic_images", type_rows())
+    m = prepare(
+        "--label-column", "diagnosis_3", "--min-per-class", 25, "--other", "--val-fraction", 0, "--test-fraction", 0
+    )
+    assert sorted(m.label.unique()) == ["melanoma_invasive", "nevus", "other_benign"]
+    other = m[m.label == "other_benign"]
+    assert set(other.label_value) == {"other benign"} and len(other) == 29  # seborrheic keratosis 24, dermatofibroma 5
+    assert "other malignant 22" in capsys.readouterr().err  # basal cell carcinoma alone: still too few, and counted
+
+
+def test_the_legacy_diagnosis_column_takes_its_side_from_benign_malignant():
+    rows = [
+        dict(
+            isic_id=f"ISIC_{i:07d}",
+            benign_malignant=["benign", "malignant"][i % 2],
+            diagnosis=["nevus", "melanoma"][i % 2],
+        )
+        for i in range(40)
+    ]
+    write_export("isic_images", rows)
+    m = prepare("--label-column", "diagnosis", "--val-fraction", 0, "--test-fraction", 0)
+    assert m.groupby("label").side.first().to_dict() == {"melanoma": "malignant", "nevus": "benign"}
