@@ -1,8 +1,8 @@
 """Probabilities that mean what they say. A model trained with class weights learns as if half the photos were
 malignant; a calibration fitted on the validation split maps its log-odds z = log(P / (1 - P)) of malignant to
-a * z + b: temperature scaling (b = 0) or Platt's two-parameter form (b shifts the prior), whichever predicts
-held-out validation photos better (5-fold cross-validated log-loss), fitted to Platt's smoothed targets. a > 0:
-the ranking, so the ROC-AUC, stays.
+a * z + b: temperature scaling (b = 0), or Platt's two-parameter form (b shifts the prior) where it predicts
+held-out validation photos clearly better (5-fold cross-validated log-loss), fitted to Platt's smoothed targets.
+a > 0: the ranking, so the ROC-AUC, stays.
 Also the measures of calibration, row-wise for the bootstrap: log-loss, Brier score, expected calibration
 error (ECE, 15 equal-width bins), and the reliability diagram's bins."""
 
@@ -45,9 +45,11 @@ def bin_index(p, bins=BINS):
 def ece(y, p, bins=BINS):
     """Expected calibration error per row: the photo-weighted mean over bins of |mean P - share malignant|."""
     y, p = np.asarray(y) == 1, np.asarray(p, dtype=np.float64)
-    one_hot = bin_index(p, bins)[..., None] == np.arange(bins)  # (..., n, bins)
-    gap = ((p[..., None] - y[..., None]) * one_hot).sum(-2)  # summed P minus malignant count, per bin
-    return np.abs(gap).sum(-1) / p.shape[-1]
+    rows, photos = p.shape[:-1], p.shape[-1]
+    y, p = np.broadcast_to(y, p.shape).reshape(-1, photos), p.reshape(-1, photos)
+    cell = bin_index(p, bins) + bins * np.arange(len(p))[:, None]  # (row, bin) of each photo, numbered
+    gap = np.bincount(cell.ravel(), (p - y).ravel(), len(p) * bins)  # summed P minus malignant count per cell
+    return (np.abs(gap).reshape(-1, bins).sum(1) / photos).reshape(rows)
 
 
 def reliability(y, p, bins=BINS):
@@ -75,37 +77,43 @@ def fit_scaling(y, z, shift):
     return float(np.exp(best.x[0])), float(best.x[1]) if shift else 0.0
 
 
-def cross_validated_loss(y, z, shift, seed=0):
-    """Log-loss of the scaling fitted on 4 folds and scored on the fifth, over the 5 folds."""
+def held_out_losses(y, z, shift, seed=0):
+    """Each photo's log-loss under the scaling fitted on the other folds (5-fold, stratified); None when a class
+    has fewer than 2 photos."""
     from sklearn.model_selection import StratifiedKFold
 
     folds = min(FOLDS, np.bincount(y).min())
     if folds < 2:
-        return np.inf
+        return None
     held_out = np.zeros(len(y))
     for fit, score in StratifiedKFold(folds, shuffle=True, random_state=seed).split(z, y):
         a, b = fit_scaling(y[fit], z[fit], shift)
         held_out[score] = expit(a * z[score] + b)
-    return float(log_loss(y, held_out))
+    return log_loss(y[:, None], held_out[:, None])  # one row per photo
 
 
 def fit(y, z):
     """The calibration of P(malignant) = expit(z) on a validation split (y: 1 = malignant, z: the model's
-    log-odds): temperature or Platt scaling, the one with the lower cross-validated log-loss, refitted on all of
-    the split, with its effect there; None when the split lacks a class."""
+    log-odds): temperature scaling, or Platt scaling where it predicts held-out photos better by more than one
+    standard error of the difference (5-fold cross-validated log-loss; with no prior shift the extra parameter
+    only fits noise), refitted on all of the split, with its effect there; None when the split lacks a class."""
     y, z = np.asarray(y).astype(int), np.asarray(z, dtype=np.float64)
     p = expit(z)
     if len(np.unique(y)) < 2:
         return None
-    cv = {"temperature": cross_validated_loss(y, z, False), "platt": cross_validated_loss(y, z, True)}
-    method = min(cv, key=cv.get)
+    losses = {"temperature": held_out_losses(y, z, False), "platt": held_out_losses(y, z, True)}
+    method = "temperature"
+    if losses["platt"] is not None:
+        gain = losses["temperature"] - losses["platt"]
+        if gain.mean() > gain.std(ddof=1) / np.sqrt(len(gain)):
+            method = "platt"
     a, b = fit_scaling(y, z, method == "platt")
     after = expit(a * z + b)
     return dict(
         method=method,
         a=a,
         b=b,
-        cv_log_loss={k: round(v, 6) for k, v in cv.items()},
+        cv_log_loss={k: None if v is None else round(float(v.mean()), 6) for k, v in losses.items()},
         val_log_loss_before=float(log_loss(y, p)),
         val_log_loss_after=float(log_loss(y, after)),
         val_ece_before=float(ece(y, p)),

@@ -9,15 +9,38 @@ import datetime
 
 import yaml
 
-from skinlesion import isic
+from skinlesion import dataset
 from skinlesion.files import TAG, write_text
 from skinlesion.metrics import operating_point_text
 
 LICENCES = {"CC-BY-NC": "cc-by-nc-4.0", "CC-BY": "cc-by-4.0", "CC-0": "cc0-1.0"}  # most restrictive first
+METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "roc_auc": "ROC-AUC", "ece": "ECE",
+                "brier": "Brier score"}  # fmt: skip
 MIN_PER_CLASS = 20  # a subgroup is reported only with at least this many photos of each side
+TAGS = ["image-classification", "dermatology", "skin-lesion", "isic-archive", "not-a-medical-device"]
 NOT_A_DEVICE = (
     "This is not a medical device: it is not approved or validated for diagnosis and must never replace a doctor."
 )
+
+
+def listed(names):
+    """'a', 'a and b', 'a, b and c'."""
+    names = [str(n) for n in names]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
+def counted(counts):
+    """{name: number} as 'name number, name number'."""
+    return ", ".join(f"{name} {number}" for name, number in counts.items()) or "unknown"
+
+
+def sides(meta):
+    """'benign and malignant', or the lesion types by side: 'nevus (benign); melanoma and bcc (malignant)'."""
+    classes, malignant = meta["classes"], meta.get("malignant_classes", ["malignant"])
+    if classes == ["benign", "malignant"]:
+        return "benign and malignant"
+    by_side = {side: [c for c in classes if (c in malignant) == (side == "malignant")] for side in dataset.SIDES}
+    return "; ".join(f"{listed(names)} ({side})" for side, names in by_side.items())
 
 
 def licence_id(licences):
@@ -29,22 +52,12 @@ def front_matter(meta, evaluation, name):
     """The card's YAML header: licence, library, tags, base model, datasets, metrics, model-index results."""
     results = [result_entry(name, "validation", meta["val_metrics"], meta.get("calibration"), "val_ece_after")]
     if evaluation:
-        results.append(
-            result_entry(
-                name, "test", evaluation["metrics"], evaluation.get("calibration"), "ece_after", evaluation.get("ci95")
-            )
-        )
+        test = evaluation["metrics"], evaluation.get("calibration"), "ece_after", evaluation.get("ci95")
+        results.append(result_entry(name, "test", *test))
     header = dict(
         license=licence_id(meta.get("data", {}).get("licences", {})),
         library_name="timm",
-        tags=[
-            "image-classification",
-            "dermatology",
-            "skin-lesion",
-            "isic-archive",
-            meta["model_name"],
-            "not-a-medical-device",
-        ],
+        tags=TAGS + [meta["model_name"]],
         datasets=["ISIC Archive"],
         pipeline_tag="image-classification",
         metrics=["roc_auc", "sensitivity", "specificity", "expected_calibration_error"],
@@ -80,27 +93,8 @@ def table(header, rows):
 
 def factor_tables(factors):
     """A table per factor: its values' photos per split, unknown included."""
-    out = []
-    for factor, by_split in factors.items():
-        splits = list(by_split)
-        values = sorted({v for counts in by_split.values() for v in counts}, key=lambda v: (v == "unknown", v))
-        rows = [[v] + [by_split[s].get(v, 0) for s in splits] for v in values]
-        out.append(f"**{factor}**\n\n" + table([factor] + splits, rows))
-    return "\n\n".join(out) or "No metadata columns for these factors: all unknown."
-
-
-def absent(meta):
-    """Photo types and populations the training data did not contain: where the model must not be trusted."""
-    factors = meta.get("data", {}).get("factors", {})
-    seen = {f: {v for counts in by_split.values() for v in counts if v != "unknown"} for f, by_split in factors.items()}
-    gaps = [f"photo types other than {', '.join(sorted(seen.get('image type', set()))) or 'unknown ones'}"]
-    skin = {"I", "II", "III", "IV", "V", "VI"} - seen.get("skin type", set())
-    if skin:
-        gaps.append(f"Fitzpatrick skin types {', '.join(sorted(skin))} (no photos, or not recorded)")
-    bands = [band for _, _, band in isic.AGE_BANDS if band not in seen.get("age band", set())]
-    if bands:
-        gaps.append(f"ages {', '.join(bands)} (no photos, or not recorded)")
-    return gaps
+    found = [f"**{f}**\n\n" + table([f, *splits], rows) for f, (splits, rows) in dataset.factor_rows(factors).items()]
+    return "\n\n".join(found) or "No metadata columns for these factors: all unknown."
 
 
 def evaluation_section(meta, evaluation):
@@ -114,34 +108,27 @@ def evaluation_section(meta, evaluation):
         text.append(f"Operating point: threshold {op['threshold']:.3f} on P(malignant); {operating_point_text(op)}.")
     if cal:
         text.append(
-            f"Calibration: {cal['method']} scaling (a = {cal['a']:.3f}, b = {cal['b']:.3f}); validation "
-            f"log-loss {cal['val_log_loss_before']:.3f} -> {cal['val_log_loss_after']:.3f}, ECE "
-            f"{cal['val_ece_before']:.3f} -> {cal['val_ece_after']:.3f}."
+            f"Calibration: {cal['method'].replace('platt', 'Platt')} scaling (a = {cal['a']:.3f}, b = "
+            f"{cal['b']:.3f}); validation log-loss {cal['val_log_loss_before']:.3f} -> "
+            f"{cal['val_log_loss_after']:.3f}, ECE {cal['val_ece_before']:.3f} -> {cal['val_ece_after']:.3f}."
         )
     if not evaluation:
         text.append("**Test**: not evaluated yet; run `python evaluate.py`, which adds its results here.")
         return "\n\n".join(text)
     rows = [
-        [key, f"{evaluation['metrics'][key]:.3f}", f"{low:.3f}-{high:.3f}"]
+        [METRIC_NAMES.get(key, key), f"{evaluation['metrics'][key]:.3f}", f"{low:.3f}-{high:.3f}"]
         for key, (low, high) in evaluation["ci95"].items()
     ]
     text.append(
-        f"**Test** ({evaluation['data_dir']}: {evaluation['n_images']}), by evaluate.py:\n\n"
-        + table(["metric", "value", "95% CI"], rows)
+        f"**Test** (`{evaluation['data_dir']}`: {counted(evaluation['n_images'])} photos), by evaluate.py, at the "
+        "validation threshold:\n\n" + table(["metric", "value", "95% CI"], rows)
     )
-    calibration = evaluation.get("calibration") or {}
-    if calibration:
-        text.append(
-            table(
-                ["calibration on test", "before", "after"],
-                [
-                    [k, f"{calibration[k + '_before']:.3f}", f"{calibration[k + '_after']:.3f}"]
-                    for k in ("ece", "brier")
-                ],
-            )
-        )
+    cal = evaluation.get("calibration") or {}
+    rows = [[METRIC_NAMES[k], f"{cal[k + '_before']:.3f}", f"{cal[k + '_after']:.3f}"] for k in ("ece", "brier") if cal]
+    if rows:
+        text.append(table(["calibration on test", "before", "after"], rows))
     for factor, groups in evaluation.get("subgroups", {}).items():
-        rows = [[g, r["photos"], r.get("roc_auc_text", r.get("note", ""))] for g, r in groups.items()]
+        rows = [[g, r["photos"], r.get("text", "")] for g, r in groups.items()]
         text.append(f"Test ROC-AUC by {factor}:\n\n" + table([factor, "photos", "ROC-AUC (95% CI)"], rows))
     return "\n\n".join(text)
 
@@ -150,11 +137,6 @@ def render(meta, name, evaluation=None):
     """The whole card as markdown."""
     data, settings = meta.get("data", {}), meta.get("settings", {})
     start = "ImageNet weights (timm/efficientnet_b0.ra_in1k)" if meta.get("imagenet") else "random weights"
-    sides = ", ".join(
-        f"{c} ({'malignant' if c in meta.get('malignant_classes', ['malignant']) else 'benign'})"
-        for c in meta["classes"]
-    )
-    counts = table(["split"] + meta["classes"], [[s] + list(n.values()) for s, n in data.get("counts", {}).items()])
     lines = [
         f"---\n{front_matter(meta, evaluation, name)}---",
         f"<!-- {TAG}; regenerated by AItraining.py and evaluate.py -->",
@@ -165,27 +147,22 @@ def render(meta, name, evaluation=None):
             "> **This model cannot be told from chance**: the 95% interval of its validation ROC-AUC includes "
             "0.5. Do not use its predictions."
         )
+    if evaluation and evaluation.get("at_chance"):
+        lines.append("> **On the test photos this model cannot be told from chance** (ROC-AUC interval includes 0.5).")
     lines += [
         f"> {NOT_A_DEVICE}",
         "## Model details",
         f"- Architecture: {meta['model_name']} (timm), started from {start}; recipe {settings.get('recipe')} "
         f"({', '.join(f'{k} {settings[k]}' for k in ('optimizer', 'lr', 'epochs') if k in settings)}); best epoch "
-        f"{meta.get('epoch')}.",
-        f"- Classes: {sides}; P(malignant) is the summed probability of the malignant ones.",
-        f"- Input: {meta['image_size']} x {meta['image_size']} px centre crop ({meta['interpolation']}, crop_pct "
-        f"{meta['crop_pct']}). Versions: {meta.get('versions')}. Date: {datetime.date.today()}.",
+        f"{meta.get('epoch')}.\n- Classes: {sides(meta)}; P(malignant) is the summed probability of the malignant "
+        f"ones.\n- Input: {meta['image_size']} x {meta['image_size']} px centre crop ({meta['interpolation']}, "
+        f"crop_pct {meta['crop_pct']}). Versions: {counted(meta.get('versions', {}))}. Date: {datetime.date.today()}.",
         "## Intended use",
         "Research and teaching: to study how such a classifier behaves on photos like those "
         "it was trained on, one lesion per photo, centred.",
-        "**Out of scope:** diagnosis, triage or screening of patients; " + "; ".join(absent(meta)) + ".",
+        "**Out of scope:** diagnosis, triage or screening of patients; " + "; ".join(dataset.not_covered(data)) + ".",
         "## Training data",
-        f"From `{data.get('source')}` (label column `{data.get('label_column')}`). Photos per split and class:",
-        counts,
-        f"Licences: {data.get('licences')}. Attribution (most photos first): "
-        f"{'; '.join(data.get('attributions', {}))}; the full list travels with the data (attribution.txt, "
-        "licenses/).",
-        f"Split: photos sharing {data.get('grouping')} stay in one split, so validation and test "
-        "photos are not near-copies of training ones.",
+        training_data(meta["classes"], data),
         "## Evaluation",
         evaluation_section(meta, evaluation),
         "## Factors",
@@ -195,6 +172,29 @@ def render(meta, name, evaluation=None):
         caveats(meta, data),
     ]
     return "\n\n".join(lines) + "\n"
+
+
+def training_data(classes, data):
+    """Where the photos came from, how many per split and class, their licences and authors, how they were split."""
+    counts = [[split] + list(n.values()) for split, n in data.get("counts", {}).items()]
+    grouping = data.get("grouping", "")
+    split = f"photos sharing {grouping} stay in one split, so validation and test photos are not near-copies of "
+    split += "training ones."
+    if not grouping.startswith(("lesion_id", "patient_id")):
+        split = "not by lesion or patient (no lesion_id or patient_id known): photos of one lesion may sit in two "
+        split += "splits, so "
+        split += "validation and test results may be optimistic."
+    return "\n\n".join(
+        [
+            f"From `{data.get('source')}` (label column `{data.get('label_column', 'unknown')}`). Photos per split "
+            "and class:",
+            table(["split"] + classes, counts) if counts else "unknown (no manifest.csv).",
+            f"Licences: {counted(data.get('licences', {}))}. Attribution (most photos first): "
+            f"{'; '.join(data.get('attributions', {})) or 'unknown'}; the full list travels with the data "
+            "(attribution.txt, licenses/).",
+            f"Split: {split}",
+        ]
+    )
 
 
 def caveats(meta, data):
@@ -237,10 +237,10 @@ def summary(meta, tested=None):
         how_well += f"; {tested['roc_auc'][1]}: {tested['roc_auc'][0]:.2f}"
     if meta.get("operating_point"):
         how_well += "; " + operating_point_text(meta["operating_point"])
-    trained_on = f"{photos} ISIC photos ({types or 'image type unknown'}); classes {', '.join(meta['classes'])}"
+    trained_on = f"{photos or 'an unknown number of'} ISIC photos ({types or 'type unknown'}); classes: {sides(meta)}"
     if data.get("synthetic"):
         trained_on += " (SYNTHETIC demo drawings, not real lesions)"
-    limits = [NOT_A_DEVICE] + [f"Not for {gap}." for gap in absent(meta)]
+    limits = [NOT_A_DEVICE] + [f"Not for {gap}." for gap in dataset.not_covered(data)]
     return dict(
         trained_on=trained_on,
         how_well=how_well,

@@ -8,6 +8,7 @@ from skinlesion.cli import die
 from skinlesion.photos import find_images
 
 SIDES = ["benign", "malignant"]  # the two-class labels: folder names = class indices; malignant is positive
+SPLITS = ["train", "val", "test"]  # the splits prepare_dataset.py makes, in order
 MANIFEST = "manifest.csv"
 
 
@@ -69,7 +70,8 @@ def data_summary(manifest, classes, data_dir):
         return dict(source=data_dir, counts={}, factors={}, attributions=[], licences={}, grouping="unknown")
     by_split = manifest.groupby(["split", "label"]).size()
     counts = {split: {c: int(by_split.get((split, c), 0)) for c in classes} for split in manifest.split.unique()}
-    attributions = manifest.get("attribution", manifest.isic_id.map(lambda _: "")).replace("", "unknown")
+    unknown = manifest.isic_id.map(lambda _: "unknown")  # a column the manifest lacks
+    attributions = manifest.get("attribution", unknown).replace("", "unknown")
     grouped = [c for c in ("lesion_id", "patient_id") if c in manifest and manifest[c].astype(bool).any()]
     grouping = " and ".join(grouped) or "nothing (no lesion_id or patient_id): each photo is its own group"
     return dict(
@@ -78,7 +80,33 @@ def data_summary(manifest, classes, data_dir):
         factors=isic.factor_counts(manifest, "split"),
         attributions=attributions.value_counts().head(8).to_dict(),
         grouping=grouping,
-        licences=manifest.get("copyright_license", attributions).replace("", "unknown").value_counts().to_dict(),
+        licences=manifest.get("copyright_license", unknown).replace("", "unknown").value_counts().to_dict(),
         label_column=manifest["label_column"].iloc[0] if "label_column" in manifest else "diagnosis_1",
         synthetic=bool(attributions.str.contains("SYNTHETIC").all()),
     )
+
+
+def factor_rows(factors):
+    """{factor: (splits in order, rows [value, photos per split])} of a data summary's factors, unknown last."""
+    found = {}
+    for factor, by_split in factors.items():
+        splits = sorted(by_split, key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s))
+        values = sorted({v for counts in by_split.values() for v in counts}, key=lambda v: (v == "unknown", v))
+        found[factor] = splits, [[v] + [by_split[s].get(v, 0) for s in splits] for v in values]
+    return found
+
+
+def not_covered(data):
+    """Photo types and populations a data summary shows no photos of: where a model trained on it must not be
+    trusted."""
+    factors = data.get("factors", {})
+    seen = {f: {v for counts in by_split.values() for v in counts if v != "unknown"} for f, by_split in factors.items()}
+    types = ", ".join(sorted(seen.get("image type", set())))
+    gaps = [f"photo types other than {types}" if types else "photo types it may not have seen (not recorded)"]
+    skin = {"I", "II", "III", "IV", "V", "VI"} - seen.get("skin type", set())
+    if skin:
+        gaps.append(f"Fitzpatrick skin types {', '.join(sorted(skin))} (no photos, or not recorded)")
+    bands = [band for _, _, band in isic.AGE_BANDS if band not in seen.get("age band", set())]
+    if bands:
+        gaps.append(f"ages {', '.join(bands)} (no photos, or not recorded)")
+    return gaps

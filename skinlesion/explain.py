@@ -18,8 +18,8 @@ def gradcam(net, x, mask):
     the evidence is for malignant. Only the head needs a gradient; works under torch.inference_mode."""
     import torch
 
-    mask = torch.as_tensor(np.asarray(mask))
     with torch.inference_mode(False), torch.enable_grad():
+        mask = torch.as_tensor(np.asarray(mask))  # made here: an inference-mode tensor cannot take part in autograd
         x = x.clone().contiguous(memory_format=torch.channels_last)  # a normal tensor even from inference mode
         with torch.no_grad():
             features = net.forward_features(x).float()  # (1, C, h, w)

@@ -13,7 +13,6 @@ import onnx
 import pytest
 import timm
 import torch
-from sklearn import metrics as skm
 
 import AItraining
 import evaluate
@@ -21,7 +20,6 @@ import export_onnx
 import model
 import predict
 from conftest import assert_one_error, fingerprint, make_split_tree, save_model
-from skinlesion import metrics
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +46,6 @@ def test_recipes_build_the_loss_and_optimiser_they_name(net):
     loss = model.make_criterion(0.1, [0.5, 1.5])
     assert isinstance(loss, torch.nn.CrossEntropyLoss) and loss.label_smoothing == 0.1
     assert loss.weight.tolist() == [0.5, 1.5]
-
-
-def test_learning_rate_schedule():
-    factors = [model.lr_factor(step, 100, 0.05, "cosine") for step in range(100)]
-    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])  # linear warm-up over 5% of the steps
-    assert factors[5] == pytest.approx(1.0) and factors[-1] < 0.002 and np.all(np.diff(factors[5:]) < 0)
-    assert factors[5 + 95 // 2] == pytest.approx(0.5, abs=0.02)  # cosine: half way down at the middle
-    assert [model.lr_factor(s, 100, 0, "constant") for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
 
 
 # ---------------------------------------------------------------------------- model files
@@ -347,43 +337,3 @@ def test_an_onnx_graph_that_is_not_ours_gives_no_label(tmp_path, capsys):
         with pytest.raises(SystemExit):
             model.load_onnx(path)
         assert_one_error(1, capsys.readouterr().err, f"{path} is refused: {expected}")
-
-
-# ---------------------------------------------------------------------------- metrics
-def test_metrics_equal_scikit_learn_row_by_row():
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 2, (40, 30))
-    p = rng.random((40, 30)).round(1)  # many tied scores
-    rows = metrics.binary_metrics(y, p, 0.5)
-    for i in range(len(y)):
-        pred = p[i] >= 0.5
-        expected = dict(
-            accuracy=skm.accuracy_score(y[i], pred),
-            balanced_accuracy=skm.balanced_accuracy_score(y[i], pred),
-            precision=skm.precision_score(y[i], pred, zero_division=0),
-            sensitivity=skm.recall_score(y[i], pred),
-            specificity=skm.recall_score(1 - y[i], ~pred),
-            f1=skm.f1_score(y[i], pred),
-            roc_auc=skm.roc_auc_score(y[i], p[i]),
-        )
-        assert {k: rows[k][i] for k in expected} == pytest.approx(expected)
-    m = metrics.binary_metrics([0, 0, 0, 0, 1, 1, 1, 1], [0.1, 0.2, 0.6, 0.3, 0.8, 0.4, 0.9, 0.7])
-    assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (3, 1, 1, 3) and m["roc_auc"] == pytest.approx(15 / 16)
-    assert math.isnan(metrics.binary_metrics([1, 1], [0.2, 0.9])["roc_auc"])  # one class: no AUC
-
-
-def test_bootstrap_intervals_contain_the_estimate_narrow_with_data_and_flag_chance():
-    rng = np.random.default_rng(0)
-    y = np.repeat([0, 1], 30)
-    p = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.25, 60), 0, 1)
-    ci = metrics.bootstrap_ci(y, p, 2000, 0, threshold=0.5)
-    point = metrics.binary_metrics(y, p, 0.5)
-    for key in ["accuracy", "balanced_accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc"]:
-        assert ci[key][0] <= point[key] <= ci[key][1], key
-    big = metrics.bootstrap_ci(np.tile(y, 10), np.tile(p, 10), 2000, 0, metric_fn=metrics.roc_auc)["value"]
-    assert big[1] - big[0] < (ci["roc_auc"][1] - ci["roc_auc"][0]) / 2
-    assert metrics.bootstrap_ci(y, p, 2000, 0, threshold=0.5) == ci  # seeded
-    assert not metrics.at_chance(ci["roc_auc"])
-    noise = rng.random(60)  # a model that knows nothing
-    assert metrics.at_chance(metrics.bootstrap_ci(y, noise, 2000, 0, metric_fn=metrics.roc_auc)["value"])
-    assert np.isnan(metrics.bootstrap_ci(np.zeros(10), p[:10], 100, 0)["roc_auc"]).all()  # one class only

@@ -1,0 +1,279 @@
+"""skinlesion/card.py: the model card of a model as AItraining.py keeps it and an evaluation as evaluate.py makes it:
+its YAML front matter (licence from the data's, library, tags, base model, datasets, metrics, the validation and
+test results), every section, plain text where there were raw dicts, the chance warning first, subgroups only for
+what the evaluation has, a data set without metadata, and the summary and test results read back."""
+
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import AItraining
+import evaluate
+import model
+from skinlesion import card, dataset, isic
+
+SECTIONS = ["## Model details", "## Intended use", "## Training data", "## Evaluation", "## Factors", "## Caveats"]
+TYPES = {"nevus": "benign", "seborrheic keratosis": "benign", "basal cell carcinoma": "malignant",
+         "melanoma": "malignant"}  # fmt: skip
+
+
+def manifest(n=400, seed=0, lesion_types=False, licences=("CC-BY-NC",) * 380 + ("CC-BY",) * 20, metadata=True):
+    """A manifest.csv as prepare_dataset.py writes it: 70% train, 15% val, 15% test, ~20% malignant."""
+    rng = np.random.default_rng(seed)
+    malignant = rng.random(n) < 0.2
+    if lesion_types:
+        label = np.where(malignant, rng.choice(list(TYPES)[2:], n), rng.choice(list(TYPES)[:2], n))
+        value, column = label, "diagnosis_3"
+    else:
+        label = np.where(malignant, "malignant", "benign")
+        value, column = np.where(malignant, "Malignant", "Benign"), "diagnosis_1"
+    split = np.array(["train"] * int(0.7 * n) + ["val"] * int(0.15 * n) + ["test"] * (n - int(0.7 * n) - int(0.15 * n)))
+    rows = dict(
+        isic_id=[f"ISIC_{i:07d}" for i in range(n)],
+        split=split,
+        label=label,
+        label_value=value,
+        side=np.where(malignant, "malignant", "benign"),
+        label_column=column,
+        lesion_id=[f"IL_{i // 2:07d}" for i in range(n)],
+        patient_id="",
+    )
+    if metadata:
+        rows.update(
+            image_type="dermoscopic",
+            attribution=np.where(np.arange(n) < 0.75 * n, "Hospital Clínic de Barcelona", "ViDIR Group"),
+            copyright_license=np.resize(licences, n),
+            diagnosis_confirm_type="histopathology",
+            fitzpatrick_skin_type=rng.choice(["II", "III", ""], n, p=[0.1, 0.1, 0.8]),
+            sex=rng.choice(["female", "male", ""], n, p=[0.45, 0.45, 0.1]),
+            age_approx=rng.choice(["25", "45", "65", "80", ""], n),
+            anatom_site_1=rng.choice(["head/neck", "torso", ""], n),
+        )
+    rows["file"] = [f"{s}/{c}/ISIC_{i:07d}.jpg" for i, (s, c) in enumerate(zip(split, label))]
+    return pd.DataFrame(rows).astype(str)
+
+
+def class_weighted_logits(labels, malignant, seed):
+    """Logits of a model trained with class weights: it tells the sides apart fairly well and thinks half the
+    photos are malignant."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1, (len(labels), len(malignant))) + 1.5 * np.eye(len(malignant))[labels]
+    logits[:, malignant] += rng.normal(0, 0.5, (len(labels), 1)) + 1.4 * malignant[labels][:, None]
+    return logits
+
+
+def trained(lesion_types=False, imagenet=True, rows=None, seed=0, **data):
+    """A model file's meta as AItraining.py writes it: model.checkpoint_state with the data summary, settings,
+    and what AItraining.scored keeps of the validation predictions."""
+    rows = manifest(lesion_types=lesion_types) if rows is None else rows
+    classes, malignant, names = dataset.classes_of(rows)
+    meta = dict(
+        classes=classes,
+        malignant_classes=malignant,
+        class_names=[names[c] for c in classes],
+        settings=dict(
+            recipe="finetune",
+            why="ImageNet weights loaded",
+            **model.RECIPES["finetune"],
+            batch_size=32,
+            image_size=224,
+            seed=42,
+            target_sensitivity=0.9,
+            amp=False,
+            run="20260101-120000",
+        ),
+        data=dict(dataset.data_summary(rows, classes, "dataset"), **data),
+        imagenet=imagenet,
+    )
+    mask = model.malignant_mask(meta)
+    labels = np.array([classes.index(c) for c in rows.label[rows.split == "val"]])
+    labels = np.r_[labels, np.resize(labels, 300 - len(labels))]  # 300 validation photos
+    kept = AItraining.scored(labels, class_weighted_logits(labels, mask, seed), meta, 0.9)[1]
+    cfg = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    cfg.update(interpolation="bicubic", crop_pct=0.875)
+    state = model.checkpoint_state(torch.nn.Linear(1, 1), cfg, epoch=7, **meta, **kept)  # as AItraining.py calls it
+    return state["meta"]
+
+
+def evaluated(meta, rows=None, seed=1, n=400, columns=("sex", "age_approx", "anatom_site_1")):
+    """evaluate.py's result for a test split of n photos (its own functions where it has them); the subgroups of
+    the manifest columns given."""
+    mask = model.malignant_mask(meta)
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(len(meta["classes"]), n, p=np.where(mask, 0.2 / mask.sum(), 0.8 / (~mask).sum()))
+    logits = class_weighted_logits(labels, mask, seed)
+    y = mask[labels].astype(int)
+    z = model.malignant_log_odds(logits, mask)
+    p = model.predictions([logits], meta)[0]
+    args = types.SimpleNamespace(n_bootstrap=300, seed=0)
+    scores = evaluate.metrics.binary_metrics(y, p, meta["threshold"])
+    ci = evaluate.metrics.bootstrap_ci(y, p, 300, 0, threshold=meta["threshold"])
+    test_rows = (manifest(n) if rows is None else rows)[list(columns)].reset_index(drop=True)
+    return dict(
+        data_dir="dataset/test",
+        n_images={c: int((labels == i).sum()) for i, c in enumerate(meta["classes"])},
+        metrics=scores,
+        ci95={k: list(v) for k, v in ci.items()},
+        at_chance=evaluate.metrics.at_chance(ci["roc_auc"]),
+        operating_point=evaluate.operating_report(y, p, meta, scores, ci),
+        calibration=evaluate.calibration_report(y, z, meta.get("calibration"), args),
+        subgroups=evaluate.subgroups(y, p, test_rows, args),
+    )
+
+
+def front_matter(text):
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+@pytest.fixture(scope="module")
+def meta():
+    return trained()
+
+
+@pytest.fixture(scope="module")
+def evaluation(meta):
+    return evaluated(meta)
+
+
+# ---------------------------------------------------------------------------- the front matter
+def test_front_matter_is_the_hugging_face_header(meta):
+    header = front_matter(card.render(meta, "skin_model.pth"))
+    assert header["license"] == "cc-by-nc-4.0"  # 380 photos CC-BY-NC, 20 CC-BY: the most restrictive wins
+    assert header["library_name"] == "timm" and header["pipeline_tag"] == "image-classification"
+    assert {"efficientnet_b0", "dermatology", "skin-lesion", "not-a-medical-device"} <= set(header["tags"])
+    assert header["base_model"] == "timm/efficientnet_b0.ra_in1k" and header["datasets"] == ["ISIC Archive"]
+    assert header["metrics"] == ["roc_auc", "sensitivity", "specificity", "expected_calibration_error"]
+    (index,) = header["model-index"]
+    (validation,) = index["results"]
+    assert index["name"] == "skin_model.pth" and validation["dataset"]["split"] == "validation"
+    found = {m["type"]: m["value"] for m in validation["metrics"]}
+    expected = {key: round(meta["val_metrics"][key], 4) for key in ("roc_auc", "sensitivity", "specificity")}
+    assert found == dict(expected, expected_calibration_error=round(meta["calibration"]["val_ece_after"], 4))
+    assert "base_model" not in front_matter(card.render(dict(meta, imagenet=False), "m.pth"))
+
+
+def test_front_matter_holds_the_test_results_once_evaluated(meta, evaluation):
+    header = front_matter(card.render(meta, "skin_model.pth", evaluation))
+    validation, test = header["model-index"][0]["results"]
+    assert validation["dataset"]["split"] == "validation" and test["dataset"]["split"] == "test"
+    found = {m["type"]: m["value"] for m in test["metrics"]}
+    expected = {key: round(evaluation["metrics"][key], 4) for key in ("roc_auc", "sensitivity", "specificity")}
+    assert found == dict(expected, expected_calibration_error=round(evaluation["calibration"]["ece_after"], 4))
+    low, high = evaluation["ci95"]["roc_auc"]
+    assert test["metrics"][0]["name"] == f"ROC-AUC (test, 95% CI {low:.3f}-{high:.3f})"
+
+
+@pytest.mark.parametrize(
+    "licences,expected",
+    [
+        ({"CC-BY-NC": 380, "CC-BY": 20}, "cc-by-nc-4.0"),
+        ({"CC-BY": 5, "CC-0": 90}, "cc-by-4.0"),
+        ({"CC-0": 3}, "cc0-1.0"),
+        ({"unknown": 3}, "other"),
+        ({}, "other"),
+    ],
+)
+def test_the_licence_is_the_most_restrictive_of_the_data(licences, expected):
+    assert card.licence_id(licences) == expected
+
+
+# ---------------------------------------------------------------------------- the text
+def test_every_section_in_plain_text(meta, evaluation):
+    text = card.render(meta, "skin_model.pth", evaluation)
+    assert [line for line in text.splitlines() if line.startswith("## ")] == [
+        s if s != "## Caveats" else "## Caveats and recommendations" for s in SECTIONS
+    ]
+    assert "**Out of scope:** diagnosis, triage or screening of patients; photo types other than dermoscopic" in text
+    assert "Fitzpatrick skin types I, IV, V, VI (no photos, or not recorded)" in text
+    assert "{" not in text.split("---\n", 2)[2] and "[" not in text.split("## Model details")[1].split("##")[0]
+    versions = meta["versions"]
+    assert f"Versions: torch {versions['torch']}, timm {versions['timm']}, pillow {versions['pillow']}." in text
+    assert "- Classes: benign and malignant; P(malignant)" in text
+    assert f"Licences: CC-BY-NC {380}, CC-BY {20}." in text
+    assert "Attribution (most photos first): Hospital Clínic de Barcelona; ViDIR Group;" in text
+    assert "Split: photos sharing lesion_id stay in one split" in text
+    counts = ", ".join(f"{c} {n}" for c, n in evaluation["n_images"].items())
+    assert f"**Test** (`dataset/test`: {counts} photos)" in text
+    assert "| ROC-AUC |" in text and "| balanced accuracy |" in text and "| ECE |" in text
+    op = meta["operating_point"]
+    assert f"at this threshold the model caught {op['sensitivity']:.0%} [" in text
+    assert f"Calibration: {meta['calibration']['method'].replace('platt', 'Platt')} scaling" in text
+    lines = text.splitlines()
+    for i, line in enumerate(lines[:-2]):  # lists are tight: no blank line between two items
+        assert not (line.startswith("- ") and lines[i + 1] == "" and lines[i + 2].startswith("- ")), line
+
+
+def test_a_lesion_type_model_names_its_types_by_side():
+    text = card.render(trained(lesion_types=True), "types.pth")
+    assert "- Classes: nevus and seborrheic keratosis (benign); basal cell carcinoma and melanoma (malignant);" in text
+    assert "| split | nevus | seborrheic keratosis | basal cell carcinoma | melanoma |" in text
+
+
+def test_a_model_at_chance_says_so_at_the_top(meta, evaluation):
+    chance = dict(meta, at_chance=True)
+    text = card.render(chance, "m.pth")
+    body = text.split("# Model card: m.pth\n\n", 1)[1]
+    assert body.startswith("> **This model cannot be told from chance**")
+    assert "cannot be told from chance" not in card.render(meta, "m.pth")
+    tested = card.render(meta, "m.pth", dict(evaluation, at_chance=True)).split("# Model card: m.pth\n\n", 1)[1]
+    assert tested.startswith("> **On the test photos this model cannot be told from chance**")
+
+
+def test_subgroups_only_for_the_factors_the_evaluation_has(meta):
+    evaluation = evaluated(meta, n=600, columns=("sex", "age_approx"))
+    assert set(evaluation["subgroups"]) == {"sex", "age band"}
+    text = card.render(meta, "m.pth", evaluation)
+    assert "Test ROC-AUC by sex:" in text and "Test ROC-AUC by age band:" in text
+    assert "by body site" not in text and "by skin type" not in text
+    for groups in evaluation["subgroups"].values():
+        for group, result in groups.items():
+            assert f"| {group} | {result['photos']} | {result['text']} |" in text
+    texts = [r["text"] for groups in evaluation["subgroups"].values() for r in groups.values()]
+    assert "too few photos to report" in texts and any(t[0].isdigit() for t in texts)  # both kinds shown
+
+
+@pytest.mark.parametrize("rows", ["no manifest", "no metadata columns"])
+def test_a_data_set_without_metadata_gives_unknown(rows):
+    rows = None if rows == "no manifest" else manifest(metadata=False)
+    meta = trained(rows=manifest(metadata=False) if rows is None else rows)
+    meta["data"] = dataset.data_summary(rows, meta["classes"], "dataset")
+    text = card.render(meta, "m.pth")
+    assert front_matter(text)["license"] == "other"
+    assert "Licences: unknown" in text and "Attribution (most photos first): unknown;" in text
+    split = "Split: not by lesion or patient" if rows is None else "Split: photos sharing lesion_id stay in one split"
+    assert split in text
+    assert "photo types it may not have seen (not recorded)" in text and "None" not in text
+    summary = card.summary(meta)
+    assert "type unknown" in summary["trained_on"] and "{" not in str(summary["trained_on"])
+
+
+# ---------------------------------------------------------------------------- read back
+def test_summary_and_test_results_round_trip(tmp_path, meta, evaluation):
+    path = tmp_path / "skin_model.md"
+    card.write_card(str(path), meta, "skin_model.pth")
+    assert card.test_results(str(path)) is None  # not evaluated yet
+    card.write_card(str(path), meta, "skin_model.pth", evaluation)
+    tested = card.test_results(str(path))
+    for key in ("roc_auc", "sensitivity", "specificity"):
+        assert tested[key][0] == round(evaluation["metrics"][key], 4) and "(test" in tested[key][1]
+    summary = card.summary(meta, tested)
+    assert set(summary) == {"trained_on", "how_well", "intended_use", "limits"}
+    assert summary["trained_on"].startswith("400 ISIC photos (dermoscopic); classes: benign and malignant")
+    assert f"{tested['roc_auc'][1]}: {tested['roc_auc'][0]:.2f}" in summary["how_well"]
+    assert "at this threshold the model caught" in summary["how_well"] and summary["limits"][0] == card.NOT_A_DEVICE
+    (tmp_path / "other.md").write_text("# a card of someone else\n\n--- not yaml: [\n")
+    assert card.test_results(str(tmp_path / "other.md")) is None
+
+
+def test_factor_tables_list_the_splits_in_order_and_unknown_last(meta):
+    factors = meta["data"]["factors"]
+    assert set(factors) == set(isic.FACTORS)
+    text = card.factor_tables(factors)
+    assert "| sex | train | val | test |" in text
+    sex = text.split("**sex**")[1].split("**")[0]
+    assert sex.index("| female |") < sex.index("| male |") < sex.index("| unknown |")

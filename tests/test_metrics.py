@@ -1,0 +1,200 @@
+"""skinlesion/metrics.py: the metrics equal scikit-learn's (row by row, and for lesion types), bootstrap intervals
+(seeded, narrowing with data, bounded memory for 100000 resamples), the threshold for a target sensitivity and
+the stable one, the operating point in numbers and in words, and its warnings."""
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+from scipy.special import expit
+from scipy.stats import norm
+from sklearn import metrics as skm
+
+from skinlesion import metrics
+
+
+def scores(n_malignant, n_benign, seed, separation=1.8):
+    """Synthetic validation scores: P(malignant) = expit(N(separation - 1, 1.2)) for malignant photos and
+    expit(N(-1, 1.2)) for benign ones."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(n_malignant, int), np.zeros(n_benign, int)]
+    return y, expit(rng.normal(0, 1.2, len(y)) + separation * y - 1)
+
+
+# ---------------------------------------------------------------------------- benign/malignant metrics
+def test_metrics_equal_scikit_learn_row_by_row():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, (40, 30))
+    p = rng.random((40, 30)).round(1)  # many tied scores
+    rows = metrics.binary_metrics(y, p, 0.5)
+    for i in range(len(y)):
+        pred = p[i] >= 0.5
+        expected = dict(
+            accuracy=skm.accuracy_score(y[i], pred),
+            balanced_accuracy=skm.balanced_accuracy_score(y[i], pred),
+            precision=skm.precision_score(y[i], pred, zero_division=0),
+            sensitivity=skm.recall_score(y[i], pred),
+            specificity=skm.recall_score(1 - y[i], ~pred),
+            f1=skm.f1_score(y[i], pred),
+            roc_auc=skm.roc_auc_score(y[i], p[i]),
+        )
+        assert {k: rows[k][i] for k in expected} == pytest.approx(expected)
+    m = metrics.binary_metrics([0, 0, 0, 0, 1, 1, 1, 1], [0.1, 0.2, 0.6, 0.3, 0.8, 0.4, 0.9, 0.7])
+    assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (3, 1, 1, 3) and m["roc_auc"] == pytest.approx(15 / 16)
+    assert math.isnan(metrics.binary_metrics([1, 1], [0.2, 0.9])["roc_auc"])  # one class: no AUC
+
+
+def test_bootstrap_intervals_contain_the_estimate_narrow_with_data_and_flag_chance():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    p = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.25, 60), 0, 1)
+    ci = metrics.bootstrap_ci(y, p, 2000, 0, threshold=0.5)
+    point = metrics.binary_metrics(y, p, 0.5)
+    for key in ["accuracy", "balanced_accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc"]:
+        assert ci[key][0] <= point[key] <= ci[key][1], key
+    big = metrics.bootstrap_ci(np.tile(y, 10), np.tile(p, 10), 2000, 0, metric_fn=metrics.roc_auc)["value"]
+    assert big[1] - big[0] < (ci["roc_auc"][1] - ci["roc_auc"][0]) / 2
+    assert metrics.bootstrap_ci(y, p, 2000, 0, threshold=0.5) == ci  # seeded
+    assert not metrics.at_chance(ci["roc_auc"])
+    noise = rng.random(60)  # a model that knows nothing
+    assert metrics.at_chance(metrics.bootstrap_ci(y, noise, 2000, 0, metric_fn=metrics.roc_auc)["value"])
+    assert np.isnan(metrics.bootstrap_ci(np.zeros(10), p[:10], 100, 0)["roc_auc"]).all()  # one class only
+
+
+def test_bootstrap_in_chunks_gives_the_numbers_of_one_draw(monkeypatch):
+    y, p = scores(25, 70, seed=3)
+    whole = metrics.bootstrap_ci(y, p, 3000, 7, threshold=0.4)
+    auc = metrics.bootstrap_ci(y, p, 3000, 7, metric_fn=metrics.roc_auc)
+    monkeypatch.setattr(metrics, "CHUNK", 95 * 7 + 50)  # 7 resamples per chunk, the last one shorter
+    assert metrics.bootstrap_ci(y, p, 3000, 7, threshold=0.4) == whole
+    assert metrics.bootstrap_ci(y, p, 3000, 7, metric_fn=metrics.roc_auc) == auc
+
+
+def test_bootstrap_memory_stays_bounded_for_100000_resamples():
+    """evaluate.py allows --n-bootstrap up to 100000: drawn at once, 100000 resamples of 300 photos would take
+    gigabytes (indices, labels, scores, ranks); in chunks the peak is a few chunks' worth."""
+    y, p = scores(60, 240, seed=0)
+    tracemalloc.start()
+    try:
+        ci = metrics.bootstrap_ci(y, p, 100_000, 0, threshold=0.3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 150e6, f"peak {peak / 1e6:.0f} MB"
+    point = metrics.binary_metrics(y, p, 0.3)
+    assert all(ci[k][0] <= point[k] <= ci[k][1] for k in ("sensitivity", "specificity", "roc_auc"))
+
+
+def test_chance_needs_the_interval_above_one_half():
+    assert metrics.at_chance((0.5, 0.9)) and metrics.at_chance((0.3, 0.7)) and metrics.at_chance((np.nan, np.nan))
+    assert not metrics.at_chance((0.51, 0.9))
+
+
+def test_is_probability():
+    assert metrics.is_probability([0, 0.5, 1, -0.1, 1.1, np.nan, np.inf]).tolist() == [1, 1, 1, 0, 0, 0, 0]
+
+
+# ---------------------------------------------------------------------------- thresholds
+def test_threshold_meets_target_sensitivity_on_the_data_it_was_chosen_on():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(y * 0.3 + rng.uniform(0, 0.7, 200), 0, 1)
+    for target in [0.8, 0.9, 0.95, 1.0]:
+        t = metrics.threshold_for_sensitivity(y, p, target)
+        assert metrics.binary_metrics(y, p, t)["sensitivity"] >= target
+        assert metrics.binary_metrics(y, p, t + 1e-9)["sensitivity"] < target or t >= p.max()  # the highest such
+    assert metrics.threshold_for_sensitivity(y, p, 0) == 0.5
+
+
+@pytest.mark.parametrize("n_malignant", [7, 30, 59, 60, 61, 120])
+def test_stable_threshold_reaches_the_target_on_the_data(n_malignant):
+    for seed in range(20):
+        y, p = scores(n_malignant, 4 * n_malignant, seed)
+        p = p.round(2) if seed % 2 else p  # tied scores too
+        for target in (0.8, 0.9, 0.95, 1.0):
+            t = metrics.stable_threshold(y, p, target)
+            assert metrics.binary_metrics(y, p, t)["sensitivity"] >= target, (seed, target)
+            assert t <= metrics.threshold_for_sensitivity(y, p, target)
+    assert metrics.stable_threshold(y, p, 0) == 0.5
+    assert metrics.stable_threshold(np.ones(5), p[:5], 0.9) == 0.5  # no benign photo: the plain threshold
+
+
+def test_stable_threshold_varies_less_from_split_to_split_than_the_raw_one():
+    """Validation splits of 60 malignant and 240 benign photos drawn again and again from one population: the raw
+    threshold (the P of one photo) scatters more around the population's threshold for 90% sensitivity, and
+    catches less than 90% of the population's malignant photos more often than not. (Leaving one photo out
+    moves any estimate of a quantile by about as much as the raw one moves at worst: one photo's share of the
+    quantile's sampling noise; the median over bootstrap resamples of the k-th highest P, tried first, was
+    that P exactly.)"""
+    shift, spread = 1.8 - 1, 1.2  # scores(): the malignant photos' log-odds are N(0.8, 1.2)
+    truth = expit(norm.ppf(0.1, shift, spread))
+    raw, stable = [], []
+    for seed in range(600):
+        y, p = scores(60, 240, 1000 + seed)
+        raw.append(metrics.threshold_for_sensitivity(y, p, 0.9))
+        stable.append(metrics.stable_threshold(y, p, 0.9))
+    raw, stable = np.array(raw), np.array(stable)
+    assert not np.allclose(raw, stable)
+    rmse = {name: np.sqrt(np.mean((t - truth) ** 2)) for name, t in (("raw", raw), ("stable", stable))}
+    assert rmse["stable"] < 0.92 * rmse["raw"], rmse
+    caught = {name: norm.sf(np.log(t / (1 - t)), shift, spread) for name, t in (("raw", raw), ("stable", stable))}
+    assert abs(caught["stable"].mean() - 0.9) < 0.005 < abs(caught["raw"].mean() - 0.9)
+    assert np.mean(caught["raw"] >= 0.9) < 0.45 < 0.5 < np.mean(caught["stable"] >= 0.9)
+    for i in range(60, 300):  # a benign photo left out: the threshold stays where it is
+        keep = np.arange(300) != i
+        assert metrics.stable_threshold(y[keep], p[keep], 0.9) == stable[-1]
+
+
+# ---------------------------------------------------------------------------- the operating point
+def test_operating_point_holds_its_threshold_rates_and_intervals():
+    y, p = scores(60, 240, seed=5)
+    op = metrics.operating_point(y, p, 0.9)
+    at = metrics.binary_metrics(y, p, op["threshold"])
+    assert op["threshold"] == metrics.stable_threshold(y, p, 0.9)
+    assert op["sensitivity"] == at["sensitivity"] >= 0.9 and op["specificity"] == at["specificity"]
+    for key in ("sensitivity", "specificity"):
+        low, high = op[key + "_ci95"]
+        assert low <= op[key] <= high and high - low < 0.3
+    assert (op["n_malignant"], op["n_benign"], op["target_sensitivity"]) == (60, 240, 0.9)
+    assert metrics.operating_point(y, p, 0.9) == op  # seeded
+
+
+def test_operating_point_in_words():
+    op = dict(sensitivity=0.9, sensitivity_ci95=[0.81, 0.96], specificity=0.45, specificity_ci95=[0.39, 0.51])
+    assert metrics.operating_point_text(op) == (
+        "at this threshold the model caught 90% [81-96%] of the malignant validation photos and cleared 45% "
+        "[39-51%] of the benign ones"
+    )
+    assert metrics.operating_point_text(op, "test photos").startswith("at this threshold the model caught 90%")
+    assert metrics.percent_range(0.5, (0.0, 1.0)) == "50% [0-100%]"
+
+
+@pytest.mark.parametrize(
+    "sensitivity,specificity,expected",
+    [
+        (0.95, 0.1, "this threshold calls almost every photo malignant (it cleared only 10% of benign)"),
+        (0.1, 0.95, "this threshold calls almost no photo malignant (it caught only 10% of malignant)"),
+        (0.9, 0.2, None),
+        (0.2, 0.9, None),
+        (0.9, 0.6, None),
+    ],
+)
+def test_operating_point_warning(sensitivity, specificity, expected):
+    assert metrics.operating_point_warning(dict(sensitivity=sensitivity, specificity=specificity)) == expected
+
+
+# ---------------------------------------------------------------------------- lesion types
+def test_lesion_type_metrics_equal_scikit_learn():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 300)
+    logits = rng.normal(0, 1, (300, 4)) + 1.5 * np.eye(4)[y]
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    predicted = probabilities.argmax(1)
+    assert metrics.balanced_accuracy(y, probabilities) == pytest.approx(skm.balanced_accuracy_score(y, predicted))
+    expected = [skm.roc_auc_score(y == c, probabilities[:, c]) for c in range(4)]
+    assert metrics.one_vs_rest_auc(y, probabilities) == pytest.approx(expected)
+    assert metrics.confusion(y, probabilities).tolist() == skm.confusion_matrix(y, predicted, labels=range(4)).tolist()
+    absent = y != 3  # a type without photos: its AUC is not a number, its row of the confusion zeros
+    assert np.isnan(metrics.one_vs_rest_auc(y[absent], probabilities[absent])[3])
+    assert metrics.confusion(y[absent], probabilities[absent])[3].tolist() == [0, 0, 0, 0]

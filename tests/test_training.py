@@ -1,0 +1,66 @@
+"""skinlesion/training.py: the learning-rate schedule, one epoch of training (its loss and accuracy, and one line
+when the loss stops being a number), one pass over the validation split. The whole training run is in
+test_train.py."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_one_error
+from skinlesion import training
+
+
+def test_learning_rate_schedule():
+    factors = [training.lr_factor(step, 100, 0.05, "cosine") for step in range(100)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])  # linear warm-up over 5% of the steps
+    assert factors[5] == pytest.approx(1.0) and factors[-1] < 0.002 and np.all(np.diff(factors[5:]) < 0)
+    assert factors[5 + 95 // 2] == pytest.approx(0.5, abs=0.02)  # cosine: half way down at the middle
+    assert [training.lr_factor(s, 100, 0, "constant") for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    assert training.lr_factor(0, 1, 0, "cosine") == 1.0  # one step: no division by zero
+
+
+def tiny_run(x):
+    """A linear classifier, its loss, optimiser and schedule, and one batch of (x, labels)."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    return net, torch.nn.CrossEntropyLoss(), optimizer, scheduler, [(x, torch.tensor([0, 1, 1, 0]))]
+
+
+def test_one_epoch_returns_the_mean_loss_and_accuracy():
+    x = torch.tensor([[-1.0, 0, 0], [1, 0, 0], [2, 0, 0], [-2, 0, 0]])
+    net, criterion, optimizer, scheduler, batches = tiny_run(x)
+    with torch.no_grad():
+        expected = criterion(net(x), batches[0][1]).item()
+    loss, accuracy = training.train_one_epoch(net, batches, criterion, optimizer, scheduler, False, "epoch 1")
+    assert loss == pytest.approx(expected) and 0 <= accuracy <= 1
+    training.train_one_epoch(net, batches * 30, criterion, optimizer, scheduler, False, "epoch 2")
+    later = training.train_one_epoch(net, batches, criterion, optimizer, scheduler, False, "epoch 3")
+    assert later[0] < loss and later[1] == 1.0  # it learns
+
+
+def test_a_loss_that_stops_being_a_number_is_one_line(capsys):
+    x = torch.tensor([[-1.0, 0, 0], [1, 0, 0], [np.nan, 0, 0], [-2, 0, 0]])
+    net, criterion, optimizer, scheduler, batches = tiny_run(x)
+    with pytest.raises(SystemExit) as stopped:
+        training.train_one_epoch(net, batches, criterion, optimizer, scheduler, False, "epoch 3")
+    assert_one_error(stopped.value.code, capsys.readouterr().err, "training diverged: the loss became nan in epoch 3")
+
+
+def test_validation_pass_gives_labels_logits_and_loss_and_stops_on_non_finite_outputs(capsys):
+    net = torch.nn.Linear(3, 2)
+    x = torch.randn(5, 3)
+    batches = [([3, 4], x[3:], torch.tensor([1, 0])), ([0, 1, 2], x[:3], torch.tensor([0, 1, 1]))]
+    labels, logits, loss = training.predict_split(net, batches, False, world=1)
+    with torch.no_grad():
+        expected = net(torch.cat([x[3:], x[:3]])).double().numpy()
+    assert labels.tolist() == [1, 0, 0, 1, 1] and np.allclose(logits, expected)
+    assert loss == pytest.approx(
+        torch.nn.functional.cross_entropy(torch.from_numpy(expected), torch.tensor([1, 0, 0, 1, 1])).item(), rel=1e-5
+    )
+    with torch.no_grad():
+        net.bias.fill_(np.inf)
+    with pytest.raises(SystemExit) as stopped:
+        training.predict_split(net, batches, False, world=1)
+    assert_one_error(stopped.value.code, capsys.readouterr().err, "the model gives non-finite outputs")
