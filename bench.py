@@ -14,91 +14,128 @@ memory of a training epoch and of prepare_dataset.py. Then the same table in mar
 Model alone and the real loop are measured ROUNDS times, alternately (a burst of other work hits both alike);
 their ratio is given as the median over rounds with the lowest and highest. Data: make_demo_data.py writes
 synthetic DEMO_PHOTO_SIZE px photos (like real clinical photos), prepared twice: shrunk to 256 px as the
-pipeline does, and copied as they are for the naive baseline. For the prepare benchmark the demo photos are
-copied N_PREPARE_IMAGES times under new ids (one comment byte changed, so none is a duplicate). Training runs
-in this process with AItraining.py's OpenMP setting (OMP_WAIT_POLICY=PASSIVE). Memory is the peak of the summed
-PSS of a process and its children (Linux /proc). Other programs running at the same time slow everything down,
-unevenly: the load average is printed at the start and the end; compare only numbers from one run.
+pipeline does, and copied as they are for the naive baseline. For the prepare benchmark N_PREPARE_IMAGES copies
+of demo photos, half benign, half malignant, under new ids (each with its own JPEG comment: no duplicates).
+Training runs in this process with AItraining.py's OpenMP setting (OMP_WAIT_POLICY=PASSIVE). Memory is the peak
+of the summed PSS of a process and its children (Linux /proc). Other programs running at the same time slow
+everything down, unevenly: the load average is printed at the start and the end; compare only numbers from one
+run. The model files it measures are random-weight stand-ins (at chance), written only inside its work folder,
+which must be new, empty, or one an earlier bench.py run made.
 """
 
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import AItraining
 import model
-from skinlesion import batches, cli, devices, photos, training
+from skinlesion import batches, cli, devices, files, measure, photos, training
 
 # -----------------------------------------------------------------------------
-IMAGE_SIZE = 224  # network input in px
-BATCH_SIZE = 32  # images per training step (AItraining.py's default)
-WARMUP = 3  # training steps run before timing (on CPU the first steps are up to 2x slower)
-STEPS = 8  # timed training steps per measurement
-ROUNDS = 5  # model alone and the real loop are measured this many times, alternately
-NUM_WORKERS = AItraining.NUM_WORKERS  # data-loading processes of the streaming and naive measurements
-DEMO_PHOTO_SIZE = 2400  # longer side of the synthetic photos in px
-N_PREPARE_IMAGES = 1000  # photos for the prepare_dataset.py benchmark (demo photos repeated)
-COLD_RUNS = 3  # fresh predict.py processes per model format (the median counts)
-WARM_RUNS = 20  # in-process predictions per format (the median counts)
+IMAGE_SIZE = 224  # network input in px, 32 to 2048
+BATCH_SIZE = 32  # images per training step (AItraining.py's default), >= 1
+WARMUP = 3  # training steps run before timing, >= 0 (on CPU the first steps are up to 2x slower)
+STEPS = 8  # timed training steps per measurement, >= 1
+ROUNDS = 5  # model alone and the real loop are measured this many times, alternately, >= 1
+NUM_WORKERS = AItraining.NUM_WORKERS  # data-loading processes of the streaming and naive measurements, >= 0
+DEMO_PHOTO_SIZE = 2400  # longer side of the synthetic photos in px, 64 to 10000
+N_PREPARE_IMAGES = 1000  # photos for the prepare_dataset.py benchmark (demo photos repeated), >= 1
+COLD_RUNS = 3  # fresh predict.py processes per model format (the median counts), >= 1
+WARM_RUNS = 20  # in-process predictions per format (the median counts), >= 1
 COMPILE = False  # also measure torch.compile (compiling takes ~2-3 min on 2 CPU cores)
 AMP = True  # also measure bfloat16 autocast, where the CPU or GPU has native bf16
 TRAIN = True  # the training measurements
 PREDICT = True  # the prediction measurements (exports an ONNX file first)
 PREPARE = True  # the prepare_dataset.py measurements
 MEMORY = True  # peak memory of one AItraining.py epoch at IMAGE_SIZE, BATCH_SIZE
-WORK_DIR = None  # folder for data and models, kept and re-used next time; None = a temporary one, removed
+WORK_DIR = None  # folder for data and models: new, empty or made by bench.py; kept, re-used. None = a temporary one
 # -----------------------------------------------------------------------------
 HERE = os.path.dirname(os.path.abspath(__file__))
+RANGES = {  # flag: (lowest, highest or None) whole number
+    "image_size": (32, 2048),
+    "batch_size": (1, None),
+    "warmup": (0, None),
+    "steps": (1, None),
+    "rounds": (1, None),
+    "num_workers": (0, None),
+    "demo_photo_size": (64, 10000),
+    "n_prepare_images": (1, None),
+    "cold_runs": (1, None),
+    "warm_runs": (1, None),
+}
+ENV = {"HF_HUB_OFFLINE": "1"}  # the scripts it runs never reach the hub
 
 
-def timed(batches, times):
-    """batches; times[i] = when batch i was asked for, times[-1] = when the loop asked past the end."""
-    batches = iter(batches)
-    while True:
-        times.append(time.perf_counter())
-        batch = next(batches, None)
-        if batch is None:
-            return
-        yield batch
+def parse_args(argv=None):
+    """The flags, every value checked before any work (one error line)."""
+    args = cli.parse_flags(globals(), argv, types={"WORK_DIR": str})
+    for name, (low, high) in RANGES.items():
+        value = getattr(args, name)
+        if high is None:
+            cli.check(value >= low, cli.flag_name(name.upper()), value, f"use a whole number >= {low}")
+        else:
+            cli.check(
+                low <= value <= high, cli.flag_name(name.upper()), value, f"use a whole number from {low} to {high}"
+            )
+    if args.work_dir is not None:
+        check_work_dir(args.work_dir)
+    return args
 
 
-def train_speed(batches, args, device, compile=False, amp=False, contiguous=False):
-    """(images/s over the steps after WARMUP, seconds of the first step) of AItraining.train_one_epoch."""
+def check_work_dir(path):
+    """die unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run made (its
+    mark inside); never a folder of other files (a project folder's skin_model.pth would be replaced)."""
+    cli.check_writable(path, "--work-dir", folder=True)
+    if os.path.isdir(path) and os.listdir(path) and not files.is_our_folder(path):
+        found = cli.first_few(sorted(os.listdir(path)))
+        cli.die(
+            f"--work-dir {cli.printable(path)} holds files that bench.py did not make ({found}); pass a new or "
+            "empty folder, or one an earlier bench.py run made"
+        )
+
+
+def script(name, *args):
+    return [sys.executable, os.path.join(HERE, name), *map(str, args)]
+
+
+def run(cmd, measure_memory=False, cwd=None):
+    return measure.run(cmd, measure_memory, ENV, cwd)
+
+
+def train_speed(batch_source, args, device, compiled=False, amp=False, contiguous=False):
+    """(images/s over the steps after WARMUP, seconds of the first step) of training.train_one_epoch."""
     import torch
 
     torch.manual_seed(0)
     net = model.build_model(pretrained=False)[0].to(device)
-    net = net if contiguous else model.prepare_for_device(net, device)
+    if not contiguous:
+        net = model.prepare_for_device(net, device)
     recipe = model.RECIPES["scratch"]
     optimizer = model.make_optimizer(net, recipe["optimizer"], recipe["lr"], recipe["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if compiled:
+        net = torch.compile(net)
     times = []
-    training.train_one_epoch(
-        torch.compile(net) if compile else net,
-        timed(batches, times),
-        model.make_criterion(0.1),
-        optimizer,
-        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
-        amp,
-        "bench",
-    )
-    return (len(times) - 1 - args.warmup) * args.batch_size / (times[-1] - times[args.warmup]), times[1] - times[0]
+    timed = measure.timed(batch_source, times)
+    training.train_one_epoch(net, timed, model.make_criterion(0.1), optimizer, scheduler, amp, "bench")
+    return measure.per_second(times, args.warmup, args.batch_size), times[1] - times[0]
 
 
 def random_batches(args, device, channels_last=True):
+    """The same batch of random tensors on the device, for every step."""
     import torch
 
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     return [(x, torch.randint(0, 2, (args.batch_size,), device=device))] * (args.warmup + args.steps)
 
 
 def loop_batches(split, args, cfg, device):
-    """AItraining.py's training batches (model.train_batches) over a Split, as many as the measurement needs."""
+    """AItraining.py's training batches (batches.train_batches) over a Split, as many as the measurement needs."""
     import torch
 
     g, g_device = torch.Generator().manual_seed(0), torch.Generator(device=device).manual_seed(0)
@@ -106,37 +143,19 @@ def loop_batches(split, args, cfg, device):
     return batches.train_batches(split, args.batch_size, cfg, g, g_device, order=order)
 
 
-def naive_batches(args, data_dir):
+def naive_batches(args, data_dir, device):
     """A first version's data: ImageFolder over the full-size photos, torchvision's loader and transforms, no
-    workers."""
+    workers, moved to the device batch by batch."""
     import torch
     from torchvision import datasets, transforms
 
-    tf = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(args.image_size),
-            transforms.ToTensor(),
-            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        ]
-    )
+    normalise = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    tf = transforms.Compose([transforms.RandomResizedCrop(args.image_size), transforms.ToTensor(), normalise])
     ds = datasets.ImageFolder(os.path.join(data_dir, "train"), transform=tf)
-    sampler = torch.utils.data.RandomSampler(
-        ds, replacement=True, num_samples=(args.warmup + args.steps) * args.batch_size
-    )
-    return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=0)
-
-
-def native_bf16(device):
-    """(whether the device computes bf16 natively, why not)."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(), "this GPU has no native bf16"
-    flags = ""
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    return ("avx512_bf16" in flags or "amx_bf16" in flags), "this CPU has no native bf16 (no AVX512_BF16 or AMX)"
+    n = (args.warmup + args.steps) * args.batch_size
+    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=n)
+    for x, y in torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=0):
+        yield x.to(device), y.to(device)
 
 
 def bench_training(args, small, full, device):
@@ -152,26 +171,23 @@ def bench_training(args, small, full, device):
         alone.append(train_speed(random_batches(args, device), args, device)[0])
         loop.append(train_speed(loop_batches(cached, args, cfg, device), args, device)[0])
     ratios = sorted(b / a for a, b in zip(alone, loop))
-    base, target = statistics.median(alone), 0.85 if device.type == "cuda" else 0.95
+    base, looped, ratio = statistics.median(alone), statistics.median(loop), statistics.median(ratios)
+    target = 0.95
+    if device.type == "cuda":
+        target = 0.85
     print("training: streaming fallback, naive baseline, contiguous memory format ...", flush=True)
     streamed = batches.Split(crops, labels, False, args.num_workers, device, "")
     stream = train_speed(loop_batches(streamed, args, cfg, device), args, device)[0]
-    naive = train_speed(
-        ((x.to(device), y.to(device)) for x, y in naive_batches(args, full)), args, device, contiguous=True
-    )[0]
+    naive = train_speed(naive_batches(args, full, device), args, device, contiguous=True)[0]
     plain = train_speed(random_batches(args, device, channels_last=False), args, device, contiguous=True)[0]
+    size, kind = f"{args.image_size} px, batch {args.batch_size}", device.type
     rows = [
+        (f"train, model alone ({size}, random tensors on {kind})", f"{base:.1f} img/s", "1.00", "reference"),
         (
-            f"train, model alone ({args.image_size} px, batch {args.batch_size}, random tensors on {device.type})",
-            f"{base:.1f} img/s",
-            "1.00",
-            "reference",
-        ),
-        (
-            f"train, AItraining.py loop (photos cached on {device.type}, augmented there)",
-            f"{statistics.median(loop):.1f} img/s",
-            f"{statistics.median(ratios):.2f} of model alone (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})",
-            f">= {target}: {ok(statistics.median(ratios) >= target)}",
+            f"train, AItraining.py loop (photos cached on {kind}, augmented there)",
+            f"{looped:.1f} img/s",
+            f"{ratio:.2f} of model alone (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})",
+            f">= {target}: {measure.ok(ratio >= target)}",
         ),
         (
             f"train, streaming fallback ({args.num_workers} workers decoding 256 px JPEGs)",
@@ -182,7 +198,7 @@ def bench_training(args, small, full, device):
         (
             f"train, naive ({args.demo_photo_size} px JPEGs, 0 workers, contiguous)",
             f"{naive:.1f} img/s",
-            f"AItraining.py {statistics.median(loop) / naive:.1f}x faster",
+            f"AItraining.py {looped / naive:.1f}x faster",
             "",
         ),
         (
@@ -192,7 +208,7 @@ def bench_training(args, small, full, device):
             "",
         ),
     ]
-    native, why = native_bf16(device)
+    native, why = measure.native_bf16(device)
     if args.amp and native:
         print("training: bf16 autocast ...", flush=True)
         bf16 = train_speed(random_batches(args, device), args, device, amp=True)[0]
@@ -208,102 +224,30 @@ def bench_training(args, small, full, device):
         rows.append(("train, model alone, bf16 autocast", "not measured", why, "AMP stays off"))
     if args.compile:
         print("training: torch.compile ...", flush=True)
-        fast, first = train_speed(random_batches(args, device), args, device, compile=True)
-        rows.append(
-            (
-                f"train, model alone, torch.compile (first step, compiling: {first:.0f} s)",
-                f"{fast:.1f} img/s",
-                f"{fast / base:.2f} of plain",
-                "AItraining.py COMPILE",
-            )
-        )
+        fast, first = train_speed(random_batches(args, device), args, device, compiled=True)
+        what = f"train, model alone, torch.compile (first step, compiling: {first:.0f} s)"
+        rows.append((what, f"{fast:.1f} img/s", f"{fast / base:.2f} of plain", "AItraining.py COMPILE"))
     return rows
-
-
-def script(name, *args):
-    return [sys.executable, os.path.join(HERE, name), *map(str, args)]
-
-
-def tree_pss(pid):
-    """Summed PSS in bytes of pid and its descendants (PSS counts pages shared by forked workers once)."""
-    parent = {}
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    tree, total = {pid}, 0
-    for _ in range(4):  # children, grandchildren, ...
-        tree |= {p for p, pp in parent.items() if pp in tree}
-    for p in tree:
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
-        except (OSError, StopIteration):
-            continue
-    return total
-
-
-def run(cmd, measure_memory=False, **kw):
-    """(seconds, peak memory in bytes or None) of a command, which must succeed."""
-    start, peak = time.perf_counter(), 0
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        **kw,
-    )
-    while measure_memory and proc.poll() is None:
-        peak = max(peak, tree_pss(proc.pid))
-        time.sleep(0.2)
-    out = proc.communicate()[0]
-    if proc.returncode:
-        cli.die(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
-    return time.perf_counter() - start, (peak if measure_memory else None)
 
 
 def bench_memory(args, work, small):
     print("memory: one AItraining.py epoch ...", flush=True)
-    _, peak = run(
-        script(
-            "AItraining.py",
-            "--data-dir",
-            small,
-            "--epochs",
-            1,
-            "--no-pretrained",
-            "--image-size",
-            args.image_size,
-            "--batch-size",
-            args.batch_size,
-        ),
-        measure_memory=True,
-        cwd=work,
-    )
+    size = ["--image-size", args.image_size, "--batch-size", args.batch_size]
+    cmd = script("AItraining.py", "--data-dir", small, "--epochs", 1, "--no-pretrained", *size)
+    peak = run(cmd, measure_memory=True, cwd=work)[1]
     return [
         (
             f"peak memory, AItraining.py epoch ({args.image_size} px, batch {args.batch_size}, cache included)",
             f"{peak / 1e9:.2f} GB",
             f"{peak / 6e9:.2f} of 6 GB",
-            f"< 6 GB: {ok(peak < 6e9)}",
+            f"< 6 GB: {measure.ok(peak < 6e9)}",
         )
     ]
 
 
-def median_seconds(fn, n):
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def bench_predict(args, work, photo, data_dir):
-    """Cold (fresh predict.py process) and warm (in-process) latency of one photo, PyTorch vs onnxruntime."""
+    """Cold (fresh predict.py process) and warm (in-process) latency of one photo, PyTorch vs onnxruntime, with
+    a random-weight model (at chance: the work is the same as a trained one's)."""
     import torch
 
     import predict
@@ -311,11 +255,12 @@ def bench_predict(args, work, photo, data_dir):
     print("prediction: export, cold and warm ...", flush=True)
     pth, onnx = os.path.join(work, "skin_model.pth"), os.path.join(work, "skin_model.onnx")
     net = model.build_model(pretrained=False)[0]
-    model.save_checkpoint(pth, model.checkpoint_state(net, model.data_config(net, args.image_size)))
+    chance = dict(val_metrics={"roc_auc": 0.5}, val_auc_ci95=[0.5, 0.5], at_chance=True)
+    model.save_checkpoint(pth, model.checkpoint_state(net, model.data_config(net, args.image_size), **chance))
     run(script("export_onnx.py", "--model", pth, "--output", onnx, "--check-images", os.path.join(data_dir, "test")))
-    cold = {}
+    cold = {pth: [], onnx: []}
     for path in [pth, onnx] * (args.cold_runs + 1):  # the first run of each only fills the file cache
-        cold.setdefault(path, []).append(run(script("predict.py", photo, "--model", path), cwd=work)[0])
+        cold[path].append(run(script("predict.py", photo, "--model", path), cwd=work)[0])
     net, meta = model.load_checkpoint(pth)
     img = photos.load_image(photo)
     session, onnx_meta = model.load_onnx(onnx)
@@ -323,8 +268,10 @@ def bench_predict(args, work, photo, data_dir):
     onnx_once = predict.onnx_predictor(session, onnx_meta, False, False)
     with torch.inference_mode():
         for _ in range(3):  # warm-up
-            torch_once(img), onnx_once(img)
-        warm_pt, warm_onnx = (median_seconds(lambda fn=fn: fn(img), args.warm_runs) for fn in (torch_once, onnx_once))
+            torch_once(img)
+            onnx_once(img)
+        warm_pt = measure.median_seconds(lambda: torch_once(img), args.warm_runs)
+        warm_onnx = measure.median_seconds(lambda: onnx_once(img), args.warm_runs)
     cold_pt, cold_onnx = statistics.median(cold[pth][1:]), statistics.median(cold[onnx][1:])
     return [
         (
@@ -342,131 +289,77 @@ def bench_predict(args, work, photo, data_dir):
     ]
 
 
-def many_photos_export(demo_dir, out_dir, n):
-    """An export of n distinct large JPEGs: the demo photos copied under new ids, each with a different JPEG
-    comment (a COM segment) so its bytes, and so its sha256, differ; decoding is the same work."""
-    import pandas as pd
-
-    meta = pd.read_csv(os.path.join(demo_dir, "metadata.csv"))
-    meta = meta[meta.image_type.eq("clinical: overview") & meta.diagnosis_1.isin(["Benign", "Malignant"])]
-    rows = meta.sample(n, replace=True, random_state=0).reset_index(drop=True)
-    os.makedirs(out_dir, exist_ok=True)
-    for i, row in rows.iterrows():
-        with open(os.path.join(demo_dir, row.isic_id + ".jpg"), "rb") as f:
-            data = f.read()
-        comment = f"copy {i}".encode()
-        with open(os.path.join(out_dir, f"ISIC_{i:07d}.jpg"), "wb") as f:
-            f.write(data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:])
-    rows.assign(isic_id=[f"ISIC_{i:07d}" for i in range(n)], lesion_id="", patient_id="").to_csv(
-        os.path.join(out_dir, "metadata.csv"), index=False
-    )
-
-
 def bench_prepare(args, work, demo):
-    print(f"prepare_dataset.py: {args.n_prepare_images} photos, all cores, then one ...", flush=True)
-    export = os.path.join(work, f"export_{args.n_prepare_images}")
+    n, cores = args.n_prepare_images, os.cpu_count()
+    print(f"prepare_dataset.py: {n} photos, all cores, then one ...", flush=True)
+    export = os.path.join(os.path.dirname(demo), f"export_{n}")
     if not os.path.isdir(export):
-        many_photos_export(demo, export, args.n_prepare_images)
+        measure.distinct_copies_export(demo, export, n)
+    csv, out = os.path.join(export, "metadata.csv"), os.path.join(work, "prepared")
     seconds, peak = {}, 0
-    for workers in [os.cpu_count(), 1]:
-        seconds[workers], mem = run(
-            script(
-                "prepare_dataset.py",
-                "--images-dir",
-                export,
-                "--metadata-csv",
-                os.path.join(export, "metadata.csv"),
-                "--dataset-dir",
-                os.path.join(work, "prepared"),
-                "--n-per-class",
-                args.n_prepare_images,
-                "--workers",
-                workers,
-            ),
-            measure_memory=True,
-        )
+    for workers in [cores, 1]:
+        options = ["--metadata-csv", csv, "--dataset-dir", out, "--n-per-class", n, "--workers", workers]
+        seconds[workers], mem = run(script("prepare_dataset.py", "--images-dir", export, *options), True)
         peak = max(peak, mem)
-    n, all_cores, one = args.n_prepare_images, seconds[os.cpu_count()], seconds[1]
     return [
         (
-            f"prepare_dataset.py, {n} photos: 1 worker {n / one:.1f} img/s",
-            f"{os.cpu_count()} workers {n / all_cores:.1f} img/s",
-            f"{one / all_cores:.2f}x the speed of 1",
+            f"prepare_dataset.py, {n} photos: 1 worker {n / seconds[1]:.1f} img/s",
+            f"{cores} workers {n / seconds[cores]:.1f} img/s",
+            f"{seconds[1] / seconds[cores]:.2f}x the speed of 1",
             "",
         ),
         (
             "peak memory, prepare_dataset.py",
             f"{peak / 1e9:.2f} GB",
             f"{peak / 1e9:.2f} of 1 GB",
-            f"< 1 GB: {ok(peak < 1e9)}",
+            f"< 1 GB: {measure.ok(peak < 1e9)}",
         ),
     ]
 
 
-def ok(good):
-    return "yes" if good else "NO"
-
-
-def machine(device):
-    import torch
-
-    cpu = platform.processor()
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    gpu = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
-    return (
-        f"{gpu}{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), Python {platform.python_version()}"
-    )
-
-
-def print_tables(rows):
-    """rows: (measurement, result, ratio, target) -> a plain table, then the same in markdown."""
-    head = ("measurement", "result", "ratio", "target")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(4)]
-    for r in [head, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
-    print("\n| " + " | ".join(head) + " |\n|" + "---|" * 4)
-    for r in rows:
-        print("| " + " | ".join(map(str, r)) + " |")
+def make_data(args, data):
+    """(demo export, its photos at 256 px, as they are) under data, each made where missing (re-used otherwise)
+    and only where a measurement needs it."""
+    demo, small, full = (os.path.join(data, d) for d in ("demo", "dataset_256", "dataset_full"))
+    prepare = ["--metadata-csv", os.path.join(demo, "metadata.csv"), "--images-dir", demo]
+    if not os.path.isfile(os.path.join(demo, "metadata.csv")):  # make_demo_data.py writes it last
+        run(script("make_demo_data.py", "--out-dir", demo, "--photo-size", args.demo_photo_size))
+    if (args.train or args.memory or args.predict) and not os.path.isdir(small):
+        run(script("prepare_dataset.py", *prepare, "--dataset-dir", small, "--resize-to", 256))
+    if args.train and not os.path.isdir(full):
+        run(script("prepare_dataset.py", *prepare, "--dataset-dir", full, "--resize-to", "none"))
+    return demo, small, full
 
 
 def main(argv=None):
-    args = cli.parse_flags(globals(), argv, types={"WORK_DIR": str})
+    args = parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as AItraining.py sets it, before torch loads
-    for flag in ("image_size", "batch_size", "warmup", "steps", "rounds", "n_prepare_images", "cold_runs", "warm_runs"):
-        cli.check(
-            getattr(args, flag) >= 1, "--" + flag.replace("_", "-"), getattr(args, flag), "use a whole number >= 1"
-        )
     device = devices.pick_device()
     work = args.work_dir or tempfile.mkdtemp(prefix="bench-")
     os.makedirs(work, exist_ok=True)
-    demo, small, full = (os.path.join(work, d) for d in ("demo", "dataset_256", "dataset_full"))
+    files.write_text(os.path.join(work, files.MARK), "made by bench.py; kept and re-used by its next runs\n")
     load, started, rows = os.getloadavg()[0], time.time(), []
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(work, "inductor")  # compile afresh (kept in a WORK_DIR)
-    print(f"machine: {machine(device)}\nload average at start: {load:.2f}; work dir {work}", flush=True)
+    print(f"machine: {measure.machine(device)}\nload average at start: {load:.2f}; work dir {work}", flush=True)
     try:
-        prepare = ["--metadata-csv", os.path.join(demo, "metadata.csv"), "--images-dir", demo]
-        if not os.path.isdir(small):
-            run(script("make_demo_data.py", "--out-dir", demo, "--photo-size", args.demo_photo_size))
-            run(script("prepare_dataset.py", *prepare, "--dataset-dir", small, "--resize-to", 256))
-        if args.train and not os.path.isdir(full):
-            run(script("prepare_dataset.py", *prepare, "--dataset-dir", full, "--resize-to", "none"))
-        rows += bench_training(args, small, full, device) if args.train else []
-        rows += bench_memory(args, work, small) if args.memory else []
-        rows += (
-            bench_predict(args, work, os.path.join(demo, "unseen", "malignant_1.jpg"), small) if args.predict else []
-        )
-        rows += bench_prepare(args, work, demo) if args.prepare else []
+        data = os.path.join(work, f"photos_{args.demo_photo_size}px")  # re-used only at the same size
+        demo, small, full = make_data(args, data)
+        if args.train:
+            rows += bench_training(args, small, full, device)
+        if args.memory:
+            rows += bench_memory(args, work, small)
+        if args.predict:
+            rows += bench_predict(args, work, os.path.join(demo, "unseen", "malignant_1.jpg"), small)
+        if args.prepare:
+            rows += bench_prepare(args, work, demo)
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     print(
-        f"\nmachine: {machine(device)}\nload average (1 min): {load:.2f} at the start, {os.getloadavg()[0]:.2f} "
-        f"at the end; bench took {time.time() - started:.0f} s\n"
+        f"\nmachine: {measure.machine(device)}\nload average (1 min): {load:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end; bench took {time.time() - started:.0f} s\n"
     )
-    print_tables(rows)
+    print(measure.plain_table(rows) + "\n\n" + measure.markdown_table(rows))
 
 
 if __name__ == "__main__":

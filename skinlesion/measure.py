@@ -1,0 +1,178 @@
+"""Measuring (bench.py): timing the batches a loop asks for, the median of repeated runs, a command's time and
+peak memory (the summed PSS of its process tree, Linux /proc), what the machine is, tables of results in plain
+text and markdown, and an export of many distinct photos. Nothing here is about the model: torch is imported
+only inside the functions that describe it."""
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+from skinlesion.cli import die
+
+HEAD = ("measurement", "result", "ratio", "target")  # the columns of a table of results
+
+
+def timed(batches, times):
+    """batches; times[i] = when batch i was asked for, times[-1] = when the loop asked past the end."""
+    batches = iter(batches)
+    while True:
+        times.append(time.perf_counter())
+        batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def per_second(times, skip, items):
+    """items per second over the batches after the first skip, from timed's times (items per batch)."""
+    return (len(times) - 1 - skip) * items / (times[-1] - times[skip])
+
+
+def median_seconds(fn, n):
+    """The median wall time of n calls of fn()."""
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def tree_pss(pid):
+    """Summed PSS in bytes of pid and its descendants (PSS counts pages shared by forked workers once); 0 where
+    there is no /proc."""
+    parent = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, total = {pid}, 0
+    for _ in range(4):  # children, grandchildren, ...
+        tree |= {p for p, pp in parent.items() if pp in tree}
+    for p in tree:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+def run(cmd, measure_memory=False, env=None, cwd=None):
+    """(seconds, peak memory in bytes or None) of a command, which must succeed: a failure dies with the command
+    and the end of its output."""
+    start, peak = time.perf_counter(), 0
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}, cwd=cwd
+    )
+    try:
+        while measure_memory and proc.poll() is None:
+            peak = max(peak, tree_pss(proc.pid))
+            time.sleep(0.2)
+        out = proc.communicate()[0]
+    except BaseException:  # Ctrl-C: the command goes too
+        proc.kill()
+        proc.wait()
+        raise
+    if proc.returncode:
+        die(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
+    if measure_memory:
+        return time.perf_counter() - start, peak
+    return time.perf_counter() - start, None
+
+
+def cpu_name():
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform says."""
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine(device):
+    """One line: the GPU (on CUDA), the CPU, its cores, torch and its threads, the OpenMP wait policy, Python."""
+    import torch
+
+    gpu = ""
+    if device.type == "cuda":
+        gpu = f"{torch.cuda.get_device_name(device)}, "
+    return (
+        f"{gpu}{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), Python {platform.python_version()}"
+    )
+
+
+def native_bf16(device):
+    """(whether the device computes bf16 natively, why not)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(), "this GPU has no native bf16"
+    flags = ""
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    return ("avx512_bf16" in flags or "amx_bf16" in flags), "this CPU has no native bf16 (no AVX512_BF16 or AMX)"
+
+
+def ok(good):
+    """'yes' or 'NO', for a target column."""
+    if good:
+        return "yes"
+    return "NO"
+
+
+def plain_table(rows):
+    """rows: (measurement, result, ratio, target) -> the table as aligned text under HEAD."""
+    widths = [max(len(str(r[i])) for r in [HEAD, *rows]) for i in range(len(HEAD))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [HEAD, *rows]]
+    return "\n".join(lines)
+
+
+def markdown_cell(value):
+    """A table cell: a '|' would end the cell early, a newline the row."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows):
+    """rows: (measurement, result, ratio, target) -> the same table in markdown, for the README."""
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines += ["| " + " | ".join(markdown_cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def distinct_copies_export(demo_dir, out_dir, n):
+    """An ISIC-like export of n distinct large JPEGs, half benign, half malignant: the demo export's photos copied
+    under new ids, each with a different JPEG comment (a COM segment) so its bytes, and so its sha256, differ;
+    decoding is the same work. Built beside out_dir and renamed into place: a killed run leaves no half export."""
+    import shutil
+
+    import pandas as pd
+
+    meta = pd.read_csv(os.path.join(demo_dir, "metadata.csv"))
+    meta = meta[meta.image_type.eq("clinical: overview") & meta.diagnosis_1.isin(["Benign", "Malignant"])]
+    sides = [group for _, group in meta.groupby("diagnosis_1")]
+    counts = [n // len(sides) + (k < n % len(sides)) for k in range(len(sides))]  # balanced, as prepare samples
+    rows = pd.concat([g.sample(c, replace=True, random_state=0) for g, c in zip(sides, counts)], ignore_index=True)
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        for i, row in rows.iterrows():
+            with open(os.path.join(demo_dir, row.isic_id + ".jpg"), "rb") as f:
+                data = f.read()
+            comment = f"copy {i}".encode()
+            segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+            with open(os.path.join(tmp, f"ISIC_{i:07d}.jpg"), "wb") as f:
+                f.write(data[:2] + segment + data[2:])
+        ids = [f"ISIC_{i:07d}" for i in range(n)]
+        rows.assign(isic_id=ids, lesion_id="", patient_id="").to_csv(os.path.join(tmp, "metadata.csv"), index=False)
+        os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,148 @@
+"""bench.py and skinlesion/measure.py: --help without torch, every numeric flag checked with one error line before
+any work, a work folder of someone else's files refused, one tiny real run (the prepare_dataset.py benchmark
+on 20 small photos) that prints both tables, and measure.py's pure functions."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+import bench
+from conftest import ROOT, fingerprint, main_fails, noise_image, run
+from skinlesion import files, measure
+
+ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory", "0.11 GB", "0.11 of 1 GB", "")]
+
+
+# ---------------------------------------------------------------------------- bench.py
+def test_help_answers_before_torch_is_imported():
+    code = (
+        "import runpy, sys\nsys.argv = ['bench.py', '--help']\n"
+        "try:\n    runpy.run_path('bench.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip().endswith("NO TORCH") and "--n-prepare-images N_PREPARE_IMAGES" in r.stdout, r.stdout
+    assert "(default: None)" in r.stdout and "--no-train" in r.stdout, r.stdout
+
+
+BAD_FLAGS = [(f"--{name.replace('_', '-')}", low - 1, "use a whole number") for name, (low, _) in bench.RANGES.items()]
+BAD_FLAGS += [(flag, "none", "this flag needs a value") for flag, _, _ in BAD_FLAGS]
+BAD_FLAGS += [
+    ("--image-size", 2049, "--image-size 2049: use a whole number from 32 to 2048"),
+    ("--demo-photo-size", 10001, "--demo-photo-size 10001: use a whole number from 64 to 10000"),
+    ("--rounds", 0, "--rounds 0: use a whole number >= 1"),
+    ("--warmup", -1, "--warmup -1: use a whole number >= 0"),
+    ("--steps", "1.5", "invalid int value: '1.5'"),
+    ("--compile", "none", "unrecognized arguments: none"),
+]
+
+
+@pytest.mark.parametrize("flag, value, expected", BAD_FLAGS)
+def test_a_bad_flag_is_one_error_line_before_any_work(tmp_path, capsys, flag, value, expected):
+    work = tmp_path / "work"
+    main_fails(bench.main, [flag, value, "--work-dir", work], capsys, expected)
+    assert not work.exists() and os.listdir(tmp_path) == []
+
+
+def test_a_work_dir_of_other_files_is_refused_and_left_alone(tmp_path, capsys):
+    (tmp_path / "skin_model.pth").write_bytes(b"someone's model")
+    before = fingerprint(tmp_path)
+    main_fails(bench.main, ["--work-dir", tmp_path], capsys, "holds files that bench.py did not make (skin_model.pth)")
+    main_fails(bench.main, ["--work-dir", tmp_path / "skin_model.pth"], capsys, "is a file; pass a folder")
+    assert fingerprint(tmp_path) == before
+
+
+def test_a_tiny_run_prints_both_tables_and_keeps_its_work_dir(tmp_path):
+    work = tmp_path / "work"
+    options = ["--no-train", "--no-predict", "--no-memory", "--n-prepare-images", 20, "--demo-photo-size", 64]
+    r = run("bench.py", *options, "--work-dir", work, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and f"work dir {work}" in r.stdout
+    head = next(i for i, line in enumerate(lines) if line.startswith("measurement "))
+    assert lines[head].split() == ["measurement", "result", "ratio", "target"]
+    assert lines[head + 1].startswith("prepare_dataset.py, 20 photos: 1 worker ")
+    assert f"{os.cpu_count()} workers " in lines[head + 1] and "x the speed of 1" in lines[head + 1]
+    assert lines[head + 2].startswith("peak memory, prepare_dataset.py") and "of 1 GB" in lines[head + 2]
+    markdown = lines[lines.index("| measurement | result | ratio | target |") :]
+    assert markdown[1] == "|---|---|---|---|" and len(markdown) == 4
+    assert markdown[2].startswith("| prepare_dataset.py, 20 photos: 1 worker ") and markdown[2].endswith(" |  |")
+    assert markdown[3].startswith("| peak memory, prepare_dataset.py | ") and "< 1 GB: " in markdown[3]
+    assert not any("train" in line or "predict 1 photo" in line for line in lines[head:])
+    assert files.is_our_folder(work) and os.path.isfile(work / "photos_64px" / "export_20" / "metadata.csv")
+    assert not os.path.exists(work / "photos_64px" / "dataset_256")  # no measurement needed it
+    assert bench.parse_args(["--work-dir", str(work)]).work_dir == str(work)  # the next run may re-use it
+
+
+# ---------------------------------------------------------------------------- measure.py
+def test_tables_in_plain_text_and_markdown():
+    plain = measure.plain_table(ROWS).splitlines()
+    assert plain[0].split() == list(measure.HEAD) and len(plain) == 3
+    assert plain[1].index("21.4 img/s") == plain[0].index("result") == plain[2].index("0.11 GB")
+    assert plain[1].index("1.00") == plain[0].index("ratio") and plain[2] == plain[2].rstrip()
+    assert measure.markdown_table(ROWS) == (
+        "| measurement | result | ratio | target |\n|---|---|---|---|\n"
+        "| train, model alone | 21.4 img/s | 1.00 | reference |\n| peak memory | 0.11 GB | 0.11 of 1 GB |  |"
+    )
+    assert measure.markdown_table([("a|b", "x\ny", 1, "")]).splitlines()[-1] == "| a\\|b | x y | 1 |  |"
+    assert measure.ok(True) == "yes" and measure.ok(False) == "NO"
+
+
+def fake_clock(monkeypatch, ticks):
+    ticks = iter(ticks)
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(ticks))
+
+
+def test_median_seconds_of_runs(monkeypatch):
+    fake_clock(monkeypatch, [0, 1, 1, 4, 4, 6])  # runs of 1, 3 and 2 s
+    calls = []
+    assert measure.median_seconds(lambda: calls.append(1), 3) == 2 and len(calls) == 3
+
+
+def test_timed_batches_and_their_rate(monkeypatch):
+    fake_clock(monkeypatch, [0, 5, 6, 7, 8])  # the first batch is slow: it is skipped
+    times = []
+    assert list(measure.timed("abcd", times)) == list("abcd") and times == [0, 5, 6, 7, 8]
+    assert measure.per_second(times, 1, 32) == 3 * 32 / 3
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="PSS is read from Linux /proc")
+def test_tree_pss_and_a_command_with_its_peak_memory():
+    assert measure.tree_pss(os.getpid()) > 1e6  # this Python with pandas loaded
+    assert measure.tree_pss(2**22 + 12345) == 0  # no such process
+    seconds, peak = measure.run([sys.executable, "-c", "import time; time.sleep(0.6)"], measure_memory=True)
+    assert seconds >= 0.6 and peak > 1e6
+    assert measure.run([sys.executable, "-c", "pass"])[1] is None
+
+
+def test_a_failed_command_dies_with_its_output(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        measure.run([sys.executable, "-c", "print('what went wrong'); raise SystemExit(3)"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.startswith("error: ") and "what went wrong" in err
+
+
+def test_distinct_copies_export(tmp_path):
+    demo = tmp_path / "demo"
+    rows = [("ISIC_9000001", "Benign"), ("ISIC_9000002", "Malignant"), ("ISIC_9000003", "Indeterminate")]
+    for i, (isic_id, _) in enumerate(rows):
+        noise_image(demo / f"{isic_id}.jpg", i)
+    meta = pd.DataFrame(rows, columns=["isic_id", "diagnosis_1"]).assign(image_type="clinical: overview")
+    meta.to_csv(demo / "metadata.csv", index=False)
+    measure.distinct_copies_export(str(demo), str(tmp_path / "export"), 5)
+    out = pd.read_csv(tmp_path / "export" / "metadata.csv")
+    assert list(out.isic_id) == [f"ISIC_{i:07d}" for i in range(5)]
+    assert sorted(out.diagnosis_1) == ["Benign"] * 3 + ["Malignant"] * 2  # balanced; the rest never copied
+    digests = set()
+    for isic_id in out.isic_id:
+        path = tmp_path / "export" / f"{isic_id}.jpg"
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+        with Image.open(path) as img:
+            img.load()  # decodes
+            assert img.size == (48, 40)
+    assert len(digests) == 5 and sorted(os.listdir(tmp_path)) == ["demo", "export"]  # no temporary left
