@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 import model
-from skinlesion import card, cli, files, photos
+from skinlesion import card, cli, files, model_index, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -110,7 +110,7 @@ def onnx_metadata(meta, checkpoint):
     import torch
 
     card_file = os.path.splitext(checkpoint)[0] + ".md"
-    tested = card.test_results(card_file) if files.is_ours(card_file) else None
+    tested = model_index.test_results(card_file) if files.is_ours(card_file) else None
     props = {key: value for key, value in meta.items() if key not in LEFT_OUT}
     props.update(
         source_checkpoint=os.path.basename(checkpoint),

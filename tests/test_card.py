@@ -14,7 +14,7 @@ import yaml
 import AItraining
 import evaluate
 import model
-from skinlesion import card, dataset, isic
+from skinlesion import card, dataset, isic, model_index
 
 SECTIONS = ["## Model details", "## Intended use", "## Training data", "## Evaluation", "## Factors", "## Caveats"]
 TYPES = {"nevus": "benign", "seborrheic keratosis": "benign", "basal cell carcinoma": "malignant",
@@ -179,7 +179,7 @@ def test_front_matter_holds_the_test_results_once_evaluated(meta, evaluation):
     ],
 )
 def test_the_licence_is_the_most_restrictive_of_the_data(licences, expected):
-    assert card.licence_id(licences) == expected
+    assert model_index.licence_id(licences) == expected
 
 
 # ---------------------------------------------------------------------------- the text
@@ -256,9 +256,9 @@ def test_a_data_set_without_metadata_gives_unknown(rows):
 def test_summary_and_test_results_round_trip(tmp_path, meta, evaluation):
     path = tmp_path / "skin_model.md"
     card.write_card(str(path), meta, "skin_model.pth")
-    assert card.test_results(str(path)) is None  # not evaluated yet
+    assert model_index.test_results(str(path)) is None  # not evaluated yet
     card.write_card(str(path), meta, "skin_model.pth", evaluation)
-    tested = card.test_results(str(path))
+    tested = model_index.test_results(str(path))
     for key in ("roc_auc", "sensitivity", "specificity"):
         assert tested[key][0] == round(evaluation["metrics"][key], 4) and "(test" in tested[key][1]
     summary = card.summary(meta, tested)
@@ -267,7 +267,7 @@ def test_summary_and_test_results_round_trip(tmp_path, meta, evaluation):
     assert f"{tested['roc_auc'][1]}: {tested['roc_auc'][0]:.2f}" in summary["how_well"]
     assert "at this threshold the model caught" in summary["how_well"] and summary["limits"][0] == card.NOT_A_DEVICE
     (tmp_path / "other.md").write_text("# a card of someone else\n\n--- not yaml: [\n")
-    assert card.test_results(str(tmp_path / "other.md")) is None
+    assert model_index.test_results(str(tmp_path / "other.md")) is None
 
 
 def test_factor_tables_list_the_splits_in_order_and_unknown_last(meta):

@@ -1,0 +1,68 @@
+"""The model card's Hugging Face front matter (YAML): the data's licence, the library, tags, the base model when
+ImageNet weights were used, datasets, metrics, and the model-index results (validation from AItraining.py, test
+from evaluate.py); and the test results read back from a card (export_onnx.py carries them to the page)."""
+
+import yaml
+
+LICENCES = {"CC-BY-NC": "cc-by-nc-4.0", "CC-BY": "cc-by-4.0", "CC-0": "cc0-1.0"}  # most restrictive first
+TAGS = ["image-classification", "dermatology", "skin-lesion", "isic-archive", "not-a-medical-device"]
+
+
+def licence_id(licences):
+    """The Hugging Face licence id of the data's most restrictive licence."""
+    return next((hf for name, hf in LICENCES.items() if name in licences), "other")
+
+
+def front_matter(meta, evaluation, name):
+    """The card's YAML header: licence, library, tags, base model, datasets, metrics, model-index results."""
+    results = [
+        result_entry(name, "validation", meta.get("val_metrics") or {}, meta.get("calibration"), "val_ece_after")
+    ]
+    if evaluation:
+        test = evaluation["metrics"], evaluation.get("calibration"), "ece_after", evaluation.get("ci95")
+        results.append(result_entry(name, "test", *test))
+    header = dict(
+        license=licence_id(meta.get("data", {}).get("licences", {})),
+        library_name="timm",
+        tags=TAGS + [meta.get("model_name", "efficientnet_b0")],
+        datasets=["ISIC Archive"],
+        pipeline_tag="image-classification",
+        metrics=["roc_auc", "sensitivity", "specificity", "expected_calibration_error"],
+        **{"model-index": [dict(name=name, results=results)]},
+    )
+    if meta.get("imagenet"):
+        header["base_model"] = f"timm/{meta.get('model_name', 'efficientnet_b0')}.ra_in1k"
+    return yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
+
+
+def result_entry(name, split, scores, calibration, ece_key, ci95=None):
+    """One model-index result: ROC-AUC, sensitivity and specificity at the threshold (95% CIs in their names
+    where known), ECE after calibration."""
+    found = []
+    for key, label in [("roc_auc", "ROC-AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity")]:
+        if scores.get(key) is None:
+            continue
+        interval = f", 95% CI {ci95[key][0]:.3f}-{ci95[key][1]:.3f}" if ci95 and key in ci95 else ""
+        found.append(dict(type=key, name=f"{label} ({split}{interval})", value=round(scores[key], 4)))
+    if calibration and calibration.get(ece_key) is not None:
+        found.append(
+            dict(type="expected_calibration_error", name=f"ECE ({split})", value=round(calibration[ece_key], 4))
+        )
+    return dict(
+        task=dict(type="image-classification", name="benign vs malignant"),
+        dataset=dict(type="isic-archive", name=f"ISIC Archive export, {split} split", split=split),
+        metrics=found,
+    )
+
+
+def test_results(path):
+    """{metric type: (value, name)} of the test results evaluate.py put in a card's front matter, or None."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        header = yaml.safe_load(text.split("---", 2)[1])
+        results = header["model-index"][0]["results"]
+    except (IndexError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    test = [r for r in results if r.get("dataset", {}).get("split") == "test"]
+    return {m["type"]: (m["value"], m["name"]) for m in test[0]["metrics"]} if test else None
