@@ -98,7 +98,9 @@ def parse_args(argv=None):
     seen = {}
     for flag, path in outputs.items():
         same = seen.setdefault(os.path.realpath(path), flag)
-        cli.check(same == flag, flag, path, f"is {same} too; pass another path")
+        cli.check(
+            same == flag, flag, path, f"is {same} too; pass another path (resume from the {RESUME_FILE} a run writes)"
+        )
         files.check_output(path, flag, [args.weights_file], args.overwrite, ours=model.written_by_us)
         cli.check_writable(path, flag)
     cli.check_writable(args.log_dir, "--log-dir", folder=True)

@@ -46,23 +46,18 @@ NAMES = {
     "f1": "F1",
     "roc_auc": "ROC-AUC",
 }
+RANGES = [("batch_size", 1, 1e5, ">= 1"), ("num_workers", 0, 256, ">= 0"), ("seed", 0, 2**32 - 1, ">= 0"),
+          ("n_bootstrap", 0, 100_000, "from 0 to 100000 (the intervals need memory and time in proportion)"),
+          ("n_mistakes", 0, 1000, "from 0 to 1000")]  # fmt: skip
 PICTURES = ["confusion_matrix.png", "roc_curve.png", "calibration.png", "mistakes.png", "types_confusion.png"]
 
 
 def parse_args(argv=None):
     """The flags, checked before any slow work (the outputs must be writable, ours, and none of the inputs)."""
     args = cli.parse_flags(globals(), argv)
-    for flag, low, high in [
-        ("batch_size", 1, 1e5),
-        ("num_workers", 0, 256),
-        ("n_bootstrap", 0, 100_000),
-        ("seed", 0, 2**32 - 1),
-        ("n_mistakes", 0, 1000),
-    ]:
+    for flag, low, high, wanted in RANGES:
         value = getattr(args, flag)
-        cli.check(
-            cli.in_range(value, low, high), cli.flag_name(flag), value, f"use a whole number from {low} to {high:g}"
-        )
+        cli.check(cli.in_range(value, low, high), cli.flag_name(flag), value, f"use a whole number {wanted}")
     cli.check_writable(args.output_dir, "--output-dir", folder=True)
     data = os.path.realpath(args.data_dir)
     inside = os.path.commonpath([data, os.path.realpath(args.output_dir)]) == data

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -232,7 +233,35 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
         AItraining.main,
         ["--data-dir", tiny, "--resume", "--resume-file", "skin_model.pth"],
         capsys,
-        "has no optimiser state; resume from the skin_model_last.pth",
+        "is --output too; pass another path (resume from the skin_model_last.pth a run writes)",
+    )
+    shutil.copyfile("skin_model.pth", "best copy.pth")
+    main_fails(
+        AItraining.main,
+        ["--data-dir", tiny, "--resume", "--resume-file", "best copy.pth"],
+        capsys,
+        "--resume: best copy.pth has no optimiser state (optimizer, schedule, best, bad_epochs, stopped_early, "
+        "history); resume from the skin_model_last.pth a run writes",
+    )
+    os.remove("best copy.pth")
+    three = make_split_tree(tmp_path / "three classes", n=4, splits=("train", "val"), size=32)
+    shutil.copytree(os.path.join(three, "train", "benign"), os.path.join(three, "train", "nevus"))
+    shutil.copytree(os.path.join(three, "val", "benign"), os.path.join(three, "val", "nevus"))
+    manifest = pd.DataFrame(
+        {
+            "isic_id": ["a", "b", "c"],
+            "split": "train",
+            "label": ["benign", "malignant", "nevus"],
+            "side": ["benign", "malignant", "benign"],
+            "label_value": ["B", "M", "N"],
+        }
+    )
+    manifest.to_csv(os.path.join(three, "manifest.csv"), index=False)
+    main_fails(
+        AItraining.main,
+        ["--data-dir", three, "--resume"],
+        capsys,
+        "--resume: the run in skin_model_last.pth trained classes ['benign', 'malignant'], ",
     )
     AItraining.main(list(map(str, ["--data-dir", tiny, "--resume", "--epochs", 2, "--num-workers", 0])))  # extend
     out = capsys.readouterr().out

@@ -3,14 +3,17 @@ verdict, counted skips, and one line (before any scoring) for what cannot work."
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 import evaluate
 import model
 from conftest import assert_one_error, fingerprint, lesion_photo, main_fails, run, save_model
+from skinlesion import files
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 THRESHOLD = 0.37
@@ -174,7 +177,7 @@ def test_an_empty_split_keeps_the_previous_report(setup, tmp_path, monkeypatch, 
     tmp, _, _ = setup
     for c in model.CLASSES:
         os.makedirs(tmp_path / "val" / c)
-    (tmp_path / "evaluation.json").write_text('{"previous": true}')
+    (tmp_path / "evaluation.json").write_text(json.dumps({"written_by": files.TAG, "previous": True}))
     before = fingerprint(tmp_path)
     monkeypatch.chdir(tmp_path)
     main_fails(
@@ -188,7 +191,7 @@ def test_an_empty_split_keeps_the_previous_report(setup, tmp_path, monkeypatch, 
 
 def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(setup, tmp_path):
     tmp, _, _ = setup
-    (tmp_path / "confusion_matrix.png").write_bytes(b"previous picture")
+    (tmp_path / "confusion_matrix.png").write_bytes(b"previous picture, " + files.TAG.encode())
     before = fingerprint(tmp_path)
     r = run(
         "evaluate.py",
@@ -206,3 +209,105 @@ def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(setup, tmp_
     assert_one_error(r.returncode, r.stderr, "confusion_matrix.png (File too large)")
     assert fingerprint(tmp_path)["confusion_matrix.png"] == before["confusion_matrix.png"]
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, capsys):
+    """evaluation.json: ECE, Brier and log-loss before and after the stored calibration with intervals, the test
+    sensitivity and specificity at the stored threshold against its target; calibration.png; and the test results
+    in the model card beside the model, equal to evaluation.json's."""
+    tmp, _, _ = setup
+    path = shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth")
+    evaluate.main(
+        [
+            "--model",
+            str(path),
+            "--data-dir",
+            str(tmp / "test"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--n-bootstrap",
+            "300",
+            "--num-workers",
+            "0",
+        ]
+    )
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    cal = report["calibration"]
+    for key in ("ece", "brier", "log_loss"):
+        for when in ("before", "after"):
+            low, high = cal[f"{key}_{when}_ci95"]
+            assert low <= cal[f"{key}_{when}"] <= high, (key, when)
+    assert_png(tmp_path / "out" / "calibration.png")
+    op = report["operating_point"]
+    assert op["test_sensitivity"] == report["metrics"]["sensitivity"] and len(op["test_sensitivity_ci95"]) == 2
+    text = (tmp_path / "model.md").read_text(encoding="utf-8")
+    header = yaml.safe_load(text.split("---")[1])
+    test = next(r for r in header["model-index"][0]["results"] if r["dataset"]["split"] == "test")
+    values = {m["type"]: m["value"] for m in test["metrics"]}
+    for key in ("roc_auc", "sensitivity", "specificity"):
+        assert values[key] == round(report["metrics"][key], 4), key
+        assert f"{report['metrics'][key]:.3f}" in text.split("**Test**")[1]
+    assert "calibration (none): ECE" in out
+
+
+@pytest.mark.parametrize("case", ["n-bootstrap too many", "output not ours", "output inside the data", "none"])
+def test_evaluate_refuses_before_any_work(setup, tmp_path, monkeypatch, capsys, case):
+    tmp, _, _ = setup
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "roc_curve.png").write_bytes(b"a user's own picture")
+    before = fingerprint(tmp_path)
+    common = ["--model", str(tmp / "model.pth"), "--data-dir", str(tmp / "test")]
+    argv, expected = {
+        "n-bootstrap too many": (
+            [*common, "--n-bootstrap", 100_000_000],
+            "--n-bootstrap 100000000: use a whole number from 0 to 100000",
+        ),
+        "output not ours": (common, "--output-dir ./roc_curve.png exists and was not written by this project"),
+        "output inside the data": ([*common, "--output-dir", str(tmp / "test" / "benign")], "use a folder outside"),
+        "none": ([*common, "--n-bootstrap", "none"], "argument --n-bootstrap: none: this flag needs a value"),
+    }[case]
+    main_fails(evaluate.main, argv, capsys, expected)
+    assert fingerprint(tmp_path) == before
+
+
+def test_the_target_outside_the_test_interval_is_said(tmp_path, capsys):
+    """An operating point chosen for 0.99 sensitivity that catches far fewer malignant test photos: a warning."""
+    path = save_model(
+        tmp_path / "model.pth",
+        threshold=0.99,
+        val_metrics={"roc_auc": 0.9},
+        val_auc_ci95=[0.8, 0.95],
+        operating_point=dict(
+            target_sensitivity=0.99,
+            threshold=0.99,
+            sensitivity=0.99,
+            sensitivity_ci95=[0.95, 1.0],
+            specificity=0.3,
+            specificity_ci95=[0.2, 0.4],
+        ),
+    )
+    for k, c in enumerate(model.CLASSES):
+        for j in range(8):
+            lesion_photo(tmp_path / "test" / c / f"{c}_{j}.jpg", (80, 64), [k, j], malignant=bool(k))
+    evaluate.main(
+        [
+            "--model",
+            path,
+            "--data-dir",
+            str(tmp_path / "test"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--n-bootstrap",
+            "200",
+            "--num-workers",
+            "0",
+        ]
+    )
+    err = capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    if report["operating_point"]["target_outside_interval"]:
+        assert "warning: the target sensitivity 0.99 lies outside the test sensitivity's 95% interval" in err
+    else:  # the random model happened to catch them all: nothing to say
+        assert "lies outside" not in err
+    assert report["operating_point"]["test_sensitivity"] <= 1
