@@ -155,14 +155,14 @@ def export_rows(n, attribution="Anonymous"):
     ]
 
 
-def make_net(size=64, seed=0):
+def make_net(size=64, seed=0, classes=2):
     """Random-init EfficientNet-B0 whose P(malignant) depends on the photo. At random init the BatchNorm
     statistics (mean 0, variance 1) shrink the features and every photo gets 0.5, and the neutral head gives 0.5
     anyway; statistics from one batch and a random head (timm's init range, scaled) fix that."""
     import torch
 
     torch.manual_seed(seed)
-    net, _ = model.build_model(pretrained=False)
+    net, _ = model.build_model(pretrained=False, num_classes=classes)
     for m in net.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()

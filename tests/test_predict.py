@@ -6,6 +6,7 @@ failing write, Ctrl-C, odd file names, named pipes). The ONNX path is in test_on
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from conftest import (
     run,
     save_model,
 )
-from skinlesion import photos
+from skinlesion import explain, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -71,8 +72,10 @@ def flip_probabilities(path, checkpoint):
 
 
 # ---------------------------------------------------------------------------- one photo
-def test_one_photo_with_spaces_and_accents(tmp_path, models, capsys):
-    """The label, P with its digits, and the Grad-CAM picture beside the photo."""
+def test_one_photo_with_spaces_and_accents(tmp_path, models, monkeypatch, capsys):
+    """The label, P with its digits, and the Grad-CAM picture in a folder of its own (gradcam/), named after the
+    photo and its extension."""
+    monkeypatch.chdir(tmp_path)
     photo = lesion_photo(tmp_path / "my photos" / "grain de beauté n°1.jpg")
     predict.main([photo, "--model", models[0.5], "--explain"])
     out, err = capsys.readouterr()
@@ -84,8 +87,8 @@ def test_one_photo_with_spaces_and_accents(tmp_path, models, capsys):
     p_text, t_text, near = predict.decision_texts(p, 0.5)
     assert (len(match.group(1)), match.group(2), bool(match.group(4))) == (len(p_text), t_text, bool(near))
     assert abs(float(match.group(1)) - p) <= 0.5 * 10 ** -len(p_text.split(".")[1]) + 1e-6
-    cam_png = tmp_path / "my photos" / "grain de beauté n°1_gradcam.png"
-    assert lines[2].startswith(f"Grad-CAM saved to {cam_png}")
+    cam_png = tmp_path / "gradcam" / "grain de beauté n°1_jpg_gradcam.png"
+    assert lines[2].startswith("Grad-CAM saved to gradcam/grain de beauté n°1_jpg_gradcam.png")
     with Image.open(cam_png) as img:
         assert img.format == "PNG" and img.width > 2.2 * img.height  # three panels side by side
     assert "not a medical device" in err and "caution:" not in err
@@ -213,12 +216,13 @@ def test_odd_files_in_a_folder(tmp_path, models):
 
 # ---------------------------------------------------------------------------- Grad-CAM
 def test_explain_says_when_there_is_no_evidence_for_a_class(tmp_path, models, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "gradcam", lambda net, x: -np.ones((2, 2), np.float32))  # all for benign
+    monkeypatch.setattr(explain, "gradcam", lambda net, x, mask: -np.ones((2, 2), np.float32))  # all for benign
     photo = lesion_photo(tmp_path / "photo.jpg")
-    predict.main([photo, "--model", models[0.5], "--explain"])
+    predict.main([photo, "--model", models[0.5], "--explain", "--explain-dir", str(tmp_path / "maps")])
     assert (
         capsys.readouterr().out.splitlines()[2]
-        == f"Grad-CAM saved to {tmp_path / 'photo_gradcam.png'}; it finds no evidence for malignant in this photo"
+        == f"Grad-CAM saved to {tmp_path / 'maps' / 'photo_jpg_gradcam.png'}; it finds no evidence for malignant in "
+        "this photo"
     )
 
 
@@ -391,7 +395,7 @@ def test_bad_checkpoint_is_refused_by_predict_and_export(bad_checkpoints, tmp_pa
 # ---------------------------------------------------------------------------- the previous output is never lost
 def test_failing_csv_write_keeps_the_previous_csv(tmp_path, models):
     photo = lesion_photo(tmp_path / "photo.jpg")
-    (tmp_path / "out.csv").write_bytes(b"file,prediction\r\nprevious.jpg,benign\r\n")
+    (tmp_path / "out.csv").write_bytes(b"file,prediction,p_malignant,threshold,borderline\r\nprevious.jpg,benign\r\n")
     before = fingerprint(tmp_path)
     r = run(
         "predict.py", photo, "--model", models[0.5], "--csv", "out.csv", cwd=tmp_path, timeout=300, file_size_limit=40
@@ -404,7 +408,7 @@ def test_failing_csv_write_keeps_the_previous_csv(tmp_path, models):
 def test_ctrl_c_while_predicting_a_folder_keeps_the_previous_csv(tmp_path, models):
     for i in range(300):  # ~5 s of work after the first line: time enough to interrupt it
         noise_image(tmp_path / "photos" / f"p{i:03d}.jpg", i, size=(40, 30))
-    (tmp_path / "predictions.csv").write_text("previous")
+    (tmp_path / "predictions.csv").write_text("file,prediction,p_malignant,threshold,borderline\nprevious.jpg\n")
     before = fingerprint(tmp_path)
     p = subprocess.Popen(
         [
@@ -437,3 +441,158 @@ def test_ctrl_c_while_predicting_a_folder_keeps_the_previous_csv(tmp_path, model
     assert "".join(err).strip() == "interrupted"
     assert out.count("Prediction:") < 300
     assert fingerprint(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------- never touch what isn't ours
+@pytest.mark.parametrize(
+    "case", ["csv is the photo", "csv is the model", "csv not ours", "model none", "explain dir in the photos' folder"]
+)
+def test_outputs_that_are_inputs_or_not_ours_are_refused(tmp_path, models, monkeypatch, capsys, case):
+    monkeypatch.chdir(tmp_path)
+    photo = lesion_photo("photos/p.jpg")
+    shutil.copyfile(models[0.5], "skin_model.pth")
+    (tmp_path / "results.csv").write_text("my own spreadsheet\n")
+    before = fingerprint(tmp_path)
+    argv, expected = {
+        "csv is the photo": ([photo, "--csv", photo], "--csv photos/p.jpg is also an input (photos/p.jpg)"),
+        "csv is the model": ([photo, "--csv", "skin_model.pth"], "--csv skin_model.pth is also an input"),
+        "csv not ours": (
+            [photo, "--csv", "results.csv"],
+            "--csv results.csv exists and was not written by this project",
+        ),
+        "model none": ([photo, "--model", "none"], "argument --model: none: this flag needs a value"),
+        "explain dir in the photos' folder": (
+            ["photos", "--explain", "--explain-dir", "photos/maps"],
+            "--explain-dir photos/maps: use a folder outside the photos'",
+        ),
+    }[case]
+    refuses(argv, capsys, expected)
+    assert fingerprint(tmp_path) == before
+
+
+def test_explain_never_overwrites_a_users_picture_and_names_each_photo_apart(tmp_path, models, monkeypatch, capsys):
+    """lesion.jpg and lesion.png in one folder get two pictures; a user's own photo_gradcam.png beside the photos
+    stays byte-identical; a picture in the explain folder that we did not write is refused, not replaced."""
+    monkeypatch.chdir(tmp_path)
+    lesion_photo("photos/lesion.jpg", seed=1)
+    lesion_photo("photos/lesion.png", seed=2)
+    noise_image("photos/photo_gradcam.png", 3)  # the user's own file: skipped as an input, never written
+    before = fingerprint(tmp_path / "photos")
+    predict.main(["photos", "--model", models[0.5], "--explain"])
+    assert sorted(os.listdir("gradcam")) == ["lesion_jpg_gradcam.png", "lesion_png_gradcam.png"]
+    assert fingerprint(tmp_path / "photos") == before
+    capsys.readouterr()
+    noise_image("gradcam/lesion_jpg_gradcam.png", 4)  # now a picture we did not write sits where ours would go
+    refuses(
+        ["photos", "--model", models[0.5], "--explain"],
+        capsys,
+        "--explain-dir gradcam/lesion_jpg_gradcam.png exists and was not written by this project",
+    )
+
+
+def test_a_loop_of_links_neither_hangs_nor_repeats_photos(tmp_path, models):
+    lesion_photo(tmp_path / "photos" / "a.jpg", seed=1)
+    lesion_photo(tmp_path / "photos" / "sub" / "b.jpg", seed=2)
+    os.symlink(".", tmp_path / "photos" / "again")
+    os.symlink("..", tmp_path / "photos" / "sub" / "up")
+    os.symlink("a.jpg", tmp_path / "photos" / "a copy.jpg")
+    r = run("predict.py", "photos", "--model", models[0.5], cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Prediction:") == 2 and r.stdout.splitlines()[2].startswith("2 images:")
+
+
+def test_odd_names_cannot_forge_a_line_or_a_formula(tmp_path, models, monkeypatch, capsys):
+    """A newline in a file name is shown as \\n (it cannot start a 'Prediction:' line); a name that starts like a
+    spreadsheet formula is written to the CSV as text."""
+    monkeypatch.chdir(tmp_path)
+    lesion_photo("photos/=HYPERLINK(1).jpg", seed=1)
+    lesion_photo("photos/a\nPrediction: benign.jpg", seed=2)
+    lesion_photo("photos/@sum.jpg", seed=3)
+    predict.main(["photos", "--model", models[0.5], "--csv", "out.csv"])
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("Prediction:")] == []
+    assert "photos/a\\nPrediction: benign.jpg: Prediction: " in out
+    with open("out.csv", encoding="utf-8", newline="") as f:
+        files_column = [row[0] for row in csv.reader(f)][1:]
+    expected = ["photos/=HYPERLINK(1).jpg", "photos/@sum.jpg", "photos/a\\nPrediction: benign.jpg"]
+    assert sorted(files_column) == expected  # starting with 'photos/': nothing to quote
+    noise_image("formula/=cmd.jpg", 5)
+    predict.main(["formula/=cmd.jpg", "--model", models[0.5], "--csv", "formula.csv"])
+    with open("formula.csv", encoding="utf-8", newline="") as f:
+        assert [row[0] for row in csv.reader(f)][1] == "formula/=cmd.jpg"
+    noise_image("=top.jpg", 6)
+    predict.main(["=top.jpg", "--model", models[0.5], "--csv", "top.csv"])
+    with open("top.csv", encoding="utf-8", newline="") as f:
+        assert [row[0] for row in csv.reader(f)][1] == "'=top.jpg"
+
+
+@pytest.mark.parametrize("size", [(1, 1), (30000, 10)])
+def test_a_photo_too_small_or_too_elongated_gets_a_warning(tmp_path, models, capsys, size):
+    photo = noise_image(tmp_path / "odd.png", 1, size=size)
+    predict.main([photo, "--model", models[0.5]])
+    out, err = capsys.readouterr()
+    assert out.startswith("Prediction: ")
+    assert f"warning: {photo} is {size[0]} x {size[1]} px: far too small or too elongated to show a lesion" in err
+
+
+# ---------------------------------------------------------------------------- what the numbers mean
+def test_the_operating_point_is_said_in_words_and_a_useless_one_is_flagged(tmp_path, net, capsys):
+    op = dict(
+        target_sensitivity=0.9,
+        threshold=0.2,
+        sensitivity=0.9,
+        sensitivity_ci95=[0.81, 0.96],
+        specificity=0.1,
+        specificity_ci95=[0.05, 0.16],
+    )
+    path = save_model(tmp_path / "m.pth", net, SIZE, threshold=0.2, operating_point=op)
+    predict.main([lesion_photo(tmp_path / "photo.jpg"), "--model", path])
+    out, err = capsys.readouterr()
+    assert (
+        "Operating point: at this threshold the model caught 90% [81-96%] of the malignant validation photos and "
+        "cleared 10% [5-16%] of the benign ones."
+    ) in out
+    assert "caution: this threshold calls almost every photo malignant (it cleared only 10% of benign)" in err
+
+
+# ---------------------------------------------------------------------------- lesion types
+@pytest.fixture(scope="module")
+def types_model(tmp_path_factory):
+    """A random-init 4-class model, 2 of its types malignant, with a calibration."""
+    folder = tmp_path_factory.mktemp("types")
+    net = make_net(SIZE, classes=4)
+    classes = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]
+    return save_model(
+        folder / "types.pth",
+        net,
+        SIZE,
+        threshold=0.5,
+        classes=classes,
+        malignant_classes=classes[2:],
+        calibration=dict(method="platt", a=0.8, b=-0.3),
+        class_names=["Nevus", "Seborrheic keratosis", "Basal cell carcinoma", "Melanoma Invasive"],
+    )
+
+
+def test_a_type_model_names_the_type_and_p_is_the_sum_over_the_malignant_types(tmp_path, types_model, capsys):
+    photo = lesion_photo(tmp_path / "photo.jpg", (120, 100), seed=3)
+    predict.main([photo, "--model", types_model, "--csv", str(tmp_path / "out.csv")])
+    lines = capsys.readouterr().out.splitlines()
+    net, meta = model.load_checkpoint(types_model)
+    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model.meta_data_config(meta)))[None]
+    with torch.no_grad():
+        probs = torch.softmax(net(x), 1)[0].double().numpy()
+    raw = probs[2:].sum()
+    p = 1 / (1 + np.exp(-(0.8 * np.log(raw / (1 - raw)) - 0.3)))
+    assert lines[0] == f"Prediction: {'malignant' if p >= 0.5 else 'benign'}"
+    assert abs(float(LINE.fullmatch(lines[1]).group(1)) - p) < 1e-3
+    order = np.argsort(-probs)
+    names = meta["class_names"]
+    assert lines[2] == (
+        f"Type: {names[order[0]]} (P = {probs[order[0]]:.3f}); next: {names[order[1]]} (P = "
+        f"{probs[order[1]]:.3f}), {names[order[2]]} (P = {probs[order[2]]:.3f})"
+    )
+    with open(tmp_path / "out.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["file", "prediction", "p_malignant", "threshold", "borderline", "type", "p_type"]
+    assert rows[1][5] == names[order[0]] and abs(float(rows[1][6]) - probs[order[0]]) < 1e-5
