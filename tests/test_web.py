@@ -1,8 +1,11 @@
 """The in-browser classifier (web/, serve_web.py) in real headless Chromium, against the Python path that
-`predict.py --model skin_model.onnx` takes: the same crop pixels and P(malignant) within 1e-3 on real photos
-(EXIF-rotated, transparent, 16-bit, grey, odd sizes), the heat map and its toggle, messages for bad files, no
+`predict.py --model skin_model.onnx` takes: the same crop pixels and calibrated P(malignant) within 1e-3 on real
+photos (EXIF-rotated, transparent, 16-bit, grey, odd sizes), the same words as predict.py prints (the label, P
+against the threshold, the operating point, a lesion-type model's types), the cautions beside the result, the
+model card's summary, the heat map in predict.py --explain's colours and its toggle, messages for bad files, no
 network request after load, keyboard use, phone and desktop layouts, screenshots and timings
-(`pytest -s tests/test_web.py` prints them; WEB_SCREENSHOT=DIR also saves the screenshots there).
+(`pytest -s tests/test_web.py` prints them; WEB_SCREENSHOT=DIR also saves the screenshots there). Also, without
+a browser: every function the page shares with Python has a twin of the same name there.
 serve_web.py's own checks (the build, what it serves, its headers and errors) are in tests/test_serve_web.py.
 
 Needs Chromium (apt-get install -y chromium, or CHROMIUM=/path/to/chrome), node_modules (npm ci) and
@@ -11,20 +14,23 @@ where the CI environment variable is set."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from PIL import Image
+from scipy.special import expit, logit, softmax
 
 import model
 import predict
-from skinlesion import photos
+from conftest import make_net, save_model
+from skinlesion import explain, metrics, photos
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "serve_web.py")
@@ -38,6 +44,15 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]  # without the network flags Chromium calls Google hosts
 TIMINGS = {}  # filled by the tests, printed by test_timings
+WEB = os.path.join(ROOT, "web")
+NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinlesion/photos.py, and why
+    "resizeBicubic": "Pillow's img.resize(..., Image.BICUBIC), ported bit for bit",
+    "roundHalfEven": "Python's own round()",
+}
+APP_TWINS = {"decisionTexts": predict, "likelyTypes": predict, "modelCautions": predict, "classProbabilities": model}
+TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
+TYPE_NAMES = ["Nevus", "Seborrheic Keratosis", "Basal Cell Carcinoma", "Melanoma Invasive"]
+CALIBRATION = {"a": 1.6, "b": -0.3}  # the lesion-type model's: P = expit(a * log-odds + b)
 
 
 def find_chromium():
@@ -116,64 +131,102 @@ def write_photos(folder):
     return {name: p(name) for name in sorted(os.listdir(folder))}
 
 
-def reference(path, session, cfg):
-    """What predict.py --model skin_model.onnx computes, P(malignant), with the crop's uint8 pixels (H x W x 3)
-    and the cam."""
-    x = photos.preprocess(photos.load_image(path), cfg)
-    logits, cam = session.run(["logits", "cam"], {"image": x[None]})
-    p = float(1 / (1 + np.exp(np.float64(logits[0, 0]) - logits[0, 1])))
+def reference(path, session, meta):
+    """What predict.py --model skin_model.onnx computes for a photo, by its own code (predict.onnx_predictor): the
+    calibrated P(malignant) (the file's p_malignant), the class probabilities and the cam; with the crop's uint8
+    pixels (H x W x 3)."""
+    img = photos.load_image(path)
+    p, probabilities, cam = predict.onnx_predictor(session, meta, tta=False, explain_it=True)(img)
+    cfg = model.meta_data_config(meta)
+    x = photos.preprocess(img, cfg)
     pixels = (x.transpose(1, 2, 0) * np.array(cfg["std"]) + np.array(cfg["mean"])) * 255
     assert np.abs(pixels - pixels.round()).max() < 0.01
-    return dict(p=p, crop=pixels.round().astype(np.uint8), cam=cam[0])
+    return dict(p=p, probabilities=probabilities, crop=pixels.round().astype(np.uint8), cam=cam)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, trained_model, demo_dataset):
-    """The model the test suite trained, exported by export_onnx.py (its threshold moved between the photos'
-    probabilities if none or all reach it), the photos and Python's answers for them."""
-    folder = tmp_path_factory.mktemp("web")
-    path = str(folder / "skin_model.onnx")
+def export(checkpoint, path, check_images):
+    """`python export_onnx.py` of checkpoint to path."""
     r = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "export_onnx.py"),
-            "--model",
-            trained_model[0],
-            "--output",
-            path,
-            "--check-images",
-            os.path.join(demo_dataset, "test"),
-        ],
+        [sys.executable, os.path.join(ROOT, "export_onnx.py"), "--model", checkpoint, "--output", path]
+        + ["--check-images", check_images],
         capture_output=True,
         text=True,
         timeout=600,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    photos = write_photos(str(folder / "photos"))
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    props = session.get_modelmeta().custom_metadata_map
-    meta = {
-        key: json.loads(props[key]) for key in ("image_size", "mean", "std", "interpolation", "crop_pct", "threshold")
-    }
-    cfg = model.meta_data_config(meta)
-    refs = {name: reference(photo, session, cfg) for name, photo in photos.items()}
+
+
+def answers(path, photo_paths):
+    """Python's answers for the photos (reference), with the exported model's threshold moved between their
+    probabilities if none or all reach it: (refs, threshold)."""
+    session, meta = model.load_onnx(path)
+    refs = {name: reference(photo, session, meta) for name, photo in photo_paths.items()}
     ps = sorted(ref["p"] for ref in refs.values())
     threshold = meta["threshold"]
     if not ps[0] < threshold <= ps[-1]:  # both answers among the photos
         threshold = (ps[len(ps) // 2 - 1] + ps[len(ps) // 2]) / 2
         set_threshold(path, threshold)
     assert ps[-1] - ps[0] > 0.05, ps  # the model's answer varies across the photos: the comparison can fail
-    return dict(folder=folder, model=path, photos=photos, refs=refs, threshold=threshold)
+    return refs, threshold
 
 
 @pytest.fixture(scope="module")
-def server(setup):
-    """serve_web.py building into a folder of its own and serving it on a free port."""
+def setup(tmp_path_factory, trained_model, demo_dataset):
+    """The model the test suite trained, exported by export_onnx.py, with its model card beside it (as
+    AItraining.py leaves it beside the .pth); the photos and Python's answers for them."""
+    folder = tmp_path_factory.mktemp("web")
+    path = str(folder / "skin_model.onnx")
+    export(trained_model[0], path, os.path.join(demo_dataset, "test"))
+    card = os.path.splitext(trained_model[0])[0] + ".md"
+    assert os.path.isfile(card), "AItraining.py wrote no model card beside the model"
+    shutil.copy(card, folder / "skin_model.md")
+    photo_paths = write_photos(str(folder / "photos"))
+    refs, threshold = answers(path, photo_paths)
+    return dict(folder=folder, model=path, card=card, photos=photo_paths, refs=refs, threshold=threshold)
+
+
+@pytest.fixture(scope="module")
+def types_setup(tmp_path_factory, setup):
+    """A lesion-type model: a random-init 4-class EfficientNet-B0 (conftest.make_net's, with a 4-class head),
+    two of its classes malignant, with a calibration, at chance, and an operating point that flags almost every
+    photo; saved as AItraining.py saves a model (no card beside it), exported by export_onnx.py; Python's answers
+    for the photos."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("web_types")
+    net = make_net(SIZE, seed=1)
+    net.reset_classifier(len(TYPES))
+    with torch.no_grad():
+        torch.nn.init.uniform_(net.classifier.weight, -0.7 * 0.2, 0.7 * 0.2)
+        torch.nn.init.zeros_(net.classifier.bias)
+    op = dict(target_sensitivity=0.9, threshold=0.5, sensitivity=0.95, sensitivity_ci95=[0.8, 1.0])
+    op.update(specificity=0.1, specificity_ci95=[0.02, 0.25], n_malignant=20, n_benign=20)
+    checkpoint = save_model(
+        folder / "types.pth",
+        net.eval(),
+        SIZE,
+        classes=TYPES,
+        malignant_classes=TYPES[2:],
+        class_names=TYPE_NAMES,
+        calibration=CALIBRATION,
+        at_chance=True,
+        val_metrics={"roc_auc": 0.52},
+        val_auc_ci95=[0.41, 0.63],
+        operating_point=op,
+    )
+    path = str(folder / "types.onnx")
+    export(checkpoint, path, os.path.dirname(setup["photos"]["grey.jpg"]))
+    names = ["lesion_4x3.jpg", "lesion_portrait.png", "transparent.png", "grey.jpg"]
+    refs, threshold = answers(path, {name: setup["photos"][name] for name in names})
+    return dict(folder=folder, model=path, photos=setup["photos"], refs=refs, threshold=threshold)
+
+
+def serving(model_path, site_dir):
+    """serve_web.py building into a folder of its own and serving it on a free port: yields {url, web}."""
     require_browser()
-    web = setup["folder"] / "site"
     proc = subprocess.Popen(
-        [sys.executable, SCRIPT, "--model", setup["model"], "--site-dir", str(web), "--port", "0"],
+        [sys.executable, SCRIPT, "--model", model_path, "--site-dir", str(site_dir), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -181,10 +234,20 @@ def server(setup):
     try:
         built, serving = proc.stdout.readline(), proc.stdout.readline()
         assert "serving the page at http://127.0.0.1:" in serving, built + serving + proc.stderr.read()
-        yield dict(url=serving.split(" at ")[1].split()[0], web=str(web))
+        yield dict(url=serving.split(" at ")[1].split()[0], web=str(site_dir))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(setup):
+    yield from serving(setup["model"], setup["folder"] / "site")
+
+
+@pytest.fixture(scope="module")
+def types_server(types_setup):
+    yield from serving(types_setup["model"], types_setup["folder"] / "site")
 
 
 @pytest.fixture(scope="module")
@@ -268,10 +331,34 @@ def test_page_classifies_like_python(page, setup, name):
     p_text, t_text, _ = predict.decision_texts(run["p"], setup["threshold"])  # the digits predict.py prints
     assert f"Prediction: {label}" in text and f"P(malignant) = {p_text} (threshold {t_text}" in text
     assert page["page"].is_visible("text=This is not a medical device; see a doctor about any lesion that worries you")
-    if (
-        ref["cam"].max() <= 0
-    ):  # no evidence for malignant at all (the map is signed):  # no evidence at all: said in words, no blank overlay
+    if ref["cam"].max() <= 0:  # no evidence for malignant at all (the map is signed): said in words, no blank overlay
         assert "no evidence for malignant found in this photo" in text and not page["page"].is_visible("#heat")
+
+
+def predict_prints(photo, model_path, capsys):
+    """The lines `python predict.py photo --model model_path` prints (its main, in this process)."""
+    capsys.readouterr()
+    predict.main([photo, "--model", model_path])
+    return capsys.readouterr().out.splitlines()
+
+
+def result_lines(pg):
+    """The page's result, by element: the label, the P line, the operating point and the Type line."""
+    ids = ["label", "probability", "operating-point", "types"]
+    return {i: pg.inner_text(f"#{i}") if pg.is_visible(f"#{i}") else None for i in ids}
+
+
+def test_page_says_what_predict_py_prints(page, setup, capsys):
+    for name in ["lesion_4x3.jpg", "grey.jpg"]:
+        lines = predict_prints(setup["photos"][name], setup["model"], capsys)
+        run, _ = classify(page["page"], setup["photos"][name])
+        said = result_lines(page["page"])
+        assert said["label"] == lines[0] == f"Prediction: {run['label']}"
+        p_line = lines[1].split(":")[0]  # up to the borderline remark
+        assert p_line.startswith("P(malignant) = ") and said["probability"].startswith(p_line.rstrip(")")), lines
+        operating = [line for line in lines if line.startswith("Operating point: ")]
+        assert said["operating-point"] == (operating[0] if operating else None)
+        assert said["types"] is None and not any(line.startswith("Type: ") for line in lines)  # a two-class model
 
 
 def test_heat_map_over_the_crop_and_its_toggle(page, setup):
@@ -292,11 +379,30 @@ def test_heat_map_over_the_crop_and_its_toggle(page, setup):
     box, crop_box = pg.locator("#heat").bounding_box(), pg.locator("#crop").bounding_box()
     assert box == crop_box  # exactly over the crop
     pg.focus("#show-heat")
-    pg.keyboard.press("Space")  # the toggle, by keyboard
+    pg.keyboard.press("Space")  # the toggle, by keyboard: the map, its legend and the sentence about it go
     assert not pg.is_visible("#heat") and pg.is_visible("#crop")
+    assert not pg.is_visible("#heat-text") and not pg.is_visible("#legend")
+    classify(pg, setup["photos"][name])  # the next photo keeps the choice
+    assert not pg.is_visible("#heat") and not pg.is_visible("#heat-text") and pg.is_visible("#show-heat")
+    pg.focus("#show-heat")
     pg.keyboard.press("Space")
-    assert pg.is_visible("#heat")
+    assert pg.is_visible("#heat") and pg.is_visible("#heat-text") and pg.is_visible("#legend")
     shoot(pg, setup, "web_desktop.png")
+
+
+def test_heat_map_colours_are_those_of_predict_py_explain(page):
+    """The page colours a value as skinlesion/explain.py's overlay does (inferno, alpha = value squared), and its
+    legend is that ramp."""
+    pg = page["page"]
+    values = np.linspace(0, 1, 257)
+    got = np.array(pg.evaluate("(vs) => import('./app.js').then((app) => vs.map(app.colour))", values.tolist()))
+    want = explain.overlay(values) * 255
+    assert np.abs(got[:, :3] - want[:, :3]).max() <= 7 and np.abs(got[:, 3] - want[:, 3]).max() <= 0.5
+    legend = pg.evaluate("""(() => { const c = document.getElementById('ramp');
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, 1).data); })()""")
+    legend = np.array(legend).reshape(-1, 4)
+    ramp = explain.overlay(np.linspace(0, 1, len(legend))) * 255
+    assert (legend[:, 3] == 255).all() and np.abs(legend[:, :3] - ramp[:, :3]).max() <= 7
 
 
 def test_all_zero_heat_map_is_said_in_words(page):
@@ -383,6 +489,7 @@ def test_no_request_after_load_and_none_off_this_computer(page, server, setup):
     assert page["requests"][before:] == []
     loaded = [url.split("/", 3)[3] for url in page["requests"]]
     assert all(url.startswith(server["url"]) for url in page["requests"]), page["requests"]
+    assert loaded.count("model_card.md") == 1  # asked once, while the model loads
     assert set(loaded) == {
         "",
         "style.css",
@@ -391,6 +498,7 @@ def test_no_request_after_load_and_none_off_this_computer(page, server, setup):
         "vendor/ort.wasm.min.mjs",
         "model.json",
         "model.onnx",
+        "model_card.md",
         "vendor/ort-wasm-simd-threaded.mjs",
         "vendor/ort-wasm-simd-threaded.wasm",
     }
@@ -409,11 +517,23 @@ def test_model_that_fails_to_load_is_reported(browser, server, setup):
     context.close()
 
 
+def assert_cautions_beside_the_result(pg, expected):
+    """The cautions are the list right under the result's label and P, each one said, none in the header."""
+    assert pg.is_visible("#result #cautions")
+    items = pg.locator("#cautions li").all_inner_texts()
+    assert len(items) == len(expected) and all(want in item for item, want in zip(items, expected)), items
+    label, cautions = pg.locator("#label").bounding_box(), pg.locator("#cautions").bounding_box()
+    assert 0 <= cautions["y"] - (label["y"] + label["height"]) < 150, (label, cautions)
+    assert not any(word in pg.inner_text("header") for word in ("chance", "Borderline", "threshold"))
+
+
 def test_model_at_chance_and_borderline_result_are_said(browser, server, setup):
     name = "grey.jpg"
     p = setup["refs"][name]["p"]
+    warning = "this threshold calls almost every photo malignant (it cleared only 5% of benign)"
     with open(os.path.join(server["web"], "model.json")) as f:
-        sidecar = dict(json.load(f), at_chance=True, threshold=round(p + 0.01, 4))  # 0.01 from the threshold
+        sidecar = dict(json.load(f), at_chance=True, val_auc_ci95=[0.4, 0.7], operating_point_warning=warning)
+    sidecar.update(threshold=round(p + 0.01, 4), card_summary=None)  # 0.01 from the threshold; no card summary
     context = browser.new_context()
     pg = context.new_page()
     pg.route(
@@ -422,12 +542,127 @@ def test_model_at_chance_and_borderline_result_are_said(browser, server, setup):
     )
     pg.goto(server["url"])
     pg.wait_for_selector("#app[data-state=ready]")
-    assert pg.is_visible("#caution") and "could not be told from chance" in pg.inner_text("#caution")
+    assert not pg.is_visible("#cautions")  # said with the result it qualifies
+    assert pg.is_visible("#no-summary") and not pg.is_visible("#card-summary") and pg.is_visible("#card-link")
     run, _ = classify(pg, setup["photos"][name])
     assert run["borderline"] and run["label"] == "benign"
-    assert pg.is_visible("#borderline") and "Borderline" in pg.inner_text("#borderline")
     assert "Prediction: benign" in pg.inner_text("#result")
+    expected = [f"Caution: {text}." for text in predict.model_cautions(dict(at_chance=True, val_auc_ci95=[0.4, 0.7]))]
+    expected += [f"Caution: {warning} on its validation photos.", "Borderline: P(malignant) is within 0.02"]
+    assert_cautions_beside_the_result(pg, expected)
+    assert "cannot be told from chance (its validation ROC-AUC 95% interval 0.400-0.700" in expected[0]
     context.close()
+
+
+def test_about_this_model_shows_the_card(page, server, setup):
+    pg = page["page"]
+    with open(os.path.join(server["web"], "model.json")) as f:
+        summary = json.load(f)["card_summary"]
+    assert summary and pg.is_visible("#about") and not pg.is_visible("#no-summary")
+    assert pg.inner_text("#trained-on") == summary["trained_on"] and pg.inner_text("#how-well") == summary["how_well"]
+    assert pg.inner_text("#intended-use") == summary["intended_use"]
+    assert pg.locator("#card-limits li").all_inner_texts() == summary["limits"]
+    assert pg.is_visible("#card-link") and pg.get_attribute("#card-link a", "href") == "model_card.md"
+    with open(setup["card"], "rb") as f, urllib.request.urlopen(server["url"] + "model_card.md", timeout=10) as got:
+        assert got.read() == f.read()  # the card, fetched here (not by the page: it makes no request after load)
+
+
+@pytest.fixture(scope="module")
+def types_page(browser, types_server):
+    requests = []
+    page, errors = open_page(browser, types_server["url"], requests, viewport={"width": 1280, "height": 900})
+    page.wait_for_selector("#app[data-state=ready]", timeout=60_000)
+    yield dict(page=page, requests=requests, errors=errors)
+    page.context.close()
+
+
+def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
+    pg, setup = types_page["page"], types_setup
+    session, meta = model.load_onnx(setup["model"])
+    malignant = model.malignant_mask(meta)
+    assert list(malignant) == [False, False, True, True] and meta["calibration"] == CALIBRATION
+    for name, ref in setup["refs"].items():
+        before = len(types_page["requests"])
+        run, _ = classify(pg, setup["photos"][name])
+        assert run is not None, pg.inner_text("#message")
+        assert types_page["requests"][before:] == []
+        x = photos.preprocess(photos.load_image(setup["photos"][name]), model.meta_data_config(meta))
+        logits, p_malignant = session.run(["logits", "p_malignant"], {"image": x[None]})
+        summed = softmax(logits[0].astype(np.float64))[malignant].sum()  # the malignant types' probability
+        calibrated = expit(CALIBRATION["a"] * logit(summed) + CALIBRATION["b"])
+        assert abs(run["p"] - p_malignant[0]) <= 1e-3 and abs(run["p"] - calibrated) <= 1e-3
+        assert abs(run["p"] - ref["p"]) <= 1e-3 and abs(p_malignant[0] - calibrated) <= 1e-5
+        page_summed = np.sum(np.array(run["probabilities"])[malignant])
+        assert abs(run["p"] - expit(CALIBRATION["a"] * logit(page_summed) + CALIBRATION["b"])) <= 1e-5
+        label = model.CLASSES[int(ref["p"] >= setup["threshold"])]
+        assert run["label"] == label and f"Prediction: {label}" == pg.inner_text("#label")
+        top = TYPE_NAMES[int(np.argmax(ref["probabilities"]))]
+        assert run["types"][0][0] == top and pg.inner_text("#types").startswith(f"Type: {top} (P = ")
+        lines = predict_prints(setup["photos"][name], setup["model"], capsys)
+        assert pg.inner_text("#types") == next(line for line in lines if line.startswith("Type: "))
+        assert pg.inner_text("#label") == lines[0]
+        assert pg.inner_text("#operating-point") == next(line for line in lines if line.startswith("Operating point"))
+        expected = [f"Caution: {text}." for text in predict.model_cautions(meta)]
+        if abs(ref["p"] - setup["threshold"]) < model.BORDERLINE:
+            expected.append("Borderline")
+        assert_cautions_beside_the_result(pg, expected)
+        assert "cannot be told from chance" in expected[0] and "calls almost every photo malignant" in expected[1]
+    assert {ref["p"] >= setup["threshold"] for ref in setup["refs"].values()} == {True, False}
+    summary = meta["card_summary"]  # export_onnx.py's, from the model's metadata; no card file beside it
+    assert pg.is_visible("#about") and pg.inner_text("#trained-on") == summary["trained_on"]
+    assert not pg.is_visible("#card-link")
+    shoot(pg, setup, "web_types.png")
+    assert types_page["errors"] == []
+
+
+def test_page_functions_agree_with_their_python_twins(page):
+    pg = page["page"]
+    pairs = [(0.734, 0.5), (0.5001, 0.5), (0.50000001, 0.5), (0.0625, 0.5), (0.5625, 0.5), (0.1875, 0.9)]
+    pairs += [(0.4999, 0.5), (0.51, 0.5), (0.3, 0.31), (0.123456789, 0.123457), (1.0, 1.0), (0.0, 0.0)]
+    got = pg.evaluate(
+        "([pairs, margin]) => import('./app.js').then((app) => pairs.map(([p, t]) => app.decisionTexts(p, t, margin)))",
+        [pairs, model.BORDERLINE],
+    )
+    assert got == [list(predict.decision_texts(p, t)) for p, t in pairs]
+    assert got[3][0] == "0.062"  # a tie: Python rounds it to even, toFixed would say 0.063
+    logits = [[0.3, -1.2, 2.5, 2.5], [80.0, -80.0, 0.0, 1e-9]]
+    probabilities = pg.evaluate("(rows) => import('./app.js').then((app) => rows.map(app.classProbabilities))", logits)
+    assert np.allclose(probabilities, model.class_probabilities(logits), rtol=1e-12, atol=1e-300)
+    meta = dict(classes=TYPES, class_names=TYPE_NAMES, at_chance=True, val_auc_ci95=[0.41, 0.63])
+    op = dict(sensitivity=0.1, sensitivity_ci95=[0.0, 0.3], specificity=0.97, specificity_ci95=[0.9, 1.0])
+    sidecar = dict(meta, operating_point_warning=metrics.operating_point_warning(op))  # as serve_web.py writes it
+    ranked, cautions = pg.evaluate(
+        """([p, sidecar]) => import('./app.js').then((app) =>
+            [app.likelyTypes(app.classProbabilities(p), sidecar), app.modelCautions(sidecar)])""",
+        [logits[0], sidecar],
+    )
+    want = predict.likely_types(model.class_probabilities([logits[0]])[0], meta)
+    assert [name for name, _ in ranked] == [name for name, _ in want] == [TYPE_NAMES[i] for i in (2, 3, 0, 1)]
+    assert np.allclose([q for _, q in ranked], [q for _, q in want], rtol=1e-12)
+    assert cautions == predict.model_cautions(dict(meta, operating_point=op)) and len(cautions) == 2
+
+
+def js_functions(name):
+    """The names of the functions a file of web/ exports."""
+    with open(os.path.join(WEB, name), encoding="utf-8") as f:
+        return re.findall(r"^export (?:async )?function (\w+)", f.read(), re.M)
+
+
+def snake_case(name):
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def test_every_function_the_page_shares_with_python_has_its_python_name():
+    """Each step of web/preprocess.js is the function of the same name in skinlesion/photos.py (camelCase there
+    snake_case here), but for those NO_PYTHON_TWIN names with the reason; app.js's words are predict.py's."""
+    exported = js_functions("preprocess.js")
+    assert "loadImage" in exported and "centreCrop" in exported
+    missing = [n for n in exported if n not in NO_PYTHON_TWIN and not callable(getattr(photos, snake_case(n), None))]
+    assert missing == [], f"web/preprocess.js exports {missing} without a twin in skinlesion/photos.py"
+    assert set(NO_PYTHON_TWIN) <= set(exported), "NO_PYTHON_TWIN names a function preprocess.js no longer has"
+    in_app = js_functions("app.js")
+    for name, module in APP_TWINS.items():
+        assert name in in_app and callable(getattr(module, snake_case(name), None)), (name, module.__name__)
 
 
 def test_phone_layout(browser, server, setup):

@@ -1,11 +1,18 @@
 // The page: load the model with onnxruntime-web (wasm backend, from vendor/), take a photo from the picker,
 // the camera or a drop, preprocess it exactly as predict.py does (preprocess.js), run the model, and show the
-// crop, the prediction, P(malignant) against the threshold and the heat map. Nothing leaves the browser.
+// crop, the prediction, the calibrated P(malignant) against the threshold, what that threshold means, the
+// cautions, the most likely lesion types (a lesion-type model) and the heat map. Nothing leaves the browser.
+// The functions that say what predict.py says carry the names of their Python twins (decisionTexts is
+// predict.decision_texts, likelyTypes predict.likely_types, modelCautions predict.model_cautions,
+// classProbabilities model.class_probabilities); tests/test_web.py checks that they exist and agree.
 import * as ort from "./vendor/ort.wasm.min.mjs";
-import { centreCrop, decode, imageSize, normalise, upsampleBilinear } from "./preprocess.js";
+import { centreCrop, imageSize, loadImage, normalise, upsampleBilinear } from "./preprocess.js";
 
 const MAX_BYTES = 30e6; // larger files are refused before they are read
 const MAX_PIXELS = 40e6; // photos of 40 megapixels or more are refused before they are decoded
+const SIDES = ["benign", "malignant"]; // model.CLASSES: the label is malignant when P(malignant) reaches the threshold
+const CARD_FILE = "model_card.md"; // what serve_web.py serves when the model has a card
+const OUTPUTS = ["logits", "p_malignant", "cam"]; // what export_onnx.py writes
 
 const $ = (id) => document.getElementById(id);
 const app = $("app");
@@ -26,12 +33,24 @@ async function fetchOk(url) {
   return response;
 }
 
+// Whether the server has the model card (asked once, while the model loads: no request is made after that).
+async function hasCard() {
+  try {
+    return (await fetch(CARD_FILE, { method: "HEAD" })).ok;
+  } catch {
+    return false;
+  }
+}
+
 async function loadModel() {
+  let card;
   try {
     config = await (await fetchOk("model.json")).json();
+    card = hasCard();
     const bytes = new Uint8Array(await (await fetchOk(config.model_file)).arrayBuffer());
     session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
-    if (!session.outputNames.includes("cam")) throw new Error("the model has no 'cam' output");
+    const missing = OUTPUTS.filter((name) => !session.outputNames.includes(name));
+    if (missing.length) throw new Error(`the model has no '${missing.join("', '")}' output; export it with export_onnx.py`);
   } catch (error) {
     $("status").textContent = readyText = "The model did not load.";
     showMessage(`The model failed to load (${error.message}). Start the page with 'python serve_web.py' `
@@ -39,16 +58,30 @@ async function loadModel() {
     app.dataset.state = "model-error";
     throw error;
   }
+  showAbout(config.card_summary, await card);
   const size = config.image_size;
   readyText = `Model ready (${size} × ${size} pixel input, threshold ${config.threshold.toFixed(3)}). Choose a photo.`;
   $("status").textContent = readyText;
-  if (config.at_chance) {
-    $("caution").textContent = "Caution: on its validation photos this model could not be told from chance (the 95% "
-      + "interval of its ROC-AUC includes 0.5), so its answers here mean little.";
-    $("caution").hidden = false;
-  }
   window.__modelReadyAt = performance.now();
   app.dataset.state = "ready";
+}
+
+// "About this model": the model card's summary (what export_onnx.py stored), and a link to the whole card.
+function showAbout(summary, card) {
+  if (summary) {
+    $("trained-on").textContent = summary.trained_on;
+    $("how-well").textContent = summary.how_well;
+    $("intended-use").textContent = summary.intended_use;
+    $("card-limits").replaceChildren(...summary.limits.map((text) => {
+      const item = document.createElement("li");
+      item.textContent = text;
+      return item;
+    }));
+  }
+  $("card-summary").hidden = !summary;
+  $("no-summary").hidden = Boolean(summary);
+  $("card-link").hidden = !card;
+  $("about").hidden = false;
 }
 
 function showMessage(text) {
@@ -57,7 +90,8 @@ function showMessage(text) {
 }
 
 function clearResult() {
-  for (const id of ["label", "probability", "borderline", "heat-text", "figure", "heat-controls", "timing", "message"]) {
+  for (const id of ["label", "probability", "cautions", "operating-point", "types", "heat-text", "figure",
+    "heat-controls", "timing", "message"]) {
     $(id).hidden = true;
   }
   $("placeholder").hidden = false;
@@ -97,7 +131,7 @@ async function check(file) {
   const size = config.image_size, t0 = performance.now();
   let photo;
   try {
-    photo = await decode(file, MAX_PIXELS); // the pixel count is checked again: not every format has a header we read
+    photo = await loadImage(file, MAX_PIXELS); // the pixel count is checked again: not every format has a header we read
   } catch {
     return fail(`${quoted(file)} is not an image this browser can read${file.type ? ` (${file.type})` : ""}. `
       + "Choose a JPEG or PNG photo.");
@@ -110,20 +144,22 @@ async function check(file) {
   const t2 = performance.now();
   const outputs = await session.run({ [session.inputNames[0]]: new ort.Tensor("float32", x, [1, 3, size, size]) });
   const t3 = performance.now();
-  const [l0, l1] = outputs.logits.data;
-  const p = 1 / (1 + Math.exp(l0 - l1)); // softmax(logits)[malignant]
+  const p = outputs.p_malignant.data[0]; // calibrated: the malignant classes' summed probability, through the calibration
   if (!(p >= 0 && p <= 1)) { // NaN or worse: a broken model is an error, never a label
     return fail(`The model gave no valid probability for ${quoted(file)} (P = ${p}); the model file is broken: `
       + "export it again with export_onnx.py.");
   }
   const [, h, w] = outputs.cam.dims;
+  const probabilities = classProbabilities(Array.from(outputs.logits.data));
   const run = {
-    name: file.name, size, crop, p, threshold: config.threshold, label: config.classes[p >= config.threshold ? 1 : 0],
-    borderline: Math.abs(p - config.threshold) < config.borderline_margin, cam: Array.from(outputs.cam.data), camShape: [h, w],
+    name: file.name, size, crop, p, threshold: config.threshold, label: SIDES[p >= config.threshold ? 1 : 0],
+    borderline: Math.abs(p - config.threshold) < config.borderline_margin, probabilities,
+    types: config.classes.length > 2 ? likelyTypes(probabilities, config) : [],
+    cam: Array.from(outputs.cam.data), camShape: [h, w],
     timings: { decode: t1 - t0, preprocess: t2 - t1, inference: t3 - t2, total: t3 - t0 },
   };
   show(run);
-  window.__lastRun = run; // for the tests: the crop the model saw, P, timings
+  window.__lastRun = run; // for the tests: the crop the model saw, P, the types, timings
   app.dataset.state = "done";
 }
 
@@ -133,11 +169,61 @@ function fail(text, state = "error") {
   app.dataset.state = state;
 }
 
-// P and the threshold with enough digits (3 to 6) to see which side P lies on, as predict.py prints them.
-function decisionTexts(p, threshold) {
-  for (let digits = 3; digits < 7; digits++) {
-    if (p.toFixed(digits) !== threshold.toFixed(digits) || digits === 6) return [p.toFixed(digits), threshold.toFixed(digits)];
+// Python's f"{x:.{digits}f}": toFixed rounds the exact binary value as Python does, except a tie (a value whose
+// exact decimal ends in the 5 just past the last digit, as 0.0625 to 3 digits), which toFixed rounds up and
+// Python to even.
+export function fixed(x, digits) {
+  const text = x.toFixed(digits);
+  if (!Number.isFinite(x) || Math.abs(x) >= 1e21) return text;
+  const exact = x.toFixed(100).replace(/0+$/, ""); // every digit of the binary value, for the values a tie can be
+  const decimals = exact.split(".")[1] || "";
+  if (decimals.length !== digits + 1 || !decimals.endsWith("5") || Number(text.at(-1)) % 2 === 0) return text;
+  return exact.slice(0, -1).replace(/\.$/, ""); // the odd digit rounded up: the even one below is Python's
+}
+
+// predict.decision_texts: P and the threshold with enough digits (3 to 6) to see which side P lies on, and
+// "borderline" when P is within margin of the threshold, else "".
+export function decisionTexts(p, threshold, margin) {
+  let digits = 6;
+  for (let d = 3; d < 7; d++) {
+    if (fixed(p, d) !== fixed(threshold, d)) {
+      digits = d;
+      break;
+    }
   }
+  return [fixed(p, digits), fixed(threshold, digits), Math.abs(p - threshold) < margin ? "borderline" : ""];
+}
+
+// model.class_probabilities: the softmax of one photo's logits (float64).
+export function classProbabilities(logits) {
+  const top = Math.max(...logits), e = logits.map((l) => Math.exp(l - top));
+  const sum = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / sum);
+}
+
+// predict.likely_types: [[type name, P]] of a lesion-type model, most likely first (ties in the model's order),
+// named by the original label values where known.
+export function likelyTypes(probabilities, meta) {
+  const names = meta.class_names || meta.classes;
+  return probabilities.map((p, i) => [names[i], p]).sort((a, b) => b[1] - a[1]);
+}
+
+// The Type line predict.py prints: the most likely type and the next two.
+function typeText(ranked) {
+  const then = ranked.slice(1, 3).map(([name, p]) => `${name} (P = ${fixed(p, 3)})`).join(", ");
+  return `Type: ${ranked[0][0]} (P = ${fixed(ranked[0][1], 3)}); next: ${then}`;
+}
+
+// predict.model_cautions: what the model says about itself that a reader must know with every result.
+export function modelCautions(meta) {
+  const cautions = [];
+  if (meta.at_chance) {
+    const ci = meta.val_auc_ci95;
+    const interval = ci ? ` (its validation ROC-AUC 95% interval ${fixed(ci[0], 3)}-${fixed(ci[1], 3)} includes 0.5)` : "";
+    cautions.push(`this model cannot be told from chance${interval}; do not rely on its predictions`);
+  }
+  if (meta.operating_point_warning) cautions.push(`${meta.operating_point_warning} on its validation photos`);
+  return cautions;
 }
 
 function show(run) {
@@ -145,10 +231,23 @@ function show(run) {
   $("placeholder").hidden = true;
   $("label").textContent = `Prediction: ${run.label}`;
   $("label").className = `label ${run.label}`;
-  const [pText, tText] = decisionTexts(p, threshold);
+  const [pText, tText, near] = decisionTexts(p, threshold, config.borderline_margin);
   $("probability").textContent = `P(malignant) = ${pText} (threshold ${tText}; malignant from the threshold up)`;
-  $("borderline").textContent = `Borderline: P(malignant) is within ${config.borderline_margin} of the threshold, so this `
-    + "result could go either way. Do not read it as a confident answer.";
+  const cautions = modelCautions(config).map((text) => `Caution: ${text}.`);
+  if (near) {
+    cautions.push(`Borderline: P(malignant) is within ${config.borderline_margin} of the threshold, so this result `
+      + "could go either way. Do not read it as a confident answer.");
+  }
+  $("cautions").replaceChildren(...cautions.map((text) => {
+    const item = document.createElement("li");
+    item.textContent = text;
+    return item;
+  }));
+  $("cautions").hidden = cautions.length === 0;
+  $("operating-point").textContent = `Operating point: ${config.operating_point_text}.`;
+  $("operating-point").hidden = !config.operating_point_text;
+  $("types").textContent = run.types.length ? typeText(run.types) : "";
+  $("types").hidden = !run.types.length;
   const canvas = $("crop");
   canvas.width = canvas.height = size;
   const pixels = new ImageData(size, size);
@@ -160,18 +259,39 @@ function show(run) {
   $("caption").textContent = `The photo as the model saw it: the centre crop, ${size} × ${size} pixels.`;
   drawHeatMap(run.cam, ...run.camShape, size);
   for (const id of ["label", "probability", "figure", "timing"]) $(id).hidden = false;
-  $("borderline").hidden = !run.borderline;
   $("timing").textContent = `Checked in ${Math.round(run.timings.total)} ms on this device (the model itself: `
     + `${Math.round(run.timings.inference)} ms).`;
   $("status").textContent = `Checked “${run.name}”. Choose another photo to check it.`;
 }
 
-// Inferno-like colour ramp, dark to bright; alpha grows with the value (squared) so that little evidence
-// leaves the photo visible and none leaves it clear.
-const RAMP = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
-function colour(v) {
-  const s = v * (RAMP.length - 1), i = Math.min(Math.floor(s), RAMP.length - 2), f = s - i;
-  return [...RAMP[i].map((c, k) => Math.round(c + (RAMP[i + 1][k] - c) * f)), Math.round(255 * v * v)];
+// matplotlib's inferno at 17 evenly spaced values (0, 1/16, ..., 1), the colour scale of predict.py --explain
+// (skinlesion/explain.py's overlay), from colormaps["inferno"](np.linspace(0, 1, 17)) * 255, rounded: linear
+// between them, within 7/255 of matplotlib's own 256 colours (tests/test_web.py checks it).
+const INFERNO = [
+  [0, 0, 4], [11, 7, 36], [33, 12, 74], [61, 9, 101], [87, 16, 110], [113, 25, 110], [138, 34, 106], [163, 44, 97],
+  [188, 55, 84], [210, 70, 68], [228, 90, 49], [241, 115, 29], [249, 142, 9], [252, 172, 17], [249, 203, 53],
+  [242, 234, 105], [252, 255, 164],
+];
+
+// The RGBA (0..255) of one value in [0, 1], as explain.overlay colours it: inferno, alpha the value squared, so
+// that little evidence leaves the photo visible and none leaves it clear.
+export function colour(v) {
+  const s = v * (INFERNO.length - 1), i = Math.min(Math.floor(s), INFERNO.length - 2), f = s - i;
+  return [...INFERNO[i].map((c, k) => Math.round(c + (INFERNO[i + 1][k] - c) * f)), Math.round(255 * v * v)];
+}
+
+// The legend: the same ramp, opaque (as predict.py --explain's colour bar).
+function drawLegend() {
+  const canvas = $("ramp"), pixels = new ImageData(canvas.width, 1);
+  for (let x = 0; x < canvas.width; x++) {
+    pixels.data.set([...colour(x / (canvas.width - 1)).slice(0, 3), 255], x * 4);
+  }
+  canvas.getContext("2d").putImageData(pixels, 0, 0);
+}
+
+// Whether the heat map, its legend and the sentence that describes it are shown: the checkbox.
+function showHeatMap(on) {
+  for (const id of ["heat", "legend", "heat-text"]) $(id).hidden = !on;
 }
 
 // The cam (h x w: > 0 where the evidence is for malignant, < 0 for benign) clipped at 0, normalised by its
@@ -182,9 +302,9 @@ export function drawHeatMap(cam, h, w, size) {
   cam = cam.map((v) => Math.max(v, 0)); // the evidence for malignant
   const max = cam.reduce((a, b) => Math.max(a, b), 0);
   const text = $("heat-text");
-  text.hidden = false;
   if (!(max > 1e-6)) {
     text.textContent = "Heat map: no evidence for malignant found in this photo.";
+    text.hidden = false;
     $("heat").hidden = $("heat-controls").hidden = true;
     return false;
   }
@@ -201,10 +321,10 @@ export function drawHeatMap(cam, h, w, size) {
   const row = ["upper", "middle", "lower"][Math.min(2, Math.floor((3 * Math.floor(best / size)) / size))];
   const col = ["left", "centre", "right"][Math.min(2, Math.floor((3 * (best % size)) / size))];
   const where = row === "middle" && col === "centre" ? "the centre" : `the ${row} ${col}`;
-  text.textContent = `Heat map: the brighter, the more evidence for malignant the model found there; the most is in ${where} `
-    + "of the crop. It shows what the model looked at, not a diagnosis.";
+  text.textContent = "Heat map: the brighter and the more opaque, the more evidence for malignant the model found "
+    + `there; the most is in ${where} of the crop. It shows what the model looked at, not a diagnosis.`;
   $("heat-controls").hidden = false;
-  $("heat").hidden = !$("show-heat").checked;
+  showHeatMap($("show-heat").checked);
   return true;
 }
 
@@ -219,10 +339,8 @@ for (const id of ["file", "camera"]) {
     event.target.value = ""; // choosing the same photo again checks it again
   });
 }
-$("show-heat").addEventListener("change", (event) => {
-  $("heat").hidden = !event.target.checked;
-  $("legend").hidden = !event.target.checked;
-});
+$("show-heat").addEventListener("change", (event) => showHeatMap(event.target.checked));
+drawLegend();
 document.addEventListener("dragover", (event) => event.preventDefault());
 document.addEventListener("drop", (event) => {
   event.preventDefault();

@@ -1,4 +1,5 @@
-// What model.py does to a photo before the network sees it (load_image, then preprocess), pixel for pixel:
+// What skinlesion/photos.py does to a photo before the network sees it (load_image, then preprocess), pixel for
+// pixel, each step a function of the same name (camelCase here, snake_case there; tests/test_web.py checks it):
 // decode upright, flatten transparency onto white, resize the shorter side to floor(S / crop_pct) with
 // Pillow's BICUBIC, centre crop with Python's round, normalise. The browser's own canvas resize is neither
 // Pillow's bicubic nor its bilinear (it moved P(malignant) by up to 0.31), so resizeBicubic below is a port of
@@ -185,11 +186,11 @@ export function imageSize(bytes) {
   return null;
 }
 
-// Decode a photo as upright pixels, as the browser shows it: EXIF orientation applied, no colour
+// photos.load_image: decode a photo as upright pixels, as the browser shows it: EXIF orientation applied, no colour
 // management, no premultiplication. Returns {width, height, rgba} with transparency flattened onto white, or
 // rgba null when the photo has maxPixels or more (checked before the pixels are read out). Rejects if the
 // file is not an image the browser can decode. 16-bit PNGs come out of Chromium as the high byte (v >> 8).
-export async function decode(blob, maxPixels = Infinity) {
+export async function loadImage(blob, maxPixels = Infinity) {
   const bitmap = await createImageBitmap(blob, {
     imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none",
   });
