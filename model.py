@@ -317,7 +317,7 @@ def onnx_fault(proto, session, meta):
     outputs = {o.name: o.shape[1:] for o in session.get_outputs()}
     wanted = {"logits": [n], "p_malignant": [], "cam": [size // 32, size // 32]}
     if outputs != wanted:
-        return f"it gives {outputs}, not {wanted}"
+        return f"its outputs (shapes after the batch) are {outputs}, not {wanted}"
     return None
 
 

@@ -25,7 +25,7 @@ import export_onnx
 import model
 import predict
 from conftest import ENV, ROOT, assert_one_error, fingerprint, lesion_photo, main_fails, make_net, run, save_model
-from skinlesion import photos
+from skinlesion import explain, files, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -103,7 +103,7 @@ def test_export_writes_one_checked_file_with_metadata(exported):
     assert match and float(match.group(1)) <= 1e-4, exported["stdout"]
     assert re.search(
         r"^wrote out/skin model.onnx \(\d+\.\d MB, onnx.checker passed, opset 18, input 'image' "
-        r"\[batch, 3, 64, 64\], outputs 'logits' \[batch, 2\] and 'cam' \[batch, 2, 2\]\)$",
+        r"\[batch, 3, 64, 64\], outputs 'logits' \[batch, 2\], 'p_malignant' \[batch\] and 'cam' \[batch, 2, 2\]\)$",
         exported["stdout"],
         re.M,
     ), exported["stdout"]
@@ -117,13 +117,14 @@ def test_export_writes_one_checked_file_with_metadata(exported):
         assert value.type.tensor_type.elem_type == TensorProto.FLOAT, value.name
         return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
-    (image,), (logits, cam) = proto.graph.input, proto.graph.output
-    assert (image.name, logits.name, cam.name) == ("image", "logits", "cam")
+    (image,), (logits, p_malignant, cam) = proto.graph.input, proto.graph.output
+    assert (image.name, logits.name, p_malignant.name, cam.name) == ("image", "logits", "p_malignant", "cam")
     batch = dims(image)[0]
     assert isinstance(batch, str) and batch  # a named, dynamic batch axis
-    assert (dims(image), dims(logits), dims(cam)) == (
+    assert (dims(image), dims(logits), dims(p_malignant), dims(cam)) == (
         [batch, 3, SIZE, SIZE],
         [batch, 2],
+        [batch],
         [batch, SIZE // 32, SIZE // 32],
     )
 
@@ -145,7 +146,10 @@ def test_export_writes_one_checked_file_with_metadata(exported):
     ):
         assert props[key] == meta[key], key
     assert (props["threshold"], props["val_auc_ci95"], props["classes"]) == (0.37, [0.55, 0.85], model.CLASSES)
-    assert props["source_checkpoint"] == "skin_model.pth" and props["outputs"] == ["logits", "cam"]
+    assert props["source_checkpoint"] == "skin_model.pth" and props["outputs"] == ["logits", "p_malignant", "cam"]
+    assert props["written_by"] == files.TAG and {"trained_on", "how_well", "intended_use", "limits"} <= set(
+        props["card_summary"]
+    )
     with open(exported["checkpoint"], "rb") as f:
         assert props["source_sha256"] == hashlib.sha256(f.read()).hexdigest()
 
@@ -168,13 +172,15 @@ def test_onnxruntime_matches_torch_batch_and_single(exported, torch_net):
     singles = np.concatenate([session.run(["logits"], {"image": batch[i : i + 1]})[0] for i in range(len(batch))])
     assert logits.shape == (len(PHOTO_SIZES), 2)
     np.testing.assert_allclose(logits, singles, atol=1e-5)
-    with torch.no_grad():
-        p_torch = model.malignant_probability(net, torch.from_numpy(batch)).numpy()
-        p_alone = [
-            model.malignant_probability(net, torch.from_numpy(batch[i : i + 1])).item() for i in range(len(batch))
-        ]
-    assert np.abs(model.softmax_malignant(logits) - p_torch).max() <= 1e-4
-    assert np.abs(model.softmax_malignant(singles) - p_alone).max() <= 1e-4
+    p_torch = model.predictions(model.view_logits(net, torch.from_numpy(batch)), meta)[0]
+    p_alone = [
+        model.predictions(model.view_logits(net, torch.from_numpy(batch[i : i + 1])), meta)[0][0]
+        for i in range(len(batch))
+    ]
+    p_file = session.run(["p_malignant"], {"image": batch})[0]
+    assert np.abs(model.predictions([logits], meta)[0] - p_torch).max() <= 1e-4
+    assert np.abs(model.predictions([singles], meta)[0] - p_alone).max() <= 1e-4
+    assert np.abs(p_file - p_torch).max() <= 1e-4  # the file's own calibrated P
     assert p_torch.max() - p_torch.min() > 0.01, "all photos get the same probability: the parity check would be empty"
 
 
@@ -187,7 +193,7 @@ def test_onnx_cam_is_gradcam_times_the_map_area(exported, torch_net):
     for photo in exported["photos"]:
         x = photos.preprocess(photos.load_image(photo), cfg)[None]
         cam = session.run(["cam"], {"image": x})[0][0]
-        grad_cam = predict.gradcam(net, torch.from_numpy(x))
+        grad_cam = explain.gradcam(net, torch.from_numpy(x), model.malignant_mask(meta))
         h, w = grad_cam.shape
         assert cam.shape == (h, w) == (SIZE // 32, SIZE // 32)
         np.testing.assert_allclose(cam, grad_cam * h * w, atol=1e-4 * np.abs(cam).max())
@@ -225,10 +231,9 @@ def test_predict_with_onnx_matches_torch_and_never_imports_torch(exported, tmp_p
     )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     with_onnx = r.stdout.splitlines()
-    assert with_onnx[2].startswith(f"Grad-CAM saved to {tmp_path / 'a photo_gradcam.png'}")
-    with Image.open(tmp_path / "a photo_gradcam.png") as img:
+    assert with_onnx[2].startswith("Grad-CAM saved to gradcam/a photo_jpg_gradcam.png")
+    with Image.open(tmp_path / "gradcam" / "a photo_jpg_gradcam.png") as img:
         assert img.format == "PNG" and img.width > 2.2 * img.height  # three panels
-    os.remove(tmp_path / "a photo_gradcam.png")
 
     monkeypatch.chdir(tmp_path)
     for argv in runs(exported["checkpoint"], "torch.csv"):
@@ -259,7 +264,7 @@ def test_onnx_file_renamed_pth_is_recognised_by_its_content(exported, tmp_path, 
     predict.main([photo, "--model", renamed])
     assert capsys.readouterr().out == as_onnx and as_onnx.startswith("Prediction: ")
     # the scripts that need a PyTorch checkpoint say what the file is instead of 'could run code'
-    expected = f"{renamed} is an ONNX model (from export_onnx.py), not a PyTorch checkpoint"
+    expected = f"{renamed} is an ONNX model, not a PyTorch checkpoint"
     for c in model.CLASSES:
         os.makedirs(tmp_path / "data" / c)
         shutil.copyfile(photo, tmp_path / "data" / c / "photo.jpg")
@@ -315,46 +320,23 @@ def tiny_onnx(
     return str(path)
 
 
-BAD_ONNX = {  # case: (tiny_onnx arguments, or None for a text file; extra flags; the error line, {} the path)
-    "uint8 input": (
-        dict(input_type=TensorProto.UINT8),
-        [],
-        "{} takes image ['batch', 3, 64, 64] tensor(uint8); "
-        "predict.py needs one float32 input of shape [batch, 3, size, size]",
-    ),
-    "2D input": (
-        dict(shape=("batch", 10)),
-        [],
-        "{} takes image ['batch', 10] tensor(float); predict.py needs one float32 input",
-    ),
-    "another size than its metadata": (
-        dict(shape=("batch", 3, 48, 48)),
-        [],
-        "{} takes ['batch', 3, 48, 48] and gives {{'logits': ['batch', 2]}}, its metadata says 64 px images",
-    ),
-    "no logits output": (
-        dict(output="scores"),
-        [],
-        "{} takes ['batch', 3, 64, 64] and gives {{'scores': ['batch', 2]}}, "
-        "its metadata says 64 px images and 2 classes in 'logits'",
-    ),
-    "threshold NaN": (dict(threshold="NaN"), [], "{} is refused: its threshold nan is not a number from 0 to 1"),
-    "threshold 2": (dict(threshold="2"), [], "{} is refused: its threshold 2 is not a number from 0 to 1"),
-    "metadata not JSON": (dict(classes="[benign, malignant]"), [], "{} is refused: its metadata is not valid JSON"),
+BAD_ONNX = {  # case: (tiny_onnx arguments, or None for a text file; the error line, {} the path)
+    "another graph": (dict(), "{} is refused: its graph is not efficientnet_b0 with 2 classes (0 convolutions"),
+    "threshold NaN": (dict(threshold="NaN"), "{} is refused: its threshold nan is not a number from 0 to 1"),
+    "threshold 2": (dict(threshold="2"), "{} is refused: its threshold 2 is not a number from 0 to 1"),
+    "metadata not JSON": (dict(classes="[benign, malignant]"), "{} is refused: its metadata is not valid JSON"),
     "no metadata": (
         dict(metadata=False),
-        [],
         "{} is refused: no classes, image_size, mean, std, interpolation, crop_pct, threshold in its metadata",
     ),
-    "NaN initializer": (dict(scale=float("nan")), [], "{} is refused: its weight scale holds NaN or infinite values"),
-    "not ONNX": (None, [], "{} is not a readable ONNX model"),
-    "--explain without cam": (dict(), ["--explain"], "--explain needs the 'cam' output, which {} lacks"),
+    "NaN initializer": (dict(scale=float("nan")), "{} is refused: its weight scale holds NaN or infinite values"),
+    "not ONNX": (None, "{} is not a readable ONNX model"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_ONNX)
 def test_bad_onnx_file_is_refused(tmp_path, capsys, case):
-    build, flags, expected = BAD_ONNX[case]
+    build, expected = BAD_ONNX[case]
     path = str(tmp_path / "model.onnx")
     if build is None:
         (tmp_path / "model.onnx").write_text("not a model")
@@ -362,20 +344,57 @@ def test_bad_onnx_file_is_refused(tmp_path, capsys, case):
         tiny_onnx(path, **build)
     photo = lesion_photo(tmp_path / "photo.jpg")
     before = fingerprint(tmp_path)
-    refuses([photo, "--model", path, *flags], capsys, expected.format(path))
+    refuses([photo, "--model", path], capsys, expected.format(path))
     assert fingerprint(tmp_path) == before
 
 
-def test_non_finite_probability_is_an_error_never_a_label(tmp_path, capsys):
-    """With the tiny model a dark photo gets P = NaN: skipped with the reason in a folder (the other photo
-    labelled, exit 0), an error with no label when it is the only photo."""
-    model_file = tiny_onnx(tmp_path / "nan for dark photos.onnx")
+@pytest.mark.parametrize("case", ["an output renamed", "no cam", "3 classes in the metadata"])
+def test_our_export_with_other_outputs_or_classes_is_refused(exported, tmp_path, capsys, case):
+    """The architecture is ours, but what the file gives is not what its metadata promises."""
+    proto = onnx.load(exported["onnx"])
+    if case == "an output renamed":
+        proto.graph.output[1].name = "probability"
+        for node in proto.graph.node:
+            node.output[:] = ["probability" if name == "p_malignant" else name for name in node.output]
+        expected = "its outputs (shapes after the batch) are {'logits': [2], 'probability': [], 'cam': [2, 2]}, not"
+    elif case == "no cam":
+        del proto.graph.output[2]
+        expected = "its outputs (shapes after the batch) are {'logits': [2], 'p_malignant': []}, not"
+    else:
+        del proto.metadata_props[:]
+        meta = dict(
+            model.read_checkpoint(exported["checkpoint"])["meta"],
+            classes=["benign", "malignant", "nevus"],
+            malignant_classes=["malignant"],
+        )
+        for key, value in meta.items():
+            proto.metadata_props.add(key=key, value=json.dumps(value))
+        expected = "its graph is not efficientnet_b0 with 3 classes"
+    path = str(tmp_path / "model.onnx")
+    onnx.save(proto, path)
+    refuses([exported["photos"][0], "--model", path], capsys, f"{path} is refused: {expected}")
+
+
+def test_non_finite_probability_is_an_error_never_a_label(tmp_path, monkeypatch, capsys):
+    """A model that gives P = NaN for dark photos (no checked model file does; the check runs anyway): the photo
+    is skipped with the reason in a folder (the other photo labelled, exit 0), an error with no label when it is the
+    only photo."""
+    path = save_model(tmp_path / "model.pth", make_net(SIZE), SIZE)
+
+    def nan_for_dark(net, meta, tta, explain_it):
+        def predict_one(img):
+            dark = np.asarray(img).mean() < 100
+            return (float("nan") if dark else 0.3), np.array([0.7, 0.3]), None
+
+        return predict_one
+
+    monkeypatch.setattr(predict, "torch_predictor", nan_for_dark)
     os.makedirs(tmp_path / "photos")
     Image.new("RGB", (50, 40), (40, 30, 30)).save(tmp_path / "photos" / "dark.jpg")
     Image.new("RGB", (50, 40), (230, 200, 190)).save(tmp_path / "photos" / "fair.jpg")
     dark, fair = str(tmp_path / "photos" / "dark.jpg"), str(tmp_path / "photos" / "fair.jpg")
 
-    predict.main([str(tmp_path / "photos"), "--model", model_file, "--csv", str(tmp_path / "out.csv")])  # no exit
+    predict.main([str(tmp_path / "photos"), "--model", path, "--csv", str(tmp_path / "out.csv")])  # no exit
     out, err = capsys.readouterr()
     assert "dark.jpg" not in out
     assert out.splitlines()[0].startswith(f"{fair}: Prediction: benign (P(malignant) = 0.3")
@@ -384,17 +403,24 @@ def test_non_finite_probability_is_an_error_never_a_label(tmp_path, capsys):
     assert "error:" not in err
     with open(tmp_path / "out.csv", encoding="utf-8") as f:
         assert [line.split(",")[:2] for line in f.read().splitlines()[1:]] == [[fair, "benign"]]
+    refuses([dark, "--model", path], capsys, f"the model gave no valid probability for {dark} (P = nan); the model")
 
-    for flags in ([], ["--tta"]):
-        refuses(
-            [dark, "--model", model_file, *flags],
-            capsys,
-            f"the model gave no valid probability for {dark} (P = nan); the model file is broken",
-        )
+
+def test_onnxruntime_failing_at_run_time_is_one_line(exported, monkeypatch, capsys):
+    import onnxruntime
+
+    def broken(self, *args, **kwargs):
+        raise onnxruntime.capi.onnxruntime_pybind11_state.RuntimeException("out of memory")
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", broken)
+    refuses([exported["photos"][0], "--model", exported["onnx"]], capsys, "onnxruntime failed on the model")
 
 
 # ---------------------------------------------------------------------------- the export's own mistakes
-@pytest.mark.parametrize("case", ["read-only folder", "a folder", "n-check 0", "check-images missing"])
+@pytest.mark.parametrize(
+    "case",
+    ["read-only folder", "a folder", "n-check 0", "check-images missing", "output is the model", "output not ours"],
+)
 def test_export_mistakes_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, request, case):
     """--model names no file: had the export started work, the error would be about the model."""
     monkeypatch.chdir(tmp_path)
@@ -407,7 +433,14 @@ def test_export_mistakes_are_one_line_before_any_work(tmp_path, monkeypatch, cap
         "a folder": (["--output", str(tmp_path)], f"--output {tmp_path} is a folder; pass a file name"),
         "n-check 0": (["--n-check", "0"], "--n-check 0: check on at least 1 photo"),
         "check-images missing": (["--check-images", "nope"], "--check-images nope: not found"),
+        "output is the model": (["--model", "m.pth", "--output", "m.pth"], "--output m.pth is also an input (m.pth)"),
+        "output not ours": (
+            ["--output", "notes.onnx"],
+            "--output notes.onnx exists and was not written by this project",
+        ),
     }[case]
+    (tmp_path / "m.pth").write_bytes(b"a model")
+    (tmp_path / "notes.onnx").write_text("my notes")
     before = fingerprint(tmp_path)
     main_fails(export_onnx.main, ["--model", "missing.pth", *argv], capsys, expected)
     assert fingerprint(tmp_path) == before
@@ -423,7 +456,7 @@ def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_p
     )
     shutil.copyfile(exported["checkpoint"], "skin_model.pth")
     with open("skin_model.onnx", "wb") as f:
-        f.write(b"the previous ONNX file")
+        f.write(b"the previous ONNX file, " + files.TAG.encode())
     before = fingerprint(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         export_onnx.main(["--tolerance", "1e-9", "--n-check", "3"])
@@ -437,3 +470,22 @@ def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_p
     )
     assert match and float(match.group(1)) > 1e-9, err
     assert fingerprint(tmp_path) == before  # nothing written, no temporary file left
+
+
+def test_check_images_that_hold_no_photo_are_one_line(exported, tmp_path, capsys):
+    """--check-images README.md: today the check ran on random tensors and exited 0."""
+    (tmp_path / "README.md").write_text("# not a photo")
+    main_fails(
+        export_onnx.main,
+        [
+            "--model",
+            exported["checkpoint"],
+            "--output",
+            str(tmp_path / "m.onnx"),
+            "--check-images",
+            str(tmp_path / "README.md"),
+        ],
+        capsys,
+        "--check-images " + str(tmp_path / "README.md") + " holds no readable photo",
+    )
+    assert not os.path.exists(tmp_path / "m.onnx")
