@@ -8,11 +8,10 @@ Train the skin-lesion classifier on dataset/train, validate on dataset/val every
     torchrun --nproc_per_node=2 AItraining.py     # several processes / GPUs / machines (DDP)
 
 The classes are the dataset's: benign and malignant, or lesion types (prepare_dataset.py --label-column), each
-on the benign or the malignant side; P(malignant) is the summed probability of the malignant ones. Two recipes
-(model.RECIPES), chosen by the starting point and named first: finetune with ImageNet weights (Adam, peak lr
-1e-4), scratch from random weights (AdamW 3e-3, warm-up then cosine, 100 epochs). Knobs at None take the
-recipe's value. The photos are decoded once into a uint8 cache on the training device when they fit in CACHE_GB
-(else DataLoader workers decode them every epoch), and augmented there per batch (skinlesion/batches.py).
+on one side; P(malignant) sums the malignant ones. Two recipes (model.RECIPES), chosen by the starting point:
+finetune with ImageNet weights (Adam, peak lr 1e-4), scratch from random weights (AdamW 3e-3, warm-up, cosine,
+100 epochs); knobs at None take the recipe's value. The photos are cached as uint8 on the training device when
+they fit in CACHE_GB (else workers decode them every epoch), and augmented there (skinlesion/batches.py).
 
 Each epoch prints numbers that need no threshold: the losses, the validation ROC-AUC and log-loss of
 P(malignant), and with types their balanced accuracy. For the epoch kept, a calibration of P(malignant) is
@@ -232,14 +231,9 @@ def main(argv=None):
     cfg = model.data_config(net, args.image_size)
     settings = {key: getattr(args, key) for key in SETTINGS}
     log(f"recipe: {args.recipe} ({args.why}): " + ", ".join(f"{k} {settings[k]}" for k in model.RECIPES[args.recipe]))
-    meta = dict(
-        classes=classes,
-        malignant_classes=malignant,
-        class_names=[names[c] for c in classes],
-        settings=settings,
-        data=dataset.data_summary(manifest, classes, args.data_dir),
-        imagenet=resumed["meta"].get("imagenet") if resumed else args.imagenet,
-    )
+    imagenet = resumed["meta"].get("imagenet") if resumed else args.imagenet
+    meta = dict(classes=classes, malignant_classes=malignant, class_names=[names[c] for c in classes])
+    meta.update(settings=settings, data=dataset.data_summary(manifest, classes, args.data_dir), imagenet=imagenet)
 
     # data: a uint8 cache on the device, or workers streaming from disk; augmented on the device either way
     short = int(args.image_size / cfg["crop_pct"])  # what the evaluation resizes the shorter side to (256 for 224)
@@ -296,6 +290,8 @@ def main(argv=None):
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         train_net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=ids)
+    if rank == 0:
+        files.made_folder(args.log_dir, "AItraining.py")
     writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=start_epoch) if rank == 0 else None
     manifest_file = os.path.join(args.data_dir, dataset.MANIFEST)
     meta["manifest_sha256"] = files.file_sha256(manifest_file) if os.path.isfile(manifest_file) else None

@@ -1,12 +1,15 @@
-# make demo: set up .venv and run the whole pipeline on the built-in synthetic demo (about 2.5 min on 2 CPU cores)
-# make test: set up .venv and node_modules and run the test suite (the browser test needs Debian's chromium)
+# make demo: set up .venv and run the whole pipeline on the built-in synthetic demo (a few minutes on 2 CPU cores)
+# make test: set up .venv and node_modules, check the style (ruff) and run the test suite (the browser test needs
+#            Debian's chromium)
 # make web:  build the in-browser classifier for skin_model.onnx into site/ and serve it at http://127.0.0.1:8000/
 #            (this computer only)
+# make docs: run the demo, then regenerate the README's pictures in docs/, docs/flags.md and docs/model_card.md
+# make clean: remove what the scripts made here (marked folders, files they wrote); nothing else
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test web clean
+.PHONY: setup dev demo test lint web docs clean
 
 setup: $(VENV)/.installed
 
@@ -14,6 +17,12 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+dev: $(VENV)/.dev-installed
+
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -29,14 +38,21 @@ demo: setup
 	$(PY) predict.py demo_data/unseen/ --model skin_model.onnx
 	$(PY) predict.py demo_data/unseen/malignant_1.jpg --explain
 
-test: setup node_modules/.installed
+lint: dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint node_modules/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 web: setup node_modules/.installed
 	$(PY) serve_web.py
 
-# site/ (the page serve_web.py built) only if serve_web.py made it; web/vendor etc. were written by older versions
+docs: demo dev node_modules/.installed
+	$(PY) docs/make_docs.py
+
 clean:
-	rm -rf dataset demo_data runs skin_model.pth skin_model_last.pth skin_model.onnx *.png evaluation.json \
-		web/vendor web/model.onnx web/model.json
-	if [ -f site/.skin-lesion-classifier ] && [ ! -L site ]; then rm -rf site; fi
+	$(PY) -c "from skinlesion import files; files.remove_ours(['dataset', 'demo_data', \
+		'site', 'runs', 'gradcam', 'skin_model.pth', 'skin_model_last.pth', 'skin_model.md', 'skin_model.onnx', \
+		'training_curves.png', 'evaluation.json', 'confusion_matrix.png', 'roc_curve.png', 'calibration.png', \
+		'mistakes.png', 'types_confusion.png'])"

@@ -238,6 +238,7 @@ def main(argv=None):
                 [f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else []
             )
             title = f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}"
+            files.made_folder(args.explain_dir, "predict.py")
             blank = explain.save_gradcam(photos.eval_crop(img, cfg), cam, pictures[path], title, notes)
             none_for = "".join(f"; it finds no evidence for {b} in this photo" for b in blank)
             bar.write(f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}")

@@ -88,6 +88,24 @@ def constants_block(script):
     return [(name, comments.get(name, "")) for name in names]
 
 
+def flags_markdown(scripts):
+    """The flags of the scripts as markdown tables (flag, default as written in the script, meaning): what
+    `python SCRIPT --help` says, for docs/flags.md (make docs writes it; a test keeps it equal)."""
+    text = [
+        "# Flags",
+        "",
+        "Generated from each script's constants block by `make docs`; `python SCRIPT --help` says the "
+        "same. Every flag is a constant at the top of its script: edit it there, or pass the flag.",
+    ]
+    for script in scripts:
+        with open(script, encoding="utf-8") as f:
+            block = RULER.split(f.read(), maxsplit=2)[1]
+        text += ["", f"## {os.path.basename(script)}", "", "| flag | default | meaning |", "|---|---|---|"]
+        for name, default, comment in re.findall(r"^([A-Z][A-Z0-9_]*) = (.*?)  # (.*)$", block, re.M):
+            text.append(f"| `{flag_name(name)}` | `{default}` | {comment.replace('|', '/')} |")
+    return "\n".join(text) + "\n"
+
+
 def flag_name(name):
     """EPOCHS -> --epochs, IMAGE_SIZE -> --image-size."""
     return "--" + name.lower().replace("_", "-")

