@@ -2,167 +2,233 @@
 Write a synthetic ISIC Archive export to demo_data/: what 'isic image download' would leave there, so the
 whole pipeline runs without a download. The photos are drawings, not real lesions: a demo, not data.
 
-    python make_demo_data.py                      # demo_data/metadata.csv, demo_data/ISIC_9*.jpg, demo_data/unseen/
+    python make_demo_data.py                      # demo_data/: metadata.csv, ISIC_9*.jpg, attribution.txt, ...
     python prepare_dataset.py --metadata-csv demo_data/metadata.csv --images-dir demo_data
     python make_demo_data.py --photo-size 512     # smaller photos, faster
 
-metadata.csv has the current schema (isic_id, attribution, copyright_license first, then the other fields
-sorted): diagnosis_1 Benign or Malignant for about 216 clinical overview photos of each class, 1-3 views
-per lesion and 1-3 lesions per patient (lesion_id, patient_id), plus rows prepare_dataset.py must leave out
-(Indeterminate, empty diagnosis, dermoscopic, close-up) and 2 byte-identical files under other ids. Benign
-lesions are small, round and one brown; malignant ones larger, irregular and of several colours. unseen/
-holds 6 more photos (<class>_<n>.jpg) for predict.py. The same SEED and PHOTO_SIZE write the same bytes.
+Four lesion types, each with ISIC's diagnosis_1/2/3 and a picture of its own. Benign: nevus (small, round, one
+brown) and seborrheic keratosis (larger, grey-tan to grey-brown, rough, a sharp 'stuck-on' border). Malignant:
+invasive melanoma (large, irregular, several dark colours) and basal cell carcinoma (a large pink pearly nodule
+with fine red vessels, blue-grey nests and a small dark ulcer). 216 clinical overview photos per side (about 60/40
+within it, and 6 of a rare dermatofibroma among the benign ones), 1-3 views per lesion and 1-3 lesions per patient,
+plus rows prepare_dataset.py must leave out (Indeterminate ones with their diagnosis_2/3, empty diagnosis,
+dermoscopic, close-up) and 2 byte-identical files under other ids. metadata.csv has the current schema (isic_id,
+attribution, copyright_license first, then the other fields sorted) with what a model card needs: licence,
+attribution (SYNTHETIC institutions or Anonymous), sex, age, anatomic site, Fitzpatrick type, how the diagnosis was
+confirmed, image_manipulation 'synthetic'; attribution.txt and licenses/<licence>.txt as isic-cli writes them (the
+licence texts are short stand-ins). unseen/ holds 12 more photos for predict.py: benign_1..3.jpg nevi,
+benign_4..6.jpg seborrheic keratoses, malignant_1..3.jpg melanomas, malignant_4..6.jpg basal cell carcinomas.
+The same SEED and PHOTO_SIZE write the same bytes.
+
+OUT_DIR is written only if it is missing, empty or was made by make_demo_data.py (it carries the mark file
+.skin-lesion-classifier): the export is built beside it and swapped in, so a failed or interrupted run leaves
+the previous one as it was. A real export, or any folder holding other files, is refused.
 """
 
 import os
+import re
 import shutil
+from collections import Counter
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from skinlesion import cli, dataset, files
+from skinlesion import cli, demo, files
 
 # -----------------------------------------------------------------------------
-OUT_DIR = "demo_data"  # folder for the export (metadata.csv, the photos, unseen/); earlier files are overwritten
+OUT_DIR = "demo_data"  # folder for the export: missing, empty or made by this script (then replaced as a whole)
 PHOTO_SIZE = 1600  # longer side of the photos in px, 64 to 10000 (4:3, like clinical overview photos)
 SEED = 42  # >= 0; the same seed writes the same bytes
 WORKERS = os.cpu_count()  # processes that draw photos, >= 1 (1: no pool)
 # -----------------------------------------------------------------------------
-_SKIN = np.array([[238, 204, 180], [230, 190, 160], [218, 172, 140]])  # light skin tones
-_PALETTE = np.array([[92, 55, 34], [36, 28, 28], [104, 112, 134], [172, 84, 78], [150, 102, 66]])
-_PALETTE_BIAS = np.array([0.2, 0.5, 0.3, 0.0, -0.4])[:, None, None]  # dark brown, black, blue-grey, red, tan
-_SITES = ["anterior torso", "posterior torso", "upper extremity", "lower extremity", "head/neck"]
+_SCRIPT = "make_demo_data.py"
+_TYPES = {  # the type drawn (skinlesion/demo.py): diagnosis_1, diagnosis_2, diagnosis_3 as in ISIC's schema
+    "nevus": ("Benign", "Benign melanocytic proliferations", "Nevus"),
+    "seborrheic_keratosis": ("Benign", "Benign epidermal proliferations", "Seborrheic keratosis"),
+    "dermatofibroma": ("Benign", "Benign soft tissue proliferations - Fibro-histiocytic", "Dermatofibroma"),
+    "melanoma": ("Malignant", "Malignant melanocytic proliferations (Melanoma)", "Melanoma Invasive"),
+    "basal_cell_carcinoma": (
+        "Malignant",
+        "Malignant adnexal epithelial proliferations - Follicular",
+        "Basal cell carcinoma",
+    ),
+    "actinic_keratosis": ("Indeterminate", "Indeterminate epidermal proliferations", "Solar or actinic keratosis"),
+    "atypical_melanocytic": (
+        "Indeterminate",
+        "Indeterminate melanocytic proliferations",
+        "Atypical melanocytic neoplasm",
+    ),
+}
+_OVERVIEW = dict(nevus=130, seborrheic_keratosis=80, dermatofibroma=6, melanoma=130, basal_cell_carcinoma=86)
+_LEFT_OUT = [  # lesions of one photo each that prepare_dataset.py leaves out: type (None: no diagnosis), image_type, n
+    *[(kind, "dermoscopic", n) for kind, n in [("nevus", 7), ("seborrheic_keratosis", 5), ("melanoma", 7)]],
+    ("basal_cell_carcinoma", "dermoscopic", 5),
+    *[(kind, "clinical: close-up", n) for kind, n in [("nevus", 6), ("seborrheic_keratosis", 4), ("melanoma", 6)]],
+    ("basal_cell_carcinoma", "clinical: close-up", 4),
+    ("actinic_keratosis", "clinical: overview", 10),
+    ("atypical_melanocytic", "clinical: overview", 6),
+    (None, "clinical: overview", 12),
+]
+_UNSEEN = [("benign", "nevus"), ("benign", "seborrheic_keratosis"), ("malignant", "melanoma")]
+_UNSEEN += [("malignant", "basal_cell_carcinoma")]  # unseen/<class>_1..3.jpg the first type, _4..6.jpg the second
+_ATTRIBUTIONS = [  # per patient: attribution, its licence, share of the patients
+    ("SYNTHETIC Demo Skin Clinic (drawings, not real patients)", "CC-BY-NC", 0.35),
+    ("SYNTHETIC Example University Hospital (drawings, not real patients)", "CC-BY-NC", 0.25),
+    ("SYNTHETIC Sample Skin Cancer Registry (drawings, not real patients)", "CC-BY", 0.2),
+    ("Anonymous", "CC-0", 0.2),
+]
+_LICENSES = {
+    "CC-0": "Creative Commons CC0 1.0 Universal, https://creativecommons.org/publicdomain/zero/1.0/",
+    "CC-BY": "Creative Commons Attribution 4.0 International, https://creativecommons.org/licenses/by/4.0/",
+    "CC-BY-NC": "Creative Commons Attribution-NonCommercial 4.0 International, "
+    "https://creativecommons.org/licenses/by-nc/4.0/",
+}
+_SITES = ["Head and neck", "Trunk", "Upper extremity", "Lower extremity"]  # anatom_site_1, the current vocabulary
+_CONFIRM = ["histopathology", "single image expert consensus", "serial imaging showing no change"]
+_CONFIRM += ["single contributor clinical assessment"]
+_DERMOSCOPIC = ["contact polarized", "contact non-polarized", "non-contact polarized"]
+_FITZPATRICK = ["I", "II", "III", "IV", "V", "VI"]
 
 
-def smooth_noise(rng, shape, cells):
-    """Gaussian noise on a cells x cells grid, smoothly (bicubic) enlarged to shape (h, w)."""
-    small = Image.fromarray(rng.standard_normal((cells, cells)).astype(np.float32))
-    return np.asarray(small.resize(shape[::-1], Image.BICUBIC))
+# ---------------------------------------------------------------------------- the metadata
+def patient_fields(rng):
+    """(the fields all of one patient's rows share, the skin (Fitzpatrick type 0-5) their photos are drawn on).
+    The Fitzpatrick type is mostly not recorded, as in the Archive; then the skin is light (I-III)."""
+    fitzpatrick = rng.choice(7, p=[0.65, 0.08, 0.12, 0.09, 0.03, 0.02, 0.01])  # 0: not recorded
+    attribution, licence, _ = _ATTRIBUTIONS[rng.choice(len(_ATTRIBUTIONS), p=[s for *_, s in _ATTRIBUTIONS])]
+    age = 5 * rng.integers(4, 18)
+    fields = dict(
+        attribution=attribution,
+        copyright_license=licence,
+        age_approx="" if rng.random() < 0.06 else str(age),
+        sex=str(rng.choice(["female", "male", ""], p=[0.48, 0.48, 0.04])),
+        fitzpatrick_skin_type=([""] + _FITZPATRICK)[fitzpatrick],
+    )
+    if fitzpatrick:
+        return fields, int(fitzpatrick) - 1
+    return fields, int(rng.integers(3))
 
 
-def demo_lesion(rng, malignant, px):
-    """RGBA patch (px x px) of one lesion. Benign: round, symmetric, one brown. Malignant: irregular,
-    asymmetric border, patches of dark brown, black, blue-grey and red."""
-    y, x = np.mgrid[-1 : 1 : px * 1j, -1 : 1 : px * 1j]
-    k, angles = np.arange(1, 13)[:, None], np.linspace(-np.pi, np.pi, 721)  # border: a radius per angle
-    amp = rng.uniform(0.04, 0.12, k.shape) / np.sqrt(k) if malignant else np.where(k == 2, rng.uniform(0, 0.08), 0)
-    border = 0.6 * (1 + (amp * np.cos(k * angles + rng.uniform(0, 2 * np.pi, k.shape))).sum(0))
-    alpha = np.clip((np.interp(np.arctan2(y, x), angles, border) - np.hypot(x, y)) * px / 4, 0, 1)
-    if malignant:
-        colour = _PALETTE[np.argmax([smooth_noise(rng, (px, px), 5) for _ in _PALETTE] + _PALETTE_BIAS, axis=0)]
-    else:
-        brown = np.array([176, 126, 88]) + rng.uniform(0, 1) * np.array([-50, -42, -32])
-        colour = brown * (1 + 0.03 * smooth_noise(rng, (px, px), 4))[..., None]
-    patch = Image.fromarray(np.dstack([colour, alpha * 255]).clip(0, 255).astype(np.uint8), "RGBA")
-    return patch.filter(ImageFilter.GaussianBlur(px / (50 if malignant else 80)))
-
-
-def demo_photo(job):
-    """Worker: a clinical overview photo (4:3, longer side size px) of one lesion in one view (rotation,
-    position, lighting, hairs), drawn at up to 400 x 300 and enlarged. The same seeds give the same bytes."""
-    path, lesion_seed, view_seed, malignant, size = job
-    rng, lesion_rng = np.random.default_rng(view_seed), np.random.default_rng(lesion_seed)
-    w = min(size, 400)
-    h = w * 3 // 4
-    diameter = h * (lesion_rng.uniform(0.5, 0.8) if malignant else lesion_rng.uniform(0.25, 0.5))
-    patch = demo_lesion(lesion_rng, malignant, int(diameter / 0.6 * rng.uniform(0.9, 1.1)))
-    patch = patch.rotate(rng.uniform(0, 360), Image.BILINEAR)
-    skin = _SKIN[lesion_rng.integers(len(_SKIN))] * rng.uniform(0.95, 1.05, 3)
-    canvas = Image.new("RGB", (w, h), tuple(int(v) for v in skin.clip(0, 255)))
-    canvas.paste(patch, tuple((np.array([w, h]) * rng.uniform(0.42, 0.58, 2) - patch.width / 2).astype(int)), patch)
-    y, x = np.mgrid[-0.5 : 0.5 : h * 1j, -0.5 : 0.5 : w * 1j]
-    a = rng.uniform(0, 2 * np.pi)
-    light = 1 + rng.uniform(0.1, 0.3) * (x * np.cos(a) + y * np.sin(a)) + 0.03 * smooth_noise(rng, (h, w), 10)
-    light += 0.02 * rng.standard_normal((h, w))  # lighting gradient, blotches, grain; then a colour cast:
-    pixels = np.asarray(canvas) * light[..., None] * rng.uniform(0.96, 1.04, 3)
-    img = Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).resize((size, size * 3 // 4), Image.BILINEAR)
-    draw = ImageDraw.Draw(img)
-    for _ in range(rng.integers(0, 5)):  # hairs: gently curved dark lines
-        t, (x0, y0), a = np.linspace(0, 1, 8), rng.uniform(0, size, 2), rng.uniform(0, np.pi)
-        along, across = t * size * rng.uniform(0.1, 0.4), rng.uniform(-0.02, 0.02) * size * np.sin(np.pi * t)
-        xs, ys = x0 + along * np.cos(a) - across * np.sin(a), y0 + along * np.sin(a) + across * np.cos(a)
-        draw.line(list(zip(xs, ys)), fill=(45, 35, 30), width=max(1, size // 600), joint="curve")
-    img.save(path, quality=90)
+def lesion_fields(rng, kind, image_type):
+    """The fields of one lesion of a type (None: no diagnosis) in one image type."""
+    diagnosis = _TYPES[kind] if kind else ("", "", "")
+    confirm = "histopathology"
+    if diagnosis[0] == "Benign":
+        confirm = str(rng.choice(_CONFIRM, p=[0.4, 0.3, 0.2, 0.1]))
+    elif not kind:
+        confirm = ""
+    dermoscopic_type = str(rng.choice(_DERMOSCOPIC)) if image_type == "dermoscopic" else ""
+    site_shares = [0.55, 0.25, 0.1, 0.1] if kind == "basal_cell_carcinoma" else [0.15, 0.45, 0.2, 0.2]
+    return dict(
+        anatom_site_1=str(rng.choice(_SITES, p=site_shares)),
+        diagnosis_1=diagnosis[0],
+        diagnosis_2=diagnosis[1],
+        diagnosis_3=diagnosis[2],
+        diagnosis_confirm_type=confirm,
+        dermoscopic_type=dermoscopic_type,
+        image_type=image_type,
+        image_manipulation="synthetic",
+    )
 
 
 def demo_metadata(seed):
-    """(metadata rows as a DataFrame, a (lesion seed, view seed, looks malignant) job per drawn photo, the
-    row numbers whose file is copied under another id) for a synthetic export."""
-    rng, lesions = np.random.default_rng(seed), []  # (looks malignant, diagnosis_1, image_type, views)
-    for malignant, diagnosis in enumerate(["Benign", "Malignant"]):
-        while sum(v for _, d, _, v in lesions if d == diagnosis) < 216:
-            lesions.append(
-                (bool(malignant), diagnosis, "clinical: overview", rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
-            )
-    for diagnosis, image_type, n in [
-        ("Benign", "dermoscopic", 12),
-        ("Malignant", "dermoscopic", 12),
-        ("Benign", "clinical: close-up", 10),
-        ("Malignant", "clinical: close-up", 10),
-        ("Indeterminate", "clinical: overview", 16),
-        ("", "clinical: overview", 12),
-    ]:
-        looks = [diagnosis == "Malignant" or diagnosis != "Benign" and rng.random() < 0.5 for _ in range(n)]
-        lesions += [(m, diagnosis, image_type, 1) for m in looks]
+    """(metadata rows as a DataFrame, a (lesion seed, view seed, type drawn, skin) job per drawn photo, the row
+    numbers whose file is copied under another id) for a synthetic export."""
+    rng, lesions = np.random.default_rng(seed), []  # (type or None, type drawn, image_type, views)
+    for kind, n in _OVERVIEW.items():
+        done = 0
+        while done < n:
+            views = 1 if kind == "dermatofibroma" else min(n - done, rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
+            lesions.append((kind, kind, "clinical: overview", views))
+            done += views
+    for kind, image_type, n in _LEFT_OUT:
+        for _ in range(n):
+            drawn = kind
+            if kind is None:
+                drawn = str(rng.choice(["nevus", "melanoma"]))
+            lesions.append((kind, drawn, image_type, 1))
     rows, jobs, patient, left = [], [], -1, 0
     for lesion, i in enumerate(rng.permutation(len(lesions))):
-        malignant, diagnosis, image_type, views = lesions[i]
+        kind, drawn, image_type, views = lesions[i]
         if left == 0:  # a new patient, with 1 to 3 lesions
             patient, left = patient + 1, rng.choice([1, 2, 3], p=[0.7, 0.2, 0.1])
-            person = dict(age_approx=5 * rng.integers(4, 17), sex=rng.choice(["female", "male"]))
+            person, skin = patient_fields(rng)
         left -= 1
-        lesion_meta = dict(
-            person,
-            anatom_site_1=rng.choice(_SITES),
-            diagnosis_1=diagnosis,
-            image_type=image_type,
-            diagnosis_2=diagnosis and f"{diagnosis} melanocytic proliferations",
-            lesion_id=f"IL_{9000000 + lesion}",
-            patient_id=f"IP_{9000000 + patient}",
-        )
+        ids = dict(lesion_id=f"IL_{9000000 + lesion}", patient_id=f"IP_{9000000 + patient}")
+        fields = dict(person, **lesion_fields(rng, kind, image_type), **ids)
         for _ in range(views):
-            rows.append(lesion_meta)
-            jobs.append(((seed, 1, lesion), (seed, 2, len(jobs)), malignant))
+            rows.append(fields)
+            jobs.append(((seed, 1, lesion), (seed, 2, len(jobs)), drawn, skin))
     copies = [int(i) for i in rng.choice(len(rows), 2, replace=False)]  # the same file again, under another id
     ids = [f"ISIC_{9000000 + n}" for n in rng.permutation(len(rows) + len(copies))]
-    meta = pd.DataFrame(rows + [rows[i] for i in copies]).assign(
-        isic_id=ids, attribution="SYNTHETIC demo image, not a real patient", copyright_license="CC-0"
-    )
-    return meta, jobs, copies
+    return pd.DataFrame(rows + [rows[i] for i in copies]).assign(isic_id=ids), jobs, copies
+
+
+def attributions(meta):
+    """attribution.txt as isic-cli writes it: the distinct attributions, most images first (then by name),
+    Anonymous last, separated by blank lines."""
+    ranked = sorted(Counter(meta.attribution).items(), key=lambda item: (item[0] == "Anonymous", -item[1], item[0]))
+    return "\n\n".join(name for name, _ in ranked)
 
 
 def write_demo_export(out_dir, seed=SEED, photo_size=PHOTO_SIZE, workers=WORKERS):
-    """The synthetic export: out_dir/<isic_id>.jpg, out_dir/unseen/<class>_<n>.jpg, and metadata.csv last (an
-    earlier one removed first, the new one written atomically): an interrupted run leaves no metadata.csv."""
+    """The synthetic export, built in a fresh marked folder beside out_dir and swapped in when complete:
+    <isic_id>.jpg, unseen/<class>_<n>.jpg, metadata.csv, attribution.txt, licenses/<licence>.txt."""
     meta, jobs, copies = demo_metadata(seed)
-    meta = meta.assign(pixels_x=photo_size, pixels_y=photo_size * 3 // 4)
+    meta = meta.assign(pixels_x=str(photo_size), pixels_y=str(photo_size * 3 // 4))
     ids = list(meta.isic_id)
-    work = [(os.path.join(out_dir, ids[n] + ".jpg"), *job, photo_size) for n, job in enumerate(jobs)]
-    work += [
-        (os.path.join(out_dir, "unseen", f"{c}_{k + 1}.jpg"), (seed, 3, m, k), (seed, 4, m, k), bool(m), photo_size)
-        for m, c in enumerate(dataset.SIDES)
-        for k in range(3)
-    ]
-    os.makedirs(os.path.join(out_dir, "unseen"), exist_ok=True)
-    if os.path.lexists(os.path.join(out_dir, "metadata.csv")):
-        os.remove(os.path.join(out_dir, "metadata.csv"))
-    with cli.worker_pool(workers) as pool:
-        for _ in tqdm(
-            pool.imap_unordered(demo_photo, work, 4) if pool else map(demo_photo, work),
-            total=len(work),
-            desc="demo photos",
-        ):
-            pass
-    for n, i in enumerate(copies):
-        shutil.copyfile(os.path.join(out_dir, ids[i] + ".jpg"), os.path.join(out_dir, ids[len(jobs) + n] + ".jpg"))
-    first = ["isic_id", "attribution", "copyright_license"]  # then the other fields, sorted, as in real exports
-    files.atomic_write(
-        os.path.join(out_dir, "metadata.csv"),
-        lambda tmp: meta[first + sorted(set(meta) - set(first))].sort_values("isic_id").to_csv(tmp, index=False),
-    )
+    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)  # replaced_folder lists the parent
+    with files.replaced_folder(out_dir, _SCRIPT) as tmp:
+        work = [(os.path.join(tmp, ids[n] + ".jpg"), *job, photo_size) for n, job in enumerate(jobs)]
+        for n, (side, kind) in enumerate(_UNSEEN):  # 3 photos of each type, on skin of type I, II, III
+            for k in range(3):
+                name = os.path.join(tmp, "unseen", f"{side}_{3 * (n % 2) + k + 1}.jpg")
+                work.append((name, (seed, 3, n, k), (seed, 4, n, k), kind, k, photo_size))
+        try:
+            os.makedirs(os.path.join(tmp, "unseen"))
+            with cli.worker_pool(workers) as pool:
+                drawn = pool.imap_unordered(demo.photo, work, 4) if pool else map(demo.photo, work)
+                for _ in tqdm(drawn, total=len(work), desc="demo photos"):
+                    pass
+            for n, i in enumerate(copies):
+                shutil.copyfile(os.path.join(tmp, ids[i] + ".jpg"), os.path.join(tmp, ids[len(jobs) + n] + ".jpg"))
+            first = ["isic_id", "attribution", "copyright_license"]  # then the other fields, sorted, as isic-cli does
+            table = meta[first + sorted(set(meta) - set(first))].sort_values("isic_id")
+            table.to_csv(os.path.join(tmp, "metadata.csv"), index=False)
+            with open(os.path.join(tmp, "attribution.txt"), "w", encoding="utf-8") as f:
+                f.write(attributions(meta))
+            os.makedirs(os.path.join(tmp, "licenses"))
+            for licence in sorted(set(meta.copyright_license)):
+                with open(os.path.join(tmp, "licenses", licence + ".txt"), "w", encoding="utf-8") as f:
+                    f.write(
+                        f"{licence}: {_LICENSES[licence]}\n\nA stand-in written by {_SCRIPT} for the synthetic demo "
+                        "export; a real 'isic image download' writes the licence's full text here.\n"
+                    )
+        except OSError as e:
+            cli.die(
+                f"could not write the demo export {cli.printable(out_dir)} ({e.strerror or e}); free some disk "
+                f"space or pass another --out-dir (any previous {cli.printable(out_dir)} is untouched)"
+            )
     return meta
+
+
+def is_earlier_demo(folder):
+    """A demo export written before exports carried our mark: only metadata.csv (with the attribution earlier
+    versions wrote), ISIC_9*.jpg and unseen/<class>_<n>.jpg (and the _gradcam.png that `make demo` adds)."""
+    names = os.listdir(folder)
+    ours = r"metadata\.csv(\.tmp\d+)?|ISIC_9\d{6}\.jpg|unseen"
+    if not all(re.fullmatch(ours, name) for name in names) or files.file_kind(os.path.join(folder, "metadata.csv")):
+        return False
+    unseen = os.path.join(folder, "unseen")
+    if os.path.lexists(unseen):
+        if os.path.islink(unseen) or not os.path.isdir(unseen):
+            return False
+        if not all(re.fullmatch(r"(benign|malignant)_\d+(\.jpg|_gradcam\.png)", name) for name in os.listdir(unseen)):
+            return False
+    with open(os.path.join(folder, "metadata.csv"), "rb") as f:
+        f.readline()
+        return b',"SYNTHETIC demo image, not a real patient",CC-0,' in f.readline()
 
 
 def main(argv=None):
@@ -171,17 +237,21 @@ def main(argv=None):
     cli.check(cli.in_range(args.photo_size, 64, 10000), "--photo-size", args.photo_size, "use 64 to 10000 (px)")
     cli.check(cli.in_range(args.seed, 0, 2**32 - 1), "--seed", args.seed, "use a whole number >= 0 (< 2**32)")
     cli.check(cli.in_range(args.workers, 1, 1024), "--workers", args.workers, "use 1 to 1024 processes")
-    cli.check_writable(args.out_dir, "--out-dir", folder=True)
-    cli.check_writable(os.path.join(args.out_dir, "unseen"), "--out-dir", folder=True)
+    out_dir = os.path.normpath(args.out_dir)
+    named = os.path.basename(out_dir) not in ("", ".", "..")
+    cli.check(named, "--out-dir", cli.printable(args.out_dir), "name a folder of its own (e.g. demo_data)")
+    files.check_replaceable(out_dir, "--out-dir", _SCRIPT, legacy=is_earlier_demo)
+    cli.check_writable(os.path.dirname(os.path.abspath(out_dir)), "--out-dir", folder=True)
 
     # the export
-    meta = write_demo_export(args.out_dir, args.seed, args.photo_size, args.workers)
+    meta = write_demo_export(out_dir, args.seed, args.photo_size, args.workers)
+    kinds = meta.diagnosis_3.where(meta.diagnosis_3 != "", "no diagnosis")
     print(
-        f"wrote a synthetic ISIC export to {args.out_dir}/: {len(meta)} rows in metadata.csv, 6 photos in unseen/; "
-        f"next: python prepare_dataset.py --metadata-csv {os.path.join(args.out_dir, 'metadata.csv')} "
-        f"--images-dir {args.out_dir}"
+        f"wrote a synthetic ISIC export to {out_dir}/: {len(meta)} rows in metadata.csv ({cli.counts_text(kinds, 9)}), "
+        f"attribution.txt, licenses/, {3 * len(_UNSEEN)} photos in unseen/; next: python prepare_dataset.py "
+        f"--metadata-csv {os.path.join(out_dir, 'metadata.csv')} --images-dir {out_dir}"
     )
 
 
 if __name__ == "__main__":
-    cli.run_script(main, "interrupted; run make_demo_data.py again to finish the demo export")
+    cli.run_script(main, "interrupted; the previous demo export (if any) is untouched")
