@@ -178,7 +178,6 @@ def write_demo_export(out_dir, seed=SEED, photo_size=PHOTO_SIZE, workers=WORKERS
     meta, jobs, copies = demo_metadata(seed)
     meta = meta.assign(pixels_x=str(photo_size), pixels_y=str(photo_size * 3 // 4))
     ids = list(meta.isic_id)
-    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)  # replaced_folder lists the parent
     with files.replaced_folder(out_dir, _SCRIPT) as tmp:
         work = [(os.path.join(tmp, ids[n] + ".jpg"), *job, photo_size) for n, job in enumerate(jobs)]
         for n, (side, kind) in enumerate(_UNSEEN):  # 3 photos of each type, on skin of type I, II, III

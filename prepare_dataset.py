@@ -264,16 +264,13 @@ def report(manifest, steps, args, notes):
     print_steps(steps)
     table = pd.crosstab(manifest.split, manifest.label, margins=True, margins_name="total")
     print(table.reindex([s for s in SPLITS if s in table.index] + ["total"]).to_string())
-    print("\nwhom and what the photos show (share of each split; unknown: not in the metadata)")
+    print("\nwhom and what the photos show, per split (unknown: not in the metadata)")
     for factor, by_split in isic.factor_counts(manifest, "split").items():
-        parts = []
+        print(f"  {factor}")
         for split in [s for s in SPLITS if s in by_split]:
             total = sum(by_split[split].values())
-            shares = ", ".join(
-                f"{v} {n / total:.0%}" for v, n in sorted(by_split[split].items(), key=lambda x: -x[1])[:6]
-            )
-            parts.append(f"{split}: {shares}")
-        print(f"  {factor:<13}" + " | ".join(parts))
+            common = sorted(by_split[split].items(), key=lambda item: -item[1])[:6]
+            print(f"    {split:<6}" + ", ".join(f"{value} {n / total:.0%}" for value, n in common))
     for note in notes:
         print(note)
 
@@ -375,12 +372,13 @@ def main(argv=None):
         manifest = write_splits(chosen, tmp)
         notes = [isic.copy_credits(paths, chosen, tmp) + f" into {args.dataset_dir}/"]
 
-    unused = cands.label.value_counts() - manifest.label.value_counts()
-    for label, n in unused[unused > 0].items():
+    decoded_ids = set(chosen.isic_id) | set(dups) | {item.split()[0] for item in unreadable}
+    unused = cands[~cands.isic_id.isin(decoded_ids)].label.value_counts()
+    for label, n in unused.items():
         total = n + (manifest.label == label).sum()
         notes.append(
-            f"note: {n} usable {label} images left unused ({total} usable, N_PER_CLASS {args.n_per_class}): "
-            f"pass --n-per-class {total} to use them all"
+            f"note: {n} usable {label} images left unused (N_PER_CLASS {args.n_per_class}): pass "
+            f"--n-per-class {total} to use them all"
         )
     report(manifest, steps, args, notes)
     seconds = time.time() - start

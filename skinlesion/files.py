@@ -156,21 +156,18 @@ def is_our_folder(path, legacy=None):
 
 def check_replaceable(path, flag, script, legacy=None):
     """die unless the folder at path may be replaced as a whole: missing, empty, or ours (never a link)."""
+    path = os.path.normpath(path)  # 'link/' is the link itself, not what it points to
     if os.path.islink(path):
-        die(
-            f"{flag} {printable(path)} is a symbolic link; pass the folder it points to "
-            f"({printable(os.path.realpath(path))}), or a new folder"
-        )
+        points_to = printable(os.path.realpath(path))
+        die(f"{flag} {printable(path)} is a symbolic link; pass the folder it points to ({points_to}), or a new folder")
     if not os.path.lexists(path):
         return
     if not os.path.isdir(path):
         die(f"{flag} {printable(path)}: use a folder, not a file")
     found = sorted(os.listdir(path))
     if found and not is_our_folder(path, legacy):
-        die(
-            f"{flag} {printable(path)} holds files that {script} did not make ({first_few(found)}); pass a new "
-            "or empty folder: it is replaced as a whole"
-        )
+        hint = "pass a new or empty folder: it is replaced as a whole"
+        die(f"{flag} {printable(path)} holds files that {script} did not make ({first_few(found)}); {hint}")
 
 
 def leftovers(path, suffix):
@@ -192,8 +189,10 @@ def replaced_folder(path, script, legacy=None):
     it was. check_replaceable(path) must have passed. One run per parent folder (an exclusive flock): a second
     dies with one line. Leftovers of killed runs (marked, named with a pid) are removed once the lock is held;
     a swap cut short between its two renames is put back. Nothing without our mark is ever removed."""
+    path = os.path.normpath(path)
     folder = os.path.dirname(os.path.abspath(path))
     tmp, old = f"{path}.tmp-{os.getpid()}", f"{path}.old-{os.getpid()}"
+    os.makedirs(folder, exist_ok=True)  # a new folder's parent, e.g. --dataset-dir runs/first/dataset
     lock = lock_folder(folder, script)
     try:
         for left, _ in leftovers(path, "old"):

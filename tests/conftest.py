@@ -244,3 +244,43 @@ def trained_model(demo_dataset, tmp_path_factory):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     return str(folder / "skin_model.pth"), r.stdout + r.stderr
+
+
+@pytest.fixture(scope="session")
+def trained_types_model(demo_dataset, tmp_path_factory):
+    """(checkpoint path, the types dataset, AItraining.py's stdout): the demo export prepared by lesion type
+    (--label-column diagnosis_3: nevus, seborrheic keratosis, basal cell carcinoma, melanoma), and the scratch
+    recipe on it, 64 px, 8 epochs."""
+    root = os.path.dirname(demo_dataset)
+    r = run(
+        "prepare_dataset.py",
+        "--metadata-csv",
+        "demo_data/metadata.csv",
+        "--images-dir",
+        "demo_data",
+        "--label-column",
+        "diagnosis_3",
+        "--dataset-dir",
+        "types",
+        cwd=root,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    folder = tmp_path_factory.mktemp("trained_types")
+    r = run(
+        "AItraining.py",
+        "--data-dir",
+        os.path.join(root, "types"),
+        "--no-pretrained",
+        "--image-size",
+        64,
+        "--batch-size",
+        16,
+        "--epochs",
+        8,
+        "--num-workers",
+        0,
+        cwd=folder,
+        threads=2,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    return str(folder / "skin_model.pth"), os.path.join(root, "types"), r.stdout + r.stderr

@@ -311,3 +311,35 @@ def test_the_target_outside_the_test_interval_is_said(tmp_path, capsys):
     else:  # the random model happened to catch them all: nothing to say
         assert "lies outside" not in err
     assert report["operating_point"]["test_sensitivity"] <= 1
+
+
+def test_a_type_model_learns_the_demo_types_and_is_reported_by_type(trained_types_model, tmp_path):
+    """The demo export by lesion type: the types' balanced accuracy on the test split clearly above chance (0.25),
+    a one-vs-rest ROC-AUC per type, their confusion picture, and the benign/malignant report as for two classes."""
+    path, types_dir, out = trained_types_model
+    assert "types" in [line for line in out.splitlines() if line.startswith("epoch ")][-1]
+    r = run(
+        "evaluate.py",
+        "--model",
+        path,
+        "--data-dir",
+        os.path.join(types_dir, "test"),
+        "--output-dir",
+        tmp_path,
+        "--num-workers",
+        0,
+        "--n-bootstrap",
+        300,
+        cwd=tmp_path,
+        threads=2,
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    types = report["types"]
+    assert types["classes"] == ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]
+    assert types["chance"] == 0.25 and types["balanced_accuracy"] >= 0.5, types
+    assert all(auc > 0.7 for auc in types["one_vs_rest_auc"].values()), types
+    assert np.array(types["confusion"]).sum() == sum(report["n_images"].values())
+    assert report["metrics"]["roc_auc"] > 0.85 and set(report["metrics"]) >= {"sensitivity", "specificity"}
+    assert_png(tmp_path / "types_confusion.png")
+    assert f"lesion types: balanced accuracy {types['balanced_accuracy']:.3f} (chance 0.250)" in r.stdout

@@ -4,6 +4,7 @@ map as PyTorch; no torch import; bad ONNX files refused; a non-finite probabilit
 label; the export's own mistakes, temporaries and failed checks. Bad checkpoints: test_predict.py."""
 
 import csv
+import glob
 import hashlib
 import json
 import os
@@ -489,3 +490,39 @@ def test_check_images_that_hold_no_photo_are_one_line(exported, tmp_path, capsys
         "--check-images " + str(tmp_path / "README.md") + " holds no readable photo",
     )
     assert not os.path.exists(tmp_path / "m.onnx")
+
+
+def test_a_type_model_exports_p_malignant_as_the_sum_over_its_malignant_types(trained_types_model, tmp_path, capsys):
+    """The ONNX file of a lesion-type model: its p_malignant is the calibrated sum of the malignant types'
+    probabilities, as the PyTorch path computes it; predict.py says the same with either file."""
+    path, types_dir, _ = trained_types_model
+    onnx_file = str(tmp_path / "types.onnx")
+    r = run(
+        "export_onnx.py",
+        "--model",
+        path,
+        "--output",
+        onnx_file,
+        "--check-images",
+        os.path.join(types_dir, "test"),
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    net, meta = model.load_checkpoint(path)
+    session = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    photos_ = sorted(glob.glob(os.path.join(types_dir, "test", "*", "*.jpg")))[::8]
+    batch = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in photos_])
+    logits, p_file = session.run(["logits", "p_malignant"], {"image": batch})
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    raw = probabilities[:, model.malignant_mask(meta)].sum(1)
+    fitted = meta["calibration"]
+    expected = 1 / (1 + np.exp(-(fitted["a"] * np.log(raw / (1 - raw)) + fitted["b"])))
+    assert np.abs(p_file - expected).max() < 1e-4
+    assert np.abs(p_file - model.predictions(model.view_logits(net, torch.from_numpy(batch)), meta)[0]).max() < 1e-4
+    predict.main([photos_[0], "--model", onnx_file])
+    with_onnx = capsys.readouterr().out.splitlines()
+    predict.main([photos_[0], "--model", path])
+    with_torch = capsys.readouterr().out.splitlines()
+    assert with_onnx[0] == with_torch[0] and with_onnx[2].startswith("Type: ") and with_onnx[2] == with_torch[2]

@@ -771,7 +771,7 @@ def test_photos_left_unused_are_counted_with_the_flag_to_use_them_all(capsys):
     prepare("--n-per-class", 10, "--val-fraction", 0, "--test-fraction", 0)
     out = capsys.readouterr().out
     for side in ("benign", "malignant"):
-        assert f"note: 5 usable {side} images left unused (15 usable, N_PER_CLASS 10): pass --n-per-class 15" in out
+        assert f"note: 5 usable {side} images left unused (N_PER_CLASS 10): pass --n-per-class 15 to use them" in out
 
 
 # ---------------------------------------------------------------------------- what the model card needs
@@ -818,16 +818,17 @@ def test_the_metadata_a_card_reports_and_the_credits_travel_into_the_dataset(cap
         assert f.read().split() == ["Clinic", "A", "Clinic", "B"]
     assert sorted(os.listdir("dataset/licenses")) == ["CC-0.txt", "CC-BY-NC.txt", "CC-BY.txt"]
     assert "attribution.txt (2 attributions) and licenses/ (CC-0.txt, CC-BY-NC.txt, CC-BY.txt) copied" in out
-    factors = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "train:" in line}
-    assert "unknown" in factors["sex"] and "train:" in factors["licence"] and "val:" in factors["licence"]
-    assert "skin" in out and "age band" in out and "body site" in out
+    shown = out.split("whom and what the photos show, per split")[1]
+    sex = shown.split("  sex\n")[1].split("\n  ")[0]
+    assert "train" in sex and "unknown" in sex and "licence" in shown and "val " in shown.split("  licence\n")[1]
+    assert "skin type" in shown and "age band" in shown and "body site" in shown
 
 
 def test_an_export_without_those_columns_reports_unknown(capsys):
     card_export(with_columns=False)
     m = prepare("--val-fraction", 0, "--test-fraction", 0)
     out = capsys.readouterr().out
-    assert "sex" not in m and "train: unknown 100%" in out
+    assert "sex" not in m and "    train unknown 100%" in out
     with open("dataset/attribution.txt") as f:
         assert f.read().strip() == "unknown (no attribution in the export)"
 
