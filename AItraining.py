@@ -17,9 +17,9 @@ Each epoch prints numbers that need no threshold: the losses, the validation ROC
 P(malignant), and with types their balanced accuracy. For the epoch kept, a calibration of P(malignant) is
 fitted on the validation split (temperature or Platt scaling: a clinician reads P as a chance), and the
 operating point chosen: the threshold that catches TARGET_SENSITIVITY of the malignant validation photos, stable
-on a small split (the median over bootstrap resamples), with the sensitivity and specificity it gives there and
-their 95% intervals. Writes skin_model.pth, skin_model.md, skin_model_last.pth (for --resume) and
-training_curves.png beside them, and runs/<run>/ (TensorBoard).
+on a small split (a smooth Harrell-Davis quantile), with the sensitivity and specificity it gives there and their
+95% intervals. Writes skin_model.pth, skin_model.md, skin_model_last.pth (for --resume) and training_curves.png
+beside them, and runs/<run>/ (TensorBoard).
 """
 
 import contextlib

@@ -62,7 +62,7 @@ def test_the_readme_is_short_and_names_only_flags_that_exist():
     for script in SCRIPTS:
         for name, _ in cli.constants_block(os.path.join(ROOT, script)):
             known |= {cli.flag_name(name), "--no-" + cli.flag_name(name)[2:]}
-    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", readme))
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9_-]+)", readme))
     outside = {
         "--nproc_per_node",
         "--nnodes",
@@ -76,3 +76,36 @@ def test_the_readme_is_short_and_names_only_flags_that_exist():
         "--metadata-csv-only",
     }  # other programs: torchrun, hf, isic, tensorboard
     assert named - known - outside == set()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_none_for_a_path_or_number_flag_is_one_line(script, tmp_path):
+    """`--model none`, `--port none`, `--dataset-dir none`: one error line in every script, nothing written."""
+    constants = cli.constants_block(os.path.join(ROOT, script))
+    with open(os.path.join(ROOT, script), encoding="utf-8") as f:
+        text = f.read()
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]*) = (.*?)  # ", text, re.M))
+    name = next(n for n, _ in constants if values[n] not in ("None", "True", "False") and not values[n].startswith("["))
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), cli.flag_name(name), "none"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert (
+        r.stderr.strip() == f"error: argument {cli.flag_name(name)}: none: this flag needs a value (a file named "
+        f"none: pass ./none); see python {script} --help"
+    )
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_flag_that_is_not_a_constant_is_refused():
+    """`evaluate.py --metrics foo` was accepted and ignored: METRICS was an upper-case global outside the block."""
+    r = subprocess.run(
+        [sys.executable, "evaluate.py", "--metrics", "foo"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: unrecognized arguments: --metrics foo; see python evaluate.py --help"
+    ]

@@ -343,3 +343,64 @@ def test_a_type_model_learns_the_demo_types_and_is_reported_by_type(trained_type
     assert report["metrics"]["roc_auc"] > 0.85 and set(report["metrics"]) >= {"sensitivity", "specificity"}
     assert_png(tmp_path / "types_confusion.png")
     assert f"lesion types: balanced accuracy {types['balanced_accuracy']:.3f} (chance 0.250)" in r.stdout
+
+
+def test_the_demo_runs_card_holds_the_test_results_by_subgroup(trained_model, demo_dataset, tmp_path):
+    """The demo run's card after evaluate.py: its test numbers equal evaluation.json's, the subgroups are the
+    demo's metadata columns (sex, age band, body site, skin type), and the licences and attribution of the demo
+    export came through prepare_dataset.py into it."""
+    path = shutil.copyfile(trained_model[0], tmp_path / "skin_model.pth")
+    r = run(
+        "evaluate.py",
+        "--model",
+        path,
+        "--data-dir",
+        os.path.join(demo_dataset, "test"),
+        "--output-dir",
+        tmp_path,
+        "--num-workers",
+        0,
+        "--n-bootstrap",
+        300,
+        cwd=tmp_path,
+        threads=2,
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    text = (tmp_path / "skin_model.md").read_text(encoding="utf-8")
+    header = yaml.safe_load(text.split("---")[1])
+    assert header["license"] == "cc-by-nc-4.0"  # the demo's licences include CC-BY-NC: the most restrictive wins
+    test = next(r for r in header["model-index"][0]["results"] if r["dataset"]["split"] == "test")
+    for metric in test["metrics"]:
+        if metric["type"] in report["metrics"]:
+            assert metric["value"] == round(report["metrics"][metric["type"]], 4), metric
+    assert set(report["subgroups"]) == {"sex", "age band", "body site", "skin type"}
+    for factor, groups in report["subgroups"].items():
+        assert f"Test ROC-AUC by {factor}" in text
+        for group in groups.values():
+            assert group["text"] in text and (group["text"] == "too few photos to report") == ("roc_auc" not in group)
+    assert "SYNTHETIC" in text and "CC-BY-NC" in text
+
+
+def test_a_loop_of_links_in_the_data_folder_neither_hangs_nor_counts_twice(setup, tmp_path):
+    tmp, _, _ = setup
+    data = shutil.copytree(tmp / "test", tmp_path / "test")
+    os.symlink(".", data / "benign" / "again")
+    os.remove(data / "malignant" / "broken.jpg")
+    r = run(
+        "evaluate.py",
+        "--model",
+        tmp / "model.pth",
+        "--data-dir",
+        data,
+        "--output-dir",
+        tmp_path / "out",
+        "--n-bootstrap",
+        50,
+        "--num-workers",
+        0,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["n_images"] == {"benign": 6, "malignant": 6}
