@@ -9,6 +9,8 @@ import resource
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
 
 import numpy as np
@@ -222,14 +224,12 @@ def demo_dataset(tmp_path_factory):
     return str(root / "dataset")
 
 
-@pytest.fixture(scope="session")
-def trained_model(demo_dataset, tmp_path_factory):
-    """(checkpoint path, AItraining.py's stdout): the from-scratch recipe on the demo set, 64 px, 8 epochs."""
-    folder = tmp_path_factory.mktemp("trained")
+def train_demo(data_dir, folder):
+    """AItraining.py's scratch recipe on a demo dataset in folder: 64 px, 8 epochs; the finished run."""
     r = run(
         "AItraining.py",
         "--data-dir",
-        demo_dataset,
+        data_dir,
         "--no-pretrained",
         "--image-size",
         64,
@@ -243,6 +243,14 @@ def trained_model(demo_dataset, tmp_path_factory):
         threads=2,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+@pytest.fixture(scope="session")
+def trained_model(demo_dataset, tmp_path_factory):
+    """(checkpoint path, AItraining.py's stdout): the from-scratch recipe on the demo set, 64 px, 8 epochs."""
+    folder = tmp_path_factory.mktemp("trained")
+    r = train_demo(demo_dataset, folder)
     return str(folder / "skin_model.pth"), r.stdout + r.stderr
 
 
@@ -266,21 +274,39 @@ def trained_types_model(demo_dataset, tmp_path_factory):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     folder = tmp_path_factory.mktemp("trained_types")
-    r = run(
-        "AItraining.py",
-        "--data-dir",
-        os.path.join(root, "types"),
-        "--no-pretrained",
-        "--image-size",
-        64,
-        "--batch-size",
-        16,
-        "--epochs",
-        8,
-        "--num-workers",
-        0,
-        cwd=folder,
-        threads=2,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
+    r = train_demo(os.path.join(root, "types"), folder)
     return str(folder / "skin_model.pth"), os.path.join(root, "types"), r.stdout + r.stderr
+
+
+def start(script, args, started):
+    """script in a process group of its own (as a terminal starts it), with readers of its output; returns once
+    started() is true (it wrote into its temporary folder), so that a signal can cut it short."""
+    p = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        start_new_session=True,
+    )
+    p.out, p.err = [], []
+    p.readers = [
+        threading.Thread(target=lambda s=s, into=into: into.extend(iter(s.readline, "")))
+        for s, into in ((p.stdout, p.out), (p.stderr, p.err))
+    ]
+    for reader in p.readers:
+        reader.start()
+    deadline = time.time() + 120
+    while not started() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, f"finished before it could be interrupted:\n{''.join(p.out)}{''.join(p.err)}"
+    return p
+
+
+def finish(p):
+    """(exit code, stdout, stderr) of a process start() began, once it ended."""
+    p.wait(timeout=120)
+    for reader in p.readers:
+        reader.join()
+    return p.returncode, "".join(p.out), "".join(p.err)

@@ -313,26 +313,31 @@ def test_the_target_outside_the_test_interval_is_said(tmp_path, capsys):
     assert report["operating_point"]["test_sensitivity"] <= 1
 
 
+def evaluated(model_file, data_dir, folder):
+    """evaluate.py on data_dir into folder, in a fresh process: the finished run."""
+    return run(
+        "evaluate.py",
+        "--model",
+        model_file,
+        "--data-dir",
+        data_dir,
+        "--output-dir",
+        folder,
+        "--num-workers",
+        0,
+        "--n-bootstrap",
+        300,
+        cwd=folder,
+        threads=2,
+    )
+
+
 def test_a_type_model_learns_the_demo_types_and_is_reported_by_type(trained_types_model, tmp_path):
     """The demo export by lesion type: the types' balanced accuracy on the test split clearly above chance (0.25),
     a one-vs-rest ROC-AUC per type, their confusion picture, and the benign/malignant report as for two classes."""
     path, types_dir, out = trained_types_model
     assert "types" in [line for line in out.splitlines() if line.startswith("epoch ")][-1]
-    r = run(
-        "evaluate.py",
-        "--model",
-        path,
-        "--data-dir",
-        os.path.join(types_dir, "test"),
-        "--output-dir",
-        tmp_path,
-        "--num-workers",
-        0,
-        "--n-bootstrap",
-        300,
-        cwd=tmp_path,
-        threads=2,
-    )
+    r = evaluated(path, os.path.join(types_dir, "test"), tmp_path)
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "evaluation.json").read_text())
     types = report["types"]
@@ -350,21 +355,7 @@ def test_the_demo_runs_card_holds_the_test_results_by_subgroup(trained_model, de
     demo's metadata columns (sex, age band, body site, skin type), and the licences and attribution of the demo
     export came through prepare_dataset.py into it."""
     path = shutil.copyfile(trained_model[0], tmp_path / "skin_model.pth")
-    r = run(
-        "evaluate.py",
-        "--model",
-        path,
-        "--data-dir",
-        os.path.join(demo_dataset, "test"),
-        "--output-dir",
-        tmp_path,
-        "--num-workers",
-        0,
-        "--n-bootstrap",
-        300,
-        cwd=tmp_path,
-        threads=2,
-    )
+    r = evaluated(path, os.path.join(demo_dataset, "test"), tmp_path)
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "evaluation.json").read_text())
     text = (tmp_path / "skin_model.md").read_text(encoding="utf-8")

@@ -8,10 +8,6 @@ import glob
 import hashlib
 import os
 import signal
-import subprocess
-import sys
-import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -19,8 +15,9 @@ import pytest
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
+import conftest
 import make_demo_data
-from conftest import ENV, ROOT, assert_one_error, fingerprint, main_fails, noise_image, run
+from conftest import assert_one_error, fingerprint, main_fails, noise_image, run
 from skinlesion import files
 
 FIRST = ["isic_id", "attribution", "copyright_license"]
@@ -296,29 +293,8 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_export(export):
 
 
 def start(args):
-    """make_demo_data.py in a process group of its own (as a terminal starts it); returns once it has drawn a
-    photo into its demo_data.tmp-<pid>."""
-    p = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "make_demo_data.py"), *map(str, args)],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-        start_new_session=True,
-    )
-    p.out, p.err = [], []
-    p.readers = [
-        threading.Thread(target=lambda s=s, into=into: into.extend(iter(s.readline, "")))
-        for s, into in ((p.stdout, p.out), (p.stderr, p.err))
-    ]
-    for reader in p.readers:
-        reader.start()
-    deadline = time.time() + 120
-    while not glob.glob("demo_data.tmp-*/ISIC_*.jpg") and p.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert p.poll() is None, f"finished before it could be interrupted:\n{''.join(p.out)}{''.join(p.err)}"
-    return p
+    """make_demo_data.py running, once it has drawn a photo into its demo_data.tmp-<pid>."""
+    return conftest.start("make_demo_data.py", args, lambda: glob.glob("demo_data.tmp-*/ISIC_*.jpg"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
@@ -327,16 +303,13 @@ def test_killed_or_interrupted_keeps_the_previous_export(sig):
     before = fingerprint("demo_data")
     p = start(["--photo-size", 2000, "--workers", 2, "--seed", 7])
     os.killpg(p.pid, sig)  # to the whole group, as Ctrl-C in a terminal
-    p.wait(timeout=120)
-    for reader in p.readers:
-        reader.join()
-    err = "".join(p.err)
+    code, _, err = conftest.finish(p)
     assert fingerprint("demo_data") == before and "Traceback" not in err
     if sig == signal.SIGKILL:
-        assert p.returncode == -signal.SIGKILL and glob.glob("demo_data.tmp-*")  # what a kill leaves
+        assert code == -signal.SIGKILL and glob.glob("demo_data.tmp-*")  # what a kill leaves
         make_demo_data.main(["--photo-size", "64", "--workers", "1", "--seed", "7"])  # the next run cleans it
     else:
-        assert p.returncode == 130 and err.strip().splitlines()[-1] == (
+        assert code == 130 and err.strip().splitlines()[-1] == (
             "interrupted; the previous demo export (if any) is untouched"
         )
     assert os.listdir() == ["demo_data"]

@@ -10,9 +10,6 @@ import glob
 import hashlib
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
@@ -20,13 +17,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import conftest
 import prepare_dataset
 from conftest import (
-    ENV,
     ROOT,
     assert_one_error,
     export_rows,
     fingerprint,
+    finish,
     main_fails,
     noise_image,
     png_claiming,
@@ -603,36 +601,8 @@ def big_export(tmp_path_factory):
 
 
 def start(args):
-    """prepare_dataset.py in a process group of its own (as a terminal starts it), with readers of its output;
-    returns once it has written a photo into its dataset.tmp-<pid>."""
-    p = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "prepare_dataset.py"), *map(str, args)],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-        start_new_session=True,
-    )
-    p.out, p.err = [], []
-    p.readers = [
-        threading.Thread(target=lambda s=s, into=into: into.extend(iter(s.readline, "")))
-        for s, into in ((p.stdout, p.out), (p.stderr, p.err))
-    ]
-    for reader in p.readers:
-        reader.start()
-    deadline = time.time() + 120
-    while not any(os.listdir(t) for t in glob.glob("dataset.tmp-*")) and p.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert p.poll() is None, f"finished before it could be interrupted:\n{''.join(p.out)}{''.join(p.err)}"
-    return p
-
-
-def finish(p):
-    p.wait(timeout=120)
-    for reader in p.readers:
-        reader.join()
-    return p.returncode, "".join(p.out), "".join(p.err)
+    """prepare_dataset.py running, once it has written a photo into its dataset.tmp-<pid>."""
+    return conftest.start("prepare_dataset.py", args, lambda: any(os.listdir(t) for t in glob.glob("dataset.tmp-*")))
 
 
 def test_a_second_run_in_the_folder_stops_and_leaves_the_first_alone(big_export, capsys):
