@@ -89,6 +89,7 @@ def onnx_predictor(session, meta, tta, explain_it):
     """photo -> (calibrated P(malignant), class probabilities, signed evidence map or None) with onnxruntime; tta
     averages over model.TTA_FLIPS (one view per run: works whatever batch size the file takes)."""
     name = session.get_inputs()[0].name
+    outputs = ["logits", "p_malignant", "cam"] if explain_it else ["logits", "p_malignant"]
 
     def predict_one(img):
         x = photos.preprocess(img, model.meta_data_config(meta))
@@ -96,7 +97,7 @@ def onnx_predictor(session, meta, tta, explain_it):
         for dims in model.TTA_FLIPS if tta else [()]:
             view = np.ascontiguousarray(np.flip(x, dims) if dims else x)[None]
             try:
-                runs.append(session.run(["logits", "p_malignant", "cam"], {name: view}))
+                runs.append(session.run(outputs, {name: view}))
             except Exception as e:  # onnxruntime failing at run time: the file, the machine
                 cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]}); export it again")
         probabilities = np.mean([model.class_probabilities(r[0]) for r in runs], axis=0)[0]
