@@ -83,9 +83,7 @@ def parse_args(argv=None):
     for flag, allowed in CHOICES:
         value = getattr(args, flag)
         cli.check(value is None or value in allowed, "--" + flag, value, "use " + " or ".join(allowed))
-    for flag, low, high, wanted in RANGES:
-        value = getattr(args, flag)
-        cli.check(value is None or cli.in_range(value, low, high), cli.flag_name(flag), value, f"use {wanted}")
+    cli.check_ranges(args, RANGES)
     args.card = os.path.splitext(args.output)[0] + ".md"
     args.curves = os.path.join(os.path.dirname(args.output), "training_curves.png")
     outputs = {
@@ -183,7 +181,8 @@ def warn_small_photos(paths, short):
 def scored(labels, logits, meta, target):
     """What an epoch's validation predictions say: (numbers for the log, the metadata a model file keeps:
     calibration, operating point, metrics at its threshold and ROC-AUC interval)."""
-    y, z = model.malignant_mask(meta)[labels].astype(int), model.malignant_log_odds(logits, model.malignant_mask(meta))
+    mask = model.malignant_mask(meta)
+    y, z = mask[labels].astype(int), model.malignant_log_odds(logits, mask)
     numbers = dict(
         roc_auc=float(metrics.roc_auc(y, z)),
         val_log_loss=float(calibration.log_loss(y, calibration.calibrated(z, None))),

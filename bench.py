@@ -23,6 +23,7 @@ run. The model files it measures are random-weight stand-ins (at chance), writte
 which must be new, empty, or one an earlier bench.py run made.
 """
 
+import math
 import os
 import shutil
 import statistics
@@ -54,32 +55,20 @@ MEMORY = True  # peak memory of one AItraining.py epoch at IMAGE_SIZE, BATCH_SIZ
 WORK_DIR = None  # folder for data and models: new, empty or made by bench.py; kept, re-used. None = a temporary one
 # -----------------------------------------------------------------------------
 HERE = os.path.dirname(os.path.abspath(__file__))
-RANGES = {  # flag: (lowest, highest or None) whole number
-    "image_size": (32, 2048),
-    "batch_size": (1, None),
-    "warmup": (0, None),
-    "steps": (1, None),
-    "rounds": (1, None),
-    "num_workers": (0, None),
-    "demo_photo_size": (64, 10000),
-    "n_prepare_images": (1, None),
-    "cold_runs": (1, None),
-    "warm_runs": (1, None),
-}
+RANGES = [("image_size", 32, 2048, "a whole number from 32 to 2048"),
+          ("batch_size", 1, math.inf, "a whole number >= 1"),
+          ("warmup", 0, math.inf, "a whole number >= 0"), ("steps", 1, math.inf, "a whole number >= 1"),
+          ("rounds", 1, math.inf, "a whole number >= 1"), ("num_workers", 0, math.inf, "a whole number >= 0"),
+          ("demo_photo_size", 64, 10000, "a whole number from 64 to 10000"),
+          ("n_prepare_images", 1, math.inf, "a whole number >= 1"), ("cold_runs", 1, math.inf, "a whole number >= 1"),
+          ("warm_runs", 1, math.inf, "a whole number >= 1")]  # fmt: skip
 ENV = {"HF_HUB_OFFLINE": "1"}  # the scripts it runs never reach the hub
 
 
 def parse_args(argv=None):
     """The flags, every value checked before any work (one error line)."""
     args = cli.parse_flags(globals(), argv, types={"WORK_DIR": str})
-    for name, (low, high) in RANGES.items():
-        value = getattr(args, name)
-        if high is None:
-            cli.check(value >= low, cli.flag_name(name.upper()), value, f"use a whole number >= {low}")
-        else:
-            cli.check(
-                low <= value <= high, cli.flag_name(name.upper()), value, f"use a whole number from {low} to {high}"
-            )
+    cli.check_ranges(args, RANGES)
     if args.work_dir is not None:
         check_work_dir(args.work_dir)
     return args

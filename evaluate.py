@@ -46,18 +46,18 @@ NAMES = {
     "f1": "F1",
     "roc_auc": "ROC-AUC",
 }
-RANGES = [("batch_size", 1, 1e5, ">= 1"), ("num_workers", 0, 256, ">= 0"), ("seed", 0, 2**32 - 1, ">= 0"),
-          ("n_bootstrap", 0, 100_000, "from 0 to 100000 (the intervals need memory and time in proportion)"),
-          ("n_mistakes", 0, 1000, "from 0 to 1000")]  # fmt: skip
+RANGES = [("batch_size", 1, 1e5, "a whole number >= 1"), ("num_workers", 0, 256, "a whole number >= 0"),
+          ("seed", 0, 2**32 - 1, "a whole number >= 0"),
+          ("n_bootstrap", 0, 100_000, "a whole number from 0 to 100000 (the intervals need memory and time in "
+           "proportion)"),
+          ("n_mistakes", 0, 1000, "a whole number from 0 to 1000")]  # fmt: skip
 PICTURES = ["confusion_matrix.png", "roc_curve.png", "calibration.png", "mistakes.png", "types_confusion.png"]
 
 
 def parse_args(argv=None):
     """The flags, checked before any slow work (the outputs must be writable, ours, and none of the inputs)."""
     args = cli.parse_flags(globals(), argv)
-    for flag, low, high, wanted in RANGES:
-        value = getattr(args, flag)
-        cli.check(cli.in_range(value, low, high), cli.flag_name(flag), value, f"use a whole number {wanted}")
+    cli.check_ranges(args, RANGES)
     cli.check_writable(args.output_dir, "--output-dir", folder=True)
     data = os.path.realpath(args.data_dir)
     inside = os.path.commonpath([data, os.path.realpath(args.output_dir)]) == data
@@ -239,10 +239,9 @@ def main(argv=None):
     paths, labels, views = paths[keep], labels[keep], [v[keep] for v in views]
     if not np.isfinite(np.concatenate(views)).all():
         cli.die(f"{args.model} gives outputs that are not numbers; the model is broken, retrain it")
-    y = model.malignant_mask(meta)[labels].astype(int)
-    z = np.mean([model.malignant_log_odds(v, model.malignant_mask(meta)) for v in views[:1]], axis=0)
+    mask = model.malignant_mask(meta)
+    y, z = mask[labels].astype(int), model.malignant_log_odds(views[0], mask)  # z: the photo itself, no flips
     p, probabilities = model.predictions(views, meta)
-    plain = model.predictions(views[:1], meta)[0]
     counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
     if min(int((y == 0).sum()), int((y == 1).sum())) == 0:
         lacking = "malignant" if (y == 0).all() else "benign"
@@ -281,6 +280,7 @@ def main(argv=None):
     if len(classes) > 2:
         result["types"] = types_report(labels, probabilities, classes, outputs[5])
     if args.tta:
+        plain = calibration.calibrated(z, meta.get("calibration"))
         result["tta_comparison"] = compare_tta(y, plain, p, threshold, args.n_bootstrap, args.seed)
     show(result, args)
 

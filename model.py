@@ -16,7 +16,7 @@ import numpy as np
 from scipy.special import logsumexp, softmax
 
 from skinlesion.calibration import calibrated
-from skinlesion.cli import die, is_list_of, is_number, is_table
+from skinlesion.cli import die, in_range, is_list_of, is_table
 from skinlesion.dataset import SIDES
 from skinlesion.files import TAG, atomic_write, file_kind, is_ours
 from skinlesion.weights import imagenet_model
@@ -144,25 +144,25 @@ def meta_fault(meta):
         return f"no {', '.join(missing)} in its metadata"
     if meta.get("model_name", MODEL_NAME) != MODEL_NAME:
         return f"it holds a {meta['model_name']} model, this project needs {MODEL_NAME}"
-    if not (isinstance(meta["image_size"], int) and is_number(meta["image_size"], 32, 2048)):
+    if not (isinstance(meta["image_size"], int) and in_range(meta["image_size"], 32, 2048)):
         return f"its image_size {meta['image_size']!r} is not a whole number from 32 to 2048"
-    if not is_list_of(meta["mean"], lambda v: is_number(v, -10, 10), 3):
+    if not is_list_of(meta["mean"], lambda v: in_range(v, -10, 10), 3):
         return f"its mean {meta['mean']!r} is not three numbers"
-    if not is_list_of(meta["std"], lambda v: is_number(v, 1e-6, 10), 3):
+    if not is_list_of(meta["std"], lambda v: in_range(v, 1e-6, 10), 3):
         return f"its std {meta['std']!r} is not three numbers above 0"
     if meta["interpolation"] not in ("bicubic", "bilinear", "nearest"):
         return f"its interpolation {meta['interpolation']!r} is not bicubic, bilinear or nearest"
-    if not is_number(meta["crop_pct"], 0.05, 1):
+    if not in_range(meta["crop_pct"], 0.05, 1):
         return f"its crop_pct {meta['crop_pct']!r} is not a number in (0, 1]"
-    if not is_number(meta["threshold"], 0, 1):
+    if not in_range(meta["threshold"], 0, 1):
         return f"its threshold {meta['threshold']!r} is not a number from 0 to 1"
     if calibration is not None and not (
         isinstance(calibration, dict)
-        and is_number(calibration.get("a"), 1e-6, 1e6)
-        and is_number(calibration.get("b"), -1e6, 1e6)
+        and in_range(calibration.get("a"), 1e-6, 1e6)
+        and in_range(calibration.get("b"), -1e6, 1e6)
     ):
         return f"its calibration {calibration!r} is not a positive scale a and a shift b"
-    if ci is not None and not is_list_of(ci, lambda v: is_number(v, 0, 1), 2):
+    if ci is not None and not is_list_of(ci, lambda v: in_range(v, 0, 1), 2):
         return f"its val_auc_ci95 {ci!r} is not two numbers from 0 to 1"
     bad = [key for key in ("val_metrics", "operating_point") if meta.get(key) is not None and not is_table(meta[key])]
     if bad:

@@ -167,8 +167,10 @@ def model_cautions(meta):
         ci = meta.get("val_auc_ci95")
         interval = f" (its validation ROC-AUC 95% interval {ci[0]:.3f}-{ci[1]:.3f} includes 0.5)" if ci else ""
         cautions.append(f"this model cannot be told from chance{interval}; do not rely on its predictions")
-    if meta.get("operating_point") and metrics.operating_point_warning(meta["operating_point"]):
-        cautions.append(metrics.operating_point_warning(meta["operating_point"]) + " on its validation photos")
+    op = meta.get("operating_point")
+    warning = metrics.operating_point_warning(op) if op else None
+    if warning:
+        cautions.append(warning + " on its validation photos")
     return cautions
 
 

@@ -24,6 +24,7 @@ disk, a kill or Ctrl-C leave the previous dataset byte-identical (it is built in
 is replaced as a whole only if prepare_dataset.py made it.
 """
 
+import math
 import os
 import re
 import shlex
@@ -50,8 +51,13 @@ MIN_KEPT = 0.5  # 0 to 1: stop when less of the rows survive bad labels, ids and
 SEED = 42  # sampling and split, 0 to 2**32 - 1
 WORKERS = os.cpu_count()  # processes that decode images, >= 1 (1: no pool)
 # -----------------------------------------------------------------------------
-SPLITS = ["train", "val", "test"]
 KEPT = ["isic_id", "label", "label_value", "side", "label_column", "lesion_id", "patient_id"]  # + CARD_COLUMNS
+RANGES = [("n_per_class", 1, math.inf, "a whole number >= 1"), ("min_per_class", 1, math.inf, "a whole number >= 1"),
+          ("val_fraction", 0, 0.9, "0 (no val split) to 0.9"), ("test_fraction", 0, 0.9, "0 (no test split) to 0.9"),
+          ("resize_to", 1, math.inf, "a size >= 1 px, or none (copy the files)"),
+          ("min_kept", 0, 1, "a share from 0 (never stop) to 1"),
+          ("seed", 0, 2**32 - 1, "a whole number >= 0 (< 2**32)"),
+          ("workers", 1, 1024, "1 to 1024 processes")]  # fmt: skip
 
 
 def download_hint(image_types, images_dir):
@@ -240,7 +246,7 @@ def write_splits(chosen, tmp):
     for row in chosen.itertuples():
         os.rename(os.path.join(tmp, row.file), os.path.join(tmp, row.split, row.label, row.file))
     manifest = chosen.assign(
-        file=chosen.split + "/" + chosen.label + "/" + chosen.file, split_order=chosen.split.map(SPLITS.index)
+        file=chosen.split + "/" + chosen.label + "/" + chosen.file, split_order=chosen.split.map(dataset.SPLITS.index)
     )
     manifest = manifest.rename(columns={"path": "source_file"}).sort_values(["split_order", "label", "isic_id"])
     columns = [
@@ -263,11 +269,11 @@ def report(manifest, steps, args, notes):
     """The summary: every step with what it left out, photos per split and class, and who and what they show."""
     print_steps(steps)
     table = pd.crosstab(manifest.split, manifest.label, margins=True, margins_name="total")
-    print(table.reindex([s for s in SPLITS if s in table.index] + ["total"]).to_string())
+    print(table.reindex([s for s in dataset.SPLITS if s in table.index] + ["total"]).to_string())
     print("\nwhom and what the photos show, per split (unknown: not in the metadata)")
     for factor, by_split in isic.factor_counts(manifest, "split").items():
         print(f"  {factor}")
-        for split in [s for s in SPLITS if s in by_split]:
+        for split in [s for s in dataset.SPLITS if s in by_split]:
             total = sum(by_split[split].values())
             common = sorted(by_split[split].items(), key=lambda item: -item[1])[:6]
             print(f"    {split:<6}" + ", ".join(f"{value} {n / total:.0%}" for value, n in common))
@@ -280,18 +286,11 @@ def parse_args(argv=None):
     args = cli.parse_flags(globals(), argv, nullable={"RESIZE_TO"})
     bad = [t for t in args.image_types if t not in isic.IMAGE_TYPES] + [""]
     cli.check(not bad[0], "--image-types", repr(bad[0]), "use ISIC's: " + ", ".join(map(repr, isic.IMAGE_TYPES)))
-    val, test, size = args.val_fraction, args.test_fraction, args.resize_to
-    for flag, value, ok, wanted in [
-            ("n-per-class", args.n_per_class, cli.in_range(args.n_per_class, 1), "a whole number >= 1"),
-            ("min-per-class", args.min_per_class, cli.in_range(args.min_per_class, 1), "a whole number >= 1"),
-            ("val-fraction", val, cli.in_range(val, 0, 0.9), "0 (no val split) to 0.9"),
-            ("test-fraction", test, cli.in_range(test, 0, 0.9), "0 (no test split) to 0.9"),
-            ("test-fraction", test, val + test <= 0.9 + 1e-9, f"at most {0.9 - val:.2f} with --val-fraction {val}"),
-            ("resize-to", size, size is None or cli.in_range(size, 1), "a size >= 1 px, or none (copy the files)"),
-            ("min-kept", args.min_kept, cli.in_range(args.min_kept, 0, 1), "a share from 0 (never stop) to 1"),
-            ("seed", args.seed, cli.in_range(args.seed, 0, 2**32 - 1), "a whole number >= 0 (< 2**32)"),
-            ("workers", args.workers, cli.in_range(args.workers, 1, 1024), "1 to 1024 processes")]:  # fmt: skip
-        cli.check(ok, "--" + flag, value, "use " + wanted)
+    cli.check_ranges(args, RANGES)
+    val, test = args.val_fraction, args.test_fraction
+    cli.check(
+        val + test <= 0.9 + 1e-9, "--test-fraction", test, f"use at most {0.9 - val:.2f} with --val-fraction {val}"
+    )
     files.check_output_folder(args.dataset_dir, "--dataset-dir", [args.images_dir, args.metadata_csv])
     files.check_replaceable(args.dataset_dir, "--dataset-dir", "prepare_dataset.py", legacy=is_earlier_dataset)
     cli.check_writable(os.path.dirname(os.path.abspath(args.dataset_dir)), "--dataset-dir", folder=True)

@@ -170,7 +170,6 @@ def build(site_dir, contents):
     """Write contents into a new folder that then replaces site_dir as a whole (files.replaced_folder): every
     file is created in a fresh folder, so no link can be followed."""
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(site_dir)), exist_ok=True)
         with files.replaced_folder(site_dir, "serve_web.py") as tmp:
             for name, data in contents.items():
                 path = os.path.join(tmp, *name.split("/"))

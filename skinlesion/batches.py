@@ -102,4 +102,5 @@ def augment(x, generator, size):
     x = (x * factor()).clamp(0, 1)  # brightness
     mean = grey(x).mean((2, 3), keepdim=True)
     x = ((x - mean) * factor() + mean).clamp(0, 1)  # contrast
-    return (grey(x) + (x - grey(x)) * factor()).clamp(0, 1)  # saturation
+    luma = grey(x)
+    return (luma + (x - luma) * factor()).clamp(0, 1)  # saturation

@@ -15,11 +15,6 @@ FOLDS = 5  # cross-validation folds that choose between temperature and Platt sc
 EPS = 1e-12
 
 
-def log_odds(p):
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
-
-
 def calibrated(z, calibration):
     """P(malignant) from the log-odds z through a calibration {a, b} (None: P itself, a = 1 and b = 0)."""
     a, b = 1.0, 0.0

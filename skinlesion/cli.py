@@ -11,6 +11,11 @@ import sys
 import tempfile
 
 RULER = re.compile(r"^# -{20,}$", re.M)  # the two lines around a script's constants block
+ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {
+    9: "\\t",
+    10: "\\n",
+    13: "\\r",
+}  # control characters
 
 
 def die(message):
@@ -40,19 +45,7 @@ def printable(path):
     """A path (or any name) as one printable line: bytes that are not UTF-8 (a file name from another system)
     as \\xNN, and control characters such as a newline as \\n or \\xNN, so a file name cannot forge a line."""
     text = os.fsencode(path).decode("utf-8", "backslashreplace") if isinstance(path, (str, bytes)) else str(path)
-    escaped = []
-    for char in text:
-        if char == "\n":
-            escaped.append("\\n")
-        elif char == "\r":
-            escaped.append("\\r")
-        elif char == "\t":
-            escaped.append("\\t")
-        elif ord(char) < 32 or ord(char) == 127:
-            escaped.append(f"\\x{ord(char):02x}")
-        else:
-            escaped.append(char)
-    return "".join(escaped)
+    return text.translate(ESCAPES)
 
 
 def counts_text(values, most=6):
@@ -185,7 +178,8 @@ def check(ok, flag, value, wanted):
         die(f"{flag} {value}: {wanted}")
 
 
-def in_range(value, low, high=math.inf):
+def in_range(value, low=-math.inf, high=math.inf):
+    """Whether value is a finite number (not a bool) from low to high: a flag's value, or a model file's."""
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -194,8 +188,12 @@ def in_range(value, low, high=math.inf):
     )
 
 
-def is_number(value, low=-math.inf, high=math.inf):
-    return not isinstance(value, bool) and in_range(value, low, high)
+def check_ranges(args, ranges):
+    """die at the first flag out of its range: ranges [(name, low, high, wanted)], e.g. ('epochs', 1, 1e6, 'a whole
+    number >= 1') gives '--epochs 0: use a whole number >= 1'. A value of None (a knob left to a recipe) passes."""
+    for name, low, high, wanted in ranges:
+        value = getattr(args, name)
+        check(value is None or in_range(value, low, high), flag_name(name), value, f"use {wanted}")
 
 
 def is_list_of(value, check, length=None):
@@ -204,7 +202,7 @@ def is_list_of(value, check, length=None):
 
 def is_table(value):
     """A dict of numbers (or lists, or None): metrics, an operating point, a calibration."""
-    return isinstance(value, dict) and all(v is None or isinstance(v, list) or is_number(v) for v in value.values())
+    return isinstance(value, dict) and all(v is None or isinstance(v, list) or in_range(v) for v in value.values())
 
 
 def check_writable(path, flag, folder=False):

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from skinlesion.files import TAG
+from skinlesion import plots
 from skinlesion.photos import upsample_bilinear
 
 
@@ -51,15 +51,10 @@ def save_gradcam(crop, cam, path, title, cautions=()):
     """The crop, then the evidence for malignant and for benign over it, on one scale (1 = the strongest in
     either map), a colour bar, the cautions in a box below. A map that is zero everywhere says so. Returns the
     names of the classes with no evidence."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    from skinlesion.files import atomic_write
-
+    plt = plots.pyplot()
     maps = evidence(cam, crop.size[0])
     top = max(m.max() for m in maps) or 1.0
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.8), layout="constrained")
@@ -99,12 +94,7 @@ def save_gradcam(crop, cam, path, title, cautions=()):
             wrap=True,
             bbox=dict(facecolor="#fff4ce", edgecolor="#1b1b1b"),
         )
-
-    def write(tmp):
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png", metadata={"Software": TAG})
-
-    atomic_write(path, write)
-    plt.close(fig)
+    plots.save_figure(fig, path, dpi=100)
     return blank
 
 

@@ -64,11 +64,11 @@ def stable_threshold(y, p, target):
     y, p = np.asarray(y) == 1, np.asarray(p, dtype=float)
     if not target or y.all() or not y.any():
         return 0.5
+    raw = threshold_for_sensitivity(y, p, target)
     positives = np.sort(p[y])
     n, q = len(positives), 1 - float(target)
-    raw = positives[n - int(np.ceil(target * n - 1e-9))]
     if q <= 0:
-        return float(raw)  # every malignant photo: the lowest P
+        return raw  # every malignant photo: the lowest P
     weights = np.diff(beta.cdf(np.arange(n + 1) / n, (n + 1) * q, (n + 1) * (1 - q)))
     return float(min(weights @ positives, raw))
 

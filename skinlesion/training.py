@@ -60,7 +60,8 @@ def predict_split(net, val_batches, amp, world):
                 out = net(x).float()
             losses += torch.nn.functional.cross_entropy(out, y, reduction="none").tolist()
             logits += out.double().cpu().numpy().tolist()
-            labels, indices = labels + y.tolist(), indices + list(i)
+            labels += y.tolist()
+            indices += list(i)
     labels, logits, losses = devices.gathered(world, indices, labels, logits, losses)
     if not np.isfinite(logits).all():
         die(

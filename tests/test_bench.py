@@ -30,7 +30,7 @@ def test_help_answers_before_torch_is_imported():
     assert "(default: None)" in r.stdout and "--no-train" in r.stdout, r.stdout
 
 
-BAD_FLAGS = [(f"--{name.replace('_', '-')}", low - 1, "use a whole number") for name, (low, _) in bench.RANGES.items()]
+BAD_FLAGS = [(f"--{name.replace('_', '-')}", low - 1, "use a whole number") for name, low, _, _ in bench.RANGES]
 BAD_FLAGS += [(flag, "none", "this flag needs a value") for flag, _, _ in BAD_FLAGS]
 BAD_FLAGS += [
     ("--image-size", 2049, "--image-size 2049: use a whole number from 32 to 2048"),

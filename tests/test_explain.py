@@ -17,7 +17,7 @@ from PIL import Image
 
 import model
 from conftest import lesion_photo, make_net
-from skinlesion import explain, photos
+from skinlesion import explain, files, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -173,7 +173,7 @@ def test_gradcam_picture_writes_the_cautions_on_it(tmp_path, said):
     explain.save_gradcam(crop(), cam, str(tmp_path / "without.png"), "title")
     with Image.open(tmp_path / "with.png") as with_cautions, Image.open(tmp_path / "without.png") as without:
         assert with_cautions.height > without.height + 20  # the box below is inside the picture
-        assert with_cautions.info["Software"] == without.info["Software"] == explain.TAG
+        assert with_cautions.info["Software"] == without.info["Software"] == files.TAG
 
 
 def test_gradcam_picture_has_a_real_colour_bar(tmp_path, monkeypatch):

@@ -198,10 +198,11 @@ def test_odd_files_in_a_folder(tmp_path, models):
     lesion_photo(folder / "läsion 1.jpg", seed=4)
     lesion_photo(folder / "Größe 2.png", seed=5)
     lesion_photo(os.fsdecode(os.path.join(os.fsencode(folder), b"photo\xff.jpg")), seed=6)
-    png_claiming(folder / "riesig.png", 20000, 20000)  # 400 MP > model.MAX_IMAGE_PIXELS
+    png_claiming(folder / "riesig.png", 20000, 20000)  # 400 MP > photos.MAX_IMAGE_PIXELS
     os.makedirs(folder / "sub")
     os.mkfifo(folder / "sub" / "photo.jpg")
-    r = run("predict.py", "Ärzte Fotos", "--model", models[0.5], "--csv", "Ergebnisse ü.csv", cwd=tmp_path, timeout=120)
+    argv = ["Ärzte Fotos", "--model", models[0.5], "--csv", "Ergebnisse ü.csv"]
+    r = run("predict.py", *argv, cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     lines = r.stdout.splitlines()
     names = ["Ärzte Fotos/Größe 2.png", "Ärzte Fotos/läsion 1.jpg", "Ärzte Fotos/photo\\xff.jpg"]
