@@ -72,16 +72,21 @@ function showAbout(summary, card) {
     $("trained-on").textContent = summary.trained_on;
     $("how-well").textContent = summary.how_well;
     $("intended-use").textContent = summary.intended_use;
-    $("card-limits").replaceChildren(...summary.limits.map((text) => {
-      const item = document.createElement("li");
-      item.textContent = text;
-      return item;
-    }));
+    fillList($("card-limits"), summary.limits);
   }
   $("card-summary").hidden = !summary;
   $("no-summary").hidden = Boolean(summary);
   $("card-link").hidden = !card;
   $("about").hidden = false;
+}
+
+// A list element's items: one <li> per text (as text, never as HTML).
+function fillList(list, texts) {
+  list.replaceChildren(...texts.map((text) => {
+    const item = document.createElement("li");
+    item.textContent = text;
+    return item;
+  }));
 }
 
 function showMessage(text) {
@@ -238,11 +243,7 @@ function show(run) {
     cautions.push(`Borderline: P(malignant) is within ${config.borderline_margin} of the threshold, so this result `
       + "could go either way. Do not read it as a confident answer.");
   }
-  $("cautions").replaceChildren(...cautions.map((text) => {
-    const item = document.createElement("li");
-    item.textContent = text;
-    return item;
-  }));
+  fillList($("cautions"), cautions);
   $("cautions").hidden = cautions.length === 0;
   $("operating-point").textContent = `Operating point: ${config.operating_point_text}.`;
   $("operating-point").hidden = !config.operating_point_text;
