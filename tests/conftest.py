@@ -310,3 +310,21 @@ def finish(p):
     for reader in p.readers:
         reader.join()
     return p.returncode, "".join(p.out), "".join(p.err)
+
+
+# ---------------------------------------------------------------------------- shared by the tests of the scripts
+class RunsCode:
+    """Unpickling this runs a shell command (touch marker): what a malicious 'checkpoint' does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def refuses(argv, capsys, expected):
+    """predict.main(argv) stops with one error line and prints nothing on stdout."""
+    import predict
+
+    assert main_fails(predict.main, argv, capsys, expected) == ""

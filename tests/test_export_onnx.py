@@ -25,15 +25,21 @@ import evaluate
 import export_onnx
 import model
 import predict
-from conftest import ENV, ROOT, assert_one_error, fingerprint, lesion_photo, main_fails, make_net, run, save_model
+from conftest import (
+    ENV,
+    ROOT,
+    assert_one_error,
+    fingerprint,
+    lesion_photo,
+    main_fails,
+    make_net,
+    refuses,
+    run,
+    save_model,
+)
 from skinlesion import explain, files, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
-
-
-def refuses(argv, capsys, expected):
-    """predict.main(argv) stops with one error line and prints nothing on stdout."""
-    assert main_fails(predict.main, argv, capsys, expected) == ""
 
 
 SIZE = 64

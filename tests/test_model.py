@@ -19,7 +19,7 @@ import export_onnx
 import measure_transfer
 import model
 import predict
-from conftest import assert_one_error, fingerprint, make_split_tree, save_model
+from conftest import RunsCode, assert_one_error, fingerprint, make_split_tree, save_model
 
 
 @pytest.fixture(scope="module")
@@ -154,16 +154,6 @@ def test_checkpoints_that_are_not_ours_are_refused(scripts_setup, tmp_path, caps
             model.load_checkpoint(str(tmp_path / name))
         assert_one_error(1, capsys.readouterr().err, expected)
     assert not (tmp_path / "code ran").exists(), "unpickling the checkpoint ran its code"
-
-
-class RunsCode:
-    """Unpickling this runs a shell command (touch marker): what a malicious 'checkpoint' does."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch '{self.marker}'",)
 
 
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):

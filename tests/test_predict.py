@@ -23,6 +23,7 @@ import predict
 from conftest import (
     ENV,
     ROOT,
+    RunsCode,
     assert_one_error,
     fingerprint,
     lesion_photo,
@@ -30,17 +31,13 @@ from conftest import (
     make_net,
     noise_image,
     png_claiming,
+    refuses,
     run,
     save_model,
 )
 from skinlesion import explain, files, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
-
-
-def refuses(argv, capsys, expected):
-    """predict.main(argv) stops with one error line and prints nothing on stdout."""
-    assert main_fails(predict.main, argv, capsys, expected) == ""
 
 
 SIZE = 64
@@ -294,16 +291,6 @@ def test_named_pipe_passed_directly_is_one_line(tmp_path, models, case):
         else "pipe is a named pipe; pass an image file or a folder of images",
     )
     assert r.stdout == ""
-
-
-class RunsCode:
-    """Unpickling this runs a shell command (touch marker): what a malicious 'checkpoint' does."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch '{self.marker}'",)
 
 
 @pytest.fixture(scope="module")
