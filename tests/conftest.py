@@ -278,11 +278,13 @@ def trained_types_model(demo_dataset, tmp_path_factory):
     return str(folder / "skin_model.pth"), os.path.join(root, "types"), r.stdout + r.stderr
 
 
-def start(script, args, started):
-    """script in a process group of its own (as a terminal starts it), with readers of its output; returns once
-    started() is true (it wrote into its temporary folder), so that a signal can cut it short."""
+def start(script, args, started, cwd=None, timeout=120):
+    """script in a process group of its own (as a terminal starts it), with readers of its output (p.out, p.err:
+    lists of lines); returns once started(p) is true (say, it wrote into its temporary folder), or after timeout
+    seconds, so that a signal can cut it short."""
     p = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        cwd=cwd,
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -297,8 +299,8 @@ def start(script, args, started):
     ]
     for reader in p.readers:
         reader.start()
-    deadline = time.time() + 120
-    while not started() and p.poll() is None and time.time() < deadline:
+    deadline = time.time() + timeout
+    while not started(p) and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert p.poll() is None, f"finished before it could be interrupted:\n{''.join(p.out)}{''.join(p.err)}"
     return p

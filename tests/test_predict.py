@@ -8,9 +8,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 
 import numpy as np
 import pytest
@@ -21,11 +18,10 @@ import export_onnx
 import model
 import predict
 from conftest import (
-    ENV,
-    ROOT,
     RunsCode,
     assert_one_error,
     fingerprint,
+    finish,
     lesion_photo,
     main_fails,
     make_net,
@@ -34,6 +30,7 @@ from conftest import (
     refuses,
     run,
     save_model,
+    start,
 )
 from skinlesion import explain, files, photos
 
@@ -398,35 +395,15 @@ def test_ctrl_c_while_predicting_a_folder_keeps_the_previous_csv(tmp_path, model
         noise_image(tmp_path / "photos" / f"p{i:03d}.jpg", i, size=(40, 30))
     (tmp_path / "predictions.csv").write_text("file,prediction,p_malignant,threshold,borderline\nprevious.jpg\n")
     before = fingerprint(tmp_path)
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(ROOT, "predict.py"),
-            "photos",
-            "--model",
-            models[0.5],
-            "--csv",
-            "predictions.csv",
-        ],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-        start_new_session=True,
+    p = start(
+        "predict.py", ["photos", "--model", models[0.5], "--csv", "predictions.csv"], lambda p: p.out, cwd=tmp_path
     )
-    err = []
-    reader = threading.Thread(target=lambda: err.extend(p.stderr))
-    reader.start()
-    out = p.stdout.readline()  # the first photo's line: the model is loaded and the loop running
-    assert "Prediction:" in out and p.poll() is None, out + "".join(err)
+    # the first photo's line: the model is loaded and the loop running
+    assert "Prediction:" in p.out[0], "".join(p.out + p.err)
     os.killpg(p.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
-    out += p.stdout.read()
-    p.wait(timeout=120)
-    reader.join()
-    assert p.returncode == 130, "".join(err)
-    assert "".join(err).strip() == "interrupted"
+    code, out, err = finish(p)
+    assert code == 130, err
+    assert err.strip() == "interrupted"
     assert out.count("Prediction:") < 300
     assert fingerprint(tmp_path) == before
 
