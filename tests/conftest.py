@@ -330,3 +330,31 @@ def refuses(argv, capsys, expected):
     import predict
 
     assert main_fails(predict.main, argv, capsys, expected) == ""
+
+
+def skip_or_fail(reason):
+    """What a test needs is missing: skip on a developer machine, fail where the CI environment variable is set."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def start_server(*args, log, cwd=ROOT):
+    """serve_web.py serving on a free port (stderr into the file log): (process, base url, port, the 'built' line)."""
+    with open(log, "w") as stderr:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "serve_web.py"), *map(str, args), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            encoding="utf-8",
+            cwd=cwd,
+            env=ENV,
+        )
+    built, serving = proc.stdout.readline(), proc.stdout.readline()
+    if "serving the page at http://127.0.0.1:" not in serving:
+        proc.kill()
+        with open(log, encoding="utf-8") as f:
+            pytest.fail(built + serving + f.read())
+    url = serving.split(" at ")[1].split()[0]
+    return proc, url, int(url.rsplit(":", 1)[1].strip("/")), built
