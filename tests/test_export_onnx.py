@@ -32,7 +32,6 @@ from conftest import (
     fingerprint,
     lesion_photo,
     main_fails,
-    make_net,
     refuses,
     run,
     save_model,
@@ -53,8 +52,7 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
     checkpoint = save_model(
         folder / "skin_model.pth",
-        make_net(SIZE),
-        SIZE,
+        size=SIZE,
         threshold=0.37,
         at_chance=False,
         val_metrics={"roc_auc": 0.71},
@@ -386,7 +384,7 @@ def test_non_finite_probability_is_an_error_never_a_label(tmp_path, monkeypatch,
     """A model that gives P = NaN for dark photos (no checked model file does; the check runs anyway): the photo
     is skipped with the reason in a folder (the other photo labelled, exit 0), an error with no label when it is the
     only photo."""
-    path = save_model(tmp_path / "model.pth", make_net(SIZE), SIZE)
+    path = save_model(tmp_path / "model.pth", size=SIZE)
 
     def nan_for_dark(net, meta, tta, explain_it):
         def predict_one(img):

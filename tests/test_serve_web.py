@@ -20,7 +20,7 @@ import urllib.request
 import onnx
 import pytest
 
-from conftest import ROOT, assert_one_error, fingerprint, make_net, run, save_model, skip_or_fail, start_server
+from conftest import ROOT, assert_one_error, fingerprint, run, save_model, skip_or_fail, start_server
 
 SCRIPT = os.path.join(ROOT, "serve_web.py")
 NODE_MODULES = os.path.join(ROOT, "node_modules")
@@ -69,8 +69,7 @@ def exported_model(folder):
     the 'cam' output (an export of an earlier version)."""
     checkpoint = save_model(
         folder / "source.pth",
-        make_net(SIZE),
-        SIZE,
+        size=SIZE,
         threshold=0.4,
         at_chance=False,
         val_metrics={"roc_auc": 0.8},
