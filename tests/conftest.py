@@ -358,3 +358,11 @@ def start_server(*args, log, cwd=ROOT):
             pytest.fail(built + serving + f.read())
     url = serving.split(" at ")[1].split()[0]
     return proc, url, int(url.rsplit(":", 1)[1].strip("/")), built
+
+
+def front_matter(text):
+    """The YAML front matter of a model card (it starts the text)."""
+    import yaml
+
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])

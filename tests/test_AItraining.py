@@ -15,7 +15,6 @@ import time
 
 import pandas as pd
 import pytest
-import yaml
 
 import AItraining
 import model
@@ -25,6 +24,7 @@ from conftest import (
     assert_one_error,
     fingerprint,
     finish,
+    front_matter,
     lesion_photo,
     main_fails,
     make_split_tree,
@@ -94,7 +94,7 @@ def test_the_model_card_is_written_beside_the_model(trained_model):
     assert f"model card: {card_file}" in out or "model card: skin_model.md" in out
     with open(card_file, encoding="utf-8") as f:
         text = f.read()
-    header = yaml.safe_load(text.split("---")[1])
+    header = front_matter(text)
     assert header["library_name"] == "timm" and "base_model" not in header  # random weights: no base model
     assert header["license"] in ("cc-by-nc-4.0", "cc-by-4.0", "cc0-1.0")
     meta = model.read_checkpoint(path)["meta"]

@@ -7,12 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 import evaluate
 import model
-from conftest import assert_one_error, fingerprint, lesion_photo, main_fails, run, save_model
+from conftest import assert_one_error, fingerprint, front_matter, lesion_photo, main_fails, run, save_model
 from skinlesion import files
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -242,7 +241,7 @@ def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, 
     op = report["operating_point"]
     assert op["test_sensitivity"] == report["metrics"]["sensitivity"] and len(op["test_sensitivity_ci95"]) == 2
     text = (tmp_path / "model.md").read_text(encoding="utf-8")
-    header = yaml.safe_load(text.split("---")[1])
+    header = front_matter(text)
     test = next(r for r in header["model-index"][0]["results"] if r["dataset"]["split"] == "test")
     values = {m["type"]: m["value"] for m in test["metrics"]}
     for key in ("roc_auc", "sensitivity", "specificity"):
@@ -359,7 +358,7 @@ def test_the_demo_runs_card_holds_the_test_results_by_subgroup(trained_model, de
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "evaluation.json").read_text())
     text = (tmp_path / "skin_model.md").read_text(encoding="utf-8")
-    header = yaml.safe_load(text.split("---")[1])
+    header = front_matter(text)
     assert header["license"] == "cc-by-nc-4.0"  # the demo's licences include CC-BY-NC: the most restrictive wins
     test = next(r for r in header["model-index"][0]["results"] if r["dataset"]["split"] == "test")
     for metric in test["metrics"]:
