@@ -79,7 +79,6 @@ def exported(tmp_path_factory):
         "--check-images",
         "photos",
         cwd=folder,
-        timeout=600,
     )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
     return dict(
@@ -510,7 +509,6 @@ def test_a_type_model_exports_p_malignant_as_the_sum_over_its_malignant_types(tr
         "--check-images",
         os.path.join(types_dir, "test"),
         cwd=tmp_path,
-        timeout=600,
     )
     assert r.returncode == 0, r.stderr
     net, meta = model.load_checkpoint(path)

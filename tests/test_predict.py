@@ -1,7 +1,7 @@
 """predict.py with a random-init 64 px EfficientNet-B0 (conftest.make_net: P(malignant) varies across photos):
 output format and digits, the stored and overridden threshold, folders, CSV, TTA, Grad-CAM, the at-chance
 caution, user mistakes, bad checkpoints (also for export_onnx.py), and the previous output never lost (a
-failing write, Ctrl-C, odd file names, named pipes). The ONNX path is in test_onnx.py."""
+failing write, Ctrl-C, odd file names, named pipes). The ONNX path is in test_export_onnx.py."""
 
 import csv
 import os

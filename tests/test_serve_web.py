@@ -98,14 +98,14 @@ def run_script(*args, cwd=ROOT):
 def project(tmp_path_factory):
     """A user's folder: the model, its card beside it, and files of the user's own; a victim file elsewhere."""
     folder = tmp_path_factory.mktemp("project")
-    _, without_cam = exported_model(folder)
+    onnx_file, without_cam = exported_model(folder)
     (folder / "skin_model.md").write_text(CARD_TEXT, encoding="utf-8")
     (folder / "notes.txt").write_text("the user's notes\n")
     (folder / ".git").mkdir()
     (folder / ".git" / "config").write_text("[core]\n\tsecret = yes\n")
     victim = tmp_path_factory.mktemp("victim") / "victim.txt"
     victim.write_text("precious\n")
-    return dict(folder=folder, model=str(folder / "skin_model.onnx"), victim=str(victim), without_cam=without_cam)
+    return dict(folder=folder, model=onnx_file, victim=str(victim), without_cam=without_cam)
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +249,7 @@ def test_head_and_a_matching_etag_send_no_body(server):
     assert server["log"].new_lines() == []
 
 
-def test_only_the_page_is_served_and_nothing_is_read_from_disk(server, project, tmp_path):
+def test_only_the_page_is_served_and_nothing_is_read_from_disk(server):
     site = server["site"]
     os.symlink("/etc/passwd", os.path.join(site, "passwd"))  # planted after the start: the server never looks
     with open(os.path.join(site, "secret.txt"), "w") as f:
