@@ -278,11 +278,13 @@ def trained_types_model(demo_dataset, tmp_path_factory):
     return str(folder / "skin_model.pth"), os.path.join(root, "types"), r.stdout + r.stderr
 
 
-def start(script, args, started):
-    """script in a process group of its own (as a terminal starts it), with readers of its output; returns once
-    started() is true (it wrote into its temporary folder), so that a signal can cut it short."""
+def start(script, args, started, cwd=None, timeout=120):
+    """script in a process group of its own (as a terminal starts it), with readers of its output (p.out, p.err:
+    lists of lines); returns once started(p) is true (say, it wrote into its temporary folder), or after timeout
+    seconds, so that a signal can cut it short."""
     p = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        cwd=cwd,
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -297,8 +299,8 @@ def start(script, args, started):
     ]
     for reader in p.readers:
         reader.start()
-    deadline = time.time() + 120
-    while not started() and p.poll() is None and time.time() < deadline:
+    deadline = time.time() + timeout
+    while not started(p) and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert p.poll() is None, f"finished before it could be interrupted:\n{''.join(p.out)}{''.join(p.err)}"
     return p
@@ -310,3 +312,57 @@ def finish(p):
     for reader in p.readers:
         reader.join()
     return p.returncode, "".join(p.out), "".join(p.err)
+
+
+# ---------------------------------------------------------------------------- shared by the tests of the scripts
+class RunsCode:
+    """Unpickling this runs a shell command (touch marker): what a malicious 'checkpoint' does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def refuses(argv, capsys, expected):
+    """predict.main(argv) stops with one error line and prints nothing on stdout."""
+    import predict
+
+    assert main_fails(predict.main, argv, capsys, expected) == ""
+
+
+def skip_or_fail(reason):
+    """What a test needs is missing: skip on a developer machine, fail where the CI environment variable is set."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def start_server(*args, log, cwd=ROOT):
+    """serve_web.py serving on a free port (stderr into the file log): (process, base url, port, the 'built' line)."""
+    with open(log, "w") as stderr:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "serve_web.py"), *map(str, args), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            encoding="utf-8",
+            cwd=cwd,
+            env=ENV,
+        )
+    built, serving = proc.stdout.readline(), proc.stdout.readline()
+    if "serving the page at http://127.0.0.1:" not in serving:
+        proc.kill()
+        with open(log, encoding="utf-8") as f:
+            pytest.fail(built + serving + f.read())
+    url = serving.split(" at ")[1].split()[0]
+    return proc, url, int(url.rsplit(":", 1)[1].strip("/")), built
+
+
+def front_matter(text):
+    """The YAML front matter of a model card (it starts the text)."""
+    import yaml
+
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])

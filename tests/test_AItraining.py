@@ -11,12 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pandas as pd
 import pytest
-import yaml
 
 import AItraining
 import model
@@ -25,11 +23,14 @@ from conftest import (
     ROOT,
     assert_one_error,
     fingerprint,
+    finish,
+    front_matter,
     lesion_photo,
     main_fails,
     make_split_tree,
     run,
     save_model,
+    start,
 )
 from skinlesion import files, metrics, training
 
@@ -93,7 +94,7 @@ def test_the_model_card_is_written_beside_the_model(trained_model):
     assert f"model card: {card_file}" in out or "model card: skin_model.md" in out
     with open(card_file, encoding="utf-8") as f:
         text = f.read()
-    header = yaml.safe_load(text.split("---")[1])
+    header = front_matter(text)
     assert header["library_name"] == "timm" and "base_model" not in header  # random weights: no base model
     assert header["license"] in ("cc-by-nc-4.0", "cc-by-4.0", "cc0-1.0")
     meta = model.read_checkpoint(path)["meta"]
@@ -276,20 +277,14 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
 
 def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "AItraining.py"), *map(str, FAST), "--data-dir", data, "--epochs", "30"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=ENV,
+    last = tmp_path / "skin_model_last.pth"
+    p = start(
+        "AItraining.py", [*FAST, "--data-dir", data, "--epochs", 30], lambda _: last.exists(), cwd=tmp_path, timeout=300
     )
-    last, deadline = tmp_path / "skin_model_last.pth", time.time() + 300
-    while not last.exists() and time.time() < deadline:
-        time.sleep(0.05)
     time.sleep(0.5)  # well inside the next epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    p.send_signal(signal.SIGKILL)
+    code, _, _ = finish(p)
+    assert code == -signal.SIGKILL
     model.load_checkpoint(str(tmp_path / "skin_model.pth"))  # still loadable
     finished = model.read_checkpoint(str(last))["meta"]["epoch"]
     assert 1 <= finished < 30
@@ -410,34 +405,23 @@ def test_ctrl_c_during_training_keeps_the_previous_model(tmp_path):
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
     save_model(tmp_path / "skin_model.pth", size=32)
     before = fingerprint(tmp_path)["skin_model.pth"]
-    p = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "AItraining.py"), *map(str, FAST), "--data-dir", data, "--epochs", "50"],
+    p = start(
+        "AItraining.py",
+        [*FAST, "--data-dir", data, "--epochs", 50],
+        lambda p: any("train: 96 images" in line for line in p.out),
         cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        timeout=180,
     )
-    out = []
-    reader = threading.Thread(target=lambda: out.extend(iter(p.stdout.readline, "")))
-    reader.start()
-    deadline = time.time() + 180
-    while not any("train: 96 images" in line for line in out) and time.time() < deadline:
-        time.sleep(0.02)
     os.killpg(p.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
-    err = p.stderr.read()
-    p.wait(timeout=120)
-    reader.join()
-    assert p.returncode == 130 and "Traceback" not in err, err
+    code, out, err = finish(p)
+    assert code == 130 and "Traceback" not in err, err
     assert (
         err.strip().splitlines()[-1]
         == "interrupted; skin_model.pth holds the best finished epoch, continue with --resume"
     )
     assert not glob.glob(str(tmp_path / "*.tmp*"))  # no half-written checkpoint
-    if not any(
-        line.startswith("epoch ") for line in out
-    ):  # interrupted in the first epoch: the earlier model untouched
+    # interrupted in the first epoch: the earlier model untouched
+    if not any(line.startswith("epoch ") for line in out.splitlines()):
         assert fingerprint(tmp_path)["skin_model.pth"] == before
     model.load_checkpoint(str(tmp_path / "skin_model.pth"))
 

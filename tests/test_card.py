@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 import AItraining
 import evaluate
 import model
+from conftest import front_matter
 from skinlesion import card, dataset, isic, model_index
 
 SECTIONS = ["## Model details", "## Intended use", "## Training data", "## Evaluation", "## Factors", "## Caveats"]
@@ -123,11 +123,6 @@ def evaluated(meta, rows=None, seed=1, n=400, columns=("sex", "age_approx", "ana
         calibration=evaluate.calibration_report(y, z, meta.get("calibration"), args),
         subgroups=evaluate.subgroups(y, p, test_rows, args),
     )
-
-
-def front_matter(text):
-    assert text.startswith("---\n")
-    return yaml.safe_load(text.split("---\n", 2)[1])
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 import evaluate
 import model
-from conftest import assert_one_error, fingerprint, lesion_photo, main_fails, run, save_model
+from conftest import assert_one_error, fingerprint, front_matter, lesion_photo, main_fails, run, save_model
 from skinlesion import files
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,14 +46,25 @@ def test_compare_tta_tells_help_from_no_difference(capsys):
     assert "TTA vs plain on the same images" in capsys.readouterr().out
 
 
+def class_photos(root, n):
+    """root/<class>/<class>_<j>.jpg: n lesion photos per class (80 x 64), the malignant ones large and dark."""
+    for k, c in enumerate(model.CLASSES):
+        for j in range(n):
+            lesion_photo(root / c / f"{c}_{j}.jpg", (80, 64), [k, j], malignant=bool(k))
+
+
+def evaluate_into(model_file, data_dir, out_dir, n_bootstrap, *extra):
+    """evaluate.main in this process: model_file on data_dir, the report into out_dir, no loader workers."""
+    argv = ["--model", model_file, "--data-dir", data_dir, "--output-dir", out_dir, "--n-bootstrap", n_bootstrap]
+    evaluate.main(list(map(str, [*argv, "--num-workers", 0, *extra])))
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A 64 px model whose answers vary, a test folder with a stray and a broken file, and evaluate.py's run."""
     tmp = tmp_path_factory.mktemp("evaluate")
     save_model(tmp / "model.pth", threshold=THRESHOLD, val_metrics={"roc_auc": 0.9})
-    for k, c in enumerate(model.CLASSES):
-        for j in range(6):
-            lesion_photo(tmp / "test" / c / f"{c}_{j}.jpg", (80, 64), [k, j], malignant=bool(k))
+    class_photos(tmp / "test", 6)
     (tmp / "test" / "benign" / "notes.txt").write_text("not an image")
     (tmp / "test" / "malignant" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     result = run(
@@ -104,23 +114,9 @@ def test_unreadable_and_stray_files_are_counted(setup):
     assert "skipped 1 unreadable image" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_tta_adds_a_comparison(setup, tmp_path, monkeypatch, capsys):
+def test_tta_adds_a_comparison(setup, tmp_path, capsys):
     tmp, _, _ = setup
-    evaluate.main(
-        [
-            "--model",
-            str(tmp / "model.pth"),
-            "--data-dir",
-            str(tmp / "test"),
-            "--output-dir",
-            str(tmp_path),
-            "--tta",
-            "--n-bootstrap",
-            "100",
-            "--num-workers",
-            "0",
-        ]
-    )
+    evaluate_into(tmp / "model.pth", tmp / "test", tmp_path, 100, "--tta")
     report = json.loads((tmp_path / "evaluation.json").read_text())
     cmp = report["tta_comparison"]
     assert report["tta"] is True and {"plain", "tta", "roc_auc_gain", "verdict"} <= set(cmp)
@@ -134,20 +130,7 @@ def test_a_model_at_chance_is_called_so(setup, tmp_path, capsys):
     for c in model.CLASSES:
         for j in range(8):
             lesion_photo(tmp_path / "twins" / c / f"{j}.jpg", (80, 64), j)
-    evaluate.main(
-        [
-            "--model",
-            str(tmp / "model.pth"),
-            "--data-dir",
-            str(tmp_path / "twins"),
-            "--output-dir",
-            str(tmp_path / "out"),
-            "--n-bootstrap",
-            "300",
-            "--num-workers",
-            "0",
-        ]
-    )
+    evaluate_into(tmp / "model.pth", tmp_path / "twins", tmp_path / "out", 300)
     assert "warning: on these photos the model cannot be told from chance" in capsys.readouterr().err
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["at_chance"] is True
 
@@ -217,20 +200,7 @@ def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, 
     in the model card beside the model, equal to evaluation.json's."""
     tmp, _, _ = setup
     path = shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth")
-    evaluate.main(
-        [
-            "--model",
-            str(path),
-            "--data-dir",
-            str(tmp / "test"),
-            "--output-dir",
-            str(tmp_path / "out"),
-            "--n-bootstrap",
-            "300",
-            "--num-workers",
-            "0",
-        ]
-    )
+    evaluate_into(path, tmp / "test", tmp_path / "out", 300)
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     cal = report["calibration"]
@@ -242,7 +212,7 @@ def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, 
     op = report["operating_point"]
     assert op["test_sensitivity"] == report["metrics"]["sensitivity"] and len(op["test_sensitivity_ci95"]) == 2
     text = (tmp_path / "model.md").read_text(encoding="utf-8")
-    header = yaml.safe_load(text.split("---")[1])
+    header = front_matter(text)
     test = next(r for r in header["model-index"][0]["results"] if r["dataset"]["split"] == "test")
     values = {m["type"]: m["value"] for m in test["metrics"]}
     for key in ("roc_auc", "sensitivity", "specificity"):
@@ -287,23 +257,8 @@ def test_the_target_outside_the_test_interval_is_said(tmp_path, capsys):
             specificity_ci95=[0.2, 0.4],
         ),
     )
-    for k, c in enumerate(model.CLASSES):
-        for j in range(8):
-            lesion_photo(tmp_path / "test" / c / f"{c}_{j}.jpg", (80, 64), [k, j], malignant=bool(k))
-    evaluate.main(
-        [
-            "--model",
-            path,
-            "--data-dir",
-            str(tmp_path / "test"),
-            "--output-dir",
-            str(tmp_path / "out"),
-            "--n-bootstrap",
-            "200",
-            "--num-workers",
-            "0",
-        ]
-    )
+    class_photos(tmp_path / "test", 8)
+    evaluate_into(path, tmp_path / "test", tmp_path / "out", 200)
     err = capsys.readouterr().err
     report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     if report["operating_point"]["target_outside_interval"]:
@@ -359,7 +314,7 @@ def test_the_demo_runs_card_holds_the_test_results_by_subgroup(trained_model, de
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "evaluation.json").read_text())
     text = (tmp_path / "skin_model.md").read_text(encoding="utf-8")
-    header = yaml.safe_load(text.split("---")[1])
+    header = front_matter(text)
     assert header["license"] == "cc-by-nc-4.0"  # the demo's licences include CC-BY-NC: the most restrictive wins
     test = next(r for r in header["model-index"][0]["results"] if r["dataset"]["split"] == "test")
     for metric in test["metrics"]:

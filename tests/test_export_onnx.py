@@ -25,15 +25,20 @@ import evaluate
 import export_onnx
 import model
 import predict
-from conftest import ENV, ROOT, assert_one_error, fingerprint, lesion_photo, main_fails, make_net, run, save_model
+from conftest import (
+    ENV,
+    ROOT,
+    assert_one_error,
+    fingerprint,
+    lesion_photo,
+    main_fails,
+    refuses,
+    run,
+    save_model,
+)
 from skinlesion import explain, files, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
-
-
-def refuses(argv, capsys, expected):
-    """predict.main(argv) stops with one error line and prints nothing on stdout."""
-    assert main_fails(predict.main, argv, capsys, expected) == ""
 
 
 SIZE = 64
@@ -47,8 +52,7 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
     checkpoint = save_model(
         folder / "skin_model.pth",
-        make_net(SIZE),
-        SIZE,
+        size=SIZE,
         threshold=0.37,
         at_chance=False,
         val_metrics={"roc_auc": 0.71},
@@ -75,7 +79,6 @@ def exported(tmp_path_factory):
         "--check-images",
         "photos",
         cwd=folder,
-        timeout=600,
     )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
     return dict(
@@ -380,7 +383,7 @@ def test_non_finite_probability_is_an_error_never_a_label(tmp_path, monkeypatch,
     """A model that gives P = NaN for dark photos (no checked model file does; the check runs anyway): the photo
     is skipped with the reason in a folder (the other photo labelled, exit 0), an error with no label when it is the
     only photo."""
-    path = save_model(tmp_path / "model.pth", make_net(SIZE), SIZE)
+    path = save_model(tmp_path / "model.pth", size=SIZE)
 
     def nan_for_dark(net, meta, tta, explain_it):
         def predict_one(img):
@@ -506,7 +509,6 @@ def test_a_type_model_exports_p_malignant_as_the_sum_over_its_malignant_types(tr
         "--check-images",
         os.path.join(types_dir, "test"),
         cwd=tmp_path,
-        timeout=600,
     )
     assert r.returncode == 0, r.stderr
     net, meta = model.load_checkpoint(path)

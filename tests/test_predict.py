@@ -1,16 +1,13 @@
 """predict.py with a random-init 64 px EfficientNet-B0 (conftest.make_net: P(malignant) varies across photos):
 output format and digits, the stored and overridden threshold, folders, CSV, TTA, Grad-CAM, the at-chance
 caution, user mistakes, bad checkpoints (also for export_onnx.py), and the previous output never lost (a
-failing write, Ctrl-C, odd file names, named pipes). The ONNX path is in test_onnx.py."""
+failing write, Ctrl-C, odd file names, named pipes). The ONNX path is in test_export_onnx.py."""
 
 import csv
 import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 
 import numpy as np
 import pytest
@@ -21,26 +18,23 @@ import export_onnx
 import model
 import predict
 from conftest import (
-    ENV,
-    ROOT,
+    RunsCode,
     assert_one_error,
     fingerprint,
+    finish,
     lesion_photo,
     main_fails,
     make_net,
     noise_image,
     png_claiming,
+    refuses,
     run,
     save_model,
+    start,
 )
 from skinlesion import explain, files, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
-
-
-def refuses(argv, capsys, expected):
-    """predict.main(argv) stops with one error line and prints nothing on stdout."""
-    assert main_fails(predict.main, argv, capsys, expected) == ""
 
 
 SIZE = 64
@@ -296,16 +290,6 @@ def test_named_pipe_passed_directly_is_one_line(tmp_path, models, case):
     assert r.stdout == ""
 
 
-class RunsCode:
-    """Unpickling this runs a shell command (touch marker): what a malicious 'checkpoint' does."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch '{self.marker}'",)
-
-
 @pytest.fixture(scope="module")
 def bad_checkpoints(net, tmp_path_factory):
     """{case: (path, what the error line says after the path)}."""
@@ -411,35 +395,15 @@ def test_ctrl_c_while_predicting_a_folder_keeps_the_previous_csv(tmp_path, model
         noise_image(tmp_path / "photos" / f"p{i:03d}.jpg", i, size=(40, 30))
     (tmp_path / "predictions.csv").write_text("file,prediction,p_malignant,threshold,borderline\nprevious.jpg\n")
     before = fingerprint(tmp_path)
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(ROOT, "predict.py"),
-            "photos",
-            "--model",
-            models[0.5],
-            "--csv",
-            "predictions.csv",
-        ],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-        start_new_session=True,
+    p = start(
+        "predict.py", ["photos", "--model", models[0.5], "--csv", "predictions.csv"], lambda p: p.out, cwd=tmp_path
     )
-    err = []
-    reader = threading.Thread(target=lambda: err.extend(p.stderr))
-    reader.start()
-    out = p.stdout.readline()  # the first photo's line: the model is loaded and the loop running
-    assert "Prediction:" in out and p.poll() is None, out + "".join(err)
+    # the first photo's line: the model is loaded and the loop running
+    assert "Prediction:" in p.out[0], "".join(p.out + p.err)
     os.killpg(p.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
-    out += p.stdout.read()
-    p.wait(timeout=120)
-    reader.join()
-    assert p.returncode == 130, "".join(err)
-    assert "".join(err).strip() == "interrupted"
+    code, out, err = finish(p)
+    assert code == 130, err
+    assert err.strip() == "interrupted"
     assert out.count("Prediction:") < 300
     assert fingerprint(tmp_path) == before
 

@@ -602,7 +602,7 @@ def big_export(tmp_path_factory):
 
 def start(args):
     """prepare_dataset.py running, once it has written a photo into its dataset.tmp-<pid>."""
-    return conftest.start("prepare_dataset.py", args, lambda: any(os.listdir(t) for t in glob.glob("dataset.tmp-*")))
+    return conftest.start("prepare_dataset.py", args, lambda _: any(os.listdir(t) for t in glob.glob("dataset.tmp-*")))
 
 
 def test_a_second_run_in_the_folder_stops_and_leaves_the_first_alone(big_export, capsys):

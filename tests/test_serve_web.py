@@ -20,7 +20,7 @@ import urllib.request
 import onnx
 import pytest
 
-from conftest import ROOT, assert_one_error, fingerprint, make_net, save_model
+from conftest import ROOT, assert_one_error, fingerprint, run, save_model, skip_or_fail, start_server
 
 SCRIPT = os.path.join(ROOT, "serve_web.py")
 NODE_MODULES = os.path.join(ROOT, "node_modules")
@@ -61,8 +61,7 @@ CARD_TEXT = "# Model card\n\nA tiny test model; not a medical device. Ünïcöd�
 def require_node_modules():
     """Skip (developer machine) or fail (CI) without onnxruntime-web in node_modules."""
     if not os.path.isdir(os.path.join(NODE_MODULES, "onnxruntime-web", "dist")):
-        reason = "serving the page needs node_modules (run npm ci in the repository root)"
-        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+        skip_or_fail("serving the page needs node_modules (run npm ci in the repository root)")
 
 
 def exported_model(folder):
@@ -70,26 +69,13 @@ def exported_model(folder):
     the 'cam' output (an export of an earlier version)."""
     checkpoint = save_model(
         folder / "source.pth",
-        make_net(SIZE),
-        SIZE,
+        size=SIZE,
         threshold=0.4,
         at_chance=False,
         val_metrics={"roc_auc": 0.8},
         val_auc_ci95=[0.6, 0.9],
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "export_onnx.py"),
-            "--model",
-            checkpoint,
-            "--output",
-            folder / "skin_model.onnx",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run("export_onnx.py", "--model", checkpoint, "--output", folder / "skin_model.onnx", cwd=folder)
     assert result.returncode == 0, result.stderr
     os.remove(checkpoint)
     proto = onnx.load(folder / "skin_model.onnx")
@@ -104,40 +90,22 @@ def read(path, mode="r"):
 
 
 def run_script(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd
-    )
-
-
-def start(*args, log, cwd=ROOT):
-    """serve_web.py serving on a free port (stderr into the file log): (process, base url, the 'built' line)."""
-    with open(log, "w") as stderr:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [sys.executable, SCRIPT, *map(str, args), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            cwd=cwd,
-        )
-    built, serving = proc.stdout.readline(), proc.stdout.readline()
-    if "serving the page at http://127.0.0.1:" not in serving:
-        proc.kill()
-        pytest.fail(built + serving + read(log))
-    return proc, serving.split(" at ")[1].split()[0], built
+    """serve_web.py in a fresh process (conftest.run), killed after 120 s."""
+    return run("serve_web.py", *args, cwd=cwd, timeout=120)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A user's folder: the model, its card beside it, and files of the user's own; a victim file elsewhere."""
     folder = tmp_path_factory.mktemp("project")
-    _, without_cam = exported_model(folder)
+    onnx_file, without_cam = exported_model(folder)
     (folder / "skin_model.md").write_text(CARD_TEXT, encoding="utf-8")
     (folder / "notes.txt").write_text("the user's notes\n")
     (folder / ".git").mkdir()
     (folder / ".git" / "config").write_text("[core]\n\tsecret = yes\n")
     victim = tmp_path_factory.mktemp("victim") / "victim.txt"
     victim.write_text("precious\n")
-    return dict(folder=folder, model=str(folder / "skin_model.onnx"), victim=str(victim), without_cam=without_cam)
+    return dict(folder=folder, model=onnx_file, victim=str(victim), without_cam=without_cam)
 
 
 @pytest.fixture(scope="module")
@@ -147,15 +115,10 @@ def server(project):
     folder = project["folder"]
     log = folder.parent / "server.log"
     before = fingerprint(os.path.dirname(project["victim"]))
-    proc, url, built = start("--model", project["model"], "--site-dir", "site", "--timeout", 2, log=log, cwd=folder)
+    args = ["--model", project["model"], "--site-dir", "site", "--timeout", 2]
+    proc, url, port, built = start_server(*args, log=log, cwd=folder)
     try:
-        yield dict(
-            url=url,
-            port=int(url.rsplit(":", 1)[1].strip("/")),
-            site=str(folder / "site"),
-            built=built,
-            log=Log(log),
-        )
+        yield dict(url=url, port=port, site=str(folder / "site"), built=built, log=Log(log))
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)
@@ -286,7 +249,7 @@ def test_head_and_a_matching_etag_send_no_body(server):
     assert server["log"].new_lines() == []
 
 
-def test_only_the_page_is_served_and_nothing_is_read_from_disk(server, project, tmp_path):
+def test_only_the_page_is_served_and_nothing_is_read_from_disk(server):
     site = server["site"]
     os.symlink("/etc/passwd", os.path.join(site, "passwd"))  # planted after the start: the server never looks
     with open(os.path.join(site, "secret.txt"), "w") as f:
@@ -559,8 +522,7 @@ def test_the_build_is_torch_free(project, tmp_path):
 
 def test_ctrl_c_stops_serving_in_one_line_with_connections_open(project, tmp_path):
     require_node_modules()
-    proc, url, _ = start("--model", project["model"], "--site-dir", tmp_path / "site", log=tmp_path / "log")
-    port = int(url.rsplit(":", 1)[1].strip("/"))
+    proc, _, port, _ = start_server("--model", project["model"], "--site-dir", tmp_path / "site", log=tmp_path / "log")
     idle = socket.create_connection(("127.0.0.1", port))  # a browser's open connection does not hold it up
     start_time = time.perf_counter()
     proc.send_signal(signal.SIGINT)

@@ -16,8 +16,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -29,11 +27,9 @@ from scipy.special import expit, logit, softmax
 
 import model
 import predict
-from conftest import make_net, save_model
+from conftest import ROOT, make_net, run, save_model, skip_or_fail, start_server
 from skinlesion import explain, metrics, photos
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "serve_web.py")
 SIZE = 64
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -79,8 +75,7 @@ def require_browser():
     if not os.path.isdir(os.path.join(ROOT, "node_modules", "onnxruntime-web", "dist")):
         missing.append("node_modules (run npm ci in the repository root)")
     if missing:
-        reason = "the web page tests need " + ", ".join(missing)
-        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+        skip_or_fail("the web page tests need " + ", ".join(missing))
 
 
 # ----------------------------------------------------------------------------- the model and the photos
@@ -146,13 +141,15 @@ def reference(path, session, meta):
 
 def export(checkpoint, path, check_images):
     """`python export_onnx.py` of checkpoint to path."""
-    r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "export_onnx.py"), "--model", checkpoint, "--output", path]
-        + ["--check-images", check_images],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    r = run(
+        "export_onnx.py",
+        "--model",
+        checkpoint,
+        "--output",
+        path,
+        "--check-images",
+        check_images,
+        cwd=os.path.dirname(path),
     )
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -225,16 +222,9 @@ def types_setup(tmp_path_factory, setup):
 def serving(model_path, site_dir):
     """serve_web.py building into a folder of its own and serving it on a free port: yields {url, web}."""
     require_browser()
-    proc = subprocess.Popen(
-        [sys.executable, SCRIPT, "--model", model_path, "--site-dir", str(site_dir), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, url, _, _ = start_server("--model", model_path, "--site-dir", site_dir, log=site_dir.parent / "server.log")
     try:
-        built, serving = proc.stdout.readline(), proc.stdout.readline()
-        assert "serving the page at http://127.0.0.1:" in serving, built + serving + proc.stderr.read()
-        yield dict(url=serving.split(" at ")[1].split()[0], web=str(site_dir))
+        yield dict(url=url, web=str(site_dir))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
