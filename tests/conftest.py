@@ -62,10 +62,7 @@ def assert_one_error(returncode, stderr, expected):
 
 def main_fails(main, argv, capsys, expected):
     """Call a script's main(argv) in this process and assert its one error line; returns its stdout."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    assert_one_error(exit_info.value.code, err, expected)
+    out, _ = fails(capsys, expected, main, list(map(str, argv)))
     return out
 
 
@@ -310,3 +307,13 @@ def finish(p):
     for reader in p.readers:
         reader.join()
     return p.returncode, "".join(p.out), "".join(p.err)
+
+
+# --------------------------------------------------------------- shared by the tests of the package and of prepare/demo
+def fails(capsys, expected, function, *args, **kwargs):
+    """function(*args, **kwargs) dies with one error line saying expected; returns its (stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        function(*args, **kwargs)
+    out, err = capsys.readouterr()
+    assert_one_error(exit_info.value.code, err, expected)
+    return out, err

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import AItraining
-from conftest import ROOT, assert_one_error
+from conftest import ROOT, fails
 from skinlesion import cli
 
 SCRIPTS = [
@@ -56,11 +56,8 @@ def tiny(tmp_path):
 
 def fails_in_one_line(parse, argv, capsys, expected):
     """parse(argv) exits 1 and stderr is that one `error:` line: no usage block, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        parse(argv)
-    err = capsys.readouterr().err
+    _, err = fails(capsys, expected, parse, argv)
     assert err.count("\n") == 1, err
-    assert_one_error(exit_info.value.code, err, expected)
 
 
 # ---------------------------------------------------------------------------- flags
@@ -138,9 +135,7 @@ def test_an_oserror_that_escaped_is_one_line(capsys):
     def full_disk():
         raise OSError("OSError: could not write out.csv (No space left on device)")
 
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_script(full_disk)
-    assert_one_error(exit_info.value.code, capsys.readouterr().err, "error: could not write out.csv (No space left")
+    fails(capsys, "error: could not write out.csv (No space left", cli.run_script, full_disk)
 
 
 # ---------------------------------------------------------------------------- printable names and summaries
@@ -175,9 +170,7 @@ def test_outputs_are_checked_before_the_work(tmp_path, readonly_folder, capsys):
         (os.path.join(readonly_folder, "out"), True, "cannot write in"),
         (str(tmp_path / "file" / "m.pth"), False, "is a file, not a folder"),
     ]:
-        with pytest.raises(SystemExit):
-            cli.check_writable(path, "--output", folder=folder)
-        assert_one_error(1, capsys.readouterr().err, expected)
+        fails(capsys, expected, cli.check_writable, path, "--output", folder=folder)
     cli.check_writable(str(tmp_path / "new" / "folder"), "--output-dir", folder=True)  # its parent takes it
     assert sorted(os.listdir(tmp_path)) == ["file", "readonly"]  # a check writes nothing
 

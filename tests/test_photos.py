@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import model
-from conftest import assert_one_error, lesion_photo, noise_image, png_claiming
+from conftest import fails, lesion_photo, noise_image, png_claiming
 from skinlesion import photos
 
 
@@ -53,9 +53,7 @@ def test_find_images_reads_only_regular_image_files(tmp_path, capsys):
         (tmp_path / "nope", "nope not found"),
         (tmp_path / "photos" / "pipe.jpg", "is a named pipe"),
     ]:
-        with pytest.raises(SystemExit):
-            photos.find_images([str(path)])
-        assert_one_error(1, capsys.readouterr().err, expected)
+        fails(capsys, expected, photos.find_images, [str(path)])
 
 
 def test_a_file_named_directly_is_tried_whatever_its_extension(tmp_path):
