@@ -2,10 +2,12 @@
 photo and data-set builders, a random network whose output depends on the photo, and the demo data set
 with a model trained on it (built once per session)."""
 
+import contextlib
 import hashlib
 import os
 import re
 import resource
+import signal
 import struct
 import subprocess
 import sys
@@ -317,3 +319,19 @@ def fails(capsys, expected, function, *args, **kwargs):
     out, err = capsys.readouterr()
     assert_one_error(exit_info.value.code, err, expected)
     return out, err
+
+
+@contextlib.contextmanager
+def alarm(seconds, message):
+    """Raise TimeoutError(message) in the block once it has run for seconds, instead of hanging (SIGALRM)."""
+
+    def timeout(*_):
+        raise TimeoutError(message)
+
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

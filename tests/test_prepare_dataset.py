@@ -21,6 +21,7 @@ import conftest
 import prepare_dataset
 from conftest import (
     ROOT,
+    alarm,
     assert_one_error,
     export_rows,
     fingerprint,
@@ -52,15 +53,8 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.fixture
 def no_hang():
     """Fail, instead of waiting forever, if something opens a named pipe in this process."""
-
-    def timeout(*_):
-        raise TimeoutError("blocked: a named pipe was opened")
-
-    old = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with alarm(60, "blocked: a named pipe was opened"):
+        yield
 
 
 def lesion_rows(n_lesions, start=0):
@@ -326,7 +320,8 @@ def test_bad_metadata_rows_are_counted_and_left_out(capsys):
     assert after == outside
 
 
-def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened(tmp_path, no_hang):
+@pytest.mark.usefixtures("no_hang")
+def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened(tmp_path):
     rows = export_rows(24)
     write_export("isic_images", rows)
     ids = [row["isic_id"] for row in rows]
@@ -419,7 +414,8 @@ METADATA_MISTAKES = {  # case: what the error line says
 
 
 @pytest.mark.parametrize("case", METADATA_MISTAKES)
-def test_metadata_that_cannot_be_used(case, capsys, no_hang):
+@pytest.mark.usefixtures("no_hang")
+def test_metadata_that_cannot_be_used(case, capsys):
     before = previous_dataset()
     write_export("isic_images", export_rows(4))
     os.remove("isic_images/metadata.csv")
