@@ -335,3 +335,9 @@ def alarm(seconds, message):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """The test runs in its own folder, where a script's default paths (metadata.csv, dataset/, demo_data/) point."""
+    monkeypatch.chdir(tmp_path)

@@ -64,10 +64,7 @@ LICENSE_URLS = {
     "CC-BY-NC": "https://creativecommons.org/licenses/by-nc/4.0/",
 }
 
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")  # every test in its own folder, where demo_data/ is written
 
 
 @pytest.fixture(scope="module")

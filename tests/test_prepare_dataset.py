@@ -43,11 +43,7 @@ REAL_SAMPLE = next(
     None,
 )
 
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    """Every test runs in its own folder, where the defaults (metadata.csv, isic_images/, dataset/) point."""
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")  # every test in its own folder, where the defaults point
 
 
 @pytest.fixture
