@@ -341,3 +341,14 @@ def alarm(seconds, message):
 def in_tmp(tmp_path, monkeypatch):
     """The test runs in its own folder, where a script's default paths (metadata.csv, dataset/, demo_data/) point."""
     monkeypatch.chdir(tmp_path)
+
+
+def marked_folder(path, *names):
+    """A folder (a pathlib.Path) carrying our mark, with a file per name."""
+    from skinlesion import files
+
+    os.makedirs(path)
+    (path / files.MARK).write_text("made by prepare_dataset.py")
+    for name in names:
+        (path / name).write_text(name)
+    return path

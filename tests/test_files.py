@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import fails, fingerprint
+from conftest import fails, fingerprint, marked_folder
 from skinlesion import files
 
 HEADER = "isic_id,split,label"
@@ -18,15 +18,6 @@ def dead_pid():
     """The pid of a process that has ended."""
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(done.stdout)
-
-
-def marked_folder(path, *names):
-    """A folder carrying our mark, with a file per name."""
-    os.makedirs(path)
-    (path / files.MARK).write_text("made by prepare_dataset.py")
-    for name in names:
-        (path / name).write_text(name)
-    return path
 
 
 # ---------------------------------------------------------------------------- outputs

@@ -27,12 +27,13 @@ from conftest import (
     fingerprint,
     finish,
     main_fails,
+    marked_folder,
     noise_image,
     png_claiming,
     run,
     write_export,
 )
-from skinlesion import files, sampling
+from skinlesion import sampling
 
 REAL_SAMPLE = next(
     (
@@ -262,13 +263,12 @@ def test_exif_orientation_resize_and_never_upscale():
         assert hashlib.sha256(f.read()).hexdigest() == m.sha256["ISIC_0000002"]  # the original bytes
 
 
-def test_rerun_replaces_the_dataset_and_cleans_leftovers(capsys):
+def test_rerun_replaces_the_dataset_and_cleans_leftovers(tmp_path, capsys):
     first, second = lesion_rows(12), lesion_rows(12, start=500)
     write_export("a", first)
     write_export("b", second)
-    os.makedirs("dataset.tmp-99999/train")  # left by a killed run: it carries our mark
-    with open(os.path.join("dataset.tmp-99999", files.MARK), "w") as f:
-        f.write("made by prepare_dataset.py")
+    leftover = marked_folder(tmp_path / "dataset.tmp-99999")  # left by a killed run: it carries our mark
+    os.mkdir(leftover / "train")
     for name in ("dataset.old-2024-backup", "dataset.tmp-99998"):  # a user's own folders: never touched
         noise_image(os.path.join(name, "thesis.jpg"), 5)
     users = {name: fingerprint(name) for name in ("dataset.old-2024-backup", "dataset.tmp-99998")}
