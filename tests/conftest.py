@@ -128,9 +128,9 @@ def make_split_tree(root, n, splits=("train", "val", "test"), size=48):
     return str(root)
 
 
-def write_export(folder, rows, encoding="utf-8", ext=".jpg"):
+def write_export(folder, rows, encoding="utf-8", ext=".jpg", **image_args):
     """metadata.csv as 'isic image download' writes it (isic_id, attribution first, the rest sorted), plus a
-    noise photo per row whose isic_id is valid; returns the folder."""
+    noise photo per row whose isic_id is valid (image_args go to noise_image); returns the folder."""
     os.makedirs(folder, exist_ok=True)
     df = pd.DataFrame(rows)
     first = [c for c in ["isic_id", "attribution"] if c in df]
@@ -139,7 +139,7 @@ def write_export(folder, rows, encoding="utf-8", ext=".jpg"):
     )
     for n, row in enumerate(rows):
         if re.fullmatch(r"ISIC_\d{7}", str(row.get("isic_id", ""))):
-            noise_image(os.path.join(folder, row["isic_id"] + ext), n)
+            noise_image(os.path.join(folder, row["isic_id"] + ext), n, **image_args)
     return str(folder)
 
 

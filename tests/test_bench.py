@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import bench
-from conftest import ROOT, fingerprint, main_fails, noise_image, run
+from conftest import ROOT, fingerprint, main_fails, run, write_export
 from skinlesion import files, measure
 
 ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory", "0.11 GB", "0.11 of 1 GB", "")]
@@ -128,13 +128,10 @@ def test_a_failed_command_dies_with_its_output(capsys):
 
 
 def test_distinct_copies_export(tmp_path):
-    demo = tmp_path / "demo"
-    rows = [("ISIC_9000001", "Benign"), ("ISIC_9000002", "Malignant"), ("ISIC_9000003", "Indeterminate")]
-    for i, (isic_id, _) in enumerate(rows):
-        noise_image(demo / f"{isic_id}.jpg", i)
-    meta = pd.DataFrame(rows, columns=["isic_id", "diagnosis_1"]).assign(image_type="clinical: overview")
-    meta.to_csv(demo / "metadata.csv", index=False)
-    measure.distinct_copies_export(str(demo), str(tmp_path / "export"), 5)
+    sides = {"ISIC_9000001": "Benign", "ISIC_9000002": "Malignant", "ISIC_9000003": "Indeterminate"}
+    rows = [dict(isic_id=i, diagnosis_1=side, image_type="clinical: overview") for i, side in sides.items()]
+    demo = write_export(tmp_path / "demo", rows)
+    measure.distinct_copies_export(demo, str(tmp_path / "export"), 5)
     out = pd.read_csv(tmp_path / "export" / "metadata.csv")
     assert list(out.isic_id) == [f"ISIC_{i:07d}" for i in range(5)]
     assert sorted(out.diagnosis_1) == ["Benign"] * 3 + ["Malignant"] * 2  # balanced; the rest never copied

@@ -585,10 +585,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_dataset(tmp_path,
 def big_export(tmp_path_factory):
     """An export that takes a few seconds to prepare: 160 photos of 400 x 300 px."""
     folder = tmp_path_factory.mktemp("big_export")
-    rows = export_rows(160)
-    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
-    for n, row in enumerate(rows):
-        noise_image(folder / (row["isic_id"] + ".jpg"), n, size=(400, 300), quality=90)
+    write_export(folder, export_rows(160), size=(400, 300), quality=90)
     return ["--metadata-csv", str(folder / "metadata.csv"), "--images-dir", str(folder)]
 
 
