@@ -99,6 +99,12 @@ def summary(out):
     return {line[:46].strip(): line[46:] for line in out.splitlines() if line.startswith("  ")}
 
 
+def assert_grouped(m, *columns):
+    """The photos sharing a value of each column (lesion_id, patient_id) are all in one split."""
+    for col in columns:
+        assert (m.groupby(col).split.nunique() == 1).all(), f"a {col} spans two splits"
+
+
 def fails_keeping_dataset(argv, capsys, expected, before):
     """main(argv) stops with one error line; dataset/ is byte-identical and no dataset.tmp/old is left."""
     main_fails(prepare_dataset.main, ["--workers", 1, *argv], capsys, expected)
@@ -181,8 +187,7 @@ def test_grouped_balanced_split_from_two_downloads(capsys):
     out = capsys.readouterr().out
     assert "reading the 2 metadata.csv" in out and "train" in out and "total" in out  # summary and crosstab
     assert (m.label.value_counts() == 25).all()
-    for col in ["lesion_id", "patient_id"]:
-        assert (m.groupby(col).split.nunique() == 1).all(), f"a {col} spans two splits"
+    assert_grouped(m, "lesion_id", "patient_id")
     assert set(m.split) == {"train", "val", "test"} and dataset_files() == sorted(m.file)
     assert m.source_file.map(os.path.isfile).all() and (m.width == "48").all()
     with open(m.source_file[0], "rb") as f:
@@ -642,8 +647,7 @@ def demo(tmp_path_factory):
 def test_the_demo_export_is_prepared_balanced_and_grouped(demo):
     m = pd.read_csv(demo / "dataset" / "manifest.csv", dtype=str, keep_default_na=False)
     assert m.label.value_counts().to_dict() == {"benign": 200, "malignant": 200} and m.sha256.is_unique
-    for col in ["lesion_id", "patient_id"]:
-        assert (m.groupby(col).split.nunique() == 1).all()
+    assert_grouped(m, "lesion_id", "patient_id")
 
 
 @pytest.mark.skipif(REAL_SAMPLE is None, reason="no /work/shared or ../shared/real_isic_sample (only in the dev setup)")
@@ -839,8 +843,7 @@ def test_types_from_a_label_column_keep_their_side_and_the_rare_ones_are_counted
     assert "1 type(s) with rows on both sides" in err and "'Nevus' (benign 30, malignant 2)" in err
     assert len(m[m.label == "nevus"]) == 30  # the 2 'malignant' nevi left out, and the 3 without a side
     assert "left out: 'Indeterminate' 6, empty 3" in summary(out)["with a definite benign/malignant side"]
-    for col in ("lesion_id",):
-        assert (m.groupby(col).split.nunique() == 1).all()
+    assert_grouped(m, "lesion_id")
 
 
 def test_other_merges_the_rare_types_of_each_side(capsys):
