@@ -261,7 +261,7 @@ def earlier_demo(folder):
 
 
 @pytest.mark.parametrize("previous", ["ours", "earlier", "empty"])
-def test_its_own_export_an_earlier_one_or_an_empty_folder_is_replaced_whole(previous, export, capsys):
+def test_its_own_export_an_earlier_one_or_an_empty_folder_is_replaced_whole(previous, export):
     if previous == "ours":
         make_demo_data.main(["--photo-size", "64", "--workers", "1", "--seed", "7"])
     elif previous == "earlier":
@@ -281,7 +281,7 @@ def test_an_earlier_looking_folder_with_a_photo_of_the_user_is_refused(capsys):
 
 
 # ---------------------------------------------------------------------------- failures keep the previous export
-def test_a_full_disk_is_one_line_and_keeps_the_previous_export(export):
+def test_a_full_disk_is_one_line_and_keeps_the_previous_export():
     make_demo_data.main(["--photo-size", "64", "--workers", "1", "--seed", "7"])
     before = fingerprint("demo_data")
     r = run("make_demo_data.py", "--photo-size", 64, "--workers", 2, cwd=".", file_size_limit=20_000)
