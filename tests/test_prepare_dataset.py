@@ -9,6 +9,7 @@ signals, a file-size limit and a hang guard."""
 import glob
 import hashlib
 import os
+import pathlib
 import signal
 import time
 
@@ -83,11 +84,6 @@ def prepare(*args, workers=1):
     """prepare_dataset.main in this process; returns the manifest."""
     prepare_dataset.main(["--workers", str(workers), *map(str, args)])
     return pd.read_csv(os.path.join("dataset", "manifest.csv"), dtype=str, keep_default_na=False)
-
-
-def write_bytes(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def dataset_files(folder="dataset"):
@@ -375,9 +371,9 @@ def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened
 
     r = run("prepare_dataset.py", "--workers", 2, "--val-fraction", 0, "--test-fraction", 0, cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-    files = summary(r.stdout)["with an image file"]
-    assert f"missing 1: {odd['missing']}" in files and f"symlink out of isic_images 1: {odd['symlink']}" in files
-    assert f"not a regular file 1: {odd['fifo']} (a named pipe)" in files
+    found = summary(r.stdout)["with an image file"]
+    assert f"missing 1: {odd['missing']}" in found and f"symlink out of isic_images 1: {odd['symlink']}" in found
+    assert f"not a regular file 1: {odd['fifo']} (a named pipe)" in found
     unreadable = summary(r.stdout)["readable"]
     assert "unreadable 4: " in unreadable and f"{odd['bomb']} (DecompressionBombWarning)" in unreadable
     assert all(odd[kind] in unreadable for kind in ["empty", "truncated", "text"])
@@ -421,8 +417,8 @@ def test_metadata_that_cannot_be_used(case, capsys):
     write_export("isic_images", export_rows(4))
     os.remove("isic_images/metadata.csv")
     make = {
-        "empty": lambda: write_bytes("metadata.csv", b""),
-        "binary garbage": lambda: write_bytes("metadata.csv", np.random.default_rng(0).bytes(3000)),
+        "empty": lambda: pathlib.Path("metadata.csv").write_bytes(b""),
+        "binary garbage": lambda: pathlib.Path("metadata.csv").write_bytes(np.random.default_rng(0).bytes(3000)),
         "a JPEG renamed": lambda: noise_image("metadata.csv", 6, format="JPEG"),
         "a named pipe": lambda: os.mkfifo("metadata.csv"),
         "a named pipe in the export": lambda: os.mkfifo("isic_images/metadata.csv"),
@@ -636,8 +632,8 @@ def test_killed_or_interrupted_keeps_the_previous_dataset(big_export, tmp_path, 
 def demo(tmp_path_factory):
     """The demo export (64 px photos, to save time), prepared as `make demo` does; returns the folder."""
     folder = tmp_path_factory.mktemp("demo")
-    prepare = ["--metadata-csv", "demo_data/metadata.csv", "--images-dir", "demo_data"]
-    for script, args in [("make_demo_data.py", ["--photo-size", 64]), ("prepare_dataset.py", prepare)]:
+    prepare_args = ["--metadata-csv", "demo_data/metadata.csv", "--images-dir", "demo_data"]
+    for script, args in [("make_demo_data.py", ["--photo-size", 64]), ("prepare_dataset.py", prepare_args)]:
         r = run(script, *args, cwd=folder)
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         assert r.stdout.strip().splitlines()[-1].startswith("wrote ")
