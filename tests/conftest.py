@@ -3,6 +3,7 @@ photo and data-set builders, a random network whose output depends on the photo,
 with a model trained on it (built once per session)."""
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -352,3 +353,15 @@ def marked_folder(path, *names):
     for name in names:
         (path / name).write_text(name)
     return path
+
+
+@functools.cache
+def help_of(script):
+    """`python script --help`, run once per session: its CompletedProcess, whose stdout ends with a line saying
+    whether the script imported torch (TORCH or NO TORCH)."""
+    code = (
+        f"import runpy, sys\nsys.argv = [{script!r}, '--help']\n"
+        f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
+        "finally:\n    print('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -3,7 +3,6 @@ any work, a work folder of someone else's files refused, one tiny real run (the 
 on 20 small photos) that prints both tables, and measure.py's pure functions."""
 
 import os
-import subprocess
 import sys
 
 import pandas as pd
@@ -11,7 +10,7 @@ import pytest
 from PIL import Image
 
 import bench
-from conftest import ROOT, fingerprint, main_fails, run, write_export
+from conftest import fingerprint, help_of, main_fails, run, write_export
 from skinlesion import files, measure
 
 ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory", "0.11 GB", "0.11 of 1 GB", "")]
@@ -19,12 +18,7 @@ ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory
 
 # ---------------------------------------------------------------------------- bench.py
 def test_help_answers_before_torch_is_imported():
-    code = (
-        "import runpy, sys\nsys.argv = ['bench.py', '--help']\n"
-        "try:\n    runpy.run_path('bench.py', run_name='__main__')\n"
-        "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = help_of("bench.py")
     assert r.stdout.strip().endswith("NO TORCH") and "--n-prepare-images N_PREPARE_IMAGES" in r.stdout, r.stdout
     assert "(default: None)" in r.stdout and "--no-train" in r.stdout, r.stdout
 

@@ -1,28 +1,17 @@
 """skinlesion/cli.py: flags come only from a script's constants block, every mistake (argparse's too) is one
 `error:` line with exit 1, 'none' only where a constant may be None, names are printed as one safe line,
-outputs are checked before the work, and every script answers --help without importing torch."""
+outputs are checked before the work. (That every script answers --help without importing torch is checked in
+test_conventions.py.)"""
 
 import os
 import runpy
-import subprocess
-import sys
 
 import pytest
 
 import AItraining
-from conftest import ROOT, fails
+from conftest import fails, help_of
 from skinlesion import cli
 
-SCRIPTS = [
-    "prepare_dataset.py",
-    "make_demo_data.py",
-    "AItraining.py",
-    "evaluate.py",
-    "predict.py",
-    "export_onnx.py",
-    "bench.py",
-    "serve_web.py",
-]
 RULER = "# " + "-" * 70
 TINY = f'''"""tiny.py: a script with a constants block."""
 
@@ -71,24 +60,10 @@ def test_flags_come_from_the_constants_with_their_comments():
         and args.image_size == 224
     )
     assert args.given == {"epochs", "pretrained", "weights_file"}
-    r = subprocess.run(
-        [sys.executable, "AItraining.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    r = help_of("AItraining.py")
     assert (
         "--image-size IMAGE_SIZE" in r.stdout and "128 trains ~3x faster" in r.stdout and "(default: 224)" in r.stdout
     )
-
-
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_help_answers_before_torch_is_imported(script):
-    """Every script takes its flags from its constants, and --help never waits for torch (~4 s)."""
-    code = (
-        f"import runpy, sys\nsys.argv = [{script!r}, '--help']\n"
-        f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
-        "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.stdout.strip().endswith("NO TORCH") and "(default: " in r.stdout, r.stdout + r.stderr
 
 
 def test_only_the_constants_between_the_rulers_become_flags(tiny, capsys):
