@@ -2,10 +2,13 @@
 photo and data-set builders, a random network whose output depends on the photo, and the demo data set
 with a model trained on it (built once per session)."""
 
+import contextlib
+import functools
 import hashlib
 import os
 import re
 import resource
+import signal
 import struct
 import subprocess
 import sys
@@ -62,10 +65,7 @@ def assert_one_error(returncode, stderr, expected):
 
 def main_fails(main, argv, capsys, expected):
     """Call a script's main(argv) in this process and assert its one error line; returns its stdout."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    assert_one_error(exit_info.value.code, err, expected)
+    out, _ = fails(capsys, expected, main, list(map(str, argv)))
     return out
 
 
@@ -129,9 +129,9 @@ def make_split_tree(root, n, splits=("train", "val", "test"), size=48):
     return str(root)
 
 
-def write_export(folder, rows, encoding="utf-8", ext=".jpg"):
+def write_export(folder, rows, encoding="utf-8", ext=".jpg", **image_args):
     """metadata.csv as 'isic image download' writes it (isic_id, attribution first, the rest sorted), plus a
-    noise photo per row whose isic_id is valid; returns the folder."""
+    noise photo per row whose isic_id is valid (image_args go to noise_image); returns the folder."""
     os.makedirs(folder, exist_ok=True)
     df = pd.DataFrame(rows)
     first = [c for c in ["isic_id", "attribution"] if c in df]
@@ -140,7 +140,7 @@ def write_export(folder, rows, encoding="utf-8", ext=".jpg"):
     )
     for n, row in enumerate(rows):
         if re.fullmatch(r"ISIC_\d{7}", str(row.get("isic_id", ""))):
-            noise_image(os.path.join(folder, row["isic_id"] + ext), n)
+            noise_image(os.path.join(folder, row["isic_id"] + ext), n, **image_args)
     return str(folder)
 
 
@@ -366,3 +366,58 @@ def front_matter(text):
 
     assert text.startswith("---\n")
     return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+# --------------------------------------------------------------- shared by the tests of the package and of prepare/demo
+def fails(capsys, expected, function, *args, **kwargs):
+    """function(*args, **kwargs) dies with one error line saying expected; returns its (stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        function(*args, **kwargs)
+    out, err = capsys.readouterr()
+    assert_one_error(exit_info.value.code, err, expected)
+    return out, err
+
+
+@contextlib.contextmanager
+def alarm(seconds, message):
+    """Raise TimeoutError(message) in the block once it has run for seconds, instead of hanging (SIGALRM)."""
+
+    def timeout(*_):
+        raise TimeoutError(message)
+
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """The test runs in its own folder, where a script's default paths (metadata.csv, dataset/, demo_data/) point."""
+    monkeypatch.chdir(tmp_path)
+
+
+def marked_folder(path, *names):
+    """A folder (a pathlib.Path) carrying our mark, with a file per name."""
+    from skinlesion import files
+
+    os.makedirs(path)
+    (path / files.MARK).write_text("made by prepare_dataset.py")
+    for name in names:
+        (path / name).write_text(name)
+    return path
+
+
+@functools.cache
+def help_of(script):
+    """`python script --help`, run once per session: its CompletedProcess, whose stdout ends with a line saying
+    whether the script imported torch (TORCH or NO TORCH)."""
+    code = (
+        f"import runpy, sys\nsys.argv = [{script!r}, '--help']\n"
+        f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
+        "finally:\n    print('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -2,9 +2,7 @@
 any work, a work folder of someone else's files refused, one tiny real run (the prepare_dataset.py benchmark
 on 20 small photos) that prints both tables, and measure.py's pure functions."""
 
-import hashlib
 import os
-import subprocess
 import sys
 
 import pandas as pd
@@ -12,7 +10,7 @@ import pytest
 from PIL import Image
 
 import bench
-from conftest import ROOT, fingerprint, main_fails, noise_image, run
+from conftest import fingerprint, help_of, main_fails, run, write_export
 from skinlesion import files, measure
 
 ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory", "0.11 GB", "0.11 of 1 GB", "")]
@@ -20,12 +18,7 @@ ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory
 
 # ---------------------------------------------------------------------------- bench.py
 def test_help_answers_before_torch_is_imported():
-    code = (
-        "import runpy, sys\nsys.argv = ['bench.py', '--help']\n"
-        "try:\n    runpy.run_path('bench.py', run_name='__main__')\n"
-        "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = help_of("bench.py")
     assert r.stdout.strip().endswith("NO TORCH") and "--n-prepare-images N_PREPARE_IMAGES" in r.stdout, r.stdout
     assert "(default: None)" in r.stdout and "--no-train" in r.stdout, r.stdout
 
@@ -128,21 +121,17 @@ def test_a_failed_command_dies_with_its_output(capsys):
 
 
 def test_distinct_copies_export(tmp_path):
-    demo = tmp_path / "demo"
-    rows = [("ISIC_9000001", "Benign"), ("ISIC_9000002", "Malignant"), ("ISIC_9000003", "Indeterminate")]
-    for i, (isic_id, _) in enumerate(rows):
-        noise_image(demo / f"{isic_id}.jpg", i)
-    meta = pd.DataFrame(rows, columns=["isic_id", "diagnosis_1"]).assign(image_type="clinical: overview")
-    meta.to_csv(demo / "metadata.csv", index=False)
-    measure.distinct_copies_export(str(demo), str(tmp_path / "export"), 5)
+    sides = {"ISIC_9000001": "Benign", "ISIC_9000002": "Malignant", "ISIC_9000003": "Indeterminate"}
+    rows = [dict(isic_id=i, diagnosis_1=side, image_type="clinical: overview") for i, side in sides.items()]
+    demo = write_export(tmp_path / "demo", rows)
+    measure.distinct_copies_export(demo, str(tmp_path / "export"), 5)
     out = pd.read_csv(tmp_path / "export" / "metadata.csv")
     assert list(out.isic_id) == [f"ISIC_{i:07d}" for i in range(5)]
     assert sorted(out.diagnosis_1) == ["Benign"] * 3 + ["Malignant"] * 2  # balanced; the rest never copied
-    digests = set()
+    written = fingerprint(tmp_path / "export")
     for isic_id in out.isic_id:
-        path = tmp_path / "export" / f"{isic_id}.jpg"
-        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
-        with Image.open(path) as img:
+        with Image.open(tmp_path / "export" / f"{isic_id}.jpg") as img:
             img.load()  # decodes
             assert img.size == (48, 40)
-    assert len(digests) == 5 and sorted(os.listdir(tmp_path)) == ["demo", "export"]  # no temporary left
+    assert len({written[f"{i}.jpg"] for i in out.isic_id}) == 5
+    assert sorted(os.listdir(tmp_path)) == ["demo", "export"]  # no temporary left

@@ -235,7 +235,7 @@ def test_subgroups_only_for_the_factors_the_evaluation_has(meta):
 @pytest.mark.parametrize("rows", ["no manifest", "no metadata columns"])
 def test_a_data_set_without_metadata_gives_unknown(rows):
     rows = None if rows == "no manifest" else manifest(metadata=False)
-    meta = trained(rows=manifest(metadata=False) if rows is None else rows)
+    meta = trained(rows=manifest(metadata=False))
     meta["data"] = dataset.data_summary(rows, meta["classes"], "dataset")
     text = card.render(meta, "m.pth")
     assert front_matter(text)["license"] == "other"

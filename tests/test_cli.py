@@ -1,28 +1,17 @@
 """skinlesion/cli.py: flags come only from a script's constants block, every mistake (argparse's too) is one
 `error:` line with exit 1, 'none' only where a constant may be None, names are printed as one safe line,
-outputs are checked before the work, and every script answers --help without importing torch."""
+outputs are checked before the work. (That every script answers --help without importing torch is checked in
+test_conventions.py.)"""
 
 import os
 import runpy
-import subprocess
-import sys
 
 import pytest
 
 import AItraining
-from conftest import ROOT, assert_one_error
+from conftest import fails, help_of
 from skinlesion import cli
 
-SCRIPTS = [
-    "prepare_dataset.py",
-    "make_demo_data.py",
-    "AItraining.py",
-    "evaluate.py",
-    "predict.py",
-    "export_onnx.py",
-    "bench.py",
-    "serve_web.py",
-]
 RULER = "# " + "-" * 70
 TINY = f'''"""tiny.py: a script with a constants block."""
 
@@ -56,11 +45,8 @@ def tiny(tmp_path):
 
 def fails_in_one_line(parse, argv, capsys, expected):
     """parse(argv) exits 1 and stderr is that one `error:` line: no usage block, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        parse(argv)
-    err = capsys.readouterr().err
+    _, err = fails(capsys, expected, parse, argv)
     assert err.count("\n") == 1, err
-    assert_one_error(exit_info.value.code, err, expected)
 
 
 # ---------------------------------------------------------------------------- flags
@@ -74,24 +60,10 @@ def test_flags_come_from_the_constants_with_their_comments():
         and args.image_size == 224
     )
     assert args.given == {"epochs", "pretrained", "weights_file"}
-    r = subprocess.run(
-        [sys.executable, "AItraining.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    r = help_of("AItraining.py")
     assert (
         "--image-size IMAGE_SIZE" in r.stdout and "128 trains ~3x faster" in r.stdout and "(default: 224)" in r.stdout
     )
-
-
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_help_answers_before_torch_is_imported(script):
-    """Every script takes its flags from its constants, and --help never waits for torch (~4 s)."""
-    code = (
-        f"import runpy, sys\nsys.argv = [{script!r}, '--help']\n"
-        f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
-        "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.stdout.strip().endswith("NO TORCH") and "(default: " in r.stdout, r.stdout + r.stderr
 
 
 def test_only_the_constants_between_the_rulers_become_flags(tiny, capsys):
@@ -138,9 +110,7 @@ def test_an_oserror_that_escaped_is_one_line(capsys):
     def full_disk():
         raise OSError("OSError: could not write out.csv (No space left on device)")
 
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_script(full_disk)
-    assert_one_error(exit_info.value.code, capsys.readouterr().err, "error: could not write out.csv (No space left")
+    fails(capsys, "error: could not write out.csv (No space left", cli.run_script, full_disk)
 
 
 # ---------------------------------------------------------------------------- printable names and summaries
@@ -175,9 +145,7 @@ def test_outputs_are_checked_before_the_work(tmp_path, readonly_folder, capsys):
         (os.path.join(readonly_folder, "out"), True, "cannot write in"),
         (str(tmp_path / "file" / "m.pth"), False, "is a file, not a folder"),
     ]:
-        with pytest.raises(SystemExit):
-            cli.check_writable(path, "--output", folder=folder)
-        assert_one_error(1, capsys.readouterr().err, expected)
+        fails(capsys, expected, cli.check_writable, path, "--output", folder=folder)
     cli.check_writable(str(tmp_path / "new" / "folder"), "--output-dir", folder=True)  # its parent takes it
     assert sorted(os.listdir(tmp_path)) == ["file", "readonly"]  # a check writes nothing
 

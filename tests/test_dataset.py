@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from conftest import assert_one_error, lesion_photo
+from conftest import fails, lesion_photo
 from skinlesion import dataset
 
 
@@ -31,9 +31,7 @@ def test_one_class_folder_layout_check(tmp_path, capsys, case, expected):
     if case == "extra folder":
         lesion_photo(d / "malignant" / "b.jpg")
         lesion_photo(d / ".ipynb_checkpoints" / "c.jpg")
-    with pytest.raises(SystemExit):
-        dataset.class_folders(str(d))
-    assert_one_error(1, capsys.readouterr().err, expected.format(d=d))
+    fails(capsys, expected.format(d=d), dataset.class_folders, str(d))
 
 
 def test_class_folders_of_lesion_types(tmp_path, capsys):
@@ -48,20 +46,31 @@ def test_class_folders_of_lesion_types(tmp_path, capsys):
         "bcc": ["ISIC_2.jpg"],
     }
     assert [os.path.basename(f) for f, _ in others] == ["notes.txt"]
-    with pytest.raises(SystemExit):
-        dataset.class_folders(str(tmp_path), "test split", [*classes, "scc"])
-    assert_one_error(
-        1,
-        capsys.readouterr().err,
+    fails(
+        capsys,
         f"{tmp_path} has no scc/; it must hold exactly one folder per class, nevus/ and melanoma/ and bcc/ and scc/",
+        dataset.class_folders,
+        str(tmp_path),
+        "test split",
+        [*classes, "scc"],
     )
     os.remove(tmp_path / "bcc" / "ISIC_2.jpg")
-    with pytest.raises(SystemExit):
-        dataset.class_folders(str(tmp_path), "test split", classes)
-    assert_one_error(1, capsys.readouterr().err, f"{tmp_path}: no images in bcc/; every class is needed")
-    with pytest.raises(SystemExit):
-        dataset.class_folders(str(tmp_path / "nope"), "test split", classes)
-    assert_one_error(1, capsys.readouterr().err, f"test split {tmp_path / 'nope'} not found")
+    fails(
+        capsys,
+        f"{tmp_path}: no images in bcc/; every class is needed",
+        dataset.class_folders,
+        str(tmp_path),
+        "test split",
+        classes,
+    )
+    fails(
+        capsys,
+        f"test split {tmp_path / 'nope'} not found",
+        dataset.class_folders,
+        str(tmp_path / "nope"),
+        "test split",
+        classes,
+    )
 
 
 def test_classes_without_a_side_column_are_benign_and_malignant(tmp_path):

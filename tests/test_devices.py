@@ -4,7 +4,7 @@ did not set is one line saying to use torchrun."""
 import pytest
 import torch
 
-from conftest import assert_one_error
+from conftest import fails
 from skinlesion import devices
 
 
@@ -29,9 +29,7 @@ def no_torchrun(monkeypatch):
 )
 def test_a_world_size_without_torchrun_is_one_line(no_torchrun, capsys, world, expected):
     no_torchrun.setenv("WORLD_SIZE", world)
-    with pytest.raises(SystemExit) as exit_info:
-        devices.setup()
-    assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
+    fails(capsys, expected, devices.setup)
     assert not torch.distributed.is_initialized()
 
 

@@ -3,6 +3,7 @@ malignant probability for a lesion-type model, and points at a dark spot whereve
 panels, a real colour bar, the cautions written on it, and says when a map is empty; every photo gets a name of
 its own."""
 
+import copy
 import os
 
 import matplotlib
@@ -72,7 +73,7 @@ def test_gradcam_is_the_textbook_recipe(tmp_path, net):
 def test_gradcam_of_a_lesion_type_model_is_that_of_the_summed_malignant_probability(tmp_path, net):
     """Four lesion types, two of them malignant: the map is Grad-CAM of log(sum of P(malignant types) / sum of
     P(benign types)), computed here from the softmax through the whole network."""
-    types = make_net(128)
+    types = copy.deepcopy(net)
     torch.manual_seed(1)
     types.classifier = torch.nn.Linear(types.num_features, 4)  # a random head for four types
     torch.nn.init.uniform_(types.classifier.weight, -0.1, 0.1)

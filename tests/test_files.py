@@ -8,32 +8,16 @@ import sys
 
 import pytest
 
-from conftest import assert_one_error, fingerprint
+from conftest import fails, fingerprint, marked_folder
 from skinlesion import files
 
 HEADER = "isic_id,split,label"
-
-
-def fails(capsys, expected, function, *args, **kwargs):
-    """function(*args, **kwargs) dies with one error line saying expected."""
-    with pytest.raises(SystemExit) as exit_info:
-        function(*args, **kwargs)
-    assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
 
 
 def dead_pid():
     """The pid of a process that has ended."""
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(done.stdout)
-
-
-def marked_folder(path, *names):
-    """A folder carrying our mark, with a file per name."""
-    os.makedirs(path)
-    (path / files.MARK).write_text("made by prepare_dataset.py")
-    for name in names:
-        (path / name).write_text(name)
-    return path
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -223,9 +207,9 @@ def test_atomic_write_keeps_the_previous_file_and_cleans_only_dead_temporaries(t
             f.write("half")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(SystemExit):
-        files.atomic_write(str(target), fails_to_write)
-    assert_one_error(1, capsys.readouterr().err, f"could not write {target} (No space left on device)")
+    fails(
+        capsys, f"could not write {target} (No space left on device)", files.atomic_write, str(target), fails_to_write
+    )
     assert target.read_text() == "previous"
     left = sorted(os.listdir(tmp_path))
     assert f"out.csv.tmp{dead}" not in left and f"out.csv.tmp{os.getpid()}" not in left

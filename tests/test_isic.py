@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import pytest
 
-from conftest import assert_one_error
+from conftest import fails
 from skinlesion import isic
 
 
@@ -62,9 +62,8 @@ def test_labels_ignore_case_and_spaces_in_both_columns():
 
 
 def test_no_label_column_is_one_line(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        isic.sides(pd.DataFrame({"isic_id": ["ISIC_0000001"], "diagnosis_3": ["Nevus"]}))
-    assert_one_error(exit_info.value.code, capsys.readouterr().err, "the metadata has neither diagnosis_1 nor")
+    rows = pd.DataFrame({"isic_id": ["ISIC_0000001"], "diagnosis_3": ["Nevus"]})
+    fails(capsys, "the metadata has neither diagnosis_1 nor", isic.sides, rows)
 
 
 def test_undecided_sides_are_isics_words_for_not_decided():

@@ -2,7 +2,6 @@
 without hanging), reading them upright as RGB, and preprocessing equal to timm's evaluation transform."""
 
 import os
-import signal
 
 import numpy as np
 import pytest
@@ -11,22 +10,15 @@ import torch
 from PIL import Image
 
 import model
-from conftest import assert_one_error, lesion_photo, noise_image, png_claiming
+from conftest import alarm, fails, lesion_photo, noise_image, png_claiming
 from skinlesion import photos
 
 
 @pytest.fixture
 def time_limit():
     """Fail, instead of hanging, after 30 s."""
-
-    def timeout(*_):
-        raise TimeoutError("did not finish in 30 s")
-
-    old = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(30)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with alarm(30, "did not finish in 30 s"):
+        yield
 
 
 def names(images, folder):
@@ -53,9 +45,7 @@ def test_find_images_reads_only_regular_image_files(tmp_path, capsys):
         (tmp_path / "nope", "nope not found"),
         (tmp_path / "photos" / "pipe.jpg", "is a named pipe"),
     ]:
-        with pytest.raises(SystemExit):
-            photos.find_images([str(path)])
-        assert_one_error(1, capsys.readouterr().err, expected)
+        fails(capsys, expected, photos.find_images, [str(path)])
 
 
 def test_a_file_named_directly_is_tried_whatever_its_extension(tmp_path):
@@ -65,7 +55,8 @@ def test_a_file_named_directly_is_tried_whatever_its_extension(tmp_path):
     assert images == [str(tmp_path / "photo.data"), str(tmp_path / "x_gradcam.png")] and skipped == []
 
 
-def test_two_links_to_the_folder_itself_neither_hang_nor_repeat_photos(tmp_path, time_limit):
+@pytest.mark.usefixtures("time_limit")
+def test_two_links_to_the_folder_itself_neither_hang_nor_repeat_photos(tmp_path):
     folder = tmp_path / "photos"
     lesion_photo(folder / "a.jpg")
     lesion_photo(folder / "sub" / "b.jpg")

@@ -9,6 +9,7 @@ signals, a file-size limit and a hang guard."""
 import glob
 import hashlib
 import os
+import pathlib
 import signal
 import time
 
@@ -21,17 +22,19 @@ import conftest
 import prepare_dataset
 from conftest import (
     ROOT,
+    alarm,
     assert_one_error,
     export_rows,
     fingerprint,
     finish,
     main_fails,
+    marked_folder,
     noise_image,
     png_claiming,
     run,
     write_export,
 )
-from skinlesion import files, sampling
+from skinlesion import sampling
 
 REAL_SAMPLE = next(
     (
@@ -42,25 +45,14 @@ REAL_SAMPLE = next(
     None,
 )
 
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    """Every test runs in its own folder, where the defaults (metadata.csv, isic_images/, dataset/) point."""
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")  # every test in its own folder, where the defaults point
 
 
 @pytest.fixture
 def no_hang():
     """Fail, instead of waiting forever, if something opens a named pipe in this process."""
-
-    def timeout(*_):
-        raise TimeoutError("blocked: a named pipe was opened")
-
-    old = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with alarm(60, "blocked: a named pipe was opened"):
+        yield
 
 
 def lesion_rows(n_lesions, start=0):
@@ -94,11 +86,6 @@ def prepare(*args, workers=1):
     return pd.read_csv(os.path.join("dataset", "manifest.csv"), dtype=str, keep_default_na=False)
 
 
-def write_bytes(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
 def dataset_files(folder="dataset"):
     return sorted(os.path.relpath(p, folder) for p in glob.glob(os.path.join(folder, "*", "*", "*")))
 
@@ -106,6 +93,12 @@ def dataset_files(folder="dataset"):
 def summary(out):
     """{step: the rows left and what was left out} from the summary prepare_dataset.py prints."""
     return {line[:46].strip(): line[46:] for line in out.splitlines() if line.startswith("  ")}
+
+
+def assert_grouped(m, *columns):
+    """The photos sharing a value of each column (lesion_id, patient_id) are all in one split."""
+    for col in columns:
+        assert (m.groupby(col).split.nunique() == 1).all(), f"a {col} spans two splits"
 
 
 def fails_keeping_dataset(argv, capsys, expected, before):
@@ -190,8 +183,7 @@ def test_grouped_balanced_split_from_two_downloads(capsys):
     out = capsys.readouterr().out
     assert "reading the 2 metadata.csv" in out and "train" in out and "total" in out  # summary and crosstab
     assert (m.label.value_counts() == 25).all()
-    for col in ["lesion_id", "patient_id"]:
-        assert (m.groupby(col).split.nunique() == 1).all(), f"a {col} spans two splits"
+    assert_grouped(m, "lesion_id", "patient_id")
     assert set(m.split) == {"train", "val", "test"} and dataset_files() == sorted(m.file)
     assert m.source_file.map(os.path.isfile).all() and (m.width == "48").all()
     with open(m.source_file[0], "rb") as f:
@@ -272,13 +264,12 @@ def test_exif_orientation_resize_and_never_upscale():
         assert hashlib.sha256(f.read()).hexdigest() == m.sha256["ISIC_0000002"]  # the original bytes
 
 
-def test_rerun_replaces_the_dataset_and_cleans_leftovers(capsys):
+def test_rerun_replaces_the_dataset_and_cleans_leftovers(tmp_path, capsys):
     first, second = lesion_rows(12), lesion_rows(12, start=500)
     write_export("a", first)
     write_export("b", second)
-    os.makedirs("dataset.tmp-99999/train")  # left by a killed run: it carries our mark
-    with open(os.path.join("dataset.tmp-99999", files.MARK), "w") as f:
-        f.write("made by prepare_dataset.py")
+    leftover = marked_folder(tmp_path / "dataset.tmp-99999")  # left by a killed run: it carries our mark
+    os.mkdir(leftover / "train")
     for name in ("dataset.old-2024-backup", "dataset.tmp-99998"):  # a user's own folders: never touched
         noise_image(os.path.join(name, "thesis.jpg"), 5)
     users = {name: fingerprint(name) for name in ("dataset.old-2024-backup", "dataset.tmp-99998")}
@@ -326,7 +317,8 @@ def test_bad_metadata_rows_are_counted_and_left_out(capsys):
     assert after == outside
 
 
-def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened(tmp_path, no_hang):
+@pytest.mark.usefixtures("no_hang")
+def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened(tmp_path):
     rows = export_rows(24)
     write_export("isic_images", rows)
     ids = [row["isic_id"] for row in rows]
@@ -379,9 +371,9 @@ def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened
 
     r = run("prepare_dataset.py", "--workers", 2, "--val-fraction", 0, "--test-fraction", 0, cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-    files = summary(r.stdout)["with an image file"]
-    assert f"missing 1: {odd['missing']}" in files and f"symlink out of isic_images 1: {odd['symlink']}" in files
-    assert f"not a regular file 1: {odd['fifo']} (a named pipe)" in files
+    found = summary(r.stdout)["with an image file"]
+    assert f"missing 1: {odd['missing']}" in found and f"symlink out of isic_images 1: {odd['symlink']}" in found
+    assert f"not a regular file 1: {odd['fifo']} (a named pipe)" in found
     unreadable = summary(r.stdout)["readable"]
     assert "unreadable 4: " in unreadable and f"{odd['bomb']} (DecompressionBombWarning)" in unreadable
     assert all(odd[kind] in unreadable for kind in ["empty", "truncated", "text"])
@@ -419,13 +411,14 @@ METADATA_MISTAKES = {  # case: what the error line says
 
 
 @pytest.mark.parametrize("case", METADATA_MISTAKES)
-def test_metadata_that_cannot_be_used(case, capsys, no_hang):
+@pytest.mark.usefixtures("no_hang")
+def test_metadata_that_cannot_be_used(case, capsys):
     before = previous_dataset()
     write_export("isic_images", export_rows(4))
     os.remove("isic_images/metadata.csv")
     make = {
-        "empty": lambda: write_bytes("metadata.csv", b""),
-        "binary garbage": lambda: write_bytes("metadata.csv", np.random.default_rng(0).bytes(3000)),
+        "empty": lambda: pathlib.Path("metadata.csv").write_bytes(b""),
+        "binary garbage": lambda: pathlib.Path("metadata.csv").write_bytes(np.random.default_rng(0).bytes(3000)),
         "a JPEG renamed": lambda: noise_image("metadata.csv", 6, format="JPEG"),
         "a named pipe": lambda: os.mkfifo("metadata.csv"),
         "a named pipe in the export": lambda: os.mkfifo("isic_images/metadata.csv"),
@@ -593,10 +586,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_dataset(tmp_path,
 def big_export(tmp_path_factory):
     """An export that takes a few seconds to prepare: 160 photos of 400 x 300 px."""
     folder = tmp_path_factory.mktemp("big_export")
-    rows = export_rows(160)
-    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
-    for n, row in enumerate(rows):
-        noise_image(folder / (row["isic_id"] + ".jpg"), n, size=(400, 300), quality=90)
+    write_export(folder, export_rows(160), size=(400, 300), quality=90)
     return ["--metadata-csv", str(folder / "metadata.csv"), "--images-dir", str(folder)]
 
 
@@ -642,8 +632,8 @@ def test_killed_or_interrupted_keeps_the_previous_dataset(big_export, tmp_path, 
 def demo(tmp_path_factory):
     """The demo export (64 px photos, to save time), prepared as `make demo` does; returns the folder."""
     folder = tmp_path_factory.mktemp("demo")
-    prepare = ["--metadata-csv", "demo_data/metadata.csv", "--images-dir", "demo_data"]
-    for script, args in [("make_demo_data.py", ["--photo-size", 64]), ("prepare_dataset.py", prepare)]:
+    prepare_args = ["--metadata-csv", "demo_data/metadata.csv", "--images-dir", "demo_data"]
+    for script, args in [("make_demo_data.py", ["--photo-size", 64]), ("prepare_dataset.py", prepare_args)]:
         r = run(script, *args, cwd=folder)
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         assert r.stdout.strip().splitlines()[-1].startswith("wrote ")
@@ -653,8 +643,7 @@ def demo(tmp_path_factory):
 def test_the_demo_export_is_prepared_balanced_and_grouped(demo):
     m = pd.read_csv(demo / "dataset" / "manifest.csv", dtype=str, keep_default_na=False)
     assert m.label.value_counts().to_dict() == {"benign": 200, "malignant": 200} and m.sha256.is_unique
-    for col in ["lesion_id", "patient_id"]:
-        assert (m.groupby(col).split.nunique() == 1).all()
+    assert_grouped(m, "lesion_id", "patient_id")
 
 
 @pytest.mark.skipif(REAL_SAMPLE is None, reason="no /work/shared or ../shared/real_isic_sample (only in the dev setup)")
@@ -850,8 +839,7 @@ def test_types_from_a_label_column_keep_their_side_and_the_rare_ones_are_counted
     assert "1 type(s) with rows on both sides" in err and "'Nevus' (benign 30, malignant 2)" in err
     assert len(m[m.label == "nevus"]) == 30  # the 2 'malignant' nevi left out, and the 3 without a side
     assert "left out: 'Indeterminate' 6, empty 3" in summary(out)["with a definite benign/malignant side"]
-    for col in ("lesion_id",):
-        assert (m.groupby(col).split.nunique() == 1).all()
+    assert_grouped(m, "lesion_id")
 
 
 def test_other_merges_the_rare_types_of_each_side(capsys):

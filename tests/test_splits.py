@@ -3,9 +3,8 @@ has every class or the run stops with one line naming the class."""
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from conftest import assert_one_error
+from conftest import fails
 from skinlesion import splits
 
 
@@ -43,18 +42,13 @@ def test_split_groups_keeps_groups_together_and_every_class_in_every_split():
 
 def test_a_class_too_rare_for_every_split_is_one_line_naming_it(capsys):
     labels, groups = labels_and_groups({"benign": 40, "malignant": 40, "melanoma": 2})
-    with pytest.raises(SystemExit) as exit_info:
-        splits.split_groups(labels, groups, 0.15, 0.15, seed=0)
-    assert_one_error(
-        exit_info.value.code,
-        capsys.readouterr().err,
+    expected = (
         "split would have no melanoma images: the 4 melanoma images are only 2 groups; add melanoma images, or "
-        "lower --val-fraction/--test-fraction",
+        "lower --val-fraction/--test-fraction"
     )
+    fails(capsys, expected, splits.split_groups, labels, groups, 0.15, 0.15, seed=0)
 
 
 def test_too_few_groups_for_val_and_test_is_one_line(capsys):
     labels, groups = labels_and_groups({"benign": 1, "malignant": 1}, views=3)
-    with pytest.raises(SystemExit) as exit_info:
-        splits.split_groups(labels, groups, 0.15, 0.15, seed=0)
-    assert_one_error(exit_info.value.code, capsys.readouterr().err, "only 2 lesion/patient groups, too few")
+    fails(capsys, "only 2 lesion/patient groups, too few", splits.split_groups, labels, groups, 0.15, 0.15, seed=0)

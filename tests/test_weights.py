@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import model
-from conftest import ROOT, assert_one_error
+from conftest import ROOT, fails
 
 WITHOUT_THE_HUB = """
 import time
@@ -52,15 +52,13 @@ def test_local_weights_file_loads_offline_into_a_new_head(tmp_path):
 
 
 def test_a_missing_or_wrong_weights_file_is_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        model.build_model(weights_file=str(tmp_path / "nope.pth"))
-    assert_one_error(
-        1,
-        capsys.readouterr().err,
+    fails(
+        capsys,
         f"weights file {tmp_path / 'nope.pth'} not found; download it with 'hf download "
         "timm/efficientnet_b0.ra_in1k' or set WEIGHTS_FILE = None",
+        model.build_model,
+        weights_file=str(tmp_path / "nope.pth"),
     )
     (tmp_path / "notes.pth").write_text("not weights")
-    with pytest.raises(SystemExit):
-        model.build_model(weights_file=str(tmp_path / "notes.pth"))
-    assert_one_error(1, capsys.readouterr().err, f"could not load ImageNet weights from {tmp_path / 'notes.pth'} (")
+    expected = f"could not load ImageNet weights from {tmp_path / 'notes.pth'} ("
+    fails(capsys, expected, model.build_model, weights_file=str(tmp_path / "notes.pth"))
