@@ -22,7 +22,6 @@ on a small split (a smooth Harrell-Davis quantile), with the sensitivity and spe
 beside them, and runs/<run>/ (TensorBoard).
 """
 
-import contextlib
 import json
 import math
 import os
@@ -31,7 +30,21 @@ import time
 import numpy as np
 
 import model
-from skinlesion import batches, calibration, card, cli, dataset, devices, files, metrics, photos, plots, training
+from skinlesion import (
+    batches,
+    calibration,
+    card,
+    cli,
+    dataset,
+    devices,
+    files,
+    folders,
+    interrupts,
+    metrics,
+    photos,
+    plots,
+    training,
+)
 
 # -----------------------------------------------------------------------------
 DATA_DIR = "dataset"  # prepared by prepare_dataset.py: DATA_DIR/<train|val>/<class>/ and manifest.csv
@@ -155,29 +168,6 @@ def choose_recipe(args, imagenet):
             setattr(args, key, value)
 
 
-def photo_split(data_dir, split, classes):
-    """(paths, class indices) of data_dir/split, checked by dataset.class_folders."""
-    class_files, others = dataset.class_folders(os.path.join(data_dir, split), f"{split} folder", classes)
-    if others:
-        cli.warn(f"{os.path.join(data_dir, split)}: {len(others)} file(s) that are not images skipped")
-    paths = [f for c in classes for f in class_files[c]]
-    return paths, np.array([i for i, c in enumerate(classes) for _ in class_files[c]])
-
-
-def warn_small_photos(paths, short):
-    """Photos whose shorter side is under short px get enlarged by the evaluation resize: say so, once."""
-    small = 0
-    for path in paths:
-        with contextlib.suppress(Exception):  # unreadable: reported when it is decoded
-            small += min(photos.image_size(path)) < short
-    if small:
-        cli.warn(
-            f"{small} of {len(paths)} training photos are smaller than {short} px (shorter side), what "
-            "IMAGE_SIZE needs: they are enlarged. prepare_dataset.py shrinks to --resize-to (256 by default): "
-            f"re-run it with --resize-to {short} if the originals are larger, or lower --image-size"
-        )
-
-
 def scored(labels, logits, meta, target):
     """What an epoch's validation predictions say: (numbers for the log, the metadata a model file keeps:
     calibration, operating point, metrics at its threshold and ROC-AUC interval)."""
@@ -218,7 +208,8 @@ def main(argv=None):
     manifest = dataset.read_manifest(args.data_dir)
     classes, malignant, names = dataset.classes_of(manifest)
     resumed = resume_settings(args, classes) if args.resume else None
-    (train_paths, train_y), (val_paths, val_y) = (photo_split(args.data_dir, s, classes) for s in ("train", "val"))
+    train_paths, train_y = dataset.split_photos(args.data_dir, "train", classes)
+    val_paths, val_y = dataset.split_photos(args.data_dir, "val", classes)
     torch.manual_seed(args.seed)
     if not resumed:
         weights, imagenet = model.build_model(args.pretrained, args.weights_file, len(classes))
@@ -236,7 +227,7 @@ def main(argv=None):
 
     # data: a uint8 cache on the device, or workers streaming from disk; augmented on the device either way
     short = int(args.image_size / cfg["crop_pct"])  # what the evaluation resizes the shorter side to (256 for 224)
-    warn_small_photos(train_paths, short)
+    dataset.warn_small_photos(train_paths, short)
     gigabytes = 3 * (len(train_paths) * short**2 + len(val_paths) * args.image_size**2) / 1e9
     cached = gigabytes <= args.cache_gb
     where = f"cached on the device ({gigabytes:.2f} GB)" if cached else f"streamed ({gigabytes:.2f} GB > CACHE_GB)"
@@ -290,7 +281,7 @@ def main(argv=None):
         ids = [device.index] if device.type == "cuda" else None
         train_net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=ids)
     if rank == 0:
-        files.made_folder(args.log_dir, "AItraining.py")
+        folders.made_folder(args.log_dir, "AItraining.py")
     writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=start_epoch) if rank == 0 else None
     manifest_file = os.path.join(args.data_dir, dataset.MANIFEST)
     meta["manifest_sha256"] = files.file_sha256(manifest_file) if os.path.isfile(manifest_file) else None
@@ -392,4 +383,4 @@ def report(args):
 
 
 if __name__ == "__main__":
-    cli.run_script(main, f"interrupted; {OUTPUT} holds the best finished epoch, continue with --resume")
+    interrupts.run_script(main, f"interrupted; {OUTPUT} holds the best finished epoch, continue with --resume")

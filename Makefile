@@ -52,7 +52,7 @@ docs: demo dev node_modules/.installed
 	$(PY) docs/make_docs.py
 
 clean:
-	$(PY) -c "from skinlesion import files; files.remove_ours(['dataset', 'demo_data', \
+	$(PY) -c "from skinlesion import folders; folders.remove_ours(['dataset', 'demo_data', \
 		'site', 'runs', 'gradcam', 'skin_model.pth', 'skin_model_last.pth', 'skin_model.md', 'skin_model.onnx', \
 		'training_curves.png', 'evaluation.json', 'confusion_matrix.png', 'roc_curve.png', 'calibration.png', \
 		'mistakes.png', 'types_confusion.png'])"

@@ -33,7 +33,7 @@ import time
 
 import AItraining
 import model
-from skinlesion import batches, cli, devices, files, measure, photos, training
+from skinlesion import batches, cli, dataset, devices, files, folders, interrupts, measure, photos, training
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px, 32 to 2048
@@ -78,7 +78,7 @@ def check_work_dir(path):
     """die unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run made (its
     mark inside); never a folder of other files (a project folder's skin_model.pth would be replaced)."""
     cli.check_writable(path, "--work-dir", folder=True)
-    if os.path.isdir(path) and os.listdir(path) and not files.is_our_folder(path):
+    if os.path.isdir(path) and os.listdir(path) and not folders.is_our_folder(path):
         found = cli.first_few(sorted(os.listdir(path)))
         cli.die(
             f"--work-dir {cli.printable(path)} holds files that bench.py did not make ({found}); pass a new or "
@@ -151,7 +151,7 @@ def bench_training(args, small, full, device):
     net = model.build_model(pretrained=False)[0]
     cfg = model.data_config(net, args.image_size)
     short = int(args.image_size / cfg["crop_pct"])
-    paths, labels = AItraining.photo_split(small, "train", model.CLASSES)
+    paths, labels = dataset.split_photos(small, "train", model.CLASSES)
     crops = photos.Photos(paths, short, 1.0, cfg["interpolation"])
     cached = batches.Split(crops, labels, True, args.num_workers, device, "caching")
     alone, loop = [], []
@@ -326,7 +326,7 @@ def main(argv=None):
     device = devices.pick_device()
     work = args.work_dir or tempfile.mkdtemp(prefix="bench-")
     os.makedirs(work, exist_ok=True)
-    files.write_text(os.path.join(work, files.MARK), "made by bench.py; kept and re-used by its next runs\n")
+    files.write_text(os.path.join(work, folders.MARK), "made by bench.py; kept and re-used by its next runs\n")
     load, started, rows = os.getloadavg()[0], time.time(), []
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(work, "inductor")  # compile afresh (kept in a WORK_DIR)
     print(f"machine: {measure.machine(device)}\nload average at start: {load:.2f}; work dir {work}", flush=True)
@@ -352,4 +352,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_script(main)
+    interrupts.run_script(main)

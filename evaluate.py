@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 import model
-from skinlesion import calibration, card, cli, dataset, devices, files, isic, metrics, photos, plots
+from skinlesion import calibration, card, cli, dataset, devices, files, interrupts, isic, metrics, photos, plots
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -358,4 +358,4 @@ def show(result, args):
 
 
 if __name__ == "__main__":
-    cli.run_script(main)
+    interrupts.run_script(main)

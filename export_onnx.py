@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 import model
-from skinlesion import card, cli, files, model_index, photos
+from skinlesion import card, cli, files, interrupts, model_index, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -196,4 +196,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_script(main, "interrupted; nothing written")
+    interrupts.run_script(main, "interrupted; nothing written")

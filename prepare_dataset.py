@@ -33,7 +33,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, isic, photos, sampling, splits
+from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, sampling, splits
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -291,8 +291,8 @@ def parse_args(argv=None):
     cli.check(
         val + test <= 0.9 + 1e-9, "--test-fraction", test, f"use at most {0.9 - val:.2f} with --val-fraction {val}"
     )
-    files.check_output_folder(args.dataset_dir, "--dataset-dir", [args.images_dir, args.metadata_csv])
-    files.check_replaceable(args.dataset_dir, "--dataset-dir", "prepare_dataset.py", legacy=is_earlier_dataset)
+    folders.check_output_folder(args.dataset_dir, "--dataset-dir", [args.images_dir, args.metadata_csv])
+    folders.check_replaceable(args.dataset_dir, "--dataset-dir", "prepare_dataset.py", legacy=is_earlier_dataset)
     cli.check_writable(os.path.dirname(os.path.abspath(args.dataset_dir)), "--dataset-dir", folder=True)
     args.dataset_dir = os.path.normpath(args.dataset_dir)
     return args
@@ -312,7 +312,7 @@ def main(argv=None):
     out = re.escape(os.path.realpath(args.dataset_dir)) + r"(\.(tmp|old)-\d+)?"
 
     # one run per folder: the dataset is written beside the previous one and swapped in when all went well
-    with files.replaced_folder(args.dataset_dir, "prepare_dataset.py", legacy=is_earlier_dataset) as tmp:
+    with folders.replaced_folder(args.dataset_dir, "prepare_dataset.py", legacy=is_earlier_dataset) as tmp:
         # metadata: the usable rows, and why the others were left out
         paths = isic.metadata_files(args.metadata_csv, args.images_dir)
         if not paths or not os.path.isdir(args.images_dir):
@@ -385,4 +385,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_script(main, "interrupted; the previous dataset is untouched")
+    interrupts.run_script(main, "interrupted; the previous dataset is untouched")

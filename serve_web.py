@@ -29,7 +29,7 @@ import re
 import sys
 
 import model
-from skinlesion import cli, files, metrics
+from skinlesion import cli, files, folders, interrupts, metrics
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py, with the outputs 'logits' and 'cam'
@@ -167,10 +167,10 @@ def site_contents(model_path, card, node_modules):
 
 
 def build(site_dir, contents):
-    """Write contents into a new folder that then replaces site_dir as a whole (files.replaced_folder): every
+    """Write contents into a new folder that then replaces site_dir as a whole (folders.replaced_folder): every
     file is created in a fresh folder, so no link can be followed."""
     try:
-        with files.replaced_folder(site_dir, "serve_web.py") as tmp:
+        with folders.replaced_folder(site_dir, "serve_web.py") as tmp:
             for name, data in contents.items():
                 path = os.path.join(tmp, *name.split("/"))
                 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -331,8 +331,8 @@ def main(argv=None):
     cli.check(cli.in_range(args.timeout, 0.1, 3600), "--timeout", args.timeout, "use seconds from 0.1 to 3600")
     node_modules = os.path.join(HERE, args.node_modules)  # an absolute --node-modules stays as it is
     card = card_path(args.card, args.model)
-    files.check_replaceable(args.site_dir, "--site-dir", "serve_web.py")
-    files.check_output_folder(args.site_dir, "--site-dir", inputs=[args.model, card, SOURCE, node_modules])
+    folders.check_replaceable(args.site_dir, "--site-dir", "serve_web.py")
+    folders.check_output_folder(args.site_dir, "--site-dir", inputs=[args.model, card, SOURCE, node_modules])
     cli.check_writable(os.path.dirname(os.path.abspath(args.site_dir)), "--site-dir", folder=True)
     contents, sidecar, version = site_contents(args.model, card, node_modules)  # a bad model stops before any write
     build(args.site_dir, contents)
@@ -350,4 +350,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_script(main)
+    interrupts.run_script(main)

@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from skinlesion import cli, files  # noqa: E402  (the project's package, beside docs/)
+from skinlesion import cli, files, interrupts  # noqa: E402  (the project's package, beside docs/)
 
 # -----------------------------------------------------------------------------
 WIDTH = 1000  # largest width of a picture in docs/, in px
@@ -92,4 +92,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_script(main)
+    interrupts.run_script(main)

@@ -1,5 +1,5 @@
 """The command line: flags made from a script's constants block, one-line errors and warnings, checks of flag
-values, printable names, and the worker pool every script shares (it must ignore Ctrl-C).
+values and writable paths, printable names and summaries.
 
 Torch-free, so that `--help` and the ONNX path start in a fraction of a second."""
 
@@ -26,19 +26,6 @@ def die(message):
 
 def warn(message):
     print(f"warning: {message}", file=sys.stderr)
-
-
-def run_script(main, interrupted="interrupted"):
-    """Run a script's main: Ctrl-C is one line and exit code 130; an OSError that escaped the script's own
-    checks (an unreadable photo reported by a DataLoader worker, a full disk) is one error line."""
-    try:
-        main()
-    except KeyboardInterrupt:
-        print(f"\n{interrupted}", file=sys.stderr)
-        sys.exit(130)
-    except OSError as e:
-        last_line = str(e).strip().splitlines()[-1]
-        die(last_line.removeprefix("OSError: "))
 
 
 def printable(path):
@@ -226,23 +213,3 @@ def check_writable(path, flag, folder=False):
         os.remove(probe)
     except OSError as e:
         die(f"{flag} {path}: cannot write in {target} ({e.strerror}); pass a path in a writable folder")
-
-
-def worker_pool(workers):
-    """A process pool whose workers ignore Ctrl-C (the main process handles it, once), or a None-yielding
-    context for 1 worker. Ctrl-C is held back while the workers are forked: arriving inside a fork hook it
-    would be lost."""
-    import signal
-    from contextlib import nullcontext
-    from multiprocessing import Pool
-
-    if workers == 1:
-        return nullcontext()
-    hold = getattr(signal, "pthread_sigmask", None)  # POSIX only; Windows does not fork
-    if hold:
-        hold(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        return Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
-    finally:
-        if hold:
-            hold(signal.SIG_UNBLOCK, {signal.SIGINT})

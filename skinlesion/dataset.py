@@ -1,11 +1,14 @@
 """The prepared dataset's layout: dataset/<split>/<class>/ photos, one folder per class, as prepare_dataset.py
 writes it and AItraining.py and evaluate.py read it."""
 
+import contextlib
 import os
 
+import numpy as np
+
 from skinlesion import isic
-from skinlesion.cli import die
-from skinlesion.photos import find_images
+from skinlesion.cli import die, warn
+from skinlesion.photos import find_images, image_size
 
 SIDES = ["benign", "malignant"]  # the two-class labels: folder names = class indices; malignant is positive
 SPLITS = ["train", "val", "test"]  # the splits prepare_dataset.py makes, in order
@@ -32,6 +35,29 @@ def classes_of(manifest):
     classes = sorted(side.index, key=lambda c: (SIDES.index(side[c]), c))
     values = manifest.groupby("label")["label_value"].first() if "label_value" in manifest else side
     return classes, [c for c in classes if side[c] == "malignant"], {c: values[c] for c in classes}
+
+
+def split_photos(data_dir, split, classes):
+    """(photo paths, class indices) of data_dir/split, checked by class_folders; other files skipped, counted."""
+    class_files, others = class_folders(os.path.join(data_dir, split), f"{split} folder", classes)
+    if others:
+        warn(f"{os.path.join(data_dir, split)}: {len(others)} file(s) that are not images skipped")
+    paths = [f for c in classes for f in class_files[c]]
+    return paths, np.array([i for i, c in enumerate(classes) for _ in class_files[c]])
+
+
+def warn_small_photos(paths, short):
+    """Photos whose shorter side is under short px get enlarged by the evaluation resize: say so, once."""
+    small = 0
+    for path in paths:
+        with contextlib.suppress(Exception):  # unreadable: reported when it is decoded
+            small += min(image_size(path)) < short
+    if small:
+        warn(
+            f"{small} of {len(paths)} training photos are smaller than {short} px (shorter side), what "
+            "IMAGE_SIZE needs: they are enlarged. prepare_dataset.py shrinks to --resize-to (256 by default): "
+            f"re-run it with --resize-to {short} if the originals are larger, or lower --image-size"
+        )
 
 
 def class_folders(folder, what="data folder", classes=SIDES):

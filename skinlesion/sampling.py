@@ -10,7 +10,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from skinlesion import cli, files, photos
+from skinlesion import cli, files, interrupts, photos
 
 
 def process_image(job):
@@ -51,7 +51,8 @@ def decode_balanced(cands, n_per_class, seed, out_dir, resize_to, workers):
     chosen, seen, unreadable, duplicates = [], set(), [], []
     tried, usable = dict.fromkeys(classes, 0), dict.fromkeys(classes, 0)
     goal = sum(min(n_per_class, len(queue[c])) for c in classes)  # the bar's total: photos wanted, known at once
-    with cli.worker_pool(workers) as pool, tqdm(total=goal, desc="decoding", unit="img", disable=cands.empty) as bar:
+    bar = tqdm(total=goal, desc="decoding", unit="img", disable=cands.empty)
+    with interrupts.worker_pool(workers) as pool, bar:
         while True:  # a round: the next candidates of each class, as many as it still lacks
             batch = [i for c in classes for i in queue[c][tried[c] : tried[c] + n_per_class - usable[c]]]
             if not batch:

@@ -37,6 +37,7 @@ ENV = dict(
 )
 
 import model  # noqa: E402
+from skinlesion import folders  # noqa: E402
 
 
 def run(script, *args, cwd, timeout=600, file_size_limit=None, threads=1):
@@ -400,12 +401,29 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+def dead_pid():
+    """The pid of a process that has ended."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def ctrl_c():
+    """Ctrl-C to this process (SIGINT); the handler raises before the sleep ends."""
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+
+
+def swallowed_ctrl_c():
+    """A Ctrl-C that a library caught and dropped: the run goes on."""
+    with contextlib.suppress(KeyboardInterrupt):
+        ctrl_c()
+
+
 def marked_folder(path, *names):
     """A folder (a pathlib.Path) carrying our mark, with a file per name."""
-    from skinlesion import files
 
     os.makedirs(path)
-    (path / files.MARK).write_text("made by prepare_dataset.py")
+    (path / folders.MARK).write_text("made by prepare_dataset.py")
     for name in names:
         (path / name).write_text(name)
     return path

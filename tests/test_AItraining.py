@@ -32,14 +32,14 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import files, metrics, training
+from skinlesion import files, folders, metrics, training
 
 FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0]
 
 
 def runs(log_dir):
     """The run folders in a TensorBoard log folder (which carries our mark beside them)."""
-    return [name for name in os.listdir(log_dir) if name != files.MARK]
+    return [name for name in os.listdir(log_dir) if name != folders.MARK]
 
 
 def epoch_lines(stdout):

@@ -106,13 +106,6 @@ def test_none_is_accepted_for_a_none_constant_and_a_nullable_name(tiny):
     assert tiny(["--lr", "3e-4"]).lr == 3e-4
 
 
-def test_an_oserror_that_escaped_is_one_line(capsys):
-    def full_disk():
-        raise OSError("OSError: could not write out.csv (No space left on device)")
-
-    fails(capsys, "error: could not write out.csv (No space left", cli.run_script, full_disk)
-
-
 # ---------------------------------------------------------------------------- printable names and summaries
 def test_printable_escapes_control_characters_and_bytes_that_are_not_utf8():
     forged = "a.jpg\nPrediction: benign"

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 import conftest
 import make_demo_data
 from conftest import assert_one_error, fingerprint, main_fails, noise_image, run
-from skinlesion import files
+from skinlesion import folders
 
 FIRST = ["isic_id", "attribution", "copyright_license"]
 COLUMNS = FIRST + [
@@ -150,7 +150,7 @@ def test_photos_unseen_copies_and_the_same_bytes_again(export):
     meta = metadata(export / "demo_data")
     names = sorted(os.listdir(export / "demo_data"))
     assert names == sorted(
-        [files.MARK, "attribution.txt", "licenses", "metadata.csv", "unseen", *(i + ".jpg" for i in meta.isic_id)]
+        [folders.MARK, "attribution.txt", "licenses", "metadata.csv", "unseen", *(i + ".jpg" for i in meta.isic_id)]
     )
     unseen = sorted(os.listdir(export / "demo_data" / "unseen"))
     assert unseen == sorted(f"{c}_{k}.jpg" for c in ["benign", "malignant"] for k in range(1, 7))

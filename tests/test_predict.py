@@ -32,7 +32,7 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import explain, files, photos
+from skinlesion import explain, folders, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -444,7 +444,7 @@ def test_explain_never_overwrites_a_users_picture_and_names_each_photo_apart(tmp
     noise_image("photos/photo_gradcam.png", 3)  # the user's own file: skipped as an input, never written
     before = fingerprint(tmp_path / "photos")
     predict.main(["photos", "--model", models[0.5], "--explain"])
-    assert sorted(os.listdir("gradcam")) == [files.MARK, "lesion_jpg_gradcam.png", "lesion_png_gradcam.png"]
+    assert sorted(os.listdir("gradcam")) == [folders.MARK, "lesion_jpg_gradcam.png", "lesion_png_gradcam.png"]
     assert fingerprint(tmp_path / "photos") == before
     capsys.readouterr()
     noise_image("gradcam/lesion_jpg_gradcam.png", 4)  # now a picture we did not write sits where ours would go

@@ -591,7 +591,8 @@ def big_export(tmp_path_factory):
 
 
 def start(args):
-    """prepare_dataset.py running, once it has written a photo into its dataset.tmp-<pid>."""
+    """prepare_dataset.py running, once its dataset.tmp-<pid> holds a file (its mark, written before the metadata
+    is read): a signal then lands anywhere in the run, in lazy imports too."""
     return conftest.start("prepare_dataset.py", args, lambda _: any(os.listdir(t) for t in glob.glob("dataset.tmp-*")))
 
 

@@ -1,0 +1,72 @@
+"""Ctrl-C, the same in every script: one line and exit code 130, whatever a library made of the interrupt, and
+worker pools that leave it to the main process. Also an OSError that escaped a script's own checks: one line."""
+
+import signal
+import sys
+
+from skinlesion.cli import die
+
+PRESSED = []  # the Ctrl-Cs seen while run_script runs a main
+
+
+def raise_if_pressed():
+    """Raise KeyboardInterrupt if Ctrl-C was pressed, even one a library swallowed (raised inside a weakref callback
+    it is only printed, and the run goes on): called before an output replaces the previous one."""
+    if PRESSED:
+        raise KeyboardInterrupt
+
+
+def run_script(main, interrupted="interrupted"):
+    """Run a script's main: Ctrl-C prints `interrupted` and exits with code 130. A library may turn the interrupt
+    into another error (a C extension cut short while it is imported raises ImportError; PIL then skips a file
+    format and our checks die with 'no readable image'), so any error after a Ctrl-C counts as the interrupt. An
+    OSError that escaped the script's own checks (an unreadable photo reported by a DataLoader worker, a full disk)
+    is one error line. A Ctrl-C the shell told the script to ignore (a background job) stays ignored."""
+
+    def on_ctrl_c(signum, frame):
+        PRESSED.append(signum)
+        raise KeyboardInterrupt
+
+    def quiet_about_ctrl_c(unraisable):  # a Ctrl-C that Python can only print: raise_if_pressed acts on it
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_hook(unraisable)
+
+    PRESSED.clear()
+    previous, previous_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    if previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_ctrl_c)
+    sys.unraisablehook = quiet_about_ctrl_c
+    try:
+        main()
+    except BaseException as e:
+        if PRESSED or isinstance(e, KeyboardInterrupt):
+            print(f"\n{interrupted}", file=sys.stderr)
+            sys.exit(130)
+        if not isinstance(e, OSError):
+            raise
+        last_line = str(e).strip().splitlines()[-1]
+        die(last_line.removeprefix("OSError: "))
+    finally:
+        PRESSED.clear()
+        sys.unraisablehook = previous_hook
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
+
+
+def worker_pool(workers):
+    """A process pool whose workers ignore Ctrl-C (the main process handles it, once), or a None-yielding
+    context for 1 worker. Ctrl-C is held back while the workers are forked: arriving inside a fork hook it
+    would be lost."""
+    from contextlib import nullcontext
+    from multiprocessing import Pool
+
+    if workers == 1:
+        return nullcontext()
+    hold = getattr(signal, "pthread_sigmask", None)  # POSIX only; Windows does not fork
+    if hold:
+        hold(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
+    finally:
+        if hold:
+            hold(signal.SIG_UNBLOCK, {signal.SIGINT})

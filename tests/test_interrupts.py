@@ -1,0 +1,101 @@
+"""skinlesion/interrupts.py: Ctrl-C is one line and exit code 130, even where a library turned the interrupt into
+another error; an escaped OSError is one error line; a pool's workers leave Ctrl-C to the main process. (Each
+script's Ctrl-C, sent to its whole process group, is tested with the script.)"""
+
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import ctrl_c, fails
+from skinlesion import cli, interrupts
+
+
+def interrupted(capsys, main):
+    """run_script(main) exits with code 130; returns its stderr lines."""
+    with pytest.raises(SystemExit) as exit_info:
+        interrupts.run_script(main, "interrupted; nothing written")
+    assert exit_info.value.code == 130
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(capsys):
+    assert interrupted(capsys, ctrl_c) == ["interrupted; nothing written"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's Ctrl-C is back
+
+
+def test_a_ctrl_c_a_library_turned_into_another_error_is_still_the_interrupt(capsys):
+    def import_cut_short():  # a C extension interrupted while it is imported raises ImportError
+        try:
+            ctrl_c()
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed") from None
+
+    def format_skipped():  # PIL skips the format whose import failed: no photo readable, our check dies
+        try:
+            import_cut_short()
+        except ImportError:
+            cli.die("no readable image in the export")
+
+    assert interrupted(capsys, import_cut_short) == ["interrupted; nothing written"]
+    assert interrupted(capsys, format_skipped) == [
+        "error: no readable image in the export",
+        "",
+        "interrupted; nothing written",
+    ]
+
+
+def test_errors_without_a_ctrl_c_are_left_as_they_are(capsys):
+    def bug():
+        raise ImportError("a real bug: its traceback is wanted")
+
+    with pytest.raises(ImportError, match="a real bug"):
+        interrupts.run_script(bug)
+    fails(capsys, "error: no readable image", interrupts.run_script, lambda: cli.die("no readable image"))
+
+
+def test_an_oserror_that_escaped_is_one_line(capsys):
+    def full_disk():
+        raise OSError("OSError: could not write out.csv (No space left on device)")
+
+    fails(capsys, "error: could not write out.csv (No space left", interrupts.run_script, full_disk)
+
+
+def test_a_ctrl_c_the_shell_ignores_stays_ignored():
+    finished = []
+
+    def background_job():  # `python script.py &` in a shell script: Ctrl-C in the terminal is not for it
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        finished.append(True)
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        interrupts.run_script(background_job)
+        assert finished and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_the_pool_workers_ignore_ctrl_c():
+    assert interrupts.worker_pool(1).__enter__() is None  # one worker: no pool, the work runs in this process
+    with interrupts.worker_pool(2) as pool:
+        workers = multiprocessing.active_children()
+        assert len(workers) == 2
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGINT)
+        assert pool.map(abs, range(-20, 0), 2) == list(range(20, 0, -1))
+
+
+def test_a_ctrl_c_python_could_only_print_is_no_traceback_and_stops_the_next_output(capsys):
+    class Closes:
+        def __del__(self):  # Python prints what is raised here, and goes on
+            ctrl_c()
+
+    def main():
+        Closes()
+        interrupts.raise_if_pressed()  # what files.atomic_write and folders.replaced_folder do before replacing
+
+    assert interrupted(capsys, main) == ["interrupted; nothing written"]  # no "Exception ignored", no traceback
