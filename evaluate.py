@@ -23,7 +23,20 @@ import numpy as np
 from tqdm import tqdm
 
 import model
-from skinlesion import calibration, card, cli, dataset, devices, files, interrupts, isic, metrics, photos, plots
+from skinlesion import (
+    calibration,
+    card,
+    cli,
+    dataset,
+    devices,
+    files,
+    folders,
+    interrupts,
+    isic,
+    metrics,
+    photos,
+    plots,
+)
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -59,9 +72,7 @@ def parse_args(argv=None):
     args = cli.parse_flags(globals(), argv)
     cli.check_ranges(args, RANGES)
     cli.check_writable(args.output_dir, "--output-dir", folder=True)
-    data = os.path.realpath(args.data_dir)
-    inside = os.path.commonpath([data, os.path.realpath(args.output_dir)]) == data
-    cli.check(not inside, "--output-dir", args.output_dir, f"use a folder outside --data-dir {args.data_dir}")
+    folders.check_outside(args.output_dir, "--output-dir", [args.data_dir])
     for name in ["evaluation.json", *PICTURES]:
         files.check_output(os.path.join(args.output_dir, name), "--output-dir", [args.model], args.overwrite)
     args.card = os.path.splitext(args.model)[0] + ".md"

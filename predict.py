@@ -64,11 +64,9 @@ def parse_args(argv=None):
         files.check_output(args.csv, "--csv", inputs, args.overwrite, ours=written_csv)
         cli.check_writable(args.csv, "--csv")
     if args.explain:
-        folders = [path for path in args.images if os.path.isdir(path)]
         folders.check_output_folder(args.explain_dir, "--explain-dir", [args.model, *args.images])
-        explain_dir = os.path.realpath(args.explain_dir)
-        inside = [f for f in folders if os.path.commonpath([os.path.realpath(f), explain_dir]) == os.path.realpath(f)]
-        cli.check(not inside, "--explain-dir", args.explain_dir, f"use a folder outside the photos' {inside[:1]}")
+        photo_folders = [path for path in args.images if os.path.isdir(path)]
+        folders.check_outside(args.explain_dir, "--explain-dir", photo_folders)
         cli.check_writable(args.explain_dir, "--explain-dir", folder=True)
     return args
 

@@ -22,6 +22,14 @@ def check_output_folder(path, flag, inputs=()):
             die(f"{flag} {printable(path)}: use a folder that does not hold {printable(given)}")
 
 
+def check_outside(path, flag, input_folders):
+    """die when an output folder lies inside one of the input folders (the same after links)."""
+    out = os.path.realpath(path)
+    for folder in input_folders:
+        if os.path.commonpath([os.path.realpath(folder), out]) == os.path.realpath(folder):
+            die(f"{flag} {printable(path)}: use a folder outside {printable(folder)} (an input)")
+
+
 def lock_folder(folder, script):
     """An exclusive flock on folder (where the system has one), as an open descriptor, or None where locks are
     not available; a second holder dies with one line."""

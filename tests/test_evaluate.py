@@ -234,7 +234,10 @@ def test_evaluate_refuses_before_any_work(setup, tmp_path, monkeypatch, capsys, 
             "--n-bootstrap 100000000: use a whole number from 0 to 100000",
         ),
         "output not ours": (common, "--output-dir ./roc_curve.png exists and was not written by this project"),
-        "output inside the data": ([*common, "--output-dir", str(tmp / "test" / "benign")], "use a folder outside"),
+        "output inside the data": (
+            [*common, "--output-dir", str(tmp / "test" / "benign")],
+            f"use a folder outside {tmp / 'test'} (an input)",
+        ),
         "none": ([*common, "--n-bootstrap", "none"], "argument --n-bootstrap: none: this flag needs a value"),
     }[case]
     main_fails(evaluate.main, argv, capsys, expected)

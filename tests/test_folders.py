@@ -35,6 +35,18 @@ def test_an_output_folder_holding_an_input_is_refused(tmp_path, capsys):
     folders.check_output_folder(str(tmp_path / "export2"), "--dataset-dir", inputs=[str(metadata)])  # a prefix only
 
 
+def test_an_output_folder_inside_an_input_folder_is_refused(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    os.symlink(photos, tmp_path / "link")
+    for out in [photos / "maps", tmp_path / "link" / "maps", photos]:
+        expected = f"--explain-dir {out}: use a folder outside {photos} (an input)"
+        fails(capsys, expected, folders.check_outside, str(out), "--explain-dir", [str(photos)])
+    folders.check_outside(str(tmp_path / "maps"), "--explain-dir", [str(photos)])
+    folders.check_outside(str(tmp_path / "photos2"), "--explain-dir", [str(photos)])  # a prefix only
+    folders.check_outside(str(photos), "--explain-dir", [])
+
+
 def test_check_replaceable_refuses_links_files_and_a_users_folder(tmp_path, capsys):
     user = tmp_path / "thesis"
     (user / "sub").mkdir(parents=True)

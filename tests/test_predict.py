@@ -428,7 +428,7 @@ def test_outputs_that_are_inputs_or_not_ours_are_refused(tmp_path, models, monke
         "model none": ([photo, "--model", "none"], "argument --model: none: this flag needs a value"),
         "explain dir in the photos' folder": (
             ["photos", "--explain", "--explain-dir", "photos/maps"],
-            "--explain-dir photos/maps: use a folder outside the photos'",
+            "--explain-dir photos/maps: use a folder outside photos (an input)",
         ),
     }[case]
     refuses(argv, capsys, expected)
