@@ -115,6 +115,7 @@ def replaced_folder(path, script, legacy=None):
         if os.path.lexists(path):
             os.rename(path, old)
         os.rename(tmp, path)
+        interrupts.say_on_ctrl_c(f"interrupted; {printable(path)} is already the new one, complete")
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,7 @@ import sys
 from skinlesion.cli import die
 
 PRESSED = []  # the Ctrl-Cs seen while run_script runs a main
+SAYS = []  # what a Ctrl-C says once an output changed (run_script's own message is about the outputs before)
 
 
 def raise_if_pressed():
@@ -14,6 +15,12 @@ def raise_if_pressed():
     it is only printed, and the run goes on): called before an output replaces the previous one."""
     if PRESSED:
         raise KeyboardInterrupt
+
+
+def say_on_ctrl_c(message):
+    """From now on, a Ctrl-C prints message instead of run_script's: an output was replaced (a folder swapped in),
+    and 'the previous dataset is untouched' would no longer be true."""
+    SAYS.append(message)
 
 
 def run_script(main, interrupted="interrupted"):
@@ -32,6 +39,7 @@ def run_script(main, interrupted="interrupted"):
             previous_hook(unraisable)
 
     PRESSED.clear()
+    SAYS.clear()
     previous, previous_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
     if previous is signal.default_int_handler:
         signal.signal(signal.SIGINT, on_ctrl_c)
@@ -40,7 +48,8 @@ def run_script(main, interrupted="interrupted"):
         main()
     except BaseException as e:
         if PRESSED or isinstance(e, KeyboardInterrupt):
-            print(f"\n{interrupted}", file=sys.stderr)
+            said = SAYS[-1] if SAYS else interrupted
+            print(f"\n{said}", file=sys.stderr)
             sys.exit(130)
         if not isinstance(e, OSError):
             raise
@@ -48,6 +57,7 @@ def run_script(main, interrupted="interrupted"):
         die(last_line.removeprefix("OSError: "))
     finally:
         PRESSED.clear()
+        SAYS.clear()
         sys.unraisablehook = previous_hook
         if previous is signal.default_int_handler:
             signal.signal(signal.SIGINT, previous)

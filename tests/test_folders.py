@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import dead_pid, fails, fingerprint, marked_folder, swallowed_ctrl_c
+from conftest import ctrl_c, dead_pid, fails, fingerprint, marked_folder, swallowed_ctrl_c
 from skinlesion import folders, interrupts
 
 
@@ -141,3 +141,18 @@ def test_a_ctrl_c_a_library_swallowed_keeps_the_old_folder(tmp_path, capsys):
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.strip() == "interrupted; the previous dataset is untouched"
     assert fingerprint(tmp_path) == before
+
+
+def test_a_ctrl_c_after_the_swap_says_the_new_folder_is_in_place(tmp_path, capsys):
+    dataset = marked_folder(tmp_path / "dataset", "manifest.csv")
+
+    def main():
+        with folders.replaced_folder(str(dataset), "prepare_dataset.py") as tmp:
+            (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("new")
+        ctrl_c()  # while the script prints its summary
+
+    with pytest.raises(SystemExit) as exit_info:
+        interrupts.run_script(main, "interrupted; the previous dataset is untouched")
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() == f"interrupted; {dataset} is already the new one, complete"
+    assert (dataset / "manifest.csv").read_text() == "new" and os.listdir(tmp_path) == ["dataset"]
