@@ -25,10 +25,11 @@ def say_on_ctrl_c(message):
 
 def run_script(main, interrupted="interrupted"):
     """Run a script's main: Ctrl-C prints `interrupted` and exits with code 130. A library may turn the interrupt
-    into another error (a C extension cut short while it is imported raises ImportError; PIL then skips a file
-    format and our checks die with 'no readable image'), so any error after a Ctrl-C counts as the interrupt. An
-    OSError that escaped the script's own checks (an unreadable photo reported by a DataLoader worker, a full disk)
-    is one error line. A Ctrl-C the shell told the script to ignore (a background job) stays ignored."""
+    into another error (a C extension cut short while it is imported, such as scipy's, raises ImportError; a
+    library that drops the failed import leaves one of our checks to report what follows), so any error after a
+    Ctrl-C counts as the interrupt. An OSError that escaped the script's own checks (an unreadable photo reported
+    by a DataLoader worker, a full disk) is one error line. A Ctrl-C the shell told the script to ignore (a
+    background job) stays ignored."""
 
     def on_ctrl_c(signum, frame):
         PRESSED.append(signum)

@@ -34,7 +34,7 @@ def test_a_ctrl_c_a_library_turned_into_another_error_is_still_the_interrupt(cap
         except KeyboardInterrupt:
             raise ImportError("initialization failed") from None
 
-    def format_skipped():  # PIL skips the format whose import failed: no photo readable, our check dies
+    def format_skipped():  # a library drops the failed import; one of our checks reports what follows
         try:
             import_cut_short()
         except ImportError:
