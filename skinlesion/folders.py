@@ -14,19 +14,23 @@ from skinlesion.files import is_ours, pid_alive
 MARK = ".skin-lesion-classifier"  # a file inside every folder we make, naming the script that made it
 
 
+def is_within(path, folder):
+    """Whether path is folder or lies inside it, after links."""
+    folder = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), folder]) == folder
+
+
 def check_output_folder(path, flag, inputs=()):
     """die when an output folder (replaced as a whole) holds one of the inputs."""
-    out = os.path.realpath(path)
     for given in inputs:
-        if given and os.path.commonpath([os.path.realpath(given), out]) == out:
+        if given and is_within(given, path):
             die(f"{flag} {printable(path)}: use a folder that does not hold {printable(given)}")
 
 
 def check_outside(path, flag, input_folders):
     """die when an output folder lies inside one of the input folders (the same after links)."""
-    out = os.path.realpath(path)
     for folder in input_folders:
-        if os.path.commonpath([os.path.realpath(folder), out]) == os.path.realpath(folder):
+        if is_within(path, folder):
             die(f"{flag} {printable(path)}: use a folder outside {printable(folder)} (an input)")
 
 

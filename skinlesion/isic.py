@@ -13,6 +13,7 @@ import pandas as pd
 
 from skinlesion.cli import die, first_few, warn
 from skinlesion.files import file_kind
+from skinlesion.folders import is_within
 
 SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs"}
 IMAGE_TYPES = ["dermoscopic", "clinical: overview", "clinical: close-up", "TBP tile: close-up", "TBP tile: overview",
@@ -114,7 +115,6 @@ def image_files(ids, images_dir, skip):
     not entered: the folders for which skip(real path) is true (the dataset being written)."""
     from skinlesion.photos import is_image_file
 
-    root = os.path.realpath(images_dir)
     found, refused, extra = {}, {}, 0
     for dirpath, dirnames, filenames in os.walk(images_dir):
         dirnames[:] = sorted(d for d in dirnames if not skip(os.path.realpath(os.path.join(dirpath, d))))
@@ -124,7 +124,7 @@ def image_files(ids, images_dir, skip):
                 continue
             if stem in found:
                 extra += 1
-            elif os.path.islink(path) and os.path.commonpath([root, os.path.realpath(path)]) != root:
+            elif os.path.islink(path) and not is_within(path, images_dir):
                 refused[stem] = (f"symlink out of {images_dir}", stem)
             elif file_kind(path):
                 refused[stem] = ("not a regular file", f"{stem} ({file_kind(path)})")

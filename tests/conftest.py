@@ -421,7 +421,6 @@ def swallowed_ctrl_c():
 
 def marked_folder(path, *names):
     """A folder (a pathlib.Path) carrying our mark, with a file per name."""
-
     os.makedirs(path)
     (path / folders.MARK).write_text("made by prepare_dataset.py")
     for name in names:
