@@ -115,34 +115,34 @@ def test_the_model_card_is_written_beside_the_model(trained_model):
     assert "SYNTHETIC" in text  # the demo's attribution came through prepare into the card
 
 
-@pytest.mark.parametrize("case", ["output is the resume file", "a file we did not write", "overwrite"])
+REFUSED_OUTPUTS = {  # case: (flags, what the error line says)
+    "output is the resume file": (
+        ["--resume-file", "skin_model.pth"],
+        "--resume-file skin_model.pth: is --output too; pass another path",
+    ),
+    "a file we did not write": (
+        ["--output", "notes.pth"],
+        "--output notes.pth exists and was not written by this project; pass another path, or --overwrite",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_OUTPUTS)
 def test_outputs_never_replace_an_input_or_a_file_we_did_not_write(tiny, tmp_path, monkeypatch, capsys, case):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.pth").write_text("a user's own notes, named .pth")
     (tmp_path / "skin_model.md").write_text("# my own notes about my model")
     before = fingerprint(tmp_path)
-    if case == "output is the resume file":
-        main_fails(
-            AItraining.main,
-            [*FAST, "--data-dir", tiny, "--resume-file", "skin_model.pth"],
-            capsys,
-            "--resume-file skin_model.pth: is --output too; pass another path",
-        )
-    elif case == "a file we did not write":
-        main_fails(
-            AItraining.main,
-            [*FAST, "--data-dir", tiny, "--output", "notes.pth"],
-            capsys,
-            "--output notes.pth exists and was not written by this project; pass another path, or --overwrite",
-        )
-    else:
-        (tmp_path / "skin_model.md").unlink()
-        AItraining.main(
-            list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1, "--output", "notes.pth", "--overwrite"]))
-        )
-        assert model.written_by_us("notes.pth")
-        return
+    flags, expected = REFUSED_OUTPUTS[case]
+    main_fails(AItraining.main, [*FAST, "--data-dir", tiny, *flags], capsys, expected)
     assert fingerprint(tmp_path) == before
+
+
+def test_overwrite_replaces_a_file_we_did_not_write(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.pth").write_text("a user's own notes, named .pth")
+    AItraining.main(list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1, "--output", "notes.pth", "--overwrite"])))
+    assert model.written_by_us("notes.pth")
 
 
 def test_a_model_at_chance_is_called_so(tmp_path):
