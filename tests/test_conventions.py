@@ -15,7 +15,7 @@ from skinlesion import cli
 
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py")) if not p.endswith("/model.py"))
 MODULES = sorted(glob.glob(os.path.join(ROOT, "skinlesion", "*.py")))
-LIMITS = {"script": 400, "model.py": 350, "module": 250}  # lines, after ruff format
+LIMITS = {"script": 400, "model.py": 450, "module": 400}  # lines, after ruff format
 
 
 def lines(path):
@@ -28,7 +28,7 @@ def test_every_file_stays_within_its_line_limit():
     if lines(os.path.join(ROOT, "model.py")) > LIMITS["model.py"]:
         over.append(f"model.py: {lines(os.path.join(ROOT, 'model.py'))}")
     over += [f"{os.path.basename(m)}: {lines(m)}" for m in MODULES if lines(m) > LIMITS["module"]]
-    assert not over, f"over the limit (scripts {LIMITS['script']}, model.py 350, modules 250 lines): {over}"
+    assert not over, f"over the limit ({LIMITS} lines): {over}"
 
 
 def test_the_package_init_is_empty():
