@@ -427,7 +427,17 @@ def marked_folder(path, *names, kind="dataset", named=None, leftover_of=None):
     os.makedirs(path)
     for name in names:
         (path / name).write_text(name)
-    files = {name: ledger.file_record(str(path / name), kind) for name in names}
+    return mark_made(path, kind, named, leftover_of)
+
+
+def mark_made(path, kind="dataset", named=None, leftover_of=None):
+    """Mark the folder at path as marked_folder does, recording every file now in it (sub-folders too)."""
+    files = {}
+    for folder, _, names in os.walk(path):
+        for name in names:
+            files[os.path.relpath(os.path.join(folder, name), path)] = ledger.file_record(
+                os.path.join(folder, name), kind
+            )
     made = dict(kind=kind, script="prepare_dataset.py", run=ledger.this_run())
     data = dict(format=ledger.FORMAT, path=os.path.realpath(named or path), files=files, pending={}, made=made)
     if leftover_of:

@@ -32,7 +32,7 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import files, folders, metrics, training
+from skinlesion import files, folders, ledger, metrics, training
 
 FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0]
 
@@ -142,7 +142,7 @@ def test_overwrite_replaces_a_file_we_did_not_write(tiny, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.pth").write_text("a user's own notes, named .pth")
     AItraining.main(list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1, "--output", "notes.pth", "--overwrite"])))
-    assert model.written_by_us("notes.pth")
+    assert ledger.why_not_ours("notes.pth", "model") is None
 
 
 def test_a_model_at_chance_is_called_so(tmp_path):

@@ -36,7 +36,7 @@ from conftest import (
     run,
     save_model,
 )
-from skinlesion import explain, files, photos
+from skinlesion import explain, files, ledger, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -461,6 +461,7 @@ def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_p
     shutil.copyfile(exported["checkpoint"], "skin_model.pth")
     with open("skin_model.onnx", "wb") as f:
         f.write(b"the previous ONNX file, " + files.TAG.encode())
+    ledger.record_file("skin_model.onnx", "ONNX model")
     before = fingerprint(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         export_onnx.main(["--tolerance", "1e-9", "--n-check", "3"])

@@ -1,6 +1,7 @@
-"""skinlesion/files.py and ledger.py: an output is never an input nor a project file, an existing file is replaced
-without --overwrite only when the ledger proves we wrote exactly it there as the same kind, and writes are atomic: an error, or a Ctrl-C even where a library swallowed it, keeps the previous
-file. (Folders: test_folders.py.)"""
+"""skinlesion/files.py and ledger.py: an output is never an input nor a project file; an existing file is
+replaced without --overwrite only when the ledger proves we wrote exactly it there as the same kind; writes are
+atomic: an error, or a Ctrl-C even where a library swallowed it, keeps the previous file. (Folders:
+test_folders.py.)"""
 
 import os
 import shutil

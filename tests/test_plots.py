@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinlesion import calibration, files, plots
+from skinlesion import calibration, files, ledger, plots
 
 
 def assert_our_png(path):
     with Image.open(path) as img:
         assert img.format == "PNG" and img.info["Software"] == files.TAG
         img.verify()
-    assert files.is_ours(path)
+    assert ledger.why_not_ours(path, "picture") is None
 
 
 def test_every_picture_is_a_png_of_ours(tmp_path):
