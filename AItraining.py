@@ -352,6 +352,7 @@ def main(argv=None):
     devices.finish(net, rank, world)
     if rank == 0:
         writer.close()
+        folders.record_files(args.log_dir, args.run, "training log")
         report(args)
 
 

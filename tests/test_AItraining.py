@@ -22,12 +22,14 @@ from conftest import (
     ENV,
     ROOT,
     assert_one_error,
+    fails,
     fingerprint,
     finish,
     front_matter,
     lesion_photo,
     main_fails,
     make_split_tree,
+    recorded,
     run,
     save_model,
     start,
@@ -124,6 +126,10 @@ REFUSED_OUTPUTS = {  # case: (flags, what the error line says)
         ["--output", "notes.pth"],
         "--output notes.pth exists and was not written by this project; pass another path, or --overwrite",
     ),
+    "resume file is a model of ours": (
+        ["--resume-file", "mine.pth"],
+        "--resume-file mine.pth holds this project's model (this output is its resume checkpoint)",
+    ),
 }
 
 
@@ -132,10 +138,26 @@ def test_outputs_never_replace_an_input_or_a_file_we_did_not_write(tiny, tmp_pat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.pth").write_text("a user's own notes, named .pth")
     (tmp_path / "skin_model.md").write_text("# my own notes about my model")
+    recorded(tmp_path / "mine.pth", "model", "a model AItraining.py wrote")
     before = fingerprint(tmp_path)
     flags, expected = REFUSED_OUTPUTS[case]
     main_fails(AItraining.main, [*FAST, "--data-dir", tiny, *flags], capsys, expected)
     assert fingerprint(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["model.py", "skinlesion/files.py", "README.md"])
+def test_the_projects_own_files_are_never_an_output(name, tmp_path, monkeypatch, capsys):
+    """AItraining.py --output model.py: refused when the flags are read, before any training, whatever the flags."""
+    monkeypatch.chdir(tmp_path)
+    path = os.path.join(files.ROOT, name)
+    with open(path, "rb") as f:
+        before = f.read()
+    for flags in (["--output", path], ["--output", path, "--overwrite"], ["--resume-file", path]):
+        flag = flags[0]
+        fails(capsys, f"{flag} {path} is one of this project's own files; pass another path", AItraining.parse_args,
+              flags)  # fmt: skip
+    with open(path, "rb") as f:
+        assert f.read() == before
 
 
 def test_overwrite_replaces_a_file_we_did_not_write(tiny, tmp_path, monkeypatch):

@@ -114,7 +114,7 @@ def test_atomic_write_keeps_the_previous_file_and_cleans_only_recorded_temporari
     killed.write_text("left by a killed run")
     with ledger.updated(str(tmp_path)) as data:
         data["pending"][killed.name] = dead_run()
-    (tmp_path / "out.csv.tmp99999").write_text("a user's file")  # no record: left alone, whatever pid it names
+    (tmp_path / "results.csv.tmp99999").write_text("a user's file")  # no record: left alone, whatever pid it names
 
     def fails_to_write(tmp):
         with open(tmp, "w") as f:
@@ -129,16 +129,16 @@ def test_atomic_write_keeps_the_previous_file_and_cleans_only_recorded_temporari
         fails_to_write,
         "predictions",
     )
-    assert target.read_text() == "previous" and (tmp_path / "out.csv.tmp99999").read_text() == "a user's file"
+    assert target.read_text() == "previous" and (tmp_path / "results.csv.tmp99999").read_text() == "a user's file"
     left = sorted(os.listdir(tmp_path))
-    assert left == ["out.csv", "out.csv.tmp99999"]  # the killed run's went, and the ledger with its record
+    assert left == ["out.csv", "results.csv.tmp99999"]  # the killed run's went, and the ledger with its record
     live = tmp_path / f"out.csv.tmp{os.getpid()}0"  # a run still going: its record names a live process
     live.write_text("a live run's")
     with ledger.updated(str(tmp_path)) as data:
         data["pending"][live.name] = ledger.this_run()
     files.write_text(str(target), "new", "predictions")
     assert target.read_text() == "new" and live.read_text() == "a live run's"
-    assert f"left {tmp_path / 'out.csv.tmp99999'} alone: no record says" in capsys.readouterr().out
+    assert f"left {tmp_path / 'results.csv.tmp99999'} alone: no record says" in capsys.readouterr().out
 
 
 def test_a_run_is_over_only_when_provably_so():

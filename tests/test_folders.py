@@ -3,6 +3,9 @@ user's files), only once the run ended well (an error, a Ctrl-C, even one a libr
 one), leftovers of killed runs are cleaned only when marked, and an output folder never holds an input."""
 
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -254,3 +257,42 @@ def test_remove_ours_removes_only_what_the_record_proves(tmp_path, monkeypatch, 
         assert f"removed {removed}\n" in out
     for left in ["demo_data", "gradcam/my_notes.txt", "runs/other_project", "evaluation.json", "site/NOTES.txt"]:
         assert f"left {left} alone: " in out
+
+
+@pytest.mark.parametrize("name, copy", [("site", "site.old-7"), ("demo", "demo.tmp-42")])
+def test_copies_named_like_leftovers_are_left_alone(tmp_path, capsys, name, copy):
+    """cp -r site site.old-7, cp -r demo demo.tmp-42: the copied mark names the original folder and no run
+    moved it there, so the next run leaves the copy byte-identical and names it in one line."""
+    ours = marked_folder(tmp_path / name, "index.html", kind="site")
+    shutil.copytree(ours, tmp_path / copy)
+    before = fingerprint(tmp_path / copy)
+    with folders.replaced_folder(str(ours), "serve_web.py", "site") as tmp:
+        (tmp_path / os.path.basename(tmp) / "index.html").write_text("new")
+    assert fingerprint(tmp_path / copy) == before and sorted(os.listdir(tmp_path)) == sorted([name, copy])
+    assert capsys.readouterr().out == f"left {tmp_path / copy} alone: no record says a run of ours left it\n"
+
+
+def test_make_clean_removes_only_what_the_records_prove(tmp_path):
+    """The Makefile's clean target, run in a project folder: a user's files that merely contain model_name or
+    sit in our folders stay byte-identical; the outputs a script wrote go."""
+    os.makedirs(tmp_path / "gradcam")
+    (tmp_path / "gradcam" / "my_notes.txt").write_text("model_name: my notes")
+    os.makedirs(tmp_path / "runs" / "other_project")
+    (tmp_path / "runs" / "other_project" / "config.json").write_text('{"model_name": "resnet"}')
+    (tmp_path / "evaluation.json").write_text('{"model_name": "efficientnet_b0"}')
+    before = fingerprint(tmp_path)
+    files.write_text(str(tmp_path / "skin_model.md"), "a card", "model card")
+    files.write_text(str(tmp_path / "gradcam" / "p_jpg_gradcam.png"), "a picture", "picture")
+    marked_folder(tmp_path / "dataset", "manifest.csv")
+    env = dict(os.environ, PYTHONPATH=files.ROOT)
+    done = subprocess.run(
+        ["make", "-s", "-f", os.path.join(files.ROOT, "Makefile"), "clean", f"PY={sys.executable}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert fingerprint(tmp_path) == before
+    assert "removed dataset\n" in done.stdout and "left evaluation.json alone" in done.stdout

@@ -32,7 +32,7 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import explain, folders, photos
+from skinlesion import explain, files, folders, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -410,13 +410,26 @@ def test_ctrl_c_while_predicting_a_folder_keeps_the_previous_csv(tmp_path, model
 
 # ---------------------------------------------------------------------------- never touch what isn't ours
 @pytest.mark.parametrize(
-    "case", ["csv is the photo", "csv is the model", "csv not ours", "model none", "explain dir in the photos' folder"]
+    "case",
+    [
+        "csv is the photo",
+        "csv is the model",
+        "csv not ours",
+        "csv is a model of ours",
+        "csv is a source file",
+        "model none",
+        "explain dir in the photos' folder",
+    ],
 )
 def test_outputs_that_are_inputs_or_not_ours_are_refused(tmp_path, models, monkeypatch, capsys, case):
     monkeypatch.chdir(tmp_path)
     photo = lesion_photo("photos/p.jpg")
     shutil.copyfile(models[0.5], "skin_model.pth")
     (tmp_path / "results.csv").write_text("my own spreadsheet\n")
+    model.save_checkpoint("trained.pth", torch.load(models[0.5], weights_only=True))  # a model of ours, recorded
+    source = os.path.join(files.ROOT, "skinlesion", "files.py")
+    with open(source, "rb") as f:
+        source_bytes = f.read()
     before = fingerprint(tmp_path)
     argv, expected = {
         "csv is the photo": ([photo, "--csv", photo], "--csv photos/p.jpg is also an input (photos/p.jpg)"),
@@ -424,6 +437,14 @@ def test_outputs_that_are_inputs_or_not_ours_are_refused(tmp_path, models, monke
         "csv not ours": (
             [photo, "--csv", "results.csv"],
             "--csv results.csv exists and was not written by this project",
+        ),
+        "csv is a model of ours": (  # predict.py photo.jpg --model skin_model.onnx --csv skin_model.pth
+            [photo, "--csv", "trained.pth"],
+            "--csv trained.pth holds this project's model (this output is its predictions); pass another path",
+        ),
+        "csv is a source file": (
+            [photo, "--csv", source, "--overwrite"],
+            f"--csv {source} is one of this project's own files; pass another path",
         ),
         "model none": ([photo, "--model", "none"], "argument --model: none: this flag needs a value"),
         "explain dir in the photos' folder": (
@@ -433,6 +454,8 @@ def test_outputs_that_are_inputs_or_not_ours_are_refused(tmp_path, models, monke
     }[case]
     refuses(argv, capsys, expected)
     assert fingerprint(tmp_path) == before
+    with open(source, "rb") as f:
+        assert f.read() == source_bytes
 
 
 def test_explain_never_overwrites_a_users_picture_and_names_each_photo_apart(tmp_path, models, monkeypatch, capsys):
