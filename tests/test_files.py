@@ -108,9 +108,9 @@ def test_the_projects_own_files_are_never_an_output(name, capsys):
 def test_atomic_write_keeps_the_previous_file_and_cleans_only_recorded_temporaries_of_runs_that_are_over(
     tmp_path, capsys
 ):
-    target = tmp_path / "out.csv"
+    target = tmp_path / "results.csv"
     target.write_text("previous")
-    killed = tmp_path / "out.csv.tmp12345"
+    killed = tmp_path / "results.csv.tmp12345"
     killed.write_text("left by a killed run")
     with ledger.updated(str(tmp_path)) as data:
         data["pending"][killed.name] = dead_run()
@@ -131,8 +131,8 @@ def test_atomic_write_keeps_the_previous_file_and_cleans_only_recorded_temporari
     )
     assert target.read_text() == "previous" and (tmp_path / "results.csv.tmp99999").read_text() == "a user's file"
     left = sorted(os.listdir(tmp_path))
-    assert left == ["out.csv", "results.csv.tmp99999"]  # the killed run's went, and the ledger with its record
-    live = tmp_path / f"out.csv.tmp{os.getpid()}0"  # a run still going: its record names a live process
+    assert left == ["results.csv", "results.csv.tmp99999"]  # the killed run's went, and the ledger with its record
+    live = tmp_path / f"results.csv.tmp{os.getpid()}0"  # a run still going: its record names a live process
     live.write_text("a live run's")
     with ledger.updated(str(tmp_path)) as data:
         data["pending"][live.name] = ledger.this_run()
