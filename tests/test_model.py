@@ -120,8 +120,10 @@ def test_every_script_refuses_a_broken_model_and_writes_nothing(scripts_setup, t
     never a label."""
     _, data, good = scripts_setup
     path = broken(good, tmp_path, fault)
+    ledger.record_file(path, "resume checkpoint")  # as a diverged run of ours wrote it: --resume may replace it
     monkeypatch.chdir(tmp_path)
-    shutil.copyfile(good, "skin_model.pth")  # the previous best model
+    shutil.copyfile(good, "skin_model.pth")  # the previous best model, as AItraining.py wrote it here
+    ledger.record_file("skin_model.pth", "model")
     before = fingerprint(tmp_path)
     photo = os.path.join(data, "test", "benign", os.listdir(os.path.join(data, "test", "benign"))[0])
     for main, argv in [
@@ -166,7 +168,7 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
             net, cfg, 0.3, val_metrics={"roc_auc": 0.9}, epoch=4, at_chance=False, manifest_sha256="abc"
         ),
     )
-    assert os.listdir(tmp_path) == ["m.pth"]  # the temporary file was renamed away
+    assert sorted(os.listdir(tmp_path)) == [ledger.NAME, "m.pth"]  # the temporary file was renamed away
     loaded, meta = model.load_checkpoint(path)
     for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
