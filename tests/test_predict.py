@@ -5,6 +5,7 @@ failing write, Ctrl-C, odd file names, named pipes). The ONNX path is in test_ex
 
 import csv
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -469,13 +470,16 @@ def test_explain_never_overwrites_a_users_picture_and_names_each_photo_apart(tmp
     predict.main(["photos", "--model", models[0.5], "--explain"])
     assert sorted(os.listdir("gradcam")) == [folders.MARK, "lesion_jpg_gradcam.png", "lesion_png_gradcam.png"]
     assert fingerprint(tmp_path / "photos") == before
+    predict.main(["photos", "--model", models[0.5], "--explain"])  # a rerun replaces its own pictures
     capsys.readouterr()
     noise_image("gradcam/lesion_jpg_gradcam.png", 4)  # now a picture we did not write sits where ours would go
+    before = fingerprint(tmp_path)
     refuses(
         ["photos", "--model", models[0.5], "--explain"],
         capsys,
-        "--explain-dir gradcam/lesion_jpg_gradcam.png exists and was not written by this project",
+        "--explain-dir gradcam/lesion_jpg_gradcam.png was changed since this project wrote it",
     )
+    assert fingerprint(tmp_path) == before
 
 
 def test_a_loop_of_links_neither_hangs_nor_repeats_photos(tmp_path, models):
@@ -487,6 +491,24 @@ def test_a_loop_of_links_neither_hangs_nor_repeats_photos(tmp_path, models):
     r = run("predict.py", "photos", "--model", models[0.5], cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Prediction:") == 2 and r.stdout.splitlines()[2].startswith("2 images:")
+
+
+def test_a_rerun_replaces_its_own_csv_but_not_once_it_was_edited(tmp_path, models, monkeypatch, capsys):
+    """The nearest thing to 'not ours' that must be accepted: the same command again replaces the CSV it wrote,
+    without --overwrite; once the user edited it, it is theirs."""
+    monkeypatch.chdir(tmp_path)
+    lesion_photo("photos/p.jpg", seed=1)
+    argv = ["photos", "--model", models[0.5], "--csv", "out.csv"]
+    predict.main(argv)
+    assert len(pathlib.Path("out.csv").read_text().splitlines()) == 2
+    lesion_photo("photos/q.jpg", seed=2)
+    predict.main(argv)  # the same command, a photo more
+    assert len(pathlib.Path("out.csv").read_text().splitlines()) == 3
+    with open("out.csv", "a") as f:
+        f.write("my note\n")
+    before = fingerprint(tmp_path)
+    refuses(argv, capsys, "--csv out.csv was changed since this project wrote it; pass another path, or --overwrite")
+    assert fingerprint(tmp_path) == before
 
 
 def test_odd_names_cannot_forge_a_line_or_a_formula(tmp_path, models, monkeypatch, capsys):
