@@ -132,7 +132,7 @@ def atomic_write(path, write, kind):
         write(tmp)
         interrupts.raise_if_pressed()  # a Ctrl-C a library swallowed still keeps the previous file
         if kind:
-            ledger.replace(tmp, path, kind)  # also drops the pending record
+            ledger.replace(tmp, path, kind)  # then drops the pending record
             pending = False
         else:
             os.replace(tmp, path)

@@ -174,11 +174,14 @@ def why_not_ours(path, kind=None):
     record = recorded(path)
     if not isinstance(record, dict):
         return "no record"
+    written = [record, record.get("previous")]  # previous: what it replaced (a kill may come before the rename)
+    sizes = [item.get("size") for item in written if isinstance(item, dict)]
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size != record.get("size"):
+        if os.fstat(f.fileno()).st_size not in sizes:
             return "changed"
-        if hashlib.file_digest(f, "sha256").hexdigest() != record.get("sha256"):
-            return "changed"
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if not any(isinstance(item, dict) and item.get("sha256") == digest for item in written):
+        return "changed"
     if kind is not None and record.get("kind") != kind:
         return str(record.get("kind"))
     return None
@@ -192,13 +195,18 @@ def add_pending(path):
 
 
 def replace(tmp, path, kind):
-    """os.replace(tmp, path) and record path as kind with tmp's content, under the ledger's lock."""
+    """Record path as kind with tmp's content, then os.replace(tmp, path): a kill in between leaves the previous
+    file, which the record still accepts (as 'previous', when it was ours as the same kind); then the pending
+    record of tmp goes (a kill before that leaves a record of a file that is gone: forget drops such records)."""
     record = file_record(tmp, kind)
     folder, name = where(path)
     with updated(folder) as data:
-        os.replace(tmp, path)
+        old = data["files"].get(name)
+        if isinstance(old, dict) and old.get("kind") == kind and why_not_ours(path, kind) is None:
+            record["previous"] = dict(size=os.path.getsize(path), sha256=file_record(path, kind)["sha256"])
         data["files"][name] = record
-        data["pending"].pop(os.path.basename(tmp), None)
+    os.replace(tmp, path)
+    forget(tmp)
 
 
 def record_file(path, kind):
@@ -210,9 +218,11 @@ def record_file(path, kind):
 
 
 def forget(path):
-    """Drop the record of path (removed, or a temporary that is gone)."""
+    """Drop the record of path (removed, or a temporary that is gone), and those of temporaries that are gone."""
     folder, name = where(path)
     if os.path.exists(os.path.join(folder, NAME)):
         with updated(folder) as data:
             data["files"].pop(name, None)
             data["pending"].pop(name, None)
+            for gone in [tmp for tmp in data["pending"] if not os.path.lexists(os.path.join(folder, tmp))]:
+                del data["pending"][gone]

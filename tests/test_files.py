@@ -171,3 +171,24 @@ def test_file_kind(tmp_path):
     kinds = {name: files.file_kind(str(tmp_path / name)) for name in ["a.jpg", "link.jpg", "pipe.jpg", "nope"]}
     assert kinds == {"a.jpg": None, "link.jpg": None, "pipe.jpg": "a named pipe", "nope": "missing"}
     assert files.file_kind(str(tmp_path)) == "a folder" and files.file_kind("/dev/null").startswith("a device")
+
+
+def test_a_kill_between_the_record_and_the_rename_keeps_the_previous_file_ours(tmp_path, monkeypatch, capsys):
+    """The record of the new content is written before the rename: the previous content, which a run of ours
+    wrote there as the same kind, is still accepted; a user's edit is not."""
+    csv = tmp_path / "results.csv"
+    files.write_text(str(csv), "first\n", "predictions")
+
+    def killed(*args):
+        raise KeyboardInterrupt  # as a SIGKILL would stop it, before the rename
+
+    monkeypatch.setattr(ledger.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_text(str(csv), "second\n", "predictions")
+    monkeypatch.undo()
+    assert csv.read_text() == "first\n"
+    files.check_output(str(csv), "--csv", "predictions")
+    files.write_text(str(csv), "third\n", "predictions")
+    assert csv.read_text() == "third\n"
+    csv.write_text("my own\n")
+    fails(capsys, "was changed since this project wrote it", files.check_output, str(csv), "--csv", "predictions")

@@ -507,6 +507,7 @@ def test_a_rerun_replaces_its_own_csv_but_not_once_it_was_edited(tmp_path, model
     with open("out.csv", "a") as f:
         f.write("my note\n")
     before = fingerprint(tmp_path)
+    capsys.readouterr()
     refuses(argv, capsys, "--csv out.csv was changed since this project wrote it; pass another path, or --overwrite")
     assert fingerprint(tmp_path) == before
 
