@@ -56,7 +56,7 @@ def lock_folder(folder, script):
     return lock
 
 
-def unproven(path, kind=None):
+def unproven(path, kind=None, script="this project"):
     """None when the folder at path is provably ours, else (why not, the names that show it): its mark (the ledger
     inside) names this very path and says a script of ours made it (as kind, when given), and every file in it,
     sub-folders too, is one a ledger records, unchanged. Files in a folder are compared by size and mtime (hashed
@@ -68,7 +68,7 @@ def unproven(path, kind=None):
     if raw is not None and raw.get("path") != data["path"]:
         return f"carries the mark of {printable(raw.get('path'))} (a copy or a moved folder)", []
     if not isinstance(made, dict):
-        return "holds files that {script} did not make", sorted(os.listdir(path))
+        return f"holds files that {script} did not make", sorted(os.listdir(path))
     if kind is not None and made.get("kind") != kind:
         return f"is a {made.get('kind')} that {made.get('script')} made, not a {kind}", []
     strangers = []
@@ -82,7 +82,7 @@ def unproven(path, kind=None):
             if name != MARK and not unchanged(full, record):
                 strangers.append(os.path.relpath(full, path))
     if strangers:
-        return "holds files that {script} did not make", sorted(strangers)
+        return f"holds files that {script} did not make", sorted(strangers)
     return None
 
 
@@ -90,7 +90,10 @@ def unchanged(path, record):
     """Whether the file at path is the one record describes (a regular file of its size and mtime)."""
     if not isinstance(record, dict) or os.path.islink(path):
         return False
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError:  # gone meanwhile
+        return False
     return st.st_size == record.get("size") and st.st_mtime_ns == record.get("mtime_ns")
 
 
@@ -107,12 +110,12 @@ def check_replaceable(path, flag, script, kind):
         die(f"{flag} {printable(path)}: use a folder, not a file")
     if not os.listdir(path):
         return
-    why = unproven(path, kind)
+    why = unproven(path, kind, script)
     if why:
         reason, names = why
-        found = f" ({first_few(names)})" if names else ""
+        found = f" ({first_few(map(printable, names))})" if names else ""
         hint = "pass a new or empty folder: it is replaced as a whole"
-        die(f"{flag} {printable(path)} {reason.format(script=script)}{found}; {hint}")
+        die(f"{flag} {printable(path)} {reason}{found}; {hint}")
 
 
 def made_here(path):
@@ -130,14 +133,12 @@ def leftovers(path, suffix):
         if not re.fullmatch(re.escape(name) + r"\." + suffix + r"-\d+", entry) or not os.path.isdir(full):
             continue
         left = (ledger.read_raw(full) or {}).get("leftover")
-        state = None
         if os.path.islink(full) or not isinstance(left, dict) or left.get("path") != os.path.realpath(full):
-            state = None
+            found.append((full, None))
         elif ledger.run_is_over(left.get("run")):
-            state = "over"
+            found.append((full, "over"))
         else:
-            state = "running"
-        found.append((full, state))
+            found.append((full, "running"))
     return found
 
 
