@@ -63,7 +63,7 @@ def run_is_over(run):
     if not isinstance(run, dict) or run.get("host") != socket.gethostname():
         return False
     pid = run.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
         return False
     if not pid_alive(pid):
         return True
@@ -130,6 +130,8 @@ def updated(folder):
         yield data
         write(folder, data)
     finally:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:  # created for the lock, never written
+            os.remove(path)
         if lock is not None:
             os.close(lock)
 
