@@ -126,6 +126,10 @@ REFUSED_OUTPUTS = {  # case: (flags, what the error line says)
         ["--output", "notes.pth"],
         "--output notes.pth exists and was not written by this project; pass another path, or --overwrite",
     ),
+    "output is a resume checkpoint of ours": (
+        ["--output", "mine_last.pth"],
+        "--output mine_last.pth holds this project's resume checkpoint (this output is its model)",
+    ),
     "resume file is a model of ours": (
         ["--resume-file", "mine.pth"],
         "--resume-file mine.pth holds this project's model (this output is its resume checkpoint)",
@@ -139,6 +143,7 @@ def test_outputs_never_replace_an_input_or_a_file_we_did_not_write(tiny, tmp_pat
     (tmp_path / "notes.pth").write_text("a user's own notes, named .pth")
     (tmp_path / "skin_model.md").write_text("# my own notes about my model")
     recorded(tmp_path / "mine.pth", "model", "a model AItraining.py wrote")
+    recorded(tmp_path / "mine_last.pth", "resume checkpoint", "a resume checkpoint AItraining.py wrote")
     before = fingerprint(tmp_path)
     flags, expected = REFUSED_OUTPUTS[case]
     main_fails(AItraining.main, [*FAST, "--data-dir", tiny, *flags], capsys, expected)
@@ -263,10 +268,16 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
         capsys,
         "is --output too; pass another path (resume from the skin_model_last.pth a run writes)",
     )
-    shutil.copyfile("skin_model.pth", "best copy.pth")
+    shutil.copyfile("skin_model.pth", "best copy.pth")  # a user's copy: resume would replace it, so not without
     main_fails(
         AItraining.main,
         ["--data-dir", tiny, "--resume", "--resume-file", "best copy.pth"],
+        capsys,
+        "--resume-file best copy.pth exists with no record that this project wrote it",
+    )
+    main_fails(
+        AItraining.main,
+        ["--data-dir", tiny, "--resume", "--resume-file", "best copy.pth", "--overwrite"],
         capsys,
         "--resume: best copy.pth has no optimiser state (optimizer, schedule, best, bad_epochs, stopped_early, "
         "history); resume from the skin_model_last.pth a run writes",
