@@ -100,18 +100,18 @@ def parse_args(argv=None):
     args.card = os.path.splitext(args.output)[0] + ".md"
     args.curves = os.path.join(os.path.dirname(args.output), "training_curves.png")
     outputs = {
-        "--output": args.output,
-        "--resume-file": args.resume_file,
-        "--output's card": args.card,
-        "--output's training_curves.png": args.curves,
+        "--output": (args.output, "model"),
+        "--resume-file": (args.resume_file, "resume checkpoint"),
+        "--output's card": (args.card, "model card"),
+        "--output's training_curves.png": (args.curves, "picture"),
     }
     seen = {}
-    for flag, path in outputs.items():
+    for flag, (path, kind) in outputs.items():
         same = seen.setdefault(os.path.realpath(path), flag)
         cli.check(
             same == flag, flag, path, f"is {same} too; pass another path (resume from the {RESUME_FILE} a run writes)"
         )
-        files.check_output(path, flag, [args.weights_file], args.overwrite, ours=model.written_by_us)
+        files.check_output(path, flag, kind, [args.weights_file], args.overwrite)
         cli.check_writable(path, flag)
     cli.check_writable(args.log_dir, "--log-dir", folder=True)
     return args
@@ -281,7 +281,7 @@ def main(argv=None):
         ids = [device.index] if device.type == "cuda" else None
         train_net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=ids)
     if rank == 0:
-        folders.made_folder(args.log_dir, "AItraining.py")
+        folders.made_folder(args.log_dir, "AItraining.py", "log folder")
     writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=start_epoch) if rank == 0 else None
     manifest_file = os.path.join(args.data_dir, dataset.MANIFEST)
     meta["manifest_sha256"] = files.file_sha256(manifest_file) if os.path.isfile(manifest_file) else None
@@ -336,9 +336,11 @@ def main(argv=None):
                 stopped_early=stopped_early,
                 history=json.dumps(history),
             )
-            model.save_checkpoint(args.resume_file, state)
+            model.save_checkpoint(args.resume_file, state, "resume checkpoint")
             for key, value in history[-1].items():
                 writer.add_scalar(key, value, epoch)
+            writer.flush()
+            folders.record_files(args.log_dir, args.run, "training log")  # what make clean may remove
             plots.training_curves(
                 history, int(max(history, key=lambda h: (h["roc_auc"], -h["val_loss"]))["epoch"]), args.curves
             )
@@ -350,6 +352,7 @@ def main(argv=None):
     devices.finish(net, rank, world)
     if rank == 0:
         writer.close()
+        folders.record_files(args.log_dir, args.run, "training log")
         report(args)
 
 

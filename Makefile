@@ -4,7 +4,7 @@
 # make web:  build the in-browser classifier for skin_model.onnx into site/ and serve it at http://127.0.0.1:8000/
 #            (this computer only)
 # make docs: run the demo, then regenerate the README's pictures in docs/, docs/flags.md and docs/model_card.md
-# make clean: remove what the scripts made here (marked folders, files they wrote); nothing else
+# make clean: remove what the scripts made here, as their records prove it (folders.remove_ours); nothing else
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

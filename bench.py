@@ -33,7 +33,7 @@ import time
 
 import AItraining
 import model
-from skinlesion import batches, cli, dataset, devices, files, folders, interrupts, measure, photos, training
+from skinlesion import batches, cli, dataset, devices, folders, interrupts, measure, photos, training
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px, 32 to 2048
@@ -78,7 +78,7 @@ def check_work_dir(path):
     """die unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run made (its
     mark inside); never a folder of other files (a project folder's skin_model.pth would be replaced)."""
     cli.check_writable(path, "--work-dir", folder=True)
-    if os.path.isdir(path) and os.listdir(path) and not folders.is_our_folder(path):
+    if os.path.isdir(path) and os.listdir(path) and not folders.made_here(path):
         found = cli.first_few(sorted(os.listdir(path)))
         cli.die(
             f"--work-dir {cli.printable(path)} holds files that bench.py did not make ({found}); pass a new or "
@@ -326,7 +326,8 @@ def main(argv=None):
     device = devices.pick_device()
     work = args.work_dir or tempfile.mkdtemp(prefix="bench-")
     os.makedirs(work, exist_ok=True)
-    files.write_text(os.path.join(work, folders.MARK), "made by bench.py; kept and re-used by its next runs\n")
+    if not folders.made_here(work):
+        folders.mark_folder(work, "bench.py", "work folder")  # kept and re-used by its next runs
     load, started, rows = os.getloadavg()[0], time.time(), []
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(work, "inductor")  # compile afresh (kept in a WORK_DIR)
     print(f"machine: {measure.machine(device)}\nload average at start: {load:.2f}; work dir {work}", flush=True)

@@ -74,9 +74,10 @@ def parse_args(argv=None):
     cli.check_writable(args.output_dir, "--output-dir", folder=True)
     folders.check_outside(args.output_dir, "--output-dir", [args.data_dir])
     for name in ["evaluation.json", *PICTURES]:
-        files.check_output(os.path.join(args.output_dir, name), "--output-dir", [args.model], args.overwrite)
+        kind = "picture" if name in PICTURES else "evaluation"
+        files.check_output(os.path.join(args.output_dir, name), "--output-dir", kind, [args.model], args.overwrite)
     args.card = os.path.splitext(args.model)[0] + ".md"
-    files.check_output(args.card, "--model (its card beside it)", [args.model], args.overwrite)
+    files.check_output(args.card, "--model (its card beside it)", "model card", [args.model], args.overwrite)
     return args
 
 
@@ -297,7 +298,7 @@ def main(argv=None):
 
     # outputs: the report, the pictures, the card
     text = json.dumps(json.loads(json.dumps(result), parse_constant=lambda nan: None), indent=2)  # JSON has no NaN
-    files.write_text(outputs[0], text)
+    files.write_text(outputs[0], text, "evaluation")
     title = f"{os.path.basename(args.model)} on {args.data_dir}\nthreshold {threshold:.3f} (chosen on validation)"
     side_counts = [[scores["tn"], scores["fp"]], [scores["fn"], scores["tp"]]]
     plots.confusion(side_counts, model.CLASSES, title, outputs[1])

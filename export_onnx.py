@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 import model
-from skinlesion import card, cli, files, interrupts, model_index, photos
+from skinlesion import card, cli, files, interrupts, ledger, model_index, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -52,7 +52,7 @@ def parse_args(argv=None):
     named = "check_images" in args.given
     wanted = "not found; pass a folder (or a photo) of real photos"
     cli.check(os.path.exists(args.check_images) or not named, "--check-images", args.check_images, wanted)
-    files.check_output(args.output, "--output", [args.model, args.check_images], args.overwrite)
+    files.check_output(args.output, "--output", "ONNX model", [args.model, args.check_images], args.overwrite)
     cli.check_writable(args.output, "--output")
     return args
 
@@ -110,7 +110,7 @@ def onnx_metadata(meta, checkpoint):
     import torch
 
     card_file = os.path.splitext(checkpoint)[0] + ".md"
-    tested = model_index.test_results(card_file) if files.is_ours(card_file) else None
+    tested = model_index.test_results(card_file) if ledger.why_not_ours(card_file, "model card") is None else None
     props = {key: value for key, value in meta.items() if key not in LEFT_OUT}
     props.update(
         source_checkpoint=os.path.basename(checkpoint),
@@ -185,7 +185,7 @@ def main(argv=None):
             f"(tolerance {args.tolerance:.0e}) on {described}, batch of {len(x)} and batch of 1"
         )
 
-    files.atomic_write(args.output, export_and_check)
+    files.atomic_write(args.output, export_and_check, "ONNX model")
     size, n = meta["image_size"], len(meta["classes"])
     print(
         f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "

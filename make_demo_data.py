@@ -26,7 +26,6 @@ the previous one as it was. A real export, or any folder holding other files, is
 """
 
 import os
-import re
 import shutil
 from collections import Counter
 
@@ -34,7 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from skinlesion import cli, demo, files, folders, interrupts
+from skinlesion import cli, demo, folders, interrupts
 
 # -----------------------------------------------------------------------------
 OUT_DIR = "demo_data"  # folder for the export: missing, empty or made by this script (then replaced as a whole)
@@ -178,7 +177,7 @@ def write_demo_export(out_dir, seed=SEED, photo_size=PHOTO_SIZE, workers=WORKERS
     meta, jobs, copies = demo_metadata(seed)
     meta = meta.assign(pixels_x=str(photo_size), pixels_y=str(photo_size * 3 // 4))
     ids = list(meta.isic_id)
-    with folders.replaced_folder(out_dir, _SCRIPT) as tmp:
+    with folders.replaced_folder(out_dir, _SCRIPT, "demo export") as tmp:
         work = [(os.path.join(tmp, ids[n] + ".jpg"), *job, photo_size) for n, job in enumerate(jobs)]
         for n, (side, kind) in enumerate(_UNSEEN):  # 3 photos of each type, on skin of type I, II, III
             for k in range(3):
@@ -212,24 +211,6 @@ def write_demo_export(out_dir, seed=SEED, photo_size=PHOTO_SIZE, workers=WORKERS
     return meta
 
 
-def is_earlier_demo(folder):
-    """A demo export written before exports carried our mark: only metadata.csv (with the attribution earlier
-    versions wrote), ISIC_9*.jpg and unseen/<class>_<n>.jpg (and the _gradcam.png that `make demo` adds)."""
-    names = os.listdir(folder)
-    ours = r"metadata\.csv(\.tmp\d+)?|ISIC_9\d{6}\.jpg|unseen"
-    if not all(re.fullmatch(ours, name) for name in names) or files.file_kind(os.path.join(folder, "metadata.csv")):
-        return False
-    unseen = os.path.join(folder, "unseen")
-    if os.path.lexists(unseen):
-        if os.path.islink(unseen) or not os.path.isdir(unseen):
-            return False
-        if not all(re.fullmatch(r"(benign|malignant)_\d+(\.jpg|_gradcam\.png)", name) for name in os.listdir(unseen)):
-            return False
-    with open(os.path.join(folder, "metadata.csv"), "rb") as f:
-        f.readline()
-        return b',"SYNTHETIC demo image, not a real patient",CC-0,' in f.readline()
-
-
 def main(argv=None):
     # flags, checked before any drawing
     args = cli.parse_flags(globals(), argv)
@@ -239,7 +220,7 @@ def main(argv=None):
     out_dir = os.path.normpath(args.out_dir)
     named = os.path.basename(out_dir) not in ("", ".", "..")
     cli.check(named, "--out-dir", cli.printable(args.out_dir), "name a folder of its own (e.g. demo_data)")
-    folders.check_replaceable(out_dir, "--out-dir", _SCRIPT, legacy=is_earlier_demo)
+    folders.check_replaceable(out_dir, "--out-dir", _SCRIPT, "demo export")
     cli.check_writable(os.path.dirname(os.path.abspath(out_dir)), "--out-dir", folder=True)
 
     # the export

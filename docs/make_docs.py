@@ -82,7 +82,7 @@ def main(argv=None):
         shrunk(source, os.path.join(HERE, name), args.width)
     shutil.copyfile("skin_model.md", os.path.join(HERE, "model_card.md"))
     scripts = sorted(f for f in os.listdir(ROOT) if f.endswith(".py") and f != "model.py")
-    files.write_text(os.path.join(HERE, "flags.md"), cli.flags_markdown([os.path.join(ROOT, s) for s in scripts]))
+    files.write_text(os.path.join(HERE, "flags.md"), cli.flags_markdown([os.path.join(ROOT, s) for s in scripts]), None)
     if args.screenshot:
         raw = os.path.join(HERE, "web_page.raw.png")
         screenshot(raw)

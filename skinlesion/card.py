@@ -164,7 +164,7 @@ def caveats(meta, data):
 
 
 def write_card(path, meta, name, evaluation=None):
-    write_text(path, render(meta, name, evaluation))
+    write_text(path, render(meta, name, evaluation), "model card")
 
 
 def validated(meta):

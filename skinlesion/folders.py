@@ -1,17 +1,17 @@
-"""Folders we make carry our mark (MARK inside) and are the only ones replaced or removed: a folder is rebuilt
-beside the old one and swapped in when the run succeeds, one run at a time (a lock), and what killed runs left
-is cleaned up. An output folder never holds an input."""
+"""Folders we make carry our mark (MARK, a ledger, inside: ledger.py), and only those whose mark names their very
+path and records every file in them are replaced or removed: a folder is rebuilt beside the old one and swapped in
+when the run succeeds, one run at a time (a lock), and what killed runs left is cleaned up only when its mark says
+which run left it there and that run is over. An output folder never holds an input."""
 
 import contextlib
 import os
 import re
 import shutil
 
-from skinlesion import interrupts
+from skinlesion import interrupts, ledger
 from skinlesion.cli import die, first_few, printable
-from skinlesion.files import is_ours, pid_alive
 
-MARK = ".skin-lesion-classifier"  # a file inside every folder we make, naming the script that made it
+MARK = ledger.NAME  # the mark (a ledger) inside every folder we make
 
 
 def is_within(path, folder):
@@ -56,13 +56,50 @@ def lock_folder(folder, script):
     return lock
 
 
-def is_our_folder(path, legacy=None):
-    """Whether a folder carries our mark (MARK inside it), or legacy(path) says an earlier version made it."""
-    return os.path.isfile(os.path.join(path, MARK)) or bool(legacy and legacy(path))
+def unproven(path, kind=None, script="this project"):
+    """None when the folder at path is provably ours, else (why not, the names that show it): its mark (the ledger
+    inside) names this very path and says a script of ours made it (as kind, when given), and every file in it,
+    sub-folders too, is one a ledger records, unchanged. Files in a folder are compared by size and mtime (hashed
+    once when written, not again before each replace: a dataset can hold 400k photos)."""
+    data, raw = ledger.read(path), ledger.read_raw(path)
+    made = data.get("made")
+    if raw is None and os.path.isfile(os.path.join(path, MARK)):
+        return "was made by an earlier version (no record of its files)", sorted(os.listdir(path))
+    if raw is not None and raw.get("path") != data["path"]:
+        return f"carries the mark of {printable(raw.get('path'))} (a copy or a moved folder)", []
+    if not isinstance(made, dict):
+        return f"holds files that {script} did not make", sorted(os.listdir(path))
+    if kind is not None and made.get("kind") != kind:
+        return f"is a {made.get('kind')} that {made.get('script')} made, not a {kind}", []
+    strangers = []
+    for folder, subfolders, names in os.walk(path):
+        strangers += [os.path.relpath(os.path.join(folder, sub), path) for sub in subfolders if
+                      os.path.islink(os.path.join(folder, sub))]  # fmt: skip
+        own = ledger.read(folder)["files"] if folder != path else {}
+        for name in names:
+            full = os.path.join(folder, name)
+            record = data["files"].get(os.path.relpath(full, path)) or own.get(name)
+            if name != MARK and not unchanged(full, record):
+                strangers.append(os.path.relpath(full, path))
+    if strangers:
+        return f"holds files that {script} did not make", sorted(strangers)
+    return None
 
 
-def check_replaceable(path, flag, script, legacy=None):
-    """die unless the folder at path may be replaced as a whole: missing, empty, or ours (never a link)."""
+def unchanged(path, record):
+    """Whether the file at path is the one record describes (a regular file of its size and mtime)."""
+    if not isinstance(record, dict) or os.path.islink(path):
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:  # gone meanwhile
+        return False
+    return st.st_size == record.get("size") and st.st_mtime_ns == record.get("mtime_ns")
+
+
+def check_replaceable(path, flag, script, kind):
+    """die unless the folder at path may be replaced as a whole: missing, empty, or provably ours as kind (never
+    a link)."""
     path = os.path.normpath(path)  # 'link/' is the link itself, not what it points to
     if os.path.islink(path):
         points_to = printable(os.path.realpath(path))
@@ -71,55 +108,111 @@ def check_replaceable(path, flag, script, legacy=None):
         return
     if not os.path.isdir(path):
         die(f"{flag} {printable(path)}: use a folder, not a file")
-    found = sorted(os.listdir(path))
-    if found and not is_our_folder(path, legacy):
+    if not os.listdir(path):
+        return
+    why = unproven(path, kind, script)
+    if why:
+        reason, names = why
+        found = f" ({first_few(map(printable, names))})" if names else ""
         hint = "pass a new or empty folder: it is replaced as a whole"
-        die(f"{flag} {printable(path)} holds files that {script} did not make ({first_few(found)}); {hint}")
+        die(f"{flag} {printable(path)} {reason}{found}; {hint}")
+
+
+def made_here(path):
+    """Whether the folder at path carries a mark of ours that names this very path."""
+    return isinstance(ledger.read(path).get("made"), dict)
 
 
 def leftovers(path, suffix):
-    """Folders <path>.<suffix>-<pid> that carry our mark, with their pid: what killed runs left."""
+    """Folders <path>.<suffix>-<n> beside path, each with whether it is a provable leftover of a run that is over
+    (its mark says that run put it at this very path), 'running' (its run goes on), or None (not ours to touch)."""
     folder, name = os.path.split(os.path.abspath(path))
     found = []
     for entry in sorted(os.listdir(folder)):
-        match = re.fullmatch(re.escape(name) + r"\." + suffix + r"-(\d+)", entry)
         full = os.path.join(folder, entry)
-        if match and not os.path.islink(full) and os.path.isdir(full) and is_our_folder(full):
-            found.append((full, int(match.group(1))))
+        if not re.fullmatch(re.escape(name) + r"\." + suffix + r"-\d+", entry) or not os.path.isdir(full):
+            continue
+        left = (ledger.read_raw(full) or {}).get("leftover")
+        if os.path.islink(full) or not isinstance(left, dict) or left.get("path") != os.path.realpath(full):
+            found.append((full, None))
+        elif ledger.run_is_over(left.get("run")):
+            found.append((full, "over"))
+        else:
+            found.append((full, "running"))
     return found
 
 
+def leave_alone(path, why="no record says a run of ours left it"):
+    print(f"left {printable(path)} alone: {why}")
+
+
+def record_folder(tmp, path, made):
+    """The mark of the new folder tmp once its files are written: it names path (where it is swapped in), the
+    run that made it, and every file in it with its size, mtime and sha256 (a killed run's tmp stays a leftover
+    of that run)."""
+    files = {}
+    for folder, _, names in os.walk(tmp):
+        for name in names:
+            full = os.path.join(folder, name)
+            if name != MARK and not os.path.islink(full):
+                files[os.path.relpath(full, tmp)] = ledger.file_record(full, made["kind"])
+    data = dict(format=ledger.FORMAT, path=os.path.realpath(path), files=files, pending={}, made=made)
+    data["leftover"] = dict(path=os.path.realpath(tmp), run=ledger.this_run())
+    ledger.write(tmp, data)
+
+
+def set_leftover(path, leftover):
+    """Say in the mark of our folder at path that this run moves it to leftover (None: it is in its place)."""
+    with ledger.updated(path) as data:
+        data.pop("leftover", None)
+        if leftover:
+            data["leftover"] = dict(path=os.path.realpath(leftover), run=ledger.this_run())
+
+
 @contextlib.contextmanager
-def replaced_folder(path, script, legacy=None):
-    """with replaced_folder(path, script) as tmp: the block writes a new folder tmp (path.tmp-<pid>, marked as
-    ours), which replaces path when the block ends without an error; an error, a kill or Ctrl-C leave path as
-    it was. check_replaceable(path) must have passed. One run per parent folder (an exclusive flock): a second
-    dies with one line. Leftovers of killed runs (marked, named with a pid) are removed once the lock is held;
-    a swap cut short between its two renames is put back. Nothing without our mark is ever removed."""
+def replaced_folder(path, script, kind):
+    """with replaced_folder(path, script, kind) as tmp: the block writes a new folder tmp (path.tmp-<pid>, its mark
+    saying this run builds it there), which replaces path when the block ends without an error; an error, a kill
+    or Ctrl-C leave path as it was. check_replaceable(path) must have passed. One run per parent folder (an
+    exclusive flock): a second dies with one line. Leftovers whose mark says a run that is over left them at that
+    very path are removed once the lock is held, and a swap cut short between its two renames is put back; any
+    other folder of such a name is left alone and named in one line."""
     path = os.path.normpath(path)
     folder = os.path.dirname(os.path.abspath(path))
     tmp, old = f"{path}.tmp-{os.getpid()}", f"{path}.old-{os.getpid()}"
     os.makedirs(folder, exist_ok=True)  # a new folder's parent, e.g. --dataset-dir runs/first/dataset
     lock = lock_folder(folder, script)
+    made = dict(kind=kind, script=script, run=ledger.this_run())
     try:
-        for left, _ in leftovers(path, "old"):
-            if os.path.lexists(path):
+        for left, state in leftovers(path, "old"):
+            if state is None:
+                leave_alone(left)
+            elif state == "over" and os.path.lexists(path):
                 shutil.rmtree(left)
-            else:
+            elif state == "over":
                 os.rename(left, path)
-                print(f"restored {path} from {left}, left by a {script} run killed while swapping")
-        for left, pid in leftovers(path, "tmp"):
-            if lock is not None or not pid_alive(pid):
+                set_leftover(path, None)
+                print(
+                    f"restored {printable(path)} from {printable(left)}, left by a {script} run killed while swapping"
+                )
+        for left, state in leftovers(path, "tmp"):
+            if state is None:
+                leave_alone(left)
+            elif state == "over":
                 shutil.rmtree(left)
         os.makedirs(tmp)
-        with open(os.path.join(tmp, MARK), "w", encoding="utf-8") as f:
-            f.write(f"made by {script}; replaced as a whole by its next run\n")
+        start = dict(format=ledger.FORMAT, path=os.path.realpath(tmp), files={}, pending={}, made=made)
+        ledger.write(tmp, dict(start, leftover=dict(path=os.path.realpath(tmp), run=ledger.this_run())))
         yield tmp
         interrupts.raise_if_pressed()  # a Ctrl-C a library swallowed still keeps the previous folder
+        record_folder(tmp, path, made)
+        interrupts.raise_if_pressed()
         if os.path.lexists(path):
+            set_leftover(path, old)
             os.rename(path, old)
         os.rename(tmp, path)
         interrupts.say_on_ctrl_c(f"interrupted; {printable(path)} is already the new one, complete")
+        set_leftover(path, None)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -128,31 +221,96 @@ def replaced_folder(path, script, legacy=None):
 
 
 def remove_ours(paths):
-    """Remove what this project made among paths: a marked folder as a whole, a file we wrote (TAG inside, or a
-    model file any version wrote), then a folder left empty; everything else stays. Says what it removed."""
+    """Remove what this project provably made among paths (folders.unproven, ledger.why_not_ours): a folder of
+    ours as a whole; in a folder with a ledger, the files it records unchanged, then the folder if nothing else is
+    left; a file whose record matches. Everything else stays and is named in one line. Says what it removed."""
     removed = []
     for path in paths:
-        if os.path.islink(path) or not os.path.exists(path):
+        if not os.path.lexists(path) or os.path.basename(path) == MARK:
             continue
-        if os.path.isdir(path) and is_our_folder(path):
+        if os.path.islink(path):
+            leave_alone(path, "a link")
+        elif os.path.isdir(path) and unproven(path) is None:
             shutil.rmtree(path)
+            removed.append(said_removed(path))
+        elif os.path.isdir(path) and (ledger.read_raw(path) or {}).get("path") == os.path.realpath(path):
+            removed += remove_recorded(path)
+            removed += remove_ours([os.path.join(path, name) for name in sorted(os.listdir(path))])
+            if os.listdir(path) in ([], [MARK]):
+                shutil.rmtree(path)
+                removed.append(said_removed(path))
         elif os.path.isdir(path):
-            remove_ours([os.path.join(path, name) for name in sorted(os.listdir(path))])
-            if os.listdir(path):
-                continue
-            os.rmdir(path)
-        elif is_ours(path) or is_ours(path, ours=b"model_name"):
+            leave_alone(path, "no record that this project made it")
+        elif ledger.why_not_ours(path) is None:
             os.remove(path)
+            ledger.forget(path)
+            removed.append(said_removed(path))
         else:
-            continue
-        print(f"removed {printable(path)}")
-        removed.append(path)
+            leave_alone(path, "not written by this project (or changed since)")
     return removed
 
 
-def made_folder(path, script):
-    """Make the folder at path, marked as ours, unless it exists (then it stays as it is)."""
+def said_removed(path):
+    print(f"removed {printable(path)}")
+    return path
+
+
+def remove_recorded(folder):
+    """Remove the files in folder (sub-folders too) that its ledger records, unchanged, and the sub-folders that
+    leaves empty; the records go. Returns what it removed."""
+    removed = []
+    with ledger.updated(folder) as data:
+        for rel, record in sorted(data["files"].items()):
+            full = os.path.join(folder, rel)
+            inside = not os.path.isabs(rel) and os.path.normpath(rel) == rel and not rel.startswith("..")
+            if not inside or not os.path.isfile(full):
+                continue
+            if os.sep in rel:
+                ours = unchanged(full, record)
+            else:
+                ours = ledger.why_not_ours(full) is None
+            if ours:
+                os.remove(full)
+                removed.append(said_removed(full))
+                del data["files"][rel]
+    for rel in sorted({os.path.dirname(os.path.relpath(path, folder)) for path in removed}, reverse=True):
+        parent = os.path.join(folder, rel)
+        while rel and not os.listdir(parent):
+            os.rmdir(parent)
+            rel = os.path.dirname(rel)
+            parent = os.path.join(folder, rel)
+    return removed
+
+
+def made_folder(path, script, kind):
+    """Make the folder at path, its mark saying a script of ours made it as kind, unless it exists (then it
+    stays as it is)."""
     if not os.path.isdir(path):
         os.makedirs(path)
-        with open(os.path.join(path, MARK), "w", encoding="utf-8") as f:
-            f.write(f"made by {script}\n")
+        mark_folder(path, script, kind)
+
+
+def mark_folder(path, script, kind):
+    """Mark the folder at path (new or empty) as made by script as kind."""
+    with ledger.updated(path) as data:
+        data["made"] = dict(kind=kind, script=script, run=ledger.this_run())
+
+
+def record_files(folder, sub, kind):
+    """Record in folder's ledger the files a library wrote for us in folder/sub (TensorBoard's logs), as they are."""
+    found = {}
+    for parent, _, names in os.walk(os.path.join(folder, sub)):
+        for name in names:
+            full = os.path.join(parent, name)
+            if name != MARK and not os.path.islink(full):
+                found[os.path.relpath(full, folder)] = ledger.file_record(full, kind)
+    with ledger.updated(folder) as data:
+        data["files"].update(found)
+
+
+def check_reusable(path, flag, script):
+    """die unless script may write in the folder at path: missing, empty, or marked as made there by us (a work
+    folder kept between runs)."""
+    if os.path.isdir(path) and os.listdir(path) and not made_here(path):
+        found = first_few(sorted(os.listdir(path)))
+        die(f"{flag} {printable(path)} holds files that {script} did not make ({found}); pass a new or empty folder")

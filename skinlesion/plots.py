@@ -1,6 +1,6 @@
 """The pictures of a run and of an evaluation: training curves, confusion matrices (benign/malignant and lesion
 types), the ROC curve with the operating point, the reliability diagram before and after calibration, and the
-most confident mistakes. Each is a PNG written atomically, tagged as ours."""
+most confident mistakes. Each is a PNG written atomically, recorded as ours (files.atomic_write)."""
 
 import os
 
@@ -22,7 +22,7 @@ def save_figure(fig, path, dpi=110):
     def write(tmp):
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png", metadata={"Software": TAG})
 
-    atomic_write(path, write)
+    atomic_write(path, write, "picture")
     pyplot().close(fig)
 
 

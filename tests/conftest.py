@@ -9,12 +9,14 @@ import os
 import re
 import resource
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,7 +39,7 @@ ENV = dict(
 )
 
 import model  # noqa: E402
-from skinlesion import folders  # noqa: E402
+from skinlesion import ledger  # noqa: E402
 
 
 def run(script, *args, cwd, timeout=600, file_size_limit=None, threads=1):
@@ -70,11 +72,14 @@ def main_fails(main, argv, capsys, expected):
     return out
 
 
-def fingerprint(folder):
-    """{relative path: sha256} of every file under folder: equal means byte-identical, file list included."""
+def fingerprint(folder, marks=True):
+    """{relative path: sha256} of every file under folder: equal means byte-identical, file list included.
+    marks=False leaves out our marks (records), which name the run and the times: two builds differ there."""
     out = {}
     for root, _, files in os.walk(folder):
         for name in files:
+            if not marks and name == ledger.NAME:
+                continue
             with open(os.path.join(root, name), "rb") as f:
                 out[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
     return out
@@ -419,12 +424,41 @@ def swallowed_ctrl_c():
         ctrl_c()
 
 
-def marked_folder(path, *names):
-    """A folder (a pathlib.Path) carrying our mark, with a file per name."""
+def marked_folder(path, *names, kind="dataset", named=None, leftover_of=None):
+    """A folder (a pathlib.Path) with a file per name, and our mark: it names the folder's path (or named), says
+    prepare_dataset.py made it as kind and records its files; leftover_of: a run (dead_run()) that left it there."""
     os.makedirs(path)
-    (path / folders.MARK).write_text("made by prepare_dataset.py")
     for name in names:
         (path / name).write_text(name)
+    return mark_made(path, kind, named, leftover_of)
+
+
+def mark_made(path, kind="dataset", named=None, leftover_of=None):
+    """Mark the folder at path as marked_folder does, recording every file now in it (sub-folders too)."""
+    files = {}
+    for folder, _, names in os.walk(path):
+        for name in names:
+            files[os.path.relpath(os.path.join(folder, name), path)] = ledger.file_record(
+                os.path.join(folder, name), kind
+            )
+    made = dict(kind=kind, script="prepare_dataset.py", run=ledger.this_run())
+    data = dict(format=ledger.FORMAT, path=os.path.realpath(named or path), files=files, pending={}, made=made)
+    if leftover_of:
+        data["leftover"] = dict(path=os.path.realpath(path), run=leftover_of)
+    ledger.write(str(path), data)
+    return path
+
+
+def dead_run():
+    """A run of ours that is over, as the ledger records runs."""
+    return dict(pid=dead_pid(), started="0:1", host=socket.gethostname(), token="dead")
+
+
+def recorded(path, kind, text=None):
+    """A file (written with text, if given) recorded in its folder's ledger as one we wrote as kind."""
+    if text is not None:
+        Path(path).write_text(text)
+    ledger.record_file(str(path), kind)
     return path
 
 

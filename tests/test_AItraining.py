@@ -22,17 +22,19 @@ from conftest import (
     ENV,
     ROOT,
     assert_one_error,
+    fails,
     fingerprint,
     finish,
     front_matter,
     lesion_photo,
     main_fails,
     make_split_tree,
+    recorded,
     run,
     save_model,
     start,
 )
-from skinlesion import files, folders, metrics, training
+from skinlesion import files, folders, ledger, metrics, training
 
 FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0]
 
@@ -124,6 +126,14 @@ REFUSED_OUTPUTS = {  # case: (flags, what the error line says)
         ["--output", "notes.pth"],
         "--output notes.pth exists and was not written by this project; pass another path, or --overwrite",
     ),
+    "output is a resume checkpoint of ours": (
+        ["--output", "mine_last.pth"],
+        "--output mine_last.pth holds this project's resume checkpoint (this output is its model)",
+    ),
+    "resume file is a model of ours": (
+        ["--resume-file", "mine.pth"],
+        "--resume-file mine.pth holds this project's model (this output is its resume checkpoint)",
+    ),
 }
 
 
@@ -132,17 +142,34 @@ def test_outputs_never_replace_an_input_or_a_file_we_did_not_write(tiny, tmp_pat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.pth").write_text("a user's own notes, named .pth")
     (tmp_path / "skin_model.md").write_text("# my own notes about my model")
+    recorded(tmp_path / "mine.pth", "model", "a model AItraining.py wrote")
+    recorded(tmp_path / "mine_last.pth", "resume checkpoint", "a resume checkpoint AItraining.py wrote")
     before = fingerprint(tmp_path)
     flags, expected = REFUSED_OUTPUTS[case]
     main_fails(AItraining.main, [*FAST, "--data-dir", tiny, *flags], capsys, expected)
     assert fingerprint(tmp_path) == before
 
 
+@pytest.mark.parametrize("name", ["model.py", "skinlesion/files.py", "README.md"])
+def test_the_projects_own_files_are_never_an_output(name, tmp_path, monkeypatch, capsys):
+    """AItraining.py --output model.py: refused when the flags are read, before any training, whatever the flags."""
+    monkeypatch.chdir(tmp_path)
+    path = os.path.join(files.ROOT, name)
+    with open(path, "rb") as f:
+        before = f.read()
+    for flags in (["--output", path], ["--output", path, "--overwrite"], ["--resume-file", path]):
+        flag = flags[0]
+        fails(capsys, f"{flag} {path} is one of this project's own files; pass another path", AItraining.parse_args,
+              flags)  # fmt: skip
+    with open(path, "rb") as f:
+        assert f.read() == before
+
+
 def test_overwrite_replaces_a_file_we_did_not_write(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.pth").write_text("a user's own notes, named .pth")
     AItraining.main(list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1, "--output", "notes.pth", "--overwrite"])))
-    assert model.written_by_us("notes.pth")
+    assert ledger.why_not_ours("notes.pth", "model") is None
 
 
 def test_a_model_at_chance_is_called_so(tmp_path):
@@ -241,10 +268,16 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
         capsys,
         "is --output too; pass another path (resume from the skin_model_last.pth a run writes)",
     )
-    shutil.copyfile("skin_model.pth", "best copy.pth")
+    shutil.copyfile("skin_model.pth", "best copy.pth")  # a user's copy: resume would replace it, so not without
     main_fails(
         AItraining.main,
         ["--data-dir", tiny, "--resume", "--resume-file", "best copy.pth"],
+        capsys,
+        "--resume-file best copy.pth exists with no record that this project wrote it",
+    )
+    main_fails(
+        AItraining.main,
+        ["--data-dir", tiny, "--resume", "--resume-file", "best copy.pth", "--overwrite"],
         capsys,
         "--resume: best copy.pth has no optimiser state (optimizer, schedule, best, bad_epochs, stopped_early, "
         "history); resume from the skin_model_last.pth a run writes",

@@ -67,7 +67,7 @@ def test_a_tiny_run_prints_both_tables_and_keeps_its_work_dir(tmp_path):
     assert markdown[2].startswith("| prepare_dataset.py, 20 photos: 1 worker ") and markdown[2].endswith(" |  |")
     assert markdown[3].startswith("| peak memory, prepare_dataset.py | ") and "< 1 GB: " in markdown[3]
     assert not any("train" in line or "predict 1 photo" in line for line in lines[head:])
-    assert folders.is_our_folder(work) and os.path.isfile(work / "photos_64px" / "export_20" / "metadata.csv")
+    assert folders.made_here(work) and os.path.isfile(work / "photos_64px" / "export_20" / "metadata.csv")
     assert not os.path.exists(work / "photos_64px" / "dataset_256")  # no measurement needed it
     assert bench.parse_args(["--work-dir", str(work)]).work_dir == str(work)  # the next run may re-use it
 

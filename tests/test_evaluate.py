@@ -11,7 +11,7 @@ from PIL import Image
 
 import evaluate
 import model
-from conftest import assert_one_error, fingerprint, front_matter, lesion_photo, main_fails, run, save_model
+from conftest import assert_one_error, fingerprint, front_matter, lesion_photo, main_fails, recorded, run, save_model
 from skinlesion import files
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -160,7 +160,7 @@ def test_an_empty_split_keeps_the_previous_report(setup, tmp_path, monkeypatch, 
     tmp, _, _ = setup
     for c in model.CLASSES:
         os.makedirs(tmp_path / "val" / c)
-    (tmp_path / "evaluation.json").write_text(json.dumps({"written_by": files.TAG, "previous": True}))
+    recorded(tmp_path / "evaluation.json", "evaluation", json.dumps({"written_by": files.TAG, "previous": True}))
     before = fingerprint(tmp_path)
     monkeypatch.chdir(tmp_path)
     main_fails(
@@ -175,6 +175,7 @@ def test_an_empty_split_keeps_the_previous_report(setup, tmp_path, monkeypatch, 
 def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(setup, tmp_path):
     tmp, _, _ = setup
     (tmp_path / "confusion_matrix.png").write_bytes(b"previous picture, " + files.TAG.encode())
+    recorded(tmp_path / "confusion_matrix.png", "picture")
     before = fingerprint(tmp_path)
     r = run(
         "evaluate.py",

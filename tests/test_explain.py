@@ -18,7 +18,7 @@ from PIL import Image
 
 import model
 from conftest import lesion_photo, make_net
-from skinlesion import explain, files, photos
+from skinlesion import explain, files, ledger, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -163,7 +163,7 @@ def test_gradcam_picture_has_three_panels_and_says_when_a_map_is_empty(tmp_path,
     with Image.open(tmp_path / "cam.png") as img:
         img.verify()
         assert img.format == "PNG"
-    assert os.listdir(tmp_path) == ["cam.png"]
+    assert sorted(os.listdir(tmp_path)) == [ledger.NAME, "cam.png"]
 
 
 def test_gradcam_picture_writes_the_cautions_on_it(tmp_path, said):

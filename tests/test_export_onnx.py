@@ -29,14 +29,16 @@ from conftest import (
     ENV,
     ROOT,
     assert_one_error,
+    dead_run,
     fingerprint,
     lesion_photo,
     main_fails,
+    recorded,
     refuses,
     run,
     save_model,
 )
-from skinlesion import explain, files, photos
+from skinlesion import explain, files, ledger, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -62,14 +64,16 @@ def exported(tmp_path_factory):
     photos = [lesion_photo(folder / "photos" / f"p{i}.jpg", size, seed=i) for i, size in enumerate(PHOTO_SIZES)]
     out = folder / "out"
     out.mkdir()
-    finished = subprocess.Popen(["true"])
-    finished.wait()  # its pid is not running any more: what a SIGKILLed export leaves
+    dead = dead_run()  # its pid is not running any more: what a SIGKILLed export leaves
     temporaries = {
-        "dead": out / f"skin model.onnx.tmp{finished.pid}",
+        "dead": out / f"skin model.onnx.tmp{dead['pid']}",
         "live": out / f"skin model.onnx.tmp{os.getpid()}",
+        "unrecorded": out / "skin model.onnx.tmp99999",  # a user's file of that name: no record, left alone
     }
     for kind, path in temporaries.items():
         path.write_bytes(b"half an ONNX file from a " + kind.encode() + b" export")
+    with ledger.updated(str(out)) as data:  # what the export runs recorded when they began writing
+        data["pending"].update({temporaries["dead"].name: dead, temporaries["live"].name: ledger.this_run()})
     r = run(
         "export_onnx.py",
         "--model",
@@ -159,12 +163,17 @@ def test_export_writes_one_checked_file_with_metadata(exported):
 
 
 def test_export_removes_temporaries_of_killed_exports_only(exported):
-    """One file written, no .data beside it; the dead export's temporary removed, the running one's kept."""
+    """One file written, no .data beside it; the dead export's temporary removed (its record says a run that is
+    over wrote it), the running one's kept, a file of that name without a record left alone and named."""
     assert sorted(os.listdir(os.path.dirname(exported["onnx"]))) == [
+        ledger.NAME,
         "skin model.onnx",
         exported["temporaries"]["live"].name,
+        "skin model.onnx.tmp99999",
     ]
     assert exported["temporaries"]["live"].read_bytes() == b"half an ONNX file from a live export"
+    assert exported["temporaries"]["unrecorded"].read_bytes() == b"half an ONNX file from a unrecorded export"
+    assert "skin model.onnx.tmp99999 alone: no record says a run of ours left it" in exported["stdout"]
 
 
 def test_onnxruntime_matches_torch_batch_and_single(exported, torch_net):
@@ -423,7 +432,15 @@ def test_onnxruntime_failing_at_run_time_is_one_line(exported, monkeypatch, caps
 # ---------------------------------------------------------------------------- the export's own mistakes
 @pytest.mark.parametrize(
     "case",
-    ["read-only folder", "a folder", "n-check 0", "check-images missing", "output is the model", "output not ours"],
+    [
+        "read-only folder",
+        "a folder",
+        "n-check 0",
+        "check-images missing",
+        "output is the model",
+        "output not ours",
+        "output is our resume checkpoint",
+    ],
 )
 def test_export_mistakes_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, request, case):
     """--model names no file: had the export started work, the error would be about the model."""
@@ -442,9 +459,14 @@ def test_export_mistakes_are_one_line_before_any_work(tmp_path, monkeypatch, cap
             ["--output", "notes.onnx"],
             "--output notes.onnx exists and was not written by this project",
         ),
+        "output is our resume checkpoint": (
+            ["--output", "skin_model_last.pth"],
+            "--output skin_model_last.pth holds this project's resume checkpoint (this output is its ONNX model)",
+        ),
     }[case]
     (tmp_path / "m.pth").write_bytes(b"a model")
     (tmp_path / "notes.onnx").write_text("my notes")
+    recorded(tmp_path / "skin_model_last.pth", "resume checkpoint", "a resume checkpoint AItraining.py wrote")
     before = fingerprint(tmp_path)
     main_fails(export_onnx.main, ["--model", "missing.pth", *argv], capsys, expected)
     assert fingerprint(tmp_path) == before
@@ -461,6 +483,7 @@ def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_p
     shutil.copyfile(exported["checkpoint"], "skin_model.pth")
     with open("skin_model.onnx", "wb") as f:
         f.write(b"the previous ONNX file, " + files.TAG.encode())
+    ledger.record_file("skin_model.onnx", "ONNX model")
     before = fingerprint(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         export_onnx.main(["--tolerance", "1e-9", "--n-check", "3"])

@@ -1,22 +1,21 @@
-"""skinlesion/files.py: an output is never an input, an existing file we did not write is replaced only with
---overwrite, and writes are atomic: an error, or a Ctrl-C even where a library swallowed it, keeps the previous
-file. (Folders: test_folders.py.)"""
+"""skinlesion/files.py and ledger.py: an output is never an input nor a project file; an existing file is
+replaced without --overwrite only when the ledger proves we wrote exactly it there as the same kind; writes are
+atomic: an error, or a Ctrl-C even where a library swallowed it, keeps the previous file. (Folders:
+test_folders.py.)"""
 
 import os
+import shutil
 
 import pytest
 
-from conftest import dead_pid, fails, fingerprint, swallowed_ctrl_c
-from skinlesion import files, interrupts
-
-HEADER = "isic_id,split,label"
+from conftest import dead_run, fails, fingerprint, recorded, swallowed_ctrl_c
+from skinlesion import files, interrupts, ledger
 
 
 # ---------------------------------------------------------------------------- outputs
 def test_an_output_that_is_an_input_is_refused(tmp_path, capsys):
     (tmp_path / "photos").mkdir()
-    source = tmp_path / "photos" / "metadata.csv"
-    source.write_text(files.TAG)  # even a file of ours
+    source = recorded(tmp_path / "photos" / "metadata.csv", "predictions", "isic_id\n")  # even a file of ours
     os.symlink(source, tmp_path / "link.csv")
     before = fingerprint(tmp_path)
     for path in [source, tmp_path / "link.csv", tmp_path / "photos" / ".." / "photos" / "metadata.csv"]:
@@ -26,10 +25,19 @@ def test_an_output_that_is_an_input_is_refused(tmp_path, capsys):
             files.check_output,
             str(path),
             "--output",
+            "predictions",
             inputs=[None, str(tmp_path / "x.csv"), str(source)],
             overwrite=True,
         )
-    fails(capsys, "is also an input", files.check_output, str(source), "--output", inputs=[str(tmp_path / "link.csv")])
+    fails(
+        capsys,
+        "is also an input",
+        files.check_output,
+        str(source),
+        "--output",
+        "predictions",
+        inputs=[str(tmp_path / "link.csv")],
+    )
     assert fingerprint(tmp_path) == before
 
 
@@ -43,50 +51,70 @@ def test_an_existing_file_we_did_not_write_needs_overwrite(tmp_path, capsys):
         files.check_output,
         str(theirs),
         "--output",
+        "predictions",
     )
-    files.check_output(str(theirs), "--output", overwrite=True)
+    files.check_output(str(theirs), "--output", "predictions", overwrite=True)
     os.symlink(tmp_path / "nowhere", tmp_path / "dangling.csv")  # a dangling link there is not ours either
-    fails(capsys, "exists and was not written", files.check_output, str(tmp_path / "dangling.csv"), "--output")
-    fails(
-        capsys,
-        "exists and was not written",
-        files.check_output,
-        str(theirs),
-        "--output",
-        ours=lambda p: files.is_ours(p, header=HEADER),
-    )
+    fails(capsys, "exists and was not written", files.check_output, str(tmp_path / "dangling.csv"), "--o", "x")
     assert theirs.read_text() == "patient,diagnosis\n1,melanoma\n"
 
 
-def test_a_file_of_ours_or_a_new_path_may_be_written(tmp_path):
-    tagged, ours_csv = tmp_path / "card.json", tmp_path / "manifest.csv"
-    tagged.write_text(f'{{"written_by": "{files.TAG}"}}')
-    ours_csv.write_text(f"{HEADER}\r\nISIC_0000001,train,benign\r\n")
-    files.check_output(str(tagged), "--card")
-    files.check_output(str(ours_csv), "--manifest", ours=lambda p: files.is_ours(p, header=HEADER))
-    files.check_output(str(tmp_path / "new.csv"), "--output", inputs=[str(tagged)])
+def test_bytes_inside_a_file_prove_nothing(tmp_path, capsys):
+    """The tag, model_name or source_sha256 anywhere in a file (a user's notes, an earlier version's file) is no
+    record: refused without --overwrite, with a line that says there is no record."""
+    for name, content in [("notes.json", f'{{"written_by": "{files.TAG}"}}'), ("evaluation.json", '"model_name"')]:
+        (tmp_path / name).write_text(content)
+        expected = f"--output {tmp_path / name} exists with no record that this project wrote it (files of versions"
+        fails(capsys, expected, files.check_output, str(tmp_path / name), "--output", "evaluation")
+        assert (tmp_path / name).read_text() == content
 
 
-def test_is_ours(tmp_path):
-    big = tmp_path / "model.onnx"
-    big.write_bytes(os.urandom(300_000) + files.TAG_BYTES)  # in the last 64 KB: model metadata
-    middle = tmp_path / "middle.bin"
-    middle.write_bytes(os.urandom(100_000) + files.TAG_BYTES + os.urandom(100_000))
-    os.mkfifo(tmp_path / "pipe.csv")  # never opened
-    (tmp_path / "m.csv").write_text(f"{HEADER}\nISIC_0000001,train,benign\n")
-    assert files.is_ours(str(big)) and not files.is_ours(str(middle))
-    assert files.is_ours(str(tmp_path / "m.csv"), header=HEADER) and not files.is_ours(str(tmp_path / "m.csv"))
-    assert not files.is_ours(str(tmp_path / "m.csv"), header="isic_id,split")
-    assert not files.is_ours(str(tmp_path / "pipe.csv"), header=HEADER) and not files.is_ours(str(tmp_path))
-    assert not files.is_ours(str(tmp_path / "missing"))
+def test_a_file_of_ours_is_replaced_only_unchanged_at_its_path_and_as_its_kind(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    csv = tmp_path / "a" / "results.csv"
+    files.write_text(str(csv), "path,prediction\n", "predictions")
+    files.check_output(str(csv), "--csv", "predictions")  # the nearest thing accepted: a rerun replaces its own
+    files.check_output(str(tmp_path / "a" / "new.csv"), "--csv", "predictions")  # and a new path
+    fix = "pass another path, or --overwrite to replace it"
+    fails(capsys, f"--output {csv} holds this project's predictions (this output is its model); {fix}",
+          files.check_output, str(csv), "--output", "model")  # fmt: skip
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")  # the ledger travels, but names the first folder
+    fails(capsys, "exists and was not written", files.check_output, str(tmp_path / "copy" / "results.csv"), "--c", "x")
+    os.rename(tmp_path / "a", tmp_path / "b")
+    fails(capsys, "exists and was not written", files.check_output, str(tmp_path / "b" / "results.csv"), "--c", "x")
+    os.rename(tmp_path / "b", tmp_path / "a")
+    files.check_output(str(csv), "--csv", "predictions")
+    csv.write_text("path,prediction\nmine,edited\n")
+    fails(capsys, f"--csv {csv} was changed since this project wrote it; {fix}",
+          files.check_output, str(csv), "--csv", "predictions")  # fmt: skip
+    assert csv.read_text() == "path,prediction\nmine,edited\n"
+
+
+@pytest.mark.parametrize(
+    "name", ["model.py", "skinlesion/files.py", "web/index.html", "tests/conftest.py", "README.md", "Makefile"]
+)
+def test_the_projects_own_files_are_never_an_output(name, capsys):
+    path = os.path.join(files.ROOT, name)
+    with open(path, "rb") as f:
+        before = f.read()
+    for kind in ("model", "predictions"):
+        expected = f"--output {path} is one of this project's own files; pass another path"
+        fails(capsys, expected, files.check_output, path, "--output", kind, overwrite=True)
+    with open(path, "rb") as f:
+        assert f.read() == before
 
 
 # ---------------------------------------------------------------------------- atomic writes
-def test_atomic_write_keeps_the_previous_file_and_cleans_only_dead_temporaries(tmp_path, capsys):
-    target = tmp_path / "out.csv"
+def test_atomic_write_keeps_the_previous_file_and_cleans_only_recorded_temporaries_of_runs_that_are_over(
+    tmp_path, capsys
+):
+    target = tmp_path / "results.csv"
     target.write_text("previous")
-    dead = dead_pid()
-    (tmp_path / f"out.csv.tmp{dead}").write_text("left by a killed run")
+    killed = tmp_path / "results.csv.tmp12345"
+    killed.write_text("left by a killed run")
+    with ledger.updated(str(tmp_path)) as data:
+        data["pending"][killed.name] = dead_run()
+    (tmp_path / "results.csv.tmp99999").write_text("a user's file")  # no record: left alone, whatever pid it names
 
     def fails_to_write(tmp):
         with open(tmp, "w") as f:
@@ -94,15 +122,32 @@ def test_atomic_write_keeps_the_previous_file_and_cleans_only_dead_temporaries(t
         raise OSError(28, "No space left on device")
 
     fails(
-        capsys, f"could not write {target} (No space left on device)", files.atomic_write, str(target), fails_to_write
+        capsys,
+        f"could not write {target} (No space left on device)",
+        files.atomic_write,
+        str(target),
+        fails_to_write,
+        "predictions",
     )
-    assert target.read_text() == "previous"
+    assert target.read_text() == "previous" and (tmp_path / "results.csv.tmp99999").read_text() == "a user's file"
     left = sorted(os.listdir(tmp_path))
-    assert f"out.csv.tmp{dead}" not in left and f"out.csv.tmp{os.getpid()}" not in left
-    live = tmp_path / f"out.csv.tmp{os.getppid()}"  # our parent is alive
+    assert left == ["results.csv", "results.csv.tmp99999"]  # the killed run's went, and the ledger with its record
+    live = tmp_path / f"results.csv.tmp{os.getpid()}0"  # a run still going: its record names a live process
     live.write_text("a live run's")
-    files.write_text(str(target), "new")
-    assert target.read_text() == "new" and live.exists()
+    with ledger.updated(str(tmp_path)) as data:
+        data["pending"][live.name] = ledger.this_run()
+    files.write_text(str(target), "new", "predictions")
+    assert target.read_text() == "new" and live.read_text() == "a live run's"
+    assert f"left {tmp_path / 'results.csv.tmp99999'} alone: no record says" in capsys.readouterr().out
+
+
+def test_a_run_is_over_only_when_provably_so():
+    assert not ledger.run_is_over(ledger.this_run())
+    assert ledger.run_is_over(dead_run())
+    reused = dict(ledger.this_run(), started="another boot:1")  # our pid, another start: a re-used pid
+    assert ledger.run_is_over(reused)
+    assert not ledger.run_is_over(dict(dead_run(), host="another-host"))  # cannot tell: not over
+    assert not ledger.run_is_over({"pid": "1"}) and not ledger.run_is_over(None)
 
 
 def test_a_ctrl_c_a_library_swallowed_keeps_the_previous_file(tmp_path, capsys):
@@ -111,7 +156,7 @@ def test_a_ctrl_c_a_library_swallowed_keeps_the_previous_file(tmp_path, capsys):
 
     def main():
         swallowed_ctrl_c()
-        files.write_text(str(target), "new")
+        files.write_text(str(target), "new", "predictions")
 
     with pytest.raises(SystemExit) as exit_info:
         interrupts.run_script(main)
@@ -126,3 +171,24 @@ def test_file_kind(tmp_path):
     kinds = {name: files.file_kind(str(tmp_path / name)) for name in ["a.jpg", "link.jpg", "pipe.jpg", "nope"]}
     assert kinds == {"a.jpg": None, "link.jpg": None, "pipe.jpg": "a named pipe", "nope": "missing"}
     assert files.file_kind(str(tmp_path)) == "a folder" and files.file_kind("/dev/null").startswith("a device")
+
+
+def test_a_kill_between_the_record_and_the_rename_keeps_the_previous_file_ours(tmp_path, monkeypatch, capsys):
+    """The record of the new content is written before the rename: the previous content, which a run of ours
+    wrote there as the same kind, is still accepted; a user's edit is not."""
+    csv = tmp_path / "results.csv"
+    files.write_text(str(csv), "first\n", "predictions")
+
+    def killed(*args):
+        raise KeyboardInterrupt  # as a SIGKILL would stop it, before the rename
+
+    monkeypatch.setattr(ledger.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_text(str(csv), "second\n", "predictions")
+    monkeypatch.undo()
+    assert csv.read_text() == "first\n"
+    files.check_output(str(csv), "--csv", "predictions")
+    files.write_text(str(csv), "third\n", "predictions")
+    assert csv.read_text() == "third\n"
+    csv.write_text("my own\n")
+    fails(capsys, "was changed since this project wrote it", files.check_output, str(csv), "--csv", "predictions")

@@ -3,11 +3,14 @@ user's files), only once the run ended well (an error, a Ctrl-C, even one a libr
 one), leftovers of killed runs are cleaned only when marked, and an output folder never holds an input."""
 
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
-from conftest import ctrl_c, dead_pid, fails, fingerprint, marked_folder, swallowed_ctrl_c
-from skinlesion import folders, interrupts
+from conftest import ctrl_c, dead_run, fails, fingerprint, marked_folder, swallowed_ctrl_c
+from skinlesion import files, folders, interrupts, ledger
 
 
 def test_an_output_folder_holding_an_input_is_refused(tmp_path, capsys):
@@ -63,6 +66,7 @@ def test_check_replaceable_refuses_links_files_and_a_users_folder(tmp_path, caps
         str(tmp_path / "link"),
         "--dataset-dir",
         "prepare_dataset.py",
+        "dataset",
     )
     fails(
         capsys,
@@ -71,6 +75,7 @@ def test_check_replaceable_refuses_links_files_and_a_users_folder(tmp_path, caps
         str(tmp_path / "file"),
         "--dataset-dir",
         "prepare_dataset.py",
+        "dataset",
     )
     fails(
         capsys,
@@ -80,48 +85,107 @@ def test_check_replaceable_refuses_links_files_and_a_users_folder(tmp_path, caps
         str(user),
         "--dataset-dir",
         "prepare_dataset.py",
+        "dataset",
     )
     (tmp_path / "empty").mkdir()
     for folder in ["missing", "empty", "ours"]:
-        folders.check_replaceable(str(tmp_path / folder), "--dataset-dir", "prepare_dataset.py")
-    folders.check_replaceable(str(user), "--dataset-dir", "prepare_dataset.py", legacy=lambda p: True)
+        folders.check_replaceable(str(tmp_path / folder), "--dataset-dir", "prepare_dataset.py", "dataset")
     assert fingerprint(tmp_path) == before
 
 
-def test_replaced_folder_cleans_only_marked_leftovers_of_dead_runs(tmp_path, capsys):
+def test_a_folder_is_ours_only_when_its_mark_names_it_and_records_every_file(tmp_path, capsys):
+    ours = marked_folder(tmp_path / "dataset", "manifest.csv")
+    marked_folder(tmp_path / "copy", "manifest.csv", named=ours)  # cp -r dataset copy: the mark names dataset
+    marked_folder(tmp_path / "site", "index.html", kind="site")
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / folders.MARK).write_text("made by prepare_dataset.py")  # an earlier version's mark
+    (tmp_path / "earlier" / "manifest.csv").write_text("isic_id,split,label\n")
+    before = fingerprint(tmp_path)
+    cases = {
+        "copy": f"carries the mark of {ours} (a copy or a moved folder)",
+        "site": "is a site that prepare_dataset.py made, not a dataset",
+        "earlier": "was made by an earlier version (no record of its files)",
+    }
+    for name, why in cases.items():
+        path = tmp_path / name
+        fails(capsys, f"--dataset-dir {path} {why}", folders.check_replaceable, str(path), "--dataset-dir",
+              "prepare_dataset.py", "dataset")  # fmt: skip
+    (ours / "NOTES.txt").write_text("my notes")
+    (ours / "train").mkdir()
+    (ours / "train" / "extra.jpg").write_text("a photo the user added")
+    fails(capsys, f"--dataset-dir {ours} holds files that prepare_dataset.py did not make (NOTES.txt, train/extra.jpg)",
+          folders.check_replaceable, str(ours), "--dataset-dir", "prepare_dataset.py", "dataset")  # fmt: skip
+    os.remove(ours / "NOTES.txt")
+    os.remove(ours / "train" / "extra.jpg")
+    with open(ours / "manifest.csv", "a") as f:
+        f.write("edited")
+    fails(capsys, "did not make (manifest.csv)", folders.check_replaceable, str(ours), "--d", "prepare_dataset.py",
+          "dataset")  # fmt: skip
+    del before  # the edits above were the test's own
+
+
+def test_replaced_folder_cleans_only_leftovers_its_mark_proves_of_runs_that_are_over(tmp_path, capsys):
     dataset = marked_folder(tmp_path / "dataset", "old.csv")
-    marked_folder(tmp_path / f"dataset.tmp-{dead_pid()}", "half.csv")  # a run killed while building
-    marked_folder(tmp_path / f"dataset.old-{dead_pid()}", "older.csv")  # a swap cut short, the new one in place
-    (tmp_path / "dataset.old-2024-backup").mkdir()  # the user's, unmarked
+    marked_folder(tmp_path / "dataset.tmp-123", "half.csv", leftover_of=dead_run())  # a run killed while building
+    marked_folder(tmp_path / "dataset.old-124", "older.csv", named=dataset, leftover_of=dead_run())  # cut short
+    (tmp_path / "dataset.old-2024-backup").mkdir()  # the user's, unmarked, not of the form
     (tmp_path / "dataset.old-2024-backup" / "keep.csv").write_text("a backup")
-    (tmp_path / "dataset.tmp-99998").mkdir()
+    (tmp_path / "dataset.tmp-99998").mkdir()  # the user's, unmarked
     (tmp_path / "dataset.tmp-99998" / "keep.csv").write_text("not ours")
-    theirs = {name: fingerprint(tmp_path / name) for name in ["dataset.old-2024-backup", "dataset.tmp-99998"]}
-    with folders.replaced_folder(str(dataset), "prepare_dataset.py") as tmp:
+    marked_folder(tmp_path / "dataset.old-2", "copy.csv", named=dataset)  # cp -r dataset dataset.old-2
+    marked_folder(tmp_path / "dataset.tmp-3", "copy.csv", named=dataset)  # cp -r dataset dataset.tmp-3
+    running = marked_folder(tmp_path / "dataset.tmp-5", "going.csv", leftover_of=ledger.this_run())  # not over
+    theirs = ["dataset.old-2024-backup", "dataset.tmp-99998", "dataset.old-2", "dataset.tmp-3", "dataset.tmp-5"]
+    before = {name: fingerprint(tmp_path / name) for name in theirs}
+    with folders.replaced_folder(str(dataset), "prepare_dataset.py", "dataset") as tmp:
         assert tmp == f"{dataset}.tmp-{os.getpid()}" and os.listdir(tmp) == [folders.MARK]
         (tmp_path / os.path.basename(tmp) / "new.csv").write_text("new")
         assert (dataset / "old.csv").exists()  # the old one stays until the new one is complete
-    assert sorted(os.listdir(tmp_path)) == ["dataset", "dataset.old-2024-backup", "dataset.tmp-99998"]
-    assert sorted(os.listdir(dataset)) == [folders.MARK, "new.csv"]
-    assert {name: fingerprint(tmp_path / name) for name in theirs} == theirs
-    assert capsys.readouterr().out == ""
+    assert sorted(os.listdir(tmp_path)) == ["dataset", *sorted(theirs)]
+    assert sorted(os.listdir(dataset)) == [folders.MARK, "new.csv"] and folders.unproven(str(dataset)) is None
+    assert {name: fingerprint(tmp_path / name) for name in theirs} == before
+    said = capsys.readouterr().out.splitlines()
+    assert said == [
+        f"left {tmp_path / name} alone: no record says a run of ours left it"
+        for name in ["dataset.old-2", "dataset.tmp-3", "dataset.tmp-99998"]
+    ]
+    assert running.exists()
 
 
 def test_replaced_folder_restores_a_swap_cut_short_and_keeps_it_on_an_error(tmp_path, capsys):
-    old = marked_folder(tmp_path / f"dataset.old-{dead_pid()}", "manifest.csv")  # killed between the two renames
-    before = fingerprint(old)
     dataset = tmp_path / "dataset"
-    with pytest.raises(RuntimeError), folders.replaced_folder(str(dataset), "prepare_dataset.py") as tmp:
+    old = marked_folder(tmp_path / "dataset.old-77", "manifest.csv", named=dataset, leftover_of=dead_run())
+    before = fingerprint(old)
+    del before[folders.MARK]  # the mark changes: it no longer says a run moved the folder
+    with pytest.raises(RuntimeError), folders.replaced_folder(str(dataset), "prepare_dataset.py", "dataset") as tmp:
         (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("half")
         raise RuntimeError("the run failed")
     assert f"restored {dataset} from {old}" in capsys.readouterr().out
-    assert os.listdir(tmp_path) == ["dataset"] and fingerprint(dataset) == before
+    after = fingerprint(dataset)
+    del after[folders.MARK]
+    assert os.listdir(tmp_path) == ["dataset"] and after == before
+    assert folders.unproven(str(dataset), "dataset") is None
+
+
+def test_a_renamed_dataset_is_no_leftover(tmp_path, capsys):
+    """mv dataset dataset.old-1, a NOTES.txt inside: the mark names dataset and no run moved it: left alone."""
+    marked_folder(tmp_path / "dataset", "manifest.csv")
+    os.rename(tmp_path / "dataset", tmp_path / "dataset.old-1")
+    (tmp_path / "dataset.old-1" / "NOTES.txt").write_text("my notes")
+    before = fingerprint(tmp_path / "dataset.old-1")
+    with folders.replaced_folder(str(tmp_path / "dataset"), "prepare_dataset.py", "dataset") as tmp:
+        (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("new")
+    assert fingerprint(tmp_path / "dataset.old-1") == before
+    assert capsys.readouterr().out == f"left {tmp_path / 'dataset.old-1'} alone: no record says a run of ours left it\n"
 
 
 def test_replaced_folder_keeps_the_old_folder_on_an_error(tmp_path):
     dataset = marked_folder(tmp_path / "dataset", "manifest.csv")
     before = fingerprint(tmp_path)
-    with pytest.raises(KeyboardInterrupt), folders.replaced_folder(str(dataset), "prepare_dataset.py") as tmp:
+    with (
+        pytest.raises(KeyboardInterrupt),
+        folders.replaced_folder(str(dataset), "prepare_dataset.py", "dataset") as tmp,
+    ):
         (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("half")
         raise KeyboardInterrupt
     assert fingerprint(tmp_path) == before
@@ -132,7 +196,7 @@ def test_a_ctrl_c_a_library_swallowed_keeps_the_old_folder(tmp_path, capsys):
     before = fingerprint(tmp_path)
 
     def main():
-        with folders.replaced_folder(str(dataset), "prepare_dataset.py") as tmp:
+        with folders.replaced_folder(str(dataset), "prepare_dataset.py", "dataset") as tmp:
             (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("new")
             swallowed_ctrl_c()  # the block ends as if all went well
 
@@ -147,7 +211,7 @@ def test_a_ctrl_c_after_the_swap_says_the_new_folder_is_in_place(tmp_path, capsy
     dataset = marked_folder(tmp_path / "dataset", "manifest.csv")
 
     def main():
-        with folders.replaced_folder(str(dataset), "prepare_dataset.py") as tmp:
+        with folders.replaced_folder(str(dataset), "prepare_dataset.py", "dataset") as tmp:
             (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("new")
         ctrl_c()  # while the script prints its summary
 
@@ -156,3 +220,79 @@ def test_a_ctrl_c_after_the_swap_says_the_new_folder_is_in_place(tmp_path, capsy
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.strip() == f"interrupted; {dataset} is already the new one, complete"
     assert (dataset / "manifest.csv").read_text() == "new" and os.listdir(tmp_path) == ["dataset"]
+
+
+def test_remove_ours_removes_only_what_the_record_proves(tmp_path, monkeypatch, capsys):
+    """make clean: a user's gradcam/my_notes.txt, runs/other_project/config.json and an evaluation.json that
+    contains model_name stay; what our scripts wrote goes (the nearest thing that must be removed)."""
+    monkeypatch.chdir(tmp_path)
+    folders.made_folder("gradcam", "predict.py", "Grad-CAM folder")
+    files.write_text("gradcam/a_jpg_gradcam.png", "picture", "picture")
+    (tmp_path / "gradcam" / "my_notes.txt").write_text("notes")
+    folders.made_folder("runs", "AItraining.py", "log folder")
+    os.makedirs("runs/run1")
+    (tmp_path / "runs" / "run1" / "events.out").write_text("log")
+    folders.record_files("runs", "run1", "training log")
+    os.makedirs("runs/other_project")
+    (tmp_path / "runs" / "other_project" / "config.json").write_text('{"model_name": "mine"}')
+    (tmp_path / "evaluation.json").write_text('{"model_name": "efficientnet_b0", "written_by": "x"}')
+    files.write_text("skin_model.md", "card", "model card")
+    marked_folder(tmp_path / "dataset", "manifest.csv")
+    marked_folder(tmp_path / "site", "index.html", kind="site")
+    (tmp_path / "site" / "NOTES.txt").write_text("mine")
+    marked_folder(tmp_path / "demo_data", "metadata.csv", named=tmp_path / "elsewhere")  # a copy
+    theirs = ["gradcam/my_notes.txt", "runs/other_project/config.json", "evaluation.json", "site/NOTES.txt"]
+    before = {name: fingerprint(tmp_path)[name] for name in theirs}
+    before_copy = fingerprint(tmp_path / "demo_data")
+    paths = ["dataset", "demo_data", "site", "runs", "gradcam", "skin_model.md", "evaluation.json", "missing.pth"]
+    folders.remove_ours(paths)
+    after = fingerprint(tmp_path)
+    assert {name: after.get(name) for name in theirs} == before and fingerprint(tmp_path / "demo_data") == before_copy
+    assert sorted(os.listdir(tmp_path)) == ["demo_data", "evaluation.json", "gradcam", "runs", "site"]
+    assert sorted(os.listdir("gradcam")) == [folders.MARK, "my_notes.txt"]
+    assert sorted(os.listdir("runs")) == [folders.MARK, "other_project"]
+    assert sorted(os.listdir("site")) == [folders.MARK, "NOTES.txt"]
+    out = capsys.readouterr().out
+    for removed in ["dataset", "skin_model.md", "gradcam/a_jpg_gradcam.png", "runs/run1/events.out", "site/index.html"]:
+        assert f"removed {removed}\n" in out
+    for left in ["demo_data", "gradcam/my_notes.txt", "runs/other_project", "evaluation.json", "site/NOTES.txt"]:
+        assert f"left {left} alone: " in out
+
+
+@pytest.mark.parametrize("name, copy", [("site", "site.old-7"), ("demo", "demo.tmp-42")])
+def test_copies_named_like_leftovers_are_left_alone(tmp_path, capsys, name, copy):
+    """cp -r site site.old-7, cp -r demo demo.tmp-42: the copied mark names the original folder and no run
+    moved it there, so the next run leaves the copy byte-identical and names it in one line."""
+    ours = marked_folder(tmp_path / name, "index.html", kind="site")
+    shutil.copytree(ours, tmp_path / copy)
+    before = fingerprint(tmp_path / copy)
+    with folders.replaced_folder(str(ours), "serve_web.py", "site") as tmp:
+        (tmp_path / os.path.basename(tmp) / "index.html").write_text("new")
+    assert fingerprint(tmp_path / copy) == before and sorted(os.listdir(tmp_path)) == sorted([name, copy])
+    assert capsys.readouterr().out == f"left {tmp_path / copy} alone: no record says a run of ours left it\n"
+
+
+def test_make_clean_removes_only_what_the_records_prove(tmp_path):
+    """The Makefile's clean target, run in a project folder: a user's files that merely contain model_name or
+    sit in our folders stay byte-identical; the outputs a script wrote go."""
+    os.makedirs(tmp_path / "gradcam")
+    (tmp_path / "gradcam" / "my_notes.txt").write_text("model_name: my notes")
+    os.makedirs(tmp_path / "runs" / "other_project")
+    (tmp_path / "runs" / "other_project" / "config.json").write_text('{"model_name": "resnet"}')
+    (tmp_path / "evaluation.json").write_text('{"model_name": "efficientnet_b0"}')
+    before = fingerprint(tmp_path)
+    files.write_text(str(tmp_path / "skin_model.md"), "a card", "model card")
+    files.write_text(str(tmp_path / "gradcam" / "p_jpg_gradcam.png"), "a picture", "picture")
+    marked_folder(tmp_path / "dataset", "manifest.csv")
+    env = dict(os.environ, PYTHONPATH=files.ROOT)
+    done = subprocess.run(
+        ["make", "-s", "-f", os.path.join(files.ROOT, "Makefile"), "clean", f"PY={sys.executable}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert fingerprint(tmp_path) == before
+    assert "removed dataset\n" in done.stdout and "left evaluation.json alone" in done.stdout

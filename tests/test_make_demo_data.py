@@ -156,10 +156,10 @@ def test_photos_unseen_copies_and_the_same_bytes_again(export):
     assert unseen == sorted(f"{c}_{k}.jpg" for c in ["benign", "malignant"] for k in range(1, 7))
     with Image.open(export / "demo_data" / "unseen" / "malignant_1.jpg") as img:
         assert img.size == (64, 48)
-    written = fingerprint(export / "demo_data")
+    written = fingerprint(export / "demo_data", marks=False)
     digests = [written[f"{i}.jpg"] for i in meta.isic_id]
     assert len(digests) - len(set(digests)) == 2  # two byte-identical copies under other ids
-    assert written == fingerprint(export / "again")  # the same seed: the same bytes
+    assert written == fingerprint(export / "again", marks=False)  # the same seed: the same bytes
     assert not glob.glob(str(export / "*.tmp-*")) and not glob.glob(str(export / "*.old-*"))
 
 
@@ -260,16 +260,24 @@ def earlier_demo(folder):
     noise_image(os.path.join(folder, "unseen", "malignant_1_gradcam.png"), 5)  # what `make demo` adds
 
 
-@pytest.mark.parametrize("previous", ["ours", "earlier", "empty"])
-def test_its_own_export_an_earlier_one_or_an_empty_folder_is_replaced_whole(previous, export):
+@pytest.mark.parametrize("previous", ["ours", "empty"])
+def test_its_own_export_or_an_empty_folder_is_replaced_whole(previous, export):
     if previous == "ours":
         make_demo_data.main(["--photo-size", "64", "--workers", "1", "--seed", "7"])
-    elif previous == "earlier":
-        earlier_demo("demo_data")
     else:
         os.mkdir("demo_data")
     make_demo_data.main(["--photo-size", "64", "--workers", "2"])
-    assert fingerprint("demo_data") == fingerprint(export / "demo_data") and os.listdir() == ["demo_data"]
+    same = fingerprint("demo_data", marks=False) == fingerprint(export / "demo_data", marks=False)
+    assert same and os.listdir() == ["demo_data"]
+
+
+def test_an_export_of_a_version_before_the_record_is_refused(capsys):
+    """Nothing records what an earlier version wrote: its folder is not provably ours (remove it yourself)."""
+    earlier_demo("demo_data")
+    before = fingerprint(".")
+    expected = "demo_data holds files that make_demo_data.py did not make (ISIC_9000000.jpg, metadata.csv, unseen)"
+    main_fails(make_demo_data.main, ["--photo-size", 64], capsys, expected)
+    assert fingerprint(".") == before
 
 
 def test_an_earlier_looking_folder_with_a_photo_of_the_user_is_refused(capsys):

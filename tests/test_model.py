@@ -20,6 +20,7 @@ import measure_transfer
 import model
 import predict
 from conftest import RunsCode, assert_one_error, fingerprint, main_fails, make_split_tree, save_model, skip_or_fail
+from skinlesion import ledger
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +120,10 @@ def test_every_script_refuses_a_broken_model_and_writes_nothing(scripts_setup, t
     never a label."""
     _, data, good = scripts_setup
     path = broken(good, tmp_path, fault)
+    ledger.record_file(path, "resume checkpoint")  # as a diverged run of ours wrote it: --resume may replace it
     monkeypatch.chdir(tmp_path)
-    shutil.copyfile(good, "skin_model.pth")  # the previous best model
+    shutil.copyfile(good, "skin_model.pth")  # the previous best model, as AItraining.py wrote it here
+    ledger.record_file("skin_model.pth", "model")
     before = fingerprint(tmp_path)
     photo = os.path.join(data, "test", "benign", os.listdir(os.path.join(data, "test", "benign"))[0])
     for main, argv in [
@@ -165,7 +168,7 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
             net, cfg, 0.3, val_metrics={"roc_auc": 0.9}, epoch=4, at_chance=False, manifest_sha256="abc"
         ),
     )
-    assert os.listdir(tmp_path) == ["m.pth"]  # the temporary file was renamed away
+    assert sorted(os.listdir(tmp_path)) == [ledger.NAME, "m.pth"]  # the temporary file was renamed away
     loaded, meta = model.load_checkpoint(path)
     for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
@@ -256,16 +259,16 @@ def test_a_checkpoint_from_a_newer_torch_says_which_torch_wrote_it(tmp_path, cap
     )
 
 
-def test_model_files_of_ours_are_known_also_from_earlier_versions(tmp_path):
+def test_a_model_file_is_ours_by_its_record_not_by_its_keys(tmp_path):
+    """save_checkpoint records the file as its kind; a copy of our checkpoint (all its keys, the tag) is not ours
+    where we did not write it, and a resume checkpoint is not a model."""
     ours = save_model(tmp_path / "ours.pth", size=64)
     state = torch.load(ours, weights_only=True)
-    del state["written_by"], state["meta"]["written_by"]
-    torch.save({"state_dict": state["state_dict"], "meta": state["meta"]}, tmp_path / "earlier.pth")
-    torch.save({"weights": torch.zeros(3)}, tmp_path / "someone else's.pth")
-    (tmp_path / "photo.pth").write_bytes(b"\xff\xd8 a photo renamed")
-    assert model.written_by_us(ours) and model.written_by_us(str(tmp_path / "earlier.pth"))
-    assert not model.written_by_us(str(tmp_path / "someone else's.pth"))
-    assert not model.written_by_us(str(tmp_path / "photo.pth"))
+    model.save_checkpoint(str(tmp_path / "ours_last.pth"), state, "resume checkpoint")
+    shutil.copyfile(ours, tmp_path / "copied.pth")
+    assert ledger.why_not_ours(ours, "model") is None
+    assert ledger.why_not_ours(str(tmp_path / "ours_last.pth"), "model") == "resume checkpoint"
+    assert ledger.why_not_ours(str(tmp_path / "copied.pth"), "model") == "no record"
 
 
 def pooling_graph(path, meta, twice=None):

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinlesion import calibration, files, plots
+from skinlesion import calibration, files, ledger, plots
 
 
 def assert_our_png(path):
     with Image.open(path) as img:
         assert img.format == "PNG" and img.info["Software"] == files.TAG
         img.verify()
-    assert files.is_ours(path)
+    assert ledger.why_not_ours(path, "picture") is None
 
 
 def test_every_picture_is_a_png_of_ours(tmp_path):
@@ -40,7 +40,7 @@ def test_every_picture_is_a_png_of_ours(tmp_path):
     }
     plots.reliability(curves, str(tmp_path / "calibration.png"))
     written = ["curves.png", "curves_types.png", "confusion.png", "types.png", "roc.png", "calibration.png"]
-    assert sorted(os.listdir(tmp_path)) == sorted(written)  # no temporary files left
+    assert sorted(os.listdir(tmp_path)) == sorted([ledger.NAME, *written])  # no temporary files left, a record
     for name in written:
         assert_our_png(tmp_path / name)
     with Image.open(tmp_path / "types.png") as four_types, Image.open(tmp_path / "confusion.png") as two:

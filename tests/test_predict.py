@@ -5,6 +5,7 @@ failing write, Ctrl-C, odd file names, named pipes). The ONNX path is in test_ex
 
 import csv
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -32,7 +33,7 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import explain, folders, photos
+from skinlesion import explain, files, folders, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -410,13 +411,26 @@ def test_ctrl_c_while_predicting_a_folder_keeps_the_previous_csv(tmp_path, model
 
 # ---------------------------------------------------------------------------- never touch what isn't ours
 @pytest.mark.parametrize(
-    "case", ["csv is the photo", "csv is the model", "csv not ours", "model none", "explain dir in the photos' folder"]
+    "case",
+    [
+        "csv is the photo",
+        "csv is the model",
+        "csv not ours",
+        "csv is a model of ours",
+        "csv is a source file",
+        "model none",
+        "explain dir in the photos' folder",
+    ],
 )
 def test_outputs_that_are_inputs_or_not_ours_are_refused(tmp_path, models, monkeypatch, capsys, case):
     monkeypatch.chdir(tmp_path)
     photo = lesion_photo("photos/p.jpg")
     shutil.copyfile(models[0.5], "skin_model.pth")
     (tmp_path / "results.csv").write_text("my own spreadsheet\n")
+    model.save_checkpoint("trained.pth", torch.load(models[0.5], weights_only=True))  # a model of ours, recorded
+    source = os.path.join(files.ROOT, "skinlesion", "files.py")
+    with open(source, "rb") as f:
+        source_bytes = f.read()
     before = fingerprint(tmp_path)
     argv, expected = {
         "csv is the photo": ([photo, "--csv", photo], "--csv photos/p.jpg is also an input (photos/p.jpg)"),
@@ -424,6 +438,14 @@ def test_outputs_that_are_inputs_or_not_ours_are_refused(tmp_path, models, monke
         "csv not ours": (
             [photo, "--csv", "results.csv"],
             "--csv results.csv exists and was not written by this project",
+        ),
+        "csv is a model of ours": (  # predict.py photo.jpg --model skin_model.onnx --csv skin_model.pth
+            [photo, "--csv", "trained.pth"],
+            "--csv trained.pth holds this project's model (this output is its predictions); pass another path",
+        ),
+        "csv is a source file": (
+            [photo, "--csv", source, "--overwrite"],
+            f"--csv {source} is one of this project's own files; pass another path",
         ),
         "model none": ([photo, "--model", "none"], "argument --model: none: this flag needs a value"),
         "explain dir in the photos' folder": (
@@ -433,6 +455,8 @@ def test_outputs_that_are_inputs_or_not_ours_are_refused(tmp_path, models, monke
     }[case]
     refuses(argv, capsys, expected)
     assert fingerprint(tmp_path) == before
+    with open(source, "rb") as f:
+        assert f.read() == source_bytes
 
 
 def test_explain_never_overwrites_a_users_picture_and_names_each_photo_apart(tmp_path, models, monkeypatch, capsys):
@@ -446,13 +470,16 @@ def test_explain_never_overwrites_a_users_picture_and_names_each_photo_apart(tmp
     predict.main(["photos", "--model", models[0.5], "--explain"])
     assert sorted(os.listdir("gradcam")) == [folders.MARK, "lesion_jpg_gradcam.png", "lesion_png_gradcam.png"]
     assert fingerprint(tmp_path / "photos") == before
+    predict.main(["photos", "--model", models[0.5], "--explain"])  # a rerun replaces its own pictures
     capsys.readouterr()
     noise_image("gradcam/lesion_jpg_gradcam.png", 4)  # now a picture we did not write sits where ours would go
+    before = fingerprint(tmp_path)
     refuses(
         ["photos", "--model", models[0.5], "--explain"],
         capsys,
-        "--explain-dir gradcam/lesion_jpg_gradcam.png exists and was not written by this project",
+        "--explain-dir gradcam/lesion_jpg_gradcam.png was changed since this project wrote it",
     )
+    assert fingerprint(tmp_path) == before
 
 
 def test_a_loop_of_links_neither_hangs_nor_repeats_photos(tmp_path, models):
@@ -464,6 +491,25 @@ def test_a_loop_of_links_neither_hangs_nor_repeats_photos(tmp_path, models):
     r = run("predict.py", "photos", "--model", models[0.5], cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Prediction:") == 2 and r.stdout.splitlines()[2].startswith("2 images:")
+
+
+def test_a_rerun_replaces_its_own_csv_but_not_once_it_was_edited(tmp_path, models, monkeypatch, capsys):
+    """The nearest thing to 'not ours' that must be accepted: the same command again replaces the CSV it wrote,
+    without --overwrite; once the user edited it, it is theirs."""
+    monkeypatch.chdir(tmp_path)
+    lesion_photo("photos/p.jpg", seed=1)
+    argv = ["photos", "--model", models[0.5], "--csv", "out.csv"]
+    predict.main(argv)
+    assert len(pathlib.Path("out.csv").read_text().splitlines()) == 2
+    lesion_photo("photos/q.jpg", seed=2)
+    predict.main(argv)  # the same command, a photo more
+    assert len(pathlib.Path("out.csv").read_text().splitlines()) == 3
+    with open("out.csv", "a") as f:
+        f.write("my note\n")
+    before = fingerprint(tmp_path)
+    capsys.readouterr()
+    refuses(argv, capsys, "--csv out.csv was changed since this project wrote it; pass another path, or --overwrite")
+    assert fingerprint(tmp_path) == before
 
 
 def test_odd_names_cannot_forge_a_line_or_a_formula(tmp_path, models, monkeypatch, capsys):

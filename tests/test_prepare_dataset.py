@@ -24,17 +24,19 @@ from conftest import (
     ROOT,
     alarm,
     assert_one_error,
+    dead_run,
     export_rows,
     fingerprint,
     finish,
     main_fails,
+    mark_made,
     marked_folder,
     noise_image,
     png_claiming,
     run,
     write_export,
 )
-from skinlesion import sampling
+from skinlesion import folders, ledger, sampling
 
 REAL_SAMPLE = next(
     (
@@ -77,6 +79,7 @@ def previous_dataset():
     noise_image(os.path.join("dataset", "train", "benign", "ISIC_0999999.jpg"), 99)
     with open(os.path.join("dataset", "manifest.csv"), "w") as f:
         f.write("isic_id,split,label\nISIC_0999999,train,benign\n")
+    mark_made("dataset")
     return fingerprint("dataset")
 
 
@@ -268,7 +271,7 @@ def test_rerun_replaces_the_dataset_and_cleans_leftovers(tmp_path, capsys):
     first, second = lesion_rows(12), lesion_rows(12, start=500)
     write_export("a", first)
     write_export("b", second)
-    leftover = marked_folder(tmp_path / "dataset.tmp-99999")  # left by a killed run: it carries our mark
+    leftover = marked_folder(tmp_path / "dataset.tmp-99999", leftover_of=dead_run())  # its mark: a killed run's
     os.mkdir(leftover / "train")
     for name in ("dataset.old-2024-backup", "dataset.tmp-99998"):  # a user's own folders: never touched
         noise_image(os.path.join(name, "thesis.jpg"), 5)
@@ -280,9 +283,29 @@ def test_rerun_replaces_the_dataset_and_cleans_leftovers(tmp_path, capsys):
     assert sorted(os.listdir()) == ["a", "b", "dataset", *sorted(users)]
     assert {name: fingerprint(name) for name in users} == users
     before = fingerprint("dataset")
-    os.rename("dataset", "dataset.old-4242")  # a kill between the two renames of a swap
+    del before[folders.MARK]  # the mark says which run moved the folder, and no longer once it is back
+    with ledger.updated("dataset") as mark:  # a kill between the two renames of a swap, as the run leaves it
+        mark["leftover"] = dict(path=os.path.realpath("dataset.old-4242"), run=dead_run())
+    os.rename("dataset", "dataset.old-4242")
     main_fails(prepare_dataset.main, ["--images-dir", "nothing"], capsys, "(nor a metadata.csv under nothing)")
-    assert fingerprint("dataset") == before and sorted(os.listdir()) == ["a", "b", "dataset", *sorted(users)]
+    after = fingerprint("dataset")
+    del after[folders.MARK]
+    assert after == before and sorted(os.listdir()) == ["a", "b", "dataset", *sorted(users)]
+
+
+def test_a_dataset_the_user_renamed_is_left_alone(tmp_path, capsys):
+    """mv dataset dataset.old-1, a NOTES.txt inside, then prepare_dataset.py: no run of ours moved it (its mark
+    says so), so it is neither restored nor removed, and one line names it."""
+    write_export("a", lesion_rows(12))
+    args = ["--images-dir", "a", "--metadata-csv", "a/metadata.csv", "--n-per-class", 100, "--val-fraction", 0]
+    prepare(*args, "--test-fraction", 0)
+    os.rename("dataset", "dataset.old-1")
+    with open("dataset.old-1/NOTES.txt", "w") as f:
+        f.write("my notes")
+    before = fingerprint("dataset.old-1")
+    prepare(*args, "--test-fraction", 0)
+    assert fingerprint("dataset.old-1") == before
+    assert "dataset.old-1 alone: no record says a run of ours left it" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------- bad rows and images: counted

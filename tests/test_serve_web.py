@@ -20,7 +20,7 @@ import urllib.request
 import onnx
 import pytest
 
-from conftest import ROOT, assert_one_error, fingerprint, run, save_model, skip_or_fail, start_server
+from conftest import ROOT, assert_one_error, fingerprint, mark_made, run, save_model, skip_or_fail, start_server
 
 SCRIPT = os.path.join(ROOT, "serve_web.py")
 NODE_MODULES = os.path.join(ROOT, "node_modules")
@@ -428,7 +428,7 @@ def test_a_folder_of_the_user_is_never_written(project, tmp_path):
     inside = tmp_path / "model_inside"
     inside.mkdir()
     shutil.copy(project["model"], inside / "model.onnx")
-    (inside / ".skin-lesion-classifier").write_text("made by serve_web.py\n")
+    mark_made(inside, kind="site")  # a site of ours, recorded: still never the folder that holds the model
     assert_refused(
         ["--no-serve", "--model", inside / "model.onnx", "--site-dir", inside], "does not hold", folder, inside
     )
@@ -449,10 +449,18 @@ def test_a_static_copy_is_built_and_replaced_as_a_whole_never_through_a_link(pro
     os.remove(out / "app.js")
     os.symlink(project["victim"], out / "app.js")  # planted in our folder: the next build replaces the folder
     os.symlink(victim_folder, out / "vendor2")
+    result = run_script("--no-serve", "--model", no_card, "--site-dir", out)  # no longer provably ours: refused
+    assert_one_error(result.returncode, result.stderr, "holds files that serve_web.py did not make (app.js, vendor2)")
+    assert fingerprint(victim_folder) == before
+    assert os.path.islink(out / "app.js") and os.path.islink(out / "vendor2")  # left as they are
+    os.remove(out / "app.js")
+    os.remove(out / "vendor2")
+    shutil.copy(os.path.join(ROOT, "web", "app.js"), out / "app.js")  # a copy: not the file we wrote either
+    result = run_script("--no-serve", "--model", no_card, "--site-dir", out)
+    assert_one_error(result.returncode, result.stderr, "holds files that serve_web.py did not make (app.js)")
+    shutil.rmtree(out)
     result = run_script("--no-serve", "--model", no_card, "--site-dir", out)
     assert result.returncode == 0, result.stderr
-    assert fingerprint(victim_folder) == before
-    assert not os.path.islink(out / "app.js") and not os.path.lexists(out / "vendor2")
     assert read(out / "app.js", "rb") == read(os.path.join(ROOT, "web", "app.js"), "rb")
     assert os.listdir(tmp_path / "out") == ["page"]  # no temporary folder left
 
