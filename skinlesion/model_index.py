@@ -30,8 +30,9 @@ def front_matter(meta, evaluation, name):
         metrics=["roc_auc", "sensitivity", "specificity", "expected_calibration_error"],
         **{"model-index": [dict(name=name, results=results)]},
     )
-    if meta.get("imagenet"):
-        header["base_model"] = f"timm/{meta.get('model_name', 'efficientnet_b0')}.ra_in1k"
+    imagenet = meta.get("imagenet")
+    if isinstance(imagenet, dict) and "source" in imagenet:  # from the hub; a local file has no hub id
+        header["base_model"] = imagenet["source"]
     return yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
 
 

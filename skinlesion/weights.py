@@ -1,4 +1,5 @@
-"""ImageNet weights for a timm model: from a local file (offline), or from the Hugging Face hub or its cache.
+"""ImageNet weights for a timm model: from a local file (offline, checked to fit the network tensor by tensor), or
+from the Hugging Face hub or its cache.
 Whether the hub answers is found out in a moment, instead of after the hub client's own retries (about 46 s
 offline), and a failure is one warning: the model then starts from random weights."""
 
@@ -48,30 +49,86 @@ def offline_unless_reachable():
         use_cache_only()
 
 
+def hub_source(name):
+    """Where timm fetches the default ImageNet weights of architecture name, e.g. timm/efficientnet_b0.ra_in1k."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return (cfg and cfg.hf_hub_id) or f"timm/{name}"
+
+
+def read_weights(path):
+    """The tensors of a weights file (safetensors, or a torch file read with weights_only: a file that would run
+    code is refused), unwrapped from a {'state_dict': ...} or {'model': ...} checkpoint."""
+    import torch
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        tensors = load_file(path)
+    else:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(tensors, dict) and isinstance(tensors.get(key), dict):
+            tensors = tensors[key]
+    if not isinstance(tensors, dict) or not all(torch.is_tensor(v) for v in tensors.values()):
+        raise ValueError("not a table of tensors")
+    return tensors
+
+
+def body(net):
+    """net's tensors but its classifier's (which starts new, for the dataset's classes), by name."""
+    head = net.pretrained_cfg.get("classifier", "classifier")
+    return {k: v for k, v in net.state_dict().items() if not k.startswith(head + ".")}
+
+
+def misfit(wanted, tensors):
+    """What of the wanted tensors a weights file does not fill: (names missing, names of another shape)."""
+    missing = [k for k in wanted if k not in tensors]
+    other_shape = [k for k in wanted if k in tensors and tensors[k].shape != wanted[k].shape]
+    return missing, other_shape
+
+
+def load_weights_file(net, name, path):
+    """Fill net (classifier aside) from the weights file at path, every tensor or none: a file of another
+    architecture dies with the counts. What the model file records of it: its name and SHA-256."""
+    from skinlesion.files import file_sha256
+
+    try:
+        tensors = read_weights(path)
+    except Exception as e:
+        die(f"could not load ImageNet weights from {path} ({type(e).__name__}); use the weights of {hub_source(name)}")
+    wanted = body(net)
+    missing, other_shape = misfit(wanted, tensors)
+    if missing or other_shape:
+        die(
+            f"weights file {path} does not fit {name}: of its {len(wanted)} tensors (the classifier aside) "
+            f"{len(missing)} are missing and {len(other_shape)} have another shape; use the weights of {hub_source(name)}"
+        )
+    net.load_state_dict({k: tensors[k] for k in wanted}, strict=False)
+    return dict(file=os.path.basename(path), sha256=file_sha256(path))
+
+
 def imagenet_model(create, name, weights_file=None, pretrained=True):
-    """(create(pretrained, overlay) with ImageNet weights when it can, whether it has them). weights_file: the
-    model.safetensors or pytorch_model.bin of timm/<name>.ra_in1k, loaded offline; a missing or wrong one dies."""
-    source = f"timm/{name}.ra_in1k"
+    """(create(pretrained) with ImageNet weights when it can, where they came from or None): weights_file, the
+    weights of name (e.g. the model.safetensors of timm/efficientnet_b0.ra_in1k) loaded offline, must fit every
+    tensor but the classifier; else timm's own download. Where they came from: {source: hub id} or {file, sha256}."""
     if weights_file:
         if not os.path.isfile(weights_file):
             die(
-                f"weights file {weights_file} not found; download it with 'hf download {source}' "
+                f"weights file {weights_file} not found; download it with 'hf download {hub_source(name)}' "
                 "or set WEIGHTS_FILE = None"
             )
-        try:
-            return create(True, dict(file=os.path.abspath(weights_file))), True
-        except Exception as e:
-            die(
-                f"could not load ImageNet weights from {weights_file} ({type(e).__name__}); use the weights of {source}"
-            )
+        net = create(False)
+        return net, load_weights_file(net, name, weights_file)
     if pretrained:
         offline_unless_reachable()
         try:
-            return create(True, None), True
+            return create(True), dict(source=hub_source(name))
         except Exception as e:
             warn(
                 f"could not fetch ImageNet weights for {name} ({type(e).__name__}: no network?), training from random "
                 f"weights, which needs far more data. Fix: point WEIGHTS_FILE (--weights-file) at a local copy from "
-                f"'hf download {source}', or set PRETRAINED = False (--no-pretrained) to silence this."
+                f"'hf download {hub_source(name)}', or set PRETRAINED = False (--no-pretrained) to silence this."
             )
-    return create(False, None), False
+    return create(False), None

