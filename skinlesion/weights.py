@@ -103,7 +103,8 @@ def load_weights_file(net, name, path):
     if missing or other_shape:
         die(
             f"weights file {path} does not fit {name}: of its {len(wanted)} tensors (the classifier aside) "
-            f"{len(missing)} are missing and {len(other_shape)} have another shape; use the weights of {hub_source(name)}"
+            f"{len(missing)} are missing and {len(other_shape)} have another shape; use the weights of "
+            f"{hub_source(name)}"
         )
     net.load_state_dict({k: tensors[k] for k in wanted}, strict=False)
     return dict(file=os.path.basename(path), sha256=file_sha256(path))
