@@ -66,10 +66,14 @@ def read_table(path, columns, what):
 
 def metadata_files(metadata_csv, images_dir):
     """The metadata.csv files of an export: metadata_csv, or if it is absent every one under images_dir (one per
-    'isic image download')."""
+    'isic image download'), found through links that stay inside images_dir, each real folder once."""
+    from skinlesion.photos import walk_once
+
     if file_kind(metadata_csv) != "missing":
         return [metadata_csv]
-    return sorted(glob.glob(os.path.join(glob.escape(images_dir), "**", "metadata.csv"), recursive=True))
+    if not os.path.isdir(images_dir):
+        return []
+    return [path for path in walk_once(images_dir)[0] if os.path.basename(path) == "metadata.csv"]
 
 
 def read_metadata(paths, columns):

@@ -38,15 +38,23 @@ def why_skipped(file, named_directly):
 
 
 def walk_once(folder):
-    """The files under folder, sorted, following links but entering each real folder once (a link to '.' or a
-    loop of links neither hangs nor repeats photos) and listing each real file once."""
-    seen_folders, seen_files, found = set(), set(), []
+    """(the files under folder, sorted, each real file once; [(link, why)] for the links not followed): links are
+    followed only while they stay inside folder (after links), and each real folder is entered once, so a link
+    to '/' or a loop of links neither leaves folder, hangs, nor repeats photos."""
+    from skinlesion.folders import is_within
+
+    seen_folders, seen_files, found, refused = set(), set(), [], []
+    outside = f"a link out of {printable(folder)} (pass what it points to directly)"
     for root, dirnames, names in os.walk(folder, followlinks=True):
         info = os.stat(root)
         if (info.st_dev, info.st_ino) in seen_folders:
             dirnames[:] = []
             continue
         seen_folders.add((info.st_dev, info.st_ino))
+        for name in sorted(dirnames):
+            if not is_within(os.path.join(root, name), folder):
+                dirnames.remove(name)
+                refused.append((os.path.join(root, name), outside))
         dirnames.sort()
         for name in sorted(names):
             path = os.path.join(root, name)
@@ -55,10 +63,12 @@ def walk_once(folder):
                 key = (info.st_dev, info.st_ino)
             except OSError:  # a dangling link: reported as missing
                 key = path
-            if key not in seen_files:
+            if os.path.islink(path) and not is_within(path, folder):
+                refused.append((path, outside))
+            elif key not in seen_files:
                 seen_files.add(key)
                 found.append(path)
-    return sorted(found)
+    return sorted(found), sorted(refused)
 
 
 def find_images(paths):
@@ -71,7 +81,8 @@ def find_images(paths):
             die(f"{printable(path)} not found; pass an image file or a folder of images")
         if kind not in (None, "a folder"):
             die(f"{printable(path)} is {kind}; pass an image file or a folder of images")
-        found = [path] if kind is None else walk_once(path)
+        found, refused = ([path], []) if kind is None else walk_once(path)
+        skipped += refused
         for file in found:
             why = why_skipped(file, named_directly=kind is None)
             if why:

@@ -67,6 +67,33 @@ def test_two_links_to_the_folder_itself_neither_hang_nor_repeat_photos(tmp_path)
     assert names(images, folder) == ["a.jpg", "sub/b.jpg"] and skipped == []
 
 
+@pytest.mark.usefixtures("time_limit")
+def test_links_out_of_the_folder_are_not_followed_and_links_inside_are(tmp_path):
+    """A link to '/' (or to any folder or photo outside) is skipped with its reason, never walked: the photos of
+    the whole machine are not the folder's; a link that stays inside is followed, each real folder once."""
+    folder = tmp_path / "photos"
+    lesion_photo(folder / "a.jpg")
+    lesion_photo(folder / "deep" / "b.jpg")
+    lesion_photo(tmp_path / "elsewhere" / "c.jpg")
+    os.symlink("/", folder / "root")
+    os.symlink(tmp_path / "elsewhere", folder / "out")
+    os.symlink("../../elsewhere/c.jpg", folder / "deep" / "c.jpg")
+    os.symlink("deep", folder / "inside")  # stays inside: followed, but deep/ is read once
+    os.symlink("../deep", folder / "deep" / "loop")
+    images, skipped = photos.find_images([str(folder)])
+    assert names(images, folder) == ["a.jpg", "deep/b.jpg"]
+    why = f"a link out of {folder} (pass what it points to directly)"
+    assert sorted((os.path.relpath(f, folder), w) for f, w in skipped) == [
+        ("deep/c.jpg", why),
+        ("out", why),
+        ("root", why),
+    ]
+    only_inside = folder / "only"
+    only_inside.mkdir()
+    os.symlink("../deep", only_inside / "d")
+    assert names(photos.find_images([str(only_inside)])[0], only_inside) == []  # ../deep is outside only/
+
+
 def test_a_link_to_a_photo_beside_it_is_listed_once(tmp_path):
     lesion_photo(tmp_path / "a.jpg")
     os.symlink("a.jpg", tmp_path / "same.jpg")

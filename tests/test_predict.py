@@ -455,15 +455,17 @@ def test_explain_never_overwrites_a_users_picture_and_names_each_photo_apart(tmp
     )
 
 
-def test_a_loop_of_links_neither_hangs_nor_repeats_photos(tmp_path, models):
+def test_a_loop_of_links_or_a_link_to_the_root_neither_hangs_nor_leaves_the_folder(tmp_path, models):
     lesion_photo(tmp_path / "photos" / "a.jpg", seed=1)
     lesion_photo(tmp_path / "photos" / "sub" / "b.jpg", seed=2)
     os.symlink(".", tmp_path / "photos" / "again")
     os.symlink("..", tmp_path / "photos" / "sub" / "up")
     os.symlink("a.jpg", tmp_path / "photos" / "a copy.jpg")
+    os.symlink("/", tmp_path / "photos" / "root")  # was: every image on the machine classified
     r = run("predict.py", "photos", "--model", models[0.5], cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Prediction:") == 2 and r.stdout.splitlines()[2].startswith("2 images:")
+    assert "warning: skipped photos/root: a link out of photos (pass what it points to directly)\n" in r.stderr
 
 
 def test_odd_names_cannot_forge_a_line_or_a_formula(tmp_path, models, monkeypatch, capsys):
