@@ -4,7 +4,7 @@ worker pools that leave it to the main process. Also an OSError that escaped a s
 import signal
 import sys
 
-from skinlesion.cli import die
+from skinlesion.cli import die, printable
 
 PRESSED = []  # the Ctrl-Cs seen while run_script runs a main
 SAYS = []  # what a Ctrl-C says once an output changed (run_script's own message is about the outputs before)
@@ -54,7 +54,9 @@ def run_script(main, interrupted="interrupted"):
             sys.exit(130)
         if not isinstance(e, OSError):
             raise
-        last_line = str(e).strip().splitlines()[-1]
+        last_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        if e.filename is not None and e.strerror:  # '[Errno 28] No space left on device' alone names no file
+            die(f"{printable(e.filename)}: {e.strerror}")
         die(last_line.removeprefix("OSError: "))
     finally:
         PRESSED.clear()
