@@ -350,6 +350,7 @@ def test_outputs_that_cannot_be_written_are_found_before_training(tiny, tmp_path
         ("empty split", "val: no images in malignant/; both classes are needed"),
         ("a third folder", "train has the extra .ipynb_checkpoints/"),
         ("no dataset", "train folder nowhere/train not found; make it with 'python prepare_dataset.py'"),
+        ("a manifest that is a folder", "manifest.csv is a folder, not a manifest; re-run prepare_dataset.py"),
     ],
 )
 def test_a_wrong_dataset_folder_is_one_line(tiny, tmp_path, monkeypatch, capsys, case, expected):
@@ -361,6 +362,9 @@ def test_a_wrong_dataset_folder_is_one_line(tiny, tmp_path, monkeypatch, capsys,
             os.remove(path)
     elif case == "a third folder":  # Jupyter's hidden folder would shift the class indices
         shutil.copytree(data / "train" / "benign", data / "train" / ".ipynb_checkpoints")
+    elif case == "a manifest that is a folder":  # was ignored: the card then said the licence was unknown
+        os.remove(data / "manifest.csv")
+        os.mkdir(data / "manifest.csv")
     monkeypatch.chdir(tmp_path)
     main_fails(AItraining.main, [*FAST, "--data-dir", "nowhere" if case == "no dataset" else data], capsys, expected)
     assert not os.path.exists("skin_model.pth")
