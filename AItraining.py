@@ -83,7 +83,7 @@ RANGES = [("epochs", 1, 1e6, "a whole number >= 1"), ("lr", 1e-12, math.inf, "a 
           ("weight_decay", 0, math.inf, "a number >= 0"), ("warmup", 0, 0.99, "from 0 to 0.99"),
           ("label_smoothing", 0, 0.99, "from 0 to 0.99"), ("drop_path", 0, 0.99, "from 0 to 0.99"),
           ("patience", 0, 1e6, "0 (never stop early) or more"), ("batch_size", 1, 1e5, ">= 1"),
-          ("image_size", 32, 2048, "from 32 to 2048 px"), ("num_workers", 0, 256, ">= 0"),
+          model.IMAGE_SIZE_RANGE, ("num_workers", 0, 256, ">= 0"),
           ("target_sensitivity", 0, 1, "from 0 (plain 0.5 threshold) to 1"), ("cache_gb", 0, math.inf, ">= 0"),
           ("seed", 0, 2**32 - 1, "from 0 to 2**32 - 1")]  # fmt: skip
 CHOICES = [("recipe", ["auto", "finetune", "scratch"]), ("optimizer", ["adam", "adamw"]),

@@ -10,7 +10,7 @@ and check that it gives the same results as PyTorch on real photos before writin
 The file takes "image": float32 [batch, 3, size, size], any batch size, prepared as skinlesion/photos.py
 preprocess does (the README's "Preprocessing" section spells it out for consumers outside Python). It gives
 "logits" [batch, classes]; "p_malignant" [batch], the calibrated P(malignant): the summed probability of the
-malignant classes, through the calibration stored in the model; and "cam" [batch, size/32, size/32], the
+malignant classes, through the calibration stored in the model; and "cam" [batch, ceil(size/32), ceil(size/32)], the
 evidence map, the Grad-CAM of the malignant log-odds (> 0 where the evidence is for malignant, < 0 for benign;
 predict.py --explain and the web page draw it). Its metadata_props hold, each as JSON, what a consumer needs
 (classes and their sides, the preprocessing, the threshold and operating point, the calibration, the
@@ -190,7 +190,7 @@ def main(argv=None):
     print(
         f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
         f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch] and 'cam' "
-        f"[batch, {size // 32}, {size // 32}])"
+        f"[batch, {model.cam_side(size)}, {model.cam_side(size)}])"
     )
     print(f"use it with: python predict.py photo.jpg --model {args.output}")
 

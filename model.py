@@ -34,6 +34,16 @@ RECIPES = {  # how AItraining.py trains, by starting point; each knob is also on
 # -----------------------------------------------------------------------------
 TTA_FLIPS = [(), (-1,), (-2,), (-2, -1)]  # test-time augmentation: the photo and its flips (axes of C, H, W)
 ONNX_CONVS = 81  # Conv nodes in an export of EfficientNet-B0: a graph with another count is not our model
+IMAGE_SIZES = (32, 2048)  # the image sizes (px) a model may have, from and to: every script's range says these
+IMAGE_SIZE_RANGE = ("image_size", *IMAGE_SIZES, f"a whole number from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} px")
+
+
+def cam_side(size):
+    """The side of the evidence map ('cam') of a model for size x size photos: EfficientNet's five stride-2 stages
+    each give ceil(n / 2), which is size // 32 only for multiples of 32 (48 px gives 2, not 1)."""
+    for _ in range(5):
+        size = (size + 1) // 2
+    return size
 
 
 # ---------------------------------------------------------------------------- the network
@@ -144,8 +154,8 @@ def meta_fault(meta):
         return f"no {', '.join(missing)} in its metadata"
     if meta.get("model_name", MODEL_NAME) != MODEL_NAME:
         return f"it holds a {meta['model_name']} model, this project needs {MODEL_NAME}"
-    if not (isinstance(meta["image_size"], int) and in_range(meta["image_size"], 32, 2048)):
-        return f"its image_size {meta['image_size']!r} is not a whole number from 32 to 2048"
+    if not (isinstance(meta["image_size"], int) and in_range(meta["image_size"], *IMAGE_SIZES)):
+        return f"its image_size {meta['image_size']!r} is not a whole number from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}"
     if not is_list_of(meta["mean"], lambda v: in_range(v, -10, 10), 3):
         return f"its mean {meta['mean']!r} is not three numbers"
     if not is_list_of(meta["std"], lambda v: in_range(v, 1e-6, 10), 3):
@@ -315,7 +325,7 @@ def onnx_fault(proto, session, meta):
     if len(inputs) != 1 or inputs[0][1][1:] != [3, size, size] or inputs[0][2] != "tensor(float)":
         return f"it takes {inputs}, not one float32 image [batch, 3, {size}, {size}]"
     outputs = {o.name: o.shape[1:] for o in session.get_outputs()}
-    wanted = {"logits": [n], "p_malignant": [], "cam": [size // 32, size // 32]}
+    wanted = {"logits": [n], "p_malignant": [], "cam": [cam_side(size), cam_side(size)]}
     if outputs != wanted:
         return f"its outputs (shapes after the batch) are {outputs}, not {wanted}"
     return None

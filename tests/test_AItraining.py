@@ -313,7 +313,7 @@ def test_training_that_diverges_stops_at_once_and_keeps_the_previous_model(tiny,
     [
         ("--epochs", 0, "--epochs 0: use a whole number >= 1"),
         ("--batch-size", 0, "--batch-size 0: use >= 1"),
-        ("--image-size", 0, "--image-size 0: use from 32 to 2048 px"),
+        ("--image-size", 0, "--image-size 0: use a whole number from 32 to 2048 px"),
         ("--image-size", -5, "--image-size -5"),
         ("--image-size", 100000, "--image-size 100000"),
         ("--lr", "nan", "--lr nan: use a number > 0"),
