@@ -179,9 +179,18 @@ def test_grouped_balanced_split_from_two_downloads(capsys):
         write_export(f"isic_images/{c.lower()}", [r for r in rows if r["diagnosis_1"] == c])
     for r in rows:  # write_export seeds its photos by row number: the two folders would share photos
         noise_image(f"isic_images/{r['diagnosis_1'].lower()}/{r['isic_id']}.jpg", int(r["isic_id"][5:]))
-    m = prepare("--n-per-class", 25, workers=2)
+    # loops of links hung the search for metadata.csv (or read one 41 times); links out of the export are not read
+    write_export("elsewhere", export_rows(4))
+    os.symlink(".", "isic_images/loop")
+    os.symlink("..", "isic_images/benign/up")
+    os.symlink(os.path.abspath("elsewhere"), "isic_images/elsewhere")
+    os.symlink("/", "isic_images/root")
+    with alarm(120, "the search for metadata.csv did not finish"):
+        m = prepare("--n-per-class", 25, workers=2)
     out = capsys.readouterr().out
-    assert "reading the 2 metadata.csv" in out and "train" in out and "total" in out  # summary and crosstab
+    listed = "isic_images/benign/metadata.csv, isic_images/malignant/metadata.csv\n"
+    assert "reading the 2 metadata.csv under isic_images: " + listed in out  # each once, none from outside
+    assert "train" in out and "total" in out  # summary and crosstab
     assert (m.label.value_counts() == 25).all()
     assert_grouped(m, "lesion_id", "patient_id")
     assert set(m.split) == {"train", "val", "test"} and dataset_files() == sorted(m.file)
