@@ -25,6 +25,7 @@ beside them, and runs/<run>/ (TensorBoard).
 import json
 import math
 import os
+import shlex
 import time
 
 import numpy as np
@@ -83,7 +84,7 @@ RANGES = [("epochs", 1, 1e6, "a whole number >= 1"), ("lr", 1e-12, math.inf, "a 
           ("weight_decay", 0, math.inf, "a number >= 0"), ("warmup", 0, 0.99, "from 0 to 0.99"),
           ("label_smoothing", 0, 0.99, "from 0 to 0.99"), ("drop_path", 0, 0.99, "from 0 to 0.99"),
           ("patience", 0, 1e6, "0 (never stop early) or more"), ("batch_size", 1, 1e5, ">= 1"),
-          ("image_size", 32, 2048, "from 32 to 2048 px"), ("num_workers", 0, 256, ">= 0"),
+          model.IMAGE_SIZE_RANGE, ("num_workers", 0, 256, ">= 0"),
           ("target_sensitivity", 0, 1, "from 0 (plain 0.5 threshold) to 1"), ("cache_gb", 0, math.inf, ">= 0"),
           ("seed", 0, 2**32 - 1, "from 0 to 2**32 - 1")]  # fmt: skip
 CHOICES = [("recipe", ["auto", "finetune", "scratch"]), ("optimizer", ["adam", "adamw"]),
@@ -196,8 +197,20 @@ def scored(labels, logits, meta, target):
     return numbers, kept
 
 
+def ctrl_c_message(args, resumable):
+    """What a Ctrl-C says: before a resume file, that the output is as it was; then this run's output, and the
+    command that continues this run (a bare --resume would continue whatever run wrote the default resume file)."""
+    if not resumable:
+        return f"interrupted before the first epoch finished; {cli.printable(args.output)} is as it was"
+    again = ["python", "AItraining.py", "--resume", "--resume-file", args.resume_file, "--output", args.output]
+    again += ["--data-dir", args.data_dir] if "data_dir" in args.given else []
+    output, command = cli.printable(args.output), cli.printable(shlex.join(again))
+    return f"interrupted; {output} holds the best finished epoch, continue with: {command}"
+
+
 def main(argv=None):
     args = parse_args(argv)  # --help and flag mistakes answer before torch loads
+    interrupts.say_on_ctrl_c(ctrl_c_message(args, args.resume))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: 1.5-4x faster beside other work
     import torch
     from torch.utils.tensorboard import SummaryWriter
@@ -338,6 +351,7 @@ def main(argv=None):
                 history=json.dumps(history),
             )
             model.save_checkpoint(args.resume_file, state, "resume checkpoint")
+            interrupts.say_on_ctrl_c(ctrl_c_message(args, True))
             for key, value in history[-1].items():
                 writer.add_scalar(key, value, epoch)
             writer.flush()
@@ -387,4 +401,4 @@ def report(args):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main, f"interrupted; {OUTPUT} holds the best finished epoch, continue with --resume")
+    interrupts.run_script(main)  # a Ctrl-C says what main told interrupts.say_on_ctrl_c

@@ -55,7 +55,7 @@ MEMORY = True  # peak memory of one AItraining.py epoch at IMAGE_SIZE, BATCH_SIZ
 WORK_DIR = None  # folder for data and models: new, empty or made by bench.py; kept, re-used. None = a temporary one
 # -----------------------------------------------------------------------------
 HERE = os.path.dirname(os.path.abspath(__file__))
-RANGES = [("image_size", 32, 2048, "a whole number from 32 to 2048"),
+RANGES = [model.IMAGE_SIZE_RANGE,
           ("batch_size", 1, math.inf, "a whole number >= 1"),
           ("warmup", 0, math.inf, "a whole number >= 0"), ("steps", 1, math.inf, "a whole number >= 1"),
           ("rounds", 1, math.inf, "a whole number >= 1"), ("num_workers", 0, math.inf, "a whole number >= 0"),

@@ -10,13 +10,13 @@ and check that it gives the same results as PyTorch on real photos before writin
 The file takes "image": float32 [batch, 3, size, size], any batch size, prepared as skinlesion/photos.py
 preprocess does (the README's "Preprocessing" section spells it out for consumers outside Python). It gives
 "logits" [batch, classes]; "p_malignant" [batch], the calibrated P(malignant): the summed probability of the
-malignant classes, through the calibration stored in the model; and "cam" [batch, size/stride, size/stride]
-(stride 32 for EfficientNet-B0), the evidence map, the Grad-CAM of the malignant log-odds (> 0 where the evidence
-is for malignant, < 0 for benign; predict.py --explain and the web page draw it). Its metadata_props hold, each as
-JSON, what a consumer needs (classes and their sides, the preprocessing, the threshold and operating point, the
-calibration, the validation results, the model card's summary) and where it came from (source_checkpoint,
-source_sha256). Exporter: torch.onnx's default, torch.export-based one (dynamo=True), with the weights inside the
-file.
+malignant classes, through the calibration stored in the model; and "cam" [batch, side, side], side =
+ceil(size/stride) (stride 32 for EfficientNet-B0, model.cam_side), the evidence map, the Grad-CAM of the
+malignant log-odds (> 0 where the evidence is for malignant, < 0 for benign; predict.py --explain and the web page
+draw it). Its metadata_props hold, each as JSON, what a consumer needs (classes and their sides, the
+preprocessing, the threshold and operating point, the calibration, the validation results, the model card's
+summary) and where it came from (source_checkpoint, source_sha256). Exporter: torch.onnx's default,
+torch.export-based one (dynamo=True), with the weights inside the file.
 
 The check: onnxruntime against PyTorch on real photos (read as predict.py reads them), for the whole batch at
 once and for the first photo alone; a difference in P(malignant) or in the map over TOLERANCE (the map relative
@@ -189,7 +189,11 @@ def main(argv=None):
         )
 
     files.atomic_write(args.output, export_and_check, "ONNX model")
-    size, n, side = meta["image_size"], len(meta["classes"]), meta["image_size"] // meta["network"]["stride"]
+    size, n, side = (
+        meta["image_size"],
+        len(meta["classes"]),
+        model.cam_side(meta["image_size"], meta["network"]["stride"]),
+    )
     print(
         f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
         f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch] and 'cam' "

@@ -24,6 +24,7 @@ import os
 import re
 import sys
 
+import model
 from skinlesion import cli, files, folders, interrupts
 
 # -----------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def main(argv=None):
     bad = [run for run in args.runs if run not in ("neutral", "scratch")]
     cli.check(not bad, "--runs", bad[:1], "use neutral and/or scratch")
     ranges = [("epochs", 1, 1e4, "1 to 10000"), ("scratch_epochs", 1, 1e4, "1 to 10000"),
-              ("image_size", 32, 2048, "32 to 2048"), ("num_workers", 0, 64, "0 to 64")]  # fmt: skip
+              model.IMAGE_SIZE_RANGE, ("num_workers", 0, 64, "0 to 64")]  # fmt: skip
     cli.check_ranges(args, ranges)
     folders.check_reusable(args.work_dir, "--work-dir", "measure_transfer.py")
     if not standin_available():

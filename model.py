@@ -33,6 +33,17 @@ RECIPES = {  # how AItraining.py trains, by starting point; each knob is also on
 }  # fmt: skip
 # -----------------------------------------------------------------------------
 TTA_FLIPS = [(), (-1,), (-2,), (-2, -1)]  # test-time augmentation: the photo and its flips (axes of C, H, W)
+IMAGE_SIZES = (32, 2048)  # the image sizes (px) a model may have, from and to: every script's range says these
+IMAGE_SIZE_RANGE = ("image_size", *IMAGE_SIZES, f"a whole number from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} px")
+
+
+def cam_side(size, stride=32):
+    """The side of the evidence map ('cam') of a model for size x size photos whose final feature map has the given
+    stride: each stride-2 stage gives ceil(n / 2), which is size // stride only for multiples of it (48 px gives
+    2, not 1)."""
+    while stride > 1:
+        size, stride = (size + 1) // 2, stride // 2
+    return size
 
 
 # ---------------------------------------------------------------------------- the network
@@ -182,8 +193,8 @@ def meta_fault(meta):
         and all(isinstance(network.get(k), int) and in_range(network[k], 1, 1e5) for k in sizes)
     ):
         return f"its network {network!r} is not {name}'s features, stride and convolutions"
-    if not (isinstance(meta["image_size"], int) and in_range(meta["image_size"], 32, 2048)):
-        return f"its image_size {meta['image_size']!r} is not a whole number from 32 to 2048"
+    if not (isinstance(meta["image_size"], int) and in_range(meta["image_size"], *IMAGE_SIZES)):
+        return f"its image_size {meta['image_size']!r} is not a whole number from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}"
     if not is_list_of(meta["mean"], lambda v: in_range(v, -10, 10), 3):
         return f"its mean {meta['mean']!r} is not three numbers"
     if not is_list_of(meta["std"], lambda v: in_range(v, 1e-6, 10), 3):
@@ -360,7 +371,7 @@ def onnx_fault(proto, session, meta):
     if len(inputs) != 1 or inputs[0][1][1:] != [3, size, size] or inputs[0][2] != "tensor(float)":
         return f"it takes {inputs}, not one float32 image [batch, 3, {size}, {size}]"
     outputs = {o.name: o.shape[1:] for o in session.get_outputs()}
-    side = size // network["stride"]
+    side = cam_side(size, network["stride"])
     wanted = {"logits": [n], "p_malignant": [], "cam": [side, side]}
     if outputs != wanted:
         return f"its outputs (shapes after the batch) are {outputs}, not {wanted}"

@@ -154,6 +154,10 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
             parser.add_argument(flag_name(name), **options)
         parsers.append(parser)
     args = parsers[0].parse_args(argv)
+    for name, _ in block:  # `--output ''` is no path: it passed the later checks (one run trained an epoch first)
+        value = getattr(args, name.lower())
+        if value == "" or (isinstance(value, list) and "" in value):
+            die(f"{flag_name(name)} '' is empty; pass a value (or set {name} at the top of {script})")
     typed = vars(parsers[1].parse_known_args(argv)[0])
     args.given = set(typed) - {positional[0] if positional else None}
     return args

@@ -7,7 +7,8 @@ import os
 import numpy as np
 
 from skinlesion import isic
-from skinlesion.cli import die, warn
+from skinlesion.cli import die, printable, warn
+from skinlesion.files import file_kind
 from skinlesion.photos import find_images, image_size
 
 SIDES = ["benign", "malignant"]  # the two-class labels: folder names = class indices; malignant is positive
@@ -16,13 +17,24 @@ MANIFEST = "manifest.csv"
 
 
 def read_manifest(data_dir):
-    """The manifest of a prepared dataset as strings, or None where there is none (a hand-made folder tree)."""
+    """The manifest of a prepared dataset as strings, or None where there is none (a hand-made folder tree). One
+    that is there but cannot be read dies with one line: ignored, the card said 'licence unknown' and the
+    export's licence (CC-BY-NC) silently dropped out."""
     import pandas as pd
 
     path = os.path.join(data_dir, MANIFEST)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    fix = "re-run prepare_dataset.py, or remove it where the folder was made by hand"
+    kind = file_kind(path)
+    if kind:
+        what = "a link to nothing" if kind == "missing" else kind
+        die(f"{printable(path)} is {what}, not a manifest; {fix}")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not CSV (ParserError and EmptyDataError too)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+        die(f"cannot read {printable(path)} ({type(e).__name__}: {printable(why)}); {fix}")
 
 
 def classes_of(manifest):

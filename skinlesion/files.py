@@ -138,6 +138,11 @@ def atomic_write(path, write, kind):
             os.replace(tmp, path)
     except OSError as e:
         die(f"could not write {printable(path)} ({e.strerror or e}); free some disk space or pass another path")
+    except RuntimeError as e:  # torch.save's writer on a full disk: '[enforce fail at inline_container.cc:672] ...'
+        if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
+            raise
+        said = str(e).strip().splitlines()[0]
+        die(f"could not write {printable(path)} (torch.save: {said}); free some disk space or pass another path")
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)

@@ -1,10 +1,11 @@
 """Ctrl-C, the same in every script: one line and exit code 130, whatever a library made of the interrupt, and
 worker pools that leave it to the main process. Also an OSError that escaped a script's own checks: one line."""
 
+import os
 import signal
 import sys
 
-from skinlesion.cli import die
+from skinlesion.cli import die, printable
 
 PRESSED = []  # the Ctrl-Cs seen while run_script runs a main
 SAYS = []  # what a Ctrl-C says once an output changed (run_script's own message is about the outputs before)
@@ -31,7 +32,7 @@ def run_script(main, interrupted="interrupted"):
     by a DataLoader worker, a full disk) is one error line. A Ctrl-C the shell told the script to ignore (a
     background job) stays ignored."""
 
-    def on_ctrl_c(signum, frame):
+    def on_ctrl_c(signum, frame):  # SIGTERM (kill PID) too: the same unwinding, then death by that signal
         PRESSED.append(signum)
         raise KeyboardInterrupt
 
@@ -42,8 +43,11 @@ def run_script(main, interrupted="interrupted"):
     PRESSED.clear()
     SAYS.clear()
     previous, previous_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    previous_term = signal.getsignal(signal.SIGTERM)
     if previous is signal.default_int_handler:
         signal.signal(signal.SIGINT, on_ctrl_c)
+    if previous_term == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, on_ctrl_c)
     sys.unraisablehook = quiet_about_ctrl_c
     try:
         main()
@@ -51,10 +55,16 @@ def run_script(main, interrupted="interrupted"):
         if PRESSED or isinstance(e, KeyboardInterrupt):
             said = SAYS[-1] if SAYS else interrupted
             print(f"\n{said}", file=sys.stderr)
+            if signal.SIGTERM in PRESSED:  # the workers and temporaries are gone: die of it, as a kill does
+                sys.stderr.flush()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
             sys.exit(130)
         if not isinstance(e, OSError):
             raise
-        last_line = str(e).strip().splitlines()[-1]
+        last_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        if e.filename is not None and e.strerror:  # '[Errno 28] No space left on device' alone names no file
+            die(f"{printable(e.filename)}: {e.strerror}")
         die(last_line.removeprefix("OSError: "))
     finally:
         PRESSED.clear()
@@ -62,12 +72,23 @@ def run_script(main, interrupted="interrupted"):
         sys.unraisablehook = previous_hook
         if previous is signal.default_int_handler:
             signal.signal(signal.SIGINT, previous)
+        if previous_term == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def quiet_worker():
+    """A pool worker leaves Ctrl-C to the main process, and dies of SIGTERM at once, silently (Pool.terminate sends
+    it; the main process's handler, inherited, would print a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def worker_pool(workers):
-    """A process pool whose workers ignore Ctrl-C (the main process handles it, once), or a None-yielding
-    context for 1 worker. Ctrl-C is held back while the workers are forked: arriving inside a fork hook it
-    would be lost."""
+    """A process pool whose workers ignore Ctrl-C (the main process handles it, once; SIGTERM to the main process
+    ends them with it), or a None-yielding context for 1 worker. Ctrl-C and SIGTERM are held back while the
+    workers are forked: arriving inside a fork hook they would be lost."""
     from contextlib import nullcontext
     from multiprocessing import Pool
 
@@ -75,9 +96,9 @@ def worker_pool(workers):
         return nullcontext()
     hold = getattr(signal, "pthread_sigmask", None)  # POSIX only; Windows does not fork
     if hold:
-        hold(signal.SIG_BLOCK, {signal.SIGINT})
+        hold(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        return Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
+        return Pool(workers, quiet_worker)
     finally:
         if hold:
-            hold(signal.SIG_UNBLOCK, {signal.SIGINT})
+            hold(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -12,7 +12,7 @@ import shutil
 import pandas as pd
 
 from skinlesion.cli import die, first_few, warn
-from skinlesion.files import file_kind
+from skinlesion.files import atomic_write, file_kind, write_text
 from skinlesion.folders import is_within
 
 SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs"}
@@ -66,10 +66,14 @@ def read_table(path, columns, what):
 
 def metadata_files(metadata_csv, images_dir):
     """The metadata.csv files of an export: metadata_csv, or if it is absent every one under images_dir (one per
-    'isic image download')."""
+    'isic image download'), found through links that stay inside images_dir, each real folder once."""
+    from skinlesion.photos import walk_once
+
     if file_kind(metadata_csv) != "missing":
         return [metadata_csv]
-    return sorted(glob.glob(os.path.join(glob.escape(images_dir), "**", "metadata.csv"), recursive=True))
+    if not os.path.isdir(images_dir):
+        return []
+    return [path for path in walk_once(images_dir)[0] if os.path.basename(path) == "metadata.csv"]
 
 
 def read_metadata(paths, columns):
@@ -156,11 +160,10 @@ def copy_credits(metadata_paths, rows, out_dir):
         column = rows["attribution"] if "attribution" in rows else pd.Series("", index=rows.index)
         texts = list(column.replace("", "unknown (no attribution in the export)").value_counts().index)
         said = f"no attribution.txt in the export: written from its attribution column ({len(texts)} attributions)"
-    with open(os.path.join(out_dir, "attribution.txt"), "w", encoding="utf-8") as f:
-        f.write("\n\n".join(texts) + "\n")
+    write_text(os.path.join(out_dir, "attribution.txt"), "\n\n".join(texts) + "\n")  # a failure names the file
     os.makedirs(os.path.join(out_dir, "licenses"))
     for name, path in licences.items():
-        shutil.copyfile(path, os.path.join(out_dir, "licenses", name))
+        atomic_write(os.path.join(out_dir, "licenses", name), lambda tmp, source=path: shutil.copyfile(source, tmp))
     return said
 
 

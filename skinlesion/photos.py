@@ -1,7 +1,7 @@
 """Photos: finding them, reading them upright as RGB, and what the model sees of one (the centre crop,
 normalised). The Python twin of web/preprocess.js: functions of the same name (geometry, centre_crop,
-normalise, preprocess, flatten_on_white, image_size, upsample_bilinear; load_image is loadImage there) give
-the same pixels. Plus the DataLoader that AItraining.py, evaluate.py and bench.py read photos with."""
+normalise, preprocess, flatten_on_white, image_size, upsample_bilinear, too_elongated; load_image is loadImage
+there) give the same pixels. Plus the DataLoader that AItraining.py, evaluate.py and bench.py read photos with."""
 
 import os
 import warnings
@@ -16,6 +16,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")  # what
 MAX_IMAGE_PIXELS = 200_000_000  # larger images are refused as possible decompression bombs
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: an error, on purpose
+MAX_ASPECT = 10  # an image with one side more than 10 times the other is refused (not a photo of a lesion)
 RESAMPLING = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
@@ -38,15 +39,23 @@ def why_skipped(file, named_directly):
 
 
 def walk_once(folder):
-    """The files under folder, sorted, following links but entering each real folder once (a link to '.' or a
-    loop of links neither hangs nor repeats photos) and listing each real file once."""
-    seen_folders, seen_files, found = set(), set(), []
+    """(the files under folder, sorted, each real file once; [(link, why)] for the links not followed): links are
+    followed only while they stay inside folder (after links), and each real folder is entered once, so a link
+    to '/' or a loop of links neither leaves folder, hangs, nor repeats photos."""
+    from skinlesion.folders import is_within
+
+    seen_folders, seen_files, found, refused = set(), set(), [], []
+    outside = f"a link out of {printable(folder)} (pass what it points to directly)"
     for root, dirnames, names in os.walk(folder, followlinks=True):
         info = os.stat(root)
         if (info.st_dev, info.st_ino) in seen_folders:
             dirnames[:] = []
             continue
         seen_folders.add((info.st_dev, info.st_ino))
+        for name in sorted(dirnames):
+            if not is_within(os.path.join(root, name), folder):
+                dirnames.remove(name)
+                refused.append((os.path.join(root, name), outside))
         dirnames.sort()
         for name in sorted(names):
             path = os.path.join(root, name)
@@ -55,10 +64,12 @@ def walk_once(folder):
                 key = (info.st_dev, info.st_ino)
             except OSError:  # a dangling link: reported as missing
                 key = path
-            if key not in seen_files:
+            if os.path.islink(path) and not is_within(path, folder):
+                refused.append((path, outside))
+            elif key not in seen_files:
                 seen_files.add(key)
                 found.append(path)
-    return sorted(found)
+    return sorted(found), sorted(refused)
 
 
 def find_images(paths):
@@ -71,7 +82,8 @@ def find_images(paths):
             die(f"{printable(path)} not found; pass an image file or a folder of images")
         if kind not in (None, "a folder"):
             die(f"{printable(path)} is {kind}; pass an image file or a folder of images")
-        found = [path] if kind is None else walk_once(path)
+        found, refused = ([path], []) if kind is None else walk_once(path)
+        skipped += refused
         for file in found:
             why = why_skipped(file, named_directly=kind is None)
             if why:
@@ -89,14 +101,29 @@ def flatten_on_white(img):
     return background
 
 
+class NotAPhoto(OSError):
+    """An image that is readable but cannot be a photo of a lesion (its message says why, in words)."""
+
+
+def too_elongated(width, height):
+    """Whether one side of an image is more than MAX_ASPECT times the other: its centre crop would show under a
+    tenth of it, and resizing its shorter side to the model's size costs without bound (a 375-byte 100000 x 1
+    PNG took 2.6 GB and 14 s)."""
+    return max(width, height) > MAX_ASPECT * min(width, height)
+
+
 def load_image(path, min_side=None):
     """Open an image as upright RGB. With min_side, let Pillow's JPEG draft mode decode at a reduced scale
     that still leaves the shorter side >= min_side (much faster on multi-megapixel photos). Raises OSError
-    (unreadable, truncated, not an image, not a regular file) or DecompressionBombError/Warning."""
+    (unreadable, truncated, not an image, not a regular file), NotAPhoto (too_elongated, known from the header,
+    before decoding) or DecompressionBombError/Warning."""
     kind = file_kind(path)
     if kind:
         raise OSError(f"{kind}, not a photo")
     with Image.open(path) as img:
+        if too_elongated(*img.size):
+            w, h = img.size
+            raise NotAPhoto(f"{w} x {h} pixels, one side over {MAX_ASPECT} times the other: crop it to the lesion")
         if min_side and img.format == "JPEG":
             w, h = img.size
             scale = max(min_side / min(w, h), 1 / 8)
@@ -113,6 +140,8 @@ def try_load_image(path):
     """(upright RGB image, None), or (None, why it could not be read): each caller keeps its own policy."""
     try:
         return load_image(path), None
+    except NotAPhoto as e:
+        return None, str(e)
     except Exception as e:  # OSError, DecompressionBombError, ...: not a readable image, whatever the cause
         first = str(e).splitlines()[0] if str(e) else ""
         detail = f": {first}" if first else ""

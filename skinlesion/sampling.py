@@ -22,6 +22,8 @@ def process_image(job):
         sha256 = files.file_sha256(src)
         width, height = photos.image_size(src)
         img = photos.load_image(src, min_side=resize_to)  # upright RGB; raises on anything unreadable
+    except photos.NotAPhoto:  # counted under one cause, whatever its size
+        return dict(isic_id=isic_id, error=f"one side over {photos.MAX_ASPECT} times the other")
     except Exception as e:  # truncated, empty, not an image, decompression bomb...: counted, never fatal
         return dict(isic_id=isic_id, error=type(e).__name__)
     name = isic_id + (".jpg" if resize_to else os.path.splitext(src)[1].lower())

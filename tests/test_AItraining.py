@@ -6,6 +6,7 @@ costs the best model, torchrun works."""
 import glob
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -345,7 +346,7 @@ def test_training_that_diverges_stops_at_once_and_keeps_the_previous_model(tiny,
     [
         ("--epochs", 0, "--epochs 0: use a whole number >= 1"),
         ("--batch-size", 0, "--batch-size 0: use >= 1"),
-        ("--image-size", 0, "--image-size 0: use from 32 to 2048 px"),
+        ("--image-size", 0, "--image-size 0: use a whole number from 32 to 2048 px"),
         ("--image-size", -5, "--image-size -5"),
         ("--image-size", 100000, "--image-size 100000"),
         ("--lr", "nan", "--lr nan: use a number > 0"),
@@ -382,6 +383,7 @@ def test_outputs_that_cannot_be_written_are_found_before_training(tiny, tmp_path
         ("empty split", "val: no images in malignant/; both classes are needed"),
         ("a third folder", "train has the extra .ipynb_checkpoints/"),
         ("no dataset", "train folder nowhere/train not found; make it with 'python prepare_dataset.py'"),
+        ("a manifest that is a folder", "manifest.csv is a folder, not a manifest; re-run prepare_dataset.py"),
     ],
 )
 def test_a_wrong_dataset_folder_is_one_line(tiny, tmp_path, monkeypatch, capsys, case, expected):
@@ -393,6 +395,9 @@ def test_a_wrong_dataset_folder_is_one_line(tiny, tmp_path, monkeypatch, capsys,
             os.remove(path)
     elif case == "a third folder":  # Jupyter's hidden folder would shift the class indices
         shutil.copytree(data / "train" / "benign", data / "train" / ".ipynb_checkpoints")
+    elif case == "a manifest that is a folder":  # was ignored: the card then said the licence was unknown
+        os.remove(data / "manifest.csv")
+        os.mkdir(data / "manifest.csv")
     monkeypatch.chdir(tmp_path)
     main_fails(AItraining.main, [*FAST, "--data-dir", "nowhere" if case == "no dataset" else data], capsys, expected)
     assert not os.path.exists("skin_model.pth")
@@ -448,15 +453,52 @@ def test_ctrl_c_during_training_keeps_the_previous_model(tmp_path):
     os.killpg(p.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
     code, out, err = finish(p)
     assert code == 130 and "Traceback" not in err, err
-    assert (
-        err.strip().splitlines()[-1]
-        == "interrupted; skin_model.pth holds the best finished epoch, continue with --resume"
-    )
     assert not glob.glob(str(tmp_path / "*.tmp*"))  # no half-written checkpoint
-    # interrupted in the first epoch: the earlier model untouched
-    if not any(line.startswith("epoch ") for line in out.splitlines()):
+    # interrupted in the first epoch: the earlier model untouched, and said so
+    if not os.path.exists(tmp_path / "skin_model_last.pth"):
+        assert (
+            err.strip().splitlines()[-1] == "interrupted before the first epoch finished; skin_model.pth is as it was"
+        )
         assert fingerprint(tmp_path)["skin_model.pth"] == before
     model.load_checkpoint(str(tmp_path / "skin_model.pth"))
+
+
+def test_ctrl_c_says_how_to_continue_this_run_and_following_it_does(tmp_path):
+    """`--output mine.pth` said 'skin_model.pth holds the best finished epoch, continue with --resume', and
+    following it continued into another run's skin_model.pth. Now it names mine.pth and the command, which
+    continues this run and leaves the other model byte-identical."""
+    data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
+    save_model(tmp_path / "skin_model.pth", size=32)  # another run's model
+    before = fingerprint(tmp_path)["skin_model.pth"]
+    argv = [*FAST, "--data-dir", data, "--epochs", 50, "--output", "mine.pth"]
+    p = start("AItraining.py", argv, lambda p: any(line.startswith("epoch   2") for line in p.out), cwd=tmp_path)
+    os.killpg(p.pid, signal.SIGINT)
+    code, out, err = finish(p)
+    assert code == 130 and "Traceback" not in err, err
+    command = f"python AItraining.py --resume --resume-file skin_model_last.pth --output mine.pth --data-dir {data}"
+    assert (
+        err.strip().splitlines()[-1] == f"interrupted; mine.pth holds the best finished epoch, continue with: {command}"
+    )
+    done = model.read_checkpoint(str(tmp_path / "skin_model_last.pth"))["meta"]["epoch"]
+    r = run("AItraining.py", *shlex.split(command)[2:], "--epochs", done + 1, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from skin_model_last.pth after epoch {done} of {done + 1}" in r.stdout
+    assert fingerprint(tmp_path)["skin_model.pth"] == before
+    model.load_checkpoint(str(tmp_path / "mine.pth"))
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tiny, tmp_path):
+    """torch.save raises RuntimeError on a full disk: it was a 31-line traceback. The previous model stays."""
+    save_model(tmp_path / "mine.pth", size=32)
+    before = fingerprint(tmp_path)
+    r = run(
+        "AItraining.py", *FAST, "--data-dir", tiny, "--epochs", 1, "--output", "mine.pth", "--log-dir", "logs",
+        cwd=tmp_path, file_size_limit=1_000_000,
+    )  # fmt: skip
+    assert_one_error(r.returncode, r.stderr, "could not write mine.pth (torch.save: [enforce fail at inline_container")
+    assert "; free some disk space or pass another path" in r.stderr
+    after = fingerprint(tmp_path)
+    assert after["mine.pth"] == before["mine.pth"] and not glob.glob(str(tmp_path / "*.tmp*"))
 
 
 # ---------------------------------------------------------------------------- several processes

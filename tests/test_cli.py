@@ -3,6 +3,7 @@
 outputs are checked before the work. (That every script answers --help without importing torch is checked in
 test_conventions.py.)"""
 
+import importlib
 import os
 import runpy
 
@@ -98,6 +99,32 @@ def test_an_argparse_mistake_is_one_error_line(tiny, capsys, argv, expected):
 @pytest.mark.parametrize("flag", ["--epochs", "--data-dir", "--port", "--sizes"])
 def test_none_is_refused_where_the_constant_is_not_none(tiny, capsys, flag):
     fails_in_one_line(tiny, [flag, "none"], capsys, f"argument {flag}: none: this flag needs a value")
+
+
+@pytest.mark.parametrize("flag, name", [("--data-dir", "DATA_DIR"), ("--output", "OUTPUT")])
+def test_an_empty_value_is_refused_when_the_flags_are_read(tiny, tmp_path, capsys, flag, name):
+    """`--output ''` passed every check (one run trained a whole epoch before its traceback); so did a constant
+    set to "". A value of one space, the nearest that must pass, passes."""
+    expected = f"{flag} '' is empty; pass a value (or set {name} at the top of tiny.py)"
+    fails_in_one_line(tiny, [flag, ""], capsys, expected)
+    assert getattr(tiny([flag, " "]), name.lower()) == " "
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY.replace(f"{name} = ", f'{name} = ""  #'))
+    constants = runpy.run_path(str(path))
+    fails_in_one_line(lambda argv: cli.parse_flags(constants, argv), [], capsys, expected)
+
+
+@pytest.mark.parametrize(
+    "script, flag",
+    [("AItraining.py", "--output"), ("AItraining.py", "--log-dir"), ("AItraining.py", "--resume-file"),
+     ("predict.py", "--csv"), ("prepare_dataset.py", "--dataset-dir"), ("export_onnx.py", "--output"),
+     ("evaluate.py", "--output-dir"), ("serve_web.py", "--site-dir")],
+)  # fmt: skip
+def test_every_scripts_empty_path_flag_is_refused_before_any_work(script, flag, capsys):
+    module = importlib.import_module(script.removesuffix(".py"))
+    argv = ["photo.jpg", flag, ""] if script == "predict.py" else [flag, ""]
+    parse = getattr(module, "parse_args", module.main)  # serve_web.py reads its flags first thing in main
+    fails_in_one_line(parse, argv, capsys, f"{flag} '' is empty; pass a value")
 
 
 def test_none_is_accepted_for_a_none_constant_and_a_nullable_name(tiny):

@@ -111,3 +111,39 @@ def test_classes_of_lesion_types_list_benign_ones_first():
     }
     _, _, values = dataset.classes_of(manifest.drop(columns="label_value"))
     assert values == {"nevus": "benign", "seborrheic_keratosis": "benign", "bcc": "malignant", "melanoma": "malignant"}
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("a folder", "manifest.csv is a folder, not a manifest; re-run prepare_dataset.py, or remove it"),
+        ("a link to nothing", "manifest.csv is a link to nothing, not a manifest"),
+        ("a named pipe", "manifest.csv is a named pipe, not a manifest"),
+        ("not UTF-8", "manifest.csv (UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff"),
+        ("empty", "cannot read {data}/manifest.csv (EmptyDataError: No columns to parse from file); re-run"),
+        ("not a CSV", "cannot read {data}/manifest.csv (ParserError: Error tokenizing data."),
+    ],
+)
+def test_a_manifest_that_cannot_be_read_is_one_line_not_ignored(tmp_path, capsys, case, expected):
+    """Ignored, it left the card saying the licence was unknown (the export's CC-BY-NC dropped out silently).
+    No manifest at all (a folder made by hand) is still none, and a readable one is read."""
+    data, path = tmp_path / "data", tmp_path / "data" / "manifest.csv"
+    data.mkdir()
+    assert dataset.read_manifest(str(data)) is None
+    path.write_text("isic_id,split,label,copyright_license\nISIC_0000001,train,benign,CC-BY-NC\n")
+    assert dataset.read_manifest(str(data)).copyright_license.tolist() == ["CC-BY-NC"]
+    path.unlink()
+    if case == "a folder":
+        path.mkdir()
+    elif case == "a link to nothing":
+        os.symlink("gone.csv", path)
+    elif case == "a named pipe":
+        os.mkfifo(path)  # reading it would wait for ever
+    elif case == "not UTF-8":
+        path.write_bytes(b"isic_id,split\n\xff\xfe,train\n")
+    elif case == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_text('isic_id,split\nISIC_1,train,x,y\n"unclosed\n')
+    _, err = fails(capsys, expected.format(data=data), dataset.read_manifest, str(data))
+    assert err.count("\n") == 1, err

@@ -269,6 +269,27 @@ def test_predict_with_onnx_matches_torch_and_never_imports_torch(exported, tmp_p
         assert abs(float(onnx_row["p_malignant"]) - float(torch_row["p_malignant"])) <= 1e-4
 
 
+@pytest.mark.parametrize("size, side", [(32, 1), (48, 2)])
+def test_every_image_size_in_the_range_exports_and_predicts(tmp_path, monkeypatch, capsys, size, side):
+    """--image-size 48 is in the range AItraining.py takes, but the ONNX file's evidence map is 2 x 2 there
+    (ceil(48 / 32), EfficientNet's five stride-2 stages) and the check wanted 48 // 32 = 1: predict.py and the
+    page refused what export_onnx.py wrote. The smallest size, 32, and 48 now go from training to a label."""
+    monkeypatch.chdir(tmp_path)
+    assert model.IMAGE_SIZES[0] == 32 and model.cam_side(size) == side
+    save_model("m.pth", size=size)
+    lesion_photo("photos/a.jpg", (90, 70))
+    export_onnx.main(["--model", "m.pth", "--output", "m.onnx", "--check-images", "photos"])
+    assert f"'cam' [batch, {side}, {side}])" in capsys.readouterr().out
+    session, meta = model.load_onnx("m.onnx")
+    assert meta["image_size"] == size and session.get_outputs()[2].shape[1:] == [side, side]
+    answers = []
+    for model_file in ["m.onnx", "m.pth"]:
+        predict.main(["photos/a.jpg", "--model", model_file])
+        answers.append(capsys.readouterr().out.splitlines()[:2])
+    assert answers[0][0].startswith("Prediction: ") and answers[0] == answers[1]
+    assert [model.cam_side(n) for n in (33, 64, 100, 224, 240, 2048)] == [2, 2, 4, 7, 8, 64]
+
+
 def test_onnx_file_renamed_pth_is_recognised_by_its_content(exported, tmp_path, capsys):
     renamed = str(shutil.copyfile(exported["onnx"], tmp_path / "skin_model.pth"))
     photo = exported["photos"][1]

@@ -150,6 +150,37 @@ def test_a_run_is_over_only_when_provably_so():
     assert not ledger.run_is_over({"pid": "1"}) and not ledger.run_is_over(None)
 
 
+def test_torch_saves_failed_write_is_one_line_naming_the_file_and_keeps_the_previous_one(tmp_path, capsys):
+    """torch.save on a full disk raises RuntimeError, not OSError (a 31-line traceback while training); the
+    message below is torch's own on a write past RLIMIT_FSIZE. Another RuntimeError is a bug: it stays one."""
+    import torch
+
+    target = tmp_path / "mine.pth"
+    target.write_bytes(b"the previous model")
+    before = fingerprint(tmp_path)
+
+    def torch_save_on_a_full_disk(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half a model")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    expected = (
+        f"could not write {target} (torch.save: [enforce fail at inline_container.cc:672] . unexpected pos 576 vs "
+        "534); free some disk space or pass another path"
+    )
+    fails(capsys, expected, files.atomic_write, str(target), torch_save_on_a_full_disk)
+    assert fingerprint(tmp_path) == before
+
+    def a_bug(tmp):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        files.atomic_write(str(target), a_bug)
+    assert fingerprint(tmp_path) == before
+    files.atomic_write(str(target), lambda tmp: torch.save({"w": torch.zeros(2)}, tmp))  # the nearest that works
+    assert torch.load(target)["w"].tolist() == [0.0, 0.0]
+
+
 def test_a_ctrl_c_a_library_swallowed_keeps_the_previous_file(tmp_path, capsys):
     target = tmp_path / "out.csv"
     target.write_text("previous")

@@ -64,6 +64,16 @@ def test_an_oserror_that_escaped_is_one_line(capsys):
     fails(capsys, "error: could not write out.csv (No space left", interrupts.run_script, full_disk)
 
 
+def test_an_oserror_naming_no_file_in_its_text_is_said_with_its_file(capsys):
+    """'error: [Errno 28] No space left on device' named no file; the error knows it (open's, makedirs')."""
+
+    def full_disk():
+        raise OSError(28, "No space left on device", "dataset.tmp-7/benign")
+
+    _, err = fails(capsys, "error: dataset.tmp-7/benign: No space left on device", interrupts.run_script, full_disk)
+    assert err == "error: dataset.tmp-7/benign: No space left on device\n"
+
+
 def test_a_ctrl_c_the_shell_ignores_stays_ignored():
     finished = []
 

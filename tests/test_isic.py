@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import pytest
 
-from conftest import fails
+from conftest import alarm, fails
 from skinlesion import isic
 
 
@@ -144,6 +144,24 @@ def write(path, text):
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return str(path)
+
+
+def test_the_search_for_metadata_follows_links_only_inside_the_export_and_each_folder_once(tmp_path):
+    """Two loops of links (one to the export itself, one back up from a download) used to hang the search, or list
+    the same metadata.csv 41 times; a link out of the export is not followed; a link that stays inside is."""
+    export = tmp_path / "export"
+    a = write(export / "a" / "metadata.csv", "isic_id\n")
+    b = write(tmp_path / "b" / "metadata.csv", "isic_id\n")  # a download kept outside, linked in
+    c = write(tmp_path / "shared" / "c" / "metadata.csv", "isic_id\n")
+    os.symlink(".", export / "loop")
+    os.symlink("..", export / "a" / "up")
+    os.symlink(tmp_path / "b", export / "b")
+    os.symlink("/", export / "root")
+    os.symlink("a", export / "again")
+    with alarm(30, "the search for metadata.csv did not finish in 30 s"):
+        assert isic.metadata_files(str(export / "metadata.csv"), str(export)) == [a]
+        assert isic.metadata_files(str(tmp_path / "shared" / "metadata.csv"), str(tmp_path / "shared")) == [c]
+    assert b not in isic.metadata_files(str(export / "none.csv"), str(export))
 
 
 def test_copy_credits_merges_every_downloads_attribution_and_licences(tmp_path):

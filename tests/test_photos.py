@@ -67,6 +67,33 @@ def test_two_links_to_the_folder_itself_neither_hang_nor_repeat_photos(tmp_path)
     assert names(images, folder) == ["a.jpg", "sub/b.jpg"] and skipped == []
 
 
+@pytest.mark.usefixtures("time_limit")
+def test_links_out_of_the_folder_are_not_followed_and_links_inside_are(tmp_path):
+    """A link to '/' (or to any folder or photo outside) is skipped with its reason, never walked: the photos of
+    the whole machine are not the folder's; a link that stays inside is followed, each real folder once."""
+    folder = tmp_path / "photos"
+    lesion_photo(folder / "a.jpg")
+    lesion_photo(folder / "deep" / "b.jpg")
+    lesion_photo(tmp_path / "elsewhere" / "c.jpg")
+    os.symlink("/", folder / "root")
+    os.symlink(tmp_path / "elsewhere", folder / "out")
+    os.symlink("../../elsewhere/c.jpg", folder / "deep" / "c.jpg")
+    os.symlink("deep", folder / "inside")  # stays inside: followed, but deep/ is read once
+    os.symlink("../deep", folder / "deep" / "loop")
+    images, skipped = photos.find_images([str(folder)])
+    assert names(images, folder) == ["a.jpg", "deep/b.jpg"]
+    why = f"a link out of {folder} (pass what it points to directly)"
+    assert sorted((os.path.relpath(f, folder), w) for f, w in skipped) == [
+        ("deep/c.jpg", why),
+        ("out", why),
+        ("root", why),
+    ]
+    only_inside = folder / "only"
+    only_inside.mkdir()
+    os.symlink("../deep", only_inside / "d")
+    assert names(photos.find_images([str(only_inside)])[0], only_inside) == []  # ../deep is outside only/
+
+
 def test_a_link_to_a_photo_beside_it_is_listed_once(tmp_path):
     lesion_photo(tmp_path / "a.jpg")
     os.symlink("a.jpg", tmp_path / "same.jpg")
@@ -109,6 +136,28 @@ def test_load_image_with_min_side_decodes_small_but_not_too_small(tmp_path):
     assert min(photos.load_image(tmp_path / "big.jpg", min_side=100).size) >= 100
     assert photos.load_image(tmp_path / "big.jpg", min_side=100).size < (800, 600)
     assert photos.load_image(tmp_path / "big.jpg").size == (800, 600)
+
+
+@pytest.mark.usefixtures("time_limit")
+def test_an_image_far_longer_than_wide_is_refused_before_it_is_decoded(tmp_path):
+    """A 375-byte 100000 x 1 PNG took predict.py 2.6 GB and 14 s (here: killed at 20 GB after 220 s), the resize
+    of its shorter side to the model's size unbounded; refused from its header, with the reason. The most
+    elongated photo still taken (10:1, either way) loads and crops."""
+    Image.new("RGB", (100000, 1), (200, 150, 120)).save(tmp_path / "thin.png", optimize=True)
+    assert (tmp_path / "thin.png").stat().st_size < 1000
+    Image.new("RGB", (1, 100000), (200, 150, 120)).save(tmp_path / "tall.png", optimize=True)
+    noise_image(tmp_path / "11to1.png", 0, size=(1100, 99), format="PNG")
+    for name, (w, h) in {"thin.png": (100000, 1), "tall.png": (1, 100000), "11to1.png": (1100, 99)}.items():
+        img, why = photos.try_load_image(tmp_path / name)
+        assert img is None and why == f"{w} x {h} pixels, one side over 10 times the other: crop it to the lesion"
+        with pytest.raises(OSError, match="one side over 10 times"):
+            photos.load_image(tmp_path / name)
+    assert photos.too_elongated(1000, 100) is False and photos.too_elongated(100, 1001) is True
+    for size in [(1000, 100), (100, 1000)]:
+        noise_image(tmp_path / "ten.png", 1, size=size, format="PNG")
+        img, why = photos.try_load_image(tmp_path / "ten.png")
+        assert why is None and img.size == size
+        assert photos.centre_crop(img, 64, 0.875, "bicubic").size == (64, 64)
 
 
 # ---------------------------------------------------------------------------- preprocessing

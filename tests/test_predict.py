@@ -482,15 +482,35 @@ def test_explain_never_overwrites_a_users_picture_and_names_each_photo_apart(tmp
     assert fingerprint(tmp_path) == before
 
 
-def test_a_loop_of_links_neither_hangs_nor_repeats_photos(tmp_path, models):
+def test_a_loop_of_links_or_a_link_to_the_root_neither_hangs_nor_leaves_the_folder(tmp_path, models):
     lesion_photo(tmp_path / "photos" / "a.jpg", seed=1)
     lesion_photo(tmp_path / "photos" / "sub" / "b.jpg", seed=2)
     os.symlink(".", tmp_path / "photos" / "again")
     os.symlink("..", tmp_path / "photos" / "sub" / "up")
     os.symlink("a.jpg", tmp_path / "photos" / "a copy.jpg")
+    os.symlink("/", tmp_path / "photos" / "root")  # was: every image on the machine classified
     r = run("predict.py", "photos", "--model", models[0.5], cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Prediction:") == 2 and r.stdout.splitlines()[2].startswith("2 images:")
+    assert "warning: skipped photos/root: a link out of photos (pass what it points to directly)\n" in r.stderr
+
+
+def test_an_image_far_longer_than_wide_is_one_line_and_a_tall_photo_still_classifies(
+    tmp_path, models, monkeypatch, capsys
+):
+    """A 375-byte 100000 x 1 PNG took 2.6 GB and 14 s: now refused from its header, alone or in a folder where
+    a photo ten times as tall as wide (the most elongated taken) is classified."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (100000, 1), (200, 150, 120)).save("thin.png", optimize=True)
+    why = "100000 x 1 pixels, one side over 10 times the other: crop it to the lesion"
+    refuses(["thin.png", "--model", models[0.5]], capsys, f"thin.png is {why}; pass a .jpg or .png photo")
+    os.mkdir("photos")
+    os.rename("thin.png", "photos/thin.png")
+    noise_image("photos/tall.jpg", 3, size=(40, 400))
+    predict.main(["photos", "--model", models[0.5]])
+    out, err = capsys.readouterr()
+    assert out.startswith("photos/tall.jpg: Prediction: ") and out.count("Prediction:") == 1
+    assert f"warning: skipped photos/thin.png: {why}\n" in err
 
 
 def test_a_rerun_replaces_its_own_csv_but_not_once_it_was_edited(tmp_path, models, monkeypatch, capsys):

@@ -94,3 +94,15 @@ def test_decode_balanced_rounds_replace_unreadable_photos(tmp_path, bar_records)
         assert sorted(os.listdir(out)) == sorted(chosen.file)
     # the total is what is wanted, min(4, 8) + min(4, 4), known at once; one malignant photo is unreadable
     assert bar_records["totals"] == [8] * 6 and sum(bar_records["steps"]) == 7 * 6
+
+
+def test_an_image_far_longer_than_wide_is_counted_with_its_cause(tmp_path):
+    """Refused from its header (its resize would cost without bound), under one cause whatever its size; a 10:1
+    photo, the most elongated taken, is shrunk."""
+    noise_image(tmp_path / "ISIC_0000001.png", 1, size=(1100, 99), format="PNG")
+    noise_image(tmp_path / "ISIC_0000002.png", 2, size=(1000, 100), format="PNG")
+    (tmp_path / "out").mkdir()
+    thin = sampling.process_image(("ISIC_0000001", str(tmp_path / "ISIC_0000001.png"), str(tmp_path / "out"), 32))
+    assert thin == dict(isic_id="ISIC_0000001", error="one side over 10 times the other")
+    ten = sampling.process_image(("ISIC_0000002", str(tmp_path / "ISIC_0000002.png"), str(tmp_path / "out"), 32))
+    assert ten["error"] == "" and os.listdir(tmp_path / "out") == ["ISIC_0000002.jpg"]

@@ -411,7 +411,9 @@ def test_bad_files_get_a_message_and_the_page_keeps_working(page, setup, tmp_pat
     Image.new("RGB", (8000, 5000), (205, 150, 125)).save(tmp_path / "40mp.jpg", quality=50)
     with open(tmp_path / "huge.jpg", "wb") as f:
         f.truncate(31_000_000)
+    Image.new("RGB", (100000, 1), (200, 150, 120)).save(tmp_path / "thin.png", optimize=True)  # 375 bytes
     cases = {
+        "thin.png": "is 100000 × 1 pixels, one side over 10 times the other: not a photo of a lesion",
         "notes.txt": "is not an image this browser can read",
         "renamed.jpg": "is not an image this browser can read",
         "empty.jpg": "is empty (0 bytes)",
@@ -630,6 +632,13 @@ def test_page_functions_agree_with_their_python_twins(page):
     assert [name for name, _ in ranked] == [name for name, _ in want] == [TYPE_NAMES[i] for i in (2, 3, 0, 1)]
     assert np.allclose([q for _, q in ranked], [q for _, q in want], rtol=1e-12)
     assert cautions == predict.model_cautions(dict(meta, operating_point=op)) and len(cautions) == 2
+    sizes = [(1000, 100), (100, 1000), (1001, 100), (100, 1001), (100000, 1), (640, 480), (1, 1)]
+    elongated = pg.evaluate(
+        "(sizes) => import('./preprocess.js').then((p) => [p.MAX_ASPECT, sizes.map(([w, h]) => p.tooElongated(w, h))])",
+        sizes,
+    )
+    assert elongated == [photos.MAX_ASPECT, [photos.too_elongated(w, h) for w, h in sizes]]
+    assert elongated[1] == [False, False, True, True, True, False, False]
 
 
 def js_functions(name):

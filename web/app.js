@@ -6,7 +6,9 @@
 // predict.decision_texts, likelyTypes predict.likely_types, modelCautions predict.model_cautions,
 // classProbabilities model.class_probabilities); tests/test_web.py checks that they exist and agree.
 import * as ort from "./vendor/ort.wasm.min.mjs";
-import { centreCrop, imageSize, loadImage, normalise, upsampleBilinear } from "./preprocess.js";
+import {
+  centreCrop, imageSize, loadImage, MAX_ASPECT, normalise, tooElongated, upsampleBilinear,
+} from "./preprocess.js";
 
 const MAX_BYTES = 30e6; // larger files are refused before they are read
 const MAX_PIXELS = 40e6; // photos of 40 megapixels or more are refused before they are decoded
@@ -110,6 +112,11 @@ function tooLarge(file, width, height) {
     + `photos under ${MAX_PIXELS / 1e6} megapixels. Choose a smaller photo, or save it at a lower resolution first.`;
 }
 
+function elongated(file, width, height) {
+  return `${quoted(file)} is ${width} × ${height} pixels, one side over ${MAX_ASPECT} times the other: `
+    + "not a photo of a lesion. Crop it to the lesion first.";
+}
+
 // Why a file cannot be checked, or null: its size, and its pixel count from its header, before any heavy work.
 async function refusal(file) {
   if (file.size === 0) return `${quoted(file)} is empty (0 bytes). Choose another photo.`;
@@ -118,6 +125,7 @@ async function refusal(file) {
       + "Choose a smaller photo, or save it at a lower resolution first.";
   }
   const size = imageSize(new Uint8Array(await file.slice(0, 1 << 20).arrayBuffer()));
+  if (size && tooElongated(...size)) return elongated(file, ...size);
   return size && size[0] * size[1] >= MAX_PIXELS ? tooLarge(file, ...size) : null;
 }
 
@@ -141,6 +149,7 @@ async function check(file) {
     return fail(`${quoted(file)} is not an image this browser can read${file.type ? ` (${file.type})` : ""}. `
       + "Choose a JPEG or PNG photo.");
   }
+  if (tooElongated(photo.width, photo.height)) return fail(elongated(file, photo.width, photo.height));
   if (!photo.rgba) return fail(tooLarge(file, photo.width, photo.height));
   const t1 = performance.now();
   const crop = centreCrop(photo.rgba, photo.width, photo.height, 4, size, config.crop_pct);

@@ -186,6 +186,14 @@ export function imageSize(bytes) {
   return null;
 }
 
+export const MAX_ASPECT = 10; // photos.MAX_ASPECT: an image with one side more than 10 times the other is refused
+
+// photos.too_elongated: whether one side is more than MAX_ASPECT times the other (not a photo of a lesion; its
+// centre crop would show under a tenth of it).
+export function tooElongated(width, height) {
+  return Math.max(width, height) > MAX_ASPECT * Math.min(width, height);
+}
+
 // photos.load_image: decode a photo as upright pixels, as the browser shows it: EXIF orientation applied, no colour
 // management, no premultiplication. Returns {width, height, rgba} with transparency flattened onto white, or
 // rgba null when the photo has maxPixels or more (checked before the pixels are read out). Rejects if the
