@@ -3,12 +3,12 @@ its YAML front matter (licence from the data's, library, tags, base model, datas
 test results), every section, plain text where there were raw dicts, the chance warning first, subgroups only for
 what the evaluation has, a data set without metadata, and the summary and test results read back."""
 
+import functools
 import types
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import AItraining
 import evaluate
@@ -66,7 +66,16 @@ def class_weighted_logits(labels, malignant, seed):
     return logits
 
 
-def trained(lesion_types=False, imagenet=True, rows=None, seed=0, **data):
+HUB_START = dict(source="timm/efficientnet_b0.ra_in1k")  # what weights.imagenet_model records of the hub's weights
+
+
+@functools.cache
+def b0():
+    """EfficientNet-B0 (random weights): checkpoint_state reads the network's shape from it."""
+    return model.build_model(pretrained=False)[0]
+
+
+def trained(lesion_types=False, imagenet=HUB_START, rows=None, seed=0, **data):
     """A model file's meta as AItraining.py writes it: model.checkpoint_state with the data summary, settings,
     and what AItraining.scored keeps of the validation predictions."""
     rows = manifest(lesion_types=lesion_types) if rows is None else rows
@@ -95,7 +104,7 @@ def trained(lesion_types=False, imagenet=True, rows=None, seed=0, **data):
     kept = AItraining.scored(labels, class_weighted_logits(labels, mask, seed), meta, 0.9)[1]
     cfg = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     cfg.update(interpolation="bicubic", crop_pct=0.875)
-    state = model.checkpoint_state(torch.nn.Linear(1, 1), cfg, epoch=7, **meta, **kept)  # as AItraining.py calls it
+    state = model.checkpoint_state(b0(), cfg, epoch=7, **meta, **kept)  # as AItraining.py calls it
     return state["meta"]
 
 
