@@ -76,8 +76,7 @@ LOG_DIR = "runs"  # TensorBoard logs, one sub-folder per run
 OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 # what a run keeps in its checkpoints (--resume takes them back), and the ranges of its numeric flags
-SETTINGS = ["recipe", "why", *model.RECIPES["scratch"], "batch_size", "image_size", "seed", "target_sensitivity",
-            "amp", "run"]  # fmt: skip
+SETTINGS = list(model.RUN_SETTINGS)  # the flags a run keeps, with their shapes in the model file
 RANGES = [("epochs", 1, 1e6, "a whole number >= 1"), ("lr", 1e-12, math.inf, "a number > 0"),
           ("weight_decay", 0, math.inf, "a number >= 0"), ("warmup", 0, 0.99, "from 0 to 0.99"),
           ("label_smoothing", 0, 0.99, "from 0 to 0.99"), ("drop_path", 0, 0.99, "from 0 to 0.99"),

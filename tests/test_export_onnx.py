@@ -134,21 +134,12 @@ def test_export_writes_one_checked_file_with_metadata(exported):
 
     props = {p.key: json.loads(p.value) for p in proto.metadata_props}
     meta = model.read_checkpoint(exported["checkpoint"])["meta"]
-    for key in (
-        "model_name",
-        "classes",
-        "image_size",
-        "mean",
-        "std",
-        "interpolation",
-        "crop_pct",
-        "threshold",
-        "at_chance",
-        "val_metrics",
-        "val_auc_ci95",
-        "epoch",
-    ):
+    copied = [key for key in meta if model.KEYS[key].onnx == "copied"]
+    assert {"classes", "image_size", "threshold", "val_metrics", "epoch"} <= set(copied)
+    for key in copied:
         assert props[key] == meta[key], key
+    exported = {key for key, row in model.KEYS.items() if row.onnx == "export"}
+    assert set(props) == set(copied) | exported  # nothing else: the card carries settings and data
     assert (props["threshold"], props["val_auc_ci95"], props["classes"]) == (0.37, [0.55, 0.85], model.CLASSES)
     assert props["source_checkpoint"] == "skin_model.pth" and props["outputs"] == ["logits", "p_malignant", "cam"]
     assert props["written_by"] == files.TAG and {"trained_on", "how_well", "intended_use", "limits"} <= set(
