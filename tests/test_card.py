@@ -203,6 +203,46 @@ def test_every_section_in_plain_text(meta, evaluation):
         assert not (line.startswith("- ") and lines[i + 1] == "" and lines[i + 2].startswith("- ")), line
 
 
+FORGED = {  # text a data file may hold (each printable, so a model file may hold it): what markdown must not read
+    "class": "<script>alert(1)</script> | x",
+    "accent": "Mélanome, NOS",
+    "attribution": "Dr. *Smith* [site](http://x) & `co` ## Injected heading",
+    "value": "torso | fake cell",
+}
+
+
+def html_of(markdown_text):
+    import markdown
+
+    return markdown.markdown(markdown_text.split("---\n", 2)[2], extensions=["tables"])
+
+
+@pytest.mark.parametrize("forged", [False, True])
+def test_text_from_a_data_file_is_shown_as_it_is_in_the_card(meta, evaluation, forged):
+    """Class names, attributions, metadata values and paths are text in the card: no HTML, no extra heading, link
+    or table cell (rendered with Python-Markdown); the names read as they were ('Mélanome, NOS' too)."""
+    import re
+
+    rows = manifest(lesion_types=True)
+    if forged:
+        rows["label"] = rows.label.replace({"melanoma": FORGED["class"], "nevus": FORGED["accent"]})
+        rows["attribution"] = FORGED["attribution"]
+        rows["anatom_site_1"] = rows.anatom_site_1.replace("torso", FORGED["value"])
+    crafted = trained(lesion_types=True, rows=rows)
+    assert model.meta_fault(crafted) is None  # printable text: a model file may hold it
+    html = html_of(card.render(crafted, "<b>m</b>.pth", dict(evaluation, data_dir="data|<i>x</i>")))
+    plain = html_of(card.render(trained(lesion_types=True), "<b>m</b>.pth", evaluation))
+    for tag in ("h1", "h2", "h3", "script", "a", "i", "b", "em", "code", "th", "td"):
+        assert html.count(f"<{tag}>") + html.count(f"<{tag} ") == plain.count(f"<{tag}>") + plain.count(f"<{tag} ")
+    text = html.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&#124;", "|")
+    assert "<b>m</b>.pth" in text and "data|<i>x</i>" in text
+    if forged:
+        for value in FORGED.values():
+            assert value in text, value
+        header = re.search(r"<tr>\s*<th>split</th>.*?</tr>", html, re.S).group()
+        assert header.count("<th>") == 5  # split and the four classes: the | stayed in its cell
+
+
 def test_a_lesion_type_model_names_its_types_by_side():
     text = card.render(trained(lesion_types=True), "types.pth")
     assert "- Classes: nevus and seborrheic keratosis (benign); basal cell carcinoma and melanoma (malignant);" in text
