@@ -161,7 +161,7 @@ SUMMARY = shapes.record(dict(trained_on=LONG, how_well=LONG, intended_use=LONG, 
 SELF_CHECK = shapes.record(dict(  # export_onnx.py: the file's outputs on check_inputs, stored when it was exported
     inputs=shapes.whole(1, 16), logits=shapes.list_of(shapes.list_of(ANY_NUMBER, most=1000), most=16),
     p_malignant=shapes.list_of(FRACTION, most=16)))  # fmt: skip
-NAMES = shapes.list_of(shapes.text(100), most=1000)
+NAMES = shapes.list_of(shapes.text(shapes.MAX_NAME), most=1000)
 KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any other is ignored and never copied
     "written_by": Key("files.TAG: a model file of ours", shapes.text(), "checkpoint_state"),
     "model_name": Key("the timm architecture", shapes.text(100), "checkpoint_state"),

@@ -13,10 +13,11 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from skinlesion.cli import in_range
+from skinlesion.cli import in_range, printable
 
 MAX_TEXT = 500  # longest string a model file may hold (a class name, an attribution, a summary line)
 MAX_ITEMS = 10_000  # longest list or table
+MAX_NAME = 100  # longest class name (a label value prepare_dataset.py accepts, a model file holds)
 
 
 class Shape(NamedTuple):
@@ -41,6 +42,12 @@ def is_text(value, most=MAX_TEXT):
     """Whether value is a printable string (no control, format or line-separator characters) of 1 to most
     characters: what can be shown on one line."""
     return isinstance(value, str) and 0 < len(value) <= most and value.isprintable()
+
+
+def as_text(value, most=MAX_TEXT):
+    """A value read from a data file as the text a model file may hold: printable (cli.printable) and at most
+    most characters (cut); '' stays ''."""
+    return printable(value)[:most]
 
 
 def text(most=MAX_TEXT):
