@@ -104,6 +104,22 @@ def exportable(net, meta):
     return Exported().eval()
 
 
+def evaluation_of(checkpoint):
+    """evaluate.py's results (evaluation.json beside the checkpoint) when they are of this very file (its
+    SHA-256 recorded there), else None."""
+    path = os.path.join(os.path.dirname(checkpoint), "evaluation.json")
+    if files.file_kind(path):  # missing, a folder, a named pipe
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            evaluation = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(evaluation, dict) or evaluation.get("model_sha256") != files.file_sha256(checkpoint):
+        return None
+    return evaluation
+
+
 def self_check(wrapped, size):
     """The outputs the file must give on model.check_inputs (load_onnx compares): PyTorch's, which onnxruntime
     matches within TOLERANCE (checked on real photos before the file is written)."""
@@ -120,8 +136,7 @@ def onnx_metadata(meta, checkpoint, checked):
     each value as a JSON string."""
     import torch
 
-    card_file = os.path.splitext(checkpoint)[0] + ".md"
-    tested = model_index.test_results(card_file) if files.is_ours(card_file) else None
+    tested = model_index.test_results(evaluation_of(checkpoint))
     props = {key: value for key, value in meta.items() if key in model.KEYS and model.KEYS[key].onnx == "copied"}
     props.update(
         source_checkpoint=cli.printable(os.path.basename(checkpoint)),
