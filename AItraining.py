@@ -368,7 +368,7 @@ def report(args):
             f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"
         )
     print(f"operating point: threshold {op['threshold']:.3f}, {metrics.operating_point_text(op)}")
-    card.write_card(args.card, final, os.path.basename(args.output))
+    card.write_card(args.card, final, os.path.basename(args.output), sha256=files.file_sha256(args.output))
     print(f"model card: {args.card}")
     if final["at_chance"]:
         cli.warn(

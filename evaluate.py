@@ -268,6 +268,7 @@ def main(argv=None):
     result = dict(
         written_by=files.TAG,
         model=args.model,
+        model_sha256=files.file_sha256(args.model),
         data_dir=args.data_dir,
         tta=args.tta,
         threshold=threshold,
@@ -318,7 +319,7 @@ def main(argv=None):
             outputs[4],
         )
         written.append(outputs[4])
-    card.write_card(args.card, meta, os.path.basename(args.model), result)
+    card.write_card(args.card, meta, os.path.basename(args.model), result, files.file_sha256(args.model))
     print(f"\nwrote {', '.join(written)}; the test results are in the model card {args.card}")
     if at_chance:
         low, high = ci["roc_auc"]

@@ -107,8 +107,9 @@ def evaluation_section(meta, evaluation):
     return "\n\n".join(text)
 
 
-def render(meta, name, evaluation=None):
-    """The whole card as markdown."""
+def render(meta, name, evaluation=None, sha256=None):
+    """The whole card as markdown; sha256: the model file's, which the card shows so that a reader can compare it
+    with the published one."""
     data, settings = meta.get("data", {}), meta.get("settings", {})
     start = "ImageNet weights (timm/efficientnet_b0.ra_in1k)" if meta.get("imagenet") else "random weights"
     architecture = meta.get("model_name", "efficientnet_b0")
@@ -131,7 +132,9 @@ def render(meta, name, evaluation=None):
         f"({', '.join(f'{k} {settings[k]}' for k in ('optimizer', 'lr', 'epochs') if k in settings)}); best epoch "
         f"{meta.get('epoch')}.\n- Classes: {sides(meta)}; P(malignant) is the summed probability of the malignant "
         f"ones.\n- Input: {meta['image_size']} x {meta['image_size']} px centre crop ({meta['interpolation']}, "
-        f"crop_pct {meta['crop_pct']}). Versions: {counted(meta.get('versions', {}))}. Date: {datetime.date.today()}.",
+        f"crop_pct {meta['crop_pct']}). Versions: {counted(meta.get('versions', {}))}. Date: {datetime.date.today()}."
+        f"\n- Model file: {markdown_text(name)}, SHA-256 {sha256 or 'not recorded'} (compare it with the published "
+        "one).",
         "## Intended use",
         "Research and teaching: to study how such a classifier behaves on photos like those "
         "it was trained on, one lesion per photo, centred.",
@@ -187,8 +190,8 @@ def caveats(meta, data):
     return "\n".join(f"- {c}" for c in found)
 
 
-def write_card(path, meta, name, evaluation=None):
-    write_text(path, render(meta, name, evaluation))
+def write_card(path, meta, name, evaluation=None, sha256=None):
+    write_text(path, render(meta, name, evaluation, sha256))
 
 
 def validated(meta):
