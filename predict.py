@@ -13,8 +13,8 @@ validation split for its target sensitivity (stored in the model file; --thresho
 with enough digits to see which side of the threshold it lies on; within model.BORDERLINE (0.02) it is called
 borderline. A lesion-type model also names the most likely type and the next two. A model file that is broken
 or not ours is refused, and a photo for which the model gives no valid probability is an error, never a label.
-The model file's SHA-256 is printed after the predictions: compare it with the published one (a model file is code-like: load
-only those you trust). Names from the model or a folder are printed escaped (cli.printable).
+The model file's SHA-256 is printed after the predictions: compare it with the published one (a model file is
+code-like: load only those you trust). Names from the model or a folder are printed escaped (cli.printable).
 Folders are searched recursively (each real folder once, links included) for files ending in photos.IMAGE_EXTS;
 other files and unreadable images are skipped, counted and named on stderr.
 
