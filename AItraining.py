@@ -86,7 +86,7 @@ RANGES = [("epochs", 1, 1e6, "a whole number >= 1"), ("lr", 1e-12, math.inf, "a 
           ("seed", 0, 2**32 - 1, "from 0 to 2**32 - 1")]  # fmt: skip
 CHOICES = [("recipe", ["auto", "finetune", "scratch"]), ("optimizer", ["adam", "adamw"]),
            ("schedule", ["cosine", "constant"])]  # fmt: skip
-RESUME_KEYS = ["optimizer", "schedule", "best", "bad_epochs", "stopped_early", "history"]
+RESUME_KEYS = training.RESUME_KEYS  # what a resume checkpoint holds besides the weights and meta
 
 
 def parse_args(argv=None):
@@ -122,6 +122,9 @@ def resume_settings(args, classes):
     missing = [key for key in RESUME_KEYS if key not in state] + [
         k for k in ("settings", "epoch") if k not in state["meta"]
     ]
+    fault = not missing and training.resume_fault(state)
+    if fault:
+        cli.die(f"--resume: {args.resume_file} is refused: {fault}; start a new run")
     if missing:
         cli.die(
             f"--resume: {args.resume_file} has no optimiser state ({', '.join(missing)}); resume from the "
