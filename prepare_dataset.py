@@ -145,7 +145,7 @@ def keep_majority_side(df, steps):
     counts = pd.crosstab(df.label_value, df.side)
     majority = counts.idxmax(axis=1).where(counts.max(axis=1) * 2 > counts.sum(axis=1), "")
     disagree = [
-        f"{value!r} ({', '.join(f'{s} {n}' for s, n in row.items() if n)})"
+        f"'{cli.printable(value)}' ({', '.join(f'{s} {n}' for s, n in row.items() if n)})"
         for value, row in counts.iterrows()
         if (row > 0).sum() > 1
     ]
