@@ -154,8 +154,8 @@ CALIBRATION = shapes.record(dict(  # calibration.fit
     dict(cv_log_loss=shapes.table_of(shapes.nullable(ANY_NUMBER))))  # fmt: skip
 OPERATING_POINT = shapes.record(dict(  # metrics.operating_point
     target_sensitivity=FRACTION, threshold=FRACTION, sensitivity=FRACTION, specificity=FRACTION,
-    sensitivity_ci95=shapes.list_of(FRACTION, 2), specificity_ci95=shapes.list_of(FRACTION, 2), n_malignant=COUNT,
-    n_benign=COUNT))  # fmt: skip
+    sensitivity_ci95=shapes.list_of(FRACTION, 2), specificity_ci95=shapes.list_of(FRACTION, 2)),
+    dict(n_malignant=COUNT, n_benign=COUNT))  # fmt: skip
 LONG = shapes.text(4000)
 SUMMARY = shapes.record(dict(trained_on=LONG, how_well=LONG, intended_use=LONG, limits=TEXTS))  # card.summary
 SELF_CHECK = shapes.record(dict(  # export_onnx.py: the file's outputs on check_inputs, stored when it was exported
