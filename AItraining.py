@@ -78,8 +78,7 @@ LOG_DIR = "runs"  # TensorBoard logs, one sub-folder per run
 OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 # what a run keeps in its checkpoints (--resume takes them back), and the ranges of its numeric flags
-SETTINGS = ["recipe", "why", *model.RECIPES["scratch"], "batch_size", "image_size", "seed", "target_sensitivity",
-            "amp", "run", "model_name"]  # fmt: skip
+SETTINGS = list(model.RUN_SETTINGS)  # the flags a run keeps, with their shapes in the model file
 RANGES = [("epochs", 1, 1e6, "a whole number >= 1"), ("lr", 1e-12, math.inf, "a number > 0"),
           ("weight_decay", 0, math.inf, "a number >= 0"), ("warmup", 0, 0.99, "from 0 to 0.99"),
           ("label_smoothing", 0, 0.99, "from 0 to 0.99"), ("drop_path", 0, 0.99, "from 0 to 0.99"),
@@ -89,7 +88,7 @@ RANGES = [("epochs", 1, 1e6, "a whole number >= 1"), ("lr", 1e-12, math.inf, "a 
           ("seed", 0, 2**32 - 1, "from 0 to 2**32 - 1")]  # fmt: skip
 CHOICES = [("recipe", ["auto", "finetune", "scratch"]), ("optimizer", ["adam", "adamw"]),
            ("schedule", ["cosine", "constant"])]  # fmt: skip
-RESUME_KEYS = ["optimizer", "schedule", "best", "bad_epochs", "stopped_early", "history"]
+RESUME_KEYS = training.RESUME_KEYS  # what a resume checkpoint holds besides the weights and meta
 
 
 def parse_args(argv=None):
@@ -125,6 +124,9 @@ def resume_settings(args, classes):
     missing = [key for key in RESUME_KEYS if key not in state] + [
         k for k in ("settings", "epoch") if k not in state["meta"]
     ]
+    fault = not missing and training.resume_fault(state)
+    if fault:
+        cli.die(f"--resume: {args.resume_file} is refused: {fault}; start a new run")
     if missing:
         cli.die(
             f"--resume: {args.resume_file} has no optimiser state ({', '.join(missing)}); resume from the "
@@ -387,7 +389,7 @@ def report(args):
             f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"
         )
     print(f"operating point: threshold {op['threshold']:.3f}, {metrics.operating_point_text(op)}")
-    card.write_card(args.card, final, os.path.basename(args.output))
+    card.write_card(args.card, final, os.path.basename(args.output), sha256=files.file_sha256(args.output))
     print(f"model card: {args.card}")
     if final["at_chance"]:
         cli.warn(

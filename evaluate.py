@@ -269,6 +269,7 @@ def main(argv=None):
     result = dict(
         written_by=files.TAG,
         model=args.model,
+        model_sha256=files.file_sha256(args.model),
         data_dir=args.data_dir,
         tta=args.tta,
         threshold=threshold,
@@ -319,7 +320,7 @@ def main(argv=None):
             outputs[4],
         )
         written.append(outputs[4])
-    card.write_card(args.card, meta, os.path.basename(args.model), result)
+    card.write_card(args.card, meta, os.path.basename(args.model), result, files.file_sha256(args.model))
     print(f"\nwrote {', '.join(written)}; the test results are in the model card {args.card}")
     if at_chance:
         low, high = ci["roc_auc"]
@@ -335,9 +336,9 @@ def main(argv=None):
 def show(result, args):
     """The report on the console."""
     scores, ci, cal, op = result["metrics"], result["ci95"], result["calibration"], result["operating_point"]
-    counts = ", ".join(f"{n} {c}" for c, n in result["n_images"].items())
+    counts = ", ".join(f"{n} {cli.printable(c)}" for c, n in result["n_images"].items())
     flips = ", P(malignant) averaged over flips (TTA)" if args.tta else ""
-    print(f"\n{args.model} on {args.data_dir}: {counts} images{flips}")
+    print(f"\n{cli.printable(args.model)} on {cli.printable(args.data_dir)}: {counts} images{flips}")
     print(f"threshold {result['threshold']:.4f} (stored in the checkpoint, chosen on validation; not tuned here)\n")
     print(f"{'metric':<22}{'value':>7}   95% CI ({args.n_bootstrap} bootstrap resamples)")
     for key, name in NAMES.items():
@@ -358,10 +359,11 @@ def show(result, args):
         types = result["types"]
         print(f"\nlesion types: balanced accuracy {types['balanced_accuracy']:.3f} (chance {types['chance']:.3f})")
         for name, auc in types["one_vs_rest_auc"].items():
-            print(f"  {name:<30} ROC-AUC {auc:.3f} (one vs rest)")
+            print(f"  {cli.printable(name):<30} ROC-AUC {auc:.3f} (one vs rest)")
     for factor, groups in result["subgroups"].items():
         print(
-            f"\nROC-AUC by {factor}: " + "; ".join(f"{g} ({r['photos']} photos) {r['text']}" for g, r in groups.items())
+            f"\nROC-AUC by {factor}: "
+            + "; ".join(f"{cli.printable(g)} ({r['photos']} photos) {r['text']}" for g, r in groups.items())
         )
     if result["mistakes"]:
         print(f"\n{len(result['mistakes'])} most confident mistakes\n{'P(malignant)':>12}  {'true':<10}file")

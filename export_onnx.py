@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 import model
-from skinlesion import card, cli, files, interrupts, ledger, model_index, photos
+from skinlesion import card, cli, files, interrupts, model_index, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -42,7 +42,6 @@ OPSET = 18  # ONNX opset version, 18 to 23
 TOLERANCE = 1e-4  # largest difference in P(malignant) (and the map, relative) between PyTorch and onnxruntime
 OVERWRITE = False  # replace an OUTPUT that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
-LEFT_OUT = ("settings", "data")  # metadata the model card carries instead of the ONNX file
 
 
 def parse_args(argv=None):
@@ -107,19 +106,47 @@ def exportable(net, meta):
     return Exported().eval()
 
 
-def onnx_metadata(meta, checkpoint):
-    """What a consumer needs to use the ONNX file alone, each value as a JSON string."""
+def evaluation_of(checkpoint):
+    """evaluate.py's results (evaluation.json beside the checkpoint) when they are of this very file (its
+    SHA-256 recorded there), else None."""
+    path = os.path.join(os.path.dirname(checkpoint), "evaluation.json")
+    if files.file_kind(path):  # missing, a folder, a named pipe
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            evaluation = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(evaluation, dict) or evaluation.get("model_sha256") != files.file_sha256(checkpoint):
+        return None
+    return evaluation
+
+
+def self_check(wrapped, size):
+    """The outputs the file must give on model.check_inputs (load_onnx compares): PyTorch's, which onnxruntime
+    matches within TOLERANCE (checked on real photos before the file is written)."""
     import torch
 
-    card_file = os.path.splitext(checkpoint)[0] + ".md"
-    tested = model_index.test_results(card_file) if ledger.why_not_ours(card_file, "model card") is None else None
-    props = {key: value for key, value in meta.items() if key not in LEFT_OUT}
+    x = model.check_inputs(size)
+    with torch.inference_mode():
+        logits, p, _ = wrapped(torch.from_numpy(x))
+    return dict(inputs=len(x), logits=logits.double().tolist(), p_malignant=p.double().tolist())
+
+
+def onnx_metadata(meta, checkpoint, checked):
+    """What a consumer needs to use the ONNX file alone (model.KEYS marked "copied", and those export writes),
+    each value as a JSON string."""
+    import torch
+
+    tested = model_index.test_results(evaluation_of(checkpoint))
+    props = {key: value for key, value in meta.items() if key in model.KEYS and model.KEYS[key].onnx == "copied"}
     props.update(
-        source_checkpoint=os.path.basename(checkpoint),
+        source_checkpoint=cli.printable(os.path.basename(checkpoint)),
         source_sha256=files.file_sha256(checkpoint),
-        outputs=["logits", "p_malignant", "cam"],
+        outputs=list(model.ONNX_OUTPUTS),
         exporter=f"torch.onnx dynamo, torch {torch.__version__}",
         card_summary=card.summary(meta, tested),
+        self_check=checked,
     )
     return {key: json.dumps(value) for key, value in props.items()}
 
@@ -175,7 +202,8 @@ def main(argv=None):
     )
 
     def export_and_check(tmp):  # inside files.atomic_write: a failed check leaves nothing behind
-        export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model))
+        checked = self_check(wrapped, meta["image_size"])
+        export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model, checked))
         onnx.checker.check_model(tmp, full_check=True)
         diff = max_difference(wrapped, meta, tmp, x)
         if not diff <= args.tolerance:

@@ -9,14 +9,17 @@ the ONNX path start in a fraction of a second.
 """
 
 import json
+import math
 import re
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from scipy.special import logsumexp, softmax
 
+from skinlesion import shapes
 from skinlesion.calibration import calibrated
-from skinlesion.cli import die, in_range, is_list_of, is_table
+from skinlesion.cli import die, in_range, is_list_of
 from skinlesion.dataset import SIDES
 from skinlesion.files import TAG, atomic_write, file_kind
 from skinlesion.weights import imagenet_model
@@ -33,6 +36,7 @@ RECIPES = {  # how AItraining.py trains, by starting point; each knob is also on
 }  # fmt: skip
 # -----------------------------------------------------------------------------
 TTA_FLIPS = [(), (-1,), (-2,), (-2, -1)]  # test-time augmentation: the photo and its flips (axes of C, H, W)
+ONNX_OUTPUTS = ("logits", "p_malignant", "cam")  # what an export gives, in order
 IMAGE_SIZES = (32, 2048)  # the image sizes (px) a model may have, from and to: every script's range says these
 IMAGE_SIZE_RANGE = ("image_size", *IMAGE_SIZES, f"a whole number from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} px")
 
@@ -160,11 +164,92 @@ def view_logits(net, x, tta=False):
 
 
 # ---------------------------------------------------------------------------- the model file
+class Key(NamedTuple):
+    holds: str  # what the value is
+    shape: shapes.Shape  # how it is checked when a model file is loaded (and before one is saved)
+    writer: str  # who writes it
+    required: bool = False  # every model file holds it (else: only some, e.g. those of a finished run)
+    onnx: str = "copied"  # "copied" into the ONNX metadata, "left out" (the card carries it), "export" (written there)
+    page: bool = False  # in the page's model.json (serve_web.py)
+
+
+ANY_NUMBER, SHA256 = shapes.simple(in_range, "a finite number"), shapes.SHA256
+FRACTION, COUNT, TEXTS = shapes.number(0, 1), shapes.whole(0, 10**9), shapes.list_of(shapes.text())
+ARCHITECTURE = shapes.simple(lambda v: isinstance(v, str) and re.fullmatch(r"[a-z0-9_]{1,64}", v), "a timm name")
+NETWORK = shapes.record(
+    {"architecture": ARCHITECTURE, **{k: shapes.whole(1, 10**5) for k in ("features", "stride", "convs")}}
+)
+STARTING_WEIGHTS = shapes.simple(  # weights.imagenet_model's record; true or false in files from before it
+    lambda v: v in (None, True, False) or starting_weights_record(v), "true, false or where the weights came from"
+)
+RUN_SETTINGS = {  # what a run keeps for --resume (AItraining.py's SETTINGS): the flags it restores, by shape
+    "recipe": shapes.one_of("finetune", "scratch"), "why": shapes.text(), "optimizer": shapes.one_of("adam", "adamw"),
+    "lr": shapes.number(1e-12, math.inf), "weight_decay": shapes.number(0, math.inf),
+    "warmup": shapes.number(0, 0.99), "schedule": shapes.one_of("cosine", "constant"),
+    "epochs": shapes.whole(1, 10**6), "label_smoothing": shapes.number(0, 0.99), "drop_path": shapes.number(0, 0.99),
+    "class_weights": shapes.BOOLEAN, "patience": shapes.whole(0, 10**6), "batch_size": shapes.whole(1, 10**5),
+    "image_size": shapes.whole(*IMAGE_SIZES), "seed": shapes.whole(0, 2**32 - 1), "target_sensitivity": FRACTION,
+    "amp": shapes.BOOLEAN, "run": shapes.text(), "model_name": ARCHITECTURE,
+}  # fmt: skip
+DATA = shapes.record({}, dict(  # what the card says of the training data (dataset.data_summary)
+    source=shapes.text(), counts=shapes.table_of(shapes.table_of(COUNT)), grouping=shapes.text(),
+    factors=shapes.table_of(shapes.table_of(shapes.table_of(COUNT))), attributions=shapes.table_of(COUNT),
+    licences=shapes.table_of(COUNT), label_column=shapes.text(), synthetic=shapes.BOOLEAN), others=True)  # fmt: skip
+CALIBRATION = shapes.record(dict(  # calibration.fit
+    method=shapes.one_of("temperature", "platt"), a=shapes.number(1e-6, 1e6), b=shapes.number(-1e6, 1e6),
+    val_log_loss_before=ANY_NUMBER, val_log_loss_after=ANY_NUMBER, val_ece_before=FRACTION, val_ece_after=FRACTION),
+    dict(cv_log_loss=shapes.table_of(shapes.nullable(ANY_NUMBER))))  # fmt: skip
+OPERATING_POINT = shapes.record(dict(  # metrics.operating_point
+    target_sensitivity=FRACTION, threshold=FRACTION, sensitivity=FRACTION, specificity=FRACTION,
+    sensitivity_ci95=shapes.list_of(FRACTION, 2), specificity_ci95=shapes.list_of(FRACTION, 2)),
+    dict(n_malignant=COUNT, n_benign=COUNT))  # fmt: skip
+LONG = shapes.text(4000)
+SUMMARY = shapes.record(dict(trained_on=LONG, how_well=LONG, intended_use=LONG, limits=TEXTS))  # card.summary
+SELF_CHECK = shapes.record(dict(  # export_onnx.py: the file's outputs on check_inputs, stored when it was exported
+    inputs=shapes.whole(1, 16), logits=shapes.list_of(shapes.list_of(ANY_NUMBER, most=1000), most=16),
+    p_malignant=shapes.list_of(FRACTION, most=16)))  # fmt: skip
+NAMES = shapes.list_of(shapes.text(shapes.MAX_NAME), most=1000)
+KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any other is ignored and never copied
+    "written_by": Key("files.TAG: a model file of ours", shapes.text(), "checkpoint_state"),
+    "model_name": Key("the timm architecture", ARCHITECTURE, "checkpoint_state"),
+    "network": Key("its features, stride and convolutions (network_shape)", NETWORK, "checkpoint_state"),
+    "classes": Key("the class folders, in index order", NAMES, "AItraining.py", True, page=True),
+    "malignant_classes": Key("the classes on the malignant side", NAMES, "AItraining.py", page=True),
+    "class_names": Key("each class's label value in the export", NAMES, "AItraining.py", page=True),
+    "image_size": Key("the network's input side in px", shapes.whole(*IMAGE_SIZES), "checkpoint_state", True,
+                      page=True),
+    "mean": Key("normalisation mean", shapes.list_of(shapes.number(-10, 10), 3), "checkpoint_state", True, page=True),
+    "std": Key("normalisation std", shapes.list_of(shapes.number(1e-6, 10), 3), "checkpoint_state", True, page=True),
+    "interpolation": Key("the resize filter", shapes.one_of("bicubic", "bilinear", "nearest"), "checkpoint_state",
+                         True, page=True),
+    "crop_pct": Key("the centre crop's share of the shorter side", shapes.number(0.05, 1), "checkpoint_state", True,
+                    page=True),
+    "threshold": Key("P(malignant) from which a photo is called malignant", FRACTION, "AItraining.py", True, page=True),
+    "calibration": Key("the scaling of the malignant log-odds", shapes.nullable(CALIBRATION), "AItraining.py"),
+    "operating_point": Key("the threshold's sensitivity, specificity", OPERATING_POINT, "AItraining.py", page=True),
+    "val_metrics": Key("validation metrics at the threshold", shapes.table_of(ANY_NUMBER), "AItraining.py"),
+    "val_auc_ci95": Key("validation ROC-AUC 95% interval", shapes.list_of(FRACTION, 2), "AItraining.py", page=True),
+    "at_chance": Key("that interval holds 0.5 (null: unknown)", shapes.nullable(shapes.BOOLEAN), "AItraining.py",
+                     page=True),
+    "epoch": Key("the epoch the weights are from", shapes.whole(0, 10**6), "AItraining.py"),
+    "imagenet": Key("where its starting weights came from (weights.py)", STARTING_WEIGHTS, "AItraining.py"),
+    "manifest_sha256": Key("the dataset's manifest.csv", shapes.nullable(SHA256), "AItraining.py"),
+    "versions": Key("torch, timm, pillow", shapes.table_of(shapes.text(100)), "checkpoint_state"),
+    "settings": Key("the run's settings", shapes.record(RUN_SETTINGS), "AItraining.py", onnx="left out"),
+    "data": Key("the training data, for the card", DATA, "AItraining.py", onnx="left out"),
+    "source_checkpoint": Key("the .pth it was exported from", shapes.text(), "export_onnx.py", True, "export"),
+    "source_sha256": Key("that file's SHA-256", SHA256, "export_onnx.py", True, "export"),
+    "outputs": Key("the graph's outputs", shapes.one_of(list(ONNX_OUTPUTS)), "export_onnx.py", True, "export"),
+    "exporter": Key("how it was exported", shapes.text(), "export_onnx.py", True, "export"),
+    "card_summary": Key("the card in four texts", SUMMARY, "export_onnx.py", True, "export", page=True),
+    "self_check": Key("outputs on check_inputs", SELF_CHECK, "export_onnx.py", True, "export"),
+}  # fmt: skip
+
+
 def classes_fault(meta):
-    """What is wrong with a model file's classes and their sides, or None."""
-    classes, malignant = meta["classes"], meta.get("malignant_classes")
-    names = is_list_of(classes, lambda c: isinstance(c, str) and c)
-    if not names or len(classes) < 2 or len(set(classes)) < len(classes):
+    """What is wrong with a model file's classes, their sides and names (shapes already checked), or None."""
+    classes, malignant, names = meta["classes"], meta.get("malignant_classes"), meta.get("class_names")
+    if len(classes) < 2 or len(set(classes)) < len(classes):
         return f"its classes {classes!r} are not two or more different names"
     if malignant is None and classes != SIDES:
         return f"it is a model for classes {classes} with no malignant_classes; this project needs {SIDES} or both"
@@ -172,56 +257,26 @@ def classes_fault(meta):
         is_list_of(malignant, classes.__contains__) and 0 < len(malignant) < len(classes)
     ):
         return f"its malignant_classes {malignant!r} are not some, not all, of its classes"
+    if names is not None and len(names) != len(classes):
+        return f"its class_names {names!r} are not one name per class ({len(classes)})"
     return None
 
 
-def meta_fault(meta):
-    """What is wrong with a model file's metadata (what predict.py, evaluate.py and the web page need), or None."""
-    need = ["classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold"]
-    missing = [key for key in need if key not in meta]
-    calibration, ci = meta.get("calibration"), meta.get("val_auc_ci95")
+def meta_fault(meta, kind="pth"):
+    """What is wrong with a model file's metadata, or None: every key of KEYS it holds has its shape, the keys
+    every model file holds (and, kind "onnx", those export_onnx.py writes) are there, and they agree."""
+    if not isinstance(meta, dict):
+        return "its metadata is not a table"
+    need = [name for name, key in KEYS.items() if key.required and (key.onnx != "export" or kind == "onnx")]
+    missing = [name for name in need if name not in meta]
     if missing:
         return f"no {', '.join(missing)} in its metadata"
-    name = meta.get("model_name", MODEL_NAME)  # files from before the key: EfficientNet-B0
-    if not (isinstance(name, str) and re.fullmatch(r"[a-z0-9_]{1,64}", name)):
-        return f"its model_name {name!r} is not the name of a timm architecture"
-    network = meta.get("network")
-    sizes = ("features", "stride", "convs")
-    if network is not None and not (
-        isinstance(network, dict)
-        and network.get("architecture") == name
-        and all(isinstance(network.get(k), int) and in_range(network[k], 1, 1e5) for k in sizes)
-    ):
-        return f"its network {network!r} is not {name}'s features, stride and convolutions"
-    if not (isinstance(meta["image_size"], int) and in_range(meta["image_size"], *IMAGE_SIZES)):
-        return f"its image_size {meta['image_size']!r} is not a whole number from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}"
-    if not is_list_of(meta["mean"], lambda v: in_range(v, -10, 10), 3):
-        return f"its mean {meta['mean']!r} is not three numbers"
-    if not is_list_of(meta["std"], lambda v: in_range(v, 1e-6, 10), 3):
-        return f"its std {meta['std']!r} is not three numbers above 0"
-    if meta["interpolation"] not in ("bicubic", "bilinear", "nearest"):
-        return f"its interpolation {meta['interpolation']!r} is not bicubic, bilinear or nearest"
-    if not in_range(meta["crop_pct"], 0.05, 1):
-        return f"its crop_pct {meta['crop_pct']!r} is not a number in (0, 1]"
-    if not in_range(meta["threshold"], 0, 1):
-        return f"its threshold {meta['threshold']!r} is not a number from 0 to 1"
-    if calibration is not None and not (
-        isinstance(calibration, dict)
-        and in_range(calibration.get("a"), 1e-6, 1e6)
-        and in_range(calibration.get("b"), -1e6, 1e6)
-    ):
-        return f"its calibration {calibration!r} is not a positive scale a and a shift b"
-    if ci is not None and not is_list_of(ci, lambda v: in_range(v, 0, 1), 2):
-        return f"its val_auc_ci95 {ci!r} is not two numbers from 0 to 1"
-    bad = [key for key in ("val_metrics", "operating_point") if meta.get(key) is not None and not is_table(meta[key])]
-    if bad:
-        return f"its {bad[0]} {meta[bad[0]]!r} is not a table of numbers"
-    imagenet = meta.get("imagenet")
-    if not (imagenet in (None, True, False) or starting_weights_record(imagenet)):
-        return f"its imagenet {imagenet!r} is not true, false or where the starting weights came from"
-    if meta.get("at_chance") not in (None, True, False):  # None: not known (no validation split)
-        return f"its at_chance {meta['at_chance']!r} is not true, false or null"
-    return classes_fault(meta)
+    faults = (shapes.fault(key.shape, name, meta[name]) for name, key in KEYS.items() if name in meta)
+    fault = next(filter(None, faults), None)
+    name, network = meta.get("model_name", MODEL_NAME), meta.get("network")  # before the keys: EfficientNet-B0
+    if not fault and network is not None and network["architecture"] != name:
+        fault = f"its network {network!r} is not {name}'s"
+    return fault or classes_fault(meta)
 
 
 def starting_weights_record(value):
@@ -241,8 +296,9 @@ def meta_data_config(meta):
 
 
 def checkpoint_state(net, cfg, threshold=0.5, classes=CLASSES, **meta):
-    """The one checkpoint format: weights plus what is needed to use them (meta_fault's keys and what AItraining.py
-    adds). TAG comes first: a reader can tell the file (the proof that we wrote it is the ledger's)."""
+    """The one checkpoint format: weights plus what is needed to use them (the keys of KEYS: meta_fault's check
+    runs here too, so a file that would be refused is never written). TAG comes first: a reader can tell the file
+    (the proof that we wrote it is the ledger's)."""
     import PIL
     import timm
     import torch
@@ -254,6 +310,10 @@ def checkpoint_state(net, cfg, threshold=0.5, classes=CLASSES, **meta):
     meta["threshold"] = float(threshold)
     meta.update(image_size=int(cfg["input_size"][-1]), mean=list(cfg["mean"]), std=list(cfg["std"]))
     meta.update(interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]), versions=versions)
+    unknown = [key for key in meta if key not in KEYS or KEYS[key].onnx == "export"]
+    fault = meta_fault(meta) or (unknown and f"its keys {unknown} are not in model.KEYS")
+    if fault:
+        raise ValueError(f"a model file must not be written so: {fault}")
     weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return {"written_by": TAG, "state_dict": weights, "meta": meta}
 
@@ -372,15 +432,42 @@ def onnx_fault(proto, session, meta):
         return f"it takes {inputs}, not one float32 image [batch, 3, {size}, {size}]"
     outputs = {o.name: o.shape[1:] for o in session.get_outputs()}
     side = cam_side(size, network["stride"])
-    wanted = {"logits": [n], "p_malignant": [], "cam": [side, side]}
+    wanted = dict(zip(ONNX_OUTPUTS, [[n], [], [side, side]]))
     if outputs != wanted:
         return f"its outputs (shapes after the batch) are {outputs}, not {wanted}"
     return None
 
 
+def check_inputs(size, n=3):
+    """n deterministic float32 images [n, 3, size, size] (sine patterns of the normalised scale, the same on every
+    machine): export_onnx.py stores the file's outputs on them (self_check), load_onnx compares."""
+    rows, cols = np.mgrid[0:size, 0:size] / size
+    waves = [[np.sin(2 * np.pi * (k + 1) * (rows * (c + 1) + cols * (k + 2)) + c) for c in range(3)] for k in range(n)]
+    return (1.5 * np.asarray(waves)).astype(np.float32)
+
+
+def self_check_fault(session, meta, tolerance=1e-4):
+    """Whether the file's outputs on check_inputs are what was stored when it was exported, and its p_malignant
+    is what its own logits give through its calibration (a rewired p_malignant is refused), else the fault."""
+    stored = meta["self_check"]
+    x = check_inputs(meta["image_size"], stored["inputs"])
+    logits, p = session.run(["logits", "p_malignant"], {session.get_inputs()[0].name: x})
+    own = predictions([logits], meta)[0]
+    if np.shape(stored["logits"]) != logits.shape or len(stored["p_malignant"]) != len(p):
+        return f"its self_check holds outputs for {np.shape(stored['logits'])}, the file gives {logits.shape}"
+    scale = np.maximum(1.0, np.abs(logits).max(axis=1, keepdims=True))  # each input's own: float32 rounding
+    drift = (np.abs(logits - np.asarray(stored["logits"])) / scale).max()
+    if not np.abs(p - own).max() <= tolerance:
+        return f"its p_malignant is not what its logits and calibration give (off by {np.abs(p - own).max():.2g})"
+    if not (drift <= 1e-3 and np.abs(p - np.asarray(stored["p_malignant"])).max() <= tolerance):
+        return "its outputs on the check inputs are not those stored when it was exported"
+    return None
+
+
 def load_onnx(path):
     """(onnxruntime session, meta) for a file written by export_onnx.py, checked as read_checkpoint checks a
-    .pth (metadata, finite weights, the architecture, its input and outputs); dies with one line otherwise."""
+    .pth (metadata, finite weights, the architecture, its input and outputs) and against its self_check; dies
+    with one line otherwise."""
     import onnx
     import onnxruntime as ort
 
@@ -398,7 +485,8 @@ def load_onnx(path):
         fault = twice and f"its metadata holds {', '.join(twice)} more than once"
     except ValueError as e:
         fault = f"its metadata is not valid JSON ({e})"
-    fault = fault or meta_fault(meta) or onnx_fault(proto, session, meta)
+    fault = fault or meta_fault(meta) or onnx_fault(proto, session, meta) or meta_fault(meta, "onnx")
+    fault = fault or self_check_fault(session, meta)
     if fault:
         die(f"{path} is refused: {fault}; export the model again with export_onnx.py")
     return session, meta

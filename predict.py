@@ -13,6 +13,8 @@ validation split for its target sensitivity (stored in the model file; --thresho
 with enough digits to see which side of the threshold it lies on; within model.BORDERLINE (0.02) it is called
 borderline. A lesion-type model also names the most likely type and the next two. A model file that is broken
 or not ours is refused, and a photo for which the model gives no valid probability is an error, never a label.
+The model file's SHA-256 is printed after the predictions: compare it with the published one (a model file is
+code-like: load only those you trust). Names from the model or a folder are printed escaped (cli.printable).
 Folders are searched recursively (each real folder once, links included) for files ending in photos.IMAGE_EXTS;
 other files and unreadable images are skipped, counted and named on stderr.
 
@@ -126,7 +128,7 @@ def likely_types(probabilities, meta):
     """[(type name, P)] of a lesion-type model, most likely first (the original label values where known)."""
     names = meta.get("class_names") or meta["classes"]
     order = np.argsort(-np.asarray(probabilities), kind="stable")
-    return [(names[i], float(probabilities[i])) for i in order]
+    return [(cli.printable(names[i]), float(probabilities[i])) for i in order]
 
 
 def csv_cell(text):
@@ -183,6 +185,7 @@ def main(argv=None):
     for picture in pictures.values():
         files.check_output(picture, "--explain-dir", "picture", [args.model, *images], args.overwrite)
 
+    sha256 = files.file_sha256(args.model)
     predict_one, meta = load(args)
     cfg, types = model.meta_data_config(meta), len(meta["classes"]) > 2
     threshold = float(meta["threshold"]) if args.threshold is None else args.threshold
@@ -254,6 +257,7 @@ def main(argv=None):
         )
     if meta.get("operating_point") and args.threshold is None:
         print(f"Operating point: {metrics.operating_point_text(meta['operating_point'])}.")
+    print(f"Model file: {cli.printable(args.model)}, SHA-256 {sha256} (compare it with the published one)")
     if args.csv:
         text = io.StringIO()
         header = HEADER + ["type", "p_type"] if types else HEADER

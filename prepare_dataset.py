@@ -33,7 +33,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, sampling, splits
+from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, sampling, shapes, splits
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -116,6 +116,9 @@ def filter_rows(df, image_types, label_column=LABEL_COLUMN):
     df["label_value"] = df.side if two_class else df[label_column]
     if not two_class:
         df = keep(df, df.label_value != "", f"with a {label_column} value", "left out: empty")
+        named = df.label_value.map(lambda value: shapes.is_text(value, shapes.MAX_NAME))
+        why = "left out (a class name must be printable text): " + cli.counts_text(df.label_value[~named], 3)
+        df = keep(df, named, f"printable, at most {shapes.MAX_NAME} characters", why)
     ok = df.side.isin(dataset.SIDES)
     odd = ~ok & ~isic.is_undecided(df.side)
     losses.append(("label outside ISIC's vocabulary or in conflict", odd.sum(), cli.counts_text(df.side[odd], 3)))
@@ -142,7 +145,7 @@ def keep_majority_side(df, steps):
     counts = pd.crosstab(df.label_value, df.side)
     majority = counts.idxmax(axis=1).where(counts.max(axis=1) * 2 > counts.sum(axis=1), "")
     disagree = [
-        f"{value!r} ({', '.join(f'{s} {n}' for s, n in row.items() if n)})"
+        f"'{cli.printable(value)}' ({', '.join(f'{s} {n}' for s, n in row.items() if n)})"
         for value, row in counts.iterrows()
         if (row > 0).sum() > 1
     ]
@@ -276,7 +279,7 @@ def report(manifest, steps, args, notes):
         for split in [s for s in dataset.SPLITS if s in by_split]:
             total = sum(by_split[split].values())
             common = sorted(by_split[split].items(), key=lambda item: -item[1])[:6]
-            print(f"    {split:<6}" + ", ".join(f"{value} {n / total:.0%}" for value, n in common))
+            print(f"    {split:<6}" + ", ".join(f"{cli.printable(value)} {n / total:.0%}" for value, n in common))
     for note in notes:
         print(note)
 

@@ -76,21 +76,7 @@ def read_model(path):
     _, meta = model.load_onnx(path)
     if meta["interpolation"] != "bicubic":
         cli.die(f"{path} resizes with {meta['interpolation']}; the page implements Pillow's bicubic only")
-    keys = (
-        "classes",
-        "class_names",
-        "malignant_classes",
-        "image_size",
-        "mean",
-        "std",
-        "interpolation",
-        "crop_pct",
-        "threshold",
-        "at_chance",
-        "val_auc_ci95",
-        "operating_point",
-        "card_summary",
-    )
+    keys = [name for name, key in model.KEYS.items() if key.page]
     sidecar = {key: meta.get(key) for key in keys}
     op = meta.get("operating_point")
     sidecar.update(
@@ -156,6 +142,7 @@ def site_contents(model_path, card, node_modules):
     for name in ORT_FILES:
         contents[f"vendor/{name}"] = read_bytes(os.path.join(dist, name))
     contents["model.onnx"] = read_bytes(model_path)
+    sidecar["model_sha256"] = hashlib.sha256(contents["model.onnx"]).hexdigest()  # of the bytes the page gets
     contents["model.json"] = json.dumps(sidecar, indent=1).encode()
     if card:
         contents[CARD_NAME] = read_bytes(card)

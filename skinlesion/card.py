@@ -6,8 +6,10 @@ the model (skin_model.md), evaluate.py rewrites it with the test results, export
 into the ONNX file, and the web page shows that summary."""
 
 import datetime
+import re
 
 from skinlesion import dataset
+from skinlesion.cli import printable
 from skinlesion.files import TAG, write_text
 from skinlesion.metrics import operating_point_text
 from skinlesion.model_index import front_matter
@@ -18,6 +20,23 @@ MIN_PER_CLASS = 20  # a subgroup is reported only with at least this many photos
 NOT_A_DEVICE = (
     "This is not a medical device: it is not approved or validated for diagnosis and must never replace a doctor."
 )
+MARKDOWN = re.compile(r"([\\`*\[\]~#!]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))")  # emphasis, code, links, headings
+# (an underscore inside a word, as in lesion_id, is text to markdown: left as it is)
+ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;"}  # HTML and table cells, as every renderer reads
+
+
+def markdown_text(value):
+    """Any text from a data or model file (a class name, an attribution, a path) as markdown that shows it as it
+    is, on one line: control characters escaped as cli.printable prints them, HTML and a table's | as entities,
+    and every other character markdown would read (emphasis, code, links, headings) backslash-escaped."""
+    text = MARKDOWN.sub(r"\\\1", printable(str(value)))
+    return re.sub("[&<>|]", lambda found: ENTITIES[found.group()], text)
+
+
+def markdown_code(value):
+    """value as a code span (a path, a column name), or as escaped text where it holds a backtick."""
+    text = printable(str(value))
+    return markdown_text(text) if "`" in text else f"`{text}`"
 
 
 def listed(names):
@@ -27,27 +46,30 @@ def listed(names):
 
 
 def counted(counts):
-    """{name: number} as 'name number, name number'."""
-    return ", ".join(f"{name} {number}" for name, number in counts.items()) or "unknown"
+    """{name: number} as 'name number, name number' (in markdown)."""
+    return ", ".join(f"{markdown_text(name)} {number}" for name, number in counts.items()) or "unknown"
 
 
-def sides(meta):
-    """'benign and malignant', or the lesion types by side: 'nevus (benign); melanoma and bcc (malignant)'."""
+def sides(meta, shown=markdown_text):
+    """'benign and malignant', or the lesion types by side: 'nevus (benign); melanoma and bcc (malignant)'; each
+    class name as shown gives it (markdown, or str for plain text)."""
     classes, malignant = meta["classes"], meta.get("malignant_classes", ["malignant"])
     if classes == ["benign", "malignant"]:
         return "benign and malignant"
-    by_side = {side: [c for c in classes if (c in malignant) == (side == "malignant")] for side in dataset.SIDES}
+    by_side = {side: [shown(c) for c in classes if (c in malignant) == (side == "malignant")] for side in dataset.SIDES}
     return "; ".join(f"{listed(names)} ({side})" for side, names in by_side.items())
 
 
 def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+    """A markdown table; every cell escaped (markdown_text), so a name holding | or < stays in its cell."""
+    lines = ["| " + " | ".join(map(markdown_text, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(markdown_text(c) for c in row) + " |" for row in rows])
 
 
 def factor_tables(factors):
     """A table per factor: its values' photos per split, unknown included."""
-    found = [f"**{f}**\n\n" + table([f, *splits], rows) for f, (splits, rows) in dataset.factor_rows(factors).items()]
+    rows_by_factor = dataset.factor_rows(factors).items()
+    found = [f"**{markdown_text(f)}**\n\n" + table([f, *splits], rows) for f, (splits, rows) in rows_by_factor]
     return "\n\n".join(found) or "No metadata columns for these factors: all unknown."
 
 
@@ -72,8 +94,8 @@ def evaluation_section(meta, evaluation):
         for key, (low, high) in evaluation["ci95"].items()
     ]
     text.append(
-        f"**Test** (`{evaluation['data_dir']}`: {counted(evaluation['n_images'])} photos), by evaluate.py, at the "
-        "validation threshold:\n\n" + table(["metric", "value", "95% CI"], rows)
+        f"**Test** ({markdown_code(evaluation['data_dir'])}: {counted(evaluation['n_images'])} photos), by "
+        "evaluate.py, at the validation threshold:\n\n" + table(["metric", "value", "95% CI"], rows)
     )
     cal = evaluation.get("calibration") or {}
     rows = [[METRIC_NAMES[k], f"{cal[k + '_before']:.3f}", f"{cal[k + '_after']:.3f}"] for k in ("ece", "brier") if cal]
@@ -90,22 +112,23 @@ def starting_weights(meta):
     or random weights. Model files from before the record say only whether ImageNet weights were loaded."""
     imagenet = meta.get("imagenet")
     if isinstance(imagenet, dict) and "file" in imagenet:
-        return f"ImageNet weights from the file {imagenet['file']} (SHA-256 {imagenet['sha256']})"
+        return f"ImageNet weights from the file {markdown_text(imagenet['file'])} (SHA-256 {imagenet['sha256']})"
     if isinstance(imagenet, dict):
-        return f"ImageNet weights ({imagenet['source']})"
+        return f"ImageNet weights ({markdown_text(imagenet['source'])})"
     if imagenet:
         return f"ImageNet weights (timm/{meta.get('model_name', 'efficientnet_b0')})"
     return "random weights"
 
 
-def render(meta, name, evaluation=None):
-    """The whole card as markdown."""
+def render(meta, name, evaluation=None, sha256=None):
+    """The whole card as markdown; sha256: the model file's, which the card shows so that a reader can compare it
+    with the published one."""
     data, settings = meta.get("data", {}), meta.get("settings", {})
-    start, architecture = starting_weights(meta), meta.get("model_name", "efficientnet_b0")
+    start, architecture = starting_weights(meta), markdown_text(meta.get("model_name", "efficientnet_b0"))
     lines = [
         f"---\n{front_matter(meta, evaluation, name)}---",
         f"<!-- {TAG}; regenerated by AItraining.py and evaluate.py -->",
-        f"# Model card: {name}",
+        f"# Model card: {markdown_text(name)}",
     ]
     if meta.get("at_chance"):
         lines.append(
@@ -121,11 +144,15 @@ def render(meta, name, evaluation=None):
         f"({', '.join(f'{k} {settings[k]}' for k in ('optimizer', 'lr', 'epochs') if k in settings)}); best epoch "
         f"{meta.get('epoch')}.\n- Classes: {sides(meta)}; P(malignant) is the summed probability of the malignant "
         f"ones.\n- Input: {meta['image_size']} x {meta['image_size']} px centre crop ({meta['interpolation']}, "
-        f"crop_pct {meta['crop_pct']}). Versions: {counted(meta.get('versions', {}))}. Date: {datetime.date.today()}.",
+        f"crop_pct {meta['crop_pct']}). Versions: {counted(meta.get('versions', {}))}. Date: {datetime.date.today()}."
+        f"\n- Model file: {markdown_text(name)}, SHA-256 {sha256 or 'not recorded'} (compare it with the published "
+        "one).",
         "## Intended use",
         "Research and teaching: to study how such a classifier behaves on photos like those "
         "it was trained on, one lesion per photo, centred.",
-        "**Out of scope:** diagnosis, triage or screening of patients; " + "; ".join(dataset.not_covered(data)) + ".",
+        "**Out of scope:** diagnosis, triage or screening of patients; "
+        + "; ".join(map(markdown_text, dataset.not_covered(data)))
+        + ".",
         "## Training data",
         training_data(meta["classes"], data),
         "## Evaluation",
@@ -143,20 +170,20 @@ def training_data(classes, data):
     """Where the photos came from, how many per split and class, their licences and authors, how they were split."""
     counts = [[split] + list(n.values()) for split, n in data.get("counts", {}).items()]
     grouping = data.get("grouping", "")
-    split = f"photos sharing {grouping} stay in one split, so validation and test photos are not near-copies of "
-    split += "training ones."
+    split = f"photos sharing {markdown_text(grouping)} stay in one split, so validation and test photos are not "
+    split += "near-copies of training ones."
     if not grouping.startswith(("lesion_id", "patient_id")):
         split = "not by lesion or patient (no lesion_id or patient_id known): photos of one lesion may sit in two "
         split += "splits, so "
         split += "validation and test results may be optimistic."
     return "\n\n".join(
         [
-            f"From `{data.get('source')}` (label column `{data.get('label_column', 'unknown')}`). Photos per split "
-            "and class:",
+            f"From {markdown_code(data.get('source'))} (label column "
+            f"{markdown_code(data.get('label_column', 'unknown'))}). Photos per split and class:",
             table(["split"] + classes, counts) if counts else "unknown (no manifest.csv).",
             f"Licences: {counted(data.get('licences', {}))}. Attribution (most photos first): "
-            f"{'; '.join(data.get('attributions', {})) or 'unknown'}; the full list travels with the data "
-            "(attribution.txt, licenses/).",
+            f"{'; '.join(map(markdown_text, data.get('attributions', {}))) or 'unknown'}; the full list travels with "
+            "the data (attribution.txt, licenses/).",
             f"Split: {split}",
         ]
     )
@@ -175,8 +202,8 @@ def caveats(meta, data):
     return "\n".join(f"- {c}" for c in found)
 
 
-def write_card(path, meta, name, evaluation=None):
-    write_text(path, render(meta, name, evaluation), "model card")
+def write_card(path, meta, name, evaluation=None, sha256=None):
+    write_text(path, render(meta, name, evaluation, sha256), "model card")
 
 
 def validated(meta):
@@ -197,7 +224,8 @@ def summary(meta, tested=None):
         how_well += f"; {tested['roc_auc'][1]}: {tested['roc_auc'][0]:.2f}"
     if meta.get("operating_point"):
         how_well += "; " + operating_point_text(meta["operating_point"])
-    trained_on = f"{photos or 'an unknown number of'} ISIC photos ({types or 'type unknown'}); classes: {sides(meta)}"
+    trained_on = f"{photos or 'an unknown number of'} ISIC photos ({types or 'type unknown'}); classes: "
+    trained_on += sides(meta, str)
     if data.get("synthetic"):
         trained_on += " (SYNTHETIC demo drawings, not real lesions)"
     limits = [NOT_A_DEVICE] + [f"Not for {gap}." for gap in dataset.not_covered(data)]

@@ -29,10 +29,15 @@ def warn(message):
 
 
 def printable(path):
-    """A path (or any name) as one printable line: bytes that are not UTF-8 (a file name from another system)
-    as \\xNN, and control characters such as a newline as \\n or \\xNN, so a file name cannot forge a line."""
+    """A path (or any name, or any text read from a data or model file) as one printable line: bytes that are not
+    UTF-8 (a file name from another system) as \\xNN, control characters such as a newline as \\n or \\xNN, and
+    other characters that are not printable (C1 controls, bidirectional overrides, line separators) as \\uNNNN,
+    so a name cannot forge a line or hide text. Everything a script prints from a data file goes through it."""
     text = os.fsencode(path).decode("utf-8", "backslashreplace") if isinstance(path, (str, bytes)) else str(path)
-    return text.translate(ESCAPES)
+    text = text.translate(ESCAPES)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def counts_text(values, most=6):
@@ -40,7 +45,7 @@ def counts_text(values, most=6):
     import pandas as pd
 
     counts = pd.Series(values).value_counts()
-    parts = [f"{value or 'empty'} {n}" for value, n in counts[:most].items()]
+    parts = [f"{printable(value) if value else 'empty'} {n}" for value, n in counts[:most].items()]
     if len(counts) > most:
         parts.append("...")
     return ", ".join(parts)
@@ -49,7 +54,7 @@ def counts_text(values, most=6):
 def first_few(items, most=3):
     """'a, b, c, ...': the first few items."""
     items = list(items)
-    parts = [str(item) for item in items[:most]]
+    parts = [printable(item) for item in items[:most]]
     if len(items) > most:
         parts.append("...")
     return ", ".join(parts)

@@ -10,6 +10,7 @@ from skinlesion import isic
 from skinlesion.cli import die, printable, warn
 from skinlesion.files import file_kind
 from skinlesion.photos import find_images, image_size
+from skinlesion.shapes import as_text
 
 SIDES = ["benign", "malignant"]  # the two-class labels: folder names = class indices; malignant is positive
 SPLITS = ["train", "val", "test"]  # the splits prepare_dataset.py makes, in order
@@ -103,23 +104,29 @@ def class_folders(folder, what="data folder", classes=SIDES):
 
 
 def data_summary(manifest, classes, data_dir):
-    """What the card says of the training data, from the dataset's manifest (None: a folder made by hand)."""
+    """What the card says of the training data, from the dataset's manifest (None: a folder made by hand); each
+    text as a model file may hold it (shapes.as_text: printable, bounded)."""
     if manifest is None or manifest.empty:
-        return dict(source=data_dir, counts={}, factors={}, attributions=[], licences={}, grouping="unknown")
+        source = as_text(data_dir) or "unknown"
+        return dict(source=source, counts={}, factors={}, attributions={}, licences={}, grouping="unknown")
     by_split = manifest.groupby(["split", "label"]).size()
-    counts = {split: {c: int(by_split.get((split, c), 0)) for c in classes} for split in manifest.split.unique()}
+    counts = {
+        as_text(split) or "unknown": {c: int(by_split.get((split, c), 0)) for c in classes}
+        for split in manifest.split.unique()
+    }
     unknown = manifest.isic_id.map(lambda _: "unknown")  # a column the manifest lacks
-    attributions = manifest.get("attribution", unknown).replace("", "unknown")
+    attributions = manifest.get("attribution", unknown).map(as_text).replace("", "unknown")
+    licences = manifest.get("copyright_license", unknown).map(as_text)
     grouped = [c for c in ("lesion_id", "patient_id") if c in manifest and manifest[c].astype(bool).any()]
     grouping = " and ".join(grouped) or "nothing (no lesion_id or patient_id): each photo is its own group"
     return dict(
-        source=data_dir,
+        source=as_text(data_dir) or "unknown",
         counts=counts,
         factors=isic.factor_counts(manifest, "split"),
         attributions=attributions.value_counts().head(8).to_dict(),
         grouping=grouping,
-        licences=manifest.get("copyright_license", unknown).replace("", "unknown").value_counts().to_dict(),
-        label_column=manifest["label_column"].iloc[0] if "label_column" in manifest else "diagnosis_1",
+        licences=licences.replace("", "unknown").value_counts().to_dict(),
+        label_column=as_text(manifest.get("label_column", "diagnosis_1" + unknown.str[:0]).iloc[0]) or "unknown",
         synthetic=bool(attributions.str.contains("SYNTHETIC").all()),
     )
 

@@ -11,9 +11,10 @@ import shutil
 
 import pandas as pd
 
-from skinlesion.cli import die, first_few, warn
+from skinlesion.cli import die, first_few, printable, warn
 from skinlesion.files import atomic_write, file_kind, write_text
 from skinlesion.folders import is_within
+from skinlesion.shapes import as_text
 
 SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs"}
 IMAGE_TYPES = ["dermoscopic", "clinical: overview", "clinical: close-up", "TBP tile: close-up", "TBP tile: overview",
@@ -143,27 +144,46 @@ def image_files(ids, images_dir, skip):
     return found, [(cause, len(items), first_few(items)) for cause, items in missing.items()], extra
 
 
+def credit_refusal(path, folder):
+    """Why a credit file of an export is not copied (a link out of its folder, not a regular file), or None."""
+    if not is_within(path, folder):
+        return f"a link out of {printable(folder)}"
+    return file_kind(path)
+
+
 def copy_credits(metadata_paths, rows, out_dir):
     """Copy the export's attribution.txt (all of them, merged) and licenses/ into out_dir: they travel with the
-    photos. Where the export has no attribution.txt, one is written from the metadata's attribution column.
-    Returns what was done, in words."""
+    photos. Where the export has no attribution.txt, one is written from the metadata's attribution column. A
+    file that is a link out of its export folder (that of its metadata.csv), or not a regular file, is refused
+    and named, as photos are. Returns what was done, in words."""
     folders = sorted({os.path.dirname(os.path.abspath(p)) for p in metadata_paths})
-    texts, licences = [], {}
+    texts, licences, refused = [], {}, []
+
     for folder in folders:
-        if os.path.isfile(os.path.join(folder, "attribution.txt")):
-            with open(os.path.join(folder, "attribution.txt"), encoding="utf-8", errors="replace") as f:
-                texts += [t.strip() for t in f.read().split("\n\n") if t.strip() and t.strip() not in texts]
-        for path in sorted(glob.glob(os.path.join(glob.escape(folder), "licenses", "*.txt"))):
-            licences.setdefault(os.path.basename(path), path)
+        attribution = os.path.join(folder, "attribution.txt")
+        found = [attribution] if os.path.lexists(attribution) else []
+        for path in found + sorted(glob.glob(os.path.join(glob.escape(folder), "licenses", "*.txt"))):
+            why = credit_refusal(path, folder)
+            if why:
+                refused.append(f"{printable(path)} ({why})")
+            elif path == attribution:
+                with open(attribution, encoding="utf-8", errors="replace") as f:
+                    texts += [t.strip() for t in f.read().split("\n\n") if t.strip() and t.strip() not in texts]
+            else:
+                licences.setdefault(os.path.basename(path), path)
     said = f"attribution.txt ({len(texts)} attributions) and licenses/ ({', '.join(licences) or 'none'}) copied"
     if not texts:
         column = rows["attribution"] if "attribution" in rows else pd.Series("", index=rows.index)
         texts = list(column.replace("", "unknown (no attribution in the export)").value_counts().index)
         said = f"no attribution.txt in the export: written from its attribution column ({len(texts)} attributions)"
-    write_text(os.path.join(out_dir, "attribution.txt"), "\n\n".join(texts) + "\n")  # a failure names the file
+    if refused:
+        warn(f"refused {len(refused)} credit file(s) of the export: {first_few(refused)}; copy them into it")
+    write_text(os.path.join(out_dir, "attribution.txt"), "\n\n".join(texts) + "\n", None)  # a failure names the file
     os.makedirs(os.path.join(out_dir, "licenses"))
     for name, path in licences.items():
-        atomic_write(os.path.join(out_dir, "licenses", name), lambda tmp, source=path: shutil.copyfile(source, tmp))
+        atomic_write(
+            os.path.join(out_dir, "licenses", name), lambda tmp, source=path: shutil.copyfile(source, tmp), None
+        )
     return said
 
 
@@ -186,7 +206,7 @@ def factor_values(rows):
         column_values = rows[column] if column in rows else pd.Series("", index=rows.index)
         if factor == "age band":
             column_values = column_values.map(age_band)
-        values[factor] = column_values.fillna("").astype(str).str.strip()
+        values[factor] = column_values.fillna("").astype(str).str.strip().map(as_text)  # printable, bounded
     return values
 
 
@@ -195,5 +215,7 @@ def factor_counts(rows, by):
     counts = {}
     for factor, values in factor_values(rows).items():
         table = pd.crosstab(values.replace("", "unknown"), rows[by])
-        counts[factor] = {str(g): {str(v): int(n) for v, n in table[g].items() if n} for g in table.columns}
+        counts[factor] = {
+            as_text(g) or "unknown": {str(v): int(n) for v, n in table[g].items() if n} for g in table.columns
+        }
     return counts

@@ -1,6 +1,6 @@
 """The model card's Hugging Face front matter (YAML): the data's licence, the library, tags, the base model when
 ImageNet weights were used, datasets, metrics, and the model-index results (validation from AItraining.py, test
-from evaluate.py); and the test results read back from a card (export_onnx.py carries them to the page)."""
+from evaluate.py); and the test results as the card names them (export_onnx.py carries them to the page)."""
 
 import yaml
 
@@ -56,14 +56,12 @@ def result_entry(name, split, scores, calibration, ece_key, ci95=None):
     )
 
 
-def test_results(path):
-    """{metric type: (value, name)} of the test results evaluate.py put in a card's front matter, or None."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+def test_results(evaluation):
+    """{metric type: (value, name)} of evaluate.py's results (evaluation.json), named as the card's front matter
+    names them, or None where they are not such results."""
     try:
-        header = yaml.safe_load(text.split("---", 2)[1])
-        results = header["model-index"][0]["results"]
-    except (IndexError, KeyError, TypeError, yaml.YAMLError):
+        scores, calibration, ci95 = evaluation["metrics"], evaluation.get("calibration"), evaluation.get("ci95")
+        entry = result_entry("", "test", scores, calibration, "ece_after", ci95)
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError):
         return None
-    test = [r for r in results if r.get("dataset", {}).get("split") == "test"]
-    return {m["type"]: (m["value"], m["name"]) for m in test[0]["metrics"]} if test else None
+    return {m["type"]: (m["value"], m["name"]) for m in entry["metrics"]} or None

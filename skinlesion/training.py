@@ -1,13 +1,37 @@
 """The steps of a training run: one epoch of training, one pass over the validation split (gathered from every
-process under torchrun), and the learning-rate schedule."""
+process under torchrun), the learning-rate schedule, and the training state a resume checkpoint keeps."""
 
+import json
 import math
 
 import numpy as np
 from tqdm import tqdm
 
-from skinlesion import devices
-from skinlesion.cli import die
+from skinlesion import devices, shapes
+from skinlesion.cli import die, in_range
+
+NUMBER = shapes.simple(in_range, "a finite number")
+RESUME_STATE = shapes.record(dict(  # what AItraining.py --resume reads besides the weights and meta
+    optimizer=shapes.record({}, others=True), schedule=shapes.record({}, others=True), stopped_early=shapes.BOOLEAN,
+    bad_epochs=shapes.whole(0, 10**6), best=shapes.list_of(NUMBER, 2), history=shapes.text(10**8)))  # fmt: skip
+EPOCH_LOG = shapes.list_of(
+    shapes.record(
+        dict.fromkeys(  # the history: each epoch's numbers (curves, TensorBoard)
+            ("epoch", "roc_auc", "val_loss", "train_loss", "train_accuracy", "lr", "seconds"), NUMBER
+        ),
+        others=True,
+    )
+)
+RESUME_KEYS = ["optimizer", "schedule", "best", "bad_epochs", "stopped_early", "history"]
+
+
+def resume_fault(state):
+    """What is wrong with a resume checkpoint's training state (optimizer, schedule, best, history...), or None."""
+    fault = shapes.fault(RESUME_STATE, "training state", {k: state[k] for k in RESUME_KEYS})
+    try:
+        return fault or shapes.fault(EPOCH_LOG, "history", json.loads(state["history"]))
+    except ValueError:
+        return "its history is not JSON"
 
 
 def lr_factor(step, total, warmup, schedule):

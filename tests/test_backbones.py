@@ -14,6 +14,7 @@ import pytest
 import model
 import predict
 from conftest import lesion_photo, refuses, run
+from skinlesion.card import markdown_text
 
 LITE0 = {"architecture": "tf_efficientnet_lite0", "features": 1280, "stride": 32, "convs": 49}  # timm's network
 
@@ -33,10 +34,8 @@ def test_lite0_trains_from_its_weights_file_evaluates_exports_and_predicts(train
         digest = hashlib.sha256(f.read()).hexdigest()
     with open(os.path.splitext(checkpoint)[0] + ".md", encoding="utf-8") as f:
         card = f.read()
-    assert (
-        f"tf_efficientnet_lite0 (timm), started from ImageNet weights from the file {os.path.basename(weights)} "
-        in card
-    )
+    name, file = markdown_text("tf_efficientnet_lite0"), markdown_text(os.path.basename(weights))
+    assert f"{name} (timm), started from ImageNet weights from the file {file} " in card
     assert f"(SHA-256 {digest})" in card and "base_model" not in card  # a local file has no hub id
 
     test = os.path.join(demo_dataset, "test")

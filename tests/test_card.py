@@ -4,6 +4,8 @@ test results), every section, plain text where there were raw dicts, the chance 
 what the evaluation has, a data set without metadata, and the summary and test results read back."""
 
 import functools
+import hashlib
+import json
 import types
 
 import numpy as np
@@ -14,7 +16,7 @@ import AItraining
 import evaluate
 import model
 from conftest import front_matter
-from skinlesion import card, dataset, isic, model_index
+from skinlesion import card, dataset, files, isic, model_index
 
 SECTIONS = ["## Model details", "## Intended use", "## Training data", "## Evaluation", "## Factors", "## Caveats"]
 TYPES = {"nevus": "benign", "seborrheic keratosis": "benign", "basal cell carcinoma": "malignant",
@@ -212,6 +214,56 @@ def test_every_section_in_plain_text(meta, evaluation):
         assert not (line.startswith("- ") and lines[i + 1] == "" and lines[i + 2].startswith("- ")), line
 
 
+FORGED = {  # text a data file may hold (each printable, so a model file may hold it): what markdown must not read
+    "class": "<script>alert(1)</script> | x",
+    "accent": "Mélanome, NOS",
+    "attribution": "Dr. *Smith* [site](http://x) & `co` ## Injected heading",
+    "value": "torso | fake cell",
+}
+
+
+def html_of(markdown_text):
+    import markdown
+
+    return markdown.markdown(markdown_text.split("---\n", 2)[2], extensions=["tables"])
+
+
+@pytest.mark.parametrize("forged", [False, True])
+def test_text_from_a_data_file_is_shown_as_it_is_in_the_card(meta, evaluation, forged):
+    """Class names, attributions, metadata values and paths are text in the card: no HTML, no extra heading, link
+    or table cell (rendered with Python-Markdown); the names read as they were ('Mélanome, NOS' too)."""
+    import re
+
+    rows = manifest(lesion_types=True)
+    if forged:
+        rows["label"] = rows.label.replace({"melanoma": FORGED["class"], "nevus": FORGED["accent"]})
+        rows["attribution"] = FORGED["attribution"]
+        rows["anatom_site_1"] = rows.anatom_site_1.replace("torso", FORGED["value"])
+    crafted = trained(lesion_types=True, rows=rows)
+    assert model.meta_fault(crafted) is None  # printable text: a model file may hold it
+    html = html_of(card.render(crafted, "<b>m</b>.pth", dict(evaluation, data_dir="data|<i>x</i>")))
+    plain = html_of(card.render(trained(lesion_types=True), "<b>m</b>.pth", evaluation))
+    for tag in ("h1", "h2", "h3", "script", "a", "i", "b", "em", "code", "th", "td"):
+        assert html.count(f"<{tag}>") + html.count(f"<{tag} ") == plain.count(f"<{tag}>") + plain.count(f"<{tag} ")
+    text = html.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&#124;", "|")
+    assert "<b>m</b>.pth" in text and "data|<i>x</i>" in text
+    if forged:
+        for value in FORGED.values():
+            assert value in text, value
+        header = re.search(r"<tr>\s*<th>split</th>.*?</tr>", html, re.S).group()
+        assert header.count("<th>") == 5  # split and the four classes: the | stayed in its cell
+
+
+def test_the_card_shows_the_model_files_sha256(meta, tmp_path):
+    path = tmp_path / "skin_model.pth"
+    path.write_bytes(b"weights")
+    card.write_card(str(tmp_path / "skin_model.md"), meta, path.name, sha256=files.file_sha256(str(path)))
+    expected = hashlib.sha256(b"weights").hexdigest()
+    text = (tmp_path / "skin_model.md").read_text()
+    assert f"- Model file: skin_model.pth, SHA-256 {expected} (compare it with the published one)." in text
+    assert "- Model file: m.pth, SHA-256 not recorded" in card.render(meta, "m.pth")
+
+
 def test_a_lesion_type_model_names_its_types_by_side():
     text = card.render(trained(lesion_types=True), "types.pth")
     assert "- Classes: nevus and seborrheic keratosis (benign); basal cell carcinoma and melanoma (malignant);" in text
@@ -257,21 +309,21 @@ def test_a_data_set_without_metadata_gives_unknown(rows):
 
 
 # ---------------------------------------------------------------------------- read back
-def test_summary_and_test_results_round_trip(tmp_path, meta, evaluation):
-    path = tmp_path / "skin_model.md"
-    card.write_card(str(path), meta, "skin_model.pth")
-    assert model_index.test_results(str(path)) is None  # not evaluated yet
-    card.write_card(str(path), meta, "skin_model.pth", evaluation)
-    tested = model_index.test_results(str(path))
-    for key in ("roc_auc", "sensitivity", "specificity"):
-        assert tested[key][0] == round(evaluation["metrics"][key], 4) and "(test" in tested[key][1]
+def test_the_summary_carries_the_test_results_as_the_card_names_them(meta, evaluation):
+    """export_onnx.py reads evaluate.py's results (evaluation.json), not the card: named as the front matter names
+    them; anything else is no results."""
+    tested = model_index.test_results(json.loads(json.dumps(evaluation)))  # as read back from evaluation.json
+    front = {m["type"]: (m["value"], m["name"]) for m in front_matter(card.render(meta, "m.pth", evaluation))[
+        "model-index"][0]["results"][1]["metrics"]}  # fmt: skip
+    assert tested == front and tested["roc_auc"][0] == round(evaluation["metrics"]["roc_auc"], 4)
     summary = card.summary(meta, tested)
     assert set(summary) == {"trained_on", "how_well", "intended_use", "limits"}
     assert summary["trained_on"].startswith("400 ISIC photos (dermoscopic); classes: benign and malignant")
     assert f"{tested['roc_auc'][1]}: {tested['roc_auc'][0]:.2f}" in summary["how_well"]
     assert "at this threshold the model caught" in summary["how_well"] and summary["limits"][0] == card.NOT_A_DEVICE
-    (tmp_path / "other.md").write_text("# a card of someone else\n\n--- not yaml: [\n")
-    assert model_index.test_results(str(tmp_path / "other.md")) is None
+    for other in (None, {}, {"metrics": "high"}, {"metrics": {"roc_auc": "high"}}, [1]):
+        assert model_index.test_results(other) is None
+    assert model.KEYS["card_summary"].shape.test(summary) is None  # what a model file may hold
 
 
 def test_factor_tables_list_the_splits_in_order_and_unknown_last(meta):

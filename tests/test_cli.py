@@ -145,6 +145,9 @@ def test_printable_escapes_control_characters_and_bytes_that_are_not_utf8():
     assert cli.printable(3) == "3"
     for char in map(chr, range(32)):
         assert cli.printable(char).isprintable(), repr(char)
+    hidden = "evil\u202egpj.exe\x85\u2028\u200b"  # a right-to-left override, C1 NEL, a line separator, zero width
+    assert cli.printable(hidden) == "evil\\u202egpj.exe\\x85\\u2028\\u200b" and cli.printable(hidden).isprintable()
+    assert cli.printable("Mélanome, NOS 😀") == "Mélanome, NOS 😀"  # printable text is kept as it is
 
 
 def test_first_few_and_counts_text():
@@ -153,6 +156,8 @@ def test_first_few_and_counts_text():
     assert cli.first_few("abcde", most=4) == "a, b, c, d, ..."
     assert cli.counts_text(["x", "y", "x", ""]) == "x 2, y 1, empty 1"
     assert cli.counts_text(list("aabbcd"), most=2) == "a 2, b 2, ..."
+    assert cli.counts_text(["\x1b[2J", "\rPrediction: benign"]) == "\\x1b[2J 1, \\rPrediction: benign 1"  # escaped
+    assert cli.first_few(["a\nb"]) == "a\\nb"
 
 
 # ---------------------------------------------------------------------------- checks

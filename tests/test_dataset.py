@@ -147,3 +147,37 @@ def test_a_manifest_that_cannot_be_read_is_one_line_not_ignored(tmp_path, capsys
         path.write_text('isic_id,split\nISIC_1,train,x,y\n"unclosed\n')
     _, err = fails(capsys, expected.format(data=data), dataset.read_manifest, str(data))
     assert err.count("\n") == 1, err
+
+
+def test_the_data_summary_holds_text_a_model_file_accepts():
+    """Metadata values with terminal escapes, newlines, a right-to-left override or 600 characters become
+    printable, bounded text (as cli.printable shows them), so the model file that carries them loads; empty
+    values read unknown; accents are kept."""
+    from skinlesion import shapes
+
+    forged = ["Dr \x1b[2J", "Clinic\nB", "x" * 600, "Hôpital \u202eA", ""]
+    manifest = pd.DataFrame(
+        dict(
+            isic_id=[f"ISIC_{i:07d}" for i in range(5)],
+            split=["train", "train", "val", "val", "train\n"],
+            label=["benign", "malignant"] * 2 + ["benign"],
+            attribution=forged,
+            copyright_license=forged,
+            sex=forged,
+            label_column="diagnosis\t3",
+        )  # fmt: skip
+    )
+    data = dataset.data_summary(manifest, dataset.SIDES, "data\x1bset")
+    import model
+
+    assert model.KEYS["data"].shape.test(data) is None
+    assert set(data["attributions"]) == {
+        "Dr \\x1b[2J",
+        "Clinic\\nB",
+        "x" * shapes.MAX_TEXT,
+        "Hôpital \\u202eA",
+        "unknown",
+    }
+    assert data["source"] == "data\\x1bset" and data["label_column"] == "diagnosis\\t3" and "train\\n" in data["counts"]
+    assert set(data["factors"]["sex"]["train"]) == {"Dr \\x1b[2J", "Clinic\\nB"}
+    assert data["factors"]["sex"]["train\\n"] == {"unknown": 1}

@@ -1,8 +1,10 @@
 """evaluate.py: every metric with its interval, the pictures, the most confident mistakes, TTA, the at-chance
 verdict, counted skips, and one line (before any scoring) for what cannot work."""
 
+import hashlib
 import json
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -220,6 +222,8 @@ def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, 
         assert values[key] == round(report["metrics"][key], 4), key
         assert f"{report['metrics'][key]:.3f}" in text.split("**Test**")[1]
     assert "calibration (none): ECE" in out
+    sha256 = hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()  # which model file the results are of
+    assert report["model_sha256"] == sha256 and f"- Model file: model.pth, SHA-256 {sha256} (compare" in text
 
 
 @pytest.mark.parametrize("case", ["n-bootstrap too many", "output not ours", "output inside the data", "none"])

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import evaluate
@@ -138,21 +138,12 @@ def test_export_writes_one_checked_file_with_metadata(exported):
 
     props = {p.key: json.loads(p.value) for p in proto.metadata_props}
     meta = model.read_checkpoint(exported["checkpoint"])["meta"]
-    for key in (
-        "model_name",
-        "classes",
-        "image_size",
-        "mean",
-        "std",
-        "interpolation",
-        "crop_pct",
-        "threshold",
-        "at_chance",
-        "val_metrics",
-        "val_auc_ci95",
-        "epoch",
-    ):
+    copied = [key for key in meta if model.KEYS[key].onnx == "copied"]
+    assert {"classes", "image_size", "threshold", "val_metrics", "epoch"} <= set(copied)
+    for key in copied:
         assert props[key] == meta[key], key
+    written = {key for key, row in model.KEYS.items() if row.onnx == "export"}
+    assert set(props) == set(copied) | written  # nothing else: the card carries settings and data
     assert (props["threshold"], props["val_auc_ci95"], props["classes"]) == (0.37, [0.55, 0.85], model.CLASSES)
     assert props["source_checkpoint"] == "skin_model.pth" and props["outputs"] == ["logits", "p_malignant", "cam"]
     assert props["written_by"] == files.TAG and {"trained_on", "how_well", "intended_use", "limits"} <= set(
@@ -408,6 +399,86 @@ def test_our_export_with_other_outputs_or_classes_is_refused(exported, tmp_path,
     path = str(tmp_path / "model.onnx")
     onnx.save(proto, path)
     refuses([exported["photos"][0], "--model", path], capsys, f"{path} is refused: {expected}")
+
+
+def test_the_test_results_come_from_evaluation_json_of_this_very_model(exported, tmp_path):
+    """export_onnx.py carries evaluate.py's test ROC-AUC into the file's card summary when evaluation.json beside
+    the checkpoint names its SHA-256; one of another model (or not JSON) is not used."""
+    checkpoint = tmp_path / "skin_model.pth"
+    shutil.copyfile(exported["checkpoint"], checkpoint)
+    meta = model.read_checkpoint(str(checkpoint))["meta"]
+    evaluation = dict(metrics=dict(roc_auc=0.8123, sensitivity=0.9, specificity=0.5), ci95=dict(roc_auc=[0.7, 0.9]))
+
+    def how_well(sha256):
+        (tmp_path / "evaluation.json").write_text(json.dumps(dict(evaluation, model_sha256=sha256)))
+        props = export_onnx.onnx_metadata(meta, str(checkpoint), {})
+        return json.loads(props["card_summary"])["how_well"]
+
+    assert "ROC-AUC (test, 95% CI 0.700-0.900): 0.81" in how_well(files.file_sha256(str(checkpoint)))
+    assert "(test" not in how_well("ab" * 32)  # the evaluation of another model file
+    (tmp_path / "evaluation.json").write_text("{not json")
+    assert "(test" not in json.loads(export_onnx.onnx_metadata(meta, str(checkpoint), {})["card_summary"])["how_well"]
+
+
+def rewired(proto):
+    """proto with its p_malignant computed by a colour rule (sigmoid of the mean red of the photo) in four added
+    nodes; its metadata, shapes, weights and convolutions untouched."""
+    for node in proto.graph.node:
+        node.output[:] = ["p_original" if name == "p_malignant" else name for name in node.output]
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), "red"))
+    proto.graph.node.extend(
+        [
+            helper.make_node("GlobalAveragePool", ["image"], ["mean_colour"]),
+            helper.make_node("Flatten", ["mean_colour"], ["colours"]),
+            helper.make_node("Gather", ["colours", "red"], ["mean_red"], axis=1),
+            helper.make_node("Sigmoid", ["mean_red"], ["p_malignant"]),
+        ]
+    )
+    return proto
+
+
+@pytest.mark.parametrize("case", ["p_malignant rewired", "self_check altered", "as exported"])
+def test_a_file_whose_outputs_are_not_what_it_was_exported_with_is_refused(exported, tmp_path, capsys, case):
+    """The load check runs the file on model.check_inputs: its p_malignant must be what its own logits and
+    calibration give, and its outputs those stored at export. A file changed either way gives no label; the file
+    as exported loads and predicts."""
+    proto = onnx.load(exported["onnx"])
+    convs = sum(node.op_type == "Conv" for node in proto.graph.node)
+    if case == "p_malignant rewired":
+        proto = rewired(proto)
+        expected = "its p_malignant is not what its logits and calibration give"
+    elif case == "self_check altered":
+        prop = next(p for p in proto.metadata_props if p.key == "self_check")
+        stored = json.loads(prop.value)
+        stored["logits"][1][0] += 0.05  # the second check input
+        prop.value = json.dumps(stored)
+        expected = "its outputs on the check inputs are not those stored when it was exported"
+    assert sum(node.op_type == "Conv" for node in proto.graph.node) == convs == model.ONNX_CONVS
+    path = str(tmp_path / "model.onnx")
+    onnx.save(proto, path)
+    photo = exported["photos"][0]
+    if case == "as exported":
+        predict.main([photo, "--model", path])
+        out = capsys.readouterr().out
+        with open(path, "rb") as f:  # predict.py names the model file's SHA-256, to compare with the published one
+            sha256 = hashlib.sha256(f.read()).hexdigest()
+        assert out.startswith("Prediction: ") and f"Model file: {path}, SHA-256 {sha256} (compare" in out
+        return
+    before = fingerprint(tmp_path)
+    refuses([photo, "--model", path], capsys, f"{path} is refused: {expected}")
+    assert fingerprint(tmp_path) == before
+
+
+def test_check_inputs_are_the_same_on_every_call_and_stored_with_the_export(exported):
+    x = model.check_inputs(64)
+    assert x.shape == (3, 3, 64, 64) and x.dtype == np.float32 and np.array_equal(x, model.check_inputs(64))
+    assert 0.5 < x.std() < 1.5 and len({round(float(v), 3) for v in x[:, 0, 0, :3].ravel()}) > 3  # varied
+    props = {p.key: json.loads(p.value) for p in onnx.load(exported["onnx"], load_external_data=False).metadata_props}
+    session, meta = model.load_onnx(exported["onnx"])
+    logits, p = session.run(["logits", "p_malignant"], {"image": x})
+    np.testing.assert_allclose(props["self_check"]["logits"], logits, atol=1e-4 * max(1, np.abs(logits).max()))
+    np.testing.assert_allclose(props["self_check"]["p_malignant"], p, atol=1e-5)
+    np.testing.assert_allclose(p, model.predictions([logits], meta)[0], atol=1e-5)
 
 
 def test_non_finite_probability_is_an_error_never_a_label(tmp_path, monkeypatch, capsys):

@@ -62,7 +62,7 @@ def broken(ckpt_path, tmp_path, fault):
     elif fault.startswith("no "):
         del state["meta"][fault[3:]]
     else:  # "key=value"
-        key, value = fault.split("=")
+        key, value = fault.split("=", 1)
         state["meta"][key] = eval(value)
     path = tmp_path / "broken.pth"
     torch.save(state, path)
@@ -88,11 +88,11 @@ META_FAULTS = {  # fault: what the error line says
     "image_size=100000": "its image_size 100000 is not",
     "image_size='224'": "its image_size '224' is not",
     "image_size=True": "its image_size True is not",
-    "std=[0.2, 0.0, 0.2]": "its std [0.2, 0.0, 0.2] is not three numbers above 0",
-    "mean=[0.5]": "its mean [0.5] is not three numbers",
+    "std=[0.2, 0.0, 0.2]": "its std[1] 0.0 is not a number from 1e-06 to 10",
+    "mean=[0.5]": "its mean [0.5] is not a list of 3 items, each a number from -10 to 10",
     "interpolation='lanczos'": "its interpolation 'lanczos' is not bicubic, bilinear or nearest",
-    "crop_pct=0": "its crop_pct 0 is not a number in (0, 1]",
-    "at_chance='no'": "its at_chance 'no' is not true, false or null",
+    "crop_pct=0": "its crop_pct 0 is not a number from 0.05 to 1",
+    "at_chance='no'": "its at_chance 'no' is not true or false or null",
     "3 classes": "it is a model for classes ['benign', 'malignant', 'indeterminate']",
     "no threshold": "no threshold in its metadata",
     "model_name='resnet18'": "its network {'architecture': 'efficientnet_b0', 'features': 1280, 'stride': 32, "
@@ -171,7 +171,7 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
     model.save_checkpoint(
         path,
         model.checkpoint_state(
-            net, cfg, 0.3, val_metrics={"roc_auc": 0.9}, epoch=4, at_chance=False, manifest_sha256="abc"
+            net, cfg, 0.3, val_metrics={"roc_auc": 0.9}, epoch=4, at_chance=False, manifest_sha256="ab" * 32
         ),
     )
     assert sorted(os.listdir(tmp_path)) == [ledger.NAME, "m.pth"]  # the temporary file was renamed away
@@ -180,7 +180,7 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
         assert torch.equal(a, b), k
     assert not loaded.training and meta["classes"] == ["benign", "malignant"] and meta["image_size"] == 96
     assert meta["threshold"] == 0.3 and meta["epoch"] == 4 and meta["val_metrics"]["roc_auc"] == 0.9
-    assert meta["manifest_sha256"] == "abc" and "torch" in meta["versions"] and model.meta_data_config(meta) == cfg
+    assert meta["manifest_sha256"] == "ab" * 32 and "torch" in meta["versions"] and model.meta_data_config(meta) == cfg
 
 
 @pytest.mark.parametrize("start", ["random", "imagenet"])
@@ -226,15 +226,18 @@ def test_p_malignant_is_the_sum_over_the_malignant_types_through_the_calibration
     np.testing.assert_allclose(flipped, expected.mean(), atol=1e-12)
 
 
+CALIBRATION = dict(method="platt", a=1.0, b=0.0, val_log_loss_before=0.6, val_log_loss_after=0.5, val_ece_before=0.1,
+                   val_ece_after=0.05)  # fmt: skip
 TYPE_FAULTS = {  # a change to a good lesion-type model's metadata: what the error line says
     "classes=['nevus']": "its classes ['nevus'] are not two or more different names",
     "classes=['nevus', 'nevus', 'melanoma']": "its classes ['nevus', 'nevus', 'melanoma'] are not two or more",
     "malignant_classes=['melanoma', 'nevus', 'bcc']": "its malignant_classes ['melanoma', 'nevus', 'bcc'] are not some",
     "malignant_classes=['angioma']": "its malignant_classes ['angioma'] are not some, not all, of its classes",
-    "val_auc_ci95=['0.6', '0.9']": "its val_auc_ci95 ['0.6', '0.9'] is not two numbers from 0 to 1",
-    "calibration={'a': -1.0, 'b': 0.0}": "its calibration {'a': -1.0, 'b': 0.0} is not a positive scale a",
-    "val_metrics={'roc_auc': 'high'}": "its val_metrics {'roc_auc': 'high'} is not a table of numbers",
-    "operating_point=[0.5]": "its operating_point [0.5] is not a table of numbers",
+    "val_auc_ci95=['0.6', '0.9']": "its val_auc_ci95[0] '0.6' is not a number from 0 to 1",
+    "calibration={'a': -1.0, 'b': 0.0}": "its calibration {'a': -1.0, 'b': 0.0} is not a table with method, val_log",
+    "calibration=dict(CALIBRATION, a=-1.0)": "its calibration.a -1.0 is not a number from 1e-06 to 1e+06",
+    "val_metrics={'roc_auc': 'high'}": "its val_metrics['roc_auc'] 'high' is not a finite number",
+    "operating_point=[0.5]": "its operating_point [0.5] is not a table with target_sensitivity",
 }
 
 
@@ -247,6 +250,146 @@ def test_metadata_of_the_wrong_type_is_refused(tmp_path, capsys, fault):
     model.load_checkpoint(path)  # the good one loads
     path = broken(path, tmp_path, fault)
     load_refused(model.load_checkpoint, path, capsys, f"{path} is refused: {TYPE_FAULTS[fault]}")
+
+
+# ---------------------------------------------------------------------------- the table of the model file's keys
+OPERATING_POINT = dict(target_sensitivity=0.9, threshold=0.4, sensitivity=0.9, sensitivity_ci95=[0.8, 0.95],
+                       specificity=0.6, specificity_ci95=[0.5, 0.7], n_malignant=30, n_benign=120)  # fmt: skip
+SETTINGS = dict(recipe="finetune", why="ImageNet weights loaded", **model.RECIPES["finetune"], batch_size=32,
+                image_size=224, seed=42, target_sensitivity=0.9, amp=False, run="20260101-120000")  # fmt: skip
+DATA = dict(source="dataset", counts={"train": {"nevus": 5, "melanoma": 2}}, grouping="lesion_id",
+            factors={"sex": {"train": {"female": 4, "unknown": 3}}}, attributions={"Hospital Clínic de Barcelona": 7},
+            licences={"CC-BY-NC": 7}, label_column="diagnosis_3", synthetic=False)  # fmt: skip
+SUMMARY = dict(trained_on="7 ISIC photos", how_well="validation ROC-AUC 0.9", intended_use="research", limits=["x"])
+
+
+def full_meta():
+    """Metadata holding every key of model.KEYS, each as its writer gives it (what an ONNX export holds). Class
+    names with a comma, an accent and a space are fine."""
+    return dict(
+        written_by="skin-lesion classifier", model_name="efficientnet_b0", classes=["nevus", "melanoma"],
+        malignant_classes=["melanoma"], class_names=["Nevus, NOS", "Mélanome invasif"], image_size=64,
+        mean=[0.5] * 3, std=[0.25] * 3, interpolation="bicubic", crop_pct=0.875, threshold=0.4,
+        calibration=dict(CALIBRATION, cv_log_loss={"temperature": 0.5, "platt": None}),
+        operating_point=OPERATING_POINT, val_metrics={"roc_auc": 0.9, "tp": 27}, val_auc_ci95=[0.8, 0.95],
+        at_chance=False, epoch=3, imagenet=True, manifest_sha256="ab" * 32, versions={"torch": "2.4.0"},
+        settings=SETTINGS, data=DATA, source_checkpoint="skin_model.pth", source_sha256="cd" * 32,
+        outputs=list(model.ONNX_OUTPUTS), exporter="torch.onnx dynamo", card_summary=SUMMARY,
+        self_check=dict(inputs=1, logits=[[0.1, -0.1]], p_malignant=[0.45]),
+    )  # fmt: skip
+
+
+def without(table, key):
+    return {k: v for k, v in table.items() if k != key}
+
+
+BAD_VALUES = {  # key: values of the wrong shape, each refused at load (the nearest good ones are in full_meta)
+    "written_by": ["", 5, "ours\n"],
+    "model_name": [["efficientnet_b0"], "resnet18", "efficientnet_b0\r"],
+    "classes": [["nevus"], ["nevus", 3], ["nevus", "mel\x1b[2J"], "nevus,melanoma", ["n" * 101, "melanoma"]],
+    "malignant_classes": [["bcc"], [], "melanoma", ["nevus", "melanoma"]],
+    "class_names": [["Nevus"], ["Nevus", 5], ["Nevus", "Melanoma\rPrediction: benign"], ["Nevus", "a\u202eb"], None],
+    "image_size": [224.0, 16, True],
+    "mean": [[0.5] * 2, [0.5, 0.5, "0.5"]],
+    "std": [[0.5, 0.5, 0.0]],
+    "interpolation": ["lanczos", None],
+    "crop_pct": [0, 1.5],
+    "threshold": [1.5, "0.5", None, float("nan")],
+    "calibration": [dict(CALIBRATION, a=0.0), without(CALIBRATION, "b"), dict(CALIBRATION, method="isotonic"),
+                    dict(CALIBRATION, val_ece_after="low"), dict(CALIBRATION, cv_log_loss=[0.5]), "platt"],
+    "operating_point": [without(OPERATING_POINT, "sensitivity"), dict(OPERATING_POINT, sensitivity_ci95=[0.8]),
+                        dict(OPERATING_POINT, n_benign=-1), dict(OPERATING_POINT, n_malignant=2.5),
+                        dict(OPERATING_POINT, specificity=None), None, [0.5]],
+    "val_metrics": [{"roc_auc": "high"}, [0.9], {"roc_auc": float("nan")}, {"": 0.9}],
+    "val_auc_ci95": [[0.5], ["0.6", "0.9"], None],
+    "at_chance": ["no", 1],
+    "epoch": [-1, 1.5],
+    "imagenet": ["yes"],
+    "manifest_sha256": ["abc", "AB" * 32],
+    "versions": [{"torch": 2}, "2.4.0"],
+    "settings": [dict(SETTINGS, output="model.py"), without(SETTINGS, "epochs"), dict(SETTINGS, lr="1e-4"),
+                 dict(SETTINGS, epochs=2.5), dict(SETTINGS, recipe="mine"), None],
+    "data": ["dataset", dict(DATA, counts={"train": {"nevus": "5"}}), dict(DATA, attributions=["a"]),
+             dict(DATA, factors={"sex": {"train": {"f\n": 3}}}), dict(DATA, source="a\x1b]0;x\x07"),
+             dict(DATA, synthetic="no")],
+    "source_checkpoint": ["", "a\nb"],
+    "source_sha256": ["x", None],
+    "outputs": [["logits", "p_malignant"]],
+    "exporter": [3],
+    "card_summary": [without(SUMMARY, "limits"), dict(SUMMARY, limits="none"), dict(SUMMARY, how_well=""), "text"],
+    "self_check": [dict(inputs=1, logits="x", p_malignant=[0.5]), dict(inputs=1, logits=[[0.1]], p_malignant=[1.5]),
+                   {}],
+}  # fmt: skip
+
+
+def test_every_key_of_the_model_file_is_in_the_table_with_a_shape_check():
+    """The table is the contract: every key has a test of wrong values here, and a file holding each key as its
+    writer gives it is accepted."""
+    assert set(full_meta()) == set(model.KEYS) == set(BAD_VALUES)
+    assert model.meta_fault(full_meta(), "onnx") is None
+    assert model.meta_fault(dict(full_meta(), at_chance=None, calibration=None, manifest_sha256=None)) is None
+    for key, values in BAD_VALUES.items():
+        for value in values:
+            fault = model.meta_fault(dict(full_meta(), **{key: value}), "onnx")
+            assert fault and (key in fault or str(value) in fault), (key, value, fault)
+
+
+def test_required_keys_are_what_every_file_holds_and_export_keys_only_onnx():
+    required = [key for key, row in model.KEYS.items() if row.required and row.onnx != "export"]
+    assert required == ["classes", "image_size", "mean", "std", "interpolation", "crop_pct", "threshold"]
+    pth = {key: value for key, value in full_meta().items() if model.KEYS[key].onnx != "export"}
+    assert model.meta_fault(pth) is None
+    assert model.meta_fault(pth, "onnx").startswith("no source_checkpoint, source_sha256, outputs, exporter")
+    for key in required:
+        assert model.meta_fault(without(pth, key)) == f"no {key} in its metadata"
+
+
+@pytest.mark.parametrize("meta", ["full", "required keys only", "edges"])
+def test_metadata_that_passes_the_checks_crashes_no_reader(meta, capsys):
+    """The card, its summary, predict.py's cautions and type lines and the page's operating-point texts read any
+    metadata the table accepts."""
+    from skinlesion import card, metrics
+
+    full = full_meta()
+    required = [key for key, row in model.KEYS.items() if row.required and row.onnx != "export"]
+    chosen = {
+        "full": full,
+        "required keys only": {key: full[key] for key in required},
+        "edges": dict(full, at_chance=True, val_auc_ci95=[0.0, 1.0], calibration=None, data={}, val_metrics={},
+                      operating_point=dict(OPERATING_POINT, sensitivity=0.0, specificity=0.0), versions={}),
+    }[meta]  # fmt: skip
+    if meta == "required keys only":
+        chosen["classes"] = model.CLASSES
+    assert model.meta_fault(chosen) is None
+    text = card.render(chosen, "m.pth")
+    assert card.summary(chosen)["limits"] and "# Model card: m.pth" in text
+    assert isinstance(predict.model_cautions(chosen), list)
+    names = [name for name, _ in predict.likely_types(np.full(len(chosen["classes"]), 0.5), chosen)]
+    assert sorted(names) == sorted(chosen.get("class_names") or chosen["classes"])
+    if chosen.get("operating_point"):
+        assert metrics.operating_point_text(chosen["operating_point"])
+
+
+def test_a_resume_file_cannot_set_flags_outside_the_run_settings(tmp_path, capsys):
+    """settings is restored into the flags by --resume: a key that is not a run setting (--output) is refused."""
+    path = save_model(tmp_path / "last.pth", settings=SETTINGS, epoch=1)
+    assert model.read_checkpoint(path)["meta"]["settings"] == SETTINGS
+    state = torch.load(path, weights_only=True)
+    state["meta"]["settings"] = dict(SETTINGS, output="model.py")
+    torch.save(state, tmp_path / "crafted.pth")
+    expected = "its settings {'recipe': 'finetune'"
+    load_refused(model.read_checkpoint, str(tmp_path / "crafted.pth"), capsys, expected)
+    assert list(model.RUN_SETTINGS) == AItraining.SETTINGS
+
+
+def test_a_model_file_that_would_be_refused_is_never_written(tmp_path):
+    net = model.build_model(pretrained=False)[0]
+    cfg = model.data_config(net, 64)
+    with pytest.raises(ValueError, match="its class_names"):
+        model.checkpoint_state(net, cfg, class_names=["benign\x1b[2J", "malignant"])
+    with pytest.raises(ValueError, match="not in model.KEYS"):
+        model.checkpoint_state(net, cfg, my_key=1)
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_checkpoint_from_a_newer_torch_says_which_torch_wrote_it(tmp_path, capsys):

@@ -600,7 +600,15 @@ def types_model(tmp_path_factory):
         threshold=0.5,
         classes=classes,
         malignant_classes=classes[2:],
-        calibration=dict(method="platt", a=0.8, b=-0.3),
+        calibration=dict(
+            method="platt",
+            a=0.8,
+            b=-0.3,
+            val_log_loss_before=0.6,
+            val_log_loss_after=0.5,
+            val_ece_before=0.1,
+            val_ece_after=0.05,
+        ),  # fmt: skip
         class_names=["Nevus", "Seborrheic keratosis", "Basal cell carcinoma", "Melanoma Invasive"],
     )
 

@@ -826,6 +826,51 @@ def test_the_metadata_a_card_reports_and_the_credits_travel_into_the_dataset(cap
     assert "skin type" in shown and "age band" in shown and "body site" in shown
 
 
+def test_credit_files_that_are_links_out_of_the_export_are_refused(tmp_path, capsys):
+    """attribution.txt and a licence that are links out of the export are refused and named, as photo links
+    are; a link inside the export is fine."""
+    card_export()
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not the export's to give")
+    os.remove("isic_images/attribution.txt")
+    os.symlink(secret, "isic_images/attribution.txt")
+    os.symlink(secret, "isic_images/licenses/CC-BY-SA.txt")
+    os.symlink(os.path.abspath("isic_images/licenses/CC-0.txt"), "isic_images/licenses/CC0-copy.txt")  # inside
+    before = fingerprint(str(secret.parent))
+    m = prepare("--val-fraction", 0, "--test-fraction", 0)
+    out, err = capsys.readouterr()
+    assert len(m) and sorted(os.listdir("dataset/licenses")) == [
+        "CC-0.txt",
+        "CC-BY-NC.txt",
+        "CC-BY.txt",
+        "CC0-copy.txt",
+    ]
+    with open("dataset/attribution.txt") as f:
+        assert "not the export's" not in f.read()  # written from the attribution column instead
+    assert "refused 2 credit file(s) of the export: " in err and "/isic_images/attribution.txt (a link out of" in err
+    assert "/isic_images/licenses/CC-BY-SA.txt (a link out of" in err
+    assert fingerprint(str(secret.parent)) == before
+
+
+def test_a_label_value_that_is_not_printable_text_is_left_out_and_shown_escaped(capsys):
+    """A diagnosis_3 value holding terminal escapes and a fake prediction line, or one too long
+    to be a class name, is left out (counted); printed, it is escaped. 'Mélanome, NOS' is a fine class name."""
+    forged = "Melanoma\x1b[2J\x1b[1A\x08Prediction: benign"  # clears the screen, goes up, writes a verdict
+    rows = type_rows()
+    for value in [forged] * 12 + ["Mélanome, NOS"] * 12 + ["n" * 101] * 12:
+        rows.append(dict(isic_id=f"ISIC_{len(rows):07d}", image_type="clinical: overview", diagnosis_1="Malignant",
+                         diagnosis_3=value, lesion_id=f"IL_{len(rows):07d}"))  # fmt: skip
+    write_export("isic_images", rows)
+    m = prepare("--label-column", "diagnosis_3", "--min-per-class", 10, "--val-fraction", 0, "--test-fraction", 0)
+    out, err = capsys.readouterr()
+    assert "Mélanome, NOS" in set(m.label_value) and forged not in set(m.label_value)
+    assert not any(len(v) > 100 for v in m.label_value)
+    assert "\x1b" not in out + err and forged not in out + err  # (tqdm's bar draws with \r on stderr)
+    step = summary(out)["printable, at most 100 characters"]
+    assert "Melanoma\\x1b[2J\\x1b[1A\\x08Prediction: benign 12, nnnnn" in step  # escaped, counted
+
+
 def test_an_export_without_those_columns_reports_unknown(capsys):
     card_export(with_columns=False)
     m = prepare("--val-fraction", 0, "--test-fraction", 0)

@@ -5,6 +5,7 @@ over a raw socket to a server on a free port. A tiny ONNX model (with a 'cam' ou
 of weights, the size of the real one) keeps it fast. The tests that serve need node_modules (npm ci): they
 skip without it on a developer machine and fail where the CI environment variable is set."""
 
+import hashlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import urllib.request
 import onnx
 import pytest
 
+import model
 from conftest import ROOT, assert_one_error, fingerprint, mark_made, run, save_model, skip_or_fail, start_server
 
 SCRIPT = os.path.join(ROOT, "serve_web.py")
@@ -27,24 +29,12 @@ NODE_MODULES = os.path.join(ROOT, "node_modules")
 SIZE = 64
 PAGE = ("index.html", "style.css", "app.js", "preprocess.js")
 VENDOR = ("ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "ort.wasm.min.mjs")
-SIDECAR_KEYS = {
-    "classes",
-    "image_size",
-    "mean",
-    "std",
-    "interpolation",
-    "crop_pct",
-    "threshold",
-    "at_chance",
-    "val_auc_ci95",
+SIDECAR_KEYS = {name for name, key in model.KEYS.items() if key.page} | {  # the table's, and what the page adds
     "borderline_margin",
     "model_file",
-    "class_names",
-    "malignant_classes",
-    "operating_point",
+    "model_sha256",
     "operating_point_text",
     "operating_point_warning",
-    "card_summary",
 }
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
@@ -208,6 +198,8 @@ def test_builds_its_own_folder_and_serves_exactly_the_page(server, project):
         sidecar = json.load(f)
     assert set(sidecar) == SIDECAR_KEYS and sidecar["threshold"] == 0.4 and sidecar["at_chance"] is False
     assert sidecar["borderline_margin"] == 0.02 and sidecar["model_file"] == "model.onnx"
+    with open(project["model"], "rb") as f:  # the page shows it: a user compares it with the published one
+        assert sidecar["model_sha256"] == hashlib.sha256(f.read()).hexdigest()
     assert "built site: " in server["built"] and f"model card {project['folder'] / 'skin_model.md'}" in server["built"]
     sources = {name: os.path.join(ROOT, "web", name) for name in PAGE}
     sources.update({f"vendor/{name}": os.path.join(NODE_MODULES, "onnxruntime-web", "dist", name) for name in VENDOR})

@@ -2,6 +2,8 @@
 when the loss stops being a number), one pass over the validation split. The whole training run is in
 test_train.py."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -61,3 +63,21 @@ def test_validation_pass_gives_labels_logits_and_loss_and_stops_on_non_finite_ou
     with torch.no_grad():
         net.bias.fill_(np.inf)
     fails(capsys, "the model gives non-finite outputs", training.predict_split, net, batches, False, world=1)
+
+
+def test_a_resume_state_of_another_shape_is_refused_before_it_is_used():
+    """--resume reads these: each of another shape is one fault line, never a traceback later."""
+    epoch = dict(epoch=1, roc_auc=0.7, val_loss=0.6, train_loss=0.5, train_accuracy=0.8, lr=1e-4, seconds=3.0)
+    good = dict(optimizer={"state": {}}, schedule={"last_epoch": 3}, best=[0.7, -0.6], bad_epochs=0,
+                stopped_early=False, history=json.dumps([epoch]))  # fmt: skip
+    assert training.resume_fault(good) is None
+    for key, value, said in [
+        ("best", "0.7", "its training state.best '0.7' is not a list of 2 items"),
+        ("bad_epochs", -1, "its training state.bad_epochs -1 is not a whole number from 0"),
+        ("stopped_early", "no", "its training state.stopped_early 'no' is not true or false"),
+        ("optimizer", [1], "its training state.optimizer [1] is not a table"),
+        ("history", "[{", "its history is not JSON"),
+        ("history", json.dumps([dict(epoch, roc_auc="high")]), "its history[0].roc_auc 'high' is not a finite number"),
+        ("history", json.dumps({"epoch": 1}), "its history {'epoch': 1} is not a list"),
+    ]:
+        assert training.resume_fault(dict(good, **{key: value})).startswith(said), (key, value)

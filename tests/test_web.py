@@ -12,6 +12,7 @@ Needs Chromium (apt-get install -y chromium, or CHROMIUM=/path/to/chrome), node_
 Playwright (pip install playwright). Without them the browser tests skip on a developer machine and fail
 where the CI environment variable is set."""
 
+import hashlib
 import json
 import os
 import re
@@ -48,7 +49,9 @@ NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinl
 APP_TWINS = {"decisionTexts": predict, "likelyTypes": predict, "modelCautions": predict, "classProbabilities": model}
 TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
 TYPE_NAMES = ["Nevus", "Seborrheic Keratosis", "Basal Cell Carcinoma", "Melanoma Invasive"]
-CALIBRATION = {"a": 1.6, "b": -0.3}  # the lesion-type model's: P = expit(a * log-odds + b)
+# the lesion-type model's calibration: P = expit(a * log-odds + b)
+CALIBRATION = {"method": "platt", "a": 1.6, "b": -0.3, "val_log_loss_before": 0.6, "val_log_loss_after": 0.5,
+               "val_ece_before": 0.1, "val_ece_after": 0.05}  # fmt: skip
 
 
 def find_chromium():
@@ -554,6 +557,8 @@ def test_about_this_model_shows_the_card(page, server, setup):
     assert pg.inner_text("#trained-on") == summary["trained_on"] and pg.inner_text("#how-well") == summary["how_well"]
     assert pg.inner_text("#intended-use") == summary["intended_use"]
     assert pg.locator("#card-limits li").all_inner_texts() == summary["limits"]
+    with open(os.path.join(server["web"], "model.onnx"), "rb") as f:  # to compare with the published one
+        assert pg.inner_text("#model-sha256") == hashlib.sha256(f.read()).hexdigest()
     assert pg.is_visible("#card-link") and pg.get_attribute("#card-link a", "href") == "model_card.md"
     with open(setup["card"], "rb") as f, urllib.request.urlopen(server["url"] + "model_card.md", timeout=10) as got:
         assert got.read() == f.read()  # the card, fetched here (not by the page: it makes no request after load)
@@ -649,6 +654,18 @@ def js_functions(name):
 
 def snake_case(name):
     return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def test_the_page_writes_text_never_html():
+    """Text from the model file (class names, the card's summary) reaches the page through textContent only: no
+    script of the page parses a string as HTML."""
+    for name in ("app.js", "preprocess.js"):
+        with open(os.path.join(ROOT, "web", name), encoding="utf-8") as f:
+            code = f.read()
+        found = re.findall(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|createContextualFragment|DOMParser"
+                           r"|srcdoc|\beval\(|new Function", code)  # fmt: skip
+        assert found == [], (name, found)
+        assert "textContent" in code or name == "preprocess.js"
 
 
 def test_every_function_the_page_shares_with_python_has_its_python_name():

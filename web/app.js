@@ -76,6 +76,7 @@ function showAbout(summary, card) {
     $("intended-use").textContent = summary.intended_use;
     fillList($("card-limits"), summary.limits);
   }
+  $("model-sha256").textContent = config.model_sha256 || "unknown";
   $("card-summary").hidden = !summary;
   $("no-summary").hidden = Boolean(summary);
   $("card-link").hidden = !card;

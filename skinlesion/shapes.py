@@ -1,0 +1,142 @@
+"""Shapes of the values a model file holds (its metadata, read back from a .pth or an ONNX file): each shape
+says what a value must look like, so that a file that passes its checks cannot crash a script later, and no
+string in it can forge a line on a terminal or a card (printable, bounded in length).
+
+    shape = record({"a": number(1e-6, 1e6)}, optional={"note": text()})
+    fault(shape, "calibration", {"a": -1})  # "its calibration.a -1 is not a number from 1e-06 to 1e+06"
+
+A shape is (test, wanted): test(value) gives None when the value fits, else the fault (where inside the value
+it lies and what it is); wanted says in words what would fit. Torch-free."""
+
+import json
+import re
+from collections.abc import Callable
+from typing import NamedTuple
+
+from skinlesion.cli import in_range, printable
+
+MAX_TEXT = 500  # longest string a model file may hold (a class name, an attribution, a summary line)
+MAX_ITEMS = 10_000  # longest list or table
+MAX_NAME = 100  # longest class name (a label value prepare_dataset.py accepts, a model file holds)
+
+
+class Shape(NamedTuple):
+    test: Callable  # value -> None, or (where, value, wanted) of the first part that does not fit
+    wanted: str
+
+
+def simple(ok, wanted):
+    """A shape whose value fits when ok(value)."""
+    return Shape(lambda value: None if ok(value) else ("", value, wanted), wanted)
+
+
+def number(low, high):
+    return simple(lambda v: in_range(v, low, high), f"a number from {low:g} to {high:g}")
+
+
+def whole(low, high):
+    return simple(lambda v: isinstance(v, int) and in_range(v, low, high), f"a whole number from {low} to {high}")
+
+
+def is_text(value, most=MAX_TEXT):
+    """Whether value is a printable string (no control, format or line-separator characters) of 1 to most
+    characters: what can be shown on one line."""
+    return isinstance(value, str) and 0 < len(value) <= most and value.isprintable()
+
+
+def as_text(value, most=MAX_TEXT):
+    """A value read from a data file as the text a model file may hold: printable (cli.printable) and at most
+    most characters (cut); '' stays ''."""
+    return printable(value)[:most]
+
+
+def text(most=MAX_TEXT):
+    return simple(lambda v: is_text(v, most), f"a printable text of 1 to {most} characters")
+
+
+def one_of(*values):
+    words = [value if isinstance(value, str) else json.dumps(value) for value in values]
+    wanted = ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+    return simple(lambda v: any(v == x and type(v) is type(x) for x in values), wanted)
+
+
+def nullable(shape):
+    wanted = shape.wanted + " or null"
+
+    def test(value):
+        found = None if value is None else shape.test(value)
+        if found and found[0] == "" and found[2] == shape.wanted:  # the value itself, not a part or a missing key
+            return "", value, wanted
+        return found
+
+    return Shape(test, wanted)
+
+
+BOOLEAN = one_of(True, False)
+SHA256 = simple(lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) is not None, "64 hexadecimal digits")
+
+
+def inside(where, found):
+    """A fault found inside a part, named from the outside in: calibration.a, data.counts['train']."""
+    if found is None:
+        return None
+    inner, value, wanted = found
+    return where + inner, value, wanted
+
+
+def list_of(shape, length=None, most=MAX_ITEMS):
+    counted = f"{length}" if length is not None else f"up to {most}"
+    wanted = f"a list of {counted} items, each {shape.wanted}"
+
+    def test(value):
+        if not isinstance(value, list) or len(value) > most or length not in (None, len(value)):
+            return "", value, wanted
+        return next(filter(None, (inside(f"[{i}]", shape.test(v)) for i, v in enumerate(value))), None)
+
+    return Shape(test, wanted)
+
+
+def table_of(shape, most=MAX_ITEMS):
+    """A dict of text keys (printable, bounded) to values of one shape: counts per class, metrics by name."""
+    wanted = f"a table of up to {most} named items, each {shape.wanted}"
+
+    def test(value):
+        if not isinstance(value, dict) or len(value) > most or not all(is_text(k) for k in value):
+            return "", value, wanted
+        return next(filter(None, (inside(f"[{k!r}]", shape.test(v)) for k, v in value.items())), None)
+
+    return Shape(test, wanted)
+
+
+def record(required, optional=None, others=False):
+    """A dict with the required keys, perhaps the optional ones, each of its shape; others: other keys are allowed
+    (and not read), else refused."""
+    optional = optional or {}
+    wanted = f"a table with {', '.join(required) or 'no required keys'}"
+
+    def test(value):
+        if not isinstance(value, dict):
+            return "", value, wanted
+        missing = [key for key in required if key not in value]
+        if missing:
+            return "", value, f"a table with {', '.join(missing)} (missing)"
+        extra = [key for key in value if key not in required and key not in optional]
+        if extra and not others:
+            return "", value, f"a table without {', '.join(map(str, extra))} (not known)"
+        shapes = {**optional, **required}
+        found = (inside(f".{k}", shapes[k].test(v)) for k, v in value.items() if k in shapes)
+        return next(filter(None, found), None)
+
+    return Shape(test, wanted)
+
+
+def fault(shape, name, value):
+    """'its NAME[.where] VALUE is not WANTED' (the value shortened), or None where the value fits."""
+    found = shape.test(value)
+    if found is None:
+        return None
+    where, bad, wanted = found
+    shown = repr(bad)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"its {name}{where} {shown} is not {wanted}"
