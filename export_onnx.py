@@ -11,7 +11,7 @@ The file takes "image": float32 [batch, 3, size, size], any batch size, prepared
 preprocess does (the README's "Preprocessing" section spells it out for consumers outside Python). It gives
 "logits" [batch, classes]; "p_malignant" [batch], the calibrated P(malignant): the summed probability of the
 malignant classes, through the calibration stored in the model; and "cam" [batch, side, side], side =
-ceil(size/stride) (stride 32 for EfficientNet-B0, model.cam_side), the evidence map, the Grad-CAM of the
+ceil(size/stride) (stride 32 for EfficientNet-B0, backbone.cam_side), the evidence map, the Grad-CAM of the
 malignant log-odds (> 0 where the evidence is for malignant, < 0 for benign; predict.py --explain and the web page
 draw it). Its metadata_props hold, each as JSON, what a consumer needs (classes and their sides, the
 preprocessing, the threshold and operating point, the calibration, the validation results, the model card's
@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 import model
-from skinlesion import card, cli, files, interrupts, model_index, photos
+from skinlesion import backbone, card, cli, files, interrupts, model_index, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -80,7 +80,7 @@ def check_photos(source, n, cfg, named):
 def exportable(net, meta):
     """net as a module giving (logits, calibrated P(malignant), cam): the cam weights each channel of the final
     feature map by the gradient of the malignant log-odds, log sum exp(malignant logits) - log sum exp(benign
-    logits), for a head that is a global average pool and one linear layer (model.pooled_linear_head): for two
+    logits), for a head that is a global average pool and one linear layer (backbone.pooled_linear_head): for two
     classes, W[malignant] - W[benign]."""
     import torch
 
@@ -195,7 +195,7 @@ def main(argv=None):
     import torch
 
     net, meta = model.load_checkpoint(args.model)  # dies with one line if missing, broken or not a checkpoint
-    meta["network"] = model.network_shape(net)  # what the graph must show, from the network (not the file's word)
+    meta["network"] = backbone.network_shape(net)  # what the graph must show, from the network (not the file's word)
     wrapped = exportable(net.float().to(memory_format=torch.contiguous_format).eval(), meta)
     x, described = check_photos(
         args.check_images, args.n_check, model.meta_data_config(meta), "check_images" in args.given
@@ -220,7 +220,7 @@ def main(argv=None):
     size, n, side = (
         meta["image_size"],
         len(meta["classes"]),
-        model.cam_side(meta["image_size"], meta["network"]["stride"]),
+        backbone.cam_side(meta["image_size"], meta["network"]["stride"]),
     )
     print(
         f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "

@@ -17,9 +17,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from skinlesion import shapes
+from skinlesion import backbone, shapes
 from skinlesion.calibration import calibrated
-from skinlesion.cli import die, in_range, is_list_of
+from skinlesion.cli import die, is_list_of
 from skinlesion.dataset import SIDES
 from skinlesion.files import TAG, atomic_write, file_kind
 from skinlesion.weights import imagenet_model
@@ -41,15 +41,6 @@ IMAGE_SIZES = (32, 2048)  # the image sizes (px) a model may have, from and to: 
 IMAGE_SIZE_RANGE = ("image_size", *IMAGE_SIZES, f"a whole number from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} px")
 
 
-def cam_side(size, stride=32):
-    """The side of the evidence map ('cam') of a model for size x size photos whose final feature map has the given
-    stride: each stride-2 stage gives ceil(n / 2), which is size // stride only for multiples of it (48 px gives
-    2, not 1)."""
-    while stride > 1:
-        size, stride = (size + 1) // 2, stride // 2
-    return size
-
-
 # ---------------------------------------------------------------------------- the network
 def build_model(pretrained=True, weights_file=None, num_classes=2, drop_path=0.0, model_name=MODEL_NAME):
     """(timm model_name with a num_classes head, where its ImageNet weights came from or None; skinlesion/weights.py
@@ -66,7 +57,7 @@ def build_model(pretrained=True, weights_file=None, num_classes=2, drop_path=0.0
         options = dict(num_classes=num_classes, drop_path_rate=drop_path)
         net = timm.create_model(model_name, pretrained=pretrained, **options)
         head = net.get_classifier()
-        if not pooled_linear_head(net):
+        if not backbone.pooled_linear_head(net):
             die(
                 f"{model_name}'s head is not an average pool and one linear layer on its feature map, which the "
                 f"evidence map and the ONNX file need; pick another timm architecture, e.g. {MODEL_NAME} or resnet50"
@@ -76,27 +67,6 @@ def build_model(pretrained=True, weights_file=None, num_classes=2, drop_path=0.0
         return net
 
     return imagenet_model(create, model_name, weights_file, pretrained)
-
-
-def pooled_linear_head(net):
-    """Whether net's head is what Grad-CAM here assumes: the final feature map averaged, then one linear layer."""
-    import torch
-    from timm.layers import SelectAdaptivePool2d
-
-    pool, head = getattr(net, "global_pool", None), net.get_classifier()
-    pooled = isinstance(pool, SelectAdaptivePool2d) and pool.pool_type == "avg"
-    return pooled and isinstance(head, torch.nn.Linear) and head.in_features == net.num_features
-
-
-def network_shape(net):
-    """What an ONNX export of net must show, from the network itself: its architecture, the width of its final
-    feature map (the classifier's input), the map's stride, and its convolutions (one Conv node each)."""
-    import torch
-
-    net = getattr(net, "module", net)  # unwrap DistributedDataParallel
-    convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
-    features, stride = net.get_classifier().in_features, net.feature_info[-1]["reduction"]
-    return dict(architecture=net.pretrained_cfg["architecture"], features=features, stride=stride, convs=convs)
 
 
 def make_criterion(label_smoothing=0.0, class_weights=None):
@@ -173,49 +143,22 @@ class Key(NamedTuple):
     page: bool = False  # in the page's model.json (serve_web.py)
 
 
-ANY_NUMBER, SHA256 = shapes.simple(in_range, "a finite number"), shapes.SHA256
-FRACTION, COUNT, TEXTS = shapes.number(0, 1), shapes.whole(0, 10**9), shapes.list_of(shapes.text())
-ARCHITECTURE = shapes.simple(lambda v: isinstance(v, str) and re.fullmatch(r"[a-z0-9_]{1,64}", v), "a timm name")
-NETWORK = shapes.record(
-    {"architecture": ARCHITECTURE, **{k: shapes.whole(1, 10**5) for k in ("features", "stride", "convs")}}
-)
-STARTING_WEIGHTS = shapes.simple(  # weights.imagenet_model's record; true or false in files from before it
-    lambda v: v in (None, True, False) or starting_weights_record(v), "true, false or where the weights came from"
-)
 RUN_SETTINGS = {  # what a run keeps for --resume (AItraining.py's SETTINGS): the flags it restores, by shape
     "recipe": shapes.one_of("finetune", "scratch"), "why": shapes.text(), "optimizer": shapes.one_of("adam", "adamw"),
     "lr": shapes.number(1e-12, math.inf), "weight_decay": shapes.number(0, math.inf),
     "warmup": shapes.number(0, 0.99), "schedule": shapes.one_of("cosine", "constant"),
     "epochs": shapes.whole(1, 10**6), "label_smoothing": shapes.number(0, 0.99), "drop_path": shapes.number(0, 0.99),
     "class_weights": shapes.BOOLEAN, "patience": shapes.whole(0, 10**6), "batch_size": shapes.whole(1, 10**5),
-    "image_size": shapes.whole(*IMAGE_SIZES), "seed": shapes.whole(0, 2**32 - 1), "target_sensitivity": FRACTION,
-    "amp": shapes.BOOLEAN, "run": shapes.text(), "model_name": ARCHITECTURE,
+    "image_size": shapes.whole(*IMAGE_SIZES), "seed": shapes.whole(0, 2**32 - 1), "target_sensitivity": shapes.FRACTION,
+    "amp": shapes.BOOLEAN, "run": shapes.text(), "model_name": shapes.ARCHITECTURE,
 }  # fmt: skip
-DATA = shapes.record({}, dict(  # what the card says of the training data (dataset.data_summary)
-    source=shapes.text(), counts=shapes.table_of(shapes.table_of(COUNT)), grouping=shapes.text(),
-    factors=shapes.table_of(shapes.table_of(shapes.table_of(COUNT))), attributions=shapes.table_of(COUNT),
-    licences=shapes.table_of(COUNT), label_column=shapes.text(), synthetic=shapes.BOOLEAN), others=True)  # fmt: skip
-CALIBRATION = shapes.record(dict(  # calibration.fit
-    method=shapes.one_of("temperature", "platt"), a=shapes.number(1e-6, 1e6), b=shapes.number(-1e6, 1e6),
-    val_log_loss_before=ANY_NUMBER, val_log_loss_after=ANY_NUMBER, val_ece_before=FRACTION, val_ece_after=FRACTION),
-    dict(cv_log_loss=shapes.table_of(shapes.nullable(ANY_NUMBER))))  # fmt: skip
-OPERATING_POINT = shapes.record(dict(  # metrics.operating_point
-    target_sensitivity=FRACTION, threshold=FRACTION, sensitivity=FRACTION, specificity=FRACTION,
-    sensitivity_ci95=shapes.list_of(FRACTION, 2), specificity_ci95=shapes.list_of(FRACTION, 2)),
-    dict(n_malignant=COUNT, n_benign=COUNT))  # fmt: skip
-LONG = shapes.text(4000)
-SUMMARY = shapes.record(dict(trained_on=LONG, how_well=LONG, intended_use=LONG, limits=TEXTS))  # card.summary
-SELF_CHECK = shapes.record(dict(  # export_onnx.py: the file's outputs on check_inputs, stored when it was exported
-    inputs=shapes.whole(1, 16), logits=shapes.list_of(shapes.list_of(ANY_NUMBER, most=1000), most=16),
-    p_malignant=shapes.list_of(FRACTION, most=16)))  # fmt: skip
-NAMES = shapes.list_of(shapes.text(shapes.MAX_NAME), most=1000)
 KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any other is ignored and never copied
     "written_by": Key("files.TAG: a model file of ours", shapes.text(), "checkpoint_state"),
-    "model_name": Key("the timm architecture", ARCHITECTURE, "checkpoint_state"),
-    "network": Key("its features, stride and convolutions (network_shape)", NETWORK, "checkpoint_state"),
-    "classes": Key("the class folders, in index order", NAMES, "AItraining.py", True, page=True),
-    "malignant_classes": Key("the classes on the malignant side", NAMES, "AItraining.py", page=True),
-    "class_names": Key("each class's label value in the export", NAMES, "AItraining.py", page=True),
+    "model_name": Key("the timm architecture", shapes.ARCHITECTURE, "checkpoint_state"),
+    "network": Key("its features, stride and convolutions (network_shape)", shapes.NETWORK, "checkpoint_state"),
+    "classes": Key("the class folders, in index order", shapes.NAMES, "AItraining.py", True, page=True),
+    "malignant_classes": Key("the classes on the malignant side", shapes.NAMES, "AItraining.py", page=True),
+    "class_names": Key("each class's label value in the export", shapes.NAMES, "AItraining.py", page=True),
     "image_size": Key("the network's input side in px", shapes.whole(*IMAGE_SIZES), "checkpoint_state", True,
                       page=True),
     "mean": Key("normalisation mean", shapes.list_of(shapes.number(-10, 10), 3), "checkpoint_state", True, page=True),
@@ -224,25 +167,28 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
                          True, page=True),
     "crop_pct": Key("the centre crop's share of the shorter side", shapes.number(0.05, 1), "checkpoint_state", True,
                     page=True),
-    "threshold": Key("P(malignant) from which a photo is called malignant", FRACTION, "AItraining.py", True, page=True),
-    "calibration": Key("the scaling of the malignant log-odds", shapes.nullable(CALIBRATION), "AItraining.py"),
-    "operating_point": Key("the threshold's sensitivity, specificity", OPERATING_POINT, "AItraining.py", page=True),
-    "val_metrics": Key("validation metrics at the threshold", shapes.table_of(ANY_NUMBER), "AItraining.py"),
-    "val_auc_ci95": Key("validation ROC-AUC 95% interval", shapes.list_of(FRACTION, 2), "AItraining.py", page=True),
+    "threshold": Key("P(malignant) from which a photo is called malignant", shapes.FRACTION, "AItraining.py", True,
+                     page=True),
+    "calibration": Key("the scaling of the malignant log-odds", shapes.nullable(shapes.CALIBRATION), "AItraining.py"),
+    "operating_point": Key("the threshold's sensitivity, specificity", shapes.OPERATING_POINT, "AItraining.py",
+                           page=True),
+    "val_metrics": Key("validation metrics at the threshold", shapes.table_of(shapes.ANY_NUMBER), "AItraining.py"),
+    "val_auc_ci95": Key("validation ROC-AUC 95% interval", shapes.list_of(shapes.FRACTION, 2), "AItraining.py",
+                        page=True),
     "at_chance": Key("that interval holds 0.5 (null: unknown)", shapes.nullable(shapes.BOOLEAN), "AItraining.py",
                      page=True),
     "epoch": Key("the epoch the weights are from", shapes.whole(0, 10**6), "AItraining.py"),
-    "imagenet": Key("where its starting weights came from (weights.py)", STARTING_WEIGHTS, "AItraining.py"),
-    "manifest_sha256": Key("the dataset's manifest.csv", shapes.nullable(SHA256), "AItraining.py"),
+    "imagenet": Key("where its starting weights came from (weights.py)", shapes.STARTING_WEIGHTS, "AItraining.py"),
+    "manifest_sha256": Key("the dataset's manifest.csv", shapes.nullable(shapes.SHA256), "AItraining.py"),
     "versions": Key("torch, timm, pillow", shapes.table_of(shapes.text(100)), "checkpoint_state"),
     "settings": Key("the run's settings", shapes.record(RUN_SETTINGS), "AItraining.py", onnx="left out"),
-    "data": Key("the training data, for the card", DATA, "AItraining.py", onnx="left out"),
+    "data": Key("the training data, for the card", shapes.DATA, "AItraining.py", onnx="left out"),
     "source_checkpoint": Key("the .pth it was exported from", shapes.text(), "export_onnx.py", True, "export"),
-    "source_sha256": Key("that file's SHA-256", SHA256, "export_onnx.py", True, "export"),
+    "source_sha256": Key("that file's SHA-256", shapes.SHA256, "export_onnx.py", True, "export"),
     "outputs": Key("the graph's outputs", shapes.one_of(list(ONNX_OUTPUTS)), "export_onnx.py", True, "export"),
     "exporter": Key("how it was exported", shapes.text(), "export_onnx.py", True, "export"),
-    "card_summary": Key("the card in four texts", SUMMARY, "export_onnx.py", True, "export", page=True),
-    "self_check": Key("outputs on check_inputs", SELF_CHECK, "export_onnx.py", True, "export"),
+    "card_summary": Key("the card in four texts", shapes.SUMMARY, "export_onnx.py", True, "export", page=True),
+    "self_check": Key("outputs on check_inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
 }  # fmt: skip
 
 
@@ -279,15 +225,6 @@ def meta_fault(meta, kind="pth"):
     return fault or classes_fault(meta)
 
 
-def starting_weights_record(value):
-    """Whether value is what weights.imagenet_model returns: {source: hub id} or {file: name, sha256: hex}."""
-    if not isinstance(value, dict) or not all(isinstance(v, str) and 0 < len(v) <= 200 for v in value.values()):
-        return False
-    return set(value) == {"source"} or (
-        set(value) == {"file", "sha256"} and re.fullmatch(r"[0-9a-f]{64}", value["sha256"])
-    )
-
-
 def meta_data_config(meta):
     """The data config stored in a model file's meta, in the shape timm's data config has."""
     size = meta["image_size"]
@@ -305,7 +242,7 @@ def checkpoint_state(net, cfg, threshold=0.5, classes=CLASSES, **meta):
 
     net = getattr(net, "module", net)  # unwrap DistributedDataParallel
     versions = {"torch": str(torch.__version__), "timm": timm.__version__, "pillow": PIL.__version__}
-    shape = network_shape(net)
+    shape = backbone.network_shape(net)
     meta = dict(written_by=TAG, model_name=shape["architecture"], network=shape, classes=list(classes), **meta)
     meta["threshold"] = float(threshold)
     meta.update(image_size=int(cfg["input_size"][-1]), mean=list(cfg["mean"]), std=list(cfg["std"]))
@@ -431,7 +368,7 @@ def onnx_fault(proto, session, meta):
     if len(inputs) != 1 or inputs[0][1][1:] != [3, size, size] or inputs[0][2] != "tensor(float)":
         return f"it takes {inputs}, not one float32 image [batch, 3, {size}, {size}]"
     outputs = {o.name: o.shape[1:] for o in session.get_outputs()}
-    side = cam_side(size, network["stride"])
+    side = backbone.cam_side(size, network["stride"])
     wanted = dict(zip(ONNX_OUTPUTS, [[n], [], [side, side]]))
     if outputs != wanted:
         return f"its outputs (shapes after the batch) are {outputs}, not {wanted}"

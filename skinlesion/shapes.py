@@ -140,3 +140,40 @@ def fault(shape, name, value):
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return f"its {name}{where} {shown} is not {wanted}"
+
+
+# ---------------------------------------------------------------------------- the model file's values (model.KEYS)
+def is_starting_weights(value):
+    """Whether value is what weights.imagenet_model returns: {source: hub id} or {file: name, sha256: hex}."""
+    if not isinstance(value, dict) or not all(isinstance(v, str) and 0 < len(v) <= 200 for v in value.values()):
+        return False
+    return set(value) == {"source"} or (
+        set(value) == {"file", "sha256"} and re.fullmatch(r"[0-9a-f]{64}", value["sha256"])
+    )
+
+
+ANY_NUMBER = simple(in_range, "a finite number")
+FRACTION, COUNT, TEXTS = number(0, 1), whole(0, 10**9), list_of(text())
+ARCHITECTURE = simple(lambda v: isinstance(v, str) and re.fullmatch(r"[a-z0-9_]{1,64}", v), "a timm name")
+NETWORK = record({"architecture": ARCHITECTURE, **{k: whole(1, 10**5) for k in ("features", "stride", "convs")}})
+STARTING_WEIGHTS = simple(  # weights.imagenet_model's record; true or false in files from before it
+    lambda v: v in (None, True, False) or is_starting_weights(v), "true, false or where the weights came from"
+)
+DATA = record({}, dict(  # what the card says of the training data (dataset.data_summary)
+    source=text(), counts=table_of(table_of(COUNT)), grouping=text(),
+    factors=table_of(table_of(table_of(COUNT))), attributions=table_of(COUNT),
+    licences=table_of(COUNT), label_column=text(), synthetic=BOOLEAN), others=True)  # fmt: skip
+CALIBRATION = record(dict(  # calibration.fit
+    method=one_of("temperature", "platt"), a=number(1e-6, 1e6), b=number(-1e6, 1e6),
+    val_log_loss_before=ANY_NUMBER, val_log_loss_after=ANY_NUMBER, val_ece_before=FRACTION, val_ece_after=FRACTION),
+    dict(cv_log_loss=table_of(nullable(ANY_NUMBER))))  # fmt: skip
+OPERATING_POINT = record(dict(  # metrics.operating_point
+    target_sensitivity=FRACTION, threshold=FRACTION, sensitivity=FRACTION, specificity=FRACTION,
+    sensitivity_ci95=list_of(FRACTION, 2), specificity_ci95=list_of(FRACTION, 2)),
+    dict(n_malignant=COUNT, n_benign=COUNT))  # fmt: skip
+LONG = text(4000)
+SUMMARY = record(dict(trained_on=LONG, how_well=LONG, intended_use=LONG, limits=TEXTS))  # card.summary
+SELF_CHECK = record(dict(  # export_onnx.py: the file's outputs on check_inputs, stored when it was exported
+    inputs=whole(1, 16), logits=list_of(list_of(ANY_NUMBER, most=1000), most=16),
+    p_malignant=list_of(FRACTION, most=16)))  # fmt: skip
+NAMES = list_of(text(MAX_NAME), most=1000)

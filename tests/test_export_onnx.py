@@ -38,7 +38,7 @@ from conftest import (
     run,
     save_model,
 )
-from skinlesion import explain, files, ledger, photos
+from skinlesion import backbone, explain, files, ledger, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -266,7 +266,7 @@ def test_every_image_size_in_the_range_exports_and_predicts(tmp_path, monkeypatc
     (ceil(48 / 32), EfficientNet's five stride-2 stages) and the check wanted 48 // 32 = 1: predict.py and the
     page refused what export_onnx.py wrote. The smallest size, 32, and 48 now go from training to a label."""
     monkeypatch.chdir(tmp_path)
-    assert model.IMAGE_SIZES[0] == 32 and model.cam_side(size) == side
+    assert model.IMAGE_SIZES[0] == 32 and backbone.cam_side(size) == side
     save_model("m.pth", size=size)
     lesion_photo("photos/a.jpg", (90, 70))
     export_onnx.main(["--model", "m.pth", "--output", "m.onnx", "--check-images", "photos"])
@@ -278,7 +278,7 @@ def test_every_image_size_in_the_range_exports_and_predicts(tmp_path, monkeypatc
         predict.main(["photos/a.jpg", "--model", model_file])
         answers.append(capsys.readouterr().out.splitlines()[:2])
     assert answers[0][0].startswith("Prediction: ") and answers[0] == answers[1]
-    assert [model.cam_side(n) for n in (33, 64, 100, 224, 240, 2048)] == [2, 2, 4, 7, 8, 64]
+    assert [backbone.cam_side(n) for n in (33, 64, 100, 224, 240, 2048)] == [2, 2, 4, 7, 8, 64]
 
 
 def test_onnx_file_renamed_pth_is_recognised_by_its_content(exported, tmp_path, capsys):
