@@ -363,7 +363,7 @@ def onnx_fault(proto, session, meta):
     convs = sum(node.op_type == "Conv" for node in proto.graph.node)
     if convs != network["convs"] or [n, network["features"]] not in shapes:
         wanted = f"{network['convs']} convolutions, a {network['features']}-wide classifier"
-        return f"its graph is not {meta['model_name']} with {n} classes ({wanted}; it has {convs} convolutions)"
+        return f"its graph is not {meta.get('model_name', MODEL_NAME)} with {n} classes ({wanted}; it has {convs} convolutions)"
     inputs = [(i.name, i.shape, i.type) for i in session.get_inputs()]
     if len(inputs) != 1 or inputs[0][1][1:] != [3, size, size] or inputs[0][2] != "tensor(float)":
         return f"it takes {inputs}, not one float32 image [batch, 3, {size}, {size}]"
