@@ -244,31 +244,33 @@ def test_evaluate_refuses_before_any_work(setup, tmp_path, monkeypatch, capsys, 
     assert fingerprint(tmp_path) == before
 
 
-def test_the_target_outside_the_test_interval_is_said(tmp_path, capsys):
-    """An operating point chosen for 0.99 sensitivity that catches far fewer malignant test photos: a warning."""
-    path = save_model(
-        tmp_path / "model.pth",
-        threshold=0.99,
-        val_metrics={"roc_auc": 0.9},
-        val_auc_ci95=[0.8, 0.95],
-        operating_point=dict(
-            target_sensitivity=0.99,
-            threshold=0.99,
-            sensitivity=0.99,
-            sensitivity_ci95=[0.95, 1.0],
-            specificity=0.3,
-            specificity_ci95=[0.2, 0.4],
-        ),
-    )
+@pytest.mark.parametrize("threshold, target, outside", [(1.0, 0.99, True), (0.0, 1.0, False)])
+def test_the_target_outside_the_test_interval_is_said(tmp_path, capsys, threshold, target, outside):
+    """An operating point for a target sensitivity, on 8 malignant test photos: threshold 1 catches none (the
+    test sensitivity and its interval are 0, far from 0.99: a warning), threshold 0 catches all (1, with the
+    target 1 inside its interval: no warning). Both outcomes, each for sure."""
+    op = dict(target_sensitivity=target, threshold=threshold, sensitivity=target, sensitivity_ci95=[0.9, 1.0])
+    op.update(specificity=0.3, specificity_ci95=[0.2, 0.4])
+    path = save_model(tmp_path / "model.pth", threshold=threshold, val_metrics={"roc_auc": 0.9}, operating_point=op)
     class_photos(tmp_path / "test", 8)
     evaluate_into(path, tmp_path / "test", tmp_path / "out", 200)
     err = capsys.readouterr().err
-    report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
-    if report["operating_point"]["target_outside_interval"]:
-        assert "warning: the target sensitivity 0.99 lies outside the test sensitivity's 95% interval" in err
-    else:  # the random model happened to catch them all: nothing to say
-        assert "lies outside" not in err
-    assert report["operating_point"]["test_sensitivity"] <= 1
+    found = json.loads((tmp_path / "out" / "evaluation.json").read_text())["operating_point"]
+    assert found["test_sensitivity"] == (0.0 if outside else 1.0)
+    assert found["test_sensitivity_ci95"] == ([0.0, 0.0] if outside else [1.0, 1.0])
+    assert found["target_outside_interval"] is outside
+    said = f"warning: the target sensitivity {target:.2f} lies outside the test sensitivity's 95% interval"
+    assert (said in err) is outside and ("lies outside" in err) is outside
+
+
+@pytest.mark.parametrize("target, outside", [(0.6, False), (0.8, False), (0.59, True), (0.81, True), (0.0, False)])
+def test_the_target_outside_the_interval_counts_its_ends_as_inside(target, outside):
+    """operating_report against an interval 0.60-0.80: its ends are inside, just past them outside; target 0
+    (a plain 0.5 threshold) is never a warning."""
+    scores, ci = dict(sensitivity=0.7, specificity=0.6), dict(sensitivity=(0.6, 0.8), specificity=(0.5, 0.7))
+    meta = dict(operating_point=dict(target_sensitivity=target, threshold=0.4))
+    found = evaluate.operating_report(np.array([0, 1]), np.array([0.2, 0.7]), meta, scores, ci)
+    assert found["target_outside_interval"] is outside and ("warning" in found) is outside
 
 
 def evaluated(model_file, data_dir, folder):
