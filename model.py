@@ -1,8 +1,8 @@
 """The model: EfficientNet-B0 from timm with a head for the dataset's classes (benign and malignant, or lesion
 types on either side), its loss, its optimizer and recipes, how it predicts P(malignant), and the model file:
 what a .pth or .onnx file holds, how it is saved, loaded and checked (a broken one, or one that is not ours, is
-refused by every script). torch and timm are imported inside the functions that use them, so that `--help` and
-the ONNX path start in a fraction of a second.
+refused by every script). torch and timm, scipy and pandas are imported inside the functions that use them (or not
+at all), so that `--help` and the ONNX path start in a fraction of a second.
 
     net, imagenet = model.build_model(pretrained=True)   # timm efficientnet_b0, a neutral 2-class head
     net, meta = model.load_checkpoint("skin_model.pth")  # checked: finite weights, valid metadata
@@ -13,7 +13,6 @@ import re
 import warnings
 
 import numpy as np
-from scipy.special import logsumexp, softmax
 
 from skinlesion.calibration import calibrated
 from skinlesion.cli import die, in_range, is_list_of, is_table
@@ -94,12 +93,14 @@ def malignant_log_odds(logits, mask):
     """log(P(malignant) / P(benign)) per row of (n, classes) logits, P(malignant) being the summed probability
     of the malignant classes: exact and stable in float64 (for two classes, the logit difference)."""
     logits = np.asarray(logits, dtype=np.float64)
-    return logsumexp(logits[:, mask], axis=1) - logsumexp(logits[:, ~mask], axis=1)
+    return np.logaddexp.reduce(logits[:, mask], axis=1) - np.logaddexp.reduce(logits[:, ~mask], axis=1)
 
 
 def class_probabilities(logits):
-    """Softmax per row, float64."""
-    return softmax(np.asarray(logits, dtype=np.float64), axis=1)
+    """Softmax per row, float64 (numpy's own: scipy.special takes longer to import than the ONNX path to run)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def predictions(view_logits, meta):
