@@ -73,6 +73,21 @@ def test_predict_compares_the_calibrated_p_with_the_threshold(tmp_path, capsys, 
     assert float(printed) == pytest.approx(p_cal, abs=10 ** -len(printed.split(".")[1]))
 
 
+def test_a_photo_whose_p_equals_the_threshold_is_called_malignant(tmp_path, capsys):
+    """'Called malignant when it reaches the threshold': the photo's own P (from the model's prediction path, bit
+    for bit) as --threshold gives malignant, the next float above it benign. Wrong code caught: p > threshold."""
+    import torch
+
+    photo = lesion_photo(tmp_path / "photo.jpg", (80, 64), seed=4)
+    path = save_model(tmp_path / "m.pth", calibration=dict(a=0.5, b=0.2))
+    net, meta = model.load_checkpoint(path)
+    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model.meta_data_config(meta)))[None]
+    p = float(model.predictions(model.view_logits(net, x), meta)[0][0])
+    for threshold, label in [(p, "malignant"), (float(np.nextafter(p, 1)), "benign")]:
+        predict.main([photo, "--model", path, "--threshold", repr(threshold)])
+        assert capsys.readouterr().out.splitlines()[0] == f"Prediction: {label}"
+
+
 # ---------------------------------------------------------------------------- Platt's shift in the ONNX file
 CALIBRATION = dict(method="platt", a=0.7, b=1.3)
 
