@@ -17,6 +17,7 @@ ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory
 
 
 # ---------------------------------------------------------------------------- bench.py
+@pytest.mark.slow
 def test_help_answers_before_torch_is_imported():
     r = help_of("bench.py")
     assert r.stdout.strip().endswith("NO TORCH") and "--n-prepare-images N_PREPARE_IMAGES" in r.stdout, r.stdout
@@ -105,6 +106,7 @@ def test_timed_batches_and_their_rate(monkeypatch):
     assert measure.per_second(times, 1, 32) == 3 * 32 / 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="PSS is read from Linux /proc")
 def test_tree_pss_and_a_command_with_its_peak_memory():
     assert measure.tree_pss(os.getpid()) > 1e6  # this Python with pandas loaded
@@ -114,6 +116,7 @@ def test_tree_pss_and_a_command_with_its_peak_memory():
     assert measure.run([sys.executable, "-c", "pass"])[1] is None
 
 
+@pytest.mark.slow
 def test_a_failed_command_dies_with_its_output(capsys):
     with pytest.raises(SystemExit) as exit_info:
         measure.run([sys.executable, "-c", "print('what went wrong'); raise SystemExit(3)"])

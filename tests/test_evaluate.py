@@ -89,6 +89,7 @@ def assert_png(path):
         img.verify()
 
 
+@pytest.mark.slow
 def test_every_metric_with_its_interval_and_the_pictures(setup):
     tmp, result, report = setup
     assert result.returncode == 0, result.stderr
@@ -107,6 +108,7 @@ def test_every_metric_with_its_interval_and_the_pictures(setup):
         assert_png(tmp / "out" / name)
 
 
+@pytest.mark.slow
 def test_unreadable_and_stray_files_are_counted(setup):
     _, result, report = setup
     assert report["n_non_image_files"] == 1 and "1 file(s)" in result.stderr and "notes.txt" in result.stderr
@@ -114,6 +116,7 @@ def test_unreadable_and_stray_files_are_counted(setup):
     assert "skipped 1 unreadable image" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_tta_adds_a_comparison(setup, tmp_path, capsys):
     tmp, _, _ = setup
     evaluate_into(tmp / "model.pth", tmp / "test", tmp_path, 100, "--tta")
@@ -124,6 +127,7 @@ def test_tta_adds_a_comparison(setup, tmp_path, capsys):
     assert "TTA vs plain" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_model_at_chance_is_called_so(setup, tmp_path, capsys):
     """The same photos in both class folders: no model can tell them apart on them."""
     tmp, _, _ = setup
@@ -135,6 +139,7 @@ def test_a_model_at_chance_is_called_so(setup, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["at_chance"] is True
 
 
+@pytest.mark.slow
 def test_what_cannot_work_is_said_before_any_scoring(setup, tmp_path, readonly_folder, monkeypatch, capsys):
     tmp, _, _ = setup
     monkeypatch.chdir(tmp_path)
@@ -156,6 +161,7 @@ def test_what_cannot_work_is_said_before_any_scoring(setup, tmp_path, readonly_f
     assert sorted(os.listdir(tmp_path)) == ["a file", "data", "readonly"]  # nothing written
 
 
+@pytest.mark.slow
 def test_an_empty_split_keeps_the_previous_report(setup, tmp_path, monkeypatch, capsys):
     tmp, _, _ = setup
     for c in model.CLASSES:
@@ -172,6 +178,7 @@ def test_an_empty_split_keeps_the_previous_report(setup, tmp_path, monkeypatch, 
     assert fingerprint(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(setup, tmp_path):
     tmp, _, _ = setup
     (tmp_path / "confusion_matrix.png").write_bytes(b"previous picture, " + files.TAG.encode())
@@ -194,6 +201,7 @@ def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(setup, tmp_
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
 
+@pytest.mark.slow
 def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, capsys):
     """evaluation.json: ECE, Brier and log-loss before and after the stored calibration with intervals, the test
     sensitivity and specificity at the stored threshold against its target; calibration.png; and the test results
@@ -221,6 +229,7 @@ def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, 
     assert "calibration (none): ECE" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["n-bootstrap too many", "output not ours", "output inside the data", "none"])
 def test_evaluate_refuses_before_any_work(setup, tmp_path, monkeypatch, capsys, case):
     tmp, _, _ = setup
@@ -292,6 +301,7 @@ def evaluated(model_file, data_dir, folder):
     )
 
 
+@pytest.mark.slow
 def test_a_type_model_learns_the_demo_types_and_is_reported_by_type(trained_types_model, tmp_path):
     """The demo export by lesion type: the types' balanced accuracy on the test split clearly above chance (0.25),
     a one-vs-rest ROC-AUC per type, their confusion picture, and the benign/malignant report as for two classes."""
@@ -310,6 +320,7 @@ def test_a_type_model_learns_the_demo_types_and_is_reported_by_type(trained_type
     assert f"lesion types: balanced accuracy {types['balanced_accuracy']:.3f} (chance 0.250)" in r.stdout
 
 
+@pytest.mark.slow
 def test_the_demo_runs_card_holds_the_test_results_by_subgroup(trained_model, demo_dataset, tmp_path):
     """The demo run's card after evaluate.py: its test numbers equal evaluation.json's, the subgroups are the
     demo's metadata columns (sex, age band, body site, skin type), and the licences and attribution of the demo
@@ -333,6 +344,7 @@ def test_the_demo_runs_card_holds_the_test_results_by_subgroup(trained_model, de
     assert "SYNTHETIC" in text and "CC-BY-NC" in text
 
 
+@pytest.mark.slow
 def test_a_loop_of_links_in_the_data_folder_neither_hangs_nor_counts_twice(setup, tmp_path):
     tmp, _, _ = setup
     data = shutil.copytree(tmp / "test", tmp_path / "test")
