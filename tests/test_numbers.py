@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import norm
 
 import AItraining
+import evaluate
 import model
 import predict
 import prepare_dataset
@@ -257,3 +258,12 @@ def test_the_balanced_sample_follows_the_seed(tmp_path):
     assert sample(1) != first and sample(2) != first
     in_order = sorted(ids[:6])
     assert first != in_order and sample(1) != in_order
+
+
+# ---------------------------------------------------------------------------- evaluate's mistakes
+def test_a_photo_at_the_threshold_is_a_mistake_only_if_benign():
+    """evaluate.py's most confident mistakes use predict.py's rule (malignant when P reaches the threshold): a benign
+    photo with P exactly at the threshold is a mistake, a malignant one is not. Wrong code caught: p > threshold."""
+    paths = ["benign_at.jpg", "malignant_at.jpg", "benign_below.jpg"]
+    mistakes = evaluate.most_confident_mistakes(paths, np.array([0, 1, 0]), np.array([0.37, 0.37, 0.2]), 5, 0.37)
+    assert [m["path"] for m in mistakes] == ["benign_at.jpg"]
