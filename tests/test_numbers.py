@@ -267,3 +267,27 @@ def test_a_photo_at_the_threshold_is_a_mistake_only_if_benign():
     paths = ["benign_at.jpg", "malignant_at.jpg", "benign_below.jpg"]
     mistakes = evaluate.most_confident_mistakes(paths, np.array([0, 1, 0]), np.array([0.37, 0.37, 0.2]), 5, 0.37)
     assert [m["path"] for m in mistakes] == ["benign_at.jpg"]
+
+
+def ece_by_hand(y, p, bins=15):
+    """Expected calibration error, one bin at a time: photo-weighted |mean P - share malignant| (P = 1 in the last)."""
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    return sum(abs(p[which == k].mean() - y[which == k].mean()) * (which == k).sum() for k in set(which)) / len(p)
+
+
+def test_evaluates_calibration_numbers_before_and_after_are_those_of_the_plain_and_the_calibrated_p():
+    """evaluation.json's ECE, Brier score and log-loss 'before' are those of sigmoid(z), 'after' those of
+    sigmoid(a z + b) with the stored calibration, each computed here. Wrong code caught: 'before' measured on the
+    calibrated P (or 'after' on the plain one)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(6)
+    z = rng.normal(-1, 2, 300)
+    y = (rng.random(300) < sigmoid(0.5 * z + 1)).astype(int)
+    fitted = dict(method="platt", a=0.5, b=1.0)
+    report = evaluate.calibration_report(y, z, fitted, SimpleNamespace(n_bootstrap=0, seed=0))
+    for when, p in (("before", sigmoid(z)), ("after", sigmoid(0.5 * z + 1))):
+        assert report[f"ece_{when}"] == pytest.approx(ece_by_hand(y, p))
+        assert report[f"brier_{when}"] == pytest.approx(np.mean((p - y) ** 2))
+        assert report[f"log_loss_{when}"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    assert report["ece_before"] > report["ece_after"] + 0.05
