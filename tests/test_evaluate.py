@@ -255,14 +255,14 @@ def test_evaluate_refuses_before_any_work(setup, tmp_path, monkeypatch, capsys, 
 
 @pytest.mark.parametrize("threshold, target, outside", [(1.0, 0.99, True), (0.0, 1.0, False)])
 def test_the_target_outside_the_test_interval_is_said(tmp_path, capsys, threshold, target, outside):
-    """An operating point for a target sensitivity, on 8 malignant test photos: threshold 1 catches none (the
+    """An operating point for a target sensitivity, on 4 malignant test photos: threshold 1 catches none (the
     test sensitivity and its interval are 0, far from 0.99: a warning), threshold 0 catches all (1, with the
     target 1 inside its interval: no warning). Both outcomes, each for sure."""
     op = dict(target_sensitivity=target, threshold=threshold, sensitivity=target, sensitivity_ci95=[0.9, 1.0])
     op.update(specificity=0.3, specificity_ci95=[0.2, 0.4])
     path = save_model(tmp_path / "model.pth", threshold=threshold, val_metrics={"roc_auc": 0.9}, operating_point=op)
-    class_photos(tmp_path / "test", 8)
-    evaluate_into(path, tmp_path / "test", tmp_path / "out", 200)
+    class_photos(tmp_path / "test", 4)
+    evaluate_into(path, tmp_path / "test", tmp_path / "out", 50)
     err = capsys.readouterr().err
     found = json.loads((tmp_path / "out" / "evaluation.json").read_text())["operating_point"]
     assert found["test_sensitivity"] == (0.0 if outside else 1.0)

@@ -189,14 +189,14 @@ def test_the_bootstrap_scores_n_resamples_of_n_photos():
 # ---------------------------------------------------------------------------- the grouped split
 @pytest.mark.parametrize("val, test", [(0.1, 0.2), (0.2, 0.1), (0.15, 0.05)])
 def test_the_validation_and_the_test_share_each(val, test):
-    """400 lesions of 2 photos (half of them malignant): the share of lesions in val is val, in test is test,
+    """200 lesions of 2 photos (half of them malignant): the share of lesions in val is val, in test is test,
     each within one of StratifiedGroupKFold's 20 folds' rounding (1/40). Wrong code caught: the two fractions
     swapped, or a fold too many or too few in one of them (fold <= n_test)."""
-    labels = np.repeat(np.arange(400) % 2, 2).astype(str)
-    groups = np.repeat(np.arange(400), 2)
+    labels = np.repeat(np.arange(200) % 2, 2).astype(str)
+    groups = np.repeat(np.arange(200), 2)
     split = splits.split_groups(labels, groups, val, test, seed=0)
     lesions = pd.Series(split[::2])
-    assert all(len(set(split[groups == g])) == 1 for g in range(0, 400, 37))
+    assert all(len(set(split[groups == g])) == 1 for g in range(0, 200, 7))
     assert lesions.eq("val").mean() == pytest.approx(val, abs=0.025)
     assert lesions.eq("test").mean() == pytest.approx(test, abs=0.025)
     for s in ["val", "test"]:
@@ -205,8 +205,8 @@ def test_the_validation_and_the_test_share_each(val, test):
 
 def test_the_split_follows_the_seed():
     """Same seed, same split; another seed, another split (with the same shares)."""
-    labels = np.repeat(np.arange(200) % 2, 2).astype(str)
-    groups = np.repeat(np.arange(200), 2)
+    labels = np.repeat(np.arange(100) % 2, 2).astype(str)
+    groups = np.repeat(np.arange(100), 2)
     first = splits.split_groups(labels, groups, 0.2, 0.2, seed=0)
     assert np.array_equal(first, splits.split_groups(labels, groups, 0.2, 0.2, seed=0))
     other = splits.split_groups(labels, groups, 0.2, 0.2, seed=1)
