@@ -1,6 +1,8 @@
 # make demo: set up .venv and run the whole pipeline on the built-in synthetic demo (a few minutes on 2 CPU cores)
 # make test: set up .venv and node_modules, check the style (ruff) and run the test suite (the browser test needs
 #            Debian's chromium)
+# make check: check the style and run the fast tier of the tests (no script started, no training, no browser;
+#             under a minute): the tests marked slow are left to make test
 # make web:  build the in-browser classifier for skin_model.onnx into site/ and serve it at http://127.0.0.1:8000/
 #            (this computer only)
 # make docs: run the demo, then regenerate the README's pictures in docs/, docs/flags.md and docs/model_card.md
@@ -9,7 +11,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup dev demo test lint web docs clean
+.PHONY: setup dev demo test check lint web docs clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +46,9 @@ lint: dev
 
 test: lint node_modules/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+check: lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
 
 web: setup node_modules/.installed
 	$(PY) serve_web.py

@@ -5,8 +5,9 @@ vs AItraining.py's real loop (its cache of the prepared photos on the device, au
 vs its streaming fallback (DataLoader workers decoding every batch) vs a naive first version (ImageFolder
 over the full-size photos, Pillow transforms, no workers, contiguous memory format); bf16 autocast (only where
 the CPU or GPU has native bf16) and torch.compile (only with --compile) vs plain; predicting one photo with
-PyTorch vs onnxruntime (a fresh process, and warm in-process); prepare_dataset.py on all cores vs one; peak
-memory of a training epoch and of prepare_dataset.py. Then the same table in markdown, for the README.
+PyTorch vs onnxruntime (a fresh process, and warm in-process), and the seconds predict.py spends importing
+modules for --help and for a photo with the ONNX file (python -X importtime); prepare_dataset.py on all cores
+vs one; peak memory of a training epoch and of prepare_dataset.py. Then the same table in markdown, for the README.
 
     python bench.py                                   # defaults: under 10 min on 2 CPU cores
     python bench.py --rounds 3 --no-prepare --no-predict --work-dir /tmp/bench   # training only; keeps the data
@@ -262,7 +263,15 @@ def bench_predict(args, work, photo, data_dir):
         warm_pt = measure.median_seconds(lambda: torch_once(img), args.warm_runs)
         warm_onnx = measure.median_seconds(lambda: onnx_once(img), args.warm_runs)
     cold_pt, cold_onnx = statistics.median(cold[pth][1:]), statistics.median(cold[onnx][1:])
+    help_imports = measure.imports_of(script("predict.py", "--help"), ENV, work)
+    onnx_imports = measure.imports_of(script("predict.py", photo, "--model", onnx), ENV, work)
     return [
+        (
+            f"imports: predict.py --help {help_imports:.2f} s",
+            f"predict.py with the ONNX file {onnx_imports:.2f} s",
+            "",
+            f"--help < 0.5 s: {measure.ok(help_imports < 0.5)}",
+        ),
         (
             f"predict 1 photo, fresh process: PyTorch {cold_pt:.2f} s",
             f"ONNX {cold_onnx:.2f} s",

@@ -1,8 +1,8 @@
 """The model: EfficientNet-B0 from timm with a head for the dataset's classes (benign and malignant, or lesion
 types on either side), its loss, its optimizer and recipes, how it predicts P(malignant), and the model file:
 what a .pth or .onnx file holds, how it is saved, loaded and checked (a broken one, or one that is not ours, is
-refused by every script). torch and timm are imported inside the functions that use them, so that `--help` and
-the ONNX path start in a fraction of a second.
+refused by every script). torch and timm, scipy and pandas are imported inside the functions that use them (or not
+at all), so that `--help` and the ONNX path start in a fraction of a second.
 
     net, imagenet = model.build_model(pretrained=True)   # timm efficientnet_b0, a neutral 2-class head
     net, meta = model.load_checkpoint("skin_model.pth")  # checked: finite weights, valid metadata
@@ -15,7 +15,6 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import logsumexp, softmax
 
 from skinlesion import backbone, shapes
 from skinlesion.calibration import calibrated
@@ -108,12 +107,14 @@ def malignant_log_odds(logits, mask):
     """log(P(malignant) / P(benign)) per row of (n, classes) logits, P(malignant) being the summed probability
     of the malignant classes: exact and stable in float64 (for two classes, the logit difference)."""
     logits = np.asarray(logits, dtype=np.float64)
-    return logsumexp(logits[:, mask], axis=1) - logsumexp(logits[:, ~mask], axis=1)
+    return np.logaddexp.reduce(logits[:, mask], axis=1) - np.logaddexp.reduce(logits[:, ~mask], axis=1)
 
 
 def class_probabilities(logits):
-    """Softmax per row, float64."""
-    return softmax(np.asarray(logits, dtype=np.float64), axis=1)
+    """Softmax per row, float64 (numpy's own: scipy.special takes longer to import than the ONNX path to run)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def predictions(view_logits, meta):
@@ -362,8 +363,11 @@ def onnx_fault(proto, session, meta):
     shapes = [list(t.dims) for t in proto.graph.initializer]
     convs = sum(node.op_type == "Conv" for node in proto.graph.node)
     if convs != network["convs"] or [n, network["features"]] not in shapes:
-        wanted = f"{network['convs']} convolutions, a {network['features']}-wide classifier"
-        return f"its graph is not {meta.get('model_name', MODEL_NAME)} with {n} classes ({wanted}; it has {convs} convolutions)"
+        name, wanted = (
+            meta.get("model_name", MODEL_NAME),
+            f"{network['convs']} convolutions, a {network['features']}-wide classifier",
+        )
+        return f"its graph is not {name} with {n} classes ({wanted}; it has {convs} convolutions)"
     inputs = [(i.name, i.shape, i.type) for i in session.get_inputs()]
     if len(inputs) != 1 or inputs[0][1][1:] != [3, size, size] or inputs[0][2] != "tensor(float)":
         return f"it takes {inputs}, not one float32 image [batch, 3, {size}, {size}]"

@@ -95,11 +95,14 @@ def filter_rows(df, image_types, label_column=LABEL_COLUMN):
     if "image_type" not in df:
         steps.append(("image_type", len(df), "no image_type column: all rows kept"))
     elif len(df) and not df.image_type.isin(allowed).any():
-        found = df.image_type.replace("", "empty").value_counts()
-        flag = " ".join(shlex.quote(t) for t in found.index[:1])
+        found = df.image_type[df.image_type != ""].value_counts().index  # an empty type cannot be asked for
+        fix = "download the export again with 'isic image download' (its metadata.csv names each photo's type)"
+        if len(found):
+            flags = [shlex.quote(t) for t in found[:2]]
+            fix = f"pass --image-types {flags[0]} (several: --image-types {' '.join(flags)})"
         cli.die(
             f"no row has image type {' or '.join(sorted(allowed))}; the export has {cli.counts_text(df.image_type)}: "
-            f"pass --image-types {flag} (several: --image-types {' '.join(map(shlex.quote, found.index[:2]))})"
+            + fix
         )
     else:
         ok = df.image_type.isin(allowed)

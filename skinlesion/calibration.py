@@ -7,12 +7,18 @@ Also the measures of calibration, row-wise for the bootstrap: log-loss, Brier sc
 error (ECE, 15 equal-width bins), and the reliability diagram's bins."""
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import expit
 
 BINS = 15  # equal-width bins of P for the ECE and the reliability diagram
 FOLDS = 5  # cross-validation folds that choose between temperature and Platt scaling
 EPS = 1e-12
+
+
+def expit(x):
+    """scipy's logistic function, imported when first needed: scipy.special takes a quarter of a second to import,
+    more than a script's --help may."""
+    from scipy.special import expit as logistic
+
+    return logistic(x)
 
 
 def calibrated(z, calibration):
@@ -59,6 +65,8 @@ def fit_scaling(y, z, shift):
     """(a, b) minimising the log-loss of expit(a * z + b) against Platt's smoothed targets ((n1 + 1) / (n1 + 2)
     for malignant, 1 / (n0 + 2) for benign: a split the model separates perfectly still gets a finite scale);
     b = 0 unless shift. a = exp(u) > 0."""
+    from scipy.optimize import minimize  # a quarter of a second: only for fitting
+
     n1 = int(np.sum(y == 1))
     target = np.where(y == 1, (n1 + 1) / (n1 + 2), 1 / (len(y) - n1 + 2))
 

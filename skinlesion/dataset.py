@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 
-from skinlesion import isic
 from skinlesion.cli import die, printable, warn
 from skinlesion.files import file_kind
 from skinlesion.photos import find_images, image_size
@@ -106,6 +105,8 @@ def class_folders(folder, what="data folder", classes=SIDES):
 def data_summary(manifest, classes, data_dir):
     """What the card says of the training data, from the dataset's manifest (None: a folder made by hand); each
     text as a model file may hold it (shapes.as_text: printable, bounded)."""
+    from skinlesion import isic  # pandas: not on the path of model.py's importers (--help, ONNX predict)
+
     if manifest is None or manifest.empty:
         source = as_text(data_dir) or "unknown"
         return dict(source=source, counts={}, factors={}, attributions={}, licences={}, grouping="unknown")
@@ -144,6 +145,8 @@ def factor_rows(factors):
 def not_covered(data):
     """Photo types and populations a data summary shows no photos of: where a model trained on it must not be
     trusted."""
+    from skinlesion import isic
+
     factors = data.get("factors", {})
     seen = {f: {v for counts in by_split.values() for v in counts if v != "unknown"} for f, by_split in factors.items()}
     types = ", ".join(sorted(seen.get("image type", set())))

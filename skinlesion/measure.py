@@ -85,6 +85,35 @@ def run(cmd, measure_memory=False, env=None, cwd=None):
     return time.perf_counter() - start, None
 
 
+def import_seconds(text):
+    """Seconds spent importing, from what `python -X importtime` wrote on stderr: the sum of the cumulative times
+    of the imports made at the top level (each includes the imports it made)."""
+    total = 0
+    for line in text.splitlines():
+        parts = line.split("|")
+        top_level = len(parts) == 3 and parts[2].startswith(" ") and not parts[2].startswith("  ")
+        if line.startswith("import time:") and top_level and parts[1].strip().isdigit():
+            total += int(parts[1])
+    return total / 1e6
+
+
+def imports_of(cmd, env=None, cwd=None, runs=3):
+    """The median over runs of import_seconds of a Python command [python, script, args...], which must succeed."""
+    seconds = []
+    for _ in range(runs):
+        r = subprocess.run(
+            [cmd[0], "-X", "importtime", *cmd[1:]],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+        if r.returncode:
+            die(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+        seconds.append(import_seconds(r.stderr))
+    return statistics.median(seconds)
+
+
 def cpu_name():
     """The CPU's model name (Linux /proc/cpuinfo), else what platform says."""
     if os.path.isfile("/proc/cpuinfo"):

@@ -425,9 +425,10 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def dead_pid():
-    """The pid of a process that has ended."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(done.stdout)
+    """The pid of a process that has ended (`true`, not Python: the fast tier starts no Python process)."""
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
 
 
 def ctrl_c():
@@ -490,3 +491,37 @@ def help_of(script):
         "finally:\n    print('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
     )
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------- the fast tier: make check
+SLOW_FIXTURES = {"demo_dataset", "trained_model", "trained_types_model"}  # they run the scripts and train
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a fixture which runs the scripts or trains is slow, wherever it is."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def starts_a_program(argv):
+    """Whether a subprocess argv starts Python (a script, torchrun), node or a browser: what the fast tier leaves
+    to `make test`. Small system tools (true, mount, git) are no cost."""
+    first = argv if isinstance(argv, (str, bytes, os.PathLike)) else (list(argv) or [""])[0]
+    name = os.path.basename(os.fsdecode(first).split()[0] if first else "")
+    return first == sys.executable or name.startswith(("python", "torchrun", "node", "chrom", "playwright"))
+
+
+def pytest_configure(config):
+    """With -m 'not slow' (make check), starting a program fails the test at once and says to mark it slow: the
+    fast tier stays fast, and a test that needs a process cannot slip into it unmarked."""
+    if config.option.markexpr.replace(" ", "") != "notslow":
+        return
+    popen_init = subprocess.Popen.__init__
+
+    def refuse_programs(self, args, *rest, **kwargs):
+        if starts_a_program(args):
+            pytest.fail(f"the fast tier starts no program ({args!r:.120}): mark this test @pytest.mark.slow")
+        popen_init(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = refuse_programs

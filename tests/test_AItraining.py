@@ -166,6 +166,7 @@ def test_the_projects_own_files_are_never_an_output(name, tmp_path, monkeypatch,
         assert f.read() == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_file_we_did_not_write(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.pth").write_text("a user's own notes, named .pth")
@@ -173,6 +174,7 @@ def test_overwrite_replaces_a_file_we_did_not_write(tiny, tmp_path, monkeypatch)
     assert ledger.why_not_ours("notes.pth", "model") is None
 
 
+@pytest.mark.slow
 def test_a_model_at_chance_is_called_so(tmp_path):
     """The same photos in both classes: nothing to learn. The run ends with the warning; the checkpoint carries
     the flag."""
@@ -190,6 +192,7 @@ def test_a_model_at_chance_is_called_so(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the data path
+@pytest.mark.slow
 def test_cached_and_streamed_photos_give_the_same_run(tiny, tmp_path):
     lines = []
     for cache_gb in (2, 0):
@@ -215,6 +218,7 @@ def test_cached_and_streamed_photos_give_the_same_run(tiny, tmp_path):
 
 
 # ---------------------------------------------------------------------------- resume
+@pytest.mark.slow
 def test_same_seed_same_run_and_resume_replays_it_with_its_own_settings(tiny, tmp_path, monkeypatch, capsys):
     """Two runs with one seed are equal; a run interrupted after epoch 2 of 3 and resumed with --resume alone
     (its settings come from the resume file) ends exactly as the uninterrupted run."""
@@ -247,6 +251,7 @@ def test_same_seed_same_run_and_resume_replays_it_with_its_own_settings(tiny, tm
     assert len(runs("runs")) == 1  # one run, one TensorBoard folder
 
 
+@pytest.mark.slow
 def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     AItraining.main(list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1])))
@@ -309,6 +314,7 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
     assert len(runs("runs")) == 1
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
     last = tmp_path / "skin_model_last.pth"
@@ -331,6 +337,7 @@ def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
 
 
 # ---------------------------------------------------------------------------- failing safe
+@pytest.mark.slow
 def test_training_that_diverges_stops_at_once_and_keeps_the_previous_model(tiny, tmp_path):
     good = save_model(tmp_path / "skin_model.pth", size=32)
     before = fingerprint(tmp_path)
@@ -403,6 +410,7 @@ def test_a_wrong_dataset_folder_is_one_line(tiny, tmp_path, monkeypatch, capsys,
     assert not os.path.exists("skin_model.pth")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache_gb", [2, 0], ids=["cached", "streamed"])
 def test_an_unreadable_training_photo_is_one_line(tiny, tmp_path, cache_gb):
     data = shutil.copytree(tiny, tmp_path / "data")
@@ -424,6 +432,7 @@ def test_an_unreadable_training_photo_is_one_line(tiny, tmp_path, cache_gb):
     assert_one_error(r.returncode, r.stderr, f"{broken} is not a readable image")
 
 
+@pytest.mark.slow
 def test_stray_files_and_small_photos_are_counted_and_training_runs(tiny, tmp_path, monkeypatch, capsys):
     data = shutil.copytree(tiny, tmp_path / "data")
     (data / "train" / "benign" / "notes.txt").write_text("not a photo")
@@ -439,6 +448,7 @@ def test_stray_files_and_small_photos_are_counted_and_training_runs(tiny, tmp_pa
     model.load_checkpoint("skin_model.pth")
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_keeps_the_previous_model(tmp_path):
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
     save_model(tmp_path / "skin_model.pth", size=32)
@@ -502,6 +512,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tiny,
 
 
 # ---------------------------------------------------------------------------- several processes
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tmp_path):
     data = make_split_tree(tmp_path / "data", n=8, splits=("train", "val"), size=32)
     os.remove(sorted(glob.glob(str(tmp_path / "data" / "val" / "benign" / "*")))[0])  # 15 val photos: uneven shards

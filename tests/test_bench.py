@@ -17,6 +17,7 @@ ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory
 
 
 # ---------------------------------------------------------------------------- bench.py
+@pytest.mark.slow
 def test_help_answers_before_torch_is_imported():
     r = help_of("bench.py")
     assert r.stdout.strip().endswith("NO TORCH") and "--n-prepare-images N_PREPARE_IMAGES" in r.stdout, r.stdout
@@ -50,6 +51,7 @@ def test_a_work_dir_of_other_files_is_refused_and_left_alone(tmp_path, capsys):
     assert fingerprint(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_tiny_run_prints_both_tables_and_keeps_its_work_dir(tmp_path):
     work = tmp_path / "work"
     options = ["--no-train", "--no-predict", "--no-memory", "--n-prepare-images", 20, "--demo-photo-size", 64]
@@ -104,6 +106,7 @@ def test_timed_batches_and_their_rate(monkeypatch):
     assert measure.per_second(times, 1, 32) == 3 * 32 / 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="PSS is read from Linux /proc")
 def test_tree_pss_and_a_command_with_its_peak_memory():
     assert measure.tree_pss(os.getpid()) > 1e6  # this Python with pandas loaded
@@ -113,6 +116,7 @@ def test_tree_pss_and_a_command_with_its_peak_memory():
     assert measure.run([sys.executable, "-c", "pass"])[1] is None
 
 
+@pytest.mark.slow
 def test_a_failed_command_dies_with_its_output(capsys):
     with pytest.raises(SystemExit) as exit_info:
         measure.run([sys.executable, "-c", "print('what went wrong'); raise SystemExit(3)"])
@@ -135,3 +139,16 @@ def test_distinct_copies_export(tmp_path):
             assert img.size == (48, 40)
     assert len({written[f"{i}.jpg"] for i in out.isic_id}) == 5
     assert sorted(os.listdir(tmp_path)) == ["demo", "export"]  # no temporary left
+
+
+def test_import_seconds_sums_the_top_level_imports_of_importtime():
+    """What `python -X importtime` writes: a header, nested imports (indented names) inside their importer's
+    cumulative time, and top-level ones; 0.25 s + 0.5 s here, the nested 0.2 s counted once, inside."""
+    text = (
+        "import time: self [us] | cumulative | imported package\n"
+        "import time:       100 |        200000 |   numpy.core\n"
+        "import time:       300 |        250000 | numpy\n"
+        "import time:      1000 |        500000 | model\n"
+        "a line that is not from importtime | 9 | x\n"
+    )
+    assert measure.import_seconds(text) == 0.75

@@ -51,6 +51,7 @@ def fails_in_one_line(parse, argv, capsys, expected):
 
 
 # ---------------------------------------------------------------------------- flags
+@pytest.mark.slow
 def test_flags_come_from_the_constants_with_their_comments():
     args = AItraining.parse_args(["--epochs", "5", "--no-pretrained", "--weights-file", "none"])
     assert (

@@ -35,6 +35,7 @@ def test_the_package_init_is_empty():
     assert lines(os.path.join(ROOT, "skinlesion", "__init__.py")) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_flag_comes_from_the_constants_block_and_help_needs_no_torch(script):
     """The flags --help offers are exactly the block's constants (plus --help), each with its comment and default,
@@ -80,6 +81,7 @@ def test_the_readme_is_short_and_names_only_flags_that_exist():
     assert named - known - outside == set()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_none_for_a_path_or_number_flag_is_one_line(script, tmp_path):
     """`--model none`, `--port none`, `--dataset-dir none`: one error line in every script, nothing written."""
@@ -103,6 +105,7 @@ def test_none_for_a_path_or_number_flag_is_one_line(script, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_flag_that_is_not_a_constant_is_refused():
     """`evaluate.py --metrics foo` was accepted and ignored: METRICS was an upper-case global outside the block."""
     r = subprocess.run(

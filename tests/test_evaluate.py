@@ -91,6 +91,7 @@ def assert_png(path):
         img.verify()
 
 
+@pytest.mark.slow
 def test_every_metric_with_its_interval_and_the_pictures(setup):
     tmp, result, report = setup
     assert result.returncode == 0, result.stderr
@@ -109,6 +110,7 @@ def test_every_metric_with_its_interval_and_the_pictures(setup):
         assert_png(tmp / "out" / name)
 
 
+@pytest.mark.slow
 def test_unreadable_and_stray_files_are_counted(setup):
     _, result, report = setup
     assert report["n_non_image_files"] == 1 and "1 file(s)" in result.stderr and "notes.txt" in result.stderr
@@ -116,6 +118,7 @@ def test_unreadable_and_stray_files_are_counted(setup):
     assert "skipped 1 unreadable image" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_tta_adds_a_comparison(setup, tmp_path, capsys):
     tmp, _, _ = setup
     evaluate_into(tmp / "model.pth", tmp / "test", tmp_path, 100, "--tta")
@@ -126,6 +129,7 @@ def test_tta_adds_a_comparison(setup, tmp_path, capsys):
     assert "TTA vs plain" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_model_at_chance_is_called_so(setup, tmp_path, capsys):
     """The same photos in both class folders: no model can tell them apart on them."""
     tmp, _, _ = setup
@@ -137,6 +141,7 @@ def test_a_model_at_chance_is_called_so(setup, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["at_chance"] is True
 
 
+@pytest.mark.slow
 def test_what_cannot_work_is_said_before_any_scoring(setup, tmp_path, readonly_folder, monkeypatch, capsys):
     tmp, _, _ = setup
     monkeypatch.chdir(tmp_path)
@@ -158,6 +163,7 @@ def test_what_cannot_work_is_said_before_any_scoring(setup, tmp_path, readonly_f
     assert sorted(os.listdir(tmp_path)) == ["a file", "data", "readonly"]  # nothing written
 
 
+@pytest.mark.slow
 def test_an_empty_split_keeps_the_previous_report(setup, tmp_path, monkeypatch, capsys):
     tmp, _, _ = setup
     for c in model.CLASSES:
@@ -174,6 +180,7 @@ def test_an_empty_split_keeps_the_previous_report(setup, tmp_path, monkeypatch, 
     assert fingerprint(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(setup, tmp_path):
     tmp, _, _ = setup
     (tmp_path / "confusion_matrix.png").write_bytes(b"previous picture, " + files.TAG.encode())
@@ -197,6 +204,7 @@ def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(setup, tmp_
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
 
+@pytest.mark.slow
 def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, capsys):
     """evaluation.json: ECE, Brier and log-loss before and after the stored calibration with intervals, the test
     sensitivity and specificity at the stored threshold against its target; calibration.png; and the test results
@@ -226,6 +234,7 @@ def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, 
     assert report["model_sha256"] == sha256 and f"- Model file: model.pth, SHA-256 {sha256} (compare" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["n-bootstrap too many", "output not ours", "output inside the data", "none"])
 def test_evaluate_refuses_before_any_work(setup, tmp_path, monkeypatch, capsys, case):
     tmp, _, _ = setup
@@ -249,31 +258,33 @@ def test_evaluate_refuses_before_any_work(setup, tmp_path, monkeypatch, capsys, 
     assert fingerprint(tmp_path) == before
 
 
-def test_the_target_outside_the_test_interval_is_said(tmp_path, capsys):
-    """An operating point chosen for 0.99 sensitivity that catches far fewer malignant test photos: a warning."""
-    path = save_model(
-        tmp_path / "model.pth",
-        threshold=0.99,
-        val_metrics={"roc_auc": 0.9},
-        val_auc_ci95=[0.8, 0.95],
-        operating_point=dict(
-            target_sensitivity=0.99,
-            threshold=0.99,
-            sensitivity=0.99,
-            sensitivity_ci95=[0.95, 1.0],
-            specificity=0.3,
-            specificity_ci95=[0.2, 0.4],
-        ),
-    )
-    class_photos(tmp_path / "test", 8)
-    evaluate_into(path, tmp_path / "test", tmp_path / "out", 200)
+@pytest.mark.parametrize("threshold, target, outside", [(1.0, 0.99, True), (0.0, 1.0, False)])
+def test_the_target_outside_the_test_interval_is_said(tmp_path, capsys, threshold, target, outside):
+    """An operating point for a target sensitivity, on 4 malignant test photos: threshold 1 catches none (the
+    test sensitivity and its interval are 0, far from 0.99: a warning), threshold 0 catches all (1, with the
+    target 1 inside its interval: no warning). Both outcomes, each for sure."""
+    op = dict(target_sensitivity=target, threshold=threshold, sensitivity=target, sensitivity_ci95=[0.9, 1.0])
+    op.update(specificity=0.3, specificity_ci95=[0.2, 0.4])
+    path = save_model(tmp_path / "model.pth", threshold=threshold, val_metrics={"roc_auc": 0.9}, operating_point=op)
+    class_photos(tmp_path / "test", 4)
+    evaluate_into(path, tmp_path / "test", tmp_path / "out", 50)
     err = capsys.readouterr().err
-    report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
-    if report["operating_point"]["target_outside_interval"]:
-        assert "warning: the target sensitivity 0.99 lies outside the test sensitivity's 95% interval" in err
-    else:  # the random model happened to catch them all: nothing to say
-        assert "lies outside" not in err
-    assert report["operating_point"]["test_sensitivity"] <= 1
+    found = json.loads((tmp_path / "out" / "evaluation.json").read_text())["operating_point"]
+    assert found["test_sensitivity"] == (0.0 if outside else 1.0)
+    assert found["test_sensitivity_ci95"] == ([0.0, 0.0] if outside else [1.0, 1.0])
+    assert found["target_outside_interval"] is outside
+    said = f"warning: the target sensitivity {target:.2f} lies outside the test sensitivity's 95% interval"
+    assert (said in err) is outside and ("lies outside" in err) is outside
+
+
+@pytest.mark.parametrize("target, outside", [(0.6, False), (0.8, False), (0.59, True), (0.81, True), (0.0, False)])
+def test_the_target_outside_the_interval_counts_its_ends_as_inside(target, outside):
+    """operating_report against an interval 0.60-0.80: its ends are inside, just past them outside; target 0
+    (a plain 0.5 threshold) is never a warning."""
+    scores, ci = dict(sensitivity=0.7, specificity=0.6), dict(sensitivity=(0.6, 0.8), specificity=(0.5, 0.7))
+    meta = dict(operating_point=dict(target_sensitivity=target, threshold=0.4))
+    found = evaluate.operating_report(np.array([0, 1]), np.array([0.2, 0.7]), meta, scores, ci)
+    assert found["target_outside_interval"] is outside and ("warning" in found) is outside
 
 
 def evaluated(model_file, data_dir, folder):
@@ -295,6 +306,7 @@ def evaluated(model_file, data_dir, folder):
     )
 
 
+@pytest.mark.slow
 def test_a_type_model_learns_the_demo_types_and_is_reported_by_type(trained_types_model, tmp_path):
     """The demo export by lesion type: the types' balanced accuracy on the test split clearly above chance (0.25),
     a one-vs-rest ROC-AUC per type, their confusion picture, and the benign/malignant report as for two classes."""
@@ -313,6 +325,7 @@ def test_a_type_model_learns_the_demo_types_and_is_reported_by_type(trained_type
     assert f"lesion types: balanced accuracy {types['balanced_accuracy']:.3f} (chance 0.250)" in r.stdout
 
 
+@pytest.mark.slow
 def test_the_demo_runs_card_holds_the_test_results_by_subgroup(trained_model, demo_dataset, tmp_path):
     """The demo run's card after evaluate.py: its test numbers equal evaluation.json's, the subgroups are the
     demo's metadata columns (sex, age band, body site, skin type), and the licences and attribution of the demo
@@ -336,6 +349,7 @@ def test_the_demo_runs_card_holds_the_test_results_by_subgroup(trained_model, de
     assert "SYNTHETIC" in text and "CC-BY-NC" in text
 
 
+@pytest.mark.slow
 def test_a_loop_of_links_in_the_data_folder_neither_hangs_nor_counts_twice(setup, tmp_path):
     tmp, _, _ = setup
     data = shutil.copytree(tmp / "test", tmp_path / "test")

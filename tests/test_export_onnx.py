@@ -101,6 +101,7 @@ def torch_net(exported):
 
 
 # ---------------------------------------------------------------------------- the export
+@pytest.mark.slow
 def test_export_writes_one_checked_file_with_metadata(exported):
     match = re.search(
         r"^onnxruntime matches PyTorch: max difference (\S+) in P\(malignant\) and the evidence map "
@@ -153,6 +154,7 @@ def test_export_writes_one_checked_file_with_metadata(exported):
         assert props["source_sha256"] == hashlib.sha256(f.read()).hexdigest()
 
 
+@pytest.mark.slow
 def test_export_removes_temporaries_of_killed_exports_only(exported):
     """One file written, no .data beside it; the dead export's temporary removed (its record says a run that is
     over wrote it), the running one's kept, a file of that name without a record left alone and named."""
@@ -167,6 +169,7 @@ def test_export_removes_temporaries_of_killed_exports_only(exported):
     assert "skin model.onnx.tmp99999 alone: no record says a run of ours left it" in exported["stdout"]
 
 
+@pytest.mark.slow
 def test_onnxruntime_matches_torch_batch_and_single(exported, torch_net):
     net, meta = torch_net
     cfg = model.meta_data_config(meta)
@@ -188,6 +191,7 @@ def test_onnxruntime_matches_torch_batch_and_single(exported, torch_net):
     assert p_torch.max() - p_torch.min() > 0.01, "all photos get the same probability: the parity check would be empty"
 
 
+@pytest.mark.slow
 def test_onnx_cam_is_gradcam_times_the_map_area(exported, torch_net):
     """EfficientNet's head is global-average-pool + linear, so each channel's mean gradient is its classifier
     weight difference / (h*w): the file's map is predict.gradcam's signed map times h*w."""
@@ -204,6 +208,7 @@ def test_onnx_cam_is_gradcam_times_the_map_area(exported, torch_net):
 
 
 # ---------------------------------------------------------------------------- predict.py with the ONNX file
+@pytest.mark.slow
 def test_predict_with_onnx_matches_torch_and_never_imports_torch(exported, tmp_path, monkeypatch, capsys):
     """A fresh process runs predict.py's ONNX path (one photo with --explain, then the folder with --tta and a
     CSV) and checks that torch, timm and torchvision were never imported; here the same runs with the .pth."""
@@ -281,6 +286,7 @@ def test_every_image_size_in_the_range_exports_and_predicts(tmp_path, monkeypatc
     assert [backbone.cam_side(n) for n in (33, 64, 100, 224, 240, 2048)] == [2, 2, 4, 7, 8, 64]
 
 
+@pytest.mark.slow
 def test_onnx_file_renamed_pth_is_recognised_by_its_content(exported, tmp_path, capsys):
     renamed = str(shutil.copyfile(exported["onnx"], tmp_path / "skin_model.pth"))
     photo = exported["photos"][1]
@@ -374,6 +380,7 @@ def test_bad_onnx_file_is_refused(tmp_path, capsys, case):
     assert fingerprint(tmp_path) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["an output renamed", "no cam", "3 classes in the metadata"])
 def test_our_export_with_other_outputs_or_classes_is_refused(exported, tmp_path, capsys, case):
     """The architecture is ours, but what the file gives is not what its metadata promises."""
@@ -512,6 +519,7 @@ def test_non_finite_probability_is_an_error_never_a_label(tmp_path, monkeypatch,
     refuses([dark, "--model", path], capsys, f"the model gave no valid probability for {dark} (P = nan); the model")
 
 
+@pytest.mark.slow
 def test_onnxruntime_failing_at_run_time_is_one_line(exported, monkeypatch, capsys):
     import onnxruntime
 
@@ -565,6 +573,7 @@ def test_export_mistakes_are_one_line_before_any_work(tmp_path, monkeypatch, cap
     assert fingerprint(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_path, monkeypatch, capsys):
     """The real check (onnx.checker, onnxruntime against PyTorch) on the exported file, which differs from PyTorch
     by ~1e-6, against a tolerance of 1e-9. (export is replaced by a copy of that file: the export itself, ~10 s,
@@ -592,6 +601,7 @@ def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_p
     assert fingerprint(tmp_path) == before  # nothing written, no temporary file left
 
 
+@pytest.mark.slow
 def test_check_images_that_hold_no_photo_are_one_line(exported, tmp_path, capsys):
     """--check-images README.md: today the check ran on random tensors and exited 0."""
     (tmp_path / "README.md").write_text("# not a photo")
@@ -611,6 +621,7 @@ def test_check_images_that_hold_no_photo_are_one_line(exported, tmp_path, capsys
     assert not os.path.exists(tmp_path / "m.onnx")
 
 
+@pytest.mark.slow
 def test_a_type_model_exports_p_malignant_as_the_sum_over_its_malignant_types(trained_types_model, tmp_path, capsys):
     """The ONNX file of a lesion-type model: its p_malignant is the calibrated sum of the malignant types'
     probabilities, as the PyTorch path computes it; predict.py says the same with either file."""

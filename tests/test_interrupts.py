@@ -103,6 +103,7 @@ os._exit(0)  # a pool whose worker died can hang on closing
 """
 
 
+@pytest.mark.slow
 def test_the_pool_workers_ignore_ctrl_c():
     assert interrupts.worker_pool(1).__enter__() is None  # one worker: no pool, the work runs in this process
     r = subprocess.run([sys.executable, "-c", POOL], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -83,6 +83,7 @@ def metadata(folder):
 
 
 # ---------------------------------------------------------------------------- what it writes
+@pytest.mark.slow
 def test_columns_and_vocabularies_as_in_a_real_export(export):
     meta = metadata(export / "demo_data")
     assert list(meta.columns) == COLUMNS and COLUMNS[3:] == sorted(COLUMNS[3:])
@@ -115,6 +116,7 @@ def test_columns_and_vocabularies_as_in_a_real_export(export):
     assert meta.lesion_id.duplicated().any() and (meta.groupby("patient_id").lesion_id.nunique() > 1).any()
 
 
+@pytest.mark.slow
 def test_four_types_a_rare_one_and_indeterminate_ones_with_their_hierarchy(export):
     meta = metadata(export / "demo_data")
     hierarchy = {**TYPES, **RARE, **INDETERMINATE, "": ("", "")}
@@ -133,6 +135,7 @@ def test_four_types_a_rare_one_and_indeterminate_ones_with_their_hierarchy(expor
         assert set(meta.diagnosis_3[meta.image_type == image_type]) == set(TYPES)
 
 
+@pytest.mark.slow
 def test_attribution_txt_and_licenses_as_isic_cli_writes_them(export):
     meta = metadata(export / "demo_data")
     counts = meta.attribution.value_counts()
@@ -146,6 +149,7 @@ def test_attribution_txt_and_licenses_as_isic_cli_writes_them(export):
         assert text.startswith(f"{licence}: ") and url in text and "stand-in" in text and "demo" in text
 
 
+@pytest.mark.slow
 def test_photos_unseen_copies_and_the_same_bytes_again(export):
     meta = metadata(export / "demo_data")
     names = sorted(os.listdir(export / "demo_data"))
@@ -176,6 +180,7 @@ def lesion_features(path):
     return features
 
 
+@pytest.mark.slow
 def test_the_four_types_differ_in_colour_and_size(export):
     """Even at 64 x 48 px, a linear model on a lesion's area and colour tells the four types apart on patients
     it has not seen (a tiny network learns them in a few epochs)."""
@@ -260,6 +265,7 @@ def earlier_demo(folder):
     noise_image(os.path.join(folder, "unseen", "malignant_1_gradcam.png"), 5)  # what `make demo` adds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("previous", ["ours", "empty"])
 def test_its_own_export_or_an_empty_folder_is_replaced_whole(previous, export):
     if previous == "ours":
@@ -289,6 +295,7 @@ def test_an_earlier_looking_folder_with_a_photo_of_the_user_is_refused(capsys):
 
 
 # ---------------------------------------------------------------------------- failures keep the previous export
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_previous_export():
     make_demo_data.main(["--photo-size", "64", "--workers", "1", "--seed", "7"])
     before = fingerprint("demo_data")
@@ -302,6 +309,7 @@ def start(args):
     return conftest.start("make_demo_data.py", args, lambda _: glob.glob("demo_data.tmp-*/ISIC_*.jpg"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_killed_or_interrupted_keeps_the_previous_export(sig):
     make_demo_data.main(["--photo-size", "64", "--workers", "1"])

@@ -71,6 +71,7 @@ def test_bootstrap_in_chunks_gives_the_numbers_of_one_draw(monkeypatch):
     assert metrics.bootstrap_ci(y, p, 3000, 7, metric_fn=metrics.roc_auc) == auc
 
 
+@pytest.mark.slow  # seconds of CPU: left to make test
 def test_bootstrap_memory_stays_bounded_for_100000_resamples():
     """evaluate.py allows --n-bootstrap up to 100000: drawn at once, 100000 resamples of 300 photos would take
     gigabytes (indices, labels, scores, ranks); in chunks the peak is a few chunks' worth."""
@@ -120,6 +121,7 @@ def test_stable_threshold_reaches_the_target_on_the_data(n_malignant):
     assert metrics.stable_threshold(np.ones(5), p[:5], 0.9) == 0.5  # no benign photo: the plain threshold
 
 
+@pytest.mark.slow  # seconds of CPU: left to make test
 def test_stable_threshold_varies_less_from_split_to_split_than_the_raw_one():
     """Validation splits of 60 malignant and 240 benign photos drawn again and again from one population: the raw
     threshold (the P of one photo) scatters more around the population's threshold for 90% sensitivity, and
@@ -200,6 +202,7 @@ def test_lesion_type_metrics_equal_scikit_learn():
     assert metrics.confusion(y[absent], probabilities[absent])[3].tolist() == [0, 0, 0, 0]
 
 
+@pytest.mark.slow  # seconds of CPU: left to make test
 def test_the_stored_threshold_moves_little_when_one_validation_photo_is_left_out():
     """The issue's test: on validation splits of 60 malignant and 240 benign photos, leaving out one photo moves the
     stored threshold little: its largest move over every photo left out stays under 0.06 on the P scale, and is

@@ -47,6 +47,7 @@ def test_every_picture_is_a_png_of_ours(tmp_path):
         assert four_types.width > two.width and four_types.height > two.height  # room for four classes
 
 
+@pytest.mark.slow  # seconds of CPU: left to make test
 @pytest.mark.parametrize("n", [1, 3, 5, 7, 12])
 def test_the_title_of_the_mistakes_never_covers_a_caption(tmp_path, monkeypatch, n):
     kept = {}

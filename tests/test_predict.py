@@ -186,6 +186,7 @@ def test_folder_tta_csv_and_borderline(tmp_path, models, monkeypatch, capsys):
         assert abs(float(p_text) - p[photo]) <= 2e-6
 
 
+@pytest.mark.slow
 def test_odd_files_in_a_folder(tmp_path, models):
     """Accents and spaces, a decompression bomb, a named pipe called photo.jpg (skipped, nothing hangs), a
     file name that is not UTF-8 (classified, written to the CSV as \\xff text)."""
@@ -274,6 +275,7 @@ def test_user_mistakes_give_one_line(tmp_path, models, monkeypatch, capsys, case
     assert fingerprint(tmp_path) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["photo", "model"])
 def test_named_pipe_passed_directly_is_one_line(tmp_path, models, case):
     """Opening a named pipe would wait forever for a writer: refused from its kind, in a process that is
@@ -379,6 +381,7 @@ def test_bad_checkpoint_is_refused_by_predict_and_export(bad_checkpoints, tmp_pa
 
 
 # ---------------------------------------------------------------------------- the previous output is never lost
+@pytest.mark.slow
 def test_failing_csv_write_keeps_the_previous_csv(tmp_path, models):
     photo = lesion_photo(tmp_path / "photo.jpg")
     (tmp_path / "out.csv").write_bytes(b"file,prediction,p_malignant,threshold,borderline\r\nprevious.jpg,benign\r\n")
@@ -391,6 +394,7 @@ def test_failing_csv_write_keeps_the_previous_csv(tmp_path, models):
     assert fingerprint(tmp_path) == before  # the old CSV byte-identical, no temporary file left
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_predicting_a_folder_keeps_the_previous_csv(tmp_path, models):
     for i in range(300):  # ~5 s of work after the first line: time enough to interrupt it
         noise_image(tmp_path / "photos" / f"p{i:03d}.jpg", i, size=(40, 30))
@@ -482,6 +486,7 @@ def test_explain_never_overwrites_a_users_picture_and_names_each_photo_apart(tmp
     assert fingerprint(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_loop_of_links_or_a_link_to_the_root_neither_hangs_nor_leaves_the_folder(tmp_path, models):
     lesion_photo(tmp_path / "photos" / "a.jpg", seed=1)
     lesion_photo(tmp_path / "photos" / "sub" / "b.jpg", seed=2)

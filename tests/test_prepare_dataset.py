@@ -349,6 +349,7 @@ def test_bad_metadata_rows_are_counted_and_left_out(capsys):
     assert after == outside
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("no_hang")
 def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened(tmp_path):
     rows = export_rows(24)
@@ -589,6 +590,7 @@ def test_far_fewer_images_than_the_export_holds_stops(case, capsys):
     assert len(m) == 8 and not m.isic_id.isin([f"ISIC_{i:07d}" for i in range(8, 20)]).any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_dataset(tmp_path, workers):
     before = previous_dataset()
@@ -628,6 +630,7 @@ def start(args):
     return conftest.start("prepare_dataset.py", args, lambda _: any(os.listdir(t) for t in glob.glob("dataset.tmp-*")))
 
 
+@pytest.mark.slow
 def test_a_second_run_in_the_folder_stops_and_leaves_the_first_alone(big_export, capsys):
     first = start([*big_export, "--workers", 1])
     live = glob.glob("dataset.tmp-*")
@@ -643,6 +646,7 @@ def test_a_second_run_in_the_folder_stops_and_leaves_the_first_alone(big_export,
     assert len(pd.read_csv("dataset/manifest.csv")) == 160 and sorted(os.listdir()) == ["dataset"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sig, to",
     [(signal.SIGKILL, "group"), (signal.SIGINT, "group"), (signal.SIGTERM, "script"), (signal.SIGTERM, "group")],
@@ -683,6 +687,7 @@ def demo(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_the_demo_export_is_prepared_balanced_and_grouped(demo):
     m = pd.read_csv(demo / "dataset" / "manifest.csv", dtype=str, keep_default_na=False)
     assert m.label.value_counts().to_dict() == {"benign": 200, "malignant": 200} and m.sha256.is_unique

@@ -24,6 +24,8 @@ import pytest
 import model
 from conftest import ROOT, assert_one_error, fingerprint, mark_made, run, save_model, skip_or_fail, start_server
 
+pytestmark = pytest.mark.slow  # each test starts serve_web.py: make test, not make check
+
 SCRIPT = os.path.join(ROOT, "serve_web.py")
 NODE_MODULES = os.path.join(ROOT, "node_modules")
 SIZE = 64

@@ -31,6 +31,8 @@ import predict
 from conftest import ROOT, make_net, run, save_model, skip_or_fail, start_server
 from skinlesion import explain, metrics, photos
 
+pytestmark = pytest.mark.slow  # each test starts serve_web.py (and a browser): make test, not make check
+
 SIZE = 64
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -21,6 +21,7 @@ print(type(net).__name__, imagenet, time.monotonic() - start)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offline", [None, "1"], ids=["HF_HUB_OFFLINE unset", "HF_HUB_OFFLINE=1"])
 def test_no_route_to_the_hub_falls_back_at_once_with_one_warning(tmp_path, offline):
     """No network (as on this machine), HF_HUB_OFFLINE unset or set, an empty hub cache: one warning, no retries,
