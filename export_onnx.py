@@ -206,6 +206,9 @@ def write_int8_twin(args, meta):
         result.update(from_sha256=files.file_sha256(args.output), photos_from=os.path.basename(args.quantise_images))
         speeds.update(full=quantise.seconds_per_photo(full, x), int8=quantise.seconds_per_photo(small, x))
         proto = onnx.load(tmp)
+        del proto.metadata_props[:]  # the full model's, exactly (the quantiser adds keys of its own)
+        for prop in onnx.load(args.output, load_external_data=False).metadata_props:
+            proto.metadata_props.add(key=prop.key, value=prop.value)
         proto.metadata_props.add(key="quantised", value=json.dumps(result))
         onnx.save(proto, tmp)
         speeds["result"] = result
