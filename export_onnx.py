@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 import model
-from skinlesion import backbone, card, cli, files, interrupts, model_index, photos
+from skinlesion import backbone, card, cli, files, interrupts, model_index, photos, quantise
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -40,6 +40,8 @@ CHECK_IMAGES = "dataset/test"  # folder (or photo) of real photos for the check;
 N_CHECK = 16  # how many photos to check on (spread over the sorted list), >= 1
 OPSET = 18  # ONNX opset version, 18 to 23
 TOLERANCE = 1e-4  # largest difference in P(malignant) (and the map, relative) between PyTorch and onnxruntime
+QUANTISE = True  # also write OUTPUT's int8 twin (.int8.onnx, ~3x smaller, for the page), compared on QUANTISE_IMAGES
+QUANTISE_IMAGES = "dataset/val"  # labelled photos (<class>/ sub-folders) that calibrate and judge the int8 twin
 OVERWRITE = False  # replace an OUTPUT that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 
@@ -54,6 +56,13 @@ def parse_args(argv=None):
     cli.check(os.path.exists(args.check_images) or not named, "--check-images", args.check_images, wanted)
     files.check_output(args.output, "--output", "ONNX model", [args.model, args.check_images], args.overwrite)
     cli.check_writable(args.output, "--output")
+    named = "quantise_images" in args.given
+    wanted = "not found; pass a folder of labelled validation photos"
+    cli.check(os.path.isdir(args.quantise_images) or not named, "--quantise-images", args.quantise_images, wanted)
+    if args.quantise:
+        twin = quantise.quantised_path(args.output)
+        inputs = [args.model, args.check_images, args.output]
+        files.check_output(twin, "--output's int8 twin", "ONNX model", inputs, args.overwrite)
     return args
 
 
@@ -189,6 +198,63 @@ def max_difference(wrapped, meta, path, x):
     return max(diffs)
 
 
+def labelled_photos(folder, meta):
+    """(preprocessed photos, 1 malignant / 0 benign by their class folder, or None where a photo has none)."""
+    paths = photos.find_images([folder])[0] if os.path.isdir(folder) else []
+    malignant = dict(zip(meta["classes"], model.malignant_mask(meta).tolist()))
+    cfg, images, y = model.meta_data_config(meta), [], []
+    for path in paths:
+        img, _ = photos.try_load_image(path)
+        if img is not None:
+            images.append(photos.preprocess(img, cfg))
+            y.append(malignant.get(os.path.basename(os.path.dirname(path))))
+    labelled = y and None not in y
+    return np.stack(images) if images else None, np.array(y, dtype=int) if labelled else None
+
+
+def write_int8_twin(args, meta):
+    """The int8 twin of args.output (skinlesion/quantise.py), calibrated on QUANTISE_IMAGES and compared there
+    with the full model: written with the comparison in its metadata, which decides whether the page uses it."""
+    import onnx
+    import onnxruntime as ort
+
+    twin = quantise.quantised_path(args.output)
+    x, y = labelled_photos(args.quantise_images, meta)
+    if x is None and "quantise_images" in args.given:
+        cli.die(f"--quantise-images {args.quantise_images} holds no readable photo; pass a folder of validation photos")
+    if x is None:
+        print(f"no int8 twin written: no photos in {args.quantise_images} to calibrate it on (--quantise-images)")
+        return
+    full = ort.InferenceSession(args.output, providers=["CPUExecutionProvider"])
+    speeds = {}
+
+    def quantise_and_compare(tmp):
+        quantise.quantise(args.output, tmp, x)
+        small = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        p_full, p_int8 = quantise.p_malignant(full, x), quantise.p_malignant(small, x)
+        result = quantise.comparison(p_full, p_int8, y, meta["threshold"], model.BORDERLINE)
+        result.update(from_sha256=files.file_sha256(args.output), photos_from=os.path.basename(args.quantise_images))
+        speeds.update(full=quantise.seconds_per_photo(full, x), int8=quantise.seconds_per_photo(small, x))
+        checks = model.check_inputs(meta["image_size"])
+        logits, p = small.run(["logits", "p_malignant"], {"image": checks})
+        own = dict(inputs=len(checks), logits=logits.astype(float).tolist(), p_malignant=p.astype(float).tolist())
+        proto = onnx.load(tmp)
+        del proto.metadata_props[:]  # the full model's (the quantiser adds keys of its own), its own self_check
+        for prop in onnx.load(args.output, load_external_data=False).metadata_props:
+            value = json.dumps(own) if prop.key == "self_check" else prop.value
+            proto.metadata_props.add(key=prop.key, value=value)
+        proto.metadata_props.add(key="quantised", value=json.dumps(result))
+        onnx.save(proto, tmp)
+        speeds["result"] = result
+
+    files.atomic_write(twin, quantise_and_compare, "ONNX model")
+    ratio = os.path.getsize(args.output) / os.path.getsize(twin)
+    print(
+        f"wrote {twin} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.1f}x smaller; {speeds['int8'] * 1e3:.0f} ms a "
+        f"photo against {speeds['full'] * 1e3:.0f} ms here): {quantise.comparison_text(speeds['result'])}"
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     import onnx
@@ -227,6 +293,8 @@ def main(argv=None):
         f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch] and 'cam' "
         f"[batch, {side}, {side}])"
     )
+    if args.quantise:
+        write_int8_twin(args, meta)
     print(f"use it with: python predict.py photo.jpg --model {args.output}")
 
 

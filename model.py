@@ -189,6 +189,8 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
     "outputs": Key("the graph's outputs", shapes.one_of(list(ONNX_OUTPUTS)), "export_onnx.py", True, "export"),
     "exporter": Key("how it was exported", shapes.text(), "export_onnx.py", True, "export"),
     "card_summary": Key("the card in four texts", shapes.SUMMARY, "export_onnx.py", True, "export", page=True),
+    "quantised": Key("an int8 twin's comparison with its full model", shapes.QUANTISED, "export_onnx.py", False,
+                     "export", page=True),
     "self_check": Key("outputs on check_inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
 }  # fmt: skip
 

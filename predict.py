@@ -48,6 +48,9 @@ THRESHOLD = None  # None = the threshold stored in the model; a number from 0 to
 OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 HEADER = ["file", "prediction", "p_malignant", "threshold", "borderline"]
+STRAYED = (  # the caution for an int8 model (export_onnx.py's twin) that its comparison did not clear
+    "this int8 model's answers strayed from the full model's on its validation photos; use the full ONNX file"
+)
 FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so: quote it
 
 
@@ -166,6 +169,9 @@ def model_cautions(meta):
     warning = metrics.operating_point_warning(op) if op else None
     if warning:
         cautions.append(warning + " on its validation photos")
+    quantised = meta.get("quantised")
+    if isinstance(quantised, dict) and not quantised.get("within_tolerance"):
+        cautions.append(STRAYED)
     return cautions
 
 

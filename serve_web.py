@@ -29,7 +29,7 @@ import re
 import sys
 
 import model
-from skinlesion import cli, files, folders, interrupts, metrics
+from skinlesion import cli, files, folders, interrupts, metrics, quantise
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py, with the outputs 'logits' and 'cam'
@@ -39,6 +39,9 @@ NODE_MODULES = "node_modules"  # where 'npm ci' put onnxruntime-web (relative: b
 PORT = 8000  # port on 127.0.0.1; 0 picks a free one
 TIMEOUT = 10.0  # seconds a connection may stay silent (or a download stall) before it is closed; 0.1 to 3600
 SERVE = True  # False (--no-serve): only build SITE_DIR
+SMALL_MODEL = (
+    True  # run MODEL's int8 twin (export_onnx.py writes it) where it was made from MODEL and kept within tolerance
+)
 # -----------------------------------------------------------------------------
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -84,6 +87,24 @@ def read_model(path):
         operating_point_warning=op and metrics.operating_point_warning(op),
     )
     return dict(sidecar, borderline_margin=model.BORDERLINE, model_file="model.onnx")
+
+
+def page_model(model_path, small):
+    """(the ONNX file the page runs, what to say about it): MODEL's int8 twin where it was made from this very
+    file and its comparison kept within tolerance, else MODEL itself, with the reason."""
+    twin = quantise.quantised_path(model_path)
+    if not small:
+        return model_path, "the full model (--no-small-model)"
+    if files.file_kind(twin) is not None:
+        return model_path, f"the full model (no int8 twin {cli.printable(twin)}; export_onnx.py writes one)"
+    _, meta = model.load_onnx(twin)
+    result = meta.get("quantised")
+    if not isinstance(result, dict) or result.get("from_sha256") != files.file_sha256(model_path):
+        return model_path, f"the full model ({cli.printable(twin)} was not made from this export; export again)"
+    size = f"{os.path.getsize(twin) / 1e6:.1f} MB against {os.path.getsize(model_path) / 1e6:.1f} MB"
+    if not result.get("within_tolerance"):
+        return model_path, f"the full model (the int8 twin, {size}, was {quantise.comparison_text(result)})"
+    return twin, f"the int8 model ({size}): {quantise.comparison_text(result)}"
 
 
 def ort_dist(node_modules):
@@ -133,10 +154,11 @@ def read_bytes(path):
         return f.read()
 
 
-def site_contents(model_path, card, node_modules):
+def site_contents(model_path, card, node_modules, small=True):
     """({path in the build: bytes}, the sidecar, onnxruntime-web's version): everything the page needs, read
-    and checked before anything is written."""
-    sidecar = read_model(model_path)
+    and checked before anything is written; the model the page runs is MODEL or its int8 twin (page_model)."""
+    model_path, variant = page_model(model_path, small)
+    sidecar = dict(read_model(model_path), model_variant=variant)
     dist, version = ort_dist(node_modules)
     contents = page_files()
     for name in ORT_FILES:
@@ -321,12 +343,13 @@ def main(argv=None):
     folders.check_replaceable(args.site_dir, "--site-dir", "serve_web.py", "site")
     folders.check_output_folder(args.site_dir, "--site-dir", inputs=[args.model, card, SOURCE, node_modules])
     cli.check_writable(os.path.dirname(os.path.abspath(args.site_dir)), "--site-dir", folder=True)
-    contents, sidecar, version = site_contents(args.model, card, node_modules)  # a bad model stops before any write
+    contents, sidecar, version = site_contents(args.model, card, node_modules, args.small_model)  # checked, unwritten
     build(args.site_dir, contents)
     facts = [f"{sidecar['image_size']} px", f"threshold {sidecar['threshold']:.3f}"]
     if sidecar["at_chance"]:
         facts.append("at chance on validation")
     card_text = f"model card {card}" if card else "no model card"
+    print(f"the page runs {sidecar['model_variant']}")
     print(
         f"built {cli.printable(args.site_dir)}: {args.model} ({', '.join(facts)}), {card_text}, "
         f"onnxruntime-web {version} (wasm)",

@@ -177,3 +177,7 @@ SELF_CHECK = record(dict(  # export_onnx.py: the file's outputs on check_inputs,
     inputs=whole(1, 16), logits=list_of(list_of(ANY_NUMBER, most=1000), most=16),
     p_malignant=list_of(FRACTION, most=16)))  # fmt: skip
 NAMES = list_of(text(MAX_NAME), most=1000)
+QUANTISED = record(dict(  # export_onnx.py's int8 twin: quantise.comparison, and the full model it was made from
+    photos=whole(1, 10**7), max_p_difference=FRACTION, label_changes=COUNT, label_changes_outside_band=COUNT,
+    roc_auc_full=nullable(FRACTION), roc_auc_int8=nullable(FRACTION), max_auc_drop=FRACTION,
+    within_tolerance=BOOLEAN, from_sha256=SHA256, photos_from=text()))  # fmt: skip

@@ -15,6 +15,8 @@ const MAX_PIXELS = 40e6; // photos of 40 megapixels or more are refused before t
 const SIDES = ["benign", "malignant"]; // model.CLASSES: the label is malignant when P(malignant) reaches the threshold
 const CARD_FILE = "model_card.md"; // what serve_web.py serves when the model has a card
 const OUTPUTS = ["logits", "p_malignant", "cam"]; // what export_onnx.py writes
+const STRAYED = "this int8 model's answers strayed from the full model's on its validation photos; use the full "
+  + "ONNX file"; // predict.STRAYED
 
 const $ = (id) => document.getElementById(id);
 const app = $("app");
@@ -61,6 +63,7 @@ async function loadModel() {
     throw error;
   }
   showAbout(config.card_summary, await card);
+  $("model-variant").textContent = `This page runs ${config.model_variant || "the full model"}.`;
   const size = config.image_size;
   readyText = `Model ready (${size} × ${size} pixel input, threshold ${config.threshold.toFixed(3)}). Choose a photo.`;
   $("status").textContent = readyText;
@@ -238,6 +241,7 @@ export function modelCautions(meta) {
     cautions.push(`this model cannot be told from chance${interval}; do not rely on its predictions`);
   }
   if (meta.operating_point_warning) cautions.push(`${meta.operating_point_warning} on its validation photos`);
+  if (meta.quantised && !meta.quantised.within_tolerance) cautions.push(STRAYED);
   return cautions;
 }
 

@@ -1,0 +1,115 @@
+"""The page's smaller model (skinlesion/quantise.py, export_onnx.py's int8 twin, serve_web.py's choice): the
+comparison's numbers against values computed here, the tolerance's edges, and the whole path on the suite's
+trained model: the twin is written beside the export, ~3x smaller, with its comparison in its metadata; predict.py
+takes it; serve_web.py runs it only where it was made from that very export and kept within tolerance."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import model
+import predict
+import serve_web
+from conftest import run
+from skinlesion import files, metrics, photos, quantise
+
+
+def test_the_twin_is_named_beside_its_export():
+    assert quantise.quantised_path("a/skin_model.onnx") == "a/skin_model.int8.onnx"
+
+
+def test_comparison_counts_changed_labels_and_those_outside_the_band():
+    p_full = np.array([0.10, 0.49, 0.51, 0.90, 0.30, 0.70])
+    p_int8 = np.array([0.12, 0.51, 0.49, 0.40, 0.31, 0.69])  # 0.49 -> 0.51 and 0.51 -> 0.49 in the band; 0.90 not
+    y = np.array([0, 0, 1, 1, 0, 1])
+    result = quantise.comparison(p_full, p_int8, y, threshold=0.5, band=0.02)
+    assert result["photos"] == 6 and result["max_p_difference"] == pytest.approx(0.5)
+    assert result["label_changes"] == 3 and result["label_changes_outside_band"] == 1
+    assert result["roc_auc_full"] == pytest.approx(metrics.roc_auc(y, p_full))
+    assert result["roc_auc_int8"] == pytest.approx(7 / 9)  # pairs (malignant, benign) ranked right, by hand
+    assert not result["within_tolerance"]
+
+
+@pytest.mark.parametrize("drop, kept", [(0.0049, True), (0.0051, False)])
+def test_the_roc_auc_may_fall_by_max_auc_drop_and_no_more(monkeypatch, drop, kept):
+    aucs = iter([0.9, 0.9 - drop])
+    monkeypatch.setattr(metrics, "roc_auc", lambda y, p: next(aucs))
+    p = np.array([0.2, 0.8])
+    result = quantise.comparison(p, p, np.array([0, 1]), threshold=0.5, band=0.02)
+    assert result["within_tolerance"] is kept and quantise.MAX_AUC_DROP == 0.005
+
+
+def test_without_labels_of_both_sides_it_is_not_within_tolerance():
+    p = np.array([0.2, 0.8])
+    result = quantise.comparison(p, p, np.array([1, 1]), threshold=0.5, band=0.02)
+    assert result["roc_auc_full"] is None and not result["within_tolerance"]
+    assert "ROC-AUC not measured" in quantise.comparison_text(result)
+
+
+@pytest.fixture(scope="module")
+def twin(trained_model, demo_dataset, tmp_path_factory):
+    """export_onnx.py of the suite's trained model, with its int8 twin calibrated and judged on dataset/val."""
+    folder = tmp_path_factory.mktemp("int8")
+    full = str(folder / "skin_model.onnx")
+    val, test = os.path.join(demo_dataset, "val"), os.path.join(demo_dataset, "test")
+    args = ["--model", trained_model[0], "--output", full, "--check-images", test, "--quantise-images", val]
+    r = run("export_onnx.py", *args, cwd=folder)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return dict(full=full, int8=quantise.quantised_path(full), stdout=r.stdout, val=val, test=test, folder=folder)
+
+
+def test_export_writes_a_smaller_twin_that_says_how_it_compares(twin):
+    assert os.path.getsize(twin["full"]) > 2.5 * os.path.getsize(twin["int8"])
+    _, meta = model.load_onnx(twin["int8"])  # every check a model file gets
+    result = meta["quantised"]
+    assert result["from_sha256"] == files.file_sha256(twin["full"])
+    # the comparison, recomputed here from the two files on the same photos
+    x, y = [], []
+    for side in meta["classes"]:
+        for name in sorted(os.listdir(os.path.join(twin["val"], side))):
+            img = photos.load_image(os.path.join(twin["val"], side, name))
+            x.append(photos.preprocess(img, model.meta_data_config(meta)))
+            y.append(int(side == "malignant"))
+    x = np.stack(x)
+    p = [quantise.p_malignant(ort.InferenceSession(f), x) for f in (twin["full"], twin["int8"])]
+    assert result["photos"] == len(x) and result["max_p_difference"] == pytest.approx(np.abs(p[0] - p[1]).max())
+    assert result["roc_auc_int8"] == pytest.approx(metrics.roc_auc(np.array(y), p[1]))
+    assert f"wrote {twin['int8']} (" in twin["stdout"] and quantise.comparison_text(result) in twin["stdout"]
+
+
+def test_predict_takes_the_twin(twin, capsys):
+    photo = os.path.join(twin["test"], "malignant", sorted(os.listdir(os.path.join(twin["test"], "malignant")))[0])
+    predict.main([photo, "--model", twin["int8"]])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(("Prediction: benign", "Prediction: malignant"))
+
+
+def set_result(path, **changes):
+    proto = onnx.load(path)
+    for prop in proto.metadata_props:
+        if prop.key == "quantised":
+            prop.value = json.dumps(dict(json.loads(prop.value), **changes))
+    onnx.save(proto, path)
+
+
+def test_the_page_runs_the_twin_only_when_it_is_this_exports_and_within_tolerance(twin, tmp_path):
+    full, int8 = str(tmp_path / "m.onnx"), str(tmp_path / "m.int8.onnx")
+    shutil.copy(twin["full"], full)
+    shutil.copy(twin["int8"], int8)
+    set_result(int8, within_tolerance=True)
+    assert serve_web.page_model(full, True)[0] == int8
+    assert serve_web.page_model(full, False) == (full, "the full model (--no-small-model)")
+    set_result(int8, within_tolerance=False)
+    chosen, said = serve_web.page_model(full, True)
+    assert chosen == full and "NOT within tolerance" in said
+    assert predict.STRAYED in predict.model_cautions(model.load_onnx(int8)[1])
+    set_result(int8, within_tolerance=True, from_sha256="0" * 64)  # made from another export
+    chosen, said = serve_web.page_model(full, True)
+    assert chosen == full and "was not made from this export" in said
+    os.remove(int8)
+    assert "no int8 twin" in serve_web.page_model(full, True)[1]
