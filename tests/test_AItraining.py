@@ -473,6 +473,7 @@ def test_ctrl_c_during_training_keeps_the_previous_model(tmp_path):
     model.load_checkpoint(str(tmp_path / "skin_model.pth"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_continue_this_run_and_following_it_does(tmp_path):
     """`--output mine.pth` said 'skin_model.pth holds the best finished epoch, continue with --resume', and
     following it continued into another run's skin_model.pth. Now it names mine.pth and the command, which
