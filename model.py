@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from skinlesion.calibration import calibrated
+from skinlesion.calibration import APPLIES_TO
 from skinlesion.cli import die, in_range, is_list_of, is_table
 from skinlesion.dataset import SIDES
 from skinlesion.files import TAG, atomic_write, file_kind, is_ours
@@ -102,11 +102,19 @@ def class_probabilities(logits):
     return softmax(np.asarray(logits, dtype=np.float64), axis=1)
 
 
+def calibrated_probabilities(logits, meta):
+    """The one calibrated distribution over the classes per row: softmax(a * logits + b * malignant) with the
+    model's calibration {a, b} (none: the softmax itself); its malignant classes add up to P(malignant)."""
+    fitted = meta.get("calibration") or {}
+    a, b = fitted.get("a", 1.0), fitted.get("b", 0.0)
+    return class_probabilities(a * np.asarray(logits, dtype=np.float64) + b * malignant_mask(meta))
+
+
 def predictions(view_logits, meta):
-    """(calibrated P(malignant) (n,), class probabilities (n, classes)) averaged over the views' logits."""
-    mask, calibration = malignant_mask(meta), meta.get("calibration")
-    p = np.mean([calibrated(malignant_log_odds(v, mask), calibration) for v in view_logits], axis=0)
-    return p, np.mean([class_probabilities(v) for v in view_logits], axis=0)
+    """(calibrated P(malignant) (n,), calibrated class probabilities (n, classes)) averaged over the views'
+    logits: P(malignant) is the sum of the malignant classes' probabilities."""
+    probabilities = np.mean([calibrated_probabilities(v, meta) for v in view_logits], axis=0)
+    return probabilities[:, malignant_mask(meta)].sum(1), probabilities
 
 
 def view_logits(net, x, tta=False):
@@ -169,7 +177,22 @@ def meta_fault(meta):
         return f"its {bad[0]} {meta[bad[0]]!r} is not a table of numbers"
     if meta.get("at_chance") not in (None, True, False):  # None: not known (no validation split)
         return f"its at_chance {meta['at_chance']!r} is not true, false or null"
+    prior, types = meta.get("prior_malignant"), meta.get("val_types")
+    if prior is not None and not in_range(prior, 1e-6, 1 - 1e-6):
+        return f"its prior_malignant {prior!r} is not a share between 0 and 1"
+    if types is not None and not types_table(types):
+        return f"its val_types {types!r} is not a table of the types' results"
+    old_form = calibration and calibration["a"] != 1 and calibration.get("applies_to") != APPLIES_TO
+    if not classes_fault(meta) and old_form and len(meta["classes"]) > 2:
+        return "its calibration scales the summed log-odds (an earlier version), not the type logits; retrain it"
     return classes_fault(meta)
+
+
+def types_table(found):
+    """Whether found has the shape of metrics.types_with_intervals' result."""
+    per_type = isinstance(found, dict) and found.get("types")
+    overall = isinstance(found, dict) and is_table({k: v for k, v in found.items() if k != "types"})
+    return overall and isinstance(per_type, dict) and all(is_table(v) for v in per_type.values())
 
 
 def meta_data_config(meta):

@@ -72,8 +72,24 @@ def parse_args(argv=None):
 
 
 def written_csv(path):
-    """Whether path is a predictions CSV we wrote (of a two-class or a lesion-type model)."""
-    return any(files.is_ours(path, header=",".join(header)) for header in (HEADER, HEADER + ["type", "p_type"]))
+    """Whether path is a predictions CSV we wrote (of a two-class or a lesion-type model: its first line is our
+    header, a type model's with one p_<class> column per class after type and p_type)."""
+    if files.is_ours(path, header=",".join(HEADER)):
+        return True
+    if files.file_kind(path):  # missing, a folder, a pipe: not ours, and not to be opened
+        return False
+    with open(path, "rb") as f:
+        first = f.readline(1 << 16).rstrip(b"\r\n").decode("utf-8", "replace").split(",")
+    wanted = HEADER + ["type", "p_type"]
+    return first[: len(wanted)] == wanted and all(c.startswith("p_") for c in first[len(wanted) :])
+
+
+def malignant_sum_text(probabilities, meta):
+    """'Melanoma 0.219 + Basal cell carcinoma 0.010 = 0.229': the malignant types' calibrated probabilities, whose
+    sum is P(malignant)."""
+    names, mask = meta.get("class_names") or meta["classes"], model.malignant_mask(meta)
+    parts = [f"{names[i]} {probabilities[i]:.3f}" for i in np.flatnonzero(mask)]
+    return f"{' + '.join(parts)} = {probabilities[mask].sum():.3f}"
 
 
 def is_onnx(path):
@@ -98,7 +114,7 @@ def onnx_predictor(session, meta, tta, explain_it):
                 runs.append(session.run(outputs, {name: view}))
             except Exception as e:  # onnxruntime failing at run time: the file, the machine
                 cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]}); export it again")
-        probabilities = np.mean([model.class_probabilities(r[0]) for r in runs], axis=0)[0]
+        probabilities = np.mean([model.calibrated_probabilities(r[0], meta) for r in runs], axis=0)[0]
         cam = runs[0][2][0] if explain_it else None
         return float(np.mean([r[1][0] for r in runs])), probabilities, cam
 
@@ -219,7 +235,7 @@ def main(argv=None):
         ranked = likely_types(probabilities, meta) if types else []
         rows.append([cli.printable(path), label, f"{p:.6f}", f"{threshold:g}", str(bool(near)).lower()])
         if ranked:
-            rows[-1] += [ranked[0][0], f"{ranked[0][1]:.6f}"]
+            rows[-1] += [ranked[0][0], f"{ranked[0][1]:.6f}", *(f"{q:.6f}" for q in probabilities)]
         caution = photo_caution(path, img)
         if caution:
             cli.warn(caution)
@@ -230,6 +246,7 @@ def main(argv=None):
             if ranked:
                 then = ", ".join(f"{name} (P = {q:.3f})" for name, q in ranked[1:3])
                 print(f"Type: {ranked[0][0]} (P = {ranked[0][1]:.3f}); next: {then}")
+                print(f"Malignant types (they add up to P(malignant)): {malignant_sum_text(probabilities, meta)}")
         else:
             kind = f"; type {ranked[0][0]} (P = {ranked[0][1]:.3f})" if ranked else ""
             close = ", borderline" if near else ""
@@ -261,7 +278,7 @@ def main(argv=None):
         print(f"Operating point: {metrics.operating_point_text(meta['operating_point'])}.")
     if args.csv:
         text = io.StringIO()
-        header = HEADER + ["type", "p_type"] if types else HEADER
+        header = HEADER + ["type", "p_type"] + [f"p_{c}" for c in meta["classes"]] if types else HEADER
         csv.writer(text).writerows([header] + [[csv_cell(cell) for cell in row] for row in rows])
         files.write_text(args.csv, text.getvalue())
         print(f"predictions written to {args.csv}")

@@ -86,6 +86,8 @@ def read_model(path):
         "interpolation",
         "crop_pct",
         "threshold",
+        "calibration",
+        "prior_malignant",
         "at_chance",
         "val_auc_ci95",
         "operating_point",

@@ -168,3 +168,51 @@ def confusion(y, probabilities):
     """Counts [true class, most probable class]."""
     n = np.asarray(probabilities).shape[1]
     return np.bincount(np.asarray(y) * n + np.asarray(probabilities).argmax(-1), minlength=n * n).reshape(n, n)
+
+
+def type_recalls(y, predicted, n_classes):
+    """Row-wise on the last axis: the share of each class's photos whose predicted class is it (its sensitivity),
+    shape (..., n_classes); NaN for a class without photos in the row."""
+    y, predicted = np.asarray(y), np.asarray(predicted)
+    found = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for c in range(n_classes):
+            found.append(((predicted == c) & (y == c)).sum(-1) / (y == c).sum(-1))
+    return np.stack(found, -1)
+
+
+def types_with_intervals(y, probabilities, classes, n=2000, seed=0):
+    """The lesion types' balanced accuracy and each type's sensitivity (most probable type right), each with its
+    95% bootstrap interval over photos (the resamples of bootstrap_ci); chance is 1 / types."""
+    y, predicted = np.asarray(y), np.asarray(probabilities).argmax(-1)
+    k = len(classes)
+    recalls = type_recalls(y, predicted, k)
+
+    def mean_recall(y, q):
+        return np.nanmean(type_recalls(y, q, k), -1)
+
+    ci = bootstrap_ci(y, predicted, n, seed, metric_fn=mean_recall)["value"]
+    per_type = {}
+    for c, name in enumerate(classes):
+
+        def recall(y, q, c=c):
+            return type_recalls(y, q, k)[..., c]
+
+        low, high = bootstrap_ci(y, predicted, n, seed, metric_fn=recall)["value"]
+        per_type[name] = dict(sensitivity=float(recalls[c]), sensitivity_ci95=[low, high], photos=int((y == c).sum()))
+    return dict(balanced_accuracy=float(np.nanmean(recalls)), balanced_accuracy_ci95=list(ci), chance=1 / k,
+                types=per_type)  # fmt: skip
+
+
+def types_text(found, names=None):
+    """'balanced accuracy 0.61 [0.52-0.70] (chance 0.33); sensitivity: Nevus 0.80 [0.70-0.88], ...'."""
+    names = names or {}
+    low, high = found["balanced_accuracy_ci95"]
+    per_type = ", ".join(
+        f"{names.get(c, c)} {t['sensitivity']:.2f} [{t['sensitivity_ci95'][0]:.2f}-{t['sensitivity_ci95'][1]:.2f}]"
+        for c, t in found["types"].items()
+    )
+    return (
+        f"lesion types: balanced accuracy {found['balanced_accuracy']:.2f} [{low:.2f}-{high:.2f}] (chance "
+        f"{found['chance']:.2f}); each type's sensitivity: {per_type} (95% intervals in brackets)"
+    )

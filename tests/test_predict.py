@@ -534,21 +534,25 @@ def types_model(tmp_path_factory):
         threshold=0.5,
         classes=classes,
         malignant_classes=classes[2:],
-        calibration=dict(method="platt", a=0.8, b=-0.3),
+        calibration=dict(method="platt", a=0.8, b=-0.3, applies_to="logits"),
         class_names=["Nevus", "Seborrheic keratosis", "Basal cell carcinoma", "Melanoma Invasive"],
     )
 
 
 def test_a_type_model_names_the_type_and_p_is_the_sum_over_the_malignant_types(tmp_path, types_model, capsys):
+    """One calibrated distribution, softmax(0.8 * logits - 0.3 * malignant) computed here by hand: the types
+    printed, the CSV's p_<class> columns and P(malignant) are its numbers, and the malignant types add up to P
+    (torch and the ONNX export alike)."""
     photo = lesion_photo(tmp_path / "photo.jpg", (120, 100), seed=3)
     predict.main([photo, "--model", types_model, "--csv", str(tmp_path / "out.csv")])
     lines = capsys.readouterr().out.splitlines()
     net, meta = model.load_checkpoint(types_model)
     x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model.meta_data_config(meta)))[None]
     with torch.no_grad():
-        probs = torch.softmax(net(x), 1)[0].double().numpy()
-    raw = probs[2:].sum()
-    p = 1 / (1 + np.exp(-(0.8 * np.log(raw / (1 - raw)) - 0.3)))
+        logits = net(x)[0].double().numpy()
+    e = np.exp(0.8 * logits - 0.3 * np.array([0, 0, 1, 1]))
+    probs = e / e.sum()
+    p = probs[2:].sum()
     assert lines[0] == f"Prediction: {'malignant' if p >= 0.5 else 'benign'}"
     assert abs(float(LINE.fullmatch(lines[1]).group(1)) - p) < 1e-3
     order = np.argsort(-probs)
@@ -557,7 +561,18 @@ def test_a_type_model_names_the_type_and_p_is_the_sum_over_the_malignant_types(t
         f"Type: {names[order[0]]} (P = {probs[order[0]]:.3f}); next: {names[order[1]]} (P = "
         f"{probs[order[1]]:.3f}), {names[order[2]]} (P = {probs[order[2]]:.3f})"
     )
+    assert lines[3] == (
+        f"Malignant types (they add up to P(malignant)): {names[2]} {probs[2]:.3f} + {names[3]} {probs[3]:.3f} = "
+        f"{p:.3f}"
+    )
     with open(tmp_path / "out.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["file", "prediction", "p_malignant", "threshold", "borderline", "type", "p_type"]
+    classes = meta["classes"]
+    assert rows[0] == ["file", "prediction", "p_malignant", "threshold", "borderline", "type", "p_type"] + [
+        f"p_{c}" for c in classes
+    ]
     assert rows[1][5] == names[order[0]] and abs(float(rows[1][6]) - probs[order[0]]) < 1e-5
+    np.testing.assert_allclose([float(v) for v in rows[1][7:]], probs, atol=1e-6)
+    assert abs(float(rows[1][9]) + float(rows[1][10]) - float(rows[1][2])) < 2e-6  # the sum, in the CSV itself
+    predict.main([photo, "--model", types_model, "--csv", str(tmp_path / "out.csv")])  # its own CSV: replaced
+    capsys.readouterr()

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-from scipy.special import expit, logit, softmax
+from scipy.special import softmax
 
 import model
 import predict
@@ -45,10 +45,11 @@ NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinl
     "resizeBicubic": "Pillow's img.resize(..., Image.BICUBIC), ported bit for bit",
     "roundHalfEven": "Python's own round()",
 }
-APP_TWINS = {"decisionTexts": predict, "likelyTypes": predict, "modelCautions": predict, "classProbabilities": model}
+APP_TWINS = {"decisionTexts": predict, "likelyTypes": predict, "modelCautions": predict, "classProbabilities": model,
+             "calibratedProbabilities": model, "malignantSumText": predict}  # fmt: skip
 TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
 TYPE_NAMES = ["Nevus", "Seborrheic Keratosis", "Basal Cell Carcinoma", "Melanoma Invasive"]
-CALIBRATION = {"a": 1.6, "b": -0.3}  # the lesion-type model's: P = expit(a * log-odds + b)
+CALIBRATION = {"a": 1.6, "b": -0.3, "applies_to": "logits"}  # the type model's: softmax(a * logits + b * malignant)
 
 
 def find_chromium():
@@ -578,18 +579,21 @@ def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
         assert types_page["requests"][before:] == []
         x = photos.preprocess(photos.load_image(setup["photos"][name]), model.meta_data_config(meta))
         logits, p_malignant = session.run(["logits", "p_malignant"], {"image": x[None]})
-        summed = softmax(logits[0].astype(np.float64))[malignant].sum()  # the malignant types' probability
-        calibrated = expit(CALIBRATION["a"] * logit(summed) + CALIBRATION["b"])
+        # the one calibrated distribution, by hand: softmax(a * logits + b * malignant); P is its malignant sum
+        distribution = softmax(CALIBRATION["a"] * logits[0].astype(np.float64) + CALIBRATION["b"] * malignant)
+        calibrated = distribution[malignant].sum()
         assert abs(run["p"] - p_malignant[0]) <= 1e-3 and abs(run["p"] - calibrated) <= 1e-3
-        assert abs(run["p"] - ref["p"]) <= 1e-3 and abs(p_malignant[0] - calibrated) <= 1e-5
-        page_summed = np.sum(np.array(run["probabilities"])[malignant])
-        assert abs(run["p"] - expit(CALIBRATION["a"] * logit(page_summed) + CALIBRATION["b"])) <= 1e-5
+        assert abs(run["p"] - ref["p"]) <= 1e-3 and abs(p_malignant[0] - calibrated) <= 1e-5  # the ONNX output
+        assert np.allclose(run["probabilities"], distribution, atol=1e-6)  # the page's types
+        assert abs(run["p"] - np.sum(np.array(run["probabilities"])[malignant])) <= 1e-5  # add up to the P shown
+        assert abs(ref["p"] - np.sum(np.array(ref["probabilities"])[malignant])) <= 1e-6  # predict.py's, ONNX
         label = model.CLASSES[int(ref["p"] >= setup["threshold"])]
         assert run["label"] == label and f"Prediction: {label}" == pg.inner_text("#label")
         top = TYPE_NAMES[int(np.argmax(ref["probabilities"]))]
         assert run["types"][0][0] == top and pg.inner_text("#types").startswith(f"Type: {top} (P = ")
         lines = predict_prints(setup["photos"][name], setup["model"], capsys)
         assert pg.inner_text("#types") == next(line for line in lines if line.startswith("Type: "))
+        assert pg.inner_text("#malignant-types") == next(line for line in lines if line.startswith("Malignant types"))
         assert pg.inner_text("#label") == lines[0]
         assert pg.inner_text("#operating-point") == next(line for line in lines if line.startswith("Operating point"))
         expected = [f"Caution: {text}." for text in predict.model_cautions(meta)]
@@ -630,6 +634,17 @@ def test_page_functions_agree_with_their_python_twins(page):
     assert [name for name, _ in ranked] == [name for name, _ in want] == [TYPE_NAMES[i] for i in (2, 3, 0, 1)]
     assert np.allclose([q for _, q in ranked], [q for _, q in want], rtol=1e-12)
     assert cautions == predict.model_cautions(dict(meta, operating_point=op)) and len(cautions) == 2
+    typed = dict(meta, malignant_classes=TYPES[2:], calibration=CALIBRATION)
+    calibrated, summed = pg.evaluate(
+        """([p, meta]) => import('./app.js').then((app) => [app.calibratedProbabilities(p, meta),
+            app.malignantSumText(app.calibratedProbabilities(p, meta), meta)])""",
+        [logits[0], typed],
+    )
+    by_hand = softmax(CALIBRATION["a"] * np.array(logits[0]) + CALIBRATION["b"] * np.array([0, 0, 1, 1]))
+    assert np.allclose(calibrated, by_hand, rtol=1e-12) and np.allclose(
+        calibrated, model.calibrated_probabilities([logits[0]], typed)[0]
+    )
+    assert summed == predict.malignant_sum_text(by_hand, typed)
 
 
 def js_functions(name):

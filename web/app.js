@@ -4,7 +4,8 @@
 // cautions, the most likely lesion types (a lesion-type model) and the heat map. Nothing leaves the browser.
 // The functions that say what predict.py says carry the names of their Python twins (decisionTexts is
 // predict.decision_texts, likelyTypes predict.likely_types, modelCautions predict.model_cautions,
-// classProbabilities model.class_probabilities); tests/test_web.py checks that they exist and agree.
+// classProbabilities model.class_probabilities, calibratedProbabilities model.calibrated_probabilities,
+// malignantSumText predict.malignant_sum_text); tests/test_web.py checks that they exist and agree.
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import { centreCrop, imageSize, loadImage, normalise, upsampleBilinear } from "./preprocess.js";
 
@@ -95,8 +96,8 @@ function showMessage(text) {
 }
 
 function clearResult() {
-  for (const id of ["label", "probability", "cautions", "operating-point", "types", "heat-text", "figure",
-    "heat-controls", "timing", "message"]) {
+  for (const id of ["label", "probability", "cautions", "operating-point", "types", "malignant-types", "heat-text",
+    "figure", "heat-controls", "timing", "message"]) {
     $(id).hidden = true;
   }
   $("placeholder").hidden = false;
@@ -155,7 +156,7 @@ async function check(file) {
       + "export it again with export_onnx.py.");
   }
   const [, h, w] = outputs.cam.dims;
-  const probabilities = classProbabilities(Array.from(outputs.logits.data));
+  const probabilities = calibratedProbabilities(Array.from(outputs.logits.data), config); // p is their malignant sum
   const run = {
     name: file.name, size, crop, p, threshold: config.threshold, label: SIDES[p >= config.threshold ? 1 : 0],
     borderline: Math.abs(p - config.threshold) < config.borderline_margin, probabilities,
@@ -206,6 +207,23 @@ export function classProbabilities(logits) {
   return e.map((v) => v / sum);
 }
 
+// model.calibrated_probabilities: the one calibrated distribution over the classes, softmax(a * logits + b *
+// malignant) with the model's calibration {a, b} (none: the softmax itself); its malignant classes add up to p.
+export function calibratedProbabilities(logits, meta) {
+  const fitted = meta.calibration || {}, a = fitted.a ?? 1, b = fitted.b ?? 0;
+  const malignant = meta.malignant_classes || ["malignant"];
+  return classProbabilities(logits.map((l, i) => a * l + (malignant.includes(meta.classes[i]) ? b : 0)));
+}
+
+// predict.malignant_sum_text: "Melanoma 0.219 + Basal cell carcinoma 0.010 = 0.229", the malignant types'
+// calibrated probabilities and their sum, P(malignant).
+export function malignantSumText(probabilities, meta) {
+  const names = meta.class_names || meta.classes, malignant = meta.malignant_classes || ["malignant"];
+  const at = meta.classes.map((c, i) => i).filter((i) => malignant.includes(meta.classes[i]));
+  const sum = at.reduce((total, i) => total + probabilities[i], 0);
+  return `${at.map((i) => `${names[i]} ${fixed(probabilities[i], 3)}`).join(" + ")} = ${fixed(sum, 3)}`;
+}
+
 // predict.likely_types: [[type name, P]] of a lesion-type model, most likely first (ties in the model's order),
 // named by the original label values where known.
 export function likelyTypes(probabilities, meta) {
@@ -249,6 +267,9 @@ function show(run) {
   $("operating-point").hidden = !config.operating_point_text;
   $("types").textContent = run.types.length ? typeText(run.types) : "";
   $("types").hidden = !run.types.length;
+  $("malignant-types").textContent = run.types.length
+    ? `Malignant types (they add up to P(malignant)): ${malignantSumText(run.probabilities, config)}` : "";
+  $("malignant-types").hidden = !run.types.length;
   const canvas = $("crop");
   canvas.width = canvas.height = size;
   const pixels = new ImageData(size, size);
