@@ -200,6 +200,19 @@ def types_report(labels, probabilities, classes, path, args):
     return dict(found, classes=classes, one_vs_rest_auc=dict(zip(classes, aucs)), confusion=counts.tolist())
 
 
+def external_name(data_dir, meta):
+    """None where data_dir is the model's own test split (a folder named test in the dataset it was trained on:
+    the same manifest.csv, where the model file names one), else the name an external validation goes by."""
+    folder = os.path.abspath(data_dir)
+    manifest = os.path.join(os.path.dirname(folder), dataset.MANIFEST)
+    trained_on = meta.get("manifest_sha256")
+    same = trained_on is None or (os.path.isfile(manifest) and files.file_sha256(manifest) == trained_on)
+    if os.path.basename(folder) == "test" and same:
+        return None
+    parts = folder.split(os.sep)[-2:] if os.path.basename(folder) in ("test", "val", "train") else [folder]
+    return cli.printable("/".join(os.path.basename(part) for part in parts))
+
+
 def compare_tta(y, plain, flipped, threshold, n, seed):
     """Plain vs flip-averaged predictions on the same photos, with a paired bootstrap CI of the AUC gain."""
     keys = ("roc_auc", "accuracy", "sensitivity", "specificity")
@@ -212,20 +225,29 @@ def compare_tta(y, plain, flipped, threshold, n, seed):
         return metrics.roc_auc(y, p[..., 1]) - metrics.roc_auc(y, p[..., 0])
 
     low, high = metrics.bootstrap_ci(y, np.stack([plain, flipped], 1), n, seed, metric_fn=gain)["value"]
-    verdict = "makes no clear difference"
+    verdict = "makes no clear difference to the ROC-AUC"
     if low > 0:
-        verdict = "helps"
+        verdict = "helps the ROC-AUC"
     elif high < 0:
-        verdict = "hurts"
+        verdict = "hurts the ROC-AUC"
     result.update(
         roc_auc_gain=result["tta"]["roc_auc"] - result["plain"]["roc_auc"],
         roc_auc_gain_ci95=[low, high],
         verdict=f"TTA {verdict} on this split",
     )
+    moved = [k for k in ("sensitivity", "specificity") if result["tta"][k] != result["plain"][k]]
+    if moved:  # the threshold and the calibration were chosen without TTA: say what changed at it, claim no more
+        result["threshold_note"] = (
+            "at the threshold chosen without TTA, "
+            + " and ".join(f"{k} {result['plain'][k]:.3f} -> {result['tta'][k]:.3f}" for k in moved)
+            + "; TTA has no threshold or calibration of its own (predict.py --tta uses this one)"
+        )
     print(f"\nTTA vs plain on the same images (threshold {threshold:.4f})\n{'':<14}{'plain':>8}{'TTA':>8}")
     for key in keys:
         print(f"{key.replace('roc_auc', 'ROC-AUC'):<14}{result['plain'][key]:>8.3f}{result['tta'][key]:>8.3f}")
     print(f"{result['verdict']}: ROC-AUC change {result['roc_auc_gain']:+.3f} (95% CI {low:+.3f} to {high:+.3f})")
+    if "threshold_note" in result:
+        print(f"but {result['threshold_note']}")
     return result
 
 
@@ -273,6 +295,7 @@ def main(argv=None):
         written_by=files.TAG,
         model=args.model,
         data_dir=args.data_dir,
+        external_validation=external_name(args.data_dir, meta),
         tta=args.tta,
         threshold=threshold,
         threshold_source="validation split (stored in the checkpoint)",
@@ -321,8 +344,15 @@ def main(argv=None):
             outputs[4],
         )
         written.append(outputs[4])
-    card.write_card(args.card, meta, os.path.basename(args.model), result)
-    print(f"\nwrote {', '.join(written)}; the test results are in the model card {args.card}")
+    sha256 = files.file_sha256(args.model)
+    test, externals = card.earlier_evaluations(args.card, sha256)  # the other data sets' results stay in the card
+    if result["external_validation"]:
+        externals[result["external_validation"]] = card.card_evaluation(result)
+    else:
+        test = card.card_evaluation(result)
+    card.write_card(args.card, meta, os.path.basename(args.model), test, externals, sha256)
+    section = f"External validation: {result['external_validation']}" if result["external_validation"] else "Test"
+    print(f"\nwrote {', '.join(written)}; the results are in the model card {args.card} ({section})")
     if at_chance:
         low, high = ci["roc_auc"]
         cli.warn(

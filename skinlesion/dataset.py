@@ -130,9 +130,24 @@ def not_covered(data):
     types = ", ".join(sorted(seen.get("image type", set())))
     gaps = [f"photo types other than {types}" if types else "photo types it may not have seen (not recorded)"]
     skin = {"I", "II", "III", "IV", "V", "VI"} - seen.get("skin type", set())
-    if skin:
+    if seen.get("skin type") and skin:  # none recorded at all: not_recorded says so
         gaps.append(f"Fitzpatrick skin types {', '.join(sorted(skin))} (no photos, or not recorded)")
     bands = [band for _, _, band in isic.AGE_BANDS if band not in seen.get("age band", set())]
-    if bands:
+    if seen.get("age band") and bands:
         gaps.append(f"ages {', '.join(bands)} (no photos, or not recorded)")
     return gaps
+
+
+def not_recorded(data):
+    """What the data does not say about its photos (skin type, age recorded for none), and what that means."""
+    factors = data.get("factors", {})
+    seen = {f: {v for counts in by_split.values() for v in counts if v != "unknown"} for f, by_split in factors.items()}
+    found = []
+    if not seen.get("skin type"):
+        found.append(
+            "Skin type was not recorded for these photos: how the model does on any skin type, darker skin in "
+            "particular, is not known."
+        )
+    if not seen.get("age band"):
+        found.append("Age was not recorded for these photos: how the model does at any age is not known.")
+    return found

@@ -40,9 +40,16 @@ def test_compare_tta_tells_help_from_no_difference(capsys):
     p = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.25, 40), 0, 1)
     same = evaluate.compare_tta(y, p, p, 0.5, 200, 0)
     assert same["plain"] == same["tta"] and same["roc_auc_gain"] == 0
-    assert same["verdict"] == "TTA makes no clear difference on this split"
+    assert same["verdict"] == "TTA makes no clear difference to the ROC-AUC on this split"
+    assert "threshold_note" not in same
     better = np.where(y == 1, np.maximum(p, 0.9), np.minimum(p, 0.1))
-    assert evaluate.compare_tta(y, p, better, 0.5, 200, 0)["verdict"] == "TTA helps on this split"
+    assert evaluate.compare_tta(y, p, better, 0.5, 200, 0)["verdict"] == "TTA helps the ROC-AUC on this split"
+    # the same ranking, every P raised: the ROC-AUC cannot tell, the threshold chosen without TTA can
+    raised = evaluate.compare_tta(y, p, np.clip(p + 0.3, 0, 1), 0.5, 200, 0)
+    assert raised["verdict"] == "TTA makes no clear difference to the ROC-AUC on this split"
+    plain_spec = np.mean(p[y == 0] < 0.5)
+    tta_spec = np.mean(np.clip(p + 0.3, 0, 1)[y == 0] < 0.5)
+    assert f"specificity {plain_spec:.3f} -> {tta_spec:.3f}" in raised["threshold_note"] and tta_spec < plain_spec
     assert "TTA vs plain on the same images" in capsys.readouterr().out
 
 
@@ -219,6 +226,40 @@ def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, 
         assert values[key] == round(report["metrics"][key], 4), key
         assert f"{report['metrics'][key]:.3f}" in text.split("**Test**")[1]
     assert "calibration (none): ECE" in out
+
+
+def test_another_data_set_adds_an_external_validation_and_keeps_the_test_section(setup, tmp_path, capsys):
+    """evaluate.py on the model's test split, then on another clinic's photos: the card keeps its Test section and
+    model-index entry (the numbers of the first run), adds 'External validation: <name>' with its own, and no
+    longer says 'No external validation'; evaluating the test split again keeps the external section."""
+    tmp, _, _ = setup
+    path = shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth")
+    class_photos(tmp_path / "other_clinic", 4)
+    evaluate_into(path, tmp / "test", tmp_path / "out", 200)
+    test_report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    evaluate_into(path, tmp_path / "other_clinic", tmp_path / "out", 200)
+    assert "(External validation: other_clinic)" in capsys.readouterr().out
+    external_report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert test_report["external_validation"] is None and external_report["external_validation"] == "other_clinic"
+    for again in (False, True):
+        text = (tmp_path / "model.md").read_text(encoding="utf-8")
+        results = front_matter(text)["model-index"][0]["results"]
+        by_split = {r["dataset"]["split"]: r for r in results}
+        assert set(by_split) == {"validation", "test", "external"}
+        assert by_split["external"]["dataset"]["name"] == "External validation: other_clinic"
+        for split, report in (("test", test_report), ("external", external_report)):
+            values = {m["type"]: m["value"] for m in by_split[split]["metrics"]}
+            assert values["roc_auc"] == round(report["metrics"]["roc_auc"], 4), (split, again)
+        test_part = text.split("**Test** (")[1].split("**External validation: other_clinic** (")
+        assert len(test_part) == 2 and f"{test_report['metrics']['accuracy']:.3f}" in test_part[0]
+        assert f"{external_report['metrics']['accuracy']:.3f}" in test_part[1]
+        assert "No external validation" not in text and "External validation on other_clinic" in text
+        evaluate_into(path, tmp / "test", tmp_path / "out", 200)  # the test split again: the external one stays
+    shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth")  # a fresh copy, then one byte more:
+    with open(path, "ab") as f:
+        f.write(b"\0")  # another model file (its bytes differ): the earlier results are not its own
+    evaluate_into(path, tmp / "test", tmp_path / "out", 200)
+    assert "External validation: other_clinic" not in (tmp_path / "model.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("case", ["n-bootstrap too many", "output not ours", "output inside the data", "none"])
