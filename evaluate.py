@@ -200,19 +200,6 @@ def types_report(labels, probabilities, classes, path, args):
     return dict(found, classes=classes, one_vs_rest_auc=dict(zip(classes, aucs)), confusion=counts.tolist())
 
 
-def external_name(data_dir, meta):
-    """None where data_dir is the model's own test split (a folder named test in the dataset it was trained on:
-    the same manifest.csv, where the model file names one), else the name an external validation goes by."""
-    folder = os.path.abspath(data_dir)
-    manifest = os.path.join(os.path.dirname(folder), dataset.MANIFEST)
-    trained_on = meta.get("manifest_sha256")
-    same = trained_on is None or (os.path.isfile(manifest) and files.file_sha256(manifest) == trained_on)
-    if os.path.basename(folder) == "test" and same:
-        return None
-    parts = folder.split(os.sep)[-2:] if os.path.basename(folder) in ("test", "val", "train") else [folder]
-    return cli.printable("/".join(os.path.basename(part) for part in parts))
-
-
 def compare_tta(y, plain, flipped, threshold, n, seed):
     """Plain vs flip-averaged predictions on the same photos, with a paired bootstrap CI of the AUC gain."""
     keys = ("roc_auc", "accuracy", "sensitivity", "specificity")
@@ -295,7 +282,7 @@ def main(argv=None):
         written_by=files.TAG,
         model=args.model,
         data_dir=args.data_dir,
-        external_validation=external_name(args.data_dir, meta),
+        external_validation=dataset.external_name(args.data_dir, meta.get("manifest_sha256")),
         tta=args.tta,
         threshold=threshold,
         threshold_source="validation split (stored in the checkpoint)",

@@ -248,18 +248,26 @@ def assumed_text(meta):
     return f"P assumes about {prior:.0%} of photos are malignant, as in the training photos"
 
 
-def tested_text(tested):
-    """The test results read back from a card (model_index.test_results), in words with their 95% intervals."""
+def tested_figures(tested):
+    """{metric: (value, (low, high) or None)} from the test results read back from a card's front matter
+    (model_index.test_results: the interval is in each result's name)."""
+    found = {}
+    for key, (value, name) in tested.items():
+        ci = re.search(r"95% CI ([\d.]+)-([\d.]+)", name)
+        found[key] = (value, (float(ci[1]), float(ci[2])) if ci else None)
+    return found
+
+
+def tested_text(figures):
+    """The test figures {metric: (value, (low, high) or None)} in words, saying the brackets are 95% intervals."""
     parts = []
     for key, words in (("sensitivity", "caught {} of the malignant"), ("specificity", "cleared {} of the benign")):
-        if key in tested:
-            value, name = tested[key]
-            ci = re.search(r"95% CI ([\d.]+)-([\d.]+)", name)
-            parts.append(words.format(percent_range(value, [float(ci[1]), float(ci[2])]) if ci else f"{value:.0%}"))
-    if "roc_auc" in tested:
-        value, name = tested["roc_auc"]
-        ci = re.search(r"95% CI ([\d.]+)-([\d.]+)", name)
-        parts.append(f"ROC-AUC {value:.2f}" + (f" [{float(ci[1]):.2f}-{float(ci[2]):.2f}]" if ci else ""))
+        if key in figures:
+            value, ci = figures[key]
+            parts.append(words.format(percent_range(value, ci) if ci else f"{value:.0%}"))
+    if "roc_auc" in figures:
+        value, ci = figures["roc_auc"]
+        parts.append(f"ROC-AUC {value:.2f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else ""))
     return "on the test photos, at the same threshold, it " + ", ".join(parts) + " (brackets: 95% intervals)"
 
 
@@ -278,11 +286,11 @@ def summary(meta, tested=None):
     types = ", ".join(v for v in data.get("factors", {}).get("image type", {}).get("train", {}) if v != "unknown")
     how_well = f"validation {validated(meta)}"
     if meta.get("operating_point"):
-        how_well += "; " + operating_point_text(meta["operating_point"]) + " (brackets: 95% intervals)"
+        how_well += "; " + operating_point_text(meta["operating_point"])
     if meta.get("val_types"):
         how_well += "; validation " + types_text(meta["val_types"], type_names(meta))
     if tested:
-        how_well += "; " + tested_text(tested)
+        how_well += "; " + tested_text(tested_figures(tested))
     trained_on = f"{photos or 'an unknown number of'} ISIC photos ({types or 'type unknown'}); classes: {sides(meta)}"
     if data.get("synthetic"):
         trained_on += " (SYNTHETIC demo drawings, not real lesions)"

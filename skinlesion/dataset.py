@@ -7,7 +7,8 @@ import os
 import numpy as np
 
 from skinlesion import isic
-from skinlesion.cli import die, warn
+from skinlesion.cli import die, printable, warn
+from skinlesion.files import file_sha256
 from skinlesion.photos import find_images, image_size
 
 SIDES = ["benign", "malignant"]  # the two-class labels: folder names = class indices; malignant is positive
@@ -151,3 +152,16 @@ def not_recorded(data):
     if not seen.get("age band"):
         found.append("Age was not recorded for these photos: how the model does at any age is not known.")
     return found
+
+
+def external_name(data_dir, trained_on=None):
+    """None where data_dir is the model's own test split (a folder named test in the dataset it was trained on:
+    the same manifest.csv, whose SHA-256 trained_on the model file holds where known), else the name an external
+    validation goes by (the folder, with its parent for a split's folder)."""
+    folder = os.path.abspath(data_dir)
+    manifest = os.path.join(os.path.dirname(folder), MANIFEST)
+    same = trained_on is None or (os.path.isfile(manifest) and file_sha256(manifest) == trained_on)
+    if os.path.basename(folder) == "test" and same:
+        return None
+    parts = folder.split(os.sep)[-2:] if os.path.basename(folder) in ("test", "val", "train") else [folder]
+    return printable("/".join(os.path.basename(part) for part in parts))

@@ -101,8 +101,38 @@ def operating_point_text(op, photos="validation photos"):
     cleared = percent_range(op["specificity"], op["specificity_ci95"])
     return (
         f"at this threshold the model caught {caught} of the malignant {photos} and cleared {cleared} of the "
-        "benign ones"
+        "benign ones (brackets: 95% intervals)"
     )
+
+
+def reweighted(p, prior, prevalence):
+    """P(malignant) for a setting where a share prevalence of photos is malignant, from P that assumes prior:
+    its odds times the ratio of the prior odds (Bayes' rule; the likelihood ratio stays)."""
+    p = np.asarray(p, dtype=float)
+    with np.errstate(divide="ignore"):
+        odds = p / (1 - p) * (prevalence / (1 - prevalence)) / (prior / (1 - prior))
+    return np.where(np.isinf(odds), 1.0, odds / (1 + odds))
+
+
+def predictive_values(sensitivity, specificity, prevalence):
+    """(PPV, NPV): the chance that a 'malignant' call is right, and that a 'benign' call is right, where a share
+    prevalence of photos is malignant, for a test of this sensitivity and specificity."""
+    caught, false_alarms = sensitivity * prevalence, (1 - specificity) * (1 - prevalence)
+    cleared, missed = specificity * (1 - prevalence), (1 - sensitivity) * prevalence
+    ppv = caught / (caught + false_alarms) if caught + false_alarms > 0 else float("nan")
+    npv = cleared / (cleared + missed) if cleared + missed > 0 else float("nan")
+    return ppv, npv
+
+
+def weak_model_warning(op, auc_ci):
+    """A caution when the model itself is weak (validation specificity at its operating point below 0.5, or the
+    lower end of its ROC-AUC interval below 0.7), else None."""
+    found = []
+    if op and op.get("specificity") is not None and op["specificity"] < 0.5:
+        found.append(f"at its threshold it cleared only {op['specificity']:.0%} of benign validation photos")
+    if auc_ci and auc_ci[0] < 0.7:
+        found.append(f"its validation ROC-AUC may be as low as {auc_ci[0]:.2f} (lower end of the 95% interval)")
+    return "this model is weak: " + " and ".join(found) if found else None
 
 
 def operating_point_warning(op):

@@ -11,6 +11,7 @@ from PIL import Image
 
 import evaluate
 import model
+import predict
 from conftest import assert_one_error, fingerprint, front_matter, lesion_photo, main_fails, run, save_model
 from skinlesion import files
 
@@ -255,6 +256,16 @@ def test_another_data_set_adds_an_external_validation_and_keeps_the_test_section
         assert f"{external_report['metrics']['accuracy']:.3f}" in test_part[1]
         assert "No external validation" not in text and "External validation on other_clinic" in text
         evaluate_into(path, tmp / "test", tmp_path / "out", 200)  # the test split again: the external one stays
+    test_report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    capsys.readouterr()
+    predict.main([str(tmp_path / "other_clinic" / "benign" / "benign_0.jpg"), "--model", str(path)])
+    m, ci = test_report["metrics"], test_report["ci95"]
+    sens, spec = (f"{m[k]:.0%} [{100 * ci[k][0]:.0f}-{ci[k][1]:.0%}]" for k in ("sensitivity", "specificity"))
+    assert (  # predict.py shows the test figures of this model, from its card, saying what the brackets are
+        f"Tested: on the test photos, at the same threshold, it caught {sens} of the malignant, cleared {spec} of "
+        f"the benign, ROC-AUC {m['roc_auc']:.2f} [{ci['roc_auc'][0]:.2f}-{ci['roc_auc'][1]:.2f}] (brackets: 95% "
+        "intervals)."
+    ) in capsys.readouterr().out.splitlines()
     shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth")  # a fresh copy, then one byte more:
     with open(path, "ab") as f:
         f.write(b"\0")  # another model file (its bytes differ): the earlier results are not its own

@@ -214,10 +214,11 @@ def test_explain_says_when_there_is_no_evidence_for_a_class(tmp_path, models, mo
     monkeypatch.setattr(explain, "gradcam", lambda net, x, mask: -np.ones((2, 2), np.float32))  # all for benign
     photo = lesion_photo(tmp_path / "photo.jpg")
     predict.main([photo, "--model", models[0.5], "--explain", "--explain-dir", str(tmp_path / "maps")])
-    assert (
-        capsys.readouterr().out.splitlines()[2]
-        == f"Grad-CAM saved to {tmp_path / 'maps' / 'photo_jpg_gradcam.png'}; it finds no evidence for malignant in "
-        "this photo"
+    lines = capsys.readouterr().out.splitlines()
+    p_text = LINE.fullmatch(lines[1]).group(1)
+    assert lines[2] == (  # what the map shows, without contradicting P (a borderline P is not 'no evidence')
+        f"Grad-CAM saved to {tmp_path / 'maps' / 'photo_jpg_gradcam.png'}; no region of the photo stands out as "
+        f"evidence for malignant (P(malignant) = {p_text} is the model's answer for the photo as a whole)"
     )
 
 
@@ -515,9 +516,50 @@ def test_the_operating_point_is_said_in_words_and_a_useless_one_is_flagged(tmp_p
     out, err = capsys.readouterr()
     assert (
         "Operating point: at this threshold the model caught 90% [81-96%] of the malignant validation photos and "
-        "cleared 10% [5-16%] of the benign ones."
+        "cleared 10% [5-16%] of the benign ones (brackets: 95% intervals)."
     ) in out
     assert "caution: this threshold calls almost every photo malignant (it cleared only 10% of benign)" in err
+
+
+def test_prevalence_reweights_p_and_gives_ppv_and_npv_by_bayes_rule(tmp_path, net, capsys):
+    """A model trained on 50% malignant photos, used where 5% are: P's odds times (0.05 / 0.95) / (0.5 / 0.5), and
+    the calls' PPV and NPV from the validation sensitivity 0.9 and specificity 0.6 at the threshold, by hand."""
+    op = dict(target_sensitivity=0.9, threshold=0.5, sensitivity=0.9, sensitivity_ci95=[0.8, 0.97])
+    op.update(specificity=0.6, specificity_ci95=[0.5, 0.7])
+    path = save_model(tmp_path / "m.pth", net, SIZE, threshold=0.5, operating_point=op, prior_malignant=0.5)
+    photo = lesion_photo(tmp_path / "photo.jpg")
+    predict.main([photo, "--model", path, "--prevalence", "0.05", "--csv", str(tmp_path / "p.csv")])
+    lines = capsys.readouterr().out.splitlines()
+    with open(tmp_path / "p.csv", encoding="utf-8", newline="") as f:
+        p = float(list(csv.reader(f))[1][2])
+    odds = p / (1 - p) * (0.05 / 0.95)
+    assert lines[2] == f"At a prevalence of 5.0%: P(malignant) = {odds / (1 + odds):.3f} (the call above uses P)"
+    assert (
+        "Note: P(malignant) assumes about 50% of photos are malignant, as in the training photos; where they are "
+        "rarer or more common, pass --prevalence (e.g. --prevalence 0.05)."
+    ) in lines
+    tp, fp, tn, fn = 0.9 * 0.05, 0.4 * 0.95, 0.6 * 0.95, 0.1 * 0.05
+    assert (
+        "Prevalence: at a prevalence of 5.0%, from the validation sensitivity and specificity at this threshold, a "
+        f"'malignant' call is right {tp / (tp + fp):.0%} of the time (PPV) and a 'benign' call "
+        f"{tn / (tn + fn):.0%} of the time (NPV)."
+    ) in lines
+    with pytest.raises(SystemExit):
+        predict.main([photo, "--model", path, "--prevalence", "1"])
+    assert "--prevalence" in capsys.readouterr().err
+
+
+def test_a_weak_model_and_tta_with_a_threshold_chosen_without_it_are_said(tmp_path, net, capsys):
+    op = dict(target_sensitivity=0.9, threshold=0.5, sensitivity=0.9, sensitivity_ci95=[0.8, 0.97])
+    op.update(specificity=0.27, specificity_ci95=[0.15, 0.4])
+    path = save_model(tmp_path / "m.pth", net, SIZE, threshold=0.5, operating_point=op, val_auc_ci95=[0.62, 0.8])
+    predict.main([lesion_photo(tmp_path / "photo.jpg"), "--model", path, "--tta"])
+    err = capsys.readouterr().err
+    assert (
+        "caution: this model is weak: at its threshold it cleared only 27% of benign validation photos and its "
+        "validation ROC-AUC may be as low as 0.62 (lower end of the 95% interval)"
+    ) in err
+    assert "caution: --tta averages over flips, but the threshold and calibration were chosen without them" in err
 
 
 # ---------------------------------------------------------------------------- lesion types
