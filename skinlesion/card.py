@@ -289,8 +289,9 @@ def summary(meta, tested=None):
         how_well += "; " + operating_point_text(meta["operating_point"])
     if meta.get("val_types"):
         how_well += "; validation " + types_text(meta["val_types"], type_names(meta))
-    if tested:
-        how_well += "; " + tested_text(tested_figures(tested))
+    tested_words = tested_text(tested_figures(tested)) if tested else None
+    if tested_words:
+        how_well += "; " + tested_words
     trained_on = f"{photos or 'an unknown number of'} ISIC photos ({types or 'type unknown'}); classes: {sides(meta)}"
     if data.get("synthetic"):
         trained_on += " (SYNTHETIC demo drawings, not real lesions)"
@@ -300,4 +301,5 @@ def summary(meta, tested=None):
         how_well=how_well,
         intended_use="research and teaching, on photos like the training ones, one lesion per photo, centred",
         limits=limits,
+        tested=tested_words,
     )

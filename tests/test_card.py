@@ -260,7 +260,7 @@ def test_summary_and_test_results_round_trip(tmp_path, meta, evaluation):
     for key in ("roc_auc", "sensitivity", "specificity"):
         assert tested[key][0] == round(evaluation["metrics"][key], 4) and "(test" in tested[key][1]
     summary = card.summary(meta, tested)
-    assert set(summary) == {"trained_on", "how_well", "intended_use", "limits"}
+    assert set(summary) == {"trained_on", "how_well", "intended_use", "limits", "tested"}
     assert summary["trained_on"].startswith("400 ISIC photos (dermoscopic); classes: benign and malignant")
     m, ci = evaluation["metrics"], evaluation["ci95"]
     sens, spec = (f"{m[k]:.0%} [{100 * ci[k][0]:.0f}-{ci[k][1]:.0%}]" for k in ("sensitivity", "specificity"))
@@ -270,6 +270,7 @@ def test_summary_and_test_results_round_trip(tmp_path, meta, evaluation):
         f"{auc} (brackets: 95% intervals)"
     ) in summary["how_well"]
     assert "(test, 95% CI" not in summary["how_well"]  # no key pasted from the front matter
+    assert summary["tested"] in summary["how_well"] and summary["tested"].startswith("on the test photos")
     assert "at this threshold the model caught" in summary["how_well"] and summary["limits"][0] == card.NOT_A_DEVICE
     (tmp_path / "other.md").write_text("# a card of someone else\n\n--- not yaml: [\n")
     assert model_index.test_results(str(tmp_path / "other.md")) is None

@@ -46,7 +46,8 @@ NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinl
     "roundHalfEven": "Python's own round()",
 }
 APP_TWINS = {"decisionTexts": predict, "likelyTypes": predict, "modelCautions": predict, "classProbabilities": model,
-             "calibratedProbabilities": model, "malignantSumText": predict}  # fmt: skip
+             "calibratedProbabilities": model, "malignantSumText": predict, "reweighted": metrics,
+             "predictiveValues": metrics, "weakModelWarning": metrics, "prevalenceTexts": predict}  # fmt: skip
 TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
 TYPE_NAMES = ["Nevus", "Seborrheic Keratosis", "Basal Cell Carcinoma", "Melanoma Invasive"]
 CALIBRATION = {"a": 1.6, "b": -0.3, "applies_to": "logits"}  # the type model's: softmax(a * logits + b * malignant)
@@ -323,7 +324,8 @@ def test_page_classifies_like_python(page, setup, name):
     assert f"Prediction: {label}" in text and f"P(malignant) = {p_text} (threshold {t_text}" in text
     assert page["page"].is_visible("text=This is not a medical device; see a doctor about any lesion that worries you")
     if ref["cam"].max() <= 0:  # no evidence for malignant at all (the map is signed): said in words, no blank overlay
-        assert "no evidence for malignant found in this photo" in text and not page["page"].is_visible("#heat")
+        assert "no region of the photo stands out as evidence for malignant" in text
+        assert not page["page"].is_visible("#heat")
 
 
 def predict_prints(photo, model_path, capsys):
@@ -400,7 +402,7 @@ def test_all_zero_heat_map_is_said_in_words(page):
     pg = page["page"]
     drawn = pg.evaluate("import('./app.js').then((app) => app.drawHeatMap([0, 0, 0, 0], 2, 2, 64))")
     assert drawn is False
-    assert "no evidence for malignant found in this photo" in pg.inner_text("#heat-text")
+    assert "no region of the photo stands out as evidence for malignant" in pg.inner_text("#heat-text")
     assert not pg.is_visible("#heat")
 
 
@@ -645,6 +647,18 @@ def test_page_functions_agree_with_their_python_twins(page):
         calibrated, model.calibrated_probabilities([logits[0]], typed)[0]
     )
     assert summed == predict.malignant_sum_text(by_hand, typed)
+    op = dict(op, specificity=0.27)
+    prevalence = [[0.7, 0.5, 0.05], [0.9, 0.3, 0.01]]
+    at, values, weak, texts = pg.evaluate(
+        """([rows, op, meta]) => import('./app.js').then((app) => [rows.map(([p, a, b]) => app.reweighted(p, a, b)),
+            app.predictiveValues(0.9, 0.6, 0.05), app.weakModelWarning(op, [0.62, 0.8]),
+            app.prevalenceTexts(meta, 0.05, false)])""",
+        [prevalence, op, dict(prior_malignant=0.5, operating_point=op)],
+    )
+    assert np.allclose(at, [metrics.reweighted(*row) for row in prevalence], rtol=1e-12)
+    assert np.allclose(values, metrics.predictive_values(0.9, 0.6, 0.05), rtol=1e-12)
+    assert weak == metrics.weak_model_warning(op, [0.62, 0.8])
+    assert texts == list(predict.prevalence_texts(dict(prior_malignant=0.5, operating_point=op), 0.05, False))
 
 
 def js_functions(name):
