@@ -204,7 +204,15 @@ def test_every_section_in_plain_text(meta, evaluation):
 
 
 def test_a_lesion_type_model_names_its_types_by_side():
-    text = card.render(trained(lesion_types=True), "types.pth")
+    meta = trained(lesion_types=True)
+    text = card.render(meta, "types.pth")
+    found = meta["val_types"]  # AItraining.scored's, from the one calibrated distribution
+    low, high = found["balanced_accuracy_ci95"]
+    assert f"Validation lesion types: balanced accuracy {found['balanced_accuracy']:.2f} [{low:.2f}-{high:.2f}]" in text
+    assert set(found["types"]) == set(meta["classes"]) and "(95% intervals in brackets)" in text
+    assert (
+        f"validation lesion types: balanced accuracy {found['balanced_accuracy']:.2f}" in card.summary(meta)["how_well"]
+    )
     assert "- Classes: nevus and seborrheic keratosis (benign); basal cell carcinoma and melanoma (malignant);" in text
     assert "| split | nevus | seborrheic keratosis | basal cell carcinoma | melanoma |" in text
 

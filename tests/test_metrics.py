@@ -249,3 +249,26 @@ def test_a_weak_model_is_called_so():
     assert "cleared only 27% of benign validation photos" in metrics.weak_model_warning(op, [0.75, 0.9])
     assert "as low as 0.65" in metrics.weak_model_warning(dict(specificity=0.5), [0.65, 0.9])
     assert metrics.weak_model_warning(dict(specificity=0.5), [0.7, 0.9]) is None
+
+
+def test_type_results_with_intervals_equal_scikit_learns():
+    """Balanced accuracy and each type's sensitivity (recall) of the most probable type, as scikit-learn computes
+    them, each inside its 95% bootstrap interval; a type the model never gets right has sensitivity 0."""
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    probabilities = rng.random((300, 3)) + 0.8 * np.eye(3)[y] * (y != 2)[:, None]  # type 2: never the most probable
+    found = metrics.types_with_intervals(y, probabilities, ["a", "b", "c"], n=500, seed=0)
+    predicted = probabilities.argmax(1)
+    assert found["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, predicted))
+    recalls = recall_score(y, predicted, average=None)
+    for c, name in enumerate("abc"):
+        t = found["types"][name]
+        assert t["sensitivity"] == pytest.approx(recalls[c]) and t["photos"] == int((y == c).sum())
+        assert t["sensitivity_ci95"][0] <= t["sensitivity"] <= t["sensitivity_ci95"][1]
+    low, high = found["balanced_accuracy_ci95"]
+    assert low < found["balanced_accuracy"] < high and high - low < 0.2 and found["chance"] == pytest.approx(1 / 3)
+    text = metrics.types_text(found, {"a": "Nevus"})
+    assert text.startswith(f"lesion types: balanced accuracy {found['balanced_accuracy']:.2f} [{low:.2f}-{high:.2f}]")
+    assert f"Nevus {recalls[0]:.2f} [" in text and "(95% intervals in brackets)" in text
