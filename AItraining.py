@@ -366,7 +366,9 @@ def report(args):
         final["calibration"],
     )
     print(f"best epoch {final['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {args.output}")
-    if fitted:
+    if fitted and fitted["method"] == "none":
+        print("calibration: none (neither temperature nor Platt scaling lowered the cross-validated log-loss)")
+    elif fitted:
         print(
             f"calibration: {fitted['method']} scaling (validation log-loss {fitted['val_log_loss_before']:.3f} -> "
             f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"

@@ -4,6 +4,7 @@ verdict, counted skips, and one line (before any scoring) for what cannot work."
 import json
 import os
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -227,6 +228,18 @@ def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, 
         assert values[key] == round(report["metrics"][key], 4), key
         assert f"{report['metrics'][key]:.3f}" in text.split("**Test**")[1]
     assert "calibration (none): ECE" in out
+
+
+def test_a_calibration_that_worsens_the_test_ece_is_said():
+    """P after the calibration is further from the share malignant than before it: ECE by hand, and a warning."""
+    y = np.repeat([0, 1], 50)
+    before = np.where(y == 1, 0.8, 0.2)  # ECE by hand: each bin 0.2 off
+    after = np.where(y == 1, 0.6, 0.4)  # 0.4 off
+    args = types.SimpleNamespace(n_bootstrap=0, seed=0)
+    report = evaluate.calibration_report(y, before, after, dict(method="temperature"), args)
+    assert report["ece_before"] == pytest.approx(0.2) and report["ece_after"] == pytest.approx(0.4)
+    assert "made P(malignant) less well calibrated on these photos (ECE 0.200 before, 0.400 after)" in report["warning"]
+    assert "warning" not in evaluate.calibration_report(y, after, before, dict(method="temperature"), args)
 
 
 def test_another_data_set_adds_an_external_validation_and_keeps_the_test_section(setup, tmp_path, capsys):

@@ -237,6 +237,8 @@ TYPE_FAULTS = {  # a change to a good lesion-type model's metadata: what the err
     "calibration={'a': -1.0, 'b': 0.0}": "its calibration {'a': -1.0, 'b': 0.0} is not a positive scale a",
     "val_metrics={'roc_auc': 'high'}": "its val_metrics {'roc_auc': 'high'} is not a table of numbers",
     "operating_point=[0.5]": "its operating_point [0.5] is not a table of numbers",
+    "prior_malignant=1.0": "its prior_malignant 1.0 is not a share between 0 and 1",
+    "val_types={'balanced_accuracy': 0.6, 'types': {'nevus': 'good'}}": "its val_types {'balanced_accuracy': 0.6, ",
 }
 
 
