@@ -29,6 +29,8 @@ PAGE = ("index.html", "style.css", "app.js", "preprocess.js")
 VENDOR = ("ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "ort.wasm.min.mjs")
 SIDECAR_KEYS = {
     "classes",
+    "calibration",
+    "prior_malignant",
     "image_size",
     "mean",
     "std",
