@@ -204,7 +204,8 @@ def caveats(meta, data, externals=None):
     ]
     if data.get("synthetic"):
         found.insert(0, "Trained on SYNTHETIC drawings (make_demo_data.py): it knows nothing about real skin.")
-    if "skin type" in data.get("factors", {}):
+    said = any(text.startswith("Skin type") for text in dataset.not_recorded(data))
+    if "skin type" in data.get("factors", {}) and not said:
         found.append("Skin type is unknown for most photos in ISIC exports: performance on darker skin is not known.")
     return "\n".join(f"- {c}" for c in found)
 

@@ -255,6 +255,7 @@ def test_a_data_set_without_metadata_gives_unknown(rows):
     recorded = "Skin type was not recorded for these photos: how the model does on any skin type"
     assert recorded in text and recorded in " ".join(summary["limits"])
     assert "Age was not recorded" in text and "Fitzpatrick" not in text + str(summary) and "ages 0-29" not in text
+    assert text.count("darker skin") == 1  # said once
     assert "type unknown" in summary["trained_on"] and "{" not in str(summary["trained_on"])
 
 
