@@ -183,8 +183,8 @@ def scored(labels, logits, meta, target):
     )
     if len(meta["classes"]) > 2:
         numbers["type_balanced_accuracy"] = metrics.balanced_accuracy(labels, model.class_probabilities(logits))
-    fitted = calibration.fit(y, z)
-    p = calibration.calibrated(z, fitted)
+    fitted = calibration.fit(y, logits, mask)  # one distribution: the malignant types add up to P(malignant)
+    p, probabilities = model.predictions([logits], dict(meta, calibration=fitted))
     op = metrics.operating_point(y, p, target)
     ci = metrics.bootstrap_ci(y, p, metric_fn=metrics.roc_auc)["value"]
     val_metrics = dict(metrics.binary_metrics(y, p, op["threshold"]), **numbers)
@@ -196,6 +196,8 @@ def scored(labels, logits, meta, target):
         val_auc_ci95=list(ci),
         at_chance=metrics.at_chance(ci),
     )
+    if len(meta["classes"]) > 2:
+        kept["val_types"] = metrics.types_with_intervals(labels, probabilities, meta["classes"])
     return numbers, kept
 
 
@@ -240,6 +242,7 @@ def main(argv=None):
     imagenet = resumed["meta"].get("imagenet") if resumed else args.imagenet
     meta = dict(classes=classes, malignant_classes=malignant, class_names=[names[c] for c in classes])
     meta.update(settings=settings, data=dataset.data_summary(manifest, classes, args.data_dir), imagenet=imagenet)
+    meta["prior_malignant"] = float(model.malignant_mask(meta)[train_y].mean())  # what P assumes (predict.py)
 
     # data: a uint8 cache on the device, or workers streaming from disk; augmented on the device either way
     short = int(args.image_size / cfg["crop_pct"])  # what the evaluation resizes the shorter side to (256 for 224)
@@ -383,7 +386,9 @@ def report(args):
         final["calibration"],
     )
     print(f"best epoch {final['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {args.output}")
-    if fitted:
+    if fitted and fitted["method"] == "none":
+        print("calibration: none (neither temperature nor Platt scaling lowered the cross-validated log-loss)")
+    elif fitted:
         print(
             f"calibration: {fitted['method']} scaling (validation log-loss {fitted['val_log_loss_before']:.3f} -> "
             f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"

@@ -108,10 +108,11 @@ def most_confident_mistakes(paths, y, p, k, threshold=0.5):
     return [dict(path=str(paths[i]), true=model.CLASSES[y[i]], p_malignant=float(p[i])) for i in order]
 
 
-def calibration_report(y, z, fitted, args):
-    """ECE, Brier score and log-loss of P(malignant) before and after the stored calibration, with intervals."""
+def calibration_report(y, before, after, fitted, args):
+    """ECE, Brier score and log-loss of P(malignant) before and after the stored calibration, with intervals;
+    a warning where the test ECE is worse after it."""
     report = {"method": (fitted or {}).get("method", "none")}
-    for when, p in (("before", calibration.calibrated(z, None)), ("after", calibration.calibrated(z, fitted))):
+    for when, p in (("before", before), ("after", after)):
         for key, measure in (
             ("ece", calibration.ece),
             ("brier", calibration.brier),
@@ -122,6 +123,11 @@ def calibration_report(y, z, fitted, args):
                 ci = metrics.bootstrap_ci(y, p, args.n_bootstrap, args.seed, metric_fn=measure)["value"]
                 report[f"{key}_{when}_ci95"] = list(ci)
         report[f"bins_{when}"] = calibration.reliability(y, p)
+    if report["method"] != "none" and report["ece_after"] > report["ece_before"]:
+        report["warning"] = (
+            f"the calibration made P(malignant) less well calibrated on these photos (ECE {report['ece_before']:.3f} "
+            f"before, {report['ece_after']:.3f} after): read P as a rough score here, not a chance"
+        )
     return report
 
 
@@ -185,18 +191,14 @@ def manifest_rows(data_dir, paths):
     return None if rows.isic_id.isna().any() else rows.fillna("").reset_index()
 
 
-def types_report(labels, probabilities, classes, path):
-    """The lesion types' balanced accuracy, one-vs-rest ROC-AUC per type, and the confusion picture."""
+def types_report(labels, probabilities, classes, path, args):
+    """The lesion types' balanced accuracy and each type's sensitivity with 95% intervals, one-vs-rest ROC-AUC
+    per type, and the confusion picture."""
     counts = metrics.confusion(labels, probabilities)
     plots.confusion(counts, classes, "lesion types (most probable type)", path)
     aucs = metrics.one_vs_rest_auc(labels, probabilities)
-    return dict(
-        classes=classes,
-        balanced_accuracy=metrics.balanced_accuracy(labels, probabilities),
-        chance=1 / len(classes),
-        one_vs_rest_auc=dict(zip(classes, aucs)),
-        confusion=counts.tolist(),
-    )
+    found = metrics.types_with_intervals(labels, probabilities, classes, args.n_bootstrap, args.seed)
+    return dict(found, classes=classes, one_vs_rest_auc=dict(zip(classes, aucs)), confusion=counts.tolist())
 
 
 def compare_tta(y, plain, flipped, threshold, n, seed):
@@ -211,20 +213,29 @@ def compare_tta(y, plain, flipped, threshold, n, seed):
         return metrics.roc_auc(y, p[..., 1]) - metrics.roc_auc(y, p[..., 0])
 
     low, high = metrics.bootstrap_ci(y, np.stack([plain, flipped], 1), n, seed, metric_fn=gain)["value"]
-    verdict = "makes no clear difference"
+    verdict = "makes no clear difference to the ROC-AUC"
     if low > 0:
-        verdict = "helps"
+        verdict = "helps the ROC-AUC"
     elif high < 0:
-        verdict = "hurts"
+        verdict = "hurts the ROC-AUC"
     result.update(
         roc_auc_gain=result["tta"]["roc_auc"] - result["plain"]["roc_auc"],
         roc_auc_gain_ci95=[low, high],
         verdict=f"TTA {verdict} on this split",
     )
+    moved = [k for k in ("sensitivity", "specificity") if result["tta"][k] != result["plain"][k]]
+    if moved:  # the threshold and the calibration were chosen without TTA: say what changed at it, claim no more
+        result["threshold_note"] = (
+            "at the threshold chosen without TTA, "
+            + " and ".join(f"{k} {result['plain'][k]:.3f} -> {result['tta'][k]:.3f}" for k in moved)
+            + "; TTA has no threshold or calibration of its own (predict.py --tta uses this one)"
+        )
     print(f"\nTTA vs plain on the same images (threshold {threshold:.4f})\n{'':<14}{'plain':>8}{'TTA':>8}")
     for key in keys:
         print(f"{key.replace('roc_auc', 'ROC-AUC'):<14}{result['plain'][key]:>8.3f}{result['tta'][key]:>8.3f}")
     print(f"{result['verdict']}: ROC-AUC change {result['roc_auc_gain']:+.3f} (95% CI {low:+.3f} to {high:+.3f})")
+    if "threshold_note" in result:
+        print(f"but {result['threshold_note']}")
     return result
 
 
@@ -252,8 +263,10 @@ def main(argv=None):
     if not np.isfinite(np.concatenate(views)).all():
         cli.die(f"{args.model} gives outputs that are not numbers; the model is broken, retrain it")
     mask = model.malignant_mask(meta)
-    y, z = mask[labels].astype(int), model.malignant_log_odds(views[0], mask)  # z: the photo itself, no flips
+    y = mask[labels].astype(int)
     p, probabilities = model.predictions(views, meta)
+    plain = model.predictions(views[:1], meta)[0]  # the photo itself, no flips
+    uncalibrated = model.predictions(views, dict(meta, calibration=None))[0]  # with --tta, over the same flips
     counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
     if min(int((y == 0).sum()), int((y == 1).sum())) == 0:
         lacking = "malignant" if (y == 0).all() else "benign"
@@ -271,6 +284,7 @@ def main(argv=None):
         model=args.model,
         model_sha256=files.file_sha256(args.model),
         data_dir=args.data_dir,
+        external_validation=dataset.external_name(args.data_dir, meta.get("manifest_sha256")),
         tta=args.tta,
         threshold=threshold,
         threshold_source="validation split (stored in the checkpoint)",
@@ -285,15 +299,14 @@ def main(argv=None):
         seed=args.seed,
         val_metrics=meta.get("val_metrics", {}),
         operating_point=operating_report(y, p, meta, scores, ci),
-        calibration=calibration_report(y, z, meta.get("calibration"), args),
+        calibration=calibration_report(y, uncalibrated, p, meta.get("calibration"), args),
         subgroups=subgroups(y, p, manifest_rows(args.data_dir, paths), args),
         mistakes=most_confident_mistakes(paths, y, p, args.n_mistakes, threshold),
     )
     outputs = [os.path.join(args.output_dir, name) for name in ["evaluation.json", *PICTURES]]
     if len(classes) > 2:
-        result["types"] = types_report(labels, probabilities, classes, outputs[5])
+        result["types"] = types_report(labels, probabilities, classes, outputs[5], args)
     if args.tta:
-        plain = calibration.calibrated(z, meta.get("calibration"))
         result["tta_comparison"] = compare_tta(y, plain, p, threshold, args.n_bootstrap, args.seed)
     show(result, args)
 
@@ -320,15 +333,22 @@ def main(argv=None):
             outputs[4],
         )
         written.append(outputs[4])
-    card.write_card(args.card, meta, os.path.basename(args.model), result, files.file_sha256(args.model))
-    print(f"\nwrote {', '.join(written)}; the test results are in the model card {args.card}")
+    sha256 = files.file_sha256(args.model)
+    test, externals = card.earlier_evaluations(args.card, sha256)  # the other data sets' results stay in the card
+    if result["external_validation"]:
+        externals[result["external_validation"]] = card.card_evaluation(result)
+    else:
+        test = card.card_evaluation(result)
+    card.write_card(args.card, meta, os.path.basename(args.model), test, externals, sha256)
+    section = f"External validation: {result['external_validation']}" if result["external_validation"] else "Test"
+    print(f"\nwrote {', '.join(written)}; the results are in the model card {args.card} ({section})")
     if at_chance:
         low, high = ci["roc_auc"]
         cli.warn(
             "on these photos the model cannot be told from chance: the 95% interval of its ROC-AUC "
             f"({low:.3f}-{high:.3f}) includes 0.5"
         )
-    for caution in (result["operating_point"].get("warning"), result["operating_point"]["flags"]):
+    for caution in (result["operating_point"].get("warning"), result["operating_point"]["flags"], cal.get("warning")):
         if caution:
             cli.warn(caution)
 
@@ -357,9 +377,18 @@ def show(result, args):
     )
     if "types" in result:
         types = result["types"]
-        print(f"\nlesion types: balanced accuracy {types['balanced_accuracy']:.3f} (chance {types['chance']:.3f})")
+        low, high = types["balanced_accuracy_ci95"]
+        print(
+            f"\nlesion types: balanced accuracy {types['balanced_accuracy']:.3f} [{low:.3f}, {high:.3f}] (chance "
+            f"{types['chance']:.3f})"
+        )
         for name, auc in types["one_vs_rest_auc"].items():
-            print(f"  {cli.printable(name):<30} ROC-AUC {auc:.3f} (one vs rest)")
+            t = types["types"][name]
+            low, high = t["sensitivity_ci95"]
+            print(
+                f"  {cli.printable(name):<30} sensitivity {t['sensitivity']:.3f} [{low:.3f}, {high:.3f}], "
+                f"ROC-AUC {auc:.3f} (vs rest)"
+            )
     for factor, groups in result["subgroups"].items():
         print(
             f"\nROC-AUC by {factor}: "

@@ -10,7 +10,8 @@ and check that it gives the same results as PyTorch on real photos before writin
 The file takes "image": float32 [batch, 3, size, size], any batch size, prepared as skinlesion/photos.py
 preprocess does (the README's "Preprocessing" section spells it out for consumers outside Python). It gives
 "logits" [batch, classes]; "p_malignant" [batch], the calibrated P(malignant): the summed probability of the
-malignant classes, through the calibration stored in the model; and "cam" [batch, side, side], side =
+malignant classes in the one calibrated distribution softmax(a * logits + b * malignant) (model.py
+calibrated_probabilities, with the calibration stored in the model); and "cam" [batch, side, side], side =
 ceil(size/stride) (stride 32 for EfficientNet-B0, backbone.cam_side), the evidence map, the Grad-CAM of the
 malignant log-odds (> 0 where the evidence is for malignant, < 0 for benign; predict.py --explain and the web page
 draw it). Its metadata_props hold, each as JSON, what a consumer needs (classes and their sides, the
@@ -87,7 +88,8 @@ def check_photos(source, n, cfg, named):
 
 
 def exportable(net, meta):
-    """net as a module giving (logits, calibrated P(malignant), cam): the cam weights each channel of the final
+    """net as a module giving (logits, calibrated P(malignant): the malignant classes' summed probability in
+    softmax(a * logits + b * malignant), cam): the cam weights each channel of the final
     feature map by the gradient of the malignant log-odds, log sum exp(malignant logits) - log sum exp(benign
     logits), for a head that is a global average pool and one linear layer (backbone.pooled_linear_head): for two
     classes, W[malignant] - W[benign]."""
@@ -102,12 +104,14 @@ def exportable(net, meta):
             self.net = net
             self.register_buffer("malignant", torch.nonzero(mask).flatten())
             self.register_buffer("benign", torch.nonzero(~mask).flatten())
+            self.register_buffer("shift", fitted["b"] * mask.to(torch.float32))
 
         def forward(self, x):
             features = self.net.forward_features(x)
             logits = self.net.forward_head(features)
             malignant, benign = logits.index_select(1, self.malignant), logits.index_select(1, self.benign)
-            p = torch.sigmoid(fitted["a"] * (torch.logsumexp(malignant, 1) - torch.logsumexp(benign, 1)) + fitted["b"])
+            calibrated = torch.softmax(fitted["a"] * logits + self.shift, 1)
+            p = calibrated.index_select(1, self.malignant).sum(1)
             w = self.net.get_classifier().weight
             direction = torch.softmax(malignant, 1) @ w[self.malignant] - torch.softmax(benign, 1) @ w[self.benign]
             return logits, p, torch.einsum("bc,bchw->bhw", direction, features)

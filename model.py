@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from skinlesion import backbone, shapes
-from skinlesion.calibration import calibrated
+from skinlesion.calibration import APPLIES_TO
 from skinlesion.cli import die, is_list_of
 from skinlesion.dataset import SIDES
 from skinlesion.files import TAG, atomic_write, file_kind
@@ -117,11 +117,19 @@ def class_probabilities(logits):
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def calibrated_probabilities(logits, meta):
+    """The one calibrated distribution over the classes per row: softmax(a * logits + b * malignant) with the
+    model's calibration {a, b} (none: the softmax itself); its malignant classes add up to P(malignant)."""
+    fitted = meta.get("calibration") or {}
+    a, b = fitted.get("a", 1.0), fitted.get("b", 0.0)
+    return class_probabilities(a * np.asarray(logits, dtype=np.float64) + b * malignant_mask(meta))
+
+
 def predictions(view_logits, meta):
-    """(calibrated P(malignant) (n,), class probabilities (n, classes)) averaged over the views' logits."""
-    mask, calibration = malignant_mask(meta), meta.get("calibration")
-    p = np.mean([calibrated(malignant_log_odds(v, mask), calibration) for v in view_logits], axis=0)
-    return p, np.mean([class_probabilities(v) for v in view_logits], axis=0)
+    """(calibrated P(malignant) (n,), calibrated class probabilities (n, classes)) averaged over the views'
+    logits: P(malignant) is the sum of the malignant classes' probabilities."""
+    probabilities = np.mean([calibrated_probabilities(v, meta) for v in view_logits], axis=0)
+    return probabilities[:, malignant_mask(meta)].sum(1), probabilities
 
 
 def view_logits(net, x, tta=False):
@@ -170,7 +178,8 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
                     page=True),
     "threshold": Key("P(malignant) from which a photo is called malignant", shapes.FRACTION, "AItraining.py", True,
                      page=True),
-    "calibration": Key("the scaling of the malignant log-odds", shapes.nullable(shapes.CALIBRATION), "AItraining.py"),
+    "calibration": Key("the scaling of the class logits", shapes.nullable(shapes.CALIBRATION), "AItraining.py",
+                       page=True),
     "operating_point": Key("the threshold's sensitivity, specificity", shapes.OPERATING_POINT, "AItraining.py",
                            page=True),
     "val_metrics": Key("validation metrics at the threshold", shapes.table_of(shapes.ANY_NUMBER), "AItraining.py"),
@@ -189,6 +198,9 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
     "outputs": Key("the graph's outputs", shapes.one_of(list(ONNX_OUTPUTS)), "export_onnx.py", True, "export"),
     "exporter": Key("how it was exported", shapes.text(), "export_onnx.py", True, "export"),
     "card_summary": Key("the card in four texts", shapes.SUMMARY, "export_onnx.py", True, "export", page=True),
+    "prior_malignant": Key("the training photos' share of malignant ones (what P assumes)",
+                           shapes.number(1e-6, 1 - 1e-6), "AItraining.py", page=True),
+    "val_types": Key("the types' validation results with 95% intervals", shapes.TYPES_RESULTS, "AItraining.py"),
     "quantised": Key("an int8 twin's comparison with its full model", shapes.QUANTISED, "export_onnx.py", False,
                      "export", page=True),
     "self_check": Key("outputs on check_inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
@@ -225,6 +237,10 @@ def meta_fault(meta, kind="pth"):
     name, network = meta.get("model_name", MODEL_NAME), meta.get("network")  # before the keys: EfficientNet-B0
     if not fault and network is not None and network["architecture"] != name:
         fault = f"its network {network!r} is not {name}'s"
+    calibration = meta.get("calibration")
+    old_form = calibration and calibration["a"] != 1 and calibration.get("applies_to") != APPLIES_TO
+    if not fault and not classes_fault(meta) and old_form and len(meta["classes"]) > 2:
+        fault = "its calibration scales the summed log-odds (an earlier version), not the type logits; retrain it"
     return fault or classes_fault(meta)
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 import model
-from skinlesion import cli, devices, explain, files, folders, interrupts, metrics, photos
+from skinlesion import card, cli, devices, explain, files, folders, interrupts, metrics, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint from AItraining.py, or a .onnx file from export_onnx.py (onnxruntime)
@@ -45,6 +45,7 @@ EXPLAIN = False  # also save a Grad-CAM picture per photo into EXPLAIN_DIR: the 
 EXPLAIN_DIR = "gradcam"  # folder for the --explain pictures (made if missing; never one of the photo folders)
 CSV = None  # path: also write file, prediction, p_malignant, threshold, borderline (type, p_type) per photo
 THRESHOLD = None  # None = the threshold stored in the model; a number from 0 to 1 overrides it
+PREVALENCE = None  # share of photos that are malignant where you use it, e.g. 0.05; None = the training photos'
 OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 HEADER = ["file", "prediction", "p_malignant", "threshold", "borderline"]
@@ -60,10 +61,14 @@ def parse_args(argv=None):
         globals(),
         argv,
         ("images", "image files and/or folders (searched recursively)"),
-        types={"THRESHOLD": float, "CSV": str},
+        types={"THRESHOLD": float, "CSV": str, "PREVALENCE": float},
     )
     wanted = "use a probability from 0 to 1"
     cli.check(args.threshold is None or cli.in_range(args.threshold, 0, 1), "--threshold", args.threshold, wanted)
+    share = args.prevalence is None or cli.in_range(args.prevalence, 1e-4, 1 - 1e-4)
+    cli.check(
+        share, "--prevalence", args.prevalence, "use a share of malignant photos from 0.0001 to 0.9999, e.g. 0.05"
+    )
     inputs = [args.model, *args.images]
     if args.csv:
         files.check_output(args.csv, "--csv", "predictions", inputs, args.overwrite)
@@ -74,6 +79,14 @@ def parse_args(argv=None):
         folders.check_outside(args.explain_dir, "--explain-dir", photo_folders)
         cli.check_writable(args.explain_dir, "--explain-dir", folder=True)
     return args
+
+
+def malignant_sum_text(probabilities, meta):
+    """'Melanoma 0.219 + Basal cell carcinoma 0.010 = 0.229': the malignant types' calibrated probabilities, whose
+    sum is P(malignant)."""
+    names, mask = meta.get("class_names") or meta["classes"], model.malignant_mask(meta)
+    parts = [f"{names[i]} {probabilities[i]:.3f}" for i in np.flatnonzero(mask)]
+    return f"{' + '.join(parts)} = {probabilities[mask].sum():.3f}"
 
 
 def is_onnx(path):
@@ -98,7 +111,7 @@ def onnx_predictor(session, meta, tta, explain_it):
                 runs.append(session.run(outputs, {name: view}))
             except Exception as e:  # onnxruntime failing at run time: the file, the machine
                 cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]}); export it again")
-        probabilities = np.mean([model.class_probabilities(r[0]) for r in runs], axis=0)[0]
+        probabilities = np.mean([model.calibrated_probabilities(r[0], meta) for r in runs], axis=0)[0]
         cam = runs[0][2][0] if explain_it else None
         return float(np.mean([r[1][0] for r in runs])), probabilities, cam
 
@@ -169,10 +182,43 @@ def model_cautions(meta):
     warning = metrics.operating_point_warning(op) if op else None
     if warning:
         cautions.append(warning + " on its validation photos")
+    weak = None if meta.get("at_chance") else metrics.weak_model_warning(op, meta.get("val_auc_ci95"))
+    if weak:
+        cautions.append(weak + "; read its answers as a rough guide at best")
     quantised = meta.get("quantised")
     if isinstance(quantised, dict) and not quantised.get("within_tolerance"):
         cautions.append(STRAYED)
     return cautions
+
+
+def prevalence_texts(meta, prevalence, threshold_given):
+    """(what P assumes, what P means at --prevalence: PPV and NPV of the calls there, or None)."""
+    prior = meta.get("prior_malignant")
+    if prior is None:  # an earlier model file: nothing to say
+        return None, None
+    assumes = (
+        f"P(malignant) assumes about {prior:.0%} of photos are malignant, as in the training photos; where they "
+        "are rarer or more common, pass --prevalence (e.g. --prevalence 0.05)"
+    )
+    op = meta.get("operating_point")
+    if prevalence is None or not op or threshold_given:
+        return assumes, None
+    ppv, npv = metrics.predictive_values(op["sensitivity"], op["specificity"], prevalence)
+    return assumes, (
+        f"at a prevalence of {prevalence:.1%}, from the validation sensitivity and specificity at this threshold, a "
+        f"'malignant' call is right {ppv:.0%} of the time (PPV) and a 'benign' call {npv:.0%} of the time (NPV)"
+    )
+
+
+def test_figures(path, meta):
+    """The test results evaluate.py put in the model card beside the model file (for this very model: its
+    SHA-256, or an ONNX file's source_sha256), in words, or None."""
+    sha256 = meta.get("source_sha256") or files.file_sha256(path)
+    test = card.earlier_evaluations(os.path.splitext(path)[0] + ".md", sha256)[0]
+    if not test:
+        return None
+    figures = {k: (test["metrics"][k], test["ci95"].get(k)) for k in ("sensitivity", "specificity", "roc_auc")}
+    return card.tested_text(figures)
 
 
 def main(argv=None):
@@ -196,9 +242,17 @@ def main(argv=None):
     cfg, types = model.meta_data_config(meta), len(meta["classes"]) > 2
     threshold = float(meta["threshold"]) if args.threshold is None else args.threshold
     cautions = model_cautions(meta)
+    if args.tta and args.threshold is None:
+        cautions.append(
+            "--tta averages over flips, but the threshold and calibration were chosen without them (evaluate.py "
+            "--tta shows what changes at the threshold); pass --threshold to choose your own"
+        )
     for caution in cautions:
         print(f"caution: {caution}", file=sys.stderr)
     flips = ", mean over 4 flips" if args.tta else ""
+    prior = meta.get("prior_malignant")
+    if args.prevalence is not None and prior is None:
+        cli.die(f"--prevalence: {args.model} does not record the share of malignant training photos; retrain it")
 
     # predictions
     rows, borderline = [], 0
@@ -223,7 +277,7 @@ def main(argv=None):
         ranked = likely_types(probabilities, meta) if types else []
         rows.append([cli.printable(path), label, f"{p:.6f}", f"{threshold:g}", str(bool(near)).lower()])
         if ranked:
-            rows[-1] += [ranked[0][0], f"{ranked[0][1]:.6f}"]
+            rows[-1] += [ranked[0][0], f"{ranked[0][1]:.6f}", *(f"{q:.6f}" for q in probabilities)]
         caution = photo_caution(path, img)
         if caution:
             cli.warn(caution)
@@ -231,11 +285,18 @@ def main(argv=None):
             print(f"Prediction: {label}")
             close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
             print(f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}")
+            if args.prevalence is not None:
+                at = float(metrics.reweighted(p, prior, args.prevalence))
+                print(f"At a prevalence of {args.prevalence:.1%}: P(malignant) = {at:.3f} (the call above uses P)")
             if ranked:
                 then = ", ".join(f"{name} (P = {q:.3f})" for name, q in ranked[1:3])
                 print(f"Type: {ranked[0][0]} (P = {ranked[0][1]:.3f}); next: {then}")
+                print(f"Malignant types (they add up to P(malignant)): {malignant_sum_text(probabilities, meta)}")
         else:
             kind = f"; type {ranked[0][0]} (P = {ranked[0][1]:.3f})" if ranked else ""
+            if args.prevalence is not None:
+                at = float(metrics.reweighted(p, prior, args.prevalence))
+                kind += f"; at prevalence {args.prevalence:.1%}: P = {at:.3f}"
             close = ", borderline" if near else ""
             bar.write(f"{cli.printable(path)}: Prediction: {label} (P(malignant) = {p_text}{close}){kind}")
         if args.explain:
@@ -245,7 +306,11 @@ def main(argv=None):
             title = f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}"
             folders.made_folder(args.explain_dir, "predict.py", "Grad-CAM folder")
             blank = explain.save_gradcam(photos.eval_crop(img, cfg), cam, pictures[path], title, notes)
-            none_for = "".join(f"; it finds no evidence for {b} in this photo" for b in blank)
+            none_for = "".join(
+                f"; no region of the photo stands out as evidence for {b} (P(malignant) = {p_text} is the model's "
+                "answer for the photo as a whole)"
+                for b in blank
+            )
             bar.write(f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}")
 
     # summary, skipped photos, the CSV
@@ -263,10 +328,18 @@ def main(argv=None):
         )
     if meta.get("operating_point") and args.threshold is None:
         print(f"Operating point: {metrics.operating_point_text(meta['operating_point'])}.")
+    tested = None if args.tta or args.threshold is not None else test_figures(args.model, meta)
+    if tested:
+        print(f"Tested: {tested}.")
+    assumes, at_prevalence = prevalence_texts(meta, args.prevalence, args.threshold is not None)
+    if assumes:
+        print(f"Note: {assumes}.")
+    if at_prevalence:
+        print(f"Prevalence: {at_prevalence}.")
     print(f"Model file: {cli.printable(args.model)}, SHA-256 {sha256} (compare it with the published one)")
     if args.csv:
         text = io.StringIO()
-        header = HEADER + ["type", "p_type"] if types else HEADER
+        header = HEADER + ["type", "p_type"] + [f"p_{c}" for c in meta["classes"]] if types else HEADER
         csv.writer(text).writerows([header] + [[csv_cell(cell) for cell in row] for row in rows])
         files.write_text(args.csv, text.getvalue(), "predictions")
         print(f"predictions written to {args.csv}")

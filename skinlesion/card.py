@@ -6,17 +6,20 @@ the model (skin_model.md), evaluate.py rewrites it with the test results, export
 into the ONNX file, and the web page shows that summary."""
 
 import datetime
+import json
 import re
 
-from skinlesion import dataset
+from skinlesion import dataset, ledger
 from skinlesion.cli import printable
 from skinlesion.files import TAG, write_text
-from skinlesion.metrics import operating_point_text
+from skinlesion.metrics import operating_point_text, percent_range, types_text
 from skinlesion.model_index import front_matter
 
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "roc_auc": "ROC-AUC", "ece": "ECE",
                 "brier": "Brier score"}  # fmt: skip
 MIN_PER_CLASS = 20  # a subgroup is reported only with at least this many photos of each side
+EMBEDDED = "<!-- evaluations, read back by evaluate.py: "  # the card's results as JSON, for the next evaluation
+KEPT = ("data_dir", "name", "n_images", "metrics", "ci95", "at_chance", "calibration", "subgroups", "types")
 NOT_A_DEVICE = (
     "This is not a medical device: it is not approved or validated for diagnosis and must never replace a doctor."
 )
@@ -73,7 +76,7 @@ def factor_tables(factors):
     return "\n\n".join(found) or "No metadata columns for these factors: all unknown."
 
 
-def evaluation_section(meta, evaluation):
+def evaluation_section(meta, evaluation, externals=None):
     """Validation results (what the threshold and calibration were chosen on) and, if run, the test results."""
     op, cal = meta.get("operating_point"), meta.get("calibration")
     chosen = "the split the best epoch, the calibration and the threshold were chosen on"
@@ -81,29 +84,66 @@ def evaluation_section(meta, evaluation):
     if op:
         text.append(f"Operating point: threshold {op['threshold']:.3f} on P(malignant); {operating_point_text(op)}.")
     if cal:
-        text.append(
-            f"Calibration: {cal['method'].replace('platt', 'Platt')} scaling (a = {cal['a']:.3f}, b = "
-            f"{cal['b']:.3f}); validation log-loss {cal['val_log_loss_before']:.3f} -> "
-            f"{cal['val_log_loss_after']:.3f}, ECE {cal['val_ece_before']:.3f} -> {cal['val_ece_after']:.3f}."
-        )
+        text.append(calibration_text(cal))
+    if meta.get("val_types"):
+        text.append(f"Validation {types_text(meta['val_types'], type_names(meta))}.")
     if not evaluation:
         text.append("**Test**: not evaluated yet; run `python evaluate.py`, which adds its results here.")
-        return "\n\n".join(text)
+    else:
+        text.append(tested_section(meta, evaluation, f"**Test** ({markdown_code(evaluation['data_dir'])}"))
+    for name, found in (externals or {}).items():
+        title = f"**External validation: {markdown_text(name)}** ({markdown_code(found['data_dir'])}"
+        text.append(tested_section(meta, found, title, f"External ({name})"))
+    return "\n\n".join(text)
+
+
+def calibration_text(cal):
+    """Which calibration the model keeps, and why."""
+    effect = (
+        f"validation log-loss {cal['val_log_loss_before']:.3f} -> {cal['val_log_loss_after']:.3f}, ECE "
+        f"{cal['val_ece_before']:.3f} -> {cal['val_ece_after']:.3f}"
+    )
+    if cal["method"] == "none":
+        return (
+            "Calibration: none. Neither temperature nor Platt scaling lowered the cross-validated log-loss on the "
+            f"validation split, so P(malignant) is the model's own ({effect})."
+        )
+    return (
+        f"Calibration: {cal['method'].replace('platt', 'Platt')} scaling of the class logits (a = {cal['a']:.3f}, "
+        f"b = {cal['b']:.3f}), kept because it lowered the cross-validated log-loss on the validation split; "
+        f"{effect}."
+    )
+
+
+def type_names(meta):
+    """{class: its original label value} where known."""
+    return dict(zip(meta["classes"], meta.get("class_names") or meta["classes"]))
+
+
+def tested_section(meta, evaluation, title, split="Test"):
+    """One evaluation's results (the test split's, or an external data set's): the metrics with intervals, the
+    calibration, the types and the subgroups."""
+    text = []
     rows = [
         [METRIC_NAMES.get(key, key), f"{evaluation['metrics'][key]:.3f}", f"{low:.3f}-{high:.3f}"]
         for key, (low, high) in evaluation["ci95"].items()
     ]
     text.append(
-        f"**Test** ({markdown_code(evaluation['data_dir'])}: {counted(evaluation['n_images'])} photos), by "
-        "evaluate.py, at the validation threshold:\n\n" + table(["metric", "value", "95% CI"], rows)
+        f"{title}: {counted(evaluation['n_images'])} photos), by evaluate.py, at the validation threshold:\n\n"
+        + table(["metric", "value", "95% CI"], rows)
     )
     cal = evaluation.get("calibration") or {}
     rows = [[METRIC_NAMES[k], f"{cal[k + '_before']:.3f}", f"{cal[k + '_after']:.3f}"] for k in ("ece", "brier") if cal]
     if rows:
-        text.append(table(["calibration on test", "before", "after"], rows))
+        text.append(table(["calibration on these photos", "before", "after"], rows))
+    if cal.get("warning"):
+        text.append(f"Calibration: {cal['warning']}.")
+    if evaluation.get("types"):
+        found = types_text(evaluation["types"], type_names(meta))
+        text.append(found[0].upper() + found[1:] + ".")
     for factor, groups in evaluation.get("subgroups", {}).items():
         rows = [[g, r["photos"], r.get("text", "")] for g, r in groups.items()]
-        text.append(f"Test ROC-AUC by {factor}:\n\n" + table([factor, "photos", "ROC-AUC (95% CI)"], rows))
+        text.append(f"{split} ROC-AUC by {factor}:\n\n" + table([factor, "photos", "ROC-AUC (95% CI)"], rows))
     return "\n\n".join(text)
 
 
@@ -120,13 +160,14 @@ def starting_weights(meta):
     return "random weights"
 
 
-def render(meta, name, evaluation=None, sha256=None):
-    """The whole card as markdown; sha256: the model file's, which the card shows so that a reader can compare it
-    with the published one."""
+def render(meta, name, evaluation=None, externals=None, sha256=None):
+    """The whole card as markdown; evaluation: the test split's results, externals: {name: results} of other
+    data sets (external validation); sha256: the model file's, which the card shows so that a reader can compare
+    it with the published one."""
     data, settings = meta.get("data", {}), meta.get("settings", {})
     start, architecture = starting_weights(meta), markdown_text(meta.get("model_name", "efficientnet_b0"))
     lines = [
-        f"---\n{front_matter(meta, evaluation, name)}---",
+        f"---\n{front_matter(meta, evaluation, name, externals)}---",
         f"<!-- {TAG}; regenerated by AItraining.py and evaluate.py -->",
         f"# Model card: {markdown_text(name)}",
     ]
@@ -156,12 +197,12 @@ def render(meta, name, evaluation=None, sha256=None):
         "## Training data",
         training_data(meta["classes"], data),
         "## Evaluation",
-        evaluation_section(meta, evaluation),
+        evaluation_section(meta, evaluation, externals),
         "## Factors",
         "Whom and what the photos show, per split (unknown: not in the metadata).",
         factor_tables(data.get("factors", {})),
         "## Caveats and recommendations",
-        caveats(meta, data),
+        caveats(meta, data, externals),
     ]
     return "\n\n".join(lines) + "\n"
 
@@ -189,21 +230,84 @@ def training_data(classes, data):
     )
 
 
-def caveats(meta, data):
+def caveats(meta, data, externals=None):
+    external = "No external validation: test photos come from the same export."
+    if externals:
+        external = f"External validation on {listed(externals)}: see Evaluation."
     found = [
         "P(malignant) is calibrated on the validation split: it reads as a chance only where malignant "
-        "lesions are about as common as there.",
-        "No external validation: test photos come from the same export.",
+        f"lesions are about as common as there ({assumed_text(meta)}); predict.py --prevalence re-weights it.",
+        external,
+        *dataset.not_recorded(data),
     ]
     if data.get("synthetic"):
         found.insert(0, "Trained on SYNTHETIC drawings (make_demo_data.py): it knows nothing about real skin.")
-    if "skin type" in data.get("factors", {}):
+    said = any(text.startswith("Skin type") for text in dataset.not_recorded(data))
+    if "skin type" in data.get("factors", {}) and not said:
         found.append("Skin type is unknown for most photos in ISIC exports: performance on darker skin is not known.")
     return "\n".join(f"- {c}" for c in found)
 
 
-def write_card(path, meta, name, evaluation=None, sha256=None):
-    write_text(path, render(meta, name, evaluation, sha256), "model card")
+def write_card(path, meta, name, evaluation=None, externals=None, model_sha256=None):
+    """The card, with its evaluations embedded as JSON (for evaluate.py: an external data set keeps the test
+    section, and the reverse) when the model's SHA-256 is given."""
+    text = render(meta, name, evaluation, externals, model_sha256)
+    if model_sha256:
+        kept = dict(model_sha256=model_sha256, test=evaluation, externals=externals or {})
+        text += EMBEDDED + json.dumps(kept).replace(">", "\\u003e") + " -->\n"
+    write_text(path, text, "model card")
+
+
+def earlier_evaluations(path, model_sha256):
+    """(test results, {name: external results}) embedded in our card at path for the same model file, else
+    (None, {})."""
+    if ledger.why_not_ours(path, "model card") is not None:  # only our own card, unchanged since we wrote it
+        return None, {}
+    with open(path, encoding="utf-8") as f:
+        found = re.search(re.escape(EMBEDDED) + r"(.*) -->", f.read())
+    try:
+        kept = json.loads(found.group(1)) if found else {}
+    except ValueError:
+        return None, {}
+    if not isinstance(kept, dict) or kept.get("model_sha256") != model_sha256:
+        return None, {}
+    return kept.get("test"), kept.get("externals") or {}
+
+
+def card_evaluation(result):
+    """What the card keeps of evaluate.py's result."""
+    return {key: result[key] for key in KEPT if key in result}
+
+
+def assumed_text(meta):
+    """'P assumes about 50% of photos are malignant, as in the training photos', or '' when not known."""
+    prior = meta.get("prior_malignant")
+    if prior is None:
+        return "the share of malignant photos it assumes is not recorded in this model file"
+    return f"P assumes about {prior:.0%} of photos are malignant, as in the training photos"
+
+
+def tested_figures(tested):
+    """{metric: (value, (low, high) or None)} from the test results read back from a card's front matter
+    (model_index.test_results: the interval is in each result's name)."""
+    found = {}
+    for key, (value, name) in tested.items():
+        ci = re.search(r"95% CI ([\d.]+)-([\d.]+)", name)
+        found[key] = (value, (float(ci[1]), float(ci[2])) if ci else None)
+    return found
+
+
+def tested_text(figures):
+    """The test figures {metric: (value, (low, high) or None)} in words, saying the brackets are 95% intervals."""
+    parts = []
+    for key, words in (("sensitivity", "caught {} of the malignant"), ("specificity", "cleared {} of the benign")):
+        if key in figures:
+            value, ci = figures[key]
+            parts.append(words.format(percent_range(value, ci) if ci else f"{value:.0%}"))
+    if "roc_auc" in figures:
+        value, ci = figures["roc_auc"]
+        parts.append(f"ROC-AUC {value:.2f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else ""))
+    return "on the test photos, at the same threshold, it " + ", ".join(parts) + " (brackets: 95% intervals)"
 
 
 def validated(meta):
@@ -220,18 +324,22 @@ def summary(meta, tested=None):
     photos = sum(sum(counts.values()) for counts in data.get("counts", {}).values())
     types = ", ".join(v for v in data.get("factors", {}).get("image type", {}).get("train", {}) if v != "unknown")
     how_well = f"validation {validated(meta)}"
-    if tested and "roc_auc" in tested:
-        how_well += f"; {tested['roc_auc'][1]}: {tested['roc_auc'][0]:.2f}"
     if meta.get("operating_point"):
         how_well += "; " + operating_point_text(meta["operating_point"])
+    if meta.get("val_types"):
+        how_well += "; validation " + types_text(meta["val_types"], type_names(meta))
+    tested_words = tested_text(tested_figures(tested)) if tested else None
+    if tested_words:
+        how_well += "; " + tested_words
     trained_on = f"{photos or 'an unknown number of'} ISIC photos ({types or 'type unknown'}); classes: "
     trained_on += sides(meta, str)
     if data.get("synthetic"):
         trained_on += " (SYNTHETIC demo drawings, not real lesions)"
-    limits = [NOT_A_DEVICE] + [f"Not for {gap}." for gap in dataset.not_covered(data)]
+    limits = [NOT_A_DEVICE] + [f"Not for {gap}." for gap in dataset.not_covered(data)] + dataset.not_recorded(data)
     return dict(
         trained_on=trained_on,
         how_well=how_well,
         intended_use="research and teaching, on photos like the training ones, one lesion per photo, centred",
         limits=limits,
+        tested=tested_words,
     )

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from skinlesion.cli import die, printable, warn
-from skinlesion.files import file_kind
+from skinlesion.files import file_kind, file_sha256
 from skinlesion.photos import find_images, image_size
 from skinlesion.shapes import as_text
 
@@ -152,9 +152,37 @@ def not_covered(data):
     types = ", ".join(sorted(seen.get("image type", set())))
     gaps = [f"photo types other than {types}" if types else "photo types it may not have seen (not recorded)"]
     skin = {"I", "II", "III", "IV", "V", "VI"} - seen.get("skin type", set())
-    if skin:
+    if seen.get("skin type") and skin:  # none recorded at all: not_recorded says so
         gaps.append(f"Fitzpatrick skin types {', '.join(sorted(skin))} (no photos, or not recorded)")
     bands = [band for _, _, band in isic.AGE_BANDS if band not in seen.get("age band", set())]
-    if bands:
+    if seen.get("age band") and bands:
         gaps.append(f"ages {', '.join(bands)} (no photos, or not recorded)")
     return gaps
+
+
+def not_recorded(data):
+    """What the data does not say about its photos (skin type, age recorded for none), and what that means."""
+    factors = data.get("factors", {})
+    seen = {f: {v for counts in by_split.values() for v in counts if v != "unknown"} for f, by_split in factors.items()}
+    found = []
+    if not seen.get("skin type"):
+        found.append(
+            "Skin type was not recorded for these photos: how the model does on any skin type, darker skin in "
+            "particular, is not known."
+        )
+    if not seen.get("age band"):
+        found.append("Age was not recorded for these photos: how the model does at any age is not known.")
+    return found
+
+
+def external_name(data_dir, trained_on=None):
+    """None where data_dir is the model's own test split (a folder named test in the dataset it was trained on:
+    the same manifest.csv, whose SHA-256 trained_on the model file holds where known), else the name an external
+    validation goes by (the folder, with its parent for a split's folder)."""
+    folder = os.path.abspath(data_dir)
+    manifest = os.path.join(os.path.dirname(folder), MANIFEST)
+    same = trained_on is None or (os.path.isfile(manifest) and file_sha256(manifest) == trained_on)
+    if os.path.basename(folder) == "test" and same:
+        return None
+    parts = folder.split(os.sep)[-2:] if os.path.basename(folder) in ("test", "val", "train") else [folder]
+    return printable("/".join(os.path.basename(part) for part in parts))

@@ -71,7 +71,7 @@ def save_gradcam(crop, cam, path, title, cautions=()):
             ax.text(
                 0.5,
                 0.5,
-                f"no evidence for {name}\nin this photo",
+                f"no region stands out as\nevidence for {name}\n(P is for the photo as a whole)",
                 transform=ax.transAxes,
                 ha="center",
                 va="center",

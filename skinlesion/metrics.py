@@ -101,8 +101,38 @@ def operating_point_text(op, photos="validation photos"):
     cleared = percent_range(op["specificity"], op["specificity_ci95"])
     return (
         f"at this threshold the model caught {caught} of the malignant {photos} and cleared {cleared} of the "
-        "benign ones"
+        "benign ones (brackets: 95% intervals)"
     )
+
+
+def reweighted(p, prior, prevalence):
+    """P(malignant) for a setting where a share prevalence of photos is malignant, from P that assumes prior:
+    its odds times the ratio of the prior odds (Bayes' rule; the likelihood ratio stays)."""
+    p = np.asarray(p, dtype=float)
+    with np.errstate(divide="ignore"):
+        odds = p / (1 - p) * (prevalence / (1 - prevalence)) / (prior / (1 - prior))
+    return np.where(np.isinf(odds), 1.0, odds / (1 + odds))
+
+
+def predictive_values(sensitivity, specificity, prevalence):
+    """(PPV, NPV): the chance that a 'malignant' call is right, and that a 'benign' call is right, where a share
+    prevalence of photos is malignant, for a test of this sensitivity and specificity."""
+    caught, false_alarms = sensitivity * prevalence, (1 - specificity) * (1 - prevalence)
+    cleared, missed = specificity * (1 - prevalence), (1 - sensitivity) * prevalence
+    ppv = caught / (caught + false_alarms) if caught + false_alarms > 0 else float("nan")
+    npv = cleared / (cleared + missed) if cleared + missed > 0 else float("nan")
+    return ppv, npv
+
+
+def weak_model_warning(op, auc_ci):
+    """A caution when the model itself is weak (validation specificity at its operating point below 0.5, or the
+    lower end of its ROC-AUC interval below 0.7), else None."""
+    found = []
+    if op and op.get("specificity") is not None and op["specificity"] < 0.5:
+        found.append(f"at its threshold it cleared only {op['specificity']:.0%} of benign validation photos")
+    if auc_ci and auc_ci[0] < 0.7:
+        found.append(f"its validation ROC-AUC may be as low as {auc_ci[0]:.2f} (lower end of the 95% interval)")
+    return "this model is weak: " + " and ".join(found) if found else None
 
 
 def operating_point_warning(op):
@@ -168,3 +198,51 @@ def confusion(y, probabilities):
     """Counts [true class, most probable class]."""
     n = np.asarray(probabilities).shape[1]
     return np.bincount(np.asarray(y) * n + np.asarray(probabilities).argmax(-1), minlength=n * n).reshape(n, n)
+
+
+def type_recalls(y, predicted, n_classes):
+    """Row-wise on the last axis: the share of each class's photos whose predicted class is it (its sensitivity),
+    shape (..., n_classes); NaN for a class without photos in the row."""
+    y, predicted = np.asarray(y), np.asarray(predicted)
+    found = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for c in range(n_classes):
+            found.append(((predicted == c) & (y == c)).sum(-1) / (y == c).sum(-1))
+    return np.stack(found, -1)
+
+
+def types_with_intervals(y, probabilities, classes, n=2000, seed=0):
+    """The lesion types' balanced accuracy and each type's sensitivity (most probable type right), each with its
+    95% bootstrap interval over photos (the resamples of bootstrap_ci); chance is 1 / types."""
+    y, predicted = np.asarray(y), np.asarray(probabilities).argmax(-1)
+    k = len(classes)
+    recalls = type_recalls(y, predicted, k)
+
+    def mean_recall(y, q):
+        return np.nanmean(type_recalls(y, q, k), -1)
+
+    ci = bootstrap_ci(y, predicted, n, seed, metric_fn=mean_recall)["value"]
+    per_type = {}
+    for c, name in enumerate(classes):
+
+        def recall(y, q, c=c):
+            return type_recalls(y, q, k)[..., c]
+
+        low, high = bootstrap_ci(y, predicted, n, seed, metric_fn=recall)["value"]
+        per_type[name] = dict(sensitivity=float(recalls[c]), sensitivity_ci95=[low, high], photos=int((y == c).sum()))
+    return dict(balanced_accuracy=float(np.nanmean(recalls)), balanced_accuracy_ci95=list(ci), chance=1 / k,
+                types=per_type)  # fmt: skip
+
+
+def types_text(found, names=None):
+    """'balanced accuracy 0.61 [0.52-0.70] (chance 0.33); sensitivity: Nevus 0.80 [0.70-0.88], ...'."""
+    names = names or {}
+    low, high = found["balanced_accuracy_ci95"]
+    per_type = ", ".join(
+        f"{names.get(c, c)} {t['sensitivity']:.2f} [{t['sensitivity_ci95'][0]:.2f}-{t['sensitivity_ci95'][1]:.2f}]"
+        for c, t in found["types"].items()
+    )
+    return (
+        f"lesion types: balanced accuracy {found['balanced_accuracy']:.2f} [{low:.2f}-{high:.2f}] (chance "
+        f"{found['chance']:.2f}); each type's sensitivity: {per_type} (95% intervals in brackets)"
+    )

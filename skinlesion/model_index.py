@@ -13,7 +13,7 @@ def licence_id(licences):
     return next((hf for name, hf in LICENCES.items() if name in licences), "other")
 
 
-def front_matter(meta, evaluation, name):
+def front_matter(meta, evaluation, name, externals=None):
     """The card's YAML header: licence, library, tags, base model, datasets, metrics, model-index results."""
     results = [
         result_entry(name, "validation", meta.get("val_metrics") or {}, meta.get("calibration"), "val_ece_after")
@@ -21,6 +21,12 @@ def front_matter(meta, evaluation, name):
     if evaluation:
         test = evaluation["metrics"], evaluation.get("calibration"), "ece_after", evaluation.get("ci95")
         results.append(result_entry(name, "test", *test))
+    for data_name, found in (externals or {}).items():  # external validation: another data set
+        entry = result_entry(
+            name, "external", found["metrics"], found.get("calibration"), "ece_after", found.get("ci95")
+        )
+        entry["dataset"].update(type="external", name=f"External validation: {data_name}")
+        results.append(entry)
     header = dict(
         license=licence_id(meta.get("data", {}).get("licences", {})),
         library_name="timm",

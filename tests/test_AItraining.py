@@ -84,10 +84,18 @@ def test_each_epoch_says_numbers_that_need_no_threshold_and_the_end_the_operatin
     assert op["threshold"] == meta["threshold"] and op["target_sensitivity"] == 0.9
     assert op["sensitivity_ci95"][0] <= op["sensitivity"] <= op["sensitivity_ci95"][1]
     assert op["specificity_ci95"][0] <= op["specificity"] <= op["specificity_ci95"][1]
-    assert fitted["method"] in ("temperature", "platt") and fitted["a"] > 0
+    assert fitted["method"] in ("temperature", "platt", "none") and fitted["a"] > 0
     assert fitted["val_log_loss_after"] <= fitted["val_log_loss_before"]
     assert f"operating point: threshold {op['threshold']:.3f}, {metrics.operating_point_text(op)}" in out
-    assert f"calibration: {fitted['method']} scaling (validation log-loss" in out
+    cv = fitted["cv_log_loss"]
+    if fitted["method"] == "none":  # kept only where it lowers the held-out log-loss
+        assert "calibration: none (neither temperature nor Platt scaling lowered" in out
+        assert cv["none"] <= min(v for v in (cv["temperature"], cv["platt"]) if v is not None)
+    else:
+        assert f"calibration: {fitted['method']} scaling (validation log-loss" in out
+        assert cv[fitted["method"]] < cv["none"]
+    train = meta["data"]["counts"]["train"]  # what P assumes: the training photos' share of malignant
+    assert meta["prior_malignant"] == pytest.approx(train["malignant"] / sum(train.values()))
 
 
 def test_the_model_card_is_written_beside_the_model(trained_model):

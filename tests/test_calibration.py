@@ -64,8 +64,9 @@ def test_temperature_scaling_where_only_the_temperature_is_wrong(seed, prevalenc
 
 def test_a_perfectly_separated_split_keeps_a_finite_scale():
     y = np.repeat([0, 1], 20)
-    z = np.r_[np.linspace(-9, -1, 20), np.linspace(1, 9, 20)]
+    z = np.r_[np.linspace(-3, -0.5, 20), np.linspace(0.5, 3, 20)]  # separated, and underconfident: scaled up
     fitted = calibration.fit(y, z)
+    assert fitted["method"] == "temperature" and fitted["a"] > 1
     assert 0 < fitted["a"] < 5 and abs(fitted["b"]) < 5  # Platt's smoothed targets: no infinite slope
     p = calibration.calibrated(z, fitted)
     assert p.min() > 0 and p.max() < 1 - 1e-3 and metrics.roc_auc(y, p) == 1.0
@@ -77,9 +78,10 @@ def test_no_calibration_without_both_classes():
     z = np.array([-30.0, -1.0, 0.0, 2.0, 40.0])
     np.testing.assert_allclose(calibration.calibrated(z, None), expit(z))
     fitted = calibration.fit(np.array([0, 0, 0, 1, 1, 1]), np.array([-2.0, -1, 0.5, -0.5, 1, 2]))
-    assert fitted["method"] == "temperature" and fitted["cv_log_loss"]["platt"] is not None
+    assert fitted["method"] != "platt" and fitted["cv_log_loss"]["platt"] is not None
     fitted = calibration.fit(np.array([0, 0, 0, 0, 1]), np.array([-2.0, -1, 0.5, -0.5, 1]))
-    assert fitted["method"] == "temperature" and fitted["cv_log_loss"] == {"temperature": None, "platt": None}
+    cv = fitted["cv_log_loss"]
+    assert fitted["method"] == "temperature" and (cv["temperature"], cv["platt"]) == (None, None)
 
 
 # ---------------------------------------------------------------------------- measures of calibration
@@ -134,3 +136,48 @@ def test_reliability_bins():
     ece = sum(n * abs(mean_p - share) for mean_p, share, n in bins) / 502
     assert calibration.ece(y, p) == pytest.approx(ece)
     assert [n for _, _, n in calibration.reliability([0, 1, 1], [0.05, 0.95, 1.0])] == [1, 2]  # empty bins left out
+
+
+def test_no_calibration_where_it_does_not_lower_the_held_out_log_loss():
+    """A model that already separates the split with confident, right log-odds: any scaling fitted to Platt's
+    smoothed targets predicts held-out photos worse than the model itself, so none is kept (a = 1, b = 0), and
+    the card can say so. The model's own log-loss is computed here by hand."""
+    y = np.repeat([0, 1], 20)
+    z = np.r_[np.linspace(-9, -1, 20), np.linspace(1, 9, 20)]
+    fitted = calibration.fit(y, z)
+    own = np.mean(np.where(y == 1, -np.log(expit(z)), -np.log(1 - expit(z))))
+    assert fitted["cv_log_loss"]["none"] == pytest.approx(own, abs=1e-6)
+    assert own < min(fitted["cv_log_loss"]["temperature"], fitted["cv_log_loss"]["platt"])
+    assert fitted["method"] == "none" and (fitted["a"], fitted["b"]) == (1.0, 0.0)
+    np.testing.assert_allclose(calibration.calibrated(z, fitted), expit(z))
+    assert fitted["val_log_loss_after"] == fitted["val_log_loss_before"]
+    for seed in range(1, 4):  # well-calibrated log-odds: the fitted scalings predict held-out photos no better
+        y, z = logits(300, 0.5, seed, weighted=False)
+        fitted = calibration.fit(y, z)
+        assert fitted["method"] == "none"
+        assert fitted["cv_log_loss"]["none"] <= min(
+            fitted["cv_log_loss"]["temperature"], fitted["cv_log_loss"]["platt"]
+        )
+
+
+def test_type_logits_calibration_is_one_distribution_whose_malignant_types_sum_to_p():
+    """With lesion types the calibration scales the type logits (and shifts the malignant ones): the fitted P is
+    the malignant types' summed probability in softmax(a * logits + b * malignant), computed here by hand, and
+    fitting on the logits equals fitting on the two-class log-odds where each side has one class."""
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.3).astype(int)
+    types = np.where(y == 1, rng.integers(2, 4, 400), rng.integers(0, 2, 400))
+    logits = rng.normal(0, 1, (400, 4)) + 3 * np.eye(4)[types]  # overconfident type logits
+    mask = np.array([False, False, True, True])
+    fitted = calibration.fit(y, logits, mask)
+    a, b = fitted["a"], fitted["b"]
+    e = np.exp(a * logits + b * mask)
+    by_hand = e[:, mask].sum(1) / e.sum(1)
+    log_odds = np.log(e[:, mask].sum(1)) - np.log(e[:, ~mask].sum(1))
+    assert np.mean(-np.log(np.where(y == 1, by_hand, 1 - by_hand))) == pytest.approx(fitted["val_log_loss_after"])
+    assert calibration.calibrated(log_odds - b, dict(a=1.0, b=b)) == pytest.approx(by_hand)
+    assert fitted["applies_to"] == "logits" and fitted["method"] != "none"
+    two = rng.normal(0, 2, (300, 2))
+    y2 = (rng.random(300) < expit(0.5 * (two[:, 1] - two[:, 0]))).astype(int)
+    on_logits, on_z = calibration.fit(y2, two, np.array([False, True])), calibration.fit(y2, two[:, 1] - two[:, 0])
+    assert (on_logits["a"], on_logits["b"]) == pytest.approx((on_z["a"], on_z["b"]), rel=1e-6, abs=1e-9)

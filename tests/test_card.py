@@ -118,8 +118,8 @@ def evaluated(meta, rows=None, seed=1, n=400, columns=("sex", "age_approx", "ana
     labels = rng.choice(len(meta["classes"]), n, p=np.where(mask, 0.2 / mask.sum(), 0.8 / (~mask).sum()))
     logits = class_weighted_logits(labels, mask, seed)
     y = mask[labels].astype(int)
-    z = model.malignant_log_odds(logits, mask)
     p = model.predictions([logits], meta)[0]
+    before = model.predictions([logits], dict(meta, calibration=None))[0]
     args = types.SimpleNamespace(n_bootstrap=300, seed=0)
     scores = evaluate.metrics.binary_metrics(y, p, meta["threshold"])
     ci = evaluate.metrics.bootstrap_ci(y, p, 300, 0, threshold=meta["threshold"])
@@ -131,7 +131,7 @@ def evaluated(meta, rows=None, seed=1, n=400, columns=("sex", "age_approx", "ana
         ci95={k: list(v) for k, v in ci.items()},
         at_chance=evaluate.metrics.at_chance(ci["roc_auc"]),
         operating_point=evaluate.operating_report(y, p, meta, scores, ci),
-        calibration=evaluate.calibration_report(y, z, meta.get("calibration"), args),
+        calibration=evaluate.calibration_report(y, before, p, meta.get("calibration"), args),
         subgroups=evaluate.subgroups(y, p, test_rows, args),
     )
 
@@ -265,7 +265,15 @@ def test_the_card_shows_the_model_files_sha256(meta, tmp_path):
 
 
 def test_a_lesion_type_model_names_its_types_by_side():
-    text = card.render(trained(lesion_types=True), "types.pth")
+    meta = trained(lesion_types=True)
+    text = card.render(meta, "types.pth")
+    found = meta["val_types"]  # AItraining.scored's, from the one calibrated distribution
+    low, high = found["balanced_accuracy_ci95"]
+    assert f"Validation lesion types: balanced accuracy {found['balanced_accuracy']:.2f} [{low:.2f}-{high:.2f}]" in text
+    assert set(found["types"]) == set(meta["classes"]) and "(95% intervals in brackets)" in text
+    assert (
+        f"validation lesion types: balanced accuracy {found['balanced_accuracy']:.2f}" in card.summary(meta)["how_well"]
+    )
     assert "- Classes: nevus and seborrheic keratosis (benign); basal cell carcinoma and melanoma (malignant);" in text
     assert "| split | nevus | seborrheic keratosis | basal cell carcinoma | melanoma |" in text
 
@@ -305,6 +313,10 @@ def test_a_data_set_without_metadata_gives_unknown(rows):
     assert split in text
     assert "photo types it may not have seen (not recorded)" in text and "None" not in text
     summary = card.summary(meta)
+    recorded = "Skin type was not recorded for these photos: how the model does on any skin type"
+    assert recorded in text and recorded in " ".join(summary["limits"])
+    assert "Age was not recorded" in text and "Fitzpatrick" not in text + str(summary) and "ages 0-29" not in text
+    assert text.count("darker skin") == 1  # said once
     assert "type unknown" in summary["trained_on"] and "{" not in str(summary["trained_on"])
 
 
@@ -317,9 +329,17 @@ def test_the_summary_carries_the_test_results_as_the_card_names_them(meta, evalu
         "model-index"][0]["results"][1]["metrics"]}  # fmt: skip
     assert tested == front and tested["roc_auc"][0] == round(evaluation["metrics"]["roc_auc"], 4)
     summary = card.summary(meta, tested)
-    assert set(summary) == {"trained_on", "how_well", "intended_use", "limits"}
+    assert set(summary) == {"trained_on", "how_well", "intended_use", "limits", "tested"}
     assert summary["trained_on"].startswith("400 ISIC photos (dermoscopic); classes: benign and malignant")
-    assert f"{tested['roc_auc'][1]}: {tested['roc_auc'][0]:.2f}" in summary["how_well"]
+    m, ci = evaluation["metrics"], evaluation["ci95"]
+    sens, spec = (f"{m[k]:.0%} [{100 * ci[k][0]:.0f}-{ci[k][1]:.0%}]" for k in ("sensitivity", "specificity"))
+    auc = f"ROC-AUC {m['roc_auc']:.2f} [{round(ci['roc_auc'][0], 3):.2f}-{round(ci['roc_auc'][1], 3):.2f}]"
+    assert (
+        f"on the test photos, at the same threshold, it caught {sens} of the malignant, cleared {spec} of the benign, "
+        f"{auc} (brackets: 95% intervals)"
+    ) in summary["how_well"]
+    assert "(test, 95% CI" not in summary["how_well"]  # no key pasted from the front matter
+    assert summary["tested"] in summary["how_well"] and summary["tested"].startswith("on the test photos")
     assert "at this threshold the model caught" in summary["how_well"] and summary["limits"][0] == card.NOT_A_DEVICE
     for other in (None, {}, {"metrics": "high"}, {"metrics": {"roc_auc": "high"}}, [1]):
         assert model_index.test_results(other) is None

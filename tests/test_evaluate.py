@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 
 import evaluate
 import model
+import predict
 from conftest import assert_one_error, fingerprint, front_matter, lesion_photo, main_fails, recorded, run, save_model
 from skinlesion import files
 
@@ -42,9 +44,16 @@ def test_compare_tta_tells_help_from_no_difference(capsys):
     p = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.25, 40), 0, 1)
     same = evaluate.compare_tta(y, p, p, 0.5, 200, 0)
     assert same["plain"] == same["tta"] and same["roc_auc_gain"] == 0
-    assert same["verdict"] == "TTA makes no clear difference on this split"
+    assert same["verdict"] == "TTA makes no clear difference to the ROC-AUC on this split"
+    assert "threshold_note" not in same
     better = np.where(y == 1, np.maximum(p, 0.9), np.minimum(p, 0.1))
-    assert evaluate.compare_tta(y, p, better, 0.5, 200, 0)["verdict"] == "TTA helps on this split"
+    assert evaluate.compare_tta(y, p, better, 0.5, 200, 0)["verdict"] == "TTA helps the ROC-AUC on this split"
+    # the same ranking, every P raised: the ROC-AUC cannot tell, the threshold chosen without TTA can
+    raised = evaluate.compare_tta(y, p, np.clip(p + 0.3, 0, 1), 0.5, 200, 0)
+    assert raised["verdict"] == "TTA makes no clear difference to the ROC-AUC on this split"
+    plain_spec = np.mean(p[y == 0] < 0.5)
+    tta_spec = np.mean(np.clip(p + 0.3, 0, 1)[y == 0] < 0.5)
+    assert f"specificity {plain_spec:.3f} -> {tta_spec:.3f}" in raised["threshold_note"] and tta_spec < plain_spec
     assert "TTA vs plain on the same images" in capsys.readouterr().out
 
 
@@ -232,6 +241,63 @@ def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, 
     assert "calibration (none): ECE" in out
     sha256 = hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()  # which model file the results are of
     assert report["model_sha256"] == sha256 and f"- Model file: model.pth, SHA-256 {sha256} (compare" in text
+
+
+def test_a_calibration_that_worsens_the_test_ece_is_said():
+    """P after the calibration is further from the share malignant than before it: ECE by hand, and a warning."""
+    y = np.repeat([0, 1], 50)
+    before = np.where(y == 1, 0.8, 0.2)  # ECE by hand: each bin 0.2 off
+    after = np.where(y == 1, 0.6, 0.4)  # 0.4 off
+    args = types.SimpleNamespace(n_bootstrap=0, seed=0)
+    report = evaluate.calibration_report(y, before, after, dict(method="temperature"), args)
+    assert report["ece_before"] == pytest.approx(0.2) and report["ece_after"] == pytest.approx(0.4)
+    assert "made P(malignant) less well calibrated on these photos (ECE 0.200 before, 0.400 after)" in report["warning"]
+    assert "warning" not in evaluate.calibration_report(y, after, before, dict(method="temperature"), args)
+
+
+@pytest.mark.slow
+def test_another_data_set_adds_an_external_validation_and_keeps_the_test_section(setup, tmp_path, capsys):
+    """evaluate.py on the model's test split, then on another clinic's photos: the card keeps its Test section and
+    model-index entry (the numbers of the first run), adds 'External validation: <name>' with its own, and no
+    longer says 'No external validation'; evaluating the test split again keeps the external section."""
+    tmp, _, _ = setup
+    path = shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth")
+    class_photos(tmp_path / "other_clinic", 4)
+    evaluate_into(path, tmp / "test", tmp_path / "out", 200)
+    test_report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    evaluate_into(path, tmp_path / "other_clinic", tmp_path / "out", 200)
+    assert "(External validation: other_clinic)" in capsys.readouterr().out
+    external_report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert test_report["external_validation"] is None and external_report["external_validation"] == "other_clinic"
+    for again in (False, True):
+        text = (tmp_path / "model.md").read_text(encoding="utf-8")
+        results = front_matter(text)["model-index"][0]["results"]
+        by_split = {r["dataset"]["split"]: r for r in results}
+        assert set(by_split) == {"validation", "test", "external"}
+        assert by_split["external"]["dataset"]["name"] == "External validation: other_clinic"
+        for split, report in (("test", test_report), ("external", external_report)):
+            values = {m["type"]: m["value"] for m in by_split[split]["metrics"]}
+            assert values["roc_auc"] == round(report["metrics"]["roc_auc"], 4), (split, again)
+        test_part = text.split("**Test** (")[1].split("**External validation: other_clinic** (")
+        assert len(test_part) == 2 and f"{test_report['metrics']['accuracy']:.3f}" in test_part[0]
+        assert f"{external_report['metrics']['accuracy']:.3f}" in test_part[1]
+        assert "No external validation" not in text and "External validation on other_clinic" in text
+        evaluate_into(path, tmp / "test", tmp_path / "out", 200)  # the test split again: the external one stays
+    test_report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    capsys.readouterr()
+    predict.main([str(tmp_path / "other_clinic" / "benign" / "benign_0.jpg"), "--model", str(path)])
+    m, ci = test_report["metrics"], test_report["ci95"]
+    sens, spec = (f"{m[k]:.0%} [{100 * ci[k][0]:.0f}-{ci[k][1]:.0%}]" for k in ("sensitivity", "specificity"))
+    assert (  # predict.py shows the test figures of this model, from its card, saying what the brackets are
+        f"Tested: on the test photos, at the same threshold, it caught {sens} of the malignant, cleared {spec} of "
+        f"the benign, ROC-AUC {m['roc_auc']:.2f} [{ci['roc_auc'][0]:.2f}-{ci['roc_auc'][1]:.2f}] (brackets: 95% "
+        "intervals)."
+    ) in capsys.readouterr().out.splitlines()
+    shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth")  # a fresh copy, then one byte more:
+    with open(path, "ab") as f:
+        f.write(b"\0")  # another model file (its bytes differ): the earlier results are not its own
+    evaluate_into(path, tmp / "test", tmp_path / "out", 200)
+    assert "External validation: other_clinic" not in (tmp_path / "model.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

@@ -158,7 +158,7 @@ def test_gradcam_picture_has_three_panels_and_says_when_a_map_is_empty(tmp_path,
         "the model's centre crop",
         "evidence for malignant",
         "evidence for benign",
-        "no evidence for benign\nin this photo",
+        "no region stands out as\nevidence for benign\n(P is for the photo as a whole)",
     ]
     with Image.open(tmp_path / "cam.png") as img:
         img.verify()

@@ -643,11 +643,12 @@ def test_a_type_model_exports_p_malignant_as_the_sum_over_its_malignant_types(tr
     photos_ = sorted(glob.glob(os.path.join(types_dir, "test", "*", "*.jpg")))[::8]
     batch = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in photos_])
     logits, p_file = session.run(["logits", "p_malignant"], {"image": batch})
-    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    fitted, mask = meta["calibration"], model.malignant_mask(meta)
+    assert fitted["applies_to"] == "logits"
+    scaled = fitted["a"] * logits.astype(np.float64) + fitted["b"] * mask  # one distribution, by hand
+    probabilities = np.exp(scaled - scaled.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
-    raw = probabilities[:, model.malignant_mask(meta)].sum(1)
-    fitted = meta["calibration"]
-    expected = 1 / (1 + np.exp(-(fitted["a"] * np.log(raw / (1 - raw)) + fitted["b"])))
+    expected = probabilities[:, mask].sum(1)  # the malignant types add up to p_malignant
     assert np.abs(p_file - expected).max() < 1e-4
     assert np.abs(p_file - model.predictions(model.view_logits(net, torch.from_numpy(batch)), meta)[0]).max() < 1e-4
     predict.main([photos_[0], "--model", onnx_file])
@@ -655,3 +656,7 @@ def test_a_type_model_exports_p_malignant_as_the_sum_over_its_malignant_types(tr
     predict.main([photos_[0], "--model", path])
     with_torch = capsys.readouterr().out.splitlines()
     assert with_onnx[0] == with_torch[0] and with_onnx[2].startswith("Type: ") and with_onnx[2] == with_torch[2]
+    assert with_onnx[3] == with_torch[3] and with_onnx[3].startswith("Malignant types (they add up to P(malignant)): ")
+    session, onnx_meta = model.load_onnx(onnx_file)
+    p, types, _ = predict.onnx_predictor(session, onnx_meta, False, False)(photos.load_image(photos_[0]))
+    assert abs(types[mask].sum() - p) < 1e-5 and np.allclose(types, probabilities[0], atol=1e-5)

@@ -166,7 +166,7 @@ def test_operating_point_in_words():
     op = dict(sensitivity=0.9, sensitivity_ci95=[0.81, 0.96], specificity=0.45, specificity_ci95=[0.39, 0.51])
     assert metrics.operating_point_text(op) == (
         "at this threshold the model caught 90% [81-96%] of the malignant validation photos and cleared 45% "
-        "[39-51%] of the benign ones"
+        "[39-51%] of the benign ones (brackets: 95% intervals)"
     )
     assert metrics.operating_point_text(op, "test photos").startswith("at this threshold the model caught 90%")
     assert metrics.percent_range(0.5, (0.0, 1.0)) == "50% [0-100%]"
@@ -222,3 +222,56 @@ def test_the_stored_threshold_moves_little_when_one_validation_photo_is_left_out
         largest_raw.append(max(moved_raw))
     assert max(largest_stable) < 0.06 < max(largest_raw)
     assert np.mean(largest_stable) < 0.75 * np.mean(largest_raw)
+
+
+CASES = [(0.7, 0.5, 0.05), (0.2, 0.5, 0.5), (0.9, 0.3, 0.01), (0.05, 0.2, 0.6)]
+
+
+@pytest.mark.parametrize("p, prior, prevalence", CASES)
+def test_reweighting_p_for_another_prevalence_is_bayes_rule(p, prior, prevalence):
+    """By hand: P = prior * L1 / (prior * L1 + (1 - prior) * L0) gives the likelihood ratio L1 / L0; at another
+    prevalence, P' = prevalence * LR / (prevalence * LR + 1 - prevalence)."""
+    likelihood_ratio = (p / prior) / ((1 - p) / (1 - prior))
+    by_hand = prevalence * likelihood_ratio / (prevalence * likelihood_ratio + 1 - prevalence)
+    assert float(metrics.reweighted(p, prior, prevalence)) == pytest.approx(by_hand, rel=1e-12)
+    assert float(metrics.reweighted(p, prior, prior)) == pytest.approx(p, rel=1e-12)  # the same setting: P itself
+    assert float(metrics.reweighted(1.0, prior, prevalence)) == 1.0 and float(metrics.reweighted(0.0, prior, 0.1)) == 0
+
+
+def test_ppv_and_npv_by_hand():
+    """1000 photos, 5% malignant, sensitivity 0.9, specificity 0.6: 45 caught, 5 missed, 570 cleared, 380 false
+    alarms; PPV = 45 / 425, NPV = 570 / 575."""
+    ppv, npv = metrics.predictive_values(0.9, 0.6, 0.05)
+    assert ppv == pytest.approx(45 / 425) and npv == pytest.approx(570 / 575)
+    ppv, npv = metrics.predictive_values(1.0, 0.0, 0.3)  # everyone called malignant
+    assert ppv == pytest.approx(0.3) and np.isnan(npv)
+
+
+def test_a_weak_model_is_called_so():
+    op = dict(specificity=0.27)
+    assert "cleared only 27% of benign validation photos" in metrics.weak_model_warning(op, [0.75, 0.9])
+    assert "as low as 0.65" in metrics.weak_model_warning(dict(specificity=0.5), [0.65, 0.9])
+    assert metrics.weak_model_warning(dict(specificity=0.5), [0.7, 0.9]) is None
+
+
+def test_type_results_with_intervals_equal_scikit_learns():
+    """Balanced accuracy and each type's sensitivity (recall) of the most probable type, as scikit-learn computes
+    them, each inside its 95% bootstrap interval; a type the model never gets right has sensitivity 0."""
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    probabilities = rng.random((300, 3)) + 0.8 * np.eye(3)[y] * (y != 2)[:, None]  # type 2: never the most probable
+    found = metrics.types_with_intervals(y, probabilities, ["a", "b", "c"], n=500, seed=0)
+    predicted = probabilities.argmax(1)
+    assert found["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, predicted))
+    recalls = recall_score(y, predicted, average=None)
+    for c, name in enumerate("abc"):
+        t = found["types"][name]
+        assert t["sensitivity"] == pytest.approx(recalls[c]) and t["photos"] == int((y == c).sum())
+        assert t["sensitivity_ci95"][0] <= t["sensitivity"] <= t["sensitivity_ci95"][1]
+    low, high = found["balanced_accuracy_ci95"]
+    assert low < found["balanced_accuracy"] < high and high - low < 0.2 and found["chance"] == pytest.approx(1 / 3)
+    text = metrics.types_text(found, {"a": "Nevus"})
+    assert text.startswith(f"lesion types: balanced accuracy {found['balanced_accuracy']:.2f} [{low:.2f}-{high:.2f}]")
+    assert f"Nevus {recalls[0]:.2f} [" in text and "(95% intervals in brackets)" in text

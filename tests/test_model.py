@@ -219,11 +219,22 @@ def test_p_malignant_is_the_sum_over_the_malignant_types_through_the_calibration
     p, types = model.predictions([logits], meta)
     np.testing.assert_allclose(p, raw, atol=1e-12)
     np.testing.assert_allclose(types, probabilities, atol=1e-12)
-    meta["calibration"] = dict(method="platt", a=0.5, b=-1.0)
-    expected = 1 / (1 + np.exp(-(0.5 * np.log(raw / (1 - raw)) - 1.0)))
-    np.testing.assert_allclose(model.predictions([logits], meta)[0], expected, atol=1e-12)
+    meta["calibration"] = dict(method="platt", a=0.5, b=-1.0, applies_to="logits")
+    e = np.exp(0.5 * logits - 1.0 * np.array([0, 0, 1, 1]))  # one distribution: softmax(a * logits + b * malignant)
+    calibrated = e / e.sum(1, keepdims=True)
+    expected = calibrated[:, 2:].sum(1)
+    p, types = model.predictions([logits], meta)
+    np.testing.assert_allclose(p, expected, atol=1e-12)
+    np.testing.assert_allclose(types, calibrated, atol=1e-12)  # the types shown are the same distribution's
+    np.testing.assert_allclose(types[:, 2:].sum(1), p, atol=1e-12)
     flipped = model.predictions([logits, logits[::-1]], meta)[0]  # views: the mean of their calibrated P
     np.testing.assert_allclose(flipped, expected.mean(), atol=1e-12)
+    old = dict(meta, calibration=dict(method="platt", a=0.5, b=-1.0), threshold=0.5)  # an earlier version's form
+    old.update(image_size=224, mean=[0.5] * 3, std=[0.5] * 3, interpolation="bicubic", crop_pct=0.875)
+    assert (
+        "earlier version" in model.meta_fault(old)
+        and model.meta_fault(dict(old, calibration=meta["calibration"])) is None
+    )
 
 
 CALIBRATION = dict(method="platt", a=1.0, b=0.0, val_log_loss_before=0.6, val_log_loss_after=0.5, val_ece_before=0.1,
@@ -238,6 +249,8 @@ TYPE_FAULTS = {  # a change to a good lesion-type model's metadata: what the err
     "calibration=dict(CALIBRATION, a=-1.0)": "its calibration.a -1.0 is not a number from 1e-06 to 1e+06",
     "val_metrics={'roc_auc': 'high'}": "its val_metrics['roc_auc'] 'high' is not a finite number",
     "operating_point=[0.5]": "its operating_point [0.5] is not a table with target_sensitivity",
+    "prior_malignant=1.0": "its prior_malignant 1.0 is not a number from 1e-06 to",
+    "val_types={'balanced_accuracy': 0.6, 'types': {'nevus': 'good'}}": "its val_types",
 }
 
 

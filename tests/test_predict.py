@@ -216,10 +216,11 @@ def test_explain_says_when_there_is_no_evidence_for_a_class(tmp_path, models, mo
     monkeypatch.setattr(explain, "gradcam", lambda net, x, mask: -np.ones((2, 2), np.float32))  # all for benign
     photo = lesion_photo(tmp_path / "photo.jpg")
     predict.main([photo, "--model", models[0.5], "--explain", "--explain-dir", str(tmp_path / "maps")])
-    assert (
-        capsys.readouterr().out.splitlines()[2]
-        == f"Grad-CAM saved to {tmp_path / 'maps' / 'photo_jpg_gradcam.png'}; it finds no evidence for malignant in "
-        "this photo"
+    lines = capsys.readouterr().out.splitlines()
+    p_text = LINE.fullmatch(lines[1]).group(1)
+    assert lines[2] == (  # what the map shows, without contradicting P (a borderline P is not 'no evidence')
+        f"Grad-CAM saved to {tmp_path / 'maps' / 'photo_jpg_gradcam.png'}; no region of the photo stands out as "
+        f"evidence for malignant (P(malignant) = {p_text} is the model's answer for the photo as a whole)"
     )
 
 
@@ -586,9 +587,50 @@ def test_the_operating_point_is_said_in_words_and_a_useless_one_is_flagged(tmp_p
     out, err = capsys.readouterr()
     assert (
         "Operating point: at this threshold the model caught 90% [81-96%] of the malignant validation photos and "
-        "cleared 10% [5-16%] of the benign ones."
+        "cleared 10% [5-16%] of the benign ones (brackets: 95% intervals)."
     ) in out
     assert "caution: this threshold calls almost every photo malignant (it cleared only 10% of benign)" in err
+
+
+def test_prevalence_reweights_p_and_gives_ppv_and_npv_by_bayes_rule(tmp_path, net, capsys):
+    """A model trained on 50% malignant photos, used where 5% are: P's odds times (0.05 / 0.95) / (0.5 / 0.5), and
+    the calls' PPV and NPV from the validation sensitivity 0.9 and specificity 0.6 at the threshold, by hand."""
+    op = dict(target_sensitivity=0.9, threshold=0.5, sensitivity=0.9, sensitivity_ci95=[0.8, 0.97])
+    op.update(specificity=0.6, specificity_ci95=[0.5, 0.7])
+    path = save_model(tmp_path / "m.pth", net, SIZE, threshold=0.5, operating_point=op, prior_malignant=0.5)
+    photo = lesion_photo(tmp_path / "photo.jpg")
+    predict.main([photo, "--model", path, "--prevalence", "0.05", "--csv", str(tmp_path / "p.csv")])
+    lines = capsys.readouterr().out.splitlines()
+    with open(tmp_path / "p.csv", encoding="utf-8", newline="") as f:
+        p = float(list(csv.reader(f))[1][2])
+    odds = p / (1 - p) * (0.05 / 0.95)
+    assert lines[2] == f"At a prevalence of 5.0%: P(malignant) = {odds / (1 + odds):.3f} (the call above uses P)"
+    assert (
+        "Note: P(malignant) assumes about 50% of photos are malignant, as in the training photos; where they are "
+        "rarer or more common, pass --prevalence (e.g. --prevalence 0.05)."
+    ) in lines
+    tp, fp, tn, fn = 0.9 * 0.05, 0.4 * 0.95, 0.6 * 0.95, 0.1 * 0.05
+    assert (
+        "Prevalence: at a prevalence of 5.0%, from the validation sensitivity and specificity at this threshold, a "
+        f"'malignant' call is right {tp / (tp + fp):.0%} of the time (PPV) and a 'benign' call "
+        f"{tn / (tn + fn):.0%} of the time (NPV)."
+    ) in lines
+    with pytest.raises(SystemExit):
+        predict.main([photo, "--model", path, "--prevalence", "1"])
+    assert "--prevalence" in capsys.readouterr().err
+
+
+def test_a_weak_model_and_tta_with_a_threshold_chosen_without_it_are_said(tmp_path, net, capsys):
+    op = dict(target_sensitivity=0.9, threshold=0.5, sensitivity=0.9, sensitivity_ci95=[0.8, 0.97])
+    op.update(specificity=0.27, specificity_ci95=[0.15, 0.4])
+    path = save_model(tmp_path / "m.pth", net, SIZE, threshold=0.5, operating_point=op, val_auc_ci95=[0.62, 0.8])
+    predict.main([lesion_photo(tmp_path / "photo.jpg"), "--model", path, "--tta"])
+    err = capsys.readouterr().err
+    assert (
+        "caution: this model is weak: at its threshold it cleared only 27% of benign validation photos and its "
+        "validation ROC-AUC may be as low as 0.62 (lower end of the 95% interval)"
+    ) in err
+    assert "caution: --tta averages over flips, but the threshold and calibration were chosen without them" in err
 
 
 # ---------------------------------------------------------------------------- lesion types
@@ -613,21 +655,26 @@ def types_model(tmp_path_factory):
             val_log_loss_after=0.5,
             val_ece_before=0.1,
             val_ece_after=0.05,
+            applies_to="logits",
         ),  # fmt: skip
         class_names=["Nevus", "Seborrheic keratosis", "Basal cell carcinoma", "Melanoma Invasive"],
     )
 
 
 def test_a_type_model_names_the_type_and_p_is_the_sum_over_the_malignant_types(tmp_path, types_model, capsys):
+    """One calibrated distribution, softmax(0.8 * logits - 0.3 * malignant) computed here by hand: the types
+    printed, the CSV's p_<class> columns and P(malignant) are its numbers, and the malignant types add up to P
+    (torch and the ONNX export alike)."""
     photo = lesion_photo(tmp_path / "photo.jpg", (120, 100), seed=3)
     predict.main([photo, "--model", types_model, "--csv", str(tmp_path / "out.csv")])
     lines = capsys.readouterr().out.splitlines()
     net, meta = model.load_checkpoint(types_model)
     x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model.meta_data_config(meta)))[None]
     with torch.no_grad():
-        probs = torch.softmax(net(x), 1)[0].double().numpy()
-    raw = probs[2:].sum()
-    p = 1 / (1 + np.exp(-(0.8 * np.log(raw / (1 - raw)) - 0.3)))
+        logits = net(x)[0].double().numpy()
+    e = np.exp(0.8 * logits - 0.3 * np.array([0, 0, 1, 1]))
+    probs = e / e.sum()
+    p = probs[2:].sum()
     assert lines[0] == f"Prediction: {'malignant' if p >= 0.5 else 'benign'}"
     assert abs(float(LINE.fullmatch(lines[1]).group(1)) - p) < 1e-3
     order = np.argsort(-probs)
@@ -636,7 +683,18 @@ def test_a_type_model_names_the_type_and_p_is_the_sum_over_the_malignant_types(t
         f"Type: {names[order[0]]} (P = {probs[order[0]]:.3f}); next: {names[order[1]]} (P = "
         f"{probs[order[1]]:.3f}), {names[order[2]]} (P = {probs[order[2]]:.3f})"
     )
+    assert lines[3] == (
+        f"Malignant types (they add up to P(malignant)): {names[2]} {probs[2]:.3f} + {names[3]} {probs[3]:.3f} = "
+        f"{p:.3f}"
+    )
     with open(tmp_path / "out.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["file", "prediction", "p_malignant", "threshold", "borderline", "type", "p_type"]
+    classes = meta["classes"]
+    assert rows[0] == ["file", "prediction", "p_malignant", "threshold", "borderline", "type", "p_type"] + [
+        f"p_{c}" for c in classes
+    ]
     assert rows[1][5] == names[order[0]] and abs(float(rows[1][6]) - probs[order[0]]) < 1e-5
+    np.testing.assert_allclose([float(v) for v in rows[1][7:]], probs, atol=1e-6)
+    assert abs(float(rows[1][9]) + float(rows[1][10]) - float(rows[1][2])) < 2e-6  # the sum, in the CSV itself
+    predict.main([photo, "--model", types_model, "--csv", str(tmp_path / "out.csv")])  # its own CSV: replaced
+    capsys.readouterr()

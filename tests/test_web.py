@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-from scipy.special import expit, logit, softmax
+from scipy.special import softmax
 
 import model
 import predict
@@ -48,12 +48,14 @@ NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinl
     "resizeBicubic": "Pillow's img.resize(..., Image.BICUBIC), ported bit for bit",
     "roundHalfEven": "Python's own round()",
 }
-APP_TWINS = {"decisionTexts": predict, "likelyTypes": predict, "modelCautions": predict, "classProbabilities": model}
+APP_TWINS = {"decisionTexts": predict, "likelyTypes": predict, "modelCautions": predict, "classProbabilities": model,
+             "calibratedProbabilities": model, "malignantSumText": predict, "reweighted": metrics,
+             "predictiveValues": metrics, "weakModelWarning": metrics, "prevalenceTexts": predict}  # fmt: skip
 TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
 TYPE_NAMES = ["Nevus", "Seborrheic Keratosis", "Basal Cell Carcinoma", "Melanoma Invasive"]
-# the lesion-type model's calibration: P = expit(a * log-odds + b)
+# the lesion-type model's calibration: softmax(a * logits + b * malignant)
 CALIBRATION = {"method": "platt", "a": 1.6, "b": -0.3, "val_log_loss_before": 0.6, "val_log_loss_after": 0.5,
-               "val_ece_before": 0.1, "val_ece_after": 0.05}  # fmt: skip
+               "val_ece_before": 0.1, "val_ece_after": 0.05, "applies_to": "logits"}  # fmt: skip
 
 
 def find_chromium():
@@ -327,7 +329,8 @@ def test_page_classifies_like_python(page, setup, name):
     assert f"Prediction: {label}" in text and f"P(malignant) = {p_text} (threshold {t_text}" in text
     assert page["page"].is_visible("text=This is not a medical device; see a doctor about any lesion that worries you")
     if ref["cam"].max() <= 0:  # no evidence for malignant at all (the map is signed): said in words, no blank overlay
-        assert "no evidence for malignant found in this photo" in text and not page["page"].is_visible("#heat")
+        assert "no region of the photo stands out as evidence for malignant" in text
+        assert not page["page"].is_visible("#heat")
 
 
 def predict_prints(photo, model_path, capsys):
@@ -404,7 +407,7 @@ def test_all_zero_heat_map_is_said_in_words(page):
     pg = page["page"]
     drawn = pg.evaluate("import('./app.js').then((app) => app.drawHeatMap([0, 0, 0, 0], 2, 2, 64))")
     assert drawn is False
-    assert "no evidence for malignant found in this photo" in pg.inner_text("#heat-text")
+    assert "no region of the photo stands out as evidence for malignant" in pg.inner_text("#heat-text")
     assert not pg.is_visible("#heat")
 
 
@@ -587,18 +590,21 @@ def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
         assert types_page["requests"][before:] == []
         x = photos.preprocess(photos.load_image(setup["photos"][name]), model.meta_data_config(meta))
         logits, p_malignant = session.run(["logits", "p_malignant"], {"image": x[None]})
-        summed = softmax(logits[0].astype(np.float64))[malignant].sum()  # the malignant types' probability
-        calibrated = expit(CALIBRATION["a"] * logit(summed) + CALIBRATION["b"])
+        # the one calibrated distribution, by hand: softmax(a * logits + b * malignant); P is its malignant sum
+        distribution = softmax(CALIBRATION["a"] * logits[0].astype(np.float64) + CALIBRATION["b"] * malignant)
+        calibrated = distribution[malignant].sum()
         assert abs(run["p"] - p_malignant[0]) <= 1e-3 and abs(run["p"] - calibrated) <= 1e-3
-        assert abs(run["p"] - ref["p"]) <= 1e-3 and abs(p_malignant[0] - calibrated) <= 1e-5
-        page_summed = np.sum(np.array(run["probabilities"])[malignant])
-        assert abs(run["p"] - expit(CALIBRATION["a"] * logit(page_summed) + CALIBRATION["b"])) <= 1e-5
+        assert abs(run["p"] - ref["p"]) <= 1e-3 and abs(p_malignant[0] - calibrated) <= 1e-5  # the ONNX output
+        assert np.allclose(run["probabilities"], distribution, atol=1e-6)  # the page's types
+        assert abs(run["p"] - np.sum(np.array(run["probabilities"])[malignant])) <= 1e-5  # add up to the P shown
+        assert abs(ref["p"] - np.sum(np.array(ref["probabilities"])[malignant])) <= 1e-6  # predict.py's, ONNX
         label = model.CLASSES[int(ref["p"] >= setup["threshold"])]
         assert run["label"] == label and f"Prediction: {label}" == pg.inner_text("#label")
         top = TYPE_NAMES[int(np.argmax(ref["probabilities"]))]
         assert run["types"][0][0] == top and pg.inner_text("#types").startswith(f"Type: {top} (P = ")
         lines = predict_prints(setup["photos"][name], setup["model"], capsys)
         assert pg.inner_text("#types") == next(line for line in lines if line.startswith("Type: "))
+        assert pg.inner_text("#malignant-types") == next(line for line in lines if line.startswith("Malignant types"))
         assert pg.inner_text("#label") == lines[0]
         assert pg.inner_text("#operating-point") == next(line for line in lines if line.startswith("Operating point"))
         expected = [f"Caution: {text}." for text in predict.model_cautions(meta)]
@@ -646,6 +652,29 @@ def test_page_functions_agree_with_their_python_twins(page):
     )
     assert elongated == [photos.MAX_ASPECT, [photos.too_elongated(w, h) for w, h in sizes]]
     assert elongated[1] == [False, False, True, True, True, False, False]
+    typed = dict(meta, malignant_classes=TYPES[2:], calibration=CALIBRATION)
+    calibrated, summed = pg.evaluate(
+        """([p, meta]) => import('./app.js').then((app) => [app.calibratedProbabilities(p, meta),
+            app.malignantSumText(app.calibratedProbabilities(p, meta), meta)])""",
+        [logits[0], typed],
+    )
+    by_hand = softmax(CALIBRATION["a"] * np.array(logits[0]) + CALIBRATION["b"] * np.array([0, 0, 1, 1]))
+    assert np.allclose(calibrated, by_hand, rtol=1e-12) and np.allclose(
+        calibrated, model.calibrated_probabilities([logits[0]], typed)[0]
+    )
+    assert summed == predict.malignant_sum_text(by_hand, typed)
+    op = dict(op, specificity=0.27)
+    prevalence = [[0.7, 0.5, 0.05], [0.9, 0.3, 0.01]]
+    at, values, weak, texts = pg.evaluate(
+        """([rows, op, meta]) => import('./app.js').then((app) => [rows.map(([p, a, b]) => app.reweighted(p, a, b)),
+            app.predictiveValues(0.9, 0.6, 0.05), app.weakModelWarning(op, [0.62, 0.8]),
+            app.prevalenceTexts(meta, 0.05, false)])""",
+        [prevalence, op, dict(prior_malignant=0.5, operating_point=op)],
+    )
+    assert np.allclose(at, [metrics.reweighted(*row) for row in prevalence], rtol=1e-12)
+    assert np.allclose(values, metrics.predictive_values(0.9, 0.6, 0.05), rtol=1e-12)
+    assert weak == metrics.weak_model_warning(op, [0.62, 0.8])
+    assert texts == list(predict.prevalence_texts(dict(prior_malignant=0.5, operating_point=op), 0.05, False))
 
 
 def js_functions(name):

@@ -4,7 +4,9 @@
 // cautions, the most likely lesion types (a lesion-type model) and the heat map. Nothing leaves the browser.
 // The functions that say what predict.py says carry the names of their Python twins (decisionTexts is
 // predict.decision_texts, likelyTypes predict.likely_types, modelCautions predict.model_cautions,
-// classProbabilities model.class_probabilities); tests/test_web.py checks that they exist and agree.
+// classProbabilities model.class_probabilities, calibratedProbabilities model.calibrated_probabilities,
+// malignantSumText predict.malignant_sum_text, reweighted metrics.reweighted, predictiveValues
+// metrics.predictive_values, weakModelWarning metrics.weak_model_warning, prevalenceTexts predict.prevalence_texts); tests/test_web.py checks that they exist and agree.
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import {
   centreCrop, imageSize, loadImage, MAX_ASPECT, normalise, tooElongated, upsampleBilinear,
@@ -101,8 +103,8 @@ function showMessage(text) {
 }
 
 function clearResult() {
-  for (const id of ["label", "probability", "cautions", "operating-point", "types", "heat-text", "figure",
-    "heat-controls", "timing", "message"]) {
+  for (const id of ["label", "probability", "cautions", "operating-point", "types", "malignant-types", "tested",
+    "assumes", "prevalence-field", "at-prevalence", "heat-text", "figure", "heat-controls", "timing", "message"]) {
     $(id).hidden = true;
   }
   $("placeholder").hidden = false;
@@ -168,7 +170,7 @@ async function check(file) {
       + "export it again with export_onnx.py.");
   }
   const [, h, w] = outputs.cam.dims;
-  const probabilities = classProbabilities(Array.from(outputs.logits.data));
+  const probabilities = calibratedProbabilities(Array.from(outputs.logits.data), config); // p is their malignant sum
   const run = {
     name: file.name, size, crop, p, threshold: config.threshold, label: SIDES[p >= config.threshold ? 1 : 0],
     borderline: Math.abs(p - config.threshold) < config.borderline_margin, probabilities,
@@ -219,6 +221,85 @@ export function classProbabilities(logits) {
   return e.map((v) => v / sum);
 }
 
+// model.calibrated_probabilities: the one calibrated distribution over the classes, softmax(a * logits + b *
+// malignant) with the model's calibration {a, b} (none: the softmax itself); its malignant classes add up to p.
+export function calibratedProbabilities(logits, meta) {
+  const fitted = meta.calibration || {}, a = fitted.a ?? 1, b = fitted.b ?? 0;
+  const malignant = meta.malignant_classes || ["malignant"];
+  return classProbabilities(logits.map((l, i) => a * l + (malignant.includes(meta.classes[i]) ? b : 0)));
+}
+
+// predict.malignant_sum_text: "Melanoma 0.219 + Basal cell carcinoma 0.010 = 0.229", the malignant types'
+// calibrated probabilities and their sum, P(malignant).
+export function malignantSumText(probabilities, meta) {
+  const names = meta.class_names || meta.classes, malignant = meta.malignant_classes || ["malignant"];
+  const at = meta.classes.map((c, i) => i).filter((i) => malignant.includes(meta.classes[i]));
+  const sum = at.reduce((total, i) => total + probabilities[i], 0);
+  return `${at.map((i) => `${names[i]} ${fixed(probabilities[i], 3)}`).join(" + ")} = ${fixed(sum, 3)}`;
+}
+
+// metrics.reweighted: P(malignant) where a share prevalence of photos is malignant, from P that assumes prior
+// (its odds times the ratio of the prior odds: Bayes' rule).
+export function reweighted(p, prior, prevalence) {
+  const odds = (p / (1 - p)) * (prevalence / (1 - prevalence)) / (prior / (1 - prior));
+  return Number.isFinite(odds) ? odds / (1 + odds) : 1;
+}
+
+// metrics.predictive_values: [PPV, NPV], the chance that a 'malignant' call is right and that a 'benign' call is
+// right at that prevalence, for a test of this sensitivity and specificity.
+export function predictiveValues(sensitivity, specificity, prevalence) {
+  const caught = sensitivity * prevalence, falseAlarms = (1 - specificity) * (1 - prevalence);
+  const cleared = specificity * (1 - prevalence), missed = (1 - sensitivity) * prevalence;
+  return [caught + falseAlarms > 0 ? caught / (caught + falseAlarms) : NaN,
+    cleared + missed > 0 ? cleared / (cleared + missed) : NaN];
+}
+
+// metrics.weak_model_warning: a caution when the model itself is weak, else null.
+export function weakModelWarning(op, aucCi) {
+  const found = [];
+  if (op && op.specificity != null && op.specificity < 0.5) {
+    found.push(`at its threshold it cleared only ${fixed(100 * op.specificity, 0)}% of benign validation photos`);
+  }
+  if (aucCi && aucCi[0] < 0.7) {
+    found.push(`its validation ROC-AUC may be as low as ${fixed(aucCi[0], 2)} (lower end of the 95% interval)`);
+  }
+  return found.length ? `this model is weak: ${found.join(" and ")}` : null;
+}
+
+// predict.prevalence_texts: [what P assumes, what P means at this prevalence (PPV and NPV of the calls), or null].
+export function prevalenceTexts(meta, prevalence, thresholdGiven) {
+  const prior = meta.prior_malignant;
+  if (prior == null) return [null, null];
+  const assumes = `P(malignant) assumes about ${fixed(100 * prior, 0)}% of photos are malignant, as in the training `
+    + "photos; where they are rarer or more common, pass --prevalence (e.g. --prevalence 0.05)";
+  const op = meta.operating_point;
+  if (prevalence == null || !op || thresholdGiven) return [assumes, null];
+  const [ppv, npv] = predictiveValues(op.sensitivity, op.specificity, prevalence);
+  return [assumes, `at a prevalence of ${fixed(100 * prevalence, 1)}%, from the validation sensitivity and `
+    + `specificity at this threshold, a 'malignant' call is right ${fixed(100 * ppv, 0)}% of the time (PPV) and a `
+    + `'benign' call ${fixed(100 * npv, 0)}% of the time (NPV)`];
+}
+
+// The prevalence lines under a result: P re-weighted for the share in the field, and the calls' PPV and NPV.
+function showPrevalence(run) {
+  const field = $("prevalence").value.trim(), percent = Number(field);
+  const given = field !== "" && percent > 0 && percent < 100;
+  const [assumes, atPrevalence] = prevalenceTexts(config, given ? percent / 100 : null, false);
+  $("assumes").textContent = assumes ? `Note: ${assumes.replace("pass --prevalence (e.g. --prevalence 0.05)",
+    "enter their share below")}.` : "";
+  $("assumes").hidden = $("prevalence-field").hidden = !assumes;
+  const lines = [];
+  if (given && assumes) {
+    const at = reweighted(run.p, config.prior_malignant, percent / 100);
+    lines.push(`At a prevalence of ${fixed(percent, 1)}%: P(malignant) = ${fixed(at, 3)} (the call above uses P).`);
+    if (atPrevalence) lines.push(`Prevalence: ${atPrevalence}.`);
+  } else if (field !== "") {
+    lines.push("Enter a share of malignant photos between 0.01 and 99.99%.");
+  }
+  $("at-prevalence").textContent = lines.join(" ");
+  $("at-prevalence").hidden = !lines.length;
+}
+
 // predict.likely_types: [[type name, P]] of a lesion-type model, most likely first (ties in the model's order),
 // named by the original label values where known.
 export function likelyTypes(probabilities, meta) {
@@ -241,6 +322,8 @@ export function modelCautions(meta) {
     cautions.push(`this model cannot be told from chance${interval}; do not rely on its predictions`);
   }
   if (meta.operating_point_warning) cautions.push(`${meta.operating_point_warning} on its validation photos`);
+  const weak = meta.at_chance ? null : weakModelWarning(meta.operating_point, meta.val_auc_ci95);
+  if (weak) cautions.push(`${weak}; read its answers as a rough guide at best`);
   if (meta.quantised && !meta.quantised.within_tolerance) cautions.push(STRAYED);
   return cautions;
 }
@@ -263,6 +346,13 @@ function show(run) {
   $("operating-point").hidden = !config.operating_point_text;
   $("types").textContent = run.types.length ? typeText(run.types) : "";
   $("types").hidden = !run.types.length;
+  $("malignant-types").textContent = run.types.length
+    ? `Malignant types (they add up to P(malignant)): ${malignantSumText(run.probabilities, config)}` : "";
+  $("malignant-types").hidden = !run.types.length;
+  const tested = config.card_summary && config.card_summary.tested;
+  $("tested").textContent = tested ? `Tested: ${tested}.` : "";
+  $("tested").hidden = !tested;
+  showPrevalence(run);
   const canvas = $("crop");
   canvas.width = canvas.height = size;
   const pixels = new ImageData(size, size);
@@ -318,7 +408,8 @@ export function drawHeatMap(cam, h, w, size) {
   const max = cam.reduce((a, b) => Math.max(a, b), 0);
   const text = $("heat-text");
   if (!(max > 1e-6)) {
-    text.textContent = "Heat map: no evidence for malignant found in this photo.";
+    text.textContent = "Heat map: no region of the photo stands out as evidence for malignant (the map is empty); "
+      + "the P(malignant) above is the model's answer for the photo as a whole.";
     text.hidden = false;
     $("heat").hidden = $("heat-controls").hidden = true;
     return false;
@@ -355,6 +446,9 @@ for (const id of ["file", "camera"]) {
   });
 }
 $("show-heat").addEventListener("change", (event) => showHeatMap(event.target.checked));
+$("prevalence").addEventListener("input", () => {
+  if (window.__lastRun) showPrevalence(window.__lastRun);
+});
 drawLegend();
 document.addEventListener("dragover", (event) => event.preventDefault());
 document.addEventListener("drop", (event) => {
