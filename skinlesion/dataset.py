@@ -38,7 +38,12 @@ def classes_of(manifest):
 
 
 def split_photos(data_dir, split, classes):
-    """(photo paths, class indices) of data_dir/split, checked by class_folders; other files skipped, counted."""
+    """(photo paths, class indices) of data_dir/split, checked by class_folders; other files skipped, counted.
+    A shards folder's (skinlesion/shards.py) come from its index."""
+    from skinlesion import shards
+
+    if shards.is_shards(data_dir):
+        return shards.split_photos(data_dir, split, classes)
     class_files, others = class_folders(os.path.join(data_dir, split), f"{split} folder", classes)
     if others:
         warn(f"{os.path.join(data_dir, split)}: {len(others)} file(s) that are not images skipped")
