@@ -134,6 +134,13 @@ def read_blobs(data_dir, split):
     return blobs
 
 
+def split_blobs(path):
+    """{photo name: its bytes} of a split of shards (dataset/shards/test), None for a folder."""
+    if not is_split(path):
+        return None
+    return read_blobs(*os.path.split(str(path).rstrip("/")))
+
+
 def image_key(sample):
     return next(key for key in sample if "." + key in photos.IMAGE_EXTS)
 
