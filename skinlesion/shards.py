@@ -10,11 +10,13 @@ each torchrun process reads its own of them (split among its DataLoader workers)
 A shard that is missing, truncated or unreadable is one error line, never a hang."""
 
 import functools
+import io
 import itertools
 import json
 import os
 import random
 import shutil
+import tarfile
 
 import numpy as np
 
@@ -273,10 +275,29 @@ def open_split(data_dir, split, crops, labels, cached, num_workers, device, desc
     return batches.Split(crops, labels, cached, num_workers, device, desc)
 
 
+def add_file(tar, name, data):
+    """A file in a tar shard, dated 0 (the same photos give byte-identical shards)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def shard_groups(sizes, limit):
+    """The positions of the files in each shard: in order, a new shard where the next file would pass limit."""
+    groups, size = [], 0
+    for i, n in enumerate(sizes):
+        if not groups or size + n > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += n
+    return groups
+
+
 def write_shards(folder, manifest, shard_mb):
     """Write folder/shards/: each split's photos (in the class folders' order) in tar shards of about shard_mb MB
-    each, with the index and a copy of the manifest; returns what was written, as a line for the summary."""
-    import webdataset as wds
+    each (WebDataset's layout, written with the standard library: no torch needed here), with the index and a
+    copy of the manifest; returns what was written, as a line for the summary."""
     from tqdm import tqdm
 
     out = os.path.join(folder, FOLDER)
@@ -287,22 +308,18 @@ def write_shards(folder, manifest, shard_mb):
         rows = manifest[manifest.split == split]
         rows = rows.assign(order=rows.label.map(classes.index)).sort_values(["order", "file"])
         entry = dict(shards=[], keys=list(rows.isic_id), files=list(rows.file), labels=list(rows.label))
-        writer, size = None, 0
-        for row in tqdm(rows.itertuples(), desc=f"shards {split}", total=len(rows), leave=False, disable=None):
-            with open(os.path.join(folder, row.file), "rb") as f:
-                data = f.read()
-            if writer is None or size + len(data) > shard_mb * 1e6:
-                if writer is not None:
-                    writer.close()
-                entry["shards"].append(dict(name=f"{split}-{len(entry['shards']):06d}.tar", samples=0))
-                writer, size = wds.TarWriter(os.path.join(out, entry["shards"][-1]["name"])), 0
-            ids = dict(isic_id=row.isic_id, lesion_id=row.lesion_id, patient_id=row.patient_id)
-            extension = os.path.splitext(row.file)[1].lower().lstrip(".")
-            sample = {"__key__": row.isic_id, extension: data, "cls": classes.index(row.label)}
-            writer.write(dict(sample, json=dict(ids, split=split, label=row.label, file=row.file)))
-            entry["shards"][-1]["samples"] += 1
-            size += len(data) + 2560  # with the tar headers of its three files
-        writer.close()
+        sizes = [os.path.getsize(os.path.join(folder, file)) + 2560 for file in rows.file]  # with tar headers
+        for k, group in enumerate(tqdm(shard_groups(sizes, shard_mb * 1e6), desc=f"shards {split}", disable=None)):
+            entry["shards"].append(dict(name=f"{split}-{k:06d}.tar", samples=len(group)))
+            with tarfile.open(os.path.join(out, entry["shards"][-1]["name"]), "w", format=tarfile.USTAR_FORMAT) as tar:
+                for row in rows.iloc[group].itertuples():
+                    with open(os.path.join(folder, row.file), "rb") as f:
+                        data = f.read()
+                    ids = dict(isic_id=row.isic_id, lesion_id=row.lesion_id, patient_id=row.patient_id)
+                    about = dict(ids, split=split, label=row.label, file=row.file)
+                    add_file(tar, row.isic_id + os.path.splitext(row.file)[1].lower(), data)
+                    add_file(tar, row.isic_id + ".cls", str(classes.index(row.label)).encode())
+                    add_file(tar, row.isic_id + ".json", json.dumps(about).encode())
         for shard in entry["shards"]:
             shard["bytes"] = os.path.getsize(os.path.join(out, shard["name"]))
             total += shard["bytes"]
