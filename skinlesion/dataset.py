@@ -16,9 +16,14 @@ MANIFEST = "manifest.csv"
 
 
 def read_manifest(data_dir):
-    """The manifest of a prepared dataset as strings, or None where there is none (a hand-made folder tree)."""
+    """The manifest of a prepared dataset as strings, or None where there is none (a hand-made folder tree);
+    shards in an object store carry theirs."""
     import pandas as pd
 
+    from skinlesion import shards
+
+    if shards.is_remote(data_dir):
+        return shards.remote_manifest(data_dir)
     path = os.path.join(data_dir, MANIFEST)
     if not os.path.isfile(path):
         return None

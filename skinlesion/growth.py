@@ -94,7 +94,7 @@ def table(args, work, demo, here, env, cache_gb):
                     kind,
                     f"{seconds:.0f} s ({n / seconds:.0f} photos/s)",
                     f"{peak / 1e9:.2f} GB",
-                    f"{disk / 1e6:.0f} MB",
+                    f"{disk / 1e6:.1f} MB",
                     f"{result['setup']:.0f} s",
                     f"{result['per_second']:.1f} img/s",
                     f"{train_peak / 1e9:.2f} GB",

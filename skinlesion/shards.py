@@ -51,6 +51,18 @@ def is_split(path):
     return split in dataset.SPLITS and not os.path.isdir(path) and is_shards(parent)
 
 
+def remote_manifest(data_dir):
+    """The manifest beside shards in an object store, as strings (dataset.read_manifest)."""
+    import pandas as pd
+    import webdataset as wds
+
+    try:
+        with wds.gopen(location(data_dir, dataset.MANIFEST)) as f:
+            return pd.read_csv(f, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as e:
+        die(f"{printable(location(data_dir, dataset.MANIFEST))} cannot be read ({e}); copy the shards folder whole")
+
+
 def read_index(data_dir):
     """The index of a shards folder; a local shard that is missing or not the size the index gives dies with
     one line (a truncated copy is found before any work)."""

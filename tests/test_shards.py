@@ -3,7 +3,9 @@ and splits and trains the same run; a stream gives every process its own shards,
 a truncated or missing shard is one line, not a hang; torchrun with two launchers (two 'machines') trains from
 shards, each process on its own, only rank 0 writing, and a run killed mid-epoch resumes."""
 
+import functools
 import glob
+import http.server
 import json
 import os
 import re
@@ -13,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import pandas as pd
@@ -20,6 +23,7 @@ import pytest
 import torch
 
 import AItraining
+import model
 from conftest import ENV, ROOT, assert_one_error, export_rows, lesion_photo, run, save_model, write_export
 from skinlesion import dataset, photos, shards
 
@@ -98,6 +102,21 @@ def test_the_same_run_from_folders_and_from_shards(prepared, tmp_path, monkeypat
         assert "cached on the device" in out
         lines.append([re.sub(r"\| \d+s", "", line) for line in out.splitlines() if line.startswith("epoch ")])
     assert len(lines[0]) == 2 and lines[0] == lines[1]
+
+
+def test_shards_on_a_web_server_train_as_on_disk(prepared, tmp_path):
+    """An object store stands in: the shards folder served over HTTP (WebDataset's gopen reads it with curl)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=prepared)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/shards"
+        for where, data in (("web", url), ("disk", os.path.join(prepared, "shards"))):
+            os.makedirs(tmp_path / where)
+            r = run("AItraining.py", *FAST, "--data-dir", data, "--epochs", 1, "--cache-gb", 0, cwd=tmp_path / where)
+            assert r.returncode == 0, r.stdout + r.stderr
+        server.shutdown()
+    web, disk = (model.read_checkpoint(str(tmp_path / w / "skin_model.pth"))["meta"] for w in ("web", "disk"))
+    assert web["val_metrics"] == disk["val_metrics"] and web["data"]["counts"] == disk["data"]["counts"]
 
 
 def stream(prepared, rank=0, world=1, num_workers=0):
