@@ -44,11 +44,12 @@ from skinlesion import (
     metrics,
     photos,
     plots,
+    shards,
     training,
 )
 
 # -----------------------------------------------------------------------------
-DATA_DIR = "dataset"  # prepared by prepare_dataset.py: DATA_DIR/<train|val>/<class>/ and manifest.csv
+DATA_DIR = "dataset"  # by prepare_dataset.py: DATA_DIR/<train|val>/<class>/ and manifest.csv, or its shards/
 OUTPUT = "skin_model.pth"  # best epoch by validation ROC-AUC (on a tie, the lower validation loss); its card: .md
 RESUME_FILE = "skin_model_last.pth"  # latest epoch with the optimiser state and the run's settings
 RESUME = False  # continue the run in RESUME_FILE with its settings (a higher --epochs extends it)
@@ -255,24 +256,30 @@ def main(argv=None):
         f"train: {len(train_paths)} images {counts}, val: {len(val_paths)} images, device: {device}, processes: "
         f"{world}, image size {args.image_size}, photos {where}"
     )
-    train = batches.Split(
+    train = shards.open_split(
+        args.data_dir,
+        "train",
         photos.Photos(train_paths, short, 1.0, cfg["interpolation"]),
         train_y,
         cached,
         args.num_workers,
         device,
         "caching train",
+        rank,
+        world,
     )
-    val = batches.Split(
+    val = shards.open_split(
+        args.data_dir,
+        "val",
         photos.Photos(val_paths, args.image_size, cfg["crop_pct"], cfg["interpolation"]),
         val_y,
         cached,
         args.num_workers,
         device,
         "caching val",
+        rank,
+        world,
     )
-    shard = list(range(rank, len(val_paths), world))  # this process's share of the validation photos
-    val_order = [shard[i : i + args.batch_size] for i in range(0, len(shard), args.batch_size)]
     steps = len(train_paths) // world // args.batch_size or 1
 
     # optimizer, schedule, loss
@@ -317,7 +324,8 @@ def main(argv=None):
             train_net, epoch_batches, criterion, optimizer, schedule, args.amp, desc, steps
         )
         devices.sync_buffers(net, world)
-        val_batches = ((b, photos.normalise_batch(x, cfg), y) for b, x, y in val.batches(val_order))
+        val_share = val.own_batches(rank, world, args.batch_size)  # each photo once, on one process
+        val_batches = ((b, photos.normalise_batch(x, cfg), y) for b, x, y in val_share)
         labels, logits, val_loss = training.predict_split(net, val_batches, args.amp, world)
         numbers, kept = scored(labels, logits, meta, args.target_sensitivity)
         history.append(

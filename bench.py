@@ -34,7 +34,7 @@ import time
 
 import AItraining
 import model
-from skinlesion import batches, cli, dataset, devices, folders, interrupts, measure, photos, training
+from skinlesion import batches, cli, dataset, devices, folders, growth, interrupts, measure, photos, training
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px, 32 to 2048
@@ -53,6 +53,8 @@ TRAIN = True  # the training measurements
 PREDICT = True  # the prediction measurements (exports an ONNX file first)
 PREPARE = True  # the prepare_dataset.py measurements
 MEMORY = True  # peak memory of one AItraining.py epoch at IMAGE_SIZE, BATCH_SIZE
+GROWTH = []  # photo counts for the growth table, e.g. 1000 10000 50000 (prepare, disk, training at each); [] = none
+GROWTH_PHOTO_SIZE = 320  # longer side of the growth table's synthetic photos in px, 64 to 10000
 WORK_DIR = None  # folder for data and models: new, empty or made by bench.py; kept, re-used. None = a temporary one
 # -----------------------------------------------------------------------------
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,14 +64,16 @@ RANGES = [model.IMAGE_SIZE_RANGE,
           ("rounds", 1, math.inf, "a whole number >= 1"), ("num_workers", 0, math.inf, "a whole number >= 0"),
           ("demo_photo_size", 64, 10000, "a whole number from 64 to 10000"),
           ("n_prepare_images", 1, math.inf, "a whole number >= 1"), ("cold_runs", 1, math.inf, "a whole number >= 1"),
-          ("warm_runs", 1, math.inf, "a whole number >= 1")]  # fmt: skip
+          ("warm_runs", 1, math.inf, "a whole number >= 1"),
+          ("growth_photo_size", 64, 10000, "a whole number from 64 to 10000")]  # fmt: skip
 ENV = {"HF_HUB_OFFLINE": "1"}  # the scripts it runs never reach the hub
 
 
 def parse_args(argv=None):
     """The flags, every value checked before any work (one error line)."""
-    args = cli.parse_flags(globals(), argv, types={"WORK_DIR": str})
+    args = cli.parse_flags(globals(), argv, types={"WORK_DIR": str, "GROWTH": int})
     cli.check_ranges(args, RANGES)
+    cli.check(all(n >= 2 for n in args.growth), "--growth", args.growth, "use photo counts >= 2")
     if args.work_dir is not None:
         check_work_dir(args.work_dir)
     return args
@@ -342,7 +346,8 @@ def main(argv=None):
     print(f"machine: {measure.machine(device)}\nload average at start: {load:.2f}; work dir {work}", flush=True)
     try:
         data = os.path.join(work, f"photos_{args.demo_photo_size}px")  # re-used only at the same size
-        demo, small, full = make_data(args, data)
+        if args.train or args.memory or args.predict or args.prepare:
+            demo, small, full = make_data(args, data)
         if args.train:
             rows += bench_training(args, small, full, device)
         if args.memory:
@@ -351,6 +356,11 @@ def main(argv=None):
             rows += bench_predict(args, work, os.path.join(demo, "unseen", "malignant_1.jpg"), small)
         if args.prepare:
             rows += bench_prepare(args, work, demo)
+        if args.growth:
+            small_demo = os.path.join(work, f"photos_{args.growth_photo_size}px", "demo")
+            if not os.path.isfile(os.path.join(small_demo, "metadata.csv")):
+                run(script("make_demo_data.py", "--out-dir", small_demo, "--photo-size", args.growth_photo_size))
+            growth_rows = growth.table(args, work, small_demo, HERE, ENV, AItraining.CACHE_GB)
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -359,6 +369,8 @@ def main(argv=None):
         f"{os.getloadavg()[0]:.2f} at the end; bench took {time.time() - started:.0f} s\n"
     )
     print(measure.plain_table(rows) + "\n\n" + measure.markdown_table(rows))
+    if args.growth:
+        print("\ngrowth (" + measure.machine(device) + ")\n" + growth.markdown(growth_rows))
 
 
 if __name__ == "__main__":

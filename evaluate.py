@@ -36,11 +36,12 @@ from skinlesion import (
     metrics,
     photos,
     plots,
+    shards,
 )
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
-DATA_DIR = "dataset/test"  # a split of a prepared dataset, or any folder with one sub-folder per class
+DATA_DIR = "dataset/test"  # a split of a prepared dataset (dataset/shards/test: its shards), or a folder per class
 BATCH_SIZE = 32  # photos per forward pass, >= 1
 NUM_WORKERS = 2  # data-loading processes, >= 0 (0 loads in the main process)
 TTA = False  # average P(malignant) over flips and compare with plain
@@ -81,11 +82,11 @@ def parse_args(argv=None):
     return args
 
 
-def score(net, paths, meta, args, device):
+def score(net, paths, meta, args, device, blobs=None):
     """The logits of each view of each photo (one array per view: the photo, and with --tta its flips), NaN rows
-    where a photo could not be read."""
+    where a photo could not be read; blobs: the photos' bytes, read from shards."""
     cfg = model.meta_data_config(meta)
-    crops = photos.Photos(paths, cfg["input_size"][-1], cfg["crop_pct"], cfg["interpolation"])
+    crops = photos.Photos(paths, cfg["input_size"][-1], cfg["crop_pct"], cfg["interpolation"], blobs)
     views = [np.full((len(paths), len(meta["classes"])), np.nan) for _ in (model.TTA_FLIPS if args.tta else [()])]
     order = [list(range(i, min(i + args.batch_size, len(paths)))) for i in range(0, len(paths), args.batch_size)]
     loader = photos.photo_loader(crops, order, args.num_workers, device)
@@ -244,7 +245,7 @@ def main(argv=None):
     device = devices.pick_device()
     net, meta = model.load_checkpoint(args.model, device)
     classes = meta["classes"]
-    class_files, others = dataset.class_folders(args.data_dir, classes=classes)  # one line on a wrong layout
+    class_files, others = shards.class_files(args.data_dir, classes)  # one line on a wrong layout
     if others:
         cli.warn(
             f"ignored {len(others)} file(s) in {args.data_dir} that are not images: "
@@ -254,7 +255,8 @@ def main(argv=None):
     # scores of every view; the unreadable photos left out, counted
     paths = np.array([f for c in classes for f in class_files[c]])
     labels = np.repeat(np.arange(len(classes)), [len(class_files[c]) for c in classes])
-    views = score(net, paths, meta, args, device)
+    blobs = shards.split_blobs(args.data_dir)  # None for a folder
+    views = score(net, paths, meta, args, device, blobs)
     keep = ~np.isnan(views[0]).any(1)
     unreadable = [cli.printable(f) for f in paths[~keep]]
     if unreadable:
@@ -329,7 +331,7 @@ def main(argv=None):
     if result["mistakes"]:
         plots.mistakes(
             result["mistakes"],
-            lambda path: photos.eval_crop(photos.load_image(path), model.meta_data_config(meta)),
+            lambda path: photos.eval_crop(photos.load_image(photos.opened(path, blobs)), model.meta_data_config(meta)),
             outputs[4],
         )
         written.append(outputs[4])

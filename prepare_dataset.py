@@ -33,7 +33,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, sampling, shapes, splits
+from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, sampling, shapes, shards, splits
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -50,6 +50,8 @@ RESIZE_TO = 256  # shorter side in px, >= 1, never upscaled; None (--resize-to n
 MIN_KEPT = 0.5  # 0 to 1: stop when less of the rows survive bad labels, ids and image files; 0 = never
 SEED = 42  # sampling and split, 0 to 2**32 - 1
 WORKERS = os.cpu_count()  # processes that decode images, >= 1 (1: no pool)
+SHARDS = False  # also write the splits as WebDataset shards in DATASET_DIR/shards/ (several machines, object stores)
+SHARD_MB = 256.0  # size of a shard in MB, > 0 (the last of a split is smaller; a few shards per torchrun process)
 # -----------------------------------------------------------------------------
 KEPT = ["isic_id", "label", "label_value", "side", "label_column", "lesion_id", "patient_id"]  # + CARD_COLUMNS
 RANGES = [("n_per_class", 1, math.inf, "a whole number >= 1"), ("min_per_class", 1, math.inf, "a whole number >= 1"),
@@ -57,7 +59,7 @@ RANGES = [("n_per_class", 1, math.inf, "a whole number >= 1"), ("min_per_class",
           ("resize_to", 1, math.inf, "a size >= 1 px, or none (copy the files)"),
           ("min_kept", 0, 1, "a share from 0 (never stop) to 1"),
           ("seed", 0, 2**32 - 1, "a whole number >= 0 (< 2**32)"),
-          ("workers", 1, 1024, "1 to 1024 processes")]  # fmt: skip
+          ("workers", 1, 1024, "1 to 1024 processes"), ("shard_mb", 1e-6, math.inf, "a size in MB > 0")]  # fmt: skip
 
 
 def download_hint(image_types, images_dir):
@@ -367,6 +369,8 @@ def main(argv=None):
         chosen["split"] = splits.split_groups(labels, groups, args.val_fraction, args.test_fraction, args.seed)
         manifest = write_splits(chosen, tmp)
         notes = [isic.copy_credits(paths, chosen, tmp) + f" into {args.dataset_dir}/"]
+        if args.shards:
+            notes.append(shards.write_shards(tmp, manifest, args.shard_mb))
 
     decoded_ids = set(chosen.isic_id) | set(dups) | {item.split()[0] for item in unreadable}
     unused = cands[~cands.isic_id.isin(decoded_ids)].label.value_counts()

@@ -48,24 +48,32 @@ class Split:
         for b, x in zip(order, crops):
             yield b, x.to(self.device, non_blocking=True), self.labels[b]
 
+    def epoch(self, batch_size, generator, rank=0, world=1, order=None):
+        """(indices, uint8 crops, labels) of this process's batches of one epoch: a permutation of the photos
+        from generator (or the given order), this process's share of it in full batches (all of it when it
+        holds fewer than two batches' worth, as a tiny data set does); the same number of steps everywhere."""
+        import torch
+
+        if order is None:
+            order = torch.randperm(len(self.paths), generator=generator)
+        else:
+            order = torch.as_tensor(order)
+        steps = len(order) // world // batch_size
+        order = order[rank::world].tolist()
+        if len(order) > batch_size:
+            return self.batches([order[i * batch_size : (i + 1) * batch_size] for i in range(steps)])
+        return self.batches([order])
+
+    def own_batches(self, rank, world, batch_size):
+        """(indices, uint8 crops, labels) of this process's share of the photos, in order (validation)."""
+        share = list(range(rank, len(self.paths), world))
+        return self.batches([share[i : i + batch_size] for i in range(0, len(share), batch_size)])
+
 
 def train_batches(split, batch_size, cfg, generator, generator_device, rank=0, world=1, order=None):
-    """One epoch of augmented, normalised training batches (x, y) of a Split: a permutation of the photos from
-    generator (or the given order), this process's share of it in full batches (all of it when it holds fewer
-    than two batches' worth, as a tiny data set does), augmented on the device with generator_device."""
-    import torch
-
-    if order is None:
-        order = torch.randperm(len(split.paths), generator=generator)
-    else:
-        order = torch.as_tensor(order)
-    steps = len(order) // world // batch_size  # the same number of steps on every process
-    order = order[rank::world].tolist()
-    if len(order) > batch_size:
-        batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
-    else:
-        batches = [order]
-    for _, x, y in split.batches(batches):
+    """One epoch of augmented, normalised training batches (x, y) of a Split (or a shards.Stream): this
+    process's batches of the epoch (Split.epoch), augmented on the device with generator_device."""
+    for _, x, y in split.epoch(batch_size, generator, rank, world, order):
         yield normalise_batch(augment(x, generator_device, cfg["input_size"][-1]), cfg), y
 
 

@@ -17,11 +17,15 @@ MANIFEST = "manifest.csv"
 
 
 def read_manifest(data_dir):
-    """The manifest of a prepared dataset as strings, or None where there is none (a hand-made folder tree). One
-    that is there but cannot be read dies with one line: ignored, the card said 'licence unknown' and the
-    export's licence (CC-BY-NC) silently dropped out."""
+    """The manifest of a prepared dataset as strings, or None where there is none (a hand-made folder tree);
+    shards in an object store carry theirs. One that is there but cannot be read dies with one line: ignored, the
+    card said 'licence unknown' and the export's licence (CC-BY-NC) silently dropped out."""
     import pandas as pd
 
+    from skinlesion import shards
+
+    if shards.is_remote(data_dir):
+        return shards.remote_manifest(data_dir)
     path = os.path.join(data_dir, MANIFEST)
     if not os.path.lexists(path):
         return None
@@ -50,7 +54,12 @@ def classes_of(manifest):
 
 
 def split_photos(data_dir, split, classes):
-    """(photo paths, class indices) of data_dir/split, checked by class_folders; other files skipped, counted."""
+    """(photo paths, class indices) of data_dir/split, checked by class_folders; other files skipped, counted.
+    A shards folder's (skinlesion/shards.py) come from its index."""
+    from skinlesion import shards
+
+    if shards.is_shards(data_dir):
+        return shards.split_photos(data_dir, split, classes)
     class_files, others = class_folders(os.path.join(data_dir, split), f"{split} folder", classes)
     if others:
         warn(f"{os.path.join(data_dir, split)}: {len(others)} file(s) that are not images skipped")

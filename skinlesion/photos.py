@@ -3,6 +3,7 @@ normalised). The Python twin of web/preprocess.js: functions of the same name (g
 normalise, preprocess, flatten_on_white, image_size, upsample_bilinear, too_elongated; load_image is loadImage
 there) give the same pixels. Plus the DataLoader that AItraining.py, evaluate.py and bench.py read photos with."""
 
+import io
 import os
 import warnings
 
@@ -116,8 +117,9 @@ def load_image(path, min_side=None):
     """Open an image as upright RGB. With min_side, let Pillow's JPEG draft mode decode at a reduced scale
     that still leaves the shorter side >= min_side (much faster on multi-megapixel photos). Raises OSError
     (unreadable, truncated, not an image, not a regular file), NotAPhoto (too_elongated, known from the header,
-    before decoding) or DecompressionBombError/Warning."""
-    kind = file_kind(path)
+    before decoding) or DecompressionBombError/Warning. path may be an open file (a photo's bytes read from a
+    shard)."""
+    kind = None if hasattr(path, "read") else file_kind(path)
     if kind:
         raise OSError(f"{kind}, not a photo")
     with Image.open(path) as img:
@@ -134,6 +136,14 @@ def load_image(path, min_side=None):
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             return flatten_on_white(img)
         return img.convert("RGB")
+
+
+def opened(path, blobs=None):
+    """What load_image reads for a photo: its bytes as a file where blobs (read from shards) hold them, else
+    the path."""
+    if blobs is None:
+        return path
+    return io.BytesIO(blobs[path])
 
 
 def try_load_image(path):
@@ -224,16 +234,18 @@ def normalise_batch(x, cfg):
 class Photos:
     """uint8 (3, size, size) centre crops of photos (as centre_crop makes them), each with why it could not be
     read ('' if it could; the crop is then zeros), for DataLoader workers: what AItraining.py caches or streams,
-    and what evaluate.py scores. Each caller keeps its own policy for unreadable photos."""
+    and what evaluate.py scores. Each caller keeps its own policy for unreadable photos. blobs: {path: the
+    photo's bytes} where the photos were read from shards (skinlesion/shards.py), None for files."""
 
-    def __init__(self, paths, size, crop_pct, interpolation):
+    def __init__(self, paths, size, crop_pct, interpolation, blobs=None):
         self.paths, self.size, self.crop_pct, self.interpolation = paths, size, crop_pct, interpolation
+        self.blobs = blobs
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        img, why = try_load_image(self.paths[i])
+        img, why = try_load_image(opened(self.paths[i], self.blobs))
         if img is None:
             return np.zeros((3, self.size, self.size), np.uint8), why
         crop = centre_crop(img, self.size, self.crop_pct, self.interpolation)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import bench
 from conftest import fingerprint, help_of, main_fails, run, write_export
-from skinlesion import folders, measure
+from skinlesion import folders, growth, measure
 
 ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory", "0.11 GB", "0.11 of 1 GB", "")]
 
@@ -72,6 +72,28 @@ def test_a_tiny_run_prints_both_tables_and_keeps_its_work_dir(tmp_path):
     assert folders.made_here(work) and os.path.isfile(work / "photos_64px" / "export_20" / "metadata.csv")
     assert not os.path.exists(work / "photos_64px" / "dataset_256")  # no measurement needed it
     assert bench.parse_args(["--work-dir", str(work)]).work_dir == str(work)  # the next run may re-use it
+
+
+def test_the_growth_table_has_a_row_per_count_and_kind(tmp_path):
+    work = tmp_path / "work"
+    options = ["--no-train", "--no-predict", "--no-memory", "--no-prepare", "--growth", 24, 40]
+    options += ["--growth-photo-size", 64, "--image-size", 32, "--batch-size", 4, "--warmup", 0, "--steps", 1]
+    r = run("bench.py", *options, "--work-dir", work, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    table = lines[lines.index("| " + " | ".join(growth.HEAD) + " |") + 2 :]
+    assert [row.split(" | ")[:2] for row in table] == [["| 24", "folders"], ["| 24", "shards"], ["| 40", "folders"],
+                                                        ["| 40", "shards"]]  # fmt: skip
+    for row, n, kind in zip(table, [24, 24, 40, 40], ["folders", "shards"] * 2):
+        cells = row.strip("| ").split(" | ")
+        out = work / "growth" / f"dataset_{n}_{kind}"
+        files = [os.path.join(d, f) for d, _, names in os.walk(out) for f in names]
+        if kind == "shards":
+            files = [f for f in files if os.sep + "shards" + os.sep in f]
+        else:
+            files = [f for f in files if os.sep + "shards" + os.sep not in f]
+        assert cells[4] == f"{sum(map(os.path.getsize, files)) / 1e6:.1f} MB"
+        assert cells[8].startswith("cached") and float(cells[7].split()[0]) > 0.1  # GB: torch at least
 
 
 # ---------------------------------------------------------------------------- measure.py
