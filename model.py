@@ -161,6 +161,9 @@ RUN_SETTINGS = {  # what a run keeps for --resume (AItraining.py's SETTINGS): th
     "image_size": shapes.whole(*IMAGE_SIZES), "seed": shapes.whole(0, 2**32 - 1), "target_sensitivity": shapes.FRACTION,
     "amp": shapes.BOOLEAN, "run": shapes.text(), "model_name": shapes.ARCHITECTURE,
 }  # fmt: skip
+RUN_SETTINGS_SHAPE = shapes.record(
+    {k: v for k, v in RUN_SETTINGS.items() if k != "model_name"}, {"model_name": RUN_SETTINGS["model_name"]}
+)
 KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any other is ignored and never copied
     "written_by": Key("files.TAG: a model file of ours", shapes.text(), "checkpoint_state"),
     "model_name": Key("the timm architecture", shapes.ARCHITECTURE, "checkpoint_state"),
@@ -191,7 +194,8 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
     "imagenet": Key("where its starting weights came from (weights.py)", shapes.STARTING_WEIGHTS, "AItraining.py"),
     "manifest_sha256": Key("the dataset's manifest.csv", shapes.nullable(shapes.SHA256), "AItraining.py"),
     "versions": Key("torch, timm, pillow", shapes.table_of(shapes.text(100)), "checkpoint_state"),
-    "settings": Key("the run's settings", shapes.record(RUN_SETTINGS), "AItraining.py", onnx="left out"),
+    "settings": Key("the run's settings (model_name: since any backbone)", RUN_SETTINGS_SHAPE, "AItraining.py",
+                    onnx="left out"),
     "data": Key("the training data, for the card", shapes.DATA, "AItraining.py", onnx="left out"),
     "source_checkpoint": Key("the .pth it was exported from", shapes.text(), "export_onnx.py", True, "export"),
     "source_sha256": Key("that file's SHA-256", shapes.SHA256, "export_onnx.py", True, "export"),

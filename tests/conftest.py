@@ -182,6 +182,12 @@ def make_net(size=64, seed=0, classes=2):
     return net.eval()
 
 
+def calibration(a, b, method="platt"):
+    """A calibration as calibration.fit stores it (model.KEYS' shape), scaling the logits by a, adding b."""
+    return dict(method=method, a=a, b=b, applies_to="logits", val_log_loss_before=0.6, val_log_loss_after=0.5,
+                val_ece_before=0.1, val_ece_after=0.05)  # fmt: skip
+
+
 def save_model(path, net=None, size=64, threshold=0.5, **meta):
     """A checkpoint as AItraining.py writes it (make_net's weights unless net is given)."""
     net = net if net is not None else make_net(size)
@@ -494,7 +500,7 @@ def help_of(script):
 
 
 # ---------------------------------------------------------------------------- the fast tier: make check
-SLOW_FIXTURES = {"demo_dataset", "trained_model", "trained_types_model"}  # they run the scripts and train
+SLOW_FIXTURES = {"demo_dataset", "trained_model", "trained_types_model", "trained_lite0", "exported"}  # run scripts
 
 
 def pytest_collection_modifyitems(config, items):

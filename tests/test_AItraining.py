@@ -506,6 +506,7 @@ def test_ctrl_c_says_how_to_continue_this_run_and_following_it_does(tmp_path):
     model.load_checkpoint(str(tmp_path / "mine.pth"))
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tiny, tmp_path):
     """torch.save raises RuntimeError on a full disk: it was a 31-line traceback. The previous model stays."""
     save_model(tmp_path / "mine.pth", size=32)

@@ -74,6 +74,7 @@ def test_a_tiny_run_prints_both_tables_and_keeps_its_work_dir(tmp_path):
     assert bench.parse_args(["--work-dir", str(work)]).work_dir == str(work)  # the next run may re-use it
 
 
+@pytest.mark.slow
 def test_the_growth_table_has_a_row_per_count_and_kind(tmp_path):
     work = tmp_path / "work"
     options = ["--no-train", "--no-predict", "--no-memory", "--no-prepare", "--growth", 24, 40]

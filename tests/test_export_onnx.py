@@ -265,6 +265,7 @@ def test_predict_with_onnx_matches_torch_and_never_imports_torch(exported, tmp_p
         assert abs(float(onnx_row["p_malignant"]) - float(torch_row["p_malignant"])) <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size, side", [(32, 1), (48, 2)])
 def test_every_image_size_in_the_range_exports_and_predicts(tmp_path, monkeypatch, capsys, size, side):
     """--image-size 48 is in the range AItraining.py takes, but the ONNX file's evidence map is 2 x 2 there

@@ -168,16 +168,18 @@ def test_torch_saves_failed_write_is_one_line_naming_the_file_and_keeps_the_prev
         f"could not write {target} (torch.save: [enforce fail at inline_container.cc:672] . unexpected pos 576 vs "
         "534); free some disk space or pass another path"
     )
-    fails(capsys, expected, files.atomic_write, str(target), torch_save_on_a_full_disk)
+    fails(capsys, expected, files.atomic_write, str(target), torch_save_on_a_full_disk, "model")
     assert fingerprint(tmp_path) == before
 
     def a_bug(tmp):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        files.atomic_write(str(target), a_bug)
+        files.atomic_write(str(target), a_bug, "model")
     assert fingerprint(tmp_path) == before
-    files.atomic_write(str(target), lambda tmp: torch.save({"w": torch.zeros(2)}, tmp))  # the nearest that works
+    files.atomic_write(
+        str(target), lambda tmp: torch.save({"w": torch.zeros(2)}, tmp), "model"
+    )  # the nearest that works
     assert torch.load(target)["w"].tolist() == [0.0, 0.0]
 
 

@@ -19,7 +19,16 @@ import export_onnx
 import measure_transfer
 import model
 import predict
-from conftest import RunsCode, assert_one_error, fingerprint, main_fails, make_split_tree, save_model, skip_or_fail
+from conftest import (
+    RunsCode,
+    assert_one_error,
+    calibration,
+    fingerprint,
+    main_fails,
+    make_split_tree,
+    save_model,
+    skip_or_fail,
+)
 from skinlesion import files, ledger
 
 
@@ -97,8 +106,8 @@ META_FAULTS = {  # fault: what the error line says
     "no threshold": "no threshold in its metadata",
     "model_name='resnet18'": "its network {'architecture': 'efficientnet_b0', 'features': 1280, 'stride': 32, "
     "'convs': 81} is not resnet18's",
-    "model_name='Resnet 18!'": "its model_name 'Resnet 18!' is not the name of a timm architecture",
-    "imagenet={'file': 'w.pth'}": "its imagenet {'file': 'w.pth'} is not true, false or where the starting",
+    "model_name='Resnet 18!'": "its model_name 'Resnet 18!' is not a timm name",
+    "imagenet={'file': 'w.pth'}": "its imagenet {'file': 'w.pth'} is not true, false or where the weights came from",
 }
 
 
@@ -152,7 +161,8 @@ def test_checkpoints_that_are_not_ours_are_refused(scripts_setup, tmp_path, caps
     save_model(tmp_path / "3 outputs.pth", net=net3)  # meta says 2 classes, the weights 3
     resnet = timm.create_model("resnet18", num_classes=2)  # its weights, under metadata that names B0
     state = model.checkpoint_state(resnet, model.data_config(resnet, 64))
-    state["meta"] = dict(state["meta"], model_name="efficientnet_b0", network=None)
+    state["meta"] = dict(state["meta"], model_name="efficientnet_b0")
+    del state["meta"]["network"]
     model.save_checkpoint(str(tmp_path / "resnet.pth"), state)
     for name, expected in [
         ("truncated.pth", "not a readable checkpoint"),
@@ -229,7 +239,8 @@ def test_p_malignant_is_the_sum_over_the_malignant_types_through_the_calibration
     np.testing.assert_allclose(types[:, 2:].sum(1), p, atol=1e-12)
     flipped = model.predictions([logits, logits[::-1]], meta)[0]  # views: the mean of their calibrated P
     np.testing.assert_allclose(flipped, expected.mean(), atol=1e-12)
-    old = dict(meta, calibration=dict(method="platt", a=0.5, b=-1.0), threshold=0.5)  # an earlier version's form
+    old_form = {k: v for k, v in calibration(0.5, -1.0).items() if k != "applies_to"}
+    old = dict(meta, calibration=old_form, threshold=0.5)  # an earlier version's form
     old.update(image_size=224, mean=[0.5] * 3, std=[0.5] * 3, interpolation="bicubic", crop_pct=0.875)
     assert (
         "earlier version" in model.meta_fault(old)
@@ -289,6 +300,12 @@ def full_meta():
         settings=SETTINGS, data=DATA, source_checkpoint="skin_model.pth", source_sha256="cd" * 32,
         outputs=list(model.ONNX_OUTPUTS), exporter="torch.onnx dynamo", card_summary=SUMMARY,
         self_check=dict(inputs=1, logits=[[0.1, -0.1]], p_malignant=[0.45]),
+        network=dict(architecture="efficientnet_b0", features=1280, stride=32, convs=81), prior_malignant=0.5,
+        val_types=dict(balanced_accuracy=0.7, balanced_accuracy_ci95=[0.6, 0.8], chance=0.5,
+                       types={"nevus": dict(sensitivity=0.8, sensitivity_ci95=[0.7, 0.9], photos=20)}),
+        quantised=dict(photos=40, max_p_difference=0.01, label_changes=1, label_changes_outside_band=0,
+                       roc_auc_full=0.9, roc_auc_int8=0.899, max_auc_drop=0.005, within_tolerance=True,
+                       from_sha256="ef" * 32, photos_from="val"),
     )  # fmt: skip
 
 
@@ -332,6 +349,14 @@ BAD_VALUES = {  # key: values of the wrong shape, each refused at load (the near
     "card_summary": [without(SUMMARY, "limits"), dict(SUMMARY, limits="none"), dict(SUMMARY, how_well=""), "text"],
     "self_check": [dict(inputs=1, logits="x", p_malignant=[0.5]), dict(inputs=1, logits=[[0.1]], p_malignant=[1.5]),
                    {}],
+    "network": [dict(architecture="resnet18", features=512, stride=32, convs=20), "efficientnet_b0",
+                dict(architecture="efficientnet_b0", features=1280, stride=32, convs=0)],
+    "prior_malignant": [1.0, 0.0, "0.5"],
+    "val_types": [dict(balanced_accuracy=0.7), "good", dict(balanced_accuracy=0.7, balanced_accuracy_ci95=[0.6, 0.8],
+                  chance=0.5, types={"nevus": dict(sensitivity="high", sensitivity_ci95=[0.7, 0.9], photos=20)})],
+    "quantised": [dict(photos=40), dict(photos=40, max_p_difference=0.01, label_changes=1, label_changes_outside_band=0,
+                  roc_auc_full=0.9, roc_auc_int8=0.899, max_auc_drop=0.005, within_tolerance="yes",
+                  from_sha256="ef" * 32, photos_from="val")],
 }  # fmt: skip
 
 
@@ -483,7 +508,11 @@ def test_an_onnx_graph_that_is_not_ours_gives_no_label(tmp_path, capsys):
     cases = {
         "resnet50": (dict(meta, model_name="resnet50"), None, "its network {'architecture': 'efficientnet_b0'"),
         "ours in name only": (meta, None, f"its graph is not {b0}"),
-        "no network": (dict(meta, network=None), None, "its metadata does not say its network's shape"),
+        "no network": (
+            {k: v for k, v in meta.items() if k != "network"},
+            None,
+            "its metadata does not say its network",
+        ),
         "threshold twice": (meta, "threshold", "its metadata holds threshold more than once"),
     }
     for name, (values, twice, expected) in cases.items():

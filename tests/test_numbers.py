@@ -15,7 +15,7 @@ import evaluate
 import model
 import predict
 import prepare_dataset
-from conftest import fails, lesion_photo, noise_image, save_model, write_export
+from conftest import calibration, fails, lesion_photo, noise_image, save_model, write_export
 from skinlesion import isic, metrics, photos, sampling, splits
 
 
@@ -66,7 +66,9 @@ def test_predict_compares_the_calibrated_p_with_the_threshold(tmp_path, capsys, 
     z = logits[1] - logits[0]
     p_raw, p_cal = sigmoid(z), sigmoid(z + shift)
     assert abs(z) < 1e-4
-    path = save_model(tmp_path / "m.pth", net, threshold=float((p_raw + p_cal) / 2), calibration=dict(a=1.0, b=shift))
+    path = save_model(
+        tmp_path / "m.pth", net, threshold=float((p_raw + p_cal) / 2), calibration=calibration(1.0, shift)
+    )
     predict.main([photo, "--model", path])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"Prediction: {'malignant' if shift > 0 else 'benign'}"
@@ -80,7 +82,7 @@ def test_a_photo_whose_p_equals_the_threshold_is_called_malignant(tmp_path, caps
     import torch
 
     photo = lesion_photo(tmp_path / "photo.jpg", (80, 64), seed=4)
-    path = save_model(tmp_path / "m.pth", calibration=dict(a=0.5, b=0.2))
+    path = save_model(tmp_path / "m.pth", calibration=calibration(0.5, 0.2))
     net, meta = model.load_checkpoint(path)
     x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model.meta_data_config(meta)))[None]
     p = float(model.predictions(model.view_logits(net, x), meta)[0][0])
@@ -90,7 +92,7 @@ def test_a_photo_whose_p_equals_the_threshold_is_called_malignant(tmp_path, caps
 
 
 # ---------------------------------------------------------------------------- Platt's shift in the ONNX file
-CALIBRATION = dict(method="platt", a=0.7, b=1.3)
+CALIBRATION = calibration(0.7, 1.3)
 
 
 def test_the_exported_module_keeps_platts_shift(tmp_path, one_torch_thread):
@@ -285,7 +287,8 @@ def test_evaluates_calibration_numbers_before_and_after_are_those_of_the_plain_a
     z = rng.normal(-1, 2, 300)
     y = (rng.random(300) < sigmoid(0.5 * z + 1)).astype(int)
     fitted = dict(method="platt", a=0.5, b=1.0)
-    report = evaluate.calibration_report(y, z, fitted, SimpleNamespace(n_bootstrap=0, seed=0))
+    before, after = sigmoid(z), sigmoid(0.5 * z + 1)  # evaluate.main passes the plain and the calibrated P
+    report = evaluate.calibration_report(y, before, after, fitted, SimpleNamespace(n_bootstrap=0, seed=0))
     for when, p in (("before", sigmoid(z)), ("after", sigmoid(0.5 * z + 1))):
         assert report[f"ece_{when}"] == pytest.approx(ece_by_hand(y, p))
         assert report[f"brier_{when}"] == pytest.approx(np.mean((p - y) ** 2))

@@ -27,6 +27,8 @@ import model
 from conftest import ENV, ROOT, assert_one_error, export_rows, lesion_photo, run, save_model, write_export
 from skinlesion import dataset, photos, shards
 
+pytestmark = pytest.mark.slow  # each test prepares a dataset with prepare_dataset.py, or trains
+
 FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0]
 
 
