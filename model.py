@@ -241,9 +241,9 @@ def meta_fault(meta, kind="pth"):
     name, network = meta.get("model_name", MODEL_NAME), meta.get("network")  # before the keys: EfficientNet-B0
     if not fault and network is not None and network["architecture"] != name:
         fault = f"its network {network!r} is not {name}'s"
-    calibration = meta.get("calibration")
-    old_form = calibration and calibration["a"] != 1 and calibration.get("applies_to") != APPLIES_TO
-    if not fault and not classes_fault(meta) and old_form and len(meta["classes"]) > 2:
+    calibration = meta.get("calibration")  # its shape is checked above: a fault there is said first
+    old_form = not fault and calibration and calibration["a"] != 1 and calibration.get("applies_to") != APPLIES_TO
+    if old_form and not classes_fault(meta) and len(meta["classes"]) > 2:
         fault = "its calibration scales the summed log-odds (an earlier version), not the type logits; retrain it"
     return fault or classes_fault(meta)
 

@@ -257,7 +257,7 @@ def test_text_from_a_data_file_is_shown_as_it_is_in_the_card(meta, evaluation, f
 def test_the_card_shows_the_model_files_sha256(meta, tmp_path):
     path = tmp_path / "skin_model.pth"
     path.write_bytes(b"weights")
-    card.write_card(str(tmp_path / "skin_model.md"), meta, path.name, sha256=files.file_sha256(str(path)))
+    card.write_card(str(tmp_path / "skin_model.md"), meta, path.name, model_sha256=files.file_sha256(str(path)))
     expected = hashlib.sha256(b"weights").hexdigest()
     text = (tmp_path / "skin_model.md").read_text()
     assert f"- Model file: skin_model.pth, SHA-256 {expected} (compare it with the published one)." in text

@@ -229,7 +229,7 @@ def test_p_malignant_is_the_sum_over_the_malignant_types_through_the_calibration
     p, types = model.predictions([logits], meta)
     np.testing.assert_allclose(p, raw, atol=1e-12)
     np.testing.assert_allclose(types, probabilities, atol=1e-12)
-    meta["calibration"] = dict(method="platt", a=0.5, b=-1.0, applies_to="logits")
+    meta["calibration"] = calibration(0.5, -1.0)
     e = np.exp(0.5 * logits - 1.0 * np.array([0, 0, 1, 1]))  # one distribution: softmax(a * logits + b * malignant)
     calibrated = e / e.sum(1, keepdims=True)
     expected = calibrated[:, 2:].sum(1)
