@@ -73,6 +73,14 @@ def screenshot(target):
         server.wait(timeout=10)
 
 
+def is_tool_script(name):
+    """Whether tools/name is a measuring script (a constants block: flags), not a module of theirs."""
+    if not name.endswith(".py"):
+        return False
+    with open(os.path.join(ROOT, "tools", name), encoding="utf-8") as f:
+        return bool(cli.RULER.search(f.read()))
+
+
 def main(argv=None):
     args = cli.parse_flags(globals(), argv)
     os.chdir(ROOT)
@@ -82,6 +90,7 @@ def main(argv=None):
         shrunk(source, os.path.join(HERE, name), args.width)
     shutil.copyfile("skin_model.md", os.path.join(HERE, "model_card.md"))
     scripts = sorted(f for f in os.listdir(ROOT) if f.endswith(".py") and f != "model.py")
+    scripts += sorted(f"tools/{f}" for f in os.listdir(os.path.join(ROOT, "tools")) if is_tool_script(f))
     files.write_text(os.path.join(HERE, "flags.md"), cli.flags_markdown([os.path.join(ROOT, s) for s in scripts]), None)
     if args.screenshot:
         raw = os.path.join(HERE, "web_page.raw.png")

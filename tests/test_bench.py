@@ -1,17 +1,19 @@
-"""bench.py and skinlesion/measure.py: --help without torch, every numeric flag checked with one error line before
+"""tools/bench.py and tools/measure.py: --help without torch, every numeric flag checked with one error line before
 any work, a work folder of someone else's files refused, one tiny real run (the prepare_dataset.py benchmark
 on 20 small photos) that prints both tables, and measure.py's pure functions."""
 
 import os
 import sys
 
+import growth
+import measure
 import pandas as pd
 import pytest
 from PIL import Image
 
 import bench
 from conftest import fingerprint, help_of, main_fails, run, write_export
-from skinlesion import folders, growth, measure
+from skinlesion import folders
 
 ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory", "0.11 GB", "0.11 of 1 GB", "")]
 
@@ -19,7 +21,7 @@ ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory
 # ---------------------------------------------------------------------------- bench.py
 @pytest.mark.slow
 def test_help_answers_before_torch_is_imported():
-    r = help_of("bench.py")
+    r = help_of("tools/bench.py")
     assert r.stdout.strip().endswith("NO TORCH") and "--n-prepare-images N_PREPARE_IMAGES" in r.stdout, r.stdout
     assert "(default: None)" in r.stdout and "--no-train" in r.stdout, r.stdout
 
@@ -55,7 +57,7 @@ def test_a_work_dir_of_other_files_is_refused_and_left_alone(tmp_path, capsys):
 def test_a_tiny_run_prints_both_tables_and_keeps_its_work_dir(tmp_path):
     work = tmp_path / "work"
     options = ["--no-train", "--no-predict", "--no-memory", "--n-prepare-images", 20, "--demo-photo-size", 64]
-    r = run("bench.py", *options, "--work-dir", work, cwd=tmp_path, timeout=300)
+    r = run("tools/bench.py", *options, "--work-dir", work, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("machine: ") and f"work dir {work}" in r.stdout
@@ -79,7 +81,7 @@ def test_the_growth_table_has_a_row_per_count_and_kind(tmp_path):
     work = tmp_path / "work"
     options = ["--no-train", "--no-predict", "--no-memory", "--no-prepare", "--growth", 24, 40]
     options += ["--growth-photo-size", 64, "--image-size", 32, "--batch-size", 4, "--warmup", 0, "--steps", 1]
-    r = run("bench.py", *options, "--work-dir", work, cwd=tmp_path, timeout=600)
+    r = run("tools/bench.py", *options, "--work-dir", work, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     table = lines[lines.index("| " + " | ".join(growth.HEAD) + " |") + 2 :]

@@ -18,14 +18,16 @@ with the zero head), scratch (random weights, the scratch recipe, --scratch-epoc
 tf_efficientnet_lite0 through AItraining.py's own --model-name and --weights-file: nothing is patched.
 """
 
-import contextlib
 import json
 import os
 import re
 import sys
 
-import model
-from skinlesion import cli, files, folders, interrupts
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project, beside tools/
+import model  # noqa: E402
+from skinlesion import cli, files, folders, interrupts  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # -----------------------------------------------------------------------------
 DATA_DIR = "dataset"  # a prepared dataset with train, val and test splits
@@ -70,12 +72,8 @@ def standin_weights_file(folder):
 
 
 def measure(run, args, weights):
-    """Train and evaluate one run in WORK_DIR/run; its row of numbers."""
-    import io
-
-    import AItraining
-    import evaluate
-
+    """Train and evaluate one run in WORK_DIR/run (AItraining.py and evaluate.py, as a user runs them); its row of
+    numbers."""
     folder = os.path.join(args.work_dir, run)
     os.makedirs(folder, exist_ok=True)
     output = os.path.join(folder, "skin_model.pth")
@@ -99,23 +97,10 @@ def measure(run, args, weights):
     else:
         train = [*common, "--model-name", ARCHITECTURE, "--weights-file", weights, "--recipe", "finetune"]
         train += ["--epochs", str(args.epochs)]
-    log = io.StringIO()
-    with contextlib.redirect_stdout(Tee(log)):
-        AItraining.main(train)
-        evaluate.main(
-            [
-                "--model",
-                output,
-                "--data-dir",
-                os.path.join(args.data_dir, "test"),
-                "--output-dir",
-                folder,
-                "--num-workers",
-                str(args.num_workers),
-                "--overwrite",
-            ]
-        )
-    epochs = re.findall(r"train loss ([\d.]+).*AUC ([\d.]+)", log.getvalue())
+    evaluation = ["--model", output, "--data-dir", os.path.join(args.data_dir, "test"), "--output-dir", folder]
+    evaluation += ["--num-workers", str(args.num_workers), "--overwrite"]
+    log = run_script("AItraining.py", train) + run_script("evaluate.py", evaluation)
+    epochs = re.findall(r"train loss ([\d.]+).*AUC ([\d.]+)", log)
     with open(os.path.join(folder, "evaluation.json")) as f:
         report = json.load(f)
     m, ci, cal = report["metrics"], report["ci95"], report["calibration"]
@@ -132,18 +117,19 @@ def measure(run, args, weights):
     ]
 
 
-class Tee:
-    """A stream that writes to two: the console and a buffer."""
+def run_script(script, argv):
+    """Run one of the project's scripts as a user does, its output shown as it comes; that output (it dies with the
+    script's own error line if the script fails)."""
+    import subprocess
 
-    def __init__(self, buffer):
-        self.buffer, self.console = buffer, sys.stdout
-
-    def write(self, text):
-        self.buffer.write(text)
-        return self.console.write(text)
-
-    def flush(self):
-        self.console.flush()
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *argv], stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        lines.append(line)
+    if process.wait():
+        cli.die(f"{script} failed (exit {process.returncode}); see its error above")
+    return "".join(lines)
 
 
 def main(argv=None):

@@ -3,6 +3,7 @@ peak memory (the summed PSS of its process tree, Linux /proc), what the machine 
 text and markdown, and an export of many distinct photos. Nothing here is about the model: torch is imported
 only inside the functions that describe it."""
 
+import ast
 import os
 import platform
 import statistics
@@ -10,6 +11,24 @@ import subprocess
 import time
 
 from skinlesion.cli import die
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project: the scripts the tools measure
+
+
+def script_constant(script, name):
+    """The value of a constant in one of the project's scripts, read from its source (a tool imports no script)."""
+    with open(os.path.join(ROOT, script), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+            return ast.literal_eval(node.value)
+    raise KeyError(f"{script} has no constant {name}")
+
+
+def training_default(name):
+    """AItraining.py's constant name (its default), e.g. NUM_WORKERS."""
+    return script_constant("AItraining.py", name)
+
 
 HEAD = ("measurement", "result", "ratio", "target")  # the columns of a table of results
 

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from skinlesion import measure
+import measure
 
 HEAD = ("photos", "data", "prepare", "prepare peak", "on disk", "train setup", "train", "train peak", "photos kept")
 

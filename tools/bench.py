@@ -32,9 +32,12 @@ import sys
 import tempfile
 import time
 
-import AItraining
-import model
-from skinlesion import batches, cli, dataset, devices, folders, growth, interrupts, measure, photos, training
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project, beside tools/
+import growth  # noqa: E402
+import measure  # noqa: E402
+
+import model  # noqa: E402
+from skinlesion import batches, cli, dataset, devices, folders, interrupts, photos, training  # noqa: E402
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px, 32 to 2048
@@ -42,7 +45,7 @@ BATCH_SIZE = 32  # images per training step (AItraining.py's default), >= 1
 WARMUP = 3  # training steps run before timing, >= 0 (on CPU the first steps are up to 2x slower)
 STEPS = 8  # timed training steps per measurement, >= 1
 ROUNDS = 5  # model alone and the real loop are measured this many times, alternately, >= 1
-NUM_WORKERS = AItraining.NUM_WORKERS  # data-loading processes of the streaming and naive measurements, >= 0
+NUM_WORKERS = measure.training_default("NUM_WORKERS")  # data-loading processes (AItraining.py's default), >= 0
 DEMO_PHOTO_SIZE = 2400  # longer side of the synthetic photos in px, 64 to 10000
 N_PREPARE_IMAGES = 1000  # photos for the prepare_dataset.py benchmark (demo photos repeated), >= 1
 COLD_RUNS = 3  # fresh predict.py processes per model format (the median counts), >= 1
@@ -57,7 +60,7 @@ GROWTH = []  # photo counts for the growth table, e.g. 1000 10000 50000 (prepare
 GROWTH_PHOTO_SIZE = 320  # longer side of the growth table's synthetic photos in px, 64 to 10000
 WORK_DIR = None  # folder for data and models: new, empty or made by bench.py; kept, re-used. None = a temporary one
 # -----------------------------------------------------------------------------
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = measure.ROOT  # where the scripts it runs are
 RANGES = [model.IMAGE_SIZE_RANGE,
           ("batch_size", 1, math.inf, "a whole number >= 1"),
           ("warmup", 0, math.inf, "a whole number >= 0"), ("steps", 1, math.inf, "a whole number >= 1"),
@@ -239,12 +242,25 @@ def bench_memory(args, work, small):
     ]
 
 
+def warm_predictors(net, meta, session, onnx_meta):
+    """photo -> P(malignant) as predict.py computes it (without the map), with PyTorch and with onnxruntime."""
+    import torch
+
+    def with_torch(img):
+        x = torch.from_numpy(photos.preprocess(img, model.meta_data_config(meta)))[None]
+        return model.predictions(model.view_logits(net, x), meta)[0]
+
+    def with_onnx(img):
+        x = photos.preprocess(img, model.meta_data_config(onnx_meta))[None]
+        return session.run(["p_malignant"], {session.get_inputs()[0].name: x})[0]
+
+    return with_torch, with_onnx
+
+
 def bench_predict(args, work, photo, data_dir):
     """Cold (fresh predict.py process) and warm (in-process) latency of one photo, PyTorch vs onnxruntime, with
     a random-weight model (at chance: the work is the same as a trained one's)."""
     import torch
-
-    import predict
 
     print("prediction: export, cold and warm ...", flush=True)
     pth, onnx = os.path.join(work, "skin_model.pth"), os.path.join(work, "skin_model.onnx")
@@ -258,8 +274,7 @@ def bench_predict(args, work, photo, data_dir):
     net, meta = model.load_checkpoint(pth)
     img = photos.load_image(photo)
     session, onnx_meta = model.load_onnx(onnx)
-    torch_once = predict.torch_predictor(net, meta, False, False)
-    onnx_once = predict.onnx_predictor(session, onnx_meta, False, False)
+    torch_once, onnx_once = warm_predictors(net, meta, session, onnx_meta)
     with torch.inference_mode():
         for _ in range(3):  # warm-up
             torch_once(img)
@@ -360,7 +375,7 @@ def main(argv=None):
             small_demo = os.path.join(work, f"photos_{args.growth_photo_size}px", "demo")
             if not os.path.isfile(os.path.join(small_demo, "metadata.csv")):
                 run(script("make_demo_data.py", "--out-dir", small_demo, "--photo-size", args.growth_photo_size))
-            growth_rows = growth.table(args, work, small_demo, HERE, ENV, AItraining.CACHE_GB)
+            growth_rows = growth.table(args, work, small_demo, HERE, ENV, measure.training_default("CACHE_GB"))
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
