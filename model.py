@@ -18,6 +18,7 @@ from scipy.special import logsumexp, softmax
 from skinlesion.calibration import calibrated
 from skinlesion.cli import die, in_range, is_list_of, is_table
 from skinlesion.dataset import SIDES
+from skinlesion.familiarity import distances, feature_count, features
 from skinlesion.files import TAG, atomic_write, file_kind, is_ours
 from skinlesion.weights import imagenet_model
 
@@ -119,6 +120,19 @@ def view_logits(net, x, tta=False):
         return [net(x.flip(dims) if dims else x).double().cpu().numpy() for dims in flips]
 
 
+def familiarity_distances(net, x, meta):
+    """The familiarity distance (skinlesion/familiarity.py) of each normalised image of a batch, float64, or None
+    for a model without the measure (meta as load_checkpoint gives it, with the arrays)."""
+    import torch
+
+    found = meta.get("familiarity")
+    if not found:
+        return None
+    with torch.inference_mode():
+        found_features = features(net, x.contiguous(memory_format=torch.channels_last))[0]
+    return distances(found_features.double().cpu().numpy(), found["means"], found["whitening"])
+
+
 # ---------------------------------------------------------------------------- the model file
 def classes_fault(meta):
     """What is wrong with a model file's classes and their sides, or None."""
@@ -169,7 +183,36 @@ def meta_fault(meta):
         return f"its {bad[0]} {meta[bad[0]]!r} is not a table of numbers"
     if meta.get("at_chance") not in (None, True, False):  # None: not known (no validation split)
         return f"its at_chance {meta['at_chance']!r} is not true, false or null"
-    return classes_fault(meta)
+    return classes_fault(meta) or familiarity_fault(meta.get("familiarity"))
+
+
+def familiarity_fault(found):
+    """What is wrong with a model file's familiarity measure (skinlesion/familiarity.py: the limit of the distance
+    and the image types it was fitted on), or None; a model without one (an earlier version) has None here."""
+    if found is None:
+        return None
+    if not (isinstance(found, dict) and found.get("method") == "mahalanobis" and in_range(found.get("limit"), 0)):
+        return f"its familiarity {found!r} is not a Mahalanobis distance limit >= 0"
+    if not (
+        in_range(found.get("quantile"), 0, 1) and is_list_of(found.get("image_types"), lambda t: isinstance(t, str))
+    ):
+        return "its familiarity has no quantile from 0 to 1 or no list of image types"
+    return None
+
+
+def familiarity_arrays_fault(arrays, classes):
+    """What is wrong with a checkpoint's familiarity arrays (means: classes x d, whitening: d x d, finite)."""
+    import torch
+
+    means, whitening = (arrays.get(k) if isinstance(arrays, dict) else None for k in ("means", "whitening"))
+    if not (torch.is_tensor(means) and torch.is_tensor(whitening) and means.ndim == 2 and whitening.ndim == 2):
+        return "its familiarity has no means and whitening matrices"
+    d = means.shape[1]
+    if means.shape[0] != classes or tuple(whitening.shape) != (d, d):
+        return f"its familiarity means {tuple(means.shape)} and whitening {tuple(whitening.shape)} do not fit"
+    if not (means.isfinite().all() and whitening.isfinite().all()):
+        return "its familiarity means or whitening hold NaN or infinite values"
+    return None
 
 
 def meta_data_config(meta):
@@ -261,6 +304,8 @@ def read_checkpoint(path):
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("meta"), dict)):
         die(f"{path} is not a checkpoint written by AItraining.py (no state_dict/meta)")
     fault = meta_fault(ckpt["meta"])
+    if not fault and ckpt["meta"].get("familiarity"):
+        fault = familiarity_arrays_fault(ckpt.get("familiarity"), len(ckpt["meta"]["classes"]))
     if not fault:
         weights = ckpt["state_dict"].items()
         bad = [k for k, v in weights if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
@@ -291,12 +336,29 @@ def load_weights(net, ckpt, path):
 
 
 def load_checkpoint(path, device="cpu"):
-    """(model in eval mode on device, meta dict) from a checkpoint written by AItraining.py, checked."""
+    """(model in eval mode on device, meta dict) from a checkpoint written by AItraining.py, checked. A model with a
+    familiarity measure has its arrays in meta["familiarity"] as float64 numpy (means, whitening)."""
     import timm
 
     ckpt = read_checkpoint(path)
-    net = timm.create_model(MODEL_NAME, pretrained=False, num_classes=len(ckpt["meta"]["classes"]))
-    return prepare_for_device(load_weights(net, ckpt, path), device).eval(), ckpt["meta"]
+    meta = ckpt["meta"]
+    net = timm.create_model(MODEL_NAME, pretrained=False, num_classes=len(meta["classes"]))
+    if meta.get("familiarity"):
+        arrays = {key: value.double().numpy() for key, value in ckpt["familiarity"].items()}
+        if arrays["means"].shape[1] != feature_count(net):
+            die(f"{path} is refused: its familiarity measure is not for {feature_count(net)} features; retrain it")
+        meta = dict(meta, familiarity=dict(meta["familiarity"], **arrays))
+    return prepare_for_device(load_weights(net, ckpt, path), device).eval(), meta
+
+
+def familiarity_state(means, whitening):
+    """What a checkpoint keeps of its familiarity measure besides meta["familiarity"]: the arrays, float32."""
+    import torch
+
+    return {
+        key: torch.as_tensor(np.asarray(v), dtype=torch.float32)
+        for key, v in (("means", means), ("whitening", whitening))
+    }
 
 
 def onnx_fault(proto, session, meta):
@@ -316,6 +378,8 @@ def onnx_fault(proto, session, meta):
         return f"it takes {inputs}, not one float32 image [batch, 3, {size}, {size}]"
     outputs = {o.name: o.shape[1:] for o in session.get_outputs()}
     wanted = {"logits": [n], "p_malignant": [], "cam": [size // 32, size // 32]}
+    if meta.get("familiarity"):  # the Mahalanobis distance to the training photos (skinlesion/familiarity.py)
+        wanted["familiarity_distance"] = []
     if outputs != wanted:
         return f"its outputs (shapes after the batch) are {outputs}, not {wanted}"
     return None

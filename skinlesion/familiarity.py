@@ -1,0 +1,134 @@
+"""How familiar a photo is to a model: whether it looks like the photos the model learned from. The measure is
+the Mahalanobis distance of the photo's features to the nearest class mean of the training photos, with one
+covariance shared by the classes, shrunk towards a multiple of the identity (Ledoit-Wolf: a few hundred photos
+cannot estimate a 1792 x 1792 covariance alone). The features: the pooled features (what the network computes
+just before its classifier, 1280 for EfficientNet-B0) and the spatial mean of each stage's output (16 + 24 + 40
++ 112 + 320), timm's forward_intermediates, so any timm backbone. The stages see what the classifier may ignore:
+with the pooled features alone, a flat colour, text or a chart lay among the training photos (on the demo model,
+35% of such images flagged; with the stages, see tools/measure_familiarity.py).
+Its limit is a quantile (QUANTILE, 99%) of the distances of the validation photos, which the fit never saw: a
+photo further than that is unfamiliar, and gets no benign/malignant answer.
+
+The model file keeps the class means, a whitening matrix W (W^T C W = I for the shared covariance C, so that
+the distance is |(f - mean) W|) and the limit; AItraining.py fits them, the ONNX graph computes the distance
+(export_onnx.py), and predict.py, evaluate.py and the web page compare it with the limit.
+
+    means, whitening = familiarity.fit(train_features, train_labels, n_classes)
+    limit = familiarity.choose_limit(familiarity.distances(val_features, means, whitening))
+"""
+
+import numpy as np
+
+QUANTILE = 0.99  # share of the validation photos within the limit
+
+
+def fit(features, labels, n_classes):
+    """(class means (n_classes, d), whitening matrix (d, d)), float64, from training features (n, d) and their
+    class indices: the shared covariance of the features around their class means, shrunk by Ledoit-Wolf."""
+    from sklearn.covariance import LedoitWolf
+
+    features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
+    means = np.stack([features[labels == c].mean(0) for c in range(n_classes)])
+    covariance = LedoitWolf(assume_centered=True).fit(features - means[labels]).covariance_
+    values, vectors = np.linalg.eigh(covariance)
+    return means, vectors / np.sqrt(np.maximum(values, values.max() * 1e-12))
+
+
+def distances(features, means, whitening):
+    """The Mahalanobis distance of each row of features (n, d) to the nearest class mean, float64 (n,)."""
+    features = np.asarray(features, dtype=np.float64)
+    whitened = (features[:, None, :] - np.asarray(means)[None]) @ np.asarray(whitening)
+    return np.sqrt((whitened**2).sum(-1).min(1))
+
+
+def choose_limit(val_distances, quantile=QUANTILE):
+    """The distance QUANTILE of the validation photos lie within (numpy's linear quantile)."""
+    return float(np.quantile(np.asarray(val_distances, dtype=np.float64), quantile))
+
+
+def summary(val_distances, image_types, quantile=QUANTILE):
+    """What the model file's meta keeps: the limit (chosen on the validation distances), how it was chosen, the
+    share of the validation photos within it, and the image types it applies to."""
+    limit = choose_limit(val_distances, quantile)
+    within = float(np.mean(np.asarray(val_distances) <= limit))
+    found = dict(method="mahalanobis", limit=limit, quantile=quantile, val_within=within, n_val=len(val_distances))
+    return dict(found, image_types=image_types)
+
+
+def fit_on_photos(net, meta, train_paths, train_y, val_paths, **load):
+    """(meta["familiarity"], means, whitening) for a trained net: fitted on the training photos' features, the
+    limit chosen on the validation photos' (load: features_of_photos' cfg, device, batch_size, num_workers)."""
+    means, whitening = fit(features_of_photos(net, train_paths, meta, **load), train_y, len(meta["classes"]))
+    val_distances = distances(features_of_photos(net, val_paths, meta, **load), means, whitening)
+    image_types = meta.get("data", {}).get("factors", {}).get("image type", {}).get("train", {})
+    return summary(val_distances, sorted(t for t in image_types if t != "unknown")), means, whitening
+
+
+def limit_text(found):
+    """The limit in words, as training prints it."""
+    return (
+        f"a photo further than {found['limit']:.2f} from the training photos (the Mahalanobis distance of its "
+        f"features to the nearest class mean; {found['val_within']:.0%} of the {found['n_val']} validation photos "
+        "lie within) is unfamiliar and gets no answer"
+    )
+
+
+def unfamiliar(distance, meta):
+    """Whether a photo at this distance is unfamiliar to the model (False for a model without the measure)."""
+    found = meta.get("familiarity")
+    return bool(found) and not distance <= found["limit"]  # NaN counts as unfamiliar
+
+
+def image_types_text(meta):
+    """The training photos' image types for a sentence: 'clinical: overview', or 'dermoscopic or clinical: ...'."""
+    types = (meta.get("familiarity") or {}).get("image_types") or []
+    return " or ".join(types) if types else "training"
+
+
+def unfamiliar_sentence(meta):
+    """What predict.py and the page say instead of an answer for an unfamiliar photo."""
+    return f"the photo does not look like the {image_types_text(meta)} photos the model learned from"
+
+
+# ---------------------------------------------------------------------------- in torch (the model, the ONNX graph)
+def features(net, x):
+    """(the familiarity features (n, d) of a batch of normalised images, the network's final feature map, as
+    forward_features gives it: its head and the cam use it) from one pass through a timm network."""
+    import torch
+
+    final, stages = net.forward_intermediates(x, intermediates_only=False)
+    pooled = net.forward_head(final, pre_logits=True)
+    return torch.cat([stage.mean((2, 3)) for stage in stages] + [pooled], 1), final
+
+
+def feature_count(net):
+    """How many familiarity features a timm network gives: its stages' channels and its pooled features."""
+    return sum(info["num_chs"] for info in net.feature_info) + net.num_features
+
+
+def torch_distances(found, means, whitening):
+    """distances() in torch: float32 in a graph, as exported to ONNX."""
+    import torch
+
+    whitened = (found[:, None, :] - means[None]) @ whitening
+    return torch.sqrt(whitened.square().sum(-1).amin(1))
+
+
+def features_of_photos(net, paths, meta, device, batch_size=32, num_workers=0):
+    """The familiarity features (n, d), float64, of the photos' centre crops (as the model file's meta makes them), in
+    eval mode. An unreadable photo is an error (the caller checked them)."""
+    import torch
+
+    from skinlesion import photos
+
+    crops = photos.Photos(list(paths), meta["image_size"], meta["crop_pct"], meta["interpolation"])
+    order = [list(range(i, min(i + batch_size, len(crops)))) for i in range(0, len(crops), batch_size)]
+    found = []
+    net.eval()
+    with torch.inference_mode():
+        for x, whys in photos.photo_loader(crops, order, num_workers, device):
+            if any(whys):
+                raise OSError(f"a photo could not be read: {next(w for w in whys if w)}")
+            x = photos.normalise_batch(x.to(device), meta)
+            found.append(features(net, x)[0].double().cpu().numpy())
+    return np.concatenate(found)
