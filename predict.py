@@ -13,6 +13,11 @@ validation split for its target sensitivity (stored in the model file; --thresho
 with enough digits to see which side of the threshold it lies on; within model.BORDERLINE (0.02) it is called
 borderline. A lesion-type model also names the most likely type and the next two. A model file that is broken
 or not ours is refused, and a photo for which the model gives no valid probability is an error, never a label.
+
+A photo unlike the model's training photos (its familiarity distance beyond the limit AItraining.py chose on the
+validation photos; skinlesion/familiarity.py) gets no benign/malignant answer: alone, predict.py prints
+"Prediction: unfamiliar" and one line why, and exits with status 3 (UNFAMILIAR_EXIT); in a folder its line and
+CSV row say unfamiliar and the summary counts it. --show-unfamiliar also shows the answer, marked unreliable.
 Folders are searched recursively (each real folder once, links included) for files ending in photos.IMAGE_EXTS;
 other files and unreadable images are skipped, counted and named on stderr.
 
@@ -34,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 import model
-from skinlesion import cli, devices, explain, files, folders, interrupts, metrics, photos
+from skinlesion import cli, devices, explain, familiarity, files, folders, interrupts, metrics, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint from AItraining.py, or a .onnx file from export_onnx.py (onnxruntime)
@@ -43,9 +48,12 @@ EXPLAIN = False  # also save a Grad-CAM picture per photo into EXPLAIN_DIR: the 
 EXPLAIN_DIR = "gradcam"  # folder for the --explain pictures (made if missing; never one of the photo folders)
 CSV = None  # path: also write file, prediction, p_malignant, threshold, borderline (type, p_type) per photo
 THRESHOLD = None  # None = the threshold stored in the model; a number from 0 to 1 overrides it
+SHOW_UNFAMILIAR = False  # also show the answer for a photo unlike the training photos, marked unreliable
 OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 HEADER = ["file", "prediction", "p_malignant", "threshold", "borderline"]
+FAMILIARITY_HEADER = ["familiarity_distance", "familiarity_limit"]  # for a model with a familiarity measure
+UNFAMILIAR_EXIT = 3  # exit status for a single photo unlike the training photos (no answer)
 FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so: quote it
 
 
@@ -72,8 +80,10 @@ def parse_args(argv=None):
 
 
 def written_csv(path):
-    """Whether path is a predictions CSV we wrote (of a two-class or a lesion-type model)."""
-    return any(files.is_ours(path, header=",".join(header)) for header in (HEADER, HEADER + ["type", "p_type"]))
+    """Whether path is a predictions CSV we wrote (of a two-class or a lesion-type model, with or without a
+    familiarity measure)."""
+    headers = [HEADER + types + familiar for types in ([], ["type", "p_type"]) for familiar in ([], FAMILIARITY_HEADER)]
+    return any(files.is_ours(path, header=",".join(header)) for header in headers)
 
 
 def is_onnx(path):
@@ -84,10 +94,13 @@ def is_onnx(path):
 
 
 def onnx_predictor(session, meta, tta, explain_it):
-    """photo -> (calibrated P(malignant), class probabilities, signed evidence map or None) with onnxruntime; tta
-    averages over model.TTA_FLIPS (one view per run: works whatever batch size the file takes)."""
+    """photo -> (calibrated P(malignant), class probabilities, signed evidence map or None, familiarity distance
+    or None) with onnxruntime; tta averages over model.TTA_FLIPS (one view per run: works whatever batch size the
+    file takes); the distance is the photo's own (no flips)."""
     name = session.get_inputs()[0].name
     outputs = ["logits", "p_malignant", "cam"] if explain_it else ["logits", "p_malignant"]
+    if meta.get("familiarity"):
+        outputs.append("familiarity_distance")
 
     def predict_one(img):
         x = photos.preprocess(img, model.meta_data_config(meta))
@@ -100,13 +113,15 @@ def onnx_predictor(session, meta, tta, explain_it):
                 cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]}); export it again")
         probabilities = np.mean([model.class_probabilities(r[0]) for r in runs], axis=0)[0]
         cam = runs[0][2][0] if explain_it else None
-        return float(np.mean([r[1][0] for r in runs])), probabilities, cam
+        distance = float(runs[0][-1][0]) if meta.get("familiarity") else None
+        return float(np.mean([r[1][0] for r in runs])), probabilities, cam, distance
 
     return predict_one
 
 
 def torch_predictor(net, meta, tta, explain_it):
-    """photo -> (calibrated P(malignant), class probabilities, signed evidence map or None) with PyTorch."""
+    """photo -> (calibrated P(malignant), class probabilities, signed evidence map or None, familiarity distance
+    or None) with PyTorch."""
     import torch
 
     device = next(net.parameters()).device
@@ -115,7 +130,8 @@ def torch_predictor(net, meta, tta, explain_it):
         x = torch.from_numpy(photos.preprocess(img, model.meta_data_config(meta))).to(device)[None]
         p, probabilities = model.predictions(model.view_logits(net, x, tta), meta)
         cam = explain.gradcam(net, x, model.malignant_mask(meta)) if explain_it else None
-        return float(p[0]), probabilities[0], cam
+        distances = model.familiarity_distances(net, x, meta)
+        return float(p[0]), probabilities[0], cam, None if distances is None else float(distances[0])
 
     return predict_one
 
@@ -172,6 +188,15 @@ def model_cautions(meta):
     return cautions
 
 
+def unfamiliar_text(distance, meta, shown):
+    """The line that says why an unfamiliar photo gets no answer (or, shown, an unreliable one)."""
+    limit = meta["familiarity"]["limit"]
+    why = f"{familiarity.unfamiliar_sentence(meta)} (familiarity distance {distance:.2f}, limit {limit:.2f})"
+    if shown:
+        return f"{why}; the answer below is unreliable"
+    return f"{why}: no benign/malignant answer (--show-unfamiliar shows it anyway, unreliable)"
+
+
 def main(argv=None):
     args = parse_args(argv)
     model.check_model_file(args.model, "train one with 'python AItraining.py' (or export one with export_onnx.py)")
@@ -194,17 +219,23 @@ def main(argv=None):
     cautions = model_cautions(meta)
     for caution in cautions:
         print(f"caution: {caution}", file=sys.stderr)
+    if not meta.get("familiarity"):
+        print(
+            "caution: this model file has no familiarity measure (an earlier version): a photo unlike its training "
+            "photos is not flagged; retrain it with AItraining.py",
+            file=sys.stderr,
+        )
     flips = ", mean over 4 flips" if args.tta else ""
 
     # predictions
-    rows, borderline = [], 0
+    rows, borderline, strange = [], 0, False
     bar = tqdm(images, unit="image", disable=len(images) <= 20 or None)  # a progress bar only for many photos
     for path in bar:
         img, why = (first, None) if single else photos.try_load_image(path)
         if img is None:
             skipped.append((path, why))
             continue
-        p, probabilities, cam = predict_one(img)
+        p, probabilities, cam, distance = predict_one(img)
         if not metrics.is_probability(p):
             if single:
                 cli.die(
@@ -213,23 +244,40 @@ def main(argv=None):
                 )
             skipped.append((path, f"the model gave no valid probability (P = {p})"))
             continue
-        label = model.CLASSES[int(p >= threshold)]
+        answer = model.CLASSES[int(p >= threshold)]
+        strange = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
+        shown = args.show_unfamiliar or not strange
+        label = "unfamiliar" if strange else answer
         p_text, t_text, near = decision_texts(p, threshold)
-        borderline += bool(near)
+        borderline += bool(near) and not strange
         ranked = likely_types(probabilities, meta) if types else []
         rows.append([cli.printable(path), label, f"{p:.6f}", f"{threshold:g}", str(bool(near)).lower()])
         if ranked:
             rows[-1] += [ranked[0][0], f"{ranked[0][1]:.6f}"]
+        if not shown:  # the row says unfamiliar, without the answer
+            rows[-1] = [cell if i in (0, 1, 3) else "" for i, cell in enumerate(rows[-1])]
+        if distance is not None:
+            rows[-1] += [f"{distance:.4f}", f"{meta['familiarity']['limit']:.4f}"]
         caution = photo_caution(path, img)
         if caution:
             cli.warn(caution)
         if single:
             print(f"Prediction: {label}")
+            if strange:
+                print(unfamiliar_text(distance, meta, shown))
+            if strange and shown:
+                print(f"Unreliable answer: {answer}")
             close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
-            print(f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}")
-            if ranked:
+            if shown:
+                print(f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}")
+            if ranked and shown:
                 then = ", ".join(f"{name} (P = {q:.3f})" for name, q in ranked[1:3])
                 print(f"Type: {ranked[0][0]} (P = {ranked[0][1]:.3f}); next: {then}")
+        elif strange:
+            limit = meta["familiarity"]["limit"]
+            unreliable = f"; unreliable answer: {answer} (P(malignant) = {p_text})" if shown else "; no answer"
+            far = f"familiarity distance {distance:.2f} > limit {limit:.2f}: unlike the training photos"
+            bar.write(f"{cli.printable(path)}: Prediction: unfamiliar ({far}){unreliable}")
         else:
             kind = f"; type {ranked[0][0]} (P = {ranked[0][1]:.3f})" if ranked else ""
             close = ", borderline" if near else ""
@@ -238,6 +286,7 @@ def main(argv=None):
             notes = cautions + (
                 [f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else []
             )
+            notes += [familiarity.unfamiliar_sentence(meta) + ": unreliable"] if strange else []
             title = f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}"
             folders.made_folder(args.explain_dir, "predict.py")
             blank = explain.save_gradcam(photos.eval_crop(img, cfg), cam, pictures[path], title, notes)
@@ -250,18 +299,20 @@ def main(argv=None):
     if not rows:
         cli.die(f"none of the {len(skipped)} files could be classified; pass .jpg or .png photos")
     if not single:
-        n = sum(row[1] == "malignant" for row in rows)
+        n, odd = (sum(row[1] == label for row in rows) for label in ("malignant", "unfamiliar"))
         near_count = f"; {borderline} borderline" if borderline else ""
         skip_count = f"; {len(skipped)} skipped (listed on stderr)" if skipped else ""
+        odd_count = f", {odd} unfamiliar (unlike the training photos: no answer)" if meta.get("familiarity") else ""
         print(
-            f"{len(rows)} images: {n} malignant, {len(rows) - n} benign (threshold {threshold:.3f}{flips}){near_count}"
-            f"{skip_count}"
+            f"{len(rows)} images: {n} malignant, {len(rows) - n - odd} benign{odd_count} (threshold {threshold:.3f}"
+            f"{flips}){near_count}{skip_count}"
         )
     if meta.get("operating_point") and args.threshold is None:
         print(f"Operating point: {metrics.operating_point_text(meta['operating_point'])}.")
     if args.csv:
         text = io.StringIO()
         header = HEADER + ["type", "p_type"] if types else HEADER
+        header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
         csv.writer(text).writerows([header] + [[csv_cell(cell) for cell in row] for row in rows])
         files.write_text(args.csv, text.getvalue())
         print(f"predictions written to {args.csv}")
@@ -269,6 +320,8 @@ def main(argv=None):
         "note: a research tool, not a medical device; have a doctor examine any lesion that worries you",
         file=sys.stderr,
     )
+    if single and strange:
+        sys.exit(UNFAMILIAR_EXIT)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,13 @@ def evaluation_section(meta, evaluation):
     rows = [[METRIC_NAMES[k], f"{cal[k + '_before']:.3f}", f"{cal[k + '_after']:.3f}"] for k in ("ece", "brier") if cal]
     if rows:
         text.append(table(["calibration on test", "before", "after"], rows))
+    found = evaluation.get("familiarity")
+    if found:
+        text.append(
+            f"Unfamiliar test photos: {found['n_unfamiliar']} of {found['n_photos']} ({found['share_unfamiliar']:.1%}) "
+            f"lie beyond the familiarity limit chosen on validation, where {found['quantile']:.0%} of the photos lie "
+            "within; predict.py and the page give them no answer (the metrics above include them)."
+        )
     for factor, groups in evaluation.get("subgroups", {}).items():
         rows = [[g, r["photos"], r.get("text", "")] for g, r in groups.items()]
         text.append(f"Test ROC-AUC by {factor}:\n\n" + table([factor, "photos", "ROC-AUC (95% CI)"], rows))

@@ -388,7 +388,7 @@ def test_non_finite_probability_is_an_error_never_a_label(tmp_path, monkeypatch,
     def nan_for_dark(net, meta, tta, explain_it):
         def predict_one(img):
             dark = np.asarray(img).mean() < 100
-            return (float("nan") if dark else 0.3), np.array([0.7, 0.3]), None
+            return (float("nan") if dark else 0.3), np.array([0.7, 0.3]), None, None
 
         return predict_one
 
