@@ -90,6 +90,7 @@ def read_model(path):
         "val_auc_ci95",
         "operating_point",
         "card_summary",
+        "familiarity",
     )
     sidecar = {key: meta.get(key) for key in keys}
     op = meta.get("operating_point")

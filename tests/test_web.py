@@ -131,7 +131,7 @@ def reference(path, session, meta):
     calibrated P(malignant) (the file's p_malignant), the class probabilities and the cam; with the crop's uint8
     pixels (H x W x 3)."""
     img = photos.load_image(path)
-    p, probabilities, cam = predict.onnx_predictor(session, meta, tta=False, explain_it=True)(img)
+    p, probabilities, cam, _ = predict.onnx_predictor(session, meta, tta=False, explain_it=True)(img)
     cfg = model.meta_data_config(meta)
     x = photos.preprocess(img, cfg)
     pixels = (x.transpose(1, 2, 0) * np.array(cfg["std"]) + np.array(cfg["mean"])) * 255
