@@ -29,7 +29,9 @@ from conftest import (
     ENV,
     ROOT,
     assert_one_error,
+    direct_familiarity_distance,
     fingerprint,
+    grey_photo,
     lesion_photo,
     main_fails,
     refuses,
@@ -528,3 +530,32 @@ def test_a_type_model_exports_p_malignant_as_the_sum_over_its_malignant_types(tr
     predict.main([photos_[0], "--model", path])
     with_torch = capsys.readouterr().out.splitlines()
     assert with_onnx[0] == with_torch[0] and with_onnx[2].startswith("Type: ") and with_onnx[2] == with_torch[2]
+
+
+def test_onnx_torch_and_a_direct_computation_give_the_same_familiarity_distance(familiar_model, tmp_path, capsys):
+    """The exported graph's familiarity_distance, PyTorch's (model.familiarity_distances) and the distance computed
+    here (conftest.direct_familiarity_distance) agree on a flat grey photo and the model's own test photos; the
+    file's metadata holds the limit (not the arrays, which are in the graph); predict.py with the ONNX file says
+    what it says with the checkpoint for the grey photo, and exits 3."""
+    checkpoint, data = familiar_model
+    path = str(tmp_path / "familiar.onnx")
+    export_onnx.main(["--model", checkpoint, "--output", path, "--check-images", os.path.join(data, "test")])
+    assert "and the familiarity distance" in capsys.readouterr().out
+    session, meta = model.load_onnx(path)
+    stored = model.read_checkpoint(checkpoint)["meta"]["familiarity"]
+    assert meta["familiarity"] == stored and "familiarity_distance" in [o.name for o in session.get_outputs()]
+    test = [os.path.join(root, n) for root, _, names in os.walk(os.path.join(data, "test")) for n in sorted(names)]
+    paths = [grey_photo(tmp_path / "grey.png")] + test[::8]
+    direct, found = direct_familiarity_distance(checkpoint, paths)
+    x = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in paths])
+    from_onnx = session.run(["familiarity_distance"], {"image": x})[0]
+    net, torch_meta = model.load_checkpoint(checkpoint)
+    from_torch = model.familiarity_distances(net, torch.from_numpy(x), torch_meta)
+    assert np.allclose(from_onnx, direct, rtol=1e-4) and np.allclose(from_torch, direct, rtol=1e-6)
+    assert direct[0] > found["limit"] and (direct[1:] <= found["limit"]).mean() >= 0.8  # the check can fail
+    lines = {}
+    for model_file in (checkpoint, path):
+        r = run("predict.py", paths[0], "--model", model_file, cwd=tmp_path)
+        assert r.returncode == 3, r.stdout + r.stderr
+        lines[model_file] = r.stdout.splitlines()[:2]
+    assert lines[checkpoint] == lines[path] and lines[path][0] == "Prediction: unfamiliar"
