@@ -198,14 +198,16 @@ def main(argv=None):
         export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model), output_names(meta))
         onnx.checker.check_model(tmp, full_check=True)
         diff = max_difference(wrapped, meta, tmp, x)
-        distance = " and the familiarity distance" if meta.get("familiarity") else ""
+        compared = "P(malignant) and the evidence map"
+        if meta.get("familiarity"):
+            compared = "P(malignant), the evidence map and the familiarity distance"
         if not diff <= args.tolerance:
             cli.die(
                 f"onnxruntime and PyTorch disagree: max difference {diff:.2e} > tolerance {args.tolerance:.0e} "
                 f"on {described}; {args.output} not written"
             )
         print(
-            f"onnxruntime matches PyTorch: max difference {diff:.2e} in P(malignant), the evidence map{distance} "
+            f"onnxruntime matches PyTorch: max difference {diff:.2e} in {compared} "
             f"(tolerance {args.tolerance:.0e}) on {described}, batch of {len(x)} and batch of 1"
         )
 

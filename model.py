@@ -191,8 +191,10 @@ def familiarity_fault(found):
     and the image types it was fitted on), or None; a model without one (an earlier version) has None here."""
     if found is None:
         return None
-    if not (isinstance(found, dict) and found.get("method") == "mahalanobis" and in_range(found.get("limit"), 0)):
-        return f"its familiarity {found!r} is not a Mahalanobis distance limit >= 0"
+    if not (isinstance(found, dict) and found.get("method") == "mahalanobis"):
+        return "its familiarity is not a Mahalanobis distance measure"
+    if not in_range(found.get("limit"), 0):
+        return f"its familiarity limit {found.get('limit')!r} is not a number >= 0"
     if not (
         in_range(found.get("quantile"), 0, 1) and is_list_of(found.get("image_types"), lambda t: isinstance(t, str))
     ):

@@ -64,6 +64,13 @@ def evaluation_section(meta, evaluation):
             f"{cal['b']:.3f}); validation log-loss {cal['val_log_loss_before']:.3f} -> "
             f"{cal['val_log_loss_after']:.3f}, ECE {cal['val_ece_before']:.3f} -> {cal['val_ece_after']:.3f}."
         )
+    found = meta.get("familiarity")
+    if found:
+        text.append(
+            f"Familiarity: a photo whose features lie further than {found['limit']:.2f} (Mahalanobis distance to the "
+            f"nearest class mean of the training photos) is unfamiliar and gets no answer; {found['val_within']:.0%} "
+            f"of the {found['n_val']} validation photos lie within."
+        )
     if not evaluation:
         text.append("**Test**: not evaluated yet; run `python evaluate.py`, which adds its results here.")
         return "\n\n".join(text)

@@ -45,6 +45,7 @@ SIDECAR_KEYS = {
     "operating_point_text",
     "operating_point_warning",
     "card_summary",
+    "familiarity",
 }
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
