@@ -213,10 +213,11 @@ def main(argv=None):
 
     files.atomic_write(args.output, export_and_check)
     size, n = meta["image_size"], len(meta["classes"])
+    also = ", 'familiarity_distance' [batch]" if meta.get("familiarity") else ""
     print(
         f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
-        f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch] and 'cam' "
-        f"[batch, {size // 32}, {size // 32}]{', familiarity_distance [batch]' if meta.get('familiarity') else ''})"
+        f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch]{also} and "
+        f"'cam' [batch, {size // 32}, {size // 32}])"
     )
     print(f"use it with: python predict.py photo.jpg --model {args.output}")
 
