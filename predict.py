@@ -221,7 +221,7 @@ def main(argv=None):
         print(f"caution: {caution}", file=sys.stderr)
     if not meta.get("familiarity"):
         print(
-            "caution: this model file has no familiarity measure (an earlier version): a photo unlike its training "
+            "note: this model file has no familiarity measure (an earlier version): a photo unlike its training "
             "photos is not flagged; retrain it with AItraining.py",
             file=sys.stderr,
         )
