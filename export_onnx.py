@@ -144,8 +144,8 @@ def output_names(meta):
     return ["logits", "p_malignant", "cam"] + (["familiarity_distance"] if meta.get("familiarity") else [])
 
 
-def export(wrapped, size, path, opset, metadata, outputs):
-    """Write wrapped to path as one ONNX file with a dynamic batch size and the given metadata_props."""
+def export(wrapped, size, path, opset, metadata):
+    """Write wrapped (exportable's) to path as one ONNX file with a dynamic batch size and the given metadata_props."""
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -153,7 +153,7 @@ def export(wrapped, size, path, opset, metadata, outputs):
         wrapped,
         (torch.randn(2, 3, size, size),),
         input_names=["image"],
-        output_names=outputs,
+        output_names=output_names({"familiarity": wrapped.familiar}),
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         dynamo=True,
@@ -195,7 +195,7 @@ def main(argv=None):
     )
 
     def export_and_check(tmp):  # inside files.atomic_write: a failed check leaves nothing behind
-        export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model), output_names(meta))
+        export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model))
         onnx.checker.check_model(tmp, full_check=True)
         diff = max_difference(wrapped, meta, tmp, x)
         compared = "P(malignant) and the evidence map"
