@@ -307,7 +307,8 @@ def main(argv=None):
             f"{len(rows)} images: {n} malignant, {len(rows) - n - odd} benign{odd_count} (threshold {threshold:.3f}"
             f"{flips}){near_count}{skip_count}"
         )
-    if meta.get("operating_point") and args.threshold is None:
+    withheld = single and strange and not args.show_unfamiliar  # no answer: nothing about its threshold
+    if meta.get("operating_point") and args.threshold is None and not withheld:
         print(f"Operating point: {metrics.operating_point_text(meta['operating_point'])}.")
     if args.csv:
         text = io.StringIO()
