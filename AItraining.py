@@ -18,8 +18,10 @@ P(malignant), and with types their balanced accuracy. For the epoch kept, a cali
 fitted on the validation split (temperature or Platt scaling: a clinician reads P as a chance), and the
 operating point chosen: the threshold that catches TARGET_SENSITIVITY of the malignant validation photos, stable
 on a small split (a smooth Harrell-Davis quantile), with the sensitivity and specificity it gives there and their
-95% intervals. Writes skin_model.pth, skin_model.md, skin_model_last.pth (for --resume) and training_curves.png
-beside them, and runs/<run>/ (TensorBoard).
+95% intervals. Last, how familiar a photo is (skinlesion/familiarity.py): the distance of its features to the
+training photos', limited where 99% of the validation photos lie; predict.py gives no answer beyond it. Writes
+skin_model.pth, skin_model.md, skin_model_last.pth (for --resume) and training_curves.png beside them, and
+runs/<run>/ (TensorBoard).
 """
 
 import json
@@ -38,6 +40,7 @@ from skinlesion import (
     cli,
     dataset,
     devices,
+    familiarity,
     files,
     folders,
     interrupts,
@@ -380,8 +383,19 @@ def main(argv=None):
     devices.finish(net, rank, world)
     if rank == 0:
         writer.close()
+        fit_familiarity(args, train_paths, train_y, val_paths, device)
         folders.record_files(args.log_dir, args.run, "training log")
         report(args)
+
+
+def fit_familiarity(args, train_paths, train_y, val_paths, device):
+    """Add to the model file the kept epoch's familiarity measure (skinlesion/familiarity.py)."""
+    ckpt, (net, meta) = model.read_checkpoint(args.output), model.load_checkpoint(args.output, device)
+    load = dict(device=device, batch_size=args.batch_size, num_workers=args.num_workers)
+    found, means, whitening = familiarity.fit_on_photos(net, meta, train_paths, train_y, val_paths, **load)
+    ckpt["meta"]["familiarity"], ckpt["familiarity"] = found, familiarity.state(means, whitening)
+    model.save_checkpoint(args.output, ckpt)
+    print(f"familiarity: {familiarity.limit_text(found)}")
 
 
 def report(args):

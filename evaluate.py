@@ -13,7 +13,9 @@ The decision threshold is the one stored in the checkpoint, chosen on the valida
 it is never tuned on the photos evaluated here. When the ROC-AUC's interval includes 0.5 the model cannot be
 told from chance on these photos, and when the target sensitivity lies outside the interval of the test
 sensitivity the operating point did not hold: the report says so. Subgroups come from the dataset's
-manifest.csv (DATA_DIR/../manifest.csv); a subgroup with fewer than 20 photos of either side is not scored.
+manifest.csv (DATA_DIR/../manifest.csv); a subgroup with fewer than 20 photos of either side is not scored. For
+a model with a familiarity measure it counts the photos that predict.py would call unfamiliar (beyond the limit
+chosen on validation; skinlesion/familiarity.py); the metrics include them.
 """
 
 import json
@@ -29,6 +31,7 @@ from skinlesion import (
     cli,
     dataset,
     devices,
+    familiarity,
     files,
     folders,
     interrupts,
@@ -83,11 +86,13 @@ def parse_args(argv=None):
 
 
 def score(net, paths, meta, args, device, blobs=None):
-    """The logits of each view of each photo (one array per view: the photo, and with --tta its flips), NaN rows
-    where a photo could not be read; blobs: the photos' bytes, read from shards."""
+    """(The logits of each view of each photo (one array per view: the photo, and with --tta its flips), the
+    photos' familiarity distances or None (a model without the measure)), NaN where a photo could not be read;
+    blobs: the photos' bytes, read from shards."""
     cfg = model.meta_data_config(meta)
     crops = photos.Photos(paths, cfg["input_size"][-1], cfg["crop_pct"], cfg["interpolation"], blobs)
     views = [np.full((len(paths), len(meta["classes"])), np.nan) for _ in (model.TTA_FLIPS if args.tta else [()])]
+    distances = np.full(len(paths), np.nan) if meta.get("familiarity") else None
     order = [list(range(i, min(i + args.batch_size, len(paths)))) for i in range(0, len(paths), args.batch_size)]
     loader = photos.photo_loader(crops, order, args.num_workers, device)
     for indices, (x, whys) in zip(order, tqdm(loader, desc="scoring", unit="batch", disable=None)):
@@ -97,7 +102,19 @@ def score(net, paths, meta, args, device, blobs=None):
             x = photos.normalise_batch(x[readable].to(device), cfg)
             for view, logits in zip(views, model.view_logits(net, x, args.tta)):
                 view[at] = logits
-    return views
+            if distances is not None:
+                distances[at] = model.familiarity_distances(net, x, meta)
+    return views, distances
+
+
+def familiarity_report(distances, meta):
+    """How many of the photos are unfamiliar to the model (predict.py gives them no answer), or None for a model
+    without the measure."""
+    if distances is None:
+        return None
+    flagged = int(sum(familiarity.unfamiliar(d, meta) for d in distances))
+    found = {k: v for k, v in meta["familiarity"].items() if k not in ("means", "whitening")}
+    return dict(found, n_photos=len(distances), n_unfamiliar=flagged, share_unfamiliar=flagged / len(distances))
 
 
 def most_confident_mistakes(paths, y, p, k, threshold=0.5):
@@ -256,12 +273,13 @@ def main(argv=None):
     paths = np.array([f for c in classes for f in class_files[c]])
     labels = np.repeat(np.arange(len(classes)), [len(class_files[c]) for c in classes])
     blobs = shards.split_blobs(args.data_dir)  # None for a folder
-    views = score(net, paths, meta, args, device, blobs)
+    views, distances = score(net, paths, meta, args, device, blobs)
     keep = ~np.isnan(views[0]).any(1)
     unreadable = [cli.printable(f) for f in paths[~keep]]
     if unreadable:
         cli.warn(f"skipped {len(unreadable)} unreadable image(s), not in the metrics: " + cli.first_few(unreadable, 5))
     paths, labels, views = paths[keep], labels[keep], [v[keep] for v in views]
+    distances = None if distances is None else distances[keep]
     if not np.isfinite(np.concatenate(views)).all():
         cli.die(f"{args.model} gives outputs that are not numbers; the model is broken, retrain it")
     mask = model.malignant_mask(meta)
@@ -304,6 +322,7 @@ def main(argv=None):
         calibration=calibration_report(y, uncalibrated, p, meta.get("calibration"), args),
         subgroups=subgroups(y, p, manifest_rows(args.data_dir, paths), args),
         mistakes=most_confident_mistakes(paths, y, p, args.n_mistakes, threshold),
+        familiarity=familiarity_report(distances, meta),
     )
     outputs = [os.path.join(args.output_dir, name) for name in ["evaluation.json", *PICTURES]]
     if len(classes) > 2:
@@ -377,6 +396,14 @@ def show(result, args):
         f"\ncalibration ({cal['method']}): ECE {cal['ece_before']:.3f} before, {cal['ece_after']:.3f} after; "
         f"Brier {cal['brier_before']:.3f} before, {cal['brier_after']:.3f} after"
     )
+    found = result["familiarity"]
+    if found:
+        print(
+            f"\nunfamiliar: {found['n_unfamiliar']} of {found['n_photos']} photos ({found['share_unfamiliar']:.1%})"
+            f" lie beyond the familiarity limit {found['limit']:.2f} chosen on validation"
+            f" ({found['quantile']:.0%} of the validation photos within); predict.py gives them no answer,"
+            " the metrics above include them"
+        )
     if "types" in result:
         types = result["types"]
         low, high = types["balanced_accuracy_ci95"]

@@ -14,10 +14,12 @@ malignant classes in the one calibrated distribution softmax(a * logits + b * ma
 calibrated_probabilities, with the calibration stored in the model); and "cam" [batch, side, side], side =
 ceil(size/stride) (stride 32 for EfficientNet-B0, backbone.cam_side), the evidence map, the Grad-CAM of the
 malignant log-odds (> 0 where the evidence is for malignant, < 0 for benign; predict.py --explain and the web page
-draw it). Its metadata_props hold, each as JSON, what a consumer needs (classes and their sides, the
-preprocessing, the threshold and operating point, the calibration, the validation results, the model card's
-summary) and where it came from (source_checkpoint, source_sha256). Exporter: torch.onnx's default,
-torch.export-based one (dynamo=True), with the weights inside the file.
+draw it); and, for a model with a familiarity measure, "familiarity_distance" [batch], the Mahalanobis distance of
+the photo's features to the training photos' (skinlesion/familiarity.py): above the metadata's familiarity limit,
+the photo is unfamiliar, with no answer. Its metadata_props hold, each as JSON, what a consumer needs (classes and
+their sides, the preprocessing, the threshold and operating point, the calibration, the validation results, the
+model card's summary, the familiarity limit) and where it came from (source_checkpoint, source_sha256). Exporter:
+torch.onnx's default, torch.export-based one (dynamo=True), with the weights inside the file.
 
 The check: onnxruntime against PyTorch on real photos (read as predict.py reads them), for the whole batch at
 once and for the first photo alone; a difference in P(malignant) or in the map over TOLERANCE (the map relative
@@ -32,7 +34,7 @@ import os
 import numpy as np
 
 import model
-from skinlesion import backbone, card, cli, files, interrupts, model_index, photos, quantise
+from skinlesion import backbone, card, cli, familiarity, files, interrupts, model_index, photos, quantise
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -89,14 +91,16 @@ def check_photos(source, n, cfg, named):
 
 def exportable(net, meta):
     """net as a module giving (logits, calibrated P(malignant): the malignant classes' summed probability in
-    softmax(a * logits + b * malignant), cam): the cam weights each channel of the final
-    feature map by the gradient of the malignant log-odds, log sum exp(malignant logits) - log sum exp(benign
-    logits), for a head that is a global average pool and one linear layer (backbone.pooled_linear_head): for two
-    classes, W[malignant] - W[benign]."""
+    softmax(a * logits + b * malignant), cam) and, for a model with a familiarity measure, the familiarity
+    distance (skinlesion/familiarity.py): the cam weights each channel of the final feature map by the gradient of
+    the malignant log-odds, log sum exp(malignant logits) - log sum exp(benign logits), for a head that is a
+    global average pool and one linear layer (backbone.pooled_linear_head): for two classes, W[malignant] -
+    W[benign]."""
     import torch
 
     mask = torch.as_tensor(model.malignant_mask(meta))
     fitted = meta.get("calibration") or {"a": 1.0, "b": 0.0}
+    arrays = meta.get("familiarity") or {}
 
     class Exported(torch.nn.Module):
         def __init__(self):
@@ -105,16 +109,26 @@ def exportable(net, meta):
             self.register_buffer("malignant", torch.nonzero(mask).flatten())
             self.register_buffer("benign", torch.nonzero(~mask).flatten())
             self.register_buffer("shift", fitted["b"] * mask.to(torch.float32))
+            self.familiar = bool(arrays)
+            if self.familiar:
+                self.register_buffer("means", torch.as_tensor(arrays["means"], dtype=torch.float32))
+                self.register_buffer("whitening", torch.as_tensor(arrays["whitening"], dtype=torch.float32))
 
         def forward(self, x):
-            features = self.net.forward_features(x)
+            if self.familiar:  # one pass gives the familiarity features and the final map
+                familiar_features, features = familiarity.features(self.net, x)
+            else:
+                features = self.net.forward_features(x)
             logits = self.net.forward_head(features)
             malignant, benign = logits.index_select(1, self.malignant), logits.index_select(1, self.benign)
             calibrated = torch.softmax(fitted["a"] * logits + self.shift, 1)
             p = calibrated.index_select(1, self.malignant).sum(1)
             w = self.net.get_classifier().weight
             direction = torch.softmax(malignant, 1) @ w[self.malignant] - torch.softmax(benign, 1) @ w[self.benign]
-            return logits, p, torch.einsum("bc,bchw->bhw", direction, features)
+            cam = torch.einsum("bc,bchw->bhw", direction, features)
+            if not self.familiar:
+                return logits, p, cam
+            return logits, p, cam, familiarity.torch_distances(familiar_features, self.means, self.whitening)
 
     return Exported().eval()
 
@@ -153,10 +167,12 @@ def onnx_metadata(meta, checkpoint, checked):
 
     tested = model_index.test_results(evaluation_of(checkpoint))
     props = {key: value for key, value in meta.items() if key in model.KEYS and model.KEYS[key].onnx == "copied"}
+    if meta.get("familiarity"):  # its arrays are in the graph
+        props["familiarity"] = {k: v for k, v in meta["familiarity"].items() if k not in ("means", "whitening")}
     props.update(
         source_checkpoint=cli.printable(os.path.basename(checkpoint)),
         source_sha256=files.file_sha256(checkpoint),
-        outputs=list(model.ONNX_OUTPUTS),
+        outputs=output_names(meta),
         exporter=f"torch.onnx dynamo, torch {torch.__version__}",
         card_summary=card.summary(meta, tested),
         self_check=checked,
@@ -164,8 +180,13 @@ def onnx_metadata(meta, checkpoint, checked):
     return {key: json.dumps(value) for key, value in props.items()}
 
 
+def output_names(meta):
+    """The file's outputs: familiarity_distance only for a model with a familiarity measure."""
+    return ["logits", "p_malignant", "cam"] + (["familiarity_distance"] if meta.get("familiarity") else [])
+
+
 def export(wrapped, size, path, opset, metadata):
-    """Write wrapped to path as one ONNX file with a dynamic batch size and the given metadata_props."""
+    """Write wrapped (exportable's) to path as one ONNX file with a dynamic batch size and the given metadata_props."""
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -173,7 +194,7 @@ def export(wrapped, size, path, opset, metadata):
         wrapped,
         (torch.randn(2, 3, size, size),),
         input_names=["image"],
-        output_names=["logits", "p_malignant", "cam"],
+        output_names=output_names({"familiarity": wrapped.familiar}),
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         dynamo=True,
@@ -185,20 +206,21 @@ def export(wrapped, size, path, opset, metadata):
 
 def max_difference(wrapped, meta, path, x):
     """Largest difference PyTorch - onnxruntime, in P(malignant) (the model's own prediction path against the
-    file's p_malignant) and in the map (relative to its largest value), over the batch run at once and the
-    first photo alone (which checks the dynamic batch size)."""
+    file's p_malignant), in the map and the familiarity distance (both relative to their largest value), over
+    the batch run at once and the first photo alone (which checks the dynamic batch size)."""
     import onnxruntime as ort
     import torch
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     with torch.inference_mode():
-        logits, _, cam = (t.double().numpy() for t in wrapped(torch.from_numpy(x)))
+        logits, _, *rest = (t.double().numpy() for t in wrapped(torch.from_numpy(x)))
     p = model.predictions([logits], meta)[0]
     diffs = []
     for part in (x, x[:1]):
-        _, onnx_p, onnx_cam = session.run(["logits", "p_malignant", "cam"], {"image": part})
+        _, onnx_p, *onnx_rest = session.run(output_names(meta), {"image": part})
         diffs.append(np.abs(p[: len(part)] - onnx_p).max())
-        diffs.append(np.abs(cam[: len(part)] - onnx_cam).max() / max(np.abs(cam).max(), 1e-12))
+        for ours, theirs in zip(rest, onnx_rest):  # the map, the distance
+            diffs.append(np.abs(ours[: len(part)] - theirs).max() / max(np.abs(ours).max(), 1e-12))
     return max(diffs)
 
 
@@ -276,13 +298,16 @@ def main(argv=None):
         export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model, checked))
         onnx.checker.check_model(tmp, full_check=True)
         diff = max_difference(wrapped, meta, tmp, x)
+        compared = "P(malignant) and the evidence map"
+        if meta.get("familiarity"):
+            compared = "P(malignant), the evidence map and the familiarity distance"
         if not diff <= args.tolerance:
             cli.die(
                 f"onnxruntime and PyTorch disagree: max difference {diff:.2e} > tolerance {args.tolerance:.0e} "
                 f"on {described}; {args.output} not written"
             )
         print(
-            f"onnxruntime matches PyTorch: max difference {diff:.2e} in P(malignant) and the evidence map "
+            f"onnxruntime matches PyTorch: max difference {diff:.2e} in {compared} "
             f"(tolerance {args.tolerance:.0e}) on {described}, batch of {len(x)} and batch of 1"
         )
 
@@ -292,10 +317,11 @@ def main(argv=None):
         len(meta["classes"]),
         backbone.cam_side(meta["image_size"], meta["network"]["stride"]),
     )
+    also = ", 'familiarity_distance' [batch]" if meta.get("familiarity") else ""
     print(
         f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
-        f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch] and 'cam' "
-        f"[batch, {side}, {side}])"
+        f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch]{also} and "
+        f"'cam' [batch, {side}, {side}])"
     )
     if args.quantise:
         write_int8_twin(args, meta)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion import backbone, shapes
+from skinlesion import backbone, familiarity, shapes
 from skinlesion.calibration import APPLIES_TO
 from skinlesion.cli import die, is_list_of
 from skinlesion.dataset import SIDES
@@ -142,6 +142,19 @@ def view_logits(net, x, tta=False):
         return [net(x.flip(dims) if dims else x).double().cpu().numpy() for dims in flips]
 
 
+def familiarity_distances(net, x, meta):
+    """The familiarity distance (skinlesion/familiarity.py) of each normalised image of a batch, float64, or None
+    for a model without the measure (meta as load_checkpoint gives it, with the arrays)."""
+    import torch
+
+    found = meta.get("familiarity")
+    if not found:
+        return None
+    with torch.inference_mode():
+        found_features = familiarity.features(net, x.contiguous(memory_format=torch.channels_last))[0]
+    return familiarity.distances(found_features.double().cpu().numpy(), found["means"], found["whitening"])
+
+
 # ---------------------------------------------------------------------------- the model file
 class Key(NamedTuple):
     holds: str  # what the value is
@@ -199,12 +212,14 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
     "data": Key("the training data, for the card", shapes.DATA, "AItraining.py", onnx="left out"),
     "source_checkpoint": Key("the .pth it was exported from", shapes.text(), "export_onnx.py", True, "export"),
     "source_sha256": Key("that file's SHA-256", shapes.SHA256, "export_onnx.py", True, "export"),
-    "outputs": Key("the graph's outputs", shapes.one_of(list(ONNX_OUTPUTS)), "export_onnx.py", True, "export"),
+    "outputs": Key("the graph's outputs", shapes.one_of(list(ONNX_OUTPUTS), [*ONNX_OUTPUTS, "familiarity_distance"]), "export_onnx.py", True, "export"),
     "exporter": Key("how it was exported", shapes.text(), "export_onnx.py", True, "export"),
     "card_summary": Key("the card in four texts", shapes.SUMMARY, "export_onnx.py", True, "export", page=True),
     "prior_malignant": Key("the training photos' share of malignant ones (what P assumes)",
                            shapes.number(1e-6, 1 - 1e-6), "AItraining.py", page=True),
     "val_types": Key("the types' validation results with 95% intervals", shapes.TYPES_RESULTS, "AItraining.py"),
+    "familiarity": Key("how far a photo may lie from the training photos (skinlesion/familiarity.py)",
+                       shapes.FAMILIARITY, "AItraining.py", page=True),
     "quantised": Key("an int8 twin's comparison with its full model", shapes.QUANTISED, "export_onnx.py", False,
                      "export", page=True),
     "self_check": Key("outputs on check_inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
@@ -330,6 +345,8 @@ def read_checkpoint(path):
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("meta"), dict)):
         die(f"{path} is not a checkpoint written by AItraining.py (no state_dict/meta)")
     fault = meta_fault(ckpt["meta"])
+    if not fault and ckpt["meta"].get("familiarity"):
+        fault = familiarity.arrays_fault(ckpt.get("familiarity"), len(ckpt["meta"]["classes"]))
     if not fault:
         weights = ckpt["state_dict"].items()
         bad = [k for k, v in weights if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
@@ -360,15 +377,23 @@ def load_weights(net, ckpt, path):
 
 
 def load_checkpoint(path, device="cpu"):
-    """(model in eval mode on device, meta dict) from a checkpoint written by AItraining.py, checked."""
+    """(model in eval mode on device, meta dict) from a checkpoint written by AItraining.py, checked. A model with a
+    familiarity measure has its arrays in meta["familiarity"] as float64 numpy (means, whitening)."""
     import timm
 
     ckpt = read_checkpoint(path)
-    name = ckpt["meta"].get("model_name", MODEL_NAME)
+    meta = ckpt["meta"]
+    name = meta.get("model_name", MODEL_NAME)
     if not timm.is_model(name):
         die(f"{path} holds a {name} model, which this timm {timm.__version__} does not know; upgrade timm")
-    net = timm.create_model(name, pretrained=False, num_classes=len(ckpt["meta"]["classes"]))
-    return prepare_for_device(load_weights(net, ckpt, path), device).eval(), ckpt["meta"]
+    net = timm.create_model(name, pretrained=False, num_classes=len(meta["classes"]))
+    if meta.get("familiarity"):
+        arrays = {key: value.double().numpy() for key, value in ckpt["familiarity"].items()}
+        if arrays["means"].shape[1] != familiarity.feature_count(net):
+            count = familiarity.feature_count(net)
+            die(f"{path} is refused: its familiarity measure is not for {count} features; retrain it")
+        meta = dict(meta, familiarity=dict(meta["familiarity"], **arrays))
+    return prepare_for_device(load_weights(net, ckpt, path), device).eval(), meta
 
 
 def onnx_fault(proto, session, meta):
@@ -396,6 +421,8 @@ def onnx_fault(proto, session, meta):
     outputs = {o.name: o.shape[1:] for o in session.get_outputs()}
     side = backbone.cam_side(size, network["stride"])
     wanted = dict(zip(ONNX_OUTPUTS, [[n], [], [side, side]]))
+    if meta.get("familiarity"):  # the Mahalanobis distance to the training photos (skinlesion/familiarity.py)
+        wanted["familiarity_distance"] = []
     if outputs != wanted:
         return f"its outputs (shapes after the batch) are {outputs}, not {wanted}"
     return None

@@ -15,6 +15,11 @@ borderline. A lesion-type model also names the most likely type and the next two
 or not ours is refused, and a photo for which the model gives no valid probability is an error, never a label.
 The model file's SHA-256 is printed after the predictions: compare it with the published one (a model file is
 code-like: load only those you trust). Names from the model or a folder are printed escaped (cli.printable).
+
+A photo unlike the model's training photos (its familiarity distance beyond the limit AItraining.py chose on the
+validation photos; skinlesion/familiarity.py) gets no benign/malignant answer: alone, predict.py prints
+"Prediction: unfamiliar" and one line why, and exits with status 3 (UNFAMILIAR_EXIT); in a folder its line and
+CSV row say unfamiliar and the summary counts it. --show-unfamiliar also shows the answer, marked unreliable.
 Folders are searched recursively (each real folder once, links included) for files ending in photos.IMAGE_EXTS;
 other files and unreadable images are skipped, counted and named on stderr.
 
@@ -36,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 import model
-from skinlesion import card, cli, devices, explain, files, folders, interrupts, metrics, photos
+from skinlesion import card, cli, devices, explain, familiarity, files, folders, interrupts, metrics, photos
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint from AItraining.py, or a .onnx file from export_onnx.py (onnxruntime)
@@ -46,9 +51,12 @@ EXPLAIN_DIR = "gradcam"  # folder for the --explain pictures (made if missing; n
 CSV = None  # path: also write file, prediction, p_malignant, threshold, borderline (type, p_type) per photo
 THRESHOLD = None  # None = the threshold stored in the model; a number from 0 to 1 overrides it
 PREVALENCE = None  # share of photos that are malignant where you use it, e.g. 0.05; None = the training photos'
+SHOW_UNFAMILIAR = False  # also show the answer for a photo unlike the training photos, marked unreliable
 OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 HEADER = ["file", "prediction", "p_malignant", "threshold", "borderline"]
+FAMILIARITY_HEADER = ["familiarity_distance", "familiarity_limit"]  # for a model with a familiarity measure
+UNFAMILIAR_EXIT = 3  # exit status for a single photo unlike the training photos (no answer)
 STRAYED = (  # the caution for an int8 model (export_onnx.py's twin) that its comparison did not clear
     "this int8 model's answers strayed from the full model's on its validation photos; use the full ONNX file"
 )
@@ -97,10 +105,13 @@ def is_onnx(path):
 
 
 def onnx_predictor(session, meta, tta, explain_it):
-    """photo -> (calibrated P(malignant), class probabilities, signed evidence map or None) with onnxruntime; tta
-    averages over model.TTA_FLIPS (one view per run: works whatever batch size the file takes)."""
+    """photo -> (calibrated P(malignant), class probabilities, signed evidence map or None, familiarity distance
+    or None) with onnxruntime; tta averages over model.TTA_FLIPS (one view per run: works whatever batch size the
+    file takes); the distance is the photo's own (no flips)."""
     name = session.get_inputs()[0].name
     outputs = ["logits", "p_malignant", "cam"] if explain_it else ["logits", "p_malignant"]
+    if meta.get("familiarity"):
+        outputs.append("familiarity_distance")
 
     def predict_one(img):
         x = photos.preprocess(img, model.meta_data_config(meta))
@@ -113,13 +124,15 @@ def onnx_predictor(session, meta, tta, explain_it):
                 cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]}); export it again")
         probabilities = np.mean([model.calibrated_probabilities(r[0], meta) for r in runs], axis=0)[0]
         cam = runs[0][2][0] if explain_it else None
-        return float(np.mean([r[1][0] for r in runs])), probabilities, cam
+        distance = float(runs[0][-1][0]) if meta.get("familiarity") else None
+        return float(np.mean([r[1][0] for r in runs])), probabilities, cam, distance
 
     return predict_one
 
 
 def torch_predictor(net, meta, tta, explain_it):
-    """photo -> (calibrated P(malignant), class probabilities, signed evidence map or None) with PyTorch."""
+    """photo -> (calibrated P(malignant), class probabilities, signed evidence map or None, familiarity distance
+    or None) with PyTorch."""
     import torch
 
     device = next(net.parameters()).device
@@ -128,7 +141,8 @@ def torch_predictor(net, meta, tta, explain_it):
         x = torch.from_numpy(photos.preprocess(img, model.meta_data_config(meta))).to(device)[None]
         p, probabilities = model.predictions(model.view_logits(net, x, tta), meta)
         cam = explain.gradcam(net, x, model.malignant_mask(meta)) if explain_it else None
-        return float(p[0]), probabilities[0], cam
+        distances = model.familiarity_distances(net, x, meta)
+        return float(p[0]), probabilities[0], cam, None if distances is None else float(distances[0])
 
     return predict_one
 
@@ -221,6 +235,15 @@ def test_figures(path, meta):
     return card.tested_text(figures)
 
 
+def unfamiliar_text(distance, meta, shown):
+    """The line that says why an unfamiliar photo gets no answer (or, shown, an unreliable one)."""
+    limit = meta["familiarity"]["limit"]
+    why = f"{familiarity.unfamiliar_sentence(meta)} (familiarity distance {distance:.2f}, limit {limit:.2f})"
+    if shown:
+        return f"{why}; the answer below is unreliable"
+    return f"{why}: no benign/malignant answer (--show-unfamiliar shows it anyway, unreliable)"
+
+
 def main(argv=None):
     args = parse_args(argv)
     model.check_model_file(args.model, "train one with 'python AItraining.py' (or export one with export_onnx.py)")
@@ -249,20 +272,26 @@ def main(argv=None):
         )
     for caution in cautions:
         print(f"caution: {caution}", file=sys.stderr)
+    if not meta.get("familiarity"):
+        print(
+            "note: this model file has no familiarity measure (an earlier version): a photo unlike its training "
+            "photos is not flagged; retrain it with AItraining.py",
+            file=sys.stderr,
+        )
     flips = ", mean over 4 flips" if args.tta else ""
     prior = meta.get("prior_malignant")
     if args.prevalence is not None and prior is None:
         cli.die(f"--prevalence: {args.model} does not record the share of malignant training photos; retrain it")
 
     # predictions
-    rows, borderline = [], 0
+    rows, borderline, strange = [], 0, False
     bar = tqdm(images, unit="image", disable=len(images) <= 20 or None)  # a progress bar only for many photos
     for path in bar:
         img, why = (first, None) if single else photos.try_load_image(path)
         if img is None:
             skipped.append((path, why))
             continue
-        p, probabilities, cam = predict_one(img)
+        p, probabilities, cam, distance = predict_one(img)
         if not metrics.is_probability(p):
             if single:
                 cli.die(
@@ -271,27 +300,44 @@ def main(argv=None):
                 )
             skipped.append((path, f"the model gave no valid probability (P = {p})"))
             continue
-        label = model.CLASSES[int(p >= threshold)]
+        answer = model.CLASSES[int(p >= threshold)]
+        strange = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
+        shown = args.show_unfamiliar or not strange
+        label = "unfamiliar" if strange else answer
         p_text, t_text, near = decision_texts(p, threshold)
-        borderline += bool(near)
+        borderline += bool(near) and not strange
         ranked = likely_types(probabilities, meta) if types else []
         rows.append([cli.printable(path), label, f"{p:.6f}", f"{threshold:g}", str(bool(near)).lower()])
         if ranked:
             rows[-1] += [ranked[0][0], f"{ranked[0][1]:.6f}", *(f"{q:.6f}" for q in probabilities)]
+        if not shown:  # the row says unfamiliar, without the answer
+            rows[-1] = [cell if i in (0, 1, 3) else "" for i, cell in enumerate(rows[-1])]
+        if distance is not None:
+            rows[-1] += [f"{distance:.4f}", f"{meta['familiarity']['limit']:.4f}"]
         caution = photo_caution(path, img)
         if caution:
             cli.warn(caution)
         if single:
             print(f"Prediction: {label}")
+            if strange:
+                print(unfamiliar_text(distance, meta, shown))
+            if strange and shown:
+                print(f"Unreliable answer: {answer}")
             close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
-            print(f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}")
-            if args.prevalence is not None:
+            if shown:
+                print(f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}")
+            if shown and args.prevalence is not None:
                 at = float(metrics.reweighted(p, prior, args.prevalence))
                 print(f"At a prevalence of {args.prevalence:.1%}: P(malignant) = {at:.3f} (the call above uses P)")
-            if ranked:
+            if ranked and shown:
                 then = ", ".join(f"{name} (P = {q:.3f})" for name, q in ranked[1:3])
                 print(f"Type: {ranked[0][0]} (P = {ranked[0][1]:.3f}); next: {then}")
                 print(f"Malignant types (they add up to P(malignant)): {malignant_sum_text(probabilities, meta)}")
+        elif strange:
+            limit = meta["familiarity"]["limit"]
+            unreliable = f"; unreliable answer: {answer} (P(malignant) = {p_text})" if shown else "; no answer"
+            far = f"familiarity distance {distance:.2f} > limit {limit:.2f}: unlike the training photos"
+            bar.write(f"{cli.printable(path)}: Prediction: unfamiliar ({far}){unreliable}")
         else:
             kind = f"; type {ranked[0][0]} (P = {ranked[0][1]:.3f})" if ranked else ""
             if args.prevalence is not None:
@@ -303,6 +349,7 @@ def main(argv=None):
             notes = cautions + (
                 [f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else []
             )
+            notes += [familiarity.unfamiliar_sentence(meta) + ": unreliable"] if strange else []
             title = f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}"
             folders.made_folder(args.explain_dir, "predict.py", "Grad-CAM folder")
             blank = explain.save_gradcam(photos.eval_crop(img, cfg), cam, pictures[path], title, notes)
@@ -319,14 +366,16 @@ def main(argv=None):
     if not rows:
         cli.die(f"none of the {len(skipped)} files could be classified; pass .jpg or .png photos")
     if not single:
-        n = sum(row[1] == "malignant" for row in rows)
+        n, odd = (sum(row[1] == label for row in rows) for label in ("malignant", "unfamiliar"))
         near_count = f"; {borderline} borderline" if borderline else ""
         skip_count = f"; {len(skipped)} skipped (listed on stderr)" if skipped else ""
+        odd_count = f", {odd} unfamiliar (unlike the training photos: no answer)" if meta.get("familiarity") else ""
         print(
-            f"{len(rows)} images: {n} malignant, {len(rows) - n} benign (threshold {threshold:.3f}{flips}){near_count}"
-            f"{skip_count}"
+            f"{len(rows)} images: {n} malignant, {len(rows) - n - odd} benign{odd_count} (threshold {threshold:.3f}"
+            f"{flips}){near_count}{skip_count}"
         )
-    if meta.get("operating_point") and args.threshold is None:
+    withheld = single and strange and not args.show_unfamiliar  # no answer: nothing about its threshold
+    if meta.get("operating_point") and args.threshold is None and not withheld:
         print(f"Operating point: {metrics.operating_point_text(meta['operating_point'])}.")
     tested = None if args.tta or args.threshold is not None else test_figures(args.model, meta)
     if tested:
@@ -340,6 +389,7 @@ def main(argv=None):
     if args.csv:
         text = io.StringIO()
         header = HEADER + ["type", "p_type"] + [f"p_{c}" for c in meta["classes"]] if types else HEADER
+        header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
         csv.writer(text).writerows([header] + [[csv_cell(cell) for cell in row] for row in rows])
         files.write_text(args.csv, text.getvalue(), "predictions")
         print(f"predictions written to {args.csv}")
@@ -347,6 +397,8 @@ def main(argv=None):
         "note: a research tool, not a medical device; have a doctor examine any lesion that worries you",
         file=sys.stderr,
     )
+    if single and strange:
+        sys.exit(UNFAMILIAR_EXIT)
 
 
 if __name__ == "__main__":

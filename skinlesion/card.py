@@ -19,7 +19,18 @@ METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "roc_auc":
                 "brier": "Brier score"}  # fmt: skip
 MIN_PER_CLASS = 20  # a subgroup is reported only with at least this many photos of each side
 EMBEDDED = "<!-- evaluations, read back by evaluate.py: "  # the card's results as JSON, for the next evaluation
-KEPT = ("data_dir", "name", "n_images", "metrics", "ci95", "at_chance", "calibration", "subgroups", "types")
+KEPT = (
+    "data_dir",
+    "name",
+    "n_images",
+    "metrics",
+    "ci95",
+    "at_chance",
+    "calibration",
+    "subgroups",
+    "types",
+    "familiarity",
+)
 NOT_A_DEVICE = (
     "This is not a medical device: it is not approved or validated for diagnosis and must never replace a doctor."
 )
@@ -87,6 +98,13 @@ def evaluation_section(meta, evaluation, externals=None):
         text.append(calibration_text(cal))
     if meta.get("val_types"):
         text.append(f"Validation {types_text(meta['val_types'], type_names(meta))}.")
+    found = meta.get("familiarity")
+    if found:
+        text.append(
+            f"Familiarity: a photo whose features lie further than {found['limit']:.2f} (Mahalanobis distance to the "
+            f"nearest class mean of the training photos) is unfamiliar and gets no answer; {found['val_within']:.0%} "
+            f"of the {found['n_val']} validation photos lie within."
+        )
     if not evaluation:
         text.append("**Test**: not evaluated yet; run `python evaluate.py`, which adds its results here.")
     else:
@@ -141,6 +159,13 @@ def tested_section(meta, evaluation, title, split="Test"):
     if evaluation.get("types"):
         found = types_text(evaluation["types"], type_names(meta))
         text.append(found[0].upper() + found[1:] + ".")
+    found = evaluation.get("familiarity")
+    if found:
+        text.append(
+            f"Unfamiliar photos: {found['n_unfamiliar']} of {found['n_photos']} ({found['share_unfamiliar']:.1%}) "
+            f"lie beyond the familiarity limit chosen on validation, where {found['quantile']:.0%} of the photos lie "
+            "within; predict.py and the page give them no answer (the metrics above include them)."
+        )
     for factor, groups in evaluation.get("subgroups", {}).items():
         rows = [[g, r["photos"], r.get("text", "")] for g, r in groups.items()]
         text.append(f"{split} ROC-AUC by {factor}:\n\n" + table([factor, "photos", "ROC-AUC (95% CI)"], rows))

@@ -501,7 +501,14 @@ def help_of(script):
 
 
 # ---------------------------------------------------------------------------- the fast tier: make check
-SLOW_FIXTURES = {"demo_dataset", "trained_model", "trained_types_model", "trained_lite0", "exported"}  # run scripts
+SLOW_FIXTURES = {
+    "demo_dataset",
+    "trained_model",
+    "trained_types_model",
+    "trained_lite0",
+    "exported",
+    "familiar_model",
+}  # run scripts
 
 
 def pytest_collection_modifyitems(config, items):
@@ -532,3 +539,56 @@ def pytest_configure(config):
         popen_init(self, args, *rest, **kwargs)
 
     subprocess.Popen.__init__ = refuse_programs
+
+
+@pytest.fixture(scope="session")
+def familiar_model(tmp_path_factory):
+    """(checkpoint, data dir): AItraining.py's scratch recipe on make_split_tree's lesion photos (24 per class and
+    split, 48 px), 32 px, 3 epochs: a small trained model with a familiarity measure (skinlesion/familiarity.py)."""
+    root = tmp_path_factory.mktemp("familiar")
+    data = make_split_tree(root / "data", n=24, size=48)
+    r = run(
+        "AItraining.py",
+        *("--data-dir", data, "--no-pretrained", "--image-size", 32, "--batch-size", 16, "--epochs", 3),
+        *("--num-workers", 0),
+        cwd=root,
+        threads=2,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "familiarity: a photo further than" in r.stdout
+    return str(root / "skin_model.pth"), data
+
+
+def grey_photo(path, size=(60, 50)):
+    """A flat grey photo: plainly not a skin lesion."""
+    Image.new("RGB", size, (128, 128, 128)).save(path)
+    return str(path)
+
+
+def direct_familiarity_distance(checkpoint, paths):
+    """The familiarity distance of each photo, computed here: the spatial mean of the outputs of the modules that
+    timm's feature_info names and the global pool's output (forward hooks), then sqrt((f - mean)^T P (f - mean))
+    to the nearest class mean, with P = W W^T from the checkpoint's whitening W."""
+    import torch
+
+    from skinlesion import photos
+
+    ckpt = model.read_checkpoint(checkpoint)
+    net, meta = model.load_checkpoint(checkpoint)
+    seen = []
+    modules = dict(net.named_modules())
+    hooks = [modules[info["module"]] for info in net.feature_info] + [net.global_pool]
+    handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in hooks]
+    means, whitening = (ckpt["familiarity"][k].double().numpy() for k in ("means", "whitening"))
+    precision = whitening @ whitening.T
+    found = []
+    for path in paths:
+        seen.clear()
+        x = torch.from_numpy(photos.preprocess(photos.load_image(path), model.meta_data_config(meta)))[None]
+        with torch.no_grad():
+            net(x)
+        f = torch.cat([t.mean((2, 3)) for t in seen[:-1]] + [seen[-1].flatten(1)], 1)[0].double().numpy()
+        found.append(min(np.sqrt((f - m) @ precision @ (f - m)) for m in means))
+    for handle in handles:
+        handle.remove()
+    return np.array(found), ckpt["meta"]["familiarity"]

@@ -15,7 +15,18 @@ from PIL import Image
 import evaluate
 import model
 import predict
-from conftest import assert_one_error, fingerprint, front_matter, lesion_photo, main_fails, recorded, run, save_model
+from conftest import (
+    assert_one_error,
+    direct_familiarity_distance,
+    fingerprint,
+    front_matter,
+    grey_photo,
+    lesion_photo,
+    main_fails,
+    recorded,
+    run,
+    save_model,
+)
 from skinlesion import files
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -438,3 +449,23 @@ def test_a_loop_of_links_in_the_data_folder_neither_hangs_nor_counts_twice(setup
     )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["n_images"] == {"benign": 6, "malignant": 6}
+
+
+def test_the_unfamiliar_test_photos_are_counted_in_the_report_and_the_card(familiar_model, tmp_path):
+    """The model's own test photos plus two flat grey ones among the benign: evaluate.py counts the photos beyond
+    the familiarity limit (as computed here), says so, and the card says it."""
+    checkpoint, data = familiar_model
+    shutil.copytree(os.path.join(data, "test"), tmp_path / "test")
+    greys = [grey_photo(tmp_path / "test" / "benign" / f"grey{i}.png", (60 + i, 50)) for i in range(2)]
+    model_file = shutil.copy(checkpoint, tmp_path / "skin_model.pth")
+    r = run("evaluate.py", "--model", model_file, "--data-dir", tmp_path / "test", "--n-bootstrap", 50, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(tmp_path / "evaluation.json") as f:
+        found = json.load(f)["familiarity"]
+    paths = [os.path.join(root, n) for root, _, names in os.walk(tmp_path / "test") for n in names]
+    distances, stored = direct_familiarity_distance(model_file, paths)
+    flagged = int((distances > stored["limit"]).sum())
+    assert found["n_unfamiliar"] == flagged and found["n_photos"] == len(paths) and flagged >= len(greys)
+    assert f"unfamiliar: {flagged} of {len(paths)} photos" in r.stdout
+    with open(tmp_path / "skin_model.md", encoding="utf-8") as f:
+        assert f"Unfamiliar test photos: {flagged} of {len(paths)}" in f.read()

@@ -30,7 +30,9 @@ from conftest import (
     ROOT,
     assert_one_error,
     dead_run,
+    direct_familiarity_distance,
     fingerprint,
+    grey_photo,
     lesion_photo,
     main_fails,
     recorded,
@@ -498,7 +500,7 @@ def test_non_finite_probability_is_an_error_never_a_label(tmp_path, monkeypatch,
     def nan_for_dark(net, meta, tta, explain_it):
         def predict_one(img):
             dark = np.asarray(img).mean() < 100
-            return (float("nan") if dark else 0.3), np.array([0.7, 0.3]), None
+            return (float("nan") if dark else 0.3), np.array([0.7, 0.3]), None, None
 
         return predict_one
 
@@ -659,5 +661,34 @@ def test_a_type_model_exports_p_malignant_as_the_sum_over_its_malignant_types(tr
     assert with_onnx[0] == with_torch[0] and with_onnx[2].startswith("Type: ") and with_onnx[2] == with_torch[2]
     assert with_onnx[3] == with_torch[3] and with_onnx[3].startswith("Malignant types (they add up to P(malignant)): ")
     session, onnx_meta = model.load_onnx(onnx_file)
-    p, types, _ = predict.onnx_predictor(session, onnx_meta, False, False)(photos.load_image(photos_[0]))
+    p, types, _, _ = predict.onnx_predictor(session, onnx_meta, False, False)(photos.load_image(photos_[0]))
     assert abs(types[mask].sum() - p) < 1e-5 and np.allclose(types, probabilities[0], atol=1e-5)
+
+
+def test_onnx_torch_and_a_direct_computation_give_the_same_familiarity_distance(familiar_model, tmp_path, capsys):
+    """The exported graph's familiarity_distance, PyTorch's (model.familiarity_distances) and the distance computed
+    here (conftest.direct_familiarity_distance) agree on a flat grey photo and the model's own test photos; the
+    file's metadata holds the limit (not the arrays, which are in the graph); predict.py with the ONNX file says
+    what it says with the checkpoint for the grey photo, and exits 3."""
+    checkpoint, data = familiar_model
+    path = str(tmp_path / "familiar.onnx")
+    export_onnx.main(["--model", checkpoint, "--output", path, "--check-images", os.path.join(data, "test")])
+    assert "and the familiarity distance" in capsys.readouterr().out
+    session, meta = model.load_onnx(path)
+    stored = model.read_checkpoint(checkpoint)["meta"]["familiarity"]
+    assert meta["familiarity"] == stored and "familiarity_distance" in [o.name for o in session.get_outputs()]
+    test = [os.path.join(root, n) for root, _, names in os.walk(os.path.join(data, "test")) for n in sorted(names)]
+    paths = [grey_photo(tmp_path / "grey.png")] + test[::8]
+    direct, found = direct_familiarity_distance(checkpoint, paths)
+    x = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in paths])
+    from_onnx = session.run(["familiarity_distance"], {"image": x})[0]
+    net, torch_meta = model.load_checkpoint(checkpoint)
+    from_torch = model.familiarity_distances(net, torch.from_numpy(x), torch_meta)
+    assert np.allclose(from_onnx, direct, rtol=1e-5) and np.allclose(from_torch, direct, rtol=1e-5)
+    assert direct[0] > found["limit"] and (direct[1:] <= found["limit"]).mean() >= 0.8  # the check can fail
+    lines = {}
+    for model_file in (checkpoint, path):
+        r = run("predict.py", paths[0], "--model", model_file, cwd=tmp_path)
+        assert r.returncode == 3, r.stdout + r.stderr
+        lines[model_file] = r.stdout.splitlines()[:2]
+    assert lines[checkpoint] == lines[path] and lines[path][0] == "Prediction: unfamiliar"

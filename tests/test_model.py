@@ -7,6 +7,7 @@ import os
 import shutil
 import zipfile
 
+import measure_transfer
 import numpy as np
 import onnx
 import pytest
@@ -16,7 +17,6 @@ import torch
 import AItraining
 import evaluate
 import export_onnx
-import measure_transfer
 import model
 import predict
 from conftest import (
@@ -518,3 +518,34 @@ def test_an_onnx_graph_that_is_not_ours_gives_no_label(tmp_path, capsys):
     for name, (values, twice, expected) in cases.items():
         path = pooling_graph(tmp_path / f"{name}.onnx", values, twice)
         load_refused(model.load_onnx, path, capsys, f"{path} is refused: {expected}")
+
+
+FAMILIARITY = dict(method="mahalanobis", limit=20.0, quantile=0.99, val_within=1.0, n_val=10, image_types=[])
+FAMILIARITY_FAULTS = {  # what is done to a good familiarity measure: what the refusal says
+    "whitening[0, 0] = float('nan')": "its familiarity means or whitening hold NaN or infinite values",
+    "whitening = whitening[:-1]": "its familiarity means (2, 1792) and whitening (1791, 1792) do not fit",
+    "del arrays['means']": "its familiarity has no means and whitening matrices",
+    "found['limit'] = -1.0": "its familiarity limit -1.0 is not a number >= 0",
+    "found['method'] = 'knn'": "its familiarity is not a Mahalanobis distance measure",
+    "found['image_types'] = 'dermoscopic'": "its familiarity has no quantile from 0 to 1 or no list of image types",
+}
+
+
+@pytest.mark.parametrize("fault", FAMILIARITY_FAULTS)
+def test_a_broken_familiarity_measure_is_refused_and_a_good_one_loads_with_its_arrays(tmp_path, capsys, fault):
+    """A model file's familiarity measure (skinlesion/familiarity.py) is checked as its weights are: a broken one
+    refuses the model (a photo must never be called familiar by a broken measure)."""
+    path = save_model(tmp_path / "good.pth", size=64, familiarity=dict(FAMILIARITY))
+    ckpt = torch.load(path, weights_only=True)
+    rng = np.random.default_rng(0)
+    ckpt["familiarity"] = familiarity.state(rng.normal(0, 1, (2, 1792)), np.eye(1792))
+    torch.save(ckpt, path)
+    net, meta = model.load_checkpoint(path)
+    assert meta["familiarity"]["whitening"].shape == (1792, 1792) and meta["familiarity"]["limit"] == 20.0
+    names = dict(arrays=ckpt["familiarity"], found=ckpt["meta"]["familiarity"])
+    names["whitening"] = names["arrays"]["whitening"]
+    exec(fault, {}, names)
+    if "means" in names["arrays"]:
+        names["arrays"]["whitening"] = names["whitening"]
+    torch.save(ckpt, path)
+    load_refused(model.load_checkpoint, path, capsys, f"{path} is refused: {FAMILIARITY_FAULTS[fault]}")

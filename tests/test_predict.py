@@ -21,8 +21,10 @@ import predict
 from conftest import (
     RunsCode,
     assert_one_error,
+    direct_familiarity_distance,
     fingerprint,
     finish,
+    grey_photo,
     lesion_photo,
     main_fails,
     make_net,
@@ -33,7 +35,7 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import explain, files, folders, photos
+from skinlesion import explain, familiarity, files, folders, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -702,3 +704,69 @@ def test_a_type_model_names_the_type_and_p_is_the_sum_over_the_malignant_types(t
     assert abs(float(rows[1][9]) + float(rows[1][10]) - float(rows[1][2])) < 2e-6  # the sum, in the CSV itself
     predict.main([photo, "--model", types_model, "--csv", str(tmp_path / "out.csv")])  # its own CSV: replaced
     capsys.readouterr()
+
+
+# ---------------------------------------------------------------------------- photos unlike the training photos
+def test_an_unfamiliar_photo_gets_no_answer_one_line_why_and_exit_status_3(familiar_model, tmp_path):
+    """A flat grey photo, to a small model trained on lesion photos: 'Prediction: unfamiliar', the line that says
+    why with the distance computed here, no P, exit status 3; --show-unfamiliar adds the answer, marked unreliable.
+    One of the model's own test photos gets its ordinary answer (exit 0)."""
+    checkpoint, data = familiar_model
+    grey = grey_photo(tmp_path / "grey.png")
+    (distance,), found = direct_familiarity_distance(checkpoint, [grey])
+    assert distance > 2 * found["limit"]
+    r = run("predict.py", grey, "--model", checkpoint, cwd=tmp_path)
+    lines = r.stdout.splitlines()
+    assert r.returncode == predict.UNFAMILIAR_EXIT == 3, r.stdout + r.stderr
+    assert lines[0] == "Prediction: unfamiliar"
+    assert lines[1] == (
+        "the photo does not look like the training photos the model learned from (familiarity distance "
+        f"{distance:.2f}, limit {found['limit']:.2f}): no benign/malignant answer (--show-unfamiliar shows it "
+        "anyway, unreliable)"
+    )  # make_split_tree's manifest records no image type: 'training photos'
+    assert "P(malignant)" not in r.stdout and "benign" not in lines[0] + lines[1].replace("benign/malignant", "")
+    r = run("predict.py", grey, "--model", checkpoint, "--show-unfamiliar", cwd=tmp_path)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 3 and lines[0] == "Prediction: unfamiliar"
+    assert lines[1].endswith("; the answer below is unreliable")
+    assert re.fullmatch(r"Unreliable answer: (benign|malignant)", lines[2]) and lines[3].startswith("P(malignant) = ")
+    own = os.path.join(data, "test", "benign", sorted(os.listdir(os.path.join(data, "test", "benign")))[0])
+    r = run("predict.py", own, "--model", checkpoint, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.splitlines()[0] in ("Prediction: benign", "Prediction: malignant")
+
+
+def test_in_a_folder_the_unfamiliar_photo_is_a_line_a_csv_row_and_a_count(familiar_model, tmp_path, capsys):
+    """The grey photo among the model's own test photos: its line and CSV row say unfamiliar (no P), the CSV holds
+    every photo's distance (as computed here) and the limit, the summary counts it, and at most 5% of the
+    model's own test photos are flagged."""
+    checkpoint, data = familiar_model
+    folder = tmp_path / "photos"
+    shutil.copytree(os.path.join(data, "test"), folder)
+    grey = grey_photo(folder / "grey.png")
+    predict.main([str(folder), "--model", checkpoint, "--csv", str(tmp_path / "p.csv")])
+    out = capsys.readouterr().out
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = {row["file"]: row for row in csv.DictReader(f)}
+    assert list(next(iter(rows.values())))[-2:] == ["familiarity_distance", "familiarity_limit"]
+    distances, found = direct_familiarity_distance(checkpoint, list(rows))
+    assert np.allclose([float(row["familiarity_distance"]) for row in rows.values()], distances, rtol=1e-4)
+    assert all(float(row["familiarity_limit"]) == pytest.approx(found["limit"], abs=1e-4) for row in rows.values())
+    assert rows[grey]["prediction"] == "unfamiliar" and rows[grey]["p_malignant"] == ""
+    flagged = [path for path, row in rows.items() if row["prediction"] == "unfamiliar"]
+    own = len(rows) - 1
+    assert grey in flagged and len(flagged) - 1 <= 0.05 * own, flagged
+    assert f"{grey}: Prediction: unfamiliar (familiarity distance" in out
+    n = len(flagged)
+    assert re.search(rf"{len(rows)} images: \d+ malignant, \d+ benign, {n} unfamiliar \(unlike the training", out)
+    assert predict.written_csv(str(tmp_path / "p.csv"))
+
+
+def test_the_limit_holds_99_percent_of_the_validation_photos(familiar_model):
+    """The stored limit is the 99th percentile of the validation photos' distances, computed here."""
+    checkpoint, data = familiar_model
+    val = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(data, "val")) for name in names]
+    distances, found = direct_familiarity_distance(checkpoint, sorted(val))
+    assert found["limit"] == pytest.approx(np.quantile(distances, 0.99), rel=1e-4)
+    assert found["n_val"] == len(val) and np.mean(distances <= found["limit"] * (1 + 1e-6)) >= 0.97
+    assert found["val_within"] == pytest.approx(np.mean(distances <= found["limit"]), abs=1 / len(val))
+    assert familiarity.unfamiliar(found["limit"] * 1.001, {"familiarity": found})

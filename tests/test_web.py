@@ -28,8 +28,8 @@ from scipy.special import softmax
 
 import model
 import predict
-from conftest import ROOT, make_net, run, save_model, skip_or_fail, start_server
-from skinlesion import explain, metrics, photos
+from conftest import ROOT, grey_photo, make_net, run, save_model, skip_or_fail, start_server
+from skinlesion import explain, familiarity, metrics, photos
 
 pytestmark = pytest.mark.slow  # each test starts serve_web.py (and a browser): make test, not make check
 
@@ -50,7 +50,8 @@ NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinl
 }
 APP_TWINS = {"decisionTexts": predict, "likelyTypes": predict, "modelCautions": predict, "classProbabilities": model,
              "calibratedProbabilities": model, "malignantSumText": predict, "reweighted": metrics,
-             "predictiveValues": metrics, "weakModelWarning": metrics, "prevalenceTexts": predict}  # fmt: skip
+             "predictiveValues": metrics, "weakModelWarning": metrics, "prevalenceTexts": predict,
+             "unfamiliarSentence": familiarity}  # fmt: skip
 TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
 TYPE_NAMES = ["Nevus", "Seborrheic Keratosis", "Basal Cell Carcinoma", "Melanoma Invasive"]
 # the lesion-type model's calibration: softmax(a * logits + b * malignant)
@@ -138,7 +139,7 @@ def reference(path, session, meta):
     calibrated P(malignant) (the file's p_malignant), the class probabilities and the cam; with the crop's uint8
     pixels (H x W x 3)."""
     img = photos.load_image(path)
-    p, probabilities, cam = predict.onnx_predictor(session, meta, tta=False, explain_it=True)(img)
+    p, probabilities, cam, _ = predict.onnx_predictor(session, meta, tta=False, explain_it=True)(img)
     cfg = model.meta_data_config(meta)
     x = photos.preprocess(img, cfg)
     pixels = (x.transpose(1, 2, 0) * np.array(cfg["std"]) + np.array(cfg["mean"])) * 255
@@ -761,3 +762,59 @@ def test_timings(page):
         )
     print(f"  screenshots in {TIMINGS.get('screenshots')}")
     assert TIMINGS["first_result_s"] < 60
+
+
+@pytest.fixture(scope="module")
+def familiar_page(tmp_path_factory, familiar_model):
+    """The page serving conftest.familiar_model (a small trained model with a familiarity measure), exported by
+    export_onnx.py, in a browser of its own; with a flat grey photo and one of the model's own test photos."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    checkpoint, data = familiar_model
+    folder = tmp_path_factory.mktemp("web_familiar")
+    path = str(folder / "familiar.onnx")
+    export(checkpoint, path, os.path.join(data, "test"))
+    benign = os.path.join(data, "test", "benign")
+    photo_paths = dict(grey=grey_photo(folder / "grey.png"), own=os.path.join(benign, sorted(os.listdir(benign))[0]))
+    for served in serving(path, folder / "site"):
+        with sync_playwright() as pw:
+            chromium = pw.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
+            page, errors = open_page(chromium, served["url"], [], viewport={"width": 1280, "height": 900})
+            yield dict(page=page, errors=errors, model=path, photos=photo_paths, folder=folder)
+            chromium.close()
+
+
+def test_the_page_shows_why_instead_of_a_result_for_an_unfamiliar_photo(familiar_page):
+    """A flat grey photo: the page says 'Prediction: unfamiliar' and predict.py's line why (the distance of the
+    ONNX graph, the limit), no P and no heat map, and a button that shows the answer, marked unreliable; the
+    model's own test photo gets its ordinary result."""
+    pg, photo_paths = familiar_page["page"], familiar_page["photos"]
+    session, meta = model.load_onnx(familiar_page["model"])
+    x = photos.preprocess(photos.load_image(photo_paths["grey"]), model.meta_data_config(meta))
+    (distance,) = session.run(["familiarity_distance"], {"image": x[None]})[0]
+    run_, _ = classify(pg, photo_paths["grey"])
+    assert run_["unfamiliar"] and abs(run_["distance"] - distance) <= 1e-3 * distance
+    assert pg.inner_text("#label") == "Prediction: unfamiliar"
+    said = predict.unfamiliar_text(run_["distance"], meta, shown=False).split(" (--show-unfamiliar")[0]
+    assert pg.inner_text("#unfamiliar") == said and said.startswith(familiarity.unfamiliar_sentence(meta))
+    assert not pg.is_visible("#probability") and not pg.is_visible("#heat") and not pg.is_visible("#types")
+    assert pg.is_visible("#show-anyway") and not pg.is_visible("#unreliable")
+    shots = [str(familiar_page["folder"])] + (
+        [os.environ["WEB_SCREENSHOT"]] if os.environ.get("WEB_SCREENSHOT") else []
+    )
+    for folder in shots:
+        os.makedirs(folder, exist_ok=True)
+        pg.screenshot(path=os.path.join(folder, "web_unfamiliar.png"), full_page=True)
+    pg.click("#show-anyway")
+    label = model.CLASSES[int(run_["p"] >= meta["threshold"])]
+    assert pg.inner_text("#unreliable") == f"Unreliable answer: {label}" and pg.is_visible("#probability")
+    assert pg.inner_text("#unfamiliar") == predict.unfamiliar_text(run_["distance"], meta, shown=True)
+    assert not pg.is_visible("#show-anyway") and pg.inner_text("#label") == "Prediction: unfamiliar"
+    run_, _ = classify(pg, photo_paths["own"])
+    assert not run_["unfamiliar"] and pg.inner_text("#label") in ("Prediction: benign", "Prediction: malignant")
+    assert not pg.is_visible("#unfamiliar") and not pg.is_visible("#show-anyway") and pg.is_visible("#probability")
+    sidecar = dict(familiarity=dict(image_types=["clinical: overview", "dermoscopic"]))
+    said = pg.evaluate("(meta) => import('./app.js').then((app) => app.unfamiliarSentence(meta))", sidecar)
+    assert said == familiarity.unfamiliar_sentence(sidecar)
+    assert familiar_page["errors"] == []

@@ -2,11 +2,14 @@
 // the camera or a drop, preprocess it exactly as predict.py does (preprocess.js), run the model, and show the
 // crop, the prediction, the calibrated P(malignant) against the threshold, what that threshold means, the
 // cautions, the most likely lesion types (a lesion-type model) and the heat map. Nothing leaves the browser.
+// A photo unlike the training photos (its familiarity_distance beyond the model's limit) gets no answer: the
+// page says why instead, with a button that shows the answer anyway, marked unreliable (as predict.py does).
 // The functions that say what predict.py says carry the names of their Python twins (decisionTexts is
 // predict.decision_texts, likelyTypes predict.likely_types, modelCautions predict.model_cautions,
 // classProbabilities model.class_probabilities, calibratedProbabilities model.calibrated_probabilities,
 // malignantSumText predict.malignant_sum_text, reweighted metrics.reweighted, predictiveValues
-// metrics.predictive_values, weakModelWarning metrics.weak_model_warning, prevalenceTexts predict.prevalence_texts); tests/test_web.py checks that they exist and agree.
+// metrics.predictive_values, weakModelWarning metrics.weak_model_warning, prevalenceTexts predict.prevalence_texts,
+// unfamiliarSentence familiarity.unfamiliar_sentence); tests/test_web.py checks that they exist and agree.
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import {
   centreCrop, imageSize, loadImage, MAX_ASPECT, normalise, tooElongated, upsampleBilinear,
@@ -56,6 +59,7 @@ async function loadModel() {
     const bytes = new Uint8Array(await (await fetchOk(config.model_file)).arrayBuffer());
     session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
     const missing = OUTPUTS.filter((name) => !session.outputNames.includes(name));
+    if (config.familiarity) missing.push(...["familiarity_distance"].filter((name) => !session.outputNames.includes(name)));
     if (missing.length) throw new Error(`the model has no '${missing.join("', '")}' output; export it with export_onnx.py`);
   } catch (error) {
     $("status").textContent = readyText = "The model did not load.";
@@ -85,6 +89,7 @@ function showAbout(summary, card) {
   $("card-summary").hidden = !summary;
   $("no-summary").hidden = Boolean(summary);
   $("card-link").hidden = !card;
+  $("no-familiarity").hidden = Boolean(config.familiarity);
   $("about").hidden = false;
 }
 
@@ -104,7 +109,8 @@ function showMessage(text) {
 
 function clearResult() {
   for (const id of ["label", "probability", "cautions", "operating-point", "types", "malignant-types", "tested",
-    "assumes", "prevalence-field", "at-prevalence", "heat-text", "figure", "heat-controls", "timing", "message"]) {
+    "assumes", "prevalence-field", "at-prevalence", "heat-text", "figure", "heat-controls", "timing", "message",
+    "unfamiliar", "show-anyway", "unreliable"]) {
     $(id).hidden = true;
   }
   $("placeholder").hidden = false;
@@ -170,12 +176,14 @@ async function check(file) {
       + "export it again with export_onnx.py.");
   }
   const [, h, w] = outputs.cam.dims;
+  const distance = config.familiarity ? outputs.familiarity_distance.data[0] : null; // the photo's, against the limit
   const probabilities = calibratedProbabilities(Array.from(outputs.logits.data), config); // p is their malignant sum
   const run = {
     name: file.name, size, crop, p, threshold: config.threshold, label: SIDES[p >= config.threshold ? 1 : 0],
     borderline: Math.abs(p - config.threshold) < config.borderline_margin, probabilities,
     types: config.classes.length > 2 ? likelyTypes(probabilities, config) : [],
-    cam: Array.from(outputs.cam.data), camShape: [h, w],
+    cam: Array.from(outputs.cam.data), camShape: [h, w], distance,
+    unfamiliar: Boolean(config.familiarity) && !(distance <= config.familiarity.limit), revealed: false,
     timings: { decode: t1 - t0, preprocess: t2 - t1, inference: t3 - t2, total: t3 - t0 },
   };
   show(run);
@@ -313,6 +321,19 @@ function typeText(ranked) {
   return `Type: ${ranked[0][0]} (P = ${fixed(ranked[0][1], 3)}); next: ${then}`;
 }
 
+// familiarity.unfamiliar_sentence: what is said instead of an answer for a photo unlike the training photos.
+export function unfamiliarSentence(meta) {
+  const types = (meta.familiarity || {}).image_types || [];
+  return `the photo does not look like the ${types.length ? types.join(" or ") : "training"} photos the model learned from`;
+}
+
+// The line predict.py prints under "Prediction: unfamiliar", up to its command-line hint.
+function unfamiliarText(run) {
+  const why = `${unfamiliarSentence(config)} (familiarity distance ${fixed(run.distance, 2)}, limit `
+    + `${fixed(config.familiarity.limit, 2)})`;
+  return run.revealed ? `${why}; the answer below is unreliable` : `${why}: no benign/malignant answer`;
+}
+
 // predict.model_cautions: what the model says about itself that a reader must know with every result.
 export function modelCautions(meta) {
   const cautions = [];
@@ -331,8 +352,14 @@ export function modelCautions(meta) {
 function show(run) {
   const { size, p, threshold } = run;
   $("placeholder").hidden = true;
-  $("label").textContent = `Prediction: ${run.label}`;
-  $("label").className = `label ${run.label}`;
+  $("label").textContent = `Prediction: ${run.unfamiliar ? "unfamiliar" : run.label}`;
+  $("label").className = `label ${run.unfamiliar ? "unfamiliar" : run.label}`;
+  $("unfamiliar").textContent = run.unfamiliar ? unfamiliarText(run) : "";
+  $("unfamiliar").hidden = !run.unfamiliar;
+  $("show-anyway").hidden = !run.unfamiliar || run.revealed;
+  $("unreliable").textContent = `Unreliable answer: ${run.label}`;
+  $("unreliable").hidden = !run.revealed;
+  const withheld = run.unfamiliar && !run.revealed;
   const [pText, tText, near] = decisionTexts(p, threshold, config.borderline_margin);
   $("probability").textContent = `P(malignant) = ${pText} (threshold ${tText}; malignant from the threshold up)`;
   const cautions = modelCautions(config).map((text) => `Caution: ${text}.`);
@@ -341,17 +368,17 @@ function show(run) {
       + "could go either way. Do not read it as a confident answer.");
   }
   fillList($("cautions"), cautions);
-  $("cautions").hidden = cautions.length === 0;
+  $("cautions").hidden = cautions.length === 0 || withheld;
   $("operating-point").textContent = `Operating point: ${config.operating_point_text}.`;
-  $("operating-point").hidden = !config.operating_point_text;
+  $("operating-point").hidden = !config.operating_point_text || withheld;
   $("types").textContent = run.types.length ? typeText(run.types) : "";
-  $("types").hidden = !run.types.length;
+  $("types").hidden = !run.types.length || withheld;
   $("malignant-types").textContent = run.types.length
     ? `Malignant types (they add up to P(malignant)): ${malignantSumText(run.probabilities, config)}` : "";
-  $("malignant-types").hidden = !run.types.length;
+  $("malignant-types").hidden = !run.types.length || withheld;
   const tested = config.card_summary && config.card_summary.tested;
   $("tested").textContent = tested ? `Tested: ${tested}.` : "";
-  $("tested").hidden = !tested;
+  $("tested").hidden = !tested || withheld;
   showPrevalence(run);
   const canvas = $("crop");
   canvas.width = canvas.height = size;
@@ -362,8 +389,13 @@ function show(run) {
   }
   canvas.getContext("2d").putImageData(pixels, 0, 0);
   $("caption").textContent = `The photo as the model saw it: the centre crop, ${size} × ${size} pixels.`;
-  drawHeatMap(run.cam, ...run.camShape, size);
   for (const id of ["label", "probability", "figure", "timing"]) $(id).hidden = false;
+  $("probability").hidden = withheld;
+  if (withheld) {
+    $("heat").hidden = $("heat-controls").hidden = $("heat-text").hidden = true;
+  } else {
+    drawHeatMap(run.cam, ...run.camShape, size);
+  }
   $("timing").textContent = `Checked in ${Math.round(run.timings.total)} ms on this device (the model itself: `
     + `${Math.round(run.timings.inference)} ms).`;
   $("status").textContent = `Checked “${run.name}”. Choose another photo to check it.`;
@@ -448,6 +480,12 @@ for (const id of ["file", "camera"]) {
 $("show-heat").addEventListener("change", (event) => showHeatMap(event.target.checked));
 $("prevalence").addEventListener("input", () => {
   if (window.__lastRun) showPrevalence(window.__lastRun);
+});
+
+$("show-anyway").addEventListener("click", () => { // the last photo's answer, marked unreliable
+  if (!window.__lastRun?.unfamiliar) return;
+  window.__lastRun.revealed = true;
+  show(window.__lastRun);
 });
 drawLegend();
 document.addEventListener("dragover", (event) => event.preventDefault());

@@ -1,0 +1,85 @@
+"""The familiarity measure (skinlesion/familiarity.py) against a direct computation: the Mahalanobis distance to the
+nearest class mean with scikit-learn's Ledoit-Wolf covariance, inverted by numpy; its limit's coverage of the
+validation photos; the torch twin that the ONNX graph holds. The trained model's flags (a flat grey photo, its own
+test photos) are tested in tests/test_predict_familiarity.py."""
+
+import numpy as np
+import pytest
+from sklearn.covariance import LedoitWolf
+
+from skinlesion import familiarity
+
+
+def gaussian_features(rng, n, d=24, classes=2, shift=0.0):
+    """(features (n, d), labels): classes at different means, one correlated covariance, shifted by shift."""
+    mixing = rng.normal(0, 1, (d, d)) / np.sqrt(d) + np.eye(d)
+    means = rng.normal(0, 3, (classes, d))
+    labels = rng.integers(0, classes, n)
+    return means[labels] + rng.normal(0, 1, (n, d)) @ mixing + shift, labels
+
+
+def direct_distances(features, train, labels):
+    """min over classes of sqrt((f - mean)^T C^-1 (f - mean)), C the Ledoit-Wolf covariance around the class means."""
+    means = np.stack([train[labels == c].mean(0) for c in np.unique(labels)])
+    precision = np.linalg.inv(LedoitWolf(assume_centered=True).fit(train - means[labels]).covariance_)
+    found = [[np.sqrt((f - m) @ precision @ (f - m)) for m in means] for f in features]
+    return np.min(found, axis=1)
+
+
+def test_distance_is_the_mahalanobis_distance_to_the_nearest_class_mean():
+    rng = np.random.default_rng(0)
+    train, labels = gaussian_features(rng, 300)
+    means, whitening = familiarity.fit(train, labels, 2)
+    new = np.concatenate([train[:5], rng.normal(0, 5, (20, train.shape[1]))])
+    expected = direct_distances(new, train, labels)
+    assert np.allclose(familiarity.distances(new, means, whitening), expected, rtol=1e-9)
+    assert expected.min() > 0 and np.ptp(expected) > 1  # the comparison can fail
+
+
+def test_more_features_than_photos_still_gives_a_distance():
+    """1280 features and 60 photos, as a small run has: the shrunk covariance is invertible."""
+    rng = np.random.default_rng(1)
+    train, labels = rng.normal(0, 1, (60, 1280)), np.arange(60) % 2
+    means, whitening = familiarity.fit(train, labels, 2)
+    new = rng.normal(0, 1, (4, 1280))
+    got = familiarity.distances(new, means, whitening)
+    assert np.isfinite(got).all() and np.allclose(got, direct_distances(new, train, labels), rtol=1e-6)
+    far = familiarity.distances(train[:4] + 10, means, whitening)
+    assert (far > got.max()).all()
+
+
+def test_the_limit_holds_99_percent_of_the_validation_photos_and_flags_a_shift():
+    rng = np.random.default_rng(2)
+    train, labels = gaussian_features(np.random.default_rng(3), 2000)
+    val, _ = gaussian_features(np.random.default_rng(3), 2000)  # same means and covariance (same seed), new draws
+    means, whitening = familiarity.fit(train, labels, 2)
+    val_distances = familiarity.distances(val[1000:], means, whitening)
+    found = familiarity.summary(val_distances, ["dermoscopic"])
+    assert found["val_within"] >= 0.99 and np.mean(val_distances <= found["limit"]) == found["val_within"]
+    assert np.mean(val_distances < found["limit"]) < 0.995  # the 99th percentile, not the maximum
+    assert found["limit"] == pytest.approx(np.sort(val_distances)[int(0.99 * (len(val_distances) - 1))], rel=0.05)
+    shifted = familiarity.distances(val[:200] + rng.normal(0, 4, val.shape[1]), means, whitening)
+    assert np.mean(shifted > found["limit"]) > 0.95
+    meta = {"familiarity": found}
+    assert familiarity.unfamiliar(found["limit"] * 1.01, meta) and not familiarity.unfamiliar(found["limit"], meta)
+    assert familiarity.unfamiliar(float("nan"), meta) and not familiarity.unfamiliar(1e9, {})
+
+
+def test_the_torch_twin_gives_the_same_distances():
+    import torch
+
+    rng = np.random.default_rng(4)
+    train, labels = gaussian_features(rng, 400, d=64, classes=3)
+    means, whitening = familiarity.fit(train, labels, 3)
+    new = rng.normal(0, 3, (10, 64))
+    got = familiarity.torch_distances(*(torch.tensor(a, dtype=torch.float32) for a in (new, means, whitening)))
+    assert np.allclose(got.numpy(), direct_distances(new, train, labels), rtol=1e-4)
+
+
+def test_the_sentence_names_the_training_image_types():
+    meta = {"familiarity": {"image_types": ["clinical: overview"]}}
+    assert familiarity.unfamiliar_sentence(meta) == (
+        "the photo does not look like the clinical: overview photos the model learned from"
+    )
+    both = {"familiarity": {"image_types": ["clinical: overview", "dermoscopic"]}}
+    assert "clinical: overview or dermoscopic photos" in familiarity.unfamiliar_sentence(both)
