@@ -177,6 +177,7 @@ RUN_SETTINGS = {  # what a run keeps for --resume (AItraining.py's SETTINGS): th
 RUN_SETTINGS_SHAPE = shapes.record(
     {k: v for k, v in RUN_SETTINGS.items() if k != "model_name"}, {"model_name": RUN_SETTINGS["model_name"]}
 )
+OUTPUTS = shapes.one_of(list(ONNX_OUTPUTS), [*ONNX_OUTPUTS, "familiarity_distance"])  # an export's, in order
 KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any other is ignored and never copied
     "written_by": Key("files.TAG: a model file of ours", shapes.text(), "checkpoint_state"),
     "model_name": Key("the timm architecture", shapes.ARCHITECTURE, "checkpoint_state"),
@@ -212,7 +213,7 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
     "data": Key("the training data, for the card", shapes.DATA, "AItraining.py", onnx="left out"),
     "source_checkpoint": Key("the .pth it was exported from", shapes.text(), "export_onnx.py", True, "export"),
     "source_sha256": Key("that file's SHA-256", shapes.SHA256, "export_onnx.py", True, "export"),
-    "outputs": Key("the graph's outputs", shapes.one_of(list(ONNX_OUTPUTS), [*ONNX_OUTPUTS, "familiarity_distance"]), "export_onnx.py", True, "export"),
+    "outputs": Key("the graph's outputs", OUTPUTS, "export_onnx.py", True, "export"),
     "exporter": Key("how it was exported", shapes.text(), "export_onnx.py", True, "export"),
     "card_summary": Key("the card in four texts", shapes.SUMMARY, "export_onnx.py", True, "export", page=True),
     "prior_malignant": Key("the training photos' share of malignant ones (what P assumes)",

@@ -29,7 +29,7 @@ from conftest import (
     save_model,
     skip_or_fail,
 )
-from skinlesion import files, ledger
+from skinlesion import familiarity, files, ledger
 
 
 @pytest.fixture(scope="module")
