@@ -303,6 +303,8 @@ def full_meta():
         network=dict(architecture="efficientnet_b0", features=1280, stride=32, convs=81), prior_malignant=0.5,
         val_types=dict(balanced_accuracy=0.7, balanced_accuracy_ci95=[0.6, 0.8], chance=0.5,
                        types={"nevus": dict(sensitivity=0.8, sensitivity_ci95=[0.7, 0.9], photos=20)}),
+        familiarity=dict(method="mahalanobis", limit=40.0, quantile=0.99, image_types=["dermoscopic"],
+                         val_within=0.99, n_val=90),
         quantised=dict(photos=40, max_p_difference=0.01, label_changes=1, label_changes_outside_band=0,
                        roc_auc_full=0.9, roc_auc_int8=0.899, max_auc_drop=0.005, within_tolerance=True,
                        from_sha256="ef" * 32, photos_from="val"),
@@ -352,6 +354,7 @@ BAD_VALUES = {  # key: values of the wrong shape, each refused at load (the near
     "network": [dict(architecture="resnet18", features=512, stride=32, convs=20), "efficientnet_b0",
                 dict(architecture="efficientnet_b0", features=1280, stride=32, convs=0)],
     "prior_malignant": [1.0, 0.0, "0.5"],
+    "familiarity": [dict(method="knn", limit=4.0, quantile=0.99, image_types=[], val_within=1.0, n_val=9), 40.0],
     "val_types": [dict(balanced_accuracy=0.7), "good", dict(balanced_accuracy=0.7, balanced_accuracy_ci95=[0.6, 0.8],
                   chance=0.5, types={"nevus": dict(sensitivity="high", sensitivity_ci95=[0.7, 0.9], photos=20)})],
     "quantised": [dict(photos=40), dict(photos=40, max_p_difference=0.01, label_changes=1, label_changes_outside_band=0,
@@ -525,9 +528,9 @@ FAMILIARITY_FAULTS = {  # what is done to a good familiarity measure: what the r
     "whitening[0, 0] = float('nan')": "its familiarity means or whitening hold NaN or infinite values",
     "whitening = whitening[:-1]": "its familiarity means (2, 1792) and whitening (1791, 1792) do not fit",
     "del arrays['means']": "its familiarity has no means and whitening matrices",
-    "found['limit'] = -1.0": "its familiarity limit -1.0 is not a number >= 0",
-    "found['method'] = 'knn'": "its familiarity is not a Mahalanobis distance measure",
-    "found['image_types'] = 'dermoscopic'": "its familiarity has no quantile from 0 to 1 or no list of image types",
+    "found['limit'] = -1.0": "its familiarity.limit -1.0 is not a number from 0 to",
+    "found['method'] = 'knn'": "its familiarity.method 'knn' is not mahalanobis",
+    "found['image_types'] = 'dermoscopic'": "its familiarity.image_types 'dermoscopic' is not a list",
 }
 
 
