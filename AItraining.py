@@ -47,7 +47,6 @@ from skinlesion import (
     metrics,
     photos,
     plots,
-    shards,
     training,
 )
 
@@ -249,39 +248,11 @@ def main(argv=None):
     meta["prior_malignant"] = float(model.malignant_mask(meta)[train_y].mean())  # what P assumes (predict.py)
 
     # data: a uint8 cache on the device, or workers streaming from disk; augmented on the device either way
-    short = int(args.image_size / cfg["crop_pct"])  # what the evaluation resizes the shorter side to (256 for 224)
-    dataset.warn_small_photos(train_paths, short)
-    gigabytes = 3 * (len(train_paths) * short**2 + len(val_paths) * args.image_size**2) / 1e9
-    cached = gigabytes <= args.cache_gb
-    where = f"cached on the device ({gigabytes:.2f} GB)" if cached else f"streamed ({gigabytes:.2f} GB > CACHE_GB)"
+    train, val, where = training.open_splits(args, (train_paths, train_y), (val_paths, val_y), cfg, device, rank, world)
     counts = dict(zip(classes, np.bincount(train_y, minlength=len(classes)).tolist()))
     log(
         f"train: {len(train_paths)} images {counts}, val: {len(val_paths)} images, device: {device}, processes: "
         f"{world}, image size {args.image_size}, photos {where}"
-    )
-    train = shards.open_split(
-        args.data_dir,
-        "train",
-        photos.Photos(train_paths, short, 1.0, cfg["interpolation"]),
-        train_y,
-        cached,
-        args.num_workers,
-        device,
-        "caching train",
-        rank,
-        world,
-    )
-    val = shards.open_split(
-        args.data_dir,
-        "val",
-        photos.Photos(val_paths, args.image_size, cfg["crop_pct"], cfg["interpolation"]),
-        val_y,
-        cached,
-        args.num_workers,
-        device,
-        "caching val",
-        rank,
-        world,
     )
     steps = len(train_paths) // world // args.batch_size or 1
 
@@ -401,12 +372,8 @@ def fit_familiarity(args, train_paths, train_y, val_paths, device):
 def report(args):
     """Say how good the kept epoch is, write its card, and warn when it is at chance or its threshold useless."""
     final = model.read_checkpoint(args.output)["meta"]
-    m, (low, high), op, fitted = (
-        final["val_metrics"],
-        final["val_auc_ci95"],
-        final["operating_point"],
-        final["calibration"],
-    )
+    m, (low, high) = final["val_metrics"], final["val_auc_ci95"]
+    op, fitted = final["operating_point"], final["calibration"]
     print(f"best epoch {final['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {args.output}")
     if fitted and fitted["method"] == "none":
         print("calibration: none (neither temperature nor Platt scaling lowered the cross-validated log-loss)")
@@ -416,7 +383,7 @@ def report(args):
             f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"
         )
     print(f"operating point: threshold {op['threshold']:.3f}, {metrics.operating_point_text(op)}")
-    card.write_card(args.card, final, os.path.basename(args.output), sha256=files.file_sha256(args.output))
+    card.write_card(args.card, final, os.path.basename(args.output), model_sha256=files.file_sha256(args.output))
     print(f"model card: {args.card}")
     if final["at_chance"]:
         cli.warn(

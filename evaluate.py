@@ -26,16 +26,15 @@ from tqdm import tqdm
 
 import model
 from skinlesion import (
-    calibration,
     card,
     cli,
     dataset,
     devices,
+    evaluation,
     familiarity,
     files,
     folders,
     interrupts,
-    isic,
     metrics,
     photos,
     plots,
@@ -103,7 +102,7 @@ def score(net, paths, meta, args, device, blobs=None):
             for view, logits in zip(views, model.view_logits(net, x, args.tta)):
                 view[at] = logits
             if distances is not None:
-                distances[at] = model.familiarity_distances(net, x, meta)
+                distances[at] = familiarity.distances_of(net, x, meta)
     return views, distances
 
 
@@ -126,79 +125,6 @@ def most_confident_mistakes(paths, y, p, k, threshold=0.5):
     return [dict(path=str(paths[i]), true=model.CLASSES[y[i]], p_malignant=float(p[i])) for i in order]
 
 
-def calibration_report(y, before, after, fitted, args):
-    """ECE, Brier score and log-loss of P(malignant) before and after the stored calibration, with intervals;
-    a warning where the test ECE is worse after it."""
-    report = {"method": (fitted or {}).get("method", "none")}
-    for when, p in (("before", before), ("after", after)):
-        for key, measure in (
-            ("ece", calibration.ece),
-            ("brier", calibration.brier),
-            ("log_loss", calibration.log_loss),
-        ):
-            report[f"{key}_{when}"] = float(measure(y, p))
-            if args.n_bootstrap:
-                ci = metrics.bootstrap_ci(y, p, args.n_bootstrap, args.seed, metric_fn=measure)["value"]
-                report[f"{key}_{when}_ci95"] = list(ci)
-        report[f"bins_{when}"] = calibration.reliability(y, p)
-    if report["method"] != "none" and report["ece_after"] > report["ece_before"]:
-        report["warning"] = (
-            f"the calibration made P(malignant) less well calibrated on these photos (ECE {report['ece_before']:.3f} "
-            f"before, {report['ece_after']:.3f} after): read P as a rough score here, not a chance"
-        )
-    return report
-
-
-def operating_report(y, p, meta, scores, ci):
-    """The stored operating point against what it reached on these photos; a warning when it did not hold."""
-    op = meta.get("operating_point") or dict(target_sensitivity=0.0)
-    target, low = op["target_sensitivity"], ci["sensitivity"]
-    found = dict(
-        op,
-        test_sensitivity=scores["sensitivity"],
-        test_sensitivity_ci95=list(low),
-        test_specificity=scores["specificity"],
-        test_specificity_ci95=list(ci["specificity"]),
-    )
-    outside = bool(target) and not (low[0] <= target <= low[1])
-    found["target_outside_interval"] = outside
-    if outside:
-        found["warning"] = (
-            f"the target sensitivity {target:.2f} lies outside the test sensitivity's 95% interval "
-            f"({low[0]:.2f}-{low[1]:.2f}): the operating point chosen on validation did not hold here"
-        )
-    test_op = dict(sensitivity=scores["sensitivity"], specificity=scores["specificity"])
-    found["flags"] = metrics.operating_point_warning(test_op)
-    return found
-
-
-def subgroups(y, p, rows, args):
-    """{factor: {value: photos, sides, ROC-AUC with CI or 'too few photos to report'}} for the subgroup factors
-    whose column the manifest has; None where there is no manifest for these photos."""
-    if rows is None:
-        return {}
-    values = isic.factor_values(rows)
-    found = {}
-    for factor in isic.SUBGROUPS:
-        column = isic.FACTORS[factor]
-        if column not in rows and not (factor == "body site" and "anatom_site_general" in rows):
-            continue
-        found[factor] = {}
-        for value in sorted(set(values[factor]), key=lambda v: (v == "", v)):
-            at = (values[factor] == value).to_numpy()
-            group = dict(photos=int(at.sum()), benign=int((y[at] == 0).sum()), malignant=int((y[at] == 1).sum()))
-            if min(group["benign"], group["malignant"]) < card.MIN_PER_CLASS:
-                group["text"] = "too few photos to report"
-            else:
-                group["roc_auc"] = float(metrics.roc_auc(y[at], p[at]))
-                low, high = metrics.bootstrap_ci(
-                    y[at], p[at], args.n_bootstrap or 200, args.seed, metric_fn=metrics.roc_auc
-                )["value"]
-                group.update(roc_auc_ci95=[low, high], text=f"{group['roc_auc']:.3f} ({low:.3f}-{high:.3f})")
-            found[factor][value or "unknown"] = group
-    return found
-
-
 def manifest_rows(data_dir, paths):
     """The manifest rows of the photos (in order), from the dataset the folder belongs to, or None."""
     root = os.path.dirname(os.path.abspath(data_dir))
@@ -217,44 +143,6 @@ def types_report(labels, probabilities, classes, path, args):
     aucs = metrics.one_vs_rest_auc(labels, probabilities)
     found = metrics.types_with_intervals(labels, probabilities, classes, args.n_bootstrap, args.seed)
     return dict(found, classes=classes, one_vs_rest_auc=dict(zip(classes, aucs)), confusion=counts.tolist())
-
-
-def compare_tta(y, plain, flipped, threshold, n, seed):
-    """Plain vs flip-averaged predictions on the same photos, with a paired bootstrap CI of the AUC gain."""
-    keys = ("roc_auc", "accuracy", "sensitivity", "specificity")
-    result = {
-        name: {k: metrics.binary_metrics(y, p, threshold)[k] for k in keys}
-        for name, p in (("plain", plain), ("tta", flipped))
-    }
-
-    def gain(y, p):
-        return metrics.roc_auc(y, p[..., 1]) - metrics.roc_auc(y, p[..., 0])
-
-    low, high = metrics.bootstrap_ci(y, np.stack([plain, flipped], 1), n, seed, metric_fn=gain)["value"]
-    verdict = "makes no clear difference to the ROC-AUC"
-    if low > 0:
-        verdict = "helps the ROC-AUC"
-    elif high < 0:
-        verdict = "hurts the ROC-AUC"
-    result.update(
-        roc_auc_gain=result["tta"]["roc_auc"] - result["plain"]["roc_auc"],
-        roc_auc_gain_ci95=[low, high],
-        verdict=f"TTA {verdict} on this split",
-    )
-    moved = [k for k in ("sensitivity", "specificity") if result["tta"][k] != result["plain"][k]]
-    if moved:  # the threshold and the calibration were chosen without TTA: say what changed at it, claim no more
-        result["threshold_note"] = (
-            "at the threshold chosen without TTA, "
-            + " and ".join(f"{k} {result['plain'][k]:.3f} -> {result['tta'][k]:.3f}" for k in moved)
-            + "; TTA has no threshold or calibration of its own (predict.py --tta uses this one)"
-        )
-    print(f"\nTTA vs plain on the same images (threshold {threshold:.4f})\n{'':<14}{'plain':>8}{'TTA':>8}")
-    for key in keys:
-        print(f"{key.replace('roc_auc', 'ROC-AUC'):<14}{result['plain'][key]:>8.3f}{result['tta'][key]:>8.3f}")
-    print(f"{result['verdict']}: ROC-AUC change {result['roc_auc_gain']:+.3f} (95% CI {low:+.3f} to {high:+.3f})")
-    if "threshold_note" in result:
-        print(f"but {result['threshold_note']}")
-    return result
 
 
 def main(argv=None):
@@ -318,9 +206,9 @@ def main(argv=None):
         n_bootstrap=args.n_bootstrap,
         seed=args.seed,
         val_metrics=meta.get("val_metrics", {}),
-        operating_point=operating_report(y, p, meta, scores, ci),
-        calibration=calibration_report(y, uncalibrated, p, meta.get("calibration"), args),
-        subgroups=subgroups(y, p, manifest_rows(args.data_dir, paths), args),
+        operating_point=evaluation.operating_report(y, p, meta, scores, ci),
+        calibration=evaluation.calibration_report(y, uncalibrated, p, meta.get("calibration"), args),
+        subgroups=evaluation.subgroups(y, p, manifest_rows(args.data_dir, paths), args),
         mistakes=most_confident_mistakes(paths, y, p, args.n_mistakes, threshold),
         familiarity=familiarity_report(distances, meta),
     )
@@ -328,7 +216,7 @@ def main(argv=None):
     if len(classes) > 2:
         result["types"] = types_report(labels, probabilities, classes, outputs[5], args)
     if args.tta:
-        result["tta_comparison"] = compare_tta(y, plain, p, threshold, args.n_bootstrap, args.seed)
+        result["tta_comparison"] = evaluation.compare_tta(y, plain, p, threshold, args.n_bootstrap, args.seed)
     show(result, args)
 
     # outputs: the report, the pictures, the card

@@ -10,13 +10,12 @@ at all), so that `--help` and the ONNX path start in a fraction of a second.
 
 import json
 import math
-import re
 import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion import backbone, familiarity, shapes
+from skinlesion import backbone, checkpoints, familiarity, shapes
 from skinlesion.calibration import APPLIES_TO
 from skinlesion.cli import die, is_list_of
 from skinlesion.dataset import SIDES
@@ -140,19 +139,6 @@ def view_logits(net, x, tta=False):
     flips = TTA_FLIPS if tta else [()]
     with torch.inference_mode():
         return [net(x.flip(dims) if dims else x).double().cpu().numpy() for dims in flips]
-
-
-def familiarity_distances(net, x, meta):
-    """The familiarity distance (skinlesion/familiarity.py) of each normalised image of a batch, float64, or None
-    for a model without the measure (meta as load_checkpoint gives it, with the arrays)."""
-    import torch
-
-    found = meta.get("familiarity")
-    if not found:
-        return None
-    with torch.inference_mode():
-        found_features = familiarity.features(net, x.contiguous(memory_format=torch.channels_last))[0]
-    return familiarity.distances(found_features.double().cpu().numpy(), found["means"], found["whitening"])
 
 
 # ---------------------------------------------------------------------------- the model file
@@ -310,27 +296,6 @@ def check_model_file(path, how="train one with 'python AItraining.py'"):
         die(f"model file {path} is {kind}; {how} or pass --model PATH")
 
 
-def writer_torch(path):
-    """The torch version a checkpoint says wrote it (from its metadata, read as bytes), or None."""
-    with open(path, "rb") as f:
-        found = re.search(rb"versions.{0,40}?torch.{1,12}?(\d+\.\d+\.\d+(?:\+\w+)?)", f.read(1 << 20), re.S)
-    return found.group(1).decode() if found else None
-
-
-def load_failure(path, error):
-    """Why torch.load could not read path, as one error line."""
-    import torch
-
-    if is_onnx_file(path):
-        die(f"{path} is an ONNX model, not a PyTorch checkpoint; pass the .pth file AItraining.py wrote")
-    if "weights_only" in str(error) or "Unpickl" in type(error).__name__:
-        die(f"refusing to load {path}: it contains Python objects that could run code (only weights are accepted)")
-    wrote = writer_torch(path)
-    if wrote and wrote.split("+")[0] != torch.__version__.split("+")[0]:
-        die(f"{path} was written by torch {wrote}, which this torch {torch.__version__} cannot read; install {wrote}")
-    die(f"{path} is not a readable checkpoint ({type(error).__name__}); it may be truncated, retrain or copy it again")
-
-
 def read_checkpoint(path):
     """The raw checkpoint dict, loaded safely (weights_only: a file that would run code is refused) and
     checked: metadata valid, weights finite. Dies with one line naming the file and the fault."""
@@ -342,7 +307,7 @@ def read_checkpoint(path):
             warnings.simplefilter("ignore", UserWarning)
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        load_failure(path, e)
+        checkpoints.load_failure(path, e)
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("meta"), dict)):
         die(f"{path} is not a checkpoint written by AItraining.py (no state_dict/meta)")
     fault = meta_fault(ckpt["meta"])
@@ -356,15 +321,6 @@ def read_checkpoint(path):
     if fault:
         die(f"{path} is refused: {fault}; retrain with AItraining.py (a broken model must not classify anything)")
     return ckpt
-
-
-def is_onnx_file(path):
-    try:
-        import onnx
-
-        return len(onnx.load(path, load_external_data=False).graph.node) > 0
-    except Exception:
-        return False
 
 
 def load_weights(net, ckpt, path):

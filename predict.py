@@ -35,13 +35,24 @@ import csv
 import io
 import os
 import sys
-import zipfile
 
 import numpy as np
 from tqdm import tqdm
 
 import model
-from skinlesion import card, cli, devices, explain, familiarity, files, folders, interrupts, metrics, photos
+from skinlesion import (
+    card,
+    checkpoints,
+    cli,
+    devices,
+    explain,
+    familiarity,
+    files,
+    folders,
+    interrupts,
+    metrics,
+    photos,
+)
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint from AItraining.py, or a .onnx file from export_onnx.py (onnxruntime)
@@ -60,7 +71,6 @@ UNFAMILIAR_EXIT = 3  # exit status for a single photo unlike the training photos
 STRAYED = (  # the caution for an int8 model (export_onnx.py's twin) that its comparison did not clear
     "this int8 model's answers strayed from the full model's on its validation photos; use the full ONNX file"
 )
-FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so: quote it
 
 
 def parse_args(argv=None):
@@ -95,13 +105,6 @@ def malignant_sum_text(probabilities, meta):
     names, mask = meta.get("class_names") or meta["classes"], model.malignant_mask(meta)
     parts = [f"{names[i]} {probabilities[i]:.3f}" for i in np.flatnonzero(mask)]
     return f"{' + '.join(parts)} = {probabilities[mask].sum():.3f}"
-
-
-def is_onnx(path):
-    """By name or by content (a PyTorch checkpoint is a zip file; an ONNX file renamed .pth is not)."""
-    if path.lower().endswith(".onnx"):
-        return True
-    return os.path.isfile(path) and not zipfile.is_zipfile(path) and model.is_onnx_file(path)
 
 
 def onnx_predictor(session, meta, tta, explain_it):
@@ -141,7 +144,7 @@ def torch_predictor(net, meta, tta, explain_it):
         x = torch.from_numpy(photos.preprocess(img, model.meta_data_config(meta))).to(device)[None]
         p, probabilities = model.predictions(model.view_logits(net, x, tta), meta)
         cam = explain.gradcam(net, x, model.malignant_mask(meta)) if explain_it else None
-        distances = model.familiarity_distances(net, x, meta)
+        distances = familiarity.distances_of(net, x, meta)
         return float(p[0]), probabilities[0], cam, None if distances is None else float(distances[0])
 
     return predict_one
@@ -161,11 +164,6 @@ def likely_types(probabilities, meta):
     return [(cli.printable(names[i]), float(probabilities[i])) for i in order]
 
 
-def csv_cell(text):
-    """A CSV value a spreadsheet shows as text: one that starts like a formula gets a leading apostrophe."""
-    return "'" + text if text.startswith(FORMULA) else text
-
-
 def photo_caution(path, img):
     """A warning for a photo far too small or too elongated to show a lesion, else None."""
     w, h = img.size
@@ -178,7 +176,7 @@ def photo_caution(path, img):
 
 def load(args):
     """(photo -> prediction, meta) for the model file, checked when loaded: a broken one is refused here."""
-    if is_onnx(args.model):
+    if checkpoints.is_onnx(args.model):
         session, meta = model.load_onnx(args.model)
         return onnx_predictor(session, meta, args.tta, args.explain), meta
     net, meta = model.load_checkpoint(args.model, devices.pick_device())
@@ -233,15 +231,6 @@ def test_figures(path, meta):
         return None
     figures = {k: (test["metrics"][k], test["ci95"].get(k)) for k in ("sensitivity", "specificity", "roc_auc")}
     return card.tested_text(figures)
-
-
-def unfamiliar_text(distance, meta, shown):
-    """The line that says why an unfamiliar photo gets no answer (or, shown, an unreliable one)."""
-    limit = meta["familiarity"]["limit"]
-    why = f"{familiarity.unfamiliar_sentence(meta)} (familiarity distance {distance:.2f}, limit {limit:.2f})"
-    if shown:
-        return f"{why}; the answer below is unreliable"
-    return f"{why}: no benign/malignant answer (--show-unfamiliar shows it anyway, unreliable)"
 
 
 def main(argv=None):
@@ -320,7 +309,7 @@ def main(argv=None):
         if single:
             print(f"Prediction: {label}")
             if strange:
-                print(unfamiliar_text(distance, meta, shown))
+                print(familiarity.unfamiliar_text(distance, meta, shown))
             if strange and shown:
                 print(f"Unreliable answer: {answer}")
             close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
@@ -390,7 +379,7 @@ def main(argv=None):
         text = io.StringIO()
         header = HEADER + ["type", "p_type"] + [f"p_{c}" for c in meta["classes"]] if types else HEADER
         header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
-        csv.writer(text).writerows([header] + [[csv_cell(cell) for cell in row] for row in rows])
+        csv.writer(text).writerows([header] + [[files.csv_cell(cell) for cell in row] for row in rows])
         files.write_text(args.csv, text.getvalue(), "predictions")
         print(f"predictions written to {args.csv}")
     print(

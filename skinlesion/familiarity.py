@@ -158,3 +158,25 @@ def state(means, whitening):
         key: torch.as_tensor(np.asarray(v), dtype=torch.float32)
         for key, v in (("means", means), ("whitening", whitening))
     }
+
+
+def distances_of(net, x, meta):
+    """The familiarity distance of each normalised image of a batch, float64, or None
+    for a model without the measure (meta as load_checkpoint gives it, with the arrays)."""
+    import torch
+
+    found = meta.get("familiarity")
+    if not found:
+        return None
+    with torch.inference_mode():
+        found_features = features(net, x.contiguous(memory_format=torch.channels_last))[0]
+    return distances(found_features.double().cpu().numpy(), found["means"], found["whitening"])
+
+
+def unfamiliar_text(distance, meta, shown):
+    """The line that says why an unfamiliar photo gets no answer (or, shown, an unreliable one)."""
+    limit = meta["familiarity"]["limit"]
+    why = f"{unfamiliar_sentence(meta)} (familiarity distance {distance:.2f}, limit {limit:.2f})"
+    if shown:
+        return f"{why}; the answer below is unreliable"
+    return f"{why}: no benign/malignant answer (--show-unfamiliar shows it anyway, unreliable)"

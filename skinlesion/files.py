@@ -156,3 +156,11 @@ def write_text(path, text, kind):
             f.write(text)
 
     atomic_write(path, write, kind)
+
+
+FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so: quote it
+
+
+def csv_cell(text):
+    """A CSV value a spreadsheet shows as text: one that starts like a formula gets a leading apostrophe."""
+    return "'" + text if text.startswith(FORMULA) else text

@@ -164,11 +164,17 @@ def image_size(path):
         return img.size
 
 
+def short_side(size, crop_pct):
+    """What the shorter side of a photo is resized to before the centre crop: floor(size / crop_pct), 256 for
+    224 at 0.875 (timm's eval transform; the page's shortSide)."""
+    return int(size / crop_pct)
+
+
 def geometry(width, height, size, crop_pct):
     """(resized width, resized height, left, top): the shorter side resized to floor(size / crop_pct), the
     longer in proportion (rounded down), and the offsets of the centre size x size crop (rounded half to even,
     as Python's round and torchvision do)."""
-    short = int(size / crop_pct)
+    short = short_side(size, crop_pct)
     if width <= height:
         new_w, new_h = short, int(short * height / width)
     else:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from tqdm import tqdm
 
-from skinlesion import devices, shapes
+from skinlesion import dataset, devices, photos, shapes, shards
 from skinlesion.cli import die, in_range
 
 NUMBER = shapes.simple(in_range, "a finite number")
@@ -93,3 +93,25 @@ def predict_split(net, val_batches, amp, world):
             "The checkpoints keep the last good epoch"
         )
     return np.array(labels), np.array(logits), float(np.mean(losses))
+
+
+def open_splits(args, train, val, cfg, device, rank, world):
+    """(the train split, the val split, where their photos are kept, in words) for a run (args: AItraining.py's
+    data_dir, cache_gb, num_workers): train, val are (photos, labels); the training photos kept at the
+    evaluation's shorter side (the device crops and augments them), the validation photos as the evaluation crops
+    them; a uint8 cache on the device when both fit in cache_gb, else streamed by workers (from folders or
+    shards: shards.open_split)."""
+    size = cfg["input_size"][-1]
+    short = photos.short_side(size, cfg["crop_pct"])
+    dataset.warn_small_photos(train[0], short)
+    gigabytes = 3 * (len(train[0]) * short**2 + len(val[0]) * size**2) / 1e9
+    cached = gigabytes <= args.cache_gb
+    where = f"cached on the device ({gigabytes:.2f} GB)" if cached else f"streamed ({gigabytes:.2f} GB > CACHE_GB)"
+    splits = []
+    for name, (paths, labels), side, crop in (("train", train, short, 1.0), ("val", val, size, cfg["crop_pct"])):
+        shown, caching = photos.Photos(paths, side, crop, cfg["interpolation"]), f"caching {name}"
+        found = shards.open_split(
+            args.data_dir, name, shown, labels, cached, args.num_workers, device, caching, rank, world
+        )
+        splits.append(found)
+    return *splits, where

@@ -17,6 +17,7 @@ import evaluate
 import model
 from conftest import front_matter
 from skinlesion import card, dataset, files, isic, model_index
+from skinlesion.evaluation import calibration_report, operating_report, subgroups
 
 SECTIONS = ["## Model details", "## Intended use", "## Training data", "## Evaluation", "## Factors", "## Caveats"]
 TYPES = {"nevus": "benign", "seborrheic keratosis": "benign", "basal cell carcinoma": "malignant",
@@ -130,9 +131,9 @@ def evaluated(meta, rows=None, seed=1, n=400, columns=("sex", "age_approx", "ana
         metrics=scores,
         ci95={k: list(v) for k, v in ci.items()},
         at_chance=evaluate.metrics.at_chance(ci["roc_auc"]),
-        operating_point=evaluate.operating_report(y, p, meta, scores, ci),
-        calibration=evaluate.calibration_report(y, before, p, meta.get("calibration"), args),
-        subgroups=evaluate.subgroups(y, p, test_rows, args),
+        operating_point=operating_report(y, p, meta, scores, ci),
+        calibration=calibration_report(y, before, p, meta.get("calibration"), args),
+        subgroups=subgroups(y, p, test_rows, args),
     )
 
 

@@ -27,7 +27,7 @@ from conftest import (
     run,
     save_model,
 )
-from skinlesion import files
+from skinlesion import evaluation, files
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 THRESHOLD = 0.37
@@ -53,14 +53,14 @@ def test_compare_tta_tells_help_from_no_difference(capsys):
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 20)
     p = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.25, 40), 0, 1)
-    same = evaluate.compare_tta(y, p, p, 0.5, 200, 0)
+    same = evaluation.compare_tta(y, p, p, 0.5, 200, 0)
     assert same["plain"] == same["tta"] and same["roc_auc_gain"] == 0
     assert same["verdict"] == "TTA makes no clear difference to the ROC-AUC on this split"
     assert "threshold_note" not in same
     better = np.where(y == 1, np.maximum(p, 0.9), np.minimum(p, 0.1))
-    assert evaluate.compare_tta(y, p, better, 0.5, 200, 0)["verdict"] == "TTA helps the ROC-AUC on this split"
+    assert evaluation.compare_tta(y, p, better, 0.5, 200, 0)["verdict"] == "TTA helps the ROC-AUC on this split"
     # the same ranking, every P raised: the ROC-AUC cannot tell, the threshold chosen without TTA can
-    raised = evaluate.compare_tta(y, p, np.clip(p + 0.3, 0, 1), 0.5, 200, 0)
+    raised = evaluation.compare_tta(y, p, np.clip(p + 0.3, 0, 1), 0.5, 200, 0)
     assert raised["verdict"] == "TTA makes no clear difference to the ROC-AUC on this split"
     plain_spec = np.mean(p[y == 0] < 0.5)
     tta_spec = np.mean(np.clip(p + 0.3, 0, 1)[y == 0] < 0.5)
@@ -260,10 +260,10 @@ def test_a_calibration_that_worsens_the_test_ece_is_said():
     before = np.where(y == 1, 0.8, 0.2)  # ECE by hand: each bin 0.2 off
     after = np.where(y == 1, 0.6, 0.4)  # 0.4 off
     args = types.SimpleNamespace(n_bootstrap=0, seed=0)
-    report = evaluate.calibration_report(y, before, after, dict(method="temperature"), args)
+    report = evaluation.calibration_report(y, before, after, dict(method="temperature"), args)
     assert report["ece_before"] == pytest.approx(0.2) and report["ece_after"] == pytest.approx(0.4)
     assert "made P(malignant) less well calibrated on these photos (ECE 0.200 before, 0.400 after)" in report["warning"]
-    assert "warning" not in evaluate.calibration_report(y, after, before, dict(method="temperature"), args)
+    assert "warning" not in evaluation.calibration_report(y, after, before, dict(method="temperature"), args)
 
 
 @pytest.mark.slow
@@ -360,7 +360,7 @@ def test_the_target_outside_the_interval_counts_its_ends_as_inside(target, outsi
     (a plain 0.5 threshold) is never a warning."""
     scores, ci = dict(sensitivity=0.7, specificity=0.6), dict(sensitivity=(0.6, 0.8), specificity=(0.5, 0.7))
     meta = dict(operating_point=dict(target_sensitivity=target, threshold=0.4))
-    found = evaluate.operating_report(np.array([0, 1]), np.array([0.2, 0.7]), meta, scores, ci)
+    found = evaluation.operating_report(np.array([0, 1]), np.array([0.2, 0.7]), meta, scores, ci)
     assert found["target_outside_interval"] is outside and ("warning" in found) is outside
 
 

@@ -40,7 +40,7 @@ from conftest import (
     run,
     save_model,
 )
-from skinlesion import backbone, explain, files, ledger, photos
+from skinlesion import backbone, explain, familiarity, files, ledger, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -683,7 +683,7 @@ def test_onnx_torch_and_a_direct_computation_give_the_same_familiarity_distance(
     x = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in paths])
     from_onnx = session.run(["familiarity_distance"], {"image": x})[0]
     net, torch_meta = model.load_checkpoint(checkpoint)
-    from_torch = model.familiarity_distances(net, torch.from_numpy(x), torch_meta)
+    from_torch = familiarity.distances_of(net, torch.from_numpy(x), torch_meta)
     assert np.allclose(from_onnx, direct, rtol=1e-5) and np.allclose(from_torch, direct, rtol=1e-5)
     assert direct[0] > found["limit"] and (direct[1:] <= found["limit"]).mean() >= 0.8  # the check can fail
     lines = {}

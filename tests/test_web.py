@@ -796,7 +796,7 @@ def test_the_page_shows_why_instead_of_a_result_for_an_unfamiliar_photo(familiar
     run_, _ = classify(pg, photo_paths["grey"])
     assert run_["unfamiliar"] and abs(run_["distance"] - distance) <= 1e-3 * distance
     assert pg.inner_text("#label") == "Prediction: unfamiliar"
-    said = predict.unfamiliar_text(run_["distance"], meta, shown=False).split(" (--show-unfamiliar")[0]
+    said = familiarity.unfamiliar_text(run_["distance"], meta, shown=False).split(" (--show-unfamiliar")[0]
     assert pg.inner_text("#unfamiliar") == said and said.startswith(familiarity.unfamiliar_sentence(meta))
     assert not pg.is_visible("#probability") and not pg.is_visible("#heat") and not pg.is_visible("#types")
     assert pg.is_visible("#show-anyway") and not pg.is_visible("#unreliable")
@@ -809,7 +809,7 @@ def test_the_page_shows_why_instead_of_a_result_for_an_unfamiliar_photo(familiar
     pg.click("#show-anyway")
     label = model.CLASSES[int(run_["p"] >= meta["threshold"])]
     assert pg.inner_text("#unreliable") == f"Unreliable answer: {label}" and pg.is_visible("#probability")
-    assert pg.inner_text("#unfamiliar") == predict.unfamiliar_text(run_["distance"], meta, shown=True)
+    assert pg.inner_text("#unfamiliar") == familiarity.unfamiliar_text(run_["distance"], meta, shown=True)
     assert not pg.is_visible("#show-anyway") and pg.inner_text("#label") == "Prediction: unfamiliar"
     run_, _ = classify(pg, photo_paths["own"])
     assert not run_["unfamiliar"] and pg.inner_text("#label") in ("Prediction: benign", "Prediction: malignant")

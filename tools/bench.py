@@ -158,7 +158,7 @@ def naive_batches(args, data_dir, device):
 def bench_training(args, small, full, device):
     net = model.build_model(pretrained=False)[0]
     cfg = model.data_config(net, args.image_size)
-    short = int(args.image_size / cfg["crop_pct"])
+    short = photos.short_side(args.image_size, cfg["crop_pct"])
     paths, labels = dataset.split_photos(small, "train", model.CLASSES)
     crops = photos.Photos(paths, short, 1.0, cfg["interpolation"])
     cached = batches.Split(crops, labels, True, args.num_workers, device, "caching")

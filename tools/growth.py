@@ -38,7 +38,7 @@ def probe(data_dir, image_size, batch_size, warmup, steps, num_workers, cache_gb
     val_paths, val_y = dataset.split_photos(data_dir, "val", classes)
     net = model.prepare_for_device(model.build_model(pretrained=False, num_classes=len(classes))[0], device)
     cfg = model.data_config(net, image_size)
-    short = int(image_size / cfg["crop_pct"])
+    short = photos.short_side(image_size, cfg["crop_pct"])
     gigabytes = 3 * (len(train_paths) * short**2 + len(val_paths) * image_size**2) / 1e9  # as AItraining.py
     cached = gigabytes <= cache_gb
     train_crops = photos.Photos(train_paths, short, 1.0, cfg["interpolation"])
@@ -84,7 +84,8 @@ def table(args, work, demo, here, env, cache_gb):
             numbers = (
                 f"{args.image_size}, {args.batch_size}, {args.warmup}, {args.steps}, {args.num_workers}, {cache_gb}"
             )
-            code = f"import sys; sys.path.insert(0, {here!r}); from skinlesion import growth; "
+            tools = os.path.join(here, "tools")
+            code = f"import sys; sys.path[:0] = [{here!r}, {tools!r}]; import growth; "
             code += f"growth.probe({data!r}, {numbers})"
             train_seconds, train_peak, result = probe_run([sys.executable, "-c", code], env)
             kept = "cached" if result["cached"] else "streamed"

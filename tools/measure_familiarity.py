@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import model  # noqa: E402
-from skinlesion import cli, photos  # noqa: E402
+from skinlesion import cli, familiarity, photos  # noqa: E402
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py (with a familiarity measure)
@@ -93,7 +93,7 @@ def distances_of(net, meta, images, batch_size):
     cfg, found = model.meta_data_config(meta), []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.stack([photos.preprocess(img, cfg) for img in images[i : i + batch_size]]))
-        found.append(model.familiarity_distances(net, x, meta))
+        found.append(familiarity.distances_of(net, x, meta))
     return np.concatenate(found)
 
 

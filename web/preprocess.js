@@ -108,8 +108,13 @@ export function roundHalfEven(x) {
 }
 
 // model.preprocess's geometry: the resized size and the crop box inside it.
+// What the shorter side is resized to before the centre crop: floor(S / crop_pct) (photos.short_side).
+export function shortSide(size, cropPct) {
+  return Math.floor(size / cropPct);
+}
+
 export function geometry(width, height, size, cropPct) {
-  const short = Math.floor(size / cropPct);
+  const short = shortSide(size, cropPct);
   const [newW, newH] = width <= height
     ? [short, Math.floor((short * height) / width)]
     : [Math.floor((short * width) / height), short];
