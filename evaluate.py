@@ -212,36 +212,38 @@ def main(argv=None):
         mistakes=most_confident_mistakes(paths, y, p, args.n_mistakes, threshold),
         familiarity=familiarity_report(distances, meta),
     )
-    outputs = [os.path.join(args.output_dir, name) for name in ["evaluation.json", *PICTURES]]
+    out = {name: os.path.join(args.output_dir, name) for name in ["evaluation.json", *PICTURES]}
     if len(classes) > 2:
-        result["types"] = types_report(labels, probabilities, classes, outputs[5], args)
+        result["types"] = types_report(labels, probabilities, classes, out["types_confusion.png"], args)
     if args.tta:
         result["tta_comparison"] = evaluation.compare_tta(y, plain, p, threshold, args.n_bootstrap, args.seed)
     show(result, args)
 
     # outputs: the report, the pictures, the card
     text = json.dumps(json.loads(json.dumps(result), parse_constant=lambda nan: None), indent=2)  # JSON has no NaN
-    files.write_text(outputs[0], text, "evaluation")
+    files.write_text(out["evaluation.json"], text, "evaluation")
     title = f"{os.path.basename(args.model)} on {args.data_dir}\nthreshold {threshold:.3f} (chosen on validation)"
     side_counts = [[scores["tn"], scores["fp"]], [scores["fn"], scores["tp"]]]
-    plots.confusion(side_counts, model.CLASSES, title, outputs[1])
-    plots.roc(y, p, scores, ci["roc_auc"], outputs[2])
+    plots.confusion(side_counts, model.CLASSES, title, out["confusion_matrix.png"])
+    plots.roc(y, p, scores, ci["roc_auc"], out["roc_curve.png"])
     cal = result["calibration"]
     plots.reliability(
         {
             "before calibration": (cal["bins_before"], cal["ece_before"]),
             "after calibration": (cal["bins_after"], cal["ece_after"]),
         },
-        outputs[3],
+        out["calibration.png"],
     )
-    written = outputs[:4] + outputs[5:] if "types" in result else outputs[:4]
+    written = [out[name] for name in ("evaluation.json", "confusion_matrix.png", "roc_curve.png", "calibration.png")]
+    if "types" in result:
+        written.append(out["types_confusion.png"])
     if result["mistakes"]:
         plots.mistakes(
             result["mistakes"],
             lambda path: photos.eval_crop(photos.load_image(photos.opened(path, blobs)), model.meta_data_config(meta)),
-            outputs[4],
+            out["mistakes.png"],
         )
-        written.append(outputs[4])
+        written.append(out["mistakes.png"])
     sha256 = files.file_sha256(args.model)
     test, externals = card.earlier_evaluations(args.card, sha256)  # the other data sets' results stay in the card
     if result["external_validation"]:
