@@ -39,9 +39,7 @@ NODE_MODULES = "node_modules"  # where 'npm ci' put onnxruntime-web (relative: b
 PORT = 8000  # port on 127.0.0.1; 0 picks a free one
 TIMEOUT = 10.0  # seconds a connection may stay silent (or a download stall) before it is closed; 0.1 to 3600
 SERVE = True  # False (--no-serve): only build SITE_DIR
-SMALL_MODEL = (
-    True  # run MODEL's int8 twin (export_onnx.py writes it) where it was made from MODEL and kept within tolerance
-)
+SMALL_MODEL = True  # run MODEL's int8 twin (export_onnx.py writes it) if made from MODEL and within tolerance
 # -----------------------------------------------------------------------------
 
 HERE = os.path.dirname(os.path.abspath(__file__))

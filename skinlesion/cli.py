@@ -10,6 +10,7 @@ import re
 import sys
 import tempfile
 
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the scripts' folder
 RULER = re.compile(r"^# -{20,}$", re.M)  # the two lines around a script's constants block
 ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {
     9: "\\t",
@@ -117,6 +118,12 @@ def value_converter(name, kind, nullable):
     return convert
 
 
+def script_name(path):
+    """How a user runs the script at path: AItraining.py, tools/bench.py (its own name outside the project)."""
+    inside = os.path.relpath(os.path.abspath(path), PROJECT)
+    return os.path.basename(path) if inside.startswith("..") else inside
+
+
 def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
     """args for a script: one flag per constant of its constants block (between the two rulers), its default
     taken from the constant, its help from the comment (EPOCHS -> --epochs, PRETRAINED -> --pretrained/
@@ -124,7 +131,7 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
     accepts 'none'; so do the names in nullable. positional: a (name, help) argument taking one or more values.
     args.given holds the flags typed on the command line."""
     block = constants_block(constants["__file__"])
-    script = os.path.basename(constants["__file__"])
+    script = script_name(constants["__file__"])
     parsers = []
     for with_defaults in (True, False):
         parser = OneLineParser(

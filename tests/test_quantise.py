@@ -64,7 +64,8 @@ def twin(trained_model, demo_dataset, tmp_path_factory):
 
 
 def test_export_writes_a_smaller_twin_that_says_how_it_compares(twin):
-    assert os.path.getsize(twin["full"]) > 2.5 * os.path.getsize(twin["int8"])
+    # smaller, though the familiarity measure's float matrices (1792 x 1792 for B0) stay whole in both files
+    assert os.path.getsize(twin["int8"]) < 0.75 * os.path.getsize(twin["full"])
     _, meta = model.load_onnx(twin["int8"])  # every check a model file gets
     result = meta["quantised"]
     assert result["from_sha256"] == files.file_sha256(twin["full"])
