@@ -363,10 +363,10 @@ def fit_familiarity(args, train_paths, train_y, val_paths, device):
     """Add to the model file the kept epoch's familiarity measure (skinlesion/familiarity.py)."""
     ckpt, (net, meta) = model.read_checkpoint(args.output), model.load_checkpoint(args.output, device)
     load = dict(device=device, batch_size=args.batch_size, num_workers=args.num_workers)
-    found, means, whitening = familiarity.fit_on_photos(net, meta, train_paths, train_y, val_paths, **load)
-    ckpt["meta"]["familiarity"], ckpt["familiarity"] = found, familiarity.state(means, whitening)
+    fitted = familiarity.fit_on_photos(net, meta, args.data_dir, train_paths, train_y, val_paths, **load)
+    ckpt["meta"]["familiarity"], ckpt["familiarity"] = fitted[0], familiarity.state(*fitted[1:])
     model.save_checkpoint(args.output, ckpt)
-    print(f"familiarity: {familiarity.limit_text(found)}")
+    print(f"familiarity: {familiarity.limit_text(fitted[0])}")
 
 
 def report(args):

@@ -18,6 +18,8 @@ the distance is |(f - mean) W|) and the limit; AItraining.py fits them, the ONNX
     limit = familiarity.choose_limit(familiarity.distances(val_features, means, whitening))
 """
 
+import os
+
 import numpy as np
 
 QUANTILE = 0.99  # share of the validation photos within the limit
@@ -56,11 +58,16 @@ def summary(val_distances, image_types, quantile=QUANTILE):
     return dict(found, image_types=image_types)
 
 
-def fit_on_photos(net, meta, train_paths, train_y, val_paths, **load):
+def fit_on_photos(net, meta, data_dir, train_paths, train_y, val_paths, **load):
     """(meta["familiarity"], means, whitening) for a trained net: fitted on the training photos' features, the
-    limit chosen on the validation photos' (load: features_of_photos' cfg, device, batch_size, num_workers)."""
-    means, whitening = fit(features_of_photos(net, train_paths, meta, **load), train_y, len(meta["classes"]))
-    val_distances = distances(features_of_photos(net, val_paths, meta, **load), means, whitening)
+    limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). The
+    photos of a dataset of shards are read from its shards."""
+    from skinlesion import shards
+
+    train_blobs, val_blobs = (shards.split_blobs(os.path.join(data_dir, split)) for split in ("train", "val"))
+    train_features = features_of_photos(net, train_paths, meta, blobs=train_blobs, **load)
+    means, whitening = fit(train_features, train_y, len(meta["classes"]))
+    val_distances = distances(features_of_photos(net, val_paths, meta, blobs=val_blobs, **load), means, whitening)
     image_types = meta.get("data", {}).get("factors", {}).get("image type", {}).get("train", {})
     return summary(val_distances, sorted(t for t in image_types if t != "unknown")), means, whitening
 
@@ -115,14 +122,14 @@ def torch_distances(found, means, whitening):
     return torch.sqrt(whitened.square().sum(-1).amin(1))
 
 
-def features_of_photos(net, paths, meta, device, batch_size=32, num_workers=0):
+def features_of_photos(net, paths, meta, device, batch_size=32, num_workers=0, blobs=None):
     """The familiarity features (n, d), float64, of the photos' centre crops (as the model file's meta makes them), in
     eval mode. An unreadable photo is an error (the caller checked them)."""
     import torch
 
     from skinlesion import photos
 
-    crops = photos.Photos(list(paths), meta["image_size"], meta["crop_pct"], meta["interpolation"])
+    crops = photos.Photos(list(paths), meta["image_size"], meta["crop_pct"], meta["interpolation"], blobs)
     order = [list(range(i, min(i + batch_size, len(crops)))) for i in range(0, len(crops), batch_size)]
     found = []
     net.eval()
