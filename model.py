@@ -398,7 +398,10 @@ def self_check_fault(session, meta, tolerance=1e-4):
     is what its own logits give through its calibration (a rewired p_malignant is refused), else the fault."""
     stored = meta["self_check"]
     x = check_inputs(meta["image_size"], stored["inputs"])
-    logits, p = session.run(["logits", "p_malignant"], {session.get_inputs()[0].name: x})
+    try:
+        logits, p = session.run(["logits", "p_malignant"], {session.get_inputs()[0].name: x})
+    except Exception as e:  # onnxruntime failing at run time: the file, the machine
+        return f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]})"
     own = predictions([logits], meta)[0]
     if np.shape(stored["logits"]) != logits.shape or len(stored["p_malignant"]) != len(p):
         return f"its self_check holds outputs for {np.shape(stored['logits'])}, the file gives {logits.shape}"

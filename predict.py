@@ -366,11 +366,11 @@ def main(argv=None):
     withheld = single and strange and not args.show_unfamiliar  # no answer: nothing about its threshold
     if meta.get("operating_point") and args.threshold is None and not withheld:
         print(f"Operating point: {metrics.operating_point_text(meta['operating_point'])}.")
-    tested = None if args.tta or args.threshold is not None else test_figures(args.model, meta)
+    tested = None if args.tta or args.threshold is not None or withheld else test_figures(args.model, meta)
     if tested:
         print(f"Tested: {tested}.")
-    assumes, at_prevalence = prevalence_texts(meta, args.prevalence, args.threshold is not None)
-    if assumes:
+    assumes, at_prevalence = prevalence_texts(meta, args.prevalence, args.threshold is not None or withheld)
+    if assumes and not withheld:  # no P was shown: nothing to say of what it assumes
         print(f"Note: {assumes}.")
     if at_prevalence:
         print(f"Prevalence: {at_prevalence}.")

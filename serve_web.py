@@ -347,10 +347,9 @@ def main(argv=None):
     if sidecar["at_chance"]:
         facts.append("at chance on validation")
     card_text = f"model card {card}" if card else "no model card"
-    print(f"the page runs {sidecar['model_variant']}")
     print(
         f"built {cli.printable(args.site_dir)}: {args.model} ({', '.join(facts)}), {card_text}, "
-        f"onnxruntime-web {version} (wasm)",
+        f"onnxruntime-web {version} (wasm); the page runs {sidecar['model_variant']}",
         flush=True,
     )
     if args.serve:

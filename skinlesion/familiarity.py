@@ -18,8 +18,6 @@ the distance is |(f - mean) W|) and the limit; AItraining.py fits them, the ONNX
     limit = familiarity.choose_limit(familiarity.distances(val_features, means, whitening))
 """
 
-import os
-
 import numpy as np
 
 QUANTILE = 0.99  # share of the validation photos within the limit
@@ -64,7 +62,8 @@ def fit_on_photos(net, meta, data_dir, train_paths, train_y, val_paths, **load):
     photos of a dataset of shards are read from its shards."""
     from skinlesion import shards
 
-    train_blobs, val_blobs = (shards.split_blobs(os.path.join(data_dir, split)) for split in ("train", "val"))
+    on_shards = shards.is_shards(data_dir)  # on a disk or in an object store; a folder's photos are read as files
+    train_blobs, val_blobs = (shards.read_blobs(data_dir, split) if on_shards else None for split in ("train", "val"))
     train_features = features_of_photos(net, train_paths, meta, blobs=train_blobs, **load)
     means, whitening = fit(train_features, train_y, len(meta["classes"]))
     val_distances = distances(features_of_photos(net, val_paths, meta, blobs=val_blobs, **load), means, whitening)

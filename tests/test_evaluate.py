@@ -399,7 +399,9 @@ def test_a_type_model_learns_the_demo_types_and_is_reported_by_type(trained_type
     assert np.array(types["confusion"]).sum() == sum(report["n_images"].values())
     assert report["metrics"]["roc_auc"] > 0.85 and set(report["metrics"]) >= {"sensitivity", "specificity"}
     assert_png(tmp_path / "types_confusion.png")
-    assert f"lesion types: balanced accuracy {types['balanced_accuracy']:.3f} (chance 0.250)" in r.stdout
+    low, high = types["balanced_accuracy_ci95"]
+    said = f"lesion types: balanced accuracy {types['balanced_accuracy']:.3f} [{low:.3f}, {high:.3f}] (chance 0.250)"
+    assert said in r.stdout
 
 
 @pytest.mark.slow
@@ -468,4 +470,4 @@ def test_the_unfamiliar_test_photos_are_counted_in_the_report_and_the_card(famil
     assert found["n_unfamiliar"] == flagged and found["n_photos"] == len(paths) and flagged >= len(greys)
     assert f"unfamiliar: {flagged} of {len(paths)} photos" in r.stdout
     with open(tmp_path / "skin_model.md", encoding="utf-8") as f:
-        assert f"Unfamiliar test photos: {flagged} of {len(paths)}" in f.read()
+        assert f"Unfamiliar photos: {flagged} of {len(paths)}" in f.read()

@@ -145,7 +145,7 @@ def test_export_writes_one_checked_file_with_metadata(exported):
     assert {"classes", "image_size", "threshold", "val_metrics", "epoch"} <= set(copied)
     for key in copied:
         assert props[key] == meta[key], key
-    written = {key for key, row in model.KEYS.items() if row.onnx == "export"}
+    written = {key for key, row in model.KEYS.items() if row.onnx == "export"} - {"quantised"}  # (an int8 twin's)
     assert set(props) == set(copied) | written  # nothing else: the card carries settings and data
     assert (props["threshold"], props["val_auc_ci95"], props["classes"]) == (0.37, [0.55, 0.85], model.CLASSES)
     assert props["source_checkpoint"] == "skin_model.pth" and props["outputs"] == ["logits", "p_malignant", "cam"]
@@ -294,9 +294,9 @@ def test_onnx_file_renamed_pth_is_recognised_by_its_content(exported, tmp_path, 
     renamed = str(shutil.copyfile(exported["onnx"], tmp_path / "skin_model.pth"))
     photo = exported["photos"][1]
     predict.main([photo, "--model", exported["onnx"]])
-    as_onnx = capsys.readouterr().out
+    as_onnx = capsys.readouterr().out.replace(exported["onnx"], "MODEL")  # the 'Model file:' line names it
     predict.main([photo, "--model", renamed])
-    assert capsys.readouterr().out == as_onnx and as_onnx.startswith("Prediction: ")
+    assert capsys.readouterr().out.replace(renamed, "MODEL") == as_onnx and as_onnx.startswith("Prediction: ")
     # the scripts that need a PyTorch checkpoint say what the file is instead of 'could run code'
     expected = f"{renamed} is an ONNX model, not a PyTorch checkpoint"
     for c in model.CLASSES:
@@ -424,7 +424,7 @@ def test_the_test_results_come_from_evaluation_json_of_this_very_model(exported,
         props = export_onnx.onnx_metadata(meta, str(checkpoint), {})
         return json.loads(props["card_summary"])["how_well"]
 
-    assert "ROC-AUC (test, 95% CI 0.700-0.900): 0.81" in how_well(files.file_sha256(str(checkpoint)))
+    assert "ROC-AUC 0.81 [0.70-0.90] (brackets: 95% intervals)" in how_well(files.file_sha256(str(checkpoint)))
     assert "(test" not in how_well("ab" * 32)  # the evaluation of another model file
     (tmp_path / "evaluation.json").write_text("{not json")
     assert "(test" not in json.loads(export_onnx.onnx_metadata(meta, str(checkpoint), {})["card_summary"])["how_well"]
@@ -463,7 +463,7 @@ def test_a_file_whose_outputs_are_not_what_it_was_exported_with_is_refused(expor
         stored["logits"][1][0] += 0.05  # the second check input
         prop.value = json.dumps(stored)
         expected = "its outputs on the check inputs are not those stored when it was exported"
-    assert sum(node.op_type == "Conv" for node in proto.graph.node) == convs == model.ONNX_CONVS
+    assert sum(node.op_type == "Conv" for node in proto.graph.node) == convs == 81  # B0's
     path = str(tmp_path / "model.onnx")
     onnx.save(proto, path)
     photo = exported["photos"][0]

@@ -30,12 +30,13 @@ from conftest import (
     make_net,
     noise_image,
     png_claiming,
+    recorded,
     refuses,
     run,
     save_model,
     start,
 )
-from skinlesion import explain, familiarity, files, folders, photos
+from skinlesion import explain, familiarity, files, folders, ledger, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -392,6 +393,7 @@ def test_bad_checkpoint_is_refused_by_predict_and_export(bad_checkpoints, tmp_pa
 def test_failing_csv_write_keeps_the_previous_csv(tmp_path, models):
     photo = lesion_photo(tmp_path / "photo.jpg")
     (tmp_path / "out.csv").write_bytes(b"file,prediction,p_malignant,threshold,borderline\r\nprevious.jpg,benign\r\n")
+    recorded(tmp_path / "out.csv", "predictions")  # a CSV predict.py wrote before
     before = fingerprint(tmp_path)
     r = run(
         "predict.py", photo, "--model", models[0.5], "--csv", "out.csv", cwd=tmp_path, timeout=300, file_size_limit=40
@@ -405,7 +407,9 @@ def test_failing_csv_write_keeps_the_previous_csv(tmp_path, models):
 def test_ctrl_c_while_predicting_a_folder_keeps_the_previous_csv(tmp_path, models):
     for i in range(300):  # ~5 s of work after the first line: time enough to interrupt it
         noise_image(tmp_path / "photos" / f"p{i:03d}.jpg", i, size=(40, 30))
-    (tmp_path / "predictions.csv").write_text("file,prediction,p_malignant,threshold,borderline\nprevious.jpg\n")
+    recorded(
+        tmp_path / "predictions.csv", "predictions", "file,prediction,p_malignant,threshold,borderline\nprevious.jpg\n"
+    )
     before = fingerprint(tmp_path)
     p = start(
         "predict.py", ["photos", "--model", models[0.5], "--csv", "predictions.csv"], lambda p: p.out, cwd=tmp_path
@@ -758,7 +762,7 @@ def test_in_a_folder_the_unfamiliar_photo_is_a_line_a_csv_row_and_a_count(famili
     assert f"{grey}: Prediction: unfamiliar (familiarity distance" in out
     n = len(flagged)
     assert re.search(rf"{len(rows)} images: \d+ malignant, \d+ benign, {n} unfamiliar \(unlike the training", out)
-    assert predict.written_csv(str(tmp_path / "p.csv"))
+    assert ledger.why_not_ours(str(tmp_path / "p.csv"), "predictions") is None  # a rerun may replace it
 
 
 def test_the_limit_holds_99_percent_of_the_validation_photos(familiar_model):
