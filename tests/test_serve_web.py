@@ -34,6 +34,7 @@ VENDOR = ("ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "ort.wasm
 SIDECAR_KEYS = {name for name, key in model.KEYS.items() if key.page} | {  # the table's, and what the page adds
     "borderline_margin",
     "model_file",
+    "model_variant",
     "model_sha256",
     "operating_point_text",
     "operating_point_warning",

@@ -765,12 +765,10 @@ def test_timings(page):
 
 
 @pytest.fixture(scope="module")
-def familiar_page(tmp_path_factory, familiar_model):
+def familiar_page(tmp_path_factory, familiar_model, browser):
     """The page serving conftest.familiar_model (a small trained model with a familiarity measure), exported by
-    export_onnx.py, in a browser of its own; with a flat grey photo and one of the model's own test photos."""
-    require_browser()
-    from playwright.sync_api import sync_playwright
-
+    export_onnx.py, in a page of its own (the module's browser: one Playwright per process); with a flat grey photo
+    and one of the model's own test photos."""
     checkpoint, data = familiar_model
     folder = tmp_path_factory.mktemp("web_familiar")
     path = str(folder / "familiar.onnx")
@@ -778,11 +776,9 @@ def familiar_page(tmp_path_factory, familiar_model):
     benign = os.path.join(data, "test", "benign")
     photo_paths = dict(grey=grey_photo(folder / "grey.png"), own=os.path.join(benign, sorted(os.listdir(benign))[0]))
     for served in serving(path, folder / "site"):
-        with sync_playwright() as pw:
-            chromium = pw.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
-            page, errors = open_page(chromium, served["url"], [], viewport={"width": 1280, "height": 900})
-            yield dict(page=page, errors=errors, model=path, photos=photo_paths, folder=folder)
-            chromium.close()
+        page, errors = open_page(browser, served["url"], [], viewport={"width": 1280, "height": 900})
+        yield dict(page=page, errors=errors, model=path, photos=photo_paths, folder=folder)
+        page.context.close()
 
 
 def test_the_page_shows_why_instead_of_a_result_for_an_unfamiliar_photo(familiar_page):
