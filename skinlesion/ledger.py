@@ -140,9 +140,13 @@ def write(folder, data):
     """Write the ledger of folder atomically (removed when it records nothing); updated() is the locked way."""
     path = os.path.join(folder, NAME)
     if data["files"] or data["pending"] or data.get("made") or data.get("leftover"):
-        with open(path + ".new", "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(path + ".new", path)
+        try:
+            with open(path + ".new", "w", encoding="utf-8") as f:
+                json.dump(data, f, separators=(",", ":"))
+            os.replace(path + ".new", path)
+        finally:  # a full disk: the previous record stays, and no half-written one is left beside it
+            if os.path.exists(path + ".new"):
+                os.remove(path + ".new")
     elif os.path.exists(path):
         os.remove(path)
 

@@ -419,7 +419,7 @@ def test_ctrl_c_while_predicting_a_folder_keeps_the_previous_csv(tmp_path, model
     os.killpg(p.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
     code, out, err = finish(p)
     assert code == 130, err
-    assert [line for line in err.strip().splitlines() if not line.startswith("note: ")] == ["interrupted"]
+    assert [line for line in err.strip().splitlines() if line and not line.startswith("note: ")] == ["interrupted"]
     assert out.count("Prediction:") < 300
     assert fingerprint(tmp_path) == before
 
