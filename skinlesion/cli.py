@@ -203,11 +203,6 @@ def is_list_of(value, check, length=None):
     return isinstance(value, list) and length in (None, len(value)) and all(check(v) for v in value)
 
 
-def is_table(value):
-    """A dict of numbers (or lists, or None): metrics, an operating point, a calibration."""
-    return isinstance(value, dict) and all(v is None or isinstance(v, list) or in_range(v) for v in value.values())
-
-
 def check_writable(path, flag, folder=False):
     """Before any slow work: die unless a file (or, with folder, files in the folder) can be written at path:
     tried with a real file in the nearest existing folder (permissions, read-only disks, root alike)."""
