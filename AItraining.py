@@ -11,7 +11,7 @@ The classes are the dataset's: benign and malignant, or lesion types (prepare_da
 on one side; P(malignant) sums the malignant ones. Two recipes (model.RECIPES), chosen by the starting point:
 finetune with ImageNet weights (Adam, peak lr 1e-4), scratch from random weights (AdamW 3e-3, warm-up, cosine,
 100 epochs); knobs at None take the recipe's value. The photos are cached as uint8 on the training device when
-they fit in CACHE_GB (else workers decode them every epoch), and augmented there (skinlesion/batches.py).
+they fit in CACHE_GB (else workers decode them every epoch), and augmented there (skinlesion/training.py).
 
 Each epoch prints numbers that need no threshold: the losses, the validation ROC-AUC and log-loss of
 P(malignant), and with types their balanced accuracy. For the epoch kept, a calibration of P(malignant) is
@@ -34,8 +34,6 @@ import numpy as np
 
 import model
 from skinlesion import (
-    batches,
-    calibration,
     card,
     cli,
     dataset,
@@ -44,7 +42,7 @@ from skinlesion import (
     files,
     folders,
     interrupts,
-    metrics,
+    numbers,
     photos,
     plots,
     training,
@@ -180,28 +178,28 @@ def scored(labels, logits, meta, target):
     calibration, operating point, metrics at its threshold and ROC-AUC interval)."""
     mask = model.malignant_mask(meta)
     y, z = mask[labels].astype(int), model.malignant_log_odds(logits, mask)
-    numbers = dict(
-        roc_auc=float(metrics.roc_auc(y, z)),
-        val_log_loss=float(calibration.log_loss(y, calibration.calibrated(z, None))),
+    logged = dict(
+        roc_auc=float(numbers.roc_auc(y, z)),
+        val_log_loss=float(numbers.log_loss(y, numbers.calibrated(z, None))),
     )
     if len(meta["classes"]) > 2:
-        numbers["type_balanced_accuracy"] = metrics.balanced_accuracy(labels, model.class_probabilities(logits))
-    fitted = calibration.fit(y, logits, mask)  # one distribution: the malignant types add up to P(malignant)
+        logged["type_balanced_accuracy"] = numbers.balanced_accuracy(labels, model.class_probabilities(logits))
+    fitted = numbers.fit_calibration(y, logits, mask)  # one distribution: the malignant types add up to P(malignant)
     p, probabilities = model.predictions([logits], dict(meta, calibration=fitted))
-    op = metrics.operating_point(y, p, target)
-    ci = metrics.bootstrap_ci(y, p, metric_fn=metrics.roc_auc)["value"]
-    val_metrics = dict(metrics.binary_metrics(y, p, op["threshold"]), **numbers)
+    op = numbers.operating_point(y, p, target)
+    ci = numbers.bootstrap_ci(y, p, metric_fn=numbers.roc_auc)["value"]
+    val_metrics = dict(numbers.binary_metrics(y, p, op["threshold"]), **logged)
     kept = dict(
         calibration=fitted,
         operating_point=op,
         threshold=op["threshold"],
         val_metrics=val_metrics,
         val_auc_ci95=list(ci),
-        at_chance=metrics.at_chance(ci),
+        at_chance=numbers.at_chance(ci),
     )
     if len(meta["classes"]) > 2:
-        kept["val_types"] = metrics.types_with_intervals(labels, probabilities, meta["classes"])
-    return numbers, kept
+        kept["val_types"] = numbers.types_with_intervals(labels, probabilities, meta["classes"])
+    return logged, kept
 
 
 def ctrl_c_message(args, resumable):
@@ -292,7 +290,7 @@ def main(argv=None):
         for g in (generator, generator_device, torch):  # each epoch from (SEED, epoch): a resumed run replays exactly
             g.manual_seed(args.seed + epoch)
         t0 = time.time()
-        epoch_batches = batches.train_batches(train, args.batch_size, cfg, generator, generator_device, rank, world)
+        epoch_batches = training.train_batches(train, args.batch_size, cfg, generator, generator_device, rank, world)
         desc = f"epoch {epoch}/{args.epochs}"
         train_loss, train_acc = training.train_one_epoch(
             train_net, epoch_batches, criterion, optimizer, schedule, args.amp, desc, steps
@@ -382,7 +380,7 @@ def report(args):
             f"calibration: {fitted['method']} scaling (validation log-loss {fitted['val_log_loss_before']:.3f} -> "
             f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"
         )
-    print(f"operating point: threshold {op['threshold']:.3f}, {metrics.operating_point_text(op)}")
+    print(f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op)}")
     card.write_card(args.card, final, os.path.basename(args.output), model_sha256=files.file_sha256(args.output))
     print(f"model card: {args.card}")
     if final["at_chance"]:
@@ -391,7 +389,7 @@ def report(args):
             f"{high:.3f}) includes 0.5. Do not use its predictions. What helps: ImageNet weights (--weights-file, "
             "see README), more photos (prepare_dataset.py --n-per-class), more --epochs"
         )
-    caution = metrics.operating_point_warning(op)
+    caution = numbers.operating_point_warning(op)
     if caution:
         cli.warn(f"{caution} on the validation split; lower or raise --target-sensitivity, or get more photos")
 

@@ -35,7 +35,7 @@ from skinlesion import (
     files,
     folders,
     interrupts,
-    metrics,
+    numbers,
     photos,
     plots,
     shards,
@@ -138,10 +138,10 @@ def manifest_rows(data_dir, paths):
 def types_report(labels, probabilities, classes, path, args):
     """The lesion types' balanced accuracy and each type's sensitivity with 95% intervals, one-vs-rest ROC-AUC
     per type, and the confusion picture."""
-    counts = metrics.confusion(labels, probabilities)
+    counts = numbers.confusion(labels, probabilities)
     plots.confusion(counts, classes, "lesion types (most probable type)", path)
-    aucs = metrics.one_vs_rest_auc(labels, probabilities)
-    found = metrics.types_with_intervals(labels, probabilities, classes, args.n_bootstrap, args.seed)
+    aucs = numbers.one_vs_rest_auc(labels, probabilities)
+    found = numbers.types_with_intervals(labels, probabilities, classes, args.n_bootstrap, args.seed)
     return dict(found, classes=classes, one_vs_rest_auc=dict(zip(classes, aucs)), confusion=counts.tolist())
 
 
@@ -182,11 +182,11 @@ def main(argv=None):
 
     # metrics with intervals, the operating point, calibration, subgroups, types
     threshold = float(meta["threshold"])
-    scores = metrics.binary_metrics(y, p, threshold)
+    scores = numbers.binary_metrics(y, p, threshold)
     ci = {key: (float("nan"),) * 2 for key in NAMES}
     if args.n_bootstrap:
-        ci = metrics.bootstrap_ci(y, p, args.n_bootstrap, args.seed, threshold=threshold)
-    at_chance = metrics.at_chance(ci["roc_auc"]) if args.n_bootstrap else None  # no interval: unknown
+        ci = numbers.bootstrap_ci(y, p, args.n_bootstrap, args.seed, threshold=threshold)
+    at_chance = numbers.at_chance(ci["roc_auc"]) if args.n_bootstrap else None  # no interval: unknown
     result = dict(
         written_by=files.TAG,
         model=args.model,
@@ -279,8 +279,8 @@ def show(result, args):
     if op.get("target_sensitivity"):
         print(
             f"\noperating point: target sensitivity {op['target_sensitivity']:.2f}, reached "
-            f"{metrics.percent_range(scores['sensitivity'], ci['sensitivity'])}; specificity "
-            f"{metrics.percent_range(scores['specificity'], ci['specificity'])}"
+            f"{numbers.percent_range(scores['sensitivity'], ci['sensitivity'])}; specificity "
+            f"{numbers.percent_range(scores['specificity'], ci['specificity'])}"
         )
     print(
         f"\ncalibration ({cal['method']}): ECE {cal['ece_before']:.3f} before, {cal['ece_after']:.3f} after; "

@@ -16,11 +16,11 @@ from typing import NamedTuple
 import numpy as np
 
 from skinlesion import backbone, checkpoints, familiarity, shapes
-from skinlesion.calibration import APPLIES_TO
+from skinlesion.backbone import imagenet_model
 from skinlesion.cli import die, is_list_of
 from skinlesion.dataset import SIDES
 from skinlesion.files import TAG, atomic_write, file_kind
-from skinlesion.weights import imagenet_model
+from skinlesion.numbers import APPLIES_TO
 
 # -----------------------------------------------------------------------------
 MODEL_NAME = "efficientnet_b0"  # timm architecture
@@ -41,7 +41,7 @@ IMAGE_SIZE_RANGE = ("image_size", *IMAGE_SIZES, f"a whole number from {IMAGE_SIZ
 
 # ---------------------------------------------------------------------------- the network
 def build_model(pretrained=True, weights_file=None, num_classes=2, drop_path=0.0, model_name=MODEL_NAME):
-    """(timm model_name with a num_classes head, where its ImageNet weights came from or None; skinlesion/weights.py
+    """(timm model_name with a num_classes head, where its ImageNet weights came from or None; skinlesion/backbone.py
     says from where). The new head starts neutral, zero: every class equally likely (loss ln N) on any photo;
     timm's random head gives ImageNet features logits of about +-8, and Adam then spends the run shrinking the
     head instead of adapting the features."""
@@ -191,7 +191,7 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
     "at_chance": Key("that interval holds 0.5 (null: unknown)", shapes.nullable(shapes.BOOLEAN), "AItraining.py",
                      page=True),
     "epoch": Key("the epoch the weights are from", shapes.whole(0, 10**6), "AItraining.py"),
-    "imagenet": Key("where its starting weights came from (weights.py)", shapes.STARTING_WEIGHTS, "AItraining.py"),
+    "imagenet": Key("where its starting weights came from (backbone.py)", shapes.STARTING_WEIGHTS, "AItraining.py"),
     "manifest_sha256": Key("the dataset's manifest.csv", shapes.nullable(shapes.SHA256), "AItraining.py"),
     "versions": Key("torch, timm, pillow", shapes.table_of(shapes.text(100)), "checkpoint_state"),
     "settings": Key("the run's settings (model_name: since any backbone)", RUN_SETTINGS_SHAPE, "AItraining.py",

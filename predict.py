@@ -50,7 +50,7 @@ from skinlesion import (
     files,
     folders,
     interrupts,
-    metrics,
+    numbers,
     photos,
 )
 
@@ -191,10 +191,10 @@ def model_cautions(meta):
         interval = f" (its validation ROC-AUC 95% interval {ci[0]:.3f}-{ci[1]:.3f} includes 0.5)" if ci else ""
         cautions.append(f"this model cannot be told from chance{interval}; do not rely on its predictions")
     op = meta.get("operating_point")
-    warning = metrics.operating_point_warning(op) if op else None
+    warning = numbers.operating_point_warning(op) if op else None
     if warning:
         cautions.append(warning + " on its validation photos")
-    weak = None if meta.get("at_chance") else metrics.weak_model_warning(op, meta.get("val_auc_ci95"))
+    weak = None if meta.get("at_chance") else numbers.weak_model_warning(op, meta.get("val_auc_ci95"))
     if weak:
         cautions.append(weak + "; read its answers as a rough guide at best")
     quantised = meta.get("quantised")
@@ -215,7 +215,7 @@ def prevalence_texts(meta, prevalence, threshold_given):
     op = meta.get("operating_point")
     if prevalence is None or not op or threshold_given:
         return assumes, None
-    ppv, npv = metrics.predictive_values(op["sensitivity"], op["specificity"], prevalence)
+    ppv, npv = numbers.predictive_values(op["sensitivity"], op["specificity"], prevalence)
     return assumes, (
         f"at a prevalence of {prevalence:.1%}, from the validation sensitivity and specificity at this threshold, a "
         f"'malignant' call is right {ppv:.0%} of the time (PPV) and a 'benign' call {npv:.0%} of the time (NPV)"
@@ -281,7 +281,7 @@ def main(argv=None):
             skipped.append((path, why))
             continue
         p, probabilities, cam, distance = predict_one(img)
-        if not metrics.is_probability(p):
+        if not numbers.is_probability(p):
             if single:
                 cli.die(
                     f"the model gave no valid probability for {cli.printable(path)} (P = {p}); the model file is "
@@ -316,7 +316,7 @@ def main(argv=None):
             if shown:
                 print(f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}")
             if shown and args.prevalence is not None:
-                at = float(metrics.reweighted(p, prior, args.prevalence))
+                at = float(numbers.reweighted(p, prior, args.prevalence))
                 print(f"At a prevalence of {args.prevalence:.1%}: P(malignant) = {at:.3f} (the call above uses P)")
             if ranked and shown:
                 then = ", ".join(f"{name} (P = {q:.3f})" for name, q in ranked[1:3])
@@ -330,7 +330,7 @@ def main(argv=None):
         else:
             kind = f"; type {ranked[0][0]} (P = {ranked[0][1]:.3f})" if ranked else ""
             if args.prevalence is not None:
-                at = float(metrics.reweighted(p, prior, args.prevalence))
+                at = float(numbers.reweighted(p, prior, args.prevalence))
                 kind += f"; at prevalence {args.prevalence:.1%}: P = {at:.3f}"
             close = ", borderline" if near else ""
             bar.write(f"{cli.printable(path)}: Prediction: {label} (P(malignant) = {p_text}{close}){kind}")
@@ -365,7 +365,7 @@ def main(argv=None):
         )
     withheld = single and strange and not args.show_unfamiliar  # no answer: nothing about its threshold
     if meta.get("operating_point") and args.threshold is None and not withheld:
-        print(f"Operating point: {metrics.operating_point_text(meta['operating_point'])}.")
+        print(f"Operating point: {numbers.operating_point_text(meta['operating_point'])}.")
     tested = None if args.tta or args.threshold is not None or withheld else test_figures(args.model, meta)
     if tested:
         print(f"Tested: {tested}.")

@@ -33,7 +33,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, sampling, shapes, shards, splits
+from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, shapes, shards
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -343,7 +343,7 @@ def main(argv=None):
         check_usable(args, steps, typed, losses, cands)
 
         # decode, hash and shrink, balanced; check again
-        chosen, unreadable, dups = sampling.decode_balanced(
+        chosen, unreadable, dups = isic.decode_balanced(
             cands, args.n_per_class, args.seed, tmp, args.resize_to, args.workers
         )
         decoded = len(chosen) + len(unreadable) + len(dups)
@@ -365,8 +365,8 @@ def main(argv=None):
         check_usable(args, steps, typed, losses, cands, chosen, decoded, unreadable)
 
         # split by lesion and patient groups, into the class folders, with the export's credits
-        labels, groups = chosen.label.to_numpy(), splits.group_ids(chosen).to_numpy()
-        chosen["split"] = splits.split_groups(labels, groups, args.val_fraction, args.test_fraction, args.seed)
+        labels, groups = chosen.label.to_numpy(), isic.group_ids(chosen).to_numpy()
+        chosen["split"] = isic.split_groups(labels, groups, args.val_fraction, args.test_fraction, args.seed)
         manifest = write_splits(chosen, tmp)
         notes = [isic.copy_credits(paths, chosen, tmp) + f" into {args.dataset_dir}/"]
         if args.shards:

@@ -29,7 +29,7 @@ import re
 import sys
 
 import model
-from skinlesion import cli, files, folders, interrupts, metrics, quantise
+from skinlesion import cli, files, folders, interrupts, numbers, quantise
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py, with the outputs 'logits' and 'cam'
@@ -81,8 +81,8 @@ def read_model(path):
     sidecar = {key: meta.get(key) for key in keys}
     op = meta.get("operating_point")
     sidecar.update(
-        operating_point_text=op and metrics.operating_point_text(op),
-        operating_point_warning=op and metrics.operating_point_warning(op),
+        operating_point_text=op and numbers.operating_point_text(op),
+        operating_point_warning=op and numbers.operating_point_warning(op),
     )
     return dict(sidecar, borderline_margin=model.BORDERLINE, model_file="model.onnx")
 

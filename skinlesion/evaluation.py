@@ -5,7 +5,7 @@ augmentation against the plain prediction. Each takes the labels and P(malignant
 
 import numpy as np
 
-from skinlesion import calibration, card, isic, metrics
+from skinlesion import card, isic, numbers
 
 
 def calibration_report(y, before, after, fitted, args):
@@ -14,15 +14,15 @@ def calibration_report(y, before, after, fitted, args):
     report = {"method": (fitted or {}).get("method", "none")}
     for when, p in (("before", before), ("after", after)):
         for key, measure in (
-            ("ece", calibration.ece),
-            ("brier", calibration.brier),
-            ("log_loss", calibration.log_loss),
+            ("ece", numbers.ece),
+            ("brier", numbers.brier),
+            ("log_loss", numbers.log_loss),
         ):
             report[f"{key}_{when}"] = float(measure(y, p))
             if args.n_bootstrap:
-                ci = metrics.bootstrap_ci(y, p, args.n_bootstrap, args.seed, metric_fn=measure)["value"]
+                ci = numbers.bootstrap_ci(y, p, args.n_bootstrap, args.seed, metric_fn=measure)["value"]
                 report[f"{key}_{when}_ci95"] = list(ci)
-        report[f"bins_{when}"] = calibration.reliability(y, p)
+        report[f"bins_{when}"] = numbers.reliability(y, p)
     if report["method"] != "none" and report["ece_after"] > report["ece_before"]:
         report["warning"] = (
             f"the calibration made P(malignant) less well calibrated on these photos (ECE {report['ece_before']:.3f} "
@@ -50,7 +50,7 @@ def operating_report(y, p, meta, scores, ci):
             f"({low[0]:.2f}-{low[1]:.2f}): the operating point chosen on validation did not hold here"
         )
     test_op = dict(sensitivity=scores["sensitivity"], specificity=scores["specificity"])
-    found["flags"] = metrics.operating_point_warning(test_op)
+    found["flags"] = numbers.operating_point_warning(test_op)
     return found
 
 
@@ -72,9 +72,9 @@ def subgroups(y, p, rows, args):
             if min(group["benign"], group["malignant"]) < card.MIN_PER_CLASS:
                 group["text"] = "too few photos to report"
             else:
-                group["roc_auc"] = float(metrics.roc_auc(y[at], p[at]))
-                low, high = metrics.bootstrap_ci(
-                    y[at], p[at], args.n_bootstrap or 200, args.seed, metric_fn=metrics.roc_auc
+                group["roc_auc"] = float(numbers.roc_auc(y[at], p[at]))
+                low, high = numbers.bootstrap_ci(
+                    y[at], p[at], args.n_bootstrap or 200, args.seed, metric_fn=numbers.roc_auc
                 )["value"]
                 group.update(roc_auc_ci95=[low, high], text=f"{group['roc_auc']:.3f} ({low:.3f}-{high:.3f})")
             found[factor][value or "unknown"] = group
@@ -85,14 +85,14 @@ def compare_tta(y, plain, flipped, threshold, n, seed):
     """Plain vs flip-averaged predictions on the same photos, with a paired bootstrap CI of the AUC gain."""
     keys = ("roc_auc", "accuracy", "sensitivity", "specificity")
     result = {
-        name: {k: metrics.binary_metrics(y, p, threshold)[k] for k in keys}
+        name: {k: numbers.binary_metrics(y, p, threshold)[k] for k in keys}
         for name, p in (("plain", plain), ("tta", flipped))
     }
 
     def gain(y, p):
-        return metrics.roc_auc(y, p[..., 1]) - metrics.roc_auc(y, p[..., 0])
+        return numbers.roc_auc(y, p[..., 1]) - numbers.roc_auc(y, p[..., 0])
 
-    low, high = metrics.bootstrap_ci(y, np.stack([plain, flipped], 1), n, seed, metric_fn=gain)["value"]
+    low, high = numbers.bootstrap_ci(y, np.stack([plain, flipped], 1), n, seed, metric_fn=gain)["value"]
     verdict = "makes no clear difference to the ROC-AUC"
     if low > 0:
         verdict = "helps the ROC-AUC"

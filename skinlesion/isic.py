@@ -1,16 +1,25 @@
-"""An ISIC Archive export as 'isic image download' leaves it: metadata.csv (read also when Excel has re-saved
-it), <isic_id>.<ext> photos, attribution.txt and licenses/. Its vocabularies (image types, the benign/malignant
-side of a row from diagnosis_1 or the legacy benign_malignant), and the columns that say whom and what the
-photos show (the factors of a model card: image type, licence, how the diagnosis was confirmed, skin type, sex,
-age band, body site). Every column but isic_id is optional in an export: a missing one reads as unknown."""
+"""Reading an ISIC Archive export, as 'isic image download' leaves it: metadata.csv (read also when Excel has
+re-saved it), <isic_id>.<ext> photos, attribution.txt and licenses/. Its vocabularies (image types, the
+benign/malignant side of a row from diagnosis_1 or the legacy benign_malignant), and the columns that say whom and
+what the photos show (the factors of a model card: image type, licence, how the diagnosis was confirmed, skin type,
+sex, age band, body site). Every column but isic_id is optional in an export: a missing one reads as unknown.
+Then the balanced sample of its photos, decoded (each class's candidates in a seeded order, in rounds, until it has
+its number of readable, distinct photos, each shrunk once by worker processes: clinical photos are often 3000+ px
+wide), and the train, validation and test splits that keep lesions and patients apart (photos of one lesion, or of
+one patient, always land in the same split, so validation and test scores are not inflated by near-copies)."""
 
 import glob
 import os
 import re
 import shutil
+import warnings
 
+import numpy as np
 import pandas as pd
+from PIL import Image
+from tqdm import tqdm
 
+from skinlesion import cli, files, interrupts, photos
 from skinlesion.cli import die, first_few, printable, warn
 from skinlesion.files import atomic_write, file_kind, write_text
 from skinlesion.folders import is_within
@@ -219,3 +228,121 @@ def factor_counts(rows, by):
             as_text(g) or "unknown": {str(v): int(n) for v, n in table[g].items() if n} for g in table.columns
         }
     return counts
+
+
+def process_image(job):
+    """Worker: hash, decode and shrink one image into out_dir; error: why it is unusable; OSError: out_dir unwritable"""
+    isic_id, src, out_dir, resize_to = job
+    if files.file_kind(src):  # turned into a named pipe since the index: opening it would block forever
+        return dict(isic_id=isic_id, error="not a regular file")
+    try:
+        sha256 = files.file_sha256(src)
+        width, height = photos.image_size(src)
+        img = photos.load_image(src, min_side=resize_to)  # upright RGB; raises on anything unreadable
+    except photos.NotAPhoto:  # counted under one cause, whatever its size
+        return dict(isic_id=isic_id, error=f"one side over {photos.MAX_ASPECT} times the other")
+    except Exception as e:  # truncated, empty, not an image, decompression bomb...: counted, never fatal
+        return dict(isic_id=isic_id, error=type(e).__name__)
+    name = isic_id + (".jpg" if resize_to else os.path.splitext(src)[1].lower())
+    out = os.path.join(out_dir, name)
+    try:
+        if resize_to is None:
+            shutil.copyfile(src, out)
+        else:
+            scale = resize_to / min(img.size)
+            if scale < 1:
+                size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                img = img.resize(size, Image.LANCZOS, reducing_gap=3.0)
+            img.save(out, quality=95)
+    except OSError as e:  # a full disk, a quota: the dataset's fault, not the image's
+        raise OSError(
+            f"could not write {cli.printable(out)} ({e.strerror or e}); free some disk space or pass another "
+            "--dataset-dir"
+        ) from None
+    return dict(isic_id=isic_id, sha256=sha256, width=width, height=height, file=name, error="")
+
+
+def decode_balanced(cands, n_per_class, seed, out_dir, resize_to, workers):
+    """Decode the candidates in a SEED-shuffled order per class, in rounds, until n_per_class readable and
+    distinct (sha256 of the file) images per class. Returns (chosen rows, unreadable, duplicates)."""
+    rng, classes = np.random.default_rng(seed), sorted(cands.label.unique())
+    queue = {c: list(rng.permutation(cands.index[cands.label == c])) for c in classes}
+    chosen, seen, unreadable, duplicates = [], set(), [], []
+    tried, usable = dict.fromkeys(classes, 0), dict.fromkeys(classes, 0)
+    goal = sum(min(n_per_class, len(queue[c])) for c in classes)  # the bar's total: photos wanted, known at once
+    bar = tqdm(total=goal, desc="decoding", unit="img", disable=cands.empty)
+    with interrupts.worker_pool(workers) as pool, bar:
+        while True:  # a round: the next candidates of each class, as many as it still lacks
+            batch = [i for c in classes for i in queue[c][tried[c] : tried[c] + n_per_class - usable[c]]]
+            if not batch:
+                break
+            for c in classes:
+                tried[c] += n_per_class - usable[c]
+            jobs = [(cands.isic_id[i], cands.path[i], out_dir, resize_to) for i in batch]
+            chunk = max(1, min(16, len(jobs) // (4 * workers)))
+            records = pool.imap(process_image, jobs, chunk) if pool else map(process_image, jobs)
+            for i, rec in zip(batch, records):
+                if rec["error"]:
+                    unreadable.append(f"{rec['isic_id']} ({rec['error']})")
+                elif rec["sha256"] in seen:
+                    duplicates.append(rec["isic_id"])
+                    os.remove(os.path.join(out_dir, rec["file"]))
+                else:
+                    seen.add(rec["sha256"])
+                    chosen.append(dict(cands.loc[i], **rec))
+                    usable[cands.label[i]] += 1
+                    bar.update()
+    return pd.DataFrame(chosen, columns=[*cands.columns, "sha256", "width", "height", "file"]), unreadable, duplicates
+
+
+def group_ids(df):
+    """A group per row: connected components (union-find) of rows sharing a lesion_id or a patient_id (or none)."""
+    parent = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]  # path halving
+            x = parent[x]
+        return x
+
+    for isic_id, lesion, patient in zip(df.isic_id, df.lesion_id, df.patient_id):
+        keys = []
+        if lesion:
+            keys.append(f"lesion {lesion}")
+        if patient:
+            keys.append(f"patient {patient}")
+        for key in keys:
+            parent[find(key)] = find(isic_id)
+    return pd.Series([find(i) for i in df.isic_id], index=df.index)
+
+
+def split_groups(labels, groups, val_fraction, test_fraction, seed):
+    """'train', 'val' or 'test' per row: StratifiedGroupKFold cuts the groups into (up to) 20 folds of about the
+    same class balance; the first folds are test, the next val, the rest train. Each split needs every class."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_folds = min(20, len(set(groups)), max(pd.Series(labels).value_counts()))  # as StratifiedGroupKFold needs
+    n_test, n_val = (max(1, round(f * n_folds)) if f else 0 for f in (test_fraction, val_fraction))
+    if n_test + n_val == 0:
+        return np.full(len(labels), "train")
+    if n_test + n_val >= n_folds:
+        die(
+            f"only {len(set(groups))} lesion/patient groups, too few for val and test splits; add images, or set "
+            "--val-fraction and --test-fraction to 0"
+        )
+    fold = np.zeros(len(labels), int)
+    with warnings.catch_warnings():  # "the least populated class has only n members": expected, harmless
+        warnings.simplefilter("ignore", UserWarning)
+        cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        for k, (_, idx) in enumerate(cv.split(labels, labels, groups)):
+            fold[idx] = k
+    split = np.where(fold < n_test, "test", np.where(fold < n_test + n_val, "val", "train"))
+    for s in sorted(set(split)):
+        for c in sorted(set(labels)):
+            if not (labels[split == s] == c).any():
+                die(
+                    f"the {s} split would have no {c} images: the {(labels == c).sum()} {c} images are only "
+                    f"{len(set(groups[labels == c]))} groups; add {c} images, or lower --val-fraction/"
+                    "--test-fraction"
+                )
+    return split

@@ -77,7 +77,7 @@ def comparison(p_full, p_int8, y, threshold, band):
     """How far the int8 model's P(malignant) lies from the full model's on the same photos (y: 1 malignant, 0
     benign, or None): the largest difference, the labels that change (and those whose full-model P lay outside
     the borderline band), each ROC-AUC, and whether the page may use it (within_tolerance)."""
-    from skinlesion import metrics
+    from skinlesion import numbers
 
     changed = (p_full >= threshold) != (p_int8 >= threshold)
     outside = changed & (np.abs(p_full - threshold) >= band)
@@ -91,7 +91,7 @@ def comparison(p_full, p_int8, y, threshold, band):
         max_auc_drop=MAX_AUC_DROP,
     )
     if y is not None and 0 < np.sum(y) < len(y):
-        result.update(roc_auc_full=float(metrics.roc_auc(y, p_full)), roc_auc_int8=float(metrics.roc_auc(y, p_int8)))
+        result.update(roc_auc_full=float(numbers.roc_auc(y, p_full)), roc_auc_int8=float(numbers.roc_auc(y, p_int8)))
     auc_kept = result["roc_auc_full"] is not None and result["roc_auc_int8"] >= result["roc_auc_full"] - MAX_AUC_DROP
     result["within_tolerance"] = bool(auc_kept and result["label_changes_outside_band"] == 0)
     return result

@@ -144,7 +144,7 @@ def fault(shape, name, value):
 
 # ---------------------------------------------------------------------------- the model file's values (model.KEYS)
 def is_starting_weights(value):
-    """Whether value is what weights.imagenet_model returns: {source: hub id} or {file: name, sha256: hex}."""
+    """Whether value is what backbone.imagenet_model returns: {source: hub id} or {file: name, sha256: hex}."""
     if not isinstance(value, dict) or not all(isinstance(v, str) and 0 < len(v) <= 200 for v in value.values()):
         return False
     return set(value) == {"source"} or (
@@ -156,22 +156,22 @@ ANY_NUMBER = simple(in_range, "a finite number")
 FRACTION, COUNT, TEXTS = number(0, 1), whole(0, 10**9), list_of(text())
 ARCHITECTURE = simple(lambda v: isinstance(v, str) and re.fullmatch(r"[a-z0-9_]{1,64}", v), "a timm name")
 NETWORK = record({"architecture": ARCHITECTURE, **{k: whole(1, 10**5) for k in ("features", "stride", "convs")}})
-STARTING_WEIGHTS = simple(  # weights.imagenet_model's record; true or false in files from before it
+STARTING_WEIGHTS = simple(  # backbone.imagenet_model's record; true or false in files from before it
     lambda v: v in (None, True, False) or is_starting_weights(v), "true, false or where the weights came from"
 )
 DATA = record({}, dict(  # what the card says of the training data (dataset.data_summary)
     source=text(), counts=table_of(table_of(COUNT)), grouping=text(),
     factors=table_of(table_of(table_of(COUNT))), attributions=table_of(COUNT),
     licences=table_of(COUNT), label_column=text(), synthetic=BOOLEAN), others=True)  # fmt: skip
-CALIBRATION = record(dict(  # calibration.fit (applies_to: since the type logits are scaled; before, the log-odds)
+CALIBRATION = record(dict(  # numbers.fit (applies_to: since the type logits are scaled; before, the log-odds)
     method=one_of("temperature", "platt", "none"), a=number(1e-6, 1e6), b=number(-1e6, 1e6),
     val_log_loss_before=ANY_NUMBER, val_log_loss_after=ANY_NUMBER, val_ece_before=FRACTION, val_ece_after=FRACTION),
     dict(cv_log_loss=table_of(nullable(ANY_NUMBER)), applies_to=one_of("logits")))  # fmt: skip
 INTERVAL = list_of(nullable(FRACTION), 2)  # a 95% interval (null ends: a type without photos)
-TYPES_RESULTS = record(dict(  # metrics.types_with_intervals: balanced accuracy, each type's sensitivity, 95% intervals
+TYPES_RESULTS = record(dict(  # numbers.types_with_intervals: balanced accuracy, each type's sensitivity, 95% intervals
     balanced_accuracy=nullable(FRACTION), balanced_accuracy_ci95=INTERVAL, chance=FRACTION,
     types=table_of(record(dict(sensitivity=nullable(FRACTION), sensitivity_ci95=INTERVAL, photos=COUNT)))))  # fmt: skip
-OPERATING_POINT = record(dict(  # metrics.operating_point
+OPERATING_POINT = record(dict(  # numbers.operating_point
     target_sensitivity=FRACTION, threshold=FRACTION, sensitivity=FRACTION, specificity=FRACTION,
     sensitivity_ci95=list_of(FRACTION, 2), specificity_ci95=list_of(FRACTION, 2)),
     dict(n_malignant=COUNT, n_benign=COUNT))  # fmt: skip

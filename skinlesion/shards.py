@@ -187,7 +187,7 @@ def decoded_chunks(samples, index, crops):
 
 
 class Stream:
-    """A split's shards streamed by DataLoader workers: what batches.Split gives (epoch, own_batches) for a split
+    """A split's shards streamed by DataLoader workers: what training.Split gives (epoch, own_batches) for a split
     that does not fit the cache, each process reading its own shards."""
 
     def __init__(self, data_dir, split, crops, labels, num_workers, device, rank=0, world=1):
@@ -250,7 +250,7 @@ class Stream:
     def epoch(self, batch_size, generator, rank=0, world=1, order=None):
         """This process's (indices, uint8 crops, labels) batches of one epoch: its own shards of a shuffle drawn
         from generator (every process draws the same), their photos shuffled in a buffer; as many steps as
-        batches.Split gives on every process (a process whose shards hold fewer photos reads them again)."""
+        training.Split gives on every process (a process whose shards hold fewer photos reads them again)."""
         import torch
 
         shards = torch.randperm(len(self.sources), generator=generator).tolist()[rank::world]
@@ -275,16 +275,16 @@ def with_counts(urls, samples):
 
 
 def open_split(data_dir, split, crops, labels, cached, num_workers, device, desc, rank=0, world=1):
-    """A split to train or validate on: batches.Split of a folder's photos, or of shards read whole when cached;
+    """A split to train or validate on: training.Split of a folder's photos, or of shards read whole when cached;
     a Stream of this process's shards when not."""
-    from skinlesion import batches
+    from skinlesion import training
 
     if not is_shards(data_dir):
-        return batches.Split(crops, labels, cached, num_workers, device, desc)
+        return training.Split(crops, labels, cached, num_workers, device, desc)
     if not cached:
         return Stream(data_dir, split, crops, labels, num_workers, device, rank, world)
     crops.blobs = read_blobs(data_dir, split)
-    return batches.Split(crops, labels, cached, num_workers, device, desc)
+    return training.Split(crops, labels, cached, num_workers, device, desc)
 
 
 def add_file(tar, name, data):

@@ -13,10 +13,9 @@ import pandas as pd
 import pytest
 
 import AItraining
-import evaluate
 import model
 from conftest import front_matter
-from skinlesion import card, dataset, files, isic, model_index
+from skinlesion import card, dataset, files, isic, model_index, numbers
 from skinlesion.evaluation import calibration_report, operating_report, subgroups
 
 SECTIONS = ["## Model details", "## Intended use", "## Training data", "## Evaluation", "## Factors", "## Caveats"]
@@ -69,7 +68,7 @@ def class_weighted_logits(labels, malignant, seed):
     return logits
 
 
-HUB_START = dict(source="timm/efficientnet_b0.ra_in1k")  # what weights.imagenet_model records of the hub's weights
+HUB_START = dict(source="timm/efficientnet_b0.ra_in1k")  # what backbone.imagenet_model records of the hub's weights
 
 
 @functools.cache
@@ -122,15 +121,15 @@ def evaluated(meta, rows=None, seed=1, n=400, columns=("sex", "age_approx", "ana
     p = model.predictions([logits], meta)[0]
     before = model.predictions([logits], dict(meta, calibration=None))[0]
     args = types.SimpleNamespace(n_bootstrap=300, seed=0)
-    scores = evaluate.metrics.binary_metrics(y, p, meta["threshold"])
-    ci = evaluate.metrics.bootstrap_ci(y, p, 300, 0, threshold=meta["threshold"])
+    scores = numbers.binary_metrics(y, p, meta["threshold"])
+    ci = numbers.bootstrap_ci(y, p, 300, 0, threshold=meta["threshold"])
     test_rows = (manifest(n) if rows is None else rows)[list(columns)].reset_index(drop=True)
     return dict(
         data_dir="dataset/test",
         n_images={c: int((labels == i).sum()) for i, c in enumerate(meta["classes"])},
         metrics=scores,
         ci95={k: list(v) for k, v in ci.items()},
-        at_chance=evaluate.metrics.at_chance(ci["roc_auc"]),
+        at_chance=numbers.at_chance(ci["roc_auc"]),
         operating_point=operating_report(y, p, meta, scores, ci),
         calibration=calibration_report(y, before, p, meta.get("calibration"), args),
         subgroups=subgroups(y, p, test_rows, args),

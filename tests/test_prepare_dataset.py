@@ -36,7 +36,7 @@ from conftest import (
     run,
     write_export,
 )
-from skinlesion import folders, ledger, sampling
+from skinlesion import folders, isic, ledger
 
 REAL_SAMPLE = next(
     (
@@ -424,9 +424,9 @@ def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened
         assert abs(np.asarray(img).mean() - 128) < 2  # scaled from 16 to 8 bits, not clipped to 255
     os.makedirs("scratch")
     t = time.time()
-    assert not sampling.process_image((odd["huge"], path("huge"), "scratch", 256))["error"]
+    assert not isic.process_image((odd["huge"], path("huge"), "scratch", 256))["error"]
     assert time.time() - t < 2, "the 12000 px JPEG must be decoded at a reduced scale (Pillow draft): ~0.1 s, not ~4 s"
-    assert sampling.process_image((odd["fifo"], path("fifo"), "scratch", 256))["error"] == "not a regular file"
+    assert isic.process_image((odd["fifo"], path("fifo"), "scratch", 256))["error"] == "not a regular file"
 
 
 # ---------------------------------------------------------------------------- runs that stop, keeping dataset/

@@ -16,7 +16,7 @@ import model
 import predict
 import serve_web
 from conftest import run
-from skinlesion import files, metrics, photos, quantise
+from skinlesion import files, numbers, photos, quantise
 
 
 def test_the_twin_is_named_beside_its_export():
@@ -30,7 +30,7 @@ def test_comparison_counts_changed_labels_and_those_outside_the_band():
     result = quantise.comparison(p_full, p_int8, y, threshold=0.5, band=0.02)
     assert result["photos"] == 6 and result["max_p_difference"] == pytest.approx(0.5)
     assert result["label_changes"] == 3 and result["label_changes_outside_band"] == 1
-    assert result["roc_auc_full"] == pytest.approx(metrics.roc_auc(y, p_full))
+    assert result["roc_auc_full"] == pytest.approx(numbers.roc_auc(y, p_full))
     assert result["roc_auc_int8"] == pytest.approx(7 / 9)  # pairs (malignant, benign) ranked right, by hand
     assert not result["within_tolerance"]
 
@@ -38,7 +38,7 @@ def test_comparison_counts_changed_labels_and_those_outside_the_band():
 @pytest.mark.parametrize("drop, kept", [(0.0049, True), (0.0051, False)])
 def test_the_roc_auc_may_fall_by_max_auc_drop_and_no_more(monkeypatch, drop, kept):
     aucs = iter([0.9, 0.9 - drop])
-    monkeypatch.setattr(metrics, "roc_auc", lambda y, p: next(aucs))
+    monkeypatch.setattr(numbers, "roc_auc", lambda y, p: next(aucs))
     p = np.array([0.2, 0.8])
     result = quantise.comparison(p, p, np.array([0, 1]), threshold=0.5, band=0.02)
     assert result["within_tolerance"] is kept and quantise.MAX_AUC_DROP == 0.005
@@ -79,7 +79,7 @@ def test_export_writes_a_smaller_twin_that_says_how_it_compares(twin):
     x = np.stack(x)
     p = [quantise.p_malignant(ort.InferenceSession(f), x) for f in (twin["full"], twin["int8"])]
     assert result["photos"] == len(x) and result["max_p_difference"] == pytest.approx(np.abs(p[0] - p[1]).max())
-    assert result["roc_auc_int8"] == pytest.approx(metrics.roc_auc(np.array(y), p[1]))
+    assert result["roc_auc_int8"] == pytest.approx(numbers.roc_auc(np.array(y), p[1]))
     assert f"wrote {twin['int8']} (" in twin["stdout"] and quantise.comparison_text(result) in twin["stdout"]
 
 

@@ -38,7 +38,7 @@ import growth  # noqa: E402
 import measure  # noqa: E402
 
 import model  # noqa: E402
-from skinlesion import batches, cli, dataset, devices, folders, interrupts, photos, training  # noqa: E402
+from skinlesion import cli, dataset, devices, folders, interrupts, photos, training  # noqa: E402
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px, 32 to 2048
@@ -133,12 +133,12 @@ def random_batches(args, device, channels_last=True):
 
 
 def loop_batches(split, args, cfg, device):
-    """AItraining.py's training batches (batches.train_batches) over a Split, as many as the measurement needs."""
+    """AItraining.py's training batches (training.train_batches) over a Split, as many as the measurement needs."""
     import torch
 
     g, g_device = torch.Generator().manual_seed(0), torch.Generator(device=device).manual_seed(0)
     order = torch.randint(len(split.paths), ((args.warmup + args.steps) * args.batch_size,), generator=g)
-    return batches.train_batches(split, args.batch_size, cfg, g, g_device, order=order)
+    return training.train_batches(split, args.batch_size, cfg, g, g_device, order=order)
 
 
 def naive_batches(args, data_dir, device):
@@ -162,7 +162,7 @@ def bench_training(args, small, full, device):
     short = photos.short_side(args.image_size, cfg["crop_pct"])
     paths, labels = dataset.split_photos(small, "train", model.CLASSES)
     crops = photos.Photos(paths, short, 1.0, cfg["interpolation"])
-    cached = batches.Split(crops, labels, True, args.num_workers, device, "caching")
+    cached = training.Split(crops, labels, True, args.num_workers, device, "caching")
     alone, loop = [], []
     for r in range(args.rounds):  # alternately, so that a burst of other work hits both alike
         print(f"training, round {r + 1}/{args.rounds}: model alone, AItraining.py loop ...", flush=True)
@@ -174,7 +174,7 @@ def bench_training(args, small, full, device):
     if device.type == "cuda":
         target = 0.85
     print("training: streaming fallback, naive baseline, contiguous memory format ...", flush=True)
-    streamed = batches.Split(crops, labels, False, args.num_workers, device, "")
+    streamed = training.Split(crops, labels, False, args.num_workers, device, "")
     stream = train_speed(loop_batches(streamed, args, cfg, device), args, device)[0]
     naive = train_speed(naive_batches(args, full, device), args, device, contiguous=True)[0]
     plain = train_speed(random_batches(args, device, channels_last=False), args, device, contiguous=True)[0]

@@ -30,7 +30,7 @@ def probe(data_dir, image_size, batch_size, warmup, steps, num_workers, cache_gb
     import torch
 
     import model
-    from skinlesion import batches, dataset, devices, photos, shards, training
+    from skinlesion import dataset, devices, photos, shards, training
 
     device, start = devices.pick_device(), time.perf_counter()
     classes = dataset.classes_of(dataset.read_manifest(data_dir))[0]
@@ -50,7 +50,7 @@ def probe(data_dir, image_size, batch_size, warmup, steps, num_workers, cache_gb
     optimizer = model.make_optimizer(net, recipe["optimizer"], recipe["lr"], recipe["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     g, g_device = torch.Generator().manual_seed(0), torch.Generator(device=device).manual_seed(0)
-    epoch = itertools.islice(batches.train_batches(train, batch_size, cfg, g, g_device), warmup + steps)
+    epoch = itertools.islice(training.train_batches(train, batch_size, cfg, g, g_device), warmup + steps)
     times = []
     training.train_one_epoch(net, measure.timed(epoch, times), model.make_criterion(0.1), optimizer, scheduler,
                              False, "probe")  # fmt: skip

@@ -1,4 +1,4 @@
-"""skinlesion/weights.py: ImageNet weights from a local file (offline), or from the hub, whose absence is found
+"""ImageNet weights from a local file (offline), or from the hub, whose absence is found
 out in a moment (not after the hub client's ~46 s of retries) and is one warning."""
 
 import os
@@ -11,6 +11,7 @@ import torch
 import model
 from conftest import ROOT, fails
 
+# ---------------------------------------------------------------------------- weights
 WITHOUT_THE_HUB = """
 import time
 import model
