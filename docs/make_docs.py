@@ -1,15 +1,19 @@
 """
 Regenerate what docs/ holds from the demo, so that the README's pictures and examples cannot drift from the code:
 the demo's training curves, evaluation pictures, Grad-CAM picture and model card, a screenshot of the page
-classifying one of the demo's unseen photos, and flags.md from the scripts' constants blocks.
+classifying one of the demo's unseen photos, flags.md from the scripts' constants blocks, and layout.md: the
+package by pipeline stage, each module's size, what it is for and who imports it (read from the code).
 
     make docs          # runs make demo first, then this
     python docs/make_docs.py --no-screenshot   # without the browser
+    python docs/make_docs.py --text-only       # only flags.md and layout.md, after changing flags or imports
 
 Run from the project folder after `make demo`. Each picture is shrunk to at most WIDTH px and stays under 200 KB.
 """
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,10 +28,17 @@ from skinlesion import cli, files, interrupts  # noqa: E402  (the project's pack
 WIDTH = 1000  # largest width of a picture in docs/, in px
 SCREENSHOT = True  # also photograph the page (needs Debian's chromium, playwright and node_modules)
 PHOTO = "demo_data/unseen/malignant_1.jpg"  # the photo the page classifies for the screenshot
+TEXT_ONLY = False  # only flags.md and layout.md, read from the code (no demo needed)
 # -----------------------------------------------------------------------------
 PICTURES = {"training_curves.png": "training_curves.png", "confusion_matrix.png": "confusion_matrix.png",
             "roc_curve.png": "roc_curve.png", "calibration.png": "calibration.png",
             "gradcam/malignant_1_jpg_gradcam.png": "gradcam.png"}  # fmt: skip
+STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]), ("the prepared dataset", ["dataset", "shards"]),
+          ("the training data path", ["training", "devices"]),
+          ("the model's parts", ["backbone", "checkpoints", "shapes", "familiarity", "explain", "quantise"]),
+          ("numbers", ["numbers", "evaluation", "plots"]), ("the card", ["card", "model_index"]),
+          ("safe outputs", ["files", "folders", "ledger", "interrupts"]), ("the command line", ["cli"]),
+          ("the demo", ["demo"])]  # fmt: skip
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]  # fmt: skip
 
@@ -81,17 +92,76 @@ def is_tool_script(name):
         return bool(cli.RULER.search(f.read()))
 
 
+def imported_modules(path):
+    """The project modules a file imports (model, skinlesion's modules), at its top or inside its functions."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name == "model"}
+        elif isinstance(node, ast.ImportFrom) and node.module == "skinlesion":
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("skinlesion."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def first_sentence(path):
+    """The first sentence of a file's docstring, on one line; a long one up to its first colon or bracket."""
+    with open(path, encoding="utf-8") as f:
+        doc = " ".join((ast.get_docstring(ast.parse(f.read())) or "").split())
+    sentence = re.split(r"(?<!et al)(?<!e\.g)\.( |$)", doc)[0]
+    if len(sentence) > 140:
+        sentence = re.split(r": | \(", sentence)[0]
+    return sentence + "."
+
+
+def layout_markdown(root):
+    """docs/layout.md: the scripts and what they import, then skinlesion/ by pipeline stage (STAGES): each
+    module's lines, its first docstring sentence and its importers. Read from the code; a test keeps it equal."""
+    scripts = sorted(f for f in os.listdir(root) if f.endswith(".py") and f != "model.py")
+    scripts += sorted(f"tools/{f}" for f in os.listdir(os.path.join(root, "tools")) if f.endswith(".py"))
+    modules = sorted(f[:-3] for f in os.listdir(os.path.join(root, "skinlesion")) if f.endswith(".py"))
+    modules.remove("__init__")
+    importers = {m: [] for m in ["model", *modules]}
+    for name in ["model.py", *scripts, *(f"skinlesion/{m}.py" for m in modules)]:
+        for m in sorted(imported_modules(os.path.join(root, name))):
+            importers[m].append(name)
+
+    text = ["# Layout", "", "Generated from the code by `make docs` (a test keeps it equal). The scripts run in the "
+            "order of the README; `model.py` holds the model and the model file's table of keys; `skinlesion/` "
+            "holds every other shared concept, one module each, grouped here by the stage of the pipeline it "
+            "serves; `tools/` holds the measuring tools. No script imports another script.", "",
+            "## Scripts", "", "| file | imports |", "|---|---|"]  # fmt: skip
+    for name in ["model.py", *scripts]:
+        used = ", ".join(sorted(imported_modules(os.path.join(root, name)))) or "-"
+        text.append(f"| `{name}` | {used} |")
+    for stage, names in STAGES:
+        text += ["", f"## {stage[0].upper() + stage[1:]}", "", "| module | what it is | imported by |"]
+        text.append("|---|---|---|")
+        for m in names:
+            path = f"skinlesion/{m}.py"
+            who = ", ".join(f"`{n}`" for n in importers[m])
+            text.append(f"| `{m}` | {first_sentence(os.path.join(root, path))} | {who} |")
+    return "\n".join(text) + "\n"
+
+
 def main(argv=None):
     args = cli.parse_flags(globals(), argv)
     os.chdir(ROOT)
+    scripts = sorted(f for f in os.listdir(ROOT) if f.endswith(".py") and f != "model.py")
+    scripts += sorted(f"tools/{f}" for f in os.listdir(os.path.join(ROOT, "tools")) if is_tool_script(f))
+    files.write_text(os.path.join(HERE, "flags.md"), cli.flags_markdown([os.path.join(ROOT, s) for s in scripts]), None)
+    files.write_text(os.path.join(HERE, "layout.md"), layout_markdown(ROOT), None)
+    if args.text_only:
+        print("wrote docs/flags.md and docs/layout.md")
+        return
     for source, name in PICTURES.items():
         if not os.path.isfile(source):
             cli.die(f"{source} not found; run make demo first (make docs does)")
         shrunk(source, os.path.join(HERE, name), args.width)
     shutil.copyfile("skin_model.md", os.path.join(HERE, "model_card.md"))
-    scripts = sorted(f for f in os.listdir(ROOT) if f.endswith(".py") and f != "model.py")
-    scripts += sorted(f"tools/{f}" for f in os.listdir(os.path.join(ROOT, "tools")) if is_tool_script(f))
-    files.write_text(os.path.join(HERE, "flags.md"), cli.flags_markdown([os.path.join(ROOT, s) for s in scripts]), None)
     if args.screenshot:
         raw = os.path.join(HERE, "web_page.raw.png")
         screenshot(raw)

@@ -62,7 +62,9 @@ def test_the_flag_tables_are_what_help_says():
     """docs/flags.md is generated from the constants blocks (make docs): it must not drift from them."""
     with open(os.path.join(ROOT, "docs", "flags.md"), encoding="utf-8") as f:
         written = f.read()
-    assert written == cli.flags_markdown([os.path.join(ROOT, s) for s in SCRIPTS]), "run make docs"
+    assert written == cli.flags_markdown([os.path.join(ROOT, s) for s in SCRIPTS]), (
+        "run python docs/make_docs.py --text-only"
+    )
 
 
 def test_the_readme_is_short_and_names_only_flags_that_exist():
@@ -123,3 +125,18 @@ def test_a_flag_that_is_not_a_constant_is_refused():
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "error: unrecognized arguments: --metrics foo; see python evaluate.py --help"
     ]
+
+
+def test_the_layout_page_is_what_the_code_imports():
+    """docs/layout.md (the package by pipeline stage, who imports whom) is read from the code: it must not drift,
+    and every module of skinlesion/ stands in exactly one stage."""
+    sys.path.insert(0, os.path.join(ROOT, "docs"))
+    try:
+        import make_docs
+    finally:
+        sys.path.remove(os.path.join(ROOT, "docs"))
+    staged = [m for _, names in make_docs.STAGES for m in names]
+    modules = [os.path.basename(m)[:-3] for m in MODULES if os.path.dirname(m).endswith("skinlesion")]
+    assert sorted(staged) == sorted(set(modules) - {"__init__"}), "each module in exactly one of make_docs.STAGES"
+    with open(os.path.join(ROOT, "docs", "layout.md"), encoding="utf-8") as f:
+        assert f.read() == make_docs.layout_markdown(ROOT), "run python docs/make_docs.py --text-only"
