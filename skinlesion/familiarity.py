@@ -8,7 +8,9 @@ on frozen ImageNet features (the Lite0 stand-in) fitted on the demo's drawings, 
 52% of 46 plainly non-lesion images (flat colours, text, charts...), with the stages all of them, and 4.8% of the
 own test photos (tools/measure_familiarity.py measures a trained model).
 Its limit is a quantile (QUANTILE, 99%) of the distances of the validation photos, which the fit never saw: a
-photo further than that is unfamiliar, and gets no benign/malignant answer.
+photo further than that is unfamiliar, and gets no benign/malignant answer. Past MAX_PHOTOS photos in a split, a
+seeded sample of that many is used (1792 x 1792 covariance entries are well estimated from 20,000 photos), so the
+fit's memory stays bounded on the whole archive.
 
 The model file keeps the class means, a whitening matrix W (W^T C W = I for the shared covariance C, so that
 the distance is |(f - mean) W|) and the limit; AItraining.py fits them, the ONNX graph computes the distance
@@ -21,6 +23,7 @@ the distance is |(f - mean) W|) and the limit; AItraining.py fits them, the ONNX
 import numpy as np
 
 QUANTILE = 0.99  # share of the validation photos within the limit
+MAX_PHOTOS = 20_000  # photos of each split the measure is fitted on at most (a seeded sample): bounded memory
 
 
 def fit(features, labels, n_classes):
@@ -56,14 +59,28 @@ def summary(val_distances, image_types, quantile=QUANTILE):
     return dict(found, image_types=image_types)
 
 
+def sampled(n, most=None, seed=0):
+    """The indices of the photos the measure is fitted on: all n, or a seeded sample of most (MAX_PHOTOS), sorted."""
+    most = MAX_PHOTOS if most is None else most
+    if n <= most:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
+
+
 def fit_on_photos(net, meta, data_dir, train_paths, train_y, val_paths, **load):
     """(meta["familiarity"], means, whitening) for a trained net: fitted on the training photos' features, the
     limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). The
     photos of a dataset of shards are read from its shards."""
     from skinlesion import shards
 
+    train = sampled(len(train_paths))
+    train_paths, train_y = [train_paths[i] for i in train], np.asarray(train_y)[train]
+    val_paths = [val_paths[i] for i in sampled(len(val_paths))]
     on_shards = shards.is_shards(data_dir)  # on a disk or in an object store; a folder's photos are read as files
-    train_blobs, val_blobs = (shards.read_blobs(data_dir, split) if on_shards else None for split in ("train", "val"))
+    train_blobs, val_blobs = None, None
+    if on_shards:  # only the sampled photos' bytes are kept
+        train_blobs, val_blobs = (shards.read_blobs(data_dir, split, set(p)) for split, p in
+                                  (("train", train_paths), ("val", val_paths)))  # fmt: skip
     train_features = features_of_photos(net, train_paths, meta, blobs=train_blobs, **load)
     means, whitening = fit(train_features, train_y, len(meta["classes"]))
     val_distances = distances(features_of_photos(net, val_paths, meta, blobs=val_blobs, **load), means, whitening)

@@ -136,15 +136,17 @@ def shard_samples(sources):
             return
 
 
-def read_blobs(data_dir, split):
-    """{photo name: its bytes} of every photo of a split (read whole: the cache, evaluate.py); a shard that is
-    missing, truncated or unreadable dies with one line."""
+def read_blobs(data_dir, split, wanted=None):
+    """{photo name: its bytes} of every photo of a split (read whole: the cache, evaluate.py), or only of the names
+    in wanted (a set); a shard that is missing, truncated or unreadable dies with one line."""
     entry, blobs = split_entry(data_dir, split), {}
     sources = [dict(url=location(data_dir, s["name"]), samples=s["samples"]) for s in entry["shards"]]
     for sample in shard_samples(sources):
         if "__error__" in sample:
             die(sample["__error__"] + "; copy the shards again or re-run prepare_dataset.py --shards")
-        blobs[location(data_dir, json.loads(sample["json"])["file"])] = sample[image_key(sample)]
+        name = location(data_dir, json.loads(sample["json"])["file"])
+        if wanted is None or name in wanted:
+            blobs[name] = sample[image_key(sample)]
     return blobs
 
 

@@ -37,11 +37,11 @@ def test_distance_is_the_mahalanobis_distance_to_the_nearest_class_mean():
 
 
 def test_more_features_than_photos_still_gives_a_distance():
-    """1280 features and 60 photos, as a small run has: the shrunk covariance is invertible."""
+    """More features than photos (B0 has 1792 and a small run 60 photos): the shrunk covariance is invertible."""
     rng = np.random.default_rng(1)
-    train, labels = rng.normal(0, 1, (60, 1280)), np.arange(60) % 2
+    train, labels = rng.normal(0, 1, (30, 300)), np.arange(30) % 2
     means, whitening = familiarity.fit(train, labels, 2)
-    new = rng.normal(0, 1, (4, 1280))
+    new = rng.normal(0, 1, (4, 300))
     got = familiarity.distances(new, means, whitening)
     assert np.isfinite(got).all() and np.allclose(got, direct_distances(new, train, labels), rtol=1e-6)
     far = familiarity.distances(train[:4] + 10, means, whitening)
@@ -83,3 +83,34 @@ def test_the_sentence_names_the_training_image_types():
     )
     both = {"familiarity": {"image_types": ["clinical: overview", "dermoscopic"]}}
     assert "clinical: overview or dermoscopic photos" in familiarity.unfamiliar_sentence(both)
+
+
+def test_past_max_photos_a_seeded_sample_is_fitted():
+    assert familiarity.sampled(5, most=5).tolist() == [0, 1, 2, 3, 4]  # all, in order, up to the bound
+    picked = familiarity.sampled(1000, most=50, seed=3)
+    assert len(set(picked.tolist())) == 50 and (np.diff(picked) > 0).all() and 0 <= picked.min() <= picked.max() < 1000
+    assert (familiarity.sampled(1000, most=50, seed=3) == picked).all()
+    assert not (familiarity.sampled(1000, most=50, seed=4) == picked).all()
+
+
+def test_the_fit_sees_only_the_sample_with_its_own_labels(monkeypatch):
+    """fit_on_photos on 40 training and 30 validation photos with MAX_PHOTOS = 8: the features are asked for 8
+    of each, and the means are those of the sampled photos' own classes (a label shifted by one would move them)."""
+    monkeypatch.setattr(familiarity, "MAX_PHOTOS", 8)
+    asked = []
+
+    def features_of_photos(net, paths, meta, blobs=None, **load):
+        asked.append(list(paths))
+        return np.array([[float(p.split("_")[1]), 1.0] for p in paths])  # feature 0: the photo's number
+
+    monkeypatch.setattr(familiarity, "features_of_photos", features_of_photos)
+    train = [f"train_{i}" for i in range(40)]
+    labels = np.arange(40) % 2  # odd numbers are class 1
+    meta = {"classes": ["benign", "malignant"]}
+    found, means, _ = familiarity.fit_on_photos(
+        None, meta, "no-such-dir", train, labels, [f"val_{i}" for i in range(30)]
+    )
+    kept = [train[i] for i in familiarity.sampled(40, 8)]
+    assert asked[0] == kept and len(asked[1]) == 8 and found["n_val"] == 8
+    numbers = np.array([int(p.split("_")[1]) for p in kept])
+    assert means[:, 0].tolist() == [numbers[numbers % 2 == 0].mean(), numbers[numbers % 2 == 1].mean()]

@@ -80,6 +80,8 @@ def test_folders_and_shards_hold_the_same_photos_labels_and_splits(prepared):
         for path, name in zip(paths, names):
             with open(path, "rb") as f:
                 assert blobs[name] == f.read()
+        some = set(names[::2])  # the familiarity fit keeps only its sample's bytes
+        assert shards.read_blobs(sharded, split, some) == {name: blobs[name] for name in some}
         entry = read_json(os.path.join(sharded, shards.INDEX))["splits"][split]
         assert len(entry["shards"]) >= 2
         for shard in entry["shards"]:  # each sample: the photo's bytes, its class and ids, its split (manifest)
