@@ -114,6 +114,8 @@ class OneLineParser(argparse.ArgumentParser):
 def flag_type(name, value, types=None):
     """The type a constant's flag takes: bool (--x/--no-x), int, float or str, or that of a list's items; a
     constant that is None takes its type from types (str if not there)."""
+    if isinstance(value, bool):
+        return bool
     kind = (types or {}).get(name)
     if kind is not None:
         return kind
@@ -173,7 +175,7 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
                 default=default, dest=name.lower(), help=comment.replace("%", "%%") + " (default: %(default)s)"
             )
             kind = flag_type(name, value, types)
-            if kind is bool:
+            if isinstance(value, bool):
                 options["action"] = argparse.BooleanOptionalAction
             else:
                 converter = value_converter(name, kind, value is None or name in nullable)
