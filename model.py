@@ -35,8 +35,7 @@ RECIPES = {  # how AItraining.py trains, by starting point; each knob is also on
 # -----------------------------------------------------------------------------
 TTA_FLIPS = [(), (-1,), (-2,), (-2, -1)]  # test-time augmentation: the photo and its flips (axes of C, H, W)
 ONNX_OUTPUTS = ("logits", "p_malignant", "cam")  # what an export gives, in order
-IMAGE_SIZES = (32, 2048)  # the image sizes (px) a model may have, from and to: every script's range says these
-IMAGE_SIZE_RANGE = ("image_size", *IMAGE_SIZES, f"a whole number from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} px")
+IMAGE_SIZES = (32, 2048)  # the image sizes (px) a model may have, from and to: every IMAGE_SIZE comment says these
 
 
 # ---------------------------------------------------------------------------- the network

@@ -61,7 +61,7 @@ EXPLAIN = False  # also save a Grad-CAM picture per photo into EXPLAIN_DIR: the 
 EXPLAIN_DIR = "gradcam"  # folder for the --explain pictures (made if missing; never one of the photo folders)
 CSV = None  # path: also write file, prediction, p_malignant, threshold, borderline (type, p_type) per photo
 THRESHOLD = None  # None = the threshold stored in the model; a number from 0 to 1 overrides it
-PREVALENCE = None  # share of photos that are malignant where you use it, e.g. 0.05; None = the training photos'
+PREVALENCE = None  # share of malignant photos where you use it, 0.0001 to 0.9999; None = the training photos'
 SHOW_UNFAMILIAR = False  # also show the answer for a photo unlike the training photos, marked unreliable
 OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
@@ -80,12 +80,6 @@ def parse_args(argv=None):
         argv,
         ("images", "image files and/or folders (searched recursively)"),
         types={"THRESHOLD": float, "CSV": str, "PREVALENCE": float},
-    )
-    wanted = "use a probability from 0 to 1"
-    cli.check(args.threshold is None or cli.in_range(args.threshold, 0, 1), "--threshold", args.threshold, wanted)
-    share = args.prevalence is None or cli.in_range(args.prevalence, 1e-4, 1 - 1e-4)
-    cli.check(
-        share, "--prevalence", args.prevalence, "use a share of malignant photos from 0.0001 to 0.9999, e.g. 0.05"
     )
     inputs = [args.model, *args.images]
     if args.csv:

@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 from skinlesion import cli, files, interrupts  # noqa: E402  (the project's package, beside docs/)
 
 # -----------------------------------------------------------------------------
-WIDTH = 1000  # largest width of a picture in docs/, in px
+WIDTH = 1000  # largest width of a picture in docs/, in px, 100 to 4000
 SCREENSHOT = True  # also photograph the page (needs Debian's chromium, playwright and node_modules)
 PHOTO = "demo_data/unseen/malignant_1.jpg"  # the photo the page classifies for the screenshot
 TEXT_ONLY = False  # only flags.md and layout.md, read from the code (no demo needed)

@@ -1,5 +1,6 @@
 """The command line: flags made from a script's constants block, one-line errors and warnings, checks of flag
-values and writable paths, printable names and summaries.
+values (each numeric flag against the range its constant's comment states) and writable paths, printable names and
+summaries.
 
 Torch-free, so that `--help` and the ONNX path start in a fraction of a second."""
 
@@ -9,6 +10,7 @@ import os
 import re
 import sys
 import tempfile
+from typing import NamedTuple
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the scripts' folder
 RULER = re.compile(r"^# -{20,}$", re.M)  # the two lines around a script's constants block
@@ -17,6 +19,10 @@ ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {
     10: "\\n",
     13: "\\r",
 }  # control characters
+NUMBER = r"\d+(?:\.\d+)?(?:e-?\d+)?(?:\*\*\d+(?: - \d+)?)?"  # 1, 0.99, 1e6, 1e-9, 2**32 - 1 (none negative)
+RANGE = re.compile(
+    rf"(?<![\w.*<>=])(?:(?P<low>{NUMBER}) to (?P<open><)?(?P<high>{NUMBER})|(?P<op>>=?) ?(?P<bound>{NUMBER}))(?!\w)"
+)  # the phrases of a range in a constant's comment: A to B, A to <B, >= A, > A (see allowed_range)
 
 
 def die(message):
@@ -81,7 +87,8 @@ def flags_markdown(scripts):
         "# Flags",
         "",
         "Generated from each script's constants block by `make docs`; `python SCRIPT --help` says the "
-        "same. Every flag is a constant at the top of its script: edit it there, or pass the flag.",
+        "same. Every flag is a constant at the top of its script: edit it there, or pass the flag. A number must "
+        "lie in the range its meaning states first (`A to B`, `A to <B`, `>= A`, `> A`).",
     ]
     for script in scripts:
         with open(script, encoding="utf-8") as f:
@@ -102,6 +109,21 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         die(f"{message}; see python {self.prog} --help")
+
+
+def flag_type(name, value, types=None):
+    """The type a constant's flag takes: bool (--x/--no-x), int, float or str, or that of a list's items; a
+    constant that is None takes its type from types (str if not there)."""
+    if isinstance(value, bool):
+        return bool
+    kind = (types or {}).get(name)
+    if kind is not None:
+        return kind
+    if isinstance(value, list):
+        return type(value[0]) if value else str
+    if value is None:
+        return str
+    return type(value)
 
 
 def value_converter(name, kind, nullable):
@@ -129,7 +151,8 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
     taken from the constant, its help from the comment (EPOCHS -> --epochs, PRETRAINED -> --pretrained/
     --no-pretrained, a list -> one or more values). A constant that is None takes its type from types and
     accepts 'none'; so do the names in nullable. positional: a (name, help) argument taking one or more values.
-    args.given holds the flags typed on the command line."""
+    Each number (each of a list) must lie in the range the constant's comment states (see allowed_range); None
+    passes where the constant allows it. args.given holds the flags typed on the command line."""
     block = constants_block(constants["__file__"])
     script = script_name(constants["__file__"])
     parsers = []
@@ -151,14 +174,10 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
             options = dict(
                 default=default, dest=name.lower(), help=comment.replace("%", "%%") + " (default: %(default)s)"
             )
+            kind = flag_type(name, value, types)
             if isinstance(value, bool):
                 options["action"] = argparse.BooleanOptionalAction
             else:
-                kind = (types or {}).get(name)
-                if kind is None and isinstance(value, list):
-                    kind = type(value[0]) if value else str
-                if kind is None:
-                    kind = str if value is None else type(value)
                 converter = value_converter(name, kind, value is None or name in nullable)
                 options.update(metavar=name, type=converter)
                 if isinstance(value, list):
@@ -170,6 +189,8 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
         value = getattr(args, name.lower())
         if value == "" or (isinstance(value, list) and "" in value):
             die(f"{flag_name(name)} '' is empty; pass a value (or set {name} at the top of {script})")
+    for name, comment in block:
+        check_allowed(name, comment, getattr(args, name.lower()), script)
     typed = vars(parsers[1].parse_known_args(argv)[0])
     args.given = set(typed) - {positional[0] if positional else None}
     return args
@@ -191,12 +212,66 @@ def in_range(value, low=-math.inf, high=math.inf):
     )
 
 
-def check_ranges(args, ranges):
-    """die at the first flag out of its range: ranges [(name, low, high, wanted)], e.g. ('epochs', 1, 1e6, 'a whole
-    number >= 1') gives '--epochs 0: use a whole number >= 1'. A value of None (a knob left to a recipe) passes."""
-    for name, low, high, wanted in ranges:
-        value = getattr(args, name)
-        check(value is None or in_range(value, low, high), flag_name(name), value, f"use {wanted}")
+class Range(NamedTuple):
+    """A flag's allowed values as its constant's comment states them (allowed_range)."""
+
+    low: float
+    high: float  # inf after >= A and > A
+    low_open: bool  # low itself is not allowed
+    high_open: bool
+    text: str  # the phrase, as the comment writes it: '0 to <1'
+
+
+def range_number(text):
+    """A number as a range in a comment writes it: '1', '0.99', '1e6', '2**32 - 1' (an int unless it has . or e)."""
+    power, _, minus = text.partition(" - ")
+    base, _, exponent = power.partition("**")
+    if "." in base or "e" in base:
+        value = float(base)
+    else:
+        value = int(base)
+    if exponent:
+        value = value ** int(exponent)
+    if minus:
+        value = value - int(minus)
+    return value
+
+
+def allowed_range(comment):
+    """The range a constant's comment states, the one source of its flag's allowed values: the first of these
+    phrases in the comment, or None where it has none.
+        A to B     from A to B, both allowed              (0 to 0.9, 32 to 2048, 0 to 2**32 - 1)
+        A to <B    from A, allowed, up to B, not allowed  (0 to <1)
+        >= A       A or more                              (>= 1)
+        > A        more than A                            (> 0)
+    A and B are numbers written as 1, 0.99, 1e6, 1e-9 or 2**32 - 1 (none negative). A phrase ends where a
+    word starts: in '0 to 1: stop when ...' it is '0 to 1'."""
+    found = RANGE.search(comment)
+    if found is None:
+        return None
+    if found["op"]:
+        return Range(range_number(found["bound"]), math.inf, found["op"] == ">", False, found[0])
+    return Range(range_number(found["low"]), range_number(found["high"]), False, bool(found["open"]), found[0])
+
+
+def is_allowed(value, allowed):
+    """Whether value is a finite number (not a bool) within allowed, a Range (its open ends not allowed)."""
+    if not in_range(value, allowed.low, allowed.high):
+        return False
+    return not (allowed.low_open and value == allowed.low) and not (allowed.high_open and value == allowed.high)
+
+
+def check_allowed(name, comment, value, script):
+    """die unless value (each value of a list) is a number within the range the comment of the constant name
+    states, e.g. '--epochs 0: use >= 1 (or set EPOCHS at the top of AItraining.py)'. None, text, a bool, and a
+    constant whose comment states no range pass."""
+    allowed = allowed_range(comment)
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if allowed is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        wanted = f"use {allowed.text} (or set {name} at the top of {script})"
+        check(is_allowed(v, allowed), flag_name(name), v, wanted)
 
 
 def is_list_of(value, check, length=None):

@@ -13,7 +13,7 @@ from PIL import Image
 
 import bench
 from conftest import fingerprint, help_of, main_fails, run, write_export
-from skinlesion import folders
+from skinlesion import cli, folders
 
 ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory", "0.11 GB", "0.11 of 1 GB", "")]
 
@@ -26,13 +26,14 @@ def test_help_answers_before_torch_is_imported():
     assert "(default: None)" in r.stdout and "--no-train" in r.stdout, r.stdout
 
 
-BAD_FLAGS = [(f"--{name.replace('_', '-')}", low - 1, "use a whole number") for name, low, _, _ in bench.RANGES]
+RANGES = {cli.flag_name(name): cli.allowed_range(comment) for name, comment in cli.constants_block(bench.__file__)}
+BAD_FLAGS = [(flag, r.low - 1, f"{flag} {r.low - 1}: use {r.text}") for flag, r in RANGES.items() if r]  # below each
 BAD_FLAGS += [(flag, "none", "this flag needs a value") for flag, _, _ in BAD_FLAGS]
 BAD_FLAGS += [
-    ("--image-size", 2049, "--image-size 2049: use a whole number from 32 to 2048"),
-    ("--demo-photo-size", 10001, "--demo-photo-size 10001: use a whole number from 64 to 10000"),
-    ("--rounds", 0, "--rounds 0: use a whole number >= 1"),
-    ("--warmup", -1, "--warmup -1: use a whole number >= 0"),
+    ("--image-size", 2049, "--image-size 2049: use 32 to 2048 (or set IMAGE_SIZE at the top of tools/bench.py)"),
+    ("--demo-photo-size", 10001, "--demo-photo-size 10001: use 64 to 10000"),
+    ("--rounds", 0, "--rounds 0: use >= 1"),
+    ("--warmup", -1, "--warmup -1: use >= 0"),
     ("--steps", "1.5", "invalid int value: '1.5'"),
     ("--compile", "none", "unrecognized arguments: none"),
 ]

@@ -21,10 +21,10 @@ HIDDEN = 3  # above the block: not a flag
 EPOCHS = 10  # a whole number >= 1
 DATA_DIR = "dataset"  # a folder
 PORT = 8000  # a port number
-LR = None  # a number, or none for the recipe's
+LR = None  # a number > 0, or none for the recipe's
 OUTPUT = "out.csv"  # a file name, or none for no file
 PRETRAINED = True  # start from ImageNet weights
-SIZES = [64, 128]  # one or more sizes
+SIZES = [64, 128]  # one or more sizes, 32 to 2048
 {RULER}
 THAT_FLAG = 1  # below the block: not a flag either
 '''
@@ -33,7 +33,7 @@ THAT_FLAG = 1  # below the block: not a flag either
 @pytest.fixture
 def tiny(tmp_path):
     """parse(argv): cli.parse_flags on the globals of a tiny script file with constants inside and outside its
-    block (LR is None and typed float; OUTPUT is named nullable)."""
+    block (LR is None and typed float; OUTPUT is named nullable; PORT's comment states no range)."""
     path = tmp_path / "tiny.py"
     path.write_text(TINY)
     constants = runpy.run_path(str(path))
@@ -180,3 +180,90 @@ def test_number_checks():
     assert cli.in_range(3, 1, 5) and not cli.in_range(0, 1) and not cli.in_range(True, 0, 1)
     assert not cli.in_range(float("nan"), 0) and not cli.in_range(float("inf"), 0) and not cli.in_range("3", 0)
     assert cli.is_list_of([1, 2.5], cli.in_range, 2) and not cli.is_list_of([1, 2], cli.in_range, 3)
+
+
+# ---------------------------------------------------------------------------- ranges from the comments
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    "comment, expected",
+    [
+        ("a whole number >= 1", (1, INF, False, False, ">= 1")),
+        ("peak rate, > 0; None: the recipe's", (0, INF, True, False, "> 0")),
+        ("a share, 0 to 0.9 in steps of 0.05", (0, 0.9, False, False, "0 to 0.9")),
+        ("share of the steps, 0 to <1 (0: none)", (0, 1, False, True, "0 to <1")),
+        ("largest difference, 1e-9 to 0.1", (1e-9, 0.1, False, False, "1e-9 to 0.1")),
+        ("epochs, 1 to 1e6", (1, 1e6, False, False, "1 to 1e6")),
+        ("sampling and split, 0 to 2**32 - 1", (0, 2**32 - 1, False, False, "0 to 2**32 - 1")),
+        (
+            "network input in px, 32 to 2048 (224 = ImageNet; 128 trains ~3x faster)",
+            (32, 2048, False, False, "32 to 2048"),
+        ),
+        ("0 to 1: stop when less of the rows survive; >= 5 is ignored", (0, 1, False, False, "0 to 1")),  # the first
+        ("processes, >= 1 (or 2 to 8 on a laptop)", (1, INF, False, False, ">= 1")),  # the first phrase counts
+    ],
+)
+def test_a_range_is_read_from_the_first_phrase_of_the_comment(comment, expected):
+    found = cli.allowed_range(comment)
+    assert tuple(found) == expected and type(found.low) is type(expected[0]), found
+
+
+@pytest.mark.parametrize(
+    "comment",
+    [
+        "a folder",
+        "e.g. 0.05; None: the recipe's (finetune 20, scratch 100)",
+        "likewise, val + test <= 0.9",  # <= is not in the grammar
+        "from B0 to B7",  # a word is not a number
+        "0 = never",
+    ],
+)
+def test_a_comment_without_a_range_states_none(comment):
+    assert cli.allowed_range(comment) is None
+
+
+@pytest.mark.parametrize(
+    "comment, allowed, refused",
+    [
+        (">= 1", [1, 1.0, 1e9], [0, 0.999, -1]),  # closed: the bound itself is allowed
+        ("> 0", [1e-12, 1], [0, 0.0, -1e-12]),  # open: the bound itself is refused
+        ("0 to <1", [0, 0.0, 0.999999], [1, 1.0, -1e-9, 1.000001]),
+        ("32 to 2048", [32, 2048], [31, 2049, 31.999]),
+        ("0 to 2**32 - 1", [0, 2**32 - 1], [-1, 2**32]),
+        ("0.1 to 3600", [0.1, 3600.0], [0.09999, 3600.001]),
+        ("0 to 1", [0, 1], [float("nan"), INF, -INF, True, "0.5"]),  # not finite, a bool, text: never a number
+    ],
+)
+def test_the_nearest_values_outside_a_range_are_refused(comment, allowed, refused):
+    bounds = cli.allowed_range(comment)
+    assert [cli.is_allowed(v, bounds) for v in allowed] == [True] * len(allowed)
+    assert [cli.is_allowed(v, bounds) for v in refused] == [False] * len(refused)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--epochs", "0"], "--epochs 0: use >= 1 (or set EPOCHS at the top of tiny.py)"),
+        (["--lr", "0"], "--lr 0.0: use > 0 (or set LR at the top of tiny.py)"),
+        (["--lr", "nan"], "--lr nan: use > 0"),
+        (["--sizes", "64", "31"], "--sizes 31: use 32 to 2048 (or set SIZES at the top of tiny.py)"),  # each of a list
+    ],
+)
+def test_a_flag_outside_its_comments_range_is_one_error_line(tiny, capsys, argv, expected):
+    fails_in_one_line(tiny, argv, capsys, expected)
+
+
+def test_values_at_the_bounds_none_and_flags_without_a_range_pass(tiny):
+    args = tiny(["--epochs", "1", "--lr", "1e-12", "--sizes", "32", "2048", "--port", "-7"])
+    assert (args.epochs, args.lr, args.sizes, args.port) == (1, 1e-12, [32, 2048], -7)  # PORT: no range, no check
+    assert tiny(["--lr", "none"]).lr is None  # LR may be None: None is no number to check
+
+
+def test_a_constant_set_outside_its_range_is_refused_too(tmp_path, capsys):
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY.replace("EPOCHS = 10  #", "EPOCHS = 0  #"))
+    constants = runpy.run_path(str(path))
+    expected = "--epochs 0: use >= 1 (or set EPOCHS at the top of tiny.py)"
+    fails_in_one_line(lambda argv: cli.parse_flags(constants, argv), [], capsys, expected)
+    assert cli.parse_flags(constants, ["--epochs", "2"]).epochs == 2

@@ -1,8 +1,10 @@
 """The project's own conventions, checked: small files cut by concern, flags only from each script's constants
-block, --help answered without importing torch, the flag documentation equal to what --help says, a README read
-in ten minutes that names only flags that exist."""
+block, --help answered without importing torch, the flag documentation equal to what --help says, every numeric
+flag's range stated once (in its constant's comment), a README read in ten minutes that names only flags that
+exist."""
 
 import glob
+import importlib
 import os
 import re
 import subprocess
@@ -10,6 +12,7 @@ import sys
 
 import pytest
 
+import model
 from conftest import ROOT, help_of
 from skinlesion import cli
 
@@ -65,6 +68,51 @@ def test_the_flag_tables_are_what_help_says():
     assert written == cli.flags_markdown([os.path.join(ROOT, s) for s in SCRIPTS]), (
         "run python docs/make_docs.py --text-only"
     )
+
+
+class Spied(Exception):
+    """Raised in place of cli.parse_flags, once it has seen the script's call."""
+
+
+def flag_types(script, monkeypatch):
+    """{NAME: the type its flag takes} for the constants of a script (not lists), as cli.parse_flags gets them: the
+    script's call (its types) is seen by a spy, which stops it there."""
+    module = importlib.import_module(os.path.basename(script).removesuffix(".py"))
+    seen = {}
+
+    def spy(constants, argv=None, positional=None, types=None, nullable=()):
+        seen.update(types or {})
+        raise Spied
+
+    monkeypatch.setattr(cli, "parse_flags", spy)
+    with pytest.raises(Spied):
+        getattr(module, "parse_args", module.main)([])
+    block = cli.constants_block(os.path.join(ROOT, script))
+    return {n: cli.flag_type(n, getattr(module, n), seen) for n, _ in block if not isinstance(getattr(module, n), list)}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_numeric_flag_states_its_range_in_its_comment(script, monkeypatch):
+    """The comment is the one source of a flag's allowed values (cli.allowed_range reads it; parse_flags checks
+    each value against it): a number flag whose comment states no range would take any value."""
+    types = flag_types(script, monkeypatch)
+    numeric = [name for name, kind in types.items() if kind in (int, float)]
+    assert numeric, f"{script}: no numeric flag seen (the spy saw no types?)"
+    comments = dict(cli.constants_block(os.path.join(ROOT, script)))
+    unstated = [f"{name}  # {comments[name]}" for name in numeric if cli.allowed_range(comments[name]) is None]
+    assert not unstated, f"{script}: state the allowed values (e.g. '>= 1', '0 to 0.99') in: {unstated}"
+
+
+def test_every_image_size_range_is_the_models():
+    """IMAGE_SIZE's range is written in each script that has one: each must say model.IMAGE_SIZES, the sizes a model
+    file may have, so that the scripts cannot drift from it or from each other."""
+    found = {}
+    for script in SCRIPTS:
+        for name, comment in cli.constants_block(os.path.join(ROOT, script)):
+            if name == "IMAGE_SIZE":
+                found[script] = tuple(cli.allowed_range(comment) or ())[:4]
+    assert set(found) == {"AItraining.py", "tools/bench.py", "tools/measure_transfer.py"}
+    assert found == dict.fromkeys(found, (*model.IMAGE_SIZES, False, False))
 
 
 def test_the_readme_is_short_and_names_only_flags_that_exist():

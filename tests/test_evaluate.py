@@ -171,7 +171,7 @@ def test_what_cannot_work_is_said_before_any_scoring(setup, tmp_path, readonly_f
         evaluate.main, [*common, "--output-dir", "a file"], capsys, "--output-dir a file is a file; pass a folder"
     )
     main_fails(evaluate.main, [*common, "--output-dir", readonly_folder], capsys, f"cannot write in {readonly_folder}")
-    main_fails(evaluate.main, [*common, "--batch-size", 0], capsys, "--batch-size 0: use a whole number >= 1")
+    main_fails(evaluate.main, [*common, "--batch-size", 0], capsys, "--batch-size 0: use 1 to 100000")
     main_fails(evaluate.main, [*common, "--n-bootstrap", -1], capsys, "--n-bootstrap -1")
     os.makedirs(tmp_path / "data" / "benign")
     main_fails(
@@ -321,8 +321,8 @@ def test_evaluate_refuses_before_any_work(setup, tmp_path, monkeypatch, capsys, 
     common = ["--model", str(tmp / "model.pth"), "--data-dir", str(tmp / "test")]
     argv, expected = {
         "n-bootstrap too many": (
-            [*common, "--n-bootstrap", 100_000_000],
-            "--n-bootstrap 100000000: use a whole number from 0 to 100000",
+            [*common, "--n-bootstrap", 100_001],
+            "--n-bootstrap 100001: use 0 to 100000 (or set N_BOOTSTRAP at the top of evaluate.py)",
         ),
         "output not ours": (common, "--output-dir ./roc_curve.png exists and was not written by this project"),
         "output inside the data": (

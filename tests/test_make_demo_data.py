@@ -197,9 +197,10 @@ def test_the_four_types_differ_in_colour_and_size(export):
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        ("--seed -1", "--seed -1: use a whole number >= 0"),
-        ("--photo-size 32", "--photo-size 32: use 64 to 10000"),
-        ("--workers 0", "--workers 0: use 1 to 1024 processes"),
+        ("--seed -1", "--seed -1: use 0 to 2**32 - 1"),
+        ("--photo-size 63", "--photo-size 63: use 64 to 10000 (or set PHOTO_SIZE at the top of make_demo_data.py)"),
+        ("--workers 0", "--workers 0: use 1 to 1024"),
+        ("--workers 1025", "--workers 1025: use 1 to 1024"),
         ("--out-dir none", "argument --out-dir: none: this flag needs a value"),
         ("--photo-size none", "argument --photo-size: none: this flag needs a value"),
         ("--seed none", "argument --seed: none: this flag needs a value"),

