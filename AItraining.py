@@ -62,7 +62,7 @@ WARMUP = None  # share of the steps with a linear warm-up, 0 to 0.99; None: the 
 SCHEDULE = None  # after the warm-up: cosine (to 0) or constant; None: the recipe's (cosine)
 LABEL_SMOOTHING = None  # 0 to 0.99; None: the recipe's (0.1)
 DROP_PATH = None  # stochastic depth rate, 0 to 0.99; None: the recipe's (0.2)
-CLASS_WEIGHTS = None  # weight the loss by inverse class frequency; None: the recipe's (yes)
+CLASS_WEIGHTS = None  # weight the loss by inverse class frequency: yes or no; None: the recipe's (yes)
 PATIENCE = None  # stop after this many epochs without a better ROC-AUC, 0 to 1e6 (0: never); None: the recipe's (5, 0)
 BATCH_SIZE = 32  # images per step (per process under torchrun), 1 to 100000
 IMAGE_SIZE = 224  # network input in pixels, 32 to 2048 (224 = ImageNet; 128 trains ~3x faster)

@@ -20,6 +20,7 @@ ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {
     13: "\\r",
 }  # control characters
 NUMBER = r"\d+(?:\.\d+)?(?:e-?\d+)?(?:\*\*\d+(?: - \d+)?)?"  # 1, 0.99, 1e6, 1e-9, 2**32 - 1 (none negative)
+YES_NO = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}  # None-or-bool flags
 RANGE = re.compile(
     rf"(?<![\w.*<>=])(?:(?P<low>{NUMBER}) to (?P<open><)?(?P<high>{NUMBER})|(?P<op>>=?) ?(?P<bound>{NUMBER}))(?!\w)"
 )  # the phrases of a range in a constant's comment: A to B, A to <B, >= A, > A (see allowed_range)
@@ -134,6 +135,10 @@ def value_converter(name, kind, nullable):
             if nullable:
                 return None
             raise argparse.ArgumentTypeError("none: this flag needs a value (a file named none: pass ./none)")
+        if kind is bool:  # bool('false') is True: a yes/no flag that may also be None (CLASS_WEIGHTS)
+            if text.lower() not in YES_NO:
+                raise argparse.ArgumentTypeError(f"{text}: use yes or no (true/false, 1/0), or none")
+            return YES_NO[text.lower()]
         return kind(text)
 
     convert.__name__ = kind.__name__  # argparse then says "invalid int value: 'abc'"

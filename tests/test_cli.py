@@ -267,3 +267,19 @@ def test_a_constant_set_outside_its_range_is_refused_too(tmp_path, capsys):
     expected = "--epochs 0: use >= 1 (or set EPOCHS at the top of tiny.py)"
     fails_in_one_line(lambda argv: cli.parse_flags(constants, argv), [], capsys, expected)
     assert cli.parse_flags(constants, ["--epochs", "2"]).epochs == 2
+
+
+@pytest.mark.parametrize("text, value", [("false", False), ("no", False), ("0", False), ("False", False),
+                                         ("true", True), ("yes", True), ("1", True), ("none", None)])  # fmt: skip
+def test_a_yes_no_flag_that_may_be_none_reads_false_as_false(text, value):
+    """AItraining.py's CLASS_WEIGHTS is None (the recipe's) or a bool: `--class-weights false` trained with class
+    weights, as bool('false') is True."""
+    import AItraining
+
+    assert AItraining.parse_args(["--class-weights", text]).class_weights is value
+
+
+def test_a_yes_no_flag_refuses_what_is_neither(capsys):
+    import AItraining
+
+    fails_in_one_line(AItraining.parse_args, ["--class-weights", "maybe"], capsys, "maybe: use yes or no")
