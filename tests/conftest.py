@@ -528,8 +528,11 @@ def starts_a_program(argv):
 
 def pytest_configure(config):
     """With -m 'not slow' (make check), starting a program fails the test at once and says to mark it slow: the
-    fast tier stays fast, and a test that needs a process cannot slip into it unmarked."""
+    fast tier stays fast, and a test that needs a process cannot slip into it unmarked. Under pytest-xdist (-n 2)
+    the guard is in each worker, where the tests run; the controller starts the workers."""
     if config.option.markexpr.replace(" ", "") != "notslow":
+        return
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     popen_init = subprocess.Popen.__init__
 
