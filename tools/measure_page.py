@@ -14,7 +14,8 @@ download, the compilation of onnxruntime-web's wasm and the model's session), th
 its result shown (cold: the first inference), then WARM_RUNS more photos, choose to result (warm: their median).
 The loads' medians are printed. With THROTTLE_MBPS, one more load of each model under Chromium's network
 emulation (that download speed, LATENCY_MS more round trip): what the download size means on a slow phone
-network. Prints the load average before and after (other programs slow the page down unevenly), and the table
+network. The download: the model file, and the whole page (the model, onnxruntime-web's wasm, the page's files).
+Prints the load average before and after (other programs slow the page down unevenly), and the table
 in markdown.
 """
 
@@ -55,7 +56,14 @@ CHROMIUM_ARGS = [  # without the network flags Chromium calls Google hosts (test
     "--no-first-run",
 ]
 ENDED = "#app[data-state=done], #app[data-state=error], #app[data-state=model-error]"  # a result or a message
-HEAD = ("model", "network", "download", "open -> model ready", "first photo -> result", "warm photo -> result")
+HEAD = (  # the table's columns
+    "model",
+    "network",
+    "download: model / page",
+    "open -> model ready",
+    "first photo -> result",
+    "warm photo -> result",
+)
 
 
 def parse_args(argv=None):
@@ -144,7 +152,8 @@ def measure_model(browser, name, model_path, photos, args, work):
     site = os.path.join(work, f"site_{name}")
     proc, url, _ = start_page(model_path, site, os.path.join(work, f"server_{name}.log"))
     try:
-        size = f"{os.path.getsize(model_path) / 1e6:.1f} MB"
+        page_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(site) for f in names)
+        size = f"{os.path.getsize(model_path) / 1e6:.1f} MB / {page_bytes / 1e6:.1f} MB"
         loads = [one_load(browser, url, photos, args, 0) for _ in range(args.loads)]
         ready, first, warm = (statistics.median(values) for values in zip(*loads))
         spread = f" ({min(r for r, _, _ in loads):.2f}-{max(r for r, _, _ in loads):.2f})" if args.loads > 1 else ""
