@@ -254,8 +254,11 @@ def write_int8_twin(args, meta):
     def quantise_and_compare(tmp):
         quantise.quantise(args.output, tmp, x)
         small = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        p_full, p_int8 = quantise.p_malignant(full, x), quantise.p_malignant(small, x)
-        result = quantise.comparison(p_full, p_int8, y, meta["threshold"], model.BORDERLINE)
+        names = ["p_malignant"] + (["familiarity_distance"] if meta.get("familiarity") else [])
+        (p_full, *d_full), (p_int8, *d_int8) = quantise.outputs(full, x, names), quantise.outputs(small, x, names)
+        limit = (meta.get("familiarity") or {}).get("limit")
+        distances = (d_full[0], d_int8[0]) if d_full else None
+        result = quantise.comparison(p_full, p_int8, y, meta["threshold"], model.BORDERLINE, distances, limit)
         result.update(from_sha256=files.file_sha256(args.output), photos_from=os.path.basename(args.quantise_images))
         speeds.update(full=quantise.seconds_per_photo(full, x), int8=quantise.seconds_per_photo(small, x))
         checks = model.check_inputs(meta["image_size"])

@@ -4,13 +4,22 @@ channel, QDQ, activation ranges from the 99.999th percentile on validation photo
 these choices moved the largest P difference from 0.87 to 0.24); the classifier, the calibration, the evidence map
 and the familiarity measure stay float, so P(malignant) moves only as far as the features do. The comparison on
 labelled validation photos decides whether the page may use it: no label may change outside the borderline band,
-and its ROC-AUC may not fall by more than MAX_AUC_DROP."""
+its ROC-AUC may not fall by more than MAX_AUC_DROP, and (for a model with a familiarity measure) no photo may
+change its familiar/unfamiliar decision unless its full-model distance lies within FAMILIARITY_BAND of the limit.
+The int8 features move the distance as they move P: a photo just inside the limit may land just outside (it is
+then withheld, safe) or the reverse, as a photo near the threshold may change its label; one far from the limit
+that changes side means the twin sees photos differently from the model the limit was chosen for. The band, 5% of
+the limit, lies within the limit's own uncertainty: on the real sample (Lite0, 300 validation photos) the 95%
+bootstrap interval of the 99th-percentile limit runs from 0.91 to 1.04 of it, so a photo within 5% of the limit
+is on either side of it by chance of the sample; there the int8 distances moved by 3% of the limit (median), 19%
+(99th percentile), and one photo at 0.93 of the limit turned unfamiliar: refused, as its labels were."""
 
 import os
 
 import numpy as np
 
 MAX_AUC_DROP = 0.005  # the int8 model's ROC-AUC may be at most this much below the full model's
+FAMILIARITY_BAND = 0.05  # a photo within this share of the limit (|distance - limit| <= 0.05 x limit) may flip
 CALIBRATION_PHOTOS = 64  # at most this many validation photos set the activations' int8 ranges
 
 
@@ -67,16 +76,43 @@ def quantise(full_path, out_path, images):
         )
 
 
+def outputs(session, images, names, batch=16):
+    """The file's outputs names for images, batch by batch, each float64 (n,)."""
+    parts = [session.run(names, {"image": images[i : i + batch]}) for i in range(0, len(images), batch)]
+    return [np.concatenate([part[k] for part in parts]).astype(np.float64) for k in range(len(names))]
+
+
 def p_malignant(session, images, batch=16):
     """The file's p_malignant for images, batch by batch."""
-    parts = [session.run(["p_malignant"], {"image": images[i : i + batch]})[0] for i in range(0, len(images), batch)]
-    return np.concatenate(parts).astype(np.float64)
+    return outputs(session, images, ["p_malignant"], batch)[0]
 
 
-def comparison(p_full, p_int8, y, threshold, band):
+def familiarity_flips(d_full, d_int8, limit, band=FAMILIARITY_BAND):
+    """(photos familiar to the full model and unfamiliar to the twin, the reverse, those of either whose full-model
+    distance lies further than band x limit from the limit): as familiarity.unfamiliar decides, a NaN unfamiliar
+    (and never within the band)."""
+    familiar_full, familiar_int8 = d_full <= limit, d_int8 <= limit
+    flipped = familiar_full != familiar_int8
+    near = np.abs(d_full - limit) <= band * limit
+    return (
+        int((familiar_full & ~familiar_int8).sum()),
+        int((~familiar_full & familiar_int8).sum()),
+        int((flipped & ~near).sum()),
+    )
+
+
+def largest_finite(values):
+    """The largest finite value, or None where there is none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else None
+
+
+def comparison(p_full, p_int8, y, threshold, band, distances=None, limit=None):
     """How far the int8 model's P(malignant) lies from the full model's on the same photos (y: 1 malignant, 0
     benign, or None): the largest difference, the labels that change (and those whose full-model P lay outside
-    the borderline band), each ROC-AUC, and whether the page may use it (within_tolerance)."""
+    the borderline band), each ROC-AUC; for a model with a familiarity measure (distances: the full model's and
+    the twin's familiarity distances, limit: the model's), the photos whose familiar/unfamiliar decision flips
+    each way (and those outside FAMILIARITY_BAND); and whether the page may use it (within_tolerance)."""
     from skinlesion import numbers
 
     changed = (p_full >= threshold) != (p_int8 >= threshold)
@@ -93,7 +129,19 @@ def comparison(p_full, p_int8, y, threshold, band):
     if y is not None and 0 < np.sum(y) < len(y):
         result.update(roc_auc_full=float(numbers.roc_auc(y, p_full)), roc_auc_int8=float(numbers.roc_auc(y, p_int8)))
     auc_kept = result["roc_auc_full"] is not None and result["roc_auc_int8"] >= result["roc_auc_full"] - MAX_AUC_DROP
-    result["within_tolerance"] = bool(auc_kept and result["label_changes_outside_band"] == 0)
+    flips_outside = 0
+    if distances is not None:
+        d_full, d_int8 = (np.asarray(d, dtype=np.float64) for d in distances)
+        to_unfamiliar, to_familiar, flips_outside = familiarity_flips(d_full, d_int8, limit)
+        result.update(
+            familiar_to_unfamiliar=to_unfamiliar,
+            unfamiliar_to_familiar=to_familiar,
+            familiarity_flips_outside_band=flips_outside,
+            familiarity_band=FAMILIARITY_BAND,
+            max_distance_change=largest_finite(np.abs(d_full - d_int8) / max(limit, 1e-12)),
+        )
+    within = auc_kept and result["label_changes_outside_band"] == 0 and flips_outside == 0
+    result["within_tolerance"] = bool(within)
     return result
 
 
@@ -102,13 +150,22 @@ def comparison_text(result):
     aucs = "ROC-AUC not measured (no labelled photos of both sides)"
     if result["roc_auc_full"] is not None:
         aucs = f"ROC-AUC {result['roc_auc_int8']:.3f} against {result['roc_auc_full']:.3f}"
+    flips = ""
+    if "familiar_to_unfamiliar" in result:
+        moved = result["max_distance_change"]
+        moved_text = "" if moved is None else f"; distances move by at most {moved:.1%} of it"
+        flips = (
+            f", {result['familiar_to_unfamiliar']} photos turn unfamiliar and {result['unfamiliar_to_familiar']} "
+            f"familiar ({result['familiarity_flips_outside_band']} further than "
+            f"{result['familiarity_band']:.0%} of the limit from it{moved_text})"
+        )
     verdict = (
         "within tolerance" if result["within_tolerance"] else "NOT within tolerance: the page keeps the full model"
     )
     return (
         f"on {result['photos']} validation photos its P(malignant) differs by at most "
         f"{result['max_p_difference']:.4f}, {result['label_changes']} labels change "
-        f"({result['label_changes_outside_band']} outside the borderline band), {aucs}: {verdict}"
+        f"({result['label_changes_outside_band']} outside the borderline band){flips}, {aucs}: {verdict}"
     )
 
 

@@ -184,7 +184,9 @@ NAMES = list_of(text(MAX_NAME), most=1000)
 QUANTISED = record(dict(  # export_onnx.py's int8 twin: quantise.comparison, and the full model it was made from
     photos=whole(1, 10**7), max_p_difference=FRACTION, label_changes=COUNT, label_changes_outside_band=COUNT,
     roc_auc_full=nullable(FRACTION), roc_auc_int8=nullable(FRACTION), max_auc_drop=FRACTION,
-    within_tolerance=BOOLEAN, from_sha256=SHA256, photos_from=text()))  # fmt: skip
+    within_tolerance=BOOLEAN, from_sha256=SHA256, photos_from=text()),
+    dict(familiar_to_unfamiliar=COUNT, unfamiliar_to_familiar=COUNT, familiarity_flips_outside_band=COUNT,
+         familiarity_band=FRACTION, max_distance_change=nullable(number(0, 1e12))))  # fmt: skip
 FAMILIARITY = record(dict(  # familiarity.summary: the limit of the distance, how it was chosen, on what photos
     method=one_of("mahalanobis"), limit=number(0, 1e12), quantile=FRACTION, image_types=list_of(text()),
     val_within=FRACTION, n_val=COUNT))  # fmt: skip

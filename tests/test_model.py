@@ -307,7 +307,8 @@ def full_meta():
                          val_within=0.99, n_val=90),
         quantised=dict(photos=40, max_p_difference=0.01, label_changes=1, label_changes_outside_band=0,
                        roc_auc_full=0.9, roc_auc_int8=0.899, max_auc_drop=0.005, within_tolerance=True,
-                       from_sha256="ef" * 32, photos_from="val"),
+                       from_sha256="ef" * 32, photos_from="val", familiar_to_unfamiliar=1, unfamiliar_to_familiar=0,
+                       familiarity_flips_outside_band=0, familiarity_band=0.05, max_distance_change=0.04),
     )  # fmt: skip
 
 
@@ -359,7 +360,9 @@ BAD_VALUES = {  # key: values of the wrong shape, each refused at load (the near
                   chance=0.5, types={"nevus": dict(sensitivity="high", sensitivity_ci95=[0.7, 0.9], photos=20)})],
     "quantised": [dict(photos=40), dict(photos=40, max_p_difference=0.01, label_changes=1, label_changes_outside_band=0,
                   roc_auc_full=0.9, roc_auc_int8=0.899, max_auc_drop=0.005, within_tolerance="yes",
-                  from_sha256="ef" * 32, photos_from="val")],
+                  from_sha256="ef" * 32, photos_from="val"),
+                  dict(full_meta()["quantised"], familiar_to_unfamiliar=-1),
+                  dict(full_meta()["quantised"], max_distance_change=float("nan"))],
 }  # fmt: skip
 
 

@@ -51,6 +51,43 @@ def test_without_labels_of_both_sides_it_is_not_within_tolerance():
     assert "ROC-AUC not measured" in quantise.comparison_text(result)
 
 
+def test_familiarity_flips_are_counted_each_way_and_outside_the_band():
+    limit, band = 10.0, quantise.FAMILIARITY_BAND
+    rng = np.random.default_rng(0)
+    d_full = np.concatenate([rng.uniform(0, 20, 200), [10.0, 10.4, 9.6, 12.0, 7.0, np.nan, 3.0]])
+    d_int8 = np.concatenate([d_full[:200] * rng.uniform(0.97, 1.03, 200), [10.2, 9.9, 10.1, 9.0, 11.0, 5.0, np.nan]])
+    # by hand, photo by photo: familiar is distance <= limit (NaN unfamiliar); near is |d_full - limit| <= band x limit
+    to_unfamiliar = to_familiar = outside = 0
+    for full, int8 in zip(d_full, d_int8):
+        familiar_full, familiar_int8 = bool(full <= limit), bool(int8 <= limit)
+        to_unfamiliar += familiar_full and not familiar_int8
+        to_familiar += familiar_int8 and not familiar_full
+        near = bool(abs(full - limit) <= band * limit)
+        outside += familiar_full != familiar_int8 and not near
+    assert to_unfamiliar >= 4 and to_familiar >= 3 and outside == 4  # 12 -> 9, 7 -> 11, NaN -> 5, 3 -> NaN
+    assert quantise.familiarity_flips(d_full, d_int8, limit) == (to_unfamiliar, to_familiar, outside)
+    p = np.full(len(d_full), 0.2)
+    result = quantise.comparison(p, p, None, 0.5, 0.02, (d_full, d_int8), limit)
+    assert result["familiar_to_unfamiliar"] == to_unfamiliar and result["unfamiliar_to_familiar"] == to_familiar
+    assert result["familiarity_flips_outside_band"] == outside
+    said = quantise.comparison_text(result)
+    assert f"{to_unfamiliar} photos turn unfamiliar and {to_familiar} familiar ({outside} further than 5%" in said
+
+
+@pytest.mark.parametrize("int8_distance, kept", [(9.9, True), (10.1, True), (10.6, False), (9.4, False)])
+def test_a_twin_that_flips_one_photo_outside_the_band_is_not_within_tolerance(monkeypatch, int8_distance, kept):
+    """Everything else equal and kept: one photo's full-model distance 9.4 or 10.6 with the limit at 10 (0.6 from
+    it: outside the 5% band), or 9.9 or 10.1 (inside), and its twin distance on the other side of the limit."""
+    monkeypatch.setattr(numbers, "roc_auc", lambda y, p: 0.9)
+    p, y = np.array([0.2, 0.8, 0.3]), np.array([0, 1, 0])
+    d_full = np.array([5.0, 6.0, 2 * 10.0 - int8_distance])  # the mirror of the twin's, across the limit
+    result = quantise.comparison(p, p, y, 0.5, 0.02, (d_full, np.array([5.0, 6.0, int8_distance])), 10.0)
+    assert result["familiar_to_unfamiliar"] + result["unfamiliar_to_familiar"] == 1
+    assert result["within_tolerance"] is kept
+    result = quantise.comparison(p, p, y, 0.5, 0.02, (d_full, d_full), 10.0)  # no flip: kept
+    assert result["within_tolerance"] and result["max_distance_change"] == 0
+
+
 @pytest.fixture(scope="module")
 def twin(trained_model, demo_dataset, tmp_path_factory):
     """export_onnx.py of the suite's trained model, with its int8 twin calibrated and judged on dataset/val."""
@@ -80,6 +117,10 @@ def test_export_writes_a_smaller_twin_that_says_how_it_compares(twin):
     p = [quantise.p_malignant(ort.InferenceSession(f), x) for f in (twin["full"], twin["int8"])]
     assert result["photos"] == len(x) and result["max_p_difference"] == pytest.approx(np.abs(p[0] - p[1]).max())
     assert result["roc_auc_int8"] == pytest.approx(numbers.roc_auc(np.array(y), p[1]))
+    d = [ort.InferenceSession(f).run(["familiarity_distance"], {"image": x})[0] for f in (twin["full"], twin["int8"])]
+    familiar = [distance <= meta["familiarity"]["limit"] for distance in d]
+    assert result["familiar_to_unfamiliar"] == np.sum(familiar[0] & ~familiar[1])
+    assert result["unfamiliar_to_familiar"] == np.sum(~familiar[0] & familiar[1])
     assert f"wrote {twin['int8']} (" in twin["stdout"] and quantise.comparison_text(result) in twin["stdout"]
 
 

@@ -1,0 +1,75 @@
+"""tools/measure_page.py: --help without torch, every flag checked with one error line before any browser starts
+(fast: in this process), and one tiny real run (slow): a small trained model and its int8 twin, each measured on the
+page in Chromium, one row each in both tables."""
+
+import os
+
+import measure_page
+import pytest
+
+from conftest import help_of, main_fails, run
+
+BAD_FLAGS = [
+    ("--loads", 0, "--loads 0: use 1 to 100 (or set LOADS at the top of tools/measure_page.py)"),
+    ("--loads", 101, "--loads 101: use 1 to 100"),
+    ("--warm-runs", 0, "--warm-runs 0: use 1 to 100"),
+    ("--throttle-mbps", -1, "--throttle-mbps -1.0: use 0 to 10000"),
+    ("--latency-ms", 10001, "--latency-ms 10001: use 0 to 10000"),
+    ("--timeout", 0, "--timeout 0: use 1 to 3600"),
+    ("--loads", "1.5", "invalid int value: '1.5'"),
+    ("--model", "missing.onnx", "--model missing.onnx: not found; pass an ONNX file from export_onnx.py"),
+    ("--chromium", "no_chrome", "--chromium no_chrome: not found; apt-get install -y chromium"),
+]
+
+
+def test_help_lists_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        measure_page.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # as argparse wraps it for any width
+    assert exit_info.value.code == 0
+    for flag in ("--model", "--photos", "--loads", "--warm-runs", "--throttle-mbps", "--latency-ms", "--timeout"):
+        assert flag in out, out
+    assert "(default: 3)" in out and "(default: /usr/lib/chromium/chromium)" in out
+
+
+@pytest.mark.parametrize("flag, value, expected", BAD_FLAGS)
+def test_a_bad_flag_is_one_error_line_before_any_work(tmp_path, capsys, flag, value, expected):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read before the flags pass")
+    main_fails(measure_page.main, ["--model", model, "--photos", tmp_path, flag, value], capsys, expected)
+
+
+def test_the_defaults_and_the_flags_parse(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    args = measure_page.parse_args(["--model", str(model), "--photos", str(tmp_path), "--throttle-mbps", "1.6"])
+    assert (args.loads, args.warm_runs, args.latency_ms, args.throttle_mbps) == (3, 5, 150, 1.6)
+
+
+@pytest.mark.slow
+def test_help_answers_before_torch_is_imported():
+    r = help_of("tools/measure_page.py")
+    assert r.stdout.strip().endswith("NO TORCH") and "--throttle-mbps THROTTLE_MBPS" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_a_tiny_run_measures_the_full_model_and_its_twin(familiar_model, tmp_path):
+    """export_onnx.py writes the twin of a small trained model; the tool measures both on the page."""
+    checkpoint, data = familiar_model
+    full = str(tmp_path / "m.onnx")
+    args = ["--model", checkpoint, "--output", full, "--check-images", os.path.join(data, "test")]
+    r = run("export_onnx.py", *args, "--quantise-images", os.path.join(data, "val"), cwd=tmp_path)
+    assert r.returncode == 0 and os.path.isfile(tmp_path / "m.int8.onnx"), r.stdout + r.stderr
+    photos, before = ["--photos", os.path.join(data, "test")], sorted(os.listdir(tmp_path))
+    options = ["--loads", 1, "--warm-runs", 2]
+    r = run("tools/measure_page.py", "--model", full, *photos, *options, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and "load average" in lines[0]
+    markdown = lines[lines.index("| " + " | ".join(measure_page.HEAD) + " |") :]
+    assert [row.split(" | ")[0] for row in markdown[2:]] == ["| full", "| int8"], r.stdout
+    for row in markdown[2:]:
+        cells = row.strip("| ").split(" | ")
+        assert cells[1] == "local" and all(float(c.split()[0]) > 0 for c in cells[3:]), row
+    assert any(line.startswith("by default the page runs ") for line in lines)
+    assert sorted(os.listdir(tmp_path)) == before  # its sites were built in a temporary folder, gone

@@ -1,0 +1,210 @@
+"""
+How long the web page (serve_web.py, web/) takes to give its first result, with the full model and with its int8
+twin (export_onnx.py writes skin_model.int8.onnx beside it), in headless Chromium. A measuring tool, not a part
+of the product.
+
+    python tools/measure_page.py --model skin_model.onnx --photos dataset/test
+    python tools/measure_page.py --model skin_model.onnx --throttle-mbps 1.6    # also on a phone-like network
+
+For each model: serve_web.py builds the page into a temporary folder and serves it on a free port (the twin is
+served as the model itself, --no-small-model, whether or not the page would choose it; what the page would run
+is printed under the table). Each of LOADS page loads opens it in a fresh browser context (an empty cache) and
+measures: opening the page to the model ready (the page's own clock from the start of the navigation: the
+download, the compilation of onnxruntime-web's wasm and the model's session), then choosing the first photo to
+its result shown (cold: the first inference), then WARM_RUNS more photos, choose to result (warm: their median).
+The loads' medians are printed. With THROTTLE_MBPS, one more load of each model under Chromium's network
+emulation (that download speed, LATENCY_MS more round trip): what the download size means on a slow phone
+network. The download: the model file, and the whole page (the model, onnxruntime-web's wasm, the page's files).
+Prints the load average before and after (other programs slow the page down unevenly), and the table
+in markdown.
+"""
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
+import measure  # noqa: E402
+
+from skinlesion import cli  # noqa: E402
+
+# -----------------------------------------------------------------------------
+MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py; its int8 twin (.int8.onnx beside it) is measured too
+PHOTOS = "dataset/test"  # folder of photos to choose on the page (searched recursively, spread over the sorted list)
+LOADS = 3  # page loads per model, each in a fresh browser context (the medians count), 1 to 100
+WARM_RUNS = 5  # photos chosen after the first one on each load (their median is 'warm'), 1 to 100
+THROTTLE_MBPS = 0.0  # also one load per model at this download speed, 0 to 10000 Mbit/s (1.6: fast 3G; 0: none)
+LATENCY_MS = 150  # round-trip time added under THROTTLE_MBPS, in ms, 0 to 10000
+CHROMIUM = "/usr/lib/chromium/chromium"  # the Chromium that Playwright drives
+TIMEOUT = 600  # seconds to wait for the model to be ready or for a result, 1 to 3600
+# -----------------------------------------------------------------------------
+CHROMIUM_ARGS = [  # without the network flags Chromium calls Google hosts (tests/test_web.py's)
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ENDED = "#app[data-state=done], #app[data-state=error], #app[data-state=model-error]"  # a result or a message
+HEAD = (  # the table's columns
+    "model",
+    "network",
+    "download: model / page",
+    "open -> model ready",
+    "first photo -> result",
+    "warm photo -> result",
+)
+
+
+def parse_args(argv=None):
+    """The flags, every value checked before any work (one error line)."""
+    args = cli.parse_flags(globals(), argv)
+    cli.check(os.path.isfile(args.model), "--model", args.model, "not found; pass an ONNX file from export_onnx.py")
+    cli.check(os.path.isdir(args.photos), "--photos", args.photos, "not found; pass a folder of photos")
+    cli.check(os.path.isfile(args.chromium), "--chromium", args.chromium, "not found; apt-get install -y chromium")
+    return args
+
+
+def chosen_photos(folder, n):
+    """n photos of folder, spread over the sorted list (repeated where it holds fewer)."""
+    from skinlesion import photos
+
+    paths = photos.find_images([folder])[0]
+    if not paths:
+        cli.die(f"--photos {cli.printable(folder)} holds no photo; pass a folder of photos")
+    step = max(1, len(paths) // n)
+    return [paths[(i * step) % len(paths)] for i in range(n)]
+
+
+def start_page(model_path, site_dir, log):
+    """serve_web.py serving model_path (as the model itself) on a free port: (process, url, its 'built' line)."""
+    script = os.path.join(measure.ROOT, "serve_web.py")
+    cmd = [sys.executable, script, "--model", model_path, "--site-dir", site_dir, "--port", "0", "--no-small-model"]
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, encoding="utf-8")
+    built, serving = proc.stdout.readline(), proc.stdout.readline()
+    found = re.search(r"http://127\.0\.0\.1:\d+/", serving)
+    if not found:
+        proc.kill()
+        proc.wait()
+        with open(log, encoding="utf-8") as f:
+            cli.die(f"serve_web.py did not start: {(built + serving + f.read()).strip()[-1000:]}")
+    return proc, found.group(0), built
+
+
+def page_choice(model_path, site_dir):
+    """What serve_web.py says the page runs for model_path by default (its int8 twin or the full model, and why)."""
+    cmd = [sys.executable, os.path.join(measure.ROOT, "serve_web.py"), "--model", model_path]
+    r = subprocess.run([*cmd, "--site-dir", site_dir, "--no-serve"], capture_output=True, text=True)
+    if r.returncode:
+        cli.die(f"serve_web.py failed: {r.stderr.strip()[-1000:]}")
+    return r.stdout.split("the page runs ", 1)[-1].strip()
+
+
+def choose(page, photo, timeout):
+    """Choose the photo and wait for its result: seconds from choosing to the result shown."""
+    page.evaluate("document.getElementById('app').dataset.state = 'submitted'")
+    start = time.perf_counter()
+    page.set_input_files("#file", photo)
+    page.wait_for_selector(ENDED, timeout=timeout * 1000)
+    seconds = time.perf_counter() - start
+    if page.get_attribute("#app", "data-state") != "done":
+        cli.die(f"the page gave no result for {cli.printable(photo)}: {page.inner_text('#message')[:300]}")
+    return seconds
+
+
+def one_load(browser, url, photos, args, throttle_mbps):
+    """One page load in a fresh context: (seconds to the model ready, first photo to result, warm median)."""
+    context = browser.new_context(viewport={"width": 412, "height": 915})  # a phone's screen
+    try:
+        page = context.new_page()
+        if throttle_mbps:
+            cdp = context.new_cdp_session(page)
+            cdp.send("Network.enable")
+            rate = throttle_mbps * 1e6 / 8  # bytes per second
+            conditions = dict(offline=False, latency=args.latency_ms, downloadThroughput=rate, uploadThroughput=rate)
+            cdp.send("Network.emulateNetworkConditions", conditions)
+        page.goto(url)
+        page.wait_for_selector("#app[data-state=ready], #app[data-state=model-error]", timeout=args.timeout * 1000)
+        if page.get_attribute("#app", "data-state") != "ready":
+            cli.die(f"the model did not load on the page: {page.inner_text('#message')[:300]}")
+        ready = page.evaluate("window.__modelReadyAt") / 1000  # from the start of the navigation
+        first = choose(page, photos[0], args.timeout)
+        warm = statistics.median(choose(page, photo, args.timeout) for photo in photos[1:])
+        return ready, first, warm
+    finally:
+        context.close()
+
+
+def measure_model(browser, name, model_path, photos, args, work):
+    """The rows of one model: the medians of LOADS loads, and one throttled load with THROTTLE_MBPS."""
+    site = os.path.join(work, f"site_{name}")
+    proc, url, _ = start_page(model_path, site, os.path.join(work, f"server_{name}.log"))
+    try:
+        page_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(site) for f in names)
+        size = f"{os.path.getsize(model_path) / 1e6:.1f} MB / {page_bytes / 1e6:.1f} MB"
+        loads = [one_load(browser, url, photos, args, 0) for _ in range(args.loads)]
+        ready, first, warm = (statistics.median(values) for values in zip(*loads))
+        spread = f" ({min(r for r, _, _ in loads):.2f}-{max(r for r, _, _ in loads):.2f})" if args.loads > 1 else ""
+        rows = [(name, "local", size, f"{ready:.2f} s{spread}", f"{first:.2f} s", f"{warm:.2f} s")]
+        if args.throttle_mbps:
+            ready, first, warm = one_load(browser, url, photos, args, args.throttle_mbps)
+            network = f"{args.throttle_mbps:g} Mbit/s, +{args.latency_ms:g} ms"
+            rows.append((name, network, size, f"{ready:.2f} s", f"{first:.2f} s", f"{warm:.2f} s"))
+        return rows
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def load_average():
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def markdown(rows):
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    return "\n".join(lines + ["| " + " | ".join(measure.markdown_cell(c) for c in row) + " |" for row in rows])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        cli.die("Playwright is not installed; pip install playwright")
+    from skinlesion import quantise
+
+    twin = quantise.quantised_path(args.model)
+    models = [("full", args.model)] + ([("int8", twin)] if os.path.isfile(twin) else [])
+    photos = chosen_photos(args.photos, 1 + args.warm_runs)
+    print(f"machine: {measure.cpu_name()}, {os.cpu_count()} cores; load average (1, 5, 15 min) {load_average()}")
+    if len(models) == 1:
+        print(f"no int8 twin {cli.printable(twin)}: the full model only (export_onnx.py writes the twin)")
+    rows = []
+    with tempfile.TemporaryDirectory() as work, sync_playwright() as pw:
+        choice = page_choice(args.model, os.path.join(work, "site_default"))
+        browser = pw.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            for name, path in models:
+                rows += measure_model(browser, name, path, photos, args, work)
+                print(f"measured {name} ({cli.printable(path)})", flush=True)
+        finally:
+            browser.close()
+    print(f"load average after: {load_average()}")
+    print(f"medians of {args.loads} loads (the range of 'model ready'); warm: median of {args.warm_runs} photos")
+    widths = [max(len(str(row[i])) for row in [HEAD, *rows]) for i in range(len(HEAD))]
+    for row in [HEAD, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(f"by default the page runs {choice}")
+    print()
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
