@@ -45,7 +45,7 @@ lint: dev
 	$(VENV)/bin/ruff format --check .
 
 test: lint node_modules/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile tests
 
 check: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --maxprocesses 4 -m "not slow" tests

