@@ -143,6 +143,17 @@ def test_tree_pss_and_a_command_with_its_peak_memory():
 
 
 @pytest.mark.slow
+def test_a_command_that_writes_more_than_a_pipe_holds_while_its_memory_is_sampled_finishes():
+    """prepare_dataset.py at 50,000 photos wrote more than 64 KB while bench.py sampled its memory and never read
+    the pipe: both waited forever. 1 MB of output now finishes, and a failure still shows the output's end."""
+    code = "import sys; sys.stdout.write('x' * 2**20 + '\\nend of it\\n'); sys.exit({})"
+    seconds, peak = measure.run([sys.executable, "-c", code.format(0)], measure_memory=True)
+    assert seconds < 60 and peak > 1e6
+    with pytest.raises(SystemExit):
+        measure.run([sys.executable, "-c", code.format(1)], measure_memory=True)
+
+
+@pytest.mark.slow
 def test_a_failed_command_dies_with_its_output(capsys):
     with pytest.raises(SystemExit) as exit_info:
         measure.run([sys.executable, "-c", "print('what went wrong'); raise SystemExit(3)"])

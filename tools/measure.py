@@ -84,19 +84,24 @@ def tree_pss(pid):
 def run(cmd, measure_memory=False, env=None, cwd=None):
     """(seconds, peak memory in bytes or None) of a command, which must succeed: a failure dies with the command
     and the end of its output."""
+    import tempfile
+
     start, peak = time.perf_counter(), 0
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}, cwd=cwd
-    )
-    try:
-        while measure_memory and proc.poll() is None:
-            peak = max(peak, tree_pss(proc.pid))
-            time.sleep(0.2)
-        out = proc.communicate()[0]
-    except BaseException:  # Ctrl-C: the command goes too
-        proc.kill()
-        proc.wait()
-        raise
+    with tempfile.TemporaryFile("w+") as log:  # not a pipe: a command that writes more than a pipe holds (64 KB)
+        proc = subprocess.Popen(  # while memory is sampled would wait for a reader forever (prepare at 50,000)
+            cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}, cwd=cwd
+        )
+        try:
+            while measure_memory and proc.poll() is None:
+                peak = max(peak, tree_pss(proc.pid))
+                time.sleep(0.2)
+            proc.wait()
+        except BaseException:  # Ctrl-C: the command goes too
+            proc.kill()
+            proc.wait()
+            raise
+        log.seek(0)
+        out = log.read()
     if proc.returncode:
         die(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
     if measure_memory:
