@@ -106,7 +106,7 @@ def familiarity_report(distances, meta):
     if distances is None:
         return None
     flagged = int(sum(familiarity.unfamiliar(d, meta) for d in distances))
-    found = {k: v for k, v in meta["familiarity"].items() if k not in ("means", "whitening")}
+    found = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
     return dict(found, n_photos=len(distances), n_unfamiliar=flagged, share_unfamiliar=flagged / len(distances))
 
 

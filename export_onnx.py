@@ -110,6 +110,7 @@ def exportable(net, meta):
             if self.familiar:
                 self.register_buffer("means", torch.as_tensor(arrays["means"], dtype=torch.float32))
                 self.register_buffer("whitening", torch.as_tensor(arrays["whitening"], dtype=torch.float32))
+                self.floor = float(arrays.get("floor", 0.0))  # 0: a full whitening (a file before the floor)
 
         def forward(self, x):
             if self.familiar:  # one pass gives the familiarity features and the final map
@@ -125,7 +126,12 @@ def exportable(net, meta):
             cam = torch.einsum("bc,bchw->bhw", direction, features)
             if not self.familiar:
                 return logits, p, cam
-            return logits, p, cam, familiarity.torch_distances(familiar_features, self.means, self.whitening)
+            return (
+                logits,
+                p,
+                cam,
+                familiarity.torch_distances(familiar_features, self.means, self.whitening, self.floor),
+            )
 
     return Exported().eval()
 
@@ -165,7 +171,7 @@ def onnx_metadata(meta, checkpoint, checked):
     tested = model_index.test_results(evaluation_of(checkpoint))
     props = {key: value for key, value in meta.items() if key in model.KEYS and model.KEYS[key].onnx == "copied"}
     if meta.get("familiarity"):  # its arrays are in the graph
-        props["familiarity"] = {k: v for k, v in meta["familiarity"].items() if k not in ("means", "whitening")}
+        props["familiarity"] = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
     props.update(
         source_checkpoint=cli.printable(os.path.basename(checkpoint)),
         source_sha256=files.file_sha256(checkpoint),

@@ -334,7 +334,7 @@ def load_weights(net, ckpt, path):
 
 def load_checkpoint(path, device="cpu"):
     """(model in eval mode on device, meta dict) from a checkpoint written by AItraining.py, checked. A model with a
-    familiarity measure has its arrays in meta["familiarity"] as float64 numpy (means, whitening)."""
+    familiarity measure has its arrays in meta["familiarity"] as float64 numpy (familiarity.ARRAYS)."""
     import timm
 
     ckpt = read_checkpoint(path)

@@ -12,37 +12,63 @@ photo further than that is unfamiliar, and gets no benign/malignant answer. Past
 seeded sample of that many is used (1792 x 1792 covariance entries are well estimated from 20,000 photos), so the
 fit's memory stays bounded on the whole archive.
 
-The model file keeps the class means, a whitening matrix W (W^T C W = I for the shared covariance C, so that
-the distance is |(f - mean) W|) and the limit; AItraining.py fits them, the ONNX graph computes the distance
-(export_onnx.py), and predict.py, evaluate.py and the web page compare it with the limit.
+The covariance is kept small: with C = V diag(l) V^T, its RANK largest eigenpairs and, for the other d - RANK
+directions, the mean l_f of their eigenvalues (the precision floor = 1 / l_f), so that with x = f - mean
+    distance^2 = floor |x|^2 - |x W|^2,   W = V_RANK diag(sqrt(floor - 1 / l_i))  (d x RANK, floor >= 1 / l_i),
+one d x RANK matrix and a number instead of d x d (in the ONNX file the page downloads: 4.6 MB at RANK 640
+instead of 12.8 MB for d 1792; in float32 the subtraction moved a distance by 7e-6 of it at most, measured). It
+is exact where the other eigenvalues are equal (Ledoit-Wolf's shrinkage floor, past the rank of the sample
+covariance: fewer photos than RANK), else an approximation whose limit is chosen on the same validation
+distances. RANK is the smallest measured that changed no photo's familiar/unfamiliar decision further than 5% of
+the limit from it (quantise.py's band) on the real sample (Lite0, 1400 training photos: val, test, drawings,
+non-lesions; 512 sufficed there; at 640 the distances moved by 3%, 7% at most) and on gaussian features with
+its spectrum and 5000 > d training photos (576 did not); docs/measurements.md.
 
-    means, whitening = familiarity.fit(train_features, train_labels, n_classes)
-    limit = familiarity.choose_limit(familiarity.distances(val_features, means, whitening))
+The model file keeps the class means, the whitening matrix W and its floor (a file from before the floor keeps a
+full d x d W, W^T C W = I, distance |x W|: floor 0) and the limit; AItraining.py fits them, the ONNX graph computes
+the distance (export_onnx.py), and predict.py, evaluate.py and the web page compare it with the limit.
+
+    means, whitening, floor = familiarity.fit(train_features, train_labels, n_classes)
+    limit = familiarity.choose_limit(familiarity.distances(val_features, means, whitening, floor))
 """
 
 import numpy as np
 
 QUANTILE = 0.99  # share of the validation photos within the limit
+RANK = 640  # eigenpairs of the covariance kept, >= 1 (the others share their mean; >= d: all of them, exact)
+ARRAYS = ("means", "whitening", "floor")  # the measure's arrays in a checkpoint, in meta["familiarity"] once loaded
 MAX_PHOTOS = 20_000  # photos of each split the measure is fitted on at most (a seeded sample): bounded memory
 
 
-def fit(features, labels, n_classes):
-    """(class means (n_classes, d), whitening matrix (d, d)), float64, from training features (n, d) and their
-    class indices: the shared covariance of the features around their class means, shrunk by Ledoit-Wolf."""
+def fit(features, labels, n_classes, rank=None):
+    """(class means (n_classes, d), whitening (d, k), floor), float64, from training features (n, d) and their class
+    indices: the shared covariance C of the features around their class means, shrunk by Ledoit-Wolf, kept as its
+    rank (RANK) largest eigenpairs and the mean of the others (see distances). Where rank >= d: the full whitening
+    (d, d), W^T C W = I, and floor 0."""
     from sklearn.covariance import LedoitWolf
 
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
     means = np.stack([features[labels == c].mean(0) for c in range(n_classes)])
     covariance = LedoitWolf(assume_centered=True).fit(features - means[labels]).covariance_
-    values, vectors = np.linalg.eigh(covariance)
-    return means, vectors / np.sqrt(np.maximum(values, values.max() * 1e-12))
+    values, vectors = np.linalg.eigh(covariance)  # ascending
+    values = np.maximum(values, values.max() * 1e-12)
+    rank = RANK if rank is None else rank
+    if rank >= len(values):
+        return means, vectors / np.sqrt(values), 0.0
+    values, vectors = values[::-1], vectors[:, ::-1]  # descending
+    floor = 1 / values[rank:].mean()  # the precision of every direction but the top rank ones
+    return means, vectors[:, :rank] * np.sqrt(np.maximum(floor - 1 / values[:rank], 0)), float(floor)
 
 
-def distances(features, means, whitening):
-    """The Mahalanobis distance of each row of features (n, d) to the nearest class mean, float64 (n,)."""
+def distances(features, means, whitening, floor=0.0):
+    """The Mahalanobis distance of each row of features (n, d) to the nearest class mean, float64 (n,): with x = f -
+    mean, sqrt(floor |x|^2 - |x W|^2) for a whitening (d, k) with a floor, sqrt(|x W|^2) for a full one (floor 0)."""
     features = np.asarray(features, dtype=np.float64)
-    whitened = (features[:, None, :] - np.asarray(means)[None]) @ np.asarray(whitening)
-    return np.sqrt((whitened**2).sum(-1).min(1))
+    centred = features[:, None, :] - np.asarray(means)[None]
+    squared = ((centred @ np.asarray(whitening)) ** 2).sum(-1)
+    if float(floor):
+        squared = float(floor) * (centred**2).sum(-1) - squared
+    return np.sqrt(np.maximum(squared, 0).min(1))
 
 
 def choose_limit(val_distances, quantile=QUANTILE):
@@ -68,7 +94,7 @@ def sampled(n, most=None, seed=0):
 
 
 def fit_on_photos(net, meta, data_dir, train_paths, train_y, val_paths, **load):
-    """(meta["familiarity"], means, whitening) for a trained net: fitted on the training photos' features, the
+    """(meta["familiarity"], means, whitening, floor) for a trained net: fitted on the training photos' features, the
     limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). The
     photos of a dataset of shards are read from its shards."""
     from skinlesion import shards
@@ -82,10 +108,10 @@ def fit_on_photos(net, meta, data_dir, train_paths, train_y, val_paths, **load):
         train_blobs, val_blobs = (shards.read_blobs(data_dir, split, set(p)) for split, p in
                                   (("train", train_paths), ("val", val_paths)))  # fmt: skip
     train_features = features_of_photos(net, train_paths, meta, blobs=train_blobs, **load)
-    means, whitening = fit(train_features, train_y, len(meta["classes"]))
-    val_distances = distances(features_of_photos(net, val_paths, meta, blobs=val_blobs, **load), means, whitening)
+    arrays = fit(train_features, train_y, len(meta["classes"]))
+    val_distances = distances(features_of_photos(net, val_paths, meta, blobs=val_blobs, **load), *arrays)
     image_types = meta.get("data", {}).get("factors", {}).get("image type", {}).get("train", {})
-    return summary(val_distances, sorted(t for t in image_types if t != "unknown")), means, whitening
+    return summary(val_distances, sorted(t for t in image_types if t != "unknown")), *arrays
 
 
 def limit_text(found):
@@ -130,12 +156,13 @@ def feature_count(net):
     return sum(info["num_chs"] for info in net.feature_info) + net.num_features
 
 
-def torch_distances(found, means, whitening):
-    """distances() in torch: float32 in a graph, as exported to ONNX."""
-    import torch
-
-    whitened = (found[:, None, :] - means[None]) @ whitening
-    return torch.sqrt(whitened.square().sum(-1).amin(1))
+def torch_distances(found, means, whitening, floor=0.0):
+    """distances() in torch: float32 in a graph, as exported to ONNX (floor a number: a constant of the graph)."""
+    centred = found[:, None, :] - means[None]
+    squared = (centred @ whitening).square().sum(-1)
+    if floor:
+        squared = floor * centred.square().sum(-1) - squared
+    return squared.clamp(min=0).amin(1).sqrt()
 
 
 def features_of_photos(net, paths, meta, device, batch_size=32, num_workers=0, blobs=None):
@@ -159,27 +186,32 @@ def features_of_photos(net, paths, meta, device, batch_size=32, num_workers=0, b
 
 
 def arrays_fault(arrays, classes):
-    """What is wrong with a checkpoint's familiarity arrays (means: classes x d, whitening: d x d, finite)."""
+    """What is wrong with a checkpoint's familiarity arrays (means: classes x d; whitening: d x k, 1 <= k <= d, and
+    d x d without a floor; floor, where there is one: a finite number >= 0; all finite), or None."""
     import torch
 
     means, whitening = (arrays.get(k) if isinstance(arrays, dict) else None for k in ("means", "whitening"))
     if not (torch.is_tensor(means) and torch.is_tensor(whitening) and means.ndim == 2 and whitening.ndim == 2):
         return "its familiarity has no means and whitening matrices"
-    d = means.shape[1]
-    if means.shape[0] != classes or tuple(whitening.shape) != (d, d):
+    d, floor = means.shape[1], arrays.get("floor", torch.tensor(0.0))  # a file before the floor: a full whitening
+    if means.shape[0] != classes or whitening.shape[0] != d or not 1 <= whitening.shape[1] <= d:
         return f"its familiarity means {tuple(means.shape)} and whitening {tuple(whitening.shape)} do not fit"
     if not (means.isfinite().all() and whitening.isfinite().all()):
         return "its familiarity means or whitening hold NaN or infinite values"
+    if not (torch.is_tensor(floor) and floor.numel() == 1 and floor.isfinite().all() and (floor >= 0).all()):
+        return "its familiarity floor is not one finite number >= 0"
+    if float(floor) == 0 and whitening.shape[1] != d:
+        return f"its familiarity whitening {tuple(whitening.shape)} has no floor: it must be {d} x {d}"
     return None
 
 
-def state(means, whitening):
+def state(means, whitening, floor=0.0):
     """What a checkpoint keeps of its familiarity measure besides meta["familiarity"]: the arrays, float32."""
     import torch
 
     return {
         key: torch.as_tensor(np.asarray(v), dtype=torch.float32)
-        for key, v in (("means", means), ("whitening", whitening))
+        for key, v in (("means", means), ("whitening", whitening), ("floor", floor))
     }
 
 
@@ -193,7 +225,8 @@ def distances_of(net, x, meta):
         return None
     with torch.inference_mode():
         found_features = features(net, x.contiguous(memory_format=torch.channels_last))[0]
-    return distances(found_features.double().cpu().numpy(), found["means"], found["whitening"])
+    arrays = found["means"], found["whitening"], found.get("floor", 0.0)  # no floor: a file with a full whitening
+    return distances(found_features.double().cpu().numpy(), *arrays)
 
 
 def unfamiliar_text(distance, meta, shown):

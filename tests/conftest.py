@@ -597,7 +597,7 @@ def grey_photo(path, size=(60, 50)):
 def direct_familiarity_distance(checkpoint, paths):
     """The familiarity distance of each photo, computed here: the spatial mean of the outputs of the modules that
     timm's feature_info names and the global pool's output (forward hooks), then sqrt((f - mean)^T P (f - mean))
-    to the nearest class mean, with P = W W^T from the checkpoint's whitening W."""
+    to the nearest class mean, with P = W W^T from the checkpoint's whitening W, or P = floor I - W W^T with a floor."""
     import torch
 
     from skinlesion import photos
@@ -610,6 +610,9 @@ def direct_familiarity_distance(checkpoint, paths):
     handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in hooks]
     means, whitening = (ckpt["familiarity"][k].double().numpy() for k in ("means", "whitening"))
     precision = whitening @ whitening.T
+    floor = float(ckpt["familiarity"].get("floor", torch.tensor(0.0)))
+    if floor:
+        precision = floor * np.eye(len(precision)) - precision
     found = []
     for path in paths:
         seen.clear()

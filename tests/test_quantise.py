@@ -101,7 +101,7 @@ def twin(trained_model, demo_dataset, tmp_path_factory):
 
 
 def test_export_writes_a_smaller_twin_that_says_how_it_compares(twin):
-    # smaller, though the familiarity measure's float matrices (1792 x 1792 for B0) stay whole in both files
+    # smaller, though the familiarity measure's float matrices (1792 x familiarity.RANK for B0) stay whole in both files
     assert os.path.getsize(twin["int8"]) < 0.75 * os.path.getsize(twin["full"])
     _, meta = model.load_onnx(twin["int8"])  # every check a model file gets
     result = meta["quantised"]

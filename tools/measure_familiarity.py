@@ -10,6 +10,15 @@ Groups: OWN, the model's own test photos (target: at most 5% flagged); OTHER, ph
 source (target: at least 90%), at most N_OTHER of them, spread over the sorted list; and images made here that are
 plainly not lesions (target: at least 95%): flat colours, noise, gradients, stripes and checkerboards, rendered
 text, charts (matplotlib), and the project's own docs/*.png. Prints one row per group, and per kind of non-lesion.
+
+    python tools/measure_familiarity.py --model skin_model.pth --ranks 256,512,640 --train dataset/train \
+        --val dataset/val
+
+With RANKS, it also refits the measure on TRAIN's photos at each rank (familiarity.RANK: the covariance's largest
+eigenpairs kept, one floor for the rest) and at full rank, each limit chosen on VAL's photos as AItraining.py
+does, and prints a row per rank: the distances' relative difference from the full matrix's on VAL and OWN
+(median, max), the limit, each group's flagged share (full / rank) and the photos whose decision flips (in
+brackets: those further than quantise.FAMILIARITY_BAND of the full limit from it).
 """
 
 import io
@@ -21,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import model  # noqa: E402
-from skinlesion import cli, familiarity, photos  # noqa: E402
+from skinlesion import cli, familiarity, photos, quantise  # noqa: E402
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py (with a familiarity measure)
@@ -32,6 +41,9 @@ OTHER_NAME = "other photos"  # what OTHER holds, for the report
 N_OTHER = 400  # at most this many OTHER photos, >= 1
 BATCH_SIZE = 32  # photos per forward pass, >= 1
 SEED = 0  # seed of the noise images, 0 to 2**32 - 1
+RANKS = ""  # covariance ranks to compare with the full matrix, comma-separated (e.g. "256,512"); "": none
+TRAIN = "dataset/train"  # with RANKS: the photos (<class>/ sub-folders) the measure is refitted on
+VAL = "dataset/val"  # with RANKS: the photos (<class>/ sub-folders) each refit's limit is chosen on
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {"own": ("<=", 0.05), "other": (">=", 0.90), "non-lesion": (">=", 0.95)}
@@ -86,15 +98,55 @@ def non_lesions(seed):
     return found
 
 
-def distances_of(net, meta, images, batch_size):
-    """The familiarity distance of each PIL image, as predict.py computes it."""
+def features_of(net, meta, images, batch_size):
+    """The familiarity features (n, d), float64, of each PIL image, as predict.py computes them."""
     import torch
 
     cfg, found = model.meta_data_config(meta), []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.stack([photos.preprocess(img, cfg) for img in images[i : i + batch_size]]))
-        found.append(familiarity.distances_of(net, x, meta))
+        with torch.inference_mode():
+            found.append(familiarity.features(net, x)[0].double().numpy())
     return np.concatenate(found)
+
+
+def distances_of(features, meta):
+    """The familiarity distance of each row of features with the model file's measure."""
+    found = meta["familiarity"]
+    return familiarity.distances(features, found["means"], found["whitening"], found.get("floor", 0.0))
+
+
+def labelled(net, meta, folder, batch_size):
+    """(familiarity features, class indices) of the photos in folder/<class>/."""
+    images, labels = [], []
+    for index, name in enumerate(meta["classes"]):
+        found = photos_in(os.path.join(folder, name))
+        images, labels = images + found, labels + [index] * len(found)
+    return features_of(net, meta, images, batch_size), np.array(labels)
+
+
+def rank_rows(train, labels, val, groups, ranks, n_classes):
+    """The comparison of each rank's refit with the full matrix's (see the docstring), as printed lines."""
+    d = train.shape[1]
+    full = familiarity.fit(train, labels, n_classes, rank=d)
+    full_distances = {name: familiarity.distances(f, *full) for name, f in {"val": val, **groups}.items()}
+    full_limit = familiarity.choose_limit(full_distances["val"])
+    lines = [f"{'rank':>5}{'MB':>7}{'error median':>14}{'max':>8}{'limit':>8}" + "".join(f"{g:>20}" for g in groups)]
+    for rank in [*ranks, d]:
+        arrays = familiarity.fit(train, labels, n_classes, rank=rank)
+        found = {name: familiarity.distances(f, *arrays) for name, f in {"val": val, **groups}.items()}
+        limit = familiarity.choose_limit(found["val"])
+        error = np.concatenate([np.abs(found[g] - full_distances[g]) / full_distances[g] for g in ("val", "own")])
+        flips, outside, cells = 0, 0, []
+        for name in groups:
+            to_unfamiliar, to_familiar, far = quantise.familiarity_flips(full_distances[name] / full_limit,
+                                                                         found[name] / limit, 1.0)  # fmt: skip
+            flips, outside = flips + to_unfamiliar + to_familiar, outside + far
+            cells.append(f"{np.mean(full_distances[name] > full_limit):.1%} / {np.mean(found[name] > limit):.1%}")
+        mb = arrays[1].size * 4 / 1e6
+        numbers = f"{rank:>5}{mb:>7.2f}{np.median(error):>14.2%}{error.max():>8.2%}{limit:>8.2f}"
+        lines.append(numbers + "".join(f"{c:>20}" for c in cells) + f"   flips {flips} ({outside} outside the band)")
+    return lines
 
 
 def photos_in(folder, n=None):
@@ -117,6 +169,13 @@ def row(name, flagged, target=None):
 
 def main(argv=None):
     args = cli.parse_flags(globals(), argv, types={"OTHER": str})
+    ranks = [r.strip() for r in args.ranks.split(",")] if args.ranks else []
+    cli.check(
+        all(r.isdigit() and int(r) >= 1 for r in ranks),
+        "--ranks",
+        args.ranks,
+        "use whole numbers >= 1, comma-separated",
+    )
     model.MODEL_NAME = args.architecture  # the product's is B0; the ImageNet stand-in is Lite0
     net, meta = model.load_checkpoint(args.model)
     if not meta.get("familiarity"):
@@ -126,18 +185,27 @@ def main(argv=None):
         f"{args.model}: familiarity limit {limit:.3f} ({meta['familiarity']['image_types']}; 99% of validation within)"
     )
     print(f"{'group':<34}{'images':>6}{'flagged':>9}{'share':>9}")
-    own = distances_of(net, meta, photos_in(args.own), args.batch_size)
+    groups = {"own": features_of(net, meta, photos_in(args.own), args.batch_size)}
+    own = distances_of(groups["own"], meta)
     print(row(f"own test photos ({args.own})", own > limit, "own"))
     if args.other:
-        other = distances_of(net, meta, photos_in(args.other, args.n_other), args.batch_size)
-        print(row(args.other_name, other > limit, "other"))
+        groups["other"] = features_of(net, meta, photos_in(args.other, args.n_other), args.batch_size)
+        print(row(args.other_name, distances_of(groups["other"], meta) > limit, "other"))
     made = non_lesions(args.seed)
-    far = distances_of(net, meta, [img for _, img in made], args.batch_size) > limit
+    groups["non-lesion"] = features_of(net, meta, [img for _, img in made], args.batch_size)
+    far = distances_of(groups["non-lesion"], meta) > limit
     print(row("non-lesion images (all)", far, "non-lesion"))
     kinds = [kind for kind, _ in made]
     for kind in dict.fromkeys(kinds):
         print(row(f"  {kind}", far[[k == kind for k in kinds]]))
     print(f"distances: own median {np.median(own):.2f}, max {own.max():.2f}; limit {limit:.2f}")
+    if ranks:
+        train, labels = labelled(net, meta, args.train, args.batch_size)
+        val = labelled(net, meta, args.val, args.batch_size)[0]
+        print(
+            f"refitted on {len(train)} photos of {args.train}, limits on {len(val)} of {args.val}; flagged: full / rank"
+        )
+        print("\n".join(rank_rows(train, labels, val, groups, [int(r) for r in ranks], len(meta["classes"]))))
 
 
 if __name__ == "__main__":
