@@ -20,7 +20,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
+
+import measure  # noqa: E402  (the measuring tools' module: the browser's flags)
 
 from skinlesion import cli, files, interrupts  # noqa: E402  (the project's package, beside docs/)
 
@@ -39,8 +41,6 @@ STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]), ("the prepare
           ("numbers", ["numbers", "evaluation", "plots"]), ("the card", ["card", "model_index"]),
           ("safe outputs", ["files", "folders", "ledger", "interrupts"]), ("the command line", ["cli"]),
           ("the demo", ["demo"])]  # fmt: skip
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
 def shrunk(source, target, width):
@@ -71,7 +71,7 @@ def screenshot(target):
         server.stdout.readline()
         url = server.stdout.readline().split(" at ")[1].split()[0]
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=measure.CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.goto(url)
             page.set_input_files("#file", os.path.join(ROOT, PHOTO))

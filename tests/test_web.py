@@ -20,6 +20,7 @@ import shutil
 import time
 import urllib.request
 
+import measure
 import numpy as np
 import onnx
 import pytest
@@ -34,14 +35,6 @@ from skinlesion import explain, familiarity, numbers, photos
 pytestmark = pytest.mark.slow  # each test starts serve_web.py (and a browser): make test, not make check
 
 SIZE = 64
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]  # without the network flags Chromium calls Google hosts
 TIMINGS = {}  # filled by the tests, printed by test_timings
 WEB = os.path.join(ROOT, "web")
 NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinlesion/photos.py, and why
@@ -253,7 +246,7 @@ def browser(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
+        chromium = pw.chromium.launch(executable_path=find_chromium(), headless=True, args=measure.CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 

@@ -13,6 +13,10 @@ import time
 from skinlesion.cli import die
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project: the scripts the tools measure
+# headless Chromium for the page (measure_page.py, the browser tests, make_docs.py); without the network flags
+# Chromium calls Google hosts
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
 def script_constant(script, name):

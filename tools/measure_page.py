@@ -43,14 +43,6 @@ LATENCY_MS = 150  # round-trip time added under THROTTLE_MBPS, in ms, 0 to 10000
 CHROMIUM = "/usr/lib/chromium/chromium"  # the Chromium that Playwright drives
 TIMEOUT = 600  # seconds to wait for the model to be ready or for a result, 1 to 3600
 # -----------------------------------------------------------------------------
-CHROMIUM_ARGS = [  # without the network flags Chromium calls Google hosts (tests/test_web.py's)
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ENDED = "#app[data-state=done], #app[data-state=error], #app[data-state=model-error]"  # a result or a message
 HEAD = (  # the table's columns
     "model",
@@ -189,7 +181,7 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as work, sync_playwright() as pw:
         choice = page_choice(args.model, os.path.join(work, "site_default"))
-        browser = pw.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=args.chromium, headless=True, args=measure.CHROMIUM_ARGS)
         try:
             for name, path in models:
                 rows += measure_model(browser, name, path, photos, args, work)
