@@ -225,8 +225,15 @@ def distances_of(net, x, meta):
         return None
     with torch.inference_mode():
         found_features = features(net, x.contiguous(memory_format=torch.channels_last))[0]
+    return distances_to(found_features.double().cpu().numpy(), meta)
+
+
+def distances_to(features, meta):
+    """distances() of each row of features (n, d) with the model file's measure (meta as load_checkpoint gives it,
+    with the arrays)."""
+    found = meta["familiarity"]
     arrays = found["means"], found["whitening"], found.get("floor", 0.0)  # no floor: a file with a full whitening
-    return distances(found_features.double().cpu().numpy(), *arrays)
+    return distances(features, *arrays)
 
 
 def unfamiliar_text(distance, meta, shown):

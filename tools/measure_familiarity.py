@@ -11,7 +11,7 @@ source (target: at least 90%), at most N_OTHER of them, spread over the sorted l
 plainly not lesions (target: at least 95%): flat colours, noise, gradients, stripes and checkerboards, rendered
 text, charts (matplotlib), and the project's own docs/*.png. Prints one row per group, and per kind of non-lesion.
 
-    python tools/measure_familiarity.py --model skin_model.pth --ranks 256,512,640 --train dataset/train \
+    python tools/measure_familiarity.py --model skin_model.pth --ranks 256 512 640 --train dataset/train \
         --val dataset/val
 
 With RANKS, it also refits the measure on TRAIN's photos at each rank (familiarity.RANK: the covariance's largest
@@ -34,14 +34,13 @@ from skinlesion import cli, familiarity, photos, quantise  # noqa: E402
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py (with a familiarity measure)
-ARCHITECTURE = "efficientnet_b0"  # timm architecture of MODEL; tf_efficientnet_lite0: measure_transfer.py's stand-in
 OWN = "dataset/test"  # the model's own test photos (folder, searched recursively)
 OTHER = None  # photos of another image type or source (folder), or None
 OTHER_NAME = "other photos"  # what OTHER holds, for the report
 N_OTHER = 400  # at most this many OTHER photos, >= 1
 BATCH_SIZE = 32  # photos per forward pass, >= 1
 SEED = 0  # seed of the noise images, 0 to 2**32 - 1
-RANKS = ""  # covariance ranks to compare with the full matrix, comma-separated (e.g. "256,512"); "": none
+RANKS = []  # covariance ranks to compare with the full matrix, each >= 1 (e.g. 256 512); []: none
 TRAIN = "dataset/train"  # with RANKS: the photos (<class>/ sub-folders) the measure is refitted on
 VAL = "dataset/val"  # with RANKS: the photos (<class>/ sub-folders) each refit's limit is chosen on
 # -----------------------------------------------------------------------------
@@ -110,12 +109,6 @@ def features_of(net, meta, images, batch_size):
     return np.concatenate(found)
 
 
-def distances_of(features, meta):
-    """The familiarity distance of each row of features with the model file's measure."""
-    found = meta["familiarity"]
-    return familiarity.distances(features, found["means"], found["whitening"], found.get("floor", 0.0))
-
-
 def labelled(net, meta, folder, batch_size):
     """(familiarity features, class indices) of the photos in folder/<class>/."""
     images, labels = [], []
@@ -168,15 +161,7 @@ def row(name, flagged, target=None):
 
 
 def main(argv=None):
-    args = cli.parse_flags(globals(), argv, types={"OTHER": str})
-    ranks = [r.strip() for r in args.ranks.split(",")] if args.ranks else []
-    cli.check(
-        all(r.isdigit() and int(r) >= 1 for r in ranks),
-        "--ranks",
-        args.ranks,
-        "use whole numbers >= 1, comma-separated",
-    )
-    model.MODEL_NAME = args.architecture  # the product's is B0; the ImageNet stand-in is Lite0
+    args = cli.parse_flags(globals(), argv, types={"OTHER": str, "RANKS": int})
     net, meta = model.load_checkpoint(args.model)
     if not meta.get("familiarity"):
         cli.die(f"{args.model} has no familiarity measure; train it with this version of AItraining.py")
@@ -186,26 +171,26 @@ def main(argv=None):
     )
     print(f"{'group':<34}{'images':>6}{'flagged':>9}{'share':>9}")
     groups = {"own": features_of(net, meta, photos_in(args.own), args.batch_size)}
-    own = distances_of(groups["own"], meta)
+    own = familiarity.distances_to(groups["own"], meta)
     print(row(f"own test photos ({args.own})", own > limit, "own"))
     if args.other:
         groups["other"] = features_of(net, meta, photos_in(args.other, args.n_other), args.batch_size)
-        print(row(args.other_name, distances_of(groups["other"], meta) > limit, "other"))
+        print(row(args.other_name, familiarity.distances_to(groups["other"], meta) > limit, "other"))
     made = non_lesions(args.seed)
     groups["non-lesion"] = features_of(net, meta, [img for _, img in made], args.batch_size)
-    far = distances_of(groups["non-lesion"], meta) > limit
+    far = familiarity.distances_to(groups["non-lesion"], meta) > limit
     print(row("non-lesion images (all)", far, "non-lesion"))
     kinds = [kind for kind, _ in made]
     for kind in dict.fromkeys(kinds):
         print(row(f"  {kind}", far[[k == kind for k in kinds]]))
     print(f"distances: own median {np.median(own):.2f}, max {own.max():.2f}; limit {limit:.2f}")
-    if ranks:
+    if args.ranks:
         train, labels = labelled(net, meta, args.train, args.batch_size)
         val = labelled(net, meta, args.val, args.batch_size)[0]
         print(
             f"refitted on {len(train)} photos of {args.train}, limits on {len(val)} of {args.val}; flagged: full / rank"
         )
-        print("\n".join(rank_rows(train, labels, val, groups, [int(r) for r in ranks], len(meta["classes"]))))
+        print("\n".join(rank_rows(train, labels, val, groups, args.ranks, len(meta["classes"]))))
 
 
 if __name__ == "__main__":
