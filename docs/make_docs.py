@@ -119,15 +119,14 @@ def first_sentence(path):
 
 def layout_markdown(root):
     """docs/layout.md: the scripts and what they import, then skinlesion/ by pipeline stage (STAGES): each
-    module's lines, its first docstring sentence and its importers. Read from the code; a test keeps it equal."""
+    module's first docstring sentence and its importers. Read from the code; a test keeps it equal."""
     scripts = sorted(f for f in os.listdir(root) if f.endswith(".py") and f != "model.py")
     scripts += sorted(f"tools/{f}" for f in os.listdir(os.path.join(root, "tools")) if f.endswith(".py"))
     modules = sorted(f[:-3] for f in os.listdir(os.path.join(root, "skinlesion")) if f.endswith(".py"))
     modules.remove("__init__")
-    importers = {m: [] for m in ["model", *modules]}
-    for name in ["model.py", *scripts, *(f"skinlesion/{m}.py" for m in modules)]:
-        for m in sorted(imported_modules(os.path.join(root, name))):
-            importers[m].append(name)
+    sources = ["model.py", *scripts, *(f"skinlesion/{m}.py" for m in modules)]
+    imports = {name: sorted(imported_modules(os.path.join(root, name))) for name in sources}
+    importers = {m: [name for name in sources if m in imports[name]] for m in ["model", *modules]}
 
     text = ["# Layout", "", "Generated from the code by `make docs` (a test keeps it equal). The scripts run in the "
             "order of the README; `model.py` holds the model and the model file's table of keys; `skinlesion/` "
@@ -135,7 +134,7 @@ def layout_markdown(root):
             "serves; `tools/` holds the measuring tools. No script imports another script.", "",
             "## Scripts", "", "| file | imports |", "|---|---|"]  # fmt: skip
     for name in ["model.py", *scripts]:
-        used = ", ".join(sorted(imported_modules(os.path.join(root, name)))) or "-"
+        used = ", ".join(imports[name]) or "-"
         text.append(f"| `{name}` | {used} |")
     for stage, names in STAGES:
         text += ["", f"## {stage[0].upper() + stage[1:]}", "", "| module | what it is | imported by |"]
