@@ -376,7 +376,7 @@ def main(argv=None):
     )
     print(measure.plain_table(rows) + "\n\n" + measure.markdown_table(rows))
     if args.growth:
-        print("\ngrowth (" + measure.machine(device) + ")\n" + growth.markdown(growth_rows))
+        print("\ngrowth (" + measure.machine(device) + ")\n" + measure.markdown_table(growth_rows, growth.HEAD))
 
 
 if __name__ == "__main__":

@@ -122,8 +122,3 @@ def probe_run(cmd, env):
     if proc.returncode:
         raise RuntimeError(f"the training probe failed:\n{text[-3000:]}")
     return time.perf_counter() - start, peak, json.loads(text.strip().splitlines()[-1])
-
-
-def markdown(rows):
-    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

@@ -185,10 +185,10 @@ def ok(good):
     return "NO"
 
 
-def plain_table(rows):
-    """rows: (measurement, result, ratio, target) -> the table as aligned text under HEAD."""
-    widths = [max(len(str(r[i])) for r in [HEAD, *rows]) for i in range(len(HEAD))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [HEAD, *rows]]
+def plain_table(rows, head=HEAD):
+    """rows: (measurement, result, ratio, target), or the columns of head -> the table as aligned text under head."""
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     return "\n".join(lines)
 
 
@@ -197,9 +197,9 @@ def markdown_cell(value):
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(rows):
-    """rows: (measurement, result, ratio, target) -> the same table in markdown, for the README."""
-    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+def markdown_table(rows, head=HEAD):
+    """rows: (measurement, result, ratio, target), or the columns of head -> the same table in markdown."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(markdown_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 

@@ -159,11 +159,6 @@ def load_average():
     return ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def markdown(rows):
-    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-    return "\n".join(lines + ["| " + " | ".join(measure.markdown_cell(c) for c in row) + " |" for row in rows])
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -190,12 +185,10 @@ def main(argv=None):
             browser.close()
     print(f"load average after: {load_average()}")
     print(f"medians of {args.loads} loads (the range of 'model ready'); warm: median of {args.warm_runs} photos")
-    widths = [max(len(str(row[i])) for row in [HEAD, *rows]) for i in range(len(HEAD))]
-    for row in [HEAD, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(measure.plain_table(rows, HEAD))
     print(f"by default the page runs {choice}")
     print()
-    print(markdown(rows))
+    print(measure.markdown_table(rows, HEAD))
 
 
 if __name__ == "__main__":
