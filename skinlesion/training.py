@@ -98,6 +98,14 @@ def predict_split(net, val_batches, amp, world):
     return np.array(labels), np.array(logits), float(np.mean(losses))
 
 
+def cache_gigabytes(n_train, n_val, cfg):
+    """The size of the uint8 cache of n_train training photos (kept at the evaluation's shorter side) and n_val
+    validation photos (as the evaluation crops them), in GB: what CACHE_GB is compared with."""
+    size = cfg["input_size"][-1]
+    short = photos.short_side(size, cfg["crop_pct"])
+    return 3 * (n_train * short**2 + n_val * size**2) / 1e9
+
+
 def open_splits(args, train, val, cfg, device, rank, world):
     """(the train split, the val split, where their photos are kept, in words) for a run (args: AItraining.py's
     data_dir, cache_gb, num_workers): train, val are (photos, labels); the training photos kept at the
@@ -107,7 +115,7 @@ def open_splits(args, train, val, cfg, device, rank, world):
     size = cfg["input_size"][-1]
     short = photos.short_side(size, cfg["crop_pct"])
     dataset.warn_small_photos(train[0], short)
-    gigabytes = 3 * (len(train[0]) * short**2 + len(val[0]) * size**2) / 1e9
+    gigabytes = cache_gigabytes(len(train[0]), len(val[0]), cfg)
     cached = gigabytes <= args.cache_gb
     where = f"cached on the device ({gigabytes:.2f} GB)" if cached else f"streamed ({gigabytes:.2f} GB > CACHE_GB)"
     splits = []

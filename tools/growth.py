@@ -39,7 +39,7 @@ def probe(data_dir, image_size, batch_size, warmup, steps, num_workers, cache_gb
     net = model.prepare_for_device(model.build_model(pretrained=False, num_classes=len(classes))[0], device)
     cfg = model.data_config(net, image_size)
     short = photos.short_side(image_size, cfg["crop_pct"])
-    gigabytes = 3 * (len(train_paths) * short**2 + len(val_paths) * image_size**2) / 1e9  # as AItraining.py
+    gigabytes = training.cache_gigabytes(len(train_paths), len(val_paths), cfg)  # as AItraining.py
     cached = gigabytes <= cache_gb
     train_crops = photos.Photos(train_paths, short, 1.0, cfg["interpolation"])
     train = shards.open_split(data_dir, "train", train_crops, train_y, cached, num_workers, device, "caching train")
