@@ -165,6 +165,7 @@ RUN_SETTINGS_SHAPE = shapes.record(
 OUTPUTS = shapes.one_of(list(ONNX_OUTPUTS), [*ONNX_OUTPUTS, "familiarity_distance"])  # an export's, in order
 KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any other is ignored and never copied
     "written_by": Key("files.TAG: a model file of ours", shapes.text(), "checkpoint_state"),
+    "format": Key("its format (checkpoints.FORMAT; absent: before 2)", shapes.whole(1, 10**6), "AItraining.py"),
     "model_name": Key("the timm architecture", shapes.ARCHITECTURE, "checkpoint_state"),
     "network": Key("its features, stride and convolutions (network_shape)", shapes.NETWORK, "checkpoint_state"),
     "classes": Key("the class folders, in index order", shapes.NAMES, "AItraining.py", True, page=True),
@@ -339,6 +340,8 @@ def load_checkpoint(path, device="cpu"):
 
     ckpt = read_checkpoint(path)
     meta = ckpt["meta"]
+    if checkpoints.unfinished_fault(meta):  # a resume checkpoint, an unfinished run's: never a label
+        die(f"{path} is refused: {checkpoints.unfinished_fault(meta)}")
     name = meta.get("model_name", MODEL_NAME)
     if not timm.is_model(name):
         die(f"{path} holds a {name} model, which this timm {timm.__version__} does not know; upgrade timm")
@@ -435,6 +438,7 @@ def load_onnx(path):
     except ValueError as e:
         fault = f"its metadata is not valid JSON ({e})"
     fault = fault or meta_fault(meta) or onnx_fault(proto, session, meta) or meta_fault(meta, "onnx")
+    fault = fault or checkpoints.unfinished_fault(meta)
     fault = fault or self_check_fault(session, meta)
     if fault:
         die(f"{path} is refused: {fault}; export the model again with export_onnx.py")

@@ -291,7 +291,7 @@ def full_meta():
     """Metadata holding every key of model.KEYS, each as its writer gives it (what an ONNX export holds). Class
     names with a comma, an accent and a space are fine."""
     return dict(
-        written_by="skin-lesion classifier", model_name="efficientnet_b0", classes=["nevus", "melanoma"],
+        written_by="skin-lesion classifier", format=2, model_name="efficientnet_b0", classes=["nevus", "melanoma"],
         malignant_classes=["melanoma"], class_names=["Nevus, NOS", "Mélanome invasif"], image_size=64,
         mean=[0.5] * 3, std=[0.25] * 3, interpolation="bicubic", crop_pct=0.875, threshold=0.4,
         calibration=dict(CALIBRATION, cv_log_loss={"temperature": 0.5, "platt": None}),
@@ -318,6 +318,7 @@ def without(table, key):
 
 BAD_VALUES = {  # key: values of the wrong shape, each refused at load (the nearest good ones are in full_meta)
     "written_by": ["", 5, "ours\n"],
+    "format": [0, 2.0, "2", None],
     "model_name": [["efficientnet_b0"], "resnet18", "efficientnet_b0\r"],
     "classes": [["nevus"], ["nevus", 3], ["nevus", "mel\x1b[2J"], "nevus,melanoma", ["n" * 101, "melanoma"]],
     "malignant_classes": [["bcc"], [], "melanoma", ["nevus", "melanoma"]],
