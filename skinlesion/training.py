@@ -1,40 +1,95 @@
 """The training data path and the steps of a training run (AItraining.py, bench.py): a split's photos decoded
 once into a uint8 cache on the training device, or streamed by DataLoader workers, and augmented on the device per
-batch; one epoch of training, one pass over the validation split (gathered from every process under torchrun), the
-learning-rate schedule, and the training state a resume checkpoint keeps."""
+batch; one epoch of training (and whether it fits in memory), one pass over the validation split (gathered from
+every process under torchrun), the learning-rate schedule. (What a resume checkpoint keeps: resume.py.)"""
 
-import json
 import math
+import os
+import re
+from types import SimpleNamespace
 
 import numpy as np
 from tqdm import tqdm
 
-from skinlesion import dataset, devices, photos, shapes, shards
-from skinlesion.cli import die, in_range
+from skinlesion import dataset, devices, numbers, photos, shards
+from skinlesion.cli import die, printable, warn
 from skinlesion.photos import normalise_batch, photo_loader
 
-NUMBER = shapes.simple(in_range, "a finite number")
-RESUME_STATE = shapes.record(dict(  # what AItraining.py --resume reads besides the weights and meta
-    optimizer=shapes.record({}, others=True), schedule=shapes.record({}, others=True), stopped_early=shapes.BOOLEAN,
-    bad_epochs=shapes.whole(0, 10**6), best=shapes.list_of(NUMBER, 2), history=shapes.text(10**8)))  # fmt: skip
-EPOCH_LOG = shapes.list_of(
-    shapes.record(
-        dict.fromkeys(  # the history: each epoch's numbers (curves, TensorBoard)
-            ("epoch", "roc_auc", "val_loss", "train_loss", "train_accuracy", "lr", "seconds"), NUMBER
-        ),
-        others=True,
+OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|DefaultCPUAllocator", re.I)  # the allocators' words
+
+
+def validation_photos(data_dir, classes):
+    """(photo paths, class indices) of the validation split, which chooses the best epoch, the calibration, the
+    threshold and the familiarity limit; a dataset without one dies with the flag that makes one."""
+    if not dataset.has_split(data_dir, "val"):
+        die(
+            f"{printable(data_dir)} has no validation split, which training needs to choose the best "
+            "epoch, the calibration and the threshold on; re-run prepare_dataset.py with --val-fraction 0.15 (its "
+            "default)"
+        )
+    return dataset.split_photos(data_dir, "val", classes)
+
+
+def step_parts(run, progress, criterion, optimizer, steps):
+    """What each step of a run uses (run: AItraining.py's args, net, device, rank, world, log): the loss, the
+    optimizer, its learning-rate schedule (lr_factor over args.epochs), the network that trains (compiled, under
+    DDP), the TensorBoard writer (rank 0); a resumed run's optimiser and schedule state put back."""
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    from skinlesion import folders
+
+    args, total = run.args, run.args.epochs * steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, args.warmup, args.schedule))
+    if progress["epoch"]:
+        optimizer.load_state_dict(progress["optimizer"])
+        schedule.load_state_dict(progress["schedule"])
+        run.log(f"resuming from {args.resume_from} after epoch {progress['epoch']} of {args.epochs} (best ROC-AUC "
+                f"so far {progress['best'][0]:.3f})")  # fmt: skip
+    net = torch.compile(run.net) if args.compile else run.net
+    if run.world > 1:
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    writer = None
+    if run.rank == 0:
+        folders.made_folder(args.log_dir, "AItraining.py", "log folder")
+        writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=progress["epoch"] + 1)
+    return SimpleNamespace(net=net, criterion=criterion, optimizer=optimizer, schedule=schedule, writer=writer)
+
+
+def epoch_line(found, seconds, improved):
+    """An epoch's line: losses, accuracy, ROC-AUC (no threshold), its time, and a star where it is the best so far."""
+    types = f" types {found['type_balanced_accuracy']:.3f}" if "type_balanced_accuracy" in found else ""
+    return (
+        f"epoch {found['epoch']:3d} | train loss {found['train_loss']:.4f} acc {found['train_accuracy']:.3f} | val "
+        f"loss {found['val_loss']:.4f} log-loss {found['val_log_loss']:.4f} AUC {found['roc_auc']:.3f}{types} | "
+        f"{seconds:.0f}s" + (" *" if improved else "")
     )
-)
-RESUME_KEYS = ["optimizer", "schedule", "best", "bad_epochs", "stopped_early", "history"]
 
 
-def resume_fault(state):
-    """What is wrong with a resume checkpoint's training state (optimizer, schedule, best, history...), or None."""
-    fault = shapes.fault(RESUME_STATE, "training state", {k: state[k] for k in RESUME_KEYS})
-    try:
-        return fault or shapes.fault(EPOCH_LOG, "history", json.loads(state["history"]))
-    except ValueError:
-        return "its history is not JSON"
+def report(output, card, final):
+    """Say how good the kept epoch is, and warn when it is at chance or its threshold useless."""
+    m, (low, high) = final["val_metrics"], final["val_auc_ci95"]
+    op, fitted = final["operating_point"], final["calibration"]
+    print(f"best epoch {final['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {output}")
+    if fitted and fitted["method"] == "none":
+        print("calibration: none (neither temperature nor Platt scaling lowered the cross-validated log-loss)")
+    elif fitted:
+        print(
+            f"calibration: {fitted['method']} scaling (validation log-loss {fitted['val_log_loss_before']:.3f} -> "
+            f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"
+        )
+    print(f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op)}")
+    print(f"model card: {card}")
+    if final["at_chance"]:
+        warn(
+            f"this model cannot be told from chance: the 95% interval of its validation ROC-AUC ({low:.3f}-"
+            f"{high:.3f}) includes 0.5. Do not use its predictions. What helps: ImageNet weights (--weights-file, "
+            "see README), more photos (prepare_dataset.py --n-per-class), more --epochs"
+        )
+    caution = numbers.operating_point_warning(op)
+    if caution:
+        warn(f"{caution} on the validation split; lower or raise --target-sensitivity, or get more photos")
 
 
 def lr_factor(step, total, warmup, schedule):
@@ -56,11 +111,18 @@ def train_one_epoch(net, epoch_batches, criterion, optimizer, scheduler, amp, de
     net.train()
     total_loss, correct, seen = 0.0, 0, 0
     for step, (x, y) in enumerate(tqdm(epoch_batches, desc=desc, total=steps, leave=False, disable=None)):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(x)
-            loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(x)
+                loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except RuntimeError as e:  # torch.OutOfMemoryError on a GPU, the CPU allocator's RuntimeError
+            if not OUT_OF_MEMORY.search(str(e)):
+                raise
+            said = str(e).strip().splitlines()[0][:160]
+            advice = memory_advice(x.shape[-1], len(x))
+            die(f"{x.device} ran out of memory training at {x.shape[-1]} px with batch {len(x)} ({said}); {advice}")
         optimizer.step()
         scheduler.step()
         value = loss.item()
@@ -96,6 +158,70 @@ def predict_split(net, val_batches, amp, world):
             "The checkpoints keep the last good epoch"
         )
     return np.array(labels), np.array(logits), float(np.mean(losses))
+
+
+def memory_advice(size, batch, fits=None):
+    """Which flag to lower when a training step at size px with batch photos does not fit (fits: the batch that
+    would, where known)."""
+    if fits is None:
+        fits = batch // 4
+    if fits >= 1:
+        return f"lower --batch-size to {fits} (or --image-size)"
+    return "lower --image-size (or --batch-size)" if batch > 1 else "lower --image-size"
+
+
+def training_gigabytes(net, size, batch):
+    """The memory one training step of batch photos at size px needs, estimated, in GB: the tensors autograd keeps
+    for the backward pass, counted on two photos at 64 px through a copy of net (saved_tensors_hooks) and
+    scaled by the pixels and the batch, plus the weights, their gradients and the optimiser's two moments. None
+    where the copy cannot take that size (an architecture made for one size)."""
+    import copy
+
+    import torch
+
+    twin = copy.deepcopy(getattr(net, "module", net)).cpu().float().train()
+    weights = {id(p) for p in twin.parameters()}
+    probe, saved = 64, []  # two photos: BatchNorm in training needs more than one value per channel
+
+    def pack(tensor):
+        if id(tensor) not in weights:
+            saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    try:
+        with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            twin(torch.zeros(2, 3, probe, probe))
+    except (RuntimeError, ValueError):
+        return None
+    return (sum(saved) / 2 * batch * (size / probe) ** 2 + 16 * sum(p.numel() for p in twin.parameters())) / 1e9
+
+
+def free_gigabytes(device):
+    """The memory free for training on device in GB (a GPU's own; the CPU's MemAvailable), or None where unknown."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 1e9
+    if device.type != "cpu" or not os.path.isfile("/proc/meminfo"):
+        return None
+    with open("/proc/meminfo", encoding="ascii") as f:
+        found = re.search(r"^MemAvailable:\s+(\d+) kB", f.read(1 << 16), re.M)
+    return int(found[1]) * 1024 / 1e9 if found else None
+
+
+def check_memory(net, size, batch, device, processes=1):
+    """Before the photos are cached: die in one line when a training step of batch photos at size px would not
+    fit in the device's free memory (processes on one CPU share it), naming the flag to lower."""
+    need, free = training_gigabytes(net, size, batch), free_gigabytes(device)
+    if need is None or free is None:
+        return
+    need *= processes if device.type == "cpu" else 1
+    if need > free:
+        fits = int(batch * free / need)
+        die(
+            f"training at --image-size {size} with batch {batch} needs about {need:.1f} GB of memory, {device} has "
+            f"{free:.1f} GB free; {memory_advice(size, batch, fits)}"
+        )
 
 
 def cache_gigabytes(n_train, n_val, cfg):
@@ -186,9 +312,11 @@ class Split:
             return self.batches([order[i * batch_size : (i + 1) * batch_size] for i in range(steps)])
         return self.batches([order])
 
-    def own_batches(self, rank, world, batch_size):
-        """(indices, uint8 crops, labels) of this process's share of the photos, in order (validation)."""
-        share = list(range(rank, len(self.paths), world))
+    def own_batches(self, rank, world, batch_size, indices=None):
+        """(indices, uint8 crops, labels) of this process's share of the photos (or of those at indices), in order
+        (validation)."""
+        indices = range(len(self.paths)) if indices is None else list(indices)
+        share = list(indices[rank::world])
         return self.batches([share[i : i + batch_size] for i in range(0, len(share), batch_size)])
 
 

@@ -16,9 +16,12 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
 import AItraining
+import export_onnx
 import model
+import predict
 from conftest import (
     ENV,
     ROOT,
@@ -31,11 +34,12 @@ from conftest import (
     main_fails,
     make_split_tree,
     recorded,
+    refuses,
     run,
     save_model,
     start,
 )
-from skinlesion import files, folders, ledger, numbers, training
+from skinlesion import checkpoints, familiarity, files, folders, interrupts, ledger, numbers, training
 
 FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0]
 
@@ -282,21 +286,26 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
         capsys,
         "is --output too; pass another path (resume from the skin_model_last.pth a run writes)",
     )
-    shutil.copyfile("skin_model.pth", "best copy.pth")  # a user's copy: resume would replace it, so not without
+    shutil.copyfile("skin_model.pth", "best copy.pth")  # a copy of the model, not of the resume checkpoint
     main_fails(
         AItraining.main,
         ["--data-dir", tiny, "--resume", "--resume-file", "best copy.pth"],
         capsys,
-        "--resume-file best copy.pth exists with no record that this project wrote it",
-    )
-    main_fails(
-        AItraining.main,
-        ["--data-dir", tiny, "--resume", "--resume-file", "best copy.pth", "--overwrite"],
-        capsys,
         "--resume: best copy.pth has no optimiser state (optimizer, schedule, best, bad_epochs, stopped_early, "
-        "history); resume from the skin_model_last.pth a run writes",
+        "history, finished, best_state_dict, best_logits); resume from the skin_model_last.pth a run writes",
     )
     os.remove("best copy.pth")
+    other = shutil.copytree(tiny, tmp_path / "other data")  # the same photos, another manifest: another dataset
+    with open(other / "manifest.csv", "a") as f:
+        f.write("ISIC_0000001,train,benign\n")
+    main_fails(
+        AItraining.main,
+        ["--data-dir", other, "--resume"],
+        capsys,
+        f"--resume: the run in skin_model_last.pth trained on another dataset (its manifest.csv: SHA-256 "
+        f"{files.file_sha256(os.path.join(tiny, 'manifest.csv'))[:12]}; {other}'s: SHA-256 "
+        f"{files.file_sha256(other / 'manifest.csv')[:12]}); pass the --data-dir it trained on, or start a new run",
+    )
     three = make_split_tree(tmp_path / "three classes", n=4, splits=("train", "val"), size=32)
     shutil.copytree(os.path.join(three, "train", "benign"), os.path.join(three, "train", "nevus"))
     shutil.copytree(os.path.join(three, "val", "benign"), os.path.join(three, "val", "nevus"))
@@ -316,15 +325,41 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
         capsys,
         "--resume: the run in skin_model_last.pth trained classes ['benign', 'malignant'], ",
     )
-    AItraining.main(list(map(str, ["--data-dir", tiny, "--resume", "--epochs", 2, "--num-workers", 0])))  # extend
+    moved = shutil.copytree(tiny, tmp_path / "moved data")  # the same dataset elsewhere: its manifest byte-identical
+    AItraining.main(list(map(str, ["--data-dir", moved, "--resume", "--epochs", 2, "--num-workers", 0])))  # extend
     out = capsys.readouterr().out
     assert "after epoch 1 of 2" in out and epoch_lines(out)[0].startswith("epoch   2")
     assert len(runs("runs")) == 1
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
+def test_resume_reads_a_copied_checkpoint_without_overwrite_and_leaves_it_as_it_is(tiny, tmp_path, monkeypatch, capsys):
+    """A resume checkpoint copied from another machine is an input: read without --overwrite, left byte-identical
+    (no record proves this project wrote it there); the run continues in copy.resumed.pth, which is ours, and a
+    Ctrl-C names that one."""
+    monkeypatch.chdir(tmp_path)
+    AItraining.main(list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1])))
+    os.rename("skin_model_last.pth", "copy.pth")  # no longer the file the record names
+    before = fingerprint(tmp_path)["copy.pth"]
+    capsys.readouterr()
+    AItraining.main(list(map(str, ["--data-dir", tiny, "--resume", "--resume-file", "copy.pth", "--epochs", 2])))
+    out = capsys.readouterr().out
+    assert "resuming from copy.pth, left as it is (no record that this project wrote it there): this run's " in out
+    assert "checkpoints go to copy.resumed.pth" in out and "after epoch 1 of 2" in out
+    assert fingerprint(tmp_path)["copy.pth"] == before
+    assert ledger.why_not_ours("copy.resumed.pth", "resume checkpoint") is None
+    assert model.read_checkpoint("copy.resumed.pth")["meta"]["epoch"] == 2
+    args = AItraining.parse_args(["--resume", "--resume-file", "copy.pth"])
+    assert AItraining.ctrl_c_message(args, True).endswith("--resume-file copy.resumed.pth --output skin_model.pth")
+    again = AItraining.parse_args(["--resume", "--resume-file", "copy.resumed.pth"])  # ours: it continues there
+    assert again.resume_file == again.resume_from == "copy.resumed.pth"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_keeps_the_previous_model_and_resume_continues(tmp_path):
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
+    save_model(tmp_path / "skin_model.pth", size=32)  # the previous run's model, which this run may replace
+    before = fingerprint(tmp_path)["skin_model.pth"]
     last = tmp_path / "skin_model_last.pth"
     p = start(
         "AItraining.py", [*FAST, "--data-dir", data, "--epochs", 30], lambda _: last.exists(), cwd=tmp_path, timeout=300
@@ -333,7 +368,7 @@ def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
     p.send_signal(signal.SIGKILL)
     code, _, _ = finish(p)
     assert code == -signal.SIGKILL
-    model.load_checkpoint(str(tmp_path / "skin_model.pth"))  # still loadable
+    assert fingerprint(tmp_path)["skin_model.pth"] == before  # the model file is written once, when the run ends
     finished = model.read_checkpoint(str(last))["meta"]["epoch"]
     assert 1 <= finished < 30
     r = run("AItraining.py", "--data-dir", data, "--resume", cwd=tmp_path)
@@ -342,9 +377,122 @@ def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
         f"epoch {finished + 1:3d}"
     )
     assert not glob.glob(str(tmp_path / "*.tmp*"))  # the killed run's temporary file was cleaned
+    assert model.load_checkpoint(str(tmp_path / "skin_model.pth"))[1]["epoch"] >= 1  # this run's, finished
 
 
 # ---------------------------------------------------------------------------- failing safe
+HOOKED = """import sys, threading
+sys.path.insert(0, {root!r})
+sys.argv[0] = "AItraining.py"
+import AItraining
+from skinlesion import familiarity, interrupts
+
+
+def hang(*args, **kwargs):  # the run's end has begun: the epochs are done, the model file not yet written
+    print("fitting the familiarity measure", flush=True)
+    threading.Event().wait()
+
+
+familiarity.fit_on_photos = hang
+interrupts.run_script(AItraining.main)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_it_finishes_leaves_the_previous_model_and_resume_finishes_it(tiny, tmp_path):
+    """SIGKILL while the familiarity measure is fitted (the child says it is there: a hook, no sleep): the model
+    file was never written half-made (the previous one byte-identical, no card), the resume checkpoint is no model
+    (predict.py refuses it), and --resume finishes the run without training again: a model with its measure and
+    its card, after which --resume says the run finished."""
+    save_model(tmp_path / "skin_model.pth", size=32)  # the previous run's model, which this run may replace
+    before = fingerprint(tmp_path)
+    hooked = tmp_path / "hooked.py"
+    hooked.write_text(HOOKED.format(root=ROOT))
+    started = lambda p: any("fitting the familiarity measure" in line for line in p.out)  # noqa: E731
+    p = start(str(hooked), [*FAST, "--data-dir", tiny, "--epochs", 2], started, cwd=tmp_path, timeout=300)
+    p.send_signal(signal.SIGKILL)
+    code, out, _ = finish(p)
+    assert code == -signal.SIGKILL and "epoch   2" in out
+    after = fingerprint(tmp_path)
+    assert after["skin_model.pth"] == before["skin_model.pth"] and "skin_model.md" not in after
+    r = run("predict.py", os.path.join(tiny, "val", "benign", os.listdir(os.path.join(tiny, "val", "benign"))[0]),
+            "--model", "skin_model_last.pth", cwd=tmp_path)  # fmt: skip
+    assert_one_error(r.returncode, r.stderr, "skin_model_last.pth is refused: it has no familiarity measure")
+    assert "Prediction" not in r.stdout and "finish the run with 'python AItraining.py --resume'" in r.stderr
+    r = run("AItraining.py", "--data-dir", tiny, "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "its epochs are done; finishing it" in r.stdout and not epoch_lines(r.stdout)
+    net, meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))
+    assert meta["format"] == checkpoints.FORMAT and meta["familiarity"]["limit"] > 0 and meta["epoch"] in (1, 2)
+    with open(tmp_path / "skin_model.md", encoding="utf-8") as f:
+        assert files.file_sha256(str(tmp_path / "skin_model.pth")) in f.read()  # the card of this very file
+    r = run("AItraining.py", "--data-dir", tiny, "--resume", cwd=tmp_path)
+    assert_one_error(r.returncode, r.stderr, "--resume: the run in skin_model_last.pth already finished (2 of 2")
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_while_the_run_finishes_says_the_model_is_as_it_was(tiny, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the familiarity fit: no model file (there was none), and what the Ctrl-C says is true."""
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(familiarity, "fit_on_photos", interrupted)
+    interrupts.SAYS.clear()
+    with pytest.raises(KeyboardInterrupt):
+        AItraining.main(list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1])))
+    assert not os.path.exists("skin_model.pth") and not os.path.exists("skin_model.md")
+    assert interrupts.SAYS[-1].startswith("interrupted; skin_model.pth is as it was (a run writes it when it ends)")
+    assert model.read_checkpoint("skin_model_last.pth")["finished"] is False
+
+
+def test_a_model_file_of_this_format_without_its_familiarity_measure_is_refused(tmp_path, capsys):
+    """A file of FORMAT 2 always holds its measure once its run finished: one without it is refused by every
+    script, never labelled; a file from before the format (no format key) keeps today's behaviour: it is labelled,
+    with a note that it cannot flag an unfamiliar photo."""
+    photo = lesion_photo(tmp_path / "photo.jpg", (64, 64))
+    unfinished = save_model(tmp_path / "unfinished.pth", format=checkpoints.FORMAT)
+    said = f"{unfinished} is refused: it has no familiarity measure, which every finished model file of its format"
+    refuses([photo, "--model", unfinished], capsys, said)
+    main_fails(export_onnx.main, ["--model", unfinished, "--output", tmp_path / "x.onnx"], capsys, said)
+    older = save_model(tmp_path / "older.pth")  # as earlier versions wrote them: no format
+    predict.main([photo, "--model", older])
+    out, err = capsys.readouterr()
+    assert "Prediction" in out and "this model file has no familiarity measure (an earlier version)" in err
+    assert checkpoints.unfinished_fault({"format": 1}) is None and checkpoints.unfinished_fault(
+        {"format": 2, "familiarity": {}}
+    )
+
+
+def test_a_dataset_without_a_validation_split_says_how_to_make_one(tiny, tmp_path, monkeypatch, capsys):
+    data = shutil.copytree(tiny, tmp_path / "data")
+    shutil.rmtree(data / "val")
+    monkeypatch.chdir(tmp_path)
+    said = "has no validation split, which training needs to choose the best epoch, the calibration and the threshold"
+    main_fails(AItraining.main, [*FAST, "--data-dir", data], capsys, said + " on; re-run prepare_dataset.py with "
+               "--val-fraction 0.15 (its default)")  # fmt: skip
+    assert os.listdir(tmp_path) == ["data"]
+
+
+def test_a_training_step_that_cannot_fit_in_memory_is_one_line_before_the_photos_are_read(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """--image-size 2048 with the default batch died with the allocator's traceback: now the memory is estimated
+    first, and the line names the flag to lower and a batch that fits."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(training, "free_gigabytes", lambda device: 4.0)
+    net = model.build_model(False, None, 2)[0]
+    need = training.training_gigabytes(net, 2048, 24)  # the 24 training photos make the batch
+    assert need > 4.0
+    fits = int(24 * 4.0 / need)
+    said = f"training at --image-size 2048 with batch 24 needs about {need:.1f} GB of memory, cpu has 4.0 GB free; "
+    flags = [*FAST, "--data-dir", tiny, "--image-size", 2048, "--batch-size", 32]
+    main_fails(AItraining.main, flags, capsys, said + (f"lower --batch-size to {fits}" if fits else "lower --image"))
+    assert os.listdir(tmp_path) == []
+    training.check_memory(net, 64, 24, torch.device("cpu"))  # the nearest that fits: nothing said
+
+
 @pytest.mark.slow
 def test_training_that_diverges_stops_at_once_and_keeps_the_previous_model(tiny, tmp_path):
     good = save_model(tmp_path / "skin_model.pth", size=32)
@@ -465,7 +613,7 @@ def test_ctrl_c_says_the_output_is_as_it_was_before_the_first_epoch_and_how_to_c
     assert before == "interrupted before the first epoch finished; mine.pth is as it was"
     command = "python AItraining.py --resume --resume-file skin_model_last.pth --output mine.pth --data-dir d"
     after = AItraining.ctrl_c_message(args, resumable=True)
-    assert after == f"interrupted; mine.pth holds the best finished epoch, continue with: {command}"
+    assert after == f"interrupted; mine.pth is as it was (a run writes it when it ends), continue with: {command}"
     default_data = AItraining.parse_args(["--output", "mine.pth"])  # the default data folder is not repeated
     assert AItraining.ctrl_c_message(default_data, True).endswith("--output mine.pth")
 
@@ -473,8 +621,8 @@ def test_ctrl_c_says_the_output_is_as_it_was_before_the_first_epoch_and_how_to_c
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_continue_this_run_and_following_it_does(tmp_path):
     """`--output mine.pth` said 'skin_model.pth holds the best finished epoch, continue with --resume', and
-    following it continued into another run's skin_model.pth. Now it names mine.pth and the command, which
-    continues this run and leaves the other model byte-identical."""
+    following it continued into another run's skin_model.pth. Now it names mine.pth (as it was: a run writes it
+    when it ends) and the command, which continues this run and leaves the other model byte-identical."""
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
     save_model(tmp_path / "skin_model.pth", size=32)  # another run's model
     before = fingerprint(tmp_path)["skin_model.pth"]
@@ -484,11 +632,10 @@ def test_ctrl_c_says_how_to_continue_this_run_and_following_it_does(tmp_path):
     code, out, err = finish(p)
     assert code == 130 and "Traceback" not in err, err
     assert not glob.glob(str(tmp_path / "*.tmp*"))  # no half-written checkpoint
-    model.load_checkpoint(str(tmp_path / "mine.pth"))
+    assert not os.path.exists(tmp_path / "mine.pth")  # written once, when the run ends: "as it was" (none)
     command = f"python AItraining.py --resume --resume-file skin_model_last.pth --output mine.pth --data-dir {data}"
-    assert (
-        err.strip().splitlines()[-1] == f"interrupted; mine.pth holds the best finished epoch, continue with: {command}"
-    )
+    said = f"interrupted; mine.pth is as it was (a run writes it when it ends), continue with: {command}"
+    assert err.strip().splitlines()[-1] == said
     done = model.read_checkpoint(str(tmp_path / "skin_model_last.pth"))["meta"]["epoch"]
     r = run("AItraining.py", *shlex.split(command)[2:], "--epochs", done + 1, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -499,14 +646,16 @@ def test_ctrl_c_says_how_to_continue_this_run_and_following_it_does(tmp_path):
 
 @pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tiny, tmp_path):
-    """torch.save raises RuntimeError on a full disk: it was a 31-line traceback. The previous model stays."""
+    """torch.save raises RuntimeError on a full disk: it was a 31-line traceback. The previous model stays (a run
+    writes it once, when it ends; its resume checkpoint first, after each epoch)."""
     save_model(tmp_path / "mine.pth", size=32)
     before = fingerprint(tmp_path)
     r = run(
         "AItraining.py", *FAST, "--data-dir", tiny, "--epochs", 1, "--output", "mine.pth", "--log-dir", "logs",
         cwd=tmp_path, file_size_limit=1_000_000,
     )  # fmt: skip
-    assert_one_error(r.returncode, r.stderr, "could not write mine.pth (torch.save: [enforce fail at inline_container")
+    said = "could not write skin_model_last.pth (torch.save: [enforce fail at inline_container"  # the first write
+    assert_one_error(r.returncode, r.stderr, said)
     assert "; free some disk space or pass another path" in r.stderr
     after = fingerprint(tmp_path)
     assert after["mine.pth"] == before["mine.pth"] and not glob.glob(str(tmp_path / "*.tmp*"))

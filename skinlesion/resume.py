@@ -1,0 +1,177 @@
+"""A training run's progress and its resume checkpoint (AItraining.py --resume): the epochs done, the best epoch so
+far (its weights and validation logits: the model file is written from them once, when the run ends), the epochs
+without a better one, the history; what a resume checkpoint holds besides the latest weights and meta, checked
+before it is used; and how --resume takes a run back: its settings, on its own dataset (the manifest's SHA-256),
+from a checkpoint it reads without --overwrite."""
+
+import json
+import math
+import os
+
+import numpy as np
+
+from skinlesion import ledger, shapes
+from skinlesion.cli import die, flag_name, in_range, printable
+
+NUMBER = shapes.simple(in_range, "a finite number")
+RESUME_STATE = shapes.record(dict(  # what AItraining.py --resume reads besides the weights and meta
+    optimizer=shapes.record({}, others=True), schedule=shapes.record({}, others=True), stopped_early=shapes.BOOLEAN,
+    bad_epochs=shapes.whole(0, 10**6), best=shapes.list_of(NUMBER, 2), history=shapes.text(10**8),
+    finished=shapes.BOOLEAN))  # fmt: skip
+EPOCH_LOG = shapes.list_of(
+    shapes.record(
+        dict.fromkeys(  # the history: each epoch's numbers (curves, TensorBoard)
+            ("epoch", "roc_auc", "val_loss", "train_loss", "train_accuracy", "lr", "seconds"), NUMBER
+        ),
+        others=True,
+    )
+)
+RESUME_KEYS = ["optimizer", "schedule", "best", "bad_epochs", "stopped_early", "history", "finished"]
+RESUME_TENSORS = ["best_state_dict", "best_logits"]  # the best epoch so far: its weights, its validation logits
+
+
+def resume_fault(state):
+    """What is wrong with a resume checkpoint's training state (optimizer, schedule, best, history...), or None."""
+    fault = shapes.fault(RESUME_STATE, "training state", {k: state[k] for k in RESUME_KEYS})
+    try:
+        return fault or shapes.fault(EPOCH_LOG, "history", json.loads(state["history"])) or tensors_fault(state)
+    except ValueError:
+        return "its history is not JSON"
+
+
+def tensors_fault(state):
+    """What is wrong with the best epoch a resume checkpoint keeps (weights like its own, finite logits), or None."""
+    import torch
+
+    best, logits = state["best_state_dict"], state["best_logits"]
+    if not isinstance(best, dict) or set(best) != set(state["state_dict"]):
+        return "its best epoch's weights are not those of its network"
+    bad = [k for k, v in best.items() if not torch.is_tensor(v) or (v.is_floating_point() and not v.isfinite().all())]
+    if bad:
+        return f"its best epoch's weight {bad[0]} is not a finite tensor"
+    if not (torch.is_tensor(logits) and logits.ndim == 2 and logits.isfinite().all()):
+        return "its best epoch's validation logits are not a finite table"
+    return None
+
+
+def progress_of(resumed, epochs, go_on_after_a_stop=False):
+    """Where a run stands: the epochs done, the best so far (ROC-AUC, -validation loss) with its epoch, weights and
+    validation logits, the epochs without a better one, the history; complete when no epoch is left (all done, or
+    an early stop the run is not told to go on from). A new run, or the resumed one's (its resume checkpoint)."""
+    if resumed is None:
+        return dict(epoch=0, best=[-1.0, -math.inf], bad_epochs=0, stopped_early=False, history=[], best_epoch=0,
+                    best_state_dict=None, best_logits=None, complete=False, state=None)  # fmt: skip
+    history = json.loads(resumed["history"])
+    best = max(history, key=lambda h: (h["roc_auc"], -h["val_loss"]))
+    done = resumed["meta"]["epoch"]
+    complete = done >= epochs or (resumed["stopped_early"] and not go_on_after_a_stop)
+    found = {key: resumed[key] for key in ("best", "bad_epochs", "stopped_early", "optimizer", "schedule")}
+    found.update(best_state_dict=resumed["best_state_dict"], best_logits=resumed["best_logits"].double().numpy())
+    return dict(found, epoch=done, history=history, best_epoch=int(best["epoch"]), complete=complete, state=resumed)
+
+
+def record_epoch(progress, found, net, logits, patience):
+    """Add an epoch's numbers (found) to progress; where it is the best so far, keep its weights (a copy, on the
+    CPU) and validation logits. Whether it was."""
+    improved = [found["roc_auc"], -found["val_loss"]] > progress["best"]  # equal ROC-AUC (1.0): the lower loss wins
+    if improved:
+        weights = getattr(net, "module", net).state_dict()
+        progress.update(best=[found["roc_auc"], -found["val_loss"]], bad_epochs=0, best_epoch=found["epoch"])
+        progress.update(best_state_dict={k: v.detach().cpu().clone() for k, v in weights.items()}, best_logits=logits)
+    else:
+        progress["bad_epochs"] += 1
+    progress["stopped_early"] = bool(patience) and progress["bad_epochs"] >= patience
+    progress["history"].append(found)
+    progress["epoch"] = found["epoch"]
+    return improved
+
+
+def resume_state(progress, finished=False):
+    """What a resume checkpoint holds besides the latest weights and meta (RESUME_KEYS, RESUME_TENSORS)."""
+    import torch
+
+    kept = {key: progress[key] for key in ("optimizer", "schedule", "best", "bad_epochs", "stopped_early")}
+    logits = torch.as_tensor(np.asarray(progress["best_logits"], dtype=np.float64))
+    return dict(kept, history=json.dumps(progress["history"]), finished=finished,
+                best_state_dict=progress["best_state_dict"], best_logits=logits)  # fmt: skip
+
+
+def continued_in(path, overwrite=False):
+    """Where a run resumed from the checkpoint at path writes its own: path itself where the ledger proves this
+    project wrote it there (or overwrite says so), else beside it (copy.pth -> copy.resumed.pth): a copy is an input,
+    left as it is; one resumed from there is ours and continues in it."""
+    if overwrite or not os.path.isfile(path) or ledger.why_not_ours(path, "resume checkpoint") is None:
+        return path
+    stem, extension = os.path.splitext(path)
+    return f"{stem}.resumed{extension or '.pth'}"
+
+
+def take_back(state, args, classes, manifest_sha256, defaults=("skin_model_last.pth", "skin_model.pth")):
+    """A resume checkpoint's state (read and checked as a model file: model.read_checkpoint), checked as one and
+    its settings put into args (AItraining.py's: resume_from, data_dir, given): a flag that would change the run
+    dies, and so do other classes and another dataset (a manifest.csv of another SHA-256). defaults: the resume
+    file and the model a run writes, for the advice."""
+    missing = [key for key in RESUME_KEYS + RESUME_TENSORS if key not in state]
+    missing += [k for k in ("settings", "epoch") if k not in state["meta"]]
+    if "optimizer" in missing or "settings" in missing:
+        die(
+            f"--resume: {args.resume_from} has no optimiser state ({', '.join(missing)}); resume from the "
+            f"{defaults[0]} a run writes (--resume-file), not from {defaults[1]}"
+        )
+    if missing:
+        die(f"--resume: {args.resume_from} was written by an earlier AItraining.py (no {missing[0]}); start a new run")
+    fault = resume_fault(state)
+    if fault:
+        die(f"--resume: {args.resume_from} is refused: {fault}; start a new run")
+    if state["meta"]["classes"] != classes:
+        die(
+            f"--resume: the run in {args.resume_from} trained classes {state['meta']['classes']}, {args.data_dir} "
+            f"has {classes}; start a new run"
+        )
+    trained_on = state["meta"].get("manifest_sha256")
+    if trained_on != manifest_sha256:
+        said = [f"SHA-256 {sha[:12]}" if sha else "none" for sha in (trained_on, manifest_sha256)]
+        die(
+            f"--resume: the run in {args.resume_from} trained on another dataset (its manifest.csv: {said[0]}; "
+            f"{printable(args.data_dir)}'s: {said[1]}); pass the --data-dir it trained on, or start a new run"
+        )
+    restore_settings(args, state)
+    return state
+
+
+def restore_settings(args, state):
+    """Put the resumed run's settings into args (a flag given that would change the run dies); die when there is
+    nothing left to do (its model is written)."""
+    settings, done = state["meta"]["settings"], state["meta"]["epoch"]
+    for key, value in settings.items():
+        if key in args.given and getattr(args, key) != value and key not in ("epochs", "patience"):
+            die(
+                f"--resume: the run in {args.resume_from} has {key} {value}; resume without "
+                f"{flag_name(key)} or start a new run"
+            )
+        setattr(args, key, getattr(args, key) if key in args.given else value)
+    if state["finished"] and done >= args.epochs:
+        die(
+            f"--resume: the run in {args.resume_from} already finished ({done} of {settings['epochs']} epochs); "
+            f"to train longer pass a higher --epochs, e.g. --epochs {done + 10}"
+        )
+    if state["finished"] and state["stopped_early"] and "patience" not in args.given:
+        die(
+            f"--resume: the run in {args.resume_from} stopped early at epoch {done} (no better validation "
+            f"ROC-AUC for {args.patience} epochs); to go on pass --patience 0 (never stop) or a higher --patience"
+        )
+
+
+def say_where_it_resumes(args, only_finishes, log):
+    """Say where a resumed run's checkpoints go (beside a copy it read; args: AItraining.py's), and that it only
+    finishes where its epochs are done."""
+    if args.resume_file != args.resume_from:
+        log(
+            f"resuming from {printable(args.resume_from)}, left as it is (no record that this project wrote it "
+            f"there): this run's checkpoints go to {printable(args.resume_file)}"
+        )
+    if only_finishes:
+        log(
+            f"resuming from {printable(args.resume_from)}: its epochs are done; finishing it (calibration, "
+            "familiarity, card, model file)"
+        )
