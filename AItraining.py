@@ -38,9 +38,11 @@ from skinlesion import (
     cli,
     dataset,
     devices,
+    ensemble,
     familiarity,
     files,
     folders,
+    folds,
     interrupts,
     numbers,
     photos,
@@ -70,6 +72,10 @@ IMAGE_SIZE = 224  # network input in pixels, 32 to 2048 (224 = ImageNet; 128 tra
 MODEL_NAME = model.MODEL_NAME  # the network: a timm architecture whose head is an average pool and a linear layer
 PRETRAINED = True  # start from ImageNet weights (downloaded by timm); False = random init
 WEIGHTS_FILE = None  # local ImageNet weights of MODEL_NAME (offline), e.g. "model.safetensors"; must fit every tensor
+FOLDS = None  # folds of train plus validation, 1 to 20 (1: one split); None: 5 up to 2000 such photos, else 1
+DEPLOY = (
+    "refit"  # with folds: refit (one network on all the photos, the folds' epochs) or ensemble (the folds' averaged)
+)
 TARGET_SENSITIVITY = 0.90  # the threshold catches this share of the malignant validation photos, 0 to 1; 0 = plain 0.5
 CACHE_GB = 2.0  # largest in-memory image cache (on the device), >= 0; larger data sets are streamed from disk
 NUM_WORKERS = 2  # data-loading processes, 0 to 256 (0 = load in the main process)
@@ -82,13 +88,14 @@ OVERWRITE = False  # replace output files that this project did not write (never
 # what a run keeps in its checkpoints (--resume takes them back), and the choices of its text flags
 SETTINGS = list(model.RUN_SETTINGS)  # the flags a run keeps, with their shapes in the model file
 CHOICES = [("recipe", ["auto", "finetune", "scratch"]), ("optimizer", ["adam", "adamw"]),
-           ("schedule", ["cosine", "constant"])]  # fmt: skip
+           ("schedule", ["cosine", "constant"]), ("deploy", ["refit", "ensemble"])]  # fmt: skip
 RESUME_KEYS = resume.RESUME_KEYS  # what a resume checkpoint holds besides the weights and meta
 
 
 def parse_args(argv=None):
     """The flags, checked (ranges, choices, outputs that may be written) before any slow work."""
-    args = cli.parse_flags(globals(), argv, types={k.upper(): type(v) for k, v in model.RECIPES["scratch"].items()})
+    types = {k.upper(): type(v) for k, v in model.RECIPES["scratch"].items()}
+    args = cli.parse_flags(globals(), argv, types=dict(types, FOLDS=int))
     for flag, allowed in CHOICES:
         value = getattr(args, flag)
         cli.check(value is None or value in allowed, "--" + flag, value, "use " + " or ".join(allowed))
@@ -201,28 +208,49 @@ def main(argv=None):
     if args.resume:
         resumed = model.read_checkpoint(args.resume_from)
         resume.take_back(resumed, args, classes[0], dataset.manifest_sha256(args.data_dir), (RESUME_FILE, OUTPUT))
-    val_photos = training.validation_photos(args.data_dir, classes[0])
+    val_photos = training.validation_photos(args.data_dir, classes[0], args.folds)
+    stages, pool = folds.run_plan(args, manifest, train_photos, val_photos)
     torch.manual_seed(args.seed)
-    net = starting_network(args, resumed, len(classes[0]), device)
+    net, initial = starting_network(args, resumed, len(classes[0]), device)
     meta = run_meta(args, manifest, classes, train_photos[1], resumed)
     log(
         f"recipe: {args.recipe} ({args.why}): "
         + ", ".join(f"{k} {getattr(args, k)}" for k in model.RECIPES[args.recipe])
     )
-    run = SimpleNamespace(args=args, net=net, cfg=model.data_config(net, args.image_size), meta=meta, device=device,
-                          rank=rank, world=world, log=log)  # fmt: skip
-    progress = resume.progress_of(resumed, args.epochs, "patience" in args.given)
-    resume.say_where_it_resumes(args, resumed and progress["complete"], log)
-    if not progress["complete"]:
-        batch = min(args.batch_size, len(train_photos[0]) // world or 1)
-        training.check_memory(net, args.image_size, batch, device, world)
-        train_epochs(run, progress, train_photos, val_photos)
+    cfg = model.data_config(net, args.image_size)
+    seen_as = dict(meta, **model.checkpoint_state(net, cfg, **meta)["meta"])  # the crop and normalisation of its file
+    run = SimpleNamespace(args=args, net=net, cfg=cfg, meta=meta, seen_as=seen_as, device=device, rank=rank,
+                          world=world, log=log, stages=stages, pool=pool)  # fmt: skip
+    progress = resume.progress_of(resumed)
+    progress["initial"] = initial
+    train_stages(run, progress, resumed, train_photos, val_photos)
 
     # the end: the kept epoch's calibration, operating point and familiarity, its card, then its model file, once
     devices.finish(net, rank, world)
     if rank == 0:
-        net.load_state_dict(progress["best_state_dict"])
         finish(run, progress, train_photos, val_photos)
+
+
+def train_stages(run, progress, resumed, train_photos, val_photos):
+    """Train each stage of the run from where progress is (one split; or each fold, then the refit): a new stage
+    starts from the starting weights; a fold done keeps its best epoch, out-of-fold logits and familiarity."""
+    splits, last = None, len(run.stages) - 1
+    for index in range(progress["stage"], len(run.stages)):
+        stage = run.stages[index]
+        if index > progress["stage"]:
+            resume.next_stage(progress, index)
+            run.net.load_state_dict(progress["initial"])
+        epochs = folds.refit_epochs(progress["done"]) if stage.name == "refit" else run.args.epochs
+        complete = resume.is_complete(progress, epochs, "patience" in run.args.given)
+        resume.say_where_it_resumes(run.args, resumed and index == last and complete, run.log)
+        if not complete:
+            train_y = train_photos[1] if run.pool is None else run.pool[1][stage.train]
+            batch = min(run.args.batch_size, len(train_y) // run.world or 1)
+            training.check_memory(run.net, run.args.image_size, batch, run.device, run.world)
+            splits = splits or folds.open_run(run, train_photos, val_photos)
+            train_epochs(run, progress, stage, splits, epochs, train_y)
+        if stage.held is not None and len(stage.held):
+            folds.fold_done(run, progress, stage)
 
 
 def run_meta(args, manifest, classes, train_y, resumed):
@@ -239,48 +267,49 @@ def run_meta(args, manifest, classes, train_y, resumed):
 
 
 def starting_network(args, resumed, n_classes, device):
-    """The network the run starts from, on device: the resumed run's latest weights, or ImageNet's (or random ones)
-    with the recipe for that start chosen into args."""
+    """(the network the run starts from, on device, its starting weights): the resumed run's latest weights (and
+    its starting ones: folds start from them), or ImageNet's (or random ones) with the recipe for that start chosen
+    into args."""
     if not resumed:
         weights, imagenet = model.build_model(args.pretrained, args.weights_file, n_classes, 0.0, args.model_name)
         choose_recipe(args, imagenet)
         args.run, args.imagenet = time.strftime("%Y%m%d-%H%M%S"), imagenet
     net = model.build_model(False, None, n_classes, args.drop_path, args.model_name)[0]
     net.load_state_dict(resumed["state_dict"] if resumed else weights.state_dict())
-    return model.prepare_for_device(net, device)
+    initial = resumed.get("initial") if resumed else {k: v.clone() for k, v in weights.state_dict().items()}
+    return model.prepare_for_device(net, device), initial if args.folds > 1 else None
 
 
-def train_epochs(run, progress, train_photos, val_photos):
-    """Train from the epoch after progress's to args.epochs (or an early stop), validating each: the best epoch's
-    weights and validation logits kept in progress and, with each epoch, in the resume checkpoint."""
+def train_epochs(run, progress, stage, splits, epochs, train_y):
+    """Train a stage from the epoch after progress's to epochs (or an early stop), validating each on the photos it
+    holds out (the refit: none): the best epoch's weights and validation logits kept in progress and, with each
+    epoch, in the resume checkpoint."""
     import torch
 
-    args = run.args
-    train, val, where = training.open_splits(args, train_photos, val_photos, run.cfg, run.device, run.rank, run.world)
-    counts = np.bincount(train_photos[1], minlength=len(run.meta["classes"])).tolist()
-    run.log(
-        f"train: {len(train_photos[0])} images {dict(zip(run.meta['classes'], counts))}, val: {len(val_photos[0])} "
-        f"images, device: {run.device}, processes: {run.world}, image size {args.image_size}, photos {where}"
-    )
-    steps = len(train_photos[0]) // run.world // args.batch_size or 1
-    step = training_step_parts(run, progress, train_photos[1], steps)
+    args, (train, val), index = run.args, splits, progress["stage"]
+    steps = len(train_y) // run.world // args.batch_size or 1
+    step = training_step_parts(run, progress, train_y, steps, epochs, stage.name)
     generator, generator_device = torch.Generator(), torch.Generator(device=run.device)
-    for epoch in range(progress["epoch"] + 1, args.epochs + 1):
-        for g in (generator, generator_device, torch):  # each epoch from (SEED, epoch): a resumed run replays exactly
-            g.manual_seed(args.seed + epoch)
-        t0, desc = time.time(), f"epoch {epoch}/{args.epochs}"
+    for epoch in range(progress["epoch"] + 1, epochs + 1):
+        for g in (generator, generator_device, torch):  # each epoch from (SEED, stage, epoch): a resumed run replays
+            g.manual_seed(args.seed + epoch + 100_000 * index)
+        t0, desc = time.time(), f"{stage.name} epoch {epoch}/{epochs}".strip()
+        order = None if stage.train is None else stage.train[torch.randperm(len(stage.train), generator=generator)]
         batches = training.train_batches(train, args.batch_size, run.cfg, generator, generator_device, run.rank,
-                                         run.world)  # fmt: skip
+                                         run.world, order)  # fmt: skip
         loss, accuracy = training.train_one_epoch(step.net, batches, step.criterion, step.optimizer, step.schedule,
                                                   args.amp, desc, steps)  # fmt: skip
         devices.sync_buffers(run.net, run.world)
-        val_share = val.own_batches(run.rank, run.world, args.batch_size)  # each photo once, on one process
-        val_batches = ((b, photos.normalise_batch(x, run.cfg), y) for b, x, y in val_share)
-        labels, logits, val_loss = training.predict_split(run.net, val_batches, args.amp, run.world)
-        found = dict(epoch=epoch, train_loss=loss, train_accuracy=accuracy, val_loss=val_loss,
-                     lr=step.optimizer.param_groups[0]["lr"], **epoch_numbers(labels, logits, run.meta))  # fmt: skip
+        found = dict(epoch=epoch, train_loss=loss, train_accuracy=accuracy, lr=step.optimizer.param_groups[0]["lr"])
+        logits = np.zeros((0, len(run.meta["classes"])))
+        if stage.held is None or len(stage.held):
+            held = {} if stage.held is None else dict(indices=stage.held)  # each photo once, on one process
+            val_batches = ((b, photos.normalise_batch(x, run.cfg), y)
+                           for b, x, y in val.own_batches(run.rank, run.world, args.batch_size, **held))  # fmt: skip
+            labels, logits, val_loss = training.predict_split(run.net, val_batches, args.amp, run.world)
+            found.update(val_loss=val_loss, **epoch_numbers(labels, logits, run.meta))
         improved = resume.record_epoch(progress, dict(found, seconds=time.time() - t0), run.net, logits, args.patience)
-        run.log(training.epoch_line(found, time.time() - t0, improved))
+        run.log(training.epoch_line(found, time.time() - t0, improved, stage.name))
         if run.rank == 0:
             after_epoch(run, progress, step)
         if progress["stopped_early"]:
@@ -295,14 +324,15 @@ def after_epoch(run, progress, step):
     """On rank 0 after each epoch: the resume checkpoint (written atomically), TensorBoard, the curves."""
     save_progress(run, progress, step.optimizer, step.schedule)
     interrupts.say_on_ctrl_c(ctrl_c_message(run.args, True))
-    for key, value in progress["history"][-1].items():
-        step.writer.add_scalar(key, value, progress["epoch"])
+    for key, value in progress["history"][-1].items():  # the steps count on over the stages (folds, refit)
+        step.writer.add_scalar(key, value, progress["stage"] * run.args.epochs + progress["epoch"])
     step.writer.flush()
     folders.record_files(run.args.log_dir, run.args.run, "training log")  # what make clean may remove
-    plots.training_curves(progress["history"], progress["best_epoch"], run.args.curves)
+    if "roc_auc" in progress["history"][-1]:  # the curves of the latest stage that validates
+        plots.training_curves(progress["history"], progress["best_epoch"], run.args.curves)
 
 
-def training_step_parts(run, progress, train_y, steps):
+def training_step_parts(run, progress, train_y, steps, epochs, stage):
     """The recipe's loss (class weights: inverse class frequency) and optimizer, then training.step_parts: its
     schedule, the network that trains, the TensorBoard writer."""
     args, n_classes = run.args, len(run.meta["classes"])
@@ -311,7 +341,7 @@ def training_step_parts(run, progress, train_y, steps):
         class_weights = len(train_y) / (n_classes * np.bincount(train_y, minlength=n_classes))
     criterion = model.make_criterion(args.label_smoothing, class_weights).to(run.device)
     optimizer = model.make_optimizer(run.net, args.optimizer, args.lr, args.weight_decay)
-    return training.step_parts(run, progress, criterion, optimizer, steps)
+    return training.step_parts(run, progress, criterion, optimizer, steps, epochs, stage)
 
 
 def save_progress(run, progress, optimizer, schedule, finished=False):
@@ -326,23 +356,40 @@ def save_progress(run, progress, optimizer, schedule, finished=False):
 
 
 def finish(run, progress, train_photos, val_photos):
-    """The run's end, on rank 0: the kept epoch's calibration and operating point (from its validation logits), its
-    familiarity measure, the card, then the model file, written once when all of it is there; the resume
-    checkpoint then says the run finished."""
-    args, meta = run.args, run.meta
-    _, kept = scored(np.asarray(val_photos[1]), progress["best_logits"], meta, args.target_sensitivity)
-    meta = dict(meta, epoch=progress["best_epoch"], **kept)
-    load = dict(device=run.device, batch_size=args.batch_size, num_workers=args.num_workers)
-    as_filed = model.checkpoint_state(run.net, run.cfg, **meta)["meta"]  # the file's own meta: its crop, its data
-    fitted = familiarity.fit_on_photos(run.net, as_filed, args.data_dir, *train_photos, val_photos[0], **load)
-    state = model.checkpoint_state(run.net, run.cfg, familiarity=fitted[0], **meta)
-    state["familiarity"] = familiarity.state(*fitted[1:])
-    print(f"familiarity: {familiarity.limit_text(fitted[0])}")
+    """The run's end, on rank 0: the calibration and operating point (from the kept epoch's validation logits, or
+    the folds' out-of-fold ones), the network deployed and its familiarity measure, the card, then the model file,
+    written once when all of it is there; the resume checkpoint then says the run finished."""
+    args = run.args
+    labels, logits = val_photos[1], progress["best_logits"]
+    if run.pool is not None:
+        labels, logits = run.pool[1], folds.out_of_fold(progress["done"], run.stages, "logits", len(run.pool[1]))
+    _, kept = scored(np.asarray(labels), logits, run.meta, args.target_sensitivity)
+    net, deployed = deployed_network(run, progress)
+    found, arrays = folds.deployed_familiarity(run, progress, net, train_photos, val_photos)
+    state = model.checkpoint_state(net, run.cfg, familiarity=found, **run.meta, **deployed, **kept)
+    state["familiarity"] = familiarity.state(*arrays)
+    print(f"familiarity: {familiarity.limit_text(found)}")
     checkpoints.write_finished(state, args.output, args.card)
     interrupts.say_on_ctrl_c(f"interrupted after {cli.printable(args.output)} and its card were written")
     progress["state"]["finished"] = True  # --resume now says the run is finished
     model.save_checkpoint(args.resume_file, progress["state"], "resume checkpoint")
     training.report(args.output, args.card, state["meta"])
+
+
+def deployed_network(run, progress):
+    """(the network the model file keeps, what its meta says of it): the kept epoch's; the refit; or the folds'
+    networks averaged (skinlesion/ensemble.py)."""
+    args, done = run.args, progress["done"]
+    if run.pool is None or args.deploy == "refit":
+        run.net.load_state_dict(progress["best_state_dict"])
+    if run.pool is None:
+        return run.net, dict(epoch=progress["best_epoch"])
+    about = dict(k=args.folds, photos=len(run.pool[0]), deployed=args.deploy, epochs=[e["epoch"] for e in done])
+    if args.deploy == "refit":
+        return run.net, dict(epoch=progress["epoch"], folds=dict(about, refit_epochs=progress["epoch"]))
+    net = ensemble.from_weights(args.model_name, len(run.meta["classes"]), [entry["weights"] for entry in done])
+    return model.prepare_for_device(net, run.device).eval(), dict(epoch=folds.refit_epochs(done), members=args.folds,
+                                                                   folds=about)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ PICTURES = {"training_curves.png": "training_curves.png", "confusion_matrix.png"
             "roc_curve.png": "roc_curve.png", "calibration.png": "calibration.png",
             "gradcam/malignant_1_jpg_gradcam.png": "gradcam.png"}  # fmt: skip
 STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]), ("the prepared dataset", ["dataset", "shards"]),
-          ("the training data path", ["training", "devices", "resume"]),
+          ("the training data path", ["training", "devices", "resume", "folds"]), ("the folds averaged", ["ensemble"]),
           ("the model's parts", ["backbone", "checkpoints", "shapes", "familiarity", "explain", "quantise"]),
           ("numbers", ["numbers", "evaluation", "plots"]), ("the card", ["card", "model_index"]),
           ("safe outputs", ["files", "folders", "ledger", "interrupts"]), ("the command line", ["cli"]),

@@ -17,17 +17,14 @@ NUMBER = shapes.simple(in_range, "a finite number")
 RESUME_STATE = shapes.record(dict(  # what AItraining.py --resume reads besides the weights and meta
     optimizer=shapes.record({}, others=True), schedule=shapes.record({}, others=True), stopped_early=shapes.BOOLEAN,
     bad_epochs=shapes.whole(0, 10**6), best=shapes.list_of(NUMBER, 2), history=shapes.text(10**8),
-    finished=shapes.BOOLEAN))  # fmt: skip
-EPOCH_LOG = shapes.list_of(
-    shapes.record(
-        dict.fromkeys(  # the history: each epoch's numbers (curves, TensorBoard)
-            ("epoch", "roc_auc", "val_loss", "train_loss", "train_accuracy", "lr", "seconds"), NUMBER
-        ),
-        others=True,
-    )
-)
-RESUME_KEYS = ["optimizer", "schedule", "best", "bad_epochs", "stopped_early", "history", "finished"]
-RESUME_TENSORS = ["best_state_dict", "best_logits"]  # the best epoch so far: its weights, its validation logits
+    finished=shapes.BOOLEAN, stage=shapes.whole(0, 100)))  # fmt: skip
+EPOCH_LOG = shapes.list_of(  # the history: each epoch's numbers (curves, TensorBoard); a refit has no validation
+    shapes.record(dict.fromkeys(("epoch", "train_loss", "train_accuracy", "lr", "seconds"), NUMBER),
+                  dict.fromkeys(("roc_auc", "val_loss"), NUMBER), others=True))  # fmt: skip
+RESUME_KEYS = ["optimizer", "schedule", "best", "bad_epochs", "stopped_early", "history", "finished", "stage"]
+RESUME_TENSORS = ["best_state_dict", "best_logits", "done"]  # the best epoch so far; the stages (folds) done
+FRESH = dict(epoch=0, best=[-1.0, -math.inf], bad_epochs=0, stopped_early=False, history=[], best_epoch=0,
+             best_state_dict=None, best_logits=None)  # fmt: skip  # a stage before its first epoch
 
 
 def resume_fault(state):
@@ -40,44 +37,69 @@ def resume_fault(state):
 
 
 def tensors_fault(state):
-    """What is wrong with the best epoch a resume checkpoint keeps (weights like its own, finite logits), or None."""
+    """What is wrong with the tensors a resume checkpoint keeps (the best epoch's weights like its own and finite
+    logits; the folds done; the starting weights of a run with folds), or None."""
     import torch
 
-    best, logits = state["best_state_dict"], state["best_logits"]
-    if not isinstance(best, dict) or set(best) != set(state["state_dict"]):
-        return "its best epoch's weights are not those of its network"
-    bad = [k for k, v in best.items() if not torch.is_tensor(v) or (v.is_floating_point() and not v.isfinite().all())]
-    if bad:
-        return f"its best epoch's weight {bad[0]} is not a finite tensor"
-    if not (torch.is_tensor(logits) and logits.ndim == 2 and logits.isfinite().all()):
-        return "its best epoch's validation logits are not a finite table"
+    weights = set(state["state_dict"])
+    found = [("best epoch's weights", state["best_state_dict"]), ("starting weights", state.get("initial", {}))]
+    found += [(f"fold {i + 1}'s weights", entry.get("weights", {})) for i, entry in enumerate(state["done"])
+              if isinstance(entry, dict)]  # fmt: skip
+    for what, kept in found:
+        if not isinstance(kept, dict) or (kept and set(kept) != weights):
+            return f"its {what} are not those of its network"
+        if not all(torch.is_tensor(v) and (not v.is_floating_point() or v.isfinite().all()) for v in kept.values()):
+            return f"its {what} are not finite tensors"
+    tables = [("best epoch's validation logits", state["best_logits"], 2)]
+    if not isinstance(state["done"], list):
+        return "its folds done are not a list"
+    for i, entry in enumerate(state["done"]):
+        if not (isinstance(entry, dict) and isinstance(entry.get("epoch"), int) and entry["epoch"] >= 1):
+            return f"its fold {i + 1} has no best epoch"
+        tables += [(f"fold {i + 1}'s {key}", entry.get(key), n) for key, n in (("logits", 2), ("distances", 1))]
+    for what, table, n in tables:
+        if not (torch.is_tensor(table) and table.ndim == n and table.isfinite().all()):
+            return f"its {what} are not a finite table"
     return None
 
 
-def progress_of(resumed, epochs, go_on_after_a_stop=False):
-    """Where a run stands: the epochs done, the best so far (ROC-AUC, -validation loss) with its epoch, weights and
-    validation logits, the epochs without a better one, the history; complete when no epoch is left (all done, or
-    an early stop the run is not told to go on from). A new run, or the resumed one's (its resume checkpoint)."""
+def progress_of(resumed):
+    """Where a run stands: its stage (one split; or a fold, the refit), the folds done (their best epochs,
+    out-of-fold logits and familiarity distances, and for an ensemble their weights) and, of the stage it is in,
+    the epochs done, the best so far (ROC-AUC, -validation loss) with its epoch, weights and validation logits, the
+    epochs without a better one, the history. A new run, or the resumed one's (its resume checkpoint)."""
     if resumed is None:
-        return dict(epoch=0, best=[-1.0, -math.inf], bad_epochs=0, stopped_early=False, history=[], best_epoch=0,
-                    best_state_dict=None, best_logits=None, complete=False, state=None)  # fmt: skip
+        return dict(FRESH, stage=0, done=[], initial=None, state=None, history=[])
     history = json.loads(resumed["history"])
-    best = max(history, key=lambda h: (h["roc_auc"], -h["val_loss"]))
-    done = resumed["meta"]["epoch"]
-    complete = done >= epochs or (resumed["stopped_early"] and not go_on_after_a_stop)
-    found = {key: resumed[key] for key in ("best", "bad_epochs", "stopped_early", "optimizer", "schedule")}
+    best = max(history, key=lambda h: (h.get("roc_auc", 0), -h.get("val_loss", 0), h["epoch"]))  # refit: the last
+    found = {key: resumed[key] for key in ("best", "bad_epochs", "stopped_early", "optimizer", "schedule", "stage")}
     found.update(best_state_dict=resumed["best_state_dict"], best_logits=resumed["best_logits"].double().numpy())
-    return dict(found, epoch=done, history=history, best_epoch=int(best["epoch"]), complete=complete, state=resumed)
+    found.update(done=resumed["done"], initial=resumed.get("initial"), state=resumed)
+    return dict(found, epoch=resumed["meta"]["epoch"], history=history, best_epoch=int(best["epoch"]))
+
+
+def is_complete(progress, epochs, go_on_after_a_stop=False):
+    """Whether the stage progress is in has no epoch left: all done, or an early stop the run is not told to go on
+    from (a higher --patience)."""
+    return progress["epoch"] >= epochs or (progress["stopped_early"] and not go_on_after_a_stop)
+
+
+def next_stage(progress, index):
+    """progress at the start of stage index (a fold, the refit): its epochs, best and history anew."""
+    progress.update(FRESH, stage=index, history=[])
+    for key in ("optimizer", "schedule"):
+        progress.pop(key, None)
 
 
 def record_epoch(progress, found, net, logits, patience):
     """Add an epoch's numbers (found) to progress; where it is the best so far, keep its weights (a copy, on the
-    CPU) and validation logits. Whether it was."""
-    improved = [found["roc_auc"], -found["val_loss"]] > progress["best"]  # equal ROC-AUC (1.0): the lower loss wins
+    CPU) and validation logits. Whether it was. An epoch without validation (the refit) is kept: the latest."""
+    improved = "roc_auc" not in found or [found["roc_auc"], -found["val_loss"]] > progress["best"]  # a tie: the loss
     if improved:
         weights = getattr(net, "module", net).state_dict()
-        progress.update(best=[found["roc_auc"], -found["val_loss"]], bad_epochs=0, best_epoch=found["epoch"])
+        progress.update(best=[found.get("roc_auc", -1.0), -found.get("val_loss", 0.0)], bad_epochs=0)
         progress.update(best_state_dict={k: v.detach().cpu().clone() for k, v in weights.items()}, best_logits=logits)
+        progress["best_epoch"] = found["epoch"]
     else:
         progress["bad_epochs"] += 1
     progress["stopped_early"] = bool(patience) and progress["bad_epochs"] >= patience
@@ -87,13 +109,16 @@ def record_epoch(progress, found, net, logits, patience):
 
 
 def resume_state(progress, finished=False):
-    """What a resume checkpoint holds besides the latest weights and meta (RESUME_KEYS, RESUME_TENSORS)."""
+    """What a resume checkpoint holds besides the latest weights and meta (RESUME_KEYS, RESUME_TENSORS, and the
+    starting weights of a run with folds)."""
     import torch
 
-    kept = {key: progress[key] for key in ("optimizer", "schedule", "best", "bad_epochs", "stopped_early")}
+    kept = {key: progress[key] for key in ("optimizer", "schedule", "best", "bad_epochs", "stopped_early", "stage")}
     logits = torch.as_tensor(np.asarray(progress["best_logits"], dtype=np.float64))
-    return dict(kept, history=json.dumps(progress["history"]), finished=finished,
-                best_state_dict=progress["best_state_dict"], best_logits=logits)  # fmt: skip
+    kept.update(history=json.dumps(progress["history"]), finished=finished, done=list(progress["done"]))
+    if progress.get("initial") is not None:
+        kept["initial"] = progress["initial"]
+    return dict(kept, best_state_dict=progress["best_state_dict"], best_logits=logits)
 
 
 def continued_in(path, overwrite=False):
@@ -140,22 +165,36 @@ def take_back(state, args, classes, manifest_sha256, defaults=("skin_model_last.
 
 
 def restore_settings(args, state):
-    """Put the resumed run's settings into args (a flag given that would change the run dies); die when there is
-    nothing left to do (its model is written)."""
+    """Put the resumed run's settings into args (a flag given that would change the run dies: with folds --epochs
+    too, but --deploy may change, the folds being the same); die when there is nothing left to do."""
     settings, done = state["meta"]["settings"], state["meta"]["epoch"]
+    folds = settings.get("folds", 1)
+    changeable = ("epochs", "patience") if folds == 1 else ("patience", "deploy")
     for key, value in settings.items():
-        if key in args.given and getattr(args, key) != value and key not in ("epochs", "patience"):
+        if key in args.given and getattr(args, key) != value and key not in changeable:
             die(
                 f"--resume: the run in {args.resume_from} has {key} {value}; resume without "
                 f"{flag_name(key)} or start a new run"
             )
         setattr(args, key, getattr(args, key) if key in args.given else value)
-    if state["finished"] and done >= args.epochs:
+    if folds > 1 and args.deploy == "ensemble" and any("weights" not in entry for entry in state["done"]):
+        die(
+            f"--resume --deploy ensemble: the run in {args.resume_from} kept no fold networks (it deploys refit); "
+            "start a new run with --deploy ensemble"
+        )
+    if state["finished"] and folds > 1 and args.deploy == settings["deploy"]:
+        other = "ensemble" if args.deploy == "refit" else "refit"
+        die(
+            f"--resume: the run in {args.resume_from} already finished ({folds} folds of {settings['epochs']} "
+            f"epochs, deployed: {args.deploy}); to deploy its folds the other way pass --deploy {other} and another "
+            "--output, or start a new run"
+        )
+    if state["finished"] and folds == 1 and done >= args.epochs:
         die(
             f"--resume: the run in {args.resume_from} already finished ({done} of {settings['epochs']} epochs); "
             f"to train longer pass a higher --epochs, e.g. --epochs {done + 10}"
         )
-    if state["finished"] and state["stopped_early"] and "patience" not in args.given:
+    if state["finished"] and folds == 1 and state["stopped_early"] and "patience" not in args.given:
         die(
             f"--resume: the run in {args.resume_from} stopped early at epoch {done} (no better validation "
             f"ROC-AUC for {args.patience} epochs); to go on pass --patience 0 (never stop) or a higher --patience"

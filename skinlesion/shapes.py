@@ -190,3 +190,6 @@ QUANTISED = record(dict(  # export_onnx.py's int8 twin: quantise.comparison, and
 FAMILIARITY = record(dict(  # familiarity.summary: the limit of the distance, how it was chosen, on what photos
     method=one_of("mahalanobis"), limit=number(0, 1e12), quantile=FRACTION, image_types=list_of(text()),
     val_within=FRACTION, n_val=COUNT))  # fmt: skip
+FOLDS = record(dict(  # a run with folds (skinlesion/folds.py): what the card says of them
+    k=whole(2, 20), photos=COUNT, deployed=one_of("refit", "ensemble"),
+    epochs=list_of(whole(1, 10**6), most=20)), dict(refit_epochs=whole(1, 10**6)))  # fmt: skip

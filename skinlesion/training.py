@@ -18,22 +18,26 @@ from skinlesion.photos import normalise_batch, photo_loader
 OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|DefaultCPUAllocator", re.I)  # the allocators' words
 
 
-def validation_photos(data_dir, classes):
+def validation_photos(data_dir, classes, folds):
     """(photo paths, class indices) of the validation split, which chooses the best epoch, the calibration, the
-    threshold and the familiarity limit; a dataset without one dies with the flag that makes one."""
-    if not dataset.has_split(data_dir, "val"):
+    threshold and the familiarity limit; none where the dataset has no such split and the run cuts folds (folds
+    None: the count decides), and with one split (folds 1) it dies with the flags that help."""
+    if dataset.has_split(data_dir, "val"):
+        return dataset.split_photos(data_dir, "val", classes)
+    if folds == 1:
         die(
-            f"{printable(data_dir)} has no validation split, which training needs to choose the best "
+            f"{printable(data_dir)} has no validation split, which training with one split needs to choose the best "
             "epoch, the calibration and the threshold on; re-run prepare_dataset.py with --val-fraction 0.15 (its "
-            "default)"
+            "default), or pass --folds 5 (cross-validated folds of the training photos)"
         )
-    return dataset.split_photos(data_dir, "val", classes)
+    return [], np.array([], dtype=int)
 
 
-def step_parts(run, progress, criterion, optimizer, steps):
-    """What each step of a run uses (run: AItraining.py's args, net, device, rank, world, log): the loss, the
-    optimizer, its learning-rate schedule (lr_factor over args.epochs), the network that trains (compiled, under
-    DDP), the TensorBoard writer (rank 0); a resumed run's optimiser and schedule state put back."""
+def step_parts(run, progress, criterion, optimizer, steps, epochs=None, stage=""):
+    """What each step of a stage of a run uses (run: AItraining.py's args, net, device, rank, world, log): the loss,
+    the optimizer, its learning-rate schedule (lr_factor over args.epochs: a refit of fewer epochs follows the folds'
+    schedule), the network that trains (compiled, under DDP), the TensorBoard writer (rank 0; its steps count on
+    over the stages); a resumed run's optimiser and schedule state put back."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
@@ -44,8 +48,10 @@ def step_parts(run, progress, criterion, optimizer, steps):
     if progress["epoch"]:
         optimizer.load_state_dict(progress["optimizer"])
         schedule.load_state_dict(progress["schedule"])
-        run.log(f"resuming from {args.resume_from} after epoch {progress['epoch']} of {args.epochs} (best ROC-AUC "
-                f"so far {progress['best'][0]:.3f})")  # fmt: skip
+        where = f"{stage} " if stage else ""
+        best = f" (best ROC-AUC so far {progress['best'][0]:.3f})" if progress["best"][0] >= 0 else ""
+        run.log(f"resuming from {args.resume_from} {where}after epoch {progress['epoch']} of {epochs or args.epochs}"
+                + best)  # fmt: skip
     net = torch.compile(run.net) if args.compile else run.net
     if run.world > 1:
         ids = [run.device.index] if run.device.type == "cuda" else None
@@ -53,43 +59,50 @@ def step_parts(run, progress, criterion, optimizer, steps):
     writer = None
     if run.rank == 0:
         folders.made_folder(args.log_dir, "AItraining.py", "log folder")
-        writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=progress["epoch"] + 1)
+        first = progress["stage"] * args.epochs + progress["epoch"] + 1
+        writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=first)
     return SimpleNamespace(net=net, criterion=criterion, optimizer=optimizer, schedule=schedule, writer=writer)
 
 
-def epoch_line(found, seconds, improved):
-    """An epoch's line: losses, accuracy, ROC-AUC (no threshold), its time, and a star where it is the best so far."""
-    types = f" types {found['type_balanced_accuracy']:.3f}" if "type_balanced_accuracy" in found else ""
-    return (
-        f"epoch {found['epoch']:3d} | train loss {found['train_loss']:.4f} acc {found['train_accuracy']:.3f} | val "
-        f"loss {found['val_loss']:.4f} log-loss {found['val_log_loss']:.4f} AUC {found['roc_auc']:.3f}{types} | "
-        f"{seconds:.0f}s" + (" *" if improved else "")
-    )
+def epoch_line(found, seconds, improved, stage=""):
+    """An epoch's line: losses, accuracy, ROC-AUC (no threshold), its time, and a star where it is the best so far;
+    prefixed by its stage (a fold, the refit: which has no validation)."""
+    said = f"{stage} epoch {found['epoch']:3d} | train loss {found['train_loss']:.4f} acc {found['train_accuracy']:.3f}"
+    if "val_loss" in found:
+        types = f" types {found['type_balanced_accuracy']:.3f}" if "type_balanced_accuracy" in found else ""
+        said += f" | val loss {found['val_loss']:.4f} log-loss {found['val_log_loss']:.4f} AUC {found['roc_auc']:.3f}"
+        said += types
+    return said.strip() + f" | {seconds:.0f}s" + (" *" if improved and "val_loss" in found else "")
 
 
-def report(output, card, final):
-    """Say how good the kept epoch is, and warn when it is at chance or its threshold useless."""
+def report(output, card_path, final):
+    """Say how good the kept epoch (or what the folds deployed) is, and warn when it is at chance or its threshold
+    useless (final: the model file's meta)."""
+    from skinlesion import card
+
+    said, photos, where = card.chosen_on(final)
     m, (low, high) = final["val_metrics"], final["val_auc_ci95"]
     op, fitted = final["operating_point"], final["calibration"]
-    print(f"best epoch {final['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {output}")
+    kept = card.fold_text(final["folds"]) if final.get("folds") else f"best epoch {final['epoch']}"
+    print(f"{kept}: {said} ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {output}")
     if fitted and fitted["method"] == "none":
         print("calibration: none (neither temperature nor Platt scaling lowered the cross-validated log-loss)")
     elif fitted:
         print(
-            f"calibration: {fitted['method']} scaling (validation log-loss {fitted['val_log_loss_before']:.3f} -> "
+            f"calibration: {fitted['method']} scaling ({said} log-loss {fitted['val_log_loss_before']:.3f} -> "
             f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"
         )
-    print(f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op)}")
-    print(f"model card: {card}")
+    print(f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op, photos)}")
+    print(f"model card: {card_path}")
     if final["at_chance"]:
         warn(
-            f"this model cannot be told from chance: the 95% interval of its validation ROC-AUC ({low:.3f}-"
+            f"this model cannot be told from chance: the 95% interval of its {said} ROC-AUC ({low:.3f}-"
             f"{high:.3f}) includes 0.5. Do not use its predictions. What helps: ImageNet weights (--weights-file, "
             "see README), more photos (prepare_dataset.py --n-per-class), more --epochs"
         )
     caution = numbers.operating_point_warning(op)
     if caution:
-        warn(f"{caution} on the validation split; lower or raise --target-sensitivity, or get more photos")
+        warn(f"{caution} on {where}; lower or raise --target-sensitivity, or get more photos")
 
 
 def lr_factor(step, total, warmup, schedule):
@@ -232,12 +245,13 @@ def cache_gigabytes(n_train, n_val, cfg):
     return 3 * (n_train * short**2 + n_val * size**2) / 1e9
 
 
-def open_splits(args, train, val, cfg, device, rank, world):
+def open_splits(args, train, val, cfg, device, rank, world, pooled=False, blobs=None):
     """(the train split, the val split, where their photos are kept, in words) for a run (args: AItraining.py's
-    data_dir, cache_gb, num_workers): train, val are (photos, labels); the training photos kept at the
+    data_dir, cache_gb, num_workers, folds): train, val are (photos, labels); the training photos kept at the
     evaluation's shorter side (the device crops and augments them), the validation photos as the evaluation crops
     them; a uint8 cache on the device when both fit in cache_gb, else streamed by workers (from folders or
-    shards: shards.open_split)."""
+    shards: shards.open_split). pooled: train and val are the same photos (train plus validation, cut into folds:
+    folds.open_run), read from blobs where they are shards."""
     size = cfg["input_size"][-1]
     short = photos.short_side(size, cfg["crop_pct"])
     dataset.warn_small_photos(train[0], short)
@@ -246,11 +260,12 @@ def open_splits(args, train, val, cfg, device, rank, world):
     where = f"cached on the device ({gigabytes:.2f} GB)" if cached else f"streamed ({gigabytes:.2f} GB > CACHE_GB)"
     splits = []
     for name, (paths, labels), side, crop in (("train", train, short, 1.0), ("val", val, size, cfg["crop_pct"])):
-        shown, caching = photos.Photos(paths, side, crop, cfg["interpolation"]), f"caching {name}"
-        found = shards.open_split(
-            args.data_dir, name, shown, labels, cached, args.num_workers, device, caching, rank, world
-        )
-        splits.append(found)
+        shown, caching = photos.Photos(paths, side, crop, cfg["interpolation"], blobs), f"caching {name}"
+        if pooled:
+            splits.append(Split(shown, labels, cached, args.num_workers, device, caching))
+        else:
+            splits.append(shards.open_split(args.data_dir, name, shown, labels, cached, args.num_workers, device,
+                                            caching, rank, world))  # fmt: skip
     return *splits, where
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -39,9 +40,9 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import checkpoints, familiarity, files, folders, interrupts, ledger, numbers, training
+from skinlesion import checkpoints, dataset, familiarity, files, folders, folds, interrupts, ledger, numbers, training
 
-FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0]
+FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0, "--folds", 1]  # one split
 
 
 def runs(log_dir):
@@ -292,7 +293,8 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
         ["--data-dir", tiny, "--resume", "--resume-file", "best copy.pth"],
         capsys,
         "--resume: best copy.pth has no optimiser state (optimizer, schedule, best, bad_epochs, stopped_early, "
-        "history, finished, best_state_dict, best_logits); resume from the skin_model_last.pth a run writes",
+        "history, finished, stage, best_state_dict, best_logits, done); resume from the skin_model_last.pth a run "
+        "writes",
     )
     os.remove("best copy.pth")
     other = shutil.copytree(tiny, tmp_path / "other data")  # the same photos, another manifest: another dataset
@@ -469,9 +471,10 @@ def test_a_dataset_without_a_validation_split_says_how_to_make_one(tiny, tmp_pat
     data = shutil.copytree(tiny, tmp_path / "data")
     shutil.rmtree(data / "val")
     monkeypatch.chdir(tmp_path)
-    said = "has no validation split, which training needs to choose the best epoch, the calibration and the threshold"
-    main_fails(AItraining.main, [*FAST, "--data-dir", data], capsys, said + " on; re-run prepare_dataset.py with "
-               "--val-fraction 0.15 (its default)")  # fmt: skip
+    said = "has no validation split, which training with one split needs to choose the best epoch, the calibration "
+    main_fails(AItraining.main, [*FAST, "--data-dir", data], capsys, said + "and the threshold on; re-run "
+               "prepare_dataset.py with --val-fraction 0.15 (its default), or pass --folds 5 (cross-validated folds "
+               "of the training photos)")  # fmt: skip
     assert os.listdir(tmp_path) == ["data"]
 
 
@@ -661,9 +664,118 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tiny,
     assert after["mine.pth"] == before["mine.pth"] and not glob.glob(str(tmp_path / "*.tmp*"))
 
 
-# ---------------------------------------------------------------------------- several processes
+# ---------------------------------------------------------------------------- folds
+FOLDED = [*FAST[:-2], "--folds", 3, "--epochs", 2]  # three folds of the 48 photos of tiny, then the refit
+
+
+@pytest.fixture(scope="module")
+def folded(tiny, tmp_path_factory):
+    """(folder, AItraining.py's stdout, the model file's meta): three folds of train plus validation, then the refit."""
+    folder = tmp_path_factory.mktemp("folded")
+    r = run("AItraining.py", *FOLDED, "--data-dir", tiny, cwd=folder)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return folder, r.stdout, model.load_checkpoint(str(folder / "skin_model.pth"))[1]
+
+
+def fold_lines(stdout):
+    """The epoch lines of the folds and the refit, without their wall time."""
+    return [re.sub(r"\| \d+s", "", line) for line in stdout.splitlines() if line.startswith(("fold ", "refit epoch"))]
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_on_cpu(tmp_path):
+def test_folds_train_each_fold_then_the_refit_and_choose_on_every_photo(folded, tiny):
+    """Each fold trains on the others and picks its best epoch on its own photos; the refit trains on all 48 for the
+    median of those epochs; the threshold, calibration and familiarity limit come from the out-of-fold predictions
+    of every one of the 48 photos (their ROC-AUC computed here from the folds kept in the resume checkpoint, with
+    scikit-learn), and the card says so, with n."""
+    from sklearn.metrics import roc_auc_score
+
+    folder, out, meta = folded
+    said = [line.split(" |")[0] for line in fold_lines(out)]
+    refit = int(np.median(meta["folds"]["epochs"]))
+    expected = [f"fold {k}/3 epoch {e:3d}" for k in (1, 2, 3) for e in (1, 2)]
+    assert said == expected + [f"refit epoch {e:3d}" for e in range(1, refit + 1)]
+    assert meta["folds"] == dict(k=3, photos=48, deployed="refit", epochs=meta["folds"]["epochs"], refit_epochs=refit)
+    assert meta["epoch"] == refit and "members" not in meta
+    op, m = meta["operating_point"], meta["val_metrics"]
+    assert op["n_benign"] + op["n_malignant"] == 48 == m["tp"] + m["fp"] + m["tn"] + m["fn"]
+    assert meta["familiarity"]["n_val"] == 48
+    last = model.read_checkpoint(str(folder / "skin_model_last.pth"))
+    train, val = (dataset.split_photos(tiny, split, model.CLASSES) for split in ("train", "val"))
+    pool = np.concatenate([train[1], val[1]])
+    stages = folds.plan(3, "refit", pool, folds.groups_of(train[0] + val[0], dataset.read_manifest(tiny)), 42)
+    oof = np.zeros(48)
+    for entry, stage in zip(last["done"], stages):
+        logits = entry["logits"].numpy()
+        oof[stage.held] = logits[:, 1] - logits[:, 0]
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(pool, oof))
+    with open(folder / "skin_model.md", encoding="utf-8") as f:
+        card = f.read()
+    assert (
+        f"**Out of fold** (3 folds of the 48 train and validation photos; deployed: one network refit on all 48 "
+        f"photos for the {refit} epochs the folds chose; each photo predicted by the fold network that did not "
+        "train on it, n = 48: the calibration, the threshold and the familiarity limit were chosen on these)"
+    ) in card
+    assert "of the malignant out-of-fold photos" in card and "of the 48 out-of-fold photos lie within" in card
+    assert "3 folds of the 48 train and validation photos; deployed: one network refit" in out
+    assert len(runs(folder / "runs")) == 1
+
+
+@pytest.mark.slow
+def test_a_run_with_folds_stopped_in_fold_2_resumes_there_and_ends_as_the_uninterrupted_run(folded, tiny, tmp_path):
+    """Ctrl-C once fold 2 has finished an epoch (the child says so): --resume continues in fold 2 (or, where the
+    Ctrl-C came before that epoch's checkpoint, with fold 2 anew) and replays the rest exactly as the uninterrupted
+    run did, to the same threshold, calibration and familiarity limit."""
+    started = lambda p: any(line.startswith("fold 2/3 epoch   1") for line in p.out)  # noqa: E731
+    p = start("AItraining.py", [*FOLDED, "--data-dir", tiny], started, cwd=tmp_path, timeout=300)
+    os.killpg(p.pid, signal.SIGINT)
+    code, _, err = finish(p)
+    assert code == 130 and "skin_model.pth is as it was" in err and not os.path.exists(tmp_path / "skin_model.pth")
+    r = run("AItraining.py", "--data-dir", tiny, "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    expected, resumed = fold_lines(folded[1]), fold_lines(r.stdout)  # the Ctrl-C came after the line, before or
+    assert 0 < len(resumed) <= len(expected) - 2 and resumed == expected[-len(resumed) :]  # after its checkpoint
+    assert resumed[0].startswith(("fold 2/3", "fold 3/3 epoch   1")), resumed[0]
+    within = re.search(r"resuming from skin_model_last.pth (fold \d/3) after epoch \d of 2", r.stdout)
+    assert within is None or within[1] == "fold 2/3"
+    meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))[1]
+    for key in ("threshold", "calibration", "folds", "operating_point"):
+        assert meta[key] == folded[2][key], key
+    assert meta["familiarity"]["limit"] == pytest.approx(folded[2]["familiarity"]["limit"])
+
+
+@pytest.mark.slow
+def test_the_folds_networks_averaged_are_one_model_file_one_onnx_graph_and_their_maps_averaged(tiny, tmp_path):
+    """--deploy ensemble: the model file holds the two fold networks, the ONNX export is one graph with the same
+    outputs that gives the same P, --explain draws the averaged map; the same folds deployed refit afterwards
+    (--resume --deploy refit) need no fold trained again."""
+    r = run("AItraining.py", *FAST[:-2], "--folds", 2, "--epochs", 1, "--deploy", "ensemble", "--data-dir", tiny,
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    net, meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))
+    assert meta["members"] == 2 and len(net.members) == 2 and meta["folds"]["deployed"] == "ensemble"
+    assert meta["network"]["features"] == 2 * 1280 and meta["familiarity"]["n_val"] == 48
+    assert "the 2 fold networks averaged" in (tmp_path / "skin_model.md").read_text(encoding="utf-8")
+    r = run("export_onnx.py", "--check-images", os.path.join(tiny, "val"), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    photo = os.path.join(tiny, "val", "malignant", sorted(os.listdir(os.path.join(tiny, "val", "malignant")))[0])
+    answers = []
+    for flags in (["--model", "skin_model.pth", "--explain"], ["--model", "skin_model.onnx"]):
+        r = run("predict.py", photo, *flags, "--show-unfamiliar", cwd=tmp_path)
+        assert r.returncode in (0, 3), r.stdout + r.stderr  # 3: unfamiliar
+        answers.append(re.search(r"P\(malignant\) = ([\d.]+)", r.stdout + r.stderr))
+    assert answers[0] and answers[1] and answers[0][1] == answers[1][1]
+    assert glob.glob(str(tmp_path / "gradcam" / "*.png"))
+    r = run("AItraining.py", "--data-dir", tiny, "--resume", "--deploy", "refit", "--output", "refit.pth",
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [line for line in fold_lines(r.stdout) if line.startswith("fold")] == []  # the folds were not trained
+    assert model.load_checkpoint(str(tmp_path / "refit.pth"))[1]["folds"]["deployed"] == "refit"
+
+
+# ---------------------------------------------------------------------------- several processes
+def torchrun(tmp_path, *flags):
+    """AItraining.py under torchrun, two processes on the CPU, on 31 photos (uneven shards)."""
     data = make_split_tree(tmp_path / "data", n=8, splits=("train", "val"), size=32)
     os.remove(sorted(glob.glob(str(tmp_path / "data" / "val" / "benign" / "*")))[0])  # 15 val photos: uneven shards
     with socket.socket() as s:  # a free port for the rendezvous
@@ -677,11 +789,9 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
             "--nproc_per_node=2",
             f"--master_port={port}",
             os.path.join(ROOT, "AItraining.py"),
-            *map(str, FAST),
+            *map(str, flags),
             "--data-dir",
             data,
-            "--epochs",
-            "2",
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -692,6 +802,22 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     weights = dict(re.findall(r"rank (\d)/2: final weights (\w+)", r.stdout))
     assert set(weights) == {"0", "1"} and weights["0"] == weights["1"]  # DDP kept the replicas equal
+    return r
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    r = torchrun(tmp_path, *FAST, "--epochs", 2)
     assert len(epoch_lines(r.stdout)) == 2  # only rank 0 reports
     m = model.load_checkpoint(str(tmp_path / "skin_model.pth"))[1]["val_metrics"]
     assert m["tn"] + m["fp"] + m["fn"] + m["tp"] == 15  # validation gathered from both ranks, each photo once
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_the_folds_and_the_refit(tmp_path):
+    r = torchrun(tmp_path, *FAST[:-2], "--folds", 2, "--epochs", 1)
+    assert [line.split(" |")[0] for line in fold_lines(r.stdout)] == ["fold 1/2 epoch   1", "fold 2/2 epoch   1",
+                                                                      "refit epoch   1"]  # fmt: skip
+    meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))[1]
+    m = meta["val_metrics"]
+    assert m["tn"] + m["fp"] + m["fn"] + m["tp"] == 31 == meta["folds"]["photos"]  # every photo out of fold, once

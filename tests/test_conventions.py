@@ -111,7 +111,7 @@ def test_every_image_size_range_is_the_models():
         for name, comment in cli.constants_block(os.path.join(ROOT, script)):
             if name == "IMAGE_SIZE":
                 found[script] = tuple(cli.allowed_range(comment) or ())[:4]
-    assert set(found) == {"AItraining.py", "tools/bench.py", "tools/measure_transfer.py"}
+    assert set(found) == {"AItraining.py", "tools/bench.py", "tools/measure_transfer.py", "tools/measure_folds.py"}
     assert found == dict.fromkeys(found, (*model.IMAGE_SIZES, False, False))
 
 

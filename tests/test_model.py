@@ -309,6 +309,7 @@ def full_meta():
                        roc_auc_full=0.9, roc_auc_int8=0.899, max_auc_drop=0.005, within_tolerance=True,
                        from_sha256="ef" * 32, photos_from="val", familiar_to_unfamiliar=1, unfamiliar_to_familiar=0,
                        familiarity_flips_outside_band=0, familiarity_band=0.05, max_distance_change=0.04),
+        folds=dict(k=5, photos=340, deployed="ensemble", epochs=[7, 8, 6, 9, 7]), members=5,
     )  # fmt: skip
 
 
@@ -364,6 +365,9 @@ BAD_VALUES = {  # key: values of the wrong shape, each refused at load (the near
                   from_sha256="ef" * 32, photos_from="val"),
                   dict(full_meta()["quantised"], familiar_to_unfamiliar=-1),
                   dict(full_meta()["quantised"], max_distance_change=float("nan"))],
+    "folds": [dict(k=1, photos=340, deployed="refit", epochs=[7]), dict(k=5, photos=340, deployed="both", epochs=[7]),
+              dict(k=5, photos=340, deployed="refit", epochs=[0]), dict(k=5, photos=340, deployed="refit"), "5"],
+    "members": [1, 2.0, 21, "5"],
 }  # fmt: skip
 
 
