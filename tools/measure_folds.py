@@ -5,7 +5,8 @@ Lite0 stand-in from ImageNet weights (measure_transfer.py's) at IMAGE_SIZE for E
 folds deployed refit and the same folds averaged (deployed ensemble), score the test split with evaluate.py. Each
 row: the test sensitivity and specificity at the stored threshold against the 95% intervals the card states (from
 validation, or out of fold), test ECE and ROC-AUC, and what ECE a perfectly calibrated P would score on as many
-test photos with the same spread of P (ECE's own bias at that n: y drawn from P itself, 2000 times). The folds are
+test photos with the same spread of P (ECE's own bias at that n: y drawn from P itself, 2000 times), and the test
+photos beyond the familiarity limit (out of fold with folds: does it hold its 1% there?). The folds are
 trained once per seed: the ensemble's run is deployed refit afterwards (AItraining.py --resume --deploy refit).
 A run already measured (its evaluation.json names its model file's SHA-256) is read back, not trained again.
 
@@ -39,7 +40,7 @@ WORK_DIR = "folds_runs"  # folder for the datasets, models and reports (made by 
 # -----------------------------------------------------------------------------
 HEAD = ["seed", "run", "test photos", "stated sensitivity [95% CI]", "test sensitivity", "inside",
         "stated specificity [95% CI]", "test specificity", "inside", "test ECE", "ECE of a calibrated P",
-        "test ROC-AUC"]  # fmt: skip
+        "test ROC-AUC", "unfamiliar test photos"]  # fmt: skip
 
 
 def prepare(args, seed):
@@ -113,7 +114,8 @@ def row_of(seed, run, report):
         inside = low <= m[key] <= high
         cells += [f"{op[key]:.2f} [{low:.2f}-{high:.2f}]", f"{m[key]:.2f}", "yes" if inside else "NO"]
     cells += [f"{cal['ece_after']:.3f}", f"{calibrated_ece(cal['bins_after']):.3f}", f"{m['roc_auc']:.3f}"]
-    return cells
+    found = report.get("familiarity") or {}
+    return cells + [f"{found['n_unfamiliar']} ({found['share_unfamiliar']:.1%})" if found else "no measure"]
 
 
 def summary(rows, runs):
