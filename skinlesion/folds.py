@@ -96,18 +96,22 @@ def out_of_fold(done, stages, key, n):
     return found
 
 
-def held_out_familiarity(net, seen_as, photos, stage, rank=None, **load):
-    """(the familiarity measure fitted on the features of the photos net trained on, the distances of the photos it
-    held out): familiarity.fit and distances on features_of_photos (seen_as: the crop and normalisation of the
-    model file; photos: (paths, labels, blobs); load: device, batch_size, num_workers)."""
+def held_out_familiarity(net, seen_as, photos, stage, ranks=(None,), **load):
+    """[(the familiarity measure fitted on the features of the photos net trained on, the distances of the photos
+    it held out)], one per rank asked for (None: familiarity.RANK): familiarity.fit and distances on
+    features_of_photos, computed once (seen_as: the crop and normalisation of the model file; photos: (paths,
+    labels, blobs); load: device, batch_size, num_workers)."""
     from skinlesion import familiarity
 
     paths, labels, blobs = photos
     train = stage.train[familiarity.sampled(len(stage.train))]
     features = familiarity.features_of_photos(net, [paths[i] for i in train], seen_as, blobs=blobs, **load)
-    arrays = familiarity.fit(features, labels[train], int(labels.max()) + 1, rank)
     held = familiarity.features_of_photos(net, [paths[i] for i in stage.held], seen_as, blobs=blobs, **load)
-    return arrays, familiarity.distances(held, *arrays)
+    found = []
+    for rank in ranks:
+        arrays = familiarity.fit(features, labels[train], int(labels.max()) + 1, rank)
+        found.append((arrays, familiarity.distances(held, *arrays)))
+    return found
 
 
 def member_positions(widths, k, members):
@@ -165,10 +169,11 @@ def fold_familiarity(net, seen_as, photos, stage, k, ensemble, **load):
 
     from skinlesion import familiarity
 
-    kept = dict(distances=torch.as_tensor(held_out_familiarity(net, seen_as, photos, stage, **load)[1]))
+    ranks = (None, max(1, familiarity.RANK // k)) if ensemble else (None,)
+    found = held_out_familiarity(net, seen_as, photos, stage, ranks, **load)
+    kept = dict(distances=torch.as_tensor(found[0][1]))
     if ensemble:
-        arrays, distances = held_out_familiarity(net, seen_as, photos, stage, max(1, familiarity.RANK // k), **load)
-        kept.update(member=familiarity.state(*arrays), member_distances=torch.as_tensor(distances))
+        kept.update(member=familiarity.state(*found[1][0]), member_distances=torch.as_tensor(found[1][1]))
     return kept
 
 
