@@ -35,4 +35,21 @@ def test_a_row_says_whether_the_test_figures_lie_inside_the_stated_intervals():
     row = measure_folds.row_of(3, "refit", report)
     assert row[:9] == [3, "refit", 60, "0.90 [0.80-1.00]", "0.80", "yes", "0.50 [0.30-0.70]", "0.72", "NO"]
     assert row[9] == "0.200" and row[11] == "0.880" and row[12] == "2 (3.3%)"
-    assert measure_folds.summary([row, row], ["refit"]) == [["refit", "0 of 2", "0.200", row[10], "0.880"]]
+    chance = measure_folds.inside_chance(0.9, (0.8, 1.0), 30) * measure_folds.inside_chance(0.5, (0.3, 0.7), 30)
+    assert row[13] == f"{chance:.2f}"
+    expected = f"0 of 2 (expected {2 * float(row[13]):.1f})"
+    assert measure_folds.summary([row, row], ["refit"]) == [["refit", expected, "0.200", row[10], "0.880"]]
+
+
+def test_the_chance_of_landing_inside_an_interval_is_the_binomial_one():
+    """Counted here by hand: 10 photos at a true share of 0.5 land in [0.4, 0.6] with k = 4, 5 or 6."""
+    from math import comb
+
+    expected = sum(comb(10, k) for k in (4, 5, 6)) / 2**10
+    assert measure_folds.inside_chance(0.5, (0.4, 0.6), 10) == pytest.approx(expected)
+    assert (
+        measure_folds.inside_chance(0.91, (0.86, 0.95), 30)
+        < 0.7
+        < 0.95
+        < measure_folds.inside_chance(0.9, (0.77, 1.0), 30)
+    )

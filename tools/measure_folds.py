@@ -6,7 +6,8 @@ folds deployed refit and the same folds averaged (deployed ensemble), score the 
 row: the test sensitivity and specificity at the stored threshold against the 95% intervals the card states (from
 validation, or out of fold), test ECE and ROC-AUC, and what ECE a perfectly calibrated P would score on as many
 test photos with the same spread of P (ECE's own bias at that n: y drawn from P itself, 2000 times), and the test
-photos beyond the familiarity limit (out of fold with folds: does it hold its 1% there?). The folds are
+photos beyond the familiarity limit (out of fold with folds: does it hold its 1% there?), and the chance that both
+test figures land inside the intervals were the stated values exactly true (the test's own noise). The folds are
 trained once per seed: the ensemble's run is deployed refit afterwards (AItraining.py --resume --deploy refit).
 A run already measured (its evaluation.json names its model file's SHA-256) is read back, not trained again.
 
@@ -40,7 +41,7 @@ WORK_DIR = "folds_runs"  # folder for the datasets, models and reports (made by 
 # -----------------------------------------------------------------------------
 HEAD = ["seed", "run", "test photos", "stated sensitivity [95% CI]", "test sensitivity", "inside",
         "stated specificity [95% CI]", "test specificity", "inside", "test ECE", "ECE of a calibrated P",
-        "test ROC-AUC", "unfamiliar test photos"]  # fmt: skip
+        "test ROC-AUC", "unfamiliar test photos", "chance both inside were the stated values true"]  # fmt: skip
 
 
 def prepare(args, seed):
@@ -105,28 +106,43 @@ def calibrated_ece(bins, draws=2000, seed=0):
     return float(np.mean([numbers.ece(row, p) for row in y]))
 
 
+def inside_chance(value, interval, n):
+    """The chance that a share measured on n photos lies inside interval where its true value is value: the
+    binomial probability of the counts k with k / n inside. What "inside the stated interval" can reach even where
+    the stated value is exactly right: a narrow interval (many photos behind it) is often missed by the test's own
+    noise on a few dozen photos."""
+    from scipy.stats import binom
+
+    counts = np.arange(n + 1)
+    inside = (counts / n >= interval[0] - 1e-9) & (counts / n <= interval[1] + 1e-9)
+    return float(binom.pmf(counts[inside], n, value).sum())
+
+
 def row_of(seed, run, report):
     """One table row: the stated intervals, the test figures at the stored threshold and whether they lie inside."""
-    op, cal, m = report["operating_point"], report["calibration"], report["metrics"]
-    cells = [seed, run, sum(report["n_images"].values())]
-    for key in ("sensitivity", "specificity"):
+    op, cal, m, n = report["operating_point"], report["calibration"], report["metrics"], report["n_images"]
+    cells, chance = [seed, run, sum(n.values())], 1.0
+    for key, side in (("sensitivity", "malignant"), ("specificity", "benign")):
         low, high = op[f"{key}_ci95"]
         inside = low <= m[key] <= high
         cells += [f"{op[key]:.2f} [{low:.2f}-{high:.2f}]", f"{m[key]:.2f}", "yes" if inside else "NO"]
+        chance *= inside_chance(op[key], (low, high), n[side])
     cells += [f"{cal['ece_after']:.3f}", f"{calibrated_ece(cal['bins_after']):.3f}", f"{m['roc_auc']:.3f}"]
     found = report.get("familiarity") or {}
-    return cells + [f"{found['n_unfamiliar']} ({found['share_unfamiliar']:.1%})" if found else "no measure"]
+    cells += [f"{found['n_unfamiliar']} ({found['share_unfamiliar']:.1%})" if found else "no measure"]
+    return cells + [f"{chance:.2f}"]
 
 
 def summary(rows, runs):
-    """Per run: in how many seeds both test figures lay inside the stated intervals, the mean test ECE, the mean
-    ECE of a calibrated P, the mean ROC-AUC."""
+    """Per run: in how many seeds both test figures lay inside the stated intervals (and how many to expect were
+    the stated values exactly true), the mean test ECE, the mean ECE of a calibrated P, the mean ROC-AUC."""
     found = []
     for run in runs:
         mine = [row for row in rows if row[1] == run]
         both = sum(row[5] == "yes" and row[8] == "yes" for row in mine)
-        ece, calibrated, auc = (np.mean([float(row[i]) for row in mine]) for i in (9, 10, 11))
-        found.append([run, f"{both} of {len(mine)}", f"{ece:.3f}", f"{calibrated:.3f}", f"{auc:.3f}"])
+        ece, calibrated, auc, expected = (np.mean([float(row[i]) for row in mine]) for i in (9, 10, 11, 13))
+        said = f"{both} of {len(mine)} (expected {expected * len(mine):.1f})"
+        found.append([run, said, f"{ece:.3f}", f"{calibrated:.3f}", f"{auc:.3f}"])
     return found
 
 
