@@ -39,7 +39,8 @@ STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]), ("the prepare
           ("the training data path", ["training", "devices"]),
           ("the model's parts", ["backbone", "checkpoints", "shapes", "familiarity", "explain", "quantise"]),
           ("numbers", ["numbers", "evaluation", "plots"]), ("the card", ["card", "model_index"]),
-          ("safe outputs", ["files", "folders", "ledger", "interrupts"]), ("the command line", ["cli"]),
+          ("safe outputs", ["files", "folders", "ledger", "cleaning", "interrupts"]), ("safe inputs", ["reading"]),
+          ("the command line", ["cli"]),
           ("the demo", ["demo"])]  # fmt: skip
 
 
