@@ -639,7 +639,8 @@ def test_a_second_run_in_the_folder_stops_and_leaves_the_first_alone(big_export,
         prepare_dataset.main,
         big_export,
         capsys,
-        f"another prepare_dataset.py run is writing in {os.getcwd()}; wait for it to finish",
+        f"prepare_dataset.py (pid {first.pid}, building dataset.tmp-{first.pid}) is writing in {os.getcwd()}; "
+        "wait for it to finish",
     )
     assert glob.glob("dataset.tmp-*") == live  # its folder not cleaned away as a leftover
     code, out, err = finish(first)
