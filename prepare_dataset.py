@@ -319,13 +319,13 @@ def main(argv=None):
             df[col] = ""
 
         # image files: regular files inside the export only; photos under two ids with different labels left out
-        found, no_file, extra = isic.image_files(df.isic_id, args.images_dir, lambda path: re.fullmatch(out, path))
+        found, no_file, copies = isic.image_files(df.isic_id, args.images_dir, lambda path: re.fullmatch(out, path))
         cands = df[df.isic_id.isin(found.keys())].reset_index(drop=True)
         cands = cands.assign(path=cands.isic_id.map(found), label_column=args.label_column)
         losses += no_file
         why = [f"{cause} {n}: {what}" for cause, n, what in no_file]
-        if extra:
-            why.append(f"{extra} more files for an id ignored")
+        if copies:
+            why.append(f"{copies} byte-identical copies of a photo used once")
         steps.append(("with an image file", len(cands), "; ".join(why)))
         copies = contradicting_copies(cands)
         losses.append(("the same photo under ids with different labels", len(copies), cli.first_few(sorted(copies))))
