@@ -9,6 +9,7 @@ wide), and the train, validation and test splits that keep lesions and patients 
 one patient, always land in the same split, so validation and test scores are not inflated by near-copies)."""
 
 import glob
+import hashlib
 import io
 import os
 import shutil
@@ -210,8 +211,8 @@ def copy_credits(metadata_paths, rows, out_dir):
             if why:
                 refused.append(f"{printable(path)} ({why})")
             elif path == attribution:
-                with open(attribution, encoding="utf-8", errors="replace") as f:
-                    texts += [t.strip() for t in f.read().split("\n\n") if t.strip() and t.strip() not in texts]
+                text = reading.read_bytes(attribution, MAX_TABLE_BYTES).decode("utf-8", "replace")
+                texts += [t.strip() for t in text.split("\n\n") if t.strip() and t.strip() not in texts]
             else:
                 licences.setdefault(os.path.basename(path), path)
     said = f"attribution.txt ({len(texts)} attributions) and licenses/ ({', '.join(licences) or 'none'}) copied"
@@ -224,10 +225,14 @@ def copy_credits(metadata_paths, rows, out_dir):
     write_text(os.path.join(out_dir, "attribution.txt"), "\n\n".join(texts) + "\n", None)  # a failure names the file
     os.makedirs(os.path.join(out_dir, "licenses"))
     for name, path in licences.items():
-        atomic_write(
-            os.path.join(out_dir, "licenses", name), lambda tmp, source=path: shutil.copyfile(source, tmp), None
-        )
+        atomic_write(os.path.join(out_dir, "licenses", name), lambda tmp, source=path: copy_regular(source, tmp), None)
     return said
+
+
+def copy_regular(source, target):
+    """Copy a regular file (reading.open_regular: a named pipe put in its place is never waited on)."""
+    with reading.open_regular(source) as f, open(target, "wb") as out:
+        shutil.copyfileobj(f, out)
 
 
 def age_band(value):
@@ -270,9 +275,11 @@ def process_image(job):
     if files.file_kind(src):  # turned into a named pipe since the index: opening it would block forever
         return dict(isic_id=isic_id, error="not a regular file")
     try:
-        sha256 = files.file_sha256(src)
-        width, height = photos.image_size(src)
-        img = photos.load_image(src, min_side=resize_to)  # upright RGB; raises on anything unreadable
+        with photos.photo_file(src) as f:  # read once: what is hashed and decoded is what is copied
+            data = f.read()
+        sha256 = hashlib.sha256(data).hexdigest()
+        width, height = photos.image_size(io.BytesIO(data))
+        img = photos.load_image(io.BytesIO(data), min_side=resize_to)  # upright RGB; raises on anything unreadable
     except photos.NotAPhoto:  # counted under one cause, whatever its size
         return dict(isic_id=isic_id, error=f"one side over {photos.MAX_ASPECT} times the other")
     except Exception as e:  # truncated, empty, not an image, decompression bomb...: counted, never fatal
@@ -281,7 +288,8 @@ def process_image(job):
     out = os.path.join(out_dir, name)
     try:
         if resize_to is None:
-            shutil.copyfile(src, out)
+            with open(out, "wb") as f:
+                f.write(data)
         else:
             scale = resize_to / min(img.size)
             if scale < 1:
