@@ -32,7 +32,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, shapes, shards
+from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, shapes, shard_format
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -362,7 +362,7 @@ def main(argv=None):
         manifest = write_splits(chosen, tmp)
         notes = [isic.copy_credits(paths, chosen, tmp) + f" into {args.dataset_dir}/"]
         if args.shards:
-            notes.append(shards.write_shards(tmp, manifest, args.shard_mb))
+            notes.append(shard_format.write_shards(tmp, manifest, args.shard_mb))
 
     decoded_ids = set(chosen.isic_id) | set(dups) | {item.split()[0] for item in unreadable}
     unused = cands[~cands.isic_id.isin(decoded_ids)].label.value_counts()
