@@ -59,5 +59,5 @@ docs: demo dev node_modules/.installed
 clean:
 	$(PY) -c "from skinlesion import cleaning; cleaning.remove_ours(['dataset', 'demo_data', \
 		'site', 'runs', 'gradcam', 'skin_model.pth', 'skin_model_last.pth', 'skin_model.md', 'skin_model.onnx', \
-		'training_curves.png', 'evaluation.json', 'confusion_matrix.png', 'roc_curve.png', 'calibration.png', \
-		'mistakes.png', 'types_confusion.png'])"
+		'skin_model.int8.onnx', 'training_curves.png', 'evaluation.json', 'confusion_matrix.png', 'roc_curve.png', \
+		'calibration.png', 'mistakes.png', 'types_confusion.png'])"

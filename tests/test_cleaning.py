@@ -148,3 +148,28 @@ def test_leftovers_of_killed_runs_go_when_their_mark_proves_them_and_are_named_o
         "removed dataset.old-13",
         "left dataset.old-14 alone: no record says a run of ours left it",
     ]
+
+
+def test_make_clean_lists_every_output_the_scripts_write_by_default():
+    """make clean left skin_model.int8.onnx (export_onnx.py's int8 twin): its list is checked against the
+    scripts' own defaults."""
+    import re
+
+    import AItraining
+    import evaluate
+    import export_onnx
+    import make_demo_data
+    import predict
+    import prepare_dataset
+    import serve_web
+    from skinlesion import quantise
+
+    with open(os.path.join(files.ROOT, "Makefile")) as f:
+        rule = f.read().split("\nclean:", 1)[1]
+    listed = set(re.findall(r"'([^']+)'", rule))
+    model_file = AItraining.OUTPUT
+    written = {prepare_dataset.DATASET_DIR, make_demo_data.OUT_DIR, serve_web.SITE_DIR, AItraining.LOG_DIR,
+               predict.EXPLAIN_DIR, model_file, AItraining.RESUME_FILE, os.path.splitext(model_file)[0] + ".md",
+               "training_curves.png", export_onnx.OUTPUT, quantise.quantised_path(export_onnx.OUTPUT),
+               "evaluation.json", *evaluate.PICTURES}  # fmt: skip
+    assert written - listed == set() and listed - written == set()
