@@ -175,13 +175,25 @@ def choose_classes(cands, args, steps):
             f"out ({rare.sum()} photos): {cli.counts_text(cands.label_value[cands.label_value.isin(rare.index)], 12)}"
             + ("" if args.other else "; --other merges them per side")
         )
-    cands = cands[~cands.label_value.isin(rare.index)]
+    kept = cands[~cands.label_value.isin(rare.index)]
     steps.append(
-        (f"of a type with >= {args.min_per_class} photos", len(cands), f"rare {rare.sum()}" if len(rare) else "")
+        (f"of a type with >= {args.min_per_class} photos", len(kept), f"rare {rare.sum()}" if len(rare) else "")
     )
+    check_sides_kept(cands, kept, args, steps)
+    cands = kept
     taken = set()
     names = {v: folder_name(v, taken) for v in sorted(cands.label_value.unique())}
     return cands.assign(label=cands.label_value.map(names))
+
+
+def check_sides_kept(cands, kept, args, steps):
+    """Stop when the rare values left out took a whole side: a column of ids (lesion_id) was '0 with an image file'."""
+    for side in [s for s in dataset.SIDES if cands.side.eq(s).any() and not kept.side.eq(s).any()]:
+        values = cands.label_value[cands.side == side]
+        ids = ": about one a value, ids rather than types" if values.nunique() * 2 > len(values) else ""
+        print_steps(steps, f"--label-column {args.label_column}: none of its {values.nunique()} {side} values "
+                    f"({len(values)} photos{ids}) has --min-per-class {args.min_per_class} usable photos; pass a "
+                    "column of lesion types such as diagnosis_3, or lower --min-per-class")  # fmt: skip
 
 
 def contradicting_copies(cands):

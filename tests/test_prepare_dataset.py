@@ -983,3 +983,23 @@ def test_two_different_photos_under_one_id_are_counted_named_and_left_out(capsys
         "different photos under one isic_id 2: ISIC_0000001 (ISIC_0000001.jpg, ISIC_0000001.png), "
         f"ISIC_0000002 (ISIC_0000002.jpg, {os.path.join('again', 'ISIC_0000002.jpg')})"
     ) in found
+
+
+def test_a_label_column_of_ids_says_what_is_wrong_with_the_column(capsys):
+    """--label-column lesion_id (an id per photo): every value was too rare, and the run said '0 with an image
+    file'. A column of types whose malignant ones are all too rare says so, without calling them ids."""
+    rows = export_rows(40)
+    for i, row in enumerate(rows):
+        row.update(lesion_id=f"IL_{i:07d}", diagnosis_3=["Nevus", f"Melanoma {i % 4}"][i % 2])
+    write_export("isic_images", rows)
+    ids = "none of its 20 benign values (20 photos: about one a value, ids rather than types) has --min-per-class 20"
+    main_fails(
+        prepare_dataset.main,
+        ["--label-column", "lesion_id", "--workers", 1],
+        capsys,
+        f"--label-column lesion_id: {ids} usable photos; pass a column of lesion types such as diagnosis_3",
+    )
+    types = "none of its 2 malignant values (20 photos) has --min-per-class 11 usable photos; pass a column"
+    main_fails(prepare_dataset.main, ["--label-column", "diagnosis_3", "--workers", 1, "--min-per-class", 11], capsys,
+               f"--label-column diagnosis_3: {types}")  # fmt: skip
+    assert not os.path.exists("dataset")
