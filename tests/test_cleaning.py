@@ -173,3 +173,24 @@ def test_make_clean_lists_every_output_the_scripts_write_by_default():
                "training_curves.png", export_onnx.OUTPUT, quantise.quantised_path(export_onnx.OUTPUT),
                "evaluation.json", *evaluate.PICTURES}  # fmt: skip
     assert written - listed == set() and listed - written == set()
+
+
+def test_make_clean_with_a_named_pipe_for_a_record_ends_names_it_and_does_the_rest(tmp_path):
+    """It hung for ever (the pipe opened to be read); now it ends under a timeout."""
+    marked_folder(tmp_path / "dataset", "manifest.csv")
+    os.makedirs(tmp_path / "runs")
+    os.mkfifo(tmp_path / "runs" / ledger.NAME)
+    files.write_text(str(tmp_path / "skin_model.md"), "a card", "model card")
+    done = subprocess.run(
+        ["make", "-s", "-f", os.path.join(files.ROOT, "Makefile"), "clean", f"PY={sys.executable}"],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=files.ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    record = os.path.join("runs", ledger.NAME)
+    assert f"left runs alone: {record} is a named pipe, not a record this project wrote\n" in done.stdout
+    assert "removed dataset\n" in done.stdout and "removed skin_model.md\n" in done.stdout
+    assert sorted(os.listdir(tmp_path)) == ["runs"]

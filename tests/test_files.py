@@ -8,7 +8,18 @@ import shutil
 
 import pytest
 
-from conftest import alarm, dead_run, fails, fingerprint, recorded, swallowed_ctrl_c
+from conftest import (
+    alarm,
+    assert_one_error,
+    dead_run,
+    fails,
+    fingerprint,
+    lesion_photo,
+    recorded,
+    run,
+    save_model,
+    swallowed_ctrl_c,
+)
 from skinlesion import files, interrupts, ledger
 
 
@@ -291,3 +302,15 @@ def test_the_records_own_temporary_left_by_a_kill_is_ours_and_replaced(tmp_path,
     fails(capsys, f"{temporary} is a symbolic link, not the temporary record this project writes there",
           files.write_text, str(tmp_path / "c.csv"), "c\n", "predictions")  # fmt: skip
     assert (tmp_path / "elsewhere.txt").read_text() == "a user's file" and os.path.islink(temporary)
+
+
+@pytest.mark.slow
+def test_predict_csv_in_a_folder_whose_record_is_a_named_pipe_is_one_line_not_a_hang(tmp_path):
+    """predict.py --csv hung for ever: the output's record was opened to be read."""
+    model_file = save_model(tmp_path / "m.pth", size=32)
+    photo = lesion_photo(tmp_path / "a.jpg")
+    os.makedirs(tmp_path / "out")
+    os.mkfifo(tmp_path / "out" / ledger.NAME)
+    r = run("predict.py", photo, "--model", model_file, "--csv", tmp_path / "out" / "p.csv", cwd=tmp_path, timeout=300)
+    assert_one_error(r.returncode, r.stderr, f"{tmp_path / 'out' / ledger.NAME} is a named pipe, not a record")
+    assert os.listdir(tmp_path / "out") == [ledger.NAME]
