@@ -246,7 +246,7 @@ def why_not_ours(path, kind=None):
         return "no record"
     written = [record, record.get("previous")]  # previous: what it replaced (a kill may come before the rename)
     sizes = [item.get("size") for item in written if isinstance(item, dict)]
-    with open(path, "rb") as f:
+    with reading.open_regular(path, follow_links=False) as f:
         if os.fstat(f.fileno()).st_size not in sizes:
             return "changed"
         digest = hashlib.file_digest(f, "sha256").hexdigest()
