@@ -9,6 +9,8 @@ from skinlesion import ledger
 from skinlesion.cli import printable
 from skinlesion.folders import leave_alone, leftovers, records_fault, remove_leftover, unchanged, unproven
 
+LINK = "a link (what it points to is not removed)"
+
 
 def remove_ours(paths):
     """Remove what this project provably made among paths (unproven, ledger.why_not_ours): a folder of
@@ -23,8 +25,9 @@ def remove_ours(paths):
         for full, state in leftovers(path, "tmp") + leftovers(path, "old"):
             left = os.path.join(os.path.dirname(path), os.path.basename(full))  # as the path was given
             if state in ("over", "empty"):
-                remove_leftover(left)
-                removed.append(said_removed(left))
+                remove_leftover(left)  # a failure is a warning naming it
+                if not os.path.lexists(left):
+                    removed.append(said_removed(left))
             elif state == "running":
                 leave_alone(left, "a run of ours is still writing it")
             else:
@@ -49,9 +52,6 @@ def remove_all(paths, named):
             except OSError as e:  # permissions, a disk that went away: the rest of the list is still done
                 leave_alone(path, f"could not remove it ({e.strerror or e})")
     return removed
-
-
-LINK = "a link (what it points to is not removed)"
 
 
 def remove_one(path, named):

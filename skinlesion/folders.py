@@ -147,7 +147,7 @@ def leftovers(path, suffix):
     a removal cut short after its mark went: nothing to lose), or None (not ours to touch)."""
     folder, name = os.path.split(os.path.abspath(path))
     found = []
-    for entry in sorted(os.listdir(folder)):
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         full = os.path.join(folder, entry)
         if not re.fullmatch(re.escape(name) + r"\." + suffix + r"-\d+", entry) or not os.path.isdir(full):
             continue
