@@ -143,8 +143,8 @@ def made_here(path):
 
 def leftovers(path, suffix):
     """Folders <path>.<suffix>-<n> beside path, each with whether it is a provable leftover of a run that is over
-    (its mark says that run put it at this very path), 'running' (its run goes on), 'empty' (no file left in it,
-    a removal cut short after its mark went: nothing to lose), or None (not ours to touch)."""
+    (its mark says that run put it at this very path), 'running' (its run goes on), 'empty' (nothing in it: a
+    removal cut short after its mark, which goes last, went; nothing to lose), or None (not ours to touch)."""
     folder, name = os.path.split(os.path.abspath(path))
     found = []
     for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
@@ -153,22 +153,12 @@ def leftovers(path, suffix):
             continue
         left = None if os.path.islink(full) or records_fault(full) else (ledger.read_raw(full) or {}).get("leftover")
         if os.path.islink(full) or not isinstance(left, dict) or left.get("path") != os.path.realpath(full):
-            found.append((full, "empty" if is_empty_tree(full) else None))
+            found.append((full, "empty" if not os.path.islink(full) and not os.listdir(full) else None))
         elif ledger.run_is_over(left.get("run")):
             found.append((full, "over"))
         else:
             found.append((full, "running"))
     return found
-
-
-def is_empty_tree(path):
-    """Whether the folder at path (not a link) holds folders at most, no file nor link anywhere."""
-    if os.path.islink(path):
-        return False
-    for folder, subfolders, names in os.walk(path):
-        if names or any(os.path.islink(os.path.join(folder, sub)) for sub in subfolders):
-            return False
-    return True
 
 
 def remove_leftover(path):

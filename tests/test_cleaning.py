@@ -131,7 +131,7 @@ def test_leftovers_of_killed_runs_go_when_their_mark_proves_them_and_are_named_o
     marked_folder(tmp_path / "dataset", "manifest.csv")
     marked_folder(tmp_path / "dataset.tmp-11", "half.csv", leftover_of=dead_run())
     marked_folder(tmp_path / "dataset.old-12", "old.csv", named=tmp_path / "dataset", leftover_of=dead_run())
-    os.makedirs("dataset.old-13/train/benign")  # emptied: nothing to lose
+    os.makedirs("dataset.old-13")  # emptied, its mark gone last: nothing to lose
     os.makedirs("dataset.old-14/train")
     (tmp_path / "dataset.old-14" / "train" / "ISIC_0000001.jpg").write_text("a half-removed one, no record")
     marked_folder(tmp_path / "dataset.tmp-15", "going.csv", leftover_of=ledger.this_run())
