@@ -157,10 +157,10 @@ def checked_samples(source):
             if seen == source["samples"]:
                 raise stray(source, member.name, "after its last photo")
             key, ext = member.name.partition(".")[::2]
-            expected = (source["keys"][seen], os.path.splitext(source["files"][seen])[1].lower().lstrip("."))
-            most = photos.MAX_PHOTO_BYTES if ext == expected[1] else MAX_ABOUT_BYTES
-            if key != expected[0] or ext not in (expected[1], "cls", "json") or ext in members:
-                raise stray(source, member.name, f"where {expected[0]}'s photo, .cls or .json belongs")
+            wanted_key, photo_ext = source["keys"][seen], os.path.splitext(source["files"][seen])[1].lower()[1:]
+            most = photos.MAX_PHOTO_BYTES if ext == photo_ext else MAX_ABOUT_BYTES
+            if key != wanted_key or ext not in (photo_ext, "cls", "json") or ext in members:
+                raise stray(source, member.name, f"where {wanted_key}'s photo, .cls or .json belongs")
             if not member.isreg() or member.size > most:
                 raise stray(source, member.name, "not a file of the size a member may have")
             members[ext] = tar.extractfile(member).read()
@@ -179,7 +179,11 @@ def checked_sample(source, i, members):
         about = json.loads(members["json"])
     except (ValueError, RecursionError):
         about = None
-    if members["cls"] != str(label).encode() or shapes.fault(ABOUT, "json", about) or about["file"] != file:
+    if (
+        members["cls"] != str(label).encode()
+        or shapes.fault(ABOUT, "json", about)
+        or (about["isic_id"], about["file"]) != (key, file)
+    ):
         raise stray(source, f"{key}.cls/.json", "not what the index says of the photo")
     return {"__key__": key, "__url__": source["url"], **members}
 
