@@ -109,7 +109,7 @@ def test_the_same_run_from_folders_and_from_shards(prepared, tmp_path, monkeypat
 
 
 def test_shards_on_a_web_server_train_as_on_disk(prepared, tmp_path):
-    """An object store stands in: the shards folder served over HTTP (WebDataset's gopen reads it with curl)."""
+    """An object store stands in: the shards folder served over HTTP (remote.py reads it with curl)."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=prepared)
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
