@@ -45,11 +45,13 @@ from skinlesion import (
     numbers,
     photos,
     plots,
+    remote,
     training,
 )
 
 # -----------------------------------------------------------------------------
 DATA_DIR = "dataset"  # by prepare_dataset.py: DATA_DIR/<train|val>/<class>/ and manifest.csv, or its shards/
+NETWORK_TIMEOUT = 600  # seconds one read of a remote shard or index may take, 1 to 86400 (connecting: 30 at most)
 OUTPUT = "skin_model.pth"  # best epoch by validation ROC-AUC (on a tie, the lower validation loss); its card: .md
 RESUME_FILE = "skin_model_last.pth"  # latest epoch with the optimiser state and the run's settings
 RESUME = False  # continue the run in RESUME_FILE with its settings (a higher --epochs extends it)
@@ -108,6 +110,7 @@ def parse_args(argv=None):
         files.check_output(path, flag, kind, [args.weights_file], args.overwrite)
         cli.check_writable(path, flag)
     cli.check_writable(args.log_dir, "--log-dir", folder=True)
+    remote.set_seconds(args.network_timeout)  # remote shards: every read has a deadline
     return args
 
 

@@ -38,12 +38,14 @@ from skinlesion import (
     numbers,
     photos,
     plots,
+    remote,
     shards,
 )
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
 DATA_DIR = "dataset/test"  # a split of a prepared dataset (dataset/shards/test: its shards), or a folder per class
+NETWORK_TIMEOUT = 600  # seconds one read of a remote shard or index may take, 1 to 86400 (connecting: 30 at most)
 BATCH_SIZE = 32  # photos per forward pass, 1 to 100000
 NUM_WORKERS = 2  # data-loading processes, 0 to 256 (0 loads in the main process)
 TTA = False  # average P(malignant) over flips and compare with plain
@@ -75,6 +77,7 @@ def parse_args(argv=None):
         files.check_output(os.path.join(args.output_dir, name), "--output-dir", kind, [args.model], args.overwrite)
     args.card = os.path.splitext(args.model)[0] + ".md"
     files.check_output(args.card, "--model (its card beside it)", "model card", [args.model], args.overwrite)
+    remote.set_seconds(args.network_timeout)  # remote shards: every read has a deadline
     return args
 
 

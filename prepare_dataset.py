@@ -32,7 +32,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, shapes, shards
+from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, shapes, shard_format
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -175,13 +175,25 @@ def choose_classes(cands, args, steps):
             f"out ({rare.sum()} photos): {cli.counts_text(cands.label_value[cands.label_value.isin(rare.index)], 12)}"
             + ("" if args.other else "; --other merges them per side")
         )
-    cands = cands[~cands.label_value.isin(rare.index)]
+    kept = cands[~cands.label_value.isin(rare.index)]
     steps.append(
-        (f"of a type with >= {args.min_per_class} photos", len(cands), f"rare {rare.sum()}" if len(rare) else "")
+        (f"of a type with >= {args.min_per_class} photos", len(kept), f"rare {rare.sum()}" if len(rare) else "")
     )
+    check_sides_kept(cands, kept, args, steps)
+    cands = kept
     taken = set()
     names = {v: folder_name(v, taken) for v in sorted(cands.label_value.unique())}
     return cands.assign(label=cands.label_value.map(names))
+
+
+def check_sides_kept(cands, kept, args, steps):
+    """Stop when the rare values left out took a whole side: a column of ids (lesion_id) was '0 with an image file'."""
+    for side in [s for s in dataset.SIDES if cands.side.eq(s).any() and not kept.side.eq(s).any()]:
+        values = cands.label_value[cands.side == side]
+        ids = ": about one a value, ids rather than types" if values.nunique() * 2 > len(values) else ""
+        print_steps(steps, f"--label-column {args.label_column}: none of its {values.nunique()} {side} values "
+                    f"({len(values)} photos{ids}) has --min-per-class {args.min_per_class} usable photos; pass a "
+                    "column of lesion types such as diagnosis_3, or lower --min-per-class")  # fmt: skip
 
 
 def contradicting_copies(cands):
@@ -319,13 +331,13 @@ def main(argv=None):
             df[col] = ""
 
         # image files: regular files inside the export only; photos under two ids with different labels left out
-        found, no_file, extra = isic.image_files(df.isic_id, args.images_dir, lambda path: re.fullmatch(out, path))
+        found, no_file, copies = isic.image_files(df.isic_id, args.images_dir, lambda path: re.fullmatch(out, path))
         cands = df[df.isic_id.isin(found.keys())].reset_index(drop=True)
         cands = cands.assign(path=cands.isic_id.map(found), label_column=args.label_column)
         losses += no_file
         why = [f"{cause} {n}: {what}" for cause, n, what in no_file]
-        if extra:
-            why.append(f"{extra} more files for an id ignored")
+        if copies:
+            why.append(f"{copies} byte-identical copies of a photo used once")
         steps.append(("with an image file", len(cands), "; ".join(why)))
         copies = contradicting_copies(cands)
         losses.append(("the same photo under ids with different labels", len(copies), cli.first_few(sorted(copies))))
@@ -362,7 +374,7 @@ def main(argv=None):
         manifest = write_splits(chosen, tmp)
         notes = [isic.copy_credits(paths, chosen, tmp) + f" into {args.dataset_dir}/"]
         if args.shards:
-            notes.append(shards.write_shards(tmp, manifest, args.shard_mb))
+            notes.append(shard_format.write_shards(tmp, manifest, args.shard_mb))
 
     decoded_ids = set(chosen.isic_id) | set(dups) | {item.split()[0] for item in unreadable}
     unused = cands[~cands.isic_id.isin(decoded_ids)].label.value_counts()

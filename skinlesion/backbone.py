@@ -5,13 +5,16 @@ show), and its ImageNet weights: from a local file (offline, checked to fit the 
 the Hugging Face hub or its cache. Whether the hub answers is found out in a moment, instead of after the hub
 client's own retries (about 46 s offline), and a failure is one warning: the model then starts from random weights."""
 
+import io
 import os
 import socket
 import sys
 import threading
 from urllib.parse import urlparse
 
-from skinlesion.cli import die, warn
+from skinlesion import reading
+from skinlesion.cli import die, printable, warn
+from skinlesion.files import file_kind
 
 
 def pooled_linear_head(net):
@@ -45,6 +48,7 @@ def cam_side(size, stride=32):
 
 
 HUB = "https://huggingface.co"  # where the weights come from (HF_ENDPOINT overrides it)
+MAX_WEIGHTS_BYTES = 2_000_000_000  # the largest weights file read (EfficientNet-B0's: 21 MB)
 
 
 def hub_reachable(seconds=1.5):
@@ -95,12 +99,13 @@ def read_weights(path):
     code is refused), unwrapped from a {'state_dict': ...} or {'model': ...} checkpoint."""
     import torch
 
+    data = reading.read_bytes(path, MAX_WEIGHTS_BYTES)  # a regular file only, bounded
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        tensors = load_file(path)
+        tensors = load(data)
     else:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
+        tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(tensors, dict) and isinstance(tensors.get(key), dict):
             tensors = tensors[key]
@@ -148,11 +153,14 @@ def imagenet_model(create, name, weights_file=None, pretrained=True):
     weights of name (e.g. the model.safetensors of timm/efficientnet_b0.ra_in1k) loaded offline, must fit every
     tensor but the classifier; else timm's own download. Where they came from: {source: hub id} or {file, sha256}."""
     if weights_file:
-        if not os.path.isfile(weights_file):
+        kind = file_kind(weights_file)
+        if kind == "missing":
             die(
-                f"weights file {weights_file} not found; download it with 'hf download {hub_source(name)}' "
+                f"weights file {printable(weights_file)} not found; download it with 'hf download {hub_source(name)}' "
                 "or set WEIGHTS_FILE = None"
             )
+        if kind:
+            die(f"weights file {printable(weights_file)} is {kind}, not a file of weights; pass the file itself")
         net = create(False)
         return net, load_weights_file(net, name, weights_file)
     if pretrained:

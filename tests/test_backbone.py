@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import model
-from conftest import ROOT, fails
+from conftest import ROOT, alarm, fails
 
 # ---------------------------------------------------------------------------- weights
 WITHOUT_THE_HUB = """
@@ -116,3 +116,16 @@ def test_an_unknown_or_unsuitable_architecture_is_one_line(capsys):
         False,
         model_name="convnext_atto",
     )
+
+
+@pytest.mark.parametrize("kind", ["a named pipe", "a folder"])
+def test_a_weights_file_that_is_not_a_regular_file_says_what_it_is_not_that_it_is_missing(tmp_path, capsys, kind):
+    """'not found' was printed for a weights file that exists as a named pipe or a folder; a pipe is never read."""
+    path = tmp_path / "weights.safetensors"
+    if kind == "a named pipe":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    expected = f"weights file {path} is {kind}, not a file of weights; pass the file itself"
+    with alarm(60, "blocked on a named pipe"):
+        fails(capsys, expected, model.build_model, weights_file=str(path))

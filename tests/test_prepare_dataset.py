@@ -639,7 +639,8 @@ def test_a_second_run_in_the_folder_stops_and_leaves_the_first_alone(big_export,
         prepare_dataset.main,
         big_export,
         capsys,
-        f"another prepare_dataset.py run is writing in {os.getcwd()}; wait for it to finish",
+        f"prepare_dataset.py (pid {first.pid}, building dataset.tmp-{first.pid}) is writing in {os.getcwd()}; "
+        "wait for it to finish",
     )
     assert glob.glob("dataset.tmp-*") == live  # its folder not cleaned away as a leftover
     code, out, err = finish(first)
@@ -959,3 +960,46 @@ def test_the_legacy_diagnosis_column_takes_its_side_from_benign_malignant():
     write_export("isic_images", rows)
     m = prepare("--label-column", "diagnosis", "--val-fraction", 0, "--test-fraction", 0)
     assert m.groupby("label").side.first().to_dict() == {"melanoma": "malignant", "nevus": "benign"}
+
+
+def test_two_different_photos_under_one_id_are_counted_named_and_left_out(capsys):
+    """An id with a .jpg and a .png, or a photo again in a sub-folder: one was used silently. Byte-identical
+    copies are one photo (used once, counted); different ones cannot tell which shows the row's lesion: the id
+    is left out, counted and named."""
+    rows = export_rows(12)
+    write_export("isic_images", rows)
+    noise_image("isic_images/ISIC_0000001.png", 101)  # another photo, another format
+    os.makedirs("isic_images/again")
+    noise_image("isic_images/again/ISIC_0000002.jpg", 102)  # another photo in a sub-folder
+    with open("isic_images/ISIC_0000003.jpg", "rb") as f:  # the same photo in a sub-folder: one photo
+        pathlib.Path("isic_images/again/ISIC_0000003.jpg").write_bytes(f.read())
+    m = prepare("--val-fraction", 0, "--test-fraction", 0)
+    steps = summary(capsys.readouterr().out)
+    assert sorted(m.isic_id) == [f"ISIC_{i:07d}" for i in range(12) if i not in (1, 2)]
+    assert m.set_index("isic_id").source_file["ISIC_0000003"] == os.path.join("isic_images", "ISIC_0000003.jpg")
+    found = steps["with an image file"]
+    assert found.split()[0] == "10" and "1 byte-identical copies of a photo used once" in found
+    assert (
+        "different photos under one isic_id 2: ISIC_0000001 (ISIC_0000001.jpg, ISIC_0000001.png), "
+        f"ISIC_0000002 (ISIC_0000002.jpg, {os.path.join('again', 'ISIC_0000002.jpg')})"
+    ) in found
+
+
+def test_a_label_column_of_ids_says_what_is_wrong_with_the_column(capsys):
+    """--label-column lesion_id (an id per photo): every value was too rare, and the run said '0 with an image
+    file'. A column of types whose malignant ones are all too rare says so, without calling them ids."""
+    rows = export_rows(40)
+    for i, row in enumerate(rows):
+        row.update(lesion_id=f"IL_{i:07d}", diagnosis_3=["Nevus", f"Melanoma {i % 4}"][i % 2])
+    write_export("isic_images", rows)
+    ids = "none of its 20 benign values (20 photos: about one a value, ids rather than types) has --min-per-class 20"
+    main_fails(
+        prepare_dataset.main,
+        ["--label-column", "lesion_id", "--workers", 1],
+        capsys,
+        f"--label-column lesion_id: {ids} usable photos; pass a column of lesion types such as diagnosis_3",
+    )
+    types = "none of its 2 malignant values (20 photos) has --min-per-class 11 usable photos; pass a column"
+    main_fails(prepare_dataset.main, ["--label-column", "diagnosis_3", "--workers", 1, "--min-per-class", 11], capsys,
+               f"--label-column diagnosis_3: {types}")  # fmt: skip
+    assert not os.path.exists("dataset")
