@@ -35,6 +35,7 @@ import csv
 import io
 import os
 import sys
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -68,6 +69,7 @@ OVERWRITE = False  # replace output files that this project did not write (never
 HEADER = ["file", "prediction", "p_malignant", "threshold", "borderline"]
 FAMILIARITY_HEADER = ["familiarity_distance", "familiarity_limit"]  # for a model with a familiarity measure
 UNFAMILIAR_EXIT = 3  # exit status for a single photo unlike the training photos (no answer)
+UNRELIABLE = "Unreliable: "  # what marks each line of an answer shown anyway for an unfamiliar photo
 STRAYED = (  # the caution for an int8 model (export_onnx.py's twin) that its comparison did not clear
     "this int8 model's answers strayed from the full model's on its validation photos; use the full ONNX file"
 )
@@ -145,10 +147,26 @@ def torch_predictor(net, meta, tta, explain_it):
 
 
 def decision_texts(p, threshold):
-    """P and the threshold with enough digits (3 to 6) to see which side P lies on, and 'borderline' or ''."""
+    """P and the threshold with enough digits (3 to 6) to see which side P lies on, and 'borderline' or ''. A P
+    that differs from the threshold by less than 6 digits show is said to lie 'just below' (or 'just above') it:
+    never two equal numbers beside a benign label."""
     digits = next((d for d in range(3, 7) if f"{p:.{d}f}" != f"{threshold:.{d}f}"), 6)
+    p_text, t_text = f"{p:.{digits}f}", f"{threshold:.{digits}f}"
+    if p_text == t_text and p != threshold:
+        p_text = f"just {'below' if p < threshold else 'above'} {t_text}"
     near = "borderline" if abs(p - threshold) < model.BORDERLINE else ""
-    return f"{p:.{digits}f}", f"{threshold:.{digits}f}", near
+    return p_text, t_text, near
+
+
+def answer_shown(unfamiliar, asked):
+    """Whether a photo's answer is shown (its P, P at a prevalence, PPV and NPV, the type, the Grad-CAM): not for a
+    photo unlike the training photos, unless the user asks for it anyway (--show-unfamiliar, the page's button)."""
+    return asked or not unfamiliar
+
+
+def marked(text, unfamiliar):
+    """A line of a photo's answer, marked unreliable where the photo is unfamiliar (shown only because asked)."""
+    return f"{UNRELIABLE}{text}" if unfamiliar else text
 
 
 def likely_types(probabilities, meta):
@@ -197,34 +215,162 @@ def model_cautions(meta):
     return cautions
 
 
-def prevalence_texts(meta, prevalence, threshold_given):
-    """(what P assumes, what P means at --prevalence: PPV and NPV of the calls there, or None)."""
+def prevalence_texts(meta, prevalence, threshold_given, tested=None):
+    """(what P assumes (with the hint to pass --prevalence where none was), what P means at --prevalence: PPV and
+    NPV of the calls there, or None). PPV and NPV come from the test sensitivity and specificity at the threshold
+    where the model has them (tested), the validation ones beside them, each labelled."""
     prior = meta.get("prior_malignant")
     if prior is None:  # an earlier model file: nothing to say
         return None, None
-    assumes = (
-        f"P(malignant) assumes about {prior:.0%} of photos are malignant, as in the training photos; where they "
-        "are rarer or more common, pass --prevalence (e.g. --prevalence 0.05)"
-    )
-    op = meta.get("operating_point")
-    if prevalence is None or not op or threshold_given:
+    assumes = f"P(malignant) assumes about {prior:.0%} of photos are malignant, as in the training photos"
+    if prevalence is None:
+        assumes += "; where they are rarer or more common, pass --prevalence (e.g. --prevalence 0.05)"
+    figures = [(split, found) for split, found in (("test", tested), ("validation", meta.get("operating_point")))]
+    figures = [(split, found) for split, found in figures if found]
+    if prevalence is None or not figures or threshold_given:
         return assumes, None
-    ppv, npv = numbers.predictive_values(op["sensitivity"], op["specificity"], prevalence)
-    return assumes, (
-        f"at a prevalence of {prevalence:.1%}, from the validation sensitivity and specificity at this threshold, a "
-        f"'malignant' call is right {ppv:.0%} of the time (PPV) and a 'benign' call {npv:.0%} of the time (NPV)"
-    )
+    said = []
+    for split, found in figures:
+        ppv, npv = numbers.predictive_values(found["sensitivity"], found["specificity"], prevalence)
+        said.append(
+            f"from the {split} sensitivity and specificity at this threshold, a 'malignant' call is right "
+            f"{ppv:.0%} of the time (PPV) and a 'benign' call {npv:.0%} of the time (NPV)"
+        )
+    return assumes, f"at a prevalence of {numbers.percent_text(prevalence)}, " + "; ".join(said)
 
 
-def test_figures(path, meta):
-    """The test results evaluate.py put in the model card beside the model file (for this very model: its
-    SHA-256, or an ONNX file's source_sha256), in words, or None."""
+def tested_results(path, meta):
+    """(the 'Tested' and 'External validation' lines' texts, the test sensitivity and specificity at the stored
+    threshold or None): from the model card beside the model file where it holds this very model's results (its
+    SHA-256, or an ONNX file's source_sha256), else from an ONNX file's card summary (export_onnx.py's)."""
     sha256 = meta.get("source_sha256") or files.file_sha256(path)
-    test = card.earlier_evaluations(os.path.splitext(path)[0] + ".md", sha256)[0]
-    if not test:
-        return None
-    figures = {k: (test["metrics"][k], test["ci95"].get(k)) for k in ("sensitivity", "specificity", "roc_auc")}
-    return card.tested_text(figures)
+    test, externals = card.earlier_evaluations(os.path.splitext(path)[0] + ".md", sha256)
+    if test or externals:
+        point = None
+        lines = [f"Tested: {card.tested_text(card.evaluation_figures(test))}."] if test else []
+        if test:
+            point = {key: test["metrics"][key] for key in ("sensitivity", "specificity")}
+        return lines + [f"External validation: {text}." for text in card.external_texts(externals)], point
+    summary = meta.get("card_summary") or {}
+    lines = [f"Tested: {summary['tested']}."] if summary.get("tested") else []
+    lines += [f"External validation: {text}." for text in summary.get("externals") or []]
+    return lines, summary.get("test_point")
+
+
+class Answer(NamedTuple):
+    """What the model said of one photo."""
+
+    p: float  # calibrated P(malignant)
+    probabilities: np.ndarray  # the calibrated class probabilities
+    cam: object  # the signed evidence map, or None
+    distance: object  # the familiarity distance, or None (a model without the measure)
+    answer: str  # benign or malignant, at the threshold
+    unfamiliar: bool  # unlike the training photos: no answer unless asked for (--show-unfamiliar)
+
+
+def answer_lines(found, meta, threshold, args):
+    """A single photo's answer: P against the threshold, P at --prevalence, the types; each line marked
+    unreliable for an unfamiliar photo (shown only with --show-unfamiliar)."""
+    p_text, t_text, near = decision_texts(found.p, threshold)
+    flips = ", mean over 4 flips" if args.tta else ""
+    close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
+    lines = [f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}"]
+    if args.prevalence is not None:
+        at = float(numbers.reweighted(found.p, meta["prior_malignant"], args.prevalence))
+        share = numbers.percent_text(args.prevalence)
+        lines.append(f"At a prevalence of {share}: P(malignant) = {at:.3f} (the call above uses P)")
+    if len(meta["classes"]) > 2:
+        ranked = likely_types(found.probabilities, meta)
+        then = ", ".join(f"{name} (P = {q:.3f})" for name, q in ranked[1:3])
+        lines.append(f"Type: {ranked[0][0]} (P = {ranked[0][1]:.3f}); next: {then}")
+        lines.append(f"Malignant types (they add up to P(malignant)): {malignant_sum_text(found.probabilities, meta)}")
+    return [marked(line, found.unfamiliar) for line in lines]
+
+
+def single_lines(found, meta, threshold, args):
+    """What predict.py prints for one photo: the prediction, why an unfamiliar photo gets none, and the answer
+    where it is shown."""
+    shown = answer_shown(found.unfamiliar, args.show_unfamiliar)
+    lines = [f"Prediction: {'unfamiliar' if found.unfamiliar else found.answer}"]
+    if found.unfamiliar:
+        lines.append(familiarity.unfamiliar_text(found.distance, meta, shown))
+    if found.unfamiliar and shown:
+        lines.append(f"Unreliable answer: {found.answer}")
+    return lines + (answer_lines(found, meta, threshold, args) if shown else [])
+
+
+def folder_line(path, found, meta, threshold, args):
+    """One photo's line among many."""
+    p_text, _, near = decision_texts(found.p, threshold)
+    if found.unfamiliar:
+        limit = meta["familiarity"]["limit"]
+        unreliable = "; no answer"
+        if answer_shown(found.unfamiliar, args.show_unfamiliar):
+            unreliable = f"; unreliable answer: {found.answer} (P(malignant) = {p_text})"
+        far = f"familiarity distance {found.distance:.2f} > limit {limit:.2f}: unlike the training photos"
+        return f"{cli.printable(path)}: Prediction: unfamiliar ({far}){unreliable}"
+    kind = ""
+    if len(meta["classes"]) > 2:
+        name, q = likely_types(found.probabilities, meta)[0]
+        kind = f"; type {name} (P = {q:.3f})"
+    if args.prevalence is not None:
+        at = float(numbers.reweighted(found.p, meta["prior_malignant"], args.prevalence))
+        kind += f"; at prevalence {numbers.percent_text(args.prevalence)}: P = {at:.3f}"
+    close = ", borderline" if near else ""
+    return f"{cli.printable(path)}: Prediction: {found.answer} (P(malignant) = {p_text}{close}){kind}"
+
+
+def csv_row(path, found, meta, threshold):
+    """The photo's CSV row (HEADER, the types' columns, the familiarity columns); an unfamiliar photo's says
+    unfamiliar, with its P and types left empty unless --show-unfamiliar shows them."""
+    label = "unfamiliar" if found.unfamiliar else found.answer
+    near = abs(found.p - threshold) < model.BORDERLINE
+    row = [cli.printable(path), label, f"{found.p:.6f}", f"{threshold:g}", str(bool(near)).lower()]
+    if len(meta["classes"]) > 2:
+        ranked = likely_types(found.probabilities, meta)
+        row += [ranked[0][0], f"{ranked[0][1]:.6f}", *(f"{q:.6f}" for q in found.probabilities)]
+    return row
+
+
+def explain_photo(path, img, found, pictures, cautions, meta, threshold, args):
+    """Save the photo's Grad-CAM picture; none for an unfamiliar photo whose answer is withheld, and the picture
+    of one shown anyway is titled and noted unreliable. Returns the line that says where it is (or why none)."""
+    if not answer_shown(found.unfamiliar, args.show_unfamiliar):
+        return (
+            f"no Grad-CAM for {cli.printable(path)}: {familiarity.unfamiliar_sentence(meta)} (--show-unfamiliar "
+            "saves it, unreliable)"
+        )
+    p_text, _, near = decision_texts(found.p, threshold)
+    notes = cautions + ([f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else [])
+    notes += [familiarity.unfamiliar_sentence(meta) + ": unreliable"] if found.unfamiliar else []
+    label = f"unfamiliar, answer {found.answer}" if found.unfamiliar else found.answer
+    title = marked(f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}", found.unfamiliar)
+    folders.made_folder(args.explain_dir, "predict.py", "Grad-CAM folder")
+    crop = photos.eval_crop(img, model.meta_data_config(meta))
+    blank = explain.save_gradcam(crop, found.cam, pictures[path], title, notes)
+    none_for = "".join(
+        f"; no region of the photo stands out as evidence for {b} (P(malignant) = {p_text} is the model's "
+        "answer for the photo as a whole)"
+        for b in blank
+    )
+    return f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}"
+
+
+def closing_lines(meta, args, single_unfamiliar):
+    """The lines after the predictions: what the operating point means, the test and external figures, what P
+    assumes, PPV and NPV at --prevalence. None after a single unfamiliar photo whose answer is withheld (no P was
+    shown); its PPV and NPV marked unreliable where it was shown anyway."""
+    if single_unfamiliar and not args.show_unfamiliar:
+        return []
+    lines = []
+    if meta.get("operating_point") and args.threshold is None:
+        lines.append(f"Operating point: {numbers.operating_point_text(meta['operating_point'])}.")
+    tested, point = ([], None) if args.tta or args.threshold is not None else tested_results(args.model, meta)
+    assumes, at_prevalence = prevalence_texts(meta, args.prevalence, args.threshold is not None, point)
+    lines += tested + ([f"Note: {assumes}."] if assumes else [])
+    if at_prevalence:
+        lines.append(marked(f"Prevalence: {at_prevalence}.", single_unfamiliar))
+    return lines
 
 
 def main(argv=None):
@@ -245,7 +391,7 @@ def main(argv=None):
 
     sha256 = files.file_sha256(args.model)
     predict_one, meta = load(args)
-    cfg, types = model.meta_data_config(meta), len(meta["classes"]) > 2
+    types = len(meta["classes"]) > 2
     threshold = float(meta["threshold"]) if args.threshold is None else args.threshold
     cautions = model_cautions(meta)
     if args.tta and args.threshold is None:
@@ -262,8 +408,7 @@ def main(argv=None):
             file=sys.stderr,
         )
     flips = ", mean over 4 flips" if args.tta else ""
-    prior = meta.get("prior_malignant")
-    if args.prevalence is not None and prior is None:
+    if args.prevalence is not None and meta.get("prior_malignant") is None:
         cli.die(f"--prevalence: {args.model} does not record the share of malignant training photos; retrain it")
 
     # predictions
@@ -283,17 +428,11 @@ def main(argv=None):
                 )
             skipped.append((path, f"the model gave no valid probability (P = {p})"))
             continue
-        answer = model.CLASSES[int(p >= threshold)]
         strange = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
-        shown = args.show_unfamiliar or not strange
-        label = "unfamiliar" if strange else answer
-        p_text, t_text, near = decision_texts(p, threshold)
-        borderline += bool(near) and not strange
-        ranked = likely_types(probabilities, meta) if types else []
-        rows.append([cli.printable(path), label, f"{p:.6f}", f"{threshold:g}", str(bool(near)).lower()])
-        if ranked:
-            rows[-1] += [ranked[0][0], f"{ranked[0][1]:.6f}", *(f"{q:.6f}" for q in probabilities)]
-        if not shown:  # the row says unfamiliar, without the answer
+        found = Answer(p, probabilities, cam, distance, model.CLASSES[int(p >= threshold)], strange)
+        borderline += abs(p - threshold) < model.BORDERLINE and not strange
+        rows.append(csv_row(path, found, meta, threshold))
+        if not answer_shown(strange, args.show_unfamiliar):  # the row says unfamiliar, without the answer
             rows[-1] = [cell if i in (0, 1, 3) else "" for i, cell in enumerate(rows[-1])]
         if distance is not None:
             rows[-1] += [f"{distance:.4f}", f"{meta['familiarity']['limit']:.4f}"]
@@ -301,47 +440,11 @@ def main(argv=None):
         if caution:
             cli.warn(caution)
         if single:
-            print(f"Prediction: {label}")
-            if strange:
-                print(familiarity.unfamiliar_text(distance, meta, shown))
-            if strange and shown:
-                print(f"Unreliable answer: {answer}")
-            close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
-            if shown:
-                print(f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}")
-            if shown and args.prevalence is not None:
-                at = float(numbers.reweighted(p, prior, args.prevalence))
-                print(f"At a prevalence of {args.prevalence:.1%}: P(malignant) = {at:.3f} (the call above uses P)")
-            if ranked and shown:
-                then = ", ".join(f"{name} (P = {q:.3f})" for name, q in ranked[1:3])
-                print(f"Type: {ranked[0][0]} (P = {ranked[0][1]:.3f}); next: {then}")
-                print(f"Malignant types (they add up to P(malignant)): {malignant_sum_text(probabilities, meta)}")
-        elif strange:
-            limit = meta["familiarity"]["limit"]
-            unreliable = f"; unreliable answer: {answer} (P(malignant) = {p_text})" if shown else "; no answer"
-            far = f"familiarity distance {distance:.2f} > limit {limit:.2f}: unlike the training photos"
-            bar.write(f"{cli.printable(path)}: Prediction: unfamiliar ({far}){unreliable}")
+            print("\n".join(single_lines(found, meta, threshold, args)))
         else:
-            kind = f"; type {ranked[0][0]} (P = {ranked[0][1]:.3f})" if ranked else ""
-            if args.prevalence is not None:
-                at = float(numbers.reweighted(p, prior, args.prevalence))
-                kind += f"; at prevalence {args.prevalence:.1%}: P = {at:.3f}"
-            close = ", borderline" if near else ""
-            bar.write(f"{cli.printable(path)}: Prediction: {label} (P(malignant) = {p_text}{close}){kind}")
+            bar.write(folder_line(path, found, meta, threshold, args))
         if args.explain:
-            notes = cautions + (
-                [f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else []
-            )
-            notes += [familiarity.unfamiliar_sentence(meta) + ": unreliable"] if strange else []
-            title = f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}"
-            folders.made_folder(args.explain_dir, "predict.py", "Grad-CAM folder")
-            blank = explain.save_gradcam(photos.eval_crop(img, cfg), cam, pictures[path], title, notes)
-            none_for = "".join(
-                f"; no region of the photo stands out as evidence for {b} (P(malignant) = {p_text} is the model's "
-                "answer for the photo as a whole)"
-                for b in blank
-            )
-            bar.write(f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}")
+            bar.write(explain_photo(path, img, found, pictures, cautions, meta, threshold, args))
 
     # summary, skipped photos, the CSV
     for path, why in skipped:
@@ -357,17 +460,8 @@ def main(argv=None):
             f"{len(rows)} images: {n} malignant, {len(rows) - n - odd} benign{odd_count} (threshold {threshold:.3f}"
             f"{flips}){near_count}{skip_count}"
         )
-    withheld = single and strange and not args.show_unfamiliar  # no answer: nothing about its threshold
-    if meta.get("operating_point") and args.threshold is None and not withheld:
-        print(f"Operating point: {numbers.operating_point_text(meta['operating_point'])}.")
-    tested = None if args.tta or args.threshold is not None or withheld else test_figures(args.model, meta)
-    if tested:
-        print(f"Tested: {tested}.")
-    assumes, at_prevalence = prevalence_texts(meta, args.prevalence, args.threshold is not None or withheld)
-    if assumes and not withheld:  # no P was shown: nothing to say of what it assumes
-        print(f"Note: {assumes}.")
-    if at_prevalence:
-        print(f"Prevalence: {at_prevalence}.")
+    for line in closing_lines(meta, args, single and strange):
+        print(line)
     print(f"Model file: {cli.printable(args.model)}, SHA-256 {sha256} (compare it with the published one)")
     if args.csv:
         text = io.StringIO()

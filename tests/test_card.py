@@ -329,8 +329,11 @@ def test_the_summary_carries_the_test_results_as_the_card_names_them(meta, evalu
         "model-index"][0]["results"][1]["metrics"]}  # fmt: skip
     assert tested == front and tested["roc_auc"][0] == round(evaluation["metrics"]["roc_auc"], 4)
     summary = card.summary(meta, tested)
-    assert set(summary) == {"trained_on", "how_well", "intended_use", "limits", "tested"}
-    assert summary["trained_on"].startswith("400 ISIC photos (dermoscopic); classes: benign and malignant")
+    assert set(summary) == {"trained_on", "how_well", "intended_use", "limits", "tested", "test_point"}
+    train = sum(meta["data"]["counts"]["train"].values())  # the photos it learned from, not all 400 prepared
+    assert 0 < train < 400 and summary["trained_on"].startswith(f"{train} ISIC photos (dermoscopic); classes: benign")
+    m = evaluation["metrics"]  # the figures PPV and NPV come from (model_index rounds them to 4 digits)
+    assert summary["test_point"] == {k: round(m[k], 4) for k in ("sensitivity", "specificity")}
     m, ci = evaluation["metrics"], evaluation["ci95"]
     sens, spec = (f"{m[k]:.0%} [{100 * ci[k][0]:.0f}-{ci[k][1]:.0%}]" for k in ("sensitivity", "specificity"))
     auc = f"ROC-AUC {m['roc_auc']:.2f} [{round(ci['roc_auc'][0], 3):.2f}-{round(ci['roc_auc'][1], 3):.2f}]"

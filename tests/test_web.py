@@ -44,7 +44,8 @@ NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinl
 APP_TWINS = {"decisionTexts": predict, "likelyTypes": predict, "modelCautions": predict, "classProbabilities": model,
              "calibratedProbabilities": model, "malignantSumText": predict, "reweighted": numbers,
              "predictiveValues": numbers, "weakModelWarning": numbers, "prevalenceTexts": predict,
-             "unfamiliarSentence": familiarity}  # fmt: skip
+             "unfamiliarSentence": familiarity, "answerShown": predict, "marked": predict,
+             "percentText": numbers}  # fmt: skip
 TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
 TYPE_NAMES = ["Nevus", "Seborrheic Keratosis", "Basal Cell Carcinoma", "Melanoma Invasive"]
 # the lesion-type model's calibration: softmax(a * logits + b * malignant)
@@ -618,12 +619,24 @@ def test_page_functions_agree_with_their_python_twins(page):
     pg = page["page"]
     pairs = [(0.734, 0.5), (0.5001, 0.5), (0.50000001, 0.5), (0.0625, 0.5), (0.5625, 0.5), (0.1875, 0.9)]
     pairs += [(0.4999, 0.5), (0.51, 0.5), (0.3, 0.31), (0.123456789, 0.123457), (1.0, 1.0), (0.0, 0.0)]
+    pairs += [(0.4822319, 0.482232), (0.5000004, 0.5)]  # equal to 6 digits: 'just below', 'just above'
     got = pg.evaluate(
         "([pairs, margin]) => import('./app.js').then((app) => pairs.map(([p, t]) => app.decisionTexts(p, t, margin)))",
         [pairs, model.BORDERLINE],
     )
     assert got == [list(predict.decision_texts(p, t)) for p, t in pairs]
     assert got[3][0] == "0.062"  # a tie: Python rounds it to even, toFixed would say 0.063
+    assert got[-2][0] == "just below 0.482232" and got[-1][0] == "just above 0.500000"
+    shares = [0.05, 0.0001, 0.00015, 0.9999, 0.5, 0.00999, 0.001, 1e-6, 0.123456, 0.0625]
+    rules = [[unfamiliar, asked] for unfamiliar in (False, True) for asked in (False, True)]
+    percents, shown, marks = pg.evaluate(
+        """([shares, rules]) => import('./app.js').then((app) => [shares.map(app.percentText),
+            rules.map(([u, a]) => app.answerShown(u, a)), rules.map(([u]) => app.marked('P(malignant) = 0.7', u))])""",
+        [shares, rules],
+    )
+    assert percents == [numbers.percent_text(s) for s in shares] and percents[:2] == ["5.0%", "0.01%"]
+    assert shown == [predict.answer_shown(u, a) for u, a in rules] == [True, True, False, True]
+    assert marks == [predict.marked("P(malignant) = 0.7", u) for u, _ in rules]
     logits = [[0.3, -1.2, 2.5, 2.5], [80.0, -80.0, 0.0, 1e-9]]
     probabilities = pg.evaluate("(rows) => import('./app.js').then((app) => rows.map(app.classProbabilities))", logits)
     assert np.allclose(probabilities, model.class_probabilities(logits), rtol=1e-12, atol=1e-300)
@@ -669,6 +682,16 @@ def test_page_functions_agree_with_their_python_twins(page):
     assert np.allclose(values, numbers.predictive_values(0.9, 0.6, 0.05), rtol=1e-12)
     assert weak == numbers.weak_model_warning(op, [0.62, 0.8])
     assert texts == list(predict.prevalence_texts(dict(prior_malignant=0.5, operating_point=op), 0.05, False))
+    tested = dict(sensitivity=0.8, specificity=0.3)  # the test figures, where the model has them: PPV from them
+    cases = [[0.05, tested], [0.0001, tested], [None, tested], [0.05, None]]
+    texts = pg.evaluate(
+        """([cases, meta]) => import('./app.js').then((app) =>
+            cases.map(([prevalence, tested]) => app.prevalenceTexts(meta, prevalence, false, tested)))""",
+        [cases, dict(prior_malignant=0.5, operating_point=op)],
+    )
+    meta = dict(prior_malignant=0.5, operating_point=op)
+    assert texts == [list(predict.prevalence_texts(meta, share, False, found)) for share, found in cases]
+    assert "from the test sensitivity" in texts[0][1] and "0.01%" in texts[1][1] and texts[2][1] is None
 
 
 def js_functions(name):

@@ -9,7 +9,8 @@
 // classProbabilities model.class_probabilities, calibratedProbabilities model.calibrated_probabilities,
 // malignantSumText predict.malignant_sum_text, reweighted metrics.reweighted, predictiveValues
 // metrics.predictive_values, weakModelWarning metrics.weak_model_warning, prevalenceTexts predict.prevalence_texts,
-// unfamiliarSentence familiarity.unfamiliar_sentence); tests/test_web.py checks that they exist and agree.
+// unfamiliarSentence familiarity.unfamiliar_sentence, answerShown predict.answer_shown, marked predict.marked,
+// percentText numbers.percent_text); tests/test_web.py checks that they exist and agree.
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import {
   centreCrop, imageSize, loadImage, MAX_ASPECT, normalise, tooElongated, upsampleBilinear,
@@ -22,6 +23,7 @@ const CARD_FILE = "model_card.md"; // what serve_web.py serves when the model ha
 const OUTPUTS = ["logits", "p_malignant", "cam"]; // what export_onnx.py writes
 const STRAYED = "this int8 model's answers strayed from the full model's on its validation photos; use the full "
   + "ONNX file"; // predict.STRAYED
+const UNRELIABLE = "Unreliable: "; // predict.UNRELIABLE: marks each line of an answer shown anyway
 
 const $ = (id) => document.getElementById(id);
 const app = $("app");
@@ -109,7 +111,7 @@ function showMessage(text) {
 
 function clearResult() {
   for (const id of ["label", "probability", "cautions", "operating-point", "types", "malignant-types", "tested",
-    "assumes", "prevalence-field", "at-prevalence", "heat-text", "figure", "heat-controls", "timing", "message",
+    "externals", "assumes", "prevalence-field", "at-prevalence", "heat-text", "figure", "heat-controls", "timing", "message",
     "unfamiliar", "show-anyway", "unreliable"]) {
     $(id).hidden = true;
   }
@@ -209,8 +211,8 @@ export function fixed(x, digits) {
   return exact.slice(0, -1).replace(/\.$/, ""); // the odd digit rounded up: the even one below is Python's
 }
 
-// predict.decision_texts: P and the threshold with enough digits (3 to 6) to see which side P lies on, and
-// "borderline" when P is within margin of the threshold, else "".
+// predict.decision_texts: P and the threshold with enough digits (3 to 6) to see which side P lies on (past 6,
+// "just below" or "just above" the threshold), and "borderline" when P is within margin of the threshold, else "".
 export function decisionTexts(p, threshold, margin) {
   let digits = 6;
   for (let d = 3; d < 7; d++) {
@@ -219,7 +221,34 @@ export function decisionTexts(p, threshold, margin) {
       break;
     }
   }
-  return [fixed(p, digits), fixed(threshold, digits), Math.abs(p - threshold) < margin ? "borderline" : ""];
+  let pText = fixed(p, digits);
+  const tText = fixed(threshold, digits);
+  if (pText === tText && p !== threshold) pText = `just ${p < threshold ? "below" : "above"} ${tText}`;
+  return [pText, tText, Math.abs(p - threshold) < margin ? "borderline" : ""];
+}
+
+// predict.answer_shown: whether a photo's answer (P, P at a prevalence, PPV and NPV, the type, the heat map) is
+// shown: not for a photo unlike the training photos, unless the user asks for it anyway (the button).
+export function answerShown(unfamiliar, asked) {
+  return asked || !unfamiliar;
+}
+
+// predict.marked: a line of a photo's answer, marked unreliable where the photo is unfamiliar.
+export function marked(text, unfamiliar) {
+  return unfamiliar ? `${UNRELIABLE}${text}` : text;
+}
+
+// numbers.percent_text: a share as a percentage with one decimal, or as many as show its first two significant
+// digits (and those of 1 - share): 0.0001 is "0.01%", never "0.0%".
+export function percentText(share) {
+  const closest = 100 * Math.min(share, 1 - share);
+  const digits = closest > 0 ? Math.max(1, 1 - Math.floor(Math.log10(closest))) : 1;
+  let text = fixed(100 * share, digits);
+  if (digits > 1) {
+    text = text.replace(/0+$/, "");
+    if (text.endsWith(".")) text += "0";
+  }
+  return `${text}%`;
 }
 
 // model.class_probabilities: the softmax of one photo's logits (float64).
@@ -275,32 +304,46 @@ export function weakModelWarning(op, aucCi) {
 }
 
 // predict.prevalence_texts: [what P assumes, what P means at this prevalence (PPV and NPV of the calls), or null].
-export function prevalenceTexts(meta, prevalence, thresholdGiven) {
+// predict.prevalence_texts: [what P assumes (with the hint where no prevalence was given), what P means at this
+// prevalence (PPV and NPV of the calls, from the test figures where the model has them and the validation ones
+// beside them), or null].
+export function prevalenceTexts(meta, prevalence, thresholdGiven, tested) {
   const prior = meta.prior_malignant;
   if (prior == null) return [null, null];
-  const assumes = `P(malignant) assumes about ${fixed(100 * prior, 0)}% of photos are malignant, as in the training `
-    + "photos; where they are rarer or more common, pass --prevalence (e.g. --prevalence 0.05)";
-  const op = meta.operating_point;
-  if (prevalence == null || !op || thresholdGiven) return [assumes, null];
-  const [ppv, npv] = predictiveValues(op.sensitivity, op.specificity, prevalence);
-  return [assumes, `at a prevalence of ${fixed(100 * prevalence, 1)}%, from the validation sensitivity and `
-    + `specificity at this threshold, a 'malignant' call is right ${fixed(100 * ppv, 0)}% of the time (PPV) and a `
-    + `'benign' call ${fixed(100 * npv, 0)}% of the time (NPV)`];
+  let assumes = `P(malignant) assumes about ${fixed(100 * prior, 0)}% of photos are malignant, as in the training `
+    + "photos";
+  if (prevalence == null) assumes += "; where they are rarer or more common, pass --prevalence (e.g. --prevalence 0.05)";
+  const figures = [["test", tested], ["validation", meta.operating_point]].filter(([, found]) => found);
+  if (prevalence == null || !figures.length || thresholdGiven) return [assumes, null];
+  const said = figures.map(([split, found]) => {
+    const [ppv, npv] = predictiveValues(found.sensitivity, found.specificity, prevalence);
+    return `from the ${split} sensitivity and specificity at this threshold, a 'malignant' call is right `
+      + `${fixed(100 * ppv, 0)}% of the time (PPV) and a 'benign' call ${fixed(100 * npv, 0)}% of the time (NPV)`;
+  });
+  return [assumes, `at a prevalence of ${percentText(prevalence)}, ${said.join("; ")}`];
 }
 
-// The prevalence lines under a result: P re-weighted for the share in the field, and the calls' PPV and NPV.
+// The prevalence lines under a result: P re-weighted for the share in the field, and the calls' PPV and NPV;
+// none for an unfamiliar photo whose answer is withheld, each marked unreliable once it is shown anyway.
 function showPrevalence(run) {
   const field = $("prevalence").value.trim(), percent = Number(field);
   const given = field !== "" && percent > 0 && percent < 100;
-  const [assumes, atPrevalence] = prevalenceTexts(config, given ? percent / 100 : null, false);
+  const tested = config.card_summary ? config.card_summary.test_point : null;
+  const [assumes, atPrevalence] = prevalenceTexts(config, given ? percent / 100 : null, false, tested);
+  const shown = answerShown(run.unfamiliar, run.revealed);
   $("assumes").textContent = assumes ? `Note: ${assumes.replace("pass --prevalence (e.g. --prevalence 0.05)",
     "enter their share below")}.` : "";
-  $("assumes").hidden = $("prevalence-field").hidden = !assumes;
+  $("prevalence-field").hidden = !assumes; // the setting may be typed any time; what it says of P is withheld
+  $("assumes").hidden = !assumes || !shown;
   const lines = [];
-  if (given && assumes) {
+  if (!shown) {
+    // no P was shown: nothing is said of it at any prevalence
+  } else if (given && assumes) {
     const at = reweighted(run.p, config.prior_malignant, percent / 100);
-    lines.push(`At a prevalence of ${fixed(percent, 1)}%: P(malignant) = ${fixed(at, 3)} (the call above uses P).`);
-    if (atPrevalence) lines.push(`Prevalence: ${atPrevalence}.`);
+    const share = percentText(percent / 100);
+    lines.push(marked(`At a prevalence of ${share}: P(malignant) = ${fixed(at, 3)} (the call above uses P).`,
+      run.unfamiliar));
+    if (atPrevalence) lines.push(marked(`Prevalence: ${atPrevalence}.`, run.unfamiliar));
   } else if (field !== "") {
     lines.push("Enter a share of malignant photos between 0.01 and 99.99%.");
   }
@@ -359,9 +402,10 @@ function show(run) {
   $("show-anyway").hidden = !run.unfamiliar || run.revealed;
   $("unreliable").textContent = `Unreliable answer: ${run.label}`;
   $("unreliable").hidden = !run.revealed;
-  const withheld = run.unfamiliar && !run.revealed;
+  const withheld = !answerShown(run.unfamiliar, run.revealed); // no P, prevalence, type or heat map: predict.py's rule
   const [pText, tText, near] = decisionTexts(p, threshold, config.borderline_margin);
-  $("probability").textContent = `P(malignant) = ${pText} (threshold ${tText}; malignant from the threshold up)`;
+  $("probability").textContent = marked(`P(malignant) = ${pText} (threshold ${tText}; malignant from the threshold `
+    + "up)", run.unfamiliar);
   const cautions = modelCautions(config).map((text) => `Caution: ${text}.`);
   if (near) {
     cautions.push(`Borderline: P(malignant) is within ${config.borderline_margin} of the threshold, so this result `
@@ -371,14 +415,17 @@ function show(run) {
   $("cautions").hidden = cautions.length === 0 || withheld;
   $("operating-point").textContent = `Operating point: ${config.operating_point_text}.`;
   $("operating-point").hidden = !config.operating_point_text || withheld;
-  $("types").textContent = run.types.length ? typeText(run.types) : "";
+  $("types").textContent = run.types.length ? marked(typeText(run.types), run.unfamiliar) : "";
   $("types").hidden = !run.types.length || withheld;
-  $("malignant-types").textContent = run.types.length
-    ? `Malignant types (they add up to P(malignant)): ${malignantSumText(run.probabilities, config)}` : "";
+  $("malignant-types").textContent = run.types.length ? marked("Malignant types (they add up to P(malignant)): "
+    + malignantSumText(run.probabilities, config), run.unfamiliar) : "";
   $("malignant-types").hidden = !run.types.length || withheld;
-  const tested = config.card_summary && config.card_summary.tested;
-  $("tested").textContent = tested ? `Tested: ${tested}.` : "";
-  $("tested").hidden = !tested || withheld;
+  const summary = config.card_summary || {};
+  $("tested").textContent = summary.tested ? `Tested: ${summary.tested}.` : "";
+  $("tested").hidden = !summary.tested || withheld;
+  const externals = (summary.externals || []).map((text) => `External validation: ${text}.`);
+  $("externals").textContent = externals.join(" ");
+  $("externals").hidden = !externals.length || withheld;
   showPrevalence(run);
   const canvas = $("crop");
   canvas.width = canvas.height = size;
@@ -395,6 +442,7 @@ function show(run) {
     $("heat").hidden = $("heat-controls").hidden = $("heat-text").hidden = true;
   } else {
     drawHeatMap(run.cam, ...run.camShape, size);
+    $("heat-text").textContent = marked($("heat-text").textContent, run.unfamiliar);
   }
   $("timing").textContent = `Checked in ${Math.round(run.timings.total)} ms on this device (the model itself: `
     + `${Math.round(run.timings.inference)} ms).`;
