@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 import model
 from skinlesion import (
+    answer,
     card,
     checkpoints,
     cli,
@@ -70,9 +71,6 @@ HEADER = ["file", "prediction", "p_malignant", "threshold", "borderline"]
 FAMILIARITY_HEADER = ["familiarity_distance", "familiarity_limit"]  # for a model with a familiarity measure
 UNFAMILIAR_EXIT = 3  # exit status for a single photo unlike the training photos (no answer)
 UNRELIABLE = "Unreliable: "  # what marks each line of an answer shown anyway for an unfamiliar photo
-STRAYED = (  # the caution for an int8 model (export_onnx.py's twin) that its comparison did not clear
-    "this int8 model's answers strayed from the full model's on its validation photos; use the full ONNX file"
-)
 
 
 def parse_args(argv=None):
@@ -146,46 +144,6 @@ def torch_predictor(net, meta, tta, explain_it):
     return predict_one
 
 
-def decision_texts(p, threshold):
-    """P and the threshold with enough digits (3 to 6) to see which side P lies on, and 'borderline' or ''. A P
-    that differs from the threshold by less than 6 digits show is said to lie 'just below' (or 'just above') it:
-    never two equal numbers beside a benign label."""
-    digits = next((d for d in range(3, 7) if f"{p:.{d}f}" != f"{threshold:.{d}f}"), 6)
-    p_text, t_text = f"{p:.{digits}f}", f"{threshold:.{digits}f}"
-    if p_text == t_text and p != threshold:
-        p_text = f"just {'below' if p < threshold else 'above'} {t_text}"
-    near = "borderline" if abs(p - threshold) < model.BORDERLINE else ""
-    return p_text, t_text, near
-
-
-def answer_shown(unfamiliar, asked):
-    """Whether a photo's answer is shown (its P, P at a prevalence, PPV and NPV, the type, the Grad-CAM): not for a
-    photo unlike the training photos, unless the user asks for it anyway (--show-unfamiliar, the page's button)."""
-    return asked or not unfamiliar
-
-
-def marked(text, unfamiliar):
-    """A line of a photo's answer, marked unreliable where the photo is unfamiliar (shown only because asked)."""
-    return f"{UNRELIABLE}{text}" if unfamiliar else text
-
-
-def likely_types(probabilities, meta):
-    """[(type name, P)] of a lesion-type model, most likely first (the original label values where known)."""
-    names = meta.get("class_names") or meta["classes"]
-    order = np.argsort(-np.asarray(probabilities), kind="stable")
-    return [(cli.printable(names[i]), float(probabilities[i])) for i in order]
-
-
-def photo_caution(path, img):
-    """A warning for a photo far too small or too elongated to show a lesion, else None."""
-    w, h = img.size
-    if min(w, h) < 16 or max(w, h) > 8 * min(w, h):
-        return (
-            f"{cli.printable(path)} is {w} x {h} px: far too small or too elongated to show a lesion; do not trust it"
-        )
-    return None
-
-
 def load(args):
     """(photo -> prediction, meta) for the model file, checked when loaded: a broken one is refused here."""
     if checkpoints.is_onnx(args.model):
@@ -195,139 +153,93 @@ def load(args):
     return torch_predictor(net, meta, args.tta, args.explain), meta
 
 
-def model_cautions(meta):
-    """What the model file says about itself that a reader must know: at chance, a useless operating point."""
-    cautions = []
-    if meta.get("at_chance"):
-        ci = meta.get("val_auc_ci95")
-        interval = f" (its validation ROC-AUC 95% interval {ci[0]:.3f}-{ci[1]:.3f} includes 0.5)" if ci else ""
-        cautions.append(f"this model cannot be told from chance{interval}; do not rely on its predictions")
-    op = meta.get("operating_point")
-    warning = numbers.operating_point_warning(op) if op else None
-    if warning:
-        cautions.append(warning + " on its validation photos")
-    weak = None if meta.get("at_chance") else numbers.weak_model_warning(op, meta.get("val_auc_ci95"))
-    if weak:
-        cautions.append(weak + "; read its answers as a rough guide at best")
-    quantised = meta.get("quantised")
-    if isinstance(quantised, dict) and not quantised.get("within_tolerance"):
-        cautions.append(STRAYED)
-    return cautions
-
-
-def prevalence_texts(meta, prevalence, threshold_given, tested=None):
-    """(what P assumes (with the hint to pass --prevalence where none was), what P means at --prevalence: PPV and
-    NPV of the calls there, or None). PPV and NPV come from the test sensitivity and specificity at the threshold
-    where the model has them (tested), the validation ones beside them, each labelled."""
-    prior = meta.get("prior_malignant")
-    if prior is None:  # an earlier model file: nothing to say
-        return None, None
-    assumes = f"P(malignant) assumes about {prior:.0%} of photos are malignant, as in the training photos"
-    if prevalence is None:
-        assumes += "; where they are rarer or more common, pass --prevalence (e.g. --prevalence 0.05)"
-    figures = [(split, found) for split, found in (("test", tested), ("validation", meta.get("operating_point")))]
-    figures = [(split, found) for split, found in figures if found]
-    if prevalence is None or not figures or threshold_given:
-        return assumes, None
-    said = []
-    for split, found in figures:
-        ppv, npv = numbers.predictive_values(found["sensitivity"], found["specificity"], prevalence)
-        said.append(
-            f"from the {split} sensitivity and specificity at this threshold, a 'malignant' call is right "
-            f"{ppv:.0%} of the time (PPV) and a 'benign' call {npv:.0%} of the time (NPV)"
-        )
-    return assumes, f"at a prevalence of {numbers.percent_text(prevalence)}, " + "; ".join(said)
-
-
 def tested_results(path, meta):
     """(the 'Tested' and 'External validation' lines' texts, the test sensitivity and specificity at the stored
     threshold or None): from the model card beside the model file where it holds this very model's results (its
     SHA-256, or an ONNX file's source_sha256), else from an ONNX file's card summary (export_onnx.py's)."""
     sha256 = meta.get("source_sha256") or files.file_sha256(path)
     test, externals = card.earlier_evaluations(os.path.splitext(path)[0] + ".md", sha256)
-    if test or externals:
-        point = None
-        lines = [f"Tested: {card.tested_text(card.evaluation_figures(test))}."] if test else []
-        if test:
-            point = {key: test["metrics"][key] for key in ("sensitivity", "specificity")}
-        return lines + [f"External validation: {text}." for text in card.external_texts(externals)], point
     summary = meta.get("card_summary") or {}
-    lines = [f"Tested: {summary['tested']}."] if summary.get("tested") else []
-    lines += [f"External validation: {text}." for text in summary.get("externals") or []]
-    return lines, summary.get("test_point")
+    tested, others, point = summary.get("tested"), summary.get("externals") or [], summary.get("test_point")
+    if test or externals:
+        tested = answer.tested_text(answer.evaluation_figures(test)) if test else None
+        point = {key: test["metrics"][key] for key in ("sensitivity", "specificity")} if test else None
+        others = answer.external_texts(externals)
+    lines = [f"Tested: {tested}."] if tested else []
+    return lines + [f"External validation: {text}." for text in others], point
 
 
-class Answer(NamedTuple):
+class Verdict(NamedTuple):
     """What the model said of one photo."""
 
     p: float  # calibrated P(malignant)
     probabilities: np.ndarray  # the calibrated class probabilities
     cam: object  # the signed evidence map, or None
     distance: object  # the familiarity distance, or None (a model without the measure)
-    answer: str  # benign or malignant, at the threshold
+    call: str  # benign or malignant, at the threshold
     unfamiliar: bool  # unlike the training photos: no answer unless asked for (--show-unfamiliar)
 
 
 def answer_lines(found, meta, threshold, args):
     """A single photo's answer: P against the threshold, P at --prevalence, the types; each line marked
     unreliable for an unfamiliar photo (shown only with --show-unfamiliar)."""
-    p_text, t_text, near = decision_texts(found.p, threshold)
+    p_text, t_text, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
     flips = ", mean over 4 flips" if args.tta else ""
     close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
     lines = [f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}"]
     if args.prevalence is not None:
         at = float(numbers.reweighted(found.p, meta["prior_malignant"], args.prevalence))
-        share = numbers.percent_text(args.prevalence)
+        share = cli.percent_text(args.prevalence)
         lines.append(f"At a prevalence of {share}: P(malignant) = {at:.3f} (the call above uses P)")
     if len(meta["classes"]) > 2:
-        ranked = likely_types(found.probabilities, meta)
+        ranked = answer.likely_types(found.probabilities, meta)
         then = ", ".join(f"{name} (P = {q:.3f})" for name, q in ranked[1:3])
         lines.append(f"Type: {ranked[0][0]} (P = {ranked[0][1]:.3f}); next: {then}")
         lines.append(f"Malignant types (they add up to P(malignant)): {malignant_sum_text(found.probabilities, meta)}")
-    return [marked(line, found.unfamiliar) for line in lines]
+    return [answer.marked(line, found.unfamiliar) for line in lines]
 
 
 def single_lines(found, meta, threshold, args):
     """What predict.py prints for one photo: the prediction, why an unfamiliar photo gets none, and the answer
     where it is shown."""
-    shown = answer_shown(found.unfamiliar, args.show_unfamiliar)
-    lines = [f"Prediction: {'unfamiliar' if found.unfamiliar else found.answer}"]
+    shown = answer.answer_shown(found.unfamiliar, args.show_unfamiliar)
+    lines = [f"Prediction: {'unfamiliar' if found.unfamiliar else found.call}"]
     if found.unfamiliar:
         lines.append(familiarity.unfamiliar_text(found.distance, meta, shown))
     if found.unfamiliar and shown:
-        lines.append(f"Unreliable answer: {found.answer}")
+        lines.append(f"Unreliable answer: {found.call}")
     return lines + (answer_lines(found, meta, threshold, args) if shown else [])
 
 
 def folder_line(path, found, meta, threshold, args):
     """One photo's line among many."""
-    p_text, _, near = decision_texts(found.p, threshold)
+    p_text, _, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
     if found.unfamiliar:
         limit = meta["familiarity"]["limit"]
         unreliable = "; no answer"
-        if answer_shown(found.unfamiliar, args.show_unfamiliar):
-            unreliable = f"; unreliable answer: {found.answer} (P(malignant) = {p_text})"
+        if answer.answer_shown(found.unfamiliar, args.show_unfamiliar):
+            unreliable = f"; unreliable answer: {found.call} (P(malignant) = {p_text})"
         far = f"familiarity distance {found.distance:.2f} > limit {limit:.2f}: unlike the training photos"
         return f"{cli.printable(path)}: Prediction: unfamiliar ({far}){unreliable}"
     kind = ""
     if len(meta["classes"]) > 2:
-        name, q = likely_types(found.probabilities, meta)[0]
+        name, q = answer.likely_types(found.probabilities, meta)[0]
         kind = f"; type {name} (P = {q:.3f})"
     if args.prevalence is not None:
         at = float(numbers.reweighted(found.p, meta["prior_malignant"], args.prevalence))
-        kind += f"; at prevalence {numbers.percent_text(args.prevalence)}: P = {at:.3f}"
+        kind += f"; at prevalence {cli.percent_text(args.prevalence)}: P = {at:.3f}"
     close = ", borderline" if near else ""
-    return f"{cli.printable(path)}: Prediction: {found.answer} (P(malignant) = {p_text}{close}){kind}"
+    return f"{cli.printable(path)}: Prediction: {found.call} (P(malignant) = {p_text}{close}){kind}"
 
 
 def csv_row(path, found, meta, threshold):
     """The photo's CSV row (HEADER, the types' columns, the familiarity columns); an unfamiliar photo's says
     unfamiliar, with its P and types left empty unless --show-unfamiliar shows them."""
-    label = "unfamiliar" if found.unfamiliar else found.answer
+    label = "unfamiliar" if found.unfamiliar else found.call
     near = abs(found.p - threshold) < model.BORDERLINE
     row = [cli.printable(path), label, f"{found.p:.6f}", f"{threshold:g}", str(bool(near)).lower()]
     if len(meta["classes"]) > 2:
-        ranked = likely_types(found.probabilities, meta)
+        ranked = answer.likely_types(found.probabilities, meta)
         row += [ranked[0][0], f"{ranked[0][1]:.6f}", *(f"{q:.6f}" for q in found.probabilities)]
     return row
 
@@ -335,16 +247,18 @@ def csv_row(path, found, meta, threshold):
 def explain_photo(path, img, found, pictures, cautions, meta, threshold, args):
     """Save the photo's Grad-CAM picture; none for an unfamiliar photo whose answer is withheld, and the picture
     of one shown anyway is titled and noted unreliable. Returns the line that says where it is (or why none)."""
-    if not answer_shown(found.unfamiliar, args.show_unfamiliar):
+    if not answer.answer_shown(found.unfamiliar, args.show_unfamiliar):
         return (
             f"no Grad-CAM for {cli.printable(path)}: {familiarity.unfamiliar_sentence(meta)} (--show-unfamiliar "
             "saves it, unreliable)"
         )
-    p_text, _, near = decision_texts(found.p, threshold)
+    p_text, _, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
     notes = cautions + ([f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else [])
     notes += [familiarity.unfamiliar_sentence(meta) + ": unreliable"] if found.unfamiliar else []
-    label = f"unfamiliar, answer {found.answer}" if found.unfamiliar else found.answer
-    title = marked(f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}", found.unfamiliar)
+    label = f"unfamiliar, answer {found.call}" if found.unfamiliar else found.call
+    title = answer.marked(
+        f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}", found.unfamiliar
+    )
     folders.made_folder(args.explain_dir, "predict.py", "Grad-CAM folder")
     crop = photos.eval_crop(img, model.meta_data_config(meta))
     blank = explain.save_gradcam(crop, found.cam, pictures[path], title, notes)
@@ -366,10 +280,10 @@ def closing_lines(meta, args, single_unfamiliar):
     if meta.get("operating_point") and args.threshold is None:
         lines.append(f"Operating point: {numbers.operating_point_text(meta['operating_point'])}.")
     tested, point = ([], None) if args.tta or args.threshold is not None else tested_results(args.model, meta)
-    assumes, at_prevalence = prevalence_texts(meta, args.prevalence, args.threshold is not None, point)
+    assumes, at_prevalence = answer.prevalence_texts(meta, args.prevalence, args.threshold is not None, point)
     lines += tested + ([f"Note: {assumes}."] if assumes else [])
     if at_prevalence:
-        lines.append(marked(f"Prevalence: {at_prevalence}.", single_unfamiliar))
+        lines.append(answer.marked(f"Prevalence: {at_prevalence}.", single_unfamiliar))
     return lines
 
 
@@ -393,7 +307,7 @@ def main(argv=None):
     predict_one, meta = load(args)
     types = len(meta["classes"]) > 2
     threshold = float(meta["threshold"]) if args.threshold is None else args.threshold
-    cautions = model_cautions(meta)
+    cautions = answer.model_cautions(meta)
     if args.tta and args.threshold is None:
         cautions.append(
             "--tta averages over flips, but the threshold and calibration were chosen without them (evaluate.py "
@@ -429,14 +343,14 @@ def main(argv=None):
             skipped.append((path, f"the model gave no valid probability (P = {p})"))
             continue
         strange = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
-        found = Answer(p, probabilities, cam, distance, model.CLASSES[int(p >= threshold)], strange)
+        found = Verdict(p, probabilities, cam, distance, model.CLASSES[int(p >= threshold)], strange)
         borderline += abs(p - threshold) < model.BORDERLINE and not strange
         rows.append(csv_row(path, found, meta, threshold))
-        if not answer_shown(strange, args.show_unfamiliar):  # the row says unfamiliar, without the answer
+        if not answer.answer_shown(strange, args.show_unfamiliar):  # the row says unfamiliar, without the answer
             rows[-1] = [cell if i in (0, 1, 3) else "" for i, cell in enumerate(rows[-1])]
         if distance is not None:
             rows[-1] += [f"{distance:.4f}", f"{meta['familiarity']['limit']:.4f}"]
-        caution = photo_caution(path, img)
+        caution = photos.size_caution(path, img)
         if caution:
             cli.warn(caution)
         if single:

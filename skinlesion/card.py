@@ -9,11 +9,11 @@ import datetime
 import json
 import re
 
-from skinlesion import dataset, ledger
+from skinlesion import answer, dataset, ledger
 from skinlesion.cli import printable
 from skinlesion.files import TAG, write_text
 from skinlesion.model_index import front_matter
-from skinlesion.numbers import operating_point_text, percent_range, types_text
+from skinlesion.numbers import operating_point_text, types_text
 
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "roc_auc": "ROC-AUC", "ece": "ECE",
                 "brier": "Brier score"}  # fmt: skip
@@ -165,7 +165,7 @@ def type_names(meta):
 def tested_section(meta, evaluation, title, split="Test"):
     """One evaluation's results (the test split's, or an external data set's): the metrics with intervals, the
     calibration, the types and the subgroups."""
-    text = [photos_text(meta, evaluation)] if evaluation.get("photos") else []
+    text = []
     rows = [
         [METRIC_NAMES.get(key, key), f"{evaluation['metrics'][key]:.3f}", f"{low:.3f}-{high:.3f}"]
         for key, (low, high) in evaluation["ci95"].items()
@@ -174,6 +174,7 @@ def tested_section(meta, evaluation, title, split="Test"):
         f"{title}: {counted(evaluation['n_images'])} photos), by evaluate.py, at the validation threshold:\n\n"
         + table(["metric", "value", "95% CI"], rows)
     )
+    text += [photos_text(meta, evaluation)] if evaluation.get("photos") else []
     text += [f"**Warning**: {markdown_text(warning)}." for warning in evaluation.get("warnings") or []]
     cal = evaluation.get("calibration") or {}
     rows = [[METRIC_NAMES[k], f"{cal[k + '_before']:.3f}", f"{cal[k + '_after']:.3f}"] for k in ("ece", "brier") if cal]
@@ -351,59 +352,6 @@ def assumed_text(meta):
     return f"P assumes about {prior:.0%} of photos are malignant, as in the training photos"
 
 
-def tested_figures(tested):
-    """{metric: (value, (low, high) or None)} from the test results read back from a card's front matter
-    (model_index.test_results: the interval is in each result's name)."""
-    found = {}
-    for key, (value, name) in tested.items():
-        ci = re.search(r"95% CI ([\d.]+)-([\d.]+)", name)
-        found[key] = (value, (float(ci[1]), float(ci[2])) if ci else None)
-    return found
-
-
-def evaluation_figures(evaluation):
-    """{metric: (value, (low, high) or None)} of evaluate.py's results (as the card keeps them) at the threshold:
-    sensitivity, specificity, ROC-AUC (an interval of NaN, as --n-bootstrap 0 leaves, is None)."""
-    found = {}
-    for key in ("sensitivity", "specificity", "roc_auc"):
-        ci = (evaluation.get("ci95") or {}).get(key)
-        known = ci and all(isinstance(v, (int, float)) and v == v for v in ci)
-        found[key] = (evaluation["metrics"][key], tuple(ci) if known else None)
-    return found
-
-
-def where_tested(name, evaluation):
-    """'on NAME (598 photos, 11% malignant)': an external data set, with its photos where evaluate.py counted them."""
-    found = evaluation.get("photos")
-    counts = f" ({found['n_photos']} photos, {found['malignant_share']:.0%} malignant)" if found else ""
-    return f"on {printable(name)}{counts}"
-
-
-def external_texts(externals):
-    """['on NAME (598 photos, 11% malignant), at the same threshold, it caught ...'] of each external data set's
-    results (as the card keeps them), for predict.py's and the page's 'External validation' lines."""
-    found = []
-    for name, evaluation in (externals or {}).items():
-        try:
-            found.append(tested_text(evaluation_figures(evaluation), where_tested(name, evaluation)))
-        except (AttributeError, KeyError, TypeError, ValueError, IndexError):  # an earlier card's shape: left out
-            continue
-    return found
-
-
-def tested_text(figures, where="on the test photos"):
-    """The test figures {metric: (value, (low, high) or None)} in words, saying the brackets are 95% intervals."""
-    parts = []
-    for key, words in (("sensitivity", "caught {} of the malignant"), ("specificity", "cleared {} of the benign")):
-        if key in figures:
-            value, ci = figures[key]
-            parts.append(words.format(percent_range(value, ci) if ci else f"{value:.0%}"))
-    if "roc_auc" in figures:
-        value, ci = figures["roc_auc"]
-        parts.append(f"ROC-AUC {value:.2f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else ""))
-    return f"{where}, at the same threshold, it " + ", ".join(parts) + " (brackets: 95% intervals)"
-
-
 def validated(meta):
     """'ROC-AUC 0.912 (95% CI 0.871-0.946)' on validation, or why it is not known."""
     m, ci = meta.get("val_metrics") or {}, meta.get("val_auc_ci95")
@@ -424,7 +372,7 @@ def summary(meta, tested=None, externals=None):
         how_well += "; " + operating_point_text(meta["operating_point"])
     if meta.get("val_types"):
         how_well += "; validation " + types_text(meta["val_types"], type_names(meta))
-    tested_words = tested_text(tested_figures(tested)) if tested else None
+    tested_words = answer.tested_text(answer.tested_figures(tested)) if tested else None
     if tested_words:
         how_well += "; " + tested_words
     trained_on = f"{photos or 'an unknown number of'} ISIC photos ({types or 'type unknown'}); classes: "
@@ -440,7 +388,7 @@ def summary(meta, tested=None, externals=None):
         tested=tested_words,
     )
     if externals:
-        found["externals"] = external_texts(externals)
+        found["externals"] = answer.external_texts(externals)
     if tested and "sensitivity" in tested and "specificity" in tested:
         found["test_point"] = dict(sensitivity=tested["sensitivity"][0], specificity=tested["specificity"][0])
     return found

@@ -108,21 +108,6 @@ def percent_range(value, ci):
     return f"{value:.0%} [{100 * ci[0]:.0f}-{ci[1]:.0%}]"
 
 
-def percent_text(share):
-    """A share as a percentage with one decimal, or as many as it takes to show its first two significant digits
-    (and those of 1 - share): 0.05 '5.0%', 0.0001 '0.01%', 0.00015 '0.015%', 0.9999 '99.99%'; never '0.0%' for a
-    share that is not 0."""
-    import math
-
-    closest = 100 * min(share, 1 - share)
-    digits = max(1, 1 - math.floor(math.log10(closest))) if closest > 0 else 1
-    text = f"{100 * share:.{digits}f}"
-    if digits > 1:
-        text = text.rstrip("0")
-        text = text + "0" if text.endswith(".") else text
-    return text + "%"
-
-
 def operating_point_text(op, photos="validation photos"):
     """What the operating point means, in plain words."""
     caught = percent_range(op["sensitivity"], op["sensitivity_ci95"])

@@ -36,7 +36,7 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import card, explain, familiarity, files, folders, ledger, photos
+from skinlesion import answer, card, explain, familiarity, files, folders, ledger, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -82,7 +82,7 @@ def test_one_photo_with_spaces_and_accents(tmp_path, models, monkeypatch, capsys
     assert lines[0] == f"Prediction: {'malignant' if p >= 0.5 else 'benign'}"
     match = LINE.fullmatch(lines[1])
     assert match and not match.group(3), lines[1]
-    p_text, t_text, near = predict.decision_texts(p, 0.5)
+    p_text, t_text, near = answer.decision_texts(p, 0.5, model.BORDERLINE)
     assert (len(match.group(1)), match.group(2), bool(match.group(4))) == (len(p_text), t_text, bool(near))
     assert abs(float(match.group(1)) - p) <= 0.5 * 10 ** -len(p_text.split(".")[1]) + 1e-6
     cam_png = tmp_path / "gradcam" / "grain de beauté n°1_jpg_gradcam.png"
@@ -90,46 +90,6 @@ def test_one_photo_with_spaces_and_accents(tmp_path, models, monkeypatch, capsys
     with Image.open(cam_png) as img:
         assert img.format == "PNG" and img.width > 2.2 * img.height  # three panels side by side
     assert "not a medical device" in err and "caution:" not in err
-
-
-@pytest.mark.parametrize(
-    "p, threshold, expected",
-    [
-        (0.73, 0.5, ("0.730", "0.500", "")),
-        (0.5004, 0.5, ("0.5004", "0.5000", "borderline")),
-        (0.49996, 0.5, ("0.49996", "0.50000", "borderline")),
-        (0.5000004, 0.5, ("just above 0.500000", "0.500000", "borderline")),  # 6 digits at most, then words
-        (0.4822319, 0.482232, ("just below 0.482232", "0.482232", "borderline")),  # never equal beside 'benign'
-        (0.48223199999999, 0.482232, ("just below 0.482232", "0.482232", "borderline")),
-        (0.5, 0.5, ("0.500000", "0.500000", "borderline")),
-        (0.519, 0.5, ("0.519", "0.500", "borderline")),
-        (0.521, 0.5, ("0.521", "0.500", "")),
-        (0.0004, 0.0, ("0.0004", "0.0000", "borderline")),
-        (0.9999, 1.0, ("0.9999", "1.0000", "borderline")),
-    ],
-)
-def test_digits_show_the_side_of_the_threshold(p, threshold, expected):
-    assert predict.decision_texts(p, threshold) == expected
-
-
-def test_printed_p_is_on_the_same_side_as_p():
-    """P never reads equal to the threshold: digits show the side, or within 6 digits the words 'just below' or
-    'just above' do (issue 28: 0.482232 and 0.482232 beside a benign label)."""
-    rng = np.random.default_rng(0)
-    for _ in range(3000):
-        t = rng.uniform(0, 1)
-        p = float(np.clip(t + rng.choice([-1, 1]) * 10 ** rng.uniform(-12, -0.3), 0, 1))  # 1e-12 to 0.5 apart
-        if p == t:
-            continue
-        p_text, t_text, near = predict.decision_texts(p, t)
-        words, _, number = p_text.rpartition(" ")
-        assert 3 <= len(number.split(".")[1]) == len(t_text.split(".")[1]) <= 6
-        if words:  # equal to 6 digits: said in words, on the right side
-            assert number == t_text and words == ("just below" if p < t else "just above")
-        else:
-            assert (float(p_text) < float(t_text)) == (p < t) and p_text != t_text
-        assert abs(float(number) - p) <= 0.5 * 10 ** -len(number.split(".")[1]) + 1e-12
-        assert (near == "borderline") == (abs(p - t) < model.BORDERLINE)
 
 
 def test_threshold_flag_overrides_the_stored_one(tmp_path, models, capsys):
@@ -885,10 +845,10 @@ def test_an_unfamiliar_photo_shows_no_p_prevalence_ppv_type_or_grad_cam_until_as
     shown = capsys.readouterr().out.splitlines()
     predict.main([photo, "--model", measured[classes, 1e9], *flags])  # the same photo, familiar to the model
     familiar = capsys.readouterr().out.splitlines()
-    answer = [line for line in familiar if line.startswith(ANSWER)]
-    assert len(answer) == (5 if classes == 4 else 3), familiar
-    assert [predict.UNRELIABLE + line for line in answer] == [
-        line for line in shown if line.startswith(tuple(predict.UNRELIABLE + start for start in ANSWER))
+    answered = [line for line in familiar if line.startswith(ANSWER)]
+    assert len(answered) == (5 if classes == 4 else 3), familiar
+    assert [answer.UNRELIABLE + line for line in answered] == [
+        line for line in shown if line.startswith(tuple(answer.UNRELIABLE + start for start in ANSWER))
     ]
     assert not any(line.startswith(ANSWER) for line in shown)  # each one marked
     assert (maps / "photo_jpg_gradcam.png").is_file()

@@ -30,7 +30,7 @@ from scipy.special import softmax
 import model
 import predict
 from conftest import ROOT, grey_photo, make_net, run, save_model, skip_or_fail, start_server
-from skinlesion import explain, familiarity, numbers, photos
+from skinlesion import answer, cli, explain, familiarity, numbers, photos
 
 pytestmark = pytest.mark.slow  # each test starts serve_web.py (and a browser): make test, not make check
 
@@ -41,11 +41,11 @@ NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinl
     "resizeBicubic": "Pillow's img.resize(..., Image.BICUBIC), ported bit for bit",
     "roundHalfEven": "Python's own round()",
 }
-APP_TWINS = {"decisionTexts": predict, "likelyTypes": predict, "modelCautions": predict, "classProbabilities": model,
+APP_TWINS = {"decisionTexts": answer, "likelyTypes": answer, "modelCautions": answer, "classProbabilities": model,
              "calibratedProbabilities": model, "malignantSumText": predict, "reweighted": numbers,
-             "predictiveValues": numbers, "weakModelWarning": numbers, "prevalenceTexts": predict,
-             "unfamiliarSentence": familiarity, "answerShown": predict, "marked": predict,
-             "percentText": numbers}  # fmt: skip
+             "predictiveValues": numbers, "weakModelWarning": numbers, "prevalenceTexts": answer,
+             "unfamiliarSentence": familiarity, "answerShown": answer, "marked": answer,
+             "percentText": cli}  # fmt: skip
 TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
 TYPE_NAMES = ["Nevus", "Seborrheic Keratosis", "Basal Cell Carcinoma", "Melanoma Invasive"]
 # the lesion-type model's calibration: softmax(a * logits + b * malignant)
@@ -320,7 +320,9 @@ def test_page_classifies_like_python(page, setup, name):
     label = model.CLASSES[int(ref["p"] >= setup["threshold"])]
     assert run["label"] == label
     text = page["page"].inner_text("#result")
-    p_text, t_text, _ = predict.decision_texts(run["p"], setup["threshold"])  # the digits predict.py prints
+    p_text, t_text, _ = answer.decision_texts(
+        run["p"], setup["threshold"], model.BORDERLINE
+    )  # the digits predict.py prints
     assert f"Prediction: {label}" in text and f"P(malignant) = {p_text} (threshold {t_text}" in text
     assert page["page"].is_visible("text=This is not a medical device; see a doctor about any lesion that worries you")
     if ref["cam"].max() <= 0:  # no evidence for malignant at all (the map is signed): said in words, no blank overlay
@@ -542,7 +544,7 @@ def test_model_at_chance_and_borderline_result_are_said(browser, server, setup):
     run, _ = classify(pg, setup["photos"][name])
     assert run["borderline"] and run["label"] == "benign"
     assert "Prediction: benign" in pg.inner_text("#result")
-    expected = [f"Caution: {text}." for text in predict.model_cautions(dict(at_chance=True, val_auc_ci95=[0.4, 0.7]))]
+    expected = [f"Caution: {text}." for text in answer.model_cautions(dict(at_chance=True, val_auc_ci95=[0.4, 0.7]))]
     expected += [f"Caution: {warning} on its validation photos.", "Borderline: P(malignant) is within 0.02"]
     assert_cautions_beside_the_result(pg, expected)
     assert "cannot be told from chance (its validation ROC-AUC 95% interval 0.400-0.700" in expected[0]
@@ -602,7 +604,7 @@ def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
         assert pg.inner_text("#malignant-types") == next(line for line in lines if line.startswith("Malignant types"))
         assert pg.inner_text("#label") == lines[0]
         assert pg.inner_text("#operating-point") == next(line for line in lines if line.startswith("Operating point"))
-        expected = [f"Caution: {text}." for text in predict.model_cautions(meta)]
+        expected = [f"Caution: {text}." for text in answer.model_cautions(meta)]
         if abs(ref["p"] - setup["threshold"]) < model.BORDERLINE:
             expected.append("Borderline")
         assert_cautions_beside_the_result(pg, expected)
@@ -624,7 +626,7 @@ def test_page_functions_agree_with_their_python_twins(page):
         "([pairs, margin]) => import('./app.js').then((app) => pairs.map(([p, t]) => app.decisionTexts(p, t, margin)))",
         [pairs, model.BORDERLINE],
     )
-    assert got == [list(predict.decision_texts(p, t)) for p, t in pairs]
+    assert got == [list(answer.decision_texts(p, t, model.BORDERLINE)) for p, t in pairs]
     assert got[3][0] == "0.062"  # a tie: Python rounds it to even, toFixed would say 0.063
     assert got[-2][0] == "just below 0.482232" and got[-1][0] == "just above 0.500000"
     shares = [0.05, 0.0001, 0.00015, 0.9999, 0.5, 0.00999, 0.001, 1e-6, 0.123456, 0.0625]
@@ -634,9 +636,9 @@ def test_page_functions_agree_with_their_python_twins(page):
             rules.map(([u, a]) => app.answerShown(u, a)), rules.map(([u]) => app.marked('P(malignant) = 0.7', u))])""",
         [shares, rules],
     )
-    assert percents == [numbers.percent_text(s) for s in shares] and percents[:2] == ["5.0%", "0.01%"]
-    assert shown == [predict.answer_shown(u, a) for u, a in rules] == [True, True, False, True]
-    assert marks == [predict.marked("P(malignant) = 0.7", u) for u, _ in rules]
+    assert percents == [cli.percent_text(s) for s in shares] and percents[:2] == ["5.0%", "0.01%"]
+    assert shown == [answer.answer_shown(u, a) for u, a in rules] == [True, True, False, True]
+    assert marks == [answer.marked("P(malignant) = 0.7", u) for u, _ in rules]
     logits = [[0.3, -1.2, 2.5, 2.5], [80.0, -80.0, 0.0, 1e-9]]
     probabilities = pg.evaluate("(rows) => import('./app.js').then((app) => rows.map(app.classProbabilities))", logits)
     assert np.allclose(probabilities, model.class_probabilities(logits), rtol=1e-12, atol=1e-300)
@@ -648,10 +650,10 @@ def test_page_functions_agree_with_their_python_twins(page):
             [app.likelyTypes(app.classProbabilities(p), sidecar), app.modelCautions(sidecar)])""",
         [logits[0], sidecar],
     )
-    want = predict.likely_types(model.class_probabilities([logits[0]])[0], meta)
+    want = answer.likely_types(model.class_probabilities([logits[0]])[0], meta)
     assert [name for name, _ in ranked] == [name for name, _ in want] == [TYPE_NAMES[i] for i in (2, 3, 0, 1)]
     assert np.allclose([q for _, q in ranked], [q for _, q in want], rtol=1e-12)
-    assert cautions == predict.model_cautions(dict(meta, operating_point=op)) and len(cautions) == 2
+    assert cautions == answer.model_cautions(dict(meta, operating_point=op)) and len(cautions) == 2
     sizes = [(1000, 100), (100, 1000), (1001, 100), (100, 1001), (100000, 1), (640, 480), (1, 1)]
     elongated = pg.evaluate(
         "(sizes) => import('./preprocess.js').then((p) => [p.MAX_ASPECT, sizes.map(([w, h]) => p.tooElongated(w, h))])",
@@ -681,7 +683,7 @@ def test_page_functions_agree_with_their_python_twins(page):
     assert np.allclose(at, [numbers.reweighted(*row) for row in prevalence], rtol=1e-12)
     assert np.allclose(values, numbers.predictive_values(0.9, 0.6, 0.05), rtol=1e-12)
     assert weak == numbers.weak_model_warning(op, [0.62, 0.8])
-    assert texts == list(predict.prevalence_texts(dict(prior_malignant=0.5, operating_point=op), 0.05, False))
+    assert texts == list(answer.prevalence_texts(dict(prior_malignant=0.5, operating_point=op), 0.05, False))
     tested = dict(sensitivity=0.8, specificity=0.3)  # the test figures, where the model has them: PPV from them
     cases = [[0.05, tested], [0.0001, tested], [None, tested], [0.05, None]]
     texts = pg.evaluate(
@@ -690,7 +692,7 @@ def test_page_functions_agree_with_their_python_twins(page):
         [cases, dict(prior_malignant=0.5, operating_point=op)],
     )
     meta = dict(prior_malignant=0.5, operating_point=op)
-    assert texts == [list(predict.prevalence_texts(meta, share, False, found)) for share, found in cases]
+    assert texts == [list(answer.prevalence_texts(meta, share, False, found)) for share, found in cases]
     assert "from the test sensitivity" in texts[0][1] and "0.01%" in texts[1][1] and texts[2][1] is None
 
 

@@ -5,12 +5,12 @@
 // A photo unlike the training photos (its familiarity_distance beyond the model's limit) gets no answer: the
 // page says why instead, with a button that shows the answer anyway, marked unreliable (as predict.py does).
 // The functions that say what predict.py says carry the names of their Python twins (decisionTexts is
-// predict.decision_texts, likelyTypes predict.likely_types, modelCautions predict.model_cautions,
-// classProbabilities model.class_probabilities, calibratedProbabilities model.calibrated_probabilities,
-// malignantSumText predict.malignant_sum_text, reweighted metrics.reweighted, predictiveValues
-// metrics.predictive_values, weakModelWarning metrics.weak_model_warning, prevalenceTexts predict.prevalence_texts,
-// unfamiliarSentence familiarity.unfamiliar_sentence, answerShown predict.answer_shown, marked predict.marked,
-// percentText numbers.percent_text); tests/test_web.py checks that they exist and agree.
+// answer.decision_texts, likelyTypes answer.likely_types, modelCautions answer.model_cautions, classProbabilities
+// model.class_probabilities, calibratedProbabilities model.calibrated_probabilities, malignantSumText
+// predict.malignant_sum_text, reweighted numbers.reweighted, predictiveValues numbers.predictive_values,
+// weakModelWarning numbers.weak_model_warning, prevalenceTexts answer.prevalence_texts, unfamiliarSentence
+// familiarity.unfamiliar_sentence, answerShown answer.answer_shown, marked answer.marked, percentText
+// cli.percent_text); tests/test_web.py checks that they exist and agree.
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import {
   centreCrop, imageSize, loadImage, MAX_ASPECT, normalise, tooElongated, upsampleBilinear,
@@ -22,8 +22,8 @@ const SIDES = ["benign", "malignant"]; // model.CLASSES: the label is malignant 
 const CARD_FILE = "model_card.md"; // what serve_web.py serves when the model has a card
 const OUTPUTS = ["logits", "p_malignant", "cam"]; // what export_onnx.py writes
 const STRAYED = "this int8 model's answers strayed from the full model's on its validation photos; use the full "
-  + "ONNX file"; // predict.STRAYED
-const UNRELIABLE = "Unreliable: "; // predict.UNRELIABLE: marks each line of an answer shown anyway
+  + "ONNX file"; // answer.STRAYED
+const UNRELIABLE = "Unreliable: "; // answer.UNRELIABLE: marks each line of an answer shown anyway
 
 const $ = (id) => document.getElementById(id);
 const app = $("app");
@@ -87,6 +87,7 @@ function showAbout(summary, card) {
     $("intended-use").textContent = summary.intended_use;
     fillList($("card-limits"), summary.limits);
   }
+  $("model-name").textContent = config.model_name || "model.onnx";
   $("model-sha256").textContent = config.model_sha256 || "unknown";
   $("card-summary").hidden = !summary;
   $("no-summary").hidden = Boolean(summary);
@@ -211,7 +212,7 @@ export function fixed(x, digits) {
   return exact.slice(0, -1).replace(/\.$/, ""); // the odd digit rounded up: the even one below is Python's
 }
 
-// predict.decision_texts: P and the threshold with enough digits (3 to 6) to see which side P lies on (past 6,
+// answer.decision_texts: P and the threshold with enough digits (3 to 6) to see which side P lies on (past 6,
 // "just below" or "just above" the threshold), and "borderline" when P is within margin of the threshold, else "".
 export function decisionTexts(p, threshold, margin) {
   let digits = 6;
@@ -227,28 +228,24 @@ export function decisionTexts(p, threshold, margin) {
   return [pText, tText, Math.abs(p - threshold) < margin ? "borderline" : ""];
 }
 
-// predict.answer_shown: whether a photo's answer (P, P at a prevalence, PPV and NPV, the type, the heat map) is
+// answer.answer_shown: whether a photo's answer (P, P at a prevalence, PPV and NPV, the type, the heat map) is
 // shown: not for a photo unlike the training photos, unless the user asks for it anyway (the button).
 export function answerShown(unfamiliar, asked) {
   return asked || !unfamiliar;
 }
 
-// predict.marked: a line of a photo's answer, marked unreliable where the photo is unfamiliar.
+// answer.marked: a line of a photo's answer, marked unreliable where the photo is unfamiliar.
 export function marked(text, unfamiliar) {
   return unfamiliar ? `${UNRELIABLE}${text}` : text;
 }
 
-// numbers.percent_text: a share as a percentage with one decimal, or as many as show its first two significant
-// digits (and those of 1 - share): 0.0001 is "0.01%", never "0.0%".
+// cli.percent_text: a share as a percentage with one decimal, or as many as show its first two significant digits
+// (and those of 1 - share), trailing zeros cut: 0.0001 is "0.01%", never "0.0%".
 export function percentText(share) {
   const closest = 100 * Math.min(share, 1 - share);
   const digits = closest > 0 ? Math.max(1, 1 - Math.floor(Math.log10(closest))) : 1;
-  let text = fixed(100 * share, digits);
-  if (digits > 1) {
-    text = text.replace(/0+$/, "");
-    if (text.endsWith(".")) text += "0";
-  }
-  return `${text}%`;
+  const text = fixed(100 * share, digits);
+  return `${digits > 1 ? text.replace(/0+$/, "").replace(/\.$/, "") : text}%`;
 }
 
 // model.class_probabilities: the softmax of one photo's logits (float64).
@@ -275,14 +272,14 @@ export function malignantSumText(probabilities, meta) {
   return `${at.map((i) => `${names[i]} ${fixed(probabilities[i], 3)}`).join(" + ")} = ${fixed(sum, 3)}`;
 }
 
-// metrics.reweighted: P(malignant) where a share prevalence of photos is malignant, from P that assumes prior
+// numbers.reweighted: P(malignant) where a share prevalence of photos is malignant, from P that assumes prior
 // (its odds times the ratio of the prior odds: Bayes' rule).
 export function reweighted(p, prior, prevalence) {
   const odds = (p / (1 - p)) * (prevalence / (1 - prevalence)) / (prior / (1 - prior));
   return Number.isFinite(odds) ? odds / (1 + odds) : 1;
 }
 
-// metrics.predictive_values: [PPV, NPV], the chance that a 'malignant' call is right and that a 'benign' call is
+// numbers.predictive_values: [PPV, NPV], the chance that a 'malignant' call is right and that a 'benign' call is
 // right at that prevalence, for a test of this sensitivity and specificity.
 export function predictiveValues(sensitivity, specificity, prevalence) {
   const caught = sensitivity * prevalence, falseAlarms = (1 - specificity) * (1 - prevalence);
@@ -291,7 +288,7 @@ export function predictiveValues(sensitivity, specificity, prevalence) {
     cleared + missed > 0 ? cleared / (cleared + missed) : NaN];
 }
 
-// metrics.weak_model_warning: a caution when the model itself is weak, else null.
+// numbers.weak_model_warning: a caution when the model itself is weak, else null.
 export function weakModelWarning(op, aucCi) {
   const found = [];
   if (op && op.specificity != null && op.specificity < 0.5) {
@@ -303,8 +300,7 @@ export function weakModelWarning(op, aucCi) {
   return found.length ? `this model is weak: ${found.join(" and ")}` : null;
 }
 
-// predict.prevalence_texts: [what P assumes, what P means at this prevalence (PPV and NPV of the calls), or null].
-// predict.prevalence_texts: [what P assumes (with the hint where no prevalence was given), what P means at this
+// answer.prevalence_texts: [what P assumes (with the hint where no prevalence was given), what P means at this
 // prevalence (PPV and NPV of the calls, from the test figures where the model has them and the validation ones
 // beside them), or null].
 export function prevalenceTexts(meta, prevalence, thresholdGiven, tested) {
@@ -351,7 +347,7 @@ function showPrevalence(run) {
   $("at-prevalence").hidden = !lines.length;
 }
 
-// predict.likely_types: [[type name, P]] of a lesion-type model, most likely first (ties in the model's order),
+// answer.likely_types: [[type name, P]] of a lesion-type model, most likely first (ties in the model's order),
 // named by the original label values where known.
 export function likelyTypes(probabilities, meta) {
   const names = meta.class_names || meta.classes;
@@ -377,7 +373,7 @@ function unfamiliarText(run) {
   return run.revealed ? `${why}; the answer below is unreliable` : `${why}: no benign/malignant answer`;
 }
 
-// predict.model_cautions: what the model says about itself that a reader must know with every result.
+// answer.model_cautions: what the model says about itself that a reader must know with every result.
 export function modelCautions(meta) {
   const cautions = [];
   if (meta.at_chance) {
