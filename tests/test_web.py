@@ -832,3 +832,37 @@ def test_the_page_shows_why_instead_of_a_result_for_an_unfamiliar_photo(familiar
     said = pg.evaluate("(meta) => import('./app.js').then((app) => app.unfamiliarSentence(meta))", sidecar)
     assert said == familiarity.unfamiliar_sentence(sidecar)
     assert familiar_page["errors"] == []
+
+
+def test_a_prevalence_typed_before_or_after_an_unfamiliar_photo_shows_nothing_of_its_answer(familiar_page, capsys):
+    """Issue 29 §3: the page showed 'At a prevalence of 5.0%: P(malignant) = 0.107' with PPV and NPV for an
+    unfamiliar photo. A share typed before it, and another typed after it: no P, no prevalence line, no PPV or NPV,
+    no heat map; once shown anyway, each of those lines says what predict.py --show-unfamiliar prints, marked
+    unreliable; a familiar photo's lines are unmarked."""
+    pg, photo_paths, path = familiar_page["page"], familiar_page["photos"], familiar_page["model"]
+    answer_ids = ["#probability", "#at-prevalence", "#assumes", "#heat", "#heat-text", "#tested", "#operating-point"]
+    classify(pg, photo_paths["own"])
+    pg.fill("#prevalence", "5")  # typed before
+    assert pg.inner_text("#at-prevalence").startswith("At a prevalence of 5.0%: P(malignant) = ")
+    run_, _ = classify(pg, photo_paths["grey"])
+    assert run_["unfamiliar"] and not any(pg.is_visible(i) for i in answer_ids)
+    pg.fill("#prevalence", "0.01")  # typed after
+    text = pg.inner_text("#result")
+    assert not any(pg.is_visible(i) for i in answer_ids) and not any(
+        w in text for w in ("PPV", "NPV", "P(malignant) =")
+    )
+    pg.click("#show-anyway")
+    with pytest.raises(SystemExit):
+        predict.main([photo_paths["grey"], "--model", path, "--show-unfamiliar", "--prevalence", "0.0001"])
+    lines = capsys.readouterr().out.splitlines()
+    at_prevalence = [line for line in lines if line.startswith(answer.UNRELIABLE + "At a prevalence of 0.01%")]
+    ppv = [line for line in lines if line.startswith(answer.UNRELIABLE + "Prevalence: at a prevalence of 0.01%")]
+    assert len(at_prevalence) == len(ppv) == 1, lines
+    assert pg.inner_text("#at-prevalence") == f"{at_prevalence[0]}. {ppv[0]}"
+    assert pg.inner_text("#probability").startswith(answer.UNRELIABLE + "P(malignant) = ")
+    assert pg.is_visible("#assumes") and pg.inner_text("#heat-text").startswith(answer.UNRELIABLE + "Heat map")
+    run_, _ = classify(pg, photo_paths["own"])
+    assert not run_["unfamiliar"] and pg.inner_text("#at-prevalence").startswith("At a prevalence of 0.01%: P")
+    assert "Unreliable" not in pg.inner_text("#result")
+    pg.fill("#prevalence", "")
+    assert familiar_page["errors"] == []
