@@ -17,6 +17,7 @@ import evaluate
 import model
 import predict
 from conftest import (
+    ROOT,
     assert_one_error,
     direct_familiarity_distance,
     fingerprint,
@@ -575,3 +576,37 @@ def test_an_isic_export_is_validated_externally_in_one_command(setup, tmp_path, 
     )
     with Image.open(tmp_path / "out" / "calibration.png") as img:
         assert img.text["Title"] == f"external validation: Clinic B ({export}), n = 11: 3 malignant"
+
+
+REAL_CLINICAL = next(
+    (p for p in ("/work/shared/real_clinical_sample", os.path.join(ROOT, "..", "shared", "real_clinical_sample"))
+     if os.path.isdir(p)),
+    None,
+)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(REAL_CLINICAL is None, reason="no /work/shared or ../shared/real_clinical_sample (dev setup only)")
+def test_real_clinical_photos_as_an_external_validation(trained_model, tmp_path):
+    """170 real MED-NODE photos as an export (metadata.csv, photos) validate the suite's demo model externally in
+    one command: every photo, at its own prevalence (counted here from its metadata.csv), the card's section with
+    its image types and malignant share beside the training photos' (the suite has no dermoscopic session model:
+    the demo's is trained on drawings), the export untouched."""
+    with open(os.path.join(REAL_CLINICAL, "metadata.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    sides = [row["diagnosis_1"].lower() for row in rows]
+    counts = {side: sides.count(side) for side in model.CLASSES}
+    before = fingerprint(REAL_CLINICAL)
+    checkpoint = shutil.copy(trained_model[0], tmp_path / "skin_model.pth")
+    args = ["--model", checkpoint, "--external", REAL_CLINICAL, "--external-name", "MED-NODE", "--n-bootstrap", 200]
+    r = run("evaluate.py", *args, "--num-workers", 0, cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["n_images"] == counts and report["external_validation"] == "MED-NODE"
+    assert report["photos"]["malignant_share"] == pytest.approx(counts["malignant"] / len(rows))
+    text = (tmp_path / "skin_model.md").read_text(encoding="utf-8")
+    section = text.split("**External validation: MED-NODE** (")[1]
+    prior = model.read_checkpoint(checkpoint)["meta"]["prior_malignant"]
+    share = f"{counts['malignant'] / len(rows):.0%} malignant (training photos: {prior:.0%})"
+    assert f"Photos: {len(rows)}, of image type clinical: overview {len(rows)} (training photos: " in section
+    assert share in section and fingerprint(REAL_CLINICAL) == before

@@ -866,3 +866,29 @@ def test_a_prevalence_typed_before_or_after_an_unfamiliar_photo_shows_nothing_of
     assert "Unreliable" not in pg.inner_text("#result")
     pg.fill("#prevalence", "")
     assert familiar_page["errors"] == []
+
+
+def test_the_test_and_external_figures_stand_beside_each_other_and_ppv_comes_from_the_test(browser, server, setup):
+    """Issue 29 §4, §5: the page's 'Tested' line and an external data set's line beside it, as export_onnx.py puts
+    them in the card summary; PPV and NPV at a typed prevalence from the test figures, the validation ones beside
+    them (answer.prevalence_texts computes the same words)."""
+    with open(os.path.join(server["web"], "model.json")) as f:
+        sidecar = json.load(f)
+    summary = dict(sidecar["card_summary"], tested="on the test photos, at the same threshold, it caught 90%")
+    summary.update(externals=["on Clinic B (598 photos, 11% malignant), at the same threshold, it caught 70%"])
+    summary["test_point"] = dict(sensitivity=0.9, specificity=0.33)
+    sidecar.update(card_summary=summary, prior_malignant=0.5)
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.route("**/model.json", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                           body=json.dumps(sidecar)))  # fmt: skip
+    pg.goto(server["url"])
+    pg.wait_for_selector("#app[data-state=ready]")
+    run_, _ = classify(pg, setup["photos"]["grey.jpg"])
+    assert pg.inner_text("#tested") == f"Tested: {summary['tested']}."
+    assert pg.inner_text("#externals") == f"External validation: {summary['externals'][0]}."
+    pg.fill("#prevalence", "5")
+    _, said = answer.prevalence_texts(sidecar, 0.05, False, summary["test_point"])
+    assert said.startswith("at a prevalence of 5.0%, from the test sensitivity") and "from the validation" in said
+    assert pg.inner_text("#at-prevalence").endswith(f"Prevalence: {said}.")
+    context.close()
