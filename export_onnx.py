@@ -164,7 +164,7 @@ def record_in_card(checkpoint, meta, written):
     path, sha256 = card_path(checkpoint), files.file_sha256(checkpoint)
     folder = os.path.dirname(os.path.abspath(checkpoint))
     written = {p: digest for p, digest in written.items() if os.path.dirname(os.path.abspath(p)) == folder}
-    if not written:
+    if not written or files.file_kind(path) == "missing":  # no card to list them in
         return
     kept = card.embedded(path, sha256) if files.file_kind(path) is None else None
     if kept is None:

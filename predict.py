@@ -10,16 +10,20 @@ Classify skin-lesion photos as benign or malignant with the model AItraining.py 
 P(malignant) is calibrated on the validation split (it reads as a chance where malignant lesions are about as
 common as there), and a photo is called malignant when it reaches the threshold AItraining.py chose on the
 validation split for its target sensitivity (stored in the model file; --threshold overrides it). P is printed
-with enough digits to see which side of the threshold it lies on; within model.BORDERLINE (0.02) it is called
-borderline. A lesion-type model also names the most likely type and the next two. A model file that is broken
-or not ours is refused, and a photo for which the model gives no valid probability is an error, never a label.
+with enough digits to see which side of the threshold it lies on (equal to 6 digits: "just below" or "just
+above" it); within model.BORDERLINE (0.02) it is called borderline. A lesion-type model also names the most likely
+type and the next two. Then the operating point, the test (and external) figures evaluate.py put in the model
+card, what P assumes and, with --prevalence, the chance that a call is right there (PPV, NPV: from the test
+figures where the card has them, the validation ones beside them), worded by skinlesion/answer.py as the page
+words them. A broken model file is refused, and a photo the model gives no valid probability is an error.
 The model file's SHA-256 is printed after the predictions: compare it with the published one (a model file is
 code-like: load only those you trust). Names from the model or a folder are printed escaped (cli.printable).
 
 A photo unlike the model's training photos (its familiarity distance beyond the limit AItraining.py chose on the
 validation photos; skinlesion/familiarity.py) gets no benign/malignant answer: alone, predict.py prints
-"Prediction: unfamiliar" and one line why, and exits with status 3 (UNFAMILIAR_EXIT); in a folder its line and
-CSV row say unfamiliar and the summary counts it. --show-unfamiliar also shows the answer, marked unreliable.
+"Prediction: unfamiliar" and one line why, and exits with status 3 (UNFAMILIAR_EXIT): no P, no prevalence line,
+no PPV or NPV, no type, no Grad-CAM. In a folder its line and CSV row say unfamiliar and the summary counts it.
+--show-unfamiliar also shows the answer, each of those lines marked unreliable ("Unreliable: ").
 Folders are searched recursively (each real folder once, links included) for files ending in photos.IMAGE_EXTS;
 other files and unreadable images are skipped, counted and named on stderr.
 

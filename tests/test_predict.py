@@ -746,7 +746,8 @@ def test_an_unfamiliar_photo_gets_no_answer_one_line_why_and_exit_status_3(famil
     lines = r.stdout.splitlines()
     assert r.returncode == 3 and lines[0] == "Prediction: unfamiliar"
     assert lines[1].endswith("; the answer below is unreliable")
-    assert re.fullmatch(r"Unreliable answer: (benign|malignant)", lines[2]) and lines[3].startswith("P(malignant) = ")
+    assert re.fullmatch(r"Unreliable answer: (benign|malignant)", lines[2])
+    assert lines[3].startswith(answer.UNRELIABLE + "P(malignant) = ")  # each line of the answer marked
     own = os.path.join(data, "test", "benign", sorted(os.listdir(os.path.join(data, "test", "benign")))[0])
     r = run("predict.py", own, "--model", checkpoint, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.splitlines()[0] in ("Prediction: benign", "Prediction: malignant")

@@ -404,8 +404,8 @@ function show(run) {
     + "up)", run.unfamiliar);
   const cautions = modelCautions(config).map((text) => `Caution: ${text}.`);
   if (near) {
-    cautions.push(`Borderline: P(malignant) is within ${config.borderline_margin} of the threshold, so this result `
-      + "could go either way. Do not read it as a confident answer.");
+    cautions.push(marked(`Borderline: P(malignant) is within ${config.borderline_margin} of the threshold, so this `
+      + "result could go either way. Do not read it as a confident answer.", run.unfamiliar));
   }
   fillList($("cautions"), cautions);
   $("cautions").hidden = cautions.length === 0 || withheld;
