@@ -7,30 +7,25 @@ Classify skin-lesion photos as benign or malignant with the model AItraining.py 
     python predict.py photo.jpg --explain                # also save gradcam/photo_jpg_gradcam.png: the evidence
     python predict.py photo.jpg --model skin_model.onnx  # onnxruntime (export_onnx.py): no torch needed
 
-P(malignant) is calibrated on the validation split (it reads as a chance where malignant lesions are about as
-common as there), and a photo is called malignant when it reaches the threshold AItraining.py chose on the
-validation split for its target sensitivity (stored in the model file; --threshold overrides it). P is printed
-with enough digits to see which side of the threshold it lies on (equal to 6 digits: "just below" or "just
-above" it); within model.BORDERLINE (0.02) it is called borderline. A lesion-type model also names the most likely
-type and the next two. Then the operating point, the test (and external) figures evaluate.py put in the model
-card, what P assumes and, with --prevalence, the chance that a call is right there (PPV, NPV: from the test
-figures where the card has them, the validation ones beside them), worded by skinlesion/answer.py as the page
-words them. A broken model file is refused, and a photo the model gives no valid probability is an error.
-The model file's SHA-256 is printed after the predictions: compare it with the published one (a model file is
-code-like: load only those you trust). Names from the model or a folder are printed escaped (cli.printable).
+P(malignant) is calibrated on the validation split (a chance where malignant lesions are about as common as
+there); a photo is malignant from the threshold AItraining.py chose there for its target sensitivity (stored in
+the model file; --threshold overrides it). P has the digits that show its side of the threshold (equal to 6
+digits: "just below" or "just above" it); within model.BORDERLINE (0.02) it is borderline. A lesion-type model
+also names the likely types. Then the operating point, the test (and external) figures evaluate.py put in the
+card, what P assumes and, with --prevalence, PPV and NPV (from the test figures where the card has them, the
+validation ones beside them): worded by skinlesion/answer.py, as the page words them. A broken model file is
+refused, and a photo without a valid probability is an error. The model file's SHA-256 is printed: compare it
+with the published one (load only model files you trust). Names are printed escaped (cli.printable).
 
-A photo unlike the model's training photos (its familiarity distance beyond the limit AItraining.py chose on the
-validation photos; skinlesion/familiarity.py) gets no benign/malignant answer: alone, predict.py prints
-"Prediction: unfamiliar" and one line why, and exits with status 3 (UNFAMILIAR_EXIT): no P, no prevalence line,
-no PPV or NPV, no type, no Grad-CAM. In a folder its line and CSV row say unfamiliar and the summary counts it.
---show-unfamiliar also shows the answer, each of those lines marked unreliable ("Unreliable: ").
-Folders are searched recursively (each real folder once, links included) for files ending in photos.IMAGE_EXTS;
-other files and unreadable images are skipped, counted and named on stderr.
+A photo unlike the training photos (its familiarity distance beyond the limit chosen on the validation photos;
+skinlesion/familiarity.py) gets no answer: alone, "Prediction: unfamiliar", one line why, exit status 3
+(UNFAMILIAR_EXIT), and no P, prevalence line, PPV or NPV, type or Grad-CAM; in a folder its line and CSV row say
+unfamiliar, counted. --show-unfamiliar shows the answer too, each of those lines marked "Unreliable: ". Folders
+are searched recursively (each real folder once) for photos.IMAGE_EXTS; other files are skipped, counted, named.
 
-The model sees a centre crop of the photo (the shorter side resized, the rest cut off): keep the lesion in the
-middle. --explain saves into EXPLAIN_DIR, under a name of its own per photo: the crop, where the evidence for
-malignant lies and where the evidence for benign lies, on one scale (Grad-CAM of the malignant log-odds on
-EfficientNet-B0's final feature map; with the ONNX model, the same map from the file's 'cam' output).
+The model sees a centre crop (the shorter side resized, the rest cut off): keep the lesion in the middle.
+--explain saves into EXPLAIN_DIR, one picture per photo: the crop, the evidence for malignant and for benign on
+one scale (Grad-CAM of the malignant log-odds on the final feature map; with an ONNX model, its 'cam' output).
 
 A research tool, not a medical device: a doctor must examine any lesion that worries you.
 """
