@@ -137,8 +137,8 @@ def exportable(net, meta):
 
 
 def evaluation_of(checkpoint):
-    """evaluate.py's results (evaluation.json beside the checkpoint) when they are of this very file (its
-    SHA-256 recorded there), else None."""
+    """evaluate.py's test results (evaluation.json beside the checkpoint) when they are of this very file (its
+    SHA-256 recorded there) and of its test split (not an external validation), else None."""
     path = os.path.join(os.path.dirname(checkpoint), "evaluation.json")
     if files.file_kind(path):  # missing, a folder, a named pipe
         return None
@@ -149,7 +149,31 @@ def evaluation_of(checkpoint):
         return None
     if not isinstance(evaluation, dict) or evaluation.get("model_sha256") != files.file_sha256(checkpoint):
         return None
-    return evaluation
+    return None if evaluation.get("external_validation") else evaluation
+
+
+def card_path(checkpoint):
+    """The model card beside the checkpoint (AItraining.py writes it there, evaluate.py adds its results)."""
+    return os.path.splitext(checkpoint)[0] + ".md"
+
+
+def record_in_card(checkpoint, meta, written):
+    """List the ONNX files written ({path: SHA-256}) in the model's card, beside the checkpoint's own SHA-256: one
+    identity per model, for the files that travel together (written into the checkpoint's folder, as serve_web.py
+    publishes the card beside the ONNX file). Only in our own card of this very checkpoint; else say why not."""
+    path, sha256 = card_path(checkpoint), files.file_sha256(checkpoint)
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    written = {p: digest for p, digest in written.items() if os.path.dirname(os.path.abspath(p)) == folder}
+    if not written or files.file_kind(path) == "missing":  # no card to list them in
+        return
+    kept = card.embedded(path, sha256) if files.file_kind(path) is None else None
+    if kept is None:
+        print(f"note: {cli.printable(path)} is not this model's card as AItraining.py wrote it: the exports' SHA-256 "
+              "are not listed there")  # fmt: skip
+        return
+    exports = dict(kept.get("exports") or {}, **{os.path.basename(p): digest for p, digest in written.items()})
+    card.write_card(path, meta, os.path.basename(checkpoint), kept.get("test"), kept.get("externals"), sha256, exports)
+    print(f"listed {', '.join(map(os.path.basename, written))} with their SHA-256 in the model card {path}")
 
 
 def self_check(wrapped, size):
@@ -168,7 +192,8 @@ def onnx_metadata(meta, checkpoint, checked):
     each value as a JSON string."""
     import torch
 
-    tested = model_index.test_results(evaluation_of(checkpoint))
+    test, externals = card.earlier_evaluations(card_path(checkpoint), files.file_sha256(checkpoint))
+    tested = model_index.test_results(evaluation_of(checkpoint) or test)  # the card keeps it past an external run
     props = {key: value for key, value in meta.items() if key in model.KEYS and model.KEYS[key].onnx == "copied"}
     if meta.get("familiarity"):  # its arrays are in the graph
         props["familiarity"] = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
@@ -177,7 +202,7 @@ def onnx_metadata(meta, checkpoint, checked):
         source_sha256=files.file_sha256(checkpoint),
         outputs=output_names(meta),
         exporter=f"torch.onnx dynamo, torch {torch.__version__}",
-        card_summary=card.summary(meta, tested),
+        card_summary=card.summary(meta, tested, externals),
         self_check=checked,
     )
     return {key: json.dumps(value) for key, value in props.items()}
@@ -243,7 +268,8 @@ def labelled_photos(folder, meta):
 
 def write_int8_twin(args, meta):
     """The int8 twin of args.output (skinlesion/quantise.py), calibrated on QUANTISE_IMAGES and compared there
-    with the full model: written with the comparison in its metadata, which decides whether the page uses it."""
+    with the full model: written with the comparison in its metadata, which decides whether the page uses it.
+    Returns its path, or None when none was written."""
     import onnx
     import onnxruntime as ort
 
@@ -253,7 +279,7 @@ def write_int8_twin(args, meta):
         cli.die(f"--quantise-images {args.quantise_images} holds no readable photo; pass a folder of validation photos")
     if x is None:
         print(f"no int8 twin written: no photos in {args.quantise_images} to calibrate it on (--quantise-images)")
-        return
+        return None
     full = ort.InferenceSession(args.output, providers=["CPUExecutionProvider"])
     speeds = {}
 
@@ -285,6 +311,7 @@ def write_int8_twin(args, meta):
         f"wrote {twin} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.1f}x smaller; {speeds['int8'] * 1e3:.0f} ms a "
         f"photo against {speeds['full'] * 1e3:.0f} ms here): {quantise.comparison_text(speeds['result'])}"
     )
+    return twin
 
 
 def main(argv=None):
@@ -329,8 +356,8 @@ def main(argv=None):
         f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch]{also} and "
         f"'cam' [batch, {side}, {side}])"
     )
-    if args.quantise:
-        write_int8_twin(args, meta)
+    twin = write_int8_twin(args, meta) if args.quantise else None
+    record_in_card(args.model, meta, {path: files.file_sha256(path) for path in (args.output, twin) if path})
     print(f"use it with: python predict.py photo.jpg --model {args.output}")
 
 

@@ -163,6 +163,7 @@ def site_contents(model_path, card, node_modules, small=True):
         contents[f"vendor/{name}"] = read_bytes(os.path.join(dist, name))
     contents["model.onnx"] = read_bytes(model_path)
     sidecar["model_sha256"] = hashlib.sha256(contents["model.onnx"]).hexdigest()  # of the bytes the page gets
+    sidecar["model_name"] = cli.printable(os.path.basename(model_path))  # which file they are (the card lists it)
     contents["model.json"] = json.dumps(sidecar, indent=1).encode()
     if card:
         contents[CARD_NAME] = read_bytes(card)

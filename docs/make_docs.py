@@ -39,7 +39,7 @@ STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
           ("the prepared dataset", ["dataset", "shards", "shard_format"]),
           ("the training data path", ["training", "devices"]),
           ("the model's parts", ["backbone", "checkpoints", "shapes", "familiarity", "explain", "quantise"]),
-          ("numbers", ["numbers", "evaluation", "plots"]), ("the card", ["card", "model_index"]),
+          ("numbers", ["numbers", "evaluation", "plots", "answer"]), ("the card", ["card", "model_index"]),
           ("safe outputs", ["files", "folders", "ledger", "cleaning", "interrupts"]),
           ("safe inputs", ["reading", "remote"]), ("the command line", ["cli"]),
           ("the demo", ["demo"])]  # fmt: skip

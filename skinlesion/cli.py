@@ -59,6 +59,16 @@ def counts_text(values, most=6):
     return ", ".join(parts)
 
 
+def percent_text(share):
+    """A share as a percentage with one decimal, or with as many as show its first two significant digits (and
+    those of 1 - share), trailing zeros cut: 0.05 '5.0%', 0.0001 '0.01%', 0.9999 '99.99%'; never '0.0%' for a
+    share that is not 0."""
+    closest = 100 * min(share, 1 - share)
+    digits = max(1, 1 - math.floor(math.log10(closest))) if closest > 0 else 1
+    text = f"{100 * share:.{digits}f}"
+    return (text.rstrip("0").rstrip(".") if digits > 1 else text) + "%"
+
+
 def first_few(items, most=3):
     """'a, b, c, ...': the first few items."""
     items = list(items)

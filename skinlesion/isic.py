@@ -388,3 +388,36 @@ def split_groups(labels, groups, val_fraction, test_fraction, seed):
                     "--test-fraction"
                 )
     return split
+
+
+def labelled_photos(folder):
+    """An export as downloaded, for an external validation: every photo under folder (its metadata.csv, else each
+    metadata.csv under it) whose row has a definite benign/malignant side and an image file, whatever its image
+    type, at its natural prevalence (no sample). Returns (rows: isic_id, side, path and the card's columns;
+    [(why, rows, examples)] of the rows left out), read by the rules prepare_dataset.py reads an export by (the
+    side from diagnosis_1 or the legacy benign_malignant, valid ids, no id with two labels, regular image files
+    inside the export)."""
+    paths = metadata_files(os.path.join(folder, "metadata.csv"), folder)
+    if not paths:
+        die(f"no metadata.csv in {printable(folder)}; pass the folder 'isic image download' wrote (metadata.csv and "
+            "the photos)")  # fmt: skip
+    rows = read_metadata(paths, ["isic_id", *SIDE_COLUMNS, *CARD_COLUMNS])
+    rows = rows.assign(side=sides(rows))
+    left_out = []
+
+    def keep(ok, why, examples):
+        if not ok.all():
+            left_out.append((why, int((~ok).sum()), examples))
+        return rows[ok]
+
+    ok = rows.side.isin(["benign", "malignant"])
+    rows = keep(ok, "no definite benign/malignant side", cli.counts_text(rows.side[~ok], 3))
+    ok = rows.isic_id.str.fullmatch(ISIC_ID)
+    rows = keep(ok, "invalid isic_id", first_few(rows.isic_id[~ok].map(repr)))
+    ok = rows.groupby("isic_id").side.transform("nunique") == 1
+    rows = keep(ok, "isic_id listed with different labels", first_few(rows.isic_id[~ok]))
+    ok = ~rows.isic_id.duplicated()
+    rows = keep(ok, "repeated rows (each photo kept once)", first_few(rows.isic_id[~ok]))
+    found, no_file, _ = image_files(rows.isic_id, folder, lambda path: False)
+    rows = rows[rows.isic_id.isin(found.keys())]
+    return rows.assign(path=rows.isic_id.map(found)).reset_index(drop=True), left_out + no_file

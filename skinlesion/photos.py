@@ -289,3 +289,11 @@ def photo_loader(photos, batches, num_workers, device):
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),
     )
+
+
+def size_caution(path, img):
+    """A warning for a photo far too small or too elongated to show a lesion (predict.py says it), else None."""
+    w, h = img.size
+    if min(w, h) < 16 or max(w, h) > 8 * min(w, h):
+        return f"{printable(path)} is {w} x {h} px: far too small or too elongated to show a lesion; do not trust it"
+    return None

@@ -176,7 +176,9 @@ OPERATING_POINT = record(dict(  # numbers.operating_point
     sensitivity_ci95=list_of(FRACTION, 2), specificity_ci95=list_of(FRACTION, 2)),
     dict(n_malignant=COUNT, n_benign=COUNT))  # fmt: skip
 LONG = text(4000)
-SUMMARY = record(dict(trained_on=LONG, how_well=LONG, intended_use=LONG, limits=TEXTS), dict(tested=nullable(LONG)))
+SUMMARY = record(dict(trained_on=LONG, how_well=LONG, intended_use=LONG, limits=TEXTS), dict(
+    tested=nullable(LONG), externals=list_of(LONG),  # the test's and external data sets' figures, in words
+    test_point=record(dict(sensitivity=FRACTION, specificity=FRACTION))))  # fmt: skip
 SELF_CHECK = record(dict(  # export_onnx.py: the file's outputs on check_inputs, stored when it was exported
     inputs=whole(1, 16), logits=list_of(list_of(ANY_NUMBER, most=1000), most=16),
     p_malignant=list_of(FRACTION, most=16)))  # fmt: skip

@@ -40,7 +40,7 @@ from conftest import (
     run,
     save_model,
 )
-from skinlesion import backbone, explain, familiarity, files, ledger, photos
+from skinlesion import backbone, card, explain, familiarity, files, ledger, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -426,6 +426,9 @@ def test_the_test_results_come_from_evaluation_json_of_this_very_model(exported,
 
     assert "ROC-AUC 0.81 [0.70-0.90] (brackets: 95% intervals)" in how_well(files.file_sha256(str(checkpoint)))
     assert "(test" not in how_well("ab" * 32)  # the evaluation of another model file
+    evaluation["external_validation"] = "clinic B"  # evaluate.py --external's: not the test figures
+    assert "on the test photos" not in how_well(files.file_sha256(str(checkpoint)))
+    del evaluation["external_validation"]
     (tmp_path / "evaluation.json").write_text("{not json")
     assert "(test" not in json.loads(export_onnx.onnx_metadata(meta, str(checkpoint), {})["card_summary"])["how_well"]
 
@@ -701,3 +704,40 @@ def test_onnx_torch_and_a_direct_computation_give_the_same_familiarity_distance(
         assert r.returncode == 3, r.stdout + r.stderr
         lines[model_file] = r.stdout.splitlines()[:2]
     assert lines[checkpoint] == lines[path] and lines[path][0] == "Prediction: unfamiliar"
+
+
+@pytest.mark.slow
+def test_one_identity_per_model_the_card_lists_every_file_that_runs_it(exported, tmp_path, capsys):
+    """Issue 29 §6: an export beside the model file lists the .onnx and its int8 twin with their SHA-256 in the
+    card, beside the .pth's (the page showed a hash that appeared nowhere in the card); predict.py names the file
+    that ran with a SHA-256 the card lists; evaluate.py rewriting the card keeps them; an export elsewhere leaves
+    the card as it was."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    checkpoint = str(shutil.copyfile(exported["checkpoint"], folder / "skin_model.pth"))
+    _, meta = model.load_checkpoint(checkpoint)
+    card_file = folder / "skin_model.md"
+    card.write_card(str(card_file), meta, "skin_model.pth", model_sha256=files.file_sha256(checkpoint))
+    photo_dir = os.path.dirname(exported["photos"][0])
+    args = ["--model", checkpoint, "--check-images", photo_dir, "--quantise-images", photo_dir, "--n-check", 2]
+    r = run("export_onnx.py", *args, "--output", folder / "skin_model.onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    digests = {name: files.file_sha256(str(folder / name)) for name in ("skin_model.onnx", "skin_model.int8.onnx")}
+    text = card_file.read_text(encoding="utf-8")
+    assert f"- Model file: skin_model.pth, SHA-256 {files.file_sha256(checkpoint)} (compare" in text
+    for name, digest in digests.items():
+        assert f"- Exported by export_onnx.py: {name}, SHA-256 {digest}." in text
+    predict.main([exported["photos"][0], "--model", str(folder / "skin_model.onnx")])
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said.startswith("Model file: ") and said.split("SHA-256 ")[1].split(" ")[0] == digests["skin_model.onnx"]
+    for k, side in enumerate(model.CLASSES):
+        for i in range(3):
+            lesion_photo(tmp_path / "test" / side / f"{i}.jpg", seed=10 * k + i, malignant=bool(k))
+    argv = ["--model", checkpoint, "--data-dir", tmp_path / "test", "--output-dir", tmp_path / "eval"]
+    evaluate.main(list(map(str, [*argv, "--n-bootstrap", 20, "--num-workers", 0])))
+    capsys.readouterr()
+    text = card_file.read_text(encoding="utf-8")
+    assert "**Test** (" in text and all(digest in text for digest in digests.values())
+    before = fingerprint(folder)
+    r = run("export_onnx.py", *args, "--output", tmp_path / "elsewhere.onnx", "--no-quantise", cwd=tmp_path)
+    assert r.returncode == 0 and fingerprint(folder) == before, r.stdout + r.stderr

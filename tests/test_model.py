@@ -29,7 +29,7 @@ from conftest import (
     save_model,
     skip_or_fail,
 )
-from skinlesion import familiarity, files, ledger
+from skinlesion import answer, familiarity, files, ledger
 
 
 @pytest.fixture(scope="module")
@@ -407,8 +407,8 @@ def test_metadata_that_passes_the_checks_crashes_no_reader(meta, capsys):
     assert model.meta_fault(chosen) is None
     text = card.render(chosen, "m.pth")
     assert card.summary(chosen)["limits"] and "# Model card: m.pth" in text
-    assert isinstance(predict.model_cautions(chosen), list)
-    names = [name for name, _ in predict.likely_types(np.full(len(chosen["classes"]), 0.5), chosen)]
+    assert isinstance(answer.model_cautions(chosen), list)
+    names = [name for name, _ in answer.likely_types(np.full(len(chosen["classes"]), 0.5), chosen)]
     assert sorted(names) == sorted(chosen.get("class_names") or chosen["classes"])
     if chosen.get("operating_point"):
         assert numbers.operating_point_text(chosen["operating_point"])

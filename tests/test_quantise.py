@@ -16,7 +16,7 @@ import model
 import predict
 import serve_web
 from conftest import run
-from skinlesion import files, numbers, photos, quantise
+from skinlesion import answer, files, numbers, photos, quantise
 
 
 def test_the_twin_is_named_beside_its_export():
@@ -154,7 +154,7 @@ def test_the_page_runs_the_twin_only_when_it_is_this_exports_and_within_toleranc
     set_result(int8, within_tolerance=False)
     chosen, said = serve_web.page_model(full, True)
     assert chosen == full and "NOT within tolerance" in said
-    assert predict.STRAYED in predict.model_cautions(model.load_onnx(int8)[1])
+    assert answer.STRAYED in answer.model_cautions(model.load_onnx(int8)[1])
     set_result(int8, within_tolerance=True, from_sha256="0" * 64)  # made from another export
     chosen, said = serve_web.page_model(full, True)
     assert chosen == full and "was not made from this export" in said

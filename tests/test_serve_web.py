@@ -36,6 +36,7 @@ SIDECAR_KEYS = {name for name, key in model.KEYS.items() if key.page} | {  # the
     "model_file",
     "model_variant",
     "model_sha256",
+    "model_name",
     "operating_point_text",
     "operating_point_warning",
 }
@@ -203,6 +204,7 @@ def test_builds_its_own_folder_and_serves_exactly_the_page(server, project):
     assert sidecar["borderline_margin"] == 0.02 and sidecar["model_file"] == "model.onnx"
     with open(project["model"], "rb") as f:  # the page shows it: a user compares it with the published one
         assert sidecar["model_sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert sidecar["model_name"] == os.path.basename(project["model"])  # which file, as the card lists it
     assert "built site: " in server["built"] and f"model card {project['folder'] / 'skin_model.md'}" in server["built"]
     sources = {name: os.path.join(ROOT, "web", name) for name in PAGE}
     sources.update({f"vendor/{name}": os.path.join(NODE_MODULES, "onnxruntime-web", "dist", name) for name in VENDOR})
