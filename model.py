@@ -323,12 +323,19 @@ def read_checkpoint(path):
 
 
 def load_weights(net, ckpt, path):
-    """Put a checked checkpoint's weights into net; die (not raise) when they do not fit it."""
+    """Put a checked checkpoint's weights into net, strictly: every tensor of net and no other, each of its shape;
+    die (not raise) with the counts when they do not fit it."""
     try:
         net.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, TypeError, AttributeError):
         name, classes = ckpt["meta"].get("model_name", MODEL_NAME), len(ckpt["meta"]["classes"])
-        die(f"{path}: the weights do not fit {name} with {classes} classes (another architecture or count)")
+        wanted, found = net.state_dict(), ckpt["state_dict"]
+        missing, extra = len(wanted.keys() - found.keys()), len(found.keys() - wanted.keys())
+        other_shape = sum(getattr(found[k], "shape", None) != wanted[k].shape for k in wanted.keys() & found.keys())
+        die(
+            f"{path}: the weights do not fit {name} with {classes} classes ({missing} of its tensors missing, {extra} "
+            f"not its own, {other_shape} of another shape: another architecture or count)"
+        )
     return net
 
 

@@ -175,6 +175,46 @@ def test_checkpoints_that_are_not_ours_are_refused(scripts_setup, tmp_path, caps
     assert not (tmp_path / "code ran").exists(), "unpickling the checkpoint ran its code"
 
 
+STRICT_CASES = {  # how the weights differ from the network's: (missing, not its own, of another shape)
+    "a running_mean missing": (1, 0, 0),
+    "a weight missing": (1, 0, 0),
+    "an extra tensor": (0, 1, 0),
+    "one renamed": (1, 1, 0),
+    "as saved": None,  # the nearest that must load
+}
+
+
+@pytest.mark.parametrize("case", STRICT_CASES)
+def test_a_model_files_weights_load_strictly(scripts_setup, tmp_path, capsys, case):
+    """Every tensor of the network and no other: one missing, one extra or one renamed is refused with the counts
+    (a lenient load would leave a tensor at its random start, or take one that belongs to nothing); the file as
+    saved loads, every tensor equal."""
+    _, _, good = scripts_setup
+    state = torch.load(good, weights_only=True)
+    weights = state["state_dict"]
+    if case == "a running_mean missing":
+        del weights["blocks.2.0.bn1.running_mean"]
+    elif case == "a weight missing":
+        del weights["conv_head.weight"]
+    elif case == "an extra tensor":
+        weights["head.extra.weight"] = torch.ones(3)
+    elif case == "one renamed":
+        weights["conv_stem.weights"] = weights.pop("conv_stem.weight")
+    path = str(tmp_path / "model.pth")
+    torch.save(state, path)
+    if STRICT_CASES[case] is None:
+        net, _ = model.load_checkpoint(path)
+        loaded = net.state_dict()
+        assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
+        return
+    missing, extra, other = STRICT_CASES[case]
+    expected = (
+        f"{path}: the weights do not fit efficientnet_b0 with 2 classes ({missing} of its tensors missing, {extra} "
+        f"not its own, {other} of another shape: another architecture or count)"
+    )
+    load_refused(model.load_checkpoint, path, capsys, expected)
+
+
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
     cfg = model.data_config(net, 96)
     path = str(tmp_path / "m.pth")
