@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion import backbone, checkpoints, familiarity, shapes
+from skinlesion import backbone, checkpoints, familiarity, quantise, shapes
 from skinlesion.backbone import imagenet_model
 from skinlesion.cli import die, is_list_of
 from skinlesion.dataset import SIDES
@@ -484,7 +484,8 @@ def self_check_fault(session, meta, tolerance=1e-4):
 def read_onnx(path):
     """(onnxruntime session, meta, None) for a regular file written by export_onnx.py, checked as read_checkpoint
     checks a .pth (metadata, finite weights, the architecture, its input and outputs) and against its self_check;
-    else (None, None, the error line)."""
+    else (None, None, the error line). An int8 twin's verdict (quantised) is recomputed from its numbers
+    (quantise.within_tolerance), never read."""
     import onnx
     import onnxruntime as ort
 
@@ -505,6 +506,9 @@ def read_onnx(path):
     fault = fault or self_check_fault(session, meta)
     if fault:
         return None, None, f"{path} is refused: {fault}; export the model again with export_onnx.py"
+    if "quantised" in meta:
+        verdict = quantise.within_tolerance(meta["quantised"], bool(meta.get("familiarity")))
+        meta["quantised"] = dict(meta["quantised"], within_tolerance=verdict)
     return session, meta, None
 
 
