@@ -6,16 +6,18 @@ takes it; serve_web.py runs it only where it was made from that very export and 
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
+import export_onnx
 import model
 import predict
 import serve_web
-from conftest import run, set_self_check
+from conftest import changed_output, fingerprint, run, set_self_check
 from skinlesion import files, numbers, photos, quantise
 
 
@@ -184,6 +186,30 @@ def test_export_writes_a_smaller_twin_that_says_how_it_compares(twin):
     assert result["familiar_to_unfamiliar"] == np.sum(familiar[0] & ~familiar[1])
     assert result["unfamiliar_to_familiar"] == np.sum(~familiar[0] & familiar[1])
     assert f"wrote {twin['int8']} (" in twin["stdout"] and quantise.comparison_text(result) in twin["stdout"]
+
+
+def test_a_twin_that_fails_the_check_every_model_file_gets_is_not_written(twin, tmp_path, monkeypatch, capsys):
+    """A quantiser whose twin's familiarity distance came out 0 everywhere (here: the full model so rewired): the twin
+    would call every photo familiar, so load_onnx would refuse it; export_onnx.py does not write it and says why."""
+    full = str(tmp_path / "m.onnx")
+    shutil.copy(twin["full"], full)
+
+    def quantise_to_zero_distance(full_path, out_path, images):
+        shutil.copy(full_path, out_path)
+        changed_output(out_path, "familiarity_distance", None)
+
+    monkeypatch.setattr(quantise, "quantise", quantise_to_zero_distance)
+    _, meta = model.load_onnx(full)
+    before = fingerprint(tmp_path, marks=False)
+    args = SimpleNamespace(output=full, quantise_images=twin["val"], given=set())
+    export_onnx.write_int8_twin(args, meta)
+    limit = meta["familiarity"]["limit"]
+    assert capsys.readouterr().out.strip() == (
+        f"no int8 twin {tmp_path / 'm.int8.onnx'} written: it fails the check every model file gets (its "
+        f"familiarity_distance puts none of the 3 check inputs (patterns unlike any photo) beyond its limit "
+        f"{limit:.4g}: it could not tell an unfamiliar photo)"
+    )
+    assert fingerprint(tmp_path, marks=False) == before
 
 
 def test_predict_takes_the_twin(twin, capsys):
