@@ -36,7 +36,7 @@ import os
 import numpy as np
 
 import model
-from skinlesion import backbone, card, cli, familiarity, files, interrupts, model_index, photos, quantise
+from skinlesion import backbone, card, cli, familiarity, files, interrupts, model_index, photos, quantise, self_check
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -154,15 +154,15 @@ def evaluation_of(checkpoint):
     return evaluation
 
 
-def self_check(wrapped, meta):
-    """The outputs the file must give on model.check_inputs (load_onnx compares), every one of them: PyTorch's,
+def torch_self_check(wrapped, meta):
+    """The outputs the file must give on self_check.inputs (load_onnx compares), every one of them: PyTorch's,
     which onnxruntime matches within TOLERANCE (checked on real photos before the file is written)."""
     import torch
 
-    x = model.check_inputs(meta["image_size"])
+    x = self_check.inputs(meta["image_size"])
     with torch.inference_mode():
         outputs = wrapped(torch.from_numpy(x))
-    return model.check_record(dict(zip(model.output_names(meta), (t.double().numpy() for t in outputs))))
+    return self_check.record(dict(zip(model.output_names(meta), (t.double().numpy() for t in outputs))))
 
 
 def onnx_metadata(meta, checkpoint, checked):
@@ -217,14 +217,14 @@ def differences(wrapped, meta, path, x):
     with torch.inference_mode():
         ours = dict(zip(names, (t.double().numpy() for t in wrapped(torch.from_numpy(batches[0])))))
     ours["p_malignant"] = model.predictions([ours["logits"]], meta)[0]
-    scales = {name: max(model.largest(np.abs(value)), 1e-12) for name, value in ours.items()}
+    scales = {name: max(self_check.largest(np.abs(value)), 1e-12) for name, value in ours.items()}
     scales.update(logits=max(scales["logits"], 1.0), p_malignant=1.0)
     found = dict.fromkeys(names, 0.0)
     for part in batches:
         theirs = dict(zip(names, session.run(names, {"image": part})))
         for name in names:
-            difference = model.largest(np.abs(ours[name][: len(part)] - theirs[name]) / scales[name])
-            found[name] = model.largest([found[name], difference])
+            difference = self_check.largest(np.abs(ours[name][: len(part)] - theirs[name]) / scales[name])
+            found[name] = self_check.largest([found[name], difference])
     return found
 
 
@@ -247,11 +247,11 @@ class TwinRefused(Exception):
 
 
 def twin_self_check(small, meta):
-    """The int8 twin's own self_check (its outputs on model.check_inputs); TwinRefused where the twin fails the
+    """The int8 twin's own self_check (its outputs on self_check.inputs); TwinRefused where the twin fails the
     check load_onnx makes (a twin that finds no check input unfamiliar, say)."""
-    checks = model.check_inputs(meta["image_size"])
+    checks = self_check.inputs(meta["image_size"])
     names = model.output_names(meta)
-    own = model.check_record(dict(zip(names, small.run(names, {"image": checks}))))
+    own = self_check.record(dict(zip(names, small.run(names, {"image": checks}))))
     fault = model.self_check_fault(small, dict(meta, self_check=own))
     if fault:
         raise TwinRefused(fault)
@@ -349,7 +349,7 @@ def main(argv=None):
     )
 
     def export_and_check(tmp):  # inside files.atomic_write: a failed check leaves nothing behind
-        checked = self_check(wrapped, meta)
+        checked = torch_self_check(wrapped, meta)
         export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model, checked))
         onnx.checker.check_model(tmp, full_check=True)
         check_parity(args, differences(wrapped, meta, tmp, x), f"{described}, batch of {max(len(x), 2)} and of 1")

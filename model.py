@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion import backbone, checkpoints, familiarity, quantise, shapes
+from skinlesion import backbone, checkpoints, familiarity, quantise, self_check, shapes
 from skinlesion.backbone import imagenet_model
 from skinlesion.cli import die, is_list_of
 from skinlesion.dataset import SIDES
@@ -36,8 +36,6 @@ RECIPES = {  # how AItraining.py trains, by starting point; each knob is also on
 TTA_FLIPS = [(), (-1,), (-2,), (-2, -1)]  # test-time augmentation: the photo and its flips (axes of C, H, W)
 ONNX_OUTPUTS = ("logits", "p_malignant", "cam")  # what an export gives, in order
 IMAGE_SIZES = (32, 2048)  # the image sizes (px) a model may have, from and to: every IMAGE_SIZE comment says these
-CHECK_DRIFT = 1e-3  # an ONNX file's logits, map and distance on check_inputs may lie this far (relative) from those
-# stored when it was exported (float32 rounding on another machine or execution provider), its P by the tolerance
 
 
 # ---------------------------------------------------------------------------- the network
@@ -210,7 +208,7 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
                        shapes.FAMILIARITY, "AItraining.py", page=True),
     "quantised": Key("an int8 twin's comparison with its full model", shapes.QUANTISED, "export_onnx.py", False,
                      "export", page=True),
-    "self_check": Key("outputs on check_inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
+    "self_check": Key("outputs on self_check.inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
 }  # fmt: skip
 
 
@@ -393,92 +391,21 @@ def onnx_fault(proto, session, meta):
     return None
 
 
-def check_inputs(size, n=3):
-    """n deterministic float32 images [n, 3, size, size] (sine patterns of the normalised scale, the same on every
-    machine, unlike any photo): export_onnx.py stores the file's outputs on them (self_check), load_onnx compares."""
-    rows, cols = np.mgrid[0:size, 0:size] / size
-    waves = [[np.sin(2 * np.pi * (k + 1) * (rows * (c + 1) + cols * (k + 2)) + c) for c in range(3)] for k in range(n)]
-    return (1.5 * np.asarray(waves)).astype(np.float32)
-
-
 def output_names(meta):
     """An export's outputs, in order: ONNX_OUTPUTS, and the familiarity distance for a model with that measure."""
     return [*ONNX_OUTPUTS, "familiarity_distance"] if meta.get("familiarity") else list(ONNX_OUTPUTS)
 
 
-def check_record(outputs):
-    """A file's self_check, as export_onnx.py stores it: its outputs on check_inputs (by output_names), as lists."""
-    arrays = {name: np.asarray(value, dtype=np.float64) for name, value in outputs.items()}
-    return dict(inputs=len(arrays["logits"]), **{name: value.tolist() for name, value in arrays.items()})
-
-
-def largest(values):
-    """The largest of values (any shape), NaN where one is NaN (Python's max([0.1, nan]) is 0.1): never within
-    a tolerance."""
-    return float(np.max(values))
-
-
-def check_drifts(found, stored, meta):
-    """The largest difference of each output on the check inputs from the one stored: p_malignant's absolute; the
-    logits' and the map's relative to each input's largest value (the logits' at least 1), the familiarity
-    distance's relative to the larger of it and the limit."""
-    limit = max((meta.get("familiarity") or {}).get("limit", 0.0), 1e-12)
-    scales = dict(
-        logits=np.maximum(1.0, np.abs(stored["logits"]).max(axis=1, keepdims=True)),
-        p_malignant=1.0,
-        cam=np.maximum(1e-12, np.abs(stored["cam"]).max(axis=(1, 2), keepdims=True)),
-    )
-    if "familiarity_distance" in found:
-        scales["familiarity_distance"] = np.maximum(limit, np.abs(stored["familiarity_distance"]))
-    return {name: largest(np.abs(found[name] - stored[name]) / scales[name]) for name in found}
-
-
-def check_outputs_fault(found, stored, meta, tolerance):
-    """What is wrong with a file's outputs (by name) on the first len(found) check inputs, or None: their shapes
-    are those stored, its p_malignant is what its logits give through its calibration, and each output lies within
-    tolerance (p_malignant) or CHECK_DRIFT (the others, relative: check_drifts) of the one stored."""
-    n = len(found["logits"])
-    stored = {name: np.asarray(stored[name], dtype=np.float64)[:n] for name in found}
-    if any(found[name].shape != stored[name].shape for name in found):
-        shapes_found = {name: list(value.shape) for name, value in found.items()}
-        shapes_stored = {name: list(value.shape) for name, value in stored.items()}
-        return f"its self_check holds outputs of the shapes {shapes_stored}, the file gives {shapes_found}"
-    own = predictions([found["logits"]], meta)[0]
-    off = largest(np.abs(found["p_malignant"] - own))
-    if not off <= tolerance:
-        return f"its p_malignant is not what its logits and calibration give (off by {off:.2g})"
-    drifts = check_drifts(found, stored, meta)
-    allowed = dict.fromkeys(drifts, CHECK_DRIFT) | dict(p_malignant=tolerance)
-    moved = [name for name, drift in drifts.items() if not drift <= allowed[name]]
-    if moved:
-        return f"its outputs on the check inputs are not those stored when it was exported ({', '.join(moved)})"
-    return None
-
-
 def self_check_fault(session, meta, tolerance=1e-4):
-    """Whether the file gives, on check_inputs at once and on the first alone (the batch size is dynamic), every
-    output it gave when it was exported (self_check), within tolerance, its p_malignant what its own logits give
-    through its calibration (a rewired p_malignant is refused), and, with a familiarity measure, finds at least one
-    check input unfamiliar (a distance wired to 0 is refused, whatever its self_check says); else the fault. A NaN
-    anywhere is a fault."""
-    stored, names = meta["self_check"], output_names(meta)
-    left_out = [name for name in names if name not in stored]
-    if left_out:
-        return f"its self_check holds no {' or '.join(left_out)} (exported by an earlier version)"
-    x = check_inputs(meta["image_size"], stored["inputs"])
-    try:
-        runs = [dict(zip(names, session.run(names, {session.get_inputs()[0].name: part}))) for part in (x, x[:1])]
-    except Exception as e:  # onnxruntime failing at run time: the file, the machine
-        return f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]})"
-    runs = [{name: np.asarray(value, dtype=np.float64) for name, value in found.items()} for found in runs]
+    """What is wrong with an ONNX file's outputs on the check inputs against those stored when it was exported (its
+    self_check: skinlesion/self_check.py), or None."""
     limit = (meta.get("familiarity") or {}).get("limit")
-    if limit is not None and not (runs[0]["familiarity_distance"] > limit).any():
-        return (
-            f"its familiarity_distance puts none of the {len(x)} check inputs (patterns unlike any photo) beyond its "
-            f"limit {limit:.4g}: it could not tell an unfamiliar photo"
-        )
-    faults = (check_outputs_fault(found, stored, meta, tolerance) for found in runs)
-    return next(filter(None, faults), None)
+
+    def own_p(logits):  # what the file's P should be: its logits through its calibration
+        return predictions([logits], meta)[0]
+
+    stored, size = meta["self_check"], meta["image_size"]
+    return self_check.fault(session, stored, size, output_names(meta), own_p, limit, tolerance)
 
 
 def read_onnx(path):

@@ -37,7 +37,8 @@ PICTURES = {"training_curves.png": "training_curves.png", "confusion_matrix.png"
             "gradcam/malignant_1_jpg_gradcam.png": "gradcam.png"}  # fmt: skip
 STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]), ("the prepared dataset", ["dataset", "shards"]),
           ("the training data path", ["training", "devices"]),
-          ("the model's parts", ["backbone", "checkpoints", "shapes", "familiarity", "explain", "quantise"]),
+          ("the model's parts", ["backbone", "checkpoints", "shapes", "self_check", "familiarity", "explain",
+                                 "quantise"]),
           ("numbers", ["numbers", "evaluation", "plots"]), ("the card", ["card", "model_index"]),
           ("safe outputs", ["files", "folders", "ledger", "interrupts"]), ("the command line", ["cli"]),
           ("the demo", ["demo"])]  # fmt: skip

@@ -43,7 +43,7 @@ from conftest import (
     save_model,
     set_self_check,
 )
-from skinlesion import backbone, explain, familiarity, files, ledger, photos
+from skinlesion import backbone, explain, familiarity, files, ledger, photos, self_check
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -452,7 +452,7 @@ def rewired(proto):
 
 @pytest.mark.parametrize("case", ["p_malignant rewired", "self_check altered", "as exported"])
 def test_a_file_whose_outputs_are_not_what_it_was_exported_with_is_refused(exported, tmp_path, capsys, case):
-    """The load check runs the file on model.check_inputs: its p_malignant must be what its own logits and
+    """The load check runs the file on self_check.inputs: its p_malignant must be what its own logits and
     calibration give, and its outputs those stored at export. A file changed either way gives no label; the file
     as exported loads and predicts."""
     proto = onnx.load(exported["onnx"])
@@ -483,8 +483,8 @@ def test_a_file_whose_outputs_are_not_what_it_was_exported_with_is_refused(expor
 
 
 def test_check_inputs_are_the_same_on_every_call_and_stored_with_the_export(exported):
-    x = model.check_inputs(64)
-    assert x.shape == (3, 3, 64, 64) and x.dtype == np.float32 and np.array_equal(x, model.check_inputs(64))
+    x = self_check.inputs(64)
+    assert x.shape == (3, 3, 64, 64) and x.dtype == np.float32 and np.array_equal(x, self_check.inputs(64))
     assert 0.5 < x.std() < 1.5 and len({round(float(v), 3) for v in x[:, 0, 0, :3].ravel()}) > 3  # varied
     props = {p.key: json.loads(p.value) for p in onnx.load(exported["onnx"], load_external_data=False).metadata_props}
     session, meta = model.load_onnx(exported["onnx"])
@@ -512,7 +512,7 @@ def cam_changed(path, case, scale, side):
     """The file at path with its cam changed as case says, scale its largest value (what the checks are relative
     to): in one cell by 2.5 x CHECK_DRIFT of it, NaN in one cell, or everywhere by its whole scale at one batch size."""
     if case == "cam off in one cell":
-        return changed_output(path, "cam", one_cell(side, 2.5 * model.CHECK_DRIFT * scale))
+        return changed_output(path, "cam", one_cell(side, 2.5 * self_check.DRIFT * scale))
     if case == "cam NaN in one cell":
         return changed_output(path, "cam", one_cell(side, np.nan))
     return changed_output(path, "cam", np.full((side, side), scale), batch=case.split("batch ")[1])
@@ -541,8 +541,8 @@ def test_the_self_check_compares_every_output_by_its_largest_difference_at_two_b
     else:
         cam_changed(path, case, scale, stored.shape[-1])
     if case == "cam off in one cell":
-        relative = one_cell(2, 2.5 * model.CHECK_DRIFT * scale) / np.abs(stored).max(axis=(1, 2), keepdims=True)
-        assert relative.mean() < model.CHECK_DRIFT < relative.max()  # a mean would let it through
+        relative = one_cell(2, 2.5 * self_check.DRIFT * scale) / np.abs(stored).max(axis=(1, 2), keepdims=True)
+        assert relative.mean() < self_check.DRIFT < relative.max()  # a mean would let it through
     before = fingerprint(tmp_path)
     refuses([exported["photos"][0], "--model", path], capsys, f"{path} is refused: {expected}; export the model again")
     assert model.read_onnx(path)[2] == f"{path} is refused: {expected}; export the model again with export_onnx.py"
@@ -627,9 +627,9 @@ def test_an_export_whose_familiarity_distance_is_wired_to_0_fails_its_own_check(
     session, meta = model.load_onnx(path)
     limit = meta["familiarity"]["limit"]
     if case == "as exported":
-        distances = session.run(["familiarity_distance"], {"image": model.check_inputs(meta["image_size"])})[0]
+        distances = session.run(["familiarity_distance"], {"image": self_check.inputs(meta["image_size"])})[0]
         assert (distances > limit).any()
-        np.testing.assert_allclose(meta["self_check"]["familiarity_distance"], distances, rtol=model.CHECK_DRIFT)
+        np.testing.assert_allclose(meta["self_check"]["familiarity_distance"], distances, rtol=self_check.DRIFT)
         with pytest.raises(SystemExit) as exit_info:
             predict.main([grey, "--model", path])
         assert exit_info.value.code == predict.UNFAMILIAR_EXIT
