@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion import backbone, checkpoints, familiarity, shapes
+from skinlesion import backbone, checkpoints, familiarity, quantise, self_check, shapes
 from skinlesion.backbone import imagenet_model
 from skinlesion.cli import die, is_list_of
 from skinlesion.dataset import SIDES
@@ -208,7 +208,7 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
                        shapes.FAMILIARITY, "AItraining.py", page=True),
     "quantised": Key("an int8 twin's comparison with its full model", shapes.QUANTISED, "export_onnx.py", False,
                      "export", page=True),
-    "self_check": Key("outputs on check_inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
+    "self_check": Key("outputs on self_check.inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
 }  # fmt: skip
 
 
@@ -323,12 +323,19 @@ def read_checkpoint(path):
 
 
 def load_weights(net, ckpt, path):
-    """Put a checked checkpoint's weights into net; die (not raise) when they do not fit it."""
+    """Put a checked checkpoint's weights into net, strictly: every tensor of net and no other, each of its shape;
+    die (not raise) with the counts when they do not fit it."""
     try:
         net.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, TypeError, AttributeError):
         name, classes = ckpt["meta"].get("model_name", MODEL_NAME), len(ckpt["meta"]["classes"])
-        die(f"{path}: the weights do not fit {name} with {classes} classes (another architecture or count)")
+        wanted, found = net.state_dict(), ckpt["state_dict"]
+        missing, extra = len(wanted.keys() - found.keys()), len(found.keys() - wanted.keys())
+        other_shape = sum(getattr(found[k], "shape", None) != wanted[k].shape for k in wanted.keys() & found.keys())
+        die(
+            f"{path}: the weights do not fit {name} with {classes} classes ({missing} of its tensors missing, {extra} "
+            f"not its own, {other_shape} of another shape: another architecture or count)"
+        )
     return net
 
 
@@ -384,49 +391,37 @@ def onnx_fault(proto, session, meta):
     return None
 
 
-def check_inputs(size, n=3):
-    """n deterministic float32 images [n, 3, size, size] (sine patterns of the normalised scale, the same on every
-    machine): export_onnx.py stores the file's outputs on them (self_check), load_onnx compares."""
-    rows, cols = np.mgrid[0:size, 0:size] / size
-    waves = [[np.sin(2 * np.pi * (k + 1) * (rows * (c + 1) + cols * (k + 2)) + c) for c in range(3)] for k in range(n)]
-    return (1.5 * np.asarray(waves)).astype(np.float32)
+def output_names(meta):
+    """An export's outputs, in order: ONNX_OUTPUTS, and the familiarity distance for a model with that measure."""
+    return [*ONNX_OUTPUTS, "familiarity_distance"] if meta.get("familiarity") else list(ONNX_OUTPUTS)
 
 
 def self_check_fault(session, meta, tolerance=1e-4):
-    """Whether the file's outputs on check_inputs are what was stored when it was exported, and its p_malignant
-    is what its own logits give through its calibration (a rewired p_malignant is refused), else the fault."""
-    stored = meta["self_check"]
-    x = check_inputs(meta["image_size"], stored["inputs"])
-    try:
-        logits, p = session.run(["logits", "p_malignant"], {session.get_inputs()[0].name: x})
-    except Exception as e:  # onnxruntime failing at run time: the file, the machine
-        return f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]})"
-    own = predictions([logits], meta)[0]
-    if np.shape(stored["logits"]) != logits.shape or len(stored["p_malignant"]) != len(p):
-        return f"its self_check holds outputs for {np.shape(stored['logits'])}, the file gives {logits.shape}"
-    scale = np.maximum(1.0, np.abs(logits).max(axis=1, keepdims=True))  # each input's own: float32 rounding
-    drift = (np.abs(logits - np.asarray(stored["logits"])) / scale).max()
-    if not np.abs(p - own).max() <= tolerance:
-        return f"its p_malignant is not what its logits and calibration give (off by {np.abs(p - own).max():.2g})"
-    if not (drift <= 1e-3 and np.abs(p - np.asarray(stored["p_malignant"])).max() <= tolerance):
-        return "its outputs on the check inputs are not those stored when it was exported"
-    return None
+    """What is wrong with an ONNX file's outputs on the check inputs against those stored when it was exported (its
+    self_check: skinlesion/self_check.py), or None."""
+    limit = (meta.get("familiarity") or {}).get("limit")
+
+    def own_p(logits):  # what the file's P should be: its logits through its calibration
+        return predictions([logits], meta)[0]
+
+    stored, size = meta["self_check"], meta["image_size"]
+    return self_check.fault(session, stored, size, output_names(meta), own_p, limit, tolerance)
 
 
-def load_onnx(path):
-    """(onnxruntime session, meta) for a file written by export_onnx.py, checked as read_checkpoint checks a
-    .pth (metadata, finite weights, the architecture, its input and outputs) and against its self_check; dies
-    with one line otherwise."""
+def read_onnx(path):
+    """(onnxruntime session, meta, None) for a regular file written by export_onnx.py, checked as read_checkpoint
+    checks a .pth (metadata, finite weights, the architecture, its input and outputs) and against its self_check;
+    else (None, None, the error line). An int8 twin's verdict (quantised) is recomputed from its numbers
+    (quantise.within_tolerance), never read."""
     import onnx
     import onnxruntime as ort
 
-    check_model_file(path, "export one with 'python export_onnx.py'")
     try:
         proto = onnx.load(path)
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         session = ort.InferenceSession(proto.SerializeToString(), providers=providers)
     except Exception as e:
-        die(f"{path} is not a readable ONNX model ({type(e).__name__}); export one with export_onnx.py")
+        return None, None, f"{path} is not a readable ONNX model ({type(e).__name__}); export one with export_onnx.py"
     keys = [p.key for p in proto.metadata_props]
     twice = sorted({key for key in keys if keys.count(key) > 1})
     try:
@@ -437,5 +432,18 @@ def load_onnx(path):
     fault = fault or meta_fault(meta) or onnx_fault(proto, session, meta) or meta_fault(meta, "onnx")
     fault = fault or self_check_fault(session, meta)
     if fault:
-        die(f"{path} is refused: {fault}; export the model again with export_onnx.py")
+        return None, None, f"{path} is refused: {fault}; export the model again with export_onnx.py"
+    if "quantised" in meta:
+        verdict = quantise.within_tolerance(meta["quantised"], bool(meta.get("familiarity")))
+        meta["quantised"] = dict(meta["quantised"], within_tolerance=verdict)
+    return session, meta, None
+
+
+def load_onnx(path):
+    """(onnxruntime session, meta) for a file written by export_onnx.py, checked (read_onnx); dies with one line
+    otherwise."""
+    check_model_file(path, "export one with 'python export_onnx.py'")
+    session, meta, error = read_onnx(path)
+    if error:
+        die(error)
     return session, meta

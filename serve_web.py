@@ -88,19 +88,23 @@ def read_model(path):
 
 
 def page_model(model_path, small):
-    """(the ONNX file the page runs, what to say about it): MODEL's int8 twin where it was made from this very
-    file and its comparison kept within tolerance, else MODEL itself, with the reason."""
+    """(the ONNX file the page runs, what to say about it): MODEL's int8 twin where it passes every check a model
+    file gets, was made from this very file and its comparison's numbers keep within tolerance (the rule,
+    quantise.within_tolerance, recomputed here: its stored verdict is not trusted), else MODEL itself, with the
+    reason."""
     twin = quantise.quantised_path(model_path)
     if not small:
         return model_path, "the full model (--no-small-model)"
     if files.file_kind(twin) is not None:
         return model_path, f"the full model (no int8 twin {cli.printable(twin)}; export_onnx.py writes one)"
-    _, meta = model.load_onnx(twin)
+    _, meta, error = model.read_onnx(twin)
+    if error:
+        return model_path, f"the full model ({cli.printable(error)})"
     result = meta.get("quantised")
     if not isinstance(result, dict) or result.get("from_sha256") != files.file_sha256(model_path):
         return model_path, f"the full model ({cli.printable(twin)} was not made from this export; export again)"
     size = f"{os.path.getsize(twin) / 1e6:.1f} MB against {os.path.getsize(model_path) / 1e6:.1f} MB"
-    if not result.get("within_tolerance"):
+    if not quantise.within_tolerance(result, bool(meta.get("familiarity"))):
         return model_path, f"the full model (the int8 twin, {size}, was {quantise.comparison_text(result)})"
     return twin, f"the int8 model ({size}): {quantise.comparison_text(result)}"
 

@@ -114,10 +114,22 @@ def read_weights(path):
     return tensors
 
 
+def counters(net):
+    """The names of net's BatchNorm step counters (num_batches_tracked): a count of training steps, not a learned
+    or running value; converted and published weights often leave them out, and PyTorch's own strict load of a
+    plain table of tensors accepts that."""
+    import torch
+
+    norms = [name for name, m in net.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    return set(net.state_dict()) & {f"{name}.num_batches_tracked" for name in norms}
+
+
 def body(net):
-    """net's tensors but its classifier's (which starts new, for the dataset's classes), by name."""
+    """net's tensors that hold learned or running values, by name: all but its classifier's (which starts new, for
+    the dataset's classes) and the BatchNorm step counters."""
     head = net.pretrained_cfg.get("classifier", "classifier")
-    return {k: v for k, v in net.state_dict().items() if not k.startswith(head + ".")}
+    skipped = counters(net)
+    return {k: v for k, v in net.state_dict().items() if not k.startswith(head + ".") and k not in skipped}
 
 
 def misfit(wanted, tensors):
@@ -128,8 +140,9 @@ def misfit(wanted, tensors):
 
 
 def load_weights_file(net, name, path):
-    """Fill net (classifier aside) from the weights file at path, every tensor or none: a file of another
-    architecture dies with the counts. What the model file records of it: its name and SHA-256."""
+    """Fill net (classifier aside) from the weights file at path, every tensor that holds a learned or running value
+    or none: a file of another architecture dies with the counts (BatchNorm's step counters, counts and not values,
+    start at 0). What the model file records of it: its name and SHA-256."""
     from skinlesion.files import file_sha256
 
     try:
@@ -140,9 +153,9 @@ def load_weights_file(net, name, path):
     missing, other_shape = misfit(wanted, tensors)
     if missing or other_shape:
         die(
-            f"weights file {path} does not fit {name}: of its {len(wanted)} tensors (the classifier aside) "
-            f"{len(missing)} are missing and {len(other_shape)} have another shape; use the weights of "
-            f"{hub_source(name)}"
+            f"weights file {path} does not fit {name}: of its {len(wanted)} tensors (the classifier and the step "
+            f"counters aside) {len(missing)} are missing and {len(other_shape)} have another shape; use the weights "
+            f"of {hub_source(name)}"
         )
     net.load_state_dict({k: tensors[k] for k in wanted}, strict=False)
     return dict(file=os.path.basename(path), sha256=file_sha256(path))

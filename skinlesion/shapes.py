@@ -181,7 +181,9 @@ SUMMARY = record(dict(trained_on=LONG, how_well=LONG, intended_use=LONG, limits=
     test_point=record(dict(sensitivity=FRACTION, specificity=FRACTION))))  # fmt: skip
 SELF_CHECK = record(dict(  # export_onnx.py: the file's outputs on check_inputs, stored when it was exported
     inputs=whole(1, 16), logits=list_of(list_of(ANY_NUMBER, most=1000), most=16),
-    p_malignant=list_of(FRACTION, most=16)))  # fmt: skip
+    p_malignant=list_of(FRACTION, most=16)),
+    dict(cam=list_of(list_of(list_of(ANY_NUMBER, most=2048), most=2048), most=16),
+         familiarity_distance=list_of(ANY_NUMBER, most=16)))  # fmt: skip
 NAMES = list_of(text(MAX_NAME), most=1000)
 QUANTISED = record(dict(  # export_onnx.py's int8 twin: quantise.comparison, and the full model it was made from
     photos=whole(1, 10**7), max_p_difference=FRACTION, label_changes=COUNT, label_changes_outside_band=COUNT,

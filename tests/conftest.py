@@ -624,3 +624,59 @@ def direct_familiarity_distance(checkpoint, paths):
     for handle in handles:
         handle.remove()
     return np.array(found), ckpt["meta"]["familiarity"]
+
+
+def changed_output(path, name, delta, batch=None):
+    """Rewrite the ONNX file at path so that its output name is what it was plus delta (an array broadcast over the
+    batch; NaN in it gives NaN there), its other outputs, weights and metadata untouched; batch "of 1" or "over 1":
+    only at such a batch size. delta None: the output wired to 0 (multiplied by 0)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = onnx.load(path)
+    original = f"{name}_original"
+    for node in proto.graph.node:  # the graph's own consumers keep the original value
+        node.input[:] = [original if n == name else n for n in node.input]
+        node.output[:] = [original if n == name else n for n in node.output]
+    wired_to_0 = delta is None
+    delta = np.zeros(1) if wired_to_0 else np.asarray(delta, dtype=np.float64)
+    arrays = {"delta": np.nan_to_num(delta, nan=0.0)}
+    nodes, term = [], "delta"
+    if np.isnan(delta).any():  # made at run time (sqrt(-1)): a NaN weight is refused before the file runs
+        arrays["minus_one_at_nan"] = np.where(np.isnan(delta), -1.0, 0.0)
+        nodes += [
+            helper.make_node("Sqrt", ["minus_one_at_nan"], ["nan_at_nan"]),
+            helper.make_node("Add", ["delta", "nan_at_nan"], ["delta_with_nan"]),
+        ]
+        term = "delta_with_nan"
+    if batch is not None:
+        arrays.update(index0=np.array(0, np.int64), one=np.array(1, np.int64))
+        compare = {"of 1": "Equal", "over 1": "Greater"}[batch]
+        nodes += [
+            helper.make_node("Shape", ["image"], ["image_shape"]),
+            helper.make_node("Gather", ["image_shape", "index0"], ["batch_size"], axis=0),
+            helper.make_node(compare, ["batch_size", "one"], ["at_this_batch"]),
+            helper.make_node("Cast", ["at_this_batch"], ["at_this_batch_float"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [term, "at_this_batch_float"], ["gated_delta"]),
+        ]
+        term = "gated_delta"
+    nodes.append(helper.make_node("Mul" if wired_to_0 else "Add", [original, term], [name]))
+    for key, value in arrays.items():
+        value = value if value.dtype == np.int64 else value.astype(np.float32)
+        proto.graph.initializer.append(numpy_helper.from_array(value, key))
+    proto.graph.node.extend(nodes)
+    onnx.save(proto, path)
+    return path
+
+
+def set_self_check(path, drop=(), **changes):
+    """Change the self_check stored in the ONNX file at path: the keys drop left out, changes made."""
+    import onnx
+
+    proto = onnx.load(path)
+    for prop in proto.metadata_props:
+        if prop.key == "self_check":
+            stored = {key: value for key, value in json.loads(prop.value).items() if key not in drop}
+            prop.value = json.dumps(dict(stored, **changes))
+    onnx.save(proto, path)
+    return path

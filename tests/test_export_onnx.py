@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -29,6 +30,7 @@ from conftest import (
     ENV,
     ROOT,
     assert_one_error,
+    changed_output,
     dead_run,
     direct_familiarity_distance,
     fingerprint,
@@ -39,8 +41,9 @@ from conftest import (
     refuses,
     run,
     save_model,
+    set_self_check,
 )
-from skinlesion import backbone, card, explain, familiarity, files, ledger, photos
+from skinlesion import backbone, card, explain, familiarity, files, ledger, photos, self_check
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -106,8 +109,8 @@ def torch_net(exported):
 @pytest.mark.slow
 def test_export_writes_one_checked_file_with_metadata(exported):
     match = re.search(
-        r"^onnxruntime matches PyTorch: max difference (\S+) in P\(malignant\) and the evidence map "
-        r"\(tolerance 1e-04\) on 5 photos from photos, batch of 5 and batch of 1$",
+        r"^onnxruntime matches PyTorch: largest difference (\S+) in the logits, P\(malignant\) and the evidence map "
+        r"\(--tolerance 1e-04\) on 5 photos from photos, batch of 5 and of 1$",
         exported["stdout"],
         re.M,
     )
@@ -452,7 +455,7 @@ def rewired(proto):
 
 @pytest.mark.parametrize("case", ["p_malignant rewired", "self_check altered", "as exported"])
 def test_a_file_whose_outputs_are_not_what_it_was_exported_with_is_refused(exported, tmp_path, capsys, case):
-    """The load check runs the file on model.check_inputs: its p_malignant must be what its own logits and
+    """The load check runs the file on self_check.inputs: its p_malignant must be what its own logits and
     calibration give, and its outputs those stored at export. A file changed either way gives no label; the file
     as exported loads and predicts."""
     proto = onnx.load(exported["onnx"])
@@ -465,7 +468,7 @@ def test_a_file_whose_outputs_are_not_what_it_was_exported_with_is_refused(expor
         stored = json.loads(prop.value)
         stored["logits"][1][0] += 0.05  # the second check input
         prop.value = json.dumps(stored)
-        expected = "its outputs on the check inputs are not those stored when it was exported"
+        expected = "its outputs on the check inputs are not those stored when it was exported (logits)"
     assert sum(node.op_type == "Conv" for node in proto.graph.node) == convs == 81  # B0's
     path = str(tmp_path / "model.onnx")
     onnx.save(proto, path)
@@ -483,8 +486,8 @@ def test_a_file_whose_outputs_are_not_what_it_was_exported_with_is_refused(expor
 
 
 def test_check_inputs_are_the_same_on_every_call_and_stored_with_the_export(exported):
-    x = model.check_inputs(64)
-    assert x.shape == (3, 3, 64, 64) and x.dtype == np.float32 and np.array_equal(x, model.check_inputs(64))
+    x = self_check.inputs(64)
+    assert x.shape == (3, 3, 64, 64) and x.dtype == np.float32 and np.array_equal(x, self_check.inputs(64))
     assert 0.5 < x.std() < 1.5 and len({round(float(v), 3) for v in x[:, 0, 0, :3].ravel()}) > 3  # varied
     props = {p.key: json.loads(p.value) for p in onnx.load(exported["onnx"], load_external_data=False).metadata_props}
     session, meta = model.load_onnx(exported["onnx"])
@@ -492,6 +495,181 @@ def test_check_inputs_are_the_same_on_every_call_and_stored_with_the_export(expo
     np.testing.assert_allclose(props["self_check"]["logits"], logits, atol=1e-4 * max(1, np.abs(logits).max()))
     np.testing.assert_allclose(props["self_check"]["p_malignant"], p, atol=1e-5)
     np.testing.assert_allclose(p, model.predictions([logits], meta)[0], atol=1e-5)
+
+
+def one_cell(side, value):
+    """A [side, side] map that is value in its first cell, 0 elsewhere."""
+    cell = np.zeros((side, side))
+    cell[0, 0] = value
+    return cell
+
+
+def stored_self_check(path):
+    return json.loads(next(p.value for p in onnx.load(path).metadata_props if p.key == "self_check"))
+
+
+CAM_CASES = ["cam off in one cell", "cam NaN in one cell", "cam off at a batch of 1", "cam off at a batch over 1"]
+
+
+def cam_changed(path, case, scale, side):
+    """The file at path with its cam changed as case says, scale its largest value (what the checks are relative
+    to): in one cell by 2.5 x CHECK_DRIFT of it, NaN in one cell, or everywhere by its whole scale at one batch size."""
+    if case == "cam off in one cell":
+        return changed_output(path, "cam", one_cell(side, 2.5 * self_check.DRIFT * scale))
+    if case == "cam NaN in one cell":
+        return changed_output(path, "cam", one_cell(side, np.nan))
+    return changed_output(path, "cam", np.full((side, side), scale), batch=case.split("batch ")[1])
+
+
+@pytest.mark.parametrize("case", [*CAM_CASES, "no cam stored", "as exported"])
+def test_the_self_check_compares_every_output_by_its_largest_difference_at_two_batch_sizes(
+    exported, tmp_path, capsys, case
+):
+    """load_onnx runs the file on the check inputs at once and the first alone and compares the map too: a change in
+    one cell of it (whose mean over the maps stays within the check: computed here), a NaN in one cell, a change at
+    one batch size only, or a self_check without the map (an earlier version) is refused by load_onnx and
+    predict.py; the file as exported loads."""
+    path = str(tmp_path / "model.onnx")
+    shutil.copyfile(exported["onnx"], path)
+    stored = np.array(stored_self_check(path)["cam"])
+    scale = np.abs(stored).max(axis=(1, 2)).min()  # the smallest input's largest value: each is relative to its own
+    if case == "as exported":
+        _, meta = model.load_onnx(path)
+        assert set(meta["self_check"]) == {"inputs", "logits", "p_malignant", "cam"} and stored.shape == (3, 2, 2)
+        return
+    expected = "its outputs on the check inputs are not those stored when it was exported (cam)"
+    if case == "no cam stored":
+        set_self_check(path, drop=["cam"])
+        expected = "its self_check holds no cam (exported by an earlier version)"
+    else:
+        cam_changed(path, case, scale, stored.shape[-1])
+    if case == "cam off in one cell":
+        relative = one_cell(2, 2.5 * self_check.DRIFT * scale) / np.abs(stored).max(axis=(1, 2), keepdims=True)
+        assert relative.mean() < self_check.DRIFT < relative.max()  # a mean would let it through
+    before = fingerprint(tmp_path)
+    refuses([exported["photos"][0], "--model", path], capsys, f"{path} is refused: {expected}; export the model again")
+    assert model.read_onnx(path)[2] == f"{path} is refused: {expected}; export the model again with export_onnx.py"
+    assert fingerprint(tmp_path) == before
+
+
+@pytest.fixture(scope="module")
+def wrapped_net(torch_net):
+    """(export_onnx.exportable of the exported checkpoint, its meta), as export_onnx.py builds them."""
+    net, meta = torch_net
+    meta = dict(meta, network=backbone.network_shape(net))
+    return export_onnx.exportable(net.float().to(memory_format=torch.contiguous_format).eval(), meta), meta
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("photos_", ["5 photos", "one photo"])
+@pytest.mark.parametrize("case", [*CAM_CASES, "as exported"])
+def test_the_export_check_compares_every_output_by_its_largest_difference_at_two_batch_sizes(
+    exported, wrapped_net, tmp_path, capsys, case, photos_
+):
+    """export_onnx.py's check against PyTorch on real photos, at once and the first alone (one photo: twice over and
+    alone): a change in one cell of the map by 2.5 x the tolerance (relative to the map's largest value: its mean over
+    the maps is within), a NaN in one cell (Python's max([0.1, nan]) is 0.1), or a change at one batch size only is
+    found, and the error names the output, its largest difference and --tolerance; the file as exported passes."""
+    wrapped, meta = wrapped_net
+    cfg = model.meta_data_config(meta)
+    x = np.stack([photos.preprocess(photos.load_image(p), cfg) for p in exported["photos"]])
+    x = x[:1] if photos_ == "one photo" else x
+    with torch.inference_mode():
+        cam = wrapped(torch.from_numpy(x))[2].double().numpy()
+    scale = np.abs(cam).max()
+    path = str(tmp_path / "model.onnx")
+    shutil.copyfile(exported["onnx"], path)
+    tolerance = 1e-4
+    if case == "cam off in one cell":
+        changed_output(path, "cam", one_cell(2, 2.5 * tolerance * scale))
+        assert 2.5 * tolerance / 4 < tolerance  # its mean over a 2 x 2 map, and over photos less still
+    elif case != "as exported":
+        cam_changed(path, case, scale, 2)
+    found = export_onnx.differences(wrapped, meta, path, x)
+    assert set(found) == {"logits", "p_malignant", "cam"}
+    assert all(found[name] <= tolerance for name in ("logits", "p_malignant"))
+    if case == "as exported":
+        assert found["cam"] <= tolerance
+        return
+    assert not found["cam"] <= tolerance
+    if case == "cam off in one cell":
+        assert 2 * tolerance < found["cam"] < 3 * tolerance
+    args = SimpleNamespace(tolerance=tolerance, output="skin_model.onnx")
+    with pytest.raises(SystemExit) as exit_info:
+        export_onnx.check_parity(args, found, "5 photos")
+    expected = (
+        f"onnxruntime and PyTorch disagree on 5 photos: cam by {found['cam']:.2e}, over --tolerance 1e-04 (largest "
+        "differences, relative but p_malignant's); skin_model.onnx not written"
+    )
+    assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
+
+
+@pytest.fixture(scope="module")
+def familiar_export(familiar_model, tmp_path_factory):
+    """The familiar model's ONNX file (no int8 twin)."""
+    checkpoint, data = familiar_model
+    path = str(tmp_path_factory.mktemp("familiar onnx") / "familiar.onnx")
+    export_onnx.main(["--model", checkpoint, "--output", path, "--check-images", os.path.join(data, "test")])
+    return path
+
+
+FAMILIAR_CASES = ["wired to 0", "wired to 0, its self_check to match", "no distance stored", "as exported"]
+
+
+@pytest.mark.parametrize("case", FAMILIAR_CASES)
+def test_an_export_whose_familiarity_distance_is_wired_to_0_fails_its_own_check(
+    familiar_export, tmp_path, capsys, case
+):
+    """Wired to 0, the distance calls every photo familiar: the file would label photos the real one withholds (a
+    grey photo: unfamiliar with the file as exported, exit 3). At least one check input lies beyond the limit in
+    the file itself (recomputed here), so such a file is refused by load_onnx and predict.py, even with its
+    self_check rewritten to match; so is a self_check without the distance (an earlier version)."""
+    path = str(tmp_path / "model.onnx")
+    shutil.copyfile(familiar_export, path)
+    grey = grey_photo(tmp_path / "grey.png")
+    session, meta = model.load_onnx(path)
+    limit = meta["familiarity"]["limit"]
+    if case == "as exported":
+        distances = session.run(["familiarity_distance"], {"image": self_check.inputs(meta["image_size"])})[0]
+        assert (distances > limit).any()
+        np.testing.assert_allclose(meta["self_check"]["familiarity_distance"], distances, rtol=self_check.DRIFT)
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main([grey, "--model", path])
+        assert exit_info.value.code == predict.UNFAMILIAR_EXIT
+        assert capsys.readouterr().out.startswith("Prediction: unfamiliar")
+        return
+    expected = (
+        f"its familiarity_distance puts none of the 3 check inputs (patterns unlike any photo) beyond its limit "
+        f"{limit:.4g}: it could not tell an unfamiliar photo"
+    )
+    if case == "no distance stored":
+        set_self_check(path, drop=["familiarity_distance"])
+        expected = "its self_check holds no familiarity_distance (exported by an earlier version)"
+    else:
+        changed_output(path, "familiarity_distance", None)
+    if case == "wired to 0, its self_check to match":
+        set_self_check(path, familiarity_distance=[0.0, 0.0, 0.0])
+    before = fingerprint(tmp_path)
+    refuses([grey, "--model", path], capsys, f"{path} is refused: {expected}; export the model again")
+    assert fingerprint(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_an_export_whose_model_finds_every_check_input_familiar_is_not_written(familiar_model, tmp_path, capsys):
+    """A familiarity limit so wide that the check patterns are familiar (the model could not flag an unfamiliar
+    photo): the exported file would be refused by every script, so it is not written."""
+    checkpoint, data = familiar_model
+    state = torch.load(checkpoint, weights_only=True)
+    state["meta"]["familiarity"]["limit"] = 1e9
+    torch.save(state, tmp_path / "wide.pth")
+    before = fingerprint(tmp_path)
+    expected = (
+        "the exported file fails the check every script makes of a model file: its familiarity_distance puts none "
+        "of the 3 check inputs (patterns unlike any photo) beyond its limit 1e+09"
+    )
+    argv = ["--model", tmp_path / "wide.pth", "--output", tmp_path / "wide.onnx", "--check-images", data + "/test"]
+    main_fails(export_onnx.main, argv, capsys, expected)
+    assert fingerprint(tmp_path) == before
 
 
 def test_non_finite_probability_is_an_error_never_a_label(tmp_path, monkeypatch, capsys):
@@ -604,12 +782,13 @@ def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_p
     err = capsys.readouterr().err
     assert_one_error(exit_info.value.code, err, "; skin_model.onnx not written")
     match = re.search(
-        r"^error: onnxruntime and PyTorch disagree: max difference (\S+) > tolerance 1e-09 on 3 random "
-        r"tensors \(no photos found; --check-images FOLDER checks on real ones\);",
+        r"^error: onnxruntime and PyTorch disagree on 3 random tensors \(no photos found; --check-images FOLDER checks "
+        r"on real ones\), batch of 3 and of 1: logits by (\S+), p_malignant by (\S+), cam by (\S+), over --tolerance "
+        r"1e-09 \(largest differences, relative but p_malignant's\); skin_model.onnx not written$",
         err,
         re.M,
     )
-    assert match and float(match.group(1)) > 1e-9, err
+    assert match and min(float(d) for d in match.groups()) > 1e-9, err
     assert fingerprint(tmp_path) == before  # nothing written, no temporary file left
 
 

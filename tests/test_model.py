@@ -175,6 +175,46 @@ def test_checkpoints_that_are_not_ours_are_refused(scripts_setup, tmp_path, caps
     assert not (tmp_path / "code ran").exists(), "unpickling the checkpoint ran its code"
 
 
+STRICT_CASES = {  # how the weights differ from the network's: (missing, not its own, of another shape)
+    "a running_mean missing": (1, 0, 0),
+    "a weight missing": (1, 0, 0),
+    "an extra tensor": (0, 1, 0),
+    "one renamed": (1, 1, 0),
+    "as saved": None,  # the nearest that must load
+}
+
+
+@pytest.mark.parametrize("case", STRICT_CASES)
+def test_a_model_files_weights_load_strictly(scripts_setup, tmp_path, capsys, case):
+    """Every tensor of the network and no other: one missing, one extra or one renamed is refused with the counts
+    (a lenient load would leave a tensor at its random start, or take one that belongs to nothing); the file as
+    saved loads, every tensor equal."""
+    _, _, good = scripts_setup
+    state = torch.load(good, weights_only=True)
+    weights = state["state_dict"]
+    if case == "a running_mean missing":
+        del weights["blocks.2.0.bn1.running_mean"]
+    elif case == "a weight missing":
+        del weights["conv_head.weight"]
+    elif case == "an extra tensor":
+        weights["head.extra.weight"] = torch.ones(3)
+    elif case == "one renamed":
+        weights["conv_stem.weights"] = weights.pop("conv_stem.weight")
+    path = str(tmp_path / "model.pth")
+    torch.save(state, path)
+    if STRICT_CASES[case] is None:
+        net, _ = model.load_checkpoint(path)
+        loaded = net.state_dict()
+        assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
+        return
+    missing, extra, other = STRICT_CASES[case]
+    expected = (
+        f"{path}: the weights do not fit efficientnet_b0 with 2 classes ({missing} of its tensors missing, {extra} "
+        f"not its own, {other} of another shape: another architecture or count)"
+    )
+    load_refused(model.load_checkpoint, path, capsys, expected)
+
+
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
     cfg = model.data_config(net, 96)
     path = str(tmp_path / "m.pth")
@@ -299,7 +339,8 @@ def full_meta():
         at_chance=False, epoch=3, imagenet=True, manifest_sha256="ab" * 32, versions={"torch": "2.4.0"},
         settings=SETTINGS, data=DATA, source_checkpoint="skin_model.pth", source_sha256="cd" * 32,
         outputs=list(model.ONNX_OUTPUTS), exporter="torch.onnx dynamo", card_summary=SUMMARY,
-        self_check=dict(inputs=1, logits=[[0.1, -0.1]], p_malignant=[0.45]),
+        self_check=dict(inputs=1, logits=[[0.1, -0.1]], p_malignant=[0.45], cam=[[[0.5, -0.5], [0.0, 1.5]]],
+                        familiarity_distance=[80.0]),
         network=dict(architecture="efficientnet_b0", features=1280, stride=32, convs=81), prior_malignant=0.5,
         val_types=dict(balanced_accuracy=0.7, balanced_accuracy_ci95=[0.6, 0.8], chance=0.5,
                        types={"nevus": dict(sensitivity=0.8, sensitivity_ci95=[0.7, 0.9], photos=20)}),
@@ -351,7 +392,8 @@ BAD_VALUES = {  # key: values of the wrong shape, each refused at load (the near
     "exporter": [3],
     "card_summary": [without(SUMMARY, "limits"), dict(SUMMARY, limits="none"), dict(SUMMARY, how_well=""), "text"],
     "self_check": [dict(inputs=1, logits="x", p_malignant=[0.5]), dict(inputs=1, logits=[[0.1]], p_malignant=[1.5]),
-                   {}],
+                   {}, dict(full_meta()["self_check"], cam=[[0.5, -0.5]]),
+                   dict(full_meta()["self_check"], familiarity_distance=[float("nan")])],
     "network": [dict(architecture="resnet18", features=512, stride=32, convs=20), "efficientnet_b0",
                 dict(architecture="efficientnet_b0", features=1280, stride=32, convs=0)],
     "prior_malignant": [1.0, 0.0, "0.5"],
