@@ -1,7 +1,7 @@
 """The project's own conventions, checked: files cut by concern with short functions, flags only from each
-script's constants block, --help answered without importing torch, the flag documentation equal to what --help says, every numeric
-flag's range stated once (in its constant's comment), a README read in ten minutes that names only flags that
-exist."""
+script's constants block, --help answered without importing torch, the flag documentation equal to what --help
+says, every numeric flag's range stated once (in its constant's comment), a README read in ten minutes that names
+only flags that exist."""
 
 import ast
 import glob
