@@ -24,6 +24,11 @@ skin_model.pth, skin_model.md, skin_model_last.pth (for --resume) and training_c
 runs/<run>/ (TensorBoard).
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import json
 import math
 import os
@@ -41,7 +46,6 @@ from skinlesion import (
     familiarity,
     files,
     folders,
-    interrupts,
     numbers,
     photos,
     plots,

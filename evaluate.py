@@ -18,6 +18,11 @@ a model with a familiarity measure it counts the photos that predict.py would ca
 chosen on validation; skinlesion/familiarity.py); the metrics include them.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import json
 import os
 
@@ -34,7 +39,6 @@ from skinlesion import (
     familiarity,
     files,
     folders,
-    interrupts,
     numbers,
     photos,
     plots,

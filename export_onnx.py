@@ -28,13 +28,18 @@ the default is missing; random tensors, said so, when there is no dataset at all
 that holds no readable photo is an error. A temporary file left by a killed export is removed by the next one.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import json
 import os
 
 import numpy as np
 
 import model
-from skinlesion import backbone, card, cli, familiarity, files, interrupts, model_index, photos, quantise
+from skinlesion import backbone, card, cli, familiarity, files, model_index, photos, quantise
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py

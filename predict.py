@@ -31,6 +31,11 @@ EfficientNet-B0's final feature map; with the ONNX model, the same map from the 
 A research tool, not a medical device: a doctor must examine any lesion that worries you.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import csv
 import io
 import os
@@ -49,7 +54,6 @@ from skinlesion import (
     familiarity,
     files,
     folders,
-    interrupts,
     numbers,
     photos,
 )

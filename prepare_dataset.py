@@ -24,6 +24,11 @@ disk, a kill or Ctrl-C leave the previous dataset byte-identical (it is built in
 is replaced as a whole only if prepare_dataset.py made it.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import os
 import re
 import shlex
@@ -32,7 +37,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, shapes, shards
+from skinlesion import cli, dataset, files, folders, isic, photos, shapes, shards
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read

@@ -21,6 +21,11 @@ attack sends, is refused), with the page's Content-Security-Policy and other sec
 request is one line on stderr. Torch-free: the model's metadata is read with onnxruntime.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import hashlib
 import http.server
 import json
@@ -29,7 +34,7 @@ import re
 import sys
 
 import model
-from skinlesion import cli, files, folders, interrupts, numbers, quantise
+from skinlesion import cli, files, folders, numbers, quantise
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py, with the outputs 'logits' and 'cam'
