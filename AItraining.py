@@ -45,7 +45,6 @@ from skinlesion import (
     devices,
     familiarity,
     files,
-    folders,
     numbers,
     photos,
     plots,
@@ -214,7 +213,6 @@ def main(argv=None):
     interrupts.say_on_ctrl_c(ctrl_c_message(args, args.resume))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: 1.5-4x faster beside other work
     import torch
-    from torch.utils.tensorboard import SummaryWriter
 
     rank, world, device = devices.setup()
     log = print if rank == 0 else (lambda *a, **k: None)
@@ -274,9 +272,7 @@ def main(argv=None):
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         train_net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=ids)
-    if rank == 0:
-        folders.made_folder(args.log_dir, "AItraining.py", "log folder")
-    writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=start_epoch) if rank == 0 else None
+    writer = training.TensorBoardLog(args.log_dir, args.run, start_epoch) if rank == 0 else None
     manifest_file = os.path.join(args.data_dir, dataset.MANIFEST)
     meta["manifest_sha256"] = files.file_sha256(manifest_file) if os.path.isfile(manifest_file) else None
 
@@ -333,10 +329,7 @@ def main(argv=None):
             )
             model.save_checkpoint(args.resume_file, state, "resume checkpoint")
             interrupts.say_on_ctrl_c(ctrl_c_message(args, True))
-            for key, value in history[-1].items():
-                writer.add_scalar(key, value, epoch)
-            writer.flush()
-            folders.record_files(args.log_dir, args.run, "training log")  # what make clean may remove
+            writer.add(history[-1], epoch)
             plots.training_curves(
                 history, int(max(history, key=lambda h: (h["roc_auc"], -h["val_loss"]))["epoch"]), args.curves
             )
@@ -349,7 +342,6 @@ def main(argv=None):
     if rank == 0:
         writer.close()
         fit_familiarity(args, train_paths, train_y, val_paths, device)
-        folders.record_files(args.log_dir, args.run, "training log")
         report(args)
 
 

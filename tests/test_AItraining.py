@@ -498,6 +498,20 @@ def test_ctrl_c_says_how_to_continue_this_run_and_following_it_does(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_full_disk_under_log_dir_is_one_line_naming_the_folder_and_the_flag(tiny, tmp_path):
+    """TensorBoard writes from a thread: a full disk was 'error: [Errno 28] No space left on device', naming no file,
+    after that thread's traceback."""
+    (tmp_path / "logs").mkdir()  # the first write of the run is TensorBoard's: its event file's header (> 16 bytes)
+    r = run(
+        "AItraining.py", *FAST, "--data-dir", tiny, "--epochs", 1, "--log-dir", "logs", cwd=tmp_path,
+        file_size_limit=16,
+    )  # fmt: skip
+    assert_one_error(r.returncode, r.stderr, "error: could not write the TensorBoard log logs/")
+    assert r.stderr.strip().endswith("(File too large); free some disk space or pass another --log-dir"), r.stderr
+    assert "Exception in thread" not in r.stderr
+
+
+@pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tiny, tmp_path):
     """torch.save raises RuntimeError on a full disk: it was a 31-line traceback. The previous model stays."""
     save_model(tmp_path / "mine.pth", size=32)
