@@ -116,39 +116,39 @@ def parse_args(argv=None):
 
 def resume_settings(args, classes):
     """The resume file's state, its settings put into args (a flag that would change the run dies)."""
-    state = model.read_checkpoint(args.resume_file)
+    state, resume_file = model.read_checkpoint(args.resume_file), cli.printable(args.resume_file)
     missing = [key for key in RESUME_KEYS if key not in state] + [
         k for k in ("settings", "epoch") if k not in state["meta"]
     ]
     fault = not missing and training.resume_fault(state)
     if fault:
-        cli.die(f"--resume: {args.resume_file} is refused: {fault}; start a new run")
+        cli.die(f"--resume: {resume_file} is refused: {fault}; start a new run")
     if missing:
         cli.die(
-            f"--resume: {args.resume_file} has no optimiser state ({', '.join(missing)}); resume from the "
+            f"--resume: {resume_file} has no optimiser state ({', '.join(missing)}); resume from the "
             f"{RESUME_FILE} a run writes (--resume-file), not from {OUTPUT}"
         )
     if state["meta"]["classes"] != classes:
         cli.die(
-            f"--resume: the run in {args.resume_file} trained classes {state['meta']['classes']}, {args.data_dir} "
-            f"has {classes}; start a new run"
+            f"--resume: the run in {resume_file} trained classes {state['meta']['classes']}, "
+            f"{cli.printable(args.data_dir)} has {classes}; start a new run"
         )
     settings, done = state["meta"]["settings"], state["meta"]["epoch"]
     for key, value in settings.items():
         if key in args.given and getattr(args, key) != value and key not in ("epochs", "patience"):
             cli.die(
-                f"--resume: the run in {args.resume_file} has {key} {value}; resume without "
+                f"--resume: the run in {resume_file} has {key} {value}; resume without "
                 f"{cli.flag_name(key)} or start a new run"
             )
         setattr(args, key, getattr(args, key) if key in args.given else value)
     if done >= args.epochs:
         cli.die(
-            f"--resume: the run in {args.resume_file} already finished ({done} of {settings['epochs']} epochs); "
+            f"--resume: the run in {resume_file} already finished ({done} of {settings['epochs']} epochs); "
             f"to train longer pass a higher --epochs, e.g. --epochs {done + 10}"
         )
     if state["stopped_early"] and "patience" not in args.given:
         cli.die(
-            f"--resume: the run in {args.resume_file} stopped early at epoch {done} (no better validation "
+            f"--resume: the run in {resume_file} stopped early at epoch {done} (no better validation "
             f"ROC-AUC for {args.patience} epochs); to go on pass --patience 0 (never stop) or a higher --patience"
         )
     return state
@@ -265,8 +265,8 @@ def main(argv=None):
         start_epoch, best, bad_epochs = resumed["meta"]["epoch"] + 1, resumed["best"], resumed["bad_epochs"]
         history = json.loads(resumed["history"])
         log(
-            f"resuming from {args.resume_file} after epoch {start_epoch - 1} of {args.epochs} (best ROC-AUC so far "
-            f"{best[0]:.3f})"
+            f"resuming from {cli.printable(args.resume_file)} after epoch {start_epoch - 1} of {args.epochs} (best "
+            f"ROC-AUC so far {best[0]:.3f})"
         )
     train_net = torch.compile(net) if args.compile else net
     if world > 1:
@@ -360,7 +360,8 @@ def report(args):
     final = model.read_checkpoint(args.output)["meta"]
     m, (low, high) = final["val_metrics"], final["val_auc_ci95"]
     op, fitted = final["operating_point"], final["calibration"]
-    print(f"best epoch {final['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {args.output}")
+    output = cli.printable(args.output)
+    print(f"best epoch {final['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {output}")
     if fitted and fitted["method"] == "none":
         print("calibration: none (neither temperature nor Platt scaling lowered the cross-validated log-loss)")
     elif fitted:
@@ -370,7 +371,7 @@ def report(args):
         )
     print(f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op)}")
     card.write_card(args.card, final, os.path.basename(args.output), model_sha256=files.file_sha256(args.output))
-    print(f"model card: {args.card}")
+    print(f"model card: {cli.printable(args.card)}")
     if final["at_chance"]:
         cli.warn(
             f"this model cannot be told from chance: the 95% interval of its validation ROC-AUC ({low:.3f}-"

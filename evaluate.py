@@ -151,7 +151,7 @@ def main(argv=None):
     class_files, others = shards.class_files(args.data_dir, classes)  # one line on a wrong layout
     if others:
         cli.warn(
-            f"ignored {len(others)} file(s) in {args.data_dir} that are not images: "
+            f"ignored {len(others)} file(s) in {cli.printable(args.data_dir)} that are not images: "
             + cli.first_few([cli.printable(f) for f, _ in others], 5)
         )
 
@@ -167,7 +167,7 @@ def main(argv=None):
     paths, labels, views = paths[keep], labels[keep], [v[keep] for v in views]
     distances = None if distances is None else distances[keep]
     if not np.isfinite(np.concatenate(views)).all():
-        cli.die(f"{args.model} gives outputs that are not numbers; the model is broken, retrain it")
+        cli.die(f"{cli.printable(args.model)} gives outputs that are not numbers; the model is broken, retrain it")
     mask = model.malignant_mask(meta)
     y = mask[labels].astype(int)
     p, probabilities = model.predictions(views, meta)
@@ -176,7 +176,7 @@ def main(argv=None):
     counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
     if min(int((y == 0).sum()), int((y == 1).sum())) == 0:
         lacking = "malignant" if (y == 0).all() else "benign"
-        cli.die(f"no readable {lacking} images in {args.data_dir}; both sides are needed")
+        cli.die(f"no readable {lacking} images in {cli.printable(args.data_dir)}; both sides are needed")
 
     # metrics with intervals, the operating point, calibration, subgroups, types
     threshold = float(meta["threshold"])
@@ -250,7 +250,7 @@ def main(argv=None):
         test = card.card_evaluation(result)
     card.write_card(args.card, meta, os.path.basename(args.model), test, externals, sha256)
     section = f"External validation: {result['external_validation']}" if result["external_validation"] else "Test"
-    print(f"\nwrote {', '.join(written)}; the results are in the model card {args.card} ({section})")
+    print(f"\nwrote {', '.join(written)}; the results are in the model card {cli.printable(args.card)} ({section})")
     if at_chance:
         low, high = ci["roc_auc"]
         cli.warn(

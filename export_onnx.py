@@ -35,6 +35,7 @@ if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while t
 
 import json
 import os
+import shlex
 
 import numpy as np
 
@@ -254,10 +255,11 @@ def write_int8_twin(args, meta):
 
     twin = quantise.quantised_path(args.output)
     x, y = labelled_photos(args.quantise_images, meta)
+    images = cli.printable(args.quantise_images)
     if x is None and "quantise_images" in args.given:
-        cli.die(f"--quantise-images {args.quantise_images} holds no readable photo; pass a folder of validation photos")
+        cli.die(f"--quantise-images {images} holds no readable photo; pass a folder of validation photos")
     if x is None:
-        print(f"no int8 twin written: no photos in {args.quantise_images} to calibrate it on (--quantise-images)")
+        print(f"no int8 twin written: no photos in {images} to calibrate it on (--quantise-images)")
         return
     full = ort.InferenceSession(args.output, providers=["CPUExecutionProvider"])
     speeds = {}
@@ -329,14 +331,15 @@ def main(argv=None):
         backbone.cam_side(meta["image_size"], meta["network"]["stride"]),
     )
     also = ", 'familiarity_distance' [batch]" if meta.get("familiarity") else ""
+    output = cli.printable(args.output)
     print(
-        f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
+        f"wrote {output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
         f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch]{also} and "
         f"'cam' [batch, {side}, {side}])"
     )
     if args.quantise:
         write_int8_twin(args, meta)
-    print(f"use it with: python predict.py photo.jpg --model {args.output}")
+    print(f"use it with: python predict.py photo.jpg --model {cli.printable(shlex.quote(args.output))}")
 
 
 if __name__ == "__main__":

@@ -228,6 +228,7 @@ def main(argv=None):
     # the export
     meta = write_demo_export(out_dir, args.seed, args.photo_size, args.workers)
     kinds = meta.diagnosis_3.where(meta.diagnosis_3 != "", "no diagnosis")
+    out_dir = cli.printable(out_dir)  # as printed
     print(
         f"wrote a synthetic ISIC export to {out_dir}/: {len(meta)} rows in metadata.csv ({cli.counts_text(kinds, 9)}), "
         f"attribution.txt, licenses/, {3 * len(_UNSEEN)} photos in unseen/; next: python prepare_dataset.py "

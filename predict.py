@@ -237,7 +237,8 @@ def main(argv=None):
     images, skipped = photos.find_images(args.images)
     if not images:
         others = f"; skipped {len(skipped)} other files" if skipped else ""
-        cli.die(f"no images in {', '.join(args.images)} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
+        given = cli.first_few(args.images, 5)
+        cli.die(f"no images in {given} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
     single = len(args.images) == 1 and len(images) == 1 and not os.path.isdir(args.images[0])
     if single:  # read it before loading the model: a bad file is reported at once
         first, why = photos.try_load_image(images[0])
@@ -268,7 +269,8 @@ def main(argv=None):
     flips = ", mean over 4 flips" if args.tta else ""
     prior = meta.get("prior_malignant")
     if args.prevalence is not None and prior is None:
-        cli.die(f"--prevalence: {args.model} does not record the share of malignant training photos; retrain it")
+        model_file = cli.printable(args.model)
+        cli.die(f"--prevalence: {model_file} does not record the share of malignant training photos; retrain it")
 
     # predictions
     rows, borderline, strange = [], 0, False
@@ -379,7 +381,7 @@ def main(argv=None):
         header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
         csv.writer(text).writerows([header] + [[files.csv_cell(cell) for cell in row] for row in rows])
         files.write_text(args.csv, text.getvalue(), "predictions")
-        print(f"predictions written to {args.csv}")
+        print(f"predictions written to {cli.printable(args.csv)}")
     print(
         "note: a research tool, not a medical device; have a doctor examine any lesion that worries you",
         file=sys.stderr,

@@ -81,7 +81,8 @@ def read_model(path):
     metadata, finite weights, our architecture and outputs); die if the page could not use the file."""
     _, meta = model.load_onnx(path)
     if meta["interpolation"] != "bicubic":
-        cli.die(f"{path} resizes with {meta['interpolation']}; the page implements Pillow's bicubic only")
+        resizes = meta["interpolation"]
+        cli.die(f"{cli.printable(path)} resizes with {resizes}; the page implements Pillow's bicubic only")
     keys = [name for name, key in model.KEYS.items() if key.page]
     sidecar = {key: meta.get(key) for key in keys}
     op = meta.get("operating_point")
@@ -349,9 +350,9 @@ def main(argv=None):
     facts = [f"{sidecar['image_size']} px", f"threshold {sidecar['threshold']:.3f}"]
     if sidecar["at_chance"]:
         facts.append("at chance on validation")
-    card_text = f"model card {card}" if card else "no model card"
+    card_text = f"model card {cli.printable(card)}" if card else "no model card"
     print(
-        f"built {cli.printable(args.site_dir)}: {args.model} ({', '.join(facts)}), {card_text}, "
+        f"built {cli.printable(args.site_dir)}: {cli.printable(args.model)} ({', '.join(facts)}), {card_text}, "
         f"onnxruntime-web {version} (wasm); the page runs {sidecar['model_variant']}",
         flush=True,
     )

@@ -11,7 +11,7 @@ import sys
 import threading
 from urllib.parse import urlparse
 
-from skinlesion.cli import die, warn
+from skinlesion.cli import die, printable, warn
 
 
 def pooled_linear_head(net):
@@ -130,12 +130,15 @@ def load_weights_file(net, name, path):
     try:
         tensors = read_weights(path)
     except Exception as e:
-        die(f"could not load ImageNet weights from {path} ({type(e).__name__}); use the weights of {hub_source(name)}")
+        die(
+            f"could not load ImageNet weights from {printable(path)} ({type(e).__name__}); use the weights of "
+            f"{hub_source(name)}"
+        )
     wanted = body(net)
     missing, other_shape = misfit(wanted, tensors)
     if missing or other_shape:
         die(
-            f"weights file {path} does not fit {name}: of its {len(wanted)} tensors (the classifier aside) "
+            f"weights file {printable(path)} does not fit {name}: of its {len(wanted)} tensors (the classifier aside) "
             f"{len(missing)} are missing and {len(other_shape)} have another shape; use the weights of "
             f"{hub_source(name)}"
         )

@@ -47,17 +47,18 @@ def read_table(path, columns, what):
     is not CSV text (binary data, a folder, a named pipe: never opened) dies with one line."""
     kind = file_kind(path)
     if kind:
-        die(f"{path} is {kind}, not a CSV file; it must be {what}")
+        die(f"{printable(path)} is {kind}, not a CSV file; it must be {what}")
     with open(path, "rb") as f:
         head = f.read(1 << 16)
     utf16 = head.startswith((b"\xff\xfe", b"\xfe\xff"))
     if b"\0" in head and not utf16:  # an image, an archive
-        die(f"{path} holds binary data, not CSV text; it must be {what}")
+        die(f"{printable(path)} holds binary data, not CSV text; it must be {what}")
     header = head.decode("utf-16" if utf16 else "utf-8", "replace").split("\n")[0]
     sep = max(SEPARATORS, key=header.count)
     if utf16 or sep != ",":
         encoding_word = "UTF-16 " if utf16 else ""
-        warn(f"{path} is {encoding_word}text with {SEPARATORS[sep]} between fields (as Excel saves it); read it so")
+        between = SEPARATORS[sep]
+        warn(f"{printable(path)} is {encoding_word}text with {between} between fields (as Excel saves it); read it so")
 
     def read(encoding):
         return pd.read_csv(
@@ -68,10 +69,10 @@ def read_table(path, columns, what):
         try:
             return read("utf-16" if utf16 else "utf-8-sig")
         except UnicodeDecodeError:  # e.g. "Müller" in cp1252
-            warn(f"{path} is not UTF-8; read it as Windows-1252 (cp1252), as Excel saves CSV")
+            warn(f"{printable(path)} is not UTF-8; read it as Windows-1252 (cp1252), as Excel saves CSV")
             return read("cp1252")
     except (OSError, ValueError) as e:
-        die(f"cannot read {path} as CSV ({type(e).__name__}); it must be {what}")
+        die(f"cannot read {printable(path)} as CSV ({type(e).__name__}); it must be {what}")
 
 
 def metadata_files(metadata_csv, images_dir):
@@ -91,7 +92,7 @@ def read_metadata(paths, columns):
     frames = [read_table(path, columns, "an ISIC export's metadata.csv") for path in paths]
     for path, df in zip(paths, frames):
         if "isic_id" not in df:
-            die(f"{path} has no isic_id column; use the metadata.csv that 'isic image download' writes")
+            die(f"{printable(path)} has no isic_id column; use the metadata.csv that 'isic image download' writes")
     return pd.concat(frames, ignore_index=True).fillna("").apply(lambda s: s.str.strip())
 
 
@@ -139,7 +140,7 @@ def image_files(ids, images_dir, skip):
             if stem in found:
                 extra += 1
             elif os.path.islink(path) and not is_within(path, images_dir):
-                refused[stem] = (f"symlink out of {images_dir}", stem)
+                refused[stem] = (f"symlink out of {printable(images_dir)}", stem)
             elif file_kind(path):
                 refused[stem] = ("not a regular file", f"{stem} ({file_kind(path)})")
             else:

@@ -137,7 +137,7 @@ def checked_crops(batches, paths):
     for indices, (x, whys) in batches:
         for i, why in zip(indices, whys):
             if why:
-                raise OSError(f"{paths[i]} is {why}; delete it or re-run prepare_dataset.py")
+                raise OSError(f"{printable(paths[i])} is {why}; delete it or re-run prepare_dataset.py")
         yield x
 
 

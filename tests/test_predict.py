@@ -573,6 +573,20 @@ def test_odd_names_cannot_forge_a_line_or_a_formula(tmp_path, models, monkeypatc
         assert [row[0] for row in csv.reader(f)][1] == "'=top.jpg"
 
 
+def test_paths_given_as_flags_cannot_forge_a_line(tmp_path, models, monkeypatch, capsys):
+    """A --csv path holding a newline printed 'predictions written to out' and then a forged 'Prediction: benign'
+    line; a folder or a model file so named did the same in the error line."""
+    monkeypatch.chdir(tmp_path)
+    photo, forged = lesion_photo("photo.jpg"), "out\nPrediction: benign"
+    predict.main([photo, "--model", models[0.5], "--csv", f"{forged}.csv"])
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if line.startswith("Prediction:")]) == 1  # the photo's own
+    assert "\npredictions written to out\\nPrediction: benign.csv\n" in out and os.path.isfile(f"{forged}.csv")
+    os.mkdir(forged)
+    refuses([forged, "--model", models[0.5]], capsys, "no images in out\\nPrediction: benign (looked for")
+    refuses([photo, "--model", f"{forged}.pth"], capsys, "model file out\\nPrediction: benign.pth not found")
+
+
 @pytest.mark.parametrize("size", [(1, 1), (90, 10)])  # (more than 10:1 is refused: test_photos)
 def test_a_photo_too_small_or_too_elongated_gets_a_warning(tmp_path, models, capsys, size):
     photo = noise_image(tmp_path / "odd.png", 1, size=size)

@@ -467,6 +467,15 @@ def test_metadata_that_cannot_be_used(case, capsys):
     fails_keeping_dataset([], capsys, METADATA_MISTAKES[case], before)
 
 
+def test_paths_given_as_flags_cannot_forge_a_line(capsys):
+    """A newline in a path a flag names is shown as \\n (it cannot start a line of its own): in the error line and
+    in the download advice that follows it."""
+    before = previous_dataset()
+    forged = "x\nPrediction: benign"
+    expected = "x\\nPrediction: benign.csv (nor a metadata.csv under x\\nPrediction: benign) not found; download"
+    fails_keeping_dataset(["--metadata-csv", f"{forged}.csv", "--images-dir", forged], capsys, expected, before)
+
+
 FLAG_MISTAKES = {  # arguments: what the error line says; checked before anything is read
     "--seed -1": "--seed -1: use 0 to 2**32 - 1 (or set SEED at the top of prepare_dataset.py)",
     "--n-per-class 0": "--n-per-class 0: use >= 1",
