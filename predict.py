@@ -243,7 +243,8 @@ def main(argv=None):
     if single:  # read it before loading the model: a bad file is reported at once
         first, why = photos.try_load_image(images[0])
         if first is None:
-            cli.die(f"{cli.printable(images[0])} is {why}; pass a .jpg or .png photo")
+            fix = "; pass a .jpg or .png photo" if why.startswith(photos.UNREADABLE) else ""  # else: crop it
+            cli.die(f"{cli.printable(images[0])} is {why}{fix}")
     pictures = explain.gradcam_names(images, args.explain_dir) if args.explain else {}
     for picture in pictures.values():
         files.check_output(picture, "--explain-dir", "picture", [args.model, *images], args.overwrite)

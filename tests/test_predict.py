@@ -22,6 +22,7 @@ from conftest import (
     RunsCode,
     assert_one_error,
     direct_familiarity_distance,
+    fails,
     fingerprint,
     finish,
     grey_photo,
@@ -519,7 +520,11 @@ def test_an_image_far_longer_than_wide_is_one_line_and_a_tall_photo_still_classi
     monkeypatch.chdir(tmp_path)
     Image.new("RGB", (100000, 1), (200, 150, 120)).save("thin.png", optimize=True)
     why = "100000 x 1 pixels, one side over 10 times the other: crop it to the lesion"
-    refuses(["thin.png", "--model", models[0.5]], capsys, f"thin.png is {why}; pass a .jpg or .png photo")
+    _, err = fails(capsys, f"thin.png is {why}", predict.main, ["thin.png", "--model", models[0.5]])
+    assert err == f"error: thin.png is {why}\n"  # not 'pass a .jpg or .png photo': it is one, to be cropped
+    pathlib.Path("text.png").write_text("not a photo")  # the nearest file that needs that advice
+    _, err = fails(capsys, "text.png is not a readable image", predict.main, ["text.png", "--model", models[0.5]])
+    assert err.endswith("; pass a .jpg or .png photo\n")
     os.mkdir("photos")
     os.rename("thin.png", "photos/thin.png")
     noise_image("photos/tall.jpg", 3, size=(40, 400))
