@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -325,12 +324,10 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
 @pytest.mark.slow
 def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
-    last = tmp_path / "skin_model_last.pth"
-    p = start(
-        "AItraining.py", [*FAST, "--data-dir", data, "--epochs", 30], lambda _: last.exists(), cwd=tmp_path, timeout=300
-    )
-    time.sleep(0.5)  # well inside the next epoch
-    p.send_signal(signal.SIGKILL)
+    last, curves = tmp_path / "skin_model_last.pth", tmp_path / "training_curves.png"
+    argv = [*FAST, "--data-dir", data, "--epochs", 30]
+    p = start("AItraining.py", argv, lambda _: curves.exists(), cwd=tmp_path, timeout=300)  # epoch 1 all written
+    p.send_signal(signal.SIGKILL)  # past it: in epoch 2, or writing it
     code, _, _ = finish(p)
     assert code == -signal.SIGKILL
     model.load_checkpoint(str(tmp_path / "skin_model.pth"))  # still loadable
