@@ -24,6 +24,11 @@ skin_model.pth, skin_model.md, skin_model_last.pth (for --resume) and training_c
 runs/<run>/ (TensorBoard).
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import json
 import math
 import os
@@ -40,8 +45,6 @@ from skinlesion import (
     devices,
     familiarity,
     files,
-    folders,
-    interrupts,
     numbers,
     photos,
     plots,
@@ -116,39 +119,39 @@ def parse_args(argv=None):
 
 def resume_settings(args, classes):
     """The resume file's state, its settings put into args (a flag that would change the run dies)."""
-    state = model.read_checkpoint(args.resume_file)
+    state, resume_file = model.read_checkpoint(args.resume_file), cli.printable(args.resume_file)
     missing = [key for key in RESUME_KEYS if key not in state] + [
         k for k in ("settings", "epoch") if k not in state["meta"]
     ]
     fault = not missing and training.resume_fault(state)
     if fault:
-        cli.die(f"--resume: {args.resume_file} is refused: {fault}; start a new run")
+        cli.die(f"--resume: {resume_file} is refused: {fault}; start a new run")
     if missing:
         cli.die(
-            f"--resume: {args.resume_file} has no optimiser state ({', '.join(missing)}); resume from the "
+            f"--resume: {resume_file} has no optimiser state ({', '.join(missing)}); resume from the "
             f"{RESUME_FILE} a run writes (--resume-file), not from {OUTPUT}"
         )
     if state["meta"]["classes"] != classes:
         cli.die(
-            f"--resume: the run in {args.resume_file} trained classes {state['meta']['classes']}, {args.data_dir} "
-            f"has {classes}; start a new run"
+            f"--resume: the run in {resume_file} trained classes {state['meta']['classes']}, "
+            f"{cli.printable(args.data_dir)} has {classes}; start a new run"
         )
     settings, done = state["meta"]["settings"], state["meta"]["epoch"]
     for key, value in settings.items():
         if key in args.given and getattr(args, key) != value and key not in ("epochs", "patience"):
             cli.die(
-                f"--resume: the run in {args.resume_file} has {key} {value}; resume without "
+                f"--resume: the run in {resume_file} has {key} {value}; resume without "
                 f"{cli.flag_name(key)} or start a new run"
             )
         setattr(args, key, getattr(args, key) if key in args.given else value)
     if done >= args.epochs:
         cli.die(
-            f"--resume: the run in {args.resume_file} already finished ({done} of {settings['epochs']} epochs); "
+            f"--resume: the run in {resume_file} already finished ({done} of {settings['epochs']} epochs); "
             f"to train longer pass a higher --epochs, e.g. --epochs {done + 10}"
         )
     if state["stopped_early"] and "patience" not in args.given:
         cli.die(
-            f"--resume: the run in {args.resume_file} stopped early at epoch {done} (no better validation "
+            f"--resume: the run in {resume_file} stopped early at epoch {done} (no better validation "
             f"ROC-AUC for {args.patience} epochs); to go on pass --patience 0 (never stop) or a higher --patience"
         )
     return state
@@ -213,7 +216,6 @@ def main(argv=None):
     interrupts.say_on_ctrl_c(ctrl_c_message(args, args.resume))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: 1.5-4x faster beside other work
     import torch
-    from torch.utils.tensorboard import SummaryWriter
 
     rank, world, device = devices.setup()
     log = print if rank == 0 else (lambda *a, **k: None)
@@ -266,16 +268,14 @@ def main(argv=None):
         start_epoch, best, bad_epochs = resumed["meta"]["epoch"] + 1, resumed["best"], resumed["bad_epochs"]
         history = json.loads(resumed["history"])
         log(
-            f"resuming from {args.resume_file} after epoch {start_epoch - 1} of {args.epochs} (best ROC-AUC so far "
-            f"{best[0]:.3f})"
+            f"resuming from {cli.printable(args.resume_file)} after epoch {start_epoch - 1} of {args.epochs} (best "
+            f"ROC-AUC so far {best[0]:.3f})"
         )
     train_net = torch.compile(net) if args.compile else net
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         train_net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=ids)
-    if rank == 0:
-        folders.made_folder(args.log_dir, "AItraining.py", "log folder")
-    writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=start_epoch) if rank == 0 else None
+    writer = training.TensorBoardLog(args.log_dir, args.run, start_epoch) if rank == 0 else None
     manifest_file = os.path.join(args.data_dir, dataset.MANIFEST)
     meta["manifest_sha256"] = files.file_sha256(manifest_file) if os.path.isfile(manifest_file) else None
 
@@ -332,10 +332,7 @@ def main(argv=None):
             )
             model.save_checkpoint(args.resume_file, state, "resume checkpoint")
             interrupts.say_on_ctrl_c(ctrl_c_message(args, True))
-            for key, value in history[-1].items():
-                writer.add_scalar(key, value, epoch)
-            writer.flush()
-            folders.record_files(args.log_dir, args.run, "training log")  # what make clean may remove
+            writer.add(history[-1], epoch)
             plots.training_curves(
                 history, int(max(history, key=lambda h: (h["roc_auc"], -h["val_loss"]))["epoch"]), args.curves
             )
@@ -348,7 +345,6 @@ def main(argv=None):
     if rank == 0:
         writer.close()
         fit_familiarity(args, train_paths, train_y, val_paths, device)
-        folders.record_files(args.log_dir, args.run, "training log")
         report(args)
 
 
@@ -367,7 +363,8 @@ def report(args):
     final = model.read_checkpoint(args.output)["meta"]
     m, (low, high) = final["val_metrics"], final["val_auc_ci95"]
     op, fitted = final["operating_point"], final["calibration"]
-    print(f"best epoch {final['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {args.output}")
+    output = cli.printable(args.output)
+    print(f"best epoch {final['epoch']}: val ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {output}")
     if fitted and fitted["method"] == "none":
         print("calibration: none (neither temperature nor Platt scaling lowered the cross-validated log-loss)")
     elif fitted:
@@ -377,7 +374,7 @@ def report(args):
         )
     print(f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op)}")
     card.write_card(args.card, final, os.path.basename(args.output), model_sha256=files.file_sha256(args.output))
-    print(f"model card: {args.card}")
+    print(f"model card: {cli.printable(args.card)}")
     if final["at_chance"]:
         cli.warn(
             f"this model cannot be told from chance: the 95% interval of its validation ROC-AUC ({low:.3f}-"

@@ -27,6 +27,11 @@ the training photos', and predict.py and the page show its figures beside the te
 not the model's own test split is an external validation too, named after its folder.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import json
 import os
 
@@ -43,7 +48,6 @@ from skinlesion import (
     familiarity,
     files,
     folders,
-    interrupts,
     isic,
     numbers,
     photos,
@@ -160,7 +164,7 @@ def split_photos(args, meta):
     class_files, others = shards.class_files(args.data_dir, classes)  # one line on a wrong layout
     if others:
         cli.warn(
-            f"ignored {len(others)} file(s) in {args.data_dir} that are not images: "
+            f"ignored {len(others)} file(s) in {cli.printable(args.data_dir)} that are not images: "
             + cli.first_few([cli.printable(f) for f, _ in others], 5)
         )
     paths = np.array([f for c in classes for f in class_files[c]])
@@ -203,7 +207,7 @@ def main(argv=None):
     distances = None if distances is None else distances[keep]
     rows = rows[keep].reset_index(drop=True) if external else manifest_rows(args.data_dir, paths)
     if not np.isfinite(np.concatenate(views)).all():
-        cli.die(f"{args.model} gives outputs that are not numbers; the model is broken, retrain it")
+        cli.die(f"{cli.printable(args.model)} gives outputs that are not numbers; the model is broken, retrain it")
     y = labels if external else model.malignant_mask(meta)[labels].astype(int)
     p, probabilities = model.predictions(views, meta)
     plain = model.predictions(views[:1], meta)[0]  # the photo itself, no flips
@@ -211,7 +215,7 @@ def main(argv=None):
     counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
     if min(int((y == 0).sum()), int((y == 1).sum())) == 0:
         lacking = "malignant" if (y == 0).all() else "benign"
-        cli.die(f"no readable {lacking} images in {args.photos}; both sides are needed")
+        cli.die(f"no readable {lacking} images in {cli.printable(args.photos)}; both sides are needed")
 
     # metrics with intervals, the operating point, calibration, subgroups, types
     threshold = float(meta["threshold"])
@@ -271,7 +275,7 @@ def main(argv=None):
         test = card.card_evaluation(result)
     card.write_card(args.card, meta, os.path.basename(args.model), test, externals, sha256, kept.get("exports"))
     section = f"External validation: {name}" if name else "Test"
-    print(f"\nwrote {', '.join(written)}; the results are in the model card {args.card} ({section})")
+    print(f"\nwrote {', '.join(written)}; the results are in the model card {cli.printable(args.card)} ({section})")
     if at_chance:
         low, high = ci["roc_auc"]
         cli.warn(

@@ -30,13 +30,19 @@ dataset at all); a CHECK_IMAGES you name that holds no readable photo is an erro
 killed export is removed by the next one.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import json
 import os
+import shlex
 
 import numpy as np
 
 import model
-from skinlesion import backbone, card, cli, familiarity, files, interrupts, model_index, photos, quantise, self_check
+from skinlesion import backbone, card, cli, familiarity, files, model_index, photos, quantise, self_check
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -304,10 +310,11 @@ def write_int8_twin(args, meta):
     Returns its path, or None when none was written."""
     twin = quantise.quantised_path(args.output)
     x, y = labelled_photos(args.quantise_images, meta)
+    images = cli.printable(args.quantise_images)
     if x is None and "quantise_images" in args.given:
-        cli.die(f"--quantise-images {args.quantise_images} holds no readable photo; pass a folder of validation photos")
+        cli.die(f"--quantise-images {images} holds no readable photo; pass a folder of validation photos")
     if x is None:
-        print(f"no int8 twin written: no photos in {args.quantise_images} to calibrate it on (--quantise-images)")
+        print(f"no int8 twin written: no photos in {images} to calibrate it on (--quantise-images)")
         return None
     full = ort_session(args.output)
     speeds = {}
@@ -394,14 +401,15 @@ def main(argv=None):
         backbone.cam_side(meta["image_size"], meta["network"]["stride"]),
     )
     also = ", 'familiarity_distance' [batch]" if meta.get("familiarity") else ""
+    output = cli.printable(args.output)
     print(
-        f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
+        f"wrote {output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
         f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch]{also} and "
         f"'cam' [batch, {side}, {side}])"
     )
     twin = write_int8_twin(args, meta) if args.quantise else None
     record_in_card(args.model, meta, {path: files.file_sha256(path) for path in (args.output, twin) if path})
-    print(f"use it with: python predict.py photo.jpg --model {args.output}")
+    print(f"use it with: python predict.py photo.jpg --model {cli.printable(shlex.quote(args.output))}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,11 @@ OUT_DIR is written only if it is missing, empty or was made by make_demo_data.py
 the previous one as it was. A real export, or any folder holding other files, is refused.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import os
 import shutil
 from collections import Counter
@@ -33,7 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from skinlesion import cli, demo, folders, interrupts
+from skinlesion import cli, demo, folders
 
 # -----------------------------------------------------------------------------
 OUT_DIR = "demo_data"  # folder for the export: missing, empty or made by this script (then replaced as a whole)
@@ -223,6 +228,7 @@ def main(argv=None):
     # the export
     meta = write_demo_export(out_dir, args.seed, args.photo_size, args.workers)
     kinds = meta.diagnosis_3.where(meta.diagnosis_3 != "", "no diagnosis")
+    out_dir = cli.printable(out_dir)  # as printed
     print(
         f"wrote a synthetic ISIC export to {out_dir}/: {len(meta)} rows in metadata.csv ({cli.counts_text(kinds, 9)}), "
         f"attribution.txt, licenses/, {3 * len(_UNSEEN)} photos in unseen/; next: python prepare_dataset.py "

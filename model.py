@@ -17,7 +17,7 @@ import numpy as np
 
 from skinlesion import backbone, checkpoints, familiarity, quantise, self_check, shapes
 from skinlesion.backbone import imagenet_model
-from skinlesion.cli import die, is_list_of
+from skinlesion.cli import die, is_list_of, printable
 from skinlesion.dataset import SIDES
 from skinlesion.files import TAG, atomic_write, file_kind
 from skinlesion.numbers import APPLIES_TO
@@ -290,9 +290,9 @@ def check_model_file(path, how="train one with 'python AItraining.py'"):
     """die unless the model file is there as a regular file (a named pipe would block the reader)."""
     kind = file_kind(path)
     if kind == "missing":
-        die(f"model file {path} not found; {how} or pass --model PATH")
+        die(f"model file {printable(path)} not found; {how} or pass --model PATH")
     if kind:
-        die(f"model file {path} is {kind}; {how} or pass --model PATH")
+        die(f"model file {printable(path)} is {kind}; {how} or pass --model PATH")
 
 
 def read_checkpoint(path):
@@ -308,7 +308,7 @@ def read_checkpoint(path):
     except Exception as e:
         checkpoints.load_failure(path, e)
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("meta"), dict)):
-        die(f"{path} is not a checkpoint written by AItraining.py (no state_dict/meta)")
+        die(f"{printable(path)} is not a checkpoint written by AItraining.py (no state_dict/meta)")
     fault = meta_fault(ckpt["meta"])
     if not fault and ckpt["meta"].get("familiarity"):
         fault = familiarity.arrays_fault(ckpt.get("familiarity"), len(ckpt["meta"]["classes"]))
@@ -318,7 +318,10 @@ def read_checkpoint(path):
         if bad:
             fault = f"{len(bad)} weight tensor(s) hold NaN or infinite values ({bad[0]})"
     if fault:
-        die(f"{path} is refused: {fault}; retrain with AItraining.py (a broken model must not classify anything)")
+        die(
+            f"{printable(path)} is refused: {fault}; retrain with AItraining.py (a broken model must not classify "
+            "anything)"
+        )
     return ckpt
 
 
@@ -333,8 +336,8 @@ def load_weights(net, ckpt, path):
         missing, extra = len(wanted.keys() - found.keys()), len(found.keys() - wanted.keys())
         other_shape = sum(getattr(found[k], "shape", None) != wanted[k].shape for k in wanted.keys() & found.keys())
         die(
-            f"{path}: the weights do not fit {name} with {classes} classes ({missing} of its tensors missing, {extra} "
-            f"not its own, {other_shape} of another shape: another architecture or count)"
+            f"{printable(path)}: the weights do not fit {name} with {classes} classes ({missing} of its tensors "
+            f"missing, {extra} not its own, {other_shape} of another shape: another architecture or count)"
         )
     return net
 
@@ -348,13 +351,13 @@ def load_checkpoint(path, device="cpu"):
     meta = ckpt["meta"]
     name = meta.get("model_name", MODEL_NAME)
     if not timm.is_model(name):
-        die(f"{path} holds a {name} model, which this timm {timm.__version__} does not know; upgrade timm")
+        die(f"{printable(path)} holds a {name} model, which this timm {timm.__version__} does not know; upgrade timm")
     net = timm.create_model(name, pretrained=False, num_classes=len(meta["classes"]))
     if meta.get("familiarity"):
         arrays = {key: value.double().numpy() for key, value in ckpt["familiarity"].items()}
         if arrays["means"].shape[1] != familiarity.feature_count(net):
             count = familiarity.feature_count(net)
-            die(f"{path} is refused: its familiarity measure is not for {count} features; retrain it")
+            die(f"{printable(path)} is refused: its familiarity measure is not for {count} features; retrain it")
         meta = dict(meta, familiarity=dict(meta["familiarity"], **arrays))
     return prepare_for_device(load_weights(net, ckpt, path), device).eval(), meta
 
@@ -421,7 +424,8 @@ def read_onnx(path):
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         session = ort.InferenceSession(proto.SerializeToString(), providers=providers)
     except Exception as e:
-        return None, None, f"{path} is not a readable ONNX model ({type(e).__name__}); export one with export_onnx.py"
+        why = f"is not a readable ONNX model ({type(e).__name__}); export one with export_onnx.py"
+        return None, None, f"{printable(path)} {why}"
     keys = [p.key for p in proto.metadata_props]
     twice = sorted({key for key in keys if keys.count(key) > 1})
     try:
@@ -432,7 +436,7 @@ def read_onnx(path):
     fault = fault or meta_fault(meta) or onnx_fault(proto, session, meta) or meta_fault(meta, "onnx")
     fault = fault or self_check_fault(session, meta)
     if fault:
-        return None, None, f"{path} is refused: {fault}; export the model again with export_onnx.py"
+        return None, None, f"{printable(path)} is refused: {fault}; export the model again with export_onnx.py"
     if "quantised" in meta:
         verdict = quantise.within_tolerance(meta["quantised"], bool(meta.get("familiarity")))
         meta["quantised"] = dict(meta["quantised"], within_tolerance=verdict)

@@ -30,6 +30,11 @@ one scale (Grad-CAM of the malignant log-odds on the final feature map; with an 
 A research tool, not a medical device: a doctor must examine any lesion that worries you.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import csv
 import io
 import os
@@ -50,7 +55,6 @@ from skinlesion import (
     familiarity,
     files,
     folders,
-    interrupts,
     numbers,
     photos,
 )
@@ -292,12 +296,14 @@ def main(argv=None):
     images, skipped = photos.find_images(args.images)
     if not images:
         others = f"; skipped {len(skipped)} other files" if skipped else ""
-        cli.die(f"no images in {', '.join(args.images)} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
+        given = cli.first_few(args.images, 5)
+        cli.die(f"no images in {given} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
     single = len(args.images) == 1 and len(images) == 1 and not os.path.isdir(args.images[0])
     if single:  # read it before loading the model: a bad file is reported at once
         first, why = photos.try_load_image(images[0])
         if first is None:
-            cli.die(f"{cli.printable(images[0])} is {why}; pass a .jpg or .png photo")
+            fix = "; pass a .jpg or .png photo" if why.startswith(photos.UNREADABLE) else ""  # else: crop it
+            cli.die(f"{cli.printable(images[0])} is {why}{fix}")
     pictures = explain.gradcam_names(images, args.explain_dir) if args.explain else {}
     for picture in pictures.values():
         files.check_output(picture, "--explain-dir", "picture", [args.model, *images], args.overwrite)
@@ -321,8 +327,10 @@ def main(argv=None):
             file=sys.stderr,
         )
     flips = ", mean over 4 flips" if args.tta else ""
-    if args.prevalence is not None and meta.get("prior_malignant") is None:
-        cli.die(f"--prevalence: {args.model} does not record the share of malignant training photos; retrain it")
+    prior = meta.get("prior_malignant")
+    if args.prevalence is not None and prior is None:
+        model_file = cli.printable(args.model)
+        cli.die(f"--prevalence: {model_file} does not record the share of malignant training photos; retrain it")
 
     # predictions
     rows, borderline, strange = [], 0, False
@@ -382,7 +390,7 @@ def main(argv=None):
         header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
         csv.writer(text).writerows([header] + [[files.csv_cell(cell) for cell in row] for row in rows])
         files.write_text(args.csv, text.getvalue(), "predictions")
-        print(f"predictions written to {args.csv}")
+        print(f"predictions written to {cli.printable(args.csv)}")
     print(
         "note: a research tool, not a medical device; have a doctor examine any lesion that worries you",
         file=sys.stderr,

@@ -24,6 +24,11 @@ disk, a kill or Ctrl-C leave the previous dataset byte-identical (it is built in
 is replaced as a whole only if prepare_dataset.py made it.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import os
 import re
 import shlex
@@ -32,7 +37,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, shapes, shard_format
+from skinlesion import cli, dataset, files, folders, isic, photos, shapes, shard_format
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -61,8 +66,9 @@ def download_hint(image_types, images_dir):
         query = f"({query})"
     return (
         f"download an export with: isic image download --search '{query} AND diagnosis_1:Benign' --limit 300 "
-        f"{os.path.join(images_dir, 'benign')}, and the same with diagnosis_1:Malignant into "
-        f"{os.path.join(images_dir, 'malignant')} (pip install isic-cli); or try python make_demo_data.py"
+        f"{cli.printable(os.path.join(images_dir, 'benign'))}, and the same with diagnosis_1:Malignant into "
+        f"{cli.printable(os.path.join(images_dir, 'malignant'))} (pip install isic-cli); or try python "
+        "make_demo_data.py"
     )
 
 
@@ -320,10 +326,12 @@ def main(argv=None):
         paths = isic.metadata_files(args.metadata_csv, args.images_dir)
         if not paths or not os.path.isdir(args.images_dir):
             missing = args.images_dir if paths else f"{args.metadata_csv} (nor a metadata.csv under {args.images_dir})"
+            missing = cli.printable(missing)
             cli.die(f"{missing} not found; " + download_hint(args.image_types, args.images_dir))
         if paths != [args.metadata_csv]:
-            listed = ", ".join(paths)
-            print(f"no {args.metadata_csv}; reading the {len(paths)} metadata.csv under {args.images_dir}: {listed}")
+            listed = ", ".join(map(cli.printable, paths))
+            metadata_csv, images_dir = cli.printable(args.metadata_csv), cli.printable(args.images_dir)
+            print(f"no {metadata_csv}; reading the {len(paths)} metadata.csv under {images_dir}: {listed}")
         columns = ["isic_id", *isic.SIDE_COLUMNS, "lesion_id", "patient_id", args.label_column, *isic.CARD_COLUMNS]
         df, typed, steps, losses = filter_rows(isic.read_metadata(paths, columns), args.image_types, args.label_column)
         for col in [col for col in ("lesion_id", "patient_id") if col not in df]:
@@ -372,7 +380,7 @@ def main(argv=None):
         labels, groups = chosen.label.to_numpy(), isic.group_ids(chosen).to_numpy()
         chosen["split"] = isic.split_groups(labels, groups, args.val_fraction, args.test_fraction, args.seed)
         manifest = write_splits(chosen, tmp)
-        notes = [isic.copy_credits(paths, chosen, tmp) + f" into {args.dataset_dir}/"]
+        notes = [isic.copy_credits(paths, chosen, tmp) + f" into {cli.printable(args.dataset_dir)}/"]
         if args.shards:
             notes.append(shard_format.write_shards(tmp, manifest, args.shard_mb))
 
@@ -386,7 +394,8 @@ def main(argv=None):
         )
     report(manifest, steps, args, notes)
     seconds = time.time() - start
-    print(f"wrote {len(manifest)} images to {args.dataset_dir}/ and {args.dataset_dir}/manifest.csv in {seconds:.0f} s")
+    dataset_dir = cli.printable(args.dataset_dir)
+    print(f"wrote {len(manifest)} images to {dataset_dir}/ and {dataset_dir}/manifest.csv in {seconds:.0f} s")
 
 
 if __name__ == "__main__":

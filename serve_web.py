@@ -21,6 +21,11 @@ attack sends, is refused), with the page's Content-Security-Policy and other sec
 request is one line on stderr. Torch-free: the model's metadata is read with onnxruntime.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import hashlib
 import http.server
 import json
@@ -29,7 +34,7 @@ import re
 import sys
 
 import model
-from skinlesion import cli, files, folders, interrupts, numbers, quantise
+from skinlesion import cli, files, folders, numbers, quantise
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py, with the outputs 'logits' and 'cam'
@@ -76,7 +81,8 @@ def read_model(path):
     metadata, finite weights, our architecture and outputs); die if the page could not use the file."""
     _, meta = model.load_onnx(path)
     if meta["interpolation"] != "bicubic":
-        cli.die(f"{path} resizes with {meta['interpolation']}; the page implements Pillow's bicubic only")
+        resizes = meta["interpolation"]
+        cli.die(f"{cli.printable(path)} resizes with {resizes}; the page implements Pillow's bicubic only")
     keys = [name for name, key in model.KEYS.items() if key.page]
     sidecar = {key: meta.get(key) for key in keys}
     op = meta.get("operating_point")
@@ -349,9 +355,9 @@ def main(argv=None):
     facts = [f"{sidecar['image_size']} px", f"threshold {sidecar['threshold']:.3f}"]
     if sidecar["at_chance"]:
         facts.append("at chance on validation")
-    card_text = f"model card {card}" if card else "no model card"
+    card_text = f"model card {cli.printable(card)}" if card else "no model card"
     print(
-        f"built {cli.printable(args.site_dir)}: {args.model} ({', '.join(facts)}), {card_text}, "
+        f"built {cli.printable(args.site_dir)}: {cli.printable(args.model)} ({', '.join(facts)}), {card_text}, "
         f"onnxruntime-web {version} (wasm); the page runs {sidecar['model_variant']}",
         flush=True,
     )

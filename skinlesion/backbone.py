@@ -148,14 +148,17 @@ def load_weights_file(net, name, path):
     try:
         tensors = read_weights(path)
     except Exception as e:
-        die(f"could not load ImageNet weights from {path} ({type(e).__name__}); use the weights of {hub_source(name)}")
+        die(
+            f"could not load ImageNet weights from {printable(path)} ({type(e).__name__}); use the weights of "
+            f"{hub_source(name)}"
+        )
     wanted = body(net)
     missing, other_shape = misfit(wanted, tensors)
     if missing or other_shape:
         die(
-            f"weights file {path} does not fit {name}: of its {len(wanted)} tensors (the classifier and the step "
-            f"counters aside) {len(missing)} are missing and {len(other_shape)} have another shape; use the weights "
-            f"of {hub_source(name)}"
+            f"weights file {printable(path)} does not fit {name}: of its {len(wanted)} tensors (the classifier and the "
+            f"step counters aside) {len(missing)} are missing and {len(other_shape)} have another shape; use the "
+            f"weights of {hub_source(name)}"
         )
     net.load_state_dict({k: tensors[k] for k in wanted}, strict=False)
     return dict(file=os.path.basename(path), sha256=file_sha256(path))

@@ -5,7 +5,7 @@ import os
 import re
 import zipfile
 
-from skinlesion.cli import die
+from skinlesion.cli import die, printable
 
 
 def is_onnx_file(path):
@@ -29,13 +29,22 @@ def load_failure(path, error):
     import torch
 
     if is_onnx_file(path):
-        die(f"{path} is an ONNX model, not a PyTorch checkpoint; pass the .pth file AItraining.py wrote")
+        die(f"{printable(path)} is an ONNX model, not a PyTorch checkpoint; pass the .pth file AItraining.py wrote")
     if "weights_only" in str(error) or "Unpickl" in type(error).__name__:
-        die(f"refusing to load {path}: it contains Python objects that could run code (only weights are accepted)")
+        die(
+            f"refusing to load {printable(path)}: it contains Python objects that could run code (only weights are "
+            "accepted)"
+        )
     wrote = writer_torch(path)
     if wrote and wrote.split("+")[0] != torch.__version__.split("+")[0]:
-        die(f"{path} was written by torch {wrote}, which this torch {torch.__version__} cannot read; install {wrote}")
-    die(f"{path} is not a readable checkpoint ({type(error).__name__}); it may be truncated, retrain or copy it again")
+        die(
+            f"{printable(path)} was written by torch {wrote}, which this torch {torch.__version__} cannot read; "
+            f"install {wrote}"
+        )
+    die(
+        f"{printable(path)} is not a readable checkpoint ({type(error).__name__}); it may be truncated, retrain or "
+        "copy it again"
+    )
 
 
 def is_onnx(path):

@@ -85,7 +85,7 @@ def split_photos(data_dir, split, classes):
         return shards.split_photos(data_dir, split, classes)
     class_files, others = class_folders(os.path.join(data_dir, split), f"{split} folder", classes)
     if others:
-        warn(f"{os.path.join(data_dir, split)}: {len(others)} file(s) that are not images skipped")
+        warn(f"{printable(os.path.join(data_dir, split))}: {len(others)} file(s) that are not images skipped")
     paths = [f for c in classes for f in class_files[c]]
     return paths, np.array([i for i, c in enumerate(classes) for _ in class_files[c]])
 
@@ -108,20 +108,20 @@ def class_folders(folder, what="data folder", classes=SIDES):
     """{class: sorted image files} of folder/<class>/ and the other files found there; dies with one line on
     a wrong layout (missing, a class folder absent or empty, another folder beside them)."""
     if not os.path.isdir(folder):
-        die(f"{what} {folder} not found; make it with 'python prepare_dataset.py' or pass another folder")
+        die(f"{what} {printable(folder)} not found; make it with 'python prepare_dataset.py' or pass another folder")
     found = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
     missing = [c for c in classes if c not in found]
     extra = [d for d in found if d not in classes]
     wanted = " and ".join(c + "/" for c in classes)
     if missing:
         die(
-            f"{folder} has no {' or '.join(m + '/' for m in missing)}; it must hold exactly one folder per class, "
-            f"{wanted} (move the others out)"
+            f"{printable(folder)} has no {' or '.join(m + '/' for m in missing)}; it must hold exactly one folder per "
+            f"class, {wanted} (move the others out)"
         )
     if extra:
         die(
-            f"{folder} has the extra {', '.join(e + '/' for e in extra)}; it must hold exactly one folder per "
-            f"class, {wanted} (move the others out)"
+            f"{printable(folder)} has the extra {', '.join(printable(e) + '/' for e in extra)}; it must hold exactly "
+            f"one folder per class, {wanted} (move the others out)"
         )
     files, others = {}, []
     for c in classes:
@@ -130,7 +130,7 @@ def class_folders(folder, what="data folder", classes=SIDES):
     empty = [c + "/" for c in classes if not files[c]]
     if empty:
         needed = "both classes are needed" if len(classes) == 2 else "every class is needed"
-        die(f"{folder}: no images in {' and '.join(empty)}; {needed} (re-run prepare_dataset.py)")
+        die(f"{printable(folder)}: no images in {' and '.join(empty)}; {needed} (re-run prepare_dataset.py)")
     return files, others
 
 

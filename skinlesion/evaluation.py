@@ -44,8 +44,9 @@ def operating_report(y, p, meta, scores, ci):
         test_specificity=scores["specificity"],
         test_specificity_ci95=list(ci["specificity"]),
     )
-    outside = bool(target) and not (low[0] <= target <= low[1])
-    found["target_outside_interval"] = outside
+    known = bool(np.isfinite(low).all())  # --n-bootstrap 0: no interval, so neither inside nor outside it
+    outside = bool(target) and known and not (low[0] <= target <= low[1])
+    found["target_outside_interval"] = outside if known else None
     if outside:
         found["warning"] = (
             f"the target sensitivity {target:.2f} lies outside the test sensitivity's 95% interval "

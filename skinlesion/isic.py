@@ -119,7 +119,7 @@ def read_metadata(paths, columns):
     frames = [read_table(path, columns, "an ISIC export's metadata.csv") for path in paths]
     for path, df in zip(paths, frames):
         if "isic_id" not in df:
-            die(f"{path} has no isic_id column; use the metadata.csv that 'isic image download' writes")
+            die(f"{printable(path)} has no isic_id column; use the metadata.csv that 'isic image download' writes")
     return pd.concat(frames, ignore_index=True).fillna("").apply(lambda s: s.str.strip())
 
 
@@ -167,7 +167,7 @@ def image_files(ids, images_dir, skip):
             if stem not in wanted or not is_image_file(name):
                 continue
             if os.path.islink(path) and not is_within(path, images_dir):
-                refused.setdefault(stem, (f"symlink out of {images_dir}", stem))
+                refused.setdefault(stem, (f"symlink out of {printable(images_dir)}", stem))
             elif file_kind(path):
                 refused.setdefault(stem, ("not a regular file", f"{stem} ({file_kind(path)})"))
             else:

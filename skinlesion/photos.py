@@ -21,6 +21,7 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: an error, on purpose
 MAX_PHOTO_BYTES = 2_000_000_000  # larger files are not read as photos (ISIC's largest are tens of MB)
 MAX_ASPECT = 10  # an image with one side more than 10 times the other is refused (not a photo of a lesion)
+UNREADABLE = "not a readable image"  # how try_load_image's why starts for a file that is not a photo at all
 RESAMPLING = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
@@ -147,7 +148,8 @@ def opened(path, blobs=None):
 
 
 def try_load_image(path):
-    """(upright RGB image, None), or (None, why it could not be read): each caller keeps its own policy."""
+    """(upright RGB image, None), or (None, why it could not be read): each caller keeps its own policy. A photo
+    too elongated says how to fix it (crop it); a why that starts with UNREADABLE needs another file."""
     try:
         return load_image(path), None
     except NotAPhoto as e:
@@ -155,7 +157,7 @@ def try_load_image(path):
     except Exception as e:  # OSError, DecompressionBombError, ...: not a readable image, whatever the cause
         first = str(e).splitlines()[0] if str(e) else ""
         detail = f": {first}" if first else ""
-        return None, f"not a readable image ({type(e).__name__}{detail})"
+        return None, f"{UNREADABLE} ({type(e).__name__}{detail})"
 
 
 def image_size(path):

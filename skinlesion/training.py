@@ -1,16 +1,19 @@
 """The training data path and the steps of a training run (AItraining.py, bench.py): a split's photos decoded
 once into a uint8 cache on the training device, or streamed by DataLoader workers, and augmented on the device per
 batch; one epoch of training, one pass over the validation split (gathered from every process under torchrun), the
-learning-rate schedule, and the training state a resume checkpoint keeps."""
+learning-rate schedule, the training state a resume checkpoint keeps, and the run's TensorBoard log."""
 
+import contextlib
 import json
 import math
+import os
+import threading
 
 import numpy as np
 from tqdm import tqdm
 
-from skinlesion import dataset, devices, photos, shapes, shards
-from skinlesion.cli import die, in_range
+from skinlesion import dataset, devices, folders, photos, shapes, shards
+from skinlesion.cli import die, in_range, printable
 from skinlesion.photos import normalise_batch, photo_loader
 
 NUMBER = shapes.simple(in_range, "a finite number")
@@ -134,7 +137,7 @@ def checked_crops(batches, paths):
     for indices, (x, whys) in batches:
         for i, why in zip(indices, whys):
             if why:
-                raise OSError(f"{paths[i]} is {why}; delete it or re-run prepare_dataset.py")
+                raise OSError(f"{printable(paths[i])} is {why}; delete it or re-run prepare_dataset.py")
         yield x
 
 
@@ -234,3 +237,48 @@ def augment(x, generator, size):
     x = ((x - mean) * factor() + mean).clamp(0, 1)  # contrast
     luma = grey(x)
     return (luma + (x - luma) * factor()).clamp(0, 1)  # saturation
+
+
+class TensorBoardLog:
+    """The run's TensorBoard log, log_dir/run (log_dir made and marked as ours if missing): each epoch's numbers,
+    flushed and recorded in log_dir's ledger at once (what make clean may remove). A write that fails there (a full
+    disk) is one line naming the folder and --log-dir. TensorBoard writes from a thread of its own, whose error
+    comes back at the next flush, where it is said: that thread's traceback is not printed as well."""
+
+    def __init__(self, log_dir, run, start_epoch):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir, self.run, self.folder = log_dir, run, os.path.join(log_dir, run)
+        self.previous_hook, threading.excepthook = threading.excepthook, self.quiet_writer_thread
+        with self.full_disk_said():
+            folders.made_folder(log_dir, "AItraining.py", "log folder")
+            self.writer = SummaryWriter(self.folder, purge_step=start_epoch)
+
+    def add(self, numbers, epoch):
+        with self.full_disk_said():
+            for key, value in numbers.items():
+                self.writer.add_scalar(key, value, epoch)
+            self.writer.flush()
+            folders.record_files(self.log_dir, self.run, "training log")
+
+    def close(self):
+        with self.full_disk_said():
+            self.writer.close()
+            folders.record_files(self.log_dir, self.run, "training log")
+        threading.excepthook = self.previous_hook
+
+    def quiet_writer_thread(self, hook_args):
+        writers = type(hook_args.thread).__module__.startswith("tensorboard.")
+        if not (writers and isinstance(hook_args.exc_value, OSError)):
+            self.previous_hook(hook_args)
+
+    @contextlib.contextmanager
+    def full_disk_said(self):
+        try:
+            yield
+        except OSError as e:
+            reason = f"{printable(e.filename)}: {e.strerror}" if e.filename and e.strerror else e.strerror or str(e)
+            die(
+                f"could not write the TensorBoard log {printable(self.folder)} ({reason}); free some disk space or "
+                "pass another --log-dir"
+            )

@@ -332,10 +332,27 @@ def trained_types_model(demo_dataset, tmp_path_factory):
     return once_for_all_workers(tmp_path_factory, "trained_types", make)
 
 
+def ctrl_c_as_in_a_terminal():
+    """In a child about to start a program (Popen's preexec_fn): SIGINT back to its default, as a program started
+    from a terminal has it. A suite started in the background (`cmd &` in a script, nohup) ignores SIGINT and its
+    children inherit that: Python then installs no KeyboardInterrupt handler, and a Ctrl-C test's script ran on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(autouse=True)
+def python_handles_ctrl_c():
+    """Every test runs with Python's own Ctrl-C handler (KeyboardInterrupt), as under a terminal, whatever SIGINT
+    disposition launched the suite: the tests that press Ctrl-C in this process (ctrl_c()) saw nothing when the
+    suite was started in the background."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def start(script, args, started, cwd=None, timeout=120):
-    """script in a process group of its own (as a terminal starts it), with readers of its output (p.out, p.err:
-    lists of lines); returns once started(p) is true (say, it wrote into its temporary folder), or after timeout
-    seconds, so that a signal can cut it short."""
+    """script in a process group of its own (as a terminal starts it, SIGINT at its default), with readers of its
+    output (p.out, p.err: lists of lines); returns once started(p) is true (say, it wrote into its temporary
+    folder), so that a signal can cut it short. Fails if it ended before, or did not get there in timeout seconds."""
     p = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, script), *map(str, args)],
         cwd=cwd,
@@ -345,6 +362,7 @@ def start(script, args, started, cwd=None, timeout=120):
         text=True,
         encoding="utf-8",
         start_new_session=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     p.out, p.err = [], []
     p.readers = [
@@ -357,6 +375,10 @@ def start(script, args, started, cwd=None, timeout=120):
     while not started(p) and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert p.poll() is None, f"finished before it could be interrupted:\n{''.join(p.out)}{''.join(p.err)}"
+    if not started(p):
+        os.killpg(p.pid, signal.SIGKILL)
+        finish(p)
+        pytest.fail(f"{script} did not get there in {timeout} s:\n{''.join(p.out)}{''.join(p.err)}")
     return p
 
 
@@ -404,6 +426,7 @@ def start_server(*args, log, cwd=ROOT):
             encoding="utf-8",
             cwd=cwd,
             env=ENV,
+            preexec_fn=ctrl_c_as_in_a_terminal,  # the tests stop it with Ctrl-C
         )
     built, serving = proc.stdout.readline(), proc.stdout.readline()
     if "serving the page at http://127.0.0.1:" not in serving:

@@ -372,6 +372,20 @@ def test_the_target_outside_the_interval_counts_its_ends_as_inside(target, outsi
     assert found["target_outside_interval"] is outside and ("warning" in found) is outside
 
 
+def test_without_intervals_the_target_is_neither_inside_nor_outside(tmp_path, capsys):
+    """--n-bootstrap 0 (no intervals) warned that the operating point 'did not hold here (nan-nan)'. The same
+    photos with intervals: the warning is said (test_the_target_outside_the_test_interval_is_said)."""
+    op = dict(target_sensitivity=0.99, threshold=1.0, sensitivity=0.99, sensitivity_ci95=[0.9, 1.0])
+    op.update(specificity=0.3, specificity_ci95=[0.2, 0.4])
+    path = save_model(tmp_path / "model.pth", threshold=1.0, val_metrics={"roc_auc": 0.9}, operating_point=op)
+    class_photos(tmp_path / "test", 4)
+    evaluate_into(path, tmp_path / "test", tmp_path / "out", 0)
+    err = capsys.readouterr().err
+    found = json.loads((tmp_path / "out" / "evaluation.json").read_text())["operating_point"]
+    assert found["test_sensitivity"] == 0.0 and found["target_outside_interval"] is None
+    assert "did not hold" not in err and "nan-nan" not in err and "warning" not in found
+
+
 def evaluated(model_file, data_dir, folder):
     """evaluate.py on data_dir into folder, in a fresh process: the finished run."""
     return run(

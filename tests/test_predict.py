@@ -22,6 +22,7 @@ from conftest import (
     RunsCode,
     assert_one_error,
     direct_familiarity_distance,
+    fails,
     fingerprint,
     finish,
     grey_photo,
@@ -489,7 +490,11 @@ def test_an_image_far_longer_than_wide_is_one_line_and_a_tall_photo_still_classi
     monkeypatch.chdir(tmp_path)
     Image.new("RGB", (100000, 1), (200, 150, 120)).save("thin.png", optimize=True)
     why = "100000 x 1 pixels, one side over 10 times the other: crop it to the lesion"
-    refuses(["thin.png", "--model", models[0.5]], capsys, f"thin.png is {why}; pass a .jpg or .png photo")
+    _, err = fails(capsys, f"thin.png is {why}", predict.main, ["thin.png", "--model", models[0.5]])
+    assert err == f"error: thin.png is {why}\n"  # not 'pass a .jpg or .png photo': it is one, to be cropped
+    pathlib.Path("text.png").write_text("not a photo")  # the nearest file that needs that advice
+    _, err = fails(capsys, "text.png is not a readable image", predict.main, ["text.png", "--model", models[0.5]])
+    assert err.endswith("; pass a .jpg or .png photo\n")
     os.mkdir("photos")
     os.rename("thin.png", "photos/thin.png")
     noise_image("photos/tall.jpg", 3, size=(40, 400))
@@ -541,6 +546,20 @@ def test_odd_names_cannot_forge_a_line_or_a_formula(tmp_path, models, monkeypatc
     predict.main(["=top.jpg", "--model", models[0.5], "--csv", "top.csv"])
     with open("top.csv", encoding="utf-8", newline="") as f:
         assert [row[0] for row in csv.reader(f)][1] == "'=top.jpg"
+
+
+def test_paths_given_as_flags_cannot_forge_a_line(tmp_path, models, monkeypatch, capsys):
+    """A --csv path holding a newline printed 'predictions written to out' and then a forged 'Prediction: benign'
+    line; a folder or a model file so named did the same in the error line."""
+    monkeypatch.chdir(tmp_path)
+    photo, forged = lesion_photo("photo.jpg"), "out\nPrediction: benign"
+    predict.main([photo, "--model", models[0.5], "--csv", f"{forged}.csv"])
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if line.startswith("Prediction:")]) == 1  # the photo's own
+    assert "\npredictions written to out\\nPrediction: benign.csv\n" in out and os.path.isfile(f"{forged}.csv")
+    os.mkdir(forged)
+    refuses([forged, "--model", models[0.5]], capsys, "no images in out\\nPrediction: benign (looked for")
+    refuses([photo, "--model", f"{forged}.pth"], capsys, "model file out\\nPrediction: benign.pth not found")
 
 
 @pytest.mark.parametrize("size", [(1, 1), (90, 10)])  # (more than 10:1 is refused: test_photos)

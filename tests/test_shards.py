@@ -280,12 +280,11 @@ def test_torchrun_two_machines_train_from_shards_and_a_killed_run_resumes(prepar
     train_shards = {
         s["name"] for s in read_json(os.path.join(sharded, shard_format.INDEX))["splits"]["train"]["shards"]
     }
-    last = tmp_path / "skin_model_last.pth"
+    last, curves = tmp_path / "skin_model_last.pth", tmp_path / "training_curves.png"
     procs = launchers(sharded, tmp_path, free_port())
     deadline = time.time() + 400
-    while not last.exists() and time.time() < deadline and all(p.poll() is None for p in procs):
-        time.sleep(0.1)
-    time.sleep(1.0)  # inside epoch 2
+    while not curves.exists() and time.time() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.1)  # until epoch 1 is all written (its curves come last): the kill lands past it
     for p in procs:  # the training processes die at once (torchrun starts them in sessions of their own)
         for pid in children(p.pid):
             os.kill(pid, signal.SIGKILL)

@@ -2,16 +2,19 @@
 when the loss stops being a number), one pass over the validation split. The whole training run is in
 test_train.py.
 The training data path: augmentation keeps labels and value ranges, each photo gets its
-own draw, the same seed the same batch; an unreadable photo is an OSError naming it."""
+own draw, the same seed the same batch; an unreadable photo is an OSError naming it. The TensorBoard log: recorded
+as ours, its writer thread's error said once, where it comes back."""
 
 import json
+import os
+import threading
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import fails
-from skinlesion import training
+from skinlesion import ledger, training
 
 
 def test_learning_rate_schedule():
@@ -109,3 +112,18 @@ def test_checked_crops_names_an_unreadable_photo():
     bad = [([0, 1], (crops, ["", "not a readable image (UnidentifiedImageError)"]))]
     with pytest.raises(OSError, match=r"^b.jpg is not a readable image \(UnidentifiedImageError\); delete it"):
         list(training.checked_crops(bad, ["a.jpg", "b.jpg"]))
+
+
+def test_the_tensorboard_log_is_recorded_and_quiets_only_its_own_thread(tmp_path, monkeypatch):
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda hook_args: errors.append(hook_args.exc_value))
+    log = training.TensorBoardLog(str(tmp_path / "runs"), "run1", 1)
+    other = threading.Thread(target=os.stat, args=[str(tmp_path / "missing")])  # an OSError in a thread of ours
+    other.start()
+    other.join()
+    assert [type(e) for e in errors] == [FileNotFoundError]  # still printed
+    log.add({"val_loss": 0.5, "roc_auc": 0.75}, 1)
+    log.close()
+    (event_file,) = os.listdir(tmp_path / "runs" / "run1")
+    assert set(ledger.read(str(tmp_path / "runs"))["files"]) == {os.path.join("run1", event_file)}
+    assert threading.excepthook.__name__ == "<lambda>"  # the hook before it is back

@@ -164,10 +164,11 @@ def main(argv=None):
     args = cli.parse_flags(globals(), argv, types={"OTHER": str, "RANKS": int})
     net, meta = model.load_checkpoint(args.model)
     if not meta.get("familiarity"):
-        cli.die(f"{args.model} has no familiarity measure; train it with this version of AItraining.py")
+        cli.die(f"{cli.printable(args.model)} has no familiarity measure; train it with this version of AItraining.py")
     limit = meta["familiarity"]["limit"]
     print(
-        f"{args.model}: familiarity limit {limit:.3f} ({meta['familiarity']['image_types']}; 99% of validation within)"
+        f"{cli.printable(args.model)}: familiarity limit {limit:.3f} ({meta['familiarity']['image_types']}; 99% of "
+        "validation within)"
     )
     print(f"{'group':<34}{'images':>6}{'flagged':>9}{'share':>9}")
     groups = {"own": features_of(net, meta, photos_in(args.own), args.batch_size)}
