@@ -373,8 +373,9 @@ def test_the_target_outside_the_interval_counts_its_ends_as_inside(target, outsi
 
 
 def test_without_intervals_the_target_is_neither_inside_nor_outside(tmp_path, capsys):
-    """--n-bootstrap 0 (no intervals) warned that the operating point 'did not hold here (nan-nan)'. The same
-    photos with intervals: the warning is said (test_the_target_outside_the_test_interval_is_said)."""
+    """--n-bootstrap 0 (no test intervals) warned that the operating point 'did not hold here (nan-nan)'. The same
+    photos with intervals: the warning is said (test_the_target_outside_the_test_interval_is_said). The intervals
+    validation stated are the model's own, and a test figure outside them is still said."""
     op = dict(target_sensitivity=0.99, threshold=1.0, sensitivity=0.99, sensitivity_ci95=[0.9, 1.0])
     op.update(specificity=0.3, specificity_ci95=[0.2, 0.4])
     path = save_model(tmp_path / "model.pth", threshold=1.0, val_metrics={"roc_auc": 0.9}, operating_point=op)
@@ -383,7 +384,10 @@ def test_without_intervals_the_target_is_neither_inside_nor_outside(tmp_path, ca
     err = capsys.readouterr().err
     found = json.loads((tmp_path / "out" / "evaluation.json").read_text())["operating_point"]
     assert found["test_sensitivity"] == 0.0 and found["target_outside_interval"] is None
-    assert "did not hold" not in err and "nan-nan" not in err and "warning" not in found
+    assert "nan-nan" not in err and "nan%" not in err and "the target sensitivity" not in err and "warning" not in found
+    # what validation stated needs no bootstrap here: the test figures outside those intervals are still said
+    assert "the test sensitivity 0% lies outside the 95% interval validation stated for it" in err
+    assert "the test specificity 50% lies outside the 95% interval validation stated for it" in err
 
 
 def evaluated(model_file, data_dir, folder):
