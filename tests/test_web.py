@@ -592,7 +592,7 @@ def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
         calibrated = distribution[malignant].sum()
         assert abs(run["p"] - p_malignant[0]) <= 1e-3 and abs(run["p"] - calibrated) <= 1e-3
         assert abs(run["p"] - ref["p"]) <= 1e-3 and abs(p_malignant[0] - calibrated) <= 1e-5  # the ONNX output
-        assert np.allclose(run["probabilities"], distribution, atol=1e-6)  # the page's types
+        assert np.allclose(run["probabilities"], distribution, atol=1e-3)  # the page's types: its own logits, as P
         assert abs(run["p"] - np.sum(np.array(run["probabilities"])[malignant])) <= 1e-5  # add up to the P shown
         assert abs(ref["p"] - np.sum(np.array(ref["probabilities"])[malignant])) <= 1e-6  # predict.py's, ONNX
         label = model.CLASSES[int(ref["p"] >= setup["threshold"])]
