@@ -32,7 +32,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, shapes, shards
+from skinlesion import cli, dataset, files, folders, interrupts, isic, other_types, photos, shapes, shards
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -47,6 +47,7 @@ VAL_FRACTION = 0.15  # share of the groups for validation, 0 to 0.9 in steps of 
 TEST_FRACTION = 0.15  # share of the groups for test, 0 to 0.9 likewise, val + test <= 0.9 (0: no test split)
 RESIZE_TO = 256  # shorter side in px, >= 1, never upscaled; None (--resize-to none): copy the files as they are
 MIN_KEPT = 0.5  # 0 to 1: stop when less of the rows survive bad labels, ids and image files; 0 = never
+KEEP_OTHER_TYPES = 300  # photos of another kind (dermoscopic for clinical...) kept for the familiarity check, 0 to 1e5
 SEED = 42  # sampling and split, 0 to 2**32 - 1
 WORKERS = os.cpu_count()  # processes that decode images, 1 to 1024 (1: no pool)
 SHARDS = False  # also write the splits as WebDataset shards in DATASET_DIR/shards/ (several machines, object stores)
@@ -81,7 +82,7 @@ def filter_rows(df, image_types, label_column=LABEL_COLUMN):
     """(usable rows with side and label_value, the rows of the wanted image types, summary steps [(step, rows left,
     what was left out)], rows lost for an unexpected reason [(cause, rows, examples)])."""
     steps, losses = [("rows read", len(df), "")], []
-    allowed = set(image_types) | {isic.LEGACY_TYPES.get(t, t) for t in image_types}
+    allowed = allowed_types(image_types)
 
     def keep(df, ok, step, why):
         steps.append((step, int(ok.sum()), "" if ok.all() else why))
@@ -136,6 +137,11 @@ def filter_rows(df, image_types, label_column=LABEL_COLUMN):
     if not two_class:
         df = keep_majority_side(df, steps)
     return df, typed, steps, losses
+
+
+def allowed_types(image_types):
+    """The image_type values that count as the wanted types: their names, and their names before July 2023."""
+    return set(image_types) | {isic.LEGACY_TYPES.get(t, t) for t in image_types}
 
 
 def keep_majority_side(df, steps):
@@ -313,7 +319,8 @@ def main(argv=None):
             listed = ", ".join(paths)
             print(f"no {args.metadata_csv}; reading the {len(paths)} metadata.csv under {args.images_dir}: {listed}")
         columns = ["isic_id", *isic.SIDE_COLUMNS, "lesion_id", "patient_id", args.label_column, *isic.CARD_COLUMNS]
-        df, typed, steps, losses = filter_rows(isic.read_metadata(paths, columns), args.image_types, args.label_column)
+        rows = isic.read_metadata(paths, columns)
+        df, typed, steps, losses = filter_rows(rows, args.image_types, args.label_column)
         for col in [col for col in ("lesion_id", "patient_id") if col not in df]:
             print(f"no {col} column: images are grouped without it")
             df[col] = ""
@@ -361,6 +368,12 @@ def main(argv=None):
         chosen["split"] = isic.split_groups(labels, groups, args.val_fraction, args.test_fraction, args.seed)
         manifest = write_splits(chosen, tmp)
         notes = [isic.copy_credits(paths, chosen, tmp) + f" into {args.dataset_dir}/"]
+        if args.keep_other_types and "image_type" in rows:  # what the familiarity check learns to tell apart
+            kept = other_types.keep(
+                rows, args.image_types, args.keep_other_types, args.images_dir, tmp,
+                lambda path: re.fullmatch(out, path), args.seed, args.resize_to, args.workers,
+            )  # fmt: skip
+            notes.append(kept.replace(f"in {other_types.FOLDER}/", f"in {args.dataset_dir}/{other_types.FOLDER}/"))
         if args.shards:
             notes.append(shards.write_shards(tmp, manifest, args.shard_mb))
 

@@ -35,9 +35,11 @@ TEXT_ONLY = False  # only flags.md and layout.md, read from the code (no demo ne
 PICTURES = {"training_curves.png": "training_curves.png", "confusion_matrix.png": "confusion_matrix.png",
             "roc_curve.png": "roc_curve.png", "calibration.png": "calibration.png",
             "gradcam/malignant_1_jpg_gradcam.png": "gradcam.png"}  # fmt: skip
-STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]), ("the prepared dataset", ["dataset", "shards"]),
+STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
+          ("the prepared dataset", ["dataset", "shards", "other_types"]),
           ("the training data path", ["training", "devices"]),
-          ("the model's parts", ["backbone", "checkpoints", "shapes", "familiarity", "explain", "quantise"]),
+          ("the model's parts", ["backbone", "checkpoints", "shapes", "familiarity", "mahalanobis", "non_lesions",
+                                 "explain", "quantise"]),
           ("numbers", ["numbers", "evaluation", "plots"]), ("the card", ["card", "model_index"]),
           ("safe outputs", ["files", "folders", "ledger", "interrupts"]), ("the command line", ["cli"]),
           ("the demo", ["demo"])]  # fmt: skip

@@ -9,7 +9,7 @@ import datetime
 import json
 import re
 
-from skinlesion import dataset, ledger
+from skinlesion import dataset, familiarity, ledger
 from skinlesion.cli import printable
 from skinlesion.files import TAG, write_text
 from skinlesion.model_index import front_matter
@@ -100,11 +100,7 @@ def evaluation_section(meta, evaluation, externals=None):
         text.append(f"Validation {types_text(meta['val_types'], type_names(meta))}.")
     found = meta.get("familiarity")
     if found:
-        text.append(
-            f"Familiarity: a photo whose features lie further than {found['limit']:.2f} (Mahalanobis distance to the "
-            f"nearest class mean of the training photos) is unfamiliar and gets no answer; {found['val_within']:.0%} "
-            f"of the {found['n_val']} validation photos lie within."
-        )
+        text.append(f"Familiarity: {familiarity.limit_text(found)}.")
     if not evaluation:
         text.append("**Test**: not evaluated yet; run `python evaluate.py`, which adds its results here.")
     else:
