@@ -17,22 +17,37 @@ CHUNK = 2048  # photos per step of distances(): its memory stays CHUNK x d numbe
 def fit(features, labels, n_classes, rank=None):
     """(class means (n_classes, d), whitening (d, k), floor), float64, from training features (n, d) and their class
     indices: the shared covariance C of the features around their class means, shrunk by Ledoit-Wolf, kept as its
-    rank (RANK) largest eigenpairs and the mean of the others (see distances). Where rank >= d: the full whitening
-    (d, d), W^T C W = I, and floor 0. A class without photos takes the mean of all."""
-    from sklearn.covariance import LedoitWolf
-
+    rank (RANK) largest eigenpairs and the mean of the others (see distances): k = rank, or n where fewer photos
+    than that leave the others equal. Where rank >= d: the full whitening (d, d), W^T C W = I, and floor 0. A class
+    without photos takes the mean of all."""
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
     means = np.stack([features[labels == c].mean(0) if (labels == c).any() else features.mean(0)
                       for c in range(n_classes)])  # fmt: skip
-    covariance = LedoitWolf(assume_centered=True).fit(features - means[labels]).covariance_
-    values, vectors = np.linalg.eigh(covariance)  # ascending
-    values = np.maximum(values, values.max() * 1e-12)
     rank = RANK if rank is None else rank
+    values, vectors = shrunk_eigenpairs(features - means[labels], full=rank >= features.shape[1])
+    values = np.maximum(values, values.max() * 1e-12)
     if rank >= len(values):
         return means, vectors / np.sqrt(values), 0.0
-    values, vectors = values[::-1], vectors[:, ::-1]  # descending
     floor = 1 / values[rank:].mean()  # the precision of every direction but the top rank ones
-    return means, vectors[:, :rank] * np.sqrt(np.maximum(floor - 1 / values[:rank], 0)), float(floor)
+    kept = min(rank, vectors.shape[1])  # past the photos' directions, the eigenvalues are the floor's: no column
+    return means, vectors[:, :kept] * np.sqrt(np.maximum(floor - 1 / values[:kept], 0)), float(floor)
+
+
+def shrunk_eigenpairs(centred, full=False):
+    """(the d eigenvalues of the Ledoit-Wolf covariance (1 - s) X^T X / n + s mu I of centred X (n, d), descending;
+    the eigenvectors of the first of them, (d, m)): all d from the covariance (full, or n >= d), else the n from
+    X's singular value decomposition (n^2 d operations instead of d^3), the other d - n eigenvalues being s mu."""
+    from sklearn.covariance import LedoitWolf, ledoit_wolf_shrinkage
+
+    n, d = centred.shape
+    if full or n >= d:
+        values, vectors = np.linalg.eigh(LedoitWolf(assume_centered=True).fit(centred).covariance_)
+        return values[::-1], vectors[:, ::-1]
+    shrinkage, mu = ledoit_wolf_shrinkage(centred, assume_centered=True), (centred**2).sum() / (n * d)
+    _, singular, rows = np.linalg.svd(centred, full_matrices=False)
+    values = np.full(d, shrinkage * mu)
+    values[:n] += (1 - shrinkage) * singular**2 / n
+    return values, rows.T
 
 
 def directions(whitening, floor):

@@ -43,8 +43,8 @@ def test_the_torch_twin_gives_the_same_distances():
     new = np.concatenate([train[:4], rng.normal(0, 3, (6, 300))])
     graph, floor = familiarity.graph_arrays(dict(means=means, whitening=whitening, floor=floor))
     got = familiarity.torch_distances(torch.tensor(new, dtype=torch.float32), floor=floor, **graph)
-    assert whitening.shape == (300, 64) and np.allclose(got.numpy(), direct_distances(new, train, labels), rtol=1e-4)
-    assert set(graph) == {"means", "basis", "precisions"} and graph["basis"].shape == (300, 64)
+    assert whitening.shape == (300, 40) and np.allclose(got.numpy(), direct_distances(new, train, labels), rtol=1e-4)
+    assert set(graph) == {"means", "basis", "precisions"} and graph["basis"].shape == (300, 40)  # 40 photos
 
 
 def test_the_float32_distance_stays_within_its_rounding_where_the_spectrum_is_wide():

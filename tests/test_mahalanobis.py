@@ -49,11 +49,12 @@ def test_more_features_than_photos_still_gives_a_distance():
 
 def test_the_low_rank_distance_is_exact_when_the_photos_are_fewer_than_its_rank():
     """30 photos of 300 features: the sample covariance has rank <= 28, so past it Ledoit-Wolf's eigenvalues are
-    all its shrinkage floor and RANK = 40 loses nothing; RANK = 10 (below that rank) is an approximation."""
+    all its shrinkage floor and RANK = 40 loses nothing (and keeps 30 columns); RANK = 10 (below that rank) is an
+    approximation."""
     rng = np.random.default_rng(5)
     train, labels = rng.normal(0, 1, (30, 300)) * np.linspace(0.5, 2, 300), np.arange(30) % 2
     means, whitening, floor = mahalanobis.fit(train, labels, 2, rank=40)
-    assert whitening.shape == (300, 40) and floor > 0
+    assert whitening.shape == (300, 30) and floor > 0  # past the 30 photos' directions, nothing to keep
     new = np.concatenate([train[:5], rng.normal(0, 2, (20, 300)), train[5:10] * 3])
     expected = direct_distances(new, train, labels)
     assert np.allclose(mahalanobis.distances(new, means, whitening, floor), expected, rtol=1e-6)
@@ -95,3 +96,27 @@ def test_distances_keep_their_memory_bounded_whatever_the_photos_and_classes(mon
     assert np.allclose(got[some], expected, rtol=1e-9)
     monkeypatch.setattr(mahalanobis, "CHUNK", 1000)
     assert np.allclose(mahalanobis.distances(new[:3500], *arrays), got[:3500], rtol=1e-12)
+
+
+def test_with_fewer_photos_than_features_the_eigenpairs_come_from_the_photos_and_agree_with_the_covariances():
+    """200 photos of 600 features: the singular value decomposition of the photos (n^2 d) gives the Ledoit-Wolf
+    covariance's eigenvalues and, for the largest, its eigenvectors, as the covariance's own (d^3) does; the
+    distances at RANK 50 and 150 agree."""
+    rng = np.random.default_rng(13)
+    train = rng.normal(0, 1, (200, 600)) @ (rng.normal(0, 1, (600, 600)) / 30 + np.diag(np.linspace(3, 0.2, 600)))
+    centred = train - train.mean(0)
+    values, vectors = mahalanobis.shrunk_eigenpairs(centred)
+    full_values, full_vectors = mahalanobis.shrunk_eigenpairs(centred, full=True)
+    assert vectors.shape == (600, 200) and full_vectors.shape == (600, 600)
+    assert np.allclose(values, full_values, rtol=1e-9)
+    alignment = np.abs(np.sum(vectors[:, :150] * full_vectors[:, :150], axis=0))  # the same directions, up to sign
+    assert np.allclose(alignment, 1, atol=1e-6)
+    new = rng.normal(0, 1, (20, 600)) @ np.diag(np.linspace(3, 0.2, 600))
+    labels = np.zeros(200, int)
+    for rank in (50, 150):
+        fitted = mahalanobis.fit(train, labels, 1, rank=rank)
+        values_full = full_values.copy()
+        floor = 1 / values_full[rank:].mean()
+        whitening = full_vectors[:, :rank] * np.sqrt(np.maximum(floor - 1 / values_full[:rank], 0))
+        expected = mahalanobis.distances(new, fitted[0], whitening, floor)
+        assert np.allclose(mahalanobis.distances(new, *fitted), expected, rtol=1e-8)
