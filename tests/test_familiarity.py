@@ -1,13 +1,19 @@
 """The familiarity measure (skinlesion/familiarity.py): its limit's coverage of the validation photos; the exposure
 head and the two views' scaling against a direct computation; the torch twin that the ONNX graph holds; the model
-file's checks of its arrays. The trained model's flags (a flat grey photo, its own test photos) are tested in
-tests/test_predict.py, the demo model's (its other image type, drawn non-lesions) in tests/test_AItraining.py."""
+file's checks of its arrays; a model trained on the demo flags the demo's other image type and drawn non-lesions,
+passes its own test photos, and exports with the default tolerance. A small model's flags in predict.py (a flat
+grey photo, its own test photos) are tested in tests/test_predict.py."""
+
+import os
 
 import numpy as np
 import pytest
 from test_mahalanobis import direct_distances, gaussian_features
 
-from skinlesion import familiarity
+import export_onnx
+import model
+from conftest import direct_familiarity_distance, run
+from skinlesion import demo, familiarity, non_lesions, photos
 
 
 def test_the_limit_holds_99_percent_of_the_validation_photos_and_flags_a_shift():
@@ -244,3 +250,76 @@ def test_the_torch_twin_with_a_head_gives_the_same_distances():
     got = familiarity.torch_distances(torch.tensor(x, dtype=torch.float32), floor=floor, **graph).double().numpy()
     assert set(familiarity.HEAD) <= set(graph) and arrays["whitening"].shape == (30, 10)
     assert np.allclose(got, familiarity.distances(x, arrays), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- a model trained on the demo
+@pytest.fixture(scope="module")
+def demo_96(demo_dataset, tmp_path_factory):
+    """(checkpoint, AItraining.py's stdout): the scratch recipe on the demo set, which keeps its dermoscopic photos
+    in other_types/ (skinlesion/other_types.py), 96 px, 3 epochs: a fresh small model with an exposure head."""
+    folder = tmp_path_factory.mktemp("demo96")
+    args = ["--data-dir", demo_dataset, "--no-pretrained", "--image-size", 96, "--batch-size", 16, "--epochs", 3]
+    r = run("AItraining.py", *args, "--num-workers", 0, cwd=folder, threads=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return str(folder / "skin_model.pth"), r.stdout
+
+
+def dermoscopic_drawings(folder, n=12):
+    """n new dermoscopic photos drawn as the demo draws its own (skinlesion/demo.py), from seeds the demo never
+    uses: photos of the demo's other image type that no fit saw."""
+    paths = []
+    for k in range(n):
+        path = str(folder / f"dermoscopic_{k}.jpg")
+        kind = ["nevus", "melanoma", "seborrheic_keratosis", "basal_cell_carcinoma"][k % 4]
+        demo.photo((path, (7777, 1, k), (7777, 2, k), kind, k % 3, 512, "dermoscopic"))
+        paths.append(path)
+    return paths
+
+
+def flagged(checkpoint, images):
+    """Which of the PIL images the model file's measure calls unfamiliar, as predict.py decides (in this process)."""
+    import torch
+
+    net, meta = model.load_checkpoint(checkpoint)
+    x = torch.from_numpy(np.stack([photos.preprocess(img, model.meta_data_config(meta)) for img in images]))
+    return np.array([familiarity.unfamiliar(d, meta) for d in familiarity.distances_of(net, x, meta)])
+
+
+@pytest.mark.slow
+def test_a_demo_model_flags_its_other_image_type_and_drawn_non_lesions_and_passes_its_own_test_photos(
+    demo_96, demo_dataset, tmp_path
+):
+    """The demo model's head learned from the demo's 24 dermoscopic photos and drawn non-lesions (seed 0), and
+    training says so; it flags at least 90% of 12 new dermoscopic drawings and 95% of 16 drawn non-lesions of
+    another seed, and at most 10% of its own test photos (the limit holds 99% of the validation photos)."""
+    checkpoint, out = demo_96
+    found = model_meta(checkpoint)["familiarity"]
+    assert found["method"] == "mahalanobis+exposure" and found["exposed_to"]["dermoscopic photos"] == 24
+    assert "the head learned from 24 dermoscopic photos, 192 images that are not lesions (drawn)" in out
+    other = flagged(checkpoint, [photos.load_image(p) for p in dermoscopic_drawings(tmp_path)])
+    drawn = flagged(checkpoint, [image for _, image in non_lesions.images(2, seed=7)])
+    test = photos.find_images([f"{demo_dataset}/test"])[0]
+    own = flagged(checkpoint, [photos.load_image(p) for p in test])
+    assert other.mean() >= 0.9 and drawn.mean() >= 0.95 and own.mean() <= 0.1, (other, drawn, own.mean())
+
+
+def model_meta(checkpoint):
+    return model.read_checkpoint(checkpoint)["meta"]
+
+
+@pytest.mark.slow
+def test_fresh_small_models_export_with_the_default_tolerance(demo_96, trained_model, demo_dataset, tmp_path, capsys):
+    """The familiarity distance in the float32 graph stays within export_onnx.py's default tolerance on freshly
+    trained small models (issue 28: a 96 px model after 3 epochs on the demo differed by 2.75e-4 > 1e-4, and a
+    64 px one): both export with the defaults, and the file's distances lie within 1e-4 of the limit from those
+    computed here in float64 (conftest.direct_familiarity_distance)."""
+    test = photos.find_images([f"{demo_dataset}/test"])[0][::6]
+    for checkpoint in (demo_96[0], trained_model[0]):
+        path = str(tmp_path / f"{os.path.basename(os.path.dirname(checkpoint))}.onnx")
+        flags = ["--check-images", f"{demo_dataset}/test", "--no-quantise"]  # the twin is not what is tested
+        export_onnx.main(["--model", checkpoint, "--output", path, *flags])
+        assert "the familiarity distance (tolerance 1e-04)" in capsys.readouterr().out
+        session, meta = model.load_onnx(path)
+        x = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in test])
+        direct, found = direct_familiarity_distance(checkpoint, test)
+        assert np.abs(session.run(["familiarity_distance"], {"image": x})[0] - direct).max() <= 1e-4 * found["limit"]

@@ -140,7 +140,7 @@ def holdout_rows(fitted, val, groups, made, scored, quantile=familiarity.QUANTIL
     """The two-way table's rows for one model: for the distance alone, the head with drawn images only, and with
     drawn images and the other photos (see the docstring), the share flagged of the own test photos, the other
     photos and the non-lesions, each refit's limit chosen on val at quantile."""
-    lines = [f"{'measure':<34}{'own test':>10}{'other':>10}{'non-lesion':>12}   (flagged / scored)"]
+    lines = [f"{'measure':<10}{'own test':>20}{'other':>20}{'non-lesion':>20}   (flagged / scored)"]
     for scenario in ("distance", "drawn", "both") if groups.get("other") is not None else ("distance", "drawn"):
         counts = {name: [0, 0] for name in ("test", "other", "non-lesion")}
         for arrays, found in holdout_fits(fitted, groups, made, scored, scenario):
@@ -150,7 +150,7 @@ def holdout_rows(fitted, val, groups, made, scored, quantile=familiarity.QUANTIL
                     far = ~(familiarity.distances(features, arrays) <= limit)
                     counts[name] = [counts[name][0] + int(far.sum()), counts[name][1] + len(far)]
         cells = [f"{a / b:.1%} ({a}/{b})" if b else "-" for a, b in counts.values()]
-        lines.append(f"{scenario:<34}" + "".join(f"{c:>16}" for c in cells))
+        lines.append(f"{scenario:<10}" + "".join(f"{c:>20}" for c in cells))
     return lines
 
 
