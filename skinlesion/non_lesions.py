@@ -240,7 +240,7 @@ KINDS = dict(flat_colour=flat, noise=noise, gradient=gradient, stripes=stripes, 
 def images(n_per_kind, seed=0, kinds=None):
     """[(kind, PIL image)]: n_per_kind images of each kind (all KINDS, or those named), the same for one seed."""
     found = []
-    for k, kind in enumerate(kinds or KINDS):
-        rng = np.random.default_rng([seed, k])
+    for kind in kinds or KINDS:
+        rng = np.random.default_rng([seed, list(KINDS).index(kind)])  # a kind draws the same within any subset
         found += [(kind, KINDS[kind](rng)) for _ in range(n_per_kind)]
     return found
