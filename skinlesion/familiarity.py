@@ -67,7 +67,7 @@ def out_of_fold(features, labels, n_classes, negatives, rank=None):
 
 
 def fit(features, labels, n_classes, negatives=None, rank=None):
-    """The measure's arrays {ARRAYS}, float64, from training features (n, d) with their class indices, and features of
+    """The measure's arrays (ARRAYS), float64, from training features (n, d) with their class indices, and features of
     negatives (m, d): photos of other kinds. Each view is scaled to 1 at QUANTILE of the training photos' out-of-fold
     scores: the Mahalanobis distance (its whitening and floor divided by it) and 1 + (log-odds - that quantile) /
     (that quantile - the median) for the head (its weights and bias). Without negatives: the Mahalanobis view alone,
