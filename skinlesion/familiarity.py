@@ -1,14 +1,12 @@
 """How familiar a photo is to a model: whether it looks like the photos the model learned from. Two views of its
-features (features(): each stage's spatial mean and the pooled features), each scaled to 1 where QUANTILE of the
-training photos lie (out of fold); the photo's distance is the larger. The Mahalanobis distance to the nearest class
-mean (skinlesion/mahalanobis.py) catches what lies far from every training photo; an exposure head (outlier
-exposure, Hendrycks et al., ICLR 2019: a logistic regression of the training photos against images that are not
-lesions, skinlesion/non_lesions.py, and the dataset's photos of another kind, skinlesion/other_types.py) catches
-another kind of photo close by. The limit is QUANTILE of held-out photos' distances; beyond it a photo gets no
-answer. docs/measurements.md: what each view catches, and why these choices.
+features (features(): each stage's spatial mean and the pooled features), each 1 where QUANTILE of the training
+photos lie (out of fold); the photo's distance is the larger. The Mahalanobis distance to the nearest class mean
+(skinlesion/mahalanobis.py) catches what lies far from every training photo; an exposure head (Hendrycks et al.,
+ICLR 2019: a logistic regression of the training photos against drawn non-lesions, skinlesion/non_lesions.py, and
+the dataset's photos of another kind, skinlesion/other_types.py; none without them) catches another kind of photo
+close by. The limit: QUANTILE of held-out photos' distances. docs/measurements.md: what each catches, and why.
 
-    arrays = familiarity.fit(train_features, train_labels, n_classes, negative_features)
-    limit = familiarity.choose_limit(familiarity.distances(val_features, arrays))
+    limit = familiarity.choose_limit(familiarity.distances(val_features, familiarity.fit(features, y, n, negatives)))
 """
 
 import numpy as np
