@@ -83,6 +83,22 @@ def test_the_sentence_names_the_training_image_types():
     assert "clinical: overview or dermoscopic photos" in familiarity.unfamiliar_sentence(both)
 
 
+def test_training_says_what_the_head_learned_from_or_that_there_is_none():
+    found = dict(limit=1.234, quantile=0.99, val_within=0.99, n_val=60)
+    head = dict(found, exposed_to={"dermoscopic photos": 24, "images that are not lesions (drawn)": 192})
+    assert familiarity.limit_text(head) == (
+        "a photo further than 1.23 from the training photos (the larger of the Mahalanobis distance of its features "
+        "to the nearest class mean and an exposure head's score, each 1 at 99% of the training photos; 99% of the 60 "
+        "validation photos lie within) is unfamiliar and gets no answer; the head learned from 24 dermoscopic photos, "
+        "192 images that are not lesions (drawn)"
+    )
+    alone = familiarity.limit_text(found)
+    assert alone.startswith("a photo further than 1.23 from the training photos (the Mahalanobis distance of its")
+    assert alone.endswith("the dataset has no photo of another kind (prepare_dataset.py keeps some where the export "
+                          "has them): the distance alone, which misses many photos of another kind "
+                          "(docs/measurements.md)")  # fmt: skip
+
+
 def test_past_max_photos_a_seeded_sample_is_fitted():
     assert familiarity.sampled(5, most=5).tolist() == [0, 1, 2, 3, 4]  # all, in order, up to the bound
     picked = familiarity.sampled(1000, most=50, seed=3)
