@@ -82,7 +82,7 @@ def filter_rows(df, image_types, label_column=LABEL_COLUMN):
     """(usable rows with side and label_value, the rows of the wanted image types, summary steps [(step, rows left,
     what was left out)], rows lost for an unexpected reason [(cause, rows, examples)])."""
     steps, losses = [("rows read", len(df), "")], []
-    allowed = allowed_types(image_types)
+    allowed = set(image_types) | {isic.LEGACY_TYPES.get(t, t) for t in image_types}
 
     def keep(df, ok, step, why):
         steps.append((step, int(ok.sum()), "" if ok.all() else why))
@@ -137,11 +137,6 @@ def filter_rows(df, image_types, label_column=LABEL_COLUMN):
     if not two_class:
         df = keep_majority_side(df, steps)
     return df, typed, steps, losses
-
-
-def allowed_types(image_types):
-    """The image_type values that count as the wanted types: their names, and their names before July 2023."""
-    return set(image_types) | {isic.LEGACY_TYPES.get(t, t) for t in image_types}
 
 
 def keep_majority_side(df, steps):
