@@ -344,7 +344,7 @@ def show(result, args):
         print(
             f"\nunfamiliar: {found['n_unfamiliar']} of {found['n_photos']} photos ({found['share_unfamiliar']:.1%})"
             f" lie beyond the familiarity limit {found['limit']:.2f} chosen on validation"
-            f" ({card.within_text(found)}); predict.py gives them no answer, the metrics above include them"
+            f" ({familiarity.within_text(found)}); predict.py gives them no answer, the metrics above include them"
         )
         listed = result["unfamiliar_photos"]
         for photo in listed[:N_LISTED]:

@@ -115,10 +115,12 @@ def exportable(net, meta):
             self.register_buffer("benign", torch.nonzero(~mask).flatten())
             self.register_buffer("shift", fitted["b"] * mask.to(torch.float32))
             self.familiar = bool(arrays)
-            if self.familiar:
-                self.register_buffer("means", torch.as_tensor(arrays["means"], dtype=torch.float32))
-                self.register_buffer("whitening", torch.as_tensor(arrays["whitening"], dtype=torch.float32))
-                self.floor = float(arrays.get("floor", 0.0))  # 0: a full whitening (a file before the floor)
+            self.measure = []
+            if self.familiar:  # floor 0: a full whitening (a file before the floor)
+                graph, self.floor = familiarity.graph_arrays(arrays)
+                for name, tensor in graph.items():
+                    self.register_buffer(name, tensor)
+                self.measure = list(graph)
 
         def forward(self, x):
             if self.familiar:  # one pass gives the familiarity features and the final map
@@ -138,7 +140,9 @@ def exportable(net, meta):
                 logits,
                 p,
                 cam,
-                familiarity.torch_distances(familiar_features, self.means, self.whitening, self.floor),
+                familiarity.torch_distances(
+                    familiar_features, floor=self.floor, **{name: getattr(self, name) for name in self.measure}
+                ),
             )
 
     return Exported().eval()

@@ -137,8 +137,8 @@ def lesion_fields(rng, kind, image_type):
 
 
 def demo_metadata(seed):
-    """(metadata rows as a DataFrame, a (lesion seed, view seed, type drawn, skin) job per drawn photo, the row
-    numbers whose file is copied under another id) for a synthetic export."""
+    """(metadata rows as a DataFrame, a (lesion seed, view seed, type drawn, skin, image type) job per drawn photo,
+    the row numbers whose file is copied under another id) for a synthetic export."""
     rng, lesions = np.random.default_rng(seed), []  # (type or None, type drawn, image_type, views)
     for kind, n in _OVERVIEW.items():
         done = 0
@@ -163,7 +163,7 @@ def demo_metadata(seed):
         fields = dict(person, **lesion_fields(rng, kind, image_type), **ids)
         for _ in range(views):
             rows.append(fields)
-            jobs.append(((seed, 1, lesion), (seed, 2, len(jobs)), drawn, skin))
+            jobs.append(((seed, 1, lesion), (seed, 2, len(jobs)), drawn, skin, image_type))
     copies = [int(i) for i in rng.choice(len(rows), 2, replace=False)]  # the same file again, under another id
     ids = [f"ISIC_{9000000 + n}" for n in rng.permutation(len(rows) + len(copies))]
     return pd.DataFrame(rows + [rows[i] for i in copies]).assign(isic_id=ids), jobs, copies
@@ -183,11 +183,11 @@ def write_demo_export(out_dir, seed=SEED, photo_size=PHOTO_SIZE, workers=WORKERS
     meta = meta.assign(pixels_x=str(photo_size), pixels_y=str(photo_size * 3 // 4))
     ids = list(meta.isic_id)
     with folders.replaced_folder(out_dir, _SCRIPT, "demo export") as tmp:
-        work = [(os.path.join(tmp, ids[n] + ".jpg"), *job, photo_size) for n, job in enumerate(jobs)]
+        work = [(os.path.join(tmp, ids[n] + ".jpg"), *job[:4], photo_size, job[4]) for n, job in enumerate(jobs)]
         for n, (side, kind) in enumerate(_UNSEEN):  # 3 photos of each type, on skin of type I, II, III
             for k in range(3):
                 name = os.path.join(tmp, "unseen", f"{side}_{3 * (n % 2) + k + 1}.jpg")
-                work.append((name, (seed, 3, n, k), (seed, 4, n, k), kind, k, photo_size))
+                work.append((name, (seed, 3, n, k), (seed, 4, n, k), kind, k, photo_size, "clinical: overview"))
         try:
             os.makedirs(os.path.join(tmp, "unseen"))
             with interrupts.worker_pool(workers) as pool:

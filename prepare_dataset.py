@@ -37,7 +37,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, isic, photos, shapes, shard_format
+from skinlesion import cli, dataset, files, folders, isic, other_types, photos, shapes, shard_format
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -52,6 +52,7 @@ VAL_FRACTION = 0.15  # share of the groups for validation, 0 to 0.9 in steps of 
 TEST_FRACTION = 0.15  # share of the groups for test, 0 to 0.9 likewise, val + test <= 0.9 (0: no test split)
 RESIZE_TO = 256  # shorter side in px, >= 1, never upscaled; None (--resize-to none): copy the files as they are
 MIN_KEPT = 0.5  # 0 to 1: stop when less of the rows survive bad labels, ids and image files; 0 = never
+KEEP_OTHER_TYPES = 300  # photos of another kind (dermoscopic for clinical...) kept for the familiarity check, 0 to 1e5
 SEED = 42  # sampling and split, 0 to 2**32 - 1
 WORKERS = os.cpu_count()  # processes that decode images, 1 to 1024 (1: no pool)
 SHARDS = False  # also write the splits as WebDataset shards in DATASET_DIR/shards/ (several machines, object stores)
@@ -333,7 +334,8 @@ def main(argv=None):
             metadata_csv, images_dir = cli.printable(args.metadata_csv), cli.printable(args.images_dir)
             print(f"no {metadata_csv}; reading the {len(paths)} metadata.csv under {images_dir}: {listed}")
         columns = ["isic_id", *isic.SIDE_COLUMNS, "lesion_id", "patient_id", args.label_column, *isic.CARD_COLUMNS]
-        df, typed, steps, losses = filter_rows(isic.read_metadata(paths, columns), args.image_types, args.label_column)
+        rows = isic.read_metadata(paths, columns)
+        df, typed, steps, losses = filter_rows(rows, args.image_types, args.label_column)
         for col in [col for col in ("lesion_id", "patient_id") if col not in df]:
             print(f"no {col} column: images are grouped without it")
             df[col] = ""
@@ -381,6 +383,13 @@ def main(argv=None):
         chosen["split"] = isic.split_groups(labels, groups, args.val_fraction, args.test_fraction, args.seed)
         manifest = write_splits(chosen, tmp)
         notes = [isic.copy_credits(paths, chosen, tmp) + f" into {cli.printable(args.dataset_dir)}/"]
+        if args.keep_other_types and "image_type" in rows:  # what the familiarity check learns to tell apart
+            kept = other_types.keep(
+                rows, args.image_types, args.keep_other_types, args.images_dir, tmp,
+                lambda path: re.fullmatch(out, path), args.seed, args.resize_to, args.workers,
+            )  # fmt: skip
+            where = f"in {cli.printable(args.dataset_dir)}/{other_types.FOLDER}/"
+            notes.append(kept.replace(f"in {other_types.FOLDER}/", where))
         if args.shards:
             notes.append(shard_format.write_shards(tmp, manifest, args.shard_mb))
 

@@ -36,10 +36,10 @@ PICTURES = {"training_curves.png": "training_curves.png", "confusion_matrix.png"
             "roc_curve.png": "roc_curve.png", "calibration.png": "calibration.png",
             "gradcam/malignant_1_jpg_gradcam.png": "gradcam.png"}  # fmt: skip
 STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
-          ("the prepared dataset", ["dataset", "shards", "shard_format"]),
+          ("the prepared dataset", ["dataset", "shards", "shard_format", "other_types"]),
           ("the training data path", ["training", "devices"]),
-          ("the model's parts", ["backbone", "checkpoints", "shapes", "self_check", "familiarity", "explain",
-                                 "quantise"]),
+          ("the model's parts", ["backbone", "checkpoints", "shapes", "self_check", "familiarity", "mahalanobis",
+                                 "non_lesions", "explain", "quantise"]),
           ("numbers", ["numbers", "evaluation", "plots", "answer"]), ("the card", ["card", "model_index"]),
           ("safe outputs", ["files", "folders", "ledger", "cleaning", "interrupts"]),
           ("safe inputs", ["reading", "remote"]), ("the command line", ["cli"]),

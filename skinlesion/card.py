@@ -9,7 +9,7 @@ import datetime
 import json
 import re
 
-from skinlesion import answer, dataset, ledger
+from skinlesion import answer, dataset, familiarity, ledger
 from skinlesion.cli import printable
 from skinlesion.files import TAG, write_text
 from skinlesion.model_index import front_matter
@@ -102,10 +102,7 @@ def evaluation_section(meta, evaluation, externals=None):
         text.append(f"Validation {types_text(meta['val_types'], type_names(meta))}.")
     found = meta.get("familiarity")
     if found:
-        text.append(
-            f"Familiarity: a photo whose features lie further than {found['limit']:.2f} (Mahalanobis distance to the "
-            f"nearest class mean of the training photos) is unfamiliar and gets no answer; {within_text(found)}."
-        )
+        text.append(f"Familiarity: {familiarity.limit_text(found)}.")
     if not evaluation:
         text.append("**Test**: not evaluated yet; run `python evaluate.py`, which adds its results here.")
     else:
@@ -114,13 +111,6 @@ def evaluation_section(meta, evaluation, externals=None):
         title = f"**External validation: {markdown_text(name)}** ({markdown_code(found['data_dir'])}"
         text.append(tested_section(meta, found, title, f"External ({name})"))
     return "\n\n".join(text)
-
-
-def within_text(found):
-    """'98% of the 59 validation photos lie within' the familiarity limit: the share counted when the limit was
-    chosen (the limit is their 99% quantile; 58 of 59 photos is 98%), the one figure the card, training and
-    evaluate.py say."""
-    return f"{found['val_within']:.0%} of the {found['n_val']} validation photos lie within"
 
 
 def photos_text(meta, evaluation):
@@ -189,8 +179,8 @@ def tested_section(meta, evaluation, title, split="Test"):
     if found:
         text.append(
             f"Unfamiliar photos: {found['n_unfamiliar']} of {found['n_photos']} ({found['share_unfamiliar']:.1%}) "
-            f"lie beyond the familiarity limit chosen on validation, where {within_text(found)}; predict.py and "
-            "the page give them no answer (the metrics above include them)."
+            f"lie beyond the familiarity limit chosen on validation, where {familiarity.within_text(found)}; "
+            "predict.py and the page give them no answer (the metrics above include them)."
         )
     for factor, groups in evaluation.get("subgroups", {}).items():
         rows = [[g, r["photos"], r.get("text", "")] for g, r in groups.items()]

@@ -192,5 +192,6 @@ QUANTISED = record(dict(  # export_onnx.py's int8 twin: quantise.comparison, and
     dict(familiar_to_unfamiliar=COUNT, unfamiliar_to_familiar=COUNT, familiarity_flips_outside_band=COUNT,
          familiarity_band=FRACTION, max_distance_change=nullable(number(0, 1e12))))  # fmt: skip
 FAMILIARITY = record(dict(  # familiarity.summary: the limit of the distance, how it was chosen, on what photos
-    method=one_of("mahalanobis"), limit=number(0, 1e12), quantile=FRACTION, image_types=list_of(text()),
-    val_within=FRACTION, n_val=COUNT))  # fmt: skip
+    method=one_of("mahalanobis", "mahalanobis+exposure"), limit=number(0, 1e12), quantile=FRACTION,
+    image_types=list_of(text()), val_within=FRACTION, n_val=COUNT),
+    dict(exposed_to=table_of(COUNT)))  # fmt: skip

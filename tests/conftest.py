@@ -41,7 +41,7 @@ ENV = dict(
 )
 
 import model  # noqa: E402
-from skinlesion import ledger  # noqa: E402
+from skinlesion import familiarity, ledger  # noqa: E402
 
 
 def run(script, *args, cwd, timeout=600, file_size_limit=None, threads=1):
@@ -620,7 +620,8 @@ def grey_photo(path, size=(60, 50)):
 def direct_familiarity_distance(checkpoint, paths):
     """The familiarity distance of each photo, computed here: the spatial mean of the outputs of the modules that
     timm's feature_info names and the global pool's output (forward hooks), then sqrt((f - mean)^T P (f - mean))
-    to the nearest class mean, with P = W W^T from the checkpoint's whitening W, or P = floor I - W W^T with a floor."""
+    to the nearest class mean, with P = W W^T from the checkpoint's whitening W, or P = floor I - W W^T with a floor;
+    with an exposure head, the larger of that and clip((f - centre) / scale, +-familiarity.CLIP) . weights + bias."""
     import torch
 
     from skinlesion import photos
@@ -644,6 +645,10 @@ def direct_familiarity_distance(checkpoint, paths):
             net(x)
         f = torch.cat([t.mean((2, 3)) for t in seen[:-1]] + [seen[-1].flatten(1)], 1)[0].double().numpy()
         found.append(min(np.sqrt((f - m) @ precision @ (f - m)) for m in means))
+        if "weights" in ckpt["familiarity"]:
+            centre, scale, weights, bias = (ckpt["familiarity"][k].double().numpy() for k in familiarity.HEAD)
+            z = np.clip((f - centre) / scale, -familiarity.CLIP, familiarity.CLIP)
+            found[-1] = max(found[-1], z @ weights + bias)
     for handle in handles:
         handle.remove()
     return np.array(found), ckpt["meta"]["familiarity"]

@@ -586,7 +586,7 @@ def test_a_broken_familiarity_measure_is_refused_and_a_good_one_loads_with_its_a
     path = save_model(tmp_path / "good.pth", size=64, familiarity=dict(FAMILIARITY))
     ckpt = torch.load(path, weights_only=True)
     rng = np.random.default_rng(0)
-    ckpt["familiarity"] = familiarity.state(rng.normal(0, 1, (2, 1792)), np.eye(1792))
+    ckpt["familiarity"] = familiarity.state(dict(means=rng.normal(0, 1, (2, 1792)), whitening=np.eye(1792)))
     torch.save(ckpt, path)
     net, meta = model.load_checkpoint(path)
     assert meta["familiarity"]["whitening"].shape == (1792, 1792) and meta["familiarity"]["limit"] == 20.0

@@ -35,7 +35,7 @@ from conftest import (
     run,
     write_export,
 )
-from skinlesion import folders, isic, ledger, photos
+from skinlesion import folders, isic, ledger, other_types, photos
 
 REAL_SAMPLE = next(
     (
@@ -1017,3 +1017,22 @@ def test_a_label_column_of_ids_says_what_is_wrong_with_the_column(capsys):
     main_fails(prepare_dataset.main, ["--label-column", "diagnosis_3", "--workers", 1, "--min-per-class", 11], capsys,
                f"--label-column diagnosis_3: {types}")  # fmt: skip
     assert not os.path.exists("dataset")
+
+
+def test_photos_of_another_kind_are_kept_beside_the_splits_for_the_familiarity_check(capsys):
+    """An export of clinical overview photos with dermoscopic and close-up ones: the dataset is what it would be
+    without them, and beside it, in other_types/, the dermoscopic photos (another kind; close-ups are clinical too),
+    said in one line; --keep-other-types 0 keeps none."""
+    rows = lesion_rows(20)
+    for start, image_type, lesions in ((500, "dermoscopic", 4), (600, "clinical: close-up", 3)):
+        others = lesion_rows(lesions)
+        rows += [dict(r, isic_id=f"ISIC_{start + n:07d}", image_type=image_type) for n, r in enumerate(others)]
+    write_export("isic_images", rows)
+    m = prepare()
+    out = capsys.readouterr().out
+    assert not m.isic_id.str.startswith("ISIC_00005").any() and dataset_files() == sorted(m.file)
+    kept = sorted(os.listdir(os.path.join("dataset", other_types.FOLDER)))
+    assert kept == [f"dermoscopic.ISIC_{500 + n:07d}.jpg" for n in range(7)]  # 4 lesions: 7 photos
+    assert "kept 7 photos of another kind in dataset/other_types/ for the familiarity check: dermoscopic 7" in out
+    assert prepare("--keep-other-types", 0).equals(m)
+    assert not os.path.exists(os.path.join("dataset", other_types.FOLDER))
