@@ -317,6 +317,39 @@ def parse_args(argv=None):
     return args
 
 
+def with_photo_files(df, args, out, steps, losses):
+    """The rows whose photo is a regular file inside the export (none of ours: out), and not one photo under ids
+    with different labels; each step and what it left out counted in steps and losses."""
+    found, no_file, copies = isic.image_files(df.isic_id, args.images_dir, lambda path: re.fullmatch(out, path))
+    cands = df[df.isic_id.isin(found.keys())].reset_index(drop=True)
+    cands = cands.assign(path=cands.isic_id.map(found), label_column=args.label_column)
+    losses += no_file
+    why = [f"{cause} {n}: {what}" for cause, n, what in no_file]
+    if copies:
+        why.append(f"{copies} byte-identical copies of a photo used once")
+    steps.append(("with an image file", len(cands), "; ".join(why)))
+    copies = contradicting_copies(cands)
+    losses.append(("the same photo under ids with different labels", len(copies), cli.first_few(sorted(copies))))
+    cands = cands[~cands.isic_id.isin(copies)].reset_index(drop=True)
+    steps.append(("no photo with different labels", len(cands), f"left out {len(copies)}" if copies else ""))
+    return cands
+
+
+def decoded_photos(cands, args, tmp, steps):
+    """(chosen, unreadable, duplicates): the photos decoded, hashed and shrunk into tmp, balanced in SEED order;
+    the steps counted."""
+    chosen, unreadable, dups = isic.decode_balanced(
+        cands, args.n_per_class, args.seed, tmp, args.resize_to, args.workers
+    )
+    decoded = len(chosen) + len(unreadable) + len(dups)
+    steps.append(("decoded (sampled in SEED order)", decoded, ""))
+    unreadable_text = f"unreadable {len(unreadable)}: " + cli.first_few(unreadable, 5) if unreadable else ""
+    steps.append(("readable", decoded - len(unreadable), unreadable_text))
+    dups_text = f"{len(dups)} duplicate images kept once: " + cli.first_few(dups, 5) if dups else ""
+    steps.append(("distinct images", len(chosen), dups_text))
+    return chosen, unreadable, dups
+
+
 def main(argv=None):
     args, start = parse_args(argv), time.time()
     out = re.escape(os.path.realpath(args.dataset_dir)) + r"(\.(tmp|old)-\d+)?"
@@ -341,41 +374,13 @@ def main(argv=None):
             df[col] = ""
 
         # image files: regular files inside the export only; photos under two ids with different labels left out
-        found, no_file, copies = isic.image_files(df.isic_id, args.images_dir, lambda path: re.fullmatch(out, path))
-        cands = df[df.isic_id.isin(found.keys())].reset_index(drop=True)
-        cands = cands.assign(path=cands.isic_id.map(found), label_column=args.label_column)
-        losses += no_file
-        why = [f"{cause} {n}: {what}" for cause, n, what in no_file]
-        if copies:
-            why.append(f"{copies} byte-identical copies of a photo used once")
-        steps.append(("with an image file", len(cands), "; ".join(why)))
-        copies = contradicting_copies(cands)
-        losses.append(("the same photo under ids with different labels", len(copies), cli.first_few(sorted(copies))))
-        cands = cands[~cands.isic_id.isin(copies)].reset_index(drop=True)
-        steps.append(("no photo with different labels", len(cands), f"left out {len(copies)}" if copies else ""))
+        cands = with_photo_files(df, args, out, steps, losses)
         cands = choose_classes(cands, args, steps).reset_index(drop=True)
         check_usable(args, steps, typed, losses, cands)
 
         # decode, hash and shrink, balanced; check again
-        chosen, unreadable, dups = isic.decode_balanced(
-            cands, args.n_per_class, args.seed, tmp, args.resize_to, args.workers
-        )
+        chosen, unreadable, dups = decoded_photos(cands, args, tmp, steps)
         decoded = len(chosen) + len(unreadable) + len(dups)
-        steps.append(("decoded (sampled in SEED order)", decoded, ""))
-        steps.append(
-            (
-                "readable",
-                decoded - len(unreadable),
-                f"unreadable {len(unreadable)}: " + cli.first_few(unreadable, 5) if unreadable else "",
-            )
-        )
-        steps.append(
-            (
-                "distinct images",
-                len(chosen),
-                f"{len(dups)} duplicate images kept once: " + cli.first_few(dups, 5) if dups else "",
-            )
-        )
         check_usable(args, steps, typed, losses, cands, chosen, decoded, unreadable)
 
         # split by lesion and patient groups, into the class folders, with the export's credits

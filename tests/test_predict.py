@@ -821,7 +821,8 @@ def measured_model(path, net, limit, classes=None, **meta):
     path = save_model(path, net, SIZE, familiarity=found, operating_point=op, prior_malignant=0.5, **meta)
     ckpt = torch.load(path, weights_only=True)
     features = familiarity.feature_count(net)
-    ckpt["familiarity"] = familiarity.state(np.zeros((len(classes or "ab"), features)), np.zeros((features, 1)), 1.0)
+    means, whitening = np.zeros((len(classes or "ab"), features)), np.zeros((features, 1))
+    ckpt["familiarity"] = familiarity.state(dict(means=means, whitening=whitening, floor=1.0))
     torch.save(ckpt, path)
     return path
 
