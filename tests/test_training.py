@@ -82,6 +82,7 @@ def test_a_resume_state_of_another_shape_is_refused_before_it_is_used():
         ("stopped_early", "no", "its training state.stopped_early 'no' is not true or false"),
         ("optimizer", [1], "its training state.optimizer [1] is not a table"),
         ("history", "[{", "its history is not JSON"),
+        ("history", "[" * 100_000 + "]" * 100_000, "its history is JSON nested too deeply to read"),  # RecursionError
         ("history", json.dumps([dict(epoch, roc_auc="high")]), "its history[0].roc_auc 'high' is not a finite number"),
         ("history", json.dumps({"epoch": 1}), "its history {'epoch': 1} is not a list"),
     ]:
