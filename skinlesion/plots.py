@@ -8,13 +8,17 @@ import os
 
 import numpy as np
 
+from skinlesion.cli import printable
 from skinlesion.files import TAG, atomic_write
 
 
 def pyplot():
+    """matplotlib's pyplot, drawing off screen, every text as it is: a name read from data (a folder, a photo, an
+    export's name, a class) holding dollar signs is never parsed as mathtext ('$\\foo$' raised at savefig)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -137,7 +141,7 @@ def mistakes(photos, crop, path, shown=None):
         ax.axis("off")
     for ax, m in zip(axes.flat, photos):
         ax.imshow(crop(m["path"]))
-        name = os.path.basename(m["path"])[:24]
+        name = printable(os.path.basename(m["path"]))[:24]  # a photo's name: data, on one line
         ax.set_title(f"true {m['true']}\nP(malignant) {m['p_malignant']:.3f}\n{name}", fontsize=8)
     fig.suptitle(titled("Most confident mistakes (most wrong first)", shown), fontsize=12)
     save_figure(fig, path, shown=shown)

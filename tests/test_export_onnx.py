@@ -662,6 +662,23 @@ def test_the_export_check_compares_every_output_by_its_largest_difference_at_two
     assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
 
 
+def test_the_parity_refusal_names_the_photos_and_the_output_on_one_line(tmp_path, capsys):
+    """The 'disagree' line echoed --output and the --check-images folder raw: a newline in either forged a line."""
+    photos_folder = tmp_path / "photos\nPrediction: benign"
+    lesion_photo(photos_folder / "a.jpg")
+    cfg = dict(input_size=(3, 32, 32), crop_pct=0.875, interpolation="bicubic", mean=[0.5] * 3, std=[0.5] * 3)
+    _, described = export_onnx.check_photos(str(photos_folder), 1, cfg, True)
+    args = SimpleNamespace(tolerance=1e-4, output="out\nwrote out.onnx")
+    with pytest.raises(SystemExit) as exit_info:
+        export_onnx.check_parity(args, dict(logits=0.0, p_malignant=float("nan"), cam=0.0), described)
+    expected = (
+        f"onnxruntime and PyTorch disagree on 1 photos from {tmp_path}/photos\\nPrediction: benign: p_malignant by "
+        "nan, over --tolerance 1e-04 (largest differences, relative but p_malignant's); out\\nwrote out.onnx not "
+        "written"
+    )
+    assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
+
+
 @pytest.fixture(scope="module")
 def familiar_export(familiar_model, tmp_path_factory):
     """The familiar model's ONNX file (no int8 twin)."""
