@@ -13,7 +13,7 @@ from skinlesion import answer, dataset, ledger, reading
 from skinlesion.cli import printable
 from skinlesion.files import TAG, write_text
 from skinlesion.model_index import front_matter
-from skinlesion.numbers import operating_point_text, types_text
+from skinlesion.numbers import interval_text, operating_point_text, types_text
 
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "roc_auc": "ROC-AUC", "ece": "ECE",
                 "brier": "Brier score"}  # fmt: skip
@@ -168,8 +168,8 @@ def tested_section(meta, evaluation, title, split="Test"):
     calibration, the types and the subgroups."""
     text = []
     rows = [
-        [METRIC_NAMES.get(key, key), f"{evaluation['metrics'][key]:.3f}", f"{low:.3f}-{high:.3f}"]
-        for key, (low, high) in evaluation["ci95"].items()
+        [METRIC_NAMES.get(key, key), f"{evaluation['metrics'][key]:.3f}", interval_text(ci)]
+        for key, ci in evaluation["ci95"].items()
     ]
     text.append(
         f"{title}: {counted(evaluation['n_images'])} photos), by evaluate.py, at the validation threshold:\n\n"

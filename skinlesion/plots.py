@@ -10,6 +10,7 @@ import numpy as np
 
 from skinlesion.cli import printable
 from skinlesion.files import TAG, atomic_write
+from skinlesion.numbers import interval_text, known_interval
 
 
 def pyplot():
@@ -92,7 +93,8 @@ def roc(y, p, scores, auc_ci, path, shown=None):
     plt = pyplot()
     fpr, tpr, _ = roc_curve(y, p)
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.plot(fpr, tpr, lw=2, label=f"ROC-AUC {scores['roc_auc']:.3f} (95% CI {auc_ci[0]:.3f}-{auc_ci[1]:.3f})")
+    interval = f" (95% CI {interval_text(auc_ci)})" if known_interval(auc_ci) else ""  # none: --n-bootstrap 0
+    ax.plot(fpr, tpr, lw=2, label=f"ROC-AUC {scores['roc_auc']:.3f}{interval}")
     ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="chance")
     sensitivity, specificity = scores["sensitivity"], scores["specificity"]
     label = f"threshold {scores['threshold']:.3f}: sensitivity {sensitivity:.2f}, specificity {specificity:.2f}"
