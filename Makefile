@@ -62,4 +62,4 @@ clean:
 		'skin_model.int8.onnx', 'training_curves.png', 'evaluation.json', 'confusion_matrix.png', 'roc_curve.png', \
 		'calibration.png', 'mistakes.png', 'types_confusion.png'] + sorted(glob.glob('evaluation_*.json') + \
 		glob.glob('confusion_matrix_*.png') + glob.glob('roc_curve_*.png') + glob.glob('calibration_*.png') + \
-		glob.glob('mistakes_*.png')))"
+		glob.glob('mistakes_*.png') + glob.glob('types_confusion_*.png')))"
