@@ -117,7 +117,7 @@ class Reader:
             status = self.proc.wait(max(self.deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             raise self.too_late() from None
-        answer = self.proc.stderr.read().decode("ascii", "replace").strip() if self.tool == "curl" else ""
+        answer = self.proc.stderr.read(100).decode("ascii", "replace").strip() if self.tool == "curl" else ""
         if status == 0:
             self.done = True
             return
@@ -159,10 +159,12 @@ def curl_failure(status, answer):
     """(why curl failed, in words; whether another try may succeed) from its exit status and the HTTP status it
     wrote (answer: '503'; '000' or '' when there was none)."""
     code = int(answer) if answer.isdigit() else 0
+    if status == 22 and code in TRANSIENT_HTTP:
+        return f"the server answers with an error (HTTP {code}: busy or failing)", True
     if status == 22 and code >= 500:
-        return f"the server answers with an error of its own (HTTP {code})", code in TRANSIENT_HTTP
+        return f"the server answers with an error (HTTP {code}: a failure of its own)", False
     if status == 22 and code:
-        return f"the server answers with an error (HTTP {code}: not found, or not allowed)", code in TRANSIENT_HTTP
+        return f"the server answers with an error (HTTP {code}: not found, or not allowed)", False
     return CURL_WHY.get(status, f"curl ended with exit code {status}"), status in TRANSIENT
 
 

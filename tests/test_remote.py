@@ -168,20 +168,22 @@ def test_a_certificate_that_is_not_trusted_is_not_tried_again(tmp_path, monkeypa
 
 
 def test_a_server_that_keeps_failing_is_given_up_in_one_line_within_the_deadline(monkeypatch):
-    """Four tries in all, the last failure said with how many there were; and never past --network-timeout: with
-    little time left no further try is started (how many fit depends on the machine: the line says it)."""
+    """Four tries in all, the last failure said with how many there were; and never past --network-timeout: where
+    the pause before the next try would outlast the deadline, no further try is started."""
     monkeypatch.setattr(remote, "PAUSES", [0.1, 0.1, 0.1])
     with planned_server([503] * 10, BODY) as (url, seen):
         message = read_fails(url, 30)
     assert len(seen) == remote.TRIES == 4
     assert message == (
-        f"{url} cannot be read: the server answers with an error of its own (HTTP 503); gave up after 4 tries "
+        f"{url} cannot be read: the server answers with an error (HTTP 503: busy or failing); gave up after 4 tries "
         "within --network-timeout 30 s"
     )
     monkeypatch.setattr(remote, "PAUSES", [60.0] * 3)  # a pause longer than the deadline: no second try
     with planned_server([503] * 10, BODY) as (url, seen):
         message = read_fails(url, 30)
-    assert len(seen) == 1 and message.endswith("(HTTP 503); gave up after 1 try within --network-timeout 30 s")
+    assert len(seen) == 1 and message.endswith(
+        "(HTTP 503: busy or failing); gave up after 1 try within --network-timeout 30 s"
+    )
 
 
 def test_a_command_that_never_ends_is_stopped_at_the_deadline_and_one_that_fails_is_one_line(tmp_path):
