@@ -163,7 +163,7 @@ def test_a_model_at_chance_is_called_so(setup, tmp_path, capsys):
             lesion_photo(tmp_path / "twins" / c / f"{j}.jpg", (80, 64), j)
     evaluate_into(tmp / "model.pth", tmp_path / "twins", tmp_path / "out", 300)
     assert "warning: on these photos the model cannot be told from chance" in capsys.readouterr().err
-    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["at_chance"] is True
+    assert json.loads((tmp_path / "out" / "evaluation_twins.json").read_text())["at_chance"] is True  # not the test's
 
 
 @pytest.mark.slow
@@ -490,7 +490,8 @@ def test_the_unfamiliar_test_photos_are_counted_in_the_report_and_the_card(famil
     model_file = shutil.copy(checkpoint, tmp_path / "skin_model.pth")
     r = run("evaluate.py", "--model", model_file, "--data-dir", tmp_path / "test", "--n-bootstrap", 50, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    with open(tmp_path / "evaluation.json") as f:
+    name = f"{tmp_path.name}_test"  # not the model's dataset (no manifest beside): an external validation's name
+    with open(tmp_path / f"evaluation_{name}.json") as f:
         report = json.load(f)
     found = report["familiarity"]
     paths = [os.path.join(root, n) for root, _, names in os.walk(tmp_path / "test") for n in names]

@@ -52,7 +52,7 @@ def test_every_picture_is_a_png_of_ours(tmp_path):
 def test_the_title_of_the_mistakes_never_covers_a_caption(tmp_path, monkeypatch, n):
     kept = {}
     save_figure = plots.save_figure
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path: kept.update(fig=fig) or save_figure(fig, path))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: kept.update(fig=fig) or save_figure(fig, path))
     monkeypatch.setattr(plots.pyplot(), "close", lambda fig=None: None)  # save_figure closes it: keep it to measure
     mistakes = [
         dict(
