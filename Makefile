@@ -57,7 +57,9 @@ docs: demo dev node_modules/.installed
 	$(PY) docs/make_docs.py
 
 clean:
-	$(PY) -c "from skinlesion import cleaning; cleaning.remove_ours(['dataset', 'demo_data', \
+	$(PY) -c "import glob; from skinlesion import cleaning; cleaning.remove_ours(['dataset', 'demo_data', \
 		'site', 'runs', 'gradcam', 'skin_model.pth', 'skin_model_last.pth', 'skin_model.md', 'skin_model.onnx', \
 		'skin_model.int8.onnx', 'training_curves.png', 'evaluation.json', 'confusion_matrix.png', 'roc_curve.png', \
-		'calibration.png', 'mistakes.png', 'types_confusion.png'])"
+		'calibration.png', 'mistakes.png', 'types_confusion.png'] + sorted(glob.glob('evaluation_*.json') + \
+		glob.glob('confusion_matrix_*.png') + glob.glob('roc_curve_*.png') + glob.glob('calibration_*.png') + \
+		glob.glob('mistakes_*.png') + glob.glob('types_confusion_*.png')))"

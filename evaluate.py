@@ -3,7 +3,9 @@ Score a trained checkpoint on a folder of held-out photos (by default the test s
 bootstrap confidence interval, the operating point against its target, how well P(malignant) is calibrated
 (before and after the calibration stored in the model), the metrics per subgroup (sex, age band, body site,
 skin type), and for a lesion-type model the types' results. Writes evaluation.json and the pictures, and adds
-the test results to the model card (skin_model.md beside skin_model.pth).
+the test results to the model card (skin_model.md beside skin_model.pth). An external validation writes its own,
+with its name in them (evaluation_NAME.json, roc_curve_NAME.png, ...): the test run's stay as they are. A number
+that is not known (the intervals, with --n-bootstrap 0) is null in the JSON and the card.
 
     python evaluate.py                                    # skin_model.pth on dataset/test
     python evaluate.py --tta                              # average over flips, and compare with plain
@@ -34,6 +36,7 @@ if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while t
 
 import json
 import os
+import re
 
 import numpy as np
 from tqdm import tqdm
@@ -69,7 +72,7 @@ SEED = 0  # seed of the bootstrap resampling, 0 to 2**32 - 1
 N_MISTAKES = 10  # how many of the most confident mistakes to list and show, 0 to 1000
 EXTERNAL = None  # path: an ISIC export folder (metadata.csv, photos): validate on all its photos instead of DATA_DIR
 EXTERNAL_NAME = None  # the name its card section goes by ("External validation: NAME"); None = the folder's name
-OUTPUT_DIR = "."  # folder for evaluation.json and the pictures (confusion_matrix, roc_curve, calibration, ...)
+OUTPUT_DIR = "."  # folder for evaluation.json and the pictures (roc_curve...; external: evaluation_NAME.json...)
 OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 NAMES = {
@@ -81,7 +84,7 @@ NAMES = {
     "f1": "F1",
     "roc_auc": "ROC-AUC",
 }
-N_LISTED = 30  # unfamiliar photos listed on the console at most (evaluation.json lists them all)
+N_LISTED = 30  # unfamiliar photos listed on the console at most (the evaluation's JSON file lists them all)
 PICTURES = ["confusion_matrix.png", "roc_curve.png", "calibration.png", "mistakes.png", "types_confusion.png"]
 
 
@@ -98,13 +101,41 @@ def parse_args(argv=None):
     args.photos = args.data_dir if args.external is None else args.external  # the photos scored
     cli.check_writable(args.output_dir, "--output-dir", folder=True)
     folders.check_outside(args.output_dir, "--output-dir", [args.photos])
-    for name in ["evaluation.json", *PICTURES]:
-        kind = "picture" if name in PICTURES else "evaluation"
-        files.check_output(os.path.join(args.output_dir, name), "--output-dir", kind, [args.model], args.overwrite)
     args.card = os.path.splitext(args.model)[0] + ".md"
     files.check_output(args.card, "--model (its card beside it)", "model card", [args.model], args.overwrite)
     remote.set_seconds(args.network_timeout)  # remote shards: every read has a deadline
     return args
+
+
+def evaluation_name(args, meta):
+    """None for the model's own test split, else the name the external validation goes by: --external-name, the
+    export's folder, or DATA_DIR's (dataset.external_name)."""
+    if args.external is not None:
+        return args.external_name or os.path.basename(os.path.abspath(args.external))
+    return dataset.external_name(args.data_dir, meta.get("manifest_sha256"))
+
+
+def output_paths(args, name):
+    """{evaluation.json or a picture's name: the path this run writes it to}, checked before the photos are scored
+    (ours to replace, not the model): the test split's under their own names; an external validation's with its
+    name in them (evaluation_<name>.json, roc_curve_<name>.png, ...), so that it never replaces the test run's,
+    which export_onnx.py reads."""
+    tag = None
+    if name:  # a plain file-name part: letters, digits, '.', '_' and '-'
+        tag = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:80] or "external"
+    out = {}
+    for file in ["evaluation.json", *PICTURES]:
+        stem, ext = os.path.splitext(file)
+        out[file] = os.path.join(args.output_dir, f"{stem}_{tag}{ext}" if tag else file)
+        kind = "picture" if file in PICTURES else "evaluation"
+        files.check_output(out[file], "--output-dir", kind, [args.model], args.overwrite)
+    return out
+
+
+def without_nan(result):
+    """result as strict JSON values: null where a number is not known (NaN: --n-bootstrap 0 computes no interval),
+    for evaluation.json and the card, which every reader parses (JSON has no NaN)."""
+    return json.loads(json.dumps(result), parse_constant=lambda constant: None)
 
 
 def score(net, paths, meta, args, device, blobs=None):
@@ -189,13 +220,13 @@ def main(argv=None):
     args = parse_args(argv)
     device = devices.pick_device()
     net, meta = model.load_checkpoint(args.model, device)
-    external = args.external is not None
+    external, name = args.external is not None, evaluation_name(args, meta)
+    out = output_paths(args, name)  # an external validation's own: the test run's stay as they are
     if external:
         paths, labels, classes, blobs, rows = export_photos(args)
-        name, others = args.external_name or os.path.basename(os.path.abspath(args.external)), 0
+        others = 0
     else:
         paths, labels, classes, blobs, others = split_photos(args, meta)
-        name = dataset.external_name(args.data_dir, meta.get("manifest_sha256"))
 
     # scores of every view; the unreadable photos left out, counted
     views, distances = score(net, paths, meta, args, device, blobs)
@@ -255,7 +286,6 @@ def main(argv=None):
     op, cal = result["operating_point"], result["calibration"]
     outside = evaluation.figures_outside(scores, cal, meta, "external" if name else "test")
     result["warnings"] = [warning for warning in (op.get("warning"), op["flags"], *outside) if warning]
-    out = {file: os.path.join(args.output_dir, file) for file in ["evaluation.json", *PICTURES]}
     if len(classes) > 2 and not external:
         result["types"] = types_report(labels, probabilities, classes, out["types_confusion.png"], args, described)
     if args.tta:
@@ -263,19 +293,12 @@ def main(argv=None):
     show(result, args)
 
     # outputs: the report, the pictures, the card
-    text = json.dumps(json.loads(json.dumps(result), parse_constant=lambda nan: None), indent=2)  # JSON has no NaN
-    files.write_text(out["evaluation.json"], text, "evaluation")
+    files.write_text(out["evaluation.json"], json.dumps(without_nan(result), indent=2), "evaluation")
     written = [out["evaluation.json"], *pictures(result, y, p, meta, out, described["shown"], blobs)]
-    sha256 = files.file_sha256(args.model)
-    kept = card.embedded(args.card, sha256) or {}  # the other data sets' results and the exports stay in the card
-    test, externals = kept.get("test"), kept.get("externals") or {}
-    if name:
-        externals[name] = card.card_evaluation(result)
-    else:
-        test = card.card_evaluation(result)
-    card.write_card(args.card, meta, os.path.basename(args.model), test, externals, sha256, kept.get("exports"))
-    section = f"External validation: {name}" if name else "Test"
-    print(f"\nwrote {', '.join(written)}; the results are in the model card {cli.printable(args.card)} ({section})")
+    record_in_card(args, meta, name, without_nan(result))
+    section = f"External validation: {cli.printable(name)}" if name else "Test"
+    names = ", ".join(map(cli.printable, written))
+    print(f"\nwrote {names}; the results are in the model card {cli.printable(args.card)} ({section})")
     if at_chance:
         low, high = ci["roc_auc"]
         cli.warn(
@@ -289,11 +312,24 @@ def main(argv=None):
         cli.warn(caution)
 
 
+def record_in_card(args, meta, name, found):
+    """Put the results found into the model card beside the model, as the test's or as external validation name's;
+    the other data sets' results and the exports it lists stay."""
+    sha256 = files.file_sha256(args.model)
+    kept = card.embedded(args.card, sha256) or {}
+    test, externals = kept.get("test"), kept.get("externals") or {}
+    if name:
+        externals[name] = card.card_evaluation(found)
+    else:
+        test = card.card_evaluation(found)
+    card.write_card(args.card, meta, os.path.basename(args.model), test, externals, sha256, kept.get("exports"))
+
+
 def pictures(result, y, p, meta, out, shown, blobs):
     """Draw the confusion matrix, the ROC curve, the reliability diagram and the most confident mistakes, each
     saying which photos it shows (shown); returns the paths written."""
     scores, cal, threshold = result["metrics"], result["calibration"], result["threshold"]
-    title = f"{os.path.basename(result['model'])}, threshold {threshold:.3f} (chosen on validation)"
+    title = f"{cli.printable(os.path.basename(result['model']))}, threshold {threshold:.3f} (chosen on validation)"
     side_counts = [[scores["tn"], scores["fp"]], [scores["fn"], scores["tp"]]]
     plots.confusion(side_counts, model.CLASSES, title, out["confusion_matrix.png"], shown)
     plots.roc(y, p, scores, result["ci95"]["roc_auc"], out["roc_curve.png"], shown)
@@ -326,7 +362,8 @@ def show(result, args):
     print(f"threshold {result['threshold']:.4f} (stored in the checkpoint, chosen on validation; not tuned here)\n")
     print(f"{'metric':<22}{'value':>7}   95% CI ({args.n_bootstrap} bootstrap resamples)")
     for key, name in NAMES.items():
-        print(f"{name:<22}{scores[key]:>7.3f}   [{ci[key][0]:.3f}, {ci[key][1]:.3f}]")
+        interval = f"[{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if numbers.known_interval(ci[key]) else "not computed"
+        print(f"{name:<22}{scores[key]:>7.3f}   {interval}")
     print(f"\nconfusion matrix (rows true, columns predicted)\n{'':<12}{'benign':>11}{'malignant':>11}")
     print(f"{'benign':<12}{scores['tn']:>11}{scores['fp']:>11}\n{'malignant':<12}{scores['fn']:>11}{scores['tp']:>11}")
     if op.get("target_sensitivity"):
@@ -351,7 +388,7 @@ def show(result, args):
             true = cli.printable(photo["true"])
             print(f"  {true:<12} distance {photo['distance']:.2f}  {cli.printable(photo['path'])}")
         if len(listed) > N_LISTED:
-            print(f"  and {len(listed) - N_LISTED} more (evaluation.json lists them all)")
+            print(f"  and {len(listed) - N_LISTED} more (the evaluation's JSON file lists them all)")
     if "types" in result:
         types = result["types"]
         low, high = types["balanced_accuracy_ci95"]

@@ -42,7 +42,7 @@ import shlex
 import numpy as np
 
 import model
-from skinlesion import backbone, card, cli, familiarity, files, model_index, photos, quantise, self_check
+from skinlesion import backbone, card, cli, familiarity, files, model_index, photos, quantise, reading, self_check
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -55,6 +55,7 @@ QUANTISE = True  # also write OUTPUT's int8 twin (.int8.onnx, ~3x smaller, for t
 QUANTISE_IMAGES = "dataset/val"  # labelled photos (<class>/ sub-folders) that calibrate and judge the int8 twin
 OVERWRITE = False  # replace an OUTPUT that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
+MAX_EVALUATION_BYTES = 1_000_000_000  # the largest evaluation.json read (it lists every unreadable, unfamiliar photo)
 
 
 def parse_args(argv=None):
@@ -86,9 +87,11 @@ def check_photos(source, n, cfg, named):
     if len(images) < len(paths):
         cli.warn(f"{len(paths) - len(images)} of the {len(paths)} check photos could not be read and were left out")
     if images:
-        return np.stack([photos.preprocess(img, cfg) for img in images]), f"{len(images)} photos from {source}"
+        described = f"{len(images)} photos from {cli.printable(source)}"
+        return np.stack([photos.preprocess(img, cfg) for img in images]), described
     if named:
-        cli.die(f"--check-images {source} holds no readable photo; pass a folder (or a photo) of real photos")
+        wanted = "pass a folder (or a photo) of real photos"
+        cli.die(f"--check-images {cli.printable(source)} holds no readable photo; {wanted}")
     size = cfg["input_size"][-1]
     noise = np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
     return noise, f"{n} random tensors (no photos found; --check-images FOLDER checks on real ones)"
@@ -152,12 +155,15 @@ def evaluation_of(checkpoint):
     """evaluate.py's test results (evaluation.json beside the checkpoint) when they are of this very file (its
     SHA-256 recorded there) and of its test split (not an external validation), else None."""
     path = os.path.join(os.path.dirname(checkpoint), "evaluation.json")
-    if files.file_kind(path):  # missing, a folder, a named pipe
+    if files.file_kind(path) == "missing":
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            evaluation = json.load(f)
-    except (OSError, ValueError):
+    try:  # a regular file only (a named pipe would block, a link to /dev/zero never end), bounded, parsable
+        evaluation = reading.read_json(path, MAX_EVALUATION_BYTES)
+    except OSError as e:
+        why = f"{cli.printable(path)} cannot be read ({e.strerror or e})"
+        if isinstance(e, reading.Unreadable):  # its message names the file and says what it is
+            why = str(e)
+        print(f"note: {why}: the test results are taken from the model card where it holds them")
         return None
     if not isinstance(evaluation, dict) or evaluation.get("model_sha256") != files.file_sha256(checkpoint):
         return None
@@ -185,7 +191,8 @@ def record_in_card(checkpoint, meta, written):
         return
     exports = dict(kept.get("exports") or {}, **{os.path.basename(p): digest for p, digest in written.items()})
     card.write_card(path, meta, os.path.basename(checkpoint), kept.get("test"), kept.get("externals"), sha256, exports)
-    print(f"listed {', '.join(map(os.path.basename, written))} with their SHA-256 in the model card {path}")
+    names = ", ".join(cli.printable(os.path.basename(p)) for p in written)
+    print(f"listed {names} with their SHA-256 in the model card {cli.printable(path)}")
 
 
 def torch_self_check(wrapped, meta):
@@ -339,11 +346,12 @@ def write_int8_twin(args, meta):
     try:
         files.atomic_write(twin, quantise_and_compare, "ONNX model")
     except TwinRefused as e:
-        print(f"no int8 twin {twin} written: it fails the check every model file gets ({e})")
+        print(f"no int8 twin {cli.printable(twin)} written: it fails the check every model file gets ({e})")
         return None
     ratio = os.path.getsize(args.output) / os.path.getsize(twin)
     print(
-        f"wrote {twin} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.1f}x smaller; {speeds['int8'] * 1e3:.0f} ms a "
+        f"wrote {cli.printable(twin)} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.1f}x smaller; "
+        f"{speeds['int8'] * 1e3:.0f} ms a "
         f"photo against {speeds['full'] * 1e3:.0f} ms here): {quantise.comparison_text(speeds['result'])}"
     )
     return twin
@@ -359,7 +367,8 @@ def check_parity(args, found, described):
     if off:
         cli.die(
             f"onnxruntime and PyTorch disagree on {described}: {', '.join(off)}, over --tolerance "
-            f"{args.tolerance:.0e} (largest differences, relative but p_malignant's); {args.output} not written"
+            f"{args.tolerance:.0e} (largest differences, relative but p_malignant's); {cli.printable(args.output)} not "
+            "written"
         )
     print(
         f"onnxruntime matches PyTorch: largest difference {max(found.values()):.2e} in {compared} "
@@ -394,8 +403,8 @@ def main(argv=None):
         fault = model.self_check_fault(ort_session(tmp), dict(meta, self_check=checked))
         if fault:
             cli.die(
-                f"the exported file fails the check every script makes of a model file: {fault}; {args.output} not "
-                "written (every script would refuse it); retrain the model"
+                f"the exported file fails the check every script makes of a model file: {fault}; "
+                f"{cli.printable(args.output)} not written (every script would refuse it); retrain the model"
             )
 
     files.atomic_write(args.output, export_and_check, "ONNX model")

@@ -10,12 +10,13 @@ at all), so that `--help` and the ONNX path start in a fraction of a second.
 
 import json
 import math
+import os
 import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion import backbone, checkpoints, familiarity, quantise, self_check, shapes
+from skinlesion import backbone, checkpoints, familiarity, quantise, reading, self_check, shapes
 from skinlesion.backbone import imagenet_model
 from skinlesion.cli import die, is_list_of, printable
 from skinlesion.dataset import SIDES
@@ -287,12 +288,17 @@ def save_checkpoint(path, state, kind="model"):
 
 
 def check_model_file(path, how="train one with 'python AItraining.py'"):
-    """die unless the model file is there as a regular file (a named pipe would block the reader)."""
+    """die unless the model file is there as a regular file (a named pipe would block the reader, a link to
+    /dev/zero never end) of at most checkpoints.MAX_MODEL_BYTES."""
     kind = file_kind(path)
     if kind == "missing":
         die(f"model file {printable(path)} not found; {how} or pass --model PATH")
     if kind:
         die(f"model file {printable(path)} is {kind}; {how} or pass --model PATH")
+    size, most = os.path.getsize(path), checkpoints.MAX_MODEL_BYTES
+    if size > most:
+        die(f"model file {printable(path)} is {size:,} bytes, over the {most:,} a model file may be; {how} or pass "
+            "--model PATH")  # fmt: skip
 
 
 def read_checkpoint(path):
@@ -301,12 +307,13 @@ def read_checkpoint(path):
     import torch
 
     check_model_file(path)
-    try:
-        with warnings.catch_warnings():  # a plain pickle of another protocol warns before it is refused
-            warnings.simplefilter("ignore", UserWarning)
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        checkpoints.load_failure(path, e)
+    with checkpoints.opened(path) as f:  # what was checked is what is read: a regular file, within the bound
+        try:
+            with warnings.catch_warnings():  # a plain pickle of another protocol warns before it is refused
+                warnings.simplefilter("ignore", UserWarning)
+                ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:
+            checkpoints.load_failure(path, e)
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("meta"), dict)):
         die(f"{printable(path)} is not a checkpoint written by AItraining.py (no state_dict/meta)")
     fault = meta_fault(ckpt["meta"])
@@ -417,12 +424,31 @@ def read_onnx(path):
     else (None, None, the error line). An int8 twin's verdict (quantised) is recomputed from its numbers
     (quantise.within_tolerance), never read."""
     import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:  # a regular file only, within the bound; weights in files of their own (external data) are never read
+        data = reading.read_bytes(path, checkpoints.MAX_MODEL_BYTES)
+    except OSError as e:
+        return None, None, f"{checkpoints.unreadable_text(path, e)}; export one with export_onnx.py"
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as e:
+        why = f"is not a readable ONNX model ({type(e).__name__}); export one with export_onnx.py"
+        return None, None, f"{printable(path)} {why}"
+    if any(uses_external_data(tensor) for tensor in proto.graph.initializer):
+        why = "keeps its weights in files of their own (external data); export_onnx.py writes one self-contained file"
+        return None, None, f"{printable(path)} is refused: it {why}"
+    return checked_onnx(path, data, proto)
+
+
+def checked_onnx(path, data, proto):
+    """read_onnx's (session, meta, None) or (None, None, the error line) for the ONNX file read from path as data
+    (bytes) and parsed as proto."""
     import onnxruntime as ort
 
     try:
-        proto = onnx.load(path)
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        session = ort.InferenceSession(proto.SerializeToString(), providers=providers)
+        session = ort.InferenceSession(data, providers=providers)
     except Exception as e:
         why = f"is not a readable ONNX model ({type(e).__name__}); export one with export_onnx.py"
         return None, None, f"{printable(path)} {why}"
@@ -431,8 +457,10 @@ def read_onnx(path):
     try:
         meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
         fault = twice and f"its metadata holds {', '.join(twice)} more than once"
+    except RecursionError:
+        fault = "its metadata is JSON nested too deeply to read"
     except ValueError as e:
-        fault = f"its metadata is not valid JSON ({e})"
+        fault = f"its metadata is not valid JSON ({printable(str(e))})"
     fault = fault or meta_fault(meta) or onnx_fault(proto, session, meta) or meta_fault(meta, "onnx")
     fault = fault or self_check_fault(session, meta)
     if fault:

@@ -100,7 +100,7 @@ def malignant_sum_text(probabilities, meta):
     """'Melanoma 0.219 + Basal cell carcinoma 0.010 = 0.229': the malignant types' calibrated probabilities, whose
     sum is P(malignant)."""
     names, mask = meta.get("class_names") or meta["classes"], model.malignant_mask(meta)
-    parts = [f"{names[i]} {probabilities[i]:.3f}" for i in np.flatnonzero(mask)]
+    parts = [f"{cli.printable(names[i])} {probabilities[i]:.3f}" for i in np.flatnonzero(mask)]
     return f"{' + '.join(parts)} = {probabilities[mask].sum():.3f}"
 
 
@@ -121,7 +121,8 @@ def onnx_predictor(session, meta, tta, explain_it):
             try:
                 runs.append(session.run(outputs, {name: view}))
             except Exception as e:  # onnxruntime failing at run time: the file, the machine
-                cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]}); export it again")
+                why = cli.printable(str(e)[:200])  # its message may quote the file's own node names
+                cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {why}); export it again")
         probabilities = np.mean([model.calibrated_probabilities(r[0], meta) for r in runs], axis=0)[0]
         cam = runs[0][2][0] if explain_it else None
         distance = float(runs[0][-1][0]) if meta.get("familiarity") else None
@@ -386,7 +387,7 @@ def main(argv=None):
     print(f"Model file: {cli.printable(args.model)}, SHA-256 {sha256} (compare it with the published one)")
     if args.csv:
         text = io.StringIO()
-        header = HEADER + ["type", "p_type"] + [f"p_{c}" for c in meta["classes"]] if types else HEADER
+        header = HEADER + ["type", "p_type"] + [f"p_{cli.printable(c)}" for c in meta["classes"]] if types else HEADER
         header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
         csv.writer(text).writerows([header] + [[files.csv_cell(cell) for cell in row] for row in rows])
         files.write_text(args.csv, text.getvalue(), "predictions")

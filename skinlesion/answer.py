@@ -105,9 +105,7 @@ def evaluation_figures(evaluation):
     sensitivity, specificity, ROC-AUC (an interval of NaN, as --n-bootstrap 0 leaves, is None)."""
     found = {}
     for key in ("sensitivity", "specificity", "roc_auc"):
-        ci = (evaluation.get("ci95") or {}).get(key)
-        known = ci and all(isinstance(v, (int, float)) and v == v for v in ci)
-        found[key] = (evaluation["metrics"][key], tuple(ci) if known else None)
+        found[key] = (evaluation["metrics"][key], numbers.known_interval((evaluation.get("ci95") or {}).get(key)))
     return found
 
 
@@ -140,4 +138,5 @@ def tested_text(figures, where="on the test photos"):
     if "roc_auc" in figures:
         value, ci = figures["roc_auc"]
         parts.append(f"ROC-AUC {value:.2f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else ""))
-    return f"{where}, at the same threshold, it " + ", ".join(parts) + " (brackets: 95% intervals)"
+    said = " (brackets: 95% intervals)" if any(ci for _, ci in figures.values()) else ""  # none: --n-bootstrap 0
+    return f"{where}, at the same threshold, it " + ", ".join(parts) + said

@@ -147,6 +147,8 @@ def load_weights_file(net, name, path):
 
     try:
         tensors = read_weights(path)
+    except reading.Unreadable as e:  # its message names the file and says what it is (too large, a device...)
+        die(f"{e}; use the weights of {hub_source(name)}")
     except Exception as e:
         die(
             f"could not load ImageNet weights from {printable(path)} ({type(e).__name__}); use the weights of "

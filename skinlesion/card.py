@@ -9,14 +9,15 @@ import datetime
 import json
 import re
 
-from skinlesion import answer, dataset, familiarity, ledger
+from skinlesion import answer, dataset, familiarity, ledger, reading
 from skinlesion.cli import printable
 from skinlesion.files import TAG, write_text
 from skinlesion.model_index import front_matter
-from skinlesion.numbers import operating_point_text, types_text
+from skinlesion.numbers import interval_text, operating_point_text, types_text
 
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "roc_auc": "ROC-AUC", "ece": "ECE",
                 "brier": "Brier score"}  # fmt: skip
+MAX_CARD_BYTES = 50_000_000  # the largest model card read (with its evaluations embedded: a few hundred KB)
 MIN_PER_CLASS = 20  # a subgroup is reported only with at least this many photos of each side
 EMBEDDED = "<!-- evaluations, read back by evaluate.py: "  # the card's results as JSON, for the next evaluation
 KEPT = (
@@ -157,8 +158,8 @@ def tested_section(meta, evaluation, title, split="Test"):
     calibration, the types and the subgroups."""
     text = []
     rows = [
-        [METRIC_NAMES.get(key, key), f"{evaluation['metrics'][key]:.3f}", f"{low:.3f}-{high:.3f}"]
-        for key, (low, high) in evaluation["ci95"].items()
+        [METRIC_NAMES.get(key, key), f"{evaluation['metrics'][key]:.3f}", interval_text(ci)]
+        for key, ci in evaluation["ci95"].items()
     ]
     text.append(
         f"{title}: {counted(evaluation['n_images'])} photos), by evaluate.py, at the validation threshold:\n\n"
@@ -311,11 +312,11 @@ def embedded(path, model_sha256):
     not write or that was changed since, or one of another model file."""
     if ledger.why_not_ours(path, "model card") is not None:  # only our own card, unchanged since we wrote it
         return None
-    with open(path, encoding="utf-8") as f:
-        found = re.search(re.escape(EMBEDDED) + r"(.*) -->", f.read())
-    try:
-        kept = json.loads(found.group(1)) if found else {}
-    except ValueError:
+    try:  # a regular file within the bound (it may have changed since the ledger looked), JSON that parses
+        text = reading.read_bytes(path, MAX_CARD_BYTES).decode("utf-8", "replace")
+        found = re.search(re.escape(EMBEDDED) + r"(.*) -->", text)
+        kept = reading.parse_json(found.group(1), path) if found else {}
+    except OSError:
         return None
     if not isinstance(kept, dict) or kept.get("model_sha256") != model_sha256:
         return None

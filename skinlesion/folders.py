@@ -270,10 +270,22 @@ def records_fault(path):
 
 def made_folder(path, script, kind):
     """Make the folder at path, its mark saying a script of ours made it as kind, unless it exists (then it
-    stays as it is)."""
-    if not os.path.isdir(path):
-        os.makedirs(path)
+    stays as it is). Where the mark cannot be written (a full disk), the folders made here are removed again,
+    innermost first and only while empty, and the error goes on: no empty, unmarked folder is left behind."""
+    if os.path.isdir(path):
+        return
+    made, folder = [], os.path.abspath(path)
+    while not os.path.lexists(folder):  # what makedirs makes: the folder and its missing parents
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(path)
+    try:
         mark_folder(path, script, kind)
+    except BaseException:
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty (another wrote there meanwhile): it stays
+                os.rmdir(folder)
+        raise
 
 
 def mark_folder(path, script, kind):

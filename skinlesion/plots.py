@@ -8,13 +8,18 @@ import os
 
 import numpy as np
 
+from skinlesion.cli import printable
 from skinlesion.files import TAG, atomic_write
+from skinlesion.numbers import interval_text, known_interval
 
 
 def pyplot():
+    """matplotlib's pyplot, drawing off screen, every text as it is: a name read from data (a folder, a photo, an
+    export's name, a class) holding dollar signs is never parsed as mathtext ('$\\foo$' raised at savefig)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -88,7 +93,8 @@ def roc(y, p, scores, auc_ci, path, shown=None):
     plt = pyplot()
     fpr, tpr, _ = roc_curve(y, p)
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.plot(fpr, tpr, lw=2, label=f"ROC-AUC {scores['roc_auc']:.3f} (95% CI {auc_ci[0]:.3f}-{auc_ci[1]:.3f})")
+    interval = f" (95% CI {interval_text(auc_ci)})" if known_interval(auc_ci) else ""  # none: --n-bootstrap 0
+    ax.plot(fpr, tpr, lw=2, label=f"ROC-AUC {scores['roc_auc']:.3f}{interval}")
     ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="chance")
     sensitivity, specificity = scores["sensitivity"], scores["specificity"]
     label = f"threshold {scores['threshold']:.3f}: sensitivity {sensitivity:.2f}, specificity {specificity:.2f}"
@@ -137,7 +143,7 @@ def mistakes(photos, crop, path, shown=None):
         ax.axis("off")
     for ax, m in zip(axes.flat, photos):
         ax.imshow(crop(m["path"]))
-        name = os.path.basename(m["path"])[:24]
+        name = printable(os.path.basename(m["path"]))[:24]  # a photo's name: data, on one line
         ax.set_title(f"true {m['true']}\nP(malignant) {m['p_malignant']:.3f}\n{name}", fontsize=8)
     fig.suptitle(titled("Most confident mistakes (most wrong first)", shown), fontsize=12)
     save_figure(fig, path, shown=shown)

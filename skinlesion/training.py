@@ -36,6 +36,8 @@ def resume_fault(state):
     fault = shapes.fault(RESUME_STATE, "training state", {k: state[k] for k in RESUME_KEYS})
     try:
         return fault or shapes.fault(EPOCH_LOG, "history", json.loads(state["history"]))
+    except RecursionError:
+        return "its history is JSON nested too deeply to read"
     except ValueError:
         return "its history is not JSON"
 

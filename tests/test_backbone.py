@@ -10,6 +10,7 @@ import torch
 
 import model
 from conftest import ROOT, alarm, fails
+from skinlesion import backbone
 
 # ---------------------------------------------------------------------------- weights
 WITHOUT_THE_HUB = """
@@ -131,6 +132,19 @@ def test_a_weights_file_that_is_not_a_regular_file_says_what_it_is_not_that_it_i
     expected = f"weights file {path} is {kind}, not a file of weights; pass the file itself"
     with alarm(60, "blocked on a named pipe"):
         fails(capsys, expected, model.build_model, weights_file=str(path))
+
+
+def test_a_weights_file_over_the_bound_says_so_before_it_is_read(tmp_path, capsys):
+    """A weights file over backbone.MAX_WEIGHTS_BYTES (sparse: no disk used) was refused as 'could not load
+    ImageNet weights from ... (Unreadable)': the line now says what the file is."""
+    path = tmp_path / "weights.safetensors"
+    with open(path, "wb") as f:
+        f.truncate(backbone.MAX_WEIGHTS_BYTES + 1)
+    expected = (
+        f"{path} is {backbone.MAX_WEIGHTS_BYTES + 1:,} bytes, over the {backbone.MAX_WEIGHTS_BYTES:,} it may be; use "
+        "the weights of timm/efficientnet_b0.ra_in1k"
+    )
+    fails(capsys, expected, model.build_model, weights_file=str(path))
 
 
 def trained_looking_weights():

@@ -56,7 +56,10 @@ def test_make_clean_removes_only_what_the_records_prove(tmp_path):
     os.makedirs(tmp_path / "runs" / "other_project")
     (tmp_path / "runs" / "other_project" / "config.json").write_text('{"model_name": "resnet"}')
     (tmp_path / "evaluation.json").write_text('{"model_name": "efficientnet_b0"}')
+    (tmp_path / "evaluation_mine.json").write_text("{}")  # a user's, of a name an external validation might have
     before = fingerprint(tmp_path)
+    files.write_text(str(tmp_path / "evaluation_Clinic_B.json"), "{}", "evaluation")  # an external validation's
+    files.write_text(str(tmp_path / "roc_curve_Clinic_B.png"), "a picture", "picture")
     files.write_text(str(tmp_path / "skin_model.md"), "a card", "model card")
     files.write_text(str(tmp_path / "gradcam" / "p_jpg_gradcam.png"), "a picture", "picture")
     marked_folder(tmp_path / "dataset", "manifest.csv")
@@ -72,6 +75,7 @@ def test_make_clean_removes_only_what_the_records_prove(tmp_path):
     assert done.returncode == 0, done.stderr
     assert fingerprint(tmp_path) == before
     assert "removed dataset\n" in done.stdout and "left evaluation.json alone" in done.stdout
+    assert "left evaluation_mine.json alone" in done.stdout and "removed roc_curve_Clinic_B.png\n" in done.stdout
 
 
 def test_a_link_anywhere_in_a_path_is_never_followed_and_the_rest_of_the_list_is_done(tmp_path, monkeypatch, capsys):
@@ -172,6 +176,9 @@ def test_make_clean_lists_every_output_the_scripts_write_by_default():
                predict.EXPLAIN_DIR, model_file, AItraining.RESUME_FILE, os.path.splitext(model_file)[0] + ".md",
                "training_curves.png", export_onnx.OUTPUT, quantise.quantised_path(export_onnx.OUTPUT),
                "evaluation.json", *evaluate.PICTURES}  # fmt: skip
+    for name in ["evaluation.json", *evaluate.PICTURES]:  # an external validation's: its name in them (a glob)
+        stem, ext = os.path.splitext(name)
+        written.add(f"{stem}_*{ext}")
     assert written - listed == set() and listed - written == set()
 
 

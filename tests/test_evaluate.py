@@ -14,12 +14,14 @@ import pytest
 from PIL import Image
 
 import evaluate
+import export_onnx
 import model
 import predict
 from conftest import (
     ROOT,
     assert_one_error,
     direct_familiarity_distance,
+    export_rows,
     fingerprint,
     front_matter,
     grey_photo,
@@ -30,7 +32,7 @@ from conftest import (
     save_model,
     write_export,
 )
-from skinlesion import evaluation, files
+from skinlesion import card, evaluation, files
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 THRESHOLD = 0.37
@@ -161,7 +163,7 @@ def test_a_model_at_chance_is_called_so(setup, tmp_path, capsys):
             lesion_photo(tmp_path / "twins" / c / f"{j}.jpg", (80, 64), j)
     evaluate_into(tmp / "model.pth", tmp_path / "twins", tmp_path / "out", 300)
     assert "warning: on these photos the model cannot be told from chance" in capsys.readouterr().err
-    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["at_chance"] is True
+    assert json.loads((tmp_path / "out" / "evaluation_twins.json").read_text())["at_chance"] is True  # not the test's
 
 
 @pytest.mark.slow
@@ -286,7 +288,7 @@ def test_another_data_set_adds_an_external_validation_and_keeps_the_test_section
     test_report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     evaluate_into(path, tmp_path / "other_clinic", tmp_path / "out", 200)
     assert "(External validation: other_clinic)" in capsys.readouterr().out
-    external_report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    external_report = json.loads((tmp_path / "out" / "evaluation_other_clinic.json").read_text())
     assert test_report["external_validation"] is None and external_report["external_validation"] == "other_clinic"
     for again in (False, True):
         text = (tmp_path / "model.md").read_text(encoding="utf-8")
@@ -488,7 +490,8 @@ def test_the_unfamiliar_test_photos_are_counted_in_the_report_and_the_card(famil
     model_file = shutil.copy(checkpoint, tmp_path / "skin_model.pth")
     r = run("evaluate.py", "--model", model_file, "--data-dir", tmp_path / "test", "--n-bootstrap", 50, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    with open(tmp_path / "evaluation.json") as f:
+    name = f"{tmp_path.name}_test"  # not the model's dataset (no manifest beside): an external validation's name
+    with open(tmp_path / f"evaluation_{name}.json") as f:
         report = json.load(f)
     found = report["familiarity"]
     paths = [os.path.join(root, n) for root, _, names in os.walk(tmp_path / "test") for n in names]
@@ -546,6 +549,64 @@ def external_rows():
 
 
 @pytest.mark.slow
+def test_an_external_validation_writes_its_own_files_and_the_test_runs_stay_byte_identical(setup, tmp_path, capsys):
+    """evaluate.py --external (or another DATA_DIR) wrote evaluation.json and the pictures over the test run's:
+    the last run replaced them, and export_onnx.py no longer found the test results there. An external run's
+    files carry its name; every file the test run wrote stays as it was, and export_onnx.py reads the test's."""
+    tmp, _, _ = setup
+    path = str(shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth"))
+    class_photos(tmp_path / "other clinic", 4)
+    evaluate_into(path, tmp / "test", tmp_path, 200)
+    test_report = json.loads((tmp_path / "evaluation.json").read_text())
+    written = {name: digest for name, digest in fingerprint(tmp_path, marks=False).items() if name != "model.md"}
+    assert {"evaluation.json", "roc_curve.png", "calibration.png", "confusion_matrix.png"} <= set(written)
+    for external in (["--external", write_export(tmp_path / "clinic b", export_rows(12))], []):
+        data = tmp / "test" if external else tmp_path / "other clinic"
+        evaluate_into(path, data, tmp_path, 200, *external)
+        after = fingerprint(tmp_path, marks=False)
+        assert {name: after[name] for name in written} == written  # byte-identical, the test's card section too
+    for name in ("clinic_b", "other_clinic"):
+        for file in ("evaluation_{}.json", "roc_curve_{}.png", "calibration_{}.png", "confusion_matrix_{}.png"):
+            assert file.format(name) in after
+        assert json.loads((tmp_path / f"evaluation_{name}.json").read_text())["external_validation"] is not None
+    assert export_onnx.evaluation_of(path) == test_report and test_report["external_validation"] is None
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path}/evaluation_other_clinic.json, {tmp_path}/confusion_matrix_other_clinic.png" in out
+
+
+@pytest.mark.slow
+def test_without_intervals_every_file_is_strict_json_and_every_reader_reads_null(setup, tmp_path, capsys):
+    """--n-bootstrap 0 computes no interval: evaluation.json held null, but the card kept NaN (not JSON) and
+    showed 'nan-nan', and export_onnx.py found no test results in the file (a null interval raised inside), so
+    the page showed none. Every file is strict JSON, the card says 'not computed', and the test figures reach
+    export_onnx.py's card summary (what the page shows) and predict.py without brackets."""
+    tmp, _, _ = setup
+    path = str(shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth"))
+    evaluate_into(path, tmp / "test", tmp_path, 0)
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda constant: pytest.fail(f"{constant} in a JSON file"))
+
+    report = strict((tmp_path / "evaluation.json").read_text())
+    assert report["ci95"]["roc_auc"] == [None, None]
+    text = (tmp_path / "model.md").read_text(encoding="utf-8")
+    assert strict(text.split(card.EMBEDDED)[1].rsplit(" -->", 1)[0])["test"]["ci95"]["sensitivity"] == [None, None]
+    assert "nan-nan" not in text and "NaN" not in text
+    assert f"| sensitivity | {report['metrics']['sensitivity']:.3f} | not computed |" in text
+    m = report["metrics"]
+    expected = (
+        f"on the test photos, at the same threshold, it caught {m['sensitivity']:.0%} of the malignant, cleared "
+        f"{m['specificity']:.0%} of the benign, ROC-AUC {m['roc_auc']:.2f}"
+    )
+    meta = model.read_checkpoint(path)["meta"]
+    props = export_onnx.onnx_metadata(meta, path, {})
+    assert strict(props["card_summary"])["tested"] == expected  # the page's 'Tested' line
+    capsys.readouterr()
+    predict.main([str(tmp / "test" / "benign" / "benign_0.jpg"), "--model", path])
+    assert f"Tested: {expected}." in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.slow
 def test_an_isic_export_is_validated_externally_in_one_command(setup, tmp_path, capsys):
     """evaluate.py --external EXPORT --external-name NAME: every photo of the export as downloaded with a definite
     side, at its natural prevalence; the rows left out counted; the card's 'External validation: NAME' section
@@ -560,7 +621,7 @@ def test_an_isic_export_is_validated_externally_in_one_command(setup, tmp_path, 
     capsys.readouterr()
     evaluate_into(path, tmp / "test", tmp_path / "out", 200, "--external", export, "--external-name", "Clinic B")
     out, err = capsys.readouterr()
-    report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    report = json.loads((tmp_path / "out" / "evaluation_Clinic_B.json").read_text())
     assert report["external_validation"] == "Clinic B" and report["data_dir"] == export
     assert report["n_images"] == {"benign": 8, "malignant": 3}  # 14 rows: undecided, not downloaded, missing out
     assert f"left out 1 row(s) of {export}: no definite benign/malignant side ('Indeterminate' 1)" in err
@@ -592,8 +653,10 @@ def test_an_isic_export_is_validated_externally_in_one_command(setup, tmp_path, 
         f"External validation: on Clinic B (11 photos, 27% malignant), at the same threshold, it caught {sens} of the "
         "malignant"
     )
-    with Image.open(tmp_path / "out" / "calibration.png") as img:
+    with Image.open(tmp_path / "out" / "calibration_Clinic_B.png") as img:
         assert img.text["Title"] == f"external validation: Clinic B ({export}), n = 11: 3 malignant"
+    with Image.open(tmp_path / "out" / "calibration.png") as img:  # the test run's picture stays
+        assert img.text["Title"].startswith(f"test split ({tmp / 'test'}), n = ")
 
 
 REAL_CLINICAL = next(
@@ -619,7 +682,7 @@ def test_real_clinical_photos_as_an_external_validation(trained_model, tmp_path)
     args = ["--model", checkpoint, "--external", REAL_CLINICAL, "--external-name", "MED-NODE", "--n-bootstrap", 200]
     r = run("evaluate.py", *args, "--num-workers", 0, cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
-    report = json.loads((tmp_path / "evaluation.json").read_text())
+    report = json.loads((tmp_path / "evaluation_MED-NODE.json").read_text())
     assert report["n_images"] == counts and report["external_validation"] == "MED-NODE"
     assert report["photos"]["malignant_share"] == pytest.approx(counts["malignant"] / len(rows))
     text = (tmp_path / "skin_model.md").read_text(encoding="utf-8")

@@ -29,6 +29,7 @@ import predict
 from conftest import (
     ENV,
     ROOT,
+    alarm,
     assert_one_error,
     changed_output,
     dead_run,
@@ -363,6 +364,10 @@ BAD_ONNX = {  # case: (tiny_onnx arguments, or None for a text file; the error l
     "threshold NaN": (dict(threshold="NaN"), "{} is refused: its threshold nan is not a number from 0 to 1"),
     "threshold 2": (dict(threshold="2"), "{} is refused: its threshold 2 is not a number from 0 to 1"),
     "metadata not JSON": (dict(classes="[benign, malignant]"), "{} is refused: its metadata is not valid JSON"),
+    "metadata nested too deeply": (  # a RecursionError traceback
+        dict(classes="[" * 100_000 + "]" * 100_000),
+        "{} is refused: its metadata is JSON nested too deeply to read",
+    ),
     "no metadata": (
         dict(metadata=False),
         "{} is refused: no classes, image_size, mean, std, interpolation, crop_pct, threshold in its metadata",
@@ -384,6 +389,23 @@ def test_bad_onnx_file_is_refused(tmp_path, capsys, case):
     before = fingerprint(tmp_path)
     refuses([photo, "--model", path], capsys, expected.format(path))
     assert fingerprint(tmp_path) == before
+
+
+def test_an_onnx_file_whose_weights_are_in_another_file_is_refused_and_that_file_never_opened(tmp_path, capsys):
+    """onnx.load read the weights an ONNX file names as external data from whatever file beside it has that name
+    (onnx's own check refused a named pipe there as 'not a readable ONNX model (ValidationError)'). export_onnx.py
+    writes one self-contained file: a file with external data is refused for what it is, and the file it names
+    is never opened (a named pipe would wait for a writer)."""
+    path = tiny_onnx(tmp_path / "model.onnx")
+    proto = onnx.load(path)
+    for tensor in proto.graph.initializer:  # as raw bytes: only those are moved out
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+    onnx.save(proto, path, save_as_external_data=True, location="weights.bin", size_threshold=0)
+    os.remove(tmp_path / "weights.bin")
+    os.mkfifo(tmp_path / "weights.bin")  # opening it would wait for a writer for ever
+    photo = lesion_photo(tmp_path / "photo.jpg")
+    with alarm(60, "the ONNX file's external data was opened"):
+        refuses([photo, "--model", path], capsys, f"{path} is refused: it keeps its weights in files of their own")
 
 
 @pytest.mark.slow
@@ -434,6 +456,42 @@ def test_the_test_results_come_from_evaluation_json_of_this_very_model(exported,
     del evaluation["external_validation"]
     (tmp_path / "evaluation.json").write_text("{not json")
     assert "(test" not in json.loads(export_onnx.onnx_metadata(meta, str(checkpoint), {})["card_summary"])["how_well"]
+
+
+@pytest.mark.parametrize("kind", ["a named pipe", "a link to /dev/zero", "nested too deeply", "a folder", "as written"])
+def test_an_evaluation_json_that_is_not_a_file_of_results_is_named_and_never_read_without_end(tmp_path, capsys, kind):
+    """evaluation.json beside the checkpoint is read as a regular file within a bound: a named pipe or a link to
+    /dev/zero is said in one note and left unread (they were skipped without a word), JSON nested too deeply is a
+    note (it was a RecursionError traceback); the card's test results are used instead. The nearest accepted:
+    evaluate.py's file of this model."""
+    checkpoint = tmp_path / "skin_model.pth"
+    checkpoint.write_bytes(b"the model's bytes")
+    path = tmp_path / "evaluation.json"
+    said = {
+        "a named pipe": "is a named pipe, not a regular file",
+        "a link to /dev/zero": "is a device, not a regular file",
+        "nested too deeply": "is JSON nested too deeply to read",
+        "a folder": "is a folder, not a regular file",
+    }
+    written = dict(model_sha256=files.file_sha256(str(checkpoint)), metrics=dict(roc_auc=0.8))
+    if kind == "a named pipe":
+        os.mkfifo(path)
+    elif kind == "a link to /dev/zero":
+        os.symlink("/dev/zero", path)
+    elif kind == "nested too deeply":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    elif kind == "a folder":
+        path.mkdir()
+    else:
+        path.write_text(json.dumps(written))
+    with alarm(60, "evaluation.json was read without end"):
+        found = export_onnx.evaluation_of(str(checkpoint))
+    out = capsys.readouterr().out
+    if kind == "as written":
+        assert found == written and out == ""
+    else:
+        assert found is None
+        assert out == f"note: {path} {said[kind]}: the test results are taken from the model card where it holds them\n"
 
 
 def rewired(proto):
@@ -600,6 +658,23 @@ def test_the_export_check_compares_every_output_by_its_largest_difference_at_two
     expected = (
         f"onnxruntime and PyTorch disagree on 5 photos: cam by {found['cam']:.2e}, over --tolerance 1e-04 (largest "
         "differences, relative but p_malignant's); skin_model.onnx not written"
+    )
+    assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
+
+
+def test_the_parity_refusal_names_the_photos_and_the_output_on_one_line(tmp_path, capsys):
+    """The 'disagree' line echoed --output and the --check-images folder raw: a newline in either forged a line."""
+    photos_folder = tmp_path / "photos\nPrediction: benign"
+    lesion_photo(photos_folder / "a.jpg")
+    cfg = dict(input_size=(3, 32, 32), crop_pct=0.875, interpolation="bicubic", mean=[0.5] * 3, std=[0.5] * 3)
+    _, described = export_onnx.check_photos(str(photos_folder), 1, cfg, True)
+    args = SimpleNamespace(tolerance=1e-4, output="out\nwrote out.onnx")
+    with pytest.raises(SystemExit) as exit_info:
+        export_onnx.check_parity(args, dict(logits=0.0, p_malignant=float("nan"), cam=0.0), described)
+    expected = (
+        f"onnxruntime and PyTorch disagree on 1 photos from {tmp_path}/photos\\nPrediction: benign: p_malignant by "
+        "nan, over --tolerance 1e-04 (largest differences, relative but p_malignant's); out\\nwrote out.onnx not "
+        "written"
     )
     assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
 

@@ -293,3 +293,30 @@ def test_the_old_folder_loses_its_mark_last_so_a_kill_leaves_a_leftover_the_next
     with folders.replaced_folder(str(dataset), "prepare_dataset.py", "dataset") as tmp:
         (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("newer")
     assert sorted(os.listdir(tmp_path)) == ["dataset"] and capsys.readouterr().out == ""
+
+
+def test_a_folder_whose_mark_cannot_be_written_is_removed_again(tmp_path, monkeypatch):
+    """A full disk while a missing --log-dir (or --explain-dir) was made left it behind empty and unmarked: what
+    the run made is removed again, parents included; a parent that was there stays, and so does a folder another
+    wrote into meanwhile."""
+    (tmp_path / "there").mkdir()
+
+    def full_disk(path, script, kind):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(folders, "mark_folder", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        folders.made_folder(str(tmp_path / "there" / "logs" / "deep"), "AItraining.py", "log folder")
+    assert os.listdir(tmp_path / "there") == []
+
+    def full_disk_after_another_wrote(path, script, kind):
+        (tmp_path / "there" / "logs" / "theirs.txt").write_text("written meanwhile")
+        full_disk(path, script, kind)
+
+    monkeypatch.setattr(folders, "mark_folder", full_disk_after_another_wrote)
+    with pytest.raises(OSError):
+        folders.made_folder(str(tmp_path / "there" / "logs" / "deep"), "AItraining.py", "log folder")
+    assert os.listdir(tmp_path / "there" / "logs") == ["theirs.txt"]  # not empty: left as it is
+    monkeypatch.undo()
+    folders.made_folder(str(tmp_path / "new"), "AItraining.py", "log folder")  # the nearest accepted: made, marked
+    assert folders.made_here(str(tmp_path / "new"))

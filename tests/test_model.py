@@ -19,8 +19,10 @@ import evaluate
 import export_onnx
 import model
 import predict
+import serve_web
 from conftest import (
     RunsCode,
+    alarm,
     assert_one_error,
     calibration,
     fingerprint,
@@ -29,7 +31,7 @@ from conftest import (
     save_model,
     skip_or_fail,
 )
-from skinlesion import answer, familiarity, files, ledger
+from skinlesion import answer, checkpoints, familiarity, files, ledger
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +175,61 @@ def test_checkpoints_that_are_not_ours_are_refused(scripts_setup, tmp_path, caps
     ]:
         load_refused(model.load_checkpoint, str(tmp_path / name), capsys, expected)
     assert not (tmp_path / "code ran").exists(), "unpickling the checkpoint ran its code"
+
+
+def hostile_model_file(path, kind):
+    """A model file path that is not one to read: a link to /dev/zero (never ends), a named pipe (never opened
+    without a writer), or a regular file one byte over the bound (sparse: no disk is used)."""
+    if kind == "a link to /dev/zero":
+        os.symlink("/dev/zero", path)
+        return "is a device"
+    if kind == "a named pipe":
+        os.mkfifo(path)
+        return "is a named pipe"
+    with open(path, "wb") as f:
+        f.truncate(checkpoints.MAX_MODEL_BYTES + 1)
+    return f"is {checkpoints.MAX_MODEL_BYTES + 1:,} bytes, over the {checkpoints.MAX_MODEL_BYTES:,} a model file may be"
+
+
+@pytest.mark.parametrize("kind", ["a link to /dev/zero", "a named pipe", "over the bound"])
+def test_a_model_file_that_is_a_device_a_pipe_or_too_large_is_one_line_in_every_script(
+    scripts_setup, tmp_path, capsys, kind
+):
+    """Every script that reads a model file (.pth or .onnx) says in one line what the file is, at once: a link to
+    /dev/zero or a named pipe is never read, a file over the bound is refused before it is read (an ONNX file
+    was read whole, a .pth too where torch could not load it)."""
+    _, data, _ = scripts_setup
+    pth, onnx_file = str(tmp_path / "model.pth"), str(tmp_path / "model.onnx")
+    said = hostile_model_file(pth, kind)
+    hostile_model_file(onnx_file, kind)
+    photo = os.path.join(data, "test", "benign", os.listdir(os.path.join(data, "test", "benign"))[0])
+    cases = [
+        (predict.main, [photo, "--model", pth], pth),
+        (predict.main, [photo, "--model", onnx_file], onnx_file),
+        (evaluate.main, ["--model", pth, "--data-dir", os.path.join(data, "test"), "--output-dir", tmp_path], pth),
+        (export_onnx.main, ["--model", pth, "--output", tmp_path / "out.onnx"], pth),
+        (serve_web.main, ["--model", onnx_file, "--no-serve", "--site-dir", tmp_path / "site"], onnx_file),
+    ]  # AItraining.py --resume reads it as load_checkpoint does (the next test)
+    with alarm(60, "a script read a model file that never ends"):
+        for main, argv, path in cases:
+            out = main_fails(main, argv, capsys, f"model file {path} {said}")
+            assert "Prediction" not in out
+    assert not os.path.exists(tmp_path / "site") and not os.path.exists(tmp_path / "out.onnx")
+
+
+@pytest.mark.parametrize("kind", ["a link to /dev/zero", "a named pipe", "over the bound"])
+def test_a_model_file_that_turns_into_a_device_after_its_check_is_never_read(tmp_path, monkeypatch, capsys, kind):
+    """What was checked is what is read: a file replaced after check_model_file looked (here: no look at all) is
+    checked again once open, and is one line, never an endless read or a wait for a writer."""
+    monkeypatch.setattr(model, "check_model_file", lambda *args, **kwargs: None)
+    pth, onnx_file = str(tmp_path / "model.pth"), str(tmp_path / "model.onnx")
+    said = hostile_model_file(pth, kind).replace("a model file may be", "it may be")
+    hostile_model_file(onnx_file, kind)
+    said = said if kind == "over the bound" else said + ", not a regular file"
+    with alarm(60, "a model file was read without end"):
+        load_refused(model.load_checkpoint, pth, capsys, f"model file {pth} {said}; pass the model file")
+        assert model.read_onnx(onnx_file)[:2] == (None, None)
+        assert model.read_onnx(onnx_file)[2] == f"model file {onnx_file} {said}; export one with export_onnx.py"
 
 
 STRICT_CASES = {  # how the weights differ from the network's: (missing, not its own, of another shape)

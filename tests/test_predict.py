@@ -901,3 +901,13 @@ def test_in_a_folder_and_its_csv_an_unfamiliar_photo_has_no_p_or_type_until_aske
         assert filled == [asked] * len(filled)
         assert out.count("Prediction: unfamiliar") == 2 and ("unreliable answer: " in out) == asked
         assert "at prevalence" not in out and "; type " not in out
+
+
+def test_class_names_read_from_the_model_file_are_printed_on_one_line():
+    """The malignant types' line printed the class names read from the model file raw (a model file's own check
+    refuses such names: this is the second guard, as for every text read from a file)."""
+    meta = dict(
+        classes=["nevus", "mel"], class_names=["nevus", "melanoma\nPrediction: benign"], malignant_classes=["mel"]
+    )
+    text = predict.malignant_sum_text(np.array([0.25, 0.75]), meta)
+    assert text == "melanoma\\nPrediction: benign 0.750 = 0.750"

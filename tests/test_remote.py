@@ -6,7 +6,10 @@ import contextlib
 import functools
 import http.server
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 
 import pytest
@@ -72,7 +75,115 @@ def test_a_file_on_a_server_is_read_and_a_missing_one_is_one_line(tmp_path):
         message = read_fails(url + "/nope.json")
         with pytest.raises(OSError, match="holds over 10 bytes, more than it may"):
             remote.read_all(url + "/shards.json", 10)
-    assert message == f"{url}/nope.json cannot be read: the server answers with an error (not found, or not allowed)"
+    assert message == (
+        f"{url}/nope.json cannot be read: the server answers with an error (HTTP 404: not found, or not allowed)"
+    )
+
+
+class PlannedHandler(http.server.BaseHTTPRequestHandler):
+    """Answers each request as the server's plan says, in turn: 'ok' (the file, from the byte a 'Range: bytes=N-'
+    asks for), an HTTP status such as 503 or 404, 'reset' (the connection closed unanswered) or 'half' (the whole
+    file announced, half of it sent, the connection closed). The server notes each request's Range header."""
+
+    def do_GET(self):
+        step = self.server.plan.pop(0) if self.server.plan else "ok"
+        self.server.seen.append(self.headers.get("Range"))
+        body = self.server.body
+        if step == "reset":
+            self.close_connection = True
+            return
+        if isinstance(step, int):
+            self.send_error(step)
+            return
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        self.wfile.write(body[start : len(body) // 2] if step == "half" else body[start:])
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def planned_server(plan, body, tls=None):
+    """A local server answering by plan (PlannedHandler) with body as its file; tls: (certificate, key) files to
+    answer over HTTPS with. Yields (the file's address, the Range headers of the requests it saw)."""
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), PlannedHandler) as server:
+        server.plan, server.body, server.seen = list(plan), body, []
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}/shard-000000.tar", server.seen
+        finally:
+            server.shutdown()
+
+
+BODY = bytes(range(256)) * 4000  # a shard's bytes: a read resumed at the wrong byte would show
+
+
+@pytest.mark.parametrize("plan", [[503, "reset"], ["half", "half"], [502, "half"]])
+def test_a_transient_failure_is_tried_again_from_the_byte_it_stopped_at(monkeypatch, plan):
+    """WebDataset's curl retried a failed read; ours gave up at once, so a brief network failure stopped a long
+    training. A server that fails twice (an error 5xx, a connection closed unanswered or cut short mid-file) and
+    then answers gives the whole file, each try resumed where the bytes stopped."""
+    monkeypatch.setattr(remote, "PAUSES", [0.1, 0.1, 0.1])
+    with planned_server(plan, BODY) as (url, seen), alarm(60, "a retried read hung"):
+        assert remote.read_all(url, len(BODY)) == BODY
+    assert len(seen) == 3  # two failures, then the answer
+    half = f"bytes={len(BODY) // 2}-"
+    if plan == ["half", "half"]:
+        assert seen == [None, half, half]  # the second half asked for (the server sent nothing new the 2nd time)
+    elif plan == [502, "half"]:
+        assert seen == [None, None, half]
+
+
+@pytest.mark.parametrize("answer", [404, 403])
+def test_a_permanent_failure_is_not_tried_again(monkeypatch, answer):
+    monkeypatch.setattr(remote, "PAUSES", [0.1, 0.1, 0.1])
+    with planned_server([answer] * 5, BODY) as (url, seen):
+        message = read_fails(url, 30)
+    assert len(seen) == 1
+    assert (
+        message == f"{url} cannot be read: the server answers with an error (HTTP {answer}: not found, or not allowed)"
+    )
+
+
+def test_a_certificate_that_is_not_trusted_is_not_tried_again(tmp_path, monkeypatch):
+    if not shutil.which("openssl"):
+        pytest.skip("making a test certificate needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)  # fmt: skip
+    monkeypatch.setattr(remote, "PAUSES", [0.1, 0.1, 0.1])
+    with planned_server([], BODY, tls=(cert, key)) as (url, seen):
+        message = read_fails(url, 30)
+    assert message == f"{url} cannot be read: the server's certificate is not trusted" and seen == []
+
+
+def test_a_server_that_keeps_failing_is_given_up_in_one_line_within_the_deadline(monkeypatch):
+    """Four tries in all, the last failure said with how many there were; and never past --network-timeout: where
+    the pause before the next try would outlast the deadline, no further try is started."""
+    monkeypatch.setattr(remote, "PAUSES", [0.1, 0.1, 0.1])
+    with planned_server([503] * 10, BODY) as (url, seen):
+        message = read_fails(url, 30)
+    assert len(seen) == remote.TRIES == 4
+    assert message == (
+        f"{url} cannot be read: the server answers with an error (HTTP 503: busy or failing); gave up after 4 tries "
+        "within --network-timeout 30 s"
+    )
+    monkeypatch.setattr(remote, "PAUSES", [60.0] * 3)  # a pause longer than the deadline: no second try
+    with planned_server([503] * 10, BODY) as (url, seen):
+        message = read_fails(url, 30)
+    assert len(seen) == 1 and message.endswith(
+        "(HTTP 503: busy or failing); gave up after 1 try within --network-timeout 30 s"
+    )
 
 
 def test_a_command_that_never_ends_is_stopped_at_the_deadline_and_one_that_fails_is_one_line(tmp_path):

@@ -49,6 +49,7 @@ SECURITY_HEADERS = {
     "cache-control": "no-cache",
     "server": "serve_web.py",
 }
+CARD_NAME = "model_card.md"  # what the build publishes the card as
 CARD_TEXT = "# Model card\n\nA tiny test model; not a medical device. Ünïcödé.\n"
 
 
@@ -484,6 +485,51 @@ def test_the_model_card(project, tmp_path):
     assert_refused([*args, "--card", tmp_path], "is a folder", tmp_path, tmp_path)
     if os.path.isdir(os.path.join(NODE_MODULES, "onnxruntime-web")):
         assert_refused([*args, "--card", card], "is not UTF-8 text", tmp_path, tmp_path)
+
+
+def test_files_it_reads_that_are_no_regular_files_are_named_and_never_block(project, tmp_path):
+    """Every file the build reads is a regular file read within a bound: a card beside the model that is a named
+    pipe is named and left out (it was left out without a word), as is an int8 twin that is one; onnxruntime-web's
+    package.json as a named pipe (it blocked the build for ever) or as JSON nested too deeply (a RecursionError
+    traceback) is one line naming it."""
+    require_node_modules()
+    model_file = tmp_path / "model" / "skin_model.onnx"
+    model_file.parent.mkdir()
+    shutil.copy(project["model"], model_file)
+    os.mkfifo(tmp_path / "model" / "skin_model.md")
+    os.mkfifo(tmp_path / "model" / "skin_model.int8.onnx")
+    result = run_script("--no-serve", "--model", model_file, "--site-dir", tmp_path / "site")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    card, twin = tmp_path / "model" / "skin_model.md", tmp_path / "model" / "skin_model.int8.onnx"
+    assert f"note: {card} is a named pipe, not a model card: none is published (--card FILE)\n" in result.stdout
+    assert "no model card, onnxruntime-web" in result.stdout
+    assert f"the page runs the full model (model file {twin} is a named pipe, not a regular file;" in result.stdout
+    assert CARD_NAME not in os.listdir(tmp_path / "site")
+    package = tmp_path / "node_modules" / "onnxruntime-web"
+    (package / "dist").mkdir(parents=True)
+    for name in VENDOR:
+        os.symlink(os.path.join(NODE_MODULES, "onnxruntime-web", "dist", name), package / "dist" / name)
+    args = [
+        "--no-serve",
+        "--model",
+        model_file,
+        "--site-dir",
+        tmp_path / "other",
+        "--node-modules",
+        tmp_path / "node_modules",
+    ]
+    for content, said in [
+        (None, "is a named pipe, not a regular file"),
+        ("[" * 100_000 + "]" * 100_000, "is JSON nested too deeply to read"),
+    ]:
+        if content is None:
+            os.mkfifo(package / "package.json")
+        else:
+            os.remove(package / "package.json")
+            (package / "package.json").write_text(content)
+        result = run("serve_web.py", *args, cwd=tmp_path, timeout=60)
+        assert_one_error(result.returncode, result.stderr, f"{package / 'package.json'} {said}; run 'npm ci' in")
+    assert not os.path.exists(tmp_path / "other")
 
 
 # ----------------------------------------------------------------------------- flags and errors

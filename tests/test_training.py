@@ -7,13 +7,16 @@ as ours, its writer thread's error said once, where it comes back."""
 
 import json
 import os
+import resource
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import fails
+from conftest import ENV, ROOT, assert_one_error, fails
 from skinlesion import ledger, training
 
 
@@ -82,6 +85,7 @@ def test_a_resume_state_of_another_shape_is_refused_before_it_is_used():
         ("stopped_early", "no", "its training state.stopped_early 'no' is not true or false"),
         ("optimizer", [1], "its training state.optimizer [1] is not a table"),
         ("history", "[{", "its history is not JSON"),
+        ("history", "[" * 100_000 + "]" * 100_000, "its history is JSON nested too deeply to read"),  # RecursionError
         ("history", json.dumps([dict(epoch, roc_auc="high")]), "its history[0].roc_auc 'high' is not a finite number"),
         ("history", json.dumps({"epoch": 1}), "its history {'epoch': 1} is not a list"),
     ]:
@@ -127,3 +131,20 @@ def test_the_tensorboard_log_is_recorded_and_quiets_only_its_own_thread(tmp_path
     (event_file,) = os.listdir(tmp_path / "runs" / "run1")
     assert set(ledger.read(str(tmp_path / "runs"))["files"]) == {os.path.join("run1", event_file)}
     assert threading.excepthook.__name__ == "<lambda>"  # the hook before it is back
+
+
+@pytest.mark.slow  # starts a Python process that imports torch and TensorBoard
+def test_a_full_disk_while_a_missing_log_dir_is_made_leaves_no_folder_behind(tmp_path):
+    """A full disk (a write limit of 16 bytes) while --log-dir logs/deep is created: the mark of the new folder
+    cannot be written, and the folders the run made (logs, logs/deep) were left behind empty and unmarked. The
+    one error line stays; nothing the run made is left."""
+    code = "from skinlesion import training; training.TensorBoardLog('logs/deep', 'run', 1)"
+
+    def limit():  # in the child: any write over 16 bytes fails with 'File too large', as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(ENV, PYTHONPATH=ROOT), capture_output=True,
+                       text=True, timeout=300, preexec_fn=limit)  # fmt: skip
+    assert_one_error(r.returncode, r.stderr, "error: could not write the TensorBoard log logs/deep/run (")
+    assert "free some disk space or pass another --log-dir" in r.stderr
+    assert os.listdir(tmp_path) == []
