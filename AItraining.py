@@ -25,6 +25,11 @@ are skin_model.md and skin_model.pth written, once: an interrupted run leaves th
 --resume finishes it. Also writes training_curves.png beside them and runs/<run>/ (TensorBoard).
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import os
 import shlex
 import time
@@ -34,6 +39,7 @@ import numpy as np
 
 import model
 from skinlesion import (
+    card,
     checkpoints,
     cli,
     dataset,
@@ -41,18 +47,18 @@ from skinlesion import (
     ensemble,
     familiarity,
     files,
-    folders,
     folds,
-    interrupts,
     numbers,
     photos,
     plots,
+    remote,
     resume,
     training,
 )
 
 # -----------------------------------------------------------------------------
 DATA_DIR = "dataset"  # by prepare_dataset.py: DATA_DIR/<train|val>/<class>/ and manifest.csv, or its shards/
+NETWORK_TIMEOUT = 600  # seconds one read of a remote shard or index may take, 1 to 86400 (connecting: 30 at most)
 OUTPUT = "skin_model.pth"  # best epoch by validation ROC-AUC (on a tie, the lower validation loss); its card: .md
 RESUME_FILE = "skin_model_last.pth"  # latest epoch with the optimiser state and the run's settings, and the best
 RESUME = False  # continue the run in RESUME_FILE with its settings (a higher --epochs extends it)
@@ -73,9 +79,7 @@ MODEL_NAME = model.MODEL_NAME  # the network: a timm architecture whose head is 
 PRETRAINED = True  # start from ImageNet weights (downloaded by timm); False = random init
 WEIGHTS_FILE = None  # local ImageNet weights of MODEL_NAME (offline), e.g. "model.safetensors"; must fit every tensor
 FOLDS = None  # folds of train plus validation, 1 to 20 (1: one split); None: 5 up to 2000 such photos, else 1
-DEPLOY = (
-    "refit"  # with folds: refit (one network on all the photos, the folds' epochs) or ensemble (the folds' averaged)
-)
+DEPLOY = "refit"  # with folds: refit (one network on all the photos, the folds' epochs) or ensemble (them averaged)
 TARGET_SENSITIVITY = 0.90  # the threshold catches this share of the malignant validation photos, 0 to 1; 0 = plain 0.5
 CACHE_GB = 2.0  # largest in-memory image cache (on the device), >= 0; larger data sets are streamed from disk
 NUM_WORKERS = 2  # data-loading processes, 0 to 256 (0 = load in the main process)
@@ -124,6 +128,7 @@ def parse_args(argv=None):
         if flag != "--resume-file" and args.resume:
             files.check_output(path, flag, kind, [args.resume_from], args.overwrite)
     cli.check_writable(args.log_dir, "--log-dir", folder=True)
+    remote.set_seconds(args.network_timeout)  # remote shards: every read has a deadline
     return args
 
 
@@ -317,17 +322,13 @@ def train_epochs(run, progress, stage, splits, epochs, train_y):
             break
     if step.writer:
         step.writer.close()
-        folders.record_files(args.log_dir, args.run, "training log")
 
 
 def after_epoch(run, progress, step):
     """On rank 0 after each epoch: the resume checkpoint (written atomically), TensorBoard, the curves."""
     save_progress(run, progress, step.optimizer, step.schedule)
     interrupts.say_on_ctrl_c(ctrl_c_message(run.args, True))
-    for key, value in progress["history"][-1].items():  # the steps count on over the stages (folds, refit)
-        step.writer.add_scalar(key, value, progress["stage"] * run.args.epochs + progress["epoch"])
-    step.writer.flush()
-    folders.record_files(run.args.log_dir, run.args.run, "training log")  # what make clean may remove
+    step.writer.add(progress["history"][-1], progress["stage"] * run.args.epochs + progress["epoch"])  # on over stages
     if "roc_auc" in progress["history"][-1]:  # the curves of the latest stage that validates
         plots.training_curves(progress["history"], progress["best_epoch"], run.args.curves)
 
@@ -367,8 +368,8 @@ def finish(run, progress, train_photos, val_photos):
     net, deployed = deployed_network(run, progress)
     found, arrays = folds.deployed_familiarity(run, progress, net, train_photos, val_photos)
     state = model.checkpoint_state(net, run.cfg, familiarity=found, **run.meta, **deployed, **kept)
-    state["familiarity"] = familiarity.state(*arrays)
-    print(f"familiarity: {familiarity.limit_text(found)}")
+    state["familiarity"] = familiarity.state(arrays)
+    print(f"familiarity: {familiarity.limit_text(found, card.chosen_on(state['meta'])[1])}")
     checkpoints.write_finished(state, args.output, args.card)
     interrupts.say_on_ctrl_c(f"interrupted after {cli.printable(args.output)} and its card were written")
     progress["state"]["finished"] = True  # --resume now says the run is finished

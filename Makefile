@@ -6,7 +6,7 @@
 # make web:  build the in-browser classifier for skin_model.onnx into site/ and serve it at http://127.0.0.1:8000/
 #            (this computer only)
 # make docs: run the demo, then regenerate the README's pictures in docs/, docs/flags.md and docs/model_card.md
-# make clean: remove what the scripts made here, as their records prove it (folders.remove_ours); nothing else
+# make clean: remove what the scripts made here, as their records prove it (cleaning.remove_ours); nothing else
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -57,7 +57,9 @@ docs: demo dev node_modules/.installed
 	$(PY) docs/make_docs.py
 
 clean:
-	$(PY) -c "from skinlesion import folders; folders.remove_ours(['dataset', 'demo_data', \
+	$(PY) -c "import glob; from skinlesion import cleaning; cleaning.remove_ours(['dataset', 'demo_data', \
 		'site', 'runs', 'gradcam', 'skin_model.pth', 'skin_model_last.pth', 'skin_model.md', 'skin_model.onnx', \
-		'training_curves.png', 'evaluation.json', 'confusion_matrix.png', 'roc_curve.png', 'calibration.png', \
-		'mistakes.png', 'types_confusion.png'])"
+		'skin_model.int8.onnx', 'training_curves.png', 'evaluation.json', 'confusion_matrix.png', 'roc_curve.png', \
+		'calibration.png', 'mistakes.png', 'types_confusion.png'] + sorted(glob.glob('evaluation_*.json') + \
+		glob.glob('confusion_matrix_*.png') + glob.glob('roc_curve_*.png') + glob.glob('calibration_*.png') + \
+		glob.glob('mistakes_*.png') + glob.glob('types_confusion_*.png')))"

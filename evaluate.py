@@ -3,23 +3,40 @@ Score a trained checkpoint on a folder of held-out photos (by default the test s
 bootstrap confidence interval, the operating point against its target, how well P(malignant) is calibrated
 (before and after the calibration stored in the model), the metrics per subgroup (sex, age band, body site,
 skin type), and for a lesion-type model the types' results. Writes evaluation.json and the pictures, and adds
-the test results to the model card (skin_model.md beside skin_model.pth).
+the test results to the model card (skin_model.md beside skin_model.pth). An external validation writes its own,
+with its name in them (evaluation_NAME.json, roc_curve_NAME.png, ...): the test run's stay as they are. A number
+that is not known (the intervals, with --n-bootstrap 0) is null in the JSON and the card.
 
     python evaluate.py                                    # skin_model.pth on dataset/test
     python evaluate.py --tta                              # average over flips, and compare with plain
     python evaluate.py --model m.pth --data-dir dataset/val --output-dir results/
+    python evaluate.py --external other_clinic/ --external-name "Clinic B 2025"   # an ISIC export as downloaded
 
 The decision threshold is the one stored in the checkpoint, chosen on the validation split by AItraining.py;
 it is never tuned on the photos evaluated here. When the ROC-AUC's interval includes 0.5 the model cannot be
 told from chance on these photos, and when the target sensitivity lies outside the interval of the test
 sensitivity the operating point did not hold: the report says so. Subgroups come from the dataset's
 manifest.csv (DATA_DIR/../manifest.csv); a subgroup with fewer than 20 photos of either side is not scored. For
-a model with a familiarity measure it counts the photos that predict.py would call unfamiliar (beyond the limit
-chosen on validation; skinlesion/familiarity.py); the metrics include them.
+a model with a familiarity measure it counts and lists the photos that predict.py would call unfamiliar (beyond
+the limit chosen on validation; skinlesion/familiarity.py); the metrics include them. Any figure outside the 95%
+interval validation stated for it (sensitivity, specificity, ECE) is warned about, here and in the card.
+
+External validation: EXTERNAL takes an ISIC export as 'isic image download' leaves it (metadata.csv and the
+photos) and scores every photo with a definite benign/malignant side, of every image type, at its natural
+prevalence (no sample), read as prepare_dataset.py reads an export (rows left out are counted and said). The
+card gets a section "External validation: EXTERNAL_NAME" with the photos' image types and malignant share beside
+the training photos', and predict.py and the page show its figures beside the test figures. A DATA_DIR that is
+not the model's own test split is an external validation too, named after its folder.
 """
+
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
 
 import json
 import os
+import re
 
 import numpy as np
 from tqdm import tqdm
@@ -34,23 +51,28 @@ from skinlesion import (
     familiarity,
     files,
     folders,
-    interrupts,
+    isic,
     numbers,
     photos,
     plots,
+    remote,
+    shapes,
     shards,
 )
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
 DATA_DIR = "dataset/test"  # a split of a prepared dataset (dataset/shards/test: its shards), or a folder per class
+NETWORK_TIMEOUT = 600  # seconds one read of a remote shard or index may take, 1 to 86400 (connecting: 30 at most)
 BATCH_SIZE = 32  # photos per forward pass, 1 to 100000
 NUM_WORKERS = 2  # data-loading processes, 0 to 256 (0 loads in the main process)
 TTA = False  # average P(malignant) over flips and compare with plain
 N_BOOTSTRAP = 2000  # resamples for the 95% confidence intervals, 0 to 100000 (0: no intervals)
 SEED = 0  # seed of the bootstrap resampling, 0 to 2**32 - 1
 N_MISTAKES = 10  # how many of the most confident mistakes to list and show, 0 to 1000
-OUTPUT_DIR = "."  # folder for evaluation.json and the pictures (confusion_matrix, roc_curve, calibration, ...)
+EXTERNAL = None  # path: an ISIC export folder (metadata.csv, photos): validate on all its photos instead of DATA_DIR
+EXTERNAL_NAME = None  # the name its card section goes by ("External validation: NAME"); None = the folder's name
+OUTPUT_DIR = "."  # folder for evaluation.json and the pictures (roc_curve...; external: evaluation_NAME.json...)
 OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 NAMES = {
@@ -62,20 +84,58 @@ NAMES = {
     "f1": "F1",
     "roc_auc": "ROC-AUC",
 }
+N_LISTED = 30  # unfamiliar photos listed on the console at most (the evaluation's JSON file lists them all)
 PICTURES = ["confusion_matrix.png", "roc_curve.png", "calibration.png", "mistakes.png", "types_confusion.png"]
 
 
 def parse_args(argv=None):
     """The flags, checked before any slow work (the outputs must be writable, ours, and none of the inputs)."""
-    args = cli.parse_flags(globals(), argv)
+    args = cli.parse_flags(globals(), argv, types={"EXTERNAL": str, "EXTERNAL_NAME": str})
+    if args.external is not None:
+        wanted = "not a folder; pass the folder of an ISIC export as downloaded (its metadata.csv and photos)"
+        cli.check(os.path.isdir(args.external), "--external", cli.printable(args.external), wanted)
+    name = args.external_name
+    cli.check(name is None or args.external is not None, "--external-name", name, "pass --external with it")
+    wanted = f"use printable text of 1 to {shapes.MAX_NAME} characters"
+    cli.check(name is None or shapes.is_text(name, shapes.MAX_NAME), "--external-name", repr(name), wanted)
+    args.photos = args.data_dir if args.external is None else args.external  # the photos scored
     cli.check_writable(args.output_dir, "--output-dir", folder=True)
-    folders.check_outside(args.output_dir, "--output-dir", [args.data_dir])
-    for name in ["evaluation.json", *PICTURES]:
-        kind = "picture" if name in PICTURES else "evaluation"
-        files.check_output(os.path.join(args.output_dir, name), "--output-dir", kind, [args.model], args.overwrite)
+    folders.check_outside(args.output_dir, "--output-dir", [args.photos])
     args.card = os.path.splitext(args.model)[0] + ".md"
     files.check_output(args.card, "--model (its card beside it)", "model card", [args.model], args.overwrite)
+    remote.set_seconds(args.network_timeout)  # remote shards: every read has a deadline
     return args
+
+
+def evaluation_name(args, meta):
+    """None for the model's own test split, else the name the external validation goes by: --external-name, the
+    export's folder, or DATA_DIR's (dataset.external_name)."""
+    if args.external is not None:
+        return args.external_name or os.path.basename(os.path.abspath(args.external))
+    return dataset.external_name(args.data_dir, meta.get("manifest_sha256"))
+
+
+def output_paths(args, name):
+    """{evaluation.json or a picture's name: the path this run writes it to}, checked before the photos are scored
+    (ours to replace, not the model): the test split's under their own names; an external validation's with its
+    name in them (evaluation_<name>.json, roc_curve_<name>.png, ...), so that it never replaces the test run's,
+    which export_onnx.py reads."""
+    tag = None
+    if name:  # a plain file-name part: letters, digits, '.', '_' and '-'
+        tag = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:80] or "external"
+    out = {}
+    for file in ["evaluation.json", *PICTURES]:
+        stem, ext = os.path.splitext(file)
+        out[file] = os.path.join(args.output_dir, f"{stem}_{tag}{ext}" if tag else file)
+        kind = "picture" if file in PICTURES else "evaluation"
+        files.check_output(out[file], "--output-dir", kind, [args.model], args.overwrite)
+    return out
+
+
+def without_nan(result):
+    """result as strict JSON values: null where a number is not known (NaN: --n-bootstrap 0 computes no interval),
+    for evaluation.json and the card, which every reader parses (JSON has no NaN)."""
+    return json.loads(json.dumps(result), parse_constant=lambda constant: None)
 
 
 def score(net, paths, meta, args, device, blobs=None):
@@ -100,16 +160,6 @@ def score(net, paths, meta, args, device, blobs=None):
     return views, distances
 
 
-def familiarity_report(distances, meta):
-    """How many of the photos are unfamiliar to the model (predict.py gives them no answer), or None for a model
-    without the measure."""
-    if distances is None:
-        return None
-    flagged = int(sum(familiarity.unfamiliar(d, meta) for d in distances))
-    found = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
-    return dict(found, n_photos=len(distances), n_unfamiliar=flagged, share_unfamiliar=flagged / len(distances))
-
-
 def most_confident_mistakes(paths, y, p, k, threshold=0.5):
     """The k wrong predictions at threshold, most wrong first: benign photos with the highest P(malignant),
     malignant ones with the lowest."""
@@ -129,32 +179,56 @@ def manifest_rows(data_dir, paths):
     return None if rows.isic_id.isna().any() else rows.fillna("").reset_index()
 
 
-def types_report(labels, probabilities, classes, path, args):
+def types_report(labels, probabilities, classes, path, args, described):
     """The lesion types' balanced accuracy and each type's sensitivity with 95% intervals, one-vs-rest ROC-AUC
-    per type, and the confusion picture."""
+    per type, and the confusion picture (saying which photos it shows)."""
     counts = numbers.confusion(labels, probabilities)
-    plots.confusion(counts, classes, "lesion types (most probable type)", path)
+    plots.confusion(counts, classes, "lesion types (most probable type)", path, described["shown"])
     aucs = numbers.one_vs_rest_auc(labels, probabilities)
     found = numbers.types_with_intervals(labels, probabilities, classes, args.n_bootstrap, args.seed)
     return dict(found, classes=classes, one_vs_rest_auc=dict(zip(classes, aucs)), confusion=counts.tolist())
+
+
+def split_photos(args, meta):
+    """DATA_DIR's photos: (paths, class index per photo, the classes, blobs from shards or None)."""
+    classes = meta["classes"]
+    class_files, others = shards.class_files(args.data_dir, classes)  # one line on a wrong layout
+    if others:
+        cli.warn(
+            f"ignored {len(others)} file(s) in {cli.printable(args.data_dir)} that are not images: "
+            + cli.first_few([cli.printable(f) for f, _ in others], 5)
+        )
+    paths = np.array([f for c in classes for f in class_files[c]])
+    labels = np.repeat(np.arange(len(classes)), [len(class_files[c]) for c in classes])
+    return paths, labels, classes, shards.split_blobs(args.data_dir), len(others)
+
+
+def export_photos(args):
+    """EXTERNAL's photos (an ISIC export as downloaded): (paths, side per photo (1: malignant), the sides, None,
+    their metadata rows); the rows left out are counted and said."""
+    rows, left_out = isic.labelled_photos(args.external)
+    for why, n, examples in left_out:
+        if n:
+            cli.warn(f"left out {n} row(s) of {cli.printable(args.external)}: {why} ({examples})")
+    if rows.empty:
+        cli.die(f"no photo in {cli.printable(args.external)} has a definite benign/malignant side and an image file")
+    labels = (rows.side == "malignant").to_numpy().astype(int)
+    return rows.path.to_numpy(), labels, model.CLASSES, None, rows
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = devices.pick_device()
     net, meta = model.load_checkpoint(args.model, device)
-    classes = meta["classes"]
-    class_files, others = shards.class_files(args.data_dir, classes)  # one line on a wrong layout
-    if others:
-        cli.warn(
-            f"ignored {len(others)} file(s) in {args.data_dir} that are not images: "
-            + cli.first_few([cli.printable(f) for f, _ in others], 5)
-        )
+    external, name = args.external is not None, evaluation_name(args, meta)
+    out = output_paths(args, name)  # an external validation's own: the test run's stay as they are
+    if external:
+        paths, labels, classes, blobs, rows = export_photos(args)
+        others = 0
+    else:
+        paths, labels, classes, blobs, others = split_photos(args, meta)
 
     # scores of every view; the unreadable photos left out, counted
-    paths = np.array([f for c in classes for f in class_files[c]])
-    labels = np.repeat(np.arange(len(classes)), [len(class_files[c]) for c in classes])
-    blobs = shards.split_blobs(args.data_dir)  # None for a folder
     views, distances = score(net, paths, meta, args, device, blobs)
     keep = ~np.isnan(views[0]).any(1)
     unreadable = [cli.printable(f) for f in paths[~keep]]
@@ -162,17 +236,17 @@ def main(argv=None):
         cli.warn(f"skipped {len(unreadable)} unreadable image(s), not in the metrics: " + cli.first_few(unreadable, 5))
     paths, labels, views = paths[keep], labels[keep], [v[keep] for v in views]
     distances = None if distances is None else distances[keep]
+    rows = rows[keep].reset_index(drop=True) if external else manifest_rows(args.data_dir, paths)
     if not np.isfinite(np.concatenate(views)).all():
-        cli.die(f"{args.model} gives outputs that are not numbers; the model is broken, retrain it")
-    mask = model.malignant_mask(meta)
-    y = mask[labels].astype(int)
+        cli.die(f"{cli.printable(args.model)} gives outputs that are not numbers; the model is broken, retrain it")
+    y = labels if external else model.malignant_mask(meta)[labels].astype(int)
     p, probabilities = model.predictions(views, meta)
     plain = model.predictions(views[:1], meta)[0]  # the photo itself, no flips
     uncalibrated = model.predictions(views, dict(meta, calibration=None))[0]  # with --tta, over the same flips
     counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
     if min(int((y == 0).sum()), int((y == 1).sum())) == 0:
         lacking = "malignant" if (y == 0).all() else "benign"
-        cli.die(f"no readable {lacking} images in {args.data_dir}; both sides are needed")
+        cli.die(f"no readable {lacking} images in {cli.printable(args.photos)}; both sides are needed")
 
     # metrics with intervals, the operating point, calibration, subgroups, types
     threshold = float(meta["threshold"])
@@ -181,19 +255,21 @@ def main(argv=None):
     if args.n_bootstrap:
         ci = numbers.bootstrap_ci(y, p, args.n_bootstrap, args.seed, threshold=threshold)
     at_chance = numbers.at_chance(ci["roc_auc"]) if args.n_bootstrap else None  # no interval: unknown
+    described = evaluation.photos_described(y, rows, name, args.photos)
     result = dict(
         written_by=files.TAG,
         model=args.model,
         model_sha256=files.file_sha256(args.model),
-        data_dir=args.data_dir,
-        external_validation=dataset.external_name(args.data_dir, meta.get("manifest_sha256")),
+        data_dir=args.photos,
+        external_validation=name,
         tta=args.tta,
         threshold=threshold,
         threshold_source="validation split (stored in the checkpoint)",
         n_images=counts,
         n_unreadable=len(unreadable),
         unreadable=unreadable,
-        n_non_image_files=len(others),
+        n_non_image_files=others,
+        photos={k: v for k, v in described.items() if k != "shown"},
         metrics=scores,
         ci95={k: list(v) for k, v in ci.items()},
         at_chance=at_chance,
@@ -202,51 +278,27 @@ def main(argv=None):
         val_metrics=meta.get("val_metrics", {}),
         operating_point=evaluation.operating_report(y, p, meta, scores, ci),
         calibration=evaluation.calibration_report(y, uncalibrated, p, meta.get("calibration"), args),
-        subgroups=evaluation.subgroups(y, p, manifest_rows(args.data_dir, paths), args),
+        subgroups=evaluation.subgroups(y, p, rows, args),
         mistakes=most_confident_mistakes(paths, y, p, args.n_mistakes, threshold),
-        familiarity=familiarity_report(distances, meta),
+        familiarity=evaluation.familiarity_report(distances, meta),
+        unfamiliar_photos=evaluation.unfamiliar_photos(paths, np.array(classes)[labels], distances, meta),
     )
-    out = {name: os.path.join(args.output_dir, name) for name in ["evaluation.json", *PICTURES]}
-    if len(classes) > 2:
-        result["types"] = types_report(labels, probabilities, classes, out["types_confusion.png"], args)
+    op, cal = result["operating_point"], result["calibration"]
+    outside = evaluation.figures_outside(scores, cal, meta, "external" if name else "test")
+    result["warnings"] = [warning for warning in (op.get("warning"), op["flags"], *outside) if warning]
+    if len(classes) > 2 and not external:
+        result["types"] = types_report(labels, probabilities, classes, out["types_confusion.png"], args, described)
     if args.tta:
         result["tta_comparison"] = evaluation.compare_tta(y, plain, p, threshold, args.n_bootstrap, args.seed)
     show(result, args)
 
     # outputs: the report, the pictures, the card
-    text = json.dumps(json.loads(json.dumps(result), parse_constant=lambda nan: None), indent=2)  # JSON has no NaN
-    files.write_text(out["evaluation.json"], text, "evaluation")
-    title = f"{os.path.basename(args.model)} on {args.data_dir}\nthreshold {threshold:.3f} (chosen on validation)"
-    side_counts = [[scores["tn"], scores["fp"]], [scores["fn"], scores["tp"]]]
-    plots.confusion(side_counts, model.CLASSES, title, out["confusion_matrix.png"])
-    plots.roc(y, p, scores, ci["roc_auc"], out["roc_curve.png"])
-    cal = result["calibration"]
-    plots.reliability(
-        {
-            "before calibration": (cal["bins_before"], cal["ece_before"]),
-            "after calibration": (cal["bins_after"], cal["ece_after"]),
-        },
-        out["calibration.png"],
-    )
-    written = [out[name] for name in ("evaluation.json", "confusion_matrix.png", "roc_curve.png", "calibration.png")]
-    if "types" in result:
-        written.append(out["types_confusion.png"])
-    if result["mistakes"]:
-        plots.mistakes(
-            result["mistakes"],
-            lambda path: photos.eval_crop(photos.load_image(photos.opened(path, blobs)), model.meta_data_config(meta)),
-            out["mistakes.png"],
-        )
-        written.append(out["mistakes.png"])
-    sha256 = files.file_sha256(args.model)
-    test, externals = card.earlier_evaluations(args.card, sha256)  # the other data sets' results stay in the card
-    if result["external_validation"]:
-        externals[result["external_validation"]] = card.card_evaluation(result)
-    else:
-        test = card.card_evaluation(result)
-    card.write_card(args.card, meta, os.path.basename(args.model), test, externals, sha256)
-    section = f"External validation: {result['external_validation']}" if result["external_validation"] else "Test"
-    print(f"\nwrote {', '.join(written)}; the results are in the model card {args.card} ({section})")
+    files.write_text(out["evaluation.json"], json.dumps(without_nan(result), indent=2), "evaluation")
+    written = [out["evaluation.json"], *pictures(result, y, p, meta, out, described["shown"], blobs)]
+    record_in_card(args, meta, name, without_nan(result))
+    section = f"External validation: {cli.printable(name)}" if name else "Test"
+    names = ", ".join(map(cli.printable, written))
+    print(f"\nwrote {names}; the results are in the model card {cli.printable(args.card)} ({section})")
     if at_chance:
         low, high = ci["roc_auc"]
         cli.warn(
@@ -256,6 +308,49 @@ def main(argv=None):
     for caution in (result["operating_point"].get("warning"), result["operating_point"]["flags"], cal.get("warning")):
         if caution:
             cli.warn(caution)
+    for caution in outside:
+        cli.warn(caution)
+
+
+def record_in_card(args, meta, name, found):
+    """Put the results found into the model card beside the model, as the test's or as external validation name's;
+    the other data sets' results and the exports it lists stay."""
+    sha256 = files.file_sha256(args.model)
+    kept = card.embedded(args.card, sha256) or {}
+    test, externals = kept.get("test"), kept.get("externals") or {}
+    if name:
+        externals[name] = card.card_evaluation(found)
+    else:
+        test = card.card_evaluation(found)
+    card.write_card(args.card, meta, os.path.basename(args.model), test, externals, sha256, kept.get("exports"))
+
+
+def pictures(result, y, p, meta, out, shown, blobs):
+    """Draw the confusion matrix, the ROC curve, the reliability diagram and the most confident mistakes, each
+    saying which photos it shows (shown); returns the paths written."""
+    scores, cal, threshold = result["metrics"], result["calibration"], result["threshold"]
+    title = f"{cli.printable(os.path.basename(result['model']))}, threshold {threshold:.3f} (chosen on validation)"
+    side_counts = [[scores["tn"], scores["fp"]], [scores["fn"], scores["tp"]]]
+    plots.confusion(side_counts, model.CLASSES, title, out["confusion_matrix.png"], shown)
+    plots.roc(y, p, scores, result["ci95"]["roc_auc"], out["roc_curve.png"], shown)
+    curves = {
+        "before calibration": (cal["bins_before"], cal["ece_before"]),
+        "after calibration": (cal["bins_after"], cal["ece_after"]),
+    }
+    plots.reliability(curves, out["calibration.png"], shown)
+    written = [out[name] for name in ("confusion_matrix.png", "roc_curve.png", "calibration.png")]
+    if "types" in result:
+        written.append(out["types_confusion.png"])
+    if result["mistakes"]:
+        cfg = model.meta_data_config(meta)
+        plots.mistakes(
+            result["mistakes"],
+            lambda path: photos.eval_crop(photos.load_image(photos.opened(path, blobs)), cfg),
+            out["mistakes.png"],
+            shown,
+        )
+        written.append(out["mistakes.png"])
+    return written
 
 
 def show(result, args):
@@ -263,11 +358,12 @@ def show(result, args):
     scores, ci, cal, op = result["metrics"], result["ci95"], result["calibration"], result["operating_point"]
     counts = ", ".join(f"{n} {cli.printable(c)}" for c, n in result["n_images"].items())
     flips = ", P(malignant) averaged over flips (TTA)" if args.tta else ""
-    print(f"\n{cli.printable(args.model)} on {cli.printable(args.data_dir)}: {counts} images{flips}")
+    print(f"\n{cli.printable(args.model)} on {cli.printable(args.photos)}: {counts} images{flips}")
     print(f"threshold {result['threshold']:.4f} (stored in the checkpoint, chosen on validation; not tuned here)\n")
     print(f"{'metric':<22}{'value':>7}   95% CI ({args.n_bootstrap} bootstrap resamples)")
     for key, name in NAMES.items():
-        print(f"{name:<22}{scores[key]:>7.3f}   [{ci[key][0]:.3f}, {ci[key][1]:.3f}]")
+        interval = f"[{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if numbers.known_interval(ci[key]) else "not computed"
+        print(f"{name:<22}{scores[key]:>7.3f}   {interval}")
     print(f"\nconfusion matrix (rows true, columns predicted)\n{'':<12}{'benign':>11}{'malignant':>11}")
     print(f"{'benign':<12}{scores['tn']:>11}{scores['fp']:>11}\n{'malignant':<12}{scores['fn']:>11}{scores['tp']:>11}")
     if op.get("target_sensitivity"):
@@ -285,9 +381,14 @@ def show(result, args):
         print(
             f"\nunfamiliar: {found['n_unfamiliar']} of {found['n_photos']} photos ({found['share_unfamiliar']:.1%})"
             f" lie beyond the familiarity limit {found['limit']:.2f} chosen on validation"
-            f" ({found['quantile']:.0%} of the validation photos within); predict.py gives them no answer,"
-            " the metrics above include them"
+            f" ({familiarity.within_text(found)}); predict.py gives them no answer, the metrics above include them"
         )
+        listed = result["unfamiliar_photos"]
+        for photo in listed[:N_LISTED]:
+            true = cli.printable(photo["true"])
+            print(f"  {true:<12} distance {photo['distance']:.2f}  {cli.printable(photo['path'])}")
+        if len(listed) > N_LISTED:
+            print(f"  and {len(listed) - N_LISTED} more (the evaluation's JSON file lists them all)")
     if "types" in result:
         types = result["types"]
         low, high = types["balanced_accuracy_ci95"]

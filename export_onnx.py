@@ -22,19 +22,27 @@ model card's summary, the familiarity limit) and where it came from (source_chec
 torch.onnx's default, torch.export-based one (dynamo=True), with the weights inside the file.
 
 The check: onnxruntime against PyTorch on real photos (read as predict.py reads them), for the whole batch at
-once and for the first photo alone; a difference in P(malignant) or in the map over TOLERANCE (the map relative
-to its largest value) is an error and nothing is written. The photos come from CHECK_IMAGES (dataset/val when
-the default is missing; random tensors, said so, when there is no dataset at all); a CHECK_IMAGES you name
-that holds no readable photo is an error. A temporary file left by a killed export is removed by the next one.
+once and for the first photo alone; the largest difference in any output over TOLERANCE (P(malignant) absolute,
+the others relative to their largest value), or a NaN, is an error naming the output, and nothing is written;
+so is a file that fails the check every script makes of one (model.self_check_fault on its check inputs). The
+photos come from CHECK_IMAGES (dataset/val when the default is missing; random tensors, said so, when there is no
+dataset at all); a CHECK_IMAGES you name that holds no readable photo is an error. A temporary file left by a
+killed export is removed by the next one.
 """
+
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
 
 import json
 import os
+import shlex
 
 import numpy as np
 
 import model
-from skinlesion import backbone, card, cli, familiarity, files, interrupts, model_index, photos, quantise
+from skinlesion import backbone, card, cli, familiarity, files, model_index, photos, quantise, reading, self_check
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -42,11 +50,12 @@ OUTPUT = "skin_model.onnx"  # the ONNX file to write (replaced atomically, only 
 CHECK_IMAGES = "dataset/test"  # folder (or photo) of real photos for the check; dataset/val if missing
 N_CHECK = 16  # how many photos to check on (spread over the sorted list), >= 1
 OPSET = 18  # ONNX opset version, 18 to 23
-TOLERANCE = 1e-4  # largest difference of PyTorch and onnxruntime in P(malignant) (the map: relative), 1e-9 to 0.1
+TOLERANCE = 1e-4  # largest difference of PyTorch and onnxruntime in P(malignant) (the others: relative), 1e-9 to 0.1
 QUANTISE = True  # also write OUTPUT's int8 twin (.int8.onnx, ~3x smaller, for the page), compared on QUANTISE_IMAGES
 QUANTISE_IMAGES = "dataset/val"  # labelled photos (<class>/ sub-folders) that calibrate and judge the int8 twin
 OVERWRITE = False  # replace an OUTPUT that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
+MAX_EVALUATION_BYTES = 1_000_000_000  # the largest evaluation.json read (it lists every unreadable, unfamiliar photo)
 
 
 def parse_args(argv=None):
@@ -78,9 +87,11 @@ def check_photos(source, n, cfg, named):
     if len(images) < len(paths):
         cli.warn(f"{len(paths) - len(images)} of the {len(paths)} check photos could not be read and were left out")
     if images:
-        return np.stack([photos.preprocess(img, cfg) for img in images]), f"{len(images)} photos from {source}"
+        described = f"{len(images)} photos from {cli.printable(source)}"
+        return np.stack([photos.preprocess(img, cfg) for img in images]), described
     if named:
-        cli.die(f"--check-images {source} holds no readable photo; pass a folder (or a photo) of real photos")
+        wanted = "pass a folder (or a photo) of real photos"
+        cli.die(f"--check-images {cli.printable(source)} holds no readable photo; {wanted}")
     size = cfg["input_size"][-1]
     noise = np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
     return noise, f"{n} random tensors (no photos found; --check-images FOLDER checks on real ones)"
@@ -107,10 +118,12 @@ def exportable(net, meta):
             self.register_buffer("benign", torch.nonzero(~mask).flatten())
             self.register_buffer("shift", fitted["b"] * mask.to(torch.float32))
             self.familiar = bool(arrays)
-            if self.familiar:
-                self.register_buffer("means", torch.as_tensor(arrays["means"], dtype=torch.float32))
-                self.register_buffer("whitening", torch.as_tensor(arrays["whitening"], dtype=torch.float32))
-                self.floor = float(arrays.get("floor", 0.0))  # 0: a full whitening (a file before the floor)
+            self.measure = []
+            if self.familiar:  # floor 0: a full whitening (a file before the floor)
+                graph, self.floor = familiarity.graph_arrays(arrays)
+                for name, tensor in graph.items():
+                    self.register_buffer(name, tensor)
+                self.measure = list(graph)
 
         def forward(self, x):
             if self.familiar:  # one pass gives the familiarity features and the final map
@@ -130,37 +143,67 @@ def exportable(net, meta):
                 logits,
                 p,
                 cam,
-                familiarity.torch_distances(familiar_features, self.means, self.whitening, self.floor),
+                familiarity.torch_distances(
+                    familiar_features, floor=self.floor, **{name: getattr(self, name) for name in self.measure}
+                ),
             )
 
     return Exported().eval()
 
 
 def evaluation_of(checkpoint):
-    """evaluate.py's results (evaluation.json beside the checkpoint) when they are of this very file (its
-    SHA-256 recorded there), else None."""
+    """evaluate.py's test results (evaluation.json beside the checkpoint) when they are of this very file (its
+    SHA-256 recorded there) and of its test split (not an external validation), else None."""
     path = os.path.join(os.path.dirname(checkpoint), "evaluation.json")
-    if files.file_kind(path):  # missing, a folder, a named pipe
+    if files.file_kind(path) == "missing":
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            evaluation = json.load(f)
-    except (OSError, ValueError):
+    try:  # a regular file only (a named pipe would block, a link to /dev/zero never end), bounded, parsable
+        evaluation = reading.read_json(path, MAX_EVALUATION_BYTES)
+    except OSError as e:
+        why = f"{cli.printable(path)} cannot be read ({e.strerror or e})"
+        if isinstance(e, reading.Unreadable):  # its message names the file and says what it is
+            why = str(e)
+        print(f"note: {why}: the test results are taken from the model card where it holds them")
         return None
     if not isinstance(evaluation, dict) or evaluation.get("model_sha256") != files.file_sha256(checkpoint):
         return None
-    return evaluation
+    return None if evaluation.get("external_validation") else evaluation
 
 
-def self_check(wrapped, size):
-    """The outputs the file must give on model.check_inputs (load_onnx compares): PyTorch's, which onnxruntime
-    matches within TOLERANCE (checked on real photos before the file is written)."""
+def card_path(checkpoint):
+    """The model card beside the checkpoint (AItraining.py writes it there, evaluate.py adds its results)."""
+    return os.path.splitext(checkpoint)[0] + ".md"
+
+
+def record_in_card(checkpoint, meta, written):
+    """List the ONNX files written ({path: SHA-256}) in the model's card, beside the checkpoint's own SHA-256: one
+    identity per model, for the files that travel together (written into the checkpoint's folder, as serve_web.py
+    publishes the card beside the ONNX file). Only in our own card of this very checkpoint; else say why not."""
+    path, sha256 = card_path(checkpoint), files.file_sha256(checkpoint)
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    written = {p: digest for p, digest in written.items() if os.path.dirname(os.path.abspath(p)) == folder}
+    if not written or files.file_kind(path) == "missing":  # no card to list them in
+        return
+    kept = card.embedded(path, sha256) if files.file_kind(path) is None else None
+    if kept is None:
+        print(f"note: {cli.printable(path)} is not this model's card as AItraining.py wrote it: the exports' SHA-256 "
+              "are not listed there")  # fmt: skip
+        return
+    exports = dict(kept.get("exports") or {}, **{os.path.basename(p): digest for p, digest in written.items()})
+    card.write_card(path, meta, os.path.basename(checkpoint), kept.get("test"), kept.get("externals"), sha256, exports)
+    names = ", ".join(cli.printable(os.path.basename(p)) for p in written)
+    print(f"listed {names} with their SHA-256 in the model card {cli.printable(path)}")
+
+
+def torch_self_check(wrapped, meta):
+    """The outputs the file must give on self_check.inputs (load_onnx compares), every one of them: PyTorch's,
+    which onnxruntime matches within TOLERANCE (checked on real photos before the file is written)."""
     import torch
 
-    x = model.check_inputs(size)
+    x = self_check.inputs(meta["image_size"])
     with torch.inference_mode():
-        logits, p = wrapped(torch.from_numpy(x))[:2]  # (and the map, and a familiarity distance where there is one)
-    return dict(inputs=len(x), logits=logits.double().tolist(), p_malignant=p.double().tolist())
+        outputs = wrapped(torch.from_numpy(x))
+    return self_check.record(dict(zip(model.output_names(meta), (t.double().numpy() for t in outputs))))
 
 
 def onnx_metadata(meta, checkpoint, checked):
@@ -168,24 +211,20 @@ def onnx_metadata(meta, checkpoint, checked):
     each value as a JSON string."""
     import torch
 
-    tested = model_index.test_results(evaluation_of(checkpoint))
+    test, externals = card.earlier_evaluations(card_path(checkpoint), files.file_sha256(checkpoint))
+    tested = model_index.test_results(evaluation_of(checkpoint) or test)  # the card keeps it past an external run
     props = {key: value for key, value in meta.items() if key in model.KEYS and model.KEYS[key].onnx == "copied"}
     if meta.get("familiarity"):  # its arrays are in the graph
         props["familiarity"] = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
     props.update(
         source_checkpoint=cli.printable(os.path.basename(checkpoint)),
         source_sha256=files.file_sha256(checkpoint),
-        outputs=output_names(meta),
+        outputs=model.output_names(meta),
         exporter=f"torch.onnx dynamo, torch {torch.__version__}",
-        card_summary=card.summary(meta, tested),
+        card_summary=card.summary(meta, tested, externals),
         self_check=checked,
     )
     return {key: json.dumps(value) for key, value in props.items()}
-
-
-def output_names(meta):
-    """The file's outputs: familiarity_distance only for a model with a familiarity measure."""
-    return ["logits", "p_malignant", "cam"] + (["familiarity_distance"] if meta.get("familiarity") else [])
 
 
 def export(wrapped, size, path, opset, metadata):
@@ -197,7 +236,7 @@ def export(wrapped, size, path, opset, metadata):
         wrapped,
         (torch.randn(2, 3, size, size),),
         input_names=["image"],
-        output_names=output_names({"familiarity": wrapped.familiar}),
+        output_names=model.output_names({"familiarity": wrapped.familiar}),
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         dynamo=True,
@@ -207,24 +246,28 @@ def export(wrapped, size, path, opset, metadata):
     program.save(path, external_data=False)
 
 
-def max_difference(wrapped, meta, path, x):
-    """Largest difference PyTorch - onnxruntime, in P(malignant) (the model's own prediction path against the
-    file's p_malignant), in the map and the familiarity distance (both relative to their largest value), over
-    the batch run at once and the first photo alone (which checks the dynamic batch size)."""
-    import onnxruntime as ort
+def differences(wrapped, meta, path, x):
+    """The largest difference PyTorch - onnxruntime in each output, over x at once and its first photo alone (the
+    batch size is dynamic; a lone photo is also run twice over): in P(malignant) (the model's own prediction path
+    from PyTorch's logits against the file's p_malignant), in the logits relative to the largest (at least 1), in
+    the map and the familiarity distance relative to their largest value. NaN where either gives a NaN."""
     import torch
 
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    batches = (x, x[:1]) if len(x) > 1 else (np.concatenate([x, x]), x)
+    session = ort_session(path)
+    names = model.output_names(meta)
     with torch.inference_mode():
-        logits, _, *rest = (t.double().numpy() for t in wrapped(torch.from_numpy(x)))
-    p = model.predictions([logits], meta)[0]
-    diffs = []
-    for part in (x, x[:1]):
-        _, onnx_p, *onnx_rest = session.run(output_names(meta), {"image": part})
-        diffs.append(np.abs(p[: len(part)] - onnx_p).max())
-        for ours, theirs in zip(rest, onnx_rest):  # the map, the distance
-            diffs.append(np.abs(ours[: len(part)] - theirs).max() / max(np.abs(ours).max(), 1e-12))
-    return max(diffs)
+        ours = dict(zip(names, (t.double().numpy() for t in wrapped(torch.from_numpy(batches[0])))))
+    ours["p_malignant"] = model.predictions([ours["logits"]], meta)[0]
+    scales = {name: max(self_check.largest(np.abs(value)), 1e-12) for name, value in ours.items()}
+    scales.update(logits=max(scales["logits"], 1.0), p_malignant=1.0)
+    found = dict.fromkeys(names, 0.0)
+    for part in batches:
+        theirs = dict(zip(names, session.run(names, {"image": part})))
+        for name in names:
+            difference = self_check.largest(np.abs(ours[name][: len(part)] - theirs[name]) / scales[name])
+            found[name] = self_check.largest([found[name], difference])
+    return found
 
 
 def labelled_photos(folder, meta):
@@ -241,25 +284,55 @@ def labelled_photos(folder, meta):
     return np.stack(images) if images else None, np.array(y, dtype=int) if labelled else None
 
 
+class TwinRefused(Exception):
+    """The int8 twin fails the check every model file gets (model.self_check_fault): it is not written."""
+
+
+def twin_self_check(small, meta):
+    """The int8 twin's own self_check (its outputs on self_check.inputs); TwinRefused where the twin fails the
+    check load_onnx makes (a twin that finds no check input unfamiliar, say)."""
+    checks = self_check.inputs(meta["image_size"])
+    names = model.output_names(meta)
+    own = self_check.record(dict(zip(names, small.run(names, {"image": checks}))))
+    fault = model.self_check_fault(small, dict(meta, self_check=own))
+    if fault:
+        raise TwinRefused(fault)
+    return own
+
+
+def write_twin_metadata(tmp, full_path, own, result):
+    """Give the twin at tmp the full model's metadata (the quantiser adds keys of its own), its own self_check and
+    its comparison (quantised)."""
+    import onnx
+
+    proto = onnx.load(tmp)
+    del proto.metadata_props[:]
+    for prop in onnx.load(full_path, load_external_data=False).metadata_props:
+        value = json.dumps(own) if prop.key == "self_check" else prop.value
+        proto.metadata_props.add(key=prop.key, value=value)
+    proto.metadata_props.add(key="quantised", value=json.dumps(result))
+    onnx.save(proto, tmp)
+
+
 def write_int8_twin(args, meta):
     """The int8 twin of args.output (skinlesion/quantise.py), calibrated on QUANTISE_IMAGES and compared there
-    with the full model: written with the comparison in its metadata, which decides whether the page uses it."""
-    import onnx
-    import onnxruntime as ort
-
+    with the full model: written with the comparison in its metadata, from which the page's rule decides whether
+    the page uses it (quantise.within_tolerance); not written where it fails the check every model file gets.
+    Returns its path, or None when none was written."""
     twin = quantise.quantised_path(args.output)
     x, y = labelled_photos(args.quantise_images, meta)
+    images = cli.printable(args.quantise_images)
     if x is None and "quantise_images" in args.given:
-        cli.die(f"--quantise-images {args.quantise_images} holds no readable photo; pass a folder of validation photos")
+        cli.die(f"--quantise-images {images} holds no readable photo; pass a folder of validation photos")
     if x is None:
-        print(f"no int8 twin written: no photos in {args.quantise_images} to calibrate it on (--quantise-images)")
-        return
-    full = ort.InferenceSession(args.output, providers=["CPUExecutionProvider"])
+        print(f"no int8 twin written: no photos in {images} to calibrate it on (--quantise-images)")
+        return None
+    full = ort_session(args.output)
     speeds = {}
 
     def quantise_and_compare(tmp):
         quantise.quantise(args.output, tmp, x)
-        small = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        small = ort_session(tmp)
         names = ["p_malignant"] + (["familiarity_distance"] if meta.get("familiarity") else [])
         (p_full, *d_full), (p_int8, *d_int8) = quantise.outputs(full, x, names), quantise.outputs(small, x, names)
         limit = (meta.get("familiarity") or {}).get("limit")
@@ -267,24 +340,47 @@ def write_int8_twin(args, meta):
         result = quantise.comparison(p_full, p_int8, y, meta["threshold"], model.BORDERLINE, distances, limit)
         result.update(from_sha256=files.file_sha256(args.output), photos_from=os.path.basename(args.quantise_images))
         speeds.update(full=quantise.seconds_per_photo(full, x), int8=quantise.seconds_per_photo(small, x))
-        checks = model.check_inputs(meta["image_size"])
-        logits, p = small.run(["logits", "p_malignant"], {"image": checks})
-        own = dict(inputs=len(checks), logits=logits.astype(float).tolist(), p_malignant=p.astype(float).tolist())
-        proto = onnx.load(tmp)
-        del proto.metadata_props[:]  # the full model's (the quantiser adds keys of its own), its own self_check
-        for prop in onnx.load(args.output, load_external_data=False).metadata_props:
-            value = json.dumps(own) if prop.key == "self_check" else prop.value
-            proto.metadata_props.add(key=prop.key, value=value)
-        proto.metadata_props.add(key="quantised", value=json.dumps(result))
-        onnx.save(proto, tmp)
+        write_twin_metadata(tmp, args.output, twin_self_check(small, meta), result)
         speeds["result"] = result
 
-    files.atomic_write(twin, quantise_and_compare, "ONNX model")
+    try:
+        files.atomic_write(twin, quantise_and_compare, "ONNX model")
+    except TwinRefused as e:
+        print(f"no int8 twin {cli.printable(twin)} written: it fails the check every model file gets ({e})")
+        return None
     ratio = os.path.getsize(args.output) / os.path.getsize(twin)
     print(
-        f"wrote {twin} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.1f}x smaller; {speeds['int8'] * 1e3:.0f} ms a "
+        f"wrote {cli.printable(twin)} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.1f}x smaller; "
+        f"{speeds['int8'] * 1e3:.0f} ms a "
         f"photo against {speeds['full'] * 1e3:.0f} ms here): {quantise.comparison_text(speeds['result'])}"
     )
+    return twin
+
+
+def check_parity(args, found, described):
+    """die unless every output's largest difference (differences) is within --tolerance, naming those that are not;
+    else say how close they came."""
+    compared = "the logits, P(malignant) and the evidence map"
+    if "familiarity_distance" in found:
+        compared = "the logits, P(malignant), the evidence map and the familiarity distance"
+    off = [f"{name} by {difference:.2e}" for name, difference in found.items() if not difference <= args.tolerance]
+    if off:
+        cli.die(
+            f"onnxruntime and PyTorch disagree on {described}: {', '.join(off)}, over --tolerance "
+            f"{args.tolerance:.0e} (largest differences, relative but p_malignant's); {cli.printable(args.output)} not "
+            "written"
+        )
+    print(
+        f"onnxruntime matches PyTorch: largest difference {max(found.values()):.2e} in {compared} "
+        f"(--tolerance {args.tolerance:.0e}) on {described}"
+    )
+
+
+def ort_session(path):
+    """An onnxruntime session of the file at path, on the CPU."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
 def main(argv=None):
@@ -300,22 +396,16 @@ def main(argv=None):
     )
 
     def export_and_check(tmp):  # inside files.atomic_write: a failed check leaves nothing behind
-        checked = self_check(wrapped, meta["image_size"])
+        checked = torch_self_check(wrapped, meta)
         export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model, checked))
         onnx.checker.check_model(tmp, full_check=True)
-        diff = max_difference(wrapped, meta, tmp, x)
-        compared = "P(malignant) and the evidence map"
-        if meta.get("familiarity"):
-            compared = "P(malignant), the evidence map and the familiarity distance"
-        if not diff <= args.tolerance:
+        check_parity(args, differences(wrapped, meta, tmp, x), f"{described}, batch of {max(len(x), 2)} and of 1")
+        fault = model.self_check_fault(ort_session(tmp), dict(meta, self_check=checked))
+        if fault:
             cli.die(
-                f"onnxruntime and PyTorch disagree: max difference {diff:.2e} > tolerance {args.tolerance:.0e} "
-                f"on {described}; {args.output} not written"
+                f"the exported file fails the check every script makes of a model file: {fault}; "
+                f"{cli.printable(args.output)} not written (every script would refuse it); retrain the model"
             )
-        print(
-            f"onnxruntime matches PyTorch: max difference {diff:.2e} in {compared} "
-            f"(tolerance {args.tolerance:.0e}) on {described}, batch of {len(x)} and batch of 1"
-        )
 
     files.atomic_write(args.output, export_and_check, "ONNX model")
     size, n, side = (
@@ -324,14 +414,15 @@ def main(argv=None):
         backbone.cam_side(meta["image_size"], meta["network"]["stride"]),
     )
     also = ", 'familiarity_distance' [batch]" if meta.get("familiarity") else ""
+    output = cli.printable(args.output)
     print(
-        f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
+        f"wrote {output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
         f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch]{also} and "
         f"'cam' [batch, {side}, {side}])"
     )
-    if args.quantise:
-        write_int8_twin(args, meta)
-    print(f"use it with: python predict.py photo.jpg --model {args.output}")
+    twin = write_int8_twin(args, meta) if args.quantise else None
+    record_in_card(args.model, meta, {path: files.file_sha256(path) for path in (args.output, twin) if path})
+    print(f"use it with: python predict.py photo.jpg --model {cli.printable(shlex.quote(args.output))}")
 
 
 if __name__ == "__main__":

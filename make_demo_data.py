@@ -25,6 +25,11 @@ OUT_DIR is written only if it is missing, empty or was made by make_demo_data.py
 the previous one as it was. A real export, or any folder holding other files, is refused.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import os
 import shutil
 from collections import Counter
@@ -33,7 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from skinlesion import cli, demo, folders, interrupts
+from skinlesion import cli, demo, folders
 
 # -----------------------------------------------------------------------------
 OUT_DIR = "demo_data"  # folder for the export: missing, empty or made by this script (then replaced as a whole)
@@ -132,8 +137,8 @@ def lesion_fields(rng, kind, image_type):
 
 
 def demo_metadata(seed):
-    """(metadata rows as a DataFrame, a (lesion seed, view seed, type drawn, skin) job per drawn photo, the row
-    numbers whose file is copied under another id) for a synthetic export."""
+    """(metadata rows as a DataFrame, a (lesion seed, view seed, type drawn, skin, image type) job per drawn photo,
+    the row numbers whose file is copied under another id) for a synthetic export."""
     rng, lesions = np.random.default_rng(seed), []  # (type or None, type drawn, image_type, views)
     for kind, n in _OVERVIEW.items():
         done = 0
@@ -158,7 +163,7 @@ def demo_metadata(seed):
         fields = dict(person, **lesion_fields(rng, kind, image_type), **ids)
         for _ in range(views):
             rows.append(fields)
-            jobs.append(((seed, 1, lesion), (seed, 2, len(jobs)), drawn, skin))
+            jobs.append(((seed, 1, lesion), (seed, 2, len(jobs)), drawn, skin, image_type))
     copies = [int(i) for i in rng.choice(len(rows), 2, replace=False)]  # the same file again, under another id
     ids = [f"ISIC_{9000000 + n}" for n in rng.permutation(len(rows) + len(copies))]
     return pd.DataFrame(rows + [rows[i] for i in copies]).assign(isic_id=ids), jobs, copies
@@ -178,11 +183,11 @@ def write_demo_export(out_dir, seed=SEED, photo_size=PHOTO_SIZE, workers=WORKERS
     meta = meta.assign(pixels_x=str(photo_size), pixels_y=str(photo_size * 3 // 4))
     ids = list(meta.isic_id)
     with folders.replaced_folder(out_dir, _SCRIPT, "demo export") as tmp:
-        work = [(os.path.join(tmp, ids[n] + ".jpg"), *job, photo_size) for n, job in enumerate(jobs)]
+        work = [(os.path.join(tmp, ids[n] + ".jpg"), *job[:4], photo_size, job[4]) for n, job in enumerate(jobs)]
         for n, (side, kind) in enumerate(_UNSEEN):  # 3 photos of each type, on skin of type I, II, III
             for k in range(3):
                 name = os.path.join(tmp, "unseen", f"{side}_{3 * (n % 2) + k + 1}.jpg")
-                work.append((name, (seed, 3, n, k), (seed, 4, n, k), kind, k, photo_size))
+                work.append((name, (seed, 3, n, k), (seed, 4, n, k), kind, k, photo_size, "clinical: overview"))
         try:
             os.makedirs(os.path.join(tmp, "unseen"))
             with interrupts.worker_pool(workers) as pool:
@@ -223,6 +228,7 @@ def main(argv=None):
     # the export
     meta = write_demo_export(out_dir, args.seed, args.photo_size, args.workers)
     kinds = meta.diagnosis_3.where(meta.diagnosis_3 != "", "no diagnosis")
+    out_dir = cli.printable(out_dir)  # as printed
     print(
         f"wrote a synthetic ISIC export to {out_dir}/: {len(meta)} rows in metadata.csv ({cli.counts_text(kinds, 9)}), "
         f"attribution.txt, licenses/, {3 * len(_UNSEEN)} photos in unseen/; next: python prepare_dataset.py "

@@ -10,14 +10,15 @@ at all), so that `--help` and the ONNX path start in a fraction of a second.
 
 import json
 import math
+import os
 import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion import backbone, checkpoints, ensemble, familiarity, shapes
+from skinlesion import backbone, checkpoints, ensemble, familiarity, quantise, reading, self_check, shapes
 from skinlesion.backbone import imagenet_model
-from skinlesion.cli import die, is_list_of
+from skinlesion.cli import die, is_list_of, printable
 from skinlesion.dataset import SIDES
 from skinlesion.files import TAG, atomic_write, file_kind
 from skinlesion.numbers import APPLIES_TO
@@ -211,7 +212,7 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
                        shapes.FAMILIARITY, "AItraining.py", page=True),
     "quantised": Key("an int8 twin's comparison with its full model", shapes.QUANTISED, "export_onnx.py", False,
                      "export", page=True),
-    "self_check": Key("outputs on check_inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
+    "self_check": Key("outputs on self_check.inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
     "members": Key("how many networks it averages (ensemble.py); absent: one", shapes.whole(2, 20), "AItraining.py"),
     "folds": Key("the folds that chose calibration, threshold, familiarity limit", shapes.FOLDS, "AItraining.py"),
 }  # fmt: skip
@@ -292,12 +293,17 @@ def save_checkpoint(path, state, kind="model"):
 
 
 def check_model_file(path, how="train one with 'python AItraining.py'"):
-    """die unless the model file is there as a regular file (a named pipe would block the reader)."""
+    """die unless the model file is there as a regular file (a named pipe would block the reader, a link to
+    /dev/zero never end) of at most checkpoints.MAX_MODEL_BYTES."""
     kind = file_kind(path)
     if kind == "missing":
-        die(f"model file {path} not found; {how} or pass --model PATH")
+        die(f"model file {printable(path)} not found; {how} or pass --model PATH")
     if kind:
-        die(f"model file {path} is {kind}; {how} or pass --model PATH")
+        die(f"model file {printable(path)} is {kind}; {how} or pass --model PATH")
+    size, most = os.path.getsize(path), checkpoints.MAX_MODEL_BYTES
+    if size > most:
+        die(f"model file {printable(path)} is {size:,} bytes, over the {most:,} a model file may be; {how} or pass "
+            "--model PATH")  # fmt: skip
 
 
 def read_checkpoint(path):
@@ -306,14 +312,15 @@ def read_checkpoint(path):
     import torch
 
     check_model_file(path)
-    try:
-        with warnings.catch_warnings():  # a plain pickle of another protocol warns before it is refused
-            warnings.simplefilter("ignore", UserWarning)
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        checkpoints.load_failure(path, e)
+    with checkpoints.opened(path) as f:  # what was checked is what is read: a regular file, within the bound
+        try:
+            with warnings.catch_warnings():  # a plain pickle of another protocol warns before it is refused
+                warnings.simplefilter("ignore", UserWarning)
+                ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:
+            checkpoints.load_failure(path, e)
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("meta"), dict)):
-        die(f"{path} is not a checkpoint written by AItraining.py (no state_dict/meta)")
+        die(f"{printable(path)} is not a checkpoint written by AItraining.py (no state_dict/meta)")
     fault = meta_fault(ckpt["meta"])
     if not fault and ckpt["meta"].get("familiarity"):
         fault = familiarity.arrays_fault(ckpt.get("familiarity"), len(ckpt["meta"]["classes"]))
@@ -323,17 +330,27 @@ def read_checkpoint(path):
         if bad:
             fault = f"{len(bad)} weight tensor(s) hold NaN or infinite values ({bad[0]})"
     if fault:
-        die(f"{path} is refused: {fault}; retrain with AItraining.py (a broken model must not classify anything)")
+        die(
+            f"{printable(path)} is refused: {fault}; retrain with AItraining.py (a broken model must not classify "
+            "anything)"
+        )
     return ckpt
 
 
 def load_weights(net, ckpt, path):
-    """Put a checked checkpoint's weights into net; die (not raise) when they do not fit it."""
+    """Put a checked checkpoint's weights into net, strictly: every tensor of net and no other, each of its shape;
+    die (not raise) with the counts when they do not fit it."""
     try:
         net.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, TypeError, AttributeError):
         name, classes = ckpt["meta"].get("model_name", MODEL_NAME), len(ckpt["meta"]["classes"])
-        die(f"{path}: the weights do not fit {name} with {classes} classes (another architecture or count)")
+        wanted, found = net.state_dict(), ckpt["state_dict"]
+        missing, extra = len(wanted.keys() - found.keys()), len(found.keys() - wanted.keys())
+        other_shape = sum(getattr(found[k], "shape", None) != wanted[k].shape for k in wanted.keys() & found.keys())
+        die(
+            f"{printable(path)}: the weights do not fit {name} with {classes} classes ({missing} of its tensors "
+            f"missing, {extra} not its own, {other_shape} of another shape: another architecture or count)"
+        )
     return net
 
 
@@ -345,16 +362,16 @@ def load_checkpoint(path, device="cpu"):
     ckpt = read_checkpoint(path)
     meta = ckpt["meta"]
     if checkpoints.unfinished_fault(meta):  # a resume checkpoint, an unfinished run's: never a label
-        die(f"{path} is refused: {checkpoints.unfinished_fault(meta)}")
+        die(f"{printable(path)} is refused: {checkpoints.unfinished_fault(meta)}")
     name = meta.get("model_name", MODEL_NAME)
     if not timm.is_model(name):
-        die(f"{path} holds a {name} model, which this timm {timm.__version__} does not know; upgrade timm")
+        die(f"{printable(path)} holds a {name} model, which this timm {timm.__version__} does not know; upgrade timm")
     net = ensemble.network(name, len(meta["classes"]), meta.get("members", 1))  # one, or the folds' averaged
     if meta.get("familiarity"):
         arrays = {key: value.double().numpy() for key, value in ckpt["familiarity"].items()}
         if arrays["means"].shape[1] != familiarity.feature_count(net):
             count = familiarity.feature_count(net)
-            die(f"{path} is refused: its familiarity measure is not for {count} features; retrain it")
+            die(f"{printable(path)} is refused: its familiarity measure is not for {count} features; retrain it")
         meta = dict(meta, familiarity=dict(meta["familiarity"], **arrays))
     return prepare_for_device(load_weights(net, ckpt, path), device).eval(), meta
 
@@ -391,59 +408,82 @@ def onnx_fault(proto, session, meta):
     return None
 
 
-def check_inputs(size, n=3):
-    """n deterministic float32 images [n, 3, size, size] (sine patterns of the normalised scale, the same on every
-    machine): export_onnx.py stores the file's outputs on them (self_check), load_onnx compares."""
-    rows, cols = np.mgrid[0:size, 0:size] / size
-    waves = [[np.sin(2 * np.pi * (k + 1) * (rows * (c + 1) + cols * (k + 2)) + c) for c in range(3)] for k in range(n)]
-    return (1.5 * np.asarray(waves)).astype(np.float32)
+def output_names(meta):
+    """An export's outputs, in order: ONNX_OUTPUTS, and the familiarity distance for a model with that measure."""
+    return [*ONNX_OUTPUTS, "familiarity_distance"] if meta.get("familiarity") else list(ONNX_OUTPUTS)
 
 
 def self_check_fault(session, meta, tolerance=1e-4):
-    """Whether the file's outputs on check_inputs are what was stored when it was exported, and its p_malignant
-    is what its own logits give through its calibration (a rewired p_malignant is refused), else the fault."""
-    stored = meta["self_check"]
-    x = check_inputs(meta["image_size"], stored["inputs"])
-    try:
-        logits, p = session.run(["logits", "p_malignant"], {session.get_inputs()[0].name: x})
-    except Exception as e:  # onnxruntime failing at run time: the file, the machine
-        return f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]})"
-    own = predictions([logits], meta)[0]
-    if np.shape(stored["logits"]) != logits.shape or len(stored["p_malignant"]) != len(p):
-        return f"its self_check holds outputs for {np.shape(stored['logits'])}, the file gives {logits.shape}"
-    scale = np.maximum(1.0, np.abs(logits).max(axis=1, keepdims=True))  # each input's own: float32 rounding
-    drift = (np.abs(logits - np.asarray(stored["logits"])) / scale).max()
-    if not np.abs(p - own).max() <= tolerance:
-        return f"its p_malignant is not what its logits and calibration give (off by {np.abs(p - own).max():.2g})"
-    if not (drift <= 1e-3 and np.abs(p - np.asarray(stored["p_malignant"])).max() <= tolerance):
-        return "its outputs on the check inputs are not those stored when it was exported"
-    return None
+    """What is wrong with an ONNX file's outputs on the check inputs against those stored when it was exported (its
+    self_check: skinlesion/self_check.py), or None."""
+    limit = (meta.get("familiarity") or {}).get("limit")
+
+    def own_p(logits):  # what the file's P should be: its logits through its calibration
+        return predictions([logits], meta)[0]
+
+    stored, size = meta["self_check"], meta["image_size"]
+    return self_check.fault(session, stored, size, output_names(meta), own_p, limit, tolerance)
 
 
-def load_onnx(path):
-    """(onnxruntime session, meta) for a file written by export_onnx.py, checked as read_checkpoint checks a
-    .pth (metadata, finite weights, the architecture, its input and outputs) and against its self_check; dies
-    with one line otherwise."""
+def read_onnx(path):
+    """(onnxruntime session, meta, None) for a regular file written by export_onnx.py, checked as read_checkpoint
+    checks a .pth (metadata, finite weights, the architecture, its input and outputs) and against its self_check;
+    else (None, None, the error line). An int8 twin's verdict (quantised) is recomputed from its numbers
+    (quantise.within_tolerance), never read."""
     import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:  # a regular file only, within the bound; weights in files of their own (external data) are never read
+        data = reading.read_bytes(path, checkpoints.MAX_MODEL_BYTES)
+    except OSError as e:
+        return None, None, f"{checkpoints.unreadable_text(path, e)}; export one with export_onnx.py"
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as e:
+        why = f"is not a readable ONNX model ({type(e).__name__}); export one with export_onnx.py"
+        return None, None, f"{printable(path)} {why}"
+    if any(uses_external_data(tensor) for tensor in proto.graph.initializer):
+        why = "keeps its weights in files of their own (external data); export_onnx.py writes one self-contained file"
+        return None, None, f"{printable(path)} is refused: it {why}"
+    return checked_onnx(path, data, proto)
+
+
+def checked_onnx(path, data, proto):
+    """read_onnx's (session, meta, None) or (None, None, the error line) for the ONNX file read from path as data
+    (bytes) and parsed as proto."""
     import onnxruntime as ort
 
-    check_model_file(path, "export one with 'python export_onnx.py'")
     try:
-        proto = onnx.load(path)
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        session = ort.InferenceSession(proto.SerializeToString(), providers=providers)
+        session = ort.InferenceSession(data, providers=providers)
     except Exception as e:
-        die(f"{path} is not a readable ONNX model ({type(e).__name__}); export one with export_onnx.py")
+        why = f"is not a readable ONNX model ({type(e).__name__}); export one with export_onnx.py"
+        return None, None, f"{printable(path)} {why}"
     keys = [p.key for p in proto.metadata_props]
     twice = sorted({key for key in keys if keys.count(key) > 1})
     try:
         meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
         fault = twice and f"its metadata holds {', '.join(twice)} more than once"
+    except RecursionError:
+        fault = "its metadata is JSON nested too deeply to read"
     except ValueError as e:
-        fault = f"its metadata is not valid JSON ({e})"
+        fault = f"its metadata is not valid JSON ({printable(str(e))})"
     fault = fault or meta_fault(meta) or onnx_fault(proto, session, meta) or meta_fault(meta, "onnx")
     fault = fault or checkpoints.unfinished_fault(meta)
     fault = fault or self_check_fault(session, meta)
     if fault:
-        die(f"{path} is refused: {fault}; export the model again with export_onnx.py")
+        return None, None, f"{printable(path)} is refused: {fault}; export the model again with export_onnx.py"
+    if "quantised" in meta:
+        verdict = quantise.within_tolerance(meta["quantised"], bool(meta.get("familiarity")))
+        meta["quantised"] = dict(meta["quantised"], within_tolerance=verdict)
+    return session, meta, None
+
+
+def load_onnx(path):
+    """(onnxruntime session, meta) for a file written by export_onnx.py, checked (read_onnx); dies with one line
+    otherwise."""
+    check_model_file(path, "export one with 'python export_onnx.py'")
+    session, meta, error = read_onnx(path)
+    if error:
+        die(error)
     return session, meta

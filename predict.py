@@ -7,40 +7,46 @@ Classify skin-lesion photos as benign or malignant with the model AItraining.py 
     python predict.py photo.jpg --explain                # also save gradcam/photo_jpg_gradcam.png: the evidence
     python predict.py photo.jpg --model skin_model.onnx  # onnxruntime (export_onnx.py): no torch needed
 
-P(malignant) is calibrated on the validation split (it reads as a chance where malignant lesions are about as
-common as there), and a photo is called malignant when it reaches the threshold AItraining.py chose on the
-validation split for its target sensitivity (stored in the model file; --threshold overrides it). P is printed
-with enough digits to see which side of the threshold it lies on; within model.BORDERLINE (0.02) it is called
-borderline. A lesion-type model also names the most likely type and the next two. A model file that is broken
-or not ours is refused, and a photo for which the model gives no valid probability is an error, never a label.
-The model file's SHA-256 is printed after the predictions: compare it with the published one (a model file is
-code-like: load only those you trust). Names from the model or a folder are printed escaped (cli.printable).
+P(malignant) is calibrated on the validation split (a chance where malignant lesions are about as common as
+there); a photo is malignant from the threshold AItraining.py chose there for its target sensitivity (stored in
+the model file; --threshold overrides it). P has the digits that show its side of the threshold (equal to 6
+digits: "just below" or "just above" it); within model.BORDERLINE (0.02) it is borderline. A lesion-type model
+also names the likely types. Then the operating point, the test (and external) figures evaluate.py put in the
+card, what P assumes and, with --prevalence, PPV and NPV (from the test figures where the card has them, the
+validation ones beside them): worded by skinlesion/answer.py, as the page words them. A broken model file is
+refused, and a photo without a valid probability is an error. The model file's SHA-256 is printed: compare it
+with the published one (load only model files you trust). Names are printed escaped (cli.printable).
 
-A photo unlike the model's training photos (its familiarity distance beyond the limit AItraining.py chose on the
-validation photos; skinlesion/familiarity.py) gets no benign/malignant answer: alone, predict.py prints
-"Prediction: unfamiliar" and one line why, and exits with status 3 (UNFAMILIAR_EXIT); in a folder its line and
-CSV row say unfamiliar and the summary counts it. --show-unfamiliar also shows the answer, marked unreliable.
-Folders are searched recursively (each real folder once, links included) for files ending in photos.IMAGE_EXTS;
-other files and unreadable images are skipped, counted and named on stderr.
+A photo unlike the training photos (its familiarity distance beyond the limit chosen on the validation photos;
+skinlesion/familiarity.py) gets no answer: alone, "Prediction: unfamiliar", one line why, exit status 3
+(UNFAMILIAR_EXIT), and no P, prevalence line, PPV or NPV, type or Grad-CAM; in a folder its line and CSV row say
+unfamiliar, counted. --show-unfamiliar shows the answer too, each of those lines marked "Unreliable: ". Folders
+are searched recursively (each real folder once) for photos.IMAGE_EXTS; other files are skipped, counted, named.
 
-The model sees a centre crop of the photo (the shorter side resized, the rest cut off): keep the lesion in the
-middle. --explain saves into EXPLAIN_DIR, under a name of its own per photo: the crop, where the evidence for
-malignant lies and where the evidence for benign lies, on one scale (Grad-CAM of the malignant log-odds on
-EfficientNet-B0's final feature map; with the ONNX model, the same map from the file's 'cam' output).
+The model sees a centre crop (the shorter side resized, the rest cut off): keep the lesion in the middle.
+--explain saves into EXPLAIN_DIR, one picture per photo: the crop, the evidence for malignant and for benign on
+one scale (Grad-CAM of the malignant log-odds on the final feature map; with an ONNX model, its 'cam' output).
 
 A research tool, not a medical device: a doctor must examine any lesion that worries you.
 """
+
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
 
 import csv
 import io
 import os
 import sys
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 import model
 from skinlesion import (
+    answer,
     card,
     checkpoints,
     cli,
@@ -49,7 +55,6 @@ from skinlesion import (
     familiarity,
     files,
     folders,
-    interrupts,
     numbers,
     photos,
 )
@@ -68,9 +73,7 @@ OVERWRITE = False  # replace output files that this project did not write (never
 HEADER = ["file", "prediction", "p_malignant", "threshold", "borderline"]
 FAMILIARITY_HEADER = ["familiarity_distance", "familiarity_limit"]  # for a model with a familiarity measure
 UNFAMILIAR_EXIT = 3  # exit status for a single photo unlike the training photos (no answer)
-STRAYED = (  # the caution for an int8 model (export_onnx.py's twin) that its comparison did not clear
-    "this int8 model's answers strayed from the full model's on its validation photos; use the full ONNX file"
-)
+UNRELIABLE = "Unreliable: "  # what marks each line of an answer shown anyway for an unfamiliar photo
 
 
 def parse_args(argv=None):
@@ -97,7 +100,7 @@ def malignant_sum_text(probabilities, meta):
     """'Melanoma 0.219 + Basal cell carcinoma 0.010 = 0.229': the malignant types' calibrated probabilities, whose
     sum is P(malignant)."""
     names, mask = meta.get("class_names") or meta["classes"], model.malignant_mask(meta)
-    parts = [f"{names[i]} {probabilities[i]:.3f}" for i in np.flatnonzero(mask)]
+    parts = [f"{cli.printable(names[i])} {probabilities[i]:.3f}" for i in np.flatnonzero(mask)]
     return f"{' + '.join(parts)} = {probabilities[mask].sum():.3f}"
 
 
@@ -118,7 +121,8 @@ def onnx_predictor(session, meta, tta, explain_it):
             try:
                 runs.append(session.run(outputs, {name: view}))
             except Exception as e:  # onnxruntime failing at run time: the file, the machine
-                cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {str(e)[:200]}); export it again")
+                why = cli.printable(str(e)[:200])  # its message may quote the file's own node names
+                cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {why}); export it again")
         probabilities = np.mean([model.calibrated_probabilities(r[0], meta) for r in runs], axis=0)[0]
         cam = runs[0][2][0] if explain_it else None
         distance = float(runs[0][-1][0]) if meta.get("familiarity") else None
@@ -144,30 +148,6 @@ def torch_predictor(net, meta, tta, explain_it):
     return predict_one
 
 
-def decision_texts(p, threshold):
-    """P and the threshold with enough digits (3 to 6) to see which side P lies on, and 'borderline' or ''."""
-    digits = next((d for d in range(3, 7) if f"{p:.{d}f}" != f"{threshold:.{d}f}"), 6)
-    near = "borderline" if abs(p - threshold) < model.BORDERLINE else ""
-    return f"{p:.{digits}f}", f"{threshold:.{digits}f}", near
-
-
-def likely_types(probabilities, meta):
-    """[(type name, P)] of a lesion-type model, most likely first (the original label values where known)."""
-    names = meta.get("class_names") or meta["classes"]
-    order = np.argsort(-np.asarray(probabilities), kind="stable")
-    return [(cli.printable(names[i]), float(probabilities[i])) for i in order]
-
-
-def photo_caution(path, img):
-    """A warning for a photo far too small or too elongated to show a lesion, else None."""
-    w, h = img.size
-    if min(w, h) < 16 or max(w, h) > 8 * min(w, h):
-        return (
-            f"{cli.printable(path)} is {w} x {h} px: far too small or too elongated to show a lesion; do not trust it"
-        )
-    return None
-
-
 def load(args):
     """(photo -> prediction, meta) for the model file, checked when loaded: a broken one is refused here."""
     if checkpoints.is_onnx(args.model):
@@ -177,54 +157,138 @@ def load(args):
     return torch_predictor(net, meta, args.tta, args.explain), meta
 
 
-def model_cautions(meta):
-    """What the model file says about itself that a reader must know: at chance, a useless operating point."""
-    cautions = []
-    if meta.get("at_chance"):
-        ci = meta.get("val_auc_ci95")
-        interval = f" (its validation ROC-AUC 95% interval {ci[0]:.3f}-{ci[1]:.3f} includes 0.5)" if ci else ""
-        cautions.append(f"this model cannot be told from chance{interval}; do not rely on its predictions")
-    op = meta.get("operating_point")
-    warning = numbers.operating_point_warning(op) if op else None
-    if warning:
-        cautions.append(warning + " on its validation photos")
-    weak = None if meta.get("at_chance") else numbers.weak_model_warning(op, meta.get("val_auc_ci95"))
-    if weak:
-        cautions.append(weak + "; read its answers as a rough guide at best")
-    quantised = meta.get("quantised")
-    if isinstance(quantised, dict) and not quantised.get("within_tolerance"):
-        cautions.append(STRAYED)
-    return cautions
-
-
-def prevalence_texts(meta, prevalence, threshold_given):
-    """(what P assumes, what P means at --prevalence: PPV and NPV of the calls there, or None)."""
-    prior = meta.get("prior_malignant")
-    if prior is None:  # an earlier model file: nothing to say
-        return None, None
-    assumes = (
-        f"P(malignant) assumes about {prior:.0%} of photos are malignant, as in the training photos; where they "
-        "are rarer or more common, pass --prevalence (e.g. --prevalence 0.05)"
-    )
-    op = meta.get("operating_point")
-    if prevalence is None or not op or threshold_given:
-        return assumes, None
-    ppv, npv = numbers.predictive_values(op["sensitivity"], op["specificity"], prevalence)
-    return assumes, (
-        f"at a prevalence of {prevalence:.1%}, from the validation sensitivity and specificity at this threshold, a "
-        f"'malignant' call is right {ppv:.0%} of the time (PPV) and a 'benign' call {npv:.0%} of the time (NPV)"
-    )
-
-
-def test_figures(path, meta):
-    """The test results evaluate.py put in the model card beside the model file (for this very model: its
-    SHA-256, or an ONNX file's source_sha256), in words, or None."""
+def tested_results(path, meta):
+    """(the 'Tested' and 'External validation' lines' texts, the test sensitivity and specificity at the stored
+    threshold or None): from the model card beside the model file where it holds this very model's results (its
+    SHA-256, or an ONNX file's source_sha256), else from an ONNX file's card summary (export_onnx.py's)."""
     sha256 = meta.get("source_sha256") or files.file_sha256(path)
-    test = card.earlier_evaluations(os.path.splitext(path)[0] + ".md", sha256)[0]
-    if not test:
-        return None
-    figures = {k: (test["metrics"][k], test["ci95"].get(k)) for k in ("sensitivity", "specificity", "roc_auc")}
-    return card.tested_text(figures)
+    test, externals = card.earlier_evaluations(os.path.splitext(path)[0] + ".md", sha256)
+    summary = meta.get("card_summary") or {}
+    tested, others, point = summary.get("tested"), summary.get("externals") or [], summary.get("test_point")
+    if test or externals:
+        tested = answer.tested_text(answer.evaluation_figures(test)) if test else None
+        point = {key: test["metrics"][key] for key in ("sensitivity", "specificity")} if test else None
+        others = answer.external_texts(externals)
+    lines = [f"Tested: {tested}."] if tested else []
+    return lines + [f"External validation: {text}." for text in others], point
+
+
+class Verdict(NamedTuple):
+    """What the model said of one photo."""
+
+    p: float  # calibrated P(malignant)
+    probabilities: np.ndarray  # the calibrated class probabilities
+    cam: object  # the signed evidence map, or None
+    distance: object  # the familiarity distance, or None (a model without the measure)
+    call: str  # benign or malignant, at the threshold
+    unfamiliar: bool  # unlike the training photos: no answer unless asked for (--show-unfamiliar)
+
+
+def answer_lines(found, meta, threshold, args):
+    """A single photo's answer: P against the threshold, P at --prevalence, the types; each line marked
+    unreliable for an unfamiliar photo (shown only with --show-unfamiliar)."""
+    p_text, t_text, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
+    flips = ", mean over 4 flips" if args.tta else ""
+    close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
+    lines = [f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}"]
+    if args.prevalence is not None:
+        at = float(numbers.reweighted(found.p, meta["prior_malignant"], args.prevalence))
+        share = cli.percent_text(args.prevalence)
+        lines.append(f"At a prevalence of {share}: P(malignant) = {at:.3f} (the call above uses P)")
+    if len(meta["classes"]) > 2:
+        ranked = answer.likely_types(found.probabilities, meta)
+        then = ", ".join(f"{name} (P = {q:.3f})" for name, q in ranked[1:3])
+        lines.append(f"Type: {ranked[0][0]} (P = {ranked[0][1]:.3f}); next: {then}")
+        lines.append(f"Malignant types (they add up to P(malignant)): {malignant_sum_text(found.probabilities, meta)}")
+    return [answer.marked(line, found.unfamiliar) for line in lines]
+
+
+def single_lines(found, meta, threshold, args):
+    """What predict.py prints for one photo: the prediction, why an unfamiliar photo gets none, and the answer
+    where it is shown."""
+    shown = answer.answer_shown(found.unfamiliar, args.show_unfamiliar)
+    lines = [f"Prediction: {'unfamiliar' if found.unfamiliar else found.call}"]
+    if found.unfamiliar:
+        lines.append(familiarity.unfamiliar_text(found.distance, meta, shown))
+    if found.unfamiliar and shown:
+        lines.append(f"Unreliable answer: {found.call}")
+    return lines + (answer_lines(found, meta, threshold, args) if shown else [])
+
+
+def folder_line(path, found, meta, threshold, args):
+    """One photo's line among many."""
+    p_text, _, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
+    if found.unfamiliar:
+        limit = meta["familiarity"]["limit"]
+        unreliable = "; no answer"
+        if answer.answer_shown(found.unfamiliar, args.show_unfamiliar):
+            unreliable = f"; unreliable answer: {found.call} (P(malignant) = {p_text})"
+        far = f"familiarity distance {found.distance:.2f} > limit {limit:.2f}: unlike the training photos"
+        return f"{cli.printable(path)}: Prediction: unfamiliar ({far}){unreliable}"
+    kind = ""
+    if len(meta["classes"]) > 2:
+        name, q = answer.likely_types(found.probabilities, meta)[0]
+        kind = f"; type {name} (P = {q:.3f})"
+    if args.prevalence is not None:
+        at = float(numbers.reweighted(found.p, meta["prior_malignant"], args.prevalence))
+        kind += f"; at prevalence {cli.percent_text(args.prevalence)}: P = {at:.3f}"
+    close = ", borderline" if near else ""
+    return f"{cli.printable(path)}: Prediction: {found.call} (P(malignant) = {p_text}{close}){kind}"
+
+
+def csv_row(path, found, meta, threshold):
+    """The photo's CSV row (HEADER, the types' columns, the familiarity columns); an unfamiliar photo's says
+    unfamiliar, with its P and types left empty unless --show-unfamiliar shows them."""
+    label = "unfamiliar" if found.unfamiliar else found.call
+    near = abs(found.p - threshold) < model.BORDERLINE
+    row = [cli.printable(path), label, f"{found.p:.6f}", f"{threshold:g}", str(bool(near)).lower()]
+    if len(meta["classes"]) > 2:
+        ranked = answer.likely_types(found.probabilities, meta)
+        row += [ranked[0][0], f"{ranked[0][1]:.6f}", *(f"{q:.6f}" for q in found.probabilities)]
+    return row
+
+
+def explain_photo(path, img, found, pictures, cautions, meta, threshold, args):
+    """Save the photo's Grad-CAM picture; none for an unfamiliar photo whose answer is withheld, and the picture
+    of one shown anyway is titled and noted unreliable. Returns the line that says where it is (or why none)."""
+    if not answer.answer_shown(found.unfamiliar, args.show_unfamiliar):
+        return (
+            f"no Grad-CAM for {cli.printable(path)}: {familiarity.unfamiliar_sentence(meta)} (--show-unfamiliar "
+            "saves it, unreliable)"
+        )
+    p_text, _, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
+    notes = cautions + ([f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else [])
+    notes += [familiarity.unfamiliar_sentence(meta) + ": unreliable"] if found.unfamiliar else []
+    label = f"unfamiliar, answer {found.call}" if found.unfamiliar else found.call
+    title = answer.marked(
+        f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}", found.unfamiliar
+    )
+    folders.made_folder(args.explain_dir, "predict.py", "Grad-CAM folder")
+    crop = photos.eval_crop(img, model.meta_data_config(meta))
+    blank = explain.save_gradcam(crop, found.cam, pictures[path], title, notes)
+    none_for = "".join(
+        f"; no region of the photo stands out as evidence for {b} (P(malignant) = {p_text} is the model's "
+        "answer for the photo as a whole)"
+        for b in blank
+    )
+    return f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}"
+
+
+def closing_lines(meta, args, single_unfamiliar):
+    """The lines after the predictions: what the operating point means, the test and external figures, what P
+    assumes, PPV and NPV at --prevalence. None after a single unfamiliar photo whose answer is withheld (no P was
+    shown); its PPV and NPV marked unreliable where it was shown anyway."""
+    if single_unfamiliar and not args.show_unfamiliar:
+        return []
+    lines = []
+    if meta.get("operating_point") and args.threshold is None:
+        lines.append(f"Operating point: {numbers.operating_point_text(meta['operating_point'])}.")
+    tested, point = ([], None) if args.tta or args.threshold is not None else tested_results(args.model, meta)
+    assumes, at_prevalence = answer.prevalence_texts(meta, args.prevalence, args.threshold is not None, point)
+    lines += tested + ([f"Note: {assumes}."] if assumes else [])
+    if at_prevalence:
+        lines.append(answer.marked(f"Prevalence: {at_prevalence}.", single_unfamiliar))
+    return lines
 
 
 def main(argv=None):
@@ -233,21 +297,23 @@ def main(argv=None):
     images, skipped = photos.find_images(args.images)
     if not images:
         others = f"; skipped {len(skipped)} other files" if skipped else ""
-        cli.die(f"no images in {', '.join(args.images)} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
+        given = cli.first_few(args.images, 5)
+        cli.die(f"no images in {given} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
     single = len(args.images) == 1 and len(images) == 1 and not os.path.isdir(args.images[0])
     if single:  # read it before loading the model: a bad file is reported at once
         first, why = photos.try_load_image(images[0])
         if first is None:
-            cli.die(f"{cli.printable(images[0])} is {why}; pass a .jpg or .png photo")
+            fix = "; pass a .jpg or .png photo" if why.startswith(photos.UNREADABLE) else ""  # else: crop it
+            cli.die(f"{cli.printable(images[0])} is {why}{fix}")
     pictures = explain.gradcam_names(images, args.explain_dir) if args.explain else {}
     for picture in pictures.values():
         files.check_output(picture, "--explain-dir", "picture", [args.model, *images], args.overwrite)
 
     sha256 = files.file_sha256(args.model)
     predict_one, meta = load(args)
-    cfg, types = model.meta_data_config(meta), len(meta["classes"]) > 2
+    types = len(meta["classes"]) > 2
     threshold = float(meta["threshold"]) if args.threshold is None else args.threshold
-    cautions = model_cautions(meta)
+    cautions = answer.model_cautions(meta)
     if args.tta and args.threshold is None:
         cautions.append(
             "--tta averages over flips, but the threshold and calibration were chosen without them (evaluate.py "
@@ -264,7 +330,8 @@ def main(argv=None):
     flips = ", mean over 4 flips" if args.tta else ""
     prior = meta.get("prior_malignant")
     if args.prevalence is not None and prior is None:
-        cli.die(f"--prevalence: {args.model} does not record the share of malignant training photos; retrain it")
+        model_file = cli.printable(args.model)
+        cli.die(f"--prevalence: {model_file} does not record the share of malignant training photos; retrain it")
 
     # predictions
     rows, borderline, strange = [], 0, False
@@ -283,65 +350,23 @@ def main(argv=None):
                 )
             skipped.append((path, f"the model gave no valid probability (P = {p})"))
             continue
-        answer = model.CLASSES[int(p >= threshold)]
         strange = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
-        shown = args.show_unfamiliar or not strange
-        label = "unfamiliar" if strange else answer
-        p_text, t_text, near = decision_texts(p, threshold)
-        borderline += bool(near) and not strange
-        ranked = likely_types(probabilities, meta) if types else []
-        rows.append([cli.printable(path), label, f"{p:.6f}", f"{threshold:g}", str(bool(near)).lower()])
-        if ranked:
-            rows[-1] += [ranked[0][0], f"{ranked[0][1]:.6f}", *(f"{q:.6f}" for q in probabilities)]
-        if not shown:  # the row says unfamiliar, without the answer
+        found = Verdict(p, probabilities, cam, distance, model.CLASSES[int(p >= threshold)], strange)
+        borderline += abs(p - threshold) < model.BORDERLINE and not strange
+        rows.append(csv_row(path, found, meta, threshold))
+        if not answer.answer_shown(strange, args.show_unfamiliar):  # the row says unfamiliar, without the answer
             rows[-1] = [cell if i in (0, 1, 3) else "" for i, cell in enumerate(rows[-1])]
         if distance is not None:
             rows[-1] += [f"{distance:.4f}", f"{meta['familiarity']['limit']:.4f}"]
-        caution = photo_caution(path, img)
+        caution = photos.size_caution(path, img)
         if caution:
             cli.warn(caution)
         if single:
-            print(f"Prediction: {label}")
-            if strange:
-                print(familiarity.unfamiliar_text(distance, meta, shown))
-            if strange and shown:
-                print(f"Unreliable answer: {answer}")
-            close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
-            if shown:
-                print(f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}")
-            if shown and args.prevalence is not None:
-                at = float(numbers.reweighted(p, prior, args.prevalence))
-                print(f"At a prevalence of {args.prevalence:.1%}: P(malignant) = {at:.3f} (the call above uses P)")
-            if ranked and shown:
-                then = ", ".join(f"{name} (P = {q:.3f})" for name, q in ranked[1:3])
-                print(f"Type: {ranked[0][0]} (P = {ranked[0][1]:.3f}); next: {then}")
-                print(f"Malignant types (they add up to P(malignant)): {malignant_sum_text(probabilities, meta)}")
-        elif strange:
-            limit = meta["familiarity"]["limit"]
-            unreliable = f"; unreliable answer: {answer} (P(malignant) = {p_text})" if shown else "; no answer"
-            far = f"familiarity distance {distance:.2f} > limit {limit:.2f}: unlike the training photos"
-            bar.write(f"{cli.printable(path)}: Prediction: unfamiliar ({far}){unreliable}")
+            print("\n".join(single_lines(found, meta, threshold, args)))
         else:
-            kind = f"; type {ranked[0][0]} (P = {ranked[0][1]:.3f})" if ranked else ""
-            if args.prevalence is not None:
-                at = float(numbers.reweighted(p, prior, args.prevalence))
-                kind += f"; at prevalence {args.prevalence:.1%}: P = {at:.3f}"
-            close = ", borderline" if near else ""
-            bar.write(f"{cli.printable(path)}: Prediction: {label} (P(malignant) = {p_text}{close}){kind}")
+            bar.write(folder_line(path, found, meta, threshold, args))
         if args.explain:
-            notes = cautions + (
-                [f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else []
-            )
-            notes += [familiarity.unfamiliar_sentence(meta) + ": unreliable"] if strange else []
-            title = f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}"
-            folders.made_folder(args.explain_dir, "predict.py", "Grad-CAM folder")
-            blank = explain.save_gradcam(photos.eval_crop(img, cfg), cam, pictures[path], title, notes)
-            none_for = "".join(
-                f"; no region of the photo stands out as evidence for {b} (P(malignant) = {p_text} is the model's "
-                "answer for the photo as a whole)"
-                for b in blank
-            )
-            bar.write(f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}")
+            bar.write(explain_photo(path, img, found, pictures, cautions, meta, threshold, args))
 
     # summary, skipped photos, the CSV
     for path, why in skipped:
@@ -357,25 +382,16 @@ def main(argv=None):
             f"{len(rows)} images: {n} malignant, {len(rows) - n - odd} benign{odd_count} (threshold {threshold:.3f}"
             f"{flips}){near_count}{skip_count}"
         )
-    withheld = single and strange and not args.show_unfamiliar  # no answer: nothing about its threshold
-    if meta.get("operating_point") and args.threshold is None and not withheld:
-        print(f"Operating point: {numbers.operating_point_text(meta['operating_point'])}.")
-    tested = None if args.tta or args.threshold is not None or withheld else test_figures(args.model, meta)
-    if tested:
-        print(f"Tested: {tested}.")
-    assumes, at_prevalence = prevalence_texts(meta, args.prevalence, args.threshold is not None or withheld)
-    if assumes and not withheld:  # no P was shown: nothing to say of what it assumes
-        print(f"Note: {assumes}.")
-    if at_prevalence:
-        print(f"Prevalence: {at_prevalence}.")
+    for line in closing_lines(meta, args, single and strange):
+        print(line)
     print(f"Model file: {cli.printable(args.model)}, SHA-256 {sha256} (compare it with the published one)")
     if args.csv:
         text = io.StringIO()
-        header = HEADER + ["type", "p_type"] + [f"p_{c}" for c in meta["classes"]] if types else HEADER
+        header = HEADER + ["type", "p_type"] + [f"p_{cli.printable(c)}" for c in meta["classes"]] if types else HEADER
         header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
         csv.writer(text).writerows([header] + [[files.csv_cell(cell) for cell in row] for row in rows])
         files.write_text(args.csv, text.getvalue(), "predictions")
-        print(f"predictions written to {args.csv}")
+        print(f"predictions written to {cli.printable(args.csv)}")
     print(
         "note: a research tool, not a medical device; have a doctor examine any lesion that worries you",
         file=sys.stderr,

@@ -24,6 +24,11 @@ disk, a kill or Ctrl-C leave the previous dataset byte-identical (it is built in
 is replaced as a whole only if prepare_dataset.py made it.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import os
 import re
 import shlex
@@ -32,7 +37,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, interrupts, isic, photos, shapes, shards
+from skinlesion import cli, dataset, files, folders, isic, other_types, photos, shapes, shard_format
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -47,6 +52,7 @@ VAL_FRACTION = 0.15  # share of the groups for validation, 0 to 0.9 in steps of 
 TEST_FRACTION = 0.15  # share of the groups for test, 0 to 0.9 likewise, val + test <= 0.9 (0: no test split)
 RESIZE_TO = 256  # shorter side in px, >= 1, never upscaled; None (--resize-to none): copy the files as they are
 MIN_KEPT = 0.5  # 0 to 1: stop when less of the rows survive bad labels, ids and image files; 0 = never
+KEEP_OTHER_TYPES = 300  # photos of another kind (dermoscopic for clinical...) kept for the familiarity check, 0 to 1e5
 SEED = 42  # sampling and split, 0 to 2**32 - 1
 WORKERS = os.cpu_count()  # processes that decode images, 1 to 1024 (1: no pool)
 SHARDS = False  # also write the splits as WebDataset shards in DATASET_DIR/shards/ (several machines, object stores)
@@ -61,8 +67,9 @@ def download_hint(image_types, images_dir):
         query = f"({query})"
     return (
         f"download an export with: isic image download --search '{query} AND diagnosis_1:Benign' --limit 300 "
-        f"{os.path.join(images_dir, 'benign')}, and the same with diagnosis_1:Malignant into "
-        f"{os.path.join(images_dir, 'malignant')} (pip install isic-cli); or try python make_demo_data.py"
+        f"{cli.printable(os.path.join(images_dir, 'benign'))}, and the same with diagnosis_1:Malignant into "
+        f"{cli.printable(os.path.join(images_dir, 'malignant'))} (pip install isic-cli); or try python "
+        "make_demo_data.py"
     )
 
 
@@ -175,13 +182,25 @@ def choose_classes(cands, args, steps):
             f"out ({rare.sum()} photos): {cli.counts_text(cands.label_value[cands.label_value.isin(rare.index)], 12)}"
             + ("" if args.other else "; --other merges them per side")
         )
-    cands = cands[~cands.label_value.isin(rare.index)]
+    kept = cands[~cands.label_value.isin(rare.index)]
     steps.append(
-        (f"of a type with >= {args.min_per_class} photos", len(cands), f"rare {rare.sum()}" if len(rare) else "")
+        (f"of a type with >= {args.min_per_class} photos", len(kept), f"rare {rare.sum()}" if len(rare) else "")
     )
+    check_sides_kept(cands, kept, args, steps)
+    cands = kept
     taken = set()
     names = {v: folder_name(v, taken) for v in sorted(cands.label_value.unique())}
     return cands.assign(label=cands.label_value.map(names))
+
+
+def check_sides_kept(cands, kept, args, steps):
+    """Stop when the rare values left out took a whole side: a column of ids (lesion_id) was '0 with an image file'."""
+    for side in [s for s in dataset.SIDES if cands.side.eq(s).any() and not kept.side.eq(s).any()]:
+        values = cands.label_value[cands.side == side]
+        ids = ": about one a value, ids rather than types" if values.nunique() * 2 > len(values) else ""
+        print_steps(steps, f"--label-column {args.label_column}: none of its {values.nunique()} {side} values "
+                    f"({len(values)} photos{ids}) has --min-per-class {args.min_per_class} usable photos; pass a "
+                    "column of lesion types such as diagnosis_3, or lower --min-per-class")  # fmt: skip
 
 
 def contradicting_copies(cands):
@@ -298,6 +317,39 @@ def parse_args(argv=None):
     return args
 
 
+def with_photo_files(df, args, out, steps, losses):
+    """The rows whose photo is a regular file inside the export (none of ours: out), and not one photo under ids
+    with different labels; each step and what it left out counted in steps and losses."""
+    found, no_file, copies = isic.image_files(df.isic_id, args.images_dir, lambda path: re.fullmatch(out, path))
+    cands = df[df.isic_id.isin(found.keys())].reset_index(drop=True)
+    cands = cands.assign(path=cands.isic_id.map(found), label_column=args.label_column)
+    losses += no_file
+    why = [f"{cause} {n}: {what}" for cause, n, what in no_file]
+    if copies:
+        why.append(f"{copies} byte-identical copies of a photo used once")
+    steps.append(("with an image file", len(cands), "; ".join(why)))
+    copies = contradicting_copies(cands)
+    losses.append(("the same photo under ids with different labels", len(copies), cli.first_few(sorted(copies))))
+    cands = cands[~cands.isic_id.isin(copies)].reset_index(drop=True)
+    steps.append(("no photo with different labels", len(cands), f"left out {len(copies)}" if copies else ""))
+    return cands
+
+
+def decoded_photos(cands, args, tmp, steps):
+    """(chosen, unreadable, duplicates): the photos decoded, hashed and shrunk into tmp, balanced in SEED order;
+    the steps counted."""
+    chosen, unreadable, dups = isic.decode_balanced(
+        cands, args.n_per_class, args.seed, tmp, args.resize_to, args.workers
+    )
+    decoded = len(chosen) + len(unreadable) + len(dups)
+    steps.append(("decoded (sampled in SEED order)", decoded, ""))
+    unreadable_text = f"unreadable {len(unreadable)}: " + cli.first_few(unreadable, 5) if unreadable else ""
+    steps.append(("readable", decoded - len(unreadable), unreadable_text))
+    dups_text = f"{len(dups)} duplicate images kept once: " + cli.first_few(dups, 5) if dups else ""
+    steps.append(("distinct images", len(chosen), dups_text))
+    return chosen, unreadable, dups
+
+
 def main(argv=None):
     args, start = parse_args(argv), time.time()
     out = re.escape(os.path.realpath(args.dataset_dir)) + r"(\.(tmp|old)-\d+)?"
@@ -308,61 +360,43 @@ def main(argv=None):
         paths = isic.metadata_files(args.metadata_csv, args.images_dir)
         if not paths or not os.path.isdir(args.images_dir):
             missing = args.images_dir if paths else f"{args.metadata_csv} (nor a metadata.csv under {args.images_dir})"
+            missing = cli.printable(missing)
             cli.die(f"{missing} not found; " + download_hint(args.image_types, args.images_dir))
         if paths != [args.metadata_csv]:
-            listed = ", ".join(paths)
-            print(f"no {args.metadata_csv}; reading the {len(paths)} metadata.csv under {args.images_dir}: {listed}")
+            listed = ", ".join(map(cli.printable, paths))
+            metadata_csv, images_dir = cli.printable(args.metadata_csv), cli.printable(args.images_dir)
+            print(f"no {metadata_csv}; reading the {len(paths)} metadata.csv under {images_dir}: {listed}")
         columns = ["isic_id", *isic.SIDE_COLUMNS, "lesion_id", "patient_id", args.label_column, *isic.CARD_COLUMNS]
-        df, typed, steps, losses = filter_rows(isic.read_metadata(paths, columns), args.image_types, args.label_column)
+        rows = isic.read_metadata(paths, columns)
+        df, typed, steps, losses = filter_rows(rows, args.image_types, args.label_column)
         for col in [col for col in ("lesion_id", "patient_id") if col not in df]:
             print(f"no {col} column: images are grouped without it")
             df[col] = ""
 
         # image files: regular files inside the export only; photos under two ids with different labels left out
-        found, no_file, extra = isic.image_files(df.isic_id, args.images_dir, lambda path: re.fullmatch(out, path))
-        cands = df[df.isic_id.isin(found.keys())].reset_index(drop=True)
-        cands = cands.assign(path=cands.isic_id.map(found), label_column=args.label_column)
-        losses += no_file
-        why = [f"{cause} {n}: {what}" for cause, n, what in no_file]
-        if extra:
-            why.append(f"{extra} more files for an id ignored")
-        steps.append(("with an image file", len(cands), "; ".join(why)))
-        copies = contradicting_copies(cands)
-        losses.append(("the same photo under ids with different labels", len(copies), cli.first_few(sorted(copies))))
-        cands = cands[~cands.isic_id.isin(copies)].reset_index(drop=True)
-        steps.append(("no photo with different labels", len(cands), f"left out {len(copies)}" if copies else ""))
+        cands = with_photo_files(df, args, out, steps, losses)
         cands = choose_classes(cands, args, steps).reset_index(drop=True)
         check_usable(args, steps, typed, losses, cands)
 
         # decode, hash and shrink, balanced; check again
-        chosen, unreadable, dups = isic.decode_balanced(
-            cands, args.n_per_class, args.seed, tmp, args.resize_to, args.workers
-        )
+        chosen, unreadable, dups = decoded_photos(cands, args, tmp, steps)
         decoded = len(chosen) + len(unreadable) + len(dups)
-        steps.append(("decoded (sampled in SEED order)", decoded, ""))
-        steps.append(
-            (
-                "readable",
-                decoded - len(unreadable),
-                f"unreadable {len(unreadable)}: " + cli.first_few(unreadable, 5) if unreadable else "",
-            )
-        )
-        steps.append(
-            (
-                "distinct images",
-                len(chosen),
-                f"{len(dups)} duplicate images kept once: " + cli.first_few(dups, 5) if dups else "",
-            )
-        )
         check_usable(args, steps, typed, losses, cands, chosen, decoded, unreadable)
 
         # split by lesion and patient groups, into the class folders, with the export's credits
         labels, groups = chosen.label.to_numpy(), isic.group_ids(chosen).to_numpy()
         chosen["split"] = isic.split_groups(labels, groups, args.val_fraction, args.test_fraction, args.seed)
         manifest = write_splits(chosen, tmp)
-        notes = [isic.copy_credits(paths, chosen, tmp) + f" into {args.dataset_dir}/"]
+        notes = [isic.copy_credits(paths, chosen, tmp) + f" into {cli.printable(args.dataset_dir)}/"]
+        if args.keep_other_types and "image_type" in rows:  # what the familiarity check learns to tell apart
+            kept = other_types.keep(
+                rows, args.image_types, args.keep_other_types, args.images_dir, tmp,
+                lambda path: re.fullmatch(out, path), args.seed, args.resize_to, args.workers,
+            )  # fmt: skip
+            where = f"in {cli.printable(args.dataset_dir)}/{other_types.FOLDER}/"
+            notes.append(kept.replace(f"in {other_types.FOLDER}/", where))
         if args.shards:
-            notes.append(shards.write_shards(tmp, manifest, args.shard_mb))
+            notes.append(shard_format.write_shards(tmp, manifest, args.shard_mb))
 
     decoded_ids = set(chosen.isic_id) | set(dups) | {item.split()[0] for item in unreadable}
     unused = cands[~cands.isic_id.isin(decoded_ids)].label.value_counts()
@@ -374,7 +408,8 @@ def main(argv=None):
         )
     report(manifest, steps, args, notes)
     seconds = time.time() - start
-    print(f"wrote {len(manifest)} images to {args.dataset_dir}/ and {args.dataset_dir}/manifest.csv in {seconds:.0f} s")
+    dataset_dir = cli.printable(args.dataset_dir)
+    print(f"wrote {len(manifest)} images to {dataset_dir}/ and {dataset_dir}/manifest.csv in {seconds:.0f} s")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ attack sends, is refused), with the page's Content-Security-Policy and other sec
 request is one line on stderr. Torch-free: the model's metadata is read with onnxruntime.
 """
 
+from skinlesion import interrupts
+
+if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
+
 import hashlib
 import http.server
 import json
@@ -29,7 +34,8 @@ import re
 import sys
 
 import model
-from skinlesion import cli, files, folders, interrupts, numbers, quantise
+from skinlesion import checkpoints, cli, files, folders, numbers, quantise, reading
+from skinlesion.card import MAX_CARD_BYTES
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py, with the outputs 'logits' and 'cam'
@@ -68,6 +74,7 @@ HEADERS = {  # on every response, besides the Content-Security-Policy
     "Cache-Control": "no-cache",  # a rebuilt model is picked up on reload (the ETag saves the download)
 }
 MAX_REQUEST = 1 << 16  # bytes of request line and headers; a larger request is refused (431)
+MAX_PAGE_BYTES = 200_000_000  # the largest file of the page or of onnxruntime-web read (its wasm: about 25 MB)
 CHUNK = 1 << 18  # bytes per write: the timeout applies to each
 
 
@@ -76,7 +83,8 @@ def read_model(path):
     metadata, finite weights, our architecture and outputs); die if the page could not use the file."""
     _, meta = model.load_onnx(path)
     if meta["interpolation"] != "bicubic":
-        cli.die(f"{path} resizes with {meta['interpolation']}; the page implements Pillow's bicubic only")
+        resizes = meta["interpolation"]
+        cli.die(f"{cli.printable(path)} resizes with {resizes}; the page implements Pillow's bicubic only")
     keys = [name for name, key in model.KEYS.items() if key.page]
     sidecar = {key: meta.get(key) for key in keys}
     op = meta.get("operating_point")
@@ -88,19 +96,23 @@ def read_model(path):
 
 
 def page_model(model_path, small):
-    """(the ONNX file the page runs, what to say about it): MODEL's int8 twin where it was made from this very
-    file and its comparison kept within tolerance, else MODEL itself, with the reason."""
+    """(the ONNX file the page runs, what to say about it): MODEL's int8 twin where it passes every check a model
+    file gets, was made from this very file and its comparison's numbers keep within tolerance (the rule,
+    quantise.within_tolerance, recomputed here: its stored verdict is not trusted), else MODEL itself, with the
+    reason."""
     twin = quantise.quantised_path(model_path)
     if not small:
         return model_path, "the full model (--no-small-model)"
-    if files.file_kind(twin) is not None:
+    if files.file_kind(twin) == "missing":
         return model_path, f"the full model (no int8 twin {cli.printable(twin)}; export_onnx.py writes one)"
-    _, meta = model.load_onnx(twin)
+    _, meta, error = model.read_onnx(twin)  # a twin that is not a regular file is one of its errors
+    if error:
+        return model_path, f"the full model ({cli.printable(error)})"
     result = meta.get("quantised")
     if not isinstance(result, dict) or result.get("from_sha256") != files.file_sha256(model_path):
         return model_path, f"the full model ({cli.printable(twin)} was not made from this export; export again)"
     size = f"{os.path.getsize(twin) / 1e6:.1f} MB against {os.path.getsize(model_path) / 1e6:.1f} MB"
-    if not result.get("within_tolerance"):
+    if not quantise.within_tolerance(result, bool(meta.get("familiarity"))):
         return model_path, f"the full model (the int8 twin, {size}, was {quantise.comparison_text(result)})"
     return twin, f"the int8 model ({size}): {quantise.comparison_text(result)}"
 
@@ -109,17 +121,28 @@ def ort_dist(node_modules):
     """onnxruntime-web's dist folder and version; die with how to install it if it is missing."""
     package = os.path.join(node_modules, "onnxruntime-web")
     dist = os.path.join(package, "dist")
+    fix = f"run 'npm ci' in {cli.printable(HERE)} to install the pinned onnxruntime-web"
     if not all(os.path.isfile(os.path.join(dist, name)) for name in ORT_FILES):
-        cli.die(f"{package} not found (or incomplete); run 'npm ci' in {HERE} to install the pinned onnxruntime-web")
-    with open(os.path.join(package, "package.json")) as f:
-        return dist, json.load(f)["version"]
+        cli.die(f"{cli.printable(package)} not found (or incomplete); {fix}")
+    path = os.path.join(package, "package.json")
+    try:
+        found = reading.parse_json(read_bytes(path, MAX_PAGE_BYTES, fix), path)
+    except reading.Unreadable as e:  # not JSON, or nested too deeply
+        cli.die(f"{e}; {fix}")
+    version = found.get("version") if isinstance(found, dict) else None
+    if not isinstance(version, str):
+        cli.die(f"{cli.printable(path)} names no version; {fix}")
+    return dist, cli.printable(version)
 
 
 def card_path(card, model_path):
     """The model card to publish, or None: --card as given (it must be a file), else the .md beside the model."""
     if card is None:
         beside = os.path.splitext(model_path)[0] + ".md"
-        return beside if files.file_kind(beside) is None else None
+        kind = files.file_kind(beside)
+        if kind not in (None, "missing"):
+            print(f"note: {cli.printable(beside)} is {kind}, not a model card: none is published (--card FILE)")
+        return beside if kind is None else None
     kind = files.file_kind(card)
     if kind == "missing":
         cli.die(f"--card {cli.printable(card)} not found; pass the model card's path, or leave --card out")
@@ -138,8 +161,7 @@ def page_files():
         if os.path.islink(path):
             links.append(name)
         elif files.file_kind(path) is None:
-            with open(path, "rb") as f:
-                page[name] = f.read()
+            page[name] = read_bytes(path, MAX_PAGE_BYTES, "restore web/ (git checkout web)")
     if links:
         cli.warn(f"left out {len(links)} links in {SOURCE} ({cli.first_few(links)}): the page is built from files")
     if "index.html" not in page:
@@ -147,9 +169,15 @@ def page_files():
     return page
 
 
-def read_bytes(path):
-    with open(path, "rb") as f:
-        return f.read()
+def read_bytes(path, most, fix):
+    """The bytes of a regular file of at most most bytes (reading.read_bytes); die with one line naming it, and
+    saying how to fix it, otherwise."""
+    try:
+        return reading.read_bytes(path, most)
+    except reading.Unreadable as e:
+        cli.die(f"{e}; {fix}")
+    except OSError as e:
+        cli.die(f"{cli.printable(path)} cannot be read ({e.strerror or e}); {fix}")
 
 
 def site_contents(model_path, card, node_modules, small=True):
@@ -160,12 +188,15 @@ def site_contents(model_path, card, node_modules, small=True):
     dist, version = ort_dist(node_modules)
     contents = page_files()
     for name in ORT_FILES:
-        contents[f"vendor/{name}"] = read_bytes(os.path.join(dist, name))
-    contents["model.onnx"] = read_bytes(model_path)
+        contents[f"vendor/{name}"] = read_bytes(
+            os.path.join(dist, name), MAX_PAGE_BYTES, "run 'npm ci' to install it again"
+        )
+    contents["model.onnx"] = read_bytes(model_path, checkpoints.MAX_MODEL_BYTES, "pass --model PATH")
     sidecar["model_sha256"] = hashlib.sha256(contents["model.onnx"]).hexdigest()  # of the bytes the page gets
+    sidecar["model_name"] = cli.printable(os.path.basename(model_path))  # which file they are (the card lists it)
     contents["model.json"] = json.dumps(sidecar, indent=1).encode()
     if card:
-        contents[CARD_NAME] = read_bytes(card)
+        contents[CARD_NAME] = read_bytes(card, MAX_CARD_BYTES, "pass the model card's markdown file (--card)")
         try:
             contents[CARD_NAME].decode("utf-8")
         except UnicodeDecodeError:
@@ -344,9 +375,9 @@ def main(argv=None):
     facts = [f"{sidecar['image_size']} px", f"threshold {sidecar['threshold']:.3f}"]
     if sidecar["at_chance"]:
         facts.append("at chance on validation")
-    card_text = f"model card {card}" if card else "no model card"
+    card_text = f"model card {cli.printable(card)}" if card else "no model card"
     print(
-        f"built {cli.printable(args.site_dir)}: {args.model} ({', '.join(facts)}), {card_text}, "
+        f"built {cli.printable(args.site_dir)}: {cli.printable(args.model)} ({', '.join(facts)}), {card_text}, "
         f"onnxruntime-web {version} (wasm); the page runs {sidecar['model_variant']}",
         flush=True,
     )

@@ -35,11 +35,14 @@ TEXT_ONLY = False  # only flags.md and layout.md, read from the code (no demo ne
 PICTURES = {"training_curves.png": "training_curves.png", "confusion_matrix.png": "confusion_matrix.png",
             "roc_curve.png": "roc_curve.png", "calibration.png": "calibration.png",
             "gradcam/malignant_1_jpg_gradcam.png": "gradcam.png"}  # fmt: skip
-STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]), ("the prepared dataset", ["dataset", "shards"]),
+STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
+          ("the prepared dataset", ["dataset", "shards", "shard_format", "other_types"]),
           ("the training data path", ["training", "devices", "resume", "folds"]), ("the folds averaged", ["ensemble"]),
-          ("the model's parts", ["backbone", "checkpoints", "shapes", "familiarity", "explain", "quantise"]),
-          ("numbers", ["numbers", "evaluation", "plots"]), ("the card", ["card", "model_index"]),
-          ("safe outputs", ["files", "folders", "ledger", "interrupts"]), ("the command line", ["cli"]),
+          ("the model's parts", ["backbone", "checkpoints", "shapes", "self_check", "familiarity", "mahalanobis",
+                                 "non_lesions", "explain", "quantise"]),
+          ("numbers", ["numbers", "evaluation", "plots", "answer"]), ("the card", ["card", "model_index"]),
+          ("safe outputs", ["files", "folders", "ledger", "cleaning", "interrupts"]),
+          ("safe inputs", ["reading", "remote"]), ("the command line", ["cli"]),
           ("the demo", ["demo"])]  # fmt: skip
 
 

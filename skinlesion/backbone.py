@@ -5,13 +5,16 @@ show), and its ImageNet weights: from a local file (offline, checked to fit the 
 the Hugging Face hub or its cache. Whether the hub answers is found out in a moment, instead of after the hub
 client's own retries (about 46 s offline), and a failure is one warning: the model then starts from random weights."""
 
+import io
 import os
 import socket
 import sys
 import threading
 from urllib.parse import urlparse
 
-from skinlesion.cli import die, warn
+from skinlesion import reading
+from skinlesion.cli import die, printable, warn
+from skinlesion.files import file_kind
 
 
 def pooled_linear_head(net):
@@ -45,6 +48,7 @@ def cam_side(size, stride=32):
 
 
 HUB = "https://huggingface.co"  # where the weights come from (HF_ENDPOINT overrides it)
+MAX_WEIGHTS_BYTES = 2_000_000_000  # the largest weights file read (EfficientNet-B0's: 21 MB)
 
 
 def hub_reachable(seconds=1.5):
@@ -95,12 +99,13 @@ def read_weights(path):
     code is refused), unwrapped from a {'state_dict': ...} or {'model': ...} checkpoint."""
     import torch
 
+    data = reading.read_bytes(path, MAX_WEIGHTS_BYTES)  # a regular file only, bounded
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        tensors = load_file(path)
+        tensors = load(data)
     else:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
+        tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(tensors, dict) and isinstance(tensors.get(key), dict):
             tensors = tensors[key]
@@ -109,10 +114,22 @@ def read_weights(path):
     return tensors
 
 
+def counters(net):
+    """The names of net's BatchNorm step counters (num_batches_tracked): a count of training steps, not a learned
+    or running value; converted and published weights often leave them out, and PyTorch's own strict load of a
+    plain table of tensors accepts that."""
+    import torch
+
+    norms = [name for name, m in net.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    return set(net.state_dict()) & {f"{name}.num_batches_tracked" for name in norms}
+
+
 def body(net):
-    """net's tensors but its classifier's (which starts new, for the dataset's classes), by name."""
+    """net's tensors that hold learned or running values, by name: all but its classifier's (which starts new, for
+    the dataset's classes) and the BatchNorm step counters."""
     head = net.pretrained_cfg.get("classifier", "classifier")
-    return {k: v for k, v in net.state_dict().items() if not k.startswith(head + ".")}
+    skipped = counters(net)
+    return {k: v for k, v in net.state_dict().items() if not k.startswith(head + ".") and k not in skipped}
 
 
 def misfit(wanted, tensors):
@@ -123,21 +140,27 @@ def misfit(wanted, tensors):
 
 
 def load_weights_file(net, name, path):
-    """Fill net (classifier aside) from the weights file at path, every tensor or none: a file of another
-    architecture dies with the counts. What the model file records of it: its name and SHA-256."""
+    """Fill net (classifier aside) from the weights file at path, every tensor that holds a learned or running value
+    or none: a file of another architecture dies with the counts (BatchNorm's step counters, counts and not values,
+    start at 0). What the model file records of it: its name and SHA-256."""
     from skinlesion.files import file_sha256
 
     try:
         tensors = read_weights(path)
+    except reading.Unreadable as e:  # its message names the file and says what it is (too large, a device...)
+        die(f"{e}; use the weights of {hub_source(name)}")
     except Exception as e:
-        die(f"could not load ImageNet weights from {path} ({type(e).__name__}); use the weights of {hub_source(name)}")
+        die(
+            f"could not load ImageNet weights from {printable(path)} ({type(e).__name__}); use the weights of "
+            f"{hub_source(name)}"
+        )
     wanted = body(net)
     missing, other_shape = misfit(wanted, tensors)
     if missing or other_shape:
         die(
-            f"weights file {path} does not fit {name}: of its {len(wanted)} tensors (the classifier aside) "
-            f"{len(missing)} are missing and {len(other_shape)} have another shape; use the weights of "
-            f"{hub_source(name)}"
+            f"weights file {printable(path)} does not fit {name}: of its {len(wanted)} tensors (the classifier and the "
+            f"step counters aside) {len(missing)} are missing and {len(other_shape)} have another shape; use the "
+            f"weights of {hub_source(name)}"
         )
     net.load_state_dict({k: tensors[k] for k in wanted}, strict=False)
     return dict(file=os.path.basename(path), sha256=file_sha256(path))
@@ -148,11 +171,14 @@ def imagenet_model(create, name, weights_file=None, pretrained=True):
     weights of name (e.g. the model.safetensors of timm/efficientnet_b0.ra_in1k) loaded offline, must fit every
     tensor but the classifier; else timm's own download. Where they came from: {source: hub id} or {file, sha256}."""
     if weights_file:
-        if not os.path.isfile(weights_file):
+        kind = file_kind(weights_file)
+        if kind == "missing":
             die(
-                f"weights file {weights_file} not found; download it with 'hf download {hub_source(name)}' "
+                f"weights file {printable(weights_file)} not found; download it with 'hf download {hub_source(name)}' "
                 "or set WEIGHTS_FILE = None"
             )
+        if kind:
+            die(f"weights file {printable(weights_file)} is {kind}, not a file of weights; pass the file itself")
         net = create(False)
         return net, load_weights_file(net, name, weights_file)
     if pretrained:

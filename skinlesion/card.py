@@ -9,14 +9,15 @@ import datetime
 import json
 import re
 
-from skinlesion import dataset, ledger
+from skinlesion import answer, dataset, familiarity, ledger, reading
 from skinlesion.cli import printable
 from skinlesion.files import TAG, write_text
 from skinlesion.model_index import front_matter
-from skinlesion.numbers import operating_point_text, percent_range, types_text
+from skinlesion.numbers import interval_text, operating_point_text, types_text
 
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "roc_auc": "ROC-AUC", "ece": "ECE",
                 "brier": "Brier score"}  # fmt: skip
+MAX_CARD_BYTES = 50_000_000  # the largest model card read (with its evaluations embedded: a few hundred KB)
 MIN_PER_CLASS = 20  # a subgroup is reported only with at least this many photos of each side
 EMBEDDED = "<!-- evaluations, read back by evaluate.py: "  # the card's results as JSON, for the next evaluation
 KEPT = (
@@ -30,6 +31,8 @@ KEPT = (
     "subgroups",
     "types",
     "familiarity",
+    "photos",
+    "warnings",
 )
 NOT_A_DEVICE = (
     "This is not a medical device: it is not approved or validated for diagnosis and must never replace a doctor."
@@ -106,11 +109,7 @@ def evaluation_section(meta, evaluation, externals=None):
         text.append(f"Validation {types_text(meta['val_types'], type_names(meta))}.")
     found = meta.get("familiarity")
     if found:
-        text.append(
-            f"Familiarity: a photo whose features lie further than {found['limit']:.2f} (Mahalanobis distance to the "
-            f"nearest class mean of the training photos) is unfamiliar and gets no answer; {found['val_within']:.0%} "
-            f"of the {found['n_val']} {photos} lie within."
-        )
+        text.append(f"Familiarity: {familiarity.limit_text(found, photos)}.")
     if not evaluation:
         text.append("**Test**: not evaluated yet; run `python evaluate.py`, which adds its results here.")
     else:
@@ -119,6 +118,22 @@ def evaluation_section(meta, evaluation, externals=None):
         title = f"**External validation: {markdown_text(name)}** ({markdown_code(found['data_dir'])}"
         text.append(tested_section(meta, found, title, f"External ({name})"))
     return "\n\n".join(text)
+
+
+def photos_text(meta, evaluation):
+    """An evaluation's photos beside the training photos: their image types and malignant share, or ''."""
+    found = evaluation.get("photos")
+    if not found:
+        return ""
+    trained = meta.get("data", {}).get("factors", {}).get("image type", {}).get("train", {})
+    prior = meta.get("prior_malignant")
+    share = f"{found['malignant_share']:.0%} malignant"
+    if prior is not None:
+        share += f" (training photos: {prior:.0%})"
+    return (
+        f"Photos: {found['n_photos']}, of image type {counted(found['image_types'])} (training photos: "
+        f"{counted(trained)}); {share}."
+    )
 
 
 def calibration_text(cal, where="the validation split", said="validation"):
@@ -148,13 +163,15 @@ def tested_section(meta, evaluation, title, split="Test"):
     calibration, the types and the subgroups."""
     text = []
     rows = [
-        [METRIC_NAMES.get(key, key), f"{evaluation['metrics'][key]:.3f}", f"{low:.3f}-{high:.3f}"]
-        for key, (low, high) in evaluation["ci95"].items()
+        [METRIC_NAMES.get(key, key), f"{evaluation['metrics'][key]:.3f}", interval_text(ci)]
+        for key, ci in evaluation["ci95"].items()
     ]
     text.append(
         f"{title}: {counted(evaluation['n_images'])} photos), by evaluate.py, at the validation threshold:\n\n"
         + table(["metric", "value", "95% CI"], rows)
     )
+    text += [photos_text(meta, evaluation)] if evaluation.get("photos") else []
+    text += [f"**Warning**: {markdown_text(warning)}." for warning in evaluation.get("warnings") or []]
     cal = evaluation.get("calibration") or {}
     rows = [[METRIC_NAMES[k], f"{cal[k + '_before']:.3f}", f"{cal[k + '_after']:.3f}"] for k in ("ece", "brier") if cal]
     if rows:
@@ -168,8 +185,9 @@ def tested_section(meta, evaluation, title, split="Test"):
     if found:
         text.append(
             f"Unfamiliar photos: {found['n_unfamiliar']} of {found['n_photos']} ({found['share_unfamiliar']:.1%}) "
-            f"lie beyond the familiarity limit chosen on validation, where {found['quantile']:.0%} of the photos lie "
-            "within; predict.py and the page give them no answer (the metrics above include them)."
+            f"lie beyond the familiarity limit chosen on {chosen_on(meta)[2]}, where "
+            f"{familiarity.within_text(found, chosen_on(meta)[1])}; "
+            "predict.py and the page give them no answer (the metrics above include them)."
         )
     for factor, groups in evaluation.get("subgroups", {}).items():
         rows = [[g, r["photos"], r.get("text", "")] for g, r in groups.items()]
@@ -190,10 +208,10 @@ def starting_weights(meta):
     return "random weights"
 
 
-def render(meta, name, evaluation=None, externals=None, sha256=None):
+def render(meta, name, evaluation=None, externals=None, sha256=None, exports=None):
     """The whole card as markdown; evaluation: the test split's results, externals: {name: results} of other
     data sets (external validation); sha256: the model file's, which the card shows so that a reader can compare
-    it with the published one."""
+    it with the published one; exports: {file name: SHA-256} of the ONNX files export_onnx.py made from it."""
     data, settings = meta.get("data", {}), meta.get("settings", {})
     start, architecture = starting_weights(meta), markdown_text(meta.get("model_name", "efficientnet_b0"))
     kept = fold_text(meta["folds"]) if meta.get("folds") else f"best epoch {meta.get('epoch')}"
@@ -218,7 +236,7 @@ def render(meta, name, evaluation=None, externals=None, sha256=None):
         f"ones.\n- Input: {meta['image_size']} x {meta['image_size']} px centre crop ({meta['interpolation']}, "
         f"crop_pct {meta['crop_pct']}). Versions: {counted(meta.get('versions', {}))}. Date: {datetime.date.today()}."
         f"\n- Model file: {markdown_text(name)}, SHA-256 {sha256 or 'not recorded'} (compare it with the published "
-        "one).",
+        f"one).{exported_text((exports or {}).items())}",
         "## Intended use",
         "Research and teaching: to study how such a classifier behaves on photos like those "
         "it was trained on, one lesion per photo, centred.",
@@ -236,6 +254,13 @@ def render(meta, name, evaluation=None, externals=None, sha256=None):
         caveats(meta, data, externals),
     ]
     return "\n\n".join(lines) + "\n"
+
+
+def exported_text(exports):
+    """The ONNX files made from the model file ((name, SHA-256) pairs), one line each (predict.py and the page
+    name the file that ran and its SHA-256: one of these, or the model file's), or ''."""
+    lines = [f"\n- Exported by export_onnx.py: {markdown_text(file)}, SHA-256 {sha256}." for file, sha256 in exports]
+    return "".join(lines)
 
 
 def training_data(classes, data):
@@ -279,29 +304,36 @@ def caveats(meta, data, externals=None):
     return "\n".join(f"- {c}" for c in found)
 
 
-def write_card(path, meta, name, evaluation=None, externals=None, model_sha256=None):
-    """The card, with its evaluations embedded as JSON (for evaluate.py: an external data set keeps the test
-    section, and the reverse) when the model's SHA-256 is given."""
-    text = render(meta, name, evaluation, externals, model_sha256)
+def write_card(path, meta, name, evaluation=None, externals=None, model_sha256=None, exports=None):
+    """The card, with its evaluations and the exports embedded as JSON (for evaluate.py and export_onnx.py: an
+    external data set keeps the test section, and the reverse) when the model's SHA-256 is given."""
+    text = render(meta, name, evaluation, externals, model_sha256, exports)
     if model_sha256:
-        kept = dict(model_sha256=model_sha256, test=evaluation, externals=externals or {})
+        kept = dict(model_sha256=model_sha256, test=evaluation, externals=externals or {}, exports=exports or {})
         text += EMBEDDED + json.dumps(kept).replace(">", "\\u003e") + " -->\n"
     write_text(path, text, "model card")
+
+
+def embedded(path, model_sha256):
+    """What our card at path keeps for the same model file ({test, externals, exports}), else None: a card we did
+    not write or that was changed since, or one of another model file."""
+    if ledger.why_not_ours(path, "model card") is not None:  # only our own card, unchanged since we wrote it
+        return None
+    try:  # a regular file within the bound (it may have changed since the ledger looked), JSON that parses
+        text = reading.read_bytes(path, MAX_CARD_BYTES).decode("utf-8", "replace")
+        found = re.search(re.escape(EMBEDDED) + r"(.*) -->", text)
+        kept = reading.parse_json(found.group(1), path) if found else {}
+    except OSError:
+        return None
+    if not isinstance(kept, dict) or kept.get("model_sha256") != model_sha256:
+        return None
+    return kept
 
 
 def earlier_evaluations(path, model_sha256):
     """(test results, {name: external results}) embedded in our card at path for the same model file, else
     (None, {})."""
-    if ledger.why_not_ours(path, "model card") is not None:  # only our own card, unchanged since we wrote it
-        return None, {}
-    with open(path, encoding="utf-8") as f:
-        found = re.search(re.escape(EMBEDDED) + r"(.*) -->", f.read())
-    try:
-        kept = json.loads(found.group(1)) if found else {}
-    except ValueError:
-        return None, {}
-    if not isinstance(kept, dict) or kept.get("model_sha256") != model_sha256:
-        return None, {}
+    kept = embedded(path, model_sha256) or {}
     return kept.get("test"), kept.get("externals") or {}
 
 
@@ -318,29 +350,6 @@ def assumed_text(meta):
     return f"P assumes about {prior:.0%} of photos are malignant, as in the training photos"
 
 
-def tested_figures(tested):
-    """{metric: (value, (low, high) or None)} from the test results read back from a card's front matter
-    (model_index.test_results: the interval is in each result's name)."""
-    found = {}
-    for key, (value, name) in tested.items():
-        ci = re.search(r"95% CI ([\d.]+)-([\d.]+)", name)
-        found[key] = (value, (float(ci[1]), float(ci[2])) if ci else None)
-    return found
-
-
-def tested_text(figures):
-    """The test figures {metric: (value, (low, high) or None)} in words, saying the brackets are 95% intervals."""
-    parts = []
-    for key, words in (("sensitivity", "caught {} of the malignant"), ("specificity", "cleared {} of the benign")):
-        if key in figures:
-            value, ci = figures[key]
-            parts.append(words.format(percent_range(value, ci) if ci else f"{value:.0%}"))
-    if "roc_auc" in figures:
-        value, ci = figures["roc_auc"]
-        parts.append(f"ROC-AUC {value:.2f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else ""))
-    return "on the test photos, at the same threshold, it " + ", ".join(parts) + " (brackets: 95% intervals)"
-
-
 def validated(meta):
     """'ROC-AUC 0.912 (95% CI 0.871-0.946)' on validation, or why it is not known."""
     m, ci = meta.get("val_metrics") or {}, meta.get("val_auc_ci95")
@@ -349,17 +358,21 @@ def validated(meta):
     return f"ROC-AUC {m['roc_auc']:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
 
 
-def summary(meta, tested=None):
-    """The card in four short texts, for the ONNX file and the page's 'About this model'."""
+def summary(meta, tested=None, externals=None):
+    """The card in four short texts, for the ONNX file and the page's 'About this model'; tested: the test
+    results (model_index.test_results), externals: {name: results} of external data sets (as the card keeps
+    them): their figures in words, and the test sensitivity and specificity at the threshold (PPV and NPV)."""
     data = meta.get("data", {})
-    photos = sum(sum(counts.values()) for counts in data.get("counts", {}).values())
+    photos = sum((data.get("counts") or {}).get("train", {}).values())  # what it learned from, not all it was given
+    if meta.get("folds"):  # the folds' networks (and a refit) learned from train plus validation
+        photos = meta["folds"]["photos"]
     types = ", ".join(v for v in data.get("factors", {}).get("image type", {}).get("train", {}) if v != "unknown")
     how_well = f"{chosen_on(meta)[0]} {validated(meta)}"
     if meta.get("operating_point"):
         how_well += "; " + operating_point_text(meta["operating_point"], chosen_on(meta)[1])
     if meta.get("val_types"):
         how_well += "; validation " + types_text(meta["val_types"], type_names(meta))
-    tested_words = tested_text(tested_figures(tested)) if tested else None
+    tested_words = answer.tested_text(answer.tested_figures(tested)) if tested else None
     if tested_words:
         how_well += "; " + tested_words
     trained_on = f"{photos or 'an unknown number of'} ISIC photos ({types or 'type unknown'}); classes: "
@@ -367,13 +380,18 @@ def summary(meta, tested=None):
     if data.get("synthetic"):
         trained_on += " (SYNTHETIC demo drawings, not real lesions)"
     limits = [NOT_A_DEVICE] + [f"Not for {gap}." for gap in dataset.not_covered(data)] + dataset.not_recorded(data)
-    return dict(
+    found = dict(
         trained_on=trained_on,
         how_well=how_well,
         intended_use="research and teaching, on photos like the training ones, one lesion per photo, centred",
         limits=limits,
         tested=tested_words,
     )
+    if externals:
+        found["externals"] = answer.external_texts(externals)
+    if tested and "sensitivity" in tested and "specificity" in tested:
+        found["test_point"] = dict(sensitivity=tested["sensitivity"][0], specificity=tested["specificity"][0])
+    return found
 
 
 def fold_text(found):

@@ -59,6 +59,16 @@ def counts_text(values, most=6):
     return ", ".join(parts)
 
 
+def percent_text(share):
+    """A share as a percentage with one decimal, or with as many as show its first two significant digits (and
+    those of 1 - share), trailing zeros cut: 0.05 '5.0%', 0.0001 '0.01%', 0.9999 '99.99%'; never '0.0%' for a
+    share that is not 0."""
+    closest = 100 * min(share, 1 - share)
+    digits = max(1, 1 - math.floor(math.log10(closest))) if closest > 0 else 1
+    text = f"{100 * share:.{digits}f}"
+    return (text.rstrip("0").rstrip(".") if digits > 1 else text) + "%"
+
+
 def first_few(items, most=3):
     """'a, b, c, ...': the first few items."""
     items = list(items)
@@ -288,8 +298,8 @@ def check_writable(path, flag, folder=False):
     tried with a real file in the nearest existing folder (permissions, read-only disks, root alike)."""
     if os.path.exists(path) and os.path.isdir(path) != folder:
         if folder:
-            die(f"{flag} {path} is a file; pass a folder")
-        die(f"{flag} {path} is a folder; pass a file name")
+            die(f"{flag} {printable(path)} is a file; pass a folder")
+        die(f"{flag} {printable(path)} is a folder; pass a file name")
     if folder:
         target = os.path.abspath(path)
     else:
@@ -297,10 +307,11 @@ def check_writable(path, flag, folder=False):
     while not os.path.exists(target):  # a folder the script will create: its parent must take it
         target = os.path.dirname(target)
     if not os.path.isdir(target):
-        die(f"{flag} {path}: {target} is a file, not a folder; pass another path")
+        die(f"{flag} {printable(path)}: {printable(target)} is a file, not a folder; pass another path")
     try:
         fd, probe = tempfile.mkstemp(dir=target, prefix=".write-test-")
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        die(f"{flag} {path}: cannot write in {target} ({e.strerror}); pass a path in a writable folder")
+        where = printable(target)
+        die(f"{flag} {printable(path)}: cannot write in {where} ({e.strerror}); pass a path in a writable folder")

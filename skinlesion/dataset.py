@@ -2,10 +2,12 @@
 writes it and AItraining.py and evaluate.py read it."""
 
 import contextlib
+import io
 import os
 
 import numpy as np
 
+from skinlesion import reading
 from skinlesion.cli import die, printable, warn
 from skinlesion.files import file_kind, file_sha256
 from skinlesion.photos import find_images, image_size
@@ -14,14 +16,15 @@ from skinlesion.shapes import as_text
 SIDES = ["benign", "malignant"]  # the two-class labels: folder names = class indices; malignant is positive
 SPLITS = ["train", "val", "test"]  # the splits prepare_dataset.py makes, in order
 MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ["isic_id", "split", "label"]  # what every manifest holds (prepare_dataset.py writes more)
+MAX_MANIFEST_BYTES = 2_000_000_000  # the largest manifest read (400,000 photos: about 200 MB)
+MANIFEST_FIX = "re-run prepare_dataset.py, or remove it where the folder was made by hand"
 
 
 def read_manifest(data_dir):
     """The manifest of a prepared dataset as strings, or None where there is none (a hand-made folder tree);
     shards in an object store carry theirs. One that is there but cannot be read dies with one line: ignored, the
     card said 'licence unknown' and the export's licence (CC-BY-NC) silently dropped out."""
-    import pandas as pd
-
     from skinlesion import shards
 
     if shards.is_remote(data_dir):
@@ -29,16 +32,36 @@ def read_manifest(data_dir):
     path = os.path.join(data_dir, MANIFEST)
     if not os.path.lexists(path):
         return None
-    fix = "re-run prepare_dataset.py, or remove it where the folder was made by hand"
     kind = file_kind(path)
     if kind:
         what = "a link to nothing" if kind == "missing" else kind
-        die(f"{printable(path)} is {what}, not a manifest; {fix}")
+        die(f"{printable(path)} is {what}, not a manifest; {MANIFEST_FIX}")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not CSV (ParserError and EmptyDataError too)
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
-        die(f"cannot read {printable(path)} ({type(e).__name__}: {printable(why)}); {fix}")
+        data = reading.read_bytes(path, MAX_MANIFEST_BYTES)
+    except reading.Unreadable as e:
+        die(f"{e}; {MANIFEST_FIX}")
+    except OSError as e:
+        die(f"cannot read {printable(path)} ({e.strerror or e}); {MANIFEST_FIX}")
+    return parse_manifest(data, path)
+
+
+def parse_manifest(data, path):
+    """The manifest in data (its bytes, read from path) as strings; dies with one line naming path when it is
+    binary, not CSV, or lacks a column every manifest has (MANIFEST_COLUMNS)."""
+    import pandas as pd
+
+    if b"\0" in data:  # pandas reads a file of zero bytes as an empty table: ignored, 'licence unknown'
+        die(f"{printable(path)} holds binary data, not CSV text; {MANIFEST_FIX}")
+    try:
+        manifest = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as e:  # not UTF-8, not CSV (ParserError and EmptyDataError too)
+        why = str(e).strip().splitlines()[0]
+        die(f"cannot read {printable(path)} ({type(e).__name__}: {printable(why)}); {MANIFEST_FIX}")
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest]
+    if missing:
+        found = ", ".join(printable(column)[:40] for column in manifest.columns[:6]) or "none"
+        die(f"{printable(path)} has no {' or '.join(missing)} column (its columns: {found}); {MANIFEST_FIX}")
+    return manifest
 
 
 def classes_of(manifest):
@@ -62,7 +85,7 @@ def split_photos(data_dir, split, classes):
         return shards.split_photos(data_dir, split, classes)
     class_files, others = class_folders(os.path.join(data_dir, split), f"{split} folder", classes)
     if others:
-        warn(f"{os.path.join(data_dir, split)}: {len(others)} file(s) that are not images skipped")
+        warn(f"{printable(os.path.join(data_dir, split))}: {len(others)} file(s) that are not images skipped")
     paths = [f for c in classes for f in class_files[c]]
     return paths, np.array([i for i, c in enumerate(classes) for _ in class_files[c]])
 
@@ -101,20 +124,20 @@ def class_folders(folder, what="data folder", classes=SIDES):
     """{class: sorted image files} of folder/<class>/ and the other files found there; dies with one line on
     a wrong layout (missing, a class folder absent or empty, another folder beside them)."""
     if not os.path.isdir(folder):
-        die(f"{what} {folder} not found; make it with 'python prepare_dataset.py' or pass another folder")
+        die(f"{what} {printable(folder)} not found; make it with 'python prepare_dataset.py' or pass another folder")
     found = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
     missing = [c for c in classes if c not in found]
     extra = [d for d in found if d not in classes]
     wanted = " and ".join(c + "/" for c in classes)
     if missing:
         die(
-            f"{folder} has no {' or '.join(m + '/' for m in missing)}; it must hold exactly one folder per class, "
-            f"{wanted} (move the others out)"
+            f"{printable(folder)} has no {' or '.join(m + '/' for m in missing)}; it must hold exactly one folder per "
+            f"class, {wanted} (move the others out)"
         )
     if extra:
         die(
-            f"{folder} has the extra {', '.join(e + '/' for e in extra)}; it must hold exactly one folder per "
-            f"class, {wanted} (move the others out)"
+            f"{printable(folder)} has the extra {', '.join(printable(e) + '/' for e in extra)}; it must hold exactly "
+            f"one folder per class, {wanted} (move the others out)"
         )
     files, others = {}, []
     for c in classes:
@@ -123,7 +146,7 @@ def class_folders(folder, what="data folder", classes=SIDES):
     empty = [c + "/" for c in classes if not files[c]]
     if empty:
         needed = "both classes are needed" if len(classes) == 2 else "every class is needed"
-        die(f"{folder}: no images in {' and '.join(empty)}; {needed} (re-run prepare_dataset.py)")
+        die(f"{printable(folder)}: no images in {' and '.join(empty)}; {needed} (re-run prepare_dataset.py)")
     return files, others
 
 

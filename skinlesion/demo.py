@@ -129,11 +129,26 @@ DRAW = dict(  # type: its drawing, a function (rng, px) -> RGBA patch
 )
 
 
+def dermoscopic(img, rng):
+    """A drawn photo as a dermatoscope sees it: magnified about twice, its contrast raised and its colours cooled,
+    through the round field of the lens (black beyond it)."""
+    w, h = img.size
+    zoom = rng.uniform(1.7, 2.3)
+    box = (w - w / zoom) / 2, (h - h / zoom) / 2, (w + w / zoom) / 2, (h + h / zoom) / 2
+    pixels = np.asarray(img.resize((w, h), Image.BICUBIC, box=box), dtype=np.float64)
+    mean = pixels.mean((0, 1))
+    pixels = (pixels - mean) * rng.uniform(1.3, 1.6) + mean * np.array([0.92, 0.88, 1.08])
+    y, x = np.mgrid[0:h, 0:w]
+    field = np.clip((1 - np.hypot(x - w / 2, y - h / 2) / (0.5 * h * rng.uniform(1.0, 1.15))) * 25, 0, 1)[..., None]
+    return Image.fromarray((pixels * field + 10 * (1 - field)).clip(0, 255).astype(np.uint8))
+
+
 def photo(job):
     """Worker: a clinical overview photo (4:3, longer side size px) of one lesion of a type in one view (rotation,
     position, lighting, hairs) on skin of a Fitzpatrick type (0-5; lesions darken with the skin), drawn at up to
-    400 x 300 and enlarged. The same seeds give the same bytes."""
-    path, lesion_seed, view_seed, kind, skin, size = job
+    400 x 300 and enlarged; for the image type "dermoscopic", as a dermatoscope sees it. The same seeds give the
+    same bytes."""
+    path, lesion_seed, view_seed, kind, skin, size, image_type = job
     rng, lesion_rng = np.random.default_rng(view_seed), np.random.default_rng(lesion_seed)
     w = min(size, 400)
     h = w * 3 // 4
@@ -155,4 +170,6 @@ def photo(job):
         along, across = t * size * rng.uniform(0.1, 0.4), rng.uniform(-0.02, 0.02) * size * np.sin(np.pi * t)
         xs, ys = x0 + along * np.cos(a) - across * np.sin(a), y0 + along * np.sin(a) + across * np.cos(a)
         draw.line(list(zip(xs, ys)), fill=(45, 35, 30), width=max(1, size // 600), joint="curve")
+    if image_type == "dermoscopic":
+        img = dermoscopic(img, rng)
     img.save(path, quality=90)

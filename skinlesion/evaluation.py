@@ -1,11 +1,13 @@
 """What evaluate.py reports of a model on a set of photos besides its metrics: the calibration before and after
 (with a warning where it made P worse), the stored operating point against what it reached (with a warning where
-the target lies outside the interval), ROC-AUC by subgroup where there are enough photos, and test-time
-augmentation against the plain prediction. Each takes the labels and P(malignant), never the model."""
+the target lies outside the interval), every figure outside what validation stated, ROC-AUC by subgroup where
+there are enough photos, test-time augmentation against the plain prediction, the photos unlike the training
+photos (counted and listed), and who the photos are (their count, malignant share, image types). Each takes the
+labels, P(malignant) or the familiarity distances, never the model."""
 
 import numpy as np
 
-from skinlesion import card, isic, numbers
+from skinlesion import card, cli, familiarity, isic, numbers
 
 
 def calibration_report(y, before, after, fitted, args):
@@ -42,8 +44,9 @@ def operating_report(y, p, meta, scores, ci):
         test_specificity=scores["specificity"],
         test_specificity_ci95=list(ci["specificity"]),
     )
-    outside = bool(target) and not (low[0] <= target <= low[1])
-    found["target_outside_interval"] = outside
+    known = bool(np.isfinite(low).all())  # --n-bootstrap 0: no interval, so neither inside nor outside it
+    outside = bool(target) and known and not (low[0] <= target <= low[1])
+    found["target_outside_interval"] = outside if known else None
     if outside:
         found["warning"] = (
             f"the target sensitivity {target:.2f} lies outside the test sensitivity's 95% interval "
@@ -51,6 +54,36 @@ def operating_report(y, p, meta, scores, ci):
         )
     test_op = dict(sensitivity=scores["sensitivity"], specificity=scores["specificity"])
     found["flags"] = numbers.operating_point_warning(test_op)
+    return found
+
+
+def figures_outside(scores, cal, meta, photos="test"):
+    """A warning for each figure on these photos that did not hold what validation stated: the sensitivity and
+    specificity at the threshold outside the 95% interval validation gave them, and the ECE after calibration
+    outside validation's interval where the model states one, else where validation's ECE lies outside these
+    photos' ECE interval (no interval on either side: nothing to say)."""
+    op, found = meta.get("operating_point") or {}, []
+    for key in ("sensitivity", "specificity"):
+        stated = op.get(f"{key}_ci95")
+        if stated and not stated[0] <= scores[key] <= stated[1]:
+            found.append(
+                f"the {photos} {key} {scores[key]:.0%} lies outside the 95% interval validation stated for it "
+                f"({numbers.percent_range(op[key], stated)}): it did not hold here"
+            )
+    fitted = meta.get("calibration") or {}
+    stated, ece = fitted.get("val_ece_after_ci95"), cal["ece_after"]
+    if stated and not stated[0] <= ece <= stated[1]:
+        found.append(
+            f"the {photos} ECE {ece:.3f} lies outside the 95% interval validation stated for it "
+            f"({stated[0]:.3f}-{stated[1]:.3f}): the calibration did not hold here"
+        )
+    low, high = cal.get("ece_after_ci95") or (float("nan"),) * 2
+    val_ece = fitted.get("val_ece_after")
+    if not stated and val_ece is not None and low == low and not low <= val_ece <= high:
+        found.append(
+            f"the validation ECE {val_ece:.3f} lies outside the 95% interval of the {photos} ECE "
+            f"({ece:.3f}, {low:.3f}-{high:.3f}): the calibration did not hold here"
+        )
     return found
 
 
@@ -117,3 +150,35 @@ def compare_tta(y, plain, flipped, threshold, n, seed):
     if "threshold_note" in result:
         print(f"but {result['threshold_note']}")
     return result
+
+
+def familiarity_report(distances, meta):
+    """How many of the photos are unfamiliar to the model (predict.py gives them no answer), or None for a model
+    without the measure."""
+    if distances is None:
+        return None
+    flagged = int(sum(familiarity.unfamiliar(d, meta) for d in distances))
+    found = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
+    return dict(found, n_photos=len(distances), n_unfamiliar=flagged, share_unfamiliar=flagged / len(distances))
+
+
+def unfamiliar_photos(paths, names, distances, meta):
+    """The photos predict.py would call unfamiliar, furthest first: [{path, true (label), distance}]."""
+    if distances is None:
+        return []
+    flagged = [i for i, d in enumerate(distances) if familiarity.unfamiliar(d, meta)]
+    flagged.sort(key=lambda i: -np.nan_to_num(distances[i], nan=np.inf))
+    return [dict(path=str(paths[i]), true=str(names[i]), distance=float(distances[i])) for i in flagged]
+
+
+def photos_described(y, rows, name, source):
+    """Who the photos are: their count, malignant share and image types (from the manifest or the export's
+    metadata; unknown without), and how the pictures name them."""
+    n = len(y)
+    types = {"unknown": n}
+    if rows is not None and "image_type" in rows:
+        types = dict(rows.image_type.replace("", "unknown").value_counts())
+    split = f"external validation: {name}" if name else "test split"
+    shown = f"{split} ({cli.printable(source)}), n = {n}: {int(y.sum())} malignant"
+    return dict(n_photos=n, malignant_share=float(y.mean()), image_types={str(k): int(v) for k, v in types.items()},
+                shown=shown)  # fmt: skip

@@ -1,74 +1,96 @@
-"""How familiar a photo is to a model: whether it looks like the photos the model learned from. The measure is
-the Mahalanobis distance of the photo's features to the nearest class mean of the training photos, with one
-covariance shared by the classes, shrunk towards a multiple of the identity (Ledoit-Wolf: a few hundred photos
-cannot estimate a 1792 x 1792 covariance alone). The features: the pooled features (what the network computes
-just before its classifier, 1280 for EfficientNet-B0) and the spatial mean of each stage's output (16 + 24 + 40
-+ 112 + 320), timm's forward_intermediates, so any timm backbone. The stages see what the classifier may ignore:
-on frozen ImageNet features (the Lite0 stand-in) fitted on the demo's drawings, the pooled features alone flagged
-52% of 46 plainly non-lesion images (flat colours, text, charts...), with the stages all of them, and 4.8% of the
-own test photos (tools/measure_familiarity.py measures a trained model).
-Its limit is a quantile (QUANTILE, 99%) of the distances of the validation photos, which the fit never saw: a
-photo further than that is unfamiliar, and gets no benign/malignant answer. Past MAX_PHOTOS photos in a split, a
-seeded sample of that many is used (1792 x 1792 covariance entries are well estimated from 20,000 photos), so the
-fit's memory stays bounded on the whole archive.
+"""How familiar a photo is to a model: whether it looks like the photos the model learned from. Two views of its
+features (features(): each stage's spatial mean and the pooled features), each 1 where QUANTILE of the training
+photos lie (out of fold); the photo's distance is the larger. The Mahalanobis distance to the nearest class mean
+(skinlesion/mahalanobis.py) catches what lies far from every training photo; an exposure head (Hendrycks et al.,
+ICLR 2019: a logistic regression of the training photos against drawn non-lesions, skinlesion/non_lesions.py, and
+the dataset's photos of another kind, skinlesion/other_types.py; none without them) catches another kind of photo
+close by. The limit: QUANTILE of held-out photos' distances. docs/measurements.md: what each catches, and why.
 
-The covariance is kept small: with C = V diag(l) V^T, its RANK largest eigenpairs and, for the other d - RANK
-directions, the mean l_f of their eigenvalues (the precision floor = 1 / l_f), so that with x = f - mean
-    distance^2 = floor |x|^2 - |x W|^2,   W = V_RANK diag(sqrt(floor - 1 / l_i))  (d x RANK, floor >= 1 / l_i),
-one d x RANK matrix and a number instead of d x d (in the ONNX file the page downloads: 4.6 MB at RANK 640
-instead of 12.8 MB for d 1792; in float32 the subtraction moved a distance by 7e-6 of it at most, measured). It
-is exact where the other eigenvalues are equal (Ledoit-Wolf's shrinkage floor, past the rank of the sample
-covariance: fewer photos than RANK), else an approximation whose limit is chosen on the same validation
-distances. RANK is the smallest measured that changed no photo's familiar/unfamiliar decision further than 5% of
-the limit from it (quantise.py's band) on the real sample (Lite0, 1400 training photos: val, test, drawings,
-non-lesions; 512 sufficed there; at 640 the distances moved by 3%, 7% at most) and on gaussian features with
-its spectrum and 5000 > d training photos (576 did not); docs/measurements.md.
-
-The model file keeps the class means, the whitening matrix W and its floor (a file from before the floor keeps a
-full d x d W, W^T C W = I, distance |x W|: floor 0) and the limit; AItraining.py fits them, the ONNX graph computes
-the distance (export_onnx.py), and predict.py, evaluate.py and the web page compare it with the limit.
-
-    means, whitening, floor = familiarity.fit(train_features, train_labels, n_classes)
-    limit = familiarity.choose_limit(familiarity.distances(val_features, means, whitening, floor))
+    limit = familiarity.choose_limit(familiarity.distances(val_features, familiarity.fit(features, y, n, negatives)))
 """
 
 import numpy as np
 
-QUANTILE = 0.99  # share of the validation photos within the limit
-RANK = 640  # eigenpairs of the covariance kept, >= 1 (the others share their mean; >= d: all of them, exact)
-ARRAYS = ("means", "whitening", "floor")  # the measure's arrays in a checkpoint, in meta["familiarity"] once loaded
+from skinlesion import mahalanobis
+
+QUANTILE = 0.99  # share of the held-out photos within the limit (and of the training photos within 1 on each view)
+MAHALANOBIS = ("means", "whitening", "floor")  # the Mahalanobis view's arrays (floor: none in the first files)
+HEAD = ("centre", "scale", "weights", "bias")  # the exposure head's arrays (none in files from before it)
+ARRAYS = MAHALANOBIS + HEAD  # the measure's arrays in a checkpoint, in meta["familiarity"] once loaded
 MAX_PHOTOS = 20_000  # photos of each split the measure is fitted on at most (a seeded sample): bounded memory
+EXPOSURE_C = 0.1  # the head's inverse regularisation strength (scikit-learn's C)
+SHRINK = 1.0  # the head divides each feature by sqrt(its variance + SHRINK x the median variance): none blows up
+CLIP = 5.0  # and clips it to +-CLIP: one odd feature cannot decide
+FOLDS = 4  # the views are scaled on the training photos' scores from fits without them, in this many folds
+MADE_PER_KIND = 24  # images of each of non_lesions.KINDS the head learns from
+MAX_OTHER_TYPES = 2000  # photos of other image types (skinlesion/other_types.py) the head learns from at most
 
 
-def fit(features, labels, n_classes, rank=None):
-    """(class means (n_classes, d), whitening (d, k), floor), float64, from training features (n, d) and their class
-    indices: the shared covariance C of the features around their class means, shrunk by Ledoit-Wolf, kept as its
-    rank (RANK) largest eigenpairs and the mean of the others (see distances). Where rank >= d: the full whitening
-    (d, d), W^T C W = I, and floor 0."""
-    from sklearn.covariance import LedoitWolf
+def standardised(features, centre, scale):
+    """What the exposure head reads: (features - centre) / scale, clipped to +-CLIP (numpy or torch alike)."""
+    return ((features - centre) / scale).clip(-CLIP, CLIP)
 
+
+def fit_head(features, negatives):
+    """The exposure head (HEAD: centre, scale, weights, bias), float64: a logistic regression of the training photos'
+    features (class 0) against the negatives' (class 1), the two weighted equally, on standardised features."""
+    from sklearn.linear_model import LogisticRegression
+
+    variance = features.var(0)
+    scale = np.sqrt(variance + SHRINK * np.median(variance))
+    scale = np.where(scale > 0, scale, 1.0)
+    centre = features.mean(0)
+    x = standardised(np.concatenate([features, negatives]), centre, scale)
+    y = np.r_[np.zeros(len(features)), np.ones(len(negatives))]
+    head = LogisticRegression(C=EXPOSURE_C, class_weight="balanced", max_iter=5000).fit(x, y)
+    return dict(centre=centre, scale=scale, weights=head.coef_[0].astype(np.float64), bias=float(head.intercept_[0]))
+
+
+def head_scores(features, centre, scale, weights, bias):
+    """The exposure head's log-odds that each row of features (n, d) is of another kind, float64 (n,)."""
+    return standardised(np.asarray(features, dtype=np.float64), centre, scale) @ weights + bias
+
+
+def out_of_fold(features, labels, n_classes, negatives, rank=None):
+    """(Mahalanobis distances, head log-odds) of each training photo from fits that did not see it (FOLDS folds,
+    seeded; a fold's negatives are all of them)."""
+    from sklearn.model_selection import KFold
+
+    distance, log_odds = np.empty(len(features)), np.empty(len(features))
+    for rest, held in KFold(min(FOLDS, len(features)), shuffle=True, random_state=0).split(features):
+        fitted = mahalanobis.fit(features[rest], labels[rest], n_classes, rank)
+        distance[held] = mahalanobis.distances(features[held], *fitted)
+        log_odds[held] = head_scores(features[held], **fit_head(features[rest], negatives))
+    return distance, log_odds
+
+
+def fit(features, labels, n_classes, negatives=None, rank=None):
+    """The measure's arrays (ARRAYS), float64, from training features (n, d) with their class indices, and features of
+    negatives (m, d): photos of other kinds. Each view is scaled to 1 at QUANTILE of the training photos' out-of-fold
+    scores: the Mahalanobis distance (its whitening and floor divided by it) and 1 + (log-odds - that quantile) /
+    (that quantile - the median) for the head (its weights and bias). Without negatives: the Mahalanobis view alone,
+    unscaled (as files from before the head)."""
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
-    means = np.stack([features[labels == c].mean(0) for c in range(n_classes)])
-    covariance = LedoitWolf(assume_centered=True).fit(features - means[labels]).covariance_
-    values, vectors = np.linalg.eigh(covariance)  # ascending
-    values = np.maximum(values, values.max() * 1e-12)
-    rank = RANK if rank is None else rank
-    if rank >= len(values):
-        return means, vectors / np.sqrt(values), 0.0
-    values, vectors = values[::-1], vectors[:, ::-1]  # descending
-    floor = 1 / values[rank:].mean()  # the precision of every direction but the top rank ones
-    return means, vectors[:, :rank] * np.sqrt(np.maximum(floor - 1 / values[:rank], 0)), float(floor)
+    means, whitening, floor = mahalanobis.fit(features, labels, n_classes, rank)
+    if negatives is None or not len(negatives):
+        return dict(means=means, whitening=whitening, floor=floor)
+    negatives = np.asarray(negatives, dtype=np.float64)
+    distance, log_odds = out_of_fold(features, labels, n_classes, negatives, rank)
+    reach = max(float(np.quantile(distance, QUANTILE)), 1e-12)
+    high, middle = np.quantile(log_odds, [QUANTILE, 0.5])
+    spread = max(float(high - middle), 1e-6)
+    head = fit_head(features, negatives)
+    head.update(weights=head["weights"] / spread, bias=1 + (head["bias"] - high) / spread)
+    return dict(means=means, whitening=whitening / reach, floor=floor / reach**2, **head)
 
 
-def distances(features, means, whitening, floor=0.0):
-    """The Mahalanobis distance of each row of features (n, d) to the nearest class mean, float64 (n,): with x = f -
-    mean, sqrt(floor |x|^2 - |x W|^2) for a whitening (d, k) with a floor, sqrt(|x W|^2) for a full one (floor 0)."""
-    features = np.asarray(features, dtype=np.float64)
-    centred = features[:, None, :] - np.asarray(means)[None]
-    squared = ((centred @ np.asarray(whitening)) ** 2).sum(-1)
-    if float(floor):
-        squared = float(floor) * (centred**2).sum(-1) - squared
-    return np.sqrt(np.maximum(squared, 0).min(1))
+def distances(features, arrays):
+    """The familiarity distance of each row of features (n, d), float64 (n,): the larger of the Mahalanobis view and
+    the head's (a measure without the head: the Mahalanobis distance alone). arrays: fit's, or a model file's."""
+    found = mahalanobis.distances(features, arrays["means"], arrays["whitening"], arrays.get("floor", 0.0))
+    if "weights" in arrays:
+        found = np.maximum(found, head_scores(features, *(arrays[key] for key in HEAD)))
+    return found
 
 
 def choose_limit(val_distances, quantile=QUANTILE):
@@ -76,13 +98,15 @@ def choose_limit(val_distances, quantile=QUANTILE):
     return float(np.quantile(np.asarray(val_distances, dtype=np.float64), quantile))
 
 
-def summary(val_distances, image_types, quantile=QUANTILE):
+def summary(val_distances, image_types, quantile=QUANTILE, exposed_to=None):
     """What the model file's meta keeps: the limit (chosen on the validation distances), how it was chosen, the
-    share of the validation photos within it, and the image types it applies to."""
+    share of the validation photos within it, the image types it applies to, and what the head saw (exposed_to:
+    {what: how many}, none without the head)."""
     limit = choose_limit(val_distances, quantile)
     within = float(np.mean(np.asarray(val_distances) <= limit))
-    found = dict(method="mahalanobis", limit=limit, quantile=quantile, val_within=within, n_val=len(val_distances))
-    return dict(found, image_types=image_types)
+    method = "mahalanobis+exposure" if exposed_to else "mahalanobis"
+    found = dict(method=method, limit=limit, quantile=quantile, val_within=within, n_val=len(val_distances))
+    return dict(found, image_types=image_types, **({"exposed_to": exposed_to} if exposed_to else {}))
 
 
 def sampled(n, most=None, seed=0):
@@ -94,10 +118,11 @@ def sampled(n, most=None, seed=0):
 
 
 def fit_on_photos(net, meta, data_dir, train_paths, train_y, val_paths, **load):
-    """(meta["familiarity"], means, whitening, floor) for a trained net: fitted on the training photos' features, the
-    limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). The
+    """(meta["familiarity"], the arrays) for a trained net: fitted on the training photos' features against the
+    negatives' (negative_features: only where the dataset keeps photos of another kind; else the distance alone),
+    the limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). The
     photos of a dataset of shards are read from its shards."""
-    from skinlesion import shards
+    from skinlesion import other_types, shards
 
     train = sampled(len(train_paths))
     train_paths, train_y = [train_paths[i] for i in train], np.asarray(train_y)[train]
@@ -108,19 +133,68 @@ def fit_on_photos(net, meta, data_dir, train_paths, train_y, val_paths, **load):
         train_blobs, val_blobs = (shards.read_blobs(data_dir, split, set(p)) for split, p in
                                   (("train", train_paths), ("val", val_paths)))  # fmt: skip
     train_features = features_of_photos(net, train_paths, meta, blobs=train_blobs, **load)
-    arrays = fit(train_features, train_y, len(meta["classes"]))
-    val_distances = distances(features_of_photos(net, val_paths, meta, blobs=val_blobs, **load), *arrays)
+    others = other_types.photos_of(data_dir, MAX_OTHER_TYPES)
+    negatives, exposed_to = negative_features(net, meta, others, load["device"], load.get("batch_size", 32))
+    arrays = fit(train_features, train_y, len(meta["classes"]), negatives)
+    val_distances = distances(features_of_photos(net, val_paths, meta, blobs=val_blobs, **load), arrays)
     image_types = meta.get("data", {}).get("factors", {}).get("image type", {}).get("train", {})
-    return summary(val_distances, sorted(t for t in image_types if t != "unknown")), *arrays
+    types = sorted(t for t in image_types if t != "unknown")
+    return summary(val_distances, types, exposed_to=exposed_to), arrays
 
 
-def limit_text(found):
-    """The limit in words, as training prints it."""
-    return (
-        f"a photo further than {found['limit']:.2f} from the training photos (the Mahalanobis distance of its "
-        f"features to the nearest class mean; {found['val_within']:.0%} of the {found['n_val']} validation photos "
-        "lie within) is unfamiliar and gets no answer"
+def negative_features(net, meta, others, device, batch_size=32):
+    """(features (m, d) of the images the exposure head learns to tell from the training photos, {what: how many}),
+    or (None, None) without photos of another kind: MADE_PER_KIND images of each kind that are not lesions
+    (skinlesion/non_lesions.py), and others, {type: paths} of photos of another kind (one that cannot be read is
+    left out and counted)."""
+    from skinlesion import cli, non_lesions, photos
+
+    found, exposed_to, unreadable = [], {}, 0
+    for image_type, paths in others.items():
+        count = 0
+        for start in range(0, len(paths), batch_size):
+            images = [image for image, _ in map(photos.try_load_image, paths[start : start + batch_size])]
+            readable = [image for image in images if image is not None]
+            unreadable, count = unreadable + len(images) - len(readable), count + len(readable)
+            found += [features_of_images(net, readable, meta, device, batch_size)] if readable else []
+        exposed_to[f"{image_type} photos"] = count
+    if unreadable:
+        cli.warn(f"{unreadable} photos of another kind could not be read: left out of the familiarity check")
+    if not found:
+        return None, None
+    made = [image for _, image in non_lesions.images(MADE_PER_KIND)]
+    exposed_to["images that are not lesions (drawn)"] = len(made)
+    return np.concatenate([features_of_images(net, made, meta, device, batch_size), *found]), exposed_to
+
+
+def within_text(found, photos="validation photos"):
+    """'98% of the 59 validation photos lie within' the familiarity limit: the share counted when the limit was
+    chosen (the limit is their 99% quantile; 58 of 59 photos is 98%), the one figure the card, training and
+    evaluate.py say (photos: what they were, 'out-of-fold photos' for a run with folds: card.chosen_on)."""
+    return f"{found['val_within']:.0%} of the {found['n_val']} {photos} lie within"
+
+
+def limit_text(found, photos="validation photos"):
+    """The limit in words, as training prints it, and what the head learned from (or that there is none)."""
+    views = "the Mahalanobis distance of its features to the nearest class mean"
+    if found.get("exposed_to"):
+        each = f"each 1 at {found['quantile']:.0%} of the training photos"
+        views = f"the larger of {views} and an exposure head's score, {each}"
+    text = (
+        f"a photo further than {found['limit']:.2f} from the training photos ({views}; "
+        f"{within_text(found, photos)}) is unfamiliar and gets no answer"
     )
+    return f"{text}; {exposure_text(found)}"
+
+
+def exposure_text(found):
+    """What the exposure head learned from, or that without photos of another kind there is no head."""
+    if not found.get("exposed_to"):
+        return (
+            "the dataset has no photo of another kind (prepare_dataset.py keeps some where the export has them): "
+            "the distance alone, which misses many photos of another kind (docs/measurements.md)"
+        )
+    return "the head learned from " + ", ".join(f"{n} {what}" for what, n in found["exposed_to"].items())
 
 
 def unfamiliar(distance, meta):
@@ -156,13 +230,32 @@ def feature_count(net):
     return sum(info["num_chs"] for info in net.feature_info) + net.num_features
 
 
-def torch_distances(found, means, whitening, floor=0.0):
-    """distances() in torch: float32 in a graph, as exported to ONNX (floor a number: a constant of the graph)."""
+def graph_arrays(arrays):
+    """(float32 tensors torch_distances takes, floor): the means, and a full whitening as it is, or for a whitening
+    with a floor its directions and their precisions (directions(), computed here in float64); the head's arrays."""
+    import torch
+
+    def float32(array):
+        return torch.as_tensor(np.asarray(array, dtype=np.float64), dtype=torch.float32)
+
+    floor = float(arrays.get("floor", 0.0))
+    found = {key: float32(arrays[key]) for key in HEAD if key in arrays}
+    if not floor:
+        return dict(found, means=float32(arrays["means"]), whitening=float32(arrays["whitening"])), 0.0
+    basis, precisions = mahalanobis.directions(arrays["whitening"], floor)
+    return dict(found, means=float32(arrays["means"]), basis=float32(basis), precisions=float32(precisions)), floor
+
+
+def torch_distances(found, means, floor=0.0, whitening=None, basis=None, precisions=None, **head):
+    """distances() in torch, from graph_arrays: float32 in a graph, as exported to ONNX (floor a number: a constant
+    of the graph); the squared Mahalanobis distance a sum of terms >= 0 (squared_distances), so it stays within
+    float32's rounding."""
     centred = found[:, None, :] - means[None]
-    squared = (centred @ whitening).square().sum(-1)
-    if floor:
-        squared = floor * centred.square().sum(-1) - squared
-    return squared.clamp(min=0).amin(1).sqrt()
+    distance = mahalanobis.squared_distances(centred, whitening, floor, basis, precisions).clamp(min=0).amin(1).sqrt()
+    if not head:
+        return distance
+    log_odds = standardised(found, head["centre"], head["scale"]) @ head["weights"] + head["bias"]
+    return distance.maximum(log_odds)
 
 
 def features_of_photos(net, paths, meta, device, batch_size=32, num_workers=0, blobs=None):
@@ -185,9 +278,27 @@ def features_of_photos(net, paths, meta, device, batch_size=32, num_workers=0, b
     return np.concatenate(found)
 
 
+def features_of_images(net, images, meta, device, batch_size=32):
+    """The familiarity features (n, d), float64, of PIL images' centre crops (as features_of_photos), in eval mode."""
+    import torch
+
+    from skinlesion import photos
+
+    found = []
+    net.eval()
+    for start in range(0, len(images), batch_size):
+        crops = [photos.centre_crop(image, meta["image_size"], meta["crop_pct"], meta["interpolation"])
+                 for image in images[start : start + batch_size]]  # fmt: skip
+        x = torch.from_numpy(np.stack([np.asarray(crop).transpose(2, 0, 1) for crop in crops]))
+        with torch.inference_mode():
+            found.append(features(net, photos.normalise_batch(x.to(device), meta))[0].double().cpu().numpy())
+    return np.concatenate(found)
+
+
 def arrays_fault(arrays, classes):
     """What is wrong with a checkpoint's familiarity arrays (means: classes x d; whitening: d x k, 1 <= k <= d, and
-    d x d without a floor; floor, where there is one: a finite number >= 0; all finite), or None."""
+    d x d without a floor; floor, where there is one: a finite number >= 0; the head, where there is one: centre,
+    scale > 0 and weights of d each, one bias; all finite; no other key), or None."""
     import torch
 
     means, whitening = (arrays.get(k) if isinstance(arrays, dict) else None for k in ("means", "whitening"))
@@ -202,17 +313,34 @@ def arrays_fault(arrays, classes):
         return "its familiarity floor is not one finite number >= 0"
     if float(floor) == 0 and whitening.shape[1] != d:
         return f"its familiarity whitening {tuple(whitening.shape)} has no floor: it must be {d} x {d}"
+    unknown = sorted(str(key) for key in arrays if key not in ARRAYS)
+    if unknown:
+        return f"its familiarity holds {', '.join(unknown)[:80]}, which is not one of {', '.join(ARRAYS)}"
+    return head_fault(arrays, d)
+
+
+def head_fault(arrays, d):
+    """What is wrong with a checkpoint's exposure head (all of HEAD or none), or None."""
+    import torch
+
+    present = [key for key in HEAD if key in arrays]
+    if not present:
+        return None
+    if len(present) < len(HEAD):
+        return f"its familiarity head has {', '.join(present)} without {', '.join(k for k in HEAD if k not in present)}"
+    shapes = [tuple(arrays[key].shape) if torch.is_tensor(arrays[key]) else None for key in HEAD]
+    if shapes != [(d,), (d,), (d,), ()] and shapes != [(d,), (d,), (d,), (1,)]:
+        return f"its familiarity head's centre, scale, weights and bias {shapes} are not {d}, {d}, {d} and 1 numbers"
+    if not all(arrays[key].isfinite().all() for key in HEAD) or not (arrays["scale"] > 0).all():
+        return "its familiarity head holds NaN or infinite values, or a scale that is not > 0"
     return None
 
 
-def state(means, whitening, floor=0.0):
+def state(arrays):
     """What a checkpoint keeps of its familiarity measure besides meta["familiarity"]: the arrays, float32."""
     import torch
 
-    return {
-        key: torch.as_tensor(np.asarray(v), dtype=torch.float32)
-        for key, v in (("means", means), ("whitening", whitening), ("floor", floor))
-    }
+    return {key: torch.as_tensor(np.asarray(arrays[key]), dtype=torch.float32) for key in ARRAYS if key in arrays}
 
 
 def distances_of(net, x, meta):
@@ -230,10 +358,8 @@ def distances_of(net, x, meta):
 
 def distances_to(features, meta):
     """distances() of each row of features (n, d) with the model file's measure (meta as load_checkpoint gives it,
-    with the arrays)."""
-    found = meta["familiarity"]
-    arrays = found["means"], found["whitening"], found.get("floor", 0.0)  # no floor: a file with a full whitening
-    return distances(features, *arrays)
+    with the arrays; a file without a floor has a full whitening, one without a head the Mahalanobis view alone)."""
+    return distances(features, meta["familiarity"])
 
 
 def unfamiliar_text(distance, meta, shown):

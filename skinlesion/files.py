@@ -6,9 +6,8 @@ Writes are atomic: a crash, a kill, a full disk or Ctrl-C never leaves a half-wr
 
 import os
 import re
-import stat
 
-from skinlesion import interrupts, ledger
+from skinlesion import interrupts, ledger, reading
 from skinlesion.cli import die, printable
 
 TAG = "written by skin-lesion-classifier"  # inside files we write (PNG text, JSON key, model metadata): no proof
@@ -23,22 +22,16 @@ def file_kind(path):
     """None for a regular file (or a link to one), else what it is: a photo or a table is read only from a
     regular file (opening a named pipe would wait forever)."""
     try:
-        mode = os.stat(path).st_mode
+        return reading.what_it_is(os.stat(path).st_mode)
     except OSError:
         return "missing"
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe"
-    return "a device or socket, not a regular file"
 
 
 def file_sha256(path):
+    """The SHA-256 of a regular file (reading.open_regular: a named pipe or a device is refused, not read)."""
     import hashlib
 
-    with open(path, "rb") as f:
+    with reading.open_regular(path) as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -55,7 +48,7 @@ def has_earlier_tag(path):
     a file has no record, that an earlier version may have written it."""
     if file_kind(path):
         return False
-    with open(path, "rb") as f:
+    with reading.open_regular(path) as f:
         head = f.read(1 << 16)
         f.seek(max(0, os.fstat(f.fileno()).st_size - (1 << 16)))
         tail = f.read()

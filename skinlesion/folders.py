@@ -9,7 +9,7 @@ import re
 import shutil
 
 from skinlesion import interrupts, ledger
-from skinlesion.cli import die, first_few, printable
+from skinlesion.cli import die, first_few, printable, warn
 
 MARK = ledger.NAME  # the mark (a ledger) inside every folder we make
 
@@ -36,7 +36,7 @@ def check_outside(path, flag, input_folders):
 
 def lock_folder(folder, script):
     """An exclusive flock on folder (where the system has one), as an open descriptor, or None where locks are
-    not available; a second holder dies with one line."""
+    not available; a second holder dies with one line naming the run that holds it (lock_holder)."""
     try:
         import fcntl  # not on Windows
     except ImportError:
@@ -49,11 +49,29 @@ def lock_folder(folder, script):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(lock)
-        die(f"another {script} run is writing in {printable(folder)}; wait for it to finish")
+        holder = lock_holder(folder) or "a run of a script of this project"
+        die(f"{holder} is writing in {printable(folder)}; wait for it to finish, then run {script} again")
     except OSError:  # a file system without locks: run unlocked
         os.close(lock)
         return None
     return lock
+
+
+def lock_holder(folder):
+    """The run that holds the lock on folder, in words ('prepare_dataset.py (pid 12, building dataset.tmp-12)'),
+    from the mark of the folder it builds there (replaced_folder), or None where no such mark says it."""
+    for entry in sorted(os.listdir(folder)):
+        full = os.path.join(folder, entry)
+        if not re.fullmatch(r".+\.tmp-\d+", entry) or os.path.islink(full) or not os.path.isdir(full):
+            continue
+        raw = {} if records_fault(full) else ledger.read_raw(full) or {}
+        made, left = raw.get("made"), raw.get("leftover")
+        if not isinstance(made, dict) or not isinstance(left, dict) or left.get("path") != os.path.realpath(full):
+            continue
+        if not ledger.run_is_over(left.get("run")):
+            pid = left["run"].get("pid") if isinstance(left.get("run"), dict) else "?"
+            return f"{printable(made.get('script'))} (pid {printable(pid)}, building {printable(entry)})"
+    return None
 
 
 def unproven(path, kind=None, script="this project"):
@@ -79,7 +97,7 @@ def unproven(path, kind=None, script="this project"):
         for name in names:
             full = os.path.join(folder, name)
             record = data["files"].get(os.path.relpath(full, path)) or own.get(name)
-            if name != MARK and not unchanged(full, record):
+            if not ledger.is_own(name) and not unchanged(full, record):
                 strangers.append(os.path.relpath(full, path))
     if strangers:
         return f"holds files that {script} did not make", sorted(strangers)
@@ -125,21 +143,37 @@ def made_here(path):
 
 def leftovers(path, suffix):
     """Folders <path>.<suffix>-<n> beside path, each with whether it is a provable leftover of a run that is over
-    (its mark says that run put it at this very path), 'running' (its run goes on), or None (not ours to touch)."""
+    (its mark says that run put it at this very path), 'running' (its run goes on), 'empty' (nothing in it: a
+    removal cut short after its mark, which goes last, went; nothing to lose), or None (not ours to touch)."""
     folder, name = os.path.split(os.path.abspath(path))
     found = []
-    for entry in sorted(os.listdir(folder)):
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         full = os.path.join(folder, entry)
         if not re.fullmatch(re.escape(name) + r"\." + suffix + r"-\d+", entry) or not os.path.isdir(full):
             continue
-        left = (ledger.read_raw(full) or {}).get("leftover")
+        left = None if os.path.islink(full) or records_fault(full) else (ledger.read_raw(full) or {}).get("leftover")
         if os.path.islink(full) or not isinstance(left, dict) or left.get("path") != os.path.realpath(full):
-            found.append((full, None))
+            found.append((full, "empty" if not os.path.islink(full) and not os.listdir(full) else None))
         elif ledger.run_is_over(left.get("run")):
             found.append((full, "over"))
         else:
             found.append((full, "running"))
     return found
+
+
+def remove_leftover(path):
+    """Remove a leftover folder of ours, its mark last (a kill on the way leaves a leftover the mark still proves,
+    or an empty folder); links in it are removed, never followed. A failure is one warning naming it."""
+    try:
+        for entry in sorted(os.listdir(path)):
+            full = os.path.join(path, entry)
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            elif not ledger.is_own(entry):
+                os.remove(full)
+        shutil.rmtree(path)
+    except OSError as e:
+        warn(f"could not remove {printable(path)} ({e.strerror or e}), a leftover of a run of ours; the next run does")
 
 
 def leave_alone(path, why="no record says a run of ours left it"):
@@ -154,7 +188,7 @@ def record_folder(tmp, path, made):
     for folder, _, names in os.walk(tmp):
         for name in names:
             full = os.path.join(folder, name)
-            if name != MARK and not os.path.islink(full):
+            if not ledger.is_own(name) and not os.path.islink(full):
                 files[os.path.relpath(full, tmp)] = ledger.file_record(full, made["kind"])
     data = dict(format=ledger.FORMAT, path=os.path.realpath(path), files=files, pending={}, made=made)
     data["leftover"] = dict(path=os.path.realpath(tmp), run=ledger.this_run())
@@ -187,8 +221,8 @@ def replaced_folder(path, script, kind):
         for left, state in leftovers(path, "old"):
             if state is None:
                 leave_alone(left)
-            elif state == "over" and os.path.lexists(path):
-                shutil.rmtree(left)
+            elif state == "empty" or (state == "over" and os.path.lexists(path)):
+                remove_leftover(left)
             elif state == "over":
                 os.rename(left, path)
                 set_leftover(path, None)
@@ -198,8 +232,8 @@ def replaced_folder(path, script, kind):
         for left, state in leftovers(path, "tmp"):
             if state is None:
                 leave_alone(left)
-            elif state == "over":
-                shutil.rmtree(left)
+            elif state in ("over", "empty"):
+                remove_leftover(left)
         os.makedirs(tmp)
         start = dict(format=ledger.FORMAT, path=os.path.realpath(tmp), files={}, pending={}, made=made)
         ledger.write(tmp, dict(start, leftover=dict(path=os.path.realpath(tmp), run=ledger.this_run())))
@@ -213,81 +247,45 @@ def replaced_folder(path, script, kind):
         os.rename(tmp, path)
         interrupts.say_on_ctrl_c(f"interrupted; {printable(path)} is already the new one, complete")
         set_leftover(path, None)
-        shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(old):
+            remove_leftover(old)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.lexists(tmp):
+            remove_leftover(tmp)
         if lock is not None:
             os.close(lock)
 
 
-def remove_ours(paths):
-    """Remove what this project provably made among paths (folders.unproven, ledger.why_not_ours): a folder of
-    ours as a whole; in a folder with a ledger, the files it records unchanged, then the folder if nothing else is
-    left; a file whose record matches. Everything else stays and is named in one line. Says what it removed."""
-    removed = []
-    for path in paths:
-        if not os.path.lexists(path) or os.path.basename(path) == MARK:
-            continue
-        if os.path.islink(path):
-            leave_alone(path, "a link")
-        elif os.path.isdir(path) and unproven(path) is None:
-            shutil.rmtree(path)
-            removed.append(said_removed(path))
-        elif os.path.isdir(path) and (ledger.read_raw(path) or {}).get("path") == os.path.realpath(path):
-            removed += remove_recorded(path)
-            removed += remove_ours([os.path.join(path, name) for name in sorted(os.listdir(path))])
-            if os.listdir(path) in ([], [MARK]):
-                shutil.rmtree(path)
-                removed.append(said_removed(path))
-        elif os.path.isdir(path):
-            leave_alone(path, "no record that this project made it")
-        elif ledger.why_not_ours(path) is None:
-            os.remove(path)
-            ledger.forget(path)
-            removed.append(said_removed(path))
-        else:
-            leave_alone(path, "not written by this project (or changed since)")
-    return removed
-
-
-def said_removed(path):
-    print(f"removed {printable(path)}")
-    return path
-
-
-def remove_recorded(folder):
-    """Remove the files in folder (sub-folders too) that its ledger records, unchanged, and the sub-folders that
-    leaves empty; the records go. Returns what it removed."""
-    removed = []
-    with ledger.updated(folder) as data:
-        for rel, record in sorted(data["files"].items()):
-            full = os.path.join(folder, rel)
-            inside = not os.path.isabs(rel) and os.path.normpath(rel) == rel and not rel.startswith("..")
-            if not inside or not os.path.isfile(full):
-                continue
-            if os.sep in rel:
-                ours = unchanged(full, record)
-            else:
-                ours = ledger.why_not_ours(full) is None
-            if ours:
-                os.remove(full)
-                removed.append(said_removed(full))
-                del data["files"][rel]
-    for rel in sorted({os.path.dirname(os.path.relpath(path, folder)) for path in removed}, reverse=True):
-        parent = os.path.join(folder, rel)
-        while rel and not os.listdir(parent):
-            os.rmdir(parent)
-            rel = os.path.dirname(rel)
-            parent = os.path.join(folder, rel)
-    return removed
+def records_fault(path):
+    """Why a record in the folder at path, or in one of its sub-folders (links not followed), cannot be read
+    (ledger.record_fault), or None: such a folder is left alone as a whole."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return None
+    for folder, _, _ in os.walk(path):
+        fault = ledger.record_fault(folder)
+        if fault:
+            return fault
+    return None
 
 
 def made_folder(path, script, kind):
     """Make the folder at path, its mark saying a script of ours made it as kind, unless it exists (then it
-    stays as it is)."""
-    if not os.path.isdir(path):
-        os.makedirs(path)
+    stays as it is). Where the mark cannot be written (a full disk), the folders made here are removed again,
+    innermost first and only while empty, and the error goes on: no empty, unmarked folder is left behind."""
+    if os.path.isdir(path):
+        return
+    made, folder = [], os.path.abspath(path)
+    while not os.path.lexists(folder):  # what makedirs makes: the folder and its missing parents
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(path)
+    try:
         mark_folder(path, script, kind)
+    except BaseException:
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty (another wrote there meanwhile): it stays
+                os.rmdir(folder)
+        raise
 
 
 def mark_folder(path, script, kind):
@@ -302,7 +300,7 @@ def record_files(folder, sub, kind):
     for parent, _, names in os.walk(os.path.join(folder, sub)):
         for name in names:
             full = os.path.join(parent, name)
-            if name != MARK and not os.path.islink(full):
+            if not ledger.is_own(name) and not os.path.islink(full):
                 found[os.path.relpath(full, folder)] = ledger.file_record(full, kind)
     with ledger.updated(folder) as data:
         data["files"].update(found)

@@ -96,22 +96,25 @@ def out_of_fold(done, stages, key, n):
     return found
 
 
-def held_out_familiarity(net, seen_as, photos, stage, ranks=(None,), **load):
-    """[(the familiarity measure fitted on the features of the photos net trained on, the distances of the photos
-    it held out)], one per rank asked for (None: familiarity.RANK): familiarity.fit and distances on
-    features_of_photos, computed once (seen_as: the crop and normalisation of the model file; photos: (paths,
-    labels, blobs); load: device, batch_size, num_workers)."""
-    from skinlesion import familiarity
+def negatives_of(net, seen_as, data_dir, load):
+    """(the features through net of the images an exposure head learns to tell from the training photos, {what: how
+    many}): the dataset's photos of another kind (skinlesion/other_types.py) and drawn non-lesions, as
+    familiarity.fit_on_photos takes them; (None, None) where the dataset keeps no photo of another kind."""
+    from skinlesion import familiarity, other_types
 
-    paths, labels, blobs = photos
-    train = stage.train[familiarity.sampled(len(stage.train))]
-    features = familiarity.features_of_photos(net, [paths[i] for i in train], seen_as, blobs=blobs, **load)
-    held = familiarity.features_of_photos(net, [paths[i] for i in stage.held], seen_as, blobs=blobs, **load)
-    found = []
-    for rank in ranks:
-        arrays = familiarity.fit(features, labels[train], int(labels.max()) + 1, rank)
-        found.append((arrays, familiarity.distances(held, *arrays)))
-    return found
+    others = other_types.photos_of(data_dir, familiarity.MAX_OTHER_TYPES)
+    return familiarity.negative_features(net, seen_as, others, load["device"], load.get("batch_size", 32))
+
+
+def views(features, arrays):
+    """(the Mahalanobis view's distances, the exposure head's scores or None without a head) of features (n, d) to
+    a familiarity measure (familiarity.distances is the larger of the two)."""
+    from skinlesion import familiarity, mahalanobis
+
+    distance = mahalanobis.distances(features, arrays["means"], arrays["whitening"], arrays.get("floor", 0.0))
+    if "weights" not in arrays:
+        return distance, None
+    return distance, familiarity.head_scores(features, *(arrays[key] for key in familiarity.HEAD))
 
 
 def member_positions(widths, k, members):
@@ -125,24 +128,31 @@ def member_positions(widths, k, members):
 
 
 def ensemble_measure(members, widths):
-    """(means, whitening, floor, weights) of an ensemble's familiarity measure from its members' (means, whitening,
-    floor), each fitted on the photos that member trained on: with F the harmonic mean of their floors, the
-    distance of the ensemble is sqrt(mean over members of (F / floor_k) d_k^2), each member's d_k on its own
-    features, the class means shared (in familiarity's form: floor F / K, member k's whitening times
-    sqrt(F / (K floor_k)), block by block). weights: sqrt(F / floor_k), what each member's own distances are scaled
-    by to compare with the ensemble's limit."""
+    """(arrays, weights): an ensemble's familiarity measure (familiarity.ARRAYS) from its members' (dicts as
+    familiarity.fit gives them), each fitted on the photos that member trained on, for the members' features side
+    by side (member_positions). Its Mahalanobis view: with F the harmonic mean of the members' floors, the squared
+    distance is the mean over members of (F / floor_k) d_k^2, each d_k on the member's own features, the class
+    chosen jointly (in mahalanobis' form: floor F / K, member k's whitening times sqrt(F / (K floor_k)), block by
+    block). Its exposure head, where the members have one: the mean of their scores (their centres and scales side
+    by side, their weights side by side divided by K, the mean of their biases). weights: sqrt(F / floor_k), what
+    member k's own Mahalanobis distances are multiplied by to stand for the ensemble's."""
     n, d = len(members), sum(widths)
-    floor = n / sum(1 / float(m[2]) for m in members)
-    means = np.zeros((len(members[0][0]), n * d))
-    blocks = []
-    for k, (member_means, whitening, member_floor) in enumerate(members):
+    floor = n / sum(1 / float(m["floor"]) for m in members)
+    means, blocks = np.zeros((len(members[0]["means"]), n * d)), []
+    head = {key: np.zeros(n * d) for key in ("centre", "scale", "weights")} if "weights" in members[0] else {}
+    for k, member in enumerate(members):
         at = member_positions(widths, k, n)
-        means[:, at] = member_means
-        block = np.zeros((n * d, whitening.shape[1]))
-        block[at] = whitening * np.sqrt(floor / (n * float(member_floor)))
+        means[:, at] = member["means"]
+        block = np.zeros((n * d, member["whitening"].shape[1]))
+        block[at] = member["whitening"] * np.sqrt(floor / (n * float(member["floor"])))
         blocks.append(block)
-    weights = [np.sqrt(floor / float(m[2])) for m in members]
-    return means, np.concatenate(blocks, 1), floor / n, weights
+        if head:
+            head["centre"][at], head["scale"][at] = member["centre"], member["scale"]
+            head["weights"][at] = np.asarray(member["weights"]) / n
+    arrays = dict(means=means, whitening=np.concatenate(blocks, 1), floor=floor / n, **head)
+    if head:
+        arrays["bias"] = float(np.mean([float(m["bias"]) for m in members]))
+    return arrays, [np.sqrt(floor / float(m["floor"])) for m in members]
 
 
 def run_plan(args, manifest, train, val):
@@ -161,49 +171,76 @@ def run_plan(args, manifest, train, val):
     return plan(args.folds, args.deploy, labels, groups_of(paths, manifest), args.seed), (paths, labels)
 
 
-def fold_familiarity(net, seen_as, photos, stage, k, ensemble, **load):
-    """What a fold keeps of the familiarity measure of its network (at its best epoch): the distances of the photos
-    it held out to the measure fitted on those it trained on, as a refit's limit needs them; for an ensemble also
-    the member's own measure (a rank of familiarity.RANK / k: the ensemble keeps k) and its distances."""
+def fold_familiarity(net, seen_as, photos, stage, k, ensemble, data_dir, **load):
+    """What a fold keeps of the familiarity measure of its network at its best epoch, fitted (familiarity.fit) on the
+    features of the photos it trained on, against the negatives through this network (negatives_of: none without
+    photos of another kind): the distances of the photos it held out (a refit's limit is chosen on them) and what
+    the exposure head learned from; for an ensemble also the member's own measure (of rank mahalanobis.RANK / k: the
+    ensemble keeps k side by side) and its two views of those photos apart (ensemble_measure weighs one). photos:
+    (paths, labels, blobs); load: features_of_photos' device, batch_size, num_workers."""
     import torch
 
-    from skinlesion import familiarity
+    from skinlesion import familiarity, mahalanobis
 
-    ranks = (None, max(1, familiarity.RANK // k)) if ensemble else (None,)
-    found = held_out_familiarity(net, seen_as, photos, stage, ranks, **load)
-    kept = dict(distances=torch.as_tensor(found[0][1]))
+    paths, labels, blobs = photos
+    train = stage.train[familiarity.sampled(len(stage.train))]
+    features = familiarity.features_of_photos(net, [paths[i] for i in train], seen_as, blobs=blobs, **load)
+    held = familiarity.features_of_photos(net, [paths[i] for i in stage.held], seen_as, blobs=blobs, **load)
+    negatives, exposed_to = negatives_of(net, seen_as, data_dir, load)
+    n_classes = len(seen_as["classes"])
+    arrays = familiarity.fit(features, labels[train], n_classes, negatives)
+    kept = dict(distances=torch.as_tensor(familiarity.distances(held, arrays)))
+    if exposed_to:
+        kept["exposed_to"] = exposed_to
     if ensemble:
-        kept.update(member=familiarity.state(*found[1][0]), member_distances=torch.as_tensor(found[1][1]))
+        member = familiarity.fit(features, labels[train], n_classes, negatives, max(1, mahalanobis.RANK // k))
+        distance, head = views(held, member)
+        kept.update(member=familiarity.state(member), member_distances=torch.as_tensor(distance))
+        if head is not None:
+            kept["member_head"] = torch.as_tensor(head)
     return kept
 
 
-def deployed_measure(net, seen_as, photos, done, stages, ensemble_of=None, **load):
-    """(familiarity.summary, its arrays) of the deployed network: the refit's measure fitted on all the photos, or
-    an ensemble's from its members' (ensemble_of: the widths of a member's features, ensemble_measure); the limit
-    from the out-of-fold distances (each photo's to the measure of the fold network that did not train on it)."""
+def member_stand_in(entry, weight):
+    """The out-of-fold distances a fold keeps for an ensemble's limit: its member's Mahalanobis view times its
+    weight (ensemble_measure), or its head's score where that is larger."""
+    found = entry["member_distances"].double().numpy() * weight
+    if "member_head" in entry:
+        found = np.maximum(found, entry["member_head"].double().numpy())
+    return found
+
+
+def deployed_measure(net, seen_as, photos, done, stages, data_dir, ensemble_of=None, **load):
+    """(familiarity.summary, its arrays) of the deployed network. The refit's measure is fitted on the features of
+    all the photos (train plus validation, through the refit network) against the negatives; an ensemble's is its
+    members' combined (ensemble_of: the widths of a member's features; ensemble_measure). The limit is QUANTILE of
+    the out-of-fold distances: each photo's to the measure of the fold network that did not train on it (for an
+    ensemble, that member's stand-in for the ensemble's distance, member_stand_in). So it says where 99% of photos
+    that the network never trained on lie, the fold networks standing in for the deployed one, which trained on
+    them all: a new photo is one it never trained on."""
     from skinlesion import familiarity
 
     paths, labels, blobs = photos
     if ensemble_of is None:
         chosen = familiarity.sampled(len(paths))
         features = familiarity.features_of_photos(net, [paths[i] for i in chosen], seen_as, blobs=blobs, **load)
-        arrays = familiarity.fit(features, labels[chosen], int(labels.max()) + 1)
+        negatives, exposed_to = negatives_of(net, seen_as, data_dir, load)
+        arrays = familiarity.fit(features, labels[chosen], len(seen_as["classes"]), negatives)
         distances = out_of_fold(done, stages, "distances", len(labels))
     else:
-        members = [tuple(entry["member"][key].double().numpy() for key in familiarity.ARRAYS) for entry in done]
-        *arrays, weights = ensemble_measure(members, ensemble_of)
-        scaled = [dict(distances=entry["member_distances"].double() * w) for entry, w in zip(done, weights)]
-        distances = out_of_fold(scaled, stages, "distances", len(labels))
+        members = [{key: value.double().numpy() for key, value in entry["member"].items()} for entry in done]
+        arrays, weights = ensemble_measure(members, ensemble_of)
+        scaled = [dict(distances=member_stand_in(entry, w)) for entry, w in zip(done, weights)]
+        distances, exposed_to = out_of_fold(scaled, stages, "distances", len(labels)), done[0].get("exposed_to")
     factors = seen_as.get("data", {}).get("factors", {}).get("image type", {})
     image_types = sorted({t for split in ("train", "val") for t in factors.get(split, {}) if t != "unknown"})
-    return familiarity.summary(distances, image_types), arrays
+    return familiarity.summary(distances, image_types, exposed_to=exposed_to), arrays
 
 
 def fold_done(run, progress, stage):
     """A fold's end in a run (AItraining.py's): its best epoch (on every process: the refit's length comes from
-    them) and, on rank 0, its
-    out-of-fold logits and familiarity distances, and for an ensemble its weights (the resume checkpoint keeps
-    them)."""
+    them) and, on rank 0, its out-of-fold logits and familiarity distances (fold_familiarity), and for an ensemble
+    its weights (the resume checkpoint keeps them)."""
     import torch
 
     entry, args = dict(epoch=progress["best_epoch"]), run.args
@@ -212,7 +249,7 @@ def fold_done(run, progress, stage):
         load = dict(device=run.device, batch_size=args.batch_size, num_workers=args.num_workers)
         pool = (*run.pool, pooled_blobs(args, True, 0))
         entry.update(fold_familiarity(run.net, run.seen_as, pool, stage, args.folds, args.deploy == "ensemble",
-                                            **load))  # fmt: skip
+                                      args.data_dir, **load))  # fmt: skip
         entry["logits"] = torch.as_tensor(np.asarray(progress["best_logits"], dtype=np.float64))
         if args.deploy == "ensemble":
             entry["weights"] = progress["best_state_dict"]
@@ -220,22 +257,20 @@ def fold_done(run, progress, stage):
 
 
 def deployed_familiarity(run, progress, net, train_photos, val_photos):
-    """(familiarity.summary, its arrays) of the network a run (AItraining.py's) deploys: fitted on the training
-    photos with the limit from the validation ones (familiarity.fit_on_photos), or from the folds (deployed_measure)."""
+    """(familiarity.summary, its arrays) of the network a run (AItraining.py's) deploys: with one split, fitted on
+    the training photos with the limit from the validation ones (familiarity.fit_on_photos); with folds, from them
+    (deployed_measure)."""
     from skinlesion import familiarity
 
     args = run.args
     load = dict(device=run.device, batch_size=args.batch_size, num_workers=args.num_workers)
     if run.pool is None:
-        found, *arrays = familiarity.fit_on_photos(
-            net, run.seen_as, args.data_dir, *train_photos, val_photos[0], **load
-        )
-        return found, arrays
+        return familiarity.fit_on_photos(net, run.seen_as, args.data_dir, *train_photos, val_photos[0], **load)
     widths = None
     if args.deploy == "ensemble":
         widths = [info["num_chs"] for info in net.members[0].feature_info] + [net.members[0].num_features]
     pool = (*run.pool, pooled_blobs(args, True, 0))
-    return deployed_measure(net, run.seen_as, pool, progress["done"], run.stages, widths, **load)
+    return deployed_measure(net, run.seen_as, pool, progress["done"], run.stages, args.data_dir, widths, **load)
 
 
 def open_run(run, train_photos, val_photos):

@@ -24,6 +24,23 @@ def say_on_ctrl_c(message):
     SAYS.append(message)
 
 
+def one_line_while_loading():
+    """Called by a script run as a program before it imports its libraries (numpy, pandas, model: run_script is not
+    running yet): a Ctrl-C while they load prints `interrupted` and ends it with exit code 130 at once, instead of
+    a traceback out of whichever import it cut short (a library may turn the interrupt into another error there).
+    Nothing is written before main runs, so nothing is left to clean. A Ctrl-C the shell told the script to ignore
+    (a background job) stays ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupted_while_loading)
+
+
+def interrupted_while_loading(signum, frame):
+    try:
+        print("\ninterrupted", file=sys.stderr, flush=True)
+    finally:
+        os._exit(130)
+
+
 def run_script(main, interrupted="interrupted"):
     """Run a script's main: Ctrl-C prints `interrupted` and exits with code 130. A library may turn the interrupt
     into another error (a C extension cut short while it is imported, such as scipy's, raises ImportError; a
@@ -44,7 +61,8 @@ def run_script(main, interrupted="interrupted"):
     SAYS.clear()
     previous, previous_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
     previous_term = signal.getsignal(signal.SIGTERM)
-    if previous is signal.default_int_handler:
+    ours = previous in (signal.default_int_handler, interrupted_while_loading)  # not one the shell set aside
+    if ours:
         signal.signal(signal.SIGINT, on_ctrl_c)
     if previous_term == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, on_ctrl_c)
@@ -70,7 +88,7 @@ def run_script(main, interrupted="interrupted"):
         PRESSED.clear()
         SAYS.clear()
         sys.unraisablehook = previous_hook
-        if previous is signal.default_int_handler:
+        if ours:
             signal.signal(signal.SIGINT, previous)
         if previous_term == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, previous_term)

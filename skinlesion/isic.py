@@ -9,8 +9,9 @@ wide), and the train, validation and test splits that keep lesions and patients 
 one patient, always land in the same split, so validation and test scores are not inflated by near-copies)."""
 
 import glob
+import hashlib
+import io
 import os
-import re
 import shutil
 import warnings
 
@@ -19,7 +20,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from skinlesion import cli, files, interrupts, photos
+from skinlesion import cli, files, interrupts, photos, reading
 from skinlesion.cli import die, first_few, printable, warn
 from skinlesion.files import atomic_write, file_kind, write_text
 from skinlesion.folders import is_within
@@ -39,39 +40,66 @@ FACTORS = {"image type": "image_type", "licence": "copyright_license", "confirma
 SUBGROUPS = ["sex", "age band", "body site", "skin type"]  # the factors evaluate.py reports metrics for
 AGE_BANDS = [(0, 30, "0-29"), (30, 50, "30-49"), (50, 70, "50-69"), (70, 200, "70+")]
 ISIC_ID = r"ISIC_\d{7}"
+MAX_TABLE_BYTES = 1_000_000_000  # the largest metadata.csv read (the whole ISIC Archive's is about 0.3 GB)
 
 
 def read_table(path, columns, what):
     """The named columns of a CSV file, as strings. What Excel saves is read too, with a warning: UTF-16 ('Unicode
     Text'), Windows-1252, fields separated by semicolons or tabs (told from the header line). Anything else that
-    is not CSV text (binary data, a folder, a named pipe: never opened) dies with one line."""
+    is not CSV text (binary data, a folder, a named pipe: never opened; over MAX_TABLE_BYTES) dies with one line,
+    and so does a named column that is there twice with other values (one of them was ignored silently)."""
     kind = file_kind(path)
     if kind:
-        die(f"{path} is {kind}, not a CSV file; it must be {what}")
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    utf16 = head.startswith((b"\xff\xfe", b"\xfe\xff"))
-    if b"\0" in head and not utf16:  # an image, an archive
-        die(f"{path} holds binary data, not CSV text; it must be {what}")
-    header = head.decode("utf-16" if utf16 else "utf-8", "replace").split("\n")[0]
+        die(f"{printable(path)} is {kind}, not a CSV file; it must be {what}")
+    try:
+        data = reading.read_bytes(path, MAX_TABLE_BYTES)
+    except reading.Unreadable as e:  # it changed since, or is too large
+        die(f"{e}; it must be {what}")
+    except OSError as e:
+        die(f"cannot read {printable(path)} ({e.strerror or e}); it must be {what}")
+    utf16 = data.startswith((b"\xff\xfe", b"\xfe\xff"))
+    if b"\0" in data and not utf16:  # an image, an archive
+        die(f"{printable(path)} holds binary data, not CSV text; it must be {what}")
+    header = data[: 1 << 16].decode("utf-16" if utf16 else "utf-8", "replace").split("\n")[0]
     sep = max(SEPARATORS, key=header.count)
     if utf16 or sep != ",":
         encoding_word = "UTF-16 " if utf16 else ""
-        warn(f"{path} is {encoding_word}text with {SEPARATORS[sep]} between fields (as Excel saves it); read it so")
+        warn(f"{printable(path)} is {encoding_word}text with {SEPARATORS[sep]} between fields (as Excel saves it); "
+             "read it so")  # fmt: skip
 
     def read(encoding):
-        return pd.read_csv(
-            path, sep=sep, usecols=lambda c: c in columns, dtype=str, keep_default_na=False, encoding=encoding
-        )
+        names = pd.read_csv(io.BytesIO(data), sep=sep, header=None, nrows=1, dtype=str, encoding=encoding)
+        names = [name.removeprefix("\ufeff") for name in names.iloc[0].fillna("")]
+        twins = {c: [f"{c}.{k}" for k in range(1, names.count(c))] for c in columns if names.count(c) > 1}
+        wanted = set(columns).union(*twins.values())
+        table = pd.read_csv(io.BytesIO(data), sep=sep, usecols=lambda c: c in wanted, dtype=str,
+                            keep_default_na=False, encoding=encoding)  # fmt: skip
+        return without_twins(table, twins, path)
 
     try:
         try:
             return read("utf-16" if utf16 else "utf-8-sig")
         except UnicodeDecodeError:  # e.g. "Müller" in cp1252
-            warn(f"{path} is not UTF-8; read it as Windows-1252 (cp1252), as Excel saves CSV")
+            warn(f"{printable(path)} is not UTF-8; read it as Windows-1252 (cp1252), as Excel saves CSV")
             return read("cp1252")
     except (OSError, ValueError) as e:
-        die(f"cannot read {path} as CSV ({type(e).__name__}); it must be {what}")
+        die(f"cannot read {printable(path)} as CSV ({type(e).__name__}); it must be {what}")
+
+
+def without_twins(table, twins, path):
+    """table without the second (third...) copies of its columns (pandas names them diagnosis_1.1, ...): copies
+    that hold the same values go with a warning; copies that disagree on a row die with one line naming them."""
+    for column, copies in twins.items():
+        for copy in copies:
+            differ = table[column].str.strip() != table[copy].str.strip()
+            if differ.any():
+                rows = table.isic_id[differ] if "isic_id" in table else (differ[differ].index + 2).astype(str)
+                die(
+                    f"{printable(path)} has {len(copies) + 1} {printable(column)} columns, which disagree on "
+                    f"{differ.sum()} row(s) ({first_few(rows)}); keep the one that is right and remove the others"
+                )
+        warn(f"{printable(path)} has {len(copies) + 1} {printable(column)} columns, with the same values: read once")
+    return table.drop(columns=[copy for copies in twins.values() for copy in copies])
 
 
 def metadata_files(metadata_csv, images_dir):
@@ -91,7 +119,7 @@ def read_metadata(paths, columns):
     frames = [read_table(path, columns, "an ISIC export's metadata.csv") for path in paths]
     for path, df in zip(paths, frames):
         if "isic_id" not in df:
-            die(f"{path} has no isic_id column; use the metadata.csv that 'isic image download' writes")
+            die(f"{printable(path)} has no isic_id column; use the metadata.csv that 'isic image download' writes")
     return pd.concat(frames, ignore_index=True).fillna("").apply(lambda s: s.str.strip())
 
 
@@ -124,33 +152,40 @@ def is_undecided(side):
 
 
 def image_files(ids, images_dir, skip):
-    """({isic_id: path} of the regular image files under images_dir (one walk; the first of an id's files), the ids
-    without one [(cause, rows, examples)], extra files). Refused: links out of images_dir, named pipes and such;
-    not entered: the folders for which skip(real path) is true (the dataset being written)."""
+    """({isic_id: path} of the regular image files under images_dir (one walk), the ids without one [(cause, rows,
+    examples)], the byte-identical copies left out). Refused: links out of images_dir, named pipes and such; an id
+    with two different photos (a .jpg and a .png, one in a sub-folder): which shows the row's lesion cannot be
+    told, so neither is used. Of byte-identical copies the first found is used (a folder's files before its
+    sub-folders'). Not entered: the folders for which skip(real path) is true (the dataset being written)."""
     from skinlesion.photos import is_image_file
 
-    found, refused, extra = {}, {}, 0
+    wanted, candidates, refused = set(ids), {}, {}
     for dirpath, dirnames, filenames in os.walk(images_dir):
         dirnames[:] = sorted(d for d in dirnames if not skip(os.path.realpath(os.path.join(dirpath, d))))
         for name in sorted(filenames):
             stem, path = os.path.splitext(name)[0], os.path.join(dirpath, name)
-            if not re.fullmatch(ISIC_ID, stem) or not is_image_file(name):
+            if stem not in wanted or not is_image_file(name):
                 continue
-            if stem in found:
-                extra += 1
-            elif os.path.islink(path) and not is_within(path, images_dir):
-                refused[stem] = (f"symlink out of {images_dir}", stem)
+            if os.path.islink(path) and not is_within(path, images_dir):
+                refused.setdefault(stem, (f"symlink out of {printable(images_dir)}", stem))
             elif file_kind(path):
-                refused[stem] = ("not a regular file", f"{stem} ({file_kind(path)})")
+                refused.setdefault(stem, ("not a regular file", f"{stem} ({file_kind(path)})"))
             else:
-                found[stem] = path
-                refused.pop(stem, None)
+                candidates.setdefault(stem, []).append(path)
+    found, copies = {}, 0
+    for stem, paths in candidates.items():
+        refused.pop(stem, None)
+        if len(paths) > 1 and len({files.file_sha256(path) for path in paths}) > 1:
+            shown = ", ".join(printable(os.path.relpath(path, images_dir)) for path in paths[:3])
+            refused[stem] = ("different photos under one isic_id", f"{stem} ({shown})")
+        else:
+            found[stem], copies = paths[0], copies + len(paths) - 1
     missing = {}
     for i in ids:
         if i not in found:
             cause, example = refused.get(i, ("missing", i))
             missing.setdefault(cause, []).append(example)
-    return found, [(cause, len(items), first_few(items)) for cause, items in missing.items()], extra
+    return found, [(cause, len(items), first_few(items)) for cause, items in missing.items()], copies
 
 
 def credit_refusal(path, folder):
@@ -176,8 +211,8 @@ def copy_credits(metadata_paths, rows, out_dir):
             if why:
                 refused.append(f"{printable(path)} ({why})")
             elif path == attribution:
-                with open(attribution, encoding="utf-8", errors="replace") as f:
-                    texts += [t.strip() for t in f.read().split("\n\n") if t.strip() and t.strip() not in texts]
+                text = reading.read_bytes(attribution, MAX_TABLE_BYTES).decode("utf-8", "replace")
+                texts += [t.strip() for t in text.split("\n\n") if t.strip() and t.strip() not in texts]
             else:
                 licences.setdefault(os.path.basename(path), path)
     said = f"attribution.txt ({len(texts)} attributions) and licenses/ ({', '.join(licences) or 'none'}) copied"
@@ -190,10 +225,14 @@ def copy_credits(metadata_paths, rows, out_dir):
     write_text(os.path.join(out_dir, "attribution.txt"), "\n\n".join(texts) + "\n", None)  # a failure names the file
     os.makedirs(os.path.join(out_dir, "licenses"))
     for name, path in licences.items():
-        atomic_write(
-            os.path.join(out_dir, "licenses", name), lambda tmp, source=path: shutil.copyfile(source, tmp), None
-        )
+        atomic_write(os.path.join(out_dir, "licenses", name), lambda tmp, source=path: copy_regular(source, tmp), None)
     return said
+
+
+def copy_regular(source, target):
+    """Copy a regular file (reading.open_regular: a named pipe put in its place is never waited on)."""
+    with reading.open_regular(source) as f, open(target, "wb") as out:
+        shutil.copyfileobj(f, out)
 
 
 def age_band(value):
@@ -236,9 +275,11 @@ def process_image(job):
     if files.file_kind(src):  # turned into a named pipe since the index: opening it would block forever
         return dict(isic_id=isic_id, error="not a regular file")
     try:
-        sha256 = files.file_sha256(src)
-        width, height = photos.image_size(src)
-        img = photos.load_image(src, min_side=resize_to)  # upright RGB; raises on anything unreadable
+        with photos.photo_file(src) as f:  # read once: what is hashed and decoded is what is copied
+            data = f.read()
+        sha256 = hashlib.sha256(data).hexdigest()
+        width, height = photos.image_size(io.BytesIO(data))
+        img = photos.load_image(io.BytesIO(data), min_side=resize_to)  # upright RGB; raises on anything unreadable
     except photos.NotAPhoto:  # counted under one cause, whatever its size
         return dict(isic_id=isic_id, error=f"one side over {photos.MAX_ASPECT} times the other")
     except Exception as e:  # truncated, empty, not an image, decompression bomb...: counted, never fatal
@@ -247,7 +288,8 @@ def process_image(job):
     out = os.path.join(out_dir, name)
     try:
         if resize_to is None:
-            shutil.copyfile(src, out)
+            with open(out, "wb") as f:
+                f.write(data)
         else:
             scale = resize_to / min(img.size)
             if scale < 1:
@@ -346,3 +388,36 @@ def split_groups(labels, groups, val_fraction, test_fraction, seed):
                     "--test-fraction"
                 )
     return split
+
+
+def labelled_photos(folder):
+    """An export as downloaded, for an external validation: every photo under folder (its metadata.csv, else each
+    metadata.csv under it) whose row has a definite benign/malignant side and an image file, whatever its image
+    type, at its natural prevalence (no sample). Returns (rows: isic_id, side, path and the card's columns;
+    [(why, rows, examples)] of the rows left out), read by the rules prepare_dataset.py reads an export by (the
+    side from diagnosis_1 or the legacy benign_malignant, valid ids, no id with two labels, regular image files
+    inside the export)."""
+    paths = metadata_files(os.path.join(folder, "metadata.csv"), folder)
+    if not paths:
+        die(f"no metadata.csv in {printable(folder)}; pass the folder 'isic image download' wrote (metadata.csv and "
+            "the photos)")  # fmt: skip
+    rows = read_metadata(paths, ["isic_id", *SIDE_COLUMNS, *CARD_COLUMNS])
+    rows = rows.assign(side=sides(rows))
+    left_out = []
+
+    def keep(ok, why, examples):
+        if not ok.all():
+            left_out.append((why, int((~ok).sum()), examples))
+        return rows[ok]
+
+    ok = rows.side.isin(["benign", "malignant"])
+    rows = keep(ok, "no definite benign/malignant side", cli.counts_text(rows.side[~ok], 3))
+    ok = rows.isic_id.str.fullmatch(ISIC_ID)
+    rows = keep(ok, "invalid isic_id", first_few(rows.isic_id[~ok].map(repr)))
+    ok = rows.groupby("isic_id").side.transform("nunique") == 1
+    rows = keep(ok, "isic_id listed with different labels", first_few(rows.isic_id[~ok]))
+    ok = ~rows.isic_id.duplicated()
+    rows = keep(ok, "repeated rows (each photo kept once)", first_few(rows.isic_id[~ok]))
+    found, no_file, _ = image_files(rows.isic_id, folder, lambda path: False)
+    rows = rows[rows.isic_id.isin(found.keys())]
+    return rows.assign(path=rows.isic_id.map(found)).reset_index(drop=True), left_out + no_file

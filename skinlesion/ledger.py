@@ -20,8 +20,13 @@ import secrets
 import socket
 import sys
 
+from skinlesion import reading
+from skinlesion.cli import die, printable
+
 NAME = ".skin-lesion-classifier"  # the ledger (and mark) inside every folder we write in
+TEMPORARY = NAME + ".new"  # the ledger being written (write): left by a kill before the rename, it is ours
 FORMAT = 1
+MAX_BYTES = 256_000_000  # the largest record read (a dataset of 400,000 photos records about 70 MB)
 _RUNS = {}  # pid -> this process's run (a forked worker is a process of its own)
 
 
@@ -71,12 +76,40 @@ def run_is_over(run):
     return started is not None and started != run.get("started")
 
 
-def read_raw(folder):
-    """The ledger in folder as it is (a dict), or None: missing, unreadable, or not one of ours."""
+def record_fault(folder):
+    """Why the record in folder cannot be read (it is not a regular file: a named pipe, a link to /dev/zero, a
+    folder; or it is over MAX_BYTES), as a phrase naming it, or None (a regular file of a fitting size, or none)."""
+    path = os.path.join(folder, NAME)
     try:
-        with open(os.path.join(folder, NAME), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        info = os.lstat(path)
+    except OSError:
+        return None
+    kind = reading.what_it_is(info.st_mode)
+    if kind:
+        return f"{printable(path)} is {kind}, not a record this project wrote"
+    if info.st_size > MAX_BYTES:
+        return f"{printable(path)} is {info.st_size:,} bytes, more than a record this project writes"
+    return None
+
+
+def die_of_fault(fault):
+    die(f"{fault}; move it out of the way (the scripts keep their record of what they wrote in a folder under {NAME})")
+
+
+def read_raw(folder):
+    """The ledger in folder as it is (a dict), or None: missing, unreadable, not JSON, or not one of ours. A record
+    that is not a regular file, is too large or nested too deeply dies with one line naming it: it is never opened
+    (a named pipe would block for ever) nor read without a bound (a link to /dev/zero)."""
+    fault = record_fault(folder)
+    if fault:
+        die_of_fault(fault)
+    try:
+        data = json.loads(reading.read_bytes(os.path.join(folder, NAME), MAX_BYTES, follow_links=False))
+    except reading.Unreadable as e:  # it changed since record_fault looked
+        die_of_fault(str(e))
+    except RecursionError:
+        die_of_fault(f"{printable(os.path.join(folder, NAME))} is JSON nested too deeply to read")
+    except (OSError, ValueError):  # not JSON: an earlier version's mark (text), or damaged
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None
@@ -98,13 +131,19 @@ def read(folder):
 def _locked(path):
     """An exclusive flock on the ledger file path (created if missing), as an open descriptor, or None where the
     system has no locks. The ledger is replaced by a rename: the lock is taken again until it holds the file
-    that is there now."""
+    that is there now. A record that is not a regular file dies with one line (record_fault)."""
     try:
         import fcntl  # not on Windows
     except ImportError:
         return None
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fault = record_fault(os.path.dirname(path))
+        if fault:
+            die_of_fault(fault)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | reading.NO_WAIT | reading.NO_LINK, 0o644)
+        if reading.what_it_is(os.fstat(fd).st_mode):  # it changed since record_fault looked
+            os.close(fd)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:  # a file system without locks
@@ -130,25 +169,50 @@ def updated(folder):
         yield data
         write(folder, data)
     finally:
-        if os.path.isfile(path) and os.path.getsize(path) == 0:  # created for the lock, never written
+        if not record_fault(folder) and os.path.lexists(path) and os.lstat(path).st_size == 0:  # made for the lock
             os.remove(path)
         if lock is not None:
             os.close(lock)
 
 
 def write(folder, data):
-    """Write the ledger of folder atomically (removed when it records nothing); updated() is the locked way."""
+    """Write the ledger of folder atomically (removed when it records nothing); updated() is the locked way. It is
+    written into TEMPORARY first: one left there by a kill is ours and replaced (a regular file at that name: only
+    this function writes it); anything else there dies with one line naming it."""
     path = os.path.join(folder, NAME)
     if data["files"] or data["pending"] or data.get("made") or data.get("leftover"):
+        remove_temporary(folder)
+        new, made = os.path.join(folder, TEMPORARY), False
         try:
-            with open(path + ".new", "w", encoding="utf-8") as f:
+            fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | reading.NO_LINK, 0o644)
+            made = True
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f, separators=(",", ":"))
-            os.replace(path + ".new", path)
+            os.replace(new, path)
+            made = False
         finally:  # a full disk: the previous record stays, and no half-written one is left beside it
-            if os.path.exists(path + ".new"):
-                os.remove(path + ".new")
-    elif os.path.exists(path):
+            if made:
+                os.remove(new)
+    elif os.path.lexists(path):
         os.remove(path)
+
+
+def remove_temporary(folder):
+    """Remove TEMPORARY, the record's own temporary, where a kill left it (a regular file, not a link); anything
+    else of that name dies with one line naming it."""
+    new = os.path.join(folder, TEMPORARY)
+    try:
+        kind = reading.what_it_is(os.lstat(new).st_mode)
+    except FileNotFoundError:
+        return
+    if kind:
+        die(f"{printable(new)} is {kind}, not the temporary record this project writes there; move it out of the way")
+    os.remove(new)
+
+
+def is_own(name):
+    """Whether a file name in a folder is the record's (NAME) or its temporary's (TEMPORARY): no output."""
+    return name in (NAME, TEMPORARY)
 
 
 def where(path):
@@ -182,7 +246,7 @@ def why_not_ours(path, kind=None):
         return "no record"
     written = [record, record.get("previous")]  # previous: what it replaced (a kill may come before the rename)
     sizes = [item.get("size") for item in written if isinstance(item, dict)]
-    with open(path, "rb") as f:
+    with reading.open_regular(path, follow_links=False) as f:
         if os.fstat(f.fileno()).st_size not in sizes:
             return "changed"
         digest = hashlib.file_digest(f, "sha256").hexdigest()

@@ -4,6 +4,8 @@ from evaluate.py); and the test results as the card names them (export_onnx.py c
 
 import yaml
 
+from skinlesion.numbers import known_interval
+
 LICENCES = {"CC-BY-NC": "cc-by-nc-4.0", "CC-BY": "cc-by-4.0", "CC-0": "cc0-1.0"}  # most restrictive first
 TAGS = ["image-classification", "dermatology", "skin-lesion", "isic-archive", "not-a-medical-device"]
 
@@ -49,7 +51,8 @@ def result_entry(name, split, scores, calibration, ece_key, ci95=None):
     for key, label in [("roc_auc", "ROC-AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity")]:
         if scores.get(key) is None:
             continue
-        interval = f", 95% CI {ci95[key][0]:.3f}-{ci95[key][1]:.3f}" if ci95 and key in ci95 else ""
+        known = known_interval((ci95 or {}).get(key))  # none where evaluate.py ran with --n-bootstrap 0
+        interval = f", 95% CI {known[0]:.3f}-{known[1]:.3f}" if known else ""
         found.append(dict(type=key, name=f"{label} ({split}{interval})", value=round(scores[key], 4)))
     if calibration and calibration.get(ece_key) is not None:
         found.append(

@@ -103,6 +103,22 @@ def operating_point(y, p, target, n=2000, seed=0):
     )
 
 
+def known_interval(ci):
+    """(low, high) of a 95% interval whose two ends are numbers, else None: evaluate.py --n-bootstrap 0 computes
+    none, and stores null (NaN in files of earlier versions)."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in ci):
+        return None
+    return float(ci[0]), float(ci[1])
+
+
+def interval_text(ci, digits=3):
+    """'0.812-0.901' of a known interval (known_interval), or 'not computed'."""
+    known = known_interval(ci)
+    return f"{known[0]:.{digits}f}-{known[1]:.{digits}f}" if known else "not computed"
+
+
 def percent_range(value, ci):
     """'90% [81-96%]'."""
     return f"{value:.0%} [{100 * ci[0]:.0f}-{ci[1]:.0%}]"
@@ -250,14 +266,18 @@ def types_with_intervals(y, probabilities, classes, n=2000, seed=0):
 def types_text(found, names=None):
     """'balanced accuracy 0.61 [0.52-0.70] (chance 0.33); sensitivity: Nevus 0.80 [0.70-0.88], ...'."""
     names = names or {}
-    low, high = found["balanced_accuracy_ci95"]
+    intervals = [found["balanced_accuracy_ci95"], *(t["sensitivity_ci95"] for t in found["types"].values())]
+
+    def bracketed(ci):  # ' [0.52-0.70]', or nothing where no interval was computed (--n-bootstrap 0)
+        return f" [{interval_text(ci, 2)}]" if known_interval(ci) else ""
+
     per_type = ", ".join(
-        f"{names.get(c, c)} {t['sensitivity']:.2f} [{t['sensitivity_ci95'][0]:.2f}-{t['sensitivity_ci95'][1]:.2f}]"
-        for c, t in found["types"].items()
+        f"{names.get(c, c)} {t['sensitivity']:.2f}{bracketed(t['sensitivity_ci95'])}" for c, t in found["types"].items()
     )
+    said = " (95% intervals in brackets)" if any(map(known_interval, intervals)) else ""
     return (
-        f"lesion types: balanced accuracy {found['balanced_accuracy']:.2f} [{low:.2f}-{high:.2f}] (chance "
-        f"{found['chance']:.2f}); each type's sensitivity: {per_type} (95% intervals in brackets)"
+        f"lesion types: balanced accuracy {found['balanced_accuracy']:.2f}{bracketed(found['balanced_accuracy_ci95'])} "
+        f"(chance {found['chance']:.2f}); each type's sensitivity: {per_type}{said}"
     )
 
 

@@ -3,6 +3,7 @@ normalised). The Python twin of web/preprocess.js: functions of the same name (g
 normalise, preprocess, flatten_on_white, image_size, upsample_bilinear, too_elongated; load_image is loadImage
 there) give the same pixels. Plus the DataLoader that AItraining.py, evaluate.py and bench.py read photos with."""
 
+import contextlib
 import io
 import os
 import warnings
@@ -10,6 +11,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from skinlesion import reading
 from skinlesion.cli import die, printable
 from skinlesion.files import file_kind
 
@@ -17,7 +19,9 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")  # what
 MAX_IMAGE_PIXELS = 200_000_000  # larger images are refused as possible decompression bombs
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: an error, on purpose
+MAX_PHOTO_BYTES = 2_000_000_000  # larger files are not read as photos (ISIC's largest are tens of MB)
 MAX_ASPECT = 10  # an image with one side more than 10 times the other is refused (not a photo of a lesion)
+UNREADABLE = "not a readable image"  # how try_load_image's why starts for a file that is not a photo at all
 RESAMPLING = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
@@ -119,10 +123,7 @@ def load_image(path, min_side=None):
     (unreadable, truncated, not an image, not a regular file), NotAPhoto (too_elongated, known from the header,
     before decoding) or DecompressionBombError/Warning. path may be an open file (a photo's bytes read from a
     shard)."""
-    kind = None if hasattr(path, "read") else file_kind(path)
-    if kind:
-        raise OSError(f"{kind}, not a photo")
-    with Image.open(path) as img:
+    with photo_file(path) as f, Image.open(f) as img:
         if too_elongated(*img.size):
             w, h = img.size
             raise NotAPhoto(f"{w} x {h} pixels, one side over {MAX_ASPECT} times the other: crop it to the lesion")
@@ -147,7 +148,8 @@ def opened(path, blobs=None):
 
 
 def try_load_image(path):
-    """(upright RGB image, None), or (None, why it could not be read): each caller keeps its own policy."""
+    """(upright RGB image, None), or (None, why it could not be read): each caller keeps its own policy. A photo
+    too elongated says how to fix it (crop it); a why that starts with UNREADABLE needs another file."""
     try:
         return load_image(path), None
     except NotAPhoto as e:
@@ -155,13 +157,21 @@ def try_load_image(path):
     except Exception as e:  # OSError, DecompressionBombError, ...: not a readable image, whatever the cause
         first = str(e).splitlines()[0] if str(e) else ""
         detail = f": {first}" if first else ""
-        return None, f"not a readable image ({type(e).__name__}{detail})"
+        return None, f"{UNREADABLE} ({type(e).__name__}{detail})"
 
 
 def image_size(path):
     """(width, height) as stored, from the header only."""
-    with Image.open(path) as img:
+    with photo_file(path) as f, Image.open(f) as img:
         return img.size
+
+
+def photo_file(path):
+    """A photo's file to read, opened only when it is a regular file of at most MAX_PHOTO_BYTES (a named pipe is
+    never waited on: reading.Unreadable, an OSError, says what it is); path may be an open file already."""
+    if hasattr(path, "read"):
+        return contextlib.nullcontext(path)
+    return reading.open_regular(path, MAX_PHOTO_BYTES)
 
 
 def short_side(size, crop_pct):
@@ -281,3 +291,11 @@ def photo_loader(photos, batches, num_workers, device):
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),
     )
+
+
+def size_caution(path, img):
+    """A warning for a photo far too small or too elongated to show a lesion (predict.py says it), else None."""
+    w, h = img.size
+    if min(w, h) < 16 or max(w, h) > 8 * min(w, h):
+        return f"{printable(path)} is {w} x {h} px: far too small or too elongated to show a lesion; do not trust it"
+    return None

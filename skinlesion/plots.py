@@ -1,26 +1,36 @@
 """The pictures of a run and of an evaluation: training curves, confusion matrices (benign/malignant and lesion
 types), the ROC curve with the operating point, the reliability diagram before and after calibration, and the
-most confident mistakes. Each is a PNG written atomically, recorded as ours (files.atomic_write)."""
+most confident mistakes. Each is a PNG written atomically, recorded as ours (files.atomic_write). An evaluation's
+pictures say which photos they show and how many (shown: 'test split (dataset/test), n = 61: 31 malignant'), in
+their title and in the PNG's Title text."""
 
 import os
 
 import numpy as np
 
+from skinlesion.cli import printable
 from skinlesion.files import TAG, atomic_write
+from skinlesion.numbers import interval_text, known_interval
 
 
 def pyplot():
+    """matplotlib's pyplot, drawing off screen, every text as it is: a name read from data (a folder, a photo, an
+    export's name, a class) holding dollar signs is never parsed as mathtext ('$\\foo$' raised at savefig)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def save_figure(fig, path, dpi=110):
+def save_figure(fig, path, dpi=110, shown=None):
+    """The figure as a PNG at path; shown: which photos it shows, also its PNG Title text."""
+    metadata = {"Software": TAG, **({"Title": shown} if shown else {})}
+
     def write(tmp):
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png", metadata={"Software": TAG})
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png", metadata=metadata)
 
     atomic_write(path, write, "picture")
     pyplot().close(fig)
@@ -51,9 +61,9 @@ def training_curves(history, best_epoch, path):
     save_figure(fig, path, dpi=100)
 
 
-def confusion(counts, names, title, path):
+def confusion(counts, names, title, path, shown=None):
     """Counts [true, predicted] and row rates (for benign/malignant the diagonal rates are the specificity and
-    the sensitivity)."""
+    the sensitivity); shown: which photos, under the title."""
     plt = pyplot()
     counts = np.asarray(counts)
     rates = counts / counts.sum(1, keepdims=True).clip(min=1)
@@ -64,20 +74,27 @@ def confusion(counts, names, title, path):
         for j in range(n):
             colour = "white" if rates[i, j] > 0.6 else "black"
             ax.text(j, i, f"{counts[i, j]}\n({rates[i, j]:.0%})", ha="center", va="center", color=colour, fontsize=9)
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=titled(title, shown))
     ax.set_xticklabels(names, rotation=30 if n > 2 else 0, ha="right" if n > 2 else "center")
     ax.set_yticklabels(names)
-    save_figure(fig, path)
+    save_figure(fig, path, shown=shown)
 
 
-def roc(y, p, scores, auc_ci, path):
-    """ROC curve, AUC with its 95% CI in the legend, the operating point at the stored threshold."""
+def titled(title, shown):
+    """A picture's title with the photos it shows on a line of its own."""
+    return f"{title}\n{shown}" if shown else title
+
+
+def roc(y, p, scores, auc_ci, path, shown=None):
+    """ROC curve, AUC with its 95% CI in the legend, the operating point at the stored threshold; shown: which
+    photos, under the title."""
     from sklearn.metrics import roc_curve
 
     plt = pyplot()
     fpr, tpr, _ = roc_curve(y, p)
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.plot(fpr, tpr, lw=2, label=f"ROC-AUC {scores['roc_auc']:.3f} (95% CI {auc_ci[0]:.3f}-{auc_ci[1]:.3f})")
+    interval = f" (95% CI {interval_text(auc_ci)})" if known_interval(auc_ci) else ""  # none: --n-bootstrap 0
+    ax.plot(fpr, tpr, lw=2, label=f"ROC-AUC {scores['roc_auc']:.3f}{interval}")
     ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="chance")
     sensitivity, specificity = scores["sensitivity"], scores["specificity"]
     label = f"threshold {scores['threshold']:.3f}: sensitivity {sensitivity:.2f}, specificity {specificity:.2f}"
@@ -87,15 +104,16 @@ def roc(y, p, scores, auc_ci, path):
         ylabel="sensitivity (true positive rate)",
         xlim=(-0.02, 1.02),
         ylim=(-0.02, 1.02),
-        title="ROC curve, malignant = positive",
+        title=titled("ROC curve, malignant = positive", shown),
     )
     ax.legend(loc="lower right", fontsize=8)
-    save_figure(fig, path)
+    save_figure(fig, path, shown=shown)
 
 
-def reliability(curves, path):
+def reliability(curves, path, shown=None):
     """The reliability diagram: per bin of P(malignant), the share of photos that are malignant, for each
-    {name: (bins [(mean P, share, photos)], ECE)}; the diagonal is perfect calibration. Below: photos per bin."""
+    {name: (bins [(mean P, share, photos)], ECE)}; the diagonal is perfect calibration. Below: photos per bin.
+    shown: which photos, under the title."""
     plt = pyplot()
     fig, (ax, counts) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=[3, 1], sharex=True, layout="constrained")
     ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="perfectly calibrated")
@@ -107,16 +125,16 @@ def reliability(curves, path):
         ylabel="share of photos that are malignant",
         xlim=(0, 1),
         ylim=(0, 1),
-        title="Reliability: is P(malignant) a chance?",
+        title=titled("Reliability: is P(malignant) a chance?", shown),
     )
     ax.legend(loc="upper left", fontsize=8)
     counts.set(xlabel="P(malignant) the model gave (bin mean)", ylabel="photos")
-    save_figure(fig, path)
+    save_figure(fig, path, shown=shown)
 
 
-def mistakes(photos, crop, path):
+def mistakes(photos, crop, path, shown=None):
     """The most confident mistakes as the model saw them (crop(path) gives its centre crop), with the true
-    label and P(malignant); the title above the tiles, never over their captions."""
+    label and P(malignant); the title (and shown: of which photos) above the tiles, never over their captions."""
     plt = pyplot()
     cols = min(5, len(photos))
     rows = -(-len(photos) // cols)
@@ -125,7 +143,7 @@ def mistakes(photos, crop, path):
         ax.axis("off")
     for ax, m in zip(axes.flat, photos):
         ax.imshow(crop(m["path"]))
-        name = os.path.basename(m["path"])[:24]
+        name = printable(os.path.basename(m["path"]))[:24]  # a photo's name: data, on one line
         ax.set_title(f"true {m['true']}\nP(malignant) {m['p_malignant']:.3f}\n{name}", fontsize=8)
-    fig.suptitle("Most confident mistakes (most wrong first)", fontsize=12)
-    save_figure(fig, path)
+    fig.suptitle(titled("Most confident mistakes (most wrong first)", shown), fontsize=12)
+    save_figure(fig, path, shown=shown)

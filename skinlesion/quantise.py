@@ -2,8 +2,9 @@
 stay from the full model's. Only the convolutions are quantised, and not the stem or the depthwise ones (per
 channel, QDQ, activation ranges from the 99.999th percentile on validation photos: on the real sample with Lite0
 these choices moved the largest P difference from 0.87 to 0.24); the classifier, the calibration, the evidence map
-and the familiarity measure stay float, so P(malignant) moves only as far as the features do. The comparison on
-labelled validation photos decides whether the page may use it: no label may change outside the borderline band,
+and the familiarity measure stay float, so P(malignant) moves only as far as the features do. The comparison's
+numbers on labelled validation photos decide whether the page may use it (within_tolerance, recomputed from them
+wherever the twin is loaded: its stored verdict is never read): no label may change outside the borderline band,
 its ROC-AUC may not fall by more than MAX_AUC_DROP, and (for a model with a familiarity measure) no photo may
 change its familiar/unfamiliar decision unless its full-model distance lies within FAMILIARITY_BAND of the limit.
 The int8 features move the distance as they move P: a photo just inside the limit may land just outside (it is
@@ -112,7 +113,7 @@ def comparison(p_full, p_int8, y, threshold, band, distances=None, limit=None):
     benign, or None): the largest difference, the labels that change (and those whose full-model P lay outside
     the borderline band), each ROC-AUC; for a model with a familiarity measure (distances: the full model's and
     the twin's familiarity distances, limit: the model's), the photos whose familiar/unfamiliar decision flips
-    each way (and those outside FAMILIARITY_BAND); and whether the page may use it (within_tolerance)."""
+    each way (and those outside FAMILIARITY_BAND); and whether the page may use it (the rule: within_tolerance)."""
     from skinlesion import numbers
 
     changed = (p_full >= threshold) != (p_int8 >= threshold)
@@ -128,8 +129,6 @@ def comparison(p_full, p_int8, y, threshold, band, distances=None, limit=None):
     )
     if y is not None and 0 < np.sum(y) < len(y):
         result.update(roc_auc_full=float(numbers.roc_auc(y, p_full)), roc_auc_int8=float(numbers.roc_auc(y, p_int8)))
-    auc_kept = result["roc_auc_full"] is not None and result["roc_auc_int8"] >= result["roc_auc_full"] - MAX_AUC_DROP
-    flips_outside = 0
     if distances is not None:
         d_full, d_int8 = (np.asarray(d, dtype=np.float64) for d in distances)
         to_unfamiliar, to_familiar, flips_outside = familiarity_flips(d_full, d_int8, limit)
@@ -140,9 +139,24 @@ def comparison(p_full, p_int8, y, threshold, band, distances=None, limit=None):
             familiarity_band=FAMILIARITY_BAND,
             max_distance_change=largest_finite(np.abs(d_full - d_int8) / max(limit, 1e-12)),
         )
-    within = auc_kept and result["label_changes_outside_band"] == 0 and flips_outside == 0
-    result["within_tolerance"] = bool(within)
+    result["within_tolerance"] = within_tolerance(result, distances is not None)
     return result
+
+
+def within_tolerance(result, familiar):
+    """Whether the page may run the twin, recomputed from its comparison's numbers (never from its stored verdict):
+    both ROC-AUCs measured and the twin's at most MAX_AUC_DROP below the full model's, no label changed outside the
+    borderline band, and, for a model with a familiarity measure (familiar), its flips counted (with a band no
+    wider than FAMILIARITY_BAND) and none outside the band."""
+    full, int8 = result["roc_auc_full"], result["roc_auc_int8"]
+    if full is None or int8 is None or not int8 >= full - MAX_AUC_DROP:
+        return False
+    if result["label_changes_outside_band"] != 0:
+        return False
+    if not familiar:
+        return True
+    counted = "familiarity_flips_outside_band" in result and result.get("familiarity_band", 1) <= FAMILIARITY_BAND
+    return counted and result["familiarity_flips_outside_band"] == 0
 
 
 def comparison_text(result):

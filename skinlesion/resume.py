@@ -32,6 +32,8 @@ def resume_fault(state):
     fault = shapes.fault(RESUME_STATE, "training state", {k: state[k] for k in RESUME_KEYS})
     try:
         return fault or shapes.fault(EPOCH_LOG, "history", json.loads(state["history"])) or tensors_fault(state)
+    except RecursionError:
+        return "its history is JSON nested too deeply to read"
     except ValueError:
         return "its history is not JSON"
 
@@ -57,10 +59,28 @@ def tensors_fault(state):
         if not (isinstance(entry, dict) and isinstance(entry.get("epoch"), int) and entry["epoch"] >= 1):
             return f"its fold {i + 1} has no best epoch"
         tables += [(f"fold {i + 1}'s {key}", entry.get(key), n) for key, n in (("logits", 2), ("distances", 1))]
+        tables += [
+            (f"fold {i + 1}'s {key}", entry[key], 1) for key in ("member_distances", "member_head") if key in entry
+        ]
     for what, table, n in tables:
         if not (torch.is_tensor(table) and table.ndim == n and table.isfinite().all()):
             return f"its {what} are not a finite table"
-    return None
+    faults = (entry_fault(entry, i, entry["logits"].shape[1]) for i, entry in enumerate(state["done"]))
+    return next(filter(None, faults), None)
+
+
+def entry_fault(entry, i, n_classes):
+    """What is wrong with what fold i keeps of its familiarity measure besides its distances: what its exposure head
+    learned from ({what: how many}), an ensemble member's measure for n_classes (familiarity.arrays_fault); or
+    None."""
+    from skinlesion import familiarity
+
+    fault = "exposed_to" in entry and shapes.fault(shapes.table_of(shapes.COUNT), f"fold {i + 1}'s exposed_to",
+                                                   entry["exposed_to"])  # fmt: skip
+    if fault:
+        return fault
+    fault = "member" in entry and familiarity.arrays_fault(entry["member"], n_classes)
+    return f"its fold {i + 1}'s member measure is refused: {fault}" if fault else None
 
 
 def progress_of(resumed):
@@ -136,28 +156,29 @@ def take_back(state, args, classes, manifest_sha256, defaults=("skin_model_last.
     its settings put into args (AItraining.py's: resume_from, data_dir, given): a flag that would change the run
     dies, and so do other classes and another dataset (a manifest.csv of another SHA-256). defaults: the resume
     file and the model a run writes, for the advice."""
+    resume_from = printable(args.resume_from)
     missing = [key for key in RESUME_KEYS + RESUME_TENSORS if key not in state]
     missing += [k for k in ("settings", "epoch") if k not in state["meta"]]
     if "optimizer" in missing or "settings" in missing:
         die(
-            f"--resume: {args.resume_from} has no optimiser state ({', '.join(missing)}); resume from the "
+            f"--resume: {resume_from} has no optimiser state ({', '.join(missing)}); resume from the "
             f"{defaults[0]} a run writes (--resume-file), not from {defaults[1]}"
         )
     if missing:
-        die(f"--resume: {args.resume_from} was written by an earlier AItraining.py (no {missing[0]}); start a new run")
+        die(f"--resume: {resume_from} was written by an earlier AItraining.py (no {missing[0]}); start a new run")
     fault = resume_fault(state)
     if fault:
-        die(f"--resume: {args.resume_from} is refused: {fault}; start a new run")
+        die(f"--resume: {resume_from} is refused: {fault}; start a new run")
     if state["meta"]["classes"] != classes:
         die(
-            f"--resume: the run in {args.resume_from} trained classes {state['meta']['classes']}, {args.data_dir} "
-            f"has {classes}; start a new run"
+            f"--resume: the run in {resume_from} trained classes {state['meta']['classes']}, "
+            f"{printable(args.data_dir)} has {classes}; start a new run"
         )
     trained_on = state["meta"].get("manifest_sha256")
     if trained_on != manifest_sha256:
         said = [f"SHA-256 {sha[:12]}" if sha else "none" for sha in (trained_on, manifest_sha256)]
         die(
-            f"--resume: the run in {args.resume_from} trained on another dataset (its manifest.csv: {said[0]}; "
+            f"--resume: the run in {resume_from} trained on another dataset (its manifest.csv: {said[0]}; "
             f"{printable(args.data_dir)}'s: {said[1]}); pass the --data-dir it trained on, or start a new run"
         )
     restore_settings(args, state)
@@ -167,36 +188,36 @@ def take_back(state, args, classes, manifest_sha256, defaults=("skin_model_last.
 def restore_settings(args, state):
     """Put the resumed run's settings into args (a flag given that would change the run dies: with folds --epochs
     too, but --deploy may change, the folds being the same); die when there is nothing left to do."""
-    settings, done = state["meta"]["settings"], state["meta"]["epoch"]
+    settings, done, resume_from = state["meta"]["settings"], state["meta"]["epoch"], printable(args.resume_from)
     folds = settings.get("folds", 1)
     changeable = ("epochs", "patience") if folds == 1 else ("patience", "deploy")
     for key, value in settings.items():
         if key in args.given and getattr(args, key) != value and key not in changeable:
             die(
-                f"--resume: the run in {args.resume_from} has {key} {value}; resume without "
+                f"--resume: the run in {resume_from} has {key} {value}; resume without "
                 f"{flag_name(key)} or start a new run"
             )
         setattr(args, key, getattr(args, key) if key in args.given else value)
     if folds > 1 and args.deploy == "ensemble" and any("weights" not in entry for entry in state["done"]):
         die(
-            f"--resume --deploy ensemble: the run in {args.resume_from} kept no fold networks (it deploys refit); "
+            f"--resume --deploy ensemble: the run in {resume_from} kept no fold networks (it deploys refit); "
             "start a new run with --deploy ensemble"
         )
     if state["finished"] and folds > 1 and args.deploy == settings["deploy"]:
         other = "ensemble" if args.deploy == "refit" else "refit"
         die(
-            f"--resume: the run in {args.resume_from} already finished ({folds} folds of {settings['epochs']} "
+            f"--resume: the run in {resume_from} already finished ({folds} folds of {settings['epochs']} "
             f"epochs, deployed: {args.deploy}); to deploy its folds the other way pass --deploy {other} and another "
             "--output, or start a new run"
         )
     if state["finished"] and folds == 1 and done >= args.epochs:
         die(
-            f"--resume: the run in {args.resume_from} already finished ({done} of {settings['epochs']} epochs); "
+            f"--resume: the run in {resume_from} already finished ({done} of {settings['epochs']} epochs); "
             f"to train longer pass a higher --epochs, e.g. --epochs {done + 10}"
         )
     if state["finished"] and folds == 1 and state["stopped_early"] and "patience" not in args.given:
         die(
-            f"--resume: the run in {args.resume_from} stopped early at epoch {done} (no better validation "
+            f"--resume: the run in {resume_from} stopped early at epoch {done} (no better validation "
             f"ROC-AUC for {args.patience} epochs); to go on pass --patience 0 (never stop) or a higher --patience"
         )
 

@@ -176,10 +176,14 @@ OPERATING_POINT = record(dict(  # numbers.operating_point
     sensitivity_ci95=list_of(FRACTION, 2), specificity_ci95=list_of(FRACTION, 2)),
     dict(n_malignant=COUNT, n_benign=COUNT))  # fmt: skip
 LONG = text(4000)
-SUMMARY = record(dict(trained_on=LONG, how_well=LONG, intended_use=LONG, limits=TEXTS), dict(tested=nullable(LONG)))
+SUMMARY = record(dict(trained_on=LONG, how_well=LONG, intended_use=LONG, limits=TEXTS), dict(
+    tested=nullable(LONG), externals=list_of(LONG),  # the test's and external data sets' figures, in words
+    test_point=record(dict(sensitivity=FRACTION, specificity=FRACTION))))  # fmt: skip
 SELF_CHECK = record(dict(  # export_onnx.py: the file's outputs on check_inputs, stored when it was exported
     inputs=whole(1, 16), logits=list_of(list_of(ANY_NUMBER, most=1000), most=16),
-    p_malignant=list_of(FRACTION, most=16)))  # fmt: skip
+    p_malignant=list_of(FRACTION, most=16)),
+    dict(cam=list_of(list_of(list_of(ANY_NUMBER, most=2048), most=2048), most=16),
+         familiarity_distance=list_of(ANY_NUMBER, most=16)))  # fmt: skip
 NAMES = list_of(text(MAX_NAME), most=1000)
 QUANTISED = record(dict(  # export_onnx.py's int8 twin: quantise.comparison, and the full model it was made from
     photos=whole(1, 10**7), max_p_difference=FRACTION, label_changes=COUNT, label_changes_outside_band=COUNT,
@@ -188,8 +192,9 @@ QUANTISED = record(dict(  # export_onnx.py's int8 twin: quantise.comparison, and
     dict(familiar_to_unfamiliar=COUNT, unfamiliar_to_familiar=COUNT, familiarity_flips_outside_band=COUNT,
          familiarity_band=FRACTION, max_distance_change=nullable(number(0, 1e12))))  # fmt: skip
 FAMILIARITY = record(dict(  # familiarity.summary: the limit of the distance, how it was chosen, on what photos
-    method=one_of("mahalanobis"), limit=number(0, 1e12), quantile=FRACTION, image_types=list_of(text()),
-    val_within=FRACTION, n_val=COUNT))  # fmt: skip
+    method=one_of("mahalanobis", "mahalanobis+exposure"), limit=number(0, 1e12), quantile=FRACTION,
+    image_types=list_of(text()), val_within=FRACTION, n_val=COUNT),
+    dict(exposed_to=table_of(COUNT)))  # fmt: skip
 FOLDS = record(dict(  # a run with folds (skinlesion/folds.py): what the card says of them
     k=whole(2, 20), photos=COUNT, deployed=one_of("refit", "ensemble"),
     epochs=list_of(whole(1, 10**6), most=20)), dict(refit_epochs=whole(1, 10**6)))  # fmt: skip

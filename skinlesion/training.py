@@ -1,17 +1,20 @@
 """The training data path and the steps of a training run (AItraining.py, bench.py): a split's photos decoded
 once into a uint8 cache on the training device, or streamed by DataLoader workers, and augmented on the device per
 batch; one epoch of training (and whether it fits in memory), one pass over the validation split (gathered from
-every process under torchrun), the learning-rate schedule. (What a resume checkpoint keeps: resume.py.)"""
+every process under torchrun), the learning-rate schedule, and the run's TensorBoard log. (What a resume checkpoint
+keeps: resume.py.)"""
 
+import contextlib
 import math
 import os
 import re
+import threading
 from types import SimpleNamespace
 
 import numpy as np
 from tqdm import tqdm
 
-from skinlesion import dataset, devices, numbers, photos, shards
+from skinlesion import dataset, devices, folders, numbers, photos, shards
 from skinlesion.cli import die, printable, warn
 from skinlesion.photos import normalise_batch, photo_loader
 
@@ -39,9 +42,6 @@ def step_parts(run, progress, criterion, optimizer, steps, epochs=None, stage=""
     schedule), the network that trains (compiled, under DDP), the TensorBoard writer (rank 0; its steps count on
     over the stages); a resumed run's optimiser and schedule state put back."""
     import torch
-    from torch.utils.tensorboard import SummaryWriter
-
-    from skinlesion import folders
 
     args, total = run.args, run.args.epochs * steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, args.warmup, args.schedule))
@@ -50,17 +50,16 @@ def step_parts(run, progress, criterion, optimizer, steps, epochs=None, stage=""
         schedule.load_state_dict(progress["schedule"])
         where = f"{stage} " if stage else ""
         best = f" (best ROC-AUC so far {progress['best'][0]:.3f})" if progress["best"][0] >= 0 else ""
-        run.log(f"resuming from {args.resume_from} {where}after epoch {progress['epoch']} of {epochs or args.epochs}"
-                + best)  # fmt: skip
+        run.log(f"resuming from {printable(args.resume_from)} {where}after epoch {progress['epoch']} of "
+                f"{epochs or args.epochs}{best}")  # fmt: skip
     net = torch.compile(run.net) if args.compile else run.net
     if run.world > 1:
         ids = [run.device.index] if run.device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
     writer = None
     if run.rank == 0:
-        folders.made_folder(args.log_dir, "AItraining.py", "log folder")
         first = progress["stage"] * args.epochs + progress["epoch"] + 1
-        writer = SummaryWriter(os.path.join(args.log_dir, args.run), purge_step=first)
+        writer = TensorBoardLog(args.log_dir, args.run, first)
     return SimpleNamespace(net=net, criterion=criterion, optimizer=optimizer, schedule=schedule, writer=writer)
 
 
@@ -84,7 +83,7 @@ def report(output, card_path, final):
     m, (low, high) = final["val_metrics"], final["val_auc_ci95"]
     op, fitted = final["operating_point"], final["calibration"]
     kept = card.fold_text(final["folds"]) if final.get("folds") else f"best epoch {final['epoch']}"
-    print(f"{kept}: {said} ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {output}")
+    print(f"{kept}: {said} ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {printable(output)}")
     if fitted and fitted["method"] == "none":
         print("calibration: none (neither temperature nor Platt scaling lowered the cross-validated log-loss)")
     elif fitted:
@@ -93,7 +92,7 @@ def report(output, card_path, final):
             f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"
         )
     print(f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op, photos)}")
-    print(f"model card: {card_path}")
+    print(f"model card: {printable(card_path)}")
     if final["at_chance"]:
         warn(
             f"this model cannot be told from chance: the 95% interval of its {said} ROC-AUC ({low:.3f}-"
@@ -275,7 +274,7 @@ def checked_crops(batches, paths):
     for indices, (x, whys) in batches:
         for i, why in zip(indices, whys):
             if why:
-                raise OSError(f"{paths[i]} is {why}; delete it or re-run prepare_dataset.py")
+                raise OSError(f"{printable(paths[i])} is {why}; delete it or re-run prepare_dataset.py")
         yield x
 
 
@@ -377,3 +376,48 @@ def augment(x, generator, size):
     x = ((x - mean) * factor() + mean).clamp(0, 1)  # contrast
     luma = grey(x)
     return (luma + (x - luma) * factor()).clamp(0, 1)  # saturation
+
+
+class TensorBoardLog:
+    """The run's TensorBoard log, log_dir/run (log_dir made and marked as ours if missing): each epoch's numbers,
+    flushed and recorded in log_dir's ledger at once (what make clean may remove). A write that fails there (a full
+    disk) is one line naming the folder and --log-dir. TensorBoard writes from a thread of its own, whose error
+    comes back at the next flush, where it is said: that thread's traceback is not printed as well."""
+
+    def __init__(self, log_dir, run, start_epoch):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir, self.run, self.folder = log_dir, run, os.path.join(log_dir, run)
+        self.previous_hook, threading.excepthook = threading.excepthook, self.quiet_writer_thread
+        with self.full_disk_said():
+            folders.made_folder(log_dir, "AItraining.py", "log folder")
+            self.writer = SummaryWriter(self.folder, purge_step=start_epoch)
+
+    def add(self, numbers, epoch):
+        with self.full_disk_said():
+            for key, value in numbers.items():
+                self.writer.add_scalar(key, value, epoch)
+            self.writer.flush()
+            folders.record_files(self.log_dir, self.run, "training log")
+
+    def close(self):
+        with self.full_disk_said():
+            self.writer.close()
+            folders.record_files(self.log_dir, self.run, "training log")
+        threading.excepthook = self.previous_hook
+
+    def quiet_writer_thread(self, hook_args):
+        writers = type(hook_args.thread).__module__.startswith("tensorboard.")
+        if not (writers and isinstance(hook_args.exc_value, OSError)):
+            self.previous_hook(hook_args)
+
+    @contextlib.contextmanager
+    def full_disk_said(self):
+        try:
+            yield
+        except OSError as e:
+            reason = f"{printable(e.filename)}: {e.strerror}" if e.filename and e.strerror else e.strerror or str(e)
+            die(
+                f"could not write the TensorBoard log {printable(self.folder)} ({reason}); free some disk space or "
+                "pass another --log-dir"
+            )

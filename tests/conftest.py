@@ -41,7 +41,7 @@ ENV = dict(
 )
 
 import model  # noqa: E402
-from skinlesion import ledger  # noqa: E402
+from skinlesion import familiarity, ledger  # noqa: E402
 
 
 def run(script, *args, cwd, timeout=600, file_size_limit=None, threads=1):
@@ -334,10 +334,27 @@ def trained_types_model(demo_dataset, tmp_path_factory):
     return once_for_all_workers(tmp_path_factory, "trained_types", make)
 
 
+def ctrl_c_as_in_a_terminal():
+    """In a child about to start a program (Popen's preexec_fn): SIGINT back to its default, as a program started
+    from a terminal has it. A suite started in the background (`cmd &` in a script, nohup) ignores SIGINT and its
+    children inherit that: Python then installs no KeyboardInterrupt handler, and a Ctrl-C test's script ran on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(autouse=True)
+def python_handles_ctrl_c():
+    """Every test runs with Python's own Ctrl-C handler (KeyboardInterrupt), as under a terminal, whatever SIGINT
+    disposition launched the suite: the tests that press Ctrl-C in this process (ctrl_c()) saw nothing when the
+    suite was started in the background."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def start(script, args, started, cwd=None, timeout=120):
-    """script in a process group of its own (as a terminal starts it), with readers of its output (p.out, p.err:
-    lists of lines); returns once started(p) is true (say, it wrote into its temporary folder), or after timeout
-    seconds, so that a signal can cut it short."""
+    """script in a process group of its own (as a terminal starts it, SIGINT at its default), with readers of its
+    output (p.out, p.err: lists of lines); returns once started(p) is true (say, it wrote into its temporary
+    folder), so that a signal can cut it short. Fails if it ended before, or did not get there in timeout seconds."""
     p = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, script), *map(str, args)],
         cwd=cwd,
@@ -347,6 +364,7 @@ def start(script, args, started, cwd=None, timeout=120):
         text=True,
         encoding="utf-8",
         start_new_session=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     p.out, p.err = [], []
     p.readers = [
@@ -359,6 +377,10 @@ def start(script, args, started, cwd=None, timeout=120):
     while not started(p) and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert p.poll() is None, f"finished before it could be interrupted:\n{''.join(p.out)}{''.join(p.err)}"
+    if not started(p):
+        os.killpg(p.pid, signal.SIGKILL)
+        finish(p)
+        pytest.fail(f"{script} did not get there in {timeout} s:\n{''.join(p.out)}{''.join(p.err)}")
     return p
 
 
@@ -406,6 +428,7 @@ def start_server(*args, log, cwd=ROOT):
             encoding="utf-8",
             cwd=cwd,
             env=ENV,
+            preexec_fn=ctrl_c_as_in_a_terminal,  # the tests stop it with Ctrl-C
         )
     built, serving = proc.stdout.readline(), proc.stdout.readline()
     if "serving the page at http://127.0.0.1:" not in serving:
@@ -599,7 +622,8 @@ def grey_photo(path, size=(60, 50)):
 def direct_familiarity_distance(checkpoint, paths):
     """The familiarity distance of each photo, computed here: the spatial mean of the outputs of the modules that
     timm's feature_info names and the global pool's output (forward hooks), then sqrt((f - mean)^T P (f - mean))
-    to the nearest class mean, with P = W W^T from the checkpoint's whitening W, or P = floor I - W W^T with a floor."""
+    to the nearest class mean, with P = W W^T from the checkpoint's whitening W, or P = floor I - W W^T with a floor;
+    with an exposure head, the larger of that and clip((f - centre) / scale, +-familiarity.CLIP) . weights + bias."""
     import torch
 
     from skinlesion import photos
@@ -623,6 +647,66 @@ def direct_familiarity_distance(checkpoint, paths):
             net(x)
         f = torch.cat([t.mean((2, 3)) for t in seen[:-1]] + [seen[-1].flatten(1)], 1)[0].double().numpy()
         found.append(min(np.sqrt((f - m) @ precision @ (f - m)) for m in means))
+        if "weights" in ckpt["familiarity"]:
+            centre, scale, weights, bias = (ckpt["familiarity"][k].double().numpy() for k in familiarity.HEAD)
+            z = np.clip((f - centre) / scale, -familiarity.CLIP, familiarity.CLIP)
+            found[-1] = max(found[-1], z @ weights + bias)
     for handle in handles:
         handle.remove()
     return np.array(found), ckpt["meta"]["familiarity"]
+
+
+def changed_output(path, name, delta, batch=None):
+    """Rewrite the ONNX file at path so that its output name is what it was plus delta (an array broadcast over the
+    batch; NaN in it gives NaN there), its other outputs, weights and metadata untouched; batch "of 1" or "over 1":
+    only at such a batch size. delta None: the output wired to 0 (multiplied by 0)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = onnx.load(path)
+    original = f"{name}_original"
+    for node in proto.graph.node:  # the graph's own consumers keep the original value
+        node.input[:] = [original if n == name else n for n in node.input]
+        node.output[:] = [original if n == name else n for n in node.output]
+    wired_to_0 = delta is None
+    delta = np.zeros(1) if wired_to_0 else np.asarray(delta, dtype=np.float64)
+    arrays = {"delta": np.nan_to_num(delta, nan=0.0)}
+    nodes, term = [], "delta"
+    if np.isnan(delta).any():  # made at run time (sqrt(-1)): a NaN weight is refused before the file runs
+        arrays["minus_one_at_nan"] = np.where(np.isnan(delta), -1.0, 0.0)
+        nodes += [
+            helper.make_node("Sqrt", ["minus_one_at_nan"], ["nan_at_nan"]),
+            helper.make_node("Add", ["delta", "nan_at_nan"], ["delta_with_nan"]),
+        ]
+        term = "delta_with_nan"
+    if batch is not None:
+        arrays.update(index0=np.array(0, np.int64), one=np.array(1, np.int64))
+        compare = {"of 1": "Equal", "over 1": "Greater"}[batch]
+        nodes += [
+            helper.make_node("Shape", ["image"], ["image_shape"]),
+            helper.make_node("Gather", ["image_shape", "index0"], ["batch_size"], axis=0),
+            helper.make_node(compare, ["batch_size", "one"], ["at_this_batch"]),
+            helper.make_node("Cast", ["at_this_batch"], ["at_this_batch_float"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [term, "at_this_batch_float"], ["gated_delta"]),
+        ]
+        term = "gated_delta"
+    nodes.append(helper.make_node("Mul" if wired_to_0 else "Add", [original, term], [name]))
+    for key, value in arrays.items():
+        value = value if value.dtype == np.int64 else value.astype(np.float32)
+        proto.graph.initializer.append(numpy_helper.from_array(value, key))
+    proto.graph.node.extend(nodes)
+    onnx.save(proto, path)
+    return path
+
+
+def set_self_check(path, drop=(), **changes):
+    """Change the self_check stored in the ONNX file at path: the keys drop left out, changes made."""
+    import onnx
+
+    proto = onnx.load(path)
+    for prop in proto.metadata_props:
+        if prop.key == "self_check":
+            stored = {key: value for key, value in json.loads(prop.value).items() if key not in drop}
+            prop.value = json.dumps(dict(stored, **changes))
+    onnx.save(proto, path)
+    return path

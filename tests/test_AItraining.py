@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -362,12 +361,10 @@ def test_sigkill_mid_epoch_keeps_the_previous_model_and_resume_continues(tmp_pat
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
     save_model(tmp_path / "skin_model.pth", size=32)  # the previous run's model, which this run may replace
     before = fingerprint(tmp_path)["skin_model.pth"]
-    last = tmp_path / "skin_model_last.pth"
-    p = start(
-        "AItraining.py", [*FAST, "--data-dir", data, "--epochs", 30], lambda _: last.exists(), cwd=tmp_path, timeout=300
-    )
-    time.sleep(0.5)  # well inside the next epoch
-    p.send_signal(signal.SIGKILL)
+    last, curves = tmp_path / "skin_model_last.pth", tmp_path / "training_curves.png"
+    argv = [*FAST, "--data-dir", data, "--epochs", 30]
+    p = start("AItraining.py", argv, lambda _: curves.exists(), cwd=tmp_path, timeout=300)  # epoch 1 all written
+    p.send_signal(signal.SIGKILL)  # past it: in epoch 2, or writing it
     code, _, _ = finish(p)
     assert code == -signal.SIGKILL
     assert fingerprint(tmp_path)["skin_model.pth"] == before  # the model file is written once, when the run ends
@@ -645,6 +642,20 @@ def test_ctrl_c_says_how_to_continue_this_run_and_following_it_does(tmp_path):
     assert f"resuming from skin_model_last.pth after epoch {done} of {done + 1}" in r.stdout
     assert fingerprint(tmp_path)["skin_model.pth"] == before
     model.load_checkpoint(str(tmp_path / "mine.pth"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_log_dir_is_one_line_naming_the_folder_and_the_flag(tiny, tmp_path):
+    """TensorBoard writes from a thread: a full disk was 'error: [Errno 28] No space left on device', naming no file,
+    after that thread's traceback."""
+    (tmp_path / "logs").mkdir()  # the first write of the run is TensorBoard's: its event file's header (> 16 bytes)
+    r = run(
+        "AItraining.py", *FAST, "--data-dir", tiny, "--epochs", 1, "--log-dir", "logs", cwd=tmp_path,
+        file_size_limit=16,
+    )  # fmt: skip
+    assert_one_error(r.returncode, r.stderr, "error: could not write the TensorBoard log logs/")
+    assert r.stderr.strip().endswith("(File too large); free some disk space or pass another --log-dir"), r.stderr
+    assert "Exception in thread" not in r.stderr
 
 
 @pytest.mark.slow

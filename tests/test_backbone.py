@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import model
-from conftest import ROOT, fails
+from conftest import ROOT, alarm, fails
+from skinlesion import backbone
 
 # ---------------------------------------------------------------------------- weights
 WITHOUT_THE_HUB = """
@@ -71,15 +72,17 @@ def test_a_weights_file_of_another_architecture_is_refused_with_the_counts(tmp_p
     classifier must fit, or nothing is loaded. Counted independently from the two state dicts."""
     other = model.build_model(pretrained=False, model_name="resnet18")[0].state_dict()
     torch.save(other, tmp_path / "other.pth")
-    b0 = {
-        k: v for k, v in model.build_model(pretrained=False)[0].state_dict().items() if not k.startswith("classifier.")
+    b0 = {  # every tensor that holds a value: not the new classifier, nor BatchNorm's step counters
+        k: v
+        for k, v in model.build_model(pretrained=False)[0].state_dict().items()
+        if not k.startswith("classifier.") and not k.endswith(".num_batches_tracked")
     }
     missing = sum(k not in other for k in b0)
     other_shape = sum(k in other and other[k].shape != v.shape for k, v in b0.items())
     assert missing and other_shape
     expected = (
         f"weights file {tmp_path / 'other.pth'} does not fit efficientnet_b0: of its {len(b0)} tensors (the classifier "
-        f"aside) {missing} are missing and {other_shape} have another shape; use the weights of "
+        f"and the step counters aside) {missing} are missing and {other_shape} have another shape; use the weights of "
         "timm/efficientnet_b0.ra_in1k"
     )
     fails(capsys, expected, model.build_model, weights_file=str(tmp_path / "other.pth"))
@@ -116,3 +119,74 @@ def test_an_unknown_or_unsuitable_architecture_is_one_line(capsys):
         False,
         model_name="convnext_atto",
     )
+
+
+@pytest.mark.parametrize("kind", ["a named pipe", "a folder"])
+def test_a_weights_file_that_is_not_a_regular_file_says_what_it_is_not_that_it_is_missing(tmp_path, capsys, kind):
+    """'not found' was printed for a weights file that exists as a named pipe or a folder; a pipe is never read."""
+    path = tmp_path / "weights.safetensors"
+    if kind == "a named pipe":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    expected = f"weights file {path} is {kind}, not a file of weights; pass the file itself"
+    with alarm(60, "blocked on a named pipe"):
+        fails(capsys, expected, model.build_model, weights_file=str(path))
+
+
+def test_a_weights_file_over_the_bound_says_so_before_it_is_read(tmp_path, capsys):
+    """A weights file over backbone.MAX_WEIGHTS_BYTES (sparse: no disk used) was refused as 'could not load
+    ImageNet weights from ... (Unreadable)': the line now says what the file is."""
+    path = tmp_path / "weights.safetensors"
+    with open(path, "wb") as f:
+        f.truncate(backbone.MAX_WEIGHTS_BYTES + 1)
+    expected = (
+        f"{path} is {backbone.MAX_WEIGHTS_BYTES + 1:,} bytes, over the {backbone.MAX_WEIGHTS_BYTES:,} it may be; use "
+        "the weights of timm/efficientnet_b0.ra_in1k"
+    )
+    fails(capsys, expected, model.build_model, weights_file=str(path))
+
+
+def trained_looking_weights():
+    """ImageNet-shaped B0 weights whose every tensor differs from a fresh network's (running statistics and step
+    counters included): a load that skipped any of them would show."""
+    net = model.build_model(pretrained=False, num_classes=1000)[0]
+    generator = torch.Generator().manual_seed(0)
+    weights = {}
+    for k, v in net.state_dict().items():
+        if k.endswith(".num_batches_tracked"):
+            weights[k] = torch.tensor(7)
+        elif k.endswith(".running_var"):
+            weights[k] = torch.rand(v.shape, generator=generator) + 0.5
+        else:
+            weights[k] = torch.randn(v.shape, generator=generator)
+    return weights
+
+
+@pytest.mark.parametrize("ext", [".pth", ".safetensors"])
+def test_weights_without_batchnorm_step_counters_load_and_a_missing_running_mean_is_refused(tmp_path, capsys, ext):
+    """Converted and published weights often lack num_batches_tracked (PyTorch's own strict load of such a table
+    accepts it): every tensor that holds a learned or running value is loaded, compared here tensor by tensor; the
+    same file without one running_mean is refused."""
+    from safetensors.torch import save_file
+
+    weights = trained_looking_weights()
+    counters = [k for k in weights if k.endswith(".num_batches_tracked")]
+    values = {k: v for k, v in weights.items() if k not in counters}
+    assert len(counters) == 49 and len(values) == len(weights) - 49
+    short = {k: v for k, v in values.items() if k != "blocks.1.0.bn1.running_mean"}
+    for name, tensors in [("plain", values), ("short", short)]:
+        if ext == ".pth":
+            torch.save(tensors, tmp_path / f"{name}{ext}")
+        else:
+            save_file(tensors, str(tmp_path / f"{name}{ext}"))
+    net, start = model.build_model(weights_file=str(tmp_path / f"plain{ext}"))
+    assert start["file"] == f"plain{ext}"
+    loaded = net.state_dict()
+    for k, v in values.items():
+        if not k.startswith("classifier."):
+            assert torch.equal(loaded[k], v), k
+    assert all(loaded[k] == 0 for k in counters)  # counts, not values: they start at 0
+    assert not loaded["classifier.weight"].any()  # the new head, neutral
+    _, err = fails(capsys, "are missing", model.build_model, weights_file=str(tmp_path / f"short{ext}"))
+    assert "aside) 1 are missing and 0 have another shape" in err

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import bench
-from conftest import fingerprint, help_of, main_fails, run, write_export
+from conftest import alarm, fingerprint, help_of, main_fails, run, write_export
 from skinlesion import cli, folders
 
 ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory", "0.11 GB", "0.11 of 1 GB", "")]
@@ -132,25 +132,66 @@ def test_timed_batches_and_their_rate(monkeypatch):
     assert measure.per_second(times, 1, 32) == 3 * 32 / 3
 
 
+SAMPLED = """
+import os, sys, time
+{code}
+open({ready!r}, "w").close()
+for _ in range(6000):  # until measure.run has sampled this process since (at most 60 s)
+    if os.path.exists({go!r}):
+        break
+    time.sleep(0.01)
+sys.exit({exit_code})
+"""
+
+
+def sampled_command(folder, monkeypatch, code, exit_code=0):
+    """A Python command that runs code, then waits until measure.run has taken a memory sample of it: its peak is
+    that of a running Python however busy the machine (a command that ends before the first sample measured
+    188 KB, against an expected > 1 MB, on a loaded machine). measure.tree_pss, wrapped, says when."""
+    ready, go = os.path.join(folder, "ready"), os.path.join(folder, "go")
+    for done in (ready, go):
+        if os.path.exists(done):
+            os.remove(done)
+    tree_pss = measure.tree_pss
+
+    def sampling(pid):
+        after_code = os.path.exists(ready)
+        pss = tree_pss(pid)
+        if after_code:
+            open(go, "w").close()
+        return pss
+
+    monkeypatch.setattr(measure, "tree_pss", sampling)
+    return [sys.executable, "-c", SAMPLED.format(code=code, ready=ready, go=go, exit_code=exit_code)]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="PSS is read from Linux /proc")
-def test_tree_pss_and_a_command_with_its_peak_memory():
+def test_tree_pss_and_a_command_with_its_peak_memory(tmp_path, monkeypatch):
     assert measure.tree_pss(os.getpid()) > 1e6  # this Python with pandas loaded
     assert measure.tree_pss(2**22 + 12345) == 0  # no such process
-    seconds, peak = measure.run([sys.executable, "-c", "import time; time.sleep(0.6)"], measure_memory=True)
+    cmd = sampled_command(tmp_path, monkeypatch, "time.sleep(0.6)")
+    with alarm(120, "measure.run never saw the command running"):
+        seconds, peak = measure.run(cmd, measure_memory=True)
     assert seconds >= 0.6 and peak > 1e6
     assert measure.run([sys.executable, "-c", "pass"])[1] is None
 
 
 @pytest.mark.slow
-def test_a_command_that_writes_more_than_a_pipe_holds_while_its_memory_is_sampled_finishes():
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="PSS is read from Linux /proc")
+def test_a_command_that_writes_more_than_a_pipe_holds_while_its_memory_is_sampled_finishes(
+    tmp_path, monkeypatch, capsys
+):
     """prepare_dataset.py at 50,000 photos wrote more than 64 KB while bench.py sampled its memory and never read
-    the pipe: both waited forever. 1 MB of output now finishes, and a failure still shows the output's end."""
-    code = "import sys; sys.stdout.write('x' * 2**20 + '\\nend of it\\n'); sys.exit({})"
-    seconds, peak = measure.run([sys.executable, "-c", code.format(0)], measure_memory=True)
-    assert seconds < 60 and peak > 1e6
-    with pytest.raises(SystemExit):
-        measure.run([sys.executable, "-c", code.format(1)], measure_memory=True)
+    the pipe: both waited forever. 1 MB of output, then memory samples, now finish, and a failure still shows the
+    output's end."""
+    code = "sys.stdout.write('x' * 2**20 + '\\nend of it\\n'); sys.stdout.flush()"
+    with alarm(120, "measure.run hung on a command that wrote more than a pipe holds"):
+        seconds, peak = measure.run(sampled_command(tmp_path, monkeypatch, code), measure_memory=True)
+        assert peak > 1e6
+        with pytest.raises(SystemExit):
+            measure.run(sampled_command(tmp_path, monkeypatch, code, exit_code=1), measure_memory=True)
+    assert capsys.readouterr().err.rstrip().endswith("end of it")
 
 
 @pytest.mark.slow

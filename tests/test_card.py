@@ -264,6 +264,33 @@ def test_the_card_shows_the_model_files_sha256(meta, tmp_path):
     assert "- Model file: m.pth, SHA-256 not recorded" in card.render(meta, "m.pth")
 
 
+def test_one_identity_per_model_the_card_lists_the_exports_and_keeps_them(meta, evaluation, tmp_path):
+    """The card lists the SHA-256 of the .pth, the .onnx and the int8 twin (export_onnx.py records them); an
+    evaluation rewriting the card keeps them (they are embedded with the results), for this model file only."""
+    path = str(tmp_path / "skin_model.md")
+    exports = {"skin_model.onnx": "a" * 64, "skin_model.int8.onnx": "b" * 64}
+    card.write_card(path, meta, "skin_model.pth", evaluation, None, "c" * 64, exports)
+    text = (tmp_path / "skin_model.md").read_text()
+    assert f"- Model file: skin_model.pth, SHA-256 {'c' * 64} (compare" in text
+    assert f"- Exported by export_onnx.py: skin_model.onnx, SHA-256 {'a' * 64}." in text
+    assert f"- Exported by export_onnx.py: skin_model.int8.onnx, SHA-256 {'b' * 64}." in text
+    assert card.embedded(path, "c" * 64)["exports"] == exports and card.embedded(path, "d" * 64) is None
+
+
+def test_the_card_says_each_warning_and_an_external_sets_photos_beside_the_training_ones(meta, evaluation):
+    """evaluate.py's warnings (a figure outside what validation stated) are in the card; an external data set's
+    section names its image types and malignant share beside the training photos'."""
+    warning = "the test specificity 33% lies outside the 95% interval validation stated for it (63% [45-80%])"
+    photos = dict(n_photos=598, malignant_share=0.11, image_types={"dermoscopic": 598})
+    external = dict(evaluation, data_dir="clinic_b", warnings=[warning], photos=photos)
+    text = card.render(dict(meta, prior_malignant=0.5), "m.pth", dict(evaluation, warnings=[warning]), {"B": external})
+    assert text.count(f"**Warning**: {card.markdown_text(warning)}.") == 2  # as markdown shows it
+    trained = ", ".join(f"{t} {n}" for t, n in meta["data"]["factors"]["image type"]["train"].items())
+    said = f"Photos: 598, of image type dermoscopic 598 (training photos: {trained}); 11% malignant (training photos: "
+    said += "50%)."
+    assert said in text.split("**External validation: B**")[1]
+
+
 def test_a_lesion_type_model_names_its_types_by_side():
     meta = trained(lesion_types=True)
     text = card.render(meta, "types.pth")
@@ -329,8 +356,11 @@ def test_the_summary_carries_the_test_results_as_the_card_names_them(meta, evalu
         "model-index"][0]["results"][1]["metrics"]}  # fmt: skip
     assert tested == front and tested["roc_auc"][0] == round(evaluation["metrics"]["roc_auc"], 4)
     summary = card.summary(meta, tested)
-    assert set(summary) == {"trained_on", "how_well", "intended_use", "limits", "tested"}
-    assert summary["trained_on"].startswith("400 ISIC photos (dermoscopic); classes: benign and malignant")
+    assert set(summary) == {"trained_on", "how_well", "intended_use", "limits", "tested", "test_point"}
+    train = sum(meta["data"]["counts"]["train"].values())  # the photos it learned from, not all 400 prepared
+    assert 0 < train < 400 and summary["trained_on"].startswith(f"{train} ISIC photos (dermoscopic); classes: benign")
+    m = evaluation["metrics"]  # the figures PPV and NPV come from (model_index rounds them to 4 digits)
+    assert summary["test_point"] == {k: round(m[k], 4) for k in ("sensitivity", "specificity")}
     m, ci = evaluation["metrics"], evaluation["ci95"]
     sens, spec = (f"{m[k]:.0%} [{100 * ci[k][0]:.0f}-{ci[k][1]:.0%}]" for k in ("sensitivity", "specificity"))
     auc = f"ROC-AUC {m['roc_auc']:.2f} [{round(ci['roc_auc'][0], 3):.2f}-{round(ci['roc_auc'][1], 3):.2f}]"

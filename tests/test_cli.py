@@ -283,3 +283,13 @@ def test_a_yes_no_flag_refuses_what_is_neither(capsys):
     import AItraining
 
     fails_in_one_line(AItraining.parse_args, ["--class-weights", "maybe"], capsys, "maybe: use yes or no")
+
+
+@pytest.mark.parametrize(
+    "share, text",
+    [(0.05, "5.0%"), (0.5, "50.0%"), (0.0001, "0.01%"), (0.00015, "0.015%"), (0.9999, "99.99%"), (0.001, "0.1%"),
+     (0.00999, "1%"), (1e-6, "0.0001%"), (0.123456, "12.3%"), (0.0, "0.0%")],
+)  # fmt: skip
+def test_a_share_is_never_printed_as_zero_percent(share, text):
+    """Issue 28: --prevalence 0.0001 was printed as 0.0%; the digits a share needs, two significant ones at most."""
+    assert cli.percent_text(share) == text

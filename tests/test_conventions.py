@@ -1,8 +1,9 @@
-"""The project's own conventions, checked: small files cut by concern, flags only from each script's constants
-block, --help answered without importing torch, the flag documentation equal to what --help says, every numeric
-flag's range stated once (in its constant's comment), a README read in ten minutes that names only flags that
-exist."""
+"""The project's own conventions, checked: files cut by concern with short functions, flags only from each
+script's constants block, --help answered without importing torch, the flag documentation equal to what --help
+says, every numeric flag's range stated once (in its constant's comment), a README read in ten minutes that names
+only flags that exist."""
 
+import ast
 import glob
 import importlib
 import os
@@ -27,7 +28,10 @@ def is_script(path):
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py")) if not p.endswith("/model.py"))
 SCRIPTS += [os.path.relpath(p, ROOT) for p in TOOLS if is_script(p)]
 MODULES = sorted(glob.glob(os.path.join(ROOT, "skinlesion", "*.py"))) + [p for p in TOOLS if not is_script(p)]
-LIMITS = {"script": 400, "model.py": 450, "module": 400}  # lines, after ruff format
+FUNCTION_LINES = 60  # a function reads as the steps of one job: about this many lines at most (DEVELOPERS.md)
+LONGER_TODAY = {("AItraining.py", "main"): 142, ("evaluate.py", "main"): 102, ("predict.py", "main"): 107,
+                ("tools/bench.py", "bench_training"): 70}  # fmt: skip
+# the mains the renovation (issue 30) shortens: none may grow, and no other function may pass FUNCTION_LINES
 
 
 def lines(path):
@@ -35,12 +39,24 @@ def lines(path):
         return sum(1 for _ in f)
 
 
-def test_every_file_stays_within_its_line_limit():
-    over = [f"{s}: {lines(os.path.join(ROOT, s))}" for s in SCRIPTS if lines(os.path.join(ROOT, s)) > LIMITS["script"]]
-    if lines(os.path.join(ROOT, "model.py")) > LIMITS["model.py"]:
-        over.append(f"model.py: {lines(os.path.join(ROOT, 'model.py'))}")
-    over += [f"{os.path.basename(m)}: {lines(m)}" for m in MODULES if lines(m) > LIMITS["module"]]
-    assert not over, f"over the limit ({LIMITS} lines): {over}"
+def function_lengths(path):
+    """{function name: lines} of every function and method in a Python file (nested ones by their own name)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef)
+    return [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree) if isinstance(n, kinds)]
+
+
+def test_no_function_grows_past_its_budget():
+    """A file may be as long as its one concern needs; a function may not: none over FUNCTION_LINES but the long
+    mains of LONGER_TODAY, and those never longer than they are."""
+    over = []
+    for path in [os.path.join(ROOT, s) for s in SCRIPTS] + [os.path.join(ROOT, "model.py")] + MODULES:
+        name = os.path.relpath(path, ROOT)
+        for function, length in function_lengths(path):
+            if length > LONGER_TODAY.get((name, function), FUNCTION_LINES):
+                over.append(f"{name}: {function} {length} lines")
+    assert not over, f"over {FUNCTION_LINES} lines (or longer than LONGER_TODAY): {over}"
 
 
 def test_the_package_init_is_empty():

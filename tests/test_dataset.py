@@ -181,3 +181,21 @@ def test_the_data_summary_holds_text_a_model_file_accepts():
     assert data["source"] == "data\\x1bset" and data["label_column"] == "diagnosis\\t3" and "train\\n" in data["counts"]
     assert set(data["factors"]["sex"]["train"]) == {"Dr \\x1b[2J", "Clinic\\nB"}
     assert data["factors"]["sex"]["train\\n"] == {"unknown": 1}
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"\0" * 1000, "manifest.csv holds binary data, not CSV text; re-run prepare_dataset.py"),
+        (b"isic_id,label\nISIC_0000001,benign\n", "manifest.csv has no split column (its columns: isic_id, label)"),
+        (b"isic_id,Split,label\n", "manifest.csv has no split column (its columns: isic_id, Split, label)"),
+    ],
+    ids=["zero bytes", "no split column", "Split"],
+)
+def test_a_binary_manifest_or_one_without_its_split_column_is_one_line(tmp_path, capsys, content, expected):
+    """Zero bytes were read as an empty table (ignored: the card said the licences were unknown); a manifest
+    without its split column was a KeyError later. The nearest accepted: the columns every manifest holds."""
+    (tmp_path / "manifest.csv").write_bytes(content)
+    fails(capsys, expected, dataset.read_manifest, str(tmp_path))
+    (tmp_path / "manifest.csv").write_bytes(b"isic_id,split,label\nISIC_0000001,train,benign\n")
+    assert dataset.read_manifest(str(tmp_path)).split.tolist() == ["train"]

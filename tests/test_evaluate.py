@@ -1,6 +1,7 @@
 """evaluate.py: every metric with its interval, the pictures, the most confident mistakes, TTA, the at-chance
 verdict, counted skips, and one line (before any scoring) for what cannot work."""
 
+import csv
 import hashlib
 import json
 import os
@@ -13,11 +14,14 @@ import pytest
 from PIL import Image
 
 import evaluate
+import export_onnx
 import model
 import predict
 from conftest import (
+    ROOT,
     assert_one_error,
     direct_familiarity_distance,
+    export_rows,
     fingerprint,
     front_matter,
     grey_photo,
@@ -26,8 +30,9 @@ from conftest import (
     recorded,
     run,
     save_model,
+    write_export,
 )
-from skinlesion import evaluation, files
+from skinlesion import card, evaluation, files
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 THRESHOLD = 0.37
@@ -158,7 +163,7 @@ def test_a_model_at_chance_is_called_so(setup, tmp_path, capsys):
             lesion_photo(tmp_path / "twins" / c / f"{j}.jpg", (80, 64), j)
     evaluate_into(tmp / "model.pth", tmp_path / "twins", tmp_path / "out", 300)
     assert "warning: on these photos the model cannot be told from chance" in capsys.readouterr().err
-    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["at_chance"] is True
+    assert json.loads((tmp_path / "out" / "evaluation_twins.json").read_text())["at_chance"] is True  # not the test's
 
 
 @pytest.mark.slow
@@ -240,6 +245,11 @@ def test_calibration_operating_point_and_the_card_are_reported(setup, tmp_path, 
             low, high = cal[f"{key}_{when}_ci95"]
             assert low <= cal[f"{key}_{when}"] <= high, (key, when)
     assert_png(tmp_path / "out" / "calibration.png")
+    shown = f"test split ({tmp / 'test'}), n = 12: 6 malignant"  # which photos, how many: 6 + 6, one unreadable out
+    for picture in ("calibration.png", "roc_curve.png", "confusion_matrix.png", "mistakes.png"):
+        if (tmp_path / "out" / picture).exists() or picture != "mistakes.png":
+            with Image.open(tmp_path / "out" / picture) as img:
+                assert img.text["Title"] == shown, picture
     op = report["operating_point"]
     assert op["test_sensitivity"] == report["metrics"]["sensitivity"] and len(op["test_sensitivity_ci95"]) == 2
     text = (tmp_path / "model.md").read_text(encoding="utf-8")
@@ -278,7 +288,7 @@ def test_another_data_set_adds_an_external_validation_and_keeps_the_test_section
     test_report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     evaluate_into(path, tmp_path / "other_clinic", tmp_path / "out", 200)
     assert "(External validation: other_clinic)" in capsys.readouterr().out
-    external_report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    external_report = json.loads((tmp_path / "out" / "evaluation_other_clinic.json").read_text())
     assert test_report["external_validation"] is None and external_report["external_validation"] == "other_clinic"
     for again in (False, True):
         text = (tmp_path / "model.md").read_text(encoding="utf-8")
@@ -341,7 +351,7 @@ def test_the_target_outside_the_test_interval_is_said(tmp_path, capsys, threshol
     test sensitivity and its interval are 0, far from 0.99: a warning), threshold 0 catches all (1, with the
     target 1 inside its interval: no warning). Both outcomes, each for sure."""
     op = dict(target_sensitivity=target, threshold=threshold, sensitivity=target, sensitivity_ci95=[0.9, 1.0])
-    op.update(specificity=0.3, specificity_ci95=[0.2, 0.4])
+    op.update(specificity=threshold, specificity_ci95=[threshold] * 2)  # all benign cleared, or none: as on test
     path = save_model(tmp_path / "model.pth", threshold=threshold, val_metrics={"roc_auc": 0.9}, operating_point=op)
     class_photos(tmp_path / "test", 4)
     evaluate_into(path, tmp_path / "test", tmp_path / "out", 50)
@@ -362,6 +372,24 @@ def test_the_target_outside_the_interval_counts_its_ends_as_inside(target, outsi
     meta = dict(operating_point=dict(target_sensitivity=target, threshold=0.4))
     found = evaluation.operating_report(np.array([0, 1]), np.array([0.2, 0.7]), meta, scores, ci)
     assert found["target_outside_interval"] is outside and ("warning" in found) is outside
+
+
+def test_without_intervals_the_target_is_neither_inside_nor_outside(tmp_path, capsys):
+    """--n-bootstrap 0 (no test intervals) warned that the operating point 'did not hold here (nan-nan)'. The same
+    photos with intervals: the warning is said (test_the_target_outside_the_test_interval_is_said). The intervals
+    validation stated are the model's own, and a test figure outside them is still said."""
+    op = dict(target_sensitivity=0.99, threshold=1.0, sensitivity=0.99, sensitivity_ci95=[0.9, 1.0])
+    op.update(specificity=0.3, specificity_ci95=[0.2, 0.4])
+    path = save_model(tmp_path / "model.pth", threshold=1.0, val_metrics={"roc_auc": 0.9}, operating_point=op)
+    class_photos(tmp_path / "test", 4)
+    evaluate_into(path, tmp_path / "test", tmp_path / "out", 0)
+    err = capsys.readouterr().err
+    found = json.loads((tmp_path / "out" / "evaluation.json").read_text())["operating_point"]
+    assert found["test_sensitivity"] == 0.0 and found["target_outside_interval"] is None
+    assert "nan-nan" not in err and "nan%" not in err and "the target sensitivity" not in err and "warning" not in found
+    # what validation stated needs no bootstrap here: the test figures outside those intervals are still said
+    assert "the test sensitivity 0% lies outside the 95% interval validation stated for it" in err
+    assert "the test specificity 50% lies outside the 95% interval validation stated for it" in err
 
 
 def evaluated(model_file, data_dir, folder):
@@ -462,12 +490,204 @@ def test_the_unfamiliar_test_photos_are_counted_in_the_report_and_the_card(famil
     model_file = shutil.copy(checkpoint, tmp_path / "skin_model.pth")
     r = run("evaluate.py", "--model", model_file, "--data-dir", tmp_path / "test", "--n-bootstrap", 50, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    with open(tmp_path / "evaluation.json") as f:
-        found = json.load(f)["familiarity"]
+    name = f"{tmp_path.name}_test"  # not the model's dataset (no manifest beside): an external validation's name
+    with open(tmp_path / f"evaluation_{name}.json") as f:
+        report = json.load(f)
+    found = report["familiarity"]
     paths = [os.path.join(root, n) for root, _, names in os.walk(tmp_path / "test") for n in names]
     distances, stored = direct_familiarity_distance(model_file, paths)
     flagged = int((distances > stored["limit"]).sum())
     assert found["n_unfamiliar"] == flagged and found["n_photos"] == len(paths) and flagged >= len(greys)
     assert f"unfamiliar: {flagged} of {len(paths)} photos" in r.stdout
+    listed = {photo["path"]: photo for photo in report["unfamiliar_photos"]}  # each flagged photo, with its label
+    assert set(listed) == {path for path, d in zip(paths, distances) if d > stored["limit"]} >= set(greys)
+    for path in listed:
+        true = os.path.basename(os.path.dirname(path))
+        assert listed[path]["true"] == true and f"  {true:<12} distance " in r.stdout and path in r.stdout
+    within = f"{stored['val_within']:.0%} of the {stored['n_val']} validation photos lie within"  # as training says
+    assert within in r.stdout and "photos within)" not in r.stdout
     with open(tmp_path / "skin_model.md", encoding="utf-8") as f:
-        assert f"Unfamiliar photos: {flagged} of {len(paths)}" in f.read()
+        text = f.read()
+    assert f"Unfamiliar photos: {flagged} of {len(paths)}" in text and text.count(within) == 2
+
+
+@pytest.mark.parametrize(
+    "sensitivity, specificity, ece, said",
+    [
+        (0.90, 0.33, 0.10, ["the test specificity 33% lies outside the 95% interval validation stated for it "
+                            "(63% [45-80%]): it did not hold here"]),  # issue 29's run
+        (0.90, 0.45, 0.10, []),  # the ends of an interval are inside it
+        (0.82, 0.81, 0.10, ["test sensitivity 82%", "test specificity 81%"]),
+        (0.90, 0.60, 0.30, ["the validation ECE 0.050 lies outside the 95% interval of the test ECE (0.300, "
+                            "0.200-0.400): the calibration did not hold here"]),
+    ],
+)  # fmt: skip
+def test_every_test_figure_outside_what_validation_stated_is_warned_about(sensitivity, specificity, ece, said):
+    """Not only the target sensitivity: the test sensitivity and specificity against validation's intervals, and
+    the ECE (validation states no interval for it: its value against the test ECE's interval)."""
+    op = dict(target_sensitivity=0.9, threshold=0.4, sensitivity=0.93, sensitivity_ci95=[0.83, 1.0])
+    op.update(specificity=0.63, specificity_ci95=[0.45, 0.80])
+    meta = dict(operating_point=op, calibration=dict(method="platt", val_ece_after=0.05))
+    cal = dict(ece_after=ece, ece_after_ci95=[ece - 0.1, ece + 0.1])
+    found = evaluation.figures_outside(dict(sensitivity=sensitivity, specificity=specificity), cal, meta)
+    assert len(found) == len(said) and all(part in text for part, text in zip(said, found)), found
+    no_interval = dict(cal, ece_after_ci95=[float("nan")] * 2)  # --n-bootstrap 0: nothing to say of the ECE
+    assert evaluation.figures_outside(dict(sensitivity=0.9, specificity=0.6), no_interval, meta) == []
+
+
+def external_rows():
+    """An export from another clinic: 9 benign and 3 malignant photos (its own prevalence, not balanced), 4 of them
+    dermoscopic, plus one row without a definite side and one without a photo."""
+    rows = []
+    for i in range(14):
+        side = "Malignant" if i % 4 == 3 else "Benign"
+        kind = "dermoscopic" if i < 4 else "clinical: overview"
+        rows.append(dict(isic_id=f"ISIC_{i:07d}", attribution="Clinic B", image_type=kind, diagnosis_1=side))
+    rows[12]["diagnosis_1"] = "Indeterminate"
+    rows[13]["isic_id"] = "ISIC_9999999"  # listed, never downloaded
+    return rows
+
+
+@pytest.mark.slow
+def test_an_external_validation_writes_its_own_files_and_the_test_runs_stay_byte_identical(setup, tmp_path, capsys):
+    """evaluate.py --external (or another DATA_DIR) wrote evaluation.json and the pictures over the test run's:
+    the last run replaced them, and export_onnx.py no longer found the test results there. An external run's
+    files carry its name; every file the test run wrote stays as it was, and export_onnx.py reads the test's."""
+    tmp, _, _ = setup
+    path = str(shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth"))
+    class_photos(tmp_path / "other clinic", 4)
+    evaluate_into(path, tmp / "test", tmp_path, 200)
+    test_report = json.loads((tmp_path / "evaluation.json").read_text())
+    written = {name: digest for name, digest in fingerprint(tmp_path, marks=False).items() if name != "model.md"}
+    assert {"evaluation.json", "roc_curve.png", "calibration.png", "confusion_matrix.png"} <= set(written)
+    for external in (["--external", write_export(tmp_path / "clinic b", export_rows(12))], []):
+        data = tmp / "test" if external else tmp_path / "other clinic"
+        evaluate_into(path, data, tmp_path, 200, *external)
+        after = fingerprint(tmp_path, marks=False)
+        assert {name: after[name] for name in written} == written  # byte-identical, the test's card section too
+    for name in ("clinic_b", "other_clinic"):
+        for file in ("evaluation_{}.json", "roc_curve_{}.png", "calibration_{}.png", "confusion_matrix_{}.png"):
+            assert file.format(name) in after
+        assert json.loads((tmp_path / f"evaluation_{name}.json").read_text())["external_validation"] is not None
+    assert export_onnx.evaluation_of(path) == test_report and test_report["external_validation"] is None
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path}/evaluation_other_clinic.json, {tmp_path}/confusion_matrix_other_clinic.png" in out
+
+
+@pytest.mark.slow
+def test_without_intervals_every_file_is_strict_json_and_every_reader_reads_null(setup, tmp_path, capsys):
+    """--n-bootstrap 0 computes no interval: evaluation.json held null, but the card kept NaN (not JSON) and
+    showed 'nan-nan', and export_onnx.py found no test results in the file (a null interval raised inside), so
+    the page showed none. Every file is strict JSON, the card says 'not computed', and the test figures reach
+    export_onnx.py's card summary (what the page shows) and predict.py without brackets."""
+    tmp, _, _ = setup
+    path = str(shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth"))
+    evaluate_into(path, tmp / "test", tmp_path, 0)
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda constant: pytest.fail(f"{constant} in a JSON file"))
+
+    report = strict((tmp_path / "evaluation.json").read_text())
+    assert report["ci95"]["roc_auc"] == [None, None]
+    text = (tmp_path / "model.md").read_text(encoding="utf-8")
+    assert strict(text.split(card.EMBEDDED)[1].rsplit(" -->", 1)[0])["test"]["ci95"]["sensitivity"] == [None, None]
+    assert "nan-nan" not in text and "NaN" not in text
+    assert f"| sensitivity | {report['metrics']['sensitivity']:.3f} | not computed |" in text
+    m = report["metrics"]
+    expected = (
+        f"on the test photos, at the same threshold, it caught {m['sensitivity']:.0%} of the malignant, cleared "
+        f"{m['specificity']:.0%} of the benign, ROC-AUC {m['roc_auc']:.2f}"
+    )
+    meta = model.read_checkpoint(path)["meta"]
+    props = export_onnx.onnx_metadata(meta, path, {})
+    assert strict(props["card_summary"])["tested"] == expected  # the page's 'Tested' line
+    capsys.readouterr()
+    predict.main([str(tmp / "test" / "benign" / "benign_0.jpg"), "--model", path])
+    assert f"Tested: {expected}." in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.slow
+def test_an_isic_export_is_validated_externally_in_one_command(setup, tmp_path, capsys):
+    """evaluate.py --external EXPORT --external-name NAME: every photo of the export as downloaded with a definite
+    side, at its natural prevalence; the rows left out counted; the card's 'External validation: NAME' section
+    with the photos' image types and malignant share; the figures checked against P from predict.py's CSV;
+    predict.py shows them beside the test figures; the pictures say which photos they show."""
+    tmp, _, _ = setup
+    path = str(shutil.copyfile(tmp / "model.pth", tmp_path / "model.pth"))
+    export = write_export(tmp_path / "clinic_b", external_rows())
+    for missing in ("ISIC_0000005", "ISIC_9999999"):  # their rows stay: photos missing from the download
+        os.remove(os.path.join(export, f"{missing}.jpg"))
+    evaluate_into(path, tmp / "test", tmp_path / "out", 200)  # the test split first
+    capsys.readouterr()
+    evaluate_into(path, tmp / "test", tmp_path / "out", 200, "--external", export, "--external-name", "Clinic B")
+    out, err = capsys.readouterr()
+    report = json.loads((tmp_path / "out" / "evaluation_Clinic_B.json").read_text())
+    assert report["external_validation"] == "Clinic B" and report["data_dir"] == export
+    assert report["n_images"] == {"benign": 8, "malignant": 3}  # 14 rows: undecided, not downloaded, missing out
+    assert f"left out 1 row(s) of {export}: no definite benign/malignant side ('Indeterminate' 1)" in err
+    assert f"left out 2 row(s) of {export}: missing (ISIC_0000005, ISIC_9999999)" in err
+    assert report["photos"] == dict(n_photos=11, malignant_share=3 / 11,
+                                    image_types={"clinical: overview": 7, "dermoscopic": 4})  # fmt: skip
+    predict.main([export, "--model", path, "--csv", str(tmp_path / "p.csv")])
+    capsys.readouterr()
+    with open(tmp_path / "p.csv", newline="") as f:
+        p = {os.path.basename(row["file"]): float(row["p_malignant"]) for row in csv.DictReader(f)}
+    malignant = {f"ISIC_{i:07d}.jpg" for i in (3, 7, 11)}
+    caught = np.mean([p[name] >= THRESHOLD for name in malignant])
+    cleared = np.mean([p[name] < THRESHOLD for name in p if name not in malignant])
+    assert report["metrics"]["sensitivity"] == pytest.approx(caught)
+    assert report["metrics"]["specificity"] == pytest.approx(cleared)
+    text = (tmp_path / "model.md").read_text(encoding="utf-8")
+    section = text.split("**External validation: Clinic B** (")[1]
+    assert (
+        "Photos: 11, of image type clinical: overview 7, dermoscopic 4 (training photos: unknown); 27% malignant"
+        in section
+    )
+    assert "**Test** (" in text  # the test section stays
+    predict.main([os.path.join(export, "ISIC_0000001.jpg"), "--model", path])
+    lines = capsys.readouterr().out.splitlines()
+    tested = [line for line in lines if line.startswith(("Tested: ", "External validation: "))]
+    assert len(tested) == 2 and tested[0].startswith("Tested: on the test photos, at the same threshold")
+    sens = f"{caught:.0%} [{100 * report['ci95']['sensitivity'][0]:.0f}-{report['ci95']['sensitivity'][1]:.0%}]"
+    assert tested[1].startswith(
+        f"External validation: on Clinic B (11 photos, 27% malignant), at the same threshold, it caught {sens} of the "
+        "malignant"
+    )
+    with Image.open(tmp_path / "out" / "calibration_Clinic_B.png") as img:
+        assert img.text["Title"] == f"external validation: Clinic B ({export}), n = 11: 3 malignant"
+    with Image.open(tmp_path / "out" / "calibration.png") as img:  # the test run's picture stays
+        assert img.text["Title"].startswith(f"test split ({tmp / 'test'}), n = ")
+
+
+REAL_CLINICAL = next(
+    (p for p in ("/work/shared/real_clinical_sample", os.path.join(ROOT, "..", "shared", "real_clinical_sample"))
+     if os.path.isdir(p)),
+    None,
+)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(REAL_CLINICAL is None, reason="no /work/shared or ../shared/real_clinical_sample (dev setup only)")
+def test_real_clinical_photos_as_an_external_validation(trained_model, tmp_path):
+    """170 real MED-NODE photos as an export (metadata.csv, photos) validate the suite's demo model externally in
+    one command: every photo, at its own prevalence (counted here from its metadata.csv), the card's section with
+    its image types and malignant share beside the training photos' (the suite has no dermoscopic session model:
+    the demo's is trained on drawings), the export untouched."""
+    with open(os.path.join(REAL_CLINICAL, "metadata.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    sides = [row["diagnosis_1"].lower() for row in rows]
+    counts = {side: sides.count(side) for side in model.CLASSES}
+    before = fingerprint(REAL_CLINICAL)
+    checkpoint = shutil.copy(trained_model[0], tmp_path / "skin_model.pth")
+    args = ["--model", checkpoint, "--external", REAL_CLINICAL, "--external-name", "MED-NODE", "--n-bootstrap", 200]
+    r = run("evaluate.py", *args, "--num-workers", 0, cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "evaluation_MED-NODE.json").read_text())
+    assert report["n_images"] == counts and report["external_validation"] == "MED-NODE"
+    assert report["photos"]["malignant_share"] == pytest.approx(counts["malignant"] / len(rows))
+    text = (tmp_path / "skin_model.md").read_text(encoding="utf-8")
+    section = text.split("**External validation: MED-NODE** (")[1]
+    prior = model.read_checkpoint(checkpoint)["meta"]["prior_malignant"]
+    share = f"{counts['malignant'] / len(rows):.0%} malignant (training photos: {prior:.0%})"
+    assert f"Photos: {len(rows)}, of image type clinical: overview {len(rows)} (training photos: " in section
+    assert share in section and fingerprint(REAL_CLINICAL) == before

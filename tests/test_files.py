@@ -8,7 +8,18 @@ import shutil
 
 import pytest
 
-from conftest import dead_run, fails, fingerprint, recorded, swallowed_ctrl_c
+from conftest import (
+    alarm,
+    assert_one_error,
+    dead_run,
+    fails,
+    fingerprint,
+    lesion_photo,
+    recorded,
+    run,
+    save_model,
+    swallowed_ctrl_c,
+)
 from skinlesion import files, interrupts, ledger
 
 
@@ -225,3 +236,81 @@ def test_a_kill_between_the_record_and_the_rename_keeps_the_previous_file_ours(t
     assert csv.read_text() == "third\n"
     csv.write_text("my own\n")
     fails(capsys, "was changed since this project wrote it", files.check_output, str(csv), "--csv", "predictions")
+
+
+# ---------------------------------------------------------------------------- a record that is no record
+def hostile_record(folder, case):
+    """The record of folder (ledger.NAME) made into what a user or an archive may leave there."""
+    os.makedirs(folder, exist_ok=True)
+    record = os.path.join(folder, ledger.NAME)
+    if case == "a named pipe":
+        os.mkfifo(record)
+    elif case == "a link to /dev/zero":
+        os.symlink("/dev/zero", record)
+    elif case == "a folder":
+        os.mkdir(record)
+    elif case == "nested too deeply":
+        with open(record, "w") as f:
+            f.write("[" * 100_000 + "]" * 100_000)
+    return record
+
+
+@pytest.mark.parametrize(
+    "case, says",
+    [
+        ("a named pipe", "is a named pipe, not a record this project wrote"),
+        ("a link to /dev/zero", "is a symbolic link, not a record this project wrote"),
+        ("a folder", "is a folder, not a record this project wrote"),
+        ("nested too deeply", "is JSON nested too deeply to read"),
+    ],
+)
+def test_a_record_that_is_not_a_regular_file_is_one_line_naming_it_never_a_hang(tmp_path, capsys, case, says):
+    """predict.py --csv checks the output's record (hung for ever on a named pipe); a write records the file
+    (a folder of the record's name was 'free some disk space'); a record is never read without a bound."""
+    (tmp_path / "results.csv").write_text("path,prediction\n")
+    record = hostile_record(str(tmp_path), case)
+    expected = f"{record} {says}; move it out of the way"
+    with alarm(60, "blocked on the record"):
+        fails(capsys, expected, files.check_output, str(tmp_path / "results.csv"), "--csv", "predictions")
+        fails(capsys, expected, files.write_text, str(tmp_path / "new.csv"), "text", "predictions")
+    assert sorted(os.listdir(tmp_path)) == [ledger.NAME, "results.csv"]  # nothing written, the record as it was
+    assert os.lstat(record).st_mode == os.lstat(hostile_record(str(tmp_path / "again"), case)).st_mode
+
+
+def test_a_record_over_its_bound_is_refused_and_one_within_it_read(tmp_path, monkeypatch, capsys):
+    files.write_text(str(tmp_path / "results.csv"), "path,prediction\n", "predictions")
+    size = os.path.getsize(tmp_path / ledger.NAME)
+    monkeypatch.setattr(ledger, "MAX_BYTES", size)
+    files.check_output(str(tmp_path / "results.csv"), "--csv", "predictions")  # the nearest accepted: at the bound
+    monkeypatch.setattr(ledger, "MAX_BYTES", size - 1)
+    expected = f"{tmp_path / ledger.NAME} is {size:,} bytes, more than a record this project writes"
+    fails(capsys, expected, files.check_output, str(tmp_path / "results.csv"), "--csv", "predictions")
+
+
+def test_the_records_own_temporary_left_by_a_kill_is_ours_and_replaced(tmp_path, capsys):
+    """A kill between writing the record's temporary and its rename leaves it: the next write replaces it; a
+    named pipe or a link of that name is not ours, and is named."""
+    files.write_text(str(tmp_path / "a.csv"), "a\n", "predictions")
+    temporary = tmp_path / ledger.TEMPORARY
+    temporary.write_text('{"format": 1, "files": {}, "pending": {}}')  # as a kill before the rename leaves it
+    files.write_text(str(tmp_path / "b.csv"), "b\n", "predictions")
+    assert sorted(os.listdir(tmp_path)) == [ledger.NAME, "a.csv", "b.csv"]
+    files.check_output(str(tmp_path / "a.csv"), "--csv", "predictions")  # both still ours
+    files.check_output(str(tmp_path / "b.csv"), "--csv", "predictions")
+    (tmp_path / "elsewhere.txt").write_text("a user's file")
+    os.symlink(tmp_path / "elsewhere.txt", temporary)
+    fails(capsys, f"{temporary} is a symbolic link, not the temporary record this project writes there",
+          files.write_text, str(tmp_path / "c.csv"), "c\n", "predictions")  # fmt: skip
+    assert (tmp_path / "elsewhere.txt").read_text() == "a user's file" and os.path.islink(temporary)
+
+
+@pytest.mark.slow
+def test_predict_csv_in_a_folder_whose_record_is_a_named_pipe_is_one_line_not_a_hang(tmp_path):
+    """predict.py --csv hung for ever: the output's record was opened to be read."""
+    model_file = save_model(tmp_path / "m.pth", size=32)
+    photo = lesion_photo(tmp_path / "a.jpg")
+    os.makedirs(tmp_path / "out")
+    os.mkfifo(tmp_path / "out" / ledger.NAME)
+    r = run("predict.py", photo, "--model", model_file, "--csv", tmp_path / "out" / "p.csv", cwd=tmp_path, timeout=300)
+    assert_one_error(r.returncode, r.stderr, f"{tmp_path / 'out' / ledger.NAME} is a named pipe, not a record")
+    assert os.listdir(tmp_path / "out") == [ledger.NAME]

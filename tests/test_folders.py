@@ -4,13 +4,11 @@ one), leftovers of killed runs are cleaned only when marked, and an output folde
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from conftest import ctrl_c, dead_run, fails, fingerprint, marked_folder, swallowed_ctrl_c
-from skinlesion import files, folders, interrupts, ledger
+from skinlesion import folders, interrupts, ledger
 
 
 def test_an_output_folder_holding_an_input_is_refused(tmp_path, capsys):
@@ -222,43 +220,6 @@ def test_a_ctrl_c_after_the_swap_says_the_new_folder_is_in_place(tmp_path, capsy
     assert (dataset / "manifest.csv").read_text() == "new" and os.listdir(tmp_path) == ["dataset"]
 
 
-def test_remove_ours_removes_only_what_the_record_proves(tmp_path, monkeypatch, capsys):
-    """make clean: a user's gradcam/my_notes.txt, runs/other_project/config.json and an evaluation.json that
-    contains model_name stay; what our scripts wrote goes (the nearest thing that must be removed)."""
-    monkeypatch.chdir(tmp_path)
-    folders.made_folder("gradcam", "predict.py", "Grad-CAM folder")
-    files.write_text("gradcam/a_jpg_gradcam.png", "picture", "picture")
-    (tmp_path / "gradcam" / "my_notes.txt").write_text("notes")
-    folders.made_folder("runs", "AItraining.py", "log folder")
-    os.makedirs("runs/run1")
-    (tmp_path / "runs" / "run1" / "events.out").write_text("log")
-    folders.record_files("runs", "run1", "training log")
-    os.makedirs("runs/other_project")
-    (tmp_path / "runs" / "other_project" / "config.json").write_text('{"model_name": "mine"}')
-    (tmp_path / "evaluation.json").write_text('{"model_name": "efficientnet_b0", "written_by": "x"}')
-    files.write_text("skin_model.md", "card", "model card")
-    marked_folder(tmp_path / "dataset", "manifest.csv")
-    marked_folder(tmp_path / "site", "index.html", kind="site")
-    (tmp_path / "site" / "NOTES.txt").write_text("mine")
-    marked_folder(tmp_path / "demo_data", "metadata.csv", named=tmp_path / "elsewhere")  # a copy
-    theirs = ["gradcam/my_notes.txt", "runs/other_project/config.json", "evaluation.json", "site/NOTES.txt"]
-    before = {name: fingerprint(tmp_path)[name] for name in theirs}
-    before_copy = fingerprint(tmp_path / "demo_data")
-    paths = ["dataset", "demo_data", "site", "runs", "gradcam", "skin_model.md", "evaluation.json", "missing.pth"]
-    folders.remove_ours(paths)
-    after = fingerprint(tmp_path)
-    assert {name: after.get(name) for name in theirs} == before and fingerprint(tmp_path / "demo_data") == before_copy
-    assert sorted(os.listdir(tmp_path)) == ["demo_data", "evaluation.json", "gradcam", "runs", "site"]
-    assert sorted(os.listdir("gradcam")) == [folders.MARK, "my_notes.txt"]
-    assert sorted(os.listdir("runs")) == [folders.MARK, "other_project"]
-    assert sorted(os.listdir("site")) == [folders.MARK, "NOTES.txt"]
-    out = capsys.readouterr().out
-    for removed in ["dataset", "skin_model.md", "gradcam/a_jpg_gradcam.png", "runs/run1/events.out", "site/index.html"]:
-        assert f"removed {removed}\n" in out
-    for left in ["demo_data", "gradcam/my_notes.txt", "runs/other_project", "evaluation.json", "site/NOTES.txt"]:
-        assert f"left {left} alone: " in out
-
-
 @pytest.mark.parametrize("name, copy", [("site", "site.old-7"), ("demo", "demo.tmp-42")])
 def test_copies_named_like_leftovers_are_left_alone(tmp_path, capsys, name, copy):
     """cp -r site site.old-7, cp -r demo demo.tmp-42: the copied mark names the original folder and no run
@@ -272,27 +233,90 @@ def test_copies_named_like_leftovers_are_left_alone(tmp_path, capsys, name, copy
     assert capsys.readouterr().out == f"left {tmp_path / copy} alone: no record says a run of ours left it\n"
 
 
-def test_make_clean_removes_only_what_the_records_prove(tmp_path):
-    """The Makefile's clean target, run in a project folder: a user's files that merely contain model_name or
-    sit in our folders stay byte-identical; the outputs a script wrote go."""
-    os.makedirs(tmp_path / "gradcam")
-    (tmp_path / "gradcam" / "my_notes.txt").write_text("model_name: my notes")
-    os.makedirs(tmp_path / "runs" / "other_project")
-    (tmp_path / "runs" / "other_project" / "config.json").write_text('{"model_name": "resnet"}')
-    (tmp_path / "evaluation.json").write_text('{"model_name": "efficientnet_b0"}')
-    before = fingerprint(tmp_path)
-    files.write_text(str(tmp_path / "skin_model.md"), "a card", "model card")
-    files.write_text(str(tmp_path / "gradcam" / "p_jpg_gradcam.png"), "a picture", "picture")
-    marked_folder(tmp_path / "dataset", "manifest.csv")
-    env = dict(os.environ, PYTHONPATH=files.ROOT)
-    done = subprocess.run(
-        ["make", "-s", "-f", os.path.join(files.ROOT, "Makefile"), "clean", f"PY={sys.executable}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert fingerprint(tmp_path) == before
-    assert "removed dataset\n" in done.stdout and "left evaluation.json alone" in done.stdout
+def test_the_lock_message_names_the_run_that_holds_it(tmp_path, capsys):
+    """prepare_dataset.py builds dataset/ and holds the folder's lock: serve_web.py said 'another serve_web.py
+    run is writing'. Now the holder is named from the mark of the folder it builds; before that mark is
+    written, no script is named."""
+    lock = folders.lock_folder(str(tmp_path), "prepare_dataset.py")
+    try:
+        fails(capsys, f"a run of a script of this project is writing in {tmp_path}; wait for it to finish, then run "
+              "serve_web.py again", folders.lock_folder, str(tmp_path), "serve_web.py")  # fmt: skip
+        marked_folder(tmp_path / "dataset.tmp-123", leftover_of=ledger.this_run())  # prepare_dataset.py's mark
+        marked_folder(tmp_path / "site.tmp-9", kind="site", leftover_of=dead_run())  # a killed run's leftover
+        holder = f"prepare_dataset.py (pid {os.getpid()}, building dataset.tmp-123)"
+        fails(capsys, f"{holder} is writing in {tmp_path}; wait for it to finish, then run serve_web.py again",
+              folders.lock_folder, str(tmp_path), "serve_web.py")  # fmt: skip
+    finally:
+        os.close(lock)
+    os.close(folders.lock_folder(str(tmp_path), "serve_web.py"))  # the nearest accepted: once it is free
+
+
+def test_the_records_own_temporary_in_a_folder_of_ours_is_no_stranger(tmp_path):
+    """A kill between writing the mark's temporary and its rename left .skin-lesion-classifier.new: the
+    rebuild refused it as 'a file prepare_dataset.py did not make'. It is ours: replaced and cleaned."""
+    dataset = marked_folder(tmp_path / "dataset", "manifest.csv")
+    (dataset / ledger.TEMPORARY).write_text('{"format": 1}')
+    assert folders.unproven(str(dataset), "dataset") is None
+    folders.check_replaceable(str(dataset), "--dataset-dir", "prepare_dataset.py", "dataset")
+    with folders.replaced_folder(str(dataset), "prepare_dataset.py", "dataset") as tmp:
+        (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("new")
+    assert sorted(os.listdir(tmp_path)) == ["dataset"] and sorted(os.listdir(dataset)) == [ledger.NAME, "manifest.csv"]
+
+
+def test_the_old_folder_loses_its_mark_last_so_a_kill_leaves_a_leftover_the_next_run_removes(tmp_path, monkeypatch,
+                                                                                             capsys):  # fmt: skip
+    """A kill while the swapped-out folder was removed left a dataset.old-<n> without its mark: named for ever,
+    never cleaned. Its mark now goes last: cut short, it still proves it; emptied, nothing is lost."""
+    dataset = marked_folder(tmp_path / "dataset", "manifest.csv", "notes.csv")
+    removed = []
+
+    def killed_after_one(path, *args, **kwargs):
+        if removed:
+            raise KeyboardInterrupt  # as a SIGKILL would stop it
+        removed.append(path)
+        os.unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(folders.os, "remove", killed_after_one)
+    with (
+        pytest.raises(KeyboardInterrupt),
+        folders.replaced_folder(str(dataset), "prepare_dataset.py", "dataset") as tmp,
+    ):
+        (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("new")
+    monkeypatch.undo()
+    old = f"{dataset}.old-{os.getpid()}"
+    assert (dataset / "manifest.csv").read_text() == "new" and sorted(os.listdir(old)) == [ledger.NAME, "notes.csv"]
+    state = folders.leftovers(str(dataset), "old")
+    assert state == [(old, "running")]  # this process: its run goes on
+    mark = ledger.read_raw(old)
+    mark["leftover"]["run"] = dead_run()  # as the next run sees it, once the killed one is over
+    ledger.write(old, mark)
+    with folders.replaced_folder(str(dataset), "prepare_dataset.py", "dataset") as tmp:
+        (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("newer")
+    assert sorted(os.listdir(tmp_path)) == ["dataset"] and capsys.readouterr().out == ""
+
+
+def test_a_folder_whose_mark_cannot_be_written_is_removed_again(tmp_path, monkeypatch):
+    """A full disk while a missing --log-dir (or --explain-dir) was made left it behind empty and unmarked: what
+    the run made is removed again, parents included; a parent that was there stays, and so does a folder another
+    wrote into meanwhile."""
+    (tmp_path / "there").mkdir()
+
+    def full_disk(path, script, kind):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(folders, "mark_folder", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        folders.made_folder(str(tmp_path / "there" / "logs" / "deep"), "AItraining.py", "log folder")
+    assert os.listdir(tmp_path / "there") == []
+
+    def full_disk_after_another_wrote(path, script, kind):
+        (tmp_path / "there" / "logs" / "theirs.txt").write_text("written meanwhile")
+        full_disk(path, script, kind)
+
+    monkeypatch.setattr(folders, "mark_folder", full_disk_after_another_wrote)
+    with pytest.raises(OSError):
+        folders.made_folder(str(tmp_path / "there" / "logs" / "deep"), "AItraining.py", "log folder")
+    assert os.listdir(tmp_path / "there" / "logs") == ["theirs.txt"]  # not empty: left as it is
+    monkeypatch.undo()
+    folders.made_folder(str(tmp_path / "new"), "AItraining.py", "log folder")  # the nearest accepted: made, marked
+    assert folders.made_here(str(tmp_path / "new"))

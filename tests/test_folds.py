@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import fails
-from skinlesion import familiarity, folds, shards
+from skinlesion import familiarity, folds, mahalanobis, shards
 
 
 def manifest_of(rows):
@@ -91,10 +92,12 @@ def test_photos_of_shards_are_cut_into_folds_only_when_cached(monkeypatch, capsy
 
 
 def test_the_ensembles_familiarity_is_its_members_measures_combined():
-    """Each member's measure fitted on its own features (as a fold network's on the photos it trained on); the
-    ensemble's distance on the members' features side by side (stage by stage, as ensemble.averaged lays them out)
-    is sqrt(mean over members of (F / floor_k) d_k^2) with the class chosen jointly, computed here from each
-    member's own distances; and each member's distances scaled by its weight are on the ensemble's scale."""
+    """Each member's measure fitted on its own features against negatives (as a fold network's on the photos it
+    trained on, with an exposure head); on the members' features side by side (stage by stage, as
+    ensemble.averaged lays them out) the ensemble's Mahalanobis view is sqrt(mean over members of (F / floor_k)
+    d_k^2) with the class chosen jointly, its head's score the mean of the members' scores, and its distance the
+    larger, each computed here from the members' own measures; a member's stand-in for the limit is its weighed
+    Mahalanobis view or its head's score, the larger."""
     rng = np.random.default_rng(0)
     widths, n_classes, k = [3, 5, 8], 2, 3  # two stages and the pooled features: 16 per member
     labels = rng.integers(0, n_classes, 200)
@@ -102,20 +105,33 @@ def test_the_ensembles_familiarity_is_its_members_measures_combined():
     for m in range(k):
         scale = rng.uniform(0.5, 2.0, sum(widths))
         features = rng.normal(size=(200, sum(widths))) * scale + labels[:, None] * (m + 1)
-        members.append(familiarity.fit(features, labels, n_classes, rank=4))
+        negatives = rng.normal(size=(60, sum(widths))) * scale + 3.0
+        members.append(familiarity.fit(features, labels, n_classes, negatives, rank=4))
         own.append(features)
-    means, whitening, floor, weights = folds.ensemble_measure(members, widths)
+    arrays, weights = folds.ensemble_measure(members, widths)
     joined = np.zeros((200, k * sum(widths)))
     for m in range(k):
         joined[:, folds.member_positions(widths, m, k)] = own[m]
-    found = familiarity.distances(joined, means, whitening, floor)
-    harmonic = k / sum(1 / m[2] for m in members)
+    harmonic = k / sum(1 / m["floor"] for m in members)
     per_class = np.zeros((200, n_classes))
     for c in range(n_classes):
         for m in range(k):
-            one = familiarity.distances(own[m], members[m][0][c : c + 1], members[m][1], members[m][2])
-            per_class[:, c] += harmonic / members[m][2] * one**2 / k
-    assert found == pytest.approx(np.sqrt(per_class.min(1)), rel=1e-6)
-    assert weights == pytest.approx([np.sqrt(harmonic / m[2]) for m in members])
-    lone = [familiarity.distances(own[m], *members[m]) * weights[m] for m in range(k)]
-    assert np.median(found) == pytest.approx(np.median(np.sqrt(np.mean(np.square(lone), 0))), rel=0.05)
+            one = mahalanobis.distances(own[m], members[m]["means"][c : c + 1], members[m]["whitening"],
+                                        members[m]["floor"])  # fmt: skip
+            per_class[:, c] += harmonic / members[m]["floor"] * one**2 / k
+    view, head = folds.views(joined, arrays)
+    assert view == pytest.approx(np.sqrt(per_class.min(1)), rel=1e-6)
+    heads = [familiarity.head_scores(own[m], *(members[m][key] for key in familiarity.HEAD)) for m in range(k)]
+    assert head == pytest.approx(np.mean(heads, 0), rel=1e-9, abs=1e-9)
+    assert familiarity.distances(joined, arrays) == pytest.approx(np.maximum(view, head))
+    assert weights == pytest.approx([np.sqrt(harmonic / m["floor"]) for m in members])
+    lone = [mahalanobis.distances(own[m], members[m]["means"], members[m]["whitening"], members[m]["floor"])
+            * weights[m] for m in range(k)]  # fmt: skip
+    assert np.median(view) == pytest.approx(np.median(np.sqrt(np.mean(np.square(lone), 0))), rel=0.05)
+    entry = dict(member_distances=torch.as_tensor(lone[0] / weights[0]), member_head=torch.as_tensor(heads[0]))
+    assert folds.member_stand_in(entry, weights[0]) == pytest.approx(np.maximum(lone[0], heads[0]))
+    del entry["member_head"]  # no photos of another kind: the Mahalanobis view alone
+    assert folds.member_stand_in(entry, weights[0]) == pytest.approx(lone[0])
+    alone, _ = folds.ensemble_measure([{key: m[key] for key in familiarity.MAHALANOBIS} for m in members], widths)
+    assert set(alone) == set(familiarity.MAHALANOBIS) and folds.views(joined, alone)[1] is None
+    assert familiarity.distances(joined, alone) == pytest.approx(view)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, ctrl_c, fails
+from conftest import ENV, ROOT, alarm, ctrl_c, ctrl_c_as_in_a_terminal, fails
 from skinlesion import cli, interrupts
 
 
@@ -93,20 +93,31 @@ def test_a_ctrl_c_the_shell_ignores_stays_ignored():
 POOL = """
 import multiprocessing, os, signal, sys, time
 from skinlesion import interrupts
+
+def ignores_ctrl_c(pid):  # /proc/PID/status SigIgn: the mask of the signals it ignores
+    with open(f"/proc/{pid}/status") as f:
+        ignored = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+    return bool(ignored >> (signal.SIGINT - 1) & 1)
+
 pool = interrupts.worker_pool(2)
 workers = multiprocessing.active_children()
 for worker in workers:
     os.kill(worker.pid, signal.SIGINT)
-time.sleep(0.5)
+while not all(not worker.is_alive() or ignores_ctrl_c(worker.pid) for worker in workers):
+    time.sleep(0.01)  # until each worker has died of it, or set it aside (its initializer ran)
 print(len(workers), sum(worker.is_alive() for worker in workers), pool.map(abs, [-1, -2]), flush=True)
 os._exit(0)  # a pool whose worker died can hang on closing
 """
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="a process's ignored signals are read from Linux /proc")
 def test_the_pool_workers_ignore_ctrl_c():
     assert interrupts.worker_pool(1).__enter__() is None  # one worker: no pool, the work runs in this process
-    r = subprocess.run([sys.executable, "-c", POOL], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(  # the workers ignore Ctrl-C because quiet_worker says so, not because the suite's parent did
+        [sys.executable, "-c", POOL], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        preexec_fn=ctrl_c_as_in_a_terminal,
+    )  # fmt: skip
     assert r.stdout.split() == ["2", "2", "[1,", "2]"], r.stderr  # both alive, and they still work
 
 
@@ -120,3 +131,51 @@ def test_a_ctrl_c_python_could_only_print_is_no_traceback_and_stops_the_next_out
         interrupts.raise_if_pressed()  # what files.atomic_write and folders.replaced_folder do before replacing
 
     assert interrupted(capsys, main) == ["interrupted; nothing written"]  # no "Exception ignored", no traceback
+
+
+LOADING = """
+import importlib.abc, runpy, sys, time
+sys.path.insert(0, sys.argv[1])
+
+class SlowNumpy(importlib.abc.MetaPathFinder):  # the script's libraries load slowly: it is still importing numpy
+    def find_spec(self, name, path, target=None):
+        if name == "numpy":
+            print("importing numpy", flush=True)
+            time.sleep(60)
+
+sys.meta_path.insert(0, SlowNumpy())
+sys.argv = [sys.argv[2], "--help"]  # should it get past the imports: it only prints its flags
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script",
+    [*sorted(p for p in os.listdir(ROOT) if p.endswith(".py") and p != "model.py"), "tools/bench.py"],
+)
+def test_a_ctrl_c_while_a_script_is_still_importing_its_libraries_is_one_line(script, tmp_path):
+    """Ctrl-C before run_script runs, while numpy, pandas or the model load (a second on a busy machine), was a
+    KeyboardInterrupt traceback out of whichever import it cut short."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", LOADING, ROOT, os.path.join(ROOT, script)], cwd=tmp_path, env=ENV, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_as_in_a_terminal,
+    )  # fmt: skip
+    with alarm(60, f"{script} never imported numpy"):
+        marker = p.stdout.readline()
+    assert marker == "importing numpy\n", marker + p.communicate()[1]
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip().splitlines() == ["interrupted"], err
+
+
+def test_a_ctrl_c_the_shell_ignores_stays_ignored_while_loading_too():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        interrupts.one_line_while_loading()  # a background job
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        interrupts.one_line_while_loading()  # a terminal's
+        assert signal.getsignal(signal.SIGINT) is interrupts.interrupted_while_loading
+    finally:
+        signal.signal(signal.SIGINT, previous)

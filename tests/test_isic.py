@@ -342,3 +342,24 @@ def test_a_class_too_rare_for_every_split_is_one_line_naming_it(capsys):
 def test_too_few_groups_for_val_and_test_is_one_line(capsys):
     labels, groups = labels_and_groups({"benign": 1, "malignant": 1}, views=3)
     fails(capsys, "only 2 lesion/patient groups, too few", isic.split_groups, labels, groups, 0.15, 0.15, seed=0)
+
+
+def test_a_column_there_twice_is_read_once_when_its_copies_agree_and_refused_when_they_disagree(tmp_path, capsys):
+    """Two diagnosis_1 columns (an export merged by hand): the second was ignored silently, whatever it said."""
+    path = tmp_path / "metadata.csv"
+    path.write_text(
+        "isic_id,diagnosis_1,image_type,diagnosis_1\n"
+        "ISIC_0000001,Benign,dermoscopic,Benign\n"
+        "ISIC_0000002,Malignant,dermoscopic,Benign\n"
+        "ISIC_0000003,Benign,dermoscopic, Benign\n"
+    )
+    expected = (
+        f"{path} has 2 diagnosis_1 columns, which disagree on 1 row(s) (ISIC_0000002); keep the one that is right"
+    )
+    fails(capsys, expected, isic.read_metadata, [str(path)], ["isic_id", "diagnosis_1"])
+    path.write_text(path.read_text().replace("ISIC_0000002,Malignant", "ISIC_0000002,Benign"))
+    table = isic.read_metadata([str(path)], ["isic_id", "diagnosis_1"])  # the nearest accepted: copies that agree
+    assert list(table.columns) == ["isic_id", "diagnosis_1"] and table.diagnosis_1.tolist() == ["Benign"] * 3
+    assert f"warning: {path} has 2 diagnosis_1 columns, with the same values: read once" in capsys.readouterr().err
+    path.write_text("isic_id,image_type,image_type\nISIC_0000001,a,b\n")  # a column not asked for: not looked at
+    assert list(isic.read_metadata([str(path)], ["isic_id", "diagnosis_1"]).columns) == ["isic_id"]

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 import conftest
 import make_demo_data
 from conftest import assert_one_error, fingerprint, main_fails, noise_image, run
-from skinlesion import folders
+from skinlesion import demo, folders
 
 FIRST = ["isic_id", "attribution", "copyright_license"]
 COLUMNS = FIRST + [
@@ -327,3 +327,18 @@ def test_killed_or_interrupted_keeps_the_previous_export(sig):
             "interrupted; the previous demo export (if any) is untouched"
         )
     assert os.listdir() == ["demo_data"]
+
+
+def test_a_dermoscopic_row_is_drawn_as_a_dermatoscope_sees_it_and_an_overview_as_before(tmp_path):
+    """The demo's dermoscopic rows (left out by prepare_dataset.py, kept as another kind for the familiarity check)
+    are drawn magnified in a black round field; the same lesion as an overview photo keeps its skin to the corners."""
+    drawn = {}
+    for image_type in ("dermoscopic", "clinical: overview"):
+        path = str(tmp_path / f"{image_type[:4]}.jpg")
+        demo.photo((path, (1, 1, 1), (1, 2, 1), "melanoma", 1, 400, image_type))
+        drawn[image_type] = np.asarray(Image.open(path).convert("L"), dtype=float)
+    corners = {t: np.mean([a[:15, :15].mean(), a[:15, -15:].mean(), a[-15:, :15].mean(), a[-15:, -15:].mean()])
+               for t, a in drawn.items()}  # fmt: skip
+    assert corners["dermoscopic"] < 30 < 120 < corners["clinical: overview"], corners
+    centre = drawn["dermoscopic"][100:200, 133:266]
+    assert centre.mean() > 40 and drawn["dermoscopic"].shape == drawn["clinical: overview"].shape == (300, 400)

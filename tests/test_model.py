@@ -19,8 +19,10 @@ import evaluate
 import export_onnx
 import model
 import predict
+import serve_web
 from conftest import (
     RunsCode,
+    alarm,
     assert_one_error,
     calibration,
     fingerprint,
@@ -29,7 +31,7 @@ from conftest import (
     save_model,
     skip_or_fail,
 )
-from skinlesion import familiarity, files, ledger
+from skinlesion import answer, checkpoints, familiarity, files, ledger
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +177,101 @@ def test_checkpoints_that_are_not_ours_are_refused(scripts_setup, tmp_path, caps
     assert not (tmp_path / "code ran").exists(), "unpickling the checkpoint ran its code"
 
 
+def hostile_model_file(path, kind):
+    """A model file path that is not one to read: a link to /dev/zero (never ends), a named pipe (never opened
+    without a writer), or a regular file one byte over the bound (sparse: no disk is used)."""
+    if kind == "a link to /dev/zero":
+        os.symlink("/dev/zero", path)
+        return "is a device"
+    if kind == "a named pipe":
+        os.mkfifo(path)
+        return "is a named pipe"
+    with open(path, "wb") as f:
+        f.truncate(checkpoints.MAX_MODEL_BYTES + 1)
+    return f"is {checkpoints.MAX_MODEL_BYTES + 1:,} bytes, over the {checkpoints.MAX_MODEL_BYTES:,} a model file may be"
+
+
+@pytest.mark.parametrize("kind", ["a link to /dev/zero", "a named pipe", "over the bound"])
+def test_a_model_file_that_is_a_device_a_pipe_or_too_large_is_one_line_in_every_script(
+    scripts_setup, tmp_path, capsys, kind
+):
+    """Every script that reads a model file (.pth or .onnx) says in one line what the file is, at once: a link to
+    /dev/zero or a named pipe is never read, a file over the bound is refused before it is read (an ONNX file
+    was read whole, a .pth too where torch could not load it)."""
+    _, data, _ = scripts_setup
+    pth, onnx_file = str(tmp_path / "model.pth"), str(tmp_path / "model.onnx")
+    said = hostile_model_file(pth, kind)
+    hostile_model_file(onnx_file, kind)
+    photo = os.path.join(data, "test", "benign", os.listdir(os.path.join(data, "test", "benign"))[0])
+    cases = [
+        (predict.main, [photo, "--model", pth], pth),
+        (predict.main, [photo, "--model", onnx_file], onnx_file),
+        (evaluate.main, ["--model", pth, "--data-dir", os.path.join(data, "test"), "--output-dir", tmp_path], pth),
+        (export_onnx.main, ["--model", pth, "--output", tmp_path / "out.onnx"], pth),
+        (serve_web.main, ["--model", onnx_file, "--no-serve", "--site-dir", tmp_path / "site"], onnx_file),
+    ]  # AItraining.py --resume reads it as load_checkpoint does (the next test)
+    with alarm(60, "a script read a model file that never ends"):
+        for main, argv, path in cases:
+            out = main_fails(main, argv, capsys, f"model file {path} {said}")
+            assert "Prediction" not in out
+    assert not os.path.exists(tmp_path / "site") and not os.path.exists(tmp_path / "out.onnx")
+
+
+@pytest.mark.parametrize("kind", ["a link to /dev/zero", "a named pipe", "over the bound"])
+def test_a_model_file_that_turns_into_a_device_after_its_check_is_never_read(tmp_path, monkeypatch, capsys, kind):
+    """What was checked is what is read: a file replaced after check_model_file looked (here: no look at all) is
+    checked again once open, and is one line, never an endless read or a wait for a writer."""
+    monkeypatch.setattr(model, "check_model_file", lambda *args, **kwargs: None)
+    pth, onnx_file = str(tmp_path / "model.pth"), str(tmp_path / "model.onnx")
+    said = hostile_model_file(pth, kind).replace("a model file may be", "it may be")
+    hostile_model_file(onnx_file, kind)
+    said = said if kind == "over the bound" else said + ", not a regular file"
+    with alarm(60, "a model file was read without end"):
+        load_refused(model.load_checkpoint, pth, capsys, f"model file {pth} {said}; pass the model file")
+        assert model.read_onnx(onnx_file)[:2] == (None, None)
+        assert model.read_onnx(onnx_file)[2] == f"model file {onnx_file} {said}; export one with export_onnx.py"
+
+
+STRICT_CASES = {  # how the weights differ from the network's: (missing, not its own, of another shape)
+    "a running_mean missing": (1, 0, 0),
+    "a weight missing": (1, 0, 0),
+    "an extra tensor": (0, 1, 0),
+    "one renamed": (1, 1, 0),
+    "as saved": None,  # the nearest that must load
+}
+
+
+@pytest.mark.parametrize("case", STRICT_CASES)
+def test_a_model_files_weights_load_strictly(scripts_setup, tmp_path, capsys, case):
+    """Every tensor of the network and no other: one missing, one extra or one renamed is refused with the counts
+    (a lenient load would leave a tensor at its random start, or take one that belongs to nothing); the file as
+    saved loads, every tensor equal."""
+    _, _, good = scripts_setup
+    state = torch.load(good, weights_only=True)
+    weights = state["state_dict"]
+    if case == "a running_mean missing":
+        del weights["blocks.2.0.bn1.running_mean"]
+    elif case == "a weight missing":
+        del weights["conv_head.weight"]
+    elif case == "an extra tensor":
+        weights["head.extra.weight"] = torch.ones(3)
+    elif case == "one renamed":
+        weights["conv_stem.weights"] = weights.pop("conv_stem.weight")
+    path = str(tmp_path / "model.pth")
+    torch.save(state, path)
+    if STRICT_CASES[case] is None:
+        net, _ = model.load_checkpoint(path)
+        loaded = net.state_dict()
+        assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
+        return
+    missing, extra, other = STRICT_CASES[case]
+    expected = (
+        f"{path}: the weights do not fit efficientnet_b0 with 2 classes ({missing} of its tensors missing, {extra} "
+        f"not its own, {other} of another shape: another architecture or count)"
+    )
+    load_refused(model.load_checkpoint, path, capsys, expected)
+
+
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, net):
     cfg = model.data_config(net, 96)
     path = str(tmp_path / "m.pth")
@@ -299,7 +396,8 @@ def full_meta():
         at_chance=False, epoch=3, imagenet=True, manifest_sha256="ab" * 32, versions={"torch": "2.4.0"},
         settings=SETTINGS, data=DATA, source_checkpoint="skin_model.pth", source_sha256="cd" * 32,
         outputs=list(model.ONNX_OUTPUTS), exporter="torch.onnx dynamo", card_summary=SUMMARY,
-        self_check=dict(inputs=1, logits=[[0.1, -0.1]], p_malignant=[0.45]),
+        self_check=dict(inputs=1, logits=[[0.1, -0.1]], p_malignant=[0.45], cam=[[[0.5, -0.5], [0.0, 1.5]]],
+                        familiarity_distance=[80.0]),
         network=dict(architecture="efficientnet_b0", features=1280, stride=32, convs=81), prior_malignant=0.5,
         val_types=dict(balanced_accuracy=0.7, balanced_accuracy_ci95=[0.6, 0.8], chance=0.5,
                        types={"nevus": dict(sensitivity=0.8, sensitivity_ci95=[0.7, 0.9], photos=20)}),
@@ -353,7 +451,8 @@ BAD_VALUES = {  # key: values of the wrong shape, each refused at load (the near
     "exporter": [3],
     "card_summary": [without(SUMMARY, "limits"), dict(SUMMARY, limits="none"), dict(SUMMARY, how_well=""), "text"],
     "self_check": [dict(inputs=1, logits="x", p_malignant=[0.5]), dict(inputs=1, logits=[[0.1]], p_malignant=[1.5]),
-                   {}],
+                   {}, dict(full_meta()["self_check"], cam=[[0.5, -0.5]]),
+                   dict(full_meta()["self_check"], familiarity_distance=[float("nan")])],
     "network": [dict(architecture="resnet18", features=512, stride=32, convs=20), "efficientnet_b0",
                 dict(architecture="efficientnet_b0", features=1280, stride=32, convs=0)],
     "prior_malignant": [1.0, 0.0, "0.5"],
@@ -412,8 +511,8 @@ def test_metadata_that_passes_the_checks_crashes_no_reader(meta, capsys):
     assert model.meta_fault(chosen) is None
     text = card.render(chosen, "m.pth")
     assert card.summary(chosen)["limits"] and "# Model card: m.pth" in text
-    assert isinstance(predict.model_cautions(chosen), list)
-    names = [name for name, _ in predict.likely_types(np.full(len(chosen["classes"]), 0.5), chosen)]
+    assert isinstance(answer.model_cautions(chosen), list)
+    names = [name for name, _ in answer.likely_types(np.full(len(chosen["classes"]), 0.5), chosen)]
     assert sorted(names) == sorted(chosen.get("class_names") or chosen["classes"])
     if chosen.get("operating_point"):
         assert numbers.operating_point_text(chosen["operating_point"])
@@ -549,7 +648,7 @@ def test_a_broken_familiarity_measure_is_refused_and_a_good_one_loads_with_its_a
     path = save_model(tmp_path / "good.pth", size=64, familiarity=dict(FAMILIARITY))
     ckpt = torch.load(path, weights_only=True)
     rng = np.random.default_rng(0)
-    ckpt["familiarity"] = familiarity.state(rng.normal(0, 1, (2, 1792)), np.eye(1792))
+    ckpt["familiarity"] = familiarity.state(dict(means=rng.normal(0, 1, (2, 1792)), whitening=np.eye(1792)))
     torch.save(ckpt, path)
     net, meta = model.load_checkpoint(path)
     assert meta["familiarity"]["whitening"].shape == (1792, 1792) and meta["familiarity"]["limit"] == 20.0

@@ -26,7 +26,7 @@ import model
 import predict
 import prepare_dataset
 from conftest import calibration, fails, lesion_photo, noise_image, save_model, write_export
-from skinlesion import evaluation, isic, numbers, photos
+from skinlesion import evaluation, isic, model_index, numbers, photos
 
 
 def sigmoid(x):
@@ -742,3 +742,24 @@ def test_type_logits_calibration_is_one_distribution_whose_malignant_types_sum_t
         numbers.fit_calibration(y2, two[:, 1] - two[:, 0]),
     )
     assert (on_logits["a"], on_logits["b"]) == pytest.approx((on_z["a"], on_z["b"]), rel=1e-6, abs=1e-9)
+
+
+def test_an_interval_not_computed_is_none_and_its_text_says_so():
+    """evaluate.py --n-bootstrap 0 stores each interval as [null, null] (NaN in files of earlier versions): each
+    reader treats it as unknown, never formats it ('nan-nan', or a TypeError on None)."""
+    for unknown in ([None, None], [math.nan, math.nan], [0.2, None], None, [0.2], "0.2-0.3", [True, False]):
+        assert numbers.known_interval(unknown) is None, unknown
+        assert numbers.interval_text(unknown) == "not computed"
+    assert numbers.known_interval([0.25, 0.5]) == (0.25, 0.5) and numbers.interval_text((0.25, 0.5), 2) == "0.25-0.50"
+    found = dict(balanced_accuracy=0.6, balanced_accuracy_ci95=[None, None], chance=1 / 3,
+                 types={"nevus": dict(sensitivity=0.8, sensitivity_ci95=[None, None])})  # fmt: skip
+    assert numbers.types_text(found) == (
+        "lesion types: balanced accuracy 0.60 (chance 0.33); each type's sensitivity: nevus 0.80"
+    )
+    found["types"]["nevus"]["sensitivity_ci95"] = [0.7, 0.88]  # the nearest: one interval known, bracketed
+    assert numbers.types_text(found) == (
+        "lesion types: balanced accuracy 0.60 (chance 0.33); each type's sensitivity: nevus 0.80 [0.70-0.88] (95% "
+        "intervals in brackets)"
+    )
+    entry = model_index.result_entry("m", "test", dict(roc_auc=0.9), None, "ece_after", dict(roc_auc=[None, None]))
+    assert entry["metrics"] == [dict(type="roc_auc", name="ROC-AUC (test)", value=0.9)]

@@ -52,7 +52,12 @@ def test_every_picture_is_a_png_of_ours(tmp_path):
 def test_the_title_of_the_mistakes_never_covers_a_caption(tmp_path, monkeypatch, n):
     kept = {}
     save_figure = plots.save_figure
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path: kept.update(fig=fig) or save_figure(fig, path))
+
+    def keep_figure(fig, path, **options):
+        kept.update(fig=fig)
+        save_figure(fig, path, **options)
+
+    monkeypatch.setattr(plots, "save_figure", keep_figure)
     monkeypatch.setattr(plots.pyplot(), "close", lambda fig=None: None)  # save_figure closes it: keep it to measure
     mistakes = [
         dict(
@@ -78,3 +83,20 @@ def test_the_title_of_the_mistakes_never_covers_a_caption(tmp_path, monkeypatch,
     finally:
         monkeypatch.undo()
         plots.pyplot().close(fig)
+
+
+def test_names_read_from_data_are_drawn_as_text_never_as_mathtext(tmp_path):
+    """A folder, a photo, an export or a class named with dollar signs ('$\\foo$') raised matplotlib's mathtext
+    ValueError at savefig: evaluate.py died with a traceback after writing evaluation.json, predict.py --explain
+    on such a photo too. Each is drawn as the text it is, a photo's name on one line."""
+    shown = "external validation: Clinic $\\frac$ (exports/$\\foo$), n = 100: 50 malignant"
+    plots.confusion([[40, 10], [5, 45]], ["be$n$ign", "$\\foo$"], "m$\\bar$.pth", str(tmp_path / "c.png"), shown)
+    y, p = np.repeat([0, 1], 50), np.linspace(0, 1, 100)
+    plots.roc(y, p, dict(roc_auc=0.85, sensitivity=0.9, specificity=0.6, threshold=0.4), (0.7, 0.9),
+              str(tmp_path / "roc.png"), shown)  # fmt: skip
+    mistakes = [dict(path="/photos/$\\foo$\nforged.jpg", true="$\\foo$", p_malignant=0.9)]
+    plots.mistakes(mistakes, lambda path: np.zeros((8, 8, 3)), str(tmp_path / "m.png"), shown)
+    for name in ["c.png", "roc.png", "m.png"]:
+        assert_our_png(tmp_path / name)
+        with Image.open(tmp_path / name) as img:
+            assert img.info["Title"] == shown

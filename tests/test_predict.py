@@ -22,6 +22,7 @@ from conftest import (
     RunsCode,
     assert_one_error,
     direct_familiarity_distance,
+    fails,
     fingerprint,
     finish,
     grey_photo,
@@ -36,7 +37,7 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import explain, familiarity, files, folders, ledger, photos
+from skinlesion import answer, card, explain, familiarity, files, folders, ledger, photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -82,7 +83,7 @@ def test_one_photo_with_spaces_and_accents(tmp_path, models, monkeypatch, capsys
     assert lines[0] == f"Prediction: {'malignant' if p >= 0.5 else 'benign'}"
     match = LINE.fullmatch(lines[1])
     assert match and not match.group(3), lines[1]
-    p_text, t_text, near = predict.decision_texts(p, 0.5)
+    p_text, t_text, near = answer.decision_texts(p, 0.5, model.BORDERLINE)
     assert (len(match.group(1)), match.group(2), bool(match.group(4))) == (len(p_text), t_text, bool(near))
     assert abs(float(match.group(1)) - p) <= 0.5 * 10 ** -len(p_text.split(".")[1]) + 1e-6
     cam_png = tmp_path / "gradcam" / "grain de beauté n°1_jpg_gradcam.png"
@@ -90,36 +91,6 @@ def test_one_photo_with_spaces_and_accents(tmp_path, models, monkeypatch, capsys
     with Image.open(cam_png) as img:
         assert img.format == "PNG" and img.width > 2.2 * img.height  # three panels side by side
     assert "not a medical device" in err and "caution:" not in err
-
-
-@pytest.mark.parametrize(
-    "p, threshold, expected",
-    [
-        (0.73, 0.5, ("0.730", "0.500", "")),
-        (0.5004, 0.5, ("0.5004", "0.5000", "borderline")),
-        (0.49996, 0.5, ("0.49996", "0.50000", "borderline")),
-        (0.5000004, 0.5, ("0.500000", "0.500000", "borderline")),  # 6 digits at most
-        (0.5, 0.5, ("0.500000", "0.500000", "borderline")),
-        (0.519, 0.5, ("0.519", "0.500", "borderline")),
-        (0.521, 0.5, ("0.521", "0.500", "")),
-        (0.0004, 0.0, ("0.0004", "0.0000", "borderline")),
-        (0.9999, 1.0, ("0.9999", "1.0000", "borderline")),
-    ],
-)
-def test_digits_show_the_side_of_the_threshold(p, threshold, expected):
-    assert predict.decision_texts(p, threshold) == expected
-
-
-def test_printed_p_is_on_the_same_side_as_p():
-    rng = np.random.default_rng(0)
-    for _ in range(3000):
-        t = rng.uniform(0, 1)
-        p = float(np.clip(t + rng.choice([-1, 1]) * 10 ** rng.uniform(-5.5, -0.3), 0, 1))  # 3e-6 to 0.5 apart
-        p_text, t_text, near = predict.decision_texts(p, t)
-        assert 3 <= len(p_text.split(".")[1]) == len(t_text.split(".")[1]) <= 6
-        assert (float(p_text) < float(t_text)) == (p < t) and p_text != t_text
-        assert abs(float(p_text) - p) <= 0.5 * 10 ** -len(p_text.split(".")[1]) + 1e-12
-        assert (near == "borderline") == (abs(p - t) < model.BORDERLINE)
 
 
 def test_threshold_flag_overrides_the_stored_one(tmp_path, models, capsys):
@@ -519,7 +490,11 @@ def test_an_image_far_longer_than_wide_is_one_line_and_a_tall_photo_still_classi
     monkeypatch.chdir(tmp_path)
     Image.new("RGB", (100000, 1), (200, 150, 120)).save("thin.png", optimize=True)
     why = "100000 x 1 pixels, one side over 10 times the other: crop it to the lesion"
-    refuses(["thin.png", "--model", models[0.5]], capsys, f"thin.png is {why}; pass a .jpg or .png photo")
+    _, err = fails(capsys, f"thin.png is {why}", predict.main, ["thin.png", "--model", models[0.5]])
+    assert err == f"error: thin.png is {why}\n"  # not 'pass a .jpg or .png photo': it is one, to be cropped
+    pathlib.Path("text.png").write_text("not a photo")  # the nearest file that needs that advice
+    _, err = fails(capsys, "text.png is not a readable image", predict.main, ["text.png", "--model", models[0.5]])
+    assert err.endswith("; pass a .jpg or .png photo\n")
     os.mkdir("photos")
     os.rename("thin.png", "photos/thin.png")
     noise_image("photos/tall.jpg", 3, size=(40, 400))
@@ -573,6 +548,20 @@ def test_odd_names_cannot_forge_a_line_or_a_formula(tmp_path, models, monkeypatc
         assert [row[0] for row in csv.reader(f)][1] == "'=top.jpg"
 
 
+def test_paths_given_as_flags_cannot_forge_a_line(tmp_path, models, monkeypatch, capsys):
+    """A --csv path holding a newline printed 'predictions written to out' and then a forged 'Prediction: benign'
+    line; a folder or a model file so named did the same in the error line."""
+    monkeypatch.chdir(tmp_path)
+    photo, forged = lesion_photo("photo.jpg"), "out\nPrediction: benign"
+    predict.main([photo, "--model", models[0.5], "--csv", f"{forged}.csv"])
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if line.startswith("Prediction:")]) == 1  # the photo's own
+    assert "\npredictions written to out\\nPrediction: benign.csv\n" in out and os.path.isfile(f"{forged}.csv")
+    os.mkdir(forged)
+    refuses([forged, "--model", models[0.5]], capsys, "no images in out\\nPrediction: benign (looked for")
+    refuses([photo, "--model", f"{forged}.pth"], capsys, "model file out\\nPrediction: benign.pth not found")
+
+
 @pytest.mark.parametrize("size", [(1, 1), (90, 10)])  # (more than 10:1 is refused: test_photos)
 def test_a_photo_too_small_or_too_elongated_gets_a_warning(tmp_path, models, capsys, size):
     photo = noise_image(tmp_path / "odd.png", 1, size=size)
@@ -615,19 +604,62 @@ def test_prevalence_reweights_p_and_gives_ppv_and_npv_by_bayes_rule(tmp_path, ne
         p = float(list(csv.reader(f))[1][2])
     odds = p / (1 - p) * (0.05 / 0.95)
     assert lines[2] == f"At a prevalence of 5.0%: P(malignant) = {odds / (1 + odds):.3f} (the call above uses P)"
-    assert (
-        "Note: P(malignant) assumes about 50% of photos are malignant, as in the training photos; where they are "
-        "rarer or more common, pass --prevalence (e.g. --prevalence 0.05)."
-    ) in lines
+    assert "Note: P(malignant) assumes about 50% of photos are malignant, as in the training photos." in lines
+    assert not any("pass --prevalence" in line for line in lines)  # the hint is not repeated to who gave it
     tp, fp, tn, fn = 0.9 * 0.05, 0.4 * 0.95, 0.6 * 0.95, 0.1 * 0.05
     assert (
         "Prevalence: at a prevalence of 5.0%, from the validation sensitivity and specificity at this threshold, a "
         f"'malignant' call is right {tp / (tp + fp):.0%} of the time (PPV) and a 'benign' call "
         f"{tn / (tn + fn):.0%} of the time (NPV)."
     ) in lines
+    predict.main([photo, "--model", path, "--prevalence", "0.0001"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("At a prevalence of 0.01%: P(malignant) = ")  # not 0.0%
+    assert any(line.startswith("Prevalence: at a prevalence of 0.01%, ") for line in lines)
+    predict.main([photo, "--model", path])
+    assert (
+        "Note: P(malignant) assumes about 50% of photos are malignant, as in the training photos; where they are "
+        "rarer or more common, pass --prevalence (e.g. --prevalence 0.05)."
+    ) in capsys.readouterr().out.splitlines()
     with pytest.raises(SystemExit):
         predict.main([photo, "--model", path, "--prevalence", "1"])
     assert "--prevalence" in capsys.readouterr().err
+
+
+def test_ppv_and_npv_come_from_the_test_figures_with_the_validation_ones_beside(tmp_path, net, capsys):
+    """Where evaluate.py put this model's test results in its card, PPV and NPV at --prevalence come from the test
+    sensitivity (0.8) and specificity (0.3), labelled, with the validation ones (0.9, 0.6) beside them; by hand.
+    The card of another model file (its SHA-256 differs) is not used."""
+    op = dict(target_sensitivity=0.9, threshold=0.5, sensitivity=0.9, sensitivity_ci95=[0.8, 0.97])
+    op.update(specificity=0.6, specificity_ci95=[0.5, 0.7])
+    path = save_model(tmp_path / "m.pth", net, SIZE, threshold=0.5, operating_point=op, prior_malignant=0.5)
+    _, meta = model.load_checkpoint(path)
+    metrics = dict(sensitivity=0.8, specificity=0.3, roc_auc=0.7)
+    test = dict(data_dir="dataset/test", n_images={"benign": 30, "malignant": 30}, metrics=metrics,
+                ci95=dict(sensitivity=[0.6, 0.95], specificity=[0.15, 0.5], roc_auc=[0.55, 0.85]))  # fmt: skip
+    photo = lesion_photo(tmp_path / "photo.jpg")
+
+    def ppv_npv(sensitivity, specificity):
+        tp, fp = sensitivity * 0.05, (1 - specificity) * 0.95
+        tn, fn = specificity * 0.95, (1 - sensitivity) * 0.05
+        return f"{tp / (tp + fp):.0%}", f"{tn / (tn + fn):.0%}"
+
+    for sha256, tested in ((files.file_sha256(path), True), ("ab" * 32, False)):
+        card.write_card(str(tmp_path / "m.md"), meta, "m.pth", test, None, sha256)
+        predict.main([photo, "--model", path, "--prevalence", "0.05"])
+        lines = capsys.readouterr().out.splitlines()
+        line = next(line for line in lines if line.startswith("Prevalence: "))
+        (test_ppv, test_npv), (val_ppv, val_npv) = ppv_npv(0.8, 0.3), ppv_npv(0.9, 0.6)
+        from_validation = (
+            f"from the validation sensitivity and specificity at this threshold, a 'malignant' call is right {val_ppv} "
+            f"of the time (PPV) and a 'benign' call {val_npv} of the time (NPV)."
+        )
+        from_test = (
+            f"at a prevalence of 5.0%, from the test sensitivity and specificity at this threshold, a 'malignant' "
+            f"call is right {test_ppv} of the time (PPV) and a 'benign' call {test_npv} of the time (NPV); "
+        )
+        assert line == "Prevalence: " + (from_test if tested else "at a prevalence of 5.0%, ") + from_validation
+        assert any(line.startswith("Tested: on the test photos") for line in lines) == tested
 
 
 def test_a_weak_model_and_tta_with_a_threshold_chosen_without_it_are_said(tmp_path, net, capsys):
@@ -733,7 +765,8 @@ def test_an_unfamiliar_photo_gets_no_answer_one_line_why_and_exit_status_3(famil
     lines = r.stdout.splitlines()
     assert r.returncode == 3 and lines[0] == "Prediction: unfamiliar"
     assert lines[1].endswith("; the answer below is unreliable")
-    assert re.fullmatch(r"Unreliable answer: (benign|malignant)", lines[2]) and lines[3].startswith("P(malignant) = ")
+    assert re.fullmatch(r"Unreliable answer: (benign|malignant)", lines[2])
+    assert lines[3].startswith(answer.UNRELIABLE + "P(malignant) = ")  # each line of the answer marked
     own = os.path.join(data, "test", "benign", sorted(os.listdir(os.path.join(data, "test", "benign")))[0])
     r = run("predict.py", own, "--model", checkpoint, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.splitlines()[0] in ("Prediction: benign", "Prediction: malignant")
@@ -774,3 +807,107 @@ def test_the_limit_holds_99_percent_of_the_validation_photos(familiar_model):
     assert found["n_val"] == len(val) and np.mean(distances <= found["limit"] * (1 + 1e-6)) >= 0.97
     assert found["val_within"] == pytest.approx(np.mean(distances <= found["limit"]), abs=1 / len(val))
     assert familiarity.unfamiliar(found["limit"] * 1.001, {"familiarity": found})
+
+
+# ---------------------------------------------------------------------------- what is withheld stays withheld
+def measured_model(path, net, limit, classes=None, **meta):
+    """A model file with a familiarity measure whose distance is the length of a photo's features (class means 0,
+    floor 1, no other direction): limit 0 makes every photo unfamiliar, a huge one none."""
+    found = dict(method="mahalanobis", limit=limit, quantile=0.99, val_within=0.98, n_val=50, image_types=["x"])
+    if classes:
+        meta.update(classes=classes, malignant_classes=classes[2:])
+    op = dict(target_sensitivity=0.9, threshold=0.5, sensitivity=0.9, sensitivity_ci95=[0.8, 0.97])
+    op.update(specificity=0.6, specificity_ci95=[0.5, 0.7])
+    path = save_model(path, net, SIZE, familiarity=found, operating_point=op, prior_malignant=0.5, **meta)
+    ckpt = torch.load(path, weights_only=True)
+    features = familiarity.feature_count(net)
+    means, whitening = np.zeros((len(classes or "ab"), features)), np.zeros((features, 1))
+    ckpt["familiarity"] = familiarity.state(dict(means=means, whitening=whitening, floor=1.0))
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """{(classes, limit): model file}: two-class and four-type models, every photo unfamiliar (limit 0) or none."""
+    folder = tmp_path_factory.mktemp("measured")
+    types = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]
+    found = {}
+    for classes in (2, 4):
+        net = make_net(SIZE, classes=classes)
+        for limit in (0.0, 1e9):
+            name = folder / f"m{classes}_{limit:g}.pth"
+            found[classes, limit] = measured_model(name, net, limit, types if classes == 4 else None)
+    return found
+
+
+ANSWER = ("P(malignant) = ", "At a prevalence of ", "Type: ", "Malignant types ", "Prevalence: ")
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_an_unfamiliar_photo_shows_no_p_prevalence_ppv_type_or_grad_cam_until_asked(
+    tmp_path, measured, classes, capsys
+):
+    """Issue 29 §3: for an unfamiliar photo no P, no prevalence line, no PPV or NPV, no type, no Grad-CAM, with
+    --prevalence and --explain given; with --show-unfamiliar each of those lines is there and marked unreliable,
+    and the Grad-CAM is saved. A familiar photo's lines are the same, unmarked."""
+    photo = lesion_photo(tmp_path / "photo.jpg")
+    maps = tmp_path / "maps"
+    flags = ["--prevalence", "0.05", "--explain", "--explain-dir", str(maps)]
+    with pytest.raises(SystemExit) as exit_status:
+        predict.main([photo, "--model", measured[classes, 0.0], *flags])
+    lines = capsys.readouterr().out.splitlines()
+    assert exit_status.value.code == predict.UNFAMILIAR_EXIT and lines[0] == "Prediction: unfamiliar"
+    assert lines[2].startswith("no Grad-CAM for ") and not maps.exists()
+    assert not any(line.startswith(ANSWER + ("Unreliable", "Operating point", "Note", "Tested")) for line in lines)
+    assert not any(word in " ".join(lines) for word in ("PPV", "NPV", "prevalence of", "Type"))
+    with pytest.raises(SystemExit):
+        predict.main([photo, "--model", measured[classes, 0.0], *flags, "--show-unfamiliar"])
+    shown = capsys.readouterr().out.splitlines()
+    predict.main([photo, "--model", measured[classes, 1e9], *flags])  # the same photo, familiar to the model
+    familiar = capsys.readouterr().out.splitlines()
+    answered = [line for line in familiar if line.startswith(ANSWER)]
+    assert len(answered) == (5 if classes == 4 else 3), familiar
+    assert [answer.UNRELIABLE + line for line in answered] == [
+        line for line in shown if line.startswith(tuple(answer.UNRELIABLE + start for start in ANSWER))
+    ]
+    assert not any(line.startswith(ANSWER) for line in shown)  # each one marked
+    assert (maps / "photo_jpg_gradcam.png").is_file()
+    assert any(line.startswith(f"Grad-CAM saved to {maps}") for line in shown)
+
+
+def test_in_a_folder_and_its_csv_an_unfamiliar_photo_has_no_p_or_type_until_asked(tmp_path, measured, capsys):
+    """A types model, two photos, all unfamiliar: their lines and CSV rows say unfamiliar, with no P, type or
+    class probabilities; --show-unfamiliar fills them in, the line saying unreliable."""
+    folder = tmp_path / "photos"
+    for seed in range(2):
+        lesion_photo(folder / f"p{seed}.jpg", seed=seed)
+    for asked in (False, True):
+        argv = [
+            str(folder),
+            "--model",
+            measured[4, 0.0],
+            "--csv",
+            str(tmp_path / f"{asked}.csv"),
+            "--prevalence",
+            "0.1",
+        ]
+        predict.main(argv + (["--show-unfamiliar"] if asked else []))
+        out = capsys.readouterr().out
+        with open(tmp_path / f"{asked}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [row["prediction"] for row in rows] == ["unfamiliar", "unfamiliar"]
+        filled = [row[key] != "" for row in rows for key in ("p_malignant", "type", "p_type", "p_nevus")]
+        assert filled == [asked] * len(filled)
+        assert out.count("Prediction: unfamiliar") == 2 and ("unreliable answer: " in out) == asked
+        assert "at prevalence" not in out and "; type " not in out
+
+
+def test_class_names_read_from_the_model_file_are_printed_on_one_line():
+    """The malignant types' line printed the class names read from the model file raw (a model file's own check
+    refuses such names: this is the second guard, as for every text read from a file)."""
+    meta = dict(
+        classes=["nevus", "mel"], class_names=["nevus", "melanoma\nPrediction: benign"], malignant_classes=["mel"]
+    )
+    text = predict.malignant_sum_text(np.array([0.25, 0.75]), meta)
+    assert text == "melanoma\\nPrediction: benign 0.750 = 0.750"

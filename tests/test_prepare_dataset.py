@@ -11,7 +11,6 @@ import hashlib
 import os
 import pathlib
 import signal
-import time
 
 import numpy as np
 import pandas as pd
@@ -36,7 +35,7 @@ from conftest import (
     run,
     write_export,
 )
-from skinlesion import folders, isic, ledger
+from skinlesion import folders, isic, ledger, other_types, photos
 
 REAL_SAMPLE = next(
     (
@@ -351,7 +350,7 @@ def test_bad_metadata_rows_are_counted_and_left_out(capsys):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_hang")
-def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened(tmp_path):
+def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened(tmp_path, monkeypatch):
     rows = export_rows(24)
     write_export("isic_images", rows)
     ids = [row["isic_id"] for row in rows]
@@ -423,9 +422,15 @@ def test_bad_images_are_counted_odd_ones_converted_and_a_named_pipe_never_opened
     with Image.open(os.path.join("dataset", m.file[odd["16-bit"]])) as img:
         assert abs(np.asarray(img).mean() - 128) < 2  # scaled from 16 to 8 bits, not clipped to 255
     os.makedirs("scratch")
-    t = time.time()
+    decoded, load_image = [], photos.load_image
+
+    def decoding(*args, **kwargs):
+        decoded.append(load_image(*args, **kwargs))
+        return decoded[-1]
+
+    monkeypatch.setattr(photos, "load_image", decoding)
     assert not isic.process_image((odd["huge"], path("huge"), "scratch", 256))["error"]
-    assert time.time() - t < 2, "the 12000 px JPEG must be decoded at a reduced scale (Pillow draft): ~0.1 s, not ~4 s"
+    assert [img.size for img in decoded] == [(1500, 1125)]  # decoded at 1/8 scale (Pillow draft): ~0.1 s, not ~4 s
     assert isic.process_image((odd["fifo"], path("fifo"), "scratch", 256))["error"] == "not a regular file"
 
 
@@ -465,6 +470,15 @@ def test_metadata_that_cannot_be_used(case, capsys):
     }
     make.get(case, lambda: None)()
     fails_keeping_dataset([], capsys, METADATA_MISTAKES[case], before)
+
+
+def test_paths_given_as_flags_cannot_forge_a_line(capsys):
+    """A newline in a path a flag names is shown as \\n (it cannot start a line of its own): in the error line and
+    in the download advice that follows it."""
+    before = previous_dataset()
+    forged = "x\nPrediction: benign"
+    expected = "x\\nPrediction: benign.csv (nor a metadata.csv under x\\nPrediction: benign) not found; download"
+    fails_keeping_dataset(["--metadata-csv", f"{forged}.csv", "--images-dir", forged], capsys, expected, before)
 
 
 FLAG_MISTAKES = {  # arguments: what the error line says; checked before anything is read
@@ -639,7 +653,8 @@ def test_a_second_run_in_the_folder_stops_and_leaves_the_first_alone(big_export,
         prepare_dataset.main,
         big_export,
         capsys,
-        f"another prepare_dataset.py run is writing in {os.getcwd()}; wait for it to finish",
+        f"prepare_dataset.py (pid {first.pid}, building dataset.tmp-{first.pid}) is writing in {os.getcwd()}; "
+        "wait for it to finish",
     )
     assert glob.glob("dataset.tmp-*") == live  # its folder not cleaned away as a leftover
     code, out, err = finish(first)
@@ -959,3 +974,65 @@ def test_the_legacy_diagnosis_column_takes_its_side_from_benign_malignant():
     write_export("isic_images", rows)
     m = prepare("--label-column", "diagnosis", "--val-fraction", 0, "--test-fraction", 0)
     assert m.groupby("label").side.first().to_dict() == {"melanoma": "malignant", "nevus": "benign"}
+
+
+def test_two_different_photos_under_one_id_are_counted_named_and_left_out(capsys):
+    """An id with a .jpg and a .png, or a photo again in a sub-folder: one was used silently. Byte-identical
+    copies are one photo (used once, counted); different ones cannot tell which shows the row's lesion: the id
+    is left out, counted and named."""
+    rows = export_rows(12)
+    write_export("isic_images", rows)
+    noise_image("isic_images/ISIC_0000001.png", 101)  # another photo, another format
+    os.makedirs("isic_images/again")
+    noise_image("isic_images/again/ISIC_0000002.jpg", 102)  # another photo in a sub-folder
+    with open("isic_images/ISIC_0000003.jpg", "rb") as f:  # the same photo in a sub-folder: one photo
+        pathlib.Path("isic_images/again/ISIC_0000003.jpg").write_bytes(f.read())
+    m = prepare("--val-fraction", 0, "--test-fraction", 0)
+    steps = summary(capsys.readouterr().out)
+    assert sorted(m.isic_id) == [f"ISIC_{i:07d}" for i in range(12) if i not in (1, 2)]
+    assert m.set_index("isic_id").source_file["ISIC_0000003"] == os.path.join("isic_images", "ISIC_0000003.jpg")
+    found = steps["with an image file"]
+    assert found.split()[0] == "10" and "1 byte-identical copies of a photo used once" in found
+    assert (
+        "different photos under one isic_id 2: ISIC_0000001 (ISIC_0000001.jpg, ISIC_0000001.png), "
+        f"ISIC_0000002 (ISIC_0000002.jpg, {os.path.join('again', 'ISIC_0000002.jpg')})"
+    ) in found
+
+
+def test_a_label_column_of_ids_says_what_is_wrong_with_the_column(capsys):
+    """--label-column lesion_id (an id per photo): every value was too rare, and the run said '0 with an image
+    file'. A column of types whose malignant ones are all too rare says so, without calling them ids."""
+    rows = export_rows(40)
+    for i, row in enumerate(rows):
+        row.update(lesion_id=f"IL_{i:07d}", diagnosis_3=["Nevus", f"Melanoma {i % 4}"][i % 2])
+    write_export("isic_images", rows)
+    ids = "none of its 20 benign values (20 photos: about one a value, ids rather than types) has --min-per-class 20"
+    main_fails(
+        prepare_dataset.main,
+        ["--label-column", "lesion_id", "--workers", 1],
+        capsys,
+        f"--label-column lesion_id: {ids} usable photos; pass a column of lesion types such as diagnosis_3",
+    )
+    types = "none of its 2 malignant values (20 photos) has --min-per-class 11 usable photos; pass a column"
+    main_fails(prepare_dataset.main, ["--label-column", "diagnosis_3", "--workers", 1, "--min-per-class", 11], capsys,
+               f"--label-column diagnosis_3: {types}")  # fmt: skip
+    assert not os.path.exists("dataset")
+
+
+def test_photos_of_another_kind_are_kept_beside_the_splits_for_the_familiarity_check(capsys):
+    """An export of clinical overview photos with dermoscopic and close-up ones: the dataset is what it would be
+    without them, and beside it, in other_types/, the dermoscopic photos (another kind; close-ups are clinical too),
+    said in one line; --keep-other-types 0 keeps none."""
+    rows = lesion_rows(20)
+    for start, image_type, lesions in ((500, "dermoscopic", 4), (600, "clinical: close-up", 3)):
+        others = lesion_rows(lesions)
+        rows += [dict(r, isic_id=f"ISIC_{start + n:07d}", image_type=image_type) for n, r in enumerate(others)]
+    write_export("isic_images", rows)
+    m = prepare()
+    out = capsys.readouterr().out
+    assert not m.isic_id.str.startswith("ISIC_00005").any() and dataset_files() == sorted(m.file)
+    kept = sorted(os.listdir(os.path.join("dataset", other_types.FOLDER)))
+    assert kept == [f"dermoscopic.ISIC_{500 + n:07d}.jpg" for n in range(7)]  # 4 lesions: 7 photos
+    assert "kept 7 photos of another kind in dataset/other_types/ for the familiarity check: dermoscopic 7" in out
+    assert prepare("--keep-other-types", 0).equals(m)
+    assert not os.path.exists(os.path.join("dataset", other_types.FOLDER))

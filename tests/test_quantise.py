@@ -6,17 +6,19 @@ takes it; serve_web.py runs it only where it was made from that very export and 
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
+import export_onnx
 import model
 import predict
 import serve_web
-from conftest import run
-from skinlesion import files, numbers, photos, quantise
+from conftest import changed_output, fingerprint, run, set_self_check
+from skinlesion import answer, files, numbers, photos, quantise
 
 
 def test_the_twin_is_named_beside_its_export():
@@ -33,6 +35,68 @@ def test_comparison_counts_changed_labels_and_those_outside_the_band():
     assert result["roc_auc_full"] == pytest.approx(numbers.roc_auc(y, p_full))
     assert result["roc_auc_int8"] == pytest.approx(7 / 9)  # pairs (malignant, benign) ranked right, by hand
     assert not result["within_tolerance"]
+
+
+def test_the_borderline_band_is_measured_from_the_full_models_p_and_its_edges_are_the_pages():
+    """A changed label counts as outside the band where the full model's P lies band or further from the threshold
+    (the page calls a P borderline only within less than band): exactly at band it is outside, just inside it is
+    not; a P that the twin moves into the band still counts, one it moves out of the band does not. Threshold 0.5,
+    band 0.25: exact in binary."""
+    threshold, band = 0.5, 0.25
+    p_full = np.array([0.75, np.nextafter(0.75, 0), 0.25, np.nextafter(0.25, 1), 0.8, 0.55, 0.9])
+    p_int8 = np.array([0.45, 0.45, 0.55, 0.55, 0.45, 0.2, 0.95])
+    expected = 0  # by hand: label changed, and the full model's P not borderline (|P - threshold| < band)
+    for full, int8 in zip(p_full, p_int8):
+        changed = (full >= threshold) != (int8 >= threshold)
+        borderline = abs(full - threshold) < band
+        expected += bool(changed and not borderline)
+    assert expected == 3  # 0.75, 0.25 and 0.8; not the two just inside, nor 0.55 -> 0.2; 0.9 keeps its label
+    result = quantise.comparison(p_full, p_int8, None, threshold, band)
+    assert result["label_changes"] == 6 and result["label_changes_outside_band"] == expected
+
+
+def record(**changes):
+    """A comparison as export_onnx.py stores it, within tolerance, of a model with a familiarity measure."""
+    kept = dict(photos=300, max_p_difference=0.01, label_changes=2, label_changes_outside_band=0, roc_auc_full=0.9,
+                roc_auc_int8=0.9, max_auc_drop=quantise.MAX_AUC_DROP, within_tolerance=True, from_sha256="ab" * 32,
+                photos_from="val", familiar_to_unfamiliar=1, unfamiliar_to_familiar=1, familiarity_flips_outside_band=0,
+                familiarity_band=quantise.FAMILIARITY_BAND, max_distance_change=0.03)  # fmt: skip
+    return dict(kept, **changes)
+
+
+WITHOUT_FAMILIARITY = ("familiar_to_unfamiliar", "unfamiliar_to_familiar", "familiarity_flips_outside_band",
+                       "familiarity_band", "max_distance_change")  # fmt: skip
+RULE_EDGES = {  # the record's numbers: whether the page may run the twin (its stored within_tolerance is ignored)
+    "as kept": (record(), True),
+    "ROC-AUC 0.0049 lower": (record(roc_auc_int8=0.9 - 0.0049), True),
+    "ROC-AUC 0.0051 lower": (record(roc_auc_int8=0.9 - 0.0051), False),
+    "ROC-AUC 0.0051 lower, a wider max_auc_drop recorded": (record(roc_auc_int8=0.8949, max_auc_drop=0.5), False),
+    "ROC-AUC higher": (record(roc_auc_int8=0.95), True),
+    "ROC-AUC not measured": (record(roc_auc_full=None, roc_auc_int8=None), False),
+    "no label outside the band, 40 inside": (record(label_changes=40), True),
+    "1 label outside the band": (record(label_changes_outside_band=1), False),
+    "55 photos turn unfamiliar, 55 outside the band": (
+        record(familiar_to_unfamiliar=55, familiarity_flips_outside_band=55),
+        False,
+    ),
+    "1 flip outside the band": (record(familiarity_flips_outside_band=1), False),
+    "flips counted with a band of 0.05": (record(familiarity_band=0.05), True),
+    "flips counted with a band of 0.5": (record(familiarity_band=0.5), False),
+    "no familiarity counts": ({k: v for k, v in record().items() if k not in WITHOUT_FAMILIARITY}, False),
+}
+
+
+@pytest.mark.parametrize("case", RULE_EDGES)
+@pytest.mark.parametrize("stored", [True, False])
+def test_the_pages_rule_is_recomputed_from_the_numbers_never_the_stored_verdict(case, stored):
+    result, kept = RULE_EDGES[case]
+    assert quantise.within_tolerance(dict(result, within_tolerance=stored), familiar=True) is kept
+
+
+def test_a_model_without_a_familiarity_measure_needs_no_familiarity_counts():
+    without = {k: v for k, v in record().items() if k not in WITHOUT_FAMILIARITY}
+    assert quantise.within_tolerance(without, familiar=False)
+    assert not quantise.within_tolerance(dict(without, label_changes_outside_band=1), familiar=False)
 
 
 @pytest.mark.parametrize("drop, kept", [(0.0049, True), (0.0051, False)])
@@ -124,6 +188,30 @@ def test_export_writes_a_smaller_twin_that_says_how_it_compares(twin):
     assert f"wrote {twin['int8']} (" in twin["stdout"] and quantise.comparison_text(result) in twin["stdout"]
 
 
+def test_a_twin_that_fails_the_check_every_model_file_gets_is_not_written(twin, tmp_path, monkeypatch, capsys):
+    """A quantiser whose twin's familiarity distance came out 0 everywhere (here: the full model so rewired): the twin
+    would call every photo familiar, so load_onnx would refuse it; export_onnx.py does not write it and says why."""
+    full = str(tmp_path / "m.onnx")
+    shutil.copy(twin["full"], full)
+
+    def quantise_to_zero_distance(full_path, out_path, images):
+        shutil.copy(full_path, out_path)
+        changed_output(out_path, "familiarity_distance", None)
+
+    monkeypatch.setattr(quantise, "quantise", quantise_to_zero_distance)
+    _, meta = model.load_onnx(full)
+    before = fingerprint(tmp_path, marks=False)
+    args = SimpleNamespace(output=full, quantise_images=twin["val"], given=set())
+    export_onnx.write_int8_twin(args, meta)
+    limit = meta["familiarity"]["limit"]
+    assert capsys.readouterr().out.strip() == (
+        f"no int8 twin {tmp_path / 'm.int8.onnx'} written: it fails the check every model file gets (its "
+        f"familiarity_distance puts none of the 3 check inputs (patterns unlike any photo) beyond its limit "
+        f"{limit:.4g}: it could not tell an unfamiliar photo)"
+    )
+    assert fingerprint(tmp_path, marks=False) == before
+
+
 def test_predict_takes_the_twin(twin, capsys):
     """predict.py reads the twin as any ONNX file of ours. Its int8 features move the familiarity distance too, so
     a photo may come out unfamiliar (exit 3) under the twin: an answer either way, never a refusal."""
@@ -144,18 +232,34 @@ def set_result(path, **changes):
     onnx.save(proto, path)
 
 
-def test_the_page_runs_the_twin_only_when_it_is_this_exports_and_within_tolerance(twin, tmp_path):
+def test_the_page_runs_the_twin_only_when_it_is_this_exports_and_its_numbers_keep_within_tolerance(twin, tmp_path):
+    """serve_web.py recomputes the rule from the twin's recorded numbers: a record saying 55 photos turn unfamiliar
+    (outside the band) with within_tolerance true keeps the full model in the page, and predict.py and the page's
+    model.json (read_model) carry the recomputed verdict (the page's caution); numbers that keep within tolerance
+    put the twin in the page whatever the stored verdict says."""
     full, int8 = str(tmp_path / "m.onnx"), str(tmp_path / "m.int8.onnx")
     shutil.copy(twin["full"], full)
     shutil.copy(twin["int8"], int8)
-    set_result(int8, within_tolerance=True)
+    kept = {k: v for k, v in record().items() if k not in ("from_sha256", "photos_from")}
+    set_result(int8, **dict(kept, within_tolerance=False))
     assert serve_web.page_model(full, True)[0] == int8
     assert serve_web.page_model(full, False) == (full, "the full model (--no-small-model)")
-    set_result(int8, within_tolerance=False)
+    for forged in [
+        dict(familiar_to_unfamiliar=55, familiarity_flips_outside_band=55),
+        dict(label_changes=3, label_changes_outside_band=1),
+        dict(roc_auc_int8=0.9 - 0.0051),
+    ]:
+        set_result(int8, **dict(kept, **forged, within_tolerance=True))
+        chosen, said = serve_web.page_model(full, True)
+        assert chosen == full and "NOT within tolerance" in said, forged
+        assert answer.STRAYED in answer.model_cautions(model.load_onnx(int8)[1])
+        assert serve_web.read_model(int8)["quantised"]["within_tolerance"] is False
+    set_self_check(int8, drop=["cam"])  # a twin that fails the check every model file gets (one of an earlier version)
     chosen, said = serve_web.page_model(full, True)
-    assert chosen == full and "NOT within tolerance" in said
-    assert predict.STRAYED in predict.model_cautions(model.load_onnx(int8)[1])
-    set_result(int8, within_tolerance=True, from_sha256="0" * 64)  # made from another export
+    assert chosen == full and said.endswith("its self_check holds no cam (exported by an earlier version); export "
+                                            "the model again with export_onnx.py)")  # fmt: skip
+    shutil.copy(twin["int8"], int8)
+    set_result(int8, **dict(kept, within_tolerance=True, from_sha256="0" * 64))  # made from another export
     chosen, said = serve_web.page_model(full, True)
     assert chosen == full and "was not made from this export" in said
     os.remove(int8)

@@ -24,6 +24,9 @@ def test_a_resume_state_of_another_shape_is_refused_before_it_is_used():
     assert resume.resume_fault(good) is None
     refit = json.dumps([dict(epoch=1, train_loss=0.5, train_accuracy=0.8, lr=1e-4, seconds=3.0)])  # no validation
     assert resume.resume_fault(dict(good, history=refit, done=[fold, dict(fold, weights=dict(weights))])) is None
+    member = dict(means=torch.zeros(2, 4), whitening=torch.ones(4, 2), floor=torch.tensor(1.0))  # an ensemble's
+    kept = dict(member=member, member_distances=torch.ones(3), member_head=torch.zeros(3), exposed_to={"drawn": 24})
+    assert resume.resume_fault(dict(good, done=[dict(fold, **kept)])) is None
     for key, value, said in [
         ("finished", 0, "its training state.finished 0 is not true or false"),
         ("stage", -1, "its training state.stage -1 is not a whole number from 0"),
@@ -35,6 +38,14 @@ def test_a_resume_state_of_another_shape_is_refused_before_it_is_used():
         ("done", [dict(fold, logits=torch.zeros(3))], "its fold 1's logits are not a finite table"),
         ("done", [dict(fold, distances=torch.full((3,), np.nan))], "its fold 1's distances are not a finite table"),
         ("done", "none", "its folds done are not a list"),
+        ("done", [dict(fold, member_distances=torch.zeros(3, 1))], "its fold 1's member_distances are not a finite"),
+        ("done", [dict(fold, member_head=torch.full((3,), np.nan))], "its fold 1's member_head are not a finite"),
+        ("done", [dict(fold, exposed_to={"drawn": -1})], "its fold 1's exposed_to['drawn'] -1 is not a whole number"),
+        (
+            "done",
+            [dict(fold, member=dict(member, floor=torch.tensor(-1.0)))],
+            "its fold 1's member measure is refused: its familiarity floor is not one finite number >= 0",
+        ),  # fmt: skip
         ("best_logits", torch.zeros(5), "its best epoch's validation logits are not a finite table"),
         ("best_logits", torch.full((5, 2), np.inf), "its best epoch's validation logits are not a finite table"),
         ("best", "0.7", "its training state.best '0.7' is not a list of 2 items"),
@@ -42,6 +53,7 @@ def test_a_resume_state_of_another_shape_is_refused_before_it_is_used():
         ("stopped_early", "no", "its training state.stopped_early 'no' is not true or false"),
         ("optimizer", [1], "its training state.optimizer [1] is not a table"),
         ("history", "[{", "its history is not JSON"),
+        ("history", "[" * 100_000 + "]" * 100_000, "its history is JSON nested too deeply to read"),  # RecursionError
         ("history", json.dumps([dict(epoch, roc_auc="high")]), "its history[0].roc_auc 'high' is not a finite number"),
         ("history", json.dumps({"epoch": 1}), "its history {'epoch': 1} is not a list"),
     ]:

@@ -36,6 +36,7 @@ SIDECAR_KEYS = {name for name, key in model.KEYS.items() if key.page} | {  # the
     "model_file",
     "model_variant",
     "model_sha256",
+    "model_name",
     "operating_point_text",
     "operating_point_warning",
 }
@@ -48,6 +49,7 @@ SECURITY_HEADERS = {
     "cache-control": "no-cache",
     "server": "serve_web.py",
 }
+CARD_NAME = "model_card.md"  # what the build publishes the card as
 CARD_TEXT = "# Model card\n\nA tiny test model; not a medical device. Ünïcödé.\n"
 
 
@@ -111,10 +113,10 @@ def server(project):
     args = ["--model", project["model"], "--site-dir", "site", "--timeout", 2]
     proc, url, port, built = start_server(*args, log=log, cwd=folder)
     try:
-        yield dict(url=url, port=port, site=str(folder / "site"), built=built, log=Log(log))
+        yield dict(url=url, port=port, site=str(folder / "site"), built=built, log=Log(log), pid=proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=10)
+        proc.communicate(timeout=60)
     assert fingerprint(os.path.dirname(project["victim"])) == before
 
 
@@ -203,6 +205,7 @@ def test_builds_its_own_folder_and_serves_exactly_the_page(server, project):
     assert sidecar["borderline_margin"] == 0.02 and sidecar["model_file"] == "model.onnx"
     with open(project["model"], "rb") as f:  # the page shows it: a user compares it with the published one
         assert sidecar["model_sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert sidecar["model_name"] == os.path.basename(project["model"])  # which file, as the card lists it
     assert "built site: " in server["built"] and f"model card {project['folder'] / 'skin_model.md'}" in server["built"]
     sources = {name: os.path.join(ROOT, "web", name) for name in PAGE}
     sources.update({f"vendor/{name}": os.path.join(NODE_MODULES, "onnxruntime-web", "dist", name) for name in VENDOR})
@@ -351,20 +354,34 @@ def test_an_aborted_download_is_one_quiet_line(server):
     assert request(server, "/")[0] == 200
 
 
+def threads(pid):
+    """How many threads the process pid runs (Linux /proc): the server runs one per open connection."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def still_open(s):
+    """Whether the server has not closed the connection s (nothing to read, and no end of it)."""
+    try:
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="the server's threads are counted in Linux /proc")
 def test_half_open_connections_time_out_and_close_quietly(server):
-    port = server["port"]
+    port, before = server["port"], threads(server["pid"])
     partial = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()  # the headers never end
-    opened = time.perf_counter()
     sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
     for s in sockets:
         s.sendall(partial)
-    start = time.perf_counter()
-    assert request(server, "/")[0] == 200 and time.perf_counter() - start < 1.5  # 100 held threads do not hold it up
+    assert request(server, "/")[0] == 200  # (answered while they are held: test_ctrl_c_stops_serving...)
     for i, s in enumerate(sockets):
         if i % 2:  # half are reset, half closed
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
-    time.sleep(max(0.5, opened + 2.5 - time.perf_counter()))  # past --timeout 2: every line of theirs is written
+    deadline = time.monotonic() + 60
+    while threads(server["pid"]) > before and time.monotonic() < deadline:
+        time.sleep(0.05)  # until their threads have ended: every line of theirs is written
     lines = server["log"].new_lines()
     assert len(lines) <= 100, lines  # at most one line each, none a traceback
     assert all(re.search(r": (aborted: GET / |connection dropped \(|timed out )", line) for line in lines), lines
@@ -373,7 +390,7 @@ def test_half_open_connections_time_out_and_close_quietly(server):
     start = time.perf_counter()
     silent.settimeout(10), started.settimeout(10)
     assert silent.recv(1024) == b"" and started.recv(1024) == b""  # the server closed them after --timeout 2
-    assert 1.5 < time.perf_counter() - start < 6
+    assert time.perf_counter() - start > 1.5  # not at once (recv's own 10 s bound: not never)
     silent.close(), started.close()
     assert server["log"].new_lines(at_least=1) == [
         "127.0.0.1: timed out after 2 s in the middle of a request"
@@ -470,6 +487,51 @@ def test_the_model_card(project, tmp_path):
         assert_refused([*args, "--card", card], "is not UTF-8 text", tmp_path, tmp_path)
 
 
+def test_files_it_reads_that_are_no_regular_files_are_named_and_never_block(project, tmp_path):
+    """Every file the build reads is a regular file read within a bound: a card beside the model that is a named
+    pipe is named and left out (it was left out without a word), as is an int8 twin that is one; onnxruntime-web's
+    package.json as a named pipe (it blocked the build for ever) or as JSON nested too deeply (a RecursionError
+    traceback) is one line naming it."""
+    require_node_modules()
+    model_file = tmp_path / "model" / "skin_model.onnx"
+    model_file.parent.mkdir()
+    shutil.copy(project["model"], model_file)
+    os.mkfifo(tmp_path / "model" / "skin_model.md")
+    os.mkfifo(tmp_path / "model" / "skin_model.int8.onnx")
+    result = run_script("--no-serve", "--model", model_file, "--site-dir", tmp_path / "site")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    card, twin = tmp_path / "model" / "skin_model.md", tmp_path / "model" / "skin_model.int8.onnx"
+    assert f"note: {card} is a named pipe, not a model card: none is published (--card FILE)\n" in result.stdout
+    assert "no model card, onnxruntime-web" in result.stdout
+    assert f"the page runs the full model (model file {twin} is a named pipe, not a regular file;" in result.stdout
+    assert CARD_NAME not in os.listdir(tmp_path / "site")
+    package = tmp_path / "node_modules" / "onnxruntime-web"
+    (package / "dist").mkdir(parents=True)
+    for name in VENDOR:
+        os.symlink(os.path.join(NODE_MODULES, "onnxruntime-web", "dist", name), package / "dist" / name)
+    args = [
+        "--no-serve",
+        "--model",
+        model_file,
+        "--site-dir",
+        tmp_path / "other",
+        "--node-modules",
+        tmp_path / "node_modules",
+    ]
+    for content, said in [
+        (None, "is a named pipe, not a regular file"),
+        ("[" * 100_000 + "]" * 100_000, "is JSON nested too deeply to read"),
+    ]:
+        if content is None:
+            os.mkfifo(package / "package.json")
+        else:
+            os.remove(package / "package.json")
+            (package / "package.json").write_text(content)
+        result = run("serve_web.py", *args, cwd=tmp_path, timeout=60)
+        assert_one_error(result.returncode, result.stderr, f"{package / 'package.json'} {said}; run 'npm ci' in")
+    assert not os.path.exists(tmp_path / "other")
+
+
 # ----------------------------------------------------------------------------- flags and errors
 
 
@@ -524,12 +586,19 @@ def test_the_build_is_torch_free(project, tmp_path):
 
 
 def test_ctrl_c_stops_serving_in_one_line_with_connections_open(project, tmp_path):
+    """Connections that stay silent for up to an hour (--timeout 3600): a browser's open connection, 100 requests
+    whose headers never end. They hold up neither another request nor Ctrl-C."""
     require_node_modules()
-    proc, _, port, _ = start_server("--model", project["model"], "--site-dir", tmp_path / "site", log=tmp_path / "log")
-    idle = socket.create_connection(("127.0.0.1", port))  # a browser's open connection does not hold it up
-    start_time = time.perf_counter()
+    args = ["--model", project["model"], "--site-dir", tmp_path / "site", "--timeout", 3600]
+    proc, _, port, _ = start_server(*args, log=tmp_path / "log")
+    idle = socket.create_connection(("127.0.0.1", port))
+    partial = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+    for s in held:
+        s.sendall(partial)
+    assert request(dict(port=port), "/")[0] == 200 and all(still_open(s) for s in [idle, *held])
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=10)
-    idle.close()
+    proc.communicate(timeout=60)  # an hour's wait would end here
+    for s in [idle, *held]:
+        s.close()
     assert proc.returncode == 0 and read(tmp_path / "log").strip() == "stopped serving"
-    assert time.perf_counter() - start_time < 5

@@ -25,7 +25,7 @@ import torch
 import AItraining
 import model
 from conftest import ENV, ROOT, assert_one_error, export_rows, lesion_photo, run, save_model, write_export
-from skinlesion import dataset, photos, shards
+from skinlesion import dataset, photos, shard_format, shards
 
 pytestmark = pytest.mark.slow  # each test prepares a dataset with prepare_dataset.py, or trains
 
@@ -82,7 +82,7 @@ def test_folders_and_shards_hold_the_same_photos_labels_and_splits(prepared):
                 assert blobs[name] == f.read()
         some = set(names[::2])  # the familiarity fit keeps only its sample's bytes
         assert shards.read_blobs(sharded, split, some) == {name: blobs[name] for name in some}
-        entry = read_json(os.path.join(sharded, shards.INDEX))["splits"][split]
+        entry = read_json(os.path.join(sharded, shard_format.INDEX))["splits"][split]
         assert len(entry["shards"]) >= 2
         for shard in entry["shards"]:  # each sample: the photo's bytes, its class and ids, its split (manifest)
             for key, sample in tar_samples(os.path.join(sharded, shard["name"])).items():
@@ -109,7 +109,7 @@ def test_the_same_run_from_folders_and_from_shards(prepared, tmp_path, monkeypat
 
 
 def test_shards_on_a_web_server_train_as_on_disk(prepared, tmp_path):
-    """An object store stands in: the shards folder served over HTTP (WebDataset's gopen reads it with curl)."""
+    """An object store stands in: the shards folder served over HTTP (remote.py reads it with curl)."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=prepared)
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -165,7 +165,7 @@ def test_each_process_reads_its_own_shards(prepared, capsys):
 def broken_copy(prepared, tmp_path, change):
     """The prepared dataset's shards copied, with change(shards folder, its index, the first train shard)."""
     sharded = shutil.copytree(os.path.join(prepared, "shards"), tmp_path / "shards")
-    index = read_json(sharded / shards.INDEX)
+    index = read_json(sharded / shard_format.INDEX)
     change(sharded, index, sharded / index["splits"]["train"]["shards"][0]["name"])
     return sharded
 
@@ -178,7 +178,7 @@ def truncated_listed_whole(sharded, index, first):
     """Truncated, and the index says its new size: the size check passes, reading finds it."""
     truncate(first)
     index["splits"]["train"]["shards"][0]["bytes"] = os.path.getsize(first)
-    with open(sharded / shards.INDEX, "w") as f:
+    with open(sharded / shard_format.INDEX, "w") as f:
         json.dump(index, f)
 
 
@@ -277,13 +277,14 @@ def shards_read(out, epoch):
 
 def test_torchrun_two_machines_train_from_shards_and_a_killed_run_resumes(prepared, tmp_path):
     sharded = os.path.join(prepared, "shards")
-    train_shards = {s["name"] for s in read_json(os.path.join(sharded, shards.INDEX))["splits"]["train"]["shards"]}
-    last = tmp_path / "skin_model_last.pth"
+    train_shards = {
+        s["name"] for s in read_json(os.path.join(sharded, shard_format.INDEX))["splits"]["train"]["shards"]
+    }
+    last, curves = tmp_path / "skin_model_last.pth", tmp_path / "training_curves.png"
     procs = launchers(sharded, tmp_path, free_port())
     deadline = time.time() + 400
-    while not last.exists() and time.time() < deadline and all(p.poll() is None for p in procs):
-        time.sleep(0.1)
-    time.sleep(1.0)  # inside epoch 2
+    while not curves.exists() and time.time() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.1)  # until epoch 1 is all written (its curves come last): the kill lands past it
     for p in procs:  # the training processes die at once (torchrun starts them in sessions of their own)
         for pid in children(p.pid):
             os.kill(pid, signal.SIGKILL)

@@ -2,14 +2,21 @@
 when the loss stops being a number), one pass over the validation split. The whole training run is in
 test_train.py.
 The training data path: augmentation keeps labels and value ranges, each photo gets its
-own draw, the same seed the same batch; an unreadable photo is an OSError naming it."""
+own draw, the same seed the same batch; an unreadable photo is an OSError naming it. The TensorBoard log: recorded
+as ours, its writer thread's error said once, where it comes back."""
+
+import os
+import resource
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import fails
-from skinlesion import training
+from conftest import ENV, ROOT, assert_one_error, fails
+from skinlesion import ledger, training
 
 
 def test_learning_rate_schedule():
@@ -125,3 +132,35 @@ def test_running_out_of_memory_in_a_step_is_one_line_naming_the_flag(capsys):
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         training.train_one_epoch(Hungry(RuntimeError("shapes cannot be multiplied")), batches,
                                  torch.nn.CrossEntropyLoss(), optimizer, scheduler, False, "epoch 1")  # fmt: skip
+
+
+def test_the_tensorboard_log_is_recorded_and_quiets_only_its_own_thread(tmp_path, monkeypatch):
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda hook_args: errors.append(hook_args.exc_value))
+    log = training.TensorBoardLog(str(tmp_path / "runs"), "run1", 1)
+    other = threading.Thread(target=os.stat, args=[str(tmp_path / "missing")])  # an OSError in a thread of ours
+    other.start()
+    other.join()
+    assert [type(e) for e in errors] == [FileNotFoundError]  # still printed
+    log.add({"val_loss": 0.5, "roc_auc": 0.75}, 1)
+    log.close()
+    (event_file,) = os.listdir(tmp_path / "runs" / "run1")
+    assert set(ledger.read(str(tmp_path / "runs"))["files"]) == {os.path.join("run1", event_file)}
+    assert threading.excepthook.__name__ == "<lambda>"  # the hook before it is back
+
+
+@pytest.mark.slow  # starts a Python process that imports torch and TensorBoard
+def test_a_full_disk_while_a_missing_log_dir_is_made_leaves_no_folder_behind(tmp_path):
+    """A full disk (a write limit of 16 bytes) while --log-dir logs/deep is created: the mark of the new folder
+    cannot be written, and the folders the run made (logs, logs/deep) were left behind empty and unmarked. The
+    one error line stays; nothing the run made is left."""
+    code = "from skinlesion import training; training.TensorBoardLog('logs/deep', 'run', 1)"
+
+    def limit():  # in the child: any write over 16 bytes fails with 'File too large', as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(ENV, PYTHONPATH=ROOT), capture_output=True,
+                       text=True, timeout=300, preexec_fn=limit)  # fmt: skip
+    assert_one_error(r.returncode, r.stderr, "error: could not write the TensorBoard log logs/deep/run (")
+    assert "free some disk space or pass another --log-dir" in r.stderr
+    assert os.listdir(tmp_path) == []

@@ -30,7 +30,7 @@ from scipy.special import softmax
 import model
 import predict
 from conftest import ROOT, grey_photo, make_net, run, save_model, skip_or_fail, start_server
-from skinlesion import explain, familiarity, numbers, photos
+from skinlesion import answer, cli, explain, familiarity, numbers, photos
 
 pytestmark = pytest.mark.slow  # each test starts serve_web.py (and a browser): make test, not make check
 
@@ -41,10 +41,11 @@ NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinl
     "resizeBicubic": "Pillow's img.resize(..., Image.BICUBIC), ported bit for bit",
     "roundHalfEven": "Python's own round()",
 }
-APP_TWINS = {"decisionTexts": predict, "likelyTypes": predict, "modelCautions": predict, "classProbabilities": model,
+APP_TWINS = {"decisionTexts": answer, "likelyTypes": answer, "modelCautions": answer, "classProbabilities": model,
              "calibratedProbabilities": model, "malignantSumText": predict, "reweighted": numbers,
-             "predictiveValues": numbers, "weakModelWarning": numbers, "prevalenceTexts": predict,
-             "unfamiliarSentence": familiarity}  # fmt: skip
+             "predictiveValues": numbers, "weakModelWarning": numbers, "prevalenceTexts": answer,
+             "unfamiliarSentence": familiarity, "answerShown": answer, "marked": answer,
+             "percentText": cli}  # fmt: skip
 TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
 TYPE_NAMES = ["Nevus", "Seborrheic Keratosis", "Basal Cell Carcinoma", "Melanoma Invasive"]
 # the lesion-type model's calibration: softmax(a * logits + b * malignant)
@@ -319,7 +320,9 @@ def test_page_classifies_like_python(page, setup, name):
     label = model.CLASSES[int(ref["p"] >= setup["threshold"])]
     assert run["label"] == label
     text = page["page"].inner_text("#result")
-    p_text, t_text, _ = predict.decision_texts(run["p"], setup["threshold"])  # the digits predict.py prints
+    p_text, t_text, _ = answer.decision_texts(
+        run["p"], setup["threshold"], model.BORDERLINE
+    )  # the digits predict.py prints
     assert f"Prediction: {label}" in text and f"P(malignant) = {p_text} (threshold {t_text}" in text
     assert page["page"].is_visible("text=This is not a medical device; see a doctor about any lesion that worries you")
     if ref["cam"].max() <= 0:  # no evidence for malignant at all (the map is signed): said in words, no blank overlay
@@ -541,7 +544,7 @@ def test_model_at_chance_and_borderline_result_are_said(browser, server, setup):
     run, _ = classify(pg, setup["photos"][name])
     assert run["borderline"] and run["label"] == "benign"
     assert "Prediction: benign" in pg.inner_text("#result")
-    expected = [f"Caution: {text}." for text in predict.model_cautions(dict(at_chance=True, val_auc_ci95=[0.4, 0.7]))]
+    expected = [f"Caution: {text}." for text in answer.model_cautions(dict(at_chance=True, val_auc_ci95=[0.4, 0.7]))]
     expected += [f"Caution: {warning} on its validation photos.", "Borderline: P(malignant) is within 0.02"]
     assert_cautions_beside_the_result(pg, expected)
     assert "cannot be told from chance (its validation ROC-AUC 95% interval 0.400-0.700" in expected[0]
@@ -589,7 +592,7 @@ def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
         calibrated = distribution[malignant].sum()
         assert abs(run["p"] - p_malignant[0]) <= 1e-3 and abs(run["p"] - calibrated) <= 1e-3
         assert abs(run["p"] - ref["p"]) <= 1e-3 and abs(p_malignant[0] - calibrated) <= 1e-5  # the ONNX output
-        assert np.allclose(run["probabilities"], distribution, atol=1e-6)  # the page's types
+        assert np.allclose(run["probabilities"], distribution, atol=1e-3)  # the page's types: its own logits, as P
         assert abs(run["p"] - np.sum(np.array(run["probabilities"])[malignant])) <= 1e-5  # add up to the P shown
         assert abs(ref["p"] - np.sum(np.array(ref["probabilities"])[malignant])) <= 1e-6  # predict.py's, ONNX
         label = model.CLASSES[int(ref["p"] >= setup["threshold"])]
@@ -601,7 +604,7 @@ def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
         assert pg.inner_text("#malignant-types") == next(line for line in lines if line.startswith("Malignant types"))
         assert pg.inner_text("#label") == lines[0]
         assert pg.inner_text("#operating-point") == next(line for line in lines if line.startswith("Operating point"))
-        expected = [f"Caution: {text}." for text in predict.model_cautions(meta)]
+        expected = [f"Caution: {text}." for text in answer.model_cautions(meta)]
         if abs(ref["p"] - setup["threshold"]) < model.BORDERLINE:
             expected.append("Borderline")
         assert_cautions_beside_the_result(pg, expected)
@@ -618,12 +621,24 @@ def test_page_functions_agree_with_their_python_twins(page):
     pg = page["page"]
     pairs = [(0.734, 0.5), (0.5001, 0.5), (0.50000001, 0.5), (0.0625, 0.5), (0.5625, 0.5), (0.1875, 0.9)]
     pairs += [(0.4999, 0.5), (0.51, 0.5), (0.3, 0.31), (0.123456789, 0.123457), (1.0, 1.0), (0.0, 0.0)]
+    pairs += [(0.4822319, 0.482232), (0.5000004, 0.5)]  # equal to 6 digits: 'just below', 'just above'
     got = pg.evaluate(
         "([pairs, margin]) => import('./app.js').then((app) => pairs.map(([p, t]) => app.decisionTexts(p, t, margin)))",
         [pairs, model.BORDERLINE],
     )
-    assert got == [list(predict.decision_texts(p, t)) for p, t in pairs]
+    assert got == [list(answer.decision_texts(p, t, model.BORDERLINE)) for p, t in pairs]
     assert got[3][0] == "0.062"  # a tie: Python rounds it to even, toFixed would say 0.063
+    assert got[-2][0] == "just below 0.482232" and got[-1][0] == "just above 0.500000"
+    shares = [0.05, 0.0001, 0.00015, 0.9999, 0.5, 0.00999, 0.001, 1e-6, 0.123456, 0.0625]
+    rules = [[unfamiliar, asked] for unfamiliar in (False, True) for asked in (False, True)]
+    percents, shown, marks = pg.evaluate(
+        """([shares, rules]) => import('./app.js').then((app) => [shares.map(app.percentText),
+            rules.map(([u, a]) => app.answerShown(u, a)), rules.map(([u]) => app.marked('P(malignant) = 0.7', u))])""",
+        [shares, rules],
+    )
+    assert percents == [cli.percent_text(s) for s in shares] and percents[:2] == ["5.0%", "0.01%"]
+    assert shown == [answer.answer_shown(u, a) for u, a in rules] == [True, True, False, True]
+    assert marks == [answer.marked("P(malignant) = 0.7", u) for u, _ in rules]
     logits = [[0.3, -1.2, 2.5, 2.5], [80.0, -80.0, 0.0, 1e-9]]
     probabilities = pg.evaluate("(rows) => import('./app.js').then((app) => rows.map(app.classProbabilities))", logits)
     assert np.allclose(probabilities, model.class_probabilities(logits), rtol=1e-12, atol=1e-300)
@@ -635,10 +650,10 @@ def test_page_functions_agree_with_their_python_twins(page):
             [app.likelyTypes(app.classProbabilities(p), sidecar), app.modelCautions(sidecar)])""",
         [logits[0], sidecar],
     )
-    want = predict.likely_types(model.class_probabilities([logits[0]])[0], meta)
+    want = answer.likely_types(model.class_probabilities([logits[0]])[0], meta)
     assert [name for name, _ in ranked] == [name for name, _ in want] == [TYPE_NAMES[i] for i in (2, 3, 0, 1)]
     assert np.allclose([q for _, q in ranked], [q for _, q in want], rtol=1e-12)
-    assert cautions == predict.model_cautions(dict(meta, operating_point=op)) and len(cautions) == 2
+    assert cautions == answer.model_cautions(dict(meta, operating_point=op)) and len(cautions) == 2
     sizes = [(1000, 100), (100, 1000), (1001, 100), (100, 1001), (100000, 1), (640, 480), (1, 1)]
     elongated = pg.evaluate(
         "(sizes) => import('./preprocess.js').then((p) => [p.MAX_ASPECT, sizes.map(([w, h]) => p.tooElongated(w, h))])",
@@ -668,7 +683,17 @@ def test_page_functions_agree_with_their_python_twins(page):
     assert np.allclose(at, [numbers.reweighted(*row) for row in prevalence], rtol=1e-12)
     assert np.allclose(values, numbers.predictive_values(0.9, 0.6, 0.05), rtol=1e-12)
     assert weak == numbers.weak_model_warning(op, [0.62, 0.8])
-    assert texts == list(predict.prevalence_texts(dict(prior_malignant=0.5, operating_point=op), 0.05, False))
+    assert texts == list(answer.prevalence_texts(dict(prior_malignant=0.5, operating_point=op), 0.05, False))
+    tested = dict(sensitivity=0.8, specificity=0.3)  # the test figures, where the model has them: PPV from them
+    cases = [[0.05, tested], [0.0001, tested], [None, tested], [0.05, None]]
+    texts = pg.evaluate(
+        """([cases, meta]) => import('./app.js').then((app) =>
+            cases.map(([prevalence, tested]) => app.prevalenceTexts(meta, prevalence, false, tested)))""",
+        [cases, dict(prior_malignant=0.5, operating_point=op)],
+    )
+    meta = dict(prior_malignant=0.5, operating_point=op)
+    assert texts == [list(answer.prevalence_texts(meta, share, False, found)) for share, found in cases]
+    assert "from the test sensitivity" in texts[0][1] and "0.01%" in texts[1][1] and texts[2][1] is None
 
 
 def js_functions(name):
@@ -807,3 +832,63 @@ def test_the_page_shows_why_instead_of_a_result_for_an_unfamiliar_photo(familiar
     said = pg.evaluate("(meta) => import('./app.js').then((app) => app.unfamiliarSentence(meta))", sidecar)
     assert said == familiarity.unfamiliar_sentence(sidecar)
     assert familiar_page["errors"] == []
+
+
+def test_a_prevalence_typed_before_or_after_an_unfamiliar_photo_shows_nothing_of_its_answer(familiar_page, capsys):
+    """Issue 29 §3: the page showed 'At a prevalence of 5.0%: P(malignant) = 0.107' with PPV and NPV for an
+    unfamiliar photo. A share typed before it, and another typed after it: no P, no prevalence line, no PPV or NPV,
+    no heat map; once shown anyway, each of those lines says what predict.py --show-unfamiliar prints, marked
+    unreliable; a familiar photo's lines are unmarked."""
+    pg, photo_paths, path = familiar_page["page"], familiar_page["photos"], familiar_page["model"]
+    answer_ids = ["#probability", "#at-prevalence", "#assumes", "#heat", "#heat-text", "#tested", "#operating-point"]
+    classify(pg, photo_paths["own"])
+    pg.fill("#prevalence", "5")  # typed before
+    assert pg.inner_text("#at-prevalence").startswith("At a prevalence of 5.0%: P(malignant) = ")
+    run_, _ = classify(pg, photo_paths["grey"])
+    assert run_["unfamiliar"] and not any(pg.is_visible(i) for i in answer_ids)
+    pg.fill("#prevalence", "0.01")  # typed after
+    text = pg.inner_text("#result")
+    assert not any(pg.is_visible(i) for i in answer_ids) and not any(
+        w in text for w in ("PPV", "NPV", "P(malignant) =")
+    )
+    pg.click("#show-anyway")
+    with pytest.raises(SystemExit):
+        predict.main([photo_paths["grey"], "--model", path, "--show-unfamiliar", "--prevalence", "0.0001"])
+    lines = capsys.readouterr().out.splitlines()
+    at_prevalence = [line for line in lines if line.startswith(answer.UNRELIABLE + "At a prevalence of 0.01%")]
+    ppv = [line for line in lines if line.startswith(answer.UNRELIABLE + "Prevalence: at a prevalence of 0.01%")]
+    assert len(at_prevalence) == len(ppv) == 1, lines
+    assert pg.inner_text("#at-prevalence") == f"{at_prevalence[0]}. {ppv[0]}"
+    assert pg.inner_text("#probability").startswith(answer.UNRELIABLE + "P(malignant) = ")
+    assert pg.is_visible("#assumes") and pg.inner_text("#heat-text").startswith(answer.UNRELIABLE + "Heat map")
+    run_, _ = classify(pg, photo_paths["own"])
+    assert not run_["unfamiliar"] and pg.inner_text("#at-prevalence").startswith("At a prevalence of 0.01%: P")
+    assert "Unreliable" not in pg.inner_text("#result")
+    pg.fill("#prevalence", "")
+    assert familiar_page["errors"] == []
+
+
+def test_the_test_and_external_figures_stand_beside_each_other_and_ppv_comes_from_the_test(browser, server, setup):
+    """Issue 29 §4, §5: the page's 'Tested' line and an external data set's line beside it, as export_onnx.py puts
+    them in the card summary; PPV and NPV at a typed prevalence from the test figures, the validation ones beside
+    them (answer.prevalence_texts computes the same words)."""
+    with open(os.path.join(server["web"], "model.json")) as f:
+        sidecar = json.load(f)
+    summary = dict(sidecar["card_summary"], tested="on the test photos, at the same threshold, it caught 90%")
+    summary.update(externals=["on Clinic B (598 photos, 11% malignant), at the same threshold, it caught 70%"])
+    summary["test_point"] = dict(sensitivity=0.9, specificity=0.33)
+    sidecar.update(card_summary=summary, prior_malignant=0.5)
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.route("**/model.json", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                           body=json.dumps(sidecar)))  # fmt: skip
+    pg.goto(server["url"])
+    pg.wait_for_selector("#app[data-state=ready]")
+    run_, _ = classify(pg, setup["photos"]["grey.jpg"])
+    assert pg.inner_text("#tested") == f"Tested: {summary['tested']}."
+    assert pg.inner_text("#externals") == f"External validation: {summary['externals'][0]}."
+    pg.fill("#prevalence", "5")
+    _, said = answer.prevalence_texts(sidecar, 0.05, False, summary["test_point"])
+    assert said.startswith("at a prevalence of 5.0%, from the test sensitivity") and "from the validation" in said
+    assert pg.inner_text("#at-prevalence").endswith(f"Prevalence: {said}.")
+    context.close()

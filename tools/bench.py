@@ -33,11 +33,15 @@ import time
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
+from skinlesion import interrupts  # noqa: E402
+
+if __name__ == "__main__":  # before the libraries load: a Ctrl-C while they do is one line, not a traceback
+    interrupts.one_line_while_loading()
 import growth  # noqa: E402
 import measure  # noqa: E402
 
 import model  # noqa: E402
-from skinlesion import cli, dataset, devices, folders, interrupts, photos, training  # noqa: E402
+from skinlesion import cli, dataset, devices, folders, photos, training  # noqa: E402
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px, 32 to 2048

@@ -1,27 +1,36 @@
 """
 Measure how well a model's familiarity measure (skinlesion/familiarity.py) tells photos like its training photos
-from others, without real non-lesion photos: what share of each group of images it flags as unfamiliar (beyond
-the limit AItraining.py chose on the validation photos). A measuring tool, not a part of the product.
+from others: what share of each group of images it flags as unfamiliar (beyond the limit AItraining.py chose on the
+validation photos). A measuring tool, not a part of the product.
 
-    python tools/measure_familiarity.py --model skin_model.pth --own dataset/test \\
+    python tools/measure_familiarity.py --model skin_model.pth --own dataset/test \
         --other ../shared/real_isic_sample --other-name "real dermoscopic photos"
 
 Groups: OWN, the model's own test photos (target: at most 5% flagged); OTHER, photos of another image type or
-source (target: at least 90%), at most N_OTHER of them, spread over the sorted list; and images made here that are
-plainly not lesions (target: at least 95%): flat colours, noise, gradients, stripes and checkerboards, rendered
-text, charts (matplotlib), and the project's own docs/*.png. Prints one row per group, and per kind of non-lesion.
+source (target: at least 90%), at most N_OTHER of them, spread over the sorted list; and images that are plainly
+not lesions (target: at least 95%): N_NON_LESION of each kind skinlesion/non_lesions.py draws (seed SEED: other
+images than the MADE_PER_KIND of seed 0 the model's exposure head learned from, but of the same kinds), and the
+project's own docs/*.png. Prints one row per group, and per kind of non-lesion.
+
+    python tools/measure_familiarity.py --model skin_model.pth --holdout --train dataset/train --val dataset/val \
+        --other ../shared/real_isic_sample
+
+With HOLDOUT, it refits the measure on TRAIN's photos as AItraining.py does (its limit on VAL's) so that nothing it
+is scored on was seen by the fit: the other photos in two halves (the head learns from one, the other is scored,
+and the reverse), the kinds of non-lesion in three folds (the head learns from the drawn images of the other
+kinds); and prints three rows: the distance alone (no head), the head with drawn images only (an export without
+other image types), and with both (docs/measurements.md's two-way table).
 
     python tools/measure_familiarity.py --model skin_model.pth --ranks 256 512 640 --train dataset/train \
         --val dataset/val
 
-With RANKS, it also refits the measure on TRAIN's photos at each rank (familiarity.RANK: the covariance's largest
-eigenpairs kept, one floor for the rest) and at full rank, each limit chosen on VAL's photos as AItraining.py
-does, and prints a row per rank: the distances' relative difference from the full matrix's on VAL and OWN
-(median, max), the limit, each group's flagged share (full / rank) and the photos whose decision flips (in
-brackets: those further than quantise.FAMILIARITY_BAND of the full limit from it).
+With RANKS, it also refits the Mahalanobis view on TRAIN's photos at each rank (familiarity.RANK: the covariance's
+largest eigenpairs kept, one floor for the rest) and at full rank, each limit chosen on VAL's photos, and prints a
+row per rank: the distances' relative difference from the full matrix's on VAL and OWN (median, max), the limit,
+each group's flagged share (full / rank) and the photos whose decision flips (in brackets: those further than
+quantise.FAMILIARITY_BAND of the full limit from it).
 """
 
-import io
 import os
 import sys
 
@@ -30,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import model  # noqa: E402
-from skinlesion import cli, familiarity, photos, quantise  # noqa: E402
+from skinlesion import cli, familiarity, non_lesions, photos, quantise  # noqa: E402
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py (with a familiarity measure)
@@ -39,57 +48,20 @@ OTHER = None  # photos of another image type or source (folder), or None
 OTHER_NAME = "other photos"  # what OTHER holds, for the report
 N_OTHER = 400  # at most this many OTHER photos, >= 1
 BATCH_SIZE = 32  # photos per forward pass, >= 1
-SEED = 0  # seed of the noise images, 0 to 2**32 - 1
+SEED = 1  # seed of the drawn non-lesion images, 1 to 2**32 - 1 (0: those the model's head learned from)
+N_NON_LESION = 40  # drawn non-lesion images of each kind, >= 1
+HOLDOUT = False  # refit the measure so that nothing scored was seen by the fit (the two-way table)
 RANKS = []  # covariance ranks to compare with the full matrix, each >= 1 (e.g. 256 512); []: none
-TRAIN = "dataset/train"  # with RANKS: the photos (<class>/ sub-folders) the measure is refitted on
-VAL = "dataset/val"  # with RANKS: the photos (<class>/ sub-folders) each refit's limit is chosen on
+TRAIN = "dataset/train"  # with HOLDOUT or RANKS: the photos (<class>/ sub-folders) the measure is refitted on
+VAL = "dataset/val"  # with HOLDOUT or RANKS: the photos (<class>/ sub-folders) each refit's limit is chosen on
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {"own": ("<=", 0.05), "other": (">=", 0.90), "non-lesion": (">=", 0.95)}
 
 
-def non_lesions(seed):
-    """[(kind, PIL image)]: images that are plainly not skin lesions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image, ImageDraw, ImageFont
-
-    rng, found = np.random.default_rng(seed), []
-    colours = [(128, 128, 128), (255, 255, 255), (0, 0, 0), (220, 30, 30), (30, 160, 40), (30, 60, 200),
-               (240, 220, 40), (205, 160, 135), (120, 80, 50), (60, 200, 200)]  # fmt: skip
-    found += [("flat colour", Image.new("RGB", (300, 240), c)) for c in colours]
-    for _ in range(4):
-        found.append(("noise", Image.fromarray(rng.integers(0, 256, (240, 300, 3), dtype=np.uint8))))
-        grey = np.clip(rng.normal(128, 40, (240, 300, 1)), 0, 255).repeat(3, 2).astype(np.uint8)
-        found.append(("noise", Image.fromarray(grey)))
-    ramp = np.linspace(0, 255, 300)[None, :, None] * np.ones((240, 1, 3))
-    for tint in ([1, 1, 1], [1, 0.4, 0.2], [0.2, 0.5, 1], [0.8, 0.8, 0.2]):
-        found.append(("gradient", Image.fromarray((ramp * tint).astype(np.uint8))))
-    yy, xx = np.mgrid[:240, :300]
-    for period in (8, 20, 40):
-        board = (((yy // period) + (xx // period)) % 2 * 255).astype(np.uint8)
-        found.append(("stripes/checks", Image.fromarray(board).convert("RGB")))
-        found.append(
-            ("stripes/checks", Image.fromarray(((xx // period) % 2 * 200 + 30).astype(np.uint8)).convert("RGB"))
-        )
-    words = ["Invoice 2024-117", "The quick brown fox jumps over the lazy dog", "SALE 50% OFF", "Chapter 3",
-             "def main():\n    return 0", "Lorem ipsum dolor sit amet,\nconsectetur adipiscing elit"]  # fmt: skip
-    for i, text in enumerate(words):
-        img = Image.new("RGB", (300, 240), [(255, 255, 255), (250, 245, 230), (20, 20, 20)][i % 3])
-        ink = (240, 240, 240) if i % 3 == 2 else (10, 10, 10)
-        ImageDraw.Draw(img).multiline_text((12, 60), text, fill=ink, font=ImageFont.load_default(size=22 + 4 * i))
-        found.append(("text", img))
-    for i in range(6):
-        fig, ax = plt.subplots(figsize=(3, 2.4), dpi=100)
-        x = np.arange(12)
-        [ax.plot, ax.bar, ax.scatter, ax.step, ax.fill_between, ax.barh][i](x, rng.random(12).cumsum())
-        ax.set_title(f"chart {i}")
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        plt.close(fig)
-        found.append(("chart", Image.open(buffer).convert("RGB")))
+def non_lesion_images(seed, n):
+    """[(kind, PIL image)]: n images of each kind skinlesion/non_lesions.py draws, and the docs' pictures."""
+    found = non_lesions.images(n, seed)
     docs = os.path.join(ROOT, "docs")
     for name in sorted(os.listdir(docs)):
         if name.endswith(".png"):
@@ -121,13 +93,13 @@ def labelled(net, meta, folder, batch_size):
 def rank_rows(train, labels, val, groups, ranks, n_classes):
     """The comparison of each rank's refit with the full matrix's (see the docstring), as printed lines."""
     d = train.shape[1]
-    full = familiarity.fit(train, labels, n_classes, rank=d)
-    full_distances = {name: familiarity.distances(f, *full) for name, f in {"val": val, **groups}.items()}
+    full = familiarity.fit_mahalanobis(train, labels, n_classes, rank=d)
+    full_distances = {name: familiarity.mahalanobis(f, *full) for name, f in {"val": val, **groups}.items()}
     full_limit = familiarity.choose_limit(full_distances["val"])
     lines = [f"{'rank':>5}{'MB':>7}{'error median':>14}{'max':>8}{'limit':>8}" + "".join(f"{g:>20}" for g in groups)]
     for rank in [*ranks, d]:
-        arrays = familiarity.fit(train, labels, n_classes, rank=rank)
-        found = {name: familiarity.distances(f, *arrays) for name, f in {"val": val, **groups}.items()}
+        arrays = familiarity.fit_mahalanobis(train, labels, n_classes, rank=rank)
+        found = {name: familiarity.mahalanobis(f, *arrays) for name, f in {"val": val, **groups}.items()}
         limit = familiarity.choose_limit(found["val"])
         error = np.concatenate([np.abs(found[g] - full_distances[g]) / full_distances[g] for g in ("val", "own")])
         flips, outside, cells = 0, 0, []
@@ -139,6 +111,46 @@ def rank_rows(train, labels, val, groups, ranks, n_classes):
         mb = arrays[1].size * 4 / 1e6
         numbers = f"{rank:>5}{mb:>7.2f}{np.median(error):>14.2%}{error.max():>8.2%}{limit:>8.2f}"
         lines.append(numbers + "".join(f"{c:>20}" for c in cells) + f"   flips {flips} ({outside} outside the band)")
+    return lines
+
+
+KIND_FOLDS = [["flat_colour", "noise", "gradient"], ["stripes", "text", "chart"], ["texture", "scene", "docs picture"]]
+
+
+def holdout_fits(fitted, groups, made, scored, scenario):
+    """[(arrays, {group: features scored by them})]: the refits of one scenario (see holdout_rows), each scored on
+    what it did not see. fitted: (train features, labels, n_classes); groups: test, other; made, scored: (features,
+    kinds) of the drawn images the head learns from and of those scored."""
+    other, fits = groups.get("other"), []
+    if scenario == "distance":
+        return [(familiarity.fit(*fitted), {"test": groups["test"], "other": other, "non-lesion": scored[0]})]
+    halves = (0, 1) if scenario == "both" else (None,)
+    for half in halves:
+        chosen = None if half is None else np.arange(len(other)) % 2 == half
+        for fold, held in enumerate(KIND_FOLDS):
+            negatives = [made[0][~np.isin(made[1], held)]] + ([other[chosen]] if half is not None else [])
+            found = {"non-lesion": scored[0][np.isin(scored[1], held)]}
+            if fold == 0:  # the own photos and the other half once per half
+                found.update(test=groups["test"], other=other if half is None else other[~chosen])
+            fits.append((familiarity.fit(*fitted, np.concatenate(negatives)), found))
+    return fits
+
+
+def holdout_rows(fitted, val, groups, made, scored, quantile=familiarity.QUANTILE):
+    """The two-way table's rows for one model: for the distance alone, the head with drawn images only, and with
+    drawn images and the other photos (see the docstring), the share flagged of the own test photos, the other
+    photos and the non-lesions, each refit's limit chosen on val at quantile."""
+    lines = [f"{'measure':<10}{'own test':>20}{'other':>20}{'non-lesion':>20}   (flagged / scored)"]
+    for scenario in ("distance", "drawn", "both") if groups.get("other") is not None else ("distance", "drawn"):
+        counts = {name: [0, 0] for name in ("test", "other", "non-lesion")}
+        for arrays, found in holdout_fits(fitted, groups, made, scored, scenario):
+            limit = familiarity.choose_limit(familiarity.distances(val, arrays), quantile)
+            for name, features in found.items():
+                if features is not None:
+                    far = ~(familiarity.distances(features, arrays) <= limit)
+                    counts[name] = [counts[name][0] + int(far.sum()), counts[name][1] + len(far)]
+        cells = [f"{a / b:.1%} ({a}/{b})" if b else "-" for a, b in counts.values()]
+        lines.append(f"{scenario:<10}" + "".join(f"{c:>20}" for c in cells))
     return lines
 
 
@@ -164,10 +176,11 @@ def main(argv=None):
     args = cli.parse_flags(globals(), argv, types={"OTHER": str, "RANKS": int})
     net, meta = model.load_checkpoint(args.model)
     if not meta.get("familiarity"):
-        cli.die(f"{args.model} has no familiarity measure; train it with this version of AItraining.py")
+        cli.die(f"{cli.printable(args.model)} has no familiarity measure; train it with this version of AItraining.py")
     limit = meta["familiarity"]["limit"]
     print(
-        f"{args.model}: familiarity limit {limit:.3f} ({meta['familiarity']['image_types']}; 99% of validation within)"
+        f"{cli.printable(args.model)}: familiarity limit {limit:.3f} ({meta['familiarity']['image_types']}; "
+        f"{meta['familiarity']['quantile']:.0%} of validation within)"
     )
     print(f"{'group':<34}{'images':>6}{'flagged':>9}{'share':>9}")
     groups = {"own": features_of(net, meta, photos_in(args.own), args.batch_size)}
@@ -176,7 +189,7 @@ def main(argv=None):
     if args.other:
         groups["other"] = features_of(net, meta, photos_in(args.other, args.n_other), args.batch_size)
         print(row(args.other_name, familiarity.distances_to(groups["other"], meta) > limit, "other"))
-    made = non_lesions(args.seed)
+    made = non_lesion_images(args.seed, args.n_non_lesion)
     groups["non-lesion"] = features_of(net, meta, [img for _, img in made], args.batch_size)
     far = familiarity.distances_to(groups["non-lesion"], meta) > limit
     print(row("non-lesion images (all)", far, "non-lesion"))
@@ -184,9 +197,18 @@ def main(argv=None):
     for kind in dict.fromkeys(kinds):
         print(row(f"  {kind}", far[[k == kind for k in kinds]]))
     print(f"distances: own median {np.median(own):.2f}, max {own.max():.2f}; limit {limit:.2f}")
-    if args.ranks:
+    if meta["familiarity"].get("exposed_to"):
+        print("(the model's head learned from drawn images of these kinds too: --holdout refits without them)")
+    if args.holdout or args.ranks:
         train, labels = labelled(net, meta, args.train, args.batch_size)
         val = labelled(net, meta, args.val, args.batch_size)[0]
+    if args.holdout:
+        drawn = non_lesions.images(familiarity.MADE_PER_KIND, 0)
+        exposed = features_of(net, meta, [img for _, img in drawn], args.batch_size), [k for k, _ in drawn]
+        fitted, scored = (train, labels, len(meta["classes"])), (groups["non-lesion"], np.array(kinds))
+        print(f"refitted on {len(train)} photos of {args.train}, limits on {len(val)} of {args.val}")
+        print("\n".join(holdout_rows(fitted, val, dict(groups, test=groups["own"]), exposed, scored)))
+    if args.ranks:
         print(
             f"refitted on {len(train)} photos of {args.train}, limits on {len(val)} of {args.val}; flagged: full / rank"
         )

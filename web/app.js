@@ -5,11 +5,12 @@
 // A photo unlike the training photos (its familiarity_distance beyond the model's limit) gets no answer: the
 // page says why instead, with a button that shows the answer anyway, marked unreliable (as predict.py does).
 // The functions that say what predict.py says carry the names of their Python twins (decisionTexts is
-// predict.decision_texts, likelyTypes predict.likely_types, modelCautions predict.model_cautions,
-// classProbabilities model.class_probabilities, calibratedProbabilities model.calibrated_probabilities,
-// malignantSumText predict.malignant_sum_text, reweighted metrics.reweighted, predictiveValues
-// metrics.predictive_values, weakModelWarning metrics.weak_model_warning, prevalenceTexts predict.prevalence_texts,
-// unfamiliarSentence familiarity.unfamiliar_sentence); tests/test_web.py checks that they exist and agree.
+// answer.decision_texts, likelyTypes answer.likely_types, modelCautions answer.model_cautions, classProbabilities
+// model.class_probabilities, calibratedProbabilities model.calibrated_probabilities, malignantSumText
+// predict.malignant_sum_text, reweighted numbers.reweighted, predictiveValues numbers.predictive_values,
+// weakModelWarning numbers.weak_model_warning, prevalenceTexts answer.prevalence_texts, unfamiliarSentence
+// familiarity.unfamiliar_sentence, answerShown answer.answer_shown, marked answer.marked, percentText
+// cli.percent_text); tests/test_web.py checks that they exist and agree.
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import {
   centreCrop, imageSize, loadImage, MAX_ASPECT, normalise, tooElongated, upsampleBilinear,
@@ -21,7 +22,8 @@ const SIDES = ["benign", "malignant"]; // model.CLASSES: the label is malignant 
 const CARD_FILE = "model_card.md"; // what serve_web.py serves when the model has a card
 const OUTPUTS = ["logits", "p_malignant", "cam"]; // what export_onnx.py writes
 const STRAYED = "this int8 model's answers strayed from the full model's on its validation photos; use the full "
-  + "ONNX file"; // predict.STRAYED
+  + "ONNX file"; // answer.STRAYED
+const UNRELIABLE = "Unreliable: "; // answer.UNRELIABLE: marks each line of an answer shown anyway
 
 const $ = (id) => document.getElementById(id);
 const app = $("app");
@@ -85,6 +87,7 @@ function showAbout(summary, card) {
     $("intended-use").textContent = summary.intended_use;
     fillList($("card-limits"), summary.limits);
   }
+  $("model-name").textContent = config.model_name || "model.onnx";
   $("model-sha256").textContent = config.model_sha256 || "unknown";
   $("card-summary").hidden = !summary;
   $("no-summary").hidden = Boolean(summary);
@@ -109,7 +112,7 @@ function showMessage(text) {
 
 function clearResult() {
   for (const id of ["label", "probability", "cautions", "operating-point", "types", "malignant-types", "tested",
-    "assumes", "prevalence-field", "at-prevalence", "heat-text", "figure", "heat-controls", "timing", "message",
+    "externals", "assumes", "prevalence-field", "at-prevalence", "heat-text", "figure", "heat-controls", "timing", "message",
     "unfamiliar", "show-anyway", "unreliable"]) {
     $(id).hidden = true;
   }
@@ -209,8 +212,8 @@ export function fixed(x, digits) {
   return exact.slice(0, -1).replace(/\.$/, ""); // the odd digit rounded up: the even one below is Python's
 }
 
-// predict.decision_texts: P and the threshold with enough digits (3 to 6) to see which side P lies on, and
-// "borderline" when P is within margin of the threshold, else "".
+// answer.decision_texts: P and the threshold with enough digits (3 to 6) to see which side P lies on (past 6,
+// "just below" or "just above" the threshold), and "borderline" when P is within margin of the threshold, else "".
 export function decisionTexts(p, threshold, margin) {
   let digits = 6;
   for (let d = 3; d < 7; d++) {
@@ -219,7 +222,30 @@ export function decisionTexts(p, threshold, margin) {
       break;
     }
   }
-  return [fixed(p, digits), fixed(threshold, digits), Math.abs(p - threshold) < margin ? "borderline" : ""];
+  let pText = fixed(p, digits);
+  const tText = fixed(threshold, digits);
+  if (pText === tText && p !== threshold) pText = `just ${p < threshold ? "below" : "above"} ${tText}`;
+  return [pText, tText, Math.abs(p - threshold) < margin ? "borderline" : ""];
+}
+
+// answer.answer_shown: whether a photo's answer (P, P at a prevalence, PPV and NPV, the type, the heat map) is
+// shown: not for a photo unlike the training photos, unless the user asks for it anyway (the button).
+export function answerShown(unfamiliar, asked) {
+  return asked || !unfamiliar;
+}
+
+// answer.marked: a line of a photo's answer, marked unreliable where the photo is unfamiliar.
+export function marked(text, unfamiliar) {
+  return unfamiliar ? `${UNRELIABLE}${text}` : text;
+}
+
+// cli.percent_text: a share as a percentage with one decimal, or as many as show its first two significant digits
+// (and those of 1 - share), trailing zeros cut: 0.0001 is "0.01%", never "0.0%".
+export function percentText(share) {
+  const closest = 100 * Math.min(share, 1 - share);
+  const digits = closest > 0 ? Math.max(1, 1 - Math.floor(Math.log10(closest))) : 1;
+  const text = fixed(100 * share, digits);
+  return `${digits > 1 ? text.replace(/0+$/, "").replace(/\.$/, "") : text}%`;
 }
 
 // model.class_probabilities: the softmax of one photo's logits (float64).
@@ -246,14 +272,14 @@ export function malignantSumText(probabilities, meta) {
   return `${at.map((i) => `${names[i]} ${fixed(probabilities[i], 3)}`).join(" + ")} = ${fixed(sum, 3)}`;
 }
 
-// metrics.reweighted: P(malignant) where a share prevalence of photos is malignant, from P that assumes prior
+// numbers.reweighted: P(malignant) where a share prevalence of photos is malignant, from P that assumes prior
 // (its odds times the ratio of the prior odds: Bayes' rule).
 export function reweighted(p, prior, prevalence) {
   const odds = (p / (1 - p)) * (prevalence / (1 - prevalence)) / (prior / (1 - prior));
   return Number.isFinite(odds) ? odds / (1 + odds) : 1;
 }
 
-// metrics.predictive_values: [PPV, NPV], the chance that a 'malignant' call is right and that a 'benign' call is
+// numbers.predictive_values: [PPV, NPV], the chance that a 'malignant' call is right and that a 'benign' call is
 // right at that prevalence, for a test of this sensitivity and specificity.
 export function predictiveValues(sensitivity, specificity, prevalence) {
   const caught = sensitivity * prevalence, falseAlarms = (1 - specificity) * (1 - prevalence);
@@ -262,7 +288,7 @@ export function predictiveValues(sensitivity, specificity, prevalence) {
     cleared + missed > 0 ? cleared / (cleared + missed) : NaN];
 }
 
-// metrics.weak_model_warning: a caution when the model itself is weak, else null.
+// numbers.weak_model_warning: a caution when the model itself is weak, else null.
 export function weakModelWarning(op, aucCi) {
   const found = [];
   if (op && op.specificity != null && op.specificity < 0.5) {
@@ -274,33 +300,46 @@ export function weakModelWarning(op, aucCi) {
   return found.length ? `this model is weak: ${found.join(" and ")}` : null;
 }
 
-// predict.prevalence_texts: [what P assumes, what P means at this prevalence (PPV and NPV of the calls), or null].
-export function prevalenceTexts(meta, prevalence, thresholdGiven) {
+// answer.prevalence_texts: [what P assumes (with the hint where no prevalence was given), what P means at this
+// prevalence (PPV and NPV of the calls, from the test figures where the model has them and the validation ones
+// beside them), or null].
+export function prevalenceTexts(meta, prevalence, thresholdGiven, tested) {
   const prior = meta.prior_malignant;
   if (prior == null) return [null, null];
-  const assumes = `P(malignant) assumes about ${fixed(100 * prior, 0)}% of photos are malignant, as in the training `
-    + "photos; where they are rarer or more common, pass --prevalence (e.g. --prevalence 0.05)";
-  const op = meta.operating_point;
-  if (prevalence == null || !op || thresholdGiven) return [assumes, null];
-  const [ppv, npv] = predictiveValues(op.sensitivity, op.specificity, prevalence);
-  return [assumes, `at a prevalence of ${fixed(100 * prevalence, 1)}%, from the validation sensitivity and `
-    + `specificity at this threshold, a 'malignant' call is right ${fixed(100 * ppv, 0)}% of the time (PPV) and a `
-    + `'benign' call ${fixed(100 * npv, 0)}% of the time (NPV)`];
+  let assumes = `P(malignant) assumes about ${fixed(100 * prior, 0)}% of photos are malignant, as in the training `
+    + "photos";
+  if (prevalence == null) assumes += "; where they are rarer or more common, pass --prevalence (e.g. --prevalence 0.05)";
+  const figures = [["test", tested], ["validation", meta.operating_point]].filter(([, found]) => found);
+  if (prevalence == null || !figures.length || thresholdGiven) return [assumes, null];
+  const said = figures.map(([split, found]) => {
+    const [ppv, npv] = predictiveValues(found.sensitivity, found.specificity, prevalence);
+    return `from the ${split} sensitivity and specificity at this threshold, a 'malignant' call is right `
+      + `${fixed(100 * ppv, 0)}% of the time (PPV) and a 'benign' call ${fixed(100 * npv, 0)}% of the time (NPV)`;
+  });
+  return [assumes, `at a prevalence of ${percentText(prevalence)}, ${said.join("; ")}`];
 }
 
-// The prevalence lines under a result: P re-weighted for the share in the field, and the calls' PPV and NPV.
+// The prevalence lines under a result: P re-weighted for the share in the field, and the calls' PPV and NPV;
+// none for an unfamiliar photo whose answer is withheld, each marked unreliable once it is shown anyway.
 function showPrevalence(run) {
   const field = $("prevalence").value.trim(), percent = Number(field);
   const given = field !== "" && percent > 0 && percent < 100;
-  const [assumes, atPrevalence] = prevalenceTexts(config, given ? percent / 100 : null, false);
+  const tested = config.card_summary ? config.card_summary.test_point : null;
+  const [assumes, atPrevalence] = prevalenceTexts(config, given ? percent / 100 : null, false, tested);
+  const shown = answerShown(run.unfamiliar, run.revealed);
   $("assumes").textContent = assumes ? `Note: ${assumes.replace("pass --prevalence (e.g. --prevalence 0.05)",
     "enter their share below")}.` : "";
-  $("assumes").hidden = $("prevalence-field").hidden = !assumes;
+  $("prevalence-field").hidden = !assumes; // the setting may be typed any time; what it says of P is withheld
+  $("assumes").hidden = !assumes || !shown;
   const lines = [];
-  if (given && assumes) {
+  if (!shown) {
+    // no P was shown: nothing is said of it at any prevalence
+  } else if (given && assumes) {
     const at = reweighted(run.p, config.prior_malignant, percent / 100);
-    lines.push(`At a prevalence of ${fixed(percent, 1)}%: P(malignant) = ${fixed(at, 3)} (the call above uses P).`);
-    if (atPrevalence) lines.push(`Prevalence: ${atPrevalence}.`);
+    const share = percentText(percent / 100);
+    lines.push(marked(`At a prevalence of ${share}: P(malignant) = ${fixed(at, 3)} (the call above uses P).`,
+      run.unfamiliar));
+    if (atPrevalence) lines.push(marked(`Prevalence: ${atPrevalence}.`, run.unfamiliar));
   } else if (field !== "") {
     lines.push("Enter a share of malignant photos between 0.01 and 99.99%.");
   }
@@ -308,7 +347,7 @@ function showPrevalence(run) {
   $("at-prevalence").hidden = !lines.length;
 }
 
-// predict.likely_types: [[type name, P]] of a lesion-type model, most likely first (ties in the model's order),
+// answer.likely_types: [[type name, P]] of a lesion-type model, most likely first (ties in the model's order),
 // named by the original label values where known.
 export function likelyTypes(probabilities, meta) {
   const names = meta.class_names || meta.classes;
@@ -334,7 +373,7 @@ function unfamiliarText(run) {
   return run.revealed ? `${why}; the answer below is unreliable` : `${why}: no benign/malignant answer`;
 }
 
-// predict.model_cautions: what the model says about itself that a reader must know with every result.
+// answer.model_cautions: what the model says about itself that a reader must know with every result.
 export function modelCautions(meta) {
   const cautions = [];
   if (meta.at_chance) {
@@ -359,26 +398,30 @@ function show(run) {
   $("show-anyway").hidden = !run.unfamiliar || run.revealed;
   $("unreliable").textContent = `Unreliable answer: ${run.label}`;
   $("unreliable").hidden = !run.revealed;
-  const withheld = run.unfamiliar && !run.revealed;
+  const withheld = !answerShown(run.unfamiliar, run.revealed); // no P, prevalence, type or heat map: predict.py's rule
   const [pText, tText, near] = decisionTexts(p, threshold, config.borderline_margin);
-  $("probability").textContent = `P(malignant) = ${pText} (threshold ${tText}; malignant from the threshold up)`;
+  $("probability").textContent = marked(`P(malignant) = ${pText} (threshold ${tText}; malignant from the threshold `
+    + "up)", run.unfamiliar);
   const cautions = modelCautions(config).map((text) => `Caution: ${text}.`);
   if (near) {
-    cautions.push(`Borderline: P(malignant) is within ${config.borderline_margin} of the threshold, so this result `
-      + "could go either way. Do not read it as a confident answer.");
+    cautions.push(marked(`Borderline: P(malignant) is within ${config.borderline_margin} of the threshold, so this `
+      + "result could go either way. Do not read it as a confident answer.", run.unfamiliar));
   }
   fillList($("cautions"), cautions);
   $("cautions").hidden = cautions.length === 0 || withheld;
   $("operating-point").textContent = `Operating point: ${config.operating_point_text}.`;
   $("operating-point").hidden = !config.operating_point_text || withheld;
-  $("types").textContent = run.types.length ? typeText(run.types) : "";
+  $("types").textContent = run.types.length ? marked(typeText(run.types), run.unfamiliar) : "";
   $("types").hidden = !run.types.length || withheld;
-  $("malignant-types").textContent = run.types.length
-    ? `Malignant types (they add up to P(malignant)): ${malignantSumText(run.probabilities, config)}` : "";
+  $("malignant-types").textContent = run.types.length ? marked("Malignant types (they add up to P(malignant)): "
+    + malignantSumText(run.probabilities, config), run.unfamiliar) : "";
   $("malignant-types").hidden = !run.types.length || withheld;
-  const tested = config.card_summary && config.card_summary.tested;
-  $("tested").textContent = tested ? `Tested: ${tested}.` : "";
-  $("tested").hidden = !tested || withheld;
+  const summary = config.card_summary || {};
+  $("tested").textContent = summary.tested ? `Tested: ${summary.tested}.` : "";
+  $("tested").hidden = !summary.tested || withheld;
+  const externals = (summary.externals || []).map((text) => `External validation: ${text}.`);
+  $("externals").textContent = externals.join(" ");
+  $("externals").hidden = !externals.length || withheld;
   showPrevalence(run);
   const canvas = $("crop");
   canvas.width = canvas.height = size;
@@ -395,6 +438,7 @@ function show(run) {
     $("heat").hidden = $("heat-controls").hidden = $("heat-text").hidden = true;
   } else {
     drawHeatMap(run.cam, ...run.camShape, size);
+    $("heat-text").textContent = marked($("heat-text").textContent, run.unfamiliar);
   }
   $("timing").textContent = `Checked in ${Math.round(run.timings.total)} ms on this device (the model itself: `
     + `${Math.round(run.timings.inference)} ms).`;

@@ -1,0 +1,48 @@
+"""skinlesion/answer.py: what a user reads of an answer. P is printed with the digits that show its side of the
+threshold, never equal to it; the page's twins of these functions are fed the same cases in tests/test_web.py."""
+
+import numpy as np
+import pytest
+
+import model
+from skinlesion import answer
+
+
+@pytest.mark.parametrize(
+    "p, threshold, expected",
+    [
+        (0.73, 0.5, ("0.730", "0.500", "")),
+        (0.5004, 0.5, ("0.5004", "0.5000", "borderline")),
+        (0.49996, 0.5, ("0.49996", "0.50000", "borderline")),
+        (0.5000004, 0.5, ("just above 0.500000", "0.500000", "borderline")),  # 6 digits at most, then words
+        (0.4822319, 0.482232, ("just below 0.482232", "0.482232", "borderline")),  # never equal beside 'benign'
+        (0.48223199999999, 0.482232, ("just below 0.482232", "0.482232", "borderline")),
+        (0.5, 0.5, ("0.500000", "0.500000", "borderline")),
+        (0.519, 0.5, ("0.519", "0.500", "borderline")),
+        (0.521, 0.5, ("0.521", "0.500", "")),
+        (0.0004, 0.0, ("0.0004", "0.0000", "borderline")),
+        (0.9999, 1.0, ("0.9999", "1.0000", "borderline")),
+    ],
+)
+def test_digits_show_the_side_of_the_threshold(p, threshold, expected):
+    assert answer.decision_texts(p, threshold, model.BORDERLINE) == expected
+
+
+def test_printed_p_is_on_the_same_side_as_p():
+    """P never reads equal to the threshold: digits show the side, or within 6 digits the words 'just below' or
+    'just above' do (issue 28: 0.482232 and 0.482232 beside a benign label)."""
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        t = rng.uniform(0, 1)
+        p = float(np.clip(t + rng.choice([-1, 1]) * 10 ** rng.uniform(-12, -0.3), 0, 1))  # 1e-12 to 0.5 apart
+        if p == t:
+            continue
+        p_text, t_text, near = answer.decision_texts(p, t, model.BORDERLINE)
+        words, _, number = p_text.rpartition(" ")
+        assert 3 <= len(number.split(".")[1]) == len(t_text.split(".")[1]) <= 6
+        if words:  # equal to 6 digits: said in words, on the right side
+            assert number == t_text and words == ("just below" if p < t else "just above")
+        else:
+            assert (float(p_text) < float(t_text)) == (p < t) and p_text != t_text
+        assert abs(float(number) - p) <= 0.5 * 10 ** -len(number.split(".")[1]) + 1e-12
+        assert (near == "borderline") == (abs(p - t) < model.BORDERLINE)
