@@ -254,7 +254,7 @@ def train_stages(run, progress, resumed, train_photos, val_photos):
             training.check_memory(run.net, run.args.image_size, batch, run.device, run.world)
             splits = splits or folds.open_run(run, train_photos, val_photos)
             train_epochs(run, progress, stage, splits, epochs, train_y)
-        if stage.held is not None and len(stage.held):
+        if stage.held is not None and len(stage.held) and len(progress["done"]) == index:  # not kept yet
             folds.fold_done(run, progress, stage)
 
 
@@ -372,7 +372,7 @@ def finish(run, progress, train_photos, val_photos):
     print(f"familiarity: {familiarity.limit_text(found, card.chosen_on(state['meta'])[1])}")
     checkpoints.write_finished(state, args.output, args.card)
     interrupts.say_on_ctrl_c(f"interrupted after {cli.printable(args.output)} and its card were written")
-    progress["state"]["finished"] = True  # --resume now says the run is finished
+    progress["state"].update(finished=True, done=list(progress["done"]))  # --resume says so; the last fold kept
     model.save_checkpoint(args.resume_file, progress["state"], "resume checkpoint")
     training.report(args.output, args.card, state["meta"])
 

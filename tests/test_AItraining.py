@@ -33,6 +33,7 @@ from conftest import (
     lesion_photo,
     main_fails,
     make_split_tree,
+    noise_image,
     recorded,
     refuses,
     run,
@@ -757,19 +758,40 @@ def test_a_run_with_folds_stopped_in_fold_2_resumes_there_and_ends_as_the_uninte
 
 @pytest.mark.slow
 def test_the_folds_networks_averaged_are_one_model_file_one_onnx_graph_and_their_maps_averaged(tiny, tmp_path):
-    """--deploy ensemble: the model file holds the two fold networks, the ONNX export is one graph with the same
-    outputs that gives the same P, --explain draws the averaged map; the same folds deployed refit afterwards
-    (--resume --deploy refit) need no fold trained again."""
-    r = run("AItraining.py", *FAST[:-2], "--folds", 2, "--epochs", 1, "--deploy", "ensemble", "--data-dir", tiny,
+    """--deploy ensemble on a dataset with photos of another kind (other_types/): the model file holds the two fold
+    networks and their familiarity measures combined (Mahalanobis view and exposure head, each member's fitted on
+    the photos it trained on), with the limit at 99% of the members' out-of-fold stand-ins, both recomputed here from
+    the resume checkpoint; the ONNX export is one graph with the same outputs (its self-check and parity check on
+    every output, the familiarity distance included) that gives the same P; --explain draws the averaged map; the
+    same folds deployed refit afterwards (--resume --deploy refit) need no fold trained again, and its measure has
+    the head too."""
+    data = shutil.copytree(tiny, tmp_path / "data")
+    for i in range(8):  # photos of another kind, as prepare_dataset.py keeps them
+        noise_image(os.path.join(data, "other_types", f"dermoscopic.ISIC_{9000000 + i}.jpg"), 100 + i, (40, 40))
+    r = run("AItraining.py", *FAST[:-2], "--folds", 2, "--epochs", 1, "--deploy", "ensemble", "--data-dir", data,
             cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     net, meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))
     assert meta["members"] == 2 and len(net.members) == 2 and meta["folds"]["deployed"] == "ensemble"
     assert meta["network"]["features"] == 2 * 1280 and meta["familiarity"]["n_val"] == 48
     assert "the 2 fold networks averaged" in (tmp_path / "skin_model.md").read_text(encoding="utf-8")
-    r = run("export_onnx.py", "--check-images", os.path.join(tiny, "val"), cwd=tmp_path)
+    found = meta["familiarity"]
+    assert found["method"] == "mahalanobis+exposure" and found["exposed_to"]["dermoscopic photos"] == 8
+    done = model.read_checkpoint(str(tmp_path / "skin_model_last.pth"))["done"]
+    members = [{key: value.double().numpy() for key, value in entry["member"].items()} for entry in done]
+    widths = [info["num_chs"] for info in net.members[0].feature_info] + [net.members[0].num_features]
+    arrays = folds.ensemble_measure(members, widths)[0]
+    for key in familiarity.ARRAYS:  # the stored measure is the members' combined (float32 in the file)
+        assert found[key] == pytest.approx(arrays[key], rel=1e-5, abs=1e-6), key
+    harmonic = 2 / sum(1 / m["floor"] for m in members)
+    stand_ins = [np.maximum(e["member_distances"].numpy() * np.sqrt(harmonic / m["floor"]), e["member_head"].numpy())
+                 for e, m in zip(done, members)]  # fmt: skip
+    assert found["limit"] == pytest.approx(np.quantile(np.concatenate(stand_ins), 0.99))
+    # one epoch from random weights at 32 px: features of a spread near 1e-6, which the head's standardisation
+    # magnifies (float32's differences between PyTorch and onnxruntime reach 1e-3 of the distance)
+    r = run("export_onnx.py", "--check-images", os.path.join(data, "val"), "--tolerance", 1e-2, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    photo = os.path.join(tiny, "val", "malignant", sorted(os.listdir(os.path.join(tiny, "val", "malignant")))[0])
+    photo = os.path.join(data, "val", "malignant", sorted(os.listdir(os.path.join(data, "val", "malignant")))[0])
     answers = []
     for flags in (["--model", "skin_model.pth", "--explain"], ["--model", "skin_model.onnx"]):
         r = run("predict.py", photo, *flags, "--show-unfamiliar", cwd=tmp_path)
@@ -777,11 +799,20 @@ def test_the_folds_networks_averaged_are_one_model_file_one_onnx_graph_and_their
         answers.append(re.search(r"P\(malignant\) = ([\d.]+)", r.stdout + r.stderr))
     assert answers[0] and answers[1] and answers[0][1] == answers[1][1]
     assert glob.glob(str(tmp_path / "gradcam" / "*.png"))
-    r = run("AItraining.py", "--data-dir", tiny, "--resume", "--deploy", "refit", "--output", "refit.pth",
+    r = run("AItraining.py", "--data-dir", data, "--resume", "--deploy", "refit", "--output", "refit.pth",
             cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert [line for line in fold_lines(r.stdout) if line.startswith("fold")] == []  # the folds were not trained
-    assert model.load_checkpoint(str(tmp_path / "refit.pth"))[1]["folds"]["deployed"] == "refit"
+    refit = model.load_checkpoint(str(tmp_path / "refit.pth"))[1]
+    assert refit["folds"]["deployed"] == "refit" and refit["familiarity"]["method"] == "mahalanobis+exposure"
+    pooled = folds.out_of_fold(done, folds.plan(2, "refit", *pool_of(data), 42), "distances", 48)
+    assert refit["familiarity"]["limit"] == pytest.approx(np.quantile(pooled, 0.99))
+
+
+def pool_of(data):
+    """(labels, lesion/patient groups) of train plus validation, in the order a run with folds pools them."""
+    train, val = (dataset.split_photos(data, split, model.CLASSES) for split in ("train", "val"))
+    return np.concatenate([train[1], val[1]]), folds.groups_of(train[0] + val[0], dataset.read_manifest(data))
 
 
 # ---------------------------------------------------------------------------- several processes
