@@ -334,7 +334,7 @@ def test_fresh_small_models_export_with_the_default_tolerance(demo_96, trained_m
         path = str(tmp_path / f"{os.path.basename(os.path.dirname(checkpoint))}.onnx")
         flags = ["--check-images", f"{demo_dataset}/test", "--no-quantise"]  # the twin is not what is tested
         export_onnx.main(["--model", checkpoint, "--output", path, *flags])
-        assert "the familiarity distance (tolerance 1e-04)" in capsys.readouterr().out
+        assert "and the familiarity distance (--tolerance 1e-04)" in capsys.readouterr().out
         session, meta = model.load_onnx(path)
         x = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in test])
         direct, found = direct_familiarity_distance(checkpoint, test)

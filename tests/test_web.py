@@ -130,15 +130,23 @@ def write_photos(folder):
 
 def reference(path, session, meta):
     """What predict.py --model skin_model.onnx computes for a photo, by its own code (predict.onnx_predictor): the
-    calibrated P(malignant) (the file's p_malignant), the class probabilities and the cam; with the crop's uint8
-    pixels (H x W x 3)."""
+    calibrated P(malignant) (the file's p_malignant), the class probabilities, the cam and whether the photo is
+    unfamiliar (familiarity.unfamiliar); with the crop's uint8 pixels (H x W x 3)."""
     img = photos.load_image(path)
-    p, probabilities, cam, _ = predict.onnx_predictor(session, meta, tta=False, explain_it=True)(img)
+    p, probabilities, cam, distance = predict.onnx_predictor(session, meta, tta=False, explain_it=True)(img)
     cfg = model.meta_data_config(meta)
     x = photos.preprocess(img, cfg)
     pixels = (x.transpose(1, 2, 0) * np.array(cfg["std"]) + np.array(cfg["mean"])) * 255
     assert np.abs(pixels - pixels.round()).max() < 0.01
-    return dict(p=p, probabilities=probabilities, crop=pixels.round().astype(np.uint8), cam=cam)
+    unfamiliar = familiarity.unfamiliar(distance, meta)
+    return dict(p=p, probabilities=probabilities, crop=pixels.round().astype(np.uint8), cam=cam, unfamiliar=unfamiliar)
+
+
+def familiar_names(refs):
+    """The photos predict.py answers (not unfamiliar), by P(malignant), lowest first; at least two."""
+    names = sorted((name for name, ref in refs.items() if not ref["unfamiliar"]), key=lambda name: refs[name]["p"])
+    assert len(names) >= 2, {name: ref["unfamiliar"] for name, ref in refs.items()}
+    return names
 
 
 def export(checkpoint, path, check_images):
@@ -318,11 +326,14 @@ def test_page_classifies_like_python(page, setup, name):
     cam = np.array(run["cam"]).reshape(run["camShape"])
     assert cam.shape == ref["cam"].shape and np.abs(cam - ref["cam"]).max() <= 1e-3 * max(10, np.abs(ref["cam"]).max())
     label = model.CLASSES[int(ref["p"] >= setup["threshold"])]
-    assert run["label"] == label
+    assert run["label"] == label and run["unfamiliar"] == ref["unfamiliar"]
     text = page["page"].inner_text("#result")
     p_text, t_text, _ = answer.decision_texts(
         run["p"], setup["threshold"], model.BORDERLINE
     )  # the digits predict.py prints
+    if ref["unfamiliar"]:  # withheld as predict.py withholds it: no label, no P
+        assert "Prediction: unfamiliar" in text and "P(malignant) =" not in text and f"Prediction: {label}" not in text
+        return
     assert f"Prediction: {label}" in text and f"P(malignant) = {p_text} (threshold {t_text}" in text
     assert page["page"].is_visible("text=This is not a medical device; see a doctor about any lesion that worries you")
     if ref["cam"].max() <= 0:  # no evidence for malignant at all (the map is signed): said in words, no blank overlay
@@ -344,7 +355,8 @@ def result_lines(pg):
 
 
 def test_page_says_what_predict_py_prints(page, setup, capsys):
-    for name in ["lesion_4x3.jpg", "grey.jpg"]:
+    names = familiar_names(setup["refs"])
+    for name in [names[0], names[-1]]:  # the most benign and the most malignant photo predict.py answers
         lines = predict_prints(setup["photos"][name], setup["model"], capsys)
         run, _ = classify(page["page"], setup["photos"][name])
         said = result_lines(page["page"])
@@ -525,7 +537,7 @@ def assert_cautions_beside_the_result(pg, expected):
 
 
 def test_model_at_chance_and_borderline_result_are_said(browser, server, setup):
-    name = "grey.jpg"
+    name = familiar_names(setup["refs"])[0]
     p = setup["refs"][name]["p"]
     warning = "this threshold calls almost every photo malignant (it cleared only 5% of benign)"
     with open(os.path.join(server["web"], "model.json")) as f:
@@ -884,8 +896,8 @@ def test_the_test_and_external_figures_stand_beside_each_other_and_ppv_comes_fro
                                                            body=json.dumps(sidecar)))  # fmt: skip
     pg.goto(server["url"])
     pg.wait_for_selector("#app[data-state=ready]")
-    run_, _ = classify(pg, setup["photos"]["grey.jpg"])
-    assert pg.inner_text("#tested") == f"Tested: {summary['tested']}."
+    run_, _ = classify(pg, setup["photos"][familiar_names(setup["refs"])[0]])
+    assert not run_["unfamiliar"] and pg.inner_text("#tested") == f"Tested: {summary['tested']}."
     assert pg.inner_text("#externals") == f"External validation: {summary['externals'][0]}."
     pg.fill("#prevalence", "5")
     _, said = answer.prevalence_texts(sidecar, 0.05, False, summary["test_point"])
