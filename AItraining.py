@@ -19,10 +19,18 @@ and the best one's weights and validation predictions. When the run ends, for th
 P(malignant) is fitted on the validation split (temperature or Platt scaling: a clinician reads P as a chance),
 and the operating point chosen: the threshold that catches TARGET_SENSITIVITY of the malignant validation photos,
 stable on a small split (a smooth Harrell-Davis quantile), with the sensitivity and specificity it gives there and
-their 95% intervals; then how familiar a photo is (skinlesion/familiarity.py): the distance of its features to the
-training photos', limited where 99% of the validation photos lie; predict.py gives no answer beyond it. Only then
+their 95% intervals; then how familiar a photo is (skinlesion/familiarity.py): the larger of the Mahalanobis
+distance of its features to the training photos' and an exposure head's score (where the dataset keeps photos of
+another kind), limited where 99% of the validation photos lie; predict.py gives no answer beyond it. Only then
 are skin_model.md and skin_model.pth written, once: an interrupted run leaves the previous model as it was, and
 --resume finishes it. Also writes training_curves.png beside them and runs/<run>/ (TensorBoard).
+
+With FOLDS (by default where train plus validation hold a few hundred photos), those photos are cut into folds
+grouped by lesion and patient (skinlesion/folds.py): each fold's network trains on the others and keeps its best
+epoch on its own; every photo's out-of-fold prediction chooses the calibration and threshold, and its out-of-fold
+familiarity distance (to the measure fitted on the photos that fold's network trained on) sets the limit. DEPLOY
+refit trains one network on all of them for the median of the folds' best epochs; ensemble keeps the fold
+networks averaged (skinlesion/ensemble.py), its familiarity measure theirs combined.
 """
 
 from skinlesion import interrupts
