@@ -92,10 +92,10 @@ def split_photos(data_dir, split, classes):
 
 def has_split(data_dir, split):
     """Whether a prepared dataset holds the split: its folder, or its shards' entry."""
-    from skinlesion import shards
+    from skinlesion import shard_format, shards
 
     if shards.is_shards(data_dir):
-        return split in shards.read_index(data_dir)["splits"]
+        return split in shard_format.read_index(data_dir)["splits"]
     return os.path.isdir(os.path.join(data_dir, split))
 
 
