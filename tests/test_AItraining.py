@@ -22,6 +22,7 @@ import AItraining
 import export_onnx
 import model
 import predict
+import serve_web
 from conftest import (
     ENV,
     ROOT,
@@ -797,7 +798,10 @@ def test_the_folds_networks_averaged_are_one_model_file_one_onnx_graph_and_their
         r = run("predict.py", photo, *flags, "--show-unfamiliar", cwd=tmp_path)
         assert r.returncode in (0, 3), r.stdout + r.stderr  # 3: unfamiliar
         answers.append(re.search(r"P\(malignant\) = ([\d.]+)", r.stdout + r.stderr))
+        assert "of the malignant out-of-fold photos" in r.stdout  # what the operating point was chosen on
     assert answers[0] and answers[1] and answers[0][1] == answers[1][1]
+    page = serve_web.read_model(str(tmp_path / "skin_model.onnx"))["operating_point_text"]
+    assert "of the malignant out-of-fold photos" in page  # the page's line: predict.py's
     assert glob.glob(str(tmp_path / "gradcam" / "*.png"))
     r = run("AItraining.py", "--data-dir", data, "--resume", "--deploy", "refit", "--output", "refit.pth",
             cwd=tmp_path)  # fmt: skip
