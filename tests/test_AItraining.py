@@ -678,7 +678,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tiny,
 
 
 # ---------------------------------------------------------------------------- folds
-FOLDED = [*FAST[:-2], "--folds", 3, "--epochs", 2]  # three folds of the 48 photos of tiny, then the refit
+FOLDED = [*FAST[:-2], "--folds", 3, "--epochs", 2, "--deploy", "refit"]  # 3 folds of tiny's 48 photos, the refit
 
 
 @pytest.fixture(scope="module")
@@ -861,7 +861,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_train_the_folds_and_the_refit(tmp_path):
-    r = torchrun(tmp_path, *FAST[:-2], "--folds", 2, "--epochs", 1)
+    r = torchrun(tmp_path, *FAST[:-2], "--folds", 2, "--epochs", 1, "--deploy", "refit")
     assert [line.split(" |")[0] for line in fold_lines(r.stdout)] == ["fold 1/2 epoch   1", "fold 2/2 epoch   1",
                                                                       "refit epoch   1"]  # fmt: skip
     meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))[1]
