@@ -34,7 +34,7 @@ node_modules/.installed: package.json package-lock.json
 demo: setup
 	$(PY) make_demo_data.py
 	$(PY) prepare_dataset.py --metadata-csv demo_data/metadata.csv --images-dir demo_data
-	$(PY) AItraining.py --epochs 12 --image-size 128
+	$(PY) AItraining.py --epochs 6 --image-size 96 --folds 3
 	$(PY) evaluate.py
 	$(PY) export_onnx.py
 	$(PY) predict.py demo_data/unseen/ --model skin_model.onnx

@@ -12,14 +12,15 @@ that is not known (the intervals, with --n-bootstrap 0) is null in the JSON and 
     python evaluate.py --model m.pth --data-dir dataset/val --output-dir results/
     python evaluate.py --external other_clinic/ --external-name "Clinic B 2025"   # an ISIC export as downloaded
 
-The decision threshold is the one stored in the checkpoint, chosen on the validation split by AItraining.py;
-it is never tuned on the photos evaluated here. When the ROC-AUC's interval includes 0.5 the model cannot be
-told from chance on these photos, and when the target sensitivity lies outside the interval of the test
-sensitivity the operating point did not hold: the report says so. Subgroups come from the dataset's
-manifest.csv (DATA_DIR/../manifest.csv); a subgroup with fewer than 20 photos of either side is not scored. For
-a model with a familiarity measure it counts and lists the photos that predict.py would call unfamiliar (beyond
-the limit chosen on validation; skinlesion/familiarity.py); the metrics include them. Any figure outside the 95%
-interval validation stated for it (sensitivity, specificity, ECE) is warned about, here and in the card.
+The decision threshold is the one stored in the checkpoint, chosen on the validation split (or, with folds, on the
+out-of-fold predictions) by AItraining.py; it is never tuned on the photos evaluated here. When the ROC-AUC's
+interval includes 0.5 the model cannot be told from chance on these photos, and when the target sensitivity lies
+outside the interval of the test sensitivity the operating point did not hold: the report says so. Subgroups come
+from the dataset's manifest.csv (DATA_DIR/../manifest.csv); a subgroup with fewer than 20 photos of either side is
+not scored. For a model with a familiarity measure it counts and lists the photos that predict.py would call
+unfamiliar (beyond the limit chosen with the threshold; skinlesion/familiarity.py); the metrics include them. Any
+figure outside the 95% interval validation (or the folds) stated for it (sensitivity, specificity, ECE) is warned
+about, here and in the card.
 
 External validation: EXTERNAL takes an ISIC export as 'isic image download' leaves it (metadata.csv and the
 photos) and scores every photo with a definite benign/malignant side, of every image type, at its natural
@@ -264,7 +265,7 @@ def main(argv=None):
         external_validation=name,
         tta=args.tta,
         threshold=threshold,
-        threshold_source="validation split (stored in the checkpoint)",
+        threshold_source=f"{card.chosen_on(meta)[2]} (stored in the checkpoint)",
         n_images=counts,
         n_unreadable=len(unreadable),
         unreadable=unreadable,
@@ -329,7 +330,8 @@ def pictures(result, y, p, meta, out, shown, blobs):
     """Draw the confusion matrix, the ROC curve, the reliability diagram and the most confident mistakes, each
     saying which photos it shows (shown); returns the paths written."""
     scores, cal, threshold = result["metrics"], result["calibration"], result["threshold"]
-    title = f"{cli.printable(os.path.basename(result['model']))}, threshold {threshold:.3f} (chosen on validation)"
+    chosen = f"chosen on {card.chosen_on(meta)[1]}"
+    title = f"{cli.printable(os.path.basename(result['model']))}, threshold {threshold:.3f} ({chosen})"
     side_counts = [[scores["tn"], scores["fp"]], [scores["fn"], scores["tp"]]]
     plots.confusion(side_counts, model.CLASSES, title, out["confusion_matrix.png"], shown)
     plots.roc(y, p, scores, result["ci95"]["roc_auc"], out["roc_curve.png"], shown)
@@ -359,7 +361,8 @@ def show(result, args):
     counts = ", ".join(f"{n} {cli.printable(c)}" for c, n in result["n_images"].items())
     flips = ", P(malignant) averaged over flips (TTA)" if args.tta else ""
     print(f"\n{cli.printable(args.model)} on {cli.printable(args.photos)}: {counts} images{flips}")
-    print(f"threshold {result['threshold']:.4f} (stored in the checkpoint, chosen on validation; not tuned here)\n")
+    chosen = result["threshold_source"].removesuffix(" (stored in the checkpoint)")
+    print(f"threshold {result['threshold']:.4f} (stored in the checkpoint, chosen on {chosen}; not tuned here)\n")
     print(f"{'metric':<22}{'value':>7}   95% CI ({args.n_bootstrap} bootstrap resamples)")
     for key, name in NAMES.items():
         interval = f"[{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if numbers.known_interval(ci[key]) else "not computed"
@@ -380,7 +383,7 @@ def show(result, args):
     if found:
         print(
             f"\nunfamiliar: {found['n_unfamiliar']} of {found['n_photos']} photos ({found['share_unfamiliar']:.1%})"
-            f" lie beyond the familiarity limit {found['limit']:.2f} chosen on validation"
+            f" lie beyond the familiarity limit {found['limit']:.2f} chosen on {chosen}"
             f" ({familiarity.within_text(found)}); predict.py gives them no answer, the metrics above include them"
         )
         listed = result["unfamiliar_photos"]

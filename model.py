@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion import backbone, checkpoints, familiarity, quantise, reading, self_check, shapes
+from skinlesion import backbone, checkpoints, ensemble, familiarity, quantise, reading, self_check, shapes
 from skinlesion.backbone import imagenet_model
 from skinlesion.cli import die, is_list_of, printable
 from skinlesion.dataset import SIDES
@@ -158,14 +158,17 @@ RUN_SETTINGS = {  # what a run keeps for --resume (AItraining.py's SETTINGS): th
     "epochs": shapes.whole(1, 10**6), "label_smoothing": shapes.number(0, 0.99), "drop_path": shapes.number(0, 0.99),
     "class_weights": shapes.BOOLEAN, "patience": shapes.whole(0, 10**6), "batch_size": shapes.whole(1, 10**5),
     "image_size": shapes.whole(*IMAGE_SIZES), "seed": shapes.whole(0, 2**32 - 1), "target_sensitivity": shapes.FRACTION,
-    "amp": shapes.BOOLEAN, "run": shapes.text(), "model_name": shapes.ARCHITECTURE,
+    "amp": shapes.BOOLEAN, "run": shapes.text(), "model_name": shapes.ARCHITECTURE, "folds": shapes.whole(1, 20),
+    "deploy": shapes.one_of("refit", "ensemble"),
 }  # fmt: skip
+SINCE = ("model_name", "folds", "deploy")  # settings files from before them lack
 RUN_SETTINGS_SHAPE = shapes.record(
-    {k: v for k, v in RUN_SETTINGS.items() if k != "model_name"}, {"model_name": RUN_SETTINGS["model_name"]}
+    {k: v for k, v in RUN_SETTINGS.items() if k not in SINCE}, {k: RUN_SETTINGS[k] for k in SINCE}
 )
 OUTPUTS = shapes.one_of(list(ONNX_OUTPUTS), [*ONNX_OUTPUTS, "familiarity_distance"])  # an export's, in order
 KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any other is ignored and never copied
     "written_by": Key("files.TAG: a model file of ours", shapes.text(), "checkpoint_state"),
+    "format": Key("its format (checkpoints.FORMAT; absent: before 2)", shapes.whole(1, 10**6), "AItraining.py"),
     "model_name": Key("the timm architecture", shapes.ARCHITECTURE, "checkpoint_state"),
     "network": Key("its features, stride and convolutions (network_shape)", shapes.NETWORK, "checkpoint_state"),
     "classes": Key("the class folders, in index order", shapes.NAMES, "AItraining.py", True, page=True),
@@ -210,6 +213,8 @@ KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any o
     "quantised": Key("an int8 twin's comparison with its full model", shapes.QUANTISED, "export_onnx.py", False,
                      "export", page=True),
     "self_check": Key("outputs on self_check.inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
+    "members": Key("how many networks it averages (ensemble.py); absent: one", shapes.whole(2, 20), "AItraining.py"),
+    "folds": Key("the folds that chose calibration, threshold, familiarity limit", shapes.FOLDS, "AItraining.py"),
 }  # fmt: skip
 
 
@@ -356,10 +361,12 @@ def load_checkpoint(path, device="cpu"):
 
     ckpt = read_checkpoint(path)
     meta = ckpt["meta"]
+    if checkpoints.unfinished_fault(meta):  # a resume checkpoint, an unfinished run's: never a label
+        die(f"{printable(path)} is refused: {checkpoints.unfinished_fault(meta)}")
     name = meta.get("model_name", MODEL_NAME)
     if not timm.is_model(name):
         die(f"{printable(path)} holds a {name} model, which this timm {timm.__version__} does not know; upgrade timm")
-    net = timm.create_model(name, pretrained=False, num_classes=len(meta["classes"]))
+    net = ensemble.network(name, len(meta["classes"]), meta.get("members", 1))  # one, or the folds' averaged
     if meta.get("familiarity"):
         arrays = {key: value.double().numpy() for key, value in ckpt["familiarity"].items()}
         if arrays["means"].shape[1] != familiarity.feature_count(net):
@@ -462,6 +469,7 @@ def checked_onnx(path, data, proto):
     except ValueError as e:
         fault = f"its metadata is not valid JSON ({printable(str(e))})"
     fault = fault or meta_fault(meta) or onnx_fault(proto, session, meta) or meta_fault(meta, "onnx")
+    fault = fault or checkpoints.unfinished_fault(meta)
     fault = fault or self_check_fault(session, meta)
     if fault:
         return None, None, f"{printable(path)} is refused: {fault}; export the model again with export_onnx.py"

@@ -282,7 +282,8 @@ def closing_lines(meta, args, single_unfamiliar):
         return []
     lines = []
     if meta.get("operating_point") and args.threshold is None:
-        lines.append(f"Operating point: {numbers.operating_point_text(meta['operating_point'])}.")
+        said = numbers.operating_point_text(meta["operating_point"], card.chosen_on(meta)[1])  # validation or folds
+        lines.append(f"Operating point: {said}.")
     tested, point = ([], None) if args.tta or args.threshold is not None else tested_results(args.model, meta)
     assumes, at_prevalence = answer.prevalence_texts(meta, args.prevalence, args.threshold is not None, point)
     lines += tested + ([f"Note: {assumes}."] if assumes else [])

@@ -37,7 +37,7 @@ PICTURES = {"training_curves.png": "training_curves.png", "confusion_matrix.png"
             "gradcam/malignant_1_jpg_gradcam.png": "gradcam.png"}  # fmt: skip
 STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
           ("the prepared dataset", ["dataset", "shards", "shard_format", "other_types"]),
-          ("the training data path", ["training", "devices"]),
+          ("the training data path", ["training", "devices", "resume", "folds"]), ("the folds averaged", ["ensemble"]),
           ("the model's parts", ["backbone", "checkpoints", "shapes", "self_check", "familiarity", "mahalanobis",
                                  "non_lesions", "explain", "quantise"]),
           ("numbers", ["numbers", "evaluation", "plots", "answer"]), ("the card", ["card", "model_index"]),

@@ -1,5 +1,7 @@
 """Why a model file could not be read, in one line: an ONNX file passed as a checkpoint, a pickle that would run
-code, a file written by another torch, a truncated file. (What a readable file must hold: model.py's KEYS.)"""
+code, a file written by another torch, a truncated file; why one that can be read must not classify (an
+unfinished run's); and the one write of a finished run's model file. (What a readable file must hold: model.py's
+KEYS.)"""
 
 import os
 import re
@@ -9,6 +11,7 @@ from skinlesion import reading
 from skinlesion.cli import die, printable
 
 MAX_MODEL_BYTES = 2_000_000_000  # the largest model file read (EfficientNet-B0's: 21 MB; an ONNX file: 2 GB at most)
+FORMAT = 2  # the model file's format (its meta "format"): from 2 a finished run's file always holds its familiarity
 
 
 def unreadable_text(path, error):
@@ -25,6 +28,18 @@ def opened(path):
         return reading.open_regular(path, MAX_MODEL_BYTES)
     except OSError as e:
         die(f"{unreadable_text(path, e)}; pass the model file AItraining.py wrote")
+
+
+def unfinished_fault(meta):
+    """Why a model file whose keys are sound must not classify, or None: from FORMAT 2 a finished run's file always
+    holds its familiarity measure, so one without it is a resume checkpoint, or a run's that did not finish (an
+    earlier version wrote the model before the measure). Files from before FORMAT 2 keep their behaviour."""
+    if meta.get("format", 1) >= 2 and not meta.get("familiarity"):
+        return (
+            "it has no familiarity measure, which every finished model file of its format holds: it is a resume "
+            "checkpoint, or its run did not finish; finish the run with 'python AItraining.py --resume'"
+        )
+    return None
 
 
 def is_onnx_file(path):
@@ -73,3 +88,31 @@ def is_onnx(path):
     if path.lower().endswith(".onnx"):
         return True
     return os.path.isfile(path) and not zipfile.is_zipfile(path) and is_onnx_file(path)
+
+
+def write_finished(state, path, card_path):
+    """Write a finished run's model file once, whole: its card first (card.write_card), naming the SHA-256 of the
+    bytes about to be written, then the file atomically (a reader sees it whole or the previous one). A state that
+    lacks its familiarity measure, or whose measure does not fit, is never written."""
+    import hashlib
+    import io
+
+    import torch
+
+    from skinlesion import card, familiarity, files
+
+    fault = unfinished_fault(state["meta"]) or familiarity.arrays_fault(
+        state["familiarity"], len(state["meta"]["classes"])
+    )
+    if fault:
+        raise ValueError(f"a model file must not be written so: {fault}")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    card.write_card(card_path, state["meta"], os.path.basename(path), model_sha256=hashlib.sha256(data).hexdigest())
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    files.atomic_write(path, write, "model")

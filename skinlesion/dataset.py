@@ -90,6 +90,22 @@ def split_photos(data_dir, split, classes):
     return paths, np.array([i for i, c in enumerate(classes) for _ in class_files[c]])
 
 
+def has_split(data_dir, split):
+    """Whether a prepared dataset holds the split: its folder, or its shards' entry."""
+    from skinlesion import shard_format, shards
+
+    if shards.is_shards(data_dir):
+        return split in shard_format.read_index(data_dir)["splits"]
+    return os.path.isdir(os.path.join(data_dir, split))
+
+
+def manifest_sha256(data_dir):
+    """The SHA-256 of a local dataset's manifest.csv (what a model file and a resume checkpoint name their data
+    by), or None where it has none."""
+    path = os.path.join(data_dir, MANIFEST)
+    return file_sha256(path) if not file_kind(path) else None
+
+
 def warn_small_photos(paths, short):
     """Photos whose shorter side is under short px get enlarged by the evaluation resize: say so, once."""
     small = 0

@@ -50,7 +50,7 @@ def operating_report(y, p, meta, scores, ci):
     if outside:
         found["warning"] = (
             f"the target sensitivity {target:.2f} lies outside the test sensitivity's 95% interval "
-            f"({low[0]:.2f}-{low[1]:.2f}): the operating point chosen on validation did not hold here"
+            f"({low[0]:.2f}-{low[1]:.2f}): the operating point chosen on {card.chosen_on(meta)[2]} did not hold here"
         )
     test_op = dict(sensitivity=scores["sensitivity"], specificity=scores["specificity"])
     found["flags"] = numbers.operating_point_warning(test_op)
@@ -58,30 +58,32 @@ def operating_report(y, p, meta, scores, ci):
 
 
 def figures_outside(scores, cal, meta, photos="test"):
-    """A warning for each figure on these photos that did not hold what validation stated: the sensitivity and
-    specificity at the threshold outside the 95% interval validation gave them, and the ECE after calibration
-    outside validation's interval where the model states one, else where validation's ECE lies outside these
-    photos' ECE interval (no interval on either side: nothing to say)."""
+    """A warning for each figure on these photos that did not hold what validation (or the folds, out of fold)
+    stated: the sensitivity and specificity at the threshold outside the 95% interval validation gave them, and the
+    ECE after calibration outside validation's interval where the model states one, else where validation's ECE
+    lies outside these photos' ECE interval (no interval on either side: nothing to say)."""
     op, found = meta.get("operating_point") or {}, []
+    source = card.chosen_on(meta)[0]  # validation, or out-of-fold: the photos that stated the figures
+    stated_by = "the folds" if source == "out-of-fold" else "validation"
     for key in ("sensitivity", "specificity"):
         stated = op.get(f"{key}_ci95")
         if stated and not stated[0] <= scores[key] <= stated[1]:
             found.append(
-                f"the {photos} {key} {scores[key]:.0%} lies outside the 95% interval validation stated for it "
+                f"the {photos} {key} {scores[key]:.0%} lies outside the 95% interval {stated_by} stated for it "
                 f"({numbers.percent_range(op[key], stated)}): it did not hold here"
             )
     fitted = meta.get("calibration") or {}
     stated, ece = fitted.get("val_ece_after_ci95"), cal["ece_after"]
     if stated and not stated[0] <= ece <= stated[1]:
         found.append(
-            f"the {photos} ECE {ece:.3f} lies outside the 95% interval validation stated for it "
+            f"the {photos} ECE {ece:.3f} lies outside the 95% interval {stated_by} stated for it "
             f"({stated[0]:.3f}-{stated[1]:.3f}): the calibration did not hold here"
         )
     low, high = cal.get("ece_after_ci95") or (float("nan"),) * 2
     val_ece = fitted.get("val_ece_after")
     if not stated and val_ece is not None and low == low and not low <= val_ece <= high:
         found.append(
-            f"the validation ECE {val_ece:.3f} lies outside the 95% interval of the {photos} ECE "
+            f"the {source} ECE {val_ece:.3f} lies outside the 95% interval of the {photos} ECE "
             f"({ece:.3f}, {low:.3f}-{high:.3f}): the calibration did not hold here"
         )
     return found

@@ -167,22 +167,22 @@ def negative_features(net, meta, others, device, batch_size=32):
     return np.concatenate([features_of_images(net, made, meta, device, batch_size), *found]), exposed_to
 
 
-def within_text(found):
+def within_text(found, photos="validation photos"):
     """'98% of the 59 validation photos lie within' the familiarity limit: the share counted when the limit was
     chosen (the limit is their 99% quantile; 58 of 59 photos is 98%), the one figure the card, training and
-    evaluate.py say."""
-    return f"{found['val_within']:.0%} of the {found['n_val']} validation photos lie within"
+    evaluate.py say (photos: what they were, 'out-of-fold photos' for a run with folds: card.chosen_on)."""
+    return f"{found['val_within']:.0%} of the {found['n_val']} {photos} lie within"
 
 
-def limit_text(found):
+def limit_text(found, photos="validation photos"):
     """The limit in words, as training prints it, and what the head learned from (or that there is none)."""
     views = "the Mahalanobis distance of its features to the nearest class mean"
     if found.get("exposed_to"):
         each = f"each 1 at {found['quantile']:.0%} of the training photos"
         views = f"the larger of {views} and an exposure head's score, {each}"
     text = (
-        f"a photo further than {found['limit']:.2f} from the training photos ({views}; {within_text(found)}) is "
-        "unfamiliar and gets no answer"
+        f"a photo further than {found['limit']:.2f} from the training photos ({views}; "
+        f"{within_text(found, photos)}) is unfamiliar and gets no answer"
     )
     return f"{text}; {exposure_text(found)}"
 

@@ -195,3 +195,6 @@ FAMILIARITY = record(dict(  # familiarity.summary: the limit of the distance, ho
     method=one_of("mahalanobis", "mahalanobis+exposure"), limit=number(0, 1e12), quantile=FRACTION,
     image_types=list_of(text()), val_within=FRACTION, n_val=COUNT),
     dict(exposed_to=table_of(COUNT)))  # fmt: skip
+FOLDS = record(dict(  # a run with folds (skinlesion/folds.py): what the card says of them
+    k=whole(2, 20), photos=COUNT, deployed=one_of("refit", "ensemble"),
+    epochs=list_of(whole(1, 10**6), most=20)), dict(refit_epochs=whole(1, 10**6)))  # fmt: skip

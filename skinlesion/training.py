@@ -1,45 +1,107 @@
 """The training data path and the steps of a training run (AItraining.py, bench.py): a split's photos decoded
 once into a uint8 cache on the training device, or streamed by DataLoader workers, and augmented on the device per
-batch; one epoch of training, one pass over the validation split (gathered from every process under torchrun), the
-learning-rate schedule, the training state a resume checkpoint keeps, and the run's TensorBoard log."""
+batch; one epoch of training (and whether it fits in memory), one pass over the validation split (gathered from
+every process under torchrun), the learning-rate schedule, and the run's TensorBoard log. (What a resume checkpoint
+keeps: resume.py.)"""
 
 import contextlib
-import json
 import math
 import os
+import re
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 from tqdm import tqdm
 
-from skinlesion import dataset, devices, folders, photos, shapes, shards
-from skinlesion.cli import die, in_range, printable
+from skinlesion import dataset, devices, folders, numbers, photos, shards
+from skinlesion.cli import die, printable, warn
 from skinlesion.photos import normalise_batch, photo_loader
 
-NUMBER = shapes.simple(in_range, "a finite number")
-RESUME_STATE = shapes.record(dict(  # what AItraining.py --resume reads besides the weights and meta
-    optimizer=shapes.record({}, others=True), schedule=shapes.record({}, others=True), stopped_early=shapes.BOOLEAN,
-    bad_epochs=shapes.whole(0, 10**6), best=shapes.list_of(NUMBER, 2), history=shapes.text(10**8)))  # fmt: skip
-EPOCH_LOG = shapes.list_of(
-    shapes.record(
-        dict.fromkeys(  # the history: each epoch's numbers (curves, TensorBoard)
-            ("epoch", "roc_auc", "val_loss", "train_loss", "train_accuracy", "lr", "seconds"), NUMBER
-        ),
-        others=True,
-    )
-)
-RESUME_KEYS = ["optimizer", "schedule", "best", "bad_epochs", "stopped_early", "history"]
+OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|DefaultCPUAllocator", re.I)  # the allocators' words
 
 
-def resume_fault(state):
-    """What is wrong with a resume checkpoint's training state (optimizer, schedule, best, history...), or None."""
-    fault = shapes.fault(RESUME_STATE, "training state", {k: state[k] for k in RESUME_KEYS})
-    try:
-        return fault or shapes.fault(EPOCH_LOG, "history", json.loads(state["history"]))
-    except RecursionError:
-        return "its history is JSON nested too deeply to read"
-    except ValueError:
-        return "its history is not JSON"
+def validation_photos(data_dir, classes, folds):
+    """(photo paths, class indices) of the validation split, which chooses the best epoch, the calibration, the
+    threshold and the familiarity limit; none where the dataset has no such split and the run cuts folds (folds
+    None: the count decides), and with one split (folds 1) it dies with the flags that help."""
+    if dataset.has_split(data_dir, "val"):
+        return dataset.split_photos(data_dir, "val", classes)
+    if folds == 1:
+        die(
+            f"{printable(data_dir)} has no validation split, which training with one split needs to choose the best "
+            "epoch, the calibration and the threshold on; re-run prepare_dataset.py with --val-fraction 0.15 (its "
+            "default), or pass --folds 5 (cross-validated folds of the training photos)"
+        )
+    return [], np.array([], dtype=int)
+
+
+def step_parts(run, progress, criterion, optimizer, steps, epochs=None, stage=""):
+    """What each step of a stage of a run uses (run: AItraining.py's args, net, device, rank, world, log): the loss,
+    the optimizer, its learning-rate schedule (lr_factor over args.epochs: a refit of fewer epochs follows the folds'
+    schedule), the network that trains (compiled, under DDP), the TensorBoard writer (rank 0; its steps count on
+    over the stages); a resumed run's optimiser and schedule state put back."""
+    import torch
+
+    args, total = run.args, run.args.epochs * steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, args.warmup, args.schedule))
+    if progress["epoch"]:
+        optimizer.load_state_dict(progress["optimizer"])
+        schedule.load_state_dict(progress["schedule"])
+        where = f"{stage} " if stage else ""
+        best = f" (best ROC-AUC so far {progress['best'][0]:.3f})" if progress["best"][0] >= 0 else ""
+        run.log(f"resuming from {printable(args.resume_from)} {where}after epoch {progress['epoch']} of "
+                f"{epochs or args.epochs}{best}")  # fmt: skip
+    net = torch.compile(run.net) if args.compile else run.net
+    if run.world > 1:
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    writer = None
+    if run.rank == 0:
+        first = progress["stage"] * args.epochs + progress["epoch"] + 1
+        writer = TensorBoardLog(args.log_dir, args.run, first)
+    return SimpleNamespace(net=net, criterion=criterion, optimizer=optimizer, schedule=schedule, writer=writer)
+
+
+def epoch_line(found, seconds, improved, stage=""):
+    """An epoch's line: losses, accuracy, ROC-AUC (no threshold), its time, and a star where it is the best so far;
+    prefixed by its stage (a fold, the refit: which has no validation)."""
+    said = f"{stage} epoch {found['epoch']:3d} | train loss {found['train_loss']:.4f} acc {found['train_accuracy']:.3f}"
+    if "val_loss" in found:
+        types = f" types {found['type_balanced_accuracy']:.3f}" if "type_balanced_accuracy" in found else ""
+        said += f" | val loss {found['val_loss']:.4f} log-loss {found['val_log_loss']:.4f} AUC {found['roc_auc']:.3f}"
+        said += types
+    return said.strip() + f" | {seconds:.0f}s" + (" *" if improved and "val_loss" in found else "")
+
+
+def report(output, card_path, final):
+    """Say how good the kept epoch (or what the folds deployed) is, and warn when it is at chance or its threshold
+    useless (final: the model file's meta)."""
+    from skinlesion import card
+
+    said, photos, where = card.chosen_on(final)
+    m, (low, high) = final["val_metrics"], final["val_auc_ci95"]
+    op, fitted = final["operating_point"], final["calibration"]
+    kept = card.fold_text(final["folds"]) if final.get("folds") else f"best epoch {final['epoch']}"
+    print(f"{kept}: {said} ROC-AUC {m['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) -> {printable(output)}")
+    if fitted and fitted["method"] == "none":
+        print("calibration: none (neither temperature nor Platt scaling lowered the cross-validated log-loss)")
+    elif fitted:
+        print(
+            f"calibration: {fitted['method']} scaling ({said} log-loss {fitted['val_log_loss_before']:.3f} -> "
+            f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"
+        )
+    print(f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op, photos)}")
+    print(f"model card: {printable(card_path)}")
+    if final["at_chance"]:
+        warn(
+            f"this model cannot be told from chance: the 95% interval of its {said} ROC-AUC ({low:.3f}-"
+            f"{high:.3f}) includes 0.5. Do not use its predictions. What helps: ImageNet weights (--weights-file, "
+            "see README), more photos (prepare_dataset.py --n-per-class), more --epochs"
+        )
+    caution = numbers.operating_point_warning(op)
+    if caution:
+        warn(f"{caution} on {where}; lower or raise --target-sensitivity, or get more photos")
 
 
 def lr_factor(step, total, warmup, schedule):
@@ -61,11 +123,18 @@ def train_one_epoch(net, epoch_batches, criterion, optimizer, scheduler, amp, de
     net.train()
     total_loss, correct, seen = 0.0, 0, 0
     for step, (x, y) in enumerate(tqdm(epoch_batches, desc=desc, total=steps, leave=False, disable=None)):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(x)
-            loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(x)
+                loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except RuntimeError as e:  # torch.OutOfMemoryError on a GPU, the CPU allocator's RuntimeError
+            if not OUT_OF_MEMORY.search(str(e)):
+                raise
+            said = str(e).strip().splitlines()[0][:160]
+            advice = memory_advice(x.shape[-1], len(x))
+            die(f"{x.device} ran out of memory training at {x.shape[-1]} px with batch {len(x)} ({said}); {advice}")
         optimizer.step()
         scheduler.step()
         value = loss.item()
@@ -103,6 +172,70 @@ def predict_split(net, val_batches, amp, world):
     return np.array(labels), np.array(logits), float(np.mean(losses))
 
 
+def memory_advice(size, batch, fits=None):
+    """Which flag to lower when a training step at size px with batch photos does not fit (fits: the batch that
+    would, where known)."""
+    if fits is None:
+        fits = batch // 4
+    if fits >= 1:
+        return f"lower --batch-size to {fits} (or --image-size)"
+    return "lower --image-size (or --batch-size)" if batch > 1 else "lower --image-size"
+
+
+def training_gigabytes(net, size, batch):
+    """The memory one training step of batch photos at size px needs, estimated, in GB: the tensors autograd keeps
+    for the backward pass, counted on two photos at 64 px through a copy of net (saved_tensors_hooks) and
+    scaled by the pixels and the batch, plus the weights, their gradients and the optimiser's two moments. None
+    where the copy cannot take that size (an architecture made for one size)."""
+    import copy
+
+    import torch
+
+    twin = copy.deepcopy(getattr(net, "module", net)).cpu().float().train()
+    weights = {id(p) for p in twin.parameters()}
+    probe, saved = 64, []  # two photos: BatchNorm in training needs more than one value per channel
+
+    def pack(tensor):
+        if id(tensor) not in weights:
+            saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    try:
+        with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            twin(torch.zeros(2, 3, probe, probe))
+    except (RuntimeError, ValueError):
+        return None
+    return (sum(saved) / 2 * batch * (size / probe) ** 2 + 16 * sum(p.numel() for p in twin.parameters())) / 1e9
+
+
+def free_gigabytes(device):
+    """The memory free for training on device in GB (a GPU's own; the CPU's MemAvailable), or None where unknown."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 1e9
+    if device.type != "cpu" or not os.path.isfile("/proc/meminfo"):
+        return None
+    with open("/proc/meminfo", encoding="ascii") as f:
+        found = re.search(r"^MemAvailable:\s+(\d+) kB", f.read(1 << 16), re.M)
+    return int(found[1]) * 1024 / 1e9 if found else None
+
+
+def check_memory(net, size, batch, device, processes=1):
+    """Before the photos are cached: die in one line when a training step of batch photos at size px would not
+    fit in the device's free memory (processes on one CPU share it), naming the flag to lower."""
+    need, free = training_gigabytes(net, size, batch), free_gigabytes(device)
+    if need is None or free is None:
+        return
+    need *= processes if device.type == "cpu" else 1
+    if need > free:
+        fits = int(batch * free / need)
+        die(
+            f"training at --image-size {size} with batch {batch} needs about {need:.1f} GB of memory, {device} has "
+            f"{free:.1f} GB free; {memory_advice(size, batch, fits)}"
+        )
+
+
 def cache_gigabytes(n_train, n_val, cfg):
     """The size of the uint8 cache of n_train training photos (kept at the evaluation's shorter side) and n_val
     validation photos (as the evaluation crops them), in GB: what CACHE_GB is compared with."""
@@ -111,12 +244,13 @@ def cache_gigabytes(n_train, n_val, cfg):
     return 3 * (n_train * short**2 + n_val * size**2) / 1e9
 
 
-def open_splits(args, train, val, cfg, device, rank, world):
+def open_splits(args, train, val, cfg, device, rank, world, pooled=False, blobs=None):
     """(the train split, the val split, where their photos are kept, in words) for a run (args: AItraining.py's
-    data_dir, cache_gb, num_workers): train, val are (photos, labels); the training photos kept at the
+    data_dir, cache_gb, num_workers, folds): train, val are (photos, labels); the training photos kept at the
     evaluation's shorter side (the device crops and augments them), the validation photos as the evaluation crops
     them; a uint8 cache on the device when both fit in cache_gb, else streamed by workers (from folders or
-    shards: shards.open_split)."""
+    shards: shards.open_split). pooled: train and val are the same photos (train plus validation, cut into folds:
+    folds.open_run), read from blobs where they are shards."""
     size = cfg["input_size"][-1]
     short = photos.short_side(size, cfg["crop_pct"])
     dataset.warn_small_photos(train[0], short)
@@ -125,11 +259,12 @@ def open_splits(args, train, val, cfg, device, rank, world):
     where = f"cached on the device ({gigabytes:.2f} GB)" if cached else f"streamed ({gigabytes:.2f} GB > CACHE_GB)"
     splits = []
     for name, (paths, labels), side, crop in (("train", train, short, 1.0), ("val", val, size, cfg["crop_pct"])):
-        shown, caching = photos.Photos(paths, side, crop, cfg["interpolation"]), f"caching {name}"
-        found = shards.open_split(
-            args.data_dir, name, shown, labels, cached, args.num_workers, device, caching, rank, world
-        )
-        splits.append(found)
+        shown, caching = photos.Photos(paths, side, crop, cfg["interpolation"], blobs), f"caching {name}"
+        if pooled:
+            splits.append(Split(shown, labels, cached, args.num_workers, device, caching))
+        else:
+            splits.append(shards.open_split(args.data_dir, name, shown, labels, cached, args.num_workers, device,
+                                            caching, rank, world))  # fmt: skip
     return *splits, where
 
 
@@ -191,9 +326,11 @@ class Split:
             return self.batches([order[i * batch_size : (i + 1) * batch_size] for i in range(steps)])
         return self.batches([order])
 
-    def own_batches(self, rank, world, batch_size):
-        """(indices, uint8 crops, labels) of this process's share of the photos, in order (validation)."""
-        share = list(range(rank, len(self.paths), world))
+    def own_batches(self, rank, world, batch_size, indices=None):
+        """(indices, uint8 crops, labels) of this process's share of the photos (or of those at indices), in order
+        (validation)."""
+        indices = range(len(self.paths)) if indices is None else list(indices)
+        share = list(indices[rank::world])
         return self.batches([share[i : i + batch_size] for i in range(0, len(share), batch_size)])
 
 

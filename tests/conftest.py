@@ -276,6 +276,8 @@ def train_demo(data_dir, folder):
         8,
         "--num-workers",
         0,
+        "--folds",
+        1,
         cwd=folder,
         threads=2,
     )
@@ -308,7 +310,7 @@ def trained_lite0(demo_dataset, tmp_path_factory):
         weights = measure_transfer.standin_weights_file(str(folder))
         args = ["--data-dir", demo_dataset, "--model-name", measure_transfer.ARCHITECTURE]
         args += ["--weights-file", weights, "--recipe", "finetune", "--image-size", 64, "--batch-size", 16]
-        r = run("AItraining.py", *args, "--epochs", 3, "--num-workers", 0, cwd=folder, threads=2)
+        r = run("AItraining.py", *args, "--epochs", 3, "--num-workers", 0, "--folds", 1, cwd=folder, threads=2)
         assert r.returncode == 0, r.stdout + r.stderr
         return str(folder / "skin_model.pth"), r.stdout + r.stderr, weights
 
@@ -600,7 +602,7 @@ def familiar_model(tmp_path_factory):
         r = run(
             "AItraining.py",
             *("--data-dir", data, "--no-pretrained", "--image-size", 32, "--batch-size", 16, "--epochs", 3),
-            *("--num-workers", 0),
+            *("--num-workers", 0, "--folds", 1),
             cwd=root,
             threads=2,
         )

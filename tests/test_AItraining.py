@@ -13,11 +13,16 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import AItraining
+import export_onnx
 import model
+import predict
+import serve_web
 from conftest import (
     ENV,
     ROOT,
@@ -29,14 +34,16 @@ from conftest import (
     lesion_photo,
     main_fails,
     make_split_tree,
+    noise_image,
     recorded,
+    refuses,
     run,
     save_model,
     start,
 )
-from skinlesion import files, folders, ledger, numbers, training
+from skinlesion import checkpoints, dataset, familiarity, files, folders, folds, interrupts, ledger, numbers, training
 
-FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0]
+FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0, "--folds", 1]  # one split
 
 
 def runs(log_dir):
@@ -281,21 +288,27 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
         capsys,
         "is --output too; pass another path (resume from the skin_model_last.pth a run writes)",
     )
-    shutil.copyfile("skin_model.pth", "best copy.pth")  # a user's copy: resume would replace it, so not without
+    shutil.copyfile("skin_model.pth", "best copy.pth")  # a copy of the model, not of the resume checkpoint
     main_fails(
         AItraining.main,
         ["--data-dir", tiny, "--resume", "--resume-file", "best copy.pth"],
         capsys,
-        "--resume-file best copy.pth exists with no record that this project wrote it",
-    )
-    main_fails(
-        AItraining.main,
-        ["--data-dir", tiny, "--resume", "--resume-file", "best copy.pth", "--overwrite"],
-        capsys,
         "--resume: best copy.pth has no optimiser state (optimizer, schedule, best, bad_epochs, stopped_early, "
-        "history); resume from the skin_model_last.pth a run writes",
+        "history, finished, stage, best_state_dict, best_logits, done); resume from the skin_model_last.pth a run "
+        "writes",
     )
     os.remove("best copy.pth")
+    other = shutil.copytree(tiny, tmp_path / "other data")  # the same photos, another manifest: another dataset
+    with open(other / "manifest.csv", "a") as f:
+        f.write("ISIC_0000001,train,benign\n")
+    main_fails(
+        AItraining.main,
+        ["--data-dir", other, "--resume"],
+        capsys,
+        f"--resume: the run in skin_model_last.pth trained on another dataset (its manifest.csv: SHA-256 "
+        f"{files.file_sha256(os.path.join(tiny, 'manifest.csv'))[:12]}; {other}'s: SHA-256 "
+        f"{files.file_sha256(other / 'manifest.csv')[:12]}); pass the --data-dir it trained on, or start a new run",
+    )
     three = make_split_tree(tmp_path / "three classes", n=4, splits=("train", "val"), size=32)
     shutil.copytree(os.path.join(three, "train", "benign"), os.path.join(three, "train", "nevus"))
     shutil.copytree(os.path.join(three, "val", "benign"), os.path.join(three, "val", "nevus"))
@@ -315,22 +328,48 @@ def test_resume_says_what_to_do_when_there_is_nothing_to_do(tiny, tmp_path, monk
         capsys,
         "--resume: the run in skin_model_last.pth trained classes ['benign', 'malignant'], ",
     )
-    AItraining.main(list(map(str, ["--data-dir", tiny, "--resume", "--epochs", 2, "--num-workers", 0])))  # extend
+    moved = shutil.copytree(tiny, tmp_path / "moved data")  # the same dataset elsewhere: its manifest byte-identical
+    AItraining.main(list(map(str, ["--data-dir", moved, "--resume", "--epochs", 2, "--num-workers", 0])))  # extend
     out = capsys.readouterr().out
     assert "after epoch 1 of 2" in out and epoch_lines(out)[0].startswith("epoch   2")
     assert len(runs("runs")) == 1
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
+def test_resume_reads_a_copied_checkpoint_without_overwrite_and_leaves_it_as_it_is(tiny, tmp_path, monkeypatch, capsys):
+    """A resume checkpoint copied from another machine is an input: read without --overwrite, left byte-identical
+    (no record proves this project wrote it there); the run continues in copy.resumed.pth, which is ours, and a
+    Ctrl-C names that one."""
+    monkeypatch.chdir(tmp_path)
+    AItraining.main(list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1])))
+    os.rename("skin_model_last.pth", "copy.pth")  # no longer the file the record names
+    before = fingerprint(tmp_path)["copy.pth"]
+    capsys.readouterr()
+    AItraining.main(list(map(str, ["--data-dir", tiny, "--resume", "--resume-file", "copy.pth", "--epochs", 2])))
+    out = capsys.readouterr().out
+    assert "resuming from copy.pth, left as it is (no record that this project wrote it there): this run's " in out
+    assert "checkpoints go to copy.resumed.pth" in out and "after epoch 1 of 2" in out
+    assert fingerprint(tmp_path)["copy.pth"] == before
+    assert ledger.why_not_ours("copy.resumed.pth", "resume checkpoint") is None
+    assert model.read_checkpoint("copy.resumed.pth")["meta"]["epoch"] == 2
+    args = AItraining.parse_args(["--resume", "--resume-file", "copy.pth"])
+    assert AItraining.ctrl_c_message(args, True).endswith("--resume-file copy.resumed.pth --output skin_model.pth")
+    again = AItraining.parse_args(["--resume", "--resume-file", "copy.resumed.pth"])  # ours: it continues there
+    assert again.resume_file == again.resume_from == "copy.resumed.pth"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_keeps_the_previous_model_and_resume_continues(tmp_path):
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
+    save_model(tmp_path / "skin_model.pth", size=32)  # the previous run's model, which this run may replace
+    before = fingerprint(tmp_path)["skin_model.pth"]
     last, curves = tmp_path / "skin_model_last.pth", tmp_path / "training_curves.png"
     argv = [*FAST, "--data-dir", data, "--epochs", 30]
     p = start("AItraining.py", argv, lambda _: curves.exists(), cwd=tmp_path, timeout=300)  # epoch 1 all written
     p.send_signal(signal.SIGKILL)  # past it: in epoch 2, or writing it
     code, _, _ = finish(p)
     assert code == -signal.SIGKILL
-    model.load_checkpoint(str(tmp_path / "skin_model.pth"))  # still loadable
+    assert fingerprint(tmp_path)["skin_model.pth"] == before  # the model file is written once, when the run ends
     finished = model.read_checkpoint(str(last))["meta"]["epoch"]
     assert 1 <= finished < 30
     r = run("AItraining.py", "--data-dir", data, "--resume", cwd=tmp_path)
@@ -339,9 +378,123 @@ def test_sigkill_mid_epoch_keeps_the_best_model_and_resume_continues(tmp_path):
         f"epoch {finished + 1:3d}"
     )
     assert not glob.glob(str(tmp_path / "*.tmp*"))  # the killed run's temporary file was cleaned
+    assert model.load_checkpoint(str(tmp_path / "skin_model.pth"))[1]["epoch"] >= 1  # this run's, finished
 
 
 # ---------------------------------------------------------------------------- failing safe
+HOOKED = """import sys, threading
+sys.path.insert(0, {root!r})
+sys.argv[0] = "AItraining.py"
+import AItraining
+from skinlesion import familiarity, interrupts
+
+
+def hang(*args, **kwargs):  # the run's end has begun: the epochs are done, the model file not yet written
+    print("fitting the familiarity measure", flush=True)
+    threading.Event().wait()
+
+
+familiarity.fit_on_photos = hang
+interrupts.run_script(AItraining.main)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_it_finishes_leaves_the_previous_model_and_resume_finishes_it(tiny, tmp_path):
+    """SIGKILL while the familiarity measure is fitted (the child says it is there: a hook, no sleep): the model
+    file was never written half-made (the previous one byte-identical, no card), the resume checkpoint is no model
+    (predict.py refuses it), and --resume finishes the run without training again: a model with its measure and
+    its card, after which --resume says the run finished."""
+    save_model(tmp_path / "skin_model.pth", size=32)  # the previous run's model, which this run may replace
+    before = fingerprint(tmp_path)
+    hooked = tmp_path / "hooked.py"
+    hooked.write_text(HOOKED.format(root=ROOT))
+    started = lambda p: any("fitting the familiarity measure" in line for line in p.out)  # noqa: E731
+    p = start(str(hooked), [*FAST, "--data-dir", tiny, "--epochs", 2], started, cwd=tmp_path, timeout=300)
+    p.send_signal(signal.SIGKILL)
+    code, out, _ = finish(p)
+    assert code == -signal.SIGKILL and "epoch   2" in out
+    after = fingerprint(tmp_path)
+    assert after["skin_model.pth"] == before["skin_model.pth"] and "skin_model.md" not in after
+    r = run("predict.py", os.path.join(tiny, "val", "benign", os.listdir(os.path.join(tiny, "val", "benign"))[0]),
+            "--model", "skin_model_last.pth", cwd=tmp_path)  # fmt: skip
+    assert_one_error(r.returncode, r.stderr, "skin_model_last.pth is refused: it has no familiarity measure")
+    assert "Prediction" not in r.stdout and "finish the run with 'python AItraining.py --resume'" in r.stderr
+    r = run("AItraining.py", "--data-dir", tiny, "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "its epochs are done; finishing it" in r.stdout and not epoch_lines(r.stdout)
+    net, meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))
+    assert meta["format"] == checkpoints.FORMAT and meta["familiarity"]["limit"] > 0 and meta["epoch"] in (1, 2)
+    with open(tmp_path / "skin_model.md", encoding="utf-8") as f:
+        assert files.file_sha256(str(tmp_path / "skin_model.pth")) in f.read()  # the card of this very file
+    r = run("AItraining.py", "--data-dir", tiny, "--resume", cwd=tmp_path)
+    assert_one_error(r.returncode, r.stderr, "--resume: the run in skin_model_last.pth already finished (2 of 2")
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_while_the_run_finishes_says_the_model_is_as_it_was(tiny, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the familiarity fit: no model file (there was none), and what the Ctrl-C says is true."""
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(familiarity, "fit_on_photos", interrupted)
+    interrupts.SAYS.clear()
+    with pytest.raises(KeyboardInterrupt):
+        AItraining.main(list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1])))
+    assert not os.path.exists("skin_model.pth") and not os.path.exists("skin_model.md")
+    assert interrupts.SAYS[-1].startswith("interrupted; skin_model.pth is as it was (a run writes it when it ends)")
+    assert model.read_checkpoint("skin_model_last.pth")["finished"] is False
+
+
+def test_a_model_file_of_this_format_without_its_familiarity_measure_is_refused(tmp_path, capsys):
+    """A file of FORMAT 2 always holds its measure once its run finished: one without it is refused by every
+    script, never labelled; a file from before the format (no format key) keeps today's behaviour: it is labelled,
+    with a note that it cannot flag an unfamiliar photo."""
+    photo = lesion_photo(tmp_path / "photo.jpg", (64, 64))
+    unfinished = save_model(tmp_path / "unfinished.pth", format=checkpoints.FORMAT)
+    said = f"{unfinished} is refused: it has no familiarity measure, which every finished model file of its format"
+    refuses([photo, "--model", unfinished], capsys, said)
+    main_fails(export_onnx.main, ["--model", unfinished, "--output", tmp_path / "x.onnx"], capsys, said)
+    older = save_model(tmp_path / "older.pth")  # as earlier versions wrote them: no format
+    predict.main([photo, "--model", older])
+    out, err = capsys.readouterr()
+    assert "Prediction" in out and "this model file has no familiarity measure (an earlier version)" in err
+    assert checkpoints.unfinished_fault({"format": 1}) is None and checkpoints.unfinished_fault(
+        {"format": 2, "familiarity": {}}
+    )
+
+
+def test_a_dataset_without_a_validation_split_says_how_to_make_one(tiny, tmp_path, monkeypatch, capsys):
+    data = shutil.copytree(tiny, tmp_path / "data")
+    shutil.rmtree(data / "val")
+    monkeypatch.chdir(tmp_path)
+    said = "has no validation split, which training with one split needs to choose the best epoch, the calibration "
+    main_fails(AItraining.main, [*FAST, "--data-dir", data], capsys, said + "and the threshold on; re-run "
+               "prepare_dataset.py with --val-fraction 0.15 (its default), or pass --folds 5 (cross-validated folds "
+               "of the training photos)")  # fmt: skip
+    assert os.listdir(tmp_path) == ["data"]
+
+
+def test_a_training_step_that_cannot_fit_in_memory_is_one_line_before_the_photos_are_read(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """--image-size 2048 with the default batch died with the allocator's traceback: now the memory is estimated
+    first, and the line names the flag to lower and a batch that fits."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(training, "free_gigabytes", lambda device: 4.0)
+    net = model.build_model(False, None, 2)[0]
+    need = training.training_gigabytes(net, 2048, 24)  # the 24 training photos make the batch
+    assert need > 4.0
+    fits = int(24 * 4.0 / need)
+    said = f"training at --image-size 2048 with batch 24 needs about {need:.1f} GB of memory, cpu has 4.0 GB free; "
+    flags = [*FAST, "--data-dir", tiny, "--image-size", 2048, "--batch-size", 32]
+    main_fails(AItraining.main, flags, capsys, said + (f"lower --batch-size to {fits}" if fits else "lower --image"))
+    assert os.listdir(tmp_path) == []
+    training.check_memory(net, 64, 24, torch.device("cpu"))  # the nearest that fits: nothing said
+
+
 @pytest.mark.slow
 def test_training_that_diverges_stops_at_once_and_keeps_the_previous_model(tiny, tmp_path):
     good = save_model(tmp_path / "skin_model.pth", size=32)
@@ -462,7 +615,7 @@ def test_ctrl_c_says_the_output_is_as_it_was_before_the_first_epoch_and_how_to_c
     assert before == "interrupted before the first epoch finished; mine.pth is as it was"
     command = "python AItraining.py --resume --resume-file skin_model_last.pth --output mine.pth --data-dir d"
     after = AItraining.ctrl_c_message(args, resumable=True)
-    assert after == f"interrupted; mine.pth holds the best finished epoch, continue with: {command}"
+    assert after == f"interrupted; mine.pth is as it was (a run writes it when it ends), continue with: {command}"
     default_data = AItraining.parse_args(["--output", "mine.pth"])  # the default data folder is not repeated
     assert AItraining.ctrl_c_message(default_data, True).endswith("--output mine.pth")
 
@@ -470,8 +623,8 @@ def test_ctrl_c_says_the_output_is_as_it_was_before_the_first_epoch_and_how_to_c
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_continue_this_run_and_following_it_does(tmp_path):
     """`--output mine.pth` said 'skin_model.pth holds the best finished epoch, continue with --resume', and
-    following it continued into another run's skin_model.pth. Now it names mine.pth and the command, which
-    continues this run and leaves the other model byte-identical."""
+    following it continued into another run's skin_model.pth. Now it names mine.pth (as it was: a run writes it
+    when it ends) and the command, which continues this run and leaves the other model byte-identical."""
     data = make_split_tree(tmp_path / "data", n=48, splits=("train", "val"), size=32)
     save_model(tmp_path / "skin_model.pth", size=32)  # another run's model
     before = fingerprint(tmp_path)["skin_model.pth"]
@@ -481,11 +634,10 @@ def test_ctrl_c_says_how_to_continue_this_run_and_following_it_does(tmp_path):
     code, out, err = finish(p)
     assert code == 130 and "Traceback" not in err, err
     assert not glob.glob(str(tmp_path / "*.tmp*"))  # no half-written checkpoint
-    model.load_checkpoint(str(tmp_path / "mine.pth"))
+    assert not os.path.exists(tmp_path / "mine.pth")  # written once, when the run ends: "as it was" (none)
     command = f"python AItraining.py --resume --resume-file skin_model_last.pth --output mine.pth --data-dir {data}"
-    assert (
-        err.strip().splitlines()[-1] == f"interrupted; mine.pth holds the best finished epoch, continue with: {command}"
-    )
+    said = f"interrupted; mine.pth is as it was (a run writes it when it ends), continue with: {command}"
+    assert err.strip().splitlines()[-1] == said
     done = model.read_checkpoint(str(tmp_path / "skin_model_last.pth"))["meta"]["epoch"]
     r = run("AItraining.py", *shlex.split(command)[2:], "--epochs", done + 1, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -510,22 +662,166 @@ def test_a_full_disk_under_log_dir_is_one_line_naming_the_folder_and_the_flag(ti
 
 @pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tiny, tmp_path):
-    """torch.save raises RuntimeError on a full disk: it was a 31-line traceback. The previous model stays."""
+    """torch.save raises RuntimeError on a full disk: it was a 31-line traceback. The previous model stays (a run
+    writes it once, when it ends; its resume checkpoint first, after each epoch)."""
     save_model(tmp_path / "mine.pth", size=32)
     before = fingerprint(tmp_path)
     r = run(
         "AItraining.py", *FAST, "--data-dir", tiny, "--epochs", 1, "--output", "mine.pth", "--log-dir", "logs",
         cwd=tmp_path, file_size_limit=1_000_000,
     )  # fmt: skip
-    assert_one_error(r.returncode, r.stderr, "could not write mine.pth (torch.save: [enforce fail at inline_container")
+    said = "could not write skin_model_last.pth (torch.save: [enforce fail at inline_container"  # the first write
+    assert_one_error(r.returncode, r.stderr, said)
     assert "; free some disk space or pass another path" in r.stderr
     after = fingerprint(tmp_path)
     assert after["mine.pth"] == before["mine.pth"] and not glob.glob(str(tmp_path / "*.tmp*"))
 
 
-# ---------------------------------------------------------------------------- several processes
+# ---------------------------------------------------------------------------- folds
+FOLDED = [*FAST[:-2], "--folds", 3, "--epochs", 2, "--deploy", "refit"]  # 3 folds of tiny's 48 photos, the refit
+
+
+@pytest.fixture(scope="module")
+def folded(tiny, tmp_path_factory):
+    """(folder, AItraining.py's stdout, the model file's meta): three folds of train plus validation, then the refit."""
+    folder = tmp_path_factory.mktemp("folded")
+    r = run("AItraining.py", *FOLDED, "--data-dir", tiny, cwd=folder)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return folder, r.stdout, model.load_checkpoint(str(folder / "skin_model.pth"))[1]
+
+
+def fold_lines(stdout):
+    """The epoch lines of the folds and the refit, without their wall time."""
+    return [re.sub(r"\| \d+s", "", line) for line in stdout.splitlines() if line.startswith(("fold ", "refit epoch"))]
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_on_cpu(tmp_path):
+def test_folds_train_each_fold_then_the_refit_and_choose_on_every_photo(folded, tiny):
+    """Each fold trains on the others and picks its best epoch on its own photos; the refit trains on all 48 for the
+    median of those epochs; the threshold, calibration and familiarity limit come from the out-of-fold predictions
+    of every one of the 48 photos (their ROC-AUC computed here from the folds kept in the resume checkpoint, with
+    scikit-learn), and the card says so, with n."""
+    from sklearn.metrics import roc_auc_score
+
+    folder, out, meta = folded
+    said = [line.split(" |")[0] for line in fold_lines(out)]
+    refit = int(np.median(meta["folds"]["epochs"]))
+    expected = [f"fold {k}/3 epoch {e:3d}" for k in (1, 2, 3) for e in (1, 2)]
+    assert said == expected + [f"refit epoch {e:3d}" for e in range(1, refit + 1)]
+    assert meta["folds"] == dict(k=3, photos=48, deployed="refit", epochs=meta["folds"]["epochs"], refit_epochs=refit)
+    assert meta["epoch"] == refit and "members" not in meta
+    op, m = meta["operating_point"], meta["val_metrics"]
+    assert op["n_benign"] + op["n_malignant"] == 48 == m["tp"] + m["fp"] + m["tn"] + m["fn"]
+    assert meta["familiarity"]["n_val"] == 48
+    last = model.read_checkpoint(str(folder / "skin_model_last.pth"))
+    train, val = (dataset.split_photos(tiny, split, model.CLASSES) for split in ("train", "val"))
+    pool = np.concatenate([train[1], val[1]])
+    stages = folds.plan(3, "refit", pool, folds.groups_of(train[0] + val[0], dataset.read_manifest(tiny)), 42)
+    oof = np.zeros(48)
+    for entry, stage in zip(last["done"], stages):
+        logits = entry["logits"].numpy()
+        oof[stage.held] = logits[:, 1] - logits[:, 0]
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(pool, oof))
+    with open(folder / "skin_model.md", encoding="utf-8") as f:
+        card = f.read()
+    assert (
+        f"**Out of fold** (3 folds of the 48 train and validation photos; deployed: one network refit on all 48 "
+        f"photos for the {refit} epochs the folds chose; each photo predicted by the fold network that did not "
+        "train on it, n = 48: the calibration, the threshold and the familiarity limit were chosen on these)"
+    ) in card
+    assert "of the malignant out-of-fold photos" in card and "of the 48 out-of-fold photos lie within" in card
+    assert "3 folds of the 48 train and validation photos; deployed: one network refit" in out
+    assert len(runs(folder / "runs")) == 1
+
+
+@pytest.mark.slow
+def test_a_run_with_folds_stopped_in_fold_2_resumes_there_and_ends_as_the_uninterrupted_run(folded, tiny, tmp_path):
+    """Ctrl-C once fold 2 has finished an epoch (the child says so): --resume continues in fold 2 (or, where the
+    Ctrl-C came before that epoch's checkpoint, with fold 2 anew) and replays the rest exactly as the uninterrupted
+    run did, to the same threshold, calibration and familiarity limit."""
+    started = lambda p: any(line.startswith("fold 2/3 epoch   1") for line in p.out)  # noqa: E731
+    p = start("AItraining.py", [*FOLDED, "--data-dir", tiny], started, cwd=tmp_path, timeout=300)
+    os.killpg(p.pid, signal.SIGINT)
+    code, _, err = finish(p)
+    assert code == 130 and "skin_model.pth is as it was" in err and not os.path.exists(tmp_path / "skin_model.pth")
+    r = run("AItraining.py", "--data-dir", tiny, "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    expected, resumed = fold_lines(folded[1]), fold_lines(r.stdout)  # the Ctrl-C came after the line, before or
+    assert 0 < len(resumed) <= len(expected) - 2 and resumed == expected[-len(resumed) :]  # after its checkpoint
+    assert resumed[0].startswith(("fold 2/3", "fold 3/3 epoch   1")), resumed[0]
+    within = re.search(r"resuming from skin_model_last.pth (fold \d/3) after epoch \d of 2", r.stdout)
+    assert within is None or within[1] == "fold 2/3"
+    meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))[1]
+    for key in ("threshold", "calibration", "folds", "operating_point"):
+        assert meta[key] == folded[2][key], key
+    assert meta["familiarity"]["limit"] == pytest.approx(folded[2]["familiarity"]["limit"])
+
+
+@pytest.mark.slow
+def test_the_folds_networks_averaged_are_one_model_file_one_onnx_graph_and_their_maps_averaged(tiny, tmp_path):
+    """--deploy ensemble on a dataset with photos of another kind (other_types/): the model file holds the two fold
+    networks and their familiarity measures combined (Mahalanobis view and exposure head, each member's fitted on
+    the photos it trained on), with the limit at 99% of the members' out-of-fold stand-ins, both recomputed here from
+    the resume checkpoint; the ONNX export is one graph with the same outputs (its self-check and parity check on
+    every output, the familiarity distance included) that gives the same P; --explain draws the averaged map; the
+    same folds deployed refit afterwards (--resume --deploy refit) need no fold trained again, and its measure has
+    the head too."""
+    data = shutil.copytree(tiny, tmp_path / "data")
+    for i in range(8):  # photos of another kind, as prepare_dataset.py keeps them
+        noise_image(os.path.join(data, "other_types", f"dermoscopic.ISIC_{9000000 + i}.jpg"), 100 + i, (40, 40))
+    r = run("AItraining.py", *FAST[:-2], "--folds", 2, "--epochs", 1, "--deploy", "ensemble", "--data-dir", data,
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    net, meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))
+    assert meta["members"] == 2 and len(net.members) == 2 and meta["folds"]["deployed"] == "ensemble"
+    assert meta["network"]["features"] == 2 * 1280 and meta["familiarity"]["n_val"] == 48
+    assert "the 2 fold networks averaged" in (tmp_path / "skin_model.md").read_text(encoding="utf-8")
+    found = meta["familiarity"]
+    assert found["method"] == "mahalanobis+exposure" and found["exposed_to"]["dermoscopic photos"] == 8
+    done = model.read_checkpoint(str(tmp_path / "skin_model_last.pth"))["done"]
+    members = [{key: value.double().numpy() for key, value in entry["member"].items()} for entry in done]
+    widths = [info["num_chs"] for info in net.members[0].feature_info] + [net.members[0].num_features]
+    arrays = folds.ensemble_measure(members, widths)[0]
+    for key in familiarity.ARRAYS:  # the stored measure is the members' combined (float32 in the file)
+        assert found[key] == pytest.approx(arrays[key], rel=1e-5, abs=1e-6), key
+    harmonic = 2 / sum(1 / m["floor"] for m in members)
+    stand_ins = [np.maximum(e["member_distances"].numpy() * np.sqrt(harmonic / m["floor"]), e["member_head"].numpy())
+                 for e, m in zip(done, members)]  # fmt: skip
+    assert found["limit"] == pytest.approx(np.quantile(np.concatenate(stand_ins), 0.99))
+    # one epoch from random weights at 32 px: features of a spread near 1e-6, which the head's standardisation
+    # magnifies (float32's differences between PyTorch and onnxruntime reach 1e-3 of the distance)
+    r = run("export_onnx.py", "--check-images", os.path.join(data, "val"), "--tolerance", 1e-2, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    photo = os.path.join(data, "val", "malignant", sorted(os.listdir(os.path.join(data, "val", "malignant")))[0])
+    answers = []
+    for flags in (["--model", "skin_model.pth", "--explain"], ["--model", "skin_model.onnx"]):
+        r = run("predict.py", photo, *flags, "--show-unfamiliar", cwd=tmp_path)
+        assert r.returncode in (0, 3), r.stdout + r.stderr  # 3: unfamiliar
+        answers.append(re.search(r"P\(malignant\) = ([\d.]+)", r.stdout + r.stderr))
+        assert "of the malignant out-of-fold photos" in r.stdout  # what the operating point was chosen on
+    assert answers[0] and answers[1] and answers[0][1] == answers[1][1]
+    page = serve_web.read_model(str(tmp_path / "skin_model.onnx"))["operating_point_text"]
+    assert "of the malignant out-of-fold photos" in page  # the page's line: predict.py's
+    assert glob.glob(str(tmp_path / "gradcam" / "*.png"))
+    r = run("AItraining.py", "--data-dir", data, "--resume", "--deploy", "refit", "--output", "refit.pth",
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [line for line in fold_lines(r.stdout) if line.startswith("fold")] == []  # the folds were not trained
+    refit = model.load_checkpoint(str(tmp_path / "refit.pth"))[1]
+    assert refit["folds"]["deployed"] == "refit" and refit["familiarity"]["method"] == "mahalanobis+exposure"
+    pooled = folds.out_of_fold(done, folds.plan(2, "refit", *pool_of(data), 42), "distances", 48)
+    assert refit["familiarity"]["limit"] == pytest.approx(np.quantile(pooled, 0.99))
+
+
+def pool_of(data):
+    """(labels, lesion/patient groups) of train plus validation, in the order a run with folds pools them."""
+    train, val = (dataset.split_photos(data, split, model.CLASSES) for split in ("train", "val"))
+    return np.concatenate([train[1], val[1]]), folds.groups_of(train[0] + val[0], dataset.read_manifest(data))
+
+
+# ---------------------------------------------------------------------------- several processes
+def torchrun(tmp_path, *flags):
+    """AItraining.py under torchrun, two processes on the CPU, on 31 photos (uneven shards)."""
     data = make_split_tree(tmp_path / "data", n=8, splits=("train", "val"), size=32)
     os.remove(sorted(glob.glob(str(tmp_path / "data" / "val" / "benign" / "*")))[0])  # 15 val photos: uneven shards
     with socket.socket() as s:  # a free port for the rendezvous
@@ -539,11 +835,9 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
             "--nproc_per_node=2",
             f"--master_port={port}",
             os.path.join(ROOT, "AItraining.py"),
-            *map(str, FAST),
+            *map(str, flags),
             "--data-dir",
             data,
-            "--epochs",
-            "2",
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -554,6 +848,22 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     weights = dict(re.findall(r"rank (\d)/2: final weights (\w+)", r.stdout))
     assert set(weights) == {"0", "1"} and weights["0"] == weights["1"]  # DDP kept the replicas equal
+    return r
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    r = torchrun(tmp_path, *FAST, "--epochs", 2)
     assert len(epoch_lines(r.stdout)) == 2  # only rank 0 reports
     m = model.load_checkpoint(str(tmp_path / "skin_model.pth"))[1]["val_metrics"]
     assert m["tn"] + m["fp"] + m["fn"] + m["tp"] == 15  # validation gathered from both ranks, each photo once
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_the_folds_and_the_refit(tmp_path):
+    r = torchrun(tmp_path, *FAST[:-2], "--folds", 2, "--epochs", 1, "--deploy", "refit")
+    assert [line.split(" |")[0] for line in fold_lines(r.stdout)] == ["fold 1/2 epoch   1", "fold 2/2 epoch   1",
+                                                                      "refit epoch   1"]  # fmt: skip
+    meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))[1]
+    m = meta["val_metrics"]
+    assert m["tn"] + m["fp"] + m["fn"] + m["tp"] == 31 == meta["folds"]["photos"]  # every photo out of fold, once

@@ -535,6 +535,25 @@ def test_every_test_figure_outside_what_validation_stated_is_warned_about(sensit
     assert evaluation.figures_outside(dict(sensitivity=0.9, specificity=0.6), no_interval, meta) == []
 
 
+def test_a_model_with_folds_is_said_to_have_stated_its_figures_out_of_fold():
+    """A model whose figures come from its folds: the warnings name the folds and the out-of-fold ECE, never
+    validation, which it had none of; the operating report names the out-of-fold predictions."""
+    op = dict(target_sensitivity=0.9, threshold=0.4, sensitivity=0.91, sensitivity_ci95=[0.86, 0.95])
+    op.update(specificity=0.34, specificity_ci95=[0.27, 0.41])
+    meta = dict(operating_point=op, calibration=dict(method="platt", val_ece_after=0.05))
+    meta["folds"] = dict(k=5, photos=340, deployed="ensemble", epochs=[7, 8, 6, 9, 7])
+    cal = dict(ece_after=0.3, ece_after_ci95=[0.2, 0.4])
+    found = evaluation.figures_outside(dict(sensitivity=0.97, specificity=0.43), cal, meta)
+    assert found[0].startswith("the test sensitivity 97% lies outside the 95% interval the folds stated for it (")
+    assert found[1].startswith("the test specificity 43% lies outside the 95% interval the folds stated for it (")
+    assert found[2].startswith("the out-of-fold ECE 0.050 lies outside the 95% interval of the test ECE (0.300")
+    assert len(found) == 3 and not any("validation" in text for text in found)
+    y, p = np.repeat([0, 1], 10), np.linspace(0.0, 0.39, 20)  # every photo below the threshold: sensitivity 0
+    scores = dict(sensitivity=0.0, specificity=1.0)
+    report = evaluation.operating_report(y, p, meta, scores, dict(sensitivity=(0.0, 0.2), specificity=(0.8, 1.0)))
+    assert report["warning"].endswith("the operating point chosen on the out-of-fold predictions did not hold here")
+
+
 def external_rows():
     """An export from another clinic: 9 benign and 3 malignant photos (its own prevalence, not balanced), 4 of them
     dermoscopic, plus one row without a definite side and one without a photo."""

@@ -388,7 +388,7 @@ def full_meta():
     """Metadata holding every key of model.KEYS, each as its writer gives it (what an ONNX export holds). Class
     names with a comma, an accent and a space are fine."""
     return dict(
-        written_by="skin-lesion classifier", model_name="efficientnet_b0", classes=["nevus", "melanoma"],
+        written_by="skin-lesion classifier", format=2, model_name="efficientnet_b0", classes=["nevus", "melanoma"],
         malignant_classes=["melanoma"], class_names=["Nevus, NOS", "Mélanome invasif"], image_size=64,
         mean=[0.5] * 3, std=[0.25] * 3, interpolation="bicubic", crop_pct=0.875, threshold=0.4,
         calibration=dict(CALIBRATION, cv_log_loss={"temperature": 0.5, "platt": None}),
@@ -407,6 +407,7 @@ def full_meta():
                        roc_auc_full=0.9, roc_auc_int8=0.899, max_auc_drop=0.005, within_tolerance=True,
                        from_sha256="ef" * 32, photos_from="val", familiar_to_unfamiliar=1, unfamiliar_to_familiar=0,
                        familiarity_flips_outside_band=0, familiarity_band=0.05, max_distance_change=0.04),
+        folds=dict(k=5, photos=340, deployed="ensemble", epochs=[7, 8, 6, 9, 7]), members=5,
     )  # fmt: skip
 
 
@@ -416,6 +417,7 @@ def without(table, key):
 
 BAD_VALUES = {  # key: values of the wrong shape, each refused at load (the nearest good ones are in full_meta)
     "written_by": ["", 5, "ours\n"],
+    "format": [0, 2.0, "2", None],
     "model_name": [["efficientnet_b0"], "resnet18", "efficientnet_b0\r"],
     "classes": [["nevus"], ["nevus", 3], ["nevus", "mel\x1b[2J"], "nevus,melanoma", ["n" * 101, "melanoma"]],
     "malignant_classes": [["bcc"], [], "melanoma", ["nevus", "melanoma"]],
@@ -462,6 +464,9 @@ BAD_VALUES = {  # key: values of the wrong shape, each refused at load (the near
                   from_sha256="ef" * 32, photos_from="val"),
                   dict(full_meta()["quantised"], familiar_to_unfamiliar=-1),
                   dict(full_meta()["quantised"], max_distance_change=float("nan"))],
+    "folds": [dict(k=1, photos=340, deployed="refit", epochs=[7]), dict(k=5, photos=340, deployed="both", epochs=[7]),
+              dict(k=5, photos=340, deployed="refit", epochs=[0]), dict(k=5, photos=340, deployed="refit"), "5"],
+    "members": [1, 2.0, 21, "5"],
 }  # fmt: skip
 
 

@@ -29,7 +29,7 @@ from skinlesion import dataset, photos, shard_format, shards
 
 pytestmark = pytest.mark.slow  # each test prepares a dataset with prepare_dataset.py, or trains
 
-FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0]
+FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0, "--folds", 1]  # one split
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ The training data path: augmentation keeps labels and value ranges, each photo g
 own draw, the same seed the same batch; an unreadable photo is an OSError naming it. The TensorBoard log: recorded
 as ours, its writer thread's error said once, where it comes back."""
 
-import json
 import os
 import resource
 import subprocess
@@ -73,25 +72,6 @@ def test_validation_pass_gives_labels_logits_and_loss_and_stops_on_non_finite_ou
     fails(capsys, "the model gives non-finite outputs", training.predict_split, net, batches, False, world=1)
 
 
-def test_a_resume_state_of_another_shape_is_refused_before_it_is_used():
-    """--resume reads these: each of another shape is one fault line, never a traceback later."""
-    epoch = dict(epoch=1, roc_auc=0.7, val_loss=0.6, train_loss=0.5, train_accuracy=0.8, lr=1e-4, seconds=3.0)
-    good = dict(optimizer={"state": {}}, schedule={"last_epoch": 3}, best=[0.7, -0.6], bad_epochs=0,
-                stopped_early=False, history=json.dumps([epoch]))  # fmt: skip
-    assert training.resume_fault(good) is None
-    for key, value, said in [
-        ("best", "0.7", "its training state.best '0.7' is not a list of 2 items"),
-        ("bad_epochs", -1, "its training state.bad_epochs -1 is not a whole number from 0"),
-        ("stopped_early", "no", "its training state.stopped_early 'no' is not true or false"),
-        ("optimizer", [1], "its training state.optimizer [1] is not a table"),
-        ("history", "[{", "its history is not JSON"),
-        ("history", "[" * 100_000 + "]" * 100_000, "its history is JSON nested too deeply to read"),  # RecursionError
-        ("history", json.dumps([dict(epoch, roc_auc="high")]), "its history[0].roc_auc 'high' is not a finite number"),
-        ("history", json.dumps({"epoch": 1}), "its history {'epoch': 1} is not a list"),
-    ]:
-        assert training.resume_fault(dict(good, **{key: value})).startswith(said), (key, value)
-
-
 # ---------------------------------------------------------------------------- batches
 def test_augmentation_keeps_labels_and_value_ranges():
     """Dark photos stay darker than bright ones whatever the crop, rotation, flip and colour change; values stay
@@ -116,6 +96,42 @@ def test_checked_crops_names_an_unreadable_photo():
     bad = [([0, 1], (crops, ["", "not a readable image (UnidentifiedImageError)"]))]
     with pytest.raises(OSError, match=r"^b.jpg is not a readable image \(UnidentifiedImageError\); delete it"):
         list(training.checked_crops(bad, ["a.jpg", "b.jpg"]))
+
+
+# ---------------------------------------------------------------------------- memory
+def test_the_memory_estimate_counts_what_autograd_keeps_scaled_by_pixels_and_batch():
+    """A convolution keeps its input and a ReLU its output for the backward pass: 3 + 4 floats per pixel and photo
+    (float32), counted here by hand; the weights (112 numbers) four times over (weights, gradients, two moments)."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    expected = (7 * 4 * 100**2 * 8 + 16 * (4 * 3 * 9 + 4)) / 1e9  # 8 photos at 100 px
+    assert training.training_gigabytes(net, 100, 8) == pytest.approx(expected)
+    assert training.training_gigabytes(net, 200, 8) == pytest.approx((expected - 16 * 112 / 1e9) * 4 + 16 * 112 / 1e9)
+    assert list(net.parameters())[0].grad is None  # the estimate ran on a copy
+
+
+def test_running_out_of_memory_in_a_step_is_one_line_naming_the_flag(capsys):
+    """The CPU allocator's failure (and a GPU's torch.OutOfMemoryError, a RuntimeError) is one line that names the
+    flag to lower; any other RuntimeError is not swallowed."""
+    x = torch.zeros(8, 3, 2, 2)
+
+    class Hungry(torch.nn.Module):
+        def __init__(self, error):
+            super().__init__()
+            self.layer, self.error = torch.nn.Linear(12, 2), error
+
+        def forward(self, x):
+            raise self.error
+
+    _, _, optimizer, scheduler, _ = tiny_run(x)
+    batches = [(x, torch.zeros(8, dtype=torch.long))]
+    error = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried")
+    fails(capsys, "cpu ran out of memory training at 2 px with batch 8 ([enforce fail at alloc_cpu.cpp:117] "
+          "DefaultCPUAllocator: can't allocate memory: you tried); lower --batch-size to 2 (or --image-size)",
+          training.train_one_epoch, Hungry(error), batches, torch.nn.CrossEntropyLoss(), optimizer, scheduler, False,
+          "epoch 1")  # fmt: skip
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        training.train_one_epoch(Hungry(RuntimeError("shapes cannot be multiplied")), batches,
+                                 torch.nn.CrossEntropyLoss(), optimizer, scheduler, False, "epoch 1")  # fmt: skip
 
 
 def test_the_tensorboard_log_is_recorded_and_quiets_only_its_own_thread(tmp_path, monkeypatch):

@@ -225,7 +225,7 @@ def bench_training(args, small, full, device):
 def bench_memory(args, work, small):
     print("memory: one AItraining.py epoch ...", flush=True)
     size = ["--image-size", args.image_size, "--batch-size", args.batch_size]
-    cmd = script("AItraining.py", "--data-dir", small, "--epochs", 1, "--no-pretrained", *size)
+    cmd = script("AItraining.py", "--data-dir", small, "--epochs", 1, "--no-pretrained", "--folds", 1, *size)
     peak = run(cmd, measure_memory=True, cwd=work)[1]
     return [
         (

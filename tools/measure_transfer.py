@@ -90,6 +90,8 @@ def measure(run, args, weights):
         "--log-dir",
         os.path.join(folder, "runs"),
         "--overwrite",
+        "--folds",
+        "1",  # one split, as these runs were measured (measure_folds.py measures the folds)
     ]
     if run == "scratch":
         train = [*common, "--model-name", ARCHITECTURE, "--no-pretrained", "--epochs", str(args.scratch_epochs)]

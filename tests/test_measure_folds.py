@@ -1,0 +1,55 @@
+"""tools/measure_folds.py: ECE's own bias (what a perfectly calibrated P scores on few photos), and a row of the
+table read from evaluate.py's report: the test figures against the intervals the card states. (The measurement
+itself trains for hours: docs/measurements.md.)"""
+
+import measure_folds
+import numpy as np
+import pytest
+
+from skinlesion import numbers
+
+
+def test_a_calibrated_p_scores_an_ece_that_shrinks_with_the_photos():
+    """y drawn from P itself: the ECE left is noise, large on 60 photos spread over 15 bins, small on 6000;
+    checked against a direct draw here."""
+    p = np.linspace(0.02, 0.98, 60)
+    bins = numbers.reliability((p > 0.5).astype(int), p)  # (mean P, share, photos) per bin: only P and photos count
+    few = measure_folds.calibrated_ece(bins)
+    rng = np.random.default_rng(1)
+    direct = np.mean([numbers.ece(rng.random(60) < p, p) for _ in range(2000)])
+    assert few == pytest.approx(direct, abs=0.01) and 0.1 < few < 0.25
+    many = measure_folds.calibrated_ece([(mean, share, count * 100) for mean, share, count in bins], draws=200)
+    assert many < few / 5
+
+
+def test_a_row_says_whether_the_test_figures_lie_inside_the_stated_intervals():
+    report = dict(
+        n_images={"benign": 30, "malignant": 30},
+        operating_point=dict(
+            sensitivity=0.9, sensitivity_ci95=[0.8, 1.0], specificity=0.5, specificity_ci95=[0.3, 0.7]
+        ),
+        metrics=dict(sensitivity=0.8, specificity=0.72, roc_auc=0.88),
+        calibration=dict(ece_after=0.2, bins_after=[(0.25, 0.2, 30), (0.75, 0.8, 30)]),
+        familiarity=dict(n_unfamiliar=2, share_unfamiliar=2 / 60),
+    )
+    row = measure_folds.row_of(3, "refit", report)
+    assert row[:9] == [3, "refit", 60, "0.90 [0.80-1.00]", "0.80", "yes", "0.50 [0.30-0.70]", "0.72", "NO"]
+    assert row[9] == "0.200" and row[11] == "0.880" and row[12] == "2 (3.3%)"
+    chance = measure_folds.inside_chance(0.9, (0.8, 1.0), 30) * measure_folds.inside_chance(0.5, (0.3, 0.7), 30)
+    assert row[13] == f"{chance:.2f}"
+    expected = f"0 of 2 (expected {2 * float(row[13]):.1f})"
+    assert measure_folds.summary([row, row], ["refit"]) == [["refit", expected, "0.200", row[10], "0.880"]]
+
+
+def test_the_chance_of_landing_inside_an_interval_is_the_binomial_one():
+    """Counted here by hand: 10 photos at a true share of 0.5 land in [0.4, 0.6] with k = 4, 5 or 6."""
+    from math import comb
+
+    expected = sum(comb(10, k) for k in (4, 5, 6)) / 2**10
+    assert measure_folds.inside_chance(0.5, (0.4, 0.6), 10) == pytest.approx(expected)
+    assert (
+        measure_folds.inside_chance(0.91, (0.86, 0.95), 30)
+        < 0.7
+        < 0.95
+        < measure_folds.inside_chance(0.9, (0.77, 1.0), 30)
+    )
