@@ -42,3 +42,17 @@ def test_the_holdout_rows_score_each_fit_only_on_what_it_did_not_see(monkeypatch
     assert len(halves) == 2 and not {row.tobytes() for row in halves[0]} & {row.tobytes() for row in halves[1]}
     assert lines[1].split()[:4] == ["distance", "0.0%", "(0/20)", "0.0%"]  # all at 0, within a limit of 0
     assert lines[3].split()[1:] == ["0.0%", "(0/40)", "0.0%", "(0/30)", "0.0%", "(0/54)"]  # 2 halves, 3 + 3 folds
+
+
+def test_the_rank_rows_compare_each_rank_with_the_full_matrix():
+    """measure_familiarity.py --ranks: one row per rank and the full one (rank = d) last, whose distances are the
+    full matrix's (no error, no flips); a rank-1 fit of features that vary along several directions differs."""
+    rng = np.random.default_rng(0)
+    scales = np.linspace(3, 0.2, 16)
+    train, labels = rng.normal(size=(300, 16)) * scales, rng.integers(0, 2, 300)
+    groups = dict(own=rng.normal(size=(40, 16)) * scales, far=rng.normal(size=(40, 16)) * 10)
+    lines = measure_familiarity.rank_rows(train, labels, rng.normal(size=(60, 16)) * scales, groups, [1], 2)
+    rank_1, full = lines[1].split(), lines[2].split()
+    assert len(lines) == 3 and rank_1[0] == "1" and full[0] == "16"
+    assert full[2] == full[3] == "0.00%" and lines[2].endswith("flips 0 (0 outside the band)")
+    assert float(rank_1[2].rstrip("%")) > 0

@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import model  # noqa: E402
-from skinlesion import cli, familiarity, non_lesions, photos, quantise  # noqa: E402
+from skinlesion import cli, familiarity, mahalanobis, non_lesions, photos, quantise  # noqa: E402
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py (with a familiarity measure)
@@ -93,13 +93,13 @@ def labelled(net, meta, folder, batch_size):
 def rank_rows(train, labels, val, groups, ranks, n_classes):
     """The comparison of each rank's refit with the full matrix's (see the docstring), as printed lines."""
     d = train.shape[1]
-    full = familiarity.fit_mahalanobis(train, labels, n_classes, rank=d)
-    full_distances = {name: familiarity.mahalanobis(f, *full) for name, f in {"val": val, **groups}.items()}
+    full = mahalanobis.fit(train, labels, n_classes, rank=d)
+    full_distances = {name: mahalanobis.distances(f, *full) for name, f in {"val": val, **groups}.items()}
     full_limit = familiarity.choose_limit(full_distances["val"])
     lines = [f"{'rank':>5}{'MB':>7}{'error median':>14}{'max':>8}{'limit':>8}" + "".join(f"{g:>20}" for g in groups)]
     for rank in [*ranks, d]:
-        arrays = familiarity.fit_mahalanobis(train, labels, n_classes, rank=rank)
-        found = {name: familiarity.mahalanobis(f, *arrays) for name, f in {"val": val, **groups}.items()}
+        arrays = mahalanobis.fit(train, labels, n_classes, rank=rank)
+        found = {name: mahalanobis.distances(f, *arrays) for name, f in {"val": val, **groups}.items()}
         limit = familiarity.choose_limit(found["val"])
         error = np.concatenate([np.abs(found[g] - full_distances[g]) / full_distances[g] for g in ("val", "own")])
         flips, outside, cells = 0, 0, []
