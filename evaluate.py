@@ -314,9 +314,9 @@ def main(argv=None):
 
 
 def record_in_card(args, meta, name, found):
-    """Put the results found into the model card beside the model, as the test's or as external validation name's;
-    the other data sets' results and the exports it lists stay."""
-    sha256 = files.file_sha256(args.model)
+    """Put the results found (of the model file of found["model_sha256"]) into the model card beside the model, as
+    the test's or as external validation name's; the other data sets' results and the exports it lists stay."""
+    sha256 = found["model_sha256"]
     kept = card.embedded(args.card, sha256) or {}
     test, externals = kept.get("test"), kept.get("externals") or {}
     if name:
@@ -357,11 +357,11 @@ def pictures(result, y, p, meta, out, shown, blobs):
 
 def show(result, args):
     """The report on the console."""
+    chosen = result["threshold_source"].removesuffix(" (stored in the checkpoint)")
     scores, ci, cal, op = result["metrics"], result["ci95"], result["calibration"], result["operating_point"]
     counts = ", ".join(f"{n} {cli.printable(c)}" for c, n in result["n_images"].items())
     flips = ", P(malignant) averaged over flips (TTA)" if args.tta else ""
     print(f"\n{cli.printable(args.model)} on {cli.printable(args.photos)}: {counts} images{flips}")
-    chosen = result["threshold_source"].removesuffix(" (stored in the checkpoint)")
     print(f"threshold {result['threshold']:.4f} (stored in the checkpoint, chosen on {chosen}; not tuned here)\n")
     print(f"{'metric':<22}{'value':>7}   95% CI ({args.n_bootstrap} bootstrap resamples)")
     for key, name in NAMES.items():

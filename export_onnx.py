@@ -151,9 +151,9 @@ def exportable(net, meta):
     return Exported().eval()
 
 
-def evaluation_of(checkpoint):
+def evaluation_of(checkpoint, sha256):
     """evaluate.py's test results (evaluation.json beside the checkpoint) when they are of this very file (its
-    SHA-256 recorded there) and of its test split (not an external validation), else None."""
+    SHA-256, sha256, recorded there) and of its test split (not an external validation), else None."""
     path = os.path.join(os.path.dirname(checkpoint), "evaluation.json")
     if files.file_kind(path) == "missing":
         return None
@@ -165,7 +165,7 @@ def evaluation_of(checkpoint):
             why = str(e)
         print(f"note: {why}: the test results are taken from the model card where it holds them")
         return None
-    if not isinstance(evaluation, dict) or evaluation.get("model_sha256") != files.file_sha256(checkpoint):
+    if not isinstance(evaluation, dict) or evaluation.get("model_sha256") != sha256:
         return None
     return None if evaluation.get("external_validation") else evaluation
 
@@ -175,11 +175,11 @@ def card_path(checkpoint):
     return os.path.splitext(checkpoint)[0] + ".md"
 
 
-def record_in_card(checkpoint, meta, written):
+def record_in_card(checkpoint, sha256, meta, written):
     """List the ONNX files written ({path: SHA-256}) in the model's card, beside the checkpoint's own SHA-256: one
     identity per model, for the files that travel together (written into the checkpoint's folder, as serve_web.py
     publishes the card beside the ONNX file). Only in our own card of this very checkpoint; else say why not."""
-    path, sha256 = card_path(checkpoint), files.file_sha256(checkpoint)
+    path = card_path(checkpoint)
     folder = os.path.dirname(os.path.abspath(checkpoint))
     written = {p: digest for p, digest in written.items() if os.path.dirname(os.path.abspath(p)) == folder}
     if not written or files.file_kind(path) == "missing":  # no card to list them in
@@ -206,19 +206,19 @@ def torch_self_check(wrapped, meta):
     return self_check.record(dict(zip(model.output_names(meta), (t.double().numpy() for t in outputs))))
 
 
-def onnx_metadata(meta, checkpoint, checked):
+def onnx_metadata(meta, checkpoint, sha256, checked):
     """What a consumer needs to use the ONNX file alone (model.KEYS marked "copied", and those export writes),
-    each value as a JSON string."""
+    each value as a JSON string; sha256: the checkpoint's."""
     import torch
 
-    test, externals = card.earlier_evaluations(card_path(checkpoint), files.file_sha256(checkpoint))
-    tested = model_index.test_results(evaluation_of(checkpoint) or test)  # the card keeps it past an external run
+    test, externals = card.earlier_evaluations(card_path(checkpoint), sha256)
+    tested = model_index.test_results(evaluation_of(checkpoint, sha256) or test)  # the card keeps it past --external
     props = {key: value for key, value in meta.items() if key in model.KEYS and model.KEYS[key].onnx == "copied"}
     if meta.get("familiarity"):  # its arrays are in the graph
         props["familiarity"] = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
     props.update(
         source_checkpoint=cli.printable(os.path.basename(checkpoint)),
-        source_sha256=files.file_sha256(checkpoint),
+        source_sha256=sha256,
         outputs=model.output_names(meta),
         exporter=f"torch.onnx dynamo, torch {torch.__version__}",
         card_summary=card.summary(meta, tested, externals),
@@ -389,6 +389,7 @@ def main(argv=None):
     import torch
 
     net, meta = model.load_checkpoint(args.model)  # dies with one line if missing, broken or not a checkpoint
+    sha256 = files.file_sha256(args.model)  # its identity, in the ONNX file and the card
     meta["network"] = backbone.network_shape(net)  # what the graph must show, from the network (not the file's word)
     wrapped = exportable(net.float().to(memory_format=torch.contiguous_format).eval(), meta)
     x, described = check_photos(
@@ -397,7 +398,7 @@ def main(argv=None):
 
     def export_and_check(tmp):  # inside files.atomic_write: a failed check leaves nothing behind
         checked = torch_self_check(wrapped, meta)
-        export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model, checked))
+        export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model, sha256, checked))
         onnx.checker.check_model(tmp, full_check=True)
         check_parity(args, differences(wrapped, meta, tmp, x), f"{described}, batch of {max(len(x), 2)} and of 1")
         fault = model.self_check_fault(ort_session(tmp), dict(meta, self_check=checked))
@@ -421,7 +422,7 @@ def main(argv=None):
         f"'cam' [batch, {side}, {side}])"
     )
     twin = write_int8_twin(args, meta) if args.quantise else None
-    record_in_card(args.model, meta, {path: files.file_sha256(path) for path in (args.output, twin) if path})
+    record_in_card(args.model, sha256, meta, {path: files.file_sha256(path) for path in (args.output, twin) if path})
     print(f"use it with: python predict.py photo.jpg --model {cli.printable(shlex.quote(args.output))}")
 
 

@@ -157,11 +157,11 @@ def load(args):
     return torch_predictor(net, meta, args.tta, args.explain), meta
 
 
-def tested_results(path, meta):
+def tested_results(path, meta, sha256):
     """(the 'Tested' and 'External validation' lines' texts, the test sensitivity and specificity at the stored
     threshold or None): from the model card beside the model file where it holds this very model's results (its
-    SHA-256, or an ONNX file's source_sha256), else from an ONNX file's card summary (export_onnx.py's)."""
-    sha256 = meta.get("source_sha256") or files.file_sha256(path)
+    SHA-256, sha256, or an ONNX file's source_sha256), else from an ONNX file's card summary (export_onnx.py's)."""
+    sha256 = meta.get("source_sha256") or sha256
     test, externals = card.earlier_evaluations(os.path.splitext(path)[0] + ".md", sha256)
     summary = meta.get("card_summary") or {}
     tested, others, point = summary.get("tested"), summary.get("externals") or [], summary.get("test_point")
@@ -274,17 +274,17 @@ def explain_photo(path, img, found, pictures, cautions, meta, threshold, args):
     return f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}"
 
 
-def closing_lines(meta, args, single_unfamiliar):
+def closing_lines(meta, args, single_unfamiliar, sha256):
     """The lines after the predictions: what the operating point means, the test and external figures, what P
     assumes, PPV and NPV at --prevalence. None after a single unfamiliar photo whose answer is withheld (no P was
-    shown); its PPV and NPV marked unreliable where it was shown anyway."""
+    shown); its PPV and NPV marked unreliable where it was shown anyway. sha256: the model file's."""
     if single_unfamiliar and not args.show_unfamiliar:
         return []
     lines = []
     if meta.get("operating_point") and args.threshold is None:
         said = numbers.operating_point_text(meta["operating_point"], card.chosen_on(meta)[1])  # validation or folds
         lines.append(f"Operating point: {said}.")
-    tested, point = ([], None) if args.tta or args.threshold is not None else tested_results(args.model, meta)
+    tested, point = ([], None) if args.tta or args.threshold is not None else tested_results(args.model, meta, sha256)
     assumes, at_prevalence = answer.prevalence_texts(meta, args.prevalence, args.threshold is not None, point)
     lines += tested + ([f"Note: {assumes}."] if assumes else [])
     if at_prevalence:
@@ -383,7 +383,7 @@ def main(argv=None):
             f"{len(rows)} images: {n} malignant, {len(rows) - n - odd} benign{odd_count} (threshold {threshold:.3f}"
             f"{flips}){near_count}{skip_count}"
         )
-    for line in closing_lines(meta, args, single and strange):
+    for line in closing_lines(meta, args, single and strange, sha256):
         print(line)
     print(f"Model file: {cli.printable(args.model)}, SHA-256 {sha256} (compare it with the published one)")
     if args.csv:

@@ -588,7 +588,8 @@ def test_an_external_validation_writes_its_own_files_and_the_test_runs_stay_byte
         for file in ("evaluation_{}.json", "roc_curve_{}.png", "calibration_{}.png", "confusion_matrix_{}.png"):
             assert file.format(name) in after
         assert json.loads((tmp_path / f"evaluation_{name}.json").read_text())["external_validation"] is not None
-    assert export_onnx.evaluation_of(path) == test_report and test_report["external_validation"] is None
+    found = export_onnx.evaluation_of(path, files.file_sha256(path))
+    assert found == test_report and test_report["external_validation"] is None
     out = capsys.readouterr().out
     assert f"wrote {tmp_path}/evaluation_other_clinic.json, {tmp_path}/confusion_matrix_other_clinic.png" in out
 
@@ -618,7 +619,7 @@ def test_without_intervals_every_file_is_strict_json_and_every_reader_reads_null
         f"{m['specificity']:.0%} of the benign, ROC-AUC {m['roc_auc']:.2f}"
     )
     meta = model.read_checkpoint(path)["meta"]
-    props = export_onnx.onnx_metadata(meta, path, {})
+    props = export_onnx.onnx_metadata(meta, path, files.file_sha256(path), {})
     assert strict(props["card_summary"])["tested"] == expected  # the page's 'Tested' line
     capsys.readouterr()
     predict.main([str(tmp / "test" / "benign" / "benign_0.jpg"), "--model", path])

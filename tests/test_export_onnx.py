@@ -446,7 +446,7 @@ def test_the_test_results_come_from_evaluation_json_of_this_very_model(exported,
 
     def how_well(sha256):
         (tmp_path / "evaluation.json").write_text(json.dumps(dict(evaluation, model_sha256=sha256)))
-        props = export_onnx.onnx_metadata(meta, str(checkpoint), {})
+        props = export_onnx.onnx_metadata(meta, str(checkpoint), files.file_sha256(str(checkpoint)), {})
         return json.loads(props["card_summary"])["how_well"]
 
     assert "ROC-AUC 0.81 [0.70-0.90] (brackets: 95% intervals)" in how_well(files.file_sha256(str(checkpoint)))
@@ -455,7 +455,8 @@ def test_the_test_results_come_from_evaluation_json_of_this_very_model(exported,
     assert "on the test photos" not in how_well(files.file_sha256(str(checkpoint)))
     del evaluation["external_validation"]
     (tmp_path / "evaluation.json").write_text("{not json")
-    assert "(test" not in json.loads(export_onnx.onnx_metadata(meta, str(checkpoint), {})["card_summary"])["how_well"]
+    props = export_onnx.onnx_metadata(meta, str(checkpoint), files.file_sha256(str(checkpoint)), {})
+    assert "(test" not in json.loads(props["card_summary"])["how_well"]
 
 
 @pytest.mark.parametrize("kind", ["a named pipe", "a link to /dev/zero", "nested too deeply", "a folder", "as written"])
@@ -485,7 +486,7 @@ def test_an_evaluation_json_that_is_not_a_file_of_results_is_named_and_never_rea
     else:
         path.write_text(json.dumps(written))
     with alarm(60, "evaluation.json was read without end"):
-        found = export_onnx.evaluation_of(str(checkpoint))
+        found = export_onnx.evaluation_of(str(checkpoint), files.file_sha256(str(checkpoint)))
     out = capsys.readouterr().out
     if kind == "as written":
         assert found == written and out == ""
