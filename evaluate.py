@@ -291,7 +291,7 @@ def main(argv=None):
         result["types"] = types_report(labels, probabilities, classes, out["types_confusion.png"], args, described)
     if args.tta:
         result["tta_comparison"] = evaluation.compare_tta(y, plain, p, threshold, args.n_bootstrap, args.seed)
-    show(result, args)
+    show(result, args, card.chosen_on(meta)[2])
 
     # outputs: the report, the pictures, the card
     files.write_text(out["evaluation.json"], json.dumps(without_nan(result), indent=2), "evaluation")
@@ -355,9 +355,9 @@ def pictures(result, y, p, meta, out, shown, blobs):
     return written
 
 
-def show(result, args):
-    """The report on the console."""
-    chosen = result["threshold_source"].removesuffix(" (stored in the checkpoint)")
+def show(result, args, chosen):
+    """The report on the console; chosen: what the threshold and the familiarity limit were chosen on (the
+    validation split, or the out-of-fold predictions: card.chosen_on)."""
     scores, ci, cal, op = result["metrics"], result["ci95"], result["calibration"], result["operating_point"]
     counts = ", ".join(f"{n} {cli.printable(c)}" for c, n in result["n_images"].items())
     flips = ", P(malignant) averaged over flips (TTA)" if args.tta else ""
