@@ -285,13 +285,13 @@ def main(argv=None):
         unfamiliar_photos=evaluation.unfamiliar_photos(paths, np.array(classes)[labels], distances, meta),
     )
     op, cal = result["operating_point"], result["calibration"]
-    outside = evaluation.figures_outside(scores, cal, meta, "external" if name else "test")
+    outside = evaluation.figures_outside(y, scores, cal, meta, "external" if name else "test")
     result["warnings"] = [warning for warning in (op.get("warning"), op["flags"], *outside) if warning]
     if len(classes) > 2 and not external:
         result["types"] = types_report(labels, probabilities, classes, out["types_confusion.png"], args, described)
     if args.tta:
         result["tta_comparison"] = evaluation.compare_tta(y, plain, p, threshold, args.n_bootstrap, args.seed)
-    show(result, args, card.chosen_on(meta)[2])
+    show(result, args, card.chosen_on(meta))
 
     # outputs: the report, the pictures, the card
     files.write_text(out["evaluation.json"], json.dumps(without_nan(result), indent=2), "evaluation")
@@ -355,14 +355,33 @@ def pictures(result, y, p, meta, out, shown, blobs):
     return written
 
 
+def show_unfamiliar(result, chosen):
+    """The photos beyond the familiarity limit on the console: how many, and the first N_LISTED with their labels;
+    chosen: card.chosen_on's (figure, photos, where) of the model."""
+    found = result["familiarity"]
+    if found:
+        print(
+            f"\nunfamiliar: {found['n_unfamiliar']} of {found['n_photos']} photos ({found['share_unfamiliar']:.1%})"
+            f" lie beyond the familiarity limit {found['limit']:.2f} chosen on {chosen[2]}"
+            f" ({familiarity.within_text(found, chosen[1])}); predict.py gives them no answer, the metrics above "
+            "include them"
+        )
+        listed = result["unfamiliar_photos"]
+        for photo in listed[:N_LISTED]:
+            true = cli.printable(photo["true"])
+            print(f"  {true:<12} distance {photo['distance']:.2f}  {cli.printable(photo['path'])}")
+        if len(listed) > N_LISTED:
+            print(f"  and {len(listed) - N_LISTED} more (the evaluation's JSON file lists them all)")
+
+
 def show(result, args, chosen):
     """The report on the console; chosen: what the threshold and the familiarity limit were chosen on (the
-    validation split, or the out-of-fold predictions: card.chosen_on)."""
+    validation split, or the out-of-fold predictions: card.chosen_on's triple)."""
     scores, ci, cal, op = result["metrics"], result["ci95"], result["calibration"], result["operating_point"]
     counts = ", ".join(f"{n} {cli.printable(c)}" for c, n in result["n_images"].items())
     flips = ", P(malignant) averaged over flips (TTA)" if args.tta else ""
     print(f"\n{cli.printable(args.model)} on {cli.printable(args.photos)}: {counts} images{flips}")
-    print(f"threshold {result['threshold']:.4f} (stored in the checkpoint, chosen on {chosen}; not tuned here)\n")
+    print(f"threshold {result['threshold']:.4f} (stored in the checkpoint, chosen on {chosen[2]}; not tuned here)\n")
     print(f"{'metric':<22}{'value':>7}   95% CI ({args.n_bootstrap} bootstrap resamples)")
     for key, name in NAMES.items():
         interval = f"[{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if numbers.known_interval(ci[key]) else "not computed"
@@ -377,21 +396,11 @@ def show(result, args, chosen):
         )
     print(
         f"\ncalibration ({cal['method']}): ECE {cal['ece_before']:.3f} before, {cal['ece_after']:.3f} after; "
-        f"Brier {cal['brier_before']:.3f} before, {cal['brier_after']:.3f} after"
+        f"Brier {cal['brier_before']:.3f} before, {cal['brier_after']:.3f} after; a perfectly calibrated P scores "
+        f"an ECE up to {cal['ece_after_if_calibrated']:.3f} on these {sum(result['n_images'].values())} photos "
+        "(95 times in 100)"
     )
-    found = result["familiarity"]
-    if found:
-        print(
-            f"\nunfamiliar: {found['n_unfamiliar']} of {found['n_photos']} photos ({found['share_unfamiliar']:.1%})"
-            f" lie beyond the familiarity limit {found['limit']:.2f} chosen on {chosen}"
-            f" ({familiarity.within_text(found)}); predict.py gives them no answer, the metrics above include them"
-        )
-        listed = result["unfamiliar_photos"]
-        for photo in listed[:N_LISTED]:
-            true = cli.printable(photo["true"])
-            print(f"  {true:<12} distance {photo['distance']:.2f}  {cli.printable(photo['path'])}")
-        if len(listed) > N_LISTED:
-            print(f"  and {len(listed) - N_LISTED} more (the evaluation's JSON file lists them all)")
+    show_unfamiliar(result, chosen)
     if "types" in result:
         types = result["types"]
         low, high = types["balanced_accuracy_ci95"]

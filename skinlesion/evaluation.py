@@ -25,6 +25,7 @@ def calibration_report(y, before, after, fitted, args):
                 ci = numbers.bootstrap_ci(y, p, args.n_bootstrap, args.seed, metric_fn=measure)["value"]
                 report[f"{key}_{when}_ci95"] = list(ci)
         report[f"bins_{when}"] = numbers.reliability(y, p)
+    report["ece_after_if_calibrated"] = numbers.calibrated_ece_limit(after, seed=args.seed)
     if report["method"] != "none" and report["ece_after"] > report["ece_before"]:
         report["warning"] = (
             f"the calibration made P(malignant) less well calibrated on these photos (ECE {report['ece_before']:.3f} "
@@ -57,36 +58,61 @@ def operating_report(y, p, meta, scores, ci):
     return found
 
 
-def figures_outside(scores, cal, meta, photos="test"):
-    """A warning for each figure on these photos that did not hold what validation (or the folds, out of fold)
-    stated: the sensitivity and specificity at the threshold outside the 95% interval validation gave them, and the
-    ECE after calibration outside validation's interval where the model states one, else where validation's ECE
-    lies outside these photos' ECE interval (no interval on either side: nothing to say)."""
+def figures_outside(y, scores, cal, meta, photos="test"):
+    """A warning for each figure on these photos (labels y) that lies outside what validation (or the folds, out of
+    fold) stated: the sensitivity and specificity at the threshold outside the 95% interval stated for them, and
+    the ECE (ece_outside). Each says whether the figure also lies outside what this many photos can show
+    (numbers.expected_share): then it did not hold; else only more photos can tell."""
     op, found = meta.get("operating_point") or {}, []
     source = card.chosen_on(meta)[0]  # validation, or out-of-fold: the photos that stated the figures
     stated_by = "the folds" if source == "out-of-fold" else "validation"
+    y = np.asarray(y)
+    counts = dict(sensitivity=("malignant", int(np.sum(y == 1))), specificity=("benign", int(np.sum(y != 1))))
     for key in ("sensitivity", "specificity"):
         stated = op.get(f"{key}_ci95")
         if stated and not stated[0] <= scores[key] <= stated[1]:
-            found.append(
-                f"the {photos} {key} {scores[key]:.0%} lies outside the 95% interval {stated_by} stated for it "
-                f"({numbers.percent_range(op[key], stated)}): it did not hold here"
-            )
-    fitted = meta.get("calibration") or {}
-    stated, ece = fitted.get("val_ece_after_ci95"), cal["ece_after"]
-    if stated and not stated[0] <= ece <= stated[1]:
-        found.append(
-            f"the {photos} ECE {ece:.3f} lies outside the 95% interval {stated_by} stated for it "
-            f"({stated[0]:.3f}-{stated[1]:.3f}): the calibration did not hold here"
-        )
+            side, n_new = counts[key]
+            said = f"the {photos} {key} {scores[key]:.0%} lies outside the 95% interval {stated_by} stated for it "
+            said += f"({numbers.percent_range(op[key], stated)})"
+            found.append(said + noise_text(op[key], op.get(f"n_{side}"), n_new, scores[key], side))
+    said = ece_outside(len(y), cal, (meta.get("calibration") or {}).get("val_ece_after"), source, photos)
+    return found + [said] if said else found
+
+
+def ece_outside(n_photos, cal, val_ece, source, photos):
+    """The ECE's warning, or None: validation's (or the out-of-fold) ECE outside the interval of the ECE on these
+    n_photos, said to hold or not by whether that ECE is above what a calibrated P scores on them 95 times in 100
+    (cal["ece_after_if_calibrated"]); or that alone, which is calibration these photos show to be off. No
+    interval (--n-bootstrap 0) and no limit: nothing to say."""
     low, high = cal.get("ece_after_ci95") or (float("nan"),) * 2
-    val_ece = fitted.get("val_ece_after")
-    if not stated and val_ece is not None and low == low and not low <= val_ece <= high:
-        found.append(
-            f"the {source} ECE {val_ece:.3f} lies outside the 95% interval of the {photos} ECE "
-            f"({ece:.3f}, {low:.3f}-{high:.3f}): the calibration did not hold here"
+    ece, limit = cal["ece_after"], cal.get("ece_after_if_calibrated")
+    beyond = limit is not None and ece > limit
+    if val_ece is not None and low == low and not low <= val_ece <= high:
+        said = f"the {source} ECE {val_ece:.3f} lies outside the 95% interval of the {photos} ECE ({ece:.3f}, "
+        if beyond or limit is None:
+            return said + f"{low:.3f}-{high:.3f}): the calibration did not hold here"
+        return said + (
+            f"{low:.3f}-{high:.3f}), though a calibrated P scores up to {limit:.3f} on these {n_photos} photos "
+            "(95 times in 100): more photos will tell"
         )
-    return found
+    if beyond:
+        return (
+            f"the {photos} ECE {ece:.3f} is more than a calibrated P scores on these {n_photos} photos 95 times in "
+            f"100 ({limit:.3f}): the calibration did not hold here"
+        )
+    return None
+
+
+def noise_text(stated, n_stated, n_new, value, side):
+    """How a share outside its stated interval ends its warning: outside what n_new photos can show as well (it
+    did not hold), or inside it (more photos would tell); nothing to say of the noise without the stated count."""
+    expected = numbers.expected_share(stated, n_stated, n_new)
+    if expected is None:
+        return ": it did not hold here"
+    shown = f"{100 * expected[0]:.0f}-{expected[1]:.0%}"
+    if expected[0] <= value <= expected[1]:
+        return f", though {n_new} {side} photos can show {shown} there (95 times in 100): more photos will tell"
+    return f" and beyond what {n_new} {side} photos can show there ({shown}): it did not hold here"
 
 
 def subgroups(y, p, rows, args):

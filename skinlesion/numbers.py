@@ -134,6 +134,35 @@ def operating_point_text(op, photos="validation photos"):
     )
 
 
+def expected_share(value, n_stated, n_new, level=0.95):
+    """(low, high): the range of a share (a sensitivity, a specificity) that n_new new photos show with chance
+    level, where the share was value on n_stated photos: the central interval of the beta-binomial predictive
+    (Jeffreys' prior on the stated count). Wider than the stated interval: the new photos' own noise is in it, so
+    a 30-photo test figure is judged against what 30 photos can show, not against the narrower interval of the
+    340 out-of-fold photos that stated it. None where either count is 0."""
+    from scipy.stats import betabinom
+
+    if not n_stated or not n_new:
+        return None
+    hits = value * n_stated
+    predictive = betabinom(n_new, hits + 0.5, n_stated - hits + 0.5)
+    low, high = predictive.ppf((1 - level) / 2), predictive.ppf((1 + level) / 2)
+    return float(low / n_new), float(high / n_new)
+
+
+def calibrated_ece_limit(p, draws=2000, seed=0, level=0.95, bins=BINS):
+    """The ECE that a perfectly calibrated P scores on these photos with chance level or less: labels drawn from P
+    itself, draws times. On a few dozen photos ECE's own bias is large (about 0.15 on 60 photos, 15 bins); an ECE
+    above this limit is miscalibration these photos can show."""
+    p, rng = np.asarray(p, dtype=np.float64), np.random.default_rng(seed)
+    rows = max(1, CHUNK // max(len(p), 1))  # at most CHUNK drawn labels at once
+    scores = []
+    for start in range(0, draws, rows):
+        drawn = rng.random((min(rows, draws - start), len(p))) < p
+        scores.append(ece(drawn, np.broadcast_to(p, drawn.shape), bins))
+    return float(np.quantile(np.concatenate(scores), level))
+
+
 def reweighted(p, prior, prevalence):
     """P(malignant) for a setting where a share prevalence of photos is malignant, from P that assumes prior:
     its odds times the ratio of the prior odds (Bayes' rule; the likelihood ratio stays)."""

@@ -710,3 +710,23 @@ def set_self_check(path, drop=(), **changes):
             prop.value = json.dumps(dict(stored, **changes))
     onnx.save(proto, path)
     return path
+
+
+def beta_binomial_range(hits, n_stated, n_new, level=0.95):
+    """The central level range of k / n_new, k beta-binomial(n_new, hits + 1/2, n_stated - hits + 1/2), summed
+    from its probabilities by hand (log-gamma), not scipy's betabinom."""
+    from math import exp, lgamma
+
+    a, b = hits + 0.5, n_stated - hits + 0.5
+
+    def log_beta(x, y):
+        return lgamma(x) + lgamma(y) - lgamma(x + y)
+
+    pmf = [
+        exp(lgamma(n_new + 1) - lgamma(k + 1) - lgamma(n_new - k + 1) + log_beta(k + a, n_new - k + b) - log_beta(a, b))
+        for k in range(n_new + 1)
+    ]
+    cdf = np.cumsum(pmf)
+    low = int(np.argmax(cdf >= (1 - level) / 2 - 1e-12))
+    high = int(np.argmax(cdf >= (1 + level) / 2 - 1e-12))
+    return low / n_new, high / n_new

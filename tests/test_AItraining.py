@@ -4,6 +4,7 @@ a run exactly with its own settings, divergence and mistakes stop at once in one
 costs the best model, torchrun works."""
 
 import glob
+import json
 import os
 import re
 import shlex
@@ -732,6 +733,25 @@ def test_folds_train_each_fold_then_the_refit_and_choose_on_every_photo(folded, 
     assert "of the malignant out-of-fold photos" in card and "of the 48 out-of-fold photos lie within" in card
     assert "3 folds of the 48 train and validation photos; deployed: one network refit" in out
     assert len(runs(folder / "runs")) == 1
+
+
+@pytest.mark.slow
+def test_evaluate_names_the_out_of_fold_photos_of_a_model_with_folds(folded, tiny, tmp_path):
+    """evaluate.py on a model with folds says its threshold and familiarity limit were chosen on the out-of-fold
+    predictions, within them its 48 out-of-fold photos (not 'validation photos'), and beside the ECE what a
+    calibrated P scores on these 24 photos (its report's figure). A copy of the model: the card stays the fixture's."""
+    shutil.copy(folded[0] / "skin_model.pth", tmp_path / "skin_model.pth")
+    r = run("evaluate.py", "--data-dir", os.path.join(tiny, "val"), "--output-dir", "out", "--n-bootstrap", 100,
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    (report_path,) = glob.glob(str(tmp_path / "out" / "evaluation*.json"))  # a folder not named test: external
+    with open(report_path, encoding="utf-8") as f:
+        report = json.load(f)
+    assert "(stored in the checkpoint, chosen on the out-of-fold predictions; not tuned here)" in r.stdout
+    within = familiarity.within_text(folded[2]["familiarity"], "out-of-fold photos")
+    assert f"chosen on the out-of-fold predictions ({within})" in r.stdout and "validation photos" not in r.stdout
+    limit = report["calibration"]["ece_after_if_calibrated"]
+    assert f"a perfectly calibrated P scores an ECE up to {limit:.3f} on these 24 photos (95 times in 100)" in r.stdout
 
 
 @pytest.mark.slow

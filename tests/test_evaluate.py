@@ -20,6 +20,7 @@ import predict
 from conftest import (
     ROOT,
     assert_one_error,
+    beta_binomial_range,
     direct_familiarity_distance,
     export_rows,
     fingerprint,
@@ -515,37 +516,59 @@ def test_the_unfamiliar_test_photos_are_counted_in_the_report_and_the_card(famil
     "sensitivity, specificity, ece, said",
     [
         (0.90, 0.33, 0.10, ["the test specificity 33% lies outside the 95% interval validation stated for it "
-                            "(63% [45-80%]): it did not hold here"]),  # issue 29's run
+                            "(63% [45-80%]) and beyond what 30 benign photos can show there ({}): it did not hold "
+                            "here"]),  # issue 29's run
         (0.90, 0.45, 0.10, []),  # the ends of an interval are inside it
         (0.82, 0.81, 0.10, ["test sensitivity 82%", "test specificity 81%"]),
         (0.90, 0.60, 0.30, ["the validation ECE 0.050 lies outside the 95% interval of the test ECE (0.300, "
-                            "0.200-0.400): the calibration did not hold here"]),
+                            "0.200-0.400): the calibration did not hold here"]),  # 0.30 > the limit 0.25
+        (0.90, 0.60, 0.24, ["the validation ECE 0.050 lies outside the 95% interval of the test ECE (0.240, "
+                            "0.140-0.340), though a calibrated P scores up to 0.250 on these 60 photos (95 times in "
+                            "100): more photos will tell"]),
+        (0.90, 0.60, 0.26, ["the test ECE 0.260 is more than a calibrated P scores on these 60 photos 95 times in "
+                            "100 (0.250): the calibration did not hold here"]),  # validation's 0.05 inside 0.01-0.51
     ],
 )  # fmt: skip
 def test_every_test_figure_outside_what_validation_stated_is_warned_about(sensitivity, specificity, ece, said):
     """Not only the target sensitivity: the test sensitivity and specificity against validation's intervals, and
-    the ECE (validation states no interval for it: its value against the test ECE's interval)."""
+    the ECE (validation's against the test ECE's interval, the test's against what a calibrated P scores on these
+    photos). Each says whether it lies beyond what 30 photos of its class can show as well (the beta-binomial
+    range, here from a hand count: issue 29's 63% of 30 benign validation photos)."""
     op = dict(target_sensitivity=0.9, threshold=0.4, sensitivity=0.93, sensitivity_ci95=[0.83, 1.0])
-    op.update(specificity=0.63, specificity_ci95=[0.45, 0.80])
+    op.update(specificity=0.63, specificity_ci95=[0.45, 0.80], n_malignant=29, n_benign=30)
     meta = dict(operating_point=op, calibration=dict(method="platt", val_ece_after=0.05))
-    cal = dict(ece_after=ece, ece_after_ci95=[ece - 0.1, ece + 0.1])
-    found = evaluation.figures_outside(dict(sensitivity=sensitivity, specificity=specificity), cal, meta)
+    half_width = 0.1 if ece != 0.26 else 0.25
+    cal = dict(ece_after=ece, ece_after_ci95=[ece - half_width, ece + half_width], ece_after_if_calibrated=0.25)
+    y = np.repeat([0, 1], 30)
+    found = evaluation.figures_outside(y, dict(sensitivity=sensitivity, specificity=specificity), cal, meta)
+    low, high = beta_binomial_range(0.63 * 30, 30, 30)
+    said = [text.replace("{}", f"{100 * low:.0f}-{high:.0%}") for text in said]
     assert len(found) == len(said) and all(part in text for part, text in zip(said, found)), found
-    no_interval = dict(cal, ece_after_ci95=[float("nan")] * 2)  # --n-bootstrap 0: nothing to say of the ECE
-    assert evaluation.figures_outside(dict(sensitivity=0.9, specificity=0.6), no_interval, meta) == []
+    no_interval = dict(cal, ece_after_ci95=[float("nan")] * 2, ece_after=0.1)  # --n-bootstrap 0: nothing to say
+    assert evaluation.figures_outside(y, dict(sensitivity=0.9, specificity=0.6), no_interval, meta) == []
+    older = dict(meta, operating_point={k: v for k, v in op.items() if not k.startswith("n_")})  # no counts stored
+    found = evaluation.figures_outside(y, dict(sensitivity=0.9, specificity=0.33), no_interval, older)
+    assert found == ["the test specificity 33% lies outside the 95% interval validation stated for it (63% [45-80%]): "
+                     "it did not hold here"]  # fmt: skip
 
 
 def test_a_model_with_folds_is_said_to_have_stated_its_figures_out_of_fold():
     """A model whose figures come from its folds: the warnings name the folds and the out-of-fold ECE, never
-    validation, which it had none of; the operating report names the out-of-fold predictions."""
+    validation, which it had none of; a test figure outside the folds' narrow interval but within what 30 test
+    photos can show is said to need more photos (docs/measurements.md, seed 1); the operating report names the
+    out-of-fold predictions."""
     op = dict(target_sensitivity=0.9, threshold=0.4, sensitivity=0.91, sensitivity_ci95=[0.86, 0.95])
-    op.update(specificity=0.34, specificity_ci95=[0.27, 0.41])
+    op.update(specificity=0.34, specificity_ci95=[0.27, 0.41], n_malignant=170, n_benign=170)
     meta = dict(operating_point=op, calibration=dict(method="platt", val_ece_after=0.05))
     meta["folds"] = dict(k=5, photos=340, deployed="ensemble", epochs=[7, 8, 6, 9, 7])
-    cal = dict(ece_after=0.3, ece_after_ci95=[0.2, 0.4])
-    found = evaluation.figures_outside(dict(sensitivity=0.97, specificity=0.43), cal, meta)
+    cal = dict(ece_after=0.3, ece_after_ci95=[0.2, 0.4], ece_after_if_calibrated=0.2)
+    y = np.repeat([0, 1], 30)
+    found = evaluation.figures_outside(y, dict(sensitivity=0.97, specificity=0.43), cal, meta)
     assert found[0].startswith("the test sensitivity 97% lies outside the 95% interval the folds stated for it (")
     assert found[1].startswith("the test specificity 43% lies outside the 95% interval the folds stated for it (")
+    low, high = beta_binomial_range(0.34 * 170, 170, 30)
+    assert found[1].endswith(f", though 30 benign photos can show {100 * low:.0f}-{high:.0%} there (95 times in 100): "
+                             "more photos will tell")  # fmt: skip
     assert found[2].startswith("the out-of-fold ECE 0.050 lies outside the 95% interval of the test ECE (0.300")
     assert len(found) == 3 and not any("validation" in text for text in found)
     y, p = np.repeat([0, 1], 10), np.linspace(0.0, 0.39, 20)  # every photo below the threshold: sensitivity 0

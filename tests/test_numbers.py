@@ -25,7 +25,7 @@ import evaluate
 import model
 import predict
 import prepare_dataset
-from conftest import calibration, fails, lesion_photo, noise_image, save_model, write_export
+from conftest import beta_binomial_range, calibration, fails, lesion_photo, noise_image, save_model, write_export
 from skinlesion import evaluation, isic, model_index, numbers, photos
 
 
@@ -304,6 +304,52 @@ def test_evaluates_calibration_numbers_before_and_after_are_those_of_the_plain_a
         assert report[f"brier_{when}"] == pytest.approx(np.mean((p - y) ** 2))
         assert report[f"log_loss_{when}"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
     assert report["ece_before"] > report["ece_after"] + 0.05
+    assert report["ece_after_if_calibrated"] == numbers.calibrated_ece_limit(after, seed=0)  # of the calibrated P
+
+
+@pytest.mark.parametrize(
+    "value, n_stated, n_new",
+    [(0.34, 170, 30), (0.91, 170, 30), (0.63, 30, 30), (0.5, 1, 60), (1.0, 40, 25), (0.0, 40, 25), (0.45, 2000, 7)],
+)
+def test_what_a_test_of_n_photos_can_show_is_the_beta_binomial_predictive_range(value, n_stated, n_new):
+    """expected_share: the range of a share on n_new new photos, given value on n_stated, equals the hand-summed
+    beta-binomial; wider than the new photos' own binomial range where the stated photos are few, and nearly it
+    where they are many. Wrong code caught: the stated interval itself, the binomial alone, the prior left out."""
+    from scipy.stats import binom
+
+    expected = numbers.expected_share(value, n_stated, n_new)
+    assert expected == pytest.approx(beta_binomial_range(value * n_stated, n_stated, n_new), abs=1e-12)
+    alone = binom(n_new, value).ppf(0.025) / n_new, binom(n_new, value).ppf(0.975) / n_new
+    assert expected[0] <= alone[0] and expected[1] >= alone[1]
+    assert numbers.expected_share(value, 10**6, n_new) == pytest.approx(alone, abs=1.01 / n_new)
+    assert numbers.expected_share(value, 0, n_new) is None and numbers.expected_share(value, n_stated, 0) is None
+
+
+def test_the_folds_specificity_on_30_benign_test_photos():
+    """The seed-1 ensemble of docs/measurements.md: 34% out of fold on 170 benign photos; its 95% interval
+    (27-41%) misses a 43% on 30 test photos, which what 30 photos can show (5 to 16 of them) holds."""
+    low, high = numbers.expected_share(0.34, 170, 30)
+    assert (round(low * 30), round(high * 30)) == (5, 16)
+    assert low < 0.27 and high >= 0.43
+
+
+@pytest.mark.parametrize("photos", [1, 7, 60, 400])
+def test_the_ece_limit_of_a_calibrated_p_is_its_95th_percentile(photos, monkeypatch):
+    """calibrated_ece_limit: P = 0.5 everywhere puts every photo in one bin, where the ECE is |share malignant -
+    0.5|, whose 95th percentile the binomial gives exactly; the limit from 2,000 draws lies within one photo of it.
+    Drawn in chunks it is the same number (the draws are one stream). Wrong code caught: the mean instead of the
+    95th percentile (far below), labels drawn from another P, a chunk drawn twice."""
+    from scipy.stats import binom
+
+    p = np.full(photos, 0.5)
+    k = np.arange(photos + 1)
+    gaps = np.abs(k / photos - 0.5)
+    order = np.argsort(gaps)
+    exact = gaps[order][np.argmax(np.cumsum(binom.pmf(k, photos, 0.5)[order]) >= 0.95)]
+    limit = numbers.calibrated_ece_limit(p)
+    assert abs(limit - exact) <= 1 / photos + 1e-12
+    monkeypatch.setattr(numbers, "CHUNK", 3 * photos)
+    assert numbers.calibrated_ece_limit(p) == limit
 
 
 # ---------------------------------------------------------------------------- metrics

