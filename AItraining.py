@@ -59,7 +59,7 @@ from skinlesion import (
     familiarity,
     files,
     folds,
-    numbers,
+    metrics,
     photos,
     plots,
     remote,
@@ -163,11 +163,11 @@ def epoch_numbers(labels, logits, meta):
     mask = model.malignant_mask(meta)
     y, z = mask[labels].astype(int), model.malignant_log_odds(logits, mask)
     logged = dict(
-        roc_auc=float(numbers.roc_auc(y, z)),
-        val_log_loss=float(numbers.log_loss(y, numbers.calibrated(z, None))),
+        roc_auc=float(metrics.roc_auc(y, z)),
+        val_log_loss=float(metrics.log_loss(y, metrics.calibrated(z, None))),
     )
     if len(meta["classes"]) > 2:
-        logged["type_balanced_accuracy"] = numbers.balanced_accuracy(labels, model.class_probabilities(logits))
+        logged["type_balanced_accuracy"] = metrics.balanced_accuracy(labels, model.class_probabilities(logits))
     return logged
 
 
@@ -176,21 +176,21 @@ def scored(labels, logits, meta, target):
     calibration, operating point, metrics at its threshold and ROC-AUC interval)."""
     mask = model.malignant_mask(meta)
     y, logged = mask[labels].astype(int), epoch_numbers(labels, logits, meta)
-    fitted = numbers.fit_calibration(y, logits, mask)  # one distribution: the malignant types add up to P(malignant)
+    fitted = metrics.fit_calibration(y, logits, mask)  # one distribution: the malignant types add up to P(malignant)
     p, probabilities = model.predictions([logits], dict(meta, calibration=fitted))
-    op = numbers.operating_point(y, p, target)
-    ci = numbers.bootstrap_ci(y, p, metric_fn=numbers.roc_auc)["value"]
-    val_metrics = dict(numbers.binary_metrics(y, p, op["threshold"]), **logged)
+    op = metrics.operating_point(y, p, target)
+    ci = metrics.bootstrap_ci(y, p, metric_fn=metrics.roc_auc)["value"]
+    val_metrics = dict(metrics.binary_metrics(y, p, op["threshold"]), **logged)
     kept = dict(
         calibration=fitted,
         operating_point=op,
         threshold=op["threshold"],
         val_metrics=val_metrics,
         val_auc_ci95=list(ci),
-        at_chance=numbers.at_chance(ci),
+        at_chance=metrics.at_chance(ci),
     )
     if len(meta["classes"]) > 2:
-        kept["val_types"] = numbers.types_with_intervals(labels, probabilities, meta["classes"])
+        kept["val_types"] = metrics.types_with_intervals(labels, probabilities, meta["classes"])
     return logged, kept
 
 

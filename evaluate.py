@@ -53,11 +53,11 @@ from skinlesion import (
     files,
     folders,
     isic,
-    numbers,
+    metrics,
     photos,
     plots,
     remote,
-    shapes,
+    schema,
     shards,
 )
 
@@ -97,8 +97,8 @@ def parse_args(argv=None):
         cli.check(os.path.isdir(args.external), "--external", cli.printable(args.external), wanted)
     name = args.external_name
     cli.check(name is None or args.external is not None, "--external-name", name, "pass --external with it")
-    wanted = f"use printable text of 1 to {shapes.MAX_NAME} characters"
-    cli.check(name is None or shapes.is_text(name, shapes.MAX_NAME), "--external-name", repr(name), wanted)
+    wanted = f"use printable text of 1 to {schema.MAX_NAME} characters"
+    cli.check(name is None or schema.is_text(name, schema.MAX_NAME), "--external-name", repr(name), wanted)
     args.photos = args.data_dir if args.external is None else args.external  # the photos scored
     cli.check_writable(args.output_dir, "--output-dir", folder=True)
     folders.check_outside(args.output_dir, "--output-dir", [args.photos])
@@ -183,10 +183,10 @@ def manifest_rows(data_dir, paths):
 def types_report(labels, probabilities, classes, path, args, described):
     """The lesion types' balanced accuracy and each type's sensitivity with 95% intervals, one-vs-rest ROC-AUC
     per type, and the confusion picture (saying which photos it shows)."""
-    counts = numbers.confusion(labels, probabilities)
+    counts = metrics.confusion(labels, probabilities)
     plots.confusion(counts, classes, "lesion types (most probable type)", path, described["shown"])
-    aucs = numbers.one_vs_rest_auc(labels, probabilities)
-    found = numbers.types_with_intervals(labels, probabilities, classes, args.n_bootstrap, args.seed)
+    aucs = metrics.one_vs_rest_auc(labels, probabilities)
+    found = metrics.types_with_intervals(labels, probabilities, classes, args.n_bootstrap, args.seed)
     return dict(found, classes=classes, one_vs_rest_auc=dict(zip(classes, aucs)), confusion=counts.tolist())
 
 
@@ -251,11 +251,11 @@ def main(argv=None):
 
     # metrics with intervals, the operating point, calibration, subgroups, types
     threshold = float(meta["threshold"])
-    scores = numbers.binary_metrics(y, p, threshold)
+    scores = metrics.binary_metrics(y, p, threshold)
     ci = {key: (float("nan"),) * 2 for key in NAMES}
     if args.n_bootstrap:
-        ci = numbers.bootstrap_ci(y, p, args.n_bootstrap, args.seed, threshold=threshold)
-    at_chance = numbers.at_chance(ci["roc_auc"]) if args.n_bootstrap else None  # no interval: unknown
+        ci = metrics.bootstrap_ci(y, p, args.n_bootstrap, args.seed, threshold=threshold)
+    at_chance = metrics.at_chance(ci["roc_auc"]) if args.n_bootstrap else None  # no interval: unknown
     described = evaluation.photos_described(y, rows, name, args.photos)
     result = dict(
         written_by=files.TAG,
@@ -384,15 +384,15 @@ def show(result, args, chosen):
     print(f"threshold {result['threshold']:.4f} (stored in the checkpoint, chosen on {chosen[2]}; not tuned here)\n")
     print(f"{'metric':<22}{'value':>7}   95% CI ({args.n_bootstrap} bootstrap resamples)")
     for key, name in NAMES.items():
-        interval = f"[{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if numbers.known_interval(ci[key]) else "not computed"
+        interval = f"[{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if metrics.known_interval(ci[key]) else "not computed"
         print(f"{name:<22}{scores[key]:>7.3f}   {interval}")
     print(f"\nconfusion matrix (rows true, columns predicted)\n{'':<12}{'benign':>11}{'malignant':>11}")
     print(f"{'benign':<12}{scores['tn']:>11}{scores['fp']:>11}\n{'malignant':<12}{scores['fn']:>11}{scores['tp']:>11}")
     if op.get("target_sensitivity"):
         print(
             f"\noperating point: target sensitivity {op['target_sensitivity']:.2f}, reached "
-            f"{numbers.percent_range(scores['sensitivity'], ci['sensitivity'])}; specificity "
-            f"{numbers.percent_range(scores['specificity'], ci['specificity'])}"
+            f"{metrics.percent_range(scores['sensitivity'], ci['sensitivity'])}; specificity "
+            f"{metrics.percent_range(scores['specificity'], ci['specificity'])}"
         )
     print(
         f"\ncalibration ({cal['method']}): ECE {cal['ece_before']:.3f} before, {cal['ece_after']:.3f} after; "

@@ -16,12 +16,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion import backbone, checkpoints, ensemble, familiarity, quantise, reading, self_check, shapes
+from skinlesion import backbone, checkpoints, ensemble, familiarity, quantise, reading, schema, self_check
 from skinlesion.backbone import imagenet_model
 from skinlesion.cli import die, is_list_of, printable
 from skinlesion.dataset import SIDES
 from skinlesion.files import TAG, atomic_write, file_kind
-from skinlesion.numbers import APPLIES_TO
+from skinlesion.metrics import APPLIES_TO
 
 # -----------------------------------------------------------------------------
 MODEL_NAME = "efficientnet_b0"  # timm architecture
@@ -144,7 +144,7 @@ def view_logits(net, x, tta=False):
 # ---------------------------------------------------------------------------- the model file
 class Key(NamedTuple):
     holds: str  # what the value is
-    shape: shapes.Shape  # how it is checked when a model file is loaded (and before one is saved)
+    shape: schema.Shape  # how it is checked when a model file is loaded (and before one is saved)
     writer: str  # who writes it
     required: bool = False  # every model file holds it (else: only some, e.g. those of a finished run)
     onnx: str = "copied"  # "copied" into the ONNX metadata, "left out" (the card carries it), "export" (written there)
@@ -152,69 +152,69 @@ class Key(NamedTuple):
 
 
 RUN_SETTINGS = {  # what a run keeps for --resume (AItraining.py's SETTINGS): the flags it restores, by shape
-    "recipe": shapes.one_of("finetune", "scratch"), "why": shapes.text(), "optimizer": shapes.one_of("adam", "adamw"),
-    "lr": shapes.number(1e-12, math.inf), "weight_decay": shapes.number(0, math.inf),
-    "warmup": shapes.number(0, 0.99), "schedule": shapes.one_of("cosine", "constant"),
-    "epochs": shapes.whole(1, 10**6), "label_smoothing": shapes.number(0, 0.99), "drop_path": shapes.number(0, 0.99),
-    "class_weights": shapes.BOOLEAN, "patience": shapes.whole(0, 10**6), "batch_size": shapes.whole(1, 10**5),
-    "image_size": shapes.whole(*IMAGE_SIZES), "seed": shapes.whole(0, 2**32 - 1), "target_sensitivity": shapes.FRACTION,
-    "amp": shapes.BOOLEAN, "run": shapes.text(), "model_name": shapes.ARCHITECTURE, "folds": shapes.whole(1, 20),
-    "deploy": shapes.one_of("refit", "ensemble"),
+    "recipe": schema.one_of("finetune", "scratch"), "why": schema.text(), "optimizer": schema.one_of("adam", "adamw"),
+    "lr": schema.number(1e-12, math.inf), "weight_decay": schema.number(0, math.inf),
+    "warmup": schema.number(0, 0.99), "schedule": schema.one_of("cosine", "constant"),
+    "epochs": schema.whole(1, 10**6), "label_smoothing": schema.number(0, 0.99), "drop_path": schema.number(0, 0.99),
+    "class_weights": schema.BOOLEAN, "patience": schema.whole(0, 10**6), "batch_size": schema.whole(1, 10**5),
+    "image_size": schema.whole(*IMAGE_SIZES), "seed": schema.whole(0, 2**32 - 1), "target_sensitivity": schema.FRACTION,
+    "amp": schema.BOOLEAN, "run": schema.text(), "model_name": schema.ARCHITECTURE, "folds": schema.whole(1, 20),
+    "deploy": schema.one_of("refit", "ensemble"),
 }  # fmt: skip
 SINCE = ("model_name", "folds", "deploy")  # settings files from before them lack
-RUN_SETTINGS_SHAPE = shapes.record(
+RUN_SETTINGS_SHAPE = schema.record(
     {k: v for k, v in RUN_SETTINGS.items() if k not in SINCE}, {k: RUN_SETTINGS[k] for k in SINCE}
 )
-OUTPUTS = shapes.one_of(list(ONNX_OUTPUTS), [*ONNX_OUTPUTS, "familiarity_distance"])  # an export's, in order
+OUTPUTS = schema.one_of(list(ONNX_OUTPUTS), [*ONNX_OUTPUTS, "familiarity_distance"])  # an export's, in order
 KEYS = {  # the model file's metadata: every key a .pth or .onnx may hold; any other is ignored and never copied
-    "written_by": Key("files.TAG: a model file of ours", shapes.text(), "checkpoint_state"),
-    "format": Key("its format (checkpoints.FORMAT; absent: before 2)", shapes.whole(1, 10**6), "AItraining.py"),
-    "model_name": Key("the timm architecture", shapes.ARCHITECTURE, "checkpoint_state"),
-    "network": Key("its features, stride and convolutions (network_shape)", shapes.NETWORK, "checkpoint_state"),
-    "classes": Key("the class folders, in index order", shapes.NAMES, "AItraining.py", True, page=True),
-    "malignant_classes": Key("the classes on the malignant side", shapes.NAMES, "AItraining.py", page=True),
-    "class_names": Key("each class's label value in the export", shapes.NAMES, "AItraining.py", page=True),
-    "image_size": Key("the network's input side in px", shapes.whole(*IMAGE_SIZES), "checkpoint_state", True,
+    "written_by": Key("files.TAG: a model file of ours", schema.text(), "checkpoint_state"),
+    "format": Key("its format (checkpoints.FORMAT; absent: before 2)", schema.whole(1, 10**6), "AItraining.py"),
+    "model_name": Key("the timm architecture", schema.ARCHITECTURE, "checkpoint_state"),
+    "network": Key("its features, stride and convolutions (network_shape)", schema.NETWORK, "checkpoint_state"),
+    "classes": Key("the class folders, in index order", schema.NAMES, "AItraining.py", True, page=True),
+    "malignant_classes": Key("the classes on the malignant side", schema.NAMES, "AItraining.py", page=True),
+    "class_names": Key("each class's label value in the export", schema.NAMES, "AItraining.py", page=True),
+    "image_size": Key("the network's input side in px", schema.whole(*IMAGE_SIZES), "checkpoint_state", True,
                       page=True),
-    "mean": Key("normalisation mean", shapes.list_of(shapes.number(-10, 10), 3), "checkpoint_state", True, page=True),
-    "std": Key("normalisation std", shapes.list_of(shapes.number(1e-6, 10), 3), "checkpoint_state", True, page=True),
-    "interpolation": Key("the resize filter", shapes.one_of("bicubic", "bilinear", "nearest"), "checkpoint_state",
+    "mean": Key("normalisation mean", schema.list_of(schema.number(-10, 10), 3), "checkpoint_state", True, page=True),
+    "std": Key("normalisation std", schema.list_of(schema.number(1e-6, 10), 3), "checkpoint_state", True, page=True),
+    "interpolation": Key("the resize filter", schema.one_of("bicubic", "bilinear", "nearest"), "checkpoint_state",
                          True, page=True),
-    "crop_pct": Key("the centre crop's share of the shorter side", shapes.number(0.05, 1), "checkpoint_state", True,
+    "crop_pct": Key("the centre crop's share of the shorter side", schema.number(0.05, 1), "checkpoint_state", True,
                     page=True),
-    "threshold": Key("P(malignant) from which a photo is called malignant", shapes.FRACTION, "AItraining.py", True,
+    "threshold": Key("P(malignant) from which a photo is called malignant", schema.FRACTION, "AItraining.py", True,
                      page=True),
-    "calibration": Key("the scaling of the class logits", shapes.nullable(shapes.CALIBRATION), "AItraining.py",
+    "calibration": Key("the scaling of the class logits", schema.nullable(schema.CALIBRATION), "AItraining.py",
                        page=True),
-    "operating_point": Key("the threshold's sensitivity, specificity", shapes.OPERATING_POINT, "AItraining.py",
+    "operating_point": Key("the threshold's sensitivity, specificity", schema.OPERATING_POINT, "AItraining.py",
                            page=True),
-    "val_metrics": Key("validation metrics at the threshold", shapes.table_of(shapes.ANY_NUMBER), "AItraining.py"),
-    "val_auc_ci95": Key("validation ROC-AUC 95% interval", shapes.list_of(shapes.FRACTION, 2), "AItraining.py",
+    "val_metrics": Key("validation metrics at the threshold", schema.table_of(schema.ANY_NUMBER), "AItraining.py"),
+    "val_auc_ci95": Key("validation ROC-AUC 95% interval", schema.list_of(schema.FRACTION, 2), "AItraining.py",
                         page=True),
-    "at_chance": Key("that interval holds 0.5 (null: unknown)", shapes.nullable(shapes.BOOLEAN), "AItraining.py",
+    "at_chance": Key("that interval holds 0.5 (null: unknown)", schema.nullable(schema.BOOLEAN), "AItraining.py",
                      page=True),
-    "epoch": Key("the epoch the weights are from", shapes.whole(0, 10**6), "AItraining.py"),
-    "imagenet": Key("where its starting weights came from (backbone.py)", shapes.STARTING_WEIGHTS, "AItraining.py"),
-    "manifest_sha256": Key("the dataset's manifest.csv", shapes.nullable(shapes.SHA256), "AItraining.py"),
-    "versions": Key("torch, timm, pillow", shapes.table_of(shapes.text(100)), "checkpoint_state"),
+    "epoch": Key("the epoch the weights are from", schema.whole(0, 10**6), "AItraining.py"),
+    "imagenet": Key("where its starting weights came from (backbone.py)", schema.STARTING_WEIGHTS, "AItraining.py"),
+    "manifest_sha256": Key("the dataset's manifest.csv", schema.nullable(schema.SHA256), "AItraining.py"),
+    "versions": Key("torch, timm, pillow", schema.table_of(schema.text(100)), "checkpoint_state"),
     "settings": Key("the run's settings (model_name: since any backbone)", RUN_SETTINGS_SHAPE, "AItraining.py",
                     onnx="left out"),
-    "data": Key("the training data, for the card", shapes.DATA, "AItraining.py", onnx="left out"),
-    "source_checkpoint": Key("the .pth it was exported from", shapes.text(), "export_onnx.py", True, "export"),
-    "source_sha256": Key("that file's SHA-256", shapes.SHA256, "export_onnx.py", True, "export"),
+    "data": Key("the training data, for the card", schema.DATA, "AItraining.py", onnx="left out"),
+    "source_checkpoint": Key("the .pth it was exported from", schema.text(), "export_onnx.py", True, "export"),
+    "source_sha256": Key("that file's SHA-256", schema.SHA256, "export_onnx.py", True, "export"),
     "outputs": Key("the graph's outputs", OUTPUTS, "export_onnx.py", True, "export"),
-    "exporter": Key("how it was exported", shapes.text(), "export_onnx.py", True, "export"),
-    "card_summary": Key("the card in four texts", shapes.SUMMARY, "export_onnx.py", True, "export", page=True),
+    "exporter": Key("how it was exported", schema.text(), "export_onnx.py", True, "export"),
+    "card_summary": Key("the card in four texts", schema.SUMMARY, "export_onnx.py", True, "export", page=True),
     "prior_malignant": Key("the training photos' share of malignant ones (what P assumes)",
-                           shapes.number(1e-6, 1 - 1e-6), "AItraining.py", page=True),
-    "val_types": Key("the types' validation results with 95% intervals", shapes.TYPES_RESULTS, "AItraining.py"),
+                           schema.number(1e-6, 1 - 1e-6), "AItraining.py", page=True),
+    "val_types": Key("the types' validation results with 95% intervals", schema.TYPES_RESULTS, "AItraining.py"),
     "familiarity": Key("how far a photo may lie from the training photos (skinlesion/familiarity.py)",
-                       shapes.FAMILIARITY, "AItraining.py", page=True),
-    "quantised": Key("an int8 twin's comparison with its full model", shapes.QUANTISED, "export_onnx.py", False,
+                       schema.FAMILIARITY, "AItraining.py", page=True),
+    "quantised": Key("an int8 twin's comparison with its full model", schema.QUANTISED, "export_onnx.py", False,
                      "export", page=True),
-    "self_check": Key("outputs on self_check.inputs", shapes.SELF_CHECK, "export_onnx.py", True, "export"),
-    "members": Key("how many networks it averages (ensemble.py); absent: one", shapes.whole(2, 20), "AItraining.py"),
-    "folds": Key("the folds that chose calibration, threshold, familiarity limit", shapes.FOLDS, "AItraining.py"),
+    "self_check": Key("outputs on self_check.inputs", schema.SELF_CHECK, "export_onnx.py", True, "export"),
+    "members": Key("how many networks it averages (ensemble.py); absent: one", schema.whole(2, 20), "AItraining.py"),
+    "folds": Key("the folds that chose calibration, threshold, familiarity limit", schema.FOLDS, "AItraining.py"),
 }  # fmt: skip
 
 
@@ -243,7 +243,7 @@ def meta_fault(meta, kind="pth"):
     missing = [name for name in need if name not in meta]
     if missing:
         return f"no {', '.join(missing)} in its metadata"
-    faults = (shapes.fault(key.shape, name, meta[name]) for name, key in KEYS.items() if name in meta)
+    faults = (schema.fault(key.shape, name, meta[name]) for name, key in KEYS.items() if name in meta)
     fault = next(filter(None, faults), None)
     name, network = meta.get("model_name", MODEL_NAME), meta.get("network")  # before the keys: EfficientNet-B0
     if not fault and network is not None and network["architecture"] != name:

@@ -55,7 +55,7 @@ from skinlesion import (
     familiarity,
     files,
     folders,
-    numbers,
+    metrics,
     photos,
 )
 
@@ -192,7 +192,7 @@ def answer_lines(found, meta, threshold, args):
     close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
     lines = [f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}"]
     if args.prevalence is not None:
-        at = float(numbers.reweighted(found.p, meta["prior_malignant"], args.prevalence))
+        at = float(metrics.reweighted(found.p, meta["prior_malignant"], args.prevalence))
         share = cli.percent_text(args.prevalence)
         lines.append(f"At a prevalence of {share}: P(malignant) = {at:.3f} (the call above uses P)")
     if len(meta["classes"]) > 2:
@@ -230,7 +230,7 @@ def folder_line(path, found, meta, threshold, args):
         name, q = answer.likely_types(found.probabilities, meta)[0]
         kind = f"; type {name} (P = {q:.3f})"
     if args.prevalence is not None:
-        at = float(numbers.reweighted(found.p, meta["prior_malignant"], args.prevalence))
+        at = float(metrics.reweighted(found.p, meta["prior_malignant"], args.prevalence))
         kind += f"; at prevalence {cli.percent_text(args.prevalence)}: P = {at:.3f}"
     close = ", borderline" if near else ""
     return f"{cli.printable(path)}: Prediction: {found.call} (P(malignant) = {p_text}{close}){kind}"
@@ -282,7 +282,7 @@ def closing_lines(meta, args, single_unfamiliar, sha256):
         return []
     lines = []
     if meta.get("operating_point") and args.threshold is None:
-        said = numbers.operating_point_text(meta["operating_point"], card.chosen_on(meta)[1])  # validation or folds
+        said = metrics.operating_point_text(meta["operating_point"], card.chosen_on(meta)[1])  # validation or folds
         lines.append(f"Operating point: {said}.")
     tested, point = ([], None) if args.tta or args.threshold is not None else tested_results(args.model, meta, sha256)
     assumes, at_prevalence = answer.prevalence_texts(meta, args.prevalence, args.threshold is not None, point)
@@ -343,7 +343,7 @@ def main(argv=None):
             skipped.append((path, why))
             continue
         p, probabilities, cam, distance = predict_one(img)
-        if not numbers.is_probability(p):
+        if not metrics.is_probability(p):
             if single:
                 cli.die(
                     f"the model gave no valid probability for {cli.printable(path)} (P = {p}); the model file is "

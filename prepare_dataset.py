@@ -37,7 +37,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, isic, other_types, photos, shapes, shard_format
+from skinlesion import cli, dataset, files, folders, isic, other_types, photos, schema, shard_format
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -121,9 +121,9 @@ def filter_rows(df, image_types, label_column=LABEL_COLUMN):
     df["label_value"] = df.side if two_class else df[label_column]
     if not two_class:
         df = keep(df, df.label_value != "", f"with a {label_column} value", "left out: empty")
-        named = df.label_value.map(lambda value: shapes.is_text(value, shapes.MAX_NAME))
+        named = df.label_value.map(lambda value: schema.is_text(value, schema.MAX_NAME))
         why = "left out (a class name must be printable text): " + cli.counts_text(df.label_value[~named], 3)
-        df = keep(df, named, f"printable, at most {shapes.MAX_NAME} characters", why)
+        df = keep(df, named, f"printable, at most {schema.MAX_NAME} characters", why)
     ok = df.side.isin(dataset.SIDES)
     odd = ~ok & ~isic.is_undecided(df.side)
     losses.append(("label outside ISIC's vocabulary or in conflict", odd.sum(), cli.counts_text(df.side[odd], 3)))

@@ -34,7 +34,7 @@ import re
 import sys
 
 import model
-from skinlesion import checkpoints, cli, files, folders, numbers, quantise, reading
+from skinlesion import checkpoints, cli, files, folders, metrics, quantise, reading
 from skinlesion.card import MAX_CARD_BYTES, chosen_on
 
 # -----------------------------------------------------------------------------
@@ -89,8 +89,8 @@ def read_model(path):
     sidecar = {key: meta.get(key) for key in keys}
     op = meta.get("operating_point")
     sidecar.update(
-        operating_point_text=op and numbers.operating_point_text(op, chosen_on(meta)[1]),  # validation or folds
-        operating_point_warning=op and numbers.operating_point_warning(op),
+        operating_point_text=op and metrics.operating_point_text(op, chosen_on(meta)[1]),  # validation or folds
+        operating_point_warning=op and metrics.operating_point_warning(op),
     )
     return dict(sidecar, borderline_margin=model.BORDERLINE, model_file="model.onnx")
 

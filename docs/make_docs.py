@@ -38,9 +38,9 @@ PICTURES = {"training_curves.png": "training_curves.png", "confusion_matrix.png"
 STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
           ("the prepared dataset", ["dataset", "shards", "shard_format", "other_types"]),
           ("the training data path", ["training", "devices", "resume", "folds"]), ("the folds averaged", ["ensemble"]),
-          ("the model's parts", ["backbone", "checkpoints", "shapes", "self_check", "familiarity", "mahalanobis",
+          ("the model's parts", ["backbone", "checkpoints", "schema", "self_check", "familiarity", "mahalanobis",
                                  "non_lesions", "explain", "quantise"]),
-          ("numbers", ["numbers", "evaluation", "plots", "answer"]), ("the card", ["card", "model_index"]),
+          ("numbers", ["metrics", "evaluation", "plots", "answer"]), ("the card", ["card", "model_index"]),
           ("safe outputs", ["files", "folders", "ledger", "cleaning", "interrupts"]),
           ("safe inputs", ["reading", "remote"]), ("the command line", ["cli"]),
           ("the demo", ["demo"])]  # fmt: skip

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from skinlesion import cli, numbers
+from skinlesion import cli, metrics
 
 UNRELIABLE = "Unreliable: "  # what marks each line of an answer shown anyway for an unfamiliar photo
 STRAYED = (  # the caution for an int8 model (export_onnx.py's twin) that its comparison did not clear
@@ -54,10 +54,10 @@ def model_cautions(meta):
         interval = f" (its validation ROC-AUC 95% interval {ci[0]:.3f}-{ci[1]:.3f} includes 0.5)" if ci else ""
         cautions.append(f"this model cannot be told from chance{interval}; do not rely on its predictions")
     op = meta.get("operating_point")
-    warning = numbers.operating_point_warning(op) if op else None
+    warning = metrics.operating_point_warning(op) if op else None
     if warning:
         cautions.append(warning + " on its validation photos")
-    weak = None if meta.get("at_chance") else numbers.weak_model_warning(op, meta.get("val_auc_ci95"))
+    weak = None if meta.get("at_chance") else metrics.weak_model_warning(op, meta.get("val_auc_ci95"))
     if weak:
         cautions.append(weak + "; read its answers as a rough guide at best")
     quantised = meta.get("quantised")
@@ -82,7 +82,7 @@ def prevalence_texts(meta, prevalence, threshold_given, tested=None):
         return assumes, None
     said = []
     for split, found in figures:
-        ppv, npv = numbers.predictive_values(found["sensitivity"], found["specificity"], prevalence)
+        ppv, npv = metrics.predictive_values(found["sensitivity"], found["specificity"], prevalence)
         said.append(
             f"from the {split} sensitivity and specificity at this threshold, a 'malignant' call is right "
             f"{ppv:.0%} of the time (PPV) and a 'benign' call {npv:.0%} of the time (NPV)"
@@ -105,7 +105,7 @@ def evaluation_figures(evaluation):
     sensitivity, specificity, ROC-AUC (an interval of NaN, as --n-bootstrap 0 leaves, is None)."""
     found = {}
     for key in ("sensitivity", "specificity", "roc_auc"):
-        found[key] = (evaluation["metrics"][key], numbers.known_interval((evaluation.get("ci95") or {}).get(key)))
+        found[key] = (evaluation["metrics"][key], metrics.known_interval((evaluation.get("ci95") or {}).get(key)))
     return found
 
 
@@ -134,7 +134,7 @@ def tested_text(figures, where="on the test photos"):
     for key, words in (("sensitivity", "caught {} of the malignant"), ("specificity", "cleared {} of the benign")):
         if key in figures:
             value, ci = figures[key]
-            parts.append(words.format(numbers.percent_range(value, ci) if ci else f"{value:.0%}"))
+            parts.append(words.format(metrics.percent_range(value, ci) if ci else f"{value:.0%}"))
     if "roc_auc" in figures:
         value, ci = figures["roc_auc"]
         parts.append(f"ROC-AUC {value:.2f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else ""))

@@ -12,8 +12,8 @@ import re
 from skinlesion import answer, dataset, familiarity, ledger, reading
 from skinlesion.cli import printable
 from skinlesion.files import TAG, write_text
+from skinlesion.metrics import interval_text, operating_point_text, types_text
 from skinlesion.model_index import front_matter
-from skinlesion.numbers import interval_text, operating_point_text, types_text
 
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "roc_auc": "ROC-AUC", "ece": "ECE",
                 "brier": "Brier score"}  # fmt: skip

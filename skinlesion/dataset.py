@@ -11,7 +11,7 @@ from skinlesion import reading
 from skinlesion.cli import die, printable, warn
 from skinlesion.files import file_kind, file_sha256
 from skinlesion.photos import find_images, image_size
-from skinlesion.shapes import as_text
+from skinlesion.schema import as_text
 
 SIDES = ["benign", "malignant"]  # the two-class labels: folder names = class indices; malignant is positive
 SPLITS = ["train", "val", "test"]  # the splits prepare_dataset.py makes, in order
@@ -152,7 +152,7 @@ def class_folders(folder, what="data folder", classes=SIDES):
 
 def data_summary(manifest, classes, data_dir):
     """What the card says of the training data, from the dataset's manifest (None: a folder made by hand); each
-    text as a model file may hold it (shapes.as_text: printable, bounded)."""
+    text as a model file may hold it (schema.as_text: printable, bounded)."""
     from skinlesion import isic  # pandas: not on the path of model.py's importers (--help, ONNX predict)
 
     if manifest is None or manifest.empty:

@@ -7,7 +7,7 @@ labels, P(malignant) or the familiarity distances, never the model."""
 
 import numpy as np
 
-from skinlesion import card, cli, familiarity, isic, numbers
+from skinlesion import card, cli, familiarity, isic, metrics
 
 
 def calibration_report(y, before, after, fitted, args):
@@ -16,16 +16,16 @@ def calibration_report(y, before, after, fitted, args):
     report = {"method": (fitted or {}).get("method", "none")}
     for when, p in (("before", before), ("after", after)):
         for key, measure in (
-            ("ece", numbers.ece),
-            ("brier", numbers.brier),
-            ("log_loss", numbers.log_loss),
+            ("ece", metrics.ece),
+            ("brier", metrics.brier),
+            ("log_loss", metrics.log_loss),
         ):
             report[f"{key}_{when}"] = float(measure(y, p))
             if args.n_bootstrap:
-                ci = numbers.bootstrap_ci(y, p, args.n_bootstrap, args.seed, metric_fn=measure)["value"]
+                ci = metrics.bootstrap_ci(y, p, args.n_bootstrap, args.seed, metric_fn=measure)["value"]
                 report[f"{key}_{when}_ci95"] = list(ci)
-        report[f"bins_{when}"] = numbers.reliability(y, p)
-    report["ece_after_if_calibrated"] = numbers.calibrated_ece_limit(after, seed=args.seed)
+        report[f"bins_{when}"] = metrics.reliability(y, p)
+    report["ece_after_if_calibrated"] = metrics.calibrated_ece_limit(after, seed=args.seed)
     if report["method"] != "none" and report["ece_after"] > report["ece_before"]:
         report["warning"] = (
             f"the calibration made P(malignant) less well calibrated on these photos (ECE {report['ece_before']:.3f} "
@@ -54,7 +54,7 @@ def operating_report(y, p, meta, scores, ci):
             f"({low[0]:.2f}-{low[1]:.2f}): the operating point chosen on {card.chosen_on(meta)[2]} did not hold here"
         )
     test_op = dict(sensitivity=scores["sensitivity"], specificity=scores["specificity"])
-    found["flags"] = numbers.operating_point_warning(test_op)
+    found["flags"] = metrics.operating_point_warning(test_op)
     return found
 
 
@@ -62,7 +62,7 @@ def figures_outside(y, scores, cal, meta, photos="test"):
     """A warning for each figure on these photos (labels y) that lies outside what validation (or the folds, out of
     fold) stated: the sensitivity and specificity at the threshold outside the 95% interval stated for them, and
     the ECE (ece_outside). Each says whether the figure also lies outside what this many photos can show
-    (numbers.expected_share): then it did not hold; else only more photos can tell."""
+    (metrics.expected_share): then it did not hold; else only more photos can tell."""
     op, found = meta.get("operating_point") or {}, []
     source = card.chosen_on(meta)[0]  # validation, or out-of-fold: the photos that stated the figures
     stated_by = "the folds" if source == "out-of-fold" else "validation"
@@ -73,7 +73,7 @@ def figures_outside(y, scores, cal, meta, photos="test"):
         if stated and not stated[0] <= scores[key] <= stated[1]:
             side, n_new = counts[key]
             said = f"the {photos} {key} {scores[key]:.0%} lies outside the 95% interval {stated_by} stated for it "
-            said += f"({numbers.percent_range(op[key], stated)})"
+            said += f"({metrics.percent_range(op[key], stated)})"
             found.append(said + noise_text(op[key], op.get(f"n_{side}"), n_new, scores[key], side))
     said = ece_outside(len(y), cal, (meta.get("calibration") or {}).get("val_ece_after"), source, photos)
     return found + [said] if said else found
@@ -106,7 +106,7 @@ def ece_outside(n_photos, cal, val_ece, source, photos):
 def noise_text(stated, n_stated, n_new, value, side):
     """How a share outside its stated interval ends its warning: outside what n_new photos can show as well (it
     did not hold), or inside it (more photos would tell); nothing to say of the noise without the stated count."""
-    expected = numbers.expected_share(stated, n_stated, n_new)
+    expected = metrics.expected_share(stated, n_stated, n_new)
     if expected is None:
         return ": it did not hold here"
     shown = f"{100 * expected[0]:.0f}-{expected[1]:.0%}"
@@ -133,9 +133,9 @@ def subgroups(y, p, rows, args):
             if min(group["benign"], group["malignant"]) < card.MIN_PER_CLASS:
                 group["text"] = "too few photos to report"
             else:
-                group["roc_auc"] = float(numbers.roc_auc(y[at], p[at]))
-                low, high = numbers.bootstrap_ci(
-                    y[at], p[at], args.n_bootstrap or 200, args.seed, metric_fn=numbers.roc_auc
+                group["roc_auc"] = float(metrics.roc_auc(y[at], p[at]))
+                low, high = metrics.bootstrap_ci(
+                    y[at], p[at], args.n_bootstrap or 200, args.seed, metric_fn=metrics.roc_auc
                 )["value"]
                 group.update(roc_auc_ci95=[low, high], text=f"{group['roc_auc']:.3f} ({low:.3f}-{high:.3f})")
             found[factor][value or "unknown"] = group
@@ -146,14 +146,14 @@ def compare_tta(y, plain, flipped, threshold, n, seed):
     """Plain vs flip-averaged predictions on the same photos, with a paired bootstrap CI of the AUC gain."""
     keys = ("roc_auc", "accuracy", "sensitivity", "specificity")
     result = {
-        name: {k: numbers.binary_metrics(y, p, threshold)[k] for k in keys}
+        name: {k: metrics.binary_metrics(y, p, threshold)[k] for k in keys}
         for name, p in (("plain", plain), ("tta", flipped))
     }
 
     def gain(y, p):
-        return numbers.roc_auc(y, p[..., 1]) - numbers.roc_auc(y, p[..., 0])
+        return metrics.roc_auc(y, p[..., 1]) - metrics.roc_auc(y, p[..., 0])
 
-    low, high = numbers.bootstrap_ci(y, np.stack([plain, flipped], 1), n, seed, metric_fn=gain)["value"]
+    low, high = metrics.bootstrap_ci(y, np.stack([plain, flipped], 1), n, seed, metric_fn=gain)["value"]
     verdict = "makes no clear difference to the ROC-AUC"
     if low > 0:
         verdict = "helps the ROC-AUC"

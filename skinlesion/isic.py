@@ -24,7 +24,7 @@ from skinlesion import cli, files, interrupts, photos, reading
 from skinlesion.cli import die, first_few, printable, warn
 from skinlesion.files import atomic_write, file_kind, write_text
 from skinlesion.folders import is_within
-from skinlesion.shapes import as_text
+from skinlesion.schema import as_text
 
 SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs"}
 IMAGE_TYPES = ["dermoscopic", "clinical: overview", "clinical: close-up", "TBP tile: close-up", "TBP tile: overview",

@@ -4,7 +4,7 @@ from evaluate.py); and the test results as the card names them (export_onnx.py c
 
 import yaml
 
-from skinlesion.numbers import known_interval
+from skinlesion.metrics import known_interval
 
 LICENCES = {"CC-BY-NC": "cc-by-nc-4.0", "CC-BY": "cc-by-4.0", "CC-0": "cc0-1.0"}  # most restrictive first
 TAGS = ["image-classification", "dermatology", "skin-lesion", "isic-archive", "not-a-medical-device"]

@@ -10,7 +10,7 @@ import numpy as np
 
 from skinlesion.cli import printable
 from skinlesion.files import TAG, atomic_write
-from skinlesion.numbers import interval_text, known_interval
+from skinlesion.metrics import interval_text, known_interval
 
 
 def pyplot():

@@ -114,7 +114,7 @@ def comparison(p_full, p_int8, y, threshold, band, distances=None, limit=None):
     the borderline band), each ROC-AUC; for a model with a familiarity measure (distances: the full model's and
     the twin's familiarity distances, limit: the model's), the photos whose familiar/unfamiliar decision flips
     each way (and those outside FAMILIARITY_BAND); and whether the page may use it (the rule: within_tolerance)."""
-    from skinlesion import numbers
+    from skinlesion import metrics
 
     changed = (p_full >= threshold) != (p_int8 >= threshold)
     outside = changed & (np.abs(p_full - threshold) >= band)
@@ -128,7 +128,7 @@ def comparison(p_full, p_int8, y, threshold, band, distances=None, limit=None):
         max_auc_drop=MAX_AUC_DROP,
     )
     if y is not None and 0 < np.sum(y) < len(y):
-        result.update(roc_auc_full=float(numbers.roc_auc(y, p_full)), roc_auc_int8=float(numbers.roc_auc(y, p_int8)))
+        result.update(roc_auc_full=float(metrics.roc_auc(y, p_full)), roc_auc_int8=float(metrics.roc_auc(y, p_int8)))
     if distances is not None:
         d_full, d_int8 = (np.asarray(d, dtype=np.float64) for d in distances)
         to_unfamiliar, to_familiar, flips_outside = familiarity_flips(d_full, d_int8, limit)

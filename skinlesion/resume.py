@@ -10,16 +10,16 @@ import os
 
 import numpy as np
 
-from skinlesion import ledger, shapes
+from skinlesion import ledger, schema
 from skinlesion.cli import die, flag_name, in_range, printable
 
-NUMBER = shapes.simple(in_range, "a finite number")
-RESUME_STATE = shapes.record(dict(  # what AItraining.py --resume reads besides the weights and meta
-    optimizer=shapes.record({}, others=True), schedule=shapes.record({}, others=True), stopped_early=shapes.BOOLEAN,
-    bad_epochs=shapes.whole(0, 10**6), best=shapes.list_of(NUMBER, 2), history=shapes.text(10**8),
-    finished=shapes.BOOLEAN, stage=shapes.whole(0, 100)))  # fmt: skip
-EPOCH_LOG = shapes.list_of(  # the history: each epoch's numbers (curves, TensorBoard); a refit has no validation
-    shapes.record(dict.fromkeys(("epoch", "train_loss", "train_accuracy", "lr", "seconds"), NUMBER),
+NUMBER = schema.simple(in_range, "a finite number")
+RESUME_STATE = schema.record(dict(  # what AItraining.py --resume reads besides the weights and meta
+    optimizer=schema.record({}, others=True), schedule=schema.record({}, others=True), stopped_early=schema.BOOLEAN,
+    bad_epochs=schema.whole(0, 10**6), best=schema.list_of(NUMBER, 2), history=schema.text(10**8),
+    finished=schema.BOOLEAN, stage=schema.whole(0, 100)))  # fmt: skip
+EPOCH_LOG = schema.list_of(  # the history: each epoch's numbers (curves, TensorBoard); a refit has no validation
+    schema.record(dict.fromkeys(("epoch", "train_loss", "train_accuracy", "lr", "seconds"), NUMBER),
                   dict.fromkeys(("roc_auc", "val_loss"), NUMBER), others=True))  # fmt: skip
 RESUME_KEYS = ["optimizer", "schedule", "best", "bad_epochs", "stopped_early", "history", "finished", "stage"]
 RESUME_TENSORS = ["best_state_dict", "best_logits", "done"]  # the best epoch so far; the stages (folds) done
@@ -29,9 +29,9 @@ FRESH = dict(epoch=0, best=[-1.0, -math.inf], bad_epochs=0, stopped_early=False,
 
 def resume_fault(state):
     """What is wrong with a resume checkpoint's training state (optimizer, schedule, best, history...), or None."""
-    fault = shapes.fault(RESUME_STATE, "training state", {k: state[k] for k in RESUME_KEYS})
+    fault = schema.fault(RESUME_STATE, "training state", {k: state[k] for k in RESUME_KEYS})
     try:
-        return fault or shapes.fault(EPOCH_LOG, "history", json.loads(state["history"])) or tensors_fault(state)
+        return fault or schema.fault(EPOCH_LOG, "history", json.loads(state["history"])) or tensors_fault(state)
     except RecursionError:
         return "its history is JSON nested too deeply to read"
     except ValueError:
@@ -75,7 +75,7 @@ def entry_fault(entry, i, n_classes):
     None."""
     from skinlesion import familiarity
 
-    fault = "exposed_to" in entry and shapes.fault(shapes.table_of(shapes.COUNT), f"fold {i + 1}'s exposed_to",
+    fault = "exposed_to" in entry and schema.fault(schema.table_of(schema.COUNT), f"fold {i + 1}'s exposed_to",
                                                    entry["exposed_to"])  # fmt: skip
     if fault:
         return fault

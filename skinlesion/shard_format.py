@@ -1,4 +1,4 @@
-"""What a shards folder holds, and each part of it checked as the model file is (shapes.py): the index
+"""What a shards folder holds, and each part of it checked as the model file is (schema.py): the index
 (shards.json: each split's shards, their sizes and photos, the classes) against its shape and against itself, and
 each shard, a tar file of three members per photo (<key>.<ext of its file>: its bytes; .cls: its class index;
 .json: its ids, split, label and file), against the index, in order; a name in the index is data, read only as a
@@ -13,7 +13,7 @@ import re
 import shutil
 import tarfile
 
-from skinlesion import dataset, photos, reading, remote, shapes
+from skinlesion import dataset, photos, reading, remote, schema
 from skinlesion.cli import die, printable
 from skinlesion.files import file_kind
 
@@ -23,24 +23,24 @@ MAX_INDEX_BYTES = 1_000_000_000  # the largest index read (400,000 photos: about
 MAX_ABOUT_BYTES = 100_000  # the largest .cls or .json member of a shard
 FIX = "copy the shards again or re-run prepare_dataset.py --shards"
 
-# the index, checked as the model file is (shapes.py): a name in it is data, read only as these patterns allow
+# the index, checked as the model file is (schema.py): a name in it is data, read only as these patterns allow
 PLAIN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,150}"  # a plain file name: no separator, no shell character, no leading dot
-SHARD_NAME = shapes.simple(lambda v: isinstance(v, str) and re.fullmatch(PLAIN + r"\.tar", v) is not None,
+SHARD_NAME = schema.simple(lambda v: isinstance(v, str) and re.fullmatch(PLAIN + r"\.tar", v) is not None,
                            "a plain file name ending in .tar (letters, digits, _ . -)")  # fmt: skip
-KEY = shapes.simple(lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,100}", v) is not None,
+KEY = schema.simple(lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,100}", v) is not None,
                     "a photo's key (letters, digits, _ -)")  # fmt: skip
-FILE = shapes.simple(lambda v: isinstance(v, str) and re.fullmatch(rf"(?:{PLAIN}/){{0,8}}{PLAIN}", v) is not None
+FILE = schema.simple(lambda v: isinstance(v, str) and re.fullmatch(rf"(?:{PLAIN}/){{0,8}}{PLAIN}", v) is not None
                      and ".." not in v.split("/"), "a relative path of plain names")  # fmt: skip
 MANY = 10**7
-SPLIT_ENTRY = shapes.record(dict(
-    shards=shapes.list_of(shapes.record(dict(name=SHARD_NAME, samples=shapes.whole(1, MANY),
-                                             bytes=shapes.whole(1, 10**13))), most=MANY),
-    keys=shapes.list_of(KEY, most=MANY), files=shapes.list_of(FILE, most=MANY),
-    labels=shapes.list_of(shapes.text(shapes.MAX_NAME), most=MANY)))  # fmt: skip
-INDEX_SHAPE = shapes.record(dict(format=shapes.one_of("webdataset"), classes=shapes.NAMES,
-                                 splits=shapes.table_of(SPLIT_ENTRY, most=len(dataset.SPLITS))))  # fmt: skip
-TEXT = shapes.simple(lambda v: isinstance(v, str), "text")
-ABOUT = shapes.record(dict(isic_id=KEY, split=shapes.one_of(*dataset.SPLITS), label=shapes.text(shapes.MAX_NAME),
+SPLIT_ENTRY = schema.record(dict(
+    shards=schema.list_of(schema.record(dict(name=SHARD_NAME, samples=schema.whole(1, MANY),
+                                             bytes=schema.whole(1, 10**13))), most=MANY),
+    keys=schema.list_of(KEY, most=MANY), files=schema.list_of(FILE, most=MANY),
+    labels=schema.list_of(schema.text(schema.MAX_NAME), most=MANY)))  # fmt: skip
+INDEX_SHAPE = schema.record(dict(format=schema.one_of("webdataset"), classes=schema.NAMES,
+                                 splits=schema.table_of(SPLIT_ENTRY, most=len(dataset.SPLITS))))  # fmt: skip
+TEXT = schema.simple(lambda v: isinstance(v, str), "text")
+ABOUT = schema.record(dict(isic_id=KEY, split=schema.one_of(*dataset.SPLITS), label=schema.text(schema.MAX_NAME),
                            file=FILE), dict(lesion_id=TEXT, patient_id=TEXT))  # fmt: skip
 
 
@@ -63,7 +63,7 @@ def read_index(data_dir):
         index = reading.parse_json(data, where)
     except OSError as e:  # a network failure says what to check; a local file, how to make it again
         die(str(e) if remote.is_remote(data_dir) else f"{e}; make the shards with prepare_dataset.py --shards")
-    why = shapes.fault(INDEX_SHAPE, "index", index) or index_fault(index)
+    why = schema.fault(INDEX_SHAPE, "index", index) or index_fault(index)
     if why:
         die(f"{printable(where)} is not an index prepare_dataset.py --shards wrote: {why}; {FIX}")
     for split in index["splits"].values():
@@ -181,7 +181,7 @@ def checked_sample(source, i, members):
         about = None
     if (
         members["cls"] != str(label).encode()
-        or shapes.fault(ABOUT, "json", about)
+        or schema.fault(ABOUT, "json", about)
         or (about["isic_id"], about["file"]) != (key, file)
     ):
         raise stray(source, f"{key}.cls/.json", "not what the index says of the photo")

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 from tqdm import tqdm
 
-from skinlesion import dataset, devices, folders, numbers, photos, shards
+from skinlesion import dataset, devices, folders, metrics, photos, shards
 from skinlesion.cli import die, printable, warn
 from skinlesion.photos import normalise_batch, photo_loader
 
@@ -91,7 +91,7 @@ def report(output, card_path, final):
             f"calibration: {fitted['method']} scaling ({said} log-loss {fitted['val_log_loss_before']:.3f} -> "
             f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"
         )
-    print(f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op, photos)}")
+    print(f"operating point: threshold {op['threshold']:.3f}, {metrics.operating_point_text(op, photos)}")
     print(f"model card: {printable(card_path)}")
     if final["at_chance"]:
         warn(
@@ -99,7 +99,7 @@ def report(output, card_path, final):
             f"{high:.3f}) includes 0.5. Do not use its predictions. What helps: ImageNet weights (--weights-file, "
             "see README), more photos (prepare_dataset.py --n-per-class), more --epochs"
         )
-    caution = numbers.operating_point_warning(op)
+    caution = metrics.operating_point_warning(op)
     if caution:
         warn(f"{caution} on {where}; lower or raise --target-sensitivity, or get more photos")
 

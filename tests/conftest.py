@@ -185,7 +185,7 @@ def make_net(size=64, seed=0, classes=2):
 
 
 def calibration(a, b, method="platt"):
-    """A calibration as numbers.fit stores it (model.KEYS' shape), scaling the logits by a, adding b."""
+    """A calibration as metrics.fit stores it (model.KEYS' shape), scaling the logits by a, adding b."""
     return dict(method=method, a=a, b=b, applies_to="logits", val_log_loss_before=0.6, val_log_loss_after=0.5,
                 val_ece_before=0.1, val_ece_after=0.05)  # fmt: skip
 

@@ -42,7 +42,7 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import checkpoints, dataset, familiarity, files, folders, folds, interrupts, ledger, numbers, training
+from skinlesion import checkpoints, dataset, familiarity, files, folders, folds, interrupts, ledger, metrics, training
 
 FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0, "--folds", 1]  # one split
 
@@ -93,7 +93,7 @@ def test_each_epoch_says_numbers_that_need_no_threshold_and_the_end_the_operatin
     assert op["specificity_ci95"][0] <= op["specificity"] <= op["specificity_ci95"][1]
     assert fitted["method"] in ("temperature", "platt", "none") and fitted["a"] > 0
     assert fitted["val_log_loss_after"] <= fitted["val_log_loss_before"]
-    assert f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op)}" in out
+    assert f"operating point: threshold {op['threshold']:.3f}, {metrics.operating_point_text(op)}" in out
     cv = fitted["cv_log_loss"]
     if fitted["method"] == "none":  # kept only where it lowers the held-out log-loss
         assert "calibration: none (neither temperature nor Platt scaling lowered" in out

@@ -15,7 +15,7 @@ import pytest
 import AItraining
 import model
 from conftest import front_matter
-from skinlesion import card, dataset, files, isic, model_index, numbers
+from skinlesion import card, dataset, files, isic, metrics, model_index
 from skinlesion.evaluation import calibration_report, operating_report, subgroups
 
 SECTIONS = ["## Model details", "## Intended use", "## Training data", "## Evaluation", "## Factors", "## Caveats"]
@@ -121,15 +121,15 @@ def evaluated(meta, rows=None, seed=1, n=400, columns=("sex", "age_approx", "ana
     p = model.predictions([logits], meta)[0]
     before = model.predictions([logits], dict(meta, calibration=None))[0]
     args = types.SimpleNamespace(n_bootstrap=300, seed=0)
-    scores = numbers.binary_metrics(y, p, meta["threshold"])
-    ci = numbers.bootstrap_ci(y, p, 300, 0, threshold=meta["threshold"])
+    scores = metrics.binary_metrics(y, p, meta["threshold"])
+    ci = metrics.bootstrap_ci(y, p, 300, 0, threshold=meta["threshold"])
     test_rows = (manifest(n) if rows is None else rows)[list(columns)].reset_index(drop=True)
     return dict(
         data_dir="dataset/test",
         n_images={c: int((labels == i).sum()) for i, c in enumerate(meta["classes"])},
         metrics=scores,
         ci95={k: list(v) for k, v in ci.items()},
-        at_chance=numbers.at_chance(ci["roc_auc"]),
+        at_chance=metrics.at_chance(ci["roc_auc"]),
         operating_point=operating_report(y, p, meta, scores, ci),
         calibration=calibration_report(y, before, p, meta.get("calibration"), args),
         subgroups=subgroups(y, p, test_rows, args),

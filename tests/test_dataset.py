@@ -153,7 +153,7 @@ def test_the_data_summary_holds_text_a_model_file_accepts():
     """Metadata values with terminal escapes, newlines, a right-to-left override or 600 characters become
     printable, bounded text (as cli.printable shows them), so the model file that carries them loads; empty
     values read unknown; accents are kept."""
-    from skinlesion import shapes
+    from skinlesion import schema
 
     forged = ["Dr \x1b[2J", "Clinic\nB", "x" * 600, "Hôpital \u202eA", ""]
     manifest = pd.DataFrame(
@@ -174,7 +174,7 @@ def test_the_data_summary_holds_text_a_model_file_accepts():
     assert set(data["attributions"]) == {
         "Dr \\x1b[2J",
         "Clinic\\nB",
-        "x" * shapes.MAX_TEXT,
+        "x" * schema.MAX_TEXT,
         "Hôpital \\u202eA",
         "unknown",
     }

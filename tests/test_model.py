@@ -496,7 +496,7 @@ def test_required_keys_are_what_every_file_holds_and_export_keys_only_onnx():
 def test_metadata_that_passes_the_checks_crashes_no_reader(meta, capsys):
     """The card, its summary, predict.py's cautions and type lines and the page's operating-point texts read any
     metadata the table accepts."""
-    from skinlesion import card, numbers
+    from skinlesion import card, metrics
 
     full = full_meta()
     required = [key for key, row in model.KEYS.items() if row.required and row.onnx != "export"]
@@ -515,7 +515,7 @@ def test_metadata_that_passes_the_checks_crashes_no_reader(meta, capsys):
     names = [name for name, _ in answer.likely_types(np.full(len(chosen["classes"]), 0.5), chosen)]
     assert sorted(names) == sorted(chosen.get("class_names") or chosen["classes"])
     if chosen.get("operating_point"):
-        assert numbers.operating_point_text(chosen["operating_point"])
+        assert metrics.operating_point_text(chosen["operating_point"])
 
 
 def test_a_resume_file_cannot_set_flags_outside_the_run_settings(tmp_path, capsys):

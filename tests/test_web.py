@@ -30,7 +30,7 @@ from scipy.special import softmax
 import model
 import predict
 from conftest import ROOT, grey_photo, make_net, run, save_model, skip_or_fail, start_server
-from skinlesion import answer, cli, explain, familiarity, numbers, photos
+from skinlesion import answer, cli, explain, familiarity, metrics, photos
 
 pytestmark = pytest.mark.slow  # each test starts serve_web.py (and a browser): make test, not make check
 
@@ -42,8 +42,8 @@ NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinl
     "roundHalfEven": "Python's own round()",
 }
 APP_TWINS = {"decisionTexts": answer, "likelyTypes": answer, "modelCautions": answer, "classProbabilities": model,
-             "calibratedProbabilities": model, "malignantSumText": predict, "reweighted": numbers,
-             "predictiveValues": numbers, "weakModelWarning": numbers, "prevalenceTexts": answer,
+             "calibratedProbabilities": model, "malignantSumText": predict, "reweighted": metrics,
+             "predictiveValues": metrics, "weakModelWarning": metrics, "prevalenceTexts": answer,
              "unfamiliarSentence": familiarity, "answerShown": answer, "marked": answer,
              "percentText": cli}  # fmt: skip
 TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
@@ -656,7 +656,7 @@ def test_page_functions_agree_with_their_python_twins(page):
     assert np.allclose(probabilities, model.class_probabilities(logits), rtol=1e-12, atol=1e-300)
     meta = dict(classes=TYPES, class_names=TYPE_NAMES, at_chance=True, val_auc_ci95=[0.41, 0.63])
     op = dict(sensitivity=0.1, sensitivity_ci95=[0.0, 0.3], specificity=0.97, specificity_ci95=[0.9, 1.0])
-    sidecar = dict(meta, operating_point_warning=numbers.operating_point_warning(op))  # as serve_web.py writes it
+    sidecar = dict(meta, operating_point_warning=metrics.operating_point_warning(op))  # as serve_web.py writes it
     ranked, cautions = pg.evaluate(
         """([p, sidecar]) => import('./app.js').then((app) =>
             [app.likelyTypes(app.classProbabilities(p), sidecar), app.modelCautions(sidecar)])""",
@@ -692,9 +692,9 @@ def test_page_functions_agree_with_their_python_twins(page):
             app.prevalenceTexts(meta, 0.05, false)])""",
         [prevalence, op, dict(prior_malignant=0.5, operating_point=op)],
     )
-    assert np.allclose(at, [numbers.reweighted(*row) for row in prevalence], rtol=1e-12)
-    assert np.allclose(values, numbers.predictive_values(0.9, 0.6, 0.05), rtol=1e-12)
-    assert weak == numbers.weak_model_warning(op, [0.62, 0.8])
+    assert np.allclose(at, [metrics.reweighted(*row) for row in prevalence], rtol=1e-12)
+    assert np.allclose(values, metrics.predictive_values(0.9, 0.6, 0.05), rtol=1e-12)
+    assert weak == metrics.weak_model_warning(op, [0.62, 0.8])
     assert texts == list(answer.prevalence_texts(dict(prior_malignant=0.5, operating_point=op), 0.05, False))
     tested = dict(sensitivity=0.8, specificity=0.3)  # the test figures, where the model has them: PPV from them
     cases = [[0.05, tested], [0.0001, tested], [None, tested], [0.05, None]]

@@ -8,7 +8,7 @@ validation, or out of fold), test ECE and ROC-AUC, and what ECE a perfectly cali
 test photos with the same spread of P (ECE's own bias at that n: y drawn from P itself, 2000 times), and the test
 photos beyond the familiarity limit (out of fold with folds: does it hold its 1% there?), and the chance that both
 test figures land inside the intervals were the stated values exactly true (the test's own noise). Beside each
-"inside": whether the test figure lies within what as many test photos can show (numbers.expected_share), and
+"inside": whether the test figure lies within what as many test photos can show (metrics.expected_share), and
 whether the test ECE lies under what a calibrated P scores there 95 times in 100: evaluate.py's warnings. The folds
 are trained once per seed: the ensemble's run is deployed refit afterwards (AItraining.py --resume --deploy refit).
 A model file already there is not trained again; a report of this evaluate.py on it is read back.
@@ -28,7 +28,7 @@ sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and
 import measure  # noqa: E402
 import measure_transfer  # noqa: E402
 
-from skinlesion import cli, files, folders, interrupts, numbers  # noqa: E402
+from skinlesion import cli, files, folders, interrupts, metrics  # noqa: E402
 
 # -----------------------------------------------------------------------------
 SOURCE = "../shared/real_isic_sample"  # an ISIC export (metadata.csv and its photos), relative to the project
@@ -111,7 +111,7 @@ def calibrated_ece(bins, draws=2000, seed=0):
     photos per bin): y drawn from P itself, draws times. ECE's own bias at that many photos."""
     p = np.concatenate([np.full(count, mean) for mean, _, count in bins])
     y = np.random.default_rng(seed).random((draws, len(p))) < p
-    return float(np.mean([numbers.ece(row, p) for row in y]))
+    return float(np.mean([metrics.ece(row, p) for row in y]))
 
 
 def inside_chance(value, interval, n):
@@ -140,7 +140,7 @@ def row_of(seed, run, report):
     cells += [f"{found['n_unfamiliar']} ({found['share_unfamiliar']:.1%})" if found else "no measure"]
     cells.append(f"{chance:.2f}")
     for key, side in (("sensitivity", "malignant"), ("specificity", "benign")):
-        low, high = numbers.expected_share(op[key], op[f"n_{side}"], n[side])
+        low, high = metrics.expected_share(op[key], op[f"n_{side}"], n[side])
         cells.append(
             f"yes ({100 * low:.0f}-{high:.0%})" if low <= m[key] <= high else f"NO ({100 * low:.0f}-{high:.0%})"
         )

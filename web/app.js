@@ -7,8 +7,8 @@
 // The functions that say what predict.py says carry the names of their Python twins (decisionTexts is
 // answer.decision_texts, likelyTypes answer.likely_types, modelCautions answer.model_cautions, classProbabilities
 // model.class_probabilities, calibratedProbabilities model.calibrated_probabilities, malignantSumText
-// predict.malignant_sum_text, reweighted numbers.reweighted, predictiveValues numbers.predictive_values,
-// weakModelWarning numbers.weak_model_warning, prevalenceTexts answer.prevalence_texts, unfamiliarSentence
+// predict.malignant_sum_text, reweighted metrics.reweighted, predictiveValues metrics.predictive_values,
+// weakModelWarning metrics.weak_model_warning, prevalenceTexts answer.prevalence_texts, unfamiliarSentence
 // familiarity.unfamiliar_sentence, answerShown answer.answer_shown, marked answer.marked, percentText
 // cli.percent_text); tests/test_web.py checks that they exist and agree.
 import * as ort from "./vendor/ort.wasm.min.mjs";
@@ -272,14 +272,14 @@ export function malignantSumText(probabilities, meta) {
   return `${at.map((i) => `${names[i]} ${fixed(probabilities[i], 3)}`).join(" + ")} = ${fixed(sum, 3)}`;
 }
 
-// numbers.reweighted: P(malignant) where a share prevalence of photos is malignant, from P that assumes prior
+// metrics.reweighted: P(malignant) where a share prevalence of photos is malignant, from P that assumes prior
 // (its odds times the ratio of the prior odds: Bayes' rule).
 export function reweighted(p, prior, prevalence) {
   const odds = (p / (1 - p)) * (prevalence / (1 - prevalence)) / (prior / (1 - prior));
   return Number.isFinite(odds) ? odds / (1 + odds) : 1;
 }
 
-// numbers.predictive_values: [PPV, NPV], the chance that a 'malignant' call is right and that a 'benign' call is
+// metrics.predictive_values: [PPV, NPV], the chance that a 'malignant' call is right and that a 'benign' call is
 // right at that prevalence, for a test of this sensitivity and specificity.
 export function predictiveValues(sensitivity, specificity, prevalence) {
   const caught = sensitivity * prevalence, falseAlarms = (1 - specificity) * (1 - prevalence);
@@ -288,7 +288,7 @@ export function predictiveValues(sensitivity, specificity, prevalence) {
     cleared + missed > 0 ? cleared / (cleared + missed) : NaN];
 }
 
-// numbers.weak_model_warning: a caution when the model itself is weak, else null.
+// metrics.weak_model_warning: a caution when the model itself is weak, else null.
 export function weakModelWarning(op, aucCi) {
   const found = [];
   if (op && op.specificity != null && op.specificity < 0.5) {

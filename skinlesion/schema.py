@@ -163,15 +163,15 @@ DATA = record({}, dict(  # what the card says of the training data (dataset.data
     source=text(), counts=table_of(table_of(COUNT)), grouping=text(),
     factors=table_of(table_of(table_of(COUNT))), attributions=table_of(COUNT),
     licences=table_of(COUNT), label_column=text(), synthetic=BOOLEAN), others=True)  # fmt: skip
-CALIBRATION = record(dict(  # numbers.fit (applies_to: since the type logits are scaled; before, the log-odds)
+CALIBRATION = record(dict(  # metrics.fit (applies_to: since the type logits are scaled; before, the log-odds)
     method=one_of("temperature", "platt", "none"), a=number(1e-6, 1e6), b=number(-1e6, 1e6),
     val_log_loss_before=ANY_NUMBER, val_log_loss_after=ANY_NUMBER, val_ece_before=FRACTION, val_ece_after=FRACTION),
     dict(cv_log_loss=table_of(nullable(ANY_NUMBER)), applies_to=one_of("logits")))  # fmt: skip
 INTERVAL = list_of(nullable(FRACTION), 2)  # a 95% interval (null ends: a type without photos)
-TYPES_RESULTS = record(dict(  # numbers.types_with_intervals: balanced accuracy, each type's sensitivity, 95% intervals
+TYPES_RESULTS = record(dict(  # metrics.types_with_intervals: balanced accuracy, each type's sensitivity, 95% intervals
     balanced_accuracy=nullable(FRACTION), balanced_accuracy_ci95=INTERVAL, chance=FRACTION,
     types=table_of(record(dict(sensitivity=nullable(FRACTION), sensitivity_ci95=INTERVAL, photos=COUNT)))))  # fmt: skip
-OPERATING_POINT = record(dict(  # numbers.operating_point
+OPERATING_POINT = record(dict(  # metrics.operating_point
     target_sensitivity=FRACTION, threshold=FRACTION, sensitivity=FRACTION, specificity=FRACTION,
     sensitivity_ci95=list_of(FRACTION, 2), specificity_ci95=list_of(FRACTION, 2)),
     dict(n_malignant=COUNT, n_benign=COUNT))  # fmt: skip
