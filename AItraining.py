@@ -52,13 +52,14 @@ import model
 from skinlesion import (
     card,
     checkpoints,
-    cli,
     dataset,
     devices,
     ensemble,
     familiarity,
     files,
+    flags,
     folds,
+    messages,
     metrics,
     photos,
     plots,
@@ -110,10 +111,10 @@ RESUME_KEYS = resume.RESUME_KEYS  # what a resume checkpoint holds besides the w
 def parse_args(argv=None):
     """The flags, checked (ranges, choices, outputs that may be written) before any slow work."""
     types = {k.upper(): type(v) for k, v in model.RECIPES["scratch"].items()}
-    args = cli.parse_flags(globals(), argv, types=dict(types, FOLDS=int))
+    args = flags.parse_flags(globals(), argv, types=dict(types, FOLDS=int))
     for flag, allowed in CHOICES:
         value = getattr(args, flag)
-        cli.check(value is None or value in allowed, "--" + flag, value, "use " + " or ".join(allowed))
+        flags.check(value is None or value in allowed, "--" + flag, value, "use " + " or ".join(allowed))
     args.card = os.path.splitext(args.output)[0] + ".md"
     args.curves = os.path.join(os.path.dirname(args.output), "training_curves.png")
     outputs = {
@@ -128,17 +129,17 @@ def parse_args(argv=None):
     seen = {}
     for flag, (path, kind) in outputs.items():
         same = seen.setdefault(os.path.realpath(path), flag)
-        cli.check(
+        flags.check(
             same == flag, flag, path, f"is {same} too; pass another path (resume from the {RESUME_FILE} a run writes)"
         )
         if flag == "--resume-file":  # written where the run continues: the file it read, or beside it
             path = args.resume_file
         files.check_output(path, flag, kind, [args.weights_file], args.overwrite)
-        cli.check_writable(path, flag)
+        flags.check_writable(path, flag)
     for flag, (path, kind) in outputs.items():  # and none of the others replaces the resume file it reads
         if flag != "--resume-file" and args.resume:
             files.check_output(path, flag, kind, [args.resume_from], args.overwrite)
-    cli.check_writable(args.log_dir, "--log-dir", folder=True)
+    flags.check_writable(args.log_dir, "--log-dir", folder=True)
     remote.set_seconds(args.network_timeout)  # remote shards: every read has a deadline
     return args
 
@@ -198,12 +199,12 @@ def ctrl_c_message(args, resumable):
     """What a Ctrl-C says: before a resume file, that the output is as it was; then that it still is (a run writes
     it once, when it ends), and the command that continues this run (a bare --resume would continue whatever run
     wrote the default resume file)."""
-    output = cli.printable(args.output)
+    output = messages.printable(args.output)
     if not resumable:
         return f"interrupted before the first epoch finished; {output} is as it was"
     again = ["python", "AItraining.py", "--resume", "--resume-file", args.resume_file, "--output", args.output]
     again += ["--data-dir", args.data_dir] if "data_dir" in args.given else []
-    command = cli.printable(shlex.join(again))
+    command = messages.printable(shlex.join(again))
     return f"interrupted; {output} is as it was (a run writes it when it ends), continue with: {command}"
 
 
@@ -382,7 +383,7 @@ def finish(run, progress, train_photos, val_photos):
     state["familiarity"] = familiarity.state(arrays)
     print(f"familiarity: {familiarity.limit_text(found, card.chosen_on(state['meta'])[1])}")
     checkpoints.write_finished(state, args.output, args.card)
-    interrupts.say_on_ctrl_c(f"interrupted after {cli.printable(args.output)} and its card were written")
+    interrupts.say_on_ctrl_c(f"interrupted after {messages.printable(args.output)} and its card were written")
     progress["state"].update(finished=True, done=list(progress["done"]))  # --resume says so; the last fold kept
     model.save_checkpoint(args.resume_file, progress["state"], "resume checkpoint")
     training.report(args.output, args.card, state["meta"])

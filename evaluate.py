@@ -45,14 +45,15 @@ from tqdm import tqdm
 import model
 from skinlesion import (
     card,
-    cli,
     dataset,
     devices,
     evaluation,
     familiarity,
     files,
+    flags,
     folders,
     isic,
+    messages,
     metrics,
     photos,
     plots,
@@ -91,16 +92,16 @@ PICTURES = ["confusion_matrix.png", "roc_curve.png", "calibration.png", "mistake
 
 def parse_args(argv=None):
     """The flags, checked before any slow work (the outputs must be writable, ours, and none of the inputs)."""
-    args = cli.parse_flags(globals(), argv, types={"EXTERNAL": str, "EXTERNAL_NAME": str})
+    args = flags.parse_flags(globals(), argv, types={"EXTERNAL": str, "EXTERNAL_NAME": str})
     if args.external is not None:
         wanted = "not a folder; pass the folder of an ISIC export as downloaded (its metadata.csv and photos)"
-        cli.check(os.path.isdir(args.external), "--external", cli.printable(args.external), wanted)
+        flags.check(os.path.isdir(args.external), "--external", messages.printable(args.external), wanted)
     name = args.external_name
-    cli.check(name is None or args.external is not None, "--external-name", name, "pass --external with it")
+    flags.check(name is None or args.external is not None, "--external-name", name, "pass --external with it")
     wanted = f"use printable text of 1 to {schema.MAX_NAME} characters"
-    cli.check(name is None or schema.is_text(name, schema.MAX_NAME), "--external-name", repr(name), wanted)
+    flags.check(name is None or schema.is_text(name, schema.MAX_NAME), "--external-name", repr(name), wanted)
     args.photos = args.data_dir if args.external is None else args.external  # the photos scored
-    cli.check_writable(args.output_dir, "--output-dir", folder=True)
+    flags.check_writable(args.output_dir, "--output-dir", folder=True)
     folders.check_outside(args.output_dir, "--output-dir", [args.photos])
     args.card = os.path.splitext(args.model)[0] + ".md"
     files.check_output(args.card, "--model (its card beside it)", "model card", [args.model], args.overwrite)
@@ -195,9 +196,9 @@ def split_photos(args, meta):
     classes = meta["classes"]
     class_files, others = shards.class_files(args.data_dir, classes)  # one line on a wrong layout
     if others:
-        cli.warn(
-            f"ignored {len(others)} file(s) in {cli.printable(args.data_dir)} that are not images: "
-            + cli.first_few([cli.printable(f) for f, _ in others], 5)
+        messages.warn(
+            f"ignored {len(others)} file(s) in {messages.printable(args.data_dir)} that are not images: "
+            + messages.first_few([messages.printable(f) for f, _ in others], 5)
         )
     paths = np.array([f for c in classes for f in class_files[c]])
     labels = np.repeat(np.arange(len(classes)), [len(class_files[c]) for c in classes])
@@ -210,9 +211,11 @@ def export_photos(args):
     rows, left_out = isic.labelled_photos(args.external)
     for why, n, examples in left_out:
         if n:
-            cli.warn(f"left out {n} row(s) of {cli.printable(args.external)}: {why} ({examples})")
+            messages.warn(f"left out {n} row(s) of {messages.printable(args.external)}: {why} ({examples})")
     if rows.empty:
-        cli.die(f"no photo in {cli.printable(args.external)} has a definite benign/malignant side and an image file")
+        messages.die(
+            f"no photo in {messages.printable(args.external)} has a definite benign/malignant side and an image file"
+        )
     labels = (rows.side == "malignant").to_numpy().astype(int)
     return rows.path.to_numpy(), labels, model.CLASSES, None, rows
 
@@ -232,14 +235,18 @@ def main(argv=None):
     # scores of every view; the unreadable photos left out, counted
     views, distances = score(net, paths, meta, args, device, blobs)
     keep = ~np.isnan(views[0]).any(1)
-    unreadable = [cli.printable(f) for f in paths[~keep]]
+    unreadable = [messages.printable(f) for f in paths[~keep]]
     if unreadable:
-        cli.warn(f"skipped {len(unreadable)} unreadable image(s), not in the metrics: " + cli.first_few(unreadable, 5))
+        messages.warn(
+            f"skipped {len(unreadable)} unreadable image(s), not in the metrics: " + messages.first_few(unreadable, 5)
+        )
     paths, labels, views = paths[keep], labels[keep], [v[keep] for v in views]
     distances = None if distances is None else distances[keep]
     rows = rows[keep].reset_index(drop=True) if external else manifest_rows(args.data_dir, paths)
     if not np.isfinite(np.concatenate(views)).all():
-        cli.die(f"{cli.printable(args.model)} gives outputs that are not numbers; the model is broken, retrain it")
+        messages.die(
+            f"{messages.printable(args.model)} gives outputs that are not numbers; the model is broken, retrain it"
+        )
     y = labels if external else model.malignant_mask(meta)[labels].astype(int)
     p, probabilities = model.predictions(views, meta)
     plain = model.predictions(views[:1], meta)[0]  # the photo itself, no flips
@@ -247,7 +254,7 @@ def main(argv=None):
     counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
     if min(int((y == 0).sum()), int((y == 1).sum())) == 0:
         lacking = "malignant" if (y == 0).all() else "benign"
-        cli.die(f"no readable {lacking} images in {cli.printable(args.photos)}; both sides are needed")
+        messages.die(f"no readable {lacking} images in {messages.printable(args.photos)}; both sides are needed")
 
     # metrics with intervals, the operating point, calibration, subgroups, types
     threshold = float(meta["threshold"])
@@ -297,20 +304,20 @@ def main(argv=None):
     files.write_text(out["evaluation.json"], json.dumps(without_nan(result), indent=2), "evaluation")
     written = [out["evaluation.json"], *pictures(result, y, p, meta, out, described["shown"], blobs)]
     record_in_card(args, meta, name, without_nan(result))
-    section = f"External validation: {cli.printable(name)}" if name else "Test"
-    names = ", ".join(map(cli.printable, written))
-    print(f"\nwrote {names}; the results are in the model card {cli.printable(args.card)} ({section})")
+    section = f"External validation: {messages.printable(name)}" if name else "Test"
+    names = ", ".join(map(messages.printable, written))
+    print(f"\nwrote {names}; the results are in the model card {messages.printable(args.card)} ({section})")
     if at_chance:
         low, high = ci["roc_auc"]
-        cli.warn(
+        messages.warn(
             "on these photos the model cannot be told from chance: the 95% interval of its ROC-AUC "
             f"({low:.3f}-{high:.3f}) includes 0.5"
         )
     for caution in (result["operating_point"].get("warning"), result["operating_point"]["flags"], cal.get("warning")):
         if caution:
-            cli.warn(caution)
+            messages.warn(caution)
     for caution in outside:
-        cli.warn(caution)
+        messages.warn(caution)
 
 
 def record_in_card(args, meta, name, found):
@@ -331,7 +338,7 @@ def pictures(result, y, p, meta, out, shown, blobs):
     saying which photos it shows (shown); returns the paths written."""
     scores, cal, threshold = result["metrics"], result["calibration"], result["threshold"]
     chosen = f"chosen on {card.chosen_on(meta)[1]}"
-    title = f"{cli.printable(os.path.basename(result['model']))}, threshold {threshold:.3f} ({chosen})"
+    title = f"{messages.printable(os.path.basename(result['model']))}, threshold {threshold:.3f} ({chosen})"
     side_counts = [[scores["tn"], scores["fp"]], [scores["fn"], scores["tp"]]]
     plots.confusion(side_counts, model.CLASSES, title, out["confusion_matrix.png"], shown)
     plots.roc(y, p, scores, result["ci95"]["roc_auc"], out["roc_curve.png"], shown)
@@ -368,8 +375,8 @@ def show_unfamiliar(result, chosen):
         )
         listed = result["unfamiliar_photos"]
         for photo in listed[:N_LISTED]:
-            true = cli.printable(photo["true"])
-            print(f"  {true:<12} distance {photo['distance']:.2f}  {cli.printable(photo['path'])}")
+            true = messages.printable(photo["true"])
+            print(f"  {true:<12} distance {photo['distance']:.2f}  {messages.printable(photo['path'])}")
         if len(listed) > N_LISTED:
             print(f"  and {len(listed) - N_LISTED} more (the evaluation's JSON file lists them all)")
 
@@ -378,9 +385,9 @@ def show(result, args, chosen):
     """The report on the console; chosen: what the threshold and the familiarity limit were chosen on (the
     validation split, or the out-of-fold predictions: card.chosen_on's triple)."""
     scores, ci, cal, op = result["metrics"], result["ci95"], result["calibration"], result["operating_point"]
-    counts = ", ".join(f"{n} {cli.printable(c)}" for c, n in result["n_images"].items())
+    counts = ", ".join(f"{n} {messages.printable(c)}" for c, n in result["n_images"].items())
     flips = ", P(malignant) averaged over flips (TTA)" if args.tta else ""
-    print(f"\n{cli.printable(args.model)} on {cli.printable(args.photos)}: {counts} images{flips}")
+    print(f"\n{messages.printable(args.model)} on {messages.printable(args.photos)}: {counts} images{flips}")
     print(f"threshold {result['threshold']:.4f} (stored in the checkpoint, chosen on {chosen[2]}; not tuned here)\n")
     print(f"{'metric':<22}{'value':>7}   95% CI ({args.n_bootstrap} bootstrap resamples)")
     for key, name in NAMES.items():
@@ -412,18 +419,18 @@ def show(result, args, chosen):
             t = types["types"][name]
             low, high = t["sensitivity_ci95"]
             print(
-                f"  {cli.printable(name):<30} sensitivity {t['sensitivity']:.3f} [{low:.3f}, {high:.3f}], "
+                f"  {messages.printable(name):<30} sensitivity {t['sensitivity']:.3f} [{low:.3f}, {high:.3f}], "
                 f"ROC-AUC {auc:.3f} (vs rest)"
             )
     for factor, groups in result["subgroups"].items():
         print(
             f"\nROC-AUC by {factor}: "
-            + "; ".join(f"{cli.printable(g)} ({r['photos']} photos) {r['text']}" for g, r in groups.items())
+            + "; ".join(f"{messages.printable(g)} ({r['photos']} photos) {r['text']}" for g, r in groups.items())
         )
     if result["mistakes"]:
         print(f"\n{len(result['mistakes'])} most confident mistakes\n{'P(malignant)':>12}  {'true':<10}file")
         for m in result["mistakes"]:
-            print(f"{m['p_malignant']:>12.3f}  {m['true']:<10}{cli.printable(m['path'])}")
+            print(f"{m['p_malignant']:>12.3f}  {m['true']:<10}{messages.printable(m['path'])}")
 
 
 if __name__ == "__main__":

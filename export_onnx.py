@@ -42,7 +42,19 @@ import shlex
 import numpy as np
 
 import model
-from skinlesion import backbone, card, cli, familiarity, files, model_index, photos, quantise, reading, self_check
+from skinlesion import (
+    backbone,
+    card,
+    familiarity,
+    files,
+    flags,
+    messages,
+    model_index,
+    photos,
+    quantise,
+    reading,
+    self_check,
+)
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -59,15 +71,15 @@ MAX_EVALUATION_BYTES = 1_000_000_000  # the largest evaluation.json read (it lis
 
 
 def parse_args(argv=None):
-    args = cli.parse_flags(globals(), argv)
+    args = flags.parse_flags(globals(), argv)
     named = "check_images" in args.given
     wanted = "not found; pass a folder (or a photo) of real photos"
-    cli.check(os.path.exists(args.check_images) or not named, "--check-images", args.check_images, wanted)
+    flags.check(os.path.exists(args.check_images) or not named, "--check-images", args.check_images, wanted)
     files.check_output(args.output, "--output", "ONNX model", [args.model, args.check_images], args.overwrite)
-    cli.check_writable(args.output, "--output")
+    flags.check_writable(args.output, "--output")
     named = "quantise_images" in args.given
     wanted = "not found; pass a folder of labelled validation photos"
-    cli.check(os.path.isdir(args.quantise_images) or not named, "--quantise-images", args.quantise_images, wanted)
+    flags.check(os.path.isdir(args.quantise_images) or not named, "--quantise-images", args.quantise_images, wanted)
     if args.quantise:
         twin = quantise.quantised_path(args.output)
         inputs = [args.model, args.check_images, args.output]
@@ -85,13 +97,15 @@ def check_photos(source, n, cfg, named):
     paths = paths[:: max(1, len(paths) // n)][:n]
     images = [img for img, _ in map(photos.try_load_image, paths) if img is not None]
     if len(images) < len(paths):
-        cli.warn(f"{len(paths) - len(images)} of the {len(paths)} check photos could not be read and were left out")
+        messages.warn(
+            f"{len(paths) - len(images)} of the {len(paths)} check photos could not be read and were left out"
+        )
     if images:
-        described = f"{len(images)} photos from {cli.printable(source)}"
+        described = f"{len(images)} photos from {messages.printable(source)}"
         return np.stack([photos.preprocess(img, cfg) for img in images]), described
     if named:
         wanted = "pass a folder (or a photo) of real photos"
-        cli.die(f"--check-images {cli.printable(source)} holds no readable photo; {wanted}")
+        messages.die(f"--check-images {messages.printable(source)} holds no readable photo; {wanted}")
     size = cfg["input_size"][-1]
     noise = np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
     return noise, f"{n} random tensors (no photos found; --check-images FOLDER checks on real ones)"
@@ -160,7 +174,7 @@ def evaluation_of(checkpoint, sha256):
     try:  # a regular file only (a named pipe would block, a link to /dev/zero never end), bounded, parsable
         evaluation = reading.read_json(path, MAX_EVALUATION_BYTES)
     except OSError as e:
-        why = f"{cli.printable(path)} cannot be read ({e.strerror or e})"
+        why = f"{messages.printable(path)} cannot be read ({e.strerror or e})"
         if isinstance(e, reading.Unreadable):  # its message names the file and says what it is
             why = str(e)
         print(f"note: {why}: the test results are taken from the model card where it holds them")
@@ -186,13 +200,13 @@ def record_in_card(checkpoint, sha256, meta, written):
         return
     kept = card.embedded(path, sha256) if files.file_kind(path) is None else None
     if kept is None:
-        print(f"note: {cli.printable(path)} is not this model's card as AItraining.py wrote it: the exports' SHA-256 "
-              "are not listed there")  # fmt: skip
+        print(f"note: {messages.printable(path)} is not this model's card as AItraining.py wrote it: the exports' "
+              "SHA-256 are not listed there")  # fmt: skip
         return
     exports = dict(kept.get("exports") or {}, **{os.path.basename(p): digest for p, digest in written.items()})
     card.write_card(path, meta, os.path.basename(checkpoint), kept.get("test"), kept.get("externals"), sha256, exports)
-    names = ", ".join(cli.printable(os.path.basename(p)) for p in written)
-    print(f"listed {names} with their SHA-256 in the model card {cli.printable(path)}")
+    names = ", ".join(messages.printable(os.path.basename(p)) for p in written)
+    print(f"listed {names} with their SHA-256 in the model card {messages.printable(path)}")
 
 
 def torch_self_check(wrapped, meta):
@@ -217,7 +231,7 @@ def onnx_metadata(meta, checkpoint, sha256, checked):
     if meta.get("familiarity"):  # its arrays are in the graph
         props["familiarity"] = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
     props.update(
-        source_checkpoint=cli.printable(os.path.basename(checkpoint)),
+        source_checkpoint=messages.printable(os.path.basename(checkpoint)),
         source_sha256=sha256,
         outputs=model.output_names(meta),
         exporter=f"torch.onnx dynamo, torch {torch.__version__}",
@@ -321,9 +335,9 @@ def write_int8_twin(args, meta):
     Returns its path, or None when none was written."""
     twin = quantise.quantised_path(args.output)
     x, y = labelled_photos(args.quantise_images, meta)
-    images = cli.printable(args.quantise_images)
+    images = messages.printable(args.quantise_images)
     if x is None and "quantise_images" in args.given:
-        cli.die(f"--quantise-images {images} holds no readable photo; pass a folder of validation photos")
+        messages.die(f"--quantise-images {images} holds no readable photo; pass a folder of validation photos")
     if x is None:
         print(f"no int8 twin written: no photos in {images} to calibrate it on (--quantise-images)")
         return None
@@ -346,11 +360,11 @@ def write_int8_twin(args, meta):
     try:
         files.atomic_write(twin, quantise_and_compare, "ONNX model")
     except TwinRefused as e:
-        print(f"no int8 twin {cli.printable(twin)} written: it fails the check every model file gets ({e})")
+        print(f"no int8 twin {messages.printable(twin)} written: it fails the check every model file gets ({e})")
         return None
     ratio = os.path.getsize(args.output) / os.path.getsize(twin)
     print(
-        f"wrote {cli.printable(twin)} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.1f}x smaller; "
+        f"wrote {messages.printable(twin)} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.1f}x smaller; "
         f"{speeds['int8'] * 1e3:.0f} ms a "
         f"photo against {speeds['full'] * 1e3:.0f} ms here): {quantise.comparison_text(speeds['result'])}"
     )
@@ -365,10 +379,10 @@ def check_parity(args, found, described):
         compared = "the logits, P(malignant), the evidence map and the familiarity distance"
     off = [f"{name} by {difference:.2e}" for name, difference in found.items() if not difference <= args.tolerance]
     if off:
-        cli.die(
+        messages.die(
             f"onnxruntime and PyTorch disagree on {described}: {', '.join(off)}, over --tolerance "
-            f"{args.tolerance:.0e} (largest differences, relative but p_malignant's); {cli.printable(args.output)} not "
-            "written"
+            f"{args.tolerance:.0e} (largest differences, relative but p_malignant's); "
+            f"{messages.printable(args.output)} not written"
         )
     print(
         f"onnxruntime matches PyTorch: largest difference {max(found.values()):.2e} in {compared} "
@@ -403,9 +417,9 @@ def main(argv=None):
         check_parity(args, differences(wrapped, meta, tmp, x), f"{described}, batch of {max(len(x), 2)} and of 1")
         fault = model.self_check_fault(ort_session(tmp), dict(meta, self_check=checked))
         if fault:
-            cli.die(
+            messages.die(
                 f"the exported file fails the check every script makes of a model file: {fault}; "
-                f"{cli.printable(args.output)} not written (every script would refuse it); retrain the model"
+                f"{messages.printable(args.output)} not written (every script would refuse it); retrain the model"
             )
 
     files.atomic_write(args.output, export_and_check, "ONNX model")
@@ -415,7 +429,7 @@ def main(argv=None):
         backbone.cam_side(meta["image_size"], meta["network"]["stride"]),
     )
     also = ", 'familiarity_distance' [batch]" if meta.get("familiarity") else ""
-    output = cli.printable(args.output)
+    output = messages.printable(args.output)
     print(
         f"wrote {output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
         f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch]{also} and "
@@ -423,7 +437,7 @@ def main(argv=None):
     )
     twin = write_int8_twin(args, meta) if args.quantise else None
     record_in_card(args.model, sha256, meta, {path: files.file_sha256(path) for path in (args.output, twin) if path})
-    print(f"use it with: python predict.py photo.jpg --model {cli.printable(shlex.quote(args.output))}")
+    print(f"use it with: python predict.py photo.jpg --model {messages.printable(shlex.quote(args.output))}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from skinlesion import cli, demo, folders
+from skinlesion import demo, flags, folders, messages
 
 # -----------------------------------------------------------------------------
 OUT_DIR = "demo_data"  # folder for the export: missing, empty or made by this script (then replaced as a whole)
@@ -209,29 +209,30 @@ def write_demo_export(out_dir, seed=SEED, photo_size=PHOTO_SIZE, workers=WORKERS
                         "export; a real 'isic image download' writes the licence's full text here.\n"
                     )
         except OSError as e:
-            cli.die(
-                f"could not write the demo export {cli.printable(out_dir)} ({e.strerror or e}); free some disk "
-                f"space or pass another --out-dir (any previous {cli.printable(out_dir)} is untouched)"
+            messages.die(
+                f"could not write the demo export {messages.printable(out_dir)} ({e.strerror or e}); free some disk "
+                f"space or pass another --out-dir (any previous {messages.printable(out_dir)} is untouched)"
             )
     return meta
 
 
 def main(argv=None):
     # flags, checked before any drawing
-    args = cli.parse_flags(globals(), argv)
+    args = flags.parse_flags(globals(), argv)
     out_dir = os.path.normpath(args.out_dir)
     named = os.path.basename(out_dir) not in ("", ".", "..")
-    cli.check(named, "--out-dir", cli.printable(args.out_dir), "name a folder of its own (e.g. demo_data)")
+    flags.check(named, "--out-dir", messages.printable(args.out_dir), "name a folder of its own (e.g. demo_data)")
     folders.check_replaceable(out_dir, "--out-dir", _SCRIPT, "demo export")
-    cli.check_writable(os.path.dirname(os.path.abspath(out_dir)), "--out-dir", folder=True)
+    flags.check_writable(os.path.dirname(os.path.abspath(out_dir)), "--out-dir", folder=True)
 
     # the export
     meta = write_demo_export(out_dir, args.seed, args.photo_size, args.workers)
     kinds = meta.diagnosis_3.where(meta.diagnosis_3 != "", "no diagnosis")
-    out_dir = cli.printable(out_dir)  # as printed
+    out_dir = messages.printable(out_dir)  # as printed
     print(
-        f"wrote a synthetic ISIC export to {out_dir}/: {len(meta)} rows in metadata.csv ({cli.counts_text(kinds, 9)}), "
-        f"attribution.txt, licenses/, {3 * len(_UNSEEN)} photos in unseen/; next: python prepare_dataset.py "
+        f"wrote a synthetic ISIC export to {out_dir}/: {len(meta)} rows in metadata.csv "
+        f"({messages.counts_text(kinds, 9)}), attribution.txt, licenses/, {3 * len(_UNSEEN)} photos in unseen/; "
+        "next: python prepare_dataset.py "
         f"--metadata-csv {os.path.join(out_dir, 'metadata.csv')} --images-dir {out_dir}"
     )
 

@@ -18,9 +18,10 @@ import numpy as np
 
 from skinlesion import backbone, checkpoints, ensemble, familiarity, quantise, reading, schema, self_check
 from skinlesion.backbone import imagenet_model
-from skinlesion.cli import die, is_list_of, printable
 from skinlesion.dataset import SIDES
 from skinlesion.files import TAG, atomic_write, file_kind
+from skinlesion.flags import is_list_of
+from skinlesion.messages import die, printable
 from skinlesion.metrics import APPLIES_TO
 
 # -----------------------------------------------------------------------------

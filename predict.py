@@ -15,7 +15,7 @@ also names the likely types. Then the operating point, the test (and external) f
 card, what P assumes and, with --prevalence, PPV and NPV (from the test figures where the card has them, the
 validation ones beside them): worded by skinlesion/answer.py, as the page words them. A broken model file is
 refused, and a photo without a valid probability is an error. The model file's SHA-256 is printed: compare it
-with the published one (load only model files you trust). Names are printed escaped (cli.printable).
+with the published one (load only model files you trust). Names are printed escaped (messages.printable).
 
 A photo unlike the training photos (its familiarity distance beyond the limit chosen on the validation photos;
 skinlesion/familiarity.py) gets no answer: alone, "Prediction: unfamiliar", one line why, exit status 3
@@ -49,12 +49,13 @@ from skinlesion import (
     answer,
     card,
     checkpoints,
-    cli,
     devices,
     explain,
     familiarity,
     files,
+    flags,
     folders,
+    messages,
     metrics,
     photos,
 )
@@ -78,7 +79,7 @@ UNRELIABLE = "Unreliable: "  # what marks each line of an answer shown anyway fo
 
 def parse_args(argv=None):
     """The flags, checked before anything slow (the model, the photos)."""
-    args = cli.parse_flags(
+    args = flags.parse_flags(
         globals(),
         argv,
         ("images", "image files and/or folders (searched recursively)"),
@@ -87,12 +88,12 @@ def parse_args(argv=None):
     inputs = [args.model, *args.images]
     if args.csv:
         files.check_output(args.csv, "--csv", "predictions", inputs, args.overwrite)
-        cli.check_writable(args.csv, "--csv")
+        flags.check_writable(args.csv, "--csv")
     if args.explain:
         folders.check_output_folder(args.explain_dir, "--explain-dir", [args.model, *args.images])
         photo_folders = [path for path in args.images if os.path.isdir(path)]
         folders.check_outside(args.explain_dir, "--explain-dir", photo_folders)
-        cli.check_writable(args.explain_dir, "--explain-dir", folder=True)
+        flags.check_writable(args.explain_dir, "--explain-dir", folder=True)
     return args
 
 
@@ -100,7 +101,7 @@ def malignant_sum_text(probabilities, meta):
     """'Melanoma 0.219 + Basal cell carcinoma 0.010 = 0.229': the malignant types' calibrated probabilities, whose
     sum is P(malignant)."""
     names, mask = meta.get("class_names") or meta["classes"], model.malignant_mask(meta)
-    parts = [f"{cli.printable(names[i])} {probabilities[i]:.3f}" for i in np.flatnonzero(mask)]
+    parts = [f"{messages.printable(names[i])} {probabilities[i]:.3f}" for i in np.flatnonzero(mask)]
     return f"{' + '.join(parts)} = {probabilities[mask].sum():.3f}"
 
 
@@ -121,8 +122,8 @@ def onnx_predictor(session, meta, tta, explain_it):
             try:
                 runs.append(session.run(outputs, {name: view}))
             except Exception as e:  # onnxruntime failing at run time: the file, the machine
-                why = cli.printable(str(e)[:200])  # its message may quote the file's own node names
-                cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {why}); export it again")
+                why = messages.printable(str(e)[:200])  # its message may quote the file's own node names
+                messages.die(f"onnxruntime failed on the model ({type(e).__name__}: {why}); export it again")
         probabilities = np.mean([model.calibrated_probabilities(r[0], meta) for r in runs], axis=0)[0]
         cam = runs[0][2][0] if explain_it else None
         distance = float(runs[0][-1][0]) if meta.get("familiarity") else None
@@ -193,7 +194,7 @@ def answer_lines(found, meta, threshold, args):
     lines = [f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}"]
     if args.prevalence is not None:
         at = float(metrics.reweighted(found.p, meta["prior_malignant"], args.prevalence))
-        share = cli.percent_text(args.prevalence)
+        share = messages.percent_text(args.prevalence)
         lines.append(f"At a prevalence of {share}: P(malignant) = {at:.3f} (the call above uses P)")
     if len(meta["classes"]) > 2:
         ranked = answer.likely_types(found.probabilities, meta)
@@ -224,16 +225,16 @@ def folder_line(path, found, meta, threshold, args):
         if answer.answer_shown(found.unfamiliar, args.show_unfamiliar):
             unreliable = f"; unreliable answer: {found.call} (P(malignant) = {p_text})"
         far = f"familiarity distance {found.distance:.2f} > limit {limit:.2f}: unlike the training photos"
-        return f"{cli.printable(path)}: Prediction: unfamiliar ({far}){unreliable}"
+        return f"{messages.printable(path)}: Prediction: unfamiliar ({far}){unreliable}"
     kind = ""
     if len(meta["classes"]) > 2:
         name, q = answer.likely_types(found.probabilities, meta)[0]
         kind = f"; type {name} (P = {q:.3f})"
     if args.prevalence is not None:
         at = float(metrics.reweighted(found.p, meta["prior_malignant"], args.prevalence))
-        kind += f"; at prevalence {cli.percent_text(args.prevalence)}: P = {at:.3f}"
+        kind += f"; at prevalence {messages.percent_text(args.prevalence)}: P = {at:.3f}"
     close = ", borderline" if near else ""
-    return f"{cli.printable(path)}: Prediction: {found.call} (P(malignant) = {p_text}{close}){kind}"
+    return f"{messages.printable(path)}: Prediction: {found.call} (P(malignant) = {p_text}{close}){kind}"
 
 
 def csv_row(path, found, meta, threshold):
@@ -241,7 +242,7 @@ def csv_row(path, found, meta, threshold):
     unfamiliar, with its P and types left empty unless --show-unfamiliar shows them."""
     label = "unfamiliar" if found.unfamiliar else found.call
     near = abs(found.p - threshold) < model.BORDERLINE
-    row = [cli.printable(path), label, f"{found.p:.6f}", f"{threshold:g}", str(bool(near)).lower()]
+    row = [messages.printable(path), label, f"{found.p:.6f}", f"{threshold:g}", str(bool(near)).lower()]
     if len(meta["classes"]) > 2:
         ranked = answer.likely_types(found.probabilities, meta)
         row += [ranked[0][0], f"{ranked[0][1]:.6f}", *(f"{q:.6f}" for q in found.probabilities)]
@@ -253,7 +254,7 @@ def explain_photo(path, img, found, pictures, cautions, meta, threshold, args):
     of one shown anyway is titled and noted unreliable. Returns the line that says where it is (or why none)."""
     if not answer.answer_shown(found.unfamiliar, args.show_unfamiliar):
         return (
-            f"no Grad-CAM for {cli.printable(path)}: {familiarity.unfamiliar_sentence(meta)} (--show-unfamiliar "
+            f"no Grad-CAM for {messages.printable(path)}: {familiarity.unfamiliar_sentence(meta)} (--show-unfamiliar "
             "saves it, unreliable)"
         )
     p_text, _, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
@@ -261,7 +262,7 @@ def explain_photo(path, img, found, pictures, cautions, meta, threshold, args):
     notes += [familiarity.unfamiliar_sentence(meta) + ": unreliable"] if found.unfamiliar else []
     label = f"unfamiliar, answer {found.call}" if found.unfamiliar else found.call
     title = answer.marked(
-        f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}", found.unfamiliar
+        f"{messages.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}", found.unfamiliar
     )
     folders.made_folder(args.explain_dir, "predict.py", "Grad-CAM folder")
     crop = photos.eval_crop(img, model.meta_data_config(meta))
@@ -271,7 +272,7 @@ def explain_photo(path, img, found, pictures, cautions, meta, threshold, args):
         "answer for the photo as a whole)"
         for b in blank
     )
-    return f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}"
+    return f"Grad-CAM saved to {messages.printable(pictures[path])}{none_for}"
 
 
 def closing_lines(meta, args, single_unfamiliar, sha256):
@@ -298,14 +299,14 @@ def main(argv=None):
     images, skipped = photos.find_images(args.images)
     if not images:
         others = f"; skipped {len(skipped)} other files" if skipped else ""
-        given = cli.first_few(args.images, 5)
-        cli.die(f"no images in {given} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
+        given = messages.first_few(args.images, 5)
+        messages.die(f"no images in {given} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
     single = len(args.images) == 1 and len(images) == 1 and not os.path.isdir(args.images[0])
     if single:  # read it before loading the model: a bad file is reported at once
         first, why = photos.try_load_image(images[0])
         if first is None:
             fix = "; pass a .jpg or .png photo" if why.startswith(photos.UNREADABLE) else ""  # else: crop it
-            cli.die(f"{cli.printable(images[0])} is {why}{fix}")
+            messages.die(f"{messages.printable(images[0])} is {why}{fix}")
     pictures = explain.gradcam_names(images, args.explain_dir) if args.explain else {}
     for picture in pictures.values():
         files.check_output(picture, "--explain-dir", "picture", [args.model, *images], args.overwrite)
@@ -331,8 +332,8 @@ def main(argv=None):
     flips = ", mean over 4 flips" if args.tta else ""
     prior = meta.get("prior_malignant")
     if args.prevalence is not None and prior is None:
-        model_file = cli.printable(args.model)
-        cli.die(f"--prevalence: {model_file} does not record the share of malignant training photos; retrain it")
+        model_file = messages.printable(args.model)
+        messages.die(f"--prevalence: {model_file} does not record the share of malignant training photos; retrain it")
 
     # predictions
     rows, borderline, strange = [], 0, False
@@ -345,8 +346,8 @@ def main(argv=None):
         p, probabilities, cam, distance = predict_one(img)
         if not metrics.is_probability(p):
             if single:
-                cli.die(
-                    f"the model gave no valid probability for {cli.printable(path)} (P = {p}); the model file is "
+                messages.die(
+                    f"the model gave no valid probability for {messages.printable(path)} (P = {p}); the model file is "
                     "broken: retrain or re-export it"
                 )
             skipped.append((path, f"the model gave no valid probability (P = {p})"))
@@ -361,7 +362,7 @@ def main(argv=None):
             rows[-1] += [f"{distance:.4f}", f"{meta['familiarity']['limit']:.4f}"]
         caution = photos.size_caution(path, img)
         if caution:
-            cli.warn(caution)
+            messages.warn(caution)
         if single:
             print("\n".join(single_lines(found, meta, threshold, args)))
         else:
@@ -371,9 +372,9 @@ def main(argv=None):
 
     # summary, skipped photos, the CSV
     for path, why in skipped:
-        cli.warn(f"skipped {cli.printable(path)}: {why}")
+        messages.warn(f"skipped {messages.printable(path)}: {why}")
     if not rows:
-        cli.die(f"none of the {len(skipped)} files could be classified; pass .jpg or .png photos")
+        messages.die(f"none of the {len(skipped)} files could be classified; pass .jpg or .png photos")
     if not single:
         n, odd = (sum(row[1] == label for row in rows) for label in ("malignant", "unfamiliar"))
         near_count = f"; {borderline} borderline" if borderline else ""
@@ -385,14 +386,15 @@ def main(argv=None):
         )
     for line in closing_lines(meta, args, single and strange, sha256):
         print(line)
-    print(f"Model file: {cli.printable(args.model)}, SHA-256 {sha256} (compare it with the published one)")
+    print(f"Model file: {messages.printable(args.model)}, SHA-256 {sha256} (compare it with the published one)")
     if args.csv:
         text = io.StringIO()
-        header = HEADER + ["type", "p_type"] + [f"p_{cli.printable(c)}" for c in meta["classes"]] if types else HEADER
+        names = [f"p_{messages.printable(c)}" for c in meta["classes"]]
+        header = HEADER + ["type", "p_type"] + names if types else HEADER
         header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
         csv.writer(text).writerows([header] + [[files.csv_cell(cell) for cell in row] for row in rows])
         files.write_text(args.csv, text.getvalue(), "predictions")
-        print(f"predictions written to {cli.printable(args.csv)}")
+        print(f"predictions written to {messages.printable(args.csv)}")
     print(
         "note: a research tool, not a medical device; have a doctor examine any lesion that worries you",
         file=sys.stderr,

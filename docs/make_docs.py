@@ -24,7 +24,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
 
 import measure  # noqa: E402  (the measuring tools' module: the browser's flags)
 
-from skinlesion import cli, files, interrupts  # noqa: E402  (the project's package, beside docs/)
+from skinlesion import files, flags, interrupts, messages  # noqa: E402  (the project's package, beside docs/)
 
 # -----------------------------------------------------------------------------
 WIDTH = 1000  # largest width of a picture in docs/, in px, 100 to 4000
@@ -42,7 +42,7 @@ STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
                                  "non_lesions", "explain", "quantise"]),
           ("numbers", ["metrics", "evaluation", "plots", "answer"]), ("the card", ["card", "model_index"]),
           ("safe outputs", ["files", "folders", "ledger", "cleaning", "interrupts"]),
-          ("safe inputs", ["reading", "remote"]), ("the command line", ["cli"]),
+          ("safe inputs", ["reading", "remote"]), ("the command line", ["flags", "messages"]),
           ("the demo", ["demo"])]  # fmt: skip
 
 
@@ -59,7 +59,7 @@ def shrunk(source, target, width):
             picture.save(target, optimize=True)
             if os.path.getsize(target) < 200_000:
                 return
-    cli.die(f"{target} stays over 200 KB; lower --width")
+    messages.die(f"{target} stays over 200 KB; lower --width")
 
 
 def screenshot(target):
@@ -92,7 +92,7 @@ def is_tool_script(name):
     if not name.endswith(".py"):
         return False
     with open(os.path.join(ROOT, "tools", name), encoding="utf-8") as f:
-        return bool(cli.RULER.search(f.read()))
+        return bool(flags.RULER.search(f.read()))
 
 
 def imported_modules(path):
@@ -150,18 +150,20 @@ def layout_markdown(root):
 
 
 def main(argv=None):
-    args = cli.parse_flags(globals(), argv)
+    args = flags.parse_flags(globals(), argv)
     os.chdir(ROOT)
     scripts = sorted(f for f in os.listdir(ROOT) if f.endswith(".py") and f != "model.py")
     scripts += sorted(f"tools/{f}" for f in os.listdir(os.path.join(ROOT, "tools")) if is_tool_script(f))
-    files.write_text(os.path.join(HERE, "flags.md"), cli.flags_markdown([os.path.join(ROOT, s) for s in scripts]), None)
+    files.write_text(
+        os.path.join(HERE, "flags.md"), flags.flags_markdown([os.path.join(ROOT, s) for s in scripts]), None
+    )
     files.write_text(os.path.join(HERE, "layout.md"), layout_markdown(ROOT), None)
     if args.text_only:
         print("wrote docs/flags.md and docs/layout.md")
         return
     for source, name in PICTURES.items():
         if not os.path.isfile(source):
-            cli.die(f"{source} not found; run make demo first (make docs does)")
+            messages.die(f"{source} not found; run make demo first (make docs does)")
         shrunk(source, os.path.join(HERE, name), args.width)
     shutil.copyfile("skin_model.md", os.path.join(HERE, "model_card.md"))
     if args.screenshot:

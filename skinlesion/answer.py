@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from skinlesion import cli, metrics
+from skinlesion import messages, metrics
 
 UNRELIABLE = "Unreliable: "  # what marks each line of an answer shown anyway for an unfamiliar photo
 STRAYED = (  # the caution for an int8 model (export_onnx.py's twin) that its comparison did not clear
@@ -43,7 +43,7 @@ def likely_types(probabilities, meta):
     """[(type name, P)] of a lesion-type model, most likely first (the original label values where known)."""
     names = meta.get("class_names") or meta["classes"]
     order = np.argsort(-np.asarray(probabilities), kind="stable")
-    return [(cli.printable(names[i]), float(probabilities[i])) for i in order]
+    return [(messages.printable(names[i]), float(probabilities[i])) for i in order]
 
 
 def model_cautions(meta):
@@ -87,7 +87,7 @@ def prevalence_texts(meta, prevalence, threshold_given, tested=None):
             f"from the {split} sensitivity and specificity at this threshold, a 'malignant' call is right "
             f"{ppv:.0%} of the time (PPV) and a 'benign' call {npv:.0%} of the time (NPV)"
         )
-    return assumes, f"at a prevalence of {cli.percent_text(prevalence)}, " + "; ".join(said)
+    return assumes, f"at a prevalence of {messages.percent_text(prevalence)}, " + "; ".join(said)
 
 
 def tested_figures(tested):
@@ -113,7 +113,7 @@ def where_tested(name, evaluation):
     """'on NAME (598 photos, 11% malignant)': an external data set, with its photos where evaluate.py counted them."""
     found = evaluation.get("photos")
     counts = f" ({found['n_photos']} photos, {found['malignant_share']:.0%} malignant)" if found else ""
-    return f"on {cli.printable(name)}{counts}"
+    return f"on {messages.printable(name)}{counts}"
 
 
 def external_texts(externals):

@@ -13,8 +13,8 @@ import threading
 from urllib.parse import urlparse
 
 from skinlesion import reading
-from skinlesion.cli import die, printable, warn
 from skinlesion.files import file_kind
+from skinlesion.messages import die, printable, warn
 
 
 def pooled_linear_head(net):

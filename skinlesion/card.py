@@ -10,8 +10,8 @@ import json
 import re
 
 from skinlesion import answer, dataset, familiarity, ledger, reading
-from skinlesion.cli import printable
 from skinlesion.files import TAG, write_text
+from skinlesion.messages import printable
 from skinlesion.metrics import interval_text, operating_point_text, types_text
 from skinlesion.model_index import front_matter
 
@@ -44,7 +44,7 @@ ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;"}  # HTML and t
 
 def markdown_text(value):
     """Any text from a data or model file (a class name, an attribution, a path) as markdown that shows it as it
-    is, on one line: control characters escaped as cli.printable prints them, HTML and a table's | as entities,
+    is, on one line: control characters escaped as messages.printable prints them, HTML and a table's | as entities,
     and every other character markdown would read (emphasis, code, links, headings) backslash-escaped."""
     text = MARKDOWN.sub(r"\\\1", printable(str(value)))
     return re.sub("[&<>|]", lambda found: ENTITIES[found.group()], text)

@@ -8,7 +8,7 @@ import re
 import zipfile
 
 from skinlesion import reading
-from skinlesion.cli import die, printable
+from skinlesion.messages import die, printable
 
 MAX_MODEL_BYTES = 2_000_000_000  # the largest model file read (EfficientNet-B0's: 21 MB; an ONNX file: 2 GB at most)
 FORMAT = 2  # the model file's format (its meta "format"): from 2 a finished run's file always holds its familiarity

@@ -6,8 +6,8 @@ import os
 import shutil
 
 from skinlesion import ledger
-from skinlesion.cli import printable
 from skinlesion.folders import leave_alone, leftovers, records_fault, remove_leftover, unchanged, unproven
+from skinlesion.messages import printable
 
 LINK = "a link (what it points to is not removed)"
 

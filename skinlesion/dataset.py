@@ -8,8 +8,8 @@ import os
 import numpy as np
 
 from skinlesion import reading
-from skinlesion.cli import die, printable, warn
 from skinlesion.files import file_kind, file_sha256
+from skinlesion.messages import die, printable, warn
 from skinlesion.photos import find_images, image_size
 from skinlesion.schema import as_text
 

@@ -6,7 +6,7 @@ rank 0; only rank 0 writes."""
 import hashlib
 import os
 
-from skinlesion.cli import die
+from skinlesion.messages import die
 
 NEEDED = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets beside WORLD_SIZE
 

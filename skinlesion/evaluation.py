@@ -7,7 +7,7 @@ labels, P(malignant) or the familiarity distances, never the model."""
 
 import numpy as np
 
-from skinlesion import card, cli, familiarity, isic, metrics
+from skinlesion import card, familiarity, isic, messages, metrics
 
 
 def calibration_report(y, before, after, fitted, args):
@@ -207,6 +207,6 @@ def photos_described(y, rows, name, source):
     if rows is not None and "image_type" in rows:
         types = dict(rows.image_type.replace("", "unknown").value_counts())
     split = f"external validation: {name}" if name else "test split"
-    shown = f"{split} ({cli.printable(source)}), n = {n}: {int(y.sum())} malignant"
+    shown = f"{split} ({messages.printable(source)}), n = {n}: {int(y.sum())} malignant"
     return dict(n_photos=n, malignant_share=float(y.mean()), image_types={str(k): int(v) for k, v in types.items()},
                 shown=shown)  # fmt: skip

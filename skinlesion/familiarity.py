@@ -147,7 +147,7 @@ def negative_features(net, meta, others, device, batch_size=32):
     or (None, None) without photos of another kind: MADE_PER_KIND images of each kind that are not lesions
     (skinlesion/non_lesions.py), and others, {type: paths} of photos of another kind (one that cannot be read is
     left out and counted)."""
-    from skinlesion import cli, non_lesions, photos
+    from skinlesion import messages, non_lesions, photos
 
     found, exposed_to, unreadable = [], {}, 0
     for image_type, paths in others.items():
@@ -159,7 +159,7 @@ def negative_features(net, meta, others, device, batch_size=32):
             found += [features_of_images(net, readable, meta, device, batch_size)] if readable else []
         exposed_to[f"{image_type} photos"] = count
     if unreadable:
-        cli.warn(f"{unreadable} photos of another kind could not be read: left out of the familiarity check")
+        messages.warn(f"{unreadable} photos of another kind could not be read: left out of the familiarity check")
     if not found:
         return None, None
     made = [image for _, image in non_lesions.images(MADE_PER_KIND)]

@@ -8,7 +8,7 @@ import os
 import re
 
 from skinlesion import interrupts, ledger, reading
-from skinlesion.cli import die, printable
+from skinlesion.messages import die, printable
 
 TAG = "written by skin-lesion-classifier"  # inside files we write (PNG text, JSON key, model metadata): no proof
 TAG_BYTES = TAG.encode()

@@ -9,7 +9,7 @@ import re
 import shutil
 
 from skinlesion import interrupts, ledger
-from skinlesion.cli import die, first_few, printable, warn
+from skinlesion.messages import die, first_few, printable, warn
 
 MARK = ledger.NAME  # the mark (a ledger) inside every folder we make
 

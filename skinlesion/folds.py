@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion.cli import die
+from skinlesion.messages import die
 
 MOST_PHOTOS = 2000  # up to this many photos in train plus validation get DEFAULT folds unless told; more keep a split
 DEFAULT = 5  # folds where photos are few

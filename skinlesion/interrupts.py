@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-from skinlesion.cli import die, printable
+from skinlesion.messages import die, printable
 
 PRESSED = []  # the Ctrl-Cs seen while run_script runs a main
 SAYS = []  # what a Ctrl-C says once an output changed (run_script's own message is about the outputs before)

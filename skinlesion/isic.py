@@ -20,10 +20,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from skinlesion import cli, files, interrupts, photos, reading
-from skinlesion.cli import die, first_few, printable, warn
+from skinlesion import files, interrupts, messages, photos, reading
 from skinlesion.files import atomic_write, file_kind, write_text
 from skinlesion.folders import is_within
+from skinlesion.messages import die, first_few, printable, warn
 from skinlesion.schema import as_text
 
 SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs"}
@@ -298,7 +298,7 @@ def process_image(job):
             img.save(out, quality=95)
     except OSError as e:  # a full disk, a quota: the dataset's fault, not the image's
         raise OSError(
-            f"could not write {cli.printable(out)} ({e.strerror or e}); free some disk space or pass another "
+            f"could not write {messages.printable(out)} ({e.strerror or e}); free some disk space or pass another "
             "--dataset-dir"
         ) from None
     return dict(isic_id=isic_id, sha256=sha256, width=width, height=height, file=name, error="")
@@ -411,7 +411,7 @@ def labelled_photos(folder):
         return rows[ok]
 
     ok = rows.side.isin(["benign", "malignant"])
-    rows = keep(ok, "no definite benign/malignant side", cli.counts_text(rows.side[~ok], 3))
+    rows = keep(ok, "no definite benign/malignant side", messages.counts_text(rows.side[~ok], 3))
     ok = rows.isic_id.str.fullmatch(ISIC_ID)
     rows = keep(ok, "invalid isic_id", first_few(rows.isic_id[~ok].map(repr)))
     ok = rows.groupby("isic_id").side.transform("nunique") == 1

@@ -21,7 +21,7 @@ import socket
 import sys
 
 from skinlesion import reading
-from skinlesion.cli import die, printable
+from skinlesion.messages import die, printable
 
 NAME = ".skin-lesion-classifier"  # the ledger (and mark) inside every folder we write in
 TEMPORARY = NAME + ".new"  # the ledger being written (write): left by a kill before the rename, it is ours

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from skinlesion import reading
-from skinlesion.cli import die, printable
 from skinlesion.files import file_kind
+from skinlesion.messages import die, printable
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")  # what counts as an image
 MAX_IMAGE_PIXELS = 200_000_000  # larger images are refused as possible decompression bombs

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from skinlesion.cli import printable
 from skinlesion.files import TAG, atomic_write
+from skinlesion.messages import printable
 from skinlesion.metrics import interval_text, known_interval
 
 

@@ -11,7 +11,8 @@ import os
 import numpy as np
 
 from skinlesion import ledger, schema
-from skinlesion.cli import die, flag_name, in_range, printable
+from skinlesion.flags import flag_name, in_range
+from skinlesion.messages import die, printable
 
 NUMBER = schema.simple(in_range, "a finite number")
 RESUME_STATE = schema.record(dict(  # what AItraining.py --resume reads besides the weights and meta

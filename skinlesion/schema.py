@@ -13,7 +13,8 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from skinlesion.cli import in_range, printable
+from skinlesion.flags import in_range
+from skinlesion.messages import printable
 
 MAX_TEXT = 500  # longest string a model file may hold (a class name, an attribution, a summary line)
 MAX_ITEMS = 10_000  # longest list or table
@@ -45,7 +46,7 @@ def is_text(value, most=MAX_TEXT):
 
 
 def as_text(value, most=MAX_TEXT):
-    """A value read from a data file as the text a model file may hold: printable (cli.printable) and at most
+    """A value read from a data file as the text a model file may hold: printable (messages.printable) and at most
     most characters (cut); '' stays ''."""
     return printable(value)[:most]
 

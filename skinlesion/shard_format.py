@@ -14,8 +14,8 @@ import shutil
 import tarfile
 
 from skinlesion import dataset, photos, reading, remote, schema
-from skinlesion.cli import die, printable
 from skinlesion.files import file_kind
+from skinlesion.messages import die, printable
 
 INDEX = "shards.json"  # the index of a shards folder
 FOLDER = "shards"  # where prepare_dataset.py --shards writes them, inside DATASET_DIR

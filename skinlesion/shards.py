@@ -17,7 +17,7 @@ import random
 import numpy as np
 
 from skinlesion import dataset, photos, remote, shard_format
-from skinlesion.cli import die, printable
+from skinlesion.messages import die, printable
 
 SHUFFLE_BUFFER = 2000  # photos a streaming worker shuffles among (each 256 px JPEG: ~20 KB)
 CHUNK = 32  # photos a worker decodes and sends at a time

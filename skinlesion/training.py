@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from skinlesion import dataset, devices, folders, metrics, photos, shards
-from skinlesion.cli import die, printable, warn
+from skinlesion.messages import die, printable, warn
 from skinlesion.photos import normalise_batch, photo_loader
 
 OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|DefaultCPUAllocator", re.I)  # the allocators' words

@@ -13,7 +13,7 @@ from PIL import Image
 
 import bench
 from conftest import alarm, fingerprint, help_of, main_fails, run, write_export
-from skinlesion import cli, folders
+from skinlesion import flags, folders
 
 ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory", "0.11 GB", "0.11 of 1 GB", "")]
 
@@ -26,7 +26,9 @@ def test_help_answers_before_torch_is_imported():
     assert "(default: None)" in r.stdout and "--no-train" in r.stdout, r.stdout
 
 
-RANGES = {cli.flag_name(name): cli.allowed_range(comment) for name, comment in cli.constants_block(bench.__file__)}
+RANGES = {
+    flags.flag_name(name): flags.allowed_range(comment) for name, comment in flags.constants_block(bench.__file__)
+}
 BAD_FLAGS = [(flag, r.low - 1, f"{flag} {r.low - 1}: use {r.text}") for flag, r in RANGES.items() if r]  # below each
 BAD_FLAGS += [(flag, "none", "this flag needs a value") for flag, _, _ in BAD_FLAGS]
 BAD_FLAGS += [

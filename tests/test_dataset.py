@@ -151,7 +151,7 @@ def test_a_manifest_that_cannot_be_read_is_one_line_not_ignored(tmp_path, capsys
 
 def test_the_data_summary_holds_text_a_model_file_accepts():
     """Metadata values with terminal escapes, newlines, a right-to-left override or 600 characters become
-    printable, bounded text (as cli.printable shows them), so the model file that carries them loads; empty
+    printable, bounded text (as messages.printable shows them), so the model file that carries them loads; empty
     values read unknown; accents are kept."""
     from skinlesion import schema
 

@@ -30,7 +30,7 @@ from scipy.special import softmax
 import model
 import predict
 from conftest import ROOT, grey_photo, make_net, run, save_model, skip_or_fail, start_server
-from skinlesion import answer, cli, explain, familiarity, metrics, photos
+from skinlesion import answer, explain, familiarity, messages, metrics, photos
 
 pytestmark = pytest.mark.slow  # each test starts serve_web.py (and a browser): make test, not make check
 
@@ -45,7 +45,7 @@ APP_TWINS = {"decisionTexts": answer, "likelyTypes": answer, "modelCautions": an
              "calibratedProbabilities": model, "malignantSumText": predict, "reweighted": metrics,
              "predictiveValues": metrics, "weakModelWarning": metrics, "prevalenceTexts": answer,
              "unfamiliarSentence": familiarity, "answerShown": answer, "marked": answer,
-             "percentText": cli}  # fmt: skip
+             "percentText": messages}  # fmt: skip
 TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
 TYPE_NAMES = ["Nevus", "Seborrheic Keratosis", "Basal Cell Carcinoma", "Melanoma Invasive"]
 # the lesion-type model's calibration: softmax(a * logits + b * malignant)
@@ -648,7 +648,7 @@ def test_page_functions_agree_with_their_python_twins(page):
             rules.map(([u, a]) => app.answerShown(u, a)), rules.map(([u]) => app.marked('P(malignant) = 0.7', u))])""",
         [shares, rules],
     )
-    assert percents == [cli.percent_text(s) for s in shares] and percents[:2] == ["5.0%", "0.01%"]
+    assert percents == [messages.percent_text(s) for s in shares] and percents[:2] == ["5.0%", "0.01%"]
     assert shown == [answer.answer_shown(u, a) for u, a in rules] == [True, True, False, True]
     assert marks == [answer.marked("P(malignant) = 0.7", u) for u, _ in rules]
     logits = [[0.3, -1.2, 2.5, 2.5], [80.0, -80.0, 0.0, 1e-9]]

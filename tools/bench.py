@@ -41,7 +41,7 @@ import growth  # noqa: E402
 import measure  # noqa: E402
 
 import model  # noqa: E402
-from skinlesion import cli, dataset, devices, folders, photos, training  # noqa: E402
+from skinlesion import dataset, devices, flags, folders, messages, photos, training  # noqa: E402
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px, 32 to 2048
@@ -70,8 +70,8 @@ ENV = {"HF_HUB_OFFLINE": "1"}  # the scripts it runs never reach the hub
 
 def parse_args(argv=None):
     """The flags, every value checked before any work (one error line)."""
-    args = cli.parse_flags(globals(), argv, types={"WORK_DIR": str, "GROWTH": int})
-    cli.check(all(n >= 2 for n in args.growth), "--growth", args.growth, "use photo counts >= 2")
+    args = flags.parse_flags(globals(), argv, types={"WORK_DIR": str, "GROWTH": int})
+    flags.check(all(n >= 2 for n in args.growth), "--growth", args.growth, "use photo counts >= 2")
     if args.work_dir is not None:
         check_work_dir(args.work_dir)
     return args
@@ -80,11 +80,11 @@ def parse_args(argv=None):
 def check_work_dir(path):
     """die unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run made (its
     mark inside); never a folder of other files (a project folder's skin_model.pth would be replaced)."""
-    cli.check_writable(path, "--work-dir", folder=True)
+    flags.check_writable(path, "--work-dir", folder=True)
     if os.path.isdir(path) and os.listdir(path) and not folders.made_here(path):
-        found = cli.first_few(sorted(os.listdir(path)))
-        cli.die(
-            f"--work-dir {cli.printable(path)} holds files that bench.py did not make ({found}); pass a new or "
+        found = messages.first_few(sorted(os.listdir(path)))
+        messages.die(
+            f"--work-dir {messages.printable(path)} holds files that bench.py did not make ({found}); pass a new or "
             "empty folder, or one an earlier bench.py run made"
         )
 

@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import time
 
-from skinlesion.cli import die
+from skinlesion.messages import die
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project: the scripts the tools measure
 # headless Chromium for the page (measure_page.py, the browser tests, make_docs.py); without the network flags

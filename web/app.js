@@ -10,7 +10,7 @@
 // predict.malignant_sum_text, reweighted metrics.reweighted, predictiveValues metrics.predictive_values,
 // weakModelWarning metrics.weak_model_warning, prevalenceTexts answer.prevalence_texts, unfamiliarSentence
 // familiarity.unfamiliar_sentence, answerShown answer.answer_shown, marked answer.marked, percentText
-// cli.percent_text); tests/test_web.py checks that they exist and agree.
+// messages.percent_text); tests/test_web.py checks that they exist and agree.
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import {
   centreCrop, imageSize, loadImage, MAX_ASPECT, normalise, tooElongated, upsampleBilinear,
@@ -239,7 +239,7 @@ export function marked(text, unfamiliar) {
   return unfamiliar ? `${UNRELIABLE}${text}` : text;
 }
 
-// cli.percent_text: a share as a percentage with one decimal, or as many as show its first two significant digits
+// messages.percent_text: a share as a percentage with one decimal, or as many as show its first two significant digits
 // (and those of 1 - share), trailing zeros cut: 0.0001 is "0.01%", never "0.0%".
 export function percentText(share) {
   const closest = 100 * Math.min(share, 1 - share);

@@ -1,6 +1,5 @@
-"""The command line: flags made from a script's constants block, one-line errors and warnings, checks of flag
-values (each numeric flag against the range its constant's comment states) and writable paths, printable names and
-summaries.
+"""The command line's flags: made from a script's constants block, checks of flag values (each numeric flag
+against the range its constant's comment states) and of writable paths.
 
 Torch-free, so that `--help` and the ONNX path start in a fraction of a second."""
 
@@ -8,17 +7,13 @@ import argparse
 import math
 import os
 import re
-import sys
 import tempfile
 from typing import NamedTuple
 
+from skinlesion.messages import die, printable
+
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the scripts' folder
 RULER = re.compile(r"^# -{20,}$", re.M)  # the two lines around a script's constants block
-ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {
-    9: "\\t",
-    10: "\\n",
-    13: "\\r",
-}  # control characters
 NUMBER = r"\d+(?:\.\d+)?(?:e-?\d+)?(?:\*\*\d+(?: - \d+)?)?"  # 1, 0.99, 1e6, 1e-9, 2**32 - 1 (none negative)
 YES_NO = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}  # None-or-bool flags
 RANGE = re.compile(
@@ -26,59 +21,6 @@ RANGE = re.compile(
 )  # the phrases of a range in a constant's comment: A to B, A to <B, >= A, > A (see allowed_range)
 
 
-def die(message):
-    """A user's mistake: one line saying what is wrong and how to fix it, exit 1, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def warn(message):
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def printable(path):
-    """A path (or any name, or any text read from a data or model file) as one printable line: bytes that are not
-    UTF-8 (a file name from another system) as \\xNN, control characters such as a newline as \\n or \\xNN, and
-    other characters that are not printable (C1 controls, bidirectional overrides, line separators) as \\uNNNN,
-    so a name cannot forge a line or hide text. Everything a script prints from a data file goes through it."""
-    text = os.fsencode(path).decode("utf-8", "backslashreplace") if isinstance(path, (str, bytes)) else str(path)
-    text = text.translate(ESCAPES)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def counts_text(values, most=6):
-    """'a 3, b 1, ...': the most common values with their counts ('' shown as 'empty')."""
-    import pandas as pd
-
-    counts = pd.Series(values).value_counts()
-    parts = [f"{printable(value) if value else 'empty'} {n}" for value, n in counts[:most].items()]
-    if len(counts) > most:
-        parts.append("...")
-    return ", ".join(parts)
-
-
-def percent_text(share):
-    """A share as a percentage with one decimal, or with as many as show its first two significant digits (and
-    those of 1 - share), trailing zeros cut: 0.05 '5.0%', 0.0001 '0.01%', 0.9999 '99.99%'; never '0.0%' for a
-    share that is not 0."""
-    closest = 100 * min(share, 1 - share)
-    digits = max(1, 1 - math.floor(math.log10(closest))) if closest > 0 else 1
-    text = f"{100 * share:.{digits}f}"
-    return (text.rstrip("0").rstrip(".") if digits > 1 else text) + "%"
-
-
-def first_few(items, most=3):
-    """'a, b, c, ...': the first few items."""
-    items = list(items)
-    parts = [printable(item) for item in items[:most]]
-    if len(items) > most:
-        parts.append("...")
-    return ", ".join(parts)
-
-
-# ---------------------------------------------------------------------------- flags
 def constants_block(script):
     """[(NAME, comment)] of the `NAME = value  # comment` lines between the first two rulers of a script: its
     constants block, the only names that become flags."""
