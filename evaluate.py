@@ -213,7 +213,7 @@ def export_photos(args):
         if n:
             messages.warn(f"left out {n} row(s) of {messages.printable(args.external)}: {why} ({examples})")
     if rows.empty:
-        messages.die(
+        raise messages.UserError(
             f"no photo in {messages.printable(args.external)} has a definite benign/malignant side and an image file"
         )
     labels = (rows.side == "malignant").to_numpy().astype(int)
@@ -244,7 +244,7 @@ def main(argv=None):
     distances = None if distances is None else distances[keep]
     rows = rows[keep].reset_index(drop=True) if external else manifest_rows(args.data_dir, paths)
     if not np.isfinite(np.concatenate(views)).all():
-        messages.die(
+        raise messages.UserError(
             f"{messages.printable(args.model)} gives outputs that are not numbers; the model is broken, retrain it"
         )
     y = labels if external else model.malignant_mask(meta)[labels].astype(int)
@@ -254,7 +254,9 @@ def main(argv=None):
     counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
     if min(int((y == 0).sum()), int((y == 1).sum())) == 0:
         lacking = "malignant" if (y == 0).all() else "benign"
-        messages.die(f"no readable {lacking} images in {messages.printable(args.photos)}; both sides are needed")
+        raise messages.UserError(
+            f"no readable {lacking} images in {messages.printable(args.photos)}; both sides are needed"
+        )
 
     # metrics with intervals, the operating point, calibration, subgroups, types
     threshold = float(meta["threshold"])

@@ -105,7 +105,7 @@ def check_photos(source, n, cfg, named):
         return np.stack([photos.preprocess(img, cfg) for img in images]), described
     if named:
         wanted = "pass a folder (or a photo) of real photos"
-        messages.die(f"--check-images {messages.printable(source)} holds no readable photo; {wanted}")
+        raise messages.UserError(f"--check-images {messages.printable(source)} holds no readable photo; {wanted}")
     size = cfg["input_size"][-1]
     noise = np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
     return noise, f"{n} random tensors (no photos found; --check-images FOLDER checks on real ones)"
@@ -337,7 +337,9 @@ def write_int8_twin(args, meta):
     x, y = labelled_photos(args.quantise_images, meta)
     images = messages.printable(args.quantise_images)
     if x is None and "quantise_images" in args.given:
-        messages.die(f"--quantise-images {images} holds no readable photo; pass a folder of validation photos")
+        raise messages.UserError(
+            f"--quantise-images {images} holds no readable photo; pass a folder of validation photos"
+        )
     if x is None:
         print(f"no int8 twin written: no photos in {images} to calibrate it on (--quantise-images)")
         return None
@@ -379,7 +381,7 @@ def check_parity(args, found, described):
         compared = "the logits, P(malignant), the evidence map and the familiarity distance"
     off = [f"{name} by {difference:.2e}" for name, difference in found.items() if not difference <= args.tolerance]
     if off:
-        messages.die(
+        raise messages.UserError(
             f"onnxruntime and PyTorch disagree on {described}: {', '.join(off)}, over --tolerance "
             f"{args.tolerance:.0e} (largest differences, relative but p_malignant's); "
             f"{messages.printable(args.output)} not written"
@@ -417,7 +419,7 @@ def main(argv=None):
         check_parity(args, differences(wrapped, meta, tmp, x), f"{described}, batch of {max(len(x), 2)} and of 1")
         fault = model.self_check_fault(ort_session(tmp), dict(meta, self_check=checked))
         if fault:
-            messages.die(
+            raise messages.UserError(
                 f"the exported file fails the check every script makes of a model file: {fault}; "
                 f"{messages.printable(args.output)} not written (every script would refuse it); retrain the model"
             )

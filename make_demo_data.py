@@ -209,10 +209,10 @@ def write_demo_export(out_dir, seed=SEED, photo_size=PHOTO_SIZE, workers=WORKERS
                         "export; a real 'isic image download' writes the licence's full text here.\n"
                     )
         except OSError as e:
-            messages.die(
+            raise messages.UserError(
                 f"could not write the demo export {messages.printable(out_dir)} ({e.strerror or e}); free some disk "
                 f"space or pass another --out-dir (any previous {messages.printable(out_dir)} is untouched)"
-            )
+            ) from None
     return meta
 
 

@@ -21,7 +21,7 @@ from skinlesion.backbone import imagenet_model
 from skinlesion.dataset import SIDES
 from skinlesion.files import TAG, atomic_write, file_kind
 from skinlesion.flags import is_list_of
-from skinlesion.messages import die, printable
+from skinlesion.messages import UserError, printable
 from skinlesion.metrics import APPLIES_TO
 
 # -----------------------------------------------------------------------------
@@ -50,14 +50,14 @@ def build_model(pretrained=True, weights_file=None, num_classes=2, drop_path=0.0
     import torch
 
     if not timm.is_model(model_name):
-        die(f"{model_name!r} is not a timm architecture; pick one of timm.list_models(), e.g. {MODEL_NAME}")
+        raise UserError(f"{model_name!r} is not a timm architecture; pick one of timm.list_models(), e.g. {MODEL_NAME}")
 
     def create(pretrained):
         options = dict(num_classes=num_classes, drop_path_rate=drop_path)
         net = timm.create_model(model_name, pretrained=pretrained, **options)
         head = net.get_classifier()
         if not backbone.pooled_linear_head(net):
-            die(
+            raise UserError(
                 f"{model_name}'s head is not an average pool and one linear layer on its feature map, which the "
                 f"evidence map and the ONNX file need; pick another timm architecture, e.g. {MODEL_NAME} or resnet50"
             )
@@ -298,13 +298,13 @@ def check_model_file(path, how="train one with 'python AItraining.py'"):
     /dev/zero never end) of at most checkpoints.MAX_MODEL_BYTES."""
     kind = file_kind(path)
     if kind == "missing":
-        die(f"model file {printable(path)} not found; {how} or pass --model PATH")
+        raise UserError(f"model file {printable(path)} not found; {how} or pass --model PATH")
     if kind:
-        die(f"model file {printable(path)} is {kind}; {how} or pass --model PATH")
+        raise UserError(f"model file {printable(path)} is {kind}; {how} or pass --model PATH")
     size, most = os.path.getsize(path), checkpoints.MAX_MODEL_BYTES
     if size > most:
-        die(f"model file {printable(path)} is {size:,} bytes, over the {most:,} a model file may be; {how} or pass "
-            "--model PATH")  # fmt: skip
+        raise UserError(f"model file {printable(path)} is {size:,} bytes, over the {most:,} a model file may "
+            f"be; {how} or pass --model PATH")  # fmt: skip
 
 
 def read_checkpoint(path):
@@ -321,7 +321,7 @@ def read_checkpoint(path):
         except Exception as e:
             checkpoints.load_failure(path, e)
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("meta"), dict)):
-        die(f"{printable(path)} is not a checkpoint written by AItraining.py (no state_dict/meta)")
+        raise UserError(f"{printable(path)} is not a checkpoint written by AItraining.py (no state_dict/meta)")
     fault = meta_fault(ckpt["meta"])
     if not fault and ckpt["meta"].get("familiarity"):
         fault = familiarity.arrays_fault(ckpt.get("familiarity"), len(ckpt["meta"]["classes"]))
@@ -331,7 +331,7 @@ def read_checkpoint(path):
         if bad:
             fault = f"{len(bad)} weight tensor(s) hold NaN or infinite values ({bad[0]})"
     if fault:
-        die(
+        raise UserError(
             f"{printable(path)} is refused: {fault}; retrain with AItraining.py (a broken model must not classify "
             "anything)"
         )
@@ -348,10 +348,10 @@ def load_weights(net, ckpt, path):
         wanted, found = net.state_dict(), ckpt["state_dict"]
         missing, extra = len(wanted.keys() - found.keys()), len(found.keys() - wanted.keys())
         other_shape = sum(getattr(found[k], "shape", None) != wanted[k].shape for k in wanted.keys() & found.keys())
-        die(
+        raise UserError(
             f"{printable(path)}: the weights do not fit {name} with {classes} classes ({missing} of its tensors "
             f"missing, {extra} not its own, {other_shape} of another shape: another architecture or count)"
-        )
+        ) from None
     return net
 
 
@@ -363,16 +363,20 @@ def load_checkpoint(path, device="cpu"):
     ckpt = read_checkpoint(path)
     meta = ckpt["meta"]
     if checkpoints.unfinished_fault(meta):  # a resume checkpoint, an unfinished run's: never a label
-        die(f"{printable(path)} is refused: {checkpoints.unfinished_fault(meta)}")
+        raise UserError(f"{printable(path)} is refused: {checkpoints.unfinished_fault(meta)}")
     name = meta.get("model_name", MODEL_NAME)
     if not timm.is_model(name):
-        die(f"{printable(path)} holds a {name} model, which this timm {timm.__version__} does not know; upgrade timm")
+        raise UserError(
+            f"{printable(path)} holds a {name} model, which this timm {timm.__version__} does not know; upgrade timm"
+        )
     net = ensemble.network(name, len(meta["classes"]), meta.get("members", 1))  # one, or the folds' averaged
     if meta.get("familiarity"):
         arrays = {key: value.double().numpy() for key, value in ckpt["familiarity"].items()}
         if arrays["means"].shape[1] != familiarity.feature_count(net):
             count = familiarity.feature_count(net)
-            die(f"{printable(path)} is refused: its familiarity measure is not for {count} features; retrain it")
+            raise UserError(
+                f"{printable(path)} is refused: its familiarity measure is not for {count} features; retrain it"
+            )
         meta = dict(meta, familiarity=dict(meta["familiarity"], **arrays))
     return prepare_for_device(load_weights(net, ckpt, path), device).eval(), meta
 
@@ -486,5 +490,5 @@ def load_onnx(path):
     check_model_file(path, "export one with 'python export_onnx.py'")
     session, meta, error = read_onnx(path)
     if error:
-        die(error)
+        raise UserError(error)
     return session, meta

@@ -123,7 +123,9 @@ def onnx_predictor(session, meta, tta, explain_it):
                 runs.append(session.run(outputs, {name: view}))
             except Exception as e:  # onnxruntime failing at run time: the file, the machine
                 why = messages.printable(str(e)[:200])  # its message may quote the file's own node names
-                messages.die(f"onnxruntime failed on the model ({type(e).__name__}: {why}); export it again")
+                raise messages.UserError(
+                    f"onnxruntime failed on the model ({type(e).__name__}: {why}); export it again"
+                ) from None
         probabilities = np.mean([model.calibrated_probabilities(r[0], meta) for r in runs], axis=0)[0]
         cam = runs[0][2][0] if explain_it else None
         distance = float(runs[0][-1][0]) if meta.get("familiarity") else None
@@ -300,13 +302,13 @@ def main(argv=None):
     if not images:
         others = f"; skipped {len(skipped)} other files" if skipped else ""
         given = messages.first_few(args.images, 5)
-        messages.die(f"no images in {given} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
+        raise messages.UserError(f"no images in {given} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
     single = len(args.images) == 1 and len(images) == 1 and not os.path.isdir(args.images[0])
     if single:  # read it before loading the model: a bad file is reported at once
         first, why = photos.try_load_image(images[0])
         if first is None:
             fix = "; pass a .jpg or .png photo" if why.startswith(photos.UNREADABLE) else ""  # else: crop it
-            messages.die(f"{messages.printable(images[0])} is {why}{fix}")
+            raise messages.UserError(f"{messages.printable(images[0])} is {why}{fix}")
     pictures = explain.gradcam_names(images, args.explain_dir) if args.explain else {}
     for picture in pictures.values():
         files.check_output(picture, "--explain-dir", "picture", [args.model, *images], args.overwrite)
@@ -332,8 +334,8 @@ def main(argv=None):
     flips = ", mean over 4 flips" if args.tta else ""
     prior = meta.get("prior_malignant")
     if args.prevalence is not None and prior is None:
-        model_file = messages.printable(args.model)
-        messages.die(f"--prevalence: {model_file} does not record the share of malignant training photos; retrain it")
+        said = f"{messages.printable(args.model)} does not record the share of malignant training photos"
+        raise messages.UserError(f"--prevalence: {said}; retrain it")
 
     # predictions
     rows, borderline, strange = [], 0, False
@@ -346,7 +348,7 @@ def main(argv=None):
         p, probabilities, cam, distance = predict_one(img)
         if not metrics.is_probability(p):
             if single:
-                messages.die(
+                raise messages.UserError(
                     f"the model gave no valid probability for {messages.printable(path)} (P = {p}); the model file is "
                     "broken: retrain or re-export it"
                 )
@@ -374,7 +376,7 @@ def main(argv=None):
     for path, why in skipped:
         messages.warn(f"skipped {messages.printable(path)}: {why}")
     if not rows:
-        messages.die(f"none of the {len(skipped)} files could be classified; pass .jpg or .png photos")
+        raise messages.UserError(f"none of the {len(skipped)} files could be classified; pass .jpg or .png photos")
     if not single:
         n, odd = (sum(row[1] == label for row in rows) for label in ("malignant", "unfamiliar"))
         near_count = f"; {borderline} borderline" if borderline else ""

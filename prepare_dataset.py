@@ -102,7 +102,7 @@ def filter_rows(df, image_types, label_column=LABEL_COLUMN):
         if len(found):
             flags = [shlex.quote(t) for t in found[:2]]
             fix = f"pass --image-types {flags[0]} (several: --image-types {' '.join(flags)})"
-        messages.die(
+        raise messages.UserError(
             f"no row has image type {' or '.join(sorted(allowed))}; the export has "
             f"{messages.counts_text(df.image_type)}: {fix}"
         )
@@ -113,7 +113,7 @@ def filter_rows(df, image_types, label_column=LABEL_COLUMN):
     typed = df = df.assign(side=isic.sides(df))
     two_class = label_column in isic.SIDE_COLUMNS
     if not two_class and label_column not in df:
-        messages.die(
+        raise messages.UserError(
             f"--label-column {label_column}: the metadata has no such column; use one of its diagnosis columns "
             "(diagnosis_2 to diagnosis_5, or diagnosis in older exports)"
         )
@@ -256,7 +256,7 @@ def check_usable(args, steps, typed, losses, cands, chosen=None, decoded=0, unre
 def print_steps(steps, error=None):
     print("\nsummary\n" + "\n".join(f"  {step:<44}{n:>7}  {why}" for step, n, why in steps))
     if error:
-        messages.die(error)
+        raise messages.UserError(error)
 
 
 def write_splits(chosen, tmp):
@@ -361,7 +361,7 @@ def main(argv=None):
         if not paths or not os.path.isdir(args.images_dir):
             missing = args.images_dir if paths else f"{args.metadata_csv} (nor a metadata.csv under {args.images_dir})"
             missing = messages.printable(missing)
-            messages.die(f"{missing} not found; " + download_hint(args.image_types, args.images_dir))
+            raise messages.UserError(f"{missing} not found; " + download_hint(args.image_types, args.images_dir))
         if paths != [args.metadata_csv]:
             listed = ", ".join(map(messages.printable, paths))
             metadata_csv, images_dir = messages.printable(args.metadata_csv), messages.printable(args.images_dir)

@@ -84,7 +84,9 @@ def read_model(path):
     _, meta = model.load_onnx(path)
     if meta["interpolation"] != "bicubic":
         resizes = meta["interpolation"]
-        messages.die(f"{messages.printable(path)} resizes with {resizes}; the page implements Pillow's bicubic only")
+        raise messages.UserError(
+            f"{messages.printable(path)} resizes with {resizes}; the page implements Pillow's bicubic only"
+        )
     keys = [name for name, key in model.KEYS.items() if key.page]
     sidecar = {key: meta.get(key) for key in keys}
     op = meta.get("operating_point")
@@ -123,15 +125,15 @@ def ort_dist(node_modules):
     dist = os.path.join(package, "dist")
     fix = f"run 'npm ci' in {messages.printable(HERE)} to install the pinned onnxruntime-web"
     if not all(os.path.isfile(os.path.join(dist, name)) for name in ORT_FILES):
-        messages.die(f"{messages.printable(package)} not found (or incomplete); {fix}")
+        raise messages.UserError(f"{messages.printable(package)} not found (or incomplete); {fix}")
     path = os.path.join(package, "package.json")
     try:
         found = reading.parse_json(read_bytes(path, MAX_PAGE_BYTES, fix), path)
     except reading.Unreadable as e:  # not JSON, or nested too deeply
-        messages.die(f"{e}; {fix}")
+        raise messages.UserError(f"{e}; {fix}") from None
     version = found.get("version") if isinstance(found, dict) else None
     if not isinstance(version, str):
-        messages.die(f"{messages.printable(path)} names no version; {fix}")
+        raise messages.UserError(f"{messages.printable(path)} names no version; {fix}")
     return dist, messages.printable(version)
 
 
@@ -145,9 +147,11 @@ def card_path(card, model_path):
         return beside if kind is None else None
     kind = files.file_kind(card)
     if kind == "missing":
-        messages.die(f"--card {messages.printable(card)} not found; pass the model card's path, or leave --card out")
+        raise messages.UserError(
+            f"--card {messages.printable(card)} not found; pass the model card's path, or leave --card out"
+        )
     if kind:
-        messages.die(f"--card {messages.printable(card)} is {kind}; pass the model card's markdown file")
+        raise messages.UserError(f"--card {messages.printable(card)} is {kind}; pass the model card's markdown file")
     return card
 
 
@@ -167,7 +171,7 @@ def page_files():
             f"left out {len(links)} links in {SOURCE} ({messages.first_few(links)}): the page is built from files"
         )
     if "index.html" not in page:
-        messages.die(f"{SOURCE}/index.html not found; restore web/ (git checkout web)")
+        raise messages.UserError(f"{SOURCE}/index.html not found; restore web/ (git checkout web)")
     return page
 
 
@@ -177,9 +181,9 @@ def read_bytes(path, most, fix):
     try:
         return reading.read_bytes(path, most)
     except reading.Unreadable as e:
-        messages.die(f"{e}; {fix}")
+        raise messages.UserError(f"{e}; {fix}") from None
     except OSError as e:
-        messages.die(f"{messages.printable(path)} cannot be read ({e.strerror or e}); {fix}")
+        raise messages.UserError(f"{messages.printable(path)} cannot be read ({e.strerror or e}); {fix}") from None
 
 
 def site_contents(model_path, card, node_modules, small=True):
@@ -202,7 +206,9 @@ def site_contents(model_path, card, node_modules, small=True):
         try:
             contents[CARD_NAME].decode("utf-8")
         except UnicodeDecodeError:
-            messages.die(f"model card {messages.printable(card)} is not UTF-8 text; save it as UTF-8")
+            raise messages.UserError(
+                f"model card {messages.printable(card)} is not UTF-8 text; save it as UTF-8"
+            ) from None
     return contents, sidecar, version
 
 
@@ -217,9 +223,9 @@ def build(site_dir, contents):
                 with open(path, "xb") as f:
                     f.write(data)
     except OSError as e:
-        messages.die(
+        raise messages.UserError(
             f"cannot build {messages.printable(site_dir)} ({e.strerror or e}); pass --site-dir with a writable folder"
-        )
+        ) from None
 
 
 def page_csp(index_html):
@@ -353,7 +359,9 @@ def serve(contents, port, timeout):
     try:
         server = Server(("127.0.0.1", port), Handler)
     except OSError as e:
-        messages.die(f"cannot serve on 127.0.0.1:{port} ({e.strerror}); pass --port 0 for a free port")
+        raise messages.UserError(
+            f"cannot serve on 127.0.0.1:{port} ({e.strerror}); pass --port 0 for a free port"
+        ) from None
     port = server.server_address[1]
     server.hosts = {f"127.0.0.1:{port}", f"localhost:{port}"} | ({"127.0.0.1", "localhost"} if port == 80 else set())
     server.table, server.csp = url_table(contents), page_csp(contents["index.html"])

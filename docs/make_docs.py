@@ -59,7 +59,7 @@ def shrunk(source, target, width):
             picture.save(target, optimize=True)
             if os.path.getsize(target) < 200_000:
                 return
-    messages.die(f"{target} stays over 200 KB; lower --width")
+    raise messages.UserError(f"{target} stays over 200 KB; lower --width")
 
 
 def screenshot(target):
@@ -163,7 +163,7 @@ def main(argv=None):
         return
     for source, name in PICTURES.items():
         if not os.path.isfile(source):
-            messages.die(f"{source} not found; run make demo first (make docs does)")
+            raise messages.UserError(f"{source} not found; run make demo first (make docs does)")
         shrunk(source, os.path.join(HERE, name), args.width)
     shutil.copyfile("skin_model.md", os.path.join(HERE, "model_card.md"))
     if args.screenshot:

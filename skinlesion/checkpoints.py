@@ -8,7 +8,7 @@ import re
 import zipfile
 
 from skinlesion import reading
-from skinlesion.messages import die, printable
+from skinlesion.messages import UserError, printable
 
 MAX_MODEL_BYTES = 2_000_000_000  # the largest model file read (EfficientNet-B0's: 21 MB; an ONNX file: 2 GB at most)
 FORMAT = 2  # the model file's format (its meta "format"): from 2 a finished run's file always holds its familiarity
@@ -27,7 +27,7 @@ def opened(path):
     try:
         return reading.open_regular(path, MAX_MODEL_BYTES)
     except OSError as e:
-        die(f"{unreadable_text(path, e)}; pass the model file AItraining.py wrote")
+        raise UserError(f"{unreadable_text(path, e)}; pass the model file AItraining.py wrote") from None
 
 
 def unfinished_fault(meta):
@@ -65,19 +65,21 @@ def load_failure(path, error):
     import torch
 
     if is_onnx_file(path):
-        die(f"{printable(path)} is an ONNX model, not a PyTorch checkpoint; pass the .pth file AItraining.py wrote")
+        raise UserError(
+            f"{printable(path)} is an ONNX model, not a PyTorch checkpoint; pass the .pth file AItraining.py wrote"
+        )
     if "weights_only" in str(error) or "Unpickl" in type(error).__name__:
-        die(
+        raise UserError(
             f"refusing to load {printable(path)}: it contains Python objects that could run code (only weights are "
             "accepted)"
         )
     wrote = writer_torch(path)
     if wrote and wrote.split("+")[0] != torch.__version__.split("+")[0]:
-        die(
+        raise UserError(
             f"{printable(path)} was written by torch {wrote}, which this torch {torch.__version__} cannot read; "
             f"install {wrote}"
         )
-    die(
+    raise UserError(
         f"{printable(path)} is not a readable checkpoint ({type(error).__name__}); it may be truncated, retrain or "
         "copy it again"
     )

@@ -9,7 +9,7 @@ import numpy as np
 
 from skinlesion import reading
 from skinlesion.files import file_kind, file_sha256
-from skinlesion.messages import die, printable, warn
+from skinlesion.messages import UserError, printable, warn
 from skinlesion.photos import find_images, image_size
 from skinlesion.schema import as_text
 
@@ -35,13 +35,13 @@ def read_manifest(data_dir):
     kind = file_kind(path)
     if kind:
         what = "a link to nothing" if kind == "missing" else kind
-        die(f"{printable(path)} is {what}, not a manifest; {MANIFEST_FIX}")
+        raise UserError(f"{printable(path)} is {what}, not a manifest; {MANIFEST_FIX}")
     try:
         data = reading.read_bytes(path, MAX_MANIFEST_BYTES)
     except reading.Unreadable as e:
-        die(f"{e}; {MANIFEST_FIX}")
+        raise UserError(f"{e}; {MANIFEST_FIX}") from None
     except OSError as e:
-        die(f"cannot read {printable(path)} ({e.strerror or e}); {MANIFEST_FIX}")
+        raise UserError(f"cannot read {printable(path)} ({e.strerror or e}); {MANIFEST_FIX}") from None
     return parse_manifest(data, path)
 
 
@@ -51,16 +51,20 @@ def parse_manifest(data, path):
     import pandas as pd
 
     if b"\0" in data:  # pandas reads a file of zero bytes as an empty table: ignored, 'licence unknown'
-        die(f"{printable(path)} holds binary data, not CSV text; {MANIFEST_FIX}")
+        raise UserError(f"{printable(path)} holds binary data, not CSV text; {MANIFEST_FIX}")
     try:
         manifest = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     except (OSError, ValueError) as e:  # not UTF-8, not CSV (ParserError and EmptyDataError too)
         why = str(e).strip().splitlines()[0]
-        die(f"cannot read {printable(path)} ({type(e).__name__}: {printable(why)}); {MANIFEST_FIX}")
+        raise UserError(
+            f"cannot read {printable(path)} ({type(e).__name__}: {printable(why)}); {MANIFEST_FIX}"
+        ) from None
     missing = [column for column in MANIFEST_COLUMNS if column not in manifest]
     if missing:
         found = ", ".join(printable(column)[:40] for column in manifest.columns[:6]) or "none"
-        die(f"{printable(path)} has no {' or '.join(missing)} column (its columns: {found}); {MANIFEST_FIX}")
+        raise UserError(
+            f"{printable(path)} has no {' or '.join(missing)} column (its columns: {found}); {MANIFEST_FIX}"
+        )
     return manifest
 
 
@@ -124,18 +128,20 @@ def class_folders(folder, what="data folder", classes=SIDES):
     """{class: sorted image files} of folder/<class>/ and the other files found there; dies with one line on
     a wrong layout (missing, a class folder absent or empty, another folder beside them)."""
     if not os.path.isdir(folder):
-        die(f"{what} {printable(folder)} not found; make it with 'python prepare_dataset.py' or pass another folder")
+        raise UserError(
+            f"{what} {printable(folder)} not found; make it with 'python prepare_dataset.py' or pass another folder"
+        )
     found = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
     missing = [c for c in classes if c not in found]
     extra = [d for d in found if d not in classes]
     wanted = " and ".join(c + "/" for c in classes)
     if missing:
-        die(
+        raise UserError(
             f"{printable(folder)} has no {' or '.join(m + '/' for m in missing)}; it must hold exactly one folder per "
             f"class, {wanted} (move the others out)"
         )
     if extra:
-        die(
+        raise UserError(
             f"{printable(folder)} has the extra {', '.join(printable(e) + '/' for e in extra)}; it must hold exactly "
             f"one folder per class, {wanted} (move the others out)"
         )
@@ -146,7 +152,9 @@ def class_folders(folder, what="data folder", classes=SIDES):
     empty = [c + "/" for c in classes if not files[c]]
     if empty:
         needed = "both classes are needed" if len(classes) == 2 else "every class is needed"
-        die(f"{printable(folder)}: no images in {' and '.join(empty)}; {needed} (re-run prepare_dataset.py)")
+        raise UserError(
+            f"{printable(folder)}: no images in {' and '.join(empty)}; {needed} (re-run prepare_dataset.py)"
+        )
     return files, others
 
 

@@ -10,7 +10,7 @@ import re
 import tempfile
 from typing import NamedTuple
 
-from skinlesion.messages import die, printable
+from skinlesion.messages import UserError, printable
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the scripts' folder
 RULER = re.compile(r"^# -{20,}$", re.M)  # the two lines around a script's constants block
@@ -61,7 +61,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse whose mistakes (an unknown flag, 'abc' for a number) are one `error:` line, as every other."""
 
     def error(self, message):
-        die(f"{message}; see python {self.prog} --help")
+        raise UserError(f"{message}; see python {self.prog} --help")
 
 
 def flag_type(name, value, types=None):
@@ -145,7 +145,7 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
     for name, _ in block:  # `--output ''` is no path: it passed the later checks (one run trained an epoch first)
         value = getattr(args, name.lower())
         if value == "" or (isinstance(value, list) and "" in value):
-            die(f"{flag_name(name)} '' is empty; pass a value (or set {name} at the top of {script})")
+            raise UserError(f"{flag_name(name)} '' is empty; pass a value (or set {name} at the top of {script})")
     for name, comment in block:
         check_allowed(name, comment, getattr(args, name.lower()), script)
     typed = vars(parsers[1].parse_known_args(argv)[0])
@@ -156,7 +156,7 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
 def check(ok, flag, value, wanted):
     """die unless ok: '--epochs 0: use a whole number >= 1'."""
     if not ok:
-        die(f"{flag} {value}: {wanted}")
+        raise UserError(f"{flag} {value}: {wanted}")
 
 
 def in_range(value, low=-math.inf, high=math.inf):
@@ -240,8 +240,8 @@ def check_writable(path, flag, folder=False):
     tried with a real file in the nearest existing folder (permissions, read-only disks, root alike)."""
     if os.path.exists(path) and os.path.isdir(path) != folder:
         if folder:
-            die(f"{flag} {printable(path)} is a file; pass a folder")
-        die(f"{flag} {printable(path)} is a folder; pass a file name")
+            raise UserError(f"{flag} {printable(path)} is a file; pass a folder")
+        raise UserError(f"{flag} {printable(path)} is a folder; pass a file name")
     if folder:
         target = os.path.abspath(path)
     else:
@@ -249,11 +249,13 @@ def check_writable(path, flag, folder=False):
     while not os.path.exists(target):  # a folder the script will create: its parent must take it
         target = os.path.dirname(target)
     if not os.path.isdir(target):
-        die(f"{flag} {printable(path)}: {printable(target)} is a file, not a folder; pass another path")
+        raise UserError(f"{flag} {printable(path)}: {printable(target)} is a file, not a folder; pass another path")
     try:
         fd, probe = tempfile.mkstemp(dir=target, prefix=".write-test-")
         os.close(fd)
         os.remove(probe)
     except OSError as e:
         where = printable(target)
-        die(f"{flag} {printable(path)}: cannot write in {where} ({e.strerror}); pass a path in a writable folder")
+        raise UserError(
+            f"{flag} {printable(path)}: cannot write in {where} ({e.strerror}); pass a path in a writable folder"
+        ) from None

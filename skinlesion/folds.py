@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion.messages import die
+from skinlesion.messages import UserError
 
 MOST_PHOTOS = 2000  # up to this many photos in train plus validation get DEFAULT folds unless told; more keep a split
 DEFAULT = 5  # folds where photos are few
@@ -65,7 +65,7 @@ def assign(labels, groups, k, seed):
                 fold[held] = f
     lacking = fewest < k or any(len(np.unique(labels[fold == f])) < len(np.unique(labels)) for f in range(k))
     if lacking:
-        die(
+        raise UserError(
             f"--folds {k}: a class has only {fewest} lesion/patient groups in train plus validation, too few to hold "
             f"some of it out in each of {k} folds; pass a lower --folds (or --folds 1: one split), or add photos"
         )
@@ -308,7 +308,7 @@ def pooled_blobs(args, cached, gigabytes):
     if not shards.is_shards(args.data_dir):
         return None
     if not cached:
-        die(
+        raise UserError(
             f"--folds {args.folds}: photos read from shards are cut into folds only when cached on the device "
             f"({gigabytes:.2f} GB, more than --cache-gb {args.cache_gb:g}); pass --cache-gb {math.ceil(gigabytes)}, "
             "or --folds 1"

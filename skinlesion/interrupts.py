@@ -1,11 +1,12 @@
 """Ctrl-C, the same in every script: one line and exit code 130, whatever a library made of the interrupt, and
-worker pools that leave it to the main process. Also an OSError that escaped a script's own checks: one line."""
+worker pools that leave it to the main process. Also the one handler of a user's mistake (UserError) and of an
+OSError that escaped a script's own checks: one `error:` line."""
 
 import os
 import signal
 import sys
 
-from skinlesion.messages import die, printable
+from skinlesion.messages import UserError, printable, report
 
 PRESSED = []  # the Ctrl-Cs seen while run_script runs a main
 SAYS = []  # what a Ctrl-C says once an output changed (run_script's own message is about the outputs before)
@@ -47,7 +48,8 @@ def run_script(main, interrupted="interrupted"):
     library that drops the failed import leaves one of our checks to report what follows), so any error after a
     Ctrl-C counts as the interrupt. An OSError that escaped the script's own checks (an unreadable photo reported
     by a DataLoader worker, a full disk) is one error line. A Ctrl-C the shell told the script to ignore (a
-    background job) stays ignored."""
+    background job) stays ignored. A UserError (a user's mistake, raised anywhere below) is its `error:` line and
+    its exit status: the one place a mistake becomes an exit."""
 
     def on_ctrl_c(signum, frame):  # SIGTERM (kill PID) too: the same unwinding, then death by that signal
         PRESSED.append(signum)
@@ -71,6 +73,8 @@ def run_script(main, interrupted="interrupted"):
         main()
     except BaseException as e:
         if PRESSED or isinstance(e, KeyboardInterrupt):
+            if isinstance(e, UserError):  # a check that ran after the Ctrl-C: its line, then the interrupt's
+                report(e)
             said = SAYS[-1] if SAYS else interrupted
             print(f"\n{said}", file=sys.stderr)
             if signal.SIGTERM in PRESSED:  # the workers and temporaries are gone: die of it, as a kill does
@@ -78,12 +82,14 @@ def run_script(main, interrupted="interrupted"):
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGTERM)
             sys.exit(130)
+        if isinstance(e, UserError):  # a user's mistake: its one line and its exit status
+            sys.exit(report(e))
         if not isinstance(e, OSError):
             raise
         last_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         if e.filename is not None and e.strerror:  # '[Errno 28] No space left on device' alone names no file
-            die(f"{printable(e.filename)}: {e.strerror}")
-        die(last_line.removeprefix("OSError: "))
+            sys.exit(report(UserError(f"{printable(e.filename)}: {e.strerror}")))
+        sys.exit(report(UserError(last_line.removeprefix("OSError: "))))
     finally:
         PRESSED.clear()
         SAYS.clear()

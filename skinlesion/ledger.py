@@ -21,7 +21,7 @@ import socket
 import sys
 
 from skinlesion import reading
-from skinlesion.messages import die, printable
+from skinlesion.messages import UserError, printable
 
 NAME = ".skin-lesion-classifier"  # the ledger (and mark) inside every folder we write in
 TEMPORARY = NAME + ".new"  # the ledger being written (write): left by a kill before the rename, it is ours
@@ -93,7 +93,9 @@ def record_fault(folder):
 
 
 def die_of_fault(fault):
-    die(f"{fault}; move it out of the way (the scripts keep their record of what they wrote in a folder under {NAME})")
+    raise UserError(
+        f"{fault}; move it out of the way (the scripts keep their record of what they wrote in a folder under {NAME})"
+    )
 
 
 def read_raw(folder):
@@ -206,7 +208,9 @@ def remove_temporary(folder):
     except FileNotFoundError:
         return
     if kind:
-        die(f"{printable(new)} is {kind}, not the temporary record this project writes there; move it out of the way")
+        raise UserError(
+            f"{printable(new)} is {kind}, not the temporary record this project writes there; move it out of the way"
+        )
     os.remove(new)
 
 

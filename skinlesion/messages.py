@@ -1,4 +1,4 @@
-"""What a user reads outside the flags: one-line errors and warnings, printable names (nothing read from
+"""What a user reads outside the flags: one-line errors (UserError) and warnings, printable names (nothing read from
 a data or model file can forge a line), counts, shares and the first few of a list. Torch-free."""
 
 import math
@@ -12,10 +12,24 @@ ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {
 }  # control characters
 
 
-def die(message):
-    """A user's mistake: one line saying what is wrong and how to fix it, exit 1, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
+class UserError(Exception):
+    """A user's mistake: message, one line saying what is wrong and how to fix it, and status, the exit status a
+    script ends with (1 unless said). The package raises it; only a script's handler (interrupts.run_script)
+    prints it, as `error: <message>`, and exits, with no traceback. Picklable with both (pool workers raise it)."""
+
+    def __init__(self, message, status=1):
+        super().__init__(message, status)  # both in args: what pickle hands back to __init__
+        self.message = message
+        self.status = status
+
+    def __str__(self):
+        return str(self.message)
+
+
+def report(error):
+    """Print a UserError as its one line on stderr, `error: <message>`; returns its exit status."""
+    print(f"error: {error.message}", file=sys.stderr)
+    return error.status
 
 
 def warn(message):

@@ -12,7 +12,7 @@ import numpy as np
 
 from skinlesion import ledger, schema
 from skinlesion.flags import flag_name, in_range
-from skinlesion.messages import die, printable
+from skinlesion.messages import UserError, printable
 
 NUMBER = schema.simple(in_range, "a finite number")
 RESUME_STATE = schema.record(dict(  # what AItraining.py --resume reads besides the weights and meta
@@ -161,24 +161,26 @@ def take_back(state, args, classes, manifest_sha256, defaults=("skin_model_last.
     missing = [key for key in RESUME_KEYS + RESUME_TENSORS if key not in state]
     missing += [k for k in ("settings", "epoch") if k not in state["meta"]]
     if "optimizer" in missing or "settings" in missing:
-        die(
+        raise UserError(
             f"--resume: {resume_from} has no optimiser state ({', '.join(missing)}); resume from the "
             f"{defaults[0]} a run writes (--resume-file), not from {defaults[1]}"
         )
     if missing:
-        die(f"--resume: {resume_from} was written by an earlier AItraining.py (no {missing[0]}); start a new run")
+        raise UserError(
+            f"--resume: {resume_from} was written by an earlier AItraining.py (no {missing[0]}); start a new run"
+        )
     fault = resume_fault(state)
     if fault:
-        die(f"--resume: {resume_from} is refused: {fault}; start a new run")
+        raise UserError(f"--resume: {resume_from} is refused: {fault}; start a new run")
     if state["meta"]["classes"] != classes:
-        die(
+        raise UserError(
             f"--resume: the run in {resume_from} trained classes {state['meta']['classes']}, "
             f"{printable(args.data_dir)} has {classes}; start a new run"
         )
     trained_on = state["meta"].get("manifest_sha256")
     if trained_on != manifest_sha256:
         said = [f"SHA-256 {sha[:12]}" if sha else "none" for sha in (trained_on, manifest_sha256)]
-        die(
+        raise UserError(
             f"--resume: the run in {resume_from} trained on another dataset (its manifest.csv: {said[0]}; "
             f"{printable(args.data_dir)}'s: {said[1]}); pass the --data-dir it trained on, or start a new run"
         )
@@ -194,30 +196,30 @@ def restore_settings(args, state):
     changeable = ("epochs", "patience") if folds == 1 else ("patience", "deploy")
     for key, value in settings.items():
         if key in args.given and getattr(args, key) != value and key not in changeable:
-            die(
+            raise UserError(
                 f"--resume: the run in {resume_from} has {key} {value}; resume without "
                 f"{flag_name(key)} or start a new run"
             )
         setattr(args, key, getattr(args, key) if key in args.given else value)
     if folds > 1 and args.deploy == "ensemble" and any("weights" not in entry for entry in state["done"]):
-        die(
+        raise UserError(
             f"--resume --deploy ensemble: the run in {resume_from} kept no fold networks (it deploys refit); "
             "start a new run with --deploy ensemble"
         )
     if state["finished"] and folds > 1 and args.deploy == settings["deploy"]:
         other = "ensemble" if args.deploy == "refit" else "refit"
-        die(
+        raise UserError(
             f"--resume: the run in {resume_from} already finished ({folds} folds of {settings['epochs']} "
             f"epochs, deployed: {args.deploy}); to deploy its folds the other way pass --deploy {other} and another "
             "--output, or start a new run"
         )
     if state["finished"] and folds == 1 and done >= args.epochs:
-        die(
+        raise UserError(
             f"--resume: the run in {resume_from} already finished ({done} of {settings['epochs']} epochs); "
             f"to train longer pass a higher --epochs, e.g. --epochs {done + 10}"
         )
     if state["finished"] and folds == 1 and state["stopped_early"] and "patience" not in args.given:
-        die(
+        raise UserError(
             f"--resume: the run in {resume_from} stopped early at epoch {done} (no better validation "
             f"ROC-AUC for {args.patience} epochs); to go on pass --patience 0 (never stop) or a higher --patience"
         )

@@ -15,7 +15,7 @@ import tarfile
 
 from skinlesion import dataset, photos, reading, remote, schema
 from skinlesion.files import file_kind
-from skinlesion.messages import die, printable
+from skinlesion.messages import UserError, printable
 
 INDEX = "shards.json"  # the index of a shards folder
 FOLDER = "shards"  # where prepare_dataset.py --shards writes them, inside DATASET_DIR
@@ -62,10 +62,12 @@ def read_index(data_dir):
             data = reading.read_bytes(where, MAX_INDEX_BYTES)
         index = reading.parse_json(data, where)
     except OSError as e:  # a network failure says what to check; a local file, how to make it again
-        die(str(e) if remote.is_remote(data_dir) else f"{e}; make the shards with prepare_dataset.py --shards")
+        raise UserError(
+            str(e) if remote.is_remote(data_dir) else f"{e}; make the shards with prepare_dataset.py --shards"
+        ) from None
     why = schema.fault(INDEX_SHAPE, "index", index) or index_fault(index)
     if why:
-        die(f"{printable(where)} is not an index prepare_dataset.py --shards wrote: {why}; {FIX}")
+        raise UserError(f"{printable(where)} is not an index prepare_dataset.py --shards wrote: {why}; {FIX}")
     for split in index["splits"].values():
         for shard in split["shards"] if not remote.is_remote(data_dir) else []:
             path = location(data_dir, shard["name"])
@@ -73,7 +75,7 @@ def read_index(data_dir):
             size = os.path.getsize(path) if kind is None else None
             if size != shard["bytes"]:
                 found = {"missing": "is missing", None: f"has {size} bytes, the index says {shard['bytes']}"}
-                die(f"shard {printable(path)} {found.get(kind, f'is {kind}')}: {FIX}")
+                raise UserError(f"shard {printable(path)} {found.get(kind, f'is {kind}')}: {FIX}")
     return index
 
 
@@ -105,7 +107,9 @@ def split_entry(data_dir, split):
     splits = index["splits"]
     if split not in splits:
         found = ", ".join(splits) or "none"
-        die(f"{printable(data_dir)} has no {split} shards (it has {found}); re-run prepare_dataset.py --shards")
+        raise UserError(
+            f"{printable(data_dir)} has no {split} shards (it has {found}); re-run prepare_dataset.py --shards"
+        )
     return dict(splits[split], classes=index["classes"])
 
 
@@ -261,7 +265,7 @@ def written(path):
     try:
         yield path
     except OSError as e:
-        die(
+        raise UserError(
             f"could not write {printable(path)} ({e.strerror or e}); free some disk space or pass another "
             "--dataset-dir (--shards writes every photo a second time)"
-        )
+        ) from None

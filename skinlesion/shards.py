@@ -17,7 +17,7 @@ import random
 import numpy as np
 
 from skinlesion import dataset, photos, remote, shard_format
-from skinlesion.messages import die, printable
+from skinlesion.messages import UserError, printable
 
 SHUFFLE_BUFFER = 2000  # photos a streaming worker shuffles among (each 256 px JPEG: ~20 KB)
 CHUNK = 32  # photos a worker decodes and sends at a time
@@ -46,7 +46,7 @@ def remote_manifest(data_dir):
     try:
         data = remote.read_all(where, dataset.MAX_MANIFEST_BYTES)
     except OSError as e:  # remote.Reader's one line: the address and what to check
-        die(str(e))
+        raise UserError(str(e)) from None
     return dataset.parse_manifest(data, where)
 
 
@@ -56,7 +56,7 @@ def split_photos(data_dir, split, classes):
     entry = shard_format.split_entry(data_dir, split)
     unknown = sorted(set(entry["labels"]) - set(classes))
     if unknown:
-        die(
+        raise UserError(
             f"{printable(data_dir)}: {split} shards hold classes {unknown} that its manifest lacks; re-run "
             "prepare_dataset.py --shards"
         )
@@ -81,7 +81,7 @@ def read_blobs(data_dir, split, wanted=None):
     files = {key: file for source in sources for key, file in zip(source["keys"], source["files"])}
     for sample in shard_format.shard_samples(sources):
         if "__error__" in sample:
-            die(sample["__error__"] + f"; {shard_format.FIX}")
+            raise UserError(sample["__error__"] + f"; {shard_format.FIX}")
         name = shard_format.location(data_dir, files[sample["__key__"]])
         if wanted is None or name in wanted:
             blobs[name] = sample[image_key(sample)]
@@ -139,7 +139,7 @@ class Stream:
         self.paths, self.crops, self.num_workers, self.device = crops.paths, crops, num_workers, device
         self.labels, self.rank, self.world, self.split = torch.as_tensor(labels, device=device), rank, world, split
         if split == "train" and len(self.sources) < world:
-            die(
+            raise UserError(
                 f"{printable(data_dir)} has {len(self.sources)} train shard(s) for {world} processes, each of which "
                 "reads its own: re-run prepare_dataset.py --shards with a smaller --shard-mb"
             )

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from skinlesion import dataset, devices, folders, metrics, photos, shards
-from skinlesion.messages import die, printable, warn
+from skinlesion.messages import UserError, printable, warn
 from skinlesion.photos import normalise_batch, photo_loader
 
 OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|DefaultCPUAllocator", re.I)  # the allocators' words
@@ -28,7 +28,7 @@ def validation_photos(data_dir, classes, folds):
     if dataset.has_split(data_dir, "val"):
         return dataset.split_photos(data_dir, "val", classes)
     if folds == 1:
-        die(
+        raise UserError(
             f"{printable(data_dir)} has no validation split, which training with one split needs to choose the best "
             "epoch, the calibration and the threshold on; re-run prepare_dataset.py with --val-fraction 0.15 (its "
             "default), or pass --folds 5 (cross-validated folds of the training photos)"
@@ -134,12 +134,14 @@ def train_one_epoch(net, epoch_batches, criterion, optimizer, scheduler, amp, de
                 raise
             said = str(e).strip().splitlines()[0][:160]
             advice = memory_advice(x.shape[-1], len(x))
-            die(f"{x.device} ran out of memory training at {x.shape[-1]} px with batch {len(x)} ({said}); {advice}")
+            raise UserError(
+                f"{x.device} ran out of memory training at {x.shape[-1]} px with batch {len(x)} ({said}); {advice}"
+            ) from None
         optimizer.step()
         scheduler.step()
         value = loss.item()
         if not math.isfinite(value):
-            die(
+            raise UserError(
                 f"training diverged: the loss became {value} in {desc}, step {step + 1}, at learning rate "
                 f"{optimizer.param_groups[0]['lr']:.3g}; lower --lr. The checkpoints keep the last good epoch"
             )
@@ -165,7 +167,7 @@ def predict_split(net, val_batches, amp, world):
             indices += list(i)
     labels, logits, losses = devices.gathered(world, indices, labels, logits, losses)
     if not np.isfinite(logits).all():
-        die(
+        raise UserError(
             "training diverged: the model gives non-finite outputs on the validation split; lower --lr. "
             "The checkpoints keep the last good epoch"
         )
@@ -230,7 +232,7 @@ def check_memory(net, size, batch, device, processes=1):
     need *= processes if device.type == "cpu" else 1
     if need > free:
         fits = int(batch * free / need)
-        die(
+        raise UserError(
             f"training at --image-size {size} with batch {batch} needs about {need:.1f} GB of memory, {device} has "
             f"{free:.1f} GB free; {memory_advice(size, batch, fits)}"
         )
@@ -417,7 +419,7 @@ class TensorBoardLog:
             yield
         except OSError as e:
             reason = f"{printable(e.filename)}: {e.strerror}" if e.filename and e.strerror else e.strerror or str(e)
-            die(
+            raise UserError(
                 f"could not write the TensorBoard log {printable(self.folder)} ({reason}); free some disk space or "
                 "pass another --log-dir"
-            )
+            ) from None

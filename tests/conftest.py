@@ -41,7 +41,8 @@ ENV = dict(
 )
 
 import model  # noqa: E402
-from skinlesion import familiarity, ledger  # noqa: E402
+from skinlesion import familiarity, interrupts, ledger  # noqa: E402
+from skinlesion.messages import UserError, report  # noqa: E402
 
 
 def run(script, *args, cwd, timeout=600, file_size_limit=None, threads=1):
@@ -69,8 +70,9 @@ def assert_one_error(returncode, stderr, expected):
 
 
 def main_fails(main, argv, capsys, expected):
-    """Call a script's main(argv) in this process and assert its one error line; returns its stdout."""
-    out, _ = fails(capsys, expected, main, list(map(str, argv)))
+    """Call a script's main(argv) in this process through the scripts' handler (interrupts.run_script) and assert
+    its one error line and exit status; returns its stdout."""
+    out, _ = fails(capsys, expected, interrupts.run_script, lambda: main(list(map(str, argv))))
     return out
 
 
@@ -449,11 +451,21 @@ def front_matter(text):
 
 # --------------------------------------------------------------- shared by the tests of the package and of prepare/demo
 def fails(capsys, expected, function, *args, **kwargs):
-    """function(*args, **kwargs) dies with one error line saying expected; returns its (stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
+    """function(*args, **kwargs) raises UserError (status 1) whose one-line message says expected; what the
+    scripts' handler prints of it ends its stderr (a single `error:` line). interrupts.run_script itself, the
+    handler, exits instead: its status and line are checked. Returns (stdout, stderr)."""
+    if function is interrupts.run_script:
+        with pytest.raises(SystemExit) as exit_info:
+            function(*args, **kwargs)
+        out, err = capsys.readouterr()
+        assert_one_error(exit_info.value.code, err, expected)
+        return out, err
+    with pytest.raises(UserError) as raised:
         function(*args, **kwargs)
+    assert "\n" not in raised.value.message and expected in raised.value.message, raised.value.message
+    status = report(raised.value)  # as the handler prints it
     out, err = capsys.readouterr()
-    assert_one_error(exit_info.value.code, err, expected)
+    assert_one_error(status, err, expected)
     return out, err
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 import bench
 from conftest import alarm, fingerprint, help_of, main_fails, run, write_export
 from skinlesion import flags, folders
+from skinlesion.messages import UserError
 
 ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory", "0.11 GB", "0.11 of 1 GB", "")]
 
@@ -191,17 +192,16 @@ def test_a_command_that_writes_more_than_a_pipe_holds_while_its_memory_is_sample
     with alarm(120, "measure.run hung on a command that wrote more than a pipe holds"):
         seconds, peak = measure.run(sampled_command(tmp_path, monkeypatch, code), measure_memory=True)
         assert peak > 1e6
-        with pytest.raises(SystemExit):
+        with pytest.raises(UserError) as raised:
             measure.run(sampled_command(tmp_path, monkeypatch, code, exit_code=1), measure_memory=True)
-    assert capsys.readouterr().err.rstrip().endswith("end of it")
+    assert raised.value.message.rstrip().endswith("end of it")
 
 
 @pytest.mark.slow
 def test_a_failed_command_dies_with_its_output(capsys):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UserError) as raised:
         measure.run([sys.executable, "-c", "print('what went wrong'); raise SystemExit(3)"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and err.startswith("error: ") and "what went wrong" in err
+    assert raised.value.status == 1 and "what went wrong" in raised.value.message
 
 
 def test_distinct_copies_export(tmp_path):

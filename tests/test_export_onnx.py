@@ -44,7 +44,8 @@ from conftest import (
     save_model,
     set_self_check,
 )
-from skinlesion import backbone, card, explain, familiarity, files, ledger, photos, self_check
+from skinlesion import backbone, card, explain, familiarity, files, interrupts, ledger, photos, self_check
+from skinlesion.messages import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -654,13 +655,13 @@ def test_the_export_check_compares_every_output_by_its_largest_difference_at_two
     if case == "cam off in one cell":
         assert 2 * tolerance < found["cam"] < 3 * tolerance
     args = SimpleNamespace(tolerance=tolerance, output="skin_model.onnx")
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UserError) as raised:
         export_onnx.check_parity(args, found, "5 photos")
     expected = (
         f"onnxruntime and PyTorch disagree on 5 photos: cam by {found['cam']:.2e}, over --tolerance 1e-04 (largest "
         "differences, relative but p_malignant's); skin_model.onnx not written"
     )
-    assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
+    assert raised.value.status == 1 and expected in raised.value.message
 
 
 def test_the_parity_refusal_names_the_photos_and_the_output_on_one_line(tmp_path, capsys):
@@ -670,14 +671,14 @@ def test_the_parity_refusal_names_the_photos_and_the_output_on_one_line(tmp_path
     cfg = dict(input_size=(3, 32, 32), crop_pct=0.875, interpolation="bicubic", mean=[0.5] * 3, std=[0.5] * 3)
     _, described = export_onnx.check_photos(str(photos_folder), 1, cfg, True)
     args = SimpleNamespace(tolerance=1e-4, output="out\nwrote out.onnx")
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UserError) as raised:
         export_onnx.check_parity(args, dict(logits=0.0, p_malignant=float("nan"), cam=0.0), described)
     expected = (
         f"onnxruntime and PyTorch disagree on 1 photos from {tmp_path}/photos\\nPrediction: benign: p_malignant by "
         "nan, over --tolerance 1e-04 (largest differences, relative but p_malignant's); out\\nwrote out.onnx not "
         "written"
     )
-    assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
+    assert raised.value.status == 1 and expected in raised.value.message
 
 
 @pytest.fixture(scope="module")
@@ -854,7 +855,7 @@ def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_p
     ledger.record_file("skin_model.onnx", "ONNX model")
     before = fingerprint(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        export_onnx.main(["--tolerance", "1e-9", "--n-check", "3"])
+        interrupts.run_script(lambda: export_onnx.main(["--tolerance", "1e-9", "--n-check", "3"]))
     err = capsys.readouterr().err
     assert_one_error(exit_info.value.code, err, "; skin_model.onnx not written")
     match = re.search(

@@ -38,7 +38,7 @@ def test_a_ctrl_c_a_library_turned_into_another_error_is_still_the_interrupt(cap
         try:
             import_cut_short()
         except ImportError:
-            messages.die("no readable image in the export")
+            raise messages.UserError("no readable image in the export") from None
 
     assert interrupted(capsys, import_cut_short) == ["interrupted; nothing written"]
     assert interrupted(capsys, format_skipped) == [
@@ -54,7 +54,11 @@ def test_errors_without_a_ctrl_c_are_left_as_they_are(capsys):
 
     with pytest.raises(ImportError, match="a real bug"):
         interrupts.run_script(bug)
-    fails(capsys, "error: no readable image", interrupts.run_script, lambda: messages.die("no readable image"))
+
+    def mistake():
+        raise messages.UserError("no readable image")
+
+    fails(capsys, "error: no readable image", interrupts.run_script, mistake)
 
 
 def test_an_oserror_that_escaped_is_one_line(capsys):

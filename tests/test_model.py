@@ -23,8 +23,8 @@ import serve_web
 from conftest import (
     RunsCode,
     alarm,
-    assert_one_error,
     calibration,
+    fails,
     fingerprint,
     main_fails,
     make_split_tree,
@@ -82,9 +82,7 @@ def broken(ckpt_path, tmp_path, fault):
 
 def load_refused(load, path, capsys, expected):
     """load(path) stops with one error line that says expected."""
-    with pytest.raises(SystemExit) as exit_info:
-        load(path)
-    assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
+    fails(capsys, expected, load, path)
 
 
 META_FAULTS = {  # fault: what the error line says

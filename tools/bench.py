@@ -83,7 +83,7 @@ def check_work_dir(path):
     flags.check_writable(path, "--work-dir", folder=True)
     if os.path.isdir(path) and os.listdir(path) and not folders.made_here(path):
         found = messages.first_few(sorted(os.listdir(path)))
-        messages.die(
+        raise messages.UserError(
             f"--work-dir {messages.printable(path)} holds files that bench.py did not make ({found}); pass a new or "
             "empty folder, or one an earlier bench.py run made"
         )

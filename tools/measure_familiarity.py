@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import model  # noqa: E402
-from skinlesion import familiarity, flags, mahalanobis, messages, non_lesions, photos, quantise  # noqa: E402
+from skinlesion import familiarity, flags, interrupts, mahalanobis, messages, non_lesions, photos, quantise  # noqa: E402
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py (with a familiarity measure)
@@ -176,7 +176,7 @@ def main(argv=None):
     args = flags.parse_flags(globals(), argv, types={"OTHER": str, "RANKS": int})
     net, meta = model.load_checkpoint(args.model)
     if not meta.get("familiarity"):
-        messages.die(
+        raise messages.UserError(
             f"{messages.printable(args.model)} has no familiarity measure; train it with this version of AItraining.py"
         )
     limit = meta["familiarity"]["limit"]
@@ -218,4 +218,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    interrupts.run_script(main)

