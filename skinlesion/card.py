@@ -12,7 +12,14 @@ import re
 from skinlesion import answer, dataset, familiarity, ledger, reading
 from skinlesion.files import TAG, write_text
 from skinlesion.messages import printable
-from skinlesion.metrics import interval_text, operating_point_text, types_text
+from skinlesion.metrics import (
+    expected_share,
+    interval_text,
+    known_interval,
+    operating_point_text,
+    percent_range,
+    types_text,
+)
 from skinlesion.model_index import front_matter
 
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "roc_auc": "ROC-AUC", "ece": "ECE",
@@ -171,6 +178,7 @@ def tested_section(meta, evaluation, title, split="Test"):
         + table(["metric", "value", "95% CI"], rows)
     )
     text += [photos_text(meta, evaluation)] if evaluation.get("photos") else []
+    text += held_table(meta, evaluation["metrics"], split)
     text += [f"**Warning**: {markdown_text(warning)}." for warning in evaluation.get("warnings") or []]
     cal = evaluation.get("calibration") or {}
     rows = [[METRIC_NAMES[k], f"{cal[k + '_before']:.3f}", f"{cal[k + '_after']:.3f}"] for k in ("ece", "brier") if cal]
@@ -193,6 +201,32 @@ def tested_section(meta, evaluation, title, split="Test"):
         rows = [[g, r["photos"], r.get("text", "")] for g, r in groups.items()]
         text.append(f"{split} ROC-AUC by {factor}:\n\n" + table([factor, "photos", "ROC-AUC (95% CI)"], rows))
     return "\n\n".join(text)
+
+
+def held_table(meta, figures, photos):
+    """[a table] of the operating point's figures, or []: what the model stated (on validation, or out of fold)
+    with its 95% interval, the figure on these photos, and the range as many of these photos show 95 times in 100
+    at the stated value (metrics.expected_share): held, or not. Model files without the stated counts: []."""
+    op, rows = meta.get("operating_point") or {}, []
+    for key, side, n_new in (
+        ("sensitivity", "malignant", figures.get("tp", 0) + figures.get("fn", 0)),
+        ("specificity", "benign", figures.get("tn", 0) + figures.get("fp", 0)),
+    ):
+        ci, n_stated = known_interval(op.get(f"{key}_ci95")), op.get(f"n_{side}")
+        expected = expected_share(op[key], n_stated, n_new) if ci and n_stated and key in figures else None
+        if expected is None:
+            continue
+        held = "yes" if expected[0] <= figures[key] <= expected[1] else "NO"
+        shown = f"{100 * expected[0]:.0f}-{expected[1]:.0%}"
+        rows.append([key, percent_range(op[key], ci), f"{figures[key]:.0%} of {n_new}", shown, held])
+    if not rows:
+        return []
+    header = ["at the threshold", f"stated on {chosen_on(meta)[1]} [95% CI]", photos, "as many photos show", "held"]
+    said = (
+        "The operating point against these photos: a figure holds where it lies within what as many photos show 95 "
+        "times in 100 at the stated value (its own noise and the stated photos' together)"
+    )
+    return [said + ":\n\n" + table(header, rows)]
 
 
 def starting_weights(meta):

@@ -14,7 +14,7 @@ import pytest
 
 import AItraining
 import model
-from conftest import front_matter
+from conftest import beta_binomial_range, front_matter
 from skinlesion import card, dataset, files, isic, metrics, model_index
 from skinlesion.evaluation import calibration_report, operating_report, subgroups
 
@@ -383,3 +383,28 @@ def test_factor_tables_list_the_splits_in_order_and_unknown_last(meta):
     assert "| sex | train | val | test |" in text
     sex = text.split("**sex**")[1].split("**")[0]
     assert sex.index("| female |") < sex.index("| male |") < sex.index("| unknown |")
+
+
+@pytest.mark.parametrize("specificity, tn, held", [(0.43, 13, "yes"), (0.13, 4, "NO")])
+def test_the_card_says_whether_each_test_figure_held_against_what_as_many_photos_show(
+    meta, evaluation, specificity, tn, held
+):
+    """Folds stated 91% [86-95%] and 34% [27-41%] on 170 photos of each class: the test's figure on its 30 photos
+    holds where it lies within the beta-binomial range of 30 photos (summed by hand in conftest), not where it lies
+    inside the narrower stated interval. Wrong code caught: the range of the stated photos' count, the stated
+    interval taken for the range, the counts of the other class."""
+    op = dict(sensitivity=0.91, sensitivity_ci95=[0.86, 0.95], specificity=0.34, specificity_ci95=[0.27, 0.41])
+    folded = dict(meta, operating_point=dict(meta["operating_point"], **op, n_malignant=170, n_benign=170))
+    folded["folds"] = dict(k=5, photos=340, deployed="ensemble", epochs=[7, 8, 6, 9, 7])
+    figures = dict(evaluation["metrics"], sensitivity=29 / 30, tp=29, fn=1, specificity=specificity, tn=tn, fp=30 - tn)
+    text = card.render(folded, "m.pth", dict(evaluation, metrics=figures))
+    low, high = beta_binomial_range(0.34 * 170, 170, 30)
+    row = f"| specificity | 34% \\[27-41%\\] | {specificity:.0%} of 30 | {100 * low:.0f}-{high:.0%} | {held} |"
+    assert row in text, text
+    low, high = beta_binomial_range(0.91 * 170, 170, 30)
+    assert f"| sensitivity | 91% \\[86-95%\\] | 97% of 30 | {100 * low:.0f}-{high:.0%} | yes |" in text
+    assert (
+        "| at the threshold | stated on out-of-fold photos \\[95% CI\\] | Test | as many photos show | held |" in text
+    )
+    older = dict(folded, operating_point={k: v for k, v in folded["operating_point"].items() if not k.startswith("n_")})
+    assert "as many photos show" not in card.render(older, "m.pth", dict(evaluation, metrics=figures))
