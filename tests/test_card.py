@@ -408,3 +408,25 @@ def test_the_card_says_whether_each_test_figure_held_against_what_as_many_photos
     )
     older = dict(folded, operating_point={k: v for k, v in folded["operating_point"].items() if not k.startswith("n_")})
     assert "as many photos show" not in card.render(older, "m.pth", dict(evaluation, metrics=figures))
+
+
+def test_the_test_figures_are_read_back_only_where_the_card_names_this_model_files_sha256(meta, evaluation, tmp_path):
+    """The results embedded in our card are this model file's only where they name its SHA-256: another file's, no
+    SHA-256 asked for, or a card of ours whose results name none (written by hand through the ledger, as an older
+    writer might have) give no test figures, so predict.py shows no Tested line and export_onnx.py puts none in the
+    page's summary. Kills the comparison made only when a SHA-256 is given (`model_sha256 and ...`) or a card
+    without one taken as this file's (`kept.get("model_sha256", model_sha256)`) in card.embedded; another file's
+    card is tests/test_predict.py::test_ppv_and_npv_come_from_the_test_figures_with_the_validation_ones_beside."""
+    from skinlesion import ledger
+
+    path = str(tmp_path / "skin_model.md")
+    card.write_card(path, meta, "skin_model.pth", evaluation, None, "c" * 64)
+    test, _ = card.earlier_evaluations(path, "c" * 64)
+    assert test == json.loads(json.dumps(evaluation))  # the nearest that must be read back
+    assert card.earlier_evaluations(path, "d" * 64) == (None, {})
+    assert card.earlier_evaluations(path, None) == (None, {}) and card.earlier_evaluations(path, "") == (None, {})
+    kept = dict(test=evaluation, externals={}, exports={})  # no model_sha256
+    text = card.render(meta, "skin_model.pth", evaluation) + card.EMBEDDED + json.dumps(kept) + " -->\n"
+    files.write_text(path, text, "model card")
+    assert ledger.why_not_ours(path, "model card") is None  # ours and unchanged: only the SHA-256 is missing
+    assert card.earlier_evaluations(path, "c" * 64) == (None, {})

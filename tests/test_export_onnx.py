@@ -997,3 +997,77 @@ def test_one_identity_per_model_the_card_lists_every_file_that_runs_it(exported,
     before = fingerprint(folder)
     r = run("export_onnx.py", *args, "--output", tmp_path / "elsewhere.onnx", "--no-quantise", cwd=tmp_path)
     assert r.returncode == 0 and fingerprint(folder) == before, r.stdout + r.stderr
+
+
+class ParitySession:
+    """A stand-in onnxruntime session of the export check (numpy; float64, so a change is exact): logits from each
+    photo's mean and spread, p_malignant what they give through the softmax, a 2 x 2 map from its quadrants, a
+    distance from its spread. changes: {(name, batch size or None for any, photo): value added there, where the
+    batch holds that photo}."""
+
+    def __init__(self, changes=()):
+        self.changes = dict(changes)
+
+    @staticmethod
+    def outputs(x):
+        x = np.asarray(x, dtype=np.float64)
+        logits = np.stack([x.mean((1, 2, 3)), x.std((1, 2, 3))], 1)
+        p = 1 / (1 + np.exp(logits[:, 0] - logits[:, 1]))
+        side = x.shape[-1] // 2
+        cam = (x.reshape(len(x), 3, 2, side, 2, side) ** 2).mean((1, 3, 5))
+        return dict(logits=logits, p_malignant=p, cam=cam, familiarity_distance=3 * x.std((1, 2, 3)))
+
+    def run(self, names, feed):
+        found = self.outputs(feed["image"])
+        for (name, batch, photo), value in self.changes.items():
+            if (batch is None or batch == len(feed["image"])) and photo < len(feed["image"]):
+                found[name][photo] = found[name][photo] + value
+        return [found[name] for name in names]
+
+
+PARITY_META = dict(classes=["benign", "malignant"], familiarity=dict(limit=10.0))
+PARITY_CASES = {  # what the file gives differently from PyTorch on 6 photos: (changes, the output named)
+    "logits of one photo of 6 by 3 x the tolerance": ({("logits", None, 4): 3e-4}, "logits"),
+    "p_malignant of one photo of 6 by 3 x the tolerance": ({("p_malignant", None, 5): -3e-4}, "p_malignant"),
+    "a NaN in one photo's distance": ({("familiarity_distance", None, 3): np.nan}, "familiarity_distance"),
+    "a NaN in one cell of one photo's map": ({("cam", None, 2): np.array([[np.nan, 0], [0, 0]])}, "cam"),
+    "the map off only at a batch of 1": ({("cam", 1, 0): np.ones((2, 2))}, "cam"),
+    "the logits off only at the batch of 6": ({("logits", 6, 0): 1.0}, "logits"),
+    "as PyTorch": ({}, None),  # the nearest that must pass
+}
+
+
+@pytest.mark.parametrize("case", PARITY_CASES)
+def test_the_export_parity_check_takes_the_largest_difference_over_photos_and_batch_sizes_and_never_passes_nan(
+    monkeypatch, capsys, case
+):
+    """export_onnx.differences and check_parity on 6 photos, against a stand-in session (fast; the real file's map
+    changes are the slow test above): one photo far off among five equal ones is found (a mean over the photos
+    would be within: computed here), a NaN in any one value of any output fails, and a change at one batch size
+    only is found. Kills, in differences: a mean instead of self_check.largest, Python's max (max(0.0, nan) is
+    0.0) to combine the batches, one batch size only (`batches = (x,)`); in check_parity: `difference > tolerance`
+    (a NaN is never over it)."""
+    monkeypatch.setattr(export_onnx, "ort_session", lambda path: ParitySession(PARITY_CASES[case][0]))
+
+    def wrapped(x):  # PyTorch's side: the same outputs, unchanged
+        return tuple(torch.from_numpy(value) for value in ParitySession.outputs(x.numpy()).values())
+
+    x = np.random.default_rng(16).normal(0, 1, (6, 3, 8, 8)).astype(np.float32)
+    found = export_onnx.differences(wrapped, PARITY_META, "model.onnx", x)
+    tolerance, changed = 1e-4, PARITY_CASES[case][1]
+    assert set(found) == {"logits", "p_malignant", "cam", "familiarity_distance"}
+    assert all(found[name] <= 1e-12 for name in found if name != changed), found  # the others exact
+    args = SimpleNamespace(tolerance=tolerance, output="skin_model.onnx")
+    if changed is None:
+        export_onnx.check_parity(args, found, "6 photos")
+        assert capsys.readouterr().out.startswith("onnxruntime matches PyTorch: largest difference 0.00e+00")
+        return
+    logits = ParitySession.outputs(x)["logits"]
+    if case.startswith("logits of one photo"):  # relative to the largest logit (at least 1), as differences says
+        assert found["logits"] == pytest.approx(3e-4 / max(np.abs(logits).max(), 1.0), rel=1e-9)
+    if "3 x the tolerance" in case:
+        assert found[changed] > tolerance > found[changed] / 6  # the mean over the 6 photos would be within
+    with pytest.raises(UserError) as raised:
+        export_onnx.check_parity(args, found, "6 photos")
+    expected = f"onnxruntime and PyTorch disagree on 6 photos: {changed} by {found[changed]:.2e}, over --tolerance"
+    assert raised.value.status == 1 and expected in raised.value.message

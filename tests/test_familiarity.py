@@ -339,3 +339,36 @@ def test_fresh_small_models_export_with_the_default_tolerance(demo_96, trained_m
         x = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in test])
         direct, found = direct_familiarity_distance(checkpoint, test)
         assert np.abs(session.run(["familiarity_distance"], {"image": x})[0] - direct).max() <= 1e-4 * found["limit"]
+
+
+def test_with_a_precision_floor_the_scaled_mahalanobis_view_is_the_distance_divided_by_its_reach():
+    """fit divides the Mahalanobis view by its reach (the QUANTILE of the out-of-fold distances): with a floor (rank
+    below d) distance^2 = floor |x|^2 - |x W|^2, so W is divided by the reach and the floor by its square. Kills
+    `floor=floor / reach**2` -> `floor / reach` (or the floor left unscaled) in familiarity.fit, which the full
+    whitening of test_each_view_is_1_... (floor 0) lets through: the view then is no longer a multiple of the
+    distance, and a photo's familiarity depends on its direction."""
+    rng = np.random.default_rng(14)
+    train, labels, negatives, nearby, own = exposure_data(rng)
+    arrays = familiarity.fit(train, labels, 2, negatives, rank=10)
+    means, whitening, floor = familiarity.mahalanobis.fit(train, labels, 2, rank=10)
+    assert arrays["whitening"].shape == (30, 10) and floor > 0  # a floor, exercised
+    reach = np.quantile(familiarity.out_of_fold(train, labels, 2, negatives, rank=10)[0], familiarity.QUANTILE)
+    assert reach > 2  # dividing by it or by its square differs
+    x = np.concatenate([own[:200], nearby[:200], rng.normal(0, 3, (20, 30))])
+    scaled = familiarity.mahalanobis.distances(x, arrays["means"], arrays["whitening"], arrays["floor"])
+    assert np.allclose(scaled, familiarity.mahalanobis.distances(x, means, whitening, floor) / reach, rtol=1e-9)
+
+
+def test_an_older_file_without_a_floor_gives_the_same_distances_in_the_onnx_graph():
+    """A model file from before the floor (a d x d whitening, no floor key): graph_arrays takes its floor as 0 and
+    the graph computes |x W|. Kills a default floor other than 0 in graph_arrays (`arrays.get("floor", 1.0)`), which
+    would export such a file with a precision floor it never had."""
+    import torch
+
+    rng = np.random.default_rng(15)
+    train, labels = gaussian_features(rng, 300, d=40)
+    means, whitening, _ = familiarity.mahalanobis.fit(train, labels, 2, rank=40)
+    new = rng.normal(0, 3, (6, 40))
+    graph, floor = familiarity.graph_arrays(dict(means=means, whitening=whitening))
+    got = familiarity.torch_distances(torch.tensor(new, dtype=torch.float32), floor=floor, **graph).double().numpy()
+    assert floor == 0 and np.allclose(got, direct_distances(new, train, labels), rtol=1e-5)

@@ -657,3 +657,28 @@ def test_a_broken_familiarity_measure_is_refused_and_a_good_one_loads_with_its_a
         names["arrays"]["whitening"] = names["whitening"]
     torch.save(ckpt, path)
     load_refused(model.load_checkpoint, path, capsys, f"{path} is refused: {FAMILIARITY_FAULTS[fault]}")
+
+
+SHAPE_CASES = {  # how one tensor's shape differs from the network's: the weights as saved, changed
+    "classifier for 3 classes": lambda weights: torch.zeros(3, weights["classifier.weight"].shape[1]),
+    "conv_stem reshaped, the same numbers": lambda weights: weights["conv_stem.weight"].reshape(32, 27, 1, 1),
+}
+
+
+@pytest.mark.parametrize("case", SHAPE_CASES)
+def test_a_weight_of_another_shape_is_refused_in_one_line_that_counts_it(scripts_setup, tmp_path, capsys, case):
+    """Every key of the network present and no other, but one tensor of another shape (a head for another class
+    count; a tensor reshaped, as many numbers): refused with the count, one line, no traceback. Kills the shape
+    count reported as 0 (or compared by numel, not shape) in model.load_weights, and a load that copies what fits
+    (`strict=False` with shapes filtered), which STRICT_CASES (names only, every shape equal) lets through."""
+    _, _, good = scripts_setup
+    state = torch.load(good, weights_only=True)
+    name = "classifier.weight" if case.startswith("classifier") else "conv_stem.weight"
+    state["state_dict"][name] = SHAPE_CASES[case](state["state_dict"])
+    path = str(tmp_path / "model.pth")
+    torch.save(state, path)
+    expected = (
+        f"{path}: the weights do not fit efficientnet_b0 with 2 classes (0 of its tensors missing, 0 not its own, "
+        "1 of another shape: another architecture or count)"
+    )
+    load_refused(model.load_checkpoint, path, capsys, expected)

@@ -911,3 +911,44 @@ def test_class_names_read_from_the_model_file_are_printed_on_one_line():
     )
     text = predict.malignant_sum_text(np.array([0.25, 0.75]), meta)
     assert text == "melanoma\\nPrediction: benign 0.750 = 0.750"
+
+
+def test_a_folder_run_with_an_unfamiliar_photo_exits_0_and_counts_it_where_that_photo_alone_exits_3(tmp_path, capsys):
+    """A measure whose distance is the length of a photo's features, its limit halfway between two photos': the
+    folder of both (the unfamiliar one listed last), the folder of the unfamiliar one alone, and the two passed as
+    files each exit 0 and count it; that photo passed alone exits UNFAMILIAR_EXIT (the nearest that must). Kills
+    `if strange:` (the last photo's decision) or `single = len(images) == 1` (a folder of one photo is not a photo
+    passed alone) in predict.main: a script checking a folder's exit status would read 3 as 'this photo'."""
+    net = make_net(SIZE)
+    measuring = tmp_path / "measuring"
+    photos_ = [lesion_photo(measuring / "lesion.jpg", seed=1), grey_photo(measuring / "grey.png")]
+    predict.main(
+        [str(measuring), "--model", measured_model(tmp_path / "all.pth", net, 1e9), "--csv", str(tmp_path / "d.csv")]
+    )
+    with open(tmp_path / "d.csv", newline="") as f:
+        found = {row["file"]: float(row["familiarity_distance"]) for row in csv.DictReader(f)}
+    near, far = sorted(photos_, key=found.get)
+    assert found[near] < found[far]
+    limit = (found[near] + found[far]) / 2
+    folder, alone = tmp_path / "both", tmp_path / "alone"
+    for target in (folder, alone):
+        os.makedirs(target)
+    familiar, strange = str(folder / f"a{os.path.splitext(near)[1]}"), str(folder / f"z{os.path.splitext(far)[1]}")
+    shutil.copyfile(near, familiar)
+    shutil.copyfile(far, strange)
+    shutil.copyfile(far, alone / os.path.basename(strange))
+    path = measured_model(tmp_path / "m.pth", net, limit)
+    capsys.readouterr()
+    for argv, summary, named in (
+        ([str(folder)], "2 images: ", strange),
+        ([str(alone)], "1 images: 0 malignant, 0 benign, 1 unfamiliar", str(alone / os.path.basename(strange))),
+        ([familiar, strange], "2 images: ", strange),
+    ):
+        predict.main([*argv, "--model", path])  # no SystemExit: exit status 0
+        out = capsys.readouterr().out
+        assert summary in out and ", 1 unfamiliar (unlike the training photos: no answer)" in out, out
+        assert f"{named}: Prediction: unfamiliar" in out and f"{familiar}: Prediction: unfamiliar" not in out
+    with pytest.raises(SystemExit) as exit_status:
+        predict.main([strange, "--model", path])
+    assert exit_status.value.code == predict.UNFAMILIAR_EXIT == 3
+    assert capsys.readouterr().out.splitlines()[0] == "Prediction: unfamiliar"

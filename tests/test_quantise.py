@@ -264,3 +264,26 @@ def test_the_page_runs_the_twin_only_when_it_is_this_exports_and_its_numbers_kee
     assert chosen == full and "was not made from this export" in said
     os.remove(int8)
     assert "no int8 twin" in serve_web.page_model(full, True)[1]
+
+
+@pytest.mark.parametrize(
+    "full_distance, int8_distance, kept",
+    [(10.3, 9.0, True), (9.7, 11.0, True), (11.0, 9.8, False), (9.0, 10.2, False)],
+)
+def test_the_familiarity_band_is_measured_from_the_full_models_distance_not_the_twins(
+    monkeypatch, full_distance, int8_distance, kept
+):
+    """Limit 10, band 5% (0.5): a photo whose full-model distance lies within the band (10.3, 9.7) may flip however
+    far the twin moves it (to 9.0, 11.0: kept); one whose full-model distance lies outside it (11.0, 9.0) may not,
+    though the twin lands within the band (9.8, 10.2: refused). Kills the band measured from the twin's distance
+    (`np.abs(d_int8 - limit)`) or from the nearer of the two in quantise.familiarity_flips, which the mirrored
+    distances of test_a_twin_that_flips_one_photo_outside_the_band_is_not_within_tolerance cannot tell apart."""
+    monkeypatch.setattr(metrics, "roc_auc", lambda y, p: 0.9)
+    p, y, limit = np.array([0.2, 0.8, 0.3]), np.array([0, 1, 0]), 10.0
+    d_full, d_int8 = np.array([5.0, 6.0, full_distance]), np.array([5.0, 6.0, int8_distance])
+    near = abs(full_distance - limit) <= quantise.FAMILIARITY_BAND * limit  # by hand, from the full model's
+    assert near is kept and (abs(int8_distance - limit) <= quantise.FAMILIARITY_BAND * limit) is not kept
+    result = quantise.comparison(p, p, y, 0.5, 0.02, (d_full, d_int8), limit)
+    assert result["familiar_to_unfamiliar"] + result["unfamiliar_to_familiar"] == 1
+    assert result["familiarity_flips_outside_band"] == (0 if kept else 1)
+    assert result["within_tolerance"] is kept

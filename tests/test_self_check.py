@@ -161,3 +161,22 @@ def test_a_record_without_an_output_is_of_an_earlier_version_and_a_failing_runti
 def test_largest_is_nan_where_any_value_is():
     assert np.isnan(self_check.largest([0.1, np.nan])) and max([0.1, np.nan]) == 0.1
     assert self_check.largest(np.array([[0.1, 0.3], [0.2, 0.0]])) == 0.3
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("times, kept", [(0.5, True), (2.0, False)])
+def test_one_check_input_off_among_the_others_is_found_by_the_largest_difference_never_a_mean(name, times, kept):
+    """The last of the 3 check inputs (never in the batch-of-1 run, which would see it alone) moved by times x its
+    allowance (DRIFT of its scale; p_malignant: the tolerance, its logits unchanged), the others not at all: twice
+    is refused, though the mean over the 3 inputs is within; half is not. Kills a mean over the inputs in
+    self_check.drifts or in outputs_fault's p_malignant check, which test_each_output_may_drift_by_drift_and_no_more
+    lets through when the input it moves is the first (its batch-of-1 run sees it alone)."""
+    allowance = TOLERANCE if name == "p_malignant" else self_check.DRIFT * scales(name)[2]
+    shape = {"logits": (3, 2), "p_malignant": (3,), "cam": (3, 2, 2), "familiarity_distance": (3,)}[name]
+    delta = np.zeros(shape)
+    delta[2] = times * allowance
+    assert times / 3 < 1  # the mean over the inputs would be within
+    expected = {
+        "p_malignant": f"its p_malignant is not what its logits and calibration give (off by {2 * TOLERANCE:.2g})"
+    }.get(name, f"its outputs on the check inputs are not those stored when it was exported ({name})")
+    assert fault(Session({(name, 3): delta})) == (None if kept else expected)
