@@ -12,19 +12,17 @@ Run from the project folder after `make demo`. Each picture is shrunk to at most
 """
 
 import ast
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
 
+from skinlesion import files, flags, interrupts, messages  # the project's package (make setup installs it)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
-
-import measure  # noqa: E402  (the measuring tools' module: the browser's flags)
-
-from skinlesion import files, flags, interrupts, messages  # noqa: E402  (the project's package, beside docs/)
 
 # -----------------------------------------------------------------------------
 WIDTH = 1000  # largest width of a picture in docs/, in px, 100 to 4000
@@ -65,6 +63,10 @@ def shrunk(source, target, width):
 def screenshot(target):
     """The page, served by serve_web.py for the demo's skin_model.onnx, after classifying PHOTO."""
     from playwright.sync_api import sync_playwright
+
+    spec = importlib.util.spec_from_file_location("measure", os.path.join(ROOT, "tools", "measure.py"))
+    measure = importlib.util.module_from_spec(spec)  # the measuring tools' module: the browser's flags
+    spec.loader.exec_module(measure)
 
     chromium = next(p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(p))
     server = subprocess.Popen(

@@ -31,9 +31,7 @@ import sys
 import tempfile
 import time
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
-from skinlesion import interrupts  # noqa: E402
+from skinlesion import interrupts
 
 if __name__ == "__main__":  # before the libraries load: a Ctrl-C while they do is one line, not a traceback
     interrupts.one_line_while_loading()

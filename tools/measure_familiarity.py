@@ -32,14 +32,11 @@ quantise.FAMILIARITY_BAND of the full limit from it).
 """
 
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import model  # noqa: E402
-from skinlesion import familiarity, flags, interrupts, mahalanobis, messages, non_lesions, photos, quantise  # noqa: E402
+import model
+from skinlesion import familiarity, flags, interrupts, mahalanobis, messages, non_lesions, photos, quantise
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py (with a familiarity measure)

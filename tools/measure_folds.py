@@ -19,16 +19,12 @@ A model file already there is not trained again; a report of this evaluate.py on
 
 import json
 import os
-import sys
 
+import measure
+import measure_transfer
 import numpy as np
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
-import measure  # noqa: E402
-import measure_transfer  # noqa: E402
-
-from skinlesion import files, flags, folders, interrupts, messages, metrics  # noqa: E402
+from skinlesion import files, flags, folders, interrupts, messages, metrics
 
 # -----------------------------------------------------------------------------
 SOURCE = "../shared/real_isic_sample"  # an ISIC export (metadata.csv and its photos), relative to the project

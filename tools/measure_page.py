@@ -27,11 +27,9 @@ import sys
 import tempfile
 import time
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
-import measure  # noqa: E402
+import measure
 
-from skinlesion import flags, interrupts, messages  # noqa: E402
+from skinlesion import flags, interrupts, messages
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py; its int8 twin (.int8.onnx beside it) is measured too

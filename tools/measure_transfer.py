@@ -23,8 +23,7 @@ import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project, beside tools/
-from skinlesion import files, flags, folders, interrupts, messages  # noqa: E402
+from skinlesion import files, flags, folders, interrupts, messages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
