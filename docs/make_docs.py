@@ -40,8 +40,7 @@ STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
                                  "non_lesions", "explain", "quantise"]),
           ("numbers", ["metrics", "evaluation", "plots", "answer"]), ("the card", ["card", "model_index"]),
           ("safe outputs", ["files", "folders", "ledger", "cleaning", "interrupts"]),
-          ("safe inputs", ["reading", "remote"]), ("the command line", ["flags", "messages"]),
-          ("the demo", ["demo"])]  # fmt: skip
+          ("safe inputs", ["reading", "remote"]), ("the command line", ["flags", "messages"])]  # fmt: skip
 
 
 def shrunk(source, target, width):
@@ -153,6 +152,12 @@ def layout_markdown(root):
 
 def main(argv=None):
     args = flags.parse_flags(globals(), argv)
+    imported = os.path.dirname(os.path.dirname(os.path.abspath(flags.__file__)))
+    if os.path.realpath(imported) != os.path.realpath(ROOT):  # another checkout's code would write these docs
+        raise messages.UserError(
+            f"skinlesion is imported from {messages.printable(imported)}, not from this checkout "
+            f"{messages.printable(ROOT)}; run make setup here, or PYTHONPATH=. python docs/make_docs.py"
+        )
     os.chdir(ROOT)
     scripts = sorted(f for f in os.listdir(ROOT) if f.endswith(".py") and f != "model.py")
     scripts += sorted(f"tools/{f}" for f in os.listdir(os.path.join(ROOT, "tools")) if is_tool_script(f))
