@@ -557,7 +557,15 @@ def help_of(script):
         f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
         "finally:\n    print('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
     )
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    path = os.pathsep.join([os.path.dirname(os.path.join(ROOT, script)), ENV["PYTHONPATH"]])  # as `python script`
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # ---------------------------------------------------------------------------- the fast tier: make check
