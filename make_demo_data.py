@@ -6,23 +6,7 @@ whole pipeline runs without a download. The photos are drawings, not real lesion
     python prepare_dataset.py --metadata-csv demo_data/metadata.csv --images-dir demo_data
     python make_demo_data.py --photo-size 512     # smaller photos, faster
 
-Four lesion types, each with ISIC's diagnosis_1/2/3 and a picture of its own. Benign: nevus (small, round, one
-brown) and seborrheic keratosis (larger, grey-tan to grey-brown, rough, a sharp 'stuck-on' border). Malignant:
-invasive melanoma (large, irregular, several dark colours) and basal cell carcinoma (a large pink pearly nodule
-with fine red vessels, blue-grey nests and a small dark ulcer). 216 clinical overview photos per side (about 60/40
-within it, and 6 of a rare dermatofibroma among the benign ones), 1-3 views per lesion and 1-3 lesions per patient,
-plus rows prepare_dataset.py must leave out (Indeterminate ones with their diagnosis_2/3, empty diagnosis,
-dermoscopic, close-up) and 2 byte-identical files under other ids. metadata.csv has the current schema (isic_id,
-attribution, copyright_license first, then the other fields sorted) with what a model card needs: licence,
-attribution (SYNTHETIC institutions or Anonymous), sex, age, anatomic site, Fitzpatrick type, how the diagnosis was
-confirmed, image_manipulation 'synthetic'; attribution.txt and licenses/<licence>.txt as isic-cli writes them (the
-licence texts are short stand-ins). unseen/ holds 12 more photos for predict.py: benign_1..3.jpg nevi,
-benign_4..6.jpg seborrheic keratoses, malignant_1..3.jpg melanomas, malignant_4..6.jpg basal cell carcinomas.
-The same SEED and PHOTO_SIZE write the same bytes.
-
-OUT_DIR is written only if it is missing, empty or was made by make_demo_data.py (it carries the mark file
-.skin-lesion-classifier): the export is built beside it and swapped in, so a failed or interrupted run leaves
-the previous one as it was. A real export, or any folder holding other files, is refused.
+What it holds: docs/reference.md.
 """
 
 from skinlesion import interrupts

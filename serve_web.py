@@ -1,24 +1,11 @@
 """
-Serve the in-browser classifier: a static page (web/) that classifies a skin photo with onnxruntime-web, in
-the browser; the photo never leaves it. This script builds the page into a folder of its own (site/) and
-serves it on 127.0.0.1 (this computer only).
+Serve the in-browser classifier: builds the page (web/, onnxruntime-web, the ONNX model) into site/ and serves it
+on 127.0.0.1 (this computer only); the photo never leaves the browser. In full: docs/reference.md.
 
     npm ci                                   # once: fetches the pinned onnxruntime-web into node_modules/
     python serve_web.py                      # skin_model.onnx -> site/ -> http://127.0.0.1:8000/
     python serve_web.py --model other.onnx --port 0       # a free port
     python serve_web.py --no-serve --site-dir /tmp/page   # only build: a static copy to host anywhere
-    make web                                 # npm ci, then this
-
-The build (SITE_DIR) holds the page (web/'s .html, .css and .js files), the wasm backend of onnxruntime-web
-(vendor/: ort.wasm.min.mjs, ort-wasm-simd-threaded.mjs and .wasm), the ONNX model (model.onnx, from
-export_onnx.py: it needs the 'cam' output), model.json (the model's preprocessing, threshold and flags that the
-page reads) and the model card (model_card.md) if there is one. The folder is replaced as a whole on each run,
-and only if this script made it: a folder holding anything else, or a link, is refused.
-
-The server answers GET and HEAD for exactly these files, read into memory at start (nothing else on the disk is
-ever opened), only to requests addressed to 127.0.0.1:PORT or localhost:PORT (another Host, as a DNS rebinding
-attack sends, is refused), with the page's Content-Security-Policy and other security headers. A bad or aborted
-request is one line on stderr. Torch-free: the model's metadata is read with onnxruntime.
 """
 
 from skinlesion import interrupts

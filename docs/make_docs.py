@@ -1,14 +1,12 @@
 """
-Regenerate what docs/ holds from the demo, so that the README's pictures and examples cannot drift from the code:
-the demo's training curves, evaluation pictures, Grad-CAM picture and model card, a screenshot of the page
-classifying one of the demo's unseen photos, flags.md from the scripts' constants blocks, and layout.md: the
-package by pipeline stage, each module's size, what it is for and who imports it (read from the code).
+Regenerate docs/ from the code and the demo (after `make demo`), so that the README's pictures cannot drift: the
+demo's training curves, evaluation pictures, Grad-CAM picture and model card, a screenshot of the page, flags.md
+from the scripts' constants blocks, and layout.md (the package by stage, who imports whom). Pictures: at most
+WIDTH px wide, under 200 KB. It imports the package of this checkout (make setup here, or PYTHONPATH=.).
 
     make docs          # runs make demo first, then this
     python docs/make_docs.py --no-screenshot   # without the browser
     python docs/make_docs.py --text-only       # only flags.md and layout.md, after changing flags or imports
-
-Run from the project folder after `make demo`. Each picture is shrunk to at most WIDTH px and stays under 200 KB.
 """
 
 import ast
