@@ -352,7 +352,7 @@ def write_int8_twin(args, meta):
 
 
 def check_parity(args, found, described):
-    """die unless every output's largest difference (differences) is within --tolerance, naming those that are not;
+    """fail unless every output's largest difference (differences) is within --tolerance, naming those that are not;
     else say how close they came."""
     compared = "the logits, P(malignant) and the evidence map"
     if "familiarity_distance" in found:

@@ -67,7 +67,7 @@ CHUNK = 1 << 18  # bytes per write: the timeout applies to each
 
 def read_model(path):
     """The sidecar for the page from the ONNX file, checked as every script checks a model (model.load_onnx: valid
-    metadata, finite weights, our architecture and outputs); die if the page could not use the file."""
+    metadata, finite weights, our architecture and outputs); raise UserError if the page could not use the file."""
     _, meta = model.load_onnx(path)
     if meta["interpolation"] != "bicubic":
         resizes = meta["interpolation"]
@@ -107,7 +107,7 @@ def page_model(model_path, small):
 
 
 def ort_dist(node_modules):
-    """onnxruntime-web's dist folder and version; die with how to install it if it is missing."""
+    """onnxruntime-web's dist folder and version; raise UserError with how to install it if it is missing."""
     package = os.path.join(node_modules, "onnxruntime-web")
     dist = os.path.join(package, "dist")
     fix = f"run 'npm ci' in {messages.printable(HERE)} to install the pinned onnxruntime-web"
@@ -163,7 +163,7 @@ def page_files():
 
 
 def read_bytes(path, most, fix):
-    """The bytes of a regular file of at most most bytes (reading.read_bytes); die with one line naming it, and
+    """The bytes of a regular file of at most most bytes (reading.read_bytes); fail with one line naming it, and
     saying how to fix it, otherwise."""
     try:
         return reading.read_bytes(path, most)

@@ -59,7 +59,7 @@ def parse_args(argv=None):
 
 
 def check_work_dir(path):
-    """die unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run made (its
+    """fail unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run made (its
     mark inside); never a folder of other files (a project folder's skin_model.pth would be replaced)."""
     flags.check_writable(path, "--work-dir", folder=True)
     if os.path.isdir(path) and os.listdir(path) and not folders.made_here(path):
