@@ -15,7 +15,7 @@ import sys
 import pytest
 
 import model
-from conftest import ROOT, fails, help_of
+from conftest import ENV, ROOT, fails, help_of
 from skinlesion import flags
 
 TOOLS = sorted(glob.glob(os.path.join(ROOT, "tools", "*.py")))  # measuring tools: scripts (a constants block), modules
@@ -171,6 +171,7 @@ def test_none_for_a_path_or_number_flag_is_one_line(script, tmp_path):
     r = subprocess.run(
         [sys.executable, os.path.join(ROOT, script), flags.flag_name(name), "none"],
         cwd=tmp_path,
+        env=ENV,
         capture_output=True,
         text=True,
         timeout=120,
