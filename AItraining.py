@@ -1,39 +1,11 @@
 """
-Train the skin-lesion classifier on dataset/train, validate on dataset/val every epoch, and keep the best epoch
-(by the benign/malignant validation ROC-AUC) in skin_model.pth, with its model card skin_model.md beside it.
+Train the skin-lesion classifier on dataset/train, validating on dataset/val: the best epoch, calibrated, with its
+threshold and familiarity limit, in skin_model.pth and its card skin_model.md. In full: docs/reference.md.
 
     python AItraining.py                          # defaults below; the recipe follows the starting point
     python AItraining.py --no-pretrained --epochs 30 --image-size 128
     python AItraining.py --resume                 # continue the run in skin_model_last.pth (--epochs N: extend it)
     torchrun --nproc_per_node=2 AItraining.py     # several processes / GPUs / machines (DDP)
-
-The classes are the dataset's: benign and malignant, or lesion types (prepare_dataset.py --label-column), each
-on one side; P(malignant) sums the malignant ones. Two recipes (model.RECIPES), chosen by the starting point:
-finetune with ImageNet weights (Adam, peak lr 1e-4), scratch from random weights (AdamW 3e-3, warm-up, cosine,
-100 epochs); knobs at None take the recipe's value. The photos are cached as uint8 on the training device when
-they fit in CACHE_GB (else workers decode them every epoch), and augmented there (skinlesion/training.py).
-
-Each epoch prints numbers that need no threshold: the losses, the validation ROC-AUC and log-loss of
-P(malignant), and with types their balanced accuracy; skin_model_last.pth keeps the latest epoch (for --resume)
-and the best one's weights and validation predictions. When the run ends, for the epoch kept, a calibration of
-P(malignant) is fitted on the validation split (temperature or Platt scaling: a clinician reads P as a chance),
-and the operating point chosen: the threshold that catches TARGET_SENSITIVITY of the malignant validation photos,
-stable on a small split (a smooth Harrell-Davis quantile), with the sensitivity and specificity it gives there and
-their 95% intervals; then how familiar a photo is (skinlesion/familiarity.py): the larger of the Mahalanobis
-distance of its features to the training photos' and an exposure head's score (where the dataset keeps photos of
-another kind), limited where 99% of the validation photos lie; predict.py gives no answer beyond it. Only then
-are skin_model.md and skin_model.pth written, once: an interrupted run leaves the previous model as it was, and
---resume finishes it. Also writes training_curves.png beside them and runs/<run>/ (TensorBoard).
-
-With FOLDS (by default where train plus validation hold a few hundred photos), those photos are cut into folds
-grouped by lesion and patient (skinlesion/folds.py): each fold's network trains on the others and keeps its best
-epoch on its own; every photo's out-of-fold prediction chooses the calibration and threshold, and its out-of-fold
-familiarity distance (to the measure fitted on the photos that fold's network trained on) sets the limit. DEPLOY
-refit trains one network on all of them for the median of the folds' best epochs; ensemble keeps the fold
-networks averaged (skinlesion/ensemble.py), its familiarity measure theirs combined. The ensemble is the default:
-on 5 seeds of 400 real photos its test figures held what the folds stated, on average, while the refit network's P
-shifted away from the folds' threshold (docs/measurements.md, "Folds where photos are few"); it costs K times the
-model file and K times the time a photo takes.
 """
 
 from skinlesion import interrupts

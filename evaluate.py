@@ -1,33 +1,11 @@
 """
-Score a trained checkpoint on a folder of held-out photos (by default the test split): every metric with a 95%
-bootstrap confidence interval, the operating point against its target, how well P(malignant) is calibrated
-(before and after the calibration stored in the model), the metrics per subgroup (sex, age band, body site,
-skin type), and for a lesion-type model the types' results. Writes evaluation.json and the pictures, and adds
-the test results to the model card (skin_model.md beside skin_model.pth). An external validation writes its own,
-with its name in them (evaluation_NAME.json, roc_curve_NAME.png, ...): the test run's stay as they are. A number
-that is not known (the intervals, with --n-bootstrap 0) is null in the JSON and the card.
+Score a trained model on held-out photos (by default the test split), each figure with its 95% interval, and add
+the results to the model card; or validate it on another clinic's export. In full: docs/reference.md.
 
     python evaluate.py                                    # skin_model.pth on dataset/test
     python evaluate.py --tta                              # average over flips, and compare with plain
     python evaluate.py --model m.pth --data-dir dataset/val --output-dir results/
     python evaluate.py --external other_clinic/ --external-name "Clinic B 2025"   # an ISIC export as downloaded
-
-The decision threshold is the one stored in the checkpoint, chosen on the validation split (or, with folds, on the
-out-of-fold predictions) by AItraining.py; it is never tuned on the photos evaluated here. When the ROC-AUC's
-interval includes 0.5 the model cannot be told from chance on these photos, and when the target sensitivity lies
-outside the interval of the test sensitivity the operating point did not hold: the report says so. Subgroups come
-from the dataset's manifest.csv (DATA_DIR/../manifest.csv); a subgroup with fewer than 20 photos of either side is
-not scored. For a model with a familiarity measure it counts and lists the photos that predict.py would call
-unfamiliar (beyond the limit chosen with the threshold; skinlesion/familiarity.py); the metrics include them. Any
-figure outside the 95% interval validation (or the folds) stated for it (sensitivity, specificity, ECE) is warned
-about, here and in the card.
-
-External validation: EXTERNAL takes an ISIC export as 'isic image download' leaves it (metadata.csv and the
-photos) and scores every photo with a definite benign/malignant side, of every image type, at its natural
-prevalence (no sample), read as prepare_dataset.py reads an export (rows left out are counted and said). The
-card gets a section "External validation: EXTERNAL_NAME" with the photos' image types and malignant share beside
-the training photos', and predict.py and the page show its figures beside the test figures. A DATA_DIR that is
-not the model's own test split is an external validation too, named after its folder.
 """
 
 from skinlesion import interrupts

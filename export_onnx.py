@@ -1,33 +1,11 @@
 """
 Export the trained model to one self-contained ONNX file for onnxruntime (predict.py, the web page in web/),
-and check that it gives the same results as PyTorch on real photos before writing it.
+checked against PyTorch on real photos before it is written. In full: docs/reference.md.
 
     python export_onnx.py                                   # skin_model.pth -> skin_model.onnx
     python export_onnx.py --model best.pth --output best.onnx
     python export_onnx.py --check-images my_photos/         # check on other photos
     python predict.py photo.jpg --model skin_model.onnx     # then predict without torch
-
-The file takes "image": float32 [batch, 3, size, size], any batch size, prepared as skinlesion/photos.py
-preprocess does (the README's "Preprocessing" section spells it out for consumers outside Python). It gives
-"logits" [batch, classes]; "p_malignant" [batch], the calibrated P(malignant): the summed probability of the
-malignant classes in the one calibrated distribution softmax(a * logits + b * malignant) (model.py
-calibrated_probabilities, with the calibration stored in the model); and "cam" [batch, side, side], side =
-ceil(size/stride) (stride 32 for EfficientNet-B0, backbone.cam_side), the evidence map, the Grad-CAM of the
-malignant log-odds (> 0 where the evidence is for malignant, < 0 for benign; predict.py --explain and the web page
-draw it); and, for a model with a familiarity measure, "familiarity_distance" [batch], the Mahalanobis distance of
-the photo's features to the training photos' (skinlesion/familiarity.py): above the metadata's familiarity limit,
-the photo is unfamiliar, with no answer. Its metadata_props hold, each as JSON, what a consumer needs (classes and
-their sides, the preprocessing, the threshold and operating point, the calibration, the validation results, the
-model card's summary, the familiarity limit) and where it came from (source_checkpoint, source_sha256). Exporter:
-torch.onnx's default, torch.export-based one (dynamo=True), with the weights inside the file.
-
-The check: onnxruntime against PyTorch on real photos (read as predict.py reads them), for the whole batch at
-once and for the first photo alone; the largest difference in any output over TOLERANCE (P(malignant) absolute,
-the others relative to their largest value), or a NaN, is an error naming the output, and nothing is written;
-so is a file that fails the check every script makes of one (model.self_check_fault on its check inputs). The
-photos come from CHECK_IMAGES (dataset/val when the default is missing; random tensors, said so, when there is no
-dataset at all); a CHECK_IMAGES you name that holds no readable photo is an error. A temporary file left by a
-killed export is removed by the next one.
 """
 
 from skinlesion import interrupts
@@ -374,7 +352,7 @@ def write_int8_twin(args, meta):
 
 
 def check_parity(args, found, described):
-    """die unless every output's largest difference (differences) is within --tolerance, naming those that are not;
+    """fail unless every output's largest difference (differences) is within --tolerance, naming those that are not;
     else say how close they came."""
     compared = "the logits, P(malignant) and the evidence map"
     if "familiarity_distance" in found:

@@ -1,33 +1,12 @@
 """
-Classify skin-lesion photos as benign or malignant with the model AItraining.py trained.
+Classify skin-lesion photos as benign or malignant with the model AItraining.py trained (in full: docs/reference.md).
+Not a medical device: a doctor must examine any lesion that worries you.
 
     python predict.py photo.jpg                          # first line: "Prediction: benign" or "Prediction: malignant"
     python predict.py photos/ --csv predictions.csv      # every image under a folder, one line each, and a CSV
     python predict.py a.jpg b.png --tta                  # average P(malignant) over 4 flips of each photo
     python predict.py photo.jpg --explain                # also save gradcam/photo_jpg_gradcam.png: the evidence
     python predict.py photo.jpg --model skin_model.onnx  # onnxruntime (export_onnx.py): no torch needed
-
-P(malignant) is calibrated on the validation split (a chance where malignant lesions are about as common as
-there); a photo is malignant from the threshold AItraining.py chose there for its target sensitivity (stored in
-the model file; --threshold overrides it). P has the digits that show its side of the threshold (equal to 6
-digits: "just below" or "just above" it); within model.BORDERLINE (0.02) it is borderline. A lesion-type model
-also names the likely types. Then the operating point, the test (and external) figures evaluate.py put in the
-card, what P assumes and, with --prevalence, PPV and NPV (from the test figures where the card has them, the
-validation ones beside them): worded by skinlesion/answer.py, as the page words them. A broken model file is
-refused, and a photo without a valid probability is an error. The model file's SHA-256 is printed: compare it
-with the published one (load only model files you trust). Names are printed escaped (messages.printable).
-
-A photo unlike the training photos (its familiarity distance beyond the limit chosen on the validation photos;
-skinlesion/familiarity.py) gets no answer: alone, "Prediction: unfamiliar", one line why, exit status 3
-(UNFAMILIAR_EXIT), and no P, prevalence line, PPV or NPV, type or Grad-CAM; in a folder its line and CSV row say
-unfamiliar, counted. --show-unfamiliar shows the answer too, each of those lines marked "Unreliable: ". Folders
-are searched recursively (each real folder once) for photos.IMAGE_EXTS; other files are skipped, counted, named.
-
-The model sees a centre crop (the shorter side resized, the rest cut off): keep the lesion in the middle.
---explain saves into EXPLAIN_DIR, one picture per photo: the crop, the evidence for malignant and for benign on
-one scale (Grad-CAM of the malignant log-odds on the final feature map; with an ONNX model, its 'cam' output).
-
-A research tool, not a medical device: a doctor must examine any lesion that worries you.
 """
 
 from skinlesion import interrupts

@@ -1,27 +1,11 @@
 """
 Build dataset/ from an ISIC Archive export: keep one image type and the definite labels, sample a balanced set,
-split it by lesion and patient, and shrink the photos.
+split it by lesion and patient, and shrink the photos. In full: docs/reference.md.
 
-    isic image download --search 'image_type:"clinical: overview" AND diagnosis_1:Benign' --limit 300 \\
-        isic_images/benign
-    isic image download --search 'image_type:"clinical: overview" AND diagnosis_1:Malignant' --limit 300 \\
-        isic_images/malignant
     python prepare_dataset.py                  # reads isic_images/**/metadata.csv and the images beside them
     python prepare_dataset.py --image-types dermoscopic --n-per-class 500
     python prepare_dataset.py --label-column diagnosis_3   # lesion types: a class per value, each on one side
     python make_demo_data.py && python prepare_dataset.py --metadata-csv demo_data/metadata.csv --images-dir demo_data
-
-Rows of IMAGE_TYPES with a definite benign/malignant side (diagnosis_1 or the legacy benign_malignant, any case)
-and an image file are decoded in SEED order, in rounds, until each class has N_PER_CLASS distinct images. The
-classes are benign and malignant, or with LABEL_COLUMN another column the values with at least MIN_PER_CLASS
-usable photos, each keeping its side (rarer values are listed, or merged per side with OTHER). Rows sharing a
-lesion or a patient stay in one split. Labels that contradict each other (one isic_id, or one photo under two
-ids, with different labels) are left out and counted. The export's attribution.txt and licenses/ travel into
-dataset/, and the manifest keeps the metadata a model card reports (licence, skin type, sex, age, body site...).
-
-A run that would lose a class or keep less than MIN_KEPT of the rows stops with one line; a failure, a full
-disk, a kill or Ctrl-C leave the previous dataset byte-identical (it is built in dataset.tmp-<pid>). DATASET_DIR
-is replaced as a whole only if prepare_dataset.py made it.
 """
 
 from skinlesion import interrupts

@@ -1,24 +1,11 @@
 """
-Serve the in-browser classifier: a static page (web/) that classifies a skin photo with onnxruntime-web, in
-the browser; the photo never leaves it. This script builds the page into a folder of its own (site/) and
-serves it on 127.0.0.1 (this computer only).
+Serve the in-browser classifier: builds the page (web/, onnxruntime-web, the ONNX model) into site/ and serves it
+on 127.0.0.1 (this computer only); the photo never leaves the browser. In full: docs/reference.md.
 
     npm ci                                   # once: fetches the pinned onnxruntime-web into node_modules/
     python serve_web.py                      # skin_model.onnx -> site/ -> http://127.0.0.1:8000/
     python serve_web.py --model other.onnx --port 0       # a free port
     python serve_web.py --no-serve --site-dir /tmp/page   # only build: a static copy to host anywhere
-    make web                                 # npm ci, then this
-
-The build (SITE_DIR) holds the page (web/'s .html, .css and .js files), the wasm backend of onnxruntime-web
-(vendor/: ort.wasm.min.mjs, ort-wasm-simd-threaded.mjs and .wasm), the ONNX model (model.onnx, from
-export_onnx.py: it needs the 'cam' output), model.json (the model's preprocessing, threshold and flags that the
-page reads) and the model card (model_card.md) if there is one. The folder is replaced as a whole on each run,
-and only if this script made it: a folder holding anything else, or a link, is refused.
-
-The server answers GET and HEAD for exactly these files, read into memory at start (nothing else on the disk is
-ever opened), only to requests addressed to 127.0.0.1:PORT or localhost:PORT (another Host, as a DNS rebinding
-attack sends, is refused), with the page's Content-Security-Policy and other security headers. A bad or aborted
-request is one line on stderr. Torch-free: the model's metadata is read with onnxruntime.
 """
 
 from skinlesion import interrupts
@@ -80,7 +67,7 @@ CHUNK = 1 << 18  # bytes per write: the timeout applies to each
 
 def read_model(path):
     """The sidecar for the page from the ONNX file, checked as every script checks a model (model.load_onnx: valid
-    metadata, finite weights, our architecture and outputs); die if the page could not use the file."""
+    metadata, finite weights, our architecture and outputs); raise UserError if the page could not use the file."""
     _, meta = model.load_onnx(path)
     if meta["interpolation"] != "bicubic":
         resizes = meta["interpolation"]
@@ -120,7 +107,7 @@ def page_model(model_path, small):
 
 
 def ort_dist(node_modules):
-    """onnxruntime-web's dist folder and version; die with how to install it if it is missing."""
+    """onnxruntime-web's dist folder and version; raise UserError with how to install it if it is missing."""
     package = os.path.join(node_modules, "onnxruntime-web")
     dist = os.path.join(package, "dist")
     fix = f"run 'npm ci' in {messages.printable(HERE)} to install the pinned onnxruntime-web"
@@ -176,7 +163,7 @@ def page_files():
 
 
 def read_bytes(path, most, fix):
-    """The bytes of a regular file of at most most bytes (reading.read_bytes); die with one line naming it, and
+    """The bytes of a regular file of at most most bytes (reading.read_bytes); fail with one line naming it, and
     saying how to fix it, otherwise."""
     try:
         return reading.read_bytes(path, most)

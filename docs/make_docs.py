@@ -1,30 +1,26 @@
 """
-Regenerate what docs/ holds from the demo, so that the README's pictures and examples cannot drift from the code:
-the demo's training curves, evaluation pictures, Grad-CAM picture and model card, a screenshot of the page
-classifying one of the demo's unseen photos, flags.md from the scripts' constants blocks, and layout.md: the
-package by pipeline stage, each module's size, what it is for and who imports it (read from the code).
+Regenerate docs/ from the code and the demo (after `make demo`), so that the README's pictures cannot drift: the
+demo's training curves, evaluation pictures, Grad-CAM picture and model card, a screenshot of the page, flags.md
+from the scripts' constants blocks, and layout.md (the package by stage, who imports whom). Pictures: at most
+WIDTH px wide, under 200 KB. It imports the package of this checkout (make setup here, or PYTHONPATH=.).
 
     make docs          # runs make demo first, then this
     python docs/make_docs.py --no-screenshot   # without the browser
     python docs/make_docs.py --text-only       # only flags.md and layout.md, after changing flags or imports
-
-Run from the project folder after `make demo`. Each picture is shrunk to at most WIDTH px and stays under 200 KB.
 """
 
 import ast
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
 
+from skinlesion import files, flags, interrupts, messages  # the project's package (make setup installs it)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
-
-import measure  # noqa: E402  (the measuring tools' module: the browser's flags)
-
-from skinlesion import files, flags, interrupts, messages  # noqa: E402  (the project's package, beside docs/)
 
 # -----------------------------------------------------------------------------
 WIDTH = 1000  # largest width of a picture in docs/, in px, 100 to 4000
@@ -42,8 +38,7 @@ STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
                                  "non_lesions", "explain", "quantise"]),
           ("numbers", ["metrics", "evaluation", "plots", "answer"]), ("the card", ["card", "model_index"]),
           ("safe outputs", ["files", "folders", "ledger", "cleaning", "interrupts"]),
-          ("safe inputs", ["reading", "remote"]), ("the command line", ["flags", "messages"]),
-          ("the demo", ["demo"])]  # fmt: skip
+          ("safe inputs", ["reading", "remote"]), ("the command line", ["flags", "messages"])]  # fmt: skip
 
 
 def shrunk(source, target, width):
@@ -65,6 +60,10 @@ def shrunk(source, target, width):
 def screenshot(target):
     """The page, served by serve_web.py for the demo's skin_model.onnx, after classifying PHOTO."""
     from playwright.sync_api import sync_playwright
+
+    spec = importlib.util.spec_from_file_location("measure", os.path.join(ROOT, "tools", "measure.py"))
+    measure = importlib.util.module_from_spec(spec)  # the measuring tools' module: the browser's flags
+    spec.loader.exec_module(measure)
 
     chromium = next(p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(p))
     server = subprocess.Popen(
@@ -151,6 +150,12 @@ def layout_markdown(root):
 
 def main(argv=None):
     args = flags.parse_flags(globals(), argv)
+    imported = os.path.dirname(os.path.dirname(os.path.abspath(flags.__file__)))
+    if os.path.realpath(imported) != os.path.realpath(ROOT):  # another checkout's code would write these docs
+        raise messages.UserError(
+            f"skinlesion is imported from {messages.printable(imported)}, not from this checkout "
+            f"{messages.printable(ROOT)}; run make setup here, or PYTHONPATH=. python docs/make_docs.py"
+        )
     os.chdir(ROOT)
     scripts = sorted(f for f in os.listdir(ROOT) if f.endswith(".py") and f != "model.py")
     scripts += sorted(f"tools/{f}" for f in os.listdir(os.path.join(ROOT, "tools")) if is_tool_script(f))

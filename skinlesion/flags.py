@@ -154,7 +154,7 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
 
 
 def check(ok, flag, value, wanted):
-    """die unless ok: '--epochs 0: use a whole number >= 1'."""
+    """raise UserError unless ok: '--epochs 0: use a whole number >= 1'."""
     if not ok:
         raise UserError(f"{flag} {value}: {wanted}")
 
@@ -219,7 +219,7 @@ def is_allowed(value, allowed):
 
 
 def check_allowed(name, comment, value, script):
-    """die unless value (each value of a list) is a number within the range the comment of the constant name
+    """raise UserError unless value (each value of a list) is a number within the range the comment of the constant name
     states, e.g. '--epochs 0: use >= 1 (or set EPOCHS at the top of AItraining.py)'. None, text, a bool, and a
     constant whose comment states no range pass."""
     allowed = allowed_range(comment)
@@ -236,7 +236,7 @@ def is_list_of(value, check, length=None):
 
 
 def check_writable(path, flag, folder=False):
-    """Before any slow work: die unless a file (or, with folder, files in the folder) can be written at path:
+    """Before any slow work: fail unless a file (or, with folder, files in the folder) can be written at path:
     tried with a real file in the nearest existing folder (permissions, read-only disks, root alike)."""
     if os.path.exists(path) and os.path.isdir(path) != folder:
         if folder:

@@ -21,14 +21,14 @@ def is_within(path, folder):
 
 
 def check_output_folder(path, flag, inputs=()):
-    """die when an output folder (replaced as a whole) holds one of the inputs."""
+    """raise UserError when an output folder (replaced as a whole) holds one of the inputs."""
     for given in inputs:
         if given and is_within(given, path):
             raise UserError(f"{flag} {printable(path)}: use a folder that does not hold {printable(given)}")
 
 
 def check_outside(path, flag, input_folders):
-    """die when an output folder lies inside one of the input folders (the same after links)."""
+    """raise UserError when an output folder lies inside one of the input folders (the same after links)."""
     for folder in input_folders:
         if is_within(path, folder):
             raise UserError(f"{flag} {printable(path)}: use a folder outside {printable(folder)} (an input)")
@@ -118,7 +118,7 @@ def unchanged(path, record):
 
 
 def check_replaceable(path, flag, script, kind):
-    """die unless the folder at path may be replaced as a whole: missing, empty, or provably ours as kind (never
+    """fail unless the folder at path may be replaced as a whole: missing, empty, or provably ours as kind (never
     a link)."""
     path = os.path.normpath(path)  # 'link/' is the link itself, not what it points to
     if os.path.islink(path):
@@ -311,7 +311,7 @@ def record_files(folder, sub, kind):
 
 
 def check_reusable(path, flag, script):
-    """die unless script may write in the folder at path: missing, empty, or marked as made there by us (a work
+    """fail unless script may write in the folder at path: missing, empty, or marked as made there by us (a work
     folder kept between runs)."""
     if os.path.isdir(path) and os.listdir(path) and not made_here(path):
         found = first_few(sorted(os.listdir(path)))

@@ -88,7 +88,7 @@ def read_table(path, columns, what):
 
 def without_twins(table, twins, path):
     """table without the second (third...) copies of its columns (pandas names them diagnosis_1.1, ...): copies
-    that hold the same values go with a warning; copies that disagree on a row die with one line naming them."""
+    that hold the same values go with a warning; copies that disagree on a row fail with one line naming them."""
     for column, copies in twins.items():
         for copy in copies:
             differ = table[column].str.strip() != table[copy].str.strip()

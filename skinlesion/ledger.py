@@ -1,16 +1,13 @@
 """The one record of what we wrote: a script replaces or removes only what this record proves it wrote, never a
-file because of bytes inside it (any file can contain them).
-
-Each folder we write in holds a ledger, NAME, a JSON object:
+file because of bytes inside it (any file can contain them). Each folder we write in holds a ledger, NAME (JSON):
   path     the folder's own real path: a ledger copied or moved with its folder proves nothing there
-  files    per file we wrote (a name, or for a folder made as a whole a path inside it): kind (what it is: a model,
-           a resume checkpoint, predictions...), size, sha256, mtime_ns, script
+  files    per file we wrote (a name, or a path inside a folder made as a whole): kind (a model, a resume checkpoint,
+           predictions...), size, sha256, mtime_ns, script
   pending  per temporary file a run is writing: the run (a killed run's is removed only once that run is over)
   made     for a folder a script made (a dataset, the demo export, the site, a log folder): kind, script, run
-  leftover for a folder a run put beside its path (path.tmp-<pid> being built, path.old-<pid> being swapped out):
-           that path and the run, so that only the run's own leftovers are removed or restored once it is over
-A run is its pid, the process's start time (pids are re-used; the start time is not), the host and a random
-token. Changes are made under a lock (flock, where the system has it) and written atomically."""
+  leftover per folder a run put beside its path (path.tmp-<pid>, path.old-<pid>): that path and the run, so that
+           only the run's own leftovers are removed or restored once it is over. A run is its pid, its start time
+           (pids are re-used), the host and a random token. Changes are made under a lock (flock), atomically."""
 
 import contextlib
 import hashlib

@@ -1,19 +1,12 @@
 """The page's smaller model: onnxruntime's static int8 quantisation of an exported ONNX file, and how far its answers
 stay from the full model's. Only the convolutions are quantised, and not the stem or the depthwise ones (per
-channel, QDQ, activation ranges from the 99.999th percentile on validation photos: on the real sample with Lite0
-these choices moved the largest P difference from 0.87 to 0.24); the classifier, the calibration, the evidence map
-and the familiarity measure stay float, so P(malignant) moves only as far as the features do. The comparison's
-numbers on labelled validation photos decide whether the page may use it (within_tolerance, recomputed from them
-wherever the twin is loaded: its stored verdict is never read): no label may change outside the borderline band,
-its ROC-AUC may not fall by more than MAX_AUC_DROP, and (for a model with a familiarity measure) no photo may
-change its familiar/unfamiliar decision unless its full-model distance lies within FAMILIARITY_BAND of the limit.
-The int8 features move the distance as they move P: a photo just inside the limit may land just outside (it is
-then withheld, safe) or the reverse, as a photo near the threshold may change its label; one far from the limit
-that changes side means the twin sees photos differently from the model the limit was chosen for. The band, 5% of
-the limit, lies within the limit's own uncertainty: on the real sample (Lite0, 300 validation photos) the 95%
-bootstrap interval of the 99th-percentile limit runs from 0.91 to 1.04 of it, so a photo within 5% of the limit
-is on either side of it by chance of the sample; there the int8 distances moved by 3% of the limit (median), 19%
-(99th percentile), and one photo at 0.93 of the limit turned unfamiliar: refused, as its labels were."""
+channel, QDQ, activation ranges from the 99.999th percentile on validation photos); the classifier, the
+calibration, the evidence map and the familiarity measure stay float, so P(malignant) moves only as far as the
+features do. The comparison on labelled validation photos decides whether the page may use it (within_tolerance,
+recomputed wherever the twin is loaded: its stored verdict is never read): no label may change outside the
+borderline band, its ROC-AUC may not fall by more than MAX_AUC_DROP, and no photo may change its familiar/unfamiliar
+decision unless its full-model distance lies within FAMILIARITY_BAND of the limit, the limit's own uncertainty
+(why, and what was measured: docs/measurements.md, "The int8 twin")."""
 
 import os
 

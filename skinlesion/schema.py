@@ -164,7 +164,7 @@ DATA = record({}, dict(  # what the card says of the training data (dataset.data
     source=text(), counts=table_of(table_of(COUNT)), grouping=text(),
     factors=table_of(table_of(table_of(COUNT))), attributions=table_of(COUNT),
     licences=table_of(COUNT), label_column=text(), synthetic=BOOLEAN), others=True)  # fmt: skip
-CALIBRATION = record(dict(  # metrics.fit (applies_to: since the type logits are scaled; before, the log-odds)
+CALIBRATION = record(dict(  # metrics.fit_calibration (applies_to: since type logits are scaled; before, log-odds)
     method=one_of("temperature", "platt", "none"), a=number(1e-6, 1e6), b=number(-1e6, 1e6),
     val_log_loss_before=ANY_NUMBER, val_log_loss_after=ANY_NUMBER, val_ece_before=FRACTION, val_ece_after=FRACTION),
     dict(cv_log_loss=table_of(nullable(ANY_NUMBER)), applies_to=one_of("logits")))  # fmt: skip

@@ -224,7 +224,7 @@ def free_gigabytes(device):
 
 
 def check_memory(net, size, batch, device, processes=1):
-    """Before the photos are cached: die in one line when a training step of batch photos at size px would not
+    """Before the photos are cached: fail in one line when a training step of batch photos at size px would not
     fit in the device's free memory (processes on one CPU share it), naming the flag to lower."""
     need, free = training_gigabytes(net, size, batch), free_gigabytes(device)
     if need is None or free is None:

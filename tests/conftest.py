@@ -24,15 +24,15 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tools"))  # the measuring tools (bench, measure_transfer) and their modules
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # pytest finds it and tools/ (pyproject.toml)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the hub
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as AItraining.py sets it: idle threads sleep (before torch loads)
-# one OpenMP thread per script run: on a busy 2-core machine two spinning threads make a small forward ~100x slower
+# one OpenMP thread per script run: on a busy 2-core machine two spinning threads make a small forward ~100x slower;
+# PYTHONPATH: a child imports this checkout's model and skinlesion, installed (make setup) or not
 ENV = dict(
     os.environ,
+    PYTHONPATH=os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]),
     HF_HUB_OFFLINE="1",
     OMP_NUM_THREADS="1",
     PYTHONUNBUFFERED="1",
@@ -557,7 +557,15 @@ def help_of(script):
         f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
         "finally:\n    print('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
     )
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    path = os.pathsep.join([os.path.dirname(os.path.join(ROOT, script)), ENV["PYTHONPATH"]])  # as `python script`
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # ---------------------------------------------------------------------------- the fast tier: make check

@@ -384,7 +384,6 @@ def test_sigkill_mid_epoch_keeps_the_previous_model_and_resume_continues(tmp_pat
 
 # ---------------------------------------------------------------------------- failing safe
 HOOKED = """import sys, threading
-sys.path.insert(0, {root!r})
 sys.argv[0] = "AItraining.py"
 import AItraining
 from skinlesion import familiarity, interrupts
@@ -409,7 +408,7 @@ def test_a_run_killed_while_it_finishes_leaves_the_previous_model_and_resume_fin
     save_model(tmp_path / "skin_model.pth", size=32)  # the previous run's model, which this run may replace
     before = fingerprint(tmp_path)
     hooked = tmp_path / "hooked.py"
-    hooked.write_text(HOOKED.format(root=ROOT))
+    hooked.write_text(HOOKED)
     started = lambda p: any("fitting the familiarity measure" in line for line in p.out)  # noqa: E731
     p = start(str(hooked), [*FAST, "--data-dir", tiny, "--epochs", 2], started, cwd=tmp_path, timeout=300)
     p.send_signal(signal.SIGKILL)

@@ -28,7 +28,6 @@ import model
 import predict
 from conftest import (
     ENV,
-    ROOT,
     alarm,
     assert_one_error,
     changed_output,
@@ -229,7 +228,7 @@ def test_predict_with_onnx_matches_torch_and_never_imports_torch(exported, tmp_p
         ]
 
     code = "\n".join(
-        [f"import sys; sys.path.insert(0, {ROOT!r}); import predict"]
+        ["import sys", "import predict"]
         + [f"predict.main({argv!r})" for argv in runs(exported["onnx"], "onnx.csv")]
         + [
             "loaded = {'torch', 'timm', 'torchvision'} & set(sys.modules)",

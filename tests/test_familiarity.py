@@ -11,9 +11,10 @@ import pytest
 from test_mahalanobis import direct_distances, gaussian_features
 
 import export_onnx
+import make_demo_data
 import model
 from conftest import direct_familiarity_distance, run
-from skinlesion import demo, familiarity, non_lesions, photos
+from skinlesion import familiarity, non_lesions, photos
 
 
 def test_the_limit_holds_99_percent_of_the_validation_photos_and_flags_a_shift():
@@ -281,13 +282,13 @@ def demo_96(demo_dataset, tmp_path_factory):
 
 
 def dermoscopic_drawings(folder, n=12):
-    """n new dermoscopic photos drawn as the demo draws its own (skinlesion/demo.py), from seeds the demo never
+    """n new dermoscopic photos drawn as the demo draws its own (make_demo_data.py), from seeds the demo never
     uses: photos of the demo's other image type that no fit saw."""
     paths = []
     for k in range(n):
         path = str(folder / f"dermoscopic_{k}.jpg")
         kind = ["nevus", "melanoma", "seborrheic_keratosis", "basal_cell_carcinoma"][k % 4]
-        demo.photo((path, (7777, 1, k), (7777, 2, k), kind, k % 3, 512, "dermoscopic"))
+        make_demo_data.photo((path, (7777, 1, k), (7777, 2, k), kind, k % 3, 512, "dermoscopic"))
         paths.append(path)
     return paths
 

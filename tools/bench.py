@@ -1,27 +1,10 @@
 """
-How fast is the pipeline on this machine (CPU, or a CUDA GPU when there is one)? One run measures, on the same
-machine, and prints as ratios: training images/s of the model alone (random tensors already on the device)
-vs AItraining.py's real loop (its cache of the prepared photos on the device, augmentation on the device)
-vs its streaming fallback (DataLoader workers decoding every batch) vs a naive first version (ImageFolder
-over the full-size photos, Pillow transforms, no workers, contiguous memory format); bf16 autocast (only where
-the CPU or GPU has native bf16) and torch.compile (only with --compile) vs plain; predicting one photo with
-PyTorch vs onnxruntime (a fresh process, and warm in-process), and the seconds predict.py spends importing
-modules for --help and for a photo with the ONNX file (python -X importtime); prepare_dataset.py on all cores
-vs one; peak memory of a training epoch and of prepare_dataset.py. Then the same table in markdown, for the README.
+How fast is the pipeline on this machine (CPU, or a CUDA GPU when there is one)? Training, prediction,
+prepare_dataset.py and peak memory, as ratios measured in one run, then the table in markdown. A measuring tool;
+what it measures in full: docs/reference.md; results: docs/measurements.md.
 
-    python bench.py                                   # defaults: under 10 min on 2 CPU cores
-    python bench.py --rounds 3 --no-prepare --no-predict --work-dir /tmp/bench   # training only; keeps the data
-
-Model alone and the real loop are measured ROUNDS times, alternately (a burst of other work hits both alike);
-their ratio is given as the median over rounds with the lowest and highest. Data: make_demo_data.py writes
-synthetic DEMO_PHOTO_SIZE px photos (like real clinical photos), prepared twice: shrunk to 256 px as the
-pipeline does, and copied as they are for the naive baseline. For the prepare benchmark N_PREPARE_IMAGES copies
-of demo photos, half benign, half malignant, under new ids (each with its own JPEG comment: no duplicates).
-Training runs in this process with AItraining.py's OpenMP setting (OMP_WAIT_POLICY=PASSIVE). Memory is the peak
-of the summed PSS of a process and its children (Linux /proc). Other programs running at the same time slow
-everything down, unevenly: the load average is printed at the start and the end; compare only numbers from one
-run. The model files it measures are random-weight stand-ins (at chance), written only inside its work folder,
-which must be new, empty, or one an earlier bench.py run made.
+    python tools/bench.py                             # defaults: under 10 min on 2 CPU cores
+    python tools/bench.py --rounds 3 --no-prepare --no-predict --work-dir /tmp/bench   # training only; keeps data
 """
 
 import os
@@ -31,9 +14,7 @@ import sys
 import tempfile
 import time
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
-from skinlesion import interrupts  # noqa: E402
+from skinlesion import interrupts
 
 if __name__ == "__main__":  # before the libraries load: a Ctrl-C while they do is one line, not a traceback
     interrupts.one_line_while_loading()
@@ -78,7 +59,7 @@ def parse_args(argv=None):
 
 
 def check_work_dir(path):
-    """die unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run made (its
+    """fail unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run made (its
     mark inside); never a folder of other files (a project folder's skin_model.pth would be replaced)."""
     flags.check_writable(path, "--work-dir", folder=True)
     if os.path.isdir(path) and os.listdir(path) and not folders.made_here(path):

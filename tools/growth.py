@@ -84,10 +84,9 @@ def table(args, work, demo, here, env, cache_gb):
             numbers = (
                 f"{args.image_size}, {args.batch_size}, {args.warmup}, {args.steps}, {args.num_workers}, {cache_gb}"
             )
-            tools = os.path.join(here, "tools")
-            code = f"import sys; sys.path[:0] = [{here!r}, {tools!r}]; import growth; "
-            code += f"growth.probe({data!r}, {numbers})"
-            train_seconds, train_peak, result = probe_run([sys.executable, "-c", code], env)
+            code = f"import growth; growth.probe({os.path.abspath(data)!r}, {numbers})"
+            tools = os.path.join(here, "tools")  # the child runs there, so that `import growth` finds this file
+            train_seconds, train_peak, result = probe_run([sys.executable, "-c", code], env, tools)
             kept = "cached" if result["cached"] else "streamed"
             rows.append(
                 (
@@ -106,14 +105,16 @@ def table(args, work, demo, here, env, cache_gb):
     return rows
 
 
-def probe_run(cmd, env):
-    """(seconds, peak memory, the JSON line it printed last) of a probe run in its own process."""
+def probe_run(cmd, env, cwd):
+    """(seconds, peak memory, the JSON line it printed last) of a probe run in its own process, in folder cwd."""
     import subprocess
     import tempfile
 
     with tempfile.TemporaryFile("w+") as out:
         start, peak = time.perf_counter(), 0
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env}, cwd=cwd
+        )
         while proc.poll() is None:
             peak = max(peak, measure.tree_pss(proc.pid))
             time.sleep(0.2)

