@@ -44,16 +44,15 @@ def interrupted_while_loading(signum, frame):
 
 def run_script(main, interrupted="interrupted"):
     """Run a script's main and return the status the script exits with, the one handler of what ends a script
-    (each ends `sys.exit(interrupts.run_script(main))`: the exit is the script's): what main returns, 0 for None
-    (predict.py returns 3 for a single photo unlike the training photos). A UserError (a user's mistake, raised
-    anywhere below) is its `error:` line and its status. An OSError that escaped the script's own checks (an
-    unreadable photo reported by a DataLoader worker, a full disk) is one error line and 1. Ctrl-C prints
-    `interrupted` (or what main told say_on_ctrl_c) and gives 130; SIGTERM (kill PID) unwinds the same way, then
-    the process dies of that signal, as a kill does. A library may turn the interrupt into another error (a C
-    extension cut short while it is imported, such as scipy's, raises ImportError; a library that drops the
-    failed import leaves one of our checks to report what follows), so any error after a Ctrl-C counts as the
-    interrupt. A Ctrl-C the shell told the script to ignore (a background job) stays ignored. Any other error (a
-    bug) goes on, with its traceback."""
+    (the exit itself is the script's own last line): what main returns, 0 for None (predict.py returns 3 for a
+    single photo unlike the training photos). A UserError (a user's mistake, raised anywhere below) is its
+    `error:` line and its status. An OSError that escaped the script's own checks (an unreadable photo reported by
+    a DataLoader worker, a full disk) is one error line and 1. Ctrl-C prints `interrupted` (or what main told
+    say_on_ctrl_c) and gives 130; SIGTERM (kill PID) unwinds the same way, then the process dies of that signal,
+    as a kill does. A library may turn the interrupt into another error (a C extension cut short while it is
+    imported, such as scipy's, raises ImportError; a library that drops the failed import leaves one of our
+    checks to report what follows), so any error after a Ctrl-C counts as the interrupt. A Ctrl-C the shell told
+    the script to ignore (a background job) stays ignored. Any other error (a bug) goes on, with its traceback."""
 
     def on_ctrl_c(signum, frame):  # SIGTERM (kill PID) too: the same unwinding, then death by that signal
         PRESSED.append(signum)
