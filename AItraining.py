@@ -15,6 +15,7 @@ if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while t
 
 import os
 import shlex
+import sys
 import time
 from types import SimpleNamespace
 
@@ -378,4 +379,4 @@ def deployed_network(run, progress):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main)  # a Ctrl-C says what main told interrupts.say_on_ctrl_c
+    sys.exit(interrupts.run_script(main))  # a Ctrl-C says what main told interrupts.say_on_ctrl_c

@@ -16,6 +16,7 @@ if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while t
 import json
 import os
 import re
+import sys
 
 import numpy as np
 from tqdm import tqdm
@@ -414,4 +415,4 @@ def show(result, args, chosen):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main)
+    sys.exit(interrupts.run_script(main))

@@ -16,6 +16,7 @@ if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while t
 import json
 import os
 import shlex
+import sys
 
 import numpy as np
 
@@ -421,4 +422,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main, "interrupted; nothing written")
+    sys.exit(interrupts.run_script(main, "interrupted; nothing written"))

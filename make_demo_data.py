@@ -16,6 +16,7 @@ if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while t
 
 import os
 import shutil
+import sys
 from collections import Counter
 
 import numpy as np
@@ -393,4 +394,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main, "interrupted; the previous demo export (if any) is untouched")
+    sys.exit(interrupts.run_script(main, "interrupted; the previous demo export (if any) is untouched"))

@@ -381,8 +381,8 @@ def main(argv=None):
         file=sys.stderr,
     )
     if single and strange:
-        sys.exit(UNFAMILIAR_EXIT)
+        return UNFAMILIAR_EXIT  # the script's exit status (interrupts.run_script hands it on; None is 0)
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main)
+    sys.exit(interrupts.run_script(main))

@@ -16,6 +16,7 @@ if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while t
 import os
 import re
 import shlex
+import sys
 import time
 
 import numpy as np
@@ -397,4 +398,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main, "interrupted; the previous dataset is untouched")
+    sys.exit(interrupts.run_script(main, "interrupted; the previous dataset is untouched"))

@@ -14,8 +14,9 @@ ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {
 
 class UserError(Exception):
     """A user's mistake: message, one line saying what is wrong and how to fix it, and status, the exit status a
-    script ends with (1 unless said). The package raises it; only a script's handler (interrupts.run_script)
-    prints it, as `error: <message>`, and exits, with no traceback. Picklable with both (pool workers raise it)."""
+    script ends with (1 unless said). The package raises it; only the scripts' handler (interrupts.run_script)
+    prints it, as `error: <message>` with no traceback, and returns its status for the script to exit with.
+    Picklable with both (pool workers raise it)."""
 
     def __init__(self, message, status=1):
         super().__init__(message, status)  # both in args: what pickle hands back to __init__

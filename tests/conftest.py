@@ -61,19 +61,28 @@ def run(script, *args, cwd, timeout=600, file_size_limit=None, threads=1):
     )
 
 
-def assert_one_error(returncode, stderr, expected):
-    """Exit 1, no traceback, one `error:` line, the last on stderr, that says `expected`."""
+def assert_one_error(returncode, stderr, expected, status=1):
+    """Exit status status, no traceback, one `error:` line, the last on stderr, that says `expected`."""
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert returncode == 1 and len(errors) == 1 and stderr.strip().splitlines()[-1] == errors[0], stderr
+    assert returncode == status and len(errors) == 1 and stderr.strip().splitlines()[-1] == errors[0], stderr
     assert expected in errors[0], errors[0]
 
 
 def main_fails(main, argv, capsys, expected):
     """Call a script's main(argv) in this process through the scripts' handler (interrupts.run_script) and assert
     its one error line and exit status; returns its stdout."""
-    out, _ = fails(capsys, expected, interrupts.run_script, lambda: main(list(map(str, argv))))
+    out, _ = handler_fails(capsys, expected, lambda: main(list(map(str, argv))))
     return out
+
+
+def handler_fails(capsys, expected, main, status=1):
+    """interrupts.run_script(main), the scripts' handler, returns status and prints one `error:` line that says
+    expected, the last on stderr (what a script then exits with and shows). Returns (stdout, stderr)."""
+    returned = interrupts.run_script(main)
+    out, err = capsys.readouterr()
+    assert_one_error(returned, err, expected, status)
+    return out, err
 
 
 def fingerprint(folder, marks=True):
@@ -451,19 +460,15 @@ def front_matter(text):
 
 # --------------------------------------------------------------- shared by the tests of the package and of prepare/demo
 def fails(capsys, expected, function, *args, **kwargs):
-    """function(*args, **kwargs) raises UserError (status 1) whose one-line message says expected; what the
-    scripts' handler prints of it ends its stderr (a single `error:` line). interrupts.run_script itself, the
-    handler, exits instead: its status and line are checked. Returns (stdout, stderr)."""
-    if function is interrupts.run_script:
-        with pytest.raises(SystemExit) as exit_info:
-            function(*args, **kwargs)
-        out, err = capsys.readouterr()
-        assert_one_error(exit_info.value.code, err, expected)
-        return out, err
+    """function(*args, **kwargs), library code, raises UserError with status 1 and a one-line message that says
+    expected; what the scripts' handler would print of it (messages.report) ends stderr, after any warning the
+    function printed. Returns (stdout, stderr)."""
     with pytest.raises(UserError) as raised:
         function(*args, **kwargs)
-    assert "\n" not in raised.value.message and expected in raised.value.message, raised.value.message
-    status = report(raised.value)  # as the handler prints it
+    error = raised.value
+    assert "\n" not in error.message and expected in error.message, error.message
+    assert error.status == 1, error.status
+    status = report(error)  # as the handler prints it
     out, err = capsys.readouterr()
     assert_one_error(status, err, expected)
     return out, err

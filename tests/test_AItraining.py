@@ -395,7 +395,7 @@ def hang(*args, **kwargs):  # the run's end has begun: the epochs are done, the 
 
 
 familiarity.fit_on_photos = hang
-interrupts.run_script(AItraining.main)
+sys.exit(interrupts.run_script(AItraining.main))
 """
 
 

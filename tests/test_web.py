@@ -864,8 +864,8 @@ def test_a_prevalence_typed_before_or_after_an_unfamiliar_photo_shows_nothing_of
         w in text for w in ("PPV", "NPV", "P(malignant) =")
     )
     pg.click("#show-anyway")
-    with pytest.raises(SystemExit):
-        predict.main([photo_paths["grey"], "--model", path, "--show-unfamiliar", "--prevalence", "0.0001"])
+    status = predict.main([photo_paths["grey"], "--model", path, "--show-unfamiliar", "--prevalence", "0.0001"])
+    assert status == predict.UNFAMILIAR_EXIT
     lines = capsys.readouterr().out.splitlines()
     at_prevalence = [line for line in lines if line.startswith(answer.UNRELIABLE + "At a prevalence of 0.01%")]
     ppv = [line for line in lines if line.startswith(answer.UNRELIABLE + "Prevalence: at a prevalence of 0.01%")]

@@ -143,4 +143,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main)
+    sys.exit(interrupts.run_script(main))
