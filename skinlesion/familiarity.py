@@ -122,15 +122,15 @@ def fit_on_photos(net, meta, data_dir, train_paths, train_y, val_paths, **load):
     negatives' (negative_features: only where the dataset keeps photos of another kind; else the distance alone),
     the limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). The
     photos of a dataset of shards are read from its shards."""
-    from skinlesion import other_types, shards
+    from skinlesion import other_types, splits
 
     train = sampled(len(train_paths))
     train_paths, train_y = [train_paths[i] for i in train], np.asarray(train_y)[train]
     val_paths = [val_paths[i] for i in sampled(len(val_paths))]
-    on_shards = shards.is_shards(data_dir)  # on a disk or in an object store; a folder's photos are read as files
+    on_shards = splits.is_shards(data_dir)  # on a disk or in an object store; a folder's photos are read as files
     train_blobs, val_blobs = None, None
     if on_shards:  # only the sampled photos' bytes are kept
-        train_blobs, val_blobs = (shards.read_blobs(data_dir, split, set(p)) for split, p in
+        train_blobs, val_blobs = (splits.read_blobs(data_dir, split, set(p)) for split, p in
                                   (("train", train_paths), ("val", val_paths)))  # fmt: skip
     train_features = features_of_photos(net, train_paths, meta, blobs=train_blobs, **load)
     others = other_types.photos_of(data_dir, MAX_OTHER_TYPES)
