@@ -103,7 +103,7 @@ def summary(val_distances, image_types, quantile=QUANTILE, exposed_to=None):
     share of the validation photos within it, the image types it applies to, and what the head saw (exposed_to:
     {what: how many}, none without the head)."""
     limit = choose_limit(val_distances, quantile)
-    within = float(np.mean(np.asarray(val_distances) <= limit))
+    within = float(np.mean(~is_unfamiliar(np.asarray(val_distances), limit)))
     method = "mahalanobis+exposure" if exposed_to else "mahalanobis"
     found = dict(method=method, limit=limit, quantile=quantile, val_within=within, n_val=len(val_distances))
     return dict(found, image_types=image_types, **({"exposed_to": exposed_to} if exposed_to else {}))
@@ -197,10 +197,19 @@ def exposure_text(found):
     return "the head learned from " + ", ".join(f"{n} {what}" for what, n in found["exposed_to"].items())
 
 
+def is_unfamiliar(distance, limit):
+    """The rule: a photo is unfamiliar when its distance lies beyond the limit, or is not a number (NaN: a distance
+    that could not be measured is never familiar). At the limit it is familiar. distance may be an array (one
+    answer each); web/app.js's isUnfamiliar is its twin."""
+    found = ~(np.asarray(distance) <= limit)
+    return bool(found) if found.ndim == 0 else found
+
+
 def unfamiliar(distance, meta):
-    """Whether a photo at this distance is unfamiliar to the model (False for a model without the measure)."""
+    """Whether a photo at this distance is unfamiliar to the model (is_unfamiliar; False for a model without the
+    measure)."""
     found = meta.get("familiarity")
-    return bool(found) and not distance <= found["limit"]  # NaN counts as unfamiliar
+    return bool(found) and is_unfamiliar(distance, found["limit"])
 
 
 def image_types_text(meta):

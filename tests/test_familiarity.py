@@ -339,3 +339,20 @@ def test_fresh_small_models_export_with_the_default_tolerance(demo_96, trained_m
         x = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in test])
         direct, found = direct_familiarity_distance(checkpoint, test)
         assert np.abs(session.run(["familiarity_distance"], {"image": x})[0] - direct).max() <= 1e-4 * found["limit"]
+
+
+def test_is_unfamiliar_is_the_one_rule_beyond_the_limit_or_nan():
+    """familiarity.is_unfamiliar, the rule unfamiliar, summary, the int8 comparison and the measuring tool use
+    (web/app.js's isUnfamiliar is checked against it in tests/test_web.py): at the limit familiar, the next float
+    above unfamiliar, a NaN distance (or limit) unfamiliar; one answer per photo for an array."""
+    limit = 0.7391
+    above, below = float(np.nextafter(limit, np.inf)), float(np.nextafter(limit, -np.inf))
+    said = [familiarity.is_unfamiliar(d, limit) for d in (float("nan"), limit, above, below, 0.0, float("inf"))]
+    assert said == [True, False, True, False, False, True] and all(type(s) is bool for s in said)
+    assert familiarity.is_unfamiliar(0.1, float("nan")) is True
+    distances = np.array([float("nan"), limit, above, below])
+    assert familiarity.is_unfamiliar(distances, limit).tolist() == [True, False, True, False]
+    meta = {"familiarity": {"limit": limit}}
+    assert [familiarity.unfamiliar(d, meta) for d in distances] == [True, False, True, False]
+    found = familiarity.summary([0.2, 0.4, 0.6, 0.8, 1.0], [], quantile=0.5)  # the limit: their median, 0.6
+    assert found["limit"] == 0.6 and found["val_within"] == 0.6  # 0.6 itself lies within

@@ -904,3 +904,48 @@ def test_the_test_and_external_figures_stand_beside_each_other_and_ppv_comes_fro
     assert said.startswith("at a prevalence of 5.0%, from the test sensitivity") and "from the validation" in said
     assert pg.inner_text("#at-prevalence").endswith(f"Prevalence: {said}.")
     context.close()
+
+
+def test_the_unfamiliar_and_borderline_rules_agree_with_their_python_twins(page):
+    """The two rules a user reads, familiarity.is_unfamiliar and answer.is_borderline, and their twins in
+    web/app.js (isUnfamiliar, isBorderline; decisionTexts says 'borderline' by it) answer alike at their edges: a
+    NaN, a distance at the limit and the floats either side of it, |P - threshold| at the margin exactly and
+    1e-12 either side of it, P at the threshold; and the page decides each only through its rule."""
+    pg = page["page"]
+    distances = []
+    for limit in (1.0, 0.7391, 3.25):
+        above, below = (float(np.nextafter(limit, side)) for side in (np.inf, -np.inf))
+        distances += [[float("nan"), limit], [limit, limit], [above, limit], [below, limit], [0.0, limit]]
+    distances += [[float("inf"), 1.0], [1.0, float("nan")]]
+    expected = [True, False, True, False, False] * 3 + [True, True]
+    cases, borderline = [], []
+    for threshold in (0.5, 0.3, 0.9):
+        for margin in (answer.BORDERLINE, 0.25):
+            over, under = threshold + margin, threshold - margin
+            at_over, at_under = over - threshold, threshold - under  # |P - threshold| exactly, as both compute it
+            cases += [[over, threshold, at_over], [under, threshold, at_under]]
+            cases += [[over, threshold, at_over + 1e-12], [over, threshold, at_over - 1e-12]]
+            cases += [[threshold + margin - 1e-12, threshold, margin], [threshold - margin + 1e-12, threshold, margin]]
+            cases += [[threshold + margin + 1e-12, threshold, margin], [threshold, threshold, margin]]
+            cases += [[float("nan"), threshold, margin]]
+            borderline += [False, False, True, False, True, True, False, True, False]
+    assert all(abs(p - t) == m for p, t, m in cases[::9])  # the first case of each: P exactly at the margin
+    unfamiliar, near, said = pg.evaluate(
+        """([distances, cases]) => import('./app.js').then((app) => [
+            distances.map(([d, limit]) => app.isUnfamiliar(d, limit)),
+            cases.map(([p, t, margin]) => app.isBorderline(p, t, margin)),
+            cases.map(([p, t, margin]) => app.decisionTexts(p, t, margin)[2])])""",
+        [distances, cases],
+    )
+    assert [familiarity.is_unfamiliar(d, limit) for d, limit in distances] == unfamiliar == expected
+    assert [answer.is_borderline(p, t, m) for p, t, m in cases] == near == borderline
+    assert said == [answer.decision_texts(p, t, m)[2] for p, t, m in cases] == ["borderline" if b else "" for b in near]
+    d, limits = np.array([d for d, _ in distances[:15]]), [limit for _, limit in distances[:15]]
+    assert familiarity.is_unfamiliar(d, np.array(limits)).tolist() == expected[:15]  # one answer per photo
+    p, t, m = (np.array(column) for column in zip(*cases))
+    assert answer.is_borderline(p, t, m).tolist() == borderline
+    with open(os.path.join(WEB, "app.js"), encoding="utf-8") as f:
+        code = f.read()
+    assert {"isUnfamiliar", "isBorderline"} <= set(js_functions("app.js"))
+    assert len(re.findall(r"<=? *[\w.]*limit\b|\blimit\b[\w.]* *>=?", code)) == 1, "isUnfamiliar alone compares"
+    assert len(re.findall(r"Math\.abs\([^)]*\) *<", code)) == 1, "isBorderline alone says borderline"
