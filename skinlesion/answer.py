@@ -101,7 +101,7 @@ def prevalence_texts(meta, prevalence, threshold_given, tested=None):
 
 def tested_figures(tested):
     """{metric: (value, (low, high) or None)} from the test results read back from a card's front matter
-    (model_index.test_results: the interval is in each result's name)."""
+    (card.test_results: the interval is in each result's name)."""
     found = {}
     for key, (value, name) in tested.items():
         ci = re.search(r"95% CI ([\d.]+)-([\d.]+)", name)

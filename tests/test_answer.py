@@ -4,7 +4,6 @@ threshold, never equal to it; the page's twins of these functions are fed the sa
 import numpy as np
 import pytest
 
-import model
 from skinlesion import answer
 
 
@@ -25,7 +24,7 @@ from skinlesion import answer
     ],
 )
 def test_digits_show_the_side_of_the_threshold(p, threshold, expected):
-    assert answer.decision_texts(p, threshold, model.BORDERLINE) == expected
+    assert answer.decision_texts(p, threshold, answer.BORDERLINE) == expected
 
 
 def test_printed_p_is_on_the_same_side_as_p():
@@ -37,7 +36,7 @@ def test_printed_p_is_on_the_same_side_as_p():
         p = float(np.clip(t + rng.choice([-1, 1]) * 10 ** rng.uniform(-12, -0.3), 0, 1))  # 1e-12 to 0.5 apart
         if p == t:
             continue
-        p_text, t_text, near = answer.decision_texts(p, t, model.BORDERLINE)
+        p_text, t_text, near = answer.decision_texts(p, t, answer.BORDERLINE)
         words, _, number = p_text.rpartition(" ")
         assert 3 <= len(number.split(".")[1]) == len(t_text.split(".")[1]) <= 6
         if words:  # equal to 6 digits: said in words, on the right side
@@ -45,7 +44,7 @@ def test_printed_p_is_on_the_same_side_as_p():
         else:
             assert (float(p_text) < float(t_text)) == (p < t) and p_text != t_text
         assert abs(float(number) - p) <= 0.5 * 10 ** -len(number.split(".")[1]) + 1e-12
-        assert (near == "borderline") == (abs(p - t) < model.BORDERLINE)
+        assert (near == "borderline") == (abs(p - t) < answer.BORDERLINE)
 
 
 def test_is_borderline_is_the_one_rule_strictly_within_the_margin():

@@ -329,7 +329,7 @@ def test_page_classifies_like_python(page, setup, name):
     assert run["label"] == label and run["unfamiliar"] == ref["unfamiliar"]
     text = page["page"].inner_text("#result")
     p_text, t_text, _ = answer.decision_texts(
-        run["p"], setup["threshold"], model.BORDERLINE
+        run["p"], setup["threshold"], answer.BORDERLINE
     )  # the digits predict.py prints
     if ref["unfamiliar"]:  # withheld as predict.py withholds it: no label, no P
         assert "Prediction: unfamiliar" in text and "P(malignant) =" not in text and f"Prediction: {label}" not in text
@@ -617,7 +617,7 @@ def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
         assert pg.inner_text("#label") == lines[0]
         assert pg.inner_text("#operating-point") == next(line for line in lines if line.startswith("Operating point"))
         expected = [f"Caution: {text}." for text in answer.model_cautions(meta)]
-        if abs(ref["p"] - setup["threshold"]) < model.BORDERLINE:
+        if abs(ref["p"] - setup["threshold"]) < answer.BORDERLINE:
             expected.append("Borderline")
         assert_cautions_beside_the_result(pg, expected)
         assert "cannot be told from chance" in expected[0] and "calls almost every photo malignant" in expected[1]
@@ -636,9 +636,9 @@ def test_page_functions_agree_with_their_python_twins(page):
     pairs += [(0.4822319, 0.482232), (0.5000004, 0.5)]  # equal to 6 digits: 'just below', 'just above'
     got = pg.evaluate(
         "([pairs, margin]) => import('./app.js').then((app) => pairs.map(([p, t]) => app.decisionTexts(p, t, margin)))",
-        [pairs, model.BORDERLINE],
+        [pairs, answer.BORDERLINE],
     )
-    assert got == [list(answer.decision_texts(p, t, model.BORDERLINE)) for p, t in pairs]
+    assert got == [list(answer.decision_texts(p, t, answer.BORDERLINE)) for p, t in pairs]
     assert got[3][0] == "0.062"  # a tie: Python rounds it to even, toFixed would say 0.063
     assert got[-2][0] == "just below 0.482232" and got[-1][0] == "just above 0.500000"
     shares = [0.05, 0.0001, 0.00015, 0.9999, 0.5, 0.00999, 0.001, 1e-6, 0.123456, 0.0625]
