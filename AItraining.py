@@ -38,6 +38,7 @@ from skinlesion import (
     plots,
     remote,
     resume,
+    splits,
     training,
 )
 
@@ -193,7 +194,7 @@ def main(argv=None):
     # data folders first (a wrong one is one line, before any download), then the resumed run, model and recipe
     manifest = dataset.read_manifest(args.data_dir)
     classes = dataset.classes_of(manifest)
-    train_photos = dataset.split_photos(args.data_dir, "train", classes[0])
+    train_photos = splits.split_photos(args.data_dir, "train", classes[0])
     resumed = None
     if args.resume:
         resumed = model.read_checkpoint(args.resume_from)

@@ -38,7 +38,7 @@ from skinlesion import (
     plots,
     remote,
     schema,
-    shards,
+    splits,
 )
 
 # -----------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def types_report(labels, probabilities, classes, path, args, described):
 def split_photos(args, meta):
     """DATA_DIR's photos: (paths, class index per photo, the classes, blobs from shards or None)."""
     classes = meta["classes"]
-    class_files, others = shards.class_files(args.data_dir, classes)  # one line on a wrong layout
+    class_files, others = splits.class_files(args.data_dir, classes)  # one line on a wrong layout
     if others:
         messages.warn(
             f"ignored {len(others)} file(s) in {messages.printable(args.data_dir)} that are not images: "
@@ -181,7 +181,7 @@ def split_photos(args, meta):
         )
     paths = np.array([f for c in classes for f in class_files[c]])
     labels = np.repeat(np.arange(len(classes)), [len(class_files[c]) for c in classes])
-    return paths, labels, classes, shards.split_blobs(args.data_dir), len(others)
+    return paths, labels, classes, splits.split_blobs(args.data_dir), len(others)
 
 
 def export_photos(args):

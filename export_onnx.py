@@ -22,13 +22,13 @@ import numpy as np
 
 import model
 from skinlesion import (
+    answer,
     backbone,
     card,
     familiarity,
     files,
     flags,
     messages,
-    model_index,
     photos,
     quantise,
     reading,
@@ -205,7 +205,7 @@ def onnx_metadata(meta, checkpoint, sha256, checked):
     import torch
 
     test, externals = card.earlier_evaluations(card_path(checkpoint), sha256)
-    tested = model_index.test_results(evaluation_of(checkpoint, sha256) or test)  # the card keeps it past --external
+    tested = card.test_results(evaluation_of(checkpoint, sha256) or test)  # the card keeps it past --external
     props = {key: value for key, value in meta.items() if key in model.KEYS and model.KEYS[key].onnx == "copied"}
     if meta.get("familiarity"):  # its arrays are in the graph
         props["familiarity"] = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
@@ -332,7 +332,7 @@ def write_int8_twin(args, meta):
         (p_full, *d_full), (p_int8, *d_int8) = quantise.outputs(full, x, names), quantise.outputs(small, x, names)
         limit = (meta.get("familiarity") or {}).get("limit")
         distances = (d_full[0], d_int8[0]) if d_full else None
-        result = quantise.comparison(p_full, p_int8, y, meta["threshold"], model.BORDERLINE, distances, limit)
+        result = quantise.comparison(p_full, p_int8, y, meta["threshold"], answer.BORDERLINE, distances, limit)
         result.update(from_sha256=files.file_sha256(args.output), photos_from=os.path.basename(args.quantise_images))
         speeds.update(full=quantise.seconds_per_photo(full, x), int8=quantise.seconds_per_photo(small, x))
         write_twin_metadata(tmp, args.output, twin_self_check(small, meta), result)

@@ -27,7 +27,6 @@ from skinlesion.metrics import APPLIES_TO
 # -----------------------------------------------------------------------------
 MODEL_NAME = "efficientnet_b0"  # timm architecture
 CLASSES = SIDES  # the two-class model's classes (folder names = class indices); malignant is the positive class
-BORDERLINE = 0.02  # a photo whose P(malignant) is this close to the threshold is reported as borderline
 RECIPES = {  # how AItraining.py trains, by starting point; each knob is also one of its flags
     "finetune": dict(optimizer="adam", lr=1e-4, weight_decay=0.0, warmup=0.0, schedule="cosine", epochs=20,
                      label_smoothing=0.1, drop_path=0.2, class_weights=True, patience=5),

@@ -169,9 +169,9 @@ class Verdict(NamedTuple):
 def answer_lines(found, meta, threshold, args):
     """A single photo's answer: P against the threshold, P at --prevalence, the types; each line marked
     unreliable for an unfamiliar photo (shown only with --show-unfamiliar)."""
-    p_text, t_text, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
+    p_text, t_text, near = answer.decision_texts(found.p, threshold, answer.BORDERLINE)
     flips = ", mean over 4 flips" if args.tta else ""
-    close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
+    close = f": borderline, within {answer.BORDERLINE} of the threshold" if near else ""
     lines = [f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}"]
     if args.prevalence is not None:
         at = float(metrics.reweighted(found.p, meta["prior_malignant"], args.prevalence))
@@ -199,7 +199,7 @@ def single_lines(found, meta, threshold, args):
 
 def folder_line(path, found, meta, threshold, args):
     """One photo's line among many."""
-    p_text, _, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
+    p_text, _, near = answer.decision_texts(found.p, threshold, answer.BORDERLINE)
     if found.unfamiliar:
         limit = meta["familiarity"]["limit"]
         unreliable = "; no answer"
@@ -222,7 +222,7 @@ def csv_row(path, found, meta, threshold):
     """The photo's CSV row (HEADER, the types' columns, the familiarity columns); an unfamiliar photo's says
     unfamiliar, with its P and types left empty unless --show-unfamiliar shows them."""
     label = "unfamiliar" if found.unfamiliar else found.call
-    near = abs(found.p - threshold) < model.BORDERLINE
+    near = answer.is_borderline(found.p, threshold)
     row = [messages.printable(path), label, f"{found.p:.6f}", f"{threshold:g}", str(bool(near)).lower()]
     if len(meta["classes"]) > 2:
         ranked = answer.likely_types(found.probabilities, meta)
@@ -238,8 +238,8 @@ def explain_photo(path, img, found, pictures, cautions, meta, threshold, args):
             f"no Grad-CAM for {messages.printable(path)}: {familiarity.unfamiliar_sentence(meta)} (--show-unfamiliar "
             "saves it, unreliable)"
         )
-    p_text, _, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
-    notes = cautions + ([f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else [])
+    p_text, _, near = answer.decision_texts(found.p, threshold, answer.BORDERLINE)
+    notes = cautions + ([f"P(malignant) is within {answer.BORDERLINE} of the threshold: borderline"] if near else [])
     notes += [familiarity.unfamiliar_sentence(meta) + ": unreliable"] if found.unfamiliar else []
     label = f"unfamiliar, answer {found.call}" if found.unfamiliar else found.call
     title = answer.marked(
@@ -335,7 +335,7 @@ def main(argv=None):
             continue
         strange = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
         found = Verdict(p, probabilities, cam, distance, model.CLASSES[int(p >= threshold)], strange)
-        borderline += abs(p - threshold) < model.BORDERLINE and not strange
+        borderline += answer.is_borderline(p, threshold) and not strange
         rows.append(csv_row(path, found, meta, threshold))
         if not answer.answer_shown(strange, args.show_unfamiliar):  # the row says unfamiliar, without the answer
             rows[-1] = [cell if i in (0, 1, 3) else "" for i, cell in enumerate(rows[-1])]

@@ -21,7 +21,7 @@ import re
 import sys
 
 import model
-from skinlesion import checkpoints, files, flags, folders, messages, metrics, quantise, reading
+from skinlesion import answer, checkpoints, files, flags, folders, messages, metrics, quantise, reading
 from skinlesion.card import MAX_CARD_BYTES, chosen_on
 
 # -----------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def read_model(path):
         operating_point_text=op and metrics.operating_point_text(op, chosen_on(meta)[1]),  # validation or folds
         operating_point_warning=op and metrics.operating_point_warning(op),
     )
-    return dict(sidecar, borderline_margin=model.BORDERLINE, model_file="model.onnx")
+    return dict(sidecar, borderline_margin=answer.BORDERLINE, model_file="model.onnx")
 
 
 def page_model(model_path, small):

@@ -32,11 +32,11 @@ PICTURES = {"training_curves.png": "training_curves.png", "confusion_matrix.png"
             "roc_curve.png": "roc_curve.png", "calibration.png": "calibration.png",
             "gradcam/malignant_1_jpg_gradcam.png": "gradcam.png"}  # fmt: skip
 STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
-          ("the prepared dataset", ["dataset", "shards", "shard_format", "other_types"]),
+          ("the prepared dataset", ["dataset", "splits", "shards", "shard_format", "other_types"]),
           ("the training data path", ["training", "devices", "resume", "folds"]), ("the folds averaged", ["ensemble"]),
           ("the model's parts", ["backbone", "checkpoints", "schema", "self_check", "familiarity", "mahalanobis",
                                  "non_lesions", "explain", "quantise"]),
-          ("numbers", ["metrics", "evaluation", "plots", "answer"]), ("the card", ["card", "model_index"]),
+          ("numbers", ["metrics", "evaluation", "plots", "answer"]), ("the card", ["card"]),
           ("safe outputs", ["files", "folders", "ledger", "cleaning", "interrupts"]),
           ("safe inputs", ["reading", "remote"]), ("the command line", ["flags", "messages"])]  # fmt: skip
 

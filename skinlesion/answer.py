@@ -10,10 +10,19 @@ import numpy as np
 
 from skinlesion import messages, metrics
 
+BORDERLINE = 0.02  # a photo whose P(malignant) is this close to the threshold is reported as borderline
 UNRELIABLE = "Unreliable: "  # what marks each line of an answer shown anyway for an unfamiliar photo
 STRAYED = (  # the caution for an int8 model (export_onnx.py's twin) that its comparison did not clear
     "this int8 model's answers strayed from the full model's on its validation photos; use the full ONNX file"
 )
+
+
+def is_borderline(p, threshold, margin=BORDERLINE):
+    """The rule: P(malignant) is borderline when it lies within margin of the threshold (at margin exactly it is
+    not; a NaN is not: a P that is no probability is an error, never a label). p may be an array (one answer each);
+    web/app.js's isBorderline is its twin."""
+    found = np.abs(np.subtract(p, threshold)) < margin
+    return bool(found) if np.ndim(found) == 0 else found
 
 
 def decision_texts(p, threshold, margin):
@@ -24,7 +33,7 @@ def decision_texts(p, threshold, margin):
     p_text, t_text = f"{p:.{digits}f}", f"{threshold:.{digits}f}"
     if p_text == t_text and p != threshold:
         p_text = f"just {'below' if p < threshold else 'above'} {t_text}"
-    near = "borderline" if abs(p - threshold) < margin else ""
+    near = "borderline" if is_borderline(p, threshold, margin) else ""
     return p_text, t_text, near
 
 
@@ -92,7 +101,7 @@ def prevalence_texts(meta, prevalence, threshold_given, tested=None):
 
 def tested_figures(tested):
     """{metric: (value, (low, high) or None)} from the test results read back from a card's front matter
-    (model_index.test_results: the interval is in each result's name)."""
+    (card.test_results: the interval is in each result's name)."""
     found = {}
     for key, (value, name) in tested.items():
         ci = re.search(r"95% CI ([\d.]+)-([\d.]+)", name)

@@ -5,9 +5,7 @@ import contextlib
 import io
 import os
 
-import numpy as np
-
-from skinlesion import reading
+from skinlesion import reading, remote
 from skinlesion.files import file_kind, file_sha256
 from skinlesion.messages import UserError, printable, warn
 from skinlesion.photos import find_images, image_size
@@ -23,12 +21,11 @@ MANIFEST_FIX = "re-run prepare_dataset.py, or remove it where the folder was mad
 
 def read_manifest(data_dir):
     """The manifest of a prepared dataset as strings, or None where there is none (a hand-made folder tree);
-    shards in an object store carry theirs. One that is there but cannot be read dies with one line: ignored, the
-    card said 'licence unknown' and the export's licence (CC-BY-NC) silently dropped out."""
-    from skinlesion import shards
-
-    if shards.is_remote(data_dir):
-        return shards.remote_manifest(data_dir)
+    shards in an object store carry theirs (remote_manifest). One that is there but cannot be read raises
+    UserError, in one line: ignored, the card said 'licence unknown' and the export's licence (CC-BY-NC) silently
+    dropped out."""
+    if remote.is_remote(data_dir):
+        return remote_manifest(data_dir)
     path = os.path.join(data_dir, MANIFEST)
     if not os.path.lexists(path):
         return None
@@ -45,8 +42,18 @@ def read_manifest(data_dir):
     return parse_manifest(data, path)
 
 
+def remote_manifest(data_dir):
+    """The manifest beside shards in an object store, as strings (read_manifest)."""
+    where = data_dir.rstrip("/") + "/" + MANIFEST
+    try:
+        data = remote.read_all(where, MAX_MANIFEST_BYTES)
+    except OSError as e:  # remote.Reader's one line: the address and what to check
+        raise UserError(str(e)) from None
+    return parse_manifest(data, where)
+
+
 def parse_manifest(data, path):
-    """The manifest in data (its bytes, read from path) as strings; dies with one line naming path when it is
+    """The manifest in data (its bytes, read from path) as strings; raises UserError naming path when it is
     binary, not CSV, or lacks a column every manifest has (MANIFEST_COLUMNS)."""
     import pandas as pd
 
@@ -80,29 +87,6 @@ def classes_of(manifest):
     return classes, [c for c in classes if side[c] == "malignant"], {c: values[c] for c in classes}
 
 
-def split_photos(data_dir, split, classes):
-    """(photo paths, class indices) of data_dir/split, checked by class_folders; other files skipped, counted.
-    A shards folder's (skinlesion/shards.py) come from its index."""
-    from skinlesion import shards
-
-    if shards.is_shards(data_dir):
-        return shards.split_photos(data_dir, split, classes)
-    class_files, others = class_folders(os.path.join(data_dir, split), f"{split} folder", classes)
-    if others:
-        warn(f"{printable(os.path.join(data_dir, split))}: {len(others)} file(s) that are not images skipped")
-    paths = [f for c in classes for f in class_files[c]]
-    return paths, np.array([i for i, c in enumerate(classes) for _ in class_files[c]])
-
-
-def has_split(data_dir, split):
-    """Whether a prepared dataset holds the split: its folder, or its shards' entry."""
-    from skinlesion import shard_format, shards
-
-    if shards.is_shards(data_dir):
-        return split in shard_format.read_index(data_dir)["splits"]
-    return os.path.isdir(os.path.join(data_dir, split))
-
-
 def manifest_sha256(data_dir):
     """The SHA-256 of a local dataset's manifest.csv (what a model file and a resume checkpoint name their data
     by), or None where it has none."""
@@ -125,7 +109,7 @@ def warn_small_photos(paths, short):
 
 
 def class_folders(folder, what="data folder", classes=SIDES):
-    """{class: sorted image files} of folder/<class>/ and the other files found there; dies with one line on
+    """{class: sorted image files} of folder/<class>/ and the other files found there; raises UserError on
     a wrong layout (missing, a class folder absent or empty, another folder beside them)."""
     if not os.path.isdir(folder):
         raise UserError(

@@ -103,7 +103,7 @@ def summary(val_distances, image_types, quantile=QUANTILE, exposed_to=None):
     share of the validation photos within it, the image types it applies to, and what the head saw (exposed_to:
     {what: how many}, none without the head)."""
     limit = choose_limit(val_distances, quantile)
-    within = float(np.mean(np.asarray(val_distances) <= limit))
+    within = float(np.mean(~is_unfamiliar(np.asarray(val_distances), limit)))
     method = "mahalanobis+exposure" if exposed_to else "mahalanobis"
     found = dict(method=method, limit=limit, quantile=quantile, val_within=within, n_val=len(val_distances))
     return dict(found, image_types=image_types, **({"exposed_to": exposed_to} if exposed_to else {}))
@@ -122,15 +122,15 @@ def fit_on_photos(net, meta, data_dir, train_paths, train_y, val_paths, **load):
     negatives' (negative_features: only where the dataset keeps photos of another kind; else the distance alone),
     the limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). The
     photos of a dataset of shards are read from its shards."""
-    from skinlesion import other_types, shards
+    from skinlesion import other_types, splits
 
     train = sampled(len(train_paths))
     train_paths, train_y = [train_paths[i] for i in train], np.asarray(train_y)[train]
     val_paths = [val_paths[i] for i in sampled(len(val_paths))]
-    on_shards = shards.is_shards(data_dir)  # on a disk or in an object store; a folder's photos are read as files
+    on_shards = splits.is_shards(data_dir)  # on a disk or in an object store; a folder's photos are read as files
     train_blobs, val_blobs = None, None
     if on_shards:  # only the sampled photos' bytes are kept
-        train_blobs, val_blobs = (shards.read_blobs(data_dir, split, set(p)) for split, p in
+        train_blobs, val_blobs = (splits.read_blobs(data_dir, split, set(p)) for split, p in
                                   (("train", train_paths), ("val", val_paths)))  # fmt: skip
     train_features = features_of_photos(net, train_paths, meta, blobs=train_blobs, **load)
     others = other_types.photos_of(data_dir, MAX_OTHER_TYPES)
@@ -197,10 +197,19 @@ def exposure_text(found):
     return "the head learned from " + ", ".join(f"{n} {what}" for what, n in found["exposed_to"].items())
 
 
+def is_unfamiliar(distance, limit):
+    """The rule: a photo is unfamiliar when its distance lies beyond the limit, or is not a number (NaN: a distance
+    that could not be measured is never familiar). At the limit it is familiar. distance may be an array (one
+    answer each); web/app.js's isUnfamiliar is its twin."""
+    found = ~(np.asarray(distance) <= limit)
+    return bool(found) if found.ndim == 0 else found
+
+
 def unfamiliar(distance, meta):
-    """Whether a photo at this distance is unfamiliar to the model (False for a model without the measure)."""
+    """Whether a photo at this distance is unfamiliar to the model (is_unfamiliar; False for a model without the
+    measure)."""
     found = meta.get("familiarity")
-    return bool(found) and not distance <= found["limit"]  # NaN counts as unfamiliar
+    return bool(found) and is_unfamiliar(distance, found["limit"])
 
 
 def image_types_text(meta):

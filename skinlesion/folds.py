@@ -303,9 +303,9 @@ def counted(labels, meta):
 def pooled_blobs(args, cached, gigabytes):
     """The bytes of the photos of train plus validation where they are shards (None for folders): cut into folds,
     they must be cached, as a stream reads whole shards."""
-    from skinlesion import dataset, shards
+    from skinlesion import splits
 
-    if not shards.is_shards(args.data_dir):
+    if not splits.is_shards(args.data_dir):
         return None
     if not cached:
         raise UserError(
@@ -313,5 +313,5 @@ def pooled_blobs(args, cached, gigabytes):
             f"({gigabytes:.2f} GB, more than --cache-gb {args.cache_gb:g}); pass --cache-gb {math.ceil(gigabytes)}, "
             "or --folds 1"
         )
-    splits = [split for split in ("train", "val") if dataset.has_split(args.data_dir, split)]
-    return {name: blob for split in splits for name, blob in shards.read_blobs(args.data_dir, split).items()}
+    held = [split for split in ("train", "val") if splits.has_split(args.data_dir, split)]
+    return {name: blob for split in held for name, blob in splits.read_blobs(args.data_dir, split).items()}

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from skinlesion import answer, familiarity
+
 MAX_AUC_DROP = 0.005  # the int8 model's ROC-AUC may be at most this much below the full model's
 FAMILIARITY_BAND = 0.05  # a photo within this share of the limit (|distance - limit| <= 0.05 x limit) may flip
 CALIBRATION_PHOTOS = 64  # at most this many validation photos set the activations' int8 ranges
@@ -85,7 +87,7 @@ def familiarity_flips(d_full, d_int8, limit, band=FAMILIARITY_BAND):
     """(photos familiar to the full model and unfamiliar to the twin, the reverse, those of either whose full-model
     distance lies further than band x limit from the limit): as familiarity.unfamiliar decides, a NaN unfamiliar
     (and never within the band)."""
-    familiar_full, familiar_int8 = d_full <= limit, d_int8 <= limit
+    familiar_full, familiar_int8 = ~familiarity.is_unfamiliar(d_full, limit), ~familiarity.is_unfamiliar(d_int8, limit)
     flipped = familiar_full != familiar_int8
     near = np.abs(d_full - limit) <= band * limit
     return (
@@ -110,7 +112,7 @@ def comparison(p_full, p_int8, y, threshold, band, distances=None, limit=None):
     from skinlesion import metrics
 
     changed = (p_full >= threshold) != (p_int8 >= threshold)
-    outside = changed & (np.abs(p_full - threshold) >= band)
+    outside = changed & ~answer.is_borderline(p_full, threshold, band)
     result = dict(
         photos=len(p_full),
         max_p_difference=float(np.abs(p_full - p_int8).max()),

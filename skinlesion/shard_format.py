@@ -52,8 +52,8 @@ def location(data_dir, name):
 
 def read_index(data_dir):
     """The index of a shards folder, checked against its shape (INDEX_SHAPE) and itself; a local shard that is
-    missing, not a regular file or not the size the index gives dies with one line (a truncated copy is found
-    before any work)."""
+    missing, not a regular file or not the size the index gives raises UserError, in one line (a truncated copy
+    is found before any work)."""
     where = location(data_dir, INDEX)
     try:
         if remote.is_remote(data_dir):
@@ -101,7 +101,7 @@ def index_fault(index):
 
 
 def split_entry(data_dir, split):
-    """The index's entry of a split (shards, files, labels), with the index's classes; dies with one line when
+    """The index's entry of a split (shards, files, labels), with the index's classes; raises UserError when
     the shards lack it."""
     index = read_index(data_dir)
     splits = index["splits"]

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 from tqdm import tqdm
 
-from skinlesion import dataset, devices, folders, metrics, photos, shards
+from skinlesion import dataset, devices, folders, metrics, photos, shards, splits
 from skinlesion.messages import UserError, printable, warn
 from skinlesion.photos import normalise_batch, photo_loader
 
@@ -24,9 +24,9 @@ OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|DefaultCPUAlloc
 def validation_photos(data_dir, classes, folds):
     """(photo paths, class indices) of the validation split, which chooses the best epoch, the calibration, the
     threshold and the familiarity limit; none where the dataset has no such split and the run cuts folds (folds
-    None: the count decides), and with one split (folds 1) it dies with the flags that help."""
-    if dataset.has_split(data_dir, "val"):
-        return dataset.split_photos(data_dir, "val", classes)
+    None: the count decides), and with one split (folds 1) it raises UserError naming the flags that help."""
+    if splits.has_split(data_dir, "val"):
+        return splits.split_photos(data_dir, "val", classes)
     if folds == 1:
         raise UserError(
             f"{printable(data_dir)} has no validation split, which training with one split needs to choose the best "
@@ -224,7 +224,7 @@ def free_gigabytes(device):
 
 
 def check_memory(net, size, batch, device, processes=1):
-    """Before the photos are cached: fail in one line when a training step of batch photos at size px would not
+    """Before the photos are cached: raise UserError when a training step of batch photos at size px would not
     fit in the device's free memory (processes on one CPU share it), naming the flag to lower."""
     need, free = training_gigabytes(net, size, batch), free_gigabytes(device)
     if need is None or free is None:
@@ -251,7 +251,7 @@ def open_splits(args, train, val, cfg, device, rank, world, pooled=False, blobs=
     data_dir, cache_gb, num_workers, folds): train, val are (photos, labels); the training photos kept at the
     evaluation's shorter side (the device crops and augments them), the validation photos as the evaluation crops
     them; a uint8 cache on the device when both fit in cache_gb, else streamed by workers (from folders or
-    shards: shards.open_split). pooled: train and val are the same photos (train plus validation, cut into folds:
+    shards: open_split). pooled: train and val are the same photos (train plus validation, cut into folds:
     folds.open_run), read from blobs where they are shards."""
     size = cfg["input_size"][-1]
     short = photos.short_side(size, cfg["crop_pct"])
@@ -259,15 +259,15 @@ def open_splits(args, train, val, cfg, device, rank, world, pooled=False, blobs=
     gigabytes = cache_gigabytes(len(train[0]), len(val[0]), cfg)
     cached = gigabytes <= args.cache_gb
     where = f"cached on the device ({gigabytes:.2f} GB)" if cached else f"streamed ({gigabytes:.2f} GB > CACHE_GB)"
-    splits = []
+    opened = []
     for name, (paths, labels), side, crop in (("train", train, short, 1.0), ("val", val, size, cfg["crop_pct"])):
         shown, caching = photos.Photos(paths, side, crop, cfg["interpolation"], blobs), f"caching {name}"
         if pooled:
-            splits.append(Split(shown, labels, cached, args.num_workers, device, caching))
+            opened.append(Split(shown, labels, cached, args.num_workers, device, caching))
         else:
-            splits.append(shards.open_split(args.data_dir, name, shown, labels, cached, args.num_workers, device,
-                                            caching, rank, world))  # fmt: skip
-    return *splits, where
+            opened.append(open_split(args.data_dir, name, shown, labels, cached, args.num_workers, device,
+                                     caching, rank, world))  # fmt: skip
+    return *opened, where
 
 
 def checked_crops(batches, paths):
@@ -334,6 +334,17 @@ class Split:
         indices = range(len(self.paths)) if indices is None else list(indices)
         share = list(indices[rank::world])
         return self.batches([share[i : i + batch_size] for i in range(0, len(share), batch_size)])
+
+
+def open_split(data_dir, split, crops, labels, cached, num_workers, device, desc, rank=0, world=1):
+    """A split to train or validate on: a Split of a folder's photos, or of shards read whole when cached; a
+    shards.Stream of this process's shards when not."""
+    if not splits.is_shards(data_dir):
+        return Split(crops, labels, cached, num_workers, device, desc)
+    if not cached:
+        return shards.Stream(data_dir, split, crops, labels, num_workers, device, rank, world)
+    crops.blobs = splits.read_blobs(data_dir, split)
+    return Split(crops, labels, cached, num_workers, device, desc)
 
 
 def train_batches(split, batch_size, cfg, generator, generator_device, rank=0, world=1, order=None):

@@ -42,7 +42,19 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import checkpoints, dataset, familiarity, files, folders, folds, interrupts, ledger, metrics, training
+from skinlesion import (
+    checkpoints,
+    dataset,
+    familiarity,
+    files,
+    folders,
+    folds,
+    interrupts,
+    ledger,
+    metrics,
+    splits,
+    training,
+)
 
 FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0, "--folds", 1]  # one split
 
@@ -714,7 +726,7 @@ def test_folds_train_each_fold_then_the_refit_and_choose_on_every_photo(folded, 
     assert op["n_benign"] + op["n_malignant"] == 48 == m["tp"] + m["fp"] + m["tn"] + m["fn"]
     assert meta["familiarity"]["n_val"] == 48
     last = model.read_checkpoint(str(folder / "skin_model_last.pth"))
-    train, val = (dataset.split_photos(tiny, split, model.CLASSES) for split in ("train", "val"))
+    train, val = (splits.split_photos(tiny, split, model.CLASSES) for split in ("train", "val"))
     pool = np.concatenate([train[1], val[1]])
     stages = folds.plan(3, "refit", pool, folds.groups_of(train[0] + val[0], dataset.read_manifest(tiny)), 42)
     oof = np.zeros(48)
@@ -834,7 +846,7 @@ def test_the_folds_networks_averaged_are_one_model_file_one_onnx_graph_and_their
 
 def pool_of(data):
     """(labels, lesion/patient groups) of train plus validation, in the order a run with folds pools them."""
-    train, val = (dataset.split_photos(data, split, model.CLASSES) for split in ("train", "val"))
+    train, val = (splits.split_photos(data, split, model.CLASSES) for split in ("train", "val"))
     return np.concatenate([train[1], val[1]]), folds.groups_of(train[0] + val[0], dataset.read_manifest(data))
 
 

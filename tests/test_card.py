@@ -15,7 +15,7 @@ import pytest
 import AItraining
 import model
 from conftest import beta_binomial_range, front_matter
-from skinlesion import card, dataset, files, isic, metrics, model_index
+from skinlesion import card, dataset, files, isic, metrics
 from skinlesion.evaluation import calibration_report, operating_report, subgroups
 
 SECTIONS = ["## Model details", "## Intended use", "## Training data", "## Evaluation", "## Factors", "## Caveats"]
@@ -185,7 +185,7 @@ def test_front_matter_holds_the_test_results_once_evaluated(meta, evaluation):
     ],
 )
 def test_the_licence_is_the_most_restrictive_of_the_data(licences, expected):
-    assert model_index.licence_id(licences) == expected
+    assert card.licence_id(licences) == expected
 
 
 # ---------------------------------------------------------------------------- the text
@@ -351,7 +351,7 @@ def test_a_data_set_without_metadata_gives_unknown(rows):
 def test_the_summary_carries_the_test_results_as_the_card_names_them(meta, evaluation):
     """export_onnx.py reads evaluate.py's results (evaluation.json), not the card: named as the front matter names
     them; anything else is no results."""
-    tested = model_index.test_results(json.loads(json.dumps(evaluation)))  # as read back from evaluation.json
+    tested = card.test_results(json.loads(json.dumps(evaluation)))  # as read back from evaluation.json
     front = {m["type"]: (m["value"], m["name"]) for m in front_matter(card.render(meta, "m.pth", evaluation))[
         "model-index"][0]["results"][1]["metrics"]}  # fmt: skip
     assert tested == front and tested["roc_auc"][0] == round(evaluation["metrics"]["roc_auc"], 4)
@@ -359,7 +359,7 @@ def test_the_summary_carries_the_test_results_as_the_card_names_them(meta, evalu
     assert set(summary) == {"trained_on", "how_well", "intended_use", "limits", "tested", "test_point"}
     train = sum(meta["data"]["counts"]["train"].values())  # the photos it learned from, not all 400 prepared
     assert 0 < train < 400 and summary["trained_on"].startswith(f"{train} ISIC photos (dermoscopic); classes: benign")
-    m = evaluation["metrics"]  # the figures PPV and NPV come from (model_index rounds them to 4 digits)
+    m = evaluation["metrics"]  # the figures PPV and NPV come from (card.result_entry rounds them to 4 digits)
     assert summary["test_point"] == {k: round(m[k], 4) for k in ("sensitivity", "specificity")}
     m, ci = evaluation["metrics"], evaluation["ci95"]
     sens, spec = (f"{m[k]:.0%} [{100 * ci[k][0]:.0f}-{ci[k][1]:.0%}]" for k in ("sensitivity", "specificity"))
@@ -372,7 +372,7 @@ def test_the_summary_carries_the_test_results_as_the_card_names_them(meta, evalu
     assert summary["tested"] in summary["how_well"] and summary["tested"].startswith("on the test photos")
     assert "at this threshold the model caught" in summary["how_well"] and summary["limits"][0] == card.NOT_A_DEVICE
     for other in (None, {}, {"metrics": "high"}, {"metrics": {"roc_auc": "high"}}, [1]):
-        assert model_index.test_results(other) is None
+        assert card.test_results(other) is None
     assert model.KEYS["card_summary"].shape.test(summary) is None  # what a model file may hold
 
 

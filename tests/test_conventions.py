@@ -255,3 +255,62 @@ def test_make_docs_refuses_another_checkouts_package(monkeypatch, tmp_path, caps
         ["--text-only"],
     )
     assert os.listdir(tmp_path) == []
+
+
+def project_imports(path):
+    """The project modules (model, skinlesion's modules) a file imports, at its top or inside its functions."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("skinlesion.") for a in node.names if a.name.startswith("skinlesion.")}
+            found |= {a.name for a in node.names if a.name == "model"}
+        elif isinstance(node, ast.ImportFrom) and node.module == "skinlesion":
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("skinlesion."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def import_cycle(graph):
+    """One cycle of a {module: modules it imports} graph as a list of modules (its first one again at its end), or
+    None where there is none: a depth-first walk that meets a module still on its path."""
+    state, path = {}, []
+
+    def visit(name):
+        state[name] = "on path"
+        path.append(name)
+        for other in sorted(graph.get(name, ())):
+            if state.get(other) == "on path":
+                return path[path.index(other) :] + [other]
+            if other not in state:
+                found = visit(other)
+                if found:
+                    return found
+        state[name] = "done"
+        path.pop()
+        return None
+
+    for name in sorted(graph):
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return None
+
+
+def test_import_cycle_finds_a_cycle_and_only_a_cycle():
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert import_cycle({"a": {"a"}}) == ["a", "a"]
+    assert import_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set(), "d": {"a", "c"}}) is None
+
+
+def test_no_import_cycle():
+    """No module of the package (nor model.py) imports, even inside a function, one that leads back to it: each
+    concept is owned by one module, and what it needs lies below it."""
+    paths = sorted(glob.glob(os.path.join(ROOT, "skinlesion", "*.py"))) + [os.path.join(ROOT, "model.py")]
+    graph = {os.path.basename(p)[:-3]: project_imports(p) - {"__init__"} for p in paths}
+    assert len(graph) > 30 and graph["training"], "the package's modules and their imports were read"
+    cycle = import_cycle(graph)
+    assert cycle is None, f"an import cycle: {' -> '.join(cycle)}"

@@ -373,3 +373,20 @@ def test_an_older_file_without_a_floor_gives_the_same_distances_in_the_onnx_grap
     graph, floor = familiarity.graph_arrays(dict(means=means, whitening=whitening))
     got = familiarity.torch_distances(torch.tensor(new, dtype=torch.float32), floor=floor, **graph).double().numpy()
     assert floor == 0 and np.allclose(got, direct_distances(new, train, labels), rtol=1e-5)
+
+
+def test_is_unfamiliar_is_the_one_rule_beyond_the_limit_or_nan():
+    """familiarity.is_unfamiliar, the rule unfamiliar, summary, the int8 comparison and the measuring tool use
+    (web/app.js's isUnfamiliar is checked against it in tests/test_web.py): at the limit familiar, the next float
+    above unfamiliar, a NaN distance (or limit) unfamiliar; one answer per photo for an array."""
+    limit = 0.7391
+    above, below = float(np.nextafter(limit, np.inf)), float(np.nextafter(limit, -np.inf))
+    said = [familiarity.is_unfamiliar(d, limit) for d in (float("nan"), limit, above, below, 0.0, float("inf"))]
+    assert said == [True, False, True, False, False, True] and all(type(s) is bool for s in said)
+    assert familiarity.is_unfamiliar(0.1, float("nan")) is True
+    distances = np.array([float("nan"), limit, above, below])
+    assert familiarity.is_unfamiliar(distances, limit).tolist() == [True, False, True, False]
+    meta = {"familiarity": {"limit": limit}}
+    assert [familiarity.unfamiliar(d, meta) for d in distances] == [True, False, True, False]
+    found = familiarity.summary([0.2, 0.4, 0.6, 0.8, 1.0], [], quantile=0.5)  # the limit: their median, 0.6
+    assert found["limit"] == 0.6 and found["val_within"] == 0.6  # 0.6 itself lies within

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import fails
-from skinlesion import familiarity, folds, mahalanobis, shards
+from skinlesion import familiarity, folds, mahalanobis, splits
 
 
 def manifest_of(rows):
@@ -85,7 +85,7 @@ def test_out_of_fold_values_come_back_in_the_photos_order():
 
 
 def test_photos_of_shards_are_cut_into_folds_only_when_cached(monkeypatch, capsys):
-    monkeypatch.setattr(shards, "is_shards", lambda data_dir: True)
+    monkeypatch.setattr(splits, "is_shards", lambda data_dir: True)
     args = SimpleNamespace(folds=5, cache_gb=2.0, data_dir="s3://bucket/shards")
     said = "--folds 5: photos read from shards are cut into folds only when cached on the device (3.20 GB, more "
     fails(capsys, said + "than --cache-gb 2); pass --cache-gb 4, or --folds 1", folds.pooled_blobs, args, False, 3.2)

@@ -26,7 +26,7 @@ import model
 import predict
 import prepare_dataset
 from conftest import beta_binomial_range, calibration, fails, lesion_photo, noise_image, save_model, write_export
-from skinlesion import evaluation, isic, metrics, model_index, photos
+from skinlesion import card, evaluation, isic, metrics, photos
 
 
 def sigmoid(x):
@@ -807,5 +807,5 @@ def test_an_interval_not_computed_is_none_and_its_text_says_so():
         "lesion types: balanced accuracy 0.60 (chance 0.33); each type's sensitivity: nevus 0.80 [0.70-0.88] (95% "
         "intervals in brackets)"
     )
-    entry = model_index.result_entry("m", "test", dict(roc_auc=0.9), None, "ece_after", dict(roc_auc=[None, None]))
+    entry = card.result_entry("m", "test", dict(roc_auc=0.9), None, "ece_after", dict(roc_auc=[None, None]))
     assert entry["metrics"] == [dict(type="roc_auc", name="ROC-AUC (test)", value=0.9)]

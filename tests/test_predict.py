@@ -84,7 +84,7 @@ def test_one_photo_with_spaces_and_accents(tmp_path, models, monkeypatch, capsys
     assert lines[0] == f"Prediction: {'malignant' if p >= 0.5 else 'benign'}"
     match = LINE.fullmatch(lines[1])
     assert match and not match.group(3), lines[1]
-    p_text, t_text, near = answer.decision_texts(p, 0.5, model.BORDERLINE)
+    p_text, t_text, near = answer.decision_texts(p, 0.5, answer.BORDERLINE)
     assert (len(match.group(1)), match.group(2), bool(match.group(4))) == (len(p_text), t_text, bool(near))
     assert abs(float(match.group(1)) - p) <= 0.5 * 10 ** -len(p_text.split(".")[1]) + 1e-6
     cam_png = tmp_path / "gradcam" / "grain de beauté n°1_jpg_gradcam.png"
@@ -132,7 +132,7 @@ def test_folder_tta_csv_and_borderline(tmp_path, models, monkeypatch, capsys):
     p = {photo: float(np.mean(v)) for photo, v in views.items()}
     assert any(max(v) - min(v) > 1e-3 for v in views.values()), "the flips agree: TTA could not be told apart"
     threshold = round(p["photos/b.png"] + 0.005, 4)  # b.png is borderline
-    near = {photo: abs(p[photo] - threshold) < model.BORDERLINE for photo in photos}
+    near = {photo: abs(p[photo] - threshold) < answer.BORDERLINE for photo in photos}
     label = {photo: "malignant" if p[photo] >= threshold else "benign" for photo in photos}
 
     predict.main(["photos", "--model", models[0.5], "--tta", "--csv", "out.csv", "--threshold", str(threshold)])

@@ -329,7 +329,7 @@ def test_page_classifies_like_python(page, setup, name):
     assert run["label"] == label and run["unfamiliar"] == ref["unfamiliar"]
     text = page["page"].inner_text("#result")
     p_text, t_text, _ = answer.decision_texts(
-        run["p"], setup["threshold"], model.BORDERLINE
+        run["p"], setup["threshold"], answer.BORDERLINE
     )  # the digits predict.py prints
     if ref["unfamiliar"]:  # withheld as predict.py withholds it: no label, no P
         assert "Prediction: unfamiliar" in text and "P(malignant) =" not in text and f"Prediction: {label}" not in text
@@ -617,7 +617,7 @@ def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
         assert pg.inner_text("#label") == lines[0]
         assert pg.inner_text("#operating-point") == next(line for line in lines if line.startswith("Operating point"))
         expected = [f"Caution: {text}." for text in answer.model_cautions(meta)]
-        if abs(ref["p"] - setup["threshold"]) < model.BORDERLINE:
+        if abs(ref["p"] - setup["threshold"]) < answer.BORDERLINE:
             expected.append("Borderline")
         assert_cautions_beside_the_result(pg, expected)
         assert "cannot be told from chance" in expected[0] and "calls almost every photo malignant" in expected[1]
@@ -636,9 +636,9 @@ def test_page_functions_agree_with_their_python_twins(page):
     pairs += [(0.4822319, 0.482232), (0.5000004, 0.5)]  # equal to 6 digits: 'just below', 'just above'
     got = pg.evaluate(
         "([pairs, margin]) => import('./app.js').then((app) => pairs.map(([p, t]) => app.decisionTexts(p, t, margin)))",
-        [pairs, model.BORDERLINE],
+        [pairs, answer.BORDERLINE],
     )
-    assert got == [list(answer.decision_texts(p, t, model.BORDERLINE)) for p, t in pairs]
+    assert got == [list(answer.decision_texts(p, t, answer.BORDERLINE)) for p, t in pairs]
     assert got[3][0] == "0.062"  # a tie: Python rounds it to even, toFixed would say 0.063
     assert got[-2][0] == "just below 0.482232" and got[-1][0] == "just above 0.500000"
     shares = [0.05, 0.0001, 0.00015, 0.9999, 0.5, 0.00999, 0.001, 1e-6, 0.123456, 0.0625]
@@ -904,3 +904,48 @@ def test_the_test_and_external_figures_stand_beside_each_other_and_ppv_comes_fro
     assert said.startswith("at a prevalence of 5.0%, from the test sensitivity") and "from the validation" in said
     assert pg.inner_text("#at-prevalence").endswith(f"Prevalence: {said}.")
     context.close()
+
+
+def test_the_unfamiliar_and_borderline_rules_agree_with_their_python_twins(page):
+    """The two rules a user reads, familiarity.is_unfamiliar and answer.is_borderline, and their twins in
+    web/app.js (isUnfamiliar, isBorderline; decisionTexts says 'borderline' by it) answer alike at their edges: a
+    NaN, a distance at the limit and the floats either side of it, |P - threshold| at the margin exactly and
+    1e-12 either side of it, P at the threshold; and the page decides each only through its rule."""
+    pg = page["page"]
+    distances = []
+    for limit in (1.0, 0.7391, 3.25):
+        above, below = (float(np.nextafter(limit, side)) for side in (np.inf, -np.inf))
+        distances += [[float("nan"), limit], [limit, limit], [above, limit], [below, limit], [0.0, limit]]
+    distances += [[float("inf"), 1.0], [1.0, float("nan")]]
+    expected = [True, False, True, False, False] * 3 + [True, True]
+    cases, borderline = [], []
+    for threshold in (0.5, 0.3, 0.9):
+        for margin in (answer.BORDERLINE, 0.25):
+            over, under = threshold + margin, threshold - margin
+            at_over, at_under = over - threshold, threshold - under  # |P - threshold| exactly, as both compute it
+            cases += [[over, threshold, at_over], [under, threshold, at_under]]
+            cases += [[over, threshold, at_over + 1e-12], [over, threshold, at_over - 1e-12]]
+            cases += [[threshold + margin - 1e-12, threshold, margin], [threshold - margin + 1e-12, threshold, margin]]
+            cases += [[threshold + margin + 1e-12, threshold, margin], [threshold, threshold, margin]]
+            cases += [[float("nan"), threshold, margin]]
+            borderline += [False, False, True, False, True, True, False, True, False]
+    assert all(abs(p - t) == m for p, t, m in cases[::9])  # the first case of each: P exactly at the margin
+    unfamiliar, near, said = pg.evaluate(
+        """([distances, cases]) => import('./app.js').then((app) => [
+            distances.map(([d, limit]) => app.isUnfamiliar(d, limit)),
+            cases.map(([p, t, margin]) => app.isBorderline(p, t, margin)),
+            cases.map(([p, t, margin]) => app.decisionTexts(p, t, margin)[2])])""",
+        [distances, cases],
+    )
+    assert [familiarity.is_unfamiliar(d, limit) for d, limit in distances] == unfamiliar == expected
+    assert [answer.is_borderline(p, t, m) for p, t, m in cases] == near == borderline
+    assert said == [answer.decision_texts(p, t, m)[2] for p, t, m in cases] == ["borderline" if b else "" for b in near]
+    d, limits = np.array([d for d, _ in distances[:15]]), [limit for _, limit in distances[:15]]
+    assert familiarity.is_unfamiliar(d, np.array(limits)).tolist() == expected[:15]  # one answer per photo
+    p, t, m = (np.array(column) for column in zip(*cases))
+    assert answer.is_borderline(p, t, m).tolist() == borderline
+    with open(os.path.join(WEB, "app.js"), encoding="utf-8") as f:
+        code = f.read()
+    assert {"isUnfamiliar", "isBorderline"} <= set(js_functions("app.js"))
+    assert len(re.findall(r"<=? *[\w.]*limit\b|\blimit\b[\w.]* *>=?", code)) == 1, "isUnfamiliar alone compares"
+    assert len(re.findall(r"Math\.abs\([^)]*\) *<", code)) == 1, "isBorderline alone says borderline"

@@ -22,7 +22,7 @@ import growth  # noqa: E402
 import measure  # noqa: E402
 
 import model  # noqa: E402
-from skinlesion import dataset, devices, flags, folders, messages, photos, training  # noqa: E402
+from skinlesion import devices, flags, folders, messages, photos, splits, training  # noqa: E402
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px, 32 to 2048
@@ -135,7 +135,7 @@ def bench_training(args, small, full, device):
     net = model.build_model(pretrained=False)[0]
     cfg = model.data_config(net, args.image_size)
     short = photos.short_side(args.image_size, cfg["crop_pct"])
-    paths, labels = dataset.split_photos(small, "train", model.CLASSES)
+    paths, labels = splits.split_photos(small, "train", model.CLASSES)
     crops = photos.Photos(paths, short, 1.0, cfg["interpolation"])
     cached = training.Split(crops, labels, True, args.num_workers, device, "caching")
     alone, loop = [], []

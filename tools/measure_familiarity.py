@@ -9,6 +9,7 @@ groups, --holdout and --ranks: docs/reference.md; results: docs/measurements.md.
 """
 
 import os
+import sys
 
 import numpy as np
 
@@ -81,7 +82,11 @@ def rank_rows(train, labels, val, groups, ranks, n_classes):
             to_unfamiliar, to_familiar, far = quantise.familiarity_flips(full_distances[name] / full_limit,
                                                                          found[name] / limit, 1.0)  # fmt: skip
             flips, outside = flips + to_unfamiliar + to_familiar, outside + far
-            cells.append(f"{np.mean(full_distances[name] > full_limit):.1%} / {np.mean(found[name] > limit):.1%}")
+            unfamiliar = (
+                familiarity.is_unfamiliar(full_distances[name], full_limit),
+                familiarity.is_unfamiliar(found[name], limit),
+            )
+            cells.append(f"{np.mean(unfamiliar[0]):.1%} / {np.mean(unfamiliar[1]):.1%}")
         mb = arrays[1].size * 4 / 1e6
         numbers = f"{rank:>5}{mb:>7.2f}{np.median(error):>14.2%}{error.max():>8.2%}{limit:>8.2f}"
         lines.append(numbers + "".join(f"{c:>20}" for c in cells) + f"   flips {flips} ({outside} outside the band)")
@@ -121,7 +126,7 @@ def holdout_rows(fitted, val, groups, made, scored, quantile=familiarity.QUANTIL
             limit = familiarity.choose_limit(familiarity.distances(val, arrays), quantile)
             for name, features in found.items():
                 if features is not None:
-                    far = ~(familiarity.distances(features, arrays) <= limit)
+                    far = familiarity.is_unfamiliar(familiarity.distances(features, arrays), limit)
                     counts[name] = [counts[name][0] + int(far.sum()), counts[name][1] + len(far)]
         cells = [f"{a / b:.1%} ({a}/{b})" if b else "-" for a, b in counts.values()]
         lines.append(f"{scenario:<10}" + "".join(f"{c:>20}" for c in cells))
@@ -161,13 +166,14 @@ def main(argv=None):
     print(f"{'group':<34}{'images':>6}{'flagged':>9}{'share':>9}")
     groups = {"own": features_of(net, meta, photos_in(args.own), args.batch_size)}
     own = familiarity.distances_to(groups["own"], meta)
-    print(row(f"own test photos ({args.own})", own > limit, "own"))
+    print(row(f"own test photos ({args.own})", familiarity.is_unfamiliar(own, limit), "own"))
     if args.other:
         groups["other"] = features_of(net, meta, photos_in(args.other, args.n_other), args.batch_size)
-        print(row(args.other_name, familiarity.distances_to(groups["other"], meta) > limit, "other"))
+        other = familiarity.distances_to(groups["other"], meta)
+        print(row(args.other_name, familiarity.is_unfamiliar(other, limit), "other"))
     made = non_lesion_images(args.seed, args.n_non_lesion)
     groups["non-lesion"] = features_of(net, meta, [img for _, img in made], args.batch_size)
-    far = familiarity.distances_to(groups["non-lesion"], meta) > limit
+    far = familiarity.is_unfamiliar(familiarity.distances_to(groups["non-lesion"], meta), limit)
     print(row("non-lesion images (all)", far, "non-lesion"))
     kinds = [kind for kind, _ in made]
     for kind in dict.fromkeys(kinds):

@@ -8,6 +8,7 @@ seeds (issue 29 §1). A measuring tool; each row's columns: docs/reference.md; r
 
 import json
 import os
+import sys
 
 import measure
 import measure_transfer
