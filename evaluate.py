@@ -283,8 +283,9 @@ def scored_photos(net, meta, args, device):
         raise messages.UserError(
             f"no readable {lacking} images in {messages.printable(args.photos)}; both sides are needed"
         )
-    found = (paths, labels, classes, y, p, probabilities, plain, uncalibrated, distances, rows, blobs)
-    return Scored(*found, unreadable, others)
+    return Scored(
+        paths, labels, classes, y, p, probabilities, plain, uncalibrated, distances, rows, blobs, unreadable, others
+    )
 
 
 def calibration_report(y, before, after, fitted, args):
