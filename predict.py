@@ -404,13 +404,16 @@ def classify(images, first, predict_one, meta, threshold, pictures, cautions, ar
 
 def count_line(rows, borderline, skipped, meta, threshold, args):
     """A folder run's counts: malignant, benign, unfamiliar (for a model with the measure), borderline, skipped."""
-    n, odd = (sum(row[1] == label for row in rows) for label in ("malignant", "unfamiliar"))
+    malignant, unfamiliar = (sum(row[1] == label for row in rows) for label in ("malignant", "unfamiliar"))
+    benign = len(rows) - malignant - unfamiliar
     flips = ", mean over 4 flips" if args.tta else ""
     near_count = f"; {borderline} borderline" if borderline else ""
     skip_count = f"; {len(skipped)} skipped (listed on stderr)" if skipped else ""
-    odd_count = f", {odd} unfamiliar (unlike the training photos: no answer)" if meta.get("familiarity") else ""
+    unfamiliar_count = ""
+    if meta.get("familiarity"):
+        unfamiliar_count = f", {unfamiliar} unfamiliar (unlike the training photos: no answer)"
     return (
-        f"{len(rows)} images: {n} malignant, {len(rows) - n - odd} benign{odd_count} (threshold {threshold:.3f}"
+        f"{len(rows)} images: {malignant} malignant, {benign} benign{unfamiliar_count} (threshold {threshold:.3f}"
         f"{flips}){near_count}{skip_count}"
     )
 
