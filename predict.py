@@ -370,7 +370,7 @@ def classify(images, first, predict_one, meta, threshold, pictures, cautions, ar
     """Classify each photo and print its answer as it comes: a single photo's lines (first: that photo, already
     read; None for many), or one line per photo of many; with --explain, its Grad-CAM picture."""
     single = first is not None
-    rows, borderline, strange, skipped = [], 0, False, []
+    rows, borderline, unfamiliar, skipped = [], 0, False, []
     bar = tqdm(images, unit="image", disable=len(images) <= 20 or None)  # a progress bar only for many photos
     for path in bar:
         img, why = (first, None) if single else photos.try_load_image(path)
@@ -386,9 +386,9 @@ def classify(images, first, predict_one, meta, threshold, pictures, cautions, ar
                 )
             skipped.append((path, f"the model gave no valid probability (P = {p})"))
             continue
-        strange = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
-        found = Verdict(p, probabilities, cam, distance, model.CLASSES[int(p >= threshold)], strange)
-        borderline += abs(p - threshold) < model.BORDERLINE and not strange
+        unfamiliar = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
+        found = Verdict(p, probabilities, cam, distance, model.CLASSES[int(p >= threshold)], unfamiliar)
+        borderline += abs(p - threshold) < model.BORDERLINE and not unfamiliar
         rows.append(photo_row(path, found, meta, threshold, args))
         caution = photos.size_caution(path, img)
         if caution:
@@ -399,7 +399,7 @@ def classify(images, first, predict_one, meta, threshold, pictures, cautions, ar
             bar.write(folder_line(path, found, meta, threshold, args))
         if args.explain:
             bar.write(explain_photo(path, img, found, pictures, cautions, meta, threshold, args))
-    return Classified(rows, borderline, strange, skipped)
+    return Classified(rows, borderline, unfamiliar, skipped)
 
 
 def count_line(rows, borderline, skipped, meta, threshold, args):
