@@ -378,12 +378,25 @@ def ort_session(path):
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
+def written_text(args, meta):
+    """What export_onnx.py says of the ONNX file it wrote: its size, the check passed, its opset, inputs, outputs."""
+    size, n = meta["image_size"], len(meta["classes"])
+    side = backbone.cam_side(meta["image_size"], meta["network"]["stride"])
+    also = ", 'familiarity_distance' [batch]" if meta.get("familiarity") else ""
+    output = messages.printable(args.output)
+    return (
+        f"wrote {output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
+        f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch]{also} and "
+        f"'cam' [batch, {side}, {side}])"
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     import onnx
     import torch
 
-    net, meta = model.load_checkpoint(args.model)  # dies with one line if missing, broken or not a checkpoint
+    net, meta = model.load_checkpoint(args.model)  # one error line if missing, broken or not a checkpoint
     sha256 = files.file_sha256(args.model)  # its identity, in the ONNX file and the card
     meta["network"] = backbone.network_shape(net)  # what the graph must show, from the network (not the file's word)
     wrapped = exportable(net.float().to(memory_format=torch.contiguous_format).eval(), meta)
@@ -404,18 +417,7 @@ def main(argv=None):
             )
 
     files.atomic_write(args.output, export_and_check, "ONNX model")
-    size, n, side = (
-        meta["image_size"],
-        len(meta["classes"]),
-        backbone.cam_side(meta["image_size"], meta["network"]["stride"]),
-    )
-    also = ", 'familiarity_distance' [batch]" if meta.get("familiarity") else ""
-    output = messages.printable(args.output)
-    print(
-        f"wrote {output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
-        f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch]{also} and "
-        f"'cam' [batch, {side}, {side}])"
-    )
+    print(written_text(args, meta))
     twin = write_int8_twin(args, meta) if args.quantise else None
     record_in_card(args.model, sha256, meta, {path: files.file_sha256(path) for path in (args.output, twin) if path})
     print(f"use it with: python predict.py photo.jpg --model {messages.printable(shlex.quote(args.output))}")

@@ -274,28 +274,37 @@ def closing_lines(meta, args, single_unfamiliar, sha256):
     return lines
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    model.check_model_file(args.model, "train one with 'python AItraining.py' (or export one with export_onnx.py)")
+def find_photos(args):
+    """(the photos under the paths given, the other files skipped [(path, why)]); none is an error."""
     images, skipped = photos.find_images(args.images)
     if not images:
         others = f"; skipped {len(skipped)} other files" if skipped else ""
         given = messages.first_few(args.images, 5)
         raise messages.UserError(f"no images in {given} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
-    single = len(args.images) == 1 and len(images) == 1 and not os.path.isdir(args.images[0])
-    if single:  # read it before loading the model: a bad file is reported at once
-        first, why = photos.try_load_image(images[0])
-        if first is None:
-            fix = "; pass a .jpg or .png photo" if why.startswith(photos.UNREADABLE) else ""  # else: crop it
-            raise messages.UserError(f"{messages.printable(images[0])} is {why}{fix}")
+    return images, skipped
+
+
+def read_single(path):
+    """The one photo named, read before the model loads: a bad file is reported at once."""
+    first, why = photos.try_load_image(path)
+    if first is None:
+        fix = "; pass a .jpg or .png photo" if why.startswith(photos.UNREADABLE) else ""  # else: crop it
+        raise messages.UserError(f"{messages.printable(path)} is {why}{fix}")
+    return first
+
+
+def checked_pictures(images, args):
+    """{photo: the path of its Grad-CAM picture} with --explain, each ours to replace; {} without."""
     pictures = explain.gradcam_names(images, args.explain_dir) if args.explain else {}
     for picture in pictures.values():
         files.check_output(picture, "--explain-dir", "picture", [args.model, *images], args.overwrite)
+    return pictures
 
-    sha256 = files.file_sha256(args.model)
-    predict_one, meta = load(args)
-    types = len(meta["classes"]) > 2
-    threshold = float(meta["threshold"]) if args.threshold is None else args.threshold
+
+def said_cautions(meta, args):
+    """Say on stderr what to be careful of with this model (and --tta with its threshold) and that a model without
+    a familiarity measure flags no photo; refuse --prevalence for a model that does not record the share of
+    malignant training photos. Returns the cautions (each Grad-CAM picture notes them)."""
     cautions = answer.model_cautions(meta)
     if args.tta and args.threshold is None:
         cautions.append(
@@ -310,14 +319,37 @@ def main(argv=None):
             "photos is not flagged; retrain it with AItraining.py",
             file=sys.stderr,
         )
-    flips = ", mean over 4 flips" if args.tta else ""
-    prior = meta.get("prior_malignant")
-    if args.prevalence is not None and prior is None:
+    if args.prevalence is not None and meta.get("prior_malignant") is None:
         said = f"{messages.printable(args.model)} does not record the share of malignant training photos"
         raise messages.UserError(f"--prevalence: {said}; retrain it")
+    return cautions
 
-    # predictions
-    rows, borderline, strange = [], 0, False
+
+def photo_row(path, found, meta, threshold, args):
+    """The photo's CSV row as written: csv_row's, its answer's cells emptied where the answer is withheld, and the
+    familiarity columns for a model with the measure."""
+    row = csv_row(path, found, meta, threshold)
+    if not answer.answer_shown(found.unfamiliar, args.show_unfamiliar):  # the row says unfamiliar, without the answer
+        row = [cell if i in (0, 1, 3) else "" for i, cell in enumerate(row)]
+    if found.distance is not None:
+        row += [f"{found.distance:.4f}", f"{meta['familiarity']['limit']:.4f}"]
+    return row
+
+
+class Classified(NamedTuple):
+    """What a run found over its photos."""
+
+    rows: list  # one CSV row per photo answered (photo_row)
+    borderline: int  # how many answered photos lie within answer.BORDERLINE of the threshold
+    unfamiliar: bool  # whether the (last, for a single photo: the) photo answered is unlike the training photos
+    skipped: list  # [(path, why)]: the photos that could not be read or got no valid probability
+
+
+def classify(images, first, predict_one, meta, threshold, pictures, cautions, args):
+    """Classify each photo and print its answer as it comes: a single photo's lines (first: that photo, already
+    read; None for many), or one line per photo of many; with --explain, its Grad-CAM picture."""
+    single = first is not None
+    rows, borderline, unfamiliar, skipped = [], 0, False, []
     bar = tqdm(images, unit="image", disable=len(images) <= 20 or None)  # a progress bar only for many photos
     for path in bar:
         img, why = (first, None) if single else photos.try_load_image(path)
@@ -333,14 +365,10 @@ def main(argv=None):
                 )
             skipped.append((path, f"the model gave no valid probability (P = {p})"))
             continue
-        strange = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
-        found = Verdict(p, probabilities, cam, distance, model.CLASSES[int(p >= threshold)], strange)
-        borderline += answer.is_borderline(p, threshold) and not strange
-        rows.append(csv_row(path, found, meta, threshold))
-        if not answer.answer_shown(strange, args.show_unfamiliar):  # the row says unfamiliar, without the answer
-            rows[-1] = [cell if i in (0, 1, 3) else "" for i, cell in enumerate(rows[-1])]
-        if distance is not None:
-            rows[-1] += [f"{distance:.4f}", f"{meta['familiarity']['limit']:.4f}"]
+        unfamiliar = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
+        found = Verdict(p, probabilities, cam, distance, model.CLASSES[int(p >= threshold)], unfamiliar)
+        borderline += answer.is_borderline(p, threshold) and not unfamiliar
+        rows.append(photo_row(path, found, meta, threshold, args))
         caution = photos.size_caution(path, img)
         if caution:
             messages.warn(caution)
@@ -350,37 +378,67 @@ def main(argv=None):
             bar.write(folder_line(path, found, meta, threshold, args))
         if args.explain:
             bar.write(explain_photo(path, img, found, pictures, cautions, meta, threshold, args))
+    return Classified(rows, borderline, unfamiliar, skipped)
 
-    # summary, skipped photos, the CSV
+
+def count_line(rows, borderline, skipped, meta, threshold, args):
+    """A folder run's counts: malignant, benign, unfamiliar (for a model with the measure), borderline, skipped."""
+    malignant, unfamiliar = (sum(row[1] == label for row in rows) for label in ("malignant", "unfamiliar"))
+    benign = len(rows) - malignant - unfamiliar
+    flips = ", mean over 4 flips" if args.tta else ""
+    near_count = f"; {borderline} borderline" if borderline else ""
+    skip_count = f"; {len(skipped)} skipped (listed on stderr)" if skipped else ""
+    unfamiliar_count = ""
+    if meta.get("familiarity"):
+        unfamiliar_count = f", {unfamiliar} unfamiliar (unlike the training photos: no answer)"
+    return (
+        f"{len(rows)} images: {malignant} malignant, {benign} benign{unfamiliar_count} (threshold {threshold:.3f}"
+        f"{flips}){near_count}{skip_count}"
+    )
+
+
+def write_csv(path, rows, meta):
+    """The predictions CSV: HEADER (the types' and the familiarity columns where the model has them), a row per
+    photo; written whole or not at all."""
+    text = io.StringIO()
+    names = [f"p_{messages.printable(c)}" for c in meta["classes"]]
+    header = HEADER + ["type", "p_type"] + names if len(meta["classes"]) > 2 else HEADER
+    header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
+    csv.writer(text).writerows([header] + [[files.csv_cell(cell) for cell in row] for row in rows])
+    files.write_text(path, text.getvalue(), "predictions")
+    print(f"predictions written to {messages.printable(path)}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model.check_model_file(args.model, "train one with 'python AItraining.py' (or export one with export_onnx.py)")
+    images, skipped = find_photos(args)
+    single = len(args.images) == 1 and len(images) == 1 and not os.path.isdir(args.images[0])
+    first = read_single(images[0]) if single else None
+    pictures = checked_pictures(images, args)
+    sha256 = files.file_sha256(args.model)
+    predict_one, meta = load(args)
+    threshold = float(meta["threshold"]) if args.threshold is None else args.threshold
+    cautions = said_cautions(meta, args)
+
+    found = classify(images, first, predict_one, meta, threshold, pictures, cautions, args)
+    skipped += found.skipped
     for path, why in skipped:
         messages.warn(f"skipped {messages.printable(path)}: {why}")
-    if not rows:
+    if not found.rows:
         raise messages.UserError(f"none of the {len(skipped)} files could be classified; pass .jpg or .png photos")
     if not single:
-        n, odd = (sum(row[1] == label for row in rows) for label in ("malignant", "unfamiliar"))
-        near_count = f"; {borderline} borderline" if borderline else ""
-        skip_count = f"; {len(skipped)} skipped (listed on stderr)" if skipped else ""
-        odd_count = f", {odd} unfamiliar (unlike the training photos: no answer)" if meta.get("familiarity") else ""
-        print(
-            f"{len(rows)} images: {n} malignant, {len(rows) - n - odd} benign{odd_count} (threshold {threshold:.3f}"
-            f"{flips}){near_count}{skip_count}"
-        )
-    for line in closing_lines(meta, args, single and strange, sha256):
+        print(count_line(found.rows, found.borderline, skipped, meta, threshold, args))
+    for line in closing_lines(meta, args, single and found.unfamiliar, sha256):
         print(line)
     print(f"Model file: {messages.printable(args.model)}, SHA-256 {sha256} (compare it with the published one)")
     if args.csv:
-        text = io.StringIO()
-        names = [f"p_{messages.printable(c)}" for c in meta["classes"]]
-        header = HEADER + ["type", "p_type"] + names if types else HEADER
-        header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
-        csv.writer(text).writerows([header] + [[files.csv_cell(cell) for cell in row] for row in rows])
-        files.write_text(args.csv, text.getvalue(), "predictions")
-        print(f"predictions written to {messages.printable(args.csv)}")
+        write_csv(args.csv, found.rows, meta)
     print(
         "note: a research tool, not a medical device; have a doctor examine any lesion that worries you",
         file=sys.stderr,
     )
-    if single and strange:
+    if single and found.unfamiliar:
         return UNFAMILIAR_EXIT  # the script's exit status (interrupts.run_script hands it on; None is 0)
 
 

@@ -335,6 +335,37 @@ def decoded_photos(cands, args, tmp, steps):
     return chosen, unreadable, dups
 
 
+def read_rows(args):
+    """(the metadata.csv files read, their rows): METADATA_CSV, or each metadata.csv under IMAGES_DIR where it is
+    missing (said); neither, or no IMAGES_DIR, is an error with where to download an export."""
+    paths = isic.metadata_files(args.metadata_csv, args.images_dir)
+    if not paths or not os.path.isdir(args.images_dir):
+        missing = args.images_dir if paths else f"{args.metadata_csv} (nor a metadata.csv under {args.images_dir})"
+        missing = messages.printable(missing)
+        raise messages.UserError(f"{missing} not found; " + download_hint(args.image_types, args.images_dir))
+    if paths != [args.metadata_csv]:
+        listed = ", ".join(map(messages.printable, paths))
+        metadata_csv, images_dir = messages.printable(args.metadata_csv), messages.printable(args.images_dir)
+        print(f"no {metadata_csv}; reading the {len(paths)} metadata.csv under {images_dir}: {listed}")
+    columns = ["isic_id", *isic.SIDE_COLUMNS, "lesion_id", "patient_id", args.label_column, *isic.CARD_COLUMNS]
+    return paths, isic.read_metadata(paths, columns)
+
+
+def unused_notes(cands, chosen, unreadable, dups, manifest, args):
+    """A note per class with usable photos that N_PER_CLASS left undecoded: how many, and the --n-per-class that
+    uses them all."""
+    decoded_ids = set(chosen.isic_id) | set(dups) | {item.split()[0] for item in unreadable}
+    unused = cands[~cands.isic_id.isin(decoded_ids)].label.value_counts()
+    notes = []
+    for label, n in unused.items():
+        total = n + (manifest.label == label).sum()
+        notes.append(
+            f"note: {n} usable {label} images left unused (N_PER_CLASS {args.n_per_class}): pass "
+            f"--n-per-class {total} to use them all"
+        )
+    return notes
+
+
 def main(argv=None):
     args, start = parse_args(argv), time.time()
     out = re.escape(os.path.realpath(args.dataset_dir)) + r"(\.(tmp|old)-\d+)?"
@@ -342,17 +373,7 @@ def main(argv=None):
     # one run per folder: the dataset is written beside the previous one and swapped in when all went well
     with folders.replaced_folder(args.dataset_dir, "prepare_dataset.py", "dataset") as tmp:
         # metadata: the usable rows, and why the others were left out
-        paths = isic.metadata_files(args.metadata_csv, args.images_dir)
-        if not paths or not os.path.isdir(args.images_dir):
-            missing = args.images_dir if paths else f"{args.metadata_csv} (nor a metadata.csv under {args.images_dir})"
-            missing = messages.printable(missing)
-            raise messages.UserError(f"{missing} not found; " + download_hint(args.image_types, args.images_dir))
-        if paths != [args.metadata_csv]:
-            listed = ", ".join(map(messages.printable, paths))
-            metadata_csv, images_dir = messages.printable(args.metadata_csv), messages.printable(args.images_dir)
-            print(f"no {metadata_csv}; reading the {len(paths)} metadata.csv under {images_dir}: {listed}")
-        columns = ["isic_id", *isic.SIDE_COLUMNS, "lesion_id", "patient_id", args.label_column, *isic.CARD_COLUMNS]
-        rows = isic.read_metadata(paths, columns)
+        paths, rows = read_rows(args)
         df, typed, steps, losses = filter_rows(rows, args.image_types, args.label_column)
         for col in [col for col in ("lesion_id", "patient_id") if col not in df]:
             print(f"no {col} column: images are grouped without it")
@@ -383,14 +404,7 @@ def main(argv=None):
         if args.shards:
             notes.append(shard_format.write_shards(tmp, manifest, args.shard_mb))
 
-    decoded_ids = set(chosen.isic_id) | set(dups) | {item.split()[0] for item in unreadable}
-    unused = cands[~cands.isic_id.isin(decoded_ids)].label.value_counts()
-    for label, n in unused.items():
-        total = n + (manifest.label == label).sum()
-        notes.append(
-            f"note: {n} usable {label} images left unused (N_PER_CLASS {args.n_per_class}): pass "
-            f"--n-per-class {total} to use them all"
-        )
+    notes += unused_notes(cands, chosen, unreadable, dups, manifest, args)
     report(manifest, steps, args, notes)
     seconds = time.time() - start
     dataset_dir = messages.printable(args.dataset_dir)

@@ -36,7 +36,7 @@ STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
           ("the training data path", ["training", "devices", "resume", "folds"]), ("the folds averaged", ["ensemble"]),
           ("the model's parts", ["backbone", "checkpoints", "schema", "self_check", "familiarity", "mahalanobis",
                                  "non_lesions", "explain", "quantise"]),
-          ("numbers", ["metrics", "evaluation", "plots", "answer"]), ("the card", ["card"]),
+          ("numbers", ["metrics", "plots", "answer"]), ("the card", ["card"]),
           ("safe outputs", ["files", "folders", "ledger", "cleaning", "interrupts"]),
           ("safe inputs", ["reading", "remote"]), ("the command line", ["flags", "messages"])]  # fmt: skip
 

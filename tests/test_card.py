@@ -15,8 +15,8 @@ import pytest
 import AItraining
 import model
 from conftest import beta_binomial_range, front_matter
+from evaluate import calibration_report, operating_report, subgroups
 from skinlesion import card, dataset, files, isic, metrics
-from skinlesion.evaluation import calibration_report, operating_report, subgroups
 
 SECTIONS = ["## Model details", "## Intended use", "## Training data", "## Evaluation", "## Factors", "## Caveats"]
 TYPES = {"nevus": "benign", "seborrheic keratosis": "benign", "basal cell carcinoma": "malignant",

@@ -26,7 +26,7 @@ import model
 import predict
 import prepare_dataset
 from conftest import beta_binomial_range, calibration, fails, lesion_photo, noise_image, save_model, write_export
-from skinlesion import card, evaluation, isic, metrics, photos
+from skinlesion import card, isic, metrics, photos
 
 
 def sigmoid(x):
@@ -298,7 +298,7 @@ def test_evaluates_calibration_numbers_before_and_after_are_those_of_the_plain_a
     y = (rng.random(300) < sigmoid(0.5 * z + 1)).astype(int)
     fitted = dict(method="platt", a=0.5, b=1.0)
     before, after = sigmoid(z), sigmoid(0.5 * z + 1)  # evaluate.main passes the plain and the calibrated P
-    report = evaluation.calibration_report(y, before, after, fitted, SimpleNamespace(n_bootstrap=0, seed=0))
+    report = evaluate.calibration_report(y, before, after, fitted, SimpleNamespace(n_bootstrap=0, seed=0))
     for when, p in (("before", sigmoid(z)), ("after", sigmoid(0.5 * z + 1))):
         assert report[f"ece_{when}"] == pytest.approx(ece_by_hand(y, p))
         assert report[f"brier_{when}"] == pytest.approx(np.mean((p - y) ** 2))

@@ -59,8 +59,8 @@ def parse_args(argv=None):
 
 
 def check_work_dir(path):
-    """fail unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run made (its
-    mark inside); never a folder of other files (a project folder's skin_model.pth would be replaced)."""
+    """Raise UserError unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run
+    made (its mark inside); never a folder of other files (a project folder's skin_model.pth would be replaced)."""
     flags.check_writable(path, "--work-dir", folder=True)
     if os.path.isdir(path) and os.listdir(path) and not folders.made_here(path):
         found = messages.first_few(sorted(os.listdir(path)))
@@ -131,13 +131,9 @@ def naive_batches(args, data_dir, device):
         yield x.to(device), y.to(device)
 
 
-def bench_training(args, small, full, device):
-    net = model.build_model(pretrained=False)[0]
-    cfg = model.data_config(net, args.image_size)
-    short = photos.short_side(args.image_size, cfg["crop_pct"])
-    paths, labels = splits.split_photos(small, "train", model.CLASSES)
-    crops = photos.Photos(paths, short, 1.0, cfg["interpolation"])
-    cached = training.Split(crops, labels, True, args.num_workers, device, "caching")
+def loop_rows(cached, args, cfg, device):
+    """(The rows of the model alone and of AItraining.py's real loop over the cached photos, measured ROUNDS times
+    alternately (a burst of other work hits both alike), the median images/s of each)."""
     alone, loop = [], []
     for r in range(args.rounds):  # alternately, so that a burst of other work hits both alike
         print(f"training, round {r + 1}/{args.rounds}: model alone, AItraining.py loop ...", flush=True)
@@ -148,11 +144,6 @@ def bench_training(args, small, full, device):
     target = 0.95
     if device.type == "cuda":
         target = 0.85
-    print("training: streaming fallback, naive baseline, contiguous memory format ...", flush=True)
-    streamed = training.Split(crops, labels, False, args.num_workers, device, "")
-    stream = train_speed(loop_batches(streamed, args, cfg, device), args, device)[0]
-    naive = train_speed(naive_batches(args, full, device), args, device, contiguous=True)[0]
-    plain = train_speed(random_batches(args, device, channels_last=False), args, device, contiguous=True)[0]
     size, kind = f"{args.image_size} px, batch {args.batch_size}", device.type
     rows = [
         (f"train, model alone ({size}, random tensors on {kind})", f"{base:.1f} img/s", "1.00", "reference"),
@@ -162,6 +153,17 @@ def bench_training(args, small, full, device):
             f"{ratio:.2f} of model alone (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})",
             f">= {target}: {measure.ok(ratio >= target)}",
         ),
+    ]
+    return rows, base, looped
+
+
+def other_data_rows(streamed, args, cfg, full, device, base, looped):
+    """The rows of the other data paths: the streaming fallback, the naive first version, and the model alone in
+    contiguous memory format (base, looped: the model alone's and the real loop's images/s)."""
+    stream = train_speed(loop_batches(streamed, args, cfg, device), args, device)[0]
+    naive = train_speed(naive_batches(args, full, device), args, device, contiguous=True)[0]
+    plain = train_speed(random_batches(args, device, channels_last=False), args, device, contiguous=True)[0]
+    return [
         (
             f"train, streaming fallback ({args.num_workers} workers decoding 256 px JPEGs)",
             f"{stream:.1f} img/s",
@@ -181,6 +183,12 @@ def bench_training(args, small, full, device):
             "",
         ),
     ]
+
+
+def option_rows(args, device, base):
+    """The rows of bf16 autocast (--amp, where the CPU or GPU has native bf16) and torch.compile (--compile) against
+    the model alone's images/s (base)."""
+    rows = []
     native, why = measure.native_bf16(device)
     if args.amp and native:
         print("training: bf16 autocast ...", flush=True)
@@ -201,6 +209,23 @@ def bench_training(args, small, full, device):
         what = f"train, model alone, torch.compile (first step, compiling: {first:.0f} s)"
         rows.append((what, f"{fast:.1f} img/s", f"{fast / base:.2f} of plain", "AItraining.py COMPILE"))
     return rows
+
+
+def bench_training(args, small, full, device):
+    """Training images/s: the model alone (random tensors on the device) against AItraining.py's real loop (the
+    photos at 256 px cached on the device), the streaming fallback, a naive first version over the full-size
+    photos (full), the contiguous memory format, bf16 autocast and torch.compile."""
+    net = model.build_model(pretrained=False)[0]
+    cfg = model.data_config(net, args.image_size)
+    short = photos.short_side(args.image_size, cfg["crop_pct"])
+    paths, labels = splits.split_photos(small, "train", model.CLASSES)
+    crops = photos.Photos(paths, short, 1.0, cfg["interpolation"])
+    cached = training.Split(crops, labels, True, args.num_workers, device, "caching")
+    rows, base, looped = loop_rows(cached, args, cfg, device)
+    print("training: streaming fallback, naive baseline, contiguous memory format ...", flush=True)
+    streamed = training.Split(crops, labels, False, args.num_workers, device, "")
+    rows += other_data_rows(streamed, args, cfg, full, device, base, looped)
+    return rows + option_rows(args, device, base)
 
 
 def bench_memory(args, work, small):
