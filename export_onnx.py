@@ -35,7 +35,6 @@ from skinlesion import interrupts
 if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
     interrupts.one_line_while_loading()
 
-import json
 import os
 import shlex
 
@@ -50,6 +49,7 @@ from skinlesion import (
     flags,
     messages,
     model_index,
+    onnx_file,
     photos,
     quantise,
     reading,
@@ -221,16 +221,14 @@ def torch_self_check(wrapped, meta):
 
 
 def onnx_metadata(meta, checkpoint, sha256, checked):
-    """What a consumer needs to use the ONNX file alone (model.KEYS marked "copied", and those export writes),
-    each value as a JSON string; sha256: the checkpoint's."""
+    """What a consumer needs to use the ONNX file alone (onnx_file.export_metadata: the model file's keys it copies,
+    and those export writes), each value as a JSON string; sha256: the checkpoint's."""
     import torch
 
     test, externals = card.earlier_evaluations(card_path(checkpoint), sha256)
     tested = model_index.test_results(evaluation_of(checkpoint, sha256) or test)  # the card keeps it past --external
-    props = {key: value for key, value in meta.items() if key in model.KEYS and model.KEYS[key].onnx == "copied"}
-    if meta.get("familiarity"):  # its arrays are in the graph
-        props["familiarity"] = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
-    props.update(
+    return onnx_file.export_metadata(
+        meta,
         source_checkpoint=messages.printable(os.path.basename(checkpoint)),
         source_sha256=sha256,
         outputs=model.output_names(meta),
@@ -238,11 +236,10 @@ def onnx_metadata(meta, checkpoint, sha256, checked):
         card_summary=card.summary(meta, tested, externals),
         self_check=checked,
     )
-    return {key: json.dumps(value) for key, value in props.items()}
 
 
 def export(wrapped, size, path, opset, metadata):
-    """Write wrapped (exportable's) to path as one ONNX file with a dynamic batch size and the given metadata_props."""
+    """Write wrapped (exportable's) to path as one ONNX file with a dynamic batch size and the given metadata."""
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -256,8 +253,7 @@ def export(wrapped, size, path, opset, metadata):
         dynamo=True,
         verbose=False,
     )
-    program.model.metadata_props.update(metadata)
-    program.save(path, external_data=False)
+    onnx_file.save_export(program, path, metadata)
 
 
 def differences(wrapped, meta, path, x):
@@ -268,7 +264,7 @@ def differences(wrapped, meta, path, x):
     import torch
 
     batches = (x, x[:1]) if len(x) > 1 else (np.concatenate([x, x]), x)
-    session = ort_session(path)
+    session = onnx_file.cpu_session(path)
     names = model.output_names(meta)
     with torch.inference_mode():
         ours = dict(zip(names, (t.double().numpy() for t in wrapped(torch.from_numpy(batches[0])))))
@@ -299,7 +295,7 @@ def labelled_photos(folder, meta):
 
 
 class TwinRefused(Exception):
-    """The int8 twin fails the check every model file gets (model.self_check_fault): it is not written."""
+    """The int8 twin fails the check every model file gets (onnx_file.self_check_fault): it is not written."""
 
 
 def twin_self_check(small, meta):
@@ -308,24 +304,10 @@ def twin_self_check(small, meta):
     checks = self_check.inputs(meta["image_size"])
     names = model.output_names(meta)
     own = self_check.record(dict(zip(names, small.run(names, {"image": checks}))))
-    fault = model.self_check_fault(small, dict(meta, self_check=own))
+    fault = onnx_file.self_check_fault(small, dict(meta, self_check=own), model.p_malignant)
     if fault:
         raise TwinRefused(fault)
     return own
-
-
-def write_twin_metadata(tmp, full_path, own, result):
-    """Give the twin at tmp the full model's metadata (the quantiser adds keys of its own), its own self_check and
-    its comparison (quantised)."""
-    import onnx
-
-    proto = onnx.load(tmp)
-    del proto.metadata_props[:]
-    for prop in onnx.load(full_path, load_external_data=False).metadata_props:
-        value = json.dumps(own) if prop.key == "self_check" else prop.value
-        proto.metadata_props.add(key=prop.key, value=value)
-    proto.metadata_props.add(key="quantised", value=json.dumps(result))
-    onnx.save(proto, tmp)
 
 
 def write_int8_twin(args, meta):
@@ -343,12 +325,12 @@ def write_int8_twin(args, meta):
     if x is None:
         print(f"no int8 twin written: no photos in {images} to calibrate it on (--quantise-images)")
         return None
-    full = ort_session(args.output)
+    full = onnx_file.cpu_session(args.output)
     speeds = {}
 
     def quantise_and_compare(tmp):
         quantise.quantise(args.output, tmp, x)
-        small = ort_session(tmp)
+        small = onnx_file.cpu_session(tmp)
         names = ["p_malignant"] + (["familiarity_distance"] if meta.get("familiarity") else [])
         (p_full, *d_full), (p_int8, *d_int8) = quantise.outputs(full, x, names), quantise.outputs(small, x, names)
         limit = (meta.get("familiarity") or {}).get("limit")
@@ -356,7 +338,7 @@ def write_int8_twin(args, meta):
         result = quantise.comparison(p_full, p_int8, y, meta["threshold"], model.BORDERLINE, distances, limit)
         result.update(from_sha256=files.file_sha256(args.output), photos_from=os.path.basename(args.quantise_images))
         speeds.update(full=quantise.seconds_per_photo(full, x), int8=quantise.seconds_per_photo(small, x))
-        write_twin_metadata(tmp, args.output, twin_self_check(small, meta), result)
+        onnx_file.copy_metadata(tmp, args.output, twin_self_check(small, meta), result)
         speeds["result"] = result
 
     try:
@@ -392,13 +374,6 @@ def check_parity(args, found, described):
     )
 
 
-def ort_session(path):
-    """An onnxruntime session of the file at path, on the CPU."""
-    import onnxruntime as ort
-
-    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-
-
 def main(argv=None):
     args = parse_args(argv)
     import onnx
@@ -417,7 +392,8 @@ def main(argv=None):
         export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model, sha256, checked))
         onnx.checker.check_model(tmp, full_check=True)
         check_parity(args, differences(wrapped, meta, tmp, x), f"{described}, batch of {max(len(x), 2)} and of 1")
-        fault = model.self_check_fault(ort_session(tmp), dict(meta, self_check=checked))
+        session = onnx_file.cpu_session(tmp)
+        fault = onnx_file.self_check_fault(session, dict(meta, self_check=checked), model.p_malignant)
         if fault:
             raise messages.UserError(
                 f"the exported file fails the check every script makes of a model file: {fault}; "
