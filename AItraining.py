@@ -24,7 +24,6 @@ import numpy as np
 import model
 from skinlesion import (
     card,
-    checkpoints,
     dataset,
     devices,
     ensemble,
@@ -34,6 +33,7 @@ from skinlesion import (
     folds,
     messages,
     metrics,
+    model_file,
     photos,
     plots,
     remote,
@@ -76,7 +76,7 @@ LOG_DIR = "runs"  # TensorBoard logs, one sub-folder per run
 OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 # what a run keeps in its checkpoints (--resume takes them back), and the choices of its text flags
-SETTINGS = list(model.RUN_SETTINGS)  # the flags a run keeps, with their shapes in the model file
+SETTINGS = list(model_file.RUN_SETTINGS)  # the flags a run keeps, with their shapes in the model file
 CHOICES = [("recipe", ["auto", "finetune", "scratch"]), ("optimizer", ["adam", "adamw"]),
            ("schedule", ["cosine", "constant"]), ("deploy", ["refit", "ensemble"])]  # fmt: skip
 RESUME_KEYS = resume.RESUME_KEYS  # what a resume checkpoint holds besides the weights and meta
@@ -197,7 +197,7 @@ def main(argv=None):
     train_photos = splits.split_photos(args.data_dir, "train", classes[0])
     resumed = None
     if args.resume:
-        resumed = model.read_checkpoint(args.resume_from)
+        resumed = model_file.read_checkpoint(args.resume_from)
         resume.take_back(resumed, args, classes[0], dataset.manifest_sha256(args.data_dir), (RESUME_FILE, OUTPUT))
     val_photos = training.validation_photos(args.data_dir, classes[0], args.folds)
     stages, pool = folds.run_plan(args, manifest, train_photos, val_photos)
@@ -209,7 +209,7 @@ def main(argv=None):
         + ", ".join(f"{k} {getattr(args, k)}" for k in model.RECIPES[args.recipe])
     )
     cfg = model.data_config(net, args.image_size)
-    seen_as = dict(meta, **model.checkpoint_state(net, cfg, **meta)["meta"])  # the crop and normalisation of its file
+    seen_as = dict(meta, **model_file.checkpoint_state(net, cfg, **meta)["meta"])  # its file's crop and normalisation
     run = SimpleNamespace(args=args, net=net, cfg=cfg, meta=meta, seen_as=seen_as, device=device, rank=rank,
                           world=world, log=log, stages=stages, pool=pool)  # fmt: skip
     progress = resume.progress_of(resumed)
@@ -248,7 +248,7 @@ def run_meta(args, manifest, classes, train_y, resumed):
     """What the run's files keep besides the weights: the classes, the settings, the data, the starting weights,
     the prior P assumes, the manifest's SHA-256, the format."""
     classes, malignant, names = classes
-    meta = dict(format=checkpoints.FORMAT, classes=classes, malignant_classes=malignant)
+    meta = dict(format=model_file.FORMAT, classes=classes, malignant_classes=malignant)
     meta.update(class_names=[names[c] for c in classes], settings={key: getattr(args, key) for key in SETTINGS})
     meta.update(data=dataset.data_summary(manifest, classes, args.data_dir), manifest_sha256=None)
     meta["imagenet"] = resumed["meta"].get("imagenet") if resumed else args.imagenet
@@ -334,11 +334,11 @@ def training_step_parts(run, progress, train_y, steps, epochs, stage):
 def save_progress(run, progress, optimizer, schedule, finished=False):
     """The resume checkpoint: the latest epoch's weights and optimiser state, and the best epoch's weights and
     validation logits (the model file is written from them when the run ends)."""
-    state = model.checkpoint_state(run.net, run.cfg, epoch=progress["epoch"], **run.meta)
+    state = model_file.checkpoint_state(run.net, run.cfg, epoch=progress["epoch"], **run.meta)
     if optimizer is not None:
         progress.update(optimizer=optimizer.state_dict(), schedule=schedule.state_dict())
     state.update(resume.resume_state(progress, finished))
-    model.save_checkpoint(run.args.resume_file, state, "resume checkpoint")
+    model_file.save_checkpoint(run.args.resume_file, state, "resume checkpoint")
     progress["state"] = state
 
 
@@ -353,13 +353,13 @@ def finish(run, progress, train_photos, val_photos):
     _, kept = scored(np.asarray(labels), logits, run.meta, args.target_sensitivity)
     net, deployed = deployed_network(run, progress)
     found, arrays = folds.deployed_familiarity(run, progress, net, train_photos, val_photos)
-    state = model.checkpoint_state(net, run.cfg, familiarity=found, **run.meta, **deployed, **kept)
+    state = model_file.checkpoint_state(net, run.cfg, familiarity=found, **run.meta, **deployed, **kept)
     state["familiarity"] = familiarity.state(arrays)
     print(f"familiarity: {familiarity.limit_text(found, card.chosen_on(state['meta'])[1])}")
-    checkpoints.write_finished(state, args.output, args.card)
+    model_file.write_finished(state, args.output, args.card)
     interrupts.say_on_ctrl_c(f"interrupted after {messages.printable(args.output)} and its card were written")
     progress["state"].update(finished=True, done=list(progress["done"]))  # --resume says so; the last fold kept
-    model.save_checkpoint(args.resume_file, progress["state"], "resume checkpoint")
+    model_file.save_checkpoint(args.resume_file, progress["state"], "resume checkpoint")
     training.report(args.output, args.card, state["meta"])
 
 

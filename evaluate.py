@@ -34,6 +34,7 @@ from skinlesion import (
     isic,
     messages,
     metrics,
+    model_file,
     photos,
     plots,
     remote,
@@ -123,7 +124,7 @@ def score(net, paths, meta, args, device, blobs=None):
     """(The logits of each view of each photo (one array per view: the photo, and with --tta its flips), the
     photos' familiarity distances or None (a model without the measure)), NaN where a photo could not be read;
     blobs: the photos' bytes, read from shards."""
-    cfg = model.meta_data_config(meta)
+    cfg = model_file.meta_data_config(meta)
     crops = photos.Photos(paths, cfg["input_size"][-1], cfg["crop_pct"], cfg["interpolation"], blobs)
     views = [np.full((len(paths), len(meta["classes"])), np.nan) for _ in (model.TTA_FLIPS if args.tta else [()])]
     distances = np.full(len(paths), np.nan) if meta.get("familiarity") else None
@@ -581,7 +582,7 @@ def pictures(result, y, p, meta, out, shown, blobs):
     if "types" in result:
         written.append(out["types_confusion.png"])
     if result["mistakes"]:
-        cfg = model.meta_data_config(meta)
+        cfg = model_file.meta_data_config(meta)
         plots.mistakes(
             result["mistakes"],
             lambda path: photos.eval_crop(photos.load_image(photos.opened(path, blobs)), cfg),

@@ -13,7 +13,6 @@ from skinlesion import interrupts
 if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
     interrupts.one_line_while_loading()
 
-import json
 import os
 import shlex
 import sys
@@ -29,10 +28,11 @@ from skinlesion import (
     files,
     flags,
     messages,
+    model_file,
+    onnx_file,
     photos,
     quantise,
     reading,
-    self_check,
 )
 
 # -----------------------------------------------------------------------------
@@ -189,39 +189,36 @@ def record_in_card(checkpoint, sha256, meta, written):
 
 
 def torch_self_check(wrapped, meta):
-    """The outputs the file must give on self_check.inputs (load_onnx compares), every one of them: PyTorch's,
+    """The outputs the file must give on onnx_file.check_inputs (load_onnx compares), every one of them: PyTorch's,
     which onnxruntime matches within TOLERANCE (checked on real photos before the file is written)."""
     import torch
 
-    x = self_check.inputs(meta["image_size"])
+    x = onnx_file.check_inputs(meta["image_size"])
     with torch.inference_mode():
         outputs = wrapped(torch.from_numpy(x))
-    return self_check.record(dict(zip(model.output_names(meta), (t.double().numpy() for t in outputs))))
+    return onnx_file.self_check_record(dict(zip(onnx_file.output_names(meta), (t.double().numpy() for t in outputs))))
 
 
 def onnx_metadata(meta, checkpoint, sha256, checked):
-    """What a consumer needs to use the ONNX file alone (model.KEYS marked "copied", and those export writes),
-    each value as a JSON string; sha256: the checkpoint's."""
+    """What a consumer needs to use the ONNX file alone (onnx_file.export_metadata: the model file's keys it copies,
+    and those export writes), each value as a JSON string; sha256: the checkpoint's."""
     import torch
 
     test, externals = card.earlier_evaluations(card_path(checkpoint), sha256)
     tested = card.test_results(evaluation_of(checkpoint, sha256) or test)  # the card keeps it past --external
-    props = {key: value for key, value in meta.items() if key in model.KEYS and model.KEYS[key].onnx == "copied"}
-    if meta.get("familiarity"):  # its arrays are in the graph
-        props["familiarity"] = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
-    props.update(
+    return onnx_file.export_metadata(
+        meta,
         source_checkpoint=messages.printable(os.path.basename(checkpoint)),
         source_sha256=sha256,
-        outputs=model.output_names(meta),
+        outputs=onnx_file.output_names(meta),
         exporter=f"torch.onnx dynamo, torch {torch.__version__}",
         card_summary=card.summary(meta, tested, externals),
         self_check=checked,
     )
-    return {key: json.dumps(value) for key, value in props.items()}
 
 
 def export(wrapped, size, path, opset, metadata):
-    """Write wrapped (exportable's) to path as one ONNX file with a dynamic batch size and the given metadata_props."""
+    """Write wrapped (exportable's) to path as one ONNX file with a dynamic batch size and the given metadata."""
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -229,14 +226,13 @@ def export(wrapped, size, path, opset, metadata):
         wrapped,
         (torch.randn(2, 3, size, size),),
         input_names=["image"],
-        output_names=model.output_names({"familiarity": wrapped.familiar}),
+        output_names=onnx_file.output_names({"familiarity": wrapped.familiar}),
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         dynamo=True,
         verbose=False,
     )
-    program.model.metadata_props.update(metadata)
-    program.save(path, external_data=False)
+    onnx_file.save_export(program, path, metadata)
 
 
 def differences(wrapped, meta, path, x):
@@ -247,19 +243,19 @@ def differences(wrapped, meta, path, x):
     import torch
 
     batches = (x, x[:1]) if len(x) > 1 else (np.concatenate([x, x]), x)
-    session = ort_session(path)
-    names = model.output_names(meta)
+    session = onnx_file.cpu_session(path)
+    names = onnx_file.output_names(meta)
     with torch.inference_mode():
         ours = dict(zip(names, (t.double().numpy() for t in wrapped(torch.from_numpy(batches[0])))))
     ours["p_malignant"] = model.predictions([ours["logits"]], meta)[0]
-    scales = {name: max(self_check.largest(np.abs(value)), 1e-12) for name, value in ours.items()}
+    scales = {name: max(onnx_file.largest(np.abs(value)), 1e-12) for name, value in ours.items()}
     scales.update(logits=max(scales["logits"], 1.0), p_malignant=1.0)
     found = dict.fromkeys(names, 0.0)
     for part in batches:
         theirs = dict(zip(names, session.run(names, {"image": part})))
         for name in names:
-            difference = self_check.largest(np.abs(ours[name][: len(part)] - theirs[name]) / scales[name])
-            found[name] = self_check.largest([found[name], difference])
+            difference = onnx_file.largest(np.abs(ours[name][: len(part)] - theirs[name]) / scales[name])
+            found[name] = onnx_file.largest([found[name], difference])
     return found
 
 
@@ -267,7 +263,7 @@ def labelled_photos(folder, meta):
     """(preprocessed photos, 1 malignant / 0 benign by their class folder, or None where a photo has none)."""
     paths = photos.find_images([folder])[0] if os.path.isdir(folder) else []
     malignant = dict(zip(meta["classes"], model.malignant_mask(meta).tolist()))
-    cfg, images, y = model.meta_data_config(meta), [], []
+    cfg, images, y = model_file.meta_data_config(meta), [], []
     for path in paths:
         img, _ = photos.try_load_image(path)
         if img is not None:
@@ -278,33 +274,19 @@ def labelled_photos(folder, meta):
 
 
 class TwinRefused(Exception):
-    """The int8 twin fails the check every model file gets (model.self_check_fault): it is not written."""
+    """The int8 twin fails the check every model file gets (onnx_file.self_check_fault): it is not written."""
 
 
 def twin_self_check(small, meta):
-    """The int8 twin's own self_check (its outputs on self_check.inputs); TwinRefused where the twin fails the
+    """The int8 twin's own self_check (its outputs on onnx_file.check_inputs); TwinRefused where the twin fails the
     check load_onnx makes (a twin that finds no check input unfamiliar, say)."""
-    checks = self_check.inputs(meta["image_size"])
-    names = model.output_names(meta)
-    own = self_check.record(dict(zip(names, small.run(names, {"image": checks}))))
-    fault = model.self_check_fault(small, dict(meta, self_check=own))
+    checks = onnx_file.check_inputs(meta["image_size"])
+    names = onnx_file.output_names(meta)
+    own = onnx_file.self_check_record(dict(zip(names, small.run(names, {"image": checks}))))
+    fault = onnx_file.self_check_fault(small, dict(meta, self_check=own), model.p_malignant)
     if fault:
         raise TwinRefused(fault)
     return own
-
-
-def write_twin_metadata(tmp, full_path, own, result):
-    """Give the twin at tmp the full model's metadata (the quantiser adds keys of its own), its own self_check and
-    its comparison (quantised)."""
-    import onnx
-
-    proto = onnx.load(tmp)
-    del proto.metadata_props[:]
-    for prop in onnx.load(full_path, load_external_data=False).metadata_props:
-        value = json.dumps(own) if prop.key == "self_check" else prop.value
-        proto.metadata_props.add(key=prop.key, value=value)
-    proto.metadata_props.add(key="quantised", value=json.dumps(result))
-    onnx.save(proto, tmp)
 
 
 def write_int8_twin(args, meta):
@@ -322,12 +304,12 @@ def write_int8_twin(args, meta):
     if x is None:
         print(f"no int8 twin written: no photos in {images} to calibrate it on (--quantise-images)")
         return None
-    full = ort_session(args.output)
+    full = onnx_file.cpu_session(args.output)
     speeds = {}
 
     def quantise_and_compare(tmp):
         quantise.quantise(args.output, tmp, x)
-        small = ort_session(tmp)
+        small = onnx_file.cpu_session(tmp)
         names = ["p_malignant"] + (["familiarity_distance"] if meta.get("familiarity") else [])
         (p_full, *d_full), (p_int8, *d_int8) = quantise.outputs(full, x, names), quantise.outputs(small, x, names)
         limit = (meta.get("familiarity") or {}).get("limit")
@@ -335,7 +317,7 @@ def write_int8_twin(args, meta):
         result = quantise.comparison(p_full, p_int8, y, meta["threshold"], answer.BORDERLINE, distances, limit)
         result.update(from_sha256=files.file_sha256(args.output), photos_from=os.path.basename(args.quantise_images))
         speeds.update(full=quantise.seconds_per_photo(full, x), int8=quantise.seconds_per_photo(small, x))
-        write_twin_metadata(tmp, args.output, twin_self_check(small, meta), result)
+        onnx_file.copy_metadata(tmp, args.output, twin_self_check(small, meta), result)
         speeds["result"] = result
 
     try:
@@ -371,13 +353,6 @@ def check_parity(args, found, described):
     )
 
 
-def ort_session(path):
-    """An onnxruntime session of the file at path, on the CPU."""
-    import onnxruntime as ort
-
-    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-
-
 def written_text(args, meta):
     """What export_onnx.py says of the ONNX file it wrote: its size, the check passed, its opset, inputs, outputs."""
     size, n = meta["image_size"], len(meta["classes"])
@@ -401,7 +376,7 @@ def main(argv=None):
     meta["network"] = backbone.network_shape(net)  # what the graph must show, from the network (not the file's word)
     wrapped = exportable(net.float().to(memory_format=torch.contiguous_format).eval(), meta)
     x, described = check_photos(
-        args.check_images, args.n_check, model.meta_data_config(meta), "check_images" in args.given
+        args.check_images, args.n_check, model_file.meta_data_config(meta), "check_images" in args.given
     )
 
     def export_and_check(tmp):  # inside files.atomic_write: a failed check leaves nothing behind
@@ -409,7 +384,8 @@ def main(argv=None):
         export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model, sha256, checked))
         onnx.checker.check_model(tmp, full_check=True)
         check_parity(args, differences(wrapped, meta, tmp, x), f"{described}, batch of {max(len(x), 2)} and of 1")
-        fault = model.self_check_fault(ort_session(tmp), dict(meta, self_check=checked))
+        session = onnx_file.cpu_session(tmp)
+        fault = onnx_file.self_check_fault(session, dict(meta, self_check=checked), model.p_malignant)
         if fault:
             raise messages.UserError(
                 f"the exported file fails the check every script makes of a model file: {fault}; "

@@ -27,7 +27,6 @@ import model
 from skinlesion import (
     answer,
     card,
-    checkpoints,
     devices,
     explain,
     familiarity,
@@ -36,6 +35,7 @@ from skinlesion import (
     folders,
     messages,
     metrics,
+    model_file,
     photos,
 )
 
@@ -94,7 +94,7 @@ def onnx_predictor(session, meta, tta, explain_it):
         outputs.append("familiarity_distance")
 
     def predict_one(img):
-        x = photos.preprocess(img, model.meta_data_config(meta))
+        x = photos.preprocess(img, model_file.meta_data_config(meta))
         runs = []
         for dims in model.TTA_FLIPS if tta else [()]:
             view = np.ascontiguousarray(np.flip(x, dims) if dims else x)[None]
@@ -121,7 +121,7 @@ def torch_predictor(net, meta, tta, explain_it):
     device = next(net.parameters()).device
 
     def predict_one(img):
-        x = torch.from_numpy(photos.preprocess(img, model.meta_data_config(meta))).to(device)[None]
+        x = torch.from_numpy(photos.preprocess(img, model_file.meta_data_config(meta))).to(device)[None]
         p, probabilities = model.predictions(model.view_logits(net, x, tta), meta)
         cam = explain.gradcam(net, x, model.malignant_mask(meta)) if explain_it else None
         distances = familiarity.distances_of(net, x, meta)
@@ -132,7 +132,7 @@ def torch_predictor(net, meta, tta, explain_it):
 
 def load(args):
     """(photo -> prediction, meta) for the model file, checked when loaded: a broken one is refused here."""
-    if checkpoints.is_onnx(args.model):
+    if model_file.is_onnx(args.model):
         session, meta = model.load_onnx(args.model)
         return onnx_predictor(session, meta, args.tta, args.explain), meta
     net, meta = model.load_checkpoint(args.model, devices.pick_device())
@@ -246,7 +246,7 @@ def explain_photo(path, img, found, pictures, cautions, meta, threshold, args):
         f"{messages.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}", found.unfamiliar
     )
     folders.made_folder(args.explain_dir, "predict.py", "Grad-CAM folder")
-    crop = photos.eval_crop(img, model.meta_data_config(meta))
+    crop = photos.eval_crop(img, model_file.meta_data_config(meta))
     blank = explain.save_gradcam(crop, found.cam, pictures[path], title, notes)
     none_for = "".join(
         f"; no region of the photo stands out as evidence for {b} (P(malignant) = {p_text} is the model's "
@@ -411,7 +411,7 @@ def write_csv(path, rows, meta):
 
 def main(argv=None):
     args = parse_args(argv)
-    model.check_model_file(args.model, "train one with 'python AItraining.py' (or export one with export_onnx.py)")
+    model_file.check_model_file(args.model, "train one with 'python AItraining.py' (or export one with export_onnx.py)")
     images, skipped = find_photos(args)
     single = len(args.images) == 1 and len(images) == 1 and not os.path.isdir(args.images[0])
     first = read_single(images[0]) if single else None

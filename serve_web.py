@@ -21,7 +21,7 @@ import re
 import sys
 
 import model
-from skinlesion import answer, checkpoints, files, flags, folders, messages, metrics, quantise, reading
+from skinlesion import answer, files, flags, folders, messages, metrics, model_file, quantise, reading
 from skinlesion.card import MAX_CARD_BYTES, chosen_on
 
 # -----------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def read_model(path):
         raise messages.UserError(
             f"{messages.printable(path)} resizes with {resizes}; the page implements Pillow's bicubic only"
         )
-    keys = [name for name, key in model.KEYS.items() if key.page]
+    keys = [name for name, key in model_file.KEYS.items() if key.page]
     sidecar = {key: meta.get(key) for key in keys}
     op = meta.get("operating_point")
     sidecar.update(
@@ -184,7 +184,7 @@ def site_contents(model_path, card, node_modules, small=True):
         contents[f"vendor/{name}"] = read_bytes(
             os.path.join(dist, name), MAX_PAGE_BYTES, "run 'npm ci' to install it again"
         )
-    contents["model.onnx"] = read_bytes(model_path, checkpoints.MAX_MODEL_BYTES, "pass --model PATH")
+    contents["model.onnx"] = read_bytes(model_path, model_file.MAX_MODEL_BYTES, "pass --model PATH")
     sidecar["model_sha256"] = hashlib.sha256(contents["model.onnx"]).hexdigest()  # of the bytes the page gets
     sidecar["model_name"] = messages.printable(os.path.basename(model_path))  # which file they are (the card lists it)
     contents["model.json"] = json.dumps(sidecar, indent=1).encode()

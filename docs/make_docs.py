@@ -34,7 +34,7 @@ PICTURES = {"training_curves.png": "training_curves.png", "confusion_matrix.png"
 STAGES = [("reading an export", ["isic"]), ("photos", ["photos"]),
           ("the prepared dataset", ["dataset", "splits", "shards", "shard_format", "other_types"]),
           ("the training data path", ["training", "devices", "resume", "folds"]), ("the folds averaged", ["ensemble"]),
-          ("the model's parts", ["backbone", "checkpoints", "schema", "self_check", "familiarity", "mahalanobis",
+          ("the model's parts", ["backbone", "model_file", "onnx_file", "schema", "familiarity", "mahalanobis",
                                  "non_lesions", "explain", "quantise"]),
           ("numbers", ["metrics", "plots", "answer"]), ("the card", ["card"]),
           ("safe outputs", ["files", "folders", "ledger", "cleaning", "interrupts"]),
@@ -131,7 +131,7 @@ def layout_markdown(root):
     importers = {m: [name for name in sources if m in imports[name]] for m in ["model", *modules]}
 
     text = ["# Layout", "", "Generated from the code by `make docs` (a test keeps it equal). The scripts run in the "
-            "order of the README; `model.py` holds the model and the model file's table of keys; `skinlesion/` "
+            "order of the README; `model.py` holds the model, `skinlesion/model_file.py` its file; `skinlesion/` "
             "holds every other shared concept, one module each, grouped here by the stage of the pipeline it "
             "serves; `tools/` holds the measuring tools. No script imports another script.", "",
             "## Scripts", "", "| file | imports |", "|---|---|"]  # fmt: skip

@@ -153,7 +153,7 @@ def continued_in(path, overwrite=False):
 
 
 def take_back(state, args, classes, manifest_sha256, defaults=("skin_model_last.pth", "skin_model.pth")):
-    """A resume checkpoint's state (read and checked as a model file: model.read_checkpoint), checked as one and
+    """A resume checkpoint's state (read and checked as a model file: model_file.read_checkpoint), checked as one and
     its settings put into args (AItraining.py's: resume_from, data_dir, given): a flag that would change the run
     dies, and so do other classes and another dataset (a manifest.csv of another SHA-256). defaults: the resume
     file and the model a run writes, for the advice."""

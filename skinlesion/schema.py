@@ -143,7 +143,7 @@ def fault(shape, name, value):
     return f"its {name}{where} {shown} is not {wanted}"
 
 
-# ---------------------------------------------------------------------------- the model file's values (model.KEYS)
+# ---------------------------------------------------------------------------- the model file's values (model_file.KEYS)
 def is_starting_weights(value):
     """Whether value is what backbone.imagenet_model returns: {source: hub id} or {file: name, sha256: hex}."""
     if not isinstance(value, dict) or not all(isinstance(v, str) and 0 < len(v) <= 200 for v in value.values()):

@@ -41,7 +41,7 @@ ENV = dict(
 )
 
 import model  # noqa: E402
-from skinlesion import familiarity, interrupts, ledger  # noqa: E402
+from skinlesion import familiarity, interrupts, ledger, model_file  # noqa: E402
 from skinlesion.messages import UserError, report  # noqa: E402
 
 
@@ -196,7 +196,7 @@ def make_net(size=64, seed=0, classes=2):
 
 
 def calibration(a, b, method="platt"):
-    """A calibration as metrics.fit stores it (model.KEYS' shape), scaling the logits by a, adding b."""
+    """A calibration as metrics.fit stores it (model_file.KEYS' shape), scaling the logits by a, adding b."""
     return dict(method=method, a=a, b=b, applies_to="logits", val_log_loss_before=0.6, val_log_loss_after=0.5,
                 val_ece_before=0.1, val_ece_after=0.05)  # fmt: skip
 
@@ -204,7 +204,9 @@ def calibration(a, b, method="platt"):
 def save_model(path, net=None, size=64, threshold=0.5, **meta):
     """A checkpoint as AItraining.py writes it (make_net's weights unless net is given)."""
     net = net if net is not None else make_net(size)
-    model.save_checkpoint(str(path), model.checkpoint_state(net, model.data_config(net, size), threshold, **meta))
+    model_file.save_checkpoint(
+        str(path), model_file.checkpoint_state(net, model.data_config(net, size), threshold, **meta)
+    )
     return str(path)
 
 
@@ -653,7 +655,7 @@ def direct_familiarity_distance(checkpoint, paths):
 
     from skinlesion import photos
 
-    ckpt = model.read_checkpoint(checkpoint)
+    ckpt = model_file.read_checkpoint(checkpoint)
     net, meta = model.load_checkpoint(checkpoint)
     seen = []
     modules = dict(net.named_modules())
@@ -667,7 +669,7 @@ def direct_familiarity_distance(checkpoint, paths):
     found = []
     for path in paths:
         seen.clear()
-        x = torch.from_numpy(photos.preprocess(photos.load_image(path), model.meta_data_config(meta)))[None]
+        x = torch.from_numpy(photos.preprocess(photos.load_image(path), model_file.meta_data_config(meta)))[None]
         with torch.no_grad():
             net(x)
         f = torch.cat([t.mean((2, 3)) for t in seen[:-1]] + [seen[-1].flatten(1)], 1)[0].double().numpy()

@@ -16,7 +16,7 @@ import AItraining
 import model
 from conftest import beta_binomial_range, front_matter
 from evaluate import calibration_report, operating_report, subgroups
-from skinlesion import card, dataset, files, isic, metrics
+from skinlesion import card, dataset, files, isic, metrics, model_file
 
 SECTIONS = ["## Model details", "## Intended use", "## Training data", "## Evaluation", "## Factors", "## Caveats"]
 TYPES = {"nevus": "benign", "seborrheic keratosis": "benign", "basal cell carcinoma": "malignant",
@@ -78,7 +78,7 @@ def b0():
 
 
 def trained(lesion_types=False, imagenet=HUB_START, rows=None, seed=0, **data):
-    """A model file's meta as AItraining.py writes it: model.checkpoint_state with the data summary, settings,
+    """A model file's meta as AItraining.py writes it: model_file.checkpoint_state with the data summary, settings,
     and what AItraining.scored keeps of the validation predictions."""
     rows = manifest(lesion_types=lesion_types) if rows is None else rows
     classes, malignant, names = dataset.classes_of(rows)
@@ -106,7 +106,7 @@ def trained(lesion_types=False, imagenet=HUB_START, rows=None, seed=0, **data):
     kept = AItraining.scored(labels, class_weighted_logits(labels, mask, seed), meta, 0.9)[1]
     cfg = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     cfg.update(interpolation="bicubic", crop_pct=0.875)
-    state = model.checkpoint_state(b0(), cfg, epoch=7, **meta, **kept)  # as AItraining.py calls it
+    state = model_file.checkpoint_state(b0(), cfg, epoch=7, **meta, **kept)  # as AItraining.py calls it
     return state["meta"]
 
 
@@ -240,7 +240,7 @@ def test_text_from_a_data_file_is_shown_as_it_is_in_the_card(meta, evaluation, f
         rows["attribution"] = FORGED["attribution"]
         rows["anatom_site_1"] = rows.anatom_site_1.replace("torso", FORGED["value"])
     crafted = trained(lesion_types=True, rows=rows)
-    assert model.meta_fault(crafted) is None  # printable text: a model file may hold it
+    assert model_file.meta_fault(crafted) is None  # printable text: a model file may hold it
     html = html_of(card.render(crafted, "<b>m</b>.pth", dict(evaluation, data_dir="data|<i>x</i>")))
     plain = html_of(card.render(trained(lesion_types=True), "<b>m</b>.pth", evaluation))
     for tag in ("h1", "h2", "h3", "script", "a", "i", "b", "em", "code", "th", "td"):
@@ -373,7 +373,7 @@ def test_the_summary_carries_the_test_results_as_the_card_names_them(meta, evalu
     assert "at this threshold the model caught" in summary["how_well"] and summary["limits"][0] == card.NOT_A_DEVICE
     for other in (None, {}, {"metrics": "high"}, {"metrics": {"roc_auc": "high"}}, [1]):
         assert card.test_results(other) is None
-    assert model.KEYS["card_summary"].shape.test(summary) is None  # what a model file may hold
+    assert model_file.KEYS["card_summary"].shape.test(summary) is None  # what a model file may hold
 
 
 def test_factor_tables_list_the_splits_in_order_and_unknown_last(meta):

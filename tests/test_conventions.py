@@ -14,9 +14,8 @@ import sys
 
 import pytest
 
-import model
 from conftest import ENV, ROOT, fails, help_of
-from skinlesion import flags
+from skinlesion import flags, model_file
 
 TOOLS = sorted(glob.glob(os.path.join(ROOT, "tools", "*.py")))  # measuring tools: scripts (a constants block), modules
 
@@ -121,15 +120,15 @@ def test_every_numeric_flag_states_its_range_in_its_comment(script, monkeypatch)
 
 
 def test_every_image_size_range_is_the_models():
-    """IMAGE_SIZE's range is written in each script that has one: each must say model.IMAGE_SIZES, the sizes a model
-    file may have, so that the scripts cannot drift from it or from each other."""
+    """IMAGE_SIZE's range is written in each script that has one: each must say model_file.IMAGE_SIZES, the sizes a
+    model file may have, so that the scripts cannot drift from it or from each other."""
     found = {}
     for script in SCRIPTS:
         for name, comment in flags.constants_block(os.path.join(ROOT, script)):
             if name == "IMAGE_SIZE":
                 found[script] = tuple(flags.allowed_range(comment) or ())[:4]
     assert set(found) == {"AItraining.py", "tools/bench.py", "tools/measure_transfer.py", "tools/measure_folds.py"}
-    assert found == dict.fromkeys(found, (*model.IMAGE_SIZES, False, False))
+    assert found == dict.fromkeys(found, (*model_file.IMAGE_SIZES, False, False))
 
 
 def test_the_readme_is_short_and_names_only_flags_that_exist():

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import fails, lesion_photo
-from skinlesion import dataset
+from skinlesion import dataset, model_file
 
 
 @pytest.mark.parametrize(
@@ -168,9 +168,8 @@ def test_the_data_summary_holds_text_a_model_file_accepts():
         )  # fmt: skip
     )
     data = dataset.data_summary(manifest, dataset.SIDES, "data\x1bset")
-    import model
 
-    assert model.KEYS["data"].shape.test(data) is None
+    assert model_file.KEYS["data"].shape.test(data) is None
     assert set(data["attributions"]) == {
         "Dr \\x1b[2J",
         "Clinic\\nB",

@@ -33,7 +33,7 @@ from conftest import (
     save_model,
     write_export,
 )
-from skinlesion import card, files
+from skinlesion import card, files, model_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 THRESHOLD = 0.37
@@ -81,9 +81,9 @@ def class_photos(root, n):
             lesion_photo(root / c / f"{c}_{j}.jpg", (80, 64), [k, j], malignant=bool(k))
 
 
-def evaluate_into(model_file, data_dir, out_dir, n_bootstrap, *extra):
+def evaluate_into(model_path, data_dir, out_dir, n_bootstrap, *extra):
     """evaluate.main in this process: model_file on data_dir, the report into out_dir, no loader workers."""
-    argv = ["--model", model_file, "--data-dir", data_dir, "--output-dir", out_dir, "--n-bootstrap", n_bootstrap]
+    argv = ["--model", model_path, "--data-dir", data_dir, "--output-dir", out_dir, "--n-bootstrap", n_bootstrap]
     evaluate.main(list(map(str, [*argv, "--num-workers", 0, *extra])))
 
 
@@ -393,12 +393,12 @@ def test_without_intervals_the_target_is_neither_inside_nor_outside(tmp_path, ca
     assert "the test specificity 50% lies outside the 95% interval validation stated for it" in err
 
 
-def evaluated(model_file, data_dir, folder):
+def evaluated(model_path, data_dir, folder):
     """evaluate.py on data_dir into folder, in a fresh process: the finished run."""
     return run(
         "evaluate.py",
         "--model",
-        model_file,
+        model_path,
         "--data-dir",
         data_dir,
         "--output-dir",
@@ -488,15 +488,15 @@ def test_the_unfamiliar_test_photos_are_counted_in_the_report_and_the_card(famil
     checkpoint, data = familiar_model
     shutil.copytree(os.path.join(data, "test"), tmp_path / "test")
     greys = [grey_photo(tmp_path / "test" / "benign" / f"grey{i}.png", (60 + i, 50)) for i in range(2)]
-    model_file = shutil.copy(checkpoint, tmp_path / "skin_model.pth")
-    r = run("evaluate.py", "--model", model_file, "--data-dir", tmp_path / "test", "--n-bootstrap", 50, cwd=tmp_path)
+    model_path = shutil.copy(checkpoint, tmp_path / "skin_model.pth")
+    r = run("evaluate.py", "--model", model_path, "--data-dir", tmp_path / "test", "--n-bootstrap", 50, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     name = f"{tmp_path.name}_test"  # not the model's dataset (no manifest beside): an external validation's name
     with open(tmp_path / f"evaluation_{name}.json") as f:
         report = json.load(f)
     found = report["familiarity"]
     paths = [os.path.join(root, n) for root, _, names in os.walk(tmp_path / "test") for n in names]
-    distances, stored = direct_familiarity_distance(model_file, paths)
+    distances, stored = direct_familiarity_distance(model_path, paths)
     flagged = int((distances > stored["limit"]).sum())
     assert found["n_unfamiliar"] == flagged and found["n_photos"] == len(paths) and flagged >= len(greys)
     assert f"unfamiliar: {flagged} of {len(paths)} photos" in r.stdout
@@ -641,7 +641,7 @@ def test_without_intervals_every_file_is_strict_json_and_every_reader_reads_null
         f"on the test photos, at the same threshold, it caught {m['sensitivity']:.0%} of the malignant, cleared "
         f"{m['specificity']:.0%} of the benign, ROC-AUC {m['roc_auc']:.2f}"
     )
-    meta = model.read_checkpoint(path)["meta"]
+    meta = model_file.read_checkpoint(path)["meta"]
     props = export_onnx.onnx_metadata(meta, path, files.file_sha256(path), {})
     assert strict(props["card_summary"])["tested"] == expected  # the page's 'Tested' line
     capsys.readouterr()
@@ -730,7 +730,7 @@ def test_real_clinical_photos_as_an_external_validation(trained_model, tmp_path)
     assert report["photos"]["malignant_share"] == pytest.approx(counts["malignant"] / len(rows))
     text = (tmp_path / "skin_model.md").read_text(encoding="utf-8")
     section = text.split("**External validation: MED-NODE** (")[1]
-    prior = model.read_checkpoint(checkpoint)["meta"]["prior_malignant"]
+    prior = model_file.read_checkpoint(checkpoint)["meta"]["prior_malignant"]
     share = f"{counts['malignant'] / len(rows):.0%} malignant (training photos: {prior:.0%})"
     assert f"Photos: {len(rows)}, of image type clinical: overview {len(rows)} (training photos: " in section
     assert share in section and fingerprint(REAL_CLINICAL) == before

@@ -14,7 +14,7 @@ import export_onnx
 import make_demo_data
 import model
 from conftest import direct_familiarity_distance, run
-from skinlesion import familiarity, non_lesions, photos
+from skinlesion import familiarity, model_file, non_lesions, photos
 
 
 def test_the_limit_holds_99_percent_of_the_validation_photos_and_flags_a_shift():
@@ -298,7 +298,7 @@ def flagged(checkpoint, images):
     import torch
 
     net, meta = model.load_checkpoint(checkpoint)
-    x = torch.from_numpy(np.stack([photos.preprocess(img, model.meta_data_config(meta)) for img in images]))
+    x = torch.from_numpy(np.stack([photos.preprocess(img, model_file.meta_data_config(meta)) for img in images]))
     return np.array([familiarity.unfamiliar(d, meta) for d in familiarity.distances_of(net, x, meta)])
 
 
@@ -321,7 +321,7 @@ def test_a_demo_model_flags_its_other_image_type_and_drawn_non_lesions_and_passe
 
 
 def model_meta(checkpoint):
-    return model.read_checkpoint(checkpoint)["meta"]
+    return model_file.read_checkpoint(checkpoint)["meta"]
 
 
 @pytest.mark.slow
@@ -337,7 +337,7 @@ def test_fresh_small_models_export_with_the_default_tolerance(demo_96, trained_m
         export_onnx.main(["--model", checkpoint, "--output", path, *flags])
         assert "and the familiarity distance (--tolerance 1e-04)" in capsys.readouterr().out
         session, meta = model.load_onnx(path)
-        x = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in test])
+        x = np.stack([photos.preprocess(photos.load_image(p), model_file.meta_data_config(meta)) for p in test])
         direct, found = direct_familiarity_distance(checkpoint, test)
         assert np.abs(session.run(["familiarity_distance"], {"image": x})[0] - direct).max() <= 1e-4 * found["limit"]
 

@@ -26,7 +26,7 @@ import model
 import predict
 import prepare_dataset
 from conftest import beta_binomial_range, calibration, fails, lesion_photo, noise_image, save_model, write_export
-from skinlesion import card, isic, metrics, photos
+from skinlesion import card, isic, metrics, model_file, photos
 
 
 def sigmoid(x):
@@ -68,7 +68,7 @@ def test_predict_compares_the_calibrated_p_with_the_threshold(tmp_path, capsys, 
 
     photo = lesion_photo(tmp_path / "photo.jpg", (80, 64), seed=3)
     net, meta = model.load_checkpoint(save_model(tmp_path / "plain.pth"))
-    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model.meta_data_config(meta)))[None]
+    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model_file.meta_data_config(meta)))[None]
     logits = model.view_logits(net, x)[0][0]
     with torch.no_grad():
         net.classifier.bias[1] -= float(logits[1] - logits[0])
@@ -94,7 +94,7 @@ def test_a_photo_whose_p_equals_the_threshold_is_called_malignant(tmp_path, caps
     photo = lesion_photo(tmp_path / "photo.jpg", (80, 64), seed=4)
     path = save_model(tmp_path / "m.pth", calibration=calibration(0.5, 0.2))
     net, meta = model.load_checkpoint(path)
-    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model.meta_data_config(meta)))[None]
+    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model_file.meta_data_config(meta)))[None]
     p = float(model.predictions(model.view_logits(net, x), meta)[0][0])
     for threshold, label in [(p, "malignant"), (float(np.nextafter(p, 1)), "benign")]:
         predict.main([photo, "--model", path, "--threshold", repr(threshold)])
@@ -138,7 +138,7 @@ def test_an_onnx_file_keeps_platts_shift(tmp_path, capsys, one_torch_thread):
         ["--model", path, "--output", str(tmp_path / "m.onnx"), "--check-images", str(tmp_path / "photos")]
     )
     session, meta = model.load_onnx(str(tmp_path / "m.onnx"))
-    x = photos.preprocess(photos.load_image(photo), model.meta_data_config(meta))[None]
+    x = photos.preprocess(photos.load_image(photo), model_file.meta_data_config(meta))[None]
     logits, p_file = ort.InferenceSession(str(tmp_path / "m.onnx")).run(["logits", "p_malignant"], {"image": x})
     expected = sigmoid(0.7 * (logits[0, 1] - logits[0, 0]) + 1.3)
     assert abs(p_file[0] - expected) < 1e-5

@@ -37,7 +37,7 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import answer, card, explain, familiarity, files, folders, interrupts, ledger, photos
+from skinlesion import answer, card, explain, familiarity, files, folders, interrupts, ledger, model_file, photos
 from skinlesion.messages import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
@@ -66,7 +66,7 @@ def flip_probabilities(path, checkpoint):
     """P(malignant) of the photo and its horizontal, vertical and double flip, computed here (not with
     model.malignant_probability or model.TTA_FLIPS)."""
     net, meta = model.load_checkpoint(checkpoint)
-    x = torch.from_numpy(photos.preprocess(photos.load_image(path), model.meta_data_config(meta)))[None]
+    x = torch.from_numpy(photos.preprocess(photos.load_image(path), model_file.meta_data_config(meta)))[None]
     with torch.no_grad():
         return [torch.softmax(net(v), 1)[0, 1].item() for v in (x, x.flip(3), x.flip(2), x.flip(2).flip(3))]
 
@@ -276,10 +276,10 @@ def bad_checkpoints(net, tmp_path_factory):
     cases = {}
 
     def save(case, expected, edit=lambda state: None, weights=net, **kw):
-        state = model.checkpoint_state(weights, cfg, **kw)
+        state = model_file.checkpoint_state(weights, cfg, **kw)
         edit(state)
         path = str(folder / f"{case}.pth")
-        model.save_checkpoint(path, state)
+        model_file.save_checkpoint(path, state)
         cases[case] = (path, expected)
 
     def nan_weight(state):
@@ -413,7 +413,7 @@ def test_outputs_that_are_inputs_or_not_ours_are_refused(tmp_path, models, monke
     photo = lesion_photo("photos/p.jpg")
     shutil.copyfile(models[0.5], "skin_model.pth")
     (tmp_path / "results.csv").write_text("my own spreadsheet\n")
-    model.save_checkpoint("trained.pth", torch.load(models[0.5], weights_only=True))  # a model of ours, recorded
+    model_file.save_checkpoint("trained.pth", torch.load(models[0.5], weights_only=True))  # a model of ours, recorded
     source = os.path.join(files.ROOT, "skinlesion", "files.py")
     with open(source, "rb") as f:
         source_bytes = f.read()
@@ -710,7 +710,7 @@ def test_a_type_model_names_the_type_and_p_is_the_sum_over_the_malignant_types(t
     predict.main([photo, "--model", types_model, "--csv", str(tmp_path / "out.csv")])
     lines = capsys.readouterr().out.splitlines()
     net, meta = model.load_checkpoint(types_model)
-    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model.meta_data_config(meta)))[None]
+    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model_file.meta_data_config(meta)))[None]
     with torch.no_grad():
         logits = net(x)[0].double().numpy()
     e = np.exp(0.8 * logits - 0.3 * np.array([0, 0, 1, 1]))

@@ -18,7 +18,7 @@ import model
 import predict
 import serve_web
 from conftest import changed_output, fingerprint, run, set_self_check
-from skinlesion import answer, files, metrics, photos, quantise
+from skinlesion import answer, files, metrics, model_file, photos, quantise
 
 
 def test_the_twin_is_named_beside_its_export():
@@ -175,7 +175,7 @@ def test_export_writes_a_smaller_twin_that_says_how_it_compares(twin):
     for side in meta["classes"]:
         for name in sorted(os.listdir(os.path.join(twin["val"], side))):
             img = photos.load_image(os.path.join(twin["val"], side, name))
-            x.append(photos.preprocess(img, model.meta_data_config(meta)))
+            x.append(photos.preprocess(img, model_file.meta_data_config(meta)))
             y.append(int(side == "malignant"))
     x = np.stack(x)
     p = [quantise.p_malignant(ort.InferenceSession(f), x) for f in (twin["full"], twin["int8"])]

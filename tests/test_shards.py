@@ -23,9 +23,8 @@ import pytest
 import torch
 
 import AItraining
-import model
 from conftest import ENV, ROOT, assert_one_error, export_rows, lesion_photo, run, save_model, write_export
-from skinlesion import dataset, photos, shard_format, shards, splits
+from skinlesion import dataset, model_file, photos, shard_format, shards, splits
 
 pytestmark = pytest.mark.slow  # each test prepares a dataset with prepare_dataset.py, or trains
 
@@ -119,7 +118,7 @@ def test_shards_on_a_web_server_train_as_on_disk(prepared, tmp_path):
             r = run("AItraining.py", *FAST, "--data-dir", data, "--epochs", 1, "--cache-gb", 0, cwd=tmp_path / where)
             assert r.returncode == 0, r.stdout + r.stderr
         server.shutdown()
-    web, disk = (model.read_checkpoint(str(tmp_path / w / "skin_model.pth"))["meta"] for w in ("web", "disk"))
+    web, disk = (model_file.read_checkpoint(str(tmp_path / w / "skin_model.pth"))["meta"] for w in ("web", "disk"))
     assert web["val_metrics"] == disk["val_metrics"] and web["data"]["counts"] == disk["data"]["counts"]
 
 

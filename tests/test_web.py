@@ -30,7 +30,7 @@ from scipy.special import softmax
 import model
 import predict
 from conftest import ROOT, grey_photo, make_net, run, save_model, skip_or_fail, start_server
-from skinlesion import answer, explain, familiarity, messages, metrics, photos
+from skinlesion import answer, explain, familiarity, messages, metrics, model_file, photos
 
 pytestmark = pytest.mark.slow  # each test starts serve_web.py (and a browser): make test, not make check
 
@@ -134,7 +134,7 @@ def reference(path, session, meta):
     unfamiliar (familiarity.unfamiliar); with the crop's uint8 pixels (H x W x 3)."""
     img = photos.load_image(path)
     p, probabilities, cam, distance = predict.onnx_predictor(session, meta, tta=False, explain_it=True)(img)
-    cfg = model.meta_data_config(meta)
+    cfg = model_file.meta_data_config(meta)
     x = photos.preprocess(img, cfg)
     pixels = (x.transpose(1, 2, 0) * np.array(cfg["std"]) + np.array(cfg["mean"])) * 255
     assert np.abs(pixels - pixels.round()).max() < 0.01
@@ -597,7 +597,7 @@ def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
         run, _ = classify(pg, setup["photos"][name])
         assert run is not None, pg.inner_text("#message")
         assert types_page["requests"][before:] == []
-        x = photos.preprocess(photos.load_image(setup["photos"][name]), model.meta_data_config(meta))
+        x = photos.preprocess(photos.load_image(setup["photos"][name]), model_file.meta_data_config(meta))
         logits, p_malignant = session.run(["logits", "p_malignant"], {"image": x[None]})
         # the one calibrated distribution, by hand: softmax(a * logits + b * malignant); P is its malignant sum
         distribution = softmax(CALIBRATION["a"] * logits[0].astype(np.float64) + CALIBRATION["b"] * malignant)
@@ -817,7 +817,7 @@ def test_the_page_shows_why_instead_of_a_result_for_an_unfamiliar_photo(familiar
     model's own test photo gets its ordinary result."""
     pg, photo_paths = familiar_page["page"], familiar_page["photos"]
     session, meta = model.load_onnx(familiar_page["model"])
-    x = photos.preprocess(photos.load_image(photo_paths["grey"]), model.meta_data_config(meta))
+    x = photos.preprocess(photos.load_image(photo_paths["grey"]), model_file.meta_data_config(meta))
     (distance,) = session.run(["familiarity_distance"], {"image": x[None]})[0]
     run_, _ = classify(pg, photo_paths["grey"])
     assert run_["unfamiliar"] and abs(run_["distance"] - distance) <= 1e-3 * distance

@@ -22,7 +22,7 @@ import growth  # noqa: E402
 import measure  # noqa: E402
 
 import model  # noqa: E402
-from skinlesion import devices, flags, folders, messages, photos, splits, training  # noqa: E402
+from skinlesion import devices, flags, folders, messages, model_file, photos, splits, training  # noqa: E402
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px, 32 to 2048
@@ -248,11 +248,11 @@ def warm_predictors(net, meta, session, onnx_meta):
     import torch
 
     def with_torch(img):
-        x = torch.from_numpy(photos.preprocess(img, model.meta_data_config(meta)))[None]
+        x = torch.from_numpy(photos.preprocess(img, model_file.meta_data_config(meta)))[None]
         return model.predictions(model.view_logits(net, x), meta)[0]
 
     def with_onnx(img):
-        x = photos.preprocess(img, model.meta_data_config(onnx_meta))[None]
+        x = photos.preprocess(img, model_file.meta_data_config(onnx_meta))[None]
         return session.run(["p_malignant"], {session.get_inputs()[0].name: x})[0]
 
     return with_torch, with_onnx
@@ -267,7 +267,7 @@ def bench_predict(args, work, photo, data_dir):
     pth, onnx = os.path.join(work, "skin_model.pth"), os.path.join(work, "skin_model.onnx")
     net = model.build_model(pretrained=False)[0]
     chance = dict(val_metrics={"roc_auc": 0.5}, val_auc_ci95=[0.5, 0.5], at_chance=True)
-    model.save_checkpoint(pth, model.checkpoint_state(net, model.data_config(net, args.image_size), **chance))
+    model_file.save_checkpoint(pth, model_file.checkpoint_state(net, model.data_config(net, args.image_size), **chance))
     run(script("export_onnx.py", "--model", pth, "--output", onnx, "--check-images", os.path.join(data_dir, "test")))
     cold = {pth: [], onnx: []}
     for path in [pth, onnx] * (args.cold_runs + 1):  # the first run of each only fills the file cache

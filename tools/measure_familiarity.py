@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 import model
-from skinlesion import familiarity, flags, interrupts, mahalanobis, messages, non_lesions, photos, quantise
+from skinlesion import familiarity, flags, interrupts, mahalanobis, messages, model_file, non_lesions, photos, quantise
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py (with a familiarity measure)
@@ -48,7 +48,7 @@ def features_of(net, meta, images, batch_size):
     """The familiarity features (n, d), float64, of each PIL image, as predict.py computes them."""
     import torch
 
-    cfg, found = model.meta_data_config(meta), []
+    cfg, found = model_file.meta_data_config(meta), []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.stack([photos.preprocess(img, cfg) for img in images[i : i + batch_size]]))
         with torch.inference_mode():
