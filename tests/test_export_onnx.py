@@ -1054,7 +1054,7 @@ def test_the_export_parity_check_takes_the_largest_difference_over_photos_and_ba
     only is found. Kills, in differences: a mean instead of onnx_file.largest, Python's max (max(0.0, nan) is
     0.0) to combine the batches, one batch size only (`batches = (x,)`); in check_parity: `difference > tolerance`
     (a NaN is never over it)."""
-    monkeypatch.setattr(export_onnx, "ort_session", lambda path: ParitySession(PARITY_CASES[case][0]))
+    monkeypatch.setattr(onnx_file, "cpu_session", lambda path: ParitySession(PARITY_CASES[case][0]))
 
     def wrapped(x):  # PyTorch's side: the same outputs, unchanged
         return tuple(torch.from_numpy(value) for value in ParitySession.outputs(x.numpy()).values())
