@@ -494,7 +494,7 @@ def test_files_it_reads_that_are_no_regular_files_are_named_and_never_block(proj
     traceback) is one line naming it."""
     require_node_modules()
     model_path = tmp_path / "model" / "skin_model.onnx"
-    model_file.parent.mkdir()
+    model_path.parent.mkdir()
     shutil.copy(project["model"], model_path)
     os.mkfifo(tmp_path / "model" / "skin_model.md")
     os.mkfifo(tmp_path / "model" / "skin_model.int8.onnx")

@@ -154,7 +154,10 @@ def test_a_full_disk_while_a_missing_log_dir_is_made_leaves_no_folder_behind(tmp
     """A full disk (a write limit of 16 bytes) while --log-dir logs/deep is created: the mark of the new folder
     cannot be written, and the folders the run made (logs, logs/deep) were left behind empty and unmarked. The
     one error line stays; nothing the run made is left."""
-    code = "from skinlesion import training; training.TensorBoardLog('logs/deep', 'run', 1)"
+    code = (
+        "import sys; from skinlesion import interrupts, training; "
+        "sys.exit(interrupts.run_script(lambda: training.TensorBoardLog('logs/deep', 'run', 1)))"
+    )  # as a script runs it: its handler turns the UserError into the one line
 
     def limit():  # in the child: any write over 16 bytes fails with 'File too large', as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
