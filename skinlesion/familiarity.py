@@ -117,26 +117,16 @@ def sampled(n, most=None, seed=0):
     return np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
 
 
-def fit_on_photos(net, meta, data_dir, train_paths, train_y, val_paths, **load):
+def fit_on_photos(net, meta, train, val, others, **load):
     """(meta["familiarity"], the arrays) for a trained net: fitted on the training photos' features against the
-    negatives' (negative_features: only where the dataset keeps photos of another kind; else the distance alone),
-    the limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). The
-    photos of a dataset of shards are read from its shards."""
-    from skinlesion import other_types, splits
-
-    train = sampled(len(train_paths))
-    train_paths, train_y = [train_paths[i] for i in train], np.asarray(train_y)[train]
-    val_paths = [val_paths[i] for i in sampled(len(val_paths))]
-    on_shards = splits.is_shards(data_dir)  # on a disk or in an object store; a folder's photos are read as files
-    train_blobs, val_blobs = None, None
-    if on_shards:  # only the sampled photos' bytes are kept
-        train_blobs, val_blobs = (splits.read_blobs(data_dir, split, set(p)) for split, p in
-                                  (("train", train_paths), ("val", val_paths)))  # fmt: skip
+    negatives' (negative_features of others, {type: paths} of photos of another kind: none, the distance alone), the
+    limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). train, val:
+    (paths, labels, their bytes where they are shards, else None), read by the caller (folds.familiarity_photos)."""
+    train_paths, train_y, train_blobs = train
     train_features = features_of_photos(net, train_paths, meta, blobs=train_blobs, **load)
-    others = other_types.photos_of(data_dir, MAX_OTHER_TYPES)
     negatives, exposed_to = negative_features(net, meta, others, load["device"], load.get("batch_size", 32))
     arrays = fit(train_features, train_y, len(meta["classes"]), negatives)
-    val_distances = distances(features_of_photos(net, val_paths, meta, blobs=val_blobs, **load), arrays)
+    val_distances = distances(features_of_photos(net, val[0], meta, blobs=val[2], **load), arrays)
     image_types = meta.get("data", {}).get("factors", {}).get("image type", {}).get("train", {})
     types = sorted(t for t in image_types if t != "unknown")
     return summary(val_distances, types, exposed_to=exposed_to), arrays

@@ -311,3 +311,33 @@ def test_no_import_cycle():
     assert len(graph) > 30 and graph["training"], "the package's modules and their imports were read"
     cycle = import_cycle(graph)
     assert cycle is None, f"an import cycle: {' -> '.join(cycle)}"
+
+
+def test_the_layout_picture_has_no_arrow_running_up():
+    """docs/layout.png (make docs) draws make_docs.layout_graph's boxes on make_docs.floors' floors: every import
+    arrow runs down (a box stands above what it imports, so the import graph has no cycle), every module of
+    skinlesion/, model.py and each script is a box in one of the groups (STAGES), and each arrow is an import."""
+    spec = importlib.util.spec_from_file_location("make_docs", os.path.join(ROOT, "docs", "make_docs.py"))
+    make_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_docs)
+    groups, arrows = make_docs.layout_graph(ROOT)
+    floor = make_docs.floors(arrows)
+    up = [f"{box} -> {used}" for box in arrows for used in arrows[box] if floor[used] >= floor[box]]
+    assert not up, f"arrows that do not run down: {up}"
+    modules = {os.path.basename(m)[:-3] for m in MODULES if os.path.dirname(m).endswith("skinlesion")} - {"__init__"}
+    assert set(groups) == modules | {"model.py", "tools/"} | {s for s in SCRIPTS if "/" not in s}
+    expected = {box: set() for box in groups}  # the imports as this file's own scan reads them, box by box
+    for path in [os.path.join(ROOT, s) for s in SCRIPTS] + [os.path.join(ROOT, "model.py")] + MODULES:
+        name = os.path.relpath(path, ROOT)
+        box = name
+        if name.startswith("tools"):
+            box = "tools/"
+        elif name.startswith("skinlesion"):
+            box = os.path.basename(name)[:-3]
+        if box != "__init__":
+            expected[box] |= {"model.py" if m == "model" else m for m in project_imports(path) - {"__init__"}}
+    assert {box: set(used) for box, used in arrows.items()} == expected
+    assert "training" in arrows["folds"] and "model_file" in arrows["AItraining.py"], "the imports were read"
+    with pytest.raises(make_docs.messages.UserError, match="an import cycle among a, b"):
+        make_docs.floors({"a": ["b"], "b": ["a"], "c": []})
+    assert make_docs.floors({"a": ["b", "c"], "b": ["c"], "c": []}) == {"a": 2, "b": 1, "c": 0}

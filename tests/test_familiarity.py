@@ -109,8 +109,13 @@ def test_past_max_photos_a_seeded_sample_is_fitted():
 
 
 def test_the_fit_sees_only_the_sample_with_its_own_labels(monkeypatch):
-    """fit_on_photos on 40 training and 30 validation photos with MAX_PHOTOS = 8: the features are asked for 8
-    of each, and the means are those of the sampled photos' own classes (a label shifted by one would move them)."""
+    """folds.familiarity_photos then fit_on_photos on 40 training and 30 validation photos (a folder, MAX_PHOTOS = 8):
+    the features are asked for 8 of each, and the means are those of the sampled photos' own classes (a label
+    shifted by one would move them)."""
+    from types import SimpleNamespace
+
+    from skinlesion import folds
+
     monkeypatch.setattr(familiarity, "MAX_PHOTOS", 8)
     asked = []
 
@@ -125,7 +130,10 @@ def test_the_fit_sees_only_the_sample_with_its_own_labels(monkeypatch):
     labels = np.arange(40) % 2  # odd numbers are class 1
     meta = {"classes": ["benign", "malignant"]}
     val = [f"val_{i}" for i in range(30)]
-    found, arrays = familiarity.fit_on_photos(None, meta, "no-such-dir", train, labels, val, device="cpu")
+    run = SimpleNamespace(args=SimpleNamespace(data_dir="no-such-dir"), pool=None)
+    photos, others = folds.familiarity_photos(run, (train, labels), (val, np.zeros(30, dtype=int)))
+    assert others == {} and photos[0][2] is None and photos[1][2] is None  # a folder's photos are read as files
+    found, arrays = familiarity.fit_on_photos(None, meta, *photos, others, device="cpu")
     kept = [train[i] for i in familiarity.sampled(40, 8)]
     assert asked[0] == kept and len(asked[1]) == 8 and found["n_val"] == 8 and found["exposed_to"] == {"drawn": 6}
     numbers = np.array([int(p.split("_")[1]) for p in kept])
