@@ -3,6 +3,7 @@ photo and data-set builders, a random network whose output depends on the photo,
 with a model trained on it (built once per session)."""
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -179,7 +180,19 @@ def export_rows(n, attribution="Anonymous"):
 def make_net(size=64, seed=0, classes=2):
     """Random-init EfficientNet-B0 whose P(malignant) depends on the photo. At random init the BatchNorm
     statistics (mean 0, variance 1) shrink the features and every photo gets 0.5, and the neutral head gives 0.5
-    anyway; statistics from one batch and a random head (timm's init range, scaled) fix that."""
+    anyway; statistics from one batch and a random head (timm's init range, scaled) fix that. Built once per
+    (size, seed, classes) in a test process: each call gets its own copy, and torch's random state is left where
+    building it leaves it."""
+    import torch
+
+    net, random_state = built_net(size, seed, classes)
+    torch.set_rng_state(random_state)
+    return copy.deepcopy(net)
+
+
+@functools.cache
+def built_net(size, seed, classes):
+    """make_net's network as built from torch.manual_seed(seed), and torch's random state after building it."""
     import torch
 
     torch.manual_seed(seed)
@@ -192,7 +205,7 @@ def make_net(size=64, seed=0, classes=2):
     with torch.no_grad():
         net(torch.rand(8, 3, size, size) * 4 - 2)
         torch.nn.init.uniform_(net.classifier.weight, -0.7 * 0.2, 0.7 * 0.2)
-    return net.eval()
+    return net.eval(), torch.get_rng_state()
 
 
 def calibration(a, b, method="platt"):
@@ -352,6 +365,23 @@ def ctrl_c_as_in_a_terminal():
     from a terminal has it. A suite started in the background (`cmd &` in a script, nohup) ignores SIGINT and its
     children inherit that: Python then installs no KeyboardInterrupt handler, and a Ctrl-C test's script ran on."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+LIMITED_AT = {"modules": 0}  # len(sys.modules) when one_thread_in_this_process last limited the thread pools
+
+
+@pytest.fixture(autouse=True)
+def one_thread_in_this_process():
+    """The test process computes on one thread, as ENV has the scripts do: under make check's two workers on two
+    cores (or beside other work) the idle threads of numpy's, scipy's and torch's pools spin, and small sums take
+    many times longer. The pools load as the tests import their libraries: limited again whenever one was imported."""
+    if len(sys.modules) != LIMITED_AT["modules"]:
+        import threadpoolctl  # scikit-learn's own dependency
+
+        threadpoolctl.threadpool_limits(1)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+        LIMITED_AT["modules"] = len(sys.modules)
 
 
 @pytest.fixture(autouse=True)
