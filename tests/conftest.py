@@ -41,6 +41,8 @@ ENV = dict(
     MPLBACKEND="Agg",
 )
 
+SERVER_POLL = 0.05  # seconds between a test HTTP server's looks for shutdown (serve_forever's 0.5 s: each stop waited)
+
 import model  # noqa: E402
 from skinlesion import familiarity, interrupts, ledger, model_file  # noqa: E402
 from skinlesion.messages import UserError, report  # noqa: E402
