@@ -615,6 +615,7 @@ SLOW_FIXTURES = {
     "trained_lite0",
     "exported",
     "familiar_model",
+    "familiar_onnx",
 }  # run scripts
 
 
@@ -670,6 +671,21 @@ def familiar_model(tmp_path_factory):
         return str(root / "skin_model.pth"), str(data)
 
     return once_for_all_workers(tmp_path_factory, "familiar", make)
+
+
+@pytest.fixture(scope="session")
+def familiar_onnx(familiar_model, tmp_path_factory):
+    """(ONNX file, export_onnx.py's stdout): familiar_model exported by `python export_onnx.py`, its test photos
+    checked (no int8 twin: there is no dataset/val where it runs), once per session. Copy it before changing it."""
+    checkpoint, data = familiar_model
+
+    def make(folder):
+        path = str(folder / "familiar.onnx")
+        r = run("export_onnx.py", "--model", checkpoint, "--output", path, "--check-images", f"{data}/test", cwd=folder)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return path, r.stdout
+
+    return once_for_all_workers(tmp_path_factory, "familiar_onnx", make)
 
 
 def grey_photo(path, size=(60, 50)):
