@@ -19,7 +19,7 @@ APPLIES_TO = "logits"  # what a calibration {a, b} scales: the class logits (its
 
 def binary_metrics(y, p, threshold=0.5):
     """Malignant (1) is positive, predicted when p >= threshold. Works row-wise on the last axis; the same
-    numbers as scikit-learn's (tests/test_metrics.py)."""
+    numbers as scikit-learn's (tests/skinlesion/test_metrics.py)."""
     y, p = np.asarray(y) == 1, np.asarray(p, dtype=float)
     pred = p >= threshold
     tp, fp = (pred & y).sum(-1), (pred & ~y).sum(-1)

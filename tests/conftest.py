@@ -3,6 +3,7 @@ photo and data-set builders, a random network whose output depends on the photo,
 with a model trained on it (built once per session)."""
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -39,6 +40,8 @@ ENV = dict(
     PYTHONIOENCODING="utf-8",
     MPLBACKEND="Agg",
 )
+
+SERVER_POLL = 0.05  # seconds between a test HTTP server's looks for shutdown (serve_forever's 0.5 s: each stop waited)
 
 import model  # noqa: E402
 from skinlesion import familiarity, interrupts, ledger, model_file  # noqa: E402
@@ -179,7 +182,19 @@ def export_rows(n, attribution="Anonymous"):
 def make_net(size=64, seed=0, classes=2):
     """Random-init EfficientNet-B0 whose P(malignant) depends on the photo. At random init the BatchNorm
     statistics (mean 0, variance 1) shrink the features and every photo gets 0.5, and the neutral head gives 0.5
-    anyway; statistics from one batch and a random head (timm's init range, scaled) fix that."""
+    anyway; statistics from one batch and a random head (timm's init range, scaled) fix that. Built once per
+    (size, seed, classes) in a test process: each call gets its own copy, and torch's random state is left where
+    building it leaves it."""
+    import torch
+
+    net, random_state = built_net(size, seed, classes)
+    torch.set_rng_state(random_state)
+    return copy.deepcopy(net)
+
+
+@functools.cache
+def built_net(size, seed, classes):
+    """make_net's network as built from torch.manual_seed(seed), and torch's random state after building it."""
     import torch
 
     torch.manual_seed(seed)
@@ -192,7 +207,7 @@ def make_net(size=64, seed=0, classes=2):
     with torch.no_grad():
         net(torch.rand(8, 3, size, size) * 4 - 2)
         torch.nn.init.uniform_(net.classifier.weight, -0.7 * 0.2, 0.7 * 0.2)
-    return net.eval()
+    return net.eval(), torch.get_rng_state()
 
 
 def calibration(a, b, method="platt"):
@@ -352,6 +367,23 @@ def ctrl_c_as_in_a_terminal():
     from a terminal has it. A suite started in the background (`cmd &` in a script, nohup) ignores SIGINT and its
     children inherit that: Python then installs no KeyboardInterrupt handler, and a Ctrl-C test's script ran on."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+LIMITED_AT = {"modules": 0}  # len(sys.modules) when one_thread_in_this_process last limited the thread pools
+
+
+@pytest.fixture(autouse=True)
+def one_thread_in_this_process():
+    """The test process computes on one thread, as ENV has the scripts do: under make check's two workers on two
+    cores (or beside other work) the idle threads of numpy's, scipy's and torch's pools spin, and small sums take
+    many times longer. The pools load as the tests import their libraries: limited again whenever one was imported."""
+    if len(sys.modules) != LIMITED_AT["modules"]:
+        import threadpoolctl  # scikit-learn's own dependency
+
+        threadpoolctl.threadpool_limits(1)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+        LIMITED_AT["modules"] = len(sys.modules)
 
 
 @pytest.fixture(autouse=True)
@@ -583,6 +615,7 @@ SLOW_FIXTURES = {
     "trained_lite0",
     "exported",
     "familiar_model",
+    "familiar_onnx",
 }  # run scripts
 
 
@@ -638,6 +671,21 @@ def familiar_model(tmp_path_factory):
         return str(root / "skin_model.pth"), str(data)
 
     return once_for_all_workers(tmp_path_factory, "familiar", make)
+
+
+@pytest.fixture(scope="session")
+def familiar_onnx(familiar_model, tmp_path_factory):
+    """(ONNX file, export_onnx.py's stdout): familiar_model exported by `python export_onnx.py`, its test photos
+    checked (no int8 twin: there is no dataset/val where it runs), once per session. Copy it before changing it."""
+    checkpoint, data = familiar_model
+
+    def make(folder):
+        path = str(folder / "familiar.onnx")
+        r = run("export_onnx.py", "--model", checkpoint, "--output", path, "--check-images", f"{data}/test", cwd=folder)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return path, r.stdout
+
+    return once_for_all_workers(tmp_path_factory, "familiar_onnx", make)
 
 
 def grey_photo(path, size=(60, 50)):

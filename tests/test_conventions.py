@@ -1,7 +1,7 @@
 """The project's own conventions, checked: files cut by concern with short functions, flags only from each
 script's constants block, --help answered without importing torch, the flag documentation equal to what --help
 says, every numeric flag's range stated once (in its constant's comment), a README read in ten minutes that names
-only flags that exist."""
+only flags that exist, test folders that mirror the code."""
 
 import ast
 import glob
@@ -59,6 +59,28 @@ def test_no_function_grows_past_its_budget():
 
 def test_the_package_init_is_empty():
     assert lines(os.path.join(ROOT, "skinlesion", "__init__.py")) == 0
+
+
+WHOLE_PROJECT_TESTS = {"conventions", "web", "backbones"}  # tests/test_<these>.py: conventions, the page, a backbone
+
+
+def test_the_test_folders_mirror_the_code():
+    """tests/test_<script>.py for each script and model.py (and WHOLE_PROJECT_TESTS), tests/skinlesion/
+    test_<module>.py for each package module, tests/tools/test_<tool>.py for each tool: a test file of a module that
+    moved or went is one here; and no two test files share a name (pytest imports them by their basename)."""
+    tests = os.path.join(ROOT, "tests")
+    found = sorted(os.path.relpath(p, tests) for p in glob.glob(os.path.join(tests, "**", "test_*.py"), recursive=True))
+    code = {"": ROOT, "skinlesion": os.path.join(ROOT, "skinlesion"), "tools": os.path.join(ROOT, "tools")}
+    strays = []
+    for path in found:
+        folder, name = os.path.split(path)
+        subject = name.removeprefix("test_").removesuffix(".py")
+        mirrored = folder in code and os.path.isfile(os.path.join(code[folder], subject + ".py"))
+        if not mirrored and not (folder == "" and subject in WHOLE_PROJECT_TESTS):
+            strays.append(path)
+    assert found and not strays, f"test files that name no script, module or tool where they are: {strays}"
+    names = [os.path.basename(path) for path in found]
+    assert len(set(names)) == len(names), sorted(name for name in names if names.count(name) > 1)
 
 
 @pytest.mark.slow

@@ -692,12 +692,9 @@ def test_the_parity_refusal_names_the_photos_and_the_output_on_one_line(tmp_path
 
 
 @pytest.fixture(scope="module")
-def familiar_export(familiar_model, tmp_path_factory):
-    """The familiar model's ONNX file (no int8 twin)."""
-    checkpoint, data = familiar_model
-    path = str(tmp_path_factory.mktemp("familiar onnx") / "familiar.onnx")
-    export_onnx.main(["--model", checkpoint, "--output", path, "--check-images", os.path.join(data, "test")])
-    return path
+def familiar_export(familiar_onnx):
+    """The familiar model's ONNX file (no int8 twin): conftest.familiar_onnx, which the tests copy before changing."""
+    return familiar_onnx[0]
 
 
 FAMILIAR_CASES = ["wired to 0", "wired to 0, its self_check to match", "no distance stored", "as exported"]
@@ -937,15 +934,16 @@ def test_a_type_model_exports_p_malignant_as_the_sum_over_its_malignant_types(tr
     assert abs(types[mask].sum() - p) < 1e-5 and np.allclose(types, probabilities[0], atol=1e-5)
 
 
-def test_onnx_torch_and_a_direct_computation_give_the_same_familiarity_distance(familiar_model, tmp_path, capsys):
+def test_onnx_torch_and_a_direct_computation_give_the_same_familiarity_distance(
+    familiar_model, familiar_onnx, tmp_path, capsys
+):
     """The exported graph's familiarity_distance, PyTorch's (model.familiarity_distances) and the distance computed
     here (conftest.direct_familiarity_distance) agree on a flat grey photo and the model's own test photos; the
     file's metadata holds the limit (not the arrays, which are in the graph); predict.py with the ONNX file says
     what it says with the checkpoint for the grey photo, and exits 3."""
     checkpoint, data = familiar_model
-    path = str(tmp_path / "familiar.onnx")
-    export_onnx.main(["--model", checkpoint, "--output", path, "--check-images", os.path.join(data, "test")])
-    assert "and the familiarity distance" in capsys.readouterr().out
+    path, said = familiar_onnx  # export_onnx.py's file and stdout
+    assert "and the familiarity distance" in said
     session, meta = model.load_onnx(path)
     stored = model_file.read_checkpoint(checkpoint)["meta"]["familiarity"]
     assert meta["familiarity"] == stored and "familiarity_distance" in [o.name for o in session.get_outputs()]

@@ -1,5 +1,5 @@
 """model.py: the network and its recipes, a fresh head's neutral start and the prediction maths (P(malignant)
-through the calibration). The model file, and load_checkpoint's refusals: tests/test_model_file.py."""
+through the calibration). The model file, and load_checkpoint's refusals: tests/skinlesion/test_model_file.py."""
 
 import math
 import os

@@ -795,14 +795,13 @@ def test_timings(page):
 
 
 @pytest.fixture(scope="module")
-def familiar_page(tmp_path_factory, familiar_model, browser):
+def familiar_page(tmp_path_factory, familiar_model, familiar_onnx, browser):
     """The page serving conftest.familiar_model (a small trained model with a familiarity measure), exported by
-    export_onnx.py, in a page of its own (the module's browser: one Playwright per process); with a flat grey photo
-    and one of the model's own test photos."""
+    export_onnx.py (conftest.familiar_onnx, copied), in a page of its own (the module's browser: one Playwright per
+    process); with a flat grey photo and one of the model's own test photos."""
     checkpoint, data = familiar_model
     folder = tmp_path_factory.mktemp("web_familiar")
-    path = str(folder / "familiar.onnx")
-    export(checkpoint, path, os.path.join(data, "test"))
+    path = str(shutil.copyfile(familiar_onnx[0], folder / "familiar.onnx"))
     benign = os.path.join(data, "test", "benign")
     photo_paths = dict(grey=grey_photo(folder / "grey.png"), own=os.path.join(benign, sorted(os.listdir(benign))[0]))
     for served in serving(path, folder / "site"):

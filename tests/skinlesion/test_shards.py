@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import AItraining
-from conftest import ENV, ROOT, assert_one_error, export_rows, lesion_photo, run, save_model, write_export
+from conftest import ENV, ROOT, SERVER_POLL, assert_one_error, export_rows, lesion_photo, run, save_model, write_export
 from skinlesion import dataset, model_file, photos, shard_format, shards, splits
 
 pytestmark = pytest.mark.slow  # each test prepares a dataset with prepare_dataset.py, or trains
@@ -111,7 +111,7 @@ def test_shards_on_a_web_server_train_as_on_disk(prepared, tmp_path):
     """An object store stands in: the shards folder served over HTTP (remote.py reads it with curl)."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=prepared)
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(SERVER_POLL,), daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}/shards"
         for where, data in (("web", url), ("disk", os.path.join(prepared, "shards"))):
             os.makedirs(tmp_path / where)

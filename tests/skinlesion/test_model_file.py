@@ -87,10 +87,15 @@ META_FAULTS = {  # fault: what the error line says
 }
 
 
+@pytest.fixture(scope="module")
+def good_model(tmp_path_factory):
+    """A good model file (save_model's network, 64 px), written once for the module's tests to break copies of."""
+    return save_model(tmp_path_factory.mktemp("good") / "good.pth", size=64)
+
+
 @pytest.mark.parametrize("fault", META_FAULTS)
-def test_a_broken_model_file_is_refused_when_loaded(tmp_path, capsys, fault):
-    good = save_model(tmp_path / "good.pth", size=64)
-    path = broken(good, tmp_path, fault)
+def test_a_broken_model_file_is_refused_when_loaded(good_model, tmp_path, capsys, fault):
+    path = broken(good_model, tmp_path, fault)
     load_refused(model.load_checkpoint, path, capsys, f"{path} is refused: {META_FAULTS[fault]}")
 
 
@@ -285,14 +290,23 @@ TYPE_FAULTS = {  # a change to a good lesion-type model's metadata: what the err
 }
 
 
-@pytest.mark.parametrize("fault", TYPE_FAULTS)
-def test_metadata_of_the_wrong_type_is_refused(tmp_path, capsys, fault):
+@pytest.fixture(scope="module")
+def good_types_model(tmp_path_factory):
+    """A good lesion-type model file (3 classes, 2 of them malignant), written once; it loads."""
     net = model.build_model(pretrained=False, num_classes=3)[0]
     path = save_model(
-        tmp_path / "types.pth", net=net, classes=["nevus", "melanoma", "bcc"], malignant_classes=["melanoma", "bcc"]
+        tmp_path_factory.mktemp("types") / "types.pth",
+        net=net,
+        classes=["nevus", "melanoma", "bcc"],
+        malignant_classes=["melanoma", "bcc"],
     )
     model.load_checkpoint(path)  # the good one loads
-    path = broken(path, tmp_path, fault)
+    return path
+
+
+@pytest.mark.parametrize("fault", TYPE_FAULTS)
+def test_metadata_of_the_wrong_type_is_refused(good_types_model, tmp_path, capsys, fault):
+    path = broken(good_types_model, tmp_path, fault)
     load_refused(model.load_checkpoint, path, capsys, f"{path} is refused: {TYPE_FAULTS[fault]}")
 
 
@@ -564,17 +578,28 @@ FAMILIARITY_FAULTS = {  # what is done to a good familiarity measure: what the r
 }
 
 
-@pytest.mark.parametrize("fault", FAMILIARITY_FAULTS)
-def test_a_broken_familiarity_measure_is_refused_and_a_good_one_loads_with_its_arrays(tmp_path, capsys, fault):
-    """A model file's familiarity measure (skinlesion/familiarity.py) is checked as its weights are: a broken one
-    refuses the model (a photo must never be called familiar by a broken measure)."""
-    path = save_model(tmp_path / "good.pth", size=64, familiarity=dict(FAMILIARITY))
+@pytest.fixture(scope="module")
+def familiar_file(tmp_path_factory):
+    """A good model file with a familiarity measure and its arrays, written once: it loads with them."""
+    path = save_model(tmp_path_factory.mktemp("familiar") / "good.pth", size=64, familiarity=dict(FAMILIARITY))
     ckpt = torch.load(path, weights_only=True)
     rng = np.random.default_rng(0)
     ckpt["familiarity"] = familiarity.state(dict(means=rng.normal(0, 1, (2, 1792)), whitening=np.eye(1792)))
     torch.save(ckpt, path)
     net, meta = model.load_checkpoint(path)
     assert meta["familiarity"]["whitening"].shape == (1792, 1792) and meta["familiarity"]["limit"] == 20.0
+    return path
+
+
+@pytest.mark.parametrize("fault", FAMILIARITY_FAULTS)
+def test_a_broken_familiarity_measure_is_refused_and_a_good_one_loads_with_its_arrays(
+    familiar_file, tmp_path, capsys, fault
+):
+    """A model file's familiarity measure (skinlesion/familiarity.py) is checked as its weights are: a broken one
+    refuses the model (a photo must never be called familiar by a broken measure); the good one loads (the
+    fixture)."""
+    path = str(tmp_path / "broken.pth")
+    ckpt = torch.load(familiar_file, weights_only=True)
     names = dict(arrays=ckpt["familiarity"], found=ckpt["meta"]["familiarity"])
     names["whitening"] = names["arrays"]["whitening"]
     exec(fault, {}, names)

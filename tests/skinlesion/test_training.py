@@ -1,6 +1,6 @@
 """skinlesion/training.py: the learning-rate schedule, one epoch of training (its loss and accuracy, and one line
 when the loss stops being a number), one pass over the validation split. The whole training run is in
-test_train.py.
+test_AItraining.py.
 The training data path: augmentation keeps labels and value ranges, each photo gets its
 own draw, the same seed the same batch; an unreadable photo is an OSError naming it. The TensorBoard log: recorded
 as ours, its writer thread's error said once, where it comes back."""
@@ -219,8 +219,8 @@ def test_the_shard_and_photo_order_change_with_each_epoch_and_a_resumed_run_repl
     same order: a shard's photos always first, the same batches every epoch) and a Stream that reads its shards
     in index order (`shards = list(range(len(self.sources)))[rank::world]`) or a Split that does not permute its
     photos (`order = torch.arange(len(self.paths))`), or a fold whose photos are not reordered, which
-    tests/test_shards.py::test_a_stream_decodes_as_the_cache_and_its_order_is_set_by_the_seed lets through (its
-    buffer shuffle still follows the seed)."""
+    tests/skinlesion/test_shards.py::test_a_stream_decodes_as_the_cache_and_its_order_is_set_by_the_seed lets
+    through (its buffer shuffle still follows the seed)."""
     fresh = epoch_orders(monkeypatch, folds=folds)
     assert sorted(fresh) == [1, 2, 3]
     for shard_order, photo_order, fold_order in fresh.values():
