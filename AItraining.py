@@ -1,39 +1,11 @@
 """
-Train the skin-lesion classifier on dataset/train, validate on dataset/val every epoch, and keep the best epoch
-(by the benign/malignant validation ROC-AUC) in skin_model.pth, with its model card skin_model.md beside it.
+Train the skin-lesion classifier on dataset/train, validating on dataset/val: the best epoch, calibrated, with its
+threshold and familiarity limit, in skin_model.pth and its card skin_model.md. In full: docs/reference.md.
 
     python AItraining.py                          # defaults below; the recipe follows the starting point
     python AItraining.py --no-pretrained --epochs 30 --image-size 128
     python AItraining.py --resume                 # continue the run in skin_model_last.pth (--epochs N: extend it)
     torchrun --nproc_per_node=2 AItraining.py     # several processes / GPUs / machines (DDP)
-
-The classes are the dataset's: benign and malignant, or lesion types (prepare_dataset.py --label-column), each
-on one side; P(malignant) sums the malignant ones. Two recipes (model.RECIPES), chosen by the starting point:
-finetune with ImageNet weights (Adam, peak lr 1e-4), scratch from random weights (AdamW 3e-3, warm-up, cosine,
-100 epochs); knobs at None take the recipe's value. The photos are cached as uint8 on the training device when
-they fit in CACHE_GB (else workers decode them every epoch), and augmented there (skinlesion/training.py).
-
-Each epoch prints numbers that need no threshold: the losses, the validation ROC-AUC and log-loss of
-P(malignant), and with types their balanced accuracy; skin_model_last.pth keeps the latest epoch (for --resume)
-and the best one's weights and validation predictions. When the run ends, for the epoch kept, a calibration of
-P(malignant) is fitted on the validation split (temperature or Platt scaling: a clinician reads P as a chance),
-and the operating point chosen: the threshold that catches TARGET_SENSITIVITY of the malignant validation photos,
-stable on a small split (a smooth Harrell-Davis quantile), with the sensitivity and specificity it gives there and
-their 95% intervals; then how familiar a photo is (skinlesion/familiarity.py): the larger of the Mahalanobis
-distance of its features to the training photos' and an exposure head's score (where the dataset keeps photos of
-another kind), limited where 99% of the validation photos lie; predict.py gives no answer beyond it. Only then
-are skin_model.md and skin_model.pth written, once: an interrupted run leaves the previous model as it was, and
---resume finishes it. Also writes training_curves.png beside them and runs/<run>/ (TensorBoard).
-
-With FOLDS (by default where train plus validation hold a few hundred photos), those photos are cut into folds
-grouped by lesion and patient (skinlesion/folds.py): each fold's network trains on the others and keeps its best
-epoch on its own; every photo's out-of-fold prediction chooses the calibration and threshold, and its out-of-fold
-familiarity distance (to the measure fitted on the photos that fold's network trained on) sets the limit. DEPLOY
-refit trains one network on all of them for the median of the folds' best epochs; ensemble keeps the fold
-networks averaged (skinlesion/ensemble.py), its familiarity measure theirs combined. The ensemble is the default:
-on 5 seeds of 400 real photos its test figures held what the folds stated, on average, while the refit network's P
-shifted away from the folds' threshold (docs/measurements.md, "Folds where photos are few"); it costs K times the
-model file and K times the time a photo takes.
 """
 
 from skinlesion import interrupts
@@ -43,6 +15,7 @@ if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while t
 
 import os
 import shlex
+import sys
 import time
 from types import SimpleNamespace
 
@@ -51,19 +24,21 @@ import numpy as np
 import model
 from skinlesion import (
     card,
-    checkpoints,
-    cli,
     dataset,
     devices,
     ensemble,
     familiarity,
     files,
+    flags,
     folds,
-    numbers,
+    messages,
+    metrics,
+    model_file,
     photos,
     plots,
     remote,
     resume,
+    splits,
     training,
 )
 
@@ -101,7 +76,7 @@ LOG_DIR = "runs"  # TensorBoard logs, one sub-folder per run
 OVERWRITE = False  # replace output files that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 # what a run keeps in its checkpoints (--resume takes them back), and the choices of its text flags
-SETTINGS = list(model.RUN_SETTINGS)  # the flags a run keeps, with their shapes in the model file
+SETTINGS = list(model_file.RUN_SETTINGS)  # the flags a run keeps, with their shapes in the model file
 CHOICES = [("recipe", ["auto", "finetune", "scratch"]), ("optimizer", ["adam", "adamw"]),
            ("schedule", ["cosine", "constant"]), ("deploy", ["refit", "ensemble"])]  # fmt: skip
 RESUME_KEYS = resume.RESUME_KEYS  # what a resume checkpoint holds besides the weights and meta
@@ -110,10 +85,10 @@ RESUME_KEYS = resume.RESUME_KEYS  # what a resume checkpoint holds besides the w
 def parse_args(argv=None):
     """The flags, checked (ranges, choices, outputs that may be written) before any slow work."""
     types = {k.upper(): type(v) for k, v in model.RECIPES["scratch"].items()}
-    args = cli.parse_flags(globals(), argv, types=dict(types, FOLDS=int))
+    args = flags.parse_flags(globals(), argv, types=dict(types, FOLDS=int))
     for flag, allowed in CHOICES:
         value = getattr(args, flag)
-        cli.check(value is None or value in allowed, "--" + flag, value, "use " + " or ".join(allowed))
+        flags.check(value is None or value in allowed, "--" + flag, value, "use " + " or ".join(allowed))
     args.card = os.path.splitext(args.output)[0] + ".md"
     args.curves = os.path.join(os.path.dirname(args.output), "training_curves.png")
     outputs = {
@@ -128,17 +103,17 @@ def parse_args(argv=None):
     seen = {}
     for flag, (path, kind) in outputs.items():
         same = seen.setdefault(os.path.realpath(path), flag)
-        cli.check(
+        flags.check(
             same == flag, flag, path, f"is {same} too; pass another path (resume from the {RESUME_FILE} a run writes)"
         )
         if flag == "--resume-file":  # written where the run continues: the file it read, or beside it
             path = args.resume_file
         files.check_output(path, flag, kind, [args.weights_file], args.overwrite)
-        cli.check_writable(path, flag)
+        flags.check_writable(path, flag)
     for flag, (path, kind) in outputs.items():  # and none of the others replaces the resume file it reads
         if flag != "--resume-file" and args.resume:
             files.check_output(path, flag, kind, [args.resume_from], args.overwrite)
-    cli.check_writable(args.log_dir, "--log-dir", folder=True)
+    flags.check_writable(args.log_dir, "--log-dir", folder=True)
     remote.set_seconds(args.network_timeout)  # remote shards: every read has a deadline
     return args
 
@@ -163,11 +138,11 @@ def epoch_numbers(labels, logits, meta):
     mask = model.malignant_mask(meta)
     y, z = mask[labels].astype(int), model.malignant_log_odds(logits, mask)
     logged = dict(
-        roc_auc=float(numbers.roc_auc(y, z)),
-        val_log_loss=float(numbers.log_loss(y, numbers.calibrated(z, None))),
+        roc_auc=float(metrics.roc_auc(y, z)),
+        val_log_loss=float(metrics.log_loss(y, metrics.calibrated(z, None))),
     )
     if len(meta["classes"]) > 2:
-        logged["type_balanced_accuracy"] = numbers.balanced_accuracy(labels, model.class_probabilities(logits))
+        logged["type_balanced_accuracy"] = metrics.balanced_accuracy(labels, model.class_probabilities(logits))
     return logged
 
 
@@ -176,21 +151,21 @@ def scored(labels, logits, meta, target):
     calibration, operating point, metrics at its threshold and ROC-AUC interval)."""
     mask = model.malignant_mask(meta)
     y, logged = mask[labels].astype(int), epoch_numbers(labels, logits, meta)
-    fitted = numbers.fit_calibration(y, logits, mask)  # one distribution: the malignant types add up to P(malignant)
+    fitted = metrics.fit_calibration(y, logits, mask)  # one distribution: the malignant types add up to P(malignant)
     p, probabilities = model.predictions([logits], dict(meta, calibration=fitted))
-    op = numbers.operating_point(y, p, target)
-    ci = numbers.bootstrap_ci(y, p, metric_fn=numbers.roc_auc)["value"]
-    val_metrics = dict(numbers.binary_metrics(y, p, op["threshold"]), **logged)
+    op = metrics.operating_point(y, p, target)
+    ci = metrics.bootstrap_ci(y, p, metric_fn=metrics.roc_auc)["value"]
+    val_metrics = dict(metrics.binary_metrics(y, p, op["threshold"]), **logged)
     kept = dict(
         calibration=fitted,
         operating_point=op,
         threshold=op["threshold"],
         val_metrics=val_metrics,
         val_auc_ci95=list(ci),
-        at_chance=numbers.at_chance(ci),
+        at_chance=metrics.at_chance(ci),
     )
     if len(meta["classes"]) > 2:
-        kept["val_types"] = numbers.types_with_intervals(labels, probabilities, meta["classes"])
+        kept["val_types"] = metrics.types_with_intervals(labels, probabilities, meta["classes"])
     return logged, kept
 
 
@@ -198,12 +173,12 @@ def ctrl_c_message(args, resumable):
     """What a Ctrl-C says: before a resume file, that the output is as it was; then that it still is (a run writes
     it once, when it ends), and the command that continues this run (a bare --resume would continue whatever run
     wrote the default resume file)."""
-    output = cli.printable(args.output)
+    output = messages.printable(args.output)
     if not resumable:
         return f"interrupted before the first epoch finished; {output} is as it was"
     again = ["python", "AItraining.py", "--resume", "--resume-file", args.resume_file, "--output", args.output]
     again += ["--data-dir", args.data_dir] if "data_dir" in args.given else []
-    command = cli.printable(shlex.join(again))
+    command = messages.printable(shlex.join(again))
     return f"interrupted; {output} is as it was (a run writes it when it ends), continue with: {command}"
 
 
@@ -219,10 +194,10 @@ def main(argv=None):
     # data folders first (a wrong one is one line, before any download), then the resumed run, model and recipe
     manifest = dataset.read_manifest(args.data_dir)
     classes = dataset.classes_of(manifest)
-    train_photos = dataset.split_photos(args.data_dir, "train", classes[0])
+    train_photos = splits.split_photos(args.data_dir, "train", classes[0])
     resumed = None
     if args.resume:
-        resumed = model.read_checkpoint(args.resume_from)
+        resumed = model_file.read_checkpoint(args.resume_from)
         resume.take_back(resumed, args, classes[0], dataset.manifest_sha256(args.data_dir), (RESUME_FILE, OUTPUT))
     val_photos = training.validation_photos(args.data_dir, classes[0], args.folds)
     stages, pool = folds.run_plan(args, manifest, train_photos, val_photos)
@@ -234,7 +209,7 @@ def main(argv=None):
         + ", ".join(f"{k} {getattr(args, k)}" for k in model.RECIPES[args.recipe])
     )
     cfg = model.data_config(net, args.image_size)
-    seen_as = dict(meta, **model.checkpoint_state(net, cfg, **meta)["meta"])  # the crop and normalisation of its file
+    seen_as = dict(meta, **model_file.checkpoint_state(net, cfg, **meta)["meta"])  # its file's crop and normalisation
     run = SimpleNamespace(args=args, net=net, cfg=cfg, meta=meta, seen_as=seen_as, device=device, rank=rank,
                           world=world, log=log, stages=stages, pool=pool)  # fmt: skip
     progress = resume.progress_of(resumed)
@@ -273,7 +248,7 @@ def run_meta(args, manifest, classes, train_y, resumed):
     """What the run's files keep besides the weights: the classes, the settings, the data, the starting weights,
     the prior P assumes, the manifest's SHA-256, the format."""
     classes, malignant, names = classes
-    meta = dict(format=checkpoints.FORMAT, classes=classes, malignant_classes=malignant)
+    meta = dict(format=model_file.FORMAT, classes=classes, malignant_classes=malignant)
     meta.update(class_names=[names[c] for c in classes], settings={key: getattr(args, key) for key in SETTINGS})
     meta.update(data=dataset.data_summary(manifest, classes, args.data_dir), manifest_sha256=None)
     meta["imagenet"] = resumed["meta"].get("imagenet") if resumed else args.imagenet
@@ -359,11 +334,11 @@ def training_step_parts(run, progress, train_y, steps, epochs, stage):
 def save_progress(run, progress, optimizer, schedule, finished=False):
     """The resume checkpoint: the latest epoch's weights and optimiser state, and the best epoch's weights and
     validation logits (the model file is written from them when the run ends)."""
-    state = model.checkpoint_state(run.net, run.cfg, epoch=progress["epoch"], **run.meta)
+    state = model_file.checkpoint_state(run.net, run.cfg, epoch=progress["epoch"], **run.meta)
     if optimizer is not None:
         progress.update(optimizer=optimizer.state_dict(), schedule=schedule.state_dict())
     state.update(resume.resume_state(progress, finished))
-    model.save_checkpoint(run.args.resume_file, state, "resume checkpoint")
+    model_file.save_checkpoint(run.args.resume_file, state, "resume checkpoint")
     progress["state"] = state
 
 
@@ -377,14 +352,15 @@ def finish(run, progress, train_photos, val_photos):
         labels, logits = run.pool[1], folds.out_of_fold(progress["done"], run.stages, "logits", len(run.pool[1]))
     _, kept = scored(np.asarray(labels), logits, run.meta, args.target_sensitivity)
     net, deployed = deployed_network(run, progress)
-    found, arrays = folds.deployed_familiarity(run, progress, net, train_photos, val_photos)
-    state = model.checkpoint_state(net, run.cfg, familiarity=found, **run.meta, **deployed, **kept)
+    measured_on, others = folds.familiarity_photos(run, train_photos, val_photos)
+    found, arrays = folds.deployed_familiarity(run, progress, net, measured_on, others)
+    state = model_file.checkpoint_state(net, run.cfg, familiarity=found, **run.meta, **deployed, **kept)
     state["familiarity"] = familiarity.state(arrays)
     print(f"familiarity: {familiarity.limit_text(found, card.chosen_on(state['meta'])[1])}")
-    checkpoints.write_finished(state, args.output, args.card)
-    interrupts.say_on_ctrl_c(f"interrupted after {cli.printable(args.output)} and its card were written")
+    model_file.write_finished(state, args.output, args.card)
+    interrupts.say_on_ctrl_c(f"interrupted after {messages.printable(args.output)} and its card were written")
     progress["state"].update(finished=True, done=list(progress["done"]))  # --resume says so; the last fold kept
-    model.save_checkpoint(args.resume_file, progress["state"], "resume checkpoint")
+    model_file.save_checkpoint(args.resume_file, progress["state"], "resume checkpoint")
     training.report(args.output, args.card, state["meta"])
 
 
@@ -405,4 +381,4 @@ def deployed_network(run, progress):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main)  # a Ctrl-C says what main told interrupts.say_on_ctrl_c
+    sys.exit(interrupts.run_script(main))  # a Ctrl-C says what main told interrupts.say_on_ctrl_c

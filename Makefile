@@ -1,3 +1,4 @@
+# make setup: make .venv, install requirements.txt and this project (skinlesion/, model.py) into it, editable
 # make demo: set up .venv and run the whole pipeline on the built-in synthetic demo (a few minutes on 2 CPU cores)
 # make test: set up .venv and node_modules, check the style (ruff) and run the test suite (the browser test needs
 #            Debian's chromium)
@@ -15,10 +16,11 @@ PY := $(VENV)/bin/python
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
 	touch $@
 
 dev: $(VENV)/.dev-installed

@@ -1,33 +1,11 @@
 """
 Export the trained model to one self-contained ONNX file for onnxruntime (predict.py, the web page in web/),
-and check that it gives the same results as PyTorch on real photos before writing it.
+checked against PyTorch on real photos before it is written. In full: docs/reference.md.
 
     python export_onnx.py                                   # skin_model.pth -> skin_model.onnx
     python export_onnx.py --model best.pth --output best.onnx
     python export_onnx.py --check-images my_photos/         # check on other photos
     python predict.py photo.jpg --model skin_model.onnx     # then predict without torch
-
-The file takes "image": float32 [batch, 3, size, size], any batch size, prepared as skinlesion/photos.py
-preprocess does (the README's "Preprocessing" section spells it out for consumers outside Python). It gives
-"logits" [batch, classes]; "p_malignant" [batch], the calibrated P(malignant): the summed probability of the
-malignant classes in the one calibrated distribution softmax(a * logits + b * malignant) (model.py
-calibrated_probabilities, with the calibration stored in the model); and "cam" [batch, side, side], side =
-ceil(size/stride) (stride 32 for EfficientNet-B0, backbone.cam_side), the evidence map, the Grad-CAM of the
-malignant log-odds (> 0 where the evidence is for malignant, < 0 for benign; predict.py --explain and the web page
-draw it); and, for a model with a familiarity measure, "familiarity_distance" [batch], the Mahalanobis distance of
-the photo's features to the training photos' (skinlesion/familiarity.py): above the metadata's familiarity limit,
-the photo is unfamiliar, with no answer. Its metadata_props hold, each as JSON, what a consumer needs (classes and
-their sides, the preprocessing, the threshold and operating point, the calibration, the validation results, the
-model card's summary, the familiarity limit) and where it came from (source_checkpoint, source_sha256). Exporter:
-torch.onnx's default, torch.export-based one (dynamo=True), with the weights inside the file.
-
-The check: onnxruntime against PyTorch on real photos (read as predict.py reads them), for the whole batch at
-once and for the first photo alone; the largest difference in any output over TOLERANCE (P(malignant) absolute,
-the others relative to their largest value), or a NaN, is an error naming the output, and nothing is written;
-so is a file that fails the check every script makes of one (model.self_check_fault on its check inputs). The
-photos come from CHECK_IMAGES (dataset/val when the default is missing; random tensors, said so, when there is no
-dataset at all); a CHECK_IMAGES you name that holds no readable photo is an error. A temporary file left by a
-killed export is removed by the next one.
 """
 
 from skinlesion import interrupts
@@ -35,14 +13,27 @@ from skinlesion import interrupts
 if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
     interrupts.one_line_while_loading()
 
-import json
 import os
 import shlex
+import sys
 
 import numpy as np
 
 import model
-from skinlesion import backbone, card, cli, familiarity, files, model_index, photos, quantise, reading, self_check
+from skinlesion import (
+    answer,
+    backbone,
+    card,
+    familiarity,
+    files,
+    flags,
+    messages,
+    model_file,
+    onnx_file,
+    photos,
+    quantise,
+    reading,
+)
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py
@@ -59,15 +50,15 @@ MAX_EVALUATION_BYTES = 1_000_000_000  # the largest evaluation.json read (it lis
 
 
 def parse_args(argv=None):
-    args = cli.parse_flags(globals(), argv)
+    args = flags.parse_flags(globals(), argv)
     named = "check_images" in args.given
     wanted = "not found; pass a folder (or a photo) of real photos"
-    cli.check(os.path.exists(args.check_images) or not named, "--check-images", args.check_images, wanted)
+    flags.check(os.path.exists(args.check_images) or not named, "--check-images", args.check_images, wanted)
     files.check_output(args.output, "--output", "ONNX model", [args.model, args.check_images], args.overwrite)
-    cli.check_writable(args.output, "--output")
+    flags.check_writable(args.output, "--output")
     named = "quantise_images" in args.given
     wanted = "not found; pass a folder of labelled validation photos"
-    cli.check(os.path.isdir(args.quantise_images) or not named, "--quantise-images", args.quantise_images, wanted)
+    flags.check(os.path.isdir(args.quantise_images) or not named, "--quantise-images", args.quantise_images, wanted)
     if args.quantise:
         twin = quantise.quantised_path(args.output)
         inputs = [args.model, args.check_images, args.output]
@@ -85,13 +76,15 @@ def check_photos(source, n, cfg, named):
     paths = paths[:: max(1, len(paths) // n)][:n]
     images = [img for img, _ in map(photos.try_load_image, paths) if img is not None]
     if len(images) < len(paths):
-        cli.warn(f"{len(paths) - len(images)} of the {len(paths)} check photos could not be read and were left out")
+        messages.warn(
+            f"{len(paths) - len(images)} of the {len(paths)} check photos could not be read and were left out"
+        )
     if images:
-        described = f"{len(images)} photos from {cli.printable(source)}"
+        described = f"{len(images)} photos from {messages.printable(source)}"
         return np.stack([photos.preprocess(img, cfg) for img in images]), described
     if named:
         wanted = "pass a folder (or a photo) of real photos"
-        cli.die(f"--check-images {cli.printable(source)} holds no readable photo; {wanted}")
+        raise messages.UserError(f"--check-images {messages.printable(source)} holds no readable photo; {wanted}")
     size = cfg["input_size"][-1]
     noise = np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
     return noise, f"{n} random tensors (no photos found; --check-images FOLDER checks on real ones)"
@@ -160,7 +153,7 @@ def evaluation_of(checkpoint, sha256):
     try:  # a regular file only (a named pipe would block, a link to /dev/zero never end), bounded, parsable
         evaluation = reading.read_json(path, MAX_EVALUATION_BYTES)
     except OSError as e:
-        why = f"{cli.printable(path)} cannot be read ({e.strerror or e})"
+        why = f"{messages.printable(path)} cannot be read ({e.strerror or e})"
         if isinstance(e, reading.Unreadable):  # its message names the file and says what it is
             why = str(e)
         print(f"note: {why}: the test results are taken from the model card where it holds them")
@@ -186,49 +179,46 @@ def record_in_card(checkpoint, sha256, meta, written):
         return
     kept = card.embedded(path, sha256) if files.file_kind(path) is None else None
     if kept is None:
-        print(f"note: {cli.printable(path)} is not this model's card as AItraining.py wrote it: the exports' SHA-256 "
-              "are not listed there")  # fmt: skip
+        print(f"note: {messages.printable(path)} is not this model's card as AItraining.py wrote it: the exports' "
+              "SHA-256 are not listed there")  # fmt: skip
         return
     exports = dict(kept.get("exports") or {}, **{os.path.basename(p): digest for p, digest in written.items()})
     card.write_card(path, meta, os.path.basename(checkpoint), kept.get("test"), kept.get("externals"), sha256, exports)
-    names = ", ".join(cli.printable(os.path.basename(p)) for p in written)
-    print(f"listed {names} with their SHA-256 in the model card {cli.printable(path)}")
+    names = ", ".join(messages.printable(os.path.basename(p)) for p in written)
+    print(f"listed {names} with their SHA-256 in the model card {messages.printable(path)}")
 
 
 def torch_self_check(wrapped, meta):
-    """The outputs the file must give on self_check.inputs (load_onnx compares), every one of them: PyTorch's,
+    """The outputs the file must give on onnx_file.check_inputs (load_onnx compares), every one of them: PyTorch's,
     which onnxruntime matches within TOLERANCE (checked on real photos before the file is written)."""
     import torch
 
-    x = self_check.inputs(meta["image_size"])
+    x = onnx_file.check_inputs(meta["image_size"])
     with torch.inference_mode():
         outputs = wrapped(torch.from_numpy(x))
-    return self_check.record(dict(zip(model.output_names(meta), (t.double().numpy() for t in outputs))))
+    return onnx_file.self_check_record(dict(zip(onnx_file.output_names(meta), (t.double().numpy() for t in outputs))))
 
 
 def onnx_metadata(meta, checkpoint, sha256, checked):
-    """What a consumer needs to use the ONNX file alone (model.KEYS marked "copied", and those export writes),
-    each value as a JSON string; sha256: the checkpoint's."""
+    """What a consumer needs to use the ONNX file alone (onnx_file.export_metadata: the model file's keys it copies,
+    and those export writes), each value as a JSON string; sha256: the checkpoint's."""
     import torch
 
     test, externals = card.earlier_evaluations(card_path(checkpoint), sha256)
-    tested = model_index.test_results(evaluation_of(checkpoint, sha256) or test)  # the card keeps it past --external
-    props = {key: value for key, value in meta.items() if key in model.KEYS and model.KEYS[key].onnx == "copied"}
-    if meta.get("familiarity"):  # its arrays are in the graph
-        props["familiarity"] = {k: v for k, v in meta["familiarity"].items() if k not in familiarity.ARRAYS}
-    props.update(
-        source_checkpoint=cli.printable(os.path.basename(checkpoint)),
+    tested = card.test_results(evaluation_of(checkpoint, sha256) or test)  # the card keeps it past --external
+    return onnx_file.export_metadata(
+        meta,
+        source_checkpoint=messages.printable(os.path.basename(checkpoint)),
         source_sha256=sha256,
-        outputs=model.output_names(meta),
+        outputs=onnx_file.output_names(meta),
         exporter=f"torch.onnx dynamo, torch {torch.__version__}",
         card_summary=card.summary(meta, tested, externals),
         self_check=checked,
     )
-    return {key: json.dumps(value) for key, value in props.items()}
 
 
 def export(wrapped, size, path, opset, metadata):
-    """Write wrapped (exportable's) to path as one ONNX file with a dynamic batch size and the given metadata_props."""
+    """Write wrapped (exportable's) to path as one ONNX file with a dynamic batch size and the given metadata."""
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -236,14 +226,13 @@ def export(wrapped, size, path, opset, metadata):
         wrapped,
         (torch.randn(2, 3, size, size),),
         input_names=["image"],
-        output_names=model.output_names({"familiarity": wrapped.familiar}),
+        output_names=onnx_file.output_names({"familiarity": wrapped.familiar}),
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         dynamo=True,
         verbose=False,
     )
-    program.model.metadata_props.update(metadata)
-    program.save(path, external_data=False)
+    onnx_file.save_export(program, path, metadata)
 
 
 def differences(wrapped, meta, path, x):
@@ -254,19 +243,19 @@ def differences(wrapped, meta, path, x):
     import torch
 
     batches = (x, x[:1]) if len(x) > 1 else (np.concatenate([x, x]), x)
-    session = ort_session(path)
-    names = model.output_names(meta)
+    session = onnx_file.cpu_session(path)
+    names = onnx_file.output_names(meta)
     with torch.inference_mode():
         ours = dict(zip(names, (t.double().numpy() for t in wrapped(torch.from_numpy(batches[0])))))
     ours["p_malignant"] = model.predictions([ours["logits"]], meta)[0]
-    scales = {name: max(self_check.largest(np.abs(value)), 1e-12) for name, value in ours.items()}
+    scales = {name: max(onnx_file.largest(np.abs(value)), 1e-12) for name, value in ours.items()}
     scales.update(logits=max(scales["logits"], 1.0), p_malignant=1.0)
     found = dict.fromkeys(names, 0.0)
     for part in batches:
         theirs = dict(zip(names, session.run(names, {"image": part})))
         for name in names:
-            difference = self_check.largest(np.abs(ours[name][: len(part)] - theirs[name]) / scales[name])
-            found[name] = self_check.largest([found[name], difference])
+            difference = onnx_file.largest(np.abs(ours[name][: len(part)] - theirs[name]) / scales[name])
+            found[name] = onnx_file.largest([found[name], difference])
     return found
 
 
@@ -274,7 +263,7 @@ def labelled_photos(folder, meta):
     """(preprocessed photos, 1 malignant / 0 benign by their class folder, or None where a photo has none)."""
     paths = photos.find_images([folder])[0] if os.path.isdir(folder) else []
     malignant = dict(zip(meta["classes"], model.malignant_mask(meta).tolist()))
-    cfg, images, y = model.meta_data_config(meta), [], []
+    cfg, images, y = model_file.meta_data_config(meta), [], []
     for path in paths:
         img, _ = photos.try_load_image(path)
         if img is not None:
@@ -285,33 +274,19 @@ def labelled_photos(folder, meta):
 
 
 class TwinRefused(Exception):
-    """The int8 twin fails the check every model file gets (model.self_check_fault): it is not written."""
+    """The int8 twin fails the check every model file gets (onnx_file.self_check_fault): it is not written."""
 
 
 def twin_self_check(small, meta):
-    """The int8 twin's own self_check (its outputs on self_check.inputs); TwinRefused where the twin fails the
+    """The int8 twin's own self_check (its outputs on onnx_file.check_inputs); TwinRefused where the twin fails the
     check load_onnx makes (a twin that finds no check input unfamiliar, say)."""
-    checks = self_check.inputs(meta["image_size"])
-    names = model.output_names(meta)
-    own = self_check.record(dict(zip(names, small.run(names, {"image": checks}))))
-    fault = model.self_check_fault(small, dict(meta, self_check=own))
+    checks = onnx_file.check_inputs(meta["image_size"])
+    names = onnx_file.output_names(meta)
+    own = onnx_file.self_check_record(dict(zip(names, small.run(names, {"image": checks}))))
+    fault = onnx_file.self_check_fault(small, dict(meta, self_check=own), model.p_malignant)
     if fault:
         raise TwinRefused(fault)
     return own
-
-
-def write_twin_metadata(tmp, full_path, own, result):
-    """Give the twin at tmp the full model's metadata (the quantiser adds keys of its own), its own self_check and
-    its comparison (quantised)."""
-    import onnx
-
-    proto = onnx.load(tmp)
-    del proto.metadata_props[:]
-    for prop in onnx.load(full_path, load_external_data=False).metadata_props:
-        value = json.dumps(own) if prop.key == "self_check" else prop.value
-        proto.metadata_props.add(key=prop.key, value=value)
-    proto.metadata_props.add(key="quantised", value=json.dumps(result))
-    onnx.save(proto, tmp)
 
 
 def write_int8_twin(args, meta):
@@ -321,36 +296,38 @@ def write_int8_twin(args, meta):
     Returns its path, or None when none was written."""
     twin = quantise.quantised_path(args.output)
     x, y = labelled_photos(args.quantise_images, meta)
-    images = cli.printable(args.quantise_images)
+    images = messages.printable(args.quantise_images)
     if x is None and "quantise_images" in args.given:
-        cli.die(f"--quantise-images {images} holds no readable photo; pass a folder of validation photos")
+        raise messages.UserError(
+            f"--quantise-images {images} holds no readable photo; pass a folder of validation photos"
+        )
     if x is None:
         print(f"no int8 twin written: no photos in {images} to calibrate it on (--quantise-images)")
         return None
-    full = ort_session(args.output)
+    full = onnx_file.cpu_session(args.output)
     speeds = {}
 
     def quantise_and_compare(tmp):
         quantise.quantise(args.output, tmp, x)
-        small = ort_session(tmp)
+        small = onnx_file.cpu_session(tmp)
         names = ["p_malignant"] + (["familiarity_distance"] if meta.get("familiarity") else [])
         (p_full, *d_full), (p_int8, *d_int8) = quantise.outputs(full, x, names), quantise.outputs(small, x, names)
         limit = (meta.get("familiarity") or {}).get("limit")
         distances = (d_full[0], d_int8[0]) if d_full else None
-        result = quantise.comparison(p_full, p_int8, y, meta["threshold"], model.BORDERLINE, distances, limit)
+        result = quantise.comparison(p_full, p_int8, y, meta["threshold"], answer.BORDERLINE, distances, limit)
         result.update(from_sha256=files.file_sha256(args.output), photos_from=os.path.basename(args.quantise_images))
         speeds.update(full=quantise.seconds_per_photo(full, x), int8=quantise.seconds_per_photo(small, x))
-        write_twin_metadata(tmp, args.output, twin_self_check(small, meta), result)
+        onnx_file.copy_metadata(tmp, args.output, twin_self_check(small, meta), result)
         speeds["result"] = result
 
     try:
         files.atomic_write(twin, quantise_and_compare, "ONNX model")
     except TwinRefused as e:
-        print(f"no int8 twin {cli.printable(twin)} written: it fails the check every model file gets ({e})")
+        print(f"no int8 twin {messages.printable(twin)} written: it fails the check every model file gets ({e})")
         return None
     ratio = os.path.getsize(args.output) / os.path.getsize(twin)
     print(
-        f"wrote {cli.printable(twin)} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.1f}x smaller; "
+        f"wrote {messages.printable(twin)} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.1f}x smaller; "
         f"{speeds['int8'] * 1e3:.0f} ms a "
         f"photo against {speeds['full'] * 1e3:.0f} ms here): {quantise.comparison_text(speeds['result'])}"
     )
@@ -358,17 +335,17 @@ def write_int8_twin(args, meta):
 
 
 def check_parity(args, found, described):
-    """die unless every output's largest difference (differences) is within --tolerance, naming those that are not;
+    """fail unless every output's largest difference (differences) is within --tolerance, naming those that are not;
     else say how close they came."""
     compared = "the logits, P(malignant) and the evidence map"
     if "familiarity_distance" in found:
         compared = "the logits, P(malignant), the evidence map and the familiarity distance"
     off = [f"{name} by {difference:.2e}" for name, difference in found.items() if not difference <= args.tolerance]
     if off:
-        cli.die(
+        raise messages.UserError(
             f"onnxruntime and PyTorch disagree on {described}: {', '.join(off)}, over --tolerance "
-            f"{args.tolerance:.0e} (largest differences, relative but p_malignant's); {cli.printable(args.output)} not "
-            "written"
+            f"{args.tolerance:.0e} (largest differences, relative but p_malignant's); "
+            f"{messages.printable(args.output)} not written"
         )
     print(
         f"onnxruntime matches PyTorch: largest difference {max(found.values()):.2e} in {compared} "
@@ -376,11 +353,17 @@ def check_parity(args, found, described):
     )
 
 
-def ort_session(path):
-    """An onnxruntime session of the file at path, on the CPU."""
-    import onnxruntime as ort
-
-    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+def written_text(args, meta):
+    """What export_onnx.py says of the ONNX file it wrote: its size, the check passed, its opset, inputs, outputs."""
+    size, n = meta["image_size"], len(meta["classes"])
+    side = backbone.cam_side(meta["image_size"], meta["network"]["stride"])
+    also = ", 'familiarity_distance' [batch]" if meta.get("familiarity") else ""
+    output = messages.printable(args.output)
+    return (
+        f"wrote {output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
+        f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch]{also} and "
+        f"'cam' [batch, {side}, {side}])"
+    )
 
 
 def main(argv=None):
@@ -388,12 +371,12 @@ def main(argv=None):
     import onnx
     import torch
 
-    net, meta = model.load_checkpoint(args.model)  # dies with one line if missing, broken or not a checkpoint
+    net, meta = model.load_checkpoint(args.model)  # one error line if missing, broken or not a checkpoint
     sha256 = files.file_sha256(args.model)  # its identity, in the ONNX file and the card
     meta["network"] = backbone.network_shape(net)  # what the graph must show, from the network (not the file's word)
     wrapped = exportable(net.float().to(memory_format=torch.contiguous_format).eval(), meta)
     x, described = check_photos(
-        args.check_images, args.n_check, model.meta_data_config(meta), "check_images" in args.given
+        args.check_images, args.n_check, model_file.meta_data_config(meta), "check_images" in args.given
     )
 
     def export_and_check(tmp):  # inside files.atomic_write: a failed check leaves nothing behind
@@ -401,30 +384,20 @@ def main(argv=None):
         export(wrapped, meta["image_size"], tmp, args.opset, onnx_metadata(meta, args.model, sha256, checked))
         onnx.checker.check_model(tmp, full_check=True)
         check_parity(args, differences(wrapped, meta, tmp, x), f"{described}, batch of {max(len(x), 2)} and of 1")
-        fault = model.self_check_fault(ort_session(tmp), dict(meta, self_check=checked))
+        session = onnx_file.cpu_session(tmp)
+        fault = onnx_file.self_check_fault(session, dict(meta, self_check=checked), model.p_malignant)
         if fault:
-            cli.die(
+            raise messages.UserError(
                 f"the exported file fails the check every script makes of a model file: {fault}; "
-                f"{cli.printable(args.output)} not written (every script would refuse it); retrain the model"
+                f"{messages.printable(args.output)} not written (every script would refuse it); retrain the model"
             )
 
     files.atomic_write(args.output, export_and_check, "ONNX model")
-    size, n, side = (
-        meta["image_size"],
-        len(meta["classes"]),
-        backbone.cam_side(meta["image_size"], meta["network"]["stride"]),
-    )
-    also = ", 'familiarity_distance' [batch]" if meta.get("familiarity") else ""
-    output = cli.printable(args.output)
-    print(
-        f"wrote {output} ({os.path.getsize(args.output) / 1e6:.1f} MB, onnx.checker passed, opset {args.opset}, "
-        f"input 'image' [batch, 3, {size}, {size}], outputs 'logits' [batch, {n}], 'p_malignant' [batch]{also} and "
-        f"'cam' [batch, {side}, {side}])"
-    )
+    print(written_text(args, meta))
     twin = write_int8_twin(args, meta) if args.quantise else None
     record_in_card(args.model, sha256, meta, {path: files.file_sha256(path) for path in (args.output, twin) if path})
-    print(f"use it with: python predict.py photo.jpg --model {cli.printable(shlex.quote(args.output))}")
+    print(f"use it with: python predict.py photo.jpg --model {messages.printable(shlex.quote(args.output))}")
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main, "interrupted; nothing written")
+    sys.exit(interrupts.run_script(main, "interrupted; nothing written"))

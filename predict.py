@@ -1,33 +1,12 @@
 """
-Classify skin-lesion photos as benign or malignant with the model AItraining.py trained.
+Classify skin-lesion photos as benign or malignant with the model AItraining.py trained (in full: docs/reference.md).
+Not a medical device: a doctor must examine any lesion that worries you.
 
     python predict.py photo.jpg                          # first line: "Prediction: benign" or "Prediction: malignant"
     python predict.py photos/ --csv predictions.csv      # every image under a folder, one line each, and a CSV
     python predict.py a.jpg b.png --tta                  # average P(malignant) over 4 flips of each photo
     python predict.py photo.jpg --explain                # also save gradcam/photo_jpg_gradcam.png: the evidence
     python predict.py photo.jpg --model skin_model.onnx  # onnxruntime (export_onnx.py): no torch needed
-
-P(malignant) is calibrated on the validation split (a chance where malignant lesions are about as common as
-there); a photo is malignant from the threshold AItraining.py chose there for its target sensitivity (stored in
-the model file; --threshold overrides it). P has the digits that show its side of the threshold (equal to 6
-digits: "just below" or "just above" it); within model.BORDERLINE (0.02) it is borderline. A lesion-type model
-also names the likely types. Then the operating point, the test (and external) figures evaluate.py put in the
-card, what P assumes and, with --prevalence, PPV and NPV (from the test figures where the card has them, the
-validation ones beside them): worded by skinlesion/answer.py, as the page words them. A broken model file is
-refused, and a photo without a valid probability is an error. The model file's SHA-256 is printed: compare it
-with the published one (load only model files you trust). Names are printed escaped (cli.printable).
-
-A photo unlike the training photos (its familiarity distance beyond the limit chosen on the validation photos;
-skinlesion/familiarity.py) gets no answer: alone, "Prediction: unfamiliar", one line why, exit status 3
-(UNFAMILIAR_EXIT), and no P, prevalence line, PPV or NPV, type or Grad-CAM; in a folder its line and CSV row say
-unfamiliar, counted. --show-unfamiliar shows the answer too, each of those lines marked "Unreliable: ". Folders
-are searched recursively (each real folder once) for photos.IMAGE_EXTS; other files are skipped, counted, named.
-
-The model sees a centre crop (the shorter side resized, the rest cut off): keep the lesion in the middle.
---explain saves into EXPLAIN_DIR, one picture per photo: the crop, the evidence for malignant and for benign on
-one scale (Grad-CAM of the malignant log-odds on the final feature map; with an ONNX model, its 'cam' output).
-
-A research tool, not a medical device: a doctor must examine any lesion that worries you.
 """
 
 from skinlesion import interrupts
@@ -48,14 +27,15 @@ import model
 from skinlesion import (
     answer,
     card,
-    checkpoints,
-    cli,
     devices,
     explain,
     familiarity,
     files,
+    flags,
     folders,
-    numbers,
+    messages,
+    metrics,
+    model_file,
     photos,
 )
 
@@ -78,7 +58,7 @@ UNRELIABLE = "Unreliable: "  # what marks each line of an answer shown anyway fo
 
 def parse_args(argv=None):
     """The flags, checked before anything slow (the model, the photos)."""
-    args = cli.parse_flags(
+    args = flags.parse_flags(
         globals(),
         argv,
         ("images", "image files and/or folders (searched recursively)"),
@@ -87,12 +67,12 @@ def parse_args(argv=None):
     inputs = [args.model, *args.images]
     if args.csv:
         files.check_output(args.csv, "--csv", "predictions", inputs, args.overwrite)
-        cli.check_writable(args.csv, "--csv")
+        flags.check_writable(args.csv, "--csv")
     if args.explain:
         folders.check_output_folder(args.explain_dir, "--explain-dir", [args.model, *args.images])
         photo_folders = [path for path in args.images if os.path.isdir(path)]
         folders.check_outside(args.explain_dir, "--explain-dir", photo_folders)
-        cli.check_writable(args.explain_dir, "--explain-dir", folder=True)
+        flags.check_writable(args.explain_dir, "--explain-dir", folder=True)
     return args
 
 
@@ -100,7 +80,7 @@ def malignant_sum_text(probabilities, meta):
     """'Melanoma 0.219 + Basal cell carcinoma 0.010 = 0.229': the malignant types' calibrated probabilities, whose
     sum is P(malignant)."""
     names, mask = meta.get("class_names") or meta["classes"], model.malignant_mask(meta)
-    parts = [f"{cli.printable(names[i])} {probabilities[i]:.3f}" for i in np.flatnonzero(mask)]
+    parts = [f"{messages.printable(names[i])} {probabilities[i]:.3f}" for i in np.flatnonzero(mask)]
     return f"{' + '.join(parts)} = {probabilities[mask].sum():.3f}"
 
 
@@ -114,15 +94,17 @@ def onnx_predictor(session, meta, tta, explain_it):
         outputs.append("familiarity_distance")
 
     def predict_one(img):
-        x = photos.preprocess(img, model.meta_data_config(meta))
+        x = photos.preprocess(img, model_file.meta_data_config(meta))
         runs = []
         for dims in model.TTA_FLIPS if tta else [()]:
             view = np.ascontiguousarray(np.flip(x, dims) if dims else x)[None]
             try:
                 runs.append(session.run(outputs, {name: view}))
             except Exception as e:  # onnxruntime failing at run time: the file, the machine
-                why = cli.printable(str(e)[:200])  # its message may quote the file's own node names
-                cli.die(f"onnxruntime failed on the model ({type(e).__name__}: {why}); export it again")
+                why = messages.printable(str(e)[:200])  # its message may quote the file's own node names
+                raise messages.UserError(
+                    f"onnxruntime failed on the model ({type(e).__name__}: {why}); export it again"
+                ) from None
         probabilities = np.mean([model.calibrated_probabilities(r[0], meta) for r in runs], axis=0)[0]
         cam = runs[0][2][0] if explain_it else None
         distance = float(runs[0][-1][0]) if meta.get("familiarity") else None
@@ -139,7 +121,7 @@ def torch_predictor(net, meta, tta, explain_it):
     device = next(net.parameters()).device
 
     def predict_one(img):
-        x = torch.from_numpy(photos.preprocess(img, model.meta_data_config(meta))).to(device)[None]
+        x = torch.from_numpy(photos.preprocess(img, model_file.meta_data_config(meta))).to(device)[None]
         p, probabilities = model.predictions(model.view_logits(net, x, tta), meta)
         cam = explain.gradcam(net, x, model.malignant_mask(meta)) if explain_it else None
         distances = familiarity.distances_of(net, x, meta)
@@ -150,7 +132,7 @@ def torch_predictor(net, meta, tta, explain_it):
 
 def load(args):
     """(photo -> prediction, meta) for the model file, checked when loaded: a broken one is refused here."""
-    if checkpoints.is_onnx(args.model):
+    if model_file.is_onnx(args.model):
         session, meta = model.load_onnx(args.model)
         return onnx_predictor(session, meta, args.tta, args.explain), meta
     net, meta = model.load_checkpoint(args.model, devices.pick_device())
@@ -187,13 +169,13 @@ class Verdict(NamedTuple):
 def answer_lines(found, meta, threshold, args):
     """A single photo's answer: P against the threshold, P at --prevalence, the types; each line marked
     unreliable for an unfamiliar photo (shown only with --show-unfamiliar)."""
-    p_text, t_text, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
+    p_text, t_text, near = answer.decision_texts(found.p, threshold, answer.BORDERLINE)
     flips = ", mean over 4 flips" if args.tta else ""
-    close = f": borderline, within {model.BORDERLINE} of the threshold" if near else ""
+    close = f": borderline, within {answer.BORDERLINE} of the threshold" if near else ""
     lines = [f"P(malignant) = {p_text} (threshold {t_text}{flips}){close}"]
     if args.prevalence is not None:
-        at = float(numbers.reweighted(found.p, meta["prior_malignant"], args.prevalence))
-        share = cli.percent_text(args.prevalence)
+        at = float(metrics.reweighted(found.p, meta["prior_malignant"], args.prevalence))
+        share = messages.percent_text(args.prevalence)
         lines.append(f"At a prevalence of {share}: P(malignant) = {at:.3f} (the call above uses P)")
     if len(meta["classes"]) > 2:
         ranked = answer.likely_types(found.probabilities, meta)
@@ -217,31 +199,31 @@ def single_lines(found, meta, threshold, args):
 
 def folder_line(path, found, meta, threshold, args):
     """One photo's line among many."""
-    p_text, _, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
+    p_text, _, near = answer.decision_texts(found.p, threshold, answer.BORDERLINE)
     if found.unfamiliar:
         limit = meta["familiarity"]["limit"]
         unreliable = "; no answer"
         if answer.answer_shown(found.unfamiliar, args.show_unfamiliar):
             unreliable = f"; unreliable answer: {found.call} (P(malignant) = {p_text})"
         far = f"familiarity distance {found.distance:.2f} > limit {limit:.2f}: unlike the training photos"
-        return f"{cli.printable(path)}: Prediction: unfamiliar ({far}){unreliable}"
+        return f"{messages.printable(path)}: Prediction: unfamiliar ({far}){unreliable}"
     kind = ""
     if len(meta["classes"]) > 2:
         name, q = answer.likely_types(found.probabilities, meta)[0]
         kind = f"; type {name} (P = {q:.3f})"
     if args.prevalence is not None:
-        at = float(numbers.reweighted(found.p, meta["prior_malignant"], args.prevalence))
-        kind += f"; at prevalence {cli.percent_text(args.prevalence)}: P = {at:.3f}"
+        at = float(metrics.reweighted(found.p, meta["prior_malignant"], args.prevalence))
+        kind += f"; at prevalence {messages.percent_text(args.prevalence)}: P = {at:.3f}"
     close = ", borderline" if near else ""
-    return f"{cli.printable(path)}: Prediction: {found.call} (P(malignant) = {p_text}{close}){kind}"
+    return f"{messages.printable(path)}: Prediction: {found.call} (P(malignant) = {p_text}{close}){kind}"
 
 
 def csv_row(path, found, meta, threshold):
     """The photo's CSV row (HEADER, the types' columns, the familiarity columns); an unfamiliar photo's says
     unfamiliar, with its P and types left empty unless --show-unfamiliar shows them."""
     label = "unfamiliar" if found.unfamiliar else found.call
-    near = abs(found.p - threshold) < model.BORDERLINE
-    row = [cli.printable(path), label, f"{found.p:.6f}", f"{threshold:g}", str(bool(near)).lower()]
+    near = answer.is_borderline(found.p, threshold)
+    row = [messages.printable(path), label, f"{found.p:.6f}", f"{threshold:g}", str(bool(near)).lower()]
     if len(meta["classes"]) > 2:
         ranked = answer.likely_types(found.probabilities, meta)
         row += [ranked[0][0], f"{ranked[0][1]:.6f}", *(f"{q:.6f}" for q in found.probabilities)]
@@ -253,25 +235,25 @@ def explain_photo(path, img, found, pictures, cautions, meta, threshold, args):
     of one shown anyway is titled and noted unreliable. Returns the line that says where it is (or why none)."""
     if not answer.answer_shown(found.unfamiliar, args.show_unfamiliar):
         return (
-            f"no Grad-CAM for {cli.printable(path)}: {familiarity.unfamiliar_sentence(meta)} (--show-unfamiliar "
+            f"no Grad-CAM for {messages.printable(path)}: {familiarity.unfamiliar_sentence(meta)} (--show-unfamiliar "
             "saves it, unreliable)"
         )
-    p_text, _, near = answer.decision_texts(found.p, threshold, model.BORDERLINE)
-    notes = cautions + ([f"P(malignant) is within {model.BORDERLINE} of the threshold: borderline"] if near else [])
+    p_text, _, near = answer.decision_texts(found.p, threshold, answer.BORDERLINE)
+    notes = cautions + ([f"P(malignant) is within {answer.BORDERLINE} of the threshold: borderline"] if near else [])
     notes += [familiarity.unfamiliar_sentence(meta) + ": unreliable"] if found.unfamiliar else []
     label = f"unfamiliar, answer {found.call}" if found.unfamiliar else found.call
     title = answer.marked(
-        f"{cli.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}", found.unfamiliar
+        f"{messages.printable(os.path.basename(path))}: {label}, P(malignant) = {p_text}", found.unfamiliar
     )
     folders.made_folder(args.explain_dir, "predict.py", "Grad-CAM folder")
-    crop = photos.eval_crop(img, model.meta_data_config(meta))
+    crop = photos.eval_crop(img, model_file.meta_data_config(meta))
     blank = explain.save_gradcam(crop, found.cam, pictures[path], title, notes)
     none_for = "".join(
         f"; no region of the photo stands out as evidence for {b} (P(malignant) = {p_text} is the model's "
         "answer for the photo as a whole)"
         for b in blank
     )
-    return f"Grad-CAM saved to {cli.printable(pictures[path])}{none_for}"
+    return f"Grad-CAM saved to {messages.printable(pictures[path])}{none_for}"
 
 
 def closing_lines(meta, args, single_unfamiliar, sha256):
@@ -282,7 +264,7 @@ def closing_lines(meta, args, single_unfamiliar, sha256):
         return []
     lines = []
     if meta.get("operating_point") and args.threshold is None:
-        said = numbers.operating_point_text(meta["operating_point"], card.chosen_on(meta)[1])  # validation or folds
+        said = metrics.operating_point_text(meta["operating_point"], card.chosen_on(meta)[1])  # validation or folds
         lines.append(f"Operating point: {said}.")
     tested, point = ([], None) if args.tta or args.threshold is not None else tested_results(args.model, meta, sha256)
     assumes, at_prevalence = answer.prevalence_texts(meta, args.prevalence, args.threshold is not None, point)
@@ -292,28 +274,37 @@ def closing_lines(meta, args, single_unfamiliar, sha256):
     return lines
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    model.check_model_file(args.model, "train one with 'python AItraining.py' (or export one with export_onnx.py)")
+def find_photos(args):
+    """(the photos under the paths given, the other files skipped [(path, why)]); none is an error."""
     images, skipped = photos.find_images(args.images)
     if not images:
         others = f"; skipped {len(skipped)} other files" if skipped else ""
-        given = cli.first_few(args.images, 5)
-        cli.die(f"no images in {given} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
-    single = len(args.images) == 1 and len(images) == 1 and not os.path.isdir(args.images[0])
-    if single:  # read it before loading the model: a bad file is reported at once
-        first, why = photos.try_load_image(images[0])
-        if first is None:
-            fix = "; pass a .jpg or .png photo" if why.startswith(photos.UNREADABLE) else ""  # else: crop it
-            cli.die(f"{cli.printable(images[0])} is {why}{fix}")
+        given = messages.first_few(args.images, 5)
+        raise messages.UserError(f"no images in {given} (looked for {', '.join(photos.IMAGE_EXTS)} files{others})")
+    return images, skipped
+
+
+def read_single(path):
+    """The one photo named, read before the model loads: a bad file is reported at once."""
+    first, why = photos.try_load_image(path)
+    if first is None:
+        fix = "; pass a .jpg or .png photo" if why.startswith(photos.UNREADABLE) else ""  # else: crop it
+        raise messages.UserError(f"{messages.printable(path)} is {why}{fix}")
+    return first
+
+
+def checked_pictures(images, args):
+    """{photo: the path of its Grad-CAM picture} with --explain, each ours to replace; {} without."""
     pictures = explain.gradcam_names(images, args.explain_dir) if args.explain else {}
     for picture in pictures.values():
         files.check_output(picture, "--explain-dir", "picture", [args.model, *images], args.overwrite)
+    return pictures
 
-    sha256 = files.file_sha256(args.model)
-    predict_one, meta = load(args)
-    types = len(meta["classes"]) > 2
-    threshold = float(meta["threshold"]) if args.threshold is None else args.threshold
+
+def said_cautions(meta, args):
+    """Say on stderr what to be careful of with this model (and --tta with its threshold) and that a model without
+    a familiarity measure flags no photo; refuse --prevalence for a model that does not record the share of
+    malignant training photos. Returns the cautions (each Grad-CAM picture notes them)."""
     cautions = answer.model_cautions(meta)
     if args.tta and args.threshold is None:
         cautions.append(
@@ -328,14 +319,37 @@ def main(argv=None):
             "photos is not flagged; retrain it with AItraining.py",
             file=sys.stderr,
         )
-    flips = ", mean over 4 flips" if args.tta else ""
-    prior = meta.get("prior_malignant")
-    if args.prevalence is not None and prior is None:
-        model_file = cli.printable(args.model)
-        cli.die(f"--prevalence: {model_file} does not record the share of malignant training photos; retrain it")
+    if args.prevalence is not None and meta.get("prior_malignant") is None:
+        said = f"{messages.printable(args.model)} does not record the share of malignant training photos"
+        raise messages.UserError(f"--prevalence: {said}; retrain it")
+    return cautions
 
-    # predictions
-    rows, borderline, strange = [], 0, False
+
+def photo_row(path, found, meta, threshold, args):
+    """The photo's CSV row as written: csv_row's, its answer's cells emptied where the answer is withheld, and the
+    familiarity columns for a model with the measure."""
+    row = csv_row(path, found, meta, threshold)
+    if not answer.answer_shown(found.unfamiliar, args.show_unfamiliar):  # the row says unfamiliar, without the answer
+        row = [cell if i in (0, 1, 3) else "" for i, cell in enumerate(row)]
+    if found.distance is not None:
+        row += [f"{found.distance:.4f}", f"{meta['familiarity']['limit']:.4f}"]
+    return row
+
+
+class Classified(NamedTuple):
+    """What a run found over its photos."""
+
+    rows: list  # one CSV row per photo answered (photo_row)
+    borderline: int  # how many answered photos lie within answer.BORDERLINE of the threshold
+    unfamiliar: bool  # whether the (last, for a single photo: the) photo answered is unlike the training photos
+    skipped: list  # [(path, why)]: the photos that could not be read or got no valid probability
+
+
+def classify(images, first, predict_one, meta, threshold, pictures, cautions, args):
+    """Classify each photo and print its answer as it comes: a single photo's lines (first: that photo, already
+    read; None for many), or one line per photo of many; with --explain, its Grad-CAM picture."""
+    single = first is not None
+    rows, borderline, unfamiliar, skipped = [], 0, False, []
     bar = tqdm(images, unit="image", disable=len(images) <= 20 or None)  # a progress bar only for many photos
     for path in bar:
         img, why = (first, None) if single else photos.try_load_image(path)
@@ -343,63 +357,90 @@ def main(argv=None):
             skipped.append((path, why))
             continue
         p, probabilities, cam, distance = predict_one(img)
-        if not numbers.is_probability(p):
+        if not metrics.is_probability(p):
             if single:
-                cli.die(
-                    f"the model gave no valid probability for {cli.printable(path)} (P = {p}); the model file is "
+                raise messages.UserError(
+                    f"the model gave no valid probability for {messages.printable(path)} (P = {p}); the model file is "
                     "broken: retrain or re-export it"
                 )
             skipped.append((path, f"the model gave no valid probability (P = {p})"))
             continue
-        strange = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
-        found = Verdict(p, probabilities, cam, distance, model.CLASSES[int(p >= threshold)], strange)
-        borderline += abs(p - threshold) < model.BORDERLINE and not strange
-        rows.append(csv_row(path, found, meta, threshold))
-        if not answer.answer_shown(strange, args.show_unfamiliar):  # the row says unfamiliar, without the answer
-            rows[-1] = [cell if i in (0, 1, 3) else "" for i, cell in enumerate(rows[-1])]
-        if distance is not None:
-            rows[-1] += [f"{distance:.4f}", f"{meta['familiarity']['limit']:.4f}"]
+        unfamiliar = familiarity.unfamiliar(distance, meta)  # unlike the training photos: no answer
+        found = Verdict(p, probabilities, cam, distance, model.CLASSES[int(p >= threshold)], unfamiliar)
+        borderline += answer.is_borderline(p, threshold) and not unfamiliar
+        rows.append(photo_row(path, found, meta, threshold, args))
         caution = photos.size_caution(path, img)
         if caution:
-            cli.warn(caution)
+            messages.warn(caution)
         if single:
             print("\n".join(single_lines(found, meta, threshold, args)))
         else:
             bar.write(folder_line(path, found, meta, threshold, args))
         if args.explain:
             bar.write(explain_photo(path, img, found, pictures, cautions, meta, threshold, args))
+    return Classified(rows, borderline, unfamiliar, skipped)
 
-    # summary, skipped photos, the CSV
+
+def count_line(rows, borderline, skipped, meta, threshold, args):
+    """A folder run's counts: malignant, benign, unfamiliar (for a model with the measure), borderline, skipped."""
+    malignant, unfamiliar = (sum(row[1] == label for row in rows) for label in ("malignant", "unfamiliar"))
+    benign = len(rows) - malignant - unfamiliar
+    flips = ", mean over 4 flips" if args.tta else ""
+    near_count = f"; {borderline} borderline" if borderline else ""
+    skip_count = f"; {len(skipped)} skipped (listed on stderr)" if skipped else ""
+    unfamiliar_count = ""
+    if meta.get("familiarity"):
+        unfamiliar_count = f", {unfamiliar} unfamiliar (unlike the training photos: no answer)"
+    return (
+        f"{len(rows)} images: {malignant} malignant, {benign} benign{unfamiliar_count} (threshold {threshold:.3f}"
+        f"{flips}){near_count}{skip_count}"
+    )
+
+
+def write_csv(path, rows, meta):
+    """The predictions CSV: HEADER (the types' and the familiarity columns where the model has them), a row per
+    photo; written whole or not at all."""
+    text = io.StringIO()
+    names = [f"p_{messages.printable(c)}" for c in meta["classes"]]
+    header = HEADER + ["type", "p_type"] + names if len(meta["classes"]) > 2 else HEADER
+    header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
+    csv.writer(text).writerows([header] + [[files.csv_cell(cell) for cell in row] for row in rows])
+    files.write_text(path, text.getvalue(), "predictions")
+    print(f"predictions written to {messages.printable(path)}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model_file.check_model_file(args.model, "train one with 'python AItraining.py' (or export one with export_onnx.py)")
+    images, skipped = find_photos(args)
+    single = len(args.images) == 1 and len(images) == 1 and not os.path.isdir(args.images[0])
+    first = read_single(images[0]) if single else None
+    pictures = checked_pictures(images, args)
+    sha256 = files.file_sha256(args.model)
+    predict_one, meta = load(args)
+    threshold = float(meta["threshold"]) if args.threshold is None else args.threshold
+    cautions = said_cautions(meta, args)
+
+    found = classify(images, first, predict_one, meta, threshold, pictures, cautions, args)
+    skipped += found.skipped
     for path, why in skipped:
-        cli.warn(f"skipped {cli.printable(path)}: {why}")
-    if not rows:
-        cli.die(f"none of the {len(skipped)} files could be classified; pass .jpg or .png photos")
+        messages.warn(f"skipped {messages.printable(path)}: {why}")
+    if not found.rows:
+        raise messages.UserError(f"none of the {len(skipped)} files could be classified; pass .jpg or .png photos")
     if not single:
-        n, odd = (sum(row[1] == label for row in rows) for label in ("malignant", "unfamiliar"))
-        near_count = f"; {borderline} borderline" if borderline else ""
-        skip_count = f"; {len(skipped)} skipped (listed on stderr)" if skipped else ""
-        odd_count = f", {odd} unfamiliar (unlike the training photos: no answer)" if meta.get("familiarity") else ""
-        print(
-            f"{len(rows)} images: {n} malignant, {len(rows) - n - odd} benign{odd_count} (threshold {threshold:.3f}"
-            f"{flips}){near_count}{skip_count}"
-        )
-    for line in closing_lines(meta, args, single and strange, sha256):
+        print(count_line(found.rows, found.borderline, skipped, meta, threshold, args))
+    for line in closing_lines(meta, args, single and found.unfamiliar, sha256):
         print(line)
-    print(f"Model file: {cli.printable(args.model)}, SHA-256 {sha256} (compare it with the published one)")
+    print(f"Model file: {messages.printable(args.model)}, SHA-256 {sha256} (compare it with the published one)")
     if args.csv:
-        text = io.StringIO()
-        header = HEADER + ["type", "p_type"] + [f"p_{cli.printable(c)}" for c in meta["classes"]] if types else HEADER
-        header = header + FAMILIARITY_HEADER if meta.get("familiarity") else header
-        csv.writer(text).writerows([header] + [[files.csv_cell(cell) for cell in row] for row in rows])
-        files.write_text(args.csv, text.getvalue(), "predictions")
-        print(f"predictions written to {cli.printable(args.csv)}")
+        write_csv(args.csv, found.rows, meta)
     print(
         "note: a research tool, not a medical device; have a doctor examine any lesion that worries you",
         file=sys.stderr,
     )
-    if single and strange:
-        sys.exit(UNFAMILIAR_EXIT)
+    if single and found.unfamiliar:
+        return UNFAMILIAR_EXIT  # the script's exit status (interrupts.run_script hands it on; None is 0)
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main)
+    sys.exit(interrupts.run_script(main))

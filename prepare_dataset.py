@@ -1,27 +1,11 @@
 """
 Build dataset/ from an ISIC Archive export: keep one image type and the definite labels, sample a balanced set,
-split it by lesion and patient, and shrink the photos.
+split it by lesion and patient, and shrink the photos. In full: docs/reference.md.
 
-    isic image download --search 'image_type:"clinical: overview" AND diagnosis_1:Benign' --limit 300 \\
-        isic_images/benign
-    isic image download --search 'image_type:"clinical: overview" AND diagnosis_1:Malignant' --limit 300 \\
-        isic_images/malignant
     python prepare_dataset.py                  # reads isic_images/**/metadata.csv and the images beside them
     python prepare_dataset.py --image-types dermoscopic --n-per-class 500
     python prepare_dataset.py --label-column diagnosis_3   # lesion types: a class per value, each on one side
     python make_demo_data.py && python prepare_dataset.py --metadata-csv demo_data/metadata.csv --images-dir demo_data
-
-Rows of IMAGE_TYPES with a definite benign/malignant side (diagnosis_1 or the legacy benign_malignant, any case)
-and an image file are decoded in SEED order, in rounds, until each class has N_PER_CLASS distinct images. The
-classes are benign and malignant, or with LABEL_COLUMN another column the values with at least MIN_PER_CLASS
-usable photos, each keeping its side (rarer values are listed, or merged per side with OTHER). Rows sharing a
-lesion or a patient stay in one split. Labels that contradict each other (one isic_id, or one photo under two
-ids, with different labels) are left out and counted. The export's attribution.txt and licenses/ travel into
-dataset/, and the manifest keeps the metadata a model card reports (licence, skin type, sex, age, body site...).
-
-A run that would lose a class or keep less than MIN_KEPT of the rows stops with one line; a failure, a full
-disk, a kill or Ctrl-C leave the previous dataset byte-identical (it is built in dataset.tmp-<pid>). DATASET_DIR
-is replaced as a whole only if prepare_dataset.py made it.
 """
 
 from skinlesion import interrupts
@@ -32,12 +16,13 @@ if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while t
 import os
 import re
 import shlex
+import sys
 import time
 
 import numpy as np
 import pandas as pd
 
-from skinlesion import cli, dataset, files, folders, isic, other_types, photos, shapes, shard_format
+from skinlesion import dataset, files, flags, folders, isic, messages, other_types, photos, schema, shard_format
 
 # -----------------------------------------------------------------------------
 METADATA_CSV = "metadata.csv"  # the export's metadata; if absent, every metadata.csv under IMAGES_DIR is read
@@ -67,8 +52,8 @@ def download_hint(image_types, images_dir):
         query = f"({query})"
     return (
         f"download an export with: isic image download --search '{query} AND diagnosis_1:Benign' --limit 300 "
-        f"{cli.printable(os.path.join(images_dir, 'benign'))}, and the same with diagnosis_1:Malignant into "
-        f"{cli.printable(os.path.join(images_dir, 'malignant'))} (pip install isic-cli); or try python "
+        f"{messages.printable(os.path.join(images_dir, 'benign'))}, and the same with diagnosis_1:Malignant into "
+        f"{messages.printable(os.path.join(images_dir, 'malignant'))} (pip install isic-cli); or try python "
         "make_demo_data.py"
     )
 
@@ -102,38 +87,37 @@ def filter_rows(df, image_types, label_column=LABEL_COLUMN):
         if len(found):
             flags = [shlex.quote(t) for t in found[:2]]
             fix = f"pass --image-types {flags[0]} (several: --image-types {' '.join(flags)})"
-        cli.die(
-            f"no row has image type {' or '.join(sorted(allowed))}; the export has {cli.counts_text(df.image_type)}: "
-            + fix
+        raise messages.UserError(
+            f"no row has image type {' or '.join(sorted(allowed))}; the export has "
+            f"{messages.counts_text(df.image_type)}: {fix}"
         )
     else:
         ok = df.image_type.isin(allowed)
-        df = keep(
-            df, ok, "image_type " + " or ".join(sorted(allowed)), "left out: " + cli.counts_text(df.image_type[~ok])
-        )
+        why = "left out: " + messages.counts_text(df.image_type[~ok])
+        df = keep(df, ok, "image_type " + " or ".join(sorted(allowed)), why)
     typed = df = df.assign(side=isic.sides(df))
     two_class = label_column in isic.SIDE_COLUMNS
     if not two_class and label_column not in df:
-        cli.die(
+        raise messages.UserError(
             f"--label-column {label_column}: the metadata has no such column; use one of its diagnosis columns "
             "(diagnosis_2 to diagnosis_5, or diagnosis in older exports)"
         )
     df["label_value"] = df.side if two_class else df[label_column]
     if not two_class:
         df = keep(df, df.label_value != "", f"with a {label_column} value", "left out: empty")
-        named = df.label_value.map(lambda value: shapes.is_text(value, shapes.MAX_NAME))
-        why = "left out (a class name must be printable text): " + cli.counts_text(df.label_value[~named], 3)
-        df = keep(df, named, f"printable, at most {shapes.MAX_NAME} characters", why)
+        named = df.label_value.map(lambda value: schema.is_text(value, schema.MAX_NAME))
+        why = "left out (a class name must be printable text): " + messages.counts_text(df.label_value[~named], 3)
+        df = keep(df, named, f"printable, at most {schema.MAX_NAME} characters", why)
     ok = df.side.isin(dataset.SIDES)
     odd = ~ok & ~isic.is_undecided(df.side)
-    losses.append(("label outside ISIC's vocabulary or in conflict", odd.sum(), cli.counts_text(df.side[odd], 3)))
-    df = keep(df, ok, "with a definite benign/malignant side", "left out: " + cli.counts_text(df.side[~ok]))
+    losses.append(("label outside ISIC's vocabulary or in conflict", odd.sum(), messages.counts_text(df.side[odd], 3)))
+    df = keep(df, ok, "with a definite benign/malignant side", "left out: " + messages.counts_text(df.side[~ok]))
     ok = df.isic_id.str.fullmatch(isic.ISIC_ID)
-    losses.append(("invalid isic_id", (~ok).sum(), cli.first_few(df.isic_id[~ok].map(repr))))
+    losses.append(("invalid isic_id", (~ok).sum(), messages.first_few(df.isic_id[~ok].map(repr))))
     df = keep(df, ok, "with a valid isic_id", f"refused {(~ok).sum()}: {losses[-1][2]}")
     contradicting = df.groupby("isic_id").label_value.transform("nunique") > 1
     losses.append(
-        ("isic_id listed with different labels", contradicting.sum(), cli.first_few(df.isic_id[contradicting]))
+        ("isic_id listed with different labels", contradicting.sum(), messages.first_few(df.isic_id[contradicting]))
     )
     df = keep(
         df, ~contradicting, "no isic_id with different labels", f"left out {contradicting.sum()}: {losses[-1][2]}"
@@ -150,12 +134,12 @@ def keep_majority_side(df, steps):
     counts = pd.crosstab(df.label_value, df.side)
     majority = counts.idxmax(axis=1).where(counts.max(axis=1) * 2 > counts.sum(axis=1), "")
     disagree = [
-        f"'{cli.printable(value)}' ({', '.join(f'{s} {n}' for s, n in row.items() if n)})"
+        f"'{messages.printable(value)}' ({', '.join(f'{s} {n}' for s, n in row.items() if n)})"
         for value, row in counts.iterrows()
         if (row > 0).sum() > 1
     ]
     if disagree:
-        cli.warn(
+        messages.warn(
             f"{len(disagree)} type(s) with rows on both sides, kept on their majority side (a tie: left out): "
             + "; ".join(disagree)
         )
@@ -177,9 +161,10 @@ def choose_classes(cands, args, steps):
         counts = cands.label_value.value_counts()
         rare = counts[counts < args.min_per_class]
     if len(rare):
-        cli.warn(
+        messages.warn(
             f"{len(rare)} value(s) of {args.label_column} with fewer than {args.min_per_class} usable photos left "
-            f"out ({rare.sum()} photos): {cli.counts_text(cands.label_value[cands.label_value.isin(rare.index)], 12)}"
+            f"out ({rare.sum()} photos): "
+            f"{messages.counts_text(cands.label_value[cands.label_value.isin(rare.index)], 12)}"
             + ("" if args.other else "; --other merges them per side")
         )
     kept = cands[~cands.label_value.isin(rare.index)]
@@ -228,7 +213,7 @@ def check_usable(args, steps, typed, losses, cands, chosen=None, decoded=0, unre
     survive the unexpected losses (labels outside ISIC's words, conflicts, bad ids, missing or unreadable images);
     warn when a class is short."""
     now = cands if chosen is None else chosen
-    seen = "; ".join(f"{col} {cli.counts_text(typed[col])}" for col in isic.SIDE_COLUMNS if col in typed)
+    seen = "; ".join(f"{col} {messages.counts_text(typed[col])}" for col in isic.SIDE_COLUMNS if col in typed)
     for side in dataset.SIDES:
         if not now.side.eq(side).any():
             readable = ", 0 readable" if chosen is not None else ""
@@ -239,9 +224,9 @@ def check_usable(args, steps, typed, losses, cands, chosen=None, decoded=0, unre
             )
     for label, n in now.label.value_counts().items() if chosen is not None else []:
         if n < args.n_per_class:
-            cli.warn(f"only {n} usable {label} images, fewer than N_PER_CLASS: using them all")
+            messages.warn(f"only {n} usable {label} images, fewer than N_PER_CLASS: using them all")
     base, kept = len(cands) + sum(n for _, n, _ in losses), len(cands) * (1 - len(unreadable) / max(decoded, 1))
-    losses = losses + [(f"unreadable (of {decoded} decoded)", len(unreadable), cli.first_few(unreadable))]
+    losses = losses + [(f"unreadable (of {decoded} decoded)", len(unreadable), messages.first_few(unreadable))]
     if base and kept < args.min_kept * base:
         causes = "; ".join(f"{cause} {n} ({what})" for cause, n, what in losses if n)
         about = "about " if decoded else ""
@@ -256,7 +241,7 @@ def check_usable(args, steps, typed, losses, cands, chosen=None, decoded=0, unre
 def print_steps(steps, error=None):
     print("\nsummary\n" + "\n".join(f"  {step:<44}{n:>7}  {why}" for step, n, why in steps))
     if error:
-        cli.die(error)
+        raise messages.UserError(error)
 
 
 def write_splits(chosen, tmp):
@@ -296,23 +281,23 @@ def report(manifest, steps, args, notes):
         for split in [s for s in dataset.SPLITS if s in by_split]:
             total = sum(by_split[split].values())
             common = sorted(by_split[split].items(), key=lambda item: -item[1])[:6]
-            print(f"    {split:<6}" + ", ".join(f"{cli.printable(value)} {n / total:.0%}" for value, n in common))
+            print(f"    {split:<6}" + ", ".join(f"{messages.printable(value)} {n / total:.0%}" for value, n in common))
     for note in notes:
         print(note)
 
 
 def parse_args(argv=None):
     """The flags, each checked before any slow work."""
-    args = cli.parse_flags(globals(), argv, nullable={"RESIZE_TO"})
+    args = flags.parse_flags(globals(), argv, nullable={"RESIZE_TO"})
     bad = [t for t in args.image_types if t not in isic.IMAGE_TYPES] + [""]
-    cli.check(not bad[0], "--image-types", repr(bad[0]), "use ISIC's: " + ", ".join(map(repr, isic.IMAGE_TYPES)))
+    flags.check(not bad[0], "--image-types", repr(bad[0]), "use ISIC's: " + ", ".join(map(repr, isic.IMAGE_TYPES)))
     val, test = args.val_fraction, args.test_fraction
-    cli.check(
+    flags.check(
         val + test <= 0.9 + 1e-9, "--test-fraction", test, f"use at most {0.9 - val:.2f} with --val-fraction {val}"
     )
     folders.check_output_folder(args.dataset_dir, "--dataset-dir", [args.images_dir, args.metadata_csv])
     folders.check_replaceable(args.dataset_dir, "--dataset-dir", "prepare_dataset.py", "dataset")
-    cli.check_writable(os.path.dirname(os.path.abspath(args.dataset_dir)), "--dataset-dir", folder=True)
+    flags.check_writable(os.path.dirname(os.path.abspath(args.dataset_dir)), "--dataset-dir", folder=True)
     args.dataset_dir = os.path.normpath(args.dataset_dir)
     return args
 
@@ -329,7 +314,7 @@ def with_photo_files(df, args, out, steps, losses):
         why.append(f"{copies} byte-identical copies of a photo used once")
     steps.append(("with an image file", len(cands), "; ".join(why)))
     copies = contradicting_copies(cands)
-    losses.append(("the same photo under ids with different labels", len(copies), cli.first_few(sorted(copies))))
+    losses.append(("the same photo under ids with different labels", len(copies), messages.first_few(sorted(copies))))
     cands = cands[~cands.isic_id.isin(copies)].reset_index(drop=True)
     steps.append(("no photo with different labels", len(cands), f"left out {len(copies)}" if copies else ""))
     return cands
@@ -343,11 +328,42 @@ def decoded_photos(cands, args, tmp, steps):
     )
     decoded = len(chosen) + len(unreadable) + len(dups)
     steps.append(("decoded (sampled in SEED order)", decoded, ""))
-    unreadable_text = f"unreadable {len(unreadable)}: " + cli.first_few(unreadable, 5) if unreadable else ""
+    unreadable_text = f"unreadable {len(unreadable)}: " + messages.first_few(unreadable, 5) if unreadable else ""
     steps.append(("readable", decoded - len(unreadable), unreadable_text))
-    dups_text = f"{len(dups)} duplicate images kept once: " + cli.first_few(dups, 5) if dups else ""
+    dups_text = f"{len(dups)} duplicate images kept once: " + messages.first_few(dups, 5) if dups else ""
     steps.append(("distinct images", len(chosen), dups_text))
     return chosen, unreadable, dups
+
+
+def read_rows(args):
+    """(the metadata.csv files read, their rows): METADATA_CSV, or each metadata.csv under IMAGES_DIR where it is
+    missing (said); neither, or no IMAGES_DIR, is an error with where to download an export."""
+    paths = isic.metadata_files(args.metadata_csv, args.images_dir)
+    if not paths or not os.path.isdir(args.images_dir):
+        missing = args.images_dir if paths else f"{args.metadata_csv} (nor a metadata.csv under {args.images_dir})"
+        missing = messages.printable(missing)
+        raise messages.UserError(f"{missing} not found; " + download_hint(args.image_types, args.images_dir))
+    if paths != [args.metadata_csv]:
+        listed = ", ".join(map(messages.printable, paths))
+        metadata_csv, images_dir = messages.printable(args.metadata_csv), messages.printable(args.images_dir)
+        print(f"no {metadata_csv}; reading the {len(paths)} metadata.csv under {images_dir}: {listed}")
+    columns = ["isic_id", *isic.SIDE_COLUMNS, "lesion_id", "patient_id", args.label_column, *isic.CARD_COLUMNS]
+    return paths, isic.read_metadata(paths, columns)
+
+
+def unused_notes(cands, chosen, unreadable, dups, manifest, args):
+    """A note per class with usable photos that N_PER_CLASS left undecoded: how many, and the --n-per-class that
+    uses them all."""
+    decoded_ids = set(chosen.isic_id) | set(dups) | {item.split()[0] for item in unreadable}
+    unused = cands[~cands.isic_id.isin(decoded_ids)].label.value_counts()
+    notes = []
+    for label, n in unused.items():
+        total = n + (manifest.label == label).sum()
+        notes.append(
+            f"note: {n} usable {label} images left unused (N_PER_CLASS {args.n_per_class}): pass "
+            f"--n-per-class {total} to use them all"
+        )
+    return notes
 
 
 def main(argv=None):
@@ -357,17 +373,7 @@ def main(argv=None):
     # one run per folder: the dataset is written beside the previous one and swapped in when all went well
     with folders.replaced_folder(args.dataset_dir, "prepare_dataset.py", "dataset") as tmp:
         # metadata: the usable rows, and why the others were left out
-        paths = isic.metadata_files(args.metadata_csv, args.images_dir)
-        if not paths or not os.path.isdir(args.images_dir):
-            missing = args.images_dir if paths else f"{args.metadata_csv} (nor a metadata.csv under {args.images_dir})"
-            missing = cli.printable(missing)
-            cli.die(f"{missing} not found; " + download_hint(args.image_types, args.images_dir))
-        if paths != [args.metadata_csv]:
-            listed = ", ".join(map(cli.printable, paths))
-            metadata_csv, images_dir = cli.printable(args.metadata_csv), cli.printable(args.images_dir)
-            print(f"no {metadata_csv}; reading the {len(paths)} metadata.csv under {images_dir}: {listed}")
-        columns = ["isic_id", *isic.SIDE_COLUMNS, "lesion_id", "patient_id", args.label_column, *isic.CARD_COLUMNS]
-        rows = isic.read_metadata(paths, columns)
+        paths, rows = read_rows(args)
         df, typed, steps, losses = filter_rows(rows, args.image_types, args.label_column)
         for col in [col for col in ("lesion_id", "patient_id") if col not in df]:
             print(f"no {col} column: images are grouped without it")
@@ -387,30 +393,23 @@ def main(argv=None):
         labels, groups = chosen.label.to_numpy(), isic.group_ids(chosen).to_numpy()
         chosen["split"] = isic.split_groups(labels, groups, args.val_fraction, args.test_fraction, args.seed)
         manifest = write_splits(chosen, tmp)
-        notes = [isic.copy_credits(paths, chosen, tmp) + f" into {cli.printable(args.dataset_dir)}/"]
+        notes = [isic.copy_credits(paths, chosen, tmp) + f" into {messages.printable(args.dataset_dir)}/"]
         if args.keep_other_types and "image_type" in rows:  # what the familiarity check learns to tell apart
             kept = other_types.keep(
                 rows, args.image_types, args.keep_other_types, args.images_dir, tmp,
                 lambda path: re.fullmatch(out, path), args.seed, args.resize_to, args.workers,
             )  # fmt: skip
-            where = f"in {cli.printable(args.dataset_dir)}/{other_types.FOLDER}/"
+            where = f"in {messages.printable(args.dataset_dir)}/{other_types.FOLDER}/"
             notes.append(kept.replace(f"in {other_types.FOLDER}/", where))
         if args.shards:
             notes.append(shard_format.write_shards(tmp, manifest, args.shard_mb))
 
-    decoded_ids = set(chosen.isic_id) | set(dups) | {item.split()[0] for item in unreadable}
-    unused = cands[~cands.isic_id.isin(decoded_ids)].label.value_counts()
-    for label, n in unused.items():
-        total = n + (manifest.label == label).sum()
-        notes.append(
-            f"note: {n} usable {label} images left unused (N_PER_CLASS {args.n_per_class}): pass "
-            f"--n-per-class {total} to use them all"
-        )
+    notes += unused_notes(cands, chosen, unreadable, dups, manifest, args)
     report(manifest, steps, args, notes)
     seconds = time.time() - start
-    dataset_dir = cli.printable(args.dataset_dir)
+    dataset_dir = messages.printable(args.dataset_dir)
     print(f"wrote {len(manifest)} images to {dataset_dir}/ and {dataset_dir}/manifest.csv in {seconds:.0f} s")
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main, "interrupted; the previous dataset is untouched")
+    sys.exit(interrupts.run_script(main, "interrupted; the previous dataset is untouched"))

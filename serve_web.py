@@ -1,24 +1,11 @@
 """
-Serve the in-browser classifier: a static page (web/) that classifies a skin photo with onnxruntime-web, in
-the browser; the photo never leaves it. This script builds the page into a folder of its own (site/) and
-serves it on 127.0.0.1 (this computer only).
+Serve the in-browser classifier: builds the page (web/, onnxruntime-web, the ONNX model) into site/ and serves it
+on 127.0.0.1 (this computer only); the photo never leaves the browser. In full: docs/reference.md.
 
     npm ci                                   # once: fetches the pinned onnxruntime-web into node_modules/
     python serve_web.py                      # skin_model.onnx -> site/ -> http://127.0.0.1:8000/
     python serve_web.py --model other.onnx --port 0       # a free port
     python serve_web.py --no-serve --site-dir /tmp/page   # only build: a static copy to host anywhere
-    make web                                 # npm ci, then this
-
-The build (SITE_DIR) holds the page (web/'s .html, .css and .js files), the wasm backend of onnxruntime-web
-(vendor/: ort.wasm.min.mjs, ort-wasm-simd-threaded.mjs and .wasm), the ONNX model (model.onnx, from
-export_onnx.py: it needs the 'cam' output), model.json (the model's preprocessing, threshold and flags that the
-page reads) and the model card (model_card.md) if there is one. The folder is replaced as a whole on each run,
-and only if this script made it: a folder holding anything else, or a link, is refused.
-
-The server answers GET and HEAD for exactly these files, read into memory at start (nothing else on the disk is
-ever opened), only to requests addressed to 127.0.0.1:PORT or localhost:PORT (another Host, as a DNS rebinding
-attack sends, is refused), with the page's Content-Security-Policy and other security headers. A bad or aborted
-request is one line on stderr. Torch-free: the model's metadata is read with onnxruntime.
 """
 
 from skinlesion import interrupts
@@ -34,7 +21,7 @@ import re
 import sys
 
 import model
-from skinlesion import checkpoints, cli, files, folders, numbers, quantise, reading
+from skinlesion import answer, files, flags, folders, messages, metrics, model_file, quantise, reading
 from skinlesion.card import MAX_CARD_BYTES, chosen_on
 
 # -----------------------------------------------------------------------------
@@ -80,19 +67,21 @@ CHUNK = 1 << 18  # bytes per write: the timeout applies to each
 
 def read_model(path):
     """The sidecar for the page from the ONNX file, checked as every script checks a model (model.load_onnx: valid
-    metadata, finite weights, our architecture and outputs); die if the page could not use the file."""
+    metadata, finite weights, our architecture and outputs); raise UserError if the page could not use the file."""
     _, meta = model.load_onnx(path)
     if meta["interpolation"] != "bicubic":
         resizes = meta["interpolation"]
-        cli.die(f"{cli.printable(path)} resizes with {resizes}; the page implements Pillow's bicubic only")
-    keys = [name for name, key in model.KEYS.items() if key.page]
+        raise messages.UserError(
+            f"{messages.printable(path)} resizes with {resizes}; the page implements Pillow's bicubic only"
+        )
+    keys = [name for name, key in model_file.KEYS.items() if key.page]
     sidecar = {key: meta.get(key) for key in keys}
     op = meta.get("operating_point")
     sidecar.update(
-        operating_point_text=op and numbers.operating_point_text(op, chosen_on(meta)[1]),  # validation or folds
-        operating_point_warning=op and numbers.operating_point_warning(op),
+        operating_point_text=op and metrics.operating_point_text(op, chosen_on(meta)[1]),  # validation or folds
+        operating_point_warning=op and metrics.operating_point_warning(op),
     )
-    return dict(sidecar, borderline_margin=model.BORDERLINE, model_file="model.onnx")
+    return dict(sidecar, borderline_margin=answer.BORDERLINE, model_file="model.onnx")
 
 
 def page_model(model_path, small):
@@ -104,13 +93,13 @@ def page_model(model_path, small):
     if not small:
         return model_path, "the full model (--no-small-model)"
     if files.file_kind(twin) == "missing":
-        return model_path, f"the full model (no int8 twin {cli.printable(twin)}; export_onnx.py writes one)"
+        return model_path, f"the full model (no int8 twin {messages.printable(twin)}; export_onnx.py writes one)"
     _, meta, error = model.read_onnx(twin)  # a twin that is not a regular file is one of its errors
     if error:
-        return model_path, f"the full model ({cli.printable(error)})"
+        return model_path, f"the full model ({messages.printable(error)})"
     result = meta.get("quantised")
     if not isinstance(result, dict) or result.get("from_sha256") != files.file_sha256(model_path):
-        return model_path, f"the full model ({cli.printable(twin)} was not made from this export; export again)"
+        return model_path, f"the full model ({messages.printable(twin)} was not made from this export; export again)"
     size = f"{os.path.getsize(twin) / 1e6:.1f} MB against {os.path.getsize(model_path) / 1e6:.1f} MB"
     if not quantise.within_tolerance(result, bool(meta.get("familiarity"))):
         return model_path, f"the full model (the int8 twin, {size}, was {quantise.comparison_text(result)})"
@@ -118,21 +107,21 @@ def page_model(model_path, small):
 
 
 def ort_dist(node_modules):
-    """onnxruntime-web's dist folder and version; die with how to install it if it is missing."""
+    """onnxruntime-web's dist folder and version; raise UserError with how to install it if it is missing."""
     package = os.path.join(node_modules, "onnxruntime-web")
     dist = os.path.join(package, "dist")
-    fix = f"run 'npm ci' in {cli.printable(HERE)} to install the pinned onnxruntime-web"
+    fix = f"run 'npm ci' in {messages.printable(HERE)} to install the pinned onnxruntime-web"
     if not all(os.path.isfile(os.path.join(dist, name)) for name in ORT_FILES):
-        cli.die(f"{cli.printable(package)} not found (or incomplete); {fix}")
+        raise messages.UserError(f"{messages.printable(package)} not found (or incomplete); {fix}")
     path = os.path.join(package, "package.json")
     try:
         found = reading.parse_json(read_bytes(path, MAX_PAGE_BYTES, fix), path)
     except reading.Unreadable as e:  # not JSON, or nested too deeply
-        cli.die(f"{e}; {fix}")
+        raise messages.UserError(f"{e}; {fix}") from None
     version = found.get("version") if isinstance(found, dict) else None
     if not isinstance(version, str):
-        cli.die(f"{cli.printable(path)} names no version; {fix}")
-    return dist, cli.printable(version)
+        raise messages.UserError(f"{messages.printable(path)} names no version; {fix}")
+    return dist, messages.printable(version)
 
 
 def card_path(card, model_path):
@@ -141,13 +130,15 @@ def card_path(card, model_path):
         beside = os.path.splitext(model_path)[0] + ".md"
         kind = files.file_kind(beside)
         if kind not in (None, "missing"):
-            print(f"note: {cli.printable(beside)} is {kind}, not a model card: none is published (--card FILE)")
+            print(f"note: {messages.printable(beside)} is {kind}, not a model card: none is published (--card FILE)")
         return beside if kind is None else None
     kind = files.file_kind(card)
     if kind == "missing":
-        cli.die(f"--card {cli.printable(card)} not found; pass the model card's path, or leave --card out")
+        raise messages.UserError(
+            f"--card {messages.printable(card)} not found; pass the model card's path, or leave --card out"
+        )
     if kind:
-        cli.die(f"--card {cli.printable(card)} is {kind}; pass the model card's markdown file")
+        raise messages.UserError(f"--card {messages.printable(card)} is {kind}; pass the model card's markdown file")
     return card
 
 
@@ -163,21 +154,23 @@ def page_files():
         elif files.file_kind(path) is None:
             page[name] = read_bytes(path, MAX_PAGE_BYTES, "restore web/ (git checkout web)")
     if links:
-        cli.warn(f"left out {len(links)} links in {SOURCE} ({cli.first_few(links)}): the page is built from files")
+        messages.warn(
+            f"left out {len(links)} links in {SOURCE} ({messages.first_few(links)}): the page is built from files"
+        )
     if "index.html" not in page:
-        cli.die(f"{SOURCE}/index.html not found; restore web/ (git checkout web)")
+        raise messages.UserError(f"{SOURCE}/index.html not found; restore web/ (git checkout web)")
     return page
 
 
 def read_bytes(path, most, fix):
-    """The bytes of a regular file of at most most bytes (reading.read_bytes); die with one line naming it, and
+    """The bytes of a regular file of at most most bytes (reading.read_bytes); fail with one line naming it, and
     saying how to fix it, otherwise."""
     try:
         return reading.read_bytes(path, most)
     except reading.Unreadable as e:
-        cli.die(f"{e}; {fix}")
+        raise messages.UserError(f"{e}; {fix}") from None
     except OSError as e:
-        cli.die(f"{cli.printable(path)} cannot be read ({e.strerror or e}); {fix}")
+        raise messages.UserError(f"{messages.printable(path)} cannot be read ({e.strerror or e}); {fix}") from None
 
 
 def site_contents(model_path, card, node_modules, small=True):
@@ -191,16 +184,18 @@ def site_contents(model_path, card, node_modules, small=True):
         contents[f"vendor/{name}"] = read_bytes(
             os.path.join(dist, name), MAX_PAGE_BYTES, "run 'npm ci' to install it again"
         )
-    contents["model.onnx"] = read_bytes(model_path, checkpoints.MAX_MODEL_BYTES, "pass --model PATH")
+    contents["model.onnx"] = read_bytes(model_path, model_file.MAX_MODEL_BYTES, "pass --model PATH")
     sidecar["model_sha256"] = hashlib.sha256(contents["model.onnx"]).hexdigest()  # of the bytes the page gets
-    sidecar["model_name"] = cli.printable(os.path.basename(model_path))  # which file they are (the card lists it)
+    sidecar["model_name"] = messages.printable(os.path.basename(model_path))  # which file they are (the card lists it)
     contents["model.json"] = json.dumps(sidecar, indent=1).encode()
     if card:
         contents[CARD_NAME] = read_bytes(card, MAX_CARD_BYTES, "pass the model card's markdown file (--card)")
         try:
             contents[CARD_NAME].decode("utf-8")
         except UnicodeDecodeError:
-            cli.die(f"model card {cli.printable(card)} is not UTF-8 text; save it as UTF-8")
+            raise messages.UserError(
+                f"model card {messages.printable(card)} is not UTF-8 text; save it as UTF-8"
+            ) from None
     return contents, sidecar, version
 
 
@@ -215,7 +210,9 @@ def build(site_dir, contents):
                 with open(path, "xb") as f:
                     f.write(data)
     except OSError as e:
-        cli.die(f"cannot build {cli.printable(site_dir)} ({e.strerror or e}); pass --site-dir with a writable folder")
+        raise messages.UserError(
+            f"cannot build {messages.printable(site_dir)} ({e.strerror or e}); pass --site-dir with a writable folder"
+        ) from None
 
 
 def page_csp(index_html):
@@ -258,7 +255,7 @@ class BoundedReader:
 
 def quiet(client, text):
     """One log line on stderr (one write: lines of threads never mix), printable whatever the client sent."""
-    sys.stderr.write(f"{client}: {cli.printable(text)}\n")
+    sys.stderr.write(f"{client}: {messages.printable(text)}\n")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -349,7 +346,9 @@ def serve(contents, port, timeout):
     try:
         server = Server(("127.0.0.1", port), Handler)
     except OSError as e:
-        cli.die(f"cannot serve on 127.0.0.1:{port} ({e.strerror}); pass --port 0 for a free port")
+        raise messages.UserError(
+            f"cannot serve on 127.0.0.1:{port} ({e.strerror}); pass --port 0 for a free port"
+        ) from None
     port = server.server_address[1]
     server.hosts = {f"127.0.0.1:{port}", f"localhost:{port}"} | ({"127.0.0.1", "localhost"} if port == 80 else set())
     server.table, server.csp = url_table(contents), page_csp(contents["index.html"])
@@ -364,21 +363,21 @@ def serve(contents, port, timeout):
 
 
 def main(argv=None):
-    args = cli.parse_flags(globals(), argv)
+    args = flags.parse_flags(globals(), argv)
     node_modules = os.path.join(HERE, args.node_modules)  # an absolute --node-modules stays as it is
     card = card_path(args.card, args.model)
     folders.check_replaceable(args.site_dir, "--site-dir", "serve_web.py", "site")
     folders.check_output_folder(args.site_dir, "--site-dir", inputs=[args.model, card, SOURCE, node_modules])
-    cli.check_writable(os.path.dirname(os.path.abspath(args.site_dir)), "--site-dir", folder=True)
+    flags.check_writable(os.path.dirname(os.path.abspath(args.site_dir)), "--site-dir", folder=True)
     contents, sidecar, version = site_contents(args.model, card, node_modules, args.small_model)  # checked, unwritten
     build(args.site_dir, contents)
     facts = [f"{sidecar['image_size']} px", f"threshold {sidecar['threshold']:.3f}"]
     if sidecar["at_chance"]:
         facts.append("at chance on validation")
-    card_text = f"model card {cli.printable(card)}" if card else "no model card"
+    card_text = f"model card {messages.printable(card)}" if card else "no model card"
     print(
-        f"built {cli.printable(args.site_dir)}: {cli.printable(args.model)} ({', '.join(facts)}), {card_text}, "
-        f"onnxruntime-web {version} (wasm); the page runs {sidecar['model_variant']}",
+        f"built {messages.printable(args.site_dir)}: {messages.printable(args.model)} ({', '.join(facts)}), "
+        f"{card_text}, onnxruntime-web {version} (wasm); the page runs {sidecar['model_variant']}",
         flush=True,
     )
     if args.serve:
@@ -386,4 +385,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main)
+    sys.exit(interrupts.run_script(main))

@@ -8,12 +8,21 @@ import re
 
 import numpy as np
 
-from skinlesion import cli, numbers
+from skinlesion import messages, metrics
 
+BORDERLINE = 0.02  # a photo whose P(malignant) is this close to the threshold is reported as borderline
 UNRELIABLE = "Unreliable: "  # what marks each line of an answer shown anyway for an unfamiliar photo
 STRAYED = (  # the caution for an int8 model (export_onnx.py's twin) that its comparison did not clear
     "this int8 model's answers strayed from the full model's on its validation photos; use the full ONNX file"
 )
+
+
+def is_borderline(p, threshold, margin=BORDERLINE):
+    """The rule: P(malignant) is borderline when it lies within margin of the threshold (at margin exactly it is
+    not; a NaN is not: a P that is no probability is an error, never a label). p may be an array (one answer each);
+    web/app.js's isBorderline is its twin."""
+    found = np.abs(np.subtract(p, threshold)) < margin
+    return bool(found) if np.ndim(found) == 0 else found
 
 
 def decision_texts(p, threshold, margin):
@@ -24,7 +33,7 @@ def decision_texts(p, threshold, margin):
     p_text, t_text = f"{p:.{digits}f}", f"{threshold:.{digits}f}"
     if p_text == t_text and p != threshold:
         p_text = f"just {'below' if p < threshold else 'above'} {t_text}"
-    near = "borderline" if abs(p - threshold) < margin else ""
+    near = "borderline" if is_borderline(p, threshold, margin) else ""
     return p_text, t_text, near
 
 
@@ -43,7 +52,7 @@ def likely_types(probabilities, meta):
     """[(type name, P)] of a lesion-type model, most likely first (the original label values where known)."""
     names = meta.get("class_names") or meta["classes"]
     order = np.argsort(-np.asarray(probabilities), kind="stable")
-    return [(cli.printable(names[i]), float(probabilities[i])) for i in order]
+    return [(messages.printable(names[i]), float(probabilities[i])) for i in order]
 
 
 def model_cautions(meta):
@@ -54,10 +63,10 @@ def model_cautions(meta):
         interval = f" (its validation ROC-AUC 95% interval {ci[0]:.3f}-{ci[1]:.3f} includes 0.5)" if ci else ""
         cautions.append(f"this model cannot be told from chance{interval}; do not rely on its predictions")
     op = meta.get("operating_point")
-    warning = numbers.operating_point_warning(op) if op else None
+    warning = metrics.operating_point_warning(op) if op else None
     if warning:
         cautions.append(warning + " on its validation photos")
-    weak = None if meta.get("at_chance") else numbers.weak_model_warning(op, meta.get("val_auc_ci95"))
+    weak = None if meta.get("at_chance") else metrics.weak_model_warning(op, meta.get("val_auc_ci95"))
     if weak:
         cautions.append(weak + "; read its answers as a rough guide at best")
     quantised = meta.get("quantised")
@@ -82,17 +91,17 @@ def prevalence_texts(meta, prevalence, threshold_given, tested=None):
         return assumes, None
     said = []
     for split, found in figures:
-        ppv, npv = numbers.predictive_values(found["sensitivity"], found["specificity"], prevalence)
+        ppv, npv = metrics.predictive_values(found["sensitivity"], found["specificity"], prevalence)
         said.append(
             f"from the {split} sensitivity and specificity at this threshold, a 'malignant' call is right "
             f"{ppv:.0%} of the time (PPV) and a 'benign' call {npv:.0%} of the time (NPV)"
         )
-    return assumes, f"at a prevalence of {cli.percent_text(prevalence)}, " + "; ".join(said)
+    return assumes, f"at a prevalence of {messages.percent_text(prevalence)}, " + "; ".join(said)
 
 
 def tested_figures(tested):
     """{metric: (value, (low, high) or None)} from the test results read back from a card's front matter
-    (model_index.test_results: the interval is in each result's name)."""
+    (card.test_results: the interval is in each result's name)."""
     found = {}
     for key, (value, name) in tested.items():
         ci = re.search(r"95% CI ([\d.]+)-([\d.]+)", name)
@@ -105,7 +114,7 @@ def evaluation_figures(evaluation):
     sensitivity, specificity, ROC-AUC (an interval of NaN, as --n-bootstrap 0 leaves, is None)."""
     found = {}
     for key in ("sensitivity", "specificity", "roc_auc"):
-        found[key] = (evaluation["metrics"][key], numbers.known_interval((evaluation.get("ci95") or {}).get(key)))
+        found[key] = (evaluation["metrics"][key], metrics.known_interval((evaluation.get("ci95") or {}).get(key)))
     return found
 
 
@@ -113,7 +122,7 @@ def where_tested(name, evaluation):
     """'on NAME (598 photos, 11% malignant)': an external data set, with its photos where evaluate.py counted them."""
     found = evaluation.get("photos")
     counts = f" ({found['n_photos']} photos, {found['malignant_share']:.0%} malignant)" if found else ""
-    return f"on {cli.printable(name)}{counts}"
+    return f"on {messages.printable(name)}{counts}"
 
 
 def external_texts(externals):
@@ -134,7 +143,7 @@ def tested_text(figures, where="on the test photos"):
     for key, words in (("sensitivity", "caught {} of the malignant"), ("specificity", "cleared {} of the benign")):
         if key in figures:
             value, ci = figures[key]
-            parts.append(words.format(numbers.percent_range(value, ci) if ci else f"{value:.0%}"))
+            parts.append(words.format(metrics.percent_range(value, ci) if ci else f"{value:.0%}"))
     if "roc_auc" in figures:
         value, ci = figures["roc_auc"]
         parts.append(f"ROC-AUC {value:.2f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else ""))

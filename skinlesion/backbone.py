@@ -13,8 +13,8 @@ import threading
 from urllib.parse import urlparse
 
 from skinlesion import reading
-from skinlesion.cli import die, printable, warn
 from skinlesion.files import file_kind
+from skinlesion.messages import UserError, printable, warn
 
 
 def pooled_linear_head(net):
@@ -148,16 +148,16 @@ def load_weights_file(net, name, path):
     try:
         tensors = read_weights(path)
     except reading.Unreadable as e:  # its message names the file and says what it is (too large, a device...)
-        die(f"{e}; use the weights of {hub_source(name)}")
+        raise UserError(f"{e}; use the weights of {hub_source(name)}") from None
     except Exception as e:
-        die(
+        raise UserError(
             f"could not load ImageNet weights from {printable(path)} ({type(e).__name__}); use the weights of "
             f"{hub_source(name)}"
-        )
+        ) from None
     wanted = body(net)
     missing, other_shape = misfit(wanted, tensors)
     if missing or other_shape:
-        die(
+        raise UserError(
             f"weights file {printable(path)} does not fit {name}: of its {len(wanted)} tensors (the classifier and the "
             f"step counters aside) {len(missing)} are missing and {len(other_shape)} have another shape; use the "
             f"weights of {hub_source(name)}"
@@ -173,18 +173,22 @@ def imagenet_model(create, name, weights_file=None, pretrained=True):
     if weights_file:
         kind = file_kind(weights_file)
         if kind == "missing":
-            die(
+            raise UserError(
                 f"weights file {printable(weights_file)} not found; download it with 'hf download {hub_source(name)}' "
                 "or set WEIGHTS_FILE = None"
             )
         if kind:
-            die(f"weights file {printable(weights_file)} is {kind}, not a file of weights; pass the file itself")
+            raise UserError(
+                f"weights file {printable(weights_file)} is {kind}, not a file of weights; pass the file itself"
+            )
         net = create(False)
         return net, load_weights_file(net, name, weights_file)
     if pretrained:
         offline_unless_reachable()
         try:
             return create(True), dict(source=hub_source(name))
+        except UserError:  # create's own refusal (a head the evidence map cannot use), not a failed download
+            raise
         except Exception as e:
             warn(
                 f"could not fetch ImageNet weights for {name} ({type(e).__name__}: no network?), training from random "

@@ -9,11 +9,12 @@ import datetime
 import json
 import re
 
+import yaml
+
 from skinlesion import answer, dataset, familiarity, ledger, reading
-from skinlesion.cli import printable
 from skinlesion.files import TAG, write_text
-from skinlesion.model_index import front_matter
-from skinlesion.numbers import (
+from skinlesion.messages import printable
+from skinlesion.metrics import (
     expected_share,
     interval_text,
     known_interval,
@@ -47,11 +48,14 @@ NOT_A_DEVICE = (
 MARKDOWN = re.compile(r"([\\`*\[\]~#!]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))")  # emphasis, code, links, headings
 # (an underscore inside a word, as in lesion_id, is text to markdown: left as it is)
 ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;"}  # HTML and table cells, as every renderer reads
+LICENCES = {"CC-BY-NC": "cc-by-nc-4.0", "CC-BY": "cc-by-4.0", "CC-0": "cc0-1.0"}  # HF licence ids, strictest first
+# the Hugging Face front matter's tags (front_matter adds the backbone)
+TAGS = ["image-classification", "dermatology", "skin-lesion", "isic-archive", "not-a-medical-device"]
 
 
 def markdown_text(value):
     """Any text from a data or model file (a class name, an attribution, a path) as markdown that shows it as it
-    is, on one line: control characters escaped as cli.printable prints them, HTML and a table's | as entities,
+    is, on one line: control characters escaped as messages.printable prints them, HTML and a table's | as entities,
     and every other character markdown would read (emphasis, code, links, headings) backslash-escaped."""
     text = MARKDOWN.sub(r"\\\1", printable(str(value)))
     return re.sub("[&<>|]", lambda found: ENTITIES[found.group()], text)
@@ -206,7 +210,7 @@ def tested_section(meta, evaluation, title, split="Test"):
 def held_table(meta, figures, photos):
     """[a table] of the operating point's figures, or []: what the model stated (on validation, or out of fold)
     with its 95% interval, the figure on these photos, and the range as many of these photos show 95 times in 100
-    at the stated value (numbers.expected_share): held, or not. Model files without the stated counts: []."""
+    at the stated value (metrics.expected_share): held, or not. Model files without the stated counts: []."""
     op, rows = meta.get("operating_point") or {}, []
     for key, side, n_new in (
         ("sensitivity", "malignant", figures.get("tp", 0) + figures.get("fn", 0)),
@@ -394,7 +398,7 @@ def validated(meta):
 
 def summary(meta, tested=None, externals=None):
     """The card in four short texts, for the ONNX file and the page's 'About this model'; tested: the test
-    results (model_index.test_results), externals: {name: results} of external data sets (as the card keeps
+    results (test_results), externals: {name: results} of external data sets (as the card keeps
     them): their figures in words, and the test sensitivity and specificity at the threshold (PPV and NPV)."""
     data = meta.get("data", {})
     photos = sum((data.get("counts") or {}).get("train", {}).values())  # what it learned from, not all it was given
@@ -444,3 +448,69 @@ def chosen_on(meta):
     if not meta.get("folds"):
         return "validation", "validation photos", "the validation split"
     return "out-of-fold", "out-of-fold photos", "the out-of-fold predictions"
+
+
+def licence_id(licences):
+    """The Hugging Face licence id of the data's most restrictive licence."""
+    return next((hf for name, hf in LICENCES.items() if name in licences), "other")
+
+
+def front_matter(meta, evaluation, name, externals=None):
+    """The card's YAML header: licence, library, tags, base model, datasets, metrics, model-index results."""
+    results = [
+        result_entry(name, "validation", meta.get("val_metrics") or {}, meta.get("calibration"), "val_ece_after")
+    ]
+    if evaluation:
+        test = evaluation["metrics"], evaluation.get("calibration"), "ece_after", evaluation.get("ci95")
+        results.append(result_entry(name, "test", *test))
+    for data_name, found in (externals or {}).items():  # external validation: another data set
+        entry = result_entry(
+            name, "external", found["metrics"], found.get("calibration"), "ece_after", found.get("ci95")
+        )
+        entry["dataset"].update(type="external", name=f"External validation: {data_name}")
+        results.append(entry)
+    header = dict(
+        license=licence_id(meta.get("data", {}).get("licences", {})),
+        library_name="timm",
+        tags=TAGS + [meta.get("model_name", "efficientnet_b0")],
+        datasets=["ISIC Archive"],
+        pipeline_tag="image-classification",
+        metrics=["roc_auc", "sensitivity", "specificity", "expected_calibration_error"],
+        **{"model-index": [dict(name=name, results=results)]},
+    )
+    imagenet = meta.get("imagenet")
+    if isinstance(imagenet, dict) and "source" in imagenet:  # from the hub; a local file has no hub id
+        header["base_model"] = imagenet["source"]
+    return yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
+
+
+def result_entry(name, split, scores, calibration, ece_key, ci95=None):
+    """One model-index result: ROC-AUC, sensitivity and specificity at the threshold (95% CIs in their names
+    where known), ECE after calibration."""
+    found = []
+    for key, label in [("roc_auc", "ROC-AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity")]:
+        if scores.get(key) is None:
+            continue
+        known = known_interval((ci95 or {}).get(key))  # none where evaluate.py ran with --n-bootstrap 0
+        interval = f", 95% CI {known[0]:.3f}-{known[1]:.3f}" if known else ""
+        found.append(dict(type=key, name=f"{label} ({split}{interval})", value=round(scores[key], 4)))
+    if calibration and calibration.get(ece_key) is not None:
+        found.append(
+            dict(type="expected_calibration_error", name=f"ECE ({split})", value=round(calibration[ece_key], 4))
+        )
+    return dict(
+        task=dict(type="image-classification", name="benign vs malignant"),
+        dataset=dict(type="isic-archive", name=f"ISIC Archive export, {split} split", split=split),
+        metrics=found,
+    )
+
+
+def test_results(evaluation):
+    """{metric type: (value, name)} of evaluate.py's results (evaluation.json), named as the card's front matter
+    names them, or None where they are not such results."""
+    try:
+        scores, calibration, ci95 = evaluation["metrics"], evaluation.get("calibration"), evaluation.get("ci95")
+        entry = result_entry("", "test", scores, calibration, "ece_after", ci95)
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError):
+        return None
+    return {m["type"]: (m["value"], m["name"]) for m in entry["metrics"]} or None

@@ -6,8 +6,8 @@ import os
 import shutil
 
 from skinlesion import ledger
-from skinlesion.cli import printable
 from skinlesion.folders import leave_alone, leftovers, records_fault, remove_leftover, unchanged, unproven
+from skinlesion.messages import printable
 
 LINK = "a link (what it points to is not removed)"
 
@@ -44,6 +44,8 @@ def remove_all(paths, named):
         fault = records_fault(path)
         if os.path.islink(path):
             leave_alone(path, LINK)
+        elif link_above(path):  # what a link leads to is not ours to remove
+            leave_alone(link_above(path), LINK)
         elif fault:
             leave_alone(path, fault)
         else:
@@ -52,6 +54,16 @@ def remove_all(paths, named):
             except OSError as e:  # permissions, a disk that went away: the rest of the list is still done
                 leave_alone(path, f"could not remove it ({e.strerror or e})")
     return removed
+
+
+def link_above(path):
+    """The first link among the folders path names above its last part, as given (never resolved), or None."""
+    parts = os.path.normpath(path).split(os.sep)[:-1]
+    for i in range(1, len(parts) + 1):
+        folder = os.sep.join(parts[:i]) or os.sep
+        if os.path.islink(folder):
+            return folder
+    return None
 
 
 def remove_one(path, named):

@@ -5,13 +5,11 @@ import contextlib
 import io
 import os
 
-import numpy as np
-
-from skinlesion import reading
-from skinlesion.cli import die, printable, warn
+from skinlesion import reading, remote
 from skinlesion.files import file_kind, file_sha256
+from skinlesion.messages import UserError, printable, warn
 from skinlesion.photos import find_images, image_size
-from skinlesion.shapes import as_text
+from skinlesion.schema import as_text
 
 SIDES = ["benign", "malignant"]  # the two-class labels: folder names = class indices; malignant is positive
 SPLITS = ["train", "val", "test"]  # the splits prepare_dataset.py makes, in order
@@ -23,44 +21,57 @@ MANIFEST_FIX = "re-run prepare_dataset.py, or remove it where the folder was mad
 
 def read_manifest(data_dir):
     """The manifest of a prepared dataset as strings, or None where there is none (a hand-made folder tree);
-    shards in an object store carry theirs. One that is there but cannot be read dies with one line: ignored, the
-    card said 'licence unknown' and the export's licence (CC-BY-NC) silently dropped out."""
-    from skinlesion import shards
-
-    if shards.is_remote(data_dir):
-        return shards.remote_manifest(data_dir)
+    shards in an object store carry theirs (remote_manifest). One that is there but cannot be read raises
+    UserError, in one line: ignored, the card said 'licence unknown' and the export's licence (CC-BY-NC) silently
+    dropped out."""
+    if remote.is_remote(data_dir):
+        return remote_manifest(data_dir)
     path = os.path.join(data_dir, MANIFEST)
     if not os.path.lexists(path):
         return None
     kind = file_kind(path)
     if kind:
         what = "a link to nothing" if kind == "missing" else kind
-        die(f"{printable(path)} is {what}, not a manifest; {MANIFEST_FIX}")
+        raise UserError(f"{printable(path)} is {what}, not a manifest; {MANIFEST_FIX}")
     try:
         data = reading.read_bytes(path, MAX_MANIFEST_BYTES)
     except reading.Unreadable as e:
-        die(f"{e}; {MANIFEST_FIX}")
+        raise UserError(f"{e}; {MANIFEST_FIX}") from None
     except OSError as e:
-        die(f"cannot read {printable(path)} ({e.strerror or e}); {MANIFEST_FIX}")
+        raise UserError(f"cannot read {printable(path)} ({e.strerror or e}); {MANIFEST_FIX}") from None
     return parse_manifest(data, path)
 
 
+def remote_manifest(data_dir):
+    """The manifest beside shards in an object store, as strings (read_manifest)."""
+    where = data_dir.rstrip("/") + "/" + MANIFEST
+    try:
+        data = remote.read_all(where, MAX_MANIFEST_BYTES)
+    except OSError as e:  # remote.Reader's one line: the address and what to check
+        raise UserError(str(e)) from None
+    return parse_manifest(data, where)
+
+
 def parse_manifest(data, path):
-    """The manifest in data (its bytes, read from path) as strings; dies with one line naming path when it is
+    """The manifest in data (its bytes, read from path) as strings; raises UserError naming path when it is
     binary, not CSV, or lacks a column every manifest has (MANIFEST_COLUMNS)."""
     import pandas as pd
 
     if b"\0" in data:  # pandas reads a file of zero bytes as an empty table: ignored, 'licence unknown'
-        die(f"{printable(path)} holds binary data, not CSV text; {MANIFEST_FIX}")
+        raise UserError(f"{printable(path)} holds binary data, not CSV text; {MANIFEST_FIX}")
     try:
         manifest = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     except (OSError, ValueError) as e:  # not UTF-8, not CSV (ParserError and EmptyDataError too)
         why = str(e).strip().splitlines()[0]
-        die(f"cannot read {printable(path)} ({type(e).__name__}: {printable(why)}); {MANIFEST_FIX}")
+        raise UserError(
+            f"cannot read {printable(path)} ({type(e).__name__}: {printable(why)}); {MANIFEST_FIX}"
+        ) from None
     missing = [column for column in MANIFEST_COLUMNS if column not in manifest]
     if missing:
         found = ", ".join(printable(column)[:40] for column in manifest.columns[:6]) or "none"
-        die(f"{printable(path)} has no {' or '.join(missing)} column (its columns: {found}); {MANIFEST_FIX}")
+        raise UserError(
+            f"{printable(path)} has no {' or '.join(missing)} column (its columns: {found}); {MANIFEST_FIX}"
+        )
     return manifest
 
 
@@ -74,29 +85,6 @@ def classes_of(manifest):
     classes = sorted(side.index, key=lambda c: (SIDES.index(side[c]), c))
     values = manifest.groupby("label")["label_value"].first() if "label_value" in manifest else side
     return classes, [c for c in classes if side[c] == "malignant"], {c: values[c] for c in classes}
-
-
-def split_photos(data_dir, split, classes):
-    """(photo paths, class indices) of data_dir/split, checked by class_folders; other files skipped, counted.
-    A shards folder's (skinlesion/shards.py) come from its index."""
-    from skinlesion import shards
-
-    if shards.is_shards(data_dir):
-        return shards.split_photos(data_dir, split, classes)
-    class_files, others = class_folders(os.path.join(data_dir, split), f"{split} folder", classes)
-    if others:
-        warn(f"{printable(os.path.join(data_dir, split))}: {len(others)} file(s) that are not images skipped")
-    paths = [f for c in classes for f in class_files[c]]
-    return paths, np.array([i for i, c in enumerate(classes) for _ in class_files[c]])
-
-
-def has_split(data_dir, split):
-    """Whether a prepared dataset holds the split: its folder, or its shards' entry."""
-    from skinlesion import shard_format, shards
-
-    if shards.is_shards(data_dir):
-        return split in shard_format.read_index(data_dir)["splits"]
-    return os.path.isdir(os.path.join(data_dir, split))
 
 
 def manifest_sha256(data_dir):
@@ -121,21 +109,23 @@ def warn_small_photos(paths, short):
 
 
 def class_folders(folder, what="data folder", classes=SIDES):
-    """{class: sorted image files} of folder/<class>/ and the other files found there; dies with one line on
+    """{class: sorted image files} of folder/<class>/ and the other files found there; raises UserError on
     a wrong layout (missing, a class folder absent or empty, another folder beside them)."""
     if not os.path.isdir(folder):
-        die(f"{what} {printable(folder)} not found; make it with 'python prepare_dataset.py' or pass another folder")
+        raise UserError(
+            f"{what} {printable(folder)} not found; make it with 'python prepare_dataset.py' or pass another folder"
+        )
     found = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
     missing = [c for c in classes if c not in found]
     extra = [d for d in found if d not in classes]
     wanted = " and ".join(c + "/" for c in classes)
     if missing:
-        die(
+        raise UserError(
             f"{printable(folder)} has no {' or '.join(m + '/' for m in missing)}; it must hold exactly one folder per "
             f"class, {wanted} (move the others out)"
         )
     if extra:
-        die(
+        raise UserError(
             f"{printable(folder)} has the extra {', '.join(printable(e) + '/' for e in extra)}; it must hold exactly "
             f"one folder per class, {wanted} (move the others out)"
         )
@@ -146,13 +136,15 @@ def class_folders(folder, what="data folder", classes=SIDES):
     empty = [c + "/" for c in classes if not files[c]]
     if empty:
         needed = "both classes are needed" if len(classes) == 2 else "every class is needed"
-        die(f"{printable(folder)}: no images in {' and '.join(empty)}; {needed} (re-run prepare_dataset.py)")
+        raise UserError(
+            f"{printable(folder)}: no images in {' and '.join(empty)}; {needed} (re-run prepare_dataset.py)"
+        )
     return files, others
 
 
 def data_summary(manifest, classes, data_dir):
     """What the card says of the training data, from the dataset's manifest (None: a folder made by hand); each
-    text as a model file may hold it (shapes.as_text: printable, bounded)."""
+    text as a model file may hold it (schema.as_text: printable, bounded)."""
     from skinlesion import isic  # pandas: not on the path of model.py's importers (--help, ONNX predict)
 
     if manifest is None or manifest.empty:

@@ -6,7 +6,7 @@ rank 0; only rank 0 writes."""
 import hashlib
 import os
 
-from skinlesion.cli import die
+from skinlesion.messages import UserError
 
 NEEDED = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets beside WORLD_SIZE
 
@@ -29,13 +29,13 @@ def setup():
 
     text = os.environ.get("WORLD_SIZE", "1")
     if not text.isdigit() or int(text) < 1:
-        die(f"WORLD_SIZE={text} is not a number of processes; unset it, or start several with torchrun")
+        raise UserError(f"WORLD_SIZE={text} is not a number of processes; unset it, or start several with torchrun")
     world = int(text)
     if world == 1:
         return 0, 1, pick_device()
     missing = [key for key in NEEDED if key not in os.environ]
     if missing:
-        die(
+        raise UserError(
             f"WORLD_SIZE={world} is set but {', '.join(missing)} not: start the processes with torchrun "
             "(torchrun --nproc_per_node=2 AItraining.py), or unset WORLD_SIZE"
         )

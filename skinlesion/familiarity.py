@@ -103,7 +103,7 @@ def summary(val_distances, image_types, quantile=QUANTILE, exposed_to=None):
     share of the validation photos within it, the image types it applies to, and what the head saw (exposed_to:
     {what: how many}, none without the head)."""
     limit = choose_limit(val_distances, quantile)
-    within = float(np.mean(np.asarray(val_distances) <= limit))
+    within = float(np.mean(~is_unfamiliar(np.asarray(val_distances), limit)))
     method = "mahalanobis+exposure" if exposed_to else "mahalanobis"
     found = dict(method=method, limit=limit, quantile=quantile, val_within=within, n_val=len(val_distances))
     return dict(found, image_types=image_types, **({"exposed_to": exposed_to} if exposed_to else {}))
@@ -117,26 +117,16 @@ def sampled(n, most=None, seed=0):
     return np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
 
 
-def fit_on_photos(net, meta, data_dir, train_paths, train_y, val_paths, **load):
+def fit_on_photos(net, meta, train, val, others, **load):
     """(meta["familiarity"], the arrays) for a trained net: fitted on the training photos' features against the
-    negatives' (negative_features: only where the dataset keeps photos of another kind; else the distance alone),
-    the limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). The
-    photos of a dataset of shards are read from its shards."""
-    from skinlesion import other_types, shards
-
-    train = sampled(len(train_paths))
-    train_paths, train_y = [train_paths[i] for i in train], np.asarray(train_y)[train]
-    val_paths = [val_paths[i] for i in sampled(len(val_paths))]
-    on_shards = shards.is_shards(data_dir)  # on a disk or in an object store; a folder's photos are read as files
-    train_blobs, val_blobs = None, None
-    if on_shards:  # only the sampled photos' bytes are kept
-        train_blobs, val_blobs = (shards.read_blobs(data_dir, split, set(p)) for split, p in
-                                  (("train", train_paths), ("val", val_paths)))  # fmt: skip
+    negatives' (negative_features of others, {type: paths} of photos of another kind: none, the distance alone), the
+    limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). train, val:
+    (paths, labels, their bytes where they are shards, else None), read by the caller (folds.familiarity_photos)."""
+    train_paths, train_y, train_blobs = train
     train_features = features_of_photos(net, train_paths, meta, blobs=train_blobs, **load)
-    others = other_types.photos_of(data_dir, MAX_OTHER_TYPES)
     negatives, exposed_to = negative_features(net, meta, others, load["device"], load.get("batch_size", 32))
     arrays = fit(train_features, train_y, len(meta["classes"]), negatives)
-    val_distances = distances(features_of_photos(net, val_paths, meta, blobs=val_blobs, **load), arrays)
+    val_distances = distances(features_of_photos(net, val[0], meta, blobs=val[2], **load), arrays)
     image_types = meta.get("data", {}).get("factors", {}).get("image type", {}).get("train", {})
     types = sorted(t for t in image_types if t != "unknown")
     return summary(val_distances, types, exposed_to=exposed_to), arrays
@@ -147,7 +137,7 @@ def negative_features(net, meta, others, device, batch_size=32):
     or (None, None) without photos of another kind: MADE_PER_KIND images of each kind that are not lesions
     (skinlesion/non_lesions.py), and others, {type: paths} of photos of another kind (one that cannot be read is
     left out and counted)."""
-    from skinlesion import cli, non_lesions, photos
+    from skinlesion import messages, non_lesions, photos
 
     found, exposed_to, unreadable = [], {}, 0
     for image_type, paths in others.items():
@@ -159,7 +149,7 @@ def negative_features(net, meta, others, device, batch_size=32):
             found += [features_of_images(net, readable, meta, device, batch_size)] if readable else []
         exposed_to[f"{image_type} photos"] = count
     if unreadable:
-        cli.warn(f"{unreadable} photos of another kind could not be read: left out of the familiarity check")
+        messages.warn(f"{unreadable} photos of another kind could not be read: left out of the familiarity check")
     if not found:
         return None, None
     made = [image for _, image in non_lesions.images(MADE_PER_KIND)]
@@ -197,10 +187,19 @@ def exposure_text(found):
     return "the head learned from " + ", ".join(f"{n} {what}" for what, n in found["exposed_to"].items())
 
 
+def is_unfamiliar(distance, limit):
+    """The rule: a photo is unfamiliar when its distance lies beyond the limit, or is not a number (NaN: a distance
+    that could not be measured is never familiar). At the limit it is familiar. distance may be an array (one
+    answer each); web/app.js's isUnfamiliar is its twin."""
+    found = ~(np.asarray(distance) <= limit)
+    return bool(found) if found.ndim == 0 else found
+
+
 def unfamiliar(distance, meta):
-    """Whether a photo at this distance is unfamiliar to the model (False for a model without the measure)."""
+    """Whether a photo at this distance is unfamiliar to the model (is_unfamiliar; False for a model without the
+    measure)."""
     found = meta.get("familiarity")
-    return bool(found) and not distance <= found["limit"]  # NaN counts as unfamiliar
+    return bool(found) and is_unfamiliar(distance, found["limit"])
 
 
 def image_types_text(meta):

@@ -8,7 +8,7 @@ import os
 import re
 
 from skinlesion import interrupts, ledger, reading
-from skinlesion.cli import die, printable
+from skinlesion.messages import UserError, printable
 
 TAG = "written by skin-lesion-classifier"  # inside files we write (PNG text, JSON key, model metadata): no proof
 TAG_BYTES = TAG.encode()
@@ -74,23 +74,23 @@ def check_output(path, flag, kind, inputs=(), overwrite=False):
     the inputs (the same file after links), and an existing file there holds exactly what a script of ours wrote
     at that path as kind (the ledger says so), or overwrite says replace it."""
     if project_file(path):
-        die(f"{flag} {printable(path)} is one of this project's own files; pass another path")
+        raise UserError(f"{flag} {printable(path)} is one of this project's own files; pass another path")
     for given in inputs:
         if given and os.path.exists(given) and same_file(path, given):
-            die(f"{flag} {printable(path)} is also an input ({printable(given)}); pass another path")
+            raise UserError(f"{flag} {printable(path)} is also an input ({printable(given)}); pass another path")
     if not os.path.lexists(path) or os.path.isdir(path) or overwrite:
         return
     why = ledger.why_not_ours(path, kind)
     fix = "pass another path, or --overwrite to replace it"
     if why == "no record" and has_earlier_tag(path):
         earlier = "files of versions before the record have none"
-        die(f"{flag} {printable(path)} exists with no record that this project wrote it ({earlier}); {fix}")
+        raise UserError(f"{flag} {printable(path)} exists with no record that this project wrote it ({earlier}); {fix}")
     if why == "no record":
-        die(f"{flag} {printable(path)} exists and was not written by this project; {fix}")
+        raise UserError(f"{flag} {printable(path)} exists and was not written by this project; {fix}")
     if why == "changed":
-        die(f"{flag} {printable(path)} was changed since this project wrote it; {fix}")
+        raise UserError(f"{flag} {printable(path)} was changed since this project wrote it; {fix}")
     if why:
-        die(f"{flag} {printable(path)} holds this project's {why} (this output is its {kind}); {fix}")
+        raise UserError(f"{flag} {printable(path)} holds this project's {why} (this output is its {kind}); {fix}")
 
 
 def remove_leftover_temporaries(path):
@@ -130,12 +130,16 @@ def atomic_write(path, write, kind):
         else:
             os.replace(tmp, path)
     except OSError as e:
-        die(f"could not write {printable(path)} ({e.strerror or e}); free some disk space or pass another path")
+        raise UserError(
+            f"could not write {printable(path)} ({e.strerror or e}); free some disk space or pass another path"
+        ) from None
     except RuntimeError as e:  # torch.save's writer on a full disk: '[enforce fail at inline_container.cc:672] ...'
         if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
             raise
         said = str(e).strip().splitlines()[0]
-        die(f"could not write {printable(path)} (torch.save: {said}); free some disk space or pass another path")
+        raise UserError(
+            f"could not write {printable(path)} (torch.save: {said}); free some disk space or pass another path"
+        ) from None
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)

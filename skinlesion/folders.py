@@ -9,7 +9,7 @@ import re
 import shutil
 
 from skinlesion import interrupts, ledger
-from skinlesion.cli import die, first_few, printable, warn
+from skinlesion.messages import UserError, first_few, printable, warn
 
 MARK = ledger.NAME  # the mark (a ledger) inside every folder we make
 
@@ -21,17 +21,17 @@ def is_within(path, folder):
 
 
 def check_output_folder(path, flag, inputs=()):
-    """die when an output folder (replaced as a whole) holds one of the inputs."""
+    """raise UserError when an output folder (replaced as a whole) holds one of the inputs."""
     for given in inputs:
         if given and is_within(given, path):
-            die(f"{flag} {printable(path)}: use a folder that does not hold {printable(given)}")
+            raise UserError(f"{flag} {printable(path)}: use a folder that does not hold {printable(given)}")
 
 
 def check_outside(path, flag, input_folders):
-    """die when an output folder lies inside one of the input folders (the same after links)."""
+    """raise UserError when an output folder lies inside one of the input folders (the same after links)."""
     for folder in input_folders:
         if is_within(path, folder):
-            die(f"{flag} {printable(path)}: use a folder outside {printable(folder)} (an input)")
+            raise UserError(f"{flag} {printable(path)}: use a folder outside {printable(folder)} (an input)")
 
 
 def lock_folder(folder, script):
@@ -50,7 +50,9 @@ def lock_folder(folder, script):
     except BlockingIOError:
         os.close(lock)
         holder = lock_holder(folder) or "a run of a script of this project"
-        die(f"{holder} is writing in {printable(folder)}; wait for it to finish, then run {script} again")
+        raise UserError(
+            f"{holder} is writing in {printable(folder)}; wait for it to finish, then run {script} again"
+        ) from None
     except OSError:  # a file system without locks: run unlocked
         os.close(lock)
         return None
@@ -116,16 +118,18 @@ def unchanged(path, record):
 
 
 def check_replaceable(path, flag, script, kind):
-    """die unless the folder at path may be replaced as a whole: missing, empty, or provably ours as kind (never
+    """fail unless the folder at path may be replaced as a whole: missing, empty, or provably ours as kind (never
     a link)."""
     path = os.path.normpath(path)  # 'link/' is the link itself, not what it points to
     if os.path.islink(path):
         points_to = printable(os.path.realpath(path))
-        die(f"{flag} {printable(path)} is a symbolic link; pass the folder it points to ({points_to}), or a new folder")
+        raise UserError(
+            f"{flag} {printable(path)} is a symbolic link; pass the folder it points to ({points_to}), or a new folder"
+        )
     if not os.path.lexists(path):
         return
     if not os.path.isdir(path):
-        die(f"{flag} {printable(path)}: use a folder, not a file")
+        raise UserError(f"{flag} {printable(path)}: use a folder, not a file")
     if not os.listdir(path):
         return
     why = unproven(path, kind, script)
@@ -133,7 +137,7 @@ def check_replaceable(path, flag, script, kind):
         reason, names = why
         found = f" ({first_few(map(printable, names))})" if names else ""
         hint = "pass a new or empty folder: it is replaced as a whole"
-        die(f"{flag} {printable(path)} {reason}{found}; {hint}")
+        raise UserError(f"{flag} {printable(path)} {reason}{found}; {hint}")
 
 
 def made_here(path):
@@ -307,8 +311,10 @@ def record_files(folder, sub, kind):
 
 
 def check_reusable(path, flag, script):
-    """die unless script may write in the folder at path: missing, empty, or marked as made there by us (a work
+    """fail unless script may write in the folder at path: missing, empty, or marked as made there by us (a work
     folder kept between runs)."""
     if os.path.isdir(path) and os.listdir(path) and not made_here(path):
         found = first_few(sorted(os.listdir(path)))
-        die(f"{flag} {printable(path)} holds files that {script} did not make ({found}); pass a new or empty folder")
+        raise UserError(
+            f"{flag} {printable(path)} holds files that {script} did not make ({found}); pass a new or empty folder"
+        )

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from skinlesion.cli import die
+from skinlesion.messages import UserError
 
 MOST_PHOTOS = 2000  # up to this many photos in train plus validation get DEFAULT folds unless told; more keep a split
 DEFAULT = 5  # folds where photos are few
@@ -65,7 +65,7 @@ def assign(labels, groups, k, seed):
                 fold[held] = f
     lacking = fewest < k or any(len(np.unique(labels[fold == f])) < len(np.unique(labels)) for f in range(k))
     if lacking:
-        die(
+        raise UserError(
             f"--folds {k}: a class has only {fewest} lesion/patient groups in train plus validation, too few to hold "
             f"some of it out in each of {k} folds; pass a lower --folds (or --folds 1: one split), or add photos"
         )
@@ -210,7 +210,7 @@ def member_stand_in(entry, weight):
     return found
 
 
-def deployed_measure(net, seen_as, photos, done, stages, data_dir, ensemble_of=None, **load):
+def deployed_measure(net, seen_as, photos, done, stages, others, ensemble_of=None, **load):
     """(familiarity.summary, its arrays) of the deployed network. The refit's measure is fitted on the features of
     all the photos (train plus validation, through the refit network) against the negatives; an ensemble's is its
     members' combined (ensemble_of: the widths of a member's features; ensemble_measure). The limit is QUANTILE of
@@ -224,7 +224,8 @@ def deployed_measure(net, seen_as, photos, done, stages, data_dir, ensemble_of=N
     if ensemble_of is None:
         chosen = familiarity.sampled(len(paths))
         features = familiarity.features_of_photos(net, [paths[i] for i in chosen], seen_as, blobs=blobs, **load)
-        negatives, exposed_to = negatives_of(net, seen_as, data_dir, load)
+        negatives, exposed_to = familiarity.negative_features(net, seen_as, others, load["device"],
+                                                              load.get("batch_size", 32))  # fmt: skip
         arrays = familiarity.fit(features, labels[chosen], len(seen_as["classes"]), negatives)
         distances = out_of_fold(done, stages, "distances", len(labels))
     else:
@@ -256,21 +257,40 @@ def fold_done(run, progress, stage):
     progress["done"].append(entry)
 
 
-def deployed_familiarity(run, progress, net, train_photos, val_photos):
-    """(familiarity.summary, its arrays) of the network a run (AItraining.py's) deploys: with one split, fitted on
-    the training photos with the limit from the validation ones (familiarity.fit_on_photos); with folds, from them
-    (deployed_measure)."""
+def familiarity_photos(run, train_photos, val_photos):
+    """What the deployed network's familiarity measure is fitted on, read before it is fitted: ([photos as (paths,
+    labels, their bytes where they are shards, else None)], {type: paths} of the dataset's photos of another kind
+    (other_types: what the exposure head learns from)). One split: a seeded sample (familiarity.sampled) of the
+    training photos, then of the validation ones, only the sampled photos' bytes kept; folds: train plus validation."""
+    from skinlesion import familiarity, other_types, splits
+
+    data_dir = run.args.data_dir
+    others = other_types.photos_of(data_dir, familiarity.MAX_OTHER_TYPES)
+    if run.pool is not None:
+        return [(*run.pool, pooled_blobs(run.args, True, 0))], others
+    found = []
+    for split, (paths, labels) in (("train", train_photos), ("val", val_photos)):
+        chosen = familiarity.sampled(len(paths))
+        paths = [paths[i] for i in chosen]
+        blobs = splits.read_blobs(data_dir, split, set(paths)) if splits.is_shards(data_dir) else None
+        found.append((paths, np.asarray(labels)[chosen], blobs))
+    return found, others
+
+
+def deployed_familiarity(run, progress, net, photos, others):
+    """(familiarity.summary, its arrays) of the network a run (AItraining.py's) deploys, from familiarity_photos'
+    photos and others: with one split, fitted on the training photos with the limit from the validation ones
+    (familiarity.fit_on_photos); with folds, from them (deployed_measure)."""
     from skinlesion import familiarity
 
     args = run.args
     load = dict(device=run.device, batch_size=args.batch_size, num_workers=args.num_workers)
     if run.pool is None:
-        return familiarity.fit_on_photos(net, run.seen_as, args.data_dir, *train_photos, val_photos[0], **load)
+        return familiarity.fit_on_photos(net, run.seen_as, *photos, others, **load)
     widths = None
     if args.deploy == "ensemble":
         widths = [info["num_chs"] for info in net.members[0].feature_info] + [net.members[0].num_features]
-    pool = (*run.pool, pooled_blobs(args, True, 0))
-    return deployed_measure(net, run.seen_as, pool, progress["done"], run.stages, args.data_dir, widths, **load)
+    return deployed_measure(net, run.seen_as, photos[0], progress["done"], run.stages, others, widths, **load)
 
 
 def open_run(run, train_photos, val_photos):
@@ -303,15 +323,15 @@ def counted(labels, meta):
 def pooled_blobs(args, cached, gigabytes):
     """The bytes of the photos of train plus validation where they are shards (None for folders): cut into folds,
     they must be cached, as a stream reads whole shards."""
-    from skinlesion import dataset, shards
+    from skinlesion import splits
 
-    if not shards.is_shards(args.data_dir):
+    if not splits.is_shards(args.data_dir):
         return None
     if not cached:
-        die(
+        raise UserError(
             f"--folds {args.folds}: photos read from shards are cut into folds only when cached on the device "
             f"({gigabytes:.2f} GB, more than --cache-gb {args.cache_gb:g}); pass --cache-gb {math.ceil(gigabytes)}, "
             "or --folds 1"
         )
-    splits = [split for split in ("train", "val") if dataset.has_split(args.data_dir, split)]
-    return {name: blob for split in splits for name, blob in shards.read_blobs(args.data_dir, split).items()}
+    held = [split for split in ("train", "val") if splits.has_split(args.data_dir, split)]
+    return {name: blob for split in held for name, blob in splits.read_blobs(args.data_dir, split).items()}

@@ -1,11 +1,12 @@
-"""Ctrl-C, the same in every script: one line and exit code 130, whatever a library made of the interrupt, and
-worker pools that leave it to the main process. Also an OSError that escaped a script's own checks: one line."""
+"""What ends a script, the same in every script: run_script, the one handler, returns the exit status the script
+exits with: a user's mistake (UserError) or an OSError that escaped a script's own checks is one `error:` line,
+Ctrl-C one line and 130, whatever a library made of the interrupt. Worker pools leave Ctrl-C to the main process."""
 
 import os
 import signal
 import sys
 
-from skinlesion.cli import die, printable
+from skinlesion.messages import UserError, printable, report
 
 PRESSED = []  # the Ctrl-Cs seen while run_script runs a main
 SAYS = []  # what a Ctrl-C says once an output changed (run_script's own message is about the outputs before)
@@ -42,12 +43,16 @@ def interrupted_while_loading(signum, frame):
 
 
 def run_script(main, interrupted="interrupted"):
-    """Run a script's main: Ctrl-C prints `interrupted` and exits with code 130. A library may turn the interrupt
-    into another error (a C extension cut short while it is imported, such as scipy's, raises ImportError; a
-    library that drops the failed import leaves one of our checks to report what follows), so any error after a
-    Ctrl-C counts as the interrupt. An OSError that escaped the script's own checks (an unreadable photo reported
-    by a DataLoader worker, a full disk) is one error line. A Ctrl-C the shell told the script to ignore (a
-    background job) stays ignored."""
+    """Run a script's main and return the status the script exits with, the one handler of what ends a script
+    (the exit itself is the script's own last line): what main returns, 0 for None (predict.py returns 3 for a
+    single photo unlike the training photos). A UserError (a user's mistake, raised anywhere below) is its
+    `error:` line and its status. An OSError that escaped the script's own checks (an unreadable photo reported by
+    a DataLoader worker, a full disk) is one error line and 1. Ctrl-C prints `interrupted` (or what main told
+    say_on_ctrl_c) and gives 130; SIGTERM (kill PID) unwinds the same way, then the process dies of that signal,
+    as a kill does. A library may turn the interrupt into another error (a C extension cut short while it is
+    imported, such as scipy's, raises ImportError; a library that drops the failed import leaves one of our
+    checks to report what follows), so any error after a Ctrl-C counts as the interrupt. A Ctrl-C the shell told
+    the script to ignore (a background job) stays ignored. Any other error (a bug) goes on, with its traceback."""
 
     def on_ctrl_c(signum, frame):  # SIGTERM (kill PID) too: the same unwinding, then death by that signal
         PRESSED.append(signum)
@@ -68,22 +73,12 @@ def run_script(main, interrupted="interrupted"):
         signal.signal(signal.SIGTERM, on_ctrl_c)
     sys.unraisablehook = quiet_about_ctrl_c
     try:
-        main()
+        status = main()
     except BaseException as e:
-        if PRESSED or isinstance(e, KeyboardInterrupt):
-            said = SAYS[-1] if SAYS else interrupted
-            print(f"\n{said}", file=sys.stderr)
-            if signal.SIGTERM in PRESSED:  # the workers and temporaries are gone: die of it, as a kill does
-                sys.stderr.flush()
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os.kill(os.getpid(), signal.SIGTERM)
-            sys.exit(130)
-        if not isinstance(e, OSError):
+        status = exit_status(e, interrupted)
+        if status is None:
             raise
-        last_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        if e.filename is not None and e.strerror:  # '[Errno 28] No space left on device' alone names no file
-            die(f"{printable(e.filename)}: {e.strerror}")
-        die(last_line.removeprefix("OSError: "))
+        return status
     finally:
         PRESSED.clear()
         SAYS.clear()
@@ -92,6 +87,30 @@ def run_script(main, interrupted="interrupted"):
             signal.signal(signal.SIGINT, previous)
         if previous_term == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, previous_term)
+    return 0 if status is None else status
+
+
+def exit_status(error, interrupted):
+    """run_script's status for an error out of main, once its line is printed; None for an error that is not a
+    user's (a bug: it goes on, with its traceback)."""
+    if PRESSED or isinstance(error, KeyboardInterrupt):
+        if isinstance(error, UserError):  # a check that ran after the Ctrl-C: its line, then the interrupt's
+            report(error)
+        said = SAYS[-1] if SAYS else interrupted
+        print(f"\n{said}", file=sys.stderr)
+        if signal.SIGTERM in PRESSED:  # the workers and temporaries are gone: die of it, as a kill does
+            sys.stderr.flush()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return 130
+    if isinstance(error, UserError):  # a user's mistake: its one line and its exit status
+        return report(error)
+    if not isinstance(error, OSError):
+        return None
+    if error.filename is not None and error.strerror:  # '[Errno 28] No space left on device' alone names no file
+        return report(UserError(f"{printable(error.filename)}: {error.strerror}"))
+    last_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    return report(UserError(last_line.removeprefix("OSError: ")))
 
 
 def quiet_worker():

@@ -20,11 +20,11 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from skinlesion import cli, files, interrupts, photos, reading
-from skinlesion.cli import die, first_few, printable, warn
+from skinlesion import files, interrupts, messages, photos, reading
 from skinlesion.files import atomic_write, file_kind, write_text
 from skinlesion.folders import is_within
-from skinlesion.shapes import as_text
+from skinlesion.messages import UserError, first_few, printable, warn
+from skinlesion.schema import as_text
 
 SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs"}
 IMAGE_TYPES = ["dermoscopic", "clinical: overview", "clinical: close-up", "TBP tile: close-up", "TBP tile: overview",
@@ -50,16 +50,16 @@ def read_table(path, columns, what):
     and so does a named column that is there twice with other values (one of them was ignored silently)."""
     kind = file_kind(path)
     if kind:
-        die(f"{printable(path)} is {kind}, not a CSV file; it must be {what}")
+        raise UserError(f"{printable(path)} is {kind}, not a CSV file; it must be {what}")
     try:
         data = reading.read_bytes(path, MAX_TABLE_BYTES)
     except reading.Unreadable as e:  # it changed since, or is too large
-        die(f"{e}; it must be {what}")
+        raise UserError(f"{e}; it must be {what}") from None
     except OSError as e:
-        die(f"cannot read {printable(path)} ({e.strerror or e}); it must be {what}")
+        raise UserError(f"cannot read {printable(path)} ({e.strerror or e}); it must be {what}") from None
     utf16 = data.startswith((b"\xff\xfe", b"\xfe\xff"))
     if b"\0" in data and not utf16:  # an image, an archive
-        die(f"{printable(path)} holds binary data, not CSV text; it must be {what}")
+        raise UserError(f"{printable(path)} holds binary data, not CSV text; it must be {what}")
     header = data[: 1 << 16].decode("utf-16" if utf16 else "utf-8", "replace").split("\n")[0]
     sep = max(SEPARATORS, key=header.count)
     if utf16 or sep != ",":
@@ -83,18 +83,18 @@ def read_table(path, columns, what):
             warn(f"{printable(path)} is not UTF-8; read it as Windows-1252 (cp1252), as Excel saves CSV")
             return read("cp1252")
     except (OSError, ValueError) as e:
-        die(f"cannot read {printable(path)} as CSV ({type(e).__name__}); it must be {what}")
+        raise UserError(f"cannot read {printable(path)} as CSV ({type(e).__name__}); it must be {what}") from None
 
 
 def without_twins(table, twins, path):
     """table without the second (third...) copies of its columns (pandas names them diagnosis_1.1, ...): copies
-    that hold the same values go with a warning; copies that disagree on a row die with one line naming them."""
+    that hold the same values go with a warning; copies that disagree on a row fail with one line naming them."""
     for column, copies in twins.items():
         for copy in copies:
             differ = table[column].str.strip() != table[copy].str.strip()
             if differ.any():
                 rows = table.isic_id[differ] if "isic_id" in table else (differ[differ].index + 2).astype(str)
-                die(
+                raise UserError(
                     f"{printable(path)} has {len(copies) + 1} {printable(column)} columns, which disagree on "
                     f"{differ.sum()} row(s) ({first_few(rows)}); keep the one that is right and remove the others"
                 )
@@ -119,7 +119,9 @@ def read_metadata(paths, columns):
     frames = [read_table(path, columns, "an ISIC export's metadata.csv") for path in paths]
     for path, df in zip(paths, frames):
         if "isic_id" not in df:
-            die(f"{printable(path)} has no isic_id column; use the metadata.csv that 'isic image download' writes")
+            raise UserError(
+                f"{printable(path)} has no isic_id column; use the metadata.csv that 'isic image download' writes"
+            )
     return pd.concat(frames, ignore_index=True).fillna("").apply(lambda s: s.str.strip())
 
 
@@ -135,7 +137,7 @@ def sides(df):
     """Per row its side: 'benign' or 'malignant' from diagnosis_1 (else the legacy benign_malignant), else why not:
     the value in quotes, 'empty', or 'conflicting' (the two columns disagree)."""
     if not set(SIDE_COLUMNS) & set(df):
-        die(
+        raise UserError(
             "the metadata has neither diagnosis_1 nor benign_malignant, so no labels; download the export "
             "again with 'isic image download' (its metadata.csv has diagnosis_1)"
         )
@@ -298,7 +300,7 @@ def process_image(job):
             img.save(out, quality=95)
     except OSError as e:  # a full disk, a quota: the dataset's fault, not the image's
         raise OSError(
-            f"could not write {cli.printable(out)} ({e.strerror or e}); free some disk space or pass another "
+            f"could not write {messages.printable(out)} ({e.strerror or e}); free some disk space or pass another "
             "--dataset-dir"
         ) from None
     return dict(isic_id=isic_id, sha256=sha256, width=width, height=height, file=name, error="")
@@ -368,7 +370,7 @@ def split_groups(labels, groups, val_fraction, test_fraction, seed):
     if n_test + n_val == 0:
         return np.full(len(labels), "train")
     if n_test + n_val >= n_folds:
-        die(
+        raise UserError(
             f"only {len(set(groups))} lesion/patient groups, too few for val and test splits; add images, or set "
             "--val-fraction and --test-fraction to 0"
         )
@@ -382,7 +384,7 @@ def split_groups(labels, groups, val_fraction, test_fraction, seed):
     for s in sorted(set(split)):
         for c in sorted(set(labels)):
             if not (labels[split == s] == c).any():
-                die(
+                raise UserError(
                     f"the {s} split would have no {c} images: the {(labels == c).sum()} {c} images are only "
                     f"{len(set(groups[labels == c]))} groups; add {c} images, or lower --val-fraction/"
                     "--test-fraction"
@@ -399,8 +401,8 @@ def labelled_photos(folder):
     inside the export)."""
     paths = metadata_files(os.path.join(folder, "metadata.csv"), folder)
     if not paths:
-        die(f"no metadata.csv in {printable(folder)}; pass the folder 'isic image download' wrote (metadata.csv and "
-            "the photos)")  # fmt: skip
+        raise UserError(f"no metadata.csv in {printable(folder)}; pass the folder 'isic image download' wrote "
+            "(metadata.csv and the photos)")  # fmt: skip
     rows = read_metadata(paths, ["isic_id", *SIDE_COLUMNS, *CARD_COLUMNS])
     rows = rows.assign(side=sides(rows))
     left_out = []
@@ -411,7 +413,7 @@ def labelled_photos(folder):
         return rows[ok]
 
     ok = rows.side.isin(["benign", "malignant"])
-    rows = keep(ok, "no definite benign/malignant side", cli.counts_text(rows.side[~ok], 3))
+    rows = keep(ok, "no definite benign/malignant side", messages.counts_text(rows.side[~ok], 3))
     ok = rows.isic_id.str.fullmatch(ISIC_ID)
     rows = keep(ok, "invalid isic_id", first_few(rows.isic_id[~ok].map(repr)))
     ok = rows.groupby("isic_id").side.transform("nunique") == 1

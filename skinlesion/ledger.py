@@ -1,16 +1,13 @@
 """The one record of what we wrote: a script replaces or removes only what this record proves it wrote, never a
-file because of bytes inside it (any file can contain them).
-
-Each folder we write in holds a ledger, NAME, a JSON object:
+file because of bytes inside it (any file can contain them). Each folder we write in holds a ledger, NAME (JSON):
   path     the folder's own real path: a ledger copied or moved with its folder proves nothing there
-  files    per file we wrote (a name, or for a folder made as a whole a path inside it): kind (what it is: a model,
-           a resume checkpoint, predictions...), size, sha256, mtime_ns, script
+  files    per file we wrote (a name, or a path inside a folder made as a whole): kind (a model, a resume checkpoint,
+           predictions...), size, sha256, mtime_ns, script
   pending  per temporary file a run is writing: the run (a killed run's is removed only once that run is over)
   made     for a folder a script made (a dataset, the demo export, the site, a log folder): kind, script, run
-  leftover for a folder a run put beside its path (path.tmp-<pid> being built, path.old-<pid> being swapped out):
-           that path and the run, so that only the run's own leftovers are removed or restored once it is over
-A run is its pid, the process's start time (pids are re-used; the start time is not), the host and a random
-token. Changes are made under a lock (flock, where the system has it) and written atomically."""
+  leftover per folder a run put beside its path (path.tmp-<pid>, path.old-<pid>): that path and the run, so that
+           only the run's own leftovers are removed or restored once it is over. A run is its pid, its start time
+           (pids are re-used), the host and a random token. Changes are made under a lock (flock), atomically."""
 
 import contextlib
 import hashlib
@@ -21,7 +18,7 @@ import socket
 import sys
 
 from skinlesion import reading
-from skinlesion.cli import die, printable
+from skinlesion.messages import UserError, printable
 
 NAME = ".skin-lesion-classifier"  # the ledger (and mark) inside every folder we write in
 TEMPORARY = NAME + ".new"  # the ledger being written (write): left by a kill before the rename, it is ours
@@ -93,7 +90,9 @@ def record_fault(folder):
 
 
 def die_of_fault(fault):
-    die(f"{fault}; move it out of the way (the scripts keep their record of what they wrote in a folder under {NAME})")
+    raise UserError(
+        f"{fault}; move it out of the way (the scripts keep their record of what they wrote in a folder under {NAME})"
+    )
 
 
 def read_raw(folder):
@@ -206,7 +205,9 @@ def remove_temporary(folder):
     except FileNotFoundError:
         return
     if kind:
-        die(f"{printable(new)} is {kind}, not the temporary record this project writes there; move it out of the way")
+        raise UserError(
+            f"{printable(new)} is {kind}, not the temporary record this project writes there; move it out of the way"
+        )
     os.remove(new)
 
 

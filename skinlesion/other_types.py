@@ -53,10 +53,10 @@ def keep(rows, image_types, most, images_dir, out_dir, skip, seed, resize_to, wo
 def photos_of(data_dir, most):
     """{type: photo paths} of the photos a prepared dataset keeps in FOLDER (none in a dataset of shards, or one
     prepared before), at most `most` in all (a seeded sample)."""
-    from skinlesion import photos, shards
+    from skinlesion import photos, remote
 
     folder = os.path.join(data_dir, FOLDER)
-    if shards.is_remote(data_dir) or not os.path.isdir(folder):
+    if remote.is_remote(data_dir) or not os.path.isdir(folder):
         return {}
     paths = photos.find_images([folder])[0]
     if len(paths) > most:

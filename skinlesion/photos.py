@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from skinlesion import reading
-from skinlesion.cli import die, printable
 from skinlesion.files import file_kind
+from skinlesion.messages import UserError, printable
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")  # what counts as an image
 MAX_IMAGE_PIXELS = 200_000_000  # larger images are refused as possible decompression bombs
@@ -84,9 +84,9 @@ def find_images(paths):
     for path in paths:
         kind = file_kind(path)
         if kind == "missing":
-            die(f"{printable(path)} not found; pass an image file or a folder of images")
+            raise UserError(f"{printable(path)} not found; pass an image file or a folder of images")
         if kind not in (None, "a folder"):
-            die(f"{printable(path)} is {kind}; pass an image file or a folder of images")
+            raise UserError(f"{printable(path)} is {kind}; pass an image file or a folder of images")
         found, refused = ([path], []) if kind is None else walk_once(path)
         skipped += refused
         for file in found:

@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 
-from skinlesion.cli import printable
 from skinlesion.files import TAG, atomic_write
-from skinlesion.numbers import interval_text, known_interval
+from skinlesion.messages import printable
+from skinlesion.metrics import interval_text, known_interval
 
 
 def pyplot():

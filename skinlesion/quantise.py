@@ -1,23 +1,18 @@
 """The page's smaller model: onnxruntime's static int8 quantisation of an exported ONNX file, and how far its answers
 stay from the full model's. Only the convolutions are quantised, and not the stem or the depthwise ones (per
-channel, QDQ, activation ranges from the 99.999th percentile on validation photos: on the real sample with Lite0
-these choices moved the largest P difference from 0.87 to 0.24); the classifier, the calibration, the evidence map
-and the familiarity measure stay float, so P(malignant) moves only as far as the features do. The comparison's
-numbers on labelled validation photos decide whether the page may use it (within_tolerance, recomputed from them
-wherever the twin is loaded: its stored verdict is never read): no label may change outside the borderline band,
-its ROC-AUC may not fall by more than MAX_AUC_DROP, and (for a model with a familiarity measure) no photo may
-change its familiar/unfamiliar decision unless its full-model distance lies within FAMILIARITY_BAND of the limit.
-The int8 features move the distance as they move P: a photo just inside the limit may land just outside (it is
-then withheld, safe) or the reverse, as a photo near the threshold may change its label; one far from the limit
-that changes side means the twin sees photos differently from the model the limit was chosen for. The band, 5% of
-the limit, lies within the limit's own uncertainty: on the real sample (Lite0, 300 validation photos) the 95%
-bootstrap interval of the 99th-percentile limit runs from 0.91 to 1.04 of it, so a photo within 5% of the limit
-is on either side of it by chance of the sample; there the int8 distances moved by 3% of the limit (median), 19%
-(99th percentile), and one photo at 0.93 of the limit turned unfamiliar: refused, as its labels were."""
+channel, QDQ, activation ranges from the 99.999th percentile on validation photos); the classifier, the
+calibration, the evidence map and the familiarity measure stay float, so P(malignant) moves only as far as the
+features do. The comparison on labelled validation photos decides whether the page may use it (within_tolerance,
+recomputed wherever the twin is loaded: its stored verdict is never read): no label may change outside the
+borderline band, its ROC-AUC may not fall by more than MAX_AUC_DROP, and no photo may change its familiar/unfamiliar
+decision unless its full-model distance lies within FAMILIARITY_BAND of the limit, the limit's own uncertainty
+(why, and what was measured: docs/measurements.md, "The int8 twin")."""
 
 import os
 
 import numpy as np
+
+from skinlesion import answer, familiarity
 
 MAX_AUC_DROP = 0.005  # the int8 model's ROC-AUC may be at most this much below the full model's
 FAMILIARITY_BAND = 0.05  # a photo within this share of the limit (|distance - limit| <= 0.05 x limit) may flip
@@ -92,7 +87,7 @@ def familiarity_flips(d_full, d_int8, limit, band=FAMILIARITY_BAND):
     """(photos familiar to the full model and unfamiliar to the twin, the reverse, those of either whose full-model
     distance lies further than band x limit from the limit): as familiarity.unfamiliar decides, a NaN unfamiliar
     (and never within the band)."""
-    familiar_full, familiar_int8 = d_full <= limit, d_int8 <= limit
+    familiar_full, familiar_int8 = ~familiarity.is_unfamiliar(d_full, limit), ~familiarity.is_unfamiliar(d_int8, limit)
     flipped = familiar_full != familiar_int8
     near = np.abs(d_full - limit) <= band * limit
     return (
@@ -114,10 +109,10 @@ def comparison(p_full, p_int8, y, threshold, band, distances=None, limit=None):
     the borderline band), each ROC-AUC; for a model with a familiarity measure (distances: the full model's and
     the twin's familiarity distances, limit: the model's), the photos whose familiar/unfamiliar decision flips
     each way (and those outside FAMILIARITY_BAND); and whether the page may use it (the rule: within_tolerance)."""
-    from skinlesion import numbers
+    from skinlesion import metrics
 
     changed = (p_full >= threshold) != (p_int8 >= threshold)
-    outside = changed & (np.abs(p_full - threshold) >= band)
+    outside = changed & ~answer.is_borderline(p_full, threshold, band)
     result = dict(
         photos=len(p_full),
         max_p_difference=float(np.abs(p_full - p_int8).max()),
@@ -128,7 +123,7 @@ def comparison(p_full, p_int8, y, threshold, band, distances=None, limit=None):
         max_auc_drop=MAX_AUC_DROP,
     )
     if y is not None and 0 < np.sum(y) < len(y):
-        result.update(roc_auc_full=float(numbers.roc_auc(y, p_full)), roc_auc_int8=float(numbers.roc_auc(y, p_int8)))
+        result.update(roc_auc_full=float(metrics.roc_auc(y, p_full)), roc_auc_int8=float(metrics.roc_auc(y, p_int8)))
     if distances is not None:
         d_full, d_int8 = (np.asarray(d, dtype=np.float64) for d in distances)
         to_unfamiliar, to_familiar, flips_outside = familiarity_flips(d_full, d_int8, limit)

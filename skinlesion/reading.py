@@ -2,14 +2,14 @@
 pipe would block the open or the read for ever, a device such as /dev/zero would never end, a folder is no file),
 what was checked is what is read (checked again on the open file), and never more than a stated number of bytes;
 JSON only as deeply nested as Python can parse. A refusal is an Unreadable (an OSError) whose message names the
-file and says what it is, on one line. Torch-free; it imports nothing of the project but cli."""
+file and says what it is, on one line. Torch-free; it imports nothing of the project but messages."""
 
 import errno
 import json
 import os
 import stat
 
-from skinlesion.cli import printable
+from skinlesion.messages import printable
 
 NO_WAIT = getattr(os, "O_NONBLOCK", 0)  # opening a named pipe never waits for a writer (not on Windows)
 NO_LINK = getattr(os, "O_NOFOLLOW", 0)

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 
-from skinlesion.cli import printable
+from skinlesion.messages import printable
 
 CONNECT_SECONDS = 30.0  # connecting may take this long at most (less where the whole read may take less)
 SECONDS = [600.0]  # how long the whole read of one file may take: the scripts' --network-timeout (set_seconds)

@@ -10,16 +10,17 @@ import os
 
 import numpy as np
 
-from skinlesion import ledger, shapes
-from skinlesion.cli import die, flag_name, in_range, printable
+from skinlesion import ledger, schema
+from skinlesion.flags import flag_name, in_range
+from skinlesion.messages import UserError, printable
 
-NUMBER = shapes.simple(in_range, "a finite number")
-RESUME_STATE = shapes.record(dict(  # what AItraining.py --resume reads besides the weights and meta
-    optimizer=shapes.record({}, others=True), schedule=shapes.record({}, others=True), stopped_early=shapes.BOOLEAN,
-    bad_epochs=shapes.whole(0, 10**6), best=shapes.list_of(NUMBER, 2), history=shapes.text(10**8),
-    finished=shapes.BOOLEAN, stage=shapes.whole(0, 100)))  # fmt: skip
-EPOCH_LOG = shapes.list_of(  # the history: each epoch's numbers (curves, TensorBoard); a refit has no validation
-    shapes.record(dict.fromkeys(("epoch", "train_loss", "train_accuracy", "lr", "seconds"), NUMBER),
+NUMBER = schema.simple(in_range, "a finite number")
+RESUME_STATE = schema.record(dict(  # what AItraining.py --resume reads besides the weights and meta
+    optimizer=schema.record({}, others=True), schedule=schema.record({}, others=True), stopped_early=schema.BOOLEAN,
+    bad_epochs=schema.whole(0, 10**6), best=schema.list_of(NUMBER, 2), history=schema.text(10**8),
+    finished=schema.BOOLEAN, stage=schema.whole(0, 100)))  # fmt: skip
+EPOCH_LOG = schema.list_of(  # the history: each epoch's numbers (curves, TensorBoard); a refit has no validation
+    schema.record(dict.fromkeys(("epoch", "train_loss", "train_accuracy", "lr", "seconds"), NUMBER),
                   dict.fromkeys(("roc_auc", "val_loss"), NUMBER), others=True))  # fmt: skip
 RESUME_KEYS = ["optimizer", "schedule", "best", "bad_epochs", "stopped_early", "history", "finished", "stage"]
 RESUME_TENSORS = ["best_state_dict", "best_logits", "done"]  # the best epoch so far; the stages (folds) done
@@ -29,9 +30,9 @@ FRESH = dict(epoch=0, best=[-1.0, -math.inf], bad_epochs=0, stopped_early=False,
 
 def resume_fault(state):
     """What is wrong with a resume checkpoint's training state (optimizer, schedule, best, history...), or None."""
-    fault = shapes.fault(RESUME_STATE, "training state", {k: state[k] for k in RESUME_KEYS})
+    fault = schema.fault(RESUME_STATE, "training state", {k: state[k] for k in RESUME_KEYS})
     try:
-        return fault or shapes.fault(EPOCH_LOG, "history", json.loads(state["history"])) or tensors_fault(state)
+        return fault or schema.fault(EPOCH_LOG, "history", json.loads(state["history"])) or tensors_fault(state)
     except RecursionError:
         return "its history is JSON nested too deeply to read"
     except ValueError:
@@ -75,7 +76,7 @@ def entry_fault(entry, i, n_classes):
     None."""
     from skinlesion import familiarity
 
-    fault = "exposed_to" in entry and shapes.fault(shapes.table_of(shapes.COUNT), f"fold {i + 1}'s exposed_to",
+    fault = "exposed_to" in entry and schema.fault(schema.table_of(schema.COUNT), f"fold {i + 1}'s exposed_to",
                                                    entry["exposed_to"])  # fmt: skip
     if fault:
         return fault
@@ -152,7 +153,7 @@ def continued_in(path, overwrite=False):
 
 
 def take_back(state, args, classes, manifest_sha256, defaults=("skin_model_last.pth", "skin_model.pth")):
-    """A resume checkpoint's state (read and checked as a model file: model.read_checkpoint), checked as one and
+    """A resume checkpoint's state (read and checked as a model file: model_file.read_checkpoint), checked as one and
     its settings put into args (AItraining.py's: resume_from, data_dir, given): a flag that would change the run
     dies, and so do other classes and another dataset (a manifest.csv of another SHA-256). defaults: the resume
     file and the model a run writes, for the advice."""
@@ -160,24 +161,26 @@ def take_back(state, args, classes, manifest_sha256, defaults=("skin_model_last.
     missing = [key for key in RESUME_KEYS + RESUME_TENSORS if key not in state]
     missing += [k for k in ("settings", "epoch") if k not in state["meta"]]
     if "optimizer" in missing or "settings" in missing:
-        die(
+        raise UserError(
             f"--resume: {resume_from} has no optimiser state ({', '.join(missing)}); resume from the "
             f"{defaults[0]} a run writes (--resume-file), not from {defaults[1]}"
         )
     if missing:
-        die(f"--resume: {resume_from} was written by an earlier AItraining.py (no {missing[0]}); start a new run")
+        raise UserError(
+            f"--resume: {resume_from} was written by an earlier AItraining.py (no {missing[0]}); start a new run"
+        )
     fault = resume_fault(state)
     if fault:
-        die(f"--resume: {resume_from} is refused: {fault}; start a new run")
+        raise UserError(f"--resume: {resume_from} is refused: {fault}; start a new run")
     if state["meta"]["classes"] != classes:
-        die(
+        raise UserError(
             f"--resume: the run in {resume_from} trained classes {state['meta']['classes']}, "
             f"{printable(args.data_dir)} has {classes}; start a new run"
         )
     trained_on = state["meta"].get("manifest_sha256")
     if trained_on != manifest_sha256:
         said = [f"SHA-256 {sha[:12]}" if sha else "none" for sha in (trained_on, manifest_sha256)]
-        die(
+        raise UserError(
             f"--resume: the run in {resume_from} trained on another dataset (its manifest.csv: {said[0]}; "
             f"{printable(args.data_dir)}'s: {said[1]}); pass the --data-dir it trained on, or start a new run"
         )
@@ -193,30 +196,30 @@ def restore_settings(args, state):
     changeable = ("epochs", "patience") if folds == 1 else ("patience", "deploy")
     for key, value in settings.items():
         if key in args.given and getattr(args, key) != value and key not in changeable:
-            die(
+            raise UserError(
                 f"--resume: the run in {resume_from} has {key} {value}; resume without "
                 f"{flag_name(key)} or start a new run"
             )
         setattr(args, key, getattr(args, key) if key in args.given else value)
     if folds > 1 and args.deploy == "ensemble" and any("weights" not in entry for entry in state["done"]):
-        die(
+        raise UserError(
             f"--resume --deploy ensemble: the run in {resume_from} kept no fold networks (it deploys refit); "
             "start a new run with --deploy ensemble"
         )
     if state["finished"] and folds > 1 and args.deploy == settings["deploy"]:
         other = "ensemble" if args.deploy == "refit" else "refit"
-        die(
+        raise UserError(
             f"--resume: the run in {resume_from} already finished ({folds} folds of {settings['epochs']} "
             f"epochs, deployed: {args.deploy}); to deploy its folds the other way pass --deploy {other} and another "
             "--output, or start a new run"
         )
     if state["finished"] and folds == 1 and done >= args.epochs:
-        die(
+        raise UserError(
             f"--resume: the run in {resume_from} already finished ({done} of {settings['epochs']} epochs); "
             f"to train longer pass a higher --epochs, e.g. --epochs {done + 10}"
         )
     if state["finished"] and folds == 1 and state["stopped_early"] and "patience" not in args.given:
-        die(
+        raise UserError(
             f"--resume: the run in {resume_from} stopped early at epoch {done} (no better validation "
             f"ROC-AUC for {args.patience} epochs); to go on pass --patience 0 (never stop) or a higher --patience"
         )

@@ -1,4 +1,4 @@
-"""What a shards folder holds, and each part of it checked as the model file is (shapes.py): the index
+"""What a shards folder holds, and each part of it checked as the model file is (schema.py): the index
 (shards.json: each split's shards, their sizes and photos, the classes) against its shape and against itself, and
 each shard, a tar file of three members per photo (<key>.<ext of its file>: its bytes; .cls: its class index;
 .json: its ids, split, label and file), against the index, in order; a name in the index is data, read only as a
@@ -13,9 +13,9 @@ import re
 import shutil
 import tarfile
 
-from skinlesion import dataset, photos, reading, remote, shapes
-from skinlesion.cli import die, printable
+from skinlesion import dataset, photos, reading, remote, schema
 from skinlesion.files import file_kind
+from skinlesion.messages import UserError, printable
 
 INDEX = "shards.json"  # the index of a shards folder
 FOLDER = "shards"  # where prepare_dataset.py --shards writes them, inside DATASET_DIR
@@ -23,24 +23,24 @@ MAX_INDEX_BYTES = 1_000_000_000  # the largest index read (400,000 photos: about
 MAX_ABOUT_BYTES = 100_000  # the largest .cls or .json member of a shard
 FIX = "copy the shards again or re-run prepare_dataset.py --shards"
 
-# the index, checked as the model file is (shapes.py): a name in it is data, read only as these patterns allow
+# the index, checked as the model file is (schema.py): a name in it is data, read only as these patterns allow
 PLAIN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,150}"  # a plain file name: no separator, no shell character, no leading dot
-SHARD_NAME = shapes.simple(lambda v: isinstance(v, str) and re.fullmatch(PLAIN + r"\.tar", v) is not None,
+SHARD_NAME = schema.simple(lambda v: isinstance(v, str) and re.fullmatch(PLAIN + r"\.tar", v) is not None,
                            "a plain file name ending in .tar (letters, digits, _ . -)")  # fmt: skip
-KEY = shapes.simple(lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,100}", v) is not None,
+KEY = schema.simple(lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,100}", v) is not None,
                     "a photo's key (letters, digits, _ -)")  # fmt: skip
-FILE = shapes.simple(lambda v: isinstance(v, str) and re.fullmatch(rf"(?:{PLAIN}/){{0,8}}{PLAIN}", v) is not None
+FILE = schema.simple(lambda v: isinstance(v, str) and re.fullmatch(rf"(?:{PLAIN}/){{0,8}}{PLAIN}", v) is not None
                      and ".." not in v.split("/"), "a relative path of plain names")  # fmt: skip
 MANY = 10**7
-SPLIT_ENTRY = shapes.record(dict(
-    shards=shapes.list_of(shapes.record(dict(name=SHARD_NAME, samples=shapes.whole(1, MANY),
-                                             bytes=shapes.whole(1, 10**13))), most=MANY),
-    keys=shapes.list_of(KEY, most=MANY), files=shapes.list_of(FILE, most=MANY),
-    labels=shapes.list_of(shapes.text(shapes.MAX_NAME), most=MANY)))  # fmt: skip
-INDEX_SHAPE = shapes.record(dict(format=shapes.one_of("webdataset"), classes=shapes.NAMES,
-                                 splits=shapes.table_of(SPLIT_ENTRY, most=len(dataset.SPLITS))))  # fmt: skip
-TEXT = shapes.simple(lambda v: isinstance(v, str), "text")
-ABOUT = shapes.record(dict(isic_id=KEY, split=shapes.one_of(*dataset.SPLITS), label=shapes.text(shapes.MAX_NAME),
+SPLIT_ENTRY = schema.record(dict(
+    shards=schema.list_of(schema.record(dict(name=SHARD_NAME, samples=schema.whole(1, MANY),
+                                             bytes=schema.whole(1, 10**13))), most=MANY),
+    keys=schema.list_of(KEY, most=MANY), files=schema.list_of(FILE, most=MANY),
+    labels=schema.list_of(schema.text(schema.MAX_NAME), most=MANY)))  # fmt: skip
+INDEX_SHAPE = schema.record(dict(format=schema.one_of("webdataset"), classes=schema.NAMES,
+                                 splits=schema.table_of(SPLIT_ENTRY, most=len(dataset.SPLITS))))  # fmt: skip
+TEXT = schema.simple(lambda v: isinstance(v, str), "text")
+ABOUT = schema.record(dict(isic_id=KEY, split=schema.one_of(*dataset.SPLITS), label=schema.text(schema.MAX_NAME),
                            file=FILE), dict(lesion_id=TEXT, patient_id=TEXT))  # fmt: skip
 
 
@@ -52,8 +52,8 @@ def location(data_dir, name):
 
 def read_index(data_dir):
     """The index of a shards folder, checked against its shape (INDEX_SHAPE) and itself; a local shard that is
-    missing, not a regular file or not the size the index gives dies with one line (a truncated copy is found
-    before any work)."""
+    missing, not a regular file or not the size the index gives raises UserError, in one line (a truncated copy
+    is found before any work)."""
     where = location(data_dir, INDEX)
     try:
         if remote.is_remote(data_dir):
@@ -62,10 +62,12 @@ def read_index(data_dir):
             data = reading.read_bytes(where, MAX_INDEX_BYTES)
         index = reading.parse_json(data, where)
     except OSError as e:  # a network failure says what to check; a local file, how to make it again
-        die(str(e) if remote.is_remote(data_dir) else f"{e}; make the shards with prepare_dataset.py --shards")
-    why = shapes.fault(INDEX_SHAPE, "index", index) or index_fault(index)
+        raise UserError(
+            str(e) if remote.is_remote(data_dir) else f"{e}; make the shards with prepare_dataset.py --shards"
+        ) from None
+    why = schema.fault(INDEX_SHAPE, "index", index) or index_fault(index)
     if why:
-        die(f"{printable(where)} is not an index prepare_dataset.py --shards wrote: {why}; {FIX}")
+        raise UserError(f"{printable(where)} is not an index prepare_dataset.py --shards wrote: {why}; {FIX}")
     for split in index["splits"].values():
         for shard in split["shards"] if not remote.is_remote(data_dir) else []:
             path = location(data_dir, shard["name"])
@@ -73,7 +75,7 @@ def read_index(data_dir):
             size = os.path.getsize(path) if kind is None else None
             if size != shard["bytes"]:
                 found = {"missing": "is missing", None: f"has {size} bytes, the index says {shard['bytes']}"}
-                die(f"shard {printable(path)} {found.get(kind, f'is {kind}')}: {FIX}")
+                raise UserError(f"shard {printable(path)} {found.get(kind, f'is {kind}')}: {FIX}")
     return index
 
 
@@ -99,13 +101,15 @@ def index_fault(index):
 
 
 def split_entry(data_dir, split):
-    """The index's entry of a split (shards, files, labels), with the index's classes; dies with one line when
+    """The index's entry of a split (shards, files, labels), with the index's classes; raises UserError when
     the shards lack it."""
     index = read_index(data_dir)
     splits = index["splits"]
     if split not in splits:
         found = ", ".join(splits) or "none"
-        die(f"{printable(data_dir)} has no {split} shards (it has {found}); re-run prepare_dataset.py --shards")
+        raise UserError(
+            f"{printable(data_dir)} has no {split} shards (it has {found}); re-run prepare_dataset.py --shards"
+        )
     return dict(splits[split], classes=index["classes"])
 
 
@@ -181,7 +185,7 @@ def checked_sample(source, i, members):
         about = None
     if (
         members["cls"] != str(label).encode()
-        or shapes.fault(ABOUT, "json", about)
+        or schema.fault(ABOUT, "json", about)
         or (about["isic_id"], about["file"]) != (key, file)
     ):
         raise stray(source, f"{key}.cls/.json", "not what the index says of the photo")
@@ -261,7 +265,7 @@ def written(path):
     try:
         yield path
     except OSError as e:
-        die(
+        raise UserError(
             f"could not write {printable(path)} ({e.strerror or e}); free some disk space or pass another "
             "--dataset-dir (--shards writes every photo a second time)"
-        )
+        ) from None

@@ -11,92 +11,15 @@ A shard that is missing, truncated or unreadable is one error line, never a hang
 
 import functools
 import itertools
-import os
 import random
 
 import numpy as np
 
-from skinlesion import dataset, photos, remote, shard_format
-from skinlesion.cli import die, printable
+from skinlesion import photos, shard_format, splits
+from skinlesion.messages import UserError, printable
 
 SHUFFLE_BUFFER = 2000  # photos a streaming worker shuffles among (each 256 px JPEG: ~20 KB)
 CHUNK = 32  # photos a worker decodes and sends at a time
-
-
-def is_remote(path):
-    """An object-store or web location (remote.py: pipe:, http(s)://, gs://, ...)."""
-    return remote.is_remote(path)
-
-
-def is_shards(data_dir):
-    """Whether data_dir is a shards folder (holds an index, whatever it is: reading it says), or a location in an
-    object store."""
-    return is_remote(data_dir) or os.path.lexists(os.path.join(str(data_dir), shard_format.INDEX))
-
-
-def is_split(path):
-    """Whether path names a split of a shards folder: dataset/shards/test, as dataset/test names a folder."""
-    parent, split = os.path.split(str(path).rstrip("/"))
-    return split in dataset.SPLITS and not os.path.isdir(path) and is_shards(parent)
-
-
-def remote_manifest(data_dir):
-    """The manifest beside shards in an object store, as strings (dataset.read_manifest)."""
-    where = shard_format.location(data_dir, dataset.MANIFEST)
-    try:
-        data = remote.read_all(where, dataset.MAX_MANIFEST_BYTES)
-    except OSError as e:  # remote.Reader's one line: the address and what to check
-        die(str(e))
-    return dataset.parse_manifest(data, where)
-
-
-def split_photos(data_dir, split, classes):
-    """(photo names, class indices) of a split's shards, in the folders' order: the names are the photos' paths
-    as the class folders beside the shards hold them (data_dir/<split>/<class>/<file>)."""
-    entry = shard_format.split_entry(data_dir, split)
-    unknown = sorted(set(entry["labels"]) - set(classes))
-    if unknown:
-        die(
-            f"{printable(data_dir)}: {split} shards hold classes {unknown} that its manifest lacks; re-run "
-            "prepare_dataset.py --shards"
-        )
-    names = [shard_format.location(data_dir, file) for file in entry["files"]]
-    return names, np.array([classes.index(label) for label in entry["labels"]])
-
-
-def class_files(path, classes):
-    """({class: photos}, other files) of a split: its class folders (dataset.class_folders), or its shards."""
-    if not is_split(path):
-        return dataset.class_folders(path, classes=classes)
-    data_dir, split = os.path.split(str(path).rstrip("/"))
-    names, labels = split_photos(data_dir, split, classes)
-    return {c: [n for n, label in zip(names, labels) if label == i] for i, c in enumerate(classes)}, []
-
-
-def read_blobs(data_dir, split, wanted=None):
-    """{photo name: its bytes} of every photo of a split (read whole: the cache, evaluate.py), or only of the names
-    in wanted (a set); a shard that is missing, truncated or unreadable dies with one line."""
-    entry, blobs = shard_format.split_entry(data_dir, split), {}
-    sources = shard_format.sources_of(data_dir, entry)
-    files = {key: file for source in sources for key, file in zip(source["keys"], source["files"])}
-    for sample in shard_format.shard_samples(sources):
-        if "__error__" in sample:
-            die(sample["__error__"] + f"; {shard_format.FIX}")
-        name = shard_format.location(data_dir, files[sample["__key__"]])
-        if wanted is None or name in wanted:
-            blobs[name] = sample[image_key(sample)]
-    return blobs
-
-
-def split_blobs(path):
-    """{photo name: its bytes} of a split of shards (dataset/shards/test), None for a folder."""
-    if not is_split(path):
-        return None
-    return read_blobs(*os.path.split(str(path).rstrip("/")))
-
-
-def image_key(sample):
-    return next(key for key in sample if "." + key in photos.IMAGE_EXTS)
 
 
 def decoded_chunks(samples, index, crops):
@@ -109,7 +32,7 @@ def decoded_chunks(samples, index, crops):
         if sample is not None and "__error__" not in sample:
             key = sample["__key__"]
             one = photos.Photos(
-                [key], crops.size, crops.crop_pct, crops.interpolation, {key: sample[image_key(sample)]}
+                [key], crops.size, crops.crop_pct, crops.interpolation, {key: sample[splits.image_key(sample)]}
             )
             crop, why = one[0]
             chunk.append((index[sample["__key__"]], crop, why))
@@ -139,7 +62,7 @@ class Stream:
         self.paths, self.crops, self.num_workers, self.device = crops.paths, crops, num_workers, device
         self.labels, self.rank, self.world, self.split = torch.as_tensor(labels, device=device), rank, world, split
         if split == "train" and len(self.sources) < world:
-            die(
+            raise UserError(
                 f"{printable(data_dir)} has {len(self.sources)} train shard(s) for {world} processes, each of which "
                 "reads its own: re-run prepare_dataset.py --shards with a smaller --shard-mb"
             )
@@ -212,16 +135,3 @@ def with_sources(urls, sources):
     """WebDataset's shard dicts {url} with what the index says each holds (shard_format.sources_of)."""
     for source in urls:
         yield sources[source["url"]]
-
-
-def open_split(data_dir, split, crops, labels, cached, num_workers, device, desc, rank=0, world=1):
-    """A split to train or validate on: training.Split of a folder's photos, or of shards read whole when cached;
-    a Stream of this process's shards when not."""
-    from skinlesion import training
-
-    if not is_shards(data_dir):
-        return training.Split(crops, labels, cached, num_workers, device, desc)
-    if not cached:
-        return Stream(data_dir, split, crops, labels, num_workers, device, rank, world)
-    crops.blobs = read_blobs(data_dir, split)
-    return training.Split(crops, labels, cached, num_workers, device, desc)

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 from tqdm import tqdm
 
-from skinlesion import dataset, devices, folders, numbers, photos, shards
-from skinlesion.cli import die, printable, warn
+from skinlesion import dataset, devices, folders, metrics, photos, shards, splits
+from skinlesion.messages import UserError, printable, warn
 from skinlesion.photos import normalise_batch, photo_loader
 
 OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|DefaultCPUAllocator", re.I)  # the allocators' words
@@ -24,11 +24,11 @@ OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|DefaultCPUAlloc
 def validation_photos(data_dir, classes, folds):
     """(photo paths, class indices) of the validation split, which chooses the best epoch, the calibration, the
     threshold and the familiarity limit; none where the dataset has no such split and the run cuts folds (folds
-    None: the count decides), and with one split (folds 1) it dies with the flags that help."""
-    if dataset.has_split(data_dir, "val"):
-        return dataset.split_photos(data_dir, "val", classes)
+    None: the count decides), and with one split (folds 1) it raises UserError naming the flags that help."""
+    if splits.has_split(data_dir, "val"):
+        return splits.split_photos(data_dir, "val", classes)
     if folds == 1:
-        die(
+        raise UserError(
             f"{printable(data_dir)} has no validation split, which training with one split needs to choose the best "
             "epoch, the calibration and the threshold on; re-run prepare_dataset.py with --val-fraction 0.15 (its "
             "default), or pass --folds 5 (cross-validated folds of the training photos)"
@@ -91,7 +91,7 @@ def report(output, card_path, final):
             f"calibration: {fitted['method']} scaling ({said} log-loss {fitted['val_log_loss_before']:.3f} -> "
             f"{fitted['val_log_loss_after']:.3f}, ECE {fitted['val_ece_before']:.3f} -> {fitted['val_ece_after']:.3f})"
         )
-    print(f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op, photos)}")
+    print(f"operating point: threshold {op['threshold']:.3f}, {metrics.operating_point_text(op, photos)}")
     print(f"model card: {printable(card_path)}")
     if final["at_chance"]:
         warn(
@@ -99,7 +99,7 @@ def report(output, card_path, final):
             f"{high:.3f}) includes 0.5. Do not use its predictions. What helps: ImageNet weights (--weights-file, "
             "see README), more photos (prepare_dataset.py --n-per-class), more --epochs"
         )
-    caution = numbers.operating_point_warning(op)
+    caution = metrics.operating_point_warning(op)
     if caution:
         warn(f"{caution} on {where}; lower or raise --target-sensitivity, or get more photos")
 
@@ -134,12 +134,14 @@ def train_one_epoch(net, epoch_batches, criterion, optimizer, scheduler, amp, de
                 raise
             said = str(e).strip().splitlines()[0][:160]
             advice = memory_advice(x.shape[-1], len(x))
-            die(f"{x.device} ran out of memory training at {x.shape[-1]} px with batch {len(x)} ({said}); {advice}")
+            raise UserError(
+                f"{x.device} ran out of memory training at {x.shape[-1]} px with batch {len(x)} ({said}); {advice}"
+            ) from None
         optimizer.step()
         scheduler.step()
         value = loss.item()
         if not math.isfinite(value):
-            die(
+            raise UserError(
                 f"training diverged: the loss became {value} in {desc}, step {step + 1}, at learning rate "
                 f"{optimizer.param_groups[0]['lr']:.3g}; lower --lr. The checkpoints keep the last good epoch"
             )
@@ -165,7 +167,7 @@ def predict_split(net, val_batches, amp, world):
             indices += list(i)
     labels, logits, losses = devices.gathered(world, indices, labels, logits, losses)
     if not np.isfinite(logits).all():
-        die(
+        raise UserError(
             "training diverged: the model gives non-finite outputs on the validation split; lower --lr. "
             "The checkpoints keep the last good epoch"
         )
@@ -222,7 +224,7 @@ def free_gigabytes(device):
 
 
 def check_memory(net, size, batch, device, processes=1):
-    """Before the photos are cached: die in one line when a training step of batch photos at size px would not
+    """Before the photos are cached: raise UserError when a training step of batch photos at size px would not
     fit in the device's free memory (processes on one CPU share it), naming the flag to lower."""
     need, free = training_gigabytes(net, size, batch), free_gigabytes(device)
     if need is None or free is None:
@@ -230,7 +232,7 @@ def check_memory(net, size, batch, device, processes=1):
     need *= processes if device.type == "cpu" else 1
     if need > free:
         fits = int(batch * free / need)
-        die(
+        raise UserError(
             f"training at --image-size {size} with batch {batch} needs about {need:.1f} GB of memory, {device} has "
             f"{free:.1f} GB free; {memory_advice(size, batch, fits)}"
         )
@@ -249,7 +251,7 @@ def open_splits(args, train, val, cfg, device, rank, world, pooled=False, blobs=
     data_dir, cache_gb, num_workers, folds): train, val are (photos, labels); the training photos kept at the
     evaluation's shorter side (the device crops and augments them), the validation photos as the evaluation crops
     them; a uint8 cache on the device when both fit in cache_gb, else streamed by workers (from folders or
-    shards: shards.open_split). pooled: train and val are the same photos (train plus validation, cut into folds:
+    shards: open_split). pooled: train and val are the same photos (train plus validation, cut into folds:
     folds.open_run), read from blobs where they are shards."""
     size = cfg["input_size"][-1]
     short = photos.short_side(size, cfg["crop_pct"])
@@ -257,15 +259,15 @@ def open_splits(args, train, val, cfg, device, rank, world, pooled=False, blobs=
     gigabytes = cache_gigabytes(len(train[0]), len(val[0]), cfg)
     cached = gigabytes <= args.cache_gb
     where = f"cached on the device ({gigabytes:.2f} GB)" if cached else f"streamed ({gigabytes:.2f} GB > CACHE_GB)"
-    splits = []
+    opened = []
     for name, (paths, labels), side, crop in (("train", train, short, 1.0), ("val", val, size, cfg["crop_pct"])):
         shown, caching = photos.Photos(paths, side, crop, cfg["interpolation"], blobs), f"caching {name}"
         if pooled:
-            splits.append(Split(shown, labels, cached, args.num_workers, device, caching))
+            opened.append(Split(shown, labels, cached, args.num_workers, device, caching))
         else:
-            splits.append(shards.open_split(args.data_dir, name, shown, labels, cached, args.num_workers, device,
-                                            caching, rank, world))  # fmt: skip
-    return *splits, where
+            opened.append(open_split(args.data_dir, name, shown, labels, cached, args.num_workers, device,
+                                     caching, rank, world))  # fmt: skip
+    return *opened, where
 
 
 def checked_crops(batches, paths):
@@ -332,6 +334,17 @@ class Split:
         indices = range(len(self.paths)) if indices is None else list(indices)
         share = list(indices[rank::world])
         return self.batches([share[i : i + batch_size] for i in range(0, len(share), batch_size)])
+
+
+def open_split(data_dir, split, crops, labels, cached, num_workers, device, desc, rank=0, world=1):
+    """A split to train or validate on: a Split of a folder's photos, or of shards read whole when cached; a
+    shards.Stream of this process's shards when not."""
+    if not splits.is_shards(data_dir):
+        return Split(crops, labels, cached, num_workers, device, desc)
+    if not cached:
+        return shards.Stream(data_dir, split, crops, labels, num_workers, device, rank, world)
+    crops.blobs = splits.read_blobs(data_dir, split)
+    return Split(crops, labels, cached, num_workers, device, desc)
 
 
 def train_batches(split, batch_size, cfg, generator, generator_device, rank=0, world=1, order=None):
@@ -417,7 +430,7 @@ class TensorBoardLog:
             yield
         except OSError as e:
             reason = f"{printable(e.filename)}: {e.strerror}" if e.filename and e.strerror else e.strerror or str(e)
-            die(
+            raise UserError(
                 f"could not write the TensorBoard log {printable(self.folder)} ({reason}); free some disk space or "
                 "pass another --log-dir"
-            )
+            ) from None

@@ -3,6 +3,7 @@ photo and data-set builders, a random network whose output depends on the photo,
 with a model trained on it (built once per session)."""
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -24,15 +25,15 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tools"))  # the measuring tools (bench, measure_transfer) and their modules
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # pytest finds it and tools/ (pyproject.toml)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the hub
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as AItraining.py sets it: idle threads sleep (before torch loads)
-# one OpenMP thread per script run: on a busy 2-core machine two spinning threads make a small forward ~100x slower
+# one OpenMP thread per script run: on a busy 2-core machine two spinning threads make a small forward ~100x slower;
+# PYTHONPATH: a child imports this checkout's model and skinlesion, installed (make setup) or not
 ENV = dict(
     os.environ,
+    PYTHONPATH=os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]),
     HF_HUB_OFFLINE="1",
     OMP_NUM_THREADS="1",
     PYTHONUNBUFFERED="1",
@@ -40,8 +41,11 @@ ENV = dict(
     MPLBACKEND="Agg",
 )
 
+SERVER_POLL = 0.05  # seconds between a test HTTP server's looks for shutdown (serve_forever's 0.5 s: each stop waited)
+
 import model  # noqa: E402
-from skinlesion import familiarity, ledger  # noqa: E402
+from skinlesion import familiarity, interrupts, ledger, model_file  # noqa: E402
+from skinlesion.messages import UserError, report  # noqa: E402
 
 
 def run(script, *args, cwd, timeout=600, file_size_limit=None, threads=1):
@@ -60,18 +64,28 @@ def run(script, *args, cwd, timeout=600, file_size_limit=None, threads=1):
     )
 
 
-def assert_one_error(returncode, stderr, expected):
-    """Exit 1, no traceback, one `error:` line, the last on stderr, that says `expected`."""
+def assert_one_error(returncode, stderr, expected, status=1):
+    """Exit status status, no traceback, one `error:` line, the last on stderr, that says `expected`."""
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert returncode == 1 and len(errors) == 1 and stderr.strip().splitlines()[-1] == errors[0], stderr
+    assert returncode == status and len(errors) == 1 and stderr.strip().splitlines()[-1] == errors[0], stderr
     assert expected in errors[0], errors[0]
 
 
 def main_fails(main, argv, capsys, expected):
-    """Call a script's main(argv) in this process and assert its one error line; returns its stdout."""
-    out, _ = fails(capsys, expected, main, list(map(str, argv)))
+    """Call a script's main(argv) in this process through the scripts' handler (interrupts.run_script) and assert
+    its one error line and exit status; returns its stdout."""
+    out, _ = handler_fails(capsys, expected, lambda: main(list(map(str, argv))))
     return out
+
+
+def handler_fails(capsys, expected, main, status=1):
+    """interrupts.run_script(main), the scripts' handler, returns status and prints one `error:` line that says
+    expected, the last on stderr (what a script then exits with and shows). Returns (stdout, stderr)."""
+    returned = interrupts.run_script(main)
+    out, err = capsys.readouterr()
+    assert_one_error(returned, err, expected, status)
+    return out, err
 
 
 def fingerprint(folder, marks=True):
@@ -168,7 +182,19 @@ def export_rows(n, attribution="Anonymous"):
 def make_net(size=64, seed=0, classes=2):
     """Random-init EfficientNet-B0 whose P(malignant) depends on the photo. At random init the BatchNorm
     statistics (mean 0, variance 1) shrink the features and every photo gets 0.5, and the neutral head gives 0.5
-    anyway; statistics from one batch and a random head (timm's init range, scaled) fix that."""
+    anyway; statistics from one batch and a random head (timm's init range, scaled) fix that. Built once per
+    (size, seed, classes) in a test process: each call gets its own copy, and torch's random state is left where
+    building it leaves it."""
+    import torch
+
+    net, random_state = built_net(size, seed, classes)
+    torch.set_rng_state(random_state)
+    return copy.deepcopy(net)
+
+
+@functools.cache
+def built_net(size, seed, classes):
+    """make_net's network as built from torch.manual_seed(seed), and torch's random state after building it."""
     import torch
 
     torch.manual_seed(seed)
@@ -181,11 +207,11 @@ def make_net(size=64, seed=0, classes=2):
     with torch.no_grad():
         net(torch.rand(8, 3, size, size) * 4 - 2)
         torch.nn.init.uniform_(net.classifier.weight, -0.7 * 0.2, 0.7 * 0.2)
-    return net.eval()
+    return net.eval(), torch.get_rng_state()
 
 
 def calibration(a, b, method="platt"):
-    """A calibration as numbers.fit stores it (model.KEYS' shape), scaling the logits by a, adding b."""
+    """A calibration as metrics.fit stores it (model_file.KEYS' shape), scaling the logits by a, adding b."""
     return dict(method=method, a=a, b=b, applies_to="logits", val_log_loss_before=0.6, val_log_loss_after=0.5,
                 val_ece_before=0.1, val_ece_after=0.05)  # fmt: skip
 
@@ -193,7 +219,9 @@ def calibration(a, b, method="platt"):
 def save_model(path, net=None, size=64, threshold=0.5, **meta):
     """A checkpoint as AItraining.py writes it (make_net's weights unless net is given)."""
     net = net if net is not None else make_net(size)
-    model.save_checkpoint(str(path), model.checkpoint_state(net, model.data_config(net, size), threshold, **meta))
+    model_file.save_checkpoint(
+        str(path), model_file.checkpoint_state(net, model.data_config(net, size), threshold, **meta)
+    )
     return str(path)
 
 
@@ -341,6 +369,23 @@ def ctrl_c_as_in_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+LIMITED_AT = {"modules": 0}  # len(sys.modules) when one_thread_in_this_process last limited the thread pools
+
+
+@pytest.fixture(autouse=True)
+def one_thread_in_this_process():
+    """The test process computes on one thread, as ENV has the scripts do: under make check's two workers on two
+    cores (or beside other work) the idle threads of numpy's, scipy's and torch's pools spin, and small sums take
+    many times longer. The pools load as the tests import their libraries: limited again whenever one was imported."""
+    if len(sys.modules) != LIMITED_AT["modules"]:
+        import threadpoolctl  # scikit-learn's own dependency
+
+        threadpoolctl.threadpool_limits(1)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+        LIMITED_AT["modules"] = len(sys.modules)
+
+
 @pytest.fixture(autouse=True)
 def python_handles_ctrl_c():
     """Every test runs with Python's own Ctrl-C handler (KeyboardInterrupt), as under a terminal, whatever SIGINT
@@ -449,11 +494,17 @@ def front_matter(text):
 
 # --------------------------------------------------------------- shared by the tests of the package and of prepare/demo
 def fails(capsys, expected, function, *args, **kwargs):
-    """function(*args, **kwargs) dies with one error line saying expected; returns its (stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
+    """function(*args, **kwargs), library code, raises UserError with status 1 and a one-line message that says
+    expected; what the scripts' handler would print of it (messages.report) ends stderr, after any warning the
+    function printed. Returns (stdout, stderr)."""
+    with pytest.raises(UserError) as raised:
         function(*args, **kwargs)
+    error = raised.value
+    assert "\n" not in error.message and expected in error.message, error.message
+    assert error.status == 1, error.status
+    status = report(error)  # as the handler prints it
     out, err = capsys.readouterr()
-    assert_one_error(exit_info.value.code, err, expected)
+    assert_one_error(status, err, expected)
     return out, err
 
 
@@ -545,7 +596,15 @@ def help_of(script):
         f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
         "finally:\n    print('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
     )
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    path = os.pathsep.join([os.path.dirname(os.path.join(ROOT, script)), ENV["PYTHONPATH"]])  # as `python script`
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # ---------------------------------------------------------------------------- the fast tier: make check
@@ -556,6 +615,7 @@ SLOW_FIXTURES = {
     "trained_lite0",
     "exported",
     "familiar_model",
+    "familiar_onnx",
 }  # run scripts
 
 
@@ -613,6 +673,21 @@ def familiar_model(tmp_path_factory):
     return once_for_all_workers(tmp_path_factory, "familiar", make)
 
 
+@pytest.fixture(scope="session")
+def familiar_onnx(familiar_model, tmp_path_factory):
+    """(ONNX file, export_onnx.py's stdout): familiar_model exported by `python export_onnx.py`, its test photos
+    checked (no int8 twin: there is no dataset/val where it runs), once per session. Copy it before changing it."""
+    checkpoint, data = familiar_model
+
+    def make(folder):
+        path = str(folder / "familiar.onnx")
+        r = run("export_onnx.py", "--model", checkpoint, "--output", path, "--check-images", f"{data}/test", cwd=folder)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return path, r.stdout
+
+    return once_for_all_workers(tmp_path_factory, "familiar_onnx", make)
+
+
 def grey_photo(path, size=(60, 50)):
     """A flat grey photo: plainly not a skin lesion."""
     Image.new("RGB", size, (128, 128, 128)).save(path)
@@ -628,7 +703,7 @@ def direct_familiarity_distance(checkpoint, paths):
 
     from skinlesion import photos
 
-    ckpt = model.read_checkpoint(checkpoint)
+    ckpt = model_file.read_checkpoint(checkpoint)
     net, meta = model.load_checkpoint(checkpoint)
     seen = []
     modules = dict(net.named_modules())
@@ -642,7 +717,7 @@ def direct_familiarity_distance(checkpoint, paths):
     found = []
     for path in paths:
         seen.clear()
-        x = torch.from_numpy(photos.preprocess(photos.load_image(path), model.meta_data_config(meta)))[None]
+        x = torch.from_numpy(photos.preprocess(photos.load_image(path), model_file.meta_data_config(meta)))[None]
         with torch.no_grad():
             net(x)
         f = torch.cat([t.mean((2, 3)) for t in seen[:-1]] + [seen[-1].flatten(1)], 1)[0].double().numpy()

@@ -42,7 +42,19 @@ from conftest import (
     save_model,
     start,
 )
-from skinlesion import checkpoints, dataset, familiarity, files, folders, folds, interrupts, ledger, numbers, training
+from skinlesion import (
+    dataset,
+    familiarity,
+    files,
+    folders,
+    folds,
+    interrupts,
+    ledger,
+    metrics,
+    model_file,
+    splits,
+    training,
+)
 
 FAST = ["--no-pretrained", "--image-size", 32, "--batch-size", 8, "--num-workers", 0, "--folds", 1]  # one split
 
@@ -86,14 +98,14 @@ def test_each_epoch_says_numbers_that_need_no_threshold_and_the_end_the_operatin
     lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 8 and all("log-loss" in line and "AUC" in line for line in lines)
     assert not any(word in line for line in lines for word in ("threshold", "sens", "spec"))
-    meta = model.read_checkpoint(path)["meta"]
+    meta = model_file.read_checkpoint(path)["meta"]
     op, fitted = meta["operating_point"], meta["calibration"]
     assert op["threshold"] == meta["threshold"] and op["target_sensitivity"] == 0.9
     assert op["sensitivity_ci95"][0] <= op["sensitivity"] <= op["sensitivity_ci95"][1]
     assert op["specificity_ci95"][0] <= op["specificity"] <= op["specificity_ci95"][1]
     assert fitted["method"] in ("temperature", "platt", "none") and fitted["a"] > 0
     assert fitted["val_log_loss_after"] <= fitted["val_log_loss_before"]
-    assert f"operating point: threshold {op['threshold']:.3f}, {numbers.operating_point_text(op)}" in out
+    assert f"operating point: threshold {op['threshold']:.3f}, {metrics.operating_point_text(op)}" in out
     cv = fitted["cv_log_loss"]
     if fitted["method"] == "none":  # kept only where it lowers the held-out log-loss
         assert "calibration: none (neither temperature nor Platt scaling lowered" in out
@@ -115,7 +127,7 @@ def test_the_model_card_is_written_beside_the_model(trained_model):
     header = front_matter(text)
     assert header["library_name"] == "timm" and "base_model" not in header  # random weights: no base model
     assert header["license"] in ("cc-by-nc-4.0", "cc-by-4.0", "cc0-1.0")
-    meta = model.read_checkpoint(path)["meta"]
+    meta = model_file.read_checkpoint(path)["meta"]
     results = header["model-index"][0]["results"][0]
     assert results["dataset"]["split"] == "validation"
     assert {m["type"]: m["value"] for m in results["metrics"]}["roc_auc"] == round(meta["val_metrics"]["roc_auc"], 4)
@@ -202,7 +214,7 @@ def test_a_model_at_chance_is_called_so(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "warning: this model cannot be told from chance: the 95% interval of its validation ROC-AUC" in r.stderr
     assert "ImageNet weights" in r.stderr and "--epochs" in r.stderr
-    meta = model.read_checkpoint(str(tmp_path / "skin_model.pth"))["meta"]
+    meta = model_file.read_checkpoint(str(tmp_path / "skin_model.pth"))["meta"]
     assert meta["at_chance"] is True and meta["val_auc_ci95"][0] <= 0.5
 
 
@@ -352,7 +364,7 @@ def test_resume_reads_a_copied_checkpoint_without_overwrite_and_leaves_it_as_it_
     assert "checkpoints go to copy.resumed.pth" in out and "after epoch 1 of 2" in out
     assert fingerprint(tmp_path)["copy.pth"] == before
     assert ledger.why_not_ours("copy.resumed.pth", "resume checkpoint") is None
-    assert model.read_checkpoint("copy.resumed.pth")["meta"]["epoch"] == 2
+    assert model_file.read_checkpoint("copy.resumed.pth")["meta"]["epoch"] == 2
     args = AItraining.parse_args(["--resume", "--resume-file", "copy.pth"])
     assert AItraining.ctrl_c_message(args, True).endswith("--resume-file copy.resumed.pth --output skin_model.pth")
     again = AItraining.parse_args(["--resume", "--resume-file", "copy.resumed.pth"])  # ours: it continues there
@@ -371,7 +383,7 @@ def test_sigkill_mid_epoch_keeps_the_previous_model_and_resume_continues(tmp_pat
     code, _, _ = finish(p)
     assert code == -signal.SIGKILL
     assert fingerprint(tmp_path)["skin_model.pth"] == before  # the model file is written once, when the run ends
-    finished = model.read_checkpoint(str(last))["meta"]["epoch"]
+    finished = model_file.read_checkpoint(str(last))["meta"]["epoch"]
     assert 1 <= finished < 30
     r = run("AItraining.py", "--data-dir", data, "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -384,7 +396,6 @@ def test_sigkill_mid_epoch_keeps_the_previous_model_and_resume_continues(tmp_pat
 
 # ---------------------------------------------------------------------------- failing safe
 HOOKED = """import sys, threading
-sys.path.insert(0, {root!r})
 sys.argv[0] = "AItraining.py"
 import AItraining
 from skinlesion import familiarity, interrupts
@@ -396,7 +407,7 @@ def hang(*args, **kwargs):  # the run's end has begun: the epochs are done, the 
 
 
 familiarity.fit_on_photos = hang
-interrupts.run_script(AItraining.main)
+sys.exit(interrupts.run_script(AItraining.main))
 """
 
 
@@ -409,7 +420,7 @@ def test_a_run_killed_while_it_finishes_leaves_the_previous_model_and_resume_fin
     save_model(tmp_path / "skin_model.pth", size=32)  # the previous run's model, which this run may replace
     before = fingerprint(tmp_path)
     hooked = tmp_path / "hooked.py"
-    hooked.write_text(HOOKED.format(root=ROOT))
+    hooked.write_text(HOOKED)
     started = lambda p: any("fitting the familiarity measure" in line for line in p.out)  # noqa: E731
     p = start(str(hooked), [*FAST, "--data-dir", tiny, "--epochs", 2], started, cwd=tmp_path, timeout=300)
     p.send_signal(signal.SIGKILL)
@@ -425,7 +436,7 @@ def test_a_run_killed_while_it_finishes_leaves_the_previous_model_and_resume_fin
     assert r.returncode == 0, r.stderr
     assert "its epochs are done; finishing it" in r.stdout and not epoch_lines(r.stdout)
     net, meta = model.load_checkpoint(str(tmp_path / "skin_model.pth"))
-    assert meta["format"] == checkpoints.FORMAT and meta["familiarity"]["limit"] > 0 and meta["epoch"] in (1, 2)
+    assert meta["format"] == model_file.FORMAT and meta["familiarity"]["limit"] > 0 and meta["epoch"] in (1, 2)
     with open(tmp_path / "skin_model.md", encoding="utf-8") as f:
         assert files.file_sha256(str(tmp_path / "skin_model.pth")) in f.read()  # the card of this very file
     r = run("AItraining.py", "--data-dir", tiny, "--resume", cwd=tmp_path)
@@ -446,7 +457,7 @@ def test_a_ctrl_c_while_the_run_finishes_says_the_model_is_as_it_was(tiny, tmp_p
         AItraining.main(list(map(str, [*FAST, "--data-dir", tiny, "--epochs", 1])))
     assert not os.path.exists("skin_model.pth") and not os.path.exists("skin_model.md")
     assert interrupts.SAYS[-1].startswith("interrupted; skin_model.pth is as it was (a run writes it when it ends)")
-    assert model.read_checkpoint("skin_model_last.pth")["finished"] is False
+    assert model_file.read_checkpoint("skin_model_last.pth")["finished"] is False
 
 
 def test_a_model_file_of_this_format_without_its_familiarity_measure_is_refused(tmp_path, capsys):
@@ -454,7 +465,7 @@ def test_a_model_file_of_this_format_without_its_familiarity_measure_is_refused(
     script, never labelled; a file from before the format (no format key) keeps today's behaviour: it is labelled,
     with a note that it cannot flag an unfamiliar photo."""
     photo = lesion_photo(tmp_path / "photo.jpg", (64, 64))
-    unfinished = save_model(tmp_path / "unfinished.pth", format=checkpoints.FORMAT)
+    unfinished = save_model(tmp_path / "unfinished.pth", format=model_file.FORMAT)
     said = f"{unfinished} is refused: it has no familiarity measure, which every finished model file of its format"
     refuses([photo, "--model", unfinished], capsys, said)
     main_fails(export_onnx.main, ["--model", unfinished, "--output", tmp_path / "x.onnx"], capsys, said)
@@ -462,7 +473,7 @@ def test_a_model_file_of_this_format_without_its_familiarity_measure_is_refused(
     predict.main([photo, "--model", older])
     out, err = capsys.readouterr()
     assert "Prediction" in out and "this model file has no familiarity measure (an earlier version)" in err
-    assert checkpoints.unfinished_fault({"format": 1}) is None and checkpoints.unfinished_fault(
+    assert model_file.unfinished_fault({"format": 1}) is None and model_file.unfinished_fault(
         {"format": 2, "familiarity": {}}
     )
 
@@ -639,7 +650,7 @@ def test_ctrl_c_says_how_to_continue_this_run_and_following_it_does(tmp_path):
     command = f"python AItraining.py --resume --resume-file skin_model_last.pth --output mine.pth --data-dir {data}"
     said = f"interrupted; mine.pth is as it was (a run writes it when it ends), continue with: {command}"
     assert err.strip().splitlines()[-1] == said
-    done = model.read_checkpoint(str(tmp_path / "skin_model_last.pth"))["meta"]["epoch"]
+    done = model_file.read_checkpoint(str(tmp_path / "skin_model_last.pth"))["meta"]["epoch"]
     r = run("AItraining.py", *shlex.split(command)[2:], "--epochs", done + 1, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"resuming from skin_model_last.pth after epoch {done} of {done + 1}" in r.stdout
@@ -714,8 +725,8 @@ def test_folds_train_each_fold_then_the_refit_and_choose_on_every_photo(folded, 
     op, m = meta["operating_point"], meta["val_metrics"]
     assert op["n_benign"] + op["n_malignant"] == 48 == m["tp"] + m["fp"] + m["tn"] + m["fn"]
     assert meta["familiarity"]["n_val"] == 48
-    last = model.read_checkpoint(str(folder / "skin_model_last.pth"))
-    train, val = (dataset.split_photos(tiny, split, model.CLASSES) for split in ("train", "val"))
+    last = model_file.read_checkpoint(str(folder / "skin_model_last.pth"))
+    train, val = (splits.split_photos(tiny, split, model.CLASSES) for split in ("train", "val"))
     pool = np.concatenate([train[1], val[1]])
     stages = folds.plan(3, "refit", pool, folds.groups_of(train[0] + val[0], dataset.read_manifest(tiny)), 42)
     oof = np.zeros(48)
@@ -798,7 +809,7 @@ def test_the_folds_networks_averaged_are_one_model_file_one_onnx_graph_and_their
     assert "the 2 fold networks averaged" in (tmp_path / "skin_model.md").read_text(encoding="utf-8")
     found = meta["familiarity"]
     assert found["method"] == "mahalanobis+exposure" and found["exposed_to"]["dermoscopic photos"] == 8
-    done = model.read_checkpoint(str(tmp_path / "skin_model_last.pth"))["done"]
+    done = model_file.read_checkpoint(str(tmp_path / "skin_model_last.pth"))["done"]
     members = [{key: value.double().numpy() for key, value in entry["member"].items()} for entry in done]
     widths = [info["num_chs"] for info in net.members[0].feature_info] + [net.members[0].num_features]
     arrays = folds.ensemble_measure(members, widths)[0]
@@ -835,7 +846,7 @@ def test_the_folds_networks_averaged_are_one_model_file_one_onnx_graph_and_their
 
 def pool_of(data):
     """(labels, lesion/patient groups) of train plus validation, in the order a run with folds pools them."""
-    train, val = (dataset.split_photos(data, split, model.CLASSES) for split in ("train", "val"))
+    train, val = (splits.split_photos(data, split, model.CLASSES) for split in ("train", "val"))
     return np.concatenate([train[1], val[1]]), folds.groups_of(train[0] + val[0], dataset.read_manifest(data))
 
 

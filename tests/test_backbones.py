@@ -11,9 +11,9 @@ import os
 import onnx
 import pytest
 
-import model
 import predict
 from conftest import lesion_photo, refuses, run
+from skinlesion import model_file
 from skinlesion.card import markdown_text
 
 LITE0 = {"architecture": "tf_efficientnet_lite0", "features": 1280, "stride": 32, "convs": 49}  # timm's network
@@ -26,7 +26,7 @@ def p_by_file(path):
 
 def test_lite0_trains_from_its_weights_file_evaluates_exports_and_predicts(trained_lite0, demo_dataset, tmp_path):
     checkpoint, out, weights = trained_lite0
-    meta = model.read_checkpoint(checkpoint)["meta"]
+    meta = model_file.read_checkpoint(checkpoint)["meta"]
     assert meta["model_name"] == "tf_efficientnet_lite0" and meta["network"] == LITE0
     assert "recipe: finetune (--recipe finetune)" in out
     assert meta["val_metrics"]["roc_auc"] >= 0.8, out  # it learned: ImageNet features on the demo's drawings
@@ -49,8 +49,8 @@ def test_lite0_trains_from_its_weights_file_evaluates_exports_and_predicts(train
     assert r.returncode == 0, r.stdout + r.stderr
     assert "'cam' [batch, 2, 2]" in r.stdout  # 64 px / stride 32, from the network
 
-    for name, model_file in [("torch", checkpoint), ("onnx", onnx_file)]:
-        predict.main([test, "--model", model_file, "--csv", str(tmp_path / f"{name}.csv")])
+    for name, model_path in [("torch", checkpoint), ("onnx", onnx_file)]:
+        predict.main([test, "--model", model_path, "--csv", str(tmp_path / f"{name}.csv")])
     by_torch, by_onnx = p_by_file(tmp_path / "torch.csv"), p_by_file(tmp_path / "onnx.csv")
     assert by_torch.keys() == by_onnx.keys() and len(by_torch) >= 10
     assert max(abs(by_torch[k] - by_onnx[k]) for k in by_torch) <= 1e-4

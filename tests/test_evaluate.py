@@ -33,7 +33,7 @@ from conftest import (
     save_model,
     write_export,
 )
-from skinlesion import card, evaluation, files
+from skinlesion import card, files, model_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 THRESHOLD = 0.37
@@ -59,14 +59,14 @@ def test_compare_tta_tells_help_from_no_difference(capsys):
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 20)
     p = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.25, 40), 0, 1)
-    same = evaluation.compare_tta(y, p, p, 0.5, 200, 0)
+    same = evaluate.compare_tta(y, p, p, 0.5, 200, 0)
     assert same["plain"] == same["tta"] and same["roc_auc_gain"] == 0
     assert same["verdict"] == "TTA makes no clear difference to the ROC-AUC on this split"
     assert "threshold_note" not in same
     better = np.where(y == 1, np.maximum(p, 0.9), np.minimum(p, 0.1))
-    assert evaluation.compare_tta(y, p, better, 0.5, 200, 0)["verdict"] == "TTA helps the ROC-AUC on this split"
+    assert evaluate.compare_tta(y, p, better, 0.5, 200, 0)["verdict"] == "TTA helps the ROC-AUC on this split"
     # the same ranking, every P raised: the ROC-AUC cannot tell, the threshold chosen without TTA can
-    raised = evaluation.compare_tta(y, p, np.clip(p + 0.3, 0, 1), 0.5, 200, 0)
+    raised = evaluate.compare_tta(y, p, np.clip(p + 0.3, 0, 1), 0.5, 200, 0)
     assert raised["verdict"] == "TTA makes no clear difference to the ROC-AUC on this split"
     plain_spec = np.mean(p[y == 0] < 0.5)
     tta_spec = np.mean(np.clip(p + 0.3, 0, 1)[y == 0] < 0.5)
@@ -81,9 +81,9 @@ def class_photos(root, n):
             lesion_photo(root / c / f"{c}_{j}.jpg", (80, 64), [k, j], malignant=bool(k))
 
 
-def evaluate_into(model_file, data_dir, out_dir, n_bootstrap, *extra):
+def evaluate_into(model_path, data_dir, out_dir, n_bootstrap, *extra):
     """evaluate.main in this process: model_file on data_dir, the report into out_dir, no loader workers."""
-    argv = ["--model", model_file, "--data-dir", data_dir, "--output-dir", out_dir, "--n-bootstrap", n_bootstrap]
+    argv = ["--model", model_path, "--data-dir", data_dir, "--output-dir", out_dir, "--n-bootstrap", n_bootstrap]
     evaluate.main(list(map(str, [*argv, "--num-workers", 0, *extra])))
 
 
@@ -271,10 +271,10 @@ def test_a_calibration_that_worsens_the_test_ece_is_said():
     before = np.where(y == 1, 0.8, 0.2)  # ECE by hand: each bin 0.2 off
     after = np.where(y == 1, 0.6, 0.4)  # 0.4 off
     args = types.SimpleNamespace(n_bootstrap=0, seed=0)
-    report = evaluation.calibration_report(y, before, after, dict(method="temperature"), args)
+    report = evaluate.calibration_report(y, before, after, dict(method="temperature"), args)
     assert report["ece_before"] == pytest.approx(0.2) and report["ece_after"] == pytest.approx(0.4)
     assert "made P(malignant) less well calibrated on these photos (ECE 0.200 before, 0.400 after)" in report["warning"]
-    assert "warning" not in evaluation.calibration_report(y, after, before, dict(method="temperature"), args)
+    assert "warning" not in evaluate.calibration_report(y, after, before, dict(method="temperature"), args)
 
 
 @pytest.mark.slow
@@ -371,7 +371,7 @@ def test_the_target_outside_the_interval_counts_its_ends_as_inside(target, outsi
     (a plain 0.5 threshold) is never a warning."""
     scores, ci = dict(sensitivity=0.7, specificity=0.6), dict(sensitivity=(0.6, 0.8), specificity=(0.5, 0.7))
     meta = dict(operating_point=dict(target_sensitivity=target, threshold=0.4))
-    found = evaluation.operating_report(np.array([0, 1]), np.array([0.2, 0.7]), meta, scores, ci)
+    found = evaluate.operating_report(np.array([0, 1]), np.array([0.2, 0.7]), meta, scores, ci)
     assert found["target_outside_interval"] is outside and ("warning" in found) is outside
 
 
@@ -393,12 +393,12 @@ def test_without_intervals_the_target_is_neither_inside_nor_outside(tmp_path, ca
     assert "the test specificity 50% lies outside the 95% interval validation stated for it" in err
 
 
-def evaluated(model_file, data_dir, folder):
+def evaluated(model_path, data_dir, folder):
     """evaluate.py on data_dir into folder, in a fresh process: the finished run."""
     return run(
         "evaluate.py",
         "--model",
-        model_file,
+        model_path,
         "--data-dir",
         data_dir,
         "--output-dir",
@@ -488,15 +488,15 @@ def test_the_unfamiliar_test_photos_are_counted_in_the_report_and_the_card(famil
     checkpoint, data = familiar_model
     shutil.copytree(os.path.join(data, "test"), tmp_path / "test")
     greys = [grey_photo(tmp_path / "test" / "benign" / f"grey{i}.png", (60 + i, 50)) for i in range(2)]
-    model_file = shutil.copy(checkpoint, tmp_path / "skin_model.pth")
-    r = run("evaluate.py", "--model", model_file, "--data-dir", tmp_path / "test", "--n-bootstrap", 50, cwd=tmp_path)
+    model_path = shutil.copy(checkpoint, tmp_path / "skin_model.pth")
+    r = run("evaluate.py", "--model", model_path, "--data-dir", tmp_path / "test", "--n-bootstrap", 50, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     name = f"{tmp_path.name}_test"  # not the model's dataset (no manifest beside): an external validation's name
     with open(tmp_path / f"evaluation_{name}.json") as f:
         report = json.load(f)
     found = report["familiarity"]
     paths = [os.path.join(root, n) for root, _, names in os.walk(tmp_path / "test") for n in names]
-    distances, stored = direct_familiarity_distance(model_file, paths)
+    distances, stored = direct_familiarity_distance(model_path, paths)
     flagged = int((distances > stored["limit"]).sum())
     assert found["n_unfamiliar"] == flagged and found["n_photos"] == len(paths) and flagged >= len(greys)
     assert f"unfamiliar: {flagged} of {len(paths)} photos" in r.stdout
@@ -540,14 +540,14 @@ def test_every_test_figure_outside_what_validation_stated_is_warned_about(sensit
     half_width = 0.1 if ece != 0.26 else 0.25
     cal = dict(ece_after=ece, ece_after_ci95=[ece - half_width, ece + half_width], ece_after_if_calibrated=0.25)
     y = np.repeat([0, 1], 30)
-    found = evaluation.figures_outside(y, dict(sensitivity=sensitivity, specificity=specificity), cal, meta)
+    found = evaluate.figures_outside(y, dict(sensitivity=sensitivity, specificity=specificity), cal, meta)
     low, high = beta_binomial_range(0.63 * 30, 30, 30)
     said = [text.replace("{}", f"{100 * low:.0f}-{high:.0%}") for text in said]
     assert len(found) == len(said) and all(part in text for part, text in zip(said, found)), found
     no_interval = dict(cal, ece_after_ci95=[float("nan")] * 2, ece_after=0.1)  # --n-bootstrap 0: nothing to say
-    assert evaluation.figures_outside(y, dict(sensitivity=0.9, specificity=0.6), no_interval, meta) == []
+    assert evaluate.figures_outside(y, dict(sensitivity=0.9, specificity=0.6), no_interval, meta) == []
     older = dict(meta, operating_point={k: v for k, v in op.items() if not k.startswith("n_")})  # no counts stored
-    found = evaluation.figures_outside(y, dict(sensitivity=0.9, specificity=0.33), no_interval, older)
+    found = evaluate.figures_outside(y, dict(sensitivity=0.9, specificity=0.33), no_interval, older)
     assert found == ["the test specificity 33% lies outside the 95% interval validation stated for it (63% [45-80%]): "
                      "it did not hold here"]  # fmt: skip
 
@@ -563,7 +563,7 @@ def test_a_model_with_folds_is_said_to_have_stated_its_figures_out_of_fold():
     meta["folds"] = dict(k=5, photos=340, deployed="ensemble", epochs=[7, 8, 6, 9, 7])
     cal = dict(ece_after=0.3, ece_after_ci95=[0.2, 0.4], ece_after_if_calibrated=0.2)
     y = np.repeat([0, 1], 30)
-    found = evaluation.figures_outside(y, dict(sensitivity=0.97, specificity=0.43), cal, meta)
+    found = evaluate.figures_outside(y, dict(sensitivity=0.97, specificity=0.43), cal, meta)
     assert found[0].startswith("the test sensitivity 97% lies outside the 95% interval the folds stated for it (")
     assert found[1].startswith("the test specificity 43% lies outside the 95% interval the folds stated for it (")
     low, high = beta_binomial_range(0.34 * 170, 170, 30)
@@ -573,7 +573,7 @@ def test_a_model_with_folds_is_said_to_have_stated_its_figures_out_of_fold():
     assert len(found) == 3 and not any("validation" in text for text in found)
     y, p = np.repeat([0, 1], 10), np.linspace(0.0, 0.39, 20)  # every photo below the threshold: sensitivity 0
     scores = dict(sensitivity=0.0, specificity=1.0)
-    report = evaluation.operating_report(y, p, meta, scores, dict(sensitivity=(0.0, 0.2), specificity=(0.8, 1.0)))
+    report = evaluate.operating_report(y, p, meta, scores, dict(sensitivity=(0.0, 0.2), specificity=(0.8, 1.0)))
     assert report["warning"].endswith("the operating point chosen on the out-of-fold predictions did not hold here")
 
 
@@ -641,7 +641,7 @@ def test_without_intervals_every_file_is_strict_json_and_every_reader_reads_null
         f"on the test photos, at the same threshold, it caught {m['sensitivity']:.0%} of the malignant, cleared "
         f"{m['specificity']:.0%} of the benign, ROC-AUC {m['roc_auc']:.2f}"
     )
-    meta = model.read_checkpoint(path)["meta"]
+    meta = model_file.read_checkpoint(path)["meta"]
     props = export_onnx.onnx_metadata(meta, path, files.file_sha256(path), {})
     assert strict(props["card_summary"])["tested"] == expected  # the page's 'Tested' line
     capsys.readouterr()
@@ -730,7 +730,7 @@ def test_real_clinical_photos_as_an_external_validation(trained_model, tmp_path)
     assert report["photos"]["malignant_share"] == pytest.approx(counts["malignant"] / len(rows))
     text = (tmp_path / "skin_model.md").read_text(encoding="utf-8")
     section = text.split("**External validation: MED-NODE** (")[1]
-    prior = model.read_checkpoint(checkpoint)["meta"]["prior_malignant"]
+    prior = model_file.read_checkpoint(checkpoint)["meta"]["prior_malignant"]
     share = f"{counts['malignant'] / len(rows):.0%} malignant (training photos: {prior:.0%})"
     assert f"Photos: {len(rows)}, of image type clinical: overview {len(rows)} (training photos: " in section
     assert share in section and fingerprint(REAL_CLINICAL) == before

@@ -28,7 +28,6 @@ import model
 import predict
 from conftest import (
     ENV,
-    ROOT,
     alarm,
     assert_one_error,
     changed_output,
@@ -44,7 +43,19 @@ from conftest import (
     save_model,
     set_self_check,
 )
-from skinlesion import backbone, card, explain, familiarity, files, ledger, photos, self_check
+from skinlesion import (
+    backbone,
+    card,
+    explain,
+    familiarity,
+    files,
+    interrupts,
+    ledger,
+    model_file,
+    onnx_file,
+    photos,
+)
+from skinlesion.messages import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small in-process forwards stay fast on a busy machine
 
@@ -144,12 +155,12 @@ def test_export_writes_one_checked_file_with_metadata(exported):
     )
 
     props = {p.key: json.loads(p.value) for p in proto.metadata_props}
-    meta = model.read_checkpoint(exported["checkpoint"])["meta"]
-    copied = [key for key in meta if model.KEYS[key].onnx == "copied"]
+    meta = model_file.read_checkpoint(exported["checkpoint"])["meta"]
+    copied = [key for key in meta if model_file.KEYS[key].onnx == "copied"]
     assert {"classes", "image_size", "threshold", "val_metrics", "epoch"} <= set(copied)
     for key in copied:
         assert props[key] == meta[key], key
-    written = {key for key, row in model.KEYS.items() if row.onnx == "export"} - {"quantised"}  # (an int8 twin's)
+    written = {key for key, row in model_file.KEYS.items() if row.onnx == "export"} - {"quantised"}  # (an int8 twin's)
     assert set(props) == set(copied) | written  # nothing else: the card carries settings and data
     assert (props["threshold"], props["val_auc_ci95"], props["classes"]) == (0.37, [0.55, 0.85], model.CLASSES)
     assert props["source_checkpoint"] == "skin_model.pth" and props["outputs"] == ["logits", "p_malignant", "cam"]
@@ -178,7 +189,7 @@ def test_export_removes_temporaries_of_killed_exports_only(exported):
 @pytest.mark.slow
 def test_onnxruntime_matches_torch_batch_and_single(exported, torch_net):
     net, meta = torch_net
-    cfg = model.meta_data_config(meta)
+    cfg = model_file.meta_data_config(meta)
     batch = np.stack([photos.preprocess(photos.load_image(p), cfg) for p in exported["photos"]])
     session = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"image": batch})[0]
@@ -202,7 +213,7 @@ def test_onnx_cam_is_gradcam_times_the_map_area(exported, torch_net):
     """EfficientNet's head is global-average-pool + linear, so each channel's mean gradient is its classifier
     weight difference / (h*w): the file's map is predict.gradcam's signed map times h*w."""
     net, meta = torch_net
-    cfg = model.meta_data_config(meta)
+    cfg = model_file.meta_data_config(meta)
     session = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
     for photo in exported["photos"]:
         x = photos.preprocess(photos.load_image(photo), cfg)[None]
@@ -221,14 +232,14 @@ def test_predict_with_onnx_matches_torch_and_never_imports_torch(exported, tmp_p
     photo = str(shutil.copyfile(exported["photos"][0], tmp_path / "a photo.jpg"))
     folder = os.path.dirname(exported["photos"][0])
 
-    def runs(model_file, csv_file):
+    def runs(model_path, csv_file):
         return [
-            [photo, "--model", model_file, "--explain"],
-            [folder, "--model", model_file, "--tta", "--csv", csv_file],
+            [photo, "--model", model_path, "--explain"],
+            [folder, "--model", model_path, "--tta", "--csv", csv_file],
         ]
 
     code = "\n".join(
-        [f"import sys; sys.path.insert(0, {ROOT!r}); import predict"]
+        ["import sys", "import predict"]
         + [f"predict.main({argv!r})" for argv in runs(exported["onnx"], "onnx.csv")]
         + [
             "loaded = {'torch', 'timm', 'torchvision'} & set(sys.modules)",
@@ -278,7 +289,7 @@ def test_every_image_size_in_the_range_exports_and_predicts(tmp_path, monkeypatc
     (ceil(48 / 32), EfficientNet's five stride-2 stages) and the check wanted 48 // 32 = 1: predict.py and the
     page refused what export_onnx.py wrote. The smallest size, 32, and 48 now go from training to a label."""
     monkeypatch.chdir(tmp_path)
-    assert model.IMAGE_SIZES[0] == 32 and backbone.cam_side(size) == side
+    assert model_file.IMAGE_SIZES[0] == 32 and backbone.cam_side(size) == side
     save_model("m.pth", size=size)
     lesion_photo("photos/a.jpg", (90, 70))
     export_onnx.main(["--model", "m.pth", "--output", "m.onnx", "--check-images", "photos"])
@@ -286,8 +297,8 @@ def test_every_image_size_in_the_range_exports_and_predicts(tmp_path, monkeypatc
     session, meta = model.load_onnx("m.onnx")
     assert meta["image_size"] == size and session.get_outputs()[2].shape[1:] == [side, side]
     answers = []
-    for model_file in ["m.onnx", "m.pth"]:
-        predict.main(["photos/a.jpg", "--model", model_file])
+    for model_path in ["m.onnx", "m.pth"]:
+        predict.main(["photos/a.jpg", "--model", model_path])
         answers.append(capsys.readouterr().out.splitlines()[:2])
     assert answers[0][0].startswith("Prediction: ") and answers[0] == answers[1]
     assert [backbone.cam_side(n) for n in (33, 64, 100, 224, 240, 2048)] == [2, 2, 4, 7, 8, 64]
@@ -424,7 +435,7 @@ def test_our_export_with_other_outputs_or_classes_is_refused(exported, tmp_path,
     else:
         del proto.metadata_props[:]
         meta = dict(
-            model.read_checkpoint(exported["checkpoint"])["meta"],
+            model_file.read_checkpoint(exported["checkpoint"])["meta"],
             classes=["benign", "malignant", "nevus"],
             malignant_classes=["malignant"],
         )
@@ -441,7 +452,7 @@ def test_the_test_results_come_from_evaluation_json_of_this_very_model(exported,
     the checkpoint names its SHA-256; one of another model (or not JSON) is not used."""
     checkpoint = tmp_path / "skin_model.pth"
     shutil.copyfile(exported["checkpoint"], checkpoint)
-    meta = model.read_checkpoint(str(checkpoint))["meta"]
+    meta = model_file.read_checkpoint(str(checkpoint))["meta"]
     evaluation = dict(metrics=dict(roc_auc=0.8123, sensitivity=0.9, specificity=0.5), ci95=dict(roc_auc=[0.7, 0.9]))
 
     def how_well(sha256):
@@ -514,7 +525,7 @@ def rewired(proto):
 
 @pytest.mark.parametrize("case", ["p_malignant rewired", "self_check altered", "as exported"])
 def test_a_file_whose_outputs_are_not_what_it_was_exported_with_is_refused(exported, tmp_path, capsys, case):
-    """The load check runs the file on self_check.inputs: its p_malignant must be what its own logits and
+    """The load check runs the file on onnx_file.check_inputs: its p_malignant must be what its own logits and
     calibration give, and its outputs those stored at export. A file changed either way gives no label; the file
     as exported loads and predicts."""
     proto = onnx.load(exported["onnx"])
@@ -545,8 +556,8 @@ def test_a_file_whose_outputs_are_not_what_it_was_exported_with_is_refused(expor
 
 
 def test_check_inputs_are_the_same_on_every_call_and_stored_with_the_export(exported):
-    x = self_check.inputs(64)
-    assert x.shape == (3, 3, 64, 64) and x.dtype == np.float32 and np.array_equal(x, self_check.inputs(64))
+    x = onnx_file.check_inputs(64)
+    assert x.shape == (3, 3, 64, 64) and x.dtype == np.float32 and np.array_equal(x, onnx_file.check_inputs(64))
     assert 0.5 < x.std() < 1.5 and len({round(float(v), 3) for v in x[:, 0, 0, :3].ravel()}) > 3  # varied
     props = {p.key: json.loads(p.value) for p in onnx.load(exported["onnx"], load_external_data=False).metadata_props}
     session, meta = model.load_onnx(exported["onnx"])
@@ -574,7 +585,7 @@ def cam_changed(path, case, scale, side):
     """The file at path with its cam changed as case says, scale its largest value (what the checks are relative
     to): in one cell by 2.5 x CHECK_DRIFT of it, NaN in one cell, or everywhere by its whole scale at one batch size."""
     if case == "cam off in one cell":
-        return changed_output(path, "cam", one_cell(side, 2.5 * self_check.DRIFT * scale))
+        return changed_output(path, "cam", one_cell(side, 2.5 * onnx_file.DRIFT * scale))
     if case == "cam NaN in one cell":
         return changed_output(path, "cam", one_cell(side, np.nan))
     return changed_output(path, "cam", np.full((side, side), scale), batch=case.split("batch ")[1])
@@ -603,8 +614,8 @@ def test_the_self_check_compares_every_output_by_its_largest_difference_at_two_b
     else:
         cam_changed(path, case, scale, stored.shape[-1])
     if case == "cam off in one cell":
-        relative = one_cell(2, 2.5 * self_check.DRIFT * scale) / np.abs(stored).max(axis=(1, 2), keepdims=True)
-        assert relative.mean() < self_check.DRIFT < relative.max()  # a mean would let it through
+        relative = one_cell(2, 2.5 * onnx_file.DRIFT * scale) / np.abs(stored).max(axis=(1, 2), keepdims=True)
+        assert relative.mean() < onnx_file.DRIFT < relative.max()  # a mean would let it through
     before = fingerprint(tmp_path)
     refuses([exported["photos"][0], "--model", path], capsys, f"{path} is refused: {expected}; export the model again")
     assert model.read_onnx(path)[2] == f"{path} is refused: {expected}; export the model again with export_onnx.py"
@@ -630,7 +641,7 @@ def test_the_export_check_compares_every_output_by_its_largest_difference_at_two
     the maps is within), a NaN in one cell (Python's max([0.1, nan]) is 0.1), or a change at one batch size only is
     found, and the error names the output, its largest difference and --tolerance; the file as exported passes."""
     wrapped, meta = wrapped_net
-    cfg = model.meta_data_config(meta)
+    cfg = model_file.meta_data_config(meta)
     x = np.stack([photos.preprocess(photos.load_image(p), cfg) for p in exported["photos"]])
     x = x[:1] if photos_ == "one photo" else x
     with torch.inference_mode():
@@ -654,13 +665,13 @@ def test_the_export_check_compares_every_output_by_its_largest_difference_at_two
     if case == "cam off in one cell":
         assert 2 * tolerance < found["cam"] < 3 * tolerance
     args = SimpleNamespace(tolerance=tolerance, output="skin_model.onnx")
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UserError) as raised:
         export_onnx.check_parity(args, found, "5 photos")
     expected = (
         f"onnxruntime and PyTorch disagree on 5 photos: cam by {found['cam']:.2e}, over --tolerance 1e-04 (largest "
         "differences, relative but p_malignant's); skin_model.onnx not written"
     )
-    assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
+    assert raised.value.status == 1 and expected in raised.value.message
 
 
 def test_the_parity_refusal_names_the_photos_and_the_output_on_one_line(tmp_path, capsys):
@@ -670,23 +681,20 @@ def test_the_parity_refusal_names_the_photos_and_the_output_on_one_line(tmp_path
     cfg = dict(input_size=(3, 32, 32), crop_pct=0.875, interpolation="bicubic", mean=[0.5] * 3, std=[0.5] * 3)
     _, described = export_onnx.check_photos(str(photos_folder), 1, cfg, True)
     args = SimpleNamespace(tolerance=1e-4, output="out\nwrote out.onnx")
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UserError) as raised:
         export_onnx.check_parity(args, dict(logits=0.0, p_malignant=float("nan"), cam=0.0), described)
     expected = (
         f"onnxruntime and PyTorch disagree on 1 photos from {tmp_path}/photos\\nPrediction: benign: p_malignant by "
         "nan, over --tolerance 1e-04 (largest differences, relative but p_malignant's); out\\nwrote out.onnx not "
         "written"
     )
-    assert_one_error(exit_info.value.code, capsys.readouterr().err, expected)
+    assert raised.value.status == 1 and expected in raised.value.message
 
 
 @pytest.fixture(scope="module")
-def familiar_export(familiar_model, tmp_path_factory):
-    """The familiar model's ONNX file (no int8 twin)."""
-    checkpoint, data = familiar_model
-    path = str(tmp_path_factory.mktemp("familiar onnx") / "familiar.onnx")
-    export_onnx.main(["--model", checkpoint, "--output", path, "--check-images", os.path.join(data, "test")])
-    return path
+def familiar_export(familiar_onnx):
+    """The familiar model's ONNX file (no int8 twin): conftest.familiar_onnx, which the tests copy before changing."""
+    return familiar_onnx[0]
 
 
 FAMILIAR_CASES = ["wired to 0", "wired to 0, its self_check to match", "no distance stored", "as exported"]
@@ -706,12 +714,10 @@ def test_an_export_whose_familiarity_distance_is_wired_to_0_fails_its_own_check(
     session, meta = model.load_onnx(path)
     limit = meta["familiarity"]["limit"]
     if case == "as exported":
-        distances = session.run(["familiarity_distance"], {"image": self_check.inputs(meta["image_size"])})[0]
+        distances = session.run(["familiarity_distance"], {"image": onnx_file.check_inputs(meta["image_size"])})[0]
         assert (distances > limit).any()
-        np.testing.assert_allclose(meta["self_check"]["familiarity_distance"], distances, rtol=self_check.DRIFT)
-        with pytest.raises(SystemExit) as exit_info:
-            predict.main([grey, "--model", path])
-        assert exit_info.value.code == predict.UNFAMILIAR_EXIT
+        np.testing.assert_allclose(meta["self_check"]["familiarity_distance"], distances, rtol=onnx_file.DRIFT)
+        assert predict.main([grey, "--model", path]) == predict.UNFAMILIAR_EXIT
         assert capsys.readouterr().out.startswith("Prediction: unfamiliar")
         return
     expected = (
@@ -853,10 +859,9 @@ def test_failed_check_writes_nothing_and_keeps_the_previous_file(exported, tmp_p
         f.write(b"the previous ONNX file, " + files.TAG.encode())
     ledger.record_file("skin_model.onnx", "ONNX model")
     before = fingerprint(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        export_onnx.main(["--tolerance", "1e-9", "--n-check", "3"])
+    status = interrupts.run_script(lambda: export_onnx.main(["--tolerance", "1e-9", "--n-check", "3"]))
     err = capsys.readouterr().err
-    assert_one_error(exit_info.value.code, err, "; skin_model.onnx not written")
+    assert_one_error(status, err, "; skin_model.onnx not written")
     match = re.search(
         r"^error: onnxruntime and PyTorch disagree on 3 random tensors \(no photos found; --check-images FOLDER checks "
         r"on real ones\), batch of 3 and of 1: logits by (\S+), p_malignant by (\S+), cam by (\S+), over --tolerance "
@@ -893,22 +898,22 @@ def test_a_type_model_exports_p_malignant_as_the_sum_over_its_malignant_types(tr
     """The ONNX file of a lesion-type model: its p_malignant is the calibrated sum of the malignant types'
     probabilities, as the PyTorch path computes it; predict.py says the same with either file."""
     path, types_dir, _ = trained_types_model
-    onnx_file = str(tmp_path / "types.onnx")
+    onnx_path = str(tmp_path / "types.onnx")
     r = run(
         "export_onnx.py",
         "--model",
         path,
         "--output",
-        onnx_file,
+        onnx_path,
         "--check-images",
         os.path.join(types_dir, "test"),
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
     net, meta = model.load_checkpoint(path)
-    session = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     photos_ = sorted(glob.glob(os.path.join(types_dir, "test", "*", "*.jpg")))[::8]
-    batch = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in photos_])
+    batch = np.stack([photos.preprocess(photos.load_image(p), model_file.meta_data_config(meta)) for p in photos_])
     logits, p_file = session.run(["logits", "p_malignant"], {"image": batch})
     fitted, mask = meta["calibration"], model.malignant_mask(meta)
     assert fitted["applies_to"] == "logits"
@@ -918,33 +923,34 @@ def test_a_type_model_exports_p_malignant_as_the_sum_over_its_malignant_types(tr
     expected = probabilities[:, mask].sum(1)  # the malignant types add up to p_malignant
     assert np.abs(p_file - expected).max() < 1e-4
     assert np.abs(p_file - model.predictions(model.view_logits(net, torch.from_numpy(batch)), meta)[0]).max() < 1e-4
-    predict.main([photos_[0], "--model", onnx_file])
+    predict.main([photos_[0], "--model", onnx_path])
     with_onnx = capsys.readouterr().out.splitlines()
     predict.main([photos_[0], "--model", path])
     with_torch = capsys.readouterr().out.splitlines()
     assert with_onnx[0] == with_torch[0] and with_onnx[2].startswith("Type: ") and with_onnx[2] == with_torch[2]
     assert with_onnx[3] == with_torch[3] and with_onnx[3].startswith("Malignant types (they add up to P(malignant)): ")
-    session, onnx_meta = model.load_onnx(onnx_file)
+    session, onnx_meta = model.load_onnx(onnx_path)
     p, types, _, _ = predict.onnx_predictor(session, onnx_meta, False, False)(photos.load_image(photos_[0]))
     assert abs(types[mask].sum() - p) < 1e-5 and np.allclose(types, probabilities[0], atol=1e-5)
 
 
-def test_onnx_torch_and_a_direct_computation_give_the_same_familiarity_distance(familiar_model, tmp_path, capsys):
+def test_onnx_torch_and_a_direct_computation_give_the_same_familiarity_distance(
+    familiar_model, familiar_onnx, tmp_path, capsys
+):
     """The exported graph's familiarity_distance, PyTorch's (model.familiarity_distances) and the distance computed
     here (conftest.direct_familiarity_distance) agree on a flat grey photo and the model's own test photos; the
     file's metadata holds the limit (not the arrays, which are in the graph); predict.py with the ONNX file says
     what it says with the checkpoint for the grey photo, and exits 3."""
     checkpoint, data = familiar_model
-    path = str(tmp_path / "familiar.onnx")
-    export_onnx.main(["--model", checkpoint, "--output", path, "--check-images", os.path.join(data, "test")])
-    assert "and the familiarity distance" in capsys.readouterr().out
+    path, said = familiar_onnx  # export_onnx.py's file and stdout
+    assert "and the familiarity distance" in said
     session, meta = model.load_onnx(path)
-    stored = model.read_checkpoint(checkpoint)["meta"]["familiarity"]
+    stored = model_file.read_checkpoint(checkpoint)["meta"]["familiarity"]
     assert meta["familiarity"] == stored and "familiarity_distance" in [o.name for o in session.get_outputs()]
     test = [os.path.join(root, n) for root, _, names in os.walk(os.path.join(data, "test")) for n in sorted(names)]
     paths = [grey_photo(tmp_path / "grey.png")] + test[::8]
     direct, found = direct_familiarity_distance(checkpoint, paths)
-    x = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in paths])
+    x = np.stack([photos.preprocess(photos.load_image(p), model_file.meta_data_config(meta)) for p in paths])
     from_onnx = session.run(["familiarity_distance"], {"image": x})[0]
     net, torch_meta = model.load_checkpoint(checkpoint)
     from_torch = familiarity.distances_of(net, torch.from_numpy(x), torch_meta)
@@ -954,10 +960,10 @@ def test_onnx_torch_and_a_direct_computation_give_the_same_familiarity_distance(
     assert np.allclose(from_onnx, direct, rtol=1e-5)
     assert direct[0] > found["limit"] and (direct[1:] <= found["limit"]).mean() >= 0.8  # the check can fail
     lines = {}
-    for model_file in (checkpoint, path):
-        r = run("predict.py", paths[0], "--model", model_file, cwd=tmp_path)
+    for model_path in (checkpoint, path):
+        r = run("predict.py", paths[0], "--model", model_path, cwd=tmp_path)
         assert r.returncode == 3, r.stdout + r.stderr
-        lines[model_file] = r.stdout.splitlines()[:2]
+        lines[model_path] = r.stdout.splitlines()[:2]
     assert lines[checkpoint] == lines[path] and lines[path][0] == "Prediction: unfamiliar"
 
 
@@ -996,3 +1002,77 @@ def test_one_identity_per_model_the_card_lists_every_file_that_runs_it(exported,
     before = fingerprint(folder)
     r = run("export_onnx.py", *args, "--output", tmp_path / "elsewhere.onnx", "--no-quantise", cwd=tmp_path)
     assert r.returncode == 0 and fingerprint(folder) == before, r.stdout + r.stderr
+
+
+class ParitySession:
+    """A stand-in onnxruntime session of the export check (numpy; float64, so a change is exact): logits from each
+    photo's mean and spread, p_malignant what they give through the softmax, a 2 x 2 map from its quadrants, a
+    distance from its spread. changes: {(name, batch size or None for any, photo): value added there, where the
+    batch holds that photo}."""
+
+    def __init__(self, changes=()):
+        self.changes = dict(changes)
+
+    @staticmethod
+    def outputs(x):
+        x = np.asarray(x, dtype=np.float64)
+        logits = np.stack([x.mean((1, 2, 3)), x.std((1, 2, 3))], 1)
+        p = 1 / (1 + np.exp(logits[:, 0] - logits[:, 1]))
+        side = x.shape[-1] // 2
+        cam = (x.reshape(len(x), 3, 2, side, 2, side) ** 2).mean((1, 3, 5))
+        return dict(logits=logits, p_malignant=p, cam=cam, familiarity_distance=3 * x.std((1, 2, 3)))
+
+    def run(self, names, feed):
+        found = self.outputs(feed["image"])
+        for (name, batch, photo), value in self.changes.items():
+            if (batch is None or batch == len(feed["image"])) and photo < len(feed["image"]):
+                found[name][photo] = found[name][photo] + value
+        return [found[name] for name in names]
+
+
+PARITY_META = dict(classes=["benign", "malignant"], familiarity=dict(limit=10.0))
+PARITY_CASES = {  # what the file gives differently from PyTorch on 6 photos: (changes, the output named)
+    "logits of one photo of 6 by 3 x the tolerance": ({("logits", None, 4): 3e-4}, "logits"),
+    "p_malignant of one photo of 6 by 3 x the tolerance": ({("p_malignant", None, 5): -3e-4}, "p_malignant"),
+    "a NaN in one photo's distance": ({("familiarity_distance", None, 3): np.nan}, "familiarity_distance"),
+    "a NaN in one cell of one photo's map": ({("cam", None, 2): np.array([[np.nan, 0], [0, 0]])}, "cam"),
+    "the map off only at a batch of 1": ({("cam", 1, 0): np.ones((2, 2))}, "cam"),
+    "the logits off only at the batch of 6": ({("logits", 6, 0): 1.0}, "logits"),
+    "as PyTorch": ({}, None),  # the nearest that must pass
+}
+
+
+@pytest.mark.parametrize("case", PARITY_CASES)
+def test_the_export_parity_check_takes_the_largest_difference_over_photos_and_batch_sizes_and_never_passes_nan(
+    monkeypatch, capsys, case
+):
+    """export_onnx.differences and check_parity on 6 photos, against a stand-in session (fast; the real file's map
+    changes are the slow test above): one photo far off among five equal ones is found (a mean over the photos
+    would be within: computed here), a NaN in any one value of any output fails, and a change at one batch size
+    only is found. Kills, in differences: a mean instead of onnx_file.largest, Python's max (max(0.0, nan) is
+    0.0) to combine the batches, one batch size only (`batches = (x,)`); in check_parity: `difference > tolerance`
+    (a NaN is never over it)."""
+    monkeypatch.setattr(onnx_file, "cpu_session", lambda path: ParitySession(PARITY_CASES[case][0]))
+
+    def wrapped(x):  # PyTorch's side: the same outputs, unchanged
+        return tuple(torch.from_numpy(value) for value in ParitySession.outputs(x.numpy()).values())
+
+    x = np.random.default_rng(16).normal(0, 1, (6, 3, 8, 8)).astype(np.float32)
+    found = export_onnx.differences(wrapped, PARITY_META, "model.onnx", x)
+    tolerance, changed = 1e-4, PARITY_CASES[case][1]
+    assert set(found) == {"logits", "p_malignant", "cam", "familiarity_distance"}
+    assert all(found[name] <= 1e-12 for name in found if name != changed), found  # the others exact
+    args = SimpleNamespace(tolerance=tolerance, output="skin_model.onnx")
+    if changed is None:
+        export_onnx.check_parity(args, found, "6 photos")
+        assert capsys.readouterr().out.startswith("onnxruntime matches PyTorch: largest difference 0.00e+00")
+        return
+    logits = ParitySession.outputs(x)["logits"]
+    if case.startswith("logits of one photo"):  # relative to the largest logit (at least 1), as differences says
+        assert found["logits"] == pytest.approx(3e-4 / max(np.abs(logits).max(), 1.0), rel=1e-9)
+    if "3 x the tolerance" in case:
+        assert found[changed] > tolerance > found[changed] / 6  # the mean over the 6 photos would be within
+    with pytest.raises(UserError) as raised:
+        export_onnx.check_parity(args, found, "6 photos")
+    expected = f"onnxruntime and PyTorch disagree on 6 photos: {changed} by {found[changed]:.2e}, over --tolerance"
+    assert raised.value.status == 1 and expected in raised.value.message

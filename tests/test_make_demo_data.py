@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 import conftest
 import make_demo_data
 from conftest import assert_one_error, fingerprint, main_fails, noise_image, run
-from skinlesion import demo, folders
+from skinlesion import folders
 
 FIRST = ["isic_id", "attribution", "copyright_license"]
 COLUMNS = FIRST + [
@@ -335,7 +335,7 @@ def test_a_dermoscopic_row_is_drawn_as_a_dermatoscope_sees_it_and_an_overview_as
     drawn = {}
     for image_type in ("dermoscopic", "clinical: overview"):
         path = str(tmp_path / f"{image_type[:4]}.jpg")
-        demo.photo((path, (1, 1, 1), (1, 2, 1), "melanoma", 1, 400, image_type))
+        make_demo_data.photo((path, (1, 1, 1), (1, 2, 1), "melanoma", 1, 400, image_type))
         drawn[image_type] = np.asarray(Image.open(path).convert("L"), dtype=float)
     corners = {t: np.mean([a[:15, :15].mean(), a[:15, -15:].mean(), a[-15:, :15].mean(), a[-15:, -15:].mean()])
                for t, a in drawn.items()}  # fmt: skip

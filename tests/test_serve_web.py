@@ -21,8 +21,8 @@ import urllib.request
 import onnx
 import pytest
 
-import model
 from conftest import ROOT, assert_one_error, fingerprint, mark_made, run, save_model, skip_or_fail, start_server
+from skinlesion import model_file
 
 pytestmark = pytest.mark.slow  # each test starts serve_web.py: make test, not make check
 
@@ -31,7 +31,7 @@ NODE_MODULES = os.path.join(ROOT, "node_modules")
 SIZE = 64
 PAGE = ("index.html", "style.css", "app.js", "preprocess.js")
 VENDOR = ("ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "ort.wasm.min.mjs")
-SIDECAR_KEYS = {name for name, key in model.KEYS.items() if key.page} | {  # the table's, and what the page adds
+SIDECAR_KEYS = {name for name, key in model_file.KEYS.items() if key.page} | {  # the table's, and what the page adds
     "borderline_margin",
     "model_file",
     "model_variant",
@@ -493,12 +493,12 @@ def test_files_it_reads_that_are_no_regular_files_are_named_and_never_block(proj
     package.json as a named pipe (it blocked the build for ever) or as JSON nested too deeply (a RecursionError
     traceback) is one line naming it."""
     require_node_modules()
-    model_file = tmp_path / "model" / "skin_model.onnx"
-    model_file.parent.mkdir()
-    shutil.copy(project["model"], model_file)
+    model_path = tmp_path / "model" / "skin_model.onnx"
+    model_path.parent.mkdir()
+    shutil.copy(project["model"], model_path)
     os.mkfifo(tmp_path / "model" / "skin_model.md")
     os.mkfifo(tmp_path / "model" / "skin_model.int8.onnx")
-    result = run_script("--no-serve", "--model", model_file, "--site-dir", tmp_path / "site")
+    result = run_script("--no-serve", "--model", model_path, "--site-dir", tmp_path / "site")
     assert result.returncode == 0 and result.stderr == "", result.stderr
     card, twin = tmp_path / "model" / "skin_model.md", tmp_path / "model" / "skin_model.int8.onnx"
     assert f"note: {card} is a named pipe, not a model card: none is published (--card FILE)\n" in result.stdout
@@ -512,7 +512,7 @@ def test_files_it_reads_that_are_no_regular_files_are_named_and_never_block(proj
     args = [
         "--no-serve",
         "--model",
-        model_file,
+        model_path,
         "--site-dir",
         tmp_path / "other",
         "--node-modules",

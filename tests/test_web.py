@@ -30,7 +30,7 @@ from scipy.special import softmax
 import model
 import predict
 from conftest import ROOT, grey_photo, make_net, run, save_model, skip_or_fail, start_server
-from skinlesion import answer, cli, explain, familiarity, numbers, photos
+from skinlesion import answer, explain, familiarity, messages, metrics, model_file, photos
 
 pytestmark = pytest.mark.slow  # each test starts serve_web.py (and a browser): make test, not make check
 
@@ -42,10 +42,10 @@ NO_PYTHON_TWIN = {  # functions of web/preprocess.js without a namesake in skinl
     "roundHalfEven": "Python's own round()",
 }
 APP_TWINS = {"decisionTexts": answer, "likelyTypes": answer, "modelCautions": answer, "classProbabilities": model,
-             "calibratedProbabilities": model, "malignantSumText": predict, "reweighted": numbers,
-             "predictiveValues": numbers, "weakModelWarning": numbers, "prevalenceTexts": answer,
+             "calibratedProbabilities": model, "malignantSumText": predict, "reweighted": metrics,
+             "predictiveValues": metrics, "weakModelWarning": metrics, "prevalenceTexts": answer,
              "unfamiliarSentence": familiarity, "answerShown": answer, "marked": answer,
-             "percentText": cli}  # fmt: skip
+             "percentText": messages}  # fmt: skip
 TYPES = ["nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "melanoma_invasive"]  # the lesion-type model's
 TYPE_NAMES = ["Nevus", "Seborrheic Keratosis", "Basal Cell Carcinoma", "Melanoma Invasive"]
 # the lesion-type model's calibration: softmax(a * logits + b * malignant)
@@ -134,7 +134,7 @@ def reference(path, session, meta):
     unfamiliar (familiarity.unfamiliar); with the crop's uint8 pixels (H x W x 3)."""
     img = photos.load_image(path)
     p, probabilities, cam, distance = predict.onnx_predictor(session, meta, tta=False, explain_it=True)(img)
-    cfg = model.meta_data_config(meta)
+    cfg = model_file.meta_data_config(meta)
     x = photos.preprocess(img, cfg)
     pixels = (x.transpose(1, 2, 0) * np.array(cfg["std"]) + np.array(cfg["mean"])) * 255
     assert np.abs(pixels - pixels.round()).max() < 0.01
@@ -329,7 +329,7 @@ def test_page_classifies_like_python(page, setup, name):
     assert run["label"] == label and run["unfamiliar"] == ref["unfamiliar"]
     text = page["page"].inner_text("#result")
     p_text, t_text, _ = answer.decision_texts(
-        run["p"], setup["threshold"], model.BORDERLINE
+        run["p"], setup["threshold"], answer.BORDERLINE
     )  # the digits predict.py prints
     if ref["unfamiliar"]:  # withheld as predict.py withholds it: no label, no P
         assert "Prediction: unfamiliar" in text and "P(malignant) =" not in text and f"Prediction: {label}" not in text
@@ -597,7 +597,7 @@ def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
         run, _ = classify(pg, setup["photos"][name])
         assert run is not None, pg.inner_text("#message")
         assert types_page["requests"][before:] == []
-        x = photos.preprocess(photos.load_image(setup["photos"][name]), model.meta_data_config(meta))
+        x = photos.preprocess(photos.load_image(setup["photos"][name]), model_file.meta_data_config(meta))
         logits, p_malignant = session.run(["logits", "p_malignant"], {"image": x[None]})
         # the one calibrated distribution, by hand: softmax(a * logits + b * malignant); P is its malignant sum
         distribution = softmax(CALIBRATION["a"] * logits[0].astype(np.float64) + CALIBRATION["b"] * malignant)
@@ -617,7 +617,7 @@ def test_lesion_type_model_on_the_page(types_page, types_setup, capsys):
         assert pg.inner_text("#label") == lines[0]
         assert pg.inner_text("#operating-point") == next(line for line in lines if line.startswith("Operating point"))
         expected = [f"Caution: {text}." for text in answer.model_cautions(meta)]
-        if abs(ref["p"] - setup["threshold"]) < model.BORDERLINE:
+        if abs(ref["p"] - setup["threshold"]) < answer.BORDERLINE:
             expected.append("Borderline")
         assert_cautions_beside_the_result(pg, expected)
         assert "cannot be told from chance" in expected[0] and "calls almost every photo malignant" in expected[1]
@@ -636,9 +636,9 @@ def test_page_functions_agree_with_their_python_twins(page):
     pairs += [(0.4822319, 0.482232), (0.5000004, 0.5)]  # equal to 6 digits: 'just below', 'just above'
     got = pg.evaluate(
         "([pairs, margin]) => import('./app.js').then((app) => pairs.map(([p, t]) => app.decisionTexts(p, t, margin)))",
-        [pairs, model.BORDERLINE],
+        [pairs, answer.BORDERLINE],
     )
-    assert got == [list(answer.decision_texts(p, t, model.BORDERLINE)) for p, t in pairs]
+    assert got == [list(answer.decision_texts(p, t, answer.BORDERLINE)) for p, t in pairs]
     assert got[3][0] == "0.062"  # a tie: Python rounds it to even, toFixed would say 0.063
     assert got[-2][0] == "just below 0.482232" and got[-1][0] == "just above 0.500000"
     shares = [0.05, 0.0001, 0.00015, 0.9999, 0.5, 0.00999, 0.001, 1e-6, 0.123456, 0.0625]
@@ -648,7 +648,7 @@ def test_page_functions_agree_with_their_python_twins(page):
             rules.map(([u, a]) => app.answerShown(u, a)), rules.map(([u]) => app.marked('P(malignant) = 0.7', u))])""",
         [shares, rules],
     )
-    assert percents == [cli.percent_text(s) for s in shares] and percents[:2] == ["5.0%", "0.01%"]
+    assert percents == [messages.percent_text(s) for s in shares] and percents[:2] == ["5.0%", "0.01%"]
     assert shown == [answer.answer_shown(u, a) for u, a in rules] == [True, True, False, True]
     assert marks == [answer.marked("P(malignant) = 0.7", u) for u, _ in rules]
     logits = [[0.3, -1.2, 2.5, 2.5], [80.0, -80.0, 0.0, 1e-9]]
@@ -656,7 +656,7 @@ def test_page_functions_agree_with_their_python_twins(page):
     assert np.allclose(probabilities, model.class_probabilities(logits), rtol=1e-12, atol=1e-300)
     meta = dict(classes=TYPES, class_names=TYPE_NAMES, at_chance=True, val_auc_ci95=[0.41, 0.63])
     op = dict(sensitivity=0.1, sensitivity_ci95=[0.0, 0.3], specificity=0.97, specificity_ci95=[0.9, 1.0])
-    sidecar = dict(meta, operating_point_warning=numbers.operating_point_warning(op))  # as serve_web.py writes it
+    sidecar = dict(meta, operating_point_warning=metrics.operating_point_warning(op))  # as serve_web.py writes it
     ranked, cautions = pg.evaluate(
         """([p, sidecar]) => import('./app.js').then((app) =>
             [app.likelyTypes(app.classProbabilities(p), sidecar), app.modelCautions(sidecar)])""",
@@ -692,9 +692,9 @@ def test_page_functions_agree_with_their_python_twins(page):
             app.prevalenceTexts(meta, 0.05, false)])""",
         [prevalence, op, dict(prior_malignant=0.5, operating_point=op)],
     )
-    assert np.allclose(at, [numbers.reweighted(*row) for row in prevalence], rtol=1e-12)
-    assert np.allclose(values, numbers.predictive_values(0.9, 0.6, 0.05), rtol=1e-12)
-    assert weak == numbers.weak_model_warning(op, [0.62, 0.8])
+    assert np.allclose(at, [metrics.reweighted(*row) for row in prevalence], rtol=1e-12)
+    assert np.allclose(values, metrics.predictive_values(0.9, 0.6, 0.05), rtol=1e-12)
+    assert weak == metrics.weak_model_warning(op, [0.62, 0.8])
     assert texts == list(answer.prevalence_texts(dict(prior_malignant=0.5, operating_point=op), 0.05, False))
     tested = dict(sensitivity=0.8, specificity=0.3)  # the test figures, where the model has them: PPV from them
     cases = [[0.05, tested], [0.0001, tested], [None, tested], [0.05, None]]
@@ -795,14 +795,13 @@ def test_timings(page):
 
 
 @pytest.fixture(scope="module")
-def familiar_page(tmp_path_factory, familiar_model, browser):
+def familiar_page(tmp_path_factory, familiar_model, familiar_onnx, browser):
     """The page serving conftest.familiar_model (a small trained model with a familiarity measure), exported by
-    export_onnx.py, in a page of its own (the module's browser: one Playwright per process); with a flat grey photo
-    and one of the model's own test photos."""
+    export_onnx.py (conftest.familiar_onnx, copied), in a page of its own (the module's browser: one Playwright per
+    process); with a flat grey photo and one of the model's own test photos."""
     checkpoint, data = familiar_model
     folder = tmp_path_factory.mktemp("web_familiar")
-    path = str(folder / "familiar.onnx")
-    export(checkpoint, path, os.path.join(data, "test"))
+    path = str(shutil.copyfile(familiar_onnx[0], folder / "familiar.onnx"))
     benign = os.path.join(data, "test", "benign")
     photo_paths = dict(grey=grey_photo(folder / "grey.png"), own=os.path.join(benign, sorted(os.listdir(benign))[0]))
     for served in serving(path, folder / "site"):
@@ -817,7 +816,7 @@ def test_the_page_shows_why_instead_of_a_result_for_an_unfamiliar_photo(familiar
     model's own test photo gets its ordinary result."""
     pg, photo_paths = familiar_page["page"], familiar_page["photos"]
     session, meta = model.load_onnx(familiar_page["model"])
-    x = photos.preprocess(photos.load_image(photo_paths["grey"]), model.meta_data_config(meta))
+    x = photos.preprocess(photos.load_image(photo_paths["grey"]), model_file.meta_data_config(meta))
     (distance,) = session.run(["familiarity_distance"], {"image": x[None]})[0]
     run_, _ = classify(pg, photo_paths["grey"])
     assert run_["unfamiliar"] and abs(run_["distance"] - distance) <= 1e-3 * distance
@@ -864,8 +863,8 @@ def test_a_prevalence_typed_before_or_after_an_unfamiliar_photo_shows_nothing_of
         w in text for w in ("PPV", "NPV", "P(malignant) =")
     )
     pg.click("#show-anyway")
-    with pytest.raises(SystemExit):
-        predict.main([photo_paths["grey"], "--model", path, "--show-unfamiliar", "--prevalence", "0.0001"])
+    status = predict.main([photo_paths["grey"], "--model", path, "--show-unfamiliar", "--prevalence", "0.0001"])
+    assert status == predict.UNFAMILIAR_EXIT
     lines = capsys.readouterr().out.splitlines()
     at_prevalence = [line for line in lines if line.startswith(answer.UNRELIABLE + "At a prevalence of 0.01%")]
     ppv = [line for line in lines if line.startswith(answer.UNRELIABLE + "Prevalence: at a prevalence of 0.01%")]
@@ -904,3 +903,48 @@ def test_the_test_and_external_figures_stand_beside_each_other_and_ppv_comes_fro
     assert said.startswith("at a prevalence of 5.0%, from the test sensitivity") and "from the validation" in said
     assert pg.inner_text("#at-prevalence").endswith(f"Prevalence: {said}.")
     context.close()
+
+
+def test_the_unfamiliar_and_borderline_rules_agree_with_their_python_twins(page):
+    """The two rules a user reads, familiarity.is_unfamiliar and answer.is_borderline, and their twins in
+    web/app.js (isUnfamiliar, isBorderline; decisionTexts says 'borderline' by it) answer alike at their edges: a
+    NaN, a distance at the limit and the floats either side of it, |P - threshold| at the margin exactly and
+    1e-12 either side of it, P at the threshold; and the page decides each only through its rule."""
+    pg = page["page"]
+    distances = []
+    for limit in (1.0, 0.7391, 3.25):
+        above, below = (float(np.nextafter(limit, side)) for side in (np.inf, -np.inf))
+        distances += [[float("nan"), limit], [limit, limit], [above, limit], [below, limit], [0.0, limit]]
+    distances += [[float("inf"), 1.0], [1.0, float("nan")]]
+    expected = [True, False, True, False, False] * 3 + [True, True]
+    cases, borderline = [], []
+    for threshold in (0.5, 0.3, 0.9):
+        for margin in (answer.BORDERLINE, 0.25):
+            over, under = threshold + margin, threshold - margin
+            at_over, at_under = over - threshold, threshold - under  # |P - threshold| exactly, as both compute it
+            cases += [[over, threshold, at_over], [under, threshold, at_under]]
+            cases += [[over, threshold, at_over + 1e-12], [over, threshold, at_over - 1e-12]]
+            cases += [[threshold + margin - 1e-12, threshold, margin], [threshold - margin + 1e-12, threshold, margin]]
+            cases += [[threshold + margin + 1e-12, threshold, margin], [threshold, threshold, margin]]
+            cases += [[float("nan"), threshold, margin]]
+            borderline += [False, False, True, False, True, True, False, True, False]
+    assert all(abs(p - t) == m for p, t, m in cases[::9])  # the first case of each: P exactly at the margin
+    unfamiliar, near, said = pg.evaluate(
+        """([distances, cases]) => import('./app.js').then((app) => [
+            distances.map(([d, limit]) => app.isUnfamiliar(d, limit)),
+            cases.map(([p, t, margin]) => app.isBorderline(p, t, margin)),
+            cases.map(([p, t, margin]) => app.decisionTexts(p, t, margin)[2])])""",
+        [distances, cases],
+    )
+    assert [familiarity.is_unfamiliar(d, limit) for d, limit in distances] == unfamiliar == expected
+    assert [answer.is_borderline(p, t, m) for p, t, m in cases] == near == borderline
+    assert said == [answer.decision_texts(p, t, m)[2] for p, t, m in cases] == ["borderline" if b else "" for b in near]
+    d, limits = np.array([d for d, _ in distances[:15]]), [limit for _, limit in distances[:15]]
+    assert familiarity.is_unfamiliar(d, np.array(limits)).tolist() == expected[:15]  # one answer per photo
+    p, t, m = (np.array(column) for column in zip(*cases))
+    assert answer.is_borderline(p, t, m).tolist() == borderline
+    with open(os.path.join(WEB, "app.js"), encoding="utf-8") as f:
+        code = f.read()
+    assert {"isUnfamiliar", "isBorderline"} <= set(js_functions("app.js"))
+    assert len(re.findall(r"<=? *[\w.]*limit\b|\blimit\b[\w.]* *>=?", code)) == 1, "isUnfamiliar alone compares"
+    assert len(re.findall(r"Math\.abs\([^)]*\) *<", code)) == 1, "isBorderline alone says borderline"

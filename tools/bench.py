@@ -1,27 +1,10 @@
 """
-How fast is the pipeline on this machine (CPU, or a CUDA GPU when there is one)? One run measures, on the same
-machine, and prints as ratios: training images/s of the model alone (random tensors already on the device)
-vs AItraining.py's real loop (its cache of the prepared photos on the device, augmentation on the device)
-vs its streaming fallback (DataLoader workers decoding every batch) vs a naive first version (ImageFolder
-over the full-size photos, Pillow transforms, no workers, contiguous memory format); bf16 autocast (only where
-the CPU or GPU has native bf16) and torch.compile (only with --compile) vs plain; predicting one photo with
-PyTorch vs onnxruntime (a fresh process, and warm in-process), and the seconds predict.py spends importing
-modules for --help and for a photo with the ONNX file (python -X importtime); prepare_dataset.py on all cores
-vs one; peak memory of a training epoch and of prepare_dataset.py. Then the same table in markdown, for the README.
+How fast is the pipeline on this machine (CPU, or a CUDA GPU when there is one)? Training, prediction,
+prepare_dataset.py and peak memory, as ratios measured in one run, then the table in markdown. A measuring tool;
+what it measures in full: docs/reference.md; results: docs/measurements.md.
 
-    python bench.py                                   # defaults: under 10 min on 2 CPU cores
-    python bench.py --rounds 3 --no-prepare --no-predict --work-dir /tmp/bench   # training only; keeps the data
-
-Model alone and the real loop are measured ROUNDS times, alternately (a burst of other work hits both alike);
-their ratio is given as the median over rounds with the lowest and highest. Data: make_demo_data.py writes
-synthetic DEMO_PHOTO_SIZE px photos (like real clinical photos), prepared twice: shrunk to 256 px as the
-pipeline does, and copied as they are for the naive baseline. For the prepare benchmark N_PREPARE_IMAGES copies
-of demo photos, half benign, half malignant, under new ids (each with its own JPEG comment: no duplicates).
-Training runs in this process with AItraining.py's OpenMP setting (OMP_WAIT_POLICY=PASSIVE). Memory is the peak
-of the summed PSS of a process and its children (Linux /proc). Other programs running at the same time slow
-everything down, unevenly: the load average is printed at the start and the end; compare only numbers from one
-run. The model files it measures are random-weight stand-ins (at chance), written only inside its work folder,
-which must be new, empty, or one an earlier bench.py run made.
+    python tools/bench.py                             # defaults: under 10 min on 2 CPU cores
+    python tools/bench.py --rounds 3 --no-prepare --no-predict --work-dir /tmp/bench   # training only; keeps data
 """
 
 import os
@@ -31,9 +14,7 @@ import sys
 import tempfile
 import time
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
-from skinlesion import interrupts  # noqa: E402
+from skinlesion import interrupts
 
 if __name__ == "__main__":  # before the libraries load: a Ctrl-C while they do is one line, not a traceback
     interrupts.one_line_while_loading()
@@ -41,7 +22,7 @@ import growth  # noqa: E402
 import measure  # noqa: E402
 
 import model  # noqa: E402
-from skinlesion import cli, dataset, devices, folders, photos, training  # noqa: E402
+from skinlesion import devices, flags, folders, messages, model_file, photos, splits, training  # noqa: E402
 
 # -----------------------------------------------------------------------------
 IMAGE_SIZE = 224  # network input in px, 32 to 2048
@@ -70,21 +51,21 @@ ENV = {"HF_HUB_OFFLINE": "1"}  # the scripts it runs never reach the hub
 
 def parse_args(argv=None):
     """The flags, every value checked before any work (one error line)."""
-    args = cli.parse_flags(globals(), argv, types={"WORK_DIR": str, "GROWTH": int})
-    cli.check(all(n >= 2 for n in args.growth), "--growth", args.growth, "use photo counts >= 2")
+    args = flags.parse_flags(globals(), argv, types={"WORK_DIR": str, "GROWTH": int})
+    flags.check(all(n >= 2 for n in args.growth), "--growth", args.growth, "use photo counts >= 2")
     if args.work_dir is not None:
         check_work_dir(args.work_dir)
     return args
 
 
 def check_work_dir(path):
-    """die unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run made (its
-    mark inside); never a folder of other files (a project folder's skin_model.pth would be replaced)."""
-    cli.check_writable(path, "--work-dir", folder=True)
+    """Raise UserError unless bench.py may write in path: a new or empty folder, or one an earlier bench.py run
+    made (its mark inside); never a folder of other files (a project folder's skin_model.pth would be replaced)."""
+    flags.check_writable(path, "--work-dir", folder=True)
     if os.path.isdir(path) and os.listdir(path) and not folders.made_here(path):
-        found = cli.first_few(sorted(os.listdir(path)))
-        cli.die(
-            f"--work-dir {cli.printable(path)} holds files that bench.py did not make ({found}); pass a new or "
+        found = messages.first_few(sorted(os.listdir(path)))
+        raise messages.UserError(
+            f"--work-dir {messages.printable(path)} holds files that bench.py did not make ({found}); pass a new or "
             "empty folder, or one an earlier bench.py run made"
         )
 
@@ -150,13 +131,9 @@ def naive_batches(args, data_dir, device):
         yield x.to(device), y.to(device)
 
 
-def bench_training(args, small, full, device):
-    net = model.build_model(pretrained=False)[0]
-    cfg = model.data_config(net, args.image_size)
-    short = photos.short_side(args.image_size, cfg["crop_pct"])
-    paths, labels = dataset.split_photos(small, "train", model.CLASSES)
-    crops = photos.Photos(paths, short, 1.0, cfg["interpolation"])
-    cached = training.Split(crops, labels, True, args.num_workers, device, "caching")
+def loop_rows(cached, args, cfg, device):
+    """(The rows of the model alone and of AItraining.py's real loop over the cached photos, measured ROUNDS times
+    alternately (a burst of other work hits both alike), the median images/s of each)."""
     alone, loop = [], []
     for r in range(args.rounds):  # alternately, so that a burst of other work hits both alike
         print(f"training, round {r + 1}/{args.rounds}: model alone, AItraining.py loop ...", flush=True)
@@ -167,11 +144,6 @@ def bench_training(args, small, full, device):
     target = 0.95
     if device.type == "cuda":
         target = 0.85
-    print("training: streaming fallback, naive baseline, contiguous memory format ...", flush=True)
-    streamed = training.Split(crops, labels, False, args.num_workers, device, "")
-    stream = train_speed(loop_batches(streamed, args, cfg, device), args, device)[0]
-    naive = train_speed(naive_batches(args, full, device), args, device, contiguous=True)[0]
-    plain = train_speed(random_batches(args, device, channels_last=False), args, device, contiguous=True)[0]
     size, kind = f"{args.image_size} px, batch {args.batch_size}", device.type
     rows = [
         (f"train, model alone ({size}, random tensors on {kind})", f"{base:.1f} img/s", "1.00", "reference"),
@@ -181,6 +153,17 @@ def bench_training(args, small, full, device):
             f"{ratio:.2f} of model alone (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})",
             f">= {target}: {measure.ok(ratio >= target)}",
         ),
+    ]
+    return rows, base, looped
+
+
+def other_data_rows(streamed, args, cfg, full, device, base, looped):
+    """The rows of the other data paths: the streaming fallback, the naive first version, and the model alone in
+    contiguous memory format (base, looped: the model alone's and the real loop's images/s)."""
+    stream = train_speed(loop_batches(streamed, args, cfg, device), args, device)[0]
+    naive = train_speed(naive_batches(args, full, device), args, device, contiguous=True)[0]
+    plain = train_speed(random_batches(args, device, channels_last=False), args, device, contiguous=True)[0]
+    return [
         (
             f"train, streaming fallback ({args.num_workers} workers decoding 256 px JPEGs)",
             f"{stream:.1f} img/s",
@@ -200,6 +183,12 @@ def bench_training(args, small, full, device):
             "",
         ),
     ]
+
+
+def option_rows(args, device, base):
+    """The rows of bf16 autocast (--amp, where the CPU or GPU has native bf16) and torch.compile (--compile) against
+    the model alone's images/s (base)."""
+    rows = []
     native, why = measure.native_bf16(device)
     if args.amp and native:
         print("training: bf16 autocast ...", flush=True)
@@ -222,6 +211,23 @@ def bench_training(args, small, full, device):
     return rows
 
 
+def bench_training(args, small, full, device):
+    """Training images/s: the model alone (random tensors on the device) against AItraining.py's real loop (the
+    photos at 256 px cached on the device), the streaming fallback, a naive first version over the full-size
+    photos (full), the contiguous memory format, bf16 autocast and torch.compile."""
+    net = model.build_model(pretrained=False)[0]
+    cfg = model.data_config(net, args.image_size)
+    short = photos.short_side(args.image_size, cfg["crop_pct"])
+    paths, labels = splits.split_photos(small, "train", model.CLASSES)
+    crops = photos.Photos(paths, short, 1.0, cfg["interpolation"])
+    cached = training.Split(crops, labels, True, args.num_workers, device, "caching")
+    rows, base, looped = loop_rows(cached, args, cfg, device)
+    print("training: streaming fallback, naive baseline, contiguous memory format ...", flush=True)
+    streamed = training.Split(crops, labels, False, args.num_workers, device, "")
+    rows += other_data_rows(streamed, args, cfg, full, device, base, looped)
+    return rows + option_rows(args, device, base)
+
+
 def bench_memory(args, work, small):
     print("memory: one AItraining.py epoch ...", flush=True)
     size = ["--image-size", args.image_size, "--batch-size", args.batch_size]
@@ -242,11 +248,11 @@ def warm_predictors(net, meta, session, onnx_meta):
     import torch
 
     def with_torch(img):
-        x = torch.from_numpy(photos.preprocess(img, model.meta_data_config(meta)))[None]
+        x = torch.from_numpy(photos.preprocess(img, model_file.meta_data_config(meta)))[None]
         return model.predictions(model.view_logits(net, x), meta)[0]
 
     def with_onnx(img):
-        x = photos.preprocess(img, model.meta_data_config(onnx_meta))[None]
+        x = photos.preprocess(img, model_file.meta_data_config(onnx_meta))[None]
         return session.run(["p_malignant"], {session.get_inputs()[0].name: x})[0]
 
     return with_torch, with_onnx
@@ -261,7 +267,7 @@ def bench_predict(args, work, photo, data_dir):
     pth, onnx = os.path.join(work, "skin_model.pth"), os.path.join(work, "skin_model.onnx")
     net = model.build_model(pretrained=False)[0]
     chance = dict(val_metrics={"roc_auc": 0.5}, val_auc_ci95=[0.5, 0.5], at_chance=True)
-    model.save_checkpoint(pth, model.checkpoint_state(net, model.data_config(net, args.image_size), **chance))
+    model_file.save_checkpoint(pth, model_file.checkpoint_state(net, model.data_config(net, args.image_size), **chance))
     run(script("export_onnx.py", "--model", pth, "--output", onnx, "--check-images", os.path.join(data_dir, "test")))
     cold = {pth: [], onnx: []}
     for path in [pth, onnx] * (args.cold_runs + 1):  # the first run of each only fills the file cache
@@ -384,4 +390,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main)
+    sys.exit(interrupts.run_script(main))

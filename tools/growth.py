@@ -30,21 +30,21 @@ def probe(data_dir, image_size, batch_size, warmup, steps, num_workers, cache_gb
     import torch
 
     import model
-    from skinlesion import dataset, devices, photos, shards, training
+    from skinlesion import dataset, devices, photos, splits, training
 
     device, start = devices.pick_device(), time.perf_counter()
     classes = dataset.classes_of(dataset.read_manifest(data_dir))[0]
-    train_paths, train_y = dataset.split_photos(data_dir, "train", classes)
-    val_paths, val_y = dataset.split_photos(data_dir, "val", classes)
+    train_paths, train_y = splits.split_photos(data_dir, "train", classes)
+    val_paths, val_y = splits.split_photos(data_dir, "val", classes)
     net = model.prepare_for_device(model.build_model(pretrained=False, num_classes=len(classes))[0], device)
     cfg = model.data_config(net, image_size)
     short = photos.short_side(image_size, cfg["crop_pct"])
     gigabytes = training.cache_gigabytes(len(train_paths), len(val_paths), cfg)  # as AItraining.py
     cached = gigabytes <= cache_gb
     train_crops = photos.Photos(train_paths, short, 1.0, cfg["interpolation"])
-    train = shards.open_split(data_dir, "train", train_crops, train_y, cached, num_workers, device, "caching train")
+    train = training.open_split(data_dir, "train", train_crops, train_y, cached, num_workers, device, "caching train")
     val_crops = photos.Photos(val_paths, image_size, cfg["crop_pct"], cfg["interpolation"])
-    shards.open_split(data_dir, "val", val_crops, val_y, cached, num_workers, device, "caching val")
+    training.open_split(data_dir, "val", val_crops, val_y, cached, num_workers, device, "caching val")
     setup = time.perf_counter() - start
     recipe = model.RECIPES["scratch"]
     optimizer = model.make_optimizer(net, recipe["optimizer"], recipe["lr"], recipe["weight_decay"])
@@ -84,10 +84,9 @@ def table(args, work, demo, here, env, cache_gb):
             numbers = (
                 f"{args.image_size}, {args.batch_size}, {args.warmup}, {args.steps}, {args.num_workers}, {cache_gb}"
             )
-            tools = os.path.join(here, "tools")
-            code = f"import sys; sys.path[:0] = [{here!r}, {tools!r}]; import growth; "
-            code += f"growth.probe({data!r}, {numbers})"
-            train_seconds, train_peak, result = probe_run([sys.executable, "-c", code], env)
+            code = f"import growth; growth.probe({os.path.abspath(data)!r}, {numbers})"
+            tools = os.path.join(here, "tools")  # the child runs there, so that `import growth` finds this file
+            train_seconds, train_peak, result = probe_run([sys.executable, "-c", code], env, tools)
             kept = "cached" if result["cached"] else "streamed"
             rows.append(
                 (
@@ -106,14 +105,16 @@ def table(args, work, demo, here, env, cache_gb):
     return rows
 
 
-def probe_run(cmd, env):
-    """(seconds, peak memory, the JSON line it printed last) of a probe run in its own process."""
+def probe_run(cmd, env, cwd):
+    """(seconds, peak memory, the JSON line it printed last) of a probe run in its own process, in folder cwd."""
     import subprocess
     import tempfile
 
     with tempfile.TemporaryFile("w+") as out:
         start, peak = time.perf_counter(), 0
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env}, cwd=cwd
+        )
         while proc.poll() is None:
             peak = max(peak, measure.tree_pss(proc.pid))
             time.sleep(0.2)

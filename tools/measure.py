@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import time
 
-from skinlesion.cli import die
+from skinlesion.messages import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project: the scripts the tools measure
 # headless Chromium for the page (measure_page.py, the browser tests, make_docs.py); without the network flags
@@ -107,7 +107,7 @@ def run(cmd, measure_memory=False, env=None, cwd=None):
         log.seek(0)
         out = log.read()
     if proc.returncode:
-        die(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
+        raise UserError(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
     if measure_memory:
         return time.perf_counter() - start, peak
     return time.perf_counter() - start, None
@@ -137,7 +137,7 @@ def imports_of(cmd, env=None, cwd=None, runs=3):
             cwd=cwd,
         )
         if r.returncode:
-            die(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+            raise UserError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
         seconds.append(import_seconds(r.stderr))
     return statistics.median(seconds)
 

@@ -1,34 +1,11 @@
 """
 Measure how well a model's familiarity measure (skinlesion/familiarity.py) tells photos like its training photos
-from others: what share of each group of images it flags as unfamiliar (beyond the limit AItraining.py chose on the
-validation photos). A measuring tool, not a part of the product.
+from others: the share of each group it flags as unfamiliar. A measuring tool, not a part of the product; the
+groups, --holdout and --ranks: docs/reference.md; results: docs/measurements.md.
 
-    python tools/measure_familiarity.py --model skin_model.pth --own dataset/test \
-        --other ../shared/real_isic_sample --other-name "real dermoscopic photos"
-
-Groups: OWN, the model's own test photos (target: at most 5% flagged); OTHER, photos of another image type or
-source (target: at least 90%), at most N_OTHER of them, spread over the sorted list; and images that are plainly
-not lesions (target: at least 95%): N_NON_LESION of each kind skinlesion/non_lesions.py draws (seed SEED: other
-images than the MADE_PER_KIND of seed 0 the model's exposure head learned from, but of the same kinds), and the
-project's own docs/*.png. Prints one row per group, and per kind of non-lesion.
-
-    python tools/measure_familiarity.py --model skin_model.pth --holdout --train dataset/train --val dataset/val \
-        --other ../shared/real_isic_sample
-
-With HOLDOUT, it refits the measure on TRAIN's photos as AItraining.py does (its limit on VAL's) so that nothing it
-is scored on was seen by the fit: the other photos in two halves (the head learns from one, the other is scored,
-and the reverse), the kinds of non-lesion in three folds (the head learns from the drawn images of the other
-kinds); and prints three rows: the distance alone (no head), the head with drawn images only (an export without
-other image types), and with both (docs/measurements.md's two-way table).
-
-    python tools/measure_familiarity.py --model skin_model.pth --ranks 256 512 640 --train dataset/train \
-        --val dataset/val
-
-With RANKS, it also refits the Mahalanobis view on TRAIN's photos at each rank (familiarity.RANK: the covariance's
-largest eigenpairs kept, one floor for the rest) and at full rank, each limit chosen on VAL's photos, and prints a
-row per rank: the distances' relative difference from the full matrix's on VAL and OWN (median, max), the limit,
-each group's flagged share (full / rank) and the photos whose decision flips (in brackets: those further than
-quantise.FAMILIARITY_BAND of the full limit from it).
+    python tools/measure_familiarity.py --model skin_model.pth --own dataset/test --other ../shared/real_isic_sample
+    python tools/measure_familiarity.py --model skin_model.pth --holdout --train dataset/train --val dataset/val
+    python tools/measure_familiarity.py --model skin_model.pth --ranks 256 512 640 --train dataset/train
 """
 
 import os
@@ -36,10 +13,8 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import model  # noqa: E402
-from skinlesion import cli, familiarity, mahalanobis, non_lesions, photos, quantise  # noqa: E402
+import model
+from skinlesion import familiarity, flags, interrupts, mahalanobis, messages, model_file, non_lesions, photos, quantise
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.pth"  # checkpoint written by AItraining.py (with a familiarity measure)
@@ -73,7 +48,7 @@ def features_of(net, meta, images, batch_size):
     """The familiarity features (n, d), float64, of each PIL image, as predict.py computes them."""
     import torch
 
-    cfg, found = model.meta_data_config(meta), []
+    cfg, found = model_file.meta_data_config(meta), []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.stack([photos.preprocess(img, cfg) for img in images[i : i + batch_size]]))
         with torch.inference_mode():
@@ -107,7 +82,11 @@ def rank_rows(train, labels, val, groups, ranks, n_classes):
             to_unfamiliar, to_familiar, far = quantise.familiarity_flips(full_distances[name] / full_limit,
                                                                          found[name] / limit, 1.0)  # fmt: skip
             flips, outside = flips + to_unfamiliar + to_familiar, outside + far
-            cells.append(f"{np.mean(full_distances[name] > full_limit):.1%} / {np.mean(found[name] > limit):.1%}")
+            unfamiliar = (
+                familiarity.is_unfamiliar(full_distances[name], full_limit),
+                familiarity.is_unfamiliar(found[name], limit),
+            )
+            cells.append(f"{np.mean(unfamiliar[0]):.1%} / {np.mean(unfamiliar[1]):.1%}")
         mb = arrays[1].size * 4 / 1e6
         numbers = f"{rank:>5}{mb:>7.2f}{np.median(error):>14.2%}{error.max():>8.2%}{limit:>8.2f}"
         lines.append(numbers + "".join(f"{c:>20}" for c in cells) + f"   flips {flips} ({outside} outside the band)")
@@ -147,7 +126,7 @@ def holdout_rows(fitted, val, groups, made, scored, quantile=familiarity.QUANTIL
             limit = familiarity.choose_limit(familiarity.distances(val, arrays), quantile)
             for name, features in found.items():
                 if features is not None:
-                    far = ~(familiarity.distances(features, arrays) <= limit)
+                    far = familiarity.is_unfamiliar(familiarity.distances(features, arrays), limit)
                     counts[name] = [counts[name][0] + int(far.sum()), counts[name][1] + len(far)]
         cells = [f"{a / b:.1%} ({a}/{b})" if b else "-" for a, b in counts.values()]
         lines.append(f"{scenario:<10}" + "".join(f"{c:>20}" for c in cells))
@@ -173,25 +152,28 @@ def row(name, flagged, target=None):
 
 
 def main(argv=None):
-    args = cli.parse_flags(globals(), argv, types={"OTHER": str, "RANKS": int})
+    args = flags.parse_flags(globals(), argv, types={"OTHER": str, "RANKS": int})
     net, meta = model.load_checkpoint(args.model)
     if not meta.get("familiarity"):
-        cli.die(f"{cli.printable(args.model)} has no familiarity measure; train it with this version of AItraining.py")
+        raise messages.UserError(
+            f"{messages.printable(args.model)} has no familiarity measure; train it with this version of AItraining.py"
+        )
     limit = meta["familiarity"]["limit"]
     print(
-        f"{cli.printable(args.model)}: familiarity limit {limit:.3f} ({meta['familiarity']['image_types']}; "
+        f"{messages.printable(args.model)}: familiarity limit {limit:.3f} ({meta['familiarity']['image_types']}; "
         f"{meta['familiarity']['quantile']:.0%} of validation within)"
     )
     print(f"{'group':<34}{'images':>6}{'flagged':>9}{'share':>9}")
     groups = {"own": features_of(net, meta, photos_in(args.own), args.batch_size)}
     own = familiarity.distances_to(groups["own"], meta)
-    print(row(f"own test photos ({args.own})", own > limit, "own"))
+    print(row(f"own test photos ({args.own})", familiarity.is_unfamiliar(own, limit), "own"))
     if args.other:
         groups["other"] = features_of(net, meta, photos_in(args.other, args.n_other), args.batch_size)
-        print(row(args.other_name, familiarity.distances_to(groups["other"], meta) > limit, "other"))
+        other = familiarity.distances_to(groups["other"], meta)
+        print(row(args.other_name, familiarity.is_unfamiliar(other, limit), "other"))
     made = non_lesion_images(args.seed, args.n_non_lesion)
     groups["non-lesion"] = features_of(net, meta, [img for _, img in made], args.batch_size)
-    far = familiarity.distances_to(groups["non-lesion"], meta) > limit
+    far = familiarity.is_unfamiliar(familiarity.distances_to(groups["non-lesion"], meta), limit)
     print(row("non-lesion images (all)", far, "non-lesion"))
     kinds = [kind for kind, _ in made]
     for kind in dict.fromkeys(kinds):
@@ -216,4 +198,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(interrupts.run_script(main))

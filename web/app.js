@@ -5,12 +5,13 @@
 // A photo unlike the training photos (its familiarity_distance beyond the model's limit) gets no answer: the
 // page says why instead, with a button that shows the answer anyway, marked unreliable (as predict.py does).
 // The functions that say what predict.py says carry the names of their Python twins (decisionTexts is
-// answer.decision_texts, likelyTypes answer.likely_types, modelCautions answer.model_cautions, classProbabilities
+// answer.decision_texts, isBorderline answer.is_borderline, isUnfamiliar familiarity.is_unfamiliar, likelyTypes
+// answer.likely_types, modelCautions answer.model_cautions, classProbabilities
 // model.class_probabilities, calibratedProbabilities model.calibrated_probabilities, malignantSumText
-// predict.malignant_sum_text, reweighted numbers.reweighted, predictiveValues numbers.predictive_values,
-// weakModelWarning numbers.weak_model_warning, prevalenceTexts answer.prevalence_texts, unfamiliarSentence
+// predict.malignant_sum_text, reweighted metrics.reweighted, predictiveValues metrics.predictive_values,
+// weakModelWarning metrics.weak_model_warning, prevalenceTexts answer.prevalence_texts, unfamiliarSentence
 // familiarity.unfamiliar_sentence, answerShown answer.answer_shown, marked answer.marked, percentText
-// cli.percent_text); tests/test_web.py checks that they exist and agree.
+// messages.percent_text); tests/test_web.py checks that they exist and agree.
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import {
   centreCrop, imageSize, loadImage, MAX_ASPECT, normalise, tooElongated, upsampleBilinear,
@@ -183,10 +184,10 @@ async function check(file) {
   const probabilities = calibratedProbabilities(Array.from(outputs.logits.data), config); // p is their malignant sum
   const run = {
     name: file.name, size, crop, p, threshold: config.threshold, label: SIDES[p >= config.threshold ? 1 : 0],
-    borderline: Math.abs(p - config.threshold) < config.borderline_margin, probabilities,
+    borderline: isBorderline(p, config.threshold, config.borderline_margin), probabilities,
     types: config.classes.length > 2 ? likelyTypes(probabilities, config) : [],
     cam: Array.from(outputs.cam.data), camShape: [h, w], distance,
-    unfamiliar: Boolean(config.familiarity) && !(distance <= config.familiarity.limit), revealed: false,
+    unfamiliar: Boolean(config.familiarity) && isUnfamiliar(distance, config.familiarity.limit), revealed: false,
     timings: { decode: t1 - t0, preprocess: t2 - t1, inference: t3 - t2, total: t3 - t0 },
   };
   show(run);
@@ -212,6 +213,18 @@ export function fixed(x, digits) {
   return exact.slice(0, -1).replace(/\.$/, ""); // the odd digit rounded up: the even one below is Python's
 }
 
+// familiarity.is_unfamiliar, the rule: a photo is unfamiliar when its distance lies beyond the limit, or is not a
+// number (NaN: a distance that could not be measured is never familiar); at the limit it is familiar.
+export function isUnfamiliar(distance, limit) {
+  return !(distance <= limit);
+}
+
+// answer.is_borderline, the rule: P(malignant) is borderline when it lies within margin of the threshold (at margin
+// exactly it is not; NaN is not).
+export function isBorderline(p, threshold, margin) {
+  return Math.abs(p - threshold) < margin;
+}
+
 // answer.decision_texts: P and the threshold with enough digits (3 to 6) to see which side P lies on (past 6,
 // "just below" or "just above" the threshold), and "borderline" when P is within margin of the threshold, else "".
 export function decisionTexts(p, threshold, margin) {
@@ -225,7 +238,7 @@ export function decisionTexts(p, threshold, margin) {
   let pText = fixed(p, digits);
   const tText = fixed(threshold, digits);
   if (pText === tText && p !== threshold) pText = `just ${p < threshold ? "below" : "above"} ${tText}`;
-  return [pText, tText, Math.abs(p - threshold) < margin ? "borderline" : ""];
+  return [pText, tText, isBorderline(p, threshold, margin) ? "borderline" : ""];
 }
 
 // answer.answer_shown: whether a photo's answer (P, P at a prevalence, PPV and NPV, the type, the heat map) is
@@ -239,7 +252,7 @@ export function marked(text, unfamiliar) {
   return unfamiliar ? `${UNRELIABLE}${text}` : text;
 }
 
-// cli.percent_text: a share as a percentage with one decimal, or as many as show its first two significant digits
+// messages.percent_text: a share as a percentage with one decimal, or as many as show its first two significant digits
 // (and those of 1 - share), trailing zeros cut: 0.0001 is "0.01%", never "0.0%".
 export function percentText(share) {
   const closest = 100 * Math.min(share, 1 - share);
@@ -272,14 +285,14 @@ export function malignantSumText(probabilities, meta) {
   return `${at.map((i) => `${names[i]} ${fixed(probabilities[i], 3)}`).join(" + ")} = ${fixed(sum, 3)}`;
 }
 
-// numbers.reweighted: P(malignant) where a share prevalence of photos is malignant, from P that assumes prior
+// metrics.reweighted: P(malignant) where a share prevalence of photos is malignant, from P that assumes prior
 // (its odds times the ratio of the prior odds: Bayes' rule).
 export function reweighted(p, prior, prevalence) {
   const odds = (p / (1 - p)) * (prevalence / (1 - prevalence)) / (prior / (1 - prior));
   return Number.isFinite(odds) ? odds / (1 + odds) : 1;
 }
 
-// numbers.predictive_values: [PPV, NPV], the chance that a 'malignant' call is right and that a 'benign' call is
+// metrics.predictive_values: [PPV, NPV], the chance that a 'malignant' call is right and that a 'benign' call is
 // right at that prevalence, for a test of this sensitivity and specificity.
 export function predictiveValues(sensitivity, specificity, prevalence) {
   const caught = sensitivity * prevalence, falseAlarms = (1 - specificity) * (1 - prevalence);
@@ -288,7 +301,7 @@ export function predictiveValues(sensitivity, specificity, prevalence) {
     cleared + missed > 0 ? cleared / (cleared + missed) : NaN];
 }
 
-// numbers.weak_model_warning: a caution when the model itself is weak, else null.
+// metrics.weak_model_warning: a caution when the model itself is weak, else null.
 export function weakModelWarning(op, aucCi) {
   const found = [];
   if (op && op.specificity != null && op.specificity < 0.5) {

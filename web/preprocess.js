@@ -107,7 +107,7 @@ export function roundHalfEven(x) {
   return f % 2 === 0 ? f : f + 1;
 }
 
-// model.preprocess's geometry: the resized size and the crop box inside it.
+// photos.preprocess's geometry: the resized size and the crop box inside it.
 // What the shorter side is resized to before the centre crop: floor(S / crop_pct) (photos.short_side).
 export function shortSide(size, cropPct) {
   return Math.floor(size / cropPct);
@@ -147,7 +147,7 @@ export function normalise(crop, size, mean, std) {
   return x;
 }
 
-// Flatten transparency onto white in place, as model.load_image's paste onto a white background:
+// Flatten transparency onto white in place, as photos.load_image's paste onto a white background:
 // (255 * (255 - a) + c * a) / 255 with Pillow's rounding. getImageData's unpremultiplied values give
 // exactly Pillow's result for every (c, a) (tests/test_web.py checks a photo with transparency).
 export function flattenOnWhite(rgba) {

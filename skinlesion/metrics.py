@@ -2,15 +2,11 @@
 scores thousands of bootstrap resamples, their percentile intervals, the operating point (a threshold for a target
 sensitivity that a small validation split supports, with its uncertainty), the verdict on a model that cannot be
 told from chance, and the metrics of a lesion-type model.
-Calibration: probabilities that mean what they say. A model trained with class weights learns as if half the
-photos were malignant; a calibration fitted on the validation split scales the model's logits by a and adds b to
-the malignant classes' ones: one calibrated distribution over the classes, softmax(a * logits + b * malignant),
-whose malignant classes add up to P(malignant). For two classes this maps the log-odds z = log(P / (1 - P)) of
-malignant to a * z + b. Temperature scaling (b = 0), or Platt's two-parameter form (b shifts the prior) where it
-predicts held-out validation photos clearly better (5-fold cross-validated log-loss), fitted to Platt's smoothed
-targets; and none at all (a = 1, b = 0) where neither lowers the held-out log-loss. a > 0: the ranking stays.
-Also the measures of calibration, row-wise for the bootstrap: log-loss, Brier score, expected calibration error
-(ECE, 15 equal-width bins), and the reliability diagram's bins."""
+Calibration: probabilities that mean what they say, one calibrated distribution softmax(a * logits + b * malignant)
+fitted on the validation split: temperature scaling (b = 0), Platt's two-parameter form where it predicts held-out
+validation photos clearly better, or none (docs/reference.md, "Calibration"); and the measures of calibration,
+row-wise for the bootstrap: log-loss, Brier score, expected calibration error (ECE, 15 equal-width bins), and the
+reliability diagram's bins."""
 
 import numpy as np
 
@@ -23,7 +19,7 @@ APPLIES_TO = "logits"  # what a calibration {a, b} scales: the class logits (its
 
 def binary_metrics(y, p, threshold=0.5):
     """Malignant (1) is positive, predicted when p >= threshold. Works row-wise on the last axis; the same
-    numbers as scikit-learn's (tests/test_metrics.py)."""
+    numbers as scikit-learn's (tests/skinlesion/test_metrics.py)."""
     y, p = np.asarray(y) == 1, np.asarray(p, dtype=float)
     pred = p >= threshold
     tp, fp = (pred & y).sum(-1), (pred & ~y).sum(-1)

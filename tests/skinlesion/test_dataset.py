@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import fails, lesion_photo
-from skinlesion import dataset
+from skinlesion import dataset, model_file
 
 
 @pytest.mark.parametrize(
@@ -151,9 +151,9 @@ def test_a_manifest_that_cannot_be_read_is_one_line_not_ignored(tmp_path, capsys
 
 def test_the_data_summary_holds_text_a_model_file_accepts():
     """Metadata values with terminal escapes, newlines, a right-to-left override or 600 characters become
-    printable, bounded text (as cli.printable shows them), so the model file that carries them loads; empty
+    printable, bounded text (as messages.printable shows them), so the model file that carries them loads; empty
     values read unknown; accents are kept."""
-    from skinlesion import shapes
+    from skinlesion import schema
 
     forged = ["Dr \x1b[2J", "Clinic\nB", "x" * 600, "Hôpital \u202eA", ""]
     manifest = pd.DataFrame(
@@ -168,13 +168,12 @@ def test_the_data_summary_holds_text_a_model_file_accepts():
         )  # fmt: skip
     )
     data = dataset.data_summary(manifest, dataset.SIDES, "data\x1bset")
-    import model
 
-    assert model.KEYS["data"].shape.test(data) is None
+    assert model_file.KEYS["data"].shape.test(data) is None
     assert set(data["attributions"]) == {
         "Dr \\x1b[2J",
         "Clinic\\nB",
-        "x" * shapes.MAX_TEXT,
+        "x" * schema.MAX_TEXT,
         "Hôpital \\u202eA",
         "unknown",
     }

@@ -15,8 +15,8 @@ import pytest
 import AItraining
 import model
 from conftest import beta_binomial_range, front_matter
-from skinlesion import card, dataset, files, isic, model_index, numbers
-from skinlesion.evaluation import calibration_report, operating_report, subgroups
+from evaluate import calibration_report, operating_report, subgroups
+from skinlesion import card, dataset, files, isic, metrics, model_file
 
 SECTIONS = ["## Model details", "## Intended use", "## Training data", "## Evaluation", "## Factors", "## Caveats"]
 TYPES = {"nevus": "benign", "seborrheic keratosis": "benign", "basal cell carcinoma": "malignant",
@@ -78,7 +78,7 @@ def b0():
 
 
 def trained(lesion_types=False, imagenet=HUB_START, rows=None, seed=0, **data):
-    """A model file's meta as AItraining.py writes it: model.checkpoint_state with the data summary, settings,
+    """A model file's meta as AItraining.py writes it: model_file.checkpoint_state with the data summary, settings,
     and what AItraining.scored keeps of the validation predictions."""
     rows = manifest(lesion_types=lesion_types) if rows is None else rows
     classes, malignant, names = dataset.classes_of(rows)
@@ -106,7 +106,7 @@ def trained(lesion_types=False, imagenet=HUB_START, rows=None, seed=0, **data):
     kept = AItraining.scored(labels, class_weighted_logits(labels, mask, seed), meta, 0.9)[1]
     cfg = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     cfg.update(interpolation="bicubic", crop_pct=0.875)
-    state = model.checkpoint_state(b0(), cfg, epoch=7, **meta, **kept)  # as AItraining.py calls it
+    state = model_file.checkpoint_state(b0(), cfg, epoch=7, **meta, **kept)  # as AItraining.py calls it
     return state["meta"]
 
 
@@ -121,15 +121,15 @@ def evaluated(meta, rows=None, seed=1, n=400, columns=("sex", "age_approx", "ana
     p = model.predictions([logits], meta)[0]
     before = model.predictions([logits], dict(meta, calibration=None))[0]
     args = types.SimpleNamespace(n_bootstrap=300, seed=0)
-    scores = numbers.binary_metrics(y, p, meta["threshold"])
-    ci = numbers.bootstrap_ci(y, p, 300, 0, threshold=meta["threshold"])
+    scores = metrics.binary_metrics(y, p, meta["threshold"])
+    ci = metrics.bootstrap_ci(y, p, 300, 0, threshold=meta["threshold"])
     test_rows = (manifest(n) if rows is None else rows)[list(columns)].reset_index(drop=True)
     return dict(
         data_dir="dataset/test",
         n_images={c: int((labels == i).sum()) for i, c in enumerate(meta["classes"])},
         metrics=scores,
         ci95={k: list(v) for k, v in ci.items()},
-        at_chance=numbers.at_chance(ci["roc_auc"]),
+        at_chance=metrics.at_chance(ci["roc_auc"]),
         operating_point=operating_report(y, p, meta, scores, ci),
         calibration=calibration_report(y, before, p, meta.get("calibration"), args),
         subgroups=subgroups(y, p, test_rows, args),
@@ -185,7 +185,7 @@ def test_front_matter_holds_the_test_results_once_evaluated(meta, evaluation):
     ],
 )
 def test_the_licence_is_the_most_restrictive_of_the_data(licences, expected):
-    assert model_index.licence_id(licences) == expected
+    assert card.licence_id(licences) == expected
 
 
 # ---------------------------------------------------------------------------- the text
@@ -240,7 +240,7 @@ def test_text_from_a_data_file_is_shown_as_it_is_in_the_card(meta, evaluation, f
         rows["attribution"] = FORGED["attribution"]
         rows["anatom_site_1"] = rows.anatom_site_1.replace("torso", FORGED["value"])
     crafted = trained(lesion_types=True, rows=rows)
-    assert model.meta_fault(crafted) is None  # printable text: a model file may hold it
+    assert model_file.meta_fault(crafted) is None  # printable text: a model file may hold it
     html = html_of(card.render(crafted, "<b>m</b>.pth", dict(evaluation, data_dir="data|<i>x</i>")))
     plain = html_of(card.render(trained(lesion_types=True), "<b>m</b>.pth", evaluation))
     for tag in ("h1", "h2", "h3", "script", "a", "i", "b", "em", "code", "th", "td"):
@@ -351,7 +351,7 @@ def test_a_data_set_without_metadata_gives_unknown(rows):
 def test_the_summary_carries_the_test_results_as_the_card_names_them(meta, evaluation):
     """export_onnx.py reads evaluate.py's results (evaluation.json), not the card: named as the front matter names
     them; anything else is no results."""
-    tested = model_index.test_results(json.loads(json.dumps(evaluation)))  # as read back from evaluation.json
+    tested = card.test_results(json.loads(json.dumps(evaluation)))  # as read back from evaluation.json
     front = {m["type"]: (m["value"], m["name"]) for m in front_matter(card.render(meta, "m.pth", evaluation))[
         "model-index"][0]["results"][1]["metrics"]}  # fmt: skip
     assert tested == front and tested["roc_auc"][0] == round(evaluation["metrics"]["roc_auc"], 4)
@@ -359,7 +359,7 @@ def test_the_summary_carries_the_test_results_as_the_card_names_them(meta, evalu
     assert set(summary) == {"trained_on", "how_well", "intended_use", "limits", "tested", "test_point"}
     train = sum(meta["data"]["counts"]["train"].values())  # the photos it learned from, not all 400 prepared
     assert 0 < train < 400 and summary["trained_on"].startswith(f"{train} ISIC photos (dermoscopic); classes: benign")
-    m = evaluation["metrics"]  # the figures PPV and NPV come from (model_index rounds them to 4 digits)
+    m = evaluation["metrics"]  # the figures PPV and NPV come from (card.result_entry rounds them to 4 digits)
     assert summary["test_point"] == {k: round(m[k], 4) for k in ("sensitivity", "specificity")}
     m, ci = evaluation["metrics"], evaluation["ci95"]
     sens, spec = (f"{m[k]:.0%} [{100 * ci[k][0]:.0f}-{ci[k][1]:.0%}]" for k in ("sensitivity", "specificity"))
@@ -372,8 +372,8 @@ def test_the_summary_carries_the_test_results_as_the_card_names_them(meta, evalu
     assert summary["tested"] in summary["how_well"] and summary["tested"].startswith("on the test photos")
     assert "at this threshold the model caught" in summary["how_well"] and summary["limits"][0] == card.NOT_A_DEVICE
     for other in (None, {}, {"metrics": "high"}, {"metrics": {"roc_auc": "high"}}, [1]):
-        assert model_index.test_results(other) is None
-    assert model.KEYS["card_summary"].shape.test(summary) is None  # what a model file may hold
+        assert card.test_results(other) is None
+    assert model_file.KEYS["card_summary"].shape.test(summary) is None  # what a model file may hold
 
 
 def test_factor_tables_list_the_splits_in_order_and_unknown_last(meta):
@@ -408,3 +408,25 @@ def test_the_card_says_whether_each_test_figure_held_against_what_as_many_photos
     )
     older = dict(folded, operating_point={k: v for k, v in folded["operating_point"].items() if not k.startswith("n_")})
     assert "as many photos show" not in card.render(older, "m.pth", dict(evaluation, metrics=figures))
+
+
+def test_the_test_figures_are_read_back_only_where_the_card_names_this_model_files_sha256(meta, evaluation, tmp_path):
+    """The results embedded in our card are this model file's only where they name its SHA-256: another file's, no
+    SHA-256 asked for, or a card of ours whose results name none (written by hand through the ledger, as an older
+    writer might have) give no test figures, so predict.py shows no Tested line and export_onnx.py puts none in the
+    page's summary. Kills the comparison made only when a SHA-256 is given (`model_sha256 and ...`) or a card
+    without one taken as this file's (`kept.get("model_sha256", model_sha256)`) in card.embedded; another file's
+    card is tests/test_predict.py::test_ppv_and_npv_come_from_the_test_figures_with_the_validation_ones_beside."""
+    from skinlesion import ledger
+
+    path = str(tmp_path / "skin_model.md")
+    card.write_card(path, meta, "skin_model.pth", evaluation, None, "c" * 64)
+    test, _ = card.earlier_evaluations(path, "c" * 64)
+    assert test == json.loads(json.dumps(evaluation))  # the nearest that must be read back
+    assert card.earlier_evaluations(path, "d" * 64) == (None, {})
+    assert card.earlier_evaluations(path, None) == (None, {}) and card.earlier_evaluations(path, "") == (None, {})
+    kept = dict(test=evaluation, externals={}, exports={})  # no model_sha256
+    text = card.render(meta, "skin_model.pth", evaluation) + card.EMBEDDED + json.dumps(kept) + " -->\n"
+    files.write_text(path, text, "model card")
+    assert ledger.why_not_ours(path, "model card") is None  # ours and unchanged: only the SHA-256 is missing
+    assert card.earlier_evaluations(path, "c" * 64) == (None, {})

@@ -13,7 +13,8 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from skinlesion.cli import in_range, printable
+from skinlesion.flags import in_range
+from skinlesion.messages import printable
 
 MAX_TEXT = 500  # longest string a model file may hold (a class name, an attribution, a summary line)
 MAX_ITEMS = 10_000  # longest list or table
@@ -45,7 +46,7 @@ def is_text(value, most=MAX_TEXT):
 
 
 def as_text(value, most=MAX_TEXT):
-    """A value read from a data file as the text a model file may hold: printable (cli.printable) and at most
+    """A value read from a data file as the text a model file may hold: printable (messages.printable) and at most
     most characters (cut); '' stays ''."""
     return printable(value)[:most]
 
@@ -142,7 +143,7 @@ def fault(shape, name, value):
     return f"its {name}{where} {shown} is not {wanted}"
 
 
-# ---------------------------------------------------------------------------- the model file's values (model.KEYS)
+# ---------------------------------------------------------------------------- the model file's values (model_file.KEYS)
 def is_starting_weights(value):
     """Whether value is what backbone.imagenet_model returns: {source: hub id} or {file: name, sha256: hex}."""
     if not isinstance(value, dict) or not all(isinstance(v, str) and 0 < len(v) <= 200 for v in value.values()):
@@ -163,15 +164,15 @@ DATA = record({}, dict(  # what the card says of the training data (dataset.data
     source=text(), counts=table_of(table_of(COUNT)), grouping=text(),
     factors=table_of(table_of(table_of(COUNT))), attributions=table_of(COUNT),
     licences=table_of(COUNT), label_column=text(), synthetic=BOOLEAN), others=True)  # fmt: skip
-CALIBRATION = record(dict(  # numbers.fit (applies_to: since the type logits are scaled; before, the log-odds)
+CALIBRATION = record(dict(  # metrics.fit_calibration (applies_to: since type logits are scaled; before, log-odds)
     method=one_of("temperature", "platt", "none"), a=number(1e-6, 1e6), b=number(-1e6, 1e6),
     val_log_loss_before=ANY_NUMBER, val_log_loss_after=ANY_NUMBER, val_ece_before=FRACTION, val_ece_after=FRACTION),
     dict(cv_log_loss=table_of(nullable(ANY_NUMBER)), applies_to=one_of("logits")))  # fmt: skip
 INTERVAL = list_of(nullable(FRACTION), 2)  # a 95% interval (null ends: a type without photos)
-TYPES_RESULTS = record(dict(  # numbers.types_with_intervals: balanced accuracy, each type's sensitivity, 95% intervals
+TYPES_RESULTS = record(dict(  # metrics.types_with_intervals: balanced accuracy, each type's sensitivity, 95% intervals
     balanced_accuracy=nullable(FRACTION), balanced_accuracy_ci95=INTERVAL, chance=FRACTION,
     types=table_of(record(dict(sensitivity=nullable(FRACTION), sensitivity_ci95=INTERVAL, photos=COUNT)))))  # fmt: skip
-OPERATING_POINT = record(dict(  # numbers.operating_point
+OPERATING_POINT = record(dict(  # metrics.operating_point
     target_sensitivity=FRACTION, threshold=FRACTION, sensitivity=FRACTION, specificity=FRACTION,
     sensitivity_ci95=list_of(FRACTION, 2), specificity_ci95=list_of(FRACTION, 2)),
     dict(n_malignant=COUNT, n_benign=COUNT))  # fmt: skip

@@ -26,7 +26,7 @@ import model
 import predict
 import prepare_dataset
 from conftest import beta_binomial_range, calibration, fails, lesion_photo, noise_image, save_model, write_export
-from skinlesion import evaluation, isic, model_index, numbers, photos
+from skinlesion import card, isic, metrics, model_file, photos
 
 
 def sigmoid(x):
@@ -68,7 +68,7 @@ def test_predict_compares_the_calibrated_p_with_the_threshold(tmp_path, capsys, 
 
     photo = lesion_photo(tmp_path / "photo.jpg", (80, 64), seed=3)
     net, meta = model.load_checkpoint(save_model(tmp_path / "plain.pth"))
-    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model.meta_data_config(meta)))[None]
+    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model_file.meta_data_config(meta)))[None]
     logits = model.view_logits(net, x)[0][0]
     with torch.no_grad():
         net.classifier.bias[1] -= float(logits[1] - logits[0])
@@ -94,7 +94,7 @@ def test_a_photo_whose_p_equals_the_threshold_is_called_malignant(tmp_path, caps
     photo = lesion_photo(tmp_path / "photo.jpg", (80, 64), seed=4)
     path = save_model(tmp_path / "m.pth", calibration=calibration(0.5, 0.2))
     net, meta = model.load_checkpoint(path)
-    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model.meta_data_config(meta)))[None]
+    x = torch.from_numpy(photos.preprocess(photos.load_image(photo), model_file.meta_data_config(meta)))[None]
     p = float(model.predictions(model.view_logits(net, x), meta)[0][0])
     for threshold, label in [(p, "malignant"), (float(np.nextafter(p, 1)), "benign")]:
         predict.main([photo, "--model", path, "--threshold", repr(threshold)])
@@ -138,7 +138,7 @@ def test_an_onnx_file_keeps_platts_shift(tmp_path, capsys, one_torch_thread):
         ["--model", path, "--output", str(tmp_path / "m.onnx"), "--check-images", str(tmp_path / "photos")]
     )
     session, meta = model.load_onnx(str(tmp_path / "m.onnx"))
-    x = photos.preprocess(photos.load_image(photo), model.meta_data_config(meta))[None]
+    x = photos.preprocess(photos.load_image(photo), model_file.meta_data_config(meta))[None]
     logits, p_file = ort.InferenceSession(str(tmp_path / "m.onnx")).run(["logits", "p_malignant"], {"image": x})
     expected = sigmoid(0.7 * (logits[0, 1] - logits[0, 0]) + 1.3)
     assert abs(p_file[0] - expected) < 1e-5
@@ -156,7 +156,7 @@ def test_the_bootstrap_interval_has_the_level_asked_for(level):
     Wrong code caught: a level ignored, or percentiles at 100 (1 - level) and 100 level."""
     rng = np.random.default_rng(1)
     y, p = np.arange(400) % 2, rng.random(400)
-    low, high = numbers.bootstrap_ci(y, p, 4000, seed=2, level=level, metric_fn=lambda y, p: p.mean(-1))["value"]
+    low, high = metrics.bootstrap_ci(y, p, 4000, seed=2, level=level, metric_fn=lambda y, p: p.mean(-1))["value"]
     half = norm.ppf((1 + level) / 2) * p.std() / math.sqrt(len(p))
     assert (high - low) / (2 * half) == pytest.approx(1, abs=0.1)
     assert (low + high) / 2 == pytest.approx(p.mean(), abs=0.2 * half)
@@ -166,7 +166,7 @@ def test_the_default_bootstrap_interval_is_95_percent():
     """Every interval the scripts print is a 95% one: bootstrap_ci's default level, by the same measure."""
     rng = np.random.default_rng(3)
     y, p = np.arange(400) % 2, rng.random(400)
-    low, high = numbers.bootstrap_ci(y, p, 4000, seed=4, metric_fn=lambda y, p: p.mean(-1))["value"]
+    low, high = metrics.bootstrap_ci(y, p, 4000, seed=4, metric_fn=lambda y, p: p.mean(-1))["value"]
     assert (high - low) / (2 * 1.959964 * p.std() / math.sqrt(400)) == pytest.approx(1, abs=0.1)
 
 
@@ -177,7 +177,7 @@ def test_the_bootstrap_draws_every_photo_and_no_other():
     0..n-2 or 1..n-1 (an off-by-one in the range)."""
 
     def interval(y, p, fn):
-        return numbers.bootstrap_ci(np.array(y), np.array(p), 2000, seed=0, metric_fn=fn)["value"]
+        return metrics.bootstrap_ci(np.array(y), np.array(p), 2000, seed=0, metric_fn=fn)["value"]
 
     y, p = [0, 1, 1], [0.1, 0.5, 0.9]
     assert interval(y, p, lambda y, p: p.min(-1)) == (pytest.approx(0.1), pytest.approx(0.1))
@@ -194,7 +194,7 @@ def test_the_bootstrap_scores_n_resamples_of_n_photos():
         seen.append(y.shape)
         return p.mean(-1)
 
-    numbers.bootstrap_ci(np.arange(100) % 2, np.linspace(0, 1, 100), 777, seed=0, metric_fn=record)
+    metrics.bootstrap_ci(np.arange(100) % 2, np.linspace(0, 1, 100), 777, seed=0, metric_fn=record)
     assert sum(rows for rows, _ in seen) == 777 and {photos_ for _, photos_ in seen} == {100}
 
 
@@ -298,13 +298,13 @@ def test_evaluates_calibration_numbers_before_and_after_are_those_of_the_plain_a
     y = (rng.random(300) < sigmoid(0.5 * z + 1)).astype(int)
     fitted = dict(method="platt", a=0.5, b=1.0)
     before, after = sigmoid(z), sigmoid(0.5 * z + 1)  # evaluate.main passes the plain and the calibrated P
-    report = evaluation.calibration_report(y, before, after, fitted, SimpleNamespace(n_bootstrap=0, seed=0))
+    report = evaluate.calibration_report(y, before, after, fitted, SimpleNamespace(n_bootstrap=0, seed=0))
     for when, p in (("before", sigmoid(z)), ("after", sigmoid(0.5 * z + 1))):
         assert report[f"ece_{when}"] == pytest.approx(ece_by_hand(y, p))
         assert report[f"brier_{when}"] == pytest.approx(np.mean((p - y) ** 2))
         assert report[f"log_loss_{when}"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
     assert report["ece_before"] > report["ece_after"] + 0.05
-    assert report["ece_after_if_calibrated"] == numbers.calibrated_ece_limit(after, seed=0)  # of the calibrated P
+    assert report["ece_after_if_calibrated"] == metrics.calibrated_ece_limit(after, seed=0)  # of the calibrated P
 
 
 @pytest.mark.parametrize(
@@ -317,18 +317,18 @@ def test_what_a_test_of_n_photos_can_show_is_the_beta_binomial_predictive_range(
     where they are many. Wrong code caught: the stated interval itself, the binomial alone, the prior left out."""
     from scipy.stats import binom
 
-    expected = numbers.expected_share(value, n_stated, n_new)
+    expected = metrics.expected_share(value, n_stated, n_new)
     assert expected == pytest.approx(beta_binomial_range(value * n_stated, n_stated, n_new), abs=1e-12)
     alone = binom(n_new, value).ppf(0.025) / n_new, binom(n_new, value).ppf(0.975) / n_new
     assert expected[0] <= alone[0] and expected[1] >= alone[1]
-    assert numbers.expected_share(value, 10**6, n_new) == pytest.approx(alone, abs=1.01 / n_new)
-    assert numbers.expected_share(value, 0, n_new) is None and numbers.expected_share(value, n_stated, 0) is None
+    assert metrics.expected_share(value, 10**6, n_new) == pytest.approx(alone, abs=1.01 / n_new)
+    assert metrics.expected_share(value, 0, n_new) is None and metrics.expected_share(value, n_stated, 0) is None
 
 
 def test_the_folds_specificity_on_30_benign_test_photos():
     """The seed-1 ensemble of docs/measurements.md: 34% out of fold on 170 benign photos; its 95% interval
     (27-41%) misses a 43% on 30 test photos, which what 30 photos can show (5 to 16 of them) holds."""
-    low, high = numbers.expected_share(0.34, 170, 30)
+    low, high = metrics.expected_share(0.34, 170, 30)
     assert (round(low * 30), round(high * 30)) == (5, 16)
     assert low < 0.27 and high >= 0.43
 
@@ -346,10 +346,10 @@ def test_the_ece_limit_of_a_calibrated_p_is_its_95th_percentile(photos, monkeypa
     gaps = np.abs(k / photos - 0.5)
     order = np.argsort(gaps)
     exact = gaps[order][np.argmax(np.cumsum(binom.pmf(k, photos, 0.5)[order]) >= 0.95)]
-    limit = numbers.calibrated_ece_limit(p)
+    limit = metrics.calibrated_ece_limit(p)
     assert abs(limit - exact) <= 1 / photos + 1e-12
-    monkeypatch.setattr(numbers, "CHUNK", 3 * photos)
-    assert numbers.calibrated_ece_limit(p) == limit
+    monkeypatch.setattr(metrics, "CHUNK", 3 * photos)
+    assert metrics.calibrated_ece_limit(p) == limit
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -366,7 +366,7 @@ def test_metrics_equal_scikit_learn_row_by_row():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, (40, 30))
     p = rng.random((40, 30)).round(1)  # many tied scores
-    rows = numbers.binary_metrics(y, p, 0.5)
+    rows = metrics.binary_metrics(y, p, 0.5)
     for i in range(len(y)):
         pred = p[i] >= 0.5
         expected = dict(
@@ -379,35 +379,35 @@ def test_metrics_equal_scikit_learn_row_by_row():
             roc_auc=skm.roc_auc_score(y[i], p[i]),
         )
         assert {k: rows[k][i] for k in expected} == pytest.approx(expected)
-    m = numbers.binary_metrics([0, 0, 0, 0, 1, 1, 1, 1], [0.1, 0.2, 0.6, 0.3, 0.8, 0.4, 0.9, 0.7])
+    m = metrics.binary_metrics([0, 0, 0, 0, 1, 1, 1, 1], [0.1, 0.2, 0.6, 0.3, 0.8, 0.4, 0.9, 0.7])
     assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (3, 1, 1, 3) and m["roc_auc"] == pytest.approx(15 / 16)
-    assert math.isnan(numbers.binary_metrics([1, 1], [0.2, 0.9])["roc_auc"])  # one class: no AUC
+    assert math.isnan(metrics.binary_metrics([1, 1], [0.2, 0.9])["roc_auc"])  # one class: no AUC
 
 
 def test_bootstrap_intervals_contain_the_estimate_narrow_with_data_and_flag_chance():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 30)
     p = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.25, 60), 0, 1)
-    ci = numbers.bootstrap_ci(y, p, 2000, 0, threshold=0.5)
-    point = numbers.binary_metrics(y, p, 0.5)
+    ci = metrics.bootstrap_ci(y, p, 2000, 0, threshold=0.5)
+    point = metrics.binary_metrics(y, p, 0.5)
     for key in ["accuracy", "balanced_accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc"]:
         assert ci[key][0] <= point[key] <= ci[key][1], key
-    big = numbers.bootstrap_ci(np.tile(y, 10), np.tile(p, 10), 2000, 0, metric_fn=numbers.roc_auc)["value"]
+    big = metrics.bootstrap_ci(np.tile(y, 10), np.tile(p, 10), 2000, 0, metric_fn=metrics.roc_auc)["value"]
     assert big[1] - big[0] < (ci["roc_auc"][1] - ci["roc_auc"][0]) / 2
-    assert numbers.bootstrap_ci(y, p, 2000, 0, threshold=0.5) == ci  # seeded
-    assert not numbers.at_chance(ci["roc_auc"])
+    assert metrics.bootstrap_ci(y, p, 2000, 0, threshold=0.5) == ci  # seeded
+    assert not metrics.at_chance(ci["roc_auc"])
     noise = rng.random(60)  # a model that knows nothing
-    assert numbers.at_chance(numbers.bootstrap_ci(y, noise, 2000, 0, metric_fn=numbers.roc_auc)["value"])
-    assert np.isnan(numbers.bootstrap_ci(np.zeros(10), p[:10], 100, 0)["roc_auc"]).all()  # one class only
+    assert metrics.at_chance(metrics.bootstrap_ci(y, noise, 2000, 0, metric_fn=metrics.roc_auc)["value"])
+    assert np.isnan(metrics.bootstrap_ci(np.zeros(10), p[:10], 100, 0)["roc_auc"]).all()  # one class only
 
 
 def test_bootstrap_in_chunks_gives_the_numbers_of_one_draw(monkeypatch):
     y, p = scores(25, 70, seed=3)
-    whole = numbers.bootstrap_ci(y, p, 3000, 7, threshold=0.4)
-    auc = numbers.bootstrap_ci(y, p, 3000, 7, metric_fn=numbers.roc_auc)
-    monkeypatch.setattr(numbers, "CHUNK", 95 * 7 + 50)  # 7 resamples per chunk, the last one shorter
-    assert numbers.bootstrap_ci(y, p, 3000, 7, threshold=0.4) == whole
-    assert numbers.bootstrap_ci(y, p, 3000, 7, metric_fn=numbers.roc_auc) == auc
+    whole = metrics.bootstrap_ci(y, p, 3000, 7, threshold=0.4)
+    auc = metrics.bootstrap_ci(y, p, 3000, 7, metric_fn=metrics.roc_auc)
+    monkeypatch.setattr(metrics, "CHUNK", 95 * 7 + 50)  # 7 resamples per chunk, the last one shorter
+    assert metrics.bootstrap_ci(y, p, 3000, 7, threshold=0.4) == whole
+    assert metrics.bootstrap_ci(y, p, 3000, 7, metric_fn=metrics.roc_auc) == auc
 
 
 @pytest.mark.slow  # seconds of CPU: left to make test
@@ -417,22 +417,22 @@ def test_bootstrap_memory_stays_bounded_for_100000_resamples():
     y, p = scores(60, 240, seed=0)
     tracemalloc.start()
     try:
-        ci = numbers.bootstrap_ci(y, p, 100_000, 0, threshold=0.3)
+        ci = metrics.bootstrap_ci(y, p, 100_000, 0, threshold=0.3)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 150e6, f"peak {peak / 1e6:.0f} MB"
-    point = numbers.binary_metrics(y, p, 0.3)
+    point = metrics.binary_metrics(y, p, 0.3)
     assert all(ci[k][0] <= point[k] <= ci[k][1] for k in ("sensitivity", "specificity", "roc_auc"))
 
 
 def test_chance_needs_the_interval_above_one_half():
-    assert numbers.at_chance((0.5, 0.9)) and numbers.at_chance((0.3, 0.7)) and numbers.at_chance((np.nan, np.nan))
-    assert not numbers.at_chance((0.51, 0.9))
+    assert metrics.at_chance((0.5, 0.9)) and metrics.at_chance((0.3, 0.7)) and metrics.at_chance((np.nan, np.nan))
+    assert not metrics.at_chance((0.51, 0.9))
 
 
 def test_is_probability():
-    assert numbers.is_probability([0, 0.5, 1, -0.1, 1.1, np.nan, np.inf]).tolist() == [1, 1, 1, 0, 0, 0, 0]
+    assert metrics.is_probability([0, 0.5, 1, -0.1, 1.1, np.nan, np.inf]).tolist() == [1, 1, 1, 0, 0, 0, 0]
 
 
 # ---------------------------------------------------------------------------- thresholds
@@ -441,10 +441,10 @@ def test_threshold_meets_target_sensitivity_on_the_data_it_was_chosen_on():
     y = rng.integers(0, 2, 200)
     p = np.clip(y * 0.3 + rng.uniform(0, 0.7, 200), 0, 1)
     for target in [0.8, 0.9, 0.95, 1.0]:
-        t = numbers.threshold_for_sensitivity(y, p, target)
-        assert numbers.binary_metrics(y, p, t)["sensitivity"] >= target
-        assert numbers.binary_metrics(y, p, t + 1e-9)["sensitivity"] < target or t >= p.max()  # the highest such
-    assert numbers.threshold_for_sensitivity(y, p, 0) == 0.5
+        t = metrics.threshold_for_sensitivity(y, p, target)
+        assert metrics.binary_metrics(y, p, t)["sensitivity"] >= target
+        assert metrics.binary_metrics(y, p, t + 1e-9)["sensitivity"] < target or t >= p.max()  # the highest such
+    assert metrics.threshold_for_sensitivity(y, p, 0) == 0.5
 
 
 @pytest.mark.parametrize("n_malignant", [7, 30, 59, 60, 61, 120])
@@ -453,11 +453,11 @@ def test_stable_threshold_reaches_the_target_on_the_data(n_malignant):
         y, p = scores(n_malignant, 4 * n_malignant, seed)
         p = p.round(2) if seed % 2 else p  # tied scores too
         for target in (0.8, 0.9, 0.95, 1.0):
-            t = numbers.stable_threshold(y, p, target)
-            assert numbers.binary_metrics(y, p, t)["sensitivity"] >= target, (seed, target)
-            assert t <= numbers.threshold_for_sensitivity(y, p, target)
-    assert numbers.stable_threshold(y, p, 0) == 0.5
-    assert numbers.stable_threshold(np.ones(5), p[:5], 0.9) == 0.5  # no benign photo: the plain threshold
+            t = metrics.stable_threshold(y, p, target)
+            assert metrics.binary_metrics(y, p, t)["sensitivity"] >= target, (seed, target)
+            assert t <= metrics.threshold_for_sensitivity(y, p, target)
+    assert metrics.stable_threshold(y, p, 0) == 0.5
+    assert metrics.stable_threshold(np.ones(5), p[:5], 0.9) == 0.5  # no benign photo: the plain threshold
 
 
 @pytest.mark.slow  # seconds of CPU: left to make test
@@ -473,8 +473,8 @@ def test_stable_threshold_varies_less_from_split_to_split_than_the_raw_one():
     raw, stable = [], []
     for seed in range(600):
         y, p = scores(60, 240, 1000 + seed)
-        raw.append(numbers.threshold_for_sensitivity(y, p, 0.9))
-        stable.append(numbers.stable_threshold(y, p, 0.9))
+        raw.append(metrics.threshold_for_sensitivity(y, p, 0.9))
+        stable.append(metrics.stable_threshold(y, p, 0.9))
     raw, stable = np.array(raw), np.array(stable)
     assert not np.allclose(raw, stable)
     rmse = {name: np.sqrt(np.mean((t - truth) ** 2)) for name, t in (("raw", raw), ("stable", stable))}
@@ -484,31 +484,31 @@ def test_stable_threshold_varies_less_from_split_to_split_than_the_raw_one():
     assert np.mean(caught["raw"] >= 0.9) < 0.45 < 0.5 < np.mean(caught["stable"] >= 0.9)
     for i in range(60, 300):  # a benign photo left out: the threshold stays where it is
         keep = np.arange(300) != i
-        assert numbers.stable_threshold(y[keep], p[keep], 0.9) == stable[-1]
+        assert metrics.stable_threshold(y[keep], p[keep], 0.9) == stable[-1]
 
 
 # ---------------------------------------------------------------------------- the operating point
 def test_operating_point_holds_its_threshold_rates_and_intervals():
     y, p = scores(60, 240, seed=5)
-    op = numbers.operating_point(y, p, 0.9)
-    at = numbers.binary_metrics(y, p, op["threshold"])
-    assert op["threshold"] == numbers.stable_threshold(y, p, 0.9)
+    op = metrics.operating_point(y, p, 0.9)
+    at = metrics.binary_metrics(y, p, op["threshold"])
+    assert op["threshold"] == metrics.stable_threshold(y, p, 0.9)
     assert op["sensitivity"] == at["sensitivity"] >= 0.9 and op["specificity"] == at["specificity"]
     for key in ("sensitivity", "specificity"):
         low, high = op[key + "_ci95"]
         assert low <= op[key] <= high and high - low < 0.3
     assert (op["n_malignant"], op["n_benign"], op["target_sensitivity"]) == (60, 240, 0.9)
-    assert numbers.operating_point(y, p, 0.9) == op  # seeded
+    assert metrics.operating_point(y, p, 0.9) == op  # seeded
 
 
 def test_operating_point_in_words():
     op = dict(sensitivity=0.9, sensitivity_ci95=[0.81, 0.96], specificity=0.45, specificity_ci95=[0.39, 0.51])
-    assert numbers.operating_point_text(op) == (
+    assert metrics.operating_point_text(op) == (
         "at this threshold the model caught 90% [81-96%] of the malignant validation photos and cleared 45% "
         "[39-51%] of the benign ones (brackets: 95% intervals)"
     )
-    assert numbers.operating_point_text(op, "test photos").startswith("at this threshold the model caught 90%")
-    assert numbers.percent_range(0.5, (0.0, 1.0)) == "50% [0-100%]"
+    assert metrics.operating_point_text(op, "test photos").startswith("at this threshold the model caught 90%")
+    assert metrics.percent_range(0.5, (0.0, 1.0)) == "50% [0-100%]"
 
 
 @pytest.mark.parametrize(
@@ -522,7 +522,7 @@ def test_operating_point_in_words():
     ],
 )
 def test_operating_point_warning(sensitivity, specificity, expected):
-    assert numbers.operating_point_warning(dict(sensitivity=sensitivity, specificity=specificity)) == expected
+    assert metrics.operating_point_warning(dict(sensitivity=sensitivity, specificity=specificity)) == expected
 
 
 # ---------------------------------------------------------------------------- lesion types
@@ -532,13 +532,13 @@ def test_lesion_type_metrics_equal_scikit_learn():
     logits = rng.normal(0, 1, (300, 4)) + 1.5 * np.eye(4)[y]
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     predicted = probabilities.argmax(1)
-    assert numbers.balanced_accuracy(y, probabilities) == pytest.approx(skm.balanced_accuracy_score(y, predicted))
+    assert metrics.balanced_accuracy(y, probabilities) == pytest.approx(skm.balanced_accuracy_score(y, predicted))
     expected = [skm.roc_auc_score(y == c, probabilities[:, c]) for c in range(4)]
-    assert numbers.one_vs_rest_auc(y, probabilities) == pytest.approx(expected)
-    assert numbers.confusion(y, probabilities).tolist() == skm.confusion_matrix(y, predicted, labels=range(4)).tolist()
+    assert metrics.one_vs_rest_auc(y, probabilities) == pytest.approx(expected)
+    assert metrics.confusion(y, probabilities).tolist() == skm.confusion_matrix(y, predicted, labels=range(4)).tolist()
     absent = y != 3  # a type without photos: its AUC is not a number, its row of the confusion zeros
-    assert np.isnan(numbers.one_vs_rest_auc(y[absent], probabilities[absent])[3])
-    assert numbers.confusion(y[absent], probabilities[absent])[3].tolist() == [0, 0, 0, 0]
+    assert np.isnan(metrics.one_vs_rest_auc(y[absent], probabilities[absent])[3])
+    assert metrics.confusion(y[absent], probabilities[absent])[3].tolist() == [0, 0, 0, 0]
 
 
 @pytest.mark.slow  # seconds of CPU: left to make test
@@ -551,12 +551,12 @@ def test_the_stored_threshold_moves_little_when_one_validation_photo_is_left_out
         rng = np.random.default_rng(seed)
         y = np.r_[np.ones(60), np.zeros(240)].astype(int)
         p = np.r_[rng.beta(3, 2, 60), rng.beta(2, 5, 240)]
-        stable, raw = numbers.stable_threshold(y, p, 0.9), numbers.threshold_for_sensitivity(y, p, 0.9)
+        stable, raw = metrics.stable_threshold(y, p, 0.9), metrics.threshold_for_sensitivity(y, p, 0.9)
         moved_stable, moved_raw = [], []
         for i in range(60):  # a benign photo left out moves neither: both read only the malignant photos' P
             kept = np.arange(len(y)) != i
-            moved_stable.append(abs(numbers.stable_threshold(y[kept], p[kept], 0.9) - stable))
-            moved_raw.append(abs(numbers.threshold_for_sensitivity(y[kept], p[kept], 0.9) - raw))
+            moved_stable.append(abs(metrics.stable_threshold(y[kept], p[kept], 0.9) - stable))
+            moved_raw.append(abs(metrics.threshold_for_sensitivity(y[kept], p[kept], 0.9) - raw))
         largest_stable.append(max(moved_stable))
         largest_raw.append(max(moved_raw))
     assert max(largest_stable) < 0.06 < max(largest_raw)
@@ -572,25 +572,25 @@ def test_reweighting_p_for_another_prevalence_is_bayes_rule(p, prior, prevalence
     prevalence, P' = prevalence * LR / (prevalence * LR + 1 - prevalence)."""
     likelihood_ratio = (p / prior) / ((1 - p) / (1 - prior))
     by_hand = prevalence * likelihood_ratio / (prevalence * likelihood_ratio + 1 - prevalence)
-    assert float(numbers.reweighted(p, prior, prevalence)) == pytest.approx(by_hand, rel=1e-12)
-    assert float(numbers.reweighted(p, prior, prior)) == pytest.approx(p, rel=1e-12)  # the same setting: P itself
-    assert float(numbers.reweighted(1.0, prior, prevalence)) == 1.0 and float(numbers.reweighted(0.0, prior, 0.1)) == 0
+    assert float(metrics.reweighted(p, prior, prevalence)) == pytest.approx(by_hand, rel=1e-12)
+    assert float(metrics.reweighted(p, prior, prior)) == pytest.approx(p, rel=1e-12)  # the same setting: P itself
+    assert float(metrics.reweighted(1.0, prior, prevalence)) == 1.0 and float(metrics.reweighted(0.0, prior, 0.1)) == 0
 
 
 def test_ppv_and_npv_by_hand():
     """1000 photos, 5% malignant, sensitivity 0.9, specificity 0.6: 45 caught, 5 missed, 570 cleared, 380 false
     alarms; PPV = 45 / 425, NPV = 570 / 575."""
-    ppv, npv = numbers.predictive_values(0.9, 0.6, 0.05)
+    ppv, npv = metrics.predictive_values(0.9, 0.6, 0.05)
     assert ppv == pytest.approx(45 / 425) and npv == pytest.approx(570 / 575)
-    ppv, npv = numbers.predictive_values(1.0, 0.0, 0.3)  # everyone called malignant
+    ppv, npv = metrics.predictive_values(1.0, 0.0, 0.3)  # everyone called malignant
     assert ppv == pytest.approx(0.3) and np.isnan(npv)
 
 
 def test_a_weak_model_is_called_so():
     op = dict(specificity=0.27)
-    assert "cleared only 27% of benign validation photos" in numbers.weak_model_warning(op, [0.75, 0.9])
-    assert "as low as 0.65" in numbers.weak_model_warning(dict(specificity=0.5), [0.65, 0.9])
-    assert numbers.weak_model_warning(dict(specificity=0.5), [0.7, 0.9]) is None
+    assert "cleared only 27% of benign validation photos" in metrics.weak_model_warning(op, [0.75, 0.9])
+    assert "as low as 0.65" in metrics.weak_model_warning(dict(specificity=0.5), [0.65, 0.9])
+    assert metrics.weak_model_warning(dict(specificity=0.5), [0.7, 0.9]) is None
 
 
 def test_type_results_with_intervals_equal_scikit_learns():
@@ -601,7 +601,7 @@ def test_type_results_with_intervals_equal_scikit_learns():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 300)
     probabilities = rng.random((300, 3)) + 0.8 * np.eye(3)[y] * (y != 2)[:, None]  # type 2: never the most probable
-    found = numbers.types_with_intervals(y, probabilities, ["a", "b", "c"], n=500, seed=0)
+    found = metrics.types_with_intervals(y, probabilities, ["a", "b", "c"], n=500, seed=0)
     predicted = probabilities.argmax(1)
     assert found["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, predicted))
     recalls = recall_score(y, predicted, average=None)
@@ -611,7 +611,7 @@ def test_type_results_with_intervals_equal_scikit_learns():
         assert t["sensitivity_ci95"][0] <= t["sensitivity"] <= t["sensitivity_ci95"][1]
     low, high = found["balanced_accuracy_ci95"]
     assert low < found["balanced_accuracy"] < high and high - low < 0.2 and found["chance"] == pytest.approx(1 / 3)
-    text = numbers.types_text(found, {"a": "Nevus"})
+    text = metrics.types_text(found, {"a": "Nevus"})
     assert text.startswith(f"lesion types: balanced accuracy {found['balanced_accuracy']:.2f} [{low:.2f}-{high:.2f}]")
     assert f"Nevus {recalls[0]:.2f} [" in text and "(95% intervals in brackets)" in text
 
@@ -632,23 +632,23 @@ def logits(n, prevalence, seed, scale=1.0, separation=2.0, weighted=True):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_calibration_lowers_the_validation_log_loss_of_a_class_weighted_model_and_keeps_its_roc_auc(seed):
     y, z = logits(800, 0.2, seed)  # validation: ~20% malignant, the model thinks half are
-    fitted = numbers.fit_calibration(y, z)
-    p = numbers.calibrated(z, fitted)
+    fitted = metrics.fit_calibration(y, z)
+    p = metrics.calibrated(z, fitted)
     assert fitted["val_log_loss_after"] < fitted["val_log_loss_before"] - 0.05
-    assert fitted["val_log_loss_after"] == pytest.approx(numbers.log_loss(y, p))
+    assert fitted["val_log_loss_after"] == pytest.approx(metrics.log_loss(y, p))
     assert fitted["val_ece_after"] < fitted["val_ece_before"]
-    assert fitted["a"] > 0 and numbers.roc_auc(y, p) == numbers.roc_auc(y, z)  # the same ranking
+    assert fitted["a"] > 0 and metrics.roc_auc(y, p) == metrics.roc_auc(y, z)  # the same ranking
     y_test, z_test = logits(3000, 0.2, 100 + seed)  # new photos, the validation's prevalence
-    assert numbers.ece(y_test, numbers.calibrated(z_test, None)) > 0.1
-    assert numbers.ece(y_test, numbers.calibrated(z_test, fitted)) <= 0.05
-    assert numbers.roc_auc(y_test, numbers.calibrated(z_test, fitted)) == numbers.roc_auc(y_test, z_test)
+    assert metrics.ece(y_test, metrics.calibrated(z_test, None)) > 0.1
+    assert metrics.ece(y_test, metrics.calibrated(z_test, fitted)) <= 0.05
+    assert metrics.roc_auc(y_test, metrics.calibrated(z_test, fitted)) == metrics.roc_auc(y_test, z_test)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_platt_scaling_where_the_prior_is_shifted(seed):
     """Class weights shift the log-odds by log(1/4) for 20% malignant: only Platt's b can take that back."""
     y, z = logits(400, 0.2, seed, scale=1.5)
-    fitted = numbers.fit_calibration(y, z)
+    fitted = metrics.fit_calibration(y, z)
     assert fitted["method"] == "platt"
     assert fitted["cv_log_loss"]["platt"] < fitted["cv_log_loss"]["temperature"]
     assert fitted["a"] == pytest.approx(1 / 1.5, rel=0.25) and fitted["b"] == pytest.approx(np.log(0.25), abs=0.4)
@@ -660,7 +660,7 @@ def test_temperature_scaling_where_only_the_temperature_is_wrong(seed, prevalenc
     """An overconfident model (log-odds three times too large) whose prior is right: the extra parameter of
     Platt scaling would only fit noise, and temperature scaling is kept."""
     y, z = logits(300, prevalence, seed, scale=3.0, weighted=False)
-    fitted = numbers.fit_calibration(y, z)
+    fitted = metrics.fit_calibration(y, z)
     assert fitted["method"] == "temperature" and fitted["b"] == 0.0
     assert fitted["a"] == pytest.approx(1 / 3, rel=0.4)  # shrinks the log-odds about threefold
     assert fitted["val_log_loss_after"] < fitted["val_log_loss_before"]
@@ -669,21 +669,21 @@ def test_temperature_scaling_where_only_the_temperature_is_wrong(seed, prevalenc
 def test_a_perfectly_separated_split_keeps_a_finite_scale():
     y = np.repeat([0, 1], 20)
     z = np.r_[np.linspace(-3, -0.5, 20), np.linspace(0.5, 3, 20)]  # separated, and underconfident: scaled up
-    fitted = numbers.fit_calibration(y, z)
+    fitted = metrics.fit_calibration(y, z)
     assert fitted["method"] == "temperature" and fitted["a"] > 1
     assert 0 < fitted["a"] < 5 and abs(fitted["b"]) < 5  # Platt's smoothed targets: no infinite slope
-    p = numbers.calibrated(z, fitted)
-    assert p.min() > 0 and p.max() < 1 - 1e-3 and numbers.roc_auc(y, p) == 1.0
+    p = metrics.calibrated(z, fitted)
+    assert p.min() > 0 and p.max() < 1 - 1e-3 and metrics.roc_auc(y, p) == 1.0
     assert np.isfinite([fitted[k] for k in ("val_log_loss_after", "val_ece_after")]).all()
 
 
 def test_no_calibration_without_both_classes():
-    assert numbers.fit_calibration(np.ones(10), np.linspace(-1, 1, 10)) is None
+    assert metrics.fit_calibration(np.ones(10), np.linspace(-1, 1, 10)) is None
     z = np.array([-30.0, -1.0, 0.0, 2.0, 40.0])
-    np.testing.assert_allclose(numbers.calibrated(z, None), expit(z))
-    fitted = numbers.fit_calibration(np.array([0, 0, 0, 1, 1, 1]), np.array([-2.0, -1, 0.5, -0.5, 1, 2]))
+    np.testing.assert_allclose(metrics.calibrated(z, None), expit(z))
+    fitted = metrics.fit_calibration(np.array([0, 0, 0, 1, 1, 1]), np.array([-2.0, -1, 0.5, -0.5, 1, 2]))
     assert fitted["method"] != "platt" and fitted["cv_log_loss"]["platt"] is not None
-    fitted = numbers.fit_calibration(np.array([0, 0, 0, 0, 1]), np.array([-2.0, -1, 0.5, -0.5, 1]))
+    fitted = metrics.fit_calibration(np.array([0, 0, 0, 0, 1]), np.array([-2.0, -1, 0.5, -0.5, 1]))
     cv = fitted["cv_log_loss"]
     assert fitted["method"] == "temperature" and (cv["temperature"], cv["platt"]) == (None, None)
 
@@ -702,16 +702,16 @@ def test_measures_row_by_row_equal_the_measures_one_by_one_and_scikit_learn():
     y = rng.integers(0, 2, (50, 40))
     p = np.clip(rng.random((50, 40)).round(2), 0, 1)  # P of exactly 0 and 1 too
     p[0, :3] = [0.0, 1.0, 1 / 15]
-    for measure in (numbers.ece, numbers.brier, numbers.log_loss):
+    for measure in (metrics.ece, metrics.brier, metrics.log_loss):
         rows = measure(y, p)
         assert rows.shape == (50,)
         np.testing.assert_allclose(rows, [measure(y[i], p[i]) for i in range(50)], rtol=1e-12)
     for i in range(50):
-        assert numbers.ece(y[i], p[i]) == pytest.approx(ece_bin_by_bin(y[i], p[i]))
-        assert numbers.brier(y[i], p[i]) == pytest.approx(skm.brier_score_loss(y[i], p[i]))
-        q = np.clip(p[i], numbers.EPS, 1 - numbers.EPS)
-        assert numbers.log_loss(y[i], p[i]) == pytest.approx(skm.log_loss(y[i], q, labels=[0, 1]))
-    assert numbers.ece([0, 1, 1, 0], [0.0, 1.0, 1.0, 0.0]) == 0.0
+        assert metrics.ece(y[i], p[i]) == pytest.approx(ece_bin_by_bin(y[i], p[i]))
+        assert metrics.brier(y[i], p[i]) == pytest.approx(skm.brier_score_loss(y[i], p[i]))
+        q = np.clip(p[i], metrics.EPS, 1 - metrics.EPS)
+        assert metrics.log_loss(y[i], p[i]) == pytest.approx(skm.log_loss(y[i], q, labels=[0, 1]))
+    assert metrics.ece([0, 1, 1, 0], [0.0, 1.0, 1.0, 0.0]) == 0.0
 
 
 def test_ece_of_a_bootstrap_stays_small_in_memory():
@@ -719,27 +719,27 @@ def test_ece_of_a_bootstrap_stays_small_in_memory():
     y, z = logits(300, 0.2, 0)
     tracemalloc.start()
     try:
-        low, high = numbers.bootstrap_ci(y, expit(z), 20_000, 0, metric_fn=numbers.ece)["value"]
+        low, high = metrics.bootstrap_ci(y, expit(z), 20_000, 0, metric_fn=metrics.ece)["value"]
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 150e6, f"peak {peak / 1e6:.0f} MB"
-    assert low <= numbers.ece(y, expit(z)) <= high
+    assert low <= metrics.ece(y, expit(z)) <= high
 
 
 def test_reliability_bins():
     rng = np.random.default_rng(5)
     p = np.r_[rng.random(500), 1.0, 0.0]
     y = (rng.random(502) < p).astype(int)
-    bins = numbers.reliability(y, p)
-    assert sum(n for _, _, n in bins) == 502 and len(bins) == numbers.BINS
+    bins = metrics.reliability(y, p)
+    assert sum(n for _, _, n in bins) == 502 and len(bins) == metrics.BINS
     for k, (mean_p, share, n) in enumerate(bins):
-        inside = numbers.bin_index(p) == k
+        inside = metrics.bin_index(p) == k
         assert k / 15 <= mean_p <= (k + 1) / 15 and n == inside.sum()
         assert mean_p == pytest.approx(p[inside].mean()) and share == pytest.approx(y[inside].mean())
     ece = sum(n * abs(mean_p - share) for mean_p, share, n in bins) / 502
-    assert numbers.ece(y, p) == pytest.approx(ece)
-    assert [n for _, _, n in numbers.reliability([0, 1, 1], [0.05, 0.95, 1.0])] == [1, 2]  # empty bins left out
+    assert metrics.ece(y, p) == pytest.approx(ece)
+    assert [n for _, _, n in metrics.reliability([0, 1, 1], [0.05, 0.95, 1.0])] == [1, 2]  # empty bins left out
 
 
 def test_no_calibration_where_it_does_not_lower_the_held_out_log_loss():
@@ -748,16 +748,16 @@ def test_no_calibration_where_it_does_not_lower_the_held_out_log_loss():
     the card can say so. The model's own log-loss is computed here by hand."""
     y = np.repeat([0, 1], 20)
     z = np.r_[np.linspace(-9, -1, 20), np.linspace(1, 9, 20)]
-    fitted = numbers.fit_calibration(y, z)
+    fitted = metrics.fit_calibration(y, z)
     own = np.mean(np.where(y == 1, -np.log(expit(z)), -np.log(1 - expit(z))))
     assert fitted["cv_log_loss"]["none"] == pytest.approx(own, abs=1e-6)
     assert own < min(fitted["cv_log_loss"]["temperature"], fitted["cv_log_loss"]["platt"])
     assert fitted["method"] == "none" and (fitted["a"], fitted["b"]) == (1.0, 0.0)
-    np.testing.assert_allclose(numbers.calibrated(z, fitted), expit(z))
+    np.testing.assert_allclose(metrics.calibrated(z, fitted), expit(z))
     assert fitted["val_log_loss_after"] == fitted["val_log_loss_before"]
     for seed in range(1, 4):  # well-calibrated log-odds: the fitted scalings predict held-out photos no better
         y, z = logits(300, 0.5, seed, weighted=False)
-        fitted = numbers.fit_calibration(y, z)
+        fitted = metrics.fit_calibration(y, z)
         assert fitted["method"] == "none"
         assert fitted["cv_log_loss"]["none"] <= min(
             fitted["cv_log_loss"]["temperature"], fitted["cv_log_loss"]["platt"]
@@ -773,19 +773,19 @@ def test_type_logits_calibration_is_one_distribution_whose_malignant_types_sum_t
     types = np.where(y == 1, rng.integers(2, 4, 400), rng.integers(0, 2, 400))
     logits = rng.normal(0, 1, (400, 4)) + 3 * np.eye(4)[types]  # overconfident type logits
     mask = np.array([False, False, True, True])
-    fitted = numbers.fit_calibration(y, logits, mask)
+    fitted = metrics.fit_calibration(y, logits, mask)
     a, b = fitted["a"], fitted["b"]
     e = np.exp(a * logits + b * mask)
     by_hand = e[:, mask].sum(1) / e.sum(1)
     log_odds = np.log(e[:, mask].sum(1)) - np.log(e[:, ~mask].sum(1))
     assert np.mean(-np.log(np.where(y == 1, by_hand, 1 - by_hand))) == pytest.approx(fitted["val_log_loss_after"])
-    assert numbers.calibrated(log_odds - b, dict(a=1.0, b=b)) == pytest.approx(by_hand)
+    assert metrics.calibrated(log_odds - b, dict(a=1.0, b=b)) == pytest.approx(by_hand)
     assert fitted["applies_to"] == "logits" and fitted["method"] != "none"
     two = rng.normal(0, 2, (300, 2))
     y2 = (rng.random(300) < expit(0.5 * (two[:, 1] - two[:, 0]))).astype(int)
     on_logits, on_z = (
-        numbers.fit_calibration(y2, two, np.array([False, True])),
-        numbers.fit_calibration(y2, two[:, 1] - two[:, 0]),
+        metrics.fit_calibration(y2, two, np.array([False, True])),
+        metrics.fit_calibration(y2, two[:, 1] - two[:, 0]),
     )
     assert (on_logits["a"], on_logits["b"]) == pytest.approx((on_z["a"], on_z["b"]), rel=1e-6, abs=1e-9)
 
@@ -794,18 +794,18 @@ def test_an_interval_not_computed_is_none_and_its_text_says_so():
     """evaluate.py --n-bootstrap 0 stores each interval as [null, null] (NaN in files of earlier versions): each
     reader treats it as unknown, never formats it ('nan-nan', or a TypeError on None)."""
     for unknown in ([None, None], [math.nan, math.nan], [0.2, None], None, [0.2], "0.2-0.3", [True, False]):
-        assert numbers.known_interval(unknown) is None, unknown
-        assert numbers.interval_text(unknown) == "not computed"
-    assert numbers.known_interval([0.25, 0.5]) == (0.25, 0.5) and numbers.interval_text((0.25, 0.5), 2) == "0.25-0.50"
+        assert metrics.known_interval(unknown) is None, unknown
+        assert metrics.interval_text(unknown) == "not computed"
+    assert metrics.known_interval([0.25, 0.5]) == (0.25, 0.5) and metrics.interval_text((0.25, 0.5), 2) == "0.25-0.50"
     found = dict(balanced_accuracy=0.6, balanced_accuracy_ci95=[None, None], chance=1 / 3,
                  types={"nevus": dict(sensitivity=0.8, sensitivity_ci95=[None, None])})  # fmt: skip
-    assert numbers.types_text(found) == (
+    assert metrics.types_text(found) == (
         "lesion types: balanced accuracy 0.60 (chance 0.33); each type's sensitivity: nevus 0.80"
     )
     found["types"]["nevus"]["sensitivity_ci95"] = [0.7, 0.88]  # the nearest: one interval known, bracketed
-    assert numbers.types_text(found) == (
+    assert metrics.types_text(found) == (
         "lesion types: balanced accuracy 0.60 (chance 0.33); each type's sensitivity: nevus 0.80 [0.70-0.88] (95% "
         "intervals in brackets)"
     )
-    entry = model_index.result_entry("m", "test", dict(roc_auc=0.9), None, "ece_after", dict(roc_auc=[None, None]))
+    entry = card.result_entry("m", "test", dict(roc_auc=0.9), None, "ece_after", dict(roc_auc=[None, None]))
     assert entry["metrics"] == [dict(type="roc_auc", name="ROC-AUC (test)", value=0.9)]

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from conftest import alarm, main_fails, save_model
+from conftest import SERVER_POLL, alarm, main_fails, save_model
 from skinlesion import dataset, remote, shard_format
 
 
@@ -45,7 +45,7 @@ def silent_server():
 def file_server(folder):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(SERVER_POLL,), daemon=True).start()
         yield f"http://127.0.0.1:{server.server_address[1]}"
         server.shutdown()
 
@@ -118,7 +118,7 @@ def planned_server(plan, body, tls=None):
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls)
             server.socket = context.wrap_socket(server.socket, server_side=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(SERVER_POLL,), daemon=True).start()
         try:
             yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}/shard-000000.tar", server.seen
         finally:

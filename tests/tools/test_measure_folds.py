@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 
 from conftest import beta_binomial_range
-from skinlesion import numbers
+from skinlesion import metrics
 
 
 def test_a_calibrated_p_scores_an_ece_that_shrinks_with_the_photos():
     """y drawn from P itself: the ECE left is noise, large on 60 photos spread over 15 bins, small on 6000;
     checked against a direct draw here."""
     p = np.linspace(0.02, 0.98, 60)
-    bins = numbers.reliability((p > 0.5).astype(int), p)  # (mean P, share, photos) per bin: only P and photos count
+    bins = metrics.reliability((p > 0.5).astype(int), p)  # (mean P, share, photos) per bin: only P and photos count
     few = measure_folds.calibrated_ece(bins)
     rng = np.random.default_rng(1)
-    direct = np.mean([numbers.ece(rng.random(60) < p, p) for _ in range(2000)])
+    direct = np.mean([metrics.ece(rng.random(60) < p, p) for _ in range(2000)])
     assert few == pytest.approx(direct, abs=0.01) and 0.1 < few < 0.25
     many = measure_folds.calibrated_ece([(mean, share, count * 100) for mean, share, count in bins], draws=200)
     assert many < few / 5

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import alarm, assert_one_error, fails, noise_image, run
-from skinlesion import dataset, shard_format, shards
+from skinlesion import dataset, shard_format, splits
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def write_index(folder, index):
 
 def test_the_shards_written_are_read_back_whole(sharded):
     """The nearest thing accepted by every check below."""
-    blobs = shards.read_blobs(str(sharded), "train")
+    blobs = splits.read_blobs(str(sharded), "train")
     assert len(blobs) == 6 and all(name.startswith(str(sharded / "train")) for name in blobs)
     assert len(index_of(sharded)["splits"]["train"]["shards"]) >= 2
 
@@ -59,8 +59,8 @@ def test_a_crafted_shard_name_is_refused_before_anything_runs(sharded, tmp_path,
     write_index(sharded, index)
     with alarm(60, "hung"):
         expected = "is not an index prepare_dataset.py --shards wrote: its index.splits['test'].shards[0].name 'test-"
-        fails(capsys, expected, shards.class_files, f"pipe:cat {sharded}/test", ["benign", "malignant"])
-        fails(capsys, "is not a plain file name ending in .tar", shards.read_blobs, f"pipe:cat {sharded}", "test")
+        fails(capsys, expected, splits.class_files, f"pipe:cat {sharded}/test", ["benign", "malignant"])
+        fails(capsys, "is not a plain file name ending in .tar", splits.read_blobs, f"pipe:cat {sharded}", "test")
     assert not marker.exists()
 
 
@@ -91,19 +91,19 @@ def test_a_malformed_index_is_one_line_naming_it(sharded, capsys, change, expect
     index = index_of(sharded)
     change(index)
     write_index(sharded, index)
-    _, err = fails(capsys, expected, shards.read_blobs, str(sharded), "train")
+    _, err = fails(capsys, expected, splits.read_blobs, str(sharded), "train")
     assert f"{sharded / shard_format.INDEX} is not an index prepare_dataset.py --shards wrote: " in err
 
 
 def test_an_index_that_is_nested_too_deeply_or_a_named_pipe_is_one_line(sharded, capsys):
     (sharded / shard_format.INDEX).write_text("[" * 100_000 + "]" * 100_000)
     fails(capsys, f"{sharded / shard_format.INDEX} is JSON nested too deeply to read; make the shards with",
-          shards.read_blobs, str(sharded), "train")  # fmt: skip
+          splits.read_blobs, str(sharded), "train")  # fmt: skip
     os.remove(sharded / shard_format.INDEX)
     os.mkfifo(sharded / shard_format.INDEX)
     with alarm(60, "blocked on a named pipe"):
         fails(capsys, f"{sharded / shard_format.INDEX} is a named pipe, not a regular file; make the shards with",
-              shards.class_files, str(sharded / "test"), ["benign", "malignant"])  # fmt: skip
+              splits.class_files, str(sharded / "test"), ["benign", "malignant"])  # fmt: skip
 
 
 def rewritten(path, change):
@@ -131,7 +131,7 @@ def test_a_shard_with_a_stray_member_is_one_line(sharded, capsys, change, expect
     first = index["splits"]["train"]["shards"][0]
     first["bytes"] = rewritten(sharded / first["name"], change)
     write_index(sharded, index)
-    _, err = fails(capsys, expected, shards.read_blobs, str(sharded), "train")
+    _, err = fails(capsys, expected, splits.read_blobs, str(sharded), "train")
     assert f"shard {sharded / first['name']} " in err
 
 
@@ -140,7 +140,7 @@ def test_a_shard_that_is_a_named_pipe_is_one_line_not_a_hang(sharded, capsys):
     os.remove(sharded / first)
     os.mkfifo(sharded / first)
     with alarm(60, "blocked on a named pipe"):
-        fails(capsys, f"shard {sharded / first} is a named pipe: copy the shards again", shards.read_blobs,
+        fails(capsys, f"shard {sharded / first} is a named pipe: copy the shards again", splits.read_blobs,
               str(sharded), "train")  # fmt: skip
 
 

@@ -23,9 +23,8 @@ import pytest
 import torch
 
 import AItraining
-import model
-from conftest import ENV, ROOT, assert_one_error, export_rows, lesion_photo, run, save_model, write_export
-from skinlesion import dataset, photos, shard_format, shards
+from conftest import ENV, ROOT, SERVER_POLL, assert_one_error, export_rows, lesion_photo, run, save_model, write_export
+from skinlesion import dataset, model_file, photos, shard_format, shards, splits
 
 pytestmark = pytest.mark.slow  # each test prepares a dataset with prepare_dataset.py, or trains
 
@@ -72,16 +71,16 @@ def test_folders_and_shards_hold_the_same_photos_labels_and_splits(prepared):
     classes = dataset.classes_of(manifest)[0]
     seen = set()
     for split in dataset.SPLITS:
-        paths, labels = dataset.split_photos(folder, split, classes)
-        names, shard_labels = dataset.split_photos(sharded, split, classes)
+        paths, labels = splits.split_photos(folder, split, classes)
+        names, shard_labels = splits.split_photos(sharded, split, classes)
         relative = [os.path.relpath(p, folder) for p in paths]
         assert [os.path.relpath(n, sharded) for n in names] == relative and (shard_labels == labels).all()
-        blobs = shards.read_blobs(sharded, split)
+        blobs = splits.read_blobs(sharded, split)
         for path, name in zip(paths, names):
             with open(path, "rb") as f:
                 assert blobs[name] == f.read()
         some = set(names[::2])  # the familiarity fit keeps only its sample's bytes
-        assert shards.read_blobs(sharded, split, some) == {name: blobs[name] for name in some}
+        assert splits.read_blobs(sharded, split, some) == {name: blobs[name] for name in some}
         entry = read_json(os.path.join(sharded, shard_format.INDEX))["splits"][split]
         assert len(entry["shards"]) >= 2
         for shard in entry["shards"]:  # each sample: the photo's bytes, its class and ids, its split (manifest)
@@ -112,21 +111,21 @@ def test_shards_on_a_web_server_train_as_on_disk(prepared, tmp_path):
     """An object store stands in: the shards folder served over HTTP (remote.py reads it with curl)."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=prepared)
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(SERVER_POLL,), daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}/shards"
         for where, data in (("web", url), ("disk", os.path.join(prepared, "shards"))):
             os.makedirs(tmp_path / where)
             r = run("AItraining.py", *FAST, "--data-dir", data, "--epochs", 1, "--cache-gb", 0, cwd=tmp_path / where)
             assert r.returncode == 0, r.stdout + r.stderr
         server.shutdown()
-    web, disk = (model.read_checkpoint(str(tmp_path / w / "skin_model.pth"))["meta"] for w in ("web", "disk"))
+    web, disk = (model_file.read_checkpoint(str(tmp_path / w / "skin_model.pth"))["meta"] for w in ("web", "disk"))
     assert web["val_metrics"] == disk["val_metrics"] and web["data"]["counts"] == disk["data"]["counts"]
 
 
 def stream(prepared, rank=0, world=1, num_workers=0):
     sharded = os.path.join(prepared, "shards")
     classes = dataset.classes_of(dataset.read_manifest(sharded))[0]
-    names, labels = dataset.split_photos(sharded, "train", classes)
+    names, labels = splits.split_photos(sharded, "train", classes)
     crops = photos.Photos(names, 40, 1.0, "bicubic")
     return shards.Stream(sharded, "train", crops, labels, num_workers, torch.device("cpu"), rank, world), crops
 
@@ -138,7 +137,7 @@ def epoch_of(split, seed, rank=0, world=1, batch_size=8):
 
 def test_a_stream_decodes_as_the_cache_and_its_order_is_set_by_the_seed(prepared):
     split, crops = stream(prepared, num_workers=1)
-    crops.blobs = shards.read_blobs(os.path.join(prepared, "shards"), "train")
+    crops.blobs = splits.read_blobs(os.path.join(prepared, "shards"), "train")
     batches = epoch_of(split, 1)
     indices = [i for b, _, _ in batches for i in b]
     assert len(batches) == len(split.paths) // 8 and len(set(indices)) == len(indices) == len(batches) * 8

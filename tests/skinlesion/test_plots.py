@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinlesion import files, ledger, numbers, plots
+from skinlesion import files, ledger, metrics, plots
 
 
 def assert_our_png(path):
@@ -35,8 +35,8 @@ def test_every_picture_is_a_png_of_ours(tmp_path):
     scores = dict(roc_auc=0.85, sensitivity=0.9, specificity=0.6, threshold=0.42)
     plots.roc(y, p, scores, (0.78, 0.91), str(tmp_path / "roc.png"))
     curves = {
-        "before calibration": (numbers.reliability(y, p), float(numbers.ece(y, p))),
-        "after calibration": (numbers.reliability(y, p**2), float(numbers.ece(y, p**2))),
+        "before calibration": (metrics.reliability(y, p), float(metrics.ece(y, p))),
+        "after calibration": (metrics.reliability(y, p**2), float(metrics.ece(y, p**2))),
     }
     plots.reliability(curves, str(tmp_path / "calibration.png"))
     written = ["curves.png", "curves_types.png", "confusion.png", "types.png", "roc.png", "calibration.png"]

@@ -1,6 +1,5 @@
-"""The command line: flags made from a script's constants block, one-line errors and warnings, checks of flag
-values (each numeric flag against the range its constant's comment states) and writable paths, printable names and
-summaries.
+"""The command line's flags: made from a script's constants block, checks of flag values (each numeric flag
+against the range its constant's comment states) and of writable paths.
 
 Torch-free, so that `--help` and the ONNX path start in a fraction of a second."""
 
@@ -8,17 +7,13 @@ import argparse
 import math
 import os
 import re
-import sys
 import tempfile
 from typing import NamedTuple
 
+from skinlesion.messages import UserError, printable
+
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the scripts' folder
 RULER = re.compile(r"^# -{20,}$", re.M)  # the two lines around a script's constants block
-ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {
-    9: "\\t",
-    10: "\\n",
-    13: "\\r",
-}  # control characters
 NUMBER = r"\d+(?:\.\d+)?(?:e-?\d+)?(?:\*\*\d+(?: - \d+)?)?"  # 1, 0.99, 1e6, 1e-9, 2**32 - 1 (none negative)
 YES_NO = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}  # None-or-bool flags
 RANGE = re.compile(
@@ -26,59 +21,6 @@ RANGE = re.compile(
 )  # the phrases of a range in a constant's comment: A to B, A to <B, >= A, > A (see allowed_range)
 
 
-def die(message):
-    """A user's mistake: one line saying what is wrong and how to fix it, exit 1, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def warn(message):
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def printable(path):
-    """A path (or any name, or any text read from a data or model file) as one printable line: bytes that are not
-    UTF-8 (a file name from another system) as \\xNN, control characters such as a newline as \\n or \\xNN, and
-    other characters that are not printable (C1 controls, bidirectional overrides, line separators) as \\uNNNN,
-    so a name cannot forge a line or hide text. Everything a script prints from a data file goes through it."""
-    text = os.fsencode(path).decode("utf-8", "backslashreplace") if isinstance(path, (str, bytes)) else str(path)
-    text = text.translate(ESCAPES)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def counts_text(values, most=6):
-    """'a 3, b 1, ...': the most common values with their counts ('' shown as 'empty')."""
-    import pandas as pd
-
-    counts = pd.Series(values).value_counts()
-    parts = [f"{printable(value) if value else 'empty'} {n}" for value, n in counts[:most].items()]
-    if len(counts) > most:
-        parts.append("...")
-    return ", ".join(parts)
-
-
-def percent_text(share):
-    """A share as a percentage with one decimal, or with as many as show its first two significant digits (and
-    those of 1 - share), trailing zeros cut: 0.05 '5.0%', 0.0001 '0.01%', 0.9999 '99.99%'; never '0.0%' for a
-    share that is not 0."""
-    closest = 100 * min(share, 1 - share)
-    digits = max(1, 1 - math.floor(math.log10(closest))) if closest > 0 else 1
-    text = f"{100 * share:.{digits}f}"
-    return (text.rstrip("0").rstrip(".") if digits > 1 else text) + "%"
-
-
-def first_few(items, most=3):
-    """'a, b, c, ...': the first few items."""
-    items = list(items)
-    parts = [printable(item) for item in items[:most]]
-    if len(items) > most:
-        parts.append("...")
-    return ", ".join(parts)
-
-
-# ---------------------------------------------------------------------------- flags
 def constants_block(script):
     """[(NAME, comment)] of the `NAME = value  # comment` lines between the first two rulers of a script: its
     constants block, the only names that become flags."""
@@ -119,7 +61,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse whose mistakes (an unknown flag, 'abc' for a number) are one `error:` line, as every other."""
 
     def error(self, message):
-        die(f"{message}; see python {self.prog} --help")
+        raise UserError(f"{message}; see python {self.prog} --help")
 
 
 def flag_type(name, value, types=None):
@@ -203,7 +145,7 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
     for name, _ in block:  # `--output ''` is no path: it passed the later checks (one run trained an epoch first)
         value = getattr(args, name.lower())
         if value == "" or (isinstance(value, list) and "" in value):
-            die(f"{flag_name(name)} '' is empty; pass a value (or set {name} at the top of {script})")
+            raise UserError(f"{flag_name(name)} '' is empty; pass a value (or set {name} at the top of {script})")
     for name, comment in block:
         check_allowed(name, comment, getattr(args, name.lower()), script)
     typed = vars(parsers[1].parse_known_args(argv)[0])
@@ -212,9 +154,9 @@ def parse_flags(constants, argv=None, positional=None, types=None, nullable=()):
 
 
 def check(ok, flag, value, wanted):
-    """die unless ok: '--epochs 0: use a whole number >= 1'."""
+    """raise UserError unless ok: '--epochs 0: use a whole number >= 1'."""
     if not ok:
-        die(f"{flag} {value}: {wanted}")
+        raise UserError(f"{flag} {value}: {wanted}")
 
 
 def in_range(value, low=-math.inf, high=math.inf):
@@ -277,7 +219,7 @@ def is_allowed(value, allowed):
 
 
 def check_allowed(name, comment, value, script):
-    """die unless value (each value of a list) is a number within the range the comment of the constant name
+    """raise UserError unless value (each value of a list) is a number within the range the comment of the constant name
     states, e.g. '--epochs 0: use >= 1 (or set EPOCHS at the top of AItraining.py)'. None, text, a bool, and a
     constant whose comment states no range pass."""
     allowed = allowed_range(comment)
@@ -294,12 +236,12 @@ def is_list_of(value, check, length=None):
 
 
 def check_writable(path, flag, folder=False):
-    """Before any slow work: die unless a file (or, with folder, files in the folder) can be written at path:
+    """Before any slow work: fail unless a file (or, with folder, files in the folder) can be written at path:
     tried with a real file in the nearest existing folder (permissions, read-only disks, root alike)."""
     if os.path.exists(path) and os.path.isdir(path) != folder:
         if folder:
-            die(f"{flag} {printable(path)} is a file; pass a folder")
-        die(f"{flag} {printable(path)} is a folder; pass a file name")
+            raise UserError(f"{flag} {printable(path)} is a file; pass a folder")
+        raise UserError(f"{flag} {printable(path)} is a folder; pass a file name")
     if folder:
         target = os.path.abspath(path)
     else:
@@ -307,11 +249,13 @@ def check_writable(path, flag, folder=False):
     while not os.path.exists(target):  # a folder the script will create: its parent must take it
         target = os.path.dirname(target)
     if not os.path.isdir(target):
-        die(f"{flag} {printable(path)}: {printable(target)} is a file, not a folder; pass another path")
+        raise UserError(f"{flag} {printable(path)}: {printable(target)} is a file, not a folder; pass another path")
     try:
         fd, probe = tempfile.mkstemp(dir=target, prefix=".write-test-")
         os.close(fd)
         os.remove(probe)
     except OSError as e:
         where = printable(target)
-        die(f"{flag} {printable(path)}: cannot write in {where} ({e.strerror}); pass a path in a writable folder")
+        raise UserError(
+            f"{flag} {printable(path)}: cannot write in {where} ({e.strerror}); pass a path in a writable folder"
+        ) from None

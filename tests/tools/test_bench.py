@@ -13,7 +13,8 @@ from PIL import Image
 
 import bench
 from conftest import alarm, fingerprint, help_of, main_fails, run, write_export
-from skinlesion import cli, folders
+from skinlesion import flags, folders
+from skinlesion.messages import UserError
 
 ROWS = [("train, model alone", "21.4 img/s", "1.00", "reference"), ("peak memory", "0.11 GB", "0.11 of 1 GB", "")]
 
@@ -26,7 +27,9 @@ def test_help_answers_before_torch_is_imported():
     assert "(default: None)" in r.stdout and "--no-train" in r.stdout, r.stdout
 
 
-RANGES = {cli.flag_name(name): cli.allowed_range(comment) for name, comment in cli.constants_block(bench.__file__)}
+RANGES = {
+    flags.flag_name(name): flags.allowed_range(comment) for name, comment in flags.constants_block(bench.__file__)
+}
 BAD_FLAGS = [(flag, r.low - 1, f"{flag} {r.low - 1}: use {r.text}") for flag, r in RANGES.items() if r]  # below each
 BAD_FLAGS += [(flag, "none", "this flag needs a value") for flag, _, _ in BAD_FLAGS]
 BAD_FLAGS += [
@@ -189,17 +192,16 @@ def test_a_command_that_writes_more_than_a_pipe_holds_while_its_memory_is_sample
     with alarm(120, "measure.run hung on a command that wrote more than a pipe holds"):
         seconds, peak = measure.run(sampled_command(tmp_path, monkeypatch, code), measure_memory=True)
         assert peak > 1e6
-        with pytest.raises(SystemExit):
+        with pytest.raises(UserError) as raised:
             measure.run(sampled_command(tmp_path, monkeypatch, code, exit_code=1), measure_memory=True)
-    assert capsys.readouterr().err.rstrip().endswith("end of it")
+    assert raised.value.message.rstrip().endswith("end of it")
 
 
 @pytest.mark.slow
 def test_a_failed_command_dies_with_its_output(capsys):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UserError) as raised:
         measure.run([sys.executable, "-c", "print('what went wrong'); raise SystemExit(3)"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and err.startswith("error: ") and "what went wrong" in err
+    assert raised.value.status == 1 and "what went wrong" in raised.value.message
 
 
 def test_distinct_copies_export(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import fails
-from skinlesion import familiarity, folds, mahalanobis, shards
+from skinlesion import familiarity, folds, mahalanobis, splits
 
 
 def manifest_of(rows):
@@ -85,7 +85,7 @@ def test_out_of_fold_values_come_back_in_the_photos_order():
 
 
 def test_photos_of_shards_are_cut_into_folds_only_when_cached(monkeypatch, capsys):
-    monkeypatch.setattr(shards, "is_shards", lambda data_dir: True)
+    monkeypatch.setattr(splits, "is_shards", lambda data_dir: True)
     args = SimpleNamespace(folds=5, cache_gb=2.0, data_dir="s3://bucket/shards")
     said = "--folds 5: photos read from shards are cut into folds only when cached on the device (3.20 GB, more "
     fails(capsys, said + "than --cache-gb 2); pass --cache-gb 4, or --folds 1", folds.pooled_blobs, args, False, 3.2)
@@ -135,3 +135,32 @@ def test_the_ensembles_familiarity_is_its_members_measures_combined():
     alone, _ = folds.ensemble_measure([{key: m[key] for key in familiarity.MAHALANOBIS} for m in members], widths)
     assert set(alone) == set(familiarity.MAHALANOBIS) and folds.views(joined, alone)[1] is None
     assert familiarity.distances(joined, alone) == pytest.approx(view)
+
+
+def test_the_deployed_measure_is_fitted_on_photos_read_before_it(monkeypatch):
+    """folds.familiarity_photos reads what the deployed network's familiarity is fitted on, so that the fit itself
+    (familiarity.fit_on_photos, deployed_measure) reads no dataset: of shards, one split's sampled photos' bytes
+    alone, each from its own split, their labels following them; with folds, train plus validation's bytes whole;
+    and the photos of another kind, at most familiarity.MAX_OTHER_TYPES."""
+    from skinlesion import other_types
+
+    asked = []
+    monkeypatch.setattr(familiarity, "MAX_PHOTOS", 3)
+    monkeypatch.setattr(splits, "is_shards", lambda data_dir: True)
+    monkeypatch.setattr(splits, "has_split", lambda data_dir, split: True)
+    monkeypatch.setattr(splits, "read_blobs", lambda d, split, wanted=None: asked.append((split, wanted)) or {split: 1})
+    monkeypatch.setattr(other_types, "photos_of", lambda data_dir, most: {"clinical": [f"{data_dir} {most}"]})
+    run = SimpleNamespace(args=SimpleNamespace(data_dir="shards", folds=5, cache_gb=1.0), pool=None)
+    train = ([f"t{i}" for i in range(10)], np.arange(10) * 10)
+    photos, others = folds.familiarity_photos(run, train, (["v0", "v1"], np.array([1, 0])))
+    kept = familiarity.sampled(10, 3)
+    assert photos[0][0] == [f"t{i}" for i in kept] and photos[0][1].tolist() == (kept * 10).tolist()
+    assert photos[0][2] == {"train": 1} and len(kept) == 3
+    assert photos[1][0] == ["v0", "v1"] and photos[1][1].tolist() == [1, 0] and photos[1][2] == {"val": 1}
+    assert asked == [("train", {f"t{i}" for i in kept}), ("val", {"v0", "v1"})]
+    assert others == {"clinical": [f"shards {familiarity.MAX_OTHER_TYPES}"]}
+    asked.clear()
+    run.pool = (["a", "b"], np.array([0, 1]))
+    photos, _ = folds.familiarity_photos(run, train, (["v0"], np.array([1])))
+    assert len(photos) == 1 and photos[0][:2] == run.pool and photos[0][2] == {"train": 1, "val": 1}
+    assert asked == [("train", None), ("val", None)]

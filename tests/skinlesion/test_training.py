@@ -1,6 +1,6 @@
 """skinlesion/training.py: the learning-rate schedule, one epoch of training (its loss and accuracy, and one line
 when the loss stops being a number), one pass over the validation split. The whole training run is in
-test_train.py.
+test_AItraining.py.
 The training data path: augmentation keeps labels and value ranges, each photo gets its
 own draw, the same seed the same batch; an unreadable photo is an OSError naming it. The TensorBoard log: recorded
 as ours, its writer thread's error said once, where it comes back."""
@@ -154,7 +154,10 @@ def test_a_full_disk_while_a_missing_log_dir_is_made_leaves_no_folder_behind(tmp
     """A full disk (a write limit of 16 bytes) while --log-dir logs/deep is created: the mark of the new folder
     cannot be written, and the folders the run made (logs, logs/deep) were left behind empty and unmarked. The
     one error line stays; nothing the run made is left."""
-    code = "from skinlesion import training; training.TensorBoardLog('logs/deep', 'run', 1)"
+    code = (
+        "import sys; from skinlesion import interrupts, training; "
+        "sys.exit(interrupts.run_script(lambda: training.TensorBoardLog('logs/deep', 'run', 1)))"
+    )  # as a script runs it: its handler turns the UserError into the one line
 
     def limit():  # in the child: any write over 16 bytes fails with 'File too large', as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
@@ -164,3 +167,69 @@ def test_a_full_disk_while_a_missing_log_dir_is_made_leaves_no_folder_behind(tmp
     assert_one_error(r.returncode, r.stderr, "error: could not write the TensorBoard log logs/deep/run (")
     assert "free some disk space or pass another --log-dir" in r.stderr
     assert os.listdir(tmp_path) == []
+
+
+def epoch_orders(monkeypatch, first_epoch=0, epochs=3, folds=False):
+    """{epoch: (the shard order a Stream of 7 shards draws, the photo order a Split of 8 draws, the fold's order)}
+    as AItraining.train_epochs hands each epoch its generator (train_batches, the epoch and validation stubbed)."""
+    from types import SimpleNamespace
+
+    import AItraining
+    from skinlesion import devices, resume, shards
+
+    stream = shards.Stream.__new__(shards.Stream)  # only what Stream.epoch reads: its shards, photos and split
+    stream.sources, stream.paths, stream.split = [dict(url=f"train-{i}.tar") for i in range(7)], list(range(42)), "t"
+    split = training.Split.__new__(training.Split)  # only what Split.epoch reads: its photos and batches
+    split.paths, split.batches = list(range(8)), list
+    seen, found = {}, {}
+    stream.chunks = lambda shards_, seed, shuffle: seen.setdefault("shards", shards_) and iter([None])
+    stream.rebatched = lambda chunks, size, steps: next(chunks)
+
+    def train_batches(train, batch_size, cfg, generator, generator_device, rank, world, order):
+        state = generator.get_state()
+        stream.epoch(batch_size, generator)
+        generator.set_state(state)  # the same draws for the Split's order
+        photos = [i for batch in split.epoch(batch_size, generator) for i in batch]
+        found[len(found) + first_epoch + 1] = (seen.pop("shards"), photos, None if order is None else order.tolist())
+        return []
+
+    monkeypatch.setattr(training, "train_batches", train_batches)
+    monkeypatch.setattr(training, "train_one_epoch", lambda *args, **kwargs: (0.0, 0.0))
+    monkeypatch.setattr(training, "epoch_line", lambda *args, **kwargs: "")
+    monkeypatch.setattr(devices, "sync_buffers", lambda *args: None)
+    monkeypatch.setattr(resume, "record_epoch", lambda *args: False)
+    optimizer = SimpleNamespace(param_groups=[dict(lr=0.1)])
+    step = SimpleNamespace(net=None, criterion=None, optimizer=optimizer, schedule=None, writer=None)
+    monkeypatch.setattr(AItraining, "training_step_parts", lambda *args: step)
+    args = SimpleNamespace(seed=0, batch_size=2, epochs=epochs, amp=False, patience=9)
+    meta = dict(classes=["benign", "malignant"])
+    run = SimpleNamespace(args=args, device=torch.device("cpu"), world=1, rank=1, cfg=None, net=None, meta=meta)
+    run.log = lambda text: None
+    stage = SimpleNamespace(name="", train=np.arange(10, 18) if folds else None, held=np.array([], dtype=int))
+    progress = dict(epoch=first_epoch, stage=0, stopped_early=False)
+    AItraining.train_epochs(run, progress, stage, (None, None), epochs, np.zeros(8, dtype=int))
+    return found
+
+
+@pytest.mark.parametrize("folds", [False, True])
+def test_the_shard_and_photo_order_change_with_each_epoch_and_a_resumed_run_replays_them(monkeypatch, folds):
+    """Each epoch of a stage draws another shard order (shards.Stream.epoch), photo order (training.Split.epoch)
+    and, in a fold, another order of the fold's photos; a run resumed after epoch 1 draws epochs 2 and 3 as the
+    fresh run did. Kills the epoch left out of the generator's seed in AItraining.train_epochs (every epoch the
+    same order: a shard's photos always first, the same batches every epoch) and a Stream that reads its shards
+    in index order (`shards = list(range(len(self.sources)))[rank::world]`) or a Split that does not permute its
+    photos (`order = torch.arange(len(self.paths))`), or a fold whose photos are not reordered, which
+    tests/skinlesion/test_shards.py::test_a_stream_decodes_as_the_cache_and_its_order_is_set_by_the_seed lets
+    through (its buffer shuffle still follows the seed)."""
+    fresh = epoch_orders(monkeypatch, folds=folds)
+    assert sorted(fresh) == [1, 2, 3]
+    for shard_order, photo_order, fold_order in fresh.values():
+        assert sorted(shard_order) == list(range(7)) and sorted(photo_order) == list(range(8))
+        if folds:
+            assert sorted(fold_order) == list(range(10, 18))
+        else:
+            assert fold_order is None
+    for part in range(3 if folds else 2):
+        orders = [tuple(fresh[epoch][part]) for epoch in (1, 2, 3)]
+        assert len(set(orders)) == 3, (part, orders)
+    assert epoch_orders(monkeypatch, first_epoch=1, folds=folds) == {epoch: fresh[epoch] for epoch in (2, 3)}

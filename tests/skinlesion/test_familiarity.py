@@ -11,9 +11,10 @@ import pytest
 from test_mahalanobis import direct_distances, gaussian_features
 
 import export_onnx
+import make_demo_data
 import model
 from conftest import direct_familiarity_distance, run
-from skinlesion import demo, familiarity, non_lesions, photos
+from skinlesion import familiarity, model_file, non_lesions, photos
 
 
 def test_the_limit_holds_99_percent_of_the_validation_photos_and_flags_a_shift():
@@ -108,8 +109,13 @@ def test_past_max_photos_a_seeded_sample_is_fitted():
 
 
 def test_the_fit_sees_only_the_sample_with_its_own_labels(monkeypatch):
-    """fit_on_photos on 40 training and 30 validation photos with MAX_PHOTOS = 8: the features are asked for 8
-    of each, and the means are those of the sampled photos' own classes (a label shifted by one would move them)."""
+    """folds.familiarity_photos then fit_on_photos on 40 training and 30 validation photos (a folder, MAX_PHOTOS = 8):
+    the features are asked for 8 of each, and the means are those of the sampled photos' own classes (a label
+    shifted by one would move them)."""
+    from types import SimpleNamespace
+
+    from skinlesion import folds
+
     monkeypatch.setattr(familiarity, "MAX_PHOTOS", 8)
     asked = []
 
@@ -124,7 +130,10 @@ def test_the_fit_sees_only_the_sample_with_its_own_labels(monkeypatch):
     labels = np.arange(40) % 2  # odd numbers are class 1
     meta = {"classes": ["benign", "malignant"]}
     val = [f"val_{i}" for i in range(30)]
-    found, arrays = familiarity.fit_on_photos(None, meta, "no-such-dir", train, labels, val, device="cpu")
+    run = SimpleNamespace(args=SimpleNamespace(data_dir="no-such-dir"), pool=None)
+    photos, others = folds.familiarity_photos(run, (train, labels), (val, np.zeros(30, dtype=int)))
+    assert others == {} and photos[0][2] is None and photos[1][2] is None  # a folder's photos are read as files
+    found, arrays = familiarity.fit_on_photos(None, meta, *photos, others, device="cpu")
     kept = [train[i] for i in familiarity.sampled(40, 8)]
     assert asked[0] == kept and len(asked[1]) == 8 and found["n_val"] == 8 and found["exposed_to"] == {"drawn": 6}
     numbers = np.array([int(p.split("_")[1]) for p in kept])
@@ -281,13 +290,13 @@ def demo_96(demo_dataset, tmp_path_factory):
 
 
 def dermoscopic_drawings(folder, n=12):
-    """n new dermoscopic photos drawn as the demo draws its own (skinlesion/demo.py), from seeds the demo never
+    """n new dermoscopic photos drawn as the demo draws its own (make_demo_data.py), from seeds the demo never
     uses: photos of the demo's other image type that no fit saw."""
     paths = []
     for k in range(n):
         path = str(folder / f"dermoscopic_{k}.jpg")
         kind = ["nevus", "melanoma", "seborrheic_keratosis", "basal_cell_carcinoma"][k % 4]
-        demo.photo((path, (7777, 1, k), (7777, 2, k), kind, k % 3, 512, "dermoscopic"))
+        make_demo_data.photo((path, (7777, 1, k), (7777, 2, k), kind, k % 3, 512, "dermoscopic"))
         paths.append(path)
     return paths
 
@@ -297,7 +306,7 @@ def flagged(checkpoint, images):
     import torch
 
     net, meta = model.load_checkpoint(checkpoint)
-    x = torch.from_numpy(np.stack([photos.preprocess(img, model.meta_data_config(meta)) for img in images]))
+    x = torch.from_numpy(np.stack([photos.preprocess(img, model_file.meta_data_config(meta)) for img in images]))
     return np.array([familiarity.unfamiliar(d, meta) for d in familiarity.distances_of(net, x, meta)])
 
 
@@ -320,7 +329,7 @@ def test_a_demo_model_flags_its_other_image_type_and_drawn_non_lesions_and_passe
 
 
 def model_meta(checkpoint):
-    return model.read_checkpoint(checkpoint)["meta"]
+    return model_file.read_checkpoint(checkpoint)["meta"]
 
 
 @pytest.mark.slow
@@ -336,6 +345,56 @@ def test_fresh_small_models_export_with_the_default_tolerance(demo_96, trained_m
         export_onnx.main(["--model", checkpoint, "--output", path, *flags])
         assert "and the familiarity distance (--tolerance 1e-04)" in capsys.readouterr().out
         session, meta = model.load_onnx(path)
-        x = np.stack([photos.preprocess(photos.load_image(p), model.meta_data_config(meta)) for p in test])
+        x = np.stack([photos.preprocess(photos.load_image(p), model_file.meta_data_config(meta)) for p in test])
         direct, found = direct_familiarity_distance(checkpoint, test)
         assert np.abs(session.run(["familiarity_distance"], {"image": x})[0] - direct).max() <= 1e-4 * found["limit"]
+
+
+def test_with_a_precision_floor_the_scaled_mahalanobis_view_is_the_distance_divided_by_its_reach():
+    """fit divides the Mahalanobis view by its reach (the QUANTILE of the out-of-fold distances): with a floor (rank
+    below d) distance^2 = floor |x|^2 - |x W|^2, so W is divided by the reach and the floor by its square. Kills
+    `floor=floor / reach**2` -> `floor / reach` (or the floor left unscaled) in familiarity.fit, which the full
+    whitening of test_each_view_is_1_... (floor 0) lets through: the view then is no longer a multiple of the
+    distance, and a photo's familiarity depends on its direction."""
+    rng = np.random.default_rng(14)
+    train, labels, negatives, nearby, own = exposure_data(rng)
+    arrays = familiarity.fit(train, labels, 2, negatives, rank=10)
+    means, whitening, floor = familiarity.mahalanobis.fit(train, labels, 2, rank=10)
+    assert arrays["whitening"].shape == (30, 10) and floor > 0  # a floor, exercised
+    reach = np.quantile(familiarity.out_of_fold(train, labels, 2, negatives, rank=10)[0], familiarity.QUANTILE)
+    assert reach > 2  # dividing by it or by its square differs
+    x = np.concatenate([own[:200], nearby[:200], rng.normal(0, 3, (20, 30))])
+    scaled = familiarity.mahalanobis.distances(x, arrays["means"], arrays["whitening"], arrays["floor"])
+    assert np.allclose(scaled, familiarity.mahalanobis.distances(x, means, whitening, floor) / reach, rtol=1e-9)
+
+
+def test_an_older_file_without_a_floor_gives_the_same_distances_in_the_onnx_graph():
+    """A model file from before the floor (a d x d whitening, no floor key): graph_arrays takes its floor as 0 and
+    the graph computes |x W|. Kills a default floor other than 0 in graph_arrays (`arrays.get("floor", 1.0)`), which
+    would export such a file with a precision floor it never had."""
+    import torch
+
+    rng = np.random.default_rng(15)
+    train, labels = gaussian_features(rng, 300, d=40)
+    means, whitening, _ = familiarity.mahalanobis.fit(train, labels, 2, rank=40)
+    new = rng.normal(0, 3, (6, 40))
+    graph, floor = familiarity.graph_arrays(dict(means=means, whitening=whitening))
+    got = familiarity.torch_distances(torch.tensor(new, dtype=torch.float32), floor=floor, **graph).double().numpy()
+    assert floor == 0 and np.allclose(got, direct_distances(new, train, labels), rtol=1e-5)
+
+
+def test_is_unfamiliar_is_the_one_rule_beyond_the_limit_or_nan():
+    """familiarity.is_unfamiliar, the rule unfamiliar, summary, the int8 comparison and the measuring tool use
+    (web/app.js's isUnfamiliar is checked against it in tests/test_web.py): at the limit familiar, the next float
+    above unfamiliar, a NaN distance (or limit) unfamiliar; one answer per photo for an array."""
+    limit = 0.7391
+    above, below = float(np.nextafter(limit, np.inf)), float(np.nextafter(limit, -np.inf))
+    said = [familiarity.is_unfamiliar(d, limit) for d in (float("nan"), limit, above, below, 0.0, float("inf"))]
+    assert said == [True, False, True, False, False, True] and all(type(s) is bool for s in said)
+    assert familiarity.is_unfamiliar(0.1, float("nan")) is True
+    distances = np.array([float("nan"), limit, above, below])
+    assert familiarity.is_unfamiliar(distances, limit).tolist() == [True, False, True, False]
+    meta = {"familiarity": {"limit": limit}}
+    assert [familiarity.unfamiliar(d, meta) for d in distances] == [True, False, True, False]
+    found = familiarity.summary([0.2, 0.4, 0.6, 0.8, 1.0], [], quantile=0.5)  # the limit: their median, 0.6
+    assert found["limit"] == 0.6 and found["val_within"] == 0.6  # 0.6 itself lies within

@@ -11,6 +11,7 @@ import torch
 import model
 from conftest import ROOT, alarm, fails
 from skinlesion import backbone
+from skinlesion.messages import UserError
 
 # ---------------------------------------------------------------------------- weights
 WITHOUT_THE_HUB = """
@@ -190,3 +191,31 @@ def test_weights_without_batchnorm_step_counters_load_and_a_missing_running_mean
     assert not loaded["classifier.weight"].any()  # the new head, neutral
     _, err = fails(capsys, "are missing", model.build_model, weights_file=str(tmp_path / f"short{ext}"))
     assert "aside) 1 are missing and 0 have another shape" in err
+
+
+def test_the_architectures_own_refusal_passes_the_download_fallback_unchanged(monkeypatch, capsys):
+    """A hub download that fails in any way (its error type varies) is one warning and random weights; a UserError
+    that create raises itself (a head the evidence map cannot use) is no failed download: it passes through as it
+    was raised, with no warning and no second try (issue 30: the package raises, a library's catch-all must not
+    reword or swallow it)."""
+    monkeypatch.setattr(backbone, "offline_unless_reachable", lambda: None)  # no probe of the network
+    made, refusal = [], "its head is not an average pool and one linear layer; pick another timm architecture"
+
+    def refuses(pretrained):
+        made.append(pretrained)
+        raise UserError(refusal)
+
+    _, err = fails(capsys, refusal, backbone.imagenet_model, refuses, "efficientnet_b0")
+    assert made == [True] and err == f"error: {refusal}\n", (made, err)
+
+    def no_hub(pretrained):
+        made.append(pretrained)
+        if pretrained:
+            raise RuntimeError("no route to the hub")
+        return "randomly started network"
+
+    made.clear()
+    assert backbone.imagenet_model(no_hub, "efficientnet_b0") == ("randomly started network", None)
+    err = capsys.readouterr().err
+    assert made == [True, False] and err.count("\n") == 1, (made, err)
+    assert err.startswith("warning: could not fetch ImageNet weights for efficientnet_b0 (RuntimeError"), err

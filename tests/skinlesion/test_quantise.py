@@ -18,7 +18,7 @@ import model
 import predict
 import serve_web
 from conftest import changed_output, fingerprint, run, set_self_check
-from skinlesion import answer, files, numbers, photos, quantise
+from skinlesion import answer, files, metrics, model_file, photos, quantise
 
 
 def test_the_twin_is_named_beside_its_export():
@@ -32,7 +32,7 @@ def test_comparison_counts_changed_labels_and_those_outside_the_band():
     result = quantise.comparison(p_full, p_int8, y, threshold=0.5, band=0.02)
     assert result["photos"] == 6 and result["max_p_difference"] == pytest.approx(0.5)
     assert result["label_changes"] == 3 and result["label_changes_outside_band"] == 1
-    assert result["roc_auc_full"] == pytest.approx(numbers.roc_auc(y, p_full))
+    assert result["roc_auc_full"] == pytest.approx(metrics.roc_auc(y, p_full))
     assert result["roc_auc_int8"] == pytest.approx(7 / 9)  # pairs (malignant, benign) ranked right, by hand
     assert not result["within_tolerance"]
 
@@ -102,7 +102,7 @@ def test_a_model_without_a_familiarity_measure_needs_no_familiarity_counts():
 @pytest.mark.parametrize("drop, kept", [(0.0049, True), (0.0051, False)])
 def test_the_roc_auc_may_fall_by_max_auc_drop_and_no_more(monkeypatch, drop, kept):
     aucs = iter([0.9, 0.9 - drop])
-    monkeypatch.setattr(numbers, "roc_auc", lambda y, p: next(aucs))
+    monkeypatch.setattr(metrics, "roc_auc", lambda y, p: next(aucs))
     p = np.array([0.2, 0.8])
     result = quantise.comparison(p, p, np.array([0, 1]), threshold=0.5, band=0.02)
     assert result["within_tolerance"] is kept and quantise.MAX_AUC_DROP == 0.005
@@ -142,7 +142,7 @@ def test_familiarity_flips_are_counted_each_way_and_outside_the_band():
 def test_a_twin_that_flips_one_photo_outside_the_band_is_not_within_tolerance(monkeypatch, int8_distance, kept):
     """Everything else equal and kept: one photo's full-model distance 9.4 or 10.6 with the limit at 10 (0.6 from
     it: outside the 5% band), or 9.9 or 10.1 (inside), and its twin distance on the other side of the limit."""
-    monkeypatch.setattr(numbers, "roc_auc", lambda y, p: 0.9)
+    monkeypatch.setattr(metrics, "roc_auc", lambda y, p: 0.9)
     p, y = np.array([0.2, 0.8, 0.3]), np.array([0, 1, 0])
     d_full = np.array([5.0, 6.0, 2 * 10.0 - int8_distance])  # the mirror of the twin's, across the limit
     result = quantise.comparison(p, p, y, 0.5, 0.02, (d_full, np.array([5.0, 6.0, int8_distance])), 10.0)
@@ -175,12 +175,12 @@ def test_export_writes_a_smaller_twin_that_says_how_it_compares(twin):
     for side in meta["classes"]:
         for name in sorted(os.listdir(os.path.join(twin["val"], side))):
             img = photos.load_image(os.path.join(twin["val"], side, name))
-            x.append(photos.preprocess(img, model.meta_data_config(meta)))
+            x.append(photos.preprocess(img, model_file.meta_data_config(meta)))
             y.append(int(side == "malignant"))
     x = np.stack(x)
     p = [quantise.p_malignant(ort.InferenceSession(f), x) for f in (twin["full"], twin["int8"])]
     assert result["photos"] == len(x) and result["max_p_difference"] == pytest.approx(np.abs(p[0] - p[1]).max())
-    assert result["roc_auc_int8"] == pytest.approx(numbers.roc_auc(np.array(y), p[1]))
+    assert result["roc_auc_int8"] == pytest.approx(metrics.roc_auc(np.array(y), p[1]))
     d = [ort.InferenceSession(f).run(["familiarity_distance"], {"image": x})[0] for f in (twin["full"], twin["int8"])]
     familiar = [distance <= meta["familiarity"]["limit"] for distance in d]
     assert result["familiar_to_unfamiliar"] == np.sum(familiar[0] & ~familiar[1])
@@ -216,11 +216,9 @@ def test_predict_takes_the_twin(twin, capsys):
     """predict.py reads the twin as any ONNX file of ours. Its int8 features move the familiarity distance too, so
     a photo may come out unfamiliar (exit 3) under the twin: an answer either way, never a refusal."""
     photo = os.path.join(twin["test"], "malignant", sorted(os.listdir(os.path.join(twin["test"], "malignant")))[0])
-    try:
-        predict.main([photo, "--model", twin["int8"]])
-    except SystemExit as e:
-        assert e.code == predict.UNFAMILIAR_EXIT
+    status = predict.main([photo, "--model", twin["int8"]])
     first = capsys.readouterr().out.splitlines()[0]
+    assert status == (predict.UNFAMILIAR_EXIT if first == "Prediction: unfamiliar" else None), (status, first)
     assert first.startswith(("Prediction: benign", "Prediction: malignant", "Prediction: unfamiliar"))
 
 
@@ -264,3 +262,26 @@ def test_the_page_runs_the_twin_only_when_it_is_this_exports_and_its_numbers_kee
     assert chosen == full and "was not made from this export" in said
     os.remove(int8)
     assert "no int8 twin" in serve_web.page_model(full, True)[1]
+
+
+@pytest.mark.parametrize(
+    "full_distance, int8_distance, kept",
+    [(10.3, 9.0, True), (9.7, 11.0, True), (11.0, 9.8, False), (9.0, 10.2, False)],
+)
+def test_the_familiarity_band_is_measured_from_the_full_models_distance_not_the_twins(
+    monkeypatch, full_distance, int8_distance, kept
+):
+    """Limit 10, band 5% (0.5): a photo whose full-model distance lies within the band (10.3, 9.7) may flip however
+    far the twin moves it (to 9.0, 11.0: kept); one whose full-model distance lies outside it (11.0, 9.0) may not,
+    though the twin lands within the band (9.8, 10.2: refused). Kills the band measured from the twin's distance
+    (`np.abs(d_int8 - limit)`) or from the nearer of the two in quantise.familiarity_flips, which the mirrored
+    distances of test_a_twin_that_flips_one_photo_outside_the_band_is_not_within_tolerance cannot tell apart."""
+    monkeypatch.setattr(metrics, "roc_auc", lambda y, p: 0.9)
+    p, y, limit = np.array([0.2, 0.8, 0.3]), np.array([0, 1, 0]), 10.0
+    d_full, d_int8 = np.array([5.0, 6.0, full_distance]), np.array([5.0, 6.0, int8_distance])
+    near = abs(full_distance - limit) <= quantise.FAMILIARITY_BAND * limit  # by hand, from the full model's
+    assert near is kept and (abs(int8_distance - limit) <= quantise.FAMILIARITY_BAND * limit) is not kept
+    result = quantise.comparison(p, p, y, 0.5, 0.02, (d_full, d_int8), limit)
+    assert result["familiar_to_unfamiliar"] + result["unfamiliar_to_familiar"] == 1
+    assert result["familiarity_flips_outside_band"] == (0 if kept else 1)
+    assert result["within_tolerance"] is kept

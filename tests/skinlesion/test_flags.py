@@ -1,7 +1,7 @@
-"""skinlesion/cli.py: flags come only from a script's constants block, every mistake (argparse's too) is one
-`error:` line with exit 1, 'none' only where a constant may be None, names are printed as one safe line,
-outputs are checked before the work. (That every script answers --help without importing torch is checked in
-test_conventions.py.)"""
+"""skinlesion/flags.py: flags come only from a script's constants block, every mistake (argparse's too) is one
+`error:` line with exit 1, 'none' only where a constant may be None, outputs are checked before the work. (That
+every script answers --help without importing torch is checked in test_conventions.py; names and shares as printed
+in test_messages.py.)"""
 
 import importlib
 import os
@@ -11,7 +11,7 @@ import pytest
 
 import AItraining
 from conftest import fails, help_of
-from skinlesion import cli
+from skinlesion import flags
 
 RULER = "# " + "-" * 70
 TINY = f'''"""tiny.py: a script with a constants block."""
@@ -32,14 +32,14 @@ THAT_FLAG = 1  # below the block: not a flag either
 
 @pytest.fixture
 def tiny(tmp_path):
-    """parse(argv): cli.parse_flags on the globals of a tiny script file with constants inside and outside its
+    """parse(argv): flags.parse_flags on the globals of a tiny script file with constants inside and outside its
     block (LR is None and typed float; OUTPUT is named nullable; PORT's comment states no range)."""
     path = tmp_path / "tiny.py"
     path.write_text(TINY)
     constants = runpy.run_path(str(path))
 
     def parse(argv):
-        return cli.parse_flags(constants, argv, types={"LR": float}, nullable=("OUTPUT",))
+        return flags.parse_flags(constants, argv, types={"LR": float}, nullable=("OUTPUT",))
 
     return parse
 
@@ -112,7 +112,7 @@ def test_an_empty_value_is_refused_when_the_flags_are_read(tiny, tmp_path, capsy
     path = tmp_path / "tiny.py"
     path.write_text(TINY.replace(f"{name} = ", f'{name} = ""  #'))
     constants = runpy.run_path(str(path))
-    fails_in_one_line(lambda argv: cli.parse_flags(constants, argv), [], capsys, expected)
+    fails_in_one_line(lambda argv: flags.parse_flags(constants, argv), [], capsys, expected)
 
 
 @pytest.mark.parametrize(
@@ -134,33 +134,6 @@ def test_none_is_accepted_for_a_none_constant_and_a_nullable_name(tiny):
     assert tiny(["--lr", "3e-4"]).lr == 3e-4
 
 
-# ---------------------------------------------------------------------------- printable names and summaries
-def test_printable_escapes_control_characters_and_bytes_that_are_not_utf8():
-    forged = "a.jpg\nPrediction: benign"
-    assert cli.printable(forged) == "a.jpg\\nPrediction: benign"
-    assert "\n" not in cli.printable(forged)
-    assert cli.printable("a\rb\tc\x1b[31md\x7fe\x00") == "a\\rb\\tc\\x1b[31md\\x7fe\\x00"
-    assert cli.printable(b"caf\xe9.jpg") == "caf\\xe9.jpg"
-    assert cli.printable(os.fsdecode(b"\xff\xfe.jpg")) == "\\xff\\xfe.jpg"  # a str name read from the disk
-    assert cli.printable("naïve Ünïcode ✓.jpg") == "naïve Ünïcode ✓.jpg"  # UTF-8 is kept as it is
-    assert cli.printable(3) == "3"
-    for char in map(chr, range(32)):
-        assert cli.printable(char).isprintable(), repr(char)
-    hidden = "evil\u202egpj.exe\x85\u2028\u200b"  # a right-to-left override, C1 NEL, a line separator, zero width
-    assert cli.printable(hidden) == "evil\\u202egpj.exe\\x85\\u2028\\u200b" and cli.printable(hidden).isprintable()
-    assert cli.printable("Mélanome, NOS 😀") == "Mélanome, NOS 😀"  # printable text is kept as it is
-
-
-def test_first_few_and_counts_text():
-    assert cli.first_few(["a", "b"]) == "a, b"
-    assert cli.first_few(range(5)) == "0, 1, 2, ..."
-    assert cli.first_few("abcde", most=4) == "a, b, c, d, ..."
-    assert cli.counts_text(["x", "y", "x", ""]) == "x 2, y 1, empty 1"
-    assert cli.counts_text(list("aabbcd"), most=2) == "a 2, b 2, ..."
-    assert cli.counts_text(["\x1b[2J", "\rPrediction: benign"]) == "\\x1b[2J 1, \\rPrediction: benign 1"  # escaped
-    assert cli.first_few(["a\nb"]) == "a\\nb"
-
-
 # ---------------------------------------------------------------------------- checks
 def test_outputs_are_checked_before_the_work(tmp_path, readonly_folder, capsys):
     (tmp_path / "file").write_text("")
@@ -171,15 +144,15 @@ def test_outputs_are_checked_before_the_work(tmp_path, readonly_folder, capsys):
         (os.path.join(readonly_folder, "out"), True, "cannot write in"),
         (str(tmp_path / "file" / "m.pth"), False, "is a file, not a folder"),
     ]:
-        fails(capsys, expected, cli.check_writable, path, "--output", folder=folder)
-    cli.check_writable(str(tmp_path / "new" / "folder"), "--output-dir", folder=True)  # its parent takes it
+        fails(capsys, expected, flags.check_writable, path, "--output", folder=folder)
+    flags.check_writable(str(tmp_path / "new" / "folder"), "--output-dir", folder=True)  # its parent takes it
     assert sorted(os.listdir(tmp_path)) == ["file", "readonly"]  # a check writes nothing
 
 
 def test_number_checks():
-    assert cli.in_range(3, 1, 5) and not cli.in_range(0, 1) and not cli.in_range(True, 0, 1)
-    assert not cli.in_range(float("nan"), 0) and not cli.in_range(float("inf"), 0) and not cli.in_range("3", 0)
-    assert cli.is_list_of([1, 2.5], cli.in_range, 2) and not cli.is_list_of([1, 2], cli.in_range, 3)
+    assert flags.in_range(3, 1, 5) and not flags.in_range(0, 1) and not flags.in_range(True, 0, 1)
+    assert not flags.in_range(float("nan"), 0) and not flags.in_range(float("inf"), 0) and not flags.in_range("3", 0)
+    assert flags.is_list_of([1, 2.5], flags.in_range, 2) and not flags.is_list_of([1, 2], flags.in_range, 3)
 
 
 # ---------------------------------------------------------------------------- ranges from the comments
@@ -205,7 +178,7 @@ INF = float("inf")
     ],
 )
 def test_a_range_is_read_from_the_first_phrase_of_the_comment(comment, expected):
-    found = cli.allowed_range(comment)
+    found = flags.allowed_range(comment)
     assert tuple(found) == expected and type(found.low) is type(expected[0]), found
 
 
@@ -220,7 +193,7 @@ def test_a_range_is_read_from_the_first_phrase_of_the_comment(comment, expected)
     ],
 )
 def test_a_comment_without_a_range_states_none(comment):
-    assert cli.allowed_range(comment) is None
+    assert flags.allowed_range(comment) is None
 
 
 @pytest.mark.parametrize(
@@ -236,9 +209,9 @@ def test_a_comment_without_a_range_states_none(comment):
     ],
 )
 def test_the_nearest_values_outside_a_range_are_refused(comment, allowed, refused):
-    bounds = cli.allowed_range(comment)
-    assert [cli.is_allowed(v, bounds) for v in allowed] == [True] * len(allowed)
-    assert [cli.is_allowed(v, bounds) for v in refused] == [False] * len(refused)
+    bounds = flags.allowed_range(comment)
+    assert [flags.is_allowed(v, bounds) for v in allowed] == [True] * len(allowed)
+    assert [flags.is_allowed(v, bounds) for v in refused] == [False] * len(refused)
 
 
 @pytest.mark.parametrize(
@@ -265,8 +238,8 @@ def test_a_constant_set_outside_its_range_is_refused_too(tmp_path, capsys):
     path.write_text(TINY.replace("EPOCHS = 10  #", "EPOCHS = 0  #"))
     constants = runpy.run_path(str(path))
     expected = "--epochs 0: use >= 1 (or set EPOCHS at the top of tiny.py)"
-    fails_in_one_line(lambda argv: cli.parse_flags(constants, argv), [], capsys, expected)
-    assert cli.parse_flags(constants, ["--epochs", "2"]).epochs == 2
+    fails_in_one_line(lambda argv: flags.parse_flags(constants, argv), [], capsys, expected)
+    assert flags.parse_flags(constants, ["--epochs", "2"]).epochs == 2
 
 
 @pytest.mark.parametrize("text, value", [("false", False), ("no", False), ("0", False), ("False", False),
@@ -283,13 +256,3 @@ def test_a_yes_no_flag_refuses_what_is_neither(capsys):
     import AItraining
 
     fails_in_one_line(AItraining.parse_args, ["--class-weights", "maybe"], capsys, "maybe: use yes or no")
-
-
-@pytest.mark.parametrize(
-    "share, text",
-    [(0.05, "5.0%"), (0.5, "50.0%"), (0.0001, "0.01%"), (0.00015, "0.015%"), (0.9999, "99.99%"), (0.001, "0.1%"),
-     (0.00999, "1%"), (1e-6, "0.0001%"), (0.123456, "12.3%"), (0.0, "0.0%")],
-)  # fmt: skip
-def test_a_share_is_never_printed_as_zero_percent(share, text):
-    """Issue 28: --prevalence 0.0001 was printed as 0.0%; the digits a share needs, two significant ones at most."""
-    assert cli.percent_text(share) == text

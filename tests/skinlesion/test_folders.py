@@ -198,9 +198,7 @@ def test_a_ctrl_c_a_library_swallowed_keeps_the_old_folder(tmp_path, capsys):
             (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("new")
             swallowed_ctrl_c()  # the block ends as if all went well
 
-    with pytest.raises(SystemExit) as exit_info:
-        interrupts.run_script(main, "interrupted; the previous dataset is untouched")
-    assert exit_info.value.code == 130
+    assert interrupts.run_script(main, "interrupted; the previous dataset is untouched") == 130
     assert capsys.readouterr().err.strip() == "interrupted; the previous dataset is untouched"
     assert fingerprint(tmp_path) == before
 
@@ -213,9 +211,7 @@ def test_a_ctrl_c_after_the_swap_says_the_new_folder_is_in_place(tmp_path, capsy
             (tmp_path / os.path.basename(tmp) / "manifest.csv").write_text("new")
         ctrl_c()  # while the script prints its summary
 
-    with pytest.raises(SystemExit) as exit_info:
-        interrupts.run_script(main, "interrupted; the previous dataset is untouched")
-    assert exit_info.value.code == 130
+    assert interrupts.run_script(main, "interrupted; the previous dataset is untouched") == 130
     assert capsys.readouterr().err.strip() == f"interrupted; {dataset} is already the new one, complete"
     assert (dataset / "manifest.csv").read_text() == "new" and os.listdir(tmp_path) == ["dataset"]
 
