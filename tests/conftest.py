@@ -616,6 +616,7 @@ SLOW_FIXTURES = {
     "exported",
     "familiar_model",
     "familiar_onnx",
+    "trained_onnx",
 }  # run scripts
 
 
@@ -686,6 +687,23 @@ def familiar_onnx(familiar_model, tmp_path_factory):
         return path, r.stdout
 
     return once_for_all_workers(tmp_path_factory, "familiar_onnx", make)
+
+
+@pytest.fixture(scope="session")
+def trained_onnx(trained_model, demo_dataset, tmp_path_factory):
+    """{full, int8, stdout}: trained_model exported once per session by `python export_onnx.py`, its demo test
+    photos checked, with its int8 twin calibrated and judged on the demo's val photos (test_web, test_quantise and
+    test_familiarity share it). Copy the files before changing them; the twin sits beside the full file."""
+
+    def make(folder):
+        full = str(folder / "skin_model.onnx")
+        val, test = os.path.join(demo_dataset, "val"), os.path.join(demo_dataset, "test")
+        args = ["--model", trained_model[0], "--output", full, "--check-images", test, "--quantise-images", val]
+        r = run("export_onnx.py", *args, cwd=folder)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return dict(full=full, int8=str(folder / "skin_model.int8.onnx"), stdout=r.stdout)
+
+    return once_for_all_workers(tmp_path_factory, "trained_onnx", make)
 
 
 def grey_photo(path, size=(60, 50)):

@@ -179,12 +179,13 @@ def answers(path, photo_paths):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, trained_model, demo_dataset):
-    """The model the test suite trained, exported by export_onnx.py, with its model card beside it (as
-    AItraining.py leaves it beside the .pth); the photos and Python's answers for them."""
+def setup(tmp_path_factory, trained_model, trained_onnx):
+    """The model the test suite trained, exported by export_onnx.py (conftest.trained_onnx, copied without its int8
+    twin: the page runs the full model), with its model card beside it (as AItraining.py leaves it beside the
+    .pth); the photos and Python's answers for them."""
     folder = tmp_path_factory.mktemp("web")
     path = str(folder / "skin_model.onnx")
-    export(trained_model[0], path, os.path.join(demo_dataset, "test"))
+    shutil.copy(trained_onnx["full"], path)
     card = os.path.splitext(trained_model[0])[0] + ".md"
     assert os.path.isfile(card), "AItraining.py wrote no model card beside the model"
     shutil.copy(card, folder / "skin_model.md")

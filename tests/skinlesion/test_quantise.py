@@ -17,7 +17,7 @@ import export_onnx
 import model
 import predict
 import serve_web
-from conftest import changed_output, fingerprint, run, set_self_check
+from conftest import changed_output, fingerprint, set_self_check
 from skinlesion import answer, files, metrics, model_file, photos, quantise
 
 
@@ -153,15 +153,13 @@ def test_a_twin_that_flips_one_photo_outside_the_band_is_not_within_tolerance(mo
 
 
 @pytest.fixture(scope="module")
-def twin(trained_model, demo_dataset, tmp_path_factory):
-    """export_onnx.py of the suite's trained model, with its int8 twin calibrated and judged on dataset/val."""
-    folder = tmp_path_factory.mktemp("int8")
-    full = str(folder / "skin_model.onnx")
+def twin(trained_onnx, demo_dataset):
+    """export_onnx.py of the suite's trained model, with its int8 twin calibrated and judged on dataset/val
+    (conftest.trained_onnx, shared: the tests here read it, and copy it before changing it)."""
+    full = trained_onnx["full"]
     val, test = os.path.join(demo_dataset, "val"), os.path.join(demo_dataset, "test")
-    args = ["--model", trained_model[0], "--output", full, "--check-images", test, "--quantise-images", val]
-    r = run("export_onnx.py", *args, cwd=folder)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return dict(full=full, int8=quantise.quantised_path(full), stdout=r.stdout, val=val, test=test, folder=folder)
+    assert trained_onnx["int8"] == quantise.quantised_path(full)
+    return dict(full=full, int8=trained_onnx["int8"], stdout=trained_onnx["stdout"], val=val, test=test)
 
 
 def test_export_writes_a_smaller_twin_that_says_how_it_compares(twin):
