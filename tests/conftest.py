@@ -677,12 +677,14 @@ def familiar_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def familiar_onnx(familiar_model, tmp_path_factory):
     """(ONNX file, export_onnx.py's stdout): familiar_model exported by `python export_onnx.py`, its test photos
-    checked (no int8 twin: there is no dataset/val where it runs), once per session. Copy it before changing it."""
+    checked, with its int8 twin (familiar.int8.onnx beside it) calibrated and judged on its val photos, once per
+    session. Copy it before changing it (a copy of the .onnx alone has no twin beside it)."""
     checkpoint, data = familiar_model
 
     def make(folder):
         path = str(folder / "familiar.onnx")
-        r = run("export_onnx.py", "--model", checkpoint, "--output", path, "--check-images", f"{data}/test", cwd=folder)
+        args = ["--model", checkpoint, "--output", path, "--check-images", f"{data}/test"]
+        r = run("export_onnx.py", *args, "--quantise-images", f"{data}/val", cwd=folder)
         assert r.returncode == 0, r.stdout + r.stderr
         return path, r.stdout
 

@@ -693,7 +693,8 @@ def test_the_parity_refusal_names_the_photos_and_the_output_on_one_line(tmp_path
 
 @pytest.fixture(scope="module")
 def familiar_export(familiar_onnx):
-    """The familiar model's ONNX file (no int8 twin): conftest.familiar_onnx, which the tests copy before changing."""
+    """The familiar model's ONNX file: conftest.familiar_onnx, which the tests copy (without its twin) before
+    changing."""
     return familiar_onnx[0]
 
 
