@@ -320,7 +320,7 @@ def figures_outside(y, scores, cal, meta, kind="test"):
     """A warning for each figure on these photos (labels y) that lies outside what validation (or the folds, out of
     fold) stated: the sensitivity and specificity at the threshold outside the 95% interval stated for them, and
     the ECE (ece_outside). Each says whether the figure also lies outside what this many photos can show
-    (metrics.expected_share): then it did not hold; else only more photos can tell."""
+    (metrics.held_share): then it did not hold; else only more photos can tell."""
     op, found = meta.get("operating_point") or {}, []
     source = card.chosen_on(meta)[0]  # validation, or out-of-fold: the photos that stated the figures
     stated_by = "the folds" if source == "out-of-fold" else "validation"
@@ -364,11 +364,11 @@ def ece_outside(n_photos, cal, val_ece, source, kind):
 def noise_text(stated, n_stated, n_new, value, side):
     """How a share outside its stated interval ends its warning: outside what n_new photos can show as well (it
     did not hold), or inside it (more photos would tell); nothing to say of the noise without the stated count."""
-    expected = metrics.expected_share(stated, n_stated, n_new)
-    if expected is None:
+    found = metrics.held_share(stated, n_stated, value, n_new)
+    if found is None:
         return ": it did not hold here"
-    shown = f"{100 * expected[0]:.0f}-{expected[1]:.0%}"
-    if expected[0] <= value <= expected[1]:
+    held, shown = found
+    if held:
         return f", though {n_new} {side} photos can show {shown} there (95 times in 100): more photos will tell"
     return f" and beyond what {n_new} {side} photos can show there ({shown}): it did not hold here"
 

@@ -15,7 +15,7 @@ from skinlesion import answer, dataset, familiarity, ledger, reading
 from skinlesion.files import TAG, write_text
 from skinlesion.messages import printable
 from skinlesion.metrics import (
-    expected_share,
+    held_share,
     interval_text,
     known_interval,
     operating_point_text,
@@ -210,19 +210,18 @@ def tested_section(meta, evaluation, title, split="Test"):
 def held_table(meta, figures, photos):
     """[a table] of the operating point's figures, or []: what the model stated (on validation, or out of fold)
     with its 95% interval, the figure on these photos, and the range as many of these photos show 95 times in 100
-    at the stated value (metrics.expected_share): held, or not. Model files without the stated counts: []."""
+    at the stated value (metrics.held_share): held, or not. Model files without the stated counts: []."""
     op, rows = meta.get("operating_point") or {}, []
     for key, side, n_new in (
         ("sensitivity", "malignant", figures.get("tp", 0) + figures.get("fn", 0)),
         ("specificity", "benign", figures.get("tn", 0) + figures.get("fp", 0)),
     ):
         ci, n_stated = known_interval(op.get(f"{key}_ci95")), op.get(f"n_{side}")
-        expected = expected_share(op[key], n_stated, n_new) if ci and n_stated and key in figures else None
-        if expected is None:
+        found = held_share(op[key], n_stated, figures[key], n_new) if ci and key in figures else None
+        if found is None:
             continue
-        held = "yes" if expected[0] <= figures[key] <= expected[1] else "NO"
-        shown = f"{100 * expected[0]:.0f}-{expected[1]:.0%}"
-        rows.append([key, percent_range(op[key], ci), f"{figures[key]:.0%} of {n_new}", shown, held])
+        held, shown = found
+        rows.append([key, percent_range(op[key], ci), f"{figures[key]:.0%} of {n_new}", shown, "yes" if held else "NO"])
     if not rows:
         return []
     header = ["at the threshold", f"stated on {chosen_on(meta)[1]} [95% CI]", photos, "as many photos show", "held"]

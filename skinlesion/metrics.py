@@ -146,6 +146,16 @@ def expected_share(value, n_stated, n_new, level=0.95):
     return float(low / n_new), float(high / n_new)
 
 
+def held_share(stated, n_stated, value, n_new):
+    """(whether a share of value on n_new photos holds what stated on n_stated photos said, the range that many
+    photos show 95 times in 100 as text, '77-100%'), or None without both counts: the one rule evaluate.py's
+    warnings, the card and tools/measure_folds.py read a figure by. It holds within expected_share's range."""
+    expected = expected_share(stated, n_stated, n_new)
+    if expected is None:
+        return None
+    return expected[0] <= value <= expected[1], f"{100 * expected[0]:.0f}-{expected[1]:.0%}"
+
+
 def calibrated_ece_limit(p, draws=2000, seed=0, level=0.95, bins=BINS):
     """The ECE that a perfectly calibrated P scores on these photos with chance level or less: labels drawn from P
     itself, draws times. On a few dozen photos ECE's own bias is large (about 0.15 on 60 photos, 15 bins); an ECE

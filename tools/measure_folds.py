@@ -126,10 +126,8 @@ def row_of(seed, run, report):
     cells += [f"{found['n_unfamiliar']} ({found['share_unfamiliar']:.1%})" if found else "no measure"]
     cells.append(f"{chance:.2f}")
     for key, side in (("sensitivity", "malignant"), ("specificity", "benign")):
-        low, high = metrics.expected_share(op[key], op[f"n_{side}"], n[side])
-        cells.append(
-            f"yes ({100 * low:.0f}-{high:.0%})" if low <= m[key] <= high else f"NO ({100 * low:.0f}-{high:.0%})"
-        )
+        held, shown = metrics.held_share(op[key], op[f"n_{side}"], m[key], n[side])
+        cells.append(f"{'yes' if held else 'NO'} ({shown})")
     limit = cal["ece_after_if_calibrated"]
     return cells + [f"yes ({limit:.3f})" if cal["ece_after"] <= limit else f"NO ({limit:.3f})"]
 
