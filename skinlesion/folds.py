@@ -96,13 +96,12 @@ def out_of_fold(done, stages, key, n):
     return found
 
 
-def negatives_of(net, seen_as, data_dir, load):
+def negatives_of(net, seen_as, others, load):
     """(the features through net of the images an exposure head learns to tell from the training photos, {what: how
-    many}): the dataset's photos of another kind (skinlesion/other_types.py) and drawn non-lesions, as
-    familiarity.fit_on_photos takes them; (None, None) where the dataset keeps no photo of another kind."""
-    from skinlesion import familiarity, other_types
+    many}): others, {type: paths} of the dataset's photos of another kind (skinlesion/other_types.py), and drawn
+    non-lesions, as familiarity.fit_on_photos takes them; (None, None) where there is no photo of another kind."""
+    from skinlesion import familiarity
 
-    others = other_types.photos_of(data_dir, familiarity.MAX_OTHER_TYPES)
     return familiarity.negative_features(net, seen_as, others, load["device"], load.get("batch_size", 32))
 
 
@@ -180,13 +179,14 @@ def fold_familiarity(net, seen_as, photos, stage, k, ensemble, data_dir, **load)
     (paths, labels, blobs); load: features_of_photos' device, batch_size, num_workers."""
     import torch
 
-    from skinlesion import familiarity, mahalanobis
+    from skinlesion import familiarity, mahalanobis, other_types
 
     paths, labels, blobs = photos
     train = stage.train[familiarity.sampled(len(stage.train))]
     features = familiarity.features_of_photos(net, [paths[i] for i in train], seen_as, blobs=blobs, **load)
     held = familiarity.features_of_photos(net, [paths[i] for i in stage.held], seen_as, blobs=blobs, **load)
-    negatives, exposed_to = negatives_of(net, seen_as, data_dir, load)
+    others = other_types.photos_of(data_dir, familiarity.MAX_OTHER_TYPES)
+    negatives, exposed_to = negatives_of(net, seen_as, others, load)
     n_classes = len(seen_as["classes"])
     arrays = familiarity.fit(features, labels[train], n_classes, negatives)
     kept = dict(distances=torch.as_tensor(familiarity.distances(held, arrays)))
@@ -224,8 +224,7 @@ def deployed_measure(net, seen_as, photos, done, stages, others, ensemble_of=Non
     if ensemble_of is None:
         chosen = familiarity.sampled(len(paths))
         features = familiarity.features_of_photos(net, [paths[i] for i in chosen], seen_as, blobs=blobs, **load)
-        negatives, exposed_to = familiarity.negative_features(net, seen_as, others, load["device"],
-                                                              load.get("batch_size", 32))  # fmt: skip
+        negatives, exposed_to = negatives_of(net, seen_as, others, load)
         arrays = familiarity.fit(features, labels[chosen], len(seen_as["classes"]), negatives)
         distances = out_of_fold(done, stages, "distances", len(labels))
     else:
