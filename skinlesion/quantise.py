@@ -1,14 +1,10 @@
-"""The page's smaller model: the exported ONNX file with its weights stored small and turned back to float inside
-the graph (weight-only quantisation: the activations stay float32). The deepest layers' convolution and linear
-weights are stored int8 per output channel (symmetric: scale = max|w| / 127 a channel, DequantizeLinear on axis
-0), the others float16 (Cast); the familiarity measure's large matrix (its basis, d x RANK) int8 per column
-(DequantizeLinear on axis 1), without its columns at the floor (exact); the small arrays (biases, the class means,
-the exposure head, the precisions) stay float32. How many layers are int8: all where that holds, else the most
-found by smallest_within (int8 in the shallow layers moves P(malignant) far more; static int8, activations too,
-moved it by up to 0.12: docs/measurements.md, "The int8 twin"). The comparison on labelled validation photos
-decides whether the page may use it (within_tolerance, recomputed wherever the twin is loaded: its stored verdict
-is never read): P within MAX_P_DIFFERENCE of the full model's on every photo, no label change outside the
-borderline band, no photo changing its familiar/unfamiliar decision, and a ROC-AUC at most MAX_AUC_DROP below."""
+"""The page's smaller model: the exported ONNX file with its weights stored small and turned back to float32 in
+the graph (weight-only: activations stay float32): the deepest layers' weights int8 per output channel
+(DequantizeLinear, scale = max|w| / 127 a channel), the others float16 (Cast), as many int8 as smallest_within
+finds; the familiarity basis int8 per column, without its columns at the floor (docs/measurements.md, "The int8
+twin"). The page may use it only within tolerance on labelled validation photos (within_tolerance, recomputed
+wherever the twin is loaded, never its stored verdict): P within MAX_P_DIFFERENCE of the full model's on every
+photo, no label change outside the borderline band, no familiarity flip, ROC-AUC at most MAX_AUC_DROP below."""
 
 import os
 import re
