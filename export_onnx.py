@@ -42,8 +42,8 @@ CHECK_IMAGES = "dataset/test"  # folder (or photo) of real photos for the check;
 N_CHECK = 16  # how many photos to check on (spread over the sorted list), >= 1
 OPSET = 18  # ONNX opset version, 18 to 23
 TOLERANCE = 1e-4  # largest difference of PyTorch and onnxruntime in P(malignant) (the others: relative), 1e-9 to 0.1
-QUANTISE = True  # also write OUTPUT's int8 twin (.int8.onnx, ~3x smaller, for the page), compared on QUANTISE_IMAGES
-QUANTISE_IMAGES = "dataset/val"  # labelled photos (<class>/ sub-folders) that calibrate and judge the int8 twin
+QUANTISE = True  # also write OUTPUT's int8 twin (.int8.onnx: smaller weights, for the page), judged on QUANTISE_IMAGES
+QUANTISE_IMAGES = "dataset/val"  # labelled photos (<class>/ sub-folders) on which the int8 twin is judged
 OVERWRITE = False  # replace an OUTPUT that this project did not write (never done without it)
 # -----------------------------------------------------------------------------
 MAX_EVALUATION_BYTES = 1_000_000_000  # the largest evaluation.json read (it lists every unreadable, unfamiliar photo)
@@ -290,10 +290,13 @@ def twin_self_check(small, meta):
 
 
 def write_int8_twin(args, meta):
-    """The int8 twin of args.output (skinlesion/quantise.py), calibrated on QUANTISE_IMAGES and compared there
-    with the full model: written with the comparison in its metadata, from which the page's rule decides whether
-    the page uses it (quantise.within_tolerance); not written where it fails the check every model file gets.
-    Returns its path, or None when none was written."""
+    """The int8 twin of args.output (skinlesion/quantise.py: weights stored int8 or float16, turned back to float in
+    the graph), the smallest that keeps within tolerance on QUANTISE_IMAGES (quantise.smallest_within): written with
+    its comparison with the full model in its metadata, from which the page's rule decides whether the page uses it
+    (quantise.within_tolerance); not written where it fails the check every model file gets. Returns its path, or
+    None when none was written."""
+    import onnx
+
     twin = quantise.quantised_path(args.output)
     x, y = labelled_photos(args.quantise_images, meta)
     images = messages.printable(args.quantise_images)
@@ -302,20 +305,23 @@ def write_int8_twin(args, meta):
             f"--quantise-images {images} holds no readable photo; pass a folder of validation photos"
         )
     if x is None:
-        print(f"no int8 twin written: no photos in {images} to calibrate it on (--quantise-images)")
+        print(f"no int8 twin written: no photos in {images} to compare it on (--quantise-images)")
         return None
-    full = onnx_file.cpu_session(args.output)
-    speeds = {}
+    full, speeds = onnx_file.cpu_session(args.output), {}
+    floor = (meta.get("familiarity") or {}).get("floor")
+    floor = None if floor is None else float(floor)
+    depth_count = len(quantise.depths(onnx.load(args.output).graph))
 
     def quantise_and_compare(tmp):
-        quantise.quantise(args.output, tmp, x)
+        def judge(int8_depths):
+            quantise.quantise(args.output, tmp, int8_depths, floor=floor)
+            return twin_comparison(full, onnx_file.cpu_session(tmp), x, y, meta)
+
+        chosen, result = quantise.smallest_within(depth_count, judge)
+        quantise.quantise(args.output, tmp, chosen, floor=floor)  # the one chosen, last written or not
         small = onnx_file.cpu_session(tmp)
-        names = ["p_malignant"] + (["familiarity_distance"] if meta.get("familiarity") else [])
-        (p_full, *d_full), (p_int8, *d_int8) = quantise.outputs(full, x, names), quantise.outputs(small, x, names)
-        limit = (meta.get("familiarity") or {}).get("limit")
-        distances = (d_full[0], d_int8[0]) if d_full else None
-        result = quantise.comparison(p_full, p_int8, y, meta["threshold"], answer.BORDERLINE, distances, limit)
-        result.update(from_sha256=files.file_sha256(args.output), photos_from=os.path.basename(args.quantise_images))
+        result.update(int8_depths=chosen, depths=depth_count, from_sha256=files.file_sha256(args.output))
+        result.update(photos_from=os.path.basename(args.quantise_images))
         speeds.update(full=quantise.seconds_per_photo(full, x), int8=quantise.seconds_per_photo(small, x))
         onnx_file.copy_metadata(tmp, args.output, twin_self_check(small, meta), result)
         speeds["result"] = result
@@ -325,13 +331,22 @@ def write_int8_twin(args, meta):
     except TwinRefused as e:
         print(f"no int8 twin {messages.printable(twin)} written: it fails the check every model file gets ({e})")
         return None
-    ratio = os.path.getsize(args.output) / os.path.getsize(twin)
+    ratio = os.path.getsize(twin) / os.path.getsize(args.output)
     print(
-        f"wrote {messages.printable(twin)} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.1f}x smaller; "
-        f"{speeds['int8'] * 1e3:.0f} ms a "
-        f"photo against {speeds['full'] * 1e3:.0f} ms here): {quantise.comparison_text(speeds['result'])}"
+        f"wrote {messages.printable(twin)} ({os.path.getsize(twin) / 1e6:.1f} MB, {ratio:.2f} of the full model; "
+        f"{quantise.weights_text(speeds['result'])}; {speeds['int8'] * 1e3:.0f} ms a photo against "
+        f"{speeds['full'] * 1e3:.0f} ms here): {quantise.comparison_text(speeds['result'])}"
     )
     return twin
+
+
+def twin_comparison(full, small, x, y, meta):
+    """quantise.comparison of the twin's session small with the full model's on photos x (labels y)."""
+    names = ["p_malignant"] + (["familiarity_distance"] if meta.get("familiarity") else [])
+    (p_full, *d_full), (p_int8, *d_int8) = quantise.outputs(full, x, names), quantise.outputs(small, x, names)
+    limit = (meta.get("familiarity") or {}).get("limit")
+    distances = (d_full[0], d_int8[0]) if d_full else None
+    return quantise.comparison(p_full, p_int8, y, meta["threshold"], answer.BORDERLINE, distances, limit)
 
 
 def check_parity(args, found, described):

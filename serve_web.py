@@ -100,10 +100,20 @@ def page_model(model_path, small):
     result = meta.get("quantised")
     if not isinstance(result, dict) or result.get("from_sha256") != files.file_sha256(model_path):
         return model_path, f"the full model ({messages.printable(twin)} was not made from this export; export again)"
-    size = f"{os.path.getsize(twin) / 1e6:.1f} MB against {os.path.getsize(model_path) / 1e6:.1f} MB"
+    size, full_size = os.path.getsize(twin), os.path.getsize(model_path)
+    networks = f" of {networks_text(meta)}" if meta.get("members") else ""
+    said = f"{size / 1e6:.1f} MB, {size / full_size:.2f} of the full model; {quantise.weights_text(result)}"
     if not quantise.within_tolerance(result, bool(meta.get("familiarity"))):
-        return model_path, f"the full model (the int8 twin, {size}, was {quantise.comparison_text(result)})"
-    return twin, f"the int8 model ({size}): {quantise.comparison_text(result)}"
+        return model_path, (
+            f"the full model{networks} ({full_size / 1e6:.1f} MB; its int8-weight twin, {said}, was "
+            f"{quantise.comparison_text(result)})"
+        )
+    return twin, f"the int8-weight model{networks} ({said}): {quantise.comparison_text(result)}"
+
+
+def networks_text(meta):
+    """'the 5 fold networks averaged': what an ensemble's file runs (its members, AItraining.py --deploy ensemble)."""
+    return f"the {meta['members']} fold networks averaged"
 
 
 def ort_dist(node_modules):

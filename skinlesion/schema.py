@@ -186,12 +186,14 @@ SELF_CHECK = record(dict(  # export_onnx.py: the file's outputs on check_inputs,
     dict(cam=list_of(list_of(list_of(ANY_NUMBER, most=2048), most=2048), most=16),
          familiarity_distance=list_of(ANY_NUMBER, most=16)))  # fmt: skip
 NAMES = list_of(text(MAX_NAME), most=1000)
-QUANTISED = record(dict(  # export_onnx.py's int8 twin: quantise.comparison, and the full model it was made from
+QUANTISED = record(dict(  # export_onnx.py's int8 twin: quantise.comparison, the full model it was made from (the
+    # familiarity band: twins of the static int8 quantiser, refused now; the mean P difference: the weight-only ones)
     photos=whole(1, 10**7), max_p_difference=FRACTION, label_changes=COUNT, label_changes_outside_band=COUNT,
     roc_auc_full=nullable(FRACTION), roc_auc_int8=nullable(FRACTION), max_auc_drop=FRACTION,
     within_tolerance=BOOLEAN, from_sha256=SHA256, photos_from=text()),
     dict(familiar_to_unfamiliar=COUNT, unfamiliar_to_familiar=COUNT, familiarity_flips_outside_band=COUNT,
-         familiarity_band=FRACTION, max_distance_change=nullable(number(0, 1e12))))  # fmt: skip
+         familiarity_band=FRACTION, max_distance_change=nullable(number(0, 1e12)), mean_p_difference=FRACTION,
+         max_p_allowed=FRACTION, int8_depths=COUNT, depths=COUNT))  # fmt: skip
 FAMILIARITY = record(dict(  # familiarity.summary: the limit of the distance, how it was chosen, on what photos
     method=one_of("mahalanobis", "mahalanobis+exposure"), limit=number(0, 1e12), quantile=FRACTION,
     image_types=list_of(text()), val_within=FRACTION, n_val=COUNT),

@@ -677,7 +677,7 @@ def familiar_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def familiar_onnx(familiar_model, tmp_path_factory):
     """(ONNX file, export_onnx.py's stdout): familiar_model exported by `python export_onnx.py`, its test photos
-    checked, with its int8 twin (familiar.int8.onnx beside it) calibrated and judged on its val photos, once per
+    checked, with its int8 twin (familiar.int8.onnx beside it) made and judged on its val photos, once per
     session. Copy it before changing it (a copy of the .onnx alone has no twin beside it)."""
     checkpoint, data = familiar_model
 
@@ -694,7 +694,7 @@ def familiar_onnx(familiar_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_onnx(trained_model, demo_dataset, tmp_path_factory):
     """{full, int8, stdout}: trained_model exported once per session by `python export_onnx.py`, its demo test
-    photos checked, with its int8 twin calibrated and judged on the demo's val photos (test_web, test_quantise and
+    photos checked, with its int8 twin made and judged on the demo's val photos (test_web, test_quantise and
     test_familiarity share it). Copy the files before changing them; the twin sits beside the full file."""
 
     def make(folder):
