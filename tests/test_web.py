@@ -1010,9 +1010,9 @@ def assert_runs(pg, photo, sha256, p):
 
 def test_a_second_visit_works_offline_and_a_new_model_replaces_the_cached_one(browser, setup, familiar_onnx, tmp_path):
     """First visit online; once the worker controls the page its cache holds exactly this build, fetched as 304s
-    (the HTTP cache's copies, revalidated: nothing downloaded twice, but the card the page only asked about). Offline, a reload gives the same answer.
-    Then another model (another SHA-256) is served at the same origin: one online reload and the page runs it,
-    the old build's cache gone; offline it still runs the new one."""
+    (the HTTP cache's copies, revalidated: nothing downloaded twice, but the card the page only asked about).
+    Offline, a reload gives the same answer. Then another model (another SHA-256) is served at the same origin:
+    one online reload and the page runs it, the old build's cache gone; offline it still runs the new one."""
     photo = setup["photos"]["lesion_4x3.jpg"]
     other = str(shutil.copyfile(familiar_onnx[0], tmp_path / "other.onnx"))
     p_other = reference(photo, *model.load_onnx(other))["p"]
