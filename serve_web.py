@@ -13,6 +13,7 @@ from skinlesion import interrupts
 if __name__ == "__main__":  # first, before the libraries load: a Ctrl-C while they do is one line, not a traceback
     interrupts.one_line_while_loading()
 
+import gzip
 import hashlib
 import http.server
 import json
@@ -36,8 +37,8 @@ SMALL_MODEL = True  # run MODEL's int8 twin (export_onnx.py writes it) if made f
 # -----------------------------------------------------------------------------
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(HERE, "web")  # the page's own files (index.html, style.css, app.js, preprocess.js)
-ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")  # the wasm backend
+SOURCE = os.path.join(HERE, "web")  # the page's own files (index.html, style.css, app.js, preprocess.js, sw.js)
+ORT_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")  # the wasm backend (its loader bundled)
 PAGE_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8", ".js": "text/javascript"}
 TYPES = {
     **PAGE_TYPES,
@@ -48,6 +49,10 @@ TYPES = {
     ".md": "text/markdown; charset=utf-8",
 }
 CARD_NAME = "model_card.md"
+WORKER = "sw.js"  # the service worker: serve_web.py writes the build's id and files into it (worker_script)
+WORKER_FILES = b"const FILES = {}; // serve_web.py writes {url: SHA-256} of the build here"
+WORKER_BUILD = b'const BUILD = "unbuilt"; // serve_web.py writes the build id here'
+COMPRESSIBLE = {".wasm", ".mjs", ".js", ".html", ".css", ".json", ".md", ".onnx"}  # served gzip-compressed if smaller
 PAGE_CSP = (  # index.html's own policy (its <meta> tag), used if the page has none
     "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; img-src 'self' blob: data:; connect-src 'self'; "
     "style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'"
@@ -206,7 +211,31 @@ def site_contents(model_path, card, node_modules, small=True):
             raise messages.UserError(
                 f"model card {messages.printable(card)} is not UTF-8 text; save it as UTF-8"
             ) from None
+    sidecar["build"] = worker_script(contents)
     return contents, sidecar, version
+
+
+def worker_script(contents):
+    """Write into contents' service worker (sw.js) {url: SHA-256} of every other file and the build id, and return
+    the id: the SHA-256 of that list (so of every file's bytes, the model's among them), the name of the worker's
+    cache. Another model is another build: the worker caches it apart and deletes the old cache."""
+    if WORKER not in contents:
+        raise messages.UserError(f"{SOURCE}/{WORKER} not found; restore web/ (git checkout web)")
+    script = contents[WORKER]
+    if script.count(WORKER_FILES) != 1 or script.count(WORKER_BUILD) != 1:
+        raise messages.UserError(
+            f"{SOURCE}/{WORKER} has no place for the build's files; restore web/ (git checkout web)"
+        )
+    files_sha256 = {  # index.html as "./": the URL the page is opened at, so the HTTP cache's copy answers
+        ("./" if name == "index.html" else name): hashlib.sha256(data).hexdigest()
+        for name, data in sorted(contents.items())
+        if name != WORKER
+    }
+    listed = json.dumps(files_sha256, sort_keys=True)
+    build_id = hashlib.sha256(listed.encode()).hexdigest()[:16]
+    script = script.replace(WORKER_FILES, b"const FILES = " + listed.encode() + b";")
+    contents[WORKER] = script.replace(WORKER_BUILD, b'const BUILD = "' + build_id.encode() + b'";')
+    return build_id
 
 
 def build(site_dir, contents):
@@ -235,14 +264,48 @@ def page_csp(index_html):
     return policy
 
 
+def etag_of(data):
+    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+
 def url_table(contents):
-    """{url path: (bytes, content type, ETag)}: the allow-list the server answers from ("/" is index.html)."""
+    """{url path: (content type, {encoding: (bytes, ETag)})}: the allow-list the server answers from ("/" is
+    index.html); each file as it is ("identity") and, where that is smaller, gzip-compressed once here (level 9,
+    mtime 0: the same bytes for the same file), each encoding with an ETag of its own."""
     table = {}
     for name, data in contents.items():
-        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-        table["/" + name] = (data, TYPES[os.path.splitext(name)[1]], etag)
+        extension = os.path.splitext(name)[1]
+        encodings = {"identity": (data, etag_of(data))}
+        if extension in COMPRESSIBLE:
+            packed = gzip.compress(data, compresslevel=9, mtime=0)
+            if len(packed) < len(data):
+                encodings["gzip"] = (packed, etag_of(packed))
+        table["/" + name] = (TYPES[extension], encodings)
     table["/"] = table["/index.html"]
     return table
+
+
+def accepts_gzip(accept_encoding):
+    """Whether a request's Accept-Encoding header allows gzip (RFC 9110): gzip (or x-gzip) with a q-value above 0,
+    else '*' with one; 'gzip;q=0' refuses it whatever '*' says; no header, or one that cannot be read: no."""
+    weights = {}
+    for item in (accept_encoding or "").split(","):
+        coding, *parameters = [part.strip() for part in item.split(";")]
+        q = 1.0
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip().lower() == "q":
+                q = float(value) if re.fullmatch(r"\s*(0(\.\d{0,3})?|1(\.0{0,3})?)\s*", value) else 0.0
+        weights[{"x-gzip": "gzip"}.get(coding.lower(), coding.lower())] = q
+    if "gzip" in weights:
+        return weights["gzip"] > 0
+    return weights.get("*", 0) > 0
+
+
+def etag_matches(if_none_match, etag):
+    """Whether an If-None-Match header names etag (weakly compared, as RFC 9110 says for it), or is '*'."""
+    tags = [tag.strip().removeprefix("W/") for tag in (if_none_match or "").split(",")]
+    return etag in tags or "*" in tags
 
 
 class BoundedReader:
@@ -272,6 +335,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     """GET and HEAD for the files of server.table and nothing else; the Host must be this server."""
 
     server_version = "serve_web.py"
+    protocol_version = "HTTP/1.1"  # a browser revalidates by ETag only an HTTP/1.1 response; each closes its connection
 
     def version_string(self):
         return self.server_version  # no Python version
@@ -304,17 +368,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if entry is None:
             self.send_error(404, "not a file of this page")
             return
-        data, kind, etag = entry
+        kind, encodings = entry
+        encoding = "gzip" if "gzip" in encodings and accepts_gzip(self.headers.get("Accept-Encoding")) else "identity"
+        data, etag = encodings[encoding]
         try:
-            if self.headers.get("If-None-Match") == etag:
+            if etag_matches(self.headers.get("If-None-Match"), etag):
                 self.send_response(304)
                 self.send_header("ETag", etag)
+                self.send_header("Vary", "Accept-Encoding")
                 self.end_headers()
                 return
             self.send_response(200)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
+            if encoding == "gzip":
+                self.send_header("Content-Encoding", "gzip")
             self.send_header("ETag", etag)
+            self.send_header("Vary", "Accept-Encoding")
             self.end_headers()
             for start in range(0, len(data) if send_body else 0, CHUNK):
                 self.wfile.write(data[start : start + CHUNK])
@@ -327,6 +397,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         super().send_error(code, message, explain)
 
     def end_headers(self):
+        if not self.close_connection:  # send_error said it already
+            self.send_header("Connection", "close")  # one request per connection: the timeouts stay simple
         self.send_header("Content-Security-Policy", self.server.csp)
         for name, value in HEADERS.items():
             self.send_header(name, value)
@@ -387,7 +459,8 @@ def main(argv=None):
     card_text = f"model card {messages.printable(card)}" if card else "no model card"
     print(
         f"built {messages.printable(args.site_dir)}: {messages.printable(args.model)} ({', '.join(facts)}), "
-        f"{card_text}, onnxruntime-web {version} (wasm); the page runs {sidecar['model_variant']}",
+        f"{card_text}, onnxruntime-web {version} (wasm), build {sidecar['build']}; the page runs "
+        f"{sidecar['model_variant']}",
         flush=True,
     )
     if args.serve:

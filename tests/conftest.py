@@ -462,11 +462,12 @@ def skip_or_fail(reason):
     pytest.skip(reason)
 
 
-def start_server(*args, log, cwd=ROOT):
-    """serve_web.py serving on a free port (stderr into the file log): (process, base url, port, the 'built' line)."""
+def start_server(*args, log, cwd=ROOT, port=0):
+    """serve_web.py serving on port (0: a free one; stderr into the file log): (process, base url, port, the 'built'
+    line)."""
     with open(log, "w") as stderr:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "serve_web.py"), *map(str, args), "--port", "0"],
+            [sys.executable, os.path.join(ROOT, "serve_web.py"), *map(str, args), "--port", str(port)],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,

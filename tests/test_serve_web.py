@@ -5,6 +5,7 @@ over a raw socket to a server on a free port. A tiny ONNX model (with a 'cam' ou
 of weights, the size of the real one) keeps it fast. The tests that serve need node_modules (npm ci): they
 skip without it on a developer machine and fail where the CI environment variable is set."""
 
+import gzip
 import hashlib
 import json
 import os
@@ -29,8 +30,8 @@ pytestmark = pytest.mark.slow  # each test starts serve_web.py: make test, not m
 SCRIPT = os.path.join(ROOT, "serve_web.py")
 NODE_MODULES = os.path.join(ROOT, "node_modules")
 SIZE = 64
-PAGE = ("index.html", "style.css", "app.js", "preprocess.js")
-VENDOR = ("ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "ort.wasm.min.mjs")
+PAGE = ("index.html", "style.css", "app.js", "preprocess.js")  # served as they are in web/ (sw.js is filled in)
+VENDOR = ("ort-wasm-simd-threaded.wasm", "ort.wasm.bundle.min.mjs")
 SIDECAR_KEYS = {name for name, key in model_file.KEYS.items() if key.page} | {  # the table's, and what the page adds
     "borderline_margin",
     "model_file",
@@ -196,7 +197,7 @@ def assert_security_headers(headers):
 def test_builds_its_own_folder_and_serves_exactly_the_page(server, project):
     site = server["site"]
     assert sorted(os.listdir(site)) == sorted(
-        [".skin-lesion-classifier", *PAGE, "vendor", "model.onnx", "model.json", "model_card.md"]
+        [".skin-lesion-classifier", *PAGE, "sw.js", "vendor", "model.onnx", "model.json", "model_card.md"]
     )
     assert sorted(os.listdir(os.path.join(site, "vendor"))) == sorted(VENDOR)  # no 28 MB full build
     with open(os.path.join(site, "model.json")) as f:
@@ -215,8 +216,7 @@ def test_builds_its_own_folder_and_serves_exactly_the_page(server, project):
         "style.css": "text/css; charset=utf-8",
         "app.js": "text/javascript",
         "preprocess.js": "text/javascript",
-        "vendor/ort.wasm.min.mjs": "text/javascript",
-        "vendor/ort-wasm-simd-threaded.mjs": "text/javascript",
+        "vendor/ort.wasm.bundle.min.mjs": "text/javascript",
         "vendor/ort-wasm-simd-threaded.wasm": "application/wasm",
         "model.onnx": "application/octet-stream",
         "model_card.md": "text/markdown; charset=utf-8",
@@ -244,6 +244,109 @@ def test_head_and_a_matching_etag_send_no_body(server):
     status, headers, body = request(server, "/model.onnx", headers=f"If-None-Match: {headers['etag']}\r\n")
     assert status == 304 and body == b""
     assert_security_headers(headers)
+    assert server["log"].new_lines() == []
+
+
+def site_files(site):
+    """{url name: bytes} of every file of a build (its mark left out)."""
+    found = {}
+    for folder, _, names in os.walk(site):
+        for name in names:
+            path = os.path.join(folder, name)
+            found[os.path.relpath(path, site).replace(os.sep, "/")] = read(path, "rb")
+    del found[".skin-lesion-classifier"]
+    return found
+
+
+def worker_build(site):
+    """(FILES, BUILD) as serve_web.py wrote them into the build's sw.js."""
+    script = read(os.path.join(site, "sw.js"))
+    files = json.loads(re.search(r"^const FILES = (.*);$", script, re.M).group(1))
+    return files, re.search(r'^const BUILD = "([0-9a-f]+)";$', script, re.M).group(1)
+
+
+def test_the_service_worker_lists_every_file_of_the_build_by_its_sha256(server, project, tmp_path):
+    """sw.js is web/sw.js with {url: SHA-256} of every other file of the build (index.html as "./", the URL the
+    page is opened at) and the build id, the SHA-256 of that list, written in; another model is another build."""
+    files, build = worker_build(server["site"])
+    built = site_files(server["site"])
+    expected = {
+        ("./" if name == "index.html" else name): hashlib.sha256(data).hexdigest() for name, data in built.items()
+    }
+    del expected["sw.js"]
+    assert files == expected
+    assert build == hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:16]
+    assert f"build {build}; " in server["built"]
+    source = read(os.path.join(ROOT, "web", "sw.js")).splitlines()
+    served = built["sw.js"].decode().splitlines()
+    changed = [(a, b) for a, b in zip(source, served) if a != b]
+    assert len(source) == len(served) and [a.split(" = ")[0] for a, _ in changed] == ["const FILES", "const BUILD"]
+    other = onnx.load(project["model"])  # the same network, another threshold: another SHA-256
+    next(prop for prop in other.metadata_props if prop.key == "threshold").value = "0.41"
+    onnx.save(other, tmp_path / "other.onnx")
+    r = run_script("--model", tmp_path / "other.onnx", "--no-serve", "--site-dir", tmp_path / "site", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    other_files, other_build = worker_build(tmp_path / "site")
+    assert other_build != build and other_files["model.onnx"] != files["model.onnx"]
+    assert other_files["model.onnx"] == hashlib.sha256(read(tmp_path / "other.onnx", "rb")).hexdigest()
+
+
+ACCEPTS_GZIP = ["gzip", "GZIP;Q=0.5", "deflate, gzip;q=0.001", "*", "br, *;q=0.1", "x-gzip", "gzip, deflate, br, zstd"]
+REFUSES_GZIP = ["", "identity", "br, deflate", "gzip;q=0", "gzip;q=0.000", "gzip;q=0, *", "*;q=0", "gzip;q=2"]
+
+
+def test_each_file_is_served_gzip_compressed_where_accepted_and_smaller(server):
+    """Every file of the build, asked for with gzip accepted: gzip level 9 (mtime 0: the same bytes each build),
+    decoded to the very bytes of the build, where that is smaller than the file; its own ETag and length."""
+    compressed = 0
+    for name, data in site_files(server["site"]).items():
+        packed = gzip.compress(data, compresslevel=9, mtime=0)
+        status, headers, body = request(server, "/" + name, headers="Accept-Encoding: gzip, deflate, br\r\n")
+        assert status == 200 and headers["vary"] == "Accept-Encoding", name
+        assert int(headers["content-length"]) == len(body), name
+        if len(packed) < len(data):
+            compressed += 1
+            assert headers["content-encoding"] == "gzip" and body == packed and gzip.decompress(body) == data, name
+            assert headers["etag"] == '"' + hashlib.sha256(packed).hexdigest()[:32] + '"', name
+        else:
+            assert "content-encoding" not in headers and body == data, name
+        assert_security_headers(headers)
+    assert compressed >= 7  # the page, the runtime, model.json and the card at least
+    status, headers, body = request(server, "/", headers="Accept-Encoding: gzip\r\n")
+    assert status == 200 and gzip.decompress(body) == site_files(server["site"])["index.html"]
+    assert server["log"].new_lines() == []
+
+
+def test_gzip_only_where_accept_encoding_allows_it_and_an_etag_per_encoding(server):
+    wasm = "/vendor/ort-wasm-simd-threaded.wasm"
+    original = site_files(server["site"])[wasm[1:]]
+    _, plain, _ = request(server, wasm)
+    _, packed, _ = request(server, wasm, headers="Accept-Encoding: gzip\r\n")
+    assert plain["etag"] != packed["etag"] and packed["content-encoding"] == "gzip"
+    for accept in ACCEPTS_GZIP:
+        status, headers, body = request(server, wasm, headers=f"Accept-Encoding: {accept}\r\n")
+        assert headers.get("content-encoding") == "gzip" and gzip.decompress(body) == original, accept
+        assert headers["etag"] == packed["etag"], accept
+    for accept in REFUSES_GZIP:  # gzip;q=0 refuses it (what '*' says too), as does a q-value that is no q-value
+        status, headers, body = request(server, wasm, headers=f"Accept-Encoding: {accept}\r\n")
+        assert status == 200 and "content-encoding" not in headers and body == original, accept
+        assert headers["etag"] == plain["etag"] and int(headers["content-length"]) == len(original), accept
+    gz = "Accept-Encoding: gzip\r\n"
+    for accept, etag in ((gz, packed["etag"]), ("", plain["etag"])):  # each encoding is revalidated by its own ETag
+        for method in ("GET", "HEAD"):
+            status, headers, body = request(server, wasm, method, headers=f"{accept}If-None-Match: {etag}\r\n")
+            assert status == 304 and body == b"" and headers["etag"] == etag, (accept, method)
+            assert headers["vary"] == "Accept-Encoding"
+            assert_security_headers(headers)
+            listed = f'If-None-Match: "other", W/{etag}\r\n'  # one of a list, weakly compared
+            assert request(server, wasm, method, headers=accept + listed)[0] == 304
+    status, headers, body = request(server, wasm, headers=f"{gz}If-None-Match: {plain['etag']}\r\n")
+    assert status == 200 and headers["content-encoding"] == "gzip" and gzip.decompress(body) == original
+    status, headers, body = request(server, wasm, headers=f"If-None-Match: {packed['etag']}\r\n")
+    assert status == 200 and "content-encoding" not in headers and body == original
+    status, headers, body = request(server, wasm, "HEAD", headers=gz)
+    assert status == 200 and body == b"" and headers["content-encoding"] == "gzip"
+    assert headers["content-length"] == packed["content-length"] and headers["etag"] == packed["etag"]
     assert server["log"].new_lines() == []
 
 
@@ -344,7 +447,7 @@ def test_an_aborted_download_is_one_quiet_line(server):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", server["port"]))
     s.sendall(f"GET /model.onnx HTTP/1.1\r\nHost: 127.0.0.1:{server['port']}\r\n\r\n".encode())
-    assert s.recv(1024).startswith(b"HTTP/1.0 200 ")
+    assert s.recv(1024).startswith(b"HTTP/1.1 200 ")
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset, as a tab does
     s.close()
     lines = server["log"].new_lines(at_least=1)
@@ -455,7 +558,9 @@ def test_a_static_copy_is_built_and_replaced_as_a_whole_never_through_a_link(pro
     result = run_script("--no-serve", "--model", no_card, "--site-dir", out)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert "no model card" in result.stdout
-    assert sorted(os.listdir(out)) == sorted([".skin-lesion-classifier", *PAGE, "vendor", "model.onnx", "model.json"])
+    assert sorted(os.listdir(out)) == sorted(
+        [".skin-lesion-classifier", *PAGE, "sw.js", "vendor", "model.onnx", "model.json"]
+    )
     victim_folder = os.path.dirname(project["victim"])
     before = fingerprint(victim_folder)
     os.remove(out / "app.js")

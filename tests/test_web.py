@@ -30,7 +30,7 @@ from scipy.special import softmax
 import model
 import predict
 from conftest import ROOT, grey_photo, make_net, run, save_model, skip_or_fail, start_server
-from skinlesion import answer, explain, familiarity, messages, metrics, model_file, photos
+from skinlesion import answer, explain, familiarity, files, messages, metrics, model_file, photos
 
 pytestmark = pytest.mark.slow  # each test starts serve_web.py (and a browser): make test, not make check
 
@@ -262,7 +262,8 @@ def browser(server):
 
 
 def open_page(browser, url, requests, **context_args):
-    context = browser.new_context(**context_args)
+    """The page in a fresh context, its service worker blocked (test_a_second_visit_works_offline... has one)."""
+    context = browser.new_context(service_workers="block", **context_args)
     context.on("request", lambda request: requests.append(request.url))
     page = context.new_page()
     errors = []
@@ -505,11 +506,10 @@ def test_no_request_after_load_and_none_off_this_computer(page, server, setup):
         "style.css",
         "app.js",
         "preprocess.js",
-        "vendor/ort.wasm.min.mjs",
+        "vendor/ort.wasm.bundle.min.mjs",
         "model.json",
         "model.onnx",
         "model_card.md",
-        "vendor/ort-wasm-simd-threaded.mjs",
         "vendor/ort-wasm-simd-threaded.wasm",
     }
     assert page["errors"] == []
@@ -522,6 +522,25 @@ def test_model_that_fails_to_load_is_reported(browser, server, setup):
     pg.goto(server["url"])
     pg.wait_for_selector("#app[data-state=model-error]")
     assert "The model failed to load (HTTP 404 for model.onnx)" in pg.inner_text("#message")
+    run, _ = classify(pg, setup["photos"]["grey.jpg"])
+    assert run is None and "The model failed to load" in pg.inner_text("#message")
+    context.close()
+
+
+def test_model_bytes_of_another_build_are_refused_before_they_run(browser, server, setup, familiar_onnx):
+    """model.onnx whose SHA-256 is not model.json's model_sha256 (another valid model: a page that got files of two
+    builds) is refused in one message, nothing run; the page's own model (test_page_classifies_like_python) runs."""
+    with open(familiar_onnx[0], "rb") as f:
+        other = f.read()
+    context = browser.new_context(service_workers="block")
+    pg = context.new_page()
+    pg.route("**/model.onnx", lambda route: route.fulfill(status=200, body=other))
+    pg.goto(server["url"])
+    pg.wait_for_selector("#app[data-state=model-error]")
+    expected = json.loads((setup["folder"] / "site" / "model.json").read_text())["model_sha256"]
+    found = hashlib.sha256(other).hexdigest()
+    message = pg.inner_text("#message")
+    assert f"the model file's SHA-256 {found} is not the {expected} that model.json names" in message, message
     run, _ = classify(pg, setup["photos"]["grey.jpg"])
     assert run is None and "The model failed to load" in pg.inner_text("#message")
     context.close()
@@ -949,3 +968,92 @@ def test_the_unfamiliar_and_borderline_rules_agree_with_their_python_twins(page)
     assert {"isUnfamiliar", "isBorderline"} <= set(js_functions("app.js"))
     assert len(re.findall(r"<=? *[\w.]*limit\b|\blimit\b[\w.]* *>=?", code)) == 1, "isUnfamiliar alone compares"
     assert len(re.findall(r"Math\.abs\([^)]*\) *<", code)) == 1, "isBorderline alone says borderline"
+
+
+# ----------------------------------------------------------------------------- offline after the first visit
+
+
+def until(pg, expression, timeout=120):
+    """Wait until expression (JavaScript, awaited) is true in the page, across its reloads; fail after timeout s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pg.evaluate(expression):
+                return
+        except Exception as e:  # the page reloaded while it was asked
+            if "context was destroyed" not in str(e) and "navigat" not in str(e):
+                raise
+        time.sleep(0.1)
+    pytest.fail(f"not true after {timeout} s: {expression}")
+
+
+CACHED = """(async () => Object.fromEntries(await Promise.all((await caches.keys()).map(async (name) =>
+  [name, (await (await caches.open(name)).keys()).map((r) => new URL(r.url).pathname).sort()]))))()"""
+
+
+def cached_build(site):
+    """(cache name, sorted URL paths) the worker of a build keeps: every file of the build but sw.js."""
+    script = (site / "sw.js").read_text()
+    files = json.loads(re.search(r"^const FILES = (.*);$", script, re.M).group(1))
+    build = re.search(r'^const BUILD = "(\w+)";$', script, re.M).group(1)
+    return f"skin-lesion-page-{build}", sorted("/" + name.removeprefix("./") for name in files)
+
+
+def assert_runs(pg, photo, sha256, p):
+    """The page is ready with the model of this SHA-256 and gives P(malignant) p for the photo."""
+    pg.wait_for_selector(f"#model-sha256:text-is('{sha256}')", timeout=120_000)
+    pg.wait_for_selector("#app[data-state=ready]", timeout=120_000)
+    run, _ = classify(pg, photo)
+    assert run is not None, pg.inner_text("#message")
+    assert abs(run["p"] - p) < 1e-3, (run["p"], p)
+
+
+def test_a_second_visit_works_offline_and_a_new_model_replaces_the_cached_one(browser, setup, familiar_onnx, tmp_path):
+    """First visit online; once the worker controls the page its cache holds exactly this build, fetched as 304s
+    (the HTTP cache's copies, revalidated: nothing downloaded twice, but the card the page only asked about).
+    Offline, a reload gives the same answer. Then another model (another SHA-256) is served at the same origin:
+    one online reload and the page runs it, the old build's cache gone; offline it still runs the new one."""
+    photo = setup["photos"]["lesion_4x3.jpg"]
+    other = str(shutil.copyfile(familiar_onnx[0], tmp_path / "other.onnx"))
+    p_other = reference(photo, *model.load_onnx(other))["p"]
+    sha = {path: files.file_sha256(path) for path in (setup["model"], other)}
+    sites = {setup["model"]: tmp_path / "site_a", other: tmp_path / "site_b"}
+    proc, url, port, _ = start_server(
+        "--model", setup["model"], "--site-dir", sites[setup["model"]], log=tmp_path / "a.log"
+    )
+    context = browser.browser_type.launch_persistent_context(  # a profile on disk: its HTTP cache keeps the model
+        str(tmp_path / "profile"), executable_path=find_chromium(), headless=True, args=measure.CHROMIUM_ARGS
+    )
+    try:
+        pg = context.pages[0]
+        pg.goto(url)
+        assert_runs(pg, photo, sha[setup["model"]], setup["refs"]["lesion_4x3.jpg"]["p"])
+        until(pg, "Boolean(navigator.serviceWorker.controller)")
+        name, paths = cached_build(sites[setup["model"]])
+        assert pg.evaluate(CACHED) == {name: paths}  # complete before the worker took over
+        fetched = context.service_workers[0].evaluate(
+            "performance.getEntriesByType('resource').map((e) => [new URL(e.name).pathname, e.transferSize])"
+        )
+        assert sorted(path for path, _ in fetched) == paths
+        downloaded = [path for path, size in fetched if size > 1000]  # more than headers: not a 304
+        assert downloaded == ["/model_card.md"], fetched  # the one file the page only asked about (HEAD)
+        context.set_offline(True)
+        pg.reload()
+        assert_runs(pg, photo, sha[setup["model"]], setup["refs"]["lesion_4x3.jpg"]["p"])
+
+        context.set_offline(False)
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc, *_ = start_server("--model", other, "--site-dir", sites[other], log=tmp_path / "b.log", port=port)
+        pg.reload()  # the old build's page, from its cache; its new worker takes over and the page reloads
+        assert_runs(pg, photo, sha[other], p_other)
+        name, paths = cached_build(sites[other])
+        assert pg.evaluate(CACHED) == {name: paths}  # the old build's cache is gone
+        context.set_offline(True)
+        pg.reload()
+        assert_runs(pg, photo, sha[other], p_other)
+        assert pg.evaluate(CACHED) == {name: paths}
+    finally:
+        context.close()
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,7 +1,8 @@
 """
 How long the web page (serve_web.py, web/) takes to give its first result, with the full model and with its int8
-twin, in headless Chromium. A measuring tool, not a part of the product; what it measures in full:
-docs/reference.md; results: docs/measurements.md.
+twin, in headless Chromium, and what it downloads (the bytes on the wire: gzip-compressed where the server does);
+also a second visit, offline, from the service worker's cache. A measuring tool, not a part of the product; what
+it measures in full: docs/reference.md; results: docs/measurements.md.
 
     python tools/measure_page.py --model skin_model.onnx --photos dataset/test
     python tools/measure_page.py --model skin_model.onnx --throttle-mbps 1.6    # also on a phone-like network
@@ -28,12 +29,13 @@ THROTTLE_MBPS = 0.0  # also one load per model at this download speed, 0 to 1000
 LATENCY_MS = 150  # round-trip time added under THROTTLE_MBPS, in ms, 0 to 10000
 CHROMIUM = "/usr/lib/chromium/chromium"  # the Chromium that Playwright drives
 TIMEOUT = 600  # seconds to wait for the model to be ready or for a result, 1 to 3600
+SECOND_VISIT = True  # also one second visit per model, offline (the service worker's cache answers)
 # -----------------------------------------------------------------------------
 ENDED = "#app[data-state=done], #app[data-state=error], #app[data-state=model-error]"  # a result or a message
 HEAD = (  # the table's columns
     "model",
     "network",
-    "download: model / page",
+    "on the wire: model / page",
     "open -> model ready",
     "first photo -> result",
     "warm photo -> result",
@@ -99,9 +101,39 @@ def choose(page, photo, timeout):
     return seconds
 
 
+def wire_bytes(page):
+    """(bytes of model.onnx, bytes of the whole page) on the wire so far, headers included (resource timing's
+    transferSize: 0 for what a cache answered)."""
+    entries = page.evaluate(
+        "performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
+        ".map((e) => [e.name, e.transferSize])"
+    )
+    model = sum(size for name, size in entries if name.split("?")[0].endswith("/model.onnx"))
+    return model, sum(size for _, size in entries)
+
+
+def wait_ready(page, timeout):
+    """Wait until the model is ready on the page; raise UserError with the page's message if it failed."""
+    page.wait_for_selector("#app[data-state=ready], #app[data-state=model-error]", timeout=timeout * 1000)
+    if page.get_attribute("#app", "data-state") != "ready":
+        raise messages.UserError(f"the model did not load on the page: {page.inner_text('#message')[:300]}")
+
+
+def timed_results(page, photos, timeout):
+    """(seconds from the navigation to the model ready, first photo to result, warm median, bytes on the wire)."""
+    wait_ready(page, timeout)
+    ready = page.evaluate("window.__modelReadyAt") / 1000  # from the start of the navigation
+    first = choose(page, photos[0], timeout)
+    wire = wire_bytes(page)
+    warm = statistics.median(choose(page, photo, timeout) for photo in photos[1:])
+    return ready, first, warm, wire
+
+
 def one_load(browser, url, photos, args, throttle_mbps):
-    """One page load in a fresh context: (seconds to the model ready, first photo to result, warm median)."""
-    context = browser.new_context(viewport={"width": 412, "height": 915})  # a phone's screen
+    """One first visit in a fresh context: (seconds to the model ready, first photo to result, warm median, (model,
+    page) bytes on the wire). Its service worker is blocked: a fresh context keeps no 16 MB model in its in-memory
+    HTTP cache, so the worker's precache would download it again (a browser's disk cache answers it with a 304)."""
+    context = browser.new_context(viewport={"width": 412, "height": 915}, service_workers="block")  # a phone's screen
     try:
         page = context.new_page()
         if throttle_mbps:
@@ -111,32 +143,54 @@ def one_load(browser, url, photos, args, throttle_mbps):
             conditions = dict(offline=False, latency=args.latency_ms, downloadThroughput=rate, uploadThroughput=rate)
             cdp.send("Network.emulateNetworkConditions", conditions)
         page.goto(url)
-        page.wait_for_selector("#app[data-state=ready], #app[data-state=model-error]", timeout=args.timeout * 1000)
-        if page.get_attribute("#app", "data-state") != "ready":
-            raise messages.UserError(f"the model did not load on the page: {page.inner_text('#message')[:300]}")
-        ready = page.evaluate("window.__modelReadyAt") / 1000  # from the start of the navigation
-        first = choose(page, photos[0], args.timeout)
-        warm = statistics.median(choose(page, photo, args.timeout) for photo in photos[1:])
-        return ready, first, warm
+        return timed_results(page, photos, args.timeout)
     finally:
         context.close()
 
 
+def second_visit(browser, url, photos, args):
+    """A first visit in a fresh context, until the service worker controls the page (its cache complete: it takes
+    over only then); then, offline, the page reloaded: what one_load returns for that second visit."""
+    context = browser.new_context(viewport={"width": 412, "height": 915})
+    try:
+        page = context.new_page()
+        page.goto(url)
+        wait_ready(page, args.timeout)
+        deadline = time.monotonic() + args.timeout
+        while not page.evaluate("Boolean(navigator.serviceWorker.controller)"):
+            if time.monotonic() > deadline:
+                raise messages.UserError(f"the page's service worker did not take over within {args.timeout} s")
+            time.sleep(0.1)
+        context.set_offline(True)
+        page.reload()
+        return timed_results(page, photos, args.timeout)
+    finally:
+        context.close()
+
+
+def row(name, network, wire, ready, first, warm, spread=""):
+    return (name, network, f"{wire[0] / 1e6:.2f} MB / {wire[1] / 1e6:.2f} MB", f"{ready:.2f} s{spread}",
+            f"{first:.2f} s", f"{warm:.2f} s")  # fmt: skip
+
+
 def measure_model(browser, name, model_path, photos, args, work):
-    """The rows of one model: the medians of LOADS loads, and one throttled load with THROTTLE_MBPS."""
+    """The rows of one model: the medians of LOADS loads, one throttled load with THROTTLE_MBPS, one second visit
+    offline (SECOND_VISIT)."""
     site = os.path.join(work, f"site_{name}")
     proc, url, _ = start_page(model_path, site, os.path.join(work, f"server_{name}.log"))
     try:
-        page_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(site) for f in names)
-        size = f"{os.path.getsize(model_path) / 1e6:.1f} MB / {page_bytes / 1e6:.1f} MB"
         loads = [one_load(browser, url, photos, args, 0) for _ in range(args.loads)]
-        ready, first, warm = (statistics.median(values) for values in zip(*loads))
-        spread = f" ({min(r for r, _, _ in loads):.2f}-{max(r for r, _, _ in loads):.2f})" if args.loads > 1 else ""
-        rows = [(name, "local", size, f"{ready:.2f} s{spread}", f"{first:.2f} s", f"{warm:.2f} s")]
+        ready, first, warm = (statistics.median(values) for values in list(zip(*loads))[:3])
+        spread = (
+            f" ({min(load[0] for load in loads):.2f}-{max(load[0] for load in loads):.2f})" if args.loads > 1 else ""
+        )
+        rows = [row(name, "local", loads[0][3], ready, first, warm, spread)]
         if args.throttle_mbps:
-            ready, first, warm = one_load(browser, url, photos, args, args.throttle_mbps)
-            network = f"{args.throttle_mbps:g} Mbit/s, +{args.latency_ms:g} ms"
-            rows.append((name, network, size, f"{ready:.2f} s", f"{first:.2f} s", f"{warm:.2f} s"))
+            ready, first, warm, wire = one_load(browser, url, photos, args, args.throttle_mbps)
+            rows.append(row(name, f"{args.throttle_mbps:g} Mbit/s, +{args.latency_ms:g} ms", wire, ready, first, warm))
+        if args.second_visit:
+            ready, first, warm, wire = second_visit(browser, url, photos, args)
+            rows.append(row(name, "offline, second visit", wire, ready, first, warm))
         return rows
     finally:
         proc.terminate()
@@ -172,7 +226,8 @@ def main(argv=None):
         finally:
             browser.close()
     print(f"load average after: {load_average()}")
-    print(f"medians of {args.loads} loads (the range of 'model ready'); warm: median of {args.warm_runs} photos")
+    print(f"medians of {args.loads} loads (the range of 'model ready'); warm: median of {args.warm_runs} photos;")
+    print("on the wire: the bytes the page downloaded up to its first result, headers included (0: from a cache)")
     print(measure.plain_table(rows, HEAD))
     print(f"by default the page runs {choice}")
     print()

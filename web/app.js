@@ -1,5 +1,5 @@
-// The page: load the model with onnxruntime-web (wasm backend, from vendor/), take a photo from the picker,
-// the camera or a drop, preprocess it exactly as predict.py does (preprocess.js), run the model, and show the
+// The page: load the model with onnxruntime-web (wasm backend, from vendor/), check its SHA-256, take a photo from
+// the picker, the camera or a drop, preprocess it exactly as predict.py does (preprocess.js), run the model, show the
 // crop, the prediction, the calibrated P(malignant) against the threshold, what that threshold means, the
 // cautions, the most likely lesion types (a lesion-type model) and the heat map. Nothing leaves the browser.
 // A photo unlike the training photos (its familiarity_distance beyond the model's limit) gets no answer: the
@@ -11,8 +11,9 @@
 // predict.malignant_sum_text, reweighted metrics.reweighted, predictiveValues metrics.predictive_values,
 // weakModelWarning metrics.weak_model_warning, prevalenceTexts answer.prevalence_texts, unfamiliarSentence
 // familiarity.unfamiliar_sentence, answerShown answer.answer_shown, marked answer.marked, percentText
-// messages.percent_text); tests/test_web.py checks that they exist and agree.
-import * as ort from "./vendor/ort.wasm.min.mjs";
+// messages.percent_text); tests/test_web.py checks that they exist and agree. Once the model is ready, a service
+// worker (sw.js) keeps this build for the next visit, offline too.
+import * as ort from "./vendor/ort.wasm.bundle.min.mjs";
 import {
   centreCrop, imageSize, loadImage, MAX_ASPECT, normalise, tooElongated, upsampleBilinear,
 } from "./preprocess.js";
@@ -30,7 +31,8 @@ const $ = (id) => document.getElementById(id);
 const app = $("app");
 $("limits").textContent = `up to ${MAX_BYTES / 1e6} MB and under ${MAX_PIXELS / 1e6} megapixels`;
 
-ort.env.wasm.wasmPaths = new URL("vendor/", import.meta.url).href; // the files serve_web.py copied, nothing else
+// the wasm file serve_web.py copied, nothing else: the bundle holds its loader (ort-wasm-simd-threaded.mjs)
+ort.env.wasm.wasmPaths = { wasm: new URL("vendor/ort-wasm-simd-threaded.wasm", import.meta.url).href };
 ort.env.wasm.numThreads = 1; // threads need cross-origin isolation (COOP/COEP headers); one is fast enough
 ort.env.wasm.proxy = false;
 
@@ -60,6 +62,7 @@ async function loadModel() {
     config = await (await fetchOk("model.json")).json();
     card = hasCard();
     const bytes = new Uint8Array(await (await fetchOk(config.model_file)).arrayBuffer());
+    await checkSha256(bytes, config.model_sha256);
     session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
     const missing = OUTPUTS.filter((name) => !session.outputNames.includes(name));
     if (config.familiarity) missing.push(...["familiarity_distance"].filter((name) => !session.outputNames.includes(name)));
@@ -78,7 +81,32 @@ async function loadModel() {
   $("status").textContent = readyText;
   window.__modelReadyAt = performance.now();
   app.dataset.state = "ready";
+  keepForOffline();
 }
+
+// The model's bytes must be those model.json describes (its model_sha256): bytes of another build are refused.
+async function checkSha256(bytes, expected) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  const found = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  if (found !== expected) {
+    throw new Error(`the model file's SHA-256 ${found} is not the ${expected} that model.json names: the page `
+      + "got files of two different builds; nothing was run");
+  }
+}
+
+// Once the model is ready (so it never slows the first result): the service worker (sw.js) that caches this build
+// for the next visit, offline too. A worker of a new build that takes over a page a worker served reloads it, so
+// that old and new files never mix (a first visit's page was served by the network and has all it needs).
+function keepForOffline() {
+  if (!navigator.serviceWorker) return; // an old browser, or not a secure context: online only
+  navigator.serviceWorker.register("sw.js").catch((error) => {
+    window.__offlineError = error.message; // the page works as before; only the next visit needs the network
+  });
+}
+const servedByWorker = Boolean(navigator.serviceWorker?.controller);
+navigator.serviceWorker?.addEventListener("controllerchange", () => {
+  if (servedByWorker) window.location.reload();
+});
 
 // "About this model": the model card's summary (what export_onnx.py stored), and a link to the whole card.
 function showAbout(summary, card) {

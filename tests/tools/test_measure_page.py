@@ -1,7 +1,8 @@
 """tools/measure_page.py: --help without torch, every flag checked with one error line before any browser starts
 (fast: in this process), and one tiny real run (slow): a small trained model and its int8 twin, each measured on the
-page in Chromium, one row each in both tables."""
+page in Chromium (the bytes on the wire, a second visit offline), rows in both tables."""
 
+import gzip
 import os
 import shutil
 
@@ -72,9 +73,16 @@ def test_a_tiny_run_measures_the_full_model_and_its_twin(familiar_model, familia
     lines = r.stdout.splitlines()
     assert lines[0].startswith("machine: ") and "load average" in lines[0]
     markdown = lines[lines.index("| " + " | ".join(measure_page.HEAD) + " |") :]
-    assert [row.split(" | ")[0] for row in markdown[2:]] == ["| full", "| int8"], r.stdout
-    for row in markdown[2:]:
+    assert [row.split(" | ")[0] for row in markdown[2:]] == ["| full", "| full", "| int8", "| int8"], r.stdout
+    with open(full, "rb") as f:  # the model's bytes as serve_web.py sends them: gzip -9 where that is smaller
+        model_gzip = min(len(gzip.compress(f.read(), compresslevel=9, mtime=0)), os.path.getsize(full))
+    for row, network in zip(markdown[2:], ["local", "offline, second visit"] * 2):
         cells = row.strip("| ").split(" | ")
-        assert cells[1] == "local" and all(float(c.split()[0]) > 0 for c in cells[3:]), row
+        assert cells[1] == network and all(float(c.split()[0]) > 0 for c in cells[3:]), row
+        model_mb, page_mb = (float(part.split()[0]) for part in cells[2].split(" / "))
+        if network == "offline, second visit":
+            assert model_mb == page_mb == 0, row  # the service worker's cache answered everything
+        elif cells[0] == "full":  # the model's bytes as sent, plus headers; the page's more
+            assert model_gzip / 1e6 <= model_mb + 0.005 < model_gzip / 1e6 + 0.01 and page_mb > model_mb, row
     assert any(line.startswith("by default the page runs ") for line in lines)
     assert sorted(os.listdir(tmp_path)) == before  # its sites were built in a temporary folder, gone
