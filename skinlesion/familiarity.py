@@ -122,14 +122,20 @@ def fit_on_photos(net, meta, train, val, others, **load):
     negatives' (negative_features of others, {type: paths} of photos of another kind: none, the distance alone), the
     limit chosen on the validation photos' (load: features_of_photos' device, batch_size, num_workers). train, val:
     (paths, labels, their bytes where they are shards, else None), read by the caller (folds.familiarity_photos)."""
-    train_paths, train_y, train_blobs = train
-    train_features = features_of_photos(net, train_paths, meta, blobs=train_blobs, **load)
-    negatives, exposed_to = negative_features(net, meta, others, load["device"], load.get("batch_size", 32))
-    arrays = fit(train_features, train_y, len(meta["classes"]), negatives)
+    arrays, exposed_to = fit_on_training_photos(net, meta, train, others, **load)
     val_distances = distances(features_of_photos(net, val[0], meta, blobs=val[2], **load), arrays)
     image_types = meta.get("data", {}).get("factors", {}).get("image type", {}).get("train", {})
     types = sorted(t for t in image_types if t != "unknown")
     return summary(val_distances, types, exposed_to=exposed_to), arrays
+
+
+def fit_on_training_photos(net, meta, train, others, **load):
+    """(the measure's arrays, {what: how many} the exposure head learned from, None without it): fit on the features
+    of train (paths, labels, their bytes or None) against negative_features' of others (load: as fit_on_photos)."""
+    paths, labels, blobs = train
+    train_features = features_of_photos(net, paths, meta, blobs=blobs, **load)
+    negatives, exposed_to = negative_features(net, meta, others, load["device"], load.get("batch_size", 32))
+    return fit(train_features, labels, len(meta["classes"]), negatives), exposed_to
 
 
 def negative_features(net, meta, others, device, batch_size=32):
@@ -290,7 +296,8 @@ def features_of_images(net, images, meta, device, batch_size=32):
                  for image in images[start : start + batch_size]]  # fmt: skip
         x = torch.from_numpy(np.stack([np.asarray(crop).transpose(2, 0, 1) for crop in crops]))
         with torch.inference_mode():
-            found.append(features(net, photos.normalise_batch(x.to(device), meta))[0].double().cpu().numpy())
+            x = photos.normalise_batch(x.to(device), meta)
+            found.append(features(net, x)[0].double().cpu().numpy())
     return np.concatenate(found)
 
 

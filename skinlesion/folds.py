@@ -221,19 +221,18 @@ def deployed_measure(net, seen_as, photos, done, stages, others, ensemble_of=Non
     from skinlesion import familiarity
 
     paths, labels, blobs = photos
-    if ensemble_of is None:
-        chosen = familiarity.sampled(len(paths))
-        features = familiarity.features_of_photos(net, [paths[i] for i in chosen], seen_as, blobs=blobs, **load)
-        negatives, exposed_to = negatives_of(net, seen_as, others, load)
-        arrays = familiarity.fit(features, labels[chosen], len(seen_as["classes"]), negatives)
-        distances = out_of_fold(done, stages, "distances", len(labels))
-    else:
+    factors = seen_as.get("data", {}).get("factors", {}).get("image type", {})
+    image_types = sorted({t for split in ("train", "val") for t in factors.get(split, {}) if t != "unknown"})
+    if ensemble_of is not None:
         members = [{key: value.double().numpy() for key, value in entry["member"].items()} for entry in done]
         arrays, weights = ensemble_measure(members, ensemble_of)
         scaled = [dict(distances=member_stand_in(entry, w)) for entry, w in zip(done, weights)]
         distances, exposed_to = out_of_fold(scaled, stages, "distances", len(labels)), done[0].get("exposed_to")
-    factors = seen_as.get("data", {}).get("factors", {}).get("image type", {})
-    image_types = sorted({t for split in ("train", "val") for t in factors.get(split, {}) if t != "unknown"})
+    else:
+        distances = out_of_fold(done, stages, "distances", len(labels))
+        chosen = familiarity.sampled(len(paths))
+        train = ([paths[i] for i in chosen], labels[chosen], blobs)
+        arrays, exposed_to = familiarity.fit_on_training_photos(net, seen_as, train, others, **load)
     return familiarity.summary(distances, image_types, exposed_to=exposed_to), arrays
 
 
