@@ -1,10 +1,11 @@
 """The page's smaller model: the exported ONNX file with its weights stored small and turned back to float32 in
 the graph (weight-only: activations stay float32): the deepest layers' weights int8 per output channel
 (DequantizeLinear, scale = max|w| / 127 a channel), the others float16 (Cast), as many int8 as smallest_within
-finds; the familiarity basis int8 per column, without its columns at the floor (docs/measurements.md, "The int8
-twin"). The page may use it only within tolerance on labelled validation photos (within_tolerance, recomputed
-wherever the twin is loaded, never its stored verdict): P within MAX_P_DIFFERENCE of the full model's on every
-photo, no label change outside the borderline band, no familiarity flip, ROC-AUC at most MAX_AUC_DROP below."""
+finds, each rounded layer's bias corrected for the mean shift its rounding makes on the validation photos; the
+familiarity basis int8 per column, without its columns at the floor (docs/measurements.md, "The int8 twin"). The
+page may use it only within tolerance on labelled validation photos (within_tolerance, recomputed wherever the
+twin is loaded, never its stored verdict): P within MAX_P_DIFFERENCE of the full model's on every photo, no label
+change outside the borderline band, no familiarity flip, ROC-AUC at most MAX_AUC_DROP below."""
 
 import os
 import re
