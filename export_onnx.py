@@ -291,10 +291,10 @@ def twin_self_check(small, meta):
 
 def write_int8_twin(args, meta):
     """The int8 twin of args.output (skinlesion/quantise.py: weights stored int8 or float16, turned back to float in
-    the graph), the smallest that keeps within tolerance on QUANTISE_IMAGES (quantise.smallest_within): written with
-    its comparison with the full model in its metadata, from which the page's rule decides whether the page uses it
-    (quantise.within_tolerance); not written where it fails the check every model file gets. Returns its path, or
-    None when none was written."""
+    the graph, the layers' biases corrected for the rounding on the photos' means), the smallest that keeps within
+    tolerance on QUANTISE_IMAGES (quantise.smallest_within): written with its comparison with the full model in its
+    metadata, from which the page's rule decides whether the page uses it (quantise.within_tolerance); not written
+    where it fails the check every model file gets. Returns its path, or None when none was written."""
     import onnx
 
     twin = quantise.quantised_path(args.output)
@@ -311,14 +311,15 @@ def write_int8_twin(args, meta):
     floor = (meta.get("familiarity") or {}).get("floor")
     floor = None if floor is None else float(floor)
     depth_count = len(quantise.depths(onnx.load(args.output).graph))
+    means = quantise.layer_input_means(args.output, x)  # for the bias correction, from the same photos
 
     def quantise_and_compare(tmp):
         def judge(int8_depths):
-            quantise.quantise(args.output, tmp, int8_depths, floor=floor)
+            quantise.quantise(args.output, tmp, int8_depths, floor=floor, means=means)
             return twin_comparison(full, onnx_file.cpu_session(tmp), x, y, meta)
 
         chosen, result = quantise.smallest_within(depth_count, judge)
-        quantise.quantise(args.output, tmp, chosen, floor=floor)  # the one chosen, last written or not
+        quantise.quantise(args.output, tmp, chosen, floor=floor, means=means)  # the one chosen, last written or not
         small = onnx_file.cpu_session(tmp)
         result.update(int8_depths=chosen, depths=depth_count, from_sha256=files.file_sha256(args.output))
         result.update(photos_from=os.path.basename(args.quantise_images))

@@ -1,10 +1,11 @@
 """The page's smaller model: the exported ONNX file with its weights stored small and turned back to float32 in
 the graph (weight-only: activations stay float32): the deepest layers' weights int8 per output channel
 (DequantizeLinear, scale = max|w| / 127 a channel), the others float16 (Cast), as many int8 as smallest_within
-finds; the familiarity basis int8 per column, without its columns at the floor (docs/measurements.md, "The int8
-twin"). The page may use it only within tolerance on labelled validation photos (within_tolerance, recomputed
-wherever the twin is loaded, never its stored verdict): P within MAX_P_DIFFERENCE of the full model's on every
-photo, no label change outside the borderline band, no familiarity flip, ROC-AUC at most MAX_AUC_DROP below."""
+finds, each rounded layer's bias corrected for the mean shift its rounding makes on the validation photos; the
+familiarity basis int8 per column, without its columns at the floor (docs/measurements.md, "The int8 twin"). The
+page may use it only within tolerance on labelled validation photos (within_tolerance, recomputed wherever the
+twin is loaded, never its stored verdict): P within MAX_P_DIFFERENCE of the full model's on every photo, no label
+change outside the borderline band, no familiarity flip, ROC-AUC at most MAX_AUC_DROP below."""
 
 import os
 import re
@@ -86,6 +87,78 @@ def stored_small(initializer, how, axis):
     return tensors, node
 
 
+def as_stored(weight, how, axis):
+    """The float32 weight the twin's graph computes with, where weight is stored as how says (stored_small)."""
+    if how == "float16":
+        return weight.astype(np.float16).astype(np.float32)
+    values, scale = int8_per_channel(weight, axis)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    return values * scale.reshape(shape)
+
+
+def layer_input_means(path, images, batch=16):
+    """{layer weight's name: the mean of that Conv's or Gemm's input per input channel, over the photos and their
+    pixels}: the full model's graph at path run on images with the layers' inputs as extra outputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    proto = onnx.load(path)
+    layers = {n.input[LAYER_WEIGHTS[n.op_type]]: n.input[0] for n in proto.graph.node if n.op_type in LAYER_WEIGHTS}
+    inputs = list(dict.fromkeys(layers.values()))
+    known = {output.name for output in proto.graph.output}
+    extra = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in inputs if name not in known]
+    proto.graph.output.extend(extra)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sums = dict.fromkeys(inputs, 0.0)
+    for start in range(0, len(images), batch):
+        for name, values in zip(inputs, session.run(inputs, {"image": images[start : start + batch]})):
+            per_photo = values.reshape(values.shape[0], values.shape[1], -1).mean(axis=2, dtype=np.float64)
+            sums[name] = sums[name] + per_photo.sum(axis=0)
+    return {weight: sums[name] / len(images) for weight, name in layers.items()}
+
+
+def output_shift(node, change, mean):
+    """How far a layer's output moves per output channel, on average, when its weight changes by change (the
+    rounding: as stored less as it was) and its input has this mean per input channel: change . mean (a grouped
+    Conv: within each group; a Gemm: times alpha, in units of its bias, which it multiplies by beta)."""
+    from onnx import helper
+
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Gemm":
+        moved = change @ mean if attributes.get("transB", 0) else mean @ change
+        return attributes.get("alpha", 1.0) * moved / attributes.get("beta", 1.0)
+    groups, outputs_count, per_group = attributes.get("group", 1), change.shape[0], change.shape[1]
+    summed = change.reshape(groups, outputs_count // groups, per_group, -1).sum(axis=3)
+    return np.einsum("goi,gi->go", summed, mean.reshape(groups, per_group)).reshape(outputs_count)
+
+
+def corrected_biases(graph, plan, means):
+    """Bias correction (Nagel et al. 2019, empirical): from each layer's bias, subtract the shift of its output that
+    storing its weight as plan says makes on its input's mean (means: layer_input_means; output_shift), so that the
+    layer's output keeps its mean per channel; a bias added (float32) where the layer has none."""
+    from onnx import numpy_helper
+
+    tensors = {t.name: t for t in graph.initializer}
+    for node in [n for n in graph.node if n.op_type in LAYER_WEIGHTS]:
+        name = node.input[LAYER_WEIGHTS[node.op_type]]
+        if name not in plan or name not in means:
+            continue
+        weight = numpy_helper.to_array(tensors[name])
+        change = as_stored(weight, *plan[name]).astype(np.float64) - weight
+        shift = output_shift(node, change, means[name])
+        if len(node.input) > 2 and node.input[2]:
+            bias = tensors[node.input[2]]
+            values = numpy_helper.to_array(bias)
+            bias.CopyFrom(numpy_helper.from_array((values - shift.reshape(values.shape)).astype(np.float32), bias.name))
+        else:
+            added = numpy_helper.from_array((-shift).astype(np.float32), f"{name}.bias")
+            graph.initializer.append(added)
+            del node.input[2:]
+            node.input.append(added.name)
+
+
 def at_the_floor(graph, floor):
     """The familiarity basis's columns (by index) whose precision lies at the floor (within 1e-6 of it, relative):
     a fit keeps columns past its photos' directions whose |W_i|^2 is rounding noise, and they change no squared
@@ -111,10 +184,11 @@ def without_columns(graph, columns):
     del graph.value_info[:]
 
 
-def quantise(full_path, out_path, int8_depths, measure="int8", rest="float16", floor=None):
+def quantise(full_path, out_path, int8_depths, measure="int8", rest="float16", floor=None, means=None):
     """Write the twin of the ONNX file at full_path to out_path (its metadata kept): each float32 weight that
     small_weights names (int8_depths, measure, rest: its) stored small and turned back to float32 in the graph, the
-    rest as it was; with the familiarity measure's floor, the basis's columns at the floor left out (exact)."""
+    rest as it was; with the layers' input means (layer_input_means), their biases corrected for the rounding
+    (corrected_biases); with the familiarity measure's floor, the basis's columns at the floor left out (exact)."""
     import onnx
 
     proto = onnx.load(full_path)
@@ -122,6 +196,8 @@ def quantise(full_path, out_path, int8_depths, measure="int8", rest="float16", f
     columns = at_the_floor(graph, floor)
     if columns is not None and len(columns):
         without_columns(graph, columns)
+    if means:
+        corrected_biases(graph, plan, means)
     kept, added, nodes = [], [], []
     for initializer in graph.initializer:
         if initializer.name in plan and initializer.data_type == onnx.TensorProto.FLOAT:

@@ -259,6 +259,63 @@ def test_the_twin_stores_the_deepest_layers_int8_and_dequantises_them_in_the_gra
     assert os.path.getsize(small) < os.path.getsize(full) - 4 * sum(a.size for a in arrays.values()) + kept + 600
 
 
+@pytest.mark.parametrize("int8_depths", [3, 1])
+def test_bias_correction_subtracts_the_shift_the_rounding_makes_on_the_inputs_mean(tmp_path, int8_depths):
+    """Each layer's bias (none in the tiny graph: one is added) becomes minus (W_stored - W) . E[x], computed here
+    from the twin's own stored weights (int8 x scale, or float16): the stem over its 3 input channels and 3x3
+    kernel, the depthwise convolution within each channel, the Gemm over its 8 inputs."""
+    full, small = str(tmp_path / "full.onnx"), str(tmp_path / "small.onnx")
+    arrays = tiny_graph(full)
+    rng = np.random.default_rng(2)
+    means = {"stem": rng.normal(size=3), "dw": rng.normal(size=8), "fc": rng.normal(size=8)}
+    quantise.quantise(full, small, int8_depths, means=means)
+    proto = onnx.load(small)
+    stored = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    biases = {node.input[1]: stored[node.input[2]] for node in proto.graph.node if node.op_type in ("Conv", "Gemm")}
+    for name in ("stem", "dw", "fc"):
+        if f"{name}.int8" in stored:
+            shape = (-1,) + (1,) * (arrays[name].ndim - 1)
+            as_stored = stored[f"{name}.int8"] * stored[f"{name}.scale"].reshape(shape).astype(np.float64)
+        else:
+            as_stored = stored[f"{name}.float16"].astype(np.float64)
+        change = as_stored - arrays[name].astype(np.float32)
+        if name == "stem":
+            shift = np.einsum("oikl,i->o", change, means[name])
+        elif name == "dw":
+            shift = change.sum(axis=(1, 2, 3)) * means[name]
+        else:
+            shift = change @ means[name]
+        assert biases[name] == pytest.approx(-shift, rel=1e-5, abs=1e-7), name
+        assert np.abs(shift).max() > 0
+
+
+def test_with_bias_correction_a_layers_output_keeps_its_mean_per_channel(tmp_path):
+    """A 1x1 convolution with a bias, its weights int8: layer_input_means gives the mean of its input per channel
+    over the photos (computed here), and with it the twin's output keeps the full model's mean per channel on
+    those photos (float32 rounding), where without it the mean moves."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weight, bias = rng.normal(0, 0.3, (4, 3, 1, 1)), rng.normal(size=4)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w", "b"], ["out"])], "one",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 5, 5])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a.astype(np.float32), name) for name, a in (("w", weight), ("b", bias))],
+    )  # fmt: skip
+    full, small, plain = (str(tmp_path / f"{name}.onnx") for name in ("full", "small", "plain"))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), full)
+    images = (rng.normal(size=(20, 3, 5, 5)) + np.array([3.0, -2.0, 5.0])[:, None, None]).astype(np.float32)
+    means = quantise.layer_input_means(full, images, batch=6)
+    assert list(means) == ["w"] and means["w"] == pytest.approx(images.mean(axis=(0, 2, 3)), rel=1e-6)
+    quantise.quantise(full, small, 1, means=means)
+    quantise.quantise(full, plain, 1)
+    mean_out = {path: ort.InferenceSession(path).run(["out"], {"image": images})[0].mean(axis=(0, 2, 3))
+                for path in (full, small, plain)}  # fmt: skip
+    assert mean_out[small] == pytest.approx(mean_out[full], abs=1e-5)
+    assert np.abs(mean_out[plain] - mean_out[full]).max() > 1e-4
+
+
 def test_the_basis_columns_at_the_floor_are_left_out_exactly(tmp_path):
     """Columns whose precision lies at the floor add what the floor adds: the twin leaves them out (with their
     precisions) and the distance it gives is the same within float32."""
