@@ -50,7 +50,7 @@ test: lint node_modules/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile tests
 
 check: lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --maxprocesses 4 -m "not slow" tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal -m "not slow" tests
 
 web: setup node_modules/.installed
 	$(PY) serve_web.py
