@@ -527,6 +527,21 @@ def test_model_that_fails_to_load_is_reported(browser, server, setup):
     context.close()
 
 
+def test_a_page_that_cannot_check_its_model_runs_nothing(browser, server, setup):
+    """Where the browser offers no SHA-256 (crypto.subtle exists only in a secure context: a copy served over plain
+    http from another computer), the model is not checked, so it is not run: one message says where to serve it."""
+    context = browser.new_context(service_workers="block")
+    context.add_init_script("Object.defineProperty(globalThis.crypto, 'subtle', { value: undefined })")
+    pg = context.new_page()
+    pg.goto(server["url"])
+    pg.wait_for_selector("#app[data-state=model-error]")
+    message = pg.inner_text("#message")
+    assert "this page can check its model file only over https or at 127.0.0.1" in message, message
+    run, _ = classify(pg, setup["photos"]["grey.jpg"])
+    assert run is None and "The model failed to load" in pg.inner_text("#message")
+    context.close()
+
+
 def test_model_bytes_of_another_build_are_refused_before_they_run(browser, server, setup, familiar_onnx):
     """model.onnx whose SHA-256 is not model.json's model_sha256 (another valid model: a page that got files of two
     builds) is refused in one message, nothing run; the page's own model (test_page_classifies_like_python) runs."""

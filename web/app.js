@@ -85,7 +85,12 @@ async function loadModel() {
 }
 
 // The model's bytes must be those model.json describes (its model_sha256): bytes of another build are refused.
+// The browser computes SHA-256 only in a secure context (https, or this computer): elsewhere the page runs nothing.
 async function checkSha256(bytes, expected) {
+  if (!globalThis.crypto?.subtle) {
+    throw new Error("this page can check its model file only over https or at 127.0.0.1 (a secure context); "
+      + "serve it there: nothing was run");
+  }
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
   const found = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
   if (found !== expected) {
