@@ -1,7 +1,8 @@
 """The page's smaller model (skinlesion/quantise.py, export_onnx.py's int8 twin, serve_web.py's choice): the
 comparison's numbers against values computed here, the tolerance's edges, and the whole path on the suite's
-trained model: the twin is written beside the export, ~3x smaller, with its comparison in its metadata; predict.py
-takes it; serve_web.py runs it only where it was made from that very export and kept within tolerance."""
+trained model: the twin is written beside the export, its weights int8 or float16, its comparison in its
+metadata; predict.py takes it; serve_web.py runs it only where it was made from that very export and kept within
+tolerance."""
 
 import json
 import os
@@ -383,7 +384,7 @@ def test_the_depths_join_an_ensembles_members():
 
 @pytest.fixture(scope="module")
 def twin(trained_onnx, demo_dataset):
-    """export_onnx.py of the suite's trained model, with its int8 twin calibrated and judged on dataset/val
+    """export_onnx.py of the suite's trained model, with its int8 twin searched for and judged on dataset/val
     (conftest.trained_onnx, shared: the tests here read it, and copy it before changing it)."""
     full = trained_onnx["full"]
     val, test = os.path.join(demo_dataset, "val"), os.path.join(demo_dataset, "test")
